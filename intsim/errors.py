@@ -1,0 +1,33 @@
+"""Typed errors raised by intsim.
+
+The three tiers follow the TOSA reference model: a graph or input that is
+invalid is the caller's error (``ValidationError``, ``ModelFormatError``,
+``UnsupportedOpError``); a valid graph whose result the modelled hardware
+cannot represent is reported under the profile's policy
+(``AccumulatorOverflowError`` for ``overflow = "error"``); an internal bug is an
+``assert``.  Every message names what was expected, what was found and where.
+"""
+
+from __future__ import annotations
+
+
+class IntsimError(Exception):
+    """Base class of every error intsim raises on purpose."""
+
+
+class ValidationError(IntsimError, ValueError):
+    """A shape, dtype or parameter is outside what the op or profile allows."""
+
+
+class ModelFormatError(IntsimError):
+    """An ``.intsim`` file (or other model file) is corrupt, truncated, of an
+    unknown schema version, or internally inconsistent."""
+
+
+class UnsupportedOpError(IntsimError):
+    """An operator (or an attribute of one) that intsim does not implement."""
+
+
+class AccumulatorOverflowError(IntsimError, ArithmeticError):
+    """An accumulator left its ``accumulator_bits`` range under the profile's
+    ``overflow = "error"`` policy."""

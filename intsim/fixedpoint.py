@@ -1,0 +1,387 @@
+"""Fixed-point numerics: the one place intsim rounds, shifts and saturates.
+
+Every kernel and every converter pass goes through this module (STYLE.md rule 1).
+The scalar primitives are numba ``@njit`` functions on 64-bit integers, so the
+kernels in :mod:`intsim.kernels` call them inside their loops, and the public
+array functions below are thin loops over the same scalars.  There is one
+definition of each rounding rule.
+
+Conventions
+-----------
+A real multiplier ``r > 0`` is represented by an integer ``multiplier`` with
+``multiplier_bits`` fractional bits (31 by default, as in TFLite and TOSA) and
+an integer ``shift`` where **positive means left shift**::
+
+    r ~= multiplier * 2**(shift - multiplier_bits),   multiplier in [2**(b-1), 2**b)
+
+Rounding modes (white paper §2.2 requantization; the names are intsim's):
+
+``"double"``
+    gemmlowp's ``SaturatingRoundingDoublingHighMul`` (round half toward
+    +infinity of ``x * M / 2**b``) followed by ``RoundingDivideByPOT`` (round
+    half away from zero).  This is TFLite's default build and TOSA RESCALE with
+    ``double_round = true``.  Two roundings: a tie can round twice.
+``"single"``
+    one rounding of ``x * M / 2**(b - shift)``, half toward +infinity, computed
+    exactly in 64 bits (``TFLITE_SINGLE_ROUNDING``, TOSA ``SINGLE_ROUND``).
+    With a power-of-two scale (``M = 2**(b-1)``) this is exactly a rounding
+    right shift, which is how shift-only hardware requantizes.
+``"float32_rint"``
+    ``rint(float32(acc) * float32(scale))``, ties to even: onnxruntime's MLAS
+    requantization of QLinearConv / QLinearMatMul / QGemm.
+``"float64_half_away"``
+    ``round_half_away(double(acc) * double(scale))``: LiteRT's reference
+    FULLY_CONNECTED.
+
+The two float modes model runtimes that really requantize in floating point;
+their parameter is the real ``scale``, not ``(multiplier, shift)``.
+Results of every mode saturate to int32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from intsim.errors import ValidationError
+
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
+
+ROUNDING_MODES = ("double", "single", "float32_rint", "float64_half_away")
+INTEGER_ROUNDING_MODES = ("double", "single")
+# Codes passed to numba kernels; the order of ROUNDING_MODES.
+DOUBLE, SINGLE, FLOAT32_RINT, FLOAT64_HALF_AWAY = range(4)
+
+MIN_SHIFT = -31  # a right shift of more than 31 leaves nothing of an int32
+
+
+# --------------------------------------------------------------------------
+# Scalar primitives (numba).  Arguments are Python/numba integers; results fit
+# the width their names promise.
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def saturate(x, bits):
+    """Clamp ``x`` to the signed ``bits``-bit range [-2**(bits-1), 2**(bits-1) - 1]."""
+    hi = (np.int64(1) << (bits - 1)) - 1
+    lo = -hi - 1
+    if x > hi:
+        return hi
+    if x < lo:
+        return lo
+    return np.int64(x)
+
+
+@njit(cache=True)
+def wrap(x, bits):
+    """Two's-complement wrap of ``x`` into the signed ``bits``-bit range."""
+    modulus = np.int64(1) << bits
+    half = np.int64(1) << (bits - 1)
+    return ((np.int64(x) + half) & (modulus - 1)) - half
+
+
+@njit(cache=True)
+def _trunc_div_pot(x, exponent):
+    # C integer division by 2**exponent: truncates toward zero.
+    if x >= 0:
+        return x >> exponent
+    return -((-x) >> exponent)
+
+
+@njit(cache=True)
+def rounding_high_mul(a, b, multiplier_bits):
+    """``a * b / 2**multiplier_bits`` rounded half toward +infinity.
+
+    With ``multiplier_bits = 31`` and int32 operands this is gemmlowp's
+    ``SaturatingRoundingDoublingHighMul``: the high 32 bits of ``2*a*b``,
+    saturating in its single overflow case ``a == b == INT32_MIN``.
+    """
+    if a == INT32_MIN and b == INT32_MIN and multiplier_bits == 31:
+        return np.int64(INT32_MAX)
+    ab = np.int64(a) * np.int64(b)
+    half = np.int64(1) << (multiplier_bits - 1)
+    nudge = half if ab >= 0 else 1 - half
+    return _trunc_div_pot(ab + nudge, multiplier_bits)
+
+
+@njit(cache=True)
+def rounding_divide_by_pot_scalar(x, exponent):
+    """``x / 2**exponent`` rounded half away from zero (gemmlowp ``RoundingDivideByPOT``)."""
+    mask = (np.int64(1) << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if remainder > threshold else 0)
+
+
+@njit(cache=True)
+def round_half_away_divide(numerator, denominator):
+    """``numerator / denominator`` (denominator > 0) rounded half away from zero."""
+    half = denominator // 2
+    if numerator >= 0:
+        return (numerator + half) // denominator
+    return -((-numerator + half) // denominator)
+
+
+@njit(cache=True)
+def multiply_by_quantized_multiplier_scalar(x, multiplier, shift, rounding, multiplier_bits):
+    """Requantize one accumulator with an integer rounding mode (``DOUBLE`` or ``SINGLE``).
+
+    ``x`` is int32; the result saturates to int32.  Under ``DOUBLE`` a left
+    shift is applied to ``x`` first and saturates (TFLite leaves that overflow
+    undefined).
+    """
+    if rounding == DOUBLE:
+        left = shift if shift > 0 else 0
+        right = -shift if shift < 0 else 0
+        scaled = saturate(np.int64(x) << left, 32)
+        high = saturate(rounding_high_mul(scaled, multiplier, multiplier_bits), 32)
+        return rounding_divide_by_pot_scalar(high, right)
+    total_shift = multiplier_bits - shift
+    rounded = np.int64(x) * np.int64(multiplier) + (np.int64(1) << (total_shift - 1))
+    return saturate(rounded >> total_shift, 32)
+
+
+@njit(cache=True)
+def multiply_by_scale_scalar(x, scale, rounding):
+    """Requantize one accumulator in floating point (``FLOAT32_RINT`` or ``FLOAT64_HALF_AWAY``)."""
+    if rounding == FLOAT32_RINT:
+        product = np.float32(x) * np.float32(scale)
+        rounded = np.rint(product)
+    else:
+        product = np.float64(x) * np.float64(scale)
+        rounded = np.floor(abs(product) + 0.5)
+        if product < 0:
+            rounded = -rounded
+    if rounded >= 2147483647.0:
+        return np.int64(INT32_MAX)
+    if rounded <= -2147483648.0:
+        return np.int64(INT32_MIN)
+    return np.int64(rounded)
+
+
+@njit(cache=True)
+def rescale_scalar(x, multiplier, shift, scale, rounding, multiplier_bits):
+    """Requantize one accumulator under any rounding mode code."""
+    if rounding <= SINGLE:
+        return multiply_by_quantized_multiplier_scalar(x, multiplier, shift, rounding, multiplier_bits)
+    return multiply_by_scale_scalar(x, scale, rounding)
+
+
+# --------------------------------------------------------------------------
+# Array loops over the scalars.
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _rescale_flat(x, multiplier, shift, scale, rounding, multiplier_bits, out):
+    for i in range(x.size):
+        out[i] = rescale_scalar(x[i], multiplier[i], shift[i], scale[i], rounding, multiplier_bits)
+
+
+@njit(cache=True)
+def _srdhm_flat(a, b, out):
+    for i in range(a.size):
+        out[i] = rounding_high_mul(a[i], b[i], 31)
+
+
+@njit(cache=True)
+def _rdbpot_flat(x, exponent, out):
+    for i in range(x.size):
+        out[i] = rounding_divide_by_pot_scalar(x[i], exponent[i])
+
+
+def _int_array(name: str, value, lo: int, hi: int, where: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu" and not (arr.dtype == object and arr.size == 0):
+        raise ValidationError(f"{where}: {name} must be integers, found dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        bad = arr[(arr < lo) | (arr > hi)].flat[0]
+        raise ValidationError(f"{where}: {name} must lie in [{lo}, {hi}], found {bad}")
+    return arr
+
+
+def _check_multiplier_bits(multiplier_bits: int, where: str) -> int:
+    if not isinstance(multiplier_bits, (int, np.integer)) or not 2 <= multiplier_bits <= 31:
+        raise ValidationError(f"{where}: multiplier_bits must be an integer in [2, 31], found {multiplier_bits!r}")
+    return int(multiplier_bits)
+
+
+def _broadcast_flat(*arrays):
+    shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    return shape, [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrays]
+
+
+def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
+    """gemmlowp ``SaturatingRoundingDoublingHighMul`` on int32 arrays (broadcasting).
+
+    Returns int32 ``round_half_up(a * b / 2**31)``; the only overflow,
+    ``a == b == INT32_MIN``, saturates to ``INT32_MAX``.
+    """
+    where = "saturating_rounding_doubling_high_mul"
+    a = _int_array("a", a, INT32_MIN, INT32_MAX, where)
+    b = _int_array("b", b, INT32_MIN, INT32_MAX, where)
+    shape, (af, bf) = _broadcast_flat(a, b)
+    out = np.empty(af.size, np.int64)
+    _srdhm_flat(af, bf, out)
+    return out.astype(np.int32).reshape(shape)
+
+
+def rounding_divide_by_pot(x, exponent) -> np.ndarray:
+    """gemmlowp ``RoundingDivideByPOT``: ``x / 2**exponent`` rounded half away from zero.
+
+    ``x`` int32, ``exponent`` in [0, 31]; returns int32.  Not saturating (it cannot overflow).
+    """
+    where = "rounding_divide_by_pot"
+    x = _int_array("x", x, INT32_MIN, INT32_MAX, where)
+    exponent = _int_array("exponent", exponent, 0, 31, where)
+    shape, (xf, ef) = _broadcast_flat(x, exponent)
+    out = np.empty(xf.size, np.int64)
+    _rdbpot_flat(xf, ef, out)
+    return out.astype(np.int32).reshape(shape)
+
+
+def quantize_multiplier(real_multiplier, multiplier_bits: int = 31):
+    """Split a positive real multiplier into ``(multiplier, shift)``.
+
+    Same result as TFLite's ``QuantizeMultiplier`` for ``multiplier_bits = 31``:
+    ``frexp`` gives ``r = q * 2**shift`` with ``q`` in [0.5, 1); ``q * 2**b`` is
+    rounded half away from zero; a carry to ``2**b`` halves it and increments
+    the shift; a shift below -31 (``r < 2**-32`` roughly) flushes to ``(0, 0)``,
+    as does ``r == 0``.  Positive shift means left shift.
+
+    Parameters
+    ----------
+    real_multiplier : float or array of float
+        Non-negative, finite.  Arrays give per-channel results of the same shape.
+    multiplier_bits : int
+        Fractional bits of the multiplier, 2..31 (31 for 32-bit hardware,
+        15 for 16-bit multipliers).
+
+    Returns
+    -------
+    multiplier, shift : int32 scalar or array
+        ``multiplier`` in [2**(b-1), 2**b) or 0.
+    """
+    where = "quantize_multiplier"
+    bits = _check_multiplier_bits(multiplier_bits, where)
+    real = np.asarray(real_multiplier, dtype=np.float64)
+    if not np.all(np.isfinite(real)) or np.any(real < 0):
+        bad = real[~np.isfinite(real) | (real < 0)].flat[0]
+        raise ValidationError(f"{where}: real multiplier must be finite and >= 0, found {bad}")
+    mults = np.zeros(real.shape, np.int64)
+    shifts = np.zeros(real.shape, np.int64)
+    for idx, r in np.ndenumerate(real):
+        if r == 0.0:
+            continue
+        q, shift = math.frexp(float(r))
+        q_fixed = math.floor(q * 2.0**bits + 0.5)  # q > 0: half away from zero
+        if q_fixed == 2**bits:
+            q_fixed //= 2
+            shift += 1
+        if shift < MIN_SHIFT:
+            continue
+        if shift > bits - 1:
+            raise ValidationError(
+                f"{where}: real multiplier {r} needs shift {shift}, above the largest allowed left shift {bits - 1}"
+            )
+        mults[idx] = q_fixed
+        shifts[idx] = shift
+    if real.ndim == 0:
+        return np.int32(mults[()]), np.int32(shifts[()])
+    return mults.astype(np.int32), shifts.astype(np.int32)
+
+
+def _rounding_code(rounding: str, allowed, where: str) -> int:
+    if rounding not in allowed:
+        raise ValidationError(f"{where}: rounding must be one of {', '.join(allowed)}, found {rounding!r}")
+    return ROUNDING_MODES.index(rounding)
+
+
+def multiply_by_quantized_multiplier(x, multiplier, shift, rounding: str = "double", *, multiplier_bits: int = 31):
+    """Requantize int32 accumulators with a fixed-point multiplier and shift.
+
+    ``rounding`` is ``"double"`` or ``"single"`` (see the module docstring).
+    ``multiplier`` and ``shift`` broadcast against ``x``: a per-channel pair is
+    an array along the last (channel) axis.  Returns int32, saturated.
+    """
+    where = "multiply_by_quantized_multiplier"
+    _rounding_code(rounding, INTEGER_ROUNDING_MODES, where)
+    return rescale(x, Rescale(rounding, multiplier, shift, None, multiplier_bits), where=where)
+
+
+@dataclass(frozen=True, eq=False)
+class Rescale:
+    """Requantization parameters of one tensor or one channel-vector.
+
+    ``multiplier`` / ``shift`` (int32) drive the integer modes; ``scale``
+    (float64) drives the float modes and is ``None`` otherwise.
+    """
+
+    rounding: str
+    multiplier: np.ndarray
+    shift: np.ndarray
+    scale: np.ndarray | None = None
+    multiplier_bits: int = 31
+
+    def __post_init__(self):
+        where = "Rescale"
+        _rounding_code(self.rounding, ROUNDING_MODES, where)
+        bits = _check_multiplier_bits(self.multiplier_bits, where)
+        m = _int_array("multiplier", self.multiplier, 0, 2**bits - 1, where)
+        s = _int_array("shift", self.shift, MIN_SHIFT, bits - 1, where)
+        if m.shape != s.shape:
+            raise ValidationError(f"{where}: multiplier shape {m.shape} != shift shape {s.shape}")
+        object.__setattr__(self, "multiplier", m.astype(np.int32))
+        object.__setattr__(self, "shift", s.astype(np.int32))
+        if self.rounding in INTEGER_ROUNDING_MODES:
+            if self.scale is not None:
+                raise ValidationError(f"{where}: rounding {self.rounding!r} takes no float scale")
+        else:
+            if self.scale is None:
+                raise ValidationError(f"{where}: rounding {self.rounding!r} needs the real scale")
+            scale = np.asarray(self.scale, dtype=np.float64)
+            if scale.shape != m.shape or not np.all(np.isfinite(scale)) or np.any(scale < 0):
+                raise ValidationError(
+                    f"{where}: scale must be finite, >= 0 and shaped like multiplier {m.shape}, found {scale!r}"
+                )
+            object.__setattr__(self, "scale", scale)
+
+    @classmethod
+    def from_real(cls, real_multiplier, rounding: str, multiplier_bits: int = 31) -> "Rescale":
+        """Parameters that requantize by ``real_multiplier`` under ``rounding``."""
+        m, s = quantize_multiplier(real_multiplier, multiplier_bits)
+        scale = None if rounding in INTEGER_ROUNDING_MODES else np.asarray(real_multiplier, np.float64)
+        return cls(rounding, m, s, scale, multiplier_bits)
+
+    @property
+    def code(self) -> int:
+        return ROUNDING_MODES.index(self.rounding)
+
+    def kernel_args(self, channels: int):
+        """``(multiplier, shift, scale)`` arrays of length ``channels`` for a kernel."""
+        def expand(a, dtype):
+            a = np.asarray(a, dtype)
+            return np.ascontiguousarray(np.broadcast_to(a.reshape(-1) if a.ndim else a, (channels,)))
+        scale = self.scale if self.scale is not None else np.zeros(self.multiplier.shape)
+        return expand(self.multiplier, np.int64), expand(self.shift, np.int64), expand(scale, np.float64)
+
+
+def rescale(x, params: Rescale, *, where: str = "rescale") -> np.ndarray:
+    """Requantize int32 ``x`` by ``params`` under its rounding mode; int32 result, saturated.
+
+    Per-channel parameters broadcast along the last axis of ``x``.
+    """
+    x = _int_array("x", x, INT32_MIN, INT32_MAX, where)
+    scale = params.scale if params.scale is not None else np.zeros(params.multiplier.shape)
+    shape, (xf, mf, sf, cf) = _broadcast_flat(
+        x, params.multiplier.astype(np.int64), params.shift.astype(np.int64), np.asarray(scale, np.float64)
+    )
+    out = np.empty(xf.size, np.int64)
+    _rescale_flat(xf, mf, sf, cf, params.code, params.multiplier_bits, out)
+    return out.astype(np.int32).reshape(shape)

@@ -1,0 +1,202 @@
+"""Hardware profiles: the one place a chip's arithmetic is described.
+
+A :class:`Profile` fixes bit widths, signedness, granularity and symmetry of
+the quantizers (white paper §2.1-2.4), the requantization rounding mode and
+multiplier width (see :mod:`intsim.fixedpoint`), and the accumulator width with
+its overflow policy.  The converter reads it to choose quantization parameters;
+the runtime reads it to know what the hardware does with them.
+
+Built-ins live next to this file as TOML (``tflite``, ``tosa``, ``onnxruntime``,
+``onnxruntime_avx2``, ``paper``, ``pow2``); a user describes a chip in a TOML
+file with the same keys (every key but ``name`` is optional)::
+
+    name = "my_npu"
+    activation_bits = 8
+    accumulator_bits = 24
+    overflow = "saturate"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from intsim.errors import ValidationError
+from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
+
+OVERFLOW_POLICIES = ("saturate", "wrap", "error")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The integer arithmetic of one accelerator.
+
+    Attributes
+    ----------
+    name, description : str
+    weight_bits, activation_bits : int
+        2..16.  Stored as int8/uint8 up to 8 bits, int16/uint16 above.
+    weight_signed, activation_signed : bool
+    weight_symmetric, activation_symmetric : bool
+        Symmetric quantizers have zero point 0 (white paper §2.2).
+    weight_narrow_range : bool
+        Symmetric signed weights use [-(2**(b-1) - 1), 2**(b-1) - 1], so that
+        ``-w`` is representable (TFLite's int8 weights are in [-127, 127]).
+    per_channel : bool
+        One weight scale per output channel instead of one per tensor (§2.4.2).
+    power_of_two_scales : bool
+        Scales are powers of two, so requantization is a rounding shift (§2.2).
+    rounding : str
+        Requantization rounding mode, one of :data:`intsim.fixedpoint.ROUNDING_MODES`.
+    multiplier_bits : int
+        Fractional bits of the fixed-point multiplier, 2..31.
+    bias_bits : int
+        Width of the stored bias, 8..32.
+    accumulator_bits : int
+        Width of the MAC accumulator, 8..32.
+    overflow : str
+        What the accumulator does when a sum leaves its range:
+        ``"saturate"`` (clamp after every addition), ``"wrap"`` (two's
+        complement) or ``"error"`` (raise :class:`intsim.errors.AccumulatorOverflowError`).
+    pairwise_int16 : bool
+        Model x86 ``vpmaddubsw``: the products of each consecutive pair along
+        the reduction axis are summed into a saturating int16 before being
+        added to the accumulator (onnxruntime's u8s8 kernels on AVX2 without VNNI).
+    """
+
+    name: str
+    description: str = ""
+    weight_bits: int = 8
+    weight_signed: bool = True
+    weight_symmetric: bool = True
+    weight_narrow_range: bool = True
+    per_channel: bool = True
+    activation_bits: int = 8
+    activation_signed: bool = True
+    activation_symmetric: bool = False
+    power_of_two_scales: bool = False
+    rounding: str = "double"
+    multiplier_bits: int = 31
+    bias_bits: int = 32
+    accumulator_bits: int = 32
+    overflow: str = "wrap"
+    pairwise_int16: bool = False
+
+    def __post_init__(self):
+        where = f"profile {self.name!r}"
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = {"str": str, "int": int, "bool": bool}[f.type]
+            if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+                raise ValidationError(f"{where}: {f.name} must be {f.type}, found {value!r}")
+        for field, lo, hi in (
+            ("weight_bits", 2, 16),
+            ("activation_bits", 2, 16),
+            ("multiplier_bits", 2, 31),
+            ("bias_bits", 8, 32),
+            ("accumulator_bits", 8, 32),
+        ):
+            value = getattr(self, field)
+            if not lo <= value <= hi:
+                raise ValidationError(f"{where}: {field} must be in [{lo}, {hi}], found {value}")
+        if self.rounding not in ROUNDING_MODES:
+            raise ValidationError(f"{where}: rounding must be one of {', '.join(ROUNDING_MODES)}, found {self.rounding!r}")
+        if self.overflow not in OVERFLOW_POLICIES:
+            raise ValidationError(
+                f"{where}: overflow must be one of {', '.join(OVERFLOW_POLICIES)}, found {self.overflow!r}"
+            )
+        if self.power_of_two_scales and self.rounding not in INTEGER_ROUNDING_MODES:
+            raise ValidationError(f"{where}: power_of_two_scales needs an integer rounding mode, found {self.rounding!r}")
+        if self.pairwise_int16 and (self.weight_bits > 8 or self.activation_bits > 8):
+            raise ValidationError(
+                f"{where}: pairwise_int16 models 8-bit x 8-bit products, found weight_bits={self.weight_bits}, "
+                f"activation_bits={self.activation_bits}"
+            )
+
+    # --- derived ---------------------------------------------------------
+    def weight_range(self) -> tuple[int, int]:
+        """Inclusive integer range of a weight code."""
+        lo, hi = _code_range(self.weight_bits, self.weight_signed)
+        if self.weight_signed and self.weight_symmetric and self.weight_narrow_range:
+            lo += 1
+        return lo, hi
+
+    def activation_range(self) -> tuple[int, int]:
+        """Inclusive integer range of an activation code."""
+        return _code_range(self.activation_bits, self.activation_signed)
+
+    @property
+    def weight_dtype(self) -> np.dtype:
+        return storage_dtype(self.weight_bits, self.weight_signed)
+
+    @property
+    def activation_dtype(self) -> np.dtype:
+        return storage_dtype(self.activation_bits, self.activation_signed)
+
+    # --- (de)serialisation ----------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "profile") -> "Profile":
+        if not isinstance(data, dict):
+            raise ValidationError(f"{where}: expected a table of profile fields, found {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValidationError(f"{where}: unknown profile field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        if "name" not in data:
+            raise ValidationError(f"{where}: a profile needs a name")
+        return cls(**data)
+
+    @classmethod
+    def from_toml(cls, path) -> "Profile":
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValidationError(f"profile file {path} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ValidationError(f"profile file {path}: not valid TOML ({exc})") from None
+        return cls.from_dict(data, where=f"profile file {path}")
+
+    def replace(self, **overrides) -> "Profile":
+        """A copy with some fields changed (validated like any profile)."""
+        return dataclasses.replace(self, **overrides)
+
+
+def storage_dtype(bits: int, signed: bool) -> np.dtype:
+    """The numpy dtype that holds a ``bits``-bit code."""
+    if bits <= 8:
+        return np.dtype(np.int8 if signed else np.uint8)
+    return np.dtype(np.int16 if signed else np.uint16)
+
+
+def _code_range(bits: int, signed: bool) -> tuple[int, int]:
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name[: -len(".toml")] for p in resources.files(__name__).iterdir() if p.name.endswith(".toml"))
+
+
+def get_profile(profile) -> Profile:
+    """A :class:`Profile` from a built-in name, a TOML path, or a Profile (returned as is)."""
+    if isinstance(profile, Profile):
+        return profile
+    if not isinstance(profile, (str, Path)):
+        raise ValidationError(f"profile must be a name, a TOML path or a Profile, found {type(profile).__name__}")
+    text = str(profile)
+    if text in builtin_names():
+        resource = resources.files(__name__) / f"{text}.toml"
+        return Profile.from_dict(tomllib.loads(resource.read_text(encoding="utf-8")), where=f"built-in profile {text}")
+    if text.endswith(".toml") or Path(text).exists():
+        return Profile.from_toml(text)
+    raise ValidationError(f"unknown profile {text!r}: expected one of {', '.join(builtin_names())} or a .toml file")
