@@ -359,6 +359,17 @@ class Rescale:
         scale = None if rounding in INTEGER_ROUNDING_MODES else np.asarray(real_multiplier, np.float64)
         return cls(rounding, m, s, scale, multiplier_bits)
 
+    def params(self, prefix: str = "") -> dict:
+        """The node parameters (``{prefix}multiplier``, ``shift`` and, in float modes,
+        ``scale``) as 1-D arrays, the form :mod:`intsim.ops` reads."""
+        out = {
+            f"{prefix}multiplier": self.multiplier.reshape(-1).copy(),
+            f"{prefix}shift": self.shift.reshape(-1).copy(),
+        }
+        if self.scale is not None:
+            out[f"{prefix}scale"] = self.scale.reshape(-1).copy()
+        return out
+
     @property
     def code(self) -> int:
         return ROUNDING_MODES.index(self.rounding)

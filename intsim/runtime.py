@@ -1,0 +1,205 @@
+"""The runtime: executes an integer graph with the fast kernels or their naive twins.
+
+``Model.run_int`` is the bit-exact datapath (integer codes in, integer codes
+out); ``Model.run`` quantizes float inputs with the input tensors' parameters
+and dequantizes the outputs; ``Model.trace`` keeps every intermediate tensor,
+the raw accumulators of multiply-accumulate nodes and per-node statistics.
+Inputs are in the layout of the model the graph came from; the graph itself
+carries any transposes to NHWC.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from intsim.errors import AccumulatorOverflowError, ValidationError
+from intsim.graph import Graph, TensorInfo, dtype_range
+from intsim.ops import get_op
+
+BACKENDS = {"fast": "intsim.kernels", "naive": "intsim.kernels.naive"}
+
+
+@dataclass
+class Trace:
+    """Everything one forward pass computed.
+
+    Attributes
+    ----------
+    tensors : dict
+        Every tensor (graph inputs included) by name, as integer codes.
+    accumulators : dict
+        Raw int32 accumulators (after bias, before requantization) of each
+        multiply-accumulate node, by node name.
+    stats : dict
+        Per node name: ``saturation_count`` (outputs the requantization clamp
+        changed), and for multiply-accumulate nodes ``overflow_count``
+        (outputs whose accumulation left ``accumulator_bits``),
+        ``pair_saturation_count`` (int16 pair sums clipped under
+        ``pairwise_int16``), ``max_abs_accumulator`` (largest final
+        accumulator magnitude) and ``accumulator_headroom_bits``
+        (``accumulator_bits - 1 - bit_length(max_abs_accumulator)``; negative
+        when the accumulator overflowed).
+    """
+
+    tensors: dict = field(default_factory=dict)
+    accumulators: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        """The per-node statistics as a plain-text table."""
+        keys = ("saturation_count", "overflow_count", "pair_saturation_count", "max_abs_accumulator",
+                "accumulator_headroom_bits")
+        header = ["node", "saturated", "overflows", "pair sat.", "max |acc|", "headroom"]
+        rows = [[name] + [str(s.get(k, "")) for k in keys] for name, s in self.stats.items()]
+        widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + rows]
+        return "\n".join(lines)
+
+
+class Model:
+    """An integer graph ready to run.
+
+    Parameters
+    ----------
+    graph : Graph
+        A validated integer graph.
+    backend : {"fast", "naive"}
+        ``"fast"`` runs the numba kernels, ``"naive"`` their plain twins
+        (the living definition the fast kernels are tested against).
+    """
+
+    def __init__(self, graph: Graph, backend: str = "fast"):
+        if not isinstance(graph, Graph):
+            raise ValidationError(f"Model needs a Graph, found {type(graph).__name__}")
+        if backend not in BACKENDS:
+            raise ValidationError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
+        self.graph = graph
+        self.backend = backend
+        self._kernels = importlib.import_module(BACKENDS[backend])
+        self._steps = [(get_op(n.op, n.name), n, get_op(n.op, n.name).prepare(n, graph)) for n in graph.nodes]
+
+    @property
+    def profile(self):
+        return self.graph.profile
+
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [self.graph.tensors[t] for t in self.graph.inputs]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [self.graph.tensors[t] for t in self.graph.outputs]
+
+    def save(self, path) -> None:
+        """Write the graph as a ``.intsim`` file (see :mod:`intsim.fileformat`)."""
+        from intsim.fileformat import save_graph
+
+        save_graph(self.graph, path)
+
+    def with_backend(self, backend: str) -> "Model":
+        return Model(self.graph, backend)
+
+    # --- execution -------------------------------------------------------
+    def run_int(self, *inputs):
+        """Integer codes in, integer codes out: the bit-exact datapath.
+
+        One array per graph input, any batch size, values inside the input
+        dtype's range.  Returns one array, or a tuple when the graph has
+        several outputs.
+        """
+        trace = self._execute(self._int_inputs(inputs), keep=False)
+        return self._pack([trace.tensors[t] for t in self.graph.outputs])
+
+    def run(self, *inputs):
+        """Float in, float out: quantize each input with its tensor's scale and zero
+        point (round half to even, clamp), run :meth:`run_int`, dequantize the
+        outputs to float32 as ``scale * (code - zero_point)``."""
+        outs = self.run_int(*self.quantize_inputs(inputs))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return self._pack([dequantize(o, info) for o, info in zip(outs, self.outputs)])
+
+    def trace(self, *inputs, float_input: bool = False) -> Trace:
+        """Run and keep every intermediate tensor, accumulator and per-node statistic."""
+        codes = self.quantize_inputs(inputs) if float_input else inputs
+        return self._execute(self._int_inputs(codes), keep=True)
+
+    def quantize_inputs(self, inputs) -> list[np.ndarray]:
+        self._check_count(inputs)
+        return [quantize(np.asarray(x), info, f"input {info.name!r}") for x, info in zip(inputs, self.inputs)]
+
+    def _check_count(self, inputs):
+        if len(inputs) != len(self.graph.inputs):
+            raise ValidationError(f"model {self.graph.name!r} takes {len(self.graph.inputs)} input(s), found {len(inputs)}")
+
+    def _int_inputs(self, inputs) -> list[np.ndarray]:
+        self._check_count(inputs)
+        arrays = []
+        for x, info in zip(inputs, self.inputs):
+            where = f"input {info.name!r}"
+            x = np.asarray(x)
+            if x.dtype.kind not in "iu":
+                raise ValidationError(f"{where}: run_int takes integer codes ({info.dtype}), found dtype {x.dtype}")
+            _check_shape(x.shape, info, where)
+            lo, hi = dtype_range(info.dtype)
+            if x.size and (x.min() < lo or x.max() > hi):
+                raise ValidationError(f"{where}: codes must lie in [{lo}, {hi}] for {info.dtype}, found [{x.min()}, {x.max()}]")
+            arrays.append(np.ascontiguousarray(x, dtype=info.np_dtype))
+        return arrays
+
+    def _execute(self, arrays, keep: bool) -> Trace:
+        trace = Trace()
+        values = dict(zip(self.graph.inputs, arrays))
+        overflow_policy = self.graph.profile.overflow
+        for op, node, plan in self._steps:
+            outputs, stats = op.run(plan, [values[t] for t in node.inputs], self._kernels)
+            if overflow_policy == "error" and stats.get("overflow_count", 0):
+                raise AccumulatorOverflowError(
+                    f"{node.op} {node.name!r}: {stats['overflow_count']} accumulator(s) left the "
+                    f"{self.graph.profile.accumulator_bits}-bit range (profile {self.graph.profile.name!r}, "
+                    f"overflow = 'error'); largest final |acc| {stats['max_abs_accumulator']}"
+                )
+            values.update(zip(node.outputs, outputs))
+            if keep:
+                acc = stats.pop("accumulator", None)
+                if acc is not None:
+                    trace.accumulators[node.name] = acc
+                trace.stats[node.name] = stats
+        trace.tensors = values
+        return trace
+
+    @staticmethod
+    def _pack(arrays):
+        return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def _check_shape(shape, info: TensorInfo, where: str):
+    if len(shape) != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, shape)):
+        expected = tuple("any" if d is None else d for d in info.shape)
+        raise ValidationError(f"{where}: expected shape {expected}, found {tuple(shape)}")
+
+
+def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize") -> np.ndarray:
+    """Float to codes: ``clamp(rint(x / scale) + zero_point)`` (ties to even)."""
+    if x.dtype.kind not in "fiu":
+        raise ValidationError(f"{where}: expected real numbers, found dtype {x.dtype}")
+    _check_shape(x.shape, info, where)
+    x = x.astype(np.float64)
+    if not np.all(np.isfinite(x)):
+        raise ValidationError(f"{where}: inputs must be finite, found NaN or infinity")
+    lo, hi = dtype_range(info.dtype)
+    return np.clip(np.rint(x / info.scale) + info.zero_point, lo, hi).astype(info.np_dtype)
+
+
+def dequantize(codes: np.ndarray, info: TensorInfo) -> np.ndarray:
+    """Codes to float32: ``scale * (code - zero_point)``."""
+    return (info.scale * (codes.astype(np.float64) - info.zero_point)).astype(np.float32)
+
+
+def load(path, backend: str = "fast") -> Model:
+    """Load a ``.intsim`` file as a :class:`Model`."""
+    from intsim.fileformat import load_graph
+
+    return Model(load_graph(path), backend)

@@ -1,0 +1,43 @@
+"""Tables the converter builds from quantization parameters (float work, done once).
+
+The kernels that use them (``lookup_table``, ``softmax_lastaxis``) are integer only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from intsim.errors import ValidationError
+from intsim.graph import TensorInfo, dtype_range
+
+EXP_TABLE_BITS = 30  # exp table entries are Q30: exp(0) = 2**30
+
+
+def _input_codes(x: TensorInfo) -> np.ndarray:
+    if x.dtype not in ("int8", "uint8", "int16", "uint16"):
+        raise ValidationError(f"tensor {x.name!r}: tables index 8- or 16-bit codes, found {x.dtype}")
+    lo, hi = dtype_range(x.dtype)
+    return np.arange(lo, hi + 1, dtype=np.int64)
+
+
+def build_lut(fn, x: TensorInfo, y: TensorInfo) -> np.ndarray:
+    """Table of ``y`` codes for every ``x`` code: ``clamp(rint(fn(real(x)) / s_y) + z_y)``.
+
+    ``fn`` maps a float64 array to a float64 array (sigmoid, tanh, hard-swish,
+    GELU, SiLU, exp, ...).  Entry ``i`` belongs to code ``dtype_min(x) + i``.
+    """
+    codes = _input_codes(x)
+    real = x.scale * (codes - x.zero_point).astype(np.float64)
+    values = np.asarray(fn(real), dtype=np.float64)
+    if values.shape != real.shape or not np.all(np.isfinite(values)):
+        raise ValidationError(f"lookup table for {x.name!r}: fn must return finite values shaped like its input")
+    lo, hi = dtype_range(y.dtype)
+    return np.clip(np.rint(values / y.scale) + y.zero_point, lo, hi).astype(y.np_dtype)
+
+
+def build_exp_table(x: TensorInfo, beta: float = 1.0) -> np.ndarray:
+    """Softmax exp table: entry ``d`` is ``round(2**30 * exp(-beta * s_x * d))`` for ``d = max - x``."""
+    if not np.isfinite(beta) or beta <= 0:
+        raise ValidationError(f"softmax beta must be finite and > 0, found {beta}")
+    d = np.arange(_input_codes(x).size, dtype=np.float64)
+    return np.rint(np.exp(-beta * x.scale * d) * 2.0**EXP_TABLE_BITS).astype(np.int32)

@@ -1,0 +1,163 @@
+"""The runtime: hand-checked goldens, fast == naive on whole graphs, statistics, input errors."""
+
+import numpy as np
+import pytest
+
+import intsim
+from intsim import AccumulatorOverflowError, Graph, Model, Node, TensorInfo, ValidationError, get_profile
+from intsim.profiles import builtin_names
+from tests.builders import branchy, random_codes, tiny_cnn
+
+
+def _fc_graph(profile, x_zp=1, weight=((2, -3),), bias=(3,), multiplier=2**30, shift=-1, scale=0.25, out_zp=2):
+    """y = out_zp + requant(bias + sum (x - x_zp) * w) with real multiplier 0.25 (2**30 * 2**(-1-31))."""
+    profile = get_profile(profile)
+    k = len(weight[0])
+    params = {
+        "weight": np.array(weight, np.int8),
+        "weight_zero_point": np.zeros(len(weight), np.int64),
+        "bias": np.array(bias, np.int32),
+        "multiplier": np.full(len(weight), multiplier, np.int32),
+        "shift": np.full(len(weight), shift, np.int32),
+    }
+    if profile.rounding not in ("double", "single"):
+        params["scale"] = np.full(len(weight), scale)
+    tensors = [TensorInfo("x", "int8", (None, k), 0.1, x_zp), TensorInfo("y", "int8", (None, len(weight)), 0.1, out_zp)]
+    return Graph("fc", profile, tensors, [Node("fully_connected", "fc", ["x"], ["y"], {}, params)], ["x"], ["y"])
+
+
+# Row 0: acc = 3 + (3-1)*2 + (-1-1)*(-3) = 13, times 0.25 = 3.25.
+# Row 1: acc = 3 + (-4-1)*2 + (2-1)*(-3) = -10, times 0.25 = -2.5.
+# double: SRDHM(13, 2**30) = 6.5 -> 7 (half up), then 7/2 = 3.5 -> 4 (half away): 4 + 2 = 6.
+#         SRDHM(-10, 2**30) = -5, then -5/2 = -2.5 -> -3 (half away): -3 + 2 = -1.
+# single: 3.25 -> 3 -> 5; -2.5 -> -2 (half up) -> 0.
+# float32_rint: 3.25 -> 3 -> 5; -2.5 -> -2 (ties to even) -> 0.
+# float64_half_away: 3.25 -> 3 -> 5; -2.5 -> -3 -> -1.
+FC_GOLDEN = {"double": [6, -1], "single": [5, 0], "float32_rint": [5, 0], "float64_half_away": [5, -1]}
+
+
+@pytest.mark.parametrize("rounding", sorted(FC_GOLDEN))
+@pytest.mark.parametrize("backend", ["fast", "naive"])
+def test_fully_connected_golden_per_rounding_mode(rounding, backend):
+    profile = get_profile("tflite").replace(rounding=rounding)
+    model = Model(_fc_graph(profile), backend)
+    x = np.array([[3, -1], [-4, 2]], np.int8)
+    np.testing.assert_array_equal(model.run_int(x), np.array([[FC_GOLDEN[rounding][0]], [FC_GOLDEN[rounding][1]]], np.int8), strict=True)
+    trace = model.trace(x)
+    np.testing.assert_array_equal(trace.accumulators["fc"], np.array([[13], [-10]], np.int32), strict=True)
+    assert trace.stats["fc"]["max_abs_accumulator"] == 13
+    assert trace.stats["fc"]["accumulator_headroom_bits"] == 31 - 4
+
+
+def _overflow_graph(overflow, acc_bits=16):
+    # 300 products of 127 * 127 = 16129: the exact sum 4,838,700 needs 24 bits.
+    profile = get_profile("tflite").replace(accumulator_bits=acc_bits, overflow=overflow)
+    return _fc_graph(profile, x_zp=0, weight=(tuple([127] * 300),), bias=(0,), multiplier=2**30, shift=-20, out_zp=0)
+
+
+@pytest.mark.parametrize("backend", ["fast", "naive"])
+def test_accumulator_policies_on_a_16_bit_accumulator(backend):
+    x = np.full((1, 300), 127, np.int8)
+    saturated = Model(_overflow_graph("saturate"), backend).trace(x)
+    # Every partial sum only grows, so it sticks at 2**15 - 1.
+    np.testing.assert_array_equal(saturated.accumulators["fc"], np.array([[32767]], np.int32), strict=True)
+    assert saturated.stats["fc"]["overflow_count"] == 1
+    wrapped = Model(_overflow_graph("wrap"), backend).trace(x)
+    # 4,838,700 = 73 * 65536 + 54572, and 54572 - 65536 = -10964.
+    np.testing.assert_array_equal(wrapped.accumulators["fc"], np.array([[-10964]], np.int32), strict=True)
+    with pytest.raises(AccumulatorOverflowError, match="fc.*16-bit"):
+        Model(_overflow_graph("error"), backend).run_int(x)
+    # The same graph at 32 bits does not overflow: exact sum, times 2**30 * 2**(-20-31) = 2**-21, is 2.307... -> 2.
+    exact = Model(_overflow_graph("error", 32), backend).trace(x)
+    np.testing.assert_array_equal(exact.accumulators["fc"], np.array([[4838700]], np.int32), strict=True)
+    np.testing.assert_array_equal(exact.tensors["y"], np.array([[2]], np.int8), strict=True)
+    assert exact.stats["fc"]["overflow_count"] == 0
+
+
+@pytest.mark.parametrize("profile", builtin_names())
+@pytest.mark.parametrize("build", [tiny_cnn, branchy])
+def test_fast_equals_naive_on_whole_graphs(profile, build):
+    graph = build(profile)
+    fast, naive = Model(graph, "fast"), Model(graph, "naive")
+    for batch, seed in ((1, 0), (3, 1)):
+        x = random_codes(graph.tensors["x"], batch, seed)
+        tf, tn = fast.trace(x), naive.trace(x)
+        assert tf.tensors.keys() == tn.tensors.keys()
+        for name in tf.tensors:
+            np.testing.assert_array_equal(tf.tensors[name], tn.tensors[name], strict=True, err_msg=name)
+        for name in tf.accumulators:
+            np.testing.assert_array_equal(tf.accumulators[name], tn.accumulators[name], strict=True, err_msg=name)
+        assert tf.stats == tn.stats
+
+
+def test_extreme_inputs_are_deterministic_and_batch_independent():
+    graph = tiny_cnn("paper")
+    model = Model(graph)
+    info = graph.tensors["x"]
+    lo, hi = np.iinfo(info.np_dtype).min, np.iinfo(info.np_dtype).max
+    x = np.stack([np.full((8, 8, 3), lo), np.full((8, 8, 3), hi), random_codes(info, 1, 7)[0]]).astype(info.np_dtype)
+    batched = model.run_int(x)
+    np.testing.assert_array_equal(batched, model.run_int(x), strict=True)
+    for i in range(3):
+        np.testing.assert_array_equal(model.run_int(x[i : i + 1])[0], batched[i], strict=True)
+
+
+def test_run_quantizes_and_dequantizes_with_tensor_parameters():
+    profile = get_profile("tflite")
+    model = Model(_fc_graph(profile))
+    # x scale 0.1, zero point 1: 0.2 -> 2 + 1 = 3 and -0.5 -> -5 + 1 = -4 (ties to even), as the golden's codes.
+    y = model.run(np.array([[0.2, -0.2], [-0.5, 0.1]], np.float32))
+    # codes 6 and -1 with output scale 0.1, zero point 2.
+    np.testing.assert_allclose(y, [[0.4], [-0.3]], rtol=1e-6)
+    assert y.dtype == np.float32
+
+
+def test_saturation_statistics_count_clamped_outputs():
+    graph = tiny_cnn("tflite")
+    x = random_codes(graph.tensors["x"], 2, 3)
+    trace = Model(graph).trace(x)
+    t1 = trace.tensors["t1"]
+    # conv is clamped to [zero point, 127] (fused ReLU): codes at the lower bound are the clamped ones or exact zeros.
+    assert trace.stats["conv"]["saturation_count"] <= int(np.sum((t1 == graph.tensors["t1"].zero_point) | (t1 == 127)))
+    assert trace.stats["conv"]["saturation_count"] > 0
+    assert "conv" in trace.table()
+
+
+def test_save_and_load_round_trip(tmp_path):
+    for profile in builtin_names():
+        model = Model(branchy(profile))
+        path = tmp_path / f"{profile}.intsim"
+        model.save(path)
+        loaded = intsim.load(path)
+        assert loaded.profile == model.profile
+        x = random_codes(model.graph.tensors["x"], 2, 5)
+        np.testing.assert_array_equal(loaded.run_int(x), model.run_int(x), strict=True)
+        for a, b in zip(model.graph.nodes, loaded.graph.nodes):
+            assert a.params.keys() == b.params.keys()
+            for key in a.params:
+                np.testing.assert_array_equal(a.params[key], b.params[key], strict=True)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((1, 2), np.float32), "integer codes"),
+        (np.zeros((1, 3), np.int8), r"expected shape \('any', 2\)"),
+        (np.zeros((2,), np.int8), "expected shape"),
+        (np.array([[0, 200]], np.int16), r"\[-128, 127\]"),
+    ],
+)
+def test_run_int_rejects_bad_inputs(bad, message):
+    model = Model(_fc_graph("tflite"))
+    with pytest.raises(ValidationError, match=message):
+        model.run_int(bad)
+
+
+def test_run_rejects_bad_float_inputs_and_wrong_counts():
+    model = Model(_fc_graph("tflite"))
+    with pytest.raises(ValidationError, match="finite"):
+        model.run(np.array([[np.nan, 0.0]]))
+    with pytest.raises(ValidationError, match="takes 1 input"):
+        model.run_int(np.zeros((1, 2), np.int8), np.zeros((1, 2), np.int8))
+    with pytest.raises(ValidationError, match="backend"):
+        Model(model.graph, "gpu")
