@@ -1,2 +1,149 @@
-def main(argv=None):
-    raise SystemExit(0)
+"""The ``intsim`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from intsim.errors import IntsimError, ValidationError
+
+
+def _load_npy(path: str, what: str) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ValidationError(f"{what} file {path} does not exist") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValidationError(f"{what} file {path} is not a readable .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray):
+        raise ValidationError(f"{what} file {path} must hold one array (.npy), found {type(array).__name__}")
+    return array
+
+
+def _cmd_profiles(args) -> int:
+    from intsim.profiles import builtin_names, get_profile
+
+    names = [args.name] if args.name else builtin_names()
+    for name in names:
+        profile = get_profile(name)
+        print(f"[{profile.name}] {profile.description}")
+        if args.name:
+            for key, value in profile.to_dict().items():
+                if key not in ("name", "description"):
+                    print(f"  {key} = {value}")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    import intsim
+
+    model = intsim.load(args.model)
+    graph = model.graph
+    p = graph.profile
+    print(f"graph {graph.name!r}, profile {p.name!r}: W{p.weight_bits}A{p.activation_bits}, rounding {p.rounding}, "
+          f"{p.accumulator_bits}-bit accumulators ({p.overflow})")
+    for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
+        for name in names:
+            t = graph.tensors[name]
+            print(f"  {kind} {name}: {t.dtype}{list(t.shape)} scale {t.scale:.6g} zero point {t.zero_point}")
+    for node in graph.nodes:
+        outs = ", ".join(f"{t}: {graph.tensors[t].dtype}{list(graph.tensors[t].shape)}" for t in node.outputs)
+        print(f"{node.op:16s} {node.name:20s} ({', '.join(node.inputs)}) -> {outs}")
+        for key, value in node.params.items():
+            detail = f"{value.dtype}{list(value.shape)}"
+            if value.size <= 8 or key in ("multiplier", "shift"):
+                lo, hi = value.min(), value.max()
+                detail += f" = {value.tolist()}" if value.size <= 8 else f" in [{lo}, {hi}]"
+            print(f"    {key}: {detail}")
+        for key, value in node.attrs.items():
+            print(f"    @{key} = {value}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import intsim
+
+    model = intsim.load(args.model, backend=args.backend)
+    x = _load_npy(args.input, "input")
+    outputs = model.run_int(x) if args.int else model.run(x)
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    if args.output:
+        if len(outputs) != 1:
+            raise ValidationError(f"--output takes one array but the model has {len(outputs)} outputs")
+        np.save(args.output, outputs[0], allow_pickle=False)
+    for info, out in zip(model.outputs, outputs):
+        print(f"{info.name}: {out.dtype}{list(out.shape)}")
+    return 0
+
+
+def _cmd_trace(args) -> int:
+    import intsim
+
+    model = intsim.load(args.model, backend=args.backend)
+    trace = model.trace(_load_npy(args.input, "input"), float_input=not args.int)
+    print(trace.table())
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from intsim import Model, examples
+    from intsim.profiles import builtin_names
+
+    print("intsim demo: a hand-built integer CNN (conv, depthwise, max pool, mean, fully connected, softmax)")
+    print("run on every built-in profile with the numba kernels and their naive twins.\n")
+    for name in builtin_names():
+        graph = examples.tiny_cnn(name, seed=args.seed)
+        x = examples.random_codes(graph.tensors["x"], args.batch, args.seed)
+        fast, naive = Model(graph, "fast").trace(x), Model(graph, "naive").trace(x)
+        mismatches = sum(int(np.sum(fast.tensors[t] != naive.tensors[t])) for t in fast.tensors)
+        elements = sum(int(fast.tensors[t].size) for t in fast.tensors)
+        print(f"== profile {name}: {elements} integers compared, fast vs naive mismatches: {mismatches}")
+        print(fast.table() + "\n")
+        if mismatches:
+            return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="intsim", description="Bit-exact integer-only accelerator simulation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("profiles", help="list the built-in hardware profiles, or show one")
+    p.add_argument("name", nargs="?", help="a built-in name or a .toml file")
+    p.set_defaults(func=_cmd_profiles)
+
+    p = sub.add_parser("inspect", help="show the nodes, shapes, quantization parameters and profile of a model")
+    p.add_argument("model", help="an .intsim file")
+    p.set_defaults(func=_cmd_inspect)
+
+    for name, func, text in (("run", _cmd_run, "run a model on an input array"),
+                             ("trace", _cmd_trace, "run and print per-node statistics")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("model", help="an .intsim file")
+        p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
+        if name == "run":
+            p.add_argument("--output", help="where to save the output .npy")
+        p.add_argument("--int", action="store_true", help="input is integer codes (and run's output is codes)")
+        p.add_argument("--backend", choices=("fast", "naive"), default="fast", help="numba kernels or naive twins")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("demo", help="run a built-in example graph on every profile (fast vs naive)")
+    p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except IntsimError as exc:
+        print(f"intsim: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

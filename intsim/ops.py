@@ -214,8 +214,12 @@ class _MacOp(Op):
             "acc": (profile.accumulator_bits, OVERFLOW_CODES[profile.overflow], profile.pairwise_int16),
         }
 
-    def _finish(self, plan, acc, overflow_count, pair_saturations, kernels):
-        out, saturations = kernels.requantize(acc, 0, *plan["requant"])
+    def _finish(self, plan, acc, overflow_count, pair_saturations, kernels, per_tensor=False):
+        if per_tensor:
+            out, saturations = kernels.requantize(acc.reshape(-1, 1), 0, *plan["requant"])
+            out = out.reshape(acc.shape)
+        else:
+            out, saturations = kernels.requantize(acc, 0, *plan["requant"])
         stats = _acc_stats(acc, plan["acc"][0], overflow_count, pair_saturations)
         stats["saturation_count"] = saturations
         stats["accumulator"] = acc
@@ -355,7 +359,7 @@ class MatMul(_MacOp):
             np.ascontiguousarray(a3), a_zp, np.ascontiguousarray(b3), b_zp, *plan["acc"]
         )
         acc = acc.reshape(lead + acc.shape[-2:])
-        return self._finish(plan, acc, ovf, pairs, kernels)
+        return self._finish(plan, acc, ovf, pairs, kernels, per_tensor=True)
 
 
 # --------------------------------------------------------------------------

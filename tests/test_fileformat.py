@@ -9,7 +9,7 @@ import pytest
 
 import intsim
 from intsim import ModelFormatError, Model
-from tests.builders import tiny_cnn
+from intsim.examples import tiny_cnn
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from intsim import Graph, Node, TensorInfo, UnsupportedOpError, ValidationError
-from tests.builders import branchy, tiny_cnn
+from intsim.examples import branchy, tiny_cnn
 
 
 def _rebuild(graph, mutate):

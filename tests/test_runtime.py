@@ -6,7 +6,7 @@ import pytest
 import intsim
 from intsim import AccumulatorOverflowError, Graph, Model, Node, TensorInfo, ValidationError, get_profile
 from intsim.profiles import builtin_names
-from tests.builders import branchy, random_codes, tiny_cnn
+from intsim.examples import branchy, random_codes, tiny_cnn
 
 
 def _fc_graph(profile, x_zp=1, weight=((2, -3),), bias=(3,), multiplier=2**30, shift=-1, scale=0.25, out_zp=2):

@@ -1,8 +1,9 @@
-"""Small integer graphs built by hand for the runtime and file-format tests.
+"""Small integer graphs built by hand, for ``intsim demo``, the tests and the README.
 
-Quantization parameters are chosen here the way a converter would choose them,
-but only so that the graphs are realistic: no test takes an expected value
-from this module.
+Weights are seeded random codes; quantization parameters are chosen the way a
+converter would choose them for the given profile, so the graphs are realistic
+for every profile.  No test takes an expected value from this module: the
+graphs are inputs.
 """
 
 from __future__ import annotations

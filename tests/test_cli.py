@@ -1,0 +1,60 @@
+"""The command line: every subcommand, and errors reported without a traceback."""
+
+import numpy as np
+import pytest
+
+from intsim import Model
+from intsim.cli import main
+from intsim.examples import random_codes, tiny_cnn
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "m.intsim"
+    Model(tiny_cnn("tflite")).save(path)
+    return path
+
+
+def test_demo_reports_zero_mismatches(capsys):
+    assert main(["demo", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("fast vs naive mismatches: 0") == 6
+
+
+def test_profiles(capsys):
+    assert main(["profiles"]) == 0
+    assert "[pow2]" in capsys.readouterr().out
+    assert main(["profiles", "paper"]) == 0
+    assert "rounding = single" in capsys.readouterr().out
+
+
+def test_inspect(model_file, capsys):
+    assert main(["inspect", str(model_file)]) == 0
+    out = capsys.readouterr().out
+    assert "profile 'tflite'" in out and "conv2d" in out and "multiplier" in out
+
+
+def test_run_int_and_float(model_file, tmp_path, capsys):
+    graph = tiny_cnn("tflite")
+    x = random_codes(graph.tensors["x"], 2, 4)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(model_file), "--input", str(tmp_path / "x.npy"), "--int",
+                 "--output", str(tmp_path / "y.npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), Model(graph).run_int(x), strict=True)
+    np.save(tmp_path / "xf.npy", np.zeros((1, 8, 8, 3), np.float32))
+    assert main(["run", str(model_file), "--input", str(tmp_path / "xf.npy")]) == 0
+    assert main(["trace", str(model_file), "--input", str(tmp_path / "x.npy"), "--int"]) == 0
+    assert "headroom" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(model_file, tmp_path, capsys):
+    assert main(["run", str(model_file), "--input", str(tmp_path / "missing.npy")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "bad.intsim").write_bytes(b"garbage")
+    assert main(["inspect", str(tmp_path / "bad.intsim")]) == 2
+    assert "not a readable zip" in capsys.readouterr().err
+    np.save(tmp_path / "wrong.npy", np.zeros((1, 3), np.int8))
+    assert main(["run", str(model_file), "--input", str(tmp_path / "wrong.npy"), "--int"]) == 2
+    assert "expected shape" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["run"])
