@@ -154,7 +154,10 @@ def multiply_by_scale_scalar(x, scale, rounding):
         rounded = np.rint(product)
     else:
         product = np.float64(x) * np.float64(scale)
-        rounded = np.floor(abs(product) + 0.5)
+        magnitude = abs(product)
+        rounded = np.floor(magnitude)
+        if magnitude - rounded >= 0.5:  # exact; floor(magnitude + 0.5) would round 0.5 - 2**-54 up
+            rounded += 1.0
         if product < 0:
             rounded = -rounded
     if rounded >= 2147483647.0:
@@ -197,13 +200,12 @@ def _rdbpot_flat(x, exponent, out):
 
 def _int_array(name: str, value, lo: int, hi: int, where: str) -> np.ndarray:
     arr = np.asarray(value)
-    if arr.dtype.kind not in "iu" and not (arr.dtype == object and arr.size == 0):
+    if arr.dtype.kind not in "iu":
         raise ValidationError(f"{where}: {name} must be integers, found dtype {arr.dtype}")
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < lo or arr.max() > hi):
+    if arr.size and (arr.min() < lo or arr.max() > hi):  # before any cast, so uint64 cannot wrap
         bad = arr[(arr < lo) | (arr > hi)].flat[0]
         raise ValidationError(f"{where}: {name} must lie in [{lo}, {hi}], found {bad}")
-    return arr
+    return arr.astype(np.int64)
 
 
 def _check_multiplier_bits(multiplier_bits: int, where: str) -> int:
@@ -212,8 +214,13 @@ def _check_multiplier_bits(multiplier_bits: int, where: str) -> int:
     return int(multiplier_bits)
 
 
-def _broadcast_flat(*arrays):
-    shape = np.broadcast_shapes(*(a.shape for a in arrays))
+def _broadcast_flat(where, *arrays):
+    try:
+        shape = np.broadcast_shapes(*(a.shape for a in arrays))
+    except ValueError:
+        shapes = ", ".join(str(a.shape) for a in arrays)
+        raise ValidationError(f"{where}: operand shapes {shapes} do not broadcast (per-channel parameters run "
+                              f"along the last axis)") from None
     return shape, [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrays]
 
 
@@ -226,7 +233,7 @@ def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     where = "saturating_rounding_doubling_high_mul"
     a = _int_array("a", a, INT32_MIN, INT32_MAX, where)
     b = _int_array("b", b, INT32_MIN, INT32_MAX, where)
-    shape, (af, bf) = _broadcast_flat(a, b)
+    shape, (af, bf) = _broadcast_flat(where, a, b)
     out = np.empty(af.size, np.int64)
     _srdhm_flat(af, bf, out)
     return out.astype(np.int32).reshape(shape)
@@ -240,7 +247,7 @@ def rounding_divide_by_pot(x, exponent) -> np.ndarray:
     where = "rounding_divide_by_pot"
     x = _int_array("x", x, INT32_MIN, INT32_MAX, where)
     exponent = _int_array("exponent", exponent, 0, 31, where)
-    shape, (xf, ef) = _broadcast_flat(x, exponent)
+    shape, (xf, ef) = _broadcast_flat(where, x, exponent)
     out = np.empty(xf.size, np.int64)
     _rdbpot_flat(xf, ef, out)
     return out.astype(np.int32).reshape(shape)
@@ -346,7 +353,8 @@ class Rescale:
             if self.scale is None:
                 raise ValidationError(f"{where}: rounding {self.rounding!r} needs the real scale")
             scale = np.asarray(self.scale, dtype=np.float64)
-            if scale.shape != m.shape or not np.all(np.isfinite(scale)) or np.any(scale < 0):
+            largest = np.finfo(np.float32).max if self.rounding == "float32_rint" else np.inf
+            if scale.shape != m.shape or not np.all(np.isfinite(scale)) or np.any(scale < 0) or np.any(scale > largest):
                 raise ValidationError(
                     f"{where}: scale must be finite, >= 0 and shaped like multiplier {m.shape}, found {scale!r}"
                 )
@@ -391,6 +399,7 @@ def rescale(x, params: Rescale, *, where: str = "rescale") -> np.ndarray:
     x = _int_array("x", x, INT32_MIN, INT32_MAX, where)
     scale = params.scale if params.scale is not None else np.zeros(params.multiplier.shape)
     shape, (xf, mf, sf, cf) = _broadcast_flat(
+        where,
         x, params.multiplier.astype(np.int64), params.shift.astype(np.int64), np.asarray(scale, np.float64)
     )
     out = np.empty(xf.size, np.int64)
