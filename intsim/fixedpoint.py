@@ -147,24 +147,38 @@ def multiply_by_quantized_multiplier_scalar(x, multiplier, shift, rounding, mult
 
 
 @njit(cache=True)
+def saturating_round_float(value, rounding):
+    """``value`` rounded to an integer and saturated to int32.
+
+    ``FLOAT32_RINT`` rounds ties to even (C ``rint``); ``FLOAT64_HALF_AWAY``
+    rounds ties away from zero (C ``round``).  Exact for every float32 and
+    float64 input (no ``floor(x + 0.5)``, which takes 0.49999999999999994 to 1).
+    Not a requantization by itself: the caller has already formed the real
+    value in the mode's float width.
+    """
+    if rounding == FLOAT32_RINT:
+        rounded = np.rint(value)
+    else:
+        magnitude = abs(value)
+        rounded = np.floor(magnitude)
+        # magnitude - floor(magnitude) is exact: both lie in the same binade, or the floor is 0.
+        if magnitude - rounded >= 0.5:
+            rounded += 1.0
+        if value < 0:
+            rounded = -rounded
+    if rounded >= INT32_MAX:
+        return np.int64(INT32_MAX)
+    if rounded <= INT32_MIN:
+        return np.int64(INT32_MIN)
+    return np.int64(rounded)
+
+
+@njit(cache=True)
 def multiply_by_scale_scalar(x, scale, rounding):
     """Requantize one accumulator in floating point (``FLOAT32_RINT`` or ``FLOAT64_HALF_AWAY``)."""
     if rounding == FLOAT32_RINT:
-        product = np.float32(x) * np.float32(scale)
-        rounded = np.rint(product)
-    else:
-        product = np.float64(x) * np.float64(scale)
-        magnitude = abs(product)
-        rounded = np.floor(magnitude)
-        if magnitude - rounded >= 0.5:  # exact; floor(magnitude + 0.5) would round 0.5 - 2**-54 up
-            rounded += 1.0
-        if product < 0:
-            rounded = -rounded
-    if rounded >= 2147483647.0:
-        return np.int64(INT32_MAX)
-    if rounded <= -2147483648.0:
-        return np.int64(INT32_MIN)
-    return np.int64(rounded)
+        return saturating_round_float(np.float32(x) * np.float32(scale), rounding)
+    return saturating_round_float(np.float64(x) * np.float64(scale), rounding)
 
 
 @njit(cache=True)

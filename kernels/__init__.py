@@ -1,0 +1,35 @@
+"""Integer kernels (numba), imported as ``intsim.kernels``.
+
+Every function here has a naive twin of the same name and signature in
+:mod:`intsim.kernels.naive`; the twins are the definition, these are the fast
+versions, and the tests demand exact equality.  Activation layout is NHWC.
+Kernels do not validate their arguments: :mod:`intsim.ops` does that once,
+when a graph is built or loaded.
+"""
+
+from intsim.kernels.elementwise import (
+    add,
+    avg_pool_nhwc,
+    lookup_table,
+    max_pool_nhwc,
+    mean_reduce,
+    mul,
+    pad_constant,
+    softmax_lastaxis,
+)
+from intsim.kernels.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+
+__all__ = [
+    "add",
+    "avg_pool_nhwc",
+    "conv2d_nhwc_acc",
+    "fully_connected_acc",
+    "lookup_table",
+    "matmul_acc",
+    "max_pool_nhwc",
+    "mean_reduce",
+    "mul",
+    "pad_constant",
+    "requantize",
+    "softmax_lastaxis",
+]

@@ -1,0 +1,451 @@
+"""Elementwise, pooling, reduction and table kernels on integer tensors.
+
+Activations are NHWC (channels last).  Each public function allocates its
+output and calls a private numba core; inputs are trusted (the runtime
+validates at the edge).  Requantization goes through :mod:`intsim.fixedpoint`
+in TFLite's fixed order: ``acc = requantize(acc); acc += out_zero_point;
+clamp; narrow``.  A clamp reports ``saturation_count``, the number of elements
+whose value before the clamp lay outside ``[clamp_min, clamp_max]``.
+
+The naive twins in :mod:`intsim.kernels.naive_elementwise` define what every
+function here must compute, bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from intsim.fixedpoint import (
+    FLOAT32_RINT,
+    SINGLE,
+    rescale_scalar,
+    round_half_away_divide,
+    saturate,
+    saturating_round_float,
+)
+
+# A probability in softmax is a Q23 fixed-point number: 2**23 means 1.
+SOFTMAX_PROBABILITY_BITS = 23
+
+
+@njit(cache=True)
+def _clamp(value, clamp_min, clamp_max):
+    return min(max(value, clamp_min), clamp_max)
+
+
+# --------------------------------------------------------------------------
+# ADD / SUB
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _add_scalar(
+    a_centered, a_multiplier, a_shift, a_scale,
+    b_centered, b_multiplier, b_shift, b_scale,
+    left_shift, out_multiplier, out_shift, rounding, multiplier_bits, subtract,
+):
+    # Requantized sum of two zero-point-free codes, before the output zero point.
+    if rounding <= SINGLE:
+        a_wide = saturate(a_centered << left_shift, 32)
+        b_wide = saturate(b_centered << left_shift, 32)
+        a_rescaled = rescale_scalar(a_wide, a_multiplier, a_shift, 0.0, rounding, multiplier_bits)
+        b_rescaled = rescale_scalar(b_wide, b_multiplier, b_shift, 0.0, rounding, multiplier_bits)
+        if subtract:
+            b_rescaled = -b_rescaled
+        total = saturate(a_rescaled + b_rescaled, 32)
+        return rescale_scalar(total, out_multiplier, out_shift, 0.0, rounding, multiplier_bits)
+    if rounding == FLOAT32_RINT:
+        # |centered| <= 65535 < 2**24: the conversion to float32 is exact.
+        a32 = np.float32(a_centered) * np.float32(a_scale)
+        b32 = np.float32(b_centered) * np.float32(b_scale)
+        return saturating_round_float(a32 - b32 if subtract else a32 + b32, rounding)
+    a64 = np.float64(a_centered) * a_scale
+    b64 = np.float64(b_centered) * b_scale
+    return saturating_round_float(a64 - b64 if subtract else a64 + b64, rounding)
+
+
+@njit(cache=True)
+def _add_core(
+    a, a_zero_point, a_multiplier, a_shift, a_scale,
+    b, b_zero_point, b_multiplier, b_shift, b_scale,
+    left_shift, out_multiplier, out_shift, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, subtract, out,
+):
+    saturated = 0
+    for i in range(a.size):
+        value = out_zero_point + _add_scalar(
+            np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale,
+            np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale,
+            left_shift, out_multiplier, out_shift, rounding, multiplier_bits, subtract,
+        )
+        clamped = _clamp(value, clamp_min, clamp_max)
+        if clamped != value:
+            saturated += 1
+        out[i] = clamped
+    return saturated
+
+
+def add(
+    a, a_zero_point, a_multiplier, a_shift, a_scale,
+    b, b_zero_point, b_multiplier, b_shift, b_scale,
+    left_shift, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype, subtract=False,
+):
+    """Quantized ``a + b`` (or ``a - b``) of two same-shape tensors, TFLite's ADD scheme.
+
+    Integer rounding codes (``DOUBLE``, ``SINGLE``): each centered input is
+    shifted left by ``left_shift`` (saturating to int32) and rescaled by its
+    ``(multiplier, shift)`` to a common scale; the int32-saturated sum is
+    rescaled by ``(out_multiplier, out_shift)``.  Float codes: ``a_scale`` and
+    ``b_scale`` are ``s_a / s_out`` and ``s_b / s_out``; the sum
+    ``(a - za) * a_scale +- (b - zb) * b_scale`` is formed in float32
+    (``FLOAT32_RINT``, every operand and intermediate) or float64
+    (``FLOAT64_HALF_AWAY``) and rounded once.  Then ``+ out_zero_point`` and
+    the clamp.
+
+    Parameters
+    ----------
+    a, b : int8/uint8/int16/uint16 arrays of the same shape
+    a_zero_point, b_zero_point, out_zero_point : int
+    a_multiplier, a_shift, b_multiplier, b_shift, out_multiplier, out_shift : int
+        Fixed-point multipliers; positive shift means left.  Unused by float codes.
+    a_scale, b_scale : float
+        Unused by integer codes.
+    left_shift : int
+        Headroom shift of the centered inputs (20 for 8-bit, as TFLite); unused by float codes.
+    out_scale : float
+        Unused: the float codes fold the output scale into ``a_scale`` and ``b_scale``.
+    rounding : int
+        A rounding code of :mod:`intsim.fixedpoint`.
+    multiplier_bits : int
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+    subtract : bool
+        Compute ``a - b``.
+
+    Returns
+    -------
+    out : array of ``out_dtype``, shape of ``a``
+    saturation_count : int
+    """
+    out = np.empty(a.shape, out_dtype)
+    saturated = _add_core(
+        a.reshape(-1), int(a_zero_point), int(a_multiplier), int(a_shift), float(a_scale),
+        b.reshape(-1), int(b_zero_point), int(b_multiplier), int(b_shift), float(b_scale),
+        int(left_shift), int(out_multiplier), int(out_shift), int(rounding), int(multiplier_bits),
+        int(out_zero_point), int(clamp_min), int(clamp_max), bool(subtract), out.reshape(-1),
+    )
+    return out, int(saturated)
+
+
+# --------------------------------------------------------------------------
+# MUL
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _mul_core(
+    a, a_zero_point, b, b_zero_point, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out,
+):
+    saturated = 0
+    for i in range(a.size):
+        # Centered 16-bit codes lie in [-65535, 65535]; their product (< 2**32) can leave
+        # int32, so it saturates to the int32 accumulator before the rescale.
+        acc = saturate((np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point), 32)
+        value = rescale_scalar(acc, out_multiplier, out_shift, out_scale, rounding, multiplier_bits) + out_zero_point
+        clamped = _clamp(value, clamp_min, clamp_max)
+        if clamped != value:
+            saturated += 1
+        out[i] = clamped
+    return saturated
+
+
+def mul(
+    a, a_zero_point, b, b_zero_point, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype,
+):
+    """Quantized ``a * b`` of two same-shape tensors.
+
+    ``acc = saturate_int32((a - za) * (b - zb))``, rescaled by
+    ``(out_multiplier, out_shift)`` or ``out_scale`` under ``rounding``, plus
+    ``out_zero_point``, clamped.  8-bit products fit int32 and never saturate;
+    16-bit ones with zero points can.
+
+    Returns
+    -------
+    out : array of ``out_dtype``, shape of ``a``
+    saturation_count : int
+        Elements clamped to ``[clamp_min, clamp_max]``.
+    """
+    out = np.empty(a.shape, out_dtype)
+    saturated = _mul_core(
+        a.reshape(-1), int(a_zero_point), b.reshape(-1), int(b_zero_point),
+        int(out_multiplier), int(out_shift), float(out_scale), int(rounding), int(multiplier_bits),
+        int(out_zero_point), int(clamp_min), int(clamp_max), out.reshape(-1),
+    )
+    return out, int(saturated)
+
+
+# --------------------------------------------------------------------------
+# Pooling (NHWC)
+# --------------------------------------------------------------------------
+
+
+def _pooled_size(size, kernel, stride, dilation, pad_before, pad_after):
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@njit(cache=True)
+def _max_pool_core(x, kh, kw, sh, sw, dh, dw, pad_top, pad_left, lowest, out):
+    batch, height, width, channels = x.shape
+    out_height, out_width = out.shape[1], out.shape[2]
+    for n in range(batch):
+        for oh in range(out_height):
+            for ow in range(out_width):
+                for c in range(channels):
+                    out[n, oh, ow, c] = lowest
+                for i in range(kh):
+                    ih = oh * sh - pad_top + i * dh
+                    if ih < 0 or ih >= height:
+                        continue
+                    for j in range(kw):
+                        iw = ow * sw - pad_left + j * dw
+                        if iw < 0 or iw >= width:
+                            continue
+                        for c in range(channels):
+                            if x[n, ih, iw, c] > out[n, oh, ow, c]:
+                                out[n, oh, ow, c] = x[n, ih, iw, c]
+
+
+def max_pool_nhwc(x, kernel, strides, dilations, pads):
+    """Max pooling of an NHWC tensor; padded positions are never selected.
+
+    Parameters
+    ----------
+    x : int8/uint8/int16/uint16 array [N, H, W, C]
+    kernel, strides, dilations : (int, int)
+        ``(kh, kw)``, ``(sh, sw)``, ``(dh, dw)``.
+    pads : (int, int, int, int)
+        ``(top, left, bottom, right)``.
+
+    Returns
+    -------
+    out : array of ``x.dtype``, [N, OH, OW, C]
+        ``OH = (H + top + bottom - dh*(kh-1) - 1) // sh + 1``, likewise ``OW``.
+        A window that covers no input position yields the dtype's minimum
+        (as onnxruntime, which starts from ``lowest()``).
+    """
+    (kh, kw), (sh, sw), (dh, dw) = kernel, strides, dilations
+    top, left, bottom, right = pads
+    batch, height, width, channels = x.shape
+    out_height = _pooled_size(height, kh, sh, dh, top, bottom)
+    out_width = _pooled_size(width, kw, sw, dw, left, right)
+    out = np.empty((batch, out_height, out_width, channels), x.dtype)
+    _max_pool_core(
+        np.ascontiguousarray(x), int(kh), int(kw), int(sh), int(sw), int(dh), int(dw), int(top), int(left),
+        int(np.iinfo(x.dtype).min), out,
+    )
+    return out
+
+
+@njit(cache=True)
+def _avg_pool_core(x, x_zero_point, kh, kw, sh, sw, pad_top, pad_left, count_include_pad, out):
+    batch, height, width, channels = x.shape
+    out_height, out_width = out.shape[1], out.shape[2]
+    # int64 totals: a window of kh*kw 16-bit codes stays far below 2**63.
+    total = np.empty(channels, np.int64)
+    for n in range(batch):
+        for oh in range(out_height):
+            for ow in range(out_width):
+                total[:] = 0
+                valid = 0
+                for i in range(kh):
+                    ih = oh * sh - pad_top + i
+                    for j in range(kw):
+                        iw = ow * sw - pad_left + j
+                        if 0 <= ih < height and 0 <= iw < width:
+                            valid += 1
+                            for c in range(channels):
+                                total[c] += x[n, ih, iw, c]
+                        elif count_include_pad:
+                            for c in range(channels):
+                                total[c] += x_zero_point
+                count = kh * kw if count_include_pad else valid
+                for c in range(channels):
+                    out[n, oh, ow, c] = round_half_away_divide(total[c], count)
+
+
+def avg_pool_nhwc(x, x_zero_point, kernel, strides, pads, count_include_pad):
+    """Average pooling of an NHWC tensor whose output keeps the input's scale and zero point.
+
+    Raw codes are averaged: ``total`` is the sum of the window's valid codes
+    plus ``x_zero_point`` for each padded position when ``count_include_pad``;
+    ``count`` is ``kh * kw`` when ``count_include_pad`` else the number of
+    valid positions; ``out = total / count`` rounded half away from zero
+    (TFLite's AVERAGE_POOL_2D).  No dilation.  Without ``count_include_pad``
+    every window must hold a valid position (pads smaller than the kernel).
+
+    Parameters
+    ----------
+    x : int8/uint8/int16/uint16 array [N, H, W, C]
+    x_zero_point : int
+    kernel, strides : (int, int)
+    pads : (int, int, int, int)
+        ``(top, left, bottom, right)``.
+    count_include_pad : bool
+
+    Returns
+    -------
+    out : array of ``x.dtype``, [N, OH, OW, C], ``OH = (H + top + bottom - kh) // sh + 1``.
+    """
+    (kh, kw), (sh, sw) = kernel, strides
+    top, left, bottom, right = pads
+    batch, height, width, channels = x.shape
+    out_height = _pooled_size(height, kh, sh, 1, top, bottom)
+    out_width = _pooled_size(width, kw, sw, 1, left, right)
+    out = np.empty((batch, out_height, out_width, channels), x.dtype)
+    _avg_pool_core(
+        np.ascontiguousarray(x), int(x_zero_point), int(kh), int(kw), int(sh), int(sw), int(top), int(left),
+        bool(count_include_pad), out,
+    )
+    return out
+
+
+# --------------------------------------------------------------------------
+# MEAN
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _mean_core(
+    x, x_zero_point, multiplier, shift, scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out,
+):
+    outer, reduced, inner = x.shape
+    total = np.empty(inner, np.int64)
+    saturated = 0
+    for o in range(outer):
+        total[:] = 0
+        for r in range(reduced):
+            for k in range(inner):
+                total[k] += np.int64(x[o, r, k]) - x_zero_point
+        for k in range(inner):
+            # Summed in int64, then saturated once to the int32 accumulator.
+            acc = saturate(total[k], 32)
+            value = rescale_scalar(acc, multiplier, shift, scale, rounding, multiplier_bits) + out_zero_point
+            clamped = _clamp(value, clamp_min, clamp_max)
+            if clamped != value:
+                saturated += 1
+            out[o, k] = clamped
+    return saturated
+
+
+def mean_reduce(
+    x, x_zero_point, multiplier, shift, scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype,
+):
+    """Quantized mean over axis 1 of ``x`` [outer, R, inner] (TFLite's MEAN).
+
+    ``acc = saturate_int32(sum_r (x - x_zero_point))`` is rescaled by
+    ``(multiplier, shift)`` or ``scale`` under ``rounding``; the converter
+    folds ``1/R`` and the input/output scale ratio into them.  Then
+    ``+ out_zero_point`` and the clamp.
+
+    Returns
+    -------
+    out : array of ``out_dtype``, [outer, inner]
+    saturation_count : int
+    """
+    outer, _, inner = x.shape
+    out = np.empty((outer, inner), out_dtype)
+    saturated = _mean_core(
+        np.ascontiguousarray(x), int(x_zero_point), int(multiplier), int(shift), float(scale), int(rounding),
+        int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
+    )
+    return out, int(saturated)
+
+
+# --------------------------------------------------------------------------
+# PAD, lookup table
+# --------------------------------------------------------------------------
+
+
+def pad_constant(x, pads_before, pads_after, value):
+    """``x`` padded on every axis with the constant code ``value`` (the zero point).
+
+    ``pads_before[i]`` and ``pads_after[i]`` (non-negative) are the numbers of
+    ``value`` entries added before and after axis ``i``.  Returns an array of
+    ``x.dtype``.
+    """
+    shape = tuple(before + size + after for before, size, after in zip(pads_before, x.shape, pads_after))
+    out = np.full(shape, value, x.dtype)
+    out[tuple(slice(before, before + size) for before, size in zip(pads_before, x.shape))] = x
+    return out
+
+
+def lookup_table(x, table, x_min):
+    """``table[x - x_min]`` elementwise: a per-code table (``2**bits`` entries).
+
+    Returns an array shaped like ``x`` of ``table.dtype``.
+    """
+    return table[x.astype(np.intp) - x_min]
+
+
+# --------------------------------------------------------------------------
+# SOFTMAX
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _softmax_core(
+    x, exp_table, out_multiplier, out_shift, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out,
+):
+    rows, columns = x.shape
+    one = np.int64(1) << SOFTMAX_PROBABILITY_BITS
+    saturated = 0
+    for row in range(rows):
+        row_max = np.int64(x[row, 0])
+        for col in range(1, columns):
+            row_max = max(row_max, np.int64(x[row, col]))
+        # Entries are at most 2**30, so int64 holds the total of 2**33 of them.
+        total = np.int64(0)
+        for col in range(columns):
+            total += exp_table[row_max - x[row, col]]
+        for col in range(columns):
+            # exp <= 2**30 and the shift is 23: the numerator fits in 2**53.
+            probability = round_half_away_divide(exp_table[row_max - x[row, col]] * one, total)
+            rescaled = rescale_scalar(probability, out_multiplier, out_shift, 0.0, rounding, multiplier_bits)
+            value = rescaled + out_zero_point
+            clamped = _clamp(value, clamp_min, clamp_max)
+            if clamped != value:
+                saturated += 1
+            out[row, col] = clamped
+    return saturated
+
+
+def softmax_lastaxis(
+    x, exp_table, out_multiplier, out_shift, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype,
+):
+    """Integer softmax over the last axis of ``x`` [rows, C].
+
+    ``e = exp_table[max_row(x) - x]`` (entries ``round(2**30 * exp(-beta * s_x * d))``,
+    built by the converter); ``p = e * 2**23 / sum_row(e)`` rounded half away
+    from zero, a Q23 probability; ``p`` is rescaled by ``(out_multiplier,
+    out_shift)`` (the converter encodes ``2**-23 / s_out``) under an integer
+    rounding code, plus ``out_zero_point``, clamped.
+
+    Returns
+    -------
+    out : array of ``out_dtype``, [rows, C]
+    saturation_count : int
+    """
+    out = np.empty(x.shape, out_dtype)
+    saturated = _softmax_core(
+        np.ascontiguousarray(x), np.asarray(exp_table, np.int64), int(out_multiplier), int(out_shift),
+        int(rounding), int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
+    )
+    return out, int(saturated)

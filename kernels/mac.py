@@ -1,0 +1,536 @@
+"""Multiply-accumulate kernels: raw accumulators as a hardware MAC array holds them.
+
+Activations are NHWC (channels last), weights OHWI.  Every ``*_acc`` kernel
+returns ``(acc, overflow_count, pair_saturation_count)``: the int32
+accumulators, the number of output elements whose accumulation left the
+``acc_bits`` range at least once, and the number of int16 pair sums that
+saturated.  :func:`requantize` turns accumulators into output codes.
+
+Hardware order of one accumulator (white paper §2.1 MAC array; the zero-point
+expansion of §2.4, symmetric vs asymmetric quantization)::
+
+    acc = policy(c0)                         # bias with the z_x * sum(W) term folded in
+    for k in reduction order:
+        acc = policy(acc + x[k] * w[k])      # raw stored codes, not minus zero points
+    acc = policy(acc - correction)           # data-dependent zero-point terms, in order
+
+``policy(v)`` is ``v`` inside the signed ``acc_bits`` range; outside it
+saturates (``OVERFLOW_SATURATE``) or wraps in two's complement
+(``OVERFLOW_WRAP`` and ``OVERFLOW_ERROR``; the runtime raises for the latter
+when the overflow count is not 0).  With ``pairwise_int16`` the products are
+taken two at a time, ``(k0, k1), (k2, k3), ...``, and each pair sum (a trailing
+odd product on its own) is saturated to int16 before it reaches the
+accumulator, as x86 ``vpmaddubsw`` does.  A correction of 0 leaves the
+accumulator unchanged, so "skip a correction whose zero point is 0" and
+"apply it" are the same thing.
+
+Every kernel has two cores.  The wrapper bounds every partial sum of the
+hardware order by ``|c0| + K * max|x| * max|w| + max|correction|`` (per output
+channel, ``max|x|`` read from the actual activations, padding value included,
+so int16 activations with small values stay on the fast path).  When that
+bound fits ``acc_bits`` and ``pairwise_int16`` is off, no step can overflow,
+the order of the additions cannot matter, and the unchecked core computes the
+same exact sum in int64 in whatever order is fastest.  Otherwise the checked
+core walks the hardware order and applies the policy after every step.
+
+The slow, obviously-correct twins of these kernels are in
+:mod:`intsim.kernels.naive_mac`; tests demand bit-equality.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from intsim.fixedpoint import rescale_scalar, saturate, wrap
+
+OVERFLOW_SATURATE, OVERFLOW_WRAP, OVERFLOW_ERROR = 0, 1, 2
+
+PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
+
+
+# --------------------------------------------------------------------------
+# Checked accumulation: the hardware order, one policy step at a time.
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _apply_policy(value, acc_bits, overflow):
+    """``(policy(value), left_range)`` for one accumulator step."""
+    saturated = saturate(value, acc_bits)
+    if saturated == value:
+        return np.int64(value), False
+    if overflow == OVERFLOW_SATURATE:
+        return saturated, True
+    return wrap(value, acc_bits), True
+
+
+@njit(cache=True)
+def _accumulate_checked(c0, xs, ws, acc_bits, overflow, pairwise_int16):
+    """``policy(c0)`` then ``xs[k] * ws[k]`` added in ascending ``k``.
+
+    ``xs`` and ``ws`` are int64 vectors of one reduction.  Returns
+    ``(acc, overflowed, saturated_pairs)``.
+    """
+    acc, overflowed = _apply_policy(c0, acc_bits, overflow)
+    saturated_pairs = 0
+    size = xs.shape[0]
+    if pairwise_int16:
+        for k in range(0, size, 2):
+            pair = xs[k] * ws[k]
+            if k + 1 < size:
+                pair += xs[k + 1] * ws[k + 1]
+            pair_int16 = saturate(pair, PAIR_BITS)
+            if pair_int16 != pair:
+                saturated_pairs += 1
+            acc, left = _apply_policy(acc + pair_int16, acc_bits, overflow)
+            overflowed = overflowed or left
+    else:
+        for k in range(size):
+            acc, left = _apply_policy(acc + xs[k] * ws[k], acc_bits, overflow)
+            overflowed = overflowed or left
+    return acc, overflowed, saturated_pairs
+
+
+def _fits(bound: int, acc_bits: int) -> bool:
+    """Whether a value of magnitude at most ``bound`` lies in the signed ``acc_bits`` range."""
+    return bound <= 2 ** (acc_bits - 1) - 1
+
+
+def _max_abs(a: np.ndarray) -> int:
+    return max(abs(int(a.min())), abs(int(a.max()))) if a.size else 0
+
+
+def _c0_per_output(x_zero_point: int, w_rows: np.ndarray, w_zero_point: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """``bias - z_x * sum(w) + K * z_x * z_w`` per output row of ``w_rows`` [O, K], int64."""
+    k = w_rows.shape[1]
+    return (
+        bias.astype(np.int64)
+        - x_zero_point * w_rows.sum(axis=1, dtype=np.int64)
+        + k * x_zero_point * w_zero_point.astype(np.int64)
+    )
+
+
+def _weighted_bound(c0, k, max_x, w_rows, w_zero_point) -> int:
+    """Upper bound on ``|partial sum|`` of every output whose weights are one row of ``w_rows`` [O, K].
+
+    ``|c0| + K * max|x| * max|w[o]| + |z_w[o]| * K * max|x|``, maximised over
+    ``o``, in int64.  With 16-bit codes and zero points every term is below
+    ``K * 2**32`` (and ``|bias| < 2**31``), so the sum is exact for K below 2**28.
+    """
+    if c0.size == 0:
+        return 0
+    max_w = np.abs(w_rows.astype(np.int64)).max(axis=1, initial=0)
+    return int((np.abs(c0) + k * max_x * max_w + np.abs(w_zero_point.astype(np.int64)) * k * max_x).max())
+
+
+# --------------------------------------------------------------------------
+# conv2d, NHWC activations, OHWI weights
+# --------------------------------------------------------------------------
+
+
+def _conv_output_size(size, before, after, kernel, stride, dilation):
+    return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+@njit(cache=True)
+def _conv2d_unchecked_core(x, x_zero_point, w_hwio, bias, sh, sw, dh, dw, top, left, groups, out):
+    # bias + sum (x - z_x) (w - z_w) over the in-bounds taps: the exact
+    # accumulator when nothing overflows (padding taps contribute 0).  One row
+    # of Cout int64 sums per output pixel; the innermost loop runs over
+    # contiguous output channels: all of Cout for depthwise with multiplier 1
+    # (Cin_g = Cout_g = 1, where output channel o reads input channel o),
+    # otherwise the Cout_g channels of one group.
+    n_batch, height, width, _ = x.shape
+    kernel_h, kernel_w, cin_g, cout = w_hwio.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    cout_g = cout // groups
+    row = np.empty(cout, np.int64)
+    for n in range(n_batch):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for o in range(cout):
+                    row[o] = bias[o]
+                for kh in range(kernel_h):
+                    ih = oh * sh - top + kh * dh
+                    if ih < 0 or ih >= height:
+                        continue
+                    for kw in range(kernel_w):
+                        iw = ow * sw - left + kw * dw
+                        if iw < 0 or iw >= width:
+                            continue
+                        if cin_g == 1 and cout_g == 1:
+                            for o in range(cout):
+                                row[o] += (np.int64(x[n, ih, iw, o]) - x_zero_point) * w_hwio[kh, kw, 0, o]
+                            continue
+                        for g in range(groups):
+                            o_start = g * cout_g
+                            for ci in range(cin_g):
+                                xv = np.int64(x[n, ih, iw, g * cin_g + ci]) - x_zero_point
+                                for j in range(cout_g):
+                                    row[o_start + j] += xv * w_hwio[kh, kw, ci, o_start + j]
+                for o in range(cout):
+                    out[n, oh, ow, o] = np.int32(row[o])
+
+
+@njit(cache=True)
+def _conv2d_checked_core(
+    x, x_zero_point, w_rows, w_zero_point, c0, sh, sw, dh, dw, top, left, groups, kernel_h, kernel_w,
+    acc_bits, overflow, pairwise_int16, out,
+):
+    # Gathers each window into patch[g] in (kh, kw, ci) order, padding taps
+    # holding z_x, so one reduction is one contiguous vector pair.
+    n_batch, height, width, cin = x.shape
+    cout = w_rows.shape[0]
+    out_h, out_w = out.shape[1], out.shape[2]
+    cin_g = cin // groups
+    cout_g = cout // groups
+    patch = np.empty((groups, kernel_h * kernel_w * cin_g), np.int64)
+    window_sum = np.empty(groups, np.int64)
+    overflow_count = 0
+    pair_count = 0
+    for n in range(n_batch):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for g in range(groups):
+                    k = 0
+                    total = np.int64(0)
+                    for kh in range(kernel_h):
+                        ih = oh * sh - top + kh * dh
+                        for kw in range(kernel_w):
+                            iw = ow * sw - left + kw * dw
+                            inside = 0 <= ih < height and 0 <= iw < width
+                            for ci in range(cin_g):
+                                value = x[n, ih, iw, g * cin_g + ci] if inside else x_zero_point
+                                patch[g, k] = value
+                                total += value
+                                k += 1
+                    window_sum[g] = total
+                for g in range(groups):
+                    for o in range(g * cout_g, (g + 1) * cout_g):
+                        acc, overflowed, pairs = _accumulate_checked(
+                            c0[o], patch[g], w_rows[o], acc_bits, overflow, pairwise_int16
+                        )
+                        acc, left_range = _apply_policy(acc - w_zero_point[o] * window_sum[g], acc_bits, overflow)
+                        if overflowed or left_range:
+                            overflow_count += 1
+                        pair_count += pairs
+                        out[n, oh, ow, o] = np.int32(acc)
+    return overflow_count, pair_count
+
+
+def _conv2d_out(x, w, strides, dilations, pads):
+    out_h = _conv_output_size(x.shape[1], pads[0], pads[2], w.shape[1], strides[0], dilations[0])
+    out_w = _conv_output_size(x.shape[2], pads[1], pads[3], w.shape[2], strides[1], dilations[1])
+    return np.empty((x.shape[0], out_h, out_w, w.shape[0]), np.int32)
+
+
+def _conv2d_unchecked(x, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups):
+    """Exact accumulators of :func:`conv2d_nhwc_acc`, valid only when no step can overflow."""
+    out = _conv2d_out(x, w, strides, dilations, pads)
+    w_hwio = np.ascontiguousarray((w.astype(np.int64) - w_zero_point.reshape(-1, 1, 1, 1)).transpose(1, 2, 3, 0))
+    _conv2d_unchecked_core(
+        np.ascontiguousarray(x), int(x_zero_point), w_hwio, bias.astype(np.int64),
+        strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1], groups, out,
+    )
+    return out
+
+
+def _conv2d_checked(x, x_zero_point, w, w_zero_point, c0, strides, dilations, pads, groups, acc_bits, overflow,
+                    pairwise_int16):
+    """:func:`conv2d_nhwc_acc` in hardware order with the policy after every step."""
+    out = _conv2d_out(x, w, strides, dilations, pads)
+    overflow_count, pair_count = _conv2d_checked_core(
+        x.astype(np.int64), int(x_zero_point), w.reshape(w.shape[0], -1).astype(np.int64),
+        w_zero_point.astype(np.int64), c0, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
+        groups, w.shape[1], w.shape[2], acc_bits, overflow, bool(pairwise_int16), out,
+    )
+    return out, int(overflow_count), int(pair_count)
+
+
+def conv2d_nhwc_acc(x, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups, acc_bits, overflow,
+                    pairwise_int16):
+    """2-D convolution accumulators, NHWC activations, OHWI weights, grouped.
+
+    Parameters
+    ----------
+    x : int8, uint8, int16 or uint16 array [N, H, W, Cin]
+    x_zero_point : int
+        Also the value of every padded input position.
+    w : int8, uint8 or int16 array [Cout, KH, KW, Cin // groups]
+    w_zero_point : int64 array [Cout]
+        Per output channel; zeros for symmetric weights.
+    bias : int32 array [Cout]
+    strides, dilations : (int, int)
+        (height, width).
+    pads : (top, left, bottom, right)
+    groups : int
+        Output channel ``o`` reads input channels ``[g*Cin_g, (g+1)*Cin_g)``
+        with ``g = o // (Cout // groups)``; depthwise is ``groups = Cin``.
+    acc_bits : int
+        Signed accumulator width, 8..32.
+    overflow : int
+        ``OVERFLOW_SATURATE``, ``OVERFLOW_WRAP`` or ``OVERFLOW_ERROR``.
+    pairwise_int16 : bool
+        Saturate each pair of products to int16 before accumulating.
+
+    Returns
+    -------
+    acc : int32 array [N, OH, OW, Cout]
+        ``OH = (H + top + bottom - dh*(KH-1) - 1) // sh + 1``, ``OW`` alike.
+        Reduction order ``kh``, ``kw``, ``ci`` (``ci`` fastest) from
+        ``c0 = bias - z_x*sum(w[o]) + K*z_x*z_w[o]``, then the correction
+        ``z_w[o] * sum(window)`` (white paper §2.4).  Without overflow this is
+        ``bias + sum (x - z_x)(w - z_w)``.
+    overflow_count, pair_saturation_count : int
+    """
+    w_rows = w.reshape(w.shape[0], -1)
+    k = w_rows.shape[1]
+    c0 = _c0_per_output(x_zero_point, w_rows, w_zero_point, bias)
+    max_x = max(_max_abs(x), abs(int(x_zero_point)))
+    if not pairwise_int16 and _fits(_weighted_bound(c0, k, max_x, w_rows, w_zero_point), acc_bits):
+        return _conv2d_unchecked(x, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups), 0, 0
+    return _conv2d_checked(
+        x, x_zero_point, w, w_zero_point, c0, strides, dilations, pads, groups, acc_bits, overflow, pairwise_int16
+    )
+
+
+# --------------------------------------------------------------------------
+# fully connected: x [N, K] times w [O, K] transposed
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _fully_connected_unchecked_core(x, w, w_zero_point, c0, out):
+    # c0 + x . w - z_w * sum(x): the zero-point expansion on raw codes, so the
+    # weights are read in their stored width.
+    n_batch, depth = x.shape
+    n_out = w.shape[0]
+    for n in range(n_batch):
+        x_sum = np.int64(0)
+        for k in range(depth):
+            x_sum += x[n, k]
+        for o in range(n_out):
+            dot = np.int64(0)
+            for k in range(depth):
+                dot += np.int64(x[n, k]) * np.int64(w[o, k])
+            out[n, o] = np.int32(c0[o] + dot - w_zero_point[o] * x_sum)
+
+
+@njit(cache=True)
+def _fully_connected_checked_core(x, w, w_zero_point, c0, acc_bits, overflow, pairwise_int16, out):
+    n_batch, depth = x.shape
+    n_out = w.shape[0]
+    overflow_count = 0
+    pair_count = 0
+    for n in range(n_batch):
+        x_sum = np.int64(0)
+        for k in range(depth):
+            x_sum += x[n, k]
+        for o in range(n_out):
+            acc, overflowed, pairs = _accumulate_checked(c0[o], x[n], w[o], acc_bits, overflow, pairwise_int16)
+            acc, left_range = _apply_policy(acc - w_zero_point[o] * x_sum, acc_bits, overflow)
+            if overflowed or left_range:
+                overflow_count += 1
+            pair_count += pairs
+            out[n, o] = np.int32(acc)
+    return overflow_count, pair_count
+
+
+def fully_connected_acc(x, x_zero_point, w, w_zero_point, bias, acc_bits, overflow, pairwise_int16):
+    """Fully-connected accumulators ``x @ w.T`` in hardware order.
+
+    Parameters
+    ----------
+    x : int8, uint8, int16 or uint16 array [N, K]
+    x_zero_point : int
+    w : int8, uint8 or int16 array [O, K]
+    w_zero_point : int64 array [O]
+    bias : int32 array [O]
+    acc_bits, overflow, pairwise_int16
+        As in :func:`conv2d_nhwc_acc`.
+
+    Returns
+    -------
+    acc : int32 array [N, O]
+        From ``c0 = bias - z_x*sum(w[o]) + K*z_x*z_w[o]``, products over ``k``
+        ascending, then the correction ``z_w[o] * sum(x[n])``.
+    overflow_count, pair_saturation_count : int
+    """
+    n_batch, depth = x.shape
+    out = np.empty((n_batch, w.shape[0]), np.int32)
+    c0 = _c0_per_output(x_zero_point, w, w_zero_point, bias)
+    w_zero_point = w_zero_point.astype(np.int64)
+    if not pairwise_int16 and _fits(_weighted_bound(c0, depth, _max_abs(x), w, w_zero_point), acc_bits):
+        _fully_connected_unchecked_core(np.ascontiguousarray(x), np.ascontiguousarray(w), w_zero_point, c0, out)
+        return out, 0, 0
+    overflow_count, pair_count = _fully_connected_checked_core(
+        x.astype(np.int64), w.astype(np.int64), w_zero_point, c0, acc_bits, overflow, bool(pairwise_int16), out
+    )
+    return out, int(overflow_count), int(pair_count)
+
+
+# --------------------------------------------------------------------------
+# batched matmul of two activations: a [B, M, K] @ b [B, K, N]
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _matmul_unchecked_core(a, a_zero_point, b, b_zero_point, c0, out):
+    # c0 - z_b * sum_k a[m, k] - z_a * sum_k b[k, n] + sum_k a[m, k] b[k, n],
+    # the innermost loop running along the contiguous rows of b and out.
+    n_batch, rows, depth = a.shape
+    cols = b.shape[2]
+    b_sum = np.empty(cols, np.int64)
+    row = np.empty(cols, np.int64)
+    for bi in range(n_batch):
+        for j in range(cols):
+            b_sum[j] = 0
+        for k in range(depth):
+            for j in range(cols):
+                b_sum[j] += b[bi, k, j]
+        for m in range(rows):
+            a_sum = np.int64(0)
+            for k in range(depth):
+                a_sum += a[bi, m, k]
+            for j in range(cols):
+                row[j] = c0 - b_zero_point * a_sum - a_zero_point * b_sum[j]
+            for k in range(depth):
+                av = np.int64(a[bi, m, k])
+                for j in range(cols):
+                    row[j] += av * b[bi, k, j]
+            for j in range(cols):
+                out[bi, m, j] = np.int32(row[j])
+
+
+@njit(cache=True)
+def _matmul_checked_core(a, a_zero_point, b_t, b_zero_point, c0, acc_bits, overflow, pairwise_int16, out):
+    # b_t is b transposed to [B, N, K] so that each reduction is contiguous.
+    n_batch, rows, depth = a.shape
+    cols = b_t.shape[1]
+    b_sum = np.empty(cols, np.int64)
+    overflow_count = 0
+    pair_count = 0
+    for bi in range(n_batch):
+        for j in range(cols):
+            total = np.int64(0)
+            for k in range(depth):
+                total += b_t[bi, j, k]
+            b_sum[j] = total
+        for m in range(rows):
+            a_sum = np.int64(0)
+            for k in range(depth):
+                a_sum += a[bi, m, k]
+            for j in range(cols):
+                acc, overflowed, pairs = _accumulate_checked(
+                    c0, a[bi, m], b_t[bi, j], acc_bits, overflow, pairwise_int16
+                )
+                acc, left_b = _apply_policy(acc - b_zero_point * a_sum, acc_bits, overflow)
+                acc, left_a = _apply_policy(acc - a_zero_point * b_sum[j], acc_bits, overflow)
+                if overflowed or left_b or left_a:
+                    overflow_count += 1
+                pair_count += pairs
+                out[bi, m, j] = np.int32(acc)
+    return overflow_count, pair_count
+
+
+def matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16):
+    """Batched activation-by-activation matmul accumulators ``a @ b``.
+
+    Parameters
+    ----------
+    a : int8, uint8, int16 or uint16 array [B, M, K]
+    a_zero_point : int
+    b : int8, uint8, int16 or uint16 array [B, K, N]
+    b_zero_point : int
+    acc_bits, overflow, pairwise_int16
+        As in :func:`conv2d_nhwc_acc`.
+
+    Returns
+    -------
+    acc : int32 array [B, M, N]
+        From ``c0 = K*z_a*z_b``, products ``a[m, k] * b[k, n]`` over ``k``
+        ascending, then the corrections ``z_b * sum_k a[m, k]`` and
+        ``z_a * sum_k b[k, n]`` in that order.
+    overflow_count, pair_saturation_count : int
+    """
+    n_batch, rows, depth = a.shape
+    out = np.empty((n_batch, rows, b.shape[2]), np.int32)
+    a_zero_point, b_zero_point = int(a_zero_point), int(b_zero_point)
+    c0 = depth * a_zero_point * b_zero_point
+    max_a, max_b = _max_abs(a), _max_abs(b)
+    bound = abs(c0) + depth * (max_a * max_b + abs(b_zero_point) * max_a + abs(a_zero_point) * max_b)
+    if not pairwise_int16 and _fits(bound, acc_bits):
+        _matmul_unchecked_core(np.ascontiguousarray(a), a_zero_point, np.ascontiguousarray(b), b_zero_point, c0, out)
+        return out, 0, 0
+    overflow_count, pair_count = _matmul_checked_core(
+        a.astype(np.int64), a_zero_point, np.ascontiguousarray(b.transpose(0, 2, 1), dtype=np.int64), b_zero_point,
+        c0, acc_bits, overflow, bool(pairwise_int16), out,
+    )
+    return out, int(overflow_count), int(pair_count)
+
+
+# --------------------------------------------------------------------------
+# requantization
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                     clamp_min, clamp_max, out):
+    # The TFLite order: rescale, add the output zero point, clamp, narrow.
+    saturation_count = 0
+    for i in range(acc.shape[0]):
+        for c in range(acc.shape[1]):
+            centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
+            v = rescale_scalar(centred, multiplier[c], shift[c], scale[c], rounding, multiplier_bits) + out_zero_point
+            if v < clamp_min:
+                v = clamp_min
+                saturation_count += 1
+            elif v > clamp_max:
+                v = clamp_max
+                saturation_count += 1
+            out[i, c] = v
+    return saturation_count
+
+
+def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+               clamp_max, out_dtype):
+    """Requantize accumulators per channel (last axis) to output codes (white paper §2.2).
+
+    Parameters
+    ----------
+    acc : signed int array (or unsigned up to 32 bits) [..., C]
+    acc_zero_point : int
+        Subtracted first; the difference saturates to int32.
+    multiplier, shift : int64 arrays [C]
+        Fixed-point multiplier and shift (positive = left) of the integer
+        rounding modes; see :mod:`intsim.fixedpoint`.
+    scale : float64 array [C]
+        Real scale, read only by the float rounding modes.
+    rounding : int
+        ``intsim.fixedpoint.DOUBLE``, ``SINGLE``, ``FLOAT32_RINT`` or ``FLOAT64_HALF_AWAY``.
+    multiplier_bits : int
+    out_zero_point : int
+    clamp_min, clamp_max : int
+        Activation clamp, inside the range of ``out_dtype``.
+    out_dtype : numpy integer dtype
+
+    Returns
+    -------
+    out : ``out_dtype`` array shaped like ``acc``
+        ``clamp(rescale(saturate32(acc - acc_zero_point)) + out_zero_point)``.
+    saturation_count : int
+        Elements whose value before the clamp lay outside ``[clamp_min, clamp_max]``.
+    """
+    channels = acc.shape[-1]
+    rows = math.prod(acc.shape[:-1])
+    out = np.empty((rows, channels), out_dtype)
+    saturation_count = _requantize_core(
+        np.ascontiguousarray(acc).reshape(rows, channels), int(acc_zero_point),
+        multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64), int(rounding),
+        int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
+    )
+    return out.reshape(acc.shape), int(saturation_count)

@@ -1,0 +1,31 @@
+"""The naive twins of :mod:`intsim.kernels`: same names, same signatures, plain loops.
+
+Run a model on them with ``Model(graph, backend="naive")``.
+"""
+
+from intsim.kernels.naive_elementwise import (
+    add,
+    avg_pool_nhwc,
+    lookup_table,
+    max_pool_nhwc,
+    mean_reduce,
+    mul,
+    pad_constant,
+    softmax_lastaxis,
+)
+from intsim.kernels.naive_mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+
+__all__ = [
+    "add",
+    "avg_pool_nhwc",
+    "conv2d_nhwc_acc",
+    "fully_connected_acc",
+    "lookup_table",
+    "matmul_acc",
+    "max_pool_nhwc",
+    "mean_reduce",
+    "mul",
+    "pad_constant",
+    "requantize",
+    "softmax_lastaxis",
+]
