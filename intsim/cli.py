@@ -87,11 +87,11 @@ def _cmd_trace(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
+def _cmd_selftest(args) -> int:
     from intsim import Model, examples
     from intsim.profiles import builtin_names
 
-    print("intsim demo: a hand-built integer CNN (conv, depthwise, max pool, mean, fully connected, softmax)")
+    print("intsim selftest: a hand-built integer CNN (conv, depthwise, max pool, mean, fully connected, softmax)")
     print("run on every built-in profile with the numba kernels and their naive twins.\n")
     for name in builtin_names():
         graph = examples.tiny_cnn(name, seed=args.seed)
@@ -104,6 +104,93 @@ def _cmd_demo(args) -> int:
         if mismatches:
             return 1
     return 0
+
+
+def _overrides(args) -> dict:
+    return {"weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
+            "per_channel": args.per_channel, "range_method": args.range_method,
+            "logits_range_method": args.logits_range_method, "weight_range_method": args.weight_range_method,
+            "batch_size": args.batch_size}
+
+
+def _cmd_convert(args) -> int:
+    import intsim
+
+    data = _load_npy(args.calibration, "calibration")
+    if data.dtype.kind in "iu":
+        data = data.astype(np.float32)
+    model = intsim.convert(args.model, calibration=data, profile=args.profile, **_overrides(args))
+    model.save(args.output)
+    meta = model.graph.metadata
+    overflow = sum(meta["bias_overflow"].values())
+    print(f"wrote {args.output}: {len(model.graph.nodes)} integer nodes, profile {model.profile.name!r}, "
+          f"calibrated on {meta['calibration']['samples']} samples in {meta['conversion_seconds']:.2f} s, "
+          f"{overflow} bias value(s) clipped to {model.profile.bias_bits} bits")
+    return 0
+
+
+def _report_outputs(report, args) -> None:
+    print(report.table())
+    if args.html:
+        report.to_html(args.html)
+        print(f"wrote {args.html}")
+    if args.plot:
+        report.plot(args.plot)
+        print(f"wrote {args.plot}")
+
+
+def _cmd_compare(args) -> int:
+    import intsim
+
+    data = _load_npy(args.data, "data")
+    labels = _load_npy(args.labels, "labels") if args.labels else None
+    report = intsim.compare(args.onnx, intsim.load(args.model), data.astype(np.float32), labels,
+                            batch_size=args.batch_size)
+    _report_outputs(report, args)
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    import intsim
+    from intsim.datasets import load_dataset
+    from intsim.models import model_path
+
+    dataset = args.model.split("_")[-1]
+    x_train, _ = load_dataset(dataset, "train")
+    x_test, y_test = load_dataset(dataset, "test")
+    if args.samples:
+        x_test, y_test = x_test[: args.samples], y_test[: args.samples]
+    calibration = x_train[: args.calibration_samples]
+    onnx_path = model_path(f"{args.model}.onnx")
+    print(f"converting {onnx_path.name} for profile {args.profile!r} with {len(calibration)} calibration images "
+          f"of {dataset} ...")
+    model = intsim.convert(onnx_path, calibration=calibration, profile=args.profile, **_overrides(args))
+    print(f"{len(model.graph.nodes)} integer nodes, converted in {model.graph.metadata['conversion_seconds']:.2f} s; "
+          f"running float, simulated and integer on {len(x_test)} test images\n")
+    report = intsim.compare(onnx_path, model, x_test, y_test, batch_size=args.batch_size)
+    _report_outputs(report, args)
+    return 0
+
+
+def _add_conversion_options(p, batch_size=32):
+    p.add_argument("--profile", default="paper", help="built-in profile name or a .toml file (default paper)")
+    p.add_argument("--weight-bits", type=int, help="override the profile's weight bits (2..16)")
+    p.add_argument("--activation-bits", type=int, help="override the profile's activation bits (2..16)")
+    p.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
+                   help="per-channel weight scales")
+    p.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weight scales")
+    p.add_argument("--range-method", default="minmax", choices=("minmax", "percentile", "mse", "cross_entropy"),
+                   help="activation range setting (white paper §3.1; default minmax)")
+    p.add_argument("--logits-range-method", choices=("minmax", "percentile", "mse", "cross_entropy"),
+                   help="range setting of the model outputs (default: --range-method)")
+    p.add_argument("--weight-range-method", default="minmax", choices=("minmax", "mse"),
+                   help="weight range setting (default minmax)")
+    p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
+
+
+def _add_report_options(p):
+    p.add_argument("--html", help="also write the report as an HTML page")
+    p.add_argument("--plot", help="also plot per-layer SQNR to a PNG (needs matplotlib)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,10 +216,35 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", choices=("fast", "naive"), default="fast", help="numba kernels or naive twins")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("demo", help="run a built-in example graph on every profile (fast vs naive)")
+    p = sub.add_parser("convert", help="convert a float ONNX model into an integer .intsim model")
+    p.add_argument("model", help="float ONNX model")
+    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first, model layout)")
+    p.add_argument("-o", "--output", required=True, help="the .intsim file to write")
+    _add_conversion_options(p)
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("compare", help="float vs simulated vs integer, layer by layer")
+    p.add_argument("onnx", help="the float ONNX model")
+    p.add_argument("model", help="the .intsim model converted from it")
+    p.add_argument("--data", required=True, help="inputs .npy (samples first)")
+    p.add_argument("--labels", help="integer class labels .npy, for accuracy")
+    p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    _add_report_options(p)
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("demo", help="the main job: convert a shipped model, run it on its test set, report")
+    p.add_argument("--model", default="resnet_digits",
+                   help="shipped model: resnet_digits (default), mobilenet_digits, resnet_fashion, mobilenet_fashion")
+    p.add_argument("--calibration-samples", type=int, default=512, help="calibration images (default 512)")
+    p.add_argument("--samples", type=int, help="test images to use (default all)")
+    _add_conversion_options(p, batch_size=64)
+    _add_report_options(p)
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("selftest", help="run a hand-built integer graph on every profile (fast vs naive kernels)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
-    p.set_defaults(func=_cmd_demo)
+    p.set_defaults(func=_cmd_selftest)
     return parser
 
 

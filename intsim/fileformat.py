@@ -7,9 +7,10 @@ Layout (schema version 1)::
 
 ``graph`` holds ``name``, ``profile`` (every :class:`~intsim.profiles.Profile`
 field), ``inputs``, ``outputs``, ``tensors`` (``name``, ``dtype``, ``shape``
-with ``null`` for any size, ``scale``, ``zero_point``) and ``nodes`` (``op``,
+with ``null`` for any size, ``scale``, ``zero_point``), ``nodes`` (``op``,
 ``name``, ``inputs``, ``outputs``, ``attrs``, and ``params`` mapping each
-parameter name to its array's member path).  Floats are written with Python's
+parameter name to its array's member path) and ``metadata`` (optional JSON the
+datapath never reads).  Floats are written with Python's
 ``repr`` and so round-trip exactly.
 
 Loading reads every member into memory, parses arrays with
@@ -73,6 +74,7 @@ def save_graph(graph: Graph, path) -> None:
                 for t in graph.tensors.values()
             ],
             "nodes": nodes,
+            "metadata": _jsonable(graph.metadata),
         },
     }
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
@@ -136,7 +138,7 @@ def load_graph(path) -> Graph:
                 )
             return Graph(
                 _field(g, "name", str, where), profile, tensors, nodes, _strings(g, "inputs", where),
-                _strings(g, "outputs", where),
+                _strings(g, "outputs", where), _field(g, "metadata", dict, where) if "metadata" in g else {},
             )
         except ModelFormatError:
             raise
@@ -155,6 +157,8 @@ def _jsonable(value):
         return float(value)
     if isinstance(value, np.bool_):
         return bool(value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
     return value
 
 

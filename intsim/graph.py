@@ -79,7 +79,12 @@ class Node:
 
 @dataclass
 class Graph:
-    """An integer graph built for one :class:`~intsim.profiles.Profile`."""
+    """An integer graph built for one :class:`~intsim.profiles.Profile`.
+
+    ``metadata`` is JSON data the datapath never reads: what the converter
+    recorded for reports (the float tensor each integer tensor comes from, real
+    multipliers, weight scales, bias overflow counts, calibration settings).
+    """
 
     name: str
     profile: Profile
@@ -87,6 +92,7 @@ class Graph:
     nodes: list[Node]
     inputs: list[str]
     outputs: list[str]
+    metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.profile = get_profile(self.profile)

@@ -916,3 +916,50 @@ def add_params(a_scale: float, b_scale: float, out_scale: float, profile, activa
     for prefix, real in zip(("a_", "b_", "out_"), reals):
         params.update(Rescale.from_real(np.array([real]), rounding, bits).params(prefix))
     return params, left_shift
+
+
+@register("constant")
+class Constant(Op):
+    """A constant tensor of codes (an operand of add / mul that the model fixes)."""
+
+    def check(self, node, graph):
+        _check_arity(node, 0)
+        out = graph.tensors[node.outputs[0]]
+        value = _param(node, "value")
+        if value.dtype != out.np_dtype:
+            _fail(node, f"value dtype must be the output dtype {out.dtype}, found {value.dtype}")
+
+    def infer(self, node, inputs, graph):
+        return [node.params["value"].shape]
+
+    def prepare(self, node, graph):
+        return {"value": node.params["value"]}
+
+    def run(self, plan, inputs, kernels):
+        return [plan["value"]], {}
+
+
+@register("resize_nearest")
+class ResizeNearest(Op):
+    """Nearest-neighbour resize of NHWC codes: output row i reads input row ``index_h[i]``."""
+
+    def check(self, node, graph):
+        _check_arity(node, 1)
+        _same_quantization(node, graph)
+        x = graph.tensors[node.inputs[0]]
+        if len(x.shape) != 4:
+            _fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")
+        for key, axis in (("index_h", 1), ("index_w", 2)):
+            index = _param(node, key, ndim=1)
+            if x.shape[axis] is not None:
+                _check_range(node, key, index, 0, x.shape[axis] - 1)
+
+    def infer(self, node, inputs, graph):
+        n, _, _, c = inputs[0].shape
+        return [(n, node.params["index_h"].size, node.params["index_w"].size, c)]
+
+    def prepare(self, node, graph):
+        return {"index_h": node.params["index_h"].astype(np.intp), "index_w": node.params["index_w"].astype(np.intp)}
+
+    def run(self, plan, inputs, kernels):
+        return [np.ascontiguousarray(inputs[0][:, plan["index_h"]][:, :, plan["index_w"]])], {}

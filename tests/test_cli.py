@@ -16,7 +16,7 @@ def model_file(tmp_path):
 
 
 def test_demo_reports_zero_mismatches(capsys):
-    assert main(["demo", "--batch", "2"]) == 0
+    assert main(["selftest", "--batch", "2"]) == 0
     out = capsys.readouterr().out
     assert out.count("fast vs naive mismatches: 0") == 6
 

@@ -1,0 +1,579 @@
+"""Float ONNX model to integer graph (white paper §2.3 and §3.1).
+
+``convert`` imports the model, runs the float passes (batch-norm folding,
+constant folding, dead-node removal), plans activation fusion, calibrates the
+activation ranges on the calibration data, quantizes weights and biases for the
+profile, and emits an integer :class:`~intsim.graph.Graph` in NHWC layout.
+
+Quantization points are the float tensors that become integer tensors with
+their own calibrated scale: graph inputs and the outputs of every computing op
+(after a fused ReLU / Clip).  Data-movement ops (max pool, average pool, pad,
+reshape, flatten, transpose, squeeze, unsqueeze, resize) keep their input's
+quantization, as TFLite does; softmax outputs have the fixed scale ``2**-bits``.
+
+The converter records in ``graph.metadata`` what the reports need: the float
+tensor (and axis permutation) behind each integer tensor, the real multipliers
+of every requantizing node, the weight scales and the bias overflow counts.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from intsim.calibration import RANGE_METHODS, calibrate, choose_range, quantization_params, quantize_weights
+from intsim.errors import UnsupportedOpError, ValidationError
+from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
+from intsim.float_exec import resize_source_indices, run_float
+from intsim.floatgraph import FloatGraph, FloatNode
+from intsim.graph import Graph, Node, TensorInfo, dtype_range
+from intsim.importers.onnx import import_onnx
+from intsim.ops import add_params
+from intsim.passes import default_passes
+from intsim.profiles import Profile, get_profile
+from intsim.runtime import Model
+from intsim.tables import build_exp_table, build_lut
+
+NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
+TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize")
+FUSABLE_ACTIVATIONS = ("Relu", "Clip")
+FUSING_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
+
+
+def _identity(rank):
+    return tuple(range(rank))
+
+
+def _unary_functions():
+    def sigmoid(x):
+        return 1.0 / (1.0 + np.exp(-x))
+
+    return {
+        "Sigmoid": lambda a: sigmoid,
+        "Tanh": lambda a: np.tanh,
+        "Relu": lambda a: lambda x: np.maximum(x, 0.0),
+        "Clip": lambda a: lambda x: np.clip(x, a.get("min", -np.inf), a.get("max", np.inf)),
+        "LeakyRelu": lambda a: lambda x: np.where(x >= 0, x, a.get("alpha", 0.01) * x),
+        "HardSigmoid": lambda a: lambda x: np.clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0.0, 1.0),
+        "HardSwish": lambda a: lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
+        "SiLU": lambda a: lambda x: x * sigmoid(x),
+        "PRelu": lambda a: lambda x: np.where(x >= 0, x, a["slope"] * x),
+    }
+
+
+UNARY = _unary_functions()
+
+
+@dataclass
+class Step:
+    """One integer op to emit: the float nodes it covers and the float tensor it produces."""
+
+    kind: str  # a float op type, or "SiLU"
+    nodes: list[FloatNode]
+    output: str
+    clamp: tuple[float, float] | None = None  # a fused activation's real range
+    attrs: dict = field(default_factory=dict)
+
+
+def prepare_float_graph(model) -> FloatGraph:
+    """Import an ONNX model (path or ModelProto, or a FloatGraph as is) and run the default passes."""
+    if isinstance(model, FloatGraph):
+        return model
+    return default_passes(import_onnx(model))
+
+
+def plan_steps(fg: FloatGraph) -> list[Step]:
+    """Group float nodes into integer steps: activation fusion, SiLU, PRelu with a scalar slope."""
+    consumers = {}
+    for node in fg.nodes:
+        for t in node.inputs:
+            consumers.setdefault(t, []).append(node)
+    outputs = set(fg.outputs)
+    taken = set()
+    steps = []
+    for node in fg.nodes:
+        if node.name in taken:
+            continue
+        out = node.outputs[0]
+        users = consumers.get(out, [])
+        single = users[0] if len(users) == 1 and out not in outputs else None
+        if node.op in FUSING_OPS and single is not None and single.op in FUSABLE_ACTIVATIONS:
+            lo, hi = (0.0, math.inf) if single.op == "Relu" else (single.attrs.get("min", -math.inf),
+                                                                  single.attrs.get("max", math.inf))
+            steps.append(Step(node.op, [node, single], single.outputs[0], (lo, hi)))
+            taken.add(single.name)
+            continue
+        if node.op == "Sigmoid" and single is not None and single.op == "Mul" and node.inputs[0] in single.inputs:
+            steps.append(Step("SiLU", [node, single], single.outputs[0]))
+            taken.add(single.name)
+            continue
+        if node.op == "PRelu":
+            slope = fg.constants.get(node.inputs[1])
+            if slope is None or np.unique(slope).size != 1:
+                raise UnsupportedOpError(
+                    f"node {node.name!r} (opset {fg.opset}): PRelu with a per-channel slope has no integer lowering yet"
+                )
+            steps.append(Step("PRelu", [node], out, attrs={"slope": float(np.unique(slope)[0])}))
+            continue
+        steps.append(Step(node.op, [node], out))
+    return steps
+
+
+def quantization_points(fg: FloatGraph, steps: list[Step]) -> list[str]:
+    """Float tensors that get a calibrated scale of their own."""
+    points = [t for t in fg.inputs]
+    for step in steps:
+        if step.kind not in TIED_OPS and step.kind != "Softmax":
+            points.append(step.output)
+    return points
+
+
+class _Lowering:
+    def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str):
+        self.fg = fg
+        self.profile = profile
+        self.qparams = qparams
+        self.weight_method = weight_method
+        self.tensors: dict[str, TensorInfo] = {}
+        self.nodes: list[Node] = []
+        self.env: dict[str, tuple[str, tuple]] = {}  # float tensor -> (integer tensor, perm)
+        self.variants: dict[tuple[str, tuple], str] = {}
+        self.meta = {"source": {}, "quantized": {}, "real_multiplier": {}, "weight_scale": {},
+                     "weight_source": {}, "bias_overflow": {}}
+        self.act_lo, self.act_hi = profile.activation_range()
+
+    # --- tensors ----------------------------------------------------------
+    def shape(self, float_name, perm):
+        shape = self.fg.shapes[float_name]
+        return tuple(shape[p] for p in perm)
+
+    def new_tensor(self, name, float_name, perm, scale, zero_point, shape=None):
+        base, i = name, 1
+        while name in self.tensors:
+            i += 1
+            name = f"{base}.{i}"
+        shape = self.shape(float_name, perm) if shape is None else shape
+        self.tensors[name] = TensorInfo(name, self.profile.activation_dtype.name, shape, scale, zero_point)
+        self.meta["source"][name] = [float_name, list(perm)]
+        return name
+
+    def bind(self, float_name, perm, scale, zero_point, name=None):
+        name = self.new_tensor(name or float_name, float_name, perm, scale, zero_point)
+        self.env[float_name] = (name, perm)
+        self.meta["quantized"][float_name] = name
+        self.variants[(float_name, perm)] = name
+        return name
+
+    def info(self, float_name):
+        return self.tensors[self.env[float_name][0]]
+
+    def need(self, float_name, perm):
+        """The integer tensor holding ``float_name`` stored as ``float.transpose(perm)``."""
+        key = (float_name, tuple(perm))
+        if key in self.variants:
+            return self.variants[key]
+        if float_name in self.fg.constants:
+            raise UnsupportedOpError(f"constant {float_name!r} used where an activation is expected")
+        src, src_perm = self.env[float_name]
+        # stored_new = stored_src.transpose(q) with src_perm[q[i]] = perm[i]
+        q = [src_perm.index(p) for p in perm]
+        info = self.tensors[src]
+        suffix = "nhwc" if tuple(perm) == NHWC else "nchw" if tuple(perm) == _identity(len(perm)) else "t"
+        name = self.new_tensor(f"{float_name}.{suffix}", float_name, perm, info.scale, info.zero_point)
+        self.nodes.append(Node("transpose", f"{name}/transpose", [src], [name], {"perm": q}))
+        self.variants[key] = name
+        return name
+
+    def layout_of(self, float_name):
+        return self.env[float_name][1]
+
+    def out_params(self, float_name):
+        return self.qparams[float_name]
+
+    def clamp_codes(self, scale, zero_point, clamp):
+        lo, hi = self.act_lo, self.act_hi
+        if clamp is not None:
+            if clamp[0] > -math.inf:
+                lo = max(lo, min(hi, int(round(clamp[0] / scale)) + zero_point))
+            if clamp[1] < math.inf:
+                hi = min(hi, max(lo, int(round(clamp[1] / scale)) + zero_point))
+        return [lo, hi]
+
+    def rescale(self, real, prefix=""):
+        real = np.atleast_1d(np.asarray(real, np.float64))
+        return Rescale.from_real(real, self.profile.rounding, self.profile.multiplier_bits).params(prefix)
+
+    def constant_codes(self, value, rank, perm):
+        """Quantize a constant operand per tensor, broadcastable against a stored activation."""
+        value = np.asarray(value, np.float64)
+        value = value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(perm)
+        p = self.profile
+        scale, zp = quantization_params(float(min(value.min(), 0.0)), float(max(value.max(), 0.0)),
+                                        p.activation_bits, p.activation_signed, p.activation_symmetric,
+                                        power_of_two=p.power_of_two_scales)
+        codes = np.clip(np.rint(value / scale) + zp, self.act_lo, self.act_hi).astype(p.activation_dtype)
+        return codes, scale, zp
+
+    # --- steps ------------------------------------------------------------
+    def lower(self, steps):
+        for name in self.fg.inputs:
+            scale, zp = self.out_params(name)
+            self.bind(name, _identity(len(self.fg.shapes[name])), scale, zp)
+        for step in steps:
+            handler = getattr(self, f"lower_{step.kind}", None)
+            if handler is None:
+                if step.kind in UNARY:
+                    handler = self.lower_unary
+                else:
+                    node = step.nodes[0]
+                    raise UnsupportedOpError(
+                        f"node {node.name!r} (opset {self.fg.opset}): op {step.kind!r} has no integer lowering"
+                    )
+            handler(step)
+        outputs = [self.need(t, _identity(len(self.fg.shapes[t]))) for t in self.fg.outputs]
+        inputs = [self.variants[(t, _identity(len(self.fg.shapes[t])))] for t in self.fg.inputs]
+        return inputs, outputs
+
+    def _mac(self, step, op, x_name, x_perm, weight, bias, attrs, out_perm, source=True, transposed=False):
+        """Emit a multiply-accumulate node.  ``source``: record the float weight and bias constants
+        (inputs 1 and 2 of the float node) for the simulation; ``transposed``: the float constant
+        is the transpose of ``weight`` (MatMul by a constant)."""
+        p = self.profile
+        node = step.nodes[0]
+        x = self.tensors[self.need(x_name, x_perm)]
+        codes, w_scale, w_zp = quantize_weights(
+            weight, p.weight_bits, p.weight_signed, p.weight_symmetric, p.weight_narrow_range and p.weight_symmetric,
+            p.per_channel,
+            axis=0, power_of_two=p.power_of_two_scales, method=self.weight_method)
+        cout = weight.shape[0]
+        w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (cout,))
+        w_zp = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (cout,))
+        bias = np.zeros(cout) if bias is None else np.asarray(bias, np.float64)
+        bias_scale = x.scale * w_scale
+        wide = np.rint(bias / bias_scale).astype(np.int64)
+        bmax = 2 ** (p.bias_bits - 1) - 1
+        bias_int = np.clip(wide, -bmax - 1, bmax)
+        scale, zp = self.out_params(step.output)
+        real = x.scale * w_scale / scale
+        if op == "conv2d":
+            codes = codes.transpose(0, 2, 3, 1)
+        params = {"weight": np.ascontiguousarray(codes.astype(p.weight_dtype)), "weight_zero_point": w_zp.copy(),
+                  "bias": bias_int.astype(np.int32), **self.rescale(real)}
+        y = self.bind(step.output, out_perm, scale, zp)
+        attrs = dict(attrs, clamp=self.clamp_codes(scale, zp, step.clamp))
+        self.nodes.append(Node(op, node.name, [x.name], [y], attrs, params))
+        self.meta["real_multiplier"][node.name] = real.tolist()
+        self.meta["weight_scale"][node.name] = w_scale.tolist()
+        if source:
+            bias_name = node.inputs[2] if len(node.inputs) > 2 else None
+            self.meta["weight_source"][node.name] = [node.inputs[1], bias_name, transposed]
+        self.meta["bias_overflow"][node.name] = int(np.sum(wide != bias_int))
+
+    def lower_Conv(self, step):
+        node = step.nodes[0]
+        w = self.fg.constants[node.inputs[1]]
+        b = self.fg.constants[node.inputs[2]] if len(node.inputs) > 2 else None
+        a = node.attrs
+        attrs = {"strides": list(a["strides"]), "dilations": list(a["dilations"]), "pads": list(a["pads"]),
+                 "groups": int(a["group"])}
+        self._mac(step, "conv2d", node.inputs[0], NHWC, w, b, attrs, NHWC)
+
+    def lower_BatchNormalization(self, step):
+        node = step.nodes[0]
+        gamma, beta, mean, var = (self.fg.constants[t].astype(np.float64) for t in node.inputs[1:5])
+        a = gamma / np.sqrt(var + node.attrs.get("epsilon", 1e-5))
+        c = a.size
+        attrs = {"strides": [1, 1], "dilations": [1, 1], "pads": [0, 0, 0, 0], "groups": c}
+        if len(self.fg.shapes[node.inputs[0]]) != 4:
+            raise UnsupportedOpError(f"node {node.name!r}: a BatchNormalization not after a Conv needs 4-D input")
+        self._mac(step, "conv2d", node.inputs[0], NHWC, a.reshape(c, 1, 1, 1), beta - mean * a, attrs, NHWC,
+                  source=False)
+
+    def lower_Gemm(self, step):
+        node = step.nodes[0]
+        w = self.fg.constants[node.inputs[1]]
+        b = self.fg.constants[node.inputs[2]] if len(node.inputs) > 2 else None
+        self._mac(step, "fully_connected", node.inputs[0], (0, 1), w, b, {}, (0, 1))
+
+    def lower_MatMul(self, step):
+        node = step.nodes[0]
+        a_name, b_name = node.inputs
+        rank = len(self.fg.shapes[a_name])
+        if b_name in self.fg.constants:
+            b = self.fg.constants[b_name]
+            if rank != 2 or b.ndim != 2:
+                raise UnsupportedOpError(f"node {node.name!r}: MatMul by a constant is lowered for 2-D inputs only")
+            self._mac(step, "fully_connected", a_name, (0, 1), b.T, None, {}, (0, 1), transposed=True)
+            return
+        ident = _identity(rank)
+        a, b = self.need(a_name, ident), self.need(b_name, _identity(len(self.fg.shapes[b_name])))
+        sa, sb = self.tensors[a].scale, self.tensors[b].scale
+        scale, zp = self.out_params(step.output)
+        y = self.bind(step.output, ident, scale, zp)
+        real = sa * sb / scale
+        self.nodes.append(Node("matmul", node.name, [a, b], [y], {"clamp": self.clamp_codes(scale, zp, step.clamp)},
+                               self.rescale(real)))
+        self.meta["real_multiplier"][node.name] = [real]
+
+    def _binary_operands(self, node):
+        """Integer tensors for the two operands of an elementwise op, in one common layout."""
+        names = node.inputs
+        acts = [t for t in names if t not in self.fg.constants]
+        if not acts:
+            raise UnsupportedOpError(f"node {node.name!r}: both operands are constant (should have been folded)")
+        rank = max(len(self.fg.shapes[t]) for t in acts)
+        nhwc = rank == 4 and any(self.layout_of(t) == NHWC for t in acts if len(self.fg.shapes[t]) == 4)
+        perm = NHWC if nhwc else _identity(rank)
+        result = []
+        for t in names:
+            if t in self.fg.constants:
+                codes, scale, zp = self.constant_codes(self.fg.constants[t], rank, perm)
+                name = self.new_tensor(f"{node.name}/{t}", t, perm, scale, zp, shape=codes.shape)
+                self.nodes.append(Node("constant", f"{name}/constant", [], [name], {}, {"value": codes}))
+                result.append(name)
+            else:
+                if len(self.fg.shapes[t]) != rank:
+                    raise UnsupportedOpError(f"node {node.name!r}: operands of different ranks are not lowered yet")
+                result.append(self.need(t, perm))
+        return result, perm
+
+    def lower_Add(self, step, subtract=False):
+        node = step.nodes[0]
+        (a, b), perm = self._binary_operands(node)
+        sa, sb = self.tensors[a].scale, self.tensors[b].scale
+        scale, zp = self.out_params(step.output)
+        params, left_shift = add_params(sa, sb, scale, self.profile, self.profile.activation_bits)
+        y = self.bind(step.output, perm, scale, zp)
+        attrs = {"left_shift": left_shift, "subtract": subtract, "clamp": self.clamp_codes(scale, zp, step.clamp)}
+        self.nodes.append(Node("add", node.name, [a, b], [y], attrs, params))
+        self.meta["real_multiplier"][node.name] = [sa / scale, sb / scale]
+
+    def lower_Sub(self, step):
+        self.lower_Add(step, subtract=True)
+
+    def lower_Mul(self, step, operands=None):
+        node = step.nodes[0]
+        (a, b), perm = self._binary_operands(node) if operands is None else operands
+        sa, sb = self.tensors[a].scale, self.tensors[b].scale
+        scale, zp = self.out_params(step.output)
+        y = self.bind(step.output, perm, scale, zp)
+        real = sa * sb / scale
+        self.nodes.append(Node("mul", node.name, [a, b], [y], {"clamp": self.clamp_codes(scale, zp, step.clamp)},
+                               self.rescale(real)))
+        self.meta["real_multiplier"][node.name] = [real]
+
+    def lower_Div(self, step):
+        node = step.nodes[0]
+        divisor = self.fg.constants.get(node.inputs[1])
+        if divisor is None or node.inputs[0] in self.fg.constants:
+            raise UnsupportedOpError(f"node {node.name!r}: Div is lowered only for a constant divisor")
+        reciprocal = f"{node.inputs[1]}/reciprocal"
+        self.fg.constants[reciprocal] = 1.0 / divisor
+        self.fg.shapes[reciprocal] = divisor.shape
+        mul = FloatNode("Mul", node.name, [node.inputs[0], reciprocal], node.outputs)
+        self.lower_Mul(Step("Mul", [mul], step.output, step.clamp))
+
+    def lower_Concat(self, step):
+        node = step.nodes[0]
+        rank = len(self.fg.shapes[step.output])
+        perm = NHWC if rank == 4 and any(self.layout_of(t) == NHWC for t in node.inputs) else _identity(rank)
+        ins = [self.need(t, perm) for t in node.inputs]
+        scale, zp = self.out_params(step.output)
+        y = self.bind(step.output, perm, scale, zp)
+        reals = np.array([self.tensors[t].scale / scale for t in ins])
+        axis = list(perm).index(node.attrs["axis"])
+        self.nodes.append(Node("concat", node.name, ins, [y], {"axis": axis,
+                                                                "clamp": self.clamp_codes(scale, zp, step.clamp)},
+                               self.rescale(reals)))
+        self.meta["real_multiplier"][node.name] = reals.tolist()
+
+    def _tied(self, step, op, x_name, perm, attrs, out_perm=None, params=None):
+        node = step.nodes[0]
+        x = self.tensors[self.need(x_name, perm)]
+        y = self.bind(step.output, perm if out_perm is None else out_perm, x.scale, x.zero_point)
+        self.nodes.append(Node(op, node.name, [x.name], [y], attrs, params or {}))
+
+    def lower_MaxPool(self, step):
+        a = step.nodes[0].attrs
+        self._tied(step, "max_pool", step.nodes[0].inputs[0], NHWC,
+                   {"kernel": list(a["kernel_shape"]), "strides": list(a["strides"]), "pads": list(a["pads"]),
+                    "dilations": list(a.get("dilations", [1, 1]))})
+
+    def lower_AveragePool(self, step):
+        a = step.nodes[0].attrs
+        self._tied(step, "avg_pool", step.nodes[0].inputs[0], NHWC,
+                   {"kernel": list(a["kernel_shape"]), "strides": list(a["strides"]), "pads": list(a["pads"]),
+                    "count_include_pad": bool(a.get("count_include_pad", 0))})
+
+    def lower_Resize(self, step):
+        node = step.nodes[0]
+        shape_in = self.fg.shapes[node.inputs[0]]
+        sizes = node.attrs["sizes"]
+        if len(shape_in) != 4 or sizes[1] not in (0, shape_in[1]) or (sizes[0] not in (0, shape_in[0])
+                                                                     and shape_in[0] is not None):
+            raise UnsupportedOpError(f"node {node.name!r}: Resize is lowered for the spatial axes of NCHW only")
+        mode = (node.attrs["coordinate_transformation_mode"], node.attrs["nearest_mode"])
+        index_h, index_w = (resize_source_indices(shape_in[axis], sizes[axis] or shape_in[axis], *mode)
+                            for axis in (2, 3))
+        self._tied(step, "resize_nearest", node.inputs[0], NHWC, {},
+                   params={"index_h": index_h.astype(np.int64), "index_w": index_w.astype(np.int64)})
+
+    def lower_Pad(self, step):
+        node = step.nodes[0]
+        x_name = node.inputs[0]
+        perm = self.layout_of(x_name)
+        rank = len(perm)
+        pads = node.attrs["pads"]
+        before = [pads[p] for p in perm]
+        after = [pads[rank + p] for p in perm]
+        x = self.tensors[self.need(x_name, perm)]
+        value = node.attrs.get("value", 0.0)
+        code = int(np.clip(np.rint(value / x.scale) + x.zero_point, self.act_lo, self.act_hi))
+        self._tied(step, "pad", x_name, perm, {"pads_before": before, "pads_after": after, "value": code})
+
+    def lower_ReduceMean(self, step):
+        node = step.nodes[0]
+        x_name = node.inputs[0]
+        perm = self.layout_of(x_name)
+        x = self.tensors[self.need(x_name, perm)]
+        axes = sorted(list(perm).index(a) for a in node.attrs["axes"])
+        keepdims = bool(node.attrs.get("keepdims", 1))
+        if keepdims:
+            out_perm = perm
+        else:
+            kept = [p for p in perm if p not in node.attrs["axes"]]
+            out_perm = tuple(sorted(kept).index(p) for p in kept)
+        count = math.prod(self.fg.shapes[x_name][a] for a in node.attrs["axes"])
+        scale, zp = self.out_params(step.output)
+        real = x.scale / (scale * count)
+        y = self.bind(step.output, out_perm, scale, zp)
+        self.nodes.append(Node("mean", node.name, [x.name], [y],
+                               {"axes": axes, "keepdims": keepdims, "clamp": self.clamp_codes(scale, zp, step.clamp)},
+                               self.rescale(real)))
+        self.meta["real_multiplier"][node.name] = [real]
+
+    def lower_Softmax(self, step):
+        node = step.nodes[0]
+        rank = len(self.fg.shapes[node.inputs[0]])
+        if node.attrs["axis"] != rank - 1:
+            raise UnsupportedOpError(f"node {node.name!r}: Softmax is lowered over the last axis only")
+        if self.profile.rounding not in INTEGER_ROUNDING_MODES:
+            raise UnsupportedOpError(
+                f"node {node.name!r}: integer softmax needs an integer rounding mode; profile "
+                f"{self.profile.name!r} rounds {self.profile.rounding!r} (export the model without its softmax)")
+        x = self.tensors[self.need(node.inputs[0], _identity(rank))]
+        p = self.profile
+        if p.activation_symmetric and p.activation_signed:
+            scale, zp = 2.0 ** -(p.activation_bits - 1), 0
+        else:
+            scale, zp = 2.0 ** -p.activation_bits, self.act_lo
+        y = self.bind(step.output, _identity(rank), scale, zp)
+        params = {"exp_table": build_exp_table(x), **self.rescale(2.0**-23 / scale)}
+        self.nodes.append(Node("softmax", node.name, [x.name], [y], {}, params))
+
+    def lower_unary(self, step):
+        node = step.nodes[0]
+        fn = UNARY[step.kind](dict(node.attrs, **step.attrs))
+        x_name = node.inputs[0]
+        perm = self.layout_of(x_name)
+        x = self.tensors[self.need(x_name, perm)]
+        scale, zp = self.out_params(step.output)
+        y = self.bind(step.output, perm, scale, zp)
+        self.nodes.append(Node("lut", node.name, [x.name], [y], {}, {"table": build_lut(fn, x, self.tensors[y])}))
+
+    def _layout(self, step, op, attrs):
+        node = step.nodes[0]
+        rank = len(self.fg.shapes[node.inputs[0]])
+        self._tied(step, op, node.inputs[0], _identity(rank), attrs, out_perm=_identity(len(self.fg.shapes[step.output])))
+
+    def lower_Reshape(self, step):
+        self._layout(step, "reshape", {"shape": list(step.nodes[0].attrs["shape"])})
+
+    def lower_Flatten(self, step):
+        self._layout(step, "flatten", {"axis": int(step.nodes[0].attrs.get("axis", 1))})
+
+    def lower_Transpose(self, step):
+        self._layout(step, "transpose", {"perm": list(step.nodes[0].attrs["perm"])})
+
+    def lower_Squeeze(self, step):
+        self._layout(step, "squeeze", {"axes": list(step.nodes[0].attrs["axes"])})
+
+    def lower_Unsqueeze(self, step):
+        self._layout(step, "unsqueeze", {"axes": list(step.nodes[0].attrs["axes"])})
+
+
+def activation_qparams(stats, profile: Profile, method: str, tensor: str) -> tuple[float, int]:
+    p = profile
+    lo, hi = choose_range(stats, method, p.activation_bits, p.activation_signed, p.activation_symmetric,
+                          power_of_two=p.power_of_two_scales)
+    scale, zp = quantization_params(lo, hi, p.activation_bits, p.activation_signed, p.activation_symmetric,
+                                    power_of_two=p.power_of_two_scales)
+    return float(scale), int(zp)
+
+
+def convert(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
+            range_method="minmax", logits_range_method=None, weight_range_method="minmax", batch_size=32,
+            progress=True, name=None) -> Model:
+    """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
+
+    Parameters
+    ----------
+    model : str, path, onnx.ModelProto or FloatGraph
+    calibration : array
+        Calibration inputs (first axis = samples) in the model's layout; streamed in
+        batches of ``batch_size`` (a ``np.memmap`` keeps memory bounded).
+    profile : str, path or Profile
+        The chip; ``weight_bits``, ``activation_bits`` and ``per_channel`` override it.
+    range_method : {"minmax", "percentile", "mse", "cross_entropy"}
+        Activation range setting (white paper §3.1).  ``"cross_entropy"`` applies to
+        the model's outputs (the logits) and MSE to every other tensor.
+    logits_range_method : str, optional
+        Range method of the graph outputs (default: ``range_method``).
+    weight_range_method : {"minmax", "mse"}
+    """
+    start = time.perf_counter()
+    profile = get_profile(profile)
+    overrides = {k: v for k, v in (("weight_bits", weight_bits), ("activation_bits", activation_bits),
+                                   ("per_channel", per_channel)) if v is not None}
+    if overrides:
+        profile = profile.replace(name=f"{profile.name}+" + ",".join(f"{k}={v}" for k, v in overrides.items()),
+                                  **overrides)
+    if range_method not in RANGE_METHODS:
+        raise ValidationError(f"range_method must be one of {', '.join(RANGE_METHODS)}, found {range_method!r}")
+    logits_method = logits_range_method or range_method
+    inner_method = "mse" if range_method == "cross_entropy" else range_method
+    fg = prepare_float_graph(model)
+    steps = plan_steps(fg)
+    points = quantization_points(fg, steps)
+    if calibration is None:
+        raise ValidationError("convert needs calibration data (an array of model inputs, first axis = samples)")
+    if len(fg.inputs) != 1:
+        raise ValidationError(f"calibration with one array needs a single-input model; it has {len(fg.inputs)}")
+    data = np.asarray(calibration) if not isinstance(calibration, np.memmap) else calibration
+    if data.dtype.kind != "f":
+        raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
+    keep_rows = {t: 4096 for t in fg.outputs if logits_method == "cross_entropy" and t in points}
+    def run_batch(batch):
+        return {fg.inputs[0]: batch, **run_float(fg, [batch])}
+
+    stats = calibrate(run_batch, data, points, batch_size=batch_size,
+                      keep_rows=keep_rows or None, progress=progress)
+    qparams = {}
+    for t in points:
+        method = logits_method if t in fg.outputs else inner_method
+        if method == "cross_entropy" and len(fg.shapes[t]) != 2:
+            method = "mse"
+        qparams[t] = activation_qparams(stats[t], profile, method, t)
+    lowering = _Lowering(fg, profile, qparams, weight_range_method)
+    inputs, outputs = lowering.lower(steps)
+    lowering.meta["calibration"] = {"samples": int(data.shape[0]), "range_method": range_method,
+                                    "logits_range_method": logits_method, "weight_range_method": weight_range_method}
+    lowering.meta["float_outputs"] = list(fg.outputs)
+    lowering.meta["float_inputs"] = list(fg.inputs)
+    lowering.meta["conversion_seconds"] = time.perf_counter() - start
+    graph = Graph(name or fg.name or "model", profile, lowering.tensors, lowering.nodes, inputs, outputs,
+                  lowering.meta)
+    return Model(graph)

@@ -1,0 +1,332 @@
+"""What quantization did to a model: float vs simulated vs integer, layer by layer.
+
+Three executions of the same model on the same data:
+
+* **float**: the imported float graph (after batch-norm folding), in float32;
+* **simulated**: the same float graph with the integer model's quantized
+  weights and biases, and every quantization point passed through
+  ``fake_quantize`` with the integer tensor's scale, zero point and clamp
+  (white paper §2.3, quantization simulation);
+* **integer**: the integer graph on the bit-exact datapath.
+
+Per quantization point the report gives the SQNR of simulated and integer
+against float, and how many codes the integer datapath and the simulation
+agree on.  Per requantizing node it gives the *local* rounding mismatches: the
+fraction of output codes where the integer datapath differs from requantizing
+the very same integer inputs by the real scale ratio with round-half-to-even,
+i.e. how often the fixed-point multiplier approximation and its rounding rule
+change a result.  Output agreement (top-1) and accuracy close the report.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from intsim.errors import ValidationError
+from intsim.float_exec import run_float
+from intsim.floatgraph import FloatGraph
+from intsim.runtime import Model
+
+
+def _to_float_layout(stored: np.ndarray, perm) -> np.ndarray:
+    return stored.transpose(np.argsort(perm))
+
+
+def _sqnr_db(signal_power: float, noise_power: float) -> float:
+    if noise_power == 0.0:
+        return math.inf
+    if signal_power == 0.0:
+        return -math.inf
+    return 10.0 * math.log10(signal_power / noise_power)
+
+
+@dataclass
+class LayerRow:
+    tensor: str
+    node: str
+    op: str
+    signal: float = 0.0
+    noise_sim: float = 0.0
+    noise_int: float = 0.0
+    agree: int = 0
+    elements: int = 0
+    local_mismatch: int = 0
+    local_elements: int = 0
+    saturated: int = 0
+    saturation_elements: int = 0
+
+    @property
+    def sqnr_sim(self) -> float:
+        return _sqnr_db(self.signal, self.noise_sim)
+
+    @property
+    def sqnr_int(self) -> float:
+        return _sqnr_db(self.signal, self.noise_int)
+
+    @property
+    def agreement(self) -> float:
+        return self.agree / self.elements if self.elements else math.nan
+
+    @property
+    def local_mismatch_rate(self) -> float:
+        return self.local_mismatch / self.local_elements if self.local_elements else math.nan
+
+    @property
+    def saturation_rate(self) -> float:
+        return self.saturated / self.saturation_elements if self.saturation_elements else math.nan
+
+
+@dataclass
+class CompareReport:
+    """The result of :func:`compare`; ``table()`` prints it, ``to_html`` / ``plot`` save it."""
+
+    model_name: str
+    profile: str
+    samples: int
+    layers: list[LayerRow]
+    top1_agreement_int: float
+    top1_agreement_sim: float
+    max_abs_error_int: float
+    max_abs_error_sim: float
+    accuracy: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        header = ["tensor", "op", "SQNR sim dB", "SQNR int dB", "int==sim", "local rounding diff", "clamped"]
+        rows = []
+        for r in self.layers:
+            local = "" if not r.local_elements else f"{100 * r.local_mismatch_rate:.3f}% ({r.local_mismatch})"
+            sat = "" if not r.saturation_elements else f"{100 * r.saturation_rate:.2f}%"
+            rows.append([r.tensor, r.op, f"{r.sqnr_sim:.2f}", f"{r.sqnr_int:.2f}", f"{100 * r.agreement:.2f}%",
+                         local, sat])
+        widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+        lines = [f"{self.model_name} on profile {self.profile!r}, {self.samples} samples"]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header] + rows]
+        lines.append(f"top-1 agreement with float: integer {100 * self.top1_agreement_int:.2f}%, "
+                     f"simulated {100 * self.top1_agreement_sim:.2f}%")
+        lines.append(f"max |output error| vs float: integer {self.max_abs_error_int:.5g}, "
+                     f"simulated {self.max_abs_error_sim:.5g}")
+        if self.accuracy:
+            lines.append("accuracy: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in self.accuracy.items()))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model_name, "profile": self.profile, "samples": self.samples,
+            "top1_agreement_int": self.top1_agreement_int, "top1_agreement_sim": self.top1_agreement_sim,
+            "max_abs_error_int": self.max_abs_error_int, "max_abs_error_sim": self.max_abs_error_sim,
+            "accuracy": dict(self.accuracy),
+            "layers": [{"tensor": r.tensor, "node": r.node, "op": r.op, "sqnr_sim_db": r.sqnr_sim,
+                        "sqnr_int_db": r.sqnr_int, "int_sim_agreement": r.agreement,
+                        "local_rounding_mismatches": r.local_mismatch, "local_elements": r.local_elements,
+                        "saturation_rate": r.saturation_rate} for r in self.layers],
+        }
+
+    def to_html(self, path) -> None:
+        """A self-contained HTML page with the summary and the per-layer table."""
+        rows = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
+                r.tensor, r.op, f"{r.sqnr_sim:.2f}", f"{r.sqnr_int:.2f}", f"{100 * r.agreement:.2f}%",
+                "" if not r.local_elements else f"{100 * r.local_mismatch_rate:.3f}% ({r.local_mismatch})",
+                "" if not r.saturation_elements else f"{100 * r.saturation_rate:.2f}%")) + "</tr>"
+            for r in self.layers)
+        summary = html.escape(self.table().splitlines()[0])
+        tail = "".join(f"<p>{html.escape(line)}</p>" for line in self.table().splitlines()[len(self.layers) + 2:])
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>intsim report</title>"
+            "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}</style>"
+            f"</head><body><h1>{summary}</h1><table><tr><th>tensor</th><th>op</th><th>SQNR sim dB</th>"
+            "<th>SQNR int dB</th><th>int==sim</th><th>local rounding diff</th><th>clamped</th></tr>"
+            f"{rows}</table>{tail}</body></html>"
+        )
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(page)
+
+    def plot(self, path) -> None:
+        """Per-layer SQNR (simulated and integer) as a PNG; needs matplotlib (extra ``plot``)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ValidationError("plotting needs matplotlib: pip install 'intsim[plot]'") from None
+        finite = [(r.tensor, r.sqnr_sim, r.sqnr_int) for r in self.layers]
+        x = np.arange(len(finite))
+        fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(finite)), 4))
+        cap = lambda v: min(v, 80.0)  # noqa: E731 - an exact layer has infinite SQNR
+        ax.plot(x, [cap(v[1]) for v in finite], "o-", label="simulated")
+        ax.plot(x, [cap(v[2]) for v in finite], "s--", label="integer")
+        ax.set_xticks(x, [v[0] for v in finite], rotation=90, fontsize=7)
+        ax.set_ylabel("SQNR vs float (dB)")
+        ax.set_title(f"{self.model_name}, profile {self.profile}")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def simulation_graph(fg: FloatGraph, model: Model) -> tuple[FloatGraph, dict]:
+    """The float graph with the integer model's quantized weights, and the fake-quant hook table.
+
+    Returns ``(graph, points)`` where ``points[float_tensor] = (scale, zero_point, lo, hi)``.
+    """
+    graph = model.graph
+    meta = graph.metadata
+    if "quantized" not in meta:
+        raise ValidationError(f"model {graph.name!r} carries no converter metadata (was it built by intsim.convert?)")
+    nodes = {n.name: n for n in graph.nodes}
+    constants = dict(fg.constants)
+    for node_name, (w_name, b_name, transposed) in meta["weight_source"].items():
+        node = nodes[node_name]
+        w_scale = np.asarray(meta["weight_scale"][node_name])
+        codes = node.params["weight"].astype(np.float64)
+        zp = node.params["weight_zero_point"].astype(np.float64)
+        shape = [-1] + [1] * (codes.ndim - 1)
+        deq = (codes - zp.reshape(shape)) * w_scale.reshape(shape)
+        if node.op == "conv2d":
+            deq = deq.transpose(0, 3, 1, 2)  # OHWI back to ONNX's OIHW
+        constants[w_name] = (deq.T if transposed else deq).astype(np.float32)
+        x_scale = graph.tensors[node.inputs[0]].scale
+        if b_name is not None and b_name in constants:
+            constants[b_name] = (node.params["bias"].astype(np.float64) * x_scale * w_scale).astype(np.float32)
+    points = {}
+    producers = {t: n for n in graph.nodes for t in n.outputs}
+    for float_name, int_name in meta["quantized"].items():
+        info = graph.tensors[int_name]
+        lo, hi = np.iinfo(info.np_dtype).min, np.iinfo(info.np_dtype).max
+        producer = producers.get(int_name)
+        if producer is not None and "clamp" in producer.attrs:
+            lo, hi = producer.attrs["clamp"]
+        points[float_name] = (info.scale, info.zero_point, int(lo), int(hi))
+    sim = FloatGraph(fg.name, fg.nodes, fg.inputs, fg.outputs, constants, fg.shapes, fg.opset)
+    return sim, points
+
+
+def fake_quant_hook(points: dict):
+    def hook(name, value):
+        if name not in points:
+            return value
+        scale, zp, lo, hi = points[name]
+        codes = np.clip(np.rint(value.astype(np.float64) / scale) + zp, lo, hi)
+        return ((codes - zp) * scale).astype(np.float32)
+
+    return hook
+
+
+def _local_ideal(node, trace, graph, meta) -> np.ndarray | None:
+    """The codes node ``node`` would produce with exact real-valued requantization (half to even)."""
+    reals = meta["real_multiplier"].get(node.name)
+    if reals is None:
+        return None
+    out = graph.tensors[node.outputs[0]]
+    lo, hi = node.attrs.get("clamp", (np.iinfo(out.np_dtype).min, np.iinfo(out.np_dtype).max))
+    ins = [trace.tensors[t].astype(np.float64) - graph.tensors[t].zero_point for t in node.inputs]
+    if node.op in ("conv2d", "fully_connected", "matmul"):
+        real = np.asarray(reals) if node.op != "matmul" else reals[0]
+        value = trace.accumulators[node.name].astype(np.float64) * real
+    elif node.op == "add":
+        a, b = np.broadcast_arrays(*ins)
+        value = a * reals[0] - b * reals[1] if node.attrs.get("subtract") else a * reals[0] + b * reals[1]
+    elif node.op == "mul":
+        a, b = np.broadcast_arrays(*ins)
+        value = a * b * reals[0]
+    elif node.op == "mean":
+        axes = tuple(node.attrs["axes"])
+        value = ins[0].sum(axis=axes, keepdims=bool(node.attrs.get("keepdims", False))) * reals[0]
+    elif node.op == "concat":
+        value = np.concatenate([x * r for x, r in zip(ins, reals)], axis=node.attrs["axis"])
+    else:
+        return None
+    return np.clip(np.rint(value) + out.zero_point, lo, hi)
+
+
+def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int = 64) -> CompareReport:
+    """Run float, simulated and integer executions of a model on ``data`` and compare them.
+
+    Parameters
+    ----------
+    onnx_model : path, onnx.ModelProto or FloatGraph
+        The float model ``int_model`` was converted from.
+    int_model : Model
+        The converted model (its graph carries the converter's metadata).
+    data : float array
+        Inputs in the model's layout, first axis = samples; processed in batches.
+    labels : int array, optional
+        Class labels: adds float, simulated and integer accuracy.
+    """
+    from intsim.converter import prepare_float_graph
+
+    fg = prepare_float_graph(onnx_model)
+    graph = int_model.graph
+    meta = graph.metadata
+    sim_graph, points = simulation_graph(fg, int_model)
+    hook = fake_quant_hook(points)
+    data = np.asarray(data)
+    if data.dtype.kind != "f" or data.shape[0] == 0:
+        raise ValidationError(f"compare needs a non-empty float data array, found dtype {data.dtype} shape {data.shape}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (data.shape[0],):
+            raise ValidationError(f"labels must have shape ({data.shape[0]},), found {labels.shape}")
+    producers = {t: n for n in graph.nodes for t in n.outputs}
+    rows = {}
+    for float_name, int_name in meta["quantized"].items():
+        node = producers.get(int_name)
+        rows[float_name] = LayerRow(float_name, node.name if node else "(input)", node.op if node else "input")
+    out_float = fg.outputs[0]
+    out_int = graph.outputs[0]
+    correct = {"float": 0, "simulated": 0, "integer": 0}
+    agree_int = agree_sim = 0
+    max_int = max_sim = 0.0
+    for start in range(0, data.shape[0], batch_size):
+        batch = data[start : start + batch_size]
+        ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
+        sim = run_float(sim_graph, [batch], hook=hook)
+        trace = int_model.trace(batch, float_input=True)
+        for float_name, row in rows.items():
+            int_name = meta["quantized"][float_name]
+            info = graph.tensors[int_name]
+            perm = meta["source"][int_name][1]
+            codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
+            f = ref[float_name].astype(np.float64)
+            s = sim[float_name].astype(np.float64)
+            deq = (codes - info.zero_point) * info.scale
+            row.signal += float(np.sum(f * f))
+            row.noise_sim += float(np.sum((f - s) ** 2))
+            row.noise_int += float(np.sum((f - deq) ** 2))
+            row.agree += int(np.sum(np.rint(s / info.scale) + info.zero_point == codes))
+            row.elements += codes.size
+            node = producers.get(int_name)
+            if node is not None:
+                ideal = _local_ideal(node, trace, graph, meta)
+                if ideal is not None:
+                    row.local_mismatch += int(np.sum(ideal != trace.tensors[int_name]))
+                    row.local_elements += ideal.size
+                sat = trace.stats.get(node.name, {}).get("saturation_count")
+                if sat is not None:
+                    row.saturated += sat
+                    row.saturation_elements += trace.tensors[int_name].size
+        f_out = ref[out_float]
+        info = graph.tensors[out_int]
+        i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
+        s_out = sim[out_float]
+        max_int = max(max_int, float(np.max(np.abs(f_out - i_out))))
+        max_sim = max(max_sim, float(np.max(np.abs(f_out - s_out))))
+        if f_out.ndim == 2:
+            top_f = f_out.argmax(axis=1)
+            agree_int += int(np.sum(i_out.argmax(axis=1) == top_f))
+            agree_sim += int(np.sum(s_out.argmax(axis=1) == top_f))
+            if labels is not None:
+                y = labels[start : start + batch_size]
+                correct["float"] += int(np.sum(top_f == y))
+                correct["simulated"] += int(np.sum(s_out.argmax(axis=1) == y))
+                correct["integer"] += int(np.sum(i_out.argmax(axis=1) == y))
+    n = data.shape[0]
+    accuracy = {k: v / n for k, v in correct.items()} if labels is not None else {}
+    return CompareReport(graph.name, graph.profile.name, n, list(rows.values()), agree_int / n, agree_sim / n,
+                         max_int, max_sim, accuracy)
