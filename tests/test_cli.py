@@ -58,3 +58,29 @@ def test_errors_are_reported_not_raised(model_file, tmp_path, capsys):
     assert "expected shape" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["run"])
+
+
+def test_convert_compare_and_demo(tmp_path, capsys):
+    from intsim.datasets import load_dataset
+    from intsim.models import model_path
+
+    x_train, _ = load_dataset("digits", "train")
+    x_test, y_test = load_dataset("digits", "test")
+    np.save(tmp_path / "cal.npy", x_train[:128])
+    np.save(tmp_path / "x.npy", x_test[:64])
+    np.save(tmp_path / "y.npy", y_test[:64])
+    onnx_path = str(model_path("resnet_digits.onnx"))
+    out = tmp_path / "r.intsim"
+    assert main(["convert", onnx_path, "--calibration", str(tmp_path / "cal.npy"), "--profile", "tflite",
+                 "--weight-bits", "6", "--range-method", "mse", "-o", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    assert "W6A8" in capsys.readouterr().out
+    assert main(["compare", onnx_path, str(out), "--data", str(tmp_path / "x.npy"), "--labels",
+                 str(tmp_path / "y.npy"), "--html", str(tmp_path / "r.html")]) == 0
+    text = capsys.readouterr().out
+    assert "SQNR int dB" in text and "accuracy: float" in text and (tmp_path / "r.html").exists()
+    assert main(["demo", "--samples", "40", "--calibration-samples", "64"]) == 0
+    assert "accuracy: float" in capsys.readouterr().out
+    assert main(["convert", onnx_path, "--calibration", str(tmp_path / "missing.npy"), "-o", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
