@@ -24,7 +24,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.calibration import RANGE_METHODS, calibrate, choose_range, quantization_params, quantize_weights
+from intsim.calibration import (
+    RANGE_METHODS,
+    bn_range,
+    calibrate,
+    choose_range,
+    quantization_params,
+    quantize_weights,
+)
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
 from intsim.float_exec import resize_source_indices, run_float
@@ -80,9 +87,7 @@ class Step:
 
 def prepare_float_graph(model) -> FloatGraph:
     """Import an ONNX model (path or ModelProto, or a FloatGraph as is) and run the default passes."""
-    if isinstance(model, FloatGraph):
-        return model
-    return default_passes(import_onnx(model))
+    return default_passes(model if isinstance(model, FloatGraph) else import_onnx(model))
 
 
 def plan_steps(fg: FloatGraph) -> list[Step]:
@@ -505,26 +510,89 @@ class _Lowering:
         self._layout(step, "unsqueeze", {"axes": list(step.nodes[0].attrs["axes"])})
 
 
-def activation_qparams(stats, profile: Profile, method: str, tensor: str) -> tuple[float, int]:
+def activation_qparams(lo: float, hi: float, profile: Profile) -> tuple[float, int]:
     p = profile
-    lo, hi = choose_range(stats, method, p.activation_bits, p.activation_signed, p.activation_symmetric,
-                          power_of_two=p.power_of_two_scales)
     scale, zp = quantization_params(lo, hi, p.activation_bits, p.activation_signed, p.activation_symmetric,
                                     power_of_two=p.power_of_two_scales)
     return float(scale), int(zp)
 
 
+def batch_norm_statistics(fg: FloatGraph) -> dict:
+    """``{BN output tensor: (gamma, beta)}`` of an imported graph, before batch-norm folding."""
+    return {n.outputs[0]: (fg.constants[n.inputs[1]], fg.constants[n.inputs[2]])
+            for n in fg.nodes if n.op == "BatchNormalization"
+            and n.inputs[1] in fg.constants and n.inputs[2] in fg.constants}
+
+
+def _affine_bounds(weight, bias, lo, hi):
+    """Per-output bounds of ``W x + b`` for every ``x`` in [lo, hi] (W flattened to [out, -1])."""
+    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
+    pos, neg = np.clip(w, 0, None).sum(axis=1), np.clip(w, None, 0).sum(axis=1)
+    b = 0.0 if bias is None else bias.astype(np.float64)
+    return pos * lo + neg * hi + b, pos * hi + neg * lo + b
+
+
+def data_free_ranges(fg: FloatGraph, bn: dict, input_range: tuple[float, float], n_sigma: float = 6.0) -> dict:
+    """Activation ranges without data (white paper §3.1): ``beta +- n*gamma`` after batch norm,
+    interval arithmetic everywhere else, starting from ``input_range`` for the graph inputs."""
+    ranges = {t: (float(input_range[0]), float(input_range[1])) for t in fg.inputs}
+    for node in fg.nodes:
+        ins = [ranges.get(t) for t in node.inputs]
+        lo, hi = ins[0] if ins and ins[0] is not None else (0.0, 0.0)
+        op, a = node.op, node.attrs
+        if node.outputs[0] in bn:
+            gamma, beta = (np.asarray(v, np.float64) for v in bn[node.outputs[0]])
+            lo, hi = bn_range(gamma, beta, n_sigma)
+        elif op in ("Conv", "Gemm"):
+            w = fg.constants[node.inputs[1]]
+            b = fg.constants[node.inputs[2]] if len(node.inputs) > 2 else None
+            lows, highs = _affine_bounds(w, b, lo, hi)
+            lo, hi = float(lows.min()), float(highs.max())
+        elif op == "Relu":
+            lo, hi = max(lo, 0.0), max(hi, 0.0)
+        elif op == "Clip":
+            lo, hi = float(np.clip(lo, a["min"], a["max"])), float(np.clip(hi, a["min"], a["max"]))
+        elif op in ("Sigmoid", "HardSigmoid", "Softmax"):
+            lo, hi = 0.0, 1.0
+        elif op == "Tanh":
+            lo, hi = -1.0, 1.0
+        elif op == "HardSwish":
+            lo, hi = -0.375, max(hi, 0.0)
+        elif op in ("LeakyRelu", "PRelu"):
+            lo, hi = min(lo, 0.0), max(hi, 0.0)
+        elif op in ("Add", "Sub", "Mul", "Div", "MatMul", "Concat"):
+            bounds = [ranges[t] if t in ranges else (float(fg.constants[t].min()), float(fg.constants[t].max()))
+                      for t in node.inputs]
+            (l1, h1), (l2, h2) = bounds[0], bounds[-1]
+            if op == "Add":
+                lo, hi = l1 + l2, h1 + h2
+            elif op == "Sub":
+                lo, hi = l1 - h2, h1 - l2
+            elif op in ("Mul", "MatMul", "Div"):
+                if op == "Div":
+                    l2, h2 = sorted((1.0 / l2, 1.0 / h2)) if l2 * h2 > 0 else (-math.inf, math.inf)
+                k = fg.shapes[node.inputs[0]][-1] if op == "MatMul" else 1
+                corners = [l1 * l2, l1 * h2, h1 * l2, h1 * h2]
+                lo, hi = k * min(corners), k * max(corners)
+            else:
+                lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
+        ranges[node.outputs[0]] = (lo, hi)
+    return ranges
+
+
 def convert(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
             range_method="minmax", logits_range_method=None, weight_range_method="minmax", batch_size=32,
-            progress=True, name=None) -> Model:
+            input_range=None, progress=True, name=None) -> Model:
     """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
 
     Parameters
     ----------
     model : str, path, onnx.ModelProto or FloatGraph
-    calibration : array
+    calibration : array, optional
         Calibration inputs (first axis = samples) in the model's layout; streamed in
-        batches of ``batch_size`` (a ``np.memmap`` keeps memory bounded).
+        batches of ``batch_size`` (a ``np.memmap`` keeps memory bounded).  Without
+        it, ranges are data free: ``beta +- 6 gamma`` after every batch norm and
+        interval arithmetic elsewhere, from ``input_range`` (white paper §3.1).
     profile : str, path or Profile
         The chip; ``weight_bits``, ``activation_bits`` and ``per_channel`` override it.
     range_method : {"minmax", "percentile", "mse", "cross_entropy"}
@@ -533,6 +601,8 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
     logits_range_method : str, optional
         Range method of the graph outputs (default: ``range_method``).
     weight_range_method : {"minmax", "mse"}
+    input_range : (float, float), optional
+        The real range of the inputs, for data-free conversion.
     """
     start = time.perf_counter()
     profile = get_profile(profile)
@@ -545,31 +615,45 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
         raise ValidationError(f"range_method must be one of {', '.join(RANGE_METHODS)}, found {range_method!r}")
     logits_method = logits_range_method or range_method
     inner_method = "mse" if range_method == "cross_entropy" else range_method
-    fg = prepare_float_graph(model)
+    raw = model if isinstance(model, FloatGraph) else import_onnx(model)
+    batch_norms = batch_norm_statistics(raw)
+    fg = default_passes(raw)
     steps = plan_steps(fg)
     points = quantization_points(fg, steps)
+    p = profile
     if calibration is None:
-        raise ValidationError("convert needs calibration data (an array of model inputs, first axis = samples)")
-    if len(fg.inputs) != 1:
-        raise ValidationError(f"calibration with one array needs a single-input model; it has {len(fg.inputs)}")
-    data = np.asarray(calibration) if not isinstance(calibration, np.memmap) else calibration
-    if data.dtype.kind != "f":
-        raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
-    keep_rows = {t: 4096 for t in fg.outputs if logits_method == "cross_entropy" and t in points}
-    def run_batch(batch):
-        return {fg.inputs[0]: batch, **run_float(fg, [batch])}
+        if input_range is None:
+            raise ValidationError(
+                "convert needs calibration data (an array of model inputs, first axis = samples), or input_range "
+                "for data-free conversion (batch-norm ranges, white paper §3.1)")
+        ranges = data_free_ranges(fg, batch_norms, input_range)
+        qparams = {t: activation_qparams(*ranges[t], profile) for t in points}
+        samples, range_method = 0, "batch_norm"
+    else:
+        if len(fg.inputs) != 1:
+            raise ValidationError(f"calibration with one array needs a single-input model; it has {len(fg.inputs)}")
+        data = calibration if isinstance(calibration, np.memmap) else np.asarray(calibration)
+        if data.dtype.kind != "f":
+            raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
+        keep_rows = {t: 4096 for t in fg.outputs if logits_method == "cross_entropy" and t in points}
 
-    stats = calibrate(run_batch, data, points, batch_size=batch_size,
-                      keep_rows=keep_rows or None, progress=progress)
-    qparams = {}
-    for t in points:
-        method = logits_method if t in fg.outputs else inner_method
-        if method == "cross_entropy" and len(fg.shapes[t]) != 2:
-            method = "mse"
-        qparams[t] = activation_qparams(stats[t], profile, method, t)
+        def run_batch(batch):
+            return {fg.inputs[0]: batch, **run_float(fg, [batch])}
+
+        stats = calibrate(run_batch, data, points, batch_size=batch_size, keep_rows=keep_rows or None,
+                          progress=progress)
+        qparams = {}
+        for t in points:
+            method = logits_method if t in fg.outputs else inner_method
+            if method == "cross_entropy" and len(fg.shapes[t]) != 2:
+                method = "mse"
+            lo, hi = choose_range(stats[t], method, p.activation_bits, p.activation_signed, p.activation_symmetric,
+                                  power_of_two=p.power_of_two_scales)
+            qparams[t] = activation_qparams(lo, hi, profile)
+        samples = int(data.shape[0])
     lowering = _Lowering(fg, profile, qparams, weight_range_method)
     inputs, outputs = lowering.lower(steps)
-    lowering.meta["calibration"] = {"samples": int(data.shape[0]), "range_method": range_method,
+    lowering.meta["calibration"] = {"samples": samples, "range_method": range_method,
                                     "logits_range_method": logits_method, "weight_range_method": weight_range_method}
     lowering.meta["float_outputs"] = list(fg.outputs)
     lowering.meta["float_inputs"] = list(fg.inputs)

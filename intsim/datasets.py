@@ -78,14 +78,13 @@ def _read_idx_ubyte(path: Path, ndim: int) -> np.ndarray:
     except (OSError, EOFError, zlib.error) as exc:
         raise ModelFormatError(f"{path}: not a readable gzip file ({exc})") from exc
     header_bytes = 4 + 4 * ndim
+    magic = bytes([0, 0, _IDX_UBYTE, ndim])
+    if len(raw) >= 4 and raw[:4] != magic:
+        raise ModelFormatError(
+            f"{path}: bad IDX magic {raw[:4].hex()}, expected {magic.hex()} (unsigned bytes, {ndim} dimensions)"
+        )
     if len(raw) < header_bytes:
         raise ModelFormatError(f"{path}: truncated IDX header: {len(raw)} bytes, expected at least {header_bytes}")
-    magic = raw[:4]
-    if magic[0] != 0 or magic[1] != 0 or magic[2] != _IDX_UBYTE or magic[3] != ndim:
-        raise ModelFormatError(
-            f"{path}: bad IDX magic {magic.hex()}, expected 0000{_IDX_UBYTE:02x}{ndim:02x} "
-            f"(unsigned bytes, {ndim} dimensions)"
-        )
     dims = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
     expected = int(np.prod(dims, dtype=np.int64))
     found = len(raw) - header_bytes

@@ -8,10 +8,10 @@ Relu, Clip (ReLU6), Add, GlobalAveragePool, Flatten and Gemm.
 - ``ResNet``: conv-BN-ReLU stem, then basic blocks (two 3x3 conv-BN, ReLU
   after the residual add) whose shortcut is the identity or, where the
   stride or width changes, a 1x1 conv-BN projection (He et al. 2016).
-- ``MobileNetV2``: conv-BN-ReLU6 stem (stride 2 for 28x28 inputs), then inverted residual blocks (1x1
-  expand conv-BN-ReLU6, 3x3 depthwise conv-BN-ReLU6, 1x1 linear projection
-  conv-BN, residual add where input and output shapes match), a 1x1
-  conv-BN-ReLU6 head (Sandler et al. 2018).
+- ``MobileNetV2``: conv-BN-ReLU6 stem (stride 2 on Fashion-MNIST), then
+  inverted residual blocks (1x1 expand conv-BN-ReLU6, 3x3 depthwise
+  conv-BN-ReLU6, 1x1 linear projection conv-BN, residual add where input and
+  output shapes match), then a 1x1 conv-BN-ReLU6 head (Sandler et al. 2018).
 
 Both end in a global average pool and a linear classifier.
 """
@@ -19,6 +19,7 @@ Both end in a global average pool and a linear classifier.
 from __future__ import annotations
 
 from torch import nn
+
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
     return [

@@ -80,6 +80,8 @@ def augmented_crops(n: int, size: int = 224, seed: int = 0) -> np.ndarray:
 
     Returns float32 [n, 3, size, size]; the same ``seed`` gives the same images.
     """
+    if n < 0:
+        raise ValueError(f"augmented_crops: n must be >= 0, got {n}")
     rng = np.random.default_rng(seed)
     photos = [_rgb(name) for name in PHOTO_NAMES]
     crops = []

@@ -218,3 +218,31 @@ def test_conversion_errors():
         from intsim.examples import tiny_cnn
 
         intsim.compare(_conv_relu_model(), Model(tiny_cnn("tflite")), calibration)
+
+
+def test_data_free_conversion_uses_batch_norm_ranges(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    x = torch.rand(256, 1, 8, 8)
+    net.train()
+    with torch.no_grad():
+        for _ in range(20):  # running statistics of real activations
+            net(x)
+    net.eval()
+    path = tmp_path / "bn.onnx"
+    torch.onnx.export(net, x[:1], str(path), dynamo=False, opset_version=17, do_constant_folding=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    model = intsim.convert(path, input_range=(0.0, 1.0), profile="paper")
+    assert model.graph.metadata["calibration"] == {"samples": 0, "range_method": "batch_norm",
+                                                   "logits_range_method": "minmax", "weight_range_method": "minmax"}
+    # The first ReLU's range is [0, max(beta + 6 |gamma|)]: scale (that hi) / 255 on int8 asymmetric.
+    bn = net[1]
+    hi = float((bn.bias + 6 * bn.weight.abs()).max().detach())
+    relu_tensor = next(t for t in model.graph.tensors.values() if t.shape == (None, 8, 8, 8))
+    assert relu_tensor.scale == pytest.approx(hi / 255, rel=1e-6)
+    report = intsim.compare(path, model, x.numpy()[:128])
+    assert report.top1_agreement_int >= 0.9

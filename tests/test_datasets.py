@@ -137,6 +137,11 @@ def _corrupt_cases():
             lambda root: _write(root, good_x[:10], good_y),
             r"truncated IDX header: 10 bytes, expected at least 16",
         ),
+        "empty labels": (
+            LABELS,
+            lambda root: _write(root, good_x, b""),
+            r"truncated IDX header: 0 bytes, expected at least 8",
+        ),
         "data cut short": (
             IMAGES,
             lambda root: _write(root, good_x[:-1], good_y),

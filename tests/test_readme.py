@@ -8,7 +8,7 @@ import numpy as np
 
 def test_readme_python_example(tmp_path, monkeypatch):
     text = (Path(__file__).parent.parent / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "TensorInfo(" in block)
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(code, "README.md", "exec"), namespace)
