@@ -111,9 +111,11 @@ def export(model: torch.nn.Module, sample: torch.Tensor, path: Path, dynamo: boo
     names = dict(input_names=["x"], output_names=["logits"])
     if dynamo:
         batch = torch.export.Dim("batch")
-        torch.onnx.export(
-            model, (sample,), path, dynamo=True, dynamic_shapes=({0: batch},), external_data=False, **names
-        )
+        program = torch.onnx.export(model, (sample,), dynamo=True, dynamic_shapes=({0: batch},), **names)
+        proto = program.model_proto
+        for node in proto.graph.node:  # source stack traces: absolute paths, line numbers
+            del node.metadata_props[:]
+        onnx.save(proto, path)
     else:
         torch.onnx.export(
             model,
