@@ -225,6 +225,10 @@ class _MacOp(Op):
         stats["accumulator"] = acc
         return [out], stats
 
+    def run(self, plan, inputs, kernels):
+        acc, ovf, pairs = getattr(kernels, self.kernel)(inputs[0], *plan["mac"], *plan["acc"])
+        return self._finish(plan, acc, ovf, pairs, kernels)
+
     def _check_weights(self, node, graph, weight, out_channels):
         profile = graph.profile
         wlo, whi = dtype_range(profile.weight_dtype)
@@ -275,7 +279,7 @@ class Conv2D(_MacOp):
 
     def prepare(self, node, graph):
         plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
-        plan["conv"] = (
+        plan["mac"] = (
             graph.tensors[node.inputs[0]].zero_point,
             np.ascontiguousarray(node.params["weight"]),
             node.params["weight_zero_point"].astype(np.int64),
@@ -287,9 +291,7 @@ class Conv2D(_MacOp):
         )
         return plan
 
-    def run(self, plan, inputs, kernels):
-        acc, ovf, pairs = kernels.conv2d_nhwc_acc(inputs[0], *plan["conv"], *plan["acc"])
-        return self._finish(plan, acc, ovf, pairs, kernels)
+    kernel = "conv2d_nhwc_acc"
 
 
 @register("fully_connected")
@@ -310,7 +312,7 @@ class FullyConnected(_MacOp):
 
     def prepare(self, node, graph):
         plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
-        plan["fc"] = (
+        plan["mac"] = (
             graph.tensors[node.inputs[0]].zero_point,
             np.ascontiguousarray(node.params["weight"]),
             node.params["weight_zero_point"].astype(np.int64),
@@ -318,9 +320,7 @@ class FullyConnected(_MacOp):
         )
         return plan
 
-    def run(self, plan, inputs, kernels):
-        acc, ovf, pairs = kernels.fully_connected_acc(inputs[0], *plan["fc"], *plan["acc"])
-        return self._finish(plan, acc, ovf, pairs, kernels)
+    kernel = "fully_connected_acc"
 
 
 @register("matmul")
