@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from intsim.errors import UnsupportedOpError, ValidationError
-from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
+from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES, Rescale
 from intsim.graph import Graph, Node, TensorInfo, dtype_range
 
 _REGISTRY: dict[str, "Op"] = {}
@@ -102,18 +102,32 @@ def _check_range(node, key, arr, lo, hi):
         _fail(node, f"parameter {key} must lie in [{lo}, {hi}], found {bad}")
 
 
+def node_rounding(node: Node, graph: Graph) -> str:
+    """The node's requantization rounding mode: its ``rounding`` attribute, else the profile's.
+
+    The attribute models runtimes whose ops do not all round alike (LiteRT's
+    reference FULLY_CONNECTED requantizes in double precision while its other
+    ops use the integer multiplier).
+    """
+    rounding = node.attrs.get("rounding", graph.profile.rounding)
+    if rounding not in ROUNDING_MODES:
+        _fail(node, f"attribute rounding must be one of {', '.join(ROUNDING_MODES)}, found {rounding!r}")
+    return rounding
+
+
 def _rescale(node: Node, graph: Graph, prefix: str = "", channels: int = 1) -> Rescale:
     """The requantization parameters ``{prefix}multiplier``/``shift``/``scale`` of a node."""
     profile = graph.profile
+    rounding = node_rounding(node, graph)
     mult = _param(node, f"{prefix}multiplier", shape=(channels,))
     shift = _param(node, f"{prefix}shift", shape=(channels,))
     scale = None
-    if profile.rounding not in INTEGER_ROUNDING_MODES:
+    if rounding not in INTEGER_ROUNDING_MODES:
         scale = _param(node, f"{prefix}scale", kinds="f", shape=(channels,))
     elif f"{prefix}scale" in node.params:
-        _fail(node, f"parameter {prefix}scale is only stored for float rounding modes, profile rounds {profile.rounding!r}")
+        _fail(node, f"parameter {prefix}scale is only stored for float rounding modes, the node rounds {rounding!r}")
     try:
-        return Rescale(profile.rounding, mult, shift, scale, profile.multiplier_bits)
+        return Rescale(rounding, mult, shift, scale, profile.multiplier_bits)
     except ValidationError as exc:
         _fail(node, f"{prefix or ''}requantization parameters: {exc}")
 
@@ -720,8 +734,8 @@ class Softmax(Op):
         entries = 2 ** (8 * x.np_dtype.itemsize)
         table = _param(node, "exp_table", shape=(entries,))
         _check_range(node, "exp_table", table.astype(np.int64), 0, 2**30)
-        if graph.profile.rounding not in INTEGER_ROUNDING_MODES:
-            _fail(node, f"integer softmax needs an integer rounding mode, profile rounds {graph.profile.rounding!r}")
+        if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
+            _fail(node, f"integer softmax needs an integer rounding mode, the node rounds {node_rounding(node, graph)!r}")
         _rescale(node, graph)
         _clamp(node, graph.tensors[node.outputs[0]])
 

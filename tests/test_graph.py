@@ -94,6 +94,8 @@ def test_invalid_branchy_graphs_are_rejected(mutate, message):
 def test_float_rounding_needs_scales_and_integer_rounding_refuses_them():
     with pytest.raises(ValidationError, match="missing parameter 'scale'"):
         _rebuild(tiny_cnn("onnxruntime"), lambda g: _node(g, "conv").params.pop("scale"))
+    with pytest.raises(ValidationError, match="attribute rounding must be one of"):
+        _rebuild(tiny_cnn("tflite"), lambda g: _node(g, "conv").attrs.__setitem__("rounding", "stochastic"))
     with pytest.raises(ValidationError, match="only stored for float rounding modes"):
         _rebuild(tiny_cnn("tflite"), lambda g: _node(g, "conv").params.__setitem__("scale", np.ones(4)))
     with pytest.raises(ValidationError, match="integer softmax needs an integer rounding mode"):

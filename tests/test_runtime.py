@@ -161,3 +161,16 @@ def test_run_rejects_bad_float_inputs_and_wrong_counts():
         model.run_int(np.zeros((1, 2), np.int8), np.zeros((1, 2), np.int8))
     with pytest.raises(ValidationError, match="backend"):
         Model(model.graph, "gpu")
+
+
+def test_a_node_may_round_unlike_its_profile():
+    # The tflite profile rounds "double", but this node requantizes in double precision (LiteRT's FULLY_CONNECTED).
+    graph = _fc_graph("tflite")
+    node = graph.nodes[0]
+    node.attrs["rounding"] = "float64_half_away"
+    node.params["scale"] = np.array([0.25])
+    graph = Graph(graph.name, graph.profile, graph.tensors, graph.nodes, graph.inputs, graph.outputs)
+    x = np.array([[3, -1], [-4, 2]], np.int8)
+    expected = np.array([[FC_GOLDEN["float64_half_away"][0]], [FC_GOLDEN["float64_half_away"][1]]], np.int8)
+    for backend in ("fast", "naive"):
+        np.testing.assert_array_equal(Model(graph, backend).run_int(x), expected, strict=True)
