@@ -199,7 +199,14 @@ def dequantize(codes: np.ndarray, info: TensorInfo) -> np.ndarray:
 
 
 def load(path, backend: str = "fast") -> Model:
-    """Load a ``.intsim`` file as a :class:`Model`."""
+    """Load a model file as a :class:`Model`: an ``.intsim`` file, or a fully-int8 ``.tflite``
+    flatbuffer (read into an integer graph with the ``tflite`` profile)."""
+    from pathlib import Path
+
+    if Path(path).suffix.lower() == ".tflite":
+        from intsim.importers.tflite import load_tflite
+
+        return Model(load_tflite(path), backend)
     from intsim.fileformat import load_graph
 
     return Model(load_graph(path), backend)
