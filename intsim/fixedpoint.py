@@ -419,3 +419,126 @@ def rescale(x, params: Rescale, *, where: str = "rescale") -> np.ndarray:
     out = np.empty(xf.size, np.int64)
     _rescale_flat(xf, mf, sf, cf, params.code, params.multiplier_bits, out)
     return out.astype(np.int32).reshape(shape)
+
+
+# --------------------------------------------------------------------------
+# gemmlowp fixed-point math (``fixedpoint/fixedpoint.h``) on raw int32 values.
+# A ``FixedPoint<int32, k>`` raw value ``r`` means ``r / 2**(31 - k)``.  These
+# are the pieces of LiteRT's reference int8 SOFTMAX; products are
+# ``rounding_high_mul(a, b, 31)`` (``SaturatingRoundingDoublingHighMul``) and
+# sums are plain int32 additions that the callers keep in range.
+# --------------------------------------------------------------------------
+
+# exp(-2**e) in Q0.31 for e = -2..4: the barrel shifter of exp_on_negative_values.
+_EXP_BARREL_MULTIPLIERS = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)
+
+
+@njit(cache=True)
+def saturating_rounding_multiply_by_pot(x, exponent):
+    """gemmlowp ``SaturatingRoundingMultiplyByPOT``: ``x * 2**exponent`` on int32.
+
+    A left shift (``exponent > 0``) saturates to int32; a right shift rounds
+    half away from zero (``RoundingDivideByPOT``).
+    """
+    if exponent > 0:
+        return saturate(np.int64(x) << exponent, 32)
+    if exponent < 0:
+        return rounding_divide_by_pot_scalar(np.int64(x), -exponent)
+    return np.int64(x)
+
+
+@njit(cache=True)
+def rounding_half_sum(a, b):
+    """gemmlowp ``RoundingHalfSum`` of int32: ``(a + b + sign(a + b)) / 2`` truncated toward zero."""
+    total = np.int64(a) + np.int64(b)
+    total += 1 if total >= 0 else -1
+    return _trunc_div_pot(total, 1)
+
+
+@njit(cache=True)
+def count_leading_zeros_32(x):
+    """Leading zero bits of ``x`` read as uint32 (32 for 0)."""
+    value = np.int64(x) & 0xFFFFFFFF
+    count = 32
+    while value:
+        value >>= 1
+        count -= 1
+    return count
+
+
+@njit(cache=True)
+def exp_on_interval_between_negative_one_quarter_and_0_excl(a):
+    """gemmlowp: ``exp(a)`` for Q0.31 ``a`` in [-1/4, 0), as Q0.31.
+
+    Fourth-order Taylor expansion around -1/8 (constants ``exp(-1/8)`` and 1/3 in Q0.31).
+    """
+    constant_term = np.int64(1895147668)
+    x = np.int64(a) + (np.int64(1) << 28)
+    x2 = rounding_high_mul(x, x, 31)
+    x3 = rounding_high_mul(x2, x, 31)
+    x4 = rounding_high_mul(x2, x2, 31)
+    x4_over_4 = saturating_rounding_multiply_by_pot(x4, -2)
+    poly = rounding_high_mul(x4_over_4 + x3, 715827883, 31) + x2
+    poly = saturating_rounding_multiply_by_pot(poly, -1)
+    return constant_term + rounding_high_mul(constant_term, x + poly, 31)
+
+
+@njit(cache=True)
+def exp_on_negative_values(a, integer_bits):
+    """gemmlowp ``exp_on_negative_values``: ``exp(a)`` for ``a <= 0`` in Q(integer_bits), as Q0.31.
+
+    ``exp(0)`` gives ``INT32_MAX`` (1 is not representable in Q0.31).  Not
+    defined for ``a > 0``.
+    """
+    fractional_bits = 31 - integer_bits
+    one_quarter = np.int64(1) << (fractional_bits - 2)
+    a = np.int64(a)
+    a_mod_quarter_minus_one_quarter = (a & (one_quarter - 1)) - one_quarter
+    result = exp_on_interval_between_negative_one_quarter_and_0_excl(
+        saturating_rounding_multiply_by_pot(a_mod_quarter_minus_one_quarter, integer_bits)
+    )
+    remainder = a_mod_quarter_minus_one_quarter - a
+    for i in range(7):
+        exponent = i - 2
+        if integer_bits > exponent and remainder & (np.int64(1) << (fractional_bits + exponent)):
+            result = rounding_high_mul(result, _EXP_BARREL_MULTIPLIERS[i], 31)
+    if integer_bits > 5 and a < -(np.int64(1) << (36 - integer_bits)):
+        result = np.int64(0)
+    if a == 0:
+        result = np.int64(INT32_MAX)
+    return result
+
+
+@njit(cache=True)
+def one_over_one_plus_x_for_x_in_0_1(a):
+    """gemmlowp: ``1 / (1 + a)`` for Q0.31 ``a`` in [0, 1), as Q0.31 (three Newton-Raphson steps)."""
+    half_denominator = rounding_half_sum(a, INT32_MAX)
+    x = np.int64(1515870810) + rounding_high_mul(half_denominator, -1010580540, 31)  # 48/17 - 32/17 d, Q2.29
+    for _ in range(3):
+        one_minus_half_denominator_times_x = (np.int64(1) << 29) - rounding_high_mul(half_denominator, x, 31)
+        x = x + saturating_rounding_multiply_by_pot(rounding_high_mul(x, one_minus_half_denominator_times_x, 31), 2)
+    return saturating_rounding_multiply_by_pot(x, 1)
+
+
+@njit(cache=True)
+def get_reciprocal(x, x_integer_digits):
+    """LiteRT ``GetReciprocal``: ``(raw, num_bits_over_unit)`` with ``1/x ~ raw * 2**-(31 + num_bits_over_unit)``.
+
+    ``x > 0`` is Q(x_integer_digits); ``raw`` is Q0.31 ``1 / (x * 2**-num_bits_over_unit)``.
+    """
+    headroom_plus_one = count_leading_zeros_32(x)
+    num_bits_over_unit = x_integer_digits - headroom_plus_one
+    shifted_minus_one = (np.int64(x) << headroom_plus_one) - (np.int64(1) << 31)
+    return one_over_one_plus_x_for_x_in_0_1(shifted_minus_one), num_bits_over_unit
+
+
+@njit(cache=True)
+def doubling_high_mul_truncating(a, b, bits):
+    """``a * b / 2**(bits - 1)`` truncated toward zero, saturating its one overflow ``a == b == -2**(bits-1)``.
+
+    LiteRT's ``SaturatingDoublingHighMul`` (no rounding) for ``bits = 16``.
+    """
+    low = -(np.int64(1) << (bits - 1))
+    if a == low and b == low:
+        return -low - 1
+    return _trunc_div_pot(np.int64(a) * np.int64(b), bits - 1)

@@ -977,3 +977,42 @@ class ResizeNearest(Op):
 
     def run(self, plan, inputs, kernels):
         return [np.ascontiguousarray(inputs[0][:, plan["index_h"]][:, :, plan["index_w"]])], {}
+
+
+@register("softmax_gemmlowp")
+class SoftmaxGemmlowp(Op):
+    """LiteRT's reference int8 softmax over the last axis (gemmlowp fixed-point exp, see the kernel).
+
+    Parameters ``input_multiplier`` / ``input_left_shift`` encode ``beta * s_x * 2**26``
+    (``PreprocessSoftmaxScaling``) and ``diff_min`` the most negative ``x - max`` that
+    still counts (``-CalculateInputRadius``).  The output scale is fixed at
+    ``2**-bits`` and its zero point at the dtype minimum, as in LiteRT.
+    """
+
+    def check(self, node, graph):
+        _check_arity(node, 1)
+        _check_dtypes(node, graph, ("int8", "uint8"))
+        out = graph.tensors[node.outputs[0]]
+        if out.dtype != graph.tensors[node.inputs[0]].dtype:
+            _fail(node, f"output dtype must be the input dtype {graph.tensors[node.inputs[0]].dtype}, found {out.dtype}")
+        if out.zero_point != dtype_range(out.dtype)[0]:
+            _fail(node, f"output zero point must be {dtype_range(out.dtype)[0]}, found {out.zero_point}")
+        mult = _param(node, "input_multiplier", shape=(1,))
+        _check_range(node, "input_multiplier", mult.astype(np.int64), 0, 2**31 - 1)
+        shift = _param(node, "input_left_shift", shape=(1,))
+        _check_range(node, "input_left_shift", shift.astype(np.int64), 0, 31)
+        diff_min = _param(node, "diff_min", shape=(1,))
+        _check_range(node, "diff_min", diff_min.astype(np.int64), -(2**31), 0)
+
+    def infer(self, node, inputs, graph):
+        return [inputs[0].shape]
+
+    def prepare(self, node, graph):
+        p = node.params
+        return {"args": (int(p["input_multiplier"][0]), int(p["input_left_shift"][0]), int(p["diff_min"][0]),
+                         graph.tensors[node.outputs[0]].np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        x = inputs[0]
+        out = kernels.softmax_gemmlowp_lastaxis(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), *plan["args"])
+        return [out.reshape(x.shape)], {}

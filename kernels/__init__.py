@@ -18,6 +18,7 @@ from intsim.kernels.elementwise import (
     softmax_lastaxis,
 )
 from intsim.kernels.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
@@ -31,5 +32,6 @@ __all__ = [
     "mul",
     "pad_constant",
     "requantize",
+    "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
 ]

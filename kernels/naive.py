@@ -14,6 +14,7 @@ from intsim.kernels.naive_elementwise import (
     softmax_lastaxis,
 )
 from intsim.kernels.naive_mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+from intsim.kernels.naive_tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
@@ -27,5 +28,6 @@ __all__ = [
     "mul",
     "pad_constant",
     "requantize",
+    "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
 ]

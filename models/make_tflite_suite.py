@@ -1,0 +1,173 @@
+"""Write the TFLite conformance suite: small fully-int8 .tflite models and one input each.
+
+Run offline, in a separate environment with ``tensorflow-cpu`` (never an intsim
+dependency)::
+
+    python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu
+    /tmp/tfvenv/bin/python models/make_tflite_suite.py [--out tests/data/tflite] [--only NAME ...]
+
+Every model is built from ``tf.nn`` ops with seeded random weights, converted
+with full-integer post-training quantization (int8 activations, per-channel int8
+weights, int32 bias, int8 input and output; ``Optimize.DEFAULT``, a seeded
+representative dataset, ``TFLITE_BUILTINS_INT8``), and written as
+``NAME.tflite`` next to ``NAME.input.npy`` (int8 codes of one sample, batch 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import tensorflow as tf  # noqa: E402
+
+
+def _weights(rng, shape, scale=0.3):
+    return tf.constant(rng.normal(0.0, scale, size=shape).astype(np.float32))
+
+
+def _conv(rng, x, cin, cout, k=3, stride=1, padding="SAME", dilation=1, act=tf.nn.relu):
+    w = _weights(rng, (k, k, cin, cout), 1.0 / np.sqrt(k * k * cin))
+    b = _weights(rng, (cout,), 0.1)
+    y = tf.nn.conv2d(x, w, strides=stride, padding=padding, dilations=dilation) + b
+    return act(y) if act else y
+
+
+def _dw(rng, x, cin, mult=1, k=3, stride=1, padding="SAME", dilation=1, act=tf.nn.relu6):
+    w = _weights(rng, (k, k, cin, mult), 1.0 / k)
+    b = _weights(rng, (cin * mult,), 0.1)
+    y = tf.nn.depthwise_conv2d(x, w, strides=[1, stride, stride, 1], padding=padding,
+                               dilations=[dilation, dilation]) + b
+    return act(y) if act else y
+
+
+def _dense(rng, x, cin, cout, act=None):
+    w = _weights(rng, (cin, cout), 1.0 / np.sqrt(cin))
+    b = _weights(rng, (cout,), 0.1)
+    y = tf.matmul(x, w) + b
+    return act(y) if act else y
+
+
+def _hard_swish(x):
+    return x * tf.nn.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def _flatten(x):
+    return tf.reshape(x, (1, -1))
+
+
+def _inverted_residual(rng, x, c, expand=3, stride=1):
+    h = _conv(rng, x, c, c * expand, k=1, act=tf.nn.relu6)
+    h = _dw(rng, h, c * expand, stride=stride, act=tf.nn.relu6)
+    h = _conv(rng, h, c * expand, c, k=1, act=None)
+    return x + h if stride == 1 else h
+
+
+def _residual_cnn(rng, x):
+    h = _conv(rng, x, 3, 8)
+    for _ in range(2):
+        h = tf.nn.relu(h + _conv(rng, _conv(rng, h, 8, 8), 8, 8, act=None))
+    h = tf.nn.max_pool2d(h, 2, 2, "VALID")
+    h = _conv(rng, h, 8, 12, stride=2)
+    return tf.nn.softmax(_dense(rng, tf.reduce_mean(h, axis=[1, 2]), 12, 10))
+
+
+def _mobilenet(rng, x):
+    h = _conv(rng, x, 3, 8, stride=2, act=tf.nn.relu6)
+    h = _inverted_residual(rng, h, 8)
+    h = _inverted_residual(rng, h, 8, stride=2)
+    h = _inverted_residual(rng, h, 8)
+    h = tf.reduce_mean(_conv(rng, h, 8, 16, k=1, act=tf.nn.relu6), axis=[1, 2])
+    return _dense(rng, h, 16, 5)
+
+
+# name -> (input shape NHWC or [1, n], builder(rng, x) -> y)
+SUITE = {
+    "conv_valid_s1_relu": ((1, 9, 9, 3), lambda r, x: _conv(r, x, 3, 8, padding="VALID")),
+    "conv_same_s2_relu6": ((1, 10, 9, 4), lambda r, x: _conv(r, x, 4, 6, stride=2, act=tf.nn.relu6)),
+    "conv_same_dil2_none": ((1, 11, 11, 3), lambda r, x: _conv(r, x, 3, 5, dilation=2, act=None)),
+    "conv_5x5_valid_s2": ((1, 13, 12, 2), lambda r, x: _conv(r, x, 2, 4, k=5, stride=2, padding="VALID")),
+    "dw_same_s1_relu6": ((1, 8, 8, 6), lambda r, x: _dw(r, x, 6)),
+    "dw_m2_valid_s2": ((1, 11, 10, 4), lambda r, x: _dw(r, x, 4, mult=2, stride=2, padding="VALID", act=None)),
+    "dw_m3_same_dil2_relu": ((1, 9, 9, 3), lambda r, x: _dw(r, x, 3, mult=3, dilation=2, act=tf.nn.relu)),
+    "fc_relu": ((1, 24), lambda r, x: _dense(r, x, 24, 10, act=tf.nn.relu)),
+    "reshape_fc": ((1, 4, 4, 3), lambda r, x: _dense(r, _flatten(x), 48, 7)),
+    "add_relu": ((1, 6, 6, 4), lambda r, x: tf.nn.relu(_conv(r, x, 4, 4, act=None) + _conv(r, x, 4, 4, k=1, act=None))),
+    "max_pool_same_s2": ((1, 9, 9, 4), lambda r, x: tf.nn.max_pool2d(_conv(r, x, 4, 4), 3, 2, "SAME")),
+    "max_pool_valid": ((1, 8, 8, 3), lambda r, x: tf.nn.max_pool2d(_conv(r, x, 3, 3, act=None), 2, 2, "VALID")),
+    "avg_pool_same_s2": ((1, 9, 9, 4), lambda r, x: tf.nn.avg_pool2d(_conv(r, x, 4, 4, act=None), 3, 2, "SAME")),
+    "avg_pool_valid_s1": ((1, 7, 7, 3), lambda r, x: tf.nn.avg_pool2d(_conv(r, x, 3, 3), 2, 1, "VALID")),
+    "relu_op": ((1, 5, 5, 3), lambda r, x: tf.nn.relu(tf.concat([x, x * 0.5], axis=3))),
+    "relu6_op": ((1, 5, 5, 3), lambda r, x: tf.nn.relu6(tf.concat([x, x * 3.0], axis=3))),
+    "pad_conv": ((1, 6, 6, 3), lambda r, x: _conv(r, tf.pad(x, [[0, 0], [1, 2], [2, 1], [0, 0]]), 3, 4, padding="VALID")),
+    "concat_branches": ((1, 6, 6, 3), lambda r, x: tf.concat([_conv(r, x, 3, 4), _conv(r, x, 3, 2, k=1)], axis=3)),
+    "mean_global": ((1, 5, 5, 6), lambda r, x: tf.reduce_mean(_conv(r, x, 6, 6, act=None), axis=[1, 2])),
+    "mean_keepdims": ((1, 6, 4, 5), lambda r, x: tf.reduce_mean(_conv(r, x, 5, 5), axis=[1, 2], keepdims=True)),
+    "sub_branches": ((1, 6, 6, 3), lambda r, x: _conv(r, x, 3, 4, act=None) - _conv(r, x, 3, 4, k=1, act=None)),
+    "mul_branches": ((1, 6, 6, 3), lambda r, x: _conv(r, x, 3, 4, act=None) * _conv(r, x, 3, 4, k=1, act=None)),
+    "softmax_fc": ((1, 16), lambda r, x: tf.nn.softmax(_dense(r, x, 16, 10) * 3.0)),
+    "softmax_spatial": ((1, 4, 4, 8), lambda r, x: tf.nn.softmax(_conv(r, x, 8, 8, act=None))),
+    "logistic": ((1, 6, 6, 3), lambda r, x: tf.sigmoid(_conv(r, x, 3, 4, act=None) * 2.0)),
+    "tanh": ((1, 6, 6, 3), lambda r, x: tf.tanh(_conv(r, x, 3, 4, act=None))),
+    "hard_swish": ((1, 6, 6, 3), lambda r, x: _hard_swish(_conv(r, x, 3, 4, act=None) * 3.0)),
+    "residual_cnn": ((1, 12, 12, 3), lambda r, x: _residual_cnn(r, x)),
+    "mobilenetv2_blocks": ((1, 12, 12, 3), lambda r, x: _mobilenet(r, x)),
+}
+
+
+# Models the importer must refuse (tests of its errors): name -> (shape, builder, fully int8?).
+ERROR_CASES = {
+    "error_float_model": ((1, 6, 6, 3), lambda r, x: _conv(r, x, 3, 4), False),
+    "error_unsupported_op": ((1, 6, 6, 3), lambda r, x: tf.nn.leaky_relu(_conv(r, x, 3, 4, act=None), 0.2), True),
+}
+
+
+def representative(shape, seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(64):
+        yield [rng.normal(0.0, 1.0, size=shape).astype(np.float32)]
+
+
+def convert(name, shape, builder, quantize=True):
+    rng = np.random.default_rng(sum(map(ord, name)))
+
+    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
+    def model(x):
+        return builder(rng, x)
+
+    concrete = model.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+    if not quantize:
+        return converter.convert()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: representative(shape, sum(map(ord, name)) + 1)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    return converter.convert()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "tests" / "data" / "tflite"))
+    parser.add_argument("--only", nargs="*")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = {name: (shape, builder, True) for name, (shape, builder) in SUITE.items()} | ERROR_CASES
+    for name, (shape, builder, quantize) in cases.items():
+        if args.only and name not in args.only:
+            continue
+        blob = convert(name, shape, builder, quantize)
+        (out / f"{name}.tflite").write_bytes(blob)
+        if name in SUITE:
+            rng = np.random.default_rng(sum(map(ord, name)) + 2)
+            np.save(out / f"{name}.input.npy", rng.integers(-128, 128, size=shape, dtype=np.int8))
+        print(f"{name}: {len(blob)} bytes")
+
+
+if __name__ == "__main__":
+    main()
