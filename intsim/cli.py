@@ -202,13 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_profiles)
 
     p = sub.add_parser("inspect", help="show the nodes, shapes, quantization parameters and profile of a model")
-    p.add_argument("model", help="an .intsim file")
+    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
     p.set_defaults(func=_cmd_inspect)
 
     for name, func, text in (("run", _cmd_run, "run a model on an input array"),
                              ("trace", _cmd_trace, "run and print per-node statistics")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("model", help="an .intsim file")
+        p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
         p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
         if name == "run":
             p.add_argument("--output", help="where to save the output .npy")
