@@ -1,0 +1,653 @@
+"""Import an already-quantized ONNX model in QOperator format as an intsim integer graph.
+
+``onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QOperator)``
+writes models whose float input is quantized once (``QuantizeLinear``), whose
+layers take and give integer codes (``QLinearConv``, ``QLinearMatMul``,
+``com.microsoft`` ``QGemm`` / ``QLinearAdd`` / ``QLinearGlobalAveragePool`` /
+``QLinearConcat`` / ``QLinearLeakyRelu`` / ``QLinearSigmoid``, ``MaxPool`` and
+layout ops on codes), and whose output is dequantized once
+(``DequantizeLinear``).  :func:`load_onnx_qoperator` keeps every integer
+exactly as the file stores it (weights, int32 biases, zero points) and forms
+each requantization scale in float32 exactly as onnxruntime's CPU kernels do,
+so that the ``onnxruntime`` profile reproduces onnxruntime bit for bit.
+
+What onnxruntime computes (CPU execution provider, x86-64), per op:
+
+``QLinearConv``  (``core/providers/cpu/quantization/qlinearconv.cc``)
+    ``scale[o] = (x_scale * w_scale[o]) / y_scale`` in float32
+    (``ComputeOutputScale``); the input is transposed to NHWC and im2col'd in
+    ``(kh, kw, c)`` order (``ReorderFilter``: OIHW to HWIO);
+    ``acc = bias + sum (x - z_x) w`` exactly in int32 (``MlasConvSym`` when every
+    weight zero point is 0, else ``MlasGemm`` + ``MlasRequantizeOutput``);
+    then ``clamp(rint(float32(acc) * scale), min - z_y, max - z_y) + z_y``
+    (``core/mlas/lib/quantize.cpp`` ``MlasRequantizeOutput``: multiply, clamp in
+    float, ``cvtps2dq`` round-to-nearest-even, add the zero point).  That is
+    intsim's ``float32_rint`` rescale followed by ``+ z_y`` and the clamp.
+    Per-channel weight zero points must all be equal (``ComputeOffset``).
+``QLinearMatMul`` (``quantize_linear_matmul.cc``)
+    ``scale[n] = (a_scale * b_scale[n]) / y_scale``, same requantization.
+``QGemm`` (``contrib_ops/cpu/quantization/quant_gemm.cc``)
+    ``scale[n] = ((alpha * a_scale) * b_scale[n]) / y_scale`` (note the order),
+    the int32 ``C`` is the accumulator's starting value, same requantization.
+``QLinearGlobalAveragePool`` (``core/mlas/lib/qlgavgpool.cpp``)
+    ``acc = sum(x) - z_x * HW`` in int32, ``scale = x_scale / (y_scale *
+    float(HW))`` in float32, then ``MlasRequantizeOutput``: intsim's ``mean``.
+``QLinearLeakyRelu`` / ``QLinearSigmoid`` (``qlinear_lookup_table.cc``,
+``qlinear_activations.cc``)
+    a 256-entry table built in float32: ``v = x_scale * (x - z_x)``;
+    ``f(v)``; ``clamp(rint(f(v) / y_scale)) + z_y`` (``MlasQuantizeLinear``:
+    float32 division).  LeakyRelu is ``v >= 0 ? v : alpha * v``; Sigmoid is
+    ``MlasComputeLogistic`` (``core/mlas/lib/logistic.cpp``, the FMA3 kernel on
+    x86-64: Eigen's rational polynomial with fused multiply-adds), not
+    ``1 / (1 + exp(-v))``.  Both become intsim ``lut`` nodes with the very same table.
+``QLinearConcat`` (``qlinear_concat.cc``)
+    an input quantized unlike the output goes through the identity lookup
+    table above; here an intsim ``lut`` node, then ``concat`` with real
+    multiplier 1.
+``QLinearAdd`` (``core/mlas/lib/intrinsics/avx2/qladd_avx2.cpp``)
+    ``r_a = s_a / s_c``, ``r_b = s_b / s_c``, ``F = float(z_c) - (r_a z_a + r_b z_b)``
+    in float32, then per element ``rint(fma(a, r_a, fma(b, r_b, F)))`` on the
+    raw codes, saturated by ``packs``: the output zero point is added *before*
+    rounding.  intsim's float ``add`` rounds ``(a - z_a) r_a + (b - z_b) r_b``
+    and adds ``z_c`` after, so the two differ on near-ties; the node is marked
+    in ``graph.metadata["inexact_nodes"]``.
+
+Layout: ONNX tensors are NCHW, intsim's spatial ops NHWC.  Every 4-D tensor
+is held NHWC inside; ``transpose`` nodes sit at the NCHW edges (after the
+graph input, before a 4-D graph output, before ``Flatten`` / ``Reshape`` of
+a tensor with spatial extent).  ``graph.metadata["onnx_tensors"]`` maps each
+ONNX code tensor to the intsim tensor holding it and the permutation
+(``intsim = onnx.transpose(perm)``, ``perm`` ``None`` for the same layout);
+``graph.metadata["onnx_inputs"]`` / ``["onnx_outputs"]`` map the float graph
+inputs / outputs to the code tensors.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from types import SimpleNamespace
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from intsim.errors import UnsupportedOpError, ValidationError
+from intsim.fixedpoint import Rescale
+from intsim.graph import Graph, Node, TensorInfo, dtype_range
+from intsim.importers.onnx import _load
+from intsim.ops import get_op
+from intsim.profiles import get_profile
+
+TO_NHWC = [0, 2, 3, 1]
+TO_NCHW = [0, 3, 1, 2]
+ROUNDING = "float32_rint"  # MlasRequantizeOutput: float32 multiply, round to nearest even
+
+_HANDLERS = {}
+_f32 = np.float32
+
+
+def _handles(*op_types):
+    def wrap(fn):
+        for op_type in op_types:
+            _HANDLERS[op_type] = fn
+        return fn
+
+    return wrap
+
+
+def load_onnx_qoperator(model, profile="onnxruntime") -> Graph:
+    """Build the integer graph of a QOperator-format ONNX model.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or onnx.ModelProto
+        A model as ``onnxruntime.quantization.quantize_static`` writes it with
+        ``quant_format=QuantFormat.QOperator``: uint8 or int8 activations,
+        int8 weights (per-tensor or per-channel scales).
+    profile : str, Path or Profile
+        ``"onnxruntime"`` (exact int32 accumulation: VNNI, AVX-512, ARM) or
+        ``"onnxruntime_avx2"`` (u8s8 pair saturation of AVX2 without VNNI).
+        Every multiply-accumulate node rounds ``float32_rint`` whatever the profile.
+
+    Returns
+    -------
+    Graph
+        NHWC inside, ONNX-layout code tensors at the inputs and outputs (see the
+        module docstring for the metadata that maps ONNX tensor names).
+
+    Raises
+    ------
+    UnsupportedOpError
+        An op with no exact integer lowering here, or a float op between the
+        quantized input and output; names the node, the op and its opset.
+    ModelFormatError
+        The file is not an ONNX model.
+    ValidationError
+        Inconsistent quantization parameters (a weight that is not int8, per-channel
+        weight zero points that differ where onnxruntime requires them equal, ...).
+    """
+    return _QOperatorImporter(_load(model), get_profile(profile)).run()
+
+
+class _QOperatorImporter:
+    def __init__(self, model: onnx.ModelProto, profile):
+        self.model = model
+        self.profile = profile
+        self.opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+        graph = model.graph
+        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+        self.float_inputs = {vi.name: vi for vi in graph.input if vi.name not in self.constants}
+        self.float_outputs = [vi.name for vi in graph.output]
+        self.tensors: dict[str, TensorInfo] = {}
+        self.nodes: list[Node] = []
+        # ONNX code tensor name -> (intsim tensor name, perm or None): intsim = onnx.transpose(perm).
+        self.values: dict[str, tuple[str, list | None]] = {}
+        self.inputs: list[str] = []
+        self.outputs: list[str] = []
+        self.onnx_inputs: dict[str, str] = {}
+        self.onnx_outputs: dict[str, str] = {}
+        self.inexact: dict[str, str] = {}
+
+    # --- driver ---------------------------------------------------------
+    def run(self) -> Graph:
+        live = self._live_nodes()
+        for index, node in enumerate(self.model.graph.node):
+            if index not in live:
+                continue
+            handler = _HANDLERS.get(node.op_type)
+            if handler is None:
+                domain = node.domain or "ai.onnx"
+                raise UnsupportedOpError(
+                    f"node {node.name!r}: op {domain}:{node.op_type} (opset {self.opsets.get(domain, '?')}) has no "
+                    f"integer lowering in the QOperator importer; supported: {', '.join(sorted(_HANDLERS))}"
+                )
+            handler(self, node)
+        missing = [name for name in self.float_outputs if name not in self.onnx_outputs]
+        if missing:
+            raise UnsupportedOpError(f"graph outputs {missing} are not produced by DequantizeLinear of a code tensor")
+        metadata = {
+            "source": "onnx_qoperator",
+            "onnx_tensors": {k: {"tensor": v[0], "perm": v[1]} for k, v in self.values.items()},
+            "onnx_inputs": self.onnx_inputs,
+            "onnx_outputs": self.onnx_outputs,
+            "inexact_nodes": self.inexact,
+        }
+        return Graph(self.model.graph.name or "qoperator", self.profile, self.tensors, self.nodes,
+                     self.inputs, self.outputs, metadata)
+
+    def _live_nodes(self) -> set:
+        """Indices of the nodes that the graph outputs depend on (quantize_static leaves dead Constants behind)."""
+        nodes = self.model.graph.node
+        producers = {out: index for index, node in enumerate(nodes) for out in node.output}
+        live, stack = set(), list(self.float_outputs)
+        while stack:
+            index = producers.get(stack.pop())
+            if index is None or index in live:
+                continue
+            live.add(index)
+            stack.extend(nodes[index].input)
+        return live
+
+    # --- helpers --------------------------------------------------------
+    def where(self, node) -> str:
+        return f"{node.op_type} {node.name!r}"
+
+    def const(self, node, index, what):
+        name = node.input[index] if index < len(node.input) else ""
+        if not name:
+            return None
+        if name not in self.constants:
+            raise UnsupportedOpError(f"{self.where(node)}: {what} {name!r} must be a constant (initializer)")
+        return self.constants[name]
+
+    def scalar(self, node, index, what):
+        value = self.const(node, index, what)
+        if value is None or value.size != 1:
+            raise ValidationError(f"{self.where(node)}: {what} must be a single value, found {value!r}")
+        return value.reshape(())
+
+    def quant(self, node, scale_index, zp_index, what):
+        """``(float32 scale, zero point, dtype name)`` of one quantized operand."""
+        scale = self.scalar(node, scale_index, f"{what} scale")
+        zp = self.scalar(node, zp_index, f"{what} zero point")
+        return _f32(scale), int(zp), zp.dtype.name
+
+    def add_tensor(self, name, dtype, shape, scale, zero_point) -> str:
+        self.tensors[name] = TensorInfo(name, dtype, shape, float(scale), zero_point)
+        return name
+
+    def emit(self, op, name, inputs, attrs, params, out_name, out_dtype, scale, zero_point, onnx_name=None, perm=None):
+        """Append a node; infer its output shape with the op registry; record the ONNX mapping."""
+        node = Node(op, name, list(inputs), [out_name], attrs, params)
+        shape = get_op(op, name).infer(node, [self.tensors[t] for t in inputs], SimpleNamespace(profile=self.profile))[0]
+        self.add_tensor(out_name, out_dtype, shape, scale, zero_point)
+        self.nodes.append(node)
+        if onnx_name is not None:
+            self.values[onnx_name] = (out_name, perm)
+        return out_name
+
+    def unique(self, base) -> str:
+        name, i = base, 1
+        names = set(self.tensors) | {n.name for n in self.nodes}
+        while name in names:
+            name, i = f"{base}_{i}", i + 1
+        return name
+
+    def value(self, node, index) -> tuple[str, list | None]:
+        name = node.input[index]
+        if name not in self.values:
+            raise UnsupportedOpError(
+                f"{self.where(node)}: input {name!r} is not an integer code tensor (a float op between "
+                f"QuantizeLinear and DequantizeLinear has no integer lowering)"
+            )
+        return self.values[name]
+
+    def layout(self, node, index, perm) -> str:
+        """The intsim tensor holding input ``index`` in layout ``perm`` (``None``: ONNX layout)."""
+        tensor, held = self.value(node, index)
+        if held == perm:
+            return tensor
+        info = self.tensors[tensor]
+        to_onnx = TO_NCHW if held == TO_NHWC else None
+        if held is not None and to_onnx is None:
+            raise UnsupportedOpError(f"{self.where(node)}: input held in layout {held}, cannot convert")
+        step = to_onnx if perm is None else TO_NHWC
+        suffix = "nchw" if perm is None else "nhwc"
+        out = self.unique(f"{node.input[index]}/{suffix}")
+        return self.emit("transpose", out, [tensor], {"perm": step}, {}, out, info.dtype, info.scale,
+                         info.zero_point)
+
+    def nhwc(self, node, index) -> str:
+        tensor, held = self.value(node, index)
+        if len(self.tensors[tensor].shape) != 4:
+            raise UnsupportedOpError(f"{self.where(node)}: only 2-D spatial ops (4-D NCHW inputs) are supported, "
+                                     f"found shape {self.tensors[tensor].shape}")
+        return self.layout(node, index, TO_NHWC)
+
+    def attrs(self, node) -> dict:
+        return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _rescale_params(scales_f32: np.ndarray) -> dict:
+    """``multiplier`` / ``shift`` / ``scale`` of a float32 requantization scale (exactly as float32)."""
+    return Rescale.from_real(np.asarray(scales_f32, np.float32).astype(np.float64).reshape(-1), ROUNDING).params()
+
+
+def _window_attrs(imp, node, kernel_rank_from) -> dict:
+    attrs = imp.attrs(node)
+    auto_pad = attrs.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad not in ("NOTSET", "VALID"):
+        raise UnsupportedOpError(f"{imp.where(node)}: auto_pad {auto_pad!r} is not supported; export explicit pads")
+    kernel = list(attrs.get("kernel_shape", kernel_rank_from))
+    if len(kernel) != 2:
+        raise UnsupportedOpError(f"{imp.where(node)}: only 2-D windows are supported, found kernel {kernel}")
+    if attrs.get("ceil_mode", 0):
+        raise UnsupportedOpError(f"{imp.where(node)}: ceil_mode=1 is not supported")
+    return {
+        "kernel": [int(k) for k in kernel],
+        "strides": [int(s) for s in attrs.get("strides", [1, 1])],
+        "dilations": [int(d) for d in attrs.get("dilations", [1, 1])],
+        "pads": [int(p) for p in attrs.get("pads", [0, 0, 0, 0])],  # ONNX (top, left, bottom, right)
+    }
+
+
+# --------------------------------------------------------------------------
+# Edges: QuantizeLinear at the input, DequantizeLinear at the output.
+# --------------------------------------------------------------------------
+
+
+@_handles("QuantizeLinear")
+def _quantize_linear(imp, node):
+    source = node.input[0]
+    if source not in imp.float_inputs:
+        raise UnsupportedOpError(f"{imp.where(node)}: QuantizeLinear is supported only on a graph input, "
+                                 f"found it on {source!r}")
+    scale, zp, dtype = imp.quant(node, 1, 2, "output")
+    vi = imp.float_inputs[source]
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    dims[0] = None  # any batch
+    code = imp.add_tensor(node.output[0], dtype, dims, scale, zp)
+    imp.inputs.append(code)
+    imp.onnx_inputs[source] = code
+    imp.values[code] = (code, None)
+
+
+@_handles("DequantizeLinear")
+def _dequantize_linear(imp, node):
+    if node.output[0] not in imp.float_outputs:
+        raise UnsupportedOpError(f"{imp.where(node)}: DequantizeLinear is supported only on a graph output")
+    tensor = imp.layout(node, 0, None)
+    imp.outputs.append(tensor)
+    imp.onnx_outputs[node.output[0]] = tensor
+
+
+# --------------------------------------------------------------------------
+# Multiply-accumulate ops.
+# --------------------------------------------------------------------------
+
+
+def _weight_zero_points(zp, channels):
+    return np.ascontiguousarray(np.broadcast_to(np.asarray(zp).reshape(-1), (channels,)).astype(np.int64))
+
+
+def _int8_weight(imp, node, w):
+    if w.dtype != np.int8:
+        raise ValidationError(f"{imp.where(node)}: weights must be int8 (u8s8 / s8s8), found {w.dtype}")
+    return w
+
+
+@_handles("QLinearConv")
+def _qlinear_conv(imp, node):
+    x = imp.nhwc(node, 0)
+    x_scale, _, _ = imp.quant(node, 1, 2, "input")
+    w = _int8_weight(imp, node, imp.const(node, 3, "weight"))
+    w_scale = _f32(imp.const(node, 4, "weight scale")).reshape(-1)
+    w_zp = imp.const(node, 5, "weight zero point")
+    y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
+    if np.unique(np.asarray(w_zp)).size > 1:
+        raise ValidationError(f"{imp.where(node)}: onnxruntime requires every per-channel weight zero point to be "
+                              f"equal, found {np.unique(w_zp).tolist()}")
+    cout = w.shape[0]
+    bias = imp.const(node, 8, "bias")
+    bias = np.zeros(cout, np.int32) if bias is None else bias.astype(np.int32).reshape(cout)
+    scales = (x_scale * w_scale) / y_scale  # float32, qlinearconv.cc ComputeOutputScale
+    window = _window_attrs(imp, node, w.shape[2:])
+    attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
+             "groups": int(imp.attrs(node).get("group", 1)), "rounding": ROUNDING}
+    params = {
+        "weight": np.ascontiguousarray(w.transpose(0, 2, 3, 1)),  # OIHW -> OHWI
+        "weight_zero_point": _weight_zero_points(w_zp, cout),
+        "bias": bias,
+        **_rescale_params(np.broadcast_to(scales, (cout,))),
+    }
+    out = node.output[0]
+    imp.emit("conv2d", node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
+
+
+def _fully_connected(imp, node, a_index, weight_out_in, w_zp, bias, scales, y_q):
+    y_scale, y_zp, y_dtype = y_q
+    a = imp.layout(node, a_index, None)
+    if len(imp.tensors[a].shape) != 2:
+        raise UnsupportedOpError(f"{imp.where(node)}: only a 2-D activation operand is supported, "
+                                 f"found {imp.tensors[a].shape}")
+    cout = weight_out_in.shape[0]
+    params = {
+        "weight": np.ascontiguousarray(weight_out_in),
+        "weight_zero_point": _weight_zero_points(w_zp, cout),
+        "bias": bias,
+        **_rescale_params(np.broadcast_to(scales, (cout,))),
+    }
+    out = node.output[0]
+    imp.emit("fully_connected", node.name or out, [a], {"rounding": ROUNDING}, params, out, y_dtype, y_scale, y_zp,
+             out, None)
+
+
+@_handles("QGemm")
+def _qgemm(imp, node):
+    attrs = imp.attrs(node)
+    if attrs.get("transA", 0):
+        raise UnsupportedOpError(f"{imp.where(node)}: transA=1 is not supported")
+    a_scale, _, _ = imp.quant(node, 1, 2, "A")
+    b = _int8_weight(imp, node, imp.const(node, 3, "B"))
+    b_scale = _f32(imp.const(node, 4, "B scale")).reshape(-1)
+    if len(node.input) < 9 or not node.input[7]:
+        raise UnsupportedOpError(f"{imp.where(node)}: a float output (no y_scale) is not supported")
+    y_q = imp.quant(node, 7, 8, "output")
+    weight = b if attrs.get("transB", 0) else b.T
+    cout = weight.shape[0]
+    c = imp.const(node, 6, "C")
+    bias = np.zeros(cout, np.int32) if c is None else np.broadcast_to(c.astype(np.int32).reshape(-1), (cout,)).copy()
+    alpha = _f32(attrs.get("alpha", 1.0))
+    scales = ((alpha * a_scale) * b_scale) / y_q[0]  # float32, quant_gemm.cc ComputeOutputScale
+    _fully_connected(imp, node, 0, weight, imp.const(node, 5, "B zero point"), bias, scales, y_q)
+
+
+@_handles("QLinearMatMul")
+def _qlinear_matmul(imp, node):
+    a_scale, _, _ = imp.quant(node, 1, 2, "A")
+    y_q = imp.quant(node, 6, 7, "output")
+    if node.input[3] in imp.constants:
+        b = _int8_weight(imp, node, imp.const(node, 3, "B"))
+        if b.ndim != 2:
+            raise UnsupportedOpError(f"{imp.where(node)}: a constant B must be 2-D, found shape {b.shape}")
+        b_scale = _f32(imp.const(node, 4, "B scale")).reshape(-1)
+        scales = (a_scale * b_scale) / y_q[0]  # float32, quantize_linear_matmul.cc
+        bias = np.zeros(b.shape[1], np.int32)
+        _fully_connected(imp, node, 0, b.T, imp.const(node, 5, "B zero point"), bias, scales, y_q)
+        return
+    b_scale, _, _ = imp.quant(node, 4, 5, "B")
+    a, b = imp.layout(node, 0, None), imp.layout(node, 3, None)
+    scale = (a_scale * b_scale) / y_q[0]
+    out = node.output[0]
+    imp.emit("matmul", node.name or out, [a, b], {"rounding": ROUNDING}, _rescale_params(np.array([scale])), out,
+             y_q[2], y_q[0], y_q[1], out, None)
+
+
+# --------------------------------------------------------------------------
+# Pooling.
+# --------------------------------------------------------------------------
+
+
+@_handles("QLinearGlobalAveragePool")
+def _qlinear_global_average_pool(imp, node):
+    if imp.attrs(node).get("channels_last", 0):
+        raise UnsupportedOpError(f"{imp.where(node)}: channels_last=1 is not supported")
+    x = imp.nhwc(node, 0)
+    x_scale, _, _ = imp.quant(node, 1, 2, "input")
+    y_scale, y_zp, y_dtype = imp.quant(node, 3, 4, "output")
+    _, h, w, _ = imp.tensors[x].shape
+    if h is None or w is None:
+        raise UnsupportedOpError(f"{imp.where(node)}: the spatial size must be known")
+    scale = x_scale / (y_scale * _f32(h * w))  # float32, qlgavgpool.cpp CheckQLinearGlobalAveragePoolScaleAndSize
+    out = node.output[0]
+    imp.emit("mean", node.name or out, [x], {"axes": [1, 2], "keepdims": True, "rounding": ROUNDING},
+             _rescale_params(np.array([scale])), out, y_dtype, y_scale, y_zp, out, TO_NHWC)
+
+
+@_handles("MaxPool")
+def _max_pool(imp, node):
+    if len(node.output) > 1 and node.output[1]:
+        raise UnsupportedOpError(f"{imp.where(node)}: the Indices output is not supported")
+    x = imp.nhwc(node, 0)
+    info = imp.tensors[x]
+    if info.dtype not in ("uint8", "int8"):
+        raise UnsupportedOpError(f"{imp.where(node)}: MaxPool on {info.dtype} codes is not supported")
+    window = _window_attrs(imp, node, None)
+    out = node.output[0]
+    imp.emit("max_pool", node.name or out, [x], window, {}, out, info.dtype, info.scale, info.zero_point, out,
+             TO_NHWC)
+
+
+# --------------------------------------------------------------------------
+# Elementwise ops.
+# --------------------------------------------------------------------------
+
+
+@_handles("QLinearAdd")
+def _qlinear_add(imp, node):
+    a_scale, _, _ = imp.quant(node, 1, 2, "A")
+    b_scale, _, _ = imp.quant(node, 4, 5, "B")
+    y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
+    (a, perm_a), (b, perm_b) = imp.value(node, 0), imp.value(node, 3)
+    if imp.tensors[a].shape != imp.tensors[b].shape or perm_a != perm_b:
+        a, b, perm_a = imp.layout(node, 0, None), imp.layout(node, 3, None), None
+    params = {}
+    for prefix, real in (("a_", a_scale / y_scale), ("b_", b_scale / y_scale), ("out_", _f32(1.0))):
+        params.update(Rescale.from_real(np.array([np.float64(real)]), ROUNDING).params(prefix))
+    out = node.output[0]
+    name = node.name or out
+    imp.emit("add", name, [a, b], {"rounding": ROUNDING}, params, out, y_dtype, y_scale, y_zp, out, perm_a)
+    imp.inexact[name] = ("onnxruntime rounds rint(fma(a, s_a/s_c, fma(b, s_b/s_c, z_c - (s_a/s_c z_a + s_b/s_c z_b)))) "
+                         "on raw codes (qladd_avx2.cpp); intsim's add rounds (a-z_a) s_a/s_c + (b-z_b) s_b/s_c, "
+                         "then adds z_c")
+
+
+def _table_node(imp, node, fn, x_q, y_q):
+    """An intsim ``lut`` node with onnxruntime's float32 table (``QlinearBuildLookupTable``)."""
+    (x_scale, x_zp, x_dtype), (y_scale, y_zp, y_dtype) = x_q, y_q
+    tensor, perm = imp.value(node, 0)
+    table = ort_lookup_table(fn, x_scale, x_zp, x_dtype, y_scale, y_zp, y_dtype)
+    out = node.output[0]
+    imp.emit("lut", node.name or out, [tensor], {}, {"table": table}, out, y_dtype, y_scale, y_zp, out, perm)
+
+
+@_handles("QLinearLeakyRelu")
+def _qlinear_leaky_relu(imp, node):
+    alpha = _f32(imp.attrs(node).get("alpha", 0.01))
+    _table_node(imp, node, lambda v: np.where(v >= 0, v, alpha * v).astype(np.float32),
+                imp.quant(node, 1, 2, "input"), imp.quant(node, 3, 4, "output"))
+
+
+@_handles("QLinearSigmoid")
+def _qlinear_sigmoid(imp, node):
+    _table_node(imp, node, mlas_logistic, imp.quant(node, 1, 2, "input"), imp.quant(node, 3, 4, "output"))
+
+
+@_handles("QLinearConcat")
+def _qlinear_concat(imp, node):
+    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
+    axis = int(imp.attrs(node)["axis"])
+    groups = [(2 + 3 * i, 3 + 3 * i, 4 + 3 * i) for i in range((len(node.input) - 2) // 3)]
+    held = {tuple(imp.value(node, t)[1] or ()) for t, _, _ in groups}
+    perm = TO_NHWC if held == {tuple(TO_NHWC)} else None
+    parts = []
+    for t, s, z in groups:
+        tensor = imp.layout(node, t, perm)
+        x_q = imp.quant(node, s, z, f"input {t}")
+        if x_q != (y_scale, y_zp, y_dtype):
+            table = ort_lookup_table(lambda v: v, *x_q, y_scale, y_zp, y_dtype)
+            requantized = imp.unique(f"{node.input[t]}/requantized")
+            tensor = imp.emit("lut", requantized, [tensor], {}, {"table": table}, requantized, y_dtype, y_scale,
+                              y_zp)
+        parts.append(tensor)
+    rank = len(imp.tensors[parts[0]].shape)
+    axis %= rank
+    if perm is not None:
+        axis = perm.index(axis)
+    out = node.output[0]
+    ones = Rescale.from_real(np.ones(len(parts)), ROUNDING).params()
+    imp.emit("concat", node.name or out, parts, {"axis": axis, "rounding": ROUNDING}, ones, out, y_dtype, y_scale,
+             y_zp, out, perm)
+
+
+# --------------------------------------------------------------------------
+# Layout ops on codes (the output keeps the input's quantization).
+# --------------------------------------------------------------------------
+
+
+def _same_quant(imp, node, op, attrs, tensor):
+    info = imp.tensors[tensor]
+    out = node.output[0]
+    imp.emit(op, node.name or out, [tensor], attrs, {}, out, info.dtype, info.scale, info.zero_point, out, None)
+
+
+@_handles("Flatten")
+def _flatten(imp, node):
+    tensor, perm = imp.value(node, 0)
+    shape = imp.tensors[tensor].shape
+    if perm == TO_NHWC and shape[1] == 1 and shape[2] == 1:
+        source = tensor  # H = W = 1: NHWC and NCHW flatten alike
+    else:
+        source = imp.layout(node, 0, None)
+    _same_quant(imp, node, "flatten", {"axis": int(imp.attrs(node).get("axis", 1))}, source)
+
+
+@_handles("Reshape")
+def _reshape(imp, node):
+    target = imp.const(node, 1, "shape")
+    if imp.attrs(node).get("allowzero", 0):
+        raise UnsupportedOpError(f"{imp.where(node)}: allowzero=1 is not supported")
+    _same_quant(imp, node, "reshape", {"shape": [int(d) for d in target]}, imp.layout(node, 0, None))
+
+
+@_handles("Transpose")
+def _transpose(imp, node):
+    tensor = imp.layout(node, 0, None)
+    perm = imp.attrs(node).get("perm", list(range(len(imp.tensors[tensor].shape)))[::-1])
+    _same_quant(imp, node, "transpose", {"perm": [int(p) for p in perm]}, tensor)
+
+
+@_handles("Squeeze", "Unsqueeze")
+def _squeeze(imp, node):
+    axes = imp.attrs(node).get("axes")
+    if axes is None:
+        axes = imp.const(node, 1, "axes")
+    op = "squeeze" if node.op_type == "Squeeze" else "unsqueeze"
+    _same_quant(imp, node, op, {"axes": [int(a) for a in axes]}, imp.layout(node, 0, None))
+
+
+# --------------------------------------------------------------------------
+# onnxruntime's float32 lookup tables, reproduced.
+# --------------------------------------------------------------------------
+
+
+def ort_lookup_table(fn, x_scale, x_zero_point, x_dtype, y_scale, y_zero_point, y_dtype) -> np.ndarray:
+    """onnxruntime's ``QlinearBuildLookupTable`` as an intsim ``lut`` table.
+
+    ``v = float32(x_scale) * float32(x - x_zero_point)`` for every code ``x``,
+    ``f = fn(v)`` (float32 in, float32 out), then ``MlasQuantizeLinear``:
+    ``clamp(rint(f / y_scale), min - z_y, max - z_y) + z_y`` with a float32
+    division.  Entry ``i`` belongs to code ``dtype_min(x) + i`` (intsim's
+    ``lut`` order; onnxruntime indexes by the raw byte).
+    """
+    lo, hi = dtype_range(x_dtype)
+    codes = np.arange(lo, hi + 1, dtype=np.int64)
+    v = _f32(x_scale) * (codes - x_zero_point).astype(np.float32)
+    f = np.asarray(fn(v.astype(np.float32)), dtype=np.float32)
+    y_lo, y_hi = dtype_range(y_dtype)
+    q = np.clip(f / _f32(y_scale), _f32(y_lo - y_zero_point), _f32(y_hi - y_zero_point))
+    return (np.rint(q).astype(np.int64) + y_zero_point).astype(np.dtype(y_dtype))
+
+
+# MlasLogisticConstants (core/mlas/lib/logistic.cpp): Eigen's rational approximation.
+_LOGISTIC_RANGE = 18.0
+_ALPHA = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
+          2.48287947061529e-01)  # alpha_9, alpha_7, alpha_5, alpha_3, alpha_1
+_BETA = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
+         1.16817656904453e-01, 9.93151921023180e-01)  # beta_10 .. beta_0
+
+
+def _round_f32(exact: Fraction) -> np.float32:
+    """``exact`` rounded once to float32, ties to even."""
+    guess = np.float32(float(exact))  # at most one float32 step away
+    best = None
+    for candidate in (np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))):
+        error = abs(Fraction(float(candidate)) - exact)
+        if best is None or error < best[0] or (
+            error == best[0] and (candidate.view(np.int32) & 1) == 0
+        ):
+            best = (error, candidate)
+    return np.float32(best[1])
+
+
+def _fma_f32(a, b, c) -> np.float32:
+    """float32 fused multiply-add: ``a * b + c`` rounded once (``vfmadd`` on x86)."""
+    return _round_f32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
+
+
+def mlas_logistic(values: np.ndarray) -> np.ndarray:
+    """``MlasComputeLogistic`` of float32 ``values`` as the x86-64 FMA3 kernel computes it.
+
+    Clamp to [-18, 18]; ``p = x * poly_alpha(x^2)``, ``q = poly_beta(x^2)``
+    by Horner steps that are fused multiply-adds; ``clamp(p / q + 0.5, 0, 1)``
+    in float32 (``core/mlas/lib/logistic.cpp``).
+    """
+    alpha = [_f32(a) for a in _ALPHA]
+    beta = [_f32(b) for b in _BETA]
+    out = np.empty(values.shape, np.float32)
+    for i, value in enumerate(np.asarray(values, np.float32).reshape(-1)):
+        x = np.clip(value, _f32(-_LOGISTIC_RANGE), _f32(_LOGISTIC_RANGE))
+        x2 = _f32(x * x)
+        p = _fma_f32(x2, alpha[0], alpha[1])
+        for coefficient in alpha[2:]:
+            p = _fma_f32(p, x2, coefficient)
+        p = _f32(p * x)
+        q = _fma_f32(x2, beta[0], beta[1])
+        for coefficient in beta[2:]:
+            q = _fma_f32(q, x2, coefficient)
+        out.reshape(-1)[i] = np.clip(_f32(_f32(p / q) + _f32(0.5)), _f32(0.0), _f32(1.0))
+    return out
