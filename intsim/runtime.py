@@ -127,8 +127,11 @@ class Model:
         return self._execute(self._int_inputs(codes), keep=True)
 
     def quantize_inputs(self, inputs) -> list[np.ndarray]:
+        """Float inputs to codes; in float32 when the profile models onnxruntime's float32 datapath."""
         self._check_count(inputs)
-        return [quantize(np.asarray(x), info, f"input {info.name!r}") for x, info in zip(inputs, self.inputs)]
+        single = self.profile.rounding == "float32_rint"
+        return [quantize(np.asarray(x), info, f"input {info.name!r}", float32=single)
+                for x, info in zip(inputs, self.inputs)]
 
     def _check_count(self, inputs):
         if len(inputs) != len(self.graph.inputs):
@@ -181,16 +184,18 @@ def _check_shape(shape, info: TensorInfo, where: str):
         raise ValidationError(f"{where}: expected shape {expected}, found {tuple(shape)}")
 
 
-def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize") -> np.ndarray:
-    """Float to codes: ``clamp(rint(x / scale) + zero_point)`` (ties to even)."""
+def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, float32: bool = False) -> np.ndarray:
+    """Float to codes: ``clamp(rint(x / scale) + zero_point)`` (ties to even), the division in
+    float64, or in float32 as onnxruntime's QuantizeLinear does."""
     if x.dtype.kind not in "fiu":
         raise ValidationError(f"{where}: expected real numbers, found dtype {x.dtype}")
     _check_shape(x.shape, info, where)
-    x = x.astype(np.float64)
+    dtype = np.float32 if float32 else np.float64
+    x = x.astype(dtype)
     if not np.all(np.isfinite(x)):
         raise ValidationError(f"{where}: inputs must be finite, found NaN or infinity")
     lo, hi = dtype_range(info.dtype)
-    return np.clip(np.rint(x / info.scale) + info.zero_point, lo, hi).astype(info.np_dtype)
+    return np.clip(np.rint(x / dtype(info.scale)) + info.zero_point, lo, hi).astype(info.np_dtype)
 
 
 def dequantize(codes: np.ndarray, info: TensorInfo) -> np.ndarray:

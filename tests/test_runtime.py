@@ -174,3 +174,12 @@ def test_a_node_may_round_unlike_its_profile():
     expected = np.array([[FC_GOLDEN["float64_half_away"][0]], [FC_GOLDEN["float64_half_away"][1]]], np.int8)
     for backend in ("fast", "naive"):
         np.testing.assert_array_equal(Model(graph, backend).run_int(x), expected, strict=True)
+
+
+def test_onnxruntime_profiles_quantize_inputs_in_float32():
+    # 0.35 / 0.1: float64 gives 3.4999999999999996 -> 3; float32(0.35) / float32(0.1) gives 3.5 -> 4 (ties to even).
+    x = np.array([[0.35, 0.0]])
+    tflite_model = Model(_fc_graph("tflite", x_zp=0))
+    ort_graph = _fc_graph(get_profile("onnxruntime").replace(activation_signed=True), x_zp=0)
+    np.testing.assert_array_equal(tflite_model.quantize_inputs([x])[0], np.array([[3, 0]], np.int8), strict=True)
+    np.testing.assert_array_equal(Model(ort_graph).quantize_inputs([x])[0], np.array([[4, 0]], np.int8), strict=True)
