@@ -1016,3 +1016,44 @@ class SoftmaxGemmlowp(Op):
         x = inputs[0]
         out = kernels.softmax_gemmlowp_lastaxis(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), *plan["args"])
         return [out.reshape(x.shape)], {}
+
+
+@register("add_float32_fma")
+class AddFloat32Fma(Op):
+    """onnxruntime's QLinearAdd: ``y = clamp(rint(fma(a, a_ratio, fma(b, b_ratio, offset))))`` on raw codes.
+
+    Parameters ``a_ratio`` (``s_a / s_y``), ``b_ratio`` (``s_b / s_y``) and
+    ``offset`` (``z_y - fma(a_ratio, z_a, b_ratio * z_b)``) are float32 arrays of
+    shape (1,), formed by the importer as onnxruntime forms them; the output
+    zero point is inside ``offset``.  Inputs broadcast.  A profile-independent
+    float op: it models the one runtime that computes QLinearAdd this way
+    (``qladd_avx2.cpp``), see :func:`intsim.kernels.add_float32_fma`.
+    """
+
+    PARAMS = ("a_ratio", "b_ratio", "offset")
+
+    def check(self, node, graph):
+        _check_arity(node, 2)
+        _check_dtypes(node, graph)
+        for key in self.PARAMS:
+            value = _param(node, key, kinds="f", shape=(1,))
+            if value.dtype != np.float32:
+                _fail(node, f"parameter {key} must be float32, found {value.dtype}")
+            if not np.isfinite(value).all():
+                _fail(node, f"parameter {key} must be finite, found {value[0]}")
+        _clamp(node, graph.tensors[node.outputs[0]])
+        _broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
+
+    def infer(self, node, inputs, graph):
+        return [_broadcast_shape(node, [t.shape for t in inputs])]
+
+    def prepare(self, node, graph):
+        out = graph.tensors[node.outputs[0]]
+        lo, hi = _clamp(node, out)
+        ratios = tuple(np.float32(node.params[key][0]) for key in self.PARAMS)
+        return {"args": (*ratios, lo, hi, out.np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(*inputs))
+        out, sat = kernels.add_float32_fma(a, b, *plan["args"])
+        return [out], {"saturation_count": sat}

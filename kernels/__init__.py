@@ -18,10 +18,12 @@ from intsim.kernels.elementwise import (
     softmax_lastaxis,
 )
 from intsim.kernels.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+from intsim.kernels.onnxruntime_ops import add_float32_fma
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
+    "add_float32_fma",
     "avg_pool_nhwc",
     "conv2d_nhwc_acc",
     "fully_connected_acc",

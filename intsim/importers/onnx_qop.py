@@ -44,13 +44,15 @@ What onnxruntime computes (CPU execution provider, x86-64), per op:
     an input quantized unlike the output goes through the identity lookup
     table above; here an intsim ``lut`` node, then ``concat`` with real
     multiplier 1.
-``QLinearAdd`` (``core/mlas/lib/intrinsics/avx2/qladd_avx2.cpp``)
-    ``r_a = s_a / s_c``, ``r_b = s_b / s_c``, ``F = float(z_c) - (r_a z_a + r_b z_b)``
-    in float32, then per element ``rint(fma(a, r_a, fma(b, r_b, F)))`` on the
-    raw codes, saturated by ``packs``: the output zero point is added *before*
-    rounding.  intsim's float ``add`` rounds ``(a - z_a) r_a + (b - z_b) r_b``
-    and adds ``z_c`` after, so the two differ on near-ties; the node is marked
-    in ``graph.metadata["inexact_nodes"]``.
+``QLinearAdd`` (``contrib_ops/cpu/quantization/qlinear_binary_op.cc``,
+``core/mlas/lib/intrinsics/avx2/qladd_avx2.cpp``)
+    ``r_a = s_a / s_c``, ``r_b = s_b / s_c``,
+    ``F = float(z_c) - fma(r_a, z_a, r_b * z_b)`` in float32, then per element
+    ``rint(fma(a, r_a, fma(b, r_b, F)))`` on the raw codes, saturated by
+    ``packs``: the output zero point is added *before* rounding.  That is
+    intsim's ``add_float32_fma`` with the very same ``r_a``, ``r_b``, ``F``
+    (fused multiply-adds emulated exactly).  ``graph.metadata["inexact_nodes"]``
+    names any node whose lowering is not bit-exact; no op here needs it now.
 
 Layout: ONNX tensors are NCHW, intsim's spatial ops NHWC.  Every 4-D tensor
 is held NHWC inside; ``transpose`` nodes sit at the NCHW edges (after the
@@ -64,7 +66,6 @@ inputs / outputs to the code tensors.
 
 from __future__ import annotations
 
-from fractions import Fraction
 from types import SimpleNamespace
 
 import numpy as np
@@ -75,6 +76,7 @@ from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import Rescale
 from intsim.graph import Graph, Node, TensorInfo, dtype_range
 from intsim.importers.onnx import _load
+from intsim.kernels.naive_onnxruntime_ops import fma_float32
 from intsim.ops import get_op
 from intsim.profiles import get_profile
 
@@ -469,21 +471,19 @@ def _max_pool(imp, node):
 
 @_handles("QLinearAdd")
 def _qlinear_add(imp, node):
-    a_scale, _, _ = imp.quant(node, 1, 2, "A")
-    b_scale, _, _ = imp.quant(node, 4, 5, "B")
+    a_scale, a_zp, _ = imp.quant(node, 1, 2, "A")
+    b_scale, b_zp, _ = imp.quant(node, 4, 5, "B")
     y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
     (a, perm_a), (b, perm_b) = imp.value(node, 0), imp.value(node, 3)
     if imp.tensors[a].shape != imp.tensors[b].shape or perm_a != perm_b:
         a, b, perm_a = imp.layout(node, 0, None), imp.layout(node, 3, None), None
-    params = {}
-    for prefix, real in (("a_", a_scale / y_scale), ("b_", b_scale / y_scale), ("out_", _f32(1.0))):
-        params.update(Rescale.from_real(np.array([np.float64(real)]), ROUNDING).params(prefix))
+    # qladd_avx2.cpp, all float32: the zero points go into one offset, added before rounding.
+    a_ratio, b_ratio = _f32(a_scale / y_scale), _f32(b_scale / y_scale)
+    offset = _f32(_f32(y_zp) - fma_float32(a_ratio, _f32(a_zp), _f32(b_ratio * _f32(b_zp))))
+    params = {"a_ratio": np.array([a_ratio], np.float32), "b_ratio": np.array([b_ratio], np.float32),
+              "offset": np.array([offset], np.float32)}
     out = node.output[0]
-    name = node.name or out
-    imp.emit("add", name, [a, b], {"rounding": ROUNDING}, params, out, y_dtype, y_scale, y_zp, out, perm_a)
-    imp.inexact[name] = ("onnxruntime rounds rint(fma(a, s_a/s_c, fma(b, s_b/s_c, z_c - (s_a/s_c z_a + s_b/s_c z_b)))) "
-                         "on raw codes (qladd_avx2.cpp); intsim's add rounds (a-z_a) s_a/s_c + (b-z_b) s_b/s_c, "
-                         "then adds z_c")
+    imp.emit("add_float32_fma", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm_a)
 
 
 def _table_node(imp, node, fn, x_q, y_q):
@@ -611,24 +611,6 @@ _BETA = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.701
          1.16817656904453e-01, 9.93151921023180e-01)  # beta_10 .. beta_0
 
 
-def _round_f32(exact: Fraction) -> np.float32:
-    """``exact`` rounded once to float32, ties to even."""
-    guess = np.float32(float(exact))  # at most one float32 step away
-    best = None
-    for candidate in (np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))):
-        error = abs(Fraction(float(candidate)) - exact)
-        if best is None or error < best[0] or (
-            error == best[0] and (candidate.view(np.int32) & 1) == 0
-        ):
-            best = (error, candidate)
-    return np.float32(best[1])
-
-
-def _fma_f32(a, b, c) -> np.float32:
-    """float32 fused multiply-add: ``a * b + c`` rounded once (``vfmadd`` on x86)."""
-    return _round_f32(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))
-
-
 def mlas_logistic(values: np.ndarray) -> np.ndarray:
     """``MlasComputeLogistic`` of float32 ``values`` as the x86-64 FMA3 kernel computes it.
 
@@ -642,12 +624,12 @@ def mlas_logistic(values: np.ndarray) -> np.ndarray:
     for i, value in enumerate(np.asarray(values, np.float32).reshape(-1)):
         x = np.clip(value, _f32(-_LOGISTIC_RANGE), _f32(_LOGISTIC_RANGE))
         x2 = _f32(x * x)
-        p = _fma_f32(x2, alpha[0], alpha[1])
+        p = fma_float32(x2, alpha[0], alpha[1])
         for coefficient in alpha[2:]:
-            p = _fma_f32(p, x2, coefficient)
+            p = fma_float32(p, x2, coefficient)
         p = _f32(p * x)
-        q = _fma_f32(x2, beta[0], beta[1])
+        q = fma_float32(x2, beta[0], beta[1])
         for coefficient in beta[2:]:
-            q = _fma_f32(q, x2, coefficient)
+            q = fma_float32(q, x2, coefficient)
         out.reshape(-1)[i] = np.clip(_f32(_f32(p / q) + _f32(0.5)), _f32(0.0), _f32(1.0))
     return out
