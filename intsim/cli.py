@@ -106,6 +106,14 @@ def _cmd_selftest(args) -> int:
     return 0
 
 
+def _cmd_export_tosa(args) -> int:
+    import intsim
+
+    path = intsim.load(args.model).to_tosa(args.out, batch=args.batch)
+    print(f"wrote the TOSA program to {path}; serialize and run it with tools/tosa_run.py in the tosa-tools venv")
+    return 0
+
+
 def _overrides(args) -> dict:
     return {"weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
             "per_channel": args.per_channel, "range_method": args.range_method,
@@ -215,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--int", action="store_true", help="input is integer codes (and run's output is codes)")
         p.add_argument("--backend", choices=("fast", "naive"), default="fast", help="numba kernels or naive twins")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("export-tosa", help="export an integer model as a TOSA program")
+    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("--out", required=True, help="directory for program.json and consts.npz")
+    p.add_argument("--batch", type=int, default=1, help="batch size fixed in the TOSA shapes (default 1)")
+    p.set_defaults(func=_cmd_export_tosa)
 
     p = sub.add_parser("convert", help="convert a float ONNX model into an integer .intsim model")
     p.add_argument("model", help="float ONNX model")

@@ -84,3 +84,13 @@ def test_convert_compare_and_demo(tmp_path, capsys):
     assert "accuracy: float" in capsys.readouterr().out
     assert main(["convert", onnx_path, "--calibration", str(tmp_path / "missing.npy"), "-o", str(out)]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_tosa(model_file, tmp_path, capsys):
+
+    assert main(["export-tosa", str(model_file), "--out", str(tmp_path / "t")]) == 2
+    assert "softmax" in capsys.readouterr().err
+    path = tmp_path / "nosoftmax.intsim"
+    Model(tiny_cnn("tosa", softmax=False)).save(path)
+    assert main(["export-tosa", str(path), "--out", str(tmp_path / "t2"), "--batch", "2"]) == 0
+    assert (tmp_path / "t2" / "program.json").exists() and (tmp_path / "t2" / "consts.npz").exists()

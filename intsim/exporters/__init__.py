@@ -1,0 +1,1 @@
+"""Writers of intsim integer graphs in other runtimes' formats."""

@@ -1,0 +1,375 @@
+"""Lower an intsim integer graph to TOSA 1.0 operators (int8 x int8 -> int32, RESCALE).
+
+:func:`lower_to_tosa` maps every node to TOSA operators whose result is the same
+integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
+
+* ``conv2d`` -> CONV2D (groups 1) or DEPTHWISE_CONV2D (one input channel per
+  group), int32 result, then a per-channel RESCALE and a CLAMP for a fused clamp;
+* ``fully_connected`` -> RESHAPE to ``[N, 1, 1, K]``, 1x1 CONV2D, RESCALE, RESHAPE;
+* ``rescale`` -> RESCALE; TOSA's ``shift`` is a right shift, ``multiplier_bits - shift``
+  of intsim's left shift, and DOUBLE_ROUND is gemmlowp's SRDHM + RoundingDivideByPOT;
+* ``add`` (TFLite scheme) -> RESCALE to int32 by ``2**left_shift`` (exact), RESCALE of
+  each input, ADD / SUB in int32, RESCALE to the output;
+* ``avg_pool`` -> DEPTHWISE_CONV2D with unit weights (the exact window sum) and a
+  RESCALE whose multiplier is rounded up, so that it divides by the window size
+  rounding half away from zero (intsim's rule; TOSA AVG_POOL2D rounds half up);
+* ``mean`` -> RESCALE to int32, REDUCE_SUM per axis, RESCALE;
+* ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
+  ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8).
+
+Anything else (and any attribute TOSA cannot express exactly) raises
+:class:`~intsim.errors.UnsupportedOpError` naming the node; nothing is changed
+silently.  TOSA shapes are static: the graph's unknown (batch) dimensions are
+fixed to ``batch``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from intsim.errors import UnsupportedOpError
+from intsim.graph import Graph, Node, dtype_range
+from intsim.ops import _clamp, _rescale
+
+TOSA_DTYPES = ("int8", "int16", "int32")
+IDENTITY = (1 << 30, 30)  # TOSA (multiplier, right shift) of exactly 1
+
+
+@dataclass
+class TosaProgram:
+    """TOSA operators as plain data: ``tensors`` name -> (shape, dtype); ``consts`` name -> array
+    (dtype ``"shape"`` for CONST_SHAPE); ``operators`` (op, inputs, outputs, attrs)."""
+
+    tensors: dict = field(default_factory=dict)
+    consts: dict = field(default_factory=dict)
+    const_dtypes: dict = field(default_factory=dict)
+    operators: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+
+
+class _Builder:
+    def __init__(self, graph: Graph, batch: int):
+        self.graph, self.batch, self.p = graph, batch, TosaProgram()
+        self.count = 0
+
+    def fresh(self, hint):
+        self.count += 1
+        return f"{hint}__{self.count}"
+
+    def shape(self, tensor):
+        return [self.batch if d is None else d for d in self.graph.tensors[tensor].shape]
+
+    def tensor(self, name, shape, dtype):
+        if dtype not in TOSA_DTYPES:
+            raise UnsupportedOpError(f"tensor {name!r}: dtype {dtype} has no TOSA integer type here (int8/int16/int32)")
+        self.p.tensors[name] = (list(map(int, shape)), dtype)
+        return name
+
+    def temp(self, hint, shape, dtype):
+        return self.tensor(self.fresh(hint), shape, dtype)
+
+    def const(self, hint, array, dtype):
+        name = self.fresh(hint)
+        self.p.consts[name] = np.asarray(array)
+        self.p.const_dtypes[name] = dtype
+        return name
+
+    def op(self, op, inputs, outputs, **attrs):
+        self.p.operators.append((op, list(inputs), list(outputs), attrs))
+
+    def rescale(self, node, x, out, multiplier, shift, in_zp, out_zp, rounding):
+        """RESCALE ``x -> out``; ``shift`` in intsim's convention (positive = left)."""
+        bits = self.graph.profile.multiplier_bits
+        if rounding not in ("double", "single") or bits != 31:
+            raise UnsupportedOpError(
+                f"{node.op} {node.name!r}: TOSA RESCALE needs an integer rounding mode with 31-bit multipliers, "
+                f"found {rounding!r} with {bits} bits")
+        right = bits - np.asarray(shift, np.int64)
+        self._rescale_raw(node, x, out, multiplier, right, in_zp, out_zp, rounding)
+
+    def _rescale_raw(self, node, x, out, multiplier, right, in_zp, out_zp, rounding):
+        multiplier, right = np.atleast_1d(multiplier).astype(np.int64), np.atleast_1d(right).astype(np.int64)
+        if right.min() < 2 or right.max() > 62:
+            raise UnsupportedOpError(f"{node.op} {node.name!r}: TOSA RESCALE right shift must be in [2, 62], "
+                                     f"found {right.min()}..{right.max()}")
+        x_dtype, out_dtype = self.p.tensors[x][1], self.p.tensors[out][1]
+        ins = [x, self.const("multiplier", multiplier.astype(np.int32), "int32"),
+               self.const("shift", right.astype(np.int8), "int8"),
+               self.const("input_zp", np.array([in_zp], x_dtype), x_dtype),
+               self.const("output_zp", np.array([out_zp], out_dtype), out_dtype)]
+        self.op("RESCALE", ins, [out], rounding=rounding, per_channel=bool(multiplier.size > 1))
+
+    def clamp(self, x, out, lo, hi):
+        """CLAMP ``x -> out`` to [lo, hi], or a plain rename when that is the dtype range."""
+        dtype = self.p.tensors[x][1]
+        if (lo, hi) == dtype_range(dtype):
+            return False
+        self.op("CLAMP", [x], [out], min=int(lo), max=int(hi), dtype=dtype)
+        return True
+
+    def requantize(self, node, acc, out_tensor, rq, in_zp=0):
+        """RESCALE ``acc`` to ``out_tensor``, quantized like the node's output, and apply its fused clamp."""
+        out_info = self.graph.tensors[node.outputs[0]]
+        lo, hi = _clamp(node, out_info)
+        shape = self.p.tensors[acc][0]
+        target = out_tensor if (lo, hi) == dtype_range(out_info.dtype) else self.temp(node.name + "_rq", shape,
+                                                                                      out_info.dtype)
+        self.rescale(node, acc, target, rq.multiplier, rq.shift, in_zp, out_info.zero_point, rq.rounding)
+        if target != out_tensor:
+            self.clamp(target, out_tensor, lo, hi)
+
+    def reshape(self, x, out, shape):
+        self.op("RESHAPE", [x, self.const("shape", np.array(shape, np.int64), "shape")], [out])
+
+
+def _unsupported(node, why):
+    raise UnsupportedOpError(f"{node.op} {node.name!r}: {why}; TOSA export does not change a graph silently")
+
+
+def _uniform_weight_zero_point(node):
+    wzp = node.params["weight_zero_point"]
+    if np.any(wzp != wzp[0]):
+        _unsupported(node, "per-channel weight zero points differ, TOSA takes one weight_zp per tensor")
+    return int(wzp[0])
+
+
+def _conv(b, node, x, acc_shape, weight, bias, input_zp, weight_zp, pads, strides, dilations, depthwise):
+    acc = b.temp(node.name + "_acc", acc_shape, "int32")
+    wdt = "int8"
+    ins = [x, b.const("weight", weight, wdt), b.const("bias", bias.astype(np.int32), "int32"),
+           b.const("input_zp", np.array([input_zp], b.p.tensors[x][1]), b.p.tensors[x][1]),
+           b.const("weight_zp", np.array([weight_zp], np.int8), wdt)]
+    top, left, bottom, right = pads
+    b.op("DEPTHWISE_CONV2D" if depthwise else "CONV2D", ins, [acc], pad=[top, bottom, left, right],
+         stride=list(strides), dilation=list(dilations))
+    return acc
+
+
+def _lower_conv2d(b, node):
+    w = node.params["weight"]
+    if w.dtype != np.int8:
+        _unsupported(node, f"weight dtype {w.dtype}: this exporter writes int8 weights")
+    x = node.inputs[0]
+    cout, kh, kw, cin_g = w.shape
+    groups = int(node.attrs.get("groups", 1))
+    cin = b.shape(x)[3]
+    out = node.outputs[0]
+    common = (b.graph.tensors[x].zero_point, _uniform_weight_zero_point(node), tuple(node.attrs.get("pads", (0,) * 4)),
+              node.attrs.get("strides", (1, 1)), node.attrs.get("dilations", (1, 1)))
+    if groups == 1:
+        acc = _conv(b, node, x, b.shape(out), w, node.params["bias"], *common, depthwise=False)
+    elif groups == cin and cin_g == 1:
+        # intsim output channel c * M + m of group c is TOSA depthwise [KH, KW, C, M] entry (c, m).
+        tosa_w = w.reshape(cin, cout // cin, kh, kw).transpose(2, 3, 0, 1)
+        acc = _conv(b, node, x, b.shape(out), np.ascontiguousarray(tosa_w), node.params["bias"], *common,
+                    depthwise=True)
+    else:
+        _unsupported(node, f"grouped convolution with {groups} groups of {cin_g} channels is neither CONV2D nor "
+                           "DEPTHWISE_CONV2D")
+    b.requantize(node, acc, out, _rescale(node, b.graph, channels=cout))
+
+
+def _lower_fully_connected(b, node):
+    w = node.params["weight"]
+    x, out = node.inputs[0], node.outputs[0]
+    n, k = b.shape(x)
+    x4 = b.temp(node.name + "_in4", [n, 1, 1, k], b.p.tensors[x][1])
+    b.reshape(x, x4, [n, 1, 1, k])
+    acc = _conv(b, node, x4, [n, 1, 1, w.shape[0]], w.reshape(w.shape[0], 1, 1, k), node.params["bias"],
+                b.graph.tensors[x].zero_point, _uniform_weight_zero_point(node), (0, 0, 0, 0), (1, 1), (1, 1),
+                depthwise=False)
+    y4 = b.temp(node.name + "_out4", [n, 1, 1, w.shape[0]], b.graph.tensors[out].dtype)
+    b.requantize(node, acc, y4, _rescale(node, b.graph, channels=w.shape[0]))
+    b.reshape(y4, out, b.shape(out))
+
+
+def _lower_rescale(b, node):
+    x, out = node.inputs[0], node.outputs[0]
+    b.requantize(node, x, out, _rescale(node, b.graph), in_zp=b.graph.tensors[x].zero_point)
+
+
+def _to_int32_shifted(b, node, x, left_shift):
+    """``(x - zp) * 2**left_shift`` in int32, exactly (a RESCALE by a power of two)."""
+    wide = b.temp(node.name + "_wide", b.shape(x), "int32")
+    b._rescale_raw(node, x, wide, IDENTITY[0], IDENTITY[1] - left_shift, b.graph.tensors[x].zero_point, 0, "single")
+    return wide
+
+
+def _lower_add(b, node):
+    out = node.outputs[0]
+    shapes = [b.shape(t) for t in node.inputs]
+    if len(shapes[0]) != len(shapes[1]):
+        _unsupported(node, f"inputs of rank {len(shapes[0])} and {len(shapes[1])}: TOSA ADD broadcasts equal ranks")
+    left = int(node.attrs.get("left_shift", 0))
+    if left > 28:
+        _unsupported(node, f"left_shift {left} leaves a RESCALE right shift below 2")
+    terms = []
+    for t, prefix in zip(node.inputs, ("a_", "b_")):
+        rq = _rescale(node, b.graph, prefix)
+        wide = _to_int32_shifted(b, node, t, left)
+        term = b.temp(node.name + "_" + prefix + "rescaled", b.shape(t), "int32")
+        b.rescale(node, wide, term, rq.multiplier, rq.shift, 0, 0, rq.rounding)
+        terms.append(term)
+    total = b.temp(node.name + "_sum", b.shape(out), "int32")
+    b.op("SUB" if node.attrs.get("subtract", False) else "ADD", terms, [total])
+    b.requantize(node, total, out, _rescale(node, b.graph, "out_"))
+
+
+def _lower_max_pool(b, node):
+    if tuple(node.attrs.get("dilations", (1, 1))) != (1, 1):
+        _unsupported(node, f"dilations {node.attrs['dilations']}: TOSA MAX_POOL2D has no dilation")
+    top, left, bottom, right = node.attrs.get("pads", (0, 0, 0, 0))
+    b.op("MAX_POOL2D", node.inputs, node.outputs, kernel=list(node.attrs["kernel"]),
+         stride=list(node.attrs.get("strides", (1, 1))), pad=[top, bottom, left, right])
+
+
+def _divide_half_away(count: int, bound: int):
+    """TOSA (multiplier, right shift) with ``floor((v * m + 2**(s-1)) / 2**s) == round_half_away(v / count)``
+    for every ``|v| <= bound``; checked exhaustively here (the multiplier is just above ``2**s / count``,
+    which pushes ties away from zero on both sides)."""
+    shift = 30 + (count - 1).bit_length()
+    multiplier = (1 << shift) // count + 1  # strictly above 2**s / count, below 2**31
+    v = np.arange(-bound, bound + 1, dtype=object)
+    got = (v * multiplier + (1 << (shift - 1))) >> shift
+    want = np.array([(abs(int(i)) * 2 + count) // (2 * count) * (1 if i >= 0 else -1) for i in v], dtype=object)
+    assert np.array_equal(got, want), f"no exact reciprocal of {count}"
+    return multiplier, shift
+
+
+def _lower_avg_pool(b, node):
+    x, out = node.inputs[0], node.outputs[0]
+    kernel = tuple(node.attrs["kernel"])
+    pads = tuple(node.attrs.get("pads", (0, 0, 0, 0)))
+    include_pad = bool(node.attrs.get("count_include_pad", False))
+    if any(pads) and not include_pad:
+        _unsupported(node, f"pads {list(pads)} without count_include_pad: the divisor changes across the output, "
+                           "and TOSA AVG_POOL2D rounds half up where intsim rounds raw codes half away from zero")
+    info = b.graph.tensors[x]
+    channels = b.shape(x)[3]
+    count = kernel[0] * kernel[1]
+    # The window sum of raw codes: sum(x - zp) over real positions plus count * zp (padding counts as zp).
+    ones = np.ones((kernel[0], kernel[1], channels, 1), np.int8)
+    acc = _conv(b, node, x, b.shape(out), ones, np.full(channels, count * info.zero_point, np.int32),
+                info.zero_point, 0, pads, node.attrs.get("strides", (1, 1)), (1, 1), depthwise=True)
+    lo, hi = dtype_range(info.dtype)
+    multiplier, shift = _divide_half_away(count, count * max(-lo, hi))
+    b._rescale_raw(node, acc, out, multiplier, shift, 0, 0, "single")
+
+
+def _lower_mean(b, node):
+    x, out = node.inputs[0], node.outputs[0]
+    axes = sorted(a % len(b.shape(x)) for a in node.attrs["axes"])
+    current = _to_int32_shifted(b, node, x, 0)
+    shape = b.shape(x)
+    for axis in axes:
+        shape = [1 if i == axis else d for i, d in enumerate(shape)]
+        reduced = b.temp(node.name + f"_sum{axis}", shape, "int32")
+        b.op("REDUCE_SUM", [current], [reduced], axis=axis)
+        current = reduced
+    kept = b.temp(node.name + "_kept", shape, b.graph.tensors[out].dtype)
+    b.requantize(node, current, kept, _rescale(node, b.graph))
+    b.reshape(kept, out, b.shape(out))
+
+
+def _lower_concat(b, node):
+    out = node.outputs[0]
+    rq = _rescale(node, b.graph, channels=len(node.inputs))
+    lo, hi = _clamp(node, b.graph.tensors[out])
+    parts = []
+    for i, t in enumerate(node.inputs):
+        part = b.temp(f"{node.name}_in{i}", b.shape(t), b.graph.tensors[out].dtype)
+        b.rescale(node, t, part, rq.multiplier[i], rq.shift[i], b.graph.tensors[t].zero_point,
+                  b.graph.tensors[out].zero_point, rq.rounding)
+        clamped = b.temp(f"{node.name}_in{i}_clamped", b.shape(t), b.graph.tensors[out].dtype)
+        parts.append(clamped if b.clamp(part, clamped, lo, hi) else part)
+    b.op("CONCAT", parts, [out], axis=int(node.attrs["axis"]) % len(b.shape(out)))
+
+
+def _lower_pad(b, node):
+    x, out = node.inputs[0], node.outputs[0]
+    info = b.graph.tensors[x]
+    padding = [v for pair in zip(node.attrs["pads_before"], node.attrs["pads_after"]) for v in pair]
+    value = int(node.attrs.get("value", info.zero_point))
+    b.op("PAD", [x, b.const("padding", np.array(padding, np.int64), "shape"),
+                 b.const("pad_const", np.array([value], info.dtype), info.dtype)], [out])
+
+
+def _lower_layout(b, node):
+    b.reshape(node.inputs[0], node.outputs[0], b.shape(node.outputs[0]))
+
+
+def _lower_transpose(b, node):
+    b.op("TRANSPOSE", node.inputs, node.outputs, perms=list(node.attrs["perm"]))
+
+
+def _lower_lut(b, node):
+    if b.graph.tensors[node.inputs[0]].dtype != "int8":
+        _unsupported(node, "TOSA TABLE of int8 takes int8 input (int16 tables interpolate 513 entries)")
+    b.op("TABLE", [node.inputs[0], b.const("table", node.params["table"], "int8")], node.outputs)
+
+
+LOWERINGS = {
+    "conv2d": _lower_conv2d,
+    "fully_connected": _lower_fully_connected,
+    "rescale": _lower_rescale,
+    "add": _lower_add,
+    "max_pool": _lower_max_pool,
+    "avg_pool": _lower_avg_pool,
+    "mean": _lower_mean,
+    "concat": _lower_concat,
+    "pad": _lower_pad,
+    "reshape": _lower_layout,
+    "flatten": _lower_layout,
+    "squeeze": _lower_layout,
+    "unsqueeze": _lower_layout,
+    "transpose": _lower_transpose,
+    "lut": _lower_lut,
+}
+
+
+def lower_to_tosa(graph: Graph, batch: int = 1) -> TosaProgram:
+    """TOSA operators computing exactly what ``graph`` computes, with unknown dimensions set to ``batch``.
+
+    Raises
+    ------
+    UnsupportedOpError
+        For an op (or attribute) TOSA cannot express exactly, naming the node.
+    """
+    b = _Builder(graph, batch)
+    for name, info in graph.tensors.items():
+        b.tensor(name, b.shape(name), info.dtype)
+    for node in graph.nodes:
+        lowering = LOWERINGS.get(node.op)
+        if lowering is None:
+            _unsupported(node, f"no TOSA lowering (exported ops: {', '.join(sorted(LOWERINGS))})")
+        lowering(b, node)
+    used = {t for _, ins, outs, _ in b.p.operators for t in ins + outs} | set(graph.inputs)
+    b.p.tensors = {k: v for k, v in b.p.tensors.items() if k in used and k not in b.p.consts}
+    b.p.inputs, b.p.outputs = list(graph.inputs), list(graph.outputs)
+    return b.p
+
+
+def export_tosa(graph: Graph, directory, batch: int = 1) -> Path:
+    """Write ``program.json`` and ``consts.npz`` describing the TOSA program of ``graph``.
+
+    ``tools/tosa_run.py`` (run in the tosa-tools environment) turns them into the
+    flatbuffer ``model.tosa`` and runs it through the TOSA reference model.
+    """
+    program = lower_to_tosa(graph, batch)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    description = {
+        "inputs": program.inputs,
+        "outputs": program.outputs,
+        "tensors": program.tensors,
+        "consts": {n: [list(a.shape), program.const_dtypes[n]] for n, a in program.consts.items()},
+        "operators": program.operators,
+    }
+    (directory / "program.json").write_text(json.dumps(description, indent=1))
+    np.savez(directory / "consts.npz", **program.consts)
+    return directory
