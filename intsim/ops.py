@@ -115,7 +115,7 @@ def node_rounding(node: Node, graph: Graph) -> str:
     return rounding
 
 
-def _rescale(node: Node, graph: Graph, prefix: str = "", channels: int = 1) -> Rescale:
+def rescale_params(node: Node, graph: Graph, prefix: str = "", channels: int = 1) -> Rescale:
     """The requantization parameters ``{prefix}multiplier``/``shift``/``scale`` of a node."""
     profile = graph.profile
     rounding = node_rounding(node, graph)
@@ -132,7 +132,7 @@ def _rescale(node: Node, graph: Graph, prefix: str = "", channels: int = 1) -> R
         _fail(node, f"{prefix or ''}requantization parameters: {exc}")
 
 
-def _clamp(node: Node, out: TensorInfo) -> tuple[int, int]:
+def clamp_bounds(node: Node, out: TensorInfo) -> tuple[int, int]:
     lo, hi = dtype_range(out.dtype)
     if "clamp" not in node.attrs:
         return lo, hi
@@ -218,9 +218,9 @@ class Op:
 class _MacOp(Op):
     def _requant_plan(self, node, graph, channels):
         out = graph.tensors[node.outputs[0]]
-        rq = _rescale(node, graph, channels=channels)
+        rq = rescale_params(node, graph, channels=channels)
         mult, shift, scale = rq.kernel_args(channels)
-        lo, hi = _clamp(node, out)
+        lo, hi = clamp_bounds(node, out)
         profile = graph.profile
         return {
             "node": node.name,
@@ -253,8 +253,8 @@ class _MacOp(Op):
         bias = _param(node, "bias", shape=(out_channels,))
         blo, bhi = -(2 ** (profile.bias_bits - 1)), 2 ** (profile.bias_bits - 1) - 1
         _check_range(node, "bias", bias.astype(np.int64), blo, bhi)
-        _rescale(node, graph, channels=out_channels)
-        _clamp(node, graph.tensors[node.outputs[0]])
+        rescale_params(node, graph, channels=out_channels)
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
 
 
 @register("conv2d")
@@ -351,8 +351,8 @@ class MatMul(_MacOp):
             _fail(node, f"inner dimensions differ: a {a.shape} vs b {b.shape}")
         if len(b.shape) != 2 and len(b.shape) != len(a.shape):
             _fail(node, f"b must be 2-D or have a's rank {len(a.shape)}, found {b.shape}")
-        _rescale(node, graph)
-        _clamp(node, graph.tensors[node.outputs[0]])
+        rescale_params(node, graph)
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
 
     def infer(self, node, inputs, graph):
         a, b = inputs
@@ -388,16 +388,16 @@ class RescaleOp(Op):
     def check(self, node, graph):
         _check_arity(node, 1)
         _check_dtypes(node, graph, ("int8", "uint8", "int16", "uint16", "int32"))
-        _rescale(node, graph)
-        _clamp(node, graph.tensors[node.outputs[0]])
+        rescale_params(node, graph)
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
 
     def infer(self, node, inputs, graph):
         return [inputs[0].shape]
 
     def prepare(self, node, graph):
         x, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-        rq = _rescale(node, graph)
-        lo, hi = _clamp(node, out)
+        rq = rescale_params(node, graph)
+        lo, hi = clamp_bounds(node, out)
         return {
             "args": (x.zero_point, *rq.kernel_args(1), rq.code, graph.profile.multiplier_bits,
                      out.zero_point, lo, hi, out.np_dtype)
@@ -443,8 +443,8 @@ class Add(Op):
         if not isinstance(node.attrs.get("subtract", False), bool):
             _fail(node, f"attribute subtract must be a boolean, found {node.attrs['subtract']!r}")
         for prefix in ("a_", "b_", "out_"):
-            _rescale(node, graph, prefix)
-        _clamp(node, graph.tensors[node.outputs[0]])
+            rescale_params(node, graph, prefix)
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
         _broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
 
     def infer(self, node, inputs, graph):
@@ -453,8 +453,8 @@ class Add(Op):
     def prepare(self, node, graph):
         a, b = (graph.tensors[t] for t in node.inputs)
         out = graph.tensors[node.outputs[0]]
-        ra, rb, ro = (_rescale(node, graph, p) for p in ("a_", "b_", "out_"))
-        lo, hi = _clamp(node, out)
+        ra, rb, ro = (rescale_params(node, graph, p) for p in ("a_", "b_", "out_"))
+        lo, hi = clamp_bounds(node, out)
 
         def scalars(rq):
             m, s, c = rq.kernel_args(1)
@@ -483,8 +483,8 @@ class Mul(Op):
     def check(self, node, graph):
         _check_arity(node, 2)
         _check_dtypes(node, graph)
-        _rescale(node, graph)
-        _clamp(node, graph.tensors[node.outputs[0]])
+        rescale_params(node, graph)
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
         _broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
 
     def infer(self, node, inputs, graph):
@@ -493,9 +493,9 @@ class Mul(Op):
     def prepare(self, node, graph):
         a, b = (graph.tensors[t] for t in node.inputs)
         out = graph.tensors[node.outputs[0]]
-        rq = _rescale(node, graph)
+        rq = rescale_params(node, graph)
         m, s, c = rq.kernel_args(1)
-        lo, hi = _clamp(node, out)
+        lo, hi = clamp_bounds(node, out)
         return {
             "zero_points": (a.zero_point, b.zero_point),
             "args": (int(m[0]), int(s[0]), float(c[0]), rq.code, graph.profile.multiplier_bits,
@@ -529,8 +529,8 @@ class Concat(Op):
                 i != axis and a is not None and b is not None and a != b for i, (a, b) in enumerate(zip(s, shapes[0]))
             ):
                 _fail(node, f"inputs must agree on every dimension but axis {axis}, found {shapes}")
-        _rescale(node, graph, channels=len(node.inputs))
-        _clamp(node, graph.tensors[node.outputs[0]])
+        rescale_params(node, graph, channels=len(node.inputs))
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
 
     def infer(self, node, inputs, graph):
         rank = len(inputs[0].shape)
@@ -544,9 +544,9 @@ class Concat(Op):
 
     def prepare(self, node, graph):
         out = graph.tensors[node.outputs[0]]
-        rq = _rescale(node, graph, channels=len(node.inputs))
+        rq = rescale_params(node, graph, channels=len(node.inputs))
         m, s, c = rq.kernel_args(len(node.inputs))
-        lo, hi = _clamp(node, out)
+        lo, hi = clamp_bounds(node, out)
         per_input = [
             (graph.tensors[t].zero_point, m[i : i + 1], s[i : i + 1], c[i : i + 1]) for i, t in enumerate(node.inputs)
         ]
@@ -654,8 +654,8 @@ class Mean(Op):
             _fail(node, f"reduced axes {axes} of input {x.shape} must have known sizes")
         if not isinstance(node.attrs.get("keepdims", False), bool):
             _fail(node, f"attribute keepdims must be a boolean, found {node.attrs['keepdims']!r}")
-        _rescale(node, graph)
-        _clamp(node, graph.tensors[node.outputs[0]])
+        rescale_params(node, graph)
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
 
     def infer(self, node, inputs, graph):
         x = inputs[0]
@@ -666,9 +666,9 @@ class Mean(Op):
 
     def prepare(self, node, graph):
         x, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
-        rq = _rescale(node, graph)
+        rq = rescale_params(node, graph)
         m, s, c = rq.kernel_args(1)
-        lo, hi = _clamp(node, out)
+        lo, hi = clamp_bounds(node, out)
         return {
             "axes": _axes(node, len(x.shape)),
             "keepdims": bool(node.attrs.get("keepdims", False)),
@@ -736,16 +736,16 @@ class Softmax(Op):
         _check_range(node, "exp_table", table.astype(np.int64), 0, 2**30)
         if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
             _fail(node, f"integer softmax needs an integer rounding mode, the node rounds {node_rounding(node, graph)!r}")
-        _rescale(node, graph)
-        _clamp(node, graph.tensors[node.outputs[0]])
+        rescale_params(node, graph)
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
 
     def infer(self, node, inputs, graph):
         return [inputs[0].shape]
 
     def prepare(self, node, graph):
         out = graph.tensors[node.outputs[0]]
-        rq = _rescale(node, graph)
-        lo, hi = _clamp(node, out)
+        rq = rescale_params(node, graph)
+        lo, hi = clamp_bounds(node, out)
         return {"args": (node.params["exp_table"].astype(np.int64), int(rq.multiplier[0]), int(rq.shift[0]), rq.code,
                          graph.profile.multiplier_bits, out.zero_point, lo, hi, out.np_dtype)}
 
@@ -1041,7 +1041,7 @@ class AddFloat32Fma(Op):
                 _fail(node, f"parameter {key} must be float32, found {value.dtype}")
             if not np.isfinite(value).all():
                 _fail(node, f"parameter {key} must be finite, found {value[0]}")
-        _clamp(node, graph.tensors[node.outputs[0]])
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
         _broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
 
     def infer(self, node, inputs, graph):
@@ -1049,7 +1049,7 @@ class AddFloat32Fma(Op):
 
     def prepare(self, node, graph):
         out = graph.tensors[node.outputs[0]]
-        lo, hi = _clamp(node, out)
+        lo, hi = clamp_bounds(node, out)
         ratios = tuple(np.float32(node.params[key][0]) for key in self.PARAMS)
         return {"args": (*ratios, lo, hi, out.np_dtype)}
 

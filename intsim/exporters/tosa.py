@@ -33,7 +33,7 @@ import numpy as np
 
 from intsim.errors import UnsupportedOpError
 from intsim.graph import Graph, Node, dtype_range
-from intsim.ops import _clamp, _rescale
+from intsim.ops import clamp_bounds, rescale_params
 
 TOSA_DTYPES = ("int8", "int16", "int32")
 IDENTITY = (1 << 30, 30)  # TOSA (multiplier, right shift) of exactly 1
@@ -115,7 +115,7 @@ class _Builder:
     def requantize(self, node, acc, out_tensor, rq, in_zp=0):
         """RESCALE ``acc`` to ``out_tensor``, quantized like the node's output, and apply its fused clamp."""
         out_info = self.graph.tensors[node.outputs[0]]
-        lo, hi = _clamp(node, out_info)
+        lo, hi = clamp_bounds(node, out_info)
         shape = self.p.tensors[acc][0]
         target = out_tensor if (lo, hi) == dtype_range(out_info.dtype) else self.temp(node.name + "_rq", shape,
                                                                                       out_info.dtype)
@@ -171,7 +171,7 @@ def _lower_conv2d(b, node):
     else:
         _unsupported(node, f"grouped convolution with {groups} groups of {cin_g} channels is neither CONV2D nor "
                            "DEPTHWISE_CONV2D")
-    b.requantize(node, acc, out, _rescale(node, b.graph, channels=cout))
+    b.requantize(node, acc, out, rescale_params(node, b.graph, channels=cout))
 
 
 def _lower_fully_connected(b, node):
@@ -184,13 +184,13 @@ def _lower_fully_connected(b, node):
                 b.graph.tensors[x].zero_point, _uniform_weight_zero_point(node), (0, 0, 0, 0), (1, 1), (1, 1),
                 depthwise=False)
     y4 = b.temp(node.name + "_out4", [n, 1, 1, w.shape[0]], b.graph.tensors[out].dtype)
-    b.requantize(node, acc, y4, _rescale(node, b.graph, channels=w.shape[0]))
+    b.requantize(node, acc, y4, rescale_params(node, b.graph, channels=w.shape[0]))
     b.reshape(y4, out, b.shape(out))
 
 
 def _lower_rescale(b, node):
     x, out = node.inputs[0], node.outputs[0]
-    b.requantize(node, x, out, _rescale(node, b.graph), in_zp=b.graph.tensors[x].zero_point)
+    b.requantize(node, x, out, rescale_params(node, b.graph), in_zp=b.graph.tensors[x].zero_point)
 
 
 def _to_int32_shifted(b, node, x, left_shift):
@@ -210,14 +210,14 @@ def _lower_add(b, node):
         _unsupported(node, f"left_shift {left} leaves a RESCALE right shift below 2")
     terms = []
     for t, prefix in zip(node.inputs, ("a_", "b_")):
-        rq = _rescale(node, b.graph, prefix)
+        rq = rescale_params(node, b.graph, prefix)
         wide = _to_int32_shifted(b, node, t, left)
         term = b.temp(node.name + "_" + prefix + "rescaled", b.shape(t), "int32")
         b.rescale(node, wide, term, rq.multiplier, rq.shift, 0, 0, rq.rounding)
         terms.append(term)
     total = b.temp(node.name + "_sum", b.shape(out), "int32")
     b.op("SUB" if node.attrs.get("subtract", False) else "ADD", terms, [total])
-    b.requantize(node, total, out, _rescale(node, b.graph, "out_"))
+    b.requantize(node, total, out, rescale_params(node, b.graph, "out_"))
 
 
 def _lower_max_pool(b, node):
@@ -272,14 +272,14 @@ def _lower_mean(b, node):
         b.op("REDUCE_SUM", [current], [reduced], axis=axis)
         current = reduced
     kept = b.temp(node.name + "_kept", shape, b.graph.tensors[out].dtype)
-    b.requantize(node, current, kept, _rescale(node, b.graph))
+    b.requantize(node, current, kept, rescale_params(node, b.graph))
     b.reshape(kept, out, b.shape(out))
 
 
 def _lower_concat(b, node):
     out = node.outputs[0]
-    rq = _rescale(node, b.graph, channels=len(node.inputs))
-    lo, hi = _clamp(node, b.graph.tensors[out])
+    rq = rescale_params(node, b.graph, channels=len(node.inputs))
+    lo, hi = clamp_bounds(node, b.graph.tensors[out])
     parts = []
     for i, t in enumerate(node.inputs):
         part = b.temp(f"{node.name}_in{i}", b.shape(t), b.graph.tensors[out].dtype)
