@@ -238,6 +238,20 @@ def _broadcast_flat(where, *arrays):
     return shape, [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrays]
 
 
+def round_half_away(values) -> np.ndarray:
+    """C ``round`` on a float array (half away from zero), in the array's own float type.
+
+    The array twin of :func:`saturating_round_float`'s ``FLOAT64_HALF_AWAY`` branch, and
+    exact in the same way (``|v| - floor(|v|)`` is exact; no ``floor(v + 0.5)``).  Not
+    saturating: the result is still float.
+    """
+    values = np.asarray(values)
+    magnitude = np.abs(values)
+    rounded = np.floor(magnitude)
+    rounded = rounded + (magnitude - rounded >= 0.5).astype(values.dtype)
+    return np.copysign(rounded, values)
+
+
 def saturating_rounding_doubling_high_mul(a, b) -> np.ndarray:
     """gemmlowp ``SaturatingRoundingDoublingHighMul`` on int32 arrays (broadcasting).
 

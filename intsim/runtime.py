@@ -16,10 +16,21 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from intsim.errors import AccumulatorOverflowError, ValidationError
+from intsim.fixedpoint import round_half_away
 from intsim.graph import Graph, TensorInfo, dtype_range
 from intsim.ops import get_op
 
 BACKENDS = {"fast": "intsim.kernels", "naive": "intsim.kernels.naive"}
+
+# How Model.run turns float inputs into codes: ``clamp(round(x / scale) + zero_point)`` with the
+# division in the float type and the rounding named here.  A graph picks one with
+# ``graph.metadata["input_quantization"]``; otherwise its profile decides ("float32_rint" for
+# profiles that requantize like onnxruntime, "float64_rint" for the rest).
+INPUT_QUANTIZATION = {
+    "float64_rint": (np.float64, np.rint),  # intsim's default: ties to even
+    "float32_rint": (np.float32, np.rint),  # onnxruntime QuantizeLinear
+    "float32_half_away": (np.float32, round_half_away),  # LiteRT QUANTIZE (reference AffineQuantize)
+}
 
 
 @dataclass
@@ -123,7 +134,7 @@ class Model:
 
     def run(self, *inputs):
         """Float in, float out: quantize each input with its tensor's scale and zero
-        point (round half to even, clamp), run :meth:`run_int`, dequantize the
+        point (:meth:`quantize_inputs`), run :meth:`run_int`, dequantize the
         outputs to float32 as ``scale * (code - zero_point)``."""
         outs = self.run_int(*self.quantize_inputs(inputs))
         outs = outs if isinstance(outs, tuple) else (outs,)
@@ -134,11 +145,20 @@ class Model:
         codes = self.quantize_inputs(inputs) if float_input else inputs
         return self._execute(self._int_inputs(codes), keep=True)
 
+    @property
+    def input_quantization(self) -> str:
+        """The :data:`INPUT_QUANTIZATION` mode :meth:`quantize_inputs` uses: the graph's
+        ``metadata["input_quantization"]`` (the TFLite importer sets ``"float32_half_away"`` for a
+        model with float inputs), else ``"float32_rint"`` when the profile models onnxruntime's
+        float32 datapath, else ``"float64_rint"``."""
+        default = "float32_rint" if self.profile.rounding == "float32_rint" else "float64_rint"
+        return self.graph.metadata.get("input_quantization", default)
+
     def quantize_inputs(self, inputs) -> list[np.ndarray]:
-        """Float inputs to codes; in float32 when the profile models onnxruntime's float32 datapath."""
+        """Float inputs to codes, rounded as :attr:`input_quantization` says."""
         self._check_count(inputs)
-        single = self.profile.rounding == "float32_rint"
-        return [quantize(np.asarray(x), info, f"input {info.name!r}", float32=single)
+        mode = self.input_quantization
+        return [quantize(np.asarray(x), info, f"input {info.name!r}", mode=mode)
                 for x, info in zip(inputs, self.inputs)]
 
     def _check_count(self, inputs):
@@ -192,28 +212,35 @@ def _check_shape(shape, info: TensorInfo, where: str):
         raise ValidationError(f"{where}: expected shape {expected}, found {tuple(shape)}")
 
 
-def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, float32: bool = False) -> np.ndarray:
-    """Float to codes: ``clamp(rint(x / scale) + zero_point)`` (ties to even), the division in
-    float64, or in float32 as onnxruntime's QuantizeLinear does."""
+def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: str = "float64_rint") -> np.ndarray:
+    """Float to codes: ``clamp(round(x / scale) + zero_point)``, ``x`` and ``scale`` cast to the
+    float type of ``mode`` (an :data:`INPUT_QUANTIZATION` key) and rounded as it names."""
+    if mode not in INPUT_QUANTIZATION:
+        raise ValidationError(f"{where}: input quantization must be one of {', '.join(INPUT_QUANTIZATION)}, "
+                              f"found {mode!r}")
     if x.dtype.kind not in "fiu":
         raise ValidationError(f"{where}: expected real numbers, found dtype {x.dtype}")
     _check_shape(x.shape, info, where)
-    dtype = np.float32 if float32 else np.float64
+    dtype, rounding = INPUT_QUANTIZATION[mode]
     x = x.astype(dtype)
     if not np.all(np.isfinite(x)):
         raise ValidationError(f"{where}: inputs must be finite, found NaN or infinity")
     lo, hi = dtype_range(info.dtype)
-    return np.clip(np.rint(x / dtype(info.scale)) + info.zero_point, lo, hi).astype(info.np_dtype)
+    return np.clip(rounding(x / dtype(info.scale)) + info.zero_point, lo, hi).astype(info.np_dtype)
 
 
 def dequantize(codes: np.ndarray, info: TensorInfo) -> np.ndarray:
-    """Codes to float32: ``scale * (code - zero_point)``."""
+    """Codes to float32: ``scale * (code - zero_point)``.
+
+    One rounding to float32 of the exact product (a float32 scale times a code difference of at
+    most 17 bits is exact in float64), so this equals both LiteRT's DEQUANTIZE (double product,
+    cast) and a float32 multiply."""
     return (info.scale * (codes.astype(np.float64) - info.zero_point)).astype(np.float32)
 
 
 def load(path, backend: str = "fast") -> Model:
-    """Load a model file as a :class:`Model`: an ``.intsim`` file, or a fully-int8 ``.tflite``
-    flatbuffer (read into an integer graph with the ``tflite`` profile)."""
+    """Load a model file as a :class:`Model`: an ``.intsim`` file, or an int8 ``.tflite``
+    flatbuffer, float edges allowed (read into an integer graph with the ``tflite`` profile)."""
     from pathlib import Path
 
     if Path(path).suffix.lower() == ".tflite":

@@ -11,6 +11,11 @@ with full-integer post-training quantization (int8 activations, per-channel int8
 weights, int32 bias, int8 input and output; ``Optimize.DEFAULT``, a seeded
 representative dataset, ``TFLITE_BUILTINS_INT8``), and written as
 ``NAME.tflite`` next to ``NAME.input.npy`` (int8 codes of one sample, batch 1).
+
+The ``float_io_*`` models are converted the same way but keep float32 input and
+output (no ``inference_input_type`` / ``inference_output_type``), so a QUANTIZE
+and a DEQUANTIZE frame the int8 body; their ``NAME.input.npy`` is one float32
+sample.
 """
 
 from __future__ import annotations
@@ -118,6 +123,13 @@ SUITE = {
 }
 
 
+# Float input and output around an int8 body: name -> (input shape, builder).
+FLOAT_IO_SUITE = {
+    "float_io_conv_fc": ((1, 6, 6, 3), lambda r, x: _dense(r, _flatten(_conv(r, x, 3, 4, stride=2)), 36, 6)),
+    "float_io_softmax": ((1, 12), lambda r, x: tf.nn.softmax(_dense(r, x, 12, 8) * 2.0)),
+}
+
+
 # Models the importer must refuse (tests of its errors): name -> (shape, builder, fully int8?).
 ERROR_CASES = {
     "error_float_model": ((1, 6, 6, 3), lambda r, x: _conv(r, x, 3, 4), False),
@@ -131,7 +143,7 @@ def representative(shape, seed):
         yield [rng.normal(0.0, 1.0, size=shape).astype(np.float32)]
 
 
-def convert(name, shape, builder, quantize=True):
+def convert(name, shape, builder, quantize=True, int8_io=True):
     rng = np.random.default_rng(sum(map(ord, name)))
 
     @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
@@ -145,8 +157,9 @@ def convert(name, shape, builder, quantize=True):
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: representative(shape, sum(map(ord, name)) + 1)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
+    if int8_io:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
     return converter.convert()
 
 
@@ -157,15 +170,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cases = {name: (shape, builder, True) for name, (shape, builder) in SUITE.items()} | ERROR_CASES
+    cases = {name: (shape, builder, True) for name, (shape, builder) in (SUITE | FLOAT_IO_SUITE).items()} | ERROR_CASES
     for name, (shape, builder, quantize) in cases.items():
         if args.only and name not in args.only:
             continue
-        blob = convert(name, shape, builder, quantize)
+        blob = convert(name, shape, builder, quantize, int8_io=name not in FLOAT_IO_SUITE)
         (out / f"{name}.tflite").write_bytes(blob)
+        rng = np.random.default_rng(sum(map(ord, name)) + 2)
         if name in SUITE:
-            rng = np.random.default_rng(sum(map(ord, name)) + 2)
             np.save(out / f"{name}.input.npy", rng.integers(-128, 128, size=shape, dtype=np.int8))
+        elif name in FLOAT_IO_SUITE:
+            np.save(out / f"{name}.input.npy", rng.normal(0.0, 1.0, size=shape).astype(np.float32))
         print(f"{name}: {len(blob)} bytes")
 
 

@@ -289,6 +289,19 @@ def test_saturating_round_float_is_exact(value, rounding):
     assert fixedpoint.saturating_round_float(value32, rounding) == expected32
 
 
+@settings(deadline=None, max_examples=200)
+@given(values=st.lists(st.floats(-(2.0**33), 2.0**33) | st.floats(-4.0, 4.0), max_size=20),
+       dtype=st.sampled_from([np.float32, np.float64]))
+def test_round_half_away_arrays_are_exact(values, dtype):
+    edges = ROUNDING_EDGES[:-1] + [float(np.nextafter(np.float32(0.5), np.float32(0))), 2.0**24 - 0.5]
+    x = np.array(values + edges + [-v for v in edges], dtype)
+    rounded = fixedpoint.round_half_away(x)
+    assert rounded.dtype == dtype
+    for v, r in zip(x, rounded):
+        exact = Fraction(float(v))
+        assert Fraction(float(r)) == math.floor(abs(exact) + Fraction(1, 2)) * (1 if exact >= 0 else -1), v
+
+
 # --------------------------------------------------------------------------
 # Hand-checked goldens (each runs on the fast kernel and on its twin)
 # --------------------------------------------------------------------------

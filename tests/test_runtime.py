@@ -9,7 +9,8 @@ from intsim.profiles import builtin_names
 from intsim.examples import branchy, random_codes, tiny_cnn
 
 
-def _fc_graph(profile, x_zp=1, weight=((2, -3),), bias=(3,), multiplier=2**30, shift=-1, scale=0.25, out_zp=2):
+def _fc_graph(profile, x_zp=1, weight=((2, -3),), bias=(3,), multiplier=2**30, shift=-1, scale=0.25, out_zp=2,
+              x_scale=0.1, metadata=None):
     """y = out_zp + requant(bias + sum (x - x_zp) * w) with real multiplier 0.25 (2**30 * 2**(-1-31))."""
     profile = get_profile(profile)
     k = len(weight[0])
@@ -22,8 +23,9 @@ def _fc_graph(profile, x_zp=1, weight=((2, -3),), bias=(3,), multiplier=2**30, s
     }
     if profile.rounding not in ("double", "single"):
         params["scale"] = np.full(len(weight), scale)
-    tensors = [TensorInfo("x", "int8", (None, k), 0.1, x_zp), TensorInfo("y", "int8", (None, len(weight)), 0.1, out_zp)]
-    return Graph("fc", profile, tensors, [Node("fully_connected", "fc", ["x"], ["y"], {}, params)], ["x"], ["y"])
+    tensors = [TensorInfo("x", "int8", (None, k), x_scale, x_zp), TensorInfo("y", "int8", (None, len(weight)), 0.1, out_zp)]
+    return Graph("fc", profile, tensors, [Node("fully_connected", "fc", ["x"], ["y"], {}, params)], ["x"], ["y"],
+                 metadata=metadata or {})
 
 
 # Row 0: acc = 3 + (3-1)*2 + (-1-1)*(-3) = 13, times 0.25 = 3.25.
@@ -183,3 +185,41 @@ def test_onnxruntime_profiles_quantize_inputs_in_float32():
     ort_graph = _fc_graph(get_profile("onnxruntime").replace(activation_signed=True), x_zp=0)
     np.testing.assert_array_equal(tflite_model.quantize_inputs([x])[0], np.array([[3, 0]], np.int8), strict=True)
     np.testing.assert_array_equal(Model(ort_graph).quantize_inputs([x])[0], np.array([[4, 0]], np.int8), strict=True)
+
+
+# Scale 0.5 makes x / scale exact: 1.25 -> 2.5, -1.25 -> -2.5, 0.75 -> 1.5, 63.75 -> 127.5, and
+# float32(0.49999997) * 0.5 -> 0.49999997 (the largest float32 below 1/2: floor(v + 0.5) would give 1).
+# Codes with zero point -1: half to even 2, -2, 2, 128, 0; half away 3, -3, 2, 128, 0; then -1 and clamp.
+TIES = np.array([[1.25, -1.25, 0.75, 63.75, np.float32(0.49999997) * 0.5]], np.float32)
+TIE_CODES = {"float64_rint": [1, -3, 1, 127, -1], "float32_rint": [1, -3, 1, 127, -1],
+             "float32_half_away": [2, -4, 1, 127, -1]}
+
+
+@pytest.mark.parametrize("mode", sorted(TIE_CODES))
+def test_input_quantization_modes_on_ties(mode):
+    from intsim.runtime import quantize
+
+    info = TensorInfo("x", "int8", (None, 5), 0.5, -1)
+    np.testing.assert_array_equal(quantize(TIES, info, mode=mode), np.array([TIE_CODES[mode]], np.int8), strict=True)
+    np.testing.assert_array_equal(quantize(-TIES, info, mode=mode)[0, :3],
+                                  np.array([-c - 2 for c in TIE_CODES[mode][:3]], np.int8), strict=True)
+
+
+def test_run_honours_the_graph_input_quantization():
+    # x scale 0.5: 1.25 and -1.25 are the ties 2.5 and -2.5.  Half away: codes 3, -3, acc = 3 + 3*2 + (-3)(-3) = 18,
+    # times 0.25 = 4.5 -> SRDHM 9, 9 / 2 -> 5 (half away), + 2 = 7 -> 0.1 * 5 = 0.5.  Half to even: codes 2, -2,
+    # acc = 3 + 4 + 6 = 13 -> 6 (as FC_GOLDEN) -> 0.1 * 4 = 0.4.
+    x = np.array([[1.25, -1.25]], np.float32)
+    default = Model(_fc_graph("tflite", x_zp=0, x_scale=0.5))
+    tflite_edges = Model(_fc_graph("tflite", x_zp=0, x_scale=0.5, metadata={"input_quantization": "float32_half_away"}))
+    assert (default.input_quantization, tflite_edges.input_quantization) == ("float64_rint", "float32_half_away")
+    np.testing.assert_array_equal(default.run(x), np.array([[0.4]], np.float32), strict=True)
+    np.testing.assert_array_equal(tflite_edges.run(x), np.array([[0.5]], np.float32), strict=True)
+    np.testing.assert_array_equal(tflite_edges.trace(x, float_input=True).tensors["x"], np.array([[3, -3]], np.int8),
+                                  strict=True)
+
+
+def test_unknown_input_quantization_is_refused():
+    model = Model(_fc_graph("tflite", metadata={"input_quantization": "float16_stochastic"}))
+    with pytest.raises(ValidationError, match="input 'x': input quantization must be one of .*'float16_stochastic'"):
+        model.run(np.zeros((1, 2), np.float32))

@@ -3,7 +3,9 @@
 Every committed model in ``tests/data/tflite`` (written by ``models/make_tflite_suite.py``)
 runs in LiteRT with ``OpResolverType.BUILTIN_REF`` and in intsim (fast and
 naive kernels) on its committed input, all-min, all-max and seeded random int8
-inputs; no element may differ.
+inputs; no element may differ.  The ``float_io_*`` models keep float input and output
+(QUANTIZE and DEQUANTIZE at the edges): ``intsim.load(path).run`` on float inputs, exact
+rounding ties among them, must give LiteRT's float32 outputs exactly.
 """
 
 from __future__ import annotations
@@ -15,25 +17,33 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import intsim
 from intsim import Model
 from intsim.errors import ModelFormatError, UnsupportedOpError
 from intsim.importers.tflite import load_tflite
 from intsim.kernels import naive, softmax_gemmlowp_lastaxis
 
 DATA = Path(__file__).parent / "data" / "tflite"
-MODELS = sorted(p.stem for p in DATA.glob("*.tflite") if not p.stem.startswith("error_"))
+MODELS = sorted(p.stem for p in DATA.glob("*.tflite") if not p.stem.startswith(("error_", "float_io_")))
+FLOAT_IO_MODELS = sorted(p.stem for p in DATA.glob("float_io_*.tflite"))
 
 
 def _litert(resolver: str):
+    """``run(name, x)``: the model's output; ``run(name, x, keep=tensor name)``: (that tensor, output)."""
     interpreter = pytest.importorskip("ai_edge_litert.interpreter")
     kind = getattr(interpreter.OpResolverType, resolver)
 
-    def run(name, x):
-        it = interpreter.Interpreter(model_path=str(DATA / f"{name}.tflite"), experimental_op_resolver_type=kind)
+    def run(name, x, keep=None):
+        it = interpreter.Interpreter(model_path=str(DATA / f"{name}.tflite"), experimental_op_resolver_type=kind,
+                                     experimental_preserve_all_tensors=keep is not None)
         it.allocate_tensors()
         it.set_tensor(it.get_input_details()[0]["index"], x)
         it.invoke()
-        return it.get_tensor(it.get_output_details()[0]["index"])
+        output = it.get_tensor(it.get_output_details()[0]["index"])
+        if keep is None:
+            return output
+        (index,) = [d["index"] for d in it.get_tensor_details() if d["name"] == keep]
+        return it.get_tensor(index), output
 
     return run
 
@@ -77,6 +87,49 @@ def test_optimized_vs_reference_differences():
             total += expected.size
         report.append(f"{name}: optimized differs from reference in {differing} of {total} elements")
     print("\n".join(report))
+
+
+def _float_inputs(name, info, random_count):
+    """The committed float sample, exact ties ``(j + 1/2) * scale`` over the whole code range and past it
+    (clamping), and seeded normal samples."""
+    x = np.load(DATA / f"{name}.input.npy")
+    rng = np.random.default_rng(sum(map(ord, name)))
+    scale = np.float32(info.scale)
+    yield "committed", x
+    for i in range(random_count):
+        steps = rng.integers(-140, 140, size=x.shape) - info.zero_point
+        yield f"ties{i}", (steps + 0.5).astype(np.float32) * scale
+        yield f"normal{i}", rng.normal(0.0, 2.0, size=x.shape).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["fast", "naive"])
+@pytest.mark.parametrize("name", FLOAT_IO_MODELS)
+def test_float_io_matches_litert_reference(name, backend):
+    from intsim.runtime import quantize
+
+    reference = _litert("BUILTIN_REF")
+    model = intsim.load(DATA / f"{name}.tflite", backend)
+    assert model.input_quantization == "float32_half_away"
+    info = model.inputs[0]
+    ties = half_even_differs = 0
+    for label, x in _float_inputs(name, info, 4):
+        codes, expected = reference(name, x, keep=info.name)
+        np.testing.assert_array_equal(model.quantize_inputs([x])[0], codes, strict=True, err_msg=f"{name} {label}")
+        np.testing.assert_array_equal(model.run(x), expected, strict=True, err_msg=f"{name} {backend} {label}")
+        quotient = x / np.float32(info.scale)
+        ties += int(np.count_nonzero(quotient - np.floor(quotient) == 0.5))
+        half_even_differs += int(np.count_nonzero(quantize(x, info, mode="float32_rint") != codes))
+    assert ties >= 2 * x.size  # at least half the elements of the 4 tie inputs are exact ties in float32
+    assert half_even_differs > 0  # ... and they tell the rounding modes apart
+
+
+def test_float_io_model_saves_its_input_quantization(tmp_path):
+    model = intsim.load(DATA / "float_io_conv_fc.tflite")
+    model.save(tmp_path / "m.intsim")
+    loaded = intsim.load(tmp_path / "m.intsim")
+    assert loaded.input_quantization == "float32_half_away"
+    x = next(_float_inputs("float_io_conv_fc", model.inputs[0], 1))[1]
+    np.testing.assert_array_equal(loaded.run(x), model.run(x), strict=True)
 
 
 def test_batch_dimension_is_free():

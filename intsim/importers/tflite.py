@@ -22,7 +22,12 @@ Particularities of the reference kernels reproduced here (file names under
 - SOFTMAX is gemmlowp's fixed-point exp pipeline (``reference/softmax.h``);
 - LOGISTIC and TANH are 256-entry tables built in float32 (``LUTPopulate`` in
   ``internal/common.h``, called from ``activations.cc``); HARD_SWISH is an int16
-  fixed-point pipeline (``reference/hard_swish.h``), tabulated here code by code.
+  fixed-point pipeline (``reference/hard_swish.h``), tabulated here code by code;
+- a float input's QUANTIZE divides in float32 and rounds half away from zero
+  (``reference/quantize.h`` ``AffineQuantize``: ``TfLiteRound(x / float(scale))``), so the
+  graph records ``metadata["input_quantization"] = "float32_half_away"`` for
+  :meth:`intsim.Model.run`; a float output's DEQUANTIZE (``reference/dequantize.h``:
+  ``float(double(scale) * (q - zp))``) is exactly :func:`intsim.runtime.dequantize`.
 """
 
 from __future__ import annotations
@@ -513,9 +518,10 @@ def load_tflite(path) -> Graph:
 
     The graph takes and returns the int8 codes of the model's int8 input and
     output tensors; a float model edge (QUANTIZE after a float input,
-    DEQUANTIZE before a float output) is dropped, so :meth:`intsim.Model.run`
-    quantizes and dequantizes with the same scale and zero point.  The batch
-    dimension is left free when the model's is 1.
+    DEQUANTIZE before a float output) is dropped, and the graph's
+    ``metadata["input_quantization"]`` is set to ``"float32_half_away"`` when an
+    input's was, so :meth:`intsim.Model.run` on floats equals LiteRT's float
+    outputs.  The batch dimension is left free when the model's is 1.
 
     Raises
     ------
@@ -561,10 +567,12 @@ def _build(blob: bytes, name: str, where: str) -> Graph:
     b = _Builder(name, tensors)
     # Float edges: QUANTIZE of a float graph input, DEQUANTIZE to a float graph output.
     body = []
+    metadata = {"source": "tflite"}
     for kind, op, ins, outs in ops:
         if kind == "QUANTIZE" and tensors[ins[0]].dtype == "float32" and ins[0] in inputs:
             inputs[inputs.index(ins[0])] = outs[0]
-        elif kind == "DEQUANTIZE" and outs[0] in outputs:
+            metadata["input_quantization"] = "float32_half_away"
+        elif kind == "DEQUANTIZE" and tensors[outs[0]].dtype == "float32" and outs[0] in outputs:
             outputs[outputs.index(outs[0])] = ins[0]
         else:
             body.append((kind, op, ins, outs))
@@ -580,7 +588,7 @@ def _build(blob: bytes, name: str, where: str) -> Graph:
                                      f"supported: {', '.join(sorted(_HANDLERS))}")
         handler(b, kind, f"{n}:{kind.lower()}", op, ins, outs)
     return Graph(name, "tflite", list(b.infos.values()), b.nodes, graph_inputs, [b.info(t) for t in outputs],
-                 metadata={"source": "tflite"})
+                 metadata=metadata)
 
 
 @_handles("MEAN")
