@@ -30,6 +30,7 @@ from intsim.calibration import (
     calibrate,
     choose_range,
     quantization_params,
+    quantize,
     quantize_weights,
 )
 from intsim.errors import UnsupportedOpError, ValidationError
@@ -219,8 +220,7 @@ class _Lowering:
         scale, zp = quantization_params(float(min(value.min(), 0.0)), float(max(value.max(), 0.0)),
                                         p.activation_bits, p.activation_signed, p.activation_symmetric,
                                         power_of_two=p.power_of_two_scales)
-        codes = np.clip(np.rint(value / scale) + zp, self.act_lo, self.act_hi).astype(p.activation_dtype)
-        return codes, scale, zp
+        return quantize(value, scale, zp, self.act_lo, self.act_hi, p.activation_dtype), scale, zp
 
     # --- steps ------------------------------------------------------------
     def lower(self, steps):

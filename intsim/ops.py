@@ -243,6 +243,16 @@ class _MacOp(Op):
         acc, ovf, pairs = getattr(kernels, self.kernel)(inputs[0], *plan["mac"], *plan["acc"])
         return self._finish(plan, acc, ovf, pairs, kernels)
 
+    @staticmethod
+    def _weight_args(node, graph):
+        """``(x_zero_point, weight, weight_zero_point, bias)`` as the ``*_acc`` kernels take them."""
+        return (
+            graph.tensors[node.inputs[0]].zero_point,
+            np.ascontiguousarray(node.params["weight"]),
+            node.params["weight_zero_point"].astype(np.int64),
+            node.params["bias"].astype(np.int32),
+        )
+
     def _check_weights(self, node, graph, weight, out_channels):
         profile = graph.profile
         wlo, whi = dtype_range(profile.weight_dtype)
@@ -293,11 +303,7 @@ class Conv2D(_MacOp):
 
     def prepare(self, node, graph):
         plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
-        plan["mac"] = (
-            graph.tensors[node.inputs[0]].zero_point,
-            np.ascontiguousarray(node.params["weight"]),
-            node.params["weight_zero_point"].astype(np.int64),
-            node.params["bias"].astype(np.int32),
+        plan["mac"] = self._weight_args(node, graph) + (
             tuple(node.attrs.get("strides", (1, 1))),
             tuple(node.attrs.get("dilations", (1, 1))),
             tuple(node.attrs.get("pads", (0, 0, 0, 0))),
@@ -326,12 +332,7 @@ class FullyConnected(_MacOp):
 
     def prepare(self, node, graph):
         plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
-        plan["mac"] = (
-            graph.tensors[node.inputs[0]].zero_point,
-            np.ascontiguousarray(node.params["weight"]),
-            node.params["weight_zero_point"].astype(np.int64),
-            node.params["bias"].astype(np.int32),
-        )
+        plan["mac"] = self._weight_args(node, graph)
         return plan
 
     kernel = "fully_connected_acc"
