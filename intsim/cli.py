@@ -110,7 +110,7 @@ def _cmd_export_tosa(args) -> int:
     import intsim
 
     path = intsim.load(args.model).to_tosa(args.out, batch=args.batch)
-    print(f"wrote the TOSA program to {path}; serialize and run it with tools/tosa_run.py in the tosa-tools venv")
+    print(f"wrote the TOSA flatbuffer {path}; run it with tools/tosa_run.py in the tosa-tools venv")
     return 0
 
 
@@ -224,9 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--backend", choices=("fast", "naive"), default="fast", help="numba kernels or naive twins")
         p.set_defaults(func=func)
 
-    p = sub.add_parser("export-tosa", help="export an integer model as a TOSA program")
+    p = sub.add_parser("export-tosa", help="export an integer model as a TOSA flatbuffer (.tosa)")
     p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
-    p.add_argument("--out", required=True, help="directory for program.json and consts.npz")
+    p.add_argument("out", help="the .tosa file to write")
     p.add_argument("--batch", type=int, default=1, help="batch size fixed in the TOSA shapes (default 1)")
     p.set_defaults(func=_cmd_export_tosa)
 

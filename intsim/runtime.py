@@ -110,13 +110,13 @@ class Model:
 
         save_graph(self.graph, path)
 
-    def to_tosa(self, directory, batch: int = 1):
-        """Export the graph as a TOSA program (``program.json`` + ``consts.npz`` in ``directory``;
-        ``tools/tosa_run.py`` in the tosa-tools environment serializes and runs it).  An op TOSA cannot
-        express exactly raises :class:`~intsim.errors.UnsupportedOpError`."""
+    def to_tosa(self, path, batch: int = 1):
+        """Write the graph as a TOSA flatbuffer (the ``.tosa`` file TOSA tooling and the reference model
+        read) at ``path``, unknown dimensions fixed to ``batch``.  An op TOSA cannot express exactly
+        raises :class:`~intsim.errors.UnsupportedOpError`."""
         from intsim.exporters.tosa import export_tosa
 
-        return export_tosa(self.graph, directory, batch)
+        return export_tosa(self.graph, path, batch)
 
     def with_backend(self, backend: str) -> "Model":
         return Model(self.graph, backend)

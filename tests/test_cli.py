@@ -88,9 +88,11 @@ def test_convert_compare_and_demo(tmp_path, capsys):
 
 def test_export_tosa(model_file, tmp_path, capsys):
 
-    assert main(["export-tosa", str(model_file), "--out", str(tmp_path / "t")]) == 2
+    assert main(["export-tosa", str(model_file), str(tmp_path / "t.tosa")]) == 2
     assert "softmax" in capsys.readouterr().err
     path = tmp_path / "nosoftmax.intsim"
     Model(tiny_cnn("tosa", softmax=False)).save(path)
-    assert main(["export-tosa", str(path), "--out", str(tmp_path / "t2"), "--batch", "2"]) == 0
-    assert (tmp_path / "t2" / "program.json").exists() and (tmp_path / "t2" / "consts.npz").exists()
+    assert main(["export-tosa", str(path), str(tmp_path / "t2.tosa"), "--batch", "2"]) == 0
+    assert (tmp_path / "t2.tosa").read_bytes()[4:8] == b"TOSA"
+    assert main(["export-tosa", str(path), str(tmp_path)]) == 2
+    assert "expected a file path" in capsys.readouterr().err

@@ -10,12 +10,20 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
   of intsim's left shift, and DOUBLE_ROUND is gemmlowp's SRDHM + RoundingDivideByPOT;
 * ``add`` (TFLite scheme) -> RESCALE to int32 by ``2**left_shift`` (exact), RESCALE of
   each input, ADD / SUB in int32, RESCALE to the output;
+* ``mul`` -> RESCALE of each input to int32 minus its zero point, MUL (shift 0: the exact
+  product, refused when it could leave int32), RESCALE to the output;
+* ``matmul`` (int8 activations x activations) -> RESHAPE to rank 3, MATMUL with both
+  zero points into int32, RESCALE, RESHAPE;
 * ``avg_pool`` -> DEPTHWISE_CONV2D with unit weights (the exact window sum) and a
   RESCALE whose multiplier is rounded up, so that it divides by the window size
   rounding half away from zero (intsim's rule; TOSA AVG_POOL2D rounds half up);
 * ``mean`` -> RESCALE to int32, REDUCE_SUM per axis, RESCALE;
 * ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
   ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8).
+
+Every constant becomes a CONST (CONST_SHAPE for shapes) operator, and each operator
+records the intsim node it lowers as its location.  :func:`export_tosa` writes the
+program as a TOSA flatbuffer (:mod:`intsim.exporters.tosa_fb`).
 
 Anything else (and any attribute TOSA cannot express exactly) raises
 :class:`~intsim.errors.UnsupportedOpError` naming the node; nothing is changed
@@ -25,13 +33,13 @@ fixed to ``batch``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from intsim.errors import UnsupportedOpError
+from intsim.errors import UnsupportedOpError, ValidationError
+from intsim.exporters.tosa_fb import write_tosa
 from intsim.graph import Graph, Node, dtype_range
 from intsim.ops import clamp_bounds, rescale_params
 
@@ -40,9 +48,22 @@ IDENTITY = (1 << 30, 30)  # TOSA (multiplier, right shift) of exactly 1
 
 
 @dataclass
+class TosaOperator:
+    """One TOSA operator; ``attrs`` holds its attribute table's fields by their schema names and
+    ``location`` the intsim node it lowers."""
+
+    op: str
+    inputs: list
+    outputs: list
+    attrs: dict
+    location: str
+
+
+@dataclass
 class TosaProgram:
-    """TOSA operators as plain data: ``tensors`` name -> (shape, dtype); ``consts`` name -> array
-    (dtype ``"shape"`` for CONST_SHAPE); ``operators`` (op, inputs, outputs, attrs)."""
+    """TOSA operators as plain data: ``tensors`` name -> (shape, dtype) of activations; ``consts``
+    name -> array with ``const_dtypes`` (``"shape"`` for CONST_SHAPE), each made by a CONST /
+    CONST_SHAPE operator; ``operators`` in execution order."""
 
     tensors: dict = field(default_factory=dict)
     consts: dict = field(default_factory=dict)
@@ -56,6 +77,7 @@ class _Builder:
     def __init__(self, graph: Graph, batch: int):
         self.graph, self.batch, self.p = graph, batch, TosaProgram()
         self.count = 0
+        self.location = ""  # the node being lowered
 
     def fresh(self, hint):
         self.count += 1
@@ -77,10 +99,11 @@ class _Builder:
         name = self.fresh(hint)
         self.p.consts[name] = np.asarray(array)
         self.p.const_dtypes[name] = dtype
+        self.op("CONST_SHAPE" if dtype == "shape" else "CONST", [], [name])
         return name
 
     def op(self, op, inputs, outputs, **attrs):
-        self.p.operators.append((op, list(inputs), list(outputs), attrs))
+        self.p.operators.append(TosaOperator(op, list(inputs), list(outputs), attrs, self.location))
 
     def rescale(self, node, x, out, multiplier, shift, in_zp, out_zp, rounding):
         """RESCALE ``x -> out``; ``shift`` in intsim's convention (positive = left)."""
@@ -102,14 +125,16 @@ class _Builder:
                self.const("shift", right.astype(np.int8), "int8"),
                self.const("input_zp", np.array([in_zp], x_dtype), x_dtype),
                self.const("output_zp", np.array([out_zp], out_dtype), out_dtype)]
-        self.op("RESCALE", ins, [out], rounding=rounding, per_channel=bool(multiplier.size > 1))
+        self.op("RESCALE", ins, [out], scale32=True, rounding_mode=rounding, per_channel=bool(multiplier.size > 1),
+                input_unsigned=False, output_unsigned=False)
 
     def clamp(self, x, out, lo, hi):
         """CLAMP ``x -> out`` to [lo, hi], or a plain rename when that is the dtype range."""
         dtype = self.p.tensors[x][1]
         if (lo, hi) == dtype_range(dtype):
             return False
-        self.op("CLAMP", [x], [out], min=int(lo), max=int(hi), dtype=dtype)
+        self.op("CLAMP", [x], [out], min_val=np.array([lo], dtype), max_val=np.array([hi], dtype),
+                nan_mode="propagate")
         return True
 
     def requantize(self, node, acc, out_tensor, rq, in_zp=0):
@@ -125,6 +150,25 @@ class _Builder:
 
     def reshape(self, x, out, shape):
         self.op("RESHAPE", [x, self.const("shape", np.array(shape, np.int64), "shape")], [out])
+
+    def reshaped(self, x, shape):
+        """``x`` viewed as ``shape``: ``x`` itself when it has that shape, else a RESHAPE of it."""
+        shape = list(map(int, shape))
+        if self.p.tensors[x][0] == shape:
+            return x
+        out = self.temp(x + "_as", shape, self.p.tensors[x][1])
+        self.reshape(x, out, shape)
+        return out
+
+    def requantize_to_output(self, node, acc, rq, in_zp=0):
+        """:meth:`requantize` ``acc`` into the node's output, RESHAPEd when the shapes differ."""
+        out = node.outputs[0]
+        if self.p.tensors[acc][0] == self.shape(out):
+            self.requantize(node, acc, out, rq, in_zp)
+            return
+        kept = self.temp(node.name + "_rq_as", self.p.tensors[acc][0], self.graph.tensors[out].dtype)
+        self.requantize(node, acc, kept, rq, in_zp)
+        self.reshape(kept, out, self.shape(out))
 
 
 def _unsupported(node, why):
@@ -146,7 +190,7 @@ def _conv(b, node, x, acc_shape, weight, bias, input_zp, weight_zp, pads, stride
            b.const("weight_zp", np.array([weight_zp], np.int8), wdt)]
     top, left, bottom, right = pads
     b.op("DEPTHWISE_CONV2D" if depthwise else "CONV2D", ins, [acc], pad=[top, bottom, left, right],
-         stride=list(strides), dilation=list(dilations))
+         stride=list(strides), dilation=list(dilations), local_bound=False, acc_type="int32")
     return acc
 
 
@@ -176,16 +220,12 @@ def _lower_conv2d(b, node):
 
 def _lower_fully_connected(b, node):
     w = node.params["weight"]
-    x, out = node.inputs[0], node.outputs[0]
+    x = node.inputs[0]
     n, k = b.shape(x)
-    x4 = b.temp(node.name + "_in4", [n, 1, 1, k], b.p.tensors[x][1])
-    b.reshape(x, x4, [n, 1, 1, k])
-    acc = _conv(b, node, x4, [n, 1, 1, w.shape[0]], w.reshape(w.shape[0], 1, 1, k), node.params["bias"],
-                b.graph.tensors[x].zero_point, _uniform_weight_zero_point(node), (0, 0, 0, 0), (1, 1), (1, 1),
-                depthwise=False)
-    y4 = b.temp(node.name + "_out4", [n, 1, 1, w.shape[0]], b.graph.tensors[out].dtype)
-    b.requantize(node, acc, y4, rescale_params(node, b.graph, channels=w.shape[0]))
-    b.reshape(y4, out, b.shape(out))
+    acc = _conv(b, node, b.reshaped(x, [n, 1, 1, k]), [n, 1, 1, w.shape[0]], w.reshape(w.shape[0], 1, 1, k),
+                node.params["bias"], b.graph.tensors[x].zero_point, _uniform_weight_zero_point(node), (0, 0, 0, 0),
+                (1, 1), (1, 1), depthwise=False)
+    b.requantize_to_output(node, acc, rescale_params(node, b.graph, channels=w.shape[0]))
 
 
 def _lower_rescale(b, node):
@@ -200,11 +240,16 @@ def _to_int32_shifted(b, node, x, left_shift):
     return wide
 
 
-def _lower_add(b, node):
-    out = node.outputs[0]
+def _check_equal_ranks(b, node):
     shapes = [b.shape(t) for t in node.inputs]
     if len(shapes[0]) != len(shapes[1]):
-        _unsupported(node, f"inputs of rank {len(shapes[0])} and {len(shapes[1])}: TOSA ADD broadcasts equal ranks")
+        _unsupported(node, f"inputs of rank {len(shapes[0])} and {len(shapes[1])}: TOSA elementwise ops broadcast "
+                           "equal ranks only")
+
+
+def _lower_add(b, node):
+    out = node.outputs[0]
+    _check_equal_ranks(b, node)
     left = int(node.attrs.get("left_shift", 0))
     if left > 28:
         _unsupported(node, f"left_shift {left} leaves a RESCALE right shift below 2")
@@ -220,12 +265,55 @@ def _lower_add(b, node):
     b.requantize(node, total, out, rescale_params(node, b.graph, "out_"))
 
 
+def _lower_mul(b, node):
+    """``(a - za) * (b - zb)``: each input RESCALEd to int32 without its zero point, an int32 MUL with
+    ``shift`` 0 (the plain product), then RESCALE to the output."""
+    _check_equal_ranks(b, node)
+    bound = 1
+    for t in node.inputs:
+        lo, hi = dtype_range(b.graph.tensors[t].dtype)
+        zp = b.graph.tensors[t].zero_point
+        bound *= max(hi - zp, zp - lo)
+    if bound > 2**31 - 1:
+        _unsupported(node, f"products of codes minus zero points reach {bound}, beyond int32, where intsim "
+                           "saturates and TOSA MUL does not")
+    factors = [_to_int32_shifted(b, node, t, 0) for t in node.inputs]
+    product = b.temp(node.name + "_product", b.shape(node.outputs[0]), "int32")
+    b.op("MUL", factors + [b.const("shift", np.array([0], np.int8), "int8")], [product])
+    b.requantize(node, product, node.outputs[0], rescale_params(node, b.graph))
+
+
+def _lower_matmul(b, node):
+    """``a [..., M, K] @ w [..., K, N]`` as a batched MATMUL ``[B, rows, K] @ [B, K, N]`` into int32:
+    with a single right-hand matrix every row of ``a`` goes into one batch, else the leading
+    dimensions (equal in both) form the batch."""
+    x, w = node.inputs
+    for t in node.inputs:
+        if b.graph.tensors[t].dtype != "int8":
+            _unsupported(node, f"input {t!r} is {b.graph.tensors[t].dtype}: TOSA MATMUL of int16 accumulates in "
+                               "int48, intsim in int32; this exporter writes int8 x int8")
+    x_shape, w_shape = b.shape(x), b.shape(w)
+    lead, w_lead, k, n = x_shape[:-2], w_shape[:-2], x_shape[-1], w_shape[-1]
+    if int(np.prod(w_lead)) == 1:
+        batch, rows = 1, int(np.prod(x_shape[:-1]))
+    elif w_lead == lead:
+        batch, rows = int(np.prod(lead)), x_shape[-2]
+    else:
+        _unsupported(node, f"leading dimensions {w_lead} of {w!r} broadcast against {lead} of {x!r}; TOSA MATMUL "
+                           "takes equal batches")
+    ins = [b.reshaped(x, [batch, rows, k]), b.reshaped(w, [batch, k, n])]
+    ins += [b.const(f"{t}_zp", np.array([b.graph.tensors[t].zero_point], np.int8), "int8") for t in node.inputs]
+    acc = b.temp(node.name + "_acc", [batch, rows, n], "int32")
+    b.op("MATMUL", ins, [acc])
+    b.requantize_to_output(node, acc, rescale_params(node, b.graph))
+
+
 def _lower_max_pool(b, node):
     if tuple(node.attrs.get("dilations", (1, 1))) != (1, 1):
         _unsupported(node, f"dilations {node.attrs['dilations']}: TOSA MAX_POOL2D has no dilation")
     top, left, bottom, right = node.attrs.get("pads", (0, 0, 0, 0))
     b.op("MAX_POOL2D", node.inputs, node.outputs, kernel=list(node.attrs["kernel"]),
-         stride=list(node.attrs.get("strides", (1, 1))), pad=[top, bottom, left, right])
+         stride=list(node.attrs.get("strides", (1, 1))), pad=[top, bottom, left, right], nan_mode="propagate")
 
 
 def _divide_half_away(count: int, bound: int):
@@ -271,9 +359,7 @@ def _lower_mean(b, node):
         reduced = b.temp(node.name + f"_sum{axis}", shape, "int32")
         b.op("REDUCE_SUM", [current], [reduced], axis=axis)
         current = reduced
-    kept = b.temp(node.name + "_kept", shape, b.graph.tensors[out].dtype)
-    b.requantize(node, current, kept, rescale_params(node, b.graph))
-    b.reshape(kept, out, b.shape(out))
+    b.requantize_to_output(node, current, rescale_params(node, b.graph))
 
 
 def _lower_concat(b, node):
@@ -318,6 +404,8 @@ LOWERINGS = {
     "fully_connected": _lower_fully_connected,
     "rescale": _lower_rescale,
     "add": _lower_add,
+    "mul": _lower_mul,
+    "matmul": _lower_matmul,
     "max_pool": _lower_max_pool,
     "avg_pool": _lower_avg_pool,
     "mean": _lower_mean,
@@ -337,39 +425,44 @@ def lower_to_tosa(graph: Graph, batch: int = 1) -> TosaProgram:
 
     Raises
     ------
+    ValidationError
+        If ``batch`` is not a positive integer.
     UnsupportedOpError
         For an op (or attribute) TOSA cannot express exactly, naming the node.
     """
-    b = _Builder(graph, batch)
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or batch < 1:
+        raise ValidationError(f"TOSA export of graph {graph.name!r}: batch must be a positive integer "
+                              f"(TOSA shapes are static), found {batch!r}")
+    b = _Builder(graph, int(batch))
     for name, info in graph.tensors.items():
         b.tensor(name, b.shape(name), info.dtype)
     for node in graph.nodes:
         lowering = LOWERINGS.get(node.op)
         if lowering is None:
             _unsupported(node, f"no TOSA lowering (exported ops: {', '.join(sorted(LOWERINGS))})")
+        b.location = node.name
         lowering(b, node)
-    used = {t for _, ins, outs, _ in b.p.operators for t in ins + outs} | set(graph.inputs)
+    used = {t for o in b.p.operators for t in o.inputs + o.outputs} | set(graph.inputs)
     b.p.tensors = {k: v for k, v in b.p.tensors.items() if k in used and k not in b.p.consts}
     b.p.inputs, b.p.outputs = list(graph.inputs), list(graph.outputs)
     return b.p
 
 
-def export_tosa(graph: Graph, directory, batch: int = 1) -> Path:
-    """Write ``program.json`` and ``consts.npz`` describing the TOSA program of ``graph``.
+def export_tosa(graph: Graph, path, batch: int = 1) -> Path:
+    """Write the TOSA program of ``graph`` as one self-contained TOSA flatbuffer (``.tosa``) at ``path``.
 
-    ``tools/tosa_run.py`` (run in the tosa-tools environment) turns them into the
-    flatbuffer ``model.tosa`` and runs it through the TOSA reference model.
+    The file is what the TOSA reference model reads (``tools/tosa_run.py`` runs it);
+    see :mod:`intsim.exporters.tosa_fb` for the encoding.
+
+    Raises
+    ------
+    ValidationError
+        If ``path`` is a directory or its parent directory does not exist, or ``batch`` is not positive.
+    UnsupportedOpError
+        For an op (or attribute) TOSA cannot express exactly, naming the node.
     """
-    program = lower_to_tosa(graph, batch)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    description = {
-        "inputs": program.inputs,
-        "outputs": program.outputs,
-        "tensors": program.tensors,
-        "consts": {n: [list(a.shape), program.const_dtypes[n]] for n, a in program.consts.items()},
-        "operators": program.operators,
-    }
-    (directory / "program.json").write_text(json.dumps(description, indent=1))
-    np.savez(directory / "consts.npz", **program.consts)
-    return directory
+    path = Path(path)
+    if path.is_dir() or not path.parent.is_dir():
+        raise ValidationError(f"TOSA export of graph {graph.name!r}: expected a file path in an existing "
+                              f"directory, found {str(path)!r}")
+    return write_tosa(lower_to_tosa(graph, batch), path)
