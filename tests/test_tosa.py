@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from intsim import Graph, Model, Node, TensorInfo, UnsupportedOpError, ValidationError, build_lut, get_profile
-from intsim.examples import _rescale, random_codes, tiny_cnn
+from intsim.examples import _mac_params, _rescale, random_codes, tiny_cnn
 from intsim.exporters.tosa import export_tosa, lower_to_tosa
 from intsim.graph import dtype_range
 from intsim.ops import add_params
@@ -47,6 +47,8 @@ def _graphs():
     lhs, rhs, rhs2 = _t("lhs", (None, 3, 5), 0.04, 7), _t("rhs", (None, 5, 4), 0.05, -11), _t("rhs2", (5, 4), 0.05, 3)
     lhs4 = _t("lhs4", (None, 2, 3, 5), 0.04, -6)
     prod = _t("prod", (None, 3, 4), 0.25, -4)
+    odd = _t("odd", (None, 5, 7, 6), 0.05, 1)
+    rng = np.random.default_rng(3)
     return {
         "tiny_cnn": tiny_cnn("tosa", softmax=False),
         "add": _single("add", [x, a], s, {"left_shift": left, "clamp": [s.zero_point, 127]}, add_p),
@@ -67,6 +69,14 @@ def _graphs():
         "matmul": _single("matmul", [lhs, rhs], prod, {}, _rescale(PROFILE, lhs.scale * rhs.scale / prod.scale)),
         "matmul_shared_rhs": _single("matmul", [lhs4, rhs2], _t("prod4", (None, 2, 3, 4), 0.25, 1), {"clamp": [0, 127]},
                                      _rescale(PROFILE, lhs4.scale * rhs2.scale / 0.25)),
+        # Windows that do not tile the input exactly: the unread tail goes from the padding or a SLICE.
+        "conv_stride2_padded": _single("conv2d", [x], _t("y", (None, 2, 2, 4), 0.08, -2),
+                                       {"strides": [2, 2], "pads": [1, 1, 1, 1]},
+                                       _mac_params(PROFILE, rng, (4, 3, 3, 6), x.scale, 0.08)),
+        "conv_1x1_stride2": _single("conv2d", [x], _t("y", (None, 2, 2, 5), 0.08, 3), {"strides": [2, 2]},
+                                    _mac_params(PROFILE, rng, (5, 1, 1, 6), x.scale, 0.08)),
+        "max_pool_odd": _single("max_pool", [odd], _t("y", (None, 2, 3, 6), odd.scale, odd.zero_point),
+                                {"kernel": [2, 2], "strides": [2, 2]}),
         "max_pool_padded": _single("max_pool", [x], same("y", (None, 2, 2, 6)),
                                    {"kernel": [3, 3], "strides": [2, 2], "pads": [1, 1, 0, 0]}),
     }

@@ -18,6 +18,8 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
   RESCALE whose multiplier is rounded up, so that it divides by the window size
   rounding half away from zero (intsim's rule; TOSA AVG_POOL2D rounds half up);
 * ``mean`` -> RESCALE to int32, REDUCE_SUM per axis, RESCALE;
+* windows (convolutions, pools) that intsim floors drop the unread trailing rows and
+  columns (from the padding, else with a SLICE), since TOSA wants exact window counts;
 * ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
   ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8).
 
@@ -182,9 +184,31 @@ def _uniform_weight_zero_point(node):
     return int(wzp[0])
 
 
+def _exact_windows(b, x, kernel, strides, dilations, pads):
+    """``(x, pads)`` for which TOSA's window count ``(size - 1 + pads - dilation (kernel - 1)) / stride + 1`` is
+    exact.  intsim (like ONNX) floors it; the rows and columns past the last window are never read, so
+    they are dropped: first from the trailing padding, then (a SLICE) from the end of ``x`` itself."""
+    top, left, bottom, right = pads
+    shape = b.p.tensors[x][0]
+    keep, after = list(shape), [bottom, right]
+    for axis, (before, k, stride, dilation) in enumerate(zip((top, left), kernel, strides, dilations)):
+        unread = (shape[1 + axis] - 1 + before + after[axis] - dilation * (k - 1)) % stride
+        from_pad = min(unread, after[axis])
+        after[axis] -= from_pad
+        keep[1 + axis] -= unread - from_pad
+    if keep != shape:
+        sliced = b.temp(x + "_read", keep, b.p.tensors[x][1])
+        b.op("SLICE", [x, b.const("start", np.zeros(len(keep), np.int64), "shape"),
+                       b.const("size", np.array(keep, np.int64), "shape")], [sliced])
+        x = sliced
+    return x, (top, left, after[0], after[1])
+
+
 def _conv(b, node, x, acc_shape, weight, bias, input_zp, weight_zp, pads, strides, dilations, depthwise):
     acc = b.temp(node.name + "_acc", acc_shape, "int32")
     wdt = "int8"
+    kernel = weight.shape[:2] if depthwise else weight.shape[1:3]  # [KH, KW, C, M] / [O, KH, KW, I]
+    x, pads = _exact_windows(b, x, kernel, strides, dilations, pads)
     ins = [x, b.const("weight", weight, wdt), b.const("bias", bias.astype(np.int32), "int32"),
            b.const("input_zp", np.array([input_zp], b.p.tensors[x][1]), b.p.tensors[x][1]),
            b.const("weight_zp", np.array([weight_zp], np.int8), wdt)]
@@ -311,9 +335,11 @@ def _lower_matmul(b, node):
 def _lower_max_pool(b, node):
     if tuple(node.attrs.get("dilations", (1, 1))) != (1, 1):
         _unsupported(node, f"dilations {node.attrs['dilations']}: TOSA MAX_POOL2D has no dilation")
-    top, left, bottom, right = node.attrs.get("pads", (0, 0, 0, 0))
-    b.op("MAX_POOL2D", node.inputs, node.outputs, kernel=list(node.attrs["kernel"]),
-         stride=list(node.attrs.get("strides", (1, 1))), pad=[top, bottom, left, right], nan_mode="propagate")
+    kernel, strides = list(node.attrs["kernel"]), list(node.attrs.get("strides", (1, 1)))
+    x, (top, left, bottom, right) = _exact_windows(b, node.inputs[0], kernel, strides, (1, 1),
+                                                   tuple(node.attrs.get("pads", (0, 0, 0, 0))))
+    b.op("MAX_POOL2D", [x], node.outputs, kernel=kernel, stride=strides, pad=[top, bottom, left, right],
+         nan_mode="propagate")
 
 
 def _divide_half_away(count: int, bound: int):
