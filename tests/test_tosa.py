@@ -13,10 +13,13 @@ import flatbuffers
 import numpy as np
 import pytest
 
+import intsim
 from intsim import Graph, Model, Node, TensorInfo, UnsupportedOpError, ValidationError, build_lut, get_profile
 from intsim.examples import _mac_params, _rescale, random_codes, tiny_cnn
 from intsim.exporters.tosa import export_tosa, lower_to_tosa
+from intsim.datasets import load_dataset
 from intsim.graph import dtype_range
+from intsim.models import model_path
 from intsim.ops import add_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,14 +100,11 @@ def _inputs(graph, batch=2):
     return feeds
 
 
-@pytest.mark.parametrize("name", sorted(GRAPHS))
-def test_tosa_reference_model_matches_intsim(name, tmp_path):
+def _reference_model(path, graph, feeds, tmp_path):
+    """The TOSA reference model's outputs for ``feeds`` (one dict per run) on the ``.tosa`` file at ``path``."""
     if not TOSA_PYTHON.exists():
         pytest.skip(f"no tosa-tools environment at {TOSA_PYTHON}; create it with "
                     f"`python3 -m venv {TOSA_PYTHON.parents[1]} && {TOSA_PYTHON.parent}/pip install tosa-tools`")
-    graph = GRAPHS[name]
-    path = Model(graph).to_tosa(tmp_path / "model.tosa", batch=2)
-    feeds = _inputs(graph)
     pairs = []
     for i, feed in enumerate(feeds):
         np.savez(tmp_path / f"in{i}.npz", **feed)
@@ -112,10 +112,28 @@ def test_tosa_reference_model_matches_intsim(name, tmp_path):
     result = subprocess.run([str(TOSA_PYTHON), "-W", "ignore", str(ROOT / "tools" / "tosa_run.py"), str(path), *pairs],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    model = Model(graph)
-    for i, feed in enumerate(feeds):
-        got = np.load(tmp_path / f"out{i}.npz")[graph.outputs[0]]
-        np.testing.assert_array_equal(got, model.run_int(*[feed[n] for n in graph.inputs]), strict=True)
+    return [np.load(tmp_path / f"out{i}.npz")[graph.outputs[0]] for i in range(len(feeds))]
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_tosa_reference_model_matches_intsim(name, tmp_path):
+    model = Model(GRAPHS[name])
+    feeds = _inputs(model.graph)
+    got = _reference_model(model.to_tosa(tmp_path / "model.tosa", batch=2), model.graph, feeds, tmp_path)
+    for feed, out in zip(feeds, got):
+        np.testing.assert_array_equal(out, model.run_int(*[feed[n] for n in model.graph.inputs]), strict=True)
+
+
+@pytest.mark.parametrize("name", ["resnet_digits", "mobilenet_digits"])
+def test_shipped_models_on_the_reference_model(name, tmp_path):
+    x_train, _ = load_dataset("digits", "train")
+    x_test, _ = load_dataset("digits", "test")
+    model = intsim.convert(model_path(f"{name}.onnx"), calibration=x_train[:128], profile="tosa", progress=False)
+    codes = model.quantize_inputs([x_test[:64]])[0]
+    feeds = [{model.graph.inputs[0]: codes[i:i + 16]} for i in range(0, 64, 16)]
+    got = _reference_model(model.to_tosa(tmp_path / f"{name}.tosa", batch=16), model.graph, feeds, tmp_path)
+    for feed, out in zip(feeds, got):
+        np.testing.assert_array_equal(out, model.run_int(feed[model.graph.inputs[0]]), strict=True)
 
 
 # --- reading the file back with the plain flatbuffers reader ------------------------------------
