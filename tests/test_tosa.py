@@ -65,6 +65,8 @@ def _graphs():
         "transpose": _single("transpose", [x], same("y", (None, 6, 4, 4)), {"perm": [0, 3, 1, 2]}),
         "reshape": _single("reshape", [x], same("y", (None, 16, 6)), {"shape": [0, 16, 6]}),
         "rescale": _single("rescale", [x], s, {"clamp": [-100, 90]}, _rescale(PROFILE, x.scale / s.scale)),
+        "rescale_to_int16": _single("rescale", [x], _t("w", (None, 4, 4, 6), 0.0004, 0, "int16"), {},
+                                    _rescale(PROFILE, x.scale / 0.0004)),
         "concat": _single("concat", [x, a], c, {"axis": 3},
                           _rescale(PROFILE, np.array([x.scale / c.scale, a.scale / c.scale]), channels=2)),
         "mul": _single("mul", [x, s], m, {"clamp": [-90, 100]}, _rescale(PROFILE, x.scale * s.scale / m.scale)),

@@ -376,7 +376,7 @@ def _lower_avg_pool(b, node):
 
 
 def _lower_mean(b, node):
-    x, out = node.inputs[0], node.outputs[0]
+    x = node.inputs[0]
     axes = sorted(a % len(b.shape(x)) for a in node.attrs["axes"])
     current = _to_int32_shifted(b, node, x, 0)
     shape = b.shape(x)

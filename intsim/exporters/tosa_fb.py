@@ -20,13 +20,16 @@ import flatbuffers
 import numpy as np
 
 FILE_IDENTIFIER = b"TOSA"
-# The TOSA specification version the file claims (``Version``); the reference model
-# accepts a file whose major version equals its own and whose minor is not newer.
-TOSA_VERSION = (1, 0, 0, False)  # major, minor, patch, draft
+# The specification the file claims (``Version``): TOSA 1.0, the release whose operators
+# are written here.  The reference model of tosa-tools 2026.8.0 (spec 1.1 draft) reads it
+# as backward compatible.  ``software_version`` (the serialization library that wrote
+# the file) is left out: this writer is not that library.
+TOSA_VERSION = {"major": 1, "minor": 0, "patch": 0, "draft": False}
 
-DTYPES = {"bool": 1, "int8": 3, "int16": 4, "int32": 5, "int48": 6, "shape": 10, "int64": 17}
-ROUNDING_MODES = {"single": 1, "inexact": 2, "double": 3}
-NAN_MODES = {"propagate": 1, "ignore": 2}
+# The enum values this writer uses.
+DTYPES = {"int8": 3, "int16": 4, "int32": 5}
+ROUNDING_MODES = {"single": 1, "double": 3}
+NAN_MODES = {"propagate": 1}
 ENUMS = {"dtype": DTYPES, "rounding_mode": ROUNDING_MODES, "nan_mode": NAN_MODES}
 # How an attribute field of each kind is written: scalars inline (Builder method, conversion),
 # vectors as a reference to a vector built first (_Writer method).
@@ -64,7 +67,8 @@ OPS = {
 
 # Field ids of the container tables.
 GRAPH = {"version": 0, "regions": 1}
-VERSION = {"major": 0, "minor": 1, "patch": 2, "draft": 3}
+VERSION = {"major": (0, "PrependInt32Slot"), "minor": (1, "PrependInt32Slot"), "patch": (2, "PrependInt32Slot"),
+           "draft": (3, "PrependBoolSlot")}
 REGION = {"name": 0, "blocks": 1}
 BLOCK = {"name": 0, "operators": 1, "tensors": 2, "inputs": 3, "outputs": 4, "shapes": 5}
 OPERATOR = {"op": 0, "attribute_type": 1, "attribute": 2, "inputs": 3, "outputs": 4, "location": 5}
@@ -82,6 +86,8 @@ def _raw(array, dtype: str) -> np.ndarray:
 class _Writer:
     def __init__(self):
         self.b = flatbuffers.Builder(1024)
+        # Every scalar is written, so no schema default (Version's are -1 and true) is relied on.
+        self.b.ForceDefaults(True)
 
     def bytes8(self, data: np.ndarray) -> int:
         """A [ubyte] vector whose first byte is 8-aligned (the schema's ``force_align: 8``)."""
@@ -105,7 +111,7 @@ class _Writer:
         return self.b.EndVector()
 
     def table(self, n_fields, scalars=(), references=()):
-        """End a table: ``scalars`` are (id, prepend method name, value), ``references`` (id, offset)."""
+        """Build a table: ``scalars`` are (id, Builder prepend method, value), ``references`` (id, offset)."""
         self.b.StartObject(n_fields)
         for slot, method, value in scalars:
             getattr(self.b, method)(slot, value, 0)
@@ -157,13 +163,7 @@ class _Writer:
             (BLOCK["outputs"], self.strings(program.outputs)), (BLOCK["shapes"], self.offsets(shapes))])
         region = self.table(len(REGION), references=[(REGION["name"], self.b.CreateString("main")),
                                                      (REGION["blocks"], self.offsets([block]))])
-        major, minor, patch, draft = TOSA_VERSION
-        self.b.StartObject(len(VERSION))
-        self.b.PrependInt32Slot(VERSION["major"], major, -1)
-        self.b.PrependInt32Slot(VERSION["minor"], minor, -1)
-        self.b.PrependInt32Slot(VERSION["patch"], patch, -1)
-        self.b.PrependBoolSlot(VERSION["draft"], draft, True)
-        version = self.b.EndObject()
+        version = self.table(len(VERSION), [(slot, method, TOSA_VERSION[k]) for k, (slot, method) in VERSION.items()])
         root = self.table(len(GRAPH), references=[(GRAPH["version"], version),
                                                   (GRAPH["regions"], self.offsets([region]))])
         self.b.Finish(root, FILE_IDENTIFIER)
