@@ -20,6 +20,7 @@ from intsim.exporters.tosa import export_tosa, lower_to_tosa
 from intsim.datasets import load_dataset
 from intsim.graph import dtype_range
 from intsim.models import model_path
+from intsim.fixedpoint import Rescale
 from intsim.ops import add_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -298,3 +299,37 @@ def test_avg_pool_with_varying_divisor_is_refused():
                     {"kernel": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": False})
     with pytest.raises(UnsupportedOpError, match="avg_pool 'avg_pool'"):
         lower_to_tosa(graph)
+
+
+def _refusals():
+    x = _t("x", (None, 4, 4, 6), 0.05, -3)
+    rng = np.random.default_rng(9)
+    float_rescale = Rescale.from_real(np.array([0.5]), "float64_half_away").params()
+    grouped = _mac_params(PROFILE, rng, (6, 1, 1, 3), x.scale, 0.08)
+    mixed_zp = _mac_params(PROFILE, rng, (4, 1, 1, 6), x.scale, 0.08)
+    mixed_zp["weight_zero_point"] = np.array([0, 0, 1, 0])
+    add_p, _ = add_params(x.scale, x.scale, x.scale, PROFILE, 8)
+    return {
+        "tensor 'u': dtype uint8": _single("rescale", [_t("u", (None, 4), 0.1, 128, "uint8")], _t("y", (None, 4), 0.1, 0),
+                                           {}, _rescale(PROFILE, 1.0)),
+        "rescale 'rescale': TOSA RESCALE needs an integer rounding mode": _single(
+            "rescale", [x], _t("y", (None, 4, 4, 6), 0.1, 0), {"rounding": "float64_half_away"}, float_rescale),
+        r"rescale 'rescale': TOSA RESCALE right shift must be in \[2, 62\]": _single(
+            "rescale", [x], _t("y", (None, 4, 4, 6), 0.1, 0), {}, _rescale(PROFILE, 2.0**29.5)),  # left shift 30
+        "conv2d 'conv2d': grouped convolution with 2 groups": _single(
+            "conv2d", [x], _t("y", (None, 4, 4, 6), 0.1, 0), {"groups": 2}, grouped),
+        "conv2d 'conv2d': per-channel weight zero points differ": _single(
+            "conv2d", [x], _t("y", (None, 4, 4, 4), 0.1, 0), {}, mixed_zp),
+        "add 'add': left_shift 29": _single("add", [x, x], _t("y", (None, 4, 4, 6), 0.05, -3), {"left_shift": 29}, add_p),
+        "max_pool 'max_pool': dilations": _single("max_pool", [x], _t("y", (None, 2, 2, 6), x.scale, x.zero_point),
+                                                  {"kernel": [2, 2], "dilations": [2, 2]}),
+    }
+
+
+REFUSALS = _refusals()
+
+
+@pytest.mark.parametrize("message", sorted(REFUSALS))
+def test_inexpressible_graphs_are_refused(message):
+    with pytest.raises(UnsupportedOpError, match=message):
+        lower_to_tosa(REFUSALS[message])
