@@ -537,7 +537,8 @@ def _compare(node, op, what, device, ours, bounds=None) -> Comparison:
         one = diff == 1
         clamp = np.zeros_like(one)
         if bounds is not None:
-            clamp = ~one & (np.isin(d[bad], bounds) | np.isin(s[bad], bounds))
+            device_bad = d[bad]  # the device clamped where intsim did not, or did not clamp
+            clamp = ~one & (np.isin(device_bad, bounds) | (device_bad < bounds[0]) | (device_bad > bounds[1]))
         result.off_by_one, result.at_clamp = int(one.sum()), int(clamp.sum())
         result.large = result.mismatches - result.off_by_one - result.at_clamp
         result.max_abs_diff = int(diff.max())
@@ -592,6 +593,9 @@ class DiffReport:
                              f"{as_is.mismatches} of {as_is.elements} differ")
             if best.cause == "none" and best.exact:
                 lines.append("most likely cause: the node's inputs (the node itself computes like intsim on them)")
+            elif best.cause == "none":
+                lines.append(f"no setting tried reproduces the device or comes closer than the simulation "
+                             f"({len(self.candidates) - 1} tried)")
             else:
                 lines.append(f"most likely cause: {best.cause}: {best.setting} ({best.description}) {verb}")
             others = [c.setting for c in self.candidates[1:] if c.exact]
@@ -737,7 +741,11 @@ class SweepWidth:
 
 @dataclass
 class SweepReport:
-    """The result of :func:`sweep`: ``table()``, ``answer()``, ``to_dict()``, ``plot(path)``, ``to_html(path)``."""
+    """The result of :func:`sweep`: ``table()``, ``answer()``, ``to_dict()``, ``plot(path)``, ``to_html(path)``.
+
+    ``clamped`` maps every node that clamps (MAC, add, mean, ...) to ``(op, fraction of its outputs the
+    requantization clamp changed)`` in the 32-bit run.
+    """
 
     model: str
     profile: str
@@ -747,6 +755,7 @@ class SweepReport:
     layers: list
     widths: list
     accuracy_full: float | None = None
+    clamped: dict = field(default_factory=dict)
 
     def safe_bits(self) -> int | None:
         """The narrowest swept width at which no layer overflows on this data under either policy."""
@@ -795,6 +804,7 @@ class SweepReport:
         return {"model": self.model, "profile": self.profile, "samples": self.samples, "acc_bits": self.acc_bits,
                 "question_bits": self.question_bits, "answer": self.answer(), "safe_bits": self.safe_bits(),
                 "accuracy_full": self.accuracy_full,
+                "clamped": {name: {"op": op, "fraction": frac} for name, (op, frac) in self.clamped.items()},
                 "layers": [dataclasses.asdict(x) for x in self.layers],
                 "widths": [dataclasses.asdict(w) for w in self.widths]}
 
@@ -844,7 +854,8 @@ class SweepReport:
         ends = "".join(f"<tr><td>{w.bits}</td><td>{w.policy}</td><td>{w.overflowing_layers}</td>"
                        f"<td>{w.overflowing_outputs}</td><td>{100 * w.agreement:.2f}%</td>"
                        f"<td>{'' if w.accuracy is None else f'{100 * w.accuracy:.2f}%'}</td></tr>" for w in self.widths)
-        image = ""
+        clamped = "".join(f"<tr><td>{q(name)}</td><td>{q(op)}</td><td>{100 * frac:.2f}%</td></tr>"
+                          for name, (op, frac) in self.clamped.items())
         try:
             buffer = io.BytesIO()
             self.plot(buffer)
@@ -861,7 +872,9 @@ class SweepReport:
             "the requantization clamp changed (32-bit run); <i>headroom</i>: profile accumulator bits - 1 - "
             "bit length of max |acc|; <i>bits needed</i>: narrowest width at which the layer, run alone on the "
             "32-bit run's inputs, never leaves the accumulator range; <i>ovf</i>: outputs that overflowed.</p>"
-            f"<h2>Per layer</h2><table><tr>{head}</tr>{rows}</table>"
+            f"<h2>Multiply-accumulate layers</h2><table><tr>{head}</tr>{rows}</table>"
+            f"<h2>Saturation: fraction of outputs clamped</h2><table><tr><th>node</th><th>op</th><th>clamped</th>"
+            f"</tr>{clamped}</table>"
             "<h2>End to end</h2><table><tr><th>acc bits</th><th>policy</th><th>layers overflowing</th>"
             f"<th>outputs overflowing</th><th>top-1 agreement</th><th>accuracy</th></tr>{ends}</table>"
             f"{image}</body></html>"
@@ -915,7 +928,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
     graph = model.graph
     full = _with_profile(graph, graph.profile.replace(accumulator_bits=32, overflow="wrap"))
     mac_nodes = [n for n in graph.nodes if n.op in MAC_OPS]
-    stats = {n.name: {"peak": 0, "clamped": 0, "outputs": 0} for n in mac_nodes}
+    stats = {n.name: {"peak": 0, "clamped": 0, "outputs": 0} for n in graph.nodes}
     overflows = {n.name: {p: dict.fromkeys(bits_list, 0) for p in ("saturate", "wrap")} for n in mac_nodes}
     ends = {(b, p): {"layers": set(), "outputs": 0, "agree": 0, "correct": 0} for b in bits_list
             for p in ("saturate", "wrap")}
@@ -931,11 +944,12 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
         top = _top1(out)
         if labels is not None:
             correct_full += int(np.sum(top == labels[start: start + batch_size]))
-        for node in mac_nodes:
+        for node in graph.nodes:
             s = stats[node.name]
-            s["peak"] = max(s["peak"], ref.stats[node.name]["max_abs_accumulator"])
-            s["clamped"] += ref.stats[node.name]["saturation_count"]
+            s["peak"] = max(s["peak"], ref.stats[node.name].get("max_abs_accumulator", 0))
+            s["clamped"] += ref.stats[node.name].get("saturation_count", 0)
             s["outputs"] += ref.tensors[node.outputs[0]].size
+        for node in mac_nodes:
             node_inputs = {t: ref.tensors[t] for t in node.inputs}
             for policy in ("saturate", "wrap"):
                 for bits in bits_list:
@@ -970,8 +984,10 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
     widths = [SweepWidth(b, p, len(e["layers"]), e["outputs"], e["agree"] / n,
                          e["correct"] / n if labels is not None else None) for (b, p), e in ends.items()]
     widths.sort(key=lambda w: (w.policy, w.bits))
+    clamped = {node.name: (node.op, stats[node.name]["clamped"] / stats[node.name]["outputs"])
+               for node in graph.nodes if node.op in REQUANTIZING_OPS}
     return SweepReport(graph.name, graph.profile.name, n, bits_list, question_bits, layers, widths,
-                       correct_full / n if labels is not None else None)
+                       correct_full / n if labels is not None else None, clamped)
 
 
 def _with_profile(graph: Graph, profile) -> Graph:

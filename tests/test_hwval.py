@@ -324,6 +324,33 @@ def test_diff_partial_dump_uses_intsim_inputs(resnet, tmp_path):
     assert report.cause.setting == "rounding=single" and report.cause.exact
 
 
+def test_diff_says_when_no_setting_reproduces(tmp_path):
+    graph = examples.tiny_cnn("tflite")
+    x = examples.random_codes(graph.tensors["x"], 4, seed=2)
+    trace = Model(graph).trace(x)
+    trace.tensors["t2"] = trace.tensors["t2"].copy()
+    trace.tensors["t2"].reshape(-1)[[3, 50, 77]] ^= np.int8(0x55)  # flipped bits: garbage, not a setting
+    write_golden(graph, trace, tmp_path, formats="npy")
+    report = diff(Model(graph), x, tmp_path)
+    assert report.first.node == "dw" and report.first.mismatches == 3 and report.first.off_by_one == 0
+    assert report.first.pattern == "large (wrap-around or garbage)"
+    assert report.cause.setting == "as simulated" and report.cause.mismatches == 3
+    assert "no setting tried reproduces the device or comes closer than the simulation" in report.summary()
+
+
+def test_diff_counts_saturation_at_the_clamp_bounds(tmp_path):
+    graph = examples.tiny_cnn("tflite")
+    x = examples.random_codes(graph.tensors["x"], 4, seed=2)
+    trace = Model(graph).trace(x)
+    t1 = trace.tensors["t1"]
+    trace.tensors["t1"] = np.where((t1 > 60) & (t1 < 127), np.int8(127), t1)  # saturates early at the ReLU's top
+    write_golden(graph, trace, tmp_path, formats="npy")
+    first = diff(Model(graph), x, tmp_path).first
+    expected = int(np.sum((t1 > 60) & (t1 < 126)))  # 126 -> 127 is off by one
+    assert first.node == "conv" and first.at_clamp == expected > 0
+    assert first.pattern == "saturation at the clamp bounds"
+
+
 def test_diff_reports_a_different_input(tmp_path):
     graph = examples.tiny_cnn("tflite")
     x = examples.random_codes(graph.tensors["x"], 2)
@@ -405,3 +432,67 @@ def test_sweep_rejects_bad_arguments():
         sweep(model, x[:0], float_input=False)
     with pytest.raises(ValidationError, match=r"labels must have shape \(2,\), found \(3,\)"):
         sweep(model, x, np.zeros(3, np.int64), float_input=False)
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+
+
+def test_cli_golden_diff_sweep(tmp_path, capsys):
+    from intsim.cli import main
+
+    graph = examples.tiny_cnn("tflite")
+    Model(graph).save(tmp_path / "tiny.intsim")
+    x = examples.random_codes(graph.tensors["x"], 4, seed=2)
+    np.save(tmp_path / "x.npy", x)
+    model = str(tmp_path / "tiny.intsim")
+    assert main(["golden", model, "--input", str(tmp_path / "x.npy"), "--int", "--out", str(tmp_path / "g"),
+                 "--format", "hex,bin"]) == 0
+    assert "wrote golden vectors of 6 nodes (hex,bin)" in capsys.readouterr().out
+    np.testing.assert_array_equal(load_golden(tmp_path / "g").tensors["y"], Model(graph).run_int(x), strict=True)
+    assert main(["diff", model, "--input", str(tmp_path / "x.npy"), "--int", "--device-dump", str(tmp_path / "g"),
+                 "--format", "bin", "--json", str(tmp_path / "d.json")]) == 0
+    assert "no divergence" in capsys.readouterr().out
+    faulty = _device_trace(graph, x, "conv", profile=graph.profile.replace(accumulator_bits=16, overflow="saturate"))
+    write_golden(graph, faulty, tmp_path / "dev", formats="npy")
+    assert main(["diff", model, "--input", str(tmp_path / "x.npy"), "--int", "--device-dump",
+                 str(tmp_path / "dev"), "--json", str(tmp_path / "d.json")]) == 1
+    out = capsys.readouterr().out
+    assert "first divergence: conv2d 'conv' accumulator" in out
+    assert "most likely cause: accumulator overflow: accumulator=16-bit saturate" in out
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert report["candidates"][0]["setting"] == "accumulator=16-bit saturate"
+    assert report["candidates"][0]["mismatches"] == 0
+    assert main(["sweep", model, "--data", str(tmp_path / "x.npy"), "--int", "--acc-bits", "16..18,24,32",
+                 "--json", str(tmp_path / "s.json"), "--html", str(tmp_path / "s.html")]) == 0
+    out = capsys.readouterr().out
+    assert "Can the MAC array use 24-bit accumulators for 'tiny_cnn'? Yes" in out
+    assert json.loads((tmp_path / "s.json").read_text())["acc_bits"] == [16, 17, 18, 24, 32]
+    assert (tmp_path / "s.html").exists()
+
+
+def test_cli_sweep_rejects_bad_widths(tmp_path, capsys):
+    from intsim.cli import main
+
+    graph = examples.tiny_cnn("tflite")
+    Model(graph).save(tmp_path / "tiny.intsim")
+    np.save(tmp_path / "x.npy", examples.random_codes(graph.tensors["x"], 1))
+    assert main(["sweep", str(tmp_path / "tiny.intsim"), "--data", str(tmp_path / "x.npy"), "--int",
+                 "--acc-bits", "sixteen"]) == 2
+    assert "--acc-bits takes widths like 16..32 or 16,20,24, found 'sixteen'" in capsys.readouterr().err
+
+
+def test_compare_reports_accumulator_headroom(resnet):
+    from intsim.models import model_path
+
+    model, x, _ = resnet
+    report = intsim.compare(model_path("resnet_digits.onnx"), model, x, batch_size=20)
+    trace = model.trace(x, float_input=True)
+    rows = {r.node: r for r in report.layers}
+    for node in (n for n in model.graph.nodes if n.op in ("conv2d", "fully_connected")):
+        peak = int(np.abs(trace.accumulators[node.name].astype(np.int64)).max())
+        assert rows[node.name].max_abs_accumulator == peak
+        assert rows[node.name].headroom_bits == 31 - peak.bit_length()
+        assert f"{31 - peak.bit_length()} bits" in report.table()
+    assert "acc headroom" in report.table()
