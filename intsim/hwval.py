@@ -778,11 +778,15 @@ class SweepReport:
         safe = self.safe_bits()
         tail = f" (on these {self.samples} samples; the narrowest width without overflow is " + \
             (f"{safe} bits)" if safe is not None else "above the swept range)")
+        final = max(layer.final_bits for layer in self.layers)
+        if safe is None or final < safe:
+            tail += (f". With wrap-around accumulators only the final sums must fit (two's complement: transient "
+                     f"overflows cancel), and they need {final} bits")
         if not over:
             return (head + f"Yes: no layer's accumulator leaves {q} bits; the widest need is {need} "
-                    f"({widest.node!r}); top-1 agreement with the 32-bit run: {agree}" + tail)
+                    f"({widest.node!r}); top-1 agreement with the 32-bit run: {agree}" + tail + ".")
         return (head + f"No: {len(over)} layer(s) overflow {q} bits ({', '.join(repr(n) for n in over[:4])}"
-                + (", ..." if len(over) > 4 else "") + f"); top-1 agreement with the 32-bit run: {agree}" + tail)
+                + (", ..." if len(over) > 4 else "") + f"); top-1 agreement with the 32-bit run: {agree}" + tail + ".")
 
     def table(self) -> str:
         header = ["node", "op", "max |acc|", "final-sum bits", "bits needed", "clamped", "headroom"]
@@ -820,18 +824,21 @@ class SweepReport:
         fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 0.5 * len(self.layers) + 5), 4))
         x = np.arange(len(self.layers))
         cap = max(self.acc_bits) + 1
-        left.bar(x, [cap if v.needed_bits is None else v.needed_bits for v in self.layers], color="tab:blue")
+        left.bar(x, [cap if v.needed_bits is None else v.needed_bits for v in self.layers], color="tab:blue",
+                 label="no partial sum overflows")
+        left.plot(x, [v.final_bits for v in self.layers], "k_", markersize=14, label="final sum fits")
         left.axhline(self.question_bits, color="tab:red", linestyle="--", label=f"{self.question_bits} bits")
         left.set_xticks(x, [v.node for v in self.layers], rotation=90, fontsize=6)
         left.set_ylabel("accumulator bits needed")
-        left.legend()
+        left.legend(fontsize=7, loc="lower right")
         for policy, style in (("saturate", "o-"), ("wrap", "s--")):
             ws = [w for w in self.widths if w.policy == policy]
             right.plot([w.bits for w in ws], [100 * w.agreement for w in ws], style, label=policy)
         right.set_xlabel("accumulator bits")
-        right.set_ylabel("top-1 agreement with 32-bit run (%)")
+        right.set_ylabel("top-1 agreement with 32 bits (%)")
         right.legend()
-        fig.suptitle(f"{self.model}, profile {self.profile}, {self.samples} samples")
+        left.set_title(f"{self.model}, profile {self.profile}: per layer", fontsize=9)
+        right.set_title(f"end to end, {self.samples} samples", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
