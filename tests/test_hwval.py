@@ -130,6 +130,12 @@ def test_load_golden_wrong_key_type(golden_dir):
         load_golden(golden_dir)
 
 
+def test_load_golden_formats_not_a_list(golden_dir):
+    _edit_manifest(golden_dir, lambda m: m.update(formats="npy"))
+    with pytest.raises(ModelFormatError, match="manifest.json: 'formats' must be a list, found str"):
+        load_golden(golden_dir)
+
+
 def test_load_golden_unknown_format(golden_dir):
     with pytest.raises(ModelFormatError, match=r"format must be one of the listed \['npy', 'hex', 'bin'\].*'mem'"):
         load_golden(golden_dir, "mem")
@@ -496,3 +502,27 @@ def test_compare_reports_accumulator_headroom(resnet):
         assert rows[node.name].headroom_bits == 31 - peak.bit_length()
         assert f"{31 - peak.bit_length()} bits" in report.table()
     assert "acc headroom" in report.table()
+
+
+def test_readme_hardware_walkthrough(tmp_path, monkeypatch, capsys):
+    """The README's golden -> diff -> sweep commands run as written (the sweep on 64 of the images)."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    from intsim.cli import main
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "intsim golden" in b)
+    script, commands = re.match(r"python - <<'EOF'\n(.*?)\nEOF\n(.*)", block, re.S).groups()
+    monkeypatch.chdir(tmp_path)
+    exec(compile(script, "README.md", "exec"), {})
+    for name in ("data.npy", "labels.npy"):  # keep the test fast
+        np.save(name, np.load(name)[:64])
+    lines = [line for line in commands.replace("\\\n", " ").splitlines() if line.startswith("intsim ")]
+    assert [line.split()[1] for line in lines] == ["convert", "golden", "diff", "sweep"]
+    for line in lines:
+        assert main(shlex.split(line)[1:]) == 0, line
+    out = capsys.readouterr().out
+    assert "no divergence" in out and "Can the MAC array use 24-bit accumulators" in out
+    assert (tmp_path / "hw.html").exists() and (tmp_path / "golden" / "manifest.json").exists()
