@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 
 from intsim.errors import IntsimError, ModelFormatError, ValidationError
-from intsim.fixedpoint import ROUNDING_MODES, saturate, wrap
-from intsim.graph import Graph, Node, dtype_range
+from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES, saturate, wrap
+from intsim.graph import Graph, Node
 from intsim.ops import MAC_OPS, clamp_bounds, node_rounding
 from intsim.runtime import Model, Trace
 
@@ -388,6 +388,11 @@ class NodeSetup:
                     {**self.node.attrs, **(attrs or {})}, {**self.node.params, **(params or {})})
         return NodeSetup(profile or self.profile, node, {**self.tensors, **(tensors or {})})
 
+    @property
+    def rounding(self) -> str:
+        """The node's requantization rounding mode (its own attribute, else the profile's)."""
+        return self.node.attrs.get("rounding", self.profile.rounding)
+
     def run(self, inputs: dict) -> Trace:
         """Run the node alone on ``inputs`` (tensor name -> codes); raises ValidationError for an invalid setting."""
         names = list(dict.fromkeys(self.node.inputs))
@@ -401,27 +406,31 @@ def _rescale_prefixes(node: Node) -> list[str]:
             and f"{key[: -len('multiplier')]}shift" in node.params]
 
 
-def _rounding_variants(setup: NodeSetup, rounding: str):
-    """Each other requantization rounding mode (white paper §2.2): the device rounds differently."""
-    if setup.node.op not in REQUANTIZING_OPS:
+def _rounding_variants(setup: NodeSetup):
+    """Each other requantization rounding mode (white paper §2.2): the device rounds differently.
+
+    A float mode needs each rescale's real ``scale``: the node's own where it has one, else
+    ``multiplier * 2**(shift - multiplier_bits)``; an integer mode must not carry it.
+    """
+    node = setup.node
+    if node.op not in REQUANTIZING_OPS:
         return
+    prefixes = _rescale_prefixes(node)
     bits = setup.profile.multiplier_bits
+    integer_params = {k: v for k, v in node.params.items() if k not in {f"{p}scale" for p in prefixes}}
+    float_params = dict(integer_params)
+    for p in prefixes:
+        derived = node.params[f"{p}multiplier"].astype(np.float64) * 2.0 ** (node.params[f"{p}shift"] - bits)
+        float_params[f"{p}scale"] = node.params.get(f"{p}scale", derived)
     for mode in ROUNDING_MODES:
-        if mode == rounding:
-            continue
-        params = {}
-        for prefix in _rescale_prefixes(setup.node):
-            mult = setup.node.params[f"{prefix}multiplier"].astype(np.float64)
-            shift = setup.node.params[f"{prefix}shift"].astype(np.float64)
-            params[f"{prefix}scale"] = mult * 2.0 ** (shift - bits)
-        variant = setup.replace(attrs={"rounding": mode}, params=params)
-        if mode in ("double", "single"):
-            for prefix in _rescale_prefixes(setup.node):
-                variant.node.params.pop(f"{prefix}scale", None)
-        yield f"rounding={mode}", f"requantization rounds {mode!r} instead of {rounding!r}", variant
+        if mode != setup.rounding:
+            params = integer_params if mode in INTEGER_ROUNDING_MODES else float_params
+            variant = dataclasses.replace(node, attrs={**node.attrs, "rounding": mode}, params=params)
+            yield (f"rounding={mode}", f"requantization rounds {mode!r} instead of {setup.rounding!r}",
+                   NodeSetup(setup.profile, variant, setup.tensors))
 
 
-def _accumulator_variants(setup: NodeSetup, rounding: str):
+def _accumulator_variants(setup: NodeSetup):
     """Accumulator widths 16..32 bits under wrap and saturate: the device's MAC array is narrower."""
     if setup.node.op not in MAC_OPS:
         return
@@ -433,7 +442,7 @@ def _accumulator_variants(setup: NodeSetup, rounding: str):
                        setup.replace(profile=setup.profile.replace(accumulator_bits=bits, overflow=policy)))
 
 
-def _bias_variants(setup: NodeSetup, rounding: str):
+def _bias_variants(setup: NodeSetup):
     """The bias dropped, or stored in fewer bits than int32 (saturated or wrapped on the way in)."""
     bias = setup.node.params.get("bias")
     if bias is None:
@@ -451,7 +460,7 @@ def _bias_variants(setup: NodeSetup, rounding: str):
                    setup.replace(params={"bias": narrowed}))
 
 
-def _zero_point_variants(setup: NodeSetup, rounding: str):
+def _zero_point_variants(setup: NodeSetup):
     """A zero point the device leaves out (white paper §2.4: the z_x and z_w terms of the MAC)."""
     node = setup.node
     for t in dict.fromkeys(node.inputs):
@@ -469,7 +478,7 @@ def _zero_point_variants(setup: NodeSetup, rounding: str):
                setup.replace(params={"weight_zero_point": np.zeros_like(wzp)}))
 
 
-def _pairwise_variants(setup: NodeSetup, rounding: str):
+def _pairwise_variants(setup: NodeSetup):
     """Products summed in saturating int16 pairs (x86 ``vpmaddubsw``) or not."""
     profile = setup.profile
     if setup.node.op in MAC_OPS and profile.weight_bits <= 8 and profile.activation_bits <= 8:
@@ -672,7 +681,6 @@ def _diagnose(graph: Graph, node: Node, inputs: dict, dump: Golden) -> list[Cand
     setup = NodeSetup.of(graph, node)
     if setup.profile.overflow == "error":  # count overflows instead of stopping at them
         setup = setup.replace(profile=setup.profile.replace(overflow="wrap"))
-    rounding = node_rounding(node, graph)
     targets = [(t, dump.tensors[t]) for t in node.outputs if t in dump.tensors]
     acc = dump.accumulators.get(node.name)
 
@@ -689,7 +697,7 @@ def _diagnose(graph: Graph, node: Node, inputs: dict, dump: Golden) -> list[Cand
     elements = sum(target.size for _, target in targets) + (0 if acc is None else acc.size)
     ranked = [(score(setup), 0, 0, Candidate("none", "as simulated", "the profile's own settings", 0, elements))]
     for order, (cause, variants) in enumerate(CAUSES.items(), start=1):
-        for index, (setting, description, variant) in enumerate(variants(setup, rounding)):
+        for index, (setting, description, variant) in enumerate(variants(setup)):
             mismatches = score(variant)
             if mismatches is not None:
                 ranked.append((mismatches, order, index, Candidate(cause, setting, description, 0, elements)))
@@ -982,7 +990,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
                 break
             needed = b
         layers.append(SweepLayer(node.name, node.op, s["peak"], s["peak"].bit_length() + 1, needed,
-                                 s["clamped"] / s["outputs"] if s["outputs"] else 0.0,
+                                 s["clamped"] / s["outputs"],
                                  graph.profile.accumulator_bits - 1 - s["peak"].bit_length(), ovf))
     widths = [SweepWidth(b, p, len(e["layers"]), e["outputs"], e["agree"] / n,
                          e["correct"] / n if labels is not None else None) for (b, p), e in ends.items()]

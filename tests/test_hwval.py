@@ -330,6 +330,17 @@ def test_diff_partial_dump_uses_intsim_inputs(resnet, tmp_path):
     assert report.cause.setting == "rounding=single" and report.cause.exact
 
 
+def test_diff_on_a_float_rounding_profile(tmp_path):
+    graph = examples.tiny_cnn("onnxruntime")  # float32_rint: each rescale carries its real scale
+    x = examples.random_codes(graph.tensors["x"], 4, seed=2)
+    narrow = graph.profile.replace(accumulator_bits=16, overflow="saturate")
+    write_golden(graph, _device_trace(graph, x, "conv", profile=narrow), tmp_path, formats="npy")
+    report = diff(Model(graph), x, tmp_path)
+    assert report.first.node == "conv" and report.cause.setting == "accumulator=16-bit saturate" and report.cause.exact
+    tried = {c.setting for c in report.candidates}
+    assert {"rounding=double", "rounding=single", "rounding=float64_half_away"} <= tried  # integer modes drop scale
+
+
 def test_diff_says_when_no_setting_reproduces(tmp_path):
     graph = examples.tiny_cnn("tflite")
     x = examples.random_codes(graph.tensors["x"], 4, seed=2)
