@@ -114,7 +114,7 @@ def _cmd_export_tosa(args) -> int:
     return 0
 
 
-def _bit_widths(text: str) -> list[int]:
+def _bit_widths(text: str, option: str) -> list[int]:
     """``16..32``, ``16,20,24`` or a mix (``16..20,24,32``) as a list of widths."""
     widths = []
     try:
@@ -122,7 +122,7 @@ def _bit_widths(text: str) -> list[int]:
             lo, _, hi = part.partition("..")
             widths += list(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise ValidationError(f"--acc-bits takes widths like 16..32 or 16,20,24, found {text!r}") from None
+        raise ValidationError(f"{option} takes widths like 16..32 or 16,20,24, found {text!r}") from None
     return widths
 
 
@@ -156,16 +156,37 @@ def _cmd_sweep(args) -> int:
     import json
 
     import intsim
-    from intsim.hwval import sweep
+    from intsim.hwval import bitwidth_sweep, sweep
 
     data = _load_npy(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None
-    report = sweep(intsim.load(args.model), data, labels, _bit_widths(args.acc_bits), float_input=not args.int,
+    conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
+                  "--activation-bits": args.activation_bits, "--profile": args.profile}
+    extra = {}
+    if args.model.lower().endswith(".onnx"):
+        if not args.calibration:
+            raise ValidationError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
+        calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
+        profile = intsim.get_profile(args.profile or "paper")
+        if args.weight_bits or args.activation_bits:
+            widths = bitwidth_sweep(
+                args.model, calibration, data.astype(np.float32), labels, profile=profile,
+                weight_bits=_bit_widths(args.weight_bits or str(profile.weight_bits), "--weight-bits"),
+                activation_bits=_bit_widths(args.activation_bits or str(profile.activation_bits), "--activation-bits"))
+            print(widths.table() + "\n")
+            extra["bit_widths"] = widths.to_dict()
+        model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False)
+    else:
+        given = [k for k, v in conversion.items() if v]
+        if given:
+            raise ValidationError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
+        model = intsim.load(args.model)
+    report = sweep(model, data, labels, _bit_widths(args.acc_bits, "--acc-bits"), float_input=not args.int,
                    question_bits=args.question_bits, batch_size=args.batch_size)
     print(report.table())
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_dict(), f, indent=1)
+            json.dump(report.to_dict() | extra, f, indent=1)
         print(f"wrote {args.json}")
     _report_outputs_files(report, args)
     return 0
@@ -334,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_diff)
 
     p = sub.add_parser("sweep", help="accumulator widths: bits each layer needs, overflows and agreement per width")
-    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model, or a float .onnx (with --calibration)")
     p.add_argument("--data", required=True, help="inputs .npy (samples first; float, or codes with --int)")
     p.add_argument("--labels", help="integer class labels .npy, for accuracy")
     p.add_argument("--acc-bits", default="16..32", help="widths to sweep, e.g. 16..32 or 16,20,24 (default 16..32)")
@@ -345,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report as JSON")
     p.add_argument("--html", help="also write one self-contained HTML page (tables and plot)")
     p.add_argument("--plot", help="also plot bits needed per layer and agreement per width to a PNG")
+    p.add_argument("--calibration", help="float .onnx model: calibration inputs .npy for the conversion")
+    p.add_argument("--profile", help="float .onnx model: the profile to convert for (default paper)")
+    p.add_argument("--weight-bits", help="float .onnx model: also sweep weight widths, e.g. 4..8")
+    p.add_argument("--activation-bits", help="float .onnx model: also sweep activation widths, e.g. 6,8")
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("selftest", help="run a hand-built integer graph on every profile (fast vs naive kernels)")

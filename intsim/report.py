@@ -148,7 +148,8 @@ class CompareReport:
             "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}</style>"
             f"</head><body><h1>{summary}</h1><table><tr><th>tensor</th><th>op</th><th>SQNR sim dB</th>"
-            "<th>SQNR int dB</th><th>int==sim</th><th>local rounding diff</th><th>clamped</th><th>acc headroom</th></tr>"
+            "<th>SQNR int dB</th><th>int==sim</th><th>local rounding diff</th><th>clamped</th>"
+            "<th>acc headroom</th></tr>"
             f"{rows}</table>{tail}</body></html>"
         )
         with open(path, "w", encoding="utf-8") as f:

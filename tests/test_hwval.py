@@ -537,3 +537,53 @@ def test_readme_hardware_walkthrough(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "no divergence" in out and "Can the MAC array use 24-bit accumulators" in out
     assert (tmp_path / "hw.html").exists() and (tmp_path / "golden" / "manifest.json").exists()
+
+
+def test_bitwidth_sweep_of_a_float_model(tmp_path, capsys):
+    from intsim.cli import main
+    from intsim.datasets import load_digits
+    from intsim.float_exec import run_float
+    from intsim.converter import prepare_float_graph
+    from intsim.hwval import bitwidth_sweep
+    from intsim.models import model_path
+
+    x_train, _ = load_digits("train")
+    x_test, y_test = load_digits("test")
+    x, y, cal = x_test[:40], y_test[:40], x_train[:128]
+    onnx_path = model_path("resnet_digits.onnx")
+    report = bitwidth_sweep(onnx_path, cal, x, y, weight_bits=[4, 8], activation_bits=[8], profile="tflite")
+    assert [(r.weight_bits, r.activation_bits) for r in report.rows] == [(4, 8), (8, 8)]
+    float_top = run_float(prepare_float_graph(onnx_path), [x])["logits"].argmax(axis=1)
+    w4 = intsim.convert(onnx_path, calibration=cal, profile="tflite", weight_bits=4, progress=False)
+    trace = w4.trace(x, float_input=True)
+    top = trace.tensors[w4.graph.outputs[0]].argmax(axis=1)
+    assert report.rows[0].agreement == np.mean(top == float_top) and report.rows[0].accuracy == np.mean(top == y)
+    peak = max(s["max_abs_accumulator"] for s in trace.stats.values() if "max_abs_accumulator" in s)
+    assert report.rows[0].final_bits == peak.bit_length() + 1 < report.rows[1].final_bits
+    assert report.accuracy_float == np.mean(float_top == y)
+    np.save(tmp_path / "cal.npy", cal)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["sweep", str(onnx_path), "--calibration", str(tmp_path / "cal.npy"), "--data", str(tmp_path / "x.npy"),
+                 "--weight-bits", "4,8", "--acc-bits", "18..20,24", "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "bit-width sweep of" in out and "Can the MAC array use 24-bit accumulators" in out
+    assert [r["weight_bits"] for r in json.loads((tmp_path / "s.json").read_text())["bit_widths"]["rows"]] == [4, 8]
+
+
+def test_bitwidth_sweep_rejects_bad_arguments(tmp_path, capsys):
+    from intsim.cli import main
+    from intsim.hwval import bitwidth_sweep
+    from intsim.models import model_path
+
+    x = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(ValidationError, match=r"data must be a non-empty float array, found dtype int64 shape \(2,\)"):
+        bitwidth_sweep(model_path("resnet_digits.onnx"), x, np.zeros(2, np.int64))
+    with pytest.raises(ValidationError, match=r"labels must have shape \(2,\), found \(1,\)"):
+        bitwidth_sweep(model_path("resnet_digits.onnx"), x, x, np.zeros(1, np.int64))
+    np.save(tmp_path / "x.npy", x)
+    assert main(["sweep", str(model_path("resnet_digits.onnx")), "--data", str(tmp_path / "x.npy")]) == 2
+    assert "needs --calibration X.npy, found none" in capsys.readouterr().err
+    graph = examples.tiny_cnn("tflite")
+    Model(graph).save(tmp_path / "tiny.intsim")
+    assert main(["sweep", str(tmp_path / "tiny.intsim"), "--data", str(tmp_path / "x.npy"), "--weight-bits", "4"]) == 2
+    assert "--weight-bits apply to a float .onnx model" in capsys.readouterr().err
