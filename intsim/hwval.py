@@ -13,7 +13,8 @@ the MAC array, int32 accumulators from an int32 bias, requantization):
   device's output when that node is re-run alone on the device's own inputs;
 * :func:`sweep`: per layer, the accumulator width the data needs, overflow
   counts under saturate and wrap at each width, and end-to-end agreement and
-  accuracy per width.
+  accuracy per width; :func:`bitwidth_sweep` converts a float model at several
+  weight and activation widths.
 
 The golden directory (``manifest.json``, ``"format": "intsim-golden"``)::
 
@@ -768,7 +769,7 @@ class SweepReport:
         needed = [layer.needed_bits for layer in self.layers]
         if any(n is None for n in needed):
             return None
-        return max([n for n in needed] + [min(self.acc_bits)])
+        return max(needed, default=min(self.acc_bits))
 
     def answer(self) -> str:
         """Can the MAC array use ``question_bits``-bit accumulators for this model?"""
