@@ -653,6 +653,11 @@ def diff(model: Model, inputs, device_dump, *, float_input: bool = False, format
     inputs = inputs if isinstance(inputs, (list, tuple)) else [inputs]
     graph = model.graph
     trace = model.trace(*inputs, float_input=float_input)
+    unknown = sorted(set(dump.tensors) - set(graph.tensors))
+    unknown += sorted(f"accumulator of {n!r}" for n in set(dump.accumulators) - set(trace.accumulators))
+    if unknown:
+        raise ValidationError(f"device dump {dump.directory}: expected names of model {graph.name!r} "
+                              f"(see intsim golden's manifest), found {len(unknown)} unknown: {', '.join(unknown[:5])}")
     comparisons, first_node = [], None
     for t in graph.inputs:
         if t in dump.tensors:

@@ -368,6 +368,19 @@ def test_diff_counts_saturation_at_the_clamp_bounds(tmp_path):
     assert first.pattern == "saturation at the clamp bounds"
 
 
+def test_diff_rejects_unknown_names(tmp_path):
+    graph = examples.tiny_cnn("tflite")
+    x = examples.random_codes(graph.tensors["x"], 2)
+    Model(graph).export_golden(x, tmp_path, formats="npy")
+    _edit_manifest(tmp_path, lambda m: m["tensors"].update(conv_out=m["tensors"].pop("t1")))
+    with pytest.raises(ValidationError, match=r"expected names of model 'tiny_cnn' .* found 1 unknown: conv_out"):
+        diff(Model(graph), x, tmp_path)
+    _edit_manifest(tmp_path, lambda m: (m["tensors"].update(t1=m["tensors"].pop("conv_out")),
+                                        m["nodes"][2].update(accumulator=m["nodes"][0]["accumulator"])))
+    with pytest.raises(ValidationError, match="found 1 unknown: accumulator of 'pool'"):
+        diff(Model(graph), x, tmp_path)
+
+
 def test_diff_reports_a_different_input(tmp_path):
     graph = examples.tiny_cnn("tflite")
     x = examples.random_codes(graph.tensors["x"], 2)
