@@ -600,3 +600,15 @@ def test_bitwidth_sweep_rejects_bad_arguments(tmp_path, capsys):
     Model(graph).save(tmp_path / "tiny.intsim")
     assert main(["sweep", str(tmp_path / "tiny.intsim"), "--data", str(tmp_path / "x.npy"), "--weight-bits", "4"]) == 2
     assert "--weight-bits apply to a float .onnx model" in capsys.readouterr().err
+
+
+def test_sweep_plot_without_matplotlib(tmp_path, monkeypatch):
+    import sys
+
+    graph = examples.tiny_cnn("tflite")
+    report = sweep(Model(graph), examples.random_codes(graph.tensors["x"], 2), acc_bits=[16, 32], float_input=False)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    with pytest.raises(ValidationError, match=r"plotting needs matplotlib: pip install 'intsim\[plot\]'"):
+        report.plot(tmp_path / "p.png")
+    report.to_html(tmp_path / "p.html")
+    assert "install matplotlib for the plot" in (tmp_path / "p.html").read_text()
