@@ -114,6 +114,84 @@ def _cmd_export_tosa(args) -> int:
     return 0
 
 
+def _bit_widths(text: str, option: str) -> list[int]:
+    """``16..32``, ``16,20,24`` or a mix (``16..20,24,32``) as a list of widths."""
+    widths = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("..")
+            widths += list(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise ValidationError(f"{option} takes widths like 16..32 or 16,20,24, found {text!r}") from None
+    return widths
+
+
+def _cmd_golden(args) -> int:
+    import intsim
+
+    model = intsim.load(args.model)
+    path = model.export_golden(_load_npy(args.input, "input"), args.out, formats=args.format.split(","),
+                               float_input=not args.int)
+    print(f"wrote golden vectors of {len(model.graph.nodes)} nodes ({args.format}) and {path}")
+    return 0
+
+
+def _cmd_diff(args) -> int:
+    import json
+
+    import intsim
+    from intsim.hwval import diff
+
+    report = diff(intsim.load(args.model), _load_npy(args.input, "input"), args.device_dump,
+                  float_input=not args.int, format=args.format)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict(), f, indent=1)
+        print(f"wrote {args.json}")
+    return 0 if report.first is None else 1
+
+
+def _cmd_sweep(args) -> int:
+    import json
+
+    import intsim
+    from intsim.hwval import bitwidth_sweep, sweep
+
+    data = _load_npy(args.data, "data")
+    labels = _load_npy(args.labels, "labels") if args.labels else None
+    conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
+                  "--activation-bits": args.activation_bits, "--profile": args.profile}
+    extra = {}
+    if args.model.lower().endswith(".onnx"):
+        if not args.calibration:
+            raise ValidationError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
+        calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
+        profile = intsim.get_profile(args.profile or "paper")
+        if args.weight_bits or args.activation_bits:
+            widths = bitwidth_sweep(
+                args.model, calibration, data.astype(np.float32), labels, profile=profile,
+                weight_bits=_bit_widths(args.weight_bits or str(profile.weight_bits), "--weight-bits"),
+                activation_bits=_bit_widths(args.activation_bits or str(profile.activation_bits), "--activation-bits"))
+            print(widths.table() + "\n")
+            extra["bit_widths"] = widths.to_dict()
+        model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False)
+    else:
+        given = [k for k, v in conversion.items() if v]
+        if given:
+            raise ValidationError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
+        model = intsim.load(args.model)
+    report = sweep(model, data, labels, _bit_widths(args.acc_bits, "--acc-bits"), float_input=not args.int,
+                   question_bits=args.question_bits, batch_size=args.batch_size)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict() | extra, f, indent=1)
+        print(f"wrote {args.json}")
+    _report_outputs_files(report, args)
+    return 0
+
+
 def _overrides(args) -> dict:
     return {"weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
             "per_channel": args.per_channel, "range_method": args.range_method,
@@ -139,6 +217,10 @@ def _cmd_convert(args) -> int:
 
 def _report_outputs(report, args) -> None:
     print(report.table())
+    _report_outputs_files(report, args)
+
+
+def _report_outputs_files(report, args) -> None:
     if args.html:
         report.to_html(args.html)
         print(f"wrote {args.html}")
@@ -254,6 +336,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conversion_options(p, batch_size=64)
     _add_report_options(p)
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("golden", help="write golden vectors (every tensor, weight, accumulator) for RTL test benches")
+    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
+    p.add_argument("--out", required=True, help="directory for manifest.json and the files")
+    p.add_argument("--format", default="npy,hex,bin", help="comma-separated: npy, hex ($readmemh), bin (default all)")
+    p.add_argument("--int", action="store_true", help="input is integer codes")
+    p.set_defaults(func=_cmd_golden)
+
+    p = sub.add_parser("diff", help="compare a device's per-layer dump with intsim and diagnose the first divergence")
+    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("--input", required=True, help="the input the device ran, .npy (float, or codes with --int)")
+    p.add_argument("--device-dump", required=True, help="directory in the golden layout (manifest.json + files)")
+    p.add_argument("--format", choices=("npy", "hex", "bin"), help="which files of the dump to read")
+    p.add_argument("--int", action="store_true", help="input is integer codes")
+    p.add_argument("--json", help="also write the report as JSON")
+    p.set_defaults(func=_cmd_diff)
+
+    p = sub.add_parser("sweep", help="accumulator widths: bits each layer needs, overflows and agreement per width")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model, or a float .onnx (with --calibration)")
+    p.add_argument("--data", required=True, help="inputs .npy (samples first; float, or codes with --int)")
+    p.add_argument("--labels", help="integer class labels .npy, for accuracy")
+    p.add_argument("--acc-bits", default="16..32", help="widths to sweep, e.g. 16..32 or 16,20,24 (default 16..32)")
+    p.add_argument("--question-bits", type=int, default=24,
+                   help="answer 'can the MAC array use this many accumulator bits?' (default 24)")
+    p.add_argument("--int", action="store_true", help="data is integer codes")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--json", help="also write the report as JSON")
+    p.add_argument("--html", help="also write one self-contained HTML page (tables and plot)")
+    p.add_argument("--plot", help="also plot bits needed per layer and agreement per width to a PNG")
+    p.add_argument("--calibration", help="float .onnx model: calibration inputs .npy for the conversion")
+    p.add_argument("--profile", help="float .onnx model: the profile to convert for (default paper)")
+    p.add_argument("--weight-bits", help="float .onnx model: also sweep weight widths, e.g. 4..8")
+    p.add_argument("--activation-bits", help="float .onnx model: also sweep activation widths, e.g. 6,8")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("selftest", help="run a hand-built integer graph on every profile (fast vs naive kernels)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")

@@ -15,7 +15,11 @@ agree on.  Per requantizing node it gives the *local* rounding mismatches: the
 fraction of output codes where the integer datapath differs from requantizing
 the very same integer inputs by the real scale ratio with round-half-to-even,
 i.e. how often the fixed-point multiplier approximation and its rounding rule
-change a result.  Output agreement (top-1) and accuracy close the report.
+change a result.  Saturation statistics: the fraction of each node's outputs the
+requantization clamp changed, and for multiply-accumulate nodes the accumulator
+headroom (``accumulator_bits - 1 - bit_length(max |acc|)`` over all samples;
+:func:`intsim.hwval.sweep` goes further).  Output agreement (top-1) and accuracy
+close the report.
 """
 
 from __future__ import annotations
@@ -58,6 +62,8 @@ class LayerRow:
     local_elements: int = 0
     saturated: int = 0
     saturation_elements: int = 0
+    max_abs_accumulator: int | None = None
+    headroom_bits: int | None = None  # profile accumulator bits - 1 - bit_length(max |acc|), over all batches
 
     @property
     def sqnr_sim(self) -> float:
@@ -95,13 +101,14 @@ class CompareReport:
     accuracy: dict = field(default_factory=dict)
 
     def table(self) -> str:
-        header = ["tensor", "op", "SQNR sim dB", "SQNR int dB", "int==sim", "local rounding diff", "clamped"]
+        header = ["tensor", "op", "SQNR sim dB", "SQNR int dB", "int==sim", "local rounding diff", "clamped",
+                  "acc headroom"]
         rows = []
         for r in self.layers:
             local = "" if not r.local_elements else f"{100 * r.local_mismatch_rate:.3f}% ({r.local_mismatch})"
             sat = "" if not r.saturation_elements else f"{100 * r.saturation_rate:.2f}%"
             rows.append([r.tensor, r.op, f"{r.sqnr_sim:.2f}", f"{r.sqnr_int:.2f}", f"{100 * r.agreement:.2f}%",
-                         local, sat])
+                         local, sat, _headroom_text(r)])
         widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
         lines = [f"{self.model_name} on profile {self.profile!r}, {self.samples} samples"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header] + rows]
@@ -122,7 +129,8 @@ class CompareReport:
             "layers": [{"tensor": r.tensor, "node": r.node, "op": r.op, "sqnr_sim_db": r.sqnr_sim,
                         "sqnr_int_db": r.sqnr_int, "int_sim_agreement": r.agreement,
                         "local_rounding_mismatches": r.local_mismatch, "local_elements": r.local_elements,
-                        "saturation_rate": r.saturation_rate} for r in self.layers],
+                        "saturation_rate": r.saturation_rate, "max_abs_accumulator": r.max_abs_accumulator,
+                        "accumulator_headroom_bits": r.headroom_bits} for r in self.layers],
         }
 
     def to_html(self, path) -> None:
@@ -131,7 +139,7 @@ class CompareReport:
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
                 r.tensor, r.op, f"{r.sqnr_sim:.2f}", f"{r.sqnr_int:.2f}", f"{100 * r.agreement:.2f}%",
                 "" if not r.local_elements else f"{100 * r.local_mismatch_rate:.3f}% ({r.local_mismatch})",
-                "" if not r.saturation_elements else f"{100 * r.saturation_rate:.2f}%")) + "</tr>"
+                "" if not r.saturation_elements else f"{100 * r.saturation_rate:.2f}%", _headroom_text(r))) + "</tr>"
             for r in self.layers)
         summary = html.escape(self.table().splitlines()[0])
         tail = "".join(f"<p>{html.escape(line)}</p>" for line in self.table().splitlines()[len(self.layers) + 2:])
@@ -140,7 +148,8 @@ class CompareReport:
             "<style>body{font-family:sans-serif}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}</style>"
             f"</head><body><h1>{summary}</h1><table><tr><th>tensor</th><th>op</th><th>SQNR sim dB</th>"
-            "<th>SQNR int dB</th><th>int==sim</th><th>local rounding diff</th><th>clamped</th></tr>"
+            "<th>SQNR int dB</th><th>int==sim</th><th>local rounding diff</th><th>clamped</th>"
+            "<th>acc headroom</th></tr>"
             f"{rows}</table>{tail}</body></html>"
         )
         with open(path, "w", encoding="utf-8") as f:
@@ -168,6 +177,10 @@ class CompareReport:
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+
+def _headroom_text(row: LayerRow) -> str:
+    return "" if row.headroom_bits is None else f"{row.headroom_bits} bits"
 
 
 def simulation_graph(fg: FloatGraph, model: Model) -> tuple[FloatGraph, dict]:
@@ -307,10 +320,14 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
                 if ideal is not None:
                     row.local_mismatch += int(np.sum(ideal != trace.tensors[int_name]))
                     row.local_elements += ideal.size
-                sat = trace.stats.get(node.name, {}).get("saturation_count")
+                stats = trace.stats.get(node.name, {})
+                sat = stats.get("saturation_count")
                 if sat is not None:
                     row.saturated += sat
                     row.saturation_elements += trace.tensors[int_name].size
+                if "max_abs_accumulator" in stats:
+                    row.max_abs_accumulator = max(row.max_abs_accumulator or 0, stats["max_abs_accumulator"])
+                    row.headroom_bits = graph.profile.accumulator_bits - 1 - row.max_abs_accumulator.bit_length()
         f_out = ref[out_float]
         info = graph.tensors[out_int]
         i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale

@@ -145,6 +145,14 @@ class Model:
         codes = self.quantize_inputs(inputs) if float_input else inputs
         return self._execute(self._int_inputs(codes), keep=True)
 
+    def export_golden(self, inputs, out_dir, formats=("npy", "hex", "bin"), *, float_input: bool = False):
+        """Write golden vectors of one forward pass for RTL test benches: every tensor, weight, bias,
+        raw accumulator and requantization parameter as ``.npy`` / ``$readmemh`` hex / raw little-endian
+        files with a ``manifest.json`` (see :mod:`intsim.hwval`).  Returns the manifest's path."""
+        from intsim.hwval import export_golden
+
+        return export_golden(self, inputs, out_dir, formats, float_input=float_input)
+
     @property
     def input_quantization(self) -> str:
         """The :data:`INPUT_QUANTIZATION` mode :meth:`quantize_inputs` uses: the graph's
