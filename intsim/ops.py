@@ -115,6 +115,19 @@ def node_rounding(node: Node, graph: Graph) -> str:
     return rounding
 
 
+def node_pairwise_int16(node: Node, graph: Graph, x_dtype: str, w_dtype: str) -> bool:
+    """Whether the node's products are summed two at a time into a saturating int16 (x86 ``vpmaddubsw``).
+
+    The node's ``pairwise_int16`` attribute (a bool), else the profile's; and
+    only for uint8 activations times int8 weights, the one operand pair the
+    instruction takes (onnxruntime's s8s8 kernels on AVX2 accumulate exactly).
+    """
+    enabled = node.attrs.get("pairwise_int16", graph.profile.pairwise_int16)
+    if not isinstance(enabled, (bool, np.bool_)):
+        _fail(node, f"attribute pairwise_int16 must be a bool, found {enabled!r}")
+    return bool(enabled) and x_dtype == "uint8" and w_dtype == "int8"
+
+
 def rescale_params(node: Node, graph: Graph, prefix: str = "", channels: int = 1) -> Rescale:
     """The requantization parameters ``{prefix}multiplier``/``shift``/``scale`` of a node."""
     profile = graph.profile
@@ -216,7 +229,7 @@ class Op:
 
 
 class _MacOp(Op):
-    def _requant_plan(self, node, graph, channels):
+    def _requant_plan(self, node, graph, channels, operand_dtypes):
         out = graph.tensors[node.outputs[0]]
         rq = rescale_params(node, graph, channels=channels)
         mult, shift, scale = rq.kernel_args(channels)
@@ -225,7 +238,8 @@ class _MacOp(Op):
         return {
             "node": node.name,
             "requant": (mult, shift, scale, rq.code, profile.multiplier_bits, out.zero_point, lo, hi, out.np_dtype),
-            "acc": (profile.accumulator_bits, OVERFLOW_CODES[profile.overflow], profile.pairwise_int16),
+            "acc": (profile.accumulator_bits, OVERFLOW_CODES[profile.overflow],
+                    node_pairwise_int16(node, graph, *operand_dtypes)),
         }
 
     def _finish(self, plan, acc, overflow_count, pair_saturations, kernels, per_tensor=False):
@@ -242,6 +256,12 @@ class _MacOp(Op):
     def run(self, plan, inputs, kernels):
         acc, ovf, pairs = getattr(kernels, self.kernel)(inputs[0], *plan["mac"], *plan["acc"])
         return self._finish(plan, acc, ovf, pairs, kernels)
+
+    @staticmethod
+    def _channels_and_dtypes(node, graph):
+        """``(output channels, (activation dtype, weight dtype))`` of a weight-stationary node."""
+        weight = node.params["weight"]
+        return weight.shape[0], (graph.tensors[node.inputs[0]].dtype, weight.dtype.name)
 
     @staticmethod
     def _weight_args(node, graph):
@@ -265,6 +285,7 @@ class _MacOp(Op):
         _check_range(node, "bias", bias.astype(np.int64), blo, bhi)
         rescale_params(node, graph, channels=out_channels)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
+        node_pairwise_int16(node, graph, *self._channels_and_dtypes(node, graph)[1])
 
 
 @register("conv2d")
@@ -302,7 +323,7 @@ class Conv2D(_MacOp):
         ]
 
     def prepare(self, node, graph):
-        plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
+        plan = self._requant_plan(node, graph, *self._channels_and_dtypes(node, graph))
         plan["mac"] = self._weight_args(node, graph) + (
             tuple(node.attrs.get("strides", (1, 1))),
             tuple(node.attrs.get("dilations", (1, 1))),
@@ -331,7 +352,7 @@ class FullyConnected(_MacOp):
         return [(inputs[0].shape[0], node.params["weight"].shape[0])]
 
     def prepare(self, node, graph):
-        plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
+        plan = self._requant_plan(node, graph, *self._channels_and_dtypes(node, graph))
         plan["mac"] = self._weight_args(node, graph)
         return plan
 
@@ -352,6 +373,7 @@ class MatMul(_MacOp):
             _fail(node, f"inner dimensions differ: a {a.shape} vs b {b.shape}")
         if len(b.shape) != 2 and len(b.shape) != len(a.shape):
             _fail(node, f"b must be 2-D or have a's rank {len(a.shape)}, found {b.shape}")
+        node_pairwise_int16(node, graph, a.dtype, b.dtype)
         rescale_params(node, graph)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
 
@@ -360,7 +382,7 @@ class MatMul(_MacOp):
         return [a.shape[:-1] + (b.shape[-1],)]
 
     def prepare(self, node, graph):
-        plan = self._requant_plan(node, graph, 1)
+        plan = self._requant_plan(node, graph, 1, [graph.tensors[t].dtype for t in node.inputs])
         plan["zero_points"] = tuple(graph.tensors[t].zero_point for t in node.inputs)
         return plan
 

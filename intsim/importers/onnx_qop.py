@@ -358,8 +358,11 @@ def _qlinear_conv(imp, node):
     bias = np.zeros(cout, np.int32) if bias is None else bias.astype(np.int32).reshape(cout)
     scales = (x_scale * w_scale) / y_scale  # float32, qlinearconv.cc ComputeOutputScale
     window = _window_attrs(imp, node, w.shape[2:])
+    groups = int(imp.attrs(node).get("group", 1))
     attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
-             "groups": int(imp.attrs(node).get("group", 1)), "rounding": ROUNDING}
+             "groups": groups, "rounding": ROUNDING}
+    if w.shape[1] == 1 and cout == groups:
+        attrs["pairwise_int16"] = False  # qlinearconv.cc: depthwise kernels, exact on every ISA
     params = {
         "weight": np.ascontiguousarray(w.transpose(0, 2, 3, 1)),  # OIHW -> OHWI
         "weight_zero_point": _weight_zero_points(w_zp, cout),

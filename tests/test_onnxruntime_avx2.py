@@ -1,0 +1,164 @@
+"""The ``onnxruntime_avx2`` profile against onnxruntime running on an emulated AVX2 CPU without VNNI.
+
+MLAS picks its integer kernels from CPUID.  This machine has AVX-512 VNNI, so
+onnxruntime accumulates u8 x s8 products exactly here; on an AVX2 CPU without
+VNNI its u8s8 kernels multiply with ``vpmaddubsw``, which adds each pair of
+products into a saturating int16.  QEMU's user-mode emulator with
+``-cpu Haswell`` reports AVX2 and FMA3 but neither AVX-512 nor VNNI, so the very
+same onnxruntime wheel, run under it, takes those AVX2 paths
+(``core/mlas/lib/platform.cpp``).  One emulated process
+(``tools/ort_run.py``) runs every model below; the tests compare its code
+tensors with intsim's, and demand that the cases built to saturate pairs really
+do (the exact profile disagrees with the emulated onnxruntime there), which
+proves that the emulated onnxruntime took the AVX2 kernels.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+from intsim import Model  # noqa: E402
+from intsim.importers.onnx_qop import load_onnx_qoperator  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QEMU = shutil.which("qemu-x86_64")
+ONNX_TYPES = {"uint8": TensorProto.UINT8, "int8": TensorProto.INT8}
+X_SCALE = 2.0**-4  # a power of two: QuantizeLinear gives back the very codes fed
+
+
+def _model(node, x_dtype, x_zp, x_shape, y_dtype, y_scale, y_zp, inits):
+    """QuantizeLinear -> ``node`` (reads ``xq``, writes ``yq``) -> DequantizeLinear."""
+    inits = inits + [
+        helper.make_tensor("xs", TensorProto.FLOAT, [], [X_SCALE]),
+        helper.make_tensor("xz", ONNX_TYPES[x_dtype], [], [x_zp]),
+        helper.make_tensor("ys", TensorProto.FLOAT, [], [y_scale]),
+        helper.make_tensor("yz", ONNX_TYPES[y_dtype], [], [y_zp]),
+    ]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), node,
+             helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    graph = helper.make_graph(nodes, "avx2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+
+
+def _weights(rng, shape, fill=None):
+    """int8 weights, mostly large, so that many pairs of u8 x s8 products leave int16; or all ``fill``."""
+    if fill is not None:
+        return np.full(shape, fill, np.int8)
+    w = rng.integers(-128, 128, shape)
+    big = rng.random(shape) < 0.7
+    w[big] = np.sign(w[big] + 0.5) * rng.integers(100, 128, int(big.sum()))
+    return w.astype(np.int8)
+
+
+def _conv(rng, x_dtype, cin, cout, kernel, group=1, pads=(1, 1, 1, 1), strides=(1, 1), size=5, weight_fill=None):
+    w = _weights(rng, (cout, cin // group, kernel, kernel), weight_fill)
+    k = cin // group * kernel * kernel
+    w_scale = rng.uniform(0.5, 1.0, cout).astype(np.float32)
+    inits = [helper.make_tensor("w", TensorProto.INT8, w.shape, w.ravel().tolist()),
+             helper.make_tensor("ws", TensorProto.FLOAT, [cout], w_scale.tolist()),
+             helper.make_tensor("wz", TensorProto.INT8, [cout], [0] * cout),
+             helper.make_tensor("b", TensorProto.INT32, [cout], rng.integers(-5000, 5000, cout).tolist())]
+    node = helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["yq"],
+                            group=group, pads=list(pads), strides=list(strides))
+    x_zp = int(rng.integers(0, 40)) if x_dtype == "uint8" else int(rng.integers(-20, 20))
+    y_scale = X_SCALE * k * 255 * 128 / 400
+    return _model(node, x_dtype, x_zp, ["n", cin, size, size], x_dtype, y_scale, 128 if x_dtype == "uint8" else 0,
+                  inits), (cin, size, size), x_zp
+
+
+def _gemm(rng, x_dtype, m_rows, depth, cols, op="QGemm", weight_fill=None):
+    w = _weights(rng, (cols, depth), weight_fill)
+    w_scale = rng.uniform(0.5, 1.0, cols).astype(np.float32)
+    y_scale = X_SCALE * depth * 255 * 128 / 400
+    x_zp = int(rng.integers(0, 40)) if x_dtype == "uint8" else int(rng.integers(-20, 20))
+    y_zp = 128 if x_dtype == "uint8" else 0
+    inits = [helper.make_tensor("ws", TensorProto.FLOAT, [cols], w_scale.tolist()),
+             helper.make_tensor("wz", TensorProto.INT8, [cols], [0] * cols)]
+    if op == "QGemm":
+        inits += [helper.make_tensor("w", TensorProto.INT8, w.shape, w.ravel().tolist()),
+                  helper.make_tensor("b", TensorProto.INT32, [cols], rng.integers(-5000, 5000, cols).tolist())]
+        node = helper.make_node("QGemm", ["xq", "xs", "xz", "w", "ws", "wz", "b", "ys", "yz"], ["yq"],
+                                domain="com.microsoft", transB=1)
+    else:
+        inits += [helper.make_tensor("w", TensorProto.INT8, w.T.shape, w.T.ravel().tolist())]
+        node = helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"])
+    return _model(node, x_dtype, x_zp, [m_rows, depth], x_dtype, y_scale, y_zp, inits), (depth,), x_zp
+
+
+def _corner(x_dtype, op, cout=2, depth=4):
+    """Every product at the largest magnitude its types allow, scale 1: the accumulator shows in the codes.
+
+    u8s8: 255 * 127 = 32385 per product, a pair 64770 saturates to 32767.
+    s8s8: (-128) * (-128) = 16384, a pair 32768 would saturate to 32767, one less.
+    The bias centres the exact accumulator on 10, so an output code equals
+    ``y_zp + acc``: ``y_zp + 10`` exactly, less where pairs saturated.
+    """
+    x_fill, w_fill = (255, 127) if x_dtype == "uint8" else (-128, -128)
+    exact = depth * x_fill * w_fill
+    inits = [helper.make_tensor("ws", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("wz", TensorProto.INT8, [], [0]),
+             helper.make_tensor("b", TensorProto.INT32, [cout], [10 - exact] * cout)]
+    if op == "QLinearConv":
+        inits.append(helper.make_tensor("w", TensorProto.INT8, [cout, depth, 1, 1], [w_fill] * cout * depth))
+        node = helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["yq"])
+        shape = (depth, 2, 2)
+    else:
+        inits.append(helper.make_tensor("w", TensorProto.INT8, [cout, depth], [w_fill] * cout * depth))
+        node = helper.make_node("QGemm", ["xq", "xs", "xz", "w", "ws", "wz", "b", "ys", "yz"], ["yq"],
+                                domain="com.microsoft", transB=1)
+        shape = (depth,)
+    y_zp = 100 if x_dtype == "uint8" else 0
+    return _model(node, x_dtype, 0, ["n", *shape], x_dtype, X_SCALE, y_zp, inits), shape, 0
+
+
+CASES = {
+    # name: builder(rng) -> (model, per-sample input shape, x zero point); batch for convs, rows for GEMMs
+    "conv_cin3_gemm_path": lambda rng: _conv(rng, "uint8", 3, 4, 3),
+    "conv_cin5_k2_gemm_path": lambda rng: _conv(rng, "uint8", 5, 6, 2, pads=(0, 1, 1, 0)),
+    "conv_cin8_cout16_convsym": lambda rng: _conv(rng, "uint8", 8, 16, 3),
+    "conv_cin4_cout16_convsym_1x1": lambda rng: _conv(rng, "uint8", 4, 16, 1, pads=(0, 0, 0, 0)),
+    "conv_grouped_2": lambda rng: _conv(rng, "uint8", 6, 4, 3, group=2),
+    "conv_depthwise_16": lambda rng: _conv(rng, "uint8", 16, 16, 3, group=16),
+    "conv_depthwise_8": lambda rng: _conv(rng, "uint8", 8, 8, 3, group=8),
+    "conv_cin1_cout1": lambda rng: _conv(rng, "uint8", 1, 1, 3),
+    "conv_multiplier_2": lambda rng: _conv(rng, "uint8", 4, 8, 3, group=4),
+    "conv_s8s8": lambda rng: _conv(rng, "int8", 5, 4, 3),
+    "conv_s8s8_convsym": lambda rng: _conv(rng, "int8", 8, 16, 3),
+    "qgemm_m1_k7": lambda rng: _gemm(rng, "uint8", 1, 7, 5),
+    "qgemm_m6_k9": lambda rng: _gemm(rng, "uint8", 6, 9, 5),
+    "matmul_m1_k7": lambda rng: _gemm(rng, "uint8", 1, 7, 5, op="QLinearMatMul"),
+    "matmul_m6_k33": lambda rng: _gemm(rng, "uint8", 6, 33, 20, op="QLinearMatMul"),
+    "qgemm_s8s8": lambda rng: _gemm(rng, "int8", 6, 9, 5),
+    "corner_u8s8_conv": lambda rng: _corner("uint8", "QLinearConv"),
+    "corner_u8s8_conv_convsym": lambda rng: _corner("uint8", "QLinearConv", cout=16),
+    "corner_u8s8_qgemm": lambda rng: _corner("uint8", "QGemm"),
+    "corner_s8s8_conv": lambda rng: _corner("int8", "QLinearConv"),
+    "corner_s8s8_conv_16": lambda rng: _corner("int8", "QLinearConv", cout=16),
+    "corner_s8s8_qgemm": lambda rng: _corner("int8", "QGemm"),
+}
+
+
+def _code_batches(rng, x_dtype, shape):
+    """Random codes, all-max codes and all-min codes of ``shape``."""
+    info = np.iinfo(x_dtype)
+    return [rng.integers(int(info.min), int(info.max) + 1, shape).astype(x_dtype),
+            np.full(shape, info.max, x_dtype), np.full(shape, info.min, x_dtype)]
+
+
+def _with_code_outputs(model):
+    """A copy of ``model`` that also outputs the code tensors ``xq`` and ``yq``."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend([onnx.ValueInfoProto(name="xq"), onnx.ValueInfoProto(name="yq")])
+    return probe
