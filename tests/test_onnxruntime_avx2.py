@@ -28,6 +28,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from intsim import Model  # noqa: E402
+from intsim.graph import Node  # noqa: E402
 from intsim.importers.onnx_qop import load_onnx_qoperator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,8 +75,9 @@ def _conv(rng, x_dtype, cin, cout, kernel, group=1, pads=(1, 1, 1, 1), strides=(
                             group=group, pads=list(pads), strides=list(strides))
     x_zp = int(rng.integers(0, 40)) if x_dtype == "uint8" else int(rng.integers(-20, 20))
     y_scale = X_SCALE * k * 255 * 128 / 400
-    return _model(node, x_dtype, x_zp, ["n", cin, size, size], x_dtype, y_scale, 128 if x_dtype == "uint8" else 0,
-                  inits), (cin, size, size), x_zp
+    model = _model(node, x_dtype, x_zp, ["n", cin, size, size], x_dtype, y_scale, 128 if x_dtype == "uint8" else 0,
+                   inits)
+    return model, x_dtype, (3, cin, size, size), x_zp
 
 
 def _gemm(rng, x_dtype, m_rows, depth, cols, op="QGemm", weight_fill=None):
@@ -94,7 +96,7 @@ def _gemm(rng, x_dtype, m_rows, depth, cols, op="QGemm", weight_fill=None):
     else:
         inits += [helper.make_tensor("w", TensorProto.INT8, w.T.shape, w.T.ravel().tolist())]
         node = helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["yq"])
-    return _model(node, x_dtype, x_zp, [m_rows, depth], x_dtype, y_scale, y_zp, inits), (depth,), x_zp
+    return _model(node, x_dtype, x_zp, [m_rows, depth], x_dtype, y_scale, y_zp, inits), x_dtype, (m_rows, depth), x_zp
 
 
 def _corner(x_dtype, op, cout=2, depth=4):
@@ -112,18 +114,18 @@ def _corner(x_dtype, op, cout=2, depth=4):
     if op == "QLinearConv":
         inits.append(helper.make_tensor("w", TensorProto.INT8, [cout, depth, 1, 1], [w_fill] * cout * depth))
         node = helper.make_node("QLinearConv", ["xq", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"], ["yq"])
-        shape = (depth, 2, 2)
+        shape = (2, depth, 2, 2)
     else:
         inits.append(helper.make_tensor("w", TensorProto.INT8, [cout, depth], [w_fill] * cout * depth))
         node = helper.make_node("QGemm", ["xq", "xs", "xz", "w", "ws", "wz", "b", "ys", "yz"], ["yq"],
                                 domain="com.microsoft", transB=1)
-        shape = (depth,)
+        shape = (3, depth)
     y_zp = 100 if x_dtype == "uint8" else 0
-    return _model(node, x_dtype, 0, ["n", *shape], x_dtype, X_SCALE, y_zp, inits), shape, 0
+    return _model(node, x_dtype, 0, ["n", *shape[1:]], x_dtype, X_SCALE, y_zp, inits), x_dtype, shape, 0
 
 
 CASES = {
-    # name: builder(rng) -> (model, per-sample input shape, x zero point); batch for convs, rows for GEMMs
+    # name: builder(rng) -> (model, code dtype, input shape, input zero point)
     "conv_cin3_gemm_path": lambda rng: _conv(rng, "uint8", 3, 4, 3),
     "conv_cin5_k2_gemm_path": lambda rng: _conv(rng, "uint8", 5, 6, 2, pads=(0, 1, 1, 0)),
     "conv_cin8_cout16_convsym": lambda rng: _conv(rng, "uint8", 8, 16, 3),
@@ -149,6 +151,11 @@ CASES = {
 }
 
 
+# Exact in onnxruntime on AVX2 (no vpmaddubsw): depthwise kernels, and every s8s8 kernel.
+EXACT = {"conv_depthwise_16", "conv_depthwise_8", "conv_cin1_cout1", "conv_s8s8", "conv_s8s8_convsym", "qgemm_s8s8",
+         "corner_s8s8_conv", "corner_s8s8_conv_16", "corner_s8s8_qgemm"}
+
+
 def _code_batches(rng, x_dtype, shape):
     """Random codes, all-max codes and all-min codes of ``shape``."""
     info = np.iinfo(x_dtype)
@@ -162,3 +169,79 @@ def _with_code_outputs(model):
     probe.CopyFrom(model)
     probe.graph.output.extend([onnx.ValueInfoProto(name="xq"), onnx.ValueInfoProto(name="yq")])
     return probe
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """``{case: (model, [code batches], [onnxruntime's yq per batch])}`` from one emulated onnxruntime process."""
+    if QEMU is None:
+        pytest.skip("qemu-x86_64 is not installed (Debian: apt-get install qemu-user)")
+    folder = tmp_path_factory.mktemp("avx2")
+    rng = np.random.default_rng(5)
+    cases = {}
+    for name, build in CASES.items():
+        model, x_dtype, shape, x_zp = build(rng)
+        batches = _code_batches(rng, x_dtype, shape)
+        onnx.save(_with_code_outputs(model), str(folder / f"{name}.onnx"))
+        feeds = {f"{i}:x": ((codes.astype(np.int64) - x_zp) * X_SCALE).astype(np.float32)
+                 for i, codes in enumerate(batches)}
+        np.savez(folder / f"{name}.in.npz", **feeds)
+        cases[name] = (model, batches)
+    result = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, str(ROOT / "tools" / "ort_run.py"), str(folder)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    emulated = {}
+    for name, (model, batches) in cases.items():
+        with np.load(folder / f"{name}.out.npz") as out:
+            for i, codes in enumerate(batches):
+                np.testing.assert_array_equal(out[f"{i}:xq"], codes, strict=True)  # the float feed quantizes back
+            emulated[name] = (model, batches, [out[f"{i}:yq"] for i in range(len(batches))])
+    return emulated
+
+
+def _pair_saturations(graph, codes):
+    trace = Model(graph).trace(codes)
+    return sum(stats.get("pair_saturation_count", 0) for stats in trace.stats.values())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_avx2_profile_matches_emulated_onnxruntime(emulated, name):
+    model, batches, expected = emulated[name]
+    avx2, exact = load_onnx_qoperator(model, "onnxruntime_avx2"), load_onnx_qoperator(model, "onnxruntime")
+    differs = 0
+    for codes, yq in zip(batches, expected):
+        for backend in ("fast", "naive"):
+            np.testing.assert_array_equal(Model(avx2, backend).run_int(codes), yq, strict=True,
+                                          err_msg=f"{name} ({backend})")
+        differs += int(np.count_nonzero(Model(exact).run_int(codes) != yq))
+    saturated = sum(_pair_saturations(avx2, codes) for codes in batches)
+    if name in EXACT:
+        assert differs == 0 and saturated == 0
+    else:
+        # The inputs saturate pairs and the emulated onnxruntime agrees: it really ran the AVX2 u8s8 kernels.
+        assert differs > 0 and saturated > 0
+
+
+@pytest.mark.parametrize("name", ["conv_depthwise_16", "conv_depthwise_8", "conv_cin1_cout1"])
+def test_depthwise_inputs_would_saturate_pairs(emulated, name):
+    # Forcing pairs onto the depthwise node changes its results: the exact match above is not for lack of
+    # saturating pairs in the data.
+    model, batches, expected = emulated[name]
+    graph = load_onnx_qoperator(model, "onnxruntime_avx2")
+    (conv,) = [n for n in graph.nodes if n.op == "conv2d"]
+    assert conv.attrs["pairwise_int16"] is False
+    graph.nodes[graph.nodes.index(conv)] = Node(conv.op, conv.name, conv.inputs, conv.outputs,
+                                                {**conv.attrs, "pairwise_int16": True}, conv.params)
+    assert any(np.any(Model(graph).run_int(codes) != yq) for codes, yq in zip(batches, expected))
+
+
+@pytest.mark.parametrize("name, batch, code", [
+    # u8s8, all 255 in: four products of 32385, two pairs of 64770 saturate to 32767 each, so the
+    # accumulator is 10 - 2 * (64770 - 32767) and the output clamps to 0 (exact: 100 + 10).
+    ("corner_u8s8_conv", 1, 0), ("corner_u8s8_conv_convsym", 1, 0), ("corner_u8s8_qgemm", 1, 0),
+    # s8s8, all -128 in: pairs of 32768 would saturate to 32767; onnxruntime gives the exact 0 + 10.
+    ("corner_s8s8_conv", 2, 10), ("corner_s8s8_conv_16", 2, 10), ("corner_s8s8_qgemm", 2, 10),
+])
+def test_emulated_onnxruntime_corner_goldens(emulated, name, batch, code):
+    _, _, expected = emulated[name]
+    assert np.all(expected[batch].astype(np.int64) == code)
