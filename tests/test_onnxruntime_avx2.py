@@ -50,7 +50,8 @@ def _model(node, x_dtype, x_zp, x_shape, y_dtype, y_scale, y_zp, inits):
     outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
     graph = helper.make_graph(nodes, "avx2", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
                               outputs, inits)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    return helper.make_model(graph, opset_imports=opsets)
 
 
 def _weights(rng, shape, fill=None):
@@ -109,7 +110,8 @@ def _corner(x_dtype, op, cout=2, depth=4):
     """
     x_fill, w_fill = (255, 127) if x_dtype == "uint8" else (-128, -128)
     exact = depth * x_fill * w_fill
-    inits = [helper.make_tensor("ws", TensorProto.FLOAT, [], [1.0]), helper.make_tensor("wz", TensorProto.INT8, [], [0]),
+    inits = [helper.make_tensor("ws", TensorProto.FLOAT, [], [1.0]),
+             helper.make_tensor("wz", TensorProto.INT8, [], [0]),
              helper.make_tensor("b", TensorProto.INT32, [cout], [10 - exact] * cout)]
     if op == "QLinearConv":
         inits.append(helper.make_tensor("w", TensorProto.INT8, [cout, depth, 1, 1], [w_fill] * cout * depth))

@@ -437,20 +437,47 @@ def _qlinear_matmul(imp, node):
 # --------------------------------------------------------------------------
 
 
-@_handles("QLinearGlobalAveragePool")
-def _qlinear_global_average_pool(imp, node):
+def _pool_input(imp, node):
+    """``(x, x_scale, y_q)`` of a QLinear pooling node: NHWC input with a known spatial size."""
     if imp.attrs(node).get("channels_last", 0):
         raise UnsupportedOpError(f"{imp.where(node)}: channels_last=1 is not supported")
     x = imp.nhwc(node, 0)
-    x_scale, _, _ = imp.quant(node, 1, 2, "input")
-    y_scale, y_zp, y_dtype = imp.quant(node, 3, 4, "output")
     _, h, w, _ = imp.tensors[x].shape
     if h is None or w is None:
         raise UnsupportedOpError(f"{imp.where(node)}: the spatial size must be known")
+    return x, imp.quant(node, 1, 2, "input")[0], imp.quant(node, 3, 4, "output")
+
+
+def _global_mean(imp, node, x, x_scale, y_q):
+    y_scale, y_zp, y_dtype = y_q
+    _, h, w, _ = imp.tensors[x].shape
     scale = x_scale / (y_scale * _f32(h * w))  # float32, qlgavgpool.cpp CheckQLinearGlobalAveragePoolScaleAndSize
     out = node.output[0]
     imp.emit("mean", node.name or out, [x], {"axes": [1, 2], "keepdims": True, "rounding": ROUNDING},
              _rescale_params(np.array([scale])), out, y_dtype, y_scale, y_zp, out, TO_NHWC)
+
+
+@_handles("QLinearGlobalAveragePool")
+def _qlinear_global_average_pool(imp, node):
+    _global_mean(imp, node, *_pool_input(imp, node))
+
+
+@_handles("QLinearAveragePool")
+def _qlinear_average_pool(imp, node):
+    x, x_scale, y_q = _pool_input(imp, node)
+    window = _window_attrs(imp, node, None)
+    if window["dilations"] != [1, 1]:
+        raise UnsupportedOpError(f"{imp.where(node)}: dilations {window['dilations']} are not supported")
+    if window["kernel"] == list(imp.tensors[x].shape[1:3]) and not any(window["pads"]):
+        # qlinear_pool.cc: a window over the whole image falls back to QLinearGlobalAveragePool.
+        _global_mean(imp, node, x, x_scale, y_q)
+        return
+    y_scale, y_zp, y_dtype = y_q
+    attrs = {"kernel": window["kernel"], "strides": window["strides"], "pads": window["pads"],
+             "count_include_pad": bool(imp.attrs(node).get("count_include_pad", 0))}
+    params = {"x_scale": np.array([x_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
+    out = node.output[0]
+    imp.emit("avg_pool_float32", node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
 
 
 @_handles("MaxPool")
@@ -472,14 +499,36 @@ def _max_pool(imp, node):
 # --------------------------------------------------------------------------
 
 
+def _binary_operands(imp, node):
+    """``(a, b, perm)``: the two code operands of a QLinear binary op, in one layout.
+
+    A constant operand (an initializer of codes) becomes an intsim ``constant``
+    node.  Operands of different shapes or layouts broadcast in ONNX layout.
+    """
+    for index, (s, z) in ((0, (1, 2)), (3, (4, 5))):
+        name = node.input[index]
+        if name in imp.constants and name not in imp.values:
+            scale, zp, dtype = imp.quant(node, s, z, f"input {index}")
+            value = np.asarray(imp.constants[name])
+            if value.dtype != np.dtype(dtype):
+                raise ValidationError(f"{imp.where(node)}: constant {name!r} must hold {dtype} codes like its "
+                                      f"zero point, found {value.dtype}")
+            tensor = imp.unique(name)
+            imp.add_tensor(tensor, dtype, value.shape, scale, zp)
+            imp.nodes.append(Node("constant", tensor, [], [tensor], {}, {"value": value}))
+            imp.values[name] = (tensor, None)
+    (a, perm_a), (b, perm_b) = imp.value(node, 0), imp.value(node, 3)
+    if imp.tensors[a].shape != imp.tensors[b].shape or perm_a != perm_b:
+        return imp.layout(node, 0, None), imp.layout(node, 3, None), None
+    return a, b, perm_a
+
+
 @_handles("QLinearAdd")
 def _qlinear_add(imp, node):
     a_scale, a_zp, _ = imp.quant(node, 1, 2, "A")
     b_scale, b_zp, _ = imp.quant(node, 4, 5, "B")
     y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
-    (a, perm_a), (b, perm_b) = imp.value(node, 0), imp.value(node, 3)
-    if imp.tensors[a].shape != imp.tensors[b].shape or perm_a != perm_b:
-        a, b, perm_a = imp.layout(node, 0, None), imp.layout(node, 3, None), None
+    a, b, perm_a = _binary_operands(imp, node)
     # qladd_avx2.cpp, all float32: the zero points go into one offset, added before rounding.
     a_ratio, b_ratio = _f32(a_scale / y_scale), _f32(b_scale / y_scale)
     offset = _f32(_f32(y_zp) - fma_float32(a_ratio, _f32(a_zp), _f32(b_ratio * _f32(b_zp))))
@@ -487,6 +536,18 @@ def _qlinear_add(imp, node):
               "offset": np.array([offset], np.float32)}
     out = node.output[0]
     imp.emit("add_float32_fma", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm_a)
+
+
+@_handles("QLinearMul")
+def _qlinear_mul(imp, node):
+    a_scale, _, _ = imp.quant(node, 1, 2, "A")
+    b_scale, _, _ = imp.quant(node, 4, 5, "B")
+    y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
+    a, b, perm = _binary_operands(imp, node)
+    ratio = _f32(_f32(a_scale * b_scale) / y_scale)  # qlmul.cpp: ScaleA * ScaleB / ScaleC in float32
+    out = node.output[0]
+    imp.emit("mul_float32", node.name or out, [a, b], {}, {"ratio": np.array([ratio], np.float32)}, out, y_dtype,
+             y_scale, y_zp, out, perm)
 
 
 def _table_node(imp, node, fn, x_q, y_q):
