@@ -104,8 +104,6 @@ def test_avg_pool_float32_golden():
 # Conformance against a live onnxruntime.
 # --------------------------------------------------------------------------
 
-ORT_OPSETS = None
-
 
 def _onnx():
     ort = pytest.importorskip("onnxruntime")
@@ -179,3 +177,142 @@ def test_qlinear_mul_matches_onnxruntime_for_every_code_pair(code_type):
             mismatches += int(np.count_nonzero(got != expected))
             compared += expected.size
     assert compared == 13 * 65536 and mismatches == 0, f"{mismatches} of {compared} code pairs differ"
+
+
+POOLS = [
+    # kernel, strides, pads (ONNX top, left, bottom, right), count_include_pad
+    ([2, 2], [2, 2], [0, 0, 0, 0], 0),
+    ([3, 3], [1, 1], [1, 1, 1, 1], 0),
+    ([3, 3], [1, 1], [1, 1, 1, 1], 1),
+    ([3, 2], [2, 1], [2, 0, 1, 1], 0),
+    ([3, 2], [2, 1], [2, 0, 1, 1], 1),
+    ([5, 7], [1, 1], [0, 0, 0, 0], 0),  # the whole image: onnxruntime falls back to the global pool
+    ([5, 7], [3, 3], [1, 2, 1, 2], 1),
+]
+
+
+@pytest.mark.parametrize("code_type", CODE_TYPES)
+@pytest.mark.parametrize("kernel, strides, pads, include", POOLS)
+def test_qlinear_average_pool_matches_onnxruntime(code_type, kernel, strides, pads, include):
+    _, onnx = _onnx()
+    from onnx import TensorProto, helper
+
+    from intsim.importers.onnx_qop import load_onnx_qoperator
+
+    elem = TensorProto.UINT8 if code_type == "uint8" else TensorProto.INT8
+    info = np.iinfo(code_type)
+    shape = (4, 6, 5, 7)
+    rng = np.random.default_rng(sum(kernel) + 10 * sum(pads) + include)
+    batches = [rng.integers(int(info.min), int(info.max) + 1, shape).astype(code_type),
+               np.full(shape, info.max, code_type), np.full(shape, info.min, code_type)]
+    compared = 0
+    for trial in range(4):
+        x_scale, y_scale = (float(v) for v in 2.0 ** rng.uniform(-8, 0, 2))
+        if trial == 0:
+            y_scale = x_scale  # mean codes land on ties k + 0.5
+        zps = [int(v) for v in rng.integers(int(info.min), int(info.max) + 1, 2)]
+        inits = _quant_inits(elem, {"x": (x_scale, zps[0]), "y": (y_scale, zps[1])})
+        pool = helper.make_node("QLinearAveragePool", ["xq", "xs", "xz", "ys", "yz"], ["yq"], domain="com.microsoft",
+                                kernel_shape=kernel, strides=strides, pads=pads, count_include_pad=include)
+        codes = [helper.make_tensor_value_info("xq", elem, list(shape)), helper.make_tensor_value_info("yq", elem, None)]
+        session = _session(_model([pool], codes[:1], codes[1:], inits))
+        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), pool,
+                 helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+        floats = [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape)),
+                  helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+        graph = load_onnx_qoperator(_model(nodes, floats[:1], floats[1:], inits))
+        fallback = kernel == list(shape[2:]) and not any(pads)
+        assert [n.op for n in graph.nodes if n.op not in ("transpose",)] == ["mean" if fallback else "avg_pool_float32"]
+        for x in batches:
+            expected = session.run(None, {"xq": x})[0]
+            for backend in ("fast", "naive") if trial == 0 else ("fast",):
+                np.testing.assert_array_equal(Model(graph, backend).run_int(x), expected, strict=True,
+                                              err_msg=f"trial {trial} ({backend})")
+                compared += expected.size
+    assert compared > 0
+
+
+# --------------------------------------------------------------------------
+# Errors.
+# --------------------------------------------------------------------------
+
+
+def _mul_graph(ratio, dtype="uint8", zero_point=0):
+    tensors = {name: TensorInfo(name, dtype, (4,), 0.1, zero_point) for name in ("a", "b", "y")}
+    node = Node("mul_float32", "qmul", ["a", "b"], ["y"], {}, {"ratio": ratio})
+    return Graph("g", get_profile("onnxruntime"), tensors, [node], ["a", "b"], ["y"], {})
+
+
+@pytest.mark.parametrize("ratio, dtype, message", [
+    (np.array([0.5], np.float64), "uint8", "parameter ratio must be float32, found float64"),
+    (np.array([np.nan], np.float32), "uint8", "parameter ratio must be finite"),
+    (np.array([0.5, 0.5], np.float32), "uint8", r"parameter ratio must have shape \(1,\)"),
+    (np.array([0.5], np.float32), "int16", "input 'a' must be one of int8, uint8, found int16"),
+    # 255 * 255 * 33100 > 2**31: cvtps2dq would return INT32_MIN.
+    (np.array([33100.0], np.float32), "uint8", r"mul_float32 'qmul': ratio 33100.0 can take .* >= 2\*\*31"),
+])
+def test_mul_float32_rejects_bad_parameters(ratio, dtype, message):
+    with pytest.raises(ValidationError, match=message):
+        _mul_graph(ratio, dtype)
+
+
+def test_mul_float32_accepts_the_largest_safe_ratio():
+    _mul_graph(np.array([33000.0], np.float32))  # 255 * 255 * 33000 + 0 < 2**31
+
+
+def _pool_graph(params=None, **attrs):
+    tensors = {"x": TensorInfo("x", "uint8", (1, 4, 4, 2), 0.1, 3), "y": TensorInfo("y", "uint8", (1, 3, 3, 2), 0.2, 5)}
+    params = {"x_scale": np.array([0.1], np.float32), "y_scale": np.array([0.2], np.float32), **(params or {})}
+    node = Node("avg_pool_float32", "pool", ["x"], ["y"], {"kernel": [2, 2], **attrs}, params)
+    return Graph("g", get_profile("onnxruntime"), tensors, [node], ["x"], ["y"], {})
+
+
+@pytest.mark.parametrize("params, attrs, message", [
+    ({"y_scale": np.array([0.0], np.float32)}, {}, "parameter y_scale must be finite and > 0, found 0.0"),
+    ({"x_scale": np.array([0.1], np.float64)}, {}, "parameter x_scale must be float32"),
+    ({}, {"pads": [2, 0, 0, 0]}, r"pads \[2, 0, 0, 0\] must be smaller than the kernel \[2, 2\]"),
+    ({}, {"count_include_pad": 1}, "attribute count_include_pad must be a boolean, found 1"),
+    ({}, {"strides": [0, 1]}, "attribute strides must be >= 1"),
+])
+def test_avg_pool_float32_rejects_bad_parameters(params, attrs, message):
+    with pytest.raises(ValidationError, match=message):
+        _pool_graph(params, **attrs)
+
+
+def _one_op_model(node, extra_inits=(), x_shape=(1, 4, 4, 4)):
+    from onnx import TensorProto, helper
+
+    inits = _quant_inits(TensorProto.UINT8, {"": (0.1, 3)}) + list(extra_inits)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), node,
+             helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["y"])]
+    return _model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x_shape))],
+                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+
+
+def test_qlinear_mul_constant_must_hold_codes_of_its_zero_point_type():
+    _onnx()
+    from onnx import TensorProto, helper
+
+    from intsim.importers.onnx_qop import load_onnx_qoperator
+
+    gain = helper.make_tensor("gain", TensorProto.INT8, [1, 4, 1, 1], [1, 2, 3, 4])
+    node = helper.make_node("QLinearMul", ["xq", "s", "z", "gain", "s", "z", "s", "z"], ["yq"], name="scale",
+                            domain="com.microsoft")
+    with pytest.raises(ValidationError, match="QLinearMul 'scale': constant 'gain' must hold uint8 codes"):
+        load_onnx_qoperator(_one_op_model(node, [gain]))
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"dilations": [2, 2]}, r"dilations \[2, 2\] are not supported"),
+    ({"channels_last": 1}, "channels_last=1 is not supported"),
+])
+def test_qlinear_average_pool_unsupported_attributes(attrs, message):
+    _onnx()
+    from onnx import helper
+
+    from intsim.importers.onnx_qop import load_onnx_qoperator
+
+    node = helper.make_node("QLinearAveragePool", ["xq", "s", "z", "s", "z"], ["yq"], name="pool",
+                            domain="com.microsoft", kernel_shape=[2, 2], **attrs)
+    with pytest.raises(UnsupportedOpError, match=f"QLinearAveragePool 'pool': {message}"):
+        load_onnx_qoperator(_one_op_model(node))
