@@ -28,8 +28,10 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper  # noqa: E402
 
 from intsim import Model  # noqa: E402
+from intsim.datasets import load_dataset  # noqa: E402
 from intsim.graph import Node  # noqa: E402
 from intsim.importers.onnx_qop import load_onnx_qoperator  # noqa: E402
+from tests.test_onnxruntime_conformance import MODELS_DIR, _assert_conforms, _probe_model, _quantize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QEMU = shutil.which("qemu-x86_64")
@@ -165,33 +167,30 @@ def _code_batches(rng, x_dtype, shape):
             np.full(shape, info.max, x_dtype), np.full(shape, info.min, x_dtype)]
 
 
-def _with_code_outputs(model):
-    """A copy of ``model`` that also outputs the code tensors ``xq`` and ``yq``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    probe.graph.output.extend([onnx.ValueInfoProto(name="xq"), onnx.ValueInfoProto(name="yq")])
-    return probe
+def _run_emulated(folder: Path) -> None:
+    """Run ``tools/ort_run.py`` on ``folder`` in onnxruntime under ``qemu-x86_64 -cpu Haswell``."""
+    if QEMU is None:
+        pytest.skip("qemu-x86_64 is not installed (Debian: apt-get install qemu-user)")
+    result = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, str(ROOT / "tools" / "ort_run.py"), str(folder)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
     """``{case: (model, [code batches], [onnxruntime's yq per batch])}`` from one emulated onnxruntime process."""
-    if QEMU is None:
-        pytest.skip("qemu-x86_64 is not installed (Debian: apt-get install qemu-user)")
     folder = tmp_path_factory.mktemp("avx2")
     rng = np.random.default_rng(5)
     cases = {}
     for name, build in CASES.items():
         model, x_dtype, shape, x_zp = build(rng)
         batches = _code_batches(rng, x_dtype, shape)
-        onnx.save(_with_code_outputs(model), str(folder / f"{name}.onnx"))
+        onnx.save(_probe_model(model, ["xq", "yq"]), str(folder / f"{name}.onnx"))
         feeds = {f"{i}:x": ((codes.astype(np.int64) - x_zp) * X_SCALE).astype(np.float32)
                  for i, codes in enumerate(batches)}
         np.savez(folder / f"{name}.in.npz", **feeds)
         cases[name] = (model, batches)
-    result = subprocess.run([QEMU, "-cpu", "Haswell", sys.executable, str(ROOT / "tools" / "ort_run.py"), str(folder)],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _run_emulated(folder)
     emulated = {}
     for name, (model, batches) in cases.items():
         with np.load(folder / f"{name}.out.npz") as out:
@@ -247,3 +246,51 @@ def test_depthwise_inputs_would_saturate_pairs(emulated, name):
 def test_emulated_onnxruntime_corner_goldens(emulated, name, batch, code):
     _, _, expected = emulated[name]
     assert np.all(expected[batch].astype(np.int64) == code)
+
+
+# --------------------------------------------------------------------------
+# The shipped digits models, quantized u8s8 by quantize_static: every code tensor.
+# --------------------------------------------------------------------------
+
+SHIPPED = [(model, scheme) for model in ("resnet_digits", "mobilenet_digits") for scheme in ("u8s8", "u8s8_per_channel")]
+
+
+@pytest.fixture(scope="module")
+def emulated_shipped(tmp_path_factory):
+    """``{(model, scheme): (quantized model, inputs, [onnxruntime's tensors per input batch])}``, emulated."""
+    folder = tmp_path_factory.mktemp("avx2_models")
+    train_x, _ = load_dataset("digits", "train")
+    test_x, _ = load_dataset("digits", "test")
+    rng = np.random.default_rng(4)
+    batches = [test_x[:48], rng.uniform(-1, 2, (16, 1, 8, 8)).astype(np.float32)]
+    quantized = {}
+    for model_name, scheme in SHIPPED:
+        name = f"{model_name}_{scheme}"
+        model = _quantize(MODELS_DIR / f"{model_name}.onnx", folder / f"{name}.quantized", scheme, train_x[:64])
+        graph = load_onnx_qoperator(model, "onnxruntime_avx2")
+        (float_input,) = graph.metadata["onnx_inputs"]
+        onnx.save(_probe_model(model, list(graph.metadata["onnx_tensors"])), str(folder / f"{name}.onnx"))
+        np.savez(folder / f"{name}.in.npz", **{f"{i}:{float_input}": x for i, x in enumerate(batches)})
+        quantized[model_name, scheme] = model
+    _run_emulated(folder)
+    emulated = {}
+    for (model_name, scheme), model in quantized.items():
+        with np.load(folder / f"{model_name}_{scheme}.out.npz") as out:
+            runs = [{key.split(":", 1)[1]: out[key] for key in out.files if key.startswith(f"{i}:")}
+                    for i in range(len(batches))]
+        emulated[model_name, scheme] = (model, batches, runs)
+    return emulated
+
+
+@pytest.mark.parametrize("model_name, scheme", SHIPPED)
+def test_shipped_models_match_emulated_onnxruntime(emulated_shipped, model_name, scheme):
+    model, batches, runs = emulated_shipped[model_name, scheme]
+    compared = sum(_assert_conforms(model, x, profile="onnxruntime_avx2", reference=reference)
+                   for x, reference in zip(batches, runs))
+    _assert_conforms(model, batches[0][:2], backend="naive", profile="onnxruntime_avx2",
+                     reference={name: value[:2] for name, value in runs[0].items()})
+    assert compared > 50_000
+    # Real images saturate pairs: the exact profile disagrees with the emulated onnxruntime somewhere.
+    exact = load_onnx_qoperator(model, "onnxruntime")
+    (float_output,) = exact.metadata["onnx_outputs"]
+    assert not np.array_equal(Model(exact).run(batches[0]), runs[0][float_output])

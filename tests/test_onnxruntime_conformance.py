@@ -84,22 +84,33 @@ def _quantize(float_path, out_path, scheme, calibration) -> onnx.ModelProto:
     return onnx.load(str(out_path))
 
 
-def _run_everything(model: onnx.ModelProto, names, feeds) -> dict:
-    """onnxruntime's value of every tensor in ``names`` (added as graph outputs)."""
+def _probe_model(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs every tensor in ``names``."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     present = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    session = _session(probe)
+    return probe
+
+
+def _run_everything(model: onnx.ModelProto, names, feeds) -> dict:
+    """onnxruntime's value of every tensor in ``names`` (added as graph outputs)."""
+    session = _session(_probe_model(model, names))
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
 
-def _assert_conforms(model: onnx.ModelProto, data: np.ndarray, backend: str = "fast") -> int:
-    """Compare every code tensor and the float output; return the number of elements compared."""
-    graph = load_onnx_qoperator(model, PROFILE)
+def _assert_conforms(model: onnx.ModelProto, data: np.ndarray, backend: str = "fast", profile: str = PROFILE,
+                     reference: dict | None = None) -> int:
+    """Compare every code tensor and the float output; return the number of elements compared.
+
+    ``reference`` holds onnxruntime's value of every tensor (see
+    :func:`_probe_model`); by default this machine's onnxruntime computes it.
+    """
+    graph = load_onnx_qoperator(model, profile)
     meta = graph.metadata
     (float_input, code_input), = meta["onnx_inputs"].items()
-    reference = _run_everything(model, list(meta["onnx_tensors"]), {float_input: data})
+    if reference is None:
+        reference = _run_everything(model, list(meta["onnx_tensors"]), {float_input: data})
     trace = Model(graph, backend).trace(reference[code_input])
     compared = 0
     for onnx_name, held in meta["onnx_tensors"].items():
