@@ -102,6 +102,20 @@ def _gemm(rng, x_dtype, m_rows, depth, cols, op="QGemm", weight_fill=None):
     return _model(node, x_dtype, x_zp, [m_rows, depth], x_dtype, y_scale, y_zp, inits), x_dtype, (m_rows, depth), x_zp
 
 
+def _matmul_dynamic(rng, m_rows=6, depth=9):
+    """QLinearMatMul of two activations: uint8 ``xq`` [M, K] times the int8 codes of the same input, transposed."""
+    x_zp = int(rng.integers(0, 40))
+    inits = [helper.make_tensor("bz", TensorProto.INT8, [], [0])]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "bz"], ["bq"]),
+             helper.make_node("Transpose", ["bq"], ["bt"], perm=[1, 0]),
+             helper.make_node("QLinearMatMul", ["xq", "xs", "xz", "bt", "xs", "bz", "ys", "yz"], ["yq"])]
+    model = _model(nodes[-1], "uint8", x_zp, [m_rows, depth], "uint8", X_SCALE * depth * 255 * 128 / 400, 128, inits)
+    graph = model.graph
+    graph.node.insert(1, nodes[0])
+    graph.node.insert(2, nodes[1])
+    return model, "uint8", (m_rows, depth), x_zp
+
+
 def _corner(x_dtype, op, cout=2, depth=4):
     """Every product at the largest magnitude its types allow, scale 1: the accumulator shows in the codes.
 
@@ -146,6 +160,7 @@ CASES = {
     "matmul_m1_k7": lambda rng: _gemm(rng, "uint8", 1, 7, 5, op="QLinearMatMul"),
     "matmul_m6_k33": lambda rng: _gemm(rng, "uint8", 6, 33, 20, op="QLinearMatMul"),
     "qgemm_s8s8": lambda rng: _gemm(rng, "int8", 6, 9, 5),
+    "matmul_two_activations": _matmul_dynamic,
     "corner_u8s8_conv": lambda rng: _corner("uint8", "QLinearConv"),
     "corner_u8s8_conv_convsym": lambda rng: _corner("uint8", "QLinearConv", cout=16),
     "corner_u8s8_qgemm": lambda rng: _corner("uint8", "QGemm"),
@@ -178,30 +193,35 @@ def _run_emulated(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    """``{case: (model, [code batches], [onnxruntime's yq per batch])}`` from one emulated onnxruntime process."""
+    """``{case: (model, [input code tuples], [onnxruntime's yq per tuple])}`` from one emulated onnxruntime process.
+
+    The code tuples are onnxruntime's values of the intsim graph's inputs.
+    """
     folder = tmp_path_factory.mktemp("avx2")
     rng = np.random.default_rng(5)
     cases = {}
     for name, build in CASES.items():
         model, x_dtype, shape, x_zp = build(rng)
         batches = _code_batches(rng, x_dtype, shape)
-        onnx.save(_probe_model(model, ["xq", "yq"]), str(folder / f"{name}.onnx"))
+        code_inputs = load_onnx_qoperator(model).inputs
+        onnx.save(_probe_model(model, [*code_inputs, "yq"]), str(folder / f"{name}.onnx"))
         feeds = {f"{i}:x": ((codes.astype(np.int64) - x_zp) * X_SCALE).astype(np.float32)
                  for i, codes in enumerate(batches)}
         np.savez(folder / f"{name}.in.npz", **feeds)
-        cases[name] = (model, batches)
+        cases[name] = (model, batches, code_inputs)
     _run_emulated(folder)
     emulated = {}
-    for name, (model, batches) in cases.items():
+    for name, (model, batches, code_inputs) in cases.items():
         with np.load(folder / f"{name}.out.npz") as out:
             for i, codes in enumerate(batches):
                 np.testing.assert_array_equal(out[f"{i}:xq"], codes, strict=True)  # the float feed quantizes back
-            emulated[name] = (model, batches, [out[f"{i}:yq"] for i in range(len(batches))])
+            inputs = [tuple(out[f"{i}:{n}"] for n in code_inputs) for i in range(len(batches))]
+            emulated[name] = (model, inputs, [out[f"{i}:yq"] for i in range(len(batches))])
     return emulated
 
 
 def _pair_saturations(graph, codes):
-    trace = Model(graph).trace(codes)
+    trace = Model(graph).trace(*codes)
     return sum(stats.get("pair_saturation_count", 0) for stats in trace.stats.values())
 
 
@@ -212,9 +232,9 @@ def test_avx2_profile_matches_emulated_onnxruntime(emulated, name):
     differs = 0
     for codes, yq in zip(batches, expected):
         for backend in ("fast", "naive"):
-            np.testing.assert_array_equal(Model(avx2, backend).run_int(codes), yq, strict=True,
+            np.testing.assert_array_equal(Model(avx2, backend).run_int(*codes), yq, strict=True,
                                           err_msg=f"{name} ({backend})")
-        differs += int(np.count_nonzero(Model(exact).run_int(codes) != yq))
+        differs += int(np.count_nonzero(Model(exact).run_int(*codes) != yq))
     saturated = sum(_pair_saturations(avx2, codes) for codes in batches)
     if name in EXACT:
         assert differs == 0 and saturated == 0
@@ -233,7 +253,7 @@ def test_depthwise_inputs_would_saturate_pairs(emulated, name):
     assert conv.attrs["pairwise_int16"] is False
     graph.nodes[graph.nodes.index(conv)] = Node(conv.op, conv.name, conv.inputs, conv.outputs,
                                                 {**conv.attrs, "pairwise_int16": True}, conv.params)
-    assert any(np.any(Model(graph).run_int(codes) != yq) for codes, yq in zip(batches, expected))
+    assert any(np.any(Model(graph).run_int(*codes) != yq) for codes, yq in zip(batches, expected))
 
 
 @pytest.mark.parametrize("name, batch, code", [
