@@ -3,8 +3,9 @@
 ``onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QOperator)``
 writes models whose float input is quantized once (``QuantizeLinear``), whose
 layers take and give integer codes (``QLinearConv``, ``QLinearMatMul``,
-``com.microsoft`` ``QGemm`` / ``QLinearAdd`` / ``QLinearGlobalAveragePool`` /
-``QLinearConcat`` / ``QLinearLeakyRelu`` / ``QLinearSigmoid``, ``MaxPool`` and
+``com.microsoft`` ``QGemm`` / ``QLinearAdd`` / ``QLinearMul`` / ``QLinearAveragePool`` /
+``QLinearGlobalAveragePool`` / ``QLinearConcat`` / ``QLinearLeakyRelu`` /
+``QLinearSigmoid``, ``MaxPool`` and
 layout ops on codes), and whose output is dequantized once
 (``DequantizeLinear``).  :func:`load_onnx_qoperator` keeps every integer
 exactly as the file stores it (weights, int32 biases, zero points) and forms
@@ -24,6 +25,16 @@ What onnxruntime computes (CPU execution provider, x86-64), per op:
     float, ``cvtps2dq`` round-to-nearest-even, add the zero point).  That is
     intsim's ``float32_rint`` rescale followed by ``+ z_y`` and the clamp.
     Per-channel weight zero points must all be equal (``ComputeOffset``).
+    On x86 AVX2 without VNNI (profile ``onnxruntime_avx2``) the u8s8 kernels
+    (``MlasGemm``'s ``QgemmU8S8KernelAvx2``, ``MlasConvSym``'s
+    ``ConvSymKernelAvx2``) sum each pair of consecutive ``(kh, kw, c)``
+    products into a saturating int16 (``vpmaddubsw``); ConvSym requires
+    ``Cin % 4 == 0`` (``convsym.cpp`` ``MlasConvSymPackWSize``), so its per-tap
+    packing pairs as the flattened im2col does.  A depthwise conv (one input
+    and one output channel per group) takes ``MlasConvSymDepthwise`` /
+    ``MlasConvDepthwise`` instead, exact on every ISA: its node carries
+    ``pairwise_int16 = False``.  s8s8 is exact on AVX2 too (no s8s8 ConvSym or
+    GEMM dispatch there; the op pairs only uint8 x int8).
 ``QLinearMatMul`` (``quantize_linear_matmul.cc``)
     ``scale[n] = (a_scale * b_scale[n]) / y_scale``, same requantization.
 ``QGemm`` (``contrib_ops/cpu/quantization/quant_gemm.cc``)
@@ -32,6 +43,18 @@ What onnxruntime computes (CPU execution provider, x86-64), per op:
 ``QLinearGlobalAveragePool`` (``core/mlas/lib/qlgavgpool.cpp``)
     ``acc = sum(x) - z_x * HW`` in int32, ``scale = x_scale / (y_scale *
     float(HW))`` in float32, then ``MlasRequantizeOutput``: intsim's ``mean``.
+``QLinearAveragePool`` (``contrib_ops/cpu/quantization/qlinear_pool.cc``)
+    a window over the whole image without padding falls back to the global
+    pool above; otherwise every code is dequantized in float32, each window
+    summed in float32 (rows, then columns), divided by the float32 count
+    (the kernel area with ``count_include_pad``, else the cells inside), and
+    quantized as ``nearbyint(mean / y_scale + z_y)`` (float32 division, zero
+    point added before rounding): intsim's ``avg_pool_float32``.
+``QLinearMul`` (``core/mlas/lib/qlmul.cpp``, the SSE2 kernel on x86-64)
+    ``ratio = s_a * s_b / s_c`` in float32; per element the exact int32
+    product ``(a - z_a)(b - z_b)`` in float32, times ``ratio``, plus
+    ``float(z_c)`` (two float32 roundings, no fused multiply-add), then
+    ``cvtps2dq`` ties to even and a saturating pack: intsim's ``mul_float32``.
 ``QLinearLeakyRelu`` / ``QLinearSigmoid`` (``qlinear_lookup_table.cc``,
 ``qlinear_activations.cc``)
     a 256-entry table built in float32: ``v = x_scale * (x - z_x)``;
