@@ -131,7 +131,8 @@ def load_onnx_qoperator(model, profile="onnxruntime") -> Graph:
         int8 weights (per-tensor or per-channel scales).
     profile : str, Path or Profile
         ``"onnxruntime"`` (exact int32 accumulation: VNNI, AVX-512, ARM) or
-        ``"onnxruntime_avx2"`` (u8s8 pair saturation of AVX2 without VNNI).
+        ``"onnxruntime_avx2"`` (u8s8 pair saturation of AVX2 without VNNI; depthwise
+        convs and s8s8 stay exact, as there).
         Every multiply-accumulate node rounds ``float32_rint`` whatever the profile.
 
     Returns
