@@ -120,7 +120,7 @@ def _session(model):
 
 
 def _model(nodes, inputs, outputs, inits):
-    _, onnx = _onnx()
+    _onnx()
     from onnx import helper
 
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
@@ -146,7 +146,7 @@ def _scales(rng, trial):
 
 @pytest.mark.parametrize("code_type", CODE_TYPES)
 def test_qlinear_mul_matches_onnxruntime_for_every_code_pair(code_type):
-    _, onnx = _onnx()
+    _onnx()
     from onnx import TensorProto, helper
 
     from intsim.importers.onnx_qop import load_onnx_qoperator
@@ -194,7 +194,7 @@ POOLS = [
 @pytest.mark.parametrize("code_type", CODE_TYPES)
 @pytest.mark.parametrize("kernel, strides, pads, include", POOLS)
 def test_qlinear_average_pool_matches_onnxruntime(code_type, kernel, strides, pads, include):
-    _, onnx = _onnx()
+    _onnx()
     from onnx import TensorProto, helper
 
     from intsim.importers.onnx_qop import load_onnx_qoperator

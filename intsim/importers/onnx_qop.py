@@ -538,9 +538,7 @@ def _binary_operands(imp, node):
                 raise ValidationError(f"{imp.where(node)}: constant {name!r} must hold {dtype} codes like its "
                                       f"zero point, found {value.dtype}")
             tensor = imp.unique(name)
-            imp.add_tensor(tensor, dtype, value.shape, scale, zp)
-            imp.nodes.append(Node("constant", tensor, [], [tensor], {}, {"value": value}))
-            imp.values[name] = (tensor, None)
+            imp.emit("constant", tensor, [], {}, {"value": value}, tensor, dtype, scale, zp, name, None)
     (a, perm_a), (b, perm_b) = imp.value(node, 0), imp.value(node, 3)
     if imp.tensors[a].shape != imp.tensors[b].shape or perm_a != perm_b:
         return imp.layout(node, 0, None), imp.layout(node, 3, None), None
