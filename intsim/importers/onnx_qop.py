@@ -74,7 +74,10 @@ What onnxruntime computes (CPU execution provider, x86-64), per op:
     ``rint(fma(a, r_a, fma(b, r_b, F)))`` on the raw codes, saturated by
     ``packs``: the output zero point is added *before* rounding.  That is
     intsim's ``add_float32_fma`` with the very same ``r_a``, ``r_b``, ``F``
-    (fused multiply-adds emulated exactly).  ``graph.metadata["inexact_nodes"]``
+    (fused multiply-adds emulated exactly).  Where A is one value in every
+    span of the broadcast output (its innermost axis of size > 1 in the
+    output has size 1 in A), ``qlinear_binary_op.cc`` passes B as MLAS's
+    first operand, so A and B trade places in those formulas.  ``graph.metadata["inexact_nodes"]``
     names any node whose lowering is not bit-exact; no op here needs it now.
 
 Layout: ONNX tensors are NCHW, intsim's spatial ops NHWC.  Every 4-D tensor
@@ -551,6 +554,12 @@ def _qlinear_add(imp, node):
     b_scale, b_zp, _ = imp.quant(node, 4, 5, "B")
     y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
     a, b, perm_a = _binary_operands(imp, node)
+    a_q, b_q = (a, a_scale, a_zp), (b, b_scale, b_zp)
+    if _input0_is_scalar_per_span(imp.tensors[a].shape, imp.tensors[b].shape):
+        # qlinear_binary_op.cc: a span where A is one value calls MlasQLinearAdd(B, ..., &A, ...): the
+        # operands trade places in the fused multiply-adds below.
+        a_q, b_q = b_q, a_q
+    (a, a_scale, a_zp), (b, b_scale, b_zp) = a_q, b_q
     # qladd_avx2.cpp, all float32: the zero points go into one offset, added before rounding.
     a_ratio, b_ratio = _f32(a_scale / y_scale), _f32(b_scale / y_scale)
     offset = _f32(_f32(y_zp) - fma_float32(a_ratio, _f32(a_zp), _f32(b_ratio * _f32(b_zp))))
@@ -558,6 +567,24 @@ def _qlinear_add(imp, node):
               "offset": np.array([offset], np.float32)}
     out = node.output[0]
     imp.emit("add_float32_fma", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm_a)
+
+
+def _input0_is_scalar_per_span(shape_a, shape_b) -> bool:
+    """Whether onnxruntime's broadcaster sees input 0 as one value in every span of the output.
+
+    A span is the run of output elements along the innermost axis whose size
+    is not 1 (unknown sizes count as not 1); input 0 is one value there when
+    its own size on that axis is 1, or when it holds a single element.
+    """
+    rank = max(len(shape_a), len(shape_b))
+    a = (1,) * (rank - len(shape_a)) + tuple(shape_a)
+    b = (1,) * (rank - len(shape_b)) + tuple(shape_b)
+    if all(d == 1 for d in a):
+        return True
+    for da, db in zip(reversed(a), reversed(b)):
+        if da != 1 or db != 1:
+            return da == 1
+    return False
 
 
 @_handles("QLinearMul")
