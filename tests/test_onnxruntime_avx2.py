@@ -6,11 +6,12 @@ VNNI its u8s8 kernels multiply with ``vpmaddubsw``, which adds each pair of
 products into a saturating int16.  QEMU's user-mode emulator with
 ``-cpu Haswell`` reports AVX2 and FMA3 but neither AVX-512 nor VNNI, so the very
 same onnxruntime wheel, run under it, takes those AVX2 paths
-(``core/mlas/lib/platform.cpp``).  One emulated process
-(``tools/ort_run.py``) runs every model below; the tests compare its code
-tensors with intsim's, and demand that the cases built to saturate pairs really
-do (the exact profile disagrees with the emulated onnxruntime there), which
-proves that the emulated onnxruntime took the AVX2 kernels.
+(``core/mlas/lib/platform.cpp``).  One emulated process per fixture
+(``tools/ort_run.py``) runs all its models; the tests compare its code tensors
+with intsim's, and demand that the cases built to saturate pairs really do (the
+exact profile disagrees with the emulated onnxruntime there), which proves that
+the emulated onnxruntime took the AVX2 kernels.  Skips only where
+``qemu-x86_64`` is absent (Debian package ``qemu-user``; ``.ci/run`` installs it).
 """
 
 from __future__ import annotations
