@@ -115,6 +115,19 @@ def node_rounding(node: Node, graph: Graph) -> str:
     return rounding
 
 
+def node_pairwise_int16(node: Node, graph: Graph, x_dtype: str, w_dtype: str) -> bool:
+    """Whether the node's products are summed two at a time into a saturating int16 (x86 ``vpmaddubsw``).
+
+    The node's ``pairwise_int16`` attribute (a bool), else the profile's; and
+    only for uint8 activations times int8 weights, the one operand pair the
+    instruction takes (onnxruntime's s8s8 kernels on AVX2 accumulate exactly).
+    """
+    enabled = node.attrs.get("pairwise_int16", graph.profile.pairwise_int16)
+    if not isinstance(enabled, (bool, np.bool_)):
+        _fail(node, f"attribute pairwise_int16 must be a bool, found {enabled!r}")
+    return bool(enabled) and x_dtype == "uint8" and w_dtype == "int8"
+
+
 def rescale_params(node: Node, graph: Graph, prefix: str = "", channels: int = 1) -> Rescale:
     """The requantization parameters ``{prefix}multiplier``/``shift``/``scale`` of a node."""
     profile = graph.profile
@@ -216,7 +229,7 @@ class Op:
 
 
 class _MacOp(Op):
-    def _requant_plan(self, node, graph, channels):
+    def _requant_plan(self, node, graph, channels, operand_dtypes):
         out = graph.tensors[node.outputs[0]]
         rq = rescale_params(node, graph, channels=channels)
         mult, shift, scale = rq.kernel_args(channels)
@@ -225,7 +238,8 @@ class _MacOp(Op):
         return {
             "node": node.name,
             "requant": (mult, shift, scale, rq.code, profile.multiplier_bits, out.zero_point, lo, hi, out.np_dtype),
-            "acc": (profile.accumulator_bits, OVERFLOW_CODES[profile.overflow], profile.pairwise_int16),
+            "acc": (profile.accumulator_bits, OVERFLOW_CODES[profile.overflow],
+                    node_pairwise_int16(node, graph, *operand_dtypes)),
         }
 
     def _finish(self, plan, acc, overflow_count, pair_saturations, kernels, per_tensor=False):
@@ -242,6 +256,12 @@ class _MacOp(Op):
     def run(self, plan, inputs, kernels):
         acc, ovf, pairs = getattr(kernels, self.kernel)(inputs[0], *plan["mac"], *plan["acc"])
         return self._finish(plan, acc, ovf, pairs, kernels)
+
+    @staticmethod
+    def _channels_and_dtypes(node, graph):
+        """``(output channels, (activation dtype, weight dtype))`` of a weight-stationary node."""
+        weight = node.params["weight"]
+        return weight.shape[0], (graph.tensors[node.inputs[0]].dtype, weight.dtype.name)
 
     @staticmethod
     def _weight_args(node, graph):
@@ -265,6 +285,7 @@ class _MacOp(Op):
         _check_range(node, "bias", bias.astype(np.int64), blo, bhi)
         rescale_params(node, graph, channels=out_channels)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
+        node_pairwise_int16(node, graph, *self._channels_and_dtypes(node, graph)[1])
 
 
 @register("conv2d")
@@ -302,7 +323,7 @@ class Conv2D(_MacOp):
         ]
 
     def prepare(self, node, graph):
-        plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
+        plan = self._requant_plan(node, graph, *self._channels_and_dtypes(node, graph))
         plan["mac"] = self._weight_args(node, graph) + (
             tuple(node.attrs.get("strides", (1, 1))),
             tuple(node.attrs.get("dilations", (1, 1))),
@@ -331,7 +352,7 @@ class FullyConnected(_MacOp):
         return [(inputs[0].shape[0], node.params["weight"].shape[0])]
 
     def prepare(self, node, graph):
-        plan = self._requant_plan(node, graph, node.params["weight"].shape[0])
+        plan = self._requant_plan(node, graph, *self._channels_and_dtypes(node, graph))
         plan["mac"] = self._weight_args(node, graph)
         return plan
 
@@ -352,6 +373,7 @@ class MatMul(_MacOp):
             _fail(node, f"inner dimensions differ: a {a.shape} vs b {b.shape}")
         if len(b.shape) != 2 and len(b.shape) != len(a.shape):
             _fail(node, f"b must be 2-D or have a's rank {len(a.shape)}, found {b.shape}")
+        node_pairwise_int16(node, graph, a.dtype, b.dtype)
         rescale_params(node, graph)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
 
@@ -360,7 +382,7 @@ class MatMul(_MacOp):
         return [a.shape[:-1] + (b.shape[-1],)]
 
     def prepare(self, node, graph):
-        plan = self._requant_plan(node, graph, 1)
+        plan = self._requant_plan(node, graph, 1, [graph.tensors[t].dtype for t in node.inputs])
         plan["zero_points"] = tuple(graph.tensors[t].zero_point for t in node.inputs)
         return plan
 
@@ -1019,6 +1041,16 @@ class SoftmaxGemmlowp(Op):
         return [out.reshape(x.shape)], {}
 
 
+def _float32_scalar_param(node, key, positive=False) -> np.float32:
+    """A float32 parameter of shape (1,): finite, and above 0 where ``positive``."""
+    value = _param(node, key, kinds="f", shape=(1,))
+    if value.dtype != np.float32:
+        _fail(node, f"parameter {key} must be float32, found {value.dtype}")
+    if not np.isfinite(value[0]) or (positive and not value[0] > 0):
+        _fail(node, f"parameter {key} must be finite{' and > 0' if positive else ''}, found {value[0]}")
+    return value[0]
+
+
 @register("add_float32_fma")
 class AddFloat32Fma(Op):
     """onnxruntime's QLinearAdd: ``y = clamp(rint(fma(a, a_ratio, fma(b, b_ratio, offset))))`` on raw codes.
@@ -1037,11 +1069,7 @@ class AddFloat32Fma(Op):
         _check_arity(node, 2)
         _check_dtypes(node, graph)
         for key in self.PARAMS:
-            value = _param(node, key, kinds="f", shape=(1,))
-            if value.dtype != np.float32:
-                _fail(node, f"parameter {key} must be float32, found {value.dtype}")
-            if not np.isfinite(value).all():
-                _fail(node, f"parameter {key} must be finite, found {value[0]}")
+            _float32_scalar_param(node, key)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
         _broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
 
@@ -1057,4 +1085,90 @@ class AddFloat32Fma(Op):
     def run(self, plan, inputs, kernels):
         a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(*inputs))
         out, sat = kernels.add_float32_fma(a, b, *plan["args"])
+        return [out], {"saturation_count": sat}
+
+
+def _max_centred(info: TensorInfo) -> int:
+    """Largest ``|code - zero_point|`` a tensor can hold."""
+    lo, hi = dtype_range(info.dtype)
+    return max(abs(lo - info.zero_point), abs(hi - info.zero_point))
+
+
+@register("mul_float32")
+class MulFloat32(Op):
+    """onnxruntime's QLinearMul: ``y = clamp(rint(float32((a - z_a)(b - z_b)) * ratio + z_y))``, 8-bit codes.
+
+    Parameter ``ratio`` (``s_a * s_b / s_y``) is a float32 array of shape (1,),
+    formed by the importer as onnxruntime forms it; the output zero point is
+    added in float32 before rounding.  Inputs broadcast.  A profile-independent
+    float op, see :func:`intsim.kernels.mul_float32`.
+    """
+
+    def check(self, node, graph):
+        _check_arity(node, 2)
+        _check_dtypes(node, graph, ("int8", "uint8"))
+        ratio = _float32_scalar_param(node, "ratio")
+        a, b, out = (graph.tensors[t] for t in (*node.inputs, node.outputs[0]))
+        reach = float(abs(ratio)) * _max_centred(a) * _max_centred(b) + abs(out.zero_point)
+        if reach >= 2.0**31:
+            _fail(node, f"ratio {ratio} can take |product * ratio + zero point| to {reach:.3g} >= 2**31, where "
+                        f"cvtps2dq returns INT32_MIN (not modelled)")
+        clamp_bounds(node, out)
+        _broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
+
+    def infer(self, node, inputs, graph):
+        return [_broadcast_shape(node, [t.shape for t in inputs])]
+
+    def prepare(self, node, graph):
+        a, b, out = (graph.tensors[t] for t in (*node.inputs, node.outputs[0]))
+        lo, hi = clamp_bounds(node, out)
+        return {"args": (a.zero_point, b.zero_point, np.float32(node.params["ratio"][0]), out.zero_point, lo, hi,
+                         out.np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(*inputs))
+        za, zb, *rest = plan["args"]
+        out, sat = kernels.mul_float32(a, za, b, zb, *rest)
+        return [out], {"saturation_count": sat}
+
+
+@register("avg_pool_float32")
+class AvgPoolFloat32(Op):
+    """onnxruntime's QLinearAveragePool: dequantize, average in float32, quantize (NHWC, 8-bit codes).
+
+    Parameters ``x_scale`` and ``y_scale`` are float32 arrays of shape (1,);
+    attributes ``kernel``, ``strides``, ``pads`` (each below the kernel) and
+    ``count_include_pad`` as for ``avg_pool``.  A profile-independent float op,
+    see :func:`intsim.kernels.avg_pool_float32_nhwc`.
+    """
+
+    def check(self, node, graph):
+        _check_arity(node, 1)
+        _check_dtypes(node, graph, ("int8", "uint8"))
+        for key in ("x_scale", "y_scale"):
+            _float32_scalar_param(node, key, positive=True)
+        kernel = _ints_attr(node, "kernel", 2, lo=1)
+        pads = _ints_attr(node, "pads", 4, (0, 0, 0, 0), lo=0)
+        _ints_attr(node, "strides", 2, (1, 1), lo=1)
+        if not isinstance(node.attrs.get("count_include_pad", False), bool):
+            _fail(node, f"attribute count_include_pad must be a boolean, found {node.attrs['count_include_pad']!r}")
+        if pads[0] >= kernel[0] or pads[2] >= kernel[0] or pads[1] >= kernel[1] or pads[3] >= kernel[1]:
+            _fail(node, f"pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
+
+    def infer(self, node, inputs, graph):
+        x = inputs[0]
+        return [_spatial_infer(node, x, node.attrs["kernel"], node.attrs.get("strides", (1, 1)), (1, 1),
+                               node.attrs.get("pads", (0, 0, 0, 0)), x.shape[-1])]
+
+    def prepare(self, node, graph):
+        x, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+        lo, hi = clamp_bounds(node, out)
+        return {"args": (x.zero_point, np.float32(node.params["x_scale"][0]), tuple(node.attrs["kernel"]),
+                         tuple(node.attrs.get("strides", (1, 1))), tuple(node.attrs.get("pads", (0, 0, 0, 0))),
+                         bool(node.attrs.get("count_include_pad", False)), np.float32(node.params["y_scale"][0]),
+                         out.zero_point, lo, hi, out.np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        out, sat = kernels.avg_pool_float32_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])
         return [out], {"saturation_count": sat}

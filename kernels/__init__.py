@@ -18,12 +18,13 @@ from intsim.kernels.elementwise import (
     softmax_lastaxis,
 )
 from intsim.kernels.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
-from intsim.kernels.onnxruntime_ops import add_float32_fma
+from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
     "add_float32_fma",
+    "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
     "conv2d_nhwc_acc",
     "fully_connected_acc",
@@ -32,6 +33,7 @@ __all__ = [
     "max_pool_nhwc",
     "mean_reduce",
     "mul",
+    "mul_float32",
     "pad_constant",
     "requantize",
     "softmax_gemmlowp_lastaxis",

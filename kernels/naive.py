@@ -14,12 +14,13 @@ from intsim.kernels.naive_elementwise import (
     softmax_lastaxis,
 )
 from intsim.kernels.naive_mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
-from intsim.kernels.naive_onnxruntime_ops import add_float32_fma
+from intsim.kernels.naive_onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
 from intsim.kernels.naive_tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
     "add_float32_fma",
+    "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
     "conv2d_nhwc_acc",
     "fully_connected_acc",
@@ -28,6 +29,7 @@ __all__ = [
     "max_pool_nhwc",
     "mean_reduce",
     "mul",
+    "mul_float32",
     "pad_constant",
     "requantize",
     "softmax_gemmlowp_lastaxis",

@@ -39,3 +39,43 @@ def add_float32_fma(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out_dt
         saturated += int(clamped != value)
         out[index] = clamped
     return out, saturated
+
+
+def _round_and_clamp(value: np.float32, clamp_min: int, clamp_max: int) -> tuple[int, bool]:
+    rounded = int(saturating_round_float(np.float32(value), FLOAT32_RINT))
+    clamped = min(max(rounded, clamp_min), clamp_max)
+    return clamped, clamped != rounded
+
+
+def mul_float32(a, a_zero_point, b, b_zero_point, ratio, out_zero_point, clamp_min, clamp_max, out_dtype):
+    out = np.empty(a.shape, out_dtype)
+    saturated = 0
+    for index in np.ndindex(a.shape):
+        product = (int(a[index]) - int(a_zero_point)) * (int(b[index]) - int(b_zero_point))
+        scaled = np.float32(product) * np.float32(ratio)
+        out[index], clipped = _round_and_clamp(scaled + np.float32(out_zero_point), clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated
+
+
+def avg_pool_float32_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count_include_pad, y_scale,
+                          y_zero_point, clamp_min, clamp_max, out_dtype):
+    n_batch, height, width, channels = x.shape
+    (kernel_h, kernel_w), (sh, sw), (top, left, bottom, right) = kernel, strides, pads
+    out_h = (height + top + bottom - kernel_h) // sh + 1
+    out_w = (width + left + right - kernel_w) // sw + 1
+    out = np.empty((n_batch, out_h, out_w, channels), out_dtype)
+    saturated = 0
+    for n, oh, ow, c in np.ndindex(out.shape):
+        rows = range(max(oh * sh - top, 0), min(oh * sh - top + kernel_h, height))
+        cols = range(max(ow * sw - left, 0), min(ow * sw - left + kernel_w, width))
+        total = np.float32(0.0)
+        for h in rows:
+            for w in cols:
+                total = total + np.float32(x_scale) * np.float32(int(x[n, h, w, c]) - int(x_zero_point))
+        count = kernel_h * kernel_w if count_include_pad else len(rows) * len(cols)
+        mean = total / np.float32(count)
+        out[n, oh, ow, c], clipped = _round_and_clamp(mean / np.float32(y_scale) + np.float32(y_zero_point),
+                                                      clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated

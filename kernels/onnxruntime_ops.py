@@ -93,3 +93,127 @@ def add_float32_fma(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out_dt
         int(clamp_min), int(clamp_max), out.reshape(-1),
     )
     return out, int(saturated)
+
+
+@njit(cache=True)
+def _mul_float32_core(a, a_zero_point, b, b_zero_point, ratio, out_zero_point, clamp_min, clamp_max, out):
+    saturated = 0
+    zero_point = np.float32(out_zero_point)
+    for i in range(a.size):
+        product = (np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point)
+        scaled = np.float32(np.float32(product) * ratio)
+        value = saturating_round_float(np.float32(scaled + zero_point), FLOAT32_RINT)
+        clamped = min(max(value, clamp_min), clamp_max)
+        if clamped != value:
+            saturated += 1
+        out[i] = clamped
+    return saturated
+
+
+def mul_float32(a, a_zero_point, b, b_zero_point, ratio, out_zero_point, clamp_min, clamp_max, out_dtype):
+    """onnxruntime's QLinearMul on x86-64: ``clamp(rint(float32((a - z_a)(b - z_b)) * ratio + z_c))``.
+
+    ``core/mlas/lib/qlmul.cpp`` (SSE2 kernel): the centred codes are int16, their
+    product an exact int32, converted to float32 (exact: ``|product| <= 255**2 <
+    2**24``), multiplied by ``ratio = s_a * s_b / s_c`` (float32, formed by the
+    importer) and the output zero point is added in float32 *before* rounding
+    (``mulps``, ``addps``: two roundings, no fused multiply-add), then
+    ``cvtps2dq`` rounds to nearest even and ``packs`` / ``packus`` saturate
+    (the clamp).  With an odd ``z_c`` a tie ``k + 0.5`` rounds to the other
+    neighbour than ``rint(product * ratio) + z_c`` would.  Not modelled:
+    ``cvtps2dq`` gives ``INT32_MIN`` beyond int32; the op rejects ratios that
+    could get there.
+
+    Parameters
+    ----------
+    a, b : int8 or uint8 arrays of the same shape
+    a_zero_point, b_zero_point, out_zero_point : int
+    ratio : float32
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array of ``out_dtype``, shape of ``a``
+    saturation_count : int
+        Elements whose rounded value lay outside ``[clamp_min, clamp_max]``.
+    """
+    out = np.empty(a.shape, out_dtype)
+    saturated = _mul_float32_core(
+        a.reshape(-1), int(a_zero_point), b.reshape(-1), int(b_zero_point), np.float32(ratio), int(out_zero_point),
+        int(clamp_min), int(clamp_max), out.reshape(-1),
+    )
+    return out, int(saturated)
+
+
+@njit(cache=True)
+def _avg_pool_float32_core(x, x_zero_point, x_scale, kernel_h, kernel_w, sh, sw, top, left, count_include_pad,
+                           y_scale, y_zero_point, clamp_min, clamp_max, out):
+    n_batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    zero_point = np.float32(y_zero_point)
+    saturated = 0
+    for n in range(n_batch):
+        for oh in range(out_h):
+            h0 = oh * sh - top
+            h1 = min(h0 + kernel_h, height)
+            h0 = max(h0, 0)
+            for ow in range(out_w):
+                w0 = ow * sw - left
+                w1 = min(w0 + kernel_w, width)
+                w0 = max(w0, 0)
+                count = kernel_h * kernel_w if count_include_pad else (h1 - h0) * (w1 - w0)
+                for c in range(channels):
+                    total = np.float32(0.0)
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            centred = np.float32(np.int64(x[n, h, w, c]) - x_zero_point)
+                            total = np.float32(total + np.float32(x_scale * centred))
+                    mean = np.float32(total / np.float32(count))
+                    value = saturating_round_float(np.float32(np.float32(mean / y_scale) + zero_point), FLOAT32_RINT)
+                    clamped = min(max(value, clamp_min), clamp_max)
+                    if clamped != value:
+                        saturated += 1
+                    out[n, oh, ow, c] = clamped
+    return saturated
+
+
+def avg_pool_float32_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count_include_pad, y_scale,
+                          y_zero_point, clamp_min, clamp_max, out_dtype):
+    """onnxruntime's QLinearAveragePool: dequantize, average in float32, quantize; NHWC.
+
+    ``contrib_ops/cpu/quantization/qlinear_pool.cc``: every code becomes
+    ``x_scale * (x - z_x)`` in float32; each window sums them in float32, rows
+    then columns (the order matters: every addition rounds), divides by the
+    element count converted to float32 (the whole kernel with
+    ``count_include_pad``, else the window's cells inside the image), and
+    ``quantize_value`` gives ``clamp(nearbyint(mean / y_scale + z_y))``: a
+    float32 division, the zero point added in float32, ties to even.
+
+    Parameters
+    ----------
+    x : int8 or uint8 array [N, H, W, C]
+    x_zero_point, y_zero_point : int
+    x_scale, y_scale : float32
+    kernel, strides : (int, int)
+    pads : (top, left, bottom, right)
+        Padded cells are never summed; ``pads`` smaller than ``kernel``.
+    count_include_pad : bool
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array of ``out_dtype`` [N, OH, OW, C]
+        ``OH = (H + top + bottom - KH) // SH + 1``, ``OW`` alike.
+    saturation_count : int
+    """
+    out_h = (x.shape[1] + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+    out_w = (x.shape[2] + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+    out = np.empty((x.shape[0], out_h, out_w, x.shape[3]), out_dtype)
+    saturated = _avg_pool_float32_core(
+        np.ascontiguousarray(x), int(x_zero_point), np.float32(x_scale), int(kernel[0]), int(kernel[1]),
+        int(strides[0]), int(strides[1]), int(pads[0]), int(pads[1]), bool(count_include_pad), np.float32(y_scale),
+        int(y_zero_point), int(clamp_min), int(clamp_max), out,
+    )
+    return out, int(saturated)

@@ -51,6 +51,8 @@ def test_builders_validate():
         (lambda g: _node(g, "conv").attrs.__setitem__("strides", [0, 1]), ValidationError, "strides must be >= 1"),
         (lambda g: _node(g, "conv").attrs.__setitem__("pads", [1, 1]), ValidationError, "pads must be a list of 4"),
         (lambda g: _node(g, "dw").attrs.__setitem__("groups", 3), ValidationError, "input channels 4"),
+        (lambda g: _node(g, "conv").attrs.__setitem__("pairwise_int16", 1), ValidationError,
+         "attribute pairwise_int16 must be a bool, found 1"),
         (lambda g: g.tensors["t1"].__setattr__("shape", (None, 8, 8, 5)), ValidationError,
          r"output 't1' is declared \(None, 8, 8, 5\) but the op produces \(None, 8, 8, 4\)"),
         (lambda g: g.tensors["t3"].__setattr__("zero_point", 9), ValidationError, "must be quantized like input"),

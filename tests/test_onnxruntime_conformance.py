@@ -84,22 +84,33 @@ def _quantize(float_path, out_path, scheme, calibration) -> onnx.ModelProto:
     return onnx.load(str(out_path))
 
 
-def _run_everything(model: onnx.ModelProto, names, feeds) -> dict:
-    """onnxruntime's value of every tensor in ``names`` (added as graph outputs)."""
+def _probe_model(model: onnx.ModelProto, names) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs every tensor in ``names``."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     present = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    session = _session(probe)
+    return probe
+
+
+def _run_everything(model: onnx.ModelProto, names, feeds) -> dict:
+    """onnxruntime's value of every tensor in ``names`` (added as graph outputs)."""
+    session = _session(_probe_model(model, names))
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
 
 
-def _assert_conforms(model: onnx.ModelProto, data: np.ndarray, backend: str = "fast") -> int:
-    """Compare every code tensor and the float output; return the number of elements compared."""
-    graph = load_onnx_qoperator(model, PROFILE)
+def _assert_conforms(model: onnx.ModelProto, data: np.ndarray, backend: str = "fast", profile: str = PROFILE,
+                     reference: dict | None = None) -> int:
+    """Compare every code tensor and the float output; return the number of elements compared.
+
+    ``reference`` holds onnxruntime's value of every tensor (see
+    :func:`_probe_model`); by default this machine's onnxruntime computes it.
+    """
+    graph = load_onnx_qoperator(model, profile)
     meta = graph.metadata
     (float_input, code_input), = meta["onnx_inputs"].items()
-    reference = _run_everything(model, list(meta["onnx_tensors"]), {float_input: data})
+    if reference is None:
+        reference = _run_everything(model, list(meta["onnx_tensors"]), {float_input: data})
     trace = Model(graph, backend).trace(reference[code_input])
     compared = 0
     for onnx_name, held in meta["onnx_tensors"].items():
@@ -219,6 +230,59 @@ def test_hand_built_net_matches_onnxruntime(tmp_path, scheme):
     _assert_conforms(model, data[:3], backend="naive")
 
 
+def _float_net_mul_pool(path: Path) -> None:
+    rng = np.random.default_rng(8)
+
+    def init(name, shape, scale=0.3):
+        return helper.make_tensor(name, TensorProto.FLOAT, shape, (rng.standard_normal(shape) * scale).ravel().tolist())
+
+    inits = [
+        init("w1", [8, 3, 3, 3]), init("b1", [8], 0.1),
+        init("w2", [8, 8, 1, 1]), init("b2", [8], 0.1),
+        helper.make_tensor("gain", TensorProto.FLOAT, [1, 8, 1, 1], rng.uniform(0.5, 2.0, 8).tolist()),
+        helper.make_tensor("offset", TensorProto.FLOAT, [1, 8, 1, 1], rng.uniform(-0.5, 0.5, 8).tolist()),
+        init("w3", [10, 8], 0.3), init("b3", [10], 0.1),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("AveragePool", ["r1"], ["p1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"]),
+        helper.make_node("Sigmoid", ["c2"], ["s2"]),
+        helper.make_node("Mul", ["p1", "s2"], ["m1"]),
+        helper.make_node("Mul", ["m1", "gain"], ["m2"]),
+        helper.make_node("Add", ["m2", "offset"], ["a2"]),
+        helper.make_node("AveragePool", ["a2"], ["p2"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("AveragePool", ["p2"], ["p3"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1],
+                         count_include_pad=1),
+        helper.make_node("GlobalAveragePool", ["p3"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(nodes, "qop_mul_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                    ["n", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_mul_and_pool_net_matches_onnxruntime(tmp_path, scheme):
+    float_path = tmp_path / "net.onnx"
+    _float_net_mul_pool(float_path)
+    rng = np.random.default_rng(2)
+    calibration = rng.uniform(-1, 1, (32, 3, 8, 8)).astype(np.float32)
+    model = _quantize(float_path, tmp_path / "net_q.onnx", scheme, calibration)
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("QLinearMul") == 2 and ops.count("QLinearAveragePool") == 3
+    assert {"QLinearAdd", "QLinearGlobalAveragePool"} <= set(ops)
+    data = np.concatenate([rng.uniform(-1.5, 1.5, (48, 3, 8, 8)), np.full((1, 3, 8, 8), 1e3), np.full((1, 3, 8, 8), -1e3)])
+    assert _assert_conforms(model, data.astype(np.float32)) > 10_000
+    _assert_conforms(model, data[:3].astype(np.float32), backend="naive")
+
+
 # --------------------------------------------------------------------------
 # Lookup tables built like onnxruntime's.
 # --------------------------------------------------------------------------
@@ -327,9 +391,9 @@ def _one_node(node, x_type=TensorProto.UINT8, extra_inits=()):
 
 
 def test_unsupported_op_names_op_node_and_opset():
-    node = helper.make_node("QLinearAveragePool", ["xq", "s", "z", "s", "z"], ["yq"], name="pool7",
-                            domain="com.microsoft", kernel_shape=[2, 2])
-    with pytest.raises(UnsupportedOpError, match=r"pool7.*com\.microsoft:QLinearAveragePool \(opset 1\)"):
+    node = helper.make_node("QLinearSoftmax", ["xq", "s", "z", "s", "z"], ["yq"], name="soft7",
+                            domain="com.microsoft", axis=-1, opset=13)
+    with pytest.raises(UnsupportedOpError, match=r"soft7.*com\.microsoft:QLinearSoftmax \(opset 1\)"):
         load_onnx_qoperator(_one_node(node))
 
 

@@ -144,3 +144,84 @@ def test_qlinear_add_matches_onnxruntime_for_every_code_pair(code_type):
             got = Model(graph, backend).run_int(a_codes, b_codes)
             mismatches += int(np.count_nonzero(got != expected))
     assert mismatches == 0, f"{mismatches} of {10 * 65536} code pairs differ"
+
+
+# Operand arrangements whose broadcast output holds every code pair once.  Where input 0 is one value
+# per span of the output (its innermost non-1 axis has size 1), onnxruntime hands MLAS the operands in
+# the other order, and the fused multiply-adds round in the other order too.
+ARRANGEMENTS = [((256, 1), (1, 256)), ((1, 256), (256, 1)), ((1, 256, 1, 1), (1, 1, 16, 16)),
+                ((16, 16, 1), (1, 1, 256)), ((1, 256), (256, 256))]
+
+
+def _operands(shape_a, shape_b, codes):
+    """Code arrays of the two shapes whose broadcast pairs every code with every code."""
+    if np.prod(shape_a) == 65536:
+        return np.repeat(codes, 256).reshape(shape_a), codes.reshape(shape_b)
+    if np.prod(shape_b) == 65536:
+        return codes.reshape(shape_a), np.repeat(codes, 256).reshape(shape_b)
+    return codes.reshape(shape_a), codes.reshape(shape_b)
+
+
+@pytest.mark.parametrize("code_type", ["uint8", "int8"])
+def test_qlinear_add_broadcast_matches_onnxruntime(code_type):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from intsim import Model
+    from intsim.importers.onnx_qop import load_onnx_qoperator
+
+    elem = TensorProto.UINT8 if code_type == "uint8" else TensorProto.INT8
+    lo = 0 if code_type == "uint8" else -128
+    codes = np.arange(lo, lo + 256).astype(code_type)
+    rng = np.random.default_rng(21)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    mismatches = other_order = 0
+    for shape_a, shape_b in ARRANGEMENTS:
+        a_codes, b_codes = _operands(shape_a, shape_b, codes)
+        pairs = np.broadcast_arrays(a_codes.astype(np.int64), b_codes.astype(np.int64))
+        assert len(set(zip(pairs[0].ravel().tolist(), pairs[1].ravel().tolist()))) == 65536
+        for _ in range(20):
+            scales, zps = 2.0 ** rng.uniform(-8, 0, 3), rng.integers(lo, lo + 256, 3)
+            inits = [helper.make_tensor(n, TensorProto.FLOAT, [], [float(s)])
+                     for n, s in zip(("as", "bs", "ys"), scales)]
+            inits += [helper.make_tensor(n, elem, [], [int(z)]) for n, z in zip(("az", "bz", "yz"), zps)]
+            add = helper.make_node("QLinearAdd", ["aq", "as", "az", "bq", "bs", "bz", "ys", "yz"], ["yq"],
+                                   domain="com.microsoft")
+            info = [helper.make_tensor_value_info("aq", elem, shape_a),
+                    helper.make_tensor_value_info("bq", elem, shape_b),
+                    helper.make_tensor_value_info("yq", elem, None)]
+            reference = helper.make_model(helper.make_graph([add], "qadd", info[:2], info[2:], inits),
+                                          opset_imports=opsets)
+            session = ort.InferenceSession(reference.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            expected = session.run(None, {"aq": a_codes, "bq": b_codes})[0]
+            nodes = [helper.make_node("QuantizeLinear", ["a", "as", "az"], ["aq"]),
+                     helper.make_node("QuantizeLinear", ["b", "bs", "bz"], ["bq"]), add,
+                     helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["y"])]
+            floats = [helper.make_tensor_value_info("a", TensorProto.FLOAT, shape_a),
+                      helper.make_tensor_value_info("b", TensorProto.FLOAT, shape_b),
+                      helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+            model = helper.make_model(helper.make_graph(nodes, "qadd", floats[:2], floats[2:], inits),
+                                      opset_imports=opsets)
+            graph = load_onnx_qoperator(model)
+            mismatches += int(np.count_nonzero(Model(graph).run_int(a_codes, b_codes) != expected))
+            other_order += int(np.count_nonzero(_in_the_other_order(graph, a_codes, b_codes) != expected))
+    assert mismatches == 0, f"{mismatches} of {len(ARRANGEMENTS) * 20 * 65536} code pairs differ"
+    assert other_order > 0  # the operand order is observable: the other order misses some pairs
+
+
+def _in_the_other_order(graph, a_codes, b_codes):
+    """The add node's result with its operands (and their ratios and zero points) traded."""
+    (node,) = [n for n in graph.nodes if n.op == "add_float32_fma"]
+    first, second = (graph.tensors[t] for t in node.inputs)
+    x0, x1 = ({"aq": a_codes, "bq": b_codes}[t] for t in node.inputs)
+    r0, r1 = np.float32(node.params["a_ratio"][0]), np.float32(node.params["b_ratio"][0])
+    out = graph.tensors[node.outputs[0]]
+    offset = np.float32(np.float32(out.zero_point) - naive.fma_float32(r1, np.float32(second.zero_point),
+                                                                       np.float32(r0 * np.float32(first.zero_point))))
+    x1b, x0b = np.broadcast_arrays(x1, x0)
+    info = np.iinfo(out.np_dtype)
+    return fast.add_float32_fma(np.ascontiguousarray(x1b), np.ascontiguousarray(x0b), r1, r0, offset, int(info.min),
+                                int(info.max), out.np_dtype)[0]

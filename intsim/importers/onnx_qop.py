@@ -3,8 +3,9 @@
 ``onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QOperator)``
 writes models whose float input is quantized once (``QuantizeLinear``), whose
 layers take and give integer codes (``QLinearConv``, ``QLinearMatMul``,
-``com.microsoft`` ``QGemm`` / ``QLinearAdd`` / ``QLinearGlobalAveragePool`` /
-``QLinearConcat`` / ``QLinearLeakyRelu`` / ``QLinearSigmoid``, ``MaxPool`` and
+``com.microsoft`` ``QGemm`` / ``QLinearAdd`` / ``QLinearMul`` / ``QLinearAveragePool`` /
+``QLinearGlobalAveragePool`` / ``QLinearConcat`` / ``QLinearLeakyRelu`` /
+``QLinearSigmoid``, ``MaxPool`` and
 layout ops on codes), and whose output is dequantized once
 (``DequantizeLinear``).  :func:`load_onnx_qoperator` keeps every integer
 exactly as the file stores it (weights, int32 biases, zero points) and forms
@@ -24,6 +25,16 @@ What onnxruntime computes (CPU execution provider, x86-64), per op:
     float, ``cvtps2dq`` round-to-nearest-even, add the zero point).  That is
     intsim's ``float32_rint`` rescale followed by ``+ z_y`` and the clamp.
     Per-channel weight zero points must all be equal (``ComputeOffset``).
+    On x86 AVX2 without VNNI (profile ``onnxruntime_avx2``) the u8s8 kernels
+    (``MlasGemm``'s ``QgemmU8S8KernelAvx2``, ``MlasConvSym``'s
+    ``ConvSymKernelAvx2``) sum each pair of consecutive ``(kh, kw, c)``
+    products into a saturating int16 (``vpmaddubsw``); ConvSym requires
+    ``Cin % 4 == 0`` (``convsym.cpp`` ``MlasConvSymPackWSize``), so its per-tap
+    packing pairs as the flattened im2col does.  A depthwise conv (one input
+    and one output channel per group) takes ``MlasConvSymDepthwise`` /
+    ``MlasConvDepthwise`` instead, exact on every ISA: its node carries
+    ``pairwise_int16 = False``.  s8s8 is exact on AVX2 too (no s8s8 ConvSym or
+    GEMM dispatch there; the op pairs only uint8 x int8).
 ``QLinearMatMul`` (``quantize_linear_matmul.cc``)
     ``scale[n] = (a_scale * b_scale[n]) / y_scale``, same requantization.
 ``QGemm`` (``contrib_ops/cpu/quantization/quant_gemm.cc``)
@@ -32,6 +43,18 @@ What onnxruntime computes (CPU execution provider, x86-64), per op:
 ``QLinearGlobalAveragePool`` (``core/mlas/lib/qlgavgpool.cpp``)
     ``acc = sum(x) - z_x * HW`` in int32, ``scale = x_scale / (y_scale *
     float(HW))`` in float32, then ``MlasRequantizeOutput``: intsim's ``mean``.
+``QLinearAveragePool`` (``contrib_ops/cpu/quantization/qlinear_pool.cc``)
+    a window over the whole image without padding falls back to the global
+    pool above; otherwise every code is dequantized in float32, each window
+    summed in float32 (rows, then columns), divided by the float32 count
+    (the kernel area with ``count_include_pad``, else the cells inside), and
+    quantized as ``nearbyint(mean / y_scale + z_y)`` (float32 division, zero
+    point added before rounding): intsim's ``avg_pool_float32``.
+``QLinearMul`` (``core/mlas/lib/qlmul.cpp``, the SSE2 kernel on x86-64)
+    ``ratio = s_a * s_b / s_c`` in float32; per element the exact int32
+    product ``(a - z_a)(b - z_b)`` in float32, times ``ratio``, plus
+    ``float(z_c)`` (two float32 roundings, no fused multiply-add), then
+    ``cvtps2dq`` ties to even and a saturating pack: intsim's ``mul_float32``.
 ``QLinearLeakyRelu`` / ``QLinearSigmoid`` (``qlinear_lookup_table.cc``,
 ``qlinear_activations.cc``)
     a 256-entry table built in float32: ``v = x_scale * (x - z_x)``;
@@ -51,7 +74,10 @@ What onnxruntime computes (CPU execution provider, x86-64), per op:
     ``rint(fma(a, r_a, fma(b, r_b, F)))`` on the raw codes, saturated by
     ``packs``: the output zero point is added *before* rounding.  That is
     intsim's ``add_float32_fma`` with the very same ``r_a``, ``r_b``, ``F``
-    (fused multiply-adds emulated exactly).  ``graph.metadata["inexact_nodes"]``
+    (fused multiply-adds emulated exactly).  Where A is one value in every
+    span of the broadcast output (its innermost axis of size > 1 in the
+    output has size 1 in A), ``qlinear_binary_op.cc`` passes B as MLAS's
+    first operand, so A and B trade places in those formulas.  ``graph.metadata["inexact_nodes"]``
     names any node whose lowering is not bit-exact; no op here needs it now.
 
 Layout: ONNX tensors are NCHW, intsim's spatial ops NHWC.  Every 4-D tensor
@@ -108,7 +134,8 @@ def load_onnx_qoperator(model, profile="onnxruntime") -> Graph:
         int8 weights (per-tensor or per-channel scales).
     profile : str, Path or Profile
         ``"onnxruntime"`` (exact int32 accumulation: VNNI, AVX-512, ARM) or
-        ``"onnxruntime_avx2"`` (u8s8 pair saturation of AVX2 without VNNI).
+        ``"onnxruntime_avx2"`` (u8s8 pair saturation of AVX2 without VNNI; depthwise
+        convs and s8s8 stay exact, as there).
         Every multiply-accumulate node rounds ``float32_rint`` whatever the profile.
 
     Returns
@@ -358,8 +385,11 @@ def _qlinear_conv(imp, node):
     bias = np.zeros(cout, np.int32) if bias is None else bias.astype(np.int32).reshape(cout)
     scales = (x_scale * w_scale) / y_scale  # float32, qlinearconv.cc ComputeOutputScale
     window = _window_attrs(imp, node, w.shape[2:])
+    groups = int(imp.attrs(node).get("group", 1))
     attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
-             "groups": int(imp.attrs(node).get("group", 1)), "rounding": ROUNDING}
+             "groups": groups, "rounding": ROUNDING}
+    if w.shape[1] == 1 and cout == groups:
+        attrs["pairwise_int16"] = False  # qlinearconv.cc: depthwise kernels, exact on every ISA
     params = {
         "weight": np.ascontiguousarray(w.transpose(0, 2, 3, 1)),  # OIHW -> OHWI
         "weight_zero_point": _weight_zero_points(w_zp, cout),
@@ -434,20 +464,47 @@ def _qlinear_matmul(imp, node):
 # --------------------------------------------------------------------------
 
 
-@_handles("QLinearGlobalAveragePool")
-def _qlinear_global_average_pool(imp, node):
+def _pool_input(imp, node):
+    """``(x, x_scale, y_q)`` of a QLinear pooling node: NHWC input with a known spatial size."""
     if imp.attrs(node).get("channels_last", 0):
         raise UnsupportedOpError(f"{imp.where(node)}: channels_last=1 is not supported")
     x = imp.nhwc(node, 0)
-    x_scale, _, _ = imp.quant(node, 1, 2, "input")
-    y_scale, y_zp, y_dtype = imp.quant(node, 3, 4, "output")
     _, h, w, _ = imp.tensors[x].shape
     if h is None or w is None:
         raise UnsupportedOpError(f"{imp.where(node)}: the spatial size must be known")
+    return x, imp.quant(node, 1, 2, "input")[0], imp.quant(node, 3, 4, "output")
+
+
+def _global_mean(imp, node, x, x_scale, y_q):
+    y_scale, y_zp, y_dtype = y_q
+    _, h, w, _ = imp.tensors[x].shape
     scale = x_scale / (y_scale * _f32(h * w))  # float32, qlgavgpool.cpp CheckQLinearGlobalAveragePoolScaleAndSize
     out = node.output[0]
     imp.emit("mean", node.name or out, [x], {"axes": [1, 2], "keepdims": True, "rounding": ROUNDING},
              _rescale_params(np.array([scale])), out, y_dtype, y_scale, y_zp, out, TO_NHWC)
+
+
+@_handles("QLinearGlobalAveragePool")
+def _qlinear_global_average_pool(imp, node):
+    _global_mean(imp, node, *_pool_input(imp, node))
+
+
+@_handles("QLinearAveragePool")
+def _qlinear_average_pool(imp, node):
+    x, x_scale, y_q = _pool_input(imp, node)
+    window = _window_attrs(imp, node, None)
+    if window["dilations"] != [1, 1]:
+        raise UnsupportedOpError(f"{imp.where(node)}: dilations {window['dilations']} are not supported")
+    if window["kernel"] == list(imp.tensors[x].shape[1:3]) and not any(window["pads"]):
+        # qlinear_pool.cc: a window over the whole image falls back to QLinearGlobalAveragePool.
+        _global_mean(imp, node, x, x_scale, y_q)
+        return
+    y_scale, y_zp, y_dtype = y_q
+    attrs = {"kernel": window["kernel"], "strides": window["strides"], "pads": window["pads"],
+             "count_include_pad": bool(imp.attrs(node).get("count_include_pad", 0))}
+    params = {"x_scale": np.array([x_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
+    out = node.output[0]
+    imp.emit("avg_pool_float32", node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
 
 
 @_handles("MaxPool")
@@ -469,14 +526,40 @@ def _max_pool(imp, node):
 # --------------------------------------------------------------------------
 
 
+def _binary_operands(imp, node):
+    """``(a, b, perm)``: the two code operands of a QLinear binary op, in one layout.
+
+    A constant operand (an initializer of codes) becomes an intsim ``constant``
+    node.  Operands of different shapes or layouts broadcast in ONNX layout.
+    """
+    for index, (s, z) in ((0, (1, 2)), (3, (4, 5))):
+        name = node.input[index]
+        if name in imp.constants and name not in imp.values:
+            scale, zp, dtype = imp.quant(node, s, z, f"input {index}")
+            value = np.asarray(imp.constants[name])
+            if value.dtype != np.dtype(dtype):
+                raise ValidationError(f"{imp.where(node)}: constant {name!r} must hold {dtype} codes like its "
+                                      f"zero point, found {value.dtype}")
+            tensor = imp.unique(name)
+            imp.emit("constant", tensor, [], {}, {"value": value}, tensor, dtype, scale, zp, name, None)
+    (a, perm_a), (b, perm_b) = imp.value(node, 0), imp.value(node, 3)
+    if imp.tensors[a].shape != imp.tensors[b].shape or perm_a != perm_b:
+        return imp.layout(node, 0, None), imp.layout(node, 3, None), None
+    return a, b, perm_a
+
+
 @_handles("QLinearAdd")
 def _qlinear_add(imp, node):
     a_scale, a_zp, _ = imp.quant(node, 1, 2, "A")
     b_scale, b_zp, _ = imp.quant(node, 4, 5, "B")
     y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
-    (a, perm_a), (b, perm_b) = imp.value(node, 0), imp.value(node, 3)
-    if imp.tensors[a].shape != imp.tensors[b].shape or perm_a != perm_b:
-        a, b, perm_a = imp.layout(node, 0, None), imp.layout(node, 3, None), None
+    a, b, perm_a = _binary_operands(imp, node)
+    a_q, b_q = (a, a_scale, a_zp), (b, b_scale, b_zp)
+    if _input0_is_scalar_per_span(imp.tensors[a].shape, imp.tensors[b].shape):
+        # qlinear_binary_op.cc: a span where A is one value calls MlasQLinearAdd(B, ..., &A, ...): the
+        # operands trade places in the fused multiply-adds below.
+        a_q, b_q = b_q, a_q
+    (a, a_scale, a_zp), (b, b_scale, b_zp) = a_q, b_q
     # qladd_avx2.cpp, all float32: the zero points go into one offset, added before rounding.
     a_ratio, b_ratio = _f32(a_scale / y_scale), _f32(b_scale / y_scale)
     offset = _f32(_f32(y_zp) - fma_float32(a_ratio, _f32(a_zp), _f32(b_ratio * _f32(b_zp))))
@@ -484,6 +567,36 @@ def _qlinear_add(imp, node):
               "offset": np.array([offset], np.float32)}
     out = node.output[0]
     imp.emit("add_float32_fma", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm_a)
+
+
+def _input0_is_scalar_per_span(shape_a, shape_b) -> bool:
+    """Whether onnxruntime's broadcaster sees input 0 as one value in every span of the output.
+
+    A span is the run of output elements along the innermost axis whose size
+    is not 1 (unknown sizes count as not 1); input 0 is one value there when
+    its own size on that axis is 1, or when it holds a single element.
+    """
+    rank = max(len(shape_a), len(shape_b))
+    a = (1,) * (rank - len(shape_a)) + tuple(shape_a)
+    b = (1,) * (rank - len(shape_b)) + tuple(shape_b)
+    if all(d == 1 for d in a):
+        return True
+    for da, db in zip(reversed(a), reversed(b)):
+        if da != 1 or db != 1:
+            return da == 1
+    return False
+
+
+@_handles("QLinearMul")
+def _qlinear_mul(imp, node):
+    a_scale, _, _ = imp.quant(node, 1, 2, "A")
+    b_scale, _, _ = imp.quant(node, 4, 5, "B")
+    y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
+    a, b, perm = _binary_operands(imp, node)
+    ratio = _f32(_f32(a_scale * b_scale) / y_scale)  # qlmul.cpp: ScaleA * ScaleB / ScaleC in float32
+    out = node.output[0]
+    imp.emit("mul_float32", node.name or out, [a, b], {}, {"ratio": np.array([ratio], np.float32)}, out, y_dtype,
+             y_scale, y_zp, out, perm)
 
 
 def _table_node(imp, node, fn, x_q, y_q):
