@@ -425,8 +425,8 @@ def clipped_normal_mean(mean, std, lo: float, hi: float) -> np.ndarray:
     a = (lo - m) / s
     b = (hi - m) / s
     inside = m * (cdf(b) - cdf(a)) + s * (np.nan_to_num(pdf(a)) - np.nan_to_num(pdf(b)))
-    low_tail = np.where(np.isfinite(lo), lo * cdf(a), 0.0)
-    high_tail = np.where(np.isfinite(hi), hi * (1.0 - cdf(b)), 0.0)
+    low_tail = lo * cdf(a) if math.isfinite(lo) else 0.0
+    high_tail = hi * (1.0 - cdf(b)) if math.isfinite(hi) else 0.0
     out[live] = low_tail + high_tail + inside
     return out
 
@@ -884,7 +884,7 @@ def apply_ptq(fg: FloatGraph, batch_norms: Mapping[str, tuple], profile, data: n
     weights = {n.name: fmt.quantize(fg.constants[n.inputs[1]], weight_range_method) for n in mac_nodes(fg)}
     if adaround_options is not None:
         weights, info = adaround(fg, weights, fmt.codes, data, batch_size, adaround_options, progress)
-        meta["adaround"] = info
+        meta["adaround_layers"] = info
     if bias_correction == "empirical":
         fg = empirical_bias_correction(fg, weights, data, batch_size)
         meta["bias_corrected"] = len(weights)
