@@ -583,7 +583,8 @@ class LayerProblem:
     """One layer's AdaRound problem, grouped: ``G`` groups (1 for dense layers, C for depthwise convs) of
     ``Mg`` outputs reading ``K`` inputs each.
 
-    ``inputs[g, n, :]`` is row n's quantized-model input patch of group g,
+    ``inputs[g, n, :]`` is row n's quantized-model input patch of group g (float32: the Adam steps
+    run in float32, the objectives in float64),
     ``targets[g, n, :]`` the float model's output there (after the layer's
     activation ``clamp``); ``weight``, ``bias``, ``scale`` and ``zero_point``
     are ``[G, Mg, K]``, ``[G, Mg]``, and ``[G, Mg]`` (broadcast per tensor).
@@ -660,8 +661,8 @@ def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOpt
         in_grid = (codes >= p.qmin) & (codes <= p.qmax)
         weight = (np.clip(codes, p.qmin, p.qmax) - p.zero_point[..., None]) * scale
         batch = rng.integers(0, rows, size=min(o.batch_size, rows))
-        residual, slope = p.reconstruction(weight, batch)
-        dz = 2.0 * residual * slope / len(batch)
+        residual, slope = p.reconstruction(weight.astype(np.float32), batch)
+        dz = (2.0 * residual * slope / len(batch)).astype(np.float32)
         grad_h = np.matmul(dz.transpose(0, 2, 1), p.inputs[:, batch]) * scale * in_grid
         if step > warm:
             beta = o.beta_end + (o.beta_start - o.beta_end) * max(0.0, 1.0 - (step - warm) / (o.iterations - warm))
@@ -724,7 +725,8 @@ def _layer_problem(fg: FloatGraph, quantized_fg: FloatGraph, node: FloatNode, ac
     m = weight.shape[0]
     shape = (groups, m // groups)
     return LayerProblem(
-        np.concatenate(inputs, axis=1), np.concatenate(targets, axis=1), weight.reshape(groups, m // groups, -1),
+        np.concatenate(inputs, axis=1).astype(np.float32), np.concatenate(targets, axis=1),
+        weight.reshape(groups, m // groups, -1),
         _bias(fg, node).reshape(shape), np.broadcast_to(np.asarray(scale, np.float64), (m,)).reshape(shape),
         np.broadcast_to(np.asarray(zero_point, np.float64), (m,)).reshape(shape), *qrange,
         _activation_bounds(activation) if activation is not None else (-math.inf, math.inf))

@@ -19,6 +19,7 @@ from intsim.ptq import (
     Pair,
     WeightFormat,
     absorb_biases,
+    adaround,
     adaround_layer,
     analytic_bias_correction,
     clipped_normal_mean,
@@ -285,6 +286,32 @@ def test_adaround_keeps_nearest_when_it_cannot_improve():
     codes, info = adaround_layer(problem, AdaRoundOptions(iterations=50, learning_rate=0.05))
     assert info["objective_nearest"] == 0.0
     np.testing.assert_array_equal(codes, nearest, strict=True)
+
+
+def test_adaround_on_a_graph_reads_the_quantized_prefix_and_draws_progress(monkeypatch, capsys):
+    rng = np.random.default_rng(10)
+    fg = _mobile_block(rng)
+    x = rng.uniform(0, 1, size=(40, 3, 6, 6)).astype(np.float32)
+    weights = _quantized(fg, bits=4)
+    fmt = WeightFormat.of(get_profile("paper").replace(weight_bits=4, per_channel=False))
+    monkeypatch.setenv("INTSIM_PROGRESS", "1")
+    options = AdaRoundOptions(iterations=60, learning_rate=0.02, max_rows=40 * 36)  # every row
+    learned, info = adaround(fg, weights, fmt.codes, x, 16, options)
+    assert "adaround 3/3 [" in capsys.readouterr().err
+    assert list(info) == ["c1", "dw", "c3"]
+    for name, (codes, scale, zero_point) in learned.items():
+        assert codes.dtype == weights[name][0].dtype and codes.shape == weights[name][0].shape
+        assert scale is weights[name][1]
+    # Layer c3's objective, recomputed here: its input from c1 and dw with their learned weights.
+    quantized = {k: dequantize_weight(*v).astype(np.float32) for k, v in learned.items()}
+    prefix = FloatGraph(fg.name, fg.nodes, fg.inputs, fg.outputs,
+                        {**fg.constants, "w1": quantized["c1"], "w2": quantized["dw"]}, fg.shapes)
+    z2 = run_float(prefix, [x])["z2"].astype(np.float64)
+    c3 = fg.nodes[-1]
+    target = run_float(fg, [x])["y3"].astype(np.float64)
+    mine = run_node(c3, [z2.astype(np.float32), quantized["c3"], fg.constants["b3"]])[0].astype(np.float64)
+    objective = np.mean(np.sum((mine - target) ** 2, axis=1))
+    assert math.isclose(objective, info["c3"]["objective_" + info["c3"]["kept"]], rel_tol=1e-5)
 
 
 # --------------------------------------------------------------------------
