@@ -6,7 +6,7 @@ dequantizer) on the test set, next to the float model's on the same images.
 Calibration: the first 512 training images.  Each section prints its table and
 writes it as markdown to ``benchmarks/results/ptq_<section>.md``.
 
-    python benchmarks/bench_ptq.py [--section all|standard|cle|adaround|bias|range] [--fashion-test 2000]
+    python benchmarks/bench_ptq.py [--section all|standard|cle|adaround|bias|range|efficientnet] [--fashion-test 2000]
                                    [--adaround-iterations 10000] [--adaround-learning-rate 1e-3]
 
 Sections:
@@ -18,6 +18,7 @@ Sections:
 * ``adaround``: AdaRound against rounding to nearest at W4A8 (§3.4), per-channel.
 * ``standard``: the standard pipeline (§3.5) at W8A8 and W4A8 against plain
   min/max conversion, per-channel (the ``paper`` profile).
+* ``efficientnet``: EfficientNet-Lite0, agreement with float (no labels).
 """
 
 from __future__ import annotations
@@ -192,20 +193,63 @@ def section_standard(bench):
                              rows))
 
 
+def section_efficientnet(bench):
+    """EfficientNet-Lite0 (ReLU6, depthwise): no labels here, so top-1 agreement with the float model on
+    scikit-image's photos and random crops of them (``models/eval_efficientnet.py``); calibration on
+    other random crops."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from photos import augmented_crops, load_photos
+
+    onnx = Path.home() / ".cache" / "intsim" / "efficientnet_lite0.onnx"
+    calibration = augmented_crops(bench.efficientnet_calibration, seed=0)
+    x = np.concatenate([load_photos()[0], augmented_crops(bench.efficientnet_eval, seed=1)])
+    fg = prepare_float_graph(onnx)
+    batch = 16
+    top1 = np.concatenate([run_float(fg, [x[i : i + batch]])[fg.outputs[0]] for i in range(0, len(x), batch)])
+    top1 = top1.argmax(axis=1)
+    rows = []
+    configurations = [("W8A8 per-channel", {}), ("W8A8 per-tensor", {"per_channel": False}),
+                      ("W8A8 per-tensor + CLE + bias absorption", {"per_channel": False, "cle": True}),
+                      ("W8A8 per-tensor + CLE + bias absorption + empirical bias correction",
+                       {"per_channel": False, "cle": True, "bias_correction": "empirical"}),
+                      ("W8A8 per-channel, standard pipeline without AdaRound",
+                       {"pipeline": "standard", "adaround": False}),
+                      ("W6A8 per-channel", {"weight_bits": 6}),
+                      ("W6A8 per-channel, standard pipeline without AdaRound",
+                       {"weight_bits": 6, "pipeline": "standard", "adaround": False})]
+    for label, kwargs in configurations:
+        start = time.perf_counter()
+        model = intsim.convert(onnx, calibration=calibration, batch_size=batch, progress=False, **kwargs)
+        logits = np.concatenate([model.run(x[i : i + batch]) for i in range(0, len(x), batch)])
+        agreement = 100.0 * float(np.mean(logits.argmax(axis=1) == top1))
+        print(f"  efficientnet {label}: {agreement:.2f}% ({time.perf_counter() - start:.0f} s)", flush=True)
+        rows.append(["efficientnet_lite0", label, _pct(agreement)])
+    _emit("efficientnet", _table(
+        "EfficientNet-Lite0: top-1 agreement of the integer model with float, %",
+        f"calibration {len(calibration)} random crops; evaluated on {len(x)} images (the photos and random crops); "
+        "AdaRound left out here for CPU time", ["model", "configuration", "agreement %"], rows))
+
+
 SECTIONS = {"standard": section_standard, "cle": section_cle, "adaround": section_adaround, "bias": section_bias,
-            "range": section_range}
+            "range": section_range, "efficientnet": section_efficientnet}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--section", choices=("all", *SECTIONS), default="all")
+    parser.add_argument("--section", choices=("all", *SECTIONS), default="all",
+                        help="efficientnet needs ~/.cache/intsim/efficientnet_lite0.onnx and scikit-image")
     parser.add_argument("--fashion-test", type=int, default=2000,
                         help="Fashion-MNIST test images to evaluate (default 2000; 0: all 10,000)")
     parser.add_argument("--adaround-iterations", type=int, default=AdaRoundOptions.iterations)
     parser.add_argument("--adaround-learning-rate", type=float, default=AdaRoundOptions.learning_rate)
+    parser.add_argument("--efficientnet-calibration", type=int, default=64, help="calibration crops (default 64)")
+    parser.add_argument("--efficientnet-eval", type=int, default=64, help="evaluated random crops (default 64)")
     args = parser.parse_args(argv)
     bench = Bench(args.fashion_test, AdaRoundOptions(iterations=args.adaround_iterations,
                                                      learning_rate=args.adaround_learning_rate))
+    bench.efficientnet_calibration, bench.efficientnet_eval = args.efficientnet_calibration, args.efficientnet_eval
     for name, fn in SECTIONS.items():
         if args.section in ("all", name):
             print(f"== {name}", flush=True)

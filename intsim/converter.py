@@ -676,7 +676,8 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
     inputs, outputs = lowering.lower(steps)
     lowering.meta["calibration"] = {"samples": samples, "range_method": range_method,
                                     "logits_range_method": logits_method, "weight_range_method": weight_range_method}
-    lowering.meta["ptq"] = {"pipeline": pipeline, "cle": settings["cle"], "bias_correction": settings["bias_correction"],
+    lowering.meta["ptq"] = {"pipeline": pipeline, "cle": settings["cle"],
+                            "bias_correction": settings["bias_correction"],
                             "adaround": settings["adaround"] is not None, **ptq.meta}
     lowering.meta["float_outputs"] = list(fg.outputs)
     lowering.meta["float_inputs"] = list(fg.inputs)

@@ -45,7 +45,7 @@ from intsim.passes import _copy, _fresh
 
 MAC_OPS = ("Conv", "Gemm")
 BIAS_CORRECTION_METHODS = ("empirical", "analytic")
-# Rectified sigmoid stretch (AdaRound, Nagel et al. 2020, eq. 23): h = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1).
+# Rectified sigmoid stretch (AdaRound, Nagel et al. 2020): h = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1).
 ZETA, GAMMA = 1.1, -0.1
 
 
@@ -179,7 +179,7 @@ def equalization_pairs(fg: FloatGraph) -> list[Pair]:
 
 def cross_layer_equalization(fg: FloatGraph, *, tolerance: float = 1e-8,
                              max_sweeps: int = 1000) -> tuple[FloatGraph, dict[str, np.ndarray], list[Pair]]:
-    """Cross-layer equalization (CLE, white paper §3.2, eq. 3.6-3.8).
+    """Cross-layer equalization (CLE, white paper §3.2).
 
     For each pair ``W1 -> f -> W2`` (:func:`equalization_pairs`) with ``f``
     positively homogeneous, ``W1[i] /= s_i``, ``b1[i] /= s_i`` and ``W2[:, i]
@@ -233,7 +233,7 @@ def cross_layer_equalization(fg: FloatGraph, *, tolerance: float = 1e-8,
 
 def absorb_biases(fg: FloatGraph, stats: Mapping[str, tuple[np.ndarray, np.ndarray]], pairs: list[Pair],
                   n_sigma: float = 3.0) -> tuple[FloatGraph, dict, list[str]]:
-    """Bias absorption (white paper §3.2, eq. 3.10-3.12).
+    """Bias absorption (white paper §3.2).
 
     For each pair ``W1 -> ReLU -> W2`` whose pre-activation has per-channel
     mean ``beta`` and standard deviation ``gamma`` in ``stats``, ``c =
@@ -497,7 +497,7 @@ def expected_inputs(fg: FloatGraph, stats: Mapping[str, tuple]) -> dict[str, np.
 
 def analytic_bias_correction(fg: FloatGraph, weights: Mapping[str, tuple],
                              stats: Mapping[str, tuple]) -> tuple[FloatGraph, list[str]]:
-    """Analytic bias correction (white paper §3.3, eq. 3.15-3.17), without data.
+    """Analytic bias correction (white paper §3.3), without data.
 
     ``E[x]`` of a layer's input comes from the batch-norm statistics of the
     layer before it (:func:`expected_inputs`); the bias loses ``(W~ - W) E[x]``.
@@ -568,7 +568,8 @@ class AdaRoundOptions:
                 raise ValidationError(f"{where}: {name} must be an integer >= 1, found {value!r}")
         for name in ("reg_weight", "beta_start", "beta_end", "learning_rate"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            real = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not (real and math.isfinite(value) and value >= 0):
                 raise ValidationError(f"{where}: {name} must be a finite number >= 0, found {value!r}")
         if not (isinstance(self.warm_up, (int, float)) and 0.0 <= self.warm_up < 1.0):
             raise ValidationError(f"{where}: warm_up must be a fraction in [0, 1), found {self.warm_up!r}")
@@ -626,7 +627,7 @@ def _rectified_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOptions(), *,
                    progress=None) -> tuple[np.ndarray, dict]:
-    """Learn the rounding of one layer (AdaRound, white paper §3.4, eq. 3.20-3.25).
+    """Learn the rounding of one layer (AdaRound, white paper §3.4).
 
     Minimises ``mean_rows ||clamp(W~ x~ + b) - target||^2 + lambda sum(1 -
     |2 h(V) - 1|^beta)`` over ``V`` with Adam, where ``W~ = s (clip(floor(W / s)
@@ -698,11 +699,13 @@ def _patch_rows(node: FloatNode, x: np.ndarray, weight: np.ndarray) -> np.ndarra
     return cols.transpose(1, 0, 3, 2).reshape(g, n * oh * ow, -1)
 
 
-def _output_rows(node: FloatNode, y: np.ndarray, groups: int) -> np.ndarray:
+def _output_rows(y: np.ndarray, groups: int) -> np.ndarray:
+    """The layer's output as rows ``[G, N * positions, Mg]``."""
     if y.ndim == 2:
         return y.astype(np.float64)[None]
     n, m = y.shape[:2]
-    return y.astype(np.float64).reshape(n, groups, m // groups, -1).transpose(1, 0, 3, 2).reshape(groups, -1, m // groups)
+    rows = y.astype(np.float64).reshape(n, groups, m // groups, -1).transpose(1, 0, 3, 2)
+    return rows.reshape(groups, -1, m // groups)
 
 
 def _layer_problem(fg: FloatGraph, quantized_fg: FloatGraph, node: FloatNode, activation: FloatNode | None,
@@ -715,13 +718,13 @@ def _layer_problem(fg: FloatGraph, quantized_fg: FloatGraph, node: FloatNode, ac
     out = activation.outputs[0] if activation is not None else node.outputs[0]
     inputs, targets = [], []
     for batch in _batches(data, batch_size):
-        target = _output_rows(node, _run_until(fg, batch, [out])[out], groups)
+        target = _output_rows(_run_until(fg, batch, [out])[out], groups)
         x = _run_until(quantized_fg, batch, [node.inputs[0]])[node.inputs[0]]
         take = min(target.shape[1], math.ceil(options.max_rows * len(batch) / len(data)))
         pick = rng.choice(target.shape[1], size=take, replace=False)
         inputs.append(_patch_rows(node, x, weight)[:, pick])
         targets.append(target[:, pick])
-    codes, scale, zero_point = quantizer
+    _, scale, zero_point = quantizer
     m = weight.shape[0]
     shape = (groups, m // groups)
     return LayerProblem(
