@@ -400,3 +400,31 @@ def test_data_free_convert_refuses_what_needs_data(kwargs):
 def test_adaround_options_are_checked(field, value, message):
     with pytest.raises(ValidationError, match=message):
         AdaRoundOptions(**{field: value}).checked()
+
+
+def test_data_free_standard_pipeline_uses_the_batch_norm_statistics(tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
+    x = torch.rand(256, 1, 8, 8)
+    net.train()
+    with torch.no_grad():
+        for _ in range(20):
+            net(x)
+    net.eval()
+    path = tmp_path / "bn.onnx"
+    torch.onnx.export(net, x[:1], str(path), dynamo=False, opset_version=17, do_constant_folding=False,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    model = intsim.convert(path, input_range=(0.0, 1.0), pipeline="standard", weight_bits=6)
+    ptq = model.graph.metadata["ptq"]
+    # conv -> ReLU -> conv is one pair; with no data, only the batch norms can give its beta and gamma, and the
+    # E[x] of the second conv (after BN 1 and ReLU) and of the classifier (after BN 2, ReLU, pool, flatten).
+    assert (ptq["cle_pairs"], ptq["bias_absorbed"], ptq["bias_correction"], ptq["bias_corrected"]) == \
+        (1, 1, "analytic", 2)
+    assert not ptq["adaround"]
+    with torch.no_grad():
+        expected = net(x[:128]).numpy().argmax(axis=1)
+    assert np.mean(model.run(x.numpy()[:128]).argmax(axis=1) == expected) >= 0.9
