@@ -1,7 +1,8 @@
 """Float ONNX model to integer graph (white paper §2.3 and §3.1).
 
 ``convert`` imports the model, runs the float passes (batch-norm folding,
-constant folding, dead-node removal), plans activation fusion, calibrates the
+constant folding, dead-node removal), the PTQ algorithms asked for
+(:mod:`intsim.ptq`: CLE, bias correction, AdaRound), plans activation fusion, calibrates the
 activation ranges on the calibration data, quantizes weights and biases for the
 profile, and emits an integer :class:`~intsim.graph.Graph` in NHWC layout.
 
