@@ -20,6 +20,7 @@ from intsim.ptq import (
     WeightFormat,
     absorb_biases,
     adaround,
+    channel_maxima,
     adaround_layer,
     analytic_bias_correction,
     clipped_normal_mean,
@@ -112,15 +113,23 @@ def test_cle_keeps_the_function_and_equalises_the_ranges(build):
     assert fg.constants["w1"] is not equalized.constants["w1"]  # the argument graph is left as it was
 
 
-def test_cle_replaces_relu6_by_relu_and_equals_the_relu_model():
+def test_cle_keeps_relu6_and_the_function_on_the_calibration_data():
     rng = np.random.default_rng(2)
-    clipped = _mobile_block(rng, "Clip")
-    relu = _mobile_block(np.random.default_rng(2), "Relu")
-    equalized, _, _ = cross_layer_equalization(clipped)
-    assert [n.op for n in equalized.nodes if n.name in ("a1", "a2")] == ["Relu", "Relu"]
-    x = rng.normal(size=(3, 3, 6, 6)).astype(np.float32) * 3
-    expected = run_float(relu, [x])["y3"]
+    fg = _mobile_block(rng, "Clip")
+    x = rng.normal(size=(16, 3, 6, 6)).astype(np.float32) * 0.6
+    maxima = channel_maxima(fg, ["y1", "y2"], x, batch_size=4)
+    assert np.any(maxima["y1"] >= 6) and np.any(maxima["y1"] < 6)  # some channels clip, some do not
+    equalized, scales, _ = cross_layer_equalization(fg, clip_maxima=maxima)
+    assert [n.op for n in equalized.nodes if n.name in ("a1", "a2")] == ["Clip", "Clip"]
+    expected = run_float(fg, [x])["y3"]
     np.testing.assert_allclose(run_float(equalized, [x])["y3"], expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    for t in ("y1", "y2"):
+        clipping = maxima[t] >= 6
+        np.testing.assert_array_equal(scales[t][clipping], 1.0)
+        assert np.all(maxima[t][~clipping] / scales[t][~clipping] <= 6 * (1 + 1e-12))
+        assert np.any(np.abs(scales[t][~clipping] - 1) > 0.1)  # the others were equalized
+    unscaled, no_scales, _ = cross_layer_equalization(fg)  # no maxima: a clipped pair is left as it is
+    assert all(np.all(v == 1.0) for v in no_scales.values())
 
 
 # --------------------------------------------------------------------------
@@ -348,7 +357,7 @@ def test_standard_pipeline_w4a8_on_the_integer_datapath(digits):
                            pipeline="standard", adaround=AdaRoundOptions(iterations=300, learning_rate=1e-2),
                            progress=False)
     meta = model.graph.metadata
-    assert meta["ptq"]["cle_pairs"] == 10 and meta["ptq"]["bias_absorbed"] == 10
+    assert meta["ptq"]["cle_pairs"] == 10 and meta["ptq"]["bias_absorbed"] == 0  # all ten pairs have a ReLU6
     assert meta["calibration"]["weight_range_method"] == "mse"
     assert meta["calibration"]["logits_range_method"] == "cross_entropy"
     accuracy = float(np.mean(model.run(x_test).argmax(axis=1) == y_test))
