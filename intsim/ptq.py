@@ -252,7 +252,7 @@ def cross_layer_equalization(fg: FloatGraph, *, clip_maxima: Mapping[str, np.nda
 
 
 def absorb_biases(fg: FloatGraph, stats: Mapping[str, tuple[np.ndarray, np.ndarray]], pairs: list[Pair],
-                  n_sigma: float = 3.0) -> tuple[FloatGraph, dict, list[str]]:
+                  n_sigma: float = 3.0) -> tuple[FloatGraph, dict, dict[str, np.ndarray]]:
     """Bias absorption (white paper §3.2).
 
     For each pair ``W1 -> ReLU -> W2`` (a ReLU6 is left alone: ``c`` would move
@@ -269,12 +269,12 @@ def absorb_biases(fg: FloatGraph, stats: Mapping[str, tuple[np.ndarray, np.ndarr
         A new graph.
     stats : dict
         ``stats`` with each absorbed pre-activation mean lowered by ``c``.
-    absorbed : list of str
-        The first layers of the pairs that gave up a bias.
+    absorbed : dict
+        ``{first layer of a pair: c}`` for the pairs that moved a bias.
     """
     fg = _copy(fg)
     stats = dict(stats)
-    absorbed = []
+    absorbed = {}
     nodes = {n.name: n for n in fg.nodes}
     for p in pairs:
         first, second = nodes[p.first], nodes[p.second]
@@ -287,7 +287,7 @@ def absorb_biases(fg: FloatGraph, stats: Mapping[str, tuple[np.ndarray, np.ndarr
         _set_constant(fg, first, 2, _bias(fg, first) - c, "bias_absorbed")
         _set_constant(fg, second, 2, _bias(fg, second) + _response_to_constant(second, w2, c), "bias_absorbed")
         stats[tensor] = (mean - c, std)
-        absorbed.append(p.first)
+        absorbed[p.first] = c
     return fg, stats, absorbed
 
 
@@ -865,6 +865,22 @@ def resolve_settings(pipeline: str | None, has_data: bool, **given) -> dict:
     return settings
 
 
+def _rescaled_tensors(fg: FloatGraph, pairs: list[Pair], scales: Mapping[str, np.ndarray],
+                      absorbed: Mapping[str, np.ndarray]) -> dict:
+    """``{tensor: {"scale": S, "offset": c}}`` for each quantized tensor that CLE and bias absorption changed:
+    the rewritten model holds ``relu(x / S - c)`` where the original holds ``relu(x)`` (``x / S`` without an
+    absorbed bias), so that reports compare like with like (:func:`intsim.report.compare`)."""
+    nodes = {n.name: n for n in fg.nodes}
+    rescaled = {}
+    for p in pairs:
+        tensor = nodes[p.activation if p.activation is not None else p.first].outputs[0]
+        entry = {"scale": scales[nodes[p.first].outputs[0]].tolist()}
+        if p.first in absorbed:
+            entry["offset"] = absorbed[p.first].tolist()
+        rescaled[tensor] = entry
+    return rescaled
+
+
 @dataclass
 class PTQResult:
     """What :func:`apply_ptq` hands the converter.
@@ -920,6 +936,7 @@ def apply_ptq(fg: FloatGraph, batch_norms: Mapping[str, tuple], profile, data: n
     if cle:
         fg, stats, absorbed = absorb_biases(fg, stats, pairs)
         meta["bias_absorbed"] = len(absorbed)
+        meta["rescaled"] = _rescaled_tensors(fg, pairs, scales, absorbed)
     fmt = WeightFormat.of(profile)
     weights = {n.name: fmt.quantize(fg.constants[n.inputs[1]], weight_range_method) for n in mac_nodes(fg)}
     if adaround_options is not None:

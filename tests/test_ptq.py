@@ -156,7 +156,8 @@ def test_bias_absorption_keeps_the_function_where_relu_inputs_stay_above_c():
     h = run_float(fg, [x])["h"]
     assert np.all(c > 0) and np.all(h >= c)  # the case the rule is exact for
     absorbed, new_stats, names = absorb_biases(fg, stats, [Pair("g1", "r", "g2")])
-    assert names == ["g1"]
+    assert list(names) == ["g1"]
+    np.testing.assert_array_equal(names["g1"], c)
     np.testing.assert_allclose(absorbed.constants["b1"], fg.constants["b1"] - c, rtol=1e-6)
     np.testing.assert_allclose(new_stats["h"][0], mean - c)
     np.testing.assert_allclose(run_float(absorbed, [x])["y"], run_float(fg, [x])["y"], rtol=1e-5, atol=1e-5)
@@ -362,6 +363,24 @@ def test_standard_pipeline_w4a8_on_the_integer_datapath(digits):
     assert meta["calibration"]["logits_range_method"] == "cross_entropy"
     accuracy = float(np.mean(model.run(x_test).argmax(axis=1) == y_test))
     assert accuracy >= 0.9778 - 0.02  # float: 97.78%
+
+
+@pytest.mark.parametrize("name", ["resnet_digits", "mobilenet_digits"])
+def test_compare_measures_equalized_tensors_in_the_rewritten_units(name, digits):
+    """The report's float reference is the original model; on tensors CLE and bias absorption rescaled it is
+    mapped into the rewritten model's units, so per-layer SQNR stays that of quantization alone."""
+    calibration, x_test, _ = digits
+    path = model_path(f"{name}.onnx")
+    plain = intsim.compare(path, intsim.convert(path, calibration=calibration, progress=False), x_test[:64])
+    model = intsim.convert(path, calibration=calibration, cle=True, progress=False)
+    rescaled = model.graph.metadata["ptq"]["rescaled"]
+    equalized = intsim.compare(path, model, x_test[:64])
+    assert len(rescaled) == {"resnet_digits": 3, "mobilenet_digits": 10}[name]
+    assert any("offset" in e for e in rescaled.values()) == (name == "resnet_digits")
+    before = {r.tensor: r.sqnr_int for r in plain.layers}
+    for row in equalized.layers:
+        if row.tensor in rescaled:
+            assert row.sqnr_int > before[row.tensor] - 6.0, (row.tensor, row.sqnr_int, before[row.tensor])
 
 
 def test_cli_convert_takes_the_ptq_options(tmp_path, digits):
