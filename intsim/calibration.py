@@ -748,8 +748,8 @@ def bn_range(gamma, beta, n: float = 6.0, *, relu: bool = False, relu6: bool = F
 class _Progress:
     """``calibrating [#####.....] 320/1000`` on stderr, redrawn at most every ``_PROGRESS_INTERVAL_S``."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled = total, enabled
+    def __init__(self, total: int, enabled: bool, label: str = "calibrating"):
+        self.total, self.enabled, self.label = total, enabled, label
         self._last_draw = -math.inf
 
     def update(self, done: int) -> None:
@@ -761,7 +761,7 @@ class _Progress:
         self._last_draw = now
         filled = _PROGRESS_WIDTH * done // self.total
         end = "\n" if done == self.total else ""
-        sys.stderr.write(f"\rcalibrating [{'#' * filled}{'.' * (_PROGRESS_WIDTH - filled)}] {done}/{self.total}{end}")
+        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (_PROGRESS_WIDTH - filled)}] {done}/{self.total}{end}")
         sys.stderr.flush()
 
 

@@ -192,11 +192,21 @@ def _cmd_sweep(args) -> int:
     return 0
 
 
+def _adaround(args):
+    """``--adaround`` alone is True; any ``--adaround-*`` setting makes it an AdaRoundOptions."""
+    from intsim.ptq import AdaRoundOptions
+
+    given = {k: v for k, v in (("iterations", args.adaround_iterations), ("batch_size", args.adaround_batch_size),
+                               ("reg_weight", args.adaround_reg_weight)) if v is not None}
+    return AdaRoundOptions(**given) if given else args.adaround
+
+
 def _overrides(args) -> dict:
     return {"weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
             "per_channel": args.per_channel, "range_method": args.range_method,
             "logits_range_method": args.logits_range_method, "weight_range_method": args.weight_range_method,
-            "batch_size": args.batch_size}
+            "batch_size": args.batch_size, "cle": args.cle, "bias_correction": args.bias_correction,
+            "adaround": _adaround(args), "pipeline": args.pipeline}
 
 
 def _cmd_convert(args) -> int:
@@ -269,12 +279,21 @@ def _add_conversion_options(p, batch_size=32):
     p.add_argument("--per-channel", dest="per_channel", action="store_true", default=None,
                    help="per-channel weight scales")
     p.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weight scales")
-    p.add_argument("--range-method", default="minmax", choices=("minmax", "percentile", "mse", "cross_entropy"),
+    p.add_argument("--range-method", choices=("minmax", "percentile", "mse", "cross_entropy"),
                    help="activation range setting (white paper §3.1; default minmax)")
     p.add_argument("--logits-range-method", choices=("minmax", "percentile", "mse", "cross_entropy"),
                    help="range setting of the model outputs (default: --range-method)")
-    p.add_argument("--weight-range-method", default="minmax", choices=("minmax", "mse"),
+    p.add_argument("--weight-range-method", choices=("minmax", "mse"),
                    help="weight range setting (default minmax)")
+    p.add_argument("--cle", action="store_true", default=None,
+                   help="cross-layer equalization and bias absorption (white paper §3.2)")
+    p.add_argument("--bias-correction", choices=("empirical", "analytic", "none"), help="bias correction (§3.3)")
+    p.add_argument("--adaround", action="store_true", default=None, help="AdaRound weight rounding (§3.4)")
+    p.add_argument("--adaround-iterations", type=int, help="AdaRound steps per layer (default 10000)")
+    p.add_argument("--adaround-batch-size", type=int, help="AdaRound rows per step (default 256)")
+    p.add_argument("--adaround-reg-weight", type=float, help="AdaRound regularisation weight lambda (default 0.01)")
+    p.add_argument("--pipeline", choices=("standard",),
+                   help="the standard PTQ pipeline (§3.5); the options above override its choices")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
 
 

@@ -1,7 +1,8 @@
 """Float ONNX model to integer graph (white paper §2.3 and §3.1).
 
 ``convert`` imports the model, runs the float passes (batch-norm folding,
-constant folding, dead-node removal), plans activation fusion, calibrates the
+constant folding, dead-node removal), the PTQ algorithms asked for
+(:mod:`intsim.ptq`: CLE, bias correction, AdaRound), plans activation fusion, calibrates the
 activation ranges on the calibration data, quantizes weights and biases for the
 profile, and emits an integer :class:`~intsim.graph.Graph` in NHWC layout.
 
@@ -31,7 +32,6 @@ from intsim.calibration import (
     choose_range,
     quantization_params,
     quantize,
-    quantize_weights,
 )
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
@@ -42,6 +42,7 @@ from intsim.importers.onnx import import_onnx
 from intsim.ops import add_params
 from intsim.passes import default_passes
 from intsim.profiles import Profile, get_profile
+from intsim.ptq import WeightFormat, apply_ptq, resolve_settings
 from intsim.runtime import Model
 from intsim.tables import build_exp_table, build_lut
 
@@ -138,11 +139,12 @@ def quantization_points(fg: FloatGraph, steps: list[Step]) -> list[str]:
 
 
 class _Lowering:
-    def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str):
+    def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str, weight_codes: dict):
         self.fg = fg
         self.profile = profile
         self.qparams = qparams
         self.weight_method = weight_method
+        self.weight_codes = weight_codes  # {node name: (codes, scale, zero_point)} chosen by the PTQ algorithms
         self.tensors: dict[str, TensorInfo] = {}
         self.nodes: list[Node] = []
         self.env: dict[str, tuple[str, tuple]] = {}  # float tensor -> (integer tensor, perm)
@@ -249,10 +251,8 @@ class _Lowering:
         p = self.profile
         node = step.nodes[0]
         x = self.tensors[self.need(x_name, x_perm)]
-        codes, w_scale, w_zp = quantize_weights(
-            weight, p.weight_bits, p.weight_signed, p.weight_symmetric, p.weight_narrow_range and p.weight_symmetric,
-            p.per_channel,
-            axis=0, power_of_two=p.power_of_two_scales, method=self.weight_method)
+        chosen = self.weight_codes.get(node.name) if source and not transposed else None
+        codes, w_scale, w_zp = chosen or WeightFormat.of(p).quantize(weight, self.weight_method)
         cout = weight.shape[0]
         w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (cout,))
         w_zp = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (cout,))
@@ -581,8 +581,9 @@ def data_free_ranges(fg: FloatGraph, bn: dict, input_range: tuple[float, float],
 
 
 def convert(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
-            range_method="minmax", logits_range_method=None, weight_range_method="minmax", batch_size=32,
-            input_range=None, progress=True, name=None) -> Model:
+            range_method=None, logits_range_method=None, weight_range_method=None, batch_size=32,
+            input_range=None, progress=True, name=None, cle=None, bias_correction=None, adaround=None,
+            pipeline=None) -> Model:
     """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
 
     Parameters
@@ -596,13 +597,25 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
     profile : str, path or Profile
         The chip; ``weight_bits``, ``activation_bits`` and ``per_channel`` override it.
     range_method : {"minmax", "percentile", "mse", "cross_entropy"}
-        Activation range setting (white paper §3.1).  ``"cross_entropy"`` applies to
-        the model's outputs (the logits) and MSE to every other tensor.
+        Activation range setting (white paper §3.1; default ``"minmax"``).
+        ``"cross_entropy"`` applies to the model's outputs (the logits) and MSE
+        to every other tensor.
     logits_range_method : str, optional
         Range method of the graph outputs (default: ``range_method``).
     weight_range_method : {"minmax", "mse"}
+        Default ``"minmax"``.
     input_range : (float, float), optional
         The real range of the inputs, for data-free conversion.
+    cle : bool
+        Cross-layer equalization with bias absorption (white paper §3.2,
+        :func:`intsim.ptq.cross_layer_equalization`).
+    bias_correction : {"empirical", "analytic", "none"}, optional
+        Bias correction of the quantized weights (§3.3).
+    adaround : bool or intsim.ptq.AdaRoundOptions
+        Learned weight rounding (§3.4); needs calibration data.
+    pipeline : {"standard"}, optional
+        A preset for all of the above (§3.5, :data:`intsim.ptq.PIPELINES`);
+        every argument given explicitly overrides it.
     """
     start = time.perf_counter()
     profile = get_profile(profile)
@@ -611,13 +624,27 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
     if overrides:
         profile = profile.replace(name=f"{profile.name}+" + ",".join(f"{k}={v}" for k, v in overrides.items()),
                                   **overrides)
+    settings = resolve_settings(pipeline, calibration is not None, cle=cle, bias_correction=bias_correction,
+                                adaround=adaround, range_method=range_method,
+                                logits_range_method=logits_range_method, weight_range_method=weight_range_method)
+    range_method, weight_range_method = settings["range_method"], settings["weight_range_method"]
     if range_method not in RANGE_METHODS:
         raise ValidationError(f"range_method must be one of {', '.join(RANGE_METHODS)}, found {range_method!r}")
-    logits_method = logits_range_method or range_method
+    logits_method = settings["logits_range_method"] or range_method
     inner_method = "mse" if range_method == "cross_entropy" else range_method
     raw = model if isinstance(model, FloatGraph) else import_onnx(model)
     batch_norms = batch_norm_statistics(raw)
-    fg = default_passes(raw)
+    data = None
+    if calibration is not None:
+        if len(raw.inputs) != 1:
+            raise ValidationError(f"calibration with one array needs a single-input model; it has {len(raw.inputs)}")
+        data = calibration if isinstance(calibration, np.memmap) else np.asarray(calibration)
+        if data.dtype.kind != "f":
+            raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
+    ptq = apply_ptq(default_passes(raw), batch_norms, profile, data, cle=settings["cle"],
+                    bias_correction=settings["bias_correction"], adaround_options=settings["adaround"],
+                    weight_range_method=weight_range_method, batch_size=batch_size, progress=progress)
+    fg = ptq.graph
     steps = plan_steps(fg)
     points = quantization_points(fg, steps)
     p = profile
@@ -626,15 +653,10 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
             raise ValidationError(
                 "convert needs calibration data (an array of model inputs, first axis = samples), or input_range "
                 "for data-free conversion (batch-norm ranges, white paper §3.1)")
-        ranges = data_free_ranges(fg, batch_norms, input_range)
+        ranges = data_free_ranges(fg, ptq.batch_norms, input_range)
         qparams = {t: activation_qparams(*ranges[t], profile) for t in points}
         samples, range_method = 0, "batch_norm"
     else:
-        if len(fg.inputs) != 1:
-            raise ValidationError(f"calibration with one array needs a single-input model; it has {len(fg.inputs)}")
-        data = calibration if isinstance(calibration, np.memmap) else np.asarray(calibration)
-        if data.dtype.kind != "f":
-            raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
         keep_rows = {t: 4096 for t in fg.outputs if logits_method == "cross_entropy" and t in points}
 
         def run_batch(batch):
@@ -651,10 +673,13 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
                                   power_of_two=p.power_of_two_scales)
             qparams[t] = activation_qparams(lo, hi, profile)
         samples = int(data.shape[0])
-    lowering = _Lowering(fg, profile, qparams, weight_range_method)
+    lowering = _Lowering(fg, profile, qparams, weight_range_method, ptq.weights)
     inputs, outputs = lowering.lower(steps)
     lowering.meta["calibration"] = {"samples": samples, "range_method": range_method,
                                     "logits_range_method": logits_method, "weight_range_method": weight_range_method}
+    lowering.meta["ptq"] = {"pipeline": pipeline, "cle": settings["cle"],
+                            "bias_correction": settings["bias_correction"],
+                            "adaround": settings["adaround"] is not None, **ptq.meta}
     lowering.meta["float_outputs"] = list(fg.outputs)
     lowering.meta["float_inputs"] = list(fg.inputs)
     lowering.meta["conversion_seconds"] = time.perf_counter() - start

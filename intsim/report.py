@@ -40,6 +40,17 @@ def _to_float_layout(stored: np.ndarray, perm) -> np.ndarray:
     return stored.transpose(np.argsort(perm))
 
 
+def _as_rewritten(f: np.ndarray, entry: dict) -> np.ndarray:
+    """A float tensor as the PTQ-rewritten model holds it (``graph.metadata["ptq"]["rescaled"]``): channel i
+    divided by the CLE scale and, where bias absorption moved ``c_i`` past the ReLU, ``max(f / S - c, 0)``
+    (which is ``relu(x / S - c)`` for ``f = relu(x)``, ``c >= 0``)."""
+    shape = (1, -1) + (1,) * (f.ndim - 2)
+    f = f / np.asarray(entry["scale"]).reshape(shape)
+    if "offset" in entry:
+        f = np.maximum(f - np.asarray(entry["offset"]).reshape(shape), 0.0)
+    return f
+
+
 def _sqnr_db(signal_power: float, noise_power: float) -> float:
     if noise_power == 0.0:
         return math.inf
@@ -287,6 +298,7 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
         if labels.shape != (data.shape[0],):
             raise ValidationError(f"labels must have shape ({data.shape[0]},), found {labels.shape}")
     producers = {t: n for n in graph.nodes for t in n.outputs}
+    rescaled = meta.get("ptq", {}).get("rescaled", {})
     rows = {}
     for float_name, int_name in meta["quantized"].items():
         node = producers.get(int_name)
@@ -307,6 +319,8 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
             perm = meta["source"][int_name][1]
             codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
             f = ref[float_name].astype(np.float64)
+            if float_name in rescaled:
+                f = _as_rewritten(f, rescaled[float_name])
             s = sim[float_name].astype(np.float64)
             deq = (codes - info.zero_point) * info.scale
             row.signal += float(np.sum(f * f))
