@@ -150,7 +150,8 @@ class _Lowering:
         self.env: dict[str, tuple[str, tuple]] = {}  # float tensor -> (integer tensor, perm)
         self.variants: dict[tuple[str, tuple], str] = {}
         self.meta = {"source": {}, "quantized": {}, "real_multiplier": {}, "weight_scale": {},
-                     "weight_source": {}, "bias_overflow": {}}
+                     "weight_source": {}, "bias_overflow": {},
+                     "weight_scale_raised": {}}
         self.act_lo, self.act_hi = profile.activation_range()
 
     # --- tensors ----------------------------------------------------------
@@ -257,6 +258,7 @@ class _Lowering:
         w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (cout,))
         w_zp = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (cout,))
         bias = np.zeros(cout) if bias is None else np.asarray(bias, np.float64)
+        codes, w_scale, raised = self._fit_bias(weight, codes, w_scale, w_zp, bias, x.scale)
         bias_scale = x.scale * w_scale
         wide = np.rint(bias / bias_scale).astype(np.int64)
         bmax = 2 ** (p.bias_bits - 1) - 1
@@ -276,6 +278,32 @@ class _Lowering:
             bias_name = node.inputs[2] if len(node.inputs) > 2 else None
             self.meta["weight_source"][node.name] = [node.inputs[1], bias_name, transposed]
         self.meta["bias_overflow"][node.name] = int(np.sum(wide != bias_int))
+        self.meta["weight_scale_raised"][node.name] = raised
+
+    def _fit_bias(self, weight, codes, w_scale, w_zp, bias, x_scale):
+        """Raise the weight scale of every output channel whose bias, in units of ``s_x * s_w``, would
+        not fit in half the ``bias_bits`` range, and requantize those channels to nearest.
+
+        A channel with near-zero weights (a dead channel after batch-norm folding) gets a tiny weight
+        scale, so its bias can come to 2^40 codes or more; clipping it to int32 would change the
+        channel's output and leave no room in the accumulator for the products.  Half the range
+        leaves one bit for them.  Per-tensor weights share one scale, so it rises for all channels.
+        Returns ``(codes, scale, number of channels raised)``.
+        """
+        p = self.profile
+        need = np.abs(bias) / (x_scale * 2.0 ** (p.bias_bits - 2))
+        if not p.per_channel:
+            need = np.full_like(need, need.max())
+        grow = need > w_scale
+        if not grow.any():
+            return codes, w_scale, 0
+        if p.power_of_two_scales:
+            need = 2.0 ** np.ceil(np.log2(need))
+        scale = np.where(grow, need, w_scale)
+        qmin, qmax = WeightFormat.of(p).codes
+        again = quantize(weight, scale, w_zp, qmin, qmax, np.int64, axis=0)
+        codes = np.where(grow.reshape((-1,) + (1,) * (weight.ndim - 1)), again, codes)
+        return codes, scale, int(grow.sum())
 
     def lower_Conv(self, step):
         node = step.nodes[0]

@@ -54,6 +54,25 @@ def test_hand_checked_lowering_of_conv_relu():
     assert set(np.unique(y0).tolist()) <= {42 - 128, 43 - 128}
 
 
+def test_dead_channel_bias_fits_by_raising_its_weight_scale():
+    # Channel 1 has a near-zero weight and bias -3 (a dead channel after batch-norm folding).  At
+    # s_x * s_w = (1/255) * (1e-9/127) its bias would be -9.7e13 codes; clipped to int32 it would read
+    # as about -7e-5 instead of -3.  The converter raises that channel's weight scale so the bias is
+    # 2^30 codes (half the int32 range), which makes the weight code 0 and keeps y = -3.
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"])]
+    onnx_model = _onnx(nodes, {"w": [[[[0.5]]], [[[1e-9]]]], "b": [0.1, -3.0]}, ["N", 1, 2, 2], ["N", 2, 2, 2])
+    calibration = np.array([0.0, 1.0, 0.25, 0.5, 0.75, 0.3, 0.6, 0.9], np.float32).reshape(2, 1, 2, 2)
+    model = intsim.convert(onnx_model, calibration=calibration, profile="paper", progress=False)
+    conv = next(n for n in model.graph.nodes if n.op == "conv2d")
+    meta = model.graph.metadata
+    assert meta["weight_scale_raised"][conv.name] == 1 and meta["bias_overflow"][conv.name] == 0
+    np.testing.assert_array_equal(conv.params["weight"], np.array([[[[127]]], [[[0]]]], np.int8), strict=True)
+    np.testing.assert_array_equal(conv.params["bias"], np.array([6477, -2 ** 30], np.int32), strict=True)
+    y = model.run(calibration)
+    y_scale = model.graph.tensors[model.graph.outputs[0]].scale
+    assert np.all(np.abs(y[:, 1] + 3.0) <= y_scale)
+
+
 @pytest.fixture(scope="module")
 def digits():
     x_train, _ = load_dataset("digits", "train")
