@@ -44,7 +44,7 @@ import math
 import numpy as np
 from numba import njit
 
-from intsim.fixedpoint import rescale_scalar, saturate, wrap
+from intsim.fixedpoint import DOUBLE, FLOAT32_RINT, FLOAT64_HALF_AWAY, SINGLE, rescale_scalar, saturate, wrap
 
 OVERFLOW_SATURATE, OVERFLOW_WRAP, OVERFLOW_ERROR = 0, 1, 2
 
@@ -477,23 +477,36 @@ def matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_in
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+@njit(inline="always")
+def _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
     # The TFLite order: rescale, add the output zero point, clamp, narrow.
+    # Inlined with a constant ``rounding`` so that LLVM sees one straight-line
+    # rounding rule and vectorises the channel loop.
     saturation_count = 0
     for i in range(acc.shape[0]):
         for c in range(acc.shape[1]):
             centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
             v = rescale_scalar(centred, multiplier[c], shift[c], scale[c], rounding, multiplier_bits) + out_zero_point
-            if v < clamp_min:
-                v = clamp_min
-                saturation_count += 1
-            elif v > clamp_max:
-                v = clamp_max
-                saturation_count += 1
-            out[i, c] = v
+            saturation_count += (v < clamp_min) | (v > clamp_max)
+            out[i, c] = min(max(v, clamp_min), clamp_max)
     return saturation_count
+
+
+@njit(cache=True)
+def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                     clamp_min, clamp_max, out):
+    if rounding == DOUBLE:
+        return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, DOUBLE, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    if rounding == SINGLE:
+        return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, SINGLE, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    if rounding == FLOAT32_RINT:
+        return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, FLOAT32_RINT, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, FLOAT64_HALF_AWAY, multiplier_bits,
+                            out_zero_point, clamp_min, clamp_max, out)
 
 
 def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,

@@ -1,0 +1,178 @@
+"""The register-tiled int32 micro-kernel of the fast GEMM, written in LLVM IR.
+
+``mac_tile(variant, rows, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)``
+updates a tile of ``rows`` x 16 int32 accumulators held in ``c`` (``rows = 0``
+means the variant's full tile, ``TILE_ROWS[variant]``)::
+
+    c[c_off + r*c_stride + j] += sum_g dot(a[a_off + r*a_stride + g], w[w_off + 16*g + j])
+
+for ``r < rows``, ``j < 16``, ``g < groups``.  ``a`` and ``w`` are int32
+arrays whose every element packs one *group* of reduction values: two int16
+(variants ``*_PAIRS``) or four bytes, uint8 in ``a`` and int8 in ``w``
+(``*_QUADS``); ``dot`` is the exact sum of the group's products.  A pair sum
+is at most ``2 * 2**30`` and a quad sum at most ``4 * 255 * 128`` in
+magnitude, and every add wraps modulo ``2**32``: the tile therefore ends
+equal to the exact sum whenever that sum fits int32, whatever the partial
+sums did on the way (the callers prove the final sums fit, white paper §2.1).
+
+The accumulators stay in registers for the whole reduction: ``rows`` vectors
+of 16 lanes, one load of 16 packed weights per group shared by every row, one
+broadcast of a packed activation per row.  ``variant`` and ``rows`` must be
+compile-time constants.  Instructions per variant (see :mod:`intsim.kernels.isa`):
+
+================  ============================================================
+``AVX2_PAIRS``    ``vpmaddwd`` ymm (``llvm.x86.avx2.pmadd.wd``) + ``vpaddd``
+``AVX512_PAIRS``  ``vpmaddwd`` zmm (``llvm.x86.avx512.pmaddw.d.512``) + ``vpaddd``
+``VNNI_PAIRS``    ``vpdpwssd`` zmm, the non-saturating form
+``VNNI_QUADS``    ``vpdpbusd`` zmm, the non-saturating form
+``PORTABLE_*``    sign/zero extension, 32-bit multiplies and adds on generic vectors
+================  ============================================================
+
+A variant whose CPU features the host lacks is compiled as its portable
+twin, so that a branch that selects it can be compiled anywhere; it is never
+selected at run time on such a host.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from intsim.kernels.isa import (
+    AVX2_PAIRS,
+    AVX512_PAIRS,
+    GROUP,
+    HOST_FEATURES,
+    TILE_ROWS,
+    VARIANT_FEATURES,
+    VNNI_PAIRS,
+    VNNI_QUADS,
+)
+
+LANES = 16
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_ACC = ir.VectorType(_I32, LANES)
+
+
+def _declare(builder, name, ret, args):
+    module = builder.module
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
+
+
+def _lanes(builder, vector, indices):
+    return builder.shuffle_vector(vector, ir.Constant(vector.type, ir.Undefined), ir.Constant(
+        ir.VectorType(_I32, len(indices)), indices))
+
+
+def _portable_dot(builder, acc, a, w, group):
+    # Widen every value to i32 (activations zero-extended in the uint8 quads),
+    # multiply lane-wise, then add the ``group`` products of each lane.
+    narrow = ir.VectorType(_I16 if group == 2 else _I8, LANES * group)
+    wide = ir.VectorType(_I32, LANES * group)
+    a_wide = (builder.sext if group == 2 else builder.zext)(builder.bitcast(a, narrow), wide)
+    products = builder.mul(a_wide, builder.sext(builder.bitcast(w, narrow), wide))
+    for q in range(group):
+        acc = builder.add(acc, _lanes(builder, products, [group * j + q for j in range(LANES)]))
+    return acc
+
+
+def _dot(builder, variant, acc, a, w):
+    """``acc`` plus the per-lane group dot products of ``a`` and ``w`` (all <16 x i32>)."""
+    if not VARIANT_FEATURES[variant] <= HOST_FEATURES:
+        return _portable_dot(builder, acc, a, w, GROUP[variant])
+    v32_i16 = ir.VectorType(_I16, 32)
+    if variant == VNNI_QUADS:
+        v64_i8 = ir.VectorType(_I8, 64)
+        fn = _declare(builder, "llvm.x86.avx512.vpdpbusd.512", _ACC, [_ACC, v64_i8, v64_i8])
+        return builder.call(fn, [acc, builder.bitcast(a, v64_i8), builder.bitcast(w, v64_i8)])
+    if variant == VNNI_PAIRS:
+        fn = _declare(builder, "llvm.x86.avx512.vpdpwssd.512", _ACC, [_ACC, v32_i16, v32_i16])
+        return builder.call(fn, [acc, builder.bitcast(a, v32_i16), builder.bitcast(w, v32_i16)])
+    if variant == AVX512_PAIRS:
+        fn = _declare(builder, "llvm.x86.avx512.pmaddw.d.512", _ACC, [v32_i16, v32_i16])
+        return builder.add(acc, builder.call(fn, [builder.bitcast(a, v32_i16), builder.bitcast(w, v32_i16)]))
+    if variant == AVX2_PAIRS:
+        v8 = ir.VectorType(_I32, 8)
+        v16_i16 = ir.VectorType(_I16, 16)
+        fn = _declare(builder, "llvm.x86.avx2.pmadd.wd", v8, [v16_i16, v16_i16])
+        halves = []
+        for half in (range(0, 8), range(8, 16)):
+            a_half = builder.bitcast(_lanes(builder, a, list(half)), v16_i16)
+            w_half = builder.bitcast(_lanes(builder, w, list(half)), v16_i16)
+            halves.append(builder.call(fn, [a_half, w_half]))
+        joined = builder.shuffle_vector(halves[0], halves[1], ir.Constant(_ACC, list(range(16))))
+        return builder.add(acc, joined)
+    return _portable_dot(builder, acc, a, w, GROUP[variant])
+
+
+def _literal(value):
+    return value.literal_value if isinstance(value, types.IntegerLiteral) else None
+
+
+@intrinsic
+def mac_tile(typingctx, variant, rows, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
+    """See the module docstring."""
+    variant_code, n_rows = _literal(variant), _literal(rows)
+    if variant_code is None or n_rows is None:
+        return None
+    n_rows = n_rows or TILE_ROWS[variant_code]
+    sig = types.void(variant, rows, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+
+    def codegen(context, builder, signature, args):
+        arg_types = signature.args
+        a_data = context.make_array(arg_types[2])(context, builder, args[2]).data
+        w_data = context.make_array(arg_types[5])(context, builder, args[5]).data
+        c_data = context.make_array(arg_types[8])(context, builder, args[8]).data
+        a_off_v, a_stride_v, w_off_v, groups_v, c_off_v, c_stride_v = (
+            context.cast(builder, args[i], arg_types[i], types.int64) for i in (3, 4, 6, 7, 9, 10)
+        )
+
+        def vector_at(data, index):
+            return builder.bitcast(builder.gep(data, [index]), _ACC.as_pointer())
+
+        def row_index(offset, stride, r):
+            return builder.add(offset, builder.mul(stride, ir.Constant(_I64, r)))
+
+        c_ptrs = [vector_at(c_data, row_index(c_off_v, c_stride_v, r)) for r in range(n_rows)]
+        start = [builder.load(p, align=4) for p in c_ptrs]
+        entry = builder.block
+        loop = builder.append_basic_block("mac_tile.loop")
+        done = builder.append_basic_block("mac_tile.done")
+        zero = ir.Constant(_I64, 0)
+        builder.cbranch(builder.icmp_signed(">", groups_v, zero), loop, done)
+
+        builder.position_at_end(loop)
+        g = builder.phi(_I64)
+        g.add_incoming(zero, entry)
+        accs = []
+        for value in start:
+            phi = builder.phi(_ACC)
+            phi.add_incoming(value, entry)
+            accs.append(phi)
+        w_index = builder.add(w_off_v, builder.mul(g, ir.Constant(_I64, LANES)))
+        w_vec = builder.load(vector_at(w_data, w_index), align=4)
+        updated = []
+        for r, acc in enumerate(accs):
+            a_val = builder.load(builder.gep(a_data, [builder.add(row_index(a_off_v, a_stride_v, r), g)]), align=4)
+            a_vec = builder.insert_element(ir.Constant(_ACC, ir.Undefined), a_val, ir.Constant(_I32, 0))
+            a_vec = builder.shuffle_vector(a_vec, ir.Constant(_ACC, ir.Undefined), ir.Constant(_ACC, [0] * LANES))
+            updated.append(_dot(builder, variant_code, acc, a_vec, w_vec))
+        g_next = builder.add(g, ir.Constant(_I64, 1))
+        g.add_incoming(g_next, loop)
+        for phi, value in zip(accs, updated):
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", g_next, groups_v), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for first, last in zip(start, updated):
+            final = builder.phi(_ACC)
+            final.add_incoming(first, entry)
+            final.add_incoming(last, loop)
+            finals.append(final)
+        for p, final in zip(c_ptrs, finals):
+            builder.store(final, p, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
