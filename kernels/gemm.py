@@ -50,6 +50,7 @@ from intsim.kernels.isa import (
     GROUP,
     PORTABLE_PAIRS,
     PORTABLE_QUADS,
+    TILE_BLOCKS,
     TILE_ROWS,
     VNNI_PAIRS,
     VNNI_QUADS,
@@ -69,7 +70,7 @@ from intsim.kernels.microkernel import LANES, mac_tile
 
 # Output pixels per im2col chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
-CHUNK_ROWS = 96
+CHUNK_ROWS = 384
 
 
 # --------------------------------------------------------------------------
@@ -77,67 +78,86 @@ CHUNK_ROWS = 96
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _mac_tile_any(variant, full, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
-    # mac_tile needs its variant and row count as compile-time constants.
-    if variant == VNNI_QUADS:
-        if full:
-            mac_tile(VNNI_QUADS, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-        else:
-            mac_tile(VNNI_QUADS, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-    elif variant == VNNI_PAIRS:
-        if full:
-            mac_tile(VNNI_PAIRS, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-        else:
-            mac_tile(VNNI_PAIRS, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-    elif variant == AVX512_PAIRS:
-        if full:
-            mac_tile(AVX512_PAIRS, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-        else:
-            mac_tile(AVX512_PAIRS, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-    elif variant == AVX2_PAIRS:
-        if full:
-            mac_tile(AVX2_PAIRS, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-        else:
-            mac_tile(AVX2_PAIRS, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-    elif variant == PORTABLE_QUADS:
-        if full:
-            mac_tile(PORTABLE_QUADS, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-        else:
-            mac_tile(PORTABLE_QUADS, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+@njit(inline="always")
+def _tile_shapes(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
+    # Inlined with a constant ``variant``, which mac_tile needs at compile time.
+    if full_rows and full_blocks:
+        mac_tile(variant, 0, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+    elif full_rows:
+        mac_tile(variant, 0, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+    elif full_blocks:
+        mac_tile(variant, 1, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
     else:
-        if full:
-            mac_tile(PORTABLE_PAIRS, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
-        else:
-            mac_tile(PORTABLE_PAIRS, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+        mac_tile(variant, 1, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+
+
+@njit(cache=True)
+def _mac_tile_any(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
+    # A full tile, its one-row tail, its one-block tail, or one row of one block.
+    if variant == VNNI_QUADS:
+        _tile_shapes(VNNI_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
+                     c_stride)
+    elif variant == VNNI_PAIRS:
+        _tile_shapes(VNNI_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
+                     c_stride)
+    elif variant == AVX512_PAIRS:
+        _tile_shapes(AVX512_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
+                     c_stride)
+    elif variant == AVX2_PAIRS:
+        _tile_shapes(AVX2_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
+                     c_stride)
+    elif variant == PORTABLE_QUADS:
+        _tile_shapes(PORTABLE_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
+                     c_stride)
+    else:
+        _tile_shapes(PORTABLE_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
+                     c_stride)
 
 
 @njit(cache=True)
 def _gemm_chunk(variant, a, a_off, rows, w, groups, n_blocks, acc):
     # acc [rows, n_blocks * 16] holds the start values and receives the sums.
-    # One 16-channel weight block (groups x 64 bytes) is reused by every
-    # row tile of the chunk before the next block is read.
-    tile = TILE_ROWS[variant]
+    # The weights of one tile's blocks (groups x 64 bytes each) are reused by
+    # every row tile of the chunk before the next blocks are read.
+    tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
     c_stride = n_blocks * LANES
     acc_flat = acc.reshape(acc.size)
-    for nb in range(n_blocks):
+    nb = 0
+    while nb < n_blocks:
+        full_blocks = nb + tile_blocks <= n_blocks
         w_off = nb * groups * LANES
         r = 0
-        while r + tile <= rows:
-            _mac_tile_any(variant, True, a, a_off + r * groups, groups, w, w_off, groups, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
-            r += tile
         while r < rows:
-            _mac_tile_any(variant, False, a, a_off + r * groups, groups, w, w_off, groups, acc_flat,
+            full_rows = r + tile_rows <= rows
+            _mac_tile_any(variant, full_rows, full_blocks, a, a_off + r * groups, groups, w, w_off, groups, acc_flat,
                           r * c_stride + nb * LANES, c_stride)
-            r += 1
+            r += tile_rows if full_rows else 1
+        nb += tile_blocks if full_blocks else 1
+
+
+@njit(cache=True)
+def _copy_encoded(src, src_start, count, a_sub, dst, dst_start):
+    # Slices first: indexing them from 0 lets LLVM drop the index checks and vectorise.
+    source = src[src_start:src_start + count]
+    target = dst[dst_start:dst_start + count]
+    for j in range(count):
+        target[j] = source[j] - a_sub
+
+
+@njit(cache=True)
+def _fill(dst, start, count, value):
+    dst[start:start + count] = value
 
 
 @njit(cache=True)
 def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, patches):
     # patches [rows, row_len]: the encoded window of output pixel m0 + r in
-    # (kh, kw, ci) order, then zeros up to the whole group.
-    height, width, cin = x.shape[1], x.shape[2], x.shape[3]
+    # (kh, kw, ci) order, then zeros up to the whole group.  Codes move in
+    # contiguous runs of the NHWC input: one run of ``cin`` per tap, or of
+    # ``kernel_w * cin`` per window row when dw == 1 and the row is inside.
+    n_batch, height, width, cin = x.shape
+    x_flat = x.reshape(x.size)
+    patch_flat = patches.reshape(patches.size)
     per_image = out_h * out_w
     row_len = patches.shape[1]
     for r in range(rows):
@@ -145,20 +165,25 @@ def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, 
         n = m // per_image
         oh = (m - n * per_image) // out_w
         ow = m - n * per_image - oh * out_w
-        k = 0
+        dst = r * row_len
+        iw0 = ow * sw - left
+        row_inside = dw == 1 and iw0 >= 0 and iw0 + kernel_w <= width
         for kh in range(kernel_h):
             ih = oh * sh - top + kh * dh
-            for kw in range(kernel_w):
-                iw = ow * sw - left + kw * dw
-                if 0 <= ih < height and 0 <= iw < width:
-                    for ci in range(cin):
-                        patches[r, k + ci] = x[n, ih, iw, ci] - a_sub
-                else:
-                    for ci in range(cin):
-                        patches[r, k + ci] = pad_code
-                k += cin
-        for j in range(k, row_len):
-            patches[r, j] = 0
+            if ih < 0 or ih >= height:
+                _fill(patch_flat, dst, kernel_w * cin, pad_code)
+            elif row_inside:
+                _copy_encoded(x_flat, ((n * height + ih) * width + iw0) * cin, kernel_w * cin, a_sub, patch_flat, dst)
+            else:
+                for kw in range(kernel_w):
+                    iw = iw0 + kw * dw
+                    if 0 <= iw < width:
+                        _copy_encoded(x_flat, ((n * height + ih) * width + iw) * cin, cin, a_sub, patch_flat,
+                                      dst + kw * cin)
+                    else:
+                        _fill(patch_flat, dst + kw * cin, cin, pad_code)
+            dst += kernel_w * cin
+        _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
 
 
 @njit(cache=True)
@@ -182,7 +207,7 @@ def _conv2d_gemm_core(variant, x, x_words, direct, a_sub, pad_code, out_h, out_w
         for r in range(rows):
             acc[r, :] = c0
         _gemm_chunk(variant, source, a_off, rows, w, groups, n_blocks, acc)
-        saturation_count += _requantize_core(acc[:rows, :n_out], 0, multiplier, shift, scale, rounding,
+        saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding,
                                              multiplier_bits, out_zero_point, clamp_min, clamp_max,
                                              out[m0:m0 + rows])
     return saturation_count

@@ -41,8 +41,10 @@ class Isa:
 
 # Variant codes, as the micro-kernel reads them (compile-time constants).
 PORTABLE_PAIRS, PORTABLE_QUADS, AVX2_PAIRS, AVX512_PAIRS, VNNI_PAIRS, VNNI_QUADS = range(6)
-# Output rows per register tile: 12 zmm accumulators, 12 (2 x 6) ymm ones.
-TILE_ROWS = (4, 4, 6, 12, 12, 12)
+# Register tile, rows x 16-channel blocks: 6 x 4 = 24 zmm accumulators (plus
+# 4 weight vectors and a broadcast, of 32 zmm); 6 x 1 = 12 ymm pairs (of 16 ymm).
+TILE_ROWS = (4, 4, 6, 6, 6, 6)
+TILE_BLOCKS = (1, 1, 1, 4, 4, 4)
 # Reduction values per int32 lane of a packed operand.
 GROUP = (2, 4, 2, 2, 2, 4)
 

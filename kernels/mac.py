@@ -483,9 +483,11 @@ def _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, mu
     # The TFLite order: rescale, add the output zero point, clamp, narrow.
     # Inlined with a constant ``rounding`` so that LLVM sees one straight-line
     # rounding rule and vectorises the channel loop.
+    # The loops run over ``out``: ``acc`` may have more rows and columns (the
+    # fused GEMM's padded accumulator chunk), of which the leading ones count.
     saturation_count = 0
-    for i in range(acc.shape[0]):
-        for c in range(acc.shape[1]):
+    for i in range(out.shape[0]):
+        for c in range(out.shape[1]):
             centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
             v = rescale_scalar(centred, multiplier[c], shift[c], scale[c], rounding, multiplier_bits) + out_zero_point
             saturation_count += (v < clamp_min) | (v > clamp_max)

@@ -1,12 +1,13 @@
 """The register-tiled int32 micro-kernel of the fast GEMM, written in LLVM IR.
 
-``mac_tile(variant, rows, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)``
-updates a tile of ``rows`` x 16 int32 accumulators held in ``c`` (``rows = 0``
-means the variant's full tile, ``TILE_ROWS[variant]``)::
+``mac_tile(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)``
+updates a tile of ``rows`` x ``16 * blocks`` int32 accumulators held in ``c``
+(``rows = 0`` and ``blocks = 0`` mean the variant's full tile,
+``TILE_ROWS[variant]`` x ``TILE_BLOCKS[variant]``)::
 
-    c[c_off + r*c_stride + j] += sum_g dot(a[a_off + r*a_stride + g], w[w_off + 16*g + j])
+    c[c_off + r*c_stride + 16*b + j] += sum_g dot(a[a_off + r*a_stride + g], w[w_off + 16*(groups*b + g) + j])
 
-for ``r < rows``, ``j < 16``, ``g < groups``.  ``a`` and ``w`` are int32
+for ``r < rows``, ``b < blocks``, ``j < 16``, ``g < groups``.  ``a`` and ``w`` are int32
 arrays whose every element packs one *group* of reduction values: two int16
 (variants ``*_PAIRS``) or four bytes, uint8 in ``a`` and int8 in ``w``
 (``*_QUADS``); ``dot`` is the exact sum of the group's products.  A pair sum
@@ -15,10 +16,11 @@ magnitude, and every add wraps modulo ``2**32``: the tile therefore ends
 equal to the exact sum whenever that sum fits int32, whatever the partial
 sums did on the way (the callers prove the final sums fit, white paper §2.1).
 
-The accumulators stay in registers for the whole reduction: ``rows`` vectors
-of 16 lanes, one load of 16 packed weights per group shared by every row, one
-broadcast of a packed activation per row.  ``variant`` and ``rows`` must be
-compile-time constants.  Instructions per variant (see :mod:`intsim.kernels.isa`):
+The accumulators stay in registers for the whole reduction: ``rows * blocks``
+vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
+by every row, and one broadcast of a packed activation per row, shared by
+every block.  ``variant`` ``rows`` and ``blocks``
+must be compile-time constants.  Instructions per variant (see :mod:`intsim.kernels.isa`):
 
 ================  ============================================================
 ``AVX2_PAIRS``    ``vpmaddwd`` ymm (``llvm.x86.avx2.pmadd.wd``) + ``vpaddd``
@@ -44,6 +46,7 @@ from intsim.kernels.isa import (
     AVX512_PAIRS,
     GROUP,
     HOST_FEATURES,
+    TILE_BLOCKS,
     TILE_ROWS,
     VARIANT_FEATURES,
     VNNI_PAIRS,
@@ -111,31 +114,37 @@ def _literal(value):
 
 
 @intrinsic
-def mac_tile(typingctx, variant, rows, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
+def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
     """See the module docstring."""
-    variant_code, n_rows = _literal(variant), _literal(rows)
-    if variant_code is None or n_rows is None:
+    variant_code, n_rows, n_blocks = _literal(variant), _literal(rows), _literal(blocks)
+    if variant_code is None or n_rows is None or n_blocks is None:
         return None
     n_rows = n_rows or TILE_ROWS[variant_code]
-    sig = types.void(variant, rows, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+    n_blocks = n_blocks or TILE_BLOCKS[variant_code]
+    sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
 
     def codegen(context, builder, signature, args):
         arg_types = signature.args
-        a_data = context.make_array(arg_types[2])(context, builder, args[2]).data
-        w_data = context.make_array(arg_types[5])(context, builder, args[5]).data
-        c_data = context.make_array(arg_types[8])(context, builder, args[8]).data
+        a_data = context.make_array(arg_types[3])(context, builder, args[3]).data
+        w_data = context.make_array(arg_types[6])(context, builder, args[6]).data
+        c_data = context.make_array(arg_types[9])(context, builder, args[9]).data
         a_off_v, a_stride_v, w_off_v, groups_v, c_off_v, c_stride_v = (
-            context.cast(builder, args[i], arg_types[i], types.int64) for i in (3, 4, 6, 7, 9, 10)
+            context.cast(builder, args[i], arg_types[i], types.int64) for i in (4, 5, 7, 8, 10, 11)
         )
+        w_block_stride = builder.mul(groups_v, ir.Constant(_I64, LANES))
 
         def vector_at(data, index):
             return builder.bitcast(builder.gep(data, [index]), _ACC.as_pointer())
 
-        def row_index(offset, stride, r):
-            return builder.add(offset, builder.mul(stride, ir.Constant(_I64, r)))
+        def offset(base, stride, i):
+            return builder.add(base, builder.mul(stride, ir.Constant(_I64, i)))
 
-        c_ptrs = [vector_at(c_data, row_index(c_off_v, c_stride_v, r)) for r in range(n_rows)]
+        tile = [(r, b) for r in range(n_rows) for b in range(n_blocks)]
+        c_ptrs = [vector_at(c_data, builder.add(offset(c_off_v, c_stride_v, r), ir.Constant(_I64, b * LANES)))
+                  for r, b in tile]
         start = [builder.load(p, align=4) for p in c_ptrs]
+        w_starts = [offset(w_off_v, w_block_stride, b) for b in range(n_blocks)]
+        a_starts = [offset(a_off_v, a_stride_v, r) for r in range(n_rows)]
         entry = builder.block
         loop = builder.append_basic_block("mac_tile.loop")
         done = builder.append_basic_block("mac_tile.done")
@@ -150,14 +159,15 @@ def mac_tile(typingctx, variant, rows, a, a_off, a_stride, w, w_off, groups, c, 
             phi = builder.phi(_ACC)
             phi.add_incoming(value, entry)
             accs.append(phi)
-        w_index = builder.add(w_off_v, builder.mul(g, ir.Constant(_I64, LANES)))
-        w_vec = builder.load(vector_at(w_data, w_index), align=4)
-        updated = []
-        for r, acc in enumerate(accs):
-            a_val = builder.load(builder.gep(a_data, [builder.add(row_index(a_off_v, a_stride_v, r), g)]), align=4)
+        g_lanes = builder.mul(g, ir.Constant(_I64, LANES))
+        w_vecs = [builder.load(vector_at(w_data, builder.add(w_start, g_lanes)), align=4) for w_start in w_starts]
+        a_vecs = []
+        for a_start in a_starts:
+            a_val = builder.load(builder.gep(a_data, [builder.add(a_start, g)]), align=4)
             a_vec = builder.insert_element(ir.Constant(_ACC, ir.Undefined), a_val, ir.Constant(_I32, 0))
-            a_vec = builder.shuffle_vector(a_vec, ir.Constant(_ACC, ir.Undefined), ir.Constant(_ACC, [0] * LANES))
-            updated.append(_dot(builder, variant_code, acc, a_vec, w_vec))
+            a_vecs.append(builder.shuffle_vector(a_vec, ir.Constant(_ACC, ir.Undefined),
+                                                 ir.Constant(_ACC, [0] * LANES)))
+        updated = [_dot(builder, variant_code, acc, a_vecs[r], w_vecs[b]) for acc, (r, b) in zip(accs, tile)]
         g_next = builder.add(g, ir.Constant(_I64, 1))
         g.add_incoming(g_next, loop)
         for phi, value in zip(accs, updated):
