@@ -38,11 +38,14 @@ padded to a whole group with zero activations and zero weights.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
+import numba
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
+from intsim.errors import ValidationError
 from intsim.kernels import isa as isa_module
 from intsim.kernels.isa import (
     AVX2_PAIRS,
@@ -70,7 +73,34 @@ from intsim.kernels.microkernel import LANES, mac_tile
 
 # Output pixels per im2col chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
-CHUNK_ROWS = 384
+CHUNK_ROWS = 96
+
+
+def _threads_from_environment() -> int:
+    value = os.environ.get("INTSIM_THREADS", "1")
+    if not value.isdigit() or not 1 <= int(value) <= numba.config.NUMBA_NUM_THREADS:
+        raise ValidationError(f"environment variable INTSIM_THREADS must be an integer in "
+                              f"[1, {numba.config.NUMBA_NUM_THREADS}] (NUMBA_NUM_THREADS), found {value!r}")
+    return int(value)
+
+
+_threads = _threads_from_environment()
+
+
+def set_threads(threads: int) -> int:
+    """Threads the fused conv / fully-connected kernels share chunks of output pixels among; returns the old value.
+
+    One by default (results never depend on it: every output is computed by
+    one thread in the same order).  At most ``numba.config.NUMBA_NUM_THREADS``;
+    anything else raises :class:`~intsim.errors.ValidationError`.
+    """
+    global _threads
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ValidationError(f"set_threads: threads must be an integer in [1, {limit}] (NUMBA_NUM_THREADS), "
+                              f"found {threads!r}")
+    previous, _threads = _threads, threads
+    return previous
 
 
 # --------------------------------------------------------------------------
@@ -186,24 +216,28 @@ def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, 
         _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _conv2d_gemm_core(variant, x, x_words, direct, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
                       top, left, w, groups, c0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                      clamp_min, clamp_max, patches, acc, out):
-    # out [M, Cout] with M = N * OH * OW.  ``direct``: x_words already is the
-    # packed activation matrix (M rows of ``groups`` words), no im2col.
-    n_rows, n_out = out.shape
+                      clamp_min, clamp_max, chunk_rows, row_len, code_sample, out):
+    # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
+    # pixels shared out among the threads, each chunk with its own buffers.
+    # ``direct``: x_words already is the packed activation matrix (M rows of
+    # ``groups`` words), no im2col.  ``code_sample`` carries the code dtype.
+    n_rows = out.shape[0]
     n_blocks = c0.shape[0] // LANES
-    patch_words = patches.reshape(patches.size).view(np.int32)
     saturation_count = 0
-    for m0 in range(0, n_rows, acc.shape[0]):
-        rows = min(acc.shape[0], n_rows - m0)
+    for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
+        m0 = chunk * chunk_rows
+        rows = min(chunk_rows, n_rows - m0)
+        acc = np.empty((rows, c0.shape[0]), np.int32)
         if direct:
             source, a_off = x_words, m0 * groups
         else:
+            patches = np.empty((rows, row_len), code_sample.dtype)
             _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code,
                     patches)
-            source, a_off = patch_words, 0
+            source, a_off = patches.reshape(patches.size).view(np.int32), 0
         for r in range(rows):
             acc[r, :] = c0
         _gemm_chunk(variant, source, a_off, rows, w, groups, n_blocks, acc)
@@ -213,35 +247,37 @@ def _conv2d_gemm_core(variant, x, x_words, direct, a_sub, pad_code, out_h, out_w
     return saturation_count
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _depthwise_core(x, x_zero_point, w_hwc, bias, sh, sw, dh, dw, top, left, multiplier, shift, scale, rounding,
-                    multiplier_bits, out_zero_point, clamp_min, clamp_max, acc, out):
-    # One output row at a time: acc [OW, C] int32 from the bias, plus
-    # (x - z_x) * (w - z_w) for every in-bounds tap (a padded tap adds 0),
-    # vectorised over the contiguous channels; every step cast back to int32
-    # (exact modulo 2**32, see the module docstring).
+                    multiplier_bits, out_zero_point, clamp_min, clamp_max, out):
+    # One output row at a time (rows shared out among the threads): acc
+    # [OW, C] int32 from the bias, plus (x - z_x) * (w - z_w) for every
+    # in-bounds tap (a padded tap adds 0), vectorised over the contiguous
+    # channels; every step cast back to int32 (exact modulo 2**32, see the
+    # module docstring).
     n_batch, height, width, channels = x.shape
     kernel_h, kernel_w = w_hwc.shape[0], w_hwc.shape[1]
     out_h, out_w = out.shape[1], out.shape[2]
     saturation_count = 0
-    for n in range(n_batch):
-        for oh in range(out_h):
-            for ow in range(out_w):
-                for c in range(channels):
-                    acc[ow, c] = bias[c]
-                for kh in range(kernel_h):
-                    ih = oh * sh - top + kh * dh
-                    if ih < 0 or ih >= height:
+    for row in prange(n_batch * out_h):
+        n, oh = row // out_h, row % out_h
+        acc = np.empty((out_w, channels), np.int32)
+        for ow in range(out_w):
+            for c in range(channels):
+                acc[ow, c] = bias[c]
+            for kh in range(kernel_h):
+                ih = oh * sh - top + kh * dh
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(kernel_w):
+                    iw = ow * sw - left + kw * dw
+                    if iw < 0 or iw >= width:
                         continue
-                    for kw in range(kernel_w):
-                        iw = ow * sw - left + kw * dw
-                        if iw < 0 or iw >= width:
-                            continue
-                        for c in range(channels):
-                            centred = np.int32(np.int32(x[n, ih, iw, c]) - x_zero_point)
-                            acc[ow, c] = np.int32(acc[ow, c] + np.int32(centred * w_hwc[kh, kw, c]))
-            saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits,
-                                                 out_zero_point, clamp_min, clamp_max, out[n, oh])
+                    for c in range(channels):
+                        centred = np.int32(np.int32(x[n, ih, iw, c]) - x_zero_point)
+                        acc[ow, c] = np.int32(acc[ow, c] + np.int32(centred * w_hwc[kh, kw, c]))
+        saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits,
+                                             out_zero_point, clamp_min, clamp_max, out[n, oh])
     return saturation_count
 
 
@@ -376,15 +412,14 @@ def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requan
     direct = (kernel == (1, 1) and strides == (1, 1) and pads[:2] == (0, 0) and packed.a_sub == 0
               and x4.shape[3] == packed.row_len and x4.dtype == packed.code_dtype)
     x_words = x4.reshape(-1).view(np.int32) if direct else np.empty(0, np.int32)
-    rows = min(CHUNK_ROWS, out.shape[0])
-    patches = np.empty((0 if direct else rows, packed.row_len), packed.code_dtype)
-    acc = np.empty((rows, packed.c0.shape[0]), np.int32)
     multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+    numba.set_num_threads(_threads)
     return int(_conv2d_gemm_core(
         packed.variant, x4, x_words, direct, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w,
         sh, sw, dh, dw, pads[0], pads[1], packed.words, packed.groups, packed.c0,
         multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64), int(rounding),
-        int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), patches, acc, out,
+        int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), CHUNK_ROWS, packed.row_len,
+        np.zeros(1, packed.code_dtype), out,
     ))
 
 
@@ -423,11 +458,11 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     if prepared.depthwise is not None:
         w_hwc, bias = prepared.depthwise
         multiplier, shift, scale = requant[:3]
-        acc = np.empty((shape[2], shape[3]), np.int32)
+        numba.set_num_threads(_threads)
         saturations = _depthwise_core(
             x, np.int32(prepared.acc_args[0]), w_hwc, bias, strides[0], strides[1], dilations[0], dilations[1],
             pads[0], pads[1], multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64),
-            int(rounding), int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), acc, out,
+            int(rounding), int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
         )
         return out, 0, 0, int(saturations)
     saturations = _run_gemm(x, prepared.packed, shape[1], shape[2], w.shape[1:3], strides, dilations, pads, requant,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -234,3 +238,43 @@ def test_set_isa_rejects_isas_the_host_lacks(monkeypatch):
 def test_portable_isa_is_always_supported():
     assert isa.supported_isas()[0] == "portable"
     assert isa.current_isa().name in isa.supported_isas()
+
+
+@pytest.mark.parametrize("threads", [0, True, 10**6, "2"])
+def test_set_threads_rejects_bad_counts(threads):
+    with pytest.raises(ValidationError, match=r"set_threads: threads must be an integer in \[1, \d+\]"):
+        gemm.set_threads(threads)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "100000"])
+def test_threads_environment_variable_is_checked(monkeypatch, value):
+    monkeypatch.setenv("INTSIM_THREADS", value)
+    with pytest.raises(ValidationError, match=rf"INTSIM_THREADS must be an integer in \[1, \d+\].*found '{value}'"):
+        gemm._threads_from_environment()
+
+
+def test_two_threads_give_the_same_codes():
+    # A fresh process: the test session pins NUMBA_NUM_THREADS to 1.
+    script = """
+import numpy as np
+from intsim.fixedpoint import Rescale
+from intsim.kernels import gemm, naive_gemm
+rng = np.random.default_rng(5)
+x = rng.integers(0, 256, size=(2, 9, 8, 12), dtype=np.uint8)
+w = rng.integers(-128, 128, size=(20, 3, 3, 12), dtype=np.int8)
+args = (100, w, np.zeros(20, np.int64), rng.integers(-999, 999, size=20, dtype=np.int32), (1, 1), (1, 1),
+        (1, 1, 1, 1), 1, 32, 1, False)
+rq = Rescale.from_real(rng.uniform(1e-3, 1e-2, size=20), "double")
+requant = (*rq.kernel_args(20), rq.code, 31, 3, 0, 255, np.dtype(np.uint8))
+assert gemm.set_threads(2) == 1
+gemm.CHUNK_ROWS = 7
+fast = gemm.conv2d_nhwc_requantized(x, gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+slow = naive_gemm.conv2d_nhwc_requantized(x, naive_gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+assert fast[1:] == slow[1:]
+print("same")
+"""
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", INTSIM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "same"
