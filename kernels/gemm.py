@@ -39,6 +39,7 @@ padded to a whole group with zero activations and zero weights.
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -101,6 +102,17 @@ def set_threads(threads: int) -> int:
                               f"found {threads!r}")
     previous, _threads = _threads, threads
     return previous
+
+
+_applied = threading.local()
+
+
+def _apply_threads():
+    # numba's thread count is per calling thread and costs microseconds to
+    # set, so it is set once per thread and per change of ``_threads``.
+    if getattr(_applied, "threads", None) != _threads:
+        numba.set_num_threads(_threads)
+        _applied.threads = _threads
 
 
 # --------------------------------------------------------------------------
@@ -216,14 +228,21 @@ def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, 
         _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
 
 
+# The scalar arguments of _conv2d_gemm_core, in one int64 array (one argument
+# to type-check per call instead of twenty).
+GEMM_SETTINGS = ("direct", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
+                 "top", "left", "groups", "chunk_rows", "row_len", "rounding", "multiplier_bits", "out_zero_point",
+                 "clamp_min", "clamp_max")
+
+
 @njit(cache=True, parallel=True)
-def _conv2d_gemm_core(variant, x, x_words, direct, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
-                      top, left, w, groups, c0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                      clamp_min, clamp_max, chunk_rows, row_len, code_sample, out):
+def _conv2d_gemm_core(variant, x, x_words, w, c0, multiplier, shift, scale, settings, code_sample, out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
     # ``direct``: x_words already is the packed activation matrix (M rows of
     # ``groups`` words), no im2col.  ``code_sample`` carries the code dtype.
+    (direct, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
+     row_len, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max) = settings
     n_rows = out.shape[0]
     n_blocks = c0.shape[0] // LANES
     saturation_count = 0
@@ -308,6 +327,11 @@ class PackedWeights:
     @property
     def row_len(self) -> int:
         return self.groups * GROUP[self.variant]
+
+    @property
+    def code_sample(self) -> np.ndarray:
+        """A one-element array of ``code_dtype``: how the numba kernels learn the dtype."""
+        return np.zeros(1, self.code_dtype)
 
 
 def _encoding(isa, x_dtype, x_zero_point, w_min, w_max):
@@ -409,17 +433,17 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
 def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
     """The fused GEMM path over NHWC codes ``x4`` into ``out`` [M, Cout]; returns the clamp count."""
     (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
-    direct = (kernel == (1, 1) and strides == (1, 1) and pads[:2] == (0, 0) and packed.a_sub == 0
+    direct = (kernel == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0) and packed.a_sub == 0
               and x4.shape[3] == packed.row_len and x4.dtype == packed.code_dtype)
     x_words = x4.reshape(-1).view(np.int32) if direct else np.empty(0, np.int32)
     multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    numba.set_num_threads(_threads)
+    settings = np.array([direct, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
+                         pads[0], pads[1], packed.groups, CHUNK_ROWS, packed.row_len, rounding, multiplier_bits,
+                         out_zero_point, clamp_min, clamp_max], np.int64)
+    _apply_threads()
     return int(_conv2d_gemm_core(
-        packed.variant, x4, x_words, direct, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w,
-        sh, sw, dh, dw, pads[0], pads[1], packed.words, packed.groups, packed.c0,
-        multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64), int(rounding),
-        int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), CHUNK_ROWS, packed.row_len,
-        np.zeros(1, packed.code_dtype), out,
+        packed.variant, x4, x_words, packed.words, packed.c0, np.asarray(multiplier, np.int64),
+        np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample, out,
     ))
 
 
@@ -458,7 +482,7 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     if prepared.depthwise is not None:
         w_hwc, bias = prepared.depthwise
         multiplier, shift, scale = requant[:3]
-        numba.set_num_threads(_threads)
+        _apply_threads()
         saturations = _depthwise_core(
             x, np.int32(prepared.acc_args[0]), w_hwc, bias, strides[0], strides[1], dilations[0], dilations[1],
             pads[0], pads[1], multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64),

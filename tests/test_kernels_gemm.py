@@ -278,3 +278,16 @@ print("same")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "same"
+
+
+@pytest.mark.parametrize("pads", [(0, 0, 1, 2), (1, 0, 0, 0), (0, 0, 0, 0)])
+def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
+    # A 1x1 stride-1 conv reads the input rows in place only when nothing is padded.
+    rng = np.random.default_rng(3)
+    x = x_codes(rng, np.uint8, (1, 3, 4, 8))
+    w, w_zp, bias = _layer(rng, np.uint8, 5, 8, (1, 1), 0)
+    args = (7, w, w_zp, bias, (1, 1), (1, 1), pads, 1) + ACC
+    requant = (*Rescale.from_real(np.full(5, 3e-3), "double").kernel_args(5), fixedpoint.DOUBLE, 31, 0, 0, 255,
+               np.dtype(np.uint8))
+    assert_same(run_pair(gemm, "conv2d_nhwc", x, args, requant)[1],
+                run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
