@@ -495,20 +495,31 @@ def _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, mu
     return saturation_count
 
 
+@njit(inline="always")
+def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                             clamp_min, clamp_max, out):
+    # A constant zero ``acc_zero_point`` (the MAC ops' case) lets LLVM drop the centring and its saturation.
+    if acc_zero_point == 0:
+        return _requantize_rows(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                clamp_min, clamp_max, out)
+    return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                            clamp_min, clamp_max, out)
+
+
 @njit(cache=True)
 def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
     if rounding == DOUBLE:
-        return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, DOUBLE, multiplier_bits,
-                                out_zero_point, clamp_min, clamp_max, out)
+        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, DOUBLE, multiplier_bits,
+                                        out_zero_point, clamp_min, clamp_max, out)
     if rounding == SINGLE:
-        return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, SINGLE, multiplier_bits,
-                                out_zero_point, clamp_min, clamp_max, out)
+        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, SINGLE, multiplier_bits,
+                                        out_zero_point, clamp_min, clamp_max, out)
     if rounding == FLOAT32_RINT:
-        return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, FLOAT32_RINT, multiplier_bits,
-                                out_zero_point, clamp_min, clamp_max, out)
-    return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, FLOAT64_HALF_AWAY, multiplier_bits,
-                            out_zero_point, clamp_min, clamp_max, out)
+        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT32_RINT,
+                                        multiplier_bits, out_zero_point, clamp_min, clamp_max, out)
+    return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT64_HALF_AWAY, multiplier_bits,
+                                    out_zero_point, clamp_min, clamp_max, out)
 
 
 def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
