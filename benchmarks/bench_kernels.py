@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import statistics
 import tempfile
@@ -190,6 +191,7 @@ def _model_runners(path, rng, threads, batch):
         def get_next(self):
             return next(self._batches, None)
 
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice on pre-processing
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
         quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QOperator,
