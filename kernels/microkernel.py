@@ -46,6 +46,8 @@ from intsim.kernels.isa import (
     AVX512_PAIRS,
     GROUP,
     HOST_FEATURES,
+    PORTABLE_PAIRS,
+    PORTABLE_QUADS,
     TILE_BLOCKS,
     TILE_ROWS,
     VARIANT_FEATURES,
@@ -68,6 +70,9 @@ def _lanes(builder, vector, indices):
         ir.VectorType(_I32, len(indices)), indices))
 
 
+_V32_I16, _V64_I8 = ir.VectorType(_I16, 32), ir.VectorType(_I8, 64)
+
+
 def _portable_dot(builder, acc, a, w, group):
     # Widen every value to i32 (activations zero-extended in the uint8 quads),
     # multiply lane-wise, then add the ``group`` products of each lane.
@@ -80,33 +85,48 @@ def _portable_dot(builder, acc, a, w, group):
     return acc
 
 
+def _vnni_quads_dot(builder, acc, a, w):
+    fn = _declare(builder, "llvm.x86.avx512.vpdpbusd.512", _ACC, [_ACC, _V64_I8, _V64_I8])
+    return builder.call(fn, [acc, builder.bitcast(a, _V64_I8), builder.bitcast(w, _V64_I8)])
+
+
+def _vnni_pairs_dot(builder, acc, a, w):
+    fn = _declare(builder, "llvm.x86.avx512.vpdpwssd.512", _ACC, [_ACC, _V32_I16, _V32_I16])
+    return builder.call(fn, [acc, builder.bitcast(a, _V32_I16), builder.bitcast(w, _V32_I16)])
+
+
+def _avx512_pairs_dot(builder, acc, a, w):
+    fn = _declare(builder, "llvm.x86.avx512.pmaddw.d.512", _ACC, [_V32_I16, _V32_I16])
+    return builder.add(acc, builder.call(fn, [builder.bitcast(a, _V32_I16), builder.bitcast(w, _V32_I16)]))
+
+
+def _avx2_pairs_dot(builder, acc, a, w):
+    # Two ymm halves of the 16 lanes, joined again (LLVM keeps them in two registers).
+    v8, v16_i16 = ir.VectorType(_I32, 8), ir.VectorType(_I16, 16)
+    fn = _declare(builder, "llvm.x86.avx2.pmadd.wd", v8, [v16_i16, v16_i16])
+    halves = []
+    for half in (range(0, 8), range(8, 16)):
+        a_half = builder.bitcast(_lanes(builder, a, list(half)), v16_i16)
+        w_half = builder.bitcast(_lanes(builder, w, list(half)), v16_i16)
+        halves.append(builder.call(fn, [a_half, w_half]))
+    return builder.add(acc, builder.shuffle_vector(halves[0], halves[1], ir.Constant(_ACC, list(range(16)))))
+
+
+_DOTS = {
+    VNNI_QUADS: _vnni_quads_dot,
+    VNNI_PAIRS: _vnni_pairs_dot,
+    AVX512_PAIRS: _avx512_pairs_dot,
+    AVX2_PAIRS: _avx2_pairs_dot,
+    PORTABLE_PAIRS: lambda builder, acc, a, w: _portable_dot(builder, acc, a, w, 2),
+    PORTABLE_QUADS: lambda builder, acc, a, w: _portable_dot(builder, acc, a, w, 4),
+}
+
+
 def _dot(builder, variant, acc, a, w):
     """``acc`` plus the per-lane group dot products of ``a`` and ``w`` (all <16 x i32>)."""
     if not VARIANT_FEATURES[variant] <= HOST_FEATURES:
         return _portable_dot(builder, acc, a, w, GROUP[variant])
-    v32_i16 = ir.VectorType(_I16, 32)
-    if variant == VNNI_QUADS:
-        v64_i8 = ir.VectorType(_I8, 64)
-        fn = _declare(builder, "llvm.x86.avx512.vpdpbusd.512", _ACC, [_ACC, v64_i8, v64_i8])
-        return builder.call(fn, [acc, builder.bitcast(a, v64_i8), builder.bitcast(w, v64_i8)])
-    if variant == VNNI_PAIRS:
-        fn = _declare(builder, "llvm.x86.avx512.vpdpwssd.512", _ACC, [_ACC, v32_i16, v32_i16])
-        return builder.call(fn, [acc, builder.bitcast(a, v32_i16), builder.bitcast(w, v32_i16)])
-    if variant == AVX512_PAIRS:
-        fn = _declare(builder, "llvm.x86.avx512.pmaddw.d.512", _ACC, [v32_i16, v32_i16])
-        return builder.add(acc, builder.call(fn, [builder.bitcast(a, v32_i16), builder.bitcast(w, v32_i16)]))
-    if variant == AVX2_PAIRS:
-        v8 = ir.VectorType(_I32, 8)
-        v16_i16 = ir.VectorType(_I16, 16)
-        fn = _declare(builder, "llvm.x86.avx2.pmadd.wd", v8, [v16_i16, v16_i16])
-        halves = []
-        for half in (range(0, 8), range(8, 16)):
-            a_half = builder.bitcast(_lanes(builder, a, list(half)), v16_i16)
-            w_half = builder.bitcast(_lanes(builder, w, list(half)), v16_i16)
-            halves.append(builder.call(fn, [a_half, w_half]))
-        joined = builder.shuffle_vector(halves[0], halves[1], ir.Constant(_ACC, list(range(16))))
-        return builder.add(acc, joined)
-    return _portable_dot(builder, acc, a, w, GROUP[variant])
+    return _DOTS[variant](builder, acc, a, w)
 
 
 def _literal(value):

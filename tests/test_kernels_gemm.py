@@ -291,3 +291,36 @@ def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
                np.dtype(np.uint8))
     assert_same(run_pair(gemm, "conv2d_nhwc", x, args, requant)[1],
                 run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+def _one_tile(variant):
+    """A fresh (uncached) function running one 1-row x 16-channel tile of ``variant`` over two groups."""
+    from numba import njit
+
+    from intsim.kernels.microkernel import mac_tile
+
+    @njit
+    def tile(a, w, c):
+        mac_tile(variant, 1, 1, a, 0, 2, w, 0, 2, c, 0, 16)
+
+    return tile
+
+
+@pytest.mark.parametrize("host_has_it", [True, False])
+def test_variants_the_host_lacks_compile_to_portable_ir(monkeypatch, host_has_it):
+    from intsim.kernels import microkernel
+
+    if host_has_it and not isa.VARIANT_FEATURES[isa.VNNI_QUADS] <= isa.HOST_FEATURES:
+        pytest.skip("this host has no AVX-512 VNNI")
+    if not host_has_it:
+        monkeypatch.setattr(microkernel, "HOST_FEATURES", frozenset())
+    rng = np.random.default_rng(4)
+    a_codes = rng.integers(0, 256, size=8, dtype=np.uint8)
+    w_codes = rng.integers(-128, 128, size=(2, 16, 4), dtype=np.int8)
+    c = np.arange(16, dtype=np.int32)
+    tile = _one_tile(isa.VNNI_QUADS)
+    tile(a_codes.view(np.int32), w_codes.reshape(-1).view(np.int32), c)
+    expected = np.arange(16) + np.einsum("gq,gjq->j", a_codes.reshape(2, 4).astype(np.int64),
+                                         w_codes.astype(np.int64))
+    np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
+    assert ("vpdpbusd" in tile.inspect_llvm(tile.signatures[0])) == host_has_it
