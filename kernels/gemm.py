@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -323,6 +323,7 @@ class PackedWeights:
     a_sub: int
     pad_code: int
     code_dtype: np.dtype
+    launches: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def row_len(self) -> int:
@@ -405,6 +406,7 @@ class PreparedConv:
     x_dtype: np.dtype
     packed: PackedWeights | None = None
     depthwise: tuple | None = None
+    out_shapes: dict = field(default_factory=dict, compare=False, repr=False)  # output shape per input shape
 
 
 def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups, acc_bits,
@@ -432,14 +434,19 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
 
 def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
     """The fused GEMM path over NHWC codes ``x4`` into ``out`` [M, Cout]; returns the clamp count."""
-    (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
-    direct = (kernel == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0) and packed.a_sub == 0
-              and x4.shape[3] == packed.row_len and x4.dtype == packed.code_dtype)
-    x_words = x4.reshape(-1).view(np.int32) if direct else np.empty(0, np.int32)
     multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    settings = np.array([direct, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw,
-                         pads[0], pads[1], packed.groups, CHUNK_ROWS, packed.row_len, rounding, multiplier_bits,
-                         out_zero_point, clamp_min, clamp_max], np.int64)
+    key = (x4.shape, x4.dtype, out_h, out_w, kernel, strides, dilations, pads, rounding, multiplier_bits,
+           out_zero_point, clamp_min, clamp_max, CHUNK_ROWS)
+    if key not in packed.launches:  # the scalar settings of one input shape, worked out once
+        (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
+        direct = (kernel == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0) and packed.a_sub == 0
+                  and x4.shape[3] == packed.row_len and x4.dtype == packed.code_dtype)
+        packed.launches[key] = direct, np.array(
+            [direct, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
+             pads[1], packed.groups, CHUNK_ROWS, packed.row_len, rounding, multiplier_bits, out_zero_point,
+             clamp_min, clamp_max], np.int64)
+    direct, settings = packed.launches[key]
+    x_words = x4.reshape(-1).view(np.int32) if direct else np.empty(0, np.int32)
     _apply_threads()
     return int(_conv2d_gemm_core(
         packed.variant, x4, x_words, packed.words, packed.c0, np.asarray(multiplier, np.int64),
@@ -475,7 +482,9 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     if x.dtype != prepared.x_dtype or (prepared.packed is None and prepared.depthwise is None):
         return _unfused(conv2d_nhwc_acc, x, prepared.acc_args, requant_args)
     _, w, _, _, strides, dilations, pads, _, _, _, _ = prepared.acc_args
-    shape = _conv2d_out(x, w, strides, dilations, pads).shape
+    if x.shape not in prepared.out_shapes:
+        prepared.out_shapes[x.shape] = _conv2d_out(x, w, strides, dilations, pads).shape
+    shape = prepared.out_shapes[x.shape]
     out = np.empty(shape, out_dtype)
     x = np.ascontiguousarray(x)
     requant = requant_args[:-1]
