@@ -166,10 +166,19 @@ def saturating_round_float(value, rounding):
 
 
 @njit(cache=True)
+def scale_float32(x, scale):
+    """``float32(x) * float32(scale)``: the product ``FLOAT32_RINT`` rounds (onnxruntime's MLAS).
+
+    Not rounded, not saturating; :func:`multiply_by_scale_scalar` finishes it.
+    """
+    return np.float32(x) * np.float32(scale)
+
+
+@njit(cache=True)
 def multiply_by_scale_scalar(x, scale, rounding):
     """Requantize one accumulator in floating point (``FLOAT32_RINT`` or ``FLOAT64_HALF_AWAY``)."""
     if rounding == FLOAT32_RINT:
-        return saturating_round_float(np.float32(x) * np.float32(scale), rounding)
+        return saturating_round_float(scale_float32(x, scale), rounding)
     return saturating_round_float(np.float64(x) * np.float64(scale), rounding)
 
 

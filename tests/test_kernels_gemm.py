@@ -324,3 +324,23 @@ def test_variants_the_host_lacks_compile_to_portable_ir(monkeypatch, host_has_it
                                          w_codes.astype(np.int64))
     np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
     assert ("vpdpbusd" in tile.inspect_llvm(tile.signatures[0])) == host_has_it
+
+
+@pytest.mark.parametrize("out_dtype, out_zero_point", [(np.uint16, 65535), (np.int16, -32768), (np.int16, 32767),
+                                                       (np.uint8, 255)])
+@pytest.mark.parametrize("scale", [1.0, 2.0**7, 0.999999])
+def test_float32_lane_requantization_at_its_edges(out_dtype, out_zero_point, scale):
+    # FLOAT32_RINT requantizes in float32 lanes when the zero point and clamp fit 2**16: sums
+    # r + z past 2**24 round in float32, results past int32 saturate in the definition; both
+    # must land on the same clamp as the naive twin's exact integers.
+    edges = [s * 2**i + d for i in (23, 24, 25, 30, 31) for s in (1, -1) for d in range(-3, 4)]
+    acc = np.array([[e] for e in edges if INT32_MIN <= e <= INT32_MAX] + [[v] for v in range(-70000, 70001, 997)],
+                   np.int64).astype(np.int32)
+    lo, hi = dtype_range(out_dtype)
+    args = dict(acc=acc, acc_zero_point=0, multiplier=np.array([2**30]), shift=np.array([1]),
+                scale=np.array([scale]), rounding=fixedpoint.FLOAT32_RINT, multiplier_bits=31,
+                out_zero_point=out_zero_point, clamp_min=lo, clamp_max=hi, out_dtype=out_dtype)
+    from intsim.kernels import naive_mac
+
+    assert_same(mac.requantize(**args), naive_mac.requantize(**args))
+    assert max(abs(out_zero_point), abs(lo), abs(hi)) <= mac.FLOAT32_LANES_LIMIT
