@@ -70,7 +70,7 @@ def _lanes(builder, vector, indices):
         ir.VectorType(_I32, len(indices)), indices))
 
 
-_V32_I16, _V64_I8 = ir.VectorType(_I16, 32), ir.VectorType(_I8, 64)
+_V32_I16 = ir.VectorType(_I16, 32)
 
 
 def _portable_dot(builder, acc, a, w, group):
@@ -85,14 +85,13 @@ def _portable_dot(builder, acc, a, w, group):
     return acc
 
 
-def _vnni_quads_dot(builder, acc, a, w):
-    fn = _declare(builder, "llvm.x86.avx512.vpdpbusd.512", _ACC, [_ACC, _V64_I8, _V64_I8])
-    return builder.call(fn, [acc, builder.bitcast(a, _V64_I8), builder.bitcast(w, _V64_I8)])
+def _vnni_dot(name):
+    # Declared with <16 x i32> operands, the form every LLVM accepts (newer
+    # LLVMs upgrade it to their <64 x i8> / <32 x i16> signatures on parsing).
+    def dot(builder, acc, a, w):
+        return builder.call(_declare(builder, name, _ACC, [_ACC, _ACC, _ACC]), [acc, a, w])
 
-
-def _vnni_pairs_dot(builder, acc, a, w):
-    fn = _declare(builder, "llvm.x86.avx512.vpdpwssd.512", _ACC, [_ACC, _V32_I16, _V32_I16])
-    return builder.call(fn, [acc, builder.bitcast(a, _V32_I16), builder.bitcast(w, _V32_I16)])
+    return dot
 
 
 def _avx512_pairs_dot(builder, acc, a, w):
@@ -113,8 +112,8 @@ def _avx2_pairs_dot(builder, acc, a, w):
 
 
 _DOTS = {
-    VNNI_QUADS: _vnni_quads_dot,
-    VNNI_PAIRS: _vnni_pairs_dot,
+    VNNI_QUADS: _vnni_dot("llvm.x86.avx512.vpdpbusd.512"),  # uint8 (a) x int8 (w) quads
+    VNNI_PAIRS: _vnni_dot("llvm.x86.avx512.vpdpwssd.512"),  # int16 pairs
     AVX512_PAIRS: _avx512_pairs_dot,
     AVX2_PAIRS: _avx2_pairs_dot,
     PORTABLE_PAIRS: lambda builder, acc, a, w: _portable_dot(builder, acc, a, w, 2),
