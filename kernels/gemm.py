@@ -107,12 +107,15 @@ def set_threads(threads: int) -> int:
 _applied = threading.local()
 
 
-def _apply_threads():
-    # numba's thread count is per calling thread and costs microseconds to
-    # set, so it is set once per thread and per change of ``_threads``.
-    if getattr(_applied, "threads", None) != _threads:
-        numba.set_num_threads(_threads)
-        _applied.threads = _threads
+def _apply_threads(work_items):
+    # No more threads than items of work (waking a thread that has nothing to
+    # do costs a scheduler time slice on a busy machine).  numba's thread
+    # count is per calling thread and costs microseconds to set, so it is set
+    # only when it changes.
+    threads = max(1, min(_threads, work_items))
+    if getattr(_applied, "threads", None) != threads:
+        numba.set_num_threads(threads)
+        _applied.threads = threads
 
 
 # --------------------------------------------------------------------------
@@ -446,8 +449,8 @@ def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requan
              pads[1], packed.groups, CHUNK_ROWS, packed.row_len, rounding, multiplier_bits, out_zero_point,
              clamp_min, clamp_max], np.int64)
     direct, settings = packed.launches[key]
+    _apply_threads(-(-out.shape[0] // CHUNK_ROWS))
     x_words = x4.reshape(-1).view(np.int32) if direct else np.empty(0, np.int32)
-    _apply_threads()
     return int(_conv2d_gemm_core(
         packed.variant, x4, x_words, packed.words, packed.c0, np.asarray(multiplier, np.int64),
         np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample, out,
@@ -491,7 +494,7 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     if prepared.depthwise is not None:
         w_hwc, bias = prepared.depthwise
         multiplier, shift, scale = requant[:3]
-        _apply_threads()
+        _apply_threads(shape[0] * shape[1])
         saturations = _depthwise_core(
             x, np.int32(prepared.acc_args[0]), w_hwc, bias, strides[0], strides[1], dilations[0], dilations[1],
             pads[0], pads[1], multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64),
