@@ -124,48 +124,51 @@ def _apply_threads(work_items):
 
 
 @njit(inline="always")
-def _tile_shapes(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
+def _tile_shapes(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off,
+                 c_stride):
     # Inlined with a constant ``variant``, which mac_tile needs at compile time.
     if full_rows and full_blocks:
-        mac_tile(variant, 0, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+        mac_tile(variant, 0, 0, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
     elif full_rows:
-        mac_tile(variant, 0, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+        mac_tile(variant, 0, 1, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
     elif full_blocks:
-        mac_tile(variant, 1, 0, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+        mac_tile(variant, 1, 0, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
     else:
-        mac_tile(variant, 1, 1, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+        mac_tile(variant, 1, 1, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
 
 
 @njit(cache=True)
-def _mac_tile_any(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
+def _mac_tile_any(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off,
+                  c_stride):
     # A full tile, its one-row tail, its one-block tail, or one row of one block.
     if variant == VNNI_QUADS:
-        _tile_shapes(VNNI_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
-                     c_stride)
+        _tile_shapes(VNNI_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
     elif variant == VNNI_PAIRS:
-        _tile_shapes(VNNI_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
-                     c_stride)
+        _tile_shapes(VNNI_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
     elif variant == AVX512_PAIRS:
-        _tile_shapes(AVX512_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
-                     c_stride)
+        _tile_shapes(AVX512_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
     elif variant == AVX2_PAIRS:
-        _tile_shapes(AVX2_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
-                     c_stride)
+        _tile_shapes(AVX2_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
     elif variant == PORTABLE_QUADS:
-        _tile_shapes(PORTABLE_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
-                     c_stride)
+        _tile_shapes(PORTABLE_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
     else:
-        _tile_shapes(PORTABLE_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c, c_off,
-                     c_stride)
+        _tile_shapes(PORTABLE_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
 
 
 @njit(cache=True)
-def _gemm_chunk(variant, a, a_off, rows, w, groups, n_blocks, acc):
-    # acc [rows, n_blocks * 16] holds the start values and receives the sums.
-    # The weights of one tile's blocks (groups x 64 bytes each) are reused by
-    # every row tile of the chunk before the next blocks are read.
+def _gemm_chunk(variant, a, a_off, rows, w, groups, c0, acc):
+    # acc [rows, n_blocks * 16] receives c0 plus the sums.  The weights of one
+    # tile's blocks (groups x 64 bytes each) are reused by every row tile of
+    # the chunk before the next blocks are read.
     tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
-    c_stride = n_blocks * LANES
+    c_stride = acc.shape[1]
+    n_blocks = c_stride // LANES
     acc_flat = acc.reshape(acc.size)
     nb = 0
     while nb < n_blocks:
@@ -174,8 +177,8 @@ def _gemm_chunk(variant, a, a_off, rows, w, groups, n_blocks, acc):
         r = 0
         while r < rows:
             full_rows = r + tile_rows <= rows
-            _mac_tile_any(variant, full_rows, full_blocks, a, a_off + r * groups, groups, w, w_off, groups, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
+            _mac_tile_any(variant, full_rows, full_blocks, a, a_off + r * groups, groups, w, w_off, groups, c0,
+                          nb * LANES, acc_flat, r * c_stride + nb * LANES, c_stride)
             r += tile_rows if full_rows else 1
         nb += tile_blocks if full_blocks else 1
 
@@ -247,7 +250,6 @@ def _conv2d_gemm_core(variant, x, x_words, w, c0, multiplier, shift, scale, sett
     (direct, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
      row_len, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max) = settings
     n_rows = out.shape[0]
-    n_blocks = c0.shape[0] // LANES
     saturation_count = 0
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
         m0 = chunk * chunk_rows
@@ -260,9 +262,7 @@ def _conv2d_gemm_core(variant, x, x_words, w, c0, multiplier, shift, scale, sett
             _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code,
                     patches)
             source, a_off = patches.reshape(patches.size).view(np.int32), 0
-        for r in range(rows):
-            acc[r, :] = c0
-        _gemm_chunk(variant, source, a_off, rows, w, groups, n_blocks, acc)
+        _gemm_chunk(variant, source, a_off, rows, w, groups, c0, acc)
         saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding,
                                              multiplier_bits, out_zero_point, clamp_min, clamp_max,
                                              out[m0:m0 + rows])

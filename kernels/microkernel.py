@@ -1,11 +1,13 @@
 """The register-tiled int32 micro-kernel of the fast GEMM, written in LLVM IR.
 
-``mac_tile(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)``
-updates a tile of ``rows`` x ``16 * blocks`` int32 accumulators held in ``c``
-(``rows = 0`` and ``blocks = 0`` mean the variant's full tile,
-``TILE_ROWS[variant]`` x ``TILE_BLOCKS[variant]``)::
+``mac_tile(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)``
+writes a tile of ``rows`` x ``16 * blocks`` int32 accumulators into ``c``,
+each output channel starting from its value in ``c0`` (``rows = 0`` and
+``blocks = 0`` mean the variant's full tile, ``TILE_ROWS[variant]`` x
+``TILE_BLOCKS[variant]``)::
 
-    c[c_off + r*c_stride + 16*b + j] += sum_g dot(a[a_off + r*a_stride + g], w[w_off + 16*(groups*b + g) + j])
+    c[c_off + r*c_stride + 16*b + j] = c0[c0_off + 16*b + j]
+                                       + sum_g dot(a[a_off + r*a_stride + g], w[w_off + 16*(groups*b + g) + j])
 
 for ``r < rows``, ``b < blocks``, ``j < 16``, ``g < groups``.  ``a`` and ``w`` are int32
 arrays whose every element packs one *group* of reduction values: two int16
@@ -133,22 +135,23 @@ def _literal(value):
 
 
 @intrinsic
-def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride):
+def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride):
     """See the module docstring."""
     variant_code, n_rows, n_blocks = _literal(variant), _literal(rows), _literal(blocks)
     if variant_code is None or n_rows is None or n_blocks is None:
         return None
     n_rows = n_rows or TILE_ROWS[variant_code]
     n_blocks = n_blocks or TILE_BLOCKS[variant_code]
-    sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c, c_off, c_stride)
+    sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
 
     def codegen(context, builder, signature, args):
         arg_types = signature.args
         a_data = context.make_array(arg_types[3])(context, builder, args[3]).data
         w_data = context.make_array(arg_types[6])(context, builder, args[6]).data
-        c_data = context.make_array(arg_types[9])(context, builder, args[9]).data
-        a_off_v, a_stride_v, w_off_v, groups_v, c_off_v, c_stride_v = (
-            context.cast(builder, args[i], arg_types[i], types.int64) for i in (4, 5, 7, 8, 10, 11)
+        c0_data = context.make_array(arg_types[9])(context, builder, args[9]).data
+        c_data = context.make_array(arg_types[11])(context, builder, args[11]).data
+        a_off_v, a_stride_v, w_off_v, groups_v, c0_off_v, c_off_v, c_stride_v = (
+            context.cast(builder, args[i], arg_types[i], types.int64) for i in (4, 5, 7, 8, 10, 12, 13)
         )
         w_block_stride = builder.mul(groups_v, ir.Constant(_I64, LANES))
 
@@ -161,7 +164,9 @@ def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, gro
         tile = [(r, b) for r in range(n_rows) for b in range(n_blocks)]
         c_ptrs = [vector_at(c_data, builder.add(offset(c_off_v, c_stride_v, r), ir.Constant(_I64, b * LANES)))
                   for r, b in tile]
-        start = [builder.load(p, align=4) for p in c_ptrs]
+        c0_vecs = [builder.load(vector_at(c0_data, builder.add(c0_off_v, ir.Constant(_I64, b * LANES))), align=4)
+                   for b in range(n_blocks)]
+        start = [c0_vecs[b] for _, b in tile]
         w_starts = [offset(w_off_v, w_block_stride, b) for b in range(n_blocks)]
         a_starts = [offset(a_off_v, a_stride_v, r) for r in range(n_rows)]
         entry = builder.block

@@ -300,8 +300,8 @@ def _one_tile(variant):
     from intsim.kernels.microkernel import mac_tile
 
     @njit
-    def tile(a, w, c):
-        mac_tile(variant, 1, 1, a, 0, 2, w, 0, 2, c, 0, 16)
+    def tile(a, w, c0, c):
+        mac_tile(variant, 1, 1, a, 0, 2, w, 0, 2, c0, 0, c, 0, 16)
 
     return tile
 
@@ -317,9 +317,9 @@ def test_variants_the_host_lacks_compile_to_portable_ir(monkeypatch, host_has_it
     rng = np.random.default_rng(4)
     a_codes = rng.integers(0, 256, size=8, dtype=np.uint8)
     w_codes = rng.integers(-128, 128, size=(2, 16, 4), dtype=np.int8)
-    c = np.arange(16, dtype=np.int32)
+    c = np.zeros(16, np.int32)
     tile = _one_tile(isa.VNNI_QUADS)
-    tile(a_codes.view(np.int32), w_codes.reshape(-1).view(np.int32), c)
+    tile(a_codes.view(np.int32), w_codes.reshape(-1).view(np.int32), np.arange(16, dtype=np.int32), c)
     expected = np.arange(16) + np.einsum("gq,gjq->j", a_codes.reshape(2, 4).astype(np.int64),
                                          w_codes.astype(np.int64))
     np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
