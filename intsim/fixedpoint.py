@@ -69,12 +69,7 @@ MIN_SHIFT = -31  # a right shift of more than 31 leaves nothing of an int32
 def saturate(x, bits):
     """Clamp ``x`` to the signed ``bits``-bit range [-2**(bits-1), 2**(bits-1) - 1]."""
     hi = (np.int64(1) << (bits - 1)) - 1
-    lo = -hi - 1
-    if x > hi:
-        return hi
-    if x < lo:
-        return lo
-    return np.int64(x)
+    return min(max(np.int64(x), -hi - 1), hi)
 
 
 @njit(cache=True)
@@ -87,10 +82,11 @@ def wrap(x, bits):
 
 @njit(cache=True)
 def _trunc_div_pot(x, exponent):
-    # C integer division by 2**exponent: truncates toward zero.
-    if x >= 0:
-        return x >> exponent
-    return -((-x) >> exponent)
+    # C integer division by 2**exponent: truncates toward zero.  A negative x
+    # is biased by 2**exponent - 1 so that the arithmetic (flooring) shift
+    # rounds it up; x < 0 keeps the sum inside int64.
+    bias = (x >> 63) & ((np.int64(1) << exponent) - 1)
+    return (x + bias) >> exponent
 
 
 @njit(cache=True)
@@ -101,12 +97,12 @@ def rounding_high_mul(a, b, multiplier_bits):
     ``SaturatingRoundingDoublingHighMul``: the high 32 bits of ``2*a*b``,
     saturating in its single overflow case ``a == b == INT32_MIN``.
     """
-    if a == INT32_MIN and b == INT32_MIN and multiplier_bits == 31:
-        return np.int64(INT32_MAX)
     ab = np.int64(a) * np.int64(b)
     half = np.int64(1) << (multiplier_bits - 1)
     nudge = half if ab >= 0 else 1 - half
-    return _trunc_div_pot(ab + nudge, multiplier_bits)
+    high = _trunc_div_pot(ab + nudge, multiplier_bits)
+    overflows = a == INT32_MIN and b == INT32_MIN and multiplier_bits == 31
+    return np.int64(INT32_MAX) if overflows else high
 
 
 @njit(cache=True)
@@ -157,27 +153,32 @@ def saturating_round_float(value, rounding):
     value in the mode's float width.
     """
     if rounding == FLOAT32_RINT:
-        rounded = np.rint(value)
+        rounded = np.float64(np.rint(value))
     else:
         magnitude = abs(value)
-        rounded = np.floor(magnitude)
+        floor = np.floor(magnitude)
         # magnitude - floor(magnitude) is exact: both lie in the same binade, or the floor is 0.
-        if magnitude - rounded >= 0.5:
-            rounded += 1.0
-        if value < 0:
-            rounded = -rounded
-    if rounded >= INT32_MAX:
-        return np.int64(INT32_MAX)
-    if rounded <= INT32_MIN:
-        return np.int64(INT32_MIN)
-    return np.int64(rounded)
+        up = floor + (1.0 if magnitude - floor >= 0.5 else 0.0)
+        rounded = np.float64(-up if value < 0 else up)
+    # Both bounds are exact in float64 and ``rounded`` is integral, so the
+    # clamp then the conversion is the saturating conversion.
+    return np.int64(min(max(rounded, np.float64(INT32_MIN)), np.float64(INT32_MAX)))
+
+
+@njit(cache=True)
+def scale_float32(x, scale):
+    """``float32(x) * float32(scale)``: the product ``FLOAT32_RINT`` rounds (onnxruntime's MLAS).
+
+    Not rounded, not saturating; :func:`multiply_by_scale_scalar` finishes it.
+    """
+    return np.float32(x) * np.float32(scale)
 
 
 @njit(cache=True)
 def multiply_by_scale_scalar(x, scale, rounding):
     """Requantize one accumulator in floating point (``FLOAT32_RINT`` or ``FLOAT64_HALF_AWAY``)."""
     if rounding == FLOAT32_RINT:
-        return saturating_round_float(np.float32(x) * np.float32(scale), rounding)
+        return saturating_round_float(scale_float32(x, scale), rounding)
     return saturating_round_float(np.float64(x) * np.float64(scale), rounding)
 
 

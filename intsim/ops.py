@@ -222,6 +222,11 @@ class Op:
     def run(self, plan: dict, inputs: list[np.ndarray], kernels) -> tuple[list[np.ndarray], dict]:
         raise NotImplementedError
 
+    def run_untraced(self, plan: dict, inputs: list[np.ndarray], kernels) -> tuple[list[np.ndarray], dict]:
+        """:meth:`run` for a caller that keeps no intermediate values: ops may skip work
+        that only a trace reads (the MAC ops write no int32 accumulator tensor)."""
+        return self.run(plan, inputs, kernels)
+
 
 # --------------------------------------------------------------------------
 # Multiply-accumulate ops: raw int32 accumulators, then requantization.
@@ -237,6 +242,7 @@ class _MacOp(Op):
         profile = graph.profile
         return {
             "node": node.name,
+            "x_dtype": graph.tensors[node.inputs[0]].np_dtype,
             "requant": (mult, shift, scale, rq.code, profile.multiplier_bits, out.zero_point, lo, hi, out.np_dtype),
             "acc": (profile.accumulator_bits, OVERFLOW_CODES[profile.overflow],
                     node_pairwise_int16(node, graph, *operand_dtypes)),
@@ -256,6 +262,21 @@ class _MacOp(Op):
     def run(self, plan, inputs, kernels):
         acc, ovf, pairs = getattr(kernels, self.kernel)(inputs[0], *plan["mac"], *plan["acc"])
         return self._finish(plan, acc, ovf, pairs, kernels)
+
+    def run_untraced(self, plan, inputs, kernels):
+        # The weights are packed for a kernel backend on its first run, then kept in the plan.
+        packed = plan.setdefault("packed", {})
+        if kernels.__name__ not in packed:
+            prepare = getattr(kernels, self.packing_kernel)
+            packed[kernels.__name__] = prepare(plan["x_dtype"], *plan["mac"], *plan["acc"])
+        fused = getattr(kernels, self.fused_kernel)
+        out, ovf, pairs, saturations = fused(inputs[0], packed[kernels.__name__], *plan["requant"])
+        return self._untraced_result(plan, inputs, kernels, out, ovf, pairs, saturations)
+
+    def _untraced_result(self, plan, inputs, kernels, out, ovf, pairs, saturations):
+        if ovf:  # rare, and already on the slow checked path: rerun for the accumulator statistics
+            return self.run(plan, inputs, kernels)
+        return [out], {"overflow_count": ovf, "pair_saturation_count": pairs, "saturation_count": saturations}
 
     @staticmethod
     def _channels_and_dtypes(node, graph):
@@ -333,6 +354,8 @@ class Conv2D(_MacOp):
         return plan
 
     kernel = "conv2d_nhwc_acc"
+    packing_kernel = "conv2d_nhwc_prepare"
+    fused_kernel = "conv2d_nhwc_requantized"
 
 
 @register("fully_connected")
@@ -357,6 +380,8 @@ class FullyConnected(_MacOp):
         return plan
 
     kernel = "fully_connected_acc"
+    packing_kernel = "fully_connected_prepare"
+    fused_kernel = "fully_connected_requantized"
 
 
 @register("matmul")
@@ -386,17 +411,27 @@ class MatMul(_MacOp):
         plan["zero_points"] = tuple(graph.tensors[t].zero_point for t in node.inputs)
         return plan
 
-    def run(self, plan, inputs, kernels):
+    @staticmethod
+    def _operands(plan, inputs):
+        """``(a [B, M, K], z_a, b [B, K, N], z_b)`` contiguous, and the leading shape of the output."""
         a, b = inputs
         lead = a.shape[:-2]
         a3 = a.reshape((-1,) + a.shape[-2:])
         b3 = np.broadcast_to(b, lead + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
         a_zp, b_zp = plan["zero_points"]
-        acc, ovf, pairs = kernels.matmul_acc(
-            np.ascontiguousarray(a3), a_zp, np.ascontiguousarray(b3), b_zp, *plan["acc"]
-        )
+        return (np.ascontiguousarray(a3), a_zp, np.ascontiguousarray(b3), b_zp), lead
+
+    def run(self, plan, inputs, kernels):
+        operands, lead = self._operands(plan, inputs)
+        acc, ovf, pairs = kernels.matmul_acc(*operands, *plan["acc"])
         acc = acc.reshape(lead + acc.shape[-2:])
         return self._finish(plan, acc, ovf, pairs, kernels, per_tensor=True)
+
+    def run_untraced(self, plan, inputs, kernels):
+        operands, lead = self._operands(plan, inputs)
+        out, ovf, pairs, saturations = kernels.matmul_requantized(*operands, *plan["acc"], *plan["requant"])
+        return self._untraced_result(plan, inputs, kernels, out.reshape(lead + out.shape[-2:]), ovf, pairs,
+                                     saturations)
 
 
 # --------------------------------------------------------------------------

@@ -193,7 +193,8 @@ class Model:
         values = dict(zip(self.graph.inputs, arrays))
         overflow_policy = self.graph.profile.overflow
         for op, node, plan in self._steps:
-            outputs, stats = op.run(plan, [values[t] for t in node.inputs], self._kernels)
+            run = op.run if keep else op.run_untraced
+            outputs, stats = run(plan, [values[t] for t in node.inputs], self._kernels)
             if overflow_policy == "error" and stats.get("overflow_count", 0):
                 raise AccumulatorOverflowError(
                     f"{node.op} {node.name!r}: {stats['overflow_count']} accumulator(s) left the "

@@ -44,11 +44,22 @@ import math
 import numpy as np
 from numba import njit
 
-from intsim.fixedpoint import rescale_scalar, saturate, wrap
+from intsim.fixedpoint import (
+    DOUBLE,
+    FLOAT32_RINT,
+    FLOAT64_HALF_AWAY,
+    SINGLE,
+    rescale_scalar,
+    saturate,
+    scale_float32,
+    wrap,
+)
 
 OVERFLOW_SATURATE, OVERFLOW_WRAP, OVERFLOW_ERROR = 0, 1, 2
 
 PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
+# Largest |output zero point| and |clamp bound| for which FLOAT32_RINT requantizes in float32 lanes.
+FLOAT32_LANES_LIMIT = 2**16
 
 
 # --------------------------------------------------------------------------
@@ -477,23 +488,73 @@ def matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_in
 # --------------------------------------------------------------------------
 
 
+@njit(inline="always")
+def _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                     clamp_min, clamp_max, out):
+    # The TFLite order: rescale, add the output zero point, clamp, narrow.
+    # Inlined with a constant ``rounding`` so that LLVM sees one straight-line
+    # rounding rule and vectorises the channel loop.
+    # The loops run over ``out``: ``acc`` may have more rows and columns (the
+    # fused GEMM's padded accumulator chunk), of which the leading ones count.
+    saturation_count = 0
+    for i in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
+            v = rescale_scalar(centred, multiplier[c], shift[c], scale[c], rounding, multiplier_bits) + out_zero_point
+            saturation_count += (v < clamp_min) | (v > clamp_max)
+            out[i, c] = min(max(v, clamp_min), clamp_max)
+    return saturation_count
+
+
+@njit(inline="always")
+def _requantize_rows_float32(acc, acc_zero_point, scale, out_zero_point, clamp_min, clamp_max, out):
+    # FLOAT32_RINT in float32 lanes throughout (twice the SIMD width of the
+    # int64 path), exactly equal to it when |out_zero_point| and the clamp
+    # bounds are at most 2**16 (the caller checks): r = rint(product) is
+    # integral; while |r + z| <= 2**24 the float32 sum is exact, and beyond
+    # that (or beyond int32, where the int64 path saturates r first) both
+    # paths land on the same side of [clamp_min, clamp_max], far outside it.
+    zero_point = np.float32(out_zero_point)
+    lo, hi = np.float32(clamp_min), np.float32(clamp_max)
+    saturation_count = 0
+    for i in range(out.shape[0]):
+        for c in range(out.shape[1]):
+            centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
+            v = np.rint(scale_float32(centred, scale[c])) + zero_point
+            saturation_count += (v < lo) | (v > hi)
+            out[i, c] = np.int32(min(max(v, lo), hi))
+    return saturation_count
+
+
+@njit(inline="always")
+def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                             clamp_min, clamp_max, out):
+    # A constant zero ``acc_zero_point`` (the MAC ops' case) lets LLVM drop the centring and its saturation.
+    if acc_zero_point == 0:
+        return _requantize_rows(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                clamp_min, clamp_max, out)
+    return _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                            clamp_min, clamp_max, out)
+
+
 @njit(cache=True)
 def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
-    # The TFLite order: rescale, add the output zero point, clamp, narrow.
-    saturation_count = 0
-    for i in range(acc.shape[0]):
-        for c in range(acc.shape[1]):
-            centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
-            v = rescale_scalar(centred, multiplier[c], shift[c], scale[c], rounding, multiplier_bits) + out_zero_point
-            if v < clamp_min:
-                v = clamp_min
-                saturation_count += 1
-            elif v > clamp_max:
-                v = clamp_max
-                saturation_count += 1
-            out[i, c] = v
-    return saturation_count
+    if rounding == DOUBLE:
+        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, DOUBLE, multiplier_bits,
+                                        out_zero_point, clamp_min, clamp_max, out)
+    if rounding == SINGLE:
+        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, SINGLE, multiplier_bits,
+                                        out_zero_point, clamp_min, clamp_max, out)
+    if rounding == FLOAT32_RINT:
+        if max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= FLOAT32_LANES_LIMIT:
+            if acc_zero_point == 0:
+                return _requantize_rows_float32(acc, 0, scale, out_zero_point, clamp_min, clamp_max, out)
+            return _requantize_rows_float32(acc, acc_zero_point, scale, out_zero_point, clamp_min, clamp_max, out)
+        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT32_RINT,
+                                        multiplier_bits, out_zero_point, clamp_min, clamp_max, out)
+    return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT64_HALF_AWAY, multiplier_bits,
+                                    out_zero_point, clamp_min, clamp_max, out)
 
 
 def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,

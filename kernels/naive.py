@@ -13,6 +13,13 @@ from intsim.kernels.naive_elementwise import (
     pad_constant,
     softmax_lastaxis,
 )
+from intsim.kernels.naive_gemm import (
+    conv2d_nhwc_prepare,
+    conv2d_nhwc_requantized,
+    fully_connected_prepare,
+    fully_connected_requantized,
+    matmul_requantized,
+)
 from intsim.kernels.naive_mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
 from intsim.kernels.naive_onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
 from intsim.kernels.naive_tflite_ops import softmax_gemmlowp_lastaxis
@@ -23,9 +30,14 @@ __all__ = [
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
     "conv2d_nhwc_acc",
+    "conv2d_nhwc_prepare",
+    "conv2d_nhwc_requantized",
     "fully_connected_acc",
+    "fully_connected_prepare",
+    "fully_connected_requantized",
     "lookup_table",
     "matmul_acc",
+    "matmul_requantized",
     "max_pool_nhwc",
     "mean_reduce",
     "mul",

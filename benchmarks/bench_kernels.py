@@ -1,0 +1,285 @@
+"""Per-layer and whole-model throughput of intsim beside onnxruntime, in one process, single thread.
+
+Every layer runs as a one-node model: intsim (``onnxruntime`` profile: uint8
+activations, int8 symmetric weights, NHWC) through ``Model.run_int``, and
+onnxruntime (NCHW) as QLinearConv / QLinearMatMul with int8 weights (u8s8),
+with uint8 weights (u8u8), and as float32 Conv / MatMul on the same shapes.
+The runners are interleaved (one call of each per round), and each time is
+the median over the rounds; ratios are intsim time / peer time (below 1:
+intsim is faster).  GOPS counts a multiply-accumulate as 2 operations.
+
+Whole models: the shipped ONNX models and EfficientNet-Lite0
+(``~/.cache/intsim/efficientnet_lite0.onnx``, when present), quantized by
+onnxruntime's ``quantize_static`` (QOperator, u8s8, per-tensor) and the very
+same quantized model loaded into intsim (``load_onnx_qoperator``), float in
+and float out for both.
+
+    python benchmarks/bench_kernels.py [--json out.json] [--markdown out.md] [--rounds 30]
+        [--threads 1] [--isa NAME] [--skip-models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LAYERS = [
+    # name, kind, shape, batched: conv (h, w, cin, cout, k, stride, groups); fc (rows, k, n), rows x batch
+    # when batched (the GEMM is one 1024 x 1024 x 1024 product at every batch size)
+    ("conv3x3 64->64 @56x56", "conv", (56, 56, 64, 64, 3, 1, 1), True),
+    ("conv3x3 256->256 @14x14", "conv", (14, 14, 256, 256, 3, 1, 1), True),
+    ("conv1x1 64->256 @56x56", "conv", (56, 56, 64, 256, 1, 1, 1), True),
+    ("depthwise3x3 x144 @56x56", "conv", (56, 56, 144, 144, 3, 1, 144), True),
+    ("FC 512->1000", "fc", (1, 512, 1000), True),
+    ("GEMM 1024^3", "fc", (1024, 1024, 1024), False),
+]
+X_SCALE, X_ZP, Y_SCALE, Y_ZP = 0.02, 128, 0.05, 120
+
+
+def _median_times(runners: dict, rounds: int) -> dict:
+    """Median seconds of each runner over ``rounds`` interleaved rounds (after one warm-up call each)."""
+    for run in runners.values():
+        run()
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def _session(model_bytes, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def _onnx_model(node, inputs, outputs, inits):
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([node], "layer", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def _intsim_model(kind, x_shape, y_shape, weight, w_scale, bias, attrs):
+    from intsim import Graph, Model, Node, TensorInfo, get_profile
+    from intsim.fixedpoint import Rescale
+
+    profile = get_profile("onnxruntime")
+    real = (np.float32(X_SCALE) * w_scale / np.float32(Y_SCALE)).astype(np.float64)
+    params = {"weight": weight, "weight_zero_point": np.zeros(weight.shape[0], np.int64), "bias": bias,
+              **Rescale.from_real(real, profile.rounding).params()}
+    graph = Graph(kind, profile.replace(per_channel=True),
+                  [TensorInfo("x", "uint8", (None,) + x_shape[1:], X_SCALE, X_ZP),
+                   TensorInfo("y", "uint8", (None,) + y_shape[1:], Y_SCALE, Y_ZP)],
+                  [Node("conv2d" if kind == "conv" else "fully_connected", kind, ["x"], ["y"], attrs, params)],
+                  ["x"], ["y"])
+    return Model(graph)
+
+
+def _layer_runners(kind, shape, batch, rng, threads):
+    """``(runners, macs)``: intsim and the three onnxruntime variants of one layer."""
+    from onnx import TensorProto, helper
+
+    if kind == "conv":
+        h, w, cin, cout, k, stride, groups = shape
+        pad = k // 2
+        oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        w_shape_onnx = [cout, cin // groups, k, k]
+        x_shape, y_shape = (batch, h, w, cin), (batch, oh, ow, cout)
+        macs = batch * oh * ow * cout * k * k * (cin // groups)
+        weight = rng.integers(-127, 128, size=(cout, k, k, cin // groups)).astype(np.int8)
+        w_onnx = weight.transpose(0, 3, 1, 2)
+        attrs = {"strides": [stride, stride], "pads": [pad] * 4, "groups": groups}
+        onnx_attrs = dict(pads=[pad] * 4, strides=[stride, stride], group=groups, kernel_shape=[k, k])
+        x_onnx_shape, y_onnx_shape = [batch, cin, h, w], [batch, cout, oh, ow]
+    else:
+        rows, depth, cout = shape
+        rows *= batch
+        x_shape, y_shape = (rows, depth), (rows, cout)
+        macs = rows * depth * cout
+        weight = rng.integers(-127, 128, size=(cout, depth)).astype(np.int8)
+        w_onnx = weight.T
+        attrs, onnx_attrs = {}, {}
+        w_shape_onnx = [depth, cout]
+        x_onnx_shape, y_onnx_shape = list(x_shape), list(y_shape)
+    w_scale = rng.uniform(0.002, 0.01, size=cout).astype(np.float32)
+    bias = rng.integers(-5000, 5000, size=cout).astype(np.int32)
+    model = _intsim_model(kind, x_shape, y_shape, weight, w_scale, bias, attrs)
+    x = rng.integers(0, 256, size=x_shape).astype(np.uint8)
+    x_onnx = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if kind == "conv" else x
+
+    def quantized(weight_type, w_values, w_zero):
+        scale_len = [cout] if kind == "conv" else []
+        scales = w_scale.tolist() if kind == "conv" else [float(w_scale.mean())]
+        inits = [
+            helper.make_tensor("xs", TensorProto.FLOAT, [], [X_SCALE]),
+            helper.make_tensor("xz", TensorProto.UINT8, [], [X_ZP]),
+            helper.make_tensor("w", weight_type, w_shape_onnx, w_values.reshape(-1).tolist()),
+            helper.make_tensor("ws", TensorProto.FLOAT, scale_len, scales),
+            helper.make_tensor("wz", weight_type, scale_len, [w_zero] * len(scales)),
+            helper.make_tensor("ys", TensorProto.FLOAT, [], [Y_SCALE]),
+            helper.make_tensor("yz", TensorProto.UINT8, [], [Y_ZP]),
+        ]
+        names = ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"]
+        if kind == "conv":
+            inits.append(helper.make_tensor("b", TensorProto.INT32, [cout], bias.tolist()))
+            node = helper.make_node("QLinearConv", names + ["b"], ["y"], **onnx_attrs)
+        else:
+            node = helper.make_node("QLinearMatMul", names, ["y"])
+        return _onnx_model(node, [helper.make_tensor_value_info("x", TensorProto.UINT8, x_onnx_shape)],
+                           [helper.make_tensor_value_info("y", TensorProto.UINT8, y_onnx_shape)], inits)
+
+    w_float = (w_onnx.astype(np.float32) * (w_scale.reshape(-1, 1, 1, 1) if kind == "conv" else w_scale))
+    float_inits = [helper.make_tensor("w", TensorProto.FLOAT, w_shape_onnx, w_float.reshape(-1).tolist())]
+    if kind == "conv":
+        float_node = helper.make_node("Conv", ["x", "w"], ["y"], **onnx_attrs)
+    else:
+        float_node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    float_bytes = _onnx_model(float_node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_onnx_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_onnx_shape)], float_inits)
+    x_float = x_onnx.astype(np.float32)
+    sessions = {
+        "ort_u8s8": (_session(quantized(TensorProto.INT8, w_onnx, 0), threads), x_onnx),
+        "ort_u8u8": (_session(quantized(TensorProto.UINT8, (w_onnx.astype(np.int16) + 128).astype(np.uint8), 128),
+                              threads), x_onnx),
+        "ort_f32": (_session(float_bytes, threads), x_float),
+    }
+    runners = {"intsim": lambda: model.run_int(x)}
+    for name, (session, feed) in sessions.items():
+        runners[name] = (lambda s, f: lambda: s.run(None, {"x": f}))(session, feed)
+    return runners, macs
+
+
+def _calibration(shape, rng, count=8):
+    return rng.uniform(-1.0, 1.0, size=(count,) + tuple(shape[1:])).astype(np.float32)
+
+
+def _model_runners(path, rng, threads, batch):
+    """intsim and onnxruntime on one model quantized by onnxruntime (QOperator u8s8)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from intsim import Model
+    from intsim.importers.onnx_qop import load_onnx_qoperator
+
+    float_model = onnx.load(str(path))
+    input_proto = float_model.graph.input[0]
+    shape = [d.dim_value or 1 for d in input_proto.type.tensor_type.shape.dim]
+    calibration = _calibration(shape, rng)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._batches = iter([{input_proto.name: calibration[i:i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self._batches, None)
+
+    logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice on pre-processing
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "q.onnx"
+        quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QOperator,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False)
+        quantized = onnx.load(str(out))
+    model = Model(load_onnx_qoperator(quantized, "onnxruntime"))
+    session = _session(quantized.SerializeToString(), threads)
+    x = _calibration([batch] + shape[1:], rng, batch)[:batch]
+    return {"intsim": lambda: model.run(x), "ort_u8s8": lambda: session.run(None, {input_proto.name: x})}
+
+
+def _ratios(times):
+    return {f"intsim/{peer}": times["intsim"] / t for peer, t in times.items() if peer != "intsim"}
+
+
+def _markdown(layer_rows, model_rows, meta) -> str:
+    lines = [f"Single thread ({meta['threads']}), ISA `{meta['isa']}`, CPU `{meta['cpu']}`, median of "
+             f"{meta['rounds']} interleaved rounds; shared machine, expect noise.", "",
+             "| layer | batch | intsim ms | intsim GOPS | ORT u8s8 GOPS | ORT u8u8 GOPS | ORT f32 GFLOPS "
+             "| intsim/u8s8 | intsim/u8u8 | intsim/f32 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in layer_rows:
+        g, r = row["gops"], row["ratios"]
+        lines.append(f"| {row['layer']} | {row['batch']} | {row['ms']['intsim']:.3f} | {g['intsim']:.0f} | "
+                     f"{g['ort_u8s8']:.0f} | {g['ort_u8u8']:.0f} | {g['ort_f32']:.0f} | "
+                     f"{r['intsim/ort_u8s8']:.2f} | {r['intsim/ort_u8u8']:.2f} | {r['intsim/ort_f32']:.2f} |")
+    if model_rows:
+        lines += ["", "| model | batch | intsim ms | ORT u8s8 ms | intsim/ORT |", "|---|---|---|---|---|"]
+        for row in model_rows:
+            lines.append(f"| {row['model']} | {row['batch']} | {row['ms']['intsim']:.3f} | "
+                         f"{row['ms']['ort_u8s8']:.3f} | {row['ratios']['intsim/ort_u8s8']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the results as JSON here")
+    parser.add_argument("--markdown", type=Path, help="write the markdown table here")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--isa", help="intsim micro-kernel ISA (default: the best this host has)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--skip-models", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
+    import llvmlite.binding as llvm
+
+    from intsim.kernels import isa
+
+    if args.isa:
+        isa.set_isa(args.isa)
+    rng = np.random.default_rng(0)
+    meta = {"threads": args.threads, "rounds": args.rounds, "isa": isa.current_isa().name,
+            "cpu": llvm.get_host_cpu_name()}
+    layer_rows = []
+    for name, kind, shape, batched in LAYERS:
+        for batch in args.batches if batched else [1]:
+            runners, macs = _layer_runners(kind, shape, batch, rng, args.threads)
+            times = _median_times(runners, args.rounds)
+            row = {"layer": name, "batch": batch, "macs": macs, "ms": {k: v * 1e3 for k, v in times.items()},
+                   "gops": {k: 2 * macs / v / 1e9 for k, v in times.items()}, "ratios": _ratios(times)}
+            layer_rows.append(row)
+            print(f"{name:28s} batch {batch}: intsim {row['ms']['intsim']:8.3f} ms {row['gops']['intsim']:6.0f} GOPS"
+                  + "".join(f"  {k} {v:5.2f}" for k, v in row["ratios"].items()), flush=True)
+    model_rows = []
+    if not args.skip_models:
+        import intsim.models
+
+        paths = [Path(intsim.models.__file__).parent / f"{n}.onnx"
+                 for n in ("resnet_digits", "mobilenet_digits", "resnet_fashion", "mobilenet_fashion")]
+        lite0 = Path.home() / ".cache" / "intsim" / "efficientnet_lite0.onnx"
+        paths += [lite0] if lite0.exists() else []
+        for path in paths:
+            for batch in args.batches:
+                times = _median_times(_model_runners(path, rng, args.threads, batch), args.rounds)
+                row = {"model": path.stem, "batch": batch, "ms": {k: v * 1e3 for k, v in times.items()},
+                       "ratios": _ratios(times)}
+                model_rows.append(row)
+                print(f"{path.stem:28s} batch {batch}: intsim {row['ms']['intsim']:8.3f} ms  ORT "
+                      f"{row['ms']['ort_u8s8']:8.3f} ms  intsim/ORT {row['ratios']['intsim/ort_u8s8']:.2f}", flush=True)
+    table = _markdown(layer_rows, model_rows, meta)
+    print()
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "layers": layer_rows, "models": model_rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,577 @@
+"""Fast conv2d / fully-connected / matmul with the requantization fused into the epilogue.
+
+Each op comes as a pair: ``*_prepare`` packs the weights once (when a model
+is built), ``*_requantized`` runs a batch and returns output codes without
+writing an int32 tensor (white paper §2.1 MAC array, §2.2 requantization).
+
+The fast path computes ``bias + sum (x - z_x)(w - z_w)`` as one GEMM per
+chunk of output pixels: im2col of the chunk into an L2-sized buffer (none for
+a 1x1 stride-1 conv whose codes are already in the packed form), the
+register-tiled micro-kernel of :mod:`intsim.kernels.microkernel` over 16
+output channels at a time, then :func:`intsim.kernels.mac._requantize_core`
+on the chunk's accumulators.  Depthwise convs (one input channel per output
+channel) run a direct channels-last kernel instead.
+
+It is taken only where it is provably the exact result of the hardware order
+of :func:`intsim.kernels.mac.conv2d_nhwc_acc`: no pairwise int16 saturation,
+and the static bound ``|c0| + K max|x| max|w| + |z_w| K max|x|`` (``max|x|``
+over the whole input dtype and ``z_x``) fits ``acc_bits`` <= 32.  Then no step
+of the hardware order overflows, the order of the additions cannot matter,
+and int32 arithmetic modulo ``2**32`` (which the micro-kernel and the
+depthwise kernel use) ends on the exact sum.  Everywhere else the unfused
+kernels of :mod:`intsim.kernels.mac` run, bit-exact first.
+
+Operand encodings (chosen per layer at prepare):
+
+pairs
+    ``x - z_x`` and ``w - z_w`` as int16 (they span at most [-255, 255] for
+    8-bit codes); every ISA has an exact int16 pair instruction.
+quads
+    uint8 activations (``x`` itself for uint8, ``x + 128`` for int8) and
+    int8 ``w - z_w``; the zero point moves into the start value,
+    ``c0 = bias + (a_sub - z_x) * sum_k (w - z_w)`` where ``a_sub`` is what
+    was subtracted from ``x``.  Needs ``w - z_w`` in [-128, 127].
+
+Padding taps hold ``z_x``, encoded like any other code; the reduction is
+padded to a whole group with zero activations and zero weights.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+from intsim.errors import ValidationError
+from intsim.kernels import isa as isa_module
+from intsim.kernels.isa import (
+    AVX2_PAIRS,
+    AVX512_PAIRS,
+    GROUP,
+    PORTABLE_PAIRS,
+    PORTABLE_QUADS,
+    TILE_BLOCKS,
+    TILE_ROWS,
+    VNNI_PAIRS,
+    VNNI_QUADS,
+)
+from intsim.kernels.mac import (
+    _c0_per_output,
+    _conv2d_out,
+    _fits,
+    _requantize_core,
+    _weighted_bound,
+    conv2d_nhwc_acc,
+    fully_connected_acc,
+    matmul_acc,
+    requantize,
+)
+from intsim.kernels.microkernel import LANES, mac_tile
+
+# Output pixels per im2col chunk: 96 rows of a 3x3x256 reduction in int16 are
+# 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
+CHUNK_ROWS = 96
+
+
+def _threads_from_environment() -> int:
+    value = os.environ.get("INTSIM_THREADS", "1")
+    if not value.isdigit() or not 1 <= int(value) <= numba.config.NUMBA_NUM_THREADS:
+        raise ValidationError(f"environment variable INTSIM_THREADS must be an integer in "
+                              f"[1, {numba.config.NUMBA_NUM_THREADS}] (NUMBA_NUM_THREADS), found {value!r}")
+    return int(value)
+
+
+_threads = _threads_from_environment()
+
+
+def set_threads(threads: int) -> int:
+    """Threads the fused conv / fully-connected kernels share chunks of output pixels among; returns the old value.
+
+    One by default (results never depend on it: every output is computed by
+    one thread in the same order).  At most ``numba.config.NUMBA_NUM_THREADS``;
+    anything else raises :class:`~intsim.errors.ValidationError`.
+    """
+    global _threads
+    limit = numba.config.NUMBA_NUM_THREADS
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= limit:
+        raise ValidationError(f"set_threads: threads must be an integer in [1, {limit}] (NUMBA_NUM_THREADS), "
+                              f"found {threads!r}")
+    previous, _threads = _threads, threads
+    return previous
+
+
+_applied = threading.local()
+
+
+def _apply_threads(work_items):
+    # No more threads than items of work (waking a thread that has nothing to
+    # do costs a scheduler time slice on a busy machine).  numba's thread
+    # count is per calling thread and costs microseconds to set, so it is set
+    # only when it changes.
+    threads = max(1, min(_threads, work_items))
+    if getattr(_applied, "threads", None) != threads:
+        numba.set_num_threads(threads)
+        _applied.threads = threads
+
+
+# --------------------------------------------------------------------------
+# GEMM over one chunk of rows
+# --------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _tile_shapes(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off,
+                 c_stride):
+    # Inlined with a constant ``variant``, which mac_tile needs at compile time.
+    if full_rows and full_blocks:
+        mac_tile(variant, 0, 0, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
+    elif full_rows:
+        mac_tile(variant, 0, 1, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
+    elif full_blocks:
+        mac_tile(variant, 1, 0, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
+    else:
+        mac_tile(variant, 1, 1, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
+
+
+@njit(cache=True)
+def _mac_tile_any(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off,
+                  c_stride):
+    # A full tile, its one-row tail, its one-block tail, or one row of one block.
+    if variant == VNNI_QUADS:
+        _tile_shapes(VNNI_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
+    elif variant == VNNI_PAIRS:
+        _tile_shapes(VNNI_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
+    elif variant == AVX512_PAIRS:
+        _tile_shapes(AVX512_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
+    elif variant == AVX2_PAIRS:
+        _tile_shapes(AVX2_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
+    elif variant == PORTABLE_QUADS:
+        _tile_shapes(PORTABLE_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
+    else:
+        _tile_shapes(PORTABLE_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
+                     c, c_off, c_stride)
+
+
+@njit(cache=True)
+def _gemm_chunk(variant, a, a_off, rows, w, groups, c0, acc):
+    # acc [rows, n_blocks * 16] receives c0 plus the sums.  The weights of one
+    # tile's blocks (groups x 64 bytes each) are reused by every row tile of
+    # the chunk before the next blocks are read.
+    tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
+    c_stride = acc.shape[1]
+    n_blocks = c_stride // LANES
+    acc_flat = acc.reshape(acc.size)
+    nb = 0
+    while nb < n_blocks:
+        full_blocks = nb + tile_blocks <= n_blocks
+        w_off = nb * groups * LANES
+        r = 0
+        while r < rows:
+            full_rows = r + tile_rows <= rows
+            _mac_tile_any(variant, full_rows, full_blocks, a, a_off + r * groups, groups, w, w_off, groups, c0,
+                          nb * LANES, acc_flat, r * c_stride + nb * LANES, c_stride)
+            r += tile_rows if full_rows else 1
+        nb += tile_blocks if full_blocks else 1
+
+
+@njit(cache=True)
+def _copy_encoded(src, src_start, count, a_sub, dst, dst_start):
+    # Slices first: indexing them from 0 lets LLVM drop the index checks and vectorise.
+    source = src[src_start:src_start + count]
+    target = dst[dst_start:dst_start + count]
+    for j in range(count):
+        target[j] = source[j] - a_sub
+
+
+@njit(cache=True)
+def _fill(dst, start, count, value):
+    dst[start:start + count] = value
+
+
+@njit(cache=True)
+def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, patches):
+    # patches [rows, row_len]: the encoded window of output pixel m0 + r in
+    # (kh, kw, ci) order, then zeros up to the whole group.  Codes move in
+    # contiguous runs of the NHWC input: one run of ``cin`` per tap, or of
+    # ``kernel_w * cin`` per window row when dw == 1 and the row is inside.
+    n_batch, height, width, cin = x.shape
+    x_flat = x.reshape(x.size)
+    patch_flat = patches.reshape(patches.size)
+    per_image = out_h * out_w
+    row_len = patches.shape[1]
+    for r in range(rows):
+        m = m0 + r
+        n = m // per_image
+        oh = (m - n * per_image) // out_w
+        ow = m - n * per_image - oh * out_w
+        dst = r * row_len
+        iw0 = ow * sw - left
+        row_inside = dw == 1 and iw0 >= 0 and iw0 + kernel_w <= width
+        for kh in range(kernel_h):
+            ih = oh * sh - top + kh * dh
+            if ih < 0 or ih >= height:
+                _fill(patch_flat, dst, kernel_w * cin, pad_code)
+            elif row_inside:
+                _copy_encoded(x_flat, ((n * height + ih) * width + iw0) * cin, kernel_w * cin, a_sub, patch_flat, dst)
+            else:
+                for kw in range(kernel_w):
+                    iw = iw0 + kw * dw
+                    if 0 <= iw < width:
+                        _copy_encoded(x_flat, ((n * height + ih) * width + iw) * cin, cin, a_sub, patch_flat,
+                                      dst + kw * cin)
+                    else:
+                        _fill(patch_flat, dst + kw * cin, cin, pad_code)
+            dst += kernel_w * cin
+        _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
+
+
+# The scalar arguments of _conv2d_gemm_core, in one int64 array (one argument
+# to type-check per call instead of twenty).
+GEMM_SETTINGS = ("direct", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
+                 "top", "left", "groups", "chunk_rows", "row_len", "rounding", "multiplier_bits", "out_zero_point",
+                 "clamp_min", "clamp_max")
+
+
+@njit(cache=True, parallel=True)
+def _conv2d_gemm_core(variant, x, x_words, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
+    # pixels shared out among the threads, each chunk with its own buffers.
+    # ``direct``: x_words already is the packed activation matrix (M rows of
+    # ``groups`` words), no im2col.  ``code_sample`` carries the code dtype.
+    (direct, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
+     row_len, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max) = settings
+    n_rows = out.shape[0]
+    saturation_count = 0
+    for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
+        m0 = chunk * chunk_rows
+        rows = min(chunk_rows, n_rows - m0)
+        acc = np.empty((rows, c0.shape[0]), np.int32)
+        if direct:
+            source, a_off = x_words, m0 * groups
+        else:
+            patches = np.empty((rows, row_len), code_sample.dtype)
+            _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code,
+                    patches)
+            source, a_off = patches.reshape(patches.size).view(np.int32), 0
+        _gemm_chunk(variant, source, a_off, rows, w, groups, c0, acc)
+        saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding,
+                                             multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                                             out[m0:m0 + rows])
+    return saturation_count
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_core(x, x_zero_point, w_hwc, bias, sh, sw, dh, dw, top, left, multiplier, shift, scale, rounding,
+                    multiplier_bits, out_zero_point, clamp_min, clamp_max, out):
+    # One output row at a time (rows shared out among the threads): acc
+    # [OW, C] int32 from the bias, plus (x - z_x) * (w - z_w) for every
+    # in-bounds tap (a padded tap adds 0), vectorised over the contiguous
+    # channels; every step cast back to int32 (exact modulo 2**32, see the
+    # module docstring).
+    n_batch, height, width, channels = x.shape
+    kernel_h, kernel_w = w_hwc.shape[0], w_hwc.shape[1]
+    out_h, out_w = out.shape[1], out.shape[2]
+    saturation_count = 0
+    for row in prange(n_batch * out_h):
+        n, oh = row // out_h, row % out_h
+        acc = np.empty((out_w, channels), np.int32)
+        for ow in range(out_w):
+            for c in range(channels):
+                acc[ow, c] = bias[c]
+            for kh in range(kernel_h):
+                ih = oh * sh - top + kh * dh
+                if ih < 0 or ih >= height:
+                    continue
+                for kw in range(kernel_w):
+                    iw = ow * sw - left + kw * dw
+                    if iw < 0 or iw >= width:
+                        continue
+                    for c in range(channels):
+                        centred = np.int32(np.int32(x[n, ih, iw, c]) - x_zero_point)
+                        acc[ow, c] = np.int32(acc[ow, c] + np.int32(centred * w_hwc[kh, kw, c]))
+        saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits,
+                                             out_zero_point, clamp_min, clamp_max, out[n, oh])
+    return saturation_count
+
+
+# --------------------------------------------------------------------------
+# Packing (once per layer)
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackedWeights:
+    """Weights ``w - z_w`` [O, K] packed for one micro-kernel variant.
+
+    ``words`` is int32 ``[O/16, groups, 16]`` (O rounded up to 16, padded
+    channels zero), each word one group of ``GROUP[variant]`` reduction values
+    of one output channel; ``c0`` int32 [O rounded up] is the accumulator start
+    (wrapped to int32; see the module docstring for why wrapping is exact).
+    Activations are encoded as ``x - a_sub`` into ``code_dtype``.
+    """
+
+    variant: int
+    words: np.ndarray
+    c0: np.ndarray
+    groups: int
+    a_sub: int
+    pad_code: int
+    code_dtype: np.dtype
+    launches: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def row_len(self) -> int:
+        return self.groups * GROUP[self.variant]
+
+    @property
+    def code_sample(self) -> np.ndarray:
+        """A one-element array of ``code_dtype``: how the numba kernels learn the dtype."""
+        return np.zeros(1, self.code_dtype)
+
+
+def _encoding(isa, x_dtype, x_zero_point, w_min, w_max):
+    """``(variant, a_sub, code_dtype)`` for activations of ``x_dtype``, or ``None`` if no encoding is exact."""
+    info = np.iinfo(x_dtype)
+    if info.bits != 8:
+        return None
+    if isa.quads is not None and -128 <= w_min and w_max <= 127:
+        a_sub = 0 if info.min == 0 else -128
+        if 0 <= x_zero_point - a_sub <= 255:
+            return isa.quads, a_sub, np.dtype(np.uint8)
+    lo, hi = min(info.min, x_zero_point) - x_zero_point, max(info.max, x_zero_point) - x_zero_point
+    if -(2**15) <= min(lo, w_min) and max(hi, w_max) < 2**15:
+        return isa.pairs, x_zero_point, np.dtype(np.int16)
+    return None
+
+
+def _pack(w_centred, x_dtype, x_zero_point, bias):
+    """:class:`PackedWeights` of ``w_centred`` [O, K] (int64, ``w - z_w``) for the current ISA, or ``None``."""
+    n_out, depth = w_centred.shape
+    w_min, w_max = (int(w_centred.min()), int(w_centred.max())) if w_centred.size else (0, 0)
+    encoding = _encoding(isa_module.current_isa(), x_dtype, int(x_zero_point), w_min, w_max)
+    if encoding is None:
+        return None
+    variant, a_sub, code_dtype = encoding
+    group = GROUP[variant]
+    groups = -(-depth // group)
+    padded_out = -(-n_out // LANES) * LANES
+    grid = np.zeros((padded_out, groups * group), np.int16 if group == 2 else np.int8)
+    grid[:n_out, :depth] = w_centred
+    words = grid.reshape(padded_out // LANES, LANES, groups, group).transpose(0, 2, 1, 3)
+    words = np.ascontiguousarray(words).view(np.int32).reshape(-1)
+    c0 = np.zeros(padded_out, np.int64)
+    c0[:n_out] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * w_centred.sum(axis=1)
+    c0 = c0.astype(np.int32)  # wraps: exact modulo 2**32
+    return PackedWeights(variant, words, c0, groups, a_sub, int(x_zero_point) - a_sub, code_dtype)
+
+
+def _static_fast(x_dtype, x_zero_point, w_rows, w_zero_point, bias, acc_bits, pairwise_int16):
+    """Whether no step of the hardware order can overflow for any input of ``x_dtype``."""
+    if pairwise_int16 or acc_bits > 32:
+        return False
+    info = np.iinfo(x_dtype)
+    max_x = max(abs(int(info.min)), abs(int(info.max)), abs(int(x_zero_point)))
+    c0 = _c0_per_output(x_zero_point, w_rows, w_zero_point, bias)
+    return _fits(_weighted_bound(c0, w_rows.shape[1], max_x, w_rows, w_zero_point), acc_bits)
+
+
+def _matmul_static_fast(dtype, a_zero_point, b_zero_point, depth, acc_bits, pairwise_int16):
+    """:func:`_static_fast` for :func:`~intsim.kernels.mac.matmul_acc`'s order, both operands of ``dtype``."""
+    if pairwise_int16 or acc_bits > 32:
+        return False
+    info = np.iinfo(dtype)
+    max_a = max(abs(int(info.min)), abs(int(info.max)), abs(a_zero_point))
+    max_b = max(abs(int(info.min)), abs(int(info.max)), abs(b_zero_point))
+    c0 = depth * a_zero_point * b_zero_point
+    bound = abs(c0) + depth * (max_a * max_b + abs(b_zero_point) * max_a + abs(a_zero_point) * max_b)
+    return _fits(bound, acc_bits)
+
+
+# --------------------------------------------------------------------------
+# Public pairs: prepare once, run many times
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedConv:
+    """A conv2d layer ready to run: packed weights (or ``None``) plus the unfused kernel's arguments."""
+
+    acc_args: tuple
+    x_dtype: np.dtype
+    packed: PackedWeights | None = None
+    depthwise: tuple | None = None
+    out_shapes: dict = field(default_factory=dict, compare=False, repr=False)  # output shape per input shape
+
+
+def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups, acc_bits,
+                        overflow, pairwise_int16) -> PreparedConv:
+    """Pack a conv2d layer for :func:`conv2d_nhwc_requantized`.
+
+    Parameters are those of :func:`intsim.kernels.mac.conv2d_nhwc_acc`, with
+    the activation dtype ``x_dtype`` in place of the activations.
+    """
+    x_dtype = np.dtype(x_dtype)
+    acc_args = (x_zero_point, w, w_zero_point, bias, tuple(strides), tuple(dilations), tuple(pads), groups,
+                acc_bits, overflow, pairwise_int16)
+    w_rows = w.reshape(w.shape[0], -1)
+    if not _static_fast(x_dtype, x_zero_point, w_rows, w_zero_point, bias, acc_bits, pairwise_int16):
+        return PreparedConv(acc_args, x_dtype)
+    w_centred = w_rows.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
+    cout, _, _, cin_g = w.shape
+    if groups == 1:
+        return PreparedConv(acc_args, x_dtype, packed=_pack(w_centred, x_dtype, x_zero_point, bias))
+    if cin_g == 1 and cout == groups and np.iinfo(x_dtype).bits == 8:
+        w_hwc = np.ascontiguousarray(w_centred.reshape(w.shape[:3]).transpose(1, 2, 0)).astype(np.int32)
+        return PreparedConv(acc_args, x_dtype, depthwise=(w_hwc, bias.astype(np.int32)))
+    return PreparedConv(acc_args, x_dtype)
+
+
+def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
+    """The fused GEMM path over NHWC codes ``x4`` into ``out`` [M, Cout]; returns the clamp count."""
+    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+    key = (x4.shape, x4.dtype, out_h, out_w, kernel, strides, dilations, pads, rounding, multiplier_bits,
+           out_zero_point, clamp_min, clamp_max, CHUNK_ROWS)
+    if key not in packed.launches:  # the scalar settings of one input shape, worked out once
+        (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
+        direct = (kernel == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0) and packed.a_sub == 0
+                  and x4.shape[3] == packed.row_len and x4.dtype == packed.code_dtype)
+        packed.launches[key] = direct, np.array(
+            [direct, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
+             pads[1], packed.groups, CHUNK_ROWS, packed.row_len, rounding, multiplier_bits, out_zero_point,
+             clamp_min, clamp_max], np.int64)
+    direct, settings = packed.launches[key]
+    _apply_threads(-(-out.shape[0] // CHUNK_ROWS))
+    x_words = x4.reshape(-1).view(np.int32) if direct else np.empty(0, np.int32)
+    return int(_conv2d_gemm_core(
+        packed.variant, x4, x_words, packed.words, packed.c0, np.asarray(multiplier, np.int64),
+        np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample, out,
+    ))
+
+
+def _unfused(acc_kernel, x, acc_args, requant_args):
+    acc, overflow_count, pair_count = acc_kernel(x, *acc_args)
+    out, saturation_count = requantize(acc, 0, *requant_args)
+    return out, overflow_count, pair_count, saturation_count
+
+
+def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                            clamp_min, clamp_max, out_dtype):
+    """Output codes of a conv2d layer: :func:`~intsim.kernels.mac.conv2d_nhwc_acc` then
+    :func:`~intsim.kernels.mac.requantize` (white paper §2.1-§2.2), fused where exact.
+
+    Parameters
+    ----------
+    x : array [N, H, W, Cin] of the ``x_dtype`` given to :func:`conv2d_nhwc_prepare`
+    prepared : PreparedConv
+    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max, out_dtype
+        As in :func:`~intsim.kernels.mac.requantize` (per output channel).
+
+    Returns
+    -------
+    out : ``out_dtype`` array [N, OH, OW, Cout]
+    overflow_count, pair_saturation_count, saturation_count : int
+    """
+    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                    out_dtype)
+    if x.dtype != prepared.x_dtype or (prepared.packed is None and prepared.depthwise is None):
+        return _unfused(conv2d_nhwc_acc, x, prepared.acc_args, requant_args)
+    _, w, _, _, strides, dilations, pads, _, _, _, _ = prepared.acc_args
+    if x.shape not in prepared.out_shapes:
+        prepared.out_shapes[x.shape] = _conv2d_out(x, w, strides, dilations, pads).shape
+    shape = prepared.out_shapes[x.shape]
+    out = np.empty(shape, out_dtype)
+    x = np.ascontiguousarray(x)
+    requant = requant_args[:-1]
+    if prepared.depthwise is not None:
+        w_hwc, bias = prepared.depthwise
+        multiplier, shift, scale = requant[:3]
+        _apply_threads(shape[0] * shape[1])
+        saturations = _depthwise_core(
+            x, np.int32(prepared.acc_args[0]), w_hwc, bias, strides[0], strides[1], dilations[0], dilations[1],
+            pads[0], pads[1], multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64),
+            int(rounding), int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
+        )
+        return out, 0, 0, int(saturations)
+    saturations = _run_gemm(x, prepared.packed, shape[1], shape[2], w.shape[1:3], strides, dilations, pads, requant,
+                            out.reshape(-1, shape[3]))
+    return out, 0, 0, saturations
+
+
+@dataclass(frozen=True)
+class PreparedFullyConnected:
+    """A fully-connected layer ready to run: packed weights (or ``None``) plus the unfused kernel's arguments."""
+
+    acc_args: tuple
+    x_dtype: np.dtype
+    packed: PackedWeights | None = None
+
+
+def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bits, overflow,
+                            pairwise_int16) -> PreparedFullyConnected:
+    """Pack a fully-connected layer for :func:`fully_connected_requantized`.
+
+    Parameters are those of :func:`intsim.kernels.mac.fully_connected_acc`, with
+    the activation dtype ``x_dtype`` in place of the activations.
+    """
+    x_dtype = np.dtype(x_dtype)
+    acc_args = (x_zero_point, w, w_zero_point, bias, acc_bits, overflow, pairwise_int16)
+    if not _static_fast(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bits, pairwise_int16):
+        return PreparedFullyConnected(acc_args, x_dtype)
+    w_centred = w.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
+    return PreparedFullyConnected(acc_args, x_dtype, _pack(w_centred, x_dtype, x_zero_point, bias))
+
+
+def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                clamp_min, clamp_max, out_dtype):
+    """Output codes of a fully-connected layer: :func:`~intsim.kernels.mac.fully_connected_acc` then
+    :func:`~intsim.kernels.mac.requantize`, fused where exact (a 1x1 conv over ``N`` pixels).
+
+    Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``.
+    """
+    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                    out_dtype)
+    if x.dtype != prepared.x_dtype or prepared.packed is None:
+        return _unfused(fully_connected_acc, x, prepared.acc_args, requant_args)
+    n_batch, depth = x.shape
+    out = np.empty((n_batch, prepared.acc_args[1].shape[0]), out_dtype)
+    x4 = np.ascontiguousarray(x).reshape(n_batch, 1, 1, depth)
+    saturations = _run_gemm(x4, prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), requant_args[:-1], out)
+    return out, 0, 0, saturations
+
+
+def matmul_requantized(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16, multiplier, shift,
+                       scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max, out_dtype):
+    """Output codes of ``a [B, M, K] @ b [B, K, N]``: :func:`~intsim.kernels.mac.matmul_acc` then a
+    per-tensor :func:`~intsim.kernels.mac.requantize` (``multiplier`` etc. of length 1), fused where exact.
+
+    ``b`` is packed on every call (it is an activation).  Returns
+    ``(out [B, M, N], overflow_count, pair_saturation_count, saturation_count)``.
+    """
+    n_batch, rows, depth = a.shape
+    cols = b.shape[2]
+    requant = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max)
+    fast = a.dtype == b.dtype and np.iinfo(a.dtype).bits == 8 and _matmul_static_fast(
+        a.dtype, int(a_zero_point), int(b_zero_point), depth, acc_bits, pairwise_int16)
+    packs = [_pack(b[i].T.astype(np.int64) - int(b_zero_point), a.dtype, a_zero_point, np.zeros(cols, np.int64))
+             for i in range(n_batch)] if fast else []
+    if not fast or any(p is None for p in packs):
+        acc, overflow_count, pair_count = matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow,
+                                                     pairwise_int16)
+        out, saturation_count = requantize(acc.reshape(-1, 1), 0, *requant, out_dtype)
+        return out.reshape(acc.shape), overflow_count, pair_count, saturation_count
+    per_channel = tuple(np.full(cols, np.asarray(v).reshape(-1)[0]) for v in requant[:3]) + requant[3:]
+    out = np.empty((n_batch, rows, cols), out_dtype)
+    saturations = 0
+    for i, packed in enumerate(packs):
+        x4 = np.ascontiguousarray(a[i]).reshape(rows, 1, 1, depth)
+        saturations += _run_gemm(x4, packed, 1, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), per_channel, out[i])
+    return out, 0, 0, saturations

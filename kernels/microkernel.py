@@ -1,0 +1,212 @@
+"""The register-tiled int32 micro-kernel of the fast GEMM, written in LLVM IR.
+
+``mac_tile(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)``
+writes a tile of ``rows`` x ``16 * blocks`` int32 accumulators into ``c``,
+each output channel starting from its value in ``c0`` (``rows = 0`` and
+``blocks = 0`` mean the variant's full tile, ``TILE_ROWS[variant]`` x
+``TILE_BLOCKS[variant]``)::
+
+    c[c_off + r*c_stride + 16*b + j] = c0[c0_off + 16*b + j]
+                                       + sum_g dot(a[a_off + r*a_stride + g], w[w_off + 16*(groups*b + g) + j])
+
+for ``r < rows``, ``b < blocks``, ``j < 16``, ``g < groups``.  ``a`` and ``w`` are int32
+arrays whose every element packs one *group* of reduction values: two int16
+(variants ``*_PAIRS``) or four bytes, uint8 in ``a`` and int8 in ``w``
+(``*_QUADS``); ``dot`` is the exact sum of the group's products.  A pair sum
+is at most ``2 * 2**30`` and a quad sum at most ``4 * 255 * 128`` in
+magnitude, and every add wraps modulo ``2**32``: the tile therefore ends
+equal to the exact sum whenever that sum fits int32, whatever the partial
+sums did on the way (the callers prove the final sums fit, white paper §2.1).
+
+The accumulators stay in registers for the whole reduction: ``rows * blocks``
+vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
+by every row, and one broadcast of a packed activation per row, shared by
+every block.  ``variant`` ``rows`` and ``blocks``
+must be compile-time constants.  Instructions per variant (see :mod:`intsim.kernels.isa`):
+
+================  ============================================================
+``AVX2_PAIRS``    ``vpmaddwd`` ymm (``llvm.x86.avx2.pmadd.wd``) + ``vpaddd``
+``AVX512_PAIRS``  ``vpmaddwd`` zmm (``llvm.x86.avx512.pmaddw.d.512``) + ``vpaddd``
+``VNNI_PAIRS``    ``vpdpwssd`` zmm, the non-saturating form
+``VNNI_QUADS``    ``vpdpbusd`` zmm, the non-saturating form
+``PORTABLE_*``    sign/zero extension, 32-bit multiplies and adds on generic vectors
+================  ============================================================
+
+A variant whose CPU features the host lacks is compiled as its portable
+twin, so that a branch that selects it can be compiled anywhere; it is never
+selected at run time on such a host.
+"""
+
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
+
+from intsim.kernels.isa import (
+    AVX2_PAIRS,
+    AVX512_PAIRS,
+    GROUP,
+    HOST_FEATURES,
+    PORTABLE_PAIRS,
+    PORTABLE_QUADS,
+    TILE_BLOCKS,
+    TILE_ROWS,
+    VARIANT_FEATURES,
+    VNNI_PAIRS,
+    VNNI_QUADS,
+)
+
+LANES = 16
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_ACC = ir.VectorType(_I32, LANES)
+
+
+def _declare(builder, name, ret, args):
+    module = builder.module
+    return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
+
+
+def _lanes(builder, vector, indices):
+    return builder.shuffle_vector(vector, ir.Constant(vector.type, ir.Undefined), ir.Constant(
+        ir.VectorType(_I32, len(indices)), indices))
+
+
+_V32_I16 = ir.VectorType(_I16, 32)
+
+
+def _portable_dot(builder, acc, a, w, group):
+    # Widen every value to i32 (activations zero-extended in the uint8 quads),
+    # multiply lane-wise, then add the ``group`` products of each lane.
+    narrow = ir.VectorType(_I16 if group == 2 else _I8, LANES * group)
+    wide = ir.VectorType(_I32, LANES * group)
+    a_wide = (builder.sext if group == 2 else builder.zext)(builder.bitcast(a, narrow), wide)
+    products = builder.mul(a_wide, builder.sext(builder.bitcast(w, narrow), wide))
+    for q in range(group):
+        acc = builder.add(acc, _lanes(builder, products, [group * j + q for j in range(LANES)]))
+    return acc
+
+
+def _vnni_dot(name):
+    # Declared with <16 x i32> operands, the form every LLVM accepts (newer
+    # LLVMs upgrade it to their <64 x i8> / <32 x i16> signatures on parsing).
+    def dot(builder, acc, a, w):
+        return builder.call(_declare(builder, name, _ACC, [_ACC, _ACC, _ACC]), [acc, a, w])
+
+    return dot
+
+
+def _avx512_pairs_dot(builder, acc, a, w):
+    fn = _declare(builder, "llvm.x86.avx512.pmaddw.d.512", _ACC, [_V32_I16, _V32_I16])
+    return builder.add(acc, builder.call(fn, [builder.bitcast(a, _V32_I16), builder.bitcast(w, _V32_I16)]))
+
+
+def _avx2_pairs_dot(builder, acc, a, w):
+    # Two ymm halves of the 16 lanes, joined again (LLVM keeps them in two registers).
+    v8, v16_i16 = ir.VectorType(_I32, 8), ir.VectorType(_I16, 16)
+    fn = _declare(builder, "llvm.x86.avx2.pmadd.wd", v8, [v16_i16, v16_i16])
+    halves = []
+    for half in (range(0, 8), range(8, 16)):
+        a_half = builder.bitcast(_lanes(builder, a, list(half)), v16_i16)
+        w_half = builder.bitcast(_lanes(builder, w, list(half)), v16_i16)
+        halves.append(builder.call(fn, [a_half, w_half]))
+    return builder.add(acc, builder.shuffle_vector(halves[0], halves[1], ir.Constant(_ACC, list(range(16)))))
+
+
+_DOTS = {
+    VNNI_QUADS: _vnni_dot("llvm.x86.avx512.vpdpbusd.512"),  # uint8 (a) x int8 (w) quads
+    VNNI_PAIRS: _vnni_dot("llvm.x86.avx512.vpdpwssd.512"),  # int16 pairs
+    AVX512_PAIRS: _avx512_pairs_dot,
+    AVX2_PAIRS: _avx2_pairs_dot,
+    PORTABLE_PAIRS: lambda builder, acc, a, w: _portable_dot(builder, acc, a, w, 2),
+    PORTABLE_QUADS: lambda builder, acc, a, w: _portable_dot(builder, acc, a, w, 4),
+}
+
+
+def _dot(builder, variant, acc, a, w):
+    """``acc`` plus the per-lane group dot products of ``a`` and ``w`` (all <16 x i32>)."""
+    if not VARIANT_FEATURES[variant] <= HOST_FEATURES:
+        return _portable_dot(builder, acc, a, w, GROUP[variant])
+    return _DOTS[variant](builder, acc, a, w)
+
+
+def _literal(value):
+    return value.literal_value if isinstance(value, types.IntegerLiteral) else None
+
+
+@intrinsic
+def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride):
+    """See the module docstring."""
+    variant_code, n_rows, n_blocks = _literal(variant), _literal(rows), _literal(blocks)
+    if variant_code is None or n_rows is None or n_blocks is None:
+        return None
+    n_rows = n_rows or TILE_ROWS[variant_code]
+    n_blocks = n_blocks or TILE_BLOCKS[variant_code]
+    sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
+
+    def codegen(context, builder, signature, args):
+        arg_types = signature.args
+        a_data = context.make_array(arg_types[3])(context, builder, args[3]).data
+        w_data = context.make_array(arg_types[6])(context, builder, args[6]).data
+        c0_data = context.make_array(arg_types[9])(context, builder, args[9]).data
+        c_data = context.make_array(arg_types[11])(context, builder, args[11]).data
+        a_off_v, a_stride_v, w_off_v, groups_v, c0_off_v, c_off_v, c_stride_v = (
+            context.cast(builder, args[i], arg_types[i], types.int64) for i in (4, 5, 7, 8, 10, 12, 13)
+        )
+        w_block_stride = builder.mul(groups_v, ir.Constant(_I64, LANES))
+
+        def vector_at(data, index):
+            return builder.bitcast(builder.gep(data, [index]), _ACC.as_pointer())
+
+        def offset(base, stride, i):
+            return builder.add(base, builder.mul(stride, ir.Constant(_I64, i)))
+
+        tile = [(r, b) for r in range(n_rows) for b in range(n_blocks)]
+        c_ptrs = [vector_at(c_data, builder.add(offset(c_off_v, c_stride_v, r), ir.Constant(_I64, b * LANES)))
+                  for r, b in tile]
+        c0_vecs = [builder.load(vector_at(c0_data, builder.add(c0_off_v, ir.Constant(_I64, b * LANES))), align=4)
+                   for b in range(n_blocks)]
+        start = [c0_vecs[b] for _, b in tile]
+        w_starts = [offset(w_off_v, w_block_stride, b) for b in range(n_blocks)]
+        a_starts = [offset(a_off_v, a_stride_v, r) for r in range(n_rows)]
+        entry = builder.block
+        loop = builder.append_basic_block("mac_tile.loop")
+        done = builder.append_basic_block("mac_tile.done")
+        zero = ir.Constant(_I64, 0)
+        builder.cbranch(builder.icmp_signed(">", groups_v, zero), loop, done)
+
+        builder.position_at_end(loop)
+        g = builder.phi(_I64)
+        g.add_incoming(zero, entry)
+        accs = []
+        for value in start:
+            phi = builder.phi(_ACC)
+            phi.add_incoming(value, entry)
+            accs.append(phi)
+        g_lanes = builder.mul(g, ir.Constant(_I64, LANES))
+        w_vecs = [builder.load(vector_at(w_data, builder.add(w_start, g_lanes)), align=4) for w_start in w_starts]
+        a_vecs = []
+        for a_start in a_starts:
+            a_val = builder.load(builder.gep(a_data, [builder.add(a_start, g)]), align=4)
+            a_vec = builder.insert_element(ir.Constant(_ACC, ir.Undefined), a_val, ir.Constant(_I32, 0))
+            a_vecs.append(builder.shuffle_vector(a_vec, ir.Constant(_ACC, ir.Undefined),
+                                                 ir.Constant(_ACC, [0] * LANES)))
+        updated = [_dot(builder, variant_code, acc, a_vecs[r], w_vecs[b]) for acc, (r, b) in zip(accs, tile)]
+        g_next = builder.add(g, ir.Constant(_I64, 1))
+        g.add_incoming(g_next, loop)
+        for phi, value in zip(accs, updated):
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", g_next, groups_v), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for first, last in zip(start, updated):
+            final = builder.phi(_ACC)
+            final.add_incoming(first, entry)
+            final.add_incoming(last, loop)
+            finals.append(final)
+        for p, final in zip(c_ptrs, finals):
+            builder.store(final, p, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -1,0 +1,346 @@
+"""Fused fast MAC kernels (kernels.gemm) vs their naive twins, on every ISA this host can run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from intsim import fixedpoint
+from intsim.errors import ValidationError
+from intsim.fixedpoint import ROUNDING_MODES, Rescale
+from intsim.kernels import gemm, isa, mac, naive_gemm
+from intsim.kernels.mac import OVERFLOW_SATURATE, OVERFLOW_WRAP
+
+# The ISA fixture holds for every generated input: it is set once per test.
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+EIGHT_BIT = (np.int8, np.uint8)
+
+
+@pytest.fixture(params=isa.supported_isas())
+def isa_name(request):
+    previous = isa.set_isa(request.param)
+    yield request.param
+    isa.set_isa(previous)
+
+
+def assert_same(fast, slow):
+    np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+    assert fast[1:] == slow[1:]
+
+
+def dtype_range(dtype):
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max)
+
+
+@st.composite
+def requant_args(draw, channels):
+    """Per-channel requantization arguments under any rounding mode, output dtype and clamp."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rounding = draw(st.sampled_from(ROUNDING_MODES))
+    multiplier_bits = draw(st.sampled_from([31, 15]))
+    real = rng.uniform(2.0**-14, draw(st.sampled_from([2.0**-8, 0.9, 3.0])), size=channels)
+    rq = Rescale.from_real(real, rounding, multiplier_bits)
+    multiplier, shift, scale = rq.kernel_args(channels)
+    out_dtype = draw(st.sampled_from(EIGHT_BIT))
+    lo, hi = dtype_range(out_dtype)
+    clamp_min = draw(st.sampled_from([lo, lo + 3]))
+    clamp_max = draw(st.sampled_from([hi, hi - 5]))
+    out_zero_point = draw(st.sampled_from([lo, 0, hi]))
+    return (multiplier, shift, scale, rq.code, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+            np.dtype(out_dtype))
+
+
+@st.composite
+def mac_operands(draw, channels_out, depth_shape):
+    """``(rng, x_dtype, x_zero_point, w, w_zero_point, bias)``: zero points at the range ends included."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x_dtype = draw(st.sampled_from(EIGHT_BIT))
+    lo, hi = dtype_range(x_dtype)
+    x_zero_point = draw(st.one_of(st.sampled_from([lo, hi, 0]), st.integers(lo, hi)))
+    w = rng.integers(-128, 127, size=(channels_out,) + depth_shape, dtype=np.int8, endpoint=True)
+    # symmetric weights take the uint8 x int8 quads where the ISA has them;
+    # large zero points push w - z_w outside int8 and onto the int16 pairs.
+    w_zero_point = draw(st.sampled_from([
+        np.zeros(channels_out, np.int64),
+        rng.integers(-128, 127, size=channels_out, endpoint=True).astype(np.int64),
+        np.full(channels_out, -128, np.int64),
+    ]))
+    bias = rng.integers(-(2**20), 2**20, size=channels_out, dtype=np.int32)
+    return rng, x_dtype, x_zero_point, w, w_zero_point, bias
+
+
+def x_codes(rng, dtype, shape):
+    lo, hi = dtype_range(dtype)
+    return rng.integers(lo, hi, size=shape, dtype=dtype, endpoint=True)
+
+
+ACC = (32, OVERFLOW_WRAP, False)
+
+
+@st.composite
+def conv_cases(draw):
+    depthwise = draw(st.booleans())
+    cin = draw(st.integers(1, 9))
+    cout = cin if depthwise else draw(st.integers(1, 37))
+    kernel = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    rng, x_dtype, x_zp, w, w_zp, bias = draw(mac_operands(cout, kernel + (1 if depthwise else cin,)))
+    n, h, width = draw(st.integers(1, 2)), draw(st.integers(1, 7)), draw(st.integers(1, 7))
+    strides = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    dilations = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    if h + pads[0] + pads[2] < dilations[0] * (kernel[0] - 1) + 1:
+        pads = (pads[0], pads[1], pads[2] + dilations[0] * (kernel[0] - 1), pads[3])
+    if width + pads[1] + pads[3] < dilations[1] * (kernel[1] - 1) + 1:
+        pads = (pads[0], pads[1], pads[2], pads[3] + dilations[1] * (kernel[1] - 1))
+    x = x_codes(rng, x_dtype, (n, h, width, cin))
+    args = (x_zp, w, w_zp, bias, strides, dilations, pads, cin if depthwise else 1) + ACC
+    return x, args, draw(requant_args(cout))
+
+
+def run_pair(module, kind, x, args, requant):
+    prepared = getattr(module, f"{kind}_prepare")(x.dtype, *args)
+    return prepared, getattr(module, f"{kind}_requantized")(x, prepared, *requant)
+
+
+@SETTINGS
+@given(case=conv_cases())
+def test_conv2d_fused_matches_naive(isa_name, case):
+    x, args, requant = case
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    assert prepared.packed is not None or prepared.depthwise is not None
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+@st.composite
+def fc_cases(draw):
+    depth, out = draw(st.integers(1, 75)), draw(st.integers(1, 70))
+    rng, x_dtype, x_zp, w, w_zp, bias = draw(mac_operands(out, (depth,)))
+    x = x_codes(rng, x_dtype, (draw(st.integers(1, 13)), depth))
+    return x, (x_zp, w, w_zp, bias) + ACC, draw(requant_args(out))
+
+
+@SETTINGS
+@given(case=fc_cases())
+def test_fully_connected_fused_matches_naive(isa_name, case):
+    x, args, requant = case
+    prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
+    assert prepared.packed is not None
+    assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+
+
+@SETTINGS
+@given(data=st.data())
+def test_matmul_fused_matches_naive(isa_name, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    dtype = data.draw(st.sampled_from(EIGHT_BIT))
+    lo, hi = dtype_range(dtype)
+    shape = [data.draw(st.integers(1, n)) for n in (2, 9, 40, 35)]
+    a = x_codes(rng, dtype, shape[:3])
+    b = x_codes(rng, dtype, (shape[0], shape[2], shape[3]))
+    zps = [data.draw(st.sampled_from([lo, 0, hi])) for _ in range(2)]
+    requant = data.draw(requant_args(1))
+    args = (a, zps[0], b, zps[1]) + ACC + requant
+    assert_same(gemm.matmul_requantized(*args), naive_gemm.matmul_requantized(*args))
+
+
+def _layer(rng, x_dtype, cout, cin, kernel, w_zero_point):
+    w = rng.integers(-128, 127, size=(cout,) + kernel + (cin,), dtype=np.int8, endpoint=True)
+    return w, np.full(cout, w_zero_point, np.int64), rng.integers(-5000, 5000, size=cout, dtype=np.int32)
+
+
+@pytest.mark.parametrize("x_dtype", EIGHT_BIT)
+@pytest.mark.parametrize("w_zero_point", [0, -128])
+@pytest.mark.parametrize("rounding", ROUNDING_MODES)
+@pytest.mark.parametrize("shape", [
+    # (n, h, w, cin, cout, k, stride, pad): full 6 x 64 tiles plus row and block tails,
+    # K not a multiple of the group, the 1x1 direct path, strided im2col.
+    (1, 9, 11, 13, 83, 3, 1, 1),
+    (2, 7, 5, 32, 64, 1, 1, 0),
+    (1, 12, 9, 6, 70, 3, 2, 1),
+])
+def test_conv2d_fused_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_point, rounding, shape):
+    # Shapes too large for the naive twin; the unfused kernels are themselves
+    # tested against it (test_kernels_mac.py).
+    n, h, width, cin, cout, k, stride, pad = shape
+    rng = np.random.default_rng(sum(shape))
+    x = x_codes(rng, x_dtype, (n, h, width, cin))
+    w, w_zp, bias = _layer(rng, x_dtype, cout, cin, (k, k), w_zero_point)
+    lo, hi = dtype_range(x_dtype)
+    args = (hi, w, w_zp, bias, (stride, stride), (1, 1), (pad,) * 4, 1) + ACC
+    rq = Rescale.from_real(rng.uniform(1e-4, 1e-2, size=cout), rounding)
+    requant = (*rq.kernel_args(cout), rq.code, 31, 3, -128, 127, np.dtype(np.int8))
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    assert prepared.packed is not None
+    acc, overflow_count, pair_count = mac.conv2d_nhwc_acc(x, *args)
+    out, saturations = mac.requantize(acc, 0, *requant)
+    assert_same(fast, (out, overflow_count, pair_count, saturations))
+
+
+def test_variant_follows_isa_and_encoding(isa_name):
+    rng = np.random.default_rng(0)
+    chosen = isa.ISAS[isa_name]
+    for w_zero_point, expected in ((0, chosen.quads if chosen.quads is not None else chosen.pairs),
+                                   (-128, chosen.pairs)):
+        w, w_zp, bias = _layer(rng, np.uint8, 16, 8, (1, 1), w_zero_point)
+        prepared = gemm.conv2d_nhwc_prepare(np.uint8, 3, w, w_zp, bias, (1, 1), (1, 1), (0,) * 4, 1, *ACC)
+        assert prepared.packed.variant == expected
+
+
+@pytest.mark.parametrize("acc", [(32, OVERFLOW_SATURATE, True), (16, OVERFLOW_SATURATE, False)])
+def test_unprovable_layers_keep_the_checked_path(acc):
+    # Pairwise int16 saturation, or a bound that does not fit the accumulator:
+    # no packing, and the result is still the naive twin's, overflow counts included.
+    rng = np.random.default_rng(1)
+    x = x_codes(rng, np.uint8, (1, 4, 4, 16))
+    w, w_zp, bias = _layer(rng, np.uint8, 8, 16, (3, 3), 0)
+    args = (128, w, w_zp, bias, (1, 1), (1, 1), (1,) * 4, 1) + acc
+    requant = (*Rescale.from_real(np.full(8, 1e-3), "double").kernel_args(8), fixedpoint.DOUBLE, 31, 0, 0, 255,
+               np.dtype(np.uint8))
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    assert prepared.packed is None and prepared.depthwise is None
+    slow = run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1]
+    assert_same(fast, slow)
+    assert fast[1] + fast[2] > 0
+
+
+def test_int16_activations_keep_the_unfused_path():
+    rng = np.random.default_rng(2)
+    x = x_codes(rng, np.int16, (3, 10))
+    w, w_zp, bias = rng.integers(-3, 3, size=(4, 10)).astype(np.int8), np.zeros(4, np.int64), np.zeros(4, np.int32)
+    args = (0, w, w_zp, bias) + ACC
+    requant = (*Rescale.from_real(np.full(4, 1e-4), "single").kernel_args(4), fixedpoint.SINGLE, 31, 0, -128, 127,
+               np.dtype(np.int8))
+    prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
+    assert prepared.packed is None
+    assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+
+
+def test_set_isa_rejects_unknown_names():
+    with pytest.raises(ValidationError, match=r"set_isa: ISA must be one of portable, .* found 'sse9'"):
+        isa.set_isa("sse9")
+
+
+def test_set_isa_rejects_isas_the_host_lacks(monkeypatch):
+    monkeypatch.setattr(isa, "HOST_FEATURES", frozenset({"avx2"}))
+    with pytest.raises(ValidationError, match=r"ISA 'avx512vnni' needs CPU features avx512bw, avx512f, avx512vnni"):
+        isa.set_isa("avx512vnni")
+    assert isa.supported_isas() == ["portable", "avx2"]
+
+
+def test_portable_isa_is_always_supported():
+    assert isa.supported_isas()[0] == "portable"
+    assert isa.current_isa().name in isa.supported_isas()
+
+
+@pytest.mark.parametrize("threads", [0, True, 10**6, "2"])
+def test_set_threads_rejects_bad_counts(threads):
+    with pytest.raises(ValidationError, match=r"set_threads: threads must be an integer in \[1, \d+\]"):
+        gemm.set_threads(threads)
+
+
+@pytest.mark.parametrize("value", ["0", "two", "100000"])
+def test_threads_environment_variable_is_checked(monkeypatch, value):
+    monkeypatch.setenv("INTSIM_THREADS", value)
+    with pytest.raises(ValidationError, match=rf"INTSIM_THREADS must be an integer in \[1, \d+\].*found '{value}'"):
+        gemm._threads_from_environment()
+
+
+def test_two_threads_give_the_same_codes():
+    # A fresh process: the test session pins NUMBA_NUM_THREADS to 1.
+    script = """
+import numpy as np
+from intsim.fixedpoint import Rescale
+from intsim.kernels import gemm, naive_gemm
+rng = np.random.default_rng(5)
+x = rng.integers(0, 256, size=(2, 9, 8, 12), dtype=np.uint8)
+w = rng.integers(-128, 128, size=(20, 3, 3, 12), dtype=np.int8)
+args = (100, w, np.zeros(20, np.int64), rng.integers(-999, 999, size=20, dtype=np.int32), (1, 1), (1, 1),
+        (1, 1, 1, 1), 1, 32, 1, False)
+rq = Rescale.from_real(rng.uniform(1e-3, 1e-2, size=20), "double")
+requant = (*rq.kernel_args(20), rq.code, 31, 3, 0, 255, np.dtype(np.uint8))
+assert gemm.set_threads(2) == 1
+gemm.CHUNK_ROWS = 7
+fast = gemm.conv2d_nhwc_requantized(x, gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+slow = naive_gemm.conv2d_nhwc_requantized(x, naive_gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+assert fast[1:] == slow[1:]
+print("same")
+"""
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", INTSIM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "same"
+
+
+@pytest.mark.parametrize("pads", [(0, 0, 1, 2), (1, 0, 0, 0), (0, 0, 0, 0)])
+def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
+    # A 1x1 stride-1 conv reads the input rows in place only when nothing is padded.
+    rng = np.random.default_rng(3)
+    x = x_codes(rng, np.uint8, (1, 3, 4, 8))
+    w, w_zp, bias = _layer(rng, np.uint8, 5, 8, (1, 1), 0)
+    args = (7, w, w_zp, bias, (1, 1), (1, 1), pads, 1) + ACC
+    requant = (*Rescale.from_real(np.full(5, 3e-3), "double").kernel_args(5), fixedpoint.DOUBLE, 31, 0, 0, 255,
+               np.dtype(np.uint8))
+    assert_same(run_pair(gemm, "conv2d_nhwc", x, args, requant)[1],
+                run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+def _one_tile(variant):
+    """A fresh (uncached) function running one 1-row x 16-channel tile of ``variant`` over two groups."""
+    from numba import njit
+
+    from intsim.kernels.microkernel import mac_tile
+
+    @njit
+    def tile(a, w, c0, c):
+        mac_tile(variant, 1, 1, a, 0, 2, w, 0, 2, c0, 0, c, 0, 16)
+
+    return tile
+
+
+@pytest.mark.parametrize("host_has_it", [True, False])
+def test_variants_the_host_lacks_compile_to_portable_ir(monkeypatch, host_has_it):
+    from intsim.kernels import microkernel
+
+    if host_has_it and not isa.VARIANT_FEATURES[isa.VNNI_QUADS] <= isa.HOST_FEATURES:
+        pytest.skip("this host has no AVX-512 VNNI")
+    if not host_has_it:
+        monkeypatch.setattr(microkernel, "HOST_FEATURES", frozenset())
+    rng = np.random.default_rng(4)
+    a_codes = rng.integers(0, 256, size=8, dtype=np.uint8)
+    w_codes = rng.integers(-128, 128, size=(2, 16, 4), dtype=np.int8)
+    c = np.zeros(16, np.int32)
+    tile = _one_tile(isa.VNNI_QUADS)
+    tile(a_codes.view(np.int32), w_codes.reshape(-1).view(np.int32), np.arange(16, dtype=np.int32), c)
+    expected = np.arange(16) + np.einsum("gq,gjq->j", a_codes.reshape(2, 4).astype(np.int64),
+                                         w_codes.astype(np.int64))
+    np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
+    assert ("vpdpbusd" in tile.inspect_llvm(tile.signatures[0])) == host_has_it
+
+
+@pytest.mark.parametrize("out_dtype, out_zero_point", [(np.uint16, 65535), (np.int16, -32768), (np.int16, 32767),
+                                                       (np.uint8, 255)])
+@pytest.mark.parametrize("scale", [1.0, 2.0**7, 0.999999])
+def test_float32_lane_requantization_at_its_edges(out_dtype, out_zero_point, scale):
+    # FLOAT32_RINT requantizes in float32 lanes when the zero point and clamp fit 2**16: sums
+    # r + z past 2**24 round in float32, results past int32 saturate in the definition; both
+    # must land on the same clamp as the naive twin's exact integers.
+    edges = [s * 2**i + d for i in (23, 24, 25, 30, 31) for s in (1, -1) for d in range(-3, 4)]
+    acc = np.array([[e] for e in edges if INT32_MIN <= e <= INT32_MAX] + [[v] for v in range(-70000, 70001, 997)],
+                   np.int64).astype(np.int32)
+    lo, hi = dtype_range(out_dtype)
+    args = dict(acc=acc, acc_zero_point=0, multiplier=np.array([2**30]), shift=np.array([1]),
+                scale=np.array([scale]), rounding=fixedpoint.FLOAT32_RINT, multiplier_bits=31,
+                out_zero_point=out_zero_point, clamp_min=lo, clamp_max=hi, out_dtype=out_dtype)
+    from intsim.kernels import naive_mac
+
+    assert_same(mac.requantize(**args), naive_mac.requantize(**args))
+    assert max(abs(out_zero_point), abs(lo), abs(hi)) <= mac.FLOAT32_LANES_LIMIT
