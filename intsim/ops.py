@@ -82,6 +82,17 @@ def _ints_attr(node, key, length, default=None, lo=None):
     return tuple(int(v) for v in value)
 
 
+def _check_average_window(node):
+    """The attributes of an average pool: kernel, pads (each smaller than the kernel), strides, count_include_pad."""
+    kernel = _ints_attr(node, "kernel", 2, lo=1)
+    pads = _ints_attr(node, "pads", 4, (0, 0, 0, 0), lo=0)
+    _ints_attr(node, "strides", 2, (1, 1), lo=1)
+    if not isinstance(node.attrs.get("count_include_pad", False), bool):
+        _fail(node, f"attribute count_include_pad must be a boolean, found {node.attrs['count_include_pad']!r}")
+    if pads[0] >= kernel[0] or pads[2] >= kernel[0] or pads[1] >= kernel[1] or pads[3] >= kernel[1]:
+        _fail(node, f"pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+
+
 def _param(node, key, kinds="iu", shape=None, ndim=None) -> np.ndarray:
     if key not in node.params:
         _fail(node, f"missing parameter {key!r}")
@@ -665,13 +676,7 @@ class AvgPool(Op):
         _check_arity(node, 1)
         _check_dtypes(node, graph)
         _same_quantization(node, graph)
-        kernel = _ints_attr(node, "kernel", 2, lo=1)
-        pads = _ints_attr(node, "pads", 4, (0, 0, 0, 0), lo=0)
-        _ints_attr(node, "strides", 2, (1, 1), lo=1)
-        if not isinstance(node.attrs.get("count_include_pad", False), bool):
-            _fail(node, f"attribute count_include_pad must be a boolean, found {node.attrs['count_include_pad']!r}")
-        if pads[0] >= kernel[0] or pads[2] >= kernel[0] or pads[1] >= kernel[1] or pads[3] >= kernel[1]:
-            _fail(node, f"pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+        _check_average_window(node)
 
     def infer(self, node, inputs, graph):
         x = inputs[0]
@@ -1182,13 +1187,7 @@ class AvgPoolFloat32(Op):
         _check_dtypes(node, graph, ("int8", "uint8"))
         for key in ("x_scale", "y_scale"):
             _float32_scalar_param(node, key, positive=True)
-        kernel = _ints_attr(node, "kernel", 2, lo=1)
-        pads = _ints_attr(node, "pads", 4, (0, 0, 0, 0), lo=0)
-        _ints_attr(node, "strides", 2, (1, 1), lo=1)
-        if not isinstance(node.attrs.get("count_include_pad", False), bool):
-            _fail(node, f"attribute count_include_pad must be a boolean, found {node.attrs['count_include_pad']!r}")
-        if pads[0] >= kernel[0] or pads[2] >= kernel[0] or pads[1] >= kernel[1] or pads[3] >= kernel[1]:
-            _fail(node, f"pads {list(pads)} must be smaller than the kernel {list(kernel)}")
+        _check_average_window(node)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
 
     def infer(self, node, inputs, graph):
