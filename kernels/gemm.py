@@ -208,11 +208,19 @@ def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, 
     patch_flat = patches.reshape(patches.size)
     per_image = out_h * out_w
     row_len = patches.shape[1]
+    # The pixel (n, oh, ow) of row m0 by division, then stepped (a division per row costs
+    # as much as copying a small window).
+    n = m0 // per_image
+    oh = (m0 - n * per_image) // out_w
+    ow = m0 - n * per_image - oh * out_w - 1
     for r in range(rows):
-        m = m0 + r
-        n = m // per_image
-        oh = (m - n * per_image) // out_w
-        ow = m - n * per_image - oh * out_w
+        ow += 1
+        if ow == out_w:
+            ow = 0
+            oh += 1
+            if oh == out_h:
+                oh = 0
+                n += 1
         dst = r * row_len
         iw0 = ow * sw - left
         row_inside = dw == 1 and iw0 >= 0 and iw0 + kernel_w <= width
