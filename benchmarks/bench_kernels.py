@@ -200,7 +200,38 @@ def _model_runners(path, rng, threads, batch):
     model = Model(load_onnx_qoperator(quantized, "onnxruntime"))
     session = _session(quantized.SerializeToString(), threads)
     x = _calibration([batch] + shape[1:], rng, batch)[:batch]
-    return {"intsim": lambda: model.run(x), "ort_u8s8": lambda: session.run(None, {input_proto.name: x})}
+    runners = {"intsim": lambda: model.run(x), "ort_u8s8": lambda: session.run(None, {input_proto.name: x})}
+    return runners, _memory(model, x)
+
+
+def _memory(model, x) -> dict:
+    """Bytes a converted model holds (tracemalloc): the graph's parameters plus what a fresh
+    :class:`~intsim.Model` keeps after its first run (packed weights, run plan), the peak while
+    building and running it, and the issue's budget: 1.5 x (int8 weight bytes + the two largest
+    activation tensors of a traced run)."""
+    import gc
+    import tracemalloc
+
+    from intsim import Model
+
+    graph = model.graph
+    weight_bytes = sum(n.params["weight"].nbytes for n in graph.nodes if "weight" in n.params)
+    params_bytes = sum(a.nbytes for n in graph.nodes for a in n.params.values())
+    codes = model.quantize_inputs([x])
+    model.run_int(*codes)  # every kernel compiled or loaded before the count starts
+    largest = sorted((v.nbytes for v in model.trace(*codes).tensors.values()), reverse=True)[:2]
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    fresh = Model(graph)
+    fresh.run_int(*codes)
+    held, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    budget = 1.5 * (weight_bytes + sum(largest))
+    resident = params_bytes + held - base
+    return {"weight_bytes": weight_bytes, "params_bytes": params_bytes, "model_bytes": held - base,
+            "resident_bytes": resident, "peak_bytes": params_bytes + peak - base, "budget_bytes": budget,
+            "resident/budget": resident / budget}
 
 
 def _ratios(times):
@@ -219,10 +250,17 @@ def _markdown(layer_rows, model_rows, meta) -> str:
                      f"{g['ort_u8s8']:.0f} | {g['ort_u8u8']:.0f} | {g['ort_f32']:.0f} | "
                      f"{r['intsim/ort_u8s8']:.2f} | {r['intsim/ort_u8u8']:.2f} | {r['intsim/ort_f32']:.2f} |")
     if model_rows:
-        lines += ["", "| model | batch | intsim ms | ORT u8s8 ms | intsim/ORT |", "|---|---|---|---|---|"]
+        lines += ["", "Memory (MiB): the graph's parameters plus what the converted model keeps after a run, against the "
+                  "budget 1.5 x (int8 weights + two largest activations).", "",
+                  "| model | batch | intsim ms | ORT u8s8 ms | intsim/ORT | weights | resident | peak | budget "
+                  "| resident/budget |", "|---|---|---|---|---|---|---|---|---|---|"]
+        mib = 2.0 ** 20
         for row in model_rows:
+            m = row["memory"]
             lines.append(f"| {row['model']} | {row['batch']} | {row['ms']['intsim']:.3f} | "
-                         f"{row['ms']['ort_u8s8']:.3f} | {row['ratios']['intsim/ort_u8s8']:.2f} |")
+                         f"{row['ms']['ort_u8s8']:.3f} | {row['ratios']['intsim/ort_u8s8']:.2f} | "
+                         f"{m['weight_bytes'] / mib:.2f} | {m['resident_bytes'] / mib:.2f} | "
+                         f"{m['peak_bytes'] / mib:.2f} | {m['budget_bytes'] / mib:.2f} | {m['resident/budget']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -266,12 +304,14 @@ def main(argv=None):
         paths += [lite0] if lite0.exists() else []
         for path in paths:
             for batch in args.batches:
-                times = _median_times(_model_runners(path, rng, args.threads, batch), args.rounds)
+                runners, memory = _model_runners(path, rng, args.threads, batch)
+                times = _median_times(runners, args.rounds)
                 row = {"model": path.stem, "batch": batch, "ms": {k: v * 1e3 for k, v in times.items()},
-                       "ratios": _ratios(times)}
+                       "ratios": _ratios(times), "memory": memory}
                 model_rows.append(row)
                 print(f"{path.stem:28s} batch {batch}: intsim {row['ms']['intsim']:8.3f} ms  ORT "
-                      f"{row['ms']['ort_u8s8']:8.3f} ms  intsim/ORT {row['ratios']['intsim/ort_u8s8']:.2f}", flush=True)
+                      f"{row['ms']['ort_u8s8']:8.3f} ms  intsim/ORT {row['ratios']['intsim/ort_u8s8']:.2f}  "
+                      f"resident/budget {memory['resident/budget']:.2f}", flush=True)
     table = _markdown(layer_rows, model_rows, meta)
     print()
     print(table)

@@ -238,6 +238,13 @@ class Op:
         that only a trace reads (the MAC ops write no int32 accumulator tensor)."""
         return self.run(plan, inputs, kernels)
 
+    def bind(self, plan: dict, kernels):
+        """``step(inputs) -> (outputs, stats)``, :meth:`run_untraced` with ``plan`` and ``kernels``
+        fixed: whatever does not depend on the inputs (weight packing, kernel lookup) done once.
+        A model's run plan is the list of its nodes' steps."""
+        run = self.run_untraced
+        return lambda inputs: run(plan, inputs, kernels)
+
 
 # --------------------------------------------------------------------------
 # Multiply-accumulate ops: raw int32 accumulators, then requantization.
@@ -275,14 +282,22 @@ class _MacOp(Op):
         return self._finish(plan, acc, ovf, pairs, kernels)
 
     def run_untraced(self, plan, inputs, kernels):
-        # The weights are packed for a kernel backend on its first run, then kept in the plan.
+        return self.bind(plan, kernels)(inputs)
+
+    def bind(self, plan, kernels):
+        # The weights are packed for a kernel backend when it is first bound, then kept in the plan.
         packed = plan.setdefault("packed", {})
         if kernels.__name__ not in packed:
             prepare = getattr(kernels, self.packing_kernel)
             packed[kernels.__name__] = prepare(plan["x_dtype"], *plan["mac"], *plan["acc"])
-        fused = getattr(kernels, self.fused_kernel)
-        out, ovf, pairs, saturations = fused(inputs[0], packed[kernels.__name__], *plan["requant"])
-        return self._untraced_result(plan, inputs, kernels, out, ovf, pairs, saturations)
+        fused, prepared, requant = getattr(kernels, self.fused_kernel), packed[kernels.__name__], plan["requant"]
+        finish = self._untraced_result
+
+        def step(inputs):
+            out, ovf, pairs, saturations = fused(inputs[0], prepared, *requant)
+            return finish(plan, inputs, kernels, out, ovf, pairs, saturations)
+
+        return step
 
     def _untraced_result(self, plan, inputs, kernels, out, ovf, pairs, saturations):
         if ovf:  # rare, and already on the slow checked path: rerun for the accumulator statistics
@@ -437,6 +452,8 @@ class MatMul(_MacOp):
         acc, ovf, pairs = kernels.matmul_acc(*operands, *plan["acc"])
         acc = acc.reshape(lead + acc.shape[-2:])
         return self._finish(plan, acc, ovf, pairs, kernels, per_tensor=True)
+
+    bind = Op.bind  # b is an activation: nothing to pack ahead of the inputs
 
     def run_untraced(self, plan, inputs, kernels):
         operands, lead = self._operands(plan, inputs)

@@ -514,15 +514,21 @@ def _requantize_rows_float32(acc, acc_zero_point, scale, out_zero_point, clamp_m
     # integral; while |r + z| <= 2**24 the float32 sum is exact, and beyond
     # that (or beyond int32, where the int64 path saturates r first) both
     # paths land on the same side of [clamp_min, clamp_max], far outside it.
+    # The scale is narrowed to float32 once and each row counts its clamps in
+    # int32 (a row has far fewer than 2**31 values), so every lane is 32 bits.
     zero_point = np.float32(out_zero_point)
     lo, hi = np.float32(clamp_min), np.float32(clamp_max)
+    scale32 = scale.astype(np.float32)
     saturation_count = 0
     for i in range(out.shape[0]):
+        acc_row, out_row = acc[i], out[i]
+        row_count = np.int32(0)
         for c in range(out.shape[1]):
-            centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
-            v = np.rint(scale_float32(centred, scale[c])) + zero_point
-            saturation_count += (v < lo) | (v > hi)
-            out[i, c] = np.int32(min(max(v, lo), hi))
+            centred = saturate(np.int64(acc_row[c]) - acc_zero_point, 32)
+            v = np.rint(scale_float32(centred, scale32[c])) + zero_point
+            row_count = np.int32(row_count + np.int32((v < lo) | (v > hi)))
+            out_row[c] = np.int32(min(max(v, lo), hi))
+        saturation_count += row_count
     return saturation_count
 
 

@@ -184,6 +184,32 @@ def test_conv2d_fused_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_po
     assert_same(fast, (out, overflow_count, pair_count, saturations))
 
 
+@pytest.mark.parametrize("x_dtype", EIGHT_BIT)
+@pytest.mark.parametrize("w_zero_point", [0, -128])
+@pytest.mark.parametrize("shape", [
+    # (h, w, channels, kernel, stride, dilation, pad): the compiled-in 3x3 and 5x5 windows with
+    # interior and border pixels, channels past one vector plus a tail, and a generic 3x2 window.
+    (9, 11, 37, (3, 3), 1, 1, 1),
+    (13, 10, 70, (5, 5), 2, 1, 2),
+    (12, 12, 19, (3, 3), 1, 2, 0),
+    (8, 9, 40, (3, 2), 2, 1, 1),
+])
+def test_depthwise_fused_matches_unfused(x_dtype, w_zero_point, shape):
+    h, width, channels, kernel, stride, dilation, pad = shape
+    rng = np.random.default_rng(channels)
+    x = x_codes(rng, x_dtype, (2, h, width, channels))
+    w, w_zp, bias = _layer(rng, x_dtype, channels, 1, kernel, w_zero_point)
+    args = (dtype_range(x_dtype)[0] + 7, w, w_zp, bias, (stride, stride), (dilation, dilation), (pad,) * 4,
+            channels) + ACC
+    rq = Rescale.from_real(rng.uniform(1e-4, 1e-2, size=channels), "single")
+    requant = (*rq.kernel_args(channels), rq.code, 31, 3, -128, 127, np.dtype(np.int8))
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    assert prepared.depthwise is not None
+    acc, overflow_count, pair_count = mac.conv2d_nhwc_acc(x, *args)
+    out, saturations = mac.requantize(acc, 0, *requant)
+    assert_same(fast, (out, overflow_count, pair_count, saturations))
+
+
 def test_variant_follows_isa_and_encoding(isa_name):
     rng = np.random.default_rng(0)
     chosen = isa.ISAS[isa_name]

@@ -92,6 +92,22 @@ def test_fast_equals_naive_on_whole_graphs(profile, build):
         assert tf.stats == tn.stats
 
 
+@pytest.mark.parametrize("backend", ["fast", "naive"])
+@pytest.mark.parametrize("build", [tiny_cnn, branchy])
+def test_run_plan_gives_the_traced_outputs(backend, build):
+    # run_int goes through the run plan (bound steps, slots emptied after their last reader);
+    # trace through the op registry's checked kernels one node at a time.
+    graph = build("tflite")
+    model = Model(graph, backend)
+    for batch, seed in ((2, 3), (1, 4), (2, 5)):
+        x = random_codes(graph.tensors["x"], batch, seed)
+        traced = model.trace(x)
+        outs = model.run_int(x)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for name, out in zip(graph.outputs, outs):
+            np.testing.assert_array_equal(out, traced.tensors[name], strict=True, err_msg=name)
+
+
 def test_extreme_inputs_are_deterministic_and_batch_independent():
     graph = tiny_cnn("paper")
     model = Model(graph)
@@ -153,6 +169,14 @@ def test_run_int_rejects_bad_inputs(bad, message):
     model = Model(_fc_graph("tflite"))
     with pytest.raises(ValidationError, match=message):
         model.run_int(bad)
+
+
+def test_run_int_checks_values_on_every_call():
+    # The dtype and shape are checked once per signature; the values of a wider dtype every time.
+    model = Model(_fc_graph("tflite"))
+    model.run_int(np.array([[0, 100]], np.int16))
+    with pytest.raises(ValidationError, match=r"\[-128, 127\] for int8, found \[0, 200\]"):
+        model.run_int(np.array([[0, 200]], np.int16))
 
 
 def test_run_rejects_bad_float_inputs_and_wrong_counts():
