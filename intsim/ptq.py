@@ -314,6 +314,35 @@ def _batches(data: np.ndarray, batch_size: int):
         yield np.asarray(data[start : start + batch_size])
 
 
+class _Stepper:
+    """Runs a float graph over the calibration batches node by node, on demand.
+
+    Per batch it keeps only the tensors that nodes not yet run still read (and
+    the graph outputs), so walking the graph once costs one forward pass
+    however many layers stop along the way.  Memory: the live tensors of the
+    whole calibration set at the current node.  A node runs with the
+    constants the graph holds when the walk reaches it.
+    """
+
+    def __init__(self, fg: FloatGraph, data: np.ndarray, batch_size: int):
+        self.fg, self.done = fg, 0
+        self.last_read = {t: i for i, n in enumerate(fg.nodes) for t in n.inputs}
+        self.values = [{fg.inputs[0]: np.asarray(b, np.float32)} for b in _batches(data, batch_size)]
+
+    def run_to(self, stop: int) -> list[dict[str, np.ndarray]]:
+        """Run nodes ``done .. stop - 1``; returns the per-batch live tensors."""
+        for i in range(self.done, stop):
+            node = self.fg.nodes[i]
+            dead = [t for t in node.inputs if self.last_read.get(t) == i and t not in self.fg.outputs]
+            for values in self.values:
+                args = [values[t] if t in values else self.fg.constants[t] for t in node.inputs]
+                values.update(zip(node.outputs, run_node(node, args)))
+                for t in dead:
+                    values.pop(t, None)
+        self.done = max(self.done, stop)
+        return self.values
+
+
 def _channel_axes(value: np.ndarray) -> tuple[int, ...]:
     return tuple(a for a in range(value.ndim) if a != 1)
 
@@ -650,11 +679,53 @@ class LayerProblem:
 
 
 def _rectified_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``h(V)`` and ``dh/dV``."""
+    """``h(V)`` and ``dh/dV``, in ``v``'s dtype."""
     sig = 1.0 / (1.0 + np.exp(-v))
     stretched = sig * (ZETA - GAMMA) + GAMMA
     inside = (stretched > 0) & (stretched < 1)
-    return np.clip(stretched, 0.0, 1.0), np.where(inside, sig * (1.0 - sig) * (ZETA - GAMMA), 0.0)
+    return np.clip(stretched, 0.0, 1.0), sig * (1.0 - sig) * (ZETA - GAMMA) * inside
+
+
+class _Reconstruction:
+    """The gradient of one layer's reconstruction term on row minibatches (AdaRound, white paper §3.4).
+
+    The rows (input patches, im2col'd once per layer by :func:`_layer_problem`)
+    and targets are float32 copies made once; each step gathers its minibatch
+    by index into buffers allocated once, then runs one float32 matmul per
+    group forward (``z = W~ x + b``) and one backward (``dz^T x``).
+    """
+
+    def __init__(self, problem: LayerProblem, batch_size: int):
+        p = problem
+        # Row-major copies: a minibatch gathers whole rows, [G * K] contiguous floats each.
+        self.inputs = np.ascontiguousarray(p.inputs.transpose(1, 0, 2), np.float32)
+        self.targets = np.ascontiguousarray(p.targets.transpose(1, 0, 2), np.float32)
+        self.bias = np.asarray(p.bias, np.float32)[:, None, :]
+        self.lo, self.hi = p.clamp
+        rows, groups, k = self.inputs.shape
+        batch = min(batch_size, rows)
+        self.x = np.empty((batch, groups, k), np.float32)
+        self.target = np.empty((batch, groups, p.weight.shape[1]), np.float32)
+        self.z = np.empty((groups, batch, p.weight.shape[1]), np.float32)
+        self.dz = np.empty_like(self.z)
+        self.grad = np.empty(p.weight.shape, np.float32)
+
+    def gradient(self, weight: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``d/dW~`` of ``mean_rows ||clamp(W~ x + b) - target||^2`` for the float32 ``weight`` ``[G, Mg, K]``;
+        ``rows`` holds valid row indices (the result is a buffer the next call overwrites)."""
+        np.take(self.inputs, rows, axis=0, out=self.x, mode="clip")
+        np.take(self.targets, rows, axis=0, out=self.target, mode="clip")
+        x = self.x.transpose(1, 0, 2)
+        np.matmul(x, weight.transpose(0, 2, 1), out=self.z)
+        self.z += self.bias
+        # Where the clamp passes z, clamp(z) - target = z - target; elsewhere the slope is 0.
+        np.subtract(self.z, self.target.transpose(1, 0, 2), out=self.dz)
+        self.dz *= 2.0 / len(rows)
+        if self.lo > -math.inf:
+            self.dz *= self.z > self.lo
+        if self.hi < math.inf:
+            self.dz *= self.z < self.hi
+        return np.matmul(self.dz.transpose(0, 2, 1), x, out=self.grad)
 
 
 def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOptions(), *,
@@ -666,8 +737,10 @@ def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOpt
     + h(V) + z, qmin, qmax) - z)`` and ``h`` is the rectified sigmoid; ``V``
     starts where ``h(V)`` is the fractional part of ``W / s``, ``beta`` anneals
     from ``beta_start`` to ``beta_end`` after a warm-up without the
-    regulariser.  The result rounds up where ``h(V) >= 1/2``.  If its objective
-    on all rows is not below round-to-nearest's, nearest is returned.
+    regulariser.  Each Adam step (float32) sees ``batch_size`` rows drawn
+    with replacement.  The result rounds up where ``h(V) >= 1/2``.  If its
+    objective on all rows (float64) is not below round-to-nearest's, nearest
+    is returned.
 
     Returns
     -------
@@ -679,36 +752,41 @@ def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOpt
     """
     p, o = problem, options
     scale = p.scale[..., None]
+    zero_point = p.zero_point[..., None]
     ratio = p.weight / scale
     base = np.floor(ratio)
     rest = np.clip(ratio - base, 1e-4, 1 - 1e-4)
     sig = (rest - GAMMA) / (ZETA - GAMMA)
-    v = np.log(sig / (1.0 - sig))
+    v = np.log(sig / (1.0 - sig)).astype(np.float32)
+    # W~ = s (clip(base + h + z, qmin, qmax) - z) = s base + s clip(h, h_low, h_high): the grid ends at h_low, h_high.
+    h_low, h_high = (np.asarray(q - zero_point - base, np.float32) for q in (p.qmin, p.qmax))
+    scale32 = np.broadcast_to(scale, v.shape).astype(np.float32)
+    floor_weight = (scale * base).astype(np.float32)
     first, second = np.zeros_like(v), np.zeros_like(v)
+    reconstruction = _Reconstruction(p, o.batch_size)
     rng = np.random.default_rng(o.seed)
     rows = p.inputs.shape[1]
     warm = int(o.warm_up * o.iterations)
     for step in range(1, o.iterations + 1):
         h, dh_dv = _rectified_sigmoid(v)
-        codes = base + h + p.zero_point[..., None]
-        in_grid = (codes >= p.qmin) & (codes <= p.qmax)
-        weight = (np.clip(codes, p.qmin, p.qmax) - p.zero_point[..., None]) * scale
+        weight = floor_weight + scale32 * np.clip(h, h_low, h_high)
         batch = rng.integers(0, rows, size=min(o.batch_size, rows))
-        residual, slope = p.reconstruction(weight.astype(np.float32), batch)
-        dz = (2.0 * residual * slope / len(batch)).astype(np.float32)
-        grad_h = np.matmul(dz.transpose(0, 2, 1), p.inputs[:, batch]) * scale * in_grid
+        grad = reconstruction.gradient(weight, batch) * scale32
+        grad *= (h >= h_low) & (h <= h_high)
         if step > warm:
             beta = o.beta_end + (o.beta_start - o.beta_end) * max(0.0, 1.0 - (step - warm) / (o.iterations - warm))
             centred = 2.0 * h - 1.0
-            grad_h = grad_h - o.reg_weight * 2.0 * beta * np.abs(centred) ** (beta - 1) * np.sign(centred)
-        grad = grad_h * dh_dv
-        first = 0.9 * first + 0.1 * grad
-        second = 0.999 * second + 0.001 * grad * grad
-        v -= o.learning_rate * (first / (1 - 0.9**step)) / (np.sqrt(second / (1 - 0.999**step)) + 1e-8)
+            grad -= o.reg_weight * 2.0 * beta * np.abs(centred) ** (beta - 1) * np.sign(centred)
+        grad *= dh_dv
+        first *= 0.9
+        first += 0.1 * grad
+        second *= 0.999
+        second += 0.001 * grad * grad
+        v -= (o.learning_rate / (1 - 0.9**step)) * first / (np.sqrt(second / (1 - 0.999**step)) + 1e-8)
         if progress is not None:
             progress.update(step)
-    nearest = np.clip(np.rint(ratio) + p.zero_point[..., None], p.qmin, p.qmax)
-    learned = np.clip(base + (v >= 0) + p.zero_point[..., None], p.qmin, p.qmax)
+    nearest = np.clip(np.rint(ratio) + zero_point, p.qmin, p.qmax)
+    learned = np.clip(base + (v >= 0) + zero_point, p.qmin, p.qmax)
     info = {"objective_nearest": p.objective(nearest), "objective_adaround": p.objective(learned),
             "flipped": int(np.sum(nearest != learned))}
     info["kept"] = "adaround" if info["objective_adaround"] < info["objective_nearest"] else "nearest"
@@ -740,27 +818,27 @@ def _output_rows(y: np.ndarray, groups: int) -> np.ndarray:
     return rows.reshape(groups, -1, m // groups)
 
 
-def _layer_problem(fg: FloatGraph, quantized_fg: FloatGraph, node: FloatNode, activation: FloatNode | None,
-                   quantizer: tuple, qrange: tuple[int, int], data: np.ndarray, batch_size: int,
-                   options: AdaRoundOptions, rng: np.random.Generator) -> LayerProblem:
-    """Stream the calibration data once: sample rows of the quantized model's input patches and the float
-    model's outputs of ``node`` (memory: ``max_rows`` rows)."""
+def _layer_problem(fg: FloatGraph, node: FloatNode, activation: FloatNode | None, quantizer: tuple,
+                   qrange: tuple[int, int], inputs: list, outputs: list, options: AdaRoundOptions,
+                   rng: np.random.Generator) -> LayerProblem:
+    """Sample ``max_rows`` rows of the layer's problem, evenly over the calibration batches: per batch,
+    ``inputs`` holds the quantized model's input of ``node``, ``outputs`` the float model's output of
+    ``node`` (before ``activation``)."""
     weight = fg.constants[node.inputs[1]].astype(np.float64)
     groups = _groups(node, weight)
-    out = activation.outputs[0] if activation is not None else node.outputs[0]
-    inputs, targets = [], []
-    for batch in _batches(data, batch_size):
-        target = _output_rows(_run_until(fg, batch, [out])[out], groups)
-        x = _run_until(quantized_fg, batch, [node.inputs[0]])[node.inputs[0]]
-        take = min(target.shape[1], math.ceil(options.max_rows * len(batch) / len(data)))
+    total = sum(len(x) for x in inputs)
+    patches, targets = [], []
+    for x, y in zip(inputs, outputs):
+        target = _output_rows(run_node(activation, [y])[0] if activation is not None else y, groups)
+        take = min(target.shape[1], math.ceil(options.max_rows * len(x) / total))
         pick = rng.choice(target.shape[1], size=take, replace=False)
-        inputs.append(_patch_rows(node, x, weight)[:, pick])
+        patches.append(_patch_rows(node, x, weight)[:, pick])
         targets.append(target[:, pick])
     _, scale, zero_point = quantizer
     m = weight.shape[0]
     shape = (groups, m // groups)
     return LayerProblem(
-        np.concatenate(inputs, axis=1).astype(np.float32), np.concatenate(targets, axis=1),
+        np.concatenate(patches, axis=1).astype(np.float32), np.concatenate(targets, axis=1),
         weight.reshape(groups, m // groups, -1),
         _bias(fg, node).reshape(shape), np.broadcast_to(np.asarray(scale, np.float64), (m,)).reshape(shape),
         np.broadcast_to(np.asarray(zero_point, np.float64), (m,)).reshape(shape), *qrange,
@@ -775,7 +853,9 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
     Each layer's input comes from the model whose earlier layers already carry
     their learned quantized weights (activations in float), its target from the
     float model (asymmetric reconstruction, with the layer's ReLU / Clip in the
-    objective).  The calibration data is streamed once per layer.
+    objective).  Both models walk the calibration data once, node by node
+    (:class:`_Stepper`), stopping at each layer; memory is what the walk keeps
+    live plus ``max_rows`` rows of the current layer.
 
     Parameters
     ----------
@@ -795,7 +875,9 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
     options = options.checked()
     rng = np.random.default_rng(options.seed)
     quantized_fg = _copy(fg)
+    floats, quantized = _Stepper(fg, data, batch_size), _Stepper(quantized_fg, data, batch_size)
     consumers = {t: [n for n in fg.nodes if t in n.inputs] for n in fg.nodes for t in n.outputs}
+    position = {n.name: i for i, n in enumerate(fg.nodes)}
     layers = [n for n in mac_nodes(fg) if n.name in weights]
     result, info = dict(weights), {}
     enabled = _progress_enabled(progress)
@@ -803,16 +885,16 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
         users = consumers.get(node.outputs[0], [])
         activation = users[0] if (len(users) == 1 and users[0].op in ("Relu", "Clip")
                                   and node.outputs[0] not in fg.outputs) else None
-        problem = _layer_problem(fg, quantized_fg, node, activation, weights[node.name], qrange, data, batch_size,
-                                 options, rng)
+        inputs = [values[node.inputs[0]] for values in quantized.run_to(position[node.name])]
+        outputs = [values[node.outputs[0]] for values in floats.run_to(position[node.name] + 1)]
+        problem = _layer_problem(fg, node, activation, weights[node.name], qrange, inputs, outputs, options, rng)
         bar = _Progress(options.iterations, enabled, f"adaround {i + 1}/{len(layers)}")
         codes, info[node.name] = adaround_layer(problem, options, progress=bar)
         nearest, scale, zero_point = weights[node.name]
         codes = codes.reshape(nearest.shape).astype(nearest.dtype)
         result[node.name] = (codes, scale, zero_point)
-        qnode = next(n for n in quantized_fg.nodes if n.name == node.name)
-        _set_constant(quantized_fg, qnode, 1, dequantize_weight(codes, scale, zero_point),
-                      "weight_quantized")
+        qnode = quantized_fg.nodes[position[node.name]]
+        _set_constant(quantized_fg, qnode, 1, dequantize_weight(codes, scale, zero_point), "weight_quantized")
     return result, info
 
 
