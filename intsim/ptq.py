@@ -11,7 +11,9 @@ accuracy they buy is measured on the bit-exact integer datapath:
 * :func:`absorb_biases` (§3.2): move ``c = max(0, beta - 3 gamma)`` of each
   ReLU's input into the next layer's bias.
 * :func:`empirical_bias_correction` and :func:`analytic_bias_correction` (§3.3):
-  subtract the expected output error ``E[W~x] - E[Wx]`` of the quantized weights.
+  subtract the expected output error of the quantized weights: measured
+  layer by layer against the float model (``E[W~x~] - E[Wx]``, earlier layers
+  quantized and corrected), or ``(W~ - W) E[x]`` from batch-norm statistics.
 * :func:`adaround` (§3.4): learn, layer by layer, whether each weight rounds up
   or down.
 * :func:`apply_ptq` runs them in the order of the standard pipeline (§3.5).
@@ -434,33 +436,52 @@ def _weight_error(fg: FloatGraph, node: FloatNode, quantized: tuple) -> np.ndarr
     return dequantize_weight(*quantized) - fg.constants[node.inputs[1]].astype(np.float64)
 
 
+def _channel_means(out: np.ndarray) -> np.ndarray:
+    """Per-channel (axis 1) mean of a layer output computed for a single (mean) input."""
+    out = out.astype(np.float64)
+    return out.mean(axis=_channel_axes(out)) if out.ndim > 2 else out[0]
+
+
 def empirical_bias_correction(fg: FloatGraph, weights: Mapping[str, tuple], data: np.ndarray,
                               batch_size: int) -> FloatGraph:
     """Empirical bias correction (white paper §3.3).
 
-    For every layer in ``weights`` (``{node: (codes, scale, zero_point)}``),
-    subtract from its bias the mean over the calibration data, per output
-    channel, of ``W~x - Wx`` (``x`` the layer's float input).  The layer is
-    linear in ``x``, so that mean is the quantization error ``W~ - W`` applied
-    to the mean input tensor, which one streamed pass collects.  Afterwards the
-    mean output error on ``data`` is 0 per channel.  Returns a new graph.
+    What is compared: per layer in ``weights`` (``{node: (codes, scale,
+    zero_point)}``), in graph order, the pre-activation ``W~ x~ + b`` of the
+    weight-quantized model with the float model's ``W x + b``, both on the
+    calibration data.  ``x~`` is the layer's input in the quantized model:
+    every earlier layer of ``weights`` runs with its quantized weights and its
+    already corrected bias (activations stay float; their ranges are set
+    later).  The bias loses the mean of the difference per output channel,
+    so that afterwards the quantized model's mean pre-activation error on
+    ``data`` is 0 per channel, layer by layer.
+
+    The layer is linear, so that mean is ``W~ E[x~] - W E[x]`` (spatially
+    averaged; zero padding included) for the mean input tensors ``E[x~]``
+    and ``E[x]``; both models walk the data once, node by node
+    (:class:`_Stepper`).  Returns a new graph: float weights, corrected
+    biases.
     """
-    fg = _copy(fg)
-    layers = [n for n in mac_nodes(fg) if n.name in weights]
-    inputs = sorted({n.inputs[0] for n in layers})
-    sums = dict.fromkeys(inputs, 0.0)
-    count = 0
-    for batch in _batches(data, batch_size):
-        values = _run_until(fg, batch, inputs)
-        for t in inputs:
-            sums[t] = sums[t] + values[t].astype(np.float64).sum(axis=0)
-        count += len(batch)
-    for node in layers:
-        mean_input = (sums[node.inputs[0]] / count)[None]
-        error = _weight_error(fg, node, weights[node.name])
-        out = run_node(replace(node, inputs=node.inputs[:2]), [mean_input, error])[0].astype(np.float64)
-        shift = out.mean(axis=_channel_axes(out)) if out.ndim > 2 else out[0]
-        _set_constant(fg, node, 2, _bias(fg, node) - shift, "bias_corrected")
+    floats = _Stepper(fg, data, batch_size)
+    fg, quantized_fg = _copy(fg), _copy(fg)
+    for node in mac_nodes(quantized_fg):
+        if node.name in weights:
+            _set_constant(quantized_fg, node, 1, dequantize_weight(*weights[node.name]), "weight_quantized")
+    quantized = _Stepper(quantized_fg, data, batch_size)
+    count = sum(len(values[fg.inputs[0]]) for values in floats.values)
+    for i, node in enumerate(fg.nodes):
+        if not (_is_mac(fg, node) and node.name in weights):
+            continue
+        mean_float, mean_quantized = (
+            (sum(values[node.inputs[0]].astype(np.float64).sum(axis=0) for values in stepper.run_to(i)) / count)[None]
+            for stepper in (floats, quantized))
+        linear = replace(node, inputs=node.inputs[:2])
+        # W~ E[x~] - W E[x] = (W~ - W) E[x~] + W (E[x~] - E[x]): two small terms, each accurate in float32.
+        shift = (_channel_means(run_node(linear, [mean_quantized, _weight_error(fg, node, weights[node.name])])[0])
+                 + _channel_means(run_node(linear, [mean_quantized - mean_float, fg.constants[node.inputs[1]]])[0]))
+        corrected = _bias(fg, node) - shift
+        _set_constant(fg, node, 2, corrected, "bias_corrected")
+        _set_constant(quantized_fg, quantized_fg.nodes[i], 2, corrected, "bias_corrected")
     return fg
 
 
