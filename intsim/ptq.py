@@ -693,6 +693,12 @@ class LayerProblem:
         lo, hi = self.clamp
         return np.clip(z, lo, hi) - self.targets[:, rows], ((z > lo) & (z < hi)).astype(np.float64)
 
+    def gradient(self, weight: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``d/dW~`` of ``mean_rows ||clamp(W~ x~ + b) - target||^2`` on ``rows`` (indices), ``[G, Mg, K]``, in
+        float64: the plain form of what :class:`_Reconstruction` computes in each Adam step, its test twin."""
+        residual, slope = self.reconstruction(weight, rows)
+        return np.matmul((2.0 * residual * slope / len(rows)).transpose(0, 2, 1), self.inputs[:, rows].astype(np.float64))
+
     def objective(self, codes: np.ndarray) -> float:
         """The layer objective: mean over rows of ``|| clamp(W~ x~ + b) - clamp(W x + b) ||^2``."""
         residual, _ = self.reconstruction(self.dequantize(codes))
@@ -714,6 +720,7 @@ class _Reconstruction:
     and targets are float32 copies made once; each step gathers its minibatch
     by index into buffers allocated once, then runs one float32 matmul per
     group forward (``z = W~ x + b``) and one backward (``dz^T x``).
+    :meth:`LayerProblem.gradient` is its float64 twin.
     """
 
     def __init__(self, problem: LayerProblem, batch_size: int):

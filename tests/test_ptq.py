@@ -292,6 +292,25 @@ def test_adaround_beats_nearest_on_its_layer_objective(groups, clamp):
     assert _objective(problem, codes) < 0.9 * _objective(problem, nearest)
 
 
+@pytest.mark.parametrize("groups, outputs, clamp", [(1, 4, (-math.inf, math.inf)), (3, 4, (0.0, math.inf)),
+                                                     (6, 1, (0.0, 6.0))])
+def test_adaround_step_gradient_matches_its_float64_twin(groups, outputs, clamp):
+    """The float32 minibatch gradient of each Adam step (gathered rows, preallocated buffers) against the plain
+    float64 formula, on rows drawn with repeats."""
+    from intsim.ptq import _Reconstruction
+
+    rng = np.random.default_rng(11)
+    problem = _problem(rng, groups=groups, outputs=outputs, clamp=clamp)
+    weight = problem.weight + rng.normal(scale=0.1, size=problem.weight.shape)
+    fast = _Reconstruction(problem, batch_size=64)
+    for _ in range(3):
+        rows = rng.integers(0, problem.inputs.shape[1], size=64)
+        expected = problem.gradient(weight, rows)
+        assert np.max(np.abs(expected)) > 0.1
+        np.testing.assert_allclose(fast.gradient(weight.astype(np.float32), rows), expected, rtol=1e-4,
+                                   atol=1e-5 * np.max(np.abs(expected)))
+
+
 def test_adaround_keeps_nearest_when_it_cannot_improve():
     rng = np.random.default_rng(9)
     problem = _problem(rng)
