@@ -53,7 +53,8 @@ def _median_seconds(fn, repeats):
 
 
 def _row(label, plain, fast):
-    print(f"{label:28s} plain {plain * 1e3:9.2f} ms   fast {fast * 1e3:9.2f} ms   ratio {plain / fast:6.2f}", flush=True)
+    print(f"{label:28s} plain {plain * 1e3:9.2f} ms   fast {fast * 1e3:9.2f} ms   ratio {plain / fast:6.2f}",
+          flush=True)
 
 
 def bench_step(repeats):

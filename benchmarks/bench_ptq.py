@@ -6,7 +6,8 @@ dequantizer) on the test set, next to the float model's on the same images.
 Calibration: the first 512 training images.  Each section prints its table and
 writes it as markdown to ``benchmarks/results/ptq_<section>.md``.
 
-    python benchmarks/bench_ptq.py [--section all|standard|cle|adaround|bias|range|efficientnet|efficientnet_adaround] [--fashion-test 2000]
+    python benchmarks/bench_ptq.py [--section all|standard|cle|adaround|bias|range|efficientnet|efficientnet_adaround]
+                                   [--fashion-test 2000]
                                    [--adaround-iterations 10000] [--adaround-learning-rate 1e-3]
 
 Sections:
@@ -160,7 +161,9 @@ def section_bias(bench):
         rows.append(row)
     header = ["model", "float"] + [f"W{b}A8 {m}" for b in (8, 6, 4) for m in ("none", "empirical", "analytic")]
     _emit("bias", _table("Bias correction (white paper §3.3), per-tensor min/max weights, integer top-1 %",
-                         bench.test_note(MODELS) + ". Analytic: the shipped models' batch norms were folded by the "
+                         bench.test_note(MODELS) + ". Empirical: per layer, the weight-quantized model's mean "
+                         "pre-activation (earlier layers quantized and corrected) against the float model's. "
+                         "Analytic: the shipped models' batch norms were folded by the "
                          "exporter, so the pre-activation mean/std measured on the calibration data stand in for "
                          "beta/gamma.", header, rows))
 

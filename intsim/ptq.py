@@ -627,8 +627,9 @@ class AdaRoundOptions:
     learning_rate : float
         Adam's step size (1e-3).
     max_rows : int
-        Rows kept per layer, sampled evenly from the streamed calibration
-        batches: what bounds AdaRound's memory.
+        Rows kept per layer, sampled evenly from the calibration batches:
+        what bounds the layer's problem in memory (besides it, the two
+        models' live tensors on the calibration set, :func:`adaround`).
     seed : int
     """
 
@@ -697,7 +698,8 @@ class LayerProblem:
         """``d/dW~`` of ``mean_rows ||clamp(W~ x~ + b) - target||^2`` on ``rows`` (indices), ``[G, Mg, K]``, in
         float64: the plain form of what :class:`_Reconstruction` computes in each Adam step, its test twin."""
         residual, slope = self.reconstruction(weight, rows)
-        return np.matmul((2.0 * residual * slope / len(rows)).transpose(0, 2, 1), self.inputs[:, rows].astype(np.float64))
+        dz = 2.0 * residual * slope / len(rows)
+        return np.matmul(dz.transpose(0, 2, 1), self.inputs[:, rows].astype(np.float64))
 
     def objective(self, codes: np.ndarray) -> float:
         """The layer objective: mean over rows of ``|| clamp(W~ x~ + b) - clamp(W x + b) ||^2``."""
