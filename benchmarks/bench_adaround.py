@@ -11,8 +11,8 @@
   and ``empirical_bias_correction`` do) against running the graph from its
   input up to each layer (round one's way, quadratic in depth).
 
-Prints median seconds and the ratio (plain / fast: above 1 means the fast
-form is faster).
+Prints the medians of interleaved runs and their ratio (plain / fast: above
+1 means the fast form is faster).
 
     python benchmarks/bench_adaround.py [--repeats 20]
 """
@@ -42,14 +42,17 @@ LAYERS = [
 ROWS, BATCH = 3136, 256
 
 
-def _median_seconds(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _interleaved_medians(plain, fast, repeats):
+    """Median seconds of ``plain`` and of ``fast``, called alternately (after one warm-up call each)."""
+    times = {plain: [], fast: []}
+    for fn in (plain, fast):
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    for _ in range(repeats):
+        for fn in (plain, fast):
+            start = time.perf_counter()
+            fn()
+            times[fn].append(time.perf_counter() - start)
+    return statistics.median(times[plain]), statistics.median(times[fast])
 
 
 def _row(label, plain, fast):
@@ -70,10 +73,9 @@ def bench_step(repeats):
         fast = _Reconstruction(problem, BATCH)
         w32 = w.astype(np.float32)
         rows = [rng.integers(0, ROWS, size=BATCH) for _ in range(repeats + 1)]
-        plain_rows, fast_rows = iter(rows * 2), iter(rows * 2)
-        plain_s = _median_seconds(lambda: problem.gradient(w, next(plain_rows)), repeats)
-        fast_s = _median_seconds(lambda: fast.gradient(w32, next(fast_rows)), repeats)
-        _row(label, plain_s, fast_s)
+        plain_rows, fast_rows = iter(rows), iter(rows)
+        _row(label, *_interleaved_medians(lambda: problem.gradient(w, next(plain_rows)),
+                                          lambda: fast.gradient(w32, next(fast_rows)), repeats))
 
 
 def bench_walk(repeats):
@@ -94,7 +96,7 @@ def bench_walk(repeats):
         for node in layers:
             stepper.run_to(position[node.name])
 
-    _row(model, _median_seconds(from_the_input, repeats), _median_seconds(node_by_node, repeats))
+    _row(model, *_interleaved_medians(from_the_input, node_by_node, repeats))
 
 
 def main(argv=None):
