@@ -237,7 +237,7 @@ def section_efficientnet(bench):
     _emit("efficientnet", _table(
         "EfficientNet-Lite0: top-1 agreement of the integer model with float, %",
         f"calibration {len(calibration)} random crops; evaluated on {len(x)} images (the photos and random crops); "
-        "AdaRound left out here for CPU time", ["model", "configuration", "agreement %"], rows))
+        "AdaRound: ptq_efficientnet_adaround.md", ["model", "configuration", "agreement %"], rows))
 
 
 def section_efficientnet_adaround(bench):
