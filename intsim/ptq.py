@@ -46,7 +46,7 @@ import numpy as np
 
 from intsim.calibration import _Progress, _progress_enabled, code_range, quantize_weights
 from intsim.errors import ValidationError
-from intsim.float_exec import _windows, run_node
+from intsim.float_exec import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.passes import _copy, _fresh
 
@@ -827,16 +827,24 @@ def _groups(node: FloatNode, weight: np.ndarray) -> int:
     return node.attrs["group"] if node.op == "Conv" else 1
 
 
-def _patch_rows(node: FloatNode, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The layer's input as rows ``[G, N * positions, K]`` (conv: im2col per group)."""
+def _patch_rows(node: FloatNode, x: np.ndarray, weight: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """Rows ``pick`` (indices over ``N * positions``, image-major) of the layer's input as ``[G, len(pick), K]``:
+    for a conv, the im2col patches of those output positions only (zero padding)."""
     if node.op == "Gemm":
-        return x.astype(np.float64)[None]
-    g = _groups(node, weight)
-    a = node.attrs
-    cols = _windows(x.astype(np.float64), weight.shape[2:], a["strides"], a["dilations"], a["pads"], 0.0)
-    n, c, kh, kw, oh, ow = cols.shape
-    cols = cols.reshape(n, g, (c // g) * kh * kw, oh * ow)
-    return cols.transpose(1, 0, 3, 2).reshape(g, n * oh * ow, -1)
+        return x[pick][None]
+    groups = _groups(node, weight)
+    kh, kw = weight.shape[2:]
+    (sh, sw), (dh, dw) = node.attrs["strides"], node.attrs["dilations"]
+    top, left, bottom, right = node.attrs["pads"]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oh = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    image, position = np.divmod(pick, oh * ow)
+    y0, x0 = np.divmod(position, ow)
+    # [P, C, kh * kw]: the advanced indices around the channel slice put the picked rows first.
+    patches = np.stack([padded[image, :, y0 * sh + i * dh, x0 * sw + j * dw] for i in range(kh) for j in range(kw)],
+                       axis=-1)
+    return patches.reshape(len(pick), groups, -1).transpose(1, 0, 2)
 
 
 def _output_rows(y: np.ndarray, groups: int) -> np.ndarray:
@@ -862,7 +870,7 @@ def _layer_problem(fg: FloatGraph, node: FloatNode, activation: FloatNode | None
         target = _output_rows(run_node(activation, [y])[0] if activation is not None else y, groups)
         take = min(target.shape[1], math.ceil(options.max_rows * len(x) / total))
         pick = rng.choice(target.shape[1], size=take, replace=False)
-        patches.append(_patch_rows(node, x, weight)[:, pick])
+        patches.append(_patch_rows(node, x, weight, pick))
         targets.append(target[:, pick])
     _, scale, zero_point = quantizer
     m = weight.shape[0]

@@ -311,6 +311,28 @@ def test_adaround_step_gradient_matches_its_float64_twin(groups, outputs, clamp)
                                    atol=1e-5 * np.max(np.abs(expected)))
 
 
+@pytest.mark.parametrize("channels, outputs, group, kernel, stride, dilation, pads", [
+    (8, 8, 8, 3, 1, 1, [1, 1, 1, 1]), (6, 4, 2, 3, 2, 1, [0, 1, 2, 1]), (4, 5, 1, 2, 1, 2, [1, 0, 0, 1]),
+    (16, 32, 1, 1, 1, 1, [0, 0, 0, 0])])
+def test_adaround_patch_rows_times_the_weights_are_the_conv_outputs(channels, outputs, group, kernel, stride,
+                                                                    dilation, pads):
+    """The im2col rows AdaRound samples (only the picked output positions) against the float conv."""
+    from intsim.ptq import _output_rows, _patch_rows
+
+    rng = np.random.default_rng(12)
+    node = FloatNode("Conv", "c", ["x", "w"], ["y"], {"group": group, "strides": [stride] * 2,
+                                                      "dilations": [dilation] * 2, "pads": pads})
+    w = rng.normal(size=(outputs, channels // group, kernel, kernel)).astype(np.float32)
+    x = rng.normal(size=(3, channels, 7, 6)).astype(np.float32)
+    y = _output_rows(run_node(node, [x, w])[0], group)
+    pick = rng.choice(y.shape[1], size=min(25, y.shape[1]), replace=False)
+    rows = _patch_rows(node, x, w, pick)
+    assert rows.shape == (group, len(pick), (channels // group) * kernel * kernel)
+    grouped = w.astype(np.float64).reshape(group, outputs // group, -1)
+    mine = np.matmul(rows.astype(np.float64), grouped.transpose(0, 2, 1))
+    np.testing.assert_allclose(mine, y[:, pick], rtol=1e-5, atol=1e-5)
+
+
 def test_adaround_keeps_nearest_when_it_cannot_improve():
     rng = np.random.default_rng(9)
     problem = _problem(rng)
