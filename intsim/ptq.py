@@ -11,7 +11,9 @@ accuracy they buy is measured on the bit-exact integer datapath:
 * :func:`absorb_biases` (§3.2): move ``c = max(0, beta - 3 gamma)`` of each
   ReLU's input into the next layer's bias.
 * :func:`empirical_bias_correction` and :func:`analytic_bias_correction` (§3.3):
-  subtract the expected output error ``E[W~x] - E[Wx]`` of the quantized weights.
+  subtract the expected output error of the quantized weights: measured
+  layer by layer against the float model (``E[W~x~] - E[Wx]``, earlier layers
+  quantized and corrected), or ``(W~ - W) E[x]`` from batch-norm statistics.
 * :func:`adaround` (§3.4): learn, layer by layer, whether each weight rounds up
   or down.
 * :func:`apply_ptq` runs them in the order of the standard pipeline (§3.5).
@@ -44,7 +46,7 @@ import numpy as np
 
 from intsim.calibration import _Progress, _progress_enabled, code_range, quantize_weights
 from intsim.errors import ValidationError
-from intsim.float_exec import _windows, run_node
+from intsim.float_exec import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.passes import _copy, _fresh
 
@@ -314,6 +316,35 @@ def _batches(data: np.ndarray, batch_size: int):
         yield np.asarray(data[start : start + batch_size])
 
 
+class _Stepper:
+    """Runs a float graph over the calibration batches node by node, on demand.
+
+    Per batch it keeps only the tensors that nodes not yet run still read (and
+    the graph outputs), so walking the graph once costs one forward pass
+    however many layers stop along the way.  Memory: the live tensors of the
+    whole calibration set at the current node.  A node runs with the
+    constants the graph holds when the walk reaches it.
+    """
+
+    def __init__(self, fg: FloatGraph, data: np.ndarray, batch_size: int):
+        self.fg, self.done = fg, 0
+        self.last_read = {t: i for i, n in enumerate(fg.nodes) for t in n.inputs}
+        self.values = [{fg.inputs[0]: np.asarray(b, np.float32)} for b in _batches(data, batch_size)]
+
+    def run_to(self, stop: int) -> list[dict[str, np.ndarray]]:
+        """Run nodes ``done .. stop - 1``; returns the per-batch live tensors."""
+        for i in range(self.done, stop):
+            node = self.fg.nodes[i]
+            dead = [t for t in node.inputs if self.last_read.get(t) == i and t not in self.fg.outputs]
+            for values in self.values:
+                args = [values[t] if t in values else self.fg.constants[t] for t in node.inputs]
+                values.update(zip(node.outputs, run_node(node, args)))
+                for t in dead:
+                    values.pop(t, None)
+        self.done = max(self.done, stop)
+        return self.values
+
+
 def _channel_axes(value: np.ndarray) -> tuple[int, ...]:
     return tuple(a for a in range(value.ndim) if a != 1)
 
@@ -405,33 +436,52 @@ def _weight_error(fg: FloatGraph, node: FloatNode, quantized: tuple) -> np.ndarr
     return dequantize_weight(*quantized) - fg.constants[node.inputs[1]].astype(np.float64)
 
 
+def _channel_means(out: np.ndarray) -> np.ndarray:
+    """Per-channel (axis 1) mean of a layer output computed for a single (mean) input."""
+    out = out.astype(np.float64)
+    return out.mean(axis=_channel_axes(out)) if out.ndim > 2 else out[0]
+
+
 def empirical_bias_correction(fg: FloatGraph, weights: Mapping[str, tuple], data: np.ndarray,
                               batch_size: int) -> FloatGraph:
     """Empirical bias correction (white paper §3.3).
 
-    For every layer in ``weights`` (``{node: (codes, scale, zero_point)}``),
-    subtract from its bias the mean over the calibration data, per output
-    channel, of ``W~x - Wx`` (``x`` the layer's float input).  The layer is
-    linear in ``x``, so that mean is the quantization error ``W~ - W`` applied
-    to the mean input tensor, which one streamed pass collects.  Afterwards the
-    mean output error on ``data`` is 0 per channel.  Returns a new graph.
+    What is compared: per layer in ``weights`` (``{node: (codes, scale,
+    zero_point)}``), in graph order, the pre-activation ``W~ x~ + b`` of the
+    weight-quantized model with the float model's ``W x + b``, both on the
+    calibration data.  ``x~`` is the layer's input in the quantized model:
+    every earlier layer of ``weights`` runs with its quantized weights and its
+    already corrected bias (activations stay float; their ranges are set
+    later).  The bias loses the mean of the difference per output channel,
+    so that afterwards the quantized model's mean pre-activation error on
+    ``data`` is 0 per channel, layer by layer.
+
+    The layer is linear, so that mean is ``W~ E[x~] - W E[x]`` (spatially
+    averaged; zero padding included) for the mean input tensors ``E[x~]``
+    and ``E[x]``; both models walk the data once, node by node
+    (:class:`_Stepper`).  Returns a new graph: float weights, corrected
+    biases.
     """
-    fg = _copy(fg)
-    layers = [n for n in mac_nodes(fg) if n.name in weights]
-    inputs = sorted({n.inputs[0] for n in layers})
-    sums = dict.fromkeys(inputs, 0.0)
-    count = 0
-    for batch in _batches(data, batch_size):
-        values = _run_until(fg, batch, inputs)
-        for t in inputs:
-            sums[t] = sums[t] + values[t].astype(np.float64).sum(axis=0)
-        count += len(batch)
-    for node in layers:
-        mean_input = (sums[node.inputs[0]] / count)[None]
-        error = _weight_error(fg, node, weights[node.name])
-        out = run_node(replace(node, inputs=node.inputs[:2]), [mean_input, error])[0].astype(np.float64)
-        shift = out.mean(axis=_channel_axes(out)) if out.ndim > 2 else out[0]
-        _set_constant(fg, node, 2, _bias(fg, node) - shift, "bias_corrected")
+    floats = _Stepper(fg, data, batch_size)
+    fg, quantized_fg = _copy(fg), _copy(fg)
+    for node in mac_nodes(quantized_fg):
+        if node.name in weights:
+            _set_constant(quantized_fg, node, 1, dequantize_weight(*weights[node.name]), "weight_quantized")
+    quantized = _Stepper(quantized_fg, data, batch_size)
+    count = sum(len(values[fg.inputs[0]]) for values in floats.values)
+    for i, node in enumerate(fg.nodes):
+        if not (_is_mac(fg, node) and node.name in weights):
+            continue
+        mean_float, mean_quantized = (
+            (sum(values[node.inputs[0]].astype(np.float64).sum(axis=0) for values in stepper.run_to(i)) / count)[None]
+            for stepper in (floats, quantized))
+        linear = replace(node, inputs=node.inputs[:2])
+        # W~ E[x~] - W E[x] = (W~ - W) E[x~] + W (E[x~] - E[x]): two small terms, each accurate in float32.
+        shift = (_channel_means(run_node(linear, [mean_quantized, _weight_error(fg, node, weights[node.name])])[0])
+                 + _channel_means(run_node(linear, [mean_quantized - mean_float, fg.constants[node.inputs[1]]])[0]))
+        corrected = _bias(fg, node) - shift
+        _set_constant(fg, node, 2, corrected, "bias_corrected")
+        _set_constant(quantized_fg, quantized_fg.nodes[i], 2, corrected, "bias_corrected")
     return fg
 
 
@@ -577,8 +627,9 @@ class AdaRoundOptions:
     learning_rate : float
         Adam's step size (1e-3).
     max_rows : int
-        Rows kept per layer, sampled evenly from the streamed calibration
-        batches: what bounds AdaRound's memory.
+        Rows kept per layer, sampled evenly from the calibration batches:
+        what bounds the layer's problem in memory (besides it, the two
+        models' live tensors on the calibration set, :func:`adaround`).
     seed : int
     """
 
@@ -643,6 +694,13 @@ class LayerProblem:
         lo, hi = self.clamp
         return np.clip(z, lo, hi) - self.targets[:, rows], ((z > lo) & (z < hi)).astype(np.float64)
 
+    def gradient(self, weight: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``d/dW~`` of ``mean_rows ||clamp(W~ x~ + b) - target||^2`` on ``rows`` (indices), ``[G, Mg, K]``, in
+        float64: the plain form of what :class:`_Reconstruction` computes in each Adam step, its test twin."""
+        residual, slope = self.reconstruction(weight, rows)
+        dz = 2.0 * residual * slope / len(rows)
+        return np.matmul(dz.transpose(0, 2, 1), self.inputs[:, rows].astype(np.float64))
+
     def objective(self, codes: np.ndarray) -> float:
         """The layer objective: mean over rows of ``|| clamp(W~ x~ + b) - clamp(W x + b) ||^2``."""
         residual, _ = self.reconstruction(self.dequantize(codes))
@@ -650,11 +708,54 @@ class LayerProblem:
 
 
 def _rectified_sigmoid(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``h(V)`` and ``dh/dV``."""
+    """``h(V)`` and ``dh/dV``, in ``v``'s dtype."""
     sig = 1.0 / (1.0 + np.exp(-v))
     stretched = sig * (ZETA - GAMMA) + GAMMA
     inside = (stretched > 0) & (stretched < 1)
-    return np.clip(stretched, 0.0, 1.0), np.where(inside, sig * (1.0 - sig) * (ZETA - GAMMA), 0.0)
+    return np.clip(stretched, 0.0, 1.0), sig * (1.0 - sig) * (ZETA - GAMMA) * inside
+
+
+class _Reconstruction:
+    """The gradient of one layer's reconstruction term on row minibatches (AdaRound, white paper §3.4).
+
+    The rows (input patches, im2col'd once per layer by :func:`_layer_problem`)
+    and targets are float32 copies made once; each step gathers its minibatch
+    by index into buffers allocated once, then runs one float32 matmul per
+    group forward (``z = W~ x + b``) and one backward (``dz^T x``).
+    :meth:`LayerProblem.gradient` is its float64 twin.
+    """
+
+    def __init__(self, problem: LayerProblem, batch_size: int):
+        p = problem
+        # Row-major copies: a minibatch gathers whole rows, [G * K] contiguous floats each.
+        self.inputs = np.ascontiguousarray(p.inputs.transpose(1, 0, 2), np.float32)
+        self.targets = np.ascontiguousarray(p.targets.transpose(1, 0, 2), np.float32)
+        self.bias = np.asarray(p.bias, np.float32)[:, None, :]
+        self.lo, self.hi = p.clamp
+        rows, groups, k = self.inputs.shape
+        batch = min(batch_size, rows)
+        self.x = np.empty((batch, groups, k), np.float32)
+        self.target = np.empty((batch, groups, p.weight.shape[1]), np.float32)
+        self.z = np.empty((groups, batch, p.weight.shape[1]), np.float32)
+        self.dz = np.empty_like(self.z)
+        self.grad = np.empty(p.weight.shape, np.float32)
+
+    def gradient(self, weight: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """``d/dW~`` of ``mean_rows ||clamp(W~ x + b) - target||^2`` for the float32 ``weight`` ``[G, Mg, K]``;
+        ``rows`` holds valid row indices (the result is a buffer the next call overwrites)."""
+        np.take(self.inputs, rows, axis=0, out=self.x, mode="clip")
+        np.take(self.targets, rows, axis=0, out=self.target, mode="clip")
+        x = self.x.transpose(1, 0, 2)
+        np.matmul(x, weight.transpose(0, 2, 1), out=self.z)
+        self.z += self.bias
+        # Where the clamp passes z, clamp(z) - target = z - target; elsewhere the slope is 0.
+        np.subtract(self.z, self.target.transpose(1, 0, 2), out=self.dz)
+        self.dz *= 2.0 / len(rows)
+        if self.lo > -math.inf:
+            self.dz *= self.z > self.lo
+        if self.hi < math.inf:
+            self.dz *= self.z < self.hi
+        return np.matmul(self.dz.transpose(0, 2, 1), x, out=self.grad)
 
 
 def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOptions(), *,
@@ -666,8 +767,10 @@ def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOpt
     + h(V) + z, qmin, qmax) - z)`` and ``h`` is the rectified sigmoid; ``V``
     starts where ``h(V)`` is the fractional part of ``W / s``, ``beta`` anneals
     from ``beta_start`` to ``beta_end`` after a warm-up without the
-    regulariser.  The result rounds up where ``h(V) >= 1/2``.  If its objective
-    on all rows is not below round-to-nearest's, nearest is returned.
+    regulariser.  Each Adam step (float32) sees ``batch_size`` rows drawn
+    with replacement.  The result rounds up where ``h(V) >= 1/2``.  If its
+    objective on all rows (float64) is not below round-to-nearest's, nearest
+    is returned.
 
     Returns
     -------
@@ -679,36 +782,41 @@ def adaround_layer(problem: LayerProblem, options: AdaRoundOptions = AdaRoundOpt
     """
     p, o = problem, options
     scale = p.scale[..., None]
+    zero_point = p.zero_point[..., None]
     ratio = p.weight / scale
     base = np.floor(ratio)
     rest = np.clip(ratio - base, 1e-4, 1 - 1e-4)
     sig = (rest - GAMMA) / (ZETA - GAMMA)
-    v = np.log(sig / (1.0 - sig))
+    v = np.log(sig / (1.0 - sig)).astype(np.float32)
+    # W~ = s (clip(base + h + z, qmin, qmax) - z) = s base + s clip(h, h_low, h_high): the grid ends at h_low, h_high.
+    h_low, h_high = (np.asarray(q - zero_point - base, np.float32) for q in (p.qmin, p.qmax))
+    scale32 = np.broadcast_to(scale, v.shape).astype(np.float32)
+    floor_weight = (scale * base).astype(np.float32)
     first, second = np.zeros_like(v), np.zeros_like(v)
+    reconstruction = _Reconstruction(p, o.batch_size)
     rng = np.random.default_rng(o.seed)
     rows = p.inputs.shape[1]
     warm = int(o.warm_up * o.iterations)
     for step in range(1, o.iterations + 1):
         h, dh_dv = _rectified_sigmoid(v)
-        codes = base + h + p.zero_point[..., None]
-        in_grid = (codes >= p.qmin) & (codes <= p.qmax)
-        weight = (np.clip(codes, p.qmin, p.qmax) - p.zero_point[..., None]) * scale
+        weight = floor_weight + scale32 * np.clip(h, h_low, h_high)
         batch = rng.integers(0, rows, size=min(o.batch_size, rows))
-        residual, slope = p.reconstruction(weight.astype(np.float32), batch)
-        dz = (2.0 * residual * slope / len(batch)).astype(np.float32)
-        grad_h = np.matmul(dz.transpose(0, 2, 1), p.inputs[:, batch]) * scale * in_grid
+        grad = reconstruction.gradient(weight, batch) * scale32
+        grad *= (h >= h_low) & (h <= h_high)
         if step > warm:
             beta = o.beta_end + (o.beta_start - o.beta_end) * max(0.0, 1.0 - (step - warm) / (o.iterations - warm))
             centred = 2.0 * h - 1.0
-            grad_h = grad_h - o.reg_weight * 2.0 * beta * np.abs(centred) ** (beta - 1) * np.sign(centred)
-        grad = grad_h * dh_dv
-        first = 0.9 * first + 0.1 * grad
-        second = 0.999 * second + 0.001 * grad * grad
-        v -= o.learning_rate * (first / (1 - 0.9**step)) / (np.sqrt(second / (1 - 0.999**step)) + 1e-8)
+            grad -= o.reg_weight * 2.0 * beta * np.abs(centred) ** (beta - 1) * np.sign(centred)
+        grad *= dh_dv
+        first *= 0.9
+        first += 0.1 * grad
+        second *= 0.999
+        second += 0.001 * grad * grad
+        v -= (o.learning_rate / (1 - 0.9**step)) * first / (np.sqrt(second / (1 - 0.999**step)) + 1e-8)
         if progress is not None:
             progress.update(step)
-    nearest = np.clip(np.rint(ratio) + p.zero_point[..., None], p.qmin, p.qmax)
-    learned = np.clip(base + (v >= 0) + p.zero_point[..., None], p.qmin, p.qmax)
+    nearest = np.clip(np.rint(ratio) + zero_point, p.qmin, p.qmax)
+    learned = np.clip(base + (v >= 0) + zero_point, p.qmin, p.qmax)
     info = {"objective_nearest": p.objective(nearest), "objective_adaround": p.objective(learned),
             "flipped": int(np.sum(nearest != learned))}
     info["kept"] = "adaround" if info["objective_adaround"] < info["objective_nearest"] else "nearest"
@@ -719,16 +827,24 @@ def _groups(node: FloatNode, weight: np.ndarray) -> int:
     return node.attrs["group"] if node.op == "Conv" else 1
 
 
-def _patch_rows(node: FloatNode, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The layer's input as rows ``[G, N * positions, K]`` (conv: im2col per group)."""
+def _patch_rows(node: FloatNode, x: np.ndarray, weight: np.ndarray, pick: np.ndarray) -> np.ndarray:
+    """Rows ``pick`` (indices over ``N * positions``, image-major) of the layer's input as ``[G, len(pick), K]``:
+    for a conv, the im2col patches of those output positions only (zero padding)."""
     if node.op == "Gemm":
-        return x.astype(np.float64)[None]
-    g = _groups(node, weight)
-    a = node.attrs
-    cols = _windows(x.astype(np.float64), weight.shape[2:], a["strides"], a["dilations"], a["pads"], 0.0)
-    n, c, kh, kw, oh, ow = cols.shape
-    cols = cols.reshape(n, g, (c // g) * kh * kw, oh * ow)
-    return cols.transpose(1, 0, 3, 2).reshape(g, n * oh * ow, -1)
+        return x[pick][None]
+    groups = _groups(node, weight)
+    kh, kw = weight.shape[2:]
+    (sh, sw), (dh, dw) = node.attrs["strides"], node.attrs["dilations"]
+    top, left, bottom, right = node.attrs["pads"]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oh = (padded.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (padded.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    image, position = np.divmod(pick, oh * ow)
+    y0, x0 = np.divmod(position, ow)
+    # [P, C, kh * kw]: the advanced indices around the channel slice put the picked rows first.
+    patches = np.stack([padded[image, :, y0 * sh + i * dh, x0 * sw + j * dw] for i in range(kh) for j in range(kw)],
+                       axis=-1)
+    return patches.reshape(len(pick), groups, -1).transpose(1, 0, 2)
 
 
 def _output_rows(y: np.ndarray, groups: int) -> np.ndarray:
@@ -740,27 +856,27 @@ def _output_rows(y: np.ndarray, groups: int) -> np.ndarray:
     return rows.reshape(groups, -1, m // groups)
 
 
-def _layer_problem(fg: FloatGraph, quantized_fg: FloatGraph, node: FloatNode, activation: FloatNode | None,
-                   quantizer: tuple, qrange: tuple[int, int], data: np.ndarray, batch_size: int,
-                   options: AdaRoundOptions, rng: np.random.Generator) -> LayerProblem:
-    """Stream the calibration data once: sample rows of the quantized model's input patches and the float
-    model's outputs of ``node`` (memory: ``max_rows`` rows)."""
+def _layer_problem(fg: FloatGraph, node: FloatNode, activation: FloatNode | None, quantizer: tuple,
+                   qrange: tuple[int, int], inputs: list, outputs: list, options: AdaRoundOptions,
+                   rng: np.random.Generator) -> LayerProblem:
+    """Sample ``max_rows`` rows of the layer's problem, evenly over the calibration batches: per batch,
+    ``inputs`` holds the quantized model's input of ``node``, ``outputs`` the float model's output of
+    ``node`` (before ``activation``)."""
     weight = fg.constants[node.inputs[1]].astype(np.float64)
     groups = _groups(node, weight)
-    out = activation.outputs[0] if activation is not None else node.outputs[0]
-    inputs, targets = [], []
-    for batch in _batches(data, batch_size):
-        target = _output_rows(_run_until(fg, batch, [out])[out], groups)
-        x = _run_until(quantized_fg, batch, [node.inputs[0]])[node.inputs[0]]
-        take = min(target.shape[1], math.ceil(options.max_rows * len(batch) / len(data)))
+    total = sum(len(x) for x in inputs)
+    patches, targets = [], []
+    for x, y in zip(inputs, outputs):
+        target = _output_rows(run_node(activation, [y])[0] if activation is not None else y, groups)
+        take = min(target.shape[1], math.ceil(options.max_rows * len(x) / total))
         pick = rng.choice(target.shape[1], size=take, replace=False)
-        inputs.append(_patch_rows(node, x, weight)[:, pick])
+        patches.append(_patch_rows(node, x, weight, pick))
         targets.append(target[:, pick])
     _, scale, zero_point = quantizer
     m = weight.shape[0]
     shape = (groups, m // groups)
     return LayerProblem(
-        np.concatenate(inputs, axis=1).astype(np.float32), np.concatenate(targets, axis=1),
+        np.concatenate(patches, axis=1).astype(np.float32), np.concatenate(targets, axis=1),
         weight.reshape(groups, m // groups, -1),
         _bias(fg, node).reshape(shape), np.broadcast_to(np.asarray(scale, np.float64), (m,)).reshape(shape),
         np.broadcast_to(np.asarray(zero_point, np.float64), (m,)).reshape(shape), *qrange,
@@ -775,7 +891,9 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
     Each layer's input comes from the model whose earlier layers already carry
     their learned quantized weights (activations in float), its target from the
     float model (asymmetric reconstruction, with the layer's ReLU / Clip in the
-    objective).  The calibration data is streamed once per layer.
+    objective).  Both models walk the calibration data once, node by node
+    (:class:`_Stepper`), stopping at each layer; memory is what the walk keeps
+    live plus ``max_rows`` rows of the current layer.
 
     Parameters
     ----------
@@ -795,7 +913,9 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
     options = options.checked()
     rng = np.random.default_rng(options.seed)
     quantized_fg = _copy(fg)
+    floats, quantized = _Stepper(fg, data, batch_size), _Stepper(quantized_fg, data, batch_size)
     consumers = {t: [n for n in fg.nodes if t in n.inputs] for n in fg.nodes for t in n.outputs}
+    position = {n.name: i for i, n in enumerate(fg.nodes)}
     layers = [n for n in mac_nodes(fg) if n.name in weights]
     result, info = dict(weights), {}
     enabled = _progress_enabled(progress)
@@ -803,16 +923,16 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
         users = consumers.get(node.outputs[0], [])
         activation = users[0] if (len(users) == 1 and users[0].op in ("Relu", "Clip")
                                   and node.outputs[0] not in fg.outputs) else None
-        problem = _layer_problem(fg, quantized_fg, node, activation, weights[node.name], qrange, data, batch_size,
-                                 options, rng)
+        inputs = [values[node.inputs[0]] for values in quantized.run_to(position[node.name])]
+        outputs = [values[node.outputs[0]] for values in floats.run_to(position[node.name] + 1)]
+        problem = _layer_problem(fg, node, activation, weights[node.name], qrange, inputs, outputs, options, rng)
         bar = _Progress(options.iterations, enabled, f"adaround {i + 1}/{len(layers)}")
         codes, info[node.name] = adaround_layer(problem, options, progress=bar)
         nearest, scale, zero_point = weights[node.name]
         codes = codes.reshape(nearest.shape).astype(nearest.dtype)
         result[node.name] = (codes, scale, zero_point)
-        qnode = next(n for n in quantized_fg.nodes if n.name == node.name)
-        _set_constant(quantized_fg, qnode, 1, dequantize_weight(codes, scale, zero_point),
-                      "weight_quantized")
+        qnode = quantized_fg.nodes[position[node.name]]
+        _set_constant(quantized_fg, qnode, 1, dequantize_weight(codes, scale, zero_point), "weight_quantized")
     return result, info
 
 

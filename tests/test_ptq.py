@@ -188,31 +188,36 @@ def _quantized(fg, bits=3):
     return {n.name: fmt.quantize(fg.constants[n.inputs[1]], "minmax") for n in fg.nodes if n.op in ("Conv", "Gemm")}
 
 
-def _mean_output_error(fg, corrected, weights, x):
-    """Per layer and output channel: mean over ``x`` of (quantized layer with ``corrected``'s bias) minus (float
-    layer), both on the float layer input."""
-    values = run_float(fg, [x])
+def _mean_preactivation_error(fg, corrected, weights, x):
+    """Per layer of ``weights`` and output channel: mean over ``x`` of the pre-activation of the weight-quantized
+    model (every layer of ``weights`` quantized, ``corrected``'s biases) minus the float model's; and the float
+    pre-activation's mean magnitude."""
+    constants = dict(corrected.constants)
+    for node in corrected.nodes:
+        if node.name in weights:
+            constants[node.inputs[1]] = dequantize_weight(*weights[node.name]).astype(np.float32)
+    quantized = FloatGraph(fg.name, corrected.nodes, fg.inputs, fg.outputs, constants, corrected.shapes)
+    values, values_quantized = run_float(fg, [x]), run_float(quantized, [x])
     errors = {}
-    for node, new in zip(fg.nodes, corrected.nodes):
-        if node.name not in weights:
-            continue
-        inp = values[node.inputs[0]]
-        w = fg.constants[node.inputs[1]]
-        y = run_node(node, [inp, w, fg.constants[node.inputs[2]]])[0].astype(np.float64)
-        wq = dequantize_weight(*weights[node.name]).astype(np.float32)
-        yq = run_node(node, [inp, wq, corrected.constants[new.inputs[2]]])[0].astype(np.float64)
-        axes = tuple(a for a in range(y.ndim) if a != 1)
-        errors[node.name] = ((yq - y).mean(axis=axes), np.abs(y).mean())
+    for node in fg.nodes:
+        if node.name in weights:
+            y = values[node.outputs[0]].astype(np.float64)
+            error = values_quantized[node.outputs[0]].astype(np.float64) - y
+            axes = tuple(a for a in range(y.ndim) if a != 1)
+            errors[node.name] = (error.mean(axis=axes), np.abs(y).mean())
     return errors
 
 
-def test_empirical_bias_correction_zeroes_the_mean_output_error_per_channel():
+def test_empirical_bias_correction_zeroes_the_mean_preactivation_error_of_the_quantized_model():
+    """§3.3: layer by layer, the quantized model (earlier layers quantized and corrected) against the float model;
+    a correction measured on the float model's layer inputs leaves an error in the layers after the first."""
     rng = np.random.default_rng(5)
     fg = _mobile_block(rng)
     x = rng.uniform(0, 1, size=(64, 3, 6, 6)).astype(np.float32)
     weights = _quantized(fg)
-    before = _mean_output_error(fg, fg, weights, x)
-    after = _mean_output_error(fg, empirical_bias_correction(fg, weights, x, batch_size=16), weights, x)
+    before = _mean_preactivation_error(fg, fg, weights, x)
+    after = _mean_preactivation_error(fg, empirical_bias_correction(fg, weights, x, batch_size=16), weights, x)
+    assert list(after) == ["c1", "dw", "c3"]
     for name, (error, size) in after.items():
         assert np.max(np.abs(before[name][0])) > 1e-2 * size  # 3-bit weights leave a real bias
         np.testing.assert_allclose(error, 0.0, atol=1e-5 * size)
@@ -285,6 +290,47 @@ def test_adaround_beats_nearest_on_its_layer_objective(groups, clamp):
     assert info["kept"] == "adaround" and info["flipped"] > 0
     assert math.isclose(info["objective_nearest"], _objective(problem, nearest), rel_tol=1e-9)
     assert _objective(problem, codes) < 0.9 * _objective(problem, nearest)
+
+
+@pytest.mark.parametrize("groups, outputs, clamp", [(1, 4, (-math.inf, math.inf)), (3, 4, (0.0, math.inf)),
+                                                     (6, 1, (0.0, 6.0))])
+def test_adaround_step_gradient_matches_its_float64_twin(groups, outputs, clamp):
+    """The float32 minibatch gradient of each Adam step (gathered rows, preallocated buffers) against the plain
+    float64 formula, on rows drawn with repeats."""
+    from intsim.ptq import _Reconstruction
+
+    rng = np.random.default_rng(11)
+    problem = _problem(rng, groups=groups, outputs=outputs, clamp=clamp)
+    weight = problem.weight + rng.normal(scale=0.1, size=problem.weight.shape)
+    fast = _Reconstruction(problem, batch_size=64)
+    for _ in range(3):
+        rows = rng.integers(0, problem.inputs.shape[1], size=64)
+        expected = problem.gradient(weight, rows)
+        assert np.max(np.abs(expected)) > 0.1
+        np.testing.assert_allclose(fast.gradient(weight.astype(np.float32), rows), expected, rtol=1e-4,
+                                   atol=1e-5 * np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize("channels, outputs, group, kernel, stride, dilation, pads", [
+    (8, 8, 8, 3, 1, 1, [1, 1, 1, 1]), (6, 4, 2, 3, 2, 1, [0, 1, 2, 1]), (4, 5, 1, 2, 1, 2, [1, 0, 0, 1]),
+    (16, 32, 1, 1, 1, 1, [0, 0, 0, 0])])
+def test_adaround_patch_rows_times_the_weights_are_the_conv_outputs(channels, outputs, group, kernel, stride,
+                                                                    dilation, pads):
+    """The im2col rows AdaRound samples (only the picked output positions) against the float conv."""
+    from intsim.ptq import _output_rows, _patch_rows
+
+    rng = np.random.default_rng(12)
+    node = FloatNode("Conv", "c", ["x", "w"], ["y"], {"group": group, "strides": [stride] * 2,
+                                                      "dilations": [dilation] * 2, "pads": pads})
+    w = rng.normal(size=(outputs, channels // group, kernel, kernel)).astype(np.float32)
+    x = rng.normal(size=(3, channels, 7, 6)).astype(np.float32)
+    y = _output_rows(run_node(node, [x, w])[0], group)
+    pick = rng.choice(y.shape[1], size=min(25, y.shape[1]), replace=False)
+    rows = _patch_rows(node, x, w, pick)
+    assert rows.shape == (group, len(pick), (channels // group) * kernel * kernel)
+    grouped = w.astype(np.float64).reshape(group, outputs // group, -1)
+    mine = np.matmul(rows.astype(np.float64), grouped.transpose(0, 2, 1))
+    np.testing.assert_allclose(mine, y[:, pick], rtol=1e-5, atol=1e-5)
 
 
 def test_adaround_keeps_nearest_when_it_cannot_improve():
