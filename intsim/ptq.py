@@ -38,7 +38,11 @@ in for them (:func:`preactivation_statistics`).
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import math
+import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -54,6 +58,9 @@ MAC_OPS = ("Conv", "Gemm")
 BIAS_CORRECTION_METHODS = ("empirical", "analytic")
 # Rectified sigmoid stretch (AdaRound, Nagel et al. 2020): h = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1).
 ZETA, GAMMA = 1.1, -0.1
+# Bytes of live tensors one model's walk over the calibration data (:class:`_Stepper`) keeps in RAM;
+# tensors beyond it are kept in unlinked temporary files mapped from disk.
+WALK_MEMORY_BYTES = 512 << 20
 
 
 # --------------------------------------------------------------------------
@@ -322,14 +329,40 @@ class _Stepper:
     Per batch it keeps only the tensors that nodes not yet run still read (and
     the graph outputs), so walking the graph once costs one forward pass
     however many layers stop along the way.  Memory: the live tensors of the
-    whole calibration set at the current node.  A node runs with the
-    constants the graph holds when the walk reaches it.
+    whole calibration set at the current node, of which at most
+    ``memory_budget`` bytes stay in RAM; the rest are written to temporary
+    files and mapped back (``np.memmap``), so RAM stays bounded however large
+    the calibration set.  A node runs with the constants the graph holds when
+    the walk reaches it.
     """
 
-    def __init__(self, fg: FloatGraph, data: np.ndarray, batch_size: int):
+    def __init__(self, fg: FloatGraph, data: np.ndarray, batch_size: int, memory_budget: int | None = None):
         self.fg, self.done = fg, 0
         self.last_read = {t: i for i, n in enumerate(fg.nodes) for t in n.inputs}
-        self.values = [{fg.inputs[0]: np.asarray(b, np.float32)} for b in _batches(data, batch_size)]
+        self.budget = WALK_MEMORY_BYTES if memory_budget is None else memory_budget
+        self.in_ram = 0
+        self._dir: tempfile.TemporaryDirectory | None = None
+        self._names = itertools.count()
+        self.values = [{fg.inputs[0]: self._keep(np.asarray(b, np.float32))} for b in _batches(data, batch_size)]
+
+    def _keep(self, value: np.ndarray) -> np.ndarray:
+        if isinstance(value, np.memmap):
+            return value
+        if self.in_ram + value.nbytes <= self.budget:
+            self.in_ram += value.nbytes
+            return value
+        if self._dir is None:
+            self._dir = tempfile.TemporaryDirectory(prefix="intsim-walk-")
+        path = os.path.join(self._dir.name, f"{next(self._names)}.npy")
+        kept = np.lib.format.open_memmap(path, mode="w+", dtype=value.dtype, shape=value.shape)
+        kept[...] = value
+        with contextlib.suppress(OSError):  # the mapping outlives the name; where unlinking fails, the directory goes
+            os.unlink(path)
+        return kept
+
+    def _drop(self, value: np.ndarray) -> None:
+        if not isinstance(value, np.memmap):
+            self.in_ram -= value.nbytes
 
     def run_to(self, stop: int) -> list[dict[str, np.ndarray]]:
         """Run nodes ``done .. stop - 1``; returns the per-batch live tensors."""
@@ -338,9 +371,10 @@ class _Stepper:
             dead = [t for t in node.inputs if self.last_read.get(t) == i and t not in self.fg.outputs]
             for values in self.values:
                 args = [values[t] if t in values else self.fg.constants[t] for t in node.inputs]
-                values.update(zip(node.outputs, run_node(node, args)))
+                values.update((t, self._keep(v)) for t, v in zip(node.outputs, run_node(node, args)))
                 for t in dead:
-                    values.pop(t, None)
+                    if t in values:
+                        self._drop(values.pop(t))
         self.done = max(self.done, stop)
         return self.values
 

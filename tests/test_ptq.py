@@ -31,6 +31,8 @@ from intsim.ptq import (
     preactivation_statistics,
 )
 from intsim.profiles import get_profile
+from intsim import ptq
+from intsim.ptq import _Stepper
 
 CONV = {"strides": [1, 1], "dilations": [1, 1], "pads": [1, 1, 1, 1]}
 
@@ -368,6 +370,29 @@ def test_adaround_on_a_graph_reads_the_quantized_prefix_and_draws_progress(monke
     mine = run_node(c3, [z2.astype(np.float32), quantized["c3"], fg.constants["b3"]])[0].astype(np.float64)
     objective = np.mean(np.sum((mine - target) ** 2, axis=1))
     assert math.isclose(objective, info["c3"]["objective_" + info["c3"]["kept"]], rel_tol=1e-5)
+
+
+def test_walk_beyond_its_memory_budget_keeps_tensors_on_disk_with_the_same_values(monkeypatch):
+    rng = np.random.default_rng(11)
+    fg = _mobile_block(rng)
+    x = rng.uniform(0, 1, size=(24, 3, 6, 6)).astype(np.float32)
+    in_ram, on_disk = _Stepper(fg, x, 8, memory_budget=1 << 30), _Stepper(fg, x, 8, memory_budget=0)
+    for stop in (2, 4, len(fg.nodes)):
+        for kept, spilled in zip(in_ram.run_to(stop), on_disk.run_to(stop)):
+            assert kept.keys() == spilled.keys()
+            for name in kept:
+                assert isinstance(spilled[name], np.memmap) and not isinstance(kept[name], np.memmap)
+                np.testing.assert_array_equal(np.asarray(spilled[name]), kept[name], strict=True)
+    assert on_disk.in_ram == 0 and in_ram.in_ram == sum(v.nbytes for b in in_ram.values for v in b.values())
+    # AdaRound learns the same codes whether its walks stay in RAM or spill to disk.
+    weights = _quantized(fg, bits=4)
+    fmt = WeightFormat.of(get_profile("paper").replace(weight_bits=4, per_channel=False))
+    options = AdaRoundOptions(iterations=30, learning_rate=0.02)
+    learned, _ = adaround(fg, weights, fmt.codes, x, 8, options)
+    monkeypatch.setattr(ptq, "WALK_MEMORY_BYTES", 0)
+    spilled, _ = adaround(fg, weights, fmt.codes, x, 8, options)
+    for name in learned:
+        np.testing.assert_array_equal(spilled[name][0], learned[name][0], strict=True)
 
 
 # --------------------------------------------------------------------------
