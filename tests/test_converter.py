@@ -239,22 +239,8 @@ def test_conversion_errors():
         intsim.compare(_conv_relu_model(), Model(tiny_cnn("tflite")), calibration)
 
 
-def test_data_free_conversion_uses_batch_norm_ranges(tmp_path):
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
-    x = torch.rand(256, 1, 8, 8)
-    net.train()
-    with torch.no_grad():
-        for _ in range(20):  # running statistics of real activations
-            net(x)
-    net.eval()
-    path = tmp_path / "bn.onnx"
-    torch.onnx.export(net, x[:1], str(path), dynamo=False, opset_version=17, do_constant_folding=False,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+def test_data_free_conversion_uses_batch_norm_ranges(batch_norm_net):
+    net, x, path = batch_norm_net
     model = intsim.convert(path, input_range=(0.0, 1.0), profile="paper")
     assert model.graph.metadata["calibration"] == {"samples": 0, "range_method": "batch_norm",
                                                    "logits_range_method": "minmax", "weight_range_method": "minmax"}

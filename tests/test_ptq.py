@@ -501,22 +501,9 @@ def test_adaround_options_are_checked(field, value, message):
         AdaRoundOptions(**{field: value}).checked()
 
 
-def test_data_free_standard_pipeline_uses_the_batch_norm_statistics(tmp_path):
+def test_data_free_standard_pipeline_uses_the_batch_norm_statistics(batch_norm_net):
+    net, x, path = batch_norm_net
     torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
-    x = torch.rand(256, 1, 8, 8)
-    net.train()
-    with torch.no_grad():
-        for _ in range(20):
-            net(x)
-    net.eval()
-    path = tmp_path / "bn.onnx"
-    torch.onnx.export(net, x[:1], str(path), dynamo=False, opset_version=17, do_constant_folding=False,
-                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     model = intsim.convert(path, input_range=(0.0, 1.0), pipeline="standard", weight_bits=6)
     ptq = model.graph.metadata["ptq"]
     # conv -> ReLU -> conv is one pair; with no data, only the batch norms can give its beta and gamma, and the
