@@ -381,6 +381,93 @@ def _conv2d_gemm_serial(variant, x, x_words, w, c0, multiplier, shift, scale, se
 
 
 # --------------------------------------------------------------------------
+# GEMV: fully-connected layers over a few rows
+# --------------------------------------------------------------------------
+
+# Fully-connected inputs of at most this many rows take the GEMV launch (rows x 4 blocks of the
+# widest tile are 16 zmm accumulators, of 32).
+GEMV_MAX_ROWS = 4
+
+
+@njit(inline="always")
+def _gemv_rows(variant, rows, a, w, groups, c0, acc):
+    # All ``rows`` (a compile-time constant) in one tile, so that every packed
+    # weight is read once for all of them (at batch 1..4 the layer is bound by
+    # reading its weights): full tiles of the variant's blocks, then single blocks.
+    n_blocks = c0.shape[0] // LANES
+    tile_blocks = TILE_BLOCKS[variant]
+    nb = 0
+    while nb < n_blocks:
+        if nb + tile_blocks <= n_blocks:
+            mac_tile(variant, rows, 0, a, 0, groups, w, nb * groups * LANES, groups, c0, nb * LANES, acc,
+                     nb * LANES, c0.shape[0])
+            nb += tile_blocks
+        else:
+            mac_tile(variant, rows, 1, a, 0, groups, w, nb * groups * LANES, groups, c0, nb * LANES, acc,
+                     nb * LANES, c0.shape[0])
+            nb += 1
+
+
+@njit(inline="always")
+def _gemv_variant(variant, rows, a, w, groups, c0, acc):
+    # Inlined with a constant ``variant``: the row count made a constant too.
+    if rows == 1:
+        _gemv_rows(variant, 1, a, w, groups, c0, acc)
+    elif rows == 2:
+        _gemv_rows(variant, 2, a, w, groups, c0, acc)
+    elif rows == 3:
+        _gemv_rows(variant, 3, a, w, groups, c0, acc)
+    else:
+        _gemv_rows(variant, 4, a, w, groups, c0, acc)
+
+
+@njit(cache=True)
+def _gemv_core(variant, x, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    # out [M, O] from x [M, K] with M <= 4: the rows are encoded (x - a_sub,
+    # zeros up to the whole group) into one buffer, one micro-kernel tile
+    # covers all rows for each run of 16-channel blocks from c0 (bias and
+    # zero-point terms folded in at pack time), and the accumulators are
+    # requantized in place of an int32 tensor.  No chunks, no thread pool,
+    # one argument array of scalars.
+    a_sub, groups, row_len, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
+    rows, depth = x.shape
+    codes = np.zeros((rows, row_len), code_sample.dtype)
+    for r in range(rows):
+        _copy_encoded(x[r], 0, depth, a_sub, codes[r], 0)
+    a = codes.reshape(codes.size).view(np.int32)
+    acc = np.empty((rows, c0.shape[0]), np.int32)
+    acc_flat = acc.reshape(acc.size)
+    if variant == VNNI_QUADS:
+        _gemv_variant(VNNI_QUADS, rows, a, w, groups, c0, acc_flat)
+    elif variant == VNNI_PAIRS:
+        _gemv_variant(VNNI_PAIRS, rows, a, w, groups, c0, acc_flat)
+    elif variant == AVX512_PAIRS:
+        _gemv_variant(AVX512_PAIRS, rows, a, w, groups, c0, acc_flat)
+    elif variant == AVX2_PAIRS:
+        _gemv_variant(AVX2_PAIRS, rows, a, w, groups, c0, acc_flat)
+    elif variant == PORTABLE_QUADS:
+        _gemv_variant(PORTABLE_QUADS, rows, a, w, groups, c0, acc_flat)
+    else:
+        _gemv_variant(PORTABLE_PAIRS, rows, a, w, groups, c0, acc_flat)
+    return _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                            clamp_max, out)
+
+
+def _run_gemv(x, packed, requant, out):
+    """The GEMV launch over codes ``x`` [M, K] (M <= :data:`GEMV_MAX_ROWS`) into ``out`` [M, O]; returns the clamp count."""
+    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+    key = ("gemv", rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max)
+    settings = packed.launches.get(key)
+    if settings is None:  # the scalar settings of one requantization, worked out once
+        settings = packed.launches[key] = np.array(
+            [packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits, out_zero_point, clamp_min,
+             clamp_max], np.int64)
+    return int(_gemv_core(packed.variant, x, packed.words, packed.c0, np.asarray(multiplier, np.int64),
+                          np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample,
+                          out))
+
+
+# --------------------------------------------------------------------------
 # Packing (once per layer)
 # --------------------------------------------------------------------------
 
@@ -622,7 +709,8 @@ def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bi
 def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                                 clamp_min, clamp_max, out_dtype):
     """Output codes of a fully-connected layer: :func:`~intsim.kernels.mac.fully_connected_acc` then
-    :func:`~intsim.kernels.mac.requantize`, fused where exact (a 1x1 conv over ``N`` pixels).
+    :func:`~intsim.kernels.mac.requantize`, fused where exact: a GEMV launch for ``N`` up to
+    :data:`GEMV_MAX_ROWS` (batch-1 inference), else a 1x1 conv over ``N`` pixels (white paper §2.1-§2.2).
 
     Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``.
     """
@@ -632,6 +720,8 @@ def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding,
         return _unfused(fully_connected_acc, x, prepared.acc_args, requant_args)
     n_batch, depth = x.shape
     out = np.empty((n_batch, prepared.acc_args[1].shape[0]), out_dtype)
+    if n_batch <= GEMV_MAX_ROWS:
+        return out, 0, 0, _run_gemv(x, prepared.packed, requant_args[:-1], out)
     x4 = np.ascontiguousarray(x).reshape(n_batch, 1, 1, depth)
     saturations = _run_gemm(x4, prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), requant_args[:-1], out)
     return out, 0, 0, saturations

@@ -41,10 +41,10 @@ def dtype_range(dtype):
 
 
 @st.composite
-def requant_args(draw, channels):
-    """Per-channel requantization arguments under any rounding mode, output dtype and clamp."""
+def requant_args(draw, channels, rounding=None):
+    """Per-channel requantization arguments under ``rounding`` (any mode if ``None``), any output dtype and clamp."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    rounding = draw(st.sampled_from(ROUNDING_MODES))
+    rounding = draw(st.sampled_from(ROUNDING_MODES)) if rounding is None else rounding
     multiplier_bits = draw(st.sampled_from([31, 15]))
     real = rng.uniform(2.0**-14, draw(st.sampled_from([2.0**-8, 0.9, 3.0])), size=channels)
     rq = Rescale.from_real(real, rounding, multiplier_bits)
@@ -133,6 +133,46 @@ def test_fully_connected_fused_matches_naive(isa_name, case):
     x, args, requant = case
     prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
     assert prepared.packed is not None
+    assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+
+
+@st.composite
+def gemv_cases(draw, rounding):
+    """Fully-connected layers of 1..4 rows, odd depth and odd output count, input zero point at a range end."""
+    depth, out = 2 * draw(st.integers(0, 40)) + 1, 2 * draw(st.integers(0, 40)) + 1
+    rng, x_dtype, _, w, w_zp, bias = draw(mac_operands(out, (depth,)))
+    x_zp = draw(st.sampled_from(dtype_range(x_dtype)))
+    x = x_codes(rng, x_dtype, (draw(st.integers(1, gemm.GEMV_MAX_ROWS)), depth))
+    return x, (x_zp, w, w_zp, bias) + ACC, draw(requant_args(out, rounding))
+
+
+@pytest.mark.parametrize("rounding", ROUNDING_MODES)
+@SETTINGS
+@given(data=st.data())
+def test_fully_connected_gemv_matches_naive(isa_name, rounding, monkeypatch, data):
+    x, args, requant = data.draw(gemv_cases(rounding))
+    launches = []
+    monkeypatch.setattr(gemm, "_run_gemm", lambda *a: launches.append("gemm"))
+    gemv = gemm._run_gemv
+    monkeypatch.setattr(gemm, "_run_gemv", lambda *a: launches.append("gemv") or gemv(*a))
+    prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
+    assert prepared.packed is not None and launches == ["gemv"]
+    assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+
+
+def test_fully_connected_beyond_gemv_rows_takes_the_gemm(monkeypatch):
+    rng = np.random.default_rng(5)
+    w = rng.integers(-127, 127, size=(9, 7), dtype=np.int8, endpoint=True)
+    args = (3, w, np.zeros(9, np.int64), rng.integers(-99, 99, size=9, dtype=np.int32)) + ACC
+    rq = Rescale.from_real(np.full(9, 0.01), ROUNDING_MODES[0])
+    requant = (*rq.kernel_args(9), rq.code, 31, 0, 0, 255, np.dtype(np.uint8))
+    x = x_codes(rng, np.uint8, (gemm.GEMV_MAX_ROWS + 1, 7))
+    launches = []
+    run_gemm = gemm._run_gemm
+    monkeypatch.setattr(gemm, "_run_gemm", lambda *a: launches.append("gemm") or run_gemm(*a))
+    monkeypatch.setattr(gemm, "_run_gemv", lambda *a: launches.append("gemv"))
+    fast = run_pair(gemm, "fully_connected", x, args, requant)[1]
+    assert launches == ["gemm"]
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
 
 
