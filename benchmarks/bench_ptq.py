@@ -201,10 +201,9 @@ def section_standard(bench):
                              rows))
 
 
-def section_efficientnet(bench):
-    """EfficientNet-Lite0 (ReLU6, depthwise): no labels here, so top-1 agreement with the float model on
-    scikit-image's photos and random crops of them (``models/eval_efficientnet.py``); calibration on
-    other random crops."""
+def _efficientnet_setup(bench):
+    """The EfficientNet-Lite0 sections' inputs: ``(onnx path, calibration crops, evaluation images (the photos
+    and other random crops), the float model's top-1 on them, batch size)``."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
@@ -216,7 +215,14 @@ def section_efficientnet(bench):
     fg = prepare_float_graph(onnx)
     batch = 16
     top1 = np.concatenate([run_float(fg, [x[i : i + batch]])[fg.outputs[0]] for i in range(0, len(x), batch)])
-    top1 = top1.argmax(axis=1)
+    return onnx, calibration, x, top1.argmax(axis=1), batch
+
+
+def section_efficientnet(bench):
+    """EfficientNet-Lite0 (ReLU6, depthwise): no labels here, so top-1 agreement with the float model on
+    scikit-image's photos and random crops of them (``models/eval_efficientnet.py``); calibration on
+    other random crops."""
+    onnx, calibration, x, top1, batch = _efficientnet_setup(bench)
     rows = []
     configurations = [("W8A8 per-channel", {}), ("W8A8 per-tensor", {"per_channel": False}),
                       ("W8A8 per-tensor + CLE + bias absorption", {"per_channel": False, "cle": True}),
@@ -243,18 +249,7 @@ def section_efficientnet(bench):
 def section_efficientnet_adaround(bench):
     """EfficientNet-Lite0: AdaRound against rounding to nearest at W8A8 and W4A8 per-channel (MSE weight
     ranges), and the standard pipeline at W4A8; agreement with float as in :func:`section_efficientnet`."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
-    from photos import augmented_crops, load_photos
-
-    onnx = Path.home() / ".cache" / "intsim" / "efficientnet_lite0.onnx"
-    calibration = augmented_crops(bench.efficientnet_calibration, seed=0)
-    x = np.concatenate([load_photos()[0], augmented_crops(bench.efficientnet_eval, seed=1)])
-    fg = prepare_float_graph(onnx)
-    batch = 16
-    top1 = np.concatenate([run_float(fg, [x[i : i + batch]])[fg.outputs[0]] for i in range(0, len(x), batch)])
-    top1 = top1.argmax(axis=1)
+    onnx, calibration, x, top1, batch = _efficientnet_setup(bench)
     o = bench.adaround
     rows = []
     for bits in (8, 4):

@@ -178,11 +178,26 @@ def test_float_edges_match_onnxruntime_on_real_images(quantized, digits):
 # --------------------------------------------------------------------------
 
 
-def _float_net(path: Path) -> None:
-    rng = np.random.default_rng(7)
-
+def _normal_initializer(rng):
+    """``init(name, shape, scale)``: a float initializer of normal values times ``scale``, drawn from ``rng``."""
     def init(name, shape, scale=0.3):
         return helper.make_tensor(name, TensorProto.FLOAT, shape, (rng.standard_normal(shape) * scale).ravel().tolist())
+    return init
+
+
+def _save_net(path: Path, name: str, nodes, inits, x_shape) -> None:
+    """A checked opset-17 float model from input ``x`` (``x_shape``) to 10 logits ``y``, saved to ``path``."""
+    graph = helper.make_graph(nodes, name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def _float_net(path: Path) -> None:
+    rng = np.random.default_rng(7)
+    init = _normal_initializer(rng)
 
     inits = [
         init("w1", [8, 3, 3, 3]), init("b1", [8], 0.1),
@@ -207,12 +222,7 @@ def _float_net(path: Path) -> None:
         helper.make_node("MatMul", ["f4", "w5"], ["m5"]),
         helper.make_node("Gemm", ["m5", "w6", "b6"], ["y"], transB=1),
     ]
-    graph = helper.make_graph(nodes, "qop_net", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 10, 10])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    _save_net(path, "qop_net", nodes, inits, ["n", 3, 10, 10])
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
@@ -232,9 +242,7 @@ def test_hand_built_net_matches_onnxruntime(tmp_path, scheme):
 
 def _float_net_mul_pool(path: Path) -> None:
     rng = np.random.default_rng(8)
-
-    def init(name, shape, scale=0.3):
-        return helper.make_tensor(name, TensorProto.FLOAT, shape, (rng.standard_normal(shape) * scale).ravel().tolist())
+    init = _normal_initializer(rng)
 
     inits = [
         init("w1", [8, 3, 3, 3]), init("b1", [8], 0.1),
@@ -259,13 +267,7 @@ def _float_net_mul_pool(path: Path) -> None:
         helper.make_node("Flatten", ["g"], ["f"]),
         helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1),
     ]
-    graph = helper.make_graph(nodes, "qop_mul_pool", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
-                                                                                    ["n", 3, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 10])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    _save_net(path, "qop_mul_pool", nodes, inits, ["n", 3, 8, 8])
 
 
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
