@@ -1,7 +1,8 @@
 """Naive twins of :mod:`intsim.kernels.onnxruntime_ops`: same names and signatures, plain loops.
 
 The fused multiply-add is done here in exact rational arithmetic, rounded once
-to float32, independently of the fast kernel's float64 emulation.
+to float32 (:func:`fma_float32`); :func:`fma_float32_two_sum` is a second,
+vectorised reference built from float64 operations.
 """
 
 from __future__ import annotations
@@ -27,6 +28,31 @@ def round_to_float32(exact: Fraction) -> np.float32:
 def fma_float32(x, y, z) -> np.float32:
     """float32 fused multiply-add: ``x * y + z`` rounded once (``vfmadd`` on x86)."""
     return round_to_float32(Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z)))
+
+
+def fma_float32_two_sum(x, y, z) -> np.ndarray:
+    """float32 fused multiply-add of float32 arrays, emulated in float64 (a second reference).
+
+    The product is exact in float64 (24 + 24 significant bits <= 53).  The
+    float64 sum ``s = x*y + z`` may round; rounding twice (to float64, then
+    float32) differs from rounding once only when ``s`` lands exactly on a
+    float32 midpoint.  The rounding error of ``s``, recovered exactly by Knuth's
+    TwoSum, then says on which side of the midpoint the exact sum lies, and
+    that side is taken.  Exact for all finite operands whose sum does not
+    overflow; vectorised, so tests can check many elements at once.
+    """
+    product = np.asarray(x, np.float64) * np.asarray(y, np.float64)
+    addend = np.asarray(z, np.float64)
+    total = product + addend
+    addend_part = total - product
+    error = (product - (total - addend_part)) + (addend - addend_part)  # total + error == product + addend
+    nearest = total.astype(np.float32).astype(np.float64)
+    other = 2.0 * total - nearest
+    # total is a float32 midpoint iff the mirror image of its nearest float32 is a float32 too.
+    with np.errstate(over="ignore"):
+        midpoint = other.astype(np.float32).astype(np.float64) == other
+    take_other = (error != 0.0) & (nearest != total) & midpoint & ((other - total) * error > 0.0)
+    return np.where(take_other, other, nearest).astype(np.float32)
 
 
 def add_float32_fma(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out_dtype):

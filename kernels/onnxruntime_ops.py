@@ -7,57 +7,53 @@ inputs are trusted.  The naive twins live in :mod:`intsim.kernels.naive_onnxrunt
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from intsim.fixedpoint import FLOAT32_RINT, saturating_round_float
+
+
+@intrinsic
+def _llvm_fma_float32(typingctx, x, y, z):
+    # ``llvm.fma.f32``: one ``vfmadd`` where the CPU has FMA, else libm's correctly rounded ``fmaf``.
+    if not all(t == types.float32 for t in (x, y, z)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = ir.FloatType()
+        fma = builder.module.globals.get("llvm.fma.f32") or ir.Function(
+            builder.module, ir.FunctionType(f32, [f32, f32, f32]), "llvm.fma.f32")
+        return builder.call(fma, args)
+
+    return types.float32(x, y, z), codegen
 
 
 @njit(cache=True)
 def fma_float32(x, y, z):
     """float32 fused multiply-add ``x * y + z`` of float32 operands, rounded once (x86 ``vfmadd``).
 
-    The product is exact in float64 (24 + 24 significant bits <= 53).  The
-    float64 sum ``s = x*y + z`` is exact whenever every term is an integer
-    multiple of ``u``, the smaller of the two operands' ulps, and
-    ``|x*y| + |z| < 2**53 u``; then ``float32(s)`` is the fused result.  For
-    QLinearAdd on 8-bit codes (``|x| <= 255 < 2**8``, an integer, so
-    ``|x*y| < 2**8 * 2**24 ulp(y) = 2**32 ulp(y)``; ``|z| < 2**24 ulp(z)``) it
-    is exact whenever ``ulp(y)`` and ``ulp(z)`` (the ratio's and the addend's
-    binades) lie within ``2**20`` of each other:
-    ``2**32 * 2**20 u + 2**24 * 2**20 u = 2**52 u + 2**44 u < 2**53 u``.
-    Real scale ratios and offsets (``|log2|`` well under 20) stay inside this
-    bound.  Outside it, the float64 sum may be rounded, and rounding twice
-    (to float64, then float32) differs from rounding once only when the float64
-    sum lands exactly on a float32 midpoint; the rounding error, recovered
-    exactly by Knuth's TwoSum, then says which side the exact sum lies on, and
-    that side is taken.  So the result is the fused one for all finite float32
-    operands whose sum does not overflow.
+    LLVM's ``llvm.fma.f32`` is the exactly rounded fused multiply-add on every
+    target, so a loop of them vectorises.  The naive twin's
+    :func:`~intsim.kernels.naive_onnxruntime_ops.fma_float32` computes the same
+    in exact rational arithmetic.
     """
-    product = np.float64(x) * np.float64(y)
-    addend = np.float64(z)
-    total = product + addend
-    # TwoSum: total + error == product + addend exactly.
-    addend_part = total - product
-    error = (product - (total - addend_part)) + (addend - addend_part)
-    nearest = np.float64(np.float32(total))
-    if error != 0.0 and nearest != total:
-        other = 2.0 * total - nearest
-        # total is a float32 midpoint iff the mirror image of its nearest float32 is a float32 too.
-        if np.float64(np.float32(other)) == other and (other - total) * error > 0.0:
-            return np.float32(other)
-    return np.float32(nearest)
+    return _llvm_fma_float32(np.float32(x), np.float32(y), np.float32(z))
 
 
 @njit(cache=True)
 def _add_float32_fma_core(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out):
+    # Branch-free, so that the loop vectorises.  ``rint`` leaves an integral float32 and the clamp
+    # bounds (8/16-bit codes) are exact in float32: clamping before the conversion to int32 is the
+    # saturation, and it also covers every value beyond the int32 range.
     saturated = 0
+    low, high = np.float32(clamp_min), np.float32(clamp_max)
     for i in range(a.size):
-        inner = fma_float32(np.float32(b[i]), b_ratio, offset)
-        value = saturating_round_float(fma_float32(np.float32(a[i]), a_ratio, inner), FLOAT32_RINT)
-        clamped = min(max(value, clamp_min), clamp_max)
-        if clamped != value:
-            saturated += 1
-        out[i] = clamped
+        inner = _llvm_fma_float32(np.float32(b[i]), b_ratio, offset)
+        value = np.rint(_llvm_fma_float32(np.float32(a[i]), a_ratio, inner))
+        clamped = min(max(value, low), high)
+        saturated += clamped != value
+        out[i] = np.int32(clamped)
     return saturated
 
 

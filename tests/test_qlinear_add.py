@@ -38,6 +38,39 @@ def test_fma_float32_breaks_a_float32_midpoint_as_the_exact_sum_does(tiny):
     assert np.float32(fast.fma_float32(x, x, np.float32(tiny))) == expected
 
 
+@settings(deadline=None, max_examples=400)
+@given(FLOAT32, FLOAT32, FLOAT32)
+def test_fma_float32_two_sum_emulation_matches_the_exact_fused_rounding(x, y, z):
+    x, y, z = np.float32(x), np.float32(y), np.float32(z)
+    assert naive.fma_float32_two_sum(x, y, z) == naive.fma_float32(x, y, z)
+
+
+# Ratios and offsets at the edges: exact halves (rint ties), the white paper's range of scale ratios
+# and far beyond it (2**-30 .. 2**20), negative ratios, addends far below and far above the products.
+EDGE_PARAMETERS = [
+    (0.5, 0.25, 0.5), (0.5, 0.5, 0.0), (1.5, -0.5, -0.5), (2.0**-30, 2.0**-30, 2.0**-40),
+    (2.0**20, 2.0**-20, 3.0), (1 + 2.0**-12, 1 + 2.0**-12, 2.0**-60), (0.123456, 7.5, -1000.25),
+    (-3.0, 2.0**10, 2.0**20), (1 / 3, 2 / 3, 127.5),
+]
+
+
+@pytest.mark.parametrize("a_ratio, b_ratio, offset", EDGE_PARAMETERS)
+@pytest.mark.parametrize("code_type, out_type", [(np.uint8, np.uint8), (np.int8, np.int8), (np.int16, np.int8)])
+def test_add_float32_fma_every_code_pair_matches_the_emulation(a_ratio, b_ratio, offset, code_type, out_type):
+    info = np.iinfo(code_type)
+    codes = np.linspace(info.min, info.max, 256).astype(code_type)  # every 8-bit code; 16-bit spread
+    codes[:4] = (info.min, info.max, 0, 1)
+    a, b = np.repeat(codes, 256), np.tile(codes, 256)
+    ratios = np.float32(a_ratio), np.float32(b_ratio), np.float32(offset)
+    lo, hi = int(np.iinfo(out_type).min) + 3, int(np.iinfo(out_type).max) - 3
+    out, sat = fast.add_float32_fma(a, b, *ratios, lo, hi, out_type)
+    fused = naive.fma_float32_two_sum(a.astype(np.float32), ratios[0],
+                                      naive.fma_float32_two_sum(b.astype(np.float32), ratios[1], ratios[2]))
+    rounded = np.rint(fused.astype(np.float64))
+    np.testing.assert_array_equal(out, np.clip(rounded, lo, hi).astype(out_type), strict=True)
+    assert sat == int(np.count_nonzero((rounded < lo) | (rounded > hi)))
+
+
 @st.composite
 def _add_cases(draw):
     dtype = draw(CODE_DTYPES)
