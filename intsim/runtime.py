@@ -15,21 +15,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from intsim import kernels as fast_kernels
 from intsim.errors import AccumulatorOverflowError, ValidationError
-from intsim.fixedpoint import round_half_away
+from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.graph import Graph, TensorInfo, dtype_range
 from intsim.ops import get_op
 
 BACKENDS = {"fast": "intsim.kernels", "naive": "intsim.kernels.naive"}
 
 # How Model.run turns float inputs into codes: ``clamp(round(x / scale) + zero_point)`` with the
-# division in the float type and the rounding named here.  A graph picks one with
+# division in the float type and the rounding named here (a code of :mod:`intsim.fixedpoint`;
+# ``FLOAT64_HALF_AWAY`` rounds half away from zero in any float type).  A graph picks one with
 # ``graph.metadata["input_quantization"]``; otherwise its profile decides ("float32_rint" for
 # profiles that requantize like onnxruntime, "float64_rint" for the rest).
 INPUT_QUANTIZATION = {
-    "float64_rint": (np.float64, np.rint),  # intsim's default: ties to even
-    "float32_rint": (np.float32, np.rint),  # onnxruntime QuantizeLinear
-    "float32_half_away": (np.float32, round_half_away),  # LiteRT QUANTIZE (reference AffineQuantize)
+    "float64_rint": (np.float64, FLOAT32_RINT),  # intsim's default: ties to even
+    "float32_rint": (np.float32, FLOAT32_RINT),  # onnxruntime QuantizeLinear
+    "float32_half_away": (np.float32, FLOAT64_HALF_AWAY),  # LiteRT QUANTIZE (reference AffineQuantize)
 }
 
 
@@ -290,11 +292,12 @@ def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: 
         raise ValidationError(f"{where}: expected real numbers, found dtype {x.dtype}")
     _check_shape(x.shape, info, where)
     dtype, rounding = INPUT_QUANTIZATION[mode]
-    x = x.astype(dtype)
-    if not np.all(np.isfinite(x)):
-        raise ValidationError(f"{where}: inputs must be finite, found NaN or infinity")
     lo, hi = dtype_range(info.dtype)
-    return np.clip(rounding(x / dtype(info.scale)) + info.zero_point, lo, hi).astype(info.np_dtype)
+    codes, non_finite = fast_kernels.quantize_float(x.astype(dtype, copy=False), info.scale, rounding,
+                                                    info.zero_point, lo, hi, info.np_dtype)
+    if non_finite:
+        raise ValidationError(f"{where}: inputs must be finite, found NaN or infinity")
+    return codes
 
 
 def dequantize(codes: np.ndarray, info: TensorInfo) -> np.ndarray:
@@ -303,7 +306,7 @@ def dequantize(codes: np.ndarray, info: TensorInfo) -> np.ndarray:
     One rounding to float32 of the exact product (a float32 scale times a code difference of at
     most 17 bits is exact in float64), so this equals both LiteRT's DEQUANTIZE (double product,
     cast) and a float32 multiply."""
-    return (info.scale * (codes.astype(np.float64) - info.zero_point)).astype(np.float32)
+    return fast_kernels.dequantize_codes(codes, info.scale, info.zero_point)
 
 
 def load(path, backend: str = "fast") -> Model:

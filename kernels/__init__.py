@@ -7,6 +7,7 @@ Kernels do not validate their arguments: :mod:`intsim.ops` does that once,
 when a graph is built or loaded.
 """
 
+from intsim.kernels.boundary import dequantize_codes, quantize_float, transpose
 from intsim.kernels.elementwise import (
     add,
     avg_pool_nhwc,
@@ -36,6 +37,7 @@ __all__ = [
     "conv2d_nhwc_acc",
     "conv2d_nhwc_prepare",
     "conv2d_nhwc_requantized",
+    "dequantize_codes",
     "fully_connected_acc",
     "fully_connected_prepare",
     "fully_connected_requantized",
@@ -47,7 +49,9 @@ __all__ = [
     "mul",
     "mul_float32",
     "pad_constant",
+    "quantize_float",
     "requantize",
     "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
+    "transpose",
 ]

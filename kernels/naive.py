@@ -3,6 +3,7 @@
 Run a model on them with ``Model(graph, backend="naive")``.
 """
 
+from intsim.kernels.naive_boundary import dequantize_codes, quantize_float, transpose
 from intsim.kernels.naive_elementwise import (
     add,
     avg_pool_nhwc,
@@ -32,6 +33,7 @@ __all__ = [
     "conv2d_nhwc_acc",
     "conv2d_nhwc_prepare",
     "conv2d_nhwc_requantized",
+    "dequantize_codes",
     "fully_connected_acc",
     "fully_connected_prepare",
     "fully_connected_requantized",
@@ -43,7 +45,9 @@ __all__ = [
     "mul",
     "mul_float32",
     "pad_constant",
+    "quantize_float",
     "requantize",
     "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
+    "transpose",
 ]

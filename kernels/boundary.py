@@ -1,0 +1,98 @@
+"""Kernels at a model's edges: float inputs to codes, codes to float outputs, layout transposes.
+
+Each public function allocates its output and calls a private numba core;
+inputs are trusted (:mod:`intsim.runtime` validates them).  The naive twins,
+numpy expressions of the same arithmetic, live in
+:mod:`intsim.kernels.naive_boundary`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from intsim.fixedpoint import saturating_round_float
+
+# Tensors of rank up to this are transposed by the numba core (unit axes in front).
+TRANSPOSE_MAX_RANK = 4
+
+
+@njit(cache=True)
+def _quantize_core(x, scale, rounding, zero_point, clamp_min, clamp_max, out):
+    non_finite = 0
+    for i in range(x.size):
+        non_finite += not np.isfinite(x[i])
+        value = x[i] / scale  # in the float type of x and scale; may overflow to infinity, then saturates
+        out[i] = min(max(saturating_round_float(value, rounding) + zero_point, clamp_min), clamp_max)
+    return non_finite
+
+
+def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dtype):
+    """Codes ``clamp(round(x / scale) + zero_point)`` of floats ``x``, the division in ``x``'s float type.
+
+    Parameters
+    ----------
+    x : float32 or float64 array
+    scale : float of ``x``'s dtype
+    rounding : int
+        :data:`~intsim.fixedpoint.FLOAT32_RINT` (ties to even) or
+        :data:`~intsim.fixedpoint.FLOAT64_HALF_AWAY` (ties away from zero), in
+        any float type (:func:`~intsim.fixedpoint.saturating_round_float`).
+    zero_point, clamp_min, clamp_max : int
+    out_dtype : numpy integer dtype
+
+    Returns
+    -------
+    out : array of ``out_dtype``, shape of ``x``
+    non_finite_count : int
+        Elements of ``x`` that are NaN or infinite (their codes are undefined).
+    """
+    out = np.empty(x.shape, out_dtype)
+    non_finite = _quantize_core(x.reshape(-1), x.dtype.type(scale), int(rounding), int(zero_point), int(clamp_min),
+                                int(clamp_max), out.reshape(-1))
+    return out, int(non_finite)
+
+
+@njit(cache=True)
+def _dequantize_core(codes, scale, zero_point, out):
+    for i in range(codes.size):
+        # A float32 scale times a code difference of at most 17 bits is exact in float64: one rounding.
+        out[i] = np.float32(scale * (np.float64(codes[i]) - zero_point))
+
+
+def dequantize_codes(codes, scale, zero_point):
+    """float32 ``scale * (codes - zero_point)``, formed in float64 and rounded once.
+
+    Returns a float32 array of the shape of ``codes``.
+    """
+    out = np.empty(codes.shape, np.float32)
+    _dequantize_core(np.ascontiguousarray(codes).reshape(-1), float(scale), float(zero_point), out.reshape(-1))
+    return out
+
+
+@njit(cache=True)
+def _copy4(x, out):
+    # Loops in the order of ``x``'s axes: reads are sequential, ``out`` (a permuted view) takes the strides.
+    d0, d1, d2, d3 = x.shape
+    for i0 in range(d0):
+        for i1 in range(d1):
+            for i2 in range(d2):
+                for i3 in range(d3):
+                    out[i0, i1, i2, i3] = x[i0, i1, i2, i3]
+
+
+def transpose(x, perm):
+    """A C-contiguous copy of ``x`` with its axes permuted by ``perm`` (``numpy.transpose``).
+
+    Up to rank :data:`TRANSPOSE_MAX_RANK` one numba pass reads ``x`` in order
+    and writes a permuted view of the output (NCHW to NHWC of a 224 x 224 x 3
+    image: one strided store per byte); higher ranks use numpy.
+    """
+    perm = tuple(perm)
+    if x.ndim > TRANSPOSE_MAX_RANK:
+        return np.transpose(x, perm).copy(order="C")
+    out = np.empty(tuple(x.shape[p] for p in perm), x.dtype)
+    unit_axes = (np.newaxis,) * (TRANSPOSE_MAX_RANK - x.ndim)
+    view = np.transpose(out, np.argsort(perm))  # shaped like x: view[i] is out[perm(i)]
+    _copy4(np.asarray(x, order="C")[unit_axes], view[unit_axes])
+    return out

@@ -1,0 +1,25 @@
+"""Naive twins of :mod:`intsim.kernels.boundary`: same names and signatures, numpy expressions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from intsim.fixedpoint import FLOAT32_RINT, round_half_away
+
+
+def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dtype):
+    with np.errstate(all="ignore"):
+        quotient = x / x.dtype.type(scale)
+        rounded = np.rint(quotient) if rounding == FLOAT32_RINT else round_half_away(quotient)
+        finite = np.isfinite(x)
+        # Exact: the rounded quotient is integral, and beyond 2**53 it lies outside every clamp anyway.
+        codes = np.clip(np.where(finite, rounded, 0).astype(np.float64) + zero_point, clamp_min, clamp_max)
+    return codes.astype(out_dtype), int(np.count_nonzero(~finite))
+
+
+def dequantize_codes(codes, scale, zero_point):
+    return (float(scale) * (codes.astype(np.float64) - float(zero_point))).astype(np.float32)
+
+
+def transpose(x, perm):
+    return np.transpose(x, perm).copy(order="C")

@@ -1,0 +1,86 @@
+"""The edge kernels (quantize floats, dequantize codes, transpose) against their naive twins."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
+from intsim.kernels import boundary as fast
+from intsim.kernels import naive_boundary as naive
+
+CODE_DTYPES = [np.int8, np.uint8, np.int16, np.uint16]
+
+
+@st.composite
+def _quantize_cases(draw):
+    float_dtype = draw(st.sampled_from([np.float32, np.float64]))
+    code_dtype = draw(st.sampled_from(CODE_DTYPES))
+    info = np.iinfo(code_dtype)
+    scale = draw(st.floats(2.0**-20, 2.0**4, width=32))
+    # Values on and next to rounding ties (k + 1/2) * scale, beside arbitrary ones, NaN and infinities.
+    halves = st.integers(-(2**17), 2**17).map(lambda k: (k + 0.5) * scale)
+    values = st.one_of(halves, st.floats(width=32 if float_dtype == np.float32 else 64), st.floats(-1e3, 1e3))
+    x = draw(hnp.arrays(float_dtype, hnp.array_shapes(min_dims=0, max_dims=3, max_side=7), elements=values))
+    zero_point = draw(st.integers(int(info.min), int(info.max)))
+    lo = draw(st.integers(int(info.min), int(info.max)))
+    hi = draw(st.integers(lo, int(info.max)))
+    rounding = draw(st.sampled_from([FLOAT32_RINT, FLOAT64_HALF_AWAY]))
+    return x, scale, rounding, zero_point, lo, hi, code_dtype
+
+
+@settings(deadline=None, max_examples=300)
+@given(_quantize_cases())
+def test_quantize_float_matches_naive(case):
+    x = case[0]
+    out, non_finite = fast.quantize_float(*case)
+    expected, expected_non_finite = naive.quantize_float(*case)
+    assert non_finite == expected_non_finite == np.count_nonzero(~np.isfinite(x))
+    finite = np.isfinite(x)  # codes of NaN and infinities are undefined
+    np.testing.assert_array_equal(out[finite], expected[finite], strict=True)
+    assert out.shape == x.shape
+
+
+@pytest.mark.parametrize("rounding, expected", [
+    (FLOAT32_RINT, [-2, -2, -1, 0, 0, 0, 1, 2, 2, 3, 127, -128]),
+    (FLOAT64_HALF_AWAY, [-3, -2, -1, -1, 0, 1, 1, 2, 3, 3, 127, -128]),
+])
+def test_quantize_float_golden_ties(rounding, expected):
+    # x / 0.5 = -2.5, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2.5, 2.75; then values far beyond int32 saturate.
+    x = np.array([-1.25, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.25, 1.375, 3e38, -3e38], np.float32)
+    out, non_finite = fast.quantize_float(x, 0.5, rounding, 0, -128, 127, np.int8)
+    np.testing.assert_array_equal(out, np.array(expected, np.int8), strict=True)
+    assert non_finite == 0
+
+
+@settings(deadline=None, max_examples=200)
+@given(st.sampled_from(CODE_DTYPES).flatmap(lambda dtype: hnp.arrays(
+    dtype, hnp.array_shapes(min_dims=0, max_dims=4, max_side=6), elements=hnp.from_dtype(np.dtype(dtype))).map(
+    lambda codes: (codes, np.iinfo(dtype)))), st.floats(2.0**-30, 2.0**10, width=32), st.data())
+def test_dequantize_codes_matches_naive(codes_info, scale, data):
+    codes, info = codes_info
+    zero_point = data.draw(st.integers(int(info.min), int(info.max)))
+    out = fast.dequantize_codes(codes, scale, zero_point)
+    np.testing.assert_array_equal(out, naive.dequantize_codes(codes, scale, zero_point), strict=True)
+
+
+@settings(deadline=None, max_examples=200)
+@given(hnp.arrays(st.sampled_from([np.uint8, np.int8, np.int16, np.int32]),
+                  hnp.array_shapes(min_dims=0, max_dims=5, max_side=5)), st.data())
+def test_transpose_matches_naive(x, data):
+    perm = data.draw(st.permutations(range(x.ndim)))
+    if data.draw(st.booleans()) and x.ndim:
+        x = x[..., ::-1]  # a strided input
+    out = fast.transpose(x, perm)
+    np.testing.assert_array_equal(out, naive.transpose(x, perm), strict=True)
+    assert out.flags.c_contiguous
+
+
+def test_transpose_nchw_to_nhwc_golden():
+    x = np.arange(24, dtype=np.uint8).reshape(1, 2, 3, 4)  # x[0, c, h, w] = 12 c + 4 h + w
+    out = fast.transpose(x, (0, 2, 3, 1))
+    assert out.shape == (1, 3, 4, 2)
+    assert out[0, 2, 1, 1] == 12 + 8 + 1 and out[0, 1, 3, 0] == 4 + 3
