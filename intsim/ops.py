@@ -513,6 +513,15 @@ def _broadcast_shape(node, shapes):
     return tuple(out)
 
 
+def _broadcast_operands(inputs):
+    """The two inputs of a binary op as C-contiguous arrays of their broadcast shape (no copy when they
+    already are)."""
+    a, b = inputs
+    if a.shape == b.shape and a.flags.c_contiguous and b.flags.c_contiguous:
+        return a, b
+    return tuple(np.ascontiguousarray(v) for v in np.broadcast_arrays(a, b))
+
+
 @register("add")
 class Add(Op):
     """``y = a + b`` (or ``a - b`` with attribute ``subtract``), both inputs rescaled first.
@@ -556,7 +565,7 @@ class Add(Op):
         }
 
     def run(self, plan, inputs, kernels):
-        a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(*inputs))
+        a, b = _broadcast_operands(inputs)
         args = plan["args"]
         out, sat = kernels.add(a, *args[:4], b, *args[4:], subtract=plan["subtract"])
         return [out], {"saturation_count": sat}
@@ -589,7 +598,7 @@ class Mul(Op):
         }
 
     def run(self, plan, inputs, kernels):
-        a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(*inputs))
+        a, b = _broadcast_operands(inputs)
         za, zb = plan["zero_points"]
         out, sat = kernels.mul(a, za, b, zb, *plan["args"])
         return [out], {"saturation_count": sat}
@@ -1140,7 +1149,7 @@ class AddFloat32Fma(Op):
         return {"args": (*ratios, lo, hi, out.np_dtype)}
 
     def run(self, plan, inputs, kernels):
-        a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(*inputs))
+        a, b = _broadcast_operands(inputs)
         out, sat = kernels.add_float32_fma(a, b, *plan["args"])
         return [out], {"saturation_count": sat}
 
@@ -1183,7 +1192,7 @@ class MulFloat32(Op):
                          out.np_dtype)}
 
     def run(self, plan, inputs, kernels):
-        a, b = (np.ascontiguousarray(v) for v in np.broadcast_arrays(*inputs))
+        a, b = _broadcast_operands(inputs)
         za, zb, *rest = plan["args"]
         out, sat = kernels.mul_float32(a, za, b, zb, *rest)
         return [out], {"saturation_count": sat}

@@ -82,17 +82,19 @@ def _copy4(x, out):
 
 
 def transpose(x, perm):
-    """A C-contiguous copy of ``x`` with its axes permuted by ``perm`` (``numpy.transpose``).
+    """``x`` with its axes permuted by ``perm`` (``numpy.transpose``), C-contiguous.
 
-    Up to rank :data:`TRANSPOSE_MAX_RANK` one numba pass reads ``x`` in order
-    and writes a permuted view of the output (NCHW to NHWC of a 224 x 224 x 3
-    image: one strided store per byte); higher ranks use numpy.
+    Where the permuted view is already C-contiguous (only unit axes move) it is
+    returned as it is.  Otherwise, up to rank :data:`TRANSPOSE_MAX_RANK`, one
+    numba pass reads ``x`` in order and writes a permuted view of the output
+    (NCHW to NHWC of a 224 x 224 x 3 image: one strided store per byte); higher
+    ranks use numpy.
     """
-    perm = tuple(perm)
-    if x.ndim > TRANSPOSE_MAX_RANK:
-        return np.transpose(x, perm).copy(order="C")
-    out = np.empty(tuple(x.shape[p] for p in perm), x.dtype)
+    permuted = np.transpose(x, perm)
+    if permuted.flags.c_contiguous or x.ndim > TRANSPOSE_MAX_RANK:
+        return np.ascontiguousarray(permuted)
+    out = np.empty(permuted.shape, x.dtype)
     unit_axes = (np.newaxis,) * (TRANSPOSE_MAX_RANK - x.ndim)
-    view = np.transpose(out, np.argsort(perm))  # shaped like x: view[i] is out[perm(i)]
-    _copy4(np.asarray(x, order="C")[unit_axes], view[unit_axes])
+    inverse = sorted(range(x.ndim), key=list(perm).__getitem__)
+    _copy4(np.asarray(x, order="C")[unit_axes], np.transpose(out, inverse)[unit_axes])  # out, shaped like x
     return out
