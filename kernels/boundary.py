@@ -92,7 +92,7 @@ def transpose(x, perm):
     """
     permuted = np.transpose(x, perm)
     if permuted.flags.c_contiguous or x.ndim > TRANSPOSE_MAX_RANK:
-        return np.ascontiguousarray(permuted)
+        return np.asarray(permuted, order="C")
     out = np.empty(permuted.shape, x.dtype)
     unit_axes = (np.newaxis,) * (TRANSPOSE_MAX_RANK - x.ndim)
     inverse = sorted(range(x.ndim), key=list(perm).__getitem__)
