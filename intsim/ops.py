@@ -316,8 +316,8 @@ class _MacOp(Op):
         return (
             graph.tensors[node.inputs[0]].zero_point,
             np.ascontiguousarray(node.params["weight"]),
-            node.params["weight_zero_point"].astype(np.int64),
-            node.params["bias"].astype(np.int32),
+            node.params["weight_zero_point"].astype(np.int64, copy=False),  # the graph's own arrays where
+            node.params["bias"].astype(np.int32, copy=False),  # they already have these dtypes: no second copy
         )
 
     def _check_weights(self, node, graph, weight, out_channels):

@@ -5,6 +5,7 @@ import pytest
 
 import intsim
 from intsim import AccumulatorOverflowError, Graph, Model, Node, TensorInfo, ValidationError, get_profile
+from intsim.fixedpoint import FLOAT32_RINT
 from intsim.profiles import builtin_names
 from intsim.examples import branchy, random_codes, tiny_cnn
 
@@ -106,6 +107,29 @@ def test_run_plan_gives_the_traced_outputs(backend, build):
         outs = outs if isinstance(outs, tuple) else (outs,)
         for name, out in zip(graph.outputs, outs):
             np.testing.assert_array_equal(out, traced.tensors[name], strict=True, err_msg=name)
+
+
+@pytest.mark.parametrize("build", [tiny_cnn, branchy])
+def test_run_over_repeated_calls_and_changing_batches(build):
+    # Model.run hands the quantized codes straight to the run plan; every call must equal the naive
+    # path (quantize, run_int, dequantize on the naive kernels), and no output may share memory with
+    # another call's output or be changed by a later call.
+    graph = build("onnxruntime")
+    fast, naive = Model(graph), Model(graph, "naive")
+    info = graph.tensors["x"]
+    kept = []
+    for batch, seed in ((1, 0), (3, 1), (1, 2), (2, 3)):
+        rng = np.random.default_rng(seed)
+        x = (info.scale * (rng.integers(-140, 140, (batch,) + info.shape[1:]) + 0.5)).astype(np.float32)
+        out = fast.run(x)
+        out_info = graph.tensors[graph.outputs[0]]
+        codes, _ = naive._kernels.quantize_float(x, info.scale, FLOAT32_RINT, info.zero_point, 0, 255, np.uint8)
+        expected = naive._kernels.dequantize_codes(naive.run_int(codes), out_info.scale, out_info.zero_point)
+        np.testing.assert_array_equal(out, expected, strict=True)
+        kept.append((out, out.copy()))
+    for i, (out, copy) in enumerate(kept):
+        np.testing.assert_array_equal(out, copy, strict=True)
+        assert not any(np.shares_memory(out, other) for other, _ in kept[i + 1:])
 
 
 def test_extreme_inputs_are_deterministic_and_batch_independent():
