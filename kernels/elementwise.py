@@ -40,29 +40,40 @@ def _clamp(value, clamp_min, clamp_max):
 
 
 @njit(cache=True)
-def _add_scalar(
-    a_centered, a_multiplier, a_shift, a_scale,
-    b_centered, b_multiplier, b_shift, b_scale,
-    left_shift, out_multiplier, out_shift, rounding, multiplier_bits, subtract,
-):
-    # Requantized sum of two zero-point-free codes, before the output zero point.
+def _add_term(centered, multiplier, shift, scale, left_shift, rounding, multiplier_bits):
+    # One input's share of the sum, a function of its zero-point-free code alone: under integer codes
+    # the code shifted left by left_shift (saturating) and rescaled, an int32 value; under float codes
+    # the code times the input's scale ratio, in float32 or float64.  Every one is exact in float64.
     if rounding <= SINGLE:
-        a_wide = saturate(a_centered << left_shift, 32)
-        b_wide = saturate(b_centered << left_shift, 32)
-        a_rescaled = rescale_scalar(a_wide, a_multiplier, a_shift, 0.0, rounding, multiplier_bits)
-        b_rescaled = rescale_scalar(b_wide, b_multiplier, b_shift, 0.0, rounding, multiplier_bits)
-        if subtract:
-            b_rescaled = -b_rescaled
-        total = saturate(a_rescaled + b_rescaled, 32)
-        return rescale_scalar(total, out_multiplier, out_shift, 0.0, rounding, multiplier_bits)
+        wide = saturate(centered << left_shift, 32)
+        return np.float64(rescale_scalar(wide, multiplier, shift, 0.0, rounding, multiplier_bits))
     if rounding == FLOAT32_RINT:
         # |centered| <= 65535 < 2**24: the conversion to float32 is exact.
-        a32 = np.float32(a_centered) * np.float32(a_scale)
-        b32 = np.float32(b_centered) * np.float32(b_scale)
+        return np.float64(np.float32(centered) * np.float32(scale))
+    return np.float64(centered) * scale
+
+
+@njit(cache=True)
+def _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits, subtract):
+    # Requantized sum of the two terms of _add_term, before the output zero point.
+    if rounding <= SINGLE:
+        b_rescaled = -np.int64(b_term) if subtract else np.int64(b_term)
+        total = saturate(np.int64(a_term) + b_rescaled, 32)
+        return rescale_scalar(total, out_multiplier, out_shift, 0.0, rounding, multiplier_bits)
+    if rounding == FLOAT32_RINT:
+        a32, b32 = np.float32(a_term), np.float32(b_term)
         return saturating_round_float(a32 - b32 if subtract else a32 + b32, rounding)
-    a64 = np.float64(a_centered) * a_scale
-    b64 = np.float64(b_centered) * b_scale
-    return saturating_round_float(a64 - b64 if subtract else a64 + b64, rounding)
+    return saturating_round_float(a_term - b_term if subtract else a_term + b_term, rounding)
+
+
+@njit(cache=True)
+def _term_table(codes_min, count, zero_point, multiplier, shift, scale, left_shift, rounding, multiplier_bits):
+    # _add_term of every code codes_min .. codes_min + count - 1.
+    table = np.empty(count, np.float64)
+    for i in range(count):
+        table[i] = _add_term(np.int64(codes_min + i) - zero_point, multiplier, shift, scale, left_shift, rounding,
+                             multiplier_bits)
+    return table
 
 
 @njit(cache=True)
@@ -70,18 +81,28 @@ def _add_core(
     a, a_zero_point, a_multiplier, a_shift, a_scale,
     b, b_zero_point, b_multiplier, b_shift, b_scale,
     left_shift, out_multiplier, out_shift, rounding, multiplier_bits,
-    out_zero_point, clamp_min, clamp_max, subtract, out,
+    out_zero_point, clamp_min, clamp_max, subtract, codes_min, codes_count, out,
 ):
+    # With codes_count > 0 every code lies in [codes_min, codes_min + codes_count): each input's
+    # term is looked up in a table of all its codes (8-bit inputs), else computed per element.
+    a_table = _term_table(codes_min, codes_count, a_zero_point, a_multiplier, a_shift, a_scale, left_shift,
+                          rounding, multiplier_bits)
+    b_table = _term_table(codes_min, codes_count, b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
+                          rounding, multiplier_bits)
     saturated = 0
     for i in range(a.size):
-        value = out_zero_point + _add_scalar(
-            np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale,
-            np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale,
-            left_shift, out_multiplier, out_shift, rounding, multiplier_bits, subtract,
-        )
+        if codes_count:
+            a_term = a_table[np.int64(a[i]) - codes_min]
+            b_term = b_table[np.int64(b[i]) - codes_min]
+        else:
+            a_term = _add_term(np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale, left_shift, rounding,
+                               multiplier_bits)
+            b_term = _add_term(np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale, left_shift, rounding,
+                               multiplier_bits)
+        value = out_zero_point + _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits,
+                                            subtract)
         clamped = _clamp(value, clamp_min, clamp_max)
-        if clamped != value:
-            saturated += 1
+        saturated += clamped != value
         out[i] = clamped
     return saturated
 
@@ -130,11 +151,14 @@ def add(
     saturation_count : int
     """
     out = np.empty(a.shape, out_dtype)
+    # 8-bit codes: both inputs' terms come from tables of all 256 codes (one dtype for both).
+    tabled = a.dtype == b.dtype and a.dtype.itemsize == 1
     saturated = _add_core(
         a.reshape(-1), int(a_zero_point), int(a_multiplier), int(a_shift), float(a_scale),
         b.reshape(-1), int(b_zero_point), int(b_multiplier), int(b_shift), float(b_scale),
         int(left_shift), int(out_multiplier), int(out_shift), int(rounding), int(multiplier_bits),
-        int(out_zero_point), int(clamp_min), int(clamp_max), bool(subtract), out.reshape(-1),
+        int(out_zero_point), int(clamp_min), int(clamp_max), bool(subtract),
+        int(np.iinfo(a.dtype).min), 256 if tabled else 0, out.reshape(-1),
     )
     return out, int(saturated)
 

@@ -83,11 +83,26 @@ def assert_same(fast_result, naive_result):
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("rounding", ALL_ROUNDINGS)
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_add_every_code_pair_matches_twin(rounding, dtype):
+    codes = np.arange(np.iinfo(dtype).min, np.iinfo(dtype).max + 1).astype(dtype)
+    a, b = np.repeat(codes, 256), np.tile(codes, 256)
+    lo, hi = int(np.iinfo(dtype).min) + 5, int(np.iinfo(dtype).max) - 5
+    args = (a, 3, 1518500250, -1, 0.7, b, -5, 1288490189, -2, 0.3, 20, 1400000000, -17, 0.0, rounding, 31, 1,
+            lo, hi, dtype)
+    for subtract in (False, True):
+        assert_same(fast.add(*args, subtract=subtract), naive.add(*args, subtract=subtract))
+
+
 @settings(deadline=None, max_examples=150)
-@given(data=st.data())
-def test_add_matches_twin(data):
+@given(data=st.data(), same_8_bit=st.booleans())
+def test_add_matches_twin(data, same_8_bit):
+    # same_8_bit: both inputs int8 or both uint8, the case whose terms come from tables of all codes.
     shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=5), label="shape")
     a_dtype, b_dtype, out_dtype = (data.draw(dtypes) for _ in range(3))
+    if same_8_bit:
+        a_dtype = b_dtype = data.draw(st.sampled_from([np.int8, np.uint8]), label="8-bit dtype")
     bits = data.draw(multiplier_bits, label="multiplier_bits")
     (a_mult, a_shift), (b_mult, b_shift), (out_mult, out_shift) = (
         data.draw(fixed_point_multipliers(bits)) for _ in range(3)
