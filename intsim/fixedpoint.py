@@ -143,23 +143,33 @@ def multiply_by_quantized_multiplier_scalar(x, multiplier, shift, rounding, mult
 
 
 @njit(cache=True)
-def saturating_round_float(value, rounding):
-    """``value`` rounded to an integer and saturated to int32.
+def round_float(value, rounding):
+    """``value`` rounded to an integer, in ``value``'s own float type.
 
     ``FLOAT32_RINT`` rounds ties to even (C ``rint``); ``FLOAT64_HALF_AWAY``
     rounds ties away from zero (C ``round``).  Exact for every float32 and
     float64 input (no ``floor(x + 0.5)``, which takes 0.49999999999999994 to 1).
+    Not saturating: the result is still a float, infinities and NaN pass
+    through.  Without a conversion to an integer inside, a loop of these
+    vectorises where ``rounding`` is a constant.
+    """
+    if rounding == FLOAT32_RINT:
+        return np.rint(value)
+    magnitude = abs(value)
+    floor = np.floor(magnitude)
+    # magnitude - floor(magnitude) is exact: both lie in the same binade, or the floor is 0.
+    up = floor + (np.float32(1.0) if magnitude - floor >= 0.5 else np.float32(0.0))  # float32 stays float32
+    return -up if value < 0 else up
+
+
+@njit(cache=True)
+def saturating_round_float(value, rounding):
+    """``value`` rounded to an integer as :func:`round_float` does, and saturated to int32.
+
     Not a requantization by itself: the caller has already formed the real
     value in the mode's float width.
     """
-    if rounding == FLOAT32_RINT:
-        rounded = np.float64(np.rint(value))
-    else:
-        magnitude = abs(value)
-        floor = np.floor(magnitude)
-        # magnitude - floor(magnitude) is exact: both lie in the same binade, or the floor is 0.
-        up = floor + (1.0 if magnitude - floor >= 0.5 else 0.0)
-        rounded = np.float64(-up if value < 0 else up)
+    rounded = np.float64(round_float(value, rounding))
     # Both bounds are exact in float64 and ``rounded`` is integral, so the
     # clamp then the conversion is the saturating conversion.
     return np.int64(min(max(rounded, np.float64(INT32_MIN)), np.float64(INT32_MAX)))

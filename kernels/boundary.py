@@ -11,20 +11,29 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from intsim.fixedpoint import saturating_round_float
+from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY, round_float
 
 # Tensors of rank up to this are transposed by the numba core (unit axes in front).
 TRANSPOSE_MAX_RANK = 4
 
 
-@njit(cache=True)
-def _quantize_core(x, scale, rounding, zero_point, clamp_min, clamp_max, out):
+@njit(inline="always")
+def _quantize_loop(x, scale, rounding, zero_point, low, high, out):
+    # ``low`` and ``high``, the clamp minus the zero point, are exact in the float type: the clamp
+    # happens before the zero point is added, where the rounded quotient is still a float.
     non_finite = 0
     for i in range(x.size):
-        non_finite += not np.isfinite(x[i])
-        value = x[i] / scale  # in the float type of x and scale; may overflow to infinity, then saturates
-        out[i] = min(max(saturating_round_float(value, rounding) + zero_point, clamp_min), clamp_max)
+        non_finite += (x[i] - x[i]) != 0  # NaN or an infinity
+        out[i] = np.int32(min(max(round_float(x[i] / scale, rounding), low), high)) + zero_point
     return non_finite
+
+
+@njit(cache=True)
+def _quantize_core(x, scale, rounding, zero_point, low, high, out):
+    # One loop per rounding mode, each with the mode a constant, so that both vectorise.
+    if rounding == FLOAT32_RINT:
+        return _quantize_loop(x, scale, FLOAT32_RINT, zero_point, low, high, out)
+    return _quantize_loop(x, scale, FLOAT64_HALF_AWAY, zero_point, low, high, out)
 
 
 def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dtype):
@@ -37,7 +46,7 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
     rounding : int
         :data:`~intsim.fixedpoint.FLOAT32_RINT` (ties to even) or
         :data:`~intsim.fixedpoint.FLOAT64_HALF_AWAY` (ties away from zero), in
-        any float type (:func:`~intsim.fixedpoint.saturating_round_float`).
+        ``x``'s float type (:func:`~intsim.fixedpoint.round_float`).
     zero_point, clamp_min, clamp_max : int
     out_dtype : numpy integer dtype
 
@@ -48,8 +57,9 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
         Elements of ``x`` that are NaN or infinite (their codes are undefined).
     """
     out = np.empty(x.shape, out_dtype)
-    non_finite = _quantize_core(x.reshape(-1), x.dtype.type(scale), int(rounding), int(zero_point), int(clamp_min),
-                                int(clamp_max), out.reshape(-1))
+    real = x.dtype.type
+    non_finite = _quantize_core(x.reshape(-1), real(scale), int(rounding), int(zero_point),
+                                real(clamp_min - zero_point), real(clamp_max - zero_point), out.reshape(-1))
     return out, int(non_finite)
 
 

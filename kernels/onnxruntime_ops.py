@@ -11,7 +11,7 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
-from intsim.fixedpoint import FLOAT32_RINT, saturating_round_float
+from intsim.fixedpoint import FLOAT32_RINT, round_float, saturating_round_float
 
 
 @intrinsic
@@ -43,14 +43,14 @@ def fma_float32(x, y, z):
 
 @njit(cache=True)
 def _add_float32_fma_core(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out):
-    # Branch-free, so that the loop vectorises.  ``rint`` leaves an integral float32 and the clamp
+    # Branch-free, so that the loop vectorises.  round_float leaves an integral float32 and the clamp
     # bounds (8/16-bit codes) are exact in float32: clamping before the conversion to int32 is the
     # saturation, and it also covers every value beyond the int32 range.
     saturated = 0
     low, high = np.float32(clamp_min), np.float32(clamp_max)
     for i in range(a.size):
         inner = _llvm_fma_float32(np.float32(b[i]), b_ratio, offset)
-        value = np.rint(_llvm_fma_float32(np.float32(a[i]), a_ratio, inner))
+        value = round_float(_llvm_fma_float32(np.float32(a[i]), a_ratio, inner), FLOAT32_RINT)
         clamped = min(max(value, low), high)
         saturated += clamped != value
         out[i] = np.int32(clamped)

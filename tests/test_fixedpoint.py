@@ -476,6 +476,23 @@ def test_float64_half_away_just_below_half():
     np.testing.assert_array_equal(got, np.array([0, 0, 1], np.int32), strict=True)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rounding, reference", [(fp.FLOAT32_RINT, round_half_even),
+                                                 (fp.FLOAT64_HALF_AWAY, round_half_away)])
+def test_round_float_is_exact_in_both_float_types(dtype, rounding, reference):
+    # Ties k + 1/2, their float neighbours (the largest float below 1/2 above all), values at the
+    # edge of the integral range (2**23, 2**52) and a seeded random batch.
+    ties = [k + 0.5 for k in range(-6, 6)]
+    neighbours = [np.nextafter(dtype(t), dtype(d)) for t in ties + [0.5, 2.0**22 + 0.5] for d in (-np.inf, np.inf)]
+    edges = [2.0**23 - 0.5, 2.0**23 + 1, 2.0**52 + 1, -(2.0**52) - 1, 0.0, -0.0, 1e30]
+    rng = np.random.default_rng(SEED + 11)
+    values = [dtype(v) for v in ties + edges + list(rng.uniform(-1e4, 1e4, 200))] + neighbours
+    for v in values:
+        assert fp.round_float(v, rounding) == reference(Fraction(float(v))), v
+    for v in (np.inf, -np.inf):
+        assert fp.round_float(dtype(v), rounding) == v
+
+
 def test_from_real_float_mode_keeps_the_scale():
     scale = np.array([0.1, 0.003, 1.7])
     params = fp.Rescale.from_real(scale, "float32_rint")
