@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from intsim import kernels
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.kernels import boundary as fast
+from intsim.kernels import naive as naive_kernels
 from intsim.kernels import naive_boundary as naive
 
 CODE_DTYPES = [np.int8, np.uint8, np.int16, np.uint16]
@@ -84,3 +88,11 @@ def test_transpose_nchw_to_nhwc_golden():
     out = fast.transpose(x, (0, 2, 3, 1))
     assert out.shape == (1, 3, 4, 2)
     assert out[0, 2, 1, 1] == 12 + 8 + 1 and out[0, 1, 3, 0] == 4 + 3
+
+
+def test_every_fast_kernel_has_a_naive_twin_of_the_same_signature():
+    assert kernels.__all__ == naive_kernels.__all__
+    for name in kernels.__all__:
+        fast_params = inspect.signature(getattr(kernels, name)).parameters
+        naive_params = inspect.signature(getattr(naive_kernels, name)).parameters
+        assert list(fast_params) == list(naive_params), name
