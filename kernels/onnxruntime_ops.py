@@ -93,16 +93,17 @@ def add_float32_fma(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out_dt
 
 @njit(cache=True)
 def _mul_float32_core(a, a_zero_point, b, b_zero_point, ratio, out_zero_point, clamp_min, clamp_max, out):
+    # Branch-free, as _add_float32_fma_core: the clamp in float32 is the saturation.
     saturated = 0
     zero_point = np.float32(out_zero_point)
+    low, high = np.float32(clamp_min), np.float32(clamp_max)
     for i in range(a.size):
-        product = (np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point)
+        product = (np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point)  # |product| <= 255**2 < 2**24
         scaled = np.float32(np.float32(product) * ratio)
-        value = saturating_round_float(np.float32(scaled + zero_point), FLOAT32_RINT)
-        clamped = min(max(value, clamp_min), clamp_max)
-        if clamped != value:
-            saturated += 1
-        out[i] = clamped
+        value = round_float(np.float32(scaled + zero_point), FLOAT32_RINT)
+        clamped = min(max(value, low), high)
+        saturated += clamped != value
+        out[i] = np.int32(clamped)
     return saturated
 
 
