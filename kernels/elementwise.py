@@ -17,7 +17,9 @@ import numpy as np
 from numba import njit
 
 from intsim.fixedpoint import (
+    DOUBLE,
     FLOAT32_RINT,
+    FLOAT64_HALF_AWAY,
     SINGLE,
     rescale_scalar,
     round_half_away_divide,
@@ -66,45 +68,36 @@ def _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_b
     return saturating_round_float(a_term - b_term if subtract else a_term + b_term, rounding)
 
 
-@njit(cache=True)
-def _term_table(codes_min, count, zero_point, multiplier, shift, scale, left_shift, rounding, multiplier_bits):
-    # _add_term of every code codes_min .. codes_min + count - 1.
-    table = np.empty(count, np.float64)
-    for i in range(count):
-        table[i] = _add_term(np.int64(codes_min + i) - zero_point, multiplier, shift, scale, left_shift, rounding,
-                             multiplier_bits)
-    return table
-
-
-@njit(cache=True)
-def _add_core(
-    a, a_zero_point, a_multiplier, a_shift, a_scale,
-    b, b_zero_point, b_multiplier, b_shift, b_scale,
-    left_shift, out_multiplier, out_shift, rounding, multiplier_bits,
-    out_zero_point, clamp_min, clamp_max, subtract, codes_min, codes_count, out,
-):
-    # With codes_count > 0 every code lies in [codes_min, codes_min + codes_count): each input's
-    # term is looked up in a table of all its codes (8-bit inputs), else computed per element.
-    a_table = _term_table(codes_min, codes_count, a_zero_point, a_multiplier, a_shift, a_scale, left_shift,
-                          rounding, multiplier_bits)
-    b_table = _term_table(codes_min, codes_count, b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
-                          rounding, multiplier_bits)
+@njit(inline="always")
+def _add_loop(operands, rounding):
+    (a, a_zero_point, a_multiplier, a_shift, a_scale, b, b_zero_point, b_multiplier, b_shift, b_scale,
+     left_shift, out_multiplier, out_shift, multiplier_bits, out_zero_point, clamp_min, clamp_max, subtract,
+     out) = operands
     saturated = 0
     for i in range(a.size):
-        if codes_count:
-            a_term = a_table[np.int64(a[i]) - codes_min]
-            b_term = b_table[np.int64(b[i]) - codes_min]
-        else:
-            a_term = _add_term(np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale, left_shift, rounding,
-                               multiplier_bits)
-            b_term = _add_term(np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale, left_shift, rounding,
-                               multiplier_bits)
+        a_term = _add_term(np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale, left_shift, rounding,
+                           multiplier_bits)
+        b_term = _add_term(np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale, left_shift, rounding,
+                           multiplier_bits)
         value = out_zero_point + _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits,
                                             subtract)
         clamped = _clamp(value, clamp_min, clamp_max)
         saturated += clamped != value
         out[i] = clamped
     return saturated
+
+
+@njit(cache=True)
+def _add_core(operands, rounding):
+    # One loop per rounding mode, the mode a constant in each: its branches fold away and the loop
+    # vectorises (10x on 56x56x24 int8 under DOUBLE against one loop that tests the mode per element).
+    if rounding == DOUBLE:
+        return _add_loop(operands, DOUBLE)
+    if rounding == SINGLE:
+        return _add_loop(operands, SINGLE)
+    if rounding == FLOAT32_RINT:
+        return _add_loop(operands, FLOAT32_RINT)
+    return _add_loop(operands, FLOAT64_HALF_AWAY)
 
 
 def add(
@@ -151,15 +144,13 @@ def add(
     saturation_count : int
     """
     out = np.empty(a.shape, out_dtype)
-    # 8-bit codes: both inputs' terms come from tables of all 256 codes (one dtype for both).
-    tabled = a.dtype == b.dtype and a.dtype.itemsize == 1
-    saturated = _add_core(
+    operands = (
         a.reshape(-1), int(a_zero_point), int(a_multiplier), int(a_shift), float(a_scale),
         b.reshape(-1), int(b_zero_point), int(b_multiplier), int(b_shift), float(b_scale),
-        int(left_shift), int(out_multiplier), int(out_shift), int(rounding), int(multiplier_bits),
-        int(out_zero_point), int(clamp_min), int(clamp_max), bool(subtract),
-        int(np.iinfo(a.dtype).min), 256 if tabled else 0, out.reshape(-1),
+        int(left_shift), int(out_multiplier), int(out_shift), int(multiplier_bits),
+        int(out_zero_point), int(clamp_min), int(clamp_max), bool(subtract), out.reshape(-1),
     )
+    saturated = _add_core(operands, int(rounding))
     return out, int(saturated)
 
 
@@ -168,11 +159,10 @@ def add(
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _mul_core(
-    a, a_zero_point, b, b_zero_point, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
-    out_zero_point, clamp_min, clamp_max, out,
-):
+@njit(inline="always")
+def _mul_loop(operands, rounding):
+    (a, a_zero_point, b, b_zero_point, out_multiplier, out_shift, out_scale, multiplier_bits,
+     out_zero_point, clamp_min, clamp_max, out) = operands
     saturated = 0
     for i in range(a.size):
         # Centered 16-bit codes lie in [-65535, 65535]; their product (< 2**32) can leave
@@ -180,10 +170,21 @@ def _mul_core(
         acc = saturate((np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point), 32)
         value = rescale_scalar(acc, out_multiplier, out_shift, out_scale, rounding, multiplier_bits) + out_zero_point
         clamped = _clamp(value, clamp_min, clamp_max)
-        if clamped != value:
-            saturated += 1
+        saturated += clamped != value
         out[i] = clamped
     return saturated
+
+
+@njit(cache=True)
+def _mul_core(operands, rounding):
+    # As _add_core: one vectorised loop per rounding mode (12x under DOUBLE).
+    if rounding == DOUBLE:
+        return _mul_loop(operands, DOUBLE)
+    if rounding == SINGLE:
+        return _mul_loop(operands, SINGLE)
+    if rounding == FLOAT32_RINT:
+        return _mul_loop(operands, FLOAT32_RINT)
+    return _mul_loop(operands, FLOAT64_HALF_AWAY)
 
 
 def mul(
@@ -204,11 +205,12 @@ def mul(
         Elements clamped to ``[clamp_min, clamp_max]``.
     """
     out = np.empty(a.shape, out_dtype)
-    saturated = _mul_core(
+    operands = (
         a.reshape(-1), int(a_zero_point), b.reshape(-1), int(b_zero_point),
-        int(out_multiplier), int(out_shift), float(out_scale), int(rounding), int(multiplier_bits),
+        int(out_multiplier), int(out_shift), float(out_scale), int(multiplier_bits),
         int(out_zero_point), int(clamp_min), int(clamp_max), out.reshape(-1),
     )
+    saturated = _mul_core(operands, int(rounding))
     return out, int(saturated)
 
 

@@ -98,7 +98,7 @@ def test_add_every_code_pair_matches_twin(rounding, dtype):
 @settings(deadline=None, max_examples=150)
 @given(data=st.data(), same_8_bit=st.booleans())
 def test_add_matches_twin(data, same_8_bit):
-    # same_8_bit: both inputs int8 or both uint8, the case whose terms come from tables of all codes.
+    # same_8_bit: both inputs int8 or both uint8, as in a network (else each dtype is drawn on its own).
     shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=5), label="shape")
     a_dtype, b_dtype, out_dtype = (data.draw(dtypes) for _ in range(3))
     if same_8_bit:
