@@ -344,11 +344,9 @@ def avg_pool_nhwc(x, x_zero_point, kernel, strides, pads, count_include_pad):
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
-def _mean_core(
-    x, x_zero_point, multiplier, shift, scale, rounding, multiplier_bits,
-    out_zero_point, clamp_min, clamp_max, out,
-):
+@njit(inline="always")
+def _mean_loop(operands, rounding):
+    x, x_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min, clamp_max, out = operands
     outer, reduced, inner = x.shape
     total = np.empty(inner, np.int64)
     saturated = 0
@@ -362,10 +360,21 @@ def _mean_core(
             acc = saturate(total[k], 32)
             value = rescale_scalar(acc, multiplier, shift, scale, rounding, multiplier_bits) + out_zero_point
             clamped = _clamp(value, clamp_min, clamp_max)
-            if clamped != value:
-                saturated += 1
+            saturated += clamped != value
             out[o, k] = clamped
     return saturated
+
+
+@njit(cache=True)
+def _mean_core(operands, rounding):
+    # As _add_core: one loop per rounding mode, so that the rescale of each output vectorises.
+    if rounding == DOUBLE:
+        return _mean_loop(operands, DOUBLE)
+    if rounding == SINGLE:
+        return _mean_loop(operands, SINGLE)
+    if rounding == FLOAT32_RINT:
+        return _mean_loop(operands, FLOAT32_RINT)
+    return _mean_loop(operands, FLOAT64_HALF_AWAY)
 
 
 def mean_reduce(
@@ -386,10 +395,9 @@ def mean_reduce(
     """
     outer, _, inner = x.shape
     out = np.empty((outer, inner), out_dtype)
-    saturated = _mean_core(
-        np.ascontiguousarray(x), int(x_zero_point), int(multiplier), int(shift), float(scale), int(rounding),
-        int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
-    )
+    operands = (np.ascontiguousarray(x), int(x_zero_point), int(multiplier), int(shift), float(scale),
+                int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out)
+    saturated = _mean_core(operands, int(rounding))
     return out, int(saturated)
 
 
