@@ -250,35 +250,49 @@ def _pad_encode(x, top, left, a_sub, pad_code, padded):
     # padded [N, PH, PW, CP]: x - a_sub at (top + ih, left + iw, c) for c < Cin,
     # zeros in the channels up to CP (their weights are zero), ``pad_code``
     # in the border pixels; input rows and columns past PH, PW are dropped
-    # (no window reaches them).
+    # (no window reaches them).  Plain loops over flat indices: the runs are
+    # as short as one pixel of three channels, too short for a call each.
     n_batch, height, width, cin = x.shape
     padded_h, padded_w, padded_c = padded.shape[1], padded.shape[2], padded.shape[3]
     x_flat = x.reshape(x.size)
     padded_flat = padded.reshape(padded.size)
     left_px = min(left, padded_w)
     inside = max(0, min(width, padded_w - left_px))
+    row_len = padded_w * padded_c
     for n in range(n_batch):
         for ph in range(padded_h):
             ih = ph - top
-            dst = (n * padded_h + ph) * padded_w * padded_c
+            row = padded_flat[(n * padded_h + ph) * row_len:(n * padded_h + ph + 1) * row_len]
             if ih < 0 or ih >= height:
-                _fill(padded_flat, dst, padded_w * padded_c, pad_code)
+                row[:] = pad_code
                 continue
-            src = (n * height + ih) * width * cin
-            _fill(padded_flat, dst, left_px * padded_c, pad_code)
+            source = x_flat[(n * height + ih) * width * cin:(n * height + ih + 1) * width * cin]
+            row[:left_px * padded_c] = pad_code
+            body = row[left_px * padded_c:(left_px + inside) * padded_c]
             if padded_c == cin:
-                _copy_encoded(x_flat, src, inside * cin, a_sub, padded_flat, dst + left_px * cin)
+                _encode_pixels(1, 1, source, body, inside * cin, a_sub)
+            elif cin == 3 and padded_c == 4:  # RGB stems
+                _encode_pixels(3, 4, source, body, inside, a_sub)
             else:
-                for iw in range(inside):
-                    at = dst + (left_px + iw) * padded_c
-                    _copy_encoded(x_flat, src + iw * cin, cin, a_sub, padded_flat, at)
-                    _fill(padded_flat, at + cin, padded_c - cin, 0)
-            _fill(padded_flat, dst + (left_px + inside) * padded_c, (padded_w - left_px - inside) * padded_c, pad_code)
+                _encode_pixels(cin, padded_c, source, body, inside, a_sub)
+            row[(left_px + inside) * padded_c:] = pad_code
+
+
+@njit(inline="always")
+def _encode_pixels(cin, padded_c, source, body, count, a_sub):
+    # body[p * padded_c + c] = source[p * cin + c] - a_sub for p < count and
+    # c < cin, zero for the other channels.  Inlined with constant channel
+    # counts, the inner loops unroll.
+    for p in range(count):
+        for c in range(cin):
+            body[p * padded_c + c] = source[p * cin + c] - a_sub
+        for c in range(cin, padded_c):
+            body[p * padded_c + c] = 0
 
 
 @njit(cache=True)
-def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, groups, a_rows):
-    # a_rows[r]: the first word, in an NHWC source of ``groups`` words per
+def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows):
+    # a_rows[r]: the first word, in an NHWC source of ``pixel_words`` words per
     # pixel, of the window of output pixel m0 + r (its top-left tap).
     per_image = out_h * out_w
     n = m0 // per_image
@@ -292,13 +306,13 @@ def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, groups, a_rows):
             if oh == out_h:
                 oh = 0
                 n += 1
-        a_rows[r] = ((n * source_h + oh * sh) * source_w + ow * sw) * groups
+        a_rows[r] = ((n * source_h + oh * sh) * source_w + ow * sw) * pixel_words
 
 
 # The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
 # to type-check per call instead of twenty).
 GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
-                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "rounding",
+                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words", "rounding",
                  "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max")
 
 
@@ -313,7 +327,8 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     # into a patch matrix (im2col) and ``taps`` is [0].  ``code_sample``
     # carries the code dtype.
     (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
-     row_len, source_h, source_w, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max) = settings
+     row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
+     clamp_max) = settings
     n_rows = out.shape[0]
     saturation_count = 0
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
@@ -322,7 +337,7 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
         acc = np.empty((rows, c0.shape[0]), np.int32)
         a_rows = np.empty(rows, np.int64)
         if implicit:
-            _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, groups, a_rows)
+            _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows)
             a = source
         else:
             patches = np.empty((rows, row_len), code_sample.dtype)
@@ -723,15 +738,18 @@ def _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant)
     if implicit and not in_place:
         source_h, source_w = (out_h - 1) * sh + (kernel_h - 1) * dh + 1, (out_w - 1) * sw + (kernel_w - 1) * dw + 1
         padded_shape = (x4.shape[0], source_h, source_w, tap_row)
-    if implicit:
+    if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
+        taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups
+    elif implicit:
         taps = np.array([(kh * dh * source_w + kw * dw) * tap_groups for kh in range(kernel_h)
                          for kw in range(kernel_w)], np.int64)
+        groups = tap_groups
     else:
-        taps = np.zeros(1, np.int64)
+        taps, groups = np.zeros(1, np.int64), packed.groups
     settings = np.array(
         [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0], pads[1],
-         tap_groups if implicit else packed.groups, CHUNK_ROWS, packed.row_len, source_h, source_w, rounding,
-         multiplier_bits, out_zero_point, clamp_min, clamp_max], np.int64)
+         groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits, out_zero_point,
+         clamp_min, clamp_max], np.int64)
     return padded_shape, taps, settings
 
 
