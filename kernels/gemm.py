@@ -5,12 +5,25 @@ is built), ``*_requantized`` runs a batch and returns output codes without
 writing an int32 tensor (white paper §2.1 MAC array, §2.2 requantization).
 
 The fast path computes ``bias + sum (x - z_x)(w - z_w)`` as one GEMM per
-chunk of output pixels: im2col of the chunk into an L2-sized buffer (none for
-a 1x1 stride-1 conv whose codes are already in the packed form), the
-register-tiled micro-kernel of :mod:`intsim.kernels.microkernel` over 16
-output channels at a time, then :func:`intsim.kernels.mac._requantize_core`
-on the chunk's accumulators.  Depthwise convs (one input channel per output
-channel) run a direct channels-last kernel instead.
+chunk of output pixels: the register-tiled micro-kernel of
+:mod:`intsim.kernels.microkernel` over 16 output channels at a time, then
+:func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators.
+Where the micro-kernel reads its rows:
+
+implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes already are the packed form)
+    The weights are packed per tap, each tap's ``Cin`` padded with zero
+    weights to whole groups.  The input is encoded once per call into an
+    NHWC copy with its padding border (``z_x`` encoded) and its channels
+    padded likewise (none when the codes already are the packed form and
+    nothing is padded: then they are read where they lie).  Every row of a
+    tile is then the top-left pixel of its output pixel's window, whatever
+    the stride, and each tap a fixed offset from it; with ``dw == 1`` a whole
+    window row is one contiguous run and one tap.  No patch matrix.
+im2col (other 1x1 convs, fully-connected and matmul)
+    Each chunk's windows are encoded into an L2-sized patch matrix.
+
+Depthwise convs (one input channel per output channel) run a direct
+channels-last kernel instead.
 
 It is taken only where it is provably the exact result of the hardware order
 of :func:`intsim.kernels.mac.conv2d_nhwc_acc`: no pairwise int16 saturation,
@@ -32,8 +45,9 @@ quads
     ``c0 = bias + (a_sub - z_x) * sum_k (w - z_w)`` where ``a_sub`` is what
     was subtracted from ``x``.  Needs ``w - z_w`` in [-128, 127].
 
-Padding taps hold ``z_x``, encoded like any other code; the reduction is
-padded to a whole group with zero activations and zero weights.
+Padding taps hold ``z_x``, encoded like any other code; the reduction (or
+each tap's run of it) is padded to a whole group with zero weights (and zero
+activations in im2col).
 """
 
 from __future__ import annotations

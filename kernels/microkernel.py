@@ -18,7 +18,19 @@ magnitude, and every add wraps modulo ``2**32``: the tile therefore ends
 equal to the exact sum whenever that sum fits int32, whatever the partial
 sums did on the way (the callers prove the final sums fit, white paper §2.1).
 
-The accumulators stay in registers for the whole reduction: ``rows * blocks``
+``mac_tile_taps(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)``
+is the same tile summed over ``T = len(taps)`` *taps*, each row read where it
+lies (an implicit GEMM: the rows are input pixels, not a copied patch matrix)::
+
+    c[c_off + r*c_stride + 16*b + j] = c0[c0_off + 16*b + j]
+        + sum_t sum_g dot(a[a_rows[a_rows_off + r] + taps[t] + g], w[w_off + 16*(T*groups*b + groups*t + g) + j])
+
+``a_rows`` and ``taps`` are int64 arrays of word offsets: the rows need not
+be equally spaced (a tile may cross the end of an output row), and the
+weights of tap ``t`` follow those of tap ``t - 1`` in every block.
+``mac_tile`` is the one-tap form with ``a_rows[r] = a_off + r * a_stride``.
+
+The accumulators stay in registers for the whole reduction (all taps): ``rows * blocks``
 vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
 by every row, and one broadcast of a packed activation per row, shared by
 every block.  ``variant`` ``rows`` and ``blocks``
