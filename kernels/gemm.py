@@ -139,49 +139,46 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
-def _tile_shapes(variant, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
+def _tile_shapes(variant, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
                  c_stride):
     # Inlined with a constant ``variant``, which mac_tile_taps needs at compile time.
-    if full_rows and full_blocks:
+    if full_blocks:
         mac_tile_taps(variant, 0, 0, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-    elif full_rows:
-        mac_tile_taps(variant, 0, 1, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-    elif full_blocks:
-        mac_tile_taps(variant, 1, 0, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
     else:
-        mac_tile_taps(variant, 1, 1, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
+        mac_tile_taps(variant, 0, 1, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
 
 
 @njit(cache=True)
-def _mac_tile_any(variant, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
-                  c_off, c_stride):
-    # A full tile, its one-row tail, its one-block tail, or one row of one block.
+def _mac_tile_any(variant, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
+                  c_stride):
+    # A full tile or its one-block tail.
     if variant == VNNI_QUADS:
-        _tile_shapes(VNNI_QUADS, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
+        _tile_shapes(VNNI_QUADS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
+                     c_stride)
     elif variant == VNNI_PAIRS:
-        _tile_shapes(VNNI_PAIRS, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
+        _tile_shapes(VNNI_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
+                     c_stride)
     elif variant == AVX512_PAIRS:
-        _tile_shapes(AVX512_PAIRS, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0,
-                     c0_off, c, c_off, c_stride)
+        _tile_shapes(AVX512_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
+                     c_off, c_stride)
     elif variant == AVX2_PAIRS:
-        _tile_shapes(AVX2_PAIRS, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
+        _tile_shapes(AVX2_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
+                     c_stride)
     elif variant == PORTABLE_QUADS:
-        _tile_shapes(PORTABLE_QUADS, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0,
-                     c0_off, c, c_off, c_stride)
+        _tile_shapes(PORTABLE_QUADS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
+                     c_off, c_stride)
     else:
-        _tile_shapes(PORTABLE_PAIRS, full_rows, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0,
-                     c0_off, c, c_off, c_stride)
+        _tile_shapes(PORTABLE_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
+                     c_off, c_stride)
 
 
 @njit(cache=True)
 def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
     # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
     # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
-    # against the weights of tap t.  The weights of one tile's blocks are
-    # reused by every row tile of the chunk before the next blocks are read.
+    # against the weights of tap t; ``rows`` is a whole number of row tiles.
+    # The weights of one tile's blocks are reused by every row tile of the
+    # chunk before the next blocks are read.
     rows = a_rows.shape[0]
     tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
     c_stride = acc.shape[1]
@@ -191,12 +188,9 @@ def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
     nb = 0
     while nb < n_blocks:
         full_blocks = nb + tile_blocks <= n_blocks
-        r = 0
-        while r < rows:
-            full_rows = r + tile_rows <= rows
-            _mac_tile_any(variant, full_rows, full_blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0,
-                          nb * LANES, acc_flat, r * c_stride + nb * LANES, c_stride)
-            r += tile_rows if full_rows else 1
+        for r in range(0, rows, tile_rows):
+            _mac_tile_any(variant, full_blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES,
+                          acc_flat, r * c_stride + nb * LANES, c_stride)
         nb += tile_blocks if full_blocks else 1
 
 
@@ -348,10 +342,12 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, n_rows - m0)
-        acc = np.empty((rows, c0.shape[0]), np.int32)
-        a_rows = np.empty(rows, np.int64)
+        # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
+        tiled_rows = -(-rows // TILE_ROWS[variant]) * TILE_ROWS[variant]
+        acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
+        a_rows = np.empty(tiled_rows, np.int64)
         if implicit:
-            _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows)
+            _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
             a = source
         else:
             patches = np.empty((rows, row_len), code_sample.dtype)
@@ -360,8 +356,9 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
             for r in range(rows):
                 a_rows[r] = r * groups
             a = patches.reshape(patches.size).view(np.int32)
+        a_rows[rows:] = a_rows[0]
         _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc)
-        saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding,
+        saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
                                              multiplier_bits, out_zero_point, clamp_min, clamp_max,
                                              out[m0:m0 + rows])
     return saturation_count
