@@ -86,7 +86,7 @@ from intsim.kernels.mac import (
 )
 from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps
 
-# Output pixels per im2col chunk: 96 rows of a 3x3x256 reduction in int16 are
+# Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
 CHUNK_ROWS = 96
 
@@ -258,8 +258,8 @@ def _pad_encode(x, top, left, a_sub, pad_code, padded):
     # padded [N, PH, PW, CP]: x - a_sub at (top + ih, left + iw, c) for c < Cin,
     # zeros in the channels up to CP (their weights are zero), ``pad_code``
     # in the border pixels; input rows and columns past PH, PW are dropped
-    # (no window reaches them).  Plain loops over flat indices: the runs are
-    # as short as one pixel of three channels, too short for a call each.
+    # (no window reaches them).  The pixels are encoded by inlined loops (a
+    # pixel of an RGB image is three codes, too few for a call each).
     n_batch, height, width, cin = x.shape
     padded_h, padded_w, padded_c = padded.shape[1], padded.shape[2], padded.shape[3]
     x_flat = x.reshape(x.size)
@@ -329,11 +329,11 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
     # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
-    # ``groups`` words ([N, source_h, source_w], padding included), read in
-    # place: row r of a tile starts at its window's top-left pixel and tap t
-    # lies taps[t] words further.  Otherwise each chunk's windows are copied
-    # into a patch matrix (im2col) and ``taps`` is [0].  ``code_sample``
-    # carries the code dtype.
+    # ``pixel_words`` words ([N, source_h, source_w], padding included), read
+    # in place: row r of a tile starts at its window's top-left pixel and tap
+    # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
+    # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
+    # ``code_sample`` carries the code dtype.
     (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max) = settings
@@ -714,11 +714,11 @@ def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requan
            out_zero_point, clamp_min, clamp_max, CHUNK_ROWS)
     if key not in packed.launches:  # the scalar settings of one input shape, worked out once
         packed.launches[key] = _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant)
-    padded_shape, taps, settings = packed.launches[key]
+    implicit, padded_shape, taps, settings = packed.launches[key]
     threads = _apply_threads(-(-out.shape[0] // CHUNK_ROWS))
     core = _conv2d_gemm_threaded if threads > 1 else _conv2d_gemm_serial
     if padded_shape is None:
-        source = x4.reshape(-1).view(np.int32) if settings[0] else np.empty(0, np.int32)
+        source = x4.reshape(-1).view(np.int32) if implicit else np.empty(0, np.int32)
     else:  # one encoded copy of the input with its padding, read in place by every tap
         padded = np.empty(padded_shape, packed.code_dtype)
         _pad_encode(x4, pads[0], pads[1], packed.a_sub, packed.pad_code, padded)
@@ -730,7 +730,7 @@ def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requan
 
 
 def _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant):
-    """``(padded_shape, taps, settings)`` of :func:`_run_gemm` for one input shape.
+    """``(implicit, padded_shape, taps, settings)`` of :func:`_run_gemm` for one input shape.
 
     The implicit GEMM reads the activations where they lie when the input
     already is the packed form (no padding, nothing to subtract, whole groups
@@ -761,7 +761,7 @@ def _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant)
         [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0], pads[1],
          groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits, out_zero_point,
          clamp_min, clamp_max], np.int64)
-    return padded_shape, taps, settings
+    return implicit, padded_shape, taps, settings
 
 
 def _unfused(acc_kernel, x, acc_args, requant_args):

@@ -361,8 +361,10 @@ def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
 
 def _launch_of(prepared):
     """``(padded_shape, taps, settings as a dict)`` of the one launch a prepared conv has run."""
-    (padded_shape, taps, settings), = prepared.packed.launches.values()
-    return padded_shape, taps, dict(zip(gemm.GEMM_SETTINGS, settings.tolist()))
+    (implicit, padded_shape, taps, settings), = prepared.packed.launches.values()
+    settings = dict(zip(gemm.GEMM_SETTINGS, settings.tolist()))
+    assert settings["implicit"] == implicit
+    return padded_shape, taps, settings
 
 
 @st.composite
