@@ -139,46 +139,14 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
-def _tile_shapes(variant, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
-                 c_stride):
-    # Inlined with a constant ``variant``, which mac_tile_taps needs at compile time.
-    if full_blocks:
-        mac_tile_taps(variant, 0, 0, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-    else:
-        mac_tile_taps(variant, 0, 1, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-
-
-@njit(cache=True)
-def _mac_tile_any(variant, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
-                  c_stride):
-    # A full tile or its one-block tail.
-    if variant == VNNI_QUADS:
-        _tile_shapes(VNNI_QUADS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
-                     c_stride)
-    elif variant == VNNI_PAIRS:
-        _tile_shapes(VNNI_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
-                     c_stride)
-    elif variant == AVX512_PAIRS:
-        _tile_shapes(AVX512_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
-                     c_off, c_stride)
-    elif variant == AVX2_PAIRS:
-        _tile_shapes(AVX2_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
-                     c_stride)
-    elif variant == PORTABLE_QUADS:
-        _tile_shapes(PORTABLE_QUADS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
-                     c_off, c_stride)
-    else:
-        _tile_shapes(PORTABLE_PAIRS, full_blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
-                     c_off, c_stride)
-
-
-@njit(cache=True)
-def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
+def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc):
     # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
     # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
     # against the weights of tap t; ``rows`` is a whole number of row tiles.
-    # The weights of one tile's blocks are reused by every row tile of the
-    # chunk before the next blocks are read.
+    # Full tiles, then single blocks for the channels left over.  The weights
+    # of one tile's blocks are reused by every row tile of the chunk before
+    # the next blocks are read.  Inlined with a constant ``variant``, which
+    # mac_tile_taps needs at compile time.
     rows = a_rows.shape[0]
     tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
     c_stride = acc.shape[1]
@@ -186,12 +154,33 @@ def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
     acc_flat = acc.reshape(acc.size)
     block_words = taps.shape[0] * groups * LANES
     nb = 0
-    while nb < n_blocks:
-        full_blocks = nb + tile_blocks <= n_blocks
+    while nb + tile_blocks <= n_blocks:
         for r in range(0, rows, tile_rows):
-            _mac_tile_any(variant, full_blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES,
-                          acc_flat, r * c_stride + nb * LANES, c_stride)
-        nb += tile_blocks if full_blocks else 1
+            mac_tile_taps(variant, 0, 0, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
+                          r * c_stride + nb * LANES, c_stride)
+        nb += tile_blocks
+    while nb < n_blocks:
+        for r in range(0, rows, tile_rows):
+            mac_tile_taps(variant, 0, 1, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
+                          r * c_stride + nb * LANES, c_stride)
+        nb += 1
+
+
+@njit(cache=True)
+def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
+    # _gemm_tiles with ``variant`` made a compile-time constant.
+    if variant == VNNI_QUADS:
+        _gemm_tiles(VNNI_QUADS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == VNNI_PAIRS:
+        _gemm_tiles(VNNI_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == AVX512_PAIRS:
+        _gemm_tiles(AVX512_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == AVX2_PAIRS:
+        _gemm_tiles(AVX2_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == PORTABLE_QUADS:
+        _gemm_tiles(PORTABLE_QUADS, a, a_rows, taps, w, groups, c0, acc)
+    else:
+        _gemm_tiles(PORTABLE_PAIRS, a, a_rows, taps, w, groups, c0, acc)
 
 
 @njit(cache=True)
