@@ -736,7 +736,9 @@ def _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant)
     padded_shape = None
     source_h, source_w = x4.shape[1:3]
     if implicit and not in_place:
-        source_h, source_w = (out_h - 1) * sh + (kernel_h - 1) * dh + 1, (out_w - 1) * sw + (kernel_w - 1) * dw + 1
+        # The rows and columns some window reaches (none when the output is empty).
+        source_h = (out_h - 1) * sh + (kernel_h - 1) * dh + 1 if out_h else 0
+        source_w = (out_w - 1) * sw + (kernel_w - 1) * dw + 1 if out_w else 0
         padded_shape = (x4.shape[0], source_h, source_w, tap_row)
     if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
         taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups

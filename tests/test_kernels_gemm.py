@@ -446,6 +446,20 @@ def test_implicit_conv_copies_the_input_only_where_it_must(isa_name):
         assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
+@pytest.mark.parametrize("x_shape", [(0, 5, 5, 4), (1, 1, 5, 4), (2, 5, 1, 4)])
+def test_implicit_conv_of_an_empty_output(x_shape):
+    # No batch, or an input smaller than the strided window: no output rows, nothing to copy.
+    rng = np.random.default_rng(9)
+    w, w_zp, bias = _layer(rng, np.uint8, 4, 4, (3, 3), 0)
+    args = (3, w, w_zp, bias, (5, 5), (1, 1), (1, 0, 0, 0), 1) + ACC
+    requant = (*Rescale.from_real(np.full(4, 3e-3), "double").kernel_args(4), fixedpoint.DOUBLE, 31, 0, 0, 255,
+               np.dtype(np.uint8))
+    x = x_codes(rng, np.uint8, x_shape)
+    fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)[1]
+    assert fast[0].size == 0
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
 def _taps_tile(variant):
     """A fresh (uncached) function running one full tile of ``variant`` summed over taps."""
     from numba import njit
