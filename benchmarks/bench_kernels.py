@@ -36,6 +36,8 @@ LAYERS = [
     # when batched (the GEMM is one 1024 x 1024 x 1024 product at every batch size)
     ("conv3x3 64->64 @56x56", "conv", (56, 56, 64, 64, 3, 1, 1), True),
     ("conv3x3 256->256 @14x14", "conv", (14, 14, 256, 256, 3, 1, 1), True),
+    ("stem 3x3 s2 3->32 @224x224", "conv", (224, 224, 3, 32, 3, 2, 1), True),
+    ("conv1x1 s2 64->128 @56x56", "conv", (56, 56, 64, 128, 1, 2, 1), True),
     ("conv1x1 64->256 @56x56", "conv", (56, 56, 64, 256, 1, 1, 1), True),
     ("depthwise3x3 x144 @56x56", "conv", (56, 56, 144, 144, 3, 1, 144), True),
     ("FC 512->1000", "fc", (1, 512, 1000), True),

@@ -5,12 +5,25 @@ is built), ``*_requantized`` runs a batch and returns output codes without
 writing an int32 tensor (white paper §2.1 MAC array, §2.2 requantization).
 
 The fast path computes ``bias + sum (x - z_x)(w - z_w)`` as one GEMM per
-chunk of output pixels: im2col of the chunk into an L2-sized buffer (none for
-a 1x1 stride-1 conv whose codes are already in the packed form), the
-register-tiled micro-kernel of :mod:`intsim.kernels.microkernel` over 16
-output channels at a time, then :func:`intsim.kernels.mac._requantize_core`
-on the chunk's accumulators.  Depthwise convs (one input channel per output
-channel) run a direct channels-last kernel instead.
+chunk of output pixels: the register-tiled micro-kernel of
+:mod:`intsim.kernels.microkernel` over 16 output channels at a time, then
+:func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators.
+Where the micro-kernel reads its rows:
+
+implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes already are the packed form)
+    The weights are packed per tap, each tap's ``Cin`` padded with zero
+    weights to whole groups.  The input is encoded once per call into an
+    NHWC copy with its padding border (``z_x`` encoded) and its channels
+    padded likewise (none when the codes already are the packed form and
+    nothing is padded: then they are read where they lie).  Every row of a
+    tile is then the top-left pixel of its output pixel's window, whatever
+    the stride, and each tap a fixed offset from it; with ``dw == 1`` a whole
+    window row is one contiguous run and one tap.  No patch matrix.
+im2col (other 1x1 convs, fully-connected and matmul)
+    Each chunk's windows are encoded into an L2-sized patch matrix.
+
+Depthwise convs (one input channel per output channel) run a direct
+channels-last kernel instead.
 
 It is taken only where it is provably the exact result of the hardware order
 of :func:`intsim.kernels.mac.conv2d_nhwc_acc`: no pairwise int16 saturation,
@@ -32,8 +45,9 @@ quads
     ``c0 = bias + (a_sub - z_x) * sum_k (w - z_w)`` where ``a_sub`` is what
     was subtracted from ``x``.  Needs ``w - z_w`` in [-128, 127].
 
-Padding taps hold ``z_x``, encoded like any other code; the reduction is
-padded to a whole group with zero activations and zero weights.
+Padding taps hold ``z_x``, encoded like any other code; the reduction (or
+each tap's run of it) is padded to a whole group with zero weights (and zero
+activations in im2col).
 """
 
 from __future__ import annotations
@@ -70,9 +84,9 @@ from intsim.kernels.mac import (
     matmul_acc,
     requantize,
 )
-from intsim.kernels.microkernel import LANES, mac_tile
+from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps
 
-# Output pixels per im2col chunk: 96 rows of a 3x3x256 reduction in int16 are
+# Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
 CHUNK_ROWS = 96
 
@@ -125,63 +139,48 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
-def _tile_shapes(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off,
-                 c_stride):
-    # Inlined with a constant ``variant``, which mac_tile needs at compile time.
-    if full_rows and full_blocks:
-        mac_tile(variant, 0, 0, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-    elif full_rows:
-        mac_tile(variant, 0, 1, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-    elif full_blocks:
-        mac_tile(variant, 1, 0, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-    else:
-        mac_tile(variant, 1, 1, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-
-
-@njit(cache=True)
-def _mac_tile_any(variant, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off,
-                  c_stride):
-    # A full tile, its one-row tail, its one-block tail, or one row of one block.
-    if variant == VNNI_QUADS:
-        _tile_shapes(VNNI_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
-    elif variant == VNNI_PAIRS:
-        _tile_shapes(VNNI_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
-    elif variant == AVX512_PAIRS:
-        _tile_shapes(AVX512_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
-    elif variant == AVX2_PAIRS:
-        _tile_shapes(AVX2_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
-    elif variant == PORTABLE_QUADS:
-        _tile_shapes(PORTABLE_QUADS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
-    else:
-        _tile_shapes(PORTABLE_PAIRS, full_rows, full_blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off,
-                     c, c_off, c_stride)
-
-
-@njit(cache=True)
-def _gemm_chunk(variant, a, a_off, rows, w, groups, c0, acc):
-    # acc [rows, n_blocks * 16] receives c0 plus the sums.  The weights of one
-    # tile's blocks (groups x 64 bytes each) are reused by every row tile of
-    # the chunk before the next blocks are read.
+def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc):
+    # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
+    # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
+    # against the weights of tap t; ``rows`` is a whole number of row tiles.
+    # Full tiles, then single blocks for the channels left over.  The weights
+    # of one tile's blocks are reused by every row tile of the chunk before
+    # the next blocks are read.  Inlined with a constant ``variant``, which
+    # mac_tile_taps needs at compile time.
+    rows = a_rows.shape[0]
     tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
     c_stride = acc.shape[1]
     n_blocks = c_stride // LANES
     acc_flat = acc.reshape(acc.size)
+    block_words = taps.shape[0] * groups * LANES
     nb = 0
+    while nb + tile_blocks <= n_blocks:
+        for r in range(0, rows, tile_rows):
+            mac_tile_taps(variant, 0, 0, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
+                          r * c_stride + nb * LANES, c_stride)
+        nb += tile_blocks
     while nb < n_blocks:
-        full_blocks = nb + tile_blocks <= n_blocks
-        w_off = nb * groups * LANES
-        r = 0
-        while r < rows:
-            full_rows = r + tile_rows <= rows
-            _mac_tile_any(variant, full_rows, full_blocks, a, a_off + r * groups, groups, w, w_off, groups, c0,
-                          nb * LANES, acc_flat, r * c_stride + nb * LANES, c_stride)
-            r += tile_rows if full_rows else 1
-        nb += tile_blocks if full_blocks else 1
+        for r in range(0, rows, tile_rows):
+            mac_tile_taps(variant, 0, 1, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
+                          r * c_stride + nb * LANES, c_stride)
+        nb += 1
+
+
+@njit(cache=True)
+def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
+    # _gemm_tiles with ``variant`` made a compile-time constant.
+    if variant == VNNI_QUADS:
+        _gemm_tiles(VNNI_QUADS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == VNNI_PAIRS:
+        _gemm_tiles(VNNI_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == AVX512_PAIRS:
+        _gemm_tiles(AVX512_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == AVX2_PAIRS:
+        _gemm_tiles(AVX2_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+    elif variant == PORTABLE_QUADS:
+        _gemm_tiles(PORTABLE_QUADS, a, a_rows, taps, w, groups, c0, acc)
+    else:
+        _gemm_tiles(PORTABLE_PAIRS, a, a_rows, taps, w, groups, c0, acc)
 
 
 @njit(cache=True)
@@ -243,36 +242,112 @@ def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, 
         _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
 
 
-# The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
-# to type-check per call instead of twenty).
-GEMM_SETTINGS = ("direct", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
-                 "top", "left", "groups", "chunk_rows", "row_len", "rounding", "multiplier_bits", "out_zero_point",
-                 "clamp_min", "clamp_max")
+@njit(cache=True)
+def _pad_encode(x, top, left, a_sub, pad_code, padded):
+    # padded [N, PH, PW, CP]: x - a_sub at (top + ih, left + iw, c) for c < Cin,
+    # zeros in the channels up to CP (their weights are zero), ``pad_code``
+    # in the border pixels; input rows and columns past PH, PW are dropped
+    # (no window reaches them).  The pixels are encoded by inlined loops (a
+    # pixel of an RGB image is three codes, too few for a call each).
+    n_batch, height, width, cin = x.shape
+    padded_h, padded_w, padded_c = padded.shape[1], padded.shape[2], padded.shape[3]
+    x_flat = x.reshape(x.size)
+    padded_flat = padded.reshape(padded.size)
+    left_px = min(left, padded_w)
+    inside = max(0, min(width, padded_w - left_px))
+    row_len = padded_w * padded_c
+    for n in range(n_batch):
+        for ph in range(padded_h):
+            ih = ph - top
+            row = padded_flat[(n * padded_h + ph) * row_len:(n * padded_h + ph + 1) * row_len]
+            if ih < 0 or ih >= height:
+                row[:] = pad_code
+                continue
+            source = x_flat[(n * height + ih) * width * cin:(n * height + ih + 1) * width * cin]
+            row[:left_px * padded_c] = pad_code
+            body = row[left_px * padded_c:(left_px + inside) * padded_c]
+            if padded_c == cin:
+                _encode_pixels(1, 1, source, body, inside * cin, a_sub)
+            elif cin == 3 and padded_c == 4:  # RGB stems
+                _encode_pixels(3, 4, source, body, inside, a_sub)
+            else:
+                _encode_pixels(cin, padded_c, source, body, inside, a_sub)
+            row[(left_px + inside) * padded_c:] = pad_code
 
 
 @njit(inline="always")
-def _conv2d_gemm_rows(variant, x, x_words, w, c0, multiplier, shift, scale, settings, code_sample, out):
+def _encode_pixels(cin, padded_c, source, body, count, a_sub):
+    # body[p * padded_c + c] = source[p * cin + c] - a_sub for p < count and
+    # c < cin, zero for the other channels.  Inlined with constant channel
+    # counts, the inner loops unroll.
+    for p in range(count):
+        for c in range(cin):
+            body[p * padded_c + c] = source[p * cin + c] - a_sub
+        for c in range(cin, padded_c):
+            body[p * padded_c + c] = 0
+
+
+@njit(cache=True)
+def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows):
+    # a_rows[r]: the first word, in an NHWC source of ``pixel_words`` words per
+    # pixel, of the window of output pixel m0 + r (its top-left tap).
+    per_image = out_h * out_w
+    n = m0 // per_image
+    oh = (m0 - n * per_image) // out_w
+    ow = m0 - n * per_image - oh * out_w - 1
+    for r in range(a_rows.shape[0]):
+        ow += 1
+        if ow == out_w:
+            ow = 0
+            oh += 1
+            if oh == out_h:
+                oh = 0
+                n += 1
+        a_rows[r] = ((n * source_h + oh * sh) * source_w + ow * sw) * pixel_words
+
+
+# The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
+# to type-check per call instead of twenty).
+GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
+                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words", "rounding",
+                 "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max")
+
+
+@njit(inline="always")
+def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
-    # ``direct``: x_words already is the packed activation matrix (M rows of
-    # ``groups`` words), no im2col.  ``code_sample`` carries the code dtype.
-    (direct, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
-     row_len, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max) = settings
+    # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
+    # ``pixel_words`` words ([N, source_h, source_w], padding included), read
+    # in place: row r of a tile starts at its window's top-left pixel and tap
+    # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
+    # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
+    # ``code_sample`` carries the code dtype.
+    (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
+     row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
+     clamp_max) = settings
     n_rows = out.shape[0]
     saturation_count = 0
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, n_rows - m0)
-        acc = np.empty((rows, c0.shape[0]), np.int32)
-        if direct:
-            source, a_off = x_words, m0 * groups
+        # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
+        tiled_rows = -(-rows // TILE_ROWS[variant]) * TILE_ROWS[variant]
+        acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
+        a_rows = np.empty(tiled_rows, np.int64)
+        if implicit:
+            _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
+            a = source
         else:
             patches = np.empty((rows, row_len), code_sample.dtype)
             _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code,
                     patches)
-            source, a_off = patches.reshape(patches.size).view(np.int32), 0
-        _gemm_chunk(variant, source, a_off, rows, w, groups, c0, acc)
-        saturation_count += _requantize_core(acc, 0, multiplier, shift, scale, rounding,
+            for r in range(rows):
+                a_rows[r] = r * groups
+            a = patches.reshape(patches.size).view(np.int32)
+        a_rows[rows:] = a_rows[0]
+        _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc)
+        saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
                                              multiplier_bits, out_zero_point, clamp_min, clamp_max,
                                              out[m0:m0 + rows])
     return saturation_count
@@ -371,13 +446,13 @@ def _depthwise_core(x, x_zero_point, w_taps, bias, kernel_h, kernel_w, sh, sw, d
 # parallel loop) and serial (the prange a plain loop), which one thread takes
 # to skip the thread pool's launch (about 2 us a call).
 @njit(cache=True, parallel=True)
-def _conv2d_gemm_threaded(variant, x, x_words, w, c0, multiplier, shift, scale, settings, code_sample, out):
-    return _conv2d_gemm_rows(variant, x, x_words, w, c0, multiplier, shift, scale, settings, code_sample, out)
+def _conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
 
 
 @njit(cache=True)
-def _conv2d_gemm_serial(variant, x, x_words, w, c0, multiplier, shift, scale, settings, code_sample, out):
-    return _conv2d_gemm_rows(variant, x, x_words, w, c0, multiplier, shift, scale, settings, code_sample, out)
+def _conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
 
 
 # --------------------------------------------------------------------------
@@ -480,7 +555,10 @@ class PackedWeights:
     channels zero), each word one group of ``GROUP[variant]`` reduction values
     of one output channel; ``c0`` int32 [O rounded up] is the accumulator start
     (wrapped to int32; see the module docstring for why wrapping is exact).
-    Activations are encoded as ``x - a_sub`` into ``code_dtype``.
+    Activations are encoded as ``x - a_sub`` into ``code_dtype``.  The
+    reduction is ``taps`` runs of equal length (the KH x KW taps of a conv
+    packed for the implicit GEMM, else one run), each padded with zero
+    weights to a whole number of groups.
     """
 
     variant: int
@@ -490,11 +568,17 @@ class PackedWeights:
     a_sub: int
     pad_code: int
     code_dtype: np.dtype
+    taps: int = 1
     launches: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def row_len(self) -> int:
         return self.groups * GROUP[self.variant]
+
+    @property
+    def tap_groups(self) -> int:
+        """Groups (int32 words) per tap."""
+        return self.groups // self.taps
 
     @property
     def code_sample(self) -> np.ndarray:
@@ -517,8 +601,11 @@ def _encoding(isa, x_dtype, x_zero_point, w_min, w_max):
     return None
 
 
-def _pack(w_centred, x_dtype, x_zero_point, bias):
-    """:class:`PackedWeights` of ``w_centred`` [O, K] (int64, ``w - z_w``) for the current ISA, or ``None``."""
+def _pack(w_centred, x_dtype, x_zero_point, bias, taps=1):
+    """:class:`PackedWeights` of ``w_centred`` [O, K] (int64, ``w - z_w``) for the current ISA, or ``None``.
+
+    ``taps`` splits K into that many equal runs, each padded to whole groups.
+    """
     n_out, depth = w_centred.shape
     w_min, w_max = (int(w_centred.min()), int(w_centred.max())) if w_centred.size else (0, 0)
     encoding = _encoding(isa_module.current_isa(), x_dtype, int(x_zero_point), w_min, w_max)
@@ -526,16 +613,17 @@ def _pack(w_centred, x_dtype, x_zero_point, bias):
         return None
     variant, a_sub, code_dtype = encoding
     group = GROUP[variant]
-    groups = -(-depth // group)
+    tap_depth = depth // taps
+    groups = taps * -(-tap_depth // group)
     padded_out = -(-n_out // LANES) * LANES
-    grid = np.zeros((padded_out, groups * group), np.int16 if group == 2 else np.int8)
-    grid[:n_out, :depth] = w_centred
+    grid = np.zeros((padded_out, taps, groups // taps * group), np.int16 if group == 2 else np.int8)
+    grid[:n_out, :, :tap_depth] = w_centred.reshape(n_out, taps, tap_depth)
     words = grid.reshape(padded_out // LANES, LANES, groups, group).transpose(0, 2, 1, 3)
     words = np.ascontiguousarray(words).view(np.int32).reshape(-1)
     c0 = np.zeros(padded_out, np.int64)
     c0[:n_out] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * w_centred.sum(axis=1)
     c0 = c0.astype(np.int32)  # wraps: exact modulo 2**32
-    return PackedWeights(variant, words, c0, groups, a_sub, int(x_zero_point) - a_sub, code_dtype)
+    return PackedWeights(variant, words, c0, groups, a_sub, int(x_zero_point) - a_sub, code_dtype, taps)
 
 
 def _static_fast(x_dtype, x_zero_point, w_rows, w_zero_point, bias, acc_bits, pairwise_int16):
@@ -600,7 +688,8 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
     w_centred = w_rows.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
     cout, _, _, cin_g = w.shape
     if groups == 1:
-        return PreparedConv(acc_args, x_dtype, packed=_pack(w_centred, x_dtype, x_zero_point, bias))
+        return PreparedConv(acc_args, x_dtype, packed=_pack(w_centred, x_dtype, x_zero_point, bias,
+                                                            taps=w.shape[1] * w.shape[2]))
     if cin_g == 1 and cout == groups and _fits_int16(x_dtype, x_zero_point, w_centred):
         w_taps = np.ascontiguousarray(w_centred.reshape(w.shape[:3]).transpose(1, 2, 0)).astype(np.int16)
         return PreparedConv(acc_args, x_dtype, depthwise=(w_taps.reshape(-1), bias.astype(np.int32)))
@@ -613,21 +702,57 @@ def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requan
     key = (x4.shape, x4.dtype, out_h, out_w, kernel, strides, dilations, pads, rounding, multiplier_bits,
            out_zero_point, clamp_min, clamp_max, CHUNK_ROWS)
     if key not in packed.launches:  # the scalar settings of one input shape, worked out once
-        (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
-        direct = (kernel == (1, 1) and strides == (1, 1) and pads == (0, 0, 0, 0) and packed.a_sub == 0
-                  and x4.shape[3] == packed.row_len and x4.dtype == packed.code_dtype)
-        packed.launches[key] = direct, np.array(
-            [direct, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
-             pads[1], packed.groups, CHUNK_ROWS, packed.row_len, rounding, multiplier_bits, out_zero_point,
-             clamp_min, clamp_max], np.int64)
-    direct, settings = packed.launches[key]
+        packed.launches[key] = _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant)
+    implicit, padded_shape, taps, settings = packed.launches[key]
     threads = _apply_threads(-(-out.shape[0] // CHUNK_ROWS))
     core = _conv2d_gemm_threaded if threads > 1 else _conv2d_gemm_serial
-    x_words = x4.reshape(-1).view(np.int32) if direct else np.empty(0, np.int32)
+    if padded_shape is None:
+        source = x4.reshape(-1).view(np.int32) if implicit else np.empty(0, np.int32)
+    else:  # one encoded copy of the input with its padding, read in place by every tap
+        padded = np.empty(padded_shape, packed.code_dtype)
+        _pad_encode(x4, pads[0], pads[1], packed.a_sub, packed.pad_code, padded)
+        source = padded.reshape(-1).view(np.int32)
     return int(core(
-        packed.variant, x4, x_words, packed.words, packed.c0, np.asarray(multiplier, np.int64),
+        packed.variant, x4, source, taps, packed.words, packed.c0, np.asarray(multiplier, np.int64),
         np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample, out,
     ))
+
+
+def _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant):
+    """``(implicit, padded_shape, taps, settings)`` of :func:`_run_gemm` for one input shape.
+
+    The implicit GEMM reads the activations where they lie when the input
+    already is the packed form (no padding, nothing to subtract, whole groups
+    per pixel); a conv packed per tap makes an encoded padded copy
+    (``padded_shape``) otherwise; the rest take the im2col chunks.
+    """
+    _, _, _, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+    (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
+    n_taps, tap_groups = kernel_h * kernel_w, packed.tap_groups
+    tap_row = tap_groups * GROUP[packed.variant]
+    in_place = (pads == (0, 0, 0, 0) and packed.a_sub == 0 and x4.dtype == packed.code_dtype
+                and x4.shape[3] == tap_row)
+    implicit = packed.taps == n_taps and (n_taps > 1 or in_place)
+    padded_shape = None
+    source_h, source_w = x4.shape[1:3]
+    if implicit and not in_place:
+        # The rows and columns some window reaches (none when the output is empty).
+        source_h = (out_h - 1) * sh + (kernel_h - 1) * dh + 1 if out_h else 0
+        source_w = (out_w - 1) * sw + (kernel_w - 1) * dw + 1 if out_w else 0
+        padded_shape = (x4.shape[0], source_h, source_w, tap_row)
+    if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
+        taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups
+    elif implicit:
+        taps = np.array([(kh * dh * source_w + kw * dw) * tap_groups for kh in range(kernel_h)
+                         for kw in range(kernel_w)], np.int64)
+        groups = tap_groups
+    else:
+        taps, groups = np.zeros(1, np.int64), packed.groups
+    settings = np.array(
+        [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0], pads[1],
+         groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits, out_zero_point,
+         clamp_min, clamp_max], np.int64)
+    return implicit, padded_shape, taps, settings
 
 
 def _unfused(acc_kernel, x, acc_args, requant_args):

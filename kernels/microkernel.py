@@ -18,7 +18,19 @@ magnitude, and every add wraps modulo ``2**32``: the tile therefore ends
 equal to the exact sum whenever that sum fits int32, whatever the partial
 sums did on the way (the callers prove the final sums fit, white paper §2.1).
 
-The accumulators stay in registers for the whole reduction: ``rows * blocks``
+``mac_tile_taps(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off, c_stride)``
+is the same tile summed over ``T = len(taps)`` *taps*, each row read where it
+lies (an implicit GEMM: the rows are input pixels, not a copied patch matrix)::
+
+    c[c_off + r*c_stride + 16*b + j] = c0[c0_off + 16*b + j]
+        + sum_t sum_g dot(a[a_rows[a_rows_off + r] + taps[t] + g], w[w_off + 16*(T*groups*b + groups*t + g) + j])
+
+``a_rows`` and ``taps`` are int64 arrays of word offsets: the rows need not
+be equally spaced (a tile may cross the end of an output row), and the
+weights of tap ``t`` follow those of tap ``t - 1`` in every block.
+``mac_tile`` is the one-tap form with ``a_rows[r] = a_off + r * a_stride``.
+
+The accumulators stay in registers for the whole reduction (all taps): ``rows * blocks``
 vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
 by every row, and one broadcast of a packed activation per row, shared by
 every block.  ``variant`` ``rows`` and ``blocks``
@@ -134,79 +146,149 @@ def _literal(value):
     return value.literal_value if isinstance(value, types.IntegerLiteral) else None
 
 
-@intrinsic
-def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride):
-    """See the module docstring."""
+def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_taps, tap_offset, w_data, w_off,
+               groups, c0_data, c0_off, c_data, c_off, c_stride):
+    # The tile of the module docstring as two nested loops, taps outside and
+    # groups inside, with the rows x blocks accumulators as phi nodes of both.
+    # ``a_starts`` are the rows' first words (i64 values), ``tap_offset(t)``
+    # the word offset of tap ``t`` (an i64 value); the weights of tap ``t``
+    # follow those of tap ``t - 1`` in every block.
+    w_block_stride = builder.mul(builder.mul(n_taps, groups), ir.Constant(_I64, LANES))
+
+    def vector_at(data, index):
+        return builder.bitcast(builder.gep(data, [index]), _ACC.as_pointer())
+
+    def offset(base, stride, i):
+        return builder.add(base, builder.mul(stride, ir.Constant(_I64, i)))
+
+    tile = [(r, b) for r in range(n_rows) for b in range(n_blocks)]
+    c_ptrs = [vector_at(c_data, builder.add(offset(c_off, c_stride, r), ir.Constant(_I64, b * LANES)))
+              for r, b in tile]
+    c0_vecs = [builder.load(vector_at(c0_data, builder.add(c0_off, ir.Constant(_I64, b * LANES))), align=4)
+               for b in range(n_blocks)]
+    start = [c0_vecs[b] for _, b in tile]
+    w_starts = [offset(w_off, w_block_stride, b) for b in range(n_blocks)]
+    entry = builder.block
+    tap_loop = builder.append_basic_block("mac_tile.taps")
+    group_loop = builder.append_basic_block("mac_tile.groups")
+    tap_next = builder.append_basic_block("mac_tile.next_tap")
+    done = builder.append_basic_block("mac_tile.done")
+    zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+    any_work = builder.and_(builder.icmp_signed(">", groups, zero), builder.icmp_signed(">", n_taps, zero))
+    builder.cbranch(any_work, tap_loop, done)
+
+    def phis(incoming, block):
+        nodes = []
+        for value in incoming:
+            phi = builder.phi(value.type)
+            phi.add_incoming(value, block)
+            nodes.append(phi)
+        return nodes
+
+    builder.position_at_end(tap_loop)
+    t, *tap_accs = phis([zero] + start, entry)
+    tap_a = [builder.add(a_start, tap_offset(t)) for a_start in a_starts]
+    tap_w = builder.mul(t, groups)
+    builder.branch(group_loop)
+
+    builder.position_at_end(group_loop)
+    g, *accs = phis([zero] + tap_accs, tap_loop)
+    w_lanes = builder.mul(builder.add(tap_w, g), ir.Constant(_I64, LANES))
+    w_vecs = [builder.load(vector_at(w_data, builder.add(w_start, w_lanes)), align=4) for w_start in w_starts]
+    a_vecs = []
+    for a_row in tap_a:
+        a_val = builder.load(builder.gep(a_data, [builder.add(a_row, g)]), align=4)
+        a_vec = builder.insert_element(ir.Constant(_ACC, ir.Undefined), a_val, ir.Constant(_I32, 0))
+        a_vecs.append(builder.shuffle_vector(a_vec, ir.Constant(_ACC, ir.Undefined), ir.Constant(_ACC, [0] * LANES)))
+    updated = [_dot(builder, variant, acc, a_vecs[r], w_vecs[b]) for acc, (r, b) in zip(accs, tile)]
+    g_next = builder.add(g, one)
+    g.add_incoming(g_next, group_loop)
+    for phi, value in zip(accs, updated):
+        phi.add_incoming(value, group_loop)
+    builder.cbranch(builder.icmp_signed("<", g_next, groups), group_loop, tap_next)
+
+    builder.position_at_end(tap_next)
+    t_next = builder.add(t, one)
+    t.add_incoming(t_next, tap_next)
+    for phi, value in zip(tap_accs, updated):
+        phi.add_incoming(value, tap_next)
+    builder.cbranch(builder.icmp_signed("<", t_next, n_taps), tap_loop, done)
+
+    builder.position_at_end(done)
+    finals = []
+    for first, last in zip(start, updated):
+        final = builder.phi(_ACC)
+        final.add_incoming(first, entry)
+        final.add_incoming(last, tap_next)
+        finals.append(final)
+    for p, final in zip(c_ptrs, finals):
+        builder.store(final, p, align=4)
+    return context.get_dummy_value()
+
+
+def _tile_size(variant, rows, blocks):
+    """``(variant code, rows, blocks)`` as compile-time integers (0 rows or blocks: the full tile), or ``None``."""
     variant_code, n_rows, n_blocks = _literal(variant), _literal(rows), _literal(blocks)
     if variant_code is None or n_rows is None or n_blocks is None:
         return None
-    n_rows = n_rows or TILE_ROWS[variant_code]
-    n_blocks = n_blocks or TILE_BLOCKS[variant_code]
+    return variant_code, n_rows or TILE_ROWS[variant_code], n_blocks or TILE_BLOCKS[variant_code]
+
+
+def _data(context, builder, signature, args, i):
+    return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+
+def _i64(context, builder, signature, args, *indices):
+    return [context.cast(builder, args[i], signature.args[i], types.int64) for i in indices]
+
+
+@intrinsic
+def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride):
+    """See the module docstring."""
+    size = _tile_size(variant, rows, blocks)
+    if size is None:
+        return None
+    variant_code, n_rows, n_blocks = size
     sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
 
     def codegen(context, builder, signature, args):
-        arg_types = signature.args
-        a_data = context.make_array(arg_types[3])(context, builder, args[3]).data
-        w_data = context.make_array(arg_types[6])(context, builder, args[6]).data
-        c0_data = context.make_array(arg_types[9])(context, builder, args[9]).data
-        c_data = context.make_array(arg_types[11])(context, builder, args[11]).data
-        a_off_v, a_stride_v, w_off_v, groups_v, c0_off_v, c_off_v, c_stride_v = (
-            context.cast(builder, args[i], arg_types[i], types.int64) for i in (4, 5, 7, 8, 10, 12, 13)
-        )
-        w_block_stride = builder.mul(groups_v, ir.Constant(_I64, LANES))
+        a_off_v, a_stride_v, w_off_v, groups_v, c0_off_v, c_off_v, c_stride_v = _i64(
+            context, builder, signature, args, 4, 5, 7, 8, 10, 12, 13)
+        a_starts = [builder.add(a_off_v, builder.mul(a_stride_v, ir.Constant(_I64, r))) for r in range(n_rows)]
+        return _emit_tile(context, builder, variant_code, n_rows, n_blocks, _data(context, builder, signature, args, 3),
+                          a_starts, ir.Constant(_I64, 1), lambda t: ir.Constant(_I64, 0),
+                          _data(context, builder, signature, args, 6), w_off_v, groups_v,
+                          _data(context, builder, signature, args, 9), c0_off_v,
+                          _data(context, builder, signature, args, 11), c_off_v, c_stride_v)
 
-        def vector_at(data, index):
-            return builder.bitcast(builder.gep(data, [index]), _ACC.as_pointer())
+    return sig, codegen
 
-        def offset(base, stride, i):
-            return builder.add(base, builder.mul(stride, ir.Constant(_I64, i)))
 
-        tile = [(r, b) for r in range(n_rows) for b in range(n_blocks)]
-        c_ptrs = [vector_at(c_data, builder.add(offset(c_off_v, c_stride_v, r), ir.Constant(_I64, b * LANES)))
-                  for r, b in tile]
-        c0_vecs = [builder.load(vector_at(c0_data, builder.add(c0_off_v, ir.Constant(_I64, b * LANES))), align=4)
-                   for b in range(n_blocks)]
-        start = [c0_vecs[b] for _, b in tile]
-        w_starts = [offset(w_off_v, w_block_stride, b) for b in range(n_blocks)]
-        a_starts = [offset(a_off_v, a_stride_v, r) for r in range(n_rows)]
-        entry = builder.block
-        loop = builder.append_basic_block("mac_tile.loop")
-        done = builder.append_basic_block("mac_tile.done")
-        zero = ir.Constant(_I64, 0)
-        builder.cbranch(builder.icmp_signed(">", groups_v, zero), loop, done)
+@intrinsic
+def mac_tile_taps(typingctx, variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c,
+                  c_off, c_stride):
+    """The tile summed over taps, each row read where it lies (see the module docstring)."""
+    size = _tile_size(variant, rows, blocks)
+    if size is None:
+        return None
+    variant_code, n_rows, n_blocks = size
+    if not (a_rows.dtype == types.int64 and taps.dtype == types.int64):
+        return None
+    sig = types.void(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
+                     c_stride)
 
-        builder.position_at_end(loop)
-        g = builder.phi(_I64)
-        g.add_incoming(zero, entry)
-        accs = []
-        for value in start:
-            phi = builder.phi(_ACC)
-            phi.add_incoming(value, entry)
-            accs.append(phi)
-        g_lanes = builder.mul(g, ir.Constant(_I64, LANES))
-        w_vecs = [builder.load(vector_at(w_data, builder.add(w_start, g_lanes)), align=4) for w_start in w_starts]
-        a_vecs = []
-        for a_start in a_starts:
-            a_val = builder.load(builder.gep(a_data, [builder.add(a_start, g)]), align=4)
-            a_vec = builder.insert_element(ir.Constant(_ACC, ir.Undefined), a_val, ir.Constant(_I32, 0))
-            a_vecs.append(builder.shuffle_vector(a_vec, ir.Constant(_ACC, ir.Undefined),
-                                                 ir.Constant(_ACC, [0] * LANES)))
-        updated = [_dot(builder, variant_code, acc, a_vecs[r], w_vecs[b]) for acc, (r, b) in zip(accs, tile)]
-        g_next = builder.add(g, ir.Constant(_I64, 1))
-        g.add_incoming(g_next, loop)
-        for phi, value in zip(accs, updated):
-            phi.add_incoming(value, loop)
-        builder.cbranch(builder.icmp_signed("<", g_next, groups_v), loop, done)
-
-        builder.position_at_end(done)
-        finals = []
-        for first, last in zip(start, updated):
-            final = builder.phi(_ACC)
-            final.add_incoming(first, entry)
-            final.add_incoming(last, loop)
-            finals.append(final)
-        for p, final in zip(c_ptrs, finals):
-            builder.store(final, p, align=4)
-        return context.get_dummy_value()
+    def codegen(context, builder, signature, args):
+        a_rows_off_v, w_off_v, groups_v, c0_off_v, c_off_v, c_stride_v = _i64(
+            context, builder, signature, args, 5, 8, 9, 11, 13, 14)
+        rows_data = _data(context, builder, signature, args, 4)
+        a_starts = [builder.load(builder.gep(rows_data, [builder.add(a_rows_off_v, ir.Constant(_I64, r))]))
+                    for r in range(n_rows)]
+        taps_array = context.make_array(signature.args[6])(context, builder, args[6])
+        n_taps = builder.extract_value(taps_array.shape, 0)
+        return _emit_tile(context, builder, variant_code, n_rows, n_blocks, _data(context, builder, signature, args, 3),
+                          a_starts, n_taps, lambda t: builder.load(builder.gep(taps_array.data, [t])),
+                          _data(context, builder, signature, args, 7), w_off_v, groups_v,
+                          _data(context, builder, signature, args, 10), c0_off_v,
+                          _data(context, builder, signature, args, 12), c_off_v, c_stride_v)
 
     return sig, codegen

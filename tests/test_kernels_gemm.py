@@ -201,7 +201,7 @@ def _layer(rng, x_dtype, cout, cin, kernel, w_zero_point):
 @pytest.mark.parametrize("rounding", ROUNDING_MODES)
 @pytest.mark.parametrize("shape", [
     # (n, h, w, cin, cout, k, stride, pad): full 6 x 64 tiles plus row and block tails,
-    # K not a multiple of the group, the 1x1 direct path, strided im2col.
+    # channels not a multiple of the group, the 1x1 path (in place or im2col), strided windows.
     (1, 9, 11, 13, 83, 3, 1, 1),
     (2, 7, 5, 32, 64, 1, 1, 0),
     (1, 12, 9, 6, 70, 3, 2, 1),
@@ -357,6 +357,146 @@ def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
                np.dtype(np.uint8))
     assert_same(run_pair(gemm, "conv2d_nhwc", x, args, requant)[1],
                 run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+def _launch_of(prepared):
+    """``(padded_shape, taps, settings as a dict)`` of the one launch a prepared conv has run."""
+    (implicit, padded_shape, taps, settings), = prepared.packed.launches.values()
+    settings = dict(zip(gemm.GEMM_SETTINGS, settings.tolist()))
+    assert settings["implicit"] == implicit
+    return padded_shape, taps, settings
+
+
+@st.composite
+def implicit_conv_cases(draw):
+    """Dense KxK convs (or strided 1x1) of the implicit GEMM, with chunks that end inside row tiles."""
+    cin, cout = draw(st.sampled_from([1, 2, 3, 4, 5, 8, 12])), draw(st.integers(1, 20))
+    kernel = draw(st.sampled_from([(3, 3), (1, 3), (2, 1), (5, 5), (1, 1)]))
+    rng, x_dtype, x_zp, w, w_zp, bias = draw(mac_operands(cout, kernel + (cin,)))
+    strides = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    if kernel == (1, 1):
+        strides = (strides[0], strides[1] + 1)
+    dilations = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    pads = tuple(draw(st.integers(0, 2)) for _ in range(4))
+    n = draw(st.integers(1, 3))
+    h = draw(st.integers(max(1, dilations[0] * (kernel[0] - 1) + 1 - pads[0] - pads[2]), 9))
+    width = draw(st.integers(max(1, dilations[1] * (kernel[1] - 1) + 1 - pads[1] - pads[3]), 9))
+    x = x_codes(rng, x_dtype, (n, h, width, cin))
+    args = (x_zp, w, w_zp, bias, strides, dilations, pads, 1) + ACC
+    return x, args, draw(requant_args(cout)), draw(st.sampled_from([5, 7, 96]))
+
+
+@SETTINGS
+@given(case=implicit_conv_cases())
+def test_implicit_conv_matches_naive(isa_name, monkeypatch, case):
+    x, args, requant, chunk_rows = case
+    monkeypatch.setattr(gemm, "CHUNK_ROWS", chunk_rows)
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    kernel_taps = args[1].shape[1] * args[1].shape[2]
+    assert prepared.packed.taps == kernel_taps
+    assert _launch_of(prepared)[2]["implicit"] == 1 or kernel_taps == 1
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+@pytest.mark.parametrize("x_dtype", EIGHT_BIT)
+@pytest.mark.parametrize("w_zero_point", [0, -128])
+@pytest.mark.parametrize("rounding", ROUNDING_MODES)
+@pytest.mark.parametrize("shape", [
+    # (n, h, w, cin, cout, kernel, stride, dilation, pads): an RGB stem (3 -> 4 channels per
+    # pixel, stride 2, pads only after), 64 channels over full 6 x 64 tiles and a block
+    # tail with dilated columns (one tap per window pixel), a 5x5 with dilated rows (one
+    # tap per window row), a strided 1x1 read in place.
+    (1, 23, 21, 3, 32, (3, 3), (2, 2), (1, 1), (0, 0, 1, 1)),
+    (2, 9, 13, 64, 80, (3, 3), (1, 1), (1, 2), (1, 2, 1, 2)),
+    (1, 14, 12, 8, 24, (5, 5), (1, 2), (2, 1), (2, 1, 3, 2)),
+    (3, 9, 10, 16, 40, (1, 1), (2, 2), (1, 1), (0, 0, 0, 0)),
+])
+def test_implicit_conv_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_point, rounding, shape):
+    n, h, width, cin, cout, kernel, strides, dilations, pads = shape
+    rng = np.random.default_rng(h * width + cin)
+    x = x_codes(rng, x_dtype, (n, h, width, cin))
+    w, w_zp, bias = _layer(rng, x_dtype, cout, cin, kernel, w_zero_point)
+    args = (dtype_range(x_dtype)[1] - 9, w, w_zp, bias, strides, dilations, pads, 1) + ACC
+    rq = Rescale.from_real(rng.uniform(1e-4, 1e-2, size=cout), rounding)
+    requant = (*rq.kernel_args(cout), rq.code, 31, 3, -128, 127, np.dtype(np.int8))
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    # A 1x1 conv is implicit only where it reads the uint8 quads in place; the rest take im2col.
+    in_place = x_dtype == np.uint8 and w_zero_point == 0 and isa.ISAS[isa_name].quads is not None
+    padded_shape, _, settings = _launch_of(prepared)
+    assert settings["implicit"] == (kernel != (1, 1) or in_place)
+    assert (padded_shape is None) == (kernel == (1, 1) or in_place and pads == (0,) * 4)
+    acc, overflow_count, pair_count = mac.conv2d_nhwc_acc(x, *args)
+    out, saturations = mac.requantize(acc, 0, *requant)
+    assert_same(fast, (out, overflow_count, pair_count, saturations))
+
+
+def test_implicit_conv_copies_the_input_only_where_it_must(isa_name):
+    # uint8 codes with whole groups per pixel and no padding are read where they lie; padding,
+    # int8 codes (x + 128) or the int16 pairs need the one encoded copy per call.
+    rng = np.random.default_rng(8)
+    x = x_codes(rng, np.uint8, (1, 6, 7, 8))
+    requant = (*Rescale.from_real(np.full(4, 3e-3), "double").kernel_args(4), fixedpoint.DOUBLE, 31, 0, 0, 255,
+               np.dtype(np.uint8))
+    quads = isa.ISAS[isa_name].quads is not None
+    for w_zero_point, pads, expected in ((0, (0,) * 4, not quads), (0, (1,) * 4, True), (-128, (0,) * 4, True)):
+        w, w_zp, bias = _layer(rng, np.uint8, 4, 8, (3, 3), w_zero_point)
+        args = (7, w, w_zp, bias, (1, 1), (1, 1), pads, 1) + ACC
+        prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+        assert (_launch_of(prepared)[0] is not None) == expected
+        assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+@pytest.mark.parametrize("x_shape", [(0, 5, 5, 4), (1, 1, 5, 4), (2, 5, 1, 4)])
+def test_implicit_conv_of_an_empty_output(x_shape):
+    # No batch, or an input smaller than the strided window: no output rows, nothing to copy.
+    rng = np.random.default_rng(9)
+    w, w_zp, bias = _layer(rng, np.uint8, 4, 4, (3, 3), 0)
+    args = (3, w, w_zp, bias, (5, 5), (1, 1), (1, 0, 0, 0), 1) + ACC
+    requant = (*Rescale.from_real(np.full(4, 3e-3), "double").kernel_args(4), fixedpoint.DOUBLE, 31, 0, 0, 255,
+               np.dtype(np.uint8))
+    x = x_codes(rng, np.uint8, x_shape)
+    fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)[1]
+    assert fast[0].size == 0
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+def _taps_tile(variant):
+    """A fresh (uncached) function running one full tile of ``variant`` summed over taps."""
+    from numba import njit
+
+    from intsim.kernels.microkernel import mac_tile_taps
+
+    @njit
+    def tile(a, a_rows, taps, w, groups, c0, c):
+        mac_tile_taps(variant, 0, 0, a, a_rows, 1, taps, w, 0, groups, c0, 0, c, 0, c.shape[1])
+
+    return tile
+
+
+@pytest.mark.parametrize("taps", [[5, 0, 17], [3], []])
+def test_mac_tile_taps_sums_every_tap_of_every_row(isa_name, taps):
+    # Rows at unequal distances (a tile that crosses the end of an output row), taps in any
+    # order; no taps at all leaves c0.  The expected sums are plain int64 arithmetic.
+    chosen = isa.ISAS[isa_name]
+    rng = np.random.default_rng(len(taps))
+    for variant in {chosen.pairs, chosen.quads} - {None}:
+        group, rows, blocks, groups = isa.GROUP[variant], isa.TILE_ROWS[variant], isa.TILE_BLOCKS[variant], 3
+        narrow = np.int16 if group == 2 else np.int8
+        a_codes = (rng.integers(-255, 256, size=(40, group)) if group == 2
+                   else rng.integers(0, 256, size=(40, group))).astype(np.int16 if group == 2 else np.uint8)
+        w_codes = rng.integers(-128, 128, size=(blocks, len(taps) * groups, 16, group)).astype(narrow)
+        a_rows = np.array([99] + [0, 2, 9, 10, 11, 19][:rows], np.int64)
+        c0 = rng.integers(-1000, 1000, size=16 * blocks).astype(np.int32)
+        c = np.zeros((rows, 16 * blocks), np.int32)
+        _taps_tile(variant)(a_codes.reshape(-1).view(np.int32), a_rows, np.array(taps, np.int64),
+                            w_codes.reshape(-1).view(np.int32), groups, c0, c)
+        expected = np.tile(c0.astype(np.int64), (rows, 1))
+        for r in range(rows):
+            for t, tap in enumerate(taps):
+                a_run = a_codes[a_rows[1 + r] + tap:a_rows[1 + r] + tap + groups].astype(np.int64)
+                w_run = w_codes[:, t * groups:(t + 1) * groups].astype(np.int64)
+                expected[r] += np.einsum("gq,bgjq->bj", a_run, w_run).reshape(-1)
+        np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
 
 
 def _one_tile(variant):
