@@ -508,10 +508,12 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
         return PreparedConv(acc_args, x_dtype, packed=_pack(w_centred, x_dtype, x_zero_point, bias))
     if cin_g == 1 and cout == groups:
         w_min, w_max = (int(w_centred.min()), int(w_centred.max())) if w_centred.size else (0, 0)
-        encoding = _encoding(isa_module.current_isa(), x_dtype, int(x_zero_point), w_min, w_max)
+        isa = isa_module.current_isa()
+        encoding = _encoding(isa, x_dtype, int(x_zero_point), w_min, w_max)
         if encoding is not None:
-            return PreparedConv(acc_args, x_dtype,
-                                depthwise=pack_depthwise(w_centred, w.shape[1:3], encoding, x_zero_point, bias))
+            _, a_sub, code_dtype = encoding
+            return PreparedConv(acc_args, x_dtype, depthwise=pack_depthwise(w_centred, isa.pairs, a_sub, code_dtype,
+                                                                            x_zero_point, bias))
     return PreparedConv(acc_args, x_dtype)
 
 
@@ -574,7 +576,7 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     requant = requant_args[:-1]
     if prepared.depthwise is not None:
         chunks = _apply_threads(shape[0] * shape[1])
-        saturations = depthwise_run(x, prepared.depthwise, w.shape[1], strides, dilations, pads, chunks, requant, out)
+        saturations = depthwise_run(x, prepared.depthwise, w.shape[1:3], strides, dilations, pads, chunks, requant, out)
         return out, 0, 0, saturations
     saturations = _run_gemm(x, prepared.packed, shape[1], shape[2], w.shape[1:3], strides, dilations, pads, requant,
                             out.reshape(-1, shape[3]))
