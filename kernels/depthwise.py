@@ -42,13 +42,14 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from intsim.kernels.isa import AVX2_PAIRS, AVX512_PAIRS, PORTABLE_PAIRS, VNNI_PAIRS
+from intsim.kernels.isa import ISAS
 from intsim.kernels.mac import _requantize_core
 from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
 # 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
 TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 4
+HALF_COLUMNS_S1, HALF_COLUMNS_S2 = TILE_COLUMNS_S1 // 2, TILE_COLUMNS_S2 // 2
 
 
 @intrinsic
@@ -146,37 +147,31 @@ def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, cod
 
 
 @njit(inline="always")
-def _tiles_of(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, out_w, acc):
-    # Inlined with constant ``variant``, ``columns``, ``taps`` and ``stride``
-    # (dw_tile needs them at compile time): whole tiles, then single columns.
-    full = out_w - out_w % columns
-    for ow0 in range(0, full, columns):
-        for cb in range(0, padded_channels, LANES):
-            dw_tile(variant, columns, taps, stride, ring, row_offs, rows, ow0 * stride * padded_channels + cb,
-                    padded_channels, w_words, cb, c0, cb, acc, ow0 * padded_channels + cb)
-    for ow in range(full, out_w):
-        for cb in range(0, padded_channels, LANES):
-            dw_tile(variant, 1, taps, stride, ring, row_offs, rows, ow * stride * padded_channels + cb,
-                    padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
+def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc):
+    for cb in range(0, padded_channels, LANES):
+        dw_tile(variant, columns, taps, stride, ring, row_offs, rows, ow0 * stride * padded_channels + cb,
+                padded_channels, w_words, cb, c0, cb, acc, ow0 * padded_channels + cb)
 
 
 @njit(inline="always")
-def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc):
-    # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
-    # else one tap at a time: ``row_offs`` then lists every tap (see _core).
-    if not _compiled_in(kernel_w, sw, dw):
-        for ow in range(out_w):
-            for cb in range(0, padded_channels, LANES):
-                dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
-                        padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
-    elif kernel_w == 3 and sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
-    elif kernel_w == 3:
-        _tiles_of(variant, TILE_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
-    elif sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
-    else:
-        _tiles_of(variant, TILE_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, out_w, acc):
+    # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
+    # ``taps`` and ``stride`` (dw_tile needs them at compile time).  The last
+    # tile of a row moves left to end at the row's end: it computes a few
+    # columns twice, with the same result, instead of running them one by one.
+    ow0 = 0
+    while ow0 < out_w:
+        if out_w >= columns:
+            ow0 = min(ow0, out_w - columns)
+            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            ow0 += columns
+        elif out_w >= half:
+            ow0 = min(ow0, out_w - half)
+            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            ow0 += half
+        else:
+            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            ow0 += 1
 
 
 @njit(inline="always")
@@ -185,19 +180,22 @@ def _compiled_in(kernel_w, sw, dw):
 
 
 @njit(inline="always")
-def _row_tiles(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc):
-    if variant == VNNI_PAIRS:
-        _row_tiles_for(VNNI_PAIRS, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w,
-                       acc)
-    elif variant == AVX512_PAIRS:
-        _row_tiles_for(AVX512_PAIRS, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w,
-                       acc)
-    elif variant == AVX2_PAIRS:
-        _row_tiles_for(AVX2_PAIRS, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w,
-                       acc)
+def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc):
+    # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
+    # else one tap at a time: ``row_offs`` then lists every tap (see _core).
+    if not _compiled_in(kernel_w, sw, dw):
+        for ow in range(out_w):  # one tap per row offset, the stride in the offset
+            for cb in range(0, padded_channels, LANES):
+                dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
+                        padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
+    elif kernel_w == 3 and sw == 1:
+        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+    elif kernel_w == 3:
+        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+    elif sw == 1:
+        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
     else:
-        _row_tiles_for(PORTABLE_PAIRS, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0,
-                       out_w, acc)
+        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
 
 
 # The scalar arguments of the core, in one int64 array.
@@ -247,7 +245,7 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
                 else:
                     for kw in range(kernel_w):
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
-            _row_tiles(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+            _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
             # the core reads the leading ``channels`` columns of the padded rows
             saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift, scale,
                                                  rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
@@ -255,16 +253,24 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
     return saturation_count
 
 
-# The core twice, from one inlined body: with threads (its prange a parallel
-# loop) and serial, which one thread takes to skip the thread pool's launch.
-@njit(cache=True, parallel=True)
-def _depthwise_threaded(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
-    return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+def _cores(variant):
+    # The core twice, from one inlined body: with threads (its prange a
+    # parallel loop) and serial, which one thread takes to skip the thread
+    # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
+    # needs it; only the variants that run are ever compiled.
+    @njit(cache=True, parallel=True)
+    def threaded(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+
+    @njit(cache=True)
+    def serial(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+
+    return serial, threaded
 
 
-@njit(cache=True)
-def _depthwise_serial(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
-    return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+# (serial, threaded) core per pairs variant
+CORES = {isa.pairs: _cores(isa.pairs) for isa in ISAS.values()}
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,7 @@ def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, 
             [kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
              packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
              clamp_min, clamp_max], np.int64)
-    core = _depthwise_threaded if chunks > 1 else _depthwise_serial
-    return int(core(packed.variant, x, packed.words, packed.c0, packed.launches[key], np.asarray(multiplier, np.int64),
+    serial, threaded = CORES[packed.variant]
+    core = threaded if chunks > 1 else serial
+    return int(core(x, packed.words, packed.c0, packed.launches[key], np.asarray(multiplier, np.int64),
                     np.asarray(shift, np.int64), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))
