@@ -137,12 +137,14 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
 @njit(inline="always")
 def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, codes):
     # codes [left + width + ..., padded_channels] already holds pad_code
-    # everywhere; the image's columns get their codes x - a_sub.  Slices
-    # indexed from 0 let LLVM drop the index checks and vectorise.
-    for iw in range(width):
-        src = x_flat[x_base + iw * channels:x_base + (iw + 1) * channels]
-        dst = codes[(left + iw) * padded_channels:(left + iw) * padded_channels + channels]
-        for c in range(channels):
+    # everywhere; the image's columns get their codes x - a_sub, in one run
+    # when no channel is padded.  Slices indexed from 0 let LLVM drop the
+    # index checks and vectorise.
+    runs, run = (1, width * channels) if channels == padded_channels else (width, channels)
+    for i in range(runs):
+        src = x_flat[x_base + i * run:x_base + (i + 1) * run]
+        dst = codes[left * padded_channels + i * padded_channels:left * padded_channels + i * padded_channels + run]
+        for c in range(run):
             dst[c] = np.int32(src[c]) - a_sub
 
 
