@@ -184,20 +184,24 @@ def _compiled_in(kernel_w, sw, dw):
 @njit(inline="always")
 def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc):
     # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
-    # else one tap at a time: ``row_offs`` then lists every tap (see _core).
+    # else one tap at a time: ``row_offs`` then lists every tap (see _depthwise_rows).
     if not _compiled_in(kernel_w, sw, dw):
         for ow in range(out_w):  # one tap per row offset, the stride in the offset
             for cb in range(0, padded_channels, LANES):
                 dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
                         padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
     elif kernel_w == 3 and sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
     elif kernel_w == 3:
-        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
     elif sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
     else:
-        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
 
 
 # The scalar arguments of the core, in one int64 array.
@@ -247,7 +251,8 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
                 else:
                     for kw in range(kernel_w):
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
-            _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc)
+            _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w,
+                           acc)
             # the core reads the leading ``channels`` columns of the padded rows
             saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift, scale,
                                                  rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
