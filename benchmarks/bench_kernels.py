@@ -15,7 +15,7 @@ same quantized model loaded into intsim (``load_onnx_qoperator``), float in
 and float out for both.
 
     python benchmarks/bench_kernels.py [--json out.json] [--markdown out.md] [--rounds 30]
-        [--threads 1] [--isa NAME] [--skip-models]
+        [--threads 1] [--isa NAME] [--skip-models] [--layers TEXT]
 """
 
 from __future__ import annotations
@@ -40,6 +40,13 @@ LAYERS = [
     ("conv1x1 s2 64->128 @56x56", "conv", (56, 56, 64, 128, 1, 2, 1), True),
     ("conv1x1 64->256 @56x56", "conv", (56, 56, 64, 256, 1, 1, 1), True),
     ("depthwise3x3 x144 @56x56", "conv", (56, 56, 144, 144, 3, 1, 144), True),
+    # EfficientNet-Lite0's depthwise layers (blocks 0, 1.0, 2.0, 4, 5.0 and 6.x)
+    ("depthwise3x3 x32 @112x112", "conv", (112, 112, 32, 32, 3, 1, 32), True),
+    ("depthwise3x3 s2 x96 @112x112", "conv", (112, 112, 96, 96, 3, 2, 96), True),
+    ("depthwise5x5 s2 x144 @56x56", "conv", (56, 56, 144, 144, 5, 2, 144), True),
+    ("depthwise5x5 x240 @28x28", "conv", (28, 28, 240, 240, 5, 1, 240), True),
+    ("depthwise5x5 x672 @14x14", "conv", (14, 14, 672, 672, 5, 1, 672), True),
+    ("depthwise5x5 x1152 @7x7", "conv", (7, 7, 1152, 1152, 5, 1, 1152), True),
     ("FC 512->1000", "fc", (1, 512, 1000), True),
     ("GEMM 1024^3", "fc", (1024, 1024, 1024), False),
 ]
@@ -275,6 +282,7 @@ def main(argv=None):
     parser.add_argument("--isa", help="intsim micro-kernel ISA (default: the best this host has)")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--skip-models", action="store_true")
+    parser.add_argument("--layers", default="", help="run only the layers whose name contains this text")
     args = parser.parse_args(argv)
     os.environ.setdefault("NUMBA_NUM_THREADS", str(args.threads))
     import llvmlite.binding as llvm
@@ -288,6 +296,8 @@ def main(argv=None):
             "cpu": llvm.get_host_cpu_name()}
     layer_rows = []
     for name, kind, shape, batched in LAYERS:
+        if args.layers not in name:
+            continue
         for batch in args.batches if batched else [1]:
             runners, macs = _layer_runners(kind, shape, batch, rng, args.threads)
             times = _median_times(runners, args.rounds)

@@ -22,8 +22,8 @@ implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes alrea
 im2col (other 1x1 convs, fully-connected and matmul)
     Each chunk's windows are encoded into an L2-sized patch matrix.
 
-Depthwise convs (one input channel per output channel) run a direct
-channels-last kernel instead.
+Depthwise convs (one input channel per output channel) run the kernel of
+:mod:`intsim.kernels.depthwise` instead, with the same encodings.
 
 It is taken only where it is provably the exact result of the hardware order
 of :func:`intsim.kernels.mac.conv2d_nhwc_acc`: no pairwise int16 saturation,
@@ -73,6 +73,7 @@ from intsim.kernels.isa import (
     VNNI_PAIRS,
     VNNI_QUADS,
 )
+from intsim.kernels.depthwise import PackedDepthwise, depthwise_run, pack_depthwise
 from intsim.kernels.mac import (
     _c0_per_output,
     _conv2d_out,
@@ -353,95 +354,6 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     return saturation_count
 
 
-@njit(inline="always")
-def _depthwise_window(kernel_h, kernel_w, x_flat, x_base, row_step, col_step, x_zero_point, w_taps, bias, acc,
-                      acc_base, channels):
-    # One output pixel whose window lies inside the image: all taps of a
-    # channel summed in a register, the channels vectorised.  (x - z_x) and
-    # (w - z_w) are int16 (checked at prepare), so each product is a 16 x 16
-    # bit multiply into int32.  Inlined with constant kernel sizes, the tap
-    # loops unroll.  Indices are cast to unsigned: numba then emits no
-    # negative-index wraparound, and the loads stay consecutive in c.
-    for c in range(channels):
-        total = bias[c]
-        for kh in range(kernel_h):
-            for kw in range(kernel_w):
-                centred = np.int16(np.int16(x_flat[np.uint64(x_base + kh * row_step + kw * col_step + c)]) - x_zero_point)
-                product = np.int32(np.int32(centred) * np.int32(w_taps[np.uint64((kh * kernel_w + kw) * channels + c)]))
-                total = np.int32(total + product)
-        acc[np.uint64(acc_base + c)] = total
-
-
-@njit(inline="always")
-def _depthwise_border(kernel_h, kernel_w, x_flat, ih0, iw0, n, height, width, dh, dw, x_zero_point, w_taps, bias,
-                      acc, acc_base, channels):
-    # One output pixel whose window leaves the image: the in-bounds taps one
-    # after the other (a padded tap adds (z_x - z_x) * w = 0).
-    for c in range(channels):
-        acc[np.uint64(acc_base + c)] = bias[c]
-    for kh in range(kernel_h):
-        ih = ih0 + kh * dh
-        if ih < 0 or ih >= height:
-            continue
-        for kw in range(kernel_w):
-            iw = iw0 + kw * dw
-            if iw < 0 or iw >= width:
-                continue
-            x_base = ((n * height + ih) * width + iw) * channels
-            w_base = (kh * kernel_w + kw) * channels
-            for c in range(channels):
-                centred = np.int16(np.int16(x_flat[np.uint64(x_base + c)]) - x_zero_point)
-                product = np.int32(np.int32(centred) * np.int32(w_taps[np.uint64(w_base + c)]))
-                at = np.uint64(acc_base + c)
-                acc[at] = np.int32(acc[at] + product)
-
-
-@njit(inline="always")
-def _depthwise_row(kernel_h, kernel_w, x_flat, n, oh, height, width, channels, sh, sw, dh, dw, top, left,
-                   x_zero_point, w_taps, bias, out_w, acc):
-    ih0 = oh * sh - top
-    rows_inside = ih0 >= 0 and ih0 + (kernel_h - 1) * dh < height
-    for ow in range(out_w):
-        iw0 = ow * sw - left
-        if rows_inside and iw0 >= 0 and iw0 + (kernel_w - 1) * dw < width:
-            _depthwise_window(kernel_h, kernel_w, x_flat, ((n * height + ih0) * width + iw0) * channels,
-                              dh * width * channels, dw * channels, x_zero_point, w_taps, bias, acc,
-                              ow * channels, channels)
-        else:
-            _depthwise_border(kernel_h, kernel_w, x_flat, ih0, iw0, n, height, width, dh, dw, x_zero_point, w_taps,
-                              bias, acc, ow * channels, channels)
-
-
-@njit(cache=True, parallel=True)
-def _depthwise_core(x, x_zero_point, w_taps, bias, kernel_h, kernel_w, sh, sw, dh, dw, top, left, multiplier,
-                    shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max, out):
-    # One output row at a time (rows shared out among the threads): acc
-    # [OW, C] int32 from the bias plus (x - z_x)(w - z_w) over the window,
-    # every step cast back to int32 (exact modulo 2**32, see the module
-    # docstring), then requantized into the row of ``out``.  w_taps is
-    # [KH * KW * C] int16 in (kh, kw, c) order.  The common 3x3 and 5x5
-    # windows get kernels with their sizes compiled in.
-    n_batch, height, width, channels = x.shape
-    out_h, out_w = out.shape[1], out.shape[2]
-    x_flat = x.reshape(x.size)
-    saturation_count = 0
-    for row in prange(n_batch * out_h):
-        n, oh = row // out_h, row % out_h
-        acc = np.empty(out_w * channels, np.int32)
-        if kernel_h == 3 and kernel_w == 3:
-            _depthwise_row(3, 3, x_flat, n, oh, height, width, channels, sh, sw, dh, dw, top, left, x_zero_point,
-                           w_taps, bias, out_w, acc)
-        elif kernel_h == 5 and kernel_w == 5:
-            _depthwise_row(5, 5, x_flat, n, oh, height, width, channels, sh, sw, dh, dw, top, left, x_zero_point,
-                           w_taps, bias, out_w, acc)
-        else:
-            _depthwise_row(kernel_h, kernel_w, x_flat, n, oh, height, width, channels, sh, sw, dh, dw, top, left,
-                           x_zero_point, w_taps, bias, out_w, acc)
-        saturation_count += _requantize_core(acc.reshape(out_w, channels), 0, multiplier, shift, scale, rounding,
-                                             multiplier_bits, out_zero_point, clamp_min, clamp_max, out[n, oh])
-    return saturation_count
-
-
 # The GEMM core twice, from one inlined body: with threads (its prange a
 # parallel loop) and serial (the prange a plain loop), which one thread takes
 # to skip the thread pool's launch (about 2 us a call).
@@ -636,14 +548,6 @@ def _static_fast(x_dtype, x_zero_point, w_rows, w_zero_point, bias, acc_bits, pa
     return _fits(_weighted_bound(c0, w_rows.shape[1], max_x, w_rows, w_zero_point), acc_bits)
 
 
-def _fits_int16(x_dtype, x_zero_point, w_centred):
-    """Whether ``x - z_x`` over the whole ``x_dtype`` and every ``w - z_w`` lie in int16 (the depthwise kernel's operands)."""
-    info = np.iinfo(x_dtype)
-    lo, hi = int(info.min) - int(x_zero_point), int(info.max) - int(x_zero_point)
-    w_lo, w_hi = (int(w_centred.min()), int(w_centred.max())) if w_centred.size else (0, 0)
-    return -(2**15) <= min(lo, w_lo) and max(hi, w_hi) < 2**15
-
-
 def _matmul_static_fast(dtype, a_zero_point, b_zero_point, depth, acc_bits, pairwise_int16):
     """:func:`_static_fast` for :func:`~intsim.kernels.mac.matmul_acc`'s order, both operands of ``dtype``."""
     if pairwise_int16 or acc_bits > 32:
@@ -668,7 +572,7 @@ class PreparedConv:
     acc_args: tuple
     x_dtype: np.dtype
     packed: PackedWeights | None = None
-    depthwise: tuple | None = None
+    depthwise: PackedDepthwise | None = None
     out_shapes: dict = field(default_factory=dict, compare=False, repr=False)  # output shape per input shape
 
 
@@ -690,9 +594,14 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
     if groups == 1:
         return PreparedConv(acc_args, x_dtype, packed=_pack(w_centred, x_dtype, x_zero_point, bias,
                                                             taps=w.shape[1] * w.shape[2]))
-    if cin_g == 1 and cout == groups and _fits_int16(x_dtype, x_zero_point, w_centred):
-        w_taps = np.ascontiguousarray(w_centred.reshape(w.shape[:3]).transpose(1, 2, 0)).astype(np.int16)
-        return PreparedConv(acc_args, x_dtype, depthwise=(w_taps.reshape(-1), bias.astype(np.int32)))
+    if cin_g == 1 and cout == groups:
+        w_min, w_max = (int(w_centred.min()), int(w_centred.max())) if w_centred.size else (0, 0)
+        isa = isa_module.current_isa()
+        encoding = _encoding(isa, x_dtype, int(x_zero_point), w_min, w_max)
+        if encoding is not None:
+            _, a_sub, code_dtype = encoding
+            return PreparedConv(acc_args, x_dtype, depthwise=pack_depthwise(w_centred, isa.pairs, a_sub, code_dtype,
+                                                                            x_zero_point, bias))
     return PreparedConv(acc_args, x_dtype)
 
 
@@ -790,18 +699,9 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     x = np.ascontiguousarray(x)
     requant = requant_args[:-1]
     if prepared.depthwise is not None:
-        w_taps, bias = prepared.depthwise
-        multiplier, shift, scale = requant[:3]
-        # Only a threaded build: its rows, compiled as the parallel loop's body, ran faster than
-        # the same loop inlined into a serial function (0.10 vs 0.18 ms, 3x3 x64 @56x56).
-        _apply_threads(shape[0] * shape[1])
-        saturations = _depthwise_core(
-            x, np.int16(prepared.acc_args[0]), w_taps, bias, w.shape[1], w.shape[2], strides[0], strides[1],
-            dilations[0], dilations[1],
-            pads[0], pads[1], multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64),
-            int(rounding), int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
-        )
-        return out, 0, 0, int(saturations)
+        chunks = _apply_threads(shape[0] * shape[1])
+        saturations = depthwise_run(x, prepared.depthwise, w.shape[1:3], strides, dilations, pads, chunks, requant, out)
+        return out, 0, 0, saturations
     saturations = _run_gemm(x, prepared.packed, shape[1], shape[2], w.shape[1:3], strides, dilations, pads, requant,
                             out.reshape(-1, shape[3]))
     return out, 0, 0, saturations

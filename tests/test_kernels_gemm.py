@@ -250,6 +250,55 @@ def test_depthwise_fused_matches_unfused(x_dtype, w_zero_point, shape):
     assert_same(fast, (out, overflow_count, pair_count, saturations))
 
 
+@st.composite
+def depthwise_cases(draw):
+    """Depthwise layers over the kernel's paths: the compiled-in 3x3 / 5x5 windows at stride 1 and 2 (whole
+    tiles of output columns, a tail tile moved left, half tiles, single columns) and any other window, stride
+    or dilation tap by tap; channel counts around the 16-lane vector, zero points at the range ends."""
+    channels = draw(st.integers(2, 40))  # one channel is a dense conv
+    kernel = draw(st.one_of(st.sampled_from([(3, 3), (5, 5)]), st.tuples(st.integers(1, 5), st.integers(1, 5))))
+    strides = draw(st.tuples(st.integers(1, 2), st.integers(1, 2)))
+    dilations = draw(st.sampled_from([(1, 1), (1, 1), (2, 1), (1, 2), (2, 2)]))
+    pads = tuple(draw(st.integers(0, 3)) for _ in range(4))
+    rng, x_dtype, x_zp, w, w_zp, bias = draw(mac_operands(channels, kernel + (1,)))
+    reach_h, reach_w = (dilations[0] * (kernel[0] - 1) + 1, dilations[1] * (kernel[1] - 1) + 1)
+    h = draw(st.integers(max(1, reach_h - pads[0] - pads[2]), 12))
+    width = draw(st.integers(max(1, reach_w - pads[1] - pads[3]), 26))
+    x = x_codes(rng, x_dtype, (draw(st.integers(1, 2)), h, width, channels))
+    args = (x_zp, w, w_zp, bias, strides, dilations, pads, channels) + ACC
+    return x, args, draw(requant_args(channels))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=depthwise_cases())
+def test_depthwise_matches_naive(isa_name, case):
+    x, args, requant = case
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    assert prepared.depthwise is not None
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+@pytest.mark.parametrize(("x_dtype", "x_zero_point", "w_zero_point", "code_dtype"), [
+    (np.uint8, 0, 0, np.uint8), (np.int8, -128, 0, np.uint8), (np.uint8, 255, -128, np.int16),
+    (np.int8, 127, 127, np.int16),
+])
+def test_depthwise_codes_follow_the_encoding(isa_name, x_dtype, x_zero_point, w_zero_point, code_dtype):
+    # uint8 codes where the ISA has quads and w - z_w fits int8, else int16 codes x - z_x; the
+    # multiply-add is always the ISA's pairs variant.
+    rng = np.random.default_rng(4)
+    w, w_zp, bias = _layer(rng, x_dtype, 20, 1, (3, 3), w_zero_point)
+    prepared = gemm.conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zp, bias, (1, 1), (1, 1), (1,) * 4, 20, *ACC)
+    chosen = isa.ISAS[isa_name]
+    assert prepared.depthwise.variant == chosen.pairs
+    assert prepared.depthwise.code_dtype == (code_dtype if chosen.quads is not None else np.int16)
+    x = x_codes(rng, x_dtype, (1, 10, 19, 20))
+    args = (x_zero_point, w, w_zp, bias, (1, 1), (1, 1), (1,) * 4, 20) + ACC
+    requant = (*Rescale.from_real(np.full(20, 2e-3), "single").kernel_args(20), fixedpoint.SINGLE, 31, 0,
+               *dtype_range(x_dtype), np.dtype(x_dtype))
+    assert_same(run_pair(gemm, "conv2d_nhwc", x, args, requant)[1],
+                run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
 def test_variant_follows_isa_and_encoding(isa_name):
     rng = np.random.default_rng(0)
     chosen = isa.ISAS[isa_name]
@@ -334,6 +383,16 @@ rq = Rescale.from_real(rng.uniform(1e-3, 1e-2, size=20), "double")
 requant = (*rq.kernel_args(20), rq.code, 31, 3, 0, 255, np.dtype(np.uint8))
 assert gemm.set_threads(2) == 1
 gemm.CHUNK_ROWS = 7
+fast = gemm.conv2d_nhwc_requantized(x, gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+slow = naive_gemm.conv2d_nhwc_requantized(x, naive_gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+assert fast[1:] == slow[1:]
+# a depthwise layer: its output rows in two runs, each with its own ring of input rows
+w = rng.integers(-128, 128, size=(12, 5, 5, 1), dtype=np.int8)
+args = (100, w, np.zeros(12, np.int64), rng.integers(-999, 999, size=12, dtype=np.int32), (1, 1), (1, 1),
+        (2, 2, 2, 2), 12, 32, 1, False)
+requant = (*Rescale.from_real(rng.uniform(1e-3, 1e-2, size=12), "double").kernel_args(12), rq.code, 31, 3, 0, 255,
+           np.dtype(np.uint8))
 fast = gemm.conv2d_nhwc_requantized(x, gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
 slow = naive_gemm.conv2d_nhwc_requantized(x, naive_gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
 np.testing.assert_array_equal(fast[0], slow[0], strict=True)

@@ -1,0 +1,334 @@
+"""Depthwise conv2d (one input channel per output channel), NHWC, with the requantization fused.
+
+Called by :func:`intsim.kernels.gemm.conv2d_nhwc_requantized` for layers
+with ``groups = Cin = Cout`` (white paper §2.1 MAC array, §2.2
+requantization); its naive twin is
+:func:`intsim.kernels.naive_gemm.conv2d_nhwc_requantized`.
+
+A depthwise product pairs each channel with its own weight, so the channels
+are the vector lanes (16 per int32 vector) and the reduction runs over the
+taps of the window.  Activations are encoded as the GEMM encodes them
+(:func:`intsim.kernels.gemm._encoding`): codes ``x - a_sub`` (uint8, or int16
+for the pairs encoding), the zero point moved into the start value
+``c0 = bias + (a_sub - z_x) * sum (w - z_w)``.  A code, zero-extended into an
+int32 lane, times a weight ``w - z_w`` in the low half of an int32 lane is one
+exact ``vpmaddwd`` / ``vpdpwssd`` product (the high halves multiply a zero);
+the ISA's pairs variant of :mod:`intsim.kernels.microkernel` does the
+multiply-add.  The caller proved the static bound fits int32, and every add
+wraps modulo ``2**32``, so the accumulators end on the exact sum.
+
+The loop, per output row ``(n, oh)``:
+
+1. each input row the window needs is encoded once into a ring of
+   ``(KH - 1) * dh + 1`` padded rows, which the next output rows reuse
+   (stride 1: every input row is encoded once).  Columns outside the image
+   hold ``pad_code = z_x - a_sub``, whose products ``c0`` cancels, so border
+   windows need no separate code.
+2. :func:`dw_tile` computes several output columns of 16 channels in
+   registers: every input column a kernel row reaches is loaded once and
+   feeds each output whose window covers it, every weight vector once per
+   kernel row.  3x3 and 5x5 windows at stride 1 and 2 have their shapes
+   compiled in; any other window runs tap by tap.
+3. the row of accumulators (in L1) is requantized by
+   :func:`intsim.kernels.mac._requantize_core` into the output row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from intsim.kernels.isa import ISAS
+from intsim.kernels.mac import _requantize_core
+from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal
+
+# Output columns per register tile at stride 1 and 2: with a 5x5 window,
+# 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
+TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 4
+HALF_COLUMNS_S1, HALF_COLUMNS_S2 = TILE_COLUMNS_S1 // 2, TILE_COLUMNS_S2 // 2
+
+
+@intrinsic
+def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0,
+            c0_off, c, c_off):
+    """``columns`` output columns of 16 channels (``columns``, ``taps`` and ``stride`` compile-time constants)::
+
+        c[c_off + r*column_step + j] = c0[c0_off + j] + sum_{k < rows} sum_{t < taps}
+            codes[row_offs[k] + a_off + (r*stride + t)*column_step + j] * w[w_off + (k*taps + t)*column_step + j]
+
+    for ``r < columns``, ``j < 16``: ``codes`` uint8 or int16 (zero-extended
+    into int32 lanes), ``w`` int32 whose low halves hold the int16 weights,
+    ``c0`` and ``c`` int32, ``row_offs`` int64.  Each product is one lane of
+    the pairs ``variant``'s multiply-add (see the module docstring).
+    """
+    variant_code, n_columns, n_taps, step = _literal(variant), _literal(columns), _literal(taps), _literal(stride)
+    if None in (variant_code, n_columns, n_taps, step):
+        return None
+    sig = types.void(variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0, c0_off,
+                     c, c_off)
+    code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
+
+    def codegen(context, builder, signature, args):
+        arg_types = signature.args
+
+        def data(i):
+            return context.make_array(arg_types[i])(context, builder, args[i]).data
+
+        codes_data, offs_data, w_data, c0_data, c_data = data(4), data(5), data(9), data(11), data(13)
+        rows_v, a_off_v, column_step_v, w_off_v, c0_off_v, c_off_v = (
+            context.cast(builder, args[i], arg_types[i], types.int64) for i in (6, 7, 8, 10, 12, 14)
+        )
+
+        def at(base, index, vector_type):
+            return builder.bitcast(builder.gep(base, [index]), vector_type.as_pointer())
+
+        def plus(base, i):
+            return builder.add(base, builder.mul(column_step_v, ir.Constant(_I64, i)))
+
+        start = builder.load(at(c0_data, c0_off_v, _ACC), align=4)
+        entry = builder.block
+        loop = builder.append_basic_block("dw_tile.loop")
+        done = builder.append_basic_block("dw_tile.done")
+        zero = ir.Constant(_I64, 0)
+        builder.cbranch(builder.icmp_signed(">", rows_v, zero), loop, done)
+
+        builder.position_at_end(loop)
+        k = builder.phi(_I64)
+        k.add_incoming(zero, entry)
+        accs = []
+        for _ in range(n_columns):
+            phi = builder.phi(_ACC)
+            phi.add_incoming(start, entry)
+            accs.append(phi)
+        a_base = builder.add(builder.load(builder.gep(offs_data, [k]), align=8), a_off_v)
+        w_base = builder.add(w_off_v, builder.mul(builder.mul(k, ir.Constant(_I64, n_taps)), column_step_v))
+        weights = [builder.load(at(w_data, plus(w_base, t), _ACC), align=4) for t in range(n_taps)]
+        inputs = [builder.zext(builder.load(at(codes_data, plus(a_base, i), code_type), align=1), _ACC)
+                  for i in range((n_columns - 1) * step + n_taps)]
+        updated = []
+        for r, acc in enumerate(accs):
+            for t in range(n_taps):
+                acc = _dot(builder, variant_code, acc, inputs[r * step + t], weights[t])
+            updated.append(acc)
+        k_next = builder.add(k, ir.Constant(_I64, 1))
+        k.add_incoming(k_next, loop)
+        for phi, value in zip(accs, updated):
+            phi.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", k_next, rows_v), loop, done)
+
+        builder.position_at_end(done)
+        finals = []
+        for last in updated:
+            final = builder.phi(_ACC)
+            final.add_incoming(start, entry)
+            final.add_incoming(last, loop)
+            finals.append(final)
+        for r, final in enumerate(finals):
+            builder.store(final, at(c_data, plus(c_off_v, r), _ACC), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, codes):
+    # codes [left + width + ..., padded_channels] already holds pad_code
+    # everywhere; the image's columns get their codes x - a_sub, in one run
+    # when no channel is padded.  Slices indexed from 0 let LLVM drop the
+    # index checks and vectorise.
+    runs, run = (1, width * channels) if channels == padded_channels else (width, channels)
+    for i in range(runs):
+        src = x_flat[x_base + i * run:x_base + (i + 1) * run]
+        dst = codes[left * padded_channels + i * padded_channels:left * padded_channels + i * padded_channels + run]
+        for c in range(run):
+            dst[c] = np.int32(src[c]) - a_sub
+
+
+@njit(inline="always")
+def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc):
+    for cb in range(0, padded_channels, LANES):
+        dw_tile(variant, columns, taps, stride, ring, row_offs, rows, ow0 * stride * padded_channels + cb,
+                padded_channels, w_words, cb, c0, cb, acc, ow0 * padded_channels + cb)
+
+
+@njit(inline="always")
+def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, out_w, acc):
+    # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
+    # ``taps`` and ``stride`` (dw_tile needs them at compile time).  The last
+    # tile of a row moves left to end at the row's end: it computes a few
+    # columns twice, with the same result, instead of running them one by one.
+    ow0 = 0
+    while ow0 < out_w:
+        if out_w >= columns:
+            ow0 = min(ow0, out_w - columns)
+            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            ow0 += columns
+        elif out_w >= half:
+            ow0 = min(ow0, out_w - half)
+            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            ow0 += half
+        else:
+            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            ow0 += 1
+
+
+@njit(inline="always")
+def _compiled_in(kernel_w, sw, dw):
+    return (kernel_w == 3 or kernel_w == 5) and (sw == 1 or sw == 2) and dw == 1
+
+
+@njit(inline="always")
+def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc):
+    # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
+    # else one tap at a time: ``row_offs`` then lists every tap (see _depthwise_rows).
+    if not _compiled_in(kernel_w, sw, dw):
+        for ow in range(out_w):  # one tap per row offset, the stride in the offset
+            for cb in range(0, padded_channels, LANES):
+                dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
+                        padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
+    elif kernel_w == 3 and sw == 1:
+        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
+    elif kernel_w == 3:
+        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
+    elif sw == 1:
+        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
+    else:
+        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels,
+                  w_words, c0, out_w, acc)
+
+
+# The scalar arguments of the core, in one int64 array.
+SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_sub", "pad_code", "padded_channels",
+            "chunks", "rounding", "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max")
+
+
+@njit(inline="always")
+def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
+    # Output rows (n, oh) in ``chunks`` contiguous runs shared out among the
+    # threads, each run with its own ring of encoded input rows: ring slot s
+    # holds padded input row ih with ih % ring_rows == s, as
+    # [codes_width, padded_channels] codes, the image from column ``left``.
+    (kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, padded_channels, chunks, rounding,
+     multiplier_bits, out_zero_point, clamp_min, clamp_max) = settings
+    n_batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    x_flat = x.reshape(x.size)
+    ring_rows = (kernel_h - 1) * dh + 1
+    codes_width = max((out_w - 1) * sw + (kernel_w - 1) * dw + 1, left + width)
+    slot_size = codes_width * padded_channels
+    rows_per_image = out_h * sh + ring_rows  # more than any padded row index a window reaches
+    whole_rows = _compiled_in(kernel_w, sw, dw)
+    total_rows = n_batch * out_h
+    saturation_count = 0
+    for chunk in prange(chunks):
+        ring = np.full(ring_rows * slot_size, pad_code, code_sample.dtype)
+        held = np.full(ring_rows, -1, np.int64)  # n * rows_per_image + ih of the row each slot holds
+        # dw_tile's row offsets: one per kernel row (compiled-in windows) or one per tap
+        row_offs = np.empty(kernel_h if whole_rows else kernel_h * kernel_w, np.int64)
+        acc = np.empty(out_w * padded_channels, np.int32)
+        for row in range(chunk * total_rows // chunks, (chunk + 1) * total_rows // chunks):
+            n, oh = row // out_h, row % out_h
+            for kh in range(kernel_h):
+                ih = oh * sh + kh * dh  # padded coordinates: the image starts at row ``top``
+                slot = ih % ring_rows
+                if held[slot] != n * rows_per_image + ih:
+                    held[slot] = n * rows_per_image + ih
+                    slot_codes = ring[slot * slot_size:(slot + 1) * slot_size]
+                    if 0 <= ih - top < height:
+                        _code_row(x_flat, (n * height + ih - top) * width * channels, width, channels,
+                                  padded_channels, a_sub, left, slot_codes)
+                    else:
+                        slot_codes[:] = pad_code
+                if whole_rows:
+                    row_offs[kh] = slot * slot_size
+                else:
+                    for kw in range(kernel_w):
+                        row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
+            _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w,
+                           acc)
+            # the core reads the leading ``channels`` columns of the padded rows
+            saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift, scale,
+                                                 rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                                                 out[n, oh])
+    return saturation_count
+
+
+def _cores(variant):
+    # The core twice, from one inlined body: with threads (its prange a
+    # parallel loop) and serial, which one thread takes to skip the thread
+    # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
+    # needs it; only the variants that run are ever compiled.
+    @njit(cache=True, parallel=True)
+    def threaded(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+
+    @njit(cache=True)
+    def serial(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+
+    return serial, threaded
+
+
+# (serial, threaded) core per pairs variant
+CORES = {isa.pairs: _cores(isa.pairs) for isa in ISAS.values()}
+
+
+@dataclass(frozen=True)
+class PackedDepthwise:
+    """Depthwise weights ``w - z_w`` packed for :func:`dw_tile`.
+
+    ``words`` is int32 ``[KH * KW, padded_channels]`` (channels rounded up to
+    16, padded channels zero), ``c0`` int32 ``[padded_channels]`` the start
+    value (wrapped to int32, exact modulo ``2**32``).  Activations are encoded
+    as ``x - a_sub`` into ``code_dtype``, padding as ``pad_code``; ``variant``
+    is the ISA's pairs variant.
+    """
+
+    variant: int
+    words: np.ndarray
+    c0: np.ndarray
+    a_sub: int
+    pad_code: int
+    code_dtype: np.dtype
+    launches: dict = field(default_factory=dict, compare=False, repr=False)
+
+
+def pack_depthwise(w_centred, variant, a_sub, code_dtype, x_zero_point, bias) -> PackedDepthwise:
+    """Pack ``w_centred`` [C, KH * KW] (int64, ``w - z_w``, in int16) for the pairs ``variant``, activation
+    codes ``x - a_sub`` of ``code_dtype`` (uint8, or int16 holding ``x - z_x``)."""
+    channels = w_centred.shape[0]
+    padded_channels = -(-channels // LANES) * LANES
+    words = np.zeros((w_centred.shape[1], padded_channels), np.int32)
+    words[:, :channels] = w_centred.T
+    c0 = np.zeros(padded_channels, np.int64)
+    c0[:channels] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * w_centred.sum(axis=1)
+    return PackedDepthwise(variant, words.reshape(-1), c0.astype(np.int32), a_sub, int(x_zero_point) - a_sub,
+                           np.dtype(code_dtype))
+
+
+def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out) -> int:
+    """Output codes of a depthwise layer into ``out`` [N, OH, OW, C] from NHWC codes ``x``; returns the clamp count.
+
+    ``requant`` is ``(multiplier, shift, scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max)`` as in
+    :func:`intsim.kernels.mac.requantize`; ``chunks`` runs of output rows go to
+    the threads.
+    """
+    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+    key = (kernel, strides, dilations, pads, chunks, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max)
+    if key not in packed.launches:
+        packed.launches[key] = np.array(
+            [kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
+             packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
+             clamp_min, clamp_max], np.int64)
+    serial, threaded = CORES[packed.variant]
+    core = threaded if chunks > 1 else serial
+    return int(core(x, packed.words, packed.c0, packed.launches[key], np.asarray(multiplier, np.int64),
+                    np.asarray(shift, np.int64), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))
