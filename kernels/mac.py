@@ -612,11 +612,15 @@ def _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier
                              clamp_max, out):
     # One scale for every channel: the parameters become scalars, and where
     # ``acc`` has exactly the columns of ``out`` the rows run as one flat row
-    # (no short inner loop over 16 or 24 channels).  Otherwise per channel.
+    # (no short inner loop over 16 or 24 channels).  Otherwise per channel,
+    # FLOAT32_RINT's scales narrowed to float32 once (not per element).
     channels = out.shape[1]
     differing = 0
     for c in range(channels):
         differing += (multiplier[c] != multiplier[0]) | (shift[c] != shift[0]) | (scale[c] != scale[0])
+    if (channels == 0 or differing) and rounding == FLOAT32_RINT:
+        return _requantize_lanes(rounding, acc, multiplier, shift, scale.astype(np.float32), multiplier_bits,
+                                 out_zero_point, clamp_min, clamp_max, out)
     if channels == 0 or differing:
         return _requantize_lanes(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
                                  clamp_max, out)
