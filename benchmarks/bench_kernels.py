@@ -4,6 +4,8 @@ Every layer runs as a one-node model: intsim (``onnxruntime`` profile: uint8
 activations, int8 symmetric weights, NHWC) through ``Model.run_int``, and
 onnxruntime (NCHW) as QLinearConv / QLinearMatMul with int8 weights (u8s8),
 with uint8 weights (u8u8), and as float32 Conv / MatMul on the same shapes.
+Then EfficientNet-Lite0's 1x1 convs at batch 1 with one weight scale for the
+whole tensor (``EFFICIENTNET_1X1``).
 The runners are interleaved (one call of each per round), and each time is
 the median over the rounds; ratios are intsim time / peer time (below 1:
 intsim is faster).  GOPS counts a multiply-accumulate as 2 operations.
@@ -49,6 +51,17 @@ LAYERS = [
     ("depthwise5x5 x1152 @7x7", "conv", (7, 7, 1152, 1152, 5, 1, 1152), True),
     ("FC 512->1000", "fc", (1, 512, 1000), True),
     ("GEMM 1024^3", "fc", (1024, 1024, 1024), False),
+]
+# EfficientNet-Lite0's 1x1 convs at batch 1 with one weight scale per tensor (what onnxruntime's
+# quantize_static gives): small reductions or few output channels, where requantization weighs most.
+EFFICIENTNET_1X1 = [
+    ("effnet 1x1 16->96 @112x112", (112, 112, 16, 96, 1, 1, 1)),
+    ("effnet 1x1 32->16 @112x112", (112, 112, 32, 16, 1, 1, 1)),
+    ("effnet 1x1 24->144 @56x56", (56, 56, 24, 144, 1, 1, 1)),
+    ("effnet 1x1 144->24 @56x56", (56, 56, 144, 24, 1, 1, 1)),
+    ("effnet 1x1 40->240 @28x28", (28, 28, 40, 240, 1, 1, 1)),
+    ("effnet 1x1 112->672 @14x14", (14, 14, 112, 672, 1, 1, 1)),
+    ("effnet 1x1 1152->320 @7x7", (7, 7, 1152, 320, 1, 1, 1)),
 ]
 X_SCALE, X_ZP, Y_SCALE, Y_ZP = 0.02, 128, 0.05, 120
 
@@ -102,8 +115,9 @@ def _intsim_model(kind, x_shape, y_shape, weight, w_scale, bias, attrs):
     return Model(graph)
 
 
-def _layer_runners(kind, shape, batch, rng, threads):
-    """``(runners, macs)``: intsim and the three onnxruntime variants of one layer."""
+def _layer_runners(kind, shape, batch, rng, threads, per_tensor=False):
+    """``(runners, macs)``: intsim and the three onnxruntime variants of one layer (one weight scale
+    per output channel, or one for the whole tensor)."""
     from onnx import TensorProto, helper
 
     if kind == "conv":
@@ -128,15 +142,16 @@ def _layer_runners(kind, shape, batch, rng, threads):
         attrs, onnx_attrs = {}, {}
         w_shape_onnx = [depth, cout]
         x_onnx_shape, y_onnx_shape = list(x_shape), list(y_shape)
-    w_scale = rng.uniform(0.002, 0.01, size=cout).astype(np.float32)
+    w_scale = rng.uniform(0.002, 0.01, size=1 if per_tensor else cout).astype(np.float32)
+    w_scale = np.resize(w_scale, cout)
     bias = rng.integers(-5000, 5000, size=cout).astype(np.int32)
     model = _intsim_model(kind, x_shape, y_shape, weight, w_scale, bias, attrs)
     x = rng.integers(0, 256, size=x_shape).astype(np.uint8)
     x_onnx = np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if kind == "conv" else x
 
     def quantized(weight_type, w_values, w_zero):
-        scale_len = [cout] if kind == "conv" else []
-        scales = w_scale.tolist() if kind == "conv" else [float(w_scale.mean())]
+        scale_len = [cout] if kind == "conv" and not per_tensor else []
+        scales = w_scale.tolist() if scale_len else [float(w_scale.mean())]
         inits = [
             helper.make_tensor("xs", TensorProto.FLOAT, [], [X_SCALE]),
             helper.make_tensor("xz", TensorProto.UINT8, [], [X_ZP]),
@@ -295,17 +310,17 @@ def main(argv=None):
     meta = {"threads": args.threads, "rounds": args.rounds, "isa": isa.current_isa().name,
             "cpu": llvm.get_host_cpu_name()}
     layer_rows = []
-    for name, kind, shape, batched in LAYERS:
-        if args.layers not in name:
-            continue
-        for batch in args.batches if batched else [1]:
-            runners, macs = _layer_runners(kind, shape, batch, rng, args.threads)
-            times = _median_times(runners, args.rounds)
-            row = {"layer": name, "batch": batch, "macs": macs, "ms": {k: v * 1e3 for k, v in times.items()},
-                   "gops": {k: 2 * macs / v / 1e9 for k, v in times.items()}, "ratios": _ratios(times)}
-            layer_rows.append(row)
-            print(f"{name:28s} batch {batch}: intsim {row['ms']['intsim']:8.3f} ms {row['gops']['intsim']:6.0f} GOPS"
-                  + "".join(f"  {k} {v:5.2f}" for k, v in row["ratios"].items()), flush=True)
+    runs = [(name, kind, shape, batch, False) for name, kind, shape, batched in LAYERS
+            for batch in (args.batches if batched else [1])]
+    runs += [(name, "conv", shape, 1, True) for name, shape in EFFICIENTNET_1X1]
+    for name, kind, shape, batch, per_tensor in (run for run in runs if args.layers in run[0]):
+        runners, macs = _layer_runners(kind, shape, batch, rng, args.threads, per_tensor)
+        times = _median_times(runners, args.rounds)
+        row = {"layer": name, "batch": batch, "macs": macs, "ms": {k: v * 1e3 for k, v in times.items()},
+               "gops": {k: 2 * macs / v / 1e9 for k, v in times.items()}, "ratios": _ratios(times)}
+        layer_rows.append(row)
+        print(f"{name:28s} batch {batch}: intsim {row['ms']['intsim']:8.3f} ms {row['gops']['intsim']:6.0f} GOPS"
+              + "".join(f"  {k} {v:5.2f}" for k, v in row["ratios"].items()), flush=True)
     model_rows = []
     if not args.skip_models:
         import intsim.models

@@ -143,6 +143,51 @@ def multiply_by_quantized_multiplier_scalar(x, multiplier, shift, rounding, mult
 
 
 @njit(cache=True)
+def double_rounding_one_shift(x, multiplier, shift, multiplier_bits):
+    """``DOUBLE`` requantization of int32 ``x`` with its two roundings folded into one add and one shift.
+
+    Equal to ``multiply_by_quantized_multiplier_scalar(x, multiplier, shift, DOUBLE,
+    multiplier_bits)`` whenever ``x`` is int32, ``multiplier`` lies in
+    ``[0, 2**multiplier_bits)`` and ``shift`` in ``[MIN_SHIFT, multiplier_bits - 1]``
+    (what :class:`Rescale` admits); not defined outside those ranges.  Every
+    constant depends on ``(multiplier, shift)`` only, so a loop with one
+    scale for every channel computes per element a multiply, a compare, an
+    add and a shift, as single rounding does.
+
+    Why it is equal, with ``b = multiplier_bits``, ``h = 2**(b-1)``, ``r`` the
+    right shift, ``p = y * M`` (``y`` the saturated ``x << left``) and
+    ``t = p + h``:
+
+    * ``rounding_high_mul`` truncates ``(p + nudge) / 2**b`` toward zero with
+      ``nudge = h`` for ``p >= 0`` and ``1 - h`` for ``p < 0``.  For ``p >= 0``
+      that is ``floor(t / 2**b)``.  For ``p < 0`` the numerator is negative and
+      ``-floor((-p - 1 + h) / 2**b) = floor((p + 2**b - h) / 2**b)``, again
+      ``floor(t / 2**b)`` since ``2**b - h = h``.  Its saturating case
+      ``y == M == INT32_MIN`` cannot occur (``M >= 0``), and
+      ``|p| <= 2**31 * (2**b - 1)`` keeps ``high = floor(t / 2**b)`` inside int32,
+      so the int32 saturation after it changes nothing.
+    * ``rounding_divide_by_pot_scalar(high, r)`` rounds ``high / 2**r`` half away
+      from zero: ``floor((high + n) / 2**r)`` with ``n = 2**(r-1)`` for
+      ``high >= 0`` and ``n = 2**(r-1) - 1`` for ``high < 0`` (``n = 0`` when
+      ``r = 0``): that is ``(2**r) >> 1`` and ``(2**r - 1) >> 1``.
+    * ``high < 0`` exactly when ``t < 0`` (``high`` is the floor of ``t / 2**b``),
+      that is when ``p < -h``; and for an integer ``n`` and real ``q``,
+      ``floor((floor(q) + n) / 2**r) = floor((q + n) / 2**r)``, so with
+      ``q = t / 2**b`` the result is ``floor((p + h + n * 2**b) / 2**(b + r))``:
+      one add of a constant chosen by the sign of ``p + h``, one arithmetic shift
+      by ``b + r <= 62``.  ``|p| < 2**62`` and the constant is below ``2**62``,
+      so the sum stays inside int64.
+    """
+    left = max(shift, 0)
+    right = max(-shift, 0)
+    product = saturate(np.int64(x) << left, 32) * np.int64(multiplier)
+    half = np.int64(1) << (multiplier_bits - 1)
+    nudge_up = half + (((np.int64(1) << right) >> 1) << multiplier_bits)
+    nudge_down = half + ((((np.int64(1) << right) - 1) >> 1) << multiplier_bits)
+    return (product + (nudge_down if product < -half else nudge_up)) >> (multiplier_bits + right)
+
+
+@njit(cache=True)
 def round_float(value, rounding):
     """``value`` rounded to an integer, in ``value``'s own float type.
 

@@ -42,13 +42,19 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic, overload
+from numba.np.arrayobj import make_array, populate_array
 
 from intsim.fixedpoint import (
     DOUBLE,
     FLOAT32_RINT,
     FLOAT64_HALF_AWAY,
     SINGLE,
+    double_rounding_one_shift,
+    multiply_by_quantized_multiplier_scalar,
     rescale_scalar,
     saturate,
     scale_float32,
@@ -58,8 +64,8 @@ from intsim.fixedpoint import (
 OVERFLOW_SATURATE, OVERFLOW_WRAP, OVERFLOW_ERROR = 0, 1, 2
 
 PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
-# Largest |output zero point| and |clamp bound| for which FLOAT32_RINT requantizes in float32 lanes.
-FLOAT32_LANES_LIMIT = 2**16
+# Largest |output zero point| and |clamp bound| for which requantization runs in 32-bit lanes.
+LANES_LIMIT = 2**16
 
 
 # --------------------------------------------------------------------------
@@ -506,30 +512,123 @@ def _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, mu
     return saturation_count
 
 
+def _per_channel(values, c):
+    """``values[c]`` for a per-channel array, ``values`` itself for a scalar (one scale for every channel)."""
+    return values[c] if np.ndim(values) else values
+
+
+@overload(_per_channel)
+def _per_channel_overload(values, c):
+    # One specialisation per argument type: an array gives its element c, a scalar itself.
+    if isinstance(values, types.Array):
+        return lambda values, c: values[c]
+    return lambda values, c: values
+
+
+@intrinsic
+def _one_row_view(typingctx, array):
+    """A ``[1, size]`` view of a C-contiguous array, without the ~35 ns of numba's ``reshape``."""
+    if not isinstance(array, types.Array) or array.layout != "C":
+        return None
+    view_type = array.copy(ndim=2)
+
+    def codegen(context, builder, signature, args):
+        source = make_array(signature.args[0])(context, builder, args[0])
+        size = cgutils.unpack_tuple(builder, source.shape)[0]
+        for extent in cgutils.unpack_tuple(builder, source.shape)[1:]:
+            size = builder.mul(size, extent)
+        view = make_array(view_type)(context, builder)
+        one = context.get_constant(types.intp, 1)
+        populate_array(view, data=source.data, shape=[one, size], strides=[builder.mul(size, source.itemsize),
+                       source.itemsize], itemsize=source.itemsize, meminfo=source.meminfo, parent=source.parent)
+        return impl_ret_borrowed(context, builder, view_type, view._getvalue())
+
+    return view_type(array), codegen
+
+
+# The lanes: one accumulator (saturated to int32, centred) to ``(clamped, clamped_or_not)``
+# with the rescale in 32-bit lanes, ``lo`` and ``hi`` the clamp bounds minus the output
+# zero point (exact in int32 and float32, see _requantize_lanes).  Small enough for LLVM to
+# inline them into the loop that calls them, where constants of one scale hoist out.
+
+
+@njit(cache=True)
+def _lane_double(centred, multiplier, shift, scale, multiplier_bits, lo, hi):
+    value = np.int32(double_rounding_one_shift(centred, multiplier, shift, multiplier_bits))
+    return min(max(value, np.int32(lo)), np.int32(hi)), np.int32((value < lo) | (value > hi))
+
+
+@njit(cache=True)
+def _lane_single(centred, multiplier, shift, scale, multiplier_bits, lo, hi):
+    value = np.int32(multiply_by_quantized_multiplier_scalar(centred, multiplier, shift, SINGLE, multiplier_bits))
+    return min(max(value, np.int32(lo)), np.int32(hi)), np.int32((value < lo) | (value > hi))
+
+
+@njit(cache=True)
+def _lane_float32(centred, multiplier, shift, scale, multiplier_bits, lo, hi):
+    # The float32 rint is integral (or +-inf): it compares exactly with lo and hi and lands on
+    # the same side of them as its int32 saturation would.
+    value = np.rint(scale_float32(centred, scale))
+    lo_f32, hi_f32 = np.float32(lo), np.float32(hi)
+    return np.int32(min(max(value, lo_f32), hi_f32)), np.int32((value < lo_f32) | (value > hi_f32))
+
+
 @njit(inline="always")
-def _requantize_rows_float32(acc, acc_zero_point, scale, out_zero_point, clamp_min, clamp_max, out):
-    # FLOAT32_RINT in float32 lanes throughout (twice the SIMD width of the
-    # int64 path), exactly equal to it when |out_zero_point| and the clamp
-    # bounds are at most 2**16 (the caller checks): r = rint(product) is
-    # integral; while |r + z| <= 2**24 the float32 sum is exact, and beyond
-    # that (or beyond int32, where the int64 path saturates r first) both
-    # paths land on the same side of [clamp_min, clamp_max], far outside it.
-    # The scale is narrowed to float32 once and each row counts its clamps in
-    # int32 (a row has far fewer than 2**31 values), so every lane is 32 bits.
-    zero_point = np.float32(out_zero_point)
-    lo, hi = np.float32(clamp_min), np.float32(clamp_max)
-    scale32 = scale.astype(np.float32)
+def _requantize_lanes(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                      out):
+    # DOUBLE, SINGLE or FLOAT32_RINT in 32-bit lanes over the rows of
+    # ``out``, inlined with a constant ``rounding`` so that LLVM keeps the one
+    # lane it needs; ``multiplier``, ``shift`` and ``scale`` are arrays (per
+    # channel) or scalars (one scale for every channel).  The caller
+    # guarantees a zero accumulator zero point and |out_zero_point|, |clamp
+    # bounds| <= LANES_LIMIT, so lo = clamp_min - z and hi = clamp_max - z fit
+    # int32 and float32 exactly, and clamp(saturate32(r) + z) =
+    # clamp_lo_hi(r) + z for the rounded rescale r: saturating r to int32
+    # cannot move it across [lo, hi].  Each row counts its clamps in int32
+    # (the caller keeps rows below 2**31 values).
+    lo, hi = clamp_min - out_zero_point, clamp_max - out_zero_point
+    zero_point = np.int32(out_zero_point)
     saturation_count = 0
     for i in range(out.shape[0]):
         acc_row, out_row = acc[i], out[i]
         row_count = np.int32(0)
-        for c in range(out.shape[1]):
-            centred = saturate(np.int64(acc_row[c]) - acc_zero_point, 32)
-            v = np.rint(scale_float32(centred, scale32[c])) + zero_point
-            row_count = np.int32(row_count + np.int32((v < lo) | (v > hi)))
-            out_row[c] = np.int32(min(max(v, lo), hi))
+        for c in range(out_row.shape[0]):
+            centred = np.int32(saturate(acc_row[c], 32))
+            m, s, sc = _per_channel(multiplier, c), _per_channel(shift, c), _per_channel(scale, c)
+            if rounding == DOUBLE:
+                clamped, flag = _lane_double(centred, m, s, sc, multiplier_bits, lo, hi)
+            elif rounding == SINGLE:
+                clamped, flag = _lane_single(centred, m, s, sc, multiplier_bits, lo, hi)
+            else:
+                clamped, flag = _lane_float32(centred, m, s, sc, multiplier_bits, lo, hi)
+            out_row[c] = clamped + zero_point
+            row_count = np.int32(row_count + flag)
         saturation_count += row_count
     return saturation_count
+
+
+@njit(inline="always")
+def _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                             clamp_max, out):
+    # One scale for every channel: the parameters become scalars, and where
+    # ``acc`` has exactly the columns of ``out`` the rows run as one flat row
+    # (no short inner loop over 16 or 24 channels).  Otherwise per channel,
+    # FLOAT32_RINT's scales narrowed to float32 once (not per element).
+    channels = out.shape[1]
+    differing = 0
+    for c in range(channels):
+        differing += (multiplier[c] != multiplier[0]) | (shift[c] != shift[0]) | (scale[c] != scale[0])
+    if (channels == 0 or differing) and rounding == FLOAT32_RINT:
+        return _requantize_lanes(rounding, acc, multiplier, shift, scale.astype(np.float32), multiplier_bits,
+                                 out_zero_point, clamp_min, clamp_max, out)
+    if channels == 0 or differing:
+        return _requantize_lanes(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                                 clamp_max, out)
+    if acc.shape[1] == channels and out.size < 2**31:
+        return _requantize_lanes(rounding, _one_row_view(acc), multiplier[0], shift[0], scale[0], multiplier_bits,
+                                 out_zero_point, clamp_min, clamp_max, _one_row_view(out))
+    return _requantize_lanes(rounding, acc, multiplier[0], shift[0], scale[0], multiplier_bits, out_zero_point,
+                             clamp_min, clamp_max, out)
 
 
 @njit(inline="always")
@@ -546,6 +645,18 @@ def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, roun
 @njit(cache=True)
 def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
+    # acc [R, >= C] (its leading C columns count), out [R, C], both C-contiguous; see :func:`requantize`.
+    # The 32-bit lanes where they are exact, else the int64 rows.
+    if acc_zero_point == 0 and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT:
+        if rounding == DOUBLE:
+            return _requantize_lanes_shaped(DOUBLE, acc, multiplier, shift, scale, multiplier_bits,
+                                            out_zero_point, clamp_min, clamp_max, out)
+        if rounding == SINGLE:
+            return _requantize_lanes_shaped(SINGLE, acc, multiplier, shift, scale, multiplier_bits,
+                                            out_zero_point, clamp_min, clamp_max, out)
+        if rounding == FLOAT32_RINT:
+            return _requantize_lanes_shaped(FLOAT32_RINT, acc, multiplier, shift, scale, multiplier_bits,
+                                            out_zero_point, clamp_min, clamp_max, out)
     if rounding == DOUBLE:
         return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, DOUBLE, multiplier_bits,
                                         out_zero_point, clamp_min, clamp_max, out)
@@ -553,12 +664,8 @@ def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, mu
         return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, SINGLE, multiplier_bits,
                                         out_zero_point, clamp_min, clamp_max, out)
     if rounding == FLOAT32_RINT:
-        if max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= FLOAT32_LANES_LIMIT:
-            if acc_zero_point == 0:
-                return _requantize_rows_float32(acc, 0, scale, out_zero_point, clamp_min, clamp_max, out)
-            return _requantize_rows_float32(acc, acc_zero_point, scale, out_zero_point, clamp_min, clamp_max, out)
-        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT32_RINT,
-                                        multiplier_bits, out_zero_point, clamp_min, clamp_max, out)
+        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT32_RINT, multiplier_bits,
+                                        out_zero_point, clamp_min, clamp_max, out)
     return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT64_HALF_AWAY, multiplier_bits,
                                     out_zero_point, clamp_min, clamp_max, out)
 
@@ -595,8 +702,10 @@ def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multipli
     channels = acc.shape[-1]
     rows = math.prod(acc.shape[:-1])
     out = np.empty((rows, channels), out_dtype)
+    # int32 as the kernels hold it, anything else widened (one compiled core per width, not per dtype)
+    acc = np.ascontiguousarray(acc, dtype=np.int32 if acc.dtype == np.int32 else np.int64)
     saturation_count = _requantize_core(
-        np.ascontiguousarray(acc).reshape(rows, channels), int(acc_zero_point),
+        acc.reshape(rows, channels), int(acc_zero_point),
         multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64), int(rounding),
         int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
     )

@@ -14,6 +14,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from numba import njit
 
 from intsim import fixedpoint as fp
 from intsim.errors import ValidationError
@@ -369,6 +370,54 @@ def test_requantize_exact_ties(rounding):
     assert_matches(got, REF_INTEGER_MODE[rounding], x, m, s, bits=31)
     if rounding == "single":  # ties toward +infinity, whatever the sign
         np.testing.assert_array_equal(got, np.array([math.floor(q) + 1 for q in exact], np.int32), strict=True)
+
+
+# --------------------------------------------------------------------------
+# double_rounding_one_shift: the fast form of DOUBLE the requantization kernels use
+# --------------------------------------------------------------------------
+
+
+@njit(cache=True)
+def _one_shift_and_contract(x, multiplier, shift, bits, fast, contract):
+    # Every (x, multiplier, shift) triple of the grid, fast form and contract side by side.
+    k = 0
+    for i in range(x.size):
+        for j in range(multiplier.size):
+            for s in range(shift.size):
+                fast[k] = fp.double_rounding_one_shift(x[i], multiplier[j], shift[s], bits)
+                contract[k] = fp.multiply_by_quantized_multiplier_scalar(x[i], multiplier[j], shift[s], fp.DOUBLE,
+                                                                         bits)
+                k += 1
+
+
+@pytest.mark.parametrize("bits", [31, 16, 15, 8, 2])
+def test_double_rounding_one_shift_equals_the_contract_on_the_edge_grid(bits):
+    # Every x of ±2**i + {-2..2}, INT32_MIN, INT32_MAX, 0 and a random batch, against every
+    # multiplier edge (0, 1, 2, 2**(b-1) +- 1, 2**b - 1 and random ones) and every valid shift.
+    rng = np.random.default_rng(SEED + 40 + bits)
+    x = np.concatenate([EDGE, RANDOM[:300]])
+    multiplier = np.unique(np.concatenate([[0, 1, 2, 3], multipliers(bits, rng, 6),
+                                           [2 ** (bits - 1) - 1]])).astype(np.int64)
+    shift = shifts(bits)
+    fast = np.empty(x.size * multiplier.size * shift.size, np.int64)
+    contract = np.empty_like(fast)
+    _one_shift_and_contract(x, multiplier, shift, bits, fast, contract)
+    np.testing.assert_array_equal(fast, contract, strict=True)
+
+
+def test_double_rounding_one_shift_equals_exact_rationals():
+    # The fast form against the exact reference itself (not only the contract), on the ties
+    # of single rounding, the extreme multipliers and shifts, and random triples.
+    rng = np.random.default_rng(SEED + 47)
+    tie_x, tie_m, tie_s = _single_rounding_ties()
+    edge_x = np.repeat(EDGE, 6)
+    edge_m = np.tile([0, 1, 2**30, 2**30 + 1, INT32_MAX - 1, INT32_MAX], EDGE.size)
+    edge_s = rng.choice([fp.MIN_SHIFT, -30, -1, 0, 1, 29, 30], size=edge_x.size)
+    x = np.concatenate([tie_x, edge_x, random_int32(rng, 2000)])
+    m = np.concatenate([tie_m, edge_m, rng.integers(0, 2**31, size=2000)])
+    s = np.concatenate([tie_s, edge_s, rng.integers(fp.MIN_SHIFT, 31, size=2000)])
+    got = np.array([fp.double_rounding_one_shift(a, b, c, 31) for a, b, c in zip(x, m, s)], np.int64)
+    assert_matches(got.astype(np.int32), ref_double, x, m, s, bits=31)
 
 
 # Hand-checked goldens where double and single rounding differ.

@@ -608,4 +608,4 @@ def test_float32_lane_requantization_at_its_edges(out_dtype, out_zero_point, sca
     from intsim.kernels import naive_mac
 
     assert_same(mac.requantize(**args), naive_mac.requantize(**args))
-    assert max(abs(out_zero_point), abs(lo), abs(hi)) <= mac.FLOAT32_LANES_LIMIT
+    assert max(abs(out_zero_point), abs(lo), abs(hi)) <= mac.LANES_LIMIT

@@ -527,11 +527,14 @@ def requantize_cases(draw):
     shape = (*[draw(st.integers(1, 4)) for _ in range(draw(st.integers(0, 2)))], channels)
     multiplier_bits = draw(st.one_of(st.just(31), st.integers(2, 31)))
     top = 2**multiplier_bits - 1
+    # One scale for every channel (per-tensor) takes the kernel's flat loop; per channel the other.
+    distinct = 1 if draw(st.booleans()) else channels
     multiplier = np.array(
         [draw(st.sampled_from([top, 2 ** (multiplier_bits - 1)]) | st.integers(2 ** (multiplier_bits - 1), top))
-         for _ in range(channels)], np.int64)
-    shift = np.array([draw(st.integers(fixedpoint.MIN_SHIFT, multiplier_bits - 1)) for _ in range(channels)], np.int64)
-    scale = np.array([draw(st.sampled_from([0.5, 0.25, 1.0]) | st.floats(2.0**-40, 2.0**8)) for _ in range(channels)])
+         for _ in range(distinct)], np.int64)
+    shift = np.array([draw(st.integers(fixedpoint.MIN_SHIFT, multiplier_bits - 1)) for _ in range(distinct)], np.int64)
+    scale = np.array([draw(st.sampled_from([0.5, 0.25, 1.0]) | st.floats(2.0**-40, 2.0**8)) for _ in range(distinct)])
+    multiplier, shift, scale = (np.resize(a, channels) for a in (multiplier, shift, scale))
     out_dtype = draw(st.sampled_from([np.int8, np.uint8, np.int16, np.uint16, np.int32]))
     out_lo, out_hi = dtype_range(out_dtype)
     clamp_min = draw(st.sampled_from([out_lo]) | st.integers(out_lo, out_hi))
@@ -556,6 +559,22 @@ def requantize_cases(draw):
 @given(case=requantize_cases())
 def test_requantize_matches_naive(case):
     assert_same(mac.requantize(**case), naive_mac.requantize(**case))
+
+
+@settings(max_examples=60, deadline=None)
+@given(case=requantize_cases(), padding=st.integers(0, 17))
+def test_requantize_core_reads_the_leading_columns_of_a_wider_accumulator(case, padding):
+    # The fused GEMM hands the core its accumulator chunk padded to whole 16-channel blocks.
+    acc = np.ascontiguousarray(case["acc"].reshape(-1, case["acc"].shape[-1]), dtype=np.int32)
+    case["acc_zero_point"] = 0  # the fused kernels' case
+    rng = np.random.default_rng(padding)
+    wide = np.concatenate([acc, rng.integers(INT32_MIN, INT32_MAX, size=(acc.shape[0], padding), endpoint=True,
+                                             dtype=np.int64).astype(np.int32)], axis=1)
+    out = np.empty(acc.shape, case["out_dtype"])
+    count = mac._requantize_core(wide, 0, case["multiplier"], case["shift"], case["scale"], case["rounding"],
+                                 case["multiplier_bits"], case["out_zero_point"], case["clamp_min"], case["clamp_max"],
+                                 out)
+    assert_same((out, int(count)), naive_mac.requantize(**{**case, "acc": acc}))
 
 
 def test_requantize_empty():
