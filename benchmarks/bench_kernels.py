@@ -40,6 +40,13 @@ LAYERS = [
     ("conv1x1 s2 64->128 @56x56", "conv", (56, 56, 64, 128, 1, 2, 1), True),
     ("conv1x1 64->256 @56x56", "conv", (56, 56, 64, 256, 1, 1, 1), True),
     ("depthwise3x3 x144 @56x56", "conv", (56, 56, 144, 144, 3, 1, 144), True),
+    # narrow output channels (EfficientNet-Lite0's 1x1 projections): the tall tiles
+    ("conv1x1 32->16 @112x112", "conv", (112, 112, 32, 16, 1, 1, 1), True),
+    ("conv1x1 96->24 @56x56", "conv", (56, 56, 96, 24, 1, 1, 1), True),
+    ("conv1x1 144->24 @56x56", "conv", (56, 56, 144, 24, 1, 1, 1), True),
+    ("conv1x1 144->40 @28x28", "conv", (28, 28, 144, 40, 1, 1, 1), True),
+    ("conv1x1 240->40 @28x28", "conv", (28, 28, 240, 40, 1, 1, 1), True),
+    ("conv1x1 240->80 @14x14", "conv", (14, 14, 240, 80, 1, 1, 1), True),
     ("FC 512->1000", "fc", (1, 512, 1000), True),
     ("GEMM 1024^3", "fc", (1024, 1024, 1024), False),
 ]

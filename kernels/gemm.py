@@ -87,7 +87,8 @@ from intsim.kernels.mac import (
 from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
-# 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
+# 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
+# multiple of every _row_quantum (24, 12, 8, 6, 4): only a last chunk is padded.
 CHUNK_ROWS = 96
 
 
@@ -139,31 +140,56 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
+def _column_tiles(variant, blocks, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb):
+    # Columns nb .. nb + width of every row, in tiles of ``blocks`` blocks
+    # (a compile-time constant; 0: the variant's full width) and their rows
+    # (tile_rows).  The tile's weights are reused by every row tile of the
+    # chunk before the next blocks are read.
+    width = blocks if blocks else TILE_BLOCKS[variant]
+    step = TILE_ROWS[variant] * TILE_BLOCKS[variant] // width
+    block_words = taps.shape[0] * groups * LANES
+    for r in range(0, a_rows.shape[0], step):
+        mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
+                      r * c_stride + nb * LANES, c_stride)
+
+
+@njit(inline="always")
 def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc):
     # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
     # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
-    # against the weights of tap t; ``rows`` is a whole number of row tiles.
-    # Full tiles, then single blocks for the channels left over.  The weights
-    # of one tile's blocks are reused by every row tile of the chunk before
-    # the next blocks are read.  Inlined with a constant ``variant``, which
+    # against the weights of tap t; ``rows`` is a multiple of _row_quantum.
+    # Full-width tiles, then one taller, narrower tile over the blocks left
+    # over (see isa.tile_rows).  Inlined with a constant ``variant``, which
     # mac_tile_taps needs at compile time.
-    rows = a_rows.shape[0]
-    tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
     c_stride = acc.shape[1]
     n_blocks = c_stride // LANES
     acc_flat = acc.reshape(acc.size)
-    block_words = taps.shape[0] * groups * LANES
-    nb = 0
-    while nb + tile_blocks <= n_blocks:
-        for r in range(0, rows, tile_rows):
-            mac_tile_taps(variant, 0, 0, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
-        nb += tile_blocks
-    while nb < n_blocks:
-        for r in range(0, rows, tile_rows):
-            mac_tile_taps(variant, 0, 1, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
-        nb += 1
+    full = n_blocks - n_blocks % TILE_BLOCKS[variant]
+    for nb in range(0, full, TILE_BLOCKS[variant]):
+        _column_tiles(variant, 0, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb)
+    rest = n_blocks - full
+    if rest == 1:
+        _column_tiles(variant, 1, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+    elif rest == 2:
+        _column_tiles(variant, 2, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+    elif rest == 3:
+        _column_tiles(variant, 3, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+
+
+@njit(inline="always")
+def _row_quantum(variant, n_blocks):
+    # The rows a chunk is padded to: a multiple of the rows of every tile
+    # _gemm_tiles runs over ``n_blocks`` blocks.
+    rows, width = TILE_ROWS[variant], TILE_BLOCKS[variant]
+    rest = n_blocks % width
+    if rest == 0:
+        return rows
+    tall = rows * width // rest
+    quantum = tall
+    if n_blocks > rest:
+        while quantum % rows:
+            quantum += tall
+    return quantum
 
 
 @njit(cache=True)
@@ -328,11 +354,12 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
      clamp_max) = settings
     n_rows = out.shape[0]
     saturation_count = 0
+    quantum = _row_quantum(variant, c0.shape[0] // LANES)
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, n_rows - m0)
         # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
-        tiled_rows = -(-rows // TILE_ROWS[variant]) * TILE_ROWS[variant]
+        tiled_rows = -(-rows // quantum) * quantum
         acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
         a_rows = np.empty(tiled_rows, np.int64)
         if implicit:

@@ -205,6 +205,10 @@ def _layer(rng, x_dtype, cout, cin, kernel, w_zero_point):
     (1, 9, 11, 13, 83, 3, 1, 1),
     (2, 7, 5, 32, 64, 1, 1, 0),
     (1, 12, 9, 6, 70, 3, 2, 1),
+    # narrow layers: taller tiles over 1, 2 or 3 blocks, alone or after full-width tiles
+    (1, 11, 13, 32, 16, 1, 1, 0),
+    (1, 10, 7, 24, 40, 1, 1, 0),
+    (1, 9, 9, 5, 110, 3, 1, 1),
 ])
 def test_conv2d_fused_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_point, rounding, shape):
     # Shapes too large for the naive twin; the unfused kernels are themselves
