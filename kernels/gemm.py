@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -555,18 +555,21 @@ def _gemv_core(variant, x, w, c0, multiplier, shift, scale, settings, code_sampl
                             clamp_max, out)
 
 
-def _run_gemv(x, packed, requant, out):
-    """The GEMV launch over codes ``x`` [M, K] (M <= :data:`GEMV_MAX_ROWS`) into ``out`` [M, O]; returns the clamp count."""
-    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    key = ("gemv", rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max)
-    settings = packed.launches.get(key)
-    if settings is None:  # the scalar settings of one requantization, worked out once
-        settings = packed.launches[key] = np.array(
-            [packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits, out_zero_point, clamp_min,
-             clamp_max], np.int64)
-    return int(_gemv_core(packed.variant, x, packed.words, packed.c0, np.asarray(multiplier, np.int64),
-                          np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample,
-                          out))
+class _GemvLaunch:
+    """The GEMV over codes [M, K] (M <= :data:`GEMV_MAX_ROWS`) of one layer and requantization, its
+    arguments worked out once: ``run(x, out)`` writes ``out`` [M, O] and returns the clamp count."""
+
+    def __init__(self, packed, requant):
+        multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+        self.args = (packed.variant, packed.words, packed.c0, np.asarray(multiplier, np.int64),
+                     np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.settings = np.array([packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits,
+                                  out_zero_point, clamp_min, clamp_max], np.int64)
+        self.code_sample = packed.code_sample
+
+    def run(self, x, out):
+        variant, words, c0, multiplier, shift, scale = self.args
+        return int(_gemv_core(variant, x, words, c0, multiplier, shift, scale, self.settings, self.code_sample, out))
 
 
 # --------------------------------------------------------------------------
@@ -596,7 +599,6 @@ class PackedWeights:
     pad_code: int
     code_dtype: np.dtype
     taps: int = 1
-    launches: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def row_len(self) -> int:
@@ -696,7 +698,6 @@ class PreparedConv:
     x_dtype: np.dtype
     packed: PackedWeights | None = None
     depthwise: tuple | None = None
-    out_shapes: dict = field(default_factory=dict, compare=False, repr=False)  # output shape per input shape
 
 
 def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups, acc_bits,
@@ -723,63 +724,70 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
     return PreparedConv(acc_args, x_dtype)
 
 
-def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
-    """The fused GEMM path over NHWC codes ``x4`` into ``out`` [M, Cout]; returns the clamp count."""
-    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    key = (x4.shape, x4.dtype, out_h, out_w, kernel, strides, dilations, pads, rounding, multiplier_bits,
-           out_zero_point, clamp_min, clamp_max, CHUNK_ROWS)
-    if key not in packed.launches:  # the scalar settings of one input shape, worked out once
-        packed.launches[key] = _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant)
-    implicit, padded_shape, taps, settings = packed.launches[key]
-    threads = _apply_threads(-(-out.shape[0] // CHUNK_ROWS))
-    core = _conv2d_gemm_threaded if threads > 1 else _conv2d_gemm_serial
-    if padded_shape is None:
-        source = x4.reshape(-1).view(np.int32) if implicit else np.empty(0, np.int32)
-    else:  # one encoded copy of the input with its padding, read in place by every tap
-        padded = np.empty(padded_shape, packed.code_dtype)
-        _pad_encode(x4, pads[0], pads[1], packed.a_sub, packed.pad_code, padded)
-        source = padded.reshape(-1).view(np.int32)
-    return int(core(
-        packed.variant, x4, source, taps, packed.words, packed.c0, np.asarray(multiplier, np.int64),
-        np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample, out,
-    ))
+class _GemmLaunch:
+    """The fused GEMM over NHWC codes of one shape, everything but the codes worked out once.
 
-
-def _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant):
-    """``(implicit, padded_shape, taps, settings)`` of :func:`_run_gemm` for one input shape.
-
+    ``run(x4, out)`` writes ``out`` [M, Cout] and returns the clamp count.
     The implicit GEMM reads the activations where they lie when the input
     already is the packed form (no padding, nothing to subtract, whole groups
     per pixel); a conv packed per tap makes an encoded padded copy
     (``padded_shape``) otherwise; the rest take the im2col chunks.
     """
-    _, _, _, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
-    n_taps, tap_groups = kernel_h * kernel_w, packed.tap_groups
-    tap_row = tap_groups * GROUP[packed.variant]
-    in_place = (pads == (0, 0, 0, 0) and packed.a_sub == 0 and x4.dtype == packed.code_dtype
-                and x4.shape[3] == tap_row)
-    implicit = packed.taps == n_taps and (n_taps > 1 or in_place)
-    padded_shape = None
-    source_h, source_w = x4.shape[1:3]
-    if implicit and not in_place:
-        # The rows and columns some window reaches (none when the output is empty).
-        source_h = (out_h - 1) * sh + (kernel_h - 1) * dh + 1 if out_h else 0
-        source_w = (out_w - 1) * sw + (kernel_w - 1) * dw + 1 if out_w else 0
-        padded_shape = (x4.shape[0], source_h, source_w, tap_row)
-    if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
-        taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups
-    elif implicit:
-        taps = np.array([(kh * dh * source_w + kw * dw) * tap_groups for kh in range(kernel_h)
-                         for kw in range(kernel_w)], np.int64)
-        groups = tap_groups
-    else:
-        taps, groups = np.zeros(1, np.int64), packed.groups
-    settings = np.array(
-        [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0], pads[1],
-         groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits, out_zero_point,
-         clamp_min, clamp_max], np.int64)
-    return implicit, padded_shape, taps, settings
+
+    def __init__(self, x_shape, x_dtype, packed, out_h, out_w, kernel, strides, dilations, pads, requant):
+        multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+        (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
+        n_taps, tap_groups = kernel_h * kernel_w, packed.tap_groups
+        tap_row = tap_groups * GROUP[packed.variant]
+        in_place = (tuple(pads) == (0, 0, 0, 0) and packed.a_sub == 0 and x_dtype == packed.code_dtype
+                    and x_shape[3] == tap_row)
+        implicit = packed.taps == n_taps and (n_taps > 1 or in_place)
+        padded_shape = None
+        source_h, source_w = x_shape[1:3]
+        if implicit and not in_place:
+            # The rows and columns some window reaches (none when the output is empty).
+            source_h = (out_h - 1) * sh + (kernel_h - 1) * dh + 1 if out_h else 0
+            source_w = (out_w - 1) * sw + (kernel_w - 1) * dw + 1 if out_w else 0
+            padded_shape = (x_shape[0], source_h, source_w, tap_row)
+        if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
+            taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups
+        elif implicit:
+            taps = np.array([(kh * dh * source_w + kw * dw) * tap_groups for kh in range(kernel_h)
+                             for kw in range(kernel_w)], np.int64)
+            groups = tap_groups
+        else:
+            taps, groups = np.zeros(1, np.int64), packed.groups
+        self.implicit, self.padded_shape, self.taps, self.packed, self.pads = implicit, padded_shape, taps, packed, pads
+        self.settings = np.array(
+            [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
+             pads[1], groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
+             out_zero_point, clamp_min, clamp_max], np.int64)
+        self.chunks = -(-x_shape[0] * out_h * out_w // CHUNK_ROWS)
+        self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.code_sample = packed.code_sample
+        self.no_source = np.empty(0, np.int32)
+
+    def run(self, x4, out):
+        packed = self.packed
+        if self.padded_shape is not None:  # one encoded copy of the input with its padding, read in place by every tap
+            padded = np.empty(self.padded_shape, packed.code_dtype)
+            _pad_encode(x4, self.pads[0], self.pads[1], packed.a_sub, packed.pad_code, padded)
+            source = padded.reshape(-1).view(np.int32)
+        else:
+            source = x4.reshape(-1).view(np.int32) if self.implicit else self.no_source
+        # The serial core needs no thread count; more threads than chunks would wake idle threads.
+        core = _conv2d_gemm_threaded if min(_threads, self.chunks) > 1 else _conv2d_gemm_serial
+        if core is _conv2d_gemm_threaded:
+            _apply_threads(self.chunks)
+        multiplier, shift, scale = self.requant
+        return int(core(packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
+                        self.settings, self.code_sample, out))
+
+
+def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
+    """The fused GEMM path over NHWC codes ``x4`` into ``out`` [M, Cout], once; returns the clamp count."""
+    return _GemmLaunch(x4.shape, x4.dtype, packed, out_h, out_w, kernel, strides, dilations, pads,
+                       requant).run(x4, out)
 
 
 def _unfused(acc_kernel, x, acc_args, requant_args):
@@ -805,33 +813,68 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     out : ``out_dtype`` array [N, OH, OW, Cout]
     overflow_count, pair_saturation_count, saturation_count : int
     """
-    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                    out_dtype)
-    if x.dtype != prepared.x_dtype or (prepared.packed is None and prepared.depthwise is None):
-        return _unfused(conv2d_nhwc_acc, x, prepared.acc_args, requant_args)
+    return conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                clamp_min, clamp_max, out_dtype)(x)
+
+
+def conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                         clamp_max, out_dtype):
+    """``launch(x)``, equal to :func:`conv2d_nhwc_requantized` of ``x`` with these arguments, for a caller
+    that runs one layer many times (a model's bound step).
+
+    What depends only on the layer, the requantization and the input shape
+    (the output shape, the GEMM's settings and per-channel arrays) is worked
+    out at the first call with each input shape; a repeat call is one lookup
+    and one numba call.  :func:`set_threads` still applies to the next call.
+    """
+    return _ConvLauncher(prepared, (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                                    clamp_max, out_dtype))
+
+
+class _ConvLauncher:
+    def __init__(self, prepared, requant_args):
+        self.prepared, self.requant_args, self.out_dtype = prepared, requant_args, requant_args[-1]
+        self.records = {}  # input shape -> (output shape, output rows shape, _GemmLaunch or None (depthwise))
+
+    def __call__(self, x):
+        prepared = self.prepared
+        if x.dtype != prepared.x_dtype or (prepared.packed is None and prepared.depthwise is None):
+            return _unfused(conv2d_nhwc_acc, x, prepared.acc_args, self.requant_args)
+        record = self.records.get(x.shape)
+        if record is None:
+            record = self.records[x.shape] = self._record(x)
+        shape, rows_shape, launch = record
+        out = np.empty(shape, self.out_dtype)
+        x = np.ascontiguousarray(x)
+        if launch is None:
+            return out, 0, 0, _depthwise_requantized(x, prepared, self.requant_args[:-1], out)
+        return out, 0, 0, launch.run(x, out.reshape(rows_shape))
+
+    def _record(self, x):
+        _, w, _, _, strides, dilations, pads, _, _, _, _ = self.prepared.acc_args
+        shape = _conv2d_out(x, w, strides, dilations, pads).shape
+        if self.prepared.packed is None:
+            return shape, None, None
+        launch = _GemmLaunch(x.shape, x.dtype, self.prepared.packed, shape[1], shape[2], w.shape[1:3], strides,
+                             dilations, pads, self.requant_args[:-1])
+        return shape, (-1, shape[3]), launch
+
+
+def _depthwise_requantized(x, prepared, requant, out):
+    """The direct depthwise kernel over NHWC codes ``x`` into ``out``; returns the clamp count."""
     _, w, _, _, strides, dilations, pads, _, _, _, _ = prepared.acc_args
-    if x.shape not in prepared.out_shapes:
-        prepared.out_shapes[x.shape] = _conv2d_out(x, w, strides, dilations, pads).shape
-    shape = prepared.out_shapes[x.shape]
-    out = np.empty(shape, out_dtype)
-    x = np.ascontiguousarray(x)
-    requant = requant_args[:-1]
-    if prepared.depthwise is not None:
-        w_taps, bias = prepared.depthwise
-        multiplier, shift, scale = requant[:3]
-        # Only a threaded build: its rows, compiled as the parallel loop's body, ran faster than
-        # the same loop inlined into a serial function (0.10 vs 0.18 ms, 3x3 x64 @56x56).
-        _apply_threads(shape[0] * shape[1])
-        saturations = _depthwise_core(
-            x, np.int16(prepared.acc_args[0]), w_taps, bias, w.shape[1], w.shape[2], strides[0], strides[1],
-            dilations[0], dilations[1],
-            pads[0], pads[1], multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64),
-            int(rounding), int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
-        )
-        return out, 0, 0, int(saturations)
-    saturations = _run_gemm(x, prepared.packed, shape[1], shape[2], w.shape[1:3], strides, dilations, pads, requant,
-                            out.reshape(-1, shape[3]))
-    return out, 0, 0, saturations
+    w_taps, bias = prepared.depthwise
+    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+    # Only a threaded build: its rows, compiled as the parallel loop's body, ran faster than
+    # the same loop inlined into a serial function (0.10 vs 0.18 ms, 3x3 x64 @56x56).
+    _apply_threads(out.shape[0] * out.shape[1])
+    saturations = _depthwise_core(
+        x, np.int16(prepared.acc_args[0]), w_taps, bias, w.shape[1], w.shape[2], strides[0], strides[1],
+        dilations[0], dilations[1],
+        pads[0], pads[1], multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64),
+        int(rounding), int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
+    )
+    return int(saturations)
 
 
 @dataclass(frozen=True)
@@ -866,17 +909,43 @@ def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding,
 
     Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``.
     """
-    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                    out_dtype)
-    if x.dtype != prepared.x_dtype or prepared.packed is None:
-        return _unfused(fully_connected_acc, x, prepared.acc_args, requant_args)
-    n_batch, depth = x.shape
-    out = np.empty((n_batch, prepared.acc_args[1].shape[0]), out_dtype)
-    if n_batch <= GEMV_MAX_ROWS:
-        return out, 0, 0, _run_gemv(x, prepared.packed, requant_args[:-1], out)
-    x4 = np.ascontiguousarray(x).reshape(n_batch, 1, 1, depth)
-    saturations = _run_gemm(x4, prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), requant_args[:-1], out)
-    return out, 0, 0, saturations
+    return fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                    clamp_min, clamp_max, out_dtype)(x)
+
+
+def fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                             clamp_min, clamp_max, out_dtype):
+    """``launch(x)``, equal to :func:`fully_connected_requantized` of ``x`` with these arguments, its
+    launch worked out once per input shape (see :func:`conv2d_nhwc_launcher`)."""
+    return _FullyConnectedLauncher(prepared, (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                              clamp_min, clamp_max, out_dtype))
+
+
+class _FullyConnectedLauncher:
+    def __init__(self, prepared, requant_args):
+        self.prepared, self.requant_args, self.out_dtype = prepared, requant_args, requant_args[-1]
+        self.records = {}  # input shape -> (output shape, _GemvLaunch or _GemmLaunch)
+
+    def __call__(self, x):
+        prepared = self.prepared
+        if x.dtype != prepared.x_dtype or prepared.packed is None:
+            return _unfused(fully_connected_acc, x, prepared.acc_args, self.requant_args)
+        record = self.records.get(x.shape)
+        if record is None:
+            record = self.records[x.shape] = self._record(x)
+        shape, launch = record
+        out = np.empty(shape, self.out_dtype)
+        if isinstance(launch, _GemmLaunch):  # N rows as N pixels of a 1x1 conv
+            x = np.ascontiguousarray(x).reshape(shape[0], 1, 1, x.shape[1])
+        return out, 0, 0, launch.run(x, out)
+
+    def _record(self, x):
+        n_batch, depth = x.shape
+        shape, requant = (n_batch, self.prepared.acc_args[1].shape[0]), self.requant_args[:-1]
+        if n_batch <= GEMV_MAX_ROWS:
+            return shape, _GemvLaunch(self.prepared.packed, requant)
+        return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, self.prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1),
+                                  (0, 0, 0, 0), requant)
 
 
 def matmul_requantized(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16, multiplier, shift,
