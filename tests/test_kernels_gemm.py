@@ -493,15 +493,16 @@ def test_implicit_conv_of_an_empty_output(x_shape):
     assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
-def _taps_tile(variant):
-    """A fresh (uncached) function running one full tile of ``variant`` summed over taps."""
+def _taps_tile(variant, blocks):
+    """A fresh (uncached) function running one tile of ``variant`` over ``blocks`` blocks (0: the full
+    width) and the rows isa.tile_rows gives them, summed over taps."""
     from numba import njit
 
     from intsim.kernels.microkernel import mac_tile_taps
 
     @njit
     def tile(a, a_rows, taps, w, groups, c0, c):
-        mac_tile_taps(variant, 0, 0, a, a_rows, 1, taps, w, 0, groups, c0, 0, c, 0, c.shape[1])
+        mac_tile_taps(variant, 0, blocks, a, a_rows, 1, taps, w, 0, groups, c0, 0, c, 0, c.shape[1])
 
     return tile
 
@@ -509,27 +510,35 @@ def _taps_tile(variant):
 @pytest.mark.parametrize("taps", [[5, 0, 17], [3], []])
 def test_mac_tile_taps_sums_every_tap_of_every_row(isa_name, taps):
     # Rows at unequal distances (a tile that crosses the end of an output row), taps in any
-    # order; no taps at all leaves c0.  The expected sums are plain int64 arithmetic.
+    # order; no taps at all leaves c0.  Every tile shape: the full width and the taller,
+    # narrower tiles of the blocks a layer leaves over.  The expected sums are plain int64 arithmetic.
     chosen = isa.ISAS[isa_name]
     rng = np.random.default_rng(len(taps))
     for variant in {chosen.pairs, chosen.quads} - {None}:
-        group, rows, blocks, groups = isa.GROUP[variant], isa.TILE_ROWS[variant], isa.TILE_BLOCKS[variant], 3
-        narrow = np.int16 if group == 2 else np.int8
-        a_codes = (rng.integers(-255, 256, size=(40, group)) if group == 2
-                   else rng.integers(0, 256, size=(40, group))).astype(np.int16 if group == 2 else np.uint8)
-        w_codes = rng.integers(-128, 128, size=(blocks, len(taps) * groups, 16, group)).astype(narrow)
-        a_rows = np.array([99] + [0, 2, 9, 10, 11, 19][:rows], np.int64)
-        c0 = rng.integers(-1000, 1000, size=16 * blocks).astype(np.int32)
-        c = np.zeros((rows, 16 * blocks), np.int32)
-        _taps_tile(variant)(a_codes.reshape(-1).view(np.int32), a_rows, np.array(taps, np.int64),
-                            w_codes.reshape(-1).view(np.int32), groups, c0, c)
-        expected = np.tile(c0.astype(np.int64), (rows, 1))
-        for r in range(rows):
-            for t, tap in enumerate(taps):
-                a_run = a_codes[a_rows[1 + r] + tap:a_rows[1 + r] + tap + groups].astype(np.int64)
-                w_run = w_codes[:, t * groups:(t + 1) * groups].astype(np.int64)
-                expected[r] += np.einsum("gq,bgjq->bj", a_run, w_run).reshape(-1)
-        np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
+        for width in range(isa.TILE_BLOCKS[variant] + 1):
+            _check_taps_tile(rng, variant, width, taps)
+
+
+def _check_taps_tile(rng, variant, width, taps):
+    group, groups = isa.GROUP[variant], 3
+    blocks = width or isa.TILE_BLOCKS[variant]
+    rows = isa.tile_rows(variant, blocks)
+    narrow = np.int16 if group == 2 else np.int8
+    a_codes = (rng.integers(-255, 256, size=(40, group)) if group == 2
+               else rng.integers(0, 256, size=(40, group))).astype(np.int16 if group == 2 else np.uint8)
+    w_codes = rng.integers(-128, 128, size=(blocks, len(taps) * groups, 16, group)).astype(narrow)
+    a_rows = np.concatenate([[99], rng.integers(0, 21, size=rows)]).astype(np.int64)
+    c0 = rng.integers(-1000, 1000, size=16 * blocks).astype(np.int32)
+    c = np.zeros((rows, 16 * blocks), np.int32)
+    _taps_tile(variant, width)(a_codes.reshape(-1).view(np.int32), a_rows, np.array(taps, np.int64),
+                               w_codes.reshape(-1).view(np.int32), groups, c0, c)
+    expected = np.tile(c0.astype(np.int64), (rows, 1))
+    for r in range(rows):
+        for t, tap in enumerate(taps):
+            a_run = a_codes[a_rows[1 + r] + tap:a_rows[1 + r] + tap + groups].astype(np.int64)
+            w_run = w_codes[:, t * groups:(t + 1) * groups].astype(np.int64)
+            expected[r] += np.einsum("gq,bgjq->bj", a_run, w_run).reshape(-1)
+    np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
 
 
 def _one_tile(variant):
