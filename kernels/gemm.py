@@ -831,26 +831,37 @@ def conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplie
                                     clamp_max, out_dtype))
 
 
-class _ConvLauncher:
+class _Launcher:
+    """One layer and requantization; ``launcher(x)`` returns ``(out, overflow_count,
+    pair_saturation_count, saturation_count)``.  Subclasses say which layers are fused
+    (``_fused``), what is worked out per input shape (``_record``), and how it runs (``_run``)."""
+
+    acc_kernel = None  # the unfused accumulator kernel
+
     def __init__(self, prepared, requant_args):
         self.prepared, self.requant_args, self.out_dtype = prepared, requant_args, requant_args[-1]
-        self.records = {}  # input shape -> (output shape, output rows shape, _GemmLaunch or None (depthwise))
+        self.fused = self._fused(prepared)
+        self.records = {}  # input shape -> what _record worked out for it
 
     def __call__(self, x):
         prepared = self.prepared
-        if x.dtype != prepared.x_dtype or (prepared.packed is None and prepared.depthwise is None):
-            return _unfused(conv2d_nhwc_acc, x, prepared.acc_args, self.requant_args)
+        if not self.fused or x.dtype != prepared.x_dtype:
+            return _unfused(self.acc_kernel, x, prepared.acc_args, self.requant_args)
         record = self.records.get(x.shape)
         if record is None:
             record = self.records[x.shape] = self._record(x)
-        shape, rows_shape, launch = record
-        out = np.empty(shape, self.out_dtype)
-        x = np.ascontiguousarray(x)
-        if launch is None:
-            return out, 0, 0, _depthwise_requantized(x, prepared, self.requant_args[:-1], out)
-        return out, 0, 0, launch.run(x, out.reshape(rows_shape))
+        return self._run(x, *record)
+
+
+class _ConvLauncher(_Launcher):
+    acc_kernel = staticmethod(conv2d_nhwc_acc)
+
+    @staticmethod
+    def _fused(prepared):
+        return prepared.packed is not None or prepared.depthwise is not None
 
     def _record(self, x):
+        # (output shape, output rows shape, _GemmLaunch or None (depthwise))
         _, w, _, _, strides, dilations, pads, _, _, _, _ = self.prepared.acc_args
         shape = _conv2d_out(x, w, strides, dilations, pads).shape
         if self.prepared.packed is None:
@@ -858,6 +869,13 @@ class _ConvLauncher:
         launch = _GemmLaunch(x.shape, x.dtype, self.prepared.packed, shape[1], shape[2], w.shape[1:3], strides,
                              dilations, pads, self.requant_args[:-1])
         return shape, (-1, shape[3]), launch
+
+    def _run(self, x, shape, rows_shape, launch):
+        out = np.empty(shape, self.out_dtype)
+        x = np.ascontiguousarray(x)
+        if launch is None:
+            return out, 0, 0, _depthwise_requantized(x, self.prepared, self.requant_args[:-1], out)
+        return out, 0, 0, launch.run(x, out.reshape(rows_shape))
 
 
 def _depthwise_requantized(x, prepared, requant, out):
@@ -921,31 +939,27 @@ def fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multi
                                               clamp_min, clamp_max, out_dtype))
 
 
-class _FullyConnectedLauncher:
-    def __init__(self, prepared, requant_args):
-        self.prepared, self.requant_args, self.out_dtype = prepared, requant_args, requant_args[-1]
-        self.records = {}  # input shape -> (output shape, _GemvLaunch or _GemmLaunch)
+class _FullyConnectedLauncher(_Launcher):
+    acc_kernel = staticmethod(fully_connected_acc)
 
-    def __call__(self, x):
-        prepared = self.prepared
-        if x.dtype != prepared.x_dtype or prepared.packed is None:
-            return _unfused(fully_connected_acc, x, prepared.acc_args, self.requant_args)
-        record = self.records.get(x.shape)
-        if record is None:
-            record = self.records[x.shape] = self._record(x)
-        shape, launch = record
-        out = np.empty(shape, self.out_dtype)
-        if isinstance(launch, _GemmLaunch):  # N rows as N pixels of a 1x1 conv
-            x = np.ascontiguousarray(x).reshape(shape[0], 1, 1, x.shape[1])
-        return out, 0, 0, launch.run(x, out)
+    @staticmethod
+    def _fused(prepared):
+        return prepared.packed is not None
 
     def _record(self, x):
+        # (output shape, _GemvLaunch or _GemmLaunch)
         n_batch, depth = x.shape
         shape, requant = (n_batch, self.prepared.acc_args[1].shape[0]), self.requant_args[:-1]
         if n_batch <= GEMV_MAX_ROWS:
             return shape, _GemvLaunch(self.prepared.packed, requant)
         return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, self.prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1),
                                   (0, 0, 0, 0), requant)
+
+    def _run(self, x, shape, launch):
+        out = np.empty(shape, self.out_dtype)
+        if isinstance(launch, _GemmLaunch):  # N rows as N pixels of a 1x1 conv
+            x = np.ascontiguousarray(x).reshape(shape[0], 1, 1, x.shape[1])
+        return out, 0, 0, launch.run(x, out)
 
 
 def matmul_requantized(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16, multiplier, shift,
