@@ -49,6 +49,11 @@ LAYERS = [
     ("depthwise5x5 x240 @28x28", "conv", (28, 28, 240, 240, 5, 1, 240), True),
     ("depthwise5x5 x672 @14x14", "conv", (14, 14, 672, 672, 5, 1, 672), True),
     ("depthwise5x5 x1152 @7x7", "conv", (7, 7, 1152, 1152, 5, 1, 1152), True),
+    # narrow output channels (more of EfficientNet-Lite0's 1x1 projections, per-channel weights): the tall tiles
+    ("conv1x1 96->24 @56x56", "conv", (56, 56, 96, 24, 1, 1, 1), True),
+    ("conv1x1 144->40 @28x28", "conv", (28, 28, 144, 40, 1, 1, 1), True),
+    ("conv1x1 240->40 @28x28", "conv", (28, 28, 240, 40, 1, 1, 1), True),
+    ("conv1x1 240->80 @14x14", "conv", (14, 14, 240, 80, 1, 1, 1), True),
     ("FC 512->1000", "fc", (1, 512, 1000), True),
     ("GEMM 1024^3", "fc", (1024, 1024, 1024), False),
 ]

@@ -290,11 +290,11 @@ class _MacOp(Op):
         if kernels.__name__ not in packed:
             prepare = getattr(kernels, self.packing_kernel)
             packed[kernels.__name__] = prepare(plan["x_dtype"], *plan["mac"], *plan["acc"])
-        fused, prepared, requant = getattr(kernels, self.fused_kernel), packed[kernels.__name__], plan["requant"]
+        launch = getattr(kernels, self.launcher_kernel)(packed[kernels.__name__], *plan["requant"])
         finish = self._untraced_result
 
         def step(inputs):
-            out, ovf, pairs, saturations = fused(inputs[0], prepared, *requant)
+            out, ovf, pairs, saturations = launch(inputs[0])
             return finish(plan, inputs, kernels, out, ovf, pairs, saturations)
 
         return step
@@ -381,7 +381,7 @@ class Conv2D(_MacOp):
 
     kernel = "conv2d_nhwc_acc"
     packing_kernel = "conv2d_nhwc_prepare"
-    fused_kernel = "conv2d_nhwc_requantized"
+    launcher_kernel = "conv2d_nhwc_launcher"
 
 
 @register("fully_connected")
@@ -407,7 +407,7 @@ class FullyConnected(_MacOp):
 
     kernel = "fully_connected_acc"
     packing_kernel = "fully_connected_prepare"
-    fused_kernel = "fully_connected_requantized"
+    launcher_kernel = "fully_connected_launcher"
 
 
 @register("matmul")

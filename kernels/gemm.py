@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -88,7 +88,8 @@ from intsim.kernels.mac import (
 from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
-# 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
+# 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
+# multiple of every _row_quantum (24, 12, 8, 6, 4): only a last chunk is padded.
 CHUNK_ROWS = 96
 
 
@@ -140,31 +141,56 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
+def _column_tiles(variant, blocks, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb):
+    # Columns nb .. nb + width of every row, in tiles of ``blocks`` blocks
+    # (a compile-time constant; 0: the variant's full width) and their rows
+    # (tile_rows).  The tile's weights are reused by every row tile of the
+    # chunk before the next blocks are read.
+    width = blocks if blocks else TILE_BLOCKS[variant]
+    step = TILE_ROWS[variant] * TILE_BLOCKS[variant] // width
+    block_words = taps.shape[0] * groups * LANES
+    for r in range(0, a_rows.shape[0], step):
+        mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
+                      r * c_stride + nb * LANES, c_stride)
+
+
+@njit(inline="always")
 def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc):
     # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
     # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
-    # against the weights of tap t; ``rows`` is a whole number of row tiles.
-    # Full tiles, then single blocks for the channels left over.  The weights
-    # of one tile's blocks are reused by every row tile of the chunk before
-    # the next blocks are read.  Inlined with a constant ``variant``, which
+    # against the weights of tap t; ``rows`` is a multiple of _row_quantum.
+    # Full-width tiles, then one taller, narrower tile over the blocks left
+    # over (see isa.tile_rows).  Inlined with a constant ``variant``, which
     # mac_tile_taps needs at compile time.
-    rows = a_rows.shape[0]
-    tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
     c_stride = acc.shape[1]
     n_blocks = c_stride // LANES
     acc_flat = acc.reshape(acc.size)
-    block_words = taps.shape[0] * groups * LANES
-    nb = 0
-    while nb + tile_blocks <= n_blocks:
-        for r in range(0, rows, tile_rows):
-            mac_tile_taps(variant, 0, 0, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
-        nb += tile_blocks
-    while nb < n_blocks:
-        for r in range(0, rows, tile_rows):
-            mac_tile_taps(variant, 0, 1, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
-        nb += 1
+    full = n_blocks - n_blocks % TILE_BLOCKS[variant]
+    for nb in range(0, full, TILE_BLOCKS[variant]):
+        _column_tiles(variant, 0, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb)
+    rest = n_blocks - full
+    if rest == 1:
+        _column_tiles(variant, 1, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+    elif rest == 2:
+        _column_tiles(variant, 2, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+    elif rest == 3:
+        _column_tiles(variant, 3, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+
+
+@njit(inline="always")
+def _row_quantum(variant, n_blocks):
+    # The rows a chunk is padded to: a multiple of the rows of every tile
+    # _gemm_tiles runs over ``n_blocks`` blocks.
+    rows, width = TILE_ROWS[variant], TILE_BLOCKS[variant]
+    rest = n_blocks % width
+    if rest == 0:
+        return rows
+    tall = rows * width // rest
+    quantum = tall
+    if n_blocks > rest:
+        while quantum % rows:
+            quantum += tall
+    return quantum
 
 
 @njit(cache=True)
@@ -329,11 +355,12 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
      clamp_max) = settings
     n_rows = out.shape[0]
     saturation_count = 0
+    quantum = _row_quantum(variant, c0.shape[0] // LANES)
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, n_rows - m0)
         # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
-        tiled_rows = -(-rows // TILE_ROWS[variant]) * TILE_ROWS[variant]
+        tiled_rows = -(-rows // quantum) * quantum
         acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
         a_rows = np.empty(tiled_rows, np.int64)
         if implicit:
@@ -440,18 +467,21 @@ def _gemv_core(variant, x, w, c0, multiplier, shift, scale, settings, code_sampl
                             clamp_max, out)
 
 
-def _run_gemv(x, packed, requant, out):
-    """The GEMV launch over codes ``x`` [M, K] (M <= :data:`GEMV_MAX_ROWS`) into ``out`` [M, O]; returns the clamp count."""
-    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    key = ("gemv", rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max)
-    settings = packed.launches.get(key)
-    if settings is None:  # the scalar settings of one requantization, worked out once
-        settings = packed.launches[key] = np.array(
-            [packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits, out_zero_point, clamp_min,
-             clamp_max], np.int64)
-    return int(_gemv_core(packed.variant, x, packed.words, packed.c0, np.asarray(multiplier, np.int64),
-                          np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample,
-                          out))
+class _GemvLaunch:
+    """The GEMV over codes [M, K] (M <= :data:`GEMV_MAX_ROWS`) of one layer and requantization, its
+    arguments worked out once: ``run(x, out)`` writes ``out`` [M, O] and returns the clamp count."""
+
+    def __init__(self, packed, requant):
+        multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+        self.args = (packed.variant, packed.words, packed.c0, np.asarray(multiplier, np.int64),
+                     np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.settings = np.array([packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits,
+                                  out_zero_point, clamp_min, clamp_max], np.int64)
+        self.code_sample = packed.code_sample
+
+    def run(self, x, out):
+        variant, words, c0, multiplier, shift, scale = self.args
+        return int(_gemv_core(variant, x, words, c0, multiplier, shift, scale, self.settings, self.code_sample, out))
 
 
 # --------------------------------------------------------------------------
@@ -481,7 +511,6 @@ class PackedWeights:
     pad_code: int
     code_dtype: np.dtype
     taps: int = 1
-    launches: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def row_len(self) -> int:
@@ -573,7 +602,6 @@ class PreparedConv:
     x_dtype: np.dtype
     packed: PackedWeights | None = None
     depthwise: PackedDepthwise | None = None
-    out_shapes: dict = field(default_factory=dict, compare=False, repr=False)  # output shape per input shape
 
 
 def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups, acc_bits,
@@ -605,63 +633,70 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
     return PreparedConv(acc_args, x_dtype)
 
 
-def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
-    """The fused GEMM path over NHWC codes ``x4`` into ``out`` [M, Cout]; returns the clamp count."""
-    multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    key = (x4.shape, x4.dtype, out_h, out_w, kernel, strides, dilations, pads, rounding, multiplier_bits,
-           out_zero_point, clamp_min, clamp_max, CHUNK_ROWS)
-    if key not in packed.launches:  # the scalar settings of one input shape, worked out once
-        packed.launches[key] = _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant)
-    implicit, padded_shape, taps, settings = packed.launches[key]
-    threads = _apply_threads(-(-out.shape[0] // CHUNK_ROWS))
-    core = _conv2d_gemm_threaded if threads > 1 else _conv2d_gemm_serial
-    if padded_shape is None:
-        source = x4.reshape(-1).view(np.int32) if implicit else np.empty(0, np.int32)
-    else:  # one encoded copy of the input with its padding, read in place by every tap
-        padded = np.empty(padded_shape, packed.code_dtype)
-        _pad_encode(x4, pads[0], pads[1], packed.a_sub, packed.pad_code, padded)
-        source = padded.reshape(-1).view(np.int32)
-    return int(core(
-        packed.variant, x4, source, taps, packed.words, packed.c0, np.asarray(multiplier, np.int64),
-        np.asarray(shift, np.int64), np.asarray(scale, np.float64), settings, packed.code_sample, out,
-    ))
+class _GemmLaunch:
+    """The fused GEMM over NHWC codes of one shape, everything but the codes worked out once.
 
-
-def _launch(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant):
-    """``(implicit, padded_shape, taps, settings)`` of :func:`_run_gemm` for one input shape.
-
+    ``run(x4, out)`` writes ``out`` [M, Cout] and returns the clamp count.
     The implicit GEMM reads the activations where they lie when the input
     already is the packed form (no padding, nothing to subtract, whole groups
     per pixel); a conv packed per tap makes an encoded padded copy
     (``padded_shape``) otherwise; the rest take the im2col chunks.
     """
-    _, _, _, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
-    n_taps, tap_groups = kernel_h * kernel_w, packed.tap_groups
-    tap_row = tap_groups * GROUP[packed.variant]
-    in_place = (pads == (0, 0, 0, 0) and packed.a_sub == 0 and x4.dtype == packed.code_dtype
-                and x4.shape[3] == tap_row)
-    implicit = packed.taps == n_taps and (n_taps > 1 or in_place)
-    padded_shape = None
-    source_h, source_w = x4.shape[1:3]
-    if implicit and not in_place:
-        # The rows and columns some window reaches (none when the output is empty).
-        source_h = (out_h - 1) * sh + (kernel_h - 1) * dh + 1 if out_h else 0
-        source_w = (out_w - 1) * sw + (kernel_w - 1) * dw + 1 if out_w else 0
-        padded_shape = (x4.shape[0], source_h, source_w, tap_row)
-    if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
-        taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups
-    elif implicit:
-        taps = np.array([(kh * dh * source_w + kw * dw) * tap_groups for kh in range(kernel_h)
-                         for kw in range(kernel_w)], np.int64)
-        groups = tap_groups
-    else:
-        taps, groups = np.zeros(1, np.int64), packed.groups
-    settings = np.array(
-        [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0], pads[1],
-         groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits, out_zero_point,
-         clamp_min, clamp_max], np.int64)
-    return implicit, padded_shape, taps, settings
+
+    def __init__(self, x_shape, x_dtype, packed, out_h, out_w, kernel, strides, dilations, pads, requant):
+        multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+        (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
+        n_taps, tap_groups = kernel_h * kernel_w, packed.tap_groups
+        tap_row = tap_groups * GROUP[packed.variant]
+        in_place = (tuple(pads) == (0, 0, 0, 0) and packed.a_sub == 0 and x_dtype == packed.code_dtype
+                    and x_shape[3] == tap_row)
+        implicit = packed.taps == n_taps and (n_taps > 1 or in_place)
+        padded_shape = None
+        source_h, source_w = x_shape[1:3]
+        if implicit and not in_place:
+            # The rows and columns some window reaches (none when the output is empty).
+            source_h = (out_h - 1) * sh + (kernel_h - 1) * dh + 1 if out_h else 0
+            source_w = (out_w - 1) * sw + (kernel_w - 1) * dw + 1 if out_w else 0
+            padded_shape = (x_shape[0], source_h, source_w, tap_row)
+        if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
+            taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups
+        elif implicit:
+            taps = np.array([(kh * dh * source_w + kw * dw) * tap_groups for kh in range(kernel_h)
+                             for kw in range(kernel_w)], np.int64)
+            groups = tap_groups
+        else:
+            taps, groups = np.zeros(1, np.int64), packed.groups
+        self.implicit, self.padded_shape, self.taps, self.packed, self.pads = implicit, padded_shape, taps, packed, pads
+        self.settings = np.array(
+            [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
+             pads[1], groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
+             out_zero_point, clamp_min, clamp_max], np.int64)
+        self.chunks = -(-x_shape[0] * out_h * out_w // CHUNK_ROWS)
+        self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.code_sample = packed.code_sample
+        self.no_source = np.empty(0, np.int32)
+
+    def run(self, x4, out):
+        packed = self.packed
+        if self.padded_shape is not None:  # one encoded copy of the input with its padding, read in place by every tap
+            padded = np.empty(self.padded_shape, packed.code_dtype)
+            _pad_encode(x4, self.pads[0], self.pads[1], packed.a_sub, packed.pad_code, padded)
+            source = padded.reshape(-1).view(np.int32)
+        else:
+            source = x4.reshape(-1).view(np.int32) if self.implicit else self.no_source
+        # The serial core needs no thread count; more threads than chunks would wake idle threads.
+        core = _conv2d_gemm_threaded if min(_threads, self.chunks) > 1 else _conv2d_gemm_serial
+        if core is _conv2d_gemm_threaded:
+            _apply_threads(self.chunks)
+        multiplier, shift, scale = self.requant
+        return int(core(packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
+                        self.settings, self.code_sample, out))
+
+
+def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
+    """The fused GEMM path over NHWC codes ``x4`` into ``out`` [M, Cout], once; returns the clamp count."""
+    return _GemmLaunch(x4.shape, x4.dtype, packed, out_h, out_w, kernel, strides, dilations, pads,
+                       requant).run(x4, out)
 
 
 def _unfused(acc_kernel, x, acc_args, requant_args):
@@ -687,24 +722,76 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     out : ``out_dtype`` array [N, OH, OW, Cout]
     overflow_count, pair_saturation_count, saturation_count : int
     """
-    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                    out_dtype)
-    if x.dtype != prepared.x_dtype or (prepared.packed is None and prepared.depthwise is None):
-        return _unfused(conv2d_nhwc_acc, x, prepared.acc_args, requant_args)
+    return conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                clamp_min, clamp_max, out_dtype)(x)
+
+
+def conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                         clamp_max, out_dtype):
+    """``launch(x)``, equal to :func:`conv2d_nhwc_requantized` of ``x`` with these arguments, for a caller
+    that runs one layer many times (a model's bound step).
+
+    What depends only on the layer, the requantization and the input shape
+    (the output shape, the GEMM's settings and per-channel arrays) is worked
+    out at the first call with each input shape; a repeat call is one lookup
+    and one numba call.  :func:`set_threads` still applies to the next call.
+    """
+    return _ConvLauncher(prepared, (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                                    clamp_max, out_dtype))
+
+
+class _Launcher:
+    """One layer and requantization; ``launcher(x)`` returns ``(out, overflow_count,
+    pair_saturation_count, saturation_count)``.  Subclasses say which layers are fused
+    (``_fused``), what is worked out per input shape (``_record``), and how it runs (``_run``)."""
+
+    acc_kernel = None  # the unfused accumulator kernel
+
+    def __init__(self, prepared, requant_args):
+        self.prepared, self.requant_args, self.out_dtype = prepared, requant_args, requant_args[-1]
+        self.fused = self._fused(prepared)
+        self.records = {}  # input shape -> what _record worked out for it
+
+    def __call__(self, x):
+        prepared = self.prepared
+        if not self.fused or x.dtype != prepared.x_dtype:
+            return _unfused(self.acc_kernel, x, prepared.acc_args, self.requant_args)
+        record = self.records.get(x.shape)
+        if record is None:
+            record = self.records[x.shape] = self._record(x)
+        return self._run(x, *record)
+
+
+class _ConvLauncher(_Launcher):
+    acc_kernel = staticmethod(conv2d_nhwc_acc)
+
+    @staticmethod
+    def _fused(prepared):
+        return prepared.packed is not None or prepared.depthwise is not None
+
+    def _record(self, x):
+        # (output shape, output rows shape, _GemmLaunch or None (depthwise))
+        _, w, _, _, strides, dilations, pads, _, _, _, _ = self.prepared.acc_args
+        shape = _conv2d_out(x, w, strides, dilations, pads).shape
+        if self.prepared.packed is None:
+            return shape, None, None
+        launch = _GemmLaunch(x.shape, x.dtype, self.prepared.packed, shape[1], shape[2], w.shape[1:3], strides,
+                             dilations, pads, self.requant_args[:-1])
+        return shape, (-1, shape[3]), launch
+
+    def _run(self, x, shape, rows_shape, launch):
+        out = np.empty(shape, self.out_dtype)
+        x = np.ascontiguousarray(x)
+        if launch is None:
+            return out, 0, 0, _depthwise_requantized(x, self.prepared, self.requant_args[:-1], out)
+        return out, 0, 0, launch.run(x, out.reshape(rows_shape))
+
+
+def _depthwise_requantized(x, prepared, requant, out):
+    """The direct depthwise kernel over NHWC codes ``x`` into ``out``; returns the clamp count."""
     _, w, _, _, strides, dilations, pads, _, _, _, _ = prepared.acc_args
-    if x.shape not in prepared.out_shapes:
-        prepared.out_shapes[x.shape] = _conv2d_out(x, w, strides, dilations, pads).shape
-    shape = prepared.out_shapes[x.shape]
-    out = np.empty(shape, out_dtype)
-    x = np.ascontiguousarray(x)
-    requant = requant_args[:-1]
-    if prepared.depthwise is not None:
-        chunks = _apply_threads(shape[0] * shape[1])
-        saturations = depthwise_run(x, prepared.depthwise, w.shape[1:3], strides, dilations, pads, chunks, requant, out)
-        return out, 0, 0, saturations
-    saturations = _run_gemm(x, prepared.packed, shape[1], shape[2], w.shape[1:3], strides, dilations, pads, requant,
-                            out.reshape(-1, shape[3]))
-    return out, 0, 0, saturations
+    chunks = _apply_threads(out.shape[0] * out.shape[1])
+    return int(depthwise_run(x, prepared.depthwise, w.shape[1:3], strides, dilations, pads, chunks, requant, out))
 
 
 @dataclass(frozen=True)
@@ -739,17 +826,39 @@ def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding,
 
     Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``.
     """
-    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                    out_dtype)
-    if x.dtype != prepared.x_dtype or prepared.packed is None:
-        return _unfused(fully_connected_acc, x, prepared.acc_args, requant_args)
-    n_batch, depth = x.shape
-    out = np.empty((n_batch, prepared.acc_args[1].shape[0]), out_dtype)
-    if n_batch <= GEMV_MAX_ROWS:
-        return out, 0, 0, _run_gemv(x, prepared.packed, requant_args[:-1], out)
-    x4 = np.ascontiguousarray(x).reshape(n_batch, 1, 1, depth)
-    saturations = _run_gemm(x4, prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0), requant_args[:-1], out)
-    return out, 0, 0, saturations
+    return fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                    clamp_min, clamp_max, out_dtype)(x)
+
+
+def fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                             clamp_min, clamp_max, out_dtype):
+    """``launch(x)``, equal to :func:`fully_connected_requantized` of ``x`` with these arguments, its
+    launch worked out once per input shape (see :func:`conv2d_nhwc_launcher`)."""
+    return _FullyConnectedLauncher(prepared, (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                                              clamp_min, clamp_max, out_dtype))
+
+
+class _FullyConnectedLauncher(_Launcher):
+    acc_kernel = staticmethod(fully_connected_acc)
+
+    @staticmethod
+    def _fused(prepared):
+        return prepared.packed is not None
+
+    def _record(self, x):
+        # (output shape, _GemvLaunch or _GemmLaunch)
+        n_batch, depth = x.shape
+        shape, requant = (n_batch, self.prepared.acc_args[1].shape[0]), self.requant_args[:-1]
+        if n_batch <= GEMV_MAX_ROWS:
+            return shape, _GemvLaunch(self.prepared.packed, requant)
+        return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, self.prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1),
+                                  (0, 0, 0, 0), requant)
+
+    def _run(self, x, shape, launch):
+        out = np.empty(shape, self.out_dtype)
+        if isinstance(launch, _GemmLaunch):  # N rows as N pixels of a 1x1 conv
+            x = np.ascontiguousarray(x).reshape(shape[0], 1, 1, x.shape[1])
+        return out, 0, 0, launch.run(x, out)
 
 
 def matmul_requantized(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16, multiplier, shift,

@@ -42,11 +42,26 @@ class Isa:
 # Variant codes, as the micro-kernel reads them (compile-time constants).
 PORTABLE_PAIRS, PORTABLE_QUADS, AVX2_PAIRS, AVX512_PAIRS, VNNI_PAIRS, VNNI_QUADS = range(6)
 # Register tile, rows x 16-channel blocks: 6 x 4 = 24 zmm accumulators (plus
-# 4 weight vectors and a broadcast, of 32 zmm); 6 x 1 = 12 ymm pairs (of 16 ymm).
+# 4 weight vectors and a broadcast, of 32 zmm); 6 x 1 = 12 ymm pairs (of 16 ymm,
+# so AVX2 has no taller tile: 7 x 1 would need 14 + 2 weight halves + 1).
 TILE_ROWS = (4, 4, 6, 6, 6, 6)
-TILE_BLOCKS = (1, 1, 1, 4, 4, 4)
+TILE_BLOCKS = (2, 2, 1, 4, 4, 4)
 # Reduction values per int32 lane of a packed operand.
 GROUP = (2, 4, 2, 2, 2, 4)
+
+
+def tile_rows(variant: int, blocks: int) -> int:
+    """Rows of ``variant``'s register tile over ``blocks`` 16-channel blocks (``1 <= blocks <= TILE_BLOCKS``).
+
+    The full tile's accumulator count spread over fewer blocks: a layer whose
+    output channels leave ``blocks < TILE_BLOCKS[variant]`` blocks over (all of
+    them when it has fewer than ``16 * TILE_BLOCKS`` channels) runs them as a
+    taller tile, e.g. 24 x 1, 12 x 2, 8 x 3 on AVX-512 (still 24 zmm
+    accumulators).  One block of 6 rows would keep only 6 independent
+    ``vpdpbusd`` chains in flight, fewer than its latency times its
+    throughput, and would broadcast every activation for one multiply only.
+    """
+    return TILE_ROWS[variant] * TILE_BLOCKS[variant] // blocks
 
 ISAS = {
     isa.name: isa

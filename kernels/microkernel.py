@@ -2,9 +2,10 @@
 
 ``mac_tile(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)``
 writes a tile of ``rows`` x ``16 * blocks`` int32 accumulators into ``c``,
-each output channel starting from its value in ``c0`` (``rows = 0`` and
-``blocks = 0`` mean the variant's full tile, ``TILE_ROWS[variant]`` x
-``TILE_BLOCKS[variant]``)::
+each output channel starting from its value in ``c0`` (``blocks = 0`` means
+the variant's full width ``TILE_BLOCKS[variant]``, ``rows = 0`` the variant's
+rows for that width, :func:`~intsim.kernels.isa.tile_rows`: ``TILE_ROWS[variant]``
+for the full width, taller for fewer blocks)::
 
     c[c_off + r*c_stride + 16*b + j] = c0[c0_off + 16*b + j]
                                        + sum_g dot(a[a_off + r*a_stride + g], w[w_off + 16*(groups*b + g) + j])
@@ -63,10 +64,10 @@ from intsim.kernels.isa import (
     PORTABLE_PAIRS,
     PORTABLE_QUADS,
     TILE_BLOCKS,
-    TILE_ROWS,
     VARIANT_FEATURES,
     VNNI_PAIRS,
     VNNI_QUADS,
+    tile_rows,
 )
 
 LANES = 16
@@ -227,11 +228,13 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
 
 
 def _tile_size(variant, rows, blocks):
-    """``(variant code, rows, blocks)`` as compile-time integers (0 rows or blocks: the full tile), or ``None``."""
+    """``(variant code, rows, blocks)`` as compile-time integers (0 blocks: the full width; 0 rows: the
+    variant's rows for that width), or ``None``."""
     variant_code, n_rows, n_blocks = _literal(variant), _literal(rows), _literal(blocks)
     if variant_code is None or n_rows is None or n_blocks is None:
         return None
-    return variant_code, n_rows or TILE_ROWS[variant_code], n_blocks or TILE_BLOCKS[variant_code]
+    n_blocks = n_blocks or TILE_BLOCKS[variant_code]
+    return variant_code, n_rows or tile_rows(variant_code, n_blocks), n_blocks
 
 
 def _data(context, builder, signature, args, i):

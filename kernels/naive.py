@@ -15,8 +15,10 @@ from intsim.kernels.naive_elementwise import (
     softmax_lastaxis,
 )
 from intsim.kernels.naive_gemm import (
+    conv2d_nhwc_launcher,
     conv2d_nhwc_prepare,
     conv2d_nhwc_requantized,
+    fully_connected_launcher,
     fully_connected_prepare,
     fully_connected_requantized,
     matmul_requantized,
@@ -31,10 +33,12 @@ __all__ = [
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
     "conv2d_nhwc_acc",
+    "conv2d_nhwc_launcher",
     "conv2d_nhwc_prepare",
     "conv2d_nhwc_requantized",
     "dequantize_codes",
     "fully_connected_acc",
+    "fully_connected_launcher",
     "fully_connected_prepare",
     "fully_connected_requantized",
     "lookup_table",

@@ -44,6 +44,20 @@ def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding,
                                                               out_zero_point, clamp_min, clamp_max, out_dtype))
 
 
+def conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                         clamp_max, out_dtype):
+    """Naive twin of :func:`intsim.kernels.gemm.conv2d_nhwc_launcher`: nothing worked out ahead."""
+    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max, out_dtype)
+    return lambda x: conv2d_nhwc_requantized(x, prepared, *requant_args)
+
+
+def fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                             clamp_min, clamp_max, out_dtype):
+    """Naive twin of :func:`intsim.kernels.gemm.fully_connected_launcher`: nothing worked out ahead."""
+    requant_args = (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max, out_dtype)
+    return lambda x: fully_connected_requantized(x, prepared, *requant_args)
+
+
 def matmul_requantized(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16, multiplier, shift,
                        scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max, out_dtype):
     """Naive twin of :func:`intsim.kernels.gemm.matmul_requantized` (per-tensor requantization)."""

@@ -149,30 +149,27 @@ def gemv_cases(draw, rounding):
 @pytest.mark.parametrize("rounding", ROUNDING_MODES)
 @SETTINGS
 @given(data=st.data())
-def test_fully_connected_gemv_matches_naive(isa_name, rounding, monkeypatch, data):
+def test_fully_connected_gemv_matches_naive(isa_name, rounding, data):
     x, args, requant = data.draw(gemv_cases(rounding))
-    launches = []
-    monkeypatch.setattr(gemm, "_run_gemm", lambda *a: launches.append("gemm"))
-    gemv = gemm._run_gemv
-    monkeypatch.setattr(gemm, "_run_gemv", lambda *a: launches.append("gemv") or gemv(*a))
-    prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
-    assert prepared.packed is not None and launches == ["gemv"]
+    prepared = gemm.fully_connected_prepare(x.dtype, *args)
+    launcher = gemm.fully_connected_launcher(prepared, *requant)
+    fast = launcher(x)
+    (_, launch), = launcher.records.values()
+    assert prepared.packed is not None and isinstance(launch, gemm._GemvLaunch)
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
 
 
-def test_fully_connected_beyond_gemv_rows_takes_the_gemm(monkeypatch):
+def test_fully_connected_beyond_gemv_rows_takes_the_gemm():
     rng = np.random.default_rng(5)
     w = rng.integers(-127, 127, size=(9, 7), dtype=np.int8, endpoint=True)
     args = (3, w, np.zeros(9, np.int64), rng.integers(-99, 99, size=9, dtype=np.int32)) + ACC
     rq = Rescale.from_real(np.full(9, 0.01), ROUNDING_MODES[0])
     requant = (*rq.kernel_args(9), rq.code, 31, 0, 0, 255, np.dtype(np.uint8))
     x = x_codes(rng, np.uint8, (gemm.GEMV_MAX_ROWS + 1, 7))
-    launches = []
-    run_gemm = gemm._run_gemm
-    monkeypatch.setattr(gemm, "_run_gemm", lambda *a: launches.append("gemm") or run_gemm(*a))
-    monkeypatch.setattr(gemm, "_run_gemv", lambda *a: launches.append("gemv"))
-    fast = run_pair(gemm, "fully_connected", x, args, requant)[1]
-    assert launches == ["gemm"]
+    launcher = gemm.fully_connected_launcher(gemm.fully_connected_prepare(x.dtype, *args), *requant)
+    fast = launcher(x)
+    (_, launch), = launcher.records.values()
+    assert isinstance(launch, gemm._GemmLaunch)
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
 
 
@@ -205,6 +202,10 @@ def _layer(rng, x_dtype, cout, cin, kernel, w_zero_point):
     (1, 9, 11, 13, 83, 3, 1, 1),
     (2, 7, 5, 32, 64, 1, 1, 0),
     (1, 12, 9, 6, 70, 3, 2, 1),
+    # narrow layers: taller tiles over 1, 2 or 3 blocks, alone or after full-width tiles
+    (1, 11, 13, 32, 16, 1, 1, 0),
+    (1, 10, 7, 24, 40, 1, 1, 0),
+    (1, 9, 9, 5, 110, 3, 1, 1),
 ])
 def test_conv2d_fused_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_point, rounding, shape):
     # Shapes too large for the naive twin; the unfused kernels are themselves
@@ -371,6 +372,7 @@ def test_threads_environment_variable_is_checked(monkeypatch, value):
 def test_two_threads_give_the_same_codes():
     # A fresh process: the test session pins NUMBA_NUM_THREADS to 1.
     script = """
+import numba
 import numpy as np
 from intsim.fixedpoint import Rescale
 from intsim.kernels import gemm, naive_gemm
@@ -381,12 +383,17 @@ args = (100, w, np.zeros(20, np.int64), rng.integers(-999, 999, size=20, dtype=n
         (1, 1, 1, 1), 1, 32, 1, False)
 rq = Rescale.from_real(rng.uniform(1e-3, 1e-2, size=20), "double")
 requant = (*rq.kernel_args(20), rq.code, 31, 3, 0, 255, np.dtype(np.uint8))
-assert gemm.set_threads(2) == 1
 gemm.CHUNK_ROWS = 7
-fast = gemm.conv2d_nhwc_requantized(x, gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
 slow = naive_gemm.conv2d_nhwc_requantized(x, naive_gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
-np.testing.assert_array_equal(fast[0], slow[0], strict=True)
-assert fast[1:] == slow[1:]
+# One launcher, its launch worked out at the first call: set_threads still applies to the next.
+launcher = gemm.conv2d_nhwc_launcher(gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+for threads in (1, 2, 1):
+    gemm.set_threads(threads)
+    fast = launcher(x)
+    assert numba.get_num_threads() == 2 or threads == 1
+    np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+    assert fast[1:] == slow[1:]
+gemm.set_threads(2)
 # a depthwise layer: its output rows in two runs, each with its own ring of input rows
 w = rng.integers(-128, 128, size=(12, 5, 5, 1), dtype=np.int8)
 args = (100, w, np.zeros(12, np.int64), rng.integers(-999, 999, size=12, dtype=np.int32), (1, 1), (1, 1),
@@ -405,6 +412,31 @@ print("same")
     assert done.stdout.strip() == "same"
 
 
+@pytest.mark.parametrize("kind, kernel", [("conv2d_nhwc", (3, 3)), ("conv2d_nhwc", (1, 1)),
+                                          ("conv2d_nhwc", "depthwise"), ("fully_connected", None)])
+def test_one_launcher_serves_every_batch_size(isa_name, kind, kernel):
+    # A launcher works its launch out once per input shape and keeps it: batch sizes in any
+    # order (the fully-connected GEMV and GEMM among them) give the naive codes every time.
+    rng = np.random.default_rng(11)
+    cin, cout = (6, 6) if kernel == "depthwise" else (6, 20)
+    if kind == "fully_connected":
+        w, w_zp, bias = _layer(rng, np.uint8, cout, cin, (), 0)
+        args, shapes = (7, w, w_zp, bias) + ACC, [(1, cin), (9, cin), (3, cin), (9, cin)]
+    else:
+        w, w_zp, bias = _layer(rng, np.uint8, cout, 1 if kernel == "depthwise" else cin,
+                               (3, 3) if kernel == "depthwise" else kernel, 0)
+        groups = cin if kernel == "depthwise" else 1
+        args, shapes = (7, w, w_zp, bias, (1, 1), (1, 1), (1, 1, 0, 0), groups) + ACC, [
+            (1, 5, 4, cin), (3, 5, 4, cin), (1, 5, 4, cin), (2, 7, 3, cin)]
+    requant = (*Rescale.from_real(np.full(cout, 3e-3), "double").kernel_args(cout), fixedpoint.DOUBLE, 31, 0, 0, 255,
+               np.dtype(np.uint8))
+    launcher = getattr(gemm, f"{kind}_launcher")(getattr(gemm, f"{kind}_prepare")(np.uint8, *args), *requant)
+    for shape in shapes:
+        x = x_codes(rng, np.uint8, shape)
+        assert_same(launcher(x), run_pair(naive_gemm, kind, x, args, requant)[1])
+    assert sorted(launcher.records) == sorted(set(shapes))
+
+
 @pytest.mark.parametrize("pads", [(0, 0, 1, 2), (1, 0, 0, 0), (0, 0, 0, 0)])
 def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
     # A 1x1 stride-1 conv reads the input rows in place only when nothing is padded.
@@ -418,12 +450,14 @@ def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
                 run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
-def _launch_of(prepared):
-    """``(padded_shape, taps, settings as a dict)`` of the one launch a prepared conv has run."""
-    (implicit, padded_shape, taps, settings), = prepared.packed.launches.values()
-    settings = dict(zip(gemm.GEMM_SETTINGS, settings.tolist()))
-    assert settings["implicit"] == implicit
-    return padded_shape, taps, settings
+def _launch_of(prepared, x, requant):
+    """``(padded_shape, taps, settings as a dict)`` of the GEMM launch of a prepared conv over ``x``."""
+    launcher = gemm.conv2d_nhwc_launcher(prepared, *requant)
+    launcher(x)
+    (_, _, launch), = launcher.records.values()
+    settings = dict(zip(gemm.GEMM_SETTINGS, launch.settings.tolist()))
+    assert settings["implicit"] == launch.implicit
+    return launch.padded_shape, launch.taps, settings
 
 
 @st.composite
@@ -453,7 +487,7 @@ def test_implicit_conv_matches_naive(isa_name, monkeypatch, case):
     prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
     kernel_taps = args[1].shape[1] * args[1].shape[2]
     assert prepared.packed.taps == kernel_taps
-    assert _launch_of(prepared)[2]["implicit"] == 1 or kernel_taps == 1
+    assert _launch_of(prepared, x, requant)[2]["implicit"] == 1 or kernel_taps == 1
     assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
@@ -481,7 +515,7 @@ def test_implicit_conv_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_p
     prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
     # A 1x1 conv is implicit only where it reads the uint8 quads in place; the rest take im2col.
     in_place = x_dtype == np.uint8 and w_zero_point == 0 and isa.ISAS[isa_name].quads is not None
-    padded_shape, _, settings = _launch_of(prepared)
+    padded_shape, _, settings = _launch_of(prepared, x, requant)
     assert settings["implicit"] == (kernel != (1, 1) or in_place)
     assert (padded_shape is None) == (kernel == (1, 1) or in_place and pads == (0,) * 4)
     acc, overflow_count, pair_count = mac.conv2d_nhwc_acc(x, *args)
@@ -501,7 +535,7 @@ def test_implicit_conv_copies_the_input_only_where_it_must(isa_name):
         w, w_zp, bias = _layer(rng, np.uint8, 4, 8, (3, 3), w_zero_point)
         args = (7, w, w_zp, bias, (1, 1), (1, 1), pads, 1) + ACC
         prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
-        assert (_launch_of(prepared)[0] is not None) == expected
+        assert (_launch_of(prepared, x, requant)[0] is not None) == expected
         assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
@@ -519,15 +553,16 @@ def test_implicit_conv_of_an_empty_output(x_shape):
     assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
-def _taps_tile(variant):
-    """A fresh (uncached) function running one full tile of ``variant`` summed over taps."""
+def _taps_tile(variant, blocks):
+    """A fresh (uncached) function running one tile of ``variant`` over ``blocks`` blocks (0: the full
+    width) and the rows isa.tile_rows gives them, summed over taps."""
     from numba import njit
 
     from intsim.kernels.microkernel import mac_tile_taps
 
     @njit
     def tile(a, a_rows, taps, w, groups, c0, c):
-        mac_tile_taps(variant, 0, 0, a, a_rows, 1, taps, w, 0, groups, c0, 0, c, 0, c.shape[1])
+        mac_tile_taps(variant, 0, blocks, a, a_rows, 1, taps, w, 0, groups, c0, 0, c, 0, c.shape[1])
 
     return tile
 
@@ -535,27 +570,35 @@ def _taps_tile(variant):
 @pytest.mark.parametrize("taps", [[5, 0, 17], [3], []])
 def test_mac_tile_taps_sums_every_tap_of_every_row(isa_name, taps):
     # Rows at unequal distances (a tile that crosses the end of an output row), taps in any
-    # order; no taps at all leaves c0.  The expected sums are plain int64 arithmetic.
+    # order; no taps at all leaves c0.  Every tile shape: the full width and the taller,
+    # narrower tiles of the blocks a layer leaves over.  The expected sums are plain int64 arithmetic.
     chosen = isa.ISAS[isa_name]
     rng = np.random.default_rng(len(taps))
     for variant in {chosen.pairs, chosen.quads} - {None}:
-        group, rows, blocks, groups = isa.GROUP[variant], isa.TILE_ROWS[variant], isa.TILE_BLOCKS[variant], 3
-        narrow = np.int16 if group == 2 else np.int8
-        a_codes = (rng.integers(-255, 256, size=(40, group)) if group == 2
-                   else rng.integers(0, 256, size=(40, group))).astype(np.int16 if group == 2 else np.uint8)
-        w_codes = rng.integers(-128, 128, size=(blocks, len(taps) * groups, 16, group)).astype(narrow)
-        a_rows = np.array([99] + [0, 2, 9, 10, 11, 19][:rows], np.int64)
-        c0 = rng.integers(-1000, 1000, size=16 * blocks).astype(np.int32)
-        c = np.zeros((rows, 16 * blocks), np.int32)
-        _taps_tile(variant)(a_codes.reshape(-1).view(np.int32), a_rows, np.array(taps, np.int64),
-                            w_codes.reshape(-1).view(np.int32), groups, c0, c)
-        expected = np.tile(c0.astype(np.int64), (rows, 1))
-        for r in range(rows):
-            for t, tap in enumerate(taps):
-                a_run = a_codes[a_rows[1 + r] + tap:a_rows[1 + r] + tap + groups].astype(np.int64)
-                w_run = w_codes[:, t * groups:(t + 1) * groups].astype(np.int64)
-                expected[r] += np.einsum("gq,bgjq->bj", a_run, w_run).reshape(-1)
-        np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
+        for width in range(isa.TILE_BLOCKS[variant] + 1):
+            _check_taps_tile(rng, variant, width, taps)
+
+
+def _check_taps_tile(rng, variant, width, taps):
+    group, groups = isa.GROUP[variant], 3
+    blocks = width or isa.TILE_BLOCKS[variant]
+    rows = isa.tile_rows(variant, blocks)
+    narrow = np.int16 if group == 2 else np.int8
+    a_codes = (rng.integers(-255, 256, size=(40, group)) if group == 2
+               else rng.integers(0, 256, size=(40, group))).astype(np.int16 if group == 2 else np.uint8)
+    w_codes = rng.integers(-128, 128, size=(blocks, len(taps) * groups, 16, group)).astype(narrow)
+    a_rows = np.concatenate([[99], rng.integers(0, 21, size=rows)]).astype(np.int64)
+    c0 = rng.integers(-1000, 1000, size=16 * blocks).astype(np.int32)
+    c = np.zeros((rows, 16 * blocks), np.int32)
+    _taps_tile(variant, width)(a_codes.reshape(-1).view(np.int32), a_rows, np.array(taps, np.int64),
+                               w_codes.reshape(-1).view(np.int32), groups, c0, c)
+    expected = np.tile(c0.astype(np.int64), (rows, 1))
+    for r in range(rows):
+        for t, tap in enumerate(taps):
+            a_run = a_codes[a_rows[1 + r] + tap:a_rows[1 + r] + tap + groups].astype(np.int64)
+            w_run = w_codes[:, t * groups:(t + 1) * groups].astype(np.int64)
+            expected[r] += np.einsum("gq,bgjq->bj", a_run, w_run).reshape(-1)
+    np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
 
 
 def _one_tile(variant):
