@@ -74,7 +74,9 @@ from intsim.kernels.isa import (
     VNNI_QUADS,
 )
 from intsim.kernels.depthwise import PackedDepthwise, depthwise_run, pack_depthwise
+from intsim.fixedpoint import FLOAT32_RINT
 from intsim.kernels.mac import (
+    LANES_LIMIT,
     _c0_per_output,
     _conv2d_out,
     _fits,
@@ -85,7 +87,7 @@ from intsim.kernels.mac import (
     matmul_acc,
     requantize,
 )
-from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps
+from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps, mac_tile_taps_rint
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.
@@ -140,48 +142,67 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
-def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc):
+def _tile(variant, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat, c_stride, rint):
+    # One tile of ``blocks`` (0: the variant's full width) at row r: int32 into acc_flat when
+    # ``rint`` is None, else requantized in registers into rint's output (returns its clamp count).
+    if rint is None:
+        mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat,
+                      r * c_stride + c0_off, c_stride)
+        return 0
+    scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
+    return mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, scale32, lo, hi,
+                              zero_point, valid_rows - r, channels - c0_off, out_flat, r * channels + c0_off,
+                              channels)
+
+
+@njit(inline="always")
+def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc, rint):
     # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
     # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
     # against the weights of tap t; ``rows`` is a whole number of row tiles.
     # Full tiles, then single blocks for the channels left over.  The weights
     # of one tile's blocks are reused by every row tile of the chunk before
     # the next blocks are read.  Inlined with a constant ``variant``, which
-    # mac_tile_taps needs at compile time.
+    # mac_tile_taps needs at compile time.  With ``rint`` = (float32 scales
+    # padded like c0, lo, hi, zero point, valid rows, channels, the chunk's
+    # flat output [valid rows * channels])
+    # the tiles are requantized in registers instead (acc unused) and the
+    # clamp count is returned.
     rows = a_rows.shape[0]
     tile_rows, tile_blocks = TILE_ROWS[variant], TILE_BLOCKS[variant]
-    c_stride = acc.shape[1]
-    n_blocks = c_stride // LANES
+    n_blocks = c0.shape[0] // LANES
     acc_flat = acc.reshape(acc.size)
+    c_stride = acc.shape[1]
     block_words = taps.shape[0] * groups * LANES
+    saturation_count = 0
     nb = 0
     while nb + tile_blocks <= n_blocks:
         for r in range(0, rows, tile_rows):
-            mac_tile_taps(variant, 0, 0, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
+            saturation_count += _tile(variant, 0, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES,
+                                      acc_flat, c_stride, rint)
         nb += tile_blocks
     while nb < n_blocks:
         for r in range(0, rows, tile_rows):
-            mac_tile_taps(variant, 0, 1, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
-                          r * c_stride + nb * LANES, c_stride)
+            saturation_count += _tile(variant, 1, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES,
+                                      acc_flat, c_stride, rint)
         nb += 1
+    return saturation_count
 
 
 @njit(cache=True)
-def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
+def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, rint):
     # _gemm_tiles with ``variant`` made a compile-time constant.
     if variant == VNNI_QUADS:
-        _gemm_tiles(VNNI_QUADS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == VNNI_PAIRS:
-        _gemm_tiles(VNNI_PAIRS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == AVX512_PAIRS:
-        _gemm_tiles(AVX512_PAIRS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == AVX2_PAIRS:
-        _gemm_tiles(AVX2_PAIRS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == PORTABLE_QUADS:
-        _gemm_tiles(PORTABLE_QUADS, a, a_rows, taps, w, groups, c0, acc)
-    else:
-        _gemm_tiles(PORTABLE_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+        return _gemm_tiles(VNNI_QUADS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == VNNI_PAIRS:
+        return _gemm_tiles(VNNI_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == AVX512_PAIRS:
+        return _gemm_tiles(AVX512_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == AVX2_PAIRS:
+        return _gemm_tiles(AVX2_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == PORTABLE_QUADS:
+        return _gemm_tiles(PORTABLE_QUADS, a, a_rows, taps, w, groups, c0, acc, rint)
+    return _gemm_tiles(PORTABLE_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
 
 
 @njit(cache=True)
@@ -328,13 +349,19 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max) = settings
     n_rows = out.shape[0]
+    # FLOAT32_RINT within the 32-bit lanes' preconditions (mac._requantize_core) is requantized in the
+    # micro-kernel's registers: no int32 tile is written.
+    in_registers = rounding == FLOAT32_RINT and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT
+    scale32 = np.zeros(c0.shape[0], np.float32)
+    for c in range(out.shape[1]):
+        scale32[c] = np.float32(scale[c])
     saturation_count = 0
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, n_rows - m0)
         # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
         tiled_rows = -(-rows // TILE_ROWS[variant]) * TILE_ROWS[variant]
-        acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
+        acc = np.empty((0 if in_registers else tiled_rows, c0.shape[0]), np.int32)
         a_rows = np.empty(tiled_rows, np.int64)
         if implicit:
             _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
@@ -347,10 +374,15 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
                 a_rows[r] = r * groups
             a = patches.reshape(patches.size).view(np.int32)
         a_rows[rows:] = a_rows[0]
-        _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc)
-        saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
-                                             multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                                             out[m0:m0 + rows])
+        if in_registers:
+            rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
+                    out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
+            saturation_count += _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, rint)
+        else:
+            _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, None)
+            saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
+                                                 multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                                                 out[m0:m0 + rows])
     return saturation_count
 
 
