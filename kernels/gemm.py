@@ -7,7 +7,10 @@ writing an int32 tensor (white paper §2.1 MAC array, §2.2 requantization).
 The fast path computes ``bias + sum (x - z_x)(w - z_w)`` as one GEMM per
 chunk of output pixels: the register-tiled micro-kernel of
 :mod:`intsim.kernels.microkernel` over 16 output channels at a time, then
-:func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators.
+:func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators; for
+``FLOAT32_RINT`` within the 32-bit lanes' preconditions (zero accumulator zero
+point, output zero point and clamp bounds within 2**16) the micro-kernel
+requantizes its tile in registers and stores output codes (no int32 chunk).
 Where the micro-kernel reads its rows:
 
 implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes already are the packed form)

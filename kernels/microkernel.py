@@ -30,6 +30,25 @@ be equally spaced (a tile may cross the end of an output row), and the
 weights of tap ``t`` follow those of tap ``t - 1`` in every block.
 ``mac_tile`` is the one-tap form with ``a_rows[r] = a_off + r * a_stride``.
 
+``mac_tile_rint(..., c0, c0_off, scale, lo, hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride)``
+and ``mac_tile_taps_rint`` (the operands of ``mac_tile`` / ``mac_tile_taps`` up
+to ``c0_off``) requantize the finished tile in registers instead of storing
+it, by the ``FLOAT32_RINT`` rule (onnxruntime's, white paper §2.2) exactly as
+:func:`intsim.kernels.mac._lane_float32` computes it::
+
+    v = rint(float32(acc) * scale[c0_off + 16*b + j])          # float32, ties to even
+    out[out_off + r*out_stride + 16*b + j] = int(min(max(v, lo), hi)) + zero_point
+
+narrowed to ``out``'s integer type, for ``r < valid_rows`` and ``16*b + j <
+valid_channels`` only (masked stores: nothing else is written).  ``scale``
+is a float32 array laid out like ``c0``; ``lo`` and ``hi`` are the clamp
+bounds minus the zero point.  The caller keeps ``|zero_point|`` and the clamp
+bounds <= 2**16 (``mac.LANES_LIMIT``), so ``lo`` and ``hi`` are exact in
+float32 and the clamped value plus the zero point fits the output type.  They
+return the number of stored elements whose ``v`` lay outside ``[lo, hi]``
+(the clamp count of the requantization statistics), counted per vector by a
+popcount of the compare masks.  No int32 tile is written.
+
 The accumulators stay in registers for the whole reduction (all taps): ``rows * blocks``
 vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
 by every row, and one broadcast of a packed activation per row, shared by
