@@ -7,7 +7,10 @@ writing an int32 tensor (white paper §2.1 MAC array, §2.2 requantization).
 The fast path computes ``bias + sum (x - z_x)(w - z_w)`` as one GEMM per
 chunk of output pixels: the register-tiled micro-kernel of
 :mod:`intsim.kernels.microkernel` over 16 output channels at a time, then
-:func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators.
+:func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators; for
+``FLOAT32_RINT`` within the 32-bit lanes' preconditions (zero accumulator zero
+point, output zero point and clamp bounds within 2**16) the micro-kernel
+requantizes its tile in registers and stores output codes (no int32 chunk).
 Where the micro-kernel reads its rows:
 
 implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes already are the packed form)
@@ -74,7 +77,9 @@ from intsim.kernels.isa import (
     VNNI_QUADS,
 )
 from intsim.kernels.depthwise import PackedDepthwise, depthwise_run, pack_depthwise
+from intsim.fixedpoint import FLOAT32_RINT
 from intsim.kernels.mac import (
+    LANES_LIMIT,
     _c0_per_output,
     _conv2d_out,
     _fits,
@@ -85,7 +90,7 @@ from intsim.kernels.mac import (
     matmul_acc,
     requantize,
 )
-from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps
+from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps, mac_tile_taps_rint
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
@@ -141,40 +146,62 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
-def _column_tiles(variant, blocks, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb):
-    # Columns nb .. nb + width of every row, in tiles of ``blocks`` blocks
-    # (a compile-time constant; 0: the variant's full width) and their rows
-    # (tile_rows).  The tile's weights are reused by every row tile of the
-    # chunk before the next blocks are read.
-    width = blocks if blocks else TILE_BLOCKS[variant]
-    step = TILE_ROWS[variant] * TILE_BLOCKS[variant] // width
-    block_words = taps.shape[0] * groups * LANES
-    for r in range(0, a_rows.shape[0], step):
-        mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES, acc_flat,
-                      r * c_stride + nb * LANES, c_stride)
+def _tile(variant, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat, c_stride, rint):
+    # One tile of ``blocks`` (0: the variant's full width) at row r: int32 into acc_flat when
+    # ``rint`` is None, else requantized in registers into rint's output (returns its clamp count).
+    if rint is None:
+        mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat,
+                      r * c_stride + c0_off, c_stride)
+        return 0
+    scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
+    return mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, scale32, lo, hi,
+                              zero_point, valid_rows - r, channels - c0_off, out_flat, r * channels + c0_off,
+                              channels)
 
 
 @njit(inline="always")
-def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc):
+def _column_tiles(variant, blocks, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint):
+    # Columns nb .. nb + width of every row, in tiles of ``blocks`` blocks
+    # (a compile-time constant; 0: the variant's full width) and their rows
+    # (tile_rows).  The tile's weights are reused by every row tile of the
+    # chunk before the next blocks are read.  Returns the clamp count of
+    # the tiles requantized in registers (0 for int32 tiles).
+    width = blocks if blocks else TILE_BLOCKS[variant]
+    step = TILE_ROWS[variant] * TILE_BLOCKS[variant] // width
+    block_words = taps.shape[0] * groups * LANES
+    saturation_count = 0
+    for r in range(0, a_rows.shape[0], step):
+        saturation_count += _tile(variant, blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES,
+                                  acc_flat, c_stride, rint)
+    return saturation_count
+
+
+@njit(inline="always")
+def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc, rint):
     # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
     # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
     # against the weights of tap t; ``rows`` is a multiple of _row_quantum.
     # Full-width tiles, then one taller, narrower tile over the blocks left
     # over (see isa.tile_rows).  Inlined with a constant ``variant``, which
-    # mac_tile_taps needs at compile time.
-    c_stride = acc.shape[1]
-    n_blocks = c_stride // LANES
+    # mac_tile_taps needs at compile time.  With ``rint`` = (float32 scales
+    # padded like c0, lo, hi, zero point, valid rows, channels, the chunk's
+    # flat output [valid rows * channels]) the tiles are requantized in
+    # registers instead (acc unused) and the clamp count is returned.
+    n_blocks = c0.shape[0] // LANES
     acc_flat = acc.reshape(acc.size)
+    c_stride = acc.shape[1]
     full = n_blocks - n_blocks % TILE_BLOCKS[variant]
+    saturation_count = 0
     for nb in range(0, full, TILE_BLOCKS[variant]):
-        _column_tiles(variant, 0, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb)
+        saturation_count += _column_tiles(variant, 0, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint)
     rest = n_blocks - full
     if rest == 1:
-        _column_tiles(variant, 1, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+        saturation_count += _column_tiles(variant, 1, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
     elif rest == 2:
-        _column_tiles(variant, 2, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+        saturation_count += _column_tiles(variant, 2, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
     elif rest == 3:
-        _column_tiles(variant, 3, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full)
+        saturation_count += _column_tiles(variant, 3, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+    return saturation_count
 
 
 @njit(inline="always")
@@ -194,20 +221,19 @@ def _row_quantum(variant, n_blocks):
 
 
 @njit(cache=True)
-def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc):
+def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, rint):
     # _gemm_tiles with ``variant`` made a compile-time constant.
     if variant == VNNI_QUADS:
-        _gemm_tiles(VNNI_QUADS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == VNNI_PAIRS:
-        _gemm_tiles(VNNI_PAIRS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == AVX512_PAIRS:
-        _gemm_tiles(AVX512_PAIRS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == AVX2_PAIRS:
-        _gemm_tiles(AVX2_PAIRS, a, a_rows, taps, w, groups, c0, acc)
-    elif variant == PORTABLE_QUADS:
-        _gemm_tiles(PORTABLE_QUADS, a, a_rows, taps, w, groups, c0, acc)
-    else:
-        _gemm_tiles(PORTABLE_PAIRS, a, a_rows, taps, w, groups, c0, acc)
+        return _gemm_tiles(VNNI_QUADS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == VNNI_PAIRS:
+        return _gemm_tiles(VNNI_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == AVX512_PAIRS:
+        return _gemm_tiles(AVX512_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == AVX2_PAIRS:
+        return _gemm_tiles(AVX2_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+    if variant == PORTABLE_QUADS:
+        return _gemm_tiles(PORTABLE_QUADS, a, a_rows, taps, w, groups, c0, acc, rint)
+    return _gemm_tiles(PORTABLE_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
 
 
 @njit(cache=True)
@@ -354,6 +380,12 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max) = settings
     n_rows = out.shape[0]
+    # FLOAT32_RINT within the 32-bit lanes' preconditions (mac._requantize_core) is requantized in the
+    # micro-kernel's registers: no int32 tile is written.
+    in_registers = rounding == FLOAT32_RINT and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT
+    scale32 = np.zeros(c0.shape[0], np.float32)
+    for c in range(out.shape[1]):
+        scale32[c] = np.float32(scale[c])
     saturation_count = 0
     quantum = _row_quantum(variant, c0.shape[0] // LANES)
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
@@ -361,7 +393,7 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
         rows = min(chunk_rows, n_rows - m0)
         # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
         tiled_rows = -(-rows // quantum) * quantum
-        acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
+        acc = np.empty((0 if in_registers else tiled_rows, c0.shape[0]), np.int32)
         a_rows = np.empty(tiled_rows, np.int64)
         if implicit:
             _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
@@ -374,10 +406,15 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
                 a_rows[r] = r * groups
             a = patches.reshape(patches.size).view(np.int32)
         a_rows[rows:] = a_rows[0]
-        _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc)
-        saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
-                                             multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                                             out[m0:m0 + rows])
+        if in_registers:
+            rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
+                    out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
+            saturation_count += _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, rint)
+        else:
+            _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, None)
+            saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
+                                                 multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                                                 out[m0:m0 + rows])
     return saturation_count
 
 

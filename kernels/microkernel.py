@@ -31,6 +31,25 @@ be equally spaced (a tile may cross the end of an output row), and the
 weights of tap ``t`` follow those of tap ``t - 1`` in every block.
 ``mac_tile`` is the one-tap form with ``a_rows[r] = a_off + r * a_stride``.
 
+``mac_tile_rint(..., c0, c0_off, scale, lo, hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride)``
+and ``mac_tile_taps_rint`` (the operands of ``mac_tile`` / ``mac_tile_taps`` up
+to ``c0_off``) requantize the finished tile in registers instead of storing
+it, by the ``FLOAT32_RINT`` rule (onnxruntime's, white paper §2.2) exactly as
+:func:`intsim.kernels.mac._lane_float32` computes it::
+
+    v = rint(float32(acc) * scale[c0_off + 16*b + j])          # float32, ties to even
+    out[out_off + r*out_stride + 16*b + j] = int(min(max(v, lo), hi)) + zero_point
+
+narrowed to ``out``'s integer type, for ``r < valid_rows`` and ``16*b + j <
+valid_channels`` only (masked stores: nothing else is written).  ``scale``
+is a float32 array laid out like ``c0``; ``lo`` and ``hi`` are the clamp
+bounds minus the zero point.  The caller keeps ``|zero_point|`` and the clamp
+bounds <= 2**16 (``mac.LANES_LIMIT``), so ``lo`` and ``hi`` are exact in
+float32 and the clamped value plus the zero point fits the output type.  They
+return the number of stored elements whose ``v`` lay outside ``[lo, hi]``
+(the clamp count of the requantization statistics), counted per vector by a
+popcount of the compare masks.  No int32 tile is written.
+
 The accumulators stay in registers for the whole reduction (all taps): ``rows * blocks``
 vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
 by every row, and one broadcast of a packed activation per row, shared by
@@ -54,6 +73,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import (
@@ -148,12 +168,13 @@ def _literal(value):
 
 
 def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_taps, tap_offset, w_data, w_off,
-               groups, c0_data, c0_off, c_data, c_off, c_stride):
+               groups, c0_data, c0_off, store):
     # The tile of the module docstring as two nested loops, taps outside and
     # groups inside, with the rows x blocks accumulators as phi nodes of both.
     # ``a_starts`` are the rows' first words (i64 values), ``tap_offset(t)``
     # the word offset of tap ``t`` (an i64 value); the weights of tap ``t``
-    # follow those of tap ``t - 1`` in every block.
+    # follow those of tap ``t - 1`` in every block.  ``store(r, b, acc)``
+    # emits the epilogue of the finished accumulators of row r, block b.
     w_block_stride = builder.mul(builder.mul(n_taps, groups), ir.Constant(_I64, LANES))
 
     def vector_at(data, index):
@@ -163,8 +184,6 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
         return builder.add(base, builder.mul(stride, ir.Constant(_I64, i)))
 
     tile = [(r, b) for r in range(n_rows) for b in range(n_blocks)]
-    c_ptrs = [vector_at(c_data, builder.add(offset(c_off, c_stride, r), ir.Constant(_I64, b * LANES)))
-              for r, b in tile]
     c0_vecs = [builder.load(vector_at(c0_data, builder.add(c0_off, ir.Constant(_I64, b * LANES))), align=4)
                for b in range(n_blocks)]
     start = [c0_vecs[b] for _, b in tile]
@@ -222,9 +241,75 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
         final.add_incoming(first, entry)
         final.add_incoming(last, tap_next)
         finals.append(final)
-    for p, final in zip(c_ptrs, finals):
-        builder.store(final, p, align=4)
-    return context.get_dummy_value()
+    for (r, b), final in zip(tile, finals):
+        store(r, b, final)
+
+
+def _int32_store(builder, c_data, c_off, c_stride):
+    # The plain epilogue: the accumulators as int32 at c[c_off + r*c_stride + 16*b + j].
+    def store(r, b, acc):
+        index = builder.add(builder.add(c_off, builder.mul(c_stride, ir.Constant(_I64, r))), ir.Constant(_I64, b * LANES))
+        builder.store(acc, builder.bitcast(builder.gep(c_data, [index]), _ACC.as_pointer()), align=4)
+
+    return store
+
+
+_F32 = ir.FloatType()
+_V_F32 = ir.VectorType(_F32, LANES)
+_MASK = ir.VectorType(ir.IntType(1), LANES)
+
+
+def _splat(builder, value, vector_type):
+    first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), ir.Constant(_ACC, [0] * LANES))
+
+
+def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data, out_type,
+                out_off, out_stride, count):
+    # The FLOAT32_RINT epilogue in registers, lane for lane what
+    # mac._lane_float32 computes: float32(acc) * float32 scale (round to
+    # nearest even, as numpy's conversions and product), rint (ties to even in
+    # the default floating-point environment), clamp to [lo, hi] in float,
+    # convert, add the zero point, narrow to the output width.  The caller
+    # guarantees |zero point| and the clamp bounds <= 2**16, so lo and hi
+    # (the bounds minus the zero point) are exact in float32 and the clamped
+    # value plus the zero point fits the output type.  Only rows below
+    # ``valid_rows`` and channels below ``valid_channels`` (both counted from
+    # the tile's first) are stored, by masked stores; their clamps are
+    # counted into ``count[0]`` (an i64 slot).
+    out_int = out_type
+    out_vector = ir.VectorType(out_int, LANES)
+    masked_store = _declare(builder, f"llvm.masked.store.v{LANES}i{out_int.width}.p0", ir.VoidType(),
+                            [out_vector, out_vector.as_pointer(), _I32, _MASK])
+    popcount = _declare(builder, "llvm.ctpop.i16", ir.IntType(16), [ir.IntType(16)])
+    rint = _declare(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
+    lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
+    hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
+    zero_point_v = _splat(builder, builder.trunc(zero_point, _I32), _ACC)
+    channels_v = _splat(builder, builder.trunc(valid_channels, _I32), _ACC)
+    no_lanes = ir.Constant(_MASK, [0] * LANES)
+    scales = {}
+
+    def store(r, b, acc):
+        if b not in scales:
+            index = builder.add(scale_off, ir.Constant(_I64, b * LANES))
+            scales[b] = builder.load(builder.bitcast(builder.gep(scale_data, [index]), _V_F32.as_pointer()), align=4)
+        value = builder.call(rint, [builder.fmul(builder.sitofp(acc, _V_F32), scales[b])])
+        below, above = builder.fcmp_ordered("<", value, lo_v), builder.fcmp_ordered(">", value, hi_v)
+        clamped = builder.select(below, lo_v, builder.select(above, hi_v, value))
+        codes = builder.trunc(builder.add(builder.fptosi(clamped, _ACC), zero_point_v), out_vector) \
+            if out_int.width < 32 else builder.add(builder.fptosi(clamped, _ACC), zero_point_v)
+        lanes = builder.icmp_signed("<", ir.Constant(_ACC, [b * LANES + j for j in range(LANES)]), channels_v)
+        mask = builder.select(builder.icmp_signed("<", ir.Constant(_I64, r), valid_rows), lanes, no_lanes)
+        index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(_I64, r))),
+                            ir.Constant(_I64, b * LANES))
+        pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
+        builder.call(masked_store, [codes, pointer, ir.Constant(_I32, out_int.width // 8), mask])
+        flags = builder.bitcast(builder.and_(builder.or_(below, above), mask), ir.IntType(16))
+        clamps = builder.zext(builder.call(popcount, [flags]), _I64)
+        builder.store(builder.add(builder.load(count), clamps), count)
+
+    return store
 
 
 def _tile_size(variant, rows, blocks):
@@ -245,26 +330,71 @@ def _i64(context, builder, signature, args, *indices):
     return [context.cast(builder, args[i], signature.args[i], types.int64) for i in indices]
 
 
+def _plain_reads(context, builder, signature, args, n_rows):
+    # The operands of mac_tile (arguments 3-10) as _emit_tile reads them.
+    a_off, a_stride, w_off, groups, c0_off = _i64(context, builder, signature, args, 4, 5, 7, 8, 10)
+    a_starts = [builder.add(a_off, builder.mul(a_stride, ir.Constant(_I64, r))) for r in range(n_rows)]
+    return (_data(context, builder, signature, args, 3), a_starts, ir.Constant(_I64, 1),
+            lambda t: ir.Constant(_I64, 0), _data(context, builder, signature, args, 6), w_off, groups,
+            _data(context, builder, signature, args, 9), c0_off)
+
+
+def _taps_reads(context, builder, signature, args, n_rows):
+    # The operands of mac_tile_taps (arguments 3-11) as _emit_tile reads them.
+    a_rows_off, w_off, groups, c0_off = _i64(context, builder, signature, args, 5, 8, 9, 11)
+    rows_data = _data(context, builder, signature, args, 4)
+    a_starts = [builder.load(builder.gep(rows_data, [builder.add(a_rows_off, ir.Constant(_I64, r))]))
+                for r in range(n_rows)]
+    taps_array = context.make_array(signature.args[6])(context, builder, args[6])
+    n_taps = builder.extract_value(taps_array.shape, 0)
+    return (_data(context, builder, signature, args, 3), a_starts, n_taps,
+            lambda t: builder.load(builder.gep(taps_array.data, [t])), _data(context, builder, signature, args, 7),
+            w_off, groups, _data(context, builder, signature, args, 10), c0_off)
+
+
+def _int32_codegen(variant_code, n_rows, n_blocks, reads, first):
+    # The int32 tile: its operands from ``reads``, then c, c_off, c_stride at arguments first..first+2.
+    def codegen(context, builder, signature, args):
+        c_off, c_stride = _i64(context, builder, signature, args, first + 1, first + 2)
+        store = _int32_store(builder, _data(context, builder, signature, args, first), c_off, c_stride)
+        _emit_tile(context, builder, variant_code, n_rows, n_blocks,
+                   *reads(context, builder, signature, args, n_rows), store)
+        return context.get_dummy_value()
+
+    return codegen
+
+
+def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
+    # The requantized tile: its operands from ``reads``, then scale, lo, hi, zero_point, valid_rows,
+    # valid_channels, out, out_off, out_stride at arguments first..first+8 (``scale_off`` is c0_off).
+    def codegen(context, builder, signature, args):
+        operands = reads(context, builder, signature, args, n_rows)
+        lo, hi, zero_point, valid_rows, valid_channels, out_off, out_stride = _i64(
+            context, builder, signature, args, *range(first + 1, first + 6), first + 7, first + 8)
+        count = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
+        out_type = context.get_data_type(signature.args[first + 6].dtype)
+        store = _rint_store(builder, _data(context, builder, signature, args, first), operands[-1], lo, hi,
+                            zero_point, valid_rows, valid_channels, _data(context, builder, signature, args, first + 6),
+                            out_type, out_off, out_stride, count)
+        _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store)
+        return builder.load(count)
+
+    return codegen
+
+
+def _rint_arguments(scale, out):
+    return (isinstance(scale, types.Array) and scale.dtype == types.float32 and isinstance(out, types.Array)
+            and isinstance(out.dtype, types.Integer) and out.dtype.bitwidth <= 32)
+
+
 @intrinsic
 def mac_tile(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride):
     """See the module docstring."""
     size = _tile_size(variant, rows, blocks)
     if size is None:
         return None
-    variant_code, n_rows, n_blocks = size
     sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, c, c_off, c_stride)
-
-    def codegen(context, builder, signature, args):
-        a_off_v, a_stride_v, w_off_v, groups_v, c0_off_v, c_off_v, c_stride_v = _i64(
-            context, builder, signature, args, 4, 5, 7, 8, 10, 12, 13)
-        a_starts = [builder.add(a_off_v, builder.mul(a_stride_v, ir.Constant(_I64, r))) for r in range(n_rows)]
-        return _emit_tile(context, builder, variant_code, n_rows, n_blocks, _data(context, builder, signature, args, 3),
-                          a_starts, ir.Constant(_I64, 1), lambda t: ir.Constant(_I64, 0),
-                          _data(context, builder, signature, args, 6), w_off_v, groups_v,
-                          _data(context, builder, signature, args, 9), c0_off_v,
-                          _data(context, builder, signature, args, 11), c_off_v, c_stride_v)
-
-    return sig, codegen
+    return sig, _int32_codegen(*size, _plain_reads, 11)
 
 
 @intrinsic
@@ -272,26 +402,32 @@ def mac_tile_taps(typingctx, variant, rows, blocks, a, a_rows, a_rows_off, taps,
                   c_off, c_stride):
     """The tile summed over taps, each row read where it lies (see the module docstring)."""
     size = _tile_size(variant, rows, blocks)
-    if size is None:
-        return None
-    variant_code, n_rows, n_blocks = size
-    if not (a_rows.dtype == types.int64 and taps.dtype == types.int64):
+    if size is None or not (a_rows.dtype == types.int64 and taps.dtype == types.int64):
         return None
     sig = types.void(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, c, c_off,
                      c_stride)
+    return sig, _int32_codegen(*size, _taps_reads, 12)
 
-    def codegen(context, builder, signature, args):
-        a_rows_off_v, w_off_v, groups_v, c0_off_v, c_off_v, c_stride_v = _i64(
-            context, builder, signature, args, 5, 8, 9, 11, 13, 14)
-        rows_data = _data(context, builder, signature, args, 4)
-        a_starts = [builder.load(builder.gep(rows_data, [builder.add(a_rows_off_v, ir.Constant(_I64, r))]))
-                    for r in range(n_rows)]
-        taps_array = context.make_array(signature.args[6])(context, builder, args[6])
-        n_taps = builder.extract_value(taps_array.shape, 0)
-        return _emit_tile(context, builder, variant_code, n_rows, n_blocks, _data(context, builder, signature, args, 3),
-                          a_starts, n_taps, lambda t: builder.load(builder.gep(taps_array.data, [t])),
-                          _data(context, builder, signature, args, 7), w_off_v, groups_v,
-                          _data(context, builder, signature, args, 10), c0_off_v,
-                          _data(context, builder, signature, args, 12), c_off_v, c_stride_v)
 
-    return sig, codegen
+@intrinsic
+def mac_tile_rint(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, scale, lo, hi,
+                  zero_point, valid_rows, valid_channels, out, out_off, out_stride):
+    """The tile of :func:`mac_tile` requantized in registers (``FLOAT32_RINT``; see the module docstring)."""
+    size = _tile_size(variant, rows, blocks)
+    if size is None or not _rint_arguments(scale, out):
+        return None
+    sig = types.int64(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, scale, lo, hi,
+                      zero_point, valid_rows, valid_channels, out, out_off, out_stride)
+    return sig, _rint_codegen(*size, _plain_reads, 11)
+
+
+@intrinsic
+def mac_tile_taps_rint(typingctx, variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off,
+                       scale, lo, hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride):
+    """The tile of :func:`mac_tile_taps` requantized in registers (``FLOAT32_RINT``; see the module docstring)."""
+    size = _tile_size(variant, rows, blocks)
+    if size is None or not (a_rows.dtype == types.int64 and taps.dtype == types.int64 and _rint_arguments(scale, out)):
+        return None
+    sig = types.int64(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, scale, lo,
+                      hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride)
+    return sig, _rint_codegen(*size, _taps_reads, 12)

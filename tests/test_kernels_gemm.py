@@ -652,3 +652,62 @@ def test_float32_lane_requantization_at_its_edges(out_dtype, out_zero_point, sca
 
     assert_same(mac.requantize(**args), naive_mac.requantize(**args))
     assert max(abs(out_zero_point), abs(lo), abs(hi)) <= mac.LANES_LIMIT
+
+
+def _rint_tile(variant, taps_form):
+    """A fresh (uncached) function running the requantized tile of ``variant`` over zero groups (it holds c0)."""
+    from numba import njit
+
+    from intsim.kernels.microkernel import mac_tile_rint, mac_tile_taps_rint
+
+    @njit
+    def tile(c0, scale32, lo, hi, zero_point, valid_rows, valid_channels, out):
+        # out [rows + 1, channels]: the tile is written from its second row on.
+        a, w, stride = np.zeros(1, np.int32), np.zeros(1, np.int32), out.shape[1]
+        if taps_form:
+            return mac_tile_taps_rint(variant, 0, 0, a, np.zeros(16, np.int64), 0, np.zeros(1, np.int64), w, 0, 0,
+                                      c0, 0, scale32, lo, hi, zero_point, valid_rows, valid_channels,
+                                      out.reshape(out.size), stride, stride)
+        return mac_tile_rint(variant, 0, 0, a, 0, 0, w, 0, 0, c0, 0, scale32, lo, hi, zero_point, valid_rows,
+                             valid_channels, out.reshape(out.size), stride, stride)
+
+    return tile
+
+
+@pytest.mark.parametrize("taps_form", [True, False])
+@pytest.mark.parametrize("out_dtype, out_zero_point, clamp", [
+    (np.uint8, 0, (0, 255)), (np.uint8, 255, (0, 255)), (np.int8, -128, (-128, 127)), (np.int8, 127, (-128, 127)),
+    (np.uint8, 17, (17, 40)), (np.int8, -128, (-128, -70)), (np.int16, -32768, (-32768, 32767)),
+])
+def test_requantizing_tile_matches_the_naive_requantization(isa_name, taps_form, out_dtype, out_zero_point, clamp):
+    # With no groups the tile's accumulators are its start values: edge sums around 2**24
+    # and 2**31 and a random batch, per-channel float32 scales, zero points at the range
+    # ends, ReLU6-like clamps.  Only the valid rows and channels are written (the rest keep
+    # their sentinel), and only their clamps are counted.
+    chosen = isa.ISAS[isa_name]
+    rng = np.random.default_rng(abs(out_zero_point) + clamp[1] - clamp[0])
+    edges = [s * 2**i + d for i in (0, 7, 23, 24, 25, 30, 31) for s in (1, -1) for d in range(-2, 3)]
+    edges = [e for e in edges if INT32_MIN <= e <= INT32_MAX]
+    from intsim.kernels import naive_mac
+
+    for variant in {chosen.pairs, chosen.quads} - {None}:
+        rows, channels = isa.TILE_ROWS[variant], 16 * isa.TILE_BLOCKS[variant]
+        scale = rng.choice([1.0, 2.0**-7, 0.999999, 3e-3, 1e-5], size=channels)
+        real_rows = [rng.choice(edges + list(rng.integers(-70000, 70001, size=8)), size=channels)
+                     for _ in range(rows)]
+        tile = _rint_tile(variant, taps_form)
+        for valid_rows, valid_channels in [(rows, channels), (rows - 1, channels - 5), (1, 1), (0, channels)]:
+            for row in real_rows:  # every tile row holds the same start values c0: one row per call
+                c0 = np.asarray(row, np.int64).astype(np.int32)
+                out = np.full((rows + 1, channels), 99, out_dtype)
+                count = tile(
+                    c0, scale.astype(np.float32), clamp[0] - out_zero_point, clamp[1] - out_zero_point,
+                    out_zero_point, valid_rows, valid_channels, out)
+                expected, clamps = naive_mac.requantize(
+                    np.tile(c0.astype(np.int64)[:valid_channels], (valid_rows, 1)), 0, np.ones(valid_channels, np.int64),
+                    np.zeros(valid_channels, np.int64), scale[:valid_channels], fixedpoint.FLOAT32_RINT, 31,
+                    out_zero_point, *clamp, out_dtype)
+                sentinel = np.full((rows + 1, channels), 99, out_dtype)
+                sentinel[1 + np.arange(valid_rows)[:, None], np.arange(valid_channels)] = expected
+                np.testing.assert_array_equal(out, sentinel, strict=True)
+                assert count == clamps
