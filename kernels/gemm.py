@@ -94,7 +94,7 @@ from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps, mac_tile_
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
-# multiple of every _row_quantum (24, 12, 8, 6, 4): only a last chunk is padded.
+# multiple of every tile's rows (24, 12, 8, 6, 4): only a last chunk is padded.
 CHUNK_ROWS = 96
 
 
@@ -160,8 +160,9 @@ def _tile(variant, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc
 
 
 @njit(inline="always")
-def _column_tiles(variant, blocks, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint):
-    # Columns nb .. nb + width of every row, in tiles of ``blocks`` blocks
+def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint):
+    # Columns nb .. nb + width of the first ``rows`` rows (a_rows and acc hold
+    # the rows up to the last tile's end, see _padded_rows), in tiles of ``blocks`` blocks
     # (a compile-time constant; 0: the variant's full width) and their rows
     # (tile_rows).  The tile's weights are reused by every row tile of the
     # chunk before the next blocks are read.  Returns the clamp count of
@@ -170,17 +171,17 @@ def _column_tiles(variant, blocks, a, a_rows, taps, w, groups, c0, acc_flat, c_s
     step = TILE_ROWS[variant] * TILE_BLOCKS[variant] // width
     block_words = taps.shape[0] * groups * LANES
     saturation_count = 0
-    for r in range(0, a_rows.shape[0], step):
+    for r in range(0, rows, step):
         saturation_count += _tile(variant, blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES,
                                   acc_flat, c_stride, rint)
     return saturation_count
 
 
 @njit(inline="always")
-def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc, rint):
-    # acc [rows, n_blocks * 16] receives c0 plus, for every row r, the sum over
-    # the taps t of the ``groups`` words of ``a`` from a_rows[r] + taps[t]
-    # against the weights of tap t; ``rows`` is a multiple of _row_quantum.
+def _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
+    # acc [_padded_rows, n_blocks * 16] receives c0 plus, for every row r < rows
+    # (and the padding rows of the last tiles), the sum over the taps t of the
+    # ``groups`` words of ``a`` from a_rows[r] + taps[t] against the weights of tap t.
     # Full-width tiles, then one taller, narrower tile over the blocks left
     # over (see isa.tile_rows).  Inlined with a constant ``variant``, which
     # mac_tile_taps needs at compile time.  With ``rint`` = (float32 scales
@@ -193,47 +194,47 @@ def _gemm_tiles(variant, a, a_rows, taps, w, groups, c0, acc, rint):
     full = n_blocks - n_blocks % TILE_BLOCKS[variant]
     saturation_count = 0
     for nb in range(0, full, TILE_BLOCKS[variant]):
-        saturation_count += _column_tiles(variant, 0, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint)
+        saturation_count += _column_tiles(variant, 0, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint)
     rest = n_blocks - full
     if rest == 1:
-        saturation_count += _column_tiles(variant, 1, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        saturation_count += _column_tiles(variant, 1, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
     elif rest == 2:
-        saturation_count += _column_tiles(variant, 2, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        saturation_count += _column_tiles(variant, 2, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
     elif rest == 3:
-        saturation_count += _column_tiles(variant, 3, a, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        saturation_count += _column_tiles(variant, 3, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
     return saturation_count
 
 
 @njit(inline="always")
-def _row_quantum(variant, n_blocks):
-    # The rows a chunk is padded to: a multiple of the rows of every tile
-    # _gemm_tiles runs over ``n_blocks`` blocks.
-    rows, width = TILE_ROWS[variant], TILE_BLOCKS[variant]
+def _padded_rows(variant, n_blocks, rows):
+    # The rows a chunk of ``rows`` rows is padded to: the end of the last row
+    # tile of each tile shape _gemm_tiles runs over ``n_blocks`` blocks (the
+    # full tiles' TILE_ROWS, the leftover blocks' taller tile).  Each shape
+    # pads on its own, so a few rows (a small batch's fully-connected layer)
+    # are not padded to a common multiple of both.
+    tile_rows, width = TILE_ROWS[variant], TILE_BLOCKS[variant]
     rest = n_blocks % width
-    if rest == 0:
-        return rows
-    tall = rows * width // rest
-    quantum = tall
-    if n_blocks > rest:
-        while quantum % rows:
-            quantum += tall
-    return quantum
+    padded = -(-rows // tile_rows) * tile_rows if n_blocks >= width else rows
+    if rest:
+        tall = tile_rows * width // rest
+        padded = max(padded, -(-rows // tall) * tall)
+    return padded
 
 
 @njit(cache=True)
-def _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, rint):
+def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
     # _gemm_tiles with ``variant`` made a compile-time constant.
     if variant == VNNI_QUADS:
-        return _gemm_tiles(VNNI_QUADS, a, a_rows, taps, w, groups, c0, acc, rint)
+        return _gemm_tiles(VNNI_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
     if variant == VNNI_PAIRS:
-        return _gemm_tiles(VNNI_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+        return _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
     if variant == AVX512_PAIRS:
-        return _gemm_tiles(AVX512_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+        return _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
     if variant == AVX2_PAIRS:
-        return _gemm_tiles(AVX2_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+        return _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
     if variant == PORTABLE_QUADS:
-        return _gemm_tiles(PORTABLE_QUADS, a, a_rows, taps, w, groups, c0, acc, rint)
-    return _gemm_tiles(PORTABLE_PAIRS, a, a_rows, taps, w, groups, c0, acc, rint)
+        return _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    return _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
 
 
 @njit(cache=True)
@@ -387,12 +388,11 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     for c in range(out.shape[1]):
         scale32[c] = np.float32(scale[c])
     saturation_count = 0
-    quantum = _row_quantum(variant, c0.shape[0] // LANES)
     for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, n_rows - m0)
         # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
-        tiled_rows = -(-rows // quantum) * quantum
+        tiled_rows = _padded_rows(variant, c0.shape[0] // LANES, rows)
         acc = np.empty((0 if in_registers else tiled_rows, c0.shape[0]), np.int32)
         a_rows = np.empty(tiled_rows, np.int64)
         if implicit:
@@ -409,9 +409,9 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
         if in_registers:
             rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                     out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            saturation_count += _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, rint)
+            saturation_count += _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
         else:
-            _gemm_chunk(variant, a, a_rows, taps, w, groups, c0, acc, None)
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
             saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
                                                  multiplier_bits, out_zero_point, clamp_min, clamp_max,
                                                  out[m0:m0 + rows])

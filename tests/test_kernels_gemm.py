@@ -711,3 +711,14 @@ def test_requantizing_tile_matches_the_naive_requantization(isa_name, taps_form,
                 sentinel[1 + np.arange(valid_rows)[:, None], np.arange(valid_channels)] = expected
                 np.testing.assert_array_equal(out, sentinel, strict=True)
                 assert count == clamps
+
+
+def test_chunks_are_padded_per_tile_shape_not_to_a_common_multiple():
+    # VNNI quads: full tiles of 6 rows x 4 blocks, leftover blocks in one taller tile (3 blocks: 8 rows).
+    # 8 rows over 63 blocks: full tiles end at row 12, the tall tile at row 8, so 12 (a common multiple
+    # of 6 and 8 would make it 24, three times the rows of a batch-8 fully-connected layer).
+    assert gemm._padded_rows(isa.VNNI_QUADS, 63, 8) == 12
+    assert gemm._padded_rows(isa.VNNI_QUADS, 3, 8) == 8
+    assert gemm._padded_rows(isa.VNNI_QUADS, 3, 9) == 16
+    assert gemm._padded_rows(isa.VNNI_QUADS, 4, 8) == 12
+    assert gemm._padded_rows(isa.VNNI_QUADS, 63, 96) == 96
