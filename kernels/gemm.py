@@ -251,6 +251,29 @@ def _fill(dst, start, count, value):
     dst[start:start + count] = value
 
 
+@njit(inline="always")
+def _pixel_before(m0, out_h, out_w):
+    # (n, oh, ow) of the output pixel before flat pixel m0, so that _next_pixel
+    # gives pixel m0: one division per chunk, then rows are stepped (a division
+    # per row costs as much as copying a small window).
+    per_image = out_h * out_w
+    n = m0 // per_image
+    oh = (m0 - n * per_image) // out_w
+    return n, oh, m0 - n * per_image - oh * out_w - 1
+
+
+@njit(inline="always")
+def _next_pixel(n, oh, ow, out_h, out_w):
+    ow += 1
+    if ow == out_w:
+        ow = 0
+        oh += 1
+        if oh == out_h:
+            oh = 0
+            n += 1
+    return n, oh, ow
+
+
 @njit(cache=True)
 def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, patches):
     # patches [rows, row_len]: the encoded window of output pixel m0 + r in
@@ -260,21 +283,10 @@ def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, 
     n_batch, height, width, cin = x.shape
     x_flat = x.reshape(x.size)
     patch_flat = patches.reshape(patches.size)
-    per_image = out_h * out_w
     row_len = patches.shape[1]
-    # The pixel (n, oh, ow) of row m0 by division, then stepped (a division per row costs
-    # as much as copying a small window).
-    n = m0 // per_image
-    oh = (m0 - n * per_image) // out_w
-    ow = m0 - n * per_image - oh * out_w - 1
+    n, oh, ow = _pixel_before(m0, out_h, out_w)
     for r in range(rows):
-        ow += 1
-        if ow == out_w:
-            ow = 0
-            oh += 1
-            if oh == out_h:
-                oh = 0
-                n += 1
+        n, oh, ow = _next_pixel(n, oh, ow, out_h, out_w)
         dst = r * row_len
         iw0 = ow * sw - left
         row_inside = dw == 1 and iw0 >= 0 and iw0 + kernel_w <= width
@@ -345,18 +357,9 @@ def _encode_pixels(cin, padded_c, source, body, count, a_sub):
 def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows):
     # a_rows[r]: the first word, in an NHWC source of ``pixel_words`` words per
     # pixel, of the window of output pixel m0 + r (its top-left tap).
-    per_image = out_h * out_w
-    n = m0 // per_image
-    oh = (m0 - n * per_image) // out_w
-    ow = m0 - n * per_image - oh * out_w - 1
+    n, oh, ow = _pixel_before(m0, out_h, out_w)
     for r in range(a_rows.shape[0]):
-        ow += 1
-        if ow == out_w:
-            ow = 0
-            oh += 1
-            if oh == out_h:
-                oh = 0
-                n += 1
+        n, oh, ow = _next_pixel(n, oh, ow, out_h, out_w)
         a_rows[r] = ((n * source_h + oh * sh) * source_w + ow * sw) * pixel_words
 
 
