@@ -75,6 +75,7 @@ from intsim.kernels.isa import (
     TILE_ROWS,
     VNNI_PAIRS,
     VNNI_QUADS,
+    tile_rows,
 )
 from intsim.kernels.depthwise import PackedDepthwise, depthwise_run, pack_depthwise
 from intsim.fixedpoint import FLOAT32_RINT
@@ -96,6 +97,26 @@ from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps, mac_tile_
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
 # multiple of every tile's rows (24, 12, 8, 6, 4): only a last chunk is padded.
 CHUNK_ROWS = 96
+# A GEMM that neither copies patches nor writes an int32 tile (the implicit GEMM requantized in
+# registers) keeps no per-chunk buffer but its row offsets, so it takes longer chunks: a chunk's
+# fixed cost (a call, the row offsets, array views) is then spread over up to this many rows, while
+# a layer still splits into several chunks for the threads.  A multiple of CHUNK_ROWS.
+LONG_CHUNK_ROWS = 1536
+
+
+def _chunk_rows(n_rows: int, long_chunks: bool) -> int:
+    """Output rows per chunk of a GEMM over ``n_rows`` rows: CHUNK_ROWS, or with ``long_chunks``
+    about an eighth of the rows in whole CHUNK_ROWS, between CHUNK_ROWS and LONG_CHUNK_ROWS."""
+    if not long_chunks:
+        return CHUNK_ROWS
+    return min(LONG_CHUNK_ROWS, max(CHUNK_ROWS, -(-n_rows // (8 * CHUNK_ROWS)) * CHUNK_ROWS))
+
+
+@njit(cache=True)
+def _requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max):
+    # FLOAT32_RINT within the 32-bit lanes' preconditions (mac._requantize_core) is requantized in
+    # the micro-kernel's registers: no int32 tile is written.
+    return rounding == FLOAT32_RINT and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT
 
 
 def _threads_from_environment() -> int:
@@ -146,34 +167,32 @@ def _apply_threads(work_items) -> int:
 
 
 @njit(inline="always")
-def _tile(variant, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat, c_stride, rint):
-    # One tile of ``blocks`` (0: the variant's full width) at row r: int32 into acc_flat when
-    # ``rint`` is None, else requantized in registers into rint's output (returns its clamp count).
-    if rint is None:
-        mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat,
-                      r * c_stride + c0_off, c_stride)
-        return 0
-    scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
-    return mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, scale32, lo, hi,
-                              zero_point, valid_rows - r, channels - c0_off, out_flat, r * channels + c0_off,
-                              channels)
-
-
-@njit(inline="always")
 def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint):
     # Columns nb .. nb + width of the first ``rows`` rows (a_rows and acc hold
     # the rows up to the last tile's end, see _padded_rows), in tiles of ``blocks`` blocks
     # (a compile-time constant; 0: the variant's full width) and their rows
     # (tile_rows).  The tile's weights are reused by every row tile of the
-    # chunk before the next blocks are read.  Returns the clamp count of
-    # the tiles requantized in registers (0 for int32 tiles).
+    # chunk before the next blocks are read.  int32 tiles go into acc_flat
+    # when ``rint`` is None; otherwise each tile is requantized in registers
+    # into rint's output and the clamp count is returned.  The loops call
+    # the micro-kernel directly: an inlined helper would rebind its array
+    # arguments on every tile, and numba counts each binding with an atomic
+    # reference increment and decrement.
     width = blocks if blocks else TILE_BLOCKS[variant]
-    step = TILE_ROWS[variant] * TILE_BLOCKS[variant] // width
-    block_words = taps.shape[0] * groups * LANES
+    step = tile_rows(variant, width)
+    w_off = nb * taps.shape[0] * groups * LANES
+    c0_off = nb * LANES
+    if rint is None:
+        for r in range(0, rows, step):
+            mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat,
+                          r * c_stride + c0_off, c_stride)
+        return 0
+    scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
     saturation_count = 0
     for r in range(0, rows, step):
-        saturation_count += _tile(variant, blocks, a, a_rows, r, taps, w, nb * block_words, groups, c0, nb * LANES,
-                                  acc_flat, c_stride, rint)
+        saturation_count += mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off,
+                                               scale32, lo, hi, zero_point, valid_rows - r, channels - c0_off,
+                                               out_flat, r * channels + c0_off, channels)
     return saturation_count
 
 
@@ -212,11 +231,11 @@ def _padded_rows(variant, n_blocks, rows):
     # full tiles' TILE_ROWS, the leftover blocks' taller tile).  Each shape
     # pads on its own, so a few rows (a small batch's fully-connected layer)
     # are not padded to a common multiple of both.
-    tile_rows, width = TILE_ROWS[variant], TILE_BLOCKS[variant]
+    full, width = TILE_ROWS[variant], TILE_BLOCKS[variant]
     rest = n_blocks % width
-    padded = -(-rows // tile_rows) * tile_rows if n_blocks >= width else rows
+    padded = -(-rows // full) * full if n_blocks >= width else rows
     if rest:
-        tall = tile_rows * width // rest
+        tall = tile_rows(variant, rest)
         padded = max(padded, -(-rows // tall) * tall)
     return padded
 
@@ -384,20 +403,24 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max) = settings
     n_rows = out.shape[0]
-    # FLOAT32_RINT within the 32-bit lanes' preconditions (mac._requantize_core) is requantized in the
-    # micro-kernel's registers: no int32 tile is written.
-    in_registers = rounding == FLOAT32_RINT and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT
+    in_registers = _requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max)
     scale32 = np.zeros(c0.shape[0], np.float32)
     for c in range(out.shape[1]):
         scale32[c] = np.float32(scale[c])
     saturation_count = 0
-    for chunk in prange((n_rows + chunk_rows - 1) // chunk_rows):
+    n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
+    # Every chunk's row offsets in one array (a slice each, so threads share nothing), and no
+    # int32 tile when the tiles are requantized in registers: a chunk allocates nothing then.
+    chunk_stride = _padded_rows(variant, c0.shape[0] // LANES, chunk_rows)
+    all_rows = np.empty(n_chunks * chunk_stride, np.int64)
+    no_acc = np.empty((0, c0.shape[0]), np.int32)
+    for chunk in prange(n_chunks):
         m0 = chunk * chunk_rows
         rows = min(chunk_rows, n_rows - m0)
         # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
         tiled_rows = _padded_rows(variant, c0.shape[0] // LANES, rows)
-        acc = np.empty((0 if in_registers else tiled_rows, c0.shape[0]), np.int32)
-        a_rows = np.empty(tiled_rows, np.int64)
+        acc = no_acc if in_registers else np.empty((tiled_rows, c0.shape[0]), np.int32)
+        a_rows = all_rows[chunk * chunk_stride:chunk * chunk_stride + tiled_rows]
         if implicit:
             _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
             a = source
@@ -707,11 +730,14 @@ class _GemmLaunch:
         else:
             taps, groups = np.zeros(1, np.int64), packed.groups
         self.implicit, self.padded_shape, self.taps, self.packed, self.pads = implicit, padded_shape, taps, packed, pads
+        n_rows = x_shape[0] * out_h * out_w
+        chunk_rows = _chunk_rows(n_rows, implicit and _requantized_in_registers(rounding, out_zero_point, clamp_min,
+                                                                                clamp_max))
         self.settings = np.array(
             [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
-             pads[1], groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
+             pads[1], groups, chunk_rows, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
              out_zero_point, clamp_min, clamp_max], np.int64)
-        self.chunks = -(-x_shape[0] * out_h * out_w // CHUNK_ROWS)
+        self.chunks = -(-n_rows // chunk_rows)
         self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)

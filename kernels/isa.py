@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
+from numba.extending import register_jitable
 
 from intsim.errors import ValidationError
 
@@ -50,18 +51,27 @@ TILE_BLOCKS = (2, 2, 1, 4, 4, 4)
 GROUP = (2, 4, 2, 2, 2, 4)
 
 
+# The most rows a tile takes: each row's activations are broadcast from their own address, and
+# beyond 12 row pointers (with the loop's other live values) the 16 general registers overflow, so
+# every broadcast would first reload its pointer from the stack.
+MAX_TILE_ROWS = 12
+
+
+@register_jitable
 def tile_rows(variant: int, blocks: int) -> int:
     """Rows of ``variant``'s register tile over ``blocks`` 16-channel blocks (``1 <= blocks <= TILE_BLOCKS``).
 
-    The full tile's accumulator count spread over fewer blocks: a layer whose
-    output channels leave ``blocks < TILE_BLOCKS[variant]`` blocks over (all of
-    them when it has fewer than ``16 * TILE_BLOCKS`` channels) runs them as a
-    taller tile, e.g. 24 x 1, 12 x 2, 8 x 3 on AVX-512 (still 24 zmm
-    accumulators).  One block of 6 rows would keep only 6 independent
-    ``vpdpbusd`` chains in flight, fewer than its latency times its
-    throughput, and would broadcast every activation for one multiply only.
+    The full tile's accumulator count spread over fewer blocks, up to
+    ``MAX_TILE_ROWS`` rows: a layer whose output channels leave ``blocks <
+    TILE_BLOCKS[variant]`` blocks over (all of them when it has fewer than
+    ``16 * TILE_BLOCKS`` channels) runs them as a taller tile, e.g. 12 x 1,
+    12 x 2, 8 x 3 on AVX-512.  One block of 6 rows would keep only 6
+    independent ``vpdpbusd`` chains in flight, fewer than its latency times
+    its throughput, and would broadcast every activation for one multiply
+    only.
     """
-    return TILE_ROWS[variant] * TILE_BLOCKS[variant] // blocks
+    return min(TILE_ROWS[variant] * TILE_BLOCKS[variant] // blocks, MAX_TILE_ROWS)
+
 
 ISAS = {
     isa.name: isa

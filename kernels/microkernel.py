@@ -47,8 +47,8 @@ bounds minus the zero point.  The caller keeps ``|zero_point|`` and the clamp
 bounds <= 2**16 (``mac.LANES_LIMIT``), so ``lo`` and ``hi`` are exact in
 float32 and the clamped value plus the zero point fits the output type.  They
 return the number of stored elements whose ``v`` lay outside ``[lo, hi]``
-(the clamp count of the requantization statistics), counted per vector by a
-popcount of the compare masks.  No int32 tile is written.
+(the clamp count of the requantization statistics), counted in a vector of
+per-lane counts that is summed once per tile.  No int32 tile is written.
 
 The accumulators stay in registers for the whole reduction (all taps): ``rows * blocks``
 vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
@@ -73,7 +73,6 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import (
@@ -265,7 +264,7 @@ def _splat(builder, value, vector_type):
 
 
 def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data, out_type,
-                out_off, out_stride, count):
+                out_off, out_stride):
     # The FLOAT32_RINT epilogue in registers, lane for lane what
     # mac._lane_float32 computes: float32(acc) * float32 scale (round to
     # nearest even, as numpy's conversions and product), rint (ties to even in
@@ -275,28 +274,32 @@ def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, 
     # (the bounds minus the zero point) are exact in float32 and the clamped
     # value plus the zero point fits the output type.  Only rows below
     # ``valid_rows`` and channels below ``valid_channels`` (both counted from
-    # the tile's first) are stored, by masked stores; their clamps are
-    # counted into ``count[0]`` (an i64 slot).
+    # the tile's first) are stored, by masked stores.  Their clamps are
+    # counted per lane in a vector (a clamped lane differs from its rounded
+    # value; one masked add each), summed once when the tile is
+    # done: ``store.clamps()`` emits that sum (an i64 value).
     out_int = out_type
     out_vector = ir.VectorType(out_int, LANES)
     masked_store = _declare(builder, f"llvm.masked.store.v{LANES}i{out_int.width}.p0", ir.VoidType(),
                             [out_vector, out_vector.as_pointer(), _I32, _MASK])
-    popcount = _declare(builder, "llvm.ctpop.i16", ir.IntType(16), [ir.IntType(16)])
     rint = _declare(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
+    add_lanes = _declare(builder, "llvm.vector.reduce.add.v16i32", _I32, [_ACC])
     lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
     hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
     zero_point_v = _splat(builder, builder.trunc(zero_point, _I32), _ACC)
     channels_v = _splat(builder, builder.trunc(valid_channels, _I32), _ACC)
     no_lanes = ir.Constant(_MASK, [0] * LANES)
     scales = {}
+    counts = [ir.Constant(_ACC, [0] * LANES)]
 
     def store(r, b, acc):
         if b not in scales:
             index = builder.add(scale_off, ir.Constant(_I64, b * LANES))
             scales[b] = builder.load(builder.bitcast(builder.gep(scale_data, [index]), _V_F32.as_pointer()), align=4)
         value = builder.call(rint, [builder.fmul(builder.sitofp(acc, _V_F32), scales[b])])
-        below, above = builder.fcmp_ordered("<", value, lo_v), builder.fcmp_ordered(">", value, hi_v)
-        clamped = builder.select(below, lo_v, builder.select(above, hi_v, value))
+        # Each select is one vmaxps / vminps: (a > b ? a : b) is their operation exactly.
+        raised = builder.select(builder.fcmp_ordered(">", value, lo_v), value, lo_v)
+        clamped = builder.select(builder.fcmp_ordered("<", raised, hi_v), raised, hi_v)
         codes = builder.trunc(builder.add(builder.fptosi(clamped, _ACC), zero_point_v), out_vector) \
             if out_int.width < 32 else builder.add(builder.fptosi(clamped, _ACC), zero_point_v)
         lanes = builder.icmp_signed("<", ir.Constant(_ACC, [b * LANES + j for j in range(LANES)]), channels_v)
@@ -305,10 +308,13 @@ def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, 
                             ir.Constant(_I64, b * LANES))
         pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
         builder.call(masked_store, [codes, pointer, ir.Constant(_I32, out_int.width // 8), mask])
-        flags = builder.bitcast(builder.and_(builder.or_(below, above), mask), ir.IntType(16))
-        clamps = builder.zext(builder.call(popcount, [flags]), _I64)
-        builder.store(builder.add(builder.load(count), clamps), count)
+        was_clamped = builder.and_(builder.fcmp_unordered("!=", clamped, value), mask)
+        counts[0] = builder.select(was_clamped, builder.add(counts[0], ir.Constant(_ACC, [1] * LANES)), counts[0])
 
+    def clamps():
+        return builder.zext(builder.call(add_lanes, [counts[0]]), _I64)
+
+    store.clamps = clamps
     return store
 
 
@@ -371,13 +377,12 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
         operands = reads(context, builder, signature, args, n_rows)
         lo, hi, zero_point, valid_rows, valid_channels, out_off, out_stride = _i64(
             context, builder, signature, args, *range(first + 1, first + 6), first + 7, first + 8)
-        count = cgutils.alloca_once_value(builder, ir.Constant(_I64, 0))
         out_type = context.get_data_type(signature.args[first + 6].dtype)
         store = _rint_store(builder, _data(context, builder, signature, args, first), operands[-1], lo, hi,
                             zero_point, valid_rows, valid_channels, _data(context, builder, signature, args, first + 6),
-                            out_type, out_off, out_stride, count)
+                            out_type, out_off, out_stride)
         _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store)
-        return builder.load(count)
+        return store.clamps()
 
     return codegen
 
