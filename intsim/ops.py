@@ -235,7 +235,8 @@ class Op:
 
     def run_untraced(self, plan: dict, inputs: list[np.ndarray], kernels) -> tuple[list[np.ndarray], dict]:
         """:meth:`run` for a caller that keeps no intermediate values: ops may skip work
-        that only a trace reads (the MAC ops write no int32 accumulator tensor)."""
+        that only a trace reads (the MAC ops write no int32 accumulator tensor and count no
+        clamps: their stats then lack ``saturation_count``)."""
         return self.run(plan, inputs, kernels)
 
     def bind(self, plan: dict, kernels):
@@ -286,11 +287,14 @@ class _MacOp(Op):
 
     def bind(self, plan, kernels):
         # The weights are packed for a kernel backend when it is first bound, then kept in the plan.
+        # A bound step reports no clamp count (a run keeps only overflows; a trace counts clamps),
+        # which lets the fast kernels requantize in registers.
         packed = plan.setdefault("packed", {})
         if kernels.__name__ not in packed:
             prepare = getattr(kernels, self.packing_kernel)
             packed[kernels.__name__] = prepare(plan["x_dtype"], *plan["mac"], *plan["acc"])
-        launch = getattr(kernels, self.launcher_kernel)(packed[kernels.__name__], *plan["requant"])
+        launch = getattr(kernels, self.launcher_kernel)(packed[kernels.__name__], *plan["requant"],
+                                                        count_clamps=False)
         finish = self._untraced_result
 
         def step(inputs):
@@ -302,7 +306,10 @@ class _MacOp(Op):
     def _untraced_result(self, plan, inputs, kernels, out, ovf, pairs, saturations):
         if ovf:  # rare, and already on the slow checked path: rerun for the accumulator statistics
             return self.run(plan, inputs, kernels)
-        return [out], {"overflow_count": ovf, "pair_saturation_count": pairs, "saturation_count": saturations}
+        stats = {"overflow_count": ovf, "pair_saturation_count": pairs}
+        if saturations is not None:
+            stats["saturation_count"] = saturations
+        return [out], stats
 
     @staticmethod
     def _channels_and_dtypes(node, graph):

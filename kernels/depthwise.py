@@ -30,7 +30,10 @@ The loop, per output row ``(n, oh)``:
    kernel row.  3x3 and 5x5 windows at stride 1 and 2 have their shapes
    compiled in; any other window runs tap by tap.
 3. the row of accumulators (in L1) is requantized by
-   :func:`intsim.kernels.mac._requantize_core` into the output row.
+   :func:`intsim.kernels.mac._requantize_core` into the output row; or, for
+   ``FLOAT32_RINT`` when the caller wants no clamp count (a model's run),
+   :func:`dw_tile_rint` requantizes each tile in registers and stores its
+   output codes directly (the GEMM's register epilogue).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
-from intsim.kernels.mac import _requantize_core
-from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal
+from intsim.kernels.mac import _requantize_core, requantized_in_registers
+from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal, _rint_arguments, _rint_store
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
 # 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
@@ -52,35 +55,19 @@ TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 4
 HALF_COLUMNS_S1, HALF_COLUMNS_S2 = TILE_COLUMNS_S1 // 2, TILE_COLUMNS_S2 // 2
 
 
-@intrinsic
-def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0,
-            c0_off, c, c_off):
-    """``columns`` output columns of 16 channels (``columns``, ``taps`` and ``stride`` compile-time constants)::
-
-        c[c_off + r*column_step + j] = c0[c0_off + j] + sum_{k < rows} sum_{t < taps}
-            codes[row_offs[k] + a_off + (r*stride + t)*column_step + j] * w[w_off + (k*taps + t)*column_step + j]
-
-    for ``r < columns``, ``j < 16``: ``codes`` uint8 or int16 (zero-extended
-    into int32 lanes), ``w`` int32 whose low halves hold the int16 weights,
-    ``c0`` and ``c`` int32, ``row_offs`` int64.  Each product is one lane of
-    the pairs ``variant``'s multiply-add (see the module docstring).
-    """
-    variant_code, n_columns, n_taps, step = _literal(variant), _literal(columns), _literal(taps), _literal(stride)
-    if None in (variant_code, n_columns, n_taps, step):
-        return None
-    sig = types.void(variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0, c0_off,
-                     c, c_off)
-    code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
-
+def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, epilogue):
+    # The tile's reduction as LLVM IR over dw_tile's first 13 arguments (up to
+    # c0_off); ``epilogue(context, builder, signature, args, finals)`` then
+    # stores the ``n_columns`` finished accumulators.
     def codegen(context, builder, signature, args):
         arg_types = signature.args
 
         def data(i):
             return context.make_array(arg_types[i])(context, builder, args[i]).data
 
-        codes_data, offs_data, w_data, c0_data, c_data = data(4), data(5), data(9), data(11), data(13)
-        rows_v, a_off_v, column_step_v, w_off_v, c0_off_v, c_off_v = (
-            context.cast(builder, args[i], arg_types[i], types.int64) for i in (6, 7, 8, 10, 12, 14)
+        codes_data, offs_data, w_data, c0_data = data(4), data(5), data(9), data(11)
+        rows_v, a_off_v, column_step_v, w_off_v, c0_off_v = (
+            context.cast(builder, args[i], arg_types[i], types.int64) for i in (6, 7, 8, 10, 12)
         )
 
         def at(base, index, vector_type):
@@ -127,11 +114,74 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
             final.add_incoming(start, entry)
             final.add_incoming(last, loop)
             finals.append(final)
-        for r, final in enumerate(finals):
-            builder.store(final, at(c_data, plus(c_off_v, r), _ACC), align=4)
+        epilogue(context, builder, signature, args, finals)
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+def _tile_constants(variant, columns, taps, stride):
+    constants = _literal(variant), _literal(columns), _literal(taps), _literal(stride)
+    return None if None in constants else constants
+
+
+@intrinsic
+def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0,
+            c0_off, c, c_off):
+    """``columns`` output columns of 16 channels (``columns``, ``taps`` and ``stride`` compile-time constants)::
+
+        c[c_off + r*column_step + j] = c0[c0_off + j] + sum_{k < rows} sum_{t < taps}
+            codes[row_offs[k] + a_off + (r*stride + t)*column_step + j] * w[w_off + (k*taps + t)*column_step + j]
+
+    for ``r < columns``, ``j < 16``: ``codes`` uint8 or int16 (zero-extended
+    into int32 lanes), ``w`` int32 whose low halves hold the int16 weights,
+    ``c0`` and ``c`` int32, ``row_offs`` int64.  Each product is one lane of
+    the pairs ``variant``'s multiply-add (see the module docstring).
+    """
+    constants = _tile_constants(variant, columns, taps, stride)
+    if constants is None:
+        return None
+    sig = types.void(variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0, c0_off,
+                     c, c_off)
+
+    def store(context, builder, signature, args, finals):
+        c_data = context.make_array(signature.args[13])(context, builder, args[13]).data
+        c_off_v, column_step_v = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (14, 8))
+        for r, final in enumerate(finals):
+            index = builder.add(c_off_v, builder.mul(column_step_v, ir.Constant(_I64, r)))
+            builder.store(final, builder.bitcast(builder.gep(c_data, [index]), _ACC.as_pointer()), align=4)
+
+    code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
+    return sig, _dw_tile_codegen(*constants, code_type, store)
+
+
+@intrinsic
+def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0,
+                 c0_off, scale, lo, hi, zero_point, valid_channels, out, out_off, out_stride):
+    """The tile of :func:`dw_tile` requantized in registers by the ``FLOAT32_RINT`` rule, as the
+    GEMM's ``mac_tile_rint`` does (:mod:`intsim.kernels.microkernel`): column ``r``, channel
+    ``j < valid_channels`` of the tile goes to ``out[out_off + r*out_stride + j]``; ``scale`` is
+    float32, laid out like ``c0``; no clamp is counted."""
+    constants = _tile_constants(variant, columns, taps, stride)
+    if constants is None or not _rint_arguments(scale, out):
+        return None
+    sig = types.void(variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0, c0_off,
+                     scale, lo, hi, zero_point, valid_channels, out, out_off, out_stride)
+
+    def store(context, builder, signature, args, finals):
+        def data(i):
+            return context.make_array(signature.args[i])(context, builder, args[i]).data
+
+        c0_off_v, lo_v, hi_v, zero_point_v, channels_v, out_off_v, out_stride_v = (
+            context.cast(builder, args[i], signature.args[i], types.int64) for i in (12, 14, 15, 16, 17, 19, 20))
+        rint_store = _rint_store(builder, data(13), c0_off_v, lo_v, hi_v, zero_point_v,
+                                 ir.Constant(_I64, len(finals)), channels_v, data(18),
+                                 context.get_data_type(signature.args[18].dtype), out_off_v, out_stride_v)
+        for r, final in enumerate(finals):
+            rint_store(r, 0, final)
+
+    code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
+    return sig, _dw_tile_codegen(*constants, code_type, store)
 
 
 @njit(inline="always")
@@ -149,14 +199,24 @@ def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, cod
 
 
 @njit(inline="always")
-def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc):
+def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc, rint):
+    # The tile of ``columns`` output columns from column ow0, every 16 channels:
+    # int32 into the row of accumulators ``acc`` when ``rint`` is None, else
+    # requantized in registers into the output row (see _depthwise_rows).
     for cb in range(0, padded_channels, LANES):
-        dw_tile(variant, columns, taps, stride, ring, row_offs, rows, ow0 * stride * padded_channels + cb,
-                padded_channels, w_words, cb, c0, cb, acc, ow0 * padded_channels + cb)
+        a_off = ow0 * stride * padded_channels + cb
+        if rint is None:
+            dw_tile(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_words, cb, c0, cb,
+                    acc, ow0 * padded_channels + cb)
+        else:
+            scale32, lo, hi, zero_point, channels, out_row = rint
+            dw_tile_rint(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_words, cb,
+                         c0, cb, scale32, lo, hi, zero_point, channels - cb, out_row, ow0 * channels + cb, channels)
 
 
 @njit(inline="always")
-def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, out_w, acc):
+def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, out_w, acc,
+              rint):
     # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
     # ``taps`` and ``stride`` (dw_tile needs them at compile time).  The last
     # tile of a row moves left to end at the row's end: it computes a few
@@ -165,14 +225,15 @@ def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded
     while ow0 < out_w:
         if out_w >= columns:
             ow0 = min(ow0, out_w - columns)
-            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc,
+                     rint)
             ow0 += columns
         elif out_w >= half:
             ow0 = min(ow0, out_w - half)
-            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc, rint)
             ow0 += half
         else:
-            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc, rint)
             ow0 += 1
 
 
@@ -182,9 +243,11 @@ def _compiled_in(kernel_w, sw, dw):
 
 
 @njit(inline="always")
-def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc):
+def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc,
+                   rint):
     # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
-    # else one tap at a time: ``row_offs`` then lists every tap (see _depthwise_rows).
+    # else one tap at a time: ``row_offs`` then lists every tap (see _depthwise_rows;
+    # ``rint`` is None there).
     if not _compiled_in(kernel_w, sw, dw):
         for ow in range(out_w):  # one tap per row offset, the stride in the offset
             for cb in range(0, padded_channels, LANES):
@@ -192,21 +255,21 @@ def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_c
                         padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
     elif kernel_w == 3 and sw == 1:
         _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_words, c0, out_w, acc, rint)
     elif kernel_w == 3:
         _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_words, c0, out_w, acc, rint)
     elif sw == 1:
         _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_words, c0, out_w, acc, rint)
     else:
         _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_words, c0, out_w, acc, rint)
 
 
 # The scalar arguments of the core, in one int64 array.
 SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_sub", "pad_code", "padded_channels",
-            "chunks", "rounding", "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max")
+            "chunks", "rounding", "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
 
 
 @njit(inline="always")
@@ -216,7 +279,7 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
     # holds padded input row ih with ih % ring_rows == s, as
     # [codes_width, padded_channels] codes, the image from column ``left``.
     (kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, padded_channels, chunks, rounding,
-     multiplier_bits, out_zero_point, clamp_min, clamp_max) = settings
+     multiplier_bits, out_zero_point, clamp_min, clamp_max, in_registers) = settings
     n_batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
     x_flat = x.reshape(x.size)
@@ -226,6 +289,9 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
     rows_per_image = out_h * sh + ring_rows  # more than any padded row index a window reaches
     whole_rows = _compiled_in(kernel_w, sw, dw)
     total_rows = n_batch * out_h
+    scale32 = np.zeros(padded_channels, np.float32)  # the register epilogue's scales, laid out like c0
+    for c in range(channels):
+        scale32[c] = np.float32(scale[c])
     saturation_count = 0
     for chunk in prange(chunks):
         ring = np.full(ring_rows * slot_size, pad_code, code_sample.dtype)
@@ -251,12 +317,18 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
                 else:
                     for kw in range(kernel_w):
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
-            _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w,
-                           acc)
-            # the core reads the leading ``channels`` columns of the padded rows
-            saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift, scale,
-                                                 rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                                                 out[n, oh])
+            if in_registers:  # FLOAT32_RINT in the tiles' registers, straight into the output row
+                rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, channels,
+                        out[n, oh].reshape(out_w * channels))
+                _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0,
+                               out_w, acc, rint)
+            else:
+                _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0,
+                               out_w, acc, None)
+                # the core reads the leading ``channels`` columns of the padded rows
+                saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift,
+                                                     scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                                                     clamp_max, out[n, oh])
     return saturation_count
 
 
@@ -313,22 +385,29 @@ def pack_depthwise(w_centred, variant, a_sub, code_dtype, x_zero_point, bias) ->
                            np.dtype(code_dtype))
 
 
-def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out) -> int:
-    """Output codes of a depthwise layer into ``out`` [N, OH, OW, C] from NHWC codes ``x``; returns the clamp count.
+def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
+    """Output codes of a depthwise layer into ``out`` [N, OH, OW, C] from NHWC codes ``x``; returns the clamp
+    count, or ``None`` without ``count_clamps``.
 
     ``requant`` is ``(multiplier, shift, scale, rounding, multiplier_bits,
     out_zero_point, clamp_min, clamp_max)`` as in
     :func:`intsim.kernels.mac.requantize`; ``chunks`` runs of output rows go to
-    the threads.
+    the threads.  Without ``count_clamps``, ``FLOAT32_RINT`` within the 32-bit
+    lanes' bounds is requantized in the tiles' registers (compiled-in windows;
+    see :func:`intsim.kernels.gemm.conv2d_nhwc_requantized`).
     """
     multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-    key = (kernel, strides, dilations, pads, chunks, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max)
+    key = (kernel, strides, dilations, pads, chunks, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+           count_clamps)
     if key not in packed.launches:
+        in_registers = (requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, count_clamps)
+                        and _compiled_in(kernel[1], strides[1], dilations[1]))
         packed.launches[key] = np.array(
             [kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
              packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
-             clamp_min, clamp_max], np.int64)
+             clamp_min, clamp_max, in_registers], np.int64)
     serial, threaded = CORES[packed.variant]
     core = threaded if chunks > 1 else serial
-    return int(core(x, packed.words, packed.c0, packed.launches[key], np.asarray(multiplier, np.int64),
-                    np.asarray(shift, np.int64), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))
+    count = core(x, packed.words, packed.c0, packed.launches[key], np.asarray(multiplier, np.int64),
+                 np.asarray(shift, np.int64), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out)
+    return int(count) if count_clamps else None

@@ -9,8 +9,10 @@ chunk of output pixels: the register-tiled micro-kernel of
 :mod:`intsim.kernels.microkernel` over 16 output channels at a time, then
 :func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators; for
 ``FLOAT32_RINT`` within the 32-bit lanes' preconditions (zero accumulator zero
-point, output zero point and clamp bounds within 2**16) the micro-kernel
-requantizes its tile in registers and stores output codes (no int32 chunk).
+point, output zero point and clamp bounds within 2**16), when the caller does
+not ask for the clamp count (``count_clamps=False``: a model's bound steps),
+the micro-kernel requantizes its tile in registers and stores output codes
+(no int32 chunk).
 Where the micro-kernel reads its rows:
 
 implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes already are the packed form)
@@ -78,9 +80,7 @@ from intsim.kernels.isa import (
     tile_rows,
 )
 from intsim.kernels.depthwise import PackedDepthwise, depthwise_run, pack_depthwise
-from intsim.fixedpoint import FLOAT32_RINT
 from intsim.kernels.mac import (
-    LANES_LIMIT,
     _c0_per_output,
     _conv2d_out,
     _fits,
@@ -90,6 +90,7 @@ from intsim.kernels.mac import (
     fully_connected_acc,
     matmul_acc,
     requantize,
+    requantized_in_registers,
 )
 from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps, mac_tile_taps_rint
 
@@ -110,13 +111,6 @@ def _chunk_rows(n_rows: int, long_chunks: bool) -> int:
     if not long_chunks:
         return CHUNK_ROWS
     return min(LONG_CHUNK_ROWS, max(CHUNK_ROWS, -(-n_rows // (8 * CHUNK_ROWS)) * CHUNK_ROWS))
-
-
-@njit(cache=True)
-def _requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max):
-    # FLOAT32_RINT within the 32-bit lanes' preconditions (mac._requantize_core) is requantized in
-    # the micro-kernel's registers: no int32 tile is written.
-    return rounding == FLOAT32_RINT and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT
 
 
 def _threads_from_environment() -> int:
@@ -174,7 +168,7 @@ def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_fla
     # (tile_rows).  The tile's weights are reused by every row tile of the
     # chunk before the next blocks are read.  int32 tiles go into acc_flat
     # when ``rint`` is None; otherwise each tile is requantized in registers
-    # into rint's output and the clamp count is returned.  The loops call
+    # into rint's output.  The loops call
     # the micro-kernel directly: an inlined helper would rebind its array
     # arguments on every tile, and numba counts each binding with an atomic
     # reference increment and decrement.
@@ -186,14 +180,12 @@ def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_fla
         for r in range(0, rows, step):
             mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat,
                           r * c_stride + c0_off, c_stride)
-        return 0
-    scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
-    saturation_count = 0
-    for r in range(0, rows, step):
-        saturation_count += mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off,
-                                               scale32, lo, hi, zero_point, valid_rows - r, channels - c0_off,
-                                               out_flat, r * channels + c0_off, channels)
-    return saturation_count
+    else:
+        scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
+        for r in range(0, rows, step):
+            mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, scale32, lo,
+                               hi, zero_point, valid_rows - r, channels - c0_off, out_flat, r * channels + c0_off,
+                               channels)
 
 
 @njit(inline="always")
@@ -206,22 +198,20 @@ def _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
     # mac_tile_taps needs at compile time.  With ``rint`` = (float32 scales
     # padded like c0, lo, hi, zero point, valid rows, channels, the chunk's
     # flat output [valid rows * channels]) the tiles are requantized in
-    # registers instead (acc unused) and the clamp count is returned.
+    # registers instead (acc unused).
     n_blocks = c0.shape[0] // LANES
     acc_flat = acc.reshape(acc.size)
     c_stride = acc.shape[1]
     full = n_blocks - n_blocks % TILE_BLOCKS[variant]
-    saturation_count = 0
     for nb in range(0, full, TILE_BLOCKS[variant]):
-        saturation_count += _column_tiles(variant, 0, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint)
+        _column_tiles(variant, 0, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint)
     rest = n_blocks - full
     if rest == 1:
-        saturation_count += _column_tiles(variant, 1, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        _column_tiles(variant, 1, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
     elif rest == 2:
-        saturation_count += _column_tiles(variant, 2, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        _column_tiles(variant, 2, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
     elif rest == 3:
-        saturation_count += _column_tiles(variant, 3, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
-    return saturation_count
+        _column_tiles(variant, 3, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
 
 
 @njit(inline="always")
@@ -244,16 +234,17 @@ def _padded_rows(variant, n_blocks, rows):
 def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
     # _gemm_tiles with ``variant`` made a compile-time constant.
     if variant == VNNI_QUADS:
-        return _gemm_tiles(VNNI_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    if variant == VNNI_PAIRS:
-        return _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    if variant == AVX512_PAIRS:
-        return _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    if variant == AVX2_PAIRS:
-        return _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    if variant == PORTABLE_QUADS:
-        return _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    return _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        _gemm_tiles(VNNI_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == VNNI_PAIRS:
+        _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == AVX512_PAIRS:
+        _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == AVX2_PAIRS:
+        _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == PORTABLE_QUADS:
+        _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    else:
+        _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
 
 
 @njit(cache=True)
@@ -386,7 +377,7 @@ def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_row
 # to type-check per call instead of twenty).
 GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
                  "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words", "rounding",
-                 "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max")
+                 "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
 
 
 @njit(inline="always")
@@ -401,9 +392,8 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     # ``code_sample`` carries the code dtype.
     (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
-     clamp_max) = settings
+     clamp_max, in_registers) = settings
     n_rows = out.shape[0]
-    in_registers = _requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max)
     scale32 = np.zeros(c0.shape[0], np.float32)
     for c in range(out.shape[1]):
         scale32[c] = np.float32(scale[c])
@@ -435,7 +425,7 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
         if in_registers:
             rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                     out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            saturation_count += _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
         else:
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
             saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
@@ -699,14 +689,16 @@ def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, d
 class _GemmLaunch:
     """The fused GEMM over NHWC codes of one shape, everything but the codes worked out once.
 
-    ``run(x4, out)`` writes ``out`` [M, Cout] and returns the clamp count.
+    ``run(x4, out)`` writes ``out`` [M, Cout] and returns the clamp count (``None`` when
+    ``count_clamps`` is false: then FLOAT32_RINT tiles are requantized in registers).
     The implicit GEMM reads the activations where they lie when the input
     already is the packed form (no padding, nothing to subtract, whole groups
     per pixel); a conv packed per tap makes an encoded padded copy
     (``padded_shape``) otherwise; the rest take the im2col chunks.
     """
 
-    def __init__(self, x_shape, x_dtype, packed, out_h, out_w, kernel, strides, dilations, pads, requant):
+    def __init__(self, x_shape, x_dtype, packed, out_h, out_w, kernel, strides, dilations, pads, requant,
+                 count_clamps=True):
         multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
         (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
         n_taps, tap_groups = kernel_h * kernel_w, packed.tap_groups
@@ -731,12 +723,13 @@ class _GemmLaunch:
             taps, groups = np.zeros(1, np.int64), packed.groups
         self.implicit, self.padded_shape, self.taps, self.packed, self.pads = implicit, padded_shape, taps, packed, pads
         n_rows = x_shape[0] * out_h * out_w
-        chunk_rows = _chunk_rows(n_rows, implicit and _requantized_in_registers(rounding, out_zero_point, clamp_min,
-                                                                                clamp_max))
+        in_registers = requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, count_clamps)
+        chunk_rows = _chunk_rows(n_rows, implicit and in_registers)
         self.settings = np.array(
             [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
              pads[1], groups, chunk_rows, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
-             out_zero_point, clamp_min, clamp_max], np.int64)
+             out_zero_point, clamp_min, clamp_max, in_registers], np.int64)
+        self.count_clamps = count_clamps
         self.chunks = -(-n_rows // chunk_rows)
         self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
         self.code_sample = packed.code_sample
@@ -755,8 +748,9 @@ class _GemmLaunch:
         if core is _conv2d_gemm_threaded:
             _apply_threads(self.chunks)
         multiplier, shift, scale = self.requant
-        return int(core(packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
-                        self.settings, self.code_sample, out))
+        count = core(packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
+                     self.settings, self.code_sample, out)
+        return int(count) if self.count_clamps else None
 
 
 def _run_gemm(x4, packed, out_h, out_w, kernel, strides, dilations, pads, requant, out):
@@ -772,7 +766,7 @@ def _unfused(acc_kernel, x, acc_args, requant_args):
 
 
 def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                            clamp_min, clamp_max, out_dtype):
+                            clamp_min, clamp_max, out_dtype, count_clamps=True):
     """Output codes of a conv2d layer: :func:`~intsim.kernels.mac.conv2d_nhwc_acc` then
     :func:`~intsim.kernels.mac.requantize` (white paper §2.1-§2.2), fused where exact.
 
@@ -782,18 +776,23 @@ def conv2d_nhwc_requantized(x, prepared, multiplier, shift, scale, rounding, mul
     prepared : PreparedConv
     multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max, out_dtype
         As in :func:`~intsim.kernels.mac.requantize` (per output channel).
+    count_clamps : bool
+        Whether to count the outputs the clamp changed.  Without the count
+        (a model's run, whose statistics come from a trace) ``FLOAT32_RINT``
+        tiles are requantized in the micro-kernel's registers.
 
     Returns
     -------
     out : ``out_dtype`` array [N, OH, OW, Cout]
-    overflow_count, pair_saturation_count, saturation_count : int
+    overflow_count, pair_saturation_count : int
+    saturation_count : int, or ``None`` without ``count_clamps``
     """
     return conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                                clamp_min, clamp_max, out_dtype)(x)
+                                clamp_min, clamp_max, out_dtype, count_clamps)(x)
 
 
 def conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
-                         clamp_max, out_dtype):
+                         clamp_max, out_dtype, count_clamps=True):
     """``launch(x)``, equal to :func:`conv2d_nhwc_requantized` of ``x`` with these arguments, for a caller
     that runs one layer many times (a model's bound step).
 
@@ -803,29 +802,33 @@ def conv2d_nhwc_launcher(prepared, multiplier, shift, scale, rounding, multiplie
     and one numba call.  :func:`set_threads` still applies to the next call.
     """
     return _ConvLauncher(prepared, (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
-                                    clamp_max, out_dtype))
+                                    clamp_max, out_dtype), count_clamps)
 
 
 class _Launcher:
     """One layer and requantization; ``launcher(x)`` returns ``(out, overflow_count,
-    pair_saturation_count, saturation_count)``.  Subclasses say which layers are fused
-    (``_fused``), what is worked out per input shape (``_record``), and how it runs (``_run``)."""
+    pair_saturation_count, saturation_count)``, the last ``None`` without ``count_clamps``.
+    Subclasses say which layers are fused (``_fused``), what is worked out per input shape
+    (``_record``), and how it runs (``_run``)."""
 
     acc_kernel = None  # the unfused accumulator kernel
 
-    def __init__(self, prepared, requant_args):
+    def __init__(self, prepared, requant_args, count_clamps):
         self.prepared, self.requant_args, self.out_dtype = prepared, requant_args, requant_args[-1]
+        self.count_clamps = count_clamps
         self.fused = self._fused(prepared)
         self.records = {}  # input shape -> what _record worked out for it
 
     def __call__(self, x):
         prepared = self.prepared
         if not self.fused or x.dtype != prepared.x_dtype:
-            return _unfused(self.acc_kernel, x, prepared.acc_args, self.requant_args)
-        record = self.records.get(x.shape)
-        if record is None:
-            record = self.records[x.shape] = self._record(x)
-        return self._run(x, *record)
+            result = _unfused(self.acc_kernel, x, prepared.acc_args, self.requant_args)
+        else:
+            record = self.records.get(x.shape)
+            if record is None:
+                record = self.records[x.shape] = self._record(x)
+            result = self._run(x, *record)
+        return result if self.count_clamps else result[:3] + (None,)
 
 
 class _ConvLauncher(_Launcher):
@@ -842,22 +845,23 @@ class _ConvLauncher(_Launcher):
         if self.prepared.packed is None:
             return shape, None, None
         launch = _GemmLaunch(x.shape, x.dtype, self.prepared.packed, shape[1], shape[2], w.shape[1:3], strides,
-                             dilations, pads, self.requant_args[:-1])
+                             dilations, pads, self.requant_args[:-1], self.count_clamps)
         return shape, (-1, shape[3]), launch
 
     def _run(self, x, shape, rows_shape, launch):
         out = np.empty(shape, self.out_dtype)
         x = np.ascontiguousarray(x)
         if launch is None:
-            return out, 0, 0, _depthwise_requantized(x, self.prepared, self.requant_args[:-1], out)
+            return out, 0, 0, _depthwise_requantized(x, self.prepared, self.requant_args[:-1], out, self.count_clamps)
         return out, 0, 0, launch.run(x, out.reshape(rows_shape))
 
 
-def _depthwise_requantized(x, prepared, requant, out):
-    """The direct depthwise kernel over NHWC codes ``x`` into ``out``; returns the clamp count."""
+def _depthwise_requantized(x, prepared, requant, out, count_clamps):
+    """The direct depthwise kernel over NHWC codes ``x`` into ``out``; returns the clamp count (or ``None``)."""
     _, w, _, _, strides, dilations, pads, _, _, _, _ = prepared.acc_args
     chunks = _apply_threads(out.shape[0] * out.shape[1])
-    return int(depthwise_run(x, prepared.depthwise, w.shape[1:3], strides, dilations, pads, chunks, requant, out))
+    return depthwise_run(x, prepared.depthwise, w.shape[1:3], strides, dilations, pads, chunks, requant, out,
+                         count_clamps)
 
 
 @dataclass(frozen=True)
@@ -885,23 +889,24 @@ def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bi
 
 
 def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                                clamp_min, clamp_max, out_dtype):
+                                clamp_min, clamp_max, out_dtype, count_clamps=True):
     """Output codes of a fully-connected layer: :func:`~intsim.kernels.mac.fully_connected_acc` then
     :func:`~intsim.kernels.mac.requantize`, fused where exact: a GEMV launch for ``N`` up to
     :data:`GEMV_MAX_ROWS` (batch-1 inference), else a 1x1 conv over ``N`` pixels (white paper §2.1-§2.2).
 
-    Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``.
+    Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``, the last
+    ``None`` without ``count_clamps`` (see :func:`conv2d_nhwc_requantized`).
     """
     return fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                                    clamp_min, clamp_max, out_dtype)(x)
+                                    clamp_min, clamp_max, out_dtype, count_clamps)(x)
 
 
 def fully_connected_launcher(prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                             clamp_min, clamp_max, out_dtype):
+                             clamp_min, clamp_max, out_dtype, count_clamps=True):
     """``launch(x)``, equal to :func:`fully_connected_requantized` of ``x`` with these arguments, its
     launch worked out once per input shape (see :func:`conv2d_nhwc_launcher`)."""
     return _FullyConnectedLauncher(prepared, (multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
-                                              clamp_min, clamp_max, out_dtype))
+                                              clamp_min, clamp_max, out_dtype), count_clamps)
 
 
 class _FullyConnectedLauncher(_Launcher):
@@ -918,7 +923,7 @@ class _FullyConnectedLauncher(_Launcher):
         if n_batch <= GEMV_MAX_ROWS:
             return shape, _GemvLaunch(self.prepared.packed, requant)
         return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, self.prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1),
-                                  (0, 0, 0, 0), requant)
+                                  (0, 0, 0, 0), requant, self.count_clamps)
 
     def _run(self, x, shape, launch):
         out = np.empty(shape, self.out_dtype)

@@ -68,6 +68,14 @@ PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
 LANES_LIMIT = 2**16
 
 
+def requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, count_clamps) -> bool:
+    """Whether a fast kernel requantizes its register tiles in place (no int32 tile written):
+    ``FLOAT32_RINT`` within the 32-bit lanes' bounds (``LANES_LIMIT``, as :func:`_requantize_core`),
+    for a caller that does not want the clamp count (the register epilogue counts none)."""
+    return (not count_clamps and rounding == FLOAT32_RINT
+            and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT)
+
+
 # --------------------------------------------------------------------------
 # Checked accumulation: the hardware order, one policy step at a time.
 # --------------------------------------------------------------------------

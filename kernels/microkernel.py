@@ -45,10 +45,9 @@ valid_channels`` only (masked stores: nothing else is written).  ``scale``
 is a float32 array laid out like ``c0``; ``lo`` and ``hi`` are the clamp
 bounds minus the zero point.  The caller keeps ``|zero_point|`` and the clamp
 bounds <= 2**16 (``mac.LANES_LIMIT``), so ``lo`` and ``hi`` are exact in
-float32 and the clamped value plus the zero point fits the output type.  They
-return the number of stored elements whose ``v`` lay outside ``[lo, hi]``
-(the clamp count of the requantization statistics), counted in a vector of
-per-lane counts that is summed once per tile.  No int32 tile is written.
+float32 and the clamped value plus the zero point fits the output type.  No
+int32 tile is written, and no clamp is counted (a caller that wants the
+requantization statistics' clamp count stores the int32 tile instead).
 
 The accumulators stay in registers for the whole reduction (all taps): ``rows * blocks``
 vectors of 16 lanes; per group, one load of 16 packed weights per block, shared
@@ -274,23 +273,21 @@ def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, 
     # (the bounds minus the zero point) are exact in float32 and the clamped
     # value plus the zero point fits the output type.  Only rows below
     # ``valid_rows`` and channels below ``valid_channels`` (both counted from
-    # the tile's first) are stored, by masked stores.  Their clamps are
-    # counted per lane in a vector (a clamped lane differs from its rounded
-    # value; one masked add each), summed once when the tile is
-    # done: ``store.clamps()`` emits that sum (an i64 value).
+    # the tile's first) are stored, by masked stores.  Clamps are not
+    # counted: a count per vector (compare, mask, add) cost a third of a
+    # small-reduction layer's time, so a caller that wants the count takes the
+    # int32 tile and mac._requantize_core instead.
     out_int = out_type
     out_vector = ir.VectorType(out_int, LANES)
     masked_store = _declare(builder, f"llvm.masked.store.v{LANES}i{out_int.width}.p0", ir.VoidType(),
                             [out_vector, out_vector.as_pointer(), _I32, _MASK])
     rint = _declare(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
-    add_lanes = _declare(builder, "llvm.vector.reduce.add.v16i32", _I32, [_ACC])
     lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
     hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
     zero_point_v = _splat(builder, builder.trunc(zero_point, _I32), _ACC)
     channels_v = _splat(builder, builder.trunc(valid_channels, _I32), _ACC)
     no_lanes = ir.Constant(_MASK, [0] * LANES)
     scales = {}
-    counts = [ir.Constant(_ACC, [0] * LANES)]
 
     def store(r, b, acc):
         if b not in scales:
@@ -308,13 +305,6 @@ def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, 
                             ir.Constant(_I64, b * LANES))
         pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
         builder.call(masked_store, [codes, pointer, ir.Constant(_I32, out_int.width // 8), mask])
-        was_clamped = builder.and_(builder.fcmp_unordered("!=", clamped, value), mask)
-        counts[0] = builder.select(was_clamped, builder.add(counts[0], ir.Constant(_ACC, [1] * LANES)), counts[0])
-
-    def clamps():
-        return builder.zext(builder.call(add_lanes, [counts[0]]), _I64)
-
-    store.clamps = clamps
     return store
 
 
@@ -382,7 +372,7 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
                             zero_point, valid_rows, valid_channels, _data(context, builder, signature, args, first + 6),
                             out_type, out_off, out_stride)
         _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store)
-        return store.clamps()
+        return context.get_dummy_value()
 
     return codegen
 
@@ -421,8 +411,8 @@ def mac_tile_rint(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off
     size = _tile_size(variant, rows, blocks)
     if size is None or not _rint_arguments(scale, out):
         return None
-    sig = types.int64(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, scale, lo, hi,
-                      zero_point, valid_rows, valid_channels, out, out_off, out_stride)
+    sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, scale, lo, hi,
+                     zero_point, valid_rows, valid_channels, out, out_off, out_stride)
     return sig, _rint_codegen(*size, _plain_reads, 11)
 
 
@@ -433,6 +423,6 @@ def mac_tile_taps_rint(typingctx, variant, rows, blocks, a, a_rows, a_rows_off, 
     size = _tile_size(variant, rows, blocks)
     if size is None or not (a_rows.dtype == types.int64 and taps.dtype == types.int64 and _rint_arguments(scale, out)):
         return None
-    sig = types.int64(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, scale, lo,
-                      hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride)
+    sig = types.void(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, scale, lo,
+                     hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride)
     return sig, _rint_codegen(*size, _taps_reads, 12)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from intsim import fixedpoint
 from intsim.errors import ValidationError
 from intsim.fixedpoint import ROUNDING_MODES, Rescale
-from intsim.kernels import gemm, isa, mac, naive_gemm
+from intsim.kernels import depthwise, gemm, isa, mac, naive_gemm
 from intsim.kernels.mac import OVERFLOW_SATURATE, OVERFLOW_WRAP
 
 # The ISA fixture holds for every generated input: it is set once per test.
@@ -106,8 +106,14 @@ def conv_cases(draw):
 
 
 def run_pair(module, kind, x, args, requant):
+    """``(prepared, result)`` of ``module``'s ``kind`` layer; the result counts clamps, and the same
+    layer run without the count (FLOAT32_RINT then requantized in registers) must give the same codes."""
     prepared = getattr(module, f"{kind}_prepare")(x.dtype, *args)
-    return prepared, getattr(module, f"{kind}_requantized")(x, prepared, *requant)
+    counted = getattr(module, f"{kind}_requantized")(x, prepared, *requant)
+    uncounted = getattr(module, f"{kind}_requantized")(x, prepared, *requant, count_clamps=False)
+    np.testing.assert_array_equal(uncounted[0], counted[0], strict=True)
+    assert uncounted[1:] == counted[1:3] + (None,)
+    return prepared, counted
 
 
 @SETTINGS
@@ -450,9 +456,9 @@ def test_pointwise_conv_with_padding_matches_naive(isa_name, pads):
                 run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
-def _launch_of(prepared, x, requant):
+def _launch_of(prepared, x, requant, count_clamps=True):
     """``(padded_shape, taps, settings as a dict)`` of the GEMM launch of a prepared conv over ``x``."""
-    launcher = gemm.conv2d_nhwc_launcher(prepared, *requant)
+    launcher = gemm.conv2d_nhwc_launcher(prepared, *requant, count_clamps=count_clamps)
     launcher(x)
     (_, _, launch), = launcher.records.values()
     settings = dict(zip(gemm.GEMM_SETTINGS, launch.settings.tolist()))
@@ -683,7 +689,7 @@ def test_requantizing_tile_matches_the_naive_requantization(isa_name, taps_form,
     # With no groups the tile's accumulators are its start values: edge sums around 2**24
     # and 2**31 and a random batch, per-channel float32 scales, zero points at the range
     # ends, ReLU6-like clamps.  Only the valid rows and channels are written (the rest keep
-    # their sentinel), and only their clamps are counted.
+    # their sentinel).
     chosen = isa.ISAS[isa_name]
     rng = np.random.default_rng(abs(out_zero_point) + clamp[1] - clamp[0])
     edges = [s * 2**i + d for i in (0, 7, 23, 24, 25, 30, 31) for s in (1, -1) for d in range(-2, 3)]
@@ -700,17 +706,15 @@ def test_requantizing_tile_matches_the_naive_requantization(isa_name, taps_form,
             for row in real_rows:  # every tile row holds the same start values c0: one row per call
                 c0 = np.asarray(row, np.int64).astype(np.int32)
                 out = np.full((rows + 1, channels), 99, out_dtype)
-                count = tile(
-                    c0, scale.astype(np.float32), clamp[0] - out_zero_point, clamp[1] - out_zero_point,
-                    out_zero_point, valid_rows, valid_channels, out)
-                expected, clamps = naive_mac.requantize(
+                tile(c0, scale.astype(np.float32), clamp[0] - out_zero_point, clamp[1] - out_zero_point,
+                     out_zero_point, valid_rows, valid_channels, out)
+                expected, _ = naive_mac.requantize(
                     np.tile(c0.astype(np.int64)[:valid_channels], (valid_rows, 1)), 0, np.ones(valid_channels, np.int64),
                     np.zeros(valid_channels, np.int64), scale[:valid_channels], fixedpoint.FLOAT32_RINT, 31,
                     out_zero_point, *clamp, out_dtype)
                 sentinel = np.full((rows + 1, channels), 99, out_dtype)
                 sentinel[1 + np.arange(valid_rows)[:, None], np.arange(valid_channels)] = expected
                 np.testing.assert_array_equal(out, sentinel, strict=True)
-                assert count == clamps
 
 
 def test_chunks_are_padded_per_tile_shape_not_to_a_common_multiple():
@@ -722,3 +726,36 @@ def test_chunks_are_padded_per_tile_shape_not_to_a_common_multiple():
     assert gemm._padded_rows(isa.VNNI_QUADS, 3, 9) == 16
     assert gemm._padded_rows(isa.VNNI_QUADS, 4, 8) == 12
     assert gemm._padded_rows(isa.VNNI_QUADS, 63, 96) == 96
+
+
+@pytest.mark.parametrize("clamp, in_registers", [((0, 255), True), ((-70000, 255), False)])
+def test_float32_rint_is_requantized_in_registers_only_without_the_clamp_count(clamp, in_registers):
+    # The register epilogue counts no clamps, so a launcher that counts them takes the int32
+    # tile; one that does not takes the registers, within the 32-bit lanes' bounds (2**16).
+    rng = np.random.default_rng(11)
+    x = rng.integers(0, 256, size=(1, 5, 7, 8), dtype=np.uint8)
+    w = rng.integers(-128, 128, size=(24, 1, 1, 8), dtype=np.int8)
+    args = (3, w, np.zeros(24, np.int64), rng.integers(-999, 999, size=24, dtype=np.int32), (1, 1), (1, 1),
+            (0, 0, 0, 0), 1) + ACC
+    requant = (np.ones(24, np.int64), np.zeros(24, np.int64), rng.uniform(1e-3, 1e-2, size=24),
+               fixedpoint.FLOAT32_RINT, 31, 7, *clamp, np.dtype(np.int32))
+    prepared = gemm.conv2d_nhwc_prepare(x.dtype, *args)
+    assert _launch_of(prepared, x, requant)[2]["in_registers"] == 0
+    assert _launch_of(prepared, x, requant, count_clamps=False)[2]["in_registers"] == in_registers
+    run_pair(gemm, "conv2d_nhwc", x, args, requant)
+
+
+@pytest.mark.parametrize("kernel, in_registers", [((3, 3), True), ((5, 5), True), ((3, 2), False)])
+def test_depthwise_float32_rint_in_registers_for_its_compiled_windows(kernel, in_registers):
+    # The depthwise tiles requantize in registers for the compiled-in windows (3x3, 5x5) when no
+    # clamp count is asked for; tap-by-tap windows keep the int32 row of accumulators.
+    rng = np.random.default_rng(13)
+    x = rng.integers(0, 256, size=(1, 6, 9, 20), dtype=np.uint8)
+    w, w_zp, bias = _layer(rng, np.uint8, 20, 1, kernel, 0)
+    args = (5, w, w_zp, bias, (1, 1), (1, 1), (1, 1, 1, 1), 20) + ACC
+    requant = (np.ones(20, np.int64), np.zeros(20, np.int64), rng.uniform(1e-3, 1e-2, size=20),
+               fixedpoint.FLOAT32_RINT, 31, 9, 0, 255, np.dtype(np.uint8))
+    prepared, _ = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    flags = {key[-1]: dict(zip(depthwise.SETTINGS, settings.tolist()))["in_registers"]
+             for key, settings in prepared.depthwise.launches.items()}
+    assert flags == {True: 0, False: in_registers}
