@@ -14,7 +14,10 @@ for the pairs encoding), the zero point moved into the start value
 int32 lane, times a weight ``w - z_w`` in the low half of an int32 lane is one
 exact ``vpmaddwd`` / ``vpdpwssd`` product (the high halves multiply a zero);
 the ISA's pairs variant of :mod:`intsim.kernels.microkernel` does the
-multiply-add.  The caller proved the static bound fits int32, and every add
+multiply-add.  The weights are stored as narrow as they are (int8 when every
+``w - z_w`` fits, else int16) and sign-extended into their int32 lanes on load
+(one ``vpmovsxbd`` / ``vpmovsxwd``): the lane then holds ``w - z_w`` in its low
+half, whatever its high half holds meets a zero code half.  The caller proved the static bound fits int32, and every add
 wraps modulo ``2**32``, so the accumulators end on the exact sum.
 
 The loop, per output row ``(n, oh)``:
@@ -61,7 +64,7 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
             codes[row_offs[k] + a_off + (r*stride + t)*column_step + j] * w[w_off + (k*taps + t)*column_step + j]
 
     for ``r < columns``, ``j < 16``: ``codes`` uint8 or int16 (zero-extended
-    into int32 lanes), ``w`` int32 whose low halves hold the int16 weights,
+    into int32 lanes), ``w`` int8 or int16 (sign-extended into int32 lanes),
     ``c0`` and ``c`` int32, ``row_offs`` int64.  Each product is one lane of
     the pairs ``variant``'s multiply-add (see the module docstring).
     """
@@ -71,6 +74,7 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
     sig = types.void(variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0, c0_off,
                      c, c_off)
     code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
+    weight_type = ir.VectorType(ir.IntType(w.dtype.bitwidth), LANES)
 
     def codegen(context, builder, signature, args):
         arg_types = signature.args
@@ -106,7 +110,8 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
             accs.append(phi)
         a_base = builder.add(builder.load(builder.gep(offs_data, [k]), align=8), a_off_v)
         w_base = builder.add(w_off_v, builder.mul(builder.mul(k, ir.Constant(_I64, n_taps)), column_step_v))
-        weights = [builder.load(at(w_data, plus(w_base, t), _ACC), align=4) for t in range(n_taps)]
+        weights = [builder.sext(builder.load(at(w_data, plus(w_base, t), weight_type), align=1), _ACC)
+                   for t in range(n_taps)]
         inputs = [builder.zext(builder.load(at(codes_data, plus(a_base, i), code_type), align=1), _ACC)
                   for i in range((n_columns - 1) * step + n_taps)]
         updated = []
@@ -149,14 +154,14 @@ def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, cod
 
 
 @njit(inline="always")
-def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc):
+def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc):
     for cb in range(0, padded_channels, LANES):
         dw_tile(variant, columns, taps, stride, ring, row_offs, rows, ow0 * stride * padded_channels + cb,
-                padded_channels, w_words, cb, c0, cb, acc, ow0 * padded_channels + cb)
+                padded_channels, w_taps, cb, c0, cb, acc, ow0 * padded_channels + cb)
 
 
 @njit(inline="always")
-def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, out_w, acc):
+def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc):
     # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
     # ``taps`` and ``stride`` (dw_tile needs them at compile time).  The last
     # tile of a row moves left to end at the row's end: it computes a few
@@ -165,14 +170,14 @@ def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded
     while ow0 < out_w:
         if out_w >= columns:
             ow0 = min(ow0, out_w - columns)
-            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc)
             ow0 += columns
         elif out_w >= half:
             ow0 = min(ow0, out_w - half)
-            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc)
             ow0 += half
         else:
-            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc)
+            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc)
             ow0 += 1
 
 
@@ -182,26 +187,26 @@ def _compiled_in(kernel_w, sw, dw):
 
 
 @njit(inline="always")
-def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc):
+def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc):
     # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
     # else one tap at a time: ``row_offs`` then lists every tap (see _depthwise_rows).
     if not _compiled_in(kernel_w, sw, dw):
         for ow in range(out_w):  # one tap per row offset, the stride in the offset
             for cb in range(0, padded_channels, LANES):
                 dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
-                        padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
+                        padded_channels, w_taps, cb, c0, cb, acc, ow * padded_channels + cb)
     elif kernel_w == 3 and sw == 1:
         _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_taps, c0, out_w, acc)
     elif kernel_w == 3:
         _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_taps, c0, out_w, acc)
     elif sw == 1:
         _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_taps, c0, out_w, acc)
     else:
         _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc)
+                  w_taps, c0, out_w, acc)
 
 
 # The scalar arguments of the core, in one int64 array.
@@ -210,7 +215,7 @@ SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_su
 
 
 @njit(inline="always")
-def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
+def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
     # Output rows (n, oh) in ``chunks`` contiguous runs shared out among the
     # threads, each run with its own ring of encoded input rows: ring slot s
     # holds padded input row ih with ih % ring_rows == s, as
@@ -251,7 +256,7 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
                 else:
                     for kw in range(kernel_w):
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
-            _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w,
+            _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w,
                            acc)
             # the core reads the leading ``channels`` columns of the padded rows
             saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift, scale,
@@ -266,12 +271,12 @@ def _cores(variant):
     # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
     # needs it; only the variants that run are ever compiled.
     @njit(cache=True, parallel=True)
-    def threaded(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+    def threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
 
     @njit(cache=True)
-    def serial(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+    def serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
 
     return serial, threaded
 
@@ -284,15 +289,16 @@ CORES = {isa.pairs: _cores(isa.pairs) for isa in ISAS.values()}
 class PackedDepthwise:
     """Depthwise weights ``w - z_w`` packed for :func:`dw_tile`.
 
-    ``words`` is int32 ``[KH * KW, padded_channels]`` (channels rounded up to
-    16, padded channels zero), ``c0`` int32 ``[padded_channels]`` the start
-    value (wrapped to int32, exact modulo ``2**32``).  Activations are encoded
-    as ``x - a_sub`` into ``code_dtype``, padding as ``pad_code``; ``variant``
-    is the ISA's pairs variant.
+    ``weights`` is ``[KH * KW, padded_channels]`` (channels rounded up to 16,
+    padded channels zero), int8 when every ``w - z_w`` fits int8 (one byte per
+    tap and channel, as the graph stores it), else int16; ``c0`` int32
+    ``[padded_channels]`` the start value (wrapped to int32, exact modulo
+    ``2**32``).  Activations are encoded as ``x - a_sub`` into ``code_dtype``,
+    padding as ``pad_code``; ``variant`` is the ISA's pairs variant.
     """
 
     variant: int
-    words: np.ndarray
+    weights: np.ndarray
     c0: np.ndarray
     a_sub: int
     pad_code: int
@@ -305,11 +311,12 @@ def pack_depthwise(w_centred, variant, a_sub, code_dtype, x_zero_point, bias) ->
     codes ``x - a_sub`` of ``code_dtype`` (uint8, or int16 holding ``x - z_x``)."""
     channels = w_centred.shape[0]
     padded_channels = -(-channels // LANES) * LANES
-    words = np.zeros((w_centred.shape[1], padded_channels), np.int32)
-    words[:, :channels] = w_centred.T
+    narrow = not w_centred.size or (-128 <= w_centred.min() and w_centred.max() <= 127)
+    weights = np.zeros((w_centred.shape[1], padded_channels), np.int8 if narrow else np.int16)
+    weights[:, :channels] = w_centred.T
     c0 = np.zeros(padded_channels, np.int64)
     c0[:channels] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * w_centred.sum(axis=1)
-    return PackedDepthwise(variant, words.reshape(-1), c0.astype(np.int32), a_sub, int(x_zero_point) - a_sub,
+    return PackedDepthwise(variant, weights.reshape(-1), c0.astype(np.int32), a_sub, int(x_zero_point) - a_sub,
                            np.dtype(code_dtype))
 
 
@@ -330,5 +337,5 @@ def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, 
              clamp_min, clamp_max], np.int64)
     serial, threaded = CORES[packed.variant]
     core = threaded if chunks > 1 else serial
-    return int(core(x, packed.words, packed.c0, packed.launches[key], np.asarray(multiplier, np.int64),
-                    np.asarray(shift, np.int64), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))
+    return int(core(x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
+                    np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))

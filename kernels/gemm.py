@@ -513,8 +513,8 @@ class _GemvLaunch:
 
     def __init__(self, packed, requant):
         multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-        self.args = (packed.variant, packed.words, packed.c0, np.asarray(multiplier, np.int64),
-                     np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.args = (packed.variant, packed.words, packed.c0, np.asarray(multiplier, np.int32),
+                     np.asarray(shift, np.int32), np.asarray(scale, np.float64))
         self.settings = np.array([packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits,
                                   out_zero_point, clamp_min, clamp_max], np.int64)
         self.code_sample = packed.code_sample
@@ -712,7 +712,7 @@ class _GemmLaunch:
              pads[1], groups, CHUNK_ROWS, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
              out_zero_point, clamp_min, clamp_max], np.int64)
         self.chunks = -(-x_shape[0] * out_h * out_w // CHUNK_ROWS)
-        self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.requant = (np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64))
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)
 

@@ -679,7 +679,7 @@ def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multipli
     acc : signed int array (or unsigned up to 32 bits) [..., C]
     acc_zero_point : int
         Subtracted first; the difference saturates to int32.
-    multiplier, shift : int64 arrays [C]
+    multiplier, shift : int32 arrays [C]
         Fixed-point multiplier and shift (positive = left) of the integer
         rounding modes; see :mod:`intsim.fixedpoint`.
     scale : float64 array [C]
@@ -706,7 +706,7 @@ def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multipli
     acc = np.ascontiguousarray(acc, dtype=np.int32 if acc.dtype == np.int32 else np.int64)
     saturation_count = _requantize_core(
         acc.reshape(rows, channels), int(acc_zero_point),
-        multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64), int(rounding),
+        np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64), int(rounding),
         int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
     )
     return out.reshape(acc.shape), int(saturation_count)
