@@ -46,7 +46,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
-from intsim.kernels.mac import _requantize_core
+from intsim.kernels.mac import _requantize_core, as_int64
 from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
@@ -230,6 +230,7 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
     slot_size = codes_width * padded_channels
     rows_per_image = out_h * sh + ring_rows  # more than any padded row index a window reaches
     whole_rows = _compiled_in(kernel_w, sw, dw)
+    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized row
     total_rows = n_batch * out_h
     saturation_count = 0
     for chunk in prange(chunks):
