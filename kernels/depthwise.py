@@ -16,9 +16,10 @@ exact ``vpmaddwd`` / ``vpdpwssd`` product (the high halves multiply a zero);
 the ISA's pairs variant of :mod:`intsim.kernels.microkernel` does the
 multiply-add.  The weights are stored as narrow as they are (int8 when every
 ``w - z_w`` fits, else int16) and sign-extended into their int32 lanes on load
-(one ``vpmovsxbd`` / ``vpmovsxwd``): the lane then holds ``w - z_w`` in its low
-half, whatever its high half holds meets a zero code half.  The caller proved the static bound fits int32, and every add
-wraps modulo ``2**32``, so the accumulators end on the exact sum.
+(one ``vpmovsxbd`` / ``vpmovsxwd``): the low half of the lane is then the int16
+``w - z_w`` and its high half (the sign) multiplies the code's zero high half.
+The caller proved the static bound fits int32, and every add wraps modulo
+``2**32``, so the accumulators end on the exact sum.
 
 The loop, per output row ``(n, oh)``:
 
