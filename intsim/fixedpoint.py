@@ -40,6 +40,7 @@ Results of every mode saturate to int32.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -428,8 +429,10 @@ class Rescale:
         s = _int_array("shift", self.shift, MIN_SHIFT, bits - 1, where)
         if m.shape != s.shape:
             raise ValidationError(f"{where}: multiplier shape {m.shape} != shift shape {s.shape}")
-        object.__setattr__(self, "multiplier", m.astype(np.int32))
-        object.__setattr__(self, "shift", s.astype(np.int32))
+        # The caller's own arrays where they already are int32 (a node's parameters): a model that
+        # requantizes by them holds them once, in its graph.
+        object.__setattr__(self, "multiplier", np.asarray(self.multiplier).astype(np.int32, copy=False))
+        object.__setattr__(self, "shift", np.asarray(self.shift).astype(np.int32, copy=False))
         if self.rounding in INTEGER_ROUNDING_MODES:
             if self.scale is not None:
                 raise ValidationError(f"{where}: rounding {self.rounding!r} takes no float scale")
@@ -467,12 +470,26 @@ class Rescale:
         return ROUNDING_MODES.index(self.rounding)
 
     def kernel_args(self, channels: int):
-        """``(multiplier, shift, scale)`` arrays of length ``channels`` for a kernel."""
-        def expand(a, dtype):
-            a = np.asarray(a, dtype)
-            return np.ascontiguousarray(np.broadcast_to(a.reshape(-1) if a.ndim else a, (channels,)))
-        scale = self.scale if self.scale is not None else np.zeros(self.multiplier.shape)
-        return expand(self.multiplier, np.int64), expand(self.shift, np.int64), expand(scale, np.float64)
+        """``(multiplier, shift, scale)`` for a kernel: int32, int32 and float64 arrays of length ``channels``.
+
+        Parameters already of that length are returned themselves, not copied
+        (a graph's node parameters stay the only copy a model holds); one value
+        for every channel is broadcast into a new array.  The integer modes read
+        no scale: theirs is a zero array shared by every caller with that many
+        channels (kernels never write their arguments).
+        """
+        def expand(a):
+            if a.shape == (channels,):
+                return np.ascontiguousarray(a)
+            return np.array(np.broadcast_to(a.reshape(-1) if a.ndim else a, (channels,)))
+        scale = _zero_scales(channels) if self.scale is None else expand(self.scale)
+        return expand(self.multiplier), expand(self.shift), scale
+
+
+@functools.lru_cache(maxsize=None)
+def _zero_scales(channels: int) -> np.ndarray:
+    """The ``scale`` argument of the integer rounding modes, which read none: ``channels`` zeros."""
+    return np.zeros(channels, np.float64)
 
 
 def rescale(x, params: Rescale, *, where: str = "rescale") -> np.ndarray:

@@ -14,8 +14,12 @@ for the pairs encoding), the zero point moved into the start value
 int32 lane, times a weight ``w - z_w`` in the low half of an int32 lane is one
 exact ``vpmaddwd`` / ``vpdpwssd`` product (the high halves multiply a zero);
 the ISA's pairs variant of :mod:`intsim.kernels.microkernel` does the
-multiply-add.  The caller proved the static bound fits int32, and every add
-wraps modulo ``2**32``, so the accumulators end on the exact sum.
+multiply-add.  The weights are stored as narrow as they are (int8 when every
+``w - z_w`` fits, else int16) and sign-extended into their int32 lanes on load
+(one ``vpmovsxbd`` / ``vpmovsxwd``): the low half of the lane is then the int16
+``w - z_w`` and its high half (the sign) multiplies the code's zero high half.
+The caller proved the static bound fits int32, and every add wraps modulo
+``2**32``, so the accumulators end on the exact sum.
 
 The loop, per output row ``(n, oh)``:
 
@@ -46,7 +50,7 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
-from intsim.kernels.mac import _requantize_core, requantized_in_registers
+from intsim.kernels.mac import _requantize_core, as_int64, requantized_in_registers
 from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal, _rint_arguments, _rint_store
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
@@ -55,7 +59,7 @@ TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 4
 HALF_COLUMNS_S1, HALF_COLUMNS_S2 = TILE_COLUMNS_S1 // 2, TILE_COLUMNS_S2 // 2
 
 
-def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, epilogue):
+def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_type, epilogue):
     # The tile's reduction as LLVM IR over dw_tile's first 13 arguments (up to
     # c0_off); ``epilogue(context, builder, signature, args, finals)`` then
     # stores the ``n_columns`` finished accumulators.
@@ -93,7 +97,8 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, epilogue)
             accs.append(phi)
         a_base = builder.add(builder.load(builder.gep(offs_data, [k]), align=8), a_off_v)
         w_base = builder.add(w_off_v, builder.mul(builder.mul(k, ir.Constant(_I64, n_taps)), column_step_v))
-        weights = [builder.load(at(w_data, plus(w_base, t), _ACC), align=4) for t in range(n_taps)]
+        weights = [builder.sext(builder.load(at(w_data, plus(w_base, t), weight_type), align=1), _ACC)
+                   for t in range(n_taps)]
         inputs = [builder.zext(builder.load(at(codes_data, plus(a_base, i), code_type), align=1), _ACC)
                   for i in range((n_columns - 1) * step + n_taps)]
         updated = []
@@ -134,7 +139,7 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
             codes[row_offs[k] + a_off + (r*stride + t)*column_step + j] * w[w_off + (k*taps + t)*column_step + j]
 
     for ``r < columns``, ``j < 16``: ``codes`` uint8 or int16 (zero-extended
-    into int32 lanes), ``w`` int32 whose low halves hold the int16 weights,
+    into int32 lanes), ``w`` int8 or int16 (sign-extended into int32 lanes),
     ``c0`` and ``c`` int32, ``row_offs`` int64.  Each product is one lane of
     the pairs ``variant``'s multiply-add (see the module docstring).
     """
@@ -152,7 +157,8 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
             builder.store(final, builder.bitcast(builder.gep(c_data, [index]), _ACC.as_pointer()), align=4)
 
     code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
-    return sig, _dw_tile_codegen(*constants, code_type, store)
+    weight_type = ir.VectorType(ir.IntType(w.dtype.bitwidth), LANES)
+    return sig, _dw_tile_codegen(*constants, code_type, weight_type, store)
 
 
 @intrinsic
@@ -181,7 +187,8 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
             rint_store(r, 0, final)
 
     code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
-    return sig, _dw_tile_codegen(*constants, code_type, store)
+    weight_type = ir.VectorType(ir.IntType(w.dtype.bitwidth), LANES)
+    return sig, _dw_tile_codegen(*constants, code_type, weight_type, store)
 
 
 @njit(inline="always")
@@ -199,23 +206,23 @@ def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, cod
 
 
 @njit(inline="always")
-def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc, rint):
+def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint):
     # The tile of ``columns`` output columns from column ow0, every 16 channels:
     # int32 into the row of accumulators ``acc`` when ``rint`` is None, else
     # requantized in registers into the output row (see _depthwise_rows).
     for cb in range(0, padded_channels, LANES):
         a_off = ow0 * stride * padded_channels + cb
         if rint is None:
-            dw_tile(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_words, cb, c0, cb,
+            dw_tile(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_taps, cb, c0, cb,
                     acc, ow0 * padded_channels + cb)
         else:
             scale32, lo, hi, zero_point, channels, out_row = rint
-            dw_tile_rint(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_words, cb,
+            dw_tile_rint(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_taps, cb,
                          c0, cb, scale32, lo, hi, zero_point, channels - cb, out_row, ow0 * channels + cb, channels)
 
 
 @njit(inline="always")
-def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, out_w, acc,
+def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc,
               rint):
     # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
     # ``taps`` and ``stride`` (dw_tile needs them at compile time).  The last
@@ -225,15 +232,15 @@ def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded
     while ow0 < out_w:
         if out_w >= columns:
             ow0 = min(ow0, out_w - columns)
-            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc,
+            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc,
                      rint)
             ow0 += columns
         elif out_w >= half:
             ow0 = min(ow0, out_w - half)
-            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc, rint)
+            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
             ow0 += half
         else:
-            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_words, c0, ow0, acc, rint)
+            _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
             ow0 += 1
 
 
@@ -243,7 +250,7 @@ def _compiled_in(kernel_w, sw, dw):
 
 
 @njit(inline="always")
-def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0, out_w, acc,
+def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc,
                    rint):
     # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
     # else one tap at a time: ``row_offs`` then lists every tap (see _depthwise_rows;
@@ -252,19 +259,19 @@ def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_c
         for ow in range(out_w):  # one tap per row offset, the stride in the offset
             for cb in range(0, padded_channels, LANES):
                 dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
-                        padded_channels, w_words, cb, c0, cb, acc, ow * padded_channels + cb)
+                        padded_channels, w_taps, cb, c0, cb, acc, ow * padded_channels + cb)
     elif kernel_w == 3 and sw == 1:
         _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc, rint)
+                  w_taps, c0, out_w, acc, rint)
     elif kernel_w == 3:
         _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc, rint)
+                  w_taps, c0, out_w, acc, rint)
     elif sw == 1:
         _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc, rint)
+                  w_taps, c0, out_w, acc, rint)
     else:
         _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_words, c0, out_w, acc, rint)
+                  w_taps, c0, out_w, acc, rint)
 
 
 # The scalar arguments of the core, in one int64 array.
@@ -273,7 +280,7 @@ SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_su
 
 
 @njit(inline="always")
-def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
+def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
     # Output rows (n, oh) in ``chunks`` contiguous runs shared out among the
     # threads, each run with its own ring of encoded input rows: ring slot s
     # holds padded input row ih with ih % ring_rows == s, as
@@ -288,6 +295,7 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
     slot_size = codes_width * padded_channels
     rows_per_image = out_h * sh + ring_rows  # more than any padded row index a window reaches
     whole_rows = _compiled_in(kernel_w, sw, dw)
+    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized row
     total_rows = n_batch * out_h
     scale32 = np.zeros(padded_channels, np.float32)  # the register epilogue's scales, laid out like c0
     for c in range(channels):
@@ -320,10 +328,10 @@ def _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale,
             if in_registers:  # FLOAT32_RINT in the tiles' registers, straight into the output row
                 rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, channels,
                         out[n, oh].reshape(out_w * channels))
-                _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0,
+                _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, rint)
             else:
-                _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_words, c0,
+                _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, None)
                 # the core reads the leading ``channels`` columns of the padded rows
                 saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift,
@@ -338,12 +346,12 @@ def _cores(variant):
     # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
     # needs it; only the variants that run are ever compiled.
     @njit(cache=True, parallel=True)
-    def threaded(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+    def threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
 
     @njit(cache=True)
-    def serial(x, w_words, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_words, c0, settings, multiplier, shift, scale, code_sample, out)
+    def serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
 
     return serial, threaded
 
@@ -356,15 +364,16 @@ CORES = {isa.pairs: _cores(isa.pairs) for isa in ISAS.values()}
 class PackedDepthwise:
     """Depthwise weights ``w - z_w`` packed for :func:`dw_tile`.
 
-    ``words`` is int32 ``[KH * KW, padded_channels]`` (channels rounded up to
-    16, padded channels zero), ``c0`` int32 ``[padded_channels]`` the start
-    value (wrapped to int32, exact modulo ``2**32``).  Activations are encoded
-    as ``x - a_sub`` into ``code_dtype``, padding as ``pad_code``; ``variant``
-    is the ISA's pairs variant.
+    ``weights`` is ``[KH * KW, padded_channels]`` (channels rounded up to 16,
+    padded channels zero), int8 when every ``w - z_w`` fits int8 (one byte per
+    tap and channel, as the graph stores it), else int16; ``c0`` int32
+    ``[padded_channels]`` the start value (wrapped to int32, exact modulo
+    ``2**32``).  Activations are encoded as ``x - a_sub`` into ``code_dtype``,
+    padding as ``pad_code``; ``variant`` is the ISA's pairs variant.
     """
 
     variant: int
-    words: np.ndarray
+    weights: np.ndarray
     c0: np.ndarray
     a_sub: int
     pad_code: int
@@ -377,11 +386,12 @@ def pack_depthwise(w_centred, variant, a_sub, code_dtype, x_zero_point, bias) ->
     codes ``x - a_sub`` of ``code_dtype`` (uint8, or int16 holding ``x - z_x``)."""
     channels = w_centred.shape[0]
     padded_channels = -(-channels // LANES) * LANES
-    words = np.zeros((w_centred.shape[1], padded_channels), np.int32)
-    words[:, :channels] = w_centred.T
+    narrow = not w_centred.size or (-128 <= w_centred.min() and w_centred.max() <= 127)
+    weights = np.zeros((w_centred.shape[1], padded_channels), np.int8 if narrow else np.int16)
+    weights[:, :channels] = w_centred.T
     c0 = np.zeros(padded_channels, np.int64)
     c0[:channels] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * w_centred.sum(axis=1)
-    return PackedDepthwise(variant, words.reshape(-1), c0.astype(np.int32), a_sub, int(x_zero_point) - a_sub,
+    return PackedDepthwise(variant, weights.reshape(-1), c0.astype(np.int32), a_sub, int(x_zero_point) - a_sub,
                            np.dtype(code_dtype))
 
 
@@ -408,6 +418,6 @@ def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, 
              clamp_min, clamp_max, in_registers], np.int64)
     serial, threaded = CORES[packed.variant]
     core = threaded if chunks > 1 else serial
-    count = core(x, packed.words, packed.c0, packed.launches[key], np.asarray(multiplier, np.int64),
-                 np.asarray(shift, np.int64), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out)
+    count = core(x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
+                 np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out)
     return int(count) if count_clamps else None

@@ -86,6 +86,7 @@ from intsim.kernels.mac import (
     _fits,
     _requantize_core,
     _weighted_bound,
+    as_int64,
     conv2d_nhwc_acc,
     fully_connected_acc,
     matmul_acc,
@@ -394,6 +395,7 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max, in_registers) = settings
     n_rows = out.shape[0]
+    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized chunk
     scale32 = np.zeros(c0.shape[0], np.float32)
     for c in range(out.shape[1]):
         scale32[c] = np.float32(scale[c])
@@ -526,8 +528,8 @@ class _GemvLaunch:
 
     def __init__(self, packed, requant):
         multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-        self.args = (packed.variant, packed.words, packed.c0, np.asarray(multiplier, np.int64),
-                     np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.args = (packed.variant, packed.words, packed.c0, np.asarray(multiplier, np.int32),
+                     np.asarray(shift, np.int32), np.asarray(scale, np.float64))
         self.settings = np.array([packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits,
                                   out_zero_point, clamp_min, clamp_max], np.int64)
         self.code_sample = packed.code_sample
@@ -731,7 +733,7 @@ class _GemmLaunch:
              out_zero_point, clamp_min, clamp_max, in_registers], np.int64)
         self.count_clamps = count_clamps
         self.chunks = -(-n_rows // chunk_rows)
-        self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.requant = (np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64))
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)
 

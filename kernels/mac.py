@@ -514,7 +514,8 @@ def _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, mu
     for i in range(out.shape[0]):
         for c in range(out.shape[1]):
             centred = saturate(np.int64(acc[i, c]) - acc_zero_point, 32)
-            v = rescale_scalar(centred, multiplier[c], shift[c], scale[c], rounding, multiplier_bits) + out_zero_point
+            v = rescale_scalar(centred, np.int64(multiplier[c]), np.int64(shift[c]), scale[c], rounding,
+                               multiplier_bits) + out_zero_point
             saturation_count += (v < clamp_min) | (v > clamp_max)
             out[i, c] = min(max(v, clamp_min), clamp_max)
     return saturation_count
@@ -531,6 +532,23 @@ def _per_channel_overload(values, c):
     if isinstance(values, types.Array):
         return lambda values, c: values[c]
     return lambda values, c: values
+
+
+def as_int64(values):
+    """``values`` as an int64 array: itself when it already is one, else a widened copy.
+
+    The kernels take the graph's int32 multipliers and shifts; a caller that
+    requantizes many times per call widens them once with this, and the
+    requantization's own widening then copies nothing.
+    """
+    return np.asarray(values, np.int64)
+
+
+@overload(as_int64)
+def _as_int64_overload(values):
+    if isinstance(values, types.Array) and values.dtype == types.int64:
+        return lambda values: values
+    return lambda values: values.astype(np.int64)
 
 
 @intrinsic
@@ -621,7 +639,10 @@ def _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier
     # One scale for every channel: the parameters become scalars, and where
     # ``acc`` has exactly the columns of ``out`` the rows run as one flat row
     # (no short inner loop over 16 or 24 channels).  Otherwise per channel,
-    # FLOAT32_RINT's scales narrowed to float32 once (not per element).
+    # each parameter in the type its rescale computes in, converted once per
+    # call (not per element): FLOAT32_RINT's scales narrowed to float32, the
+    # integer modes' int32 multipliers and shifts (as the graph holds them)
+    # widened to int64, on whose loads their int64 rescales vectorise.
     channels = out.shape[1]
     differing = 0
     for c in range(channels):
@@ -630,12 +651,13 @@ def _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier
         return _requantize_lanes(rounding, acc, multiplier, shift, scale.astype(np.float32), multiplier_bits,
                                  out_zero_point, clamp_min, clamp_max, out)
     if channels == 0 or differing:
-        return _requantize_lanes(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
-                                 clamp_max, out)
+        return _requantize_lanes(rounding, acc, as_int64(multiplier), as_int64(shift), scale, multiplier_bits,
+                                 out_zero_point, clamp_min, clamp_max, out)
+    multiplier_0, shift_0 = np.int64(multiplier[0]), np.int64(shift[0])
     if acc.shape[1] == channels and out.size < 2**31:
-        return _requantize_lanes(rounding, _one_row_view(acc), multiplier[0], shift[0], scale[0], multiplier_bits,
+        return _requantize_lanes(rounding, _one_row_view(acc), multiplier_0, shift_0, scale[0], multiplier_bits,
                                  out_zero_point, clamp_min, clamp_max, _one_row_view(out))
-    return _requantize_lanes(rounding, acc, multiplier[0], shift[0], scale[0], multiplier_bits, out_zero_point,
+    return _requantize_lanes(rounding, acc, multiplier_0, shift_0, scale[0], multiplier_bits, out_zero_point,
                              clamp_min, clamp_max, out)
 
 
@@ -687,7 +709,7 @@ def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multipli
     acc : signed int array (or unsigned up to 32 bits) [..., C]
     acc_zero_point : int
         Subtracted first; the difference saturates to int32.
-    multiplier, shift : int64 arrays [C]
+    multiplier, shift : int32 arrays [C]
         Fixed-point multiplier and shift (positive = left) of the integer
         rounding modes; see :mod:`intsim.fixedpoint`.
     scale : float64 array [C]
@@ -714,7 +736,7 @@ def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multipli
     acc = np.ascontiguousarray(acc, dtype=np.int32 if acc.dtype == np.int32 else np.int64)
     saturation_count = _requantize_core(
         acc.reshape(rows, channels), int(acc_zero_point),
-        multiplier.astype(np.int64), shift.astype(np.int64), scale.astype(np.float64), int(rounding),
+        np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64), int(rounding),
         int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
     )
     return out.reshape(acc.shape), int(saturation_count)

@@ -562,16 +562,28 @@ def test_from_real_integer_mode_matches_quantize_multiplier_reference():
 
 def test_kernel_args_expand_per_tensor_and_keep_per_channel():
     m, s, c = fp.Rescale("single", 2**30, -3).kernel_args(4)
-    np.testing.assert_array_equal(m, np.full(4, 2**30, np.int64), strict=True)
-    np.testing.assert_array_equal(s, np.full(4, -3, np.int64), strict=True)
+    np.testing.assert_array_equal(m, np.full(4, 2**30, np.int32), strict=True)
+    np.testing.assert_array_equal(s, np.full(4, -3, np.int32), strict=True)
     np.testing.assert_array_equal(c, np.zeros(4, np.float64), strict=True)
     params = fp.Rescale("float32_rint", [1, 2, 3], [0, -1, 2], [0.5, 0.25, 2.0])
     m, s, c = params.kernel_args(3)
-    np.testing.assert_array_equal(m, np.array([1, 2, 3], np.int64), strict=True)
-    np.testing.assert_array_equal(s, np.array([0, -1, 2], np.int64), strict=True)
+    np.testing.assert_array_equal(m, np.array([1, 2, 3], np.int32), strict=True)
+    np.testing.assert_array_equal(s, np.array([0, -1, 2], np.int32), strict=True)
     np.testing.assert_array_equal(c, np.array([0.5, 0.25, 2.0]), strict=True)
     assert params.code == fp.FLOAT32_RINT
     assert fp.Rescale("double", 1, 0).code == fp.DOUBLE
+
+
+def test_kernel_args_are_the_callers_per_channel_arrays_not_copies():
+    # A node's int32 multiplier / shift and float64 scale reach the kernels as they are: a model holds them once.
+    multiplier, shift = np.array([3, 2**30, 7], np.int32), np.array([-2, 0, 5], np.int32)
+    scale = np.array([0.5, 0.25, 2.0])
+    m, s, c = fp.Rescale("float32_rint", multiplier, shift, scale).kernel_args(3)
+    assert m is multiplier and s is shift and c is scale
+    m, s, c = fp.Rescale("double", multiplier, shift).kernel_args(3)
+    assert m is multiplier and s is shift
+    assert fp.Rescale("single", shift + 9, shift).kernel_args(3)[2] is c  # one zero scale array per length
+    assert c.flags.writeable and not c.any()
 
 
 # --------------------------------------------------------------------------

@@ -285,6 +285,44 @@ def test_depthwise_matches_naive(isa_name, case):
     assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
+@st.composite
+def stored_weight_cases(draw):
+    """Depthwise layers whose ``w - z_w`` reach both ends of int8 (stored as int8) or pass one end (int16):
+    channels not a multiple of 16, every window and stride the kernel compiles in plus one run tap by tap,
+    activation zero points at the range ends."""
+    channels = draw(st.integers(2, 47).filter(lambda c: c % 16))
+    kernel, strides = draw(st.sampled_from([((3, 3), (1, 1)), ((3, 3), (2, 2)), ((5, 5), (1, 1)), ((5, 5), (2, 2)),
+                                            ((3, 2), (1, 2))]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x_dtype = draw(st.sampled_from(EIGHT_BIT))
+    x_zero_point = draw(st.sampled_from(dtype_range(x_dtype)))
+    w_zero_point = draw(st.sampled_from([0, 0, 1, -1, -128, 127]))
+    w = rng.integers(-128, 127, size=(channels,) + kernel + (1,), dtype=np.int8, endpoint=True)
+    w[0, 0, 0, 0], w[-1, -1, -1, 0] = -128, 127  # w - z_w at both ends of its range
+    bias = rng.integers(-(2**20), 2**20, size=channels, dtype=np.int32)
+    h, width = draw(st.integers(kernel[0], 9)), draw(st.integers(kernel[1], 21))
+    x = x_codes(rng, x_dtype, (draw(st.integers(1, 2)), h, width, channels))
+    pads = (kernel[0] // 2, kernel[1] // 2) * 2
+    args = (x_zero_point, w, np.full(channels, w_zero_point, np.int64), bias, strides, (1, 1), pads, channels) + ACC
+    return x, args, draw(requant_args(channels))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=stored_weight_cases())
+def test_depthwise_weights_are_stored_narrow_and_widened_exactly(isa_name, case):
+    # One byte per tap and channel when every w - z_w fits int8 (z_w = 0 here), two bytes otherwise; the
+    # tile sign-extends them on load, so the codes equal the naive twin's either way.
+    x, args, requant = case
+    w, w_zero_point = args[1], args[2]
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    stored = prepared.depthwise.weights
+    fits_int8 = w_zero_point[0] == 0
+    assert stored.dtype == (np.int8 if fits_int8 else np.int16)
+    taps, padded_channels = w.shape[1] * w.shape[2], -(-w.shape[0] // 16) * 16
+    assert stored.shape == (taps * padded_channels,)
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
 @pytest.mark.parametrize(("x_dtype", "x_zero_point", "w_zero_point", "code_dtype"), [
     (np.uint8, 0, 0, np.uint8), (np.int8, -128, 0, np.uint8), (np.uint8, 255, -128, np.int16),
     (np.int8, 127, 127, np.int16),

@@ -271,3 +271,51 @@ def test_unknown_input_quantization_is_refused():
     model = Model(_fc_graph("tflite", metadata={"input_quantization": "float16_stochastic"}))
     with pytest.raises(ValidationError, match="input 'x': input quantization must be one of .*'float16_stochastic'"):
         model.run(np.zeros((1, 2), np.float32))
+
+
+@pytest.mark.parametrize("profile", ["tflite", "onnxruntime"])
+def test_a_fresh_model_holds_no_copy_of_requantization_and_narrow_depthwise_weights(profile):
+    # tracemalloc of the array data a fresh Model keeps after its first run (numpy's own trace domain):
+    # nothing allocated for requantization (the kernels read the graph's multiplier, shift and scale),
+    # and the depthwise weights at most one byte per tap and padded channel (int8, as the graph stores
+    # them, when every w - z_w fits int8) plus the int32 start value per padded channel.
+    import gc
+    import tracemalloc
+
+    from intsim.datasets import load_dataset
+    from intsim.kernels import depthwise
+    from intsim.models import model_path
+
+    x_train, _ = load_dataset("digits", "train")
+    model = intsim.convert(model_path("mobilenet_digits.onnx"), calibration=x_train[:32], profile=profile,
+                           progress=False)
+    codes = model.quantize_inputs([x_train[:1]])
+    model.run_int(*codes)  # kernels compiled before the count
+    gc.collect()
+    tracemalloc.start(40)
+    fresh = Model(model.graph)
+    fresh.run_int(*codes)
+    snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.DomainFilter(True, np.lib.tracemalloc_domain)])
+    tracemalloc.stop()
+    assert fresh is not None
+
+    def held_by(filename, lines=None):
+        return sum(t.size for t in snapshot.traces if any(
+            f.filename.endswith(filename) and (lines is None or f.lineno in lines) for f in t.traceback))
+
+    code = depthwise.pack_depthwise.__code__  # the lines of the code that ran, as its tracebacks name them
+    pack_lines = range(code.co_firstlineno, max(line for *_, line in code.co_lines() if line is not None) + 1)
+    dw_nodes = [n for n in model.graph.nodes if n.op == "conv2d" and n.params["weight"].shape[3] == 1
+                and n.attrs.get("groups", 1) == n.params["weight"].shape[0] > 1]
+    assert dw_nodes
+    bound = 0
+    for node in dw_nodes:
+        w = node.params["weight"]
+        centred = w.astype(np.int64).reshape(w.shape[0], -1) - node.params["weight_zero_point"].reshape(-1, 1)
+        value_bytes = 1 if -128 <= centred.min() and centred.max() <= 127 else 2
+        padded = -(-w.shape[0] // 16) * 16
+        bound += padded * (w.shape[1] * w.shape[2] * value_bytes + 4)
+    weight_bytes = sum(n.params["weight"].nbytes for n in dw_nodes)
+    packed = held_by("kernels/depthwise.py", pack_lines)
+    assert weight_bytes <= packed <= bound
+    assert held_by("intsim/fixedpoint.py") == 0
