@@ -91,6 +91,7 @@ from intsim.kernels.mac import (
     requantize,
 )
 from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps, mac_tile_taps_rint
+from intsim.kernels.rowdot import row_dots
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
@@ -525,6 +526,177 @@ class _GemvLaunch:
 
 
 # --------------------------------------------------------------------------
+# Fully-connected layers over their int8 weights where they lie
+# --------------------------------------------------------------------------
+
+# Output channels per chunk of the threaded in-place kernel (four 16-output blocks).
+ROW_DOT_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class InPlaceWeights:
+    """What a fully-connected layer needs to read its int8 weights ``w [O, K]`` where they lie: no copy of them.
+
+    The kernel of :mod:`intsim.kernels.rowdot` sums ``xe[n, k] * w[o, k]`` with
+    the raw weights and the encoded codes ``xe = x - a_sub`` (``code_dtype``:
+    uint8 ``x`` or ``x + 128`` for the quads, int16 ``x - z_x`` for the pairs),
+    starting from ``c0[o] - w_zero_point[o] * sum_k xe[n, k]``, where
+    ``c0 = bias + (a_sub - z_x) * sum_k (w - z_w)``: together
+    ``bias + sum_k (x - z_x)(w - z_w)`` (the zero-point expansion of white paper
+    §2.3).  ``c0`` is int32 [O rounded up to 16], wrapped to int32 (exact modulo
+    ``2**32``, see the module docstring); ``w_zero_point`` is int32 laid out
+    like ``c0``, or empty where every ``z_w`` is 0.
+    """
+
+    variant: int
+    c0: np.ndarray
+    w_zero_point: np.ndarray
+    a_sub: int
+    code_dtype: np.dtype
+
+
+def _in_place(x_dtype, x_zero_point, w, w_zero_point, bias):
+    """:class:`InPlaceWeights` for a layer the static bound proved exact, or ``None`` where the weights
+    are not int8 in C order (uint8 or int16 weights take the packed path)."""
+    if w.dtype != np.int8 or not w.flags.c_contiguous:
+        return None
+    isa = isa_module.current_isa()
+    info = np.iinfo(x_dtype)
+    if isa.quads is not None:  # x (uint8) or x + 128 (int8): the unsigned operand of vpdpbusd
+        variant, a_sub, code_dtype = isa.quads, 0 if info.min == 0 else -128, np.dtype(np.uint8)
+    else:  # x - z_x as int16 pairs against the weights sign-extended on load
+        variant, a_sub, code_dtype = isa.pairs, int(x_zero_point), np.dtype(np.int16)
+        if not (-(2**15) <= info.min - a_sub and info.max - a_sub < 2**15):
+            return None
+    n_out, depth = w.shape
+    padded = -(-n_out // LANES) * LANES
+    w_zero_point = w_zero_point.astype(np.int64)
+    c0 = np.zeros(padded, np.int64)
+    c0[:n_out] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * (w.sum(axis=1, dtype=np.int64)
+                                                                          - depth * w_zero_point)
+    zero_points = np.zeros(padded if w_zero_point.any() else 0, np.int32)
+    zero_points[:min(n_out, zero_points.size)] = w_zero_point[:zero_points.size]
+    return InPlaceWeights(variant, c0.astype(np.int32), zero_points, a_sub, code_dtype)
+
+
+@njit(inline="always")
+def _row_dot_blocks(variant, codes, w, n_out, depth, acc, nb_begin, nb_end):
+    # acc [N, O rounded up to 16] += codes [N, >= depth] . w[o] for the outputs of blocks
+    # nb_begin .. nb_end - 1 (16 outputs each): per block, tiles of 4 rows x 4 outputs, then
+    # 2 x 8, then 1 x 16 (16 accumulator vectors each), so that a block's weights (16 rows of
+    # depth bytes) stay in L1 while every row of the batch passes over them.  Inlined with a
+    # constant ``variant``, which row_dots needs at compile time.
+    rows, stride, acc_stride = codes.shape[0], codes.shape[1], acc.shape[1]
+    for nb in range(nb_begin, nb_end):
+        o0 = nb * LANES
+        r = 0
+        while r + 4 <= rows:
+            for j in range(4):
+                row_dots(variant, 4, 4, codes, r * stride, stride, w, o0 + 4 * j, n_out, depth, acc,
+                         r * acc_stride + o0 + 4 * j, acc_stride)
+            r += 4
+        if r + 2 <= rows:
+            for j in range(2):
+                row_dots(variant, 2, 8, codes, r * stride, stride, w, o0 + 8 * j, n_out, depth, acc,
+                         r * acc_stride + o0 + 8 * j, acc_stride)
+            r += 2
+        if r < rows:
+            row_dots(variant, 1, 16, codes, r * stride, stride, w, o0, n_out, depth, acc, r * acc_stride + o0,
+                     acc_stride)
+
+
+@njit(cache=True)
+def _row_dot_chunk(variant, codes, w, n_out, depth, acc, nb_begin, nb_end):
+    # _row_dot_blocks with ``variant`` made a compile-time constant.
+    if variant == VNNI_QUADS:
+        _row_dot_blocks(VNNI_QUADS, codes, w, n_out, depth, acc, nb_begin, nb_end)
+    elif variant == VNNI_PAIRS:
+        _row_dot_blocks(VNNI_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
+    elif variant == AVX512_PAIRS:
+        _row_dot_blocks(AVX512_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
+    elif variant == AVX2_PAIRS:
+        _row_dot_blocks(AVX2_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
+    elif variant == PORTABLE_QUADS:
+        _row_dot_blocks(PORTABLE_QUADS, codes, w, n_out, depth, acc, nb_begin, nb_end)
+    else:
+        _row_dot_blocks(PORTABLE_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
+
+
+@njit(inline="always")
+def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample,
+                                   out):
+    # out [N, O] from x [N, K] and the int8 weights w [O, K] as they lie: each row encoded
+    # once into ``codes`` (x - a_sub, zeros up to ``stride``, a whole number of vectors) and
+    # summed; acc starts at c0 - z_w * sum(codes) (see InPlaceWeights); the blocks of 16
+    # outputs are shared out among the threads in chunks of ROW_DOT_CHUNK outputs; the int32
+    # accumulators are requantized at the end.
+    a_sub, stride, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
+    rows, depth = x.shape
+    padded = c0.shape[0]
+    codes = np.empty((rows, stride), code_sample.dtype)
+    acc = np.empty((rows, padded), np.int32)
+    for r in range(rows):
+        x_row, code_row, acc_row = x[r], codes[r], acc[r]
+        code_sum = 0
+        for k in range(depth):
+            code = x_row[k] - a_sub
+            code_row[k] = code
+            code_sum += code
+        code_row[depth:] = 0
+        if w_zero_point.shape[0]:
+            for o in range(padded):
+                acc_row[o] = np.int32(c0[o] - np.int64(w_zero_point[o]) * code_sum)  # wraps: exact modulo 2**32
+        else:
+            acc_row[:] = c0
+    blocks = padded // LANES
+    blocks_per_chunk = ROW_DOT_CHUNK // LANES
+    for chunk in prange((blocks + blocks_per_chunk - 1) // blocks_per_chunk):
+        nb_begin = chunk * blocks_per_chunk
+        _row_dot_chunk(variant, codes, w, w.shape[0], depth, acc, nb_begin, min(blocks, nb_begin + blocks_per_chunk))
+    return _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                            clamp_max, out)
+
+
+# Threaded and serial, from one inlined body (see _conv2d_gemm_threaded).
+@njit(cache=True, parallel=True)
+def _fully_connected_in_place_threaded(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                       code_sample, out):
+    return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                          code_sample, out)
+
+
+@njit(cache=True)
+def _fully_connected_in_place_serial(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample,
+                                     out):
+    return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                          code_sample, out)
+
+
+class _InPlaceLaunch:
+    """The fully-connected kernel over the int8 weights ``w`` where they lie, for codes [N, K] of one
+    layer and requantization: ``run(x, out)`` writes ``out`` [N, O] and returns the clamp count."""
+
+    def __init__(self, w, in_place, requant, depth):
+        multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+        step = LANES * GROUP[in_place.variant]
+        self.w, self.in_place = w, in_place
+        self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.settings = np.array([in_place.a_sub, -(-depth // step) * step, rounding, multiplier_bits,
+                                  out_zero_point, clamp_min, clamp_max], np.int64)
+        self.chunks = -(-in_place.c0.shape[0] // ROW_DOT_CHUNK)
+        self.code_sample = np.zeros(1, in_place.code_dtype)
+
+    def run(self, x, out):
+        in_place = self.in_place
+        core = _fully_connected_in_place_serial
+        if min(_threads, self.chunks) > 1:
+            core = _fully_connected_in_place_threaded
+            _apply_threads(self.chunks)
+        return int(core(in_place.variant, np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point,
+                        *self.requant, self.settings, self.code_sample, out))
+
+
+# --------------------------------------------------------------------------
 # Packing (once per layer)
 # --------------------------------------------------------------------------
 
@@ -836,11 +1008,14 @@ def _depthwise_requantized(x, prepared, requant, out):
 
 @dataclass(frozen=True)
 class PreparedFullyConnected:
-    """A fully-connected layer ready to run: packed weights (or ``None``) plus the unfused kernel's arguments."""
+    """A fully-connected layer ready to run: the unfused kernel's arguments (the graph's weights among
+    them) plus what the fast path needs: :class:`InPlaceWeights` for int8 weights (read where they
+    lie), else packed weights, else neither (the checked kernels)."""
 
     acc_args: tuple
     x_dtype: np.dtype
     packed: PackedWeights | None = None
+    in_place: InPlaceWeights | None = None
 
 
 def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bits, overflow,
@@ -854,6 +1029,9 @@ def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bi
     acc_args = (x_zero_point, w, w_zero_point, bias, acc_bits, overflow, pairwise_int16)
     if not _static_fast(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bits, pairwise_int16):
         return PreparedFullyConnected(acc_args, x_dtype)
+    in_place = _in_place(x_dtype, x_zero_point, w, w_zero_point, bias)
+    if in_place is not None:
+        return PreparedFullyConnected(acc_args, x_dtype, in_place=in_place)
     w_centred = w.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
     return PreparedFullyConnected(acc_args, x_dtype, _pack(w_centred, x_dtype, x_zero_point, bias))
 
@@ -883,12 +1061,15 @@ class _FullyConnectedLauncher(_Launcher):
 
     @staticmethod
     def _fused(prepared):
-        return prepared.packed is not None
+        return prepared.packed is not None or prepared.in_place is not None
 
     def _record(self, x):
-        # (output shape, _GemvLaunch or _GemmLaunch)
+        # (output shape, _InPlaceLaunch, _GemvLaunch or _GemmLaunch)
         n_batch, depth = x.shape
-        shape, requant = (n_batch, self.prepared.acc_args[1].shape[0]), self.requant_args[:-1]
+        w = self.prepared.acc_args[1]
+        shape, requant = (n_batch, w.shape[0]), self.requant_args[:-1]
+        if self.prepared.in_place is not None:
+            return shape, _InPlaceLaunch(w, self.prepared.in_place, requant, depth)
         if n_batch <= GEMV_MAX_ROWS:
             return shape, _GemvLaunch(self.prepared.packed, requant)
         return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, self.prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1),
