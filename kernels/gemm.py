@@ -580,46 +580,30 @@ def _in_place(x_dtype, x_zero_point, w, w_zero_point, bias):
 
 
 @njit(inline="always")
-def _row_dot_blocks(variant, codes, w, n_out, depth, acc, nb_begin, nb_end):
-    # acc [N, O rounded up to 16] += codes [N, >= depth] . w[o] for the outputs of blocks
-    # nb_begin .. nb_end - 1 (16 outputs each): per block, tiles of 4 rows x 4 outputs, then
-    # 2 x 8, then 1 x 16 (16 accumulator vectors each), so that a block's weights (16 rows of
-    # depth bytes) stay in L1 while every row of the batch passes over them.  Inlined with a
-    # constant ``variant``, which row_dots needs at compile time.
-    rows, stride, acc_stride = codes.shape[0], codes.shape[1], acc.shape[1]
-    for nb in range(nb_begin, nb_end):
-        o0 = nb * LANES
-        r = 0
-        while r + 4 <= rows:
-            for j in range(4):
-                row_dots(variant, 4, 4, codes, r * stride, stride, w, o0 + 4 * j, n_out, depth, acc,
-                         r * acc_stride + o0 + 4 * j, acc_stride)
-            r += 4
-        if r + 2 <= rows:
-            for j in range(2):
-                row_dots(variant, 2, 8, codes, r * stride, stride, w, o0 + 8 * j, n_out, depth, acc,
-                         r * acc_stride + o0 + 8 * j, acc_stride)
-            r += 2
-        if r < rows:
-            row_dots(variant, 1, 16, codes, r * stride, stride, w, o0, n_out, depth, acc, r * acc_stride + o0,
-                     acc_stride)
+def _row_dot_tiles(variant, rows_per_tile, outs_per_tile, codes, r_begin, r_end, w, n_out, depth, acc, o_begin,
+                   o_end):
+    # acc[r, o] += codes[r] . w[o] for rows r_begin .. r_end - 1 (whole tiles) and outputs o_begin ..
+    # o_end - 1 (whole tiles, past n_out into acc's padding), output tiles outside so that a tile's
+    # weight rows stay in L1 while the rows of the batch pass over them.
+    stride, acc_stride = codes.shape[1], acc.shape[1]
+    for o0 in range(o_begin, o_end, outs_per_tile):
+        for r in range(r_begin, r_end, rows_per_tile):
+            row_dots(variant, rows_per_tile, outs_per_tile, codes, r * stride, stride, w, o0, n_out, depth, acc,
+                     r * acc_stride + o0, acc_stride)
 
 
-@njit(cache=True)
-def _row_dot_chunk(variant, codes, w, n_out, depth, acc, nb_begin, nb_end):
-    # _row_dot_blocks with ``variant`` made a compile-time constant.
-    if variant == VNNI_QUADS:
-        _row_dot_blocks(VNNI_QUADS, codes, w, n_out, depth, acc, nb_begin, nb_end)
-    elif variant == VNNI_PAIRS:
-        _row_dot_blocks(VNNI_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
-    elif variant == AVX512_PAIRS:
-        _row_dot_blocks(AVX512_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
-    elif variant == AVX2_PAIRS:
-        _row_dot_blocks(AVX2_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
-    elif variant == PORTABLE_QUADS:
-        _row_dot_blocks(PORTABLE_QUADS, codes, w, n_out, depth, acc, nb_begin, nb_end)
-    else:
-        _row_dot_blocks(PORTABLE_PAIRS, codes, w, n_out, depth, acc, nb_begin, nb_end)
+@njit(inline="always")
+def _row_dot_blocks(variant, codes, w, n_out, depth, acc, o_begin, o_end):
+    # acc [N, O rounded up to 16] += codes [N, >= depth] . w[o] for outputs o_begin .. o_end - 1
+    # (multiples of 16): tiles of 4 rows x 4 outputs (16 accumulator vectors), then 2 x 8 and
+    # 1 x 8 for the rows left over (a single row keeps 8 vectors: its 8 weight rows and its
+    # row of codes are 9 pointers, 16 of them would not fit the general registers).  Inlined
+    # with a constant ``variant``, which row_dots needs at compile time.
+    rows = codes.shape[0]
+    fours, twos = rows - rows % 4, rows - rows % 2
+    _row_dot_tiles(variant, 4, 4, codes, 0, fours, w, n_out, depth, acc, o_begin, o_end)
+    _row_dot_tiles(variant, 2, 8, codes, fours, twos, w, n_out, depth, acc, o_begin, o_end)
+    _row_dot_tiles(variant, 1, 8, codes, twos, rows, w, n_out, depth, acc, o_begin, o_end)
 
 
 @njit(inline="always")
@@ -648,28 +632,36 @@ def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, 
                 acc_row[o] = np.int32(c0[o] - np.int64(w_zero_point[o]) * code_sum)  # wraps: exact modulo 2**32
         else:
             acc_row[:] = c0
-    blocks = padded // LANES
-    blocks_per_chunk = ROW_DOT_CHUNK // LANES
-    for chunk in prange((blocks + blocks_per_chunk - 1) // blocks_per_chunk):
-        nb_begin = chunk * blocks_per_chunk
-        _row_dot_chunk(variant, codes, w, w.shape[0], depth, acc, nb_begin, min(blocks, nb_begin + blocks_per_chunk))
+    for chunk in prange((padded + ROW_DOT_CHUNK - 1) // ROW_DOT_CHUNK):
+        o_begin = chunk * ROW_DOT_CHUNK
+        _row_dot_blocks(variant, codes, w, w.shape[0], depth, acc, o_begin, min(padded, o_begin + ROW_DOT_CHUNK))
     return _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
                             clamp_max, out)
 
 
-# Threaded and serial, from one inlined body (see _conv2d_gemm_threaded).
-@njit(cache=True, parallel=True)
-def _fully_connected_in_place_threaded(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
-                                       code_sample, out):
-    return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
-                                          code_sample, out)
+# The kernel per variant (a compile-time constant of each), serial and threaded from one inlined
+# body (see _conv2d_gemm_threaded); each is compiled on its own, at its first call.  (Inlining every
+# variant into one function behind a run-time switch made the VNNI one 15% slower.)
+def _in_place_serial(variant):
+    @njit(cache=True)
+    def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
+        return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                              code_sample, out)
+
+    return core
 
 
-@njit(cache=True)
-def _fully_connected_in_place_serial(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample,
-                                     out):
-    return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
-                                          code_sample, out)
+def _in_place_threaded(variant):
+    @njit(cache=True, parallel=True)
+    def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
+        return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                              code_sample, out)
+
+    return core
+
+
+_IN_PLACE_SERIAL = tuple(_in_place_serial(variant) for variant in range(len(GROUP)))
+_IN_PLACE_THREADED = tuple(_in_place_threaded(variant) for variant in range(len(GROUP)))
 
 
 class _InPlaceLaunch:
@@ -688,12 +680,12 @@ class _InPlaceLaunch:
 
     def run(self, x, out):
         in_place = self.in_place
-        core = _fully_connected_in_place_serial
+        core = _IN_PLACE_SERIAL[in_place.variant]
         if min(_threads, self.chunks) > 1:
-            core = _fully_connected_in_place_threaded
+            core = _IN_PLACE_THREADED[in_place.variant]
             _apply_threads(self.chunks)
-        return int(core(in_place.variant, np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point,
-                        *self.requant, self.settings, self.code_sample, out))
+        return int(core(np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point, *self.requant,
+                        self.settings, self.code_sample, out))
 
 
 # --------------------------------------------------------------------------

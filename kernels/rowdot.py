@@ -10,7 +10,7 @@ the accumulators of the tile to one vector at the end (white paper §2.1: the
 same MAC array, its partial sums spread over vector lanes).
 
 ``row_dots(variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, acc, acc_off, acc_stride)``
-adds, for ``r < rows`` and ``o < outs`` (``rows * outs == 16``; ``variant``,
+adds, for ``r < rows`` and ``o < outs`` (``rows * outs`` 8 or 16; ``variant``,
 ``rows`` and ``outs`` compile-time constants)::
 
     acc[acc_off + r*acc_stride + o] += sum_{k < depth} x[x_off + r*x_stride + k] * w[min(o0 + o, n_out - 1)*depth + k]
@@ -53,12 +53,15 @@ _ACC = ir.VectorType(_I32, LANES)
 
 
 def _lane_sums(builder, vectors):
-    # One vector whose lane i is the sum of the lanes of vectors[i] (16 vectors): a
+    # One vector whose lane i is the sum of the lanes of vectors[i] (8 or 16 vectors): a
     # transpose-add tree.  At each level every vector holds ``per`` sources of ``width``
     # partial sums each; two of them become one of ``2 * per`` sources of ``width / 2``
     # (the low and high half of each source's run added), keeping the sources in order.
+    # Fewer than 16 sources end paired with themselves (the lanes past them repeat them).
     width = LANES
-    while len(vectors) > 1:
+    while width > 1:
+        if len(vectors) == 1:
+            vectors = vectors * 2
         per, half = LANES // width, width // 2
         low, high = [], []
         for j in range(2 * per):
@@ -178,7 +181,7 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
 def row_dots(typingctx, variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, acc, acc_off, acc_stride):
     """See the module docstring."""
     variant_code, n_rows, n_outs = _literal(variant), _literal(rows), _literal(outs)
-    if variant_code is None or n_rows is None or n_outs is None or n_rows * n_outs != LANES:
+    if variant_code is None or n_rows is None or n_outs is None or n_rows * n_outs not in (8, LANES):
         return None
     # Codes of either width type-check with every variant: a caller that picks the variant at run
     # time compiles each with its one code dtype, and runs only the variant that matches it.
