@@ -575,7 +575,8 @@ def _in_place(x_dtype, x_zero_point, w, w_zero_point, bias):
     c0[:n_out] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * (w.sum(axis=1, dtype=np.int64)
                                                                           - depth * w_zero_point)
     zero_points = np.zeros(padded if w_zero_point.any() else 0, np.int32)
-    zero_points[:min(n_out, zero_points.size)] = w_zero_point[:zero_points.size]
+    if zero_points.size:
+        zero_points[:n_out] = w_zero_point
     return InPlaceWeights(variant, c0.astype(np.int32), zero_points, a_sub, code_dtype)
 
 
