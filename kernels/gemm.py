@@ -581,53 +581,57 @@ def _in_place(x_dtype, x_zero_point, w, w_zero_point, bias):
 
 
 @njit(inline="always")
-def _row_dot_tiles(variant, rows_per_tile, outs_per_tile, codes, r_begin, r_end, w, n_out, depth, acc, o_begin,
-                   o_end):
-    # acc[r, o] += codes[r] . w[o] for rows r_begin .. r_end - 1 (whole tiles) and outputs o_begin ..
+def _row_dot_tiles(variant, rows_per_tile, outs_per_tile, codes, r_begin, r_end, w, n_out, depth, lead, acc,
+                   o_begin, o_end):
+    # acc[r, o] += codes[r, lead:] . w[o] for rows r_begin .. r_end - 1 (whole tiles) and outputs o_begin ..
     # o_end - 1 (whole tiles, past n_out into acc's padding), output tiles outside so that a tile's
     # weight rows stay in L1 while the rows of the batch pass over them.
     stride, acc_stride = codes.shape[1], acc.shape[1]
     for o0 in range(o_begin, o_end, outs_per_tile):
         for r in range(r_begin, r_end, rows_per_tile):
-            row_dots(variant, rows_per_tile, outs_per_tile, codes, r * stride, stride, w, o0, n_out, depth, acc,
+            row_dots(variant, rows_per_tile, outs_per_tile, codes, r * stride, stride, w, o0, n_out, depth, lead, acc,
                      r * acc_stride + o0, acc_stride)
 
 
 @njit(inline="always")
-def _row_dot_blocks(variant, codes, w, n_out, depth, acc, o_begin, o_end):
-    # acc [N, O rounded up to 16] += codes [N, >= depth] . w[o] for outputs o_begin .. o_end - 1
+def _row_dot_blocks(variant, codes, w, n_out, depth, lead, acc, o_begin, o_end):
+    # acc [N, O rounded up to 16] += codes [N, lead:lead + depth] . w[o] for outputs o_begin .. o_end - 1
     # (multiples of 16): tiles of 4 rows x 4 outputs (16 accumulator vectors), then 2 x 8 and
     # 1 x 8 for the rows left over (a single row keeps 8 vectors: its 8 weight rows and its
     # row of codes are 9 pointers, 16 of them would not fit the general registers).  Inlined
     # with a constant ``variant``, which row_dots needs at compile time.
     rows = codes.shape[0]
     fours, twos = rows - rows % 4, rows - rows % 2
-    _row_dot_tiles(variant, 4, 4, codes, 0, fours, w, n_out, depth, acc, o_begin, o_end)
-    _row_dot_tiles(variant, 2, 8, codes, fours, twos, w, n_out, depth, acc, o_begin, o_end)
-    _row_dot_tiles(variant, 1, 8, codes, twos, rows, w, n_out, depth, acc, o_begin, o_end)
+    _row_dot_tiles(variant, 4, 4, codes, 0, fours, w, n_out, depth, lead, acc, o_begin, o_end)
+    _row_dot_tiles(variant, 2, 8, codes, fours, twos, w, n_out, depth, lead, acc, o_begin, o_end)
+    _row_dot_tiles(variant, 1, 8, codes, twos, rows, w, n_out, depth, lead, acc, o_begin, o_end)
 
 
 @njit(inline="always")
 def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample,
                                    out):
     # out [N, O] from x [N, K] and the int8 weights w [O, K] as they lie: each row encoded
-    # once into ``codes`` (x - a_sub, zeros up to ``stride``, a whole number of vectors) and
-    # summed; acc starts at c0 - z_w * sum(codes) (see InPlaceWeights); the blocks of 16
-    # outputs are shared out among the threads in chunks of ROW_DOT_CHUNK outputs; the int32
-    # accumulators are requantized at the end.
-    a_sub, stride, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
+    # once into ``codes`` (x - a_sub from column ``lead`` on, zeros around it up to ``stride``,
+    # a whole number of vectors; the buffer 64-byte aligned) and summed; acc starts at
+    # c0 - z_w * sum(codes) (see InPlaceWeights); the outputs are shared out among the threads
+    # in chunks of ROW_DOT_CHUNK; the int32 accumulators are requantized at the end.
+    a_sub, lead, stride, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
     rows, depth = x.shape
     padded = c0.shape[0]
-    codes = np.empty((rows, stride), code_sample.dtype)
+    per_line = 64 // code_sample.itemsize
+    buffer = np.empty(rows * stride + per_line, code_sample.dtype)
+    start = (-buffer.ctypes.data) % 64 // code_sample.itemsize
+    codes = buffer[start:start + rows * stride].reshape((rows, stride))
     acc = np.empty((rows, padded), np.int32)
     for r in range(rows):
-        x_row, code_row, acc_row = x[r], codes[r], acc[r]
+        x_row, code_row, acc_row = x[r], codes[r, lead:lead + depth], acc[r]
+        codes[r, :lead] = 0
+        codes[r, lead + depth:] = 0
         code_sum = 0
         for k in range(depth):
             code = x_row[k] - a_sub
             code_row[k] = code
             code_sum += code
-        code_row[depth:] = 0
         if w_zero_point.shape[0]:
             for o in range(padded):
                 acc_row[o] = np.int32(c0[o] - np.int64(w_zero_point[o]) * code_sum)  # wraps: exact modulo 2**32
@@ -635,7 +639,8 @@ def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, 
             acc_row[:] = c0
     for chunk in prange((padded + ROW_DOT_CHUNK - 1) // ROW_DOT_CHUNK):
         o_begin = chunk * ROW_DOT_CHUNK
-        _row_dot_blocks(variant, codes, w, w.shape[0], depth, acc, o_begin, min(padded, o_begin + ROW_DOT_CHUNK))
+        _row_dot_blocks(variant, codes, w, w.shape[0], depth, lead, acc, o_begin,
+                        min(padded, o_begin + ROW_DOT_CHUNK))
     return _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
                             clamp_max, out)
 
@@ -671,10 +676,14 @@ class _InPlaceLaunch:
 
     def __init__(self, w, in_place, requant, depth):
         multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-        step = LANES * GROUP[in_place.variant]
+        step = LANES * GROUP[in_place.variant]  # codes, and weight bytes, per vector
+        # Where every weight row starts the same distance past a vector boundary, the kernel reads
+        # each row from that boundary by aligned loads (split loads cost 10-20% of the layer), the
+        # codes shifted by as much; its first and last vectors are masked to the row.
+        lead = w.ctypes.data % step if depth % step == 0 else 0
         self.w, self.in_place = w, in_place
         self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
-        self.settings = np.array([in_place.a_sub, -(-depth // step) * step, rounding, multiplier_bits,
+        self.settings = np.array([in_place.a_sub, lead, -(-(lead + depth) // step) * step, rounding, multiplier_bits,
                                   out_zero_point, clamp_min, clamp_max], np.int64)
         self.chunks = -(-in_place.c0.shape[0] // ROW_DOT_CHUNK)
         self.code_sample = np.zeros(1, in_place.code_dtype)

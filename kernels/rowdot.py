@@ -75,21 +75,22 @@ def _lane_sums(builder, vectors):
     return vectors[0]
 
 
-def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_data, o0, n_out, depth, acc_data,
-                   acc_off, acc_stride):
+def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_data, o0, n_out, depth, lead,
+                   acc_data, acc_off, acc_stride):
     group = GROUP[variant]
     step = LANES * group  # codes (and weight bytes) per vector
     w_vector = ir.VectorType(_I8, step)
+    lane_vector = ir.VectorType(_I64, step)
 
     def constant(value):
         return ir.Constant(_I64, value)
 
     last_row = builder.sub(n_out, constant(1))
-    w_rows = []
+    w_rows = []  # where each output's run of steps starts: ``lead`` weights before its row
     for o in range(n_outs):
         row = builder.add(o0, constant(o))
         row = builder.select(builder.icmp_signed("<", row, last_row), row, last_row)
-        w_rows.append(builder.mul(row, depth))
+        w_rows.append(builder.sub(builder.mul(row, depth), lead))
     x_rows = [builder.add(x_off, builder.mul(x_stride, constant(r))) for r in range(n_rows)]
 
     def widened(weights):
@@ -99,7 +100,9 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
             return builder.bitcast(weights, _ACC)
         return builder.bitcast(builder.sext(weights, ir.VectorType(_I16, step)), _ACC)
 
-    def accumulate(accs, k, load_weights):
+    def accumulate(accs, s, load_weights):
+        # Step s: codes s*step .. of every row against the same weights of every output.
+        k = builder.mul(s, constant(step))
         x_vecs = [builder.load(builder.bitcast(builder.gep(x_data, [builder.add(x_row, k)]), _ACC.as_pointer()),
                                align=1) for x_row in x_rows]
         updated = list(accs)
@@ -111,62 +114,80 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
                 updated[i] = _dot(builder, variant, accs[i], x_vecs[r], weights)
         return updated
 
-    def phis(incoming, block):
+    masked_load = _declare(builder, f"llvm.masked.load.v{step}i8.p0", w_vector,
+                           [w_vector.as_pointer(), _I32, ir.VectorType(_I1, step), w_vector])
+
+    def splat(value):
+        first = builder.insert_element(ir.Constant(lane_vector, ir.Undefined), value, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(first, ir.Constant(lane_vector, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, step), [0] * step))
+
+    def masked_step(accs, s):
+        # Step s with only the weights of lanes j, lead <= s*step + j < lead + depth, read (the
+        # others zero): the first step of a run that starts before its row, the last one of a
+        # run that ends inside a vector.
+        lanes = builder.add(ir.Constant(lane_vector, list(range(step))), splat(builder.mul(s, constant(step))))
+        mask = builder.and_(builder.icmp_signed(">=", lanes, splat(lead)),
+                            builder.icmp_signed("<", lanes, splat(builder.add(lead, depth))))
+        no_weights = ir.Constant(w_vector, [0] * step)
+        return accumulate(accs, s, lambda pointer: builder.call(masked_load, [pointer, ir.Constant(_I32, 1), mask,
+                                                                             no_weights]))
+
+    def merged(accs_before, block_before, accs_after, block_after):
         nodes = []
-        for value in incoming:
-            node = builder.phi(value.type)
-            node.add_incoming(value, block)
+        for before, after in zip(accs_before, accs_after):
+            node = builder.phi(_ACC)
+            node.add_incoming(before, block_before)
+            node.add_incoming(after, block_after)
             nodes.append(node)
         return nodes
 
-    zero = ir.Constant(_ACC, [0] * LANES)
-    full = builder.sdiv(depth, constant(step))
-    tail = builder.sub(depth, builder.mul(full, constant(step)))
-    entry = builder.block
-    loop = builder.append_basic_block("row_dots.steps")
-    after = builder.append_basic_block("row_dots.after_steps")
-    tail_block = builder.append_basic_block("row_dots.tail")
-    reduce = builder.append_basic_block("row_dots.reduce")
-    builder.cbranch(builder.icmp_signed(">", full, constant(0)), loop, after)
+    def when(condition, name, body, accs):
+        # ``body(accs)`` where ``condition`` holds, else ``accs``.
+        before, then, join = builder.block, builder.append_basic_block(name), builder.append_basic_block(name + ".end")
+        builder.cbranch(condition, then, join)
+        builder.position_at_end(then)
+        updated = body(accs)
+        then_end = builder.block
+        builder.branch(join)
+        builder.position_at_end(join)
+        return merged(accs, before, updated, then_end)
 
-    builder.position_at_end(loop)
-    s, *accs = phis([constant(0)] + [zero] * (n_rows * n_outs), entry)
-    stepped = accumulate(accs, builder.mul(s, constant(step)), lambda pointer: builder.load(pointer, align=1))
-    s_next = builder.add(s, constant(1))
-    s.add_incoming(s_next, loop)
-    for node, value in zip(accs, stepped):
-        node.add_incoming(value, loop)
-    builder.cbranch(builder.icmp_signed("<", s_next, full), loop, after)
+    def steps(begin, end, accs):
+        # The unmasked steps begin .. end - 1, in a loop.
+        before, loop, join = builder.block, builder.append_basic_block("row_dots.steps"), \
+            builder.append_basic_block("row_dots.steps_end")
+        builder.cbranch(builder.icmp_signed("<", begin, end), loop, join)
+        builder.position_at_end(loop)
+        s = builder.phi(_I64)
+        s.add_incoming(begin, before)
+        loop_accs = []
+        for value in accs:
+            node = builder.phi(_ACC)
+            node.add_incoming(value, before)
+            loop_accs.append(node)
+        stepped = accumulate(loop_accs, s, lambda pointer: builder.load(pointer, align=1))
+        s_next = builder.add(s, constant(1))
+        s.add_incoming(s_next, loop)
+        for node, value in zip(loop_accs, stepped):
+            node.add_incoming(value, loop)
+        builder.cbranch(builder.icmp_signed("<", s_next, end), loop, join)
+        builder.position_at_end(join)
+        return merged(accs, before, stepped, loop)
 
-    builder.position_at_end(after)
-    steps_done = []
-    for value in stepped:
-        node = builder.phi(_ACC)
-        node.add_incoming(zero, entry)
-        node.add_incoming(value, loop)
-        steps_done.append(node)
-    builder.cbranch(builder.icmp_signed(">", tail, constant(0)), tail_block, reduce)
-
-    builder.position_at_end(tail_block)
-    masked_load = _declare(builder, f"llvm.masked.load.v{step}i8.p0", w_vector,
-                           [w_vector.as_pointer(), _I32, ir.VectorType(_I1, step), w_vector])
-    tail_lanes = builder.insert_element(ir.Constant(ir.VectorType(_I64, step), ir.Undefined), tail,
-                                        ir.Constant(_I32, 0))
-    tail_lanes = builder.shuffle_vector(tail_lanes, ir.Constant(tail_lanes.type, ir.Undefined),
-                                        ir.Constant(ir.VectorType(_I32, step), [0] * step))
-    mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(_I64, step), list(range(step))), tail_lanes)
-    no_weights = ir.Constant(w_vector, [0] * step)
-    tailed = accumulate(steps_done, builder.mul(full, constant(step)),
-                        lambda pointer: builder.call(masked_load, [pointer, ir.Constant(_I32, 1), mask, no_weights]))
-    builder.branch(reduce)
-
-    builder.position_at_end(reduce)
-    finals = []
-    for done, value in zip(steps_done, tailed):
-        node = builder.phi(_ACC)
-        node.add_incoming(done, after)
-        node.add_incoming(value, tail_block)
-        finals.append(node)
+    # Steps 0 .. ceil((lead + depth) / step) - 1: a masked first step if lead > 0, the whole
+    # steps, a masked last step if lead + depth ends inside a vector (and it is not the first).
+    zero = constant(0)
+    span = builder.add(lead, depth)
+    whole_end = builder.sdiv(span, constant(step))
+    has_head = builder.icmp_signed(">", lead, zero)
+    first_whole = builder.zext(has_head, _I64)
+    accs = [ir.Constant(_ACC, [0] * LANES)] * (n_rows * n_outs)
+    accs = when(has_head, "row_dots.head", lambda a: masked_step(a, zero), accs)
+    accs = steps(first_whole, whole_end, accs)
+    has_tail = builder.and_(builder.icmp_signed(">", builder.srem(span, constant(step)), zero),
+                            builder.icmp_signed(">=", whole_end, first_whole))
+    finals = when(has_tail, "row_dots.tail", lambda a: masked_step(a, whole_end), accs)
     sums = _lane_sums(builder, finals)
     out_vector = ir.VectorType(_I32, n_outs)
     for r in range(n_rows):
@@ -178,7 +199,8 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
 
 
 @intrinsic
-def row_dots(typingctx, variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, acc, acc_off, acc_stride):
+def row_dots(typingctx, variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, lead, acc, acc_off,
+             acc_stride):
     """See the module docstring."""
     variant_code, n_rows, n_outs = _literal(variant), _literal(rows), _literal(outs)
     if variant_code is None or n_rows is None or n_outs is None or n_rows * n_outs not in (8, LANES):
@@ -187,17 +209,17 @@ def row_dots(typingctx, variant, rows, outs, x, x_off, x_stride, w, o0, n_out, d
     # time compiles each with its one code dtype, and runs only the variant that matches it.
     if not (x.dtype in (types.uint8, types.int16) and w.dtype == types.int8 and acc.dtype == types.int32):
         return None
-    sig = types.void(variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, acc, acc_off, acc_stride)
+    sig = types.void(variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, lead, acc, acc_off, acc_stride)
 
     def codegen(context, builder, signature, args):
-        x_off_v, x_stride_v, o0_v, n_out_v, depth_v, acc_off_v, acc_stride_v = _i64(
-            context, builder, signature, args, 4, 5, 7, 8, 9, 11, 12)
+        x_off_v, x_stride_v, o0_v, n_out_v, depth_v, lead_v, acc_off_v, acc_stride_v = _i64(
+            context, builder, signature, args, 4, 5, 7, 8, 9, 10, 12, 13)
 
         def data(i):
             return context.make_array(signature.args[i])(context, builder, args[i]).data
 
         _emit_row_dots(builder, variant_code, n_rows, n_outs, data(3), x_off_v, x_stride_v, data(6), o0_v, n_out_v,
-                       depth_v, data(10), acc_off_v, acc_stride_v)
+                       depth_v, lead_v, data(11), acc_off_v, acc_stride_v)
         return context.get_dummy_value()
 
     return sig, codegen

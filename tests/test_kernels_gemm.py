@@ -736,8 +736,9 @@ def _row_dots_tile(variant, rows, outs):
     from intsim.kernels.rowdot import row_dots
 
     @njit
-    def tile(codes, w, o0, depth, acc):
-        row_dots(variant, rows, outs, codes, 0, codes.shape[1], w, o0, w.shape[0], depth, acc, o0, acc.shape[1])
+    def tile(codes, w, o0, depth, lead, acc):
+        row_dots(variant, rows, outs, codes, 0, codes.shape[1], w, o0, w.shape[0], depth, lead, acc, o0,
+                 acc.shape[1])
 
     return tile
 
@@ -752,10 +753,14 @@ def test_row_dots_add_every_row_times_every_weight_row(isa_name, rows, outs):
     for variant in {chosen.pairs, chosen.quads} - {None}:
         step = 16 * isa.GROUP[variant]
         tile = _row_dots_tile(variant, rows, outs)
-        for depth in (1, 5, 31, 32, 33, 63, 64, 65, 130):
+        for depth, lead in ((1, 0), (5, 0), (31, 0), (32, 0), (33, 0), (63, 0), (64, 0), (65, 0), (130, 0),
+                            (1, 3), (5, step - 5), (5, step - 3), (64, 16), (64, step - 1), (130, 7)):
             n_out = 13
-            w = rng.integers(-128, 128, size=(n_out, depth), dtype=np.int8)
-            stride = -(-depth // step) * step
+            # the weights inside a larger array: the runs that start ``lead`` bytes before a row
+            # (and end past it) are masked to the row, whatever lies around it
+            around = rng.integers(-128, 128, size=n_out * depth + 2 * step, dtype=np.int8)
+            w = around[step:step + n_out * depth].reshape(n_out, depth)
+            stride = -(-(lead + depth) // step) * step
             codes = (rng.integers(0, 256, size=(rows, stride)).astype(np.uint8) if isa.GROUP[variant] == 4
                      else rng.integers(-510, 511, size=(rows, stride)).astype(np.int16))
             for o0 in (0, 8):
@@ -763,8 +768,8 @@ def test_row_dots_add_every_row_times_every_weight_row(isa_name, rows, outs):
                 expected = acc.astype(np.int64)
                 for o in range(outs):
                     row = w[min(o0 + o, n_out - 1)].astype(np.int64)
-                    expected[:, o0 + o] += codes[:, :depth].astype(np.int64) @ row
-                tile(codes, w, o0, depth, acc)
+                    expected[:, o0 + o] += codes[:, lead:lead + depth].astype(np.int64) @ row
+                tile(codes, w, o0, depth, lead, acc)
                 np.testing.assert_array_equal(acc, expected.astype(np.int32), strict=True)
 
 
