@@ -22,11 +22,21 @@ implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes alrea
     tile is then the top-left pixel of its output pixel's window, whatever
     the stride, and each tap a fixed offset from it; with ``dw == 1`` a whole
     window row is one contiguous run and one tap.  No patch matrix.
-im2col (other 1x1 convs, fully-connected and matmul)
+im2col (other 1x1 convs, matmul, fully-connected layers whose weights are not int8)
     Each chunk's windows are encoded into an L2-sized patch matrix.
 
 Depthwise convs (one input channel per output channel) run the kernel of
 :mod:`intsim.kernels.depthwise` instead, with the same encodings.
+Fully-connected layers over int8 weights in C order (the graph's ``[O, K]``
+array) keep no packed copy: the kernel of :mod:`intsim.kernels.rowdot` reads
+every weight row where it lies, 64 (quads) or 32 (pairs) weights per
+vector, against the encoded rows of the input, and the zero point ``z_w``
+of the weights becomes a run-time term ``- z_w * sum(x - a_sub)`` in the
+accumulator's start value (see :class:`InPlaceWeights`).  uint8 or int16
+weights, or weights not in C order, are packed and take the GEMV launch (up
+to :data:`GEMV_MAX_ROWS` rows) or im2col.  The in-place kernel splits the
+exact sum differently from the hardware order, which the argument below
+covers all the same: every partial sum is exact modulo ``2**32``.
 
 It is taken only where it is provably the exact result of the hardware order
 of :func:`intsim.kernels.mac.conv2d_nhwc_acc`: no pairwise int16 saturation,
@@ -1022,7 +1032,8 @@ class PreparedFullyConnected:
 
 def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bits, overflow,
                             pairwise_int16) -> PreparedFullyConnected:
-    """Pack a fully-connected layer for :func:`fully_connected_requantized`.
+    """Prepare a fully-connected layer for :func:`fully_connected_requantized`: int8 weights in C
+    order are read where they lie (per-channel start values only), other weights are packed.
 
     Parameters are those of :func:`intsim.kernels.mac.fully_connected_acc`, with
     the activation dtype ``x_dtype`` in place of the activations.
@@ -1041,7 +1052,8 @@ def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bi
 def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                                 clamp_min, clamp_max, out_dtype):
     """Output codes of a fully-connected layer: :func:`~intsim.kernels.mac.fully_connected_acc` then
-    :func:`~intsim.kernels.mac.requantize`, fused where exact: a GEMV launch for ``N`` up to
+    :func:`~intsim.kernels.mac.requantize`, fused where exact: the kernel over the int8 weights in
+    place (:mod:`intsim.kernels.rowdot`), or for packed weights a GEMV launch for ``N`` up to
     :data:`GEMV_MAX_ROWS` (batch-1 inference), else a 1x1 conv over ``N`` pixels (white paper §2.1-§2.2).
 
     Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``.

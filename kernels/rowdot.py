@@ -9,19 +9,25 @@ bytes of each per step, one accumulator vector per (row, output), and reduces
 the accumulators of the tile to one vector at the end (white paper §2.1: the
 same MAC array, its partial sums spread over vector lanes).
 
-``row_dots(variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, acc, acc_off, acc_stride)``
+``row_dots(variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, lead, acc, acc_off, acc_stride)``
 adds, for ``r < rows`` and ``o < outs`` (``rows * outs`` 8 or 16; ``variant``,
 ``rows`` and ``outs`` compile-time constants)::
 
-    acc[acc_off + r*acc_stride + o] += sum_{k < depth} x[x_off + r*x_stride + k] * w[min(o0 + o, n_out - 1)*depth + k]
+    acc[acc_off + r*acc_stride + o] += sum_{k < depth} x[x_off + r*x_stride + lead + k] * w[min(o0 + o, n_out - 1)*depth + k]
 
-``w`` is the int8 weight array itself (flat, ``n_out`` rows of ``depth``);
-an output past ``n_out - 1`` reads the last row again, so a tile may run
-past the layer's last output (its sums land in the caller's padding).  ``x``
-holds the encoded activation codes: uint8 for the quad variants, int16 for
-the pair variants, each row readable up to ``depth`` rounded up to a whole
-vector (``16 * GROUP[variant]`` codes; what lies past ``depth`` is multiplied
-by masked-off zero weights).  Per variant (see :mod:`intsim.kernels.isa`):
+``w`` is the int8 weight array itself (``n_out`` rows of ``depth``, C
+order); an output past ``n_out - 1`` reads the last row again, so a tile may
+run past the layer's last output (its sums land in the caller's padding).
+``x`` holds the encoded activation codes: uint8 for the quad variants, int16
+for the pair variants.  The sums run over whole vectors of ``V = 16 *
+GROUP[variant]`` codes, starting ``lead`` weights before each row (``0 <=
+lead < V``): where every row starts ``lead`` bytes past a V-byte boundary
+(``depth`` a multiple of V), the weights are then read by aligned loads and
+the codes of each row stored ``lead`` columns in.  Every code row must be
+readable up to ``lead + depth`` rounded up to a whole vector; the weights of
+the first and the last vector are read by masked loads, limited to the row
+(nothing outside the weight array is read), and the codes against them do
+not count.  Per variant (see :mod:`intsim.kernels.isa`):
 
 ================  ============================================================
 ``VNNI_QUADS``    64 weight bytes against 64 uint8 codes by ``vpdpbusd``
@@ -31,9 +37,7 @@ by masked-off zero weights).  Per variant (see :mod:`intsim.kernels.isa`):
                   ``vpmaddwd`` zmm or ymm, generic vectors)
 ================  ============================================================
 
-The last ``depth mod V`` weights of a row are read by a masked load, so no
-byte past a row's end is read where that row is the array's last.  Every
-product and group sum is exact (``255 * 128 * 4`` and ``2 * 2**15 * 128`` are
+Every product and group sum is exact (``255 * 128 * 4`` and ``2 * 2**15 * 128`` are
 far inside int32) and every add wraps modulo ``2**32``: the sums end equal to
 the exact ones modulo ``2**32``, which the caller's static bound turns into
 equality (see :mod:`intsim.kernels.gemm`).
