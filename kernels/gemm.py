@@ -567,11 +567,12 @@ class InPlaceWeights:
 
 def _in_place(x_dtype, x_zero_point, w, w_zero_point, bias):
     """:class:`InPlaceWeights` for a layer the static bound proved exact, or ``None`` where the weights
-    are not int8 in C order (uint8 or int16 weights take the packed path)."""
-    if w.dtype != np.int8 or not w.flags.c_contiguous:
+    are not int8 in C order (uint8 or int16 weights take the packed path) or the activations are not
+    8-bit (the unfused kernels)."""
+    info = np.iinfo(x_dtype)
+    if w.dtype != np.int8 or not w.flags.c_contiguous or info.bits != 8:
         return None
     isa = isa_module.current_isa()
-    info = np.iinfo(x_dtype)
     if isa.quads is not None:  # x (uint8) or x + 128 (int8): the unsigned operand of vpdpbusd
         variant, a_sub, code_dtype = isa.quads, 0 if info.min == 0 else -128, np.dtype(np.uint8)
     else:  # x - z_x as int16 pairs against the weights sign-extended on load

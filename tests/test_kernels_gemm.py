@@ -451,7 +451,7 @@ def test_int16_activations_keep_the_unfused_path():
     requant = (*Rescale.from_real(np.full(4, 1e-4), "single").kernel_args(4), fixedpoint.SINGLE, 31, 0, -128, 127,
                np.dtype(np.int8))
     prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
-    assert prepared.packed is None
+    assert prepared.packed is None and prepared.in_place is None
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
 
 
