@@ -13,7 +13,8 @@ same MAC array, its partial sums spread over vector lanes).
 adds, for ``r < rows`` and ``o < outs`` (``rows * outs`` 8 or 16; ``variant``,
 ``rows`` and ``outs`` compile-time constants)::
 
-    acc[acc_off + r*acc_stride + o] += sum_{k < depth} x[x_off + r*x_stride + lead + k] * w[min(o0 + o, n_out - 1)*depth + k]
+    acc[acc_off + r*acc_stride + o] += sum_{k < depth} x[x_off + r*x_stride + lead + k] * w[row(o)*depth + k]
+    row(o) = min(o0 + o, n_out - 1)
 
 ``w`` is the int8 weight array itself (``n_out`` rows of ``depth``, C
 order); an output past ``n_out - 1`` reads the last row again, so a tile may
