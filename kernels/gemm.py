@@ -24,11 +24,21 @@ implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes alrea
     tile is then the top-left pixel of its output pixel's window, whatever
     the stride, and each tap a fixed offset from it; with ``dw == 1`` a whole
     window row is one contiguous run and one tap.  No patch matrix.
-im2col (other 1x1 convs, fully-connected and matmul)
+im2col (other 1x1 convs, matmul, fully-connected layers whose weights are not int8)
     Each chunk's windows are encoded into an L2-sized patch matrix.
 
 Depthwise convs (one input channel per output channel) run the kernel of
 :mod:`intsim.kernels.depthwise` instead, with the same encodings.
+Fully-connected layers over int8 weights in C order (the graph's ``[O, K]``
+array) keep no packed copy: the kernel of :mod:`intsim.kernels.rowdot` reads
+every weight row where it lies, 64 (quads) or 32 (pairs) weights per
+vector, against the encoded rows of the input, and the zero point ``z_w``
+of the weights becomes a run-time term ``- z_w * sum(x - a_sub)`` in the
+accumulator's start value (see :class:`InPlaceWeights`).  uint8 or int16
+weights, or weights not in C order, are packed and take the GEMV launch (up
+to :data:`GEMV_MAX_ROWS` rows) or im2col.  The in-place kernel splits the
+exact sum differently from the hardware order, which the argument below
+covers all the same: every partial sum is exact modulo ``2**32``.
 
 It is taken only where it is provably the exact result of the hardware order
 of :func:`intsim.kernels.mac.conv2d_nhwc_acc`: no pairwise int16 saturation,
@@ -94,6 +104,7 @@ from intsim.kernels.mac import (
     requantized_in_registers,
 )
 from intsim.kernels.microkernel import LANES, mac_tile, mac_tile_taps, mac_tile_taps_rint
+from intsim.kernels.rowdot import row_dots
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
 # 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
@@ -540,6 +551,180 @@ class _GemvLaunch:
 
 
 # --------------------------------------------------------------------------
+# Fully-connected layers over their int8 weights where they lie
+# --------------------------------------------------------------------------
+
+# Output channels per chunk of the threaded in-place kernel (four 16-output blocks).
+ROW_DOT_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class InPlaceWeights:
+    """What a fully-connected layer needs to read its int8 weights ``w [O, K]`` where they lie: no copy of them.
+
+    The kernel of :mod:`intsim.kernels.rowdot` sums ``xe[n, k] * w[o, k]`` with
+    the raw weights and the encoded codes ``xe = x - a_sub`` (``code_dtype``:
+    uint8 ``x`` or ``x + 128`` for the quads, int16 ``x - z_x`` for the pairs),
+    starting from ``c0[o] - w_zero_point[o] * sum_k xe[n, k]``, where
+    ``c0 = bias + (a_sub - z_x) * sum_k (w - z_w)``: together
+    ``bias + sum_k (x - z_x)(w - z_w)`` (the zero-point expansion of white paper
+    §2.3).  ``c0`` is int32 [O rounded up to 16], wrapped to int32 (exact modulo
+    ``2**32``, see the module docstring); ``w_zero_point`` is int32 laid out
+    like ``c0``, or empty where every ``z_w`` is 0.
+    """
+
+    variant: int
+    c0: np.ndarray
+    w_zero_point: np.ndarray
+    a_sub: int
+    code_dtype: np.dtype
+
+
+def _in_place(x_dtype, x_zero_point, w, w_zero_point, bias):
+    """:class:`InPlaceWeights` for a layer the static bound proved exact, or ``None`` where the weights
+    are not int8 in C order (uint8 or int16 weights take the packed path) or the activations are not
+    8-bit (the unfused kernels)."""
+    info = np.iinfo(x_dtype)
+    if w.dtype != np.int8 or not w.flags.c_contiguous or info.bits != 8:
+        return None
+    isa = isa_module.current_isa()
+    if isa.quads is not None:  # x (uint8) or x + 128 (int8): the unsigned operand of vpdpbusd
+        variant, a_sub, code_dtype = isa.quads, 0 if info.min == 0 else -128, np.dtype(np.uint8)
+    else:  # x - z_x as int16 pairs against the weights sign-extended on load
+        variant, a_sub, code_dtype = isa.pairs, int(x_zero_point), np.dtype(np.int16)
+        if not (-(2**15) <= info.min - a_sub and info.max - a_sub < 2**15):
+            return None
+    n_out, depth = w.shape
+    padded = -(-n_out // LANES) * LANES
+    w_zero_point = w_zero_point.astype(np.int64)
+    c0 = np.zeros(padded, np.int64)
+    c0[:n_out] = bias.astype(np.int64) + (a_sub - int(x_zero_point)) * (w.sum(axis=1, dtype=np.int64)
+                                                                          - depth * w_zero_point)
+    zero_points = np.zeros(padded if w_zero_point.any() else 0, np.int32)
+    if zero_points.size:
+        zero_points[:n_out] = w_zero_point
+    return InPlaceWeights(variant, c0.astype(np.int32), zero_points, a_sub, code_dtype)
+
+
+@njit(inline="always")
+def _row_dot_tiles(variant, rows_per_tile, outs_per_tile, codes, r_begin, r_end, w, n_out, depth, lead, acc,
+                   o_begin, o_end):
+    # acc[r, o] += codes[r, lead:] . w[o] for rows r_begin .. r_end - 1 (whole tiles) and outputs o_begin ..
+    # o_end - 1 (whole tiles, past n_out into acc's padding), output tiles outside so that a tile's
+    # weight rows stay in L1 while the rows of the batch pass over them.
+    stride, acc_stride = codes.shape[1], acc.shape[1]
+    for o0 in range(o_begin, o_end, outs_per_tile):
+        for r in range(r_begin, r_end, rows_per_tile):
+            row_dots(variant, rows_per_tile, outs_per_tile, codes, r * stride, stride, w, o0, n_out, depth, lead, acc,
+                     r * acc_stride + o0, acc_stride)
+
+
+@njit(inline="always")
+def _row_dot_blocks(variant, codes, w, n_out, depth, lead, acc, o_begin, o_end):
+    # acc [N, O rounded up to 16] += codes [N, lead:lead + depth] . w[o] for outputs o_begin .. o_end - 1
+    # (multiples of 16): tiles of 4 rows x 4 outputs (16 accumulator vectors), then 2 x 8 and
+    # 1 x 8 for the rows left over (a single row keeps 8 vectors: its 8 weight rows and its
+    # row of codes are 9 pointers, 16 of them would not fit the general registers).  Inlined
+    # with a constant ``variant``, which row_dots needs at compile time.
+    rows = codes.shape[0]
+    fours, twos = rows - rows % 4, rows - rows % 2
+    _row_dot_tiles(variant, 4, 4, codes, 0, fours, w, n_out, depth, lead, acc, o_begin, o_end)
+    _row_dot_tiles(variant, 2, 8, codes, fours, twos, w, n_out, depth, lead, acc, o_begin, o_end)
+    _row_dot_tiles(variant, 1, 8, codes, twos, rows, w, n_out, depth, lead, acc, o_begin, o_end)
+
+
+@njit(inline="always")
+def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample,
+                                   out):
+    # out [N, O] from x [N, K] and the int8 weights w [O, K] as they lie: each row encoded
+    # once into ``codes`` (x - a_sub from column ``lead`` on, zeros around it up to ``stride``,
+    # a whole number of vectors; the buffer 64-byte aligned) and summed; acc starts at
+    # c0 - z_w * sum(codes) (see InPlaceWeights); the outputs are shared out among the threads
+    # in chunks of ROW_DOT_CHUNK; the int32 accumulators are requantized at the end.
+    a_sub, lead, stride, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
+    rows, depth = x.shape
+    padded = c0.shape[0]
+    per_line = 64 // code_sample.itemsize
+    buffer = np.empty(rows * stride + per_line, code_sample.dtype)
+    start = (-buffer.ctypes.data) % 64 // code_sample.itemsize
+    codes = buffer[start:start + rows * stride].reshape((rows, stride))
+    acc = np.empty((rows, padded), np.int32)
+    for r in range(rows):
+        x_row, code_row, acc_row = x[r], codes[r, lead:lead + depth], acc[r]
+        codes[r, :lead] = 0
+        codes[r, lead + depth:] = 0
+        code_sum = 0
+        for k in range(depth):
+            code = x_row[k] - a_sub
+            code_row[k] = code
+            code_sum += code
+        if w_zero_point.shape[0]:
+            for o in range(padded):
+                acc_row[o] = np.int32(c0[o] - np.int64(w_zero_point[o]) * code_sum)  # wraps: exact modulo 2**32
+        else:
+            acc_row[:] = c0
+    for chunk in prange((padded + ROW_DOT_CHUNK - 1) // ROW_DOT_CHUNK):
+        o_begin = chunk * ROW_DOT_CHUNK
+        _row_dot_blocks(variant, codes, w, w.shape[0], depth, lead, acc, o_begin,
+                        min(padded, o_begin + ROW_DOT_CHUNK))
+    return _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                            clamp_max, out)
+
+
+# The kernel per variant (a compile-time constant of each), serial and threaded from one inlined
+# body (see _conv2d_gemm_threaded); each is compiled on its own, at its first call.  (Inlining every
+# variant into one function behind a run-time switch made the VNNI one 15% slower.)
+def _in_place_serial(variant):
+    @njit(cache=True)
+    def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
+        return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                              code_sample, out)
+
+    return core
+
+
+def _in_place_threaded(variant):
+    @njit(cache=True, parallel=True)
+    def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
+        return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                              code_sample, out)
+
+    return core
+
+
+_IN_PLACE_SERIAL = tuple(_in_place_serial(variant) for variant in range(len(GROUP)))
+_IN_PLACE_THREADED = tuple(_in_place_threaded(variant) for variant in range(len(GROUP)))
+
+
+class _InPlaceLaunch:
+    """The fully-connected kernel over the int8 weights ``w`` where they lie, for codes [N, K] of one
+    layer and requantization: ``run(x, out)`` writes ``out`` [N, O] and returns the clamp count."""
+
+    def __init__(self, w, in_place, requant, depth):
+        multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
+        step = LANES * GROUP[in_place.variant]  # codes, and weight bytes, per vector
+        # Where every weight row starts the same distance past a vector boundary, the kernel reads
+        # each row from that boundary by aligned loads (split loads cost 10-20% of the layer), the
+        # codes shifted by as much; its first and last vectors are masked to the row.
+        lead = w.ctypes.data % step if depth % step == 0 else 0
+        self.w, self.in_place = w, in_place
+        self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
+        self.settings = np.array([in_place.a_sub, lead, -(-(lead + depth) // step) * step, rounding, multiplier_bits,
+                                  out_zero_point, clamp_min, clamp_max], np.int64)
+        self.chunks = -(-in_place.c0.shape[0] // ROW_DOT_CHUNK)
+        self.code_sample = np.zeros(1, in_place.code_dtype)
+
+    def run(self, x, out):
+        in_place = self.in_place
+        core = _IN_PLACE_SERIAL[in_place.variant]
+        if min(_threads, self.chunks) > 1:
+            core = _IN_PLACE_THREADED[in_place.variant]
+            _apply_threads(self.chunks)
+        return int(core(np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point, *self.requant,
+                        self.settings, self.code_sample, out))
+
+
+# --------------------------------------------------------------------------
 # Packing (once per layer)
 # --------------------------------------------------------------------------
 
@@ -868,16 +1053,20 @@ def _depthwise_requantized(x, prepared, requant, out, count_clamps):
 
 @dataclass(frozen=True)
 class PreparedFullyConnected:
-    """A fully-connected layer ready to run: packed weights (or ``None``) plus the unfused kernel's arguments."""
+    """A fully-connected layer ready to run: the unfused kernel's arguments (the graph's weights among
+    them) plus what the fast path needs: :class:`InPlaceWeights` for int8 weights (read where they
+    lie), else packed weights, else neither (the checked kernels)."""
 
     acc_args: tuple
     x_dtype: np.dtype
     packed: PackedWeights | None = None
+    in_place: InPlaceWeights | None = None
 
 
 def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bits, overflow,
                             pairwise_int16) -> PreparedFullyConnected:
-    """Pack a fully-connected layer for :func:`fully_connected_requantized`.
+    """Prepare a fully-connected layer for :func:`fully_connected_requantized`: int8 weights in C
+    order are read where they lie (per-channel start values only), other weights are packed.
 
     Parameters are those of :func:`intsim.kernels.mac.fully_connected_acc`, with
     the activation dtype ``x_dtype`` in place of the activations.
@@ -886,6 +1075,9 @@ def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bi
     acc_args = (x_zero_point, w, w_zero_point, bias, acc_bits, overflow, pairwise_int16)
     if not _static_fast(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bits, pairwise_int16):
         return PreparedFullyConnected(acc_args, x_dtype)
+    in_place = _in_place(x_dtype, x_zero_point, w, w_zero_point, bias)
+    if in_place is not None:
+        return PreparedFullyConnected(acc_args, x_dtype, in_place=in_place)
     w_centred = w.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
     return PreparedFullyConnected(acc_args, x_dtype, _pack(w_centred, x_dtype, x_zero_point, bias))
 
@@ -893,7 +1085,8 @@ def fully_connected_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, acc_bi
 def fully_connected_requantized(x, prepared, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                                 clamp_min, clamp_max, out_dtype, count_clamps=True):
     """Output codes of a fully-connected layer: :func:`~intsim.kernels.mac.fully_connected_acc` then
-    :func:`~intsim.kernels.mac.requantize`, fused where exact: a GEMV launch for ``N`` up to
+    :func:`~intsim.kernels.mac.requantize`, fused where exact: the kernel over the int8 weights in
+    place (:mod:`intsim.kernels.rowdot`), or for packed weights a GEMV launch for ``N`` up to
     :data:`GEMV_MAX_ROWS` (batch-1 inference), else a 1x1 conv over ``N`` pixels (white paper §2.1-§2.2).
 
     Returns ``(out [N, O], overflow_count, pair_saturation_count, saturation_count)``, the last
@@ -916,16 +1109,33 @@ class _FullyConnectedLauncher(_Launcher):
 
     @staticmethod
     def _fused(prepared):
-        return prepared.packed is not None
+        return prepared.packed is not None or prepared.in_place is not None
 
     def _record(self, x):
-        # (output shape, _GemvLaunch or _GemmLaunch)
+        # (output shape, _InPlaceLaunch, _GemvLaunch or _GemmLaunch)
         n_batch, depth = x.shape
-        shape, requant = (n_batch, self.prepared.acc_args[1].shape[0]), self.requant_args[:-1]
-        if n_batch <= GEMV_MAX_ROWS:
-            return shape, _GemvLaunch(self.prepared.packed, requant)
-        return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, self.prepared.packed, 1, 1, (1, 1), (1, 1), (1, 1),
+        w = self.prepared.acc_args[1]
+        shape, requant = (n_batch, w.shape[0]), self.requant_args[:-1]
+        packed = self.prepared.packed
+        if self.prepared.in_place is not None:
+            if n_batch <= GEMV_MAX_ROWS or self._batch_packed() is None:
+                return shape, _InPlaceLaunch(w, self.prepared.in_place, requant, depth)
+            packed = self._batch_packed()
+        elif n_batch <= GEMV_MAX_ROWS:
+            return shape, _GemvLaunch(packed, requant)
+        return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, packed, 1, 1, (1, 1), (1, 1), (1, 1),
                                   (0, 0, 0, 0), requant, self.count_clamps)
+
+    def _batch_packed(self):
+        # Batches of more than GEMV_MAX_ROWS rows run faster as the packed GEMM (the in-place
+        # kernel's reduction tree weighs more per row there: FC 512->1000 at batch 8 took 1.31x
+        # onnxruntime in place, 1.20x packed), so the first such batch packs the weights, once per
+        # launcher; batch-1 inference never holds that copy.
+        if not hasattr(self, "batch_packed"):
+            x_zero_point, w, w_zero_point, bias = self.prepared.acc_args[:4]
+            w_centred = w.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
+            self.batch_packed = _pack(w_centred, self.prepared.x_dtype, x_zero_point, bias)
+        return self.batch_packed
 
     def _run(self, x, shape, launch):
         out = np.empty(shape, self.out_dtype)

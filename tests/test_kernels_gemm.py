@@ -138,17 +138,139 @@ def fc_cases(draw):
 def test_fully_connected_fused_matches_naive(isa_name, case):
     x, args, requant = case
     prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
-    assert prepared.packed is not None
+    assert prepared.in_place is not None and prepared.packed is None
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+
+
+# Reductions around the vectors of the in-place kernel (64 codes for the quads, 32 for the pairs)
+# and their 4- and 16-value groups: K < 16, K not a multiple of 16, 32 or 64, whole vectors.
+IN_PLACE_DEPTHS = [1, 3, 4, 15, 16, 17, 31, 32, 33, 63, 64, 65, 95, 127, 128, 129, 200]
+
+
+@st.composite
+def in_place_cases(draw, rounding):
+    """Fully-connected layers over int8 weights: 1..9 rows (every 4 x 4, 2 x 8, 1 x 8 tile mix),
+    output counts not a multiple of 16, zero points at the range ends."""
+    depth = draw(st.one_of(st.sampled_from(IN_PLACE_DEPTHS), st.integers(1, 260)))
+    out = draw(st.one_of(st.sampled_from([1, 7, 15, 16, 17, 33, 63, 65]), st.integers(1, 80)))
+    rng, x_dtype, _, w, w_zp, bias = draw(mac_operands(out, (depth,)))
+    x_zp = draw(st.sampled_from(dtype_range(x_dtype) + (0,)))
+    x = x_codes(rng, x_dtype, (draw(st.integers(1, 9)), depth))
+    return x, (x_zp, w, w_zp, bias) + ACC, draw(requant_args(out, rounding))
+
+
+@pytest.mark.parametrize("rounding", ROUNDING_MODES)
+@SETTINGS
+@given(data=st.data())
+def test_fully_connected_in_place_matches_naive(isa_name, rounding, monkeypatch, data):
+    # Every row count in place (a launcher packs for batches past GEMV_MAX_ROWS; not here).
+    monkeypatch.setattr(gemm, "GEMV_MAX_ROWS", 16)
+    x, args, requant = data.draw(in_place_cases(rounding))
+    prepared = gemm.fully_connected_prepare(x.dtype, *args)
+    launcher = gemm.fully_connected_launcher(prepared, *requant)
+    fast = launcher(x)
+    (_, launch), = launcher.records.values()
+    assert prepared.packed is None and isinstance(launch, gemm._InPlaceLaunch)
+    assert prepared.in_place.variant == (isa.ISAS[isa_name].quads if isa.ISAS[isa_name].quads is not None
+                                         else isa.ISAS[isa_name].pairs)
+    assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+
+
+@pytest.mark.parametrize("x_dtype", EIGHT_BIT)
+@pytest.mark.parametrize("w_zero_point", [0, -128, 127])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_fully_connected_in_place_matches_unfused_on_large_layers(isa_name, x_dtype, w_zero_point, rows):
+    # EfficientNet-Lite0's classifier (1280 -> 1000) and a reduction with a tail: too large for the
+    # naive twin; the unfused kernels are themselves tested against it (test_kernels_mac.py).
+    for depth, out in ((1280, 1000), (1000, 70)):
+        rng = np.random.default_rng(depth + rows)
+        x = x_codes(rng, x_dtype, (rows, depth))
+        w, w_zp, bias = _layer(rng, x_dtype, out, depth, (), w_zero_point)
+        args = (dtype_range(x_dtype)[1] - 3, w, w_zp, bias) + ACC
+        rq = Rescale.from_real(rng.uniform(1e-6, 1e-4, size=out), "float32_rint")
+        requant = (*rq.kernel_args(out), rq.code, 31, 3, -128, 127, np.dtype(np.int8))
+        prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
+        assert prepared.in_place is not None
+        acc, overflow_count, pair_count = mac.fully_connected_acc(x, *args)
+        out_codes, saturations = mac.requantize(acc, 0, *requant)
+        assert_same(fast, (out_codes, overflow_count, pair_count, saturations))
+
+
+def _arrays(value, seen=None):
+    """Every numpy array reachable from ``value`` through dataclass fields, object attributes,
+    tuples, lists and dicts."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return []
+    seen.add(id(value))
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, dict):
+        children = list(value.values())
+    elif isinstance(value, (tuple, list)):
+        children = list(value)
+    elif hasattr(value, "__dict__") and not isinstance(value, type):
+        children = list(vars(value).values())
+    else:
+        children = []
+    return [a for child in children for a in _arrays(child, seen)]
+
+
+def test_fully_connected_in_place_keeps_no_weight_copy(isa_name):
+    # The prepared layer and its launcher (after runs at batch 1 and 4) hold the graph's weight
+    # array itself and nothing else of its size: only per-channel arrays besides it.  A batch of
+    # more rows packs a copy for the faster packed GEMM, once.
+    rng = np.random.default_rng(12)
+    w, w_zp, bias = _layer(rng, np.uint8, 1000, 1280, (), 0)
+    args = (128, w, w_zp, bias) + ACC
+    requant = (*Rescale.from_real(np.full(1000, 1e-5), "float32_rint").kernel_args(1000), fixedpoint.FLOAT32_RINT,
+               31, 0, 0, 255, np.dtype(np.uint8))
+    prepared = gemm.fully_connected_prepare(np.uint8, *args)
+    launcher = gemm.fully_connected_launcher(prepared, *requant)
+    for rows in (1, 4):
+        launcher(x_codes(rng, np.uint8, (rows, 1280)))
+    held = _arrays(prepared) + _arrays(launcher)
+    assert any(a is w for a in held)
+    large = [a for a in held if a.nbytes >= w.nbytes // 8]
+    assert large and all(np.shares_memory(a, w) for a in large), [(a.dtype, a.shape) for a in large]
+    assert prepared.packed is None
+    x = x_codes(rng, np.uint8, (8, 1280))
+    assert_same(launcher(x), run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+    assert launcher.batch_packed is not None and not np.shares_memory(launcher.batch_packed.words, w)
+
+
+@pytest.mark.parametrize("weights", ["uint8", "fortran"])
+def test_fully_connected_weights_not_usable_in_place_are_packed(isa_name, weights):
+    # uint8 weights (their centred values need packing to int8 or int16) and int8 weights not in C
+    # order take the packed GEMV / GEMM launches; the codes are the naive twin's either way.
+    rng = np.random.default_rng(6)
+    w, w_zp, bias = _layer(rng, np.uint8, 21, 37, (), -128)
+    if weights == "uint8":
+        w, w_zp = (w.astype(np.int16) + 128).astype(np.uint8), w_zp + 128
+    else:
+        w = np.asfortranarray(w)
+    args = (200, w, w_zp, bias) + ACC
+    rq = Rescale.from_real(np.full(21, 1e-3), "double")
+    requant = (*rq.kernel_args(21), rq.code, 31, 0, 0, 255, np.dtype(np.uint8))
+    prepared = gemm.fully_connected_prepare(np.uint8, *args)
+    assert prepared.in_place is None and prepared.packed is not None
+    launcher = gemm.fully_connected_launcher(prepared, *requant)
+    for rows, launch_type in ((2, gemm._GemvLaunch), (gemm.GEMV_MAX_ROWS + 3, gemm._GemmLaunch)):
+        x = x_codes(rng, np.uint8, (rows, 37))
+        assert_same(launcher(x), run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
+        assert isinstance(launcher.records[x.shape][1], launch_type)
 
 
 @st.composite
 def gemv_cases(draw, rounding):
-    """Fully-connected layers of 1..4 rows, odd depth and odd output count, input zero point at a range end."""
+    """Fully-connected layers of 1..4 rows over uint8 weights (the packed GEMV), odd depth and odd
+    output count, input zero point at a range end."""
     depth, out = 2 * draw(st.integers(0, 40)) + 1, 2 * draw(st.integers(0, 40)) + 1
     rng, x_dtype, _, w, w_zp, bias = draw(mac_operands(out, (depth,)))
     x_zp = draw(st.sampled_from(dtype_range(x_dtype)))
     x = x_codes(rng, x_dtype, (draw(st.integers(1, gemm.GEMV_MAX_ROWS)), depth))
+    # the same centred values as uint8 codes and zero points
+    w, w_zp = (w.astype(np.int16) + 128).astype(np.uint8), w_zp + 128
     return x, (x_zp, w, w_zp, bias) + ACC, draw(requant_args(out, rounding))
 
 
@@ -167,8 +289,8 @@ def test_fully_connected_gemv_matches_naive(isa_name, rounding, data):
 
 def test_fully_connected_beyond_gemv_rows_takes_the_gemm():
     rng = np.random.default_rng(5)
-    w = rng.integers(-127, 127, size=(9, 7), dtype=np.int8, endpoint=True)
-    args = (3, w, np.zeros(9, np.int64), rng.integers(-99, 99, size=9, dtype=np.int32)) + ACC
+    w = rng.integers(0, 255, size=(9, 7), dtype=np.uint8, endpoint=True)
+    args = (3, w, np.full(9, 128, np.int64), rng.integers(-99, 99, size=9, dtype=np.int32)) + ACC
     rq = Rescale.from_real(np.full(9, 0.01), ROUNDING_MODES[0])
     requant = (*rq.kernel_args(9), rq.code, 31, 0, 0, 255, np.dtype(np.uint8))
     x = x_codes(rng, np.uint8, (gemm.GEMV_MAX_ROWS + 1, 7))
@@ -379,7 +501,7 @@ def test_int16_activations_keep_the_unfused_path():
     requant = (*Rescale.from_real(np.full(4, 1e-4), "single").kernel_args(4), fixedpoint.SINGLE, 31, 0, -128, 127,
                np.dtype(np.int8))
     prepared, fast = run_pair(gemm, "fully_connected", x, args, requant)
-    assert prepared.packed is None
+    assert prepared.packed is None and prepared.in_place is None
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
 
 
@@ -446,6 +568,18 @@ requant = (*Rescale.from_real(rng.uniform(1e-3, 1e-2, size=12), "double").kernel
            np.dtype(np.uint8))
 fast = gemm.conv2d_nhwc_requantized(x, gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
 slow = naive_gemm.conv2d_nhwc_requantized(x, naive_gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
+np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+assert fast[1:] == slow[1:]
+# a fully-connected layer over its int8 weights in place: 150 outputs in three chunks of 64
+w = rng.integers(-128, 128, size=(150, 70), dtype=np.int8)
+args = (100, w, np.zeros(150, np.int64), rng.integers(-999, 999, size=150, dtype=np.int32), 32, 1, False)
+requant = (*Rescale.from_real(rng.uniform(1e-3, 1e-2, size=150), "double").kernel_args(150), rq.code, 31, 3, 0,
+           255, np.dtype(np.uint8))
+x = rng.integers(0, 256, size=(5, 70), dtype=np.uint8)
+prepared = gemm.fully_connected_prepare(x.dtype, *args)
+assert prepared.in_place is not None
+fast = gemm.fully_connected_requantized(x, prepared, *requant)
+slow = naive_gemm.fully_connected_requantized(x, naive_gemm.fully_connected_prepare(x.dtype, *args), *requant)
 np.testing.assert_array_equal(fast[0], slow[0], strict=True)
 assert fast[1:] == slow[1:]
 print("same")
@@ -643,6 +777,50 @@ def _check_taps_tile(rng, variant, width, taps):
             w_run = w_codes[:, t * groups:(t + 1) * groups].astype(np.int64)
             expected[r] += np.einsum("gq,bgjq->bj", a_run, w_run).reshape(-1)
     np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
+
+
+def _row_dots_tile(variant, rows, outs):
+    """A fresh (uncached) function adding one ``rows`` x ``outs`` tile of row dot products into ``acc``."""
+    from numba import njit
+
+    from intsim.kernels.rowdot import row_dots
+
+    @njit
+    def tile(codes, w, o0, depth, lead, acc):
+        row_dots(variant, rows, outs, codes, 0, codes.shape[1], w, o0, w.shape[0], depth, lead, acc, o0,
+                 acc.shape[1])
+
+    return tile
+
+
+@pytest.mark.parametrize("rows, outs", [(4, 4), (2, 8), (1, 8), (1, 16), (8, 1)])
+def test_row_dots_add_every_row_times_every_weight_row(isa_name, rows, outs):
+    # Depths around the vector (64 codes for quads, 32 for pairs) and a tile that runs past the
+    # last weight row (it reads that row again); the sums are added to what acc held.  The
+    # expected sums are plain int64 arithmetic.
+    chosen = isa.ISAS[isa_name]
+    rng = np.random.default_rng(rows * 100 + outs)
+    for variant in {chosen.pairs, chosen.quads} - {None}:
+        step = 16 * isa.GROUP[variant]
+        tile = _row_dots_tile(variant, rows, outs)
+        for depth, lead in ((1, 0), (5, 0), (31, 0), (32, 0), (33, 0), (63, 0), (64, 0), (65, 0), (130, 0),
+                            (1, 3), (5, step - 5), (5, step - 3), (64, 16), (64, step - 1), (130, 7)):
+            n_out = 13
+            # the weights inside a larger array: the runs that start ``lead`` bytes before a row
+            # (and end past it) are masked to the row, whatever lies around it
+            around = rng.integers(-128, 128, size=n_out * depth + 2 * step, dtype=np.int8)
+            w = around[step:step + n_out * depth].reshape(n_out, depth)
+            stride = -(-(lead + depth) // step) * step
+            codes = (rng.integers(0, 256, size=(rows, stride)).astype(np.uint8) if isa.GROUP[variant] == 4
+                     else rng.integers(-510, 511, size=(rows, stride)).astype(np.int16))
+            for o0 in (0, 8):
+                acc = rng.integers(-99, 99, size=(rows, 32)).astype(np.int32)
+                expected = acc.astype(np.int64)
+                for o in range(outs):
+                    row = w[min(o0 + o, n_out - 1)].astype(np.int64)
+                    expected[:, o0 + o] += codes[:, lead:lead + depth].astype(np.int64) @ row
+                tile(codes, w, o0, depth, lead, acc)
+                np.testing.assert_array_equal(acc, expected.astype(np.int32), strict=True)
 
 
 def _one_tile(variant):
