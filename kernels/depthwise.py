@@ -51,7 +51,7 @@ from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
 from intsim.kernels.mac import _requantize_core, as_int64, requantized_in_registers
-from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal, _rint_arguments, _rint_store
+from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal, _merged, _rint_arguments, _rint_store
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
 # 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
@@ -113,12 +113,7 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
         builder.cbranch(builder.icmp_signed("<", k_next, rows_v), loop, done)
 
         builder.position_at_end(done)
-        finals = []
-        for last in updated:
-            final = builder.phi(_ACC)
-            final.add_incoming(start, entry)
-            final.add_incoming(last, loop)
-            finals.append(final)
+        finals = _merged(builder, [start] * n_columns, entry, updated, loop)
         epilogue(context, builder, signature, args, finals)
         return context.get_dummy_value()
 

@@ -70,6 +70,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass
+from functools import cached_property
 
 import numba
 import numpy as np
@@ -1118,24 +1119,23 @@ class _FullyConnectedLauncher(_Launcher):
         shape, requant = (n_batch, w.shape[0]), self.requant_args[:-1]
         packed = self.prepared.packed
         if self.prepared.in_place is not None:
-            if n_batch <= GEMV_MAX_ROWS or self._batch_packed() is None:
+            if n_batch <= GEMV_MAX_ROWS or self.batch_packed is None:
                 return shape, _InPlaceLaunch(w, self.prepared.in_place, requant, depth)
-            packed = self._batch_packed()
+            packed = self.batch_packed
         elif n_batch <= GEMV_MAX_ROWS:
             return shape, _GemvLaunch(packed, requant)
         return shape, _GemmLaunch((n_batch, 1, 1, depth), x.dtype, packed, 1, 1, (1, 1), (1, 1), (1, 1),
                                   (0, 0, 0, 0), requant, self.count_clamps)
 
-    def _batch_packed(self):
+    @cached_property
+    def batch_packed(self):
         # Batches of more than GEMV_MAX_ROWS rows run faster as the packed GEMM (the in-place
         # kernel's reduction tree weighs more per row there: FC 512->1000 at batch 8 took 1.31x
         # onnxruntime in place, 1.20x packed), so the first such batch packs the weights, once per
-        # launcher; batch-1 inference never holds that copy.
-        if not hasattr(self, "batch_packed"):
-            x_zero_point, w, w_zero_point, bias = self.prepared.acc_args[:4]
-            w_centred = w.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
-            self.batch_packed = _pack(w_centred, self.prepared.x_dtype, x_zero_point, bias)
-        return self.batch_packed
+        # launcher; batch-1 inference never holds that copy.  None where they cannot be packed.
+        x_zero_point, w, w_zero_point, bias = self.prepared.acc_args[:4]
+        w_centred = w.astype(np.int64) - w_zero_point.astype(np.int64).reshape(-1, 1)
+        return _pack(w_centred, self.prepared.x_dtype, x_zero_point, bias)
 
     def _run(self, x, shape, launch):
         out = np.empty(shape, self.out_dtype)

@@ -165,6 +165,17 @@ def _literal(value):
     return value.literal_value if isinstance(value, types.IntegerLiteral) else None
 
 
+def _merged(builder, firsts, first_block, seconds, second_block):
+    # One phi per pair: firsts[i] when control came from ``first_block``, seconds[i] from ``second_block``.
+    nodes = []
+    for first, second in zip(firsts, seconds):
+        node = builder.phi(first.type)
+        node.add_incoming(first, first_block)
+        node.add_incoming(second, second_block)
+        nodes.append(node)
+    return nodes
+
+
 def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_taps, tap_offset, w_data, w_off,
                groups, c0_data, c0_off, store):
     # The tile of the module docstring as two nested loops, taps outside and
@@ -233,12 +244,7 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
     builder.cbranch(builder.icmp_signed("<", t_next, n_taps), tap_loop, done)
 
     builder.position_at_end(done)
-    finals = []
-    for first, last in zip(start, updated):
-        final = builder.phi(_ACC)
-        final.add_incoming(first, entry)
-        final.add_incoming(last, tap_next)
-        finals.append(final)
+    finals = _merged(builder, start, entry, updated, tap_next)
     for (r, b), final in zip(tile, finals):
         store(r, b, final)
 

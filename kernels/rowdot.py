@@ -51,10 +51,9 @@ from numba import types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import GROUP
-from intsim.kernels.microkernel import LANES, _declare, _dot, _i64, _literal
+from intsim.kernels.microkernel import _ACC, _I8, _I16, _I32, _I64, LANES, _declare, _dot, _i64, _literal, _merged
 
-_I1, _I8, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-_ACC = ir.VectorType(_I32, LANES)
+_I1 = ir.IntType(1)
 
 
 def _lane_sums(builder, vectors):
@@ -138,15 +137,6 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
         return accumulate(accs, s, lambda pointer: builder.call(masked_load, [pointer, ir.Constant(_I32, 1), mask,
                                                                              no_weights]))
 
-    def merged(accs_before, block_before, accs_after, block_after):
-        nodes = []
-        for before, after in zip(accs_before, accs_after):
-            node = builder.phi(_ACC)
-            node.add_incoming(before, block_before)
-            node.add_incoming(after, block_after)
-            nodes.append(node)
-        return nodes
-
     def when(condition, name, body, accs):
         # ``body(accs)`` where ``condition`` holds, else ``accs``.
         before, then, join = builder.block, builder.append_basic_block(name), builder.append_basic_block(name + ".end")
@@ -156,7 +146,7 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
         then_end = builder.block
         builder.branch(join)
         builder.position_at_end(join)
-        return merged(accs, before, updated, then_end)
+        return _merged(builder, accs, before, updated, then_end)
 
     def steps(begin, end, accs):
         # The unmasked steps begin .. end - 1, in a loop.
@@ -178,7 +168,7 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
             node.add_incoming(value, loop)
         builder.cbranch(builder.icmp_signed("<", s_next, end), loop, join)
         builder.position_at_end(join)
-        return merged(accs, before, stepped, loop)
+        return _merged(builder, accs, before, stepped, loop)
 
     # Steps 0 .. ceil((lead + depth) / step) - 1: a masked first step if lead > 0, the whole
     # steps, a masked last step if lead + depth ends inside a vector (and it is not the first).
