@@ -26,10 +26,10 @@ import time
 
 import numpy as np
 
-from intsim.converter import prepare_float_graph
+from intsim.converter.lowering import prepare_float_graph
 from intsim.datasets import load_dataset
 from intsim.models import model_path
-from intsim.ptq import LayerProblem, _batches, _Reconstruction, _run_until, _Stepper, mac_nodes
+from intsim.ptq.algorithms import LayerProblem, _batches, _Reconstruction, _run_until, _Stepper, mac_nodes
 
 # (name, groups, outputs per group, inputs per group): EfficientNet-Lite0 layers.
 LAYERS = [

@@ -33,11 +33,16 @@ from pathlib import Path
 import numpy as np
 
 import intsim
-from intsim.converter import prepare_float_graph
+from intsim.converter.lowering import prepare_float_graph
 from intsim.datasets import load_dataset
-from intsim.float_exec import run_float
+from intsim.floatgraph.execute import run_float
 from intsim.models import model_path
-from intsim.ptq import AdaRoundOptions, channel_maxima, cross_layer_equalization, equalization_pairs
+from intsim.ptq.algorithms import (
+    AdaRoundOptions,
+    channel_maxima,
+    cross_layer_equalization,
+    equalization_pairs,
+)
 
 MODELS = ("resnet_digits", "mobilenet_digits", "resnet_fashion", "mobilenet_fashion")
 MOBILENETS = ("mobilenet_digits", "mobilenet_fashion")

@@ -13,28 +13,29 @@ from intsim.errors import (  # noqa: E402
     UnsupportedOpError,
     ValidationError,
 )
+from intsim.converter.params import build_exp_table, build_lut  # noqa: E402
 from intsim.graph import Graph, Node, TensorInfo  # noqa: E402
-from intsim.tables import build_exp_table, build_lut  # noqa: E402
 from intsim.profiles import Profile, get_profile  # noqa: E402
-from intsim.runtime import Model, Trace, load  # noqa: E402
+from intsim.runtime import Model, Trace  # noqa: E402
+
+# The facade's verbs (intsim.api) pull in onnx and the importers: loaded on first use.
+_FACADE = ("compare", "convert", "export_golden", "export_tosa", "load", "save")
 
 
 def __getattr__(name):
-    # convert / compare pull in onnx and the importer: loaded on first use.
-    if name == "convert":
-        from intsim.converter import convert
+    if name in _FACADE:
+        from intsim import api
 
-        return convert
-    if name == "compare":
-        from intsim.report import compare
-
-        return compare
+        return getattr(api, name)
     raise AttributeError(f"module 'intsim' has no attribute {name!r}")
+
 
 __all__ = [
     "build_exp_table",
     "compare",
     "convert",
+    "export_golden",
+    "export_tosa",
     "build_lut",
     "AccumulatorOverflowError",
     "Graph",
@@ -49,4 +50,5 @@ __all__ = [
     "ValidationError",
     "get_profile",
     "load",
+    "save",
 ]

@@ -194,7 +194,7 @@ def _cmd_sweep(args) -> int:
 
 def _adaround(args):
     """``--adaround`` alone is True; any ``--adaround-*`` setting makes it an AdaRoundOptions."""
-    from intsim.ptq import AdaRoundOptions
+    from intsim.ptq.algorithms import AdaRoundOptions
 
     given = {k: v for k, v in (("iterations", args.adaround_iterations), ("batch_size", args.adaround_batch_size),
                                ("reg_weight", args.adaround_reg_weight)) if v is not None}

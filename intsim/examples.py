@@ -14,8 +14,8 @@ import numpy as np
 
 from intsim import Graph, Node, TensorInfo, build_exp_table, build_lut, get_profile
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
-from intsim.graph import dtype_range
-from intsim.ops import add_params
+from intsim.codes import dtype_range
+from intsim.converter.params import add_params
 
 
 def _scale(profile, s):

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from intsim.errors import ValidationError
-from intsim.float_exec import run_float
+from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph
-from intsim.runtime import Model
+from intsim.runtime.model import Model
 
 
 def _to_float_layout(stored: np.ndarray, perm) -> np.ndarray:
@@ -283,7 +283,7 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
     labels : int array, optional
         Class labels: adds float, simulated and integer accuracy.
     """
-    from intsim.converter import prepare_float_graph
+    from intsim.converter.lowering import prepare_float_graph
 
     fg = prepare_float_graph(onnx_model)
     graph = int_model.graph

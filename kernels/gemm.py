@@ -67,7 +67,6 @@ activations in im2col).
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -76,6 +75,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from intsim.config import threads_setting
 from intsim.errors import ValidationError
 from intsim.kernels import isa as isa_module
 from intsim.kernels.isa import (
@@ -127,7 +127,7 @@ def _chunk_rows(n_rows: int, long_chunks: bool) -> int:
 
 
 def _threads_from_environment() -> int:
-    value = os.environ.get("INTSIM_THREADS", "1")
+    value = threads_setting()
     if not value.isdigit() or not 1 <= int(value) <= numba.config.NUMBA_NUM_THREADS:
         raise ValidationError(f"environment variable INTSIM_THREADS must be an integer in "
                               f"[1, {numba.config.NUMBA_NUM_THREADS}] (NUMBA_NUM_THREADS), found {value!r}")

@@ -14,12 +14,12 @@ host allows).  Packed weights remember the ISA they were packed for.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 from numba.extending import register_jitable
 
+from intsim.config import isa_setting
 from intsim.errors import ValidationError
 
 
@@ -110,7 +110,7 @@ def _checked(name: str, where: str) -> Isa:
     return ISAS[name]
 
 
-_current = _checked(os.environ.get("INTSIM_ISA", supported_isas()[-1]), "environment variable INTSIM_ISA")
+_current = _checked(isa_setting() or supported_isas()[-1], "environment variable INTSIM_ISA")
 
 
 def current_isa() -> Isa:

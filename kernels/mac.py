@@ -48,6 +48,7 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
+from intsim.codes import OVERFLOW_SATURATE
 from intsim.fixedpoint import (
     DOUBLE,
     FLOAT32_RINT,
@@ -61,7 +62,6 @@ from intsim.fixedpoint import (
     wrap,
 )
 
-OVERFLOW_SATURATE, OVERFLOW_WRAP, OVERFLOW_ERROR = 0, 1, 2
 
 PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
 # Largest |output zero point| and |clamp bound| for which requantization runs in 32-bit lanes.

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from intsim import calibration
-from intsim.calibration import (
+from intsim import progress
+from intsim.converter import calibration
+from intsim.converter.calibration import (
     DEGENERATE_SCALE,
     RANGE_METHODS,
     TensorStats,
@@ -663,7 +664,7 @@ def test_progress_bar(capsys, monkeypatch):
 
 def test_progress_bar_redraws_at_most_ten_times_a_second(capsys, monkeypatch):
     clock = iter(np.arange(0.0, 100.0, 0.01))  # each batch takes 10 ms
-    monkeypatch.setattr(calibration, "_monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(progress, "monotonic", lambda: float(next(clock)))
     monkeypatch.setenv("INTSIM_PROGRESS", "1")
     calibrate(CountingModel(), np.zeros((1000, 2)), ["h"], batch_size=5)  # 200 batches in 2 s of clock
     draws = capsys.readouterr().err.split("\r")[1:]

@@ -11,7 +11,7 @@ import intsim
 from intsim import Graph, Model, examples
 from intsim.errors import ModelFormatError, ValidationError
 from intsim.hwval import diff, load_golden, sweep, write_golden
-from intsim.runtime import Trace
+from intsim.runtime.model import Trace
 
 
 @pytest.fixture(scope="module")
@@ -555,8 +555,8 @@ def test_readme_hardware_walkthrough(tmp_path, monkeypatch, capsys):
 def test_bitwidth_sweep_of_a_float_model(tmp_path, capsys):
     from intsim.cli import main
     from intsim.datasets import load_digits
-    from intsim.float_exec import run_float
-    from intsim.converter import prepare_float_graph
+    from intsim.floatgraph.execute import run_float
+    from intsim.converter.lowering import prepare_float_graph
     from intsim.hwval import bitwidth_sweep
     from intsim.models import model_path
 

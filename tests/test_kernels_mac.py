@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from intsim import fixedpoint
 from intsim.kernels import mac, naive_mac
-from intsim.kernels.mac import OVERFLOW_ERROR, OVERFLOW_SATURATE, OVERFLOW_WRAP
+from intsim.codes import OVERFLOW_ERROR, OVERFLOW_SATURATE, OVERFLOW_WRAP
 
 X_DTYPES = (np.int8, np.uint8, np.int16, np.uint16)
 W_DTYPES = (np.int8, np.uint8, np.int16)

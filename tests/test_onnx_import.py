@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from intsim.errors import ModelFormatError, UnsupportedOpError, ValidationError
-from intsim.float_exec import resize_source_indices, run_float, run_node
+from intsim.floatgraph.execute import resize_source_indices, run_float, run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.importers.onnx import import_onnx
 

@@ -10,10 +10,16 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from intsim.float_exec import run_float
+from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.importers.onnx import import_onnx
-from intsim.passes import PASSES, default_passes, fold_batch_norm, fold_constants, remove_dead_nodes
+from intsim.floatgraph.passes import (
+    PASSES,
+    default_passes,
+    fold_batch_norm,
+    fold_constants,
+    remove_dead_nodes,
+)
 
 RNG = np.random.default_rng(0)
 

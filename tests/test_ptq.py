@@ -10,10 +10,10 @@ import pytest
 import intsim
 from intsim.cli import main
 from intsim.errors import ValidationError
-from intsim.float_exec import run_float, run_node
+from intsim.floatgraph.execute import run_float, run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.models import model_path
-from intsim.ptq import (
+from intsim.ptq.algorithms import (
     AdaRoundOptions,
     LayerProblem,
     Pair,
@@ -32,7 +32,7 @@ from intsim.ptq import (
 )
 from intsim.profiles import get_profile
 from intsim import ptq
-from intsim.ptq import _Stepper
+from intsim.ptq.algorithms import _Stepper
 
 CONV = {"strides": [1, 1], "dilations": [1, 1], "pads": [1, 1, 1, 1]}
 
@@ -299,7 +299,7 @@ def test_adaround_beats_nearest_on_its_layer_objective(groups, clamp):
 def test_adaround_step_gradient_matches_its_float64_twin(groups, outputs, clamp):
     """The float32 minibatch gradient of each Adam step (gathered rows, preallocated buffers) against the plain
     float64 formula, on rows drawn with repeats."""
-    from intsim.ptq import _Reconstruction
+    from intsim.ptq.algorithms import _Reconstruction
 
     rng = np.random.default_rng(11)
     problem = _problem(rng, groups=groups, outputs=outputs, clamp=clamp)
@@ -319,7 +319,7 @@ def test_adaround_step_gradient_matches_its_float64_twin(groups, outputs, clamp)
 def test_adaround_patch_rows_times_the_weights_are_the_conv_outputs(channels, outputs, group, kernel, stride,
                                                                     dilation, pads):
     """The im2col rows AdaRound samples (only the picked output positions) against the float conv."""
-    from intsim.ptq import _output_rows, _patch_rows
+    from intsim.ptq.algorithms import _output_rows, _patch_rows
 
     rng = np.random.default_rng(12)
     node = FloatNode("Conv", "c", ["x", "w"], ["y"], {"group": group, "strides": [stride] * 2,

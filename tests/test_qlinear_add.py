@@ -12,7 +12,7 @@ from intsim import ValidationError
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.kernels import naive_onnxruntime_ops as naive
 from intsim.kernels import onnxruntime_ops as fast
-from intsim.ops import get_op
+from intsim.graph.ops import get_op
 from intsim.profiles import get_profile
 
 # |value| <= 2**40 keeps every sum far from float32 overflow; tiny magnitudes exercise the float64 rounding.

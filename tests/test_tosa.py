@@ -16,12 +16,12 @@ import pytest
 import intsim
 from intsim import Graph, Model, Node, TensorInfo, UnsupportedOpError, ValidationError, build_lut, get_profile
 from intsim.examples import _mac_params, _rescale, random_codes, tiny_cnn
-from intsim.exporters.tosa import export_tosa, lower_to_tosa
+from intsim.export.tosa import export_tosa, lower_to_tosa
 from intsim.datasets import load_dataset
-from intsim.graph import dtype_range
+from intsim.codes import dtype_range
 from intsim.models import model_path
 from intsim.fixedpoint import Rescale
-from intsim.ops import add_params
+from intsim.converter.params import add_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TOSA_PYTHON = ROOT / ".venv-tosa" / "bin" / "python"

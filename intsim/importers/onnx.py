@@ -73,7 +73,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from intsim.errors import ModelFormatError, UnsupportedOpError, ValidationError
-from intsim.float_exec import COORDINATE_MODES, NEAREST_MODES, run_node
+from intsim.floatgraph.execute import COORDINATE_MODES, NEAREST_MODES, run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 
 OPSETS = range(11, 22)

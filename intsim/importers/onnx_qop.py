@@ -100,10 +100,11 @@ from onnx import numpy_helper
 
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import Rescale
-from intsim.graph import Graph, Node, TensorInfo, dtype_range
+from intsim.graph import Graph, Node, TensorInfo
+from intsim.codes import dtype_range
 from intsim.importers.onnx import _load
-from intsim.kernels.naive_onnxruntime_ops import fma_float32
-from intsim.ops import get_op
+from intsim.kernels.naive.onnxruntime_ops import fma_float32
+from intsim.graph.ops import get_op
 from intsim.profiles import get_profile
 
 TO_NHWC = [0, 2, 3, 1]

@@ -49,7 +49,8 @@ from intsim.fixedpoint import (
     rounding_high_mul,
     saturate,
 )
-from intsim.graph import Graph, Node, TensorInfo, dtype_range
+from intsim.graph import Graph, Node, TensorInfo
+from intsim.codes import dtype_range
 
 try:
     import tflite as _schema

@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from intsim.codes import OVERFLOW_POLICIES, code_range, storage_dtype
 from intsim.errors import ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
 
-OVERFLOW_POLICIES = ("saturate", "wrap", "error")
 
 
 @dataclass(frozen=True)
@@ -121,14 +121,14 @@ class Profile:
     # --- derived ---------------------------------------------------------
     def weight_range(self) -> tuple[int, int]:
         """Inclusive integer range of a weight code."""
-        lo, hi = _code_range(self.weight_bits, self.weight_signed)
+        lo, hi = code_range(self.weight_bits, self.weight_signed)
         if self.weight_signed and self.weight_symmetric and self.weight_narrow_range:
             lo += 1
         return lo, hi
 
     def activation_range(self) -> tuple[int, int]:
         """Inclusive integer range of an activation code."""
-        return _code_range(self.activation_bits, self.activation_signed)
+        return code_range(self.activation_bits, self.activation_signed)
 
     @property
     def weight_dtype(self) -> np.dtype:
@@ -168,19 +168,6 @@ class Profile:
     def replace(self, **overrides) -> "Profile":
         """A copy with some fields changed (validated like any profile)."""
         return dataclasses.replace(self, **overrides)
-
-
-def storage_dtype(bits: int, signed: bool) -> np.dtype:
-    """The numpy dtype that holds a ``bits``-bit code."""
-    if bits <= 8:
-        return np.dtype(np.int8 if signed else np.uint8)
-    return np.dtype(np.int16 if signed else np.uint16)
-
-
-def _code_range(bits: int, signed: bool) -> tuple[int, int]:
-    if signed:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
 
 
 def builtin_names() -> list[str]:

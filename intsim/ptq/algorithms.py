@@ -48,11 +48,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from intsim.calibration import _Progress, _progress_enabled, code_range, quantize_weights
+from intsim.progress import Progress, progress_enabled
+from intsim.converter.calibration import code_range, quantize_weights
 from intsim.errors import ValidationError
-from intsim.float_exec import run_node
+from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
-from intsim.passes import _copy, _fresh
+from intsim.floatgraph.passes import _copy, _fresh
 
 MAC_OPS = ("Conv", "Gemm")
 BIAS_CORRECTION_METHODS = ("empirical", "analytic")
@@ -952,7 +953,7 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
     position = {n.name: i for i, n in enumerate(fg.nodes)}
     layers = [n for n in mac_nodes(fg) if n.name in weights]
     result, info = dict(weights), {}
-    enabled = _progress_enabled(progress)
+    enabled = progress_enabled(progress)
     for i, node in enumerate(layers):
         users = consumers.get(node.outputs[0], [])
         activation = users[0] if (len(users) == 1 and users[0].op in ("Relu", "Clip")
@@ -960,7 +961,7 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
         inputs = [values[node.inputs[0]] for values in quantized.run_to(position[node.name])]
         outputs = [values[node.outputs[0]] for values in floats.run_to(position[node.name] + 1)]
         problem = _layer_problem(fg, node, activation, weights[node.name], qrange, inputs, outputs, options, rng)
-        bar = _Progress(options.iterations, enabled, f"adaround {i + 1}/{len(layers)}")
+        bar = Progress(options.iterations, enabled, f"adaround {i + 1}/{len(layers)}")
         codes, info[node.name] = adaround_layer(problem, options, progress=bar)
         nearest, scale, zero_point = weights[node.name]
         codes = codes.reshape(nearest.shape).astype(nearest.dtype)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.calibration import (
+from intsim.converter.calibration import (
     RANGE_METHODS,
     bn_range,
     calibrate,
@@ -35,16 +35,17 @@ from intsim.calibration import (
 )
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
-from intsim.float_exec import resize_source_indices, run_float
+from intsim.floatgraph.execute import resize_source_indices, run_float
 from intsim.floatgraph import FloatGraph, FloatNode
-from intsim.graph import Graph, Node, TensorInfo, dtype_range
+from intsim.graph import Graph, Node, TensorInfo
+from intsim.codes import dtype_range
 from intsim.importers.onnx import import_onnx
-from intsim.ops import add_params
-from intsim.passes import default_passes
+from intsim.converter.params import add_params
+from intsim.floatgraph.passes import default_passes
 from intsim.profiles import Profile, get_profile
-from intsim.ptq import WeightFormat, apply_ptq, resolve_settings
-from intsim.runtime import Model
-from intsim.tables import build_exp_table, build_lut
+from intsim.ptq.algorithms import WeightFormat, apply_ptq, resolve_settings
+from intsim.runtime.model import Model
+from intsim.converter.params import build_exp_table, build_lut
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
 TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize")

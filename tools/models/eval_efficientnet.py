@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 import intsim
-from intsim.converter import prepare_float_graph
-from intsim.float_exec import run_float
+from intsim.converter.lowering import prepare_float_graph
+from intsim.floatgraph.execute import run_float
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import augmented_crops, load_photos  # noqa: E402

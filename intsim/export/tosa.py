@@ -41,9 +41,10 @@ from pathlib import Path
 import numpy as np
 
 from intsim.errors import UnsupportedOpError, ValidationError
-from intsim.exporters.tosa_fb import write_tosa
-from intsim.graph import Graph, Node, dtype_range
-from intsim.ops import clamp_bounds, rescale_params
+from intsim.export.tosa_fb import write_tosa
+from intsim.graph import Graph, Node
+from intsim.codes import dtype_range
+from intsim.graph.ops import clamp_bounds, rescale_params
 
 TOSA_DTYPES = ("int8", "int16", "int32")
 IDENTITY = (1 << 30, 30)  # TOSA (multiplier, right shift) of exactly 1

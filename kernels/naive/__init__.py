@@ -3,8 +3,8 @@
 Run a model on them with ``Model(graph, backend="naive")``.
 """
 
-from intsim.kernels.naive_boundary import dequantize_codes, quantize_float, transpose
-from intsim.kernels.naive_elementwise import (
+from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, transpose
+from intsim.kernels.naive.elementwise import (
     add,
     avg_pool_nhwc,
     lookup_table,
@@ -14,7 +14,7 @@ from intsim.kernels.naive_elementwise import (
     pad_constant,
     softmax_lastaxis,
 )
-from intsim.kernels.naive_gemm import (
+from intsim.kernels.naive.gemm import (
     conv2d_nhwc_launcher,
     conv2d_nhwc_prepare,
     conv2d_nhwc_requantized,
@@ -23,9 +23,9 @@ from intsim.kernels.naive_gemm import (
     fully_connected_requantized,
     matmul_requantized,
 )
-from intsim.kernels.naive_mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
-from intsim.kernels.naive_onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
-from intsim.kernels.naive_tflite_ops import softmax_gemmlowp_lastaxis
+from intsim.kernels.naive.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
+from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",

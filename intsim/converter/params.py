@@ -1,14 +1,17 @@
-"""Tables the converter builds from quantization parameters (float work, done once).
+"""Integer node parameters the converter and importers build from real scales (float work, done once):
+lookup tables, the softmax exp table, and an ``add`` node's rescales.
 
-The kernels that use them (``lookup_table``, ``softmax_lastaxis``) are integer only.
+The kernels that use them (``lookup_table``, ``softmax_lastaxis``, ``add``) are integer only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from intsim.codes import dtype_range
 from intsim.errors import ValidationError
-from intsim.graph import TensorInfo, dtype_range
+from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
+from intsim.graph.ir import TensorInfo
 
 EXP_TABLE_BITS = 30  # exp table entries are Q30: exp(0) = 2**30
 
@@ -41,3 +44,25 @@ def build_exp_table(x: TensorInfo, beta: float = 1.0) -> np.ndarray:
         raise ValidationError(f"softmax beta must be finite and > 0, found {beta}")
     d = np.arange(_input_codes(x).size, dtype=np.float64)
     return np.rint(np.exp(-beta * x.scale * d) * 2.0**EXP_TABLE_BITS).astype(np.int32)
+
+
+def add_params(a_scale: float, b_scale: float, out_scale: float, profile, activation_bits: int = 8) -> tuple[dict, int]:
+    """Parameters of an ``add`` node: ``(params, left_shift)``.
+
+    Integer modes use TFLite's scheme: inputs shifted left by ``left_shift``
+    (20 for 8-bit codes, leaving headroom for a 9-bit difference in int32) and
+    rescaled by ``s_a / (2 max(s_a, s_b))`` and ``s_b / (2 max(s_a, s_b))``;
+    the sum by ``2 max(s_a, s_b) / (2**left_shift s_out)``.  Float modes rescale
+    each input straight to the output scale.
+    """
+    rounding, bits = profile.rounding, profile.multiplier_bits
+    if rounding not in INTEGER_ROUNDING_MODES:
+        reals, left_shift = (a_scale / out_scale, b_scale / out_scale, 1.0), 0
+    else:
+        left_shift = 20 if activation_bits <= 8 else max(0, 29 - activation_bits)
+        twice_max = 2.0 * max(a_scale, b_scale)
+        reals = (a_scale / twice_max, b_scale / twice_max, twice_max / (2.0**left_shift * out_scale))
+    params = {}
+    for prefix, real in zip(("a_", "b_", "out_"), reals):
+        params.update(Rescale.from_real(np.array([real]), rounding, bits).params(prefix))
+    return params, left_shift

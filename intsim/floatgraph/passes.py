@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from intsim.float_exec import run_node
+from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from intsim.kernels.naive_mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+from intsim.kernels.naive.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
 
 
 def conv2d_nhwc_prepare(x_dtype, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups, acc_bits,

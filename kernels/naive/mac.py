@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from intsim import fixedpoint
-from intsim.kernels.mac import OVERFLOW_SATURATE
+from intsim.codes import OVERFLOW_SATURATE
 
 
 def _policy(value: int, acc_bits: int, overflow: int) -> tuple[int, bool]:

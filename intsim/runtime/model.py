@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from intsim import kernels as fast_kernels
-from intsim.errors import AccumulatorOverflowError, ValidationError
+from intsim.errors import ValidationError
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
-from intsim.graph import Graph, TensorInfo, dtype_range
-from intsim.ops import get_op
+from intsim.graph import Graph, TensorInfo
+from intsim.codes import dtype_range
+from intsim.graph.ops import get_op
+from intsim.runtime.plan import RunPlan, raise_overflow
 
 BACKENDS = {"fast": "intsim.kernels", "naive": "intsim.kernels.naive"}
 
@@ -110,17 +112,10 @@ class Model:
 
     def save(self, path) -> None:
         """Write the graph as a ``.intsim`` file (see :mod:`intsim.fileformat`)."""
-        from intsim.fileformat import save_graph
+        from intsim.graph.fileformat import save_graph
 
         save_graph(self.graph, path)
 
-    def to_tosa(self, path, batch: int = 1):
-        """Write the graph as a TOSA flatbuffer (the ``.tosa`` file TOSA tooling and the reference model
-        read) at ``path``, unknown dimensions fixed to ``batch``.  An op TOSA cannot express exactly
-        raises :class:`~intsim.errors.UnsupportedOpError`."""
-        from intsim.exporters.tosa import export_tosa
-
-        return export_tosa(self.graph, path, batch)
 
     def with_backend(self, backend: str) -> "Model":
         return Model(self.graph, backend)
@@ -148,13 +143,6 @@ class Model:
         codes = self.quantize_inputs(inputs) if float_input else inputs
         return self._trace(self._int_inputs(codes))
 
-    def export_golden(self, inputs, out_dir, formats=("npy", "hex", "bin"), *, float_input: bool = False):
-        """Write golden vectors of one forward pass for RTL test benches: every tensor, weight, bias,
-        raw accumulator and requantization parameter as ``.npy`` / ``$readmemh`` hex / raw little-endian
-        files with a ``manifest.json`` (see :mod:`intsim.hwval`).  Returns the manifest's path."""
-        from intsim.hwval import export_golden
-
-        return export_golden(self, inputs, out_dir, formats, float_input=float_input)
 
     @property
     def input_quantization(self) -> str:
@@ -201,7 +189,7 @@ class Model:
         _check_shape(x.shape, info, where)
         return None if np.can_cast(x.dtype, info.np_dtype, "safe") else dtype_range(info.dtype)
 
-    def _run_plan(self) -> "RunPlan":
+    def _run_plan(self) -> RunPlan:
         if self._plan is None:
             self._plan = RunPlan(self.graph, [(op.bind(plan, self._kernels), node) for op, node, plan in self._steps])
         return self._plan
@@ -213,7 +201,7 @@ class Model:
         for op, node, plan in self._steps:
             outputs, stats = op.run(plan, [values[t] for t in node.inputs], self._kernels)
             if overflow_policy == "error" and stats.get("overflow_count", 0):
-                _overflow_error(node, stats, self.graph.profile)
+                raise_overflow(node, stats, self.graph.profile)
             values.update(zip(node.outputs, outputs))
             acc = stats.pop("accumulator", None)
             if acc is not None:
@@ -225,56 +213,6 @@ class Model:
     @staticmethod
     def _pack(arrays):
         return arrays[0] if len(arrays) == 1 else tuple(arrays)
-
-
-class RunPlan:
-    """What :meth:`Model.run_int` runs: the nodes' bound steps (:meth:`intsim.ops.Op.bind`) over
-    numbered tensor slots, worked out once per model.
-
-    A slot is emptied after the last node that reads it, so at most the
-    tensors still to be read are alive at any time.
-    """
-
-    def __init__(self, graph: Graph, bound: list):
-        slot = {name: i for i, name in enumerate(graph.tensors)}
-        self.n_slots = len(slot)
-        self.input_slots = [slot[t] for t in graph.inputs]
-        self.output_slots = [slot[t] for t in graph.outputs]
-        last_read = {}
-        for index, (_, node) in enumerate(bound):
-            for t in node.inputs:
-                last_read[slot[t]] = index
-        kept = set(self.output_slots)
-        self.steps = [
-            (step, node, [slot[t] for t in node.inputs], [slot[t] for t in node.outputs],
-             [s for s in dict.fromkeys(slot[t] for t in node.inputs) if last_read[s] == index and s not in kept])
-            for index, (step, node) in enumerate(bound)
-        ]
-        self.profile = graph.profile
-        self.check_overflow = graph.profile.overflow == "error"
-
-    def run(self, arrays) -> list[np.ndarray]:
-        values = [None] * self.n_slots
-        for s, a in zip(self.input_slots, arrays):
-            values[s] = a
-        check_overflow = self.check_overflow
-        for step, node, reads, writes, done in self.steps:
-            outputs, stats = step([values[s] for s in reads])
-            if check_overflow and stats.get("overflow_count", 0):
-                _overflow_error(node, stats, self.profile)
-            for s, value in zip(writes, outputs):
-                values[s] = value
-            for s in done:
-                values[s] = None
-        return [values[s] for s in self.output_slots]
-
-
-def _overflow_error(node, stats, profile):
-    raise AccumulatorOverflowError(
-        f"{node.op} {node.name!r}: {stats['overflow_count']} accumulator(s) left the "
-        f"{profile.accumulator_bits}-bit range (profile {profile.name!r}, "
-        f"overflow = 'error'); largest final |acc| {stats['max_abs_accumulator']}"
-    )
 
 
 def _check_shape(shape, info: TensorInfo, where: str):
@@ -308,17 +246,3 @@ def dequantize(codes: np.ndarray, info: TensorInfo) -> np.ndarray:
     most 17 bits is exact in float64), so this equals both LiteRT's DEQUANTIZE (double product,
     cast) and a float32 multiply."""
     return fast_kernels.dequantize_codes(codes, info.scale, info.zero_point)
-
-
-def load(path, backend: str = "fast") -> Model:
-    """Load a model file as a :class:`Model`: an ``.intsim`` file, or an int8 ``.tflite``
-    flatbuffer, float edges allowed (read into an integer graph with the ``tflite`` profile)."""
-    from pathlib import Path
-
-    if Path(path).suffix.lower() == ".tflite":
-        from intsim.importers.tflite import load_tflite
-
-        return Model(load_tflite(path), backend)
-    from intsim.fileformat import load_graph
-
-    return Model(load_graph(path), backend)

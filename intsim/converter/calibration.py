@@ -43,25 +43,19 @@ multiplier ``s_in * s_w / s_out`` stays in range.
 from __future__ import annotations
 
 import math
-import os
-import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from intsim.errors import ValidationError
-from intsim.profiles import _code_range, storage_dtype
+from intsim.progress import Progress, progress_enabled
+from intsim.codes import code_range as _bits_range, storage_dtype
 
 DEGENERATE_SCALE = 2.0**-23
 HISTOGRAM_BINS = 2048
 GRID_STEPS = 100  # candidates per grid search: clipping fractions 1/100, 2/100, ..., 1
 
-# Redrawn at most every _PROGRESS_INTERVAL_S seconds; the clock is a module name so tests can replace it.
-_PROGRESS_INTERVAL_S = 0.1
-_PROGRESS_WIDTH = 30
-_monotonic = time.monotonic
 
 
 # --------------------------------------------------------------------------
@@ -91,12 +85,12 @@ class _Format:
 
     @property
     def qmin(self) -> int:
-        lo = _code_range(self.bits, self.signed)[0]
+        lo = _bits_range(self.bits, self.signed)[0]
         return lo + 1 if self.signed and self.narrow_range else lo
 
     @property
     def qmax(self) -> int:
-        return _code_range(self.bits, self.signed)[1]
+        return _bits_range(self.bits, self.signed)[1]
 
     def params(self, lo, hi) -> tuple[np.ndarray, np.ndarray]:
         """Scale (float64) and zero point (int64) for ranges ``lo <= hi`` of any shape; no validation.
@@ -745,35 +739,6 @@ def bn_range(gamma, beta, n: float = 6.0, *, relu: bool = False, relu6: bool = F
 # --------------------------------------------------------------------------
 
 
-class _Progress:
-    """``calibrating [#####.....] 320/1000`` on stderr, redrawn at most every ``_PROGRESS_INTERVAL_S``."""
-
-    def __init__(self, total: int, enabled: bool, label: str = "calibrating"):
-        self.total, self.enabled, self.label = total, enabled, label
-        self._last_draw = -math.inf
-
-    def update(self, done: int) -> None:
-        if not self.enabled:
-            return
-        now = _monotonic()
-        if done < self.total and now - self._last_draw < _PROGRESS_INTERVAL_S:
-            return
-        self._last_draw = now
-        filled = _PROGRESS_WIDTH * done // self.total
-        end = "\n" if done == self.total else ""
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (_PROGRESS_WIDTH - filled)}] {done}/{self.total}{end}")
-        sys.stderr.flush()
-
-
-def _progress_enabled(progress: bool) -> bool:
-    """``progress`` and (``INTSIM_PROGRESS=1``, or stderr a terminal and ``INTSIM_PROGRESS`` not ``0``)."""
-    setting = os.environ.get("INTSIM_PROGRESS")
-    if not progress or setting == "0":
-        return False
-    isatty = getattr(sys.stderr, "isatty", None)
-    return setting == "1" or bool(isatty and isatty())
-
-
 def calibrate(run_batch: Callable[[np.ndarray], Mapping], data: np.ndarray, tensors, *, batch_size: int = 64,
               keep_rows: Mapping[str, int] | None = None, progress: bool = True) -> dict[str, TensorStats]:
     """Run a float model over calibration data and collect :class:`TensorStats` per tensor.
@@ -817,7 +782,7 @@ def calibrate(run_batch: Callable[[np.ndarray], Mapping], data: np.ndarray, tens
                               f"for tensors {tensors}")
     stats = {name: TensorStats(name, keep_rows=keep_rows.get(name)) for name in tensors}
     total = len(data)
-    bar = _Progress(total, _progress_enabled(progress))
+    bar = Progress(total, progress_enabled(progress))
     for start in range(0, total, batch_size):
         stop = min(start + batch_size, total)
         outputs = run_batch(np.asarray(data[start:stop]))

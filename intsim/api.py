@@ -1,0 +1,49 @@
+"""The one facade: every verb a user calls on a whole model, each delegating to its stage.
+
+``convert`` (float ONNX to an integer model), ``load`` (any integer model file), ``save``,
+``compare`` (float vs simulated vs integer), ``export_tosa`` and ``export_golden``.  The stages
+below never import this module, so the runtime stays beneath the importers, exporters and hwval.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from intsim.converter.lowering import convert
+from intsim.graph.fileformat import load_graph, save_graph
+from intsim.hwval.golden import export_golden as _export_golden
+from intsim.importers.tflite import load_tflite
+from intsim.report import compare
+from intsim.runtime import Model
+
+__all__ = ["compare", "convert", "export_golden", "export_tosa", "load", "save"]
+
+
+def load(path, backend: str = "fast") -> Model:
+    """Load a model file as a :class:`~intsim.runtime.Model`: an ``.intsim`` file, or an int8
+    ``.tflite`` flatbuffer, float edges allowed (read into an integer graph with the ``tflite``
+    profile)."""
+    if Path(path).suffix.lower() == ".tflite":
+        return Model(load_tflite(path), backend)
+    return Model(load_graph(path), backend)
+
+
+def save(model: Model, path) -> None:
+    """Write ``model``'s graph as a ``.intsim`` file (see :mod:`intsim.graph.fileformat`)."""
+    save_graph(model.graph, path)
+
+
+def export_tosa(model: Model, path, batch: int = 1) -> Path:
+    """Write ``model``'s graph as a TOSA flatbuffer (the ``.tosa`` file TOSA tooling and the reference
+    model read) at ``path``, unknown dimensions fixed to ``batch``; returns the path.  An op TOSA
+    cannot express exactly raises :class:`~intsim.errors.UnsupportedOpError`."""
+    from intsim.export.tosa import export_tosa as write
+
+    return write(model.graph, path, batch)
+
+
+def export_golden(model: Model, inputs, out_dir, formats=("npy", "hex", "bin"), *, float_input: bool = False) -> Path:
+    """Write golden vectors of one forward pass for RTL test benches: every tensor, weight, bias, raw
+    accumulator and requantization parameter as ``.npy`` / ``$readmemh`` hex / raw little-endian files
+    with a ``manifest.json`` (see :mod:`intsim.hwval.golden`).  Returns the manifest's path."""
+    return _export_golden(model, inputs, out_dir, formats, float_input=float_input)

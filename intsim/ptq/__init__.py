@@ -1,0 +1,2 @@
+"""Post-training quantization algorithms (white paper §3): cross-layer equalization, bias absorption,
+bias correction, AdaRound and the standard pipeline that chains them."""
