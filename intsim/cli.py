@@ -109,7 +109,7 @@ def _cmd_selftest(args) -> int:
 def _cmd_export_tosa(args) -> int:
     import intsim
 
-    path = intsim.load(args.model).to_tosa(args.out, batch=args.batch)
+    path = intsim.export_tosa(intsim.load(args.model), args.out, batch=args.batch)
     print(f"wrote the TOSA flatbuffer {path}; run it with tools/tosa_run.py in the tosa-tools venv")
     return 0
 
@@ -130,7 +130,7 @@ def _cmd_golden(args) -> int:
     import intsim
 
     model = intsim.load(args.model)
-    path = model.export_golden(_load_npy(args.input, "input"), args.out, formats=args.format.split(","),
+    path = intsim.export_golden(model, _load_npy(args.input, "input"), args.out, formats=args.format.split(","),
                                float_input=not args.int)
     print(f"wrote golden vectors of {len(model.graph.nodes)} nodes ({args.format}) and {path}")
     return 0

@@ -38,7 +38,7 @@ def test_golden_reloads_to_the_traced_tensors(tmp_path, fmt, profile):
     graph = examples.tiny_cnn(profile)
     model = Model(graph)
     x = examples.random_codes(graph.tensors["x"], 3, seed=5)
-    model.export_golden(x, tmp_path, formats=("npy", "hex", "bin"))
+    intsim.export_golden(model, x, tmp_path, formats=("npy", "hex", "bin"))
     golden = load_golden(tmp_path, fmt)
     trace = model.trace(x)
     assert sorted(golden.tensors) == sorted(trace.tensors)
@@ -57,7 +57,7 @@ def test_golden_hex_and_bin_words(tmp_path):
     graph = examples.branchy("tflite")
     model = Model(graph)
     x = examples.random_codes(graph.tensors["x"], 2, seed=1)
-    manifest = json.loads(model.export_golden(x, tmp_path).read_text())
+    manifest = json.loads(intsim.export_golden(model, x, tmp_path).read_text())
     node = next(n for n in manifest["nodes"] if n["name"] == "matmul")
     acc = model.trace(x).accumulators["matmul"].reshape(-1)
     hex_lines = (tmp_path / node["accumulator"]["files"]["hex"]).read_text().splitlines()
@@ -76,7 +76,7 @@ def test_golden_hex_and_bin_words(tmp_path):
 
 def test_golden_clamp_zero_points_and_layouts(tmp_path):
     graph = examples.tiny_cnn("tflite")
-    Model(graph).export_golden(examples.random_codes(graph.tensors["x"], 1), tmp_path, formats="npy")
+    intsim.export_golden(Model(graph), examples.random_codes(graph.tensors["x"], 1), tmp_path, formats="npy")
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     conv = manifest["nodes"][0]
     assert conv["clamp"] == graph.nodes[0].attrs["clamp"]
@@ -90,7 +90,7 @@ def test_golden_clamp_zero_points_and_layouts(tmp_path):
 @pytest.fixture()
 def golden_dir(tmp_path):
     graph = examples.tiny_cnn("tflite")
-    Model(graph).export_golden(examples.random_codes(graph.tensors["x"], 2), tmp_path)
+    intsim.export_golden(Model(graph), examples.random_codes(graph.tensors["x"], 2), tmp_path)
     return tmp_path
 
 
@@ -214,7 +214,7 @@ def test_write_golden_rejects_unknown_format(tmp_path):
     graph = examples.tiny_cnn("tflite")
     with pytest.raises(ValidationError, match=r"golden formats must be a non-empty selection of npy, hex, bin, "
                                               r"found \['csv'\]"):
-        Model(graph).export_golden(examples.random_codes(graph.tensors["x"], 1), tmp_path, formats=["csv"])
+        intsim.export_golden(Model(graph), examples.random_codes(graph.tensors["x"], 1), tmp_path, formats=["csv"])
 
 
 # --------------------------------------------------------------------------
@@ -251,7 +251,7 @@ FAULT_LAYER = "/features/features.4/body/body.0/Conv"
 
 def test_diff_clean_dump_has_no_divergence(resnet, tmp_path):
     model, x, _ = resnet
-    model.export_golden(x, tmp_path, formats="bin", float_input=True)
+    intsim.export_golden(model, x, tmp_path, formats="bin", float_input=True)
     report = diff(model, x, tmp_path, float_input=True)
     assert report.first is None and not report.candidates
     assert len(report.comparisons) == 1 + len(model.graph.nodes) + 10  # input, every output, 10 MAC accumulators
@@ -371,7 +371,7 @@ def test_diff_counts_saturation_at_the_clamp_bounds(tmp_path):
 def test_diff_rejects_unknown_names(tmp_path):
     graph = examples.tiny_cnn("tflite")
     x = examples.random_codes(graph.tensors["x"], 2)
-    Model(graph).export_golden(x, tmp_path, formats="npy")
+    intsim.export_golden(Model(graph), x, tmp_path, formats="npy")
     _edit_manifest(tmp_path, lambda m: m["tensors"].update(conv_out=m["tensors"].pop("t1")))
     with pytest.raises(ValidationError, match=r"expected names of model 'tiny_cnn' .* found 1 unknown: conv_out"):
         diff(Model(graph), x, tmp_path)
@@ -385,14 +385,14 @@ def test_diff_reports_a_different_input(tmp_path):
     graph = examples.tiny_cnn("tflite")
     x = examples.random_codes(graph.tensors["x"], 2)
     other = examples.random_codes(graph.tensors["x"], 2, seed=9)
-    Model(graph).export_golden(other, tmp_path, formats="npy")
+    intsim.export_golden(Model(graph), other, tmp_path, formats="npy")
     report = diff(Model(graph), x, tmp_path)
     assert report.first.node == "(graph input)" and not report.candidates
 
 
 def test_diff_rejects_a_dump_of_another_shape(tmp_path):
     graph = examples.tiny_cnn("tflite")
-    Model(graph).export_golden(examples.random_codes(graph.tensors["x"], 3), tmp_path, formats="npy")
+    intsim.export_golden(Model(graph), examples.random_codes(graph.tensors["x"], 3), tmp_path, formats="npy")
     with pytest.raises(ValidationError, match=r"device dump: input '\(graph input\)' tensor 'x' has shape "
                                               r"\(3, 8, 8, 3\), intsim's has \(2, 8, 8, 3\)"):
         diff(Model(graph), examples.random_codes(graph.tensors["x"], 2), tmp_path)

@@ -14,7 +14,7 @@ from intsim import kernels
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.kernels import boundary as fast
 from intsim.kernels import naive as naive_kernels
-from intsim.kernels import naive_boundary as naive
+from intsim.kernels.naive import boundary as naive
 
 CODE_DTYPES = [np.int8, np.uint8, np.int16, np.uint16]
 

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 from intsim import fixedpoint
 from intsim.fixedpoint import DOUBLE, FLOAT32_RINT, FLOAT64_HALF_AWAY, INT32_MAX, INT32_MIN, SINGLE
 from intsim.kernels import elementwise as fast
-from intsim.kernels import naive_elementwise as naive
+from intsim.kernels.naive import elementwise as naive
 
 DTYPES = (np.int8, np.uint8, np.int16, np.uint16)
 INTEGER_ROUNDINGS = (DOUBLE, SINGLE)

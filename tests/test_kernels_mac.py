@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intsim import fixedpoint
-from intsim.kernels import mac, naive_mac
+from intsim.kernels import mac
+from intsim.kernels.naive import mac as naive_mac
 from intsim.codes import OVERFLOW_ERROR, OVERFLOW_SATURATE, OVERFLOW_WRAP
 
 X_DTYPES = (np.int8, np.uint8, np.int16, np.uint16)

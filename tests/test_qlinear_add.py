@@ -10,7 +10,7 @@ from hypothesis.extra import numpy as hnp
 
 from intsim import ValidationError
 from intsim.graph import Graph, Node, TensorInfo
-from intsim.kernels import naive_onnxruntime_ops as naive
+from intsim.kernels.naive import onnxruntime_ops as naive
 from intsim.kernels import onnxruntime_ops as fast
 from intsim.graph.ops import get_op
 from intsim.profiles import get_profile

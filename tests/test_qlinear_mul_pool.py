@@ -15,7 +15,7 @@ from hypothesis.extra import numpy as hnp
 
 from intsim import Model, UnsupportedOpError, ValidationError
 from intsim.graph import Graph, Node, TensorInfo
-from intsim.kernels import naive_onnxruntime_ops as naive
+from intsim.kernels.naive import onnxruntime_ops as naive
 from intsim.kernels import onnxruntime_ops as fast
 from intsim.profiles import get_profile
 

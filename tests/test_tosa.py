@@ -122,7 +122,7 @@ def _reference_model(path, graph, feeds, tmp_path):
 def test_tosa_reference_model_matches_intsim(name, tmp_path):
     model = Model(GRAPHS[name])
     feeds = _inputs(model.graph)
-    got = _reference_model(model.to_tosa(tmp_path / "model.tosa", batch=2), model.graph, feeds, tmp_path)
+    got = _reference_model(intsim.export_tosa(model, tmp_path / "model.tosa", batch=2), model.graph, feeds, tmp_path)
     for feed, out in zip(feeds, got):
         np.testing.assert_array_equal(out, model.run_int(*[feed[n] for n in model.graph.inputs]), strict=True)
 
@@ -134,7 +134,7 @@ def test_shipped_models_on_the_reference_model(name, tmp_path):
     model = intsim.convert(model_path(f"{name}.onnx"), calibration=x_train[:128], profile="tosa", progress=False)
     codes = model.quantize_inputs([x_test[:64]])[0]
     feeds = [{model.graph.inputs[0]: codes[i:i + 16]} for i in range(0, 64, 16)]
-    got = _reference_model(model.to_tosa(tmp_path / f"{name}.tosa", batch=16), model.graph, feeds, tmp_path)
+    got = _reference_model(intsim.export_tosa(model, tmp_path / f"{name}.tosa", batch=16), model.graph, feeds, tmp_path)
     for feed, out in zip(feeds, got):
         np.testing.assert_array_equal(out, model.run_int(feed[model.graph.inputs[0]]), strict=True)
 
@@ -209,7 +209,7 @@ def _fc_graph():
 
 def test_flatbuffer_structure_read_back(tmp_path):
     graph = _fc_graph()
-    block = _read_block(Model(graph).to_tosa(tmp_path / "fc.tosa", batch=2).read_bytes())
+    block = _read_block(intsim.export_tosa(Model(graph), tmp_path / "fc.tosa", batch=2).read_bytes())
     assert block.strings(3) == ["x"] and block.strings(4) == ["y"]
     ops = [OP_NAMES[op.scalar(0, N.Uint32Flags)] for op in block.tables(1)]
     # RESHAPE x to [2, 1, 1, 6]; CONV2D(x, weight, bias, input_zp, weight_zp); RESCALE(acc, multiplier,
@@ -241,7 +241,7 @@ def test_flatbuffer_structure_read_back(tmp_path):
 
 
 def test_matmul_lowering_read_back(tmp_path):
-    block = _read_block(Model(GRAPHS["matmul_shared_rhs"]).to_tosa(tmp_path / "mm.tosa", batch=2).read_bytes())
+    block = _read_block(intsim.export_tosa(Model(GRAPHS["matmul_shared_rhs"]), tmp_path / "mm.tosa", batch=2).read_bytes())
     ops = [OP_NAMES.get(op.scalar(0, N.Uint32Flags), "other") for op in block.tables(1)]
     matmul = block.tables(1)[ops.index("MATMUL")]
     shapes = {t.string(0): list(t.array(1, "<i4")[0]) for t in block.tables(2)}
