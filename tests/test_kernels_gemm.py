@@ -16,7 +16,7 @@ from intsim.errors import ValidationError
 from intsim.fixedpoint import ROUNDING_MODES, Rescale
 from intsim.kernels import depthwise, gemm, isa, mac
 from intsim.kernels.naive import gemm as naive_gemm
-from intsim.kernels.mac import OVERFLOW_SATURATE, OVERFLOW_WRAP
+from intsim.codes import OVERFLOW_SATURATE, OVERFLOW_WRAP
 
 # The ISA fixture holds for every generated input: it is set once per test.
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
