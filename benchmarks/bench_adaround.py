@@ -2,12 +2,12 @@
 
 * ``step``: the gradient of one Adam step on a minibatch of 256 rows, for
   layer shapes of EfficientNet-Lite0 (synthetic values, 3136 rows kept per
-  layer): ``_Reconstruction.gradient`` (rows gathered by index from a
+  layer): ``Reconstruction.gradient`` (rows gathered by index from a
   row-major float32 copy into buffers allocated once, float32 matmuls)
   against its twin ``LayerProblem.gradient`` (fancy indexing of the
   ``[G, N, K]`` rows, float64: round one's formulation).
 * ``walk``: reaching every layer's input of a shipped model on 128
-  calibration images: one node-by-node walk (``_Stepper``, what ``adaround``
+  calibration images: one node-by-node walk (``Stepper``, what ``adaround``
   and ``empirical_bias_correction`` do) against running the graph from its
   input up to each layer (round one's way, quadratic in depth).
 
@@ -29,7 +29,9 @@ import numpy as np
 from intsim.converter.lowering import prepare_float_graph
 from intsim.datasets import load_dataset
 from intsim.models import model_path
-from intsim.ptq.algorithms import LayerProblem, _batches, _Reconstruction, _run_until, _Stepper, mac_nodes
+from intsim.ptq.adaround import LayerProblem, Reconstruction
+from intsim.ptq.statistics import batches, run_until, Stepper
+from intsim.ptq.layers import mac_nodes
 
 # (name, groups, outputs per group, inputs per group): EfficientNet-Lite0 layers.
 LAYERS = [
@@ -70,7 +72,7 @@ def bench_step(repeats):
         target = np.clip(np.matmul(x, w.transpose(0, 2, 1)) + b[:, None], 0.0, 6.0)
         scale = np.abs(w).max(axis=2) / 7
         problem = LayerProblem(x, target, w, b, scale, np.zeros_like(scale), -7, 7, (0.0, 6.0))
-        fast = _Reconstruction(problem, BATCH)
+        fast = Reconstruction(problem, BATCH)
         w32 = w.astype(np.float32)
         rows = [rng.integers(0, ROWS, size=BATCH) for _ in range(repeats + 1)]
         plain_rows, fast_rows = iter(rows), iter(rows)
@@ -88,11 +90,11 @@ def bench_walk(repeats):
 
     def from_the_input():
         for node in layers:
-            for batch in _batches(data, 32):
-                _run_until(fg, batch, [node.inputs[0]])
+            for batch in batches(data, 32):
+                run_until(fg, batch, [node.inputs[0]])
 
     def node_by_node():
-        stepper = _Stepper(fg, data, 32)
+        stepper = Stepper(fg, data, 32)
         for node in layers:
             stepper.run_to(position[node.name])
 

@@ -215,10 +215,10 @@ def _model_runners(path, rng, threads, batch):
 
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._batches = iter([{input_proto.name: calibration[i:i + 1]} for i in range(len(calibration))])
+            self.batches = iter([{input_proto.name: calibration[i:i + 1]} for i in range(len(calibration))])
 
         def get_next(self):
-            return next(self._batches, None)
+            return next(self.batches, None)
 
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice on pre-processing
     with tempfile.TemporaryDirectory() as tmp:

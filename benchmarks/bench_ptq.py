@@ -37,12 +37,9 @@ from intsim.converter.lowering import prepare_float_graph
 from intsim.datasets import load_dataset
 from intsim.floatgraph.execute import run_float
 from intsim.models import model_path
-from intsim.ptq.algorithms import (
-    AdaRoundOptions,
-    channel_maxima,
-    cross_layer_equalization,
-    equalization_pairs,
-)
+from intsim.ptq.adaround import AdaRoundOptions
+from intsim.ptq.statistics import channel_maxima
+from intsim.ptq.cle import cross_layer_equalization, equalization_pairs
 
 MODELS = ("resnet_digits", "mobilenet_digits", "resnet_fashion", "mobilenet_fashion")
 MOBILENETS = ("mobilenet_digits", "mobilenet_fashion")

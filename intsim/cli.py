@@ -140,7 +140,7 @@ def _cmd_diff(args) -> int:
     import json
 
     import intsim
-    from intsim.hwval import diff
+    from intsim.hwval.tools import diff
 
     report = diff(intsim.load(args.model), _load_npy(args.input, "input"), args.device_dump,
                   float_input=not args.int, format=args.format)
@@ -156,7 +156,7 @@ def _cmd_sweep(args) -> int:
     import json
 
     import intsim
-    from intsim.hwval import bitwidth_sweep, sweep
+    from intsim.hwval.tools import bitwidth_sweep, sweep
 
     data = _load_npy(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None
@@ -194,7 +194,7 @@ def _cmd_sweep(args) -> int:
 
 def _adaround(args):
     """``--adaround`` alone is True; any ``--adaround-*`` setting makes it an AdaRoundOptions."""
-    from intsim.ptq.algorithms import AdaRoundOptions
+    from intsim.ptq.adaround import AdaRoundOptions
 
     given = {k: v for k, v in (("iterations", args.adaround_iterations), ("batch_size", args.adaround_batch_size),
                                ("reg_weight", args.adaround_reg_weight)) if v is not None}

@@ -34,7 +34,7 @@ The loop, per output row ``(n, oh)``:
    kernel row.  3x3 and 5x5 windows at stride 1 and 2 have their shapes
    compiled in; any other window runs tap by tap.
 3. the row of accumulators (in L1) is requantized by
-   :func:`intsim.kernels.mac._requantize_core` into the output row; or, for
+   :func:`intsim.kernels.mac.requantize_core` into the output row; or, for
    ``FLOAT32_RINT`` when the caller wants no clamp count (a model's run),
    :func:`dw_tile_rint` requantizes each tile in registers and stores its
    output codes directly (the GEMM's register epilogue).
@@ -50,8 +50,8 @@ from numba import njit, prange, types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
-from intsim.kernels.mac import _requantize_core, as_int64, requantized_in_registers
-from intsim.kernels.microkernel import _ACC, _I64, LANES, _dot, _literal, _merged, _rint_arguments, _rint_store
+from intsim.kernels.mac import requantize_core, as_int64, requantized_in_registers
+from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, rint_arguments, rint_store_tile
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
 # 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
@@ -78,42 +78,42 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
             return builder.bitcast(builder.gep(base, [index]), vector_type.as_pointer())
 
         def plus(base, i):
-            return builder.add(base, builder.mul(column_step_v, ir.Constant(_I64, i)))
+            return builder.add(base, builder.mul(column_step_v, ir.Constant(T_I64, i)))
 
-        start = builder.load(at(c0_data, c0_off_v, _ACC), align=4)
+        start = builder.load(at(c0_data, c0_off_v, T_ACC), align=4)
         entry = builder.block
         loop = builder.append_basic_block("dw_tile.loop")
         done = builder.append_basic_block("dw_tile.done")
-        zero = ir.Constant(_I64, 0)
+        zero = ir.Constant(T_I64, 0)
         builder.cbranch(builder.icmp_signed(">", rows_v, zero), loop, done)
 
         builder.position_at_end(loop)
-        k = builder.phi(_I64)
+        k = builder.phi(T_I64)
         k.add_incoming(zero, entry)
         accs = []
         for _ in range(n_columns):
-            phi = builder.phi(_ACC)
+            phi = builder.phi(T_ACC)
             phi.add_incoming(start, entry)
             accs.append(phi)
         a_base = builder.add(builder.load(builder.gep(offs_data, [k]), align=8), a_off_v)
-        w_base = builder.add(w_off_v, builder.mul(builder.mul(k, ir.Constant(_I64, n_taps)), column_step_v))
-        weights = [builder.sext(builder.load(at(w_data, plus(w_base, t), weight_type), align=1), _ACC)
+        w_base = builder.add(w_off_v, builder.mul(builder.mul(k, ir.Constant(T_I64, n_taps)), column_step_v))
+        weights = [builder.sext(builder.load(at(w_data, plus(w_base, t), weight_type), align=1), T_ACC)
                    for t in range(n_taps)]
-        inputs = [builder.zext(builder.load(at(codes_data, plus(a_base, i), code_type), align=1), _ACC)
+        inputs = [builder.zext(builder.load(at(codes_data, plus(a_base, i), code_type), align=1), T_ACC)
                   for i in range((n_columns - 1) * step + n_taps)]
         updated = []
         for r, acc in enumerate(accs):
             for t in range(n_taps):
-                acc = _dot(builder, variant_code, acc, inputs[r * step + t], weights[t])
+                acc = group_dot(builder, variant_code, acc, inputs[r * step + t], weights[t])
             updated.append(acc)
-        k_next = builder.add(k, ir.Constant(_I64, 1))
+        k_next = builder.add(k, ir.Constant(T_I64, 1))
         k.add_incoming(k_next, loop)
         for phi, value in zip(accs, updated):
             phi.add_incoming(value, loop)
         builder.cbranch(builder.icmp_signed("<", k_next, rows_v), loop, done)
 
         builder.position_at_end(done)
-        finals = _merged(builder, [start] * n_columns, entry, updated, loop)
+        finals = phi_merged(builder, [start] * n_columns, entry, updated, loop)
         epilogue(context, builder, signature, args, finals)
         return context.get_dummy_value()
 
@@ -121,7 +121,7 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
 
 
 def _tile_constants(variant, columns, taps, stride):
-    constants = _literal(variant), _literal(columns), _literal(taps), _literal(stride)
+    constants = ir_literal(variant), ir_literal(columns), ir_literal(taps), ir_literal(stride)
     return None if None in constants else constants
 
 
@@ -148,8 +148,8 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
         c_data = context.make_array(signature.args[13])(context, builder, args[13]).data
         c_off_v, column_step_v = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (14, 8))
         for r, final in enumerate(finals):
-            index = builder.add(c_off_v, builder.mul(column_step_v, ir.Constant(_I64, r)))
-            builder.store(final, builder.bitcast(builder.gep(c_data, [index]), _ACC.as_pointer()), align=4)
+            index = builder.add(c_off_v, builder.mul(column_step_v, ir.Constant(T_I64, r)))
+            builder.store(final, builder.bitcast(builder.gep(c_data, [index]), T_ACC.as_pointer()), align=4)
 
     code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
     weight_type = ir.VectorType(ir.IntType(w.dtype.bitwidth), LANES)
@@ -164,7 +164,7 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
     ``j < valid_channels`` of the tile goes to ``out[out_off + r*out_stride + j]``; ``scale`` is
     float32, laid out like ``c0``; no clamp is counted."""
     constants = _tile_constants(variant, columns, taps, stride)
-    if constants is None or not _rint_arguments(scale, out):
+    if constants is None or not rint_arguments(scale, out):
         return None
     sig = types.void(variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0, c0_off,
                      scale, lo, hi, zero_point, valid_channels, out, out_off, out_stride)
@@ -175,8 +175,8 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
 
         c0_off_v, lo_v, hi_v, zero_point_v, channels_v, out_off_v, out_stride_v = (
             context.cast(builder, args[i], signature.args[i], types.int64) for i in (12, 14, 15, 16, 17, 19, 20))
-        rint_store = _rint_store(builder, data(13), c0_off_v, lo_v, hi_v, zero_point_v,
-                                 ir.Constant(_I64, len(finals)), channels_v, data(18),
+        rint_store = rint_store_tile(builder, data(13), c0_off_v, lo_v, hi_v, zero_point_v,
+                                 ir.Constant(T_I64, len(finals)), channels_v, data(18),
                                  context.get_data_type(signature.args[18].dtype), out_off_v, out_stride_v)
         for r, final in enumerate(finals):
             rint_store(r, 0, final)
@@ -329,7 +329,7 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, None)
                 # the core reads the leading ``channels`` columns of the padded rows
-                saturation_count += _requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift,
+                saturation_count += requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift,
                                                      scale, rounding, multiplier_bits, out_zero_point, clamp_min,
                                                      clamp_max, out[n, oh])
     return saturation_count

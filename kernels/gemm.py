@@ -7,7 +7,7 @@ writing an int32 tensor (white paper §2.1 MAC array, §2.2 requantization).
 The fast path computes ``bias + sum (x - z_x)(w - z_w)`` as one GEMM per
 chunk of output pixels: the register-tiled micro-kernel of
 :mod:`intsim.kernels.microkernel` over 16 output channels at a time, then
-:func:`intsim.kernels.mac._requantize_core` on the chunk's accumulators; for
+:func:`intsim.kernels.mac.requantize_core` on the chunk's accumulators; for
 ``FLOAT32_RINT`` within the 32-bit lanes' preconditions (zero accumulator zero
 point, output zero point and clamp bounds within 2**16), when the caller does
 not ask for the clamp count (``count_clamps=False``: a model's bound steps),
@@ -95,7 +95,7 @@ from intsim.kernels.mac import (
     _c0_per_output,
     _conv2d_out,
     _fits,
-    _requantize_core,
+    requantize_core,
     _weighted_bound,
     as_int64,
     conv2d_nhwc_acc,
@@ -442,7 +442,7 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
         else:
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
-            saturation_count += _requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
+            saturation_count += requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
                                                  multiplier_bits, out_zero_point, clamp_min, clamp_max,
                                                  out[m0:m0 + rows])
     return saturation_count
@@ -530,7 +530,7 @@ def _gemv_core(variant, x, w, c0, multiplier, shift, scale, settings, code_sampl
         _gemv_variant(PORTABLE_QUADS, rows, a, w, groups, c0, acc_flat)
     else:
         _gemv_variant(PORTABLE_PAIRS, rows, a, w, groups, c0, acc_flat)
-    return _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+    return requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
                             clamp_max, out)
 
 
@@ -668,7 +668,7 @@ def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, 
         o_begin = chunk * ROW_DOT_CHUNK
         _row_dot_blocks(variant, codes, w, w.shape[0], depth, lead, acc, o_begin,
                         min(padded, o_begin + ROW_DOT_CHUNK))
-    return _requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+    return requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
                             clamp_max, out)
 
 

@@ -70,7 +70,7 @@ LANES_LIMIT = 2**16
 
 def requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, count_clamps) -> bool:
     """Whether a fast kernel requantizes its register tiles in place (no int32 tile written):
-    ``FLOAT32_RINT`` within the 32-bit lanes' bounds (``LANES_LIMIT``, as :func:`_requantize_core`),
+    ``FLOAT32_RINT`` within the 32-bit lanes' bounds (``LANES_LIMIT``, as :func:`requantize_core`),
     for a caller that does not want the clamp count (the register epilogue counts none)."""
     return (not count_clamps and rounding == FLOAT32_RINT
             and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT)
@@ -673,7 +673,7 @@ def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, roun
 
 
 @njit(cache=True)
-def _requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+def requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
     # acc [R, >= C] (its leading C columns count), out [R, C], both C-contiguous; see :func:`requantize`.
     # The 32-bit lanes where they are exact, else the int64 rows.
@@ -734,7 +734,7 @@ def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multipli
     out = np.empty((rows, channels), out_dtype)
     # int32 as the kernels hold it, anything else widened (one compiled core per width, not per dtype)
     acc = np.ascontiguousarray(acc, dtype=np.int32 if acc.dtype == np.int32 else np.int64)
-    saturation_count = _requantize_core(
+    saturation_count = requantize_core(
         acc.reshape(rows, channels), int(acc_zero_point),
         np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64), int(rounding),
         int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,

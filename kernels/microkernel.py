@@ -89,28 +89,28 @@ from intsim.kernels.isa import (
 )
 
 LANES = 16
-_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
-_ACC = ir.VectorType(_I32, LANES)
+T_I8, T_I16, T_I32, T_I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+T_ACC = ir.VectorType(T_I32, LANES)
 
 
-def _declare(builder, name, ret, args):
+def declare_intrinsic(builder, name, ret, args):
     module = builder.module
     return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
 
 
 def _lanes(builder, vector, indices):
     return builder.shuffle_vector(vector, ir.Constant(vector.type, ir.Undefined), ir.Constant(
-        ir.VectorType(_I32, len(indices)), indices))
+        ir.VectorType(T_I32, len(indices)), indices))
 
 
-_V32_I16 = ir.VectorType(_I16, 32)
+_V32_I16 = ir.VectorType(T_I16, 32)
 
 
 def _portable_dot(builder, acc, a, w, group):
     # Widen every value to i32 (activations zero-extended in the uint8 quads),
     # multiply lane-wise, then add the ``group`` products of each lane.
-    narrow = ir.VectorType(_I16 if group == 2 else _I8, LANES * group)
-    wide = ir.VectorType(_I32, LANES * group)
+    narrow = ir.VectorType(T_I16 if group == 2 else T_I8, LANES * group)
+    wide = ir.VectorType(T_I32, LANES * group)
     a_wide = (builder.sext if group == 2 else builder.zext)(builder.bitcast(a, narrow), wide)
     products = builder.mul(a_wide, builder.sext(builder.bitcast(w, narrow), wide))
     for q in range(group):
@@ -122,26 +122,26 @@ def _vnni_dot(name):
     # Declared with <16 x i32> operands, the form every LLVM accepts (newer
     # LLVMs upgrade it to their <64 x i8> / <32 x i16> signatures on parsing).
     def dot(builder, acc, a, w):
-        return builder.call(_declare(builder, name, _ACC, [_ACC, _ACC, _ACC]), [acc, a, w])
+        return builder.call(declare_intrinsic(builder, name, T_ACC, [T_ACC, T_ACC, T_ACC]), [acc, a, w])
 
     return dot
 
 
 def _avx512_pairs_dot(builder, acc, a, w):
-    fn = _declare(builder, "llvm.x86.avx512.pmaddw.d.512", _ACC, [_V32_I16, _V32_I16])
+    fn = declare_intrinsic(builder, "llvm.x86.avx512.pmaddw.d.512", T_ACC, [_V32_I16, _V32_I16])
     return builder.add(acc, builder.call(fn, [builder.bitcast(a, _V32_I16), builder.bitcast(w, _V32_I16)]))
 
 
 def _avx2_pairs_dot(builder, acc, a, w):
     # Two ymm halves of the 16 lanes, joined again (LLVM keeps them in two registers).
-    v8, v16_i16 = ir.VectorType(_I32, 8), ir.VectorType(_I16, 16)
-    fn = _declare(builder, "llvm.x86.avx2.pmadd.wd", v8, [v16_i16, v16_i16])
+    v8, v16_i16 = ir.VectorType(T_I32, 8), ir.VectorType(T_I16, 16)
+    fn = declare_intrinsic(builder, "llvm.x86.avx2.pmadd.wd", v8, [v16_i16, v16_i16])
     halves = []
     for half in (range(0, 8), range(8, 16)):
         a_half = builder.bitcast(_lanes(builder, a, list(half)), v16_i16)
         w_half = builder.bitcast(_lanes(builder, w, list(half)), v16_i16)
         halves.append(builder.call(fn, [a_half, w_half]))
-    return builder.add(acc, builder.shuffle_vector(halves[0], halves[1], ir.Constant(_ACC, list(range(16)))))
+    return builder.add(acc, builder.shuffle_vector(halves[0], halves[1], ir.Constant(T_ACC, list(range(16)))))
 
 
 _DOTS = {
@@ -154,18 +154,18 @@ _DOTS = {
 }
 
 
-def _dot(builder, variant, acc, a, w):
+def group_dot(builder, variant, acc, a, w):
     """``acc`` plus the per-lane group dot products of ``a`` and ``w`` (all <16 x i32>)."""
     if not VARIANT_FEATURES[variant] <= HOST_FEATURES:
         return _portable_dot(builder, acc, a, w, GROUP[variant])
     return _DOTS[variant](builder, acc, a, w)
 
 
-def _literal(value):
+def ir_literal(value):
     return value.literal_value if isinstance(value, types.IntegerLiteral) else None
 
 
-def _merged(builder, firsts, first_block, seconds, second_block):
+def phi_merged(builder, firsts, first_block, seconds, second_block):
     # One phi per pair: firsts[i] when control came from ``first_block``, seconds[i] from ``second_block``.
     nodes = []
     for first, second in zip(firsts, seconds):
@@ -184,16 +184,16 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
     # the word offset of tap ``t`` (an i64 value); the weights of tap ``t``
     # follow those of tap ``t - 1`` in every block.  ``store(r, b, acc)``
     # emits the epilogue of the finished accumulators of row r, block b.
-    w_block_stride = builder.mul(builder.mul(n_taps, groups), ir.Constant(_I64, LANES))
+    w_block_stride = builder.mul(builder.mul(n_taps, groups), ir.Constant(T_I64, LANES))
 
     def vector_at(data, index):
-        return builder.bitcast(builder.gep(data, [index]), _ACC.as_pointer())
+        return builder.bitcast(builder.gep(data, [index]), T_ACC.as_pointer())
 
     def offset(base, stride, i):
-        return builder.add(base, builder.mul(stride, ir.Constant(_I64, i)))
+        return builder.add(base, builder.mul(stride, ir.Constant(T_I64, i)))
 
     tile = [(r, b) for r in range(n_rows) for b in range(n_blocks)]
-    c0_vecs = [builder.load(vector_at(c0_data, builder.add(c0_off, ir.Constant(_I64, b * LANES))), align=4)
+    c0_vecs = [builder.load(vector_at(c0_data, builder.add(c0_off, ir.Constant(T_I64, b * LANES))), align=4)
                for b in range(n_blocks)]
     start = [c0_vecs[b] for _, b in tile]
     w_starts = [offset(w_off, w_block_stride, b) for b in range(n_blocks)]
@@ -202,7 +202,7 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
     group_loop = builder.append_basic_block("mac_tile.groups")
     tap_next = builder.append_basic_block("mac_tile.next_tap")
     done = builder.append_basic_block("mac_tile.done")
-    zero, one = ir.Constant(_I64, 0), ir.Constant(_I64, 1)
+    zero, one = ir.Constant(T_I64, 0), ir.Constant(T_I64, 1)
     any_work = builder.and_(builder.icmp_signed(">", groups, zero), builder.icmp_signed(">", n_taps, zero))
     builder.cbranch(any_work, tap_loop, done)
 
@@ -222,14 +222,14 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
 
     builder.position_at_end(group_loop)
     g, *accs = phis([zero] + tap_accs, tap_loop)
-    w_lanes = builder.mul(builder.add(tap_w, g), ir.Constant(_I64, LANES))
+    w_lanes = builder.mul(builder.add(tap_w, g), ir.Constant(T_I64, LANES))
     w_vecs = [builder.load(vector_at(w_data, builder.add(w_start, w_lanes)), align=4) for w_start in w_starts]
     a_vecs = []
     for a_row in tap_a:
         a_val = builder.load(builder.gep(a_data, [builder.add(a_row, g)]), align=4)
-        a_vec = builder.insert_element(ir.Constant(_ACC, ir.Undefined), a_val, ir.Constant(_I32, 0))
-        a_vecs.append(builder.shuffle_vector(a_vec, ir.Constant(_ACC, ir.Undefined), ir.Constant(_ACC, [0] * LANES)))
-    updated = [_dot(builder, variant, acc, a_vecs[r], w_vecs[b]) for acc, (r, b) in zip(accs, tile)]
+        a_vec = builder.insert_element(ir.Constant(T_ACC, ir.Undefined), a_val, ir.Constant(T_I32, 0))
+        a_vecs.append(builder.shuffle_vector(a_vec, ir.Constant(T_ACC, ir.Undefined), ir.Constant(T_ACC, [0] * LANES)))
+    updated = [group_dot(builder, variant, acc, a_vecs[r], w_vecs[b]) for acc, (r, b) in zip(accs, tile)]
     g_next = builder.add(g, one)
     g.add_incoming(g_next, group_loop)
     for phi, value in zip(accs, updated):
@@ -244,7 +244,7 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
     builder.cbranch(builder.icmp_signed("<", t_next, n_taps), tap_loop, done)
 
     builder.position_at_end(done)
-    finals = _merged(builder, start, entry, updated, tap_next)
+    finals = phi_merged(builder, start, entry, updated, tap_next)
     for (r, b), final in zip(tile, finals):
         store(r, b, final)
 
@@ -252,8 +252,8 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
 def _int32_store(builder, c_data, c_off, c_stride):
     # The plain epilogue: the accumulators as int32 at c[c_off + r*c_stride + 16*b + j].
     def store(r, b, acc):
-        index = builder.add(builder.add(c_off, builder.mul(c_stride, ir.Constant(_I64, r))), ir.Constant(_I64, b * LANES))
-        builder.store(acc, builder.bitcast(builder.gep(c_data, [index]), _ACC.as_pointer()), align=4)
+        index = builder.add(builder.add(c_off, builder.mul(c_stride, ir.Constant(T_I64, r))), ir.Constant(T_I64, b * LANES))
+        builder.store(acc, builder.bitcast(builder.gep(c_data, [index]), T_ACC.as_pointer()), align=4)
 
     return store
 
@@ -264,11 +264,11 @@ _MASK = ir.VectorType(ir.IntType(1), LANES)
 
 
 def _splat(builder, value, vector_type):
-    first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), ir.Constant(_ACC, [0] * LANES))
+    first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(T_I32, 0))
+    return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), ir.Constant(T_ACC, [0] * LANES))
 
 
-def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data, out_type,
+def rint_store_tile(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data, out_type,
                 out_off, out_stride):
     # The FLOAT32_RINT epilogue in registers, lane for lane what
     # mac._lane_float32 computes: float32(acc) * float32 scale (round to
@@ -282,42 +282,42 @@ def _rint_store(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, 
     # the tile's first) are stored, by masked stores.  Clamps are not
     # counted: a count per vector (compare, mask, add) cost a third of a
     # small-reduction layer's time, so a caller that wants the count takes the
-    # int32 tile and mac._requantize_core instead.
+    # int32 tile and mac.requantize_core instead.
     out_int = out_type
     out_vector = ir.VectorType(out_int, LANES)
-    masked_store = _declare(builder, f"llvm.masked.store.v{LANES}i{out_int.width}.p0", ir.VoidType(),
-                            [out_vector, out_vector.as_pointer(), _I32, _MASK])
-    rint = _declare(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
+    masked_store = declare_intrinsic(builder, f"llvm.masked.store.v{LANES}i{out_int.width}.p0", ir.VoidType(),
+                            [out_vector, out_vector.as_pointer(), T_I32, _MASK])
+    rint = declare_intrinsic(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
     lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
     hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
-    zero_point_v = _splat(builder, builder.trunc(zero_point, _I32), _ACC)
-    channels_v = _splat(builder, builder.trunc(valid_channels, _I32), _ACC)
+    zero_point_v = _splat(builder, builder.trunc(zero_point, T_I32), T_ACC)
+    channels_v = _splat(builder, builder.trunc(valid_channels, T_I32), T_ACC)
     no_lanes = ir.Constant(_MASK, [0] * LANES)
     scales = {}
 
     def store(r, b, acc):
         if b not in scales:
-            index = builder.add(scale_off, ir.Constant(_I64, b * LANES))
+            index = builder.add(scale_off, ir.Constant(T_I64, b * LANES))
             scales[b] = builder.load(builder.bitcast(builder.gep(scale_data, [index]), _V_F32.as_pointer()), align=4)
         value = builder.call(rint, [builder.fmul(builder.sitofp(acc, _V_F32), scales[b])])
         # Each select is one vmaxps / vminps: (a > b ? a : b) is their operation exactly.
         raised = builder.select(builder.fcmp_ordered(">", value, lo_v), value, lo_v)
         clamped = builder.select(builder.fcmp_ordered("<", raised, hi_v), raised, hi_v)
-        codes = builder.trunc(builder.add(builder.fptosi(clamped, _ACC), zero_point_v), out_vector) \
-            if out_int.width < 32 else builder.add(builder.fptosi(clamped, _ACC), zero_point_v)
-        lanes = builder.icmp_signed("<", ir.Constant(_ACC, [b * LANES + j for j in range(LANES)]), channels_v)
-        mask = builder.select(builder.icmp_signed("<", ir.Constant(_I64, r), valid_rows), lanes, no_lanes)
-        index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(_I64, r))),
-                            ir.Constant(_I64, b * LANES))
+        codes = builder.trunc(builder.add(builder.fptosi(clamped, T_ACC), zero_point_v), out_vector) \
+            if out_int.width < 32 else builder.add(builder.fptosi(clamped, T_ACC), zero_point_v)
+        lanes = builder.icmp_signed("<", ir.Constant(T_ACC, [b * LANES + j for j in range(LANES)]), channels_v)
+        mask = builder.select(builder.icmp_signed("<", ir.Constant(T_I64, r), valid_rows), lanes, no_lanes)
+        index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(T_I64, r))),
+                            ir.Constant(T_I64, b * LANES))
         pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
-        builder.call(masked_store, [codes, pointer, ir.Constant(_I32, out_int.width // 8), mask])
+        builder.call(masked_store, [codes, pointer, ir.Constant(T_I32, out_int.width // 8), mask])
     return store
 
 
 def _tile_size(variant, rows, blocks):
     """``(variant code, rows, blocks)`` as compile-time integers (0 blocks: the full width; 0 rows: the
     variant's rows for that width), or ``None``."""
-    variant_code, n_rows, n_blocks = _literal(variant), _literal(rows), _literal(blocks)
+    variant_code, n_rows, n_blocks = ir_literal(variant), ir_literal(rows), ir_literal(blocks)
     if variant_code is None or n_rows is None or n_blocks is None:
         return None
     n_blocks = n_blocks or TILE_BLOCKS[variant_code]
@@ -328,24 +328,24 @@ def _data(context, builder, signature, args, i):
     return context.make_array(signature.args[i])(context, builder, args[i]).data
 
 
-def _i64(context, builder, signature, args, *indices):
+def i64_const(context, builder, signature, args, *indices):
     return [context.cast(builder, args[i], signature.args[i], types.int64) for i in indices]
 
 
 def _plain_reads(context, builder, signature, args, n_rows):
     # The operands of mac_tile (arguments 3-10) as _emit_tile reads them.
-    a_off, a_stride, w_off, groups, c0_off = _i64(context, builder, signature, args, 4, 5, 7, 8, 10)
-    a_starts = [builder.add(a_off, builder.mul(a_stride, ir.Constant(_I64, r))) for r in range(n_rows)]
-    return (_data(context, builder, signature, args, 3), a_starts, ir.Constant(_I64, 1),
-            lambda t: ir.Constant(_I64, 0), _data(context, builder, signature, args, 6), w_off, groups,
+    a_off, a_stride, w_off, groups, c0_off = i64_const(context, builder, signature, args, 4, 5, 7, 8, 10)
+    a_starts = [builder.add(a_off, builder.mul(a_stride, ir.Constant(T_I64, r))) for r in range(n_rows)]
+    return (_data(context, builder, signature, args, 3), a_starts, ir.Constant(T_I64, 1),
+            lambda t: ir.Constant(T_I64, 0), _data(context, builder, signature, args, 6), w_off, groups,
             _data(context, builder, signature, args, 9), c0_off)
 
 
 def _taps_reads(context, builder, signature, args, n_rows):
     # The operands of mac_tile_taps (arguments 3-11) as _emit_tile reads them.
-    a_rows_off, w_off, groups, c0_off = _i64(context, builder, signature, args, 5, 8, 9, 11)
+    a_rows_off, w_off, groups, c0_off = i64_const(context, builder, signature, args, 5, 8, 9, 11)
     rows_data = _data(context, builder, signature, args, 4)
-    a_starts = [builder.load(builder.gep(rows_data, [builder.add(a_rows_off, ir.Constant(_I64, r))]))
+    a_starts = [builder.load(builder.gep(rows_data, [builder.add(a_rows_off, ir.Constant(T_I64, r))]))
                 for r in range(n_rows)]
     taps_array = context.make_array(signature.args[6])(context, builder, args[6])
     n_taps = builder.extract_value(taps_array.shape, 0)
@@ -357,7 +357,7 @@ def _taps_reads(context, builder, signature, args, n_rows):
 def _int32_codegen(variant_code, n_rows, n_blocks, reads, first):
     # The int32 tile: its operands from ``reads``, then c, c_off, c_stride at arguments first..first+2.
     def codegen(context, builder, signature, args):
-        c_off, c_stride = _i64(context, builder, signature, args, first + 1, first + 2)
+        c_off, c_stride = i64_const(context, builder, signature, args, first + 1, first + 2)
         store = _int32_store(builder, _data(context, builder, signature, args, first), c_off, c_stride)
         _emit_tile(context, builder, variant_code, n_rows, n_blocks,
                    *reads(context, builder, signature, args, n_rows), store)
@@ -371,10 +371,10 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
     # valid_channels, out, out_off, out_stride at arguments first..first+8 (``scale_off`` is c0_off).
     def codegen(context, builder, signature, args):
         operands = reads(context, builder, signature, args, n_rows)
-        lo, hi, zero_point, valid_rows, valid_channels, out_off, out_stride = _i64(
+        lo, hi, zero_point, valid_rows, valid_channels, out_off, out_stride = i64_const(
             context, builder, signature, args, *range(first + 1, first + 6), first + 7, first + 8)
         out_type = context.get_data_type(signature.args[first + 6].dtype)
-        store = _rint_store(builder, _data(context, builder, signature, args, first), operands[-1], lo, hi,
+        store = rint_store_tile(builder, _data(context, builder, signature, args, first), operands[-1], lo, hi,
                             zero_point, valid_rows, valid_channels, _data(context, builder, signature, args, first + 6),
                             out_type, out_off, out_stride)
         _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store)
@@ -383,7 +383,7 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
     return codegen
 
 
-def _rint_arguments(scale, out):
+def rint_arguments(scale, out):
     return (isinstance(scale, types.Array) and scale.dtype == types.float32 and isinstance(out, types.Array)
             and isinstance(out.dtype, types.Integer) and out.dtype.bitwidth <= 32)
 
@@ -415,7 +415,7 @@ def mac_tile_rint(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off
                   zero_point, valid_rows, valid_channels, out, out_off, out_stride):
     """The tile of :func:`mac_tile` requantized in registers (``FLOAT32_RINT``; see the module docstring)."""
     size = _tile_size(variant, rows, blocks)
-    if size is None or not _rint_arguments(scale, out):
+    if size is None or not rint_arguments(scale, out):
         return None
     sig = types.void(variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, scale, lo, hi,
                      zero_point, valid_rows, valid_channels, out, out_off, out_stride)
@@ -427,7 +427,7 @@ def mac_tile_taps_rint(typingctx, variant, rows, blocks, a, a_rows, a_rows_off, 
                        scale, lo, hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride):
     """The tile of :func:`mac_tile_taps` requantized in registers (``FLOAT32_RINT``; see the module docstring)."""
     size = _tile_size(variant, rows, blocks)
-    if size is None or not (a_rows.dtype == types.int64 and taps.dtype == types.int64 and _rint_arguments(scale, out)):
+    if size is None or not (a_rows.dtype == types.int64 and taps.dtype == types.int64 and rint_arguments(scale, out)):
         return None
     sig = types.void(variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off, scale, lo,
                      hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride)

@@ -51,7 +51,7 @@ from numba import types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import GROUP
-from intsim.kernels.microkernel import _ACC, _I8, _I16, _I32, _I64, LANES, _declare, _dot, _i64, _literal, _merged
+from intsim.kernels.microkernel import T_ACC, T_I8, T_I16, T_I32, T_I64, LANES, declare_intrinsic, group_dot, i64_const, ir_literal, phi_merged
 
 _I1 = ir.IntType(1)
 
@@ -72,7 +72,7 @@ def _lane_sums(builder, vectors):
             base = (j % per) * width + (LANES if j >= per else 0)
             low += [base + h for h in range(half)]
             high += [base + half + h for h in range(half)]
-        low_mask, high_mask = ir.Constant(_ACC, low), ir.Constant(_ACC, high)
+        low_mask, high_mask = ir.Constant(T_ACC, low), ir.Constant(T_ACC, high)
         vectors = [builder.add(builder.shuffle_vector(a, b, low_mask), builder.shuffle_vector(a, b, high_mask))
                    for a, b in zip(vectors[::2], vectors[1::2])]
         width = half
@@ -83,11 +83,11 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
                    acc_data, acc_off, acc_stride):
     group = GROUP[variant]
     step = LANES * group  # codes (and weight bytes) per vector
-    w_vector = ir.VectorType(_I8, step)
-    lane_vector = ir.VectorType(_I64, step)
+    w_vector = ir.VectorType(T_I8, step)
+    lane_vector = ir.VectorType(T_I64, step)
 
     def constant(value):
-        return ir.Constant(_I64, value)
+        return ir.Constant(T_I64, value)
 
     last_row = builder.sub(n_out, constant(1))
     w_rows = []  # where each output's run of steps starts: ``lead`` weights before its row
@@ -101,13 +101,13 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
         # Weight bytes as the <16 x i32> operand of the variant's dot: as they are for quads,
         # sign-extended to int16 pairs otherwise.
         if group == 4:
-            return builder.bitcast(weights, _ACC)
-        return builder.bitcast(builder.sext(weights, ir.VectorType(_I16, step)), _ACC)
+            return builder.bitcast(weights, T_ACC)
+        return builder.bitcast(builder.sext(weights, ir.VectorType(T_I16, step)), T_ACC)
 
     def accumulate(accs, s, load_weights):
         # Step s: codes s*step .. of every row against the same weights of every output.
         k = builder.mul(s, constant(step))
-        x_vecs = [builder.load(builder.bitcast(builder.gep(x_data, [builder.add(x_row, k)]), _ACC.as_pointer()),
+        x_vecs = [builder.load(builder.bitcast(builder.gep(x_data, [builder.add(x_row, k)]), T_ACC.as_pointer()),
                                align=1) for x_row in x_rows]
         updated = list(accs)
         for o, w_row in enumerate(w_rows):
@@ -115,16 +115,16 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
             weights = widened(load_weights(pointer))
             for r in range(n_rows):
                 i = r * n_outs + o
-                updated[i] = _dot(builder, variant, accs[i], x_vecs[r], weights)
+                updated[i] = group_dot(builder, variant, accs[i], x_vecs[r], weights)
         return updated
 
-    masked_load = _declare(builder, f"llvm.masked.load.v{step}i8.p0", w_vector,
-                           [w_vector.as_pointer(), _I32, ir.VectorType(_I1, step), w_vector])
+    masked_load = declare_intrinsic(builder, f"llvm.masked.load.v{step}i8.p0", w_vector,
+                           [w_vector.as_pointer(), T_I32, ir.VectorType(_I1, step), w_vector])
 
     def splat(value):
-        first = builder.insert_element(ir.Constant(lane_vector, ir.Undefined), value, ir.Constant(_I32, 0))
+        first = builder.insert_element(ir.Constant(lane_vector, ir.Undefined), value, ir.Constant(T_I32, 0))
         return builder.shuffle_vector(first, ir.Constant(lane_vector, ir.Undefined),
-                                      ir.Constant(ir.VectorType(_I32, step), [0] * step))
+                                      ir.Constant(ir.VectorType(T_I32, step), [0] * step))
 
     def masked_step(accs, s):
         # Step s with only the weights of lanes j, lead <= s*step + j < lead + depth, read (the
@@ -134,7 +134,7 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
         mask = builder.and_(builder.icmp_signed(">=", lanes, splat(lead)),
                             builder.icmp_signed("<", lanes, splat(builder.add(lead, depth))))
         no_weights = ir.Constant(w_vector, [0] * step)
-        return accumulate(accs, s, lambda pointer: builder.call(masked_load, [pointer, ir.Constant(_I32, 1), mask,
+        return accumulate(accs, s, lambda pointer: builder.call(masked_load, [pointer, ir.Constant(T_I32, 1), mask,
                                                                              no_weights]))
 
     def when(condition, name, body, accs):
@@ -146,7 +146,7 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
         then_end = builder.block
         builder.branch(join)
         builder.position_at_end(join)
-        return _merged(builder, accs, before, updated, then_end)
+        return phi_merged(builder, accs, before, updated, then_end)
 
     def steps(begin, end, accs):
         # The unmasked steps begin .. end - 1, in a loop.
@@ -154,11 +154,11 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
             builder.append_basic_block("row_dots.steps_end")
         builder.cbranch(builder.icmp_signed("<", begin, end), loop, join)
         builder.position_at_end(loop)
-        s = builder.phi(_I64)
+        s = builder.phi(T_I64)
         s.add_incoming(begin, before)
         loop_accs = []
         for value in accs:
-            node = builder.phi(_ACC)
+            node = builder.phi(T_ACC)
             node.add_incoming(value, before)
             loop_accs.append(node)
         stepped = accumulate(loop_accs, s, lambda pointer: builder.load(pointer, align=1))
@@ -168,7 +168,7 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
             node.add_incoming(value, loop)
         builder.cbranch(builder.icmp_signed("<", s_next, end), loop, join)
         builder.position_at_end(join)
-        return _merged(builder, accs, before, stepped, loop)
+        return phi_merged(builder, accs, before, stepped, loop)
 
     # Steps 0 .. ceil((lead + depth) / step) - 1: a masked first step if lead > 0, the whole
     # steps, a masked last step if lead + depth ends inside a vector (and it is not the first).
@@ -176,18 +176,18 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
     span = builder.add(lead, depth)
     whole_end = builder.sdiv(span, constant(step))
     has_head = builder.icmp_signed(">", lead, zero)
-    first_whole = builder.zext(has_head, _I64)
-    accs = [ir.Constant(_ACC, [0] * LANES)] * (n_rows * n_outs)
+    first_whole = builder.zext(has_head, T_I64)
+    accs = [ir.Constant(T_ACC, [0] * LANES)] * (n_rows * n_outs)
     accs = when(has_head, "row_dots.head", lambda a: masked_step(a, zero), accs)
     accs = steps(first_whole, whole_end, accs)
     has_tail = builder.and_(builder.icmp_signed(">", builder.srem(span, constant(step)), zero),
                             builder.icmp_signed(">=", whole_end, first_whole))
     finals = when(has_tail, "row_dots.tail", lambda a: masked_step(a, whole_end), accs)
     sums = _lane_sums(builder, finals)
-    out_vector = ir.VectorType(_I32, n_outs)
+    out_vector = ir.VectorType(T_I32, n_outs)
     for r in range(n_rows):
-        part = builder.shuffle_vector(sums, ir.Constant(_ACC, ir.Undefined),
-                                      ir.Constant(ir.VectorType(_I32, n_outs), [r * n_outs + o for o in range(n_outs)]))
+        part = builder.shuffle_vector(sums, ir.Constant(T_ACC, ir.Undefined),
+                                      ir.Constant(ir.VectorType(T_I32, n_outs), [r * n_outs + o for o in range(n_outs)]))
         index = builder.add(acc_off, builder.mul(acc_stride, constant(r)))
         pointer = builder.bitcast(builder.gep(acc_data, [index]), out_vector.as_pointer())
         builder.store(builder.add(builder.load(pointer, align=4), part), pointer, align=4)
@@ -197,7 +197,7 @@ def _emit_row_dots(builder, variant, n_rows, n_outs, x_data, x_off, x_stride, w_
 def row_dots(typingctx, variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, lead, acc, acc_off,
              acc_stride):
     """See the module docstring."""
-    variant_code, n_rows, n_outs = _literal(variant), _literal(rows), _literal(outs)
+    variant_code, n_rows, n_outs = ir_literal(variant), ir_literal(rows), ir_literal(outs)
     if variant_code is None or n_rows is None or n_outs is None or n_rows * n_outs not in (8, LANES):
         return None
     # Codes of either width type-check with every variant: a caller that picks the variant at run
@@ -207,7 +207,7 @@ def row_dots(typingctx, variant, rows, outs, x, x_off, x_stride, w, o0, n_out, d
     sig = types.void(variant, rows, outs, x, x_off, x_stride, w, o0, n_out, depth, lead, acc, acc_off, acc_stride)
 
     def codegen(context, builder, signature, args):
-        x_off_v, x_stride_v, o0_v, n_out_v, depth_v, lead_v, acc_off_v, acc_stride_v = _i64(
+        x_off_v, x_stride_v, o0_v, n_out_v, depth_v, lead_v, acc_off_v, acc_stride_v = i64_const(
             context, builder, signature, args, 4, 5, 7, 8, 9, 10, 12, 13)
 
         def data(i):

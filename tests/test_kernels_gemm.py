@@ -871,7 +871,7 @@ def test_float32_lane_requantization_at_its_edges(out_dtype, out_zero_point, sca
     args = dict(acc=acc, acc_zero_point=0, multiplier=np.array([2**30]), shift=np.array([1]),
                 scale=np.array([scale]), rounding=fixedpoint.FLOAT32_RINT, multiplier_bits=31,
                 out_zero_point=out_zero_point, clamp_min=lo, clamp_max=hi, out_dtype=out_dtype)
-    from intsim.kernels.naive import mac
+    from intsim.kernels.naive import mac as naive_mac
 
     assert_same(mac.requantize(**args), naive_mac.requantize(**args))
     assert max(abs(out_zero_point), abs(lo), abs(hi)) <= mac.LANES_LIMIT
@@ -911,7 +911,7 @@ def test_requantizing_tile_matches_the_naive_requantization(isa_name, taps_form,
     rng = np.random.default_rng(abs(out_zero_point) + clamp[1] - clamp[0])
     edges = [s * 2**i + d for i in (0, 7, 23, 24, 25, 30, 31) for s in (1, -1) for d in range(-2, 3)]
     edges = [e for e in edges if INT32_MIN <= e <= INT32_MAX]
-    from intsim.kernels.naive import mac
+    from intsim.kernels.naive import mac as naive_mac
 
     for variant in {chosen.pairs, chosen.quads} - {None}:
         rows, channels = isa.TILE_ROWS[variant], 16 * isa.TILE_BLOCKS[variant]

@@ -62,10 +62,10 @@ SCHEMES = {
 
 class _Reader(CalibrationDataReader):
     def __init__(self, name, data):
-        self._batches = iter([{name: data[i : i + 1]} for i in range(len(data))])
+        self.batches = iter([{name: data[i : i + 1]} for i in range(len(data))])
 
     def get_next(self):
-        return next(self._batches, None)
+        return next(self.batches, None)
 
 
 def _session(model: onnx.ModelProto):

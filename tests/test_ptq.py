@@ -13,26 +13,19 @@ from intsim.errors import ValidationError
 from intsim.floatgraph.execute import run_float, run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.models import model_path
-from intsim.ptq.algorithms import (
-    AdaRoundOptions,
-    LayerProblem,
-    Pair,
+from intsim.ptq.adaround import AdaRoundOptions, LayerProblem, adaround, adaround_layer
+from intsim.ptq.cle import Pair, absorb_biases, cross_layer_equalization, equalization_pairs
+from intsim.ptq.bias_correction import (
     WeightFormat,
-    absorb_biases,
-    adaround,
-    channel_maxima,
-    adaround_layer,
     analytic_bias_correction,
     clipped_normal_mean,
-    cross_layer_equalization,
     dequantize_weight,
     empirical_bias_correction,
-    equalization_pairs,
-    preactivation_statistics,
 )
+from intsim.ptq.statistics import channel_maxima, preactivation_statistics
 from intsim.profiles import get_profile
 from intsim import ptq
-from intsim.ptq.algorithms import _Stepper
+from intsim.ptq.statistics import Stepper
 
 CONV = {"strides": [1, 1], "dilations": [1, 1], "pads": [1, 1, 1, 1]}
 
@@ -299,12 +292,12 @@ def test_adaround_beats_nearest_on_its_layer_objective(groups, clamp):
 def test_adaround_step_gradient_matches_its_float64_twin(groups, outputs, clamp):
     """The float32 minibatch gradient of each Adam step (gathered rows, preallocated buffers) against the plain
     float64 formula, on rows drawn with repeats."""
-    from intsim.ptq.algorithms import _Reconstruction
+    from intsim.ptq.adaround import Reconstruction
 
     rng = np.random.default_rng(11)
     problem = _problem(rng, groups=groups, outputs=outputs, clamp=clamp)
     weight = problem.weight + rng.normal(scale=0.1, size=problem.weight.shape)
-    fast = _Reconstruction(problem, batch_size=64)
+    fast = Reconstruction(problem, batch_size=64)
     for _ in range(3):
         rows = rng.integers(0, problem.inputs.shape[1], size=64)
         expected = problem.gradient(weight, rows)
@@ -319,16 +312,16 @@ def test_adaround_step_gradient_matches_its_float64_twin(groups, outputs, clamp)
 def test_adaround_patch_rows_times_the_weights_are_the_conv_outputs(channels, outputs, group, kernel, stride,
                                                                     dilation, pads):
     """The im2col rows AdaRound samples (only the picked output positions) against the float conv."""
-    from intsim.ptq.algorithms import _output_rows, _patch_rows
+    from intsim.ptq.adaround import output_rows, patch_rows
 
     rng = np.random.default_rng(12)
     node = FloatNode("Conv", "c", ["x", "w"], ["y"], {"group": group, "strides": [stride] * 2,
                                                       "dilations": [dilation] * 2, "pads": pads})
     w = rng.normal(size=(outputs, channels // group, kernel, kernel)).astype(np.float32)
     x = rng.normal(size=(3, channels, 7, 6)).astype(np.float32)
-    y = _output_rows(run_node(node, [x, w])[0], group)
+    y = output_rows(run_node(node, [x, w])[0], group)
     pick = rng.choice(y.shape[1], size=min(25, y.shape[1]), replace=False)
-    rows = _patch_rows(node, x, w, pick)
+    rows = patch_rows(node, x, w, pick)
     assert rows.shape == (group, len(pick), (channels // group) * kernel * kernel)
     grouped = w.astype(np.float64).reshape(group, outputs // group, -1)
     mine = np.matmul(rows.astype(np.float64), grouped.transpose(0, 2, 1))
@@ -376,7 +369,7 @@ def test_walk_beyond_its_memory_budget_keeps_tensors_on_disk_with_the_same_value
     rng = np.random.default_rng(11)
     fg = _mobile_block(rng)
     x = rng.uniform(0, 1, size=(24, 3, 6, 6)).astype(np.float32)
-    in_ram, on_disk = _Stepper(fg, x, 8, memory_budget=1 << 30), _Stepper(fg, x, 8, memory_budget=0)
+    in_ram, on_disk = Stepper(fg, x, 8, memory_budget=1 << 30), Stepper(fg, x, 8, memory_budget=0)
     for stop in (2, 4, len(fg.nodes)):
         for kept, spilled in zip(in_ram.run_to(stop), on_disk.run_to(stop)):
             assert kept.keys() == spilled.keys()

@@ -43,7 +43,8 @@ from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params
 from intsim.floatgraph.passes import default_passes
 from intsim.profiles import Profile, get_profile
-from intsim.ptq.algorithms import WeightFormat, apply_ptq, resolve_settings
+from intsim.ptq.bias_correction import WeightFormat
+from intsim.ptq.pipeline import apply_ptq, resolve_settings
 from intsim.runtime.model import Model
 from intsim.converter.params import build_exp_table, build_lut
 

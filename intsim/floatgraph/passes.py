@@ -16,7 +16,7 @@ from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 
 
-def _copy(graph: FloatGraph) -> FloatGraph:
+def copy_graph(graph: FloatGraph) -> FloatGraph:
     nodes = [replace(n, inputs=list(n.inputs), outputs=list(n.outputs), attrs=dict(n.attrs)) for n in graph.nodes]
     return replace(
         graph,
@@ -35,7 +35,7 @@ def _drop_unused(graph: FloatGraph) -> None:
     graph.shapes = {k: v for k, v in graph.shapes.items() if k in used}
 
 
-def _fresh(graph: FloatGraph, base: str) -> str:
+def fresh_name(graph: FloatGraph, base: str) -> str:
     taken = set(graph.constants) | set(graph.shapes) | {t for n in graph.nodes for t in (*n.inputs, *n.outputs)}
     name, k = base, 1
     while name in taken:
@@ -53,7 +53,7 @@ def fold_batch_norm(graph: FloatGraph) -> FloatGraph:
     from another op, feeds another consumer too, or is a graph output.
     Returns a new graph.
     """
-    graph = _copy(graph)
+    graph = copy_graph(graph)
     for bn in [n for n in graph.nodes if n.op == "BatchNormalization"]:
         layer = next((n for n in graph.nodes if bn.inputs[0] in n.outputs), None)
         foldable = (
@@ -70,9 +70,9 @@ def fold_batch_norm(graph: FloatGraph) -> FloatGraph:
         bias = graph.constants[layer.inputs[2]].astype(np.float64) if len(layer.inputs) > 2 else 0.0
         new_weight = weight * factor.reshape((-1,) + (1,) * (weight.ndim - 1))
         new_bias = (bias - mean) * factor + beta
-        weight_name = _fresh(graph, f"{layer.name}/weight_bn_folded")
+        weight_name = fresh_name(graph, f"{layer.name}/weight_bn_folded")
         graph.constants[weight_name] = new_weight.astype(np.float32)
-        bias_name = _fresh(graph, f"{layer.name}/bias_bn_folded")
+        bias_name = fresh_name(graph, f"{layer.name}/bias_bn_folded")
         graph.constants[bias_name] = new_bias.astype(np.float32)
         graph.shapes[weight_name], graph.shapes[bias_name] = new_weight.shape, new_bias.shape
         layer.inputs = [layer.inputs[0], weight_name, bias_name]
@@ -88,7 +88,7 @@ def fold_constants(graph: FloatGraph) -> FloatGraph:
     Evaluated with :func:`intsim.float_exec.run_node`.  A node computing a
     graph output stays.  Returns a new graph.
     """
-    graph = _copy(graph)
+    graph = copy_graph(graph)
     kept: list[FloatNode] = []
     for node in graph.nodes:
         if all(t in graph.constants for t in node.inputs) and not set(node.outputs) & set(graph.outputs):
@@ -104,7 +104,7 @@ def fold_constants(graph: FloatGraph) -> FloatGraph:
 def remove_dead_nodes(graph: FloatGraph) -> FloatGraph:
     """Remove the nodes none of whose outputs reaches a graph output, and the constants
     nothing uses any more.  Returns a new graph."""
-    graph = _copy(graph)
+    graph = copy_graph(graph)
     needed = set(graph.outputs)
     kept = []
     for node in reversed(graph.nodes):

@@ -114,10 +114,10 @@ def import_onnx(model, *, batch_dynamic: bool = True) -> FloatGraph:
         A non-float32 input, a symbolic dimension other than the batch, an
         invalid attribute, or a node that fails to run on the placeholder inputs.
     """
-    return _Importer(_load(model), batch_dynamic).run()
+    return _Importer(read_onnx(model), batch_dynamic).run()
 
 
-def _load(model) -> onnx.ModelProto:
+def read_onnx(model) -> onnx.ModelProto:
     if isinstance(model, onnx.ModelProto):
         return model
     if not isinstance(model, (str, os.PathLike)):

@@ -102,7 +102,7 @@ from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import Rescale
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.codes import dtype_range
-from intsim.importers.onnx import _load
+from intsim.importers.onnx import read_onnx
 from intsim.kernels.naive.onnxruntime_ops import fma_float32
 from intsim.graph.ops import get_op
 from intsim.profiles import get_profile
@@ -156,7 +156,7 @@ def load_onnx_qoperator(model, profile="onnxruntime") -> Graph:
         Inconsistent quantization parameters (a weight that is not int8, per-channel
         weight zero points that differ where onnxruntime requires them equal, ...).
     """
-    return _QOperatorImporter(_load(model), get_profile(profile)).run()
+    return _QOperatorImporter(read_onnx(model), get_profile(profile)).run()
 
 
 class _QOperatorImporter:
