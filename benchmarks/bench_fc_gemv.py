@@ -32,12 +32,12 @@ def _packed_model(graph):
     from intsim.kernels import gemm
 
     model = Model(graph)
-    in_place = gemm._in_place
-    gemm._in_place = lambda *args: None
+    in_place = gemm.in_place_weights
+    gemm.in_place_weights = lambda *args: None
     try:
         model._run_plan()
     finally:
-        gemm._in_place = in_place
+        gemm.in_place_weights = in_place
     return model
 
 

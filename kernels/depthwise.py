@@ -8,7 +8,7 @@ requantization); its naive twin is
 A depthwise product pairs each channel with its own weight, so the channels
 are the vector lanes (16 per int32 vector) and the reduction runs over the
 taps of the window.  Activations are encoded as the GEMM encodes them
-(:func:`intsim.kernels.gemm._encoding`): codes ``x - a_sub`` (uint8, or int16
+(:func:`intsim.kernels.gemm.encoding_for`): codes ``x - a_sub`` (uint8, or int16
 for the pairs encoding), the zero point moved into the start value
 ``c0 = bias + (a_sub - z_x) * sum (w - z_w)``.  A code, zero-extended into an
 int32 lane, times a weight ``w - z_w`` in the low half of an int32 lane is one

@@ -119,7 +119,7 @@ def _accumulate_checked(c0, xs, ws, acc_bits, overflow, pairwise_int16):
     return acc, overflowed, saturated_pairs
 
 
-def _fits(bound: int, acc_bits: int) -> bool:
+def fits_accumulator(bound: int, acc_bits: int) -> bool:
     """Whether a value of magnitude at most ``bound`` lies in the signed ``acc_bits`` range."""
     return bound <= 2 ** (acc_bits - 1) - 1
 
@@ -128,7 +128,7 @@ def _max_abs(a: np.ndarray) -> int:
     return max(abs(int(a.min())), abs(int(a.max()))) if a.size else 0
 
 
-def _c0_per_output(x_zero_point: int, w_rows: np.ndarray, w_zero_point: np.ndarray, bias: np.ndarray) -> np.ndarray:
+def c0_per_output(x_zero_point: int, w_rows: np.ndarray, w_zero_point: np.ndarray, bias: np.ndarray) -> np.ndarray:
     """``bias - z_x * sum(w) + K * z_x * z_w`` per output row of ``w_rows`` [O, K], int64."""
     k = w_rows.shape[1]
     return (
@@ -138,7 +138,7 @@ def _c0_per_output(x_zero_point: int, w_rows: np.ndarray, w_zero_point: np.ndarr
     )
 
 
-def _weighted_bound(c0, k, max_x, w_rows, w_zero_point) -> int:
+def weighted_bound(c0, k, max_x, w_rows, w_zero_point) -> int:
     """Upper bound on ``|partial sum|`` of every output whose weights are one row of ``w_rows`` [O, K].
 
     ``|c0| + K * max|x| * max|w[o]| + |z_w[o]| * K * max|x|``, maximised over
@@ -246,7 +246,7 @@ def _conv2d_checked_core(
     return overflow_count, pair_count
 
 
-def _conv2d_out(x, w, strides, dilations, pads):
+def conv2d_out(x, w, strides, dilations, pads):
     out_h = _conv_output_size(x.shape[1], pads[0], pads[2], w.shape[1], strides[0], dilations[0])
     out_w = _conv_output_size(x.shape[2], pads[1], pads[3], w.shape[2], strides[1], dilations[1])
     return np.empty((x.shape[0], out_h, out_w, w.shape[0]), np.int32)
@@ -254,7 +254,7 @@ def _conv2d_out(x, w, strides, dilations, pads):
 
 def _conv2d_unchecked(x, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups):
     """Exact accumulators of :func:`conv2d_nhwc_acc`, valid only when no step can overflow."""
-    out = _conv2d_out(x, w, strides, dilations, pads)
+    out = conv2d_out(x, w, strides, dilations, pads)
     w_hwio = np.ascontiguousarray((w.astype(np.int64) - w_zero_point.reshape(-1, 1, 1, 1)).transpose(1, 2, 3, 0))
     _conv2d_unchecked_core(
         np.ascontiguousarray(x), int(x_zero_point), w_hwio, bias.astype(np.int64),
@@ -266,7 +266,7 @@ def _conv2d_unchecked(x, x_zero_point, w, w_zero_point, bias, strides, dilations
 def _conv2d_checked(x, x_zero_point, w, w_zero_point, c0, strides, dilations, pads, groups, acc_bits, overflow,
                     pairwise_int16):
     """:func:`conv2d_nhwc_acc` in hardware order with the policy after every step."""
-    out = _conv2d_out(x, w, strides, dilations, pads)
+    out = conv2d_out(x, w, strides, dilations, pads)
     overflow_count, pair_count = _conv2d_checked_core(
         x.astype(np.int64), int(x_zero_point), w.reshape(w.shape[0], -1).astype(np.int64),
         w_zero_point.astype(np.int64), c0, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
@@ -313,9 +313,9 @@ def conv2d_nhwc_acc(x, x_zero_point, w, w_zero_point, bias, strides, dilations, 
     """
     w_rows = w.reshape(w.shape[0], -1)
     k = w_rows.shape[1]
-    c0 = _c0_per_output(x_zero_point, w_rows, w_zero_point, bias)
+    c0 = c0_per_output(x_zero_point, w_rows, w_zero_point, bias)
     max_x = max(_max_abs(x), abs(int(x_zero_point)))
-    if not pairwise_int16 and _fits(_weighted_bound(c0, k, max_x, w_rows, w_zero_point), acc_bits):
+    if not pairwise_int16 and fits_accumulator(weighted_bound(c0, k, max_x, w_rows, w_zero_point), acc_bits):
         return _conv2d_unchecked(x, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups), 0, 0
     return _conv2d_checked(
         x, x_zero_point, w, w_zero_point, c0, strides, dilations, pads, groups, acc_bits, overflow, pairwise_int16
@@ -386,9 +386,9 @@ def fully_connected_acc(x, x_zero_point, w, w_zero_point, bias, acc_bits, overfl
     """
     n_batch, depth = x.shape
     out = np.empty((n_batch, w.shape[0]), np.int32)
-    c0 = _c0_per_output(x_zero_point, w, w_zero_point, bias)
+    c0 = c0_per_output(x_zero_point, w, w_zero_point, bias)
     w_zero_point = w_zero_point.astype(np.int64)
-    if not pairwise_int16 and _fits(_weighted_bound(c0, depth, _max_abs(x), w, w_zero_point), acc_bits):
+    if not pairwise_int16 and fits_accumulator(weighted_bound(c0, depth, _max_abs(x), w, w_zero_point), acc_bits):
         _fully_connected_unchecked_core(np.ascontiguousarray(x), np.ascontiguousarray(w), w_zero_point, c0, out)
         return out, 0, 0
     overflow_count, pair_count = _fully_connected_checked_core(
@@ -487,7 +487,7 @@ def matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_in
     c0 = depth * a_zero_point * b_zero_point
     max_a, max_b = _max_abs(a), _max_abs(b)
     bound = abs(c0) + depth * (max_a * max_b + abs(b_zero_point) * max_a + abs(a_zero_point) * max_b)
-    if not pairwise_int16 and _fits(bound, acc_bits):
+    if not pairwise_int16 and fits_accumulator(bound, acc_bits):
         _matmul_unchecked_core(np.ascontiguousarray(a), a_zero_point, np.ascontiguousarray(b), b_zero_point, c0, out)
         return out, 0, 0
     overflow_count, pair_count = _matmul_checked_core(

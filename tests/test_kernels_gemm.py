@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from intsim import fixedpoint
 from intsim.errors import ValidationError
 from intsim.fixedpoint import ROUNDING_MODES, Rescale
-from intsim.kernels import depthwise, gemm, isa, mac
+from intsim.kernels import depthwise, gemm, gemm_chunk, isa, mac, threads
 from intsim.kernels.naive import gemm as naive_gemm
 from intsim.codes import OVERFLOW_SATURATE, OVERFLOW_WRAP
 
@@ -171,7 +171,7 @@ def test_fully_connected_in_place_matches_naive(isa_name, rounding, monkeypatch,
     launcher = gemm.fully_connected_launcher(prepared, *requant)
     fast = launcher(x)
     (_, launch), = launcher.records.values()
-    assert prepared.packed is None and isinstance(launch, gemm._InPlaceLaunch)
+    assert prepared.packed is None and isinstance(launch, gemm.InPlaceLaunch)
     assert prepared.in_place.variant == (isa.ISAS[isa_name].quads if isa.ISAS[isa_name].quads is not None
                                          else isa.ISAS[isa_name].pairs)
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
@@ -256,7 +256,7 @@ def test_fully_connected_weights_not_usable_in_place_are_packed(isa_name, weight
     prepared = gemm.fully_connected_prepare(np.uint8, *args)
     assert prepared.in_place is None and prepared.packed is not None
     launcher = gemm.fully_connected_launcher(prepared, *requant)
-    for rows, launch_type in ((2, gemm._GemvLaunch), (gemm.GEMV_MAX_ROWS + 3, gemm._GemmLaunch)):
+    for rows, launch_type in ((2, gemm.GemvLaunch), (gemm.GEMV_MAX_ROWS + 3, gemm._GemmLaunch)):
         x = x_codes(rng, np.uint8, (rows, 37))
         assert_same(launcher(x), run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
         assert isinstance(launcher.records[x.shape][1], launch_type)
@@ -284,7 +284,7 @@ def test_fully_connected_gemv_matches_naive(isa_name, rounding, data):
     launcher = gemm.fully_connected_launcher(prepared, *requant)
     fast = launcher(x)
     (_, launch), = launcher.records.values()
-    assert prepared.packed is not None and isinstance(launch, gemm._GemvLaunch)
+    assert prepared.packed is not None and isinstance(launch, gemm.GemvLaunch)
     assert_same(fast, run_pair(naive_gemm, "fully_connected", x, args, requant)[1])
 
 
@@ -533,7 +533,7 @@ def test_set_threads_rejects_bad_counts(threads):
 def test_threads_environment_variable_is_checked(monkeypatch, value):
     monkeypatch.setenv("INTSIM_THREADS", value)
     with pytest.raises(ValidationError, match=rf"INTSIM_THREADS must be an integer in \[1, \d+\].*found '{value}'"):
-        gemm._threads_from_environment()
+        threads.threads_from_environment()
 
 
 def test_two_threads_give_the_same_codes():
@@ -542,7 +542,8 @@ def test_two_threads_give_the_same_codes():
 import numba
 import numpy as np
 from intsim.fixedpoint import Rescale
-from intsim.kernels import gemm, naive_gemm
+from intsim.kernels import gemm, gemm_chunk
+from intsim.kernels.naive import gemm as naive_gemm
 rng = np.random.default_rng(5)
 x = rng.integers(0, 256, size=(2, 9, 8, 12), dtype=np.uint8)
 w = rng.integers(-128, 128, size=(20, 3, 3, 12), dtype=np.int8)
@@ -550,7 +551,7 @@ args = (100, w, np.zeros(20, np.int64), rng.integers(-999, 999, size=20, dtype=n
         (1, 1, 1, 1), 1, 32, 1, False)
 rq = Rescale.from_real(rng.uniform(1e-3, 1e-2, size=20), "double")
 requant = (*rq.kernel_args(20), rq.code, 31, 3, 0, 255, np.dtype(np.uint8))
-gemm.CHUNK_ROWS = 7
+gemm_chunk.CHUNK_ROWS = 7
 slow = naive_gemm.conv2d_nhwc_requantized(x, naive_gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
 # One launcher, its launch worked out at the first call: set_threads still applies to the next.
 launcher = gemm.conv2d_nhwc_launcher(gemm.conv2d_nhwc_prepare(x.dtype, *args), *requant)
@@ -634,7 +635,7 @@ def _launch_of(prepared, x, requant, count_clamps=True):
     launcher = gemm.conv2d_nhwc_launcher(prepared, *requant, count_clamps=count_clamps)
     launcher(x)
     (_, _, launch), = launcher.records.values()
-    settings = dict(zip(gemm.GEMM_SETTINGS, launch.settings.tolist()))
+    settings = dict(zip(gemm_chunk.GEMM_SETTINGS, launch.settings.tolist()))
     assert settings["implicit"] == launch.implicit
     return launch.padded_shape, launch.taps, settings
 
@@ -938,11 +939,11 @@ def test_chunks_are_padded_per_tile_shape_not_to_a_common_multiple():
     # VNNI quads: full tiles of 6 rows x 4 blocks, leftover blocks in one taller tile (3 blocks: 8 rows).
     # 8 rows over 63 blocks: full tiles end at row 12, the tall tile at row 8, so 12 (a common multiple
     # of 6 and 8 would make it 24, three times the rows of a batch-8 fully-connected layer).
-    assert gemm._padded_rows(isa.VNNI_QUADS, 63, 8) == 12
-    assert gemm._padded_rows(isa.VNNI_QUADS, 3, 8) == 8
-    assert gemm._padded_rows(isa.VNNI_QUADS, 3, 9) == 16
-    assert gemm._padded_rows(isa.VNNI_QUADS, 4, 8) == 12
-    assert gemm._padded_rows(isa.VNNI_QUADS, 63, 96) == 96
+    assert gemm_chunk.padded_rows(isa.VNNI_QUADS, 63, 8) == 12
+    assert gemm_chunk.padded_rows(isa.VNNI_QUADS, 3, 8) == 8
+    assert gemm_chunk.padded_rows(isa.VNNI_QUADS, 3, 9) == 16
+    assert gemm_chunk.padded_rows(isa.VNNI_QUADS, 4, 8) == 12
+    assert gemm_chunk.padded_rows(isa.VNNI_QUADS, 63, 96) == 96
 
 
 @pytest.mark.parametrize("clamp, in_registers", [((0, 255), True), ((-70000, 255), False)])

@@ -238,9 +238,9 @@ def test_conv2d_large_reduction_matches_naive(case, policy):
 
 def both_paths(kernel, case):
     """``kernel`` on ``case`` through the unchecked and the checked core; asserts they agree."""
-    with mock.patch.object(mac, "_fits", return_value=True):
+    with mock.patch.object(mac, "fits_accumulator", return_value=True):
         unchecked = kernel(**case, **NO_OVERFLOW)
-    with mock.patch.object(mac, "_fits", return_value=False):
+    with mock.patch.object(mac, "fits_accumulator", return_value=False):
         checked = kernel(**case, **NO_OVERFLOW)
     assert_same(checked, unchecked)
     assert unchecked[1:] == (0, 0)

@@ -1,0 +1,335 @@
+"""The implicit GEMM / im2col core of the fused convolutions: output pixels in chunks, each chunk's
+rows gathered (read in place from one encoded, padded copy of the input, or copied as im2col
+patches) and multiplied by the register-tiled micro-kernel, then requantized while in cache."""
+
+from __future__ import annotations
+
+
+import numpy as np
+from numba import njit, prange
+
+from intsim.kernels.isa import (
+    AVX2_PAIRS,
+    AVX512_PAIRS,
+    PORTABLE_PAIRS,
+    PORTABLE_QUADS,
+    TILE_BLOCKS,
+    TILE_ROWS,
+    VNNI_PAIRS,
+    VNNI_QUADS,
+    tile_rows,
+)
+from intsim.kernels.mac import requantize_core, as_int64
+from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
+
+
+# Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
+# 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
+# multiple of every tile's rows (24, 12, 8, 6, 4): only a last chunk is padded.
+CHUNK_ROWS = 96
+# A GEMM that neither copies patches nor writes an int32 tile (the implicit GEMM requantized in
+# registers) keeps no per-chunk buffer but its row offsets, so it takes longer chunks: a chunk's
+# fixed cost (a call, the row offsets, array views) is then spread over up to this many rows, while
+# a layer still splits into several chunks for the threads.  A multiple of CHUNK_ROWS.
+LONG_CHUNK_ROWS = 1536
+
+
+def chunk_rows(n_rows: int, long_chunks: bool) -> int:
+    """Output rows per chunk of a GEMM over ``n_rows`` rows: CHUNK_ROWS, or with ``long_chunks``
+    about an eighth of the rows in whole CHUNK_ROWS, between CHUNK_ROWS and LONG_CHUNK_ROWS."""
+    if not long_chunks:
+        return CHUNK_ROWS
+    return min(LONG_CHUNK_ROWS, max(CHUNK_ROWS, -(-n_rows // (8 * CHUNK_ROWS)) * CHUNK_ROWS))
+
+
+# --------------------------------------------------------------------------
+# GEMM over one chunk of rows
+# --------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint):
+    # Columns nb .. nb + width of the first ``rows`` rows (a_rows and acc hold
+    # the rows up to the last tile's end, see padded_rows), in tiles of ``blocks`` blocks
+    # (a compile-time constant; 0: the variant's full width) and their rows
+    # (tile_rows).  The tile's weights are reused by every row tile of the
+    # chunk before the next blocks are read.  int32 tiles go into acc_flat
+    # when ``rint`` is None; otherwise each tile is requantized in registers
+    # into rint's output.  The loops call
+    # the micro-kernel directly: an inlined helper would rebind its array
+    # arguments on every tile, and numba counts each binding with an atomic
+    # reference increment and decrement.
+    width = blocks if blocks else TILE_BLOCKS[variant]
+    step = tile_rows(variant, width)
+    w_off = nb * taps.shape[0] * groups * LANES
+    c0_off = nb * LANES
+    if rint is None:
+        for r in range(0, rows, step):
+            mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat,
+                          r * c_stride + c0_off, c_stride)
+    else:
+        scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
+        for r in range(0, rows, step):
+            mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, scale32, lo,
+                               hi, zero_point, valid_rows - r, channels - c0_off, out_flat, r * channels + c0_off,
+                               channels)
+
+
+@njit(inline="always")
+def _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
+    # acc [padded_rows, n_blocks * 16] receives c0 plus, for every row r < rows
+    # (and the padding rows of the last tiles), the sum over the taps t of the
+    # ``groups`` words of ``a`` from a_rows[r] + taps[t] against the weights of tap t.
+    # Full-width tiles, then one taller, narrower tile over the blocks left
+    # over (see isa.tile_rows).  Inlined with a constant ``variant``, which
+    # mac_tile_taps needs at compile time.  With ``rint`` = (float32 scales
+    # padded like c0, lo, hi, zero point, valid rows, channels, the chunk's
+    # flat output [valid rows * channels]) the tiles are requantized in
+    # registers instead (acc unused).
+    n_blocks = c0.shape[0] // LANES
+    acc_flat = acc.reshape(acc.size)
+    c_stride = acc.shape[1]
+    full = n_blocks - n_blocks % TILE_BLOCKS[variant]
+    for nb in range(0, full, TILE_BLOCKS[variant]):
+        _column_tiles(variant, 0, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint)
+    rest = n_blocks - full
+    if rest == 1:
+        _column_tiles(variant, 1, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+    elif rest == 2:
+        _column_tiles(variant, 2, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+    elif rest == 3:
+        _column_tiles(variant, 3, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+
+
+@njit(inline="always")
+def padded_rows(variant, n_blocks, rows):
+    # The rows a chunk of ``rows`` rows is padded to: the end of the last row
+    # tile of each tile shape _gemm_tiles runs over ``n_blocks`` blocks (the
+    # full tiles' TILE_ROWS, the leftover blocks' taller tile).  Each shape
+    # pads on its own, so a few rows (a small batch's fully-connected layer)
+    # are not padded to a common multiple of both.
+    full, width = TILE_ROWS[variant], TILE_BLOCKS[variant]
+    rest = n_blocks % width
+    padded = -(-rows // full) * full if n_blocks >= width else rows
+    if rest:
+        tall = tile_rows(variant, rest)
+        padded = max(padded, -(-rows // tall) * tall)
+    return padded
+
+
+@njit(cache=True)
+def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
+    # _gemm_tiles with ``variant`` made a compile-time constant.
+    if variant == VNNI_QUADS:
+        _gemm_tiles(VNNI_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == VNNI_PAIRS:
+        _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == AVX512_PAIRS:
+        _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == AVX2_PAIRS:
+        _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == PORTABLE_QUADS:
+        _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    else:
+        _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+
+
+@njit(cache=True)
+def copy_encoded(src, src_start, count, a_sub, dst, dst_start):
+    # Slices first: indexing them from 0 lets LLVM drop the index checks and vectorise.
+    source = src[src_start:src_start + count]
+    target = dst[dst_start:dst_start + count]
+    for j in range(count):
+        target[j] = source[j] - a_sub
+
+
+@njit(cache=True)
+def _fill(dst, start, count, value):
+    dst[start:start + count] = value
+
+
+@njit(inline="always")
+def _pixel_before(m0, out_h, out_w):
+    # (n, oh, ow) of the output pixel before flat pixel m0, so that _next_pixel
+    # gives pixel m0: one division per chunk, then rows are stepped (a division
+    # per row costs as much as copying a small window).
+    per_image = out_h * out_w
+    n = m0 // per_image
+    oh = (m0 - n * per_image) // out_w
+    return n, oh, m0 - n * per_image - oh * out_w - 1
+
+
+@njit(inline="always")
+def _next_pixel(n, oh, ow, out_h, out_w):
+    ow += 1
+    if ow == out_w:
+        ow = 0
+        oh += 1
+        if oh == out_h:
+            oh = 0
+            n += 1
+    return n, oh, ow
+
+
+@njit(cache=True)
+def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, patches):
+    # patches [rows, row_len]: the encoded window of output pixel m0 + r in
+    # (kh, kw, ci) order, then zeros up to the whole group.  Codes move in
+    # contiguous runs of the NHWC input: one run of ``cin`` per tap, or of
+    # ``kernel_w * cin`` per window row when dw == 1 and the row is inside.
+    n_batch, height, width, cin = x.shape
+    x_flat = x.reshape(x.size)
+    patch_flat = patches.reshape(patches.size)
+    row_len = patches.shape[1]
+    n, oh, ow = _pixel_before(m0, out_h, out_w)
+    for r in range(rows):
+        n, oh, ow = _next_pixel(n, oh, ow, out_h, out_w)
+        dst = r * row_len
+        iw0 = ow * sw - left
+        row_inside = dw == 1 and iw0 >= 0 and iw0 + kernel_w <= width
+        for kh in range(kernel_h):
+            ih = oh * sh - top + kh * dh
+            if ih < 0 or ih >= height:
+                _fill(patch_flat, dst, kernel_w * cin, pad_code)
+            elif row_inside:
+                copy_encoded(x_flat, ((n * height + ih) * width + iw0) * cin, kernel_w * cin, a_sub, patch_flat, dst)
+            else:
+                for kw in range(kernel_w):
+                    iw = iw0 + kw * dw
+                    if 0 <= iw < width:
+                        copy_encoded(x_flat, ((n * height + ih) * width + iw) * cin, cin, a_sub, patch_flat,
+                                      dst + kw * cin)
+                    else:
+                        _fill(patch_flat, dst + kw * cin, cin, pad_code)
+            dst += kernel_w * cin
+        _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
+
+
+@njit(cache=True)
+def pad_encode(x, top, left, a_sub, pad_code, padded):
+    # padded [N, PH, PW, CP]: x - a_sub at (top + ih, left + iw, c) for c < Cin,
+    # zeros in the channels up to CP (their weights are zero), ``pad_code``
+    # in the border pixels; input rows and columns past PH, PW are dropped
+    # (no window reaches them).  The pixels are encoded by inlined loops (a
+    # pixel of an RGB image is three codes, too few for a call each).
+    n_batch, height, width, cin = x.shape
+    padded_h, padded_w, padded_c = padded.shape[1], padded.shape[2], padded.shape[3]
+    x_flat = x.reshape(x.size)
+    padded_flat = padded.reshape(padded.size)
+    left_px = min(left, padded_w)
+    inside = max(0, min(width, padded_w - left_px))
+    row_len = padded_w * padded_c
+    for n in range(n_batch):
+        for ph in range(padded_h):
+            ih = ph - top
+            row = padded_flat[(n * padded_h + ph) * row_len:(n * padded_h + ph + 1) * row_len]
+            if ih < 0 or ih >= height:
+                row[:] = pad_code
+                continue
+            source = x_flat[(n * height + ih) * width * cin:(n * height + ih + 1) * width * cin]
+            row[:left_px * padded_c] = pad_code
+            body = row[left_px * padded_c:(left_px + inside) * padded_c]
+            if padded_c == cin:
+                _encode_pixels(1, 1, source, body, inside * cin, a_sub)
+            elif cin == 3 and padded_c == 4:  # RGB stems
+                _encode_pixels(3, 4, source, body, inside, a_sub)
+            else:
+                _encode_pixels(cin, padded_c, source, body, inside, a_sub)
+            row[(left_px + inside) * padded_c:] = pad_code
+
+
+@njit(inline="always")
+def _encode_pixels(cin, padded_c, source, body, count, a_sub):
+    # body[p * padded_c + c] = source[p * cin + c] - a_sub for p < count and
+    # c < cin, zero for the other channels.  Inlined with constant channel
+    # counts, the inner loops unroll.
+    for p in range(count):
+        for c in range(cin):
+            body[p * padded_c + c] = source[p * cin + c] - a_sub
+        for c in range(cin, padded_c):
+            body[p * padded_c + c] = 0
+
+
+@njit(cache=True)
+def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows):
+    # a_rows[r]: the first word, in an NHWC source of ``pixel_words`` words per
+    # pixel, of the window of output pixel m0 + r (its top-left tap).
+    n, oh, ow = _pixel_before(m0, out_h, out_w)
+    for r in range(a_rows.shape[0]):
+        n, oh, ow = _next_pixel(n, oh, ow, out_h, out_w)
+        a_rows[r] = ((n * source_h + oh * sh) * source_w + ow * sw) * pixel_words
+
+
+# The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
+# to type-check per call instead of twenty).
+GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
+                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words", "rounding",
+                 "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
+
+
+@njit(inline="always")
+def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
+    # pixels shared out among the threads, each chunk with its own buffers.
+    # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
+    # ``pixel_words`` words ([N, source_h, source_w], padding included), read
+    # in place: row r of a tile starts at its window's top-left pixel and tap
+    # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
+    # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
+    # ``code_sample`` carries the code dtype.
+    (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
+     row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
+     clamp_max, in_registers) = settings
+    n_rows = out.shape[0]
+    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized chunk
+    scale32 = np.zeros(c0.shape[0], np.float32)
+    for c in range(out.shape[1]):
+        scale32[c] = np.float32(scale[c])
+    saturation_count = 0
+    n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
+    # Every chunk's row offsets in one array (a slice each, so threads share nothing), and no
+    # int32 tile when the tiles are requantized in registers: a chunk allocates nothing then.
+    chunk_stride = padded_rows(variant, c0.shape[0] // LANES, chunk_rows)
+    all_rows = np.empty(n_chunks * chunk_stride, np.int64)
+    no_acc = np.empty((0, c0.shape[0]), np.int32)
+    for chunk in prange(n_chunks):
+        m0 = chunk * chunk_rows
+        rows = min(chunk_rows, n_rows - m0)
+        # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
+        tiled_rows = padded_rows(variant, c0.shape[0] // LANES, rows)
+        acc = no_acc if in_registers else np.empty((tiled_rows, c0.shape[0]), np.int32)
+        a_rows = all_rows[chunk * chunk_stride:chunk * chunk_stride + tiled_rows]
+        if implicit:
+            _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
+            a = source
+        else:
+            patches = np.empty((rows, row_len), code_sample.dtype)
+            _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code,
+                    patches)
+            for r in range(rows):
+                a_rows[r] = r * groups
+            a = patches.reshape(patches.size).view(np.int32)
+        a_rows[rows:] = a_rows[0]
+        if in_registers:
+            rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
+                    out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        else:
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
+            saturation_count += requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
+                                                 multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                                                 out[m0:m0 + rows])
+    return saturation_count
+
+
+# The GEMM core twice, from one inlined body: with threads (its prange a
+# parallel loop) and serial (the prange a plain loop), which one thread takes
+# to skip the thread pool's launch (about 2 us a call).
+@njit(cache=True, parallel=True)
+def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
+
+
+@njit(cache=True)
+def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
