@@ -63,18 +63,19 @@ hard-code the file's fixed batch size at position 0 also get 0 there when
 from __future__ import annotations
 
 import heapq
-import math
 import os
 from collections.abc import Callable
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from intsim.errors import ModelFormatError, UnsupportedOpError, ValidationError
-from intsim.floatgraph.execute import COORDINATE_MODES, NEAREST_MODES, run_node
+from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
+from intsim.importers.onnx_ops import CONVERT, FOLD, OnnxNode, same_values, unique_name
+
 
 OPSETS = range(11, 22)
 WORLD_BATCH_SIZES = (1, 2)
@@ -143,23 +144,6 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return versions[0]
 
 
-def _attr_value(attr: onnx.AttributeProto):
-    value = helper.get_attribute_value(attr)
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
-    return value
-
-
-def _unique(base: str, used: set[str]) -> str:
-    name, k = base, 1
-    while name in used:
-        name, k = f"{base}_{k}", k + 1
-    used.add(name)
-    return name
-
-
 def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
     """The graph's nodes in topological order, ties kept in file order (Kahn's algorithm)."""
     producer = {}
@@ -196,101 +180,6 @@ def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProt
     if len(order) != len(graph.node):
         raise ModelFormatError(f"graph {graph.name!r}: the nodes form a cycle")
     return order
-
-
-class _Node:
-    """One ONNX node being imported: its inputs resolved through removed Identities, its attributes."""
-
-    def __init__(self, importer: "_Importer", proto: onnx.NodeProto, name: str):
-        self.importer = importer
-        self.op = proto.op_type
-        self.domain = proto.domain
-        self.name = name
-        self.opset = importer.opset
-        self.outputs = list(proto.output)
-        inputs = [importer.resolve(t) for t in proto.input]
-        while inputs and not inputs[-1]:
-            inputs.pop()
-        self.inputs = inputs
-        self.attrs = {a.name: _attr_value(a) for a in proto.attribute}
-
-    def where(self) -> str:
-        return f"node {self.name!r} (opset {self.opset})"
-
-    def fail(self, message: str) -> UnsupportedOpError:
-        return UnsupportedOpError(f"{self.where()}: {message}")
-
-    def invalid(self, message: str) -> ValidationError:
-        return ValidationError(f"{self.where()}: {self.op} {message}")
-
-    def attr(self, key: str, default=None):
-        return self.attrs.get(key, default)
-
-    def ints(self, key: str, length: int, fill: int) -> list[int]:
-        value = [int(v) for v in self.attrs.get(key, [fill] * length)]
-        if len(value) != length:
-            raise self.invalid(f"attribute {key} must have {length} values, found {value}")
-        return value
-
-    def choice(self, key: str, default: str, allowed) -> str:
-        value = self.attrs.get(key, default)
-        if value not in allowed:
-            raise self.fail(f"{self.op} {key} {value!r} is not supported; supported: {', '.join(allowed)}")
-        return value
-
-    def has(self, i: int) -> bool:
-        return i < len(self.inputs) and bool(self.inputs[i])
-
-    def worlds(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.importer.values[self.inputs[i]]
-
-    def shape(self, i: int) -> tuple:
-        return self.importer.shape(self.inputs[i])
-
-    def rank(self, i: int) -> int:
-        return len(self.shape(i))
-
-    def static(self, i: int, what: str) -> tuple[np.ndarray, np.ndarray]:
-        """The input's value in both worlds; it must not depend on the input data."""
-        if not self.has(i):
-            raise self.invalid(f"input {i} ({what}) is missing")
-        if self.inputs[i] not in self.importer.static:
-            raise self.fail(f"{self.op} input {i} ({what}) {self.inputs[i]!r} must be a constant")
-        return self.worlds(i)
-
-    def const(self, i: int, what: str) -> np.ndarray:
-        """The input's value; it must be a constant (not even depend on the batch size)."""
-        first, second = self.static(i, what)
-        if not _same(first, second):
-            raise self.fail(f"{self.op} input {i} ({what}) {self.inputs[i]!r} depends on the batch size")
-        return first
-
-    def is_const(self, i: int) -> bool:
-        return self.has(i) and self.inputs[i] in self.importer.static and _same(*self.worlds(i))
-
-    def scalar(self, i: int, what: str, default: float) -> float:
-        if not self.has(i):
-            return default
-        value = self.const(i, what)
-        if value.size != 1:
-            raise self.invalid(f"input {i} ({what}) must be a scalar, found shape {value.shape}")
-        return float(value.reshape(()))
-
-    def fresh(self, hint: str) -> str:
-        return _unique(f"{self.name}/{hint}", self.importer.tensor_names)
-
-    def constant(self, value: np.ndarray, hint: str) -> str:
-        name = self.fresh(hint)
-        self.importer.values[name] = (value, value)
-        self.importer.static.add(name)
-        return name
-
-    def make(self, op: str, inputs: list[str], attrs: dict | None = None, output: str | None = None) -> FloatNode:
-        return FloatNode(op, self.name, list(inputs), [output or self.outputs[0]], attrs or {})
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(a, b)
 
 
 class _Importer:
@@ -331,8 +220,8 @@ class _Importer:
         inputs = [self._add_input(t) for t in self.graph.input if t.name not in self.static]
         known = set(self.values)
         for index, proto in enumerate(_sorted_nodes(self.graph, known)):
-            name = _unique(proto.name or f"{proto.op_type}_{index}", self.node_names)
-            self._import_node(_Node(self, proto, name))
+            name = unique_name(proto.name or f"{proto.op_type}_{index}", self.node_names)
+            self._import_node(OnnxNode(self, proto, name))
         outputs = [self._output(t.name) for t in self.graph.output]
         tensors = inputs + list(self.constants) + [t for n in self.nodes for t in n.outputs]
         return FloatGraph(
@@ -369,7 +258,7 @@ class _Importer:
         self.values[info.name] = tuple(worlds)
         return info.name
 
-    def _import_node(self, node: _Node) -> None:
+    def _import_node(self, node: OnnxNode) -> None:
         if node.domain not in _DEFAULT_DOMAINS:
             raise node.fail(f"op '{node.domain}.{node.op}' is not supported")
         self._check_outputs(node)
@@ -377,21 +266,21 @@ class _Importer:
             self.alias[node.outputs[0]] = node.inputs[0]
             return
         all_static = all(t in self.static for t in node.inputs if t)
-        if node.op in _FOLD and (all_static or node.op == "Shape"):
-            fold = _FOLD[node.op]
+        if node.op in FOLD and (all_static or node.op == "Shape"):
+            fold = FOLD[node.op]
             args = [self.values[t] if t else (None, None) for t in node.inputs]
             value = self._in_worlds(node, node.op, lambda w: fold(node, *(a[w] for a in args)))
             self.values[node.outputs[0]] = value
             self.static.add(node.outputs[0])
             return
-        if node.op not in _CONVERT:
+        if node.op not in CONVERT:
             raise node.fail(f"op {node.op!r} is not supported")
-        for i, canonical in enumerate(_CONVERT[node.op](node)):
+        for i, canonical in enumerate(CONVERT[node.op](node)):
             if all_static:
                 self.static.add(canonical.outputs[0])
             else:
                 if i > 0:
-                    canonical.name = _unique(f"{node.name}/{canonical.op}", self.node_names)
+                    canonical.name = unique_name(f"{node.name}/{canonical.op}", self.node_names)
                 for t in canonical.inputs:
                     if t in self.static:
                         self._add_constant(node, t)
@@ -401,12 +290,12 @@ class _Importer:
                 node, canonical.op, lambda w: run_node(canonical, [a[w] for a in args])[0]
             )
 
-    def _check_outputs(self, node: _Node) -> None:
+    def _check_outputs(self, node: OnnxNode) -> None:
         for out in node.outputs[1:]:
             if out in self.consumed:
                 raise node.fail(f"{node.op} output {out!r} (beyond the first) is used; only the first is supported")
 
-    def _in_worlds(self, node: _Node, op: str, fn: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    def _in_worlds(self, node: OnnxNode, op: str, fn: Callable[[int], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         values = []
         for w, batch in enumerate(WORLD_BATCH_SIZES):
             try:
@@ -418,9 +307,9 @@ class _Importer:
                 raise node.invalid(f"fails at batch size {batch} ({op}: {exc}){hint}") from exc
         return values[0], values[1]
 
-    def _add_constant(self, node: _Node, tensor: str) -> None:
+    def _add_constant(self, node: OnnxNode, tensor: str) -> None:
         first, second = self.values[tensor]
-        if not _same(first, second):
+        if not same_values(first, second):
             raise node.fail(f"input {tensor!r} is computed from the batch size and cannot be a constant")
         self.constants[tensor] = first.astype(np.float32) if first.dtype.kind == "f" else first
 
@@ -441,392 +330,3 @@ class _Importer:
             node.outputs = [name if t == target else t for t in node.outputs]
         self.values[name] = self.values.pop(target)
         return name
-
-
-# --------------------------------------------------------------------------
-# Folding: ops evaluated on static values, once per world, with ONNX semantics
-# and the input's dtype.  Absent optional inputs arrive as None.
-# --------------------------------------------------------------------------
-
-_FOLD: dict[str, Callable[..., np.ndarray]] = {}
-
-
-def _fold(name: str):
-    def wrap(fn):
-        _FOLD[name] = fn
-        return fn
-
-    return wrap
-
-
-_CONSTANT_DTYPES = {
-    "value": None,
-    "value_float": np.float32,
-    "value_floats": np.float32,
-    "value_int": np.int64,
-    "value_ints": np.int64,
-}
-
-
-@_fold("Constant")
-def _fold_constant(node):
-    for key, dtype in _CONSTANT_DTYPES.items():
-        if key in node.attrs:
-            return np.asarray(node.attrs[key], dtype=dtype)
-    raise node.fail(f"Constant with attribute {', '.join(node.attrs)} is not supported")
-
-
-@_fold("Shape")
-def _fold_shape(node, x):
-    return np.array(x.shape[node.attr("start", 0) : node.attr("end")], dtype=np.int64)
-
-
-@_fold("Slice")
-def _fold_slice(node, data, starts, ends, axes=None, steps=None):
-    axes = range(len(starts)) if axes is None else axes
-    steps = [1] * len(starts) if steps is None else steps
-    index = [slice(None)] * data.ndim
-    for start, end, axis, step in zip(starts, ends, axes, steps):
-        index[int(axis)] = slice(int(start), int(end), int(step))
-    return data[tuple(index)]
-
-
-_fold("Gather")(lambda node, data, indices: np.take(data, indices, axis=node.attr("axis", 0)))
-_fold("Cast")(lambda node, x: x.astype(helper.tensor_dtype_to_np_dtype(node.attr("to"))))
-_fold("Range")(lambda node, start, limit, delta: np.arange(start, limit, delta).astype(start.dtype))
-_fold("Equal")(lambda node, a, b: np.equal(a, b))
-_fold("Where")(lambda node, condition, a, b: np.where(condition, a, b))
-
-
-@_fold("ConstantOfShape")
-def _fold_constant_of_shape(node, shape):
-    value = node.attr("value", np.zeros(1, np.float32))
-    return np.full([int(d) for d in shape], value.reshape(()), dtype=value.dtype)
-
-
-# --------------------------------------------------------------------------
-# Canonical forms: each converter returns the canonical node(s) of one ONNX node.
-# --------------------------------------------------------------------------
-
-_CONVERT: dict[str, Callable[[_Node], list[FloatNode]]] = {}
-
-
-def _convert(*names: str):
-    def wrap(fn):
-        for name in names:
-            _CONVERT[name] = fn
-        return fn
-
-    return wrap
-
-
-def _axes(node: _Node, axes, rank: int) -> list[int]:
-    axes = [int(a) for a in axes]
-    if any(not -rank <= a < rank for a in axes) or len(set(a % rank for a in axes)) != len(axes):
-        raise node.invalid(f"axes {axes} must be distinct and in [{-rank}, {rank})")
-    return sorted(a % rank for a in axes)
-
-
-def _axes_operand(node: _Node, since: int) -> list[int] | None:
-    """Axes given as attribute before opset ``since`` and as input 1 from it on (None when absent)."""
-    if node.opset < since:
-        return node.attr("axes")
-    return node.const(1, "axes").tolist() if node.has(1) else None
-
-
-def _explicit_pads(node: _Node, kernel, strides, dilations) -> list[int]:
-    """``pads`` [top, left, bottom, right], from ``auto_pad`` where the model uses it."""
-    auto_pad = node.choice("auto_pad", "NOTSET", ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
-    if auto_pad == "NOTSET":
-        return node.ints("pads", 4, 0)
-    if auto_pad == "VALID":
-        return [0, 0, 0, 0]
-    begin, end = [], []
-    for size, k, s, d in zip(node.shape(0)[2:], kernel, strides, dilations):
-        total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-        begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
-        end.append(total - begin[-1])
-    return begin + end
-
-
-def _ceil_overhang(size: int, k: int, stride: int, dilation: int, pad_begin: int, pad_end: int) -> int:
-    """Extra end padding that makes floor-mode windows equal ceil-mode ones (onnxruntime's rule:
-    a last window starting beyond the input and the begin padding is dropped)."""
-    span = size + pad_begin + pad_end - (k - 1) * dilation - 1
-    out = -(-span // stride) + 1
-    if (out - 1) * stride >= size + pad_begin:
-        out -= 1
-    return max(0, (out - 1) * stride - span)
-
-
-@_convert("Conv")
-def _conv(node):
-    weight = node.const(1, "weight")
-    if weight.ndim != 4:
-        raise node.fail(f"only 2-D convolutions are supported; weight has shape {weight.shape}")
-    if node.has(2):
-        node.const(2, "bias")
-    strides, dilations = node.ints("strides", 2, 1), node.ints("dilations", 2, 1)
-    attrs = {
-        "strides": strides,
-        "dilations": dilations,
-        "pads": _explicit_pads(node, weight.shape[2:], strides, dilations),
-        "group": int(node.attr("group", 1)),
-    }
-    return [node.make("Conv", node.inputs, attrs)]
-
-
-@_convert("BatchNormalization")
-def _batch_norm(node):
-    if node.attr("training_mode", 0):
-        raise node.fail("BatchNormalization with training_mode=1 is not supported")
-    for i, what in enumerate(("scale", "B", "mean", "var"), start=1):
-        node.const(i, what)
-    return [node.make("BatchNormalization", node.inputs, {"epsilon": float(node.attr("epsilon", 1e-5))})]
-
-
-@_convert("Relu", "Sigmoid", "Tanh", "HardSwish")
-def _unary(node):
-    return [node.make(node.op, node.inputs[:1])]
-
-
-@_convert("PRelu", "Add", "Sub", "Mul", "Div", "MatMul")
-def _binary(node):
-    return [node.make(node.op, node.inputs[:2])]
-
-
-@_convert("LeakyRelu")
-def _leaky_relu(node):
-    return [node.make("LeakyRelu", node.inputs[:1], {"alpha": float(node.attr("alpha", 0.01))})]
-
-
-@_convert("HardSigmoid")
-def _hard_sigmoid(node):
-    attrs = {"alpha": float(node.attr("alpha", 0.2)), "beta": float(node.attr("beta", 0.5))}
-    return [node.make("HardSigmoid", node.inputs[:1], attrs)]
-
-
-@_convert("Clip")
-def _clip(node):
-    attrs = {"min": node.scalar(1, "min", -math.inf), "max": node.scalar(2, "max", math.inf)}
-    return [node.make("Clip", node.inputs[:1], attrs)]
-
-
-@_convert("Concat")
-def _concat(node):
-    return [node.make("Concat", node.inputs, {"axis": _axes(node, [node.attr("axis")], node.rank(0))[0]})]
-
-
-def _pool_window(node):
-    """kernel, strides, dilations, pads and the ceil_mode overhang [bottom, right] of a 2-D pool."""
-    kernel = node.attr("kernel_shape")
-    if kernel is None or len(kernel) != 2:
-        raise node.fail(f"only 2-D pooling is supported; kernel_shape is {kernel}")
-    strides, dilations = node.ints("strides", 2, 1), node.ints("dilations", 2, 1)
-    pads = _explicit_pads(node, kernel, strides, dilations)
-    overhang = [0, 0]
-    if node.attr("ceil_mode", 0):
-        sizes = node.shape(0)[2:]
-        overhang = [_ceil_overhang(sizes[i], kernel[i], strides[i], dilations[i], pads[i], pads[i + 2]) for i in (0, 1)]
-    return list(kernel), strides, dilations, pads, overhang
-
-
-@_convert("MaxPool")
-def _max_pool(node):
-    kernel, strides, dilations, pads, overhang = _pool_window(node)
-    pads = pads[:2] + [pads[2] + overhang[0], pads[3] + overhang[1]]
-    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations}
-    return [node.make("MaxPool", node.inputs, attrs)]
-
-
-@_convert("AveragePool")
-def _average_pool(node):
-    kernel, strides, dilations, pads, overhang = _pool_window(node)
-    if dilations != [1, 1]:
-        raise node.fail(f"AveragePool with dilations {dilations} is not supported")
-    count_include_pad = int(node.attr("count_include_pad", 0))
-    if any(overhang) and count_include_pad:
-        if any(pads):
-            raise node.fail(
-                "AveragePool with ceil_mode=1, count_include_pad=1 and pads is not supported: a window "
-                "overhanging the input counts the pads but not the overhang, which no padding expresses"
-            )
-        # Without pads of its own, counting the (absent) pads changes nothing.
-        count_include_pad = 0
-    pads = pads[:2] + [pads[2] + overhang[0], pads[3] + overhang[1]]
-    attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "count_include_pad": count_include_pad}
-    return [node.make("AveragePool", node.inputs, attrs)]
-
-
-@_convert("GlobalAveragePool")
-def _global_average_pool(node):
-    return [node.make("ReduceMean", node.inputs, {"axes": list(range(2, node.rank(0))), "keepdims": 1})]
-
-
-@_convert("ReduceMean")
-def _reduce_mean(node):
-    rank = node.rank(0)
-    axes = _axes_operand(node, since=18)
-    if not axes:
-        if node.attr("noop_with_empty_axes", 0):
-            raise node.fail("ReduceMean with noop_with_empty_axes=1 and no axes is not supported")
-        axes = range(rank)
-    attrs = {"axes": _axes(node, axes, rank), "keepdims": int(node.attr("keepdims", 1))}
-    return [node.make("ReduceMean", node.inputs[:1], attrs)]
-
-
-@_convert("Gemm")
-def _gemm(node):
-    alpha, beta = float(node.attr("alpha", 1.0)), float(node.attr("beta", 1.0))
-    if node.attr("transA", 0):
-        raise node.fail("Gemm with transA=1 is not supported")
-    trans_b = bool(node.attr("transB", 0))
-    if node.is_const(1) and (not node.has(2) or node.is_const(2)):
-        weight = node.const(1, "B")
-        inputs = [node.inputs[0], node.inputs[1]]
-        if not trans_b or alpha != 1:
-            inputs[1] = node.constant((weight if trans_b else weight.T) * np.float32(alpha), "weight")
-        if node.has(2):
-            bias, out = node.const(2, "C"), weight.shape[0] if trans_b else weight.shape[1]
-            if bias.size not in (1, out) or bias.ndim > 2 or (bias.ndim == 2 and bias.shape[0] != 1):
-                raise node.fail(f"Gemm bias C of shape {bias.shape} is not supported; only a bias per output column")
-            inputs.append(node.inputs[2])
-            if bias.shape != (out,) or beta != 1:
-                inputs[2] = node.constant(np.broadcast_to(bias.reshape(-1) * np.float32(beta), (out,)).copy(), "bias")
-        return [node.make("Gemm", inputs)]
-    if alpha != 1 or (node.has(2) and beta != 1):
-        raise node.fail("Gemm with a non-constant B or C and alpha or beta other than 1 is not supported")
-    nodes, b = [], node.inputs[1]
-    if trans_b:
-        b = node.fresh("B_transposed")
-        nodes.append(node.make("Transpose", node.inputs[1:2], {"perm": [1, 0]}, output=b))
-    if not node.has(2):
-        return nodes + [node.make("MatMul", [node.inputs[0], b])]
-    product = node.fresh("matmul")
-    nodes.append(node.make("MatMul", [node.inputs[0], b], output=product))
-    return nodes + [node.make("Add", [product, node.inputs[2]])]
-
-
-@_convert("Flatten")
-def _flatten(node):
-    rank, axis = node.rank(0), int(node.attr("axis", 1))
-    if not -rank <= axis <= rank:
-        raise node.invalid(f"axis {axis} must be in [{-rank}, {rank}]")
-    return [node.make("Flatten", node.inputs, {"axis": axis + rank if axis < 0 else axis})]
-
-
-def _stands_for_batch(node: _Node, axis: int, first: int, second: int) -> bool:
-    """Whether a shape value (``first``, ``second`` in the two worlds) at ``axis`` is input 0's
-    batch dimension there: equal to it in both worlds, or the file's fixed batch size at axis 0."""
-    dims = [x.shape for x in node.worlds(0)]
-    if axis >= len(dims[0]) or dims[0][axis] == dims[1][axis]:
-        return False
-    if first != second:
-        return (first, second) == (dims[0][axis], dims[1][axis])
-    return axis == 0 and first in node.importer.fixed_batches
-
-
-@_convert("Reshape")
-def _reshape(node):
-    targets = [t.astype(np.int64).tolist() for t in node.static(1, "shape")]
-    if node.attr("allowzero", 0) and (0 in targets[0] or 0 in targets[1]):
-        raise node.fail("Reshape with allowzero=1 and a 0 in the shape is not supported")
-    shape, varying = [], []
-    for i, (first, second) in enumerate(zip(*targets)):
-        if _stands_for_batch(node, i, first, second):
-            shape.append(0)
-        elif first != second:
-            shape.append(None)
-            varying.append(i)
-        else:
-            shape.append(first)
-    if varying:
-        if len(varying) > 1 or -1 in shape:
-            raise node.fail(f"Reshape target depends on the batch size at positions {varying}; not expressible")
-        shape[varying[0]] = -1
-    return [node.make("Reshape", node.inputs[:1], {"shape": shape})]
-
-
-@_convert("Transpose")
-def _transpose(node):
-    perm = node.attr("perm", list(range(node.rank(0)))[::-1])
-    return [node.make("Transpose", node.inputs, {"perm": [int(p) for p in perm]})]
-
-
-@_convert("Squeeze")
-def _squeeze(node):
-    axes = _axes_operand(node, since=13)
-    shape = node.shape(0)
-    if axes is None:
-        axes = [i for i, d in enumerate(shape) if d == 1]
-    return [node.make("Squeeze", node.inputs[:1], {"axes": _axes(node, axes, len(shape))})]
-
-
-@_convert("Unsqueeze")
-def _unsqueeze(node):
-    axes = _axes_operand(node, since=13) or []
-    return [node.make("Unsqueeze", node.inputs[:1], {"axes": _axes(node, axes, node.rank(0) + len(axes))})]
-
-
-@_convert("Pad")
-def _pad(node):
-    node.choice("mode", "constant", ("constant",))
-    rank, pads = node.rank(0), node.const(1, "pads").tolist()
-    if node.has(3):
-        axes = _axes(node, node.const(3, "axes").tolist(), rank)
-        full = [0] * (2 * rank)
-        for j, axis in enumerate(axes):
-            full[axis], full[axis + rank] = pads[j], pads[j + len(axes)]
-        pads = full
-    if len(pads) != 2 * rank:
-        raise node.invalid(f"pads {pads} must have 2 * rank = {2 * rank} values")
-    if min(pads) < 0:
-        raise node.fail(f"Pad with negative pads {pads} (cropping) is not supported")
-    attrs = {"pads": pads, "mode": "constant", "value": node.scalar(2, "constant_value", 0.0)}
-    return [node.make("Pad", node.inputs[:1], attrs)]
-
-
-@_convert("Softmax")
-def _softmax(node):
-    rank = node.rank(0)
-    axis = _axes(node, [node.attr("axis", -1 if node.opset >= 13 else 1)], rank)[0]
-    if node.opset < 13 and axis != rank - 1:
-        raise node.fail(
-            f"Softmax before opset 13 flattens the input to 2-D at axis {axis}; only axis {rank - 1} (the last) "
-            "is supported"
-        )
-    return [node.make("Softmax", node.inputs, {"axis": axis})]
-
-
-@_convert("Resize")
-def _resize(node):
-    node.choice("mode", "nearest", ("nearest",))
-    node.choice("keep_aspect_ratio_policy", "stretch", ("stretch",))
-    attrs = {
-        "coordinate_transformation_mode": node.choice("coordinate_transformation_mode", "half_pixel", COORDINATE_MODES),
-        "nearest_mode": node.choice("nearest_mode", "round_prefer_floor", NEAREST_MODES),
-    }
-    dims = [x.shape for x in node.worlds(0)]
-    axes = _axes(node, node.attr("axes", range(len(dims[0]))), len(dims[0]))
-    if node.has(3):
-        targets = [t.astype(np.int64).tolist() for t in node.static(3, "sizes")]
-    else:
-        scales = node.const(2, "scales").astype(np.float64)
-        targets = [[math.floor(d[a] * s) for a, s in zip(axes, scales)] for d in dims]
-        inexact = [(a, float(s)) for a, s, t in zip(axes, scales, targets[0]) if t != dims[0][a] * s]
-        if inexact:
-            raise node.fail(f"Resize scales {inexact} (axis, scale) give a fractional output size; use sizes")
-    full = [list(d) for d in dims]
-    for j, axis in enumerate(axes):
-        full[0][axis], full[1][axis] = targets[0][j], targets[1][j]
-    sizes = []
-    for axis, (first, second) in enumerate(zip(*full)):
-        if _stands_for_batch(node, axis, first, second):
-            sizes.append(0)
-        elif dims[0][axis] != dims[1][axis]:
-            raise node.fail(f"Resize of the batch axis {axis} is not supported")
-        elif first != second:
-            raise node.fail(f"Resize size of axis {axis} depends on the batch size")
-        else:
-            sizes.append(first)
-    return [node.make("Resize", node.inputs[:1], {"sizes": sizes, **attrs})]
