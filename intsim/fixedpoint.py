@@ -45,9 +45,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 from intsim.errors import ValidationError
+from intsim.jit import jit
 
 INT32_MIN = -(2**31)
 INT32_MAX = 2**31 - 1
@@ -66,14 +66,14 @@ MIN_SHIFT = -31  # a right shift of more than 31 leaves nothing of an int32
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def saturate(x, bits):
     """Clamp ``x`` to the signed ``bits``-bit range [-2**(bits-1), 2**(bits-1) - 1]."""
     hi = (np.int64(1) << (bits - 1)) - 1
     return min(max(np.int64(x), -hi - 1), hi)
 
 
-@njit(cache=True)
+@jit
 def wrap(x, bits):
     """Two's-complement wrap of ``x`` into the signed ``bits``-bit range."""
     modulus = np.int64(1) << bits
@@ -81,7 +81,7 @@ def wrap(x, bits):
     return ((np.int64(x) + half) & (modulus - 1)) - half
 
 
-@njit(cache=True)
+@jit
 def _trunc_div_pot(x, exponent):
     # C integer division by 2**exponent: truncates toward zero.  A negative x
     # is biased by 2**exponent - 1 so that the arithmetic (flooring) shift
@@ -90,7 +90,7 @@ def _trunc_div_pot(x, exponent):
     return (x + bias) >> exponent
 
 
-@njit(cache=True)
+@jit
 def rounding_high_mul(a, b, multiplier_bits):
     """``a * b / 2**multiplier_bits`` rounded half toward +infinity.
 
@@ -106,7 +106,7 @@ def rounding_high_mul(a, b, multiplier_bits):
     return np.int64(INT32_MAX) if overflows else high
 
 
-@njit(cache=True)
+@jit
 def rounding_divide_by_pot_scalar(x, exponent):
     """``x / 2**exponent`` rounded half away from zero (gemmlowp ``RoundingDivideByPOT``)."""
     mask = (np.int64(1) << exponent) - 1
@@ -115,7 +115,7 @@ def rounding_divide_by_pot_scalar(x, exponent):
     return (x >> exponent) + (1 if remainder > threshold else 0)
 
 
-@njit(cache=True)
+@jit
 def round_half_away_divide(numerator, denominator):
     """``numerator / denominator`` (denominator > 0) rounded half away from zero."""
     half = denominator // 2
@@ -124,7 +124,7 @@ def round_half_away_divide(numerator, denominator):
     return -((-numerator + half) // denominator)
 
 
-@njit(cache=True)
+@jit
 def multiply_by_quantized_multiplier_scalar(x, multiplier, shift, rounding, multiplier_bits):
     """Requantize one accumulator with an integer rounding mode (``DOUBLE`` or ``SINGLE``).
 
@@ -143,7 +143,7 @@ def multiply_by_quantized_multiplier_scalar(x, multiplier, shift, rounding, mult
     return saturate(rounded >> total_shift, 32)
 
 
-@njit(cache=True)
+@jit
 def double_rounding_one_shift(x, multiplier, shift, multiplier_bits):
     """``DOUBLE`` requantization of int32 ``x`` with its two roundings folded into one add and one shift.
 
@@ -188,7 +188,7 @@ def double_rounding_one_shift(x, multiplier, shift, multiplier_bits):
     return (product + (nudge_down if product < -half else nudge_up)) >> (multiplier_bits + right)
 
 
-@njit(cache=True)
+@jit
 def round_float(value, rounding):
     """``value`` rounded to an integer, in ``value``'s own float type.
 
@@ -208,7 +208,7 @@ def round_float(value, rounding):
     return -up if value < 0 else up
 
 
-@njit(cache=True)
+@jit
 def saturating_round_float(value, rounding):
     """``value`` rounded to an integer as :func:`round_float` does, and saturated to int32.
 
@@ -221,7 +221,7 @@ def saturating_round_float(value, rounding):
     return np.int64(min(max(rounded, np.float64(INT32_MIN)), np.float64(INT32_MAX)))
 
 
-@njit(cache=True)
+@jit
 def scale_float32(x, scale):
     """``float32(x) * float32(scale)``: the product ``FLOAT32_RINT`` rounds (onnxruntime's MLAS).
 
@@ -230,7 +230,7 @@ def scale_float32(x, scale):
     return np.float32(x) * np.float32(scale)
 
 
-@njit(cache=True)
+@jit
 def multiply_by_scale_scalar(x, scale, rounding):
     """Requantize one accumulator in floating point (``FLOAT32_RINT`` or ``FLOAT64_HALF_AWAY``)."""
     if rounding == FLOAT32_RINT:
@@ -238,7 +238,7 @@ def multiply_by_scale_scalar(x, scale, rounding):
     return saturating_round_float(np.float64(x) * np.float64(scale), rounding)
 
 
-@njit(cache=True)
+@jit
 def rescale_scalar(x, multiplier, shift, scale, rounding, multiplier_bits):
     """Requantize one accumulator under any rounding mode code."""
     if rounding <= SINGLE:
@@ -251,19 +251,19 @@ def rescale_scalar(x, multiplier, shift, scale, rounding, multiplier_bits):
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def _rescale_flat(x, multiplier, shift, scale, rounding, multiplier_bits, out):
     for i in range(x.size):
         out[i] = rescale_scalar(x[i], multiplier[i], shift[i], scale[i], rounding, multiplier_bits)
 
 
-@njit(cache=True)
+@jit
 def _srdhm_flat(a, b, out):
     for i in range(a.size):
         out[i] = rounding_high_mul(a[i], b[i], 31)
 
 
-@njit(cache=True)
+@jit
 def _rdbpot_flat(x, exponent, out):
     for i in range(x.size):
         out[i] = rounding_divide_by_pot_scalar(x[i], exponent[i])
@@ -520,7 +520,7 @@ def rescale(x, params: Rescale, *, where: str = "rescale") -> np.ndarray:
 _EXP_BARREL_MULTIPLIERS = (1672461947, 1302514674, 790015084, 290630308, 39332535, 720401, 242)
 
 
-@njit(cache=True)
+@jit
 def saturating_rounding_multiply_by_pot(x, exponent):
     """gemmlowp ``SaturatingRoundingMultiplyByPOT``: ``x * 2**exponent`` on int32.
 
@@ -534,7 +534,7 @@ def saturating_rounding_multiply_by_pot(x, exponent):
     return np.int64(x)
 
 
-@njit(cache=True)
+@jit
 def rounding_half_sum(a, b):
     """gemmlowp ``RoundingHalfSum`` of int32: ``(a + b + sign(a + b)) / 2`` truncated toward zero."""
     total = np.int64(a) + np.int64(b)
@@ -542,7 +542,7 @@ def rounding_half_sum(a, b):
     return _trunc_div_pot(total, 1)
 
 
-@njit(cache=True)
+@jit
 def count_leading_zeros_32(x):
     """Leading zero bits of ``x`` read as uint32 (32 for 0)."""
     value = np.int64(x) & 0xFFFFFFFF
@@ -553,7 +553,7 @@ def count_leading_zeros_32(x):
     return count
 
 
-@njit(cache=True)
+@jit
 def exp_on_interval_between_negative_one_quarter_and_0_excl(a):
     """gemmlowp: ``exp(a)`` for Q0.31 ``a`` in [-1/4, 0), as Q0.31.
 
@@ -570,7 +570,7 @@ def exp_on_interval_between_negative_one_quarter_and_0_excl(a):
     return constant_term + rounding_high_mul(constant_term, x + poly, 31)
 
 
-@njit(cache=True)
+@jit
 def exp_on_negative_values(a, integer_bits):
     """gemmlowp ``exp_on_negative_values``: ``exp(a)`` for ``a <= 0`` in Q(integer_bits), as Q0.31.
 
@@ -596,7 +596,7 @@ def exp_on_negative_values(a, integer_bits):
     return result
 
 
-@njit(cache=True)
+@jit
 def one_over_one_plus_x_for_x_in_0_1(a):
     """gemmlowp: ``1 / (1 + a)`` for Q0.31 ``a`` in [0, 1), as Q0.31 (three Newton-Raphson steps)."""
     half_denominator = rounding_half_sum(a, INT32_MAX)
@@ -607,7 +607,7 @@ def one_over_one_plus_x_for_x_in_0_1(a):
     return saturating_rounding_multiply_by_pot(x, 1)
 
 
-@njit(cache=True)
+@jit
 def get_reciprocal(x, x_integer_digits):
     """LiteRT ``GetReciprocal``: ``(raw, num_bits_over_unit)`` with ``1/x ~ raw * 2**-(31 + num_bits_over_unit)``.
 
@@ -619,7 +619,7 @@ def get_reciprocal(x, x_integer_digits):
     return one_over_one_plus_x_for_x_in_0_1(shifted_minus_one), num_bits_over_unit
 
 
-@njit(cache=True)
+@jit
 def doubling_high_mul_truncating(a, b, bits):
     """``a * b / 2**(bits - 1)`` truncated toward zero, saturating its one overflow ``a == b == -2**(bits-1)``.
 

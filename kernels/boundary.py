@@ -9,15 +9,15 @@ numpy expressions of the same arithmetic, live in
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY, round_float
+from intsim.jit import jit, jit_inline
 
 # Tensors of rank up to this are transposed by the numba core (unit axes in front).
 TRANSPOSE_MAX_RANK = 4
 
 
-@njit(inline="always")
+@jit_inline
 def _quantize_loop(x, scale, rounding, zero_point, low, high, out):
     # ``low`` and ``high``, the clamp minus the zero point, are exact in the float type: the clamp
     # happens before the zero point is added, where the rounded quotient is still a float.
@@ -28,7 +28,7 @@ def _quantize_loop(x, scale, rounding, zero_point, low, high, out):
     return non_finite
 
 
-@njit(cache=True)
+@jit
 def _quantize_core(x, scale, rounding, zero_point, low, high, out):
     # One loop per rounding mode, each with the mode a constant, so that both vectorise.
     if rounding == FLOAT32_RINT:
@@ -63,7 +63,7 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
     return out, int(non_finite)
 
 
-@njit(cache=True)
+@jit
 def _dequantize_core(codes, scale, zero_point, out):
     for i in range(codes.size):
         # A float32 scale times a code difference of at most 17 bits is exact in float64: one rounding.
@@ -80,7 +80,7 @@ def dequantize_codes(codes, scale, zero_point):
     return out
 
 
-@njit(cache=True)
+@jit
 def _copy4(x, out):
     # Loops in the order of ``x``'s axes: reads are sequential, ``out`` (a permuted view) takes the strides.
     d0, d1, d2, d3 = x.shape

@@ -46,12 +46,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import prange, types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
 from intsim.kernels.mac import requantize_core, as_int64, requantized_in_registers
 from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, rint_arguments, rint_store_tile
+from intsim.jit import jit, jit_inline, jit_parallel
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
 # 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
@@ -186,7 +187,7 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
     return sig, _dw_tile_codegen(*constants, code_type, weight_type, store)
 
 
-@njit(inline="always")
+@jit_inline
 def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, codes):
     # codes [left + width + ..., padded_channels] already holds pad_code
     # everywhere; the image's columns get their codes x - a_sub, in one run
@@ -200,7 +201,7 @@ def _code_row(x_flat, x_base, width, channels, padded_channels, a_sub, left, cod
             dst[c] = np.int32(src[c]) - a_sub
 
 
-@njit(inline="always")
+@jit_inline
 def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint):
     # The tile of ``columns`` output columns from column ow0, every 16 channels:
     # int32 into the row of accumulators ``acc`` when ``rint`` is None, else
@@ -216,7 +217,7 @@ def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channe
                          c0, cb, scale32, lo, hi, zero_point, channels - cb, out_row, ow0 * channels + cb, channels)
 
 
-@njit(inline="always")
+@jit_inline
 def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc,
               rint):
     # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
@@ -239,12 +240,12 @@ def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded
             ow0 += 1
 
 
-@njit(inline="always")
+@jit_inline
 def _compiled_in(kernel_w, sw, dw):
     return (kernel_w == 3 or kernel_w == 5) and (sw == 1 or sw == 2) and dw == 1
 
 
-@njit(inline="always")
+@jit_inline
 def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc,
                    rint):
     # The compiled-in windows (3x3 and 5x5 at stride 1 and 2, no dilation),
@@ -274,7 +275,7 @@ SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_su
             "chunks", "rounding", "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
 
 
-@njit(inline="always")
+@jit_inline
 def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
     # Output rows (n, oh) in ``chunks`` contiguous runs shared out among the
     # threads, each run with its own ring of encoded input rows: ring slot s
@@ -340,11 +341,11 @@ def _cores(variant):
     # parallel loop) and serial, which one thread takes to skip the thread
     # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
     # needs it; only the variants that run are ever compiled.
-    @njit(cache=True, parallel=True)
+    @jit_parallel
     def threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
         return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
 
-    @njit(cache=True)
+    @jit
     def serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
         return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
 

@@ -14,7 +14,6 @@ function here must compute, bit for bit.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from intsim.fixedpoint import (
     DOUBLE,
@@ -26,12 +25,13 @@ from intsim.fixedpoint import (
     saturate,
     saturating_round_float,
 )
+from intsim.jit import jit, jit_inline
 
 # A probability in softmax is a Q23 fixed-point number: 2**23 means 1.
 SOFTMAX_PROBABILITY_BITS = 23
 
 
-@njit(cache=True)
+@jit
 def _clamp(value, clamp_min, clamp_max):
     return min(max(value, clamp_min), clamp_max)
 
@@ -41,7 +41,7 @@ def _clamp(value, clamp_min, clamp_max):
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def _add_term(centered, multiplier, shift, scale, left_shift, rounding, multiplier_bits):
     # One input's share of the sum, a function of its zero-point-free code alone: under integer codes
     # the code shifted left by left_shift (saturating) and rescaled, an int32 value; under float codes
@@ -55,7 +55,7 @@ def _add_term(centered, multiplier, shift, scale, left_shift, rounding, multipli
     return np.float64(centered) * scale
 
 
-@njit(cache=True)
+@jit
 def _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits, subtract):
     # Requantized sum of the two terms of _add_term, before the output zero point.
     if rounding <= SINGLE:
@@ -68,7 +68,7 @@ def _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_b
     return saturating_round_float(a_term - b_term if subtract else a_term + b_term, rounding)
 
 
-@njit(inline="always")
+@jit_inline
 def _add_loop(operands, rounding):
     (a, a_zero_point, a_multiplier, a_shift, a_scale, b, b_zero_point, b_multiplier, b_shift, b_scale,
      left_shift, out_multiplier, out_shift, multiplier_bits, out_zero_point, clamp_min, clamp_max, subtract,
@@ -87,7 +87,7 @@ def _add_loop(operands, rounding):
     return saturated
 
 
-@njit(cache=True)
+@jit
 def _add_core(operands, rounding):
     # One loop per rounding mode, the mode a constant in each: its branches fold away and the loop
     # vectorises (10x on 56x56x24 int8 under DOUBLE against one loop that tests the mode per element).
@@ -159,7 +159,7 @@ def add(
 # --------------------------------------------------------------------------
 
 
-@njit(inline="always")
+@jit_inline
 def _mul_loop(operands, rounding):
     (a, a_zero_point, b, b_zero_point, out_multiplier, out_shift, out_scale, multiplier_bits,
      out_zero_point, clamp_min, clamp_max, out) = operands
@@ -175,7 +175,7 @@ def _mul_loop(operands, rounding):
     return saturated
 
 
-@njit(cache=True)
+@jit
 def _mul_core(operands, rounding):
     # As _add_core: one vectorised loop per rounding mode (12x under DOUBLE).
     if rounding == DOUBLE:
@@ -223,7 +223,7 @@ def _pooled_size(size, kernel, stride, dilation, pad_before, pad_after):
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-@njit(cache=True)
+@jit
 def _max_pool_core(x, kh, kw, sh, sw, dh, dw, pad_top, pad_left, lowest, out):
     batch, height, width, channels = x.shape
     out_height, out_width = out.shape[1], out.shape[2]
@@ -276,7 +276,7 @@ def max_pool_nhwc(x, kernel, strides, dilations, pads):
     return out
 
 
-@njit(cache=True)
+@jit
 def _avg_pool_core(x, x_zero_point, kh, kw, sh, sw, pad_top, pad_left, count_include_pad, out):
     batch, height, width, channels = x.shape
     out_height, out_width = out.shape[1], out.shape[2]
@@ -344,7 +344,7 @@ def avg_pool_nhwc(x, x_zero_point, kernel, strides, pads, count_include_pad):
 # --------------------------------------------------------------------------
 
 
-@njit(inline="always")
+@jit_inline
 def _mean_loop(operands, rounding):
     x, x_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min, clamp_max, out = operands
     outer, reduced, inner = x.shape
@@ -365,7 +365,7 @@ def _mean_loop(operands, rounding):
     return saturated
 
 
-@njit(cache=True)
+@jit
 def _mean_core(operands, rounding):
     # As _add_core: one loop per rounding mode, so that the rescale of each output vectorises.
     if rounding == DOUBLE:
@@ -432,7 +432,7 @@ def lookup_table(x, table, x_min):
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def _softmax_core(
     x, exp_table, out_multiplier, out_shift, rounding, multiplier_bits,
     out_zero_point, clamp_min, clamp_max, out,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from intsim.kernels import isa as isa_module
 from intsim.kernels.isa import (
@@ -24,6 +24,7 @@ from intsim.kernels.microkernel import LANES, mac_tile
 from intsim.kernels.rowdot import row_dots
 from intsim.kernels.gemm_chunk import copy_encoded
 from intsim.kernels.threads import apply_threads, thread_count
+from intsim.jit import jit, jit_inline, jit_parallel
 
 
 # --------------------------------------------------------------------------
@@ -35,7 +36,7 @@ from intsim.kernels.threads import apply_threads, thread_count
 GEMV_MAX_ROWS = 4
 
 
-@njit(inline="always")
+@jit_inline
 def _gemv_rows(variant, rows, a, w, groups, c0, acc):
     # All ``rows`` (a compile-time constant) in one tile, so that every packed
     # weight is read once for all of them (at batch 1..4 the layer is bound by
@@ -54,7 +55,7 @@ def _gemv_rows(variant, rows, a, w, groups, c0, acc):
             nb += 1
 
 
-@njit(inline="always")
+@jit_inline
 def _gemv_variant(variant, rows, a, w, groups, c0, acc):
     # Inlined with a constant ``variant``: the row count made a constant too.
     if rows == 1:
@@ -67,7 +68,7 @@ def _gemv_variant(variant, rows, a, w, groups, c0, acc):
         _gemv_rows(variant, 4, a, w, groups, c0, acc)
 
 
-@njit(cache=True)
+@jit
 def _gemv_core(variant, x, w, c0, multiplier, shift, scale, settings, code_sample, out):
     # out [M, O] from x [M, K] with M <= 4: the rows are encoded (x - a_sub,
     # zeros up to the whole group) into one buffer, one micro-kernel tile
@@ -172,7 +173,7 @@ def in_place_weights(x_dtype, x_zero_point, w, w_zero_point, bias):
     return InPlaceWeights(variant, c0.astype(np.int32), zero_points, a_sub, code_dtype)
 
 
-@njit(inline="always")
+@jit_inline
 def _row_dot_tiles(variant, rows_per_tile, outs_per_tile, codes, r_begin, r_end, w, n_out, depth, lead, acc,
                    o_begin, o_end):
     # acc[r, o] += codes[r, lead:] . w[o] for rows r_begin .. r_end - 1 (whole tiles) and outputs o_begin ..
@@ -185,7 +186,7 @@ def _row_dot_tiles(variant, rows_per_tile, outs_per_tile, codes, r_begin, r_end,
                      r * acc_stride + o0, acc_stride)
 
 
-@njit(inline="always")
+@jit_inline
 def _row_dot_blocks(variant, codes, w, n_out, depth, lead, acc, o_begin, o_end):
     # acc [N, O rounded up to 16] += codes [N, lead:lead + depth] . w[o] for outputs o_begin .. o_end - 1
     # (multiples of 16): tiles of 4 rows x 4 outputs (16 accumulator vectors), then 2 x 8 and
@@ -199,7 +200,7 @@ def _row_dot_blocks(variant, codes, w, n_out, depth, lead, acc, o_begin, o_end):
     _row_dot_tiles(variant, 1, 8, codes, twos, rows, w, n_out, depth, lead, acc, o_begin, o_end)
 
 
-@njit(inline="always")
+@jit_inline
 def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample,
                                    out):
     # out [N, O] from x [N, K] and the int8 weights w [O, K] as they lie: each row encoded
@@ -241,7 +242,7 @@ def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, 
 # body (see conv2d_gemm_threaded); each is compiled on its own, at its first call.  (Inlining every
 # variant into one function behind a run-time switch made the VNNI one 15% slower.)
 def _in_place_serial(variant):
-    @njit(cache=True)
+    @jit
     def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
         return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
                                               code_sample, out)
@@ -250,7 +251,7 @@ def _in_place_serial(variant):
 
 
 def _in_place_threaded(variant):
-    @njit(cache=True, parallel=True)
+    @jit_parallel
     def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
         return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
                                               code_sample, out)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from intsim.kernels.isa import (
     AVX2_PAIRS,
@@ -21,6 +21,7 @@ from intsim.kernels.isa import (
 )
 from intsim.kernels.mac import requantize_core, as_int64
 from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
+from intsim.jit import jit, jit_inline, jit_parallel
 
 
 # Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
@@ -47,7 +48,7 @@ def chunk_rows(n_rows: int, long_chunks: bool) -> int:
 # --------------------------------------------------------------------------
 
 
-@njit(inline="always")
+@jit_inline
 def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint):
     # Columns nb .. nb + width of the first ``rows`` rows (a_rows and acc hold
     # the rows up to the last tile's end, see padded_rows), in tiles of ``blocks`` blocks
@@ -75,7 +76,7 @@ def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_fla
                                channels)
 
 
-@njit(inline="always")
+@jit_inline
 def _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
     # acc [padded_rows, n_blocks * 16] receives c0 plus, for every row r < rows
     # (and the padding rows of the last tiles), the sum over the taps t of the
@@ -101,7 +102,7 @@ def _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
         _column_tiles(variant, 3, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
 
 
-@njit(inline="always")
+@jit_inline
 def padded_rows(variant, n_blocks, rows):
     # The rows a chunk of ``rows`` rows is padded to: the end of the last row
     # tile of each tile shape _gemm_tiles runs over ``n_blocks`` blocks (the
@@ -117,7 +118,7 @@ def padded_rows(variant, n_blocks, rows):
     return padded
 
 
-@njit(cache=True)
+@jit
 def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
     # _gemm_tiles with ``variant`` made a compile-time constant.
     if variant == VNNI_QUADS:
@@ -134,7 +135,7 @@ def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
         _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
 
 
-@njit(cache=True)
+@jit
 def copy_encoded(src, src_start, count, a_sub, dst, dst_start):
     # Slices first: indexing them from 0 lets LLVM drop the index checks and vectorise.
     source = src[src_start:src_start + count]
@@ -143,12 +144,12 @@ def copy_encoded(src, src_start, count, a_sub, dst, dst_start):
         target[j] = source[j] - a_sub
 
 
-@njit(cache=True)
+@jit
 def _fill(dst, start, count, value):
     dst[start:start + count] = value
 
 
-@njit(inline="always")
+@jit_inline
 def _pixel_before(m0, out_h, out_w):
     # (n, oh, ow) of the output pixel before flat pixel m0, so that _next_pixel
     # gives pixel m0: one division per chunk, then rows are stepped (a division
@@ -159,7 +160,7 @@ def _pixel_before(m0, out_h, out_w):
     return n, oh, m0 - n * per_image - oh * out_w - 1
 
 
-@njit(inline="always")
+@jit_inline
 def _next_pixel(n, oh, ow, out_h, out_w):
     ow += 1
     if ow == out_w:
@@ -171,7 +172,7 @@ def _next_pixel(n, oh, ow, out_h, out_w):
     return n, oh, ow
 
 
-@njit(cache=True)
+@jit
 def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, patches):
     # patches [rows, row_len]: the encoded window of output pixel m0 + r in
     # (kh, kw, ci) order, then zeros up to the whole group.  Codes move in
@@ -205,7 +206,7 @@ def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, 
         _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
 
 
-@njit(cache=True)
+@jit
 def pad_encode(x, top, left, a_sub, pad_code, padded):
     # padded [N, PH, PW, CP]: x - a_sub at (top + ih, left + iw, c) for c < Cin,
     # zeros in the channels up to CP (their weights are zero), ``pad_code``
@@ -238,7 +239,7 @@ def pad_encode(x, top, left, a_sub, pad_code, padded):
             row[(left_px + inside) * padded_c:] = pad_code
 
 
-@njit(inline="always")
+@jit_inline
 def _encode_pixels(cin, padded_c, source, body, count, a_sub):
     # body[p * padded_c + c] = source[p * cin + c] - a_sub for p < count and
     # c < cin, zero for the other channels.  Inlined with constant channel
@@ -250,7 +251,7 @@ def _encode_pixels(cin, padded_c, source, body, count, a_sub):
             body[p * padded_c + c] = 0
 
 
-@njit(cache=True)
+@jit
 def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows):
     # a_rows[r]: the first word, in an NHWC source of ``pixel_words`` words per
     # pixel, of the window of output pixel m0 + r (its top-left tap).
@@ -267,7 +268,7 @@ GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", 
                  "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
 
 
-@njit(inline="always")
+@jit_inline
 def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
@@ -325,11 +326,11 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
 # The GEMM core twice, from one inlined body: with threads (its prange a
 # parallel loop) and serial (the prange a plain loop), which one thread takes
 # to skip the thread pool's launch (about 2 us a call).
-@njit(cache=True, parallel=True)
+@jit_parallel
 def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
     return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
 
 
-@njit(cache=True)
+@jit
 def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
     return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
@@ -61,6 +61,7 @@ from intsim.fixedpoint import (
     scale_float32,
     wrap,
 )
+from intsim.jit import jit, jit_inline
 
 
 PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
@@ -81,7 +82,7 @@ def requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, cou
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def _apply_policy(value, acc_bits, overflow):
     """``(policy(value), left_range)`` for one accumulator step."""
     saturated = saturate(value, acc_bits)
@@ -92,7 +93,7 @@ def _apply_policy(value, acc_bits, overflow):
     return wrap(value, acc_bits), True
 
 
-@njit(cache=True)
+@jit
 def _accumulate_checked(c0, xs, ws, acc_bits, overflow, pairwise_int16):
     """``policy(c0)`` then ``xs[k] * ws[k]`` added in ascending ``k``.
 
@@ -160,7 +161,7 @@ def _conv_output_size(size, before, after, kernel, stride, dilation):
     return (size + before + after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-@njit(cache=True)
+@jit
 def _conv2d_unchecked_core(x, x_zero_point, w_hwio, bias, sh, sw, dh, dw, top, left, groups, out):
     # bias + sum (x - z_x) (w - z_w) over the in-bounds taps: the exact
     # accumulator when nothing overflows (padding taps contribute 0).  One row
@@ -200,7 +201,7 @@ def _conv2d_unchecked_core(x, x_zero_point, w_hwio, bias, sh, sw, dh, dw, top, l
                     out[n, oh, ow, o] = np.int32(row[o])
 
 
-@njit(cache=True)
+@jit
 def _conv2d_checked_core(
     x, x_zero_point, w_rows, w_zero_point, c0, sh, sw, dh, dw, top, left, groups, kernel_h, kernel_w,
     acc_bits, overflow, pairwise_int16, out,
@@ -327,7 +328,7 @@ def conv2d_nhwc_acc(x, x_zero_point, w, w_zero_point, bias, strides, dilations, 
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def _fully_connected_unchecked_core(x, w, w_zero_point, c0, out):
     # c0 + x . w - z_w * sum(x): the zero-point expansion on raw codes, so the
     # weights are read in their stored width.
@@ -344,7 +345,7 @@ def _fully_connected_unchecked_core(x, w, w_zero_point, c0, out):
             out[n, o] = np.int32(c0[o] + dot - w_zero_point[o] * x_sum)
 
 
-@njit(cache=True)
+@jit
 def _fully_connected_checked_core(x, w, w_zero_point, c0, acc_bits, overflow, pairwise_int16, out):
     n_batch, depth = x.shape
     n_out = w.shape[0]
@@ -402,7 +403,7 @@ def fully_connected_acc(x, x_zero_point, w, w_zero_point, bias, acc_bits, overfl
 # --------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@jit
 def _matmul_unchecked_core(a, a_zero_point, b, b_zero_point, c0, out):
     # c0 - z_b * sum_k a[m, k] - z_a * sum_k b[k, n] + sum_k a[m, k] b[k, n],
     # the innermost loop running along the contiguous rows of b and out.
@@ -430,7 +431,7 @@ def _matmul_unchecked_core(a, a_zero_point, b, b_zero_point, c0, out):
                 out[bi, m, j] = np.int32(row[j])
 
 
-@njit(cache=True)
+@jit
 def _matmul_checked_core(a, a_zero_point, b_t, b_zero_point, c0, acc_bits, overflow, pairwise_int16, out):
     # b_t is b transposed to [B, N, K] so that each reduction is contiguous.
     n_batch, rows, depth = a.shape
@@ -502,7 +503,7 @@ def matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_in
 # --------------------------------------------------------------------------
 
 
-@njit(inline="always")
+@jit_inline
 def _requantize_rows(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
     # The TFLite order: rescale, add the output zero point, clamp, narrow.
@@ -578,19 +579,19 @@ def _one_row_view(typingctx, array):
 # inline them into the loop that calls them, where constants of one scale hoist out.
 
 
-@njit(cache=True)
+@jit
 def _lane_double(centred, multiplier, shift, scale, multiplier_bits, lo, hi):
     value = np.int32(double_rounding_one_shift(centred, multiplier, shift, multiplier_bits))
     return min(max(value, np.int32(lo)), np.int32(hi)), np.int32((value < lo) | (value > hi))
 
 
-@njit(cache=True)
+@jit
 def _lane_single(centred, multiplier, shift, scale, multiplier_bits, lo, hi):
     value = np.int32(multiply_by_quantized_multiplier_scalar(centred, multiplier, shift, SINGLE, multiplier_bits))
     return min(max(value, np.int32(lo)), np.int32(hi)), np.int32((value < lo) | (value > hi))
 
 
-@njit(cache=True)
+@jit
 def _lane_float32(centred, multiplier, shift, scale, multiplier_bits, lo, hi):
     # The float32 rint is integral (or +-inf): it compares exactly with lo and hi and lands on
     # the same side of them as its int32 saturation would.
@@ -599,7 +600,7 @@ def _lane_float32(centred, multiplier, shift, scale, multiplier_bits, lo, hi):
     return np.int32(min(max(value, lo_f32), hi_f32)), np.int32((value < lo_f32) | (value > hi_f32))
 
 
-@njit(inline="always")
+@jit_inline
 def _requantize_lanes(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min, clamp_max,
                       out):
     # DOUBLE, SINGLE or FLOAT32_RINT in 32-bit lanes over the rows of
@@ -633,7 +634,7 @@ def _requantize_lanes(rounding, acc, multiplier, shift, scale, multiplier_bits, 
     return saturation_count
 
 
-@njit(inline="always")
+@jit_inline
 def _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
                              clamp_max, out):
     # One scale for every channel: the parameters become scalars, and where
@@ -661,7 +662,7 @@ def _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier
                              clamp_min, clamp_max, out)
 
 
-@njit(inline="always")
+@jit_inline
 def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                              clamp_min, clamp_max, out):
     # A constant zero ``acc_zero_point`` (the MAC ops' case) lets LLVM drop the centring and its saturation.
@@ -672,7 +673,7 @@ def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, roun
                             clamp_min, clamp_max, out)
 
 
-@njit(cache=True)
+@jit
 def requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
     # acc [R, >= C] (its leading C columns count), out [R, C], both C-contiguous; see :func:`requantize`.

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic
 
 from intsim.fixedpoint import FLOAT32_RINT, round_float, saturating_round_float
+from intsim.jit import jit
 
 
 @intrinsic
@@ -29,7 +30,7 @@ def _llvm_fma_float32(typingctx, x, y, z):
     return types.float32(x, y, z), codegen
 
 
-@njit(cache=True)
+@jit
 def fma_float32(x, y, z):
     """float32 fused multiply-add ``x * y + z`` of float32 operands, rounded once (x86 ``vfmadd``).
 
@@ -41,7 +42,7 @@ def fma_float32(x, y, z):
     return _llvm_fma_float32(np.float32(x), np.float32(y), np.float32(z))
 
 
-@njit(cache=True)
+@jit
 def _add_float32_fma_core(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out):
     # Branch-free, so that the loop vectorises.  round_float leaves an integral float32 and the clamp
     # bounds (8/16-bit codes) are exact in float32: clamping before the conversion to int32 is the
@@ -91,7 +92,7 @@ def add_float32_fma(a, b, a_ratio, b_ratio, offset, clamp_min, clamp_max, out_dt
     return out, int(saturated)
 
 
-@njit(cache=True)
+@jit
 def _mul_float32_core(a, a_zero_point, b, b_zero_point, ratio, out_zero_point, clamp_min, clamp_max, out):
     # Branch-free, as _add_float32_fma_core: the clamp in float32 is the saturation.
     saturated = 0
@@ -143,7 +144,7 @@ def mul_float32(a, a_zero_point, b, b_zero_point, ratio, out_zero_point, clamp_m
     return out, int(saturated)
 
 
-@njit(cache=True)
+@jit
 def _avg_pool_float32_core(x, x_zero_point, x_scale, kernel_h, kernel_w, sh, sw, top, left, count_include_pad,
                            y_scale, y_zero_point, clamp_min, clamp_max, out):
     n_batch, height, width, channels = x.shape

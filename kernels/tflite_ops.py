@@ -7,7 +7,6 @@ inputs are trusted.  The naive twins live in :mod:`intsim.kernels.naive_tflite_o
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from intsim.fixedpoint import (
     DOUBLE,
@@ -17,13 +16,14 @@ from intsim.fixedpoint import (
     rounding_divide_by_pot_scalar,
     rounding_high_mul,
 )
+from intsim.jit import jit
 
 # gemmlowp formats of LiteRT's reference softmax (reference/softmax.h).
 SOFTMAX_SCALED_DIFF_INTEGER_BITS = 5  # x - max(x) rescaled to Q5.26
 SOFTMAX_ACCUMULATION_INTEGER_BITS = 12  # sum of exps in Q12.19: up to 4096 columns cannot overflow
 
 
-@njit(cache=True)
+@jit
 def _softmax_gemmlowp_core(x, input_multiplier, input_left_shift, diff_min, out_min, out_max, out_bits, out):
     rows, columns = x.shape
     for row in range(rows):

@@ -38,7 +38,6 @@ from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
 from intsim.floatgraph.execute import resize_source_indices, run_float
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.graph import Graph, Node, TensorInfo
-from intsim.codes import dtype_range
 from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params
 from intsim.floatgraph.passes import default_passes

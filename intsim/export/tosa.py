@@ -42,7 +42,7 @@ import numpy as np
 
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.export.tosa_fb import write_tosa
-from intsim.graph import Graph, Node
+from intsim.graph import Graph
 from intsim.codes import dtype_range
 from intsim.graph.ops import clamp_bounds, rescale_params
 

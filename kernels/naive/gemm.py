@@ -8,7 +8,6 @@ kernels must reproduce bit for bit.
 
 from __future__ import annotations
 
-import numpy as np
 
 from intsim.kernels.naive.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
 
