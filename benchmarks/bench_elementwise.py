@@ -72,7 +72,7 @@ def _edge_runners(rng, session):
 
     from intsim import TensorInfo
     from intsim.kernels import transpose
-    from intsim.runtime.model import dequantize, quantize
+    from intsim.runtime import dequantize, quantize
 
     codes = rng.integers(0, 256, IMAGE).astype(np.uint8)
     perm = [0, 2, 3, 1]

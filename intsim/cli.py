@@ -140,7 +140,7 @@ def _cmd_diff(args) -> int:
     import json
 
     import intsim
-    from intsim.hwval.tools import diff
+    from intsim.hwval import diff
 
     report = diff(intsim.load(args.model), _load_npy(args.input, "input"), args.device_dump,
                   float_input=not args.int, format=args.format)
@@ -156,7 +156,7 @@ def _cmd_sweep(args) -> int:
     import json
 
     import intsim
-    from intsim.hwval.tools import bitwidth_sweep, sweep
+    from intsim.hwval import bitwidth_sweep, sweep
 
     data = _load_npy(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None

@@ -456,7 +456,7 @@ class Rescale:
 
     def params(self, prefix: str = "") -> dict:
         """The node parameters (``{prefix}multiplier``, ``shift`` and, in float modes,
-        ``scale``) as 1-D arrays, the form :mod:`intsim.ops` reads."""
+        ``scale``) as 1-D arrays, the form :mod:`intsim.graph.ops` reads."""
         out = {
             f"{prefix}multiplier": self.multiplier.reshape(-1).copy(),
             f"{prefix}shift": self.shift.reshape(-1).copy(),

@@ -33,7 +33,7 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph
-from intsim.runtime.model import Model
+from intsim.runtime import Model
 
 
 def _to_float_layout(stored: np.ndarray, perm) -> np.ndarray:

@@ -3,7 +3,7 @@
 Every function here has a naive twin of the same name and signature in
 :mod:`intsim.kernels.naive`; the twins are the definition, these are the fast
 versions, and the tests demand exact equality.  Activation layout is NHWC.
-Kernels do not validate their arguments: :mod:`intsim.ops` does that once,
+Kernels do not validate their arguments: :mod:`intsim.graph.ops` does that once,
 when a graph is built or loaded.
 """
 

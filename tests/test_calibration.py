@@ -1,4 +1,4 @@
-"""intsim.calibration: quantization parameters, (fake) quantization, streaming statistics, range setting.
+"""intsim.converter.calibration: quantization parameters, (fake) quantization, streaming statistics, range setting.
 
 Goldens are worked out by hand in the comments beside them.  Properties run over
 hypothesis-generated ranges and every bit width 2..16.  Range-setting methods are

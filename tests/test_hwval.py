@@ -11,7 +11,7 @@ import intsim
 from intsim import Graph, Model, examples
 from intsim.errors import ModelFormatError, ValidationError
 from intsim.hwval import diff, load_golden, sweep, write_golden
-from intsim.runtime.model import Trace
+from intsim.runtime import Trace
 
 
 @pytest.fixture(scope="module")

@@ -245,7 +245,7 @@ TIE_CODES = {"float64_rint": [1, -3, 1, 127, -1], "float32_rint": [1, -3, 1, 127
 
 @pytest.mark.parametrize("mode", sorted(TIE_CODES))
 def test_input_quantization_modes_on_ties(mode):
-    from intsim.runtime.model import quantize
+    from intsim.runtime import quantize
 
     info = TensorInfo("x", "int8", (None, 5), 0.5, -1)
     np.testing.assert_array_equal(quantize(TIES, info, mode=mode), np.array([TIE_CODES[mode]], np.int8), strict=True)

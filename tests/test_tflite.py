@@ -105,7 +105,7 @@ def _float_inputs(name, info, random_count):
 @pytest.mark.parametrize("backend", ["fast", "naive"])
 @pytest.mark.parametrize("name", FLOAT_IO_MODELS)
 def test_float_io_matches_litert_reference(name, backend):
-    from intsim.runtime.model import quantize
+    from intsim.runtime import quantize
 
     reference = _litert("BUILTIN_REF")
     model = intsim.load(DATA / f"{name}.tflite", backend)

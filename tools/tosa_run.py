@@ -5,7 +5,7 @@ so it cannot share intsim's environment)::
 
     .venv-tosa/bin/python tools/tosa_run.py MODEL.tosa INPUTS.npz OUTPUTS.npz [INPUTS.npz OUTPUTS.npz ...]
 
-``MODEL.tosa`` is the flatbuffer :func:`intsim.exporters.tosa.export_tosa` wrote; it
+``MODEL.tosa`` is the flatbuffer :func:`intsim.export.tosa.export_tosa` wrote; it
 is handed to the reference model byte for byte.  Its basic block's input / output
 names and tensor types are read with tosa-tools' own generated flatbuffer reader.
 Each ``INPUTS.npz`` holds arrays named like the graph inputs; the outputs, named

@@ -44,7 +44,7 @@ from intsim.floatgraph.passes import default_passes
 from intsim.profiles import Profile, get_profile
 from intsim.ptq.bias_correction import WeightFormat
 from intsim.ptq.pipeline import apply_ptq, resolve_settings
-from intsim.runtime.model import Model
+from intsim.runtime import Model
 from intsim.converter.params import build_exp_table, build_lut
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor

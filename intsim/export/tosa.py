@@ -25,7 +25,7 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
 
 Every constant becomes a CONST (CONST_SHAPE for shapes) operator, and each operator
 records the intsim node it lowers as its location.  :func:`export_tosa` writes the
-program as a TOSA flatbuffer (:mod:`intsim.exporters.tosa_fb`).
+program as a TOSA flatbuffer (:mod:`intsim.export.tosa_fb`).
 
 Anything else (and any attribute TOSA cannot express exactly) raises
 :class:`~intsim.errors.UnsupportedOpError` naming the node; nothing is changed
@@ -479,7 +479,7 @@ def export_tosa(graph: Graph, path, batch: int = 1) -> Path:
     """Write the TOSA program of ``graph`` as one self-contained TOSA flatbuffer (``.tosa``) at ``path``.
 
     The file is what the TOSA reference model reads (``tools/tosa_run.py`` runs it);
-    see :mod:`intsim.exporters.tosa_fb` for the encoding.
+    see :mod:`intsim.export.tosa_fb` for the encoding.
 
     Raises
     ------

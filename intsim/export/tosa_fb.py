@@ -1,4 +1,4 @@
-"""Write a :class:`~intsim.exporters.tosa.TosaProgram` as a TOSA flatbuffer (``.tosa``).
+"""Write a :class:`~intsim.export.tosa.TosaProgram` as a TOSA flatbuffer (``.tosa``).
 
 The file is what the TOSA reference model and TOSA tooling read: one ``TosaGraph``
 holding one region ``main`` with one basic block ``main``.  Constants are embedded

@@ -85,7 +85,7 @@ def fold_batch_norm(graph: FloatGraph) -> FloatGraph:
 def fold_constants(graph: FloatGraph) -> FloatGraph:
     """Replace each node whose inputs are all constants by the constants it computes.
 
-    Evaluated with :func:`intsim.float_exec.run_node`.  A node computing a
+    Evaluated with :func:`intsim.floatgraph.execute.run_node`.  A node computing a
     graph output stays.  Returns a new graph.
     """
     graph = copy_graph(graph)

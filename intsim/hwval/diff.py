@@ -11,7 +11,7 @@ import numpy as np
 from intsim.errors import IntsimError, ValidationError
 from intsim.graph import Graph, Node
 from intsim.graph.ops import MAC_OPS, clamp_bounds
-from intsim.runtime.model import Model
+from intsim.runtime import Model
 
 GOLDEN_FORMAT = "intsim-golden"
 GOLDEN_VERSION = 1

@@ -28,7 +28,7 @@ import numpy as np
 from intsim.errors import ModelFormatError, ValidationError
 from intsim.graph import Graph, Node
 from intsim.graph.ops import MAC_OPS, clamp_bounds, node_rounding
-from intsim.runtime.model import Model, Trace
+from intsim.runtime import Model, Trace
 
 GOLDEN_FORMAT = "intsim-golden"
 GOLDEN_VERSION = 1

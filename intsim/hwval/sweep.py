@@ -15,7 +15,7 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.graph import Graph
 from intsim.graph.ops import MAC_OPS
-from intsim.runtime.model import Model
+from intsim.runtime import Model
 
 GOLDEN_FORMAT = "intsim-golden"
 GOLDEN_VERSION = 1

@@ -11,7 +11,7 @@ import numpy as np
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES, saturate, wrap
 from intsim.graph import Graph, Node
 from intsim.graph.ops import MAC_OPS
-from intsim.runtime.model import Model, Trace
+from intsim.runtime import Model, Trace
 
 GOLDEN_FORMAT = "intsim-golden"
 GOLDEN_VERSION = 1

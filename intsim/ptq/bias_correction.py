@@ -27,7 +27,7 @@ from intsim.ptq.statistics import Stepper, channel_axes
 
 @dataclass(frozen=True)
 class WeightFormat:
-    """The profile's weight quantizer, as :func:`intsim.calibration.quantize_weights` takes it."""
+    """The profile's weight quantizer, as :func:`intsim.converter.calibration.quantize_weights` takes it."""
 
     bits: int
     signed: bool

@@ -10,12 +10,13 @@ carries any transposes to NHWC.
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from intsim import kernels as fast_kernels
+from intsim.kernels import naive as naive_kernels
+from intsim.kernels.contract import Backend
 from intsim.errors import ValidationError
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.graph import Graph, TensorInfo
@@ -23,7 +24,8 @@ from intsim.codes import dtype_range
 from intsim.graph.ops import get_op
 from intsim.runtime.plan import RunPlan, raise_overflow
 
-BACKENDS = {"fast": "intsim.kernels", "naive": "intsim.kernels.naive"}
+# The kernel backends a model runs on; both satisfy the typed contract of :mod:`intsim.kernels.contract`.
+BACKENDS: dict[str, Backend] = {"fast": fast_kernels, "naive": naive_kernels}
 
 # How Model.run turns float inputs into codes: ``clamp(round(x / scale) + zero_point)`` with the
 # division in the float type and the rounding named here (a code of :mod:`intsim.fixedpoint`;
@@ -93,7 +95,7 @@ class Model:
             raise ValidationError(f"backend must be one of {', '.join(BACKENDS)}, found {backend!r}")
         self.graph = graph
         self.backend = backend
-        self._kernels = importlib.import_module(BACKENDS[backend])
+        self._kernels = BACKENDS[backend]
         self._steps = [(get_op(n.op, n.name), n, get_op(n.op, n.name).prepare(n, graph)) for n in graph.nodes]
         self._plan = None
         self._checked_signatures = {}
@@ -111,7 +113,7 @@ class Model:
         return [self.graph.tensors[t] for t in self.graph.outputs]
 
     def save(self, path) -> None:
-        """Write the graph as a ``.intsim`` file (see :mod:`intsim.fileformat`)."""
+        """Write the graph as a ``.intsim`` file (see :mod:`intsim.graph.fileformat`)."""
         from intsim.graph.fileformat import save_graph
 
         save_graph(self.graph, path)

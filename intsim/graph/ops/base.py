@@ -23,6 +23,7 @@ from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES, Rescale
 from intsim.codes import dtype_range
 from intsim.graph.ir import Node, TensorInfo
+from intsim.kernels.contract import Backend
 
 _REGISTRY: dict[str, "Op"] = {}
 
@@ -270,23 +271,18 @@ class Op:
     def prepare(self, node: Node, graph) -> dict:
         return {}
 
-    def run(self, plan: dict, inputs: list[np.ndarray], kernels) -> tuple[list[np.ndarray], dict]:
+    def run(self, plan: dict, inputs: list[np.ndarray], kernels: Backend) -> tuple[list[np.ndarray], dict]:
         raise NotImplementedError
 
-    def run_untraced(self, plan: dict, inputs: list[np.ndarray], kernels) -> tuple[list[np.ndarray], dict]:
+    def run_untraced(self, plan: dict, inputs: list[np.ndarray], kernels: Backend) -> tuple[list[np.ndarray], dict]:
         """:meth:`run` for a caller that keeps no intermediate values: ops may skip work
         that only a trace reads (the MAC ops write no int32 accumulator tensor and count no
         clamps: their stats then lack ``saturation_count``)."""
         return self.run(plan, inputs, kernels)
 
-    def bind(self, plan: dict, kernels):
+    def bind(self, plan: dict, kernels: Backend):
         """``step(inputs) -> (outputs, stats)``, :meth:`run_untraced` with ``plan`` and ``kernels``
         fixed: whatever does not depend on the inputs (weight packing, kernel lookup) done once.
         A model's run plan is the list of its nodes' steps."""
         run = self.run_untraced
         return lambda inputs: run(plan, inputs, kernels)
-
-
-# --------------------------------------------------------------------------
-# Multiply-accumulate ops: raw int32 accumulators, then requantization.
-# --------------------------------------------------------------------------

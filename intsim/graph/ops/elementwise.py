@@ -28,6 +28,8 @@ from intsim.graph.ops.base import (
     same_quantization,
     spatial_infer,
 )
+from intsim.kernels.contract import Requant
+
 
 @register("rescale")
 class RescaleOp(Op):
@@ -47,14 +49,15 @@ class RescaleOp(Op):
         rq = rescale_params(node, graph)
         lo, hi = clamp_bounds(node, out)
         return {
-            "args": (x.zero_point, *rq.kernel_args(1), rq.code, graph.profile.multiplier_bits,
-                     out.zero_point, lo, hi, out.np_dtype)
+            "x_zero_point": x.zero_point,
+            "requant": Requant(*rq.kernel_args(1), rq.code, graph.profile.multiplier_bits, out.zero_point, lo, hi,
+                               out.np_dtype),
         }
 
     def run(self, plan, inputs, kernels):
         x = inputs[0]
         flat = np.ascontiguousarray(x).reshape(-1, 1)
-        out, sat = kernels.requantize(flat, *plan["args"])
+        out, sat = kernels.requantize(flat, plan["x_zero_point"], *plan["requant"])
         return [out.reshape(x.shape)], {"saturation_count": sat}
 
 

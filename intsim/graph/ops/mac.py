@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from intsim.codes import OVERFLOW_CODES, dtype_range
+from intsim.kernels.contract import Accumulator, Backend, Requant
 from intsim.graph.ops.base import (
     Op,
     acc_stats,
@@ -23,7 +24,11 @@ from intsim.graph.ops.base import (
     spatial_infer,
 )
 
+
 class _MacOp(Op):
+    """A multiply-accumulate op: ``accumulate`` (raw accumulators, for traces), ``prepare_kernel`` and
+    ``launcher`` (the fused path) name its kernels in a :class:`~intsim.kernels.contract.Backend`."""
+
     def _requant_plan(self, node, graph, channels, operand_dtypes):
         out = graph.tensors[node.outputs[0]]
         rq = rescale_params(node, graph, channels=channels)
@@ -33,9 +38,10 @@ class _MacOp(Op):
         return {
             "node": node.name,
             "x_dtype": graph.tensors[node.inputs[0]].np_dtype,
-            "requant": (mult, shift, scale, rq.code, profile.multiplier_bits, out.zero_point, lo, hi, out.np_dtype),
-            "acc": (profile.accumulator_bits, OVERFLOW_CODES[profile.overflow],
-                    node_pairwise_int16(node, graph, *operand_dtypes)),
+            "requant": Requant(mult, shift, scale, rq.code, profile.multiplier_bits, out.zero_point, lo, hi,
+                               out.np_dtype),
+            "acc": Accumulator(profile.accumulator_bits, OVERFLOW_CODES[profile.overflow],
+                               node_pairwise_int16(node, graph, *operand_dtypes)),
         }
 
     def _finish(self, plan, acc, overflow_count, pair_saturations, kernels, per_tensor=False):
@@ -44,13 +50,13 @@ class _MacOp(Op):
             out = out.reshape(acc.shape)
         else:
             out, saturations = kernels.requantize(acc, 0, *plan["requant"])
-        stats = acc_stats(acc, plan["acc"][0], overflow_count, pair_saturations)
+        stats = acc_stats(acc, plan["acc"].acc_bits, overflow_count, pair_saturations)
         stats["saturation_count"] = saturations
         stats["accumulator"] = acc
         return [out], stats
 
     def run(self, plan, inputs, kernels):
-        acc, ovf, pairs = getattr(kernels, self.kernel)(inputs[0], *plan["mac"], *plan["acc"])
+        acc, ovf, pairs = self.accumulate(kernels)(inputs[0], *plan["mac"], *plan["acc"])
         return self._finish(plan, acc, ovf, pairs, kernels)
 
     def run_untraced(self, plan, inputs, kernels):
@@ -62,10 +68,8 @@ class _MacOp(Op):
         # which lets the fast kernels requantize in registers.
         packed = plan.setdefault("packed", {})
         if kernels.__name__ not in packed:
-            prepare = getattr(kernels, self.packing_kernel)
-            packed[kernels.__name__] = prepare(plan["x_dtype"], *plan["mac"], *plan["acc"])
-        launch = getattr(kernels, self.launcher_kernel)(packed[kernels.__name__], *plan["requant"],
-                                                        count_clamps=False)
+            packed[kernels.__name__] = self.prepare_kernel(kernels)(plan["x_dtype"], *plan["mac"], *plan["acc"])
+        launch = self.launcher(kernels)(packed[kernels.__name__], *plan["requant"], count_clamps=False)
         finish = self._untraced_result
 
         def step(inputs):
@@ -157,9 +161,17 @@ class Conv2D(_MacOp):
         )
         return plan
 
-    kernel = "conv2d_nhwc_acc"
-    packing_kernel = "conv2d_nhwc_prepare"
-    launcher_kernel = "conv2d_nhwc_launcher"
+    @staticmethod
+    def accumulate(kernels: Backend):
+        return kernels.conv2d_nhwc_acc
+
+    @staticmethod
+    def prepare_kernel(kernels: Backend):
+        return kernels.conv2d_nhwc_prepare
+
+    @staticmethod
+    def launcher(kernels: Backend):
+        return kernels.conv2d_nhwc_launcher
 
 
 @register("fully_connected")
@@ -183,9 +195,17 @@ class FullyConnected(_MacOp):
         plan["mac"] = self._weight_args(node, graph)
         return plan
 
-    kernel = "fully_connected_acc"
-    packing_kernel = "fully_connected_prepare"
-    launcher_kernel = "fully_connected_launcher"
+    @staticmethod
+    def accumulate(kernels: Backend):
+        return kernels.fully_connected_acc
+
+    @staticmethod
+    def prepare_kernel(kernels: Backend):
+        return kernels.fully_connected_prepare
+
+    @staticmethod
+    def launcher(kernels: Backend):
+        return kernels.fully_connected_launcher
 
 
 @register("matmul")
