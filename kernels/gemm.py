@@ -1,68 +1,10 @@
 """Fast conv2d / fully-connected / matmul with the requantization fused into the epilogue.
 
-Each op comes as a pair: ``*_prepare`` packs the weights once (when a model
-is built), ``*_requantized`` runs a batch and returns output codes without
-writing an int32 tensor (white paper §2.1 MAC array, §2.2 requantization).
+Each op comes as a pair: ``*_prepare`` packs the weights once (when a model is built),
+``*_requantized`` runs a batch and returns output codes without writing an int32 tensor (white
+paper §2.1 MAC array, §2.2 requantization); ``*_launcher`` binds a prepared layer for repeated calls.
 
-The fast path computes ``bias + sum (x - z_x)(w - z_w)`` as one GEMM per
-chunk of output pixels: the register-tiled micro-kernel of
-:mod:`intsim.kernels.microkernel` over 16 output channels at a time, then
-:func:`intsim.kernels.mac.requantize_core` on the chunk's accumulators; for
-``FLOAT32_RINT`` within the 32-bit lanes' preconditions (zero accumulator zero
-point, output zero point and clamp bounds within 2**16), when the caller does
-not ask for the clamp count (``count_clamps=False``: a model's bound steps),
-the micro-kernel requantizes its tile in registers and stores output codes
-(no int32 chunk).
-Where the micro-kernel reads its rows:
-
-implicit GEMM (dense convs of more than one tap, and 1x1 convs whose codes already are the packed form)
-    The weights are packed per tap, each tap's ``Cin`` padded with zero
-    weights to whole groups.  The input is encoded once per call into an
-    NHWC copy with its padding border (``z_x`` encoded) and its channels
-    padded likewise (none when the codes already are the packed form and
-    nothing is padded: then they are read where they lie).  Every row of a
-    tile is then the top-left pixel of its output pixel's window, whatever
-    the stride, and each tap a fixed offset from it; with ``dw == 1`` a whole
-    window row is one contiguous run and one tap.  No patch matrix.
-im2col (other 1x1 convs, matmul, fully-connected layers whose weights are not int8)
-    Each chunk's windows are encoded into an L2-sized patch matrix.
-
-Depthwise convs (one input channel per output channel) run the kernel of
-:mod:`intsim.kernels.depthwise` instead, with the same encodings.
-Fully-connected layers over int8 weights in C order (the graph's ``[O, K]``
-array) keep no packed copy: the kernel of :mod:`intsim.kernels.rowdot` reads
-every weight row where it lies, 64 (quads) or 32 (pairs) weights per
-vector, against the encoded rows of the input, and the zero point ``z_w``
-of the weights becomes a run-time term ``- z_w * sum(x - a_sub)`` in the
-accumulator's start value (see :class:`InPlaceWeights`).  uint8 or int16
-weights, or weights not in C order, are packed and take the GEMV launch (up
-to :data:`GEMV_MAX_ROWS` rows) or im2col.  The in-place kernel splits the
-exact sum differently from the hardware order, which the argument below
-covers all the same: every partial sum is exact modulo ``2**32``.
-
-It is taken only where it is provably the exact result of the hardware order
-of :func:`intsim.kernels.mac.conv2d_nhwc_acc`: no pairwise int16 saturation,
-and the static bound ``|c0| + K max|x| max|w| + |z_w| K max|x|`` (``max|x|``
-over the whole input dtype and ``z_x``) fits ``acc_bits`` <= 32.  Then no step
-of the hardware order overflows, the order of the additions cannot matter,
-and int32 arithmetic modulo ``2**32`` (which the micro-kernel and the
-depthwise kernel use) ends on the exact sum.  Everywhere else the unfused
-kernels of :mod:`intsim.kernels.mac` run, bit-exact first.
-
-Operand encodings (chosen per layer at prepare):
-
-pairs
-    ``x - z_x`` and ``w - z_w`` as int16 (they span at most [-255, 255] for
-    8-bit codes); every ISA has an exact int16 pair instruction.
-quads
-    uint8 activations (``x`` itself for uint8, ``x + 128`` for int8) and
-    int8 ``w - z_w``; the zero point moves into the start value,
-    ``c0 = bias + (a_sub - z_x) * sum_k (w - z_w)`` where ``a_sub`` is what
-    was subtracted from ``x``.  Needs ``w - z_w`` in [-128, 127].
-
-Padding taps hold ``z_x``, encoded like any other code; the reduction (or
-each tap's run of it) is padded to a whole group with zero weights (and zero
-activations in im2col).
+The derivation in full: ``docs/speed.md``, *The fused GEMM path in detail*.
 """
 
 from __future__ import annotations

@@ -1,63 +1,6 @@
 """Import an ONNX model (default domain, opsets 11 to 21) as a canonical :class:`FloatGraph`.
 
-Every node of the result has one of the forms below, whatever the opset or the
-exporter (ONNX op names, NCHW layout, ONNX semantics; attribute values are
-plain Python ints, floats, strings and lists):
-
-=====================  =========================================================
-op                     inputs; attributes
-=====================  =========================================================
-Conv                   x, W[, B] (W [M, C/group, kh, kw] and B constants);
-                       strides [sh, sw], dilations [dh, dw],
-                       pads [top, left, bottom, right], group
-BatchNormalization     x, scale, B, mean, var (constants); epsilon
-Relu, Sigmoid, Tanh,   x
-HardSwish
-Clip                   x; min, max (floats, -inf / inf when absent)
-LeakyRelu              x; alpha
-HardSigmoid            x; alpha, beta
-PRelu                  x, slope
-Add, Sub, Mul, Div     a, b (numpy broadcasting; either may be a constant)
-Concat                 x1, x2, ...; axis (non-negative)
-MaxPool                x; kernel_shape, strides, pads (4), dilations
-AveragePool            x; kernel_shape, strides, pads (4), count_include_pad (0/1)
-ReduceMean             x; axes (sorted, non-negative), keepdims (0/1)
-Gemm                   x, W[, B]: y = x @ W.T + B, W [out, in] and B [out] constants
-MatMul                 a, b (b may be a constant)
-Flatten                x; axis (non-negative)
-Reshape                x; shape (ints; 0 copies the input dim, -1 is inferred)
-Transpose              x; perm
-Squeeze, Unsqueeze     x; axes (sorted, non-negative)
-Pad                    x; pads (ONNX order, 2 * rank, non-negative),
-                       mode "constant", value (float)
-Softmax                x; axis (non-negative)
-Resize                 x; sizes (full output shape, 0 at a batch axis: same as
-                       the input), coordinate_transformation_mode, nearest_mode
-                       (mode is always nearest)
-=====================  =========================================================
-
-Normalisation: ``auto_pad`` becomes explicit pads; ``ceil_mode=1`` becomes
-extra bottom/right pads (MaxPool always; AveragePool where that is exact,
-switching ``count_include_pad`` to 0 when the model has no pads of its own);
-GlobalAveragePool becomes ReduceMean over axes 2.. with keepdims 1; Gemm's
-transB, alpha and beta are folded into W and B (a Gemm whose B is not constant
-becomes MatMul, with a Transpose for transB and an Add for C); Identity and
-Dropout disappear.
-
-**Folding and the batch.**  The importer runs every node twice, on placeholder
-inputs whose batch dimension (dim 0 of every graph input) is 1 in the first
-"world" and 2 in the second.  A tensor whose value does not depend on the
-input data (initializers, Constant nodes, Shape outputs and everything
-computed from them) is *static* and folded away.  A static tensor that is the
-same in both worlds is a constant; one that differs carries the batch size
-(the shape arithmetic exporters emit for ``x.view(x.size(0), -1)``) and may
-only reach a Reshape target or Resize sizes, where the position holding the
-input's batch dimension becomes 0 (copy); in a Reshape target, one other
-batch-dependent position becomes -1.  A Reshape target or Resize sizes that
-hard-code the file's fixed batch size at position 0 also get 0 there when
-``batch_dynamic``.  A dimension whose size differs between the worlds is
-``None`` in ``FloatGraph.shapes``.  ``auto_pad`` follows the ONNX formula
-(dilated kernel), which onnxruntime's pools do not for dilations > 1.
+What each op becomes, in full: ``docs/converting.md``, *What the ONNX importer accepts and how it canonicalises*.
 """
 
 from __future__ import annotations

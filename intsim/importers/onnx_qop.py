@@ -1,85 +1,5 @@
 """Import an already-quantized ONNX model in QOperator format as an intsim integer graph.
 
-``onnxruntime.quantization.quantize_static(..., quant_format=QuantFormat.QOperator)``
-writes models whose float input is quantized once (``QuantizeLinear``), whose
-layers take and give integer codes (``QLinearConv``, ``QLinearMatMul``,
-``com.microsoft`` ``QGemm`` / ``QLinearAdd`` / ``QLinearMul`` / ``QLinearAveragePool`` /
-``QLinearGlobalAveragePool`` / ``QLinearConcat`` / ``QLinearLeakyRelu`` /
-``QLinearSigmoid``, ``MaxPool`` and
-layout ops on codes), and whose output is dequantized once
-(``DequantizeLinear``).  :func:`load_onnx_qoperator` keeps every integer
-exactly as the file stores it (weights, int32 biases, zero points) and forms
-each requantization scale in float32 exactly as onnxruntime's CPU kernels do,
-so that the ``onnxruntime`` profile reproduces onnxruntime bit for bit.
-
-What onnxruntime computes (CPU execution provider, x86-64), per op:
-
-``QLinearConv``  (``core/providers/cpu/quantization/qlinearconv.cc``)
-    ``scale[o] = (x_scale * w_scale[o]) / y_scale`` in float32
-    (``ComputeOutputScale``); the input is transposed to NHWC and im2col'd in
-    ``(kh, kw, c)`` order (``ReorderFilter``: OIHW to HWIO);
-    ``acc = bias + sum (x - z_x) w`` exactly in int32 (``MlasConvSym`` when every
-    weight zero point is 0, else ``MlasGemm`` + ``MlasRequantizeOutput``);
-    then ``clamp(rint(float32(acc) * scale), min - z_y, max - z_y) + z_y``
-    (``core/mlas/lib/quantize.cpp`` ``MlasRequantizeOutput``: multiply, clamp in
-    float, ``cvtps2dq`` round-to-nearest-even, add the zero point).  That is
-    intsim's ``float32_rint`` rescale followed by ``+ z_y`` and the clamp.
-    Per-channel weight zero points must all be equal (``ComputeOffset``).
-    On x86 AVX2 without VNNI (profile ``onnxruntime_avx2``) the u8s8 kernels
-    (``MlasGemm``'s ``QgemmU8S8KernelAvx2``, ``MlasConvSym``'s
-    ``ConvSymKernelAvx2``) sum each pair of consecutive ``(kh, kw, c)``
-    products into a saturating int16 (``vpmaddubsw``); ConvSym requires
-    ``Cin % 4 == 0`` (``convsym.cpp`` ``MlasConvSymPackWSize``), so its per-tap
-    packing pairs as the flattened im2col does.  A depthwise conv (one input
-    and one output channel per group) takes ``MlasConvSymDepthwise`` /
-    ``MlasConvDepthwise`` instead, exact on every ISA: its node carries
-    ``pairwise_int16 = False``.  s8s8 is exact on AVX2 too (no s8s8 ConvSym or
-    GEMM dispatch there; the op pairs only uint8 x int8).
-``QLinearMatMul`` (``quantize_linear_matmul.cc``)
-    ``scale[n] = (a_scale * b_scale[n]) / y_scale``, same requantization.
-``QGemm`` (``contrib_ops/cpu/quantization/quant_gemm.cc``)
-    ``scale[n] = ((alpha * a_scale) * b_scale[n]) / y_scale`` (note the order),
-    the int32 ``C`` is the accumulator's starting value, same requantization.
-``QLinearGlobalAveragePool`` (``core/mlas/lib/qlgavgpool.cpp``)
-    ``acc = sum(x) - z_x * HW`` in int32, ``scale = x_scale / (y_scale *
-    float(HW))`` in float32, then ``MlasRequantizeOutput``: intsim's ``mean``.
-``QLinearAveragePool`` (``contrib_ops/cpu/quantization/qlinear_pool.cc``)
-    a window over the whole image without padding falls back to the global
-    pool above; otherwise every code is dequantized in float32, each window
-    summed in float32 (rows, then columns), divided by the float32 count
-    (the kernel area with ``count_include_pad``, else the cells inside), and
-    quantized as ``nearbyint(mean / y_scale + z_y)`` (float32 division, zero
-    point added before rounding): intsim's ``avg_pool_float32``.
-``QLinearMul`` (``core/mlas/lib/qlmul.cpp``, the SSE2 kernel on x86-64)
-    ``ratio = s_a * s_b / s_c`` in float32; per element the exact int32
-    product ``(a - z_a)(b - z_b)`` in float32, times ``ratio``, plus
-    ``float(z_c)`` (two float32 roundings, no fused multiply-add), then
-    ``cvtps2dq`` ties to even and a saturating pack: intsim's ``mul_float32``.
-``QLinearLeakyRelu`` / ``QLinearSigmoid`` (``qlinear_lookup_table.cc``,
-``qlinear_activations.cc``)
-    a 256-entry table built in float32: ``v = x_scale * (x - z_x)``;
-    ``f(v)``; ``clamp(rint(f(v) / y_scale)) + z_y`` (``MlasQuantizeLinear``:
-    float32 division).  LeakyRelu is ``v >= 0 ? v : alpha * v``; Sigmoid is
-    ``MlasComputeLogistic`` (``core/mlas/lib/logistic.cpp``, the FMA3 kernel on
-    x86-64: Eigen's rational polynomial with fused multiply-adds), not
-    ``1 / (1 + exp(-v))``.  Both become intsim ``lut`` nodes with the very same table.
-``QLinearConcat`` (``qlinear_concat.cc``)
-    an input quantized unlike the output goes through the identity lookup
-    table above; here an intsim ``lut`` node, then ``concat`` with real
-    multiplier 1.
-``QLinearAdd`` (``contrib_ops/cpu/quantization/qlinear_binary_op.cc``,
-``core/mlas/lib/intrinsics/avx2/qladd_avx2.cpp``)
-    ``r_a = s_a / s_c``, ``r_b = s_b / s_c``,
-    ``F = float(z_c) - fma(r_a, z_a, r_b * z_b)`` in float32, then per element
-    ``rint(fma(a, r_a, fma(b, r_b, F)))`` on the raw codes, saturated by
-    ``packs``: the output zero point is added *before* rounding.  That is
-    intsim's ``add_float32_fma`` with the very same ``r_a``, ``r_b``, ``F``
-    (fused multiply-adds emulated exactly).  Where A is one value in every
-    span of the broadcast output (its innermost axis of size > 1 in the
-    output has size 1 in A), ``qlinear_binary_op.cc`` passes B as MLAS's
-    first operand, so A and B trade places in those formulas.  ``graph.metadata["inexact_nodes"]``
-    names any node whose lowering is not bit-exact; no op here needs it now.
-
 Layout: ONNX tensors are NCHW, intsim's spatial ops NHWC.  Every 4-D tensor
 is held NHWC inside; ``transpose`` nodes sit at the NCHW edges (after the
 graph input, before a 4-D graph output, before ``Flatten`` / ``Reshape`` of
@@ -88,6 +8,8 @@ ONNX code tensor to the intsim tensor holding it and the permutation
 (``intsim = onnx.transpose(perm)``, ``perm`` ``None`` for the same layout);
 ``graph.metadata["onnx_inputs"]`` / ``["onnx_outputs"]`` map the float graph
 inputs / outputs to the code tensors.
+
+The derivation in full, with the peer's source files: ``docs/peers.md``, *What onnxruntime computes, per QOperator op*.
 """
 
 from __future__ import annotations
