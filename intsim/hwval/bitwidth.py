@@ -8,18 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from intsim.errors import ValidationError
-from intsim.graph.ops import MAC_OPS
 from intsim.profiles import get_profile
 
-GOLDEN_FORMAT = "intsim-golden"
-GOLDEN_VERSION = 1
-MANIFEST = "manifest.json"
-ARRAY_DTYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64", "float16", "float32",
-                "float64")
-# Ops whose output goes through requantization and the clamp (the ops that call clamp_bounds).
-REQUANTIZING_OPS = MAC_OPS + ("rescale", "add", "mul", "concat", "mean", "softmax", "add_float32_fma")
-SHIFT_CONVENTION = "positive = left shift: real multiplier = multiplier * 2**(shift - multiplier_bits)"
-WEIGHT_LAYOUTS = {"conv2d": "OHWI", "fully_connected": "OI"}
 from intsim.hwval.sweep import text_columns, top1
 
 

@@ -7,6 +7,15 @@ statistics.  Layout is NHWC for every spatial op; conv weights OHWI, fully-conne
 """
 
 from intsim.graph.ops import elementwise, layout, mac, peers  # noqa: F401  (each module registers its ops)
-from intsim.graph.ops.base import MAC_OPS, Op, clamp_bounds, get_op, node_rounding, op_names, rescale_params
+from intsim.graph.ops.base import (
+    MAC_OPS,
+    REQUANTIZING_OPS,
+    Op,
+    clamp_bounds,
+    get_op,
+    node_rounding,
+    op_names,
+    rescale_params,
+)
 
-__all__ = ["MAC_OPS", "Op", "clamp_bounds", "get_op", "node_rounding", "op_names", "rescale_params"]
+__all__ = ["MAC_OPS", "REQUANTIZING_OPS", "Op", "clamp_bounds", "get_op", "node_rounding", "op_names", "rescale_params"]
