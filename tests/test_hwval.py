@@ -529,18 +529,18 @@ def test_compare_reports_accumulator_headroom(resnet):
 
 
 def test_readme_hardware_walkthrough(tmp_path, monkeypatch, capsys):
-    """The README's golden -> diff -> sweep commands run as written (the sweep on 64 of the images)."""
+    """The hardware-validation guide's (docs/hwval.md) golden -> diff -> sweep commands run as written (the sweep on 64 of the images)."""
     import re
     import shlex
     from pathlib import Path
 
     from intsim.cli import main
 
-    text = (Path(__file__).parent.parent / "README.md").read_text()
+    text = (Path(__file__).parent.parent / "docs" / "hwval.md").read_text()
     block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "intsim golden" in b)
     script, commands = re.match(r"python - <<'EOF'\n(.*?)\nEOF\n(.*)", block, re.S).groups()
     monkeypatch.chdir(tmp_path)
-    exec(compile(script, "README.md", "exec"), {})
+    exec(compile(script, "docs/hwval.md", "exec"), {})
     for name in ("data.npy", "labels.npy"):  # keep the test fast
         np.save(name, np.load(name)[:64])
     lines = [line for line in commands.replace("\\\n", " ").splitlines() if line.startswith("intsim ")]
