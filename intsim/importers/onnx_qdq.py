@@ -1,0 +1,512 @@
+"""Import a QDQ ONNX model (float ops between ``QuantizeLinear`` / ``DequantizeLinear``) as an intsim integer graph.
+
+``onnxruntime.quantization.quantize_static`` writes QDQ by default, and so do
+most other quantization tools: every quantized tensor is a ``QuantizeLinear``
+(Q) followed by a ``DequantizeLinear`` (DQ), weights are int8 initializers
+behind a DQ, biases int32 initializers behind a DQ, and the ops between are the
+float ONNX ops.  What a chip computes for such a model is not written in the
+file: it is what the runtime's graph optimizer makes of each ``DQ -> op -> Q``
+group.
+
+:func:`load_onnx_qdq` does what onnxruntime's CPU graph optimizer does with
+default session options (``docs/qdq.md`` lists the rules and the onnxruntime
+sources they come from): it rewrites the QDQ graph into the QOperator graph
+onnxruntime runs (:func:`qdq_to_qoperator`: ``QLinearConv``, ``QLinearMatMul``,
+``QGemm``, ``QLinearAdd`` ...; Q/DQ dropped around data-movement ops; a
+``Relu`` or ``Clip`` that the following Q makes redundant removed; int8
+activation Q/DQ pairs turned into uint8 ones), then lowers that graph with the
+QOperator importer (:mod:`intsim.importers.onnx_qop`), which already reproduces
+onnxruntime's QLinear kernels bit for bit.  Scales, zero points, weight codes
+and int32 biases are the file's; nothing is calibrated here.
+
+``graph.metadata["qdq"]`` records, per ONNX node of the QDQ file, how it ran:
+``"fused"`` (the QLinear op it became), ``"dropped"`` (a data-movement op on
+codes, a redundant Relu/Clip) or ``"float"`` (a float island; see
+:data:`FLOAT_ISLANDS_SUPPORTED`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from intsim.errors import ModelFormatError, UnsupportedOpError
+from intsim.graph import Graph, dtype_range
+from intsim.importers.onnx import _load
+from intsim.importers.onnx_qop import _HANDLERS as QOPERATOR_HANDLERS
+from intsim.importers.onnx_qop import load_onnx_qoperator
+
+Q, DQ = "QuantizeLinear", "DequantizeLinear"
+MS_DOMAIN = "com.microsoft"
+# Float islands (a DQ -> float op -> Q group onnxruntime leaves unfused) have no lowering yet: they
+# raise UnsupportedOpError naming the node.
+FLOAT_ISLANDS_SUPPORTED = False
+
+_FUSERS = {}
+
+
+def _fuses(*op_types):
+    def wrap(fn):
+        for op_type in op_types:
+            _FUSERS[op_type] = fn
+        return fn
+
+    return wrap
+
+
+def onnx_format(model) -> str:
+    """``"qoperator"``, ``"qdq"`` or ``"float"``: how an ONNX model is quantized.
+
+    QOperator when any node is a QLinear op or ``QGemm`` (those formats mix Q/DQ
+    only at the edges); QDQ when it has ``QuantizeLinear`` / ``DequantizeLinear``
+    nodes and no QLinear op; float otherwise.
+    """
+    op_types = {node.op_type for node in _load(model).graph.node}
+    if any(op in QOPERATOR_HANDLERS and op not in (Q, DQ) and (op.startswith("QLinear") or op == "QGemm")
+           for op in op_types):
+        return "qoperator"
+    if op_types & {Q, DQ}:
+        return "qdq"
+    return "float"
+
+
+def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
+    """Build the integer graph of a QDQ-format ONNX model, as onnxruntime's CPU provider runs it.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or onnx.ModelProto
+        A QDQ model (``quantize_static`` with ``quant_format=QuantFormat.QDQ``,
+        the default): uint8 or int8 activations, int8 weights, per-tensor or
+        per-channel scales, int32 biases.
+    profile : str, Path or Profile
+        ``"onnxruntime"`` or ``"onnxruntime_avx2"`` (see
+        :func:`intsim.importers.onnx_qop.load_onnx_qoperator`).
+
+    Returns
+    -------
+    Graph
+        The metadata of the QOperator importer (``onnx_tensors``,
+        ``onnx_inputs``, ``onnx_outputs``, keyed by the QDQ file's tensor
+        names) plus ``metadata["qdq"]``: per ONNX node, how it runs.
+
+    Raises
+    ------
+    UnsupportedOpError
+        A float island, a blocked (``block_size``) or 4-bit / 16-bit quantization
+        onnxruntime does not fuse, or an op with no lowering; names the node.
+    ModelFormatError
+        The file is not an ONNX model, or holds no Q/DQ nodes.
+    """
+    proto = _load(model)
+    fmt = onnx_format(proto)
+    if fmt != "qdq":
+        raise ModelFormatError(f"model {proto.graph.name!r}: expected a QDQ model (QuantizeLinear / "
+                               f"DequantizeLinear around float ops), found a {fmt} model")
+    rewritten, report = qdq_to_qoperator(proto)
+    floats = [name for name, how in report.items() if how == "float"]
+    if floats:
+        raise UnsupportedOpError(
+            f"model {proto.graph.name!r}: nodes {floats} stay float in onnxruntime (no QDQ fusion applies: see "
+            f"docs/qdq.md); float islands have no integer-graph lowering yet")
+    graph = load_onnx_qoperator(rewritten, profile)
+    graph.metadata["source"] = "onnx_qdq"
+    graph.metadata["qdq"] = report
+    return graph
+
+
+def qdq_to_qoperator(model) -> tuple[onnx.ModelProto, dict]:
+    """onnxruntime's QDQ fusions (default session options, CPU provider, x86-64) as an ONNX rewrite.
+
+    Returns the rewritten model (QOperator ops where onnxruntime fuses, the
+    original float ops with their Q/DQ where it does not) and a report: ONNX
+    node name -> ``"fused:<QLinear op>"``, ``"dropped"`` or ``"float"`` for every
+    node that is not a Q or DQ.  Tensor names of the QDQ file are kept.
+    """
+    return _Rewriter(_load(model)).run()
+
+
+class _Rewriter:
+    def __init__(self, model: onnx.ModelProto):
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(model)
+        graph = self.model.graph
+        for index, node in enumerate(graph.node):
+            if not node.name:
+                node.name = f"{node.op_type}_{index}"
+        self.opset = max((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        for node in graph.node:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
+                attr = node.attribute[0]
+                if attr.name == "value":
+                    self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
+        self.graph_inputs = {vi.name: vi for vi in graph.input}
+        self.graph_outputs = {vi.name for vi in graph.output}
+        self.new_initializers: list[TensorProto] = []
+        self.report: dict[str, str] = {}
+
+    # --- the graph's edges -------------------------------------------------
+    def index(self):
+        self.producer = {}
+        self.consumers = {}
+        for node in self.model.graph.node:
+            for name in node.output:
+                self.producer[name] = node
+            for name in node.input:
+                if name:
+                    self.consumers.setdefault(name, []).append(node)
+
+    def consumer_edges(self, name) -> list:
+        return self.consumers.get(name, [])
+
+    def is_graph_output(self, name) -> bool:
+        return name in self.graph_outputs
+
+    def dq_of(self, name):
+        node = self.producer.get(name)
+        return node if node is not None and node.op_type == DQ else None
+
+    def code_dtype(self, name) -> str:
+        """The element type of a code tensor (a DQ input or a Q output)."""
+        if name in self.constants:
+            return self.constants[name].dtype.name
+        node = self.producer.get(name)
+        if node is not None and node.op_type == Q:
+            return self.zero_point_dtype(node)
+        if name in self.graph_inputs:
+            return helper.tensor_dtype_to_np_dtype(self.graph_inputs[name].type.tensor_type.elem_type).name
+        return "?"
+
+    def zero_point_dtype(self, qnode) -> str:
+        if len(qnode.input) > 2 and qnode.input[2] in self.constants:
+            return self.constants[qnode.input[2]].dtype.name
+        for attr in qnode.attribute:
+            if attr.name == "output_dtype" and attr.i:
+                return helper.tensor_dtype_to_np_dtype(attr.i).name
+        return "uint8"
+
+    def scalar_params(self, qdq) -> tuple | None:
+        """``(scale, zero point)`` of a Q or DQ with constant scalar parameters, else ``None``."""
+        scale = self.constants.get(qdq.input[1])
+        zp = self.constants.get(qdq.input[2]) if len(qdq.input) > 2 and qdq.input[2] else np.zeros((), np.uint8)
+        if scale is None or zp is None or scale.size != 1 or zp.size != 1:
+            return None
+        return np.float32(scale.reshape(())), int(zp.reshape(()))
+
+    def check_blocked(self, qdq):
+        for attr in qdq.attribute:
+            if attr.name == "block_size" and attr.i:
+                raise UnsupportedOpError(f"{qdq.op_type} {qdq.name!r}: blocked quantization (block_size={attr.i}) "
+                                         f"has no integer lowering (onnxruntime runs it only as MatMulNBits)")
+
+    # --- onnxruntime's passes, in its order --------------------------------
+    def run(self) -> tuple[onnx.ModelProto, dict]:
+        graph = self.model.graph
+        for node in graph.node:
+            if node.op_type in (Q, DQ):
+                self.check_blocked(node)
+        self.index()
+        self.int8_pairs_to_uint8()
+        self.index()
+        self.redundant_relu_clip()
+        self.index()
+        replaced = {}
+        removed = set()
+        for node in list(graph.node):
+            if node.op_type in (Q, DQ, "Constant") or id(node) in removed:
+                continue
+            fuse = _FUSERS.get(node.op_type)
+            result = fuse(self, node) if fuse is not None else None
+            if result is None:
+                self.report.setdefault(node.name, "float")
+                continue
+            new_nodes, gone = result
+            replaced[id(node)] = new_nodes
+            removed.update(id(n) for n in gone)
+        kept = []
+        for node in graph.node:
+            if id(node) in removed:
+                continue
+            kept.extend(replaced.get(id(node), [node]))
+        del graph.node[:]
+        graph.node.extend(kept)
+        self.index()
+        self.drop_dead_dq()
+        graph.initializer.extend(self.new_initializers)
+        if any(node.domain == MS_DOMAIN for node in graph.node) and not any(
+                o.domain == MS_DOMAIN for o in self.model.opset_import):
+            self.model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+        return self.model, self.report
+
+    def int8_pairs_to_uint8(self):
+        """``QDQS8ToU8Transformer``: x86 runs no int8-activation QLinearConv / QLinearMatMul.
+
+        A Q -> DQ pair of int8 codes whose Q feeds that one DQ only, and whose
+        DQ feeds one input only (after ``EnsureUniqueDQForNodeUnit`` a DQ with
+        several readers is one DQ per reader, so its Q has several), becomes
+        uint8 with zero point + 128: every code moves by 128, every real value
+        stays.  A lone DQ of an int8 constant that feeds no Conv / MatMul / Gemm
+        moves to uint8 the same way.
+        """
+        graph = self.model.graph
+        for node in list(graph.node):
+            if node.op_type == Q:
+                readers = self.consumer_edges(node.output[0])
+                if len(readers) != 1 or self.is_graph_output(node.output[0]) or readers[0].op_type != DQ:
+                    continue
+                dq = readers[0]
+                if len(self.consumer_edges(dq.output[0])) + self.is_graph_output(dq.output[0]) > 1:
+                    continue
+                if self.zero_point_dtype(node) != "int8" or self.code_dtype(node.output[0]) != "int8":
+                    continue
+                qp, dqp = self.scalar_params(node), self.scalar_params(dq)
+                if qp is None or dqp is None or qp[1] != dqp[1]:
+                    continue
+                zp = self.uint8_zero_point(qp[1] + 128)
+                node.input[2] = zp
+                dq.input[2] = zp
+            elif node.op_type == DQ and node.input[0] in self.constants:
+                value = self.constants[node.input[0]]
+                readers = self.consumer_edges(node.output[0])
+                params = self.scalar_params(node)
+                if value.dtype != np.int8 or params is None or len(node.input) < 3:
+                    continue
+                if any(r.op_type in ("MatMul", "Conv", "Gemm") for r in readers):
+                    continue
+                node.input[0] = self.add_initializer(f"{node.input[0]}_u8", (value.astype(np.int16) + 128).astype(np.uint8))
+                node.input[2] = self.uint8_zero_point(params[1] + 128)
+
+    def uint8_zero_point(self, value) -> str:
+        return self.add_initializer(f"qdq_s8_to_u8_zp_{value}", np.array(value, np.uint8))
+
+    def add_initializer(self, base, value) -> str:
+        name = base
+        known = set(self.constants) | {t.name for t in self.new_initializers}
+        if name in known and name.startswith("qdq_s8_to_u8_zp_"):
+            return name
+        i = 1
+        while name in known:
+            name, i = f"{base}_{i}", i + 1
+        self.new_initializers.append(numpy_helper.from_array(value, name))
+        self.constants[name] = value
+        return name
+
+    def redundant_relu_clip(self):
+        """``ReluQuantFusion`` / ``ClipQuantFusion``: a Relu or Clip whose one reader is a Q whose
+        code range already lies inside the op's range is removed (the Q reads the op's input)."""
+        graph = self.model.graph
+        keep = []
+        for node in graph.node:
+            if node.op_type in ("Relu", "Clip") and self.clip_made_redundant_by_q(node):
+                (q,) = self.consumer_edges(node.output[0])
+                q.input[0] = node.input[0]
+                self.report[node.name] = "dropped"
+                continue
+            keep.append(node)
+        del graph.node[:]
+        graph.node.extend(keep)
+
+    def clip_made_redundant_by_q(self, node) -> bool:
+        readers = self.consumer_edges(node.output[0])
+        if len(readers) != 1 or readers[0].op_type != Q or self.is_graph_output(node.output[0]):
+            return False
+        params = self.scalar_params(readers[0])
+        if params is None:
+            return False
+        scale, zp = params
+        lo, hi = dtype_range(self.zero_point_dtype(readers[0]))
+        if node.op_type == "Relu":
+            return zp == lo
+        clip_lo, clip_hi = self.clip_bounds(node)
+        if clip_lo is None:
+            return False
+        # clip_quantizelinear.cc: the codes' real range [s (lo - zp), s (hi - zp)] must lie in [min, max].
+        return clip_lo <= np.float32(scale * np.float32(lo - zp)) and clip_hi >= np.float32(scale * np.float32(hi - zp))
+
+    def clip_bounds(self, node):
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        lo, hi = np.float32(attrs.get("min", -np.inf)), np.float32(attrs.get("max", np.inf))
+        for index, default in ((1, lo), (2, hi)):
+            if len(node.input) > index and node.input[index]:
+                if node.input[index] not in self.constants:
+                    return None, None
+                value = np.float32(self.constants[node.input[index]].reshape(()))
+                lo, hi = (value, hi) if index == 1 else (lo, value)
+        return lo, hi
+
+    def drop_dead_dq(self):
+        graph = self.model.graph
+        keep = [n for n in graph.node
+                if not (n.op_type == DQ and not self.consumer_edges(n.output[0]) and not self.is_graph_output(n.output[0]))]
+        del graph.node[:]
+        graph.node.extend(keep)
+
+    # --- node groups (qdq_selectors.cc) ------------------------------------
+    def group(self, node, n_dq=None, allow_no_q=False):
+        """``(dq_nodes, q_node, clip_node)`` of a ``DQ... -> node -> [Relu/Clip] -> Q`` group, else ``None``.
+
+        Every existing input (or the first ``n_dq``) comes from a DQ; the node's
+        one output is read by Q nodes only (one here) and is no graph output.
+        """
+        inputs = [name for name in node.input if name]
+        n_dq = len(inputs) if n_dq is None else n_dq
+        dqs = [self.dq_of(name) for name in inputs[:n_dq]]
+        if any(dq is None for dq in dqs):
+            return None
+        if len(node.output) != 1 or self.is_graph_output(node.output[0]):
+            return None
+        readers = self.consumer_edges(node.output[0])
+        if not readers and allow_no_q:
+            return dqs, None
+        if len(readers) != 1 or readers[0].op_type != Q:
+            return None
+        return dqs, readers[0]
+
+    def dtypes(self, dqs, q):
+        return [self.code_dtype(dq.input[0]) for dq in dqs], self.code_dtype(q.output[0])
+
+    def qlinear(self, op_type, node, inputs, q, attrs=None, domain=""):
+        """The QOperator node replacing ``node`` and its Q: output named like the Q's output."""
+        self.report[node.name] = f"fused:{op_type}"
+        return helper.make_node(op_type, inputs, [q.output[0]], name=node.name, domain=domain, **(attrs or {}))
+
+    def quant_inputs(self, qdq) -> list[str]:
+        """``[scale, zero point]`` of a Q or DQ (a zero zero-point of its type when absent)."""
+        if len(qdq.input) > 2 and qdq.input[2]:
+            return [qdq.input[1], qdq.input[2]]
+        dtype = self.code_dtype(qdq.input[0] if qdq.op_type == DQ else qdq.output[0])
+        zero = self.add_initializer(f"{qdq.name}_zero_point", np.zeros((), np.dtype(dtype if dtype != "?" else "uint8")))
+        return [qdq.input[1], zero]
+
+    def operand(self, dq) -> list[str]:
+        return [dq.input[0], *self.quant_inputs(dq)]
+
+    def attrs(self, node) -> dict:
+        return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+_EIGHT_BIT = ("uint8", "int8")
+
+
+@_fuses("Conv")
+def _fuse_conv(rw, node):
+    """``ConvSelector`` (int8 activations not allowed on x86) -> ``QLinearConv``."""
+    found = rw.group(node)
+    if found is None or len(found[0]) not in (2, 3):
+        return None
+    dqs, q = found
+    (x_type, w_type, *bias_type), y_type = rw.dtypes(dqs, q)
+    if x_type != y_type or x_type != "uint8" or w_type not in _EIGHT_BIT or bias_type not in ([], ["int32"]):
+        return None
+    inputs = rw.operand(dqs[0]) + rw.operand(dqs[1]) + rw.quant_inputs(q)
+    if len(dqs) == 3:
+        inputs.append(dqs[2].input[0])
+    return [rw.qlinear("QLinearConv", node, inputs, q, rw.attrs(node))], [q]
+
+
+@_fuses("MatMul")
+def _fuse_matmul(rw, node):
+    """``MatMulSelector`` with a Q (int8 activations not allowed on x86) -> ``QLinearMatMul``."""
+    found = rw.group(node)
+    if found is None or len(found[0]) != 2:
+        return None
+    dqs, q = found
+    (a_type, b_type), y_type = rw.dtypes(dqs, q)
+    if a_type != y_type or a_type != "uint8" or b_type not in _EIGHT_BIT:
+        return None
+    inputs = rw.operand(dqs[0]) + rw.operand(dqs[1]) + rw.quant_inputs(q)
+    return [rw.qlinear("QLinearMatMul", node, inputs, q)], [q]
+
+
+@_fuses("Gemm")
+def _fuse_gemm(rw, node):
+    """``GemmSelector`` (int8 A allowed when B is int8 too; beta 1 with an int32 bias) -> ``QGemm``."""
+    found = rw.group(node)
+    if found is None or len(found[0]) not in (2, 3):
+        return None
+    dqs, q = found
+    (a_type, b_type, *bias_type), y_type = rw.dtypes(dqs, q)
+    attrs = rw.attrs(node)
+    if a_type not in _EIGHT_BIT or a_type != y_type or (a_type == "int8" and b_type != "int8"):
+        return None
+    if b_type not in _EIGHT_BIT or (bias_type and (bias_type != ["int32"] or attrs.get("beta", 1.0) != 1.0)):
+        return None
+    bias = [dqs[2].input[0]] if len(dqs) == 3 else [""]
+    inputs = rw.operand(dqs[0]) + rw.operand(dqs[1]) + bias + rw.quant_inputs(q)
+    keep = {k: v for k, v in attrs.items() if k in ("alpha", "transA", "transB")}
+    return [rw.qlinear("QGemm", node, inputs, q, keep, MS_DOMAIN)], [q]
+
+
+@_fuses("Add", "Mul")
+def _fuse_binary(rw, node):
+    """``BinarySelector``: two DQs, one Q, one 8-bit type throughout -> ``QLinearAdd`` / ``QLinearMul``."""
+    found = rw.group(node)
+    if found is None or len(found[0]) != 2:
+        return None
+    dqs, q = found
+    (a_type, b_type), y_type = rw.dtypes(dqs, q)
+    if not a_type == b_type == y_type or a_type not in _EIGHT_BIT:
+        return None
+    inputs = rw.operand(dqs[0]) + rw.operand(dqs[1]) + rw.quant_inputs(q)
+    return [rw.qlinear(f"QLinear{node.op_type}", node, inputs, q, domain=MS_DOMAIN)], [q]
+
+
+@_fuses("Concat")
+def _fuse_concat(rw, node):
+    """``InputVariadicSelector``: every input a DQ, one Q, one 8-bit type -> ``QLinearConcat``."""
+    found = rw.group(node)
+    if found is None:
+        return None
+    dqs, q = found
+    in_types, y_type = rw.dtypes(dqs, q)
+    if set(in_types) != {y_type} or y_type not in _EIGHT_BIT:
+        return None
+    inputs = rw.quant_inputs(q)
+    for dq in dqs:
+        inputs += rw.operand(dq)
+    return [rw.qlinear("QLinearConcat", node, inputs, q, {"axis": rw.attrs(node)["axis"]}, MS_DOMAIN)], [q]
+
+
+_UNARY = {"AveragePool": "QLinearAveragePool", "GlobalAveragePool": "QLinearGlobalAveragePool",
+          "LeakyRelu": "QLinearLeakyRelu", "Sigmoid": "QLinearSigmoid"}
+
+
+@_fuses(*_UNARY)
+def _fuse_unary(rw, node):
+    """``UnarySelector``: one DQ, one Q, the same 8-bit type -> the ``com.microsoft`` QLinear op."""
+    found = rw.group(node)
+    if found is None or len(found[0]) != 1:
+        return None
+    dqs, q = found
+    (x_type,), y_type = rw.dtypes(dqs, q)
+    if x_type != y_type or x_type not in _EIGHT_BIT:
+        return None
+    inputs = rw.operand(dqs[0]) + rw.quant_inputs(q)
+    return [rw.qlinear(_UNARY[node.op_type], node, inputs, q, rw.attrs(node), MS_DOMAIN)], [q]
+
+
+_DROP_QDQ = ("Flatten", "Reshape", "Squeeze", "Transpose", "Unsqueeze")
+
+
+@_fuses("MaxPool", *_DROP_QDQ)
+def _drop_qdq(rw, node):
+    """``DropQDQNodesSelector``: DQ -> op -> Q with equal scalar parameters on both sides: the op
+    moves codes (MaxPool from opset 12, 8-bit codes, positive scale)."""
+    found = rw.group(node, n_dq=1)
+    if found is None:
+        return None
+    (dq,), q = found
+    (x_type,), y_type = rw.dtypes([dq], q)
+    dq_params, q_params = rw.scalar_params(dq), rw.scalar_params(q)
+    if x_type != y_type or dq_params is None or dq_params != q_params:
+        return None
+    if node.op_type == "MaxPool" and (rw.opset < 12 or x_type not in _EIGHT_BIT or not dq_params[0] > 0):
+        return None
+    moved = onnx.NodeProto()
+    moved.CopyFrom(node)
+    moved.input[0] = dq.input[0]
+    moved.output[0] = q.output[0]
+    rw.report[node.name] = "dropped"
+    return [moved], [q]
