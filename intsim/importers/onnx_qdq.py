@@ -22,10 +22,12 @@ and int32 biases are the file's; nothing is calibrated here.
 ``graph.metadata["qdq"]`` records, per ONNX node of the QDQ file, how it ran:
 ``"fused"`` (the QLinear op it became), ``"dropped"`` (a data-movement op on
 codes, a redundant Relu/Clip) or ``"float"`` (a float island; see
-:data:`FLOAT_ISLANDS_SUPPORTED`).
+:data:`ISLANDS`), or ``"unsupported"`` (a float op with no lowering: the import fails).
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -35,13 +37,10 @@ from intsim.errors import ModelFormatError, UnsupportedOpError
 from intsim.graph import Graph, dtype_range
 from intsim.importers.onnx import _load
 from intsim.importers.onnx_qop import _HANDLERS as QOPERATOR_HANDLERS
-from intsim.importers.onnx_qop import load_onnx_qoperator
+from intsim.importers.onnx_qop import TO_NHWC, _binary_operands, _handles, _window_attrs, load_onnx_qoperator
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 MS_DOMAIN = "com.microsoft"
-# Float islands (a DQ -> float op -> Q group onnxruntime leaves unfused) have no lowering yet: they
-# raise UnsupportedOpError naming the node.
-FLOAT_ISLANDS_SUPPORTED = False
 
 _FUSERS = {}
 
@@ -105,11 +104,11 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
         raise ModelFormatError(f"model {proto.graph.name!r}: expected a QDQ model (QuantizeLinear / "
                                f"DequantizeLinear around float ops), found a {fmt} model")
     rewritten, report = qdq_to_qoperator(proto)
-    floats = [name for name, how in report.items() if how == "float"]
-    if floats:
+    unsupported = [name for name, how in report.items() if how == "unsupported"]
+    if unsupported:
         raise UnsupportedOpError(
-            f"model {proto.graph.name!r}: nodes {floats} stay float in onnxruntime (no QDQ fusion applies: see "
-            f"docs/qdq.md); float islands have no integer-graph lowering yet")
+            f"model {proto.graph.name!r}: nodes {unsupported} stay float in onnxruntime (no QDQ fusion applies, see "
+            f"docs/qdq.md) and are not a float island intsim lowers (a Conv or Add between DQs and one Q)")
     graph = load_onnx_qoperator(rewritten, profile)
     graph.metadata["source"] = "onnx_qdq"
     graph.metadata["qdq"] = report
@@ -217,10 +216,12 @@ class _Rewriter:
         for node in list(graph.node):
             if node.op_type in (Q, DQ, "Constant") or id(node) in removed:
                 continue
-            fuse = _FUSERS.get(node.op_type)
-            result = fuse(self, node) if fuse is not None else None
+            result = None
+            for rules in (_FUSERS, ISLANDS):
+                if result is None and node.op_type in rules:
+                    result = rules[node.op_type](self, node)
             if result is None:
-                self.report.setdefault(node.name, "float")
+                self.report.setdefault(node.name, "unsupported")
                 continue
             new_nodes, gone = result
             replaced[id(node)] = new_nodes
@@ -510,3 +511,80 @@ def _drop_qdq(rw, node):
     moved.output[0] = q.output[0]
     rw.report[node.name] = "dropped"
     return [moved], [q]
+
+
+# --------------------------------------------------------------------------
+# Float islands: a DQ -> Conv / Add -> Q group onnxruntime leaves unfused.
+# --------------------------------------------------------------------------
+
+ISLAND_DOMAIN = "intsim.qdq"
+
+
+def _island(rw, node):
+    """``DQ... -> node -> Q`` with every input a DQ (constants included): the node as a float island
+    (an ``intsim.qdq`` node with QLinear-style inputs), else ``None``."""
+    found = rw.group(node)
+    if found is None:
+        return None
+    dqs, q = found
+    for dq in dqs:
+        per_channel = rw.scalar_params(dq) is None
+        if per_channel and (dq.input[0] not in rw.constants or rw.attrs(dq).get("axis", 1) not in (0, -rw.constants[
+                dq.input[0]].ndim)):
+            return None
+    inputs = rw.quant_inputs(q)
+    for dq in dqs:
+        inputs += rw.operand(dq)
+    rw.report[node.name] = "float"
+    island = helper.make_node(f"Float{node.op_type}", inputs, [q.output[0]], name=node.name, domain=ISLAND_DOMAIN,
+                              **rw.attrs(node))
+    return [island], [q]
+
+
+ISLANDS = {"Conv": _island, "Add": _island}
+
+
+def _dequantize_per_channel(imp, node, index, channels) -> np.ndarray:
+    """``DequantizeLinear`` of the constant at input ``index`` (scale, zero point follow it), per tensor or
+    per leading axis: ``float32(q - z) * s``, as ``[channels, -1]`` float32."""
+    codes = imp.const(node, index, "constant").astype(np.int64).reshape(channels, -1)
+    scale = np.broadcast_to(np.float32(imp.const(node, index + 1, "scale")).reshape(-1, 1), (channels, 1))
+    zero_point = np.broadcast_to(np.asarray(imp.const(node, index + 2, "zero point")).reshape(-1, 1), (channels, 1))
+    return (codes - zero_point.astype(np.int64)).astype(np.float32) * scale
+
+
+@_handles("FloatConv")
+def _float_conv(imp, node):
+    """``Q(Conv(DQ(x), DQ(w), DQ(b)))`` in float32: :class:`intsim.ops_float_island.Conv2DFloat32`."""
+    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
+    x = imp.nhwc(node, 2)
+    x_scale, _, _ = imp.quant(node, 3, 4, "input")
+    w = imp.const(node, 5, "weight")
+    cout = w.shape[0]
+    weight = _dequantize_per_channel(imp, node, 5, cout).reshape(w.shape)
+    bias = np.zeros(cout, np.float32)
+    if len(node.input) > 8 and node.input[8]:
+        bias = _dequantize_per_channel(imp, node, 8, cout).reshape(cout)
+    window = _window_attrs(imp, node, w.shape[2:])
+    attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
+             "groups": int(imp.attrs(node).get("group", 1))}
+    params = {"weight": np.ascontiguousarray(weight.transpose(0, 2, 3, 1), np.float32),
+              "bias": bias.astype(np.float32), "x_scale": np.array([x_scale], np.float32),
+              "y_scale": np.array([y_scale], np.float32)}
+    out = node.output[0]
+    imp.emit("conv2d_float32", node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
+
+
+@_handles("FloatAdd")
+def _float_add(imp, node):
+    """``Q(DQ(a) + DQ(b))`` in float32: :class:`intsim.ops_float_island.AddFloat32`."""
+    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
+    shifted = SimpleNamespace(input=list(node.input[2:]), name=node.name, op_type=node.op_type,
+                              attribute=node.attribute)
+    a_scale, _, _ = imp.quant(shifted, 1, 2, "A")
+    b_scale, _, _ = imp.quant(shifted, 4, 5, "B")
+    a, b, perm = _binary_operands(imp, shifted)
+    params = {"a_scale": np.array([a_scale], np.float32), "b_scale": np.array([b_scale], np.float32),
+              "y_scale": np.array([y_scale], np.float32)}
+    out = node.output[0]
+    imp.emit("add_float32", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm)

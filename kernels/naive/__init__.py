@@ -24,14 +24,17 @@ from intsim.kernels.naive.gemm import (
     matmul_requantized,
 )
 from intsim.kernels.naive.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
+from intsim.kernels.naive.float_island import add_float32, conv2d_float32_nhwc
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
+    "add_float32",
     "add_float32_fma",
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
+    "conv2d_float32_nhwc",
     "conv2d_nhwc_acc",
     "conv2d_nhwc_launcher",
     "conv2d_nhwc_prepare",

@@ -1,0 +1,135 @@
+"""Float islands: the ``DQ -> float op -> Q`` groups onnxruntime leaves unfused, computed as it computes them.
+
+Codes in, codes out.  ``DequantizeLinear`` is ``float32(x - z) * s`` (one
+float32 rounding), ``QuantizeLinear`` is ``clamp(rint(y / s), min - z, max - z) + z``
+with a float32 division (``MlasQuantizeLinear``).  Each public function
+allocates its output and calls a private numba core; inputs are trusted.  The
+naive twins live in :mod:`intsim.kernels.naive_float_island`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from intsim.fixedpoint import FLOAT32_RINT, saturating_round_float
+
+
+@njit(cache=True)
+def _quantize_float32(value, y_scale, y_zero_point, clamp_min, clamp_max):
+    """``(code, saturated)`` of one float32 value: MlasQuantizeLinear."""
+    rounded = saturating_round_float(np.float32(value / y_scale), FLOAT32_RINT) + y_zero_point
+    clamped = min(max(rounded, clamp_min), clamp_max)
+    return clamped, clamped != rounded
+
+
+@njit(cache=True)
+def _add_float32_core(a, a_zero_point, a_scale, b, b_zero_point, b_scale, y_scale, y_zero_point, clamp_min,
+                      clamp_max, out):
+    saturated = 0
+    for i in range(a.size):
+        real_a = np.float32(np.float32(np.int64(a[i]) - a_zero_point) * a_scale)
+        real_b = np.float32(np.float32(np.int64(b[i]) - b_zero_point) * b_scale)
+        out[i], clipped = _quantize_float32(np.float32(real_a + real_b), y_scale, y_zero_point, clamp_min, clamp_max)
+        saturated += clipped
+    return saturated
+
+
+def add_float32(a, a_zero_point, a_scale, b, b_zero_point, b_scale, y_scale, y_zero_point, clamp_min, clamp_max,
+                out_dtype):
+    """A float ``Add`` between DQs and a Q: dequantize both, add in float32, quantize.
+
+    Every step is one correctly rounded float32 operation, so onnxruntime's
+    result is reproduced exactly (no summation order to choose).
+
+    Parameters
+    ----------
+    a, b : integer code arrays of the same shape
+    a_zero_point, b_zero_point, y_zero_point : int
+    a_scale, b_scale, y_scale : float32
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array of ``out_dtype``
+    saturation_count : int
+    """
+    out = np.empty(a.shape, out_dtype)
+    saturated = _add_float32_core(a.reshape(-1), int(a_zero_point), np.float32(a_scale), b.reshape(-1),
+                                  int(b_zero_point), np.float32(b_scale), np.float32(y_scale), int(y_zero_point),
+                                  int(clamp_min), int(clamp_max), out.reshape(-1))
+    return out, int(saturated)
+
+
+@njit(cache=True)
+def _conv2d_float32_core(x, x_zero_point, x_scale, weight, bias, sh, sw, dh, dw, top, left, groups, y_scale,
+                         y_zero_point, clamp_min, clamp_max, out):
+    n_batch, height, width, _ = x.shape
+    cout, kernel_h, kernel_w, cin_g = weight.shape
+    cout_g = cout // groups
+    out_h, out_w = out.shape[1], out.shape[2]
+    saturated = 0
+    for n in range(n_batch):
+        for oh in range(out_h):
+            for ow in range(out_w):
+                for o in range(cout):
+                    c0 = (o // cout_g) * cin_g
+                    total = np.float64(0.0)
+                    for kh in range(kernel_h):
+                        h = oh * sh - top + kh * dh
+                        if h < 0 or h >= height:
+                            continue
+                        for kw in range(kernel_w):
+                            w = ow * sw - left + kw * dw
+                            if w < 0 or w >= width:
+                                continue
+                            for c in range(cin_g):
+                                real = np.float32(np.float32(np.int64(x[n, h, w, c0 + c]) - x_zero_point) * x_scale)
+                                total += np.float64(real) * np.float64(weight[o, kh, kw, c])
+                    value = np.float32(np.float32(total) + bias[o])
+                    out[n, oh, ow, o], clipped = _quantize_float32(value, y_scale, y_zero_point, clamp_min,
+                                                                   clamp_max)
+                    saturated += clipped
+    return saturated
+
+
+def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilations, pads, groups, y_scale,
+                        y_zero_point, clamp_min, clamp_max, out_dtype):
+    """A float ``Conv`` between DQs and a Q (NHWC codes in and out, dequantized float32 OHWI weights).
+
+    onnxruntime runs it with MLAS's float32 kernels, whose summation order
+    (blocked, fused multiply-adds) is not modelled: the products of the
+    dequantized float32 input and weight (exact in float64) are summed in
+    float64 in ``(kh, kw, c)`` order, rounded once to float32, the float32 bias
+    added, and the sum quantized.  A code differs from onnxruntime's only where
+    the two float32 sums straddle a rounding boundary of the quantization.
+
+    Parameters
+    ----------
+    x : integer code array [N, H, W, C]
+    x_zero_point, y_zero_point : int
+    x_scale, y_scale : float32
+    weight : float32 array [O, KH, KW, C / groups]
+    bias : float32 array [O]
+    strides, dilations : (int, int)
+    pads : (top, left, bottom, right)
+    groups : int
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array [N, OH, OW, O] of ``out_dtype``
+    saturation_count : int
+    """
+    (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilations, pads
+    _, height, width, _ = x.shape
+    cout, kernel_h, kernel_w, _ = weight.shape
+    out_h = (height + top + bottom - dh * (kernel_h - 1) - 1) // sh + 1
+    out_w = (width + left + right - dw * (kernel_w - 1) - 1) // sw + 1
+    out = np.empty((x.shape[0], out_h, out_w, cout), out_dtype)
+    saturated = _conv2d_float32_core(x, int(x_zero_point), np.float32(x_scale), weight, bias, sh, sw, dh, dw, top,
+                                     left, int(groups), np.float32(y_scale), int(y_zero_point), int(clamp_min),
+                                     int(clamp_max), out)
+    return out, int(saturated)

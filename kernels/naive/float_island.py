@@ -1,0 +1,52 @@
+"""Naive twins of :mod:`intsim.kernels.float_island`: same names and signatures, plain Python."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from intsim.fixedpoint import FLOAT32_RINT, saturating_round_float
+
+
+def _dequantize(code, zero_point, scale) -> np.float32:
+    return np.float32(np.float32(int(code) - int(zero_point)) * np.float32(scale))
+
+
+def _quantize(value, y_scale, y_zero_point, clamp_min, clamp_max) -> tuple[int, bool]:
+    rounded = int(saturating_round_float(np.float32(np.float32(value) / np.float32(y_scale)), FLOAT32_RINT))
+    rounded += int(y_zero_point)
+    clamped = min(max(rounded, clamp_min), clamp_max)
+    return clamped, clamped != rounded
+
+
+def add_float32(a, a_zero_point, a_scale, b, b_zero_point, b_scale, y_scale, y_zero_point, clamp_min, clamp_max,
+                out_dtype):
+    out = np.empty(a.shape, out_dtype)
+    saturated = 0
+    for index in np.ndindex(a.shape):
+        total = _dequantize(a[index], a_zero_point, a_scale) + _dequantize(b[index], b_zero_point, b_scale)
+        out[index], clipped = _quantize(total, y_scale, y_zero_point, clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated
+
+
+def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilations, pads, groups, y_scale,
+                        y_zero_point, clamp_min, clamp_max, out_dtype):
+    (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilations, pads
+    n_batch, height, width, _ = x.shape
+    cout, kernel_h, kernel_w, cin_g = weight.shape
+    out_h = (height + top + bottom - dh * (kernel_h - 1) - 1) // sh + 1
+    out_w = (width + left + right - dw * (kernel_w - 1) - 1) // sw + 1
+    out = np.empty((n_batch, out_h, out_w, cout), out_dtype)
+    saturated = 0
+    for n, oh, ow, o in np.ndindex(out.shape):
+        first_channel = (o // (cout // groups)) * cin_g
+        total = 0.0  # a Python float: float64
+        for kh, kw, c in np.ndindex(kernel_h, kernel_w, cin_g):
+            h, w = oh * sh - top + kh * dh, ow * sw - left + kw * dw
+            if 0 <= h < height and 0 <= w < width:
+                total += float(_dequantize(x[n, h, w, first_channel + c], x_zero_point, x_scale)) * float(
+                    weight[o, kh, kw, c])
+        value = np.float32(np.float32(total) + np.float32(bias[o]))
+        out[n, oh, ow, o], clipped = _quantize(value, y_scale, y_zero_point, clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated
