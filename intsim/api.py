@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from intsim.converter.lowering import convert
+from intsim.errors import ValidationError
 from intsim.graph.fileformat import load_graph, save_graph
 from intsim.hwval.golden import export_golden as _export_golden
 from intsim.importers.tflite import load_tflite
@@ -19,10 +20,19 @@ from intsim.runtime import Model
 __all__ = ["compare", "convert", "export_golden", "export_tosa", "load", "save"]
 
 
-def load(path, backend: str = "fast") -> Model:
-    """Load a model file as a :class:`~intsim.runtime.Model`: an ``.intsim`` file, or an int8
+def load(path, backend: str = "fast", profile=None) -> Model:
+    """Load a model file as a :class:`~intsim.runtime.Model`: an ``.intsim`` file, an int8
     ``.tflite`` flatbuffer, float edges allowed (read into an integer graph with the ``tflite``
-    profile)."""
+    profile), or a quantized ONNX model (a path ending in ``.onnx`` or an ``onnx.ModelProto``): QDQ or
+    QOperator, detected from its nodes (:func:`intsim.importers.onnx_qdq.onnx_format`) and read with
+    ``profile`` (default ``"onnxruntime"``).  A float ONNX model raises
+    :class:`~intsim.errors.ModelFormatError` (quantize it with :func:`convert`)."""
+    if not isinstance(path, (str, Path)) or Path(path).suffix.lower() == ".onnx":
+        from intsim.importers.onnx_qdq import load_onnx
+
+        return Model(load_onnx(path, profile), backend)
+    if profile is not None:
+        raise ValidationError(f"{path}: profile= applies to ONNX models; an .intsim or .tflite file fixes its own")
     if Path(path).suffix.lower() == ".tflite":
         return Model(load_tflite(path), backend)
     return Model(load_graph(path), backend)

@@ -35,8 +35,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from intsim.errors import ModelFormatError, UnsupportedOpError
 from intsim.graph import Graph, dtype_range
+from intsim.profiles import get_profile
 from intsim.importers.onnx import _load
 from intsim.importers.onnx_qop import _HANDLERS as QOPERATOR_HANDLERS
+from intsim.importers.onnx_retarget import retarget
 from intsim.importers.onnx_qop import TO_NHWC, _binary_operands, _handles, _window_attrs, load_onnx_qoperator
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
@@ -70,6 +72,24 @@ def onnx_format(model) -> str:
     return "float"
 
 
+def load_onnx(model, profile=None) -> Graph:
+    """The integer graph of a quantized ONNX model, QDQ or QOperator (:func:`onnx_format` decides).
+
+    ``profile`` defaults to ``"onnxruntime"``.  A float model raises
+    :class:`~intsim.errors.ModelFormatError` pointing to :func:`intsim.convert`.
+    """
+    proto = _load(model)
+    fmt = onnx_format(proto)
+    if fmt == "float":
+        raise ModelFormatError(f"model {proto.graph.name!r}: a float ONNX model (no QuantizeLinear, "
+                               f"DequantizeLinear or QLinear op); quantize it with intsim.convert(model, ...)")
+    profile = "onnxruntime" if profile is None else profile
+    if fmt == "qdq":
+        return load_onnx_qdq(proto, profile)
+    graph = load_onnx_qoperator(proto, _onnxruntime_profile(profile))
+    return graph if graph.profile == get_profile(profile) else retarget(graph, profile)
+
+
 def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
     """Build the integer graph of a QDQ-format ONNX model, as onnxruntime's CPU provider runs it.
 
@@ -81,7 +101,9 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
         per-channel scales, int32 biases.
     profile : str, Path or Profile
         ``"onnxruntime"`` or ``"onnxruntime_avx2"`` (see
-        :func:`intsim.importers.onnx_qop.load_onnx_qoperator`).
+        :func:`intsim.importers.onnx_qop.load_onnx_qoperator`) reproduce
+        onnxruntime; any other profile runs the same scales and zero points with
+        that chip's arithmetic (:func:`intsim.importers.onnx_retarget.retarget`).
 
     Returns
     -------
@@ -103,31 +125,43 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
     if fmt != "qdq":
         raise ModelFormatError(f"model {proto.graph.name!r}: expected a QDQ model (QuantizeLinear / "
                                f"DequantizeLinear around float ops), found a {fmt} model")
-    rewritten, report = qdq_to_qoperator(proto)
+    onnxruntime_profile = _onnxruntime_profile(profile)
+    # A chip profile fuses every group onnxruntime would fuse where int8 activations are allowed (ARM).
+    rewritten, report = qdq_to_qoperator(proto, int8_allowed=onnxruntime_profile != profile)
     unsupported = [name for name, how in report.items() if how == "unsupported"]
     if unsupported:
         raise UnsupportedOpError(
             f"model {proto.graph.name!r}: nodes {unsupported} stay float in onnxruntime (no QDQ fusion applies, see "
             f"docs/qdq.md) and are not a float island intsim lowers (a Conv or Add between DQs and one Q)")
-    graph = load_onnx_qoperator(rewritten, profile)
+    graph = load_onnx_qoperator(rewritten, onnxruntime_profile)
     graph.metadata["source"] = "onnx_qdq"
     graph.metadata["qdq"] = report
-    return graph
+    return graph if graph.profile == get_profile(profile) else retarget(graph, profile)
 
 
-def qdq_to_qoperator(model) -> tuple[onnx.ModelProto, dict]:
+def _onnxruntime_profile(profile):
+    """``profile`` itself when it models onnxruntime's requantization, else ``"onnxruntime"`` (then retargeted)."""
+    return profile if get_profile(profile).rounding == "float32_rint" else "onnxruntime"
+
+
+def qdq_to_qoperator(model, int8_allowed: bool = False) -> tuple[onnx.ModelProto, dict]:
     """onnxruntime's QDQ fusions (default session options, CPU provider, x86-64) as an ONNX rewrite.
+
+    ``int8_allowed`` models onnxruntime where ``QDQIsInt8Allowed()`` holds (ARM):
+    no int8-to-uint8 conversion, int8 activations fuse into ``QLinearConv`` /
+    ``QLinearMatMul`` with int8 weights.
 
     Returns the rewritten model (QOperator ops where onnxruntime fuses, the
     original float ops with their Q/DQ where it does not) and a report: ONNX
     node name -> ``"fused:<QLinear op>"``, ``"dropped"`` or ``"float"`` for every
     node that is not a Q or DQ.  Tensor names of the QDQ file are kept.
     """
-    return _Rewriter(_load(model)).run()
+    return _Rewriter(_load(model), int8_allowed).run()
 
 
 class _Rewriter:
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, int8_allowed: bool):
+        self.int8_allowed = int8_allowed
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         graph = self.model.graph
@@ -207,8 +241,9 @@ class _Rewriter:
             if node.op_type in (Q, DQ):
                 self.check_blocked(node)
         self.index()
-        self.int8_pairs_to_uint8()
-        self.index()
+        if not self.int8_allowed:
+            self.int8_pairs_to_uint8()
+            self.index()
         self.redundant_relu_clip()
         self.index()
         replaced = {}
@@ -384,6 +419,13 @@ class _Rewriter:
     def operand(self, dq) -> list[str]:
         return [dq.input[0], *self.quant_inputs(dq)]
 
+    def activation_allowed(self, x_type, w_type) -> bool:
+        """``ConvSelector`` / ``MatMulSelector``: uint8 activations with 8-bit weights; int8 ones only
+        with int8 weights and where int8 is allowed."""
+        if x_type == "int8":
+            return self.int8_allowed and w_type == "int8"
+        return x_type == "uint8" and w_type in _EIGHT_BIT
+
     def attrs(self, node) -> dict:
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
@@ -399,7 +441,7 @@ def _fuse_conv(rw, node):
         return None
     dqs, q = found
     (x_type, w_type, *bias_type), y_type = rw.dtypes(dqs, q)
-    if x_type != y_type or x_type != "uint8" or w_type not in _EIGHT_BIT or bias_type not in ([], ["int32"]):
+    if x_type != y_type or not rw.activation_allowed(x_type, w_type) or bias_type not in ([], ["int32"]):
         return None
     inputs = rw.operand(dqs[0]) + rw.operand(dqs[1]) + rw.quant_inputs(q)
     if len(dqs) == 3:
@@ -415,7 +457,7 @@ def _fuse_matmul(rw, node):
         return None
     dqs, q = found
     (a_type, b_type), y_type = rw.dtypes(dqs, q)
-    if a_type != y_type or a_type != "uint8" or b_type not in _EIGHT_BIT:
+    if a_type != y_type or not rw.activation_allowed(a_type, b_type):
         return None
     inputs = rw.operand(dqs[0]) + rw.operand(dqs[1]) + rw.quant_inputs(q)
     return [rw.qlinear("QLinearMatMul", node, inputs, q)], [q]
