@@ -39,7 +39,15 @@ from intsim.profiles import get_profile
 from intsim.importers.onnx import _load
 from intsim.importers.onnx_qop import _HANDLERS as QOPERATOR_HANDLERS
 from intsim.importers.onnx_retarget import retarget
-from intsim.importers.onnx_qop import TO_NHWC, _binary_operands, _handles, _window_attrs, load_onnx_qoperator
+from intsim.importers.onnx_qop import (
+    TO_NHWC,
+    _binary_operands,
+    _handles,
+    _max_pool,
+    _window_attrs,
+    load_onnx_qoperator,
+    ort_lookup_table,
+)
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 MS_DOMAIN = "com.microsoft"
@@ -126,6 +134,8 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
         raise ModelFormatError(f"model {proto.graph.name!r}: expected a QDQ model (QuantizeLinear / "
                                f"DequantizeLinear around float ops), found a {fmt} model")
     onnxruntime_profile = _onnxruntime_profile(profile)
+    if onnxruntime_profile != profile:
+        _check_activation_bits(proto, get_profile(profile))
     # A chip profile fuses every group onnxruntime would fuse where int8 activations are allowed (ARM).
     rewritten, report = qdq_to_qoperator(proto, int8_allowed=onnxruntime_profile != profile)
     unsupported = [name for name, how in report.items() if how == "unsupported"]
@@ -137,6 +147,18 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
     graph.metadata["source"] = "onnx_qdq"
     graph.metadata["qdq"] = report
     return graph if graph.profile == get_profile(profile) else retarget(graph, profile)
+
+
+def _check_activation_bits(model, profile):
+    """Every Q's codes fit the profile's ``activation_bits``, else an error naming the Q node."""
+    rewriter = _Rewriter(model, int8_allowed=True)
+    rewriter.index()
+    for node in rewriter.model.graph.node:
+        if node.op_type == Q:
+            dtype = rewriter.zero_point_dtype(node)
+            if np.dtype(dtype).itemsize * 8 > profile.activation_bits:
+                raise UnsupportedOpError(f"QuantizeLinear {node.name!r}: tensor {node.output[0]!r} holds {dtype} codes, "
+                                         f"profile {profile.name!r} has {profile.activation_bits}-bit activations")
 
 
 def _onnxruntime_profile(profile):
@@ -583,7 +605,7 @@ def _island(rw, node):
     return [island], [q]
 
 
-ISLANDS = {"Conv": _island, "Add": _island}
+ISLANDS = {"Conv": _island, "Add": _island, "MaxPool": _island}
 
 
 def _dequantize_per_channel(imp, node, index, channels) -> np.ndarray:
@@ -630,3 +652,20 @@ def _float_add(imp, node):
               "y_scale": np.array([y_scale], np.float32)}
     out = node.output[0]
     imp.emit("add_float32", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm)
+
+
+@_handles("FloatMaxPool")
+def _float_max_pool(imp, node):
+    """``Q(MaxPool(DQ(x)))`` with a positive input scale: dequantizing is increasing, so the float maximum
+    is the dequantized maximum code; MaxPool on codes, then ``Q(DQ(.))`` as a table (float32, exact)."""
+    y_q = imp.quant(node, 0, 1, "output")
+    x_q = imp.quant(node, 3, 4, "input")
+    if not x_q[0] > 0:
+        raise UnsupportedOpError(f"{imp.where(node)}: input scale {x_q[0]} must be > 0")
+    pooled = imp.unique(f"{node.output[0]}/max_codes")
+    _max_pool(imp, SimpleNamespace(input=[node.input[2]], output=[pooled], name=pooled, op_type="MaxPool",
+                                   attribute=node.attribute))
+    table = ort_lookup_table(lambda v: v, *x_q, *y_q)
+    tensor, perm = imp.values[pooled]
+    out = node.output[0]
+    imp.emit("lut", node.name or out, [tensor], {}, {"table": table}, out, y_q[2], y_q[0], y_q[1], out, perm)
