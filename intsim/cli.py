@@ -39,9 +39,11 @@ def _cmd_profiles(args) -> int:
 def _cmd_inspect(args) -> int:
     import intsim
 
-    model = intsim.load(args.model)
+    model = intsim.load(args.model, profile=args.profile)
     graph = model.graph
     p = graph.profile
+    how = {name: f"  [{'float island' if value == 'float' else value}]"
+           for name, value in graph.metadata.get("qdq", {}).items()}
     print(f"graph {graph.name!r}, profile {p.name!r}: W{p.weight_bits}A{p.activation_bits}, rounding {p.rounding}, "
           f"{p.accumulator_bits}-bit accumulators ({p.overflow})")
     for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
@@ -50,7 +52,7 @@ def _cmd_inspect(args) -> int:
             print(f"  {kind} {name}: {t.dtype}{list(t.shape)} scale {t.scale:.6g} zero point {t.zero_point}")
     for node in graph.nodes:
         outs = ", ".join(f"{t}: {graph.tensors[t].dtype}{list(graph.tensors[t].shape)}" for t in node.outputs)
-        print(f"{node.op:16s} {node.name:20s} ({', '.join(node.inputs)}) -> {outs}")
+        print(f"{node.op:16s} {node.name:20s} ({', '.join(node.inputs)}) -> {outs}{how.get(node.name, '')}")
         for key, value in node.params.items():
             detail = f"{value.dtype}{list(value.shape)}"
             if value.size <= 8 or key in ("multiplier", "shift"):
@@ -65,7 +67,7 @@ def _cmd_inspect(args) -> int:
 def _cmd_run(args) -> int:
     import intsim
 
-    model = intsim.load(args.model, backend=args.backend)
+    model = intsim.load(args.model, backend=args.backend, profile=args.profile)
     x = _load_npy(args.input, "input")
     outputs = model.run_int(x) if args.int else model.run(x)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
@@ -81,7 +83,7 @@ def _cmd_run(args) -> int:
 def _cmd_trace(args) -> int:
     import intsim
 
-    model = intsim.load(args.model, backend=args.backend)
+    model = intsim.load(args.model, backend=args.backend, profile=args.profile)
     trace = model.trace(_load_npy(args.input, "input"), float_input=not args.int)
     print(trace.table())
     return 0
@@ -302,6 +304,11 @@ def _add_report_options(p):
     p.add_argument("--plot", help="also plot per-layer SQNR to a PNG (needs matplotlib)")
 
 
+def _add_profile_option(p):
+    p.add_argument("--profile", help="for a quantized .onnx model: the profile to run it under (default "
+                                     "onnxruntime; another profile retargets the same scales and zero points)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="intsim", description="Bit-exact integer-only accelerator simulation.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -310,8 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", help="a built-in name or a .toml file")
     p.set_defaults(func=_cmd_profiles)
 
-    p = sub.add_parser("inspect", help="show the nodes, shapes, quantization parameters and profile of a model")
-    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p = sub.add_parser("inspect", help="show the nodes, shapes, quantization parameters and profile of a model "
+                                       "(QDQ models: which groups run fused and which as float islands)")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
+    _add_profile_option(p)
     p.set_defaults(func=_cmd_inspect)
 
     for name, func, text in (("run", _cmd_run, "run a model on an input array"),
@@ -323,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--output", help="where to save the output .npy")
         p.add_argument("--int", action="store_true", help="input is integer codes (and run's output is codes)")
         p.add_argument("--backend", choices=("fast", "naive"), default="fast", help="numba kernels or naive twins")
+        _add_profile_option(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("export-tosa", help="export an integer model as a TOSA flatbuffer (.tosa)")

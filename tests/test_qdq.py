@@ -460,3 +460,27 @@ def test_add_float32_golden():
     out, saturated = kernels.add_float32(np.array([255], np.uint8), 0, np.float32(1.0), np.array([255], np.uint8), 0,
                                          np.float32(1.0), np.float32(1.0), 0, 0, 255, np.uint8)
     assert out.tolist() == [255] and saturated == 1
+
+
+# --------------------------------------------------------------------------
+# The command line.
+# --------------------------------------------------------------------------
+
+
+def test_inspect_marks_fused_and_float_island_nodes(quantized, tmp_path, capsys):
+    from intsim.cli import main
+
+    path = tmp_path / "resnet_s8s8.onnx"
+    onnx.save(quantized("resnet_digits", "s8s8"), str(path))
+    assert main(["inspect", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    conv = [line for line in lines if line.startswith("conv2d ")]
+    assert conv and all(line.endswith("[fused:QLinearConv]") for line in conv)
+    if X86:
+        assert any(line.startswith("conv2d_float32") and line.endswith("[float island]") for line in lines)
+    assert any(line.startswith("flatten") and line.endswith("[dropped]") for line in lines)
+    assert main(["inspect", str(path), "--profile", "tflite"]) == 0
+    assert "profile 'tflite'" in capsys.readouterr().out
+    np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
+    assert main(["run", str(path), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    assert np.load(tmp_path / "y.npy").shape == (2, 10)
