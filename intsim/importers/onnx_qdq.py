@@ -33,12 +33,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from intsim.codes import dtype_range
 from intsim.errors import ModelFormatError, UnsupportedOpError
-from intsim.graph import Graph, dtype_range
-from intsim.profiles import get_profile
-from intsim.importers.onnx import _load
+from intsim.graph import Graph
+from intsim.importers.onnx import read_onnx
 from intsim.importers.onnx_qop import _HANDLERS as QOPERATOR_HANDLERS
-from intsim.importers.onnx_retarget import retarget
 from intsim.importers.onnx_qop import (
     TO_NHWC,
     _binary_operands,
@@ -48,6 +47,8 @@ from intsim.importers.onnx_qop import (
     load_onnx_qoperator,
     ort_lookup_table,
 )
+from intsim.importers.onnx_retarget import retarget
+from intsim.profiles import get_profile
 
 Q, DQ = "QuantizeLinear", "DequantizeLinear"
 MS_DOMAIN = "com.microsoft"
@@ -71,7 +72,7 @@ def onnx_format(model) -> str:
     only at the edges); QDQ when it has ``QuantizeLinear`` / ``DequantizeLinear``
     nodes and no QLinear op; float otherwise.
     """
-    op_types = {node.op_type for node in _load(model).graph.node}
+    op_types = {node.op_type for node in read_onnx(model).graph.node}
     if any(op in QOPERATOR_HANDLERS and op not in (Q, DQ) and (op.startswith("QLinear") or op == "QGemm")
            for op in op_types):
         return "qoperator"
@@ -86,7 +87,7 @@ def load_onnx(model, profile=None) -> Graph:
     ``profile`` defaults to ``"onnxruntime"``.  A float model raises
     :class:`~intsim.errors.ModelFormatError` pointing to :func:`intsim.convert`.
     """
-    proto = _load(model)
+    proto = read_onnx(model)
     fmt = onnx_format(proto)
     if fmt == "float":
         raise ModelFormatError(f"model {proto.graph.name!r}: a float ONNX model (no QuantizeLinear, "
@@ -128,7 +129,7 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
     ModelFormatError
         The file is not an ONNX model, or holds no Q/DQ nodes.
     """
-    proto = _load(model)
+    proto = read_onnx(model)
     fmt = onnx_format(proto)
     if fmt != "qdq":
         raise ModelFormatError(f"model {proto.graph.name!r}: expected a QDQ model (QuantizeLinear / "
@@ -178,7 +179,7 @@ def qdq_to_qoperator(model, int8_allowed: bool = False) -> tuple[onnx.ModelProto
     node name -> ``"fused:<QLinear op>"``, ``"dropped"`` or ``"float"`` for every
     node that is not a Q or DQ.  Tensor names of the QDQ file are kept.
     """
-    return _Rewriter(_load(model), int8_allowed).run()
+    return _Rewriter(read_onnx(model), int8_allowed).run()
 
 
 class _Rewriter:

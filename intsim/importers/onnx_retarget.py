@@ -18,8 +18,8 @@ import numpy as np
 
 from intsim.errors import UnsupportedOpError
 from intsim.fixedpoint import Rescale
+from intsim.converter.params import add_params
 from intsim.graph import Graph, Node
-from intsim.ops import add_params
 from intsim.profiles import get_profile
 
 _REQUANTIZING = ("conv2d", "fully_connected", "matmul", "mean", "concat")
