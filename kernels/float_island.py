@@ -4,7 +4,7 @@ Codes in, codes out.  ``DequantizeLinear`` is ``float32(x - z) * s`` (one
 float32 rounding), ``QuantizeLinear`` is ``clamp(rint(y / s), min - z, max - z) + z``
 with a float32 division (``MlasQuantizeLinear``).  Each public function
 allocates its output and calls a private numba core; inputs are trusted.  The
-naive twins live in :mod:`intsim.kernels.naive_float_island`.
+naive twins live in :mod:`intsim.kernels.naive.float_island`.
 """
 
 from __future__ import annotations

@@ -176,8 +176,9 @@ def qdq_to_qoperator(model, int8_allowed: bool = False) -> tuple[onnx.ModelProto
 
     Returns the rewritten model (QOperator ops where onnxruntime fuses, the
     original float ops with their Q/DQ where it does not) and a report: ONNX
-    node name -> ``"fused:<QLinear op>"``, ``"dropped"`` or ``"float"`` for every
-    node that is not a Q or DQ.  Tensor names of the QDQ file are kept.
+    node name -> ``"fused:<QLinear op>"``, ``"dropped"``, ``"float"`` (an island, in the
+    private ``intsim.qdq`` domain) or ``"unsupported"`` for every node that is not a Q, DQ
+    or Constant.  Tensor names of the QDQ file are kept.
     """
     return _Rewriter(read_onnx(model), int8_allowed).run()
 
@@ -436,7 +437,7 @@ class _Rewriter:
         if len(qdq.input) > 2 and qdq.input[2]:
             return [qdq.input[1], qdq.input[2]]
         dtype = self.code_dtype(qdq.input[0] if qdq.op_type == DQ else qdq.output[0])
-        zero = self.add_initializer(f"{qdq.name}_zero_point", np.zeros((), np.dtype(dtype if dtype != "?" else "uint8")))
+        zero = self.add_initializer(f"{qdq.name}_zero_point", np.zeros((), np.dtype("uint8" if dtype == "?" else dtype)))
         return [qdq.input[1], zero]
 
     def operand(self, dq) -> list[str]:
@@ -620,7 +621,7 @@ def _dequantize_per_channel(imp, node, index, channels) -> np.ndarray:
 
 @_handles("FloatConv")
 def _float_conv(imp, node):
-    """``Q(Conv(DQ(x), DQ(w), DQ(b)))`` in float32: :class:`intsim.ops_float_island.Conv2DFloat32`."""
+    """``Q(Conv(DQ(x), DQ(w), DQ(b)))`` in float32: :class:`intsim.graph.ops.float_island.Conv2DFloat32`."""
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
     x = imp.nhwc(node, 2)
     x_scale, _, _ = imp.quant(node, 3, 4, "input")
@@ -642,7 +643,7 @@ def _float_conv(imp, node):
 
 @_handles("FloatAdd")
 def _float_add(imp, node):
-    """``Q(DQ(a) + DQ(b))`` in float32: :class:`intsim.ops_float_island.AddFloat32`."""
+    """``Q(DQ(a) + DQ(b))`` in float32: :class:`intsim.graph.ops.float_island.AddFloat32`."""
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
     shifted = SimpleNamespace(input=list(node.input[2:]), name=node.name, op_type=node.op_type,
                               attribute=node.attribute)
