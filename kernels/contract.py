@@ -83,3 +83,5 @@ class Backend(Protocol):
     add_float32_fma: Callable
     mul_float32: Callable
     avg_pool_float32_nhwc: Callable
+    add_float32: Callable
+    conv2d_float32_nhwc: Callable

@@ -10,12 +10,12 @@ naive twins live in :mod:`intsim.kernels.naive.float_island`.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
 from intsim.fixedpoint import FLOAT32_RINT, saturating_round_float
+from intsim.jit import jit
 
 
-@njit(cache=True)
+@jit
 def _quantize_float32(value, y_scale, y_zero_point, clamp_min, clamp_max):
     """``(code, saturated)`` of one float32 value: MlasQuantizeLinear."""
     rounded = saturating_round_float(np.float32(value / y_scale), FLOAT32_RINT) + y_zero_point
@@ -23,7 +23,7 @@ def _quantize_float32(value, y_scale, y_zero_point, clamp_min, clamp_max):
     return clamped, clamped != rounded
 
 
-@njit(cache=True)
+@jit
 def _add_float32_core(a, a_zero_point, a_scale, b, b_zero_point, b_scale, y_scale, y_zero_point, clamp_min,
                       clamp_max, out):
     saturated = 0
@@ -62,7 +62,7 @@ def add_float32(a, a_zero_point, a_scale, b, b_zero_point, b_scale, y_scale, y_z
     return out, int(saturated)
 
 
-@njit(cache=True)
+@jit
 def _conv2d_float32_core(x, x_zero_point, x_scale, weight, bias, sh, sw, dh, dw, top, left, groups, y_scale,
                          y_zero_point, clamp_min, clamp_max, out):
     n_batch, height, width, _ = x.shape
