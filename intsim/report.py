@@ -33,6 +33,7 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph
+from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
 
 
@@ -269,7 +270,8 @@ def _local_ideal(node, trace, graph, meta) -> np.ndarray | None:
     return np.clip(np.rint(value) + out.zero_point, lo, hi)
 
 
-def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int = 64) -> CompareReport:
+def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int = 64,
+            progress: bool = True) -> CompareReport:
     """Run float, simulated and integer executions of a model on ``data`` and compare them.
 
     Parameters
@@ -282,12 +284,15 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
         Inputs in the model's layout, first axis = samples; processed in batches.
     labels : int array, optional
         Class labels: adds float, simulated and integer accuracy.
+    progress : bool
+        Draw a progress bar on stderr (:func:`intsim.config.progress_enabled`); the first batch
+        includes numba's compilation of the kernels on a fresh install.
     """
     from intsim.converter.lowering import prepare_float_graph
 
-    fg = prepare_float_graph(onnx_model)
     graph = int_model.graph
     meta = graph.metadata
+    fg = prepare_float_graph(onnx_model, meta.get("input_shapes"))
     sim_graph, points = simulation_graph(fg, int_model)
     hook = fake_quant_hook(points)
     data = np.asarray(data)
@@ -308,55 +313,57 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
     correct = {"float": 0, "simulated": 0, "integer": 0}
     agree_int = agree_sim = 0
     max_int = max_sim = 0.0
-    for start in range(0, data.shape[0], batch_size):
-        batch = data[start : start + batch_size]
-        ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
-        sim = run_float(sim_graph, [batch], hook=hook)
-        trace = int_model.trace(batch, float_input=True)
-        for float_name, row in rows.items():
-            int_name = meta["quantized"][float_name]
-            info = graph.tensors[int_name]
-            perm = meta["source"][int_name][1]
-            codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
-            f = ref[float_name].astype(np.float64)
-            if float_name in rescaled:
-                f = _as_rewritten(f, rescaled[float_name])
-            s = sim[float_name].astype(np.float64)
-            deq = (codes - info.zero_point) * info.scale
-            row.signal += float(np.sum(f * f))
-            row.noise_sim += float(np.sum((f - s) ** 2))
-            row.noise_int += float(np.sum((f - deq) ** 2))
-            row.agree += int(np.sum(np.rint(s / info.scale) + info.zero_point == codes))
-            row.elements += codes.size
-            node = producers.get(int_name)
-            if node is not None:
-                ideal = _local_ideal(node, trace, graph, meta)
-                if ideal is not None:
-                    row.local_mismatch += int(np.sum(ideal != trace.tensors[int_name]))
-                    row.local_elements += ideal.size
-                stats = trace.stats.get(node.name, {})
-                sat = stats.get("saturation_count")
-                if sat is not None:
-                    row.saturated += sat
-                    row.saturation_elements += trace.tensors[int_name].size
-                if "max_abs_accumulator" in stats:
-                    row.max_abs_accumulator = max(row.max_abs_accumulator or 0, stats["max_abs_accumulator"])
-                    row.headroom_bits = graph.profile.accumulator_bits - 1 - row.max_abs_accumulator.bit_length()
-        f_out = ref[out_float]
-        info = graph.tensors[out_int]
-        i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
-        s_out = sim[out_float]
-        max_int = max(max_int, float(np.max(np.abs(f_out - i_out))))
-        max_sim = max(max_sim, float(np.max(np.abs(f_out - s_out))))
-        if f_out.ndim == 2:
-            top_f = f_out.argmax(axis=1)
-            agree_int += int(np.sum(i_out.argmax(axis=1) == top_f))
-            agree_sim += int(np.sum(s_out.argmax(axis=1) == top_f))
-            if labels is not None:
-                y = labels[start : start + batch_size]
-                correct["float"] += int(np.sum(top_f == y))
-                correct["simulated"] += int(np.sum(s_out.argmax(axis=1) == y))
-                correct["integer"] += int(np.sum(i_out.argmax(axis=1) == y))
+    with Progress(data.shape[0], progress_enabled(progress), "comparing float, simulated, integer") as bar:
+        for start in range(0, data.shape[0], batch_size):
+            batch = data[start : start + batch_size]
+            ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
+            sim = run_float(sim_graph, [batch], hook=hook)
+            trace = int_model.trace(batch, float_input=True)
+            for float_name, row in rows.items():
+                int_name = meta["quantized"][float_name]
+                info = graph.tensors[int_name]
+                perm = meta["source"][int_name][1]
+                codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
+                f = ref[float_name].astype(np.float64)
+                if float_name in rescaled:
+                    f = _as_rewritten(f, rescaled[float_name])
+                s = sim[float_name].astype(np.float64)
+                deq = (codes - info.zero_point) * info.scale
+                row.signal += float(np.sum(f * f))
+                row.noise_sim += float(np.sum((f - s) ** 2))
+                row.noise_int += float(np.sum((f - deq) ** 2))
+                row.agree += int(np.sum(np.rint(s / info.scale) + info.zero_point == codes))
+                row.elements += codes.size
+                node = producers.get(int_name)
+                if node is not None:
+                    ideal = _local_ideal(node, trace, graph, meta)
+                    if ideal is not None:
+                        row.local_mismatch += int(np.sum(ideal != trace.tensors[int_name]))
+                        row.local_elements += ideal.size
+                    stats = trace.stats.get(node.name, {})
+                    sat = stats.get("saturation_count")
+                    if sat is not None:
+                        row.saturated += sat
+                        row.saturation_elements += trace.tensors[int_name].size
+                    if "max_abs_accumulator" in stats:
+                        row.max_abs_accumulator = max(row.max_abs_accumulator or 0, stats["max_abs_accumulator"])
+                        row.headroom_bits = graph.profile.accumulator_bits - 1 - row.max_abs_accumulator.bit_length()
+            f_out = ref[out_float]
+            info = graph.tensors[out_int]
+            i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
+            s_out = sim[out_float]
+            max_int = max(max_int, float(np.max(np.abs(f_out - i_out))))
+            max_sim = max(max_sim, float(np.max(np.abs(f_out - s_out))))
+            if f_out.ndim == 2:
+                top_f = f_out.argmax(axis=1)
+                agree_int += int(np.sum(i_out.argmax(axis=1) == top_f))
+                agree_sim += int(np.sum(s_out.argmax(axis=1) == top_f))
+                if labels is not None:
+                    y = labels[start : start + batch_size]
+                    correct["float"] += int(np.sum(top_f == y))
+                    correct["simulated"] += int(np.sum(s_out.argmax(axis=1) == y))
+                    correct["integer"] += int(np.sum(i_out.argmax(axis=1) == y))
+            bar.update(min(start + batch_size, data.shape[0]))
     n = data.shape[0]
     accuracy = {k: v / n for k, v in correct.items()} if labels is not None else {}
     return CompareReport(graph.name, graph.profile.name, n, list(rows.values()), agree_int / n, agree_sim / n,

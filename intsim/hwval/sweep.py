@@ -15,6 +15,7 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.graph import Graph
 from intsim.graph.ops import MAC_OPS
+from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
 
 GOLDEN_FORMAT = "intsim-golden"
@@ -224,7 +225,7 @@ def top1(outputs: np.ndarray) -> np.ndarray:
 
 
 def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_input: bool = True,
-          question_bits: int = 24, batch_size: int = 256) -> SweepReport:
+          question_bits: int = 24, batch_size: int = 256, progress: bool = True) -> SweepReport:
     """Accumulator width sweep: what each layer needs, and what narrower accumulators do end to end.
 
     The reference is the model run with 32-bit accumulators.  Per
@@ -246,6 +247,8 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
         Widths to sweep, each in 8..32.
     question_bits : int
         The width :meth:`SweepReport.answer` is about.
+    progress : bool
+        Draw a progress bar on stderr (:func:`intsim.config.progress_enabled`).
     """
     bits_list = sorted({int(b) for b in acc_bits})
     if not bits_list or bits_list[0] < 8 or bits_list[-1] > 32:
@@ -269,36 +272,38 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
     setups = {n.name: NodeSetup.of(graph, n) for n in mac_nodes}
     reference = Model(full)
     correct_full = 0
-    for start in range(0, data.shape[0], batch_size):
-        batch = data[start: start + batch_size]
-        ref = reference.trace(batch, float_input=float_input)
-        out = ref.tensors[graph.outputs[0]]
-        top = top1(out)
-        if labels is not None:
-            correct_full += int(np.sum(top == labels[start: start + batch_size]))
-        for node in graph.nodes:
-            s = stats[node.name]
-            s["peak"] = max(s["peak"], ref.stats[node.name].get("max_abs_accumulator", 0))
-            s["clamped"] += ref.stats[node.name].get("saturation_count", 0)
-            s["outputs"] += ref.tensors[node.outputs[0]].size
-        for node in mac_nodes:
-            node_inputs = {t: ref.tensors[t] for t in node.inputs}
-            for policy in ("saturate", "wrap"):
-                for bits in bits_list:
-                    variant = setups[node.name].replace(
-                        profile=full.profile.replace(accumulator_bits=bits, overflow=policy))
-                    overflows[node.name][policy][bits] += variant.run(node_inputs).stats[node.name]["overflow_count"]
-        for (bits, policy), end in ends.items():
-            trace = models[(bits, policy)].trace(batch, float_input=float_input)
-            for node in mac_nodes:
-                count = trace.stats[node.name]["overflow_count"]
-                end["outputs"] += count
-                if count:
-                    end["layers"].add(node.name)
-            their = top1(trace.tensors[graph.outputs[0]])
-            end["agree"] += int(np.sum(their == top))
+    with Progress(data.shape[0], progress_enabled(progress), "sweeping accumulator widths") as bar:
+        for start in range(0, data.shape[0], batch_size):
+            batch = data[start: start + batch_size]
+            ref = reference.trace(batch, float_input=float_input)
+            out = ref.tensors[graph.outputs[0]]
+            top = top1(out)
             if labels is not None:
-                end["correct"] += int(np.sum(their == labels[start: start + batch_size]))
+                correct_full += int(np.sum(top == labels[start: start + batch_size]))
+            for node in graph.nodes:
+                s = stats[node.name]
+                s["peak"] = max(s["peak"], ref.stats[node.name].get("max_abs_accumulator", 0))
+                s["clamped"] += ref.stats[node.name].get("saturation_count", 0)
+                s["outputs"] += ref.tensors[node.outputs[0]].size
+            for node in mac_nodes:
+                node_inputs = {t: ref.tensors[t] for t in node.inputs}
+                for policy in ("saturate", "wrap"):
+                    for bits in bits_list:
+                        variant = setups[node.name].replace(
+                            profile=full.profile.replace(accumulator_bits=bits, overflow=policy))
+                        overflows[node.name][policy][bits] += variant.run(node_inputs).stats[node.name]["overflow_count"]
+            for (bits, policy), end in ends.items():
+                trace = models[(bits, policy)].trace(batch, float_input=float_input)
+                for node in mac_nodes:
+                    count = trace.stats[node.name]["overflow_count"]
+                    end["outputs"] += count
+                    if count:
+                        end["layers"].add(node.name)
+                their = top1(trace.tensors[graph.outputs[0]])
+                end["agree"] += int(np.sum(their == top))
+                if labels is not None:
+                    end["correct"] += int(np.sum(their == labels[start: start + batch_size]))
+            bar.update(min(start + batch_size, data.shape[0]))
     n = data.shape[0]
     layers = []
     for node in mac_nodes:

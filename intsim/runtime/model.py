@@ -10,6 +10,7 @@ carries any transposes to NHWC.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from intsim import kernels as fast_kernels
 from intsim.kernels import naive as naive_kernels
 from intsim.kernels.contract import Backend
-from intsim.errors import ValidationError
+from intsim.errors import InputWarning, ValidationError
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.graph import Graph, TensorInfo
 from intsim.codes import dtype_range
@@ -159,8 +160,10 @@ class Model:
         """Float inputs to codes, rounded as :attr:`input_quantization` says."""
         self._check_count(inputs)
         mode = self.input_quantization
-        return [quantize(np.asarray(x), info, f"input {info.name!r}", mode=mode)
-                for x, info in zip(inputs, self.inputs)]
+        arrays = [np.asarray(x) for x in inputs]
+        for x, info in zip(arrays, self.inputs):
+            warn_unusual_float_input(x, info)
+        return [quantize(x, info, f"input {info.name!r}", mode=mode) for x, info in zip(arrays, self.inputs)]
 
     def _check_count(self, inputs):
         if len(inputs) != len(self.graph.inputs):
@@ -215,6 +218,26 @@ class Model:
     @staticmethod
     def _pack(arrays):
         return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def warn_unusual_float_input(x: np.ndarray, info: TensorInfo) -> None:
+    """Warn (:class:`~intsim.errors.InputWarning`) when float input ``x`` for tensor ``info`` has an
+    integer dtype, or reaches more than one range width beyond the real range its codes represent
+    (``scale * (code - zero_point)``): both usually mean unscaled pixels or integer codes given as floats."""
+    where = f"input {info.name!r}"
+    if x.dtype.kind in "iu" or x.dtype == np.bool_:
+        warnings.warn(InputWarning(f"{where}: float input has integer dtype {x.dtype}; it is read as real values, "
+                                   "not as codes (scale it as at calibration, or pass codes to run_int / --int)"),
+                      stacklevel=3)
+        return
+    if not x.size or x.dtype.kind != "f" or info.scale is None:
+        return
+    lo, hi = (info.scale * (c - info.zero_point) for c in dtype_range(info.dtype))
+    found_lo, found_hi = float(np.min(x)), float(np.max(x))
+    if found_lo < lo - (hi - lo) or found_hi > hi + (hi - lo):
+        warnings.warn(InputWarning(f"{where}: values in [{found_lo:.6g}, {found_hi:.6g}] lie far outside the "
+                                   f"range [{lo:.6g}, {hi:.6g}] the model was calibrated for; most will be clamped"),
+                      stacklevel=3)
 
 
 def _check_shape(shape, info: TensorInfo, where: str):
