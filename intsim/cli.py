@@ -81,6 +81,7 @@ def _cmd_profiles(args) -> int:
 
 def _cmd_inspect(args) -> int:
     import intsim
+    from intsim.graph.ir import shape_text
 
     model = intsim.load(args.model)
     graph = model.graph
@@ -93,9 +94,9 @@ def _cmd_inspect(args) -> int:
     for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
         for name in names:
             t = graph.tensors[name]
-            print(f"  {kind} {name}: {t.dtype}{list(t.shape)} scale {t.scale:.6g} zero point {t.zero_point}")
+            print(f"  {kind} {name}: {t.dtype}{shape_text(t.shape)} scale {t.scale:.6g} zero point {t.zero_point}")
     for node in graph.nodes:
-        outs = ", ".join(f"{t}: {graph.tensors[t].dtype}{list(graph.tensors[t].shape)}" for t in node.outputs)
+        outs = ", ".join(f"{t}: {graph.tensors[t].dtype}{shape_text(graph.tensors[t].shape)}" for t in node.outputs)
         print(f"{node.op:16s} {node.name:20s} ({', '.join(node.inputs)}) -> {outs}")
         for key, value in node.params.items():
             detail = f"{value.dtype}{list(value.shape)}"
@@ -221,7 +222,7 @@ def _bit_widths(text: str, option: str) -> list[int]:
             lo, _, hi = part.partition("..")
             widths += list(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise ValidationError(f"{option} takes widths like 16..32 or 16,20,24, found {text!r}") from None
+        raise UsageError(f"{option} takes widths like 16..32 or 16,20,24, found {text!r}") from None
     return widths
 
 
@@ -236,8 +237,6 @@ def _cmd_golden(args) -> int:
 
 
 def _cmd_diff(args) -> int:
-    import json
-
     import intsim
     from intsim.hwval import diff
 
@@ -252,8 +251,6 @@ def _cmd_diff(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
-    import json
-
     import intsim
     from intsim.hwval import bitwidth_sweep, sweep
 
@@ -262,10 +259,10 @@ def _cmd_sweep(args) -> int:
     conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
                   "--activation-bits": args.activation_bits, "--profile": args.profile,
                   "--input-shape": args.input_shape}
-    extra = {}
+    widths = None
     if args.model.lower().endswith(".onnx"):
         if not args.calibration:
-            raise ValidationError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
+            raise UsageError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
         calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
         profile = intsim.get_profile(args.profile or "paper")
         if args.weight_bits or args.activation_bits:
@@ -275,20 +272,20 @@ def _cmd_sweep(args) -> int:
                 activation_bits=_bit_widths(args.activation_bits or str(profile.activation_bits), "--activation-bits"),
                 input_shapes=args.input_shapes)
             print(widths.table() + "\n")
-            extra["bit_widths"] = widths.to_dict()
         model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False,
                                input_shapes=args.input_shapes)
     else:
         given = [k for k, v in conversion.items() if v]
         if given:
-            raise ValidationError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
+            raise UsageError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
         model = intsim.load(args.model)
     report = sweep(model, data, labels, _bit_widths(args.acc_bits, "--acc-bits"), float_input=not args.int,
                    question_bits=args.question_bits, batch_size=args.batch_size)
+    report.bit_widths = widths
     print(report.table())
     if args.json_path:
         with open(args.json_path, "w", encoding="utf-8") as f:
-            json.dump(report.to_dict() | extra, f, indent=1)
+            json.dump(report.to_dict(), f, indent=1)
         print(f"wrote {args.json_path}")
     _report_outputs_files(report, args)
     return 0

@@ -33,6 +33,7 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph
+from intsim.plotting import inline_png, pyplot
 from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
 
@@ -146,7 +147,7 @@ class CompareReport:
         }
 
     def to_html(self, path) -> None:
-        """A self-contained HTML page with the summary and the per-layer table."""
+        """A self-contained HTML page with the summary, the per-layer table and (with matplotlib) the plot."""
         rows = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
                 r.tensor, r.op, f"{r.sqnr_sim:.2f}", f"{r.sqnr_int:.2f}", f"{100 * r.agreement:.2f}%",
@@ -162,20 +163,14 @@ class CompareReport:
             f"</head><body><h1>{summary}</h1><table><tr><th>tensor</th><th>op</th><th>SQNR sim dB</th>"
             "<th>SQNR int dB</th><th>int==sim</th><th>local rounding diff</th><th>clamped</th>"
             "<th>acc headroom</th></tr>"
-            f"{rows}</table>{tail}</body></html>"
+            f"{rows}</table>{tail}{inline_png(self.plot, 'per-layer SQNR')}</body></html>"
         )
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)
 
     def plot(self, path) -> None:
         """Per-layer SQNR (simulated and integer) as a PNG; needs matplotlib (extra ``plot``)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ValidationError("plotting needs matplotlib: pip install 'intsim[plot]'") from None
+        plt = pyplot()
         finite = [(r.tensor, r.sqnr_sim, r.sqnr_int) for r in self.layers]
         x = np.arange(len(finite))
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(finite)), 4))
@@ -184,7 +179,8 @@ class CompareReport:
         ax.plot(x, [cap(v[2]) for v in finite], "s--", label="integer")
         ax.set_xticks(x, [v[0] for v in finite], rotation=90, fontsize=7)
         ax.set_ylabel("SQNR vs float (dB)")
-        ax.set_title(f"{self.model_name}, profile {self.profile}")
+        # Long model names wrap instead of running past the figure's edge.
+        ax.set_title(f"{self.model_name}, profile {self.profile}: {self.samples} samples", fontsize=9, wrap=True)
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -298,6 +294,7 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
     data = np.asarray(data)
     if data.dtype.kind != "f" or data.shape[0] == 0:
         raise ValidationError(f"compare needs a non-empty float data array, found dtype {data.dtype} shape {data.shape}")
+    int_model.check_input_shapes(data.shape, where="compare data for input")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (data.shape[0],):

@@ -192,11 +192,15 @@ def test_convert_compare_and_demo(tmp_path, capsys):
     assert main(["compare", onnx_path, str(out), "--data", str(tmp_path / "x.npy"), "--labels",
                  str(tmp_path / "y.npy"), "--html", str(tmp_path / "r.html")]) == 0
     text = capsys.readouterr().out
-    assert "SQNR int dB" in text and "accuracy: float" in text and (tmp_path / "r.html").exists()
+    assert "SQNR int dB" in text and "accuracy: float" in text
+    assert "<img alt='per-layer SQNR' src='data:image/png;base64," in (tmp_path / "r.html").read_text()
     assert main(["compare", onnx_path, str(out), "--data", str(tmp_path / "x.npy"), "--labels",
                  str(tmp_path / "y.npy"), "--json"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["samples"] == 64 and set(document["accuracy"]) == {"float", "simulated", "integer"}
+    np.save(tmp_path / "x_wide.npy", np.zeros((100, 1, 8, 9), np.float32))
+    assert main(["compare", onnx_path, str(out), "--data", str(tmp_path / "x_wide.npy")]) == 1
+    assert "expected shape (N, 1, 8, 8), found (100, 1, 8, 9)" in capsys.readouterr().err
     assert main(["demo", "--samples", "40", "--calibration-samples", "64"]) == 0
     assert "accuracy: float" in capsys.readouterr().out
     assert main(["convert", onnx_path, "--calibration", str(tmp_path / "missing.npy"), "-o", str(out)]) == 1

@@ -577,10 +577,14 @@ def test_bitwidth_sweep_of_a_float_model(tmp_path, capsys):
     np.save(tmp_path / "cal.npy", cal)
     np.save(tmp_path / "x.npy", x)
     assert main(["sweep", str(onnx_path), "--calibration", str(tmp_path / "cal.npy"), "--data", str(tmp_path / "x.npy"),
-                 "--weight-bits", "4,8", "--acc-bits", "18..20,24", "--json", str(tmp_path / "s.json")]) == 0
+                 "--weight-bits", "4,8", "--acc-bits", "18..20,24", "--json", str(tmp_path / "s.json"),
+                 "--html", str(tmp_path / "s.html")]) == 0
     out = capsys.readouterr().out
     assert "bit-width sweep of" in out and "Can the MAC array use 24-bit accumulators" in out
     assert [r["weight_bits"] for r in json.loads((tmp_path / "s.json").read_text())["bit_widths"]["rows"]] == [4, 8]
+    page = (tmp_path / "s.html").read_text()
+    assert "<h2>Weight and activation bits</h2>" in page and "data:image/png;base64," in page
+    assert page.count("<tr><td>4</td><td>8</td>") == page.count("<tr><td>8</td><td>8</td>") == 1
 
 
 def test_bitwidth_sweep_rejects_bad_arguments(tmp_path, capsys):

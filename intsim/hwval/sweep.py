@@ -3,10 +3,8 @@ and wrap at each width, and end-to-end agreement and accuracy per width (white p
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.graph import Graph
 from intsim.graph.ops import MAC_OPS
+from intsim.plotting import inline_png, pyplot
 from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
 
@@ -82,6 +81,8 @@ class SweepReport:
     widths: list
     accuracy_full: float | None = None
     clamped: dict = field(default_factory=dict)
+    # The weight / activation bit-width sweep run beside it (a BitWidthReport), shown in to_html and plot.
+    bit_widths: object = None
 
     def safe_bits(self) -> int | None:
         """The narrowest swept width at which no layer overflows on this data under either policy."""
@@ -136,18 +137,14 @@ class SweepReport:
                 "accuracy_full": self.accuracy_full,
                 "clamped": {name: {"op": op, "fraction": frac} for name, (op, frac) in self.clamped.items()},
                 "layers": [dataclasses.asdict(x) for x in self.layers],
-                "widths": [dataclasses.asdict(w) for w in self.widths]}
+                "widths": [dataclasses.asdict(w) for w in self.widths],
+                **({} if self.bit_widths is None else {"bit_widths": self.bit_widths.to_dict()})}
 
     def plot(self, path) -> None:
         """Bits needed per layer and top-1 agreement per width, as a PNG (needs matplotlib)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ValidationError("plotting needs matplotlib: pip install 'intsim[plot]'") from None
-        fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 0.5 * len(self.layers) + 5), 4))
+        plt = pyplot()
+        panels = 3 if self.bit_widths is not None else 2
+        fig, (left, right, *pairs) = plt.subplots(1, panels, figsize=(max(8, 0.5 * len(self.layers) + 5) + 4 * (panels - 2), 4))
         x = np.arange(len(self.layers))
         cap = max(self.acc_bits) + 1
         left.bar(x, [cap if v.needed_bits is None else v.needed_bits for v in self.layers], color="tab:blue",
@@ -163,8 +160,15 @@ class SweepReport:
         right.set_xlabel("accumulator bits")
         right.set_ylabel("top-1 agreement with 32 bits (%)")
         right.legend()
-        left.set_title(f"{self.model}, profile {self.profile}: per layer", fontsize=9)
+        left.set_title(f"{self.model}, profile {self.profile}: per layer", fontsize=9, wrap=True)
         right.set_title(f"end to end, {self.samples} samples", fontsize=9)
+        for axis in pairs:
+            rows = self.bit_widths.rows
+            axis.bar(range(len(rows)), [100 * r.agreement for r in rows], color="tab:green")
+            axis.set_xticks(range(len(rows)), [f"W{r.weight_bits}A{r.activation_bits}" for r in rows], rotation=90,
+                            fontsize=7)
+            axis.set_ylabel("top-1 agreement with float (%)")
+            axis.set_title("weight / activation bits", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -189,12 +193,14 @@ class SweepReport:
                        f"<td>{'' if w.accuracy is None else f'{100 * w.accuracy:.2f}%'}</td></tr>" for w in self.widths)
         clamped = "".join(f"<tr><td>{q(name)}</td><td>{q(op)}</td><td>{100 * frac:.2f}%</td></tr>"
                           for name, (op, frac) in self.clamped.items())
-        try:
-            buffer = io.BytesIO()
-            self.plot(buffer)
-            image = f"<img alt='sweep plot' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
-        except ValidationError:
-            image = "<p>(install matplotlib for the plot)</p>"
+        image = inline_png(self.plot, "sweep plot")
+        pairs = "" if self.bit_widths is None else (
+            "<h2>Weight and activation bits</h2><table><tr>"
+            + "".join(f"<th>{q(h)}</th>" for h in ["W bits", "A bits", "top-1 agreement with float", "accuracy",
+                                                   "final-sum acc bits", "widest layer"]) + "</tr>"
+            + "".join(f"<tr><td>{r.weight_bits}</td><td>{r.activation_bits}</td><td>{100 * r.agreement:.2f}%</td>"
+                      f"<td>{'' if r.accuracy is None else f'{100 * r.accuracy:.2f}%'}</td><td>{r.final_bits}</td>"
+                      f"<td>{q(r.widest_layer)}</td></tr>" for r in self.bit_widths.rows) + "</table>")
         page = (
             "<!doctype html><html><head><meta charset='utf-8'><title>intsim hardware report</title>"
             "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
@@ -210,7 +216,7 @@ class SweepReport:
             f"</tr>{clamped}</table>"
             "<h2>End to end</h2><table><tr><th>acc bits</th><th>policy</th><th>layers overflowing</th>"
             f"<th>outputs overflowing</th><th>top-1 agreement</th><th>accuracy</th></tr>{ends}</table>"
-            f"{image}</body></html>"
+            f"{pairs}{image}</body></html>"
         )
         Path(path).write_text(page, encoding="utf-8")
 
@@ -256,6 +262,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
     data = np.asarray(data)
     if data.ndim == 0 or data.shape[0] == 0:
         raise ValidationError(f"sweep: data must hold at least one sample, found shape {data.shape}")
+    model.check_input_shapes(data.shape, where="sweep data for input")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (data.shape[0],):

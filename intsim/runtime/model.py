@@ -21,6 +21,7 @@ from intsim.kernels.contract import Backend
 from intsim.errors import InputWarning, ValidationError
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.graph import Graph, TensorInfo
+from intsim.graph.ir import shape_text
 from intsim.codes import dtype_range
 from intsim.graph.ops import get_op
 from intsim.runtime.plan import RunPlan, raise_overflow
@@ -156,6 +157,12 @@ class Model:
         default = "float32_rint" if self.profile.rounding == "float32_rint" else "float64_rint"
         return self.graph.metadata.get("input_quantization", default)
 
+    def check_input_shapes(self, *shapes, where: str = "input") -> None:
+        """Check one shape per graph input before batching (so an error quotes the whole array's shape)."""
+        self._check_count(shapes)
+        for shape, info in zip(shapes, self.inputs):
+            _check_shape(tuple(shape), info, f"{where} {info.name!r}")
+
     def quantize_inputs(self, inputs) -> list[np.ndarray]:
         """Float inputs to codes, rounded as :attr:`input_quantization` says."""
         self._check_count(inputs)
@@ -242,8 +249,7 @@ def warn_unusual_float_input(x: np.ndarray, info: TensorInfo) -> None:
 
 def _check_shape(shape, info: TensorInfo, where: str):
     if len(shape) != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, shape)):
-        expected = tuple("any" if d is None else d for d in info.shape)
-        raise ValidationError(f"{where}: expected shape {expected}, found {tuple(shape)}")
+        raise ValidationError(f"{where}: expected shape {shape_text(info.shape)}, found {tuple(shape)}")
 
 
 def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: str = "float64_rint") -> np.ndarray:
