@@ -363,21 +363,24 @@ def _cmd_demo(args) -> int:
     # Printed before the imports (onnx takes seconds) and the data (Fashion-MNIST takes seconds to unpack).
     print(f"converting {args.model}.onnx for profile {args.profile!r} with {args.calibration_samples} calibration "
           f"images of {dataset} ...", flush=True)
-    import intsim
-    from intsim.datasets import load_dataset
-    from intsim.models import model_path
+    from intsim.progress import Progress, progress_enabled
 
-    x_train, _ = load_dataset(dataset, "train", args.data_dir)
-    x_test, y_test = load_dataset(dataset, "test", args.data_dir)
+    with Progress(None, progress_enabled(), f"loading onnx and the {dataset} images"):
+        from intsim.api import compare, convert
+        from intsim.datasets import load_dataset
+        from intsim.models import model_path
+
+        x_train, _ = load_dataset(dataset, "train", args.data_dir)
+        x_test, y_test = load_dataset(dataset, "test", args.data_dir)
     if args.samples:
         x_test, y_test = x_test[: args.samples], y_test[: args.samples]
     calibration = x_train[: args.calibration_samples]
     onnx_path = model_path(f"{args.model}.onnx")
-    model = intsim.convert(onnx_path, calibration=calibration, profile=args.profile, **_overrides(args))
+    model = convert(onnx_path, calibration=calibration, profile=args.profile, **_overrides(args))
     print(f"{len(model.graph.nodes)} integer nodes, converted in {model.graph.metadata['conversion_seconds']:.2f} s; "
           f"running float, simulated and integer on {len(x_test)} test images (the first run on a fresh install "
           "also compiles the numba kernels, about 30 s, cached afterwards)\n", flush=True)
-    report = intsim.compare(onnx_path, model, x_test, y_test, batch_size=args.batch_size)
+    report = compare(onnx_path, model, x_test, y_test, batch_size=args.batch_size)
     _report_outputs(report, args)
     return 0
 
