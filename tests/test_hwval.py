@@ -427,6 +427,11 @@ def test_sweep_counts_and_answers(resnet):
             trace = _with_acc(graph, bits, policy).trace(x, float_input=True)
             assert first.overflows[policy][bits] == trace.stats[first.node]["overflow_count"]
     assert first.overflows["wrap"][first.needed_bits] == 0 and first.overflows["wrap"][first.needed_bits - 1] > 0
+    # Every width from 16 is swept, and each layer needs more than 16: the swept answer is the exact one.
+    assert all(layer.exact_bits == layer.needed_bits > 16 for layer in report.layers)
+    sparse = sweep(model, x, acc_bits=(16, 24, 32), batch_size=20, progress=False)
+    assert [layer.needed_bits for layer in sparse.layers] == [24] * len(macs)
+    assert [layer.exact_bits for layer in sparse.layers] == [layer.exact_bits for layer in report.layers]
     top = full.tensors[graph.outputs[0]].argmax(axis=1)
     narrow = _with_acc(graph, 16, "wrap").run_int(model.quantize_inputs([x])[0]).argmax(axis=1)
     w16 = next(w for w in report.widths if (w.bits, w.policy) == (16, "wrap"))

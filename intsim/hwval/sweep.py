@@ -39,7 +39,10 @@ class SweepLayer:
     """One multiply-accumulate node: what its accumulators need on the swept data.
 
     ``overflows[policy][bits]`` counts outputs whose accumulation left ``bits``
-    when the node runs alone on the full-width run's inputs.
+    when the node runs alone on the full-width run's inputs. ``needed_bits`` is
+    the narrowest swept width from which every wider swept width is clean;
+    ``exact_bits`` the narrowest width of 8..32, swept or not, at which no
+    partial sum leaves the range (``None``: not even 32).
     """
 
     node: str
@@ -50,6 +53,7 @@ class SweepLayer:
     clamped_fraction: float
     headroom_bits: int
     overflows: dict
+    exact_bits: int | None = None
 
 
 @dataclass
@@ -116,9 +120,10 @@ class SweepReport:
                 + (", ..." if len(over) > 4 else "") + f"); top-1 agreement with the 32-bit run: {agree}" + tail + ".")
 
     def table(self) -> str:
-        header = ["node", "op", "max |acc|", "final-sum bits", "bits needed", "clamped", "headroom"]
+        header = ["node", "op", "max |acc|", "final-sum bits", "bits needed", "exact bits", "clamped", "headroom"]
         rows = [[x.node, x.op, str(x.max_abs_accumulator), str(x.final_bits),
                  ">" + str(max(self.acc_bits)) if x.needed_bits is None else str(x.needed_bits),
+                 ">32" if x.exact_bits is None else str(x.exact_bits),
                  f"{100 * x.clamped_fraction:.2f}%", str(x.headroom_bits)] for x in self.layers]
         lines = [f"accumulator sweep of {self.model!r} (profile {self.profile!r}) on {self.samples} samples",
                  *text_columns(header, rows), ""]
@@ -179,12 +184,13 @@ class SweepReport:
         q = html.escape
         widths = self.acc_bits
         head = "".join(f"<th>{h}</th>" for h in ["node", "op", "max |acc|", "final-sum bits", "bits needed",
-                                                 "clamped", "headroom"]
+                                                 "exact bits", "clamped", "headroom"]
                        + [f"ovf {b} sat/wrap" for b in widths])
         rows = "".join(
             "<tr>" + "".join(f"<td>{q(str(c))}</td>" for c in [
                 x.node, x.op, x.max_abs_accumulator, x.final_bits,
                 ">" + str(max(widths)) if x.needed_bits is None else x.needed_bits,
+                ">32" if x.exact_bits is None else x.exact_bits,
                 f"{100 * x.clamped_fraction:.2f}%", x.headroom_bits]
                 + [f"{x.overflows['saturate'].get(b, '')}/{x.overflows['wrap'].get(b, '')}" for b in widths])
             + "</tr>" for x in self.layers)
@@ -210,7 +216,8 @@ class SweepReport:
             f"<p>profile {q(self.profile)}, {self.samples} samples. <i>clamped</i>: fraction of the layer's outputs "
             "the requantization clamp changed (32-bit run); <i>headroom</i>: profile accumulator bits - 1 - "
             "bit length of max |acc|; <i>bits needed</i>: narrowest width at which the layer, run alone on the "
-            "32-bit run's inputs, never leaves the accumulator range; <i>ovf</i>: outputs that overflowed.</p>"
+            "32-bit run's inputs, never leaves the accumulator range (among the swept widths; <i>exact bits</i>: among "
+            "all of 8..32); <i>ovf</i>: outputs that overflowed.</p>"
             f"<h2>Multiply-accumulate layers</h2><table><tr>{head}</tr>{rows}</table>"
             f"<h2>Saturation: fraction of outputs clamped</h2><table><tr><th>node</th><th>op</th><th>clamped</th>"
             f"</tr>{clamped}</table>"
@@ -228,6 +235,26 @@ def text_columns(header, rows) -> list[str]:
 
 def top1(outputs: np.ndarray) -> np.ndarray:
     return outputs.reshape(outputs.shape[0], -1).argmax(axis=1)
+
+
+MIN_ACC_BITS, MAX_ACC_BITS = 8, 32
+
+
+def _narrowest_clean(setup: NodeSetup, profile, node_inputs: dict, lowest: int | None) -> int | None:
+    """The narrowest width in ``lowest``..32 at which ``setup``'s node, run alone on ``node_inputs`` with
+    wrapping accumulators, has no partial sum leave the range; ``None`` where even 32 bits overflow (or
+    ``lowest`` is ``None`` already).  A sum that fits ``b`` bits fits ``b + 1``: a binary search."""
+    def overflows(bits):
+        variant = setup.replace(profile=profile.replace(accumulator_bits=bits, overflow="wrap"))
+        return variant.run(node_inputs).stats[setup.node.name]["overflow_count"] > 0
+
+    if lowest is None or overflows(MAX_ACC_BITS):
+        return None
+    lo, hi = lowest, MAX_ACC_BITS
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if overflows(mid) else (lo, mid)
+    return lo
 
 
 def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_input: bool = True,
@@ -277,6 +304,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
     models = {key: Model(_with_profile(graph, graph.profile.replace(accumulator_bits=key[0], overflow=key[1])))
               for key in ends}
     setups = {n.name: NodeSetup.of(graph, n) for n in mac_nodes}
+    exact = dict.fromkeys(setups, MIN_ACC_BITS)
     reference = Model(full)
     correct_full = 0
     with Progress(data.shape[0], progress_enabled(progress), "sweeping accumulator widths") as bar:
@@ -299,6 +327,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
                         variant = setups[node.name].replace(
                             profile=full.profile.replace(accumulator_bits=bits, overflow=policy))
                         overflows[node.name][policy][bits] += variant.run(node_inputs).stats[node.name]["overflow_count"]
+                exact[node.name] = _narrowest_clean(setups[node.name], full.profile, node_inputs, exact[node.name])
             for (bits, policy), end in ends.items():
                 trace = models[(bits, policy)].trace(batch, float_input=float_input)
                 for node in mac_nodes:
@@ -324,7 +353,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
             needed = b
         layers.append(SweepLayer(node.name, node.op, s["peak"], s["peak"].bit_length() + 1, needed,
                                  s["clamped"] / s["outputs"],
-                                 graph.profile.accumulator_bits - 1 - s["peak"].bit_length(), ovf))
+                                 graph.profile.accumulator_bits - 1 - s["peak"].bit_length(), ovf, exact[node.name]))
     widths = [SweepWidth(b, p, len(e["layers"]), e["outputs"], e["agree"] / n,
                          e["correct"] / n if labels is not None else None) for (b, p), e in ends.items()]
     widths.sort(key=lambda w: (w.policy, w.bits))
