@@ -1,13 +1,52 @@
-"""The ``intsim`` command line."""
+"""The ``intsim`` command line.
+
+Exit status: 0 success, 1 a runtime error (bad model or data, a failed check), 2 a usage error
+(a wrong option, an output path that cannot be written, detected before any computation).
+``--json`` prints one JSON document on stdout instead of the text report; progress goes to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import sys
+import warnings
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 
-from intsim.errors import IntsimError, ValidationError
+from intsim.errors import InputWarning, IntsimError, ValidationError
+
+EXIT_RUNTIME_ERROR = 1
+EXIT_USAGE_ERROR = 2
+# Options that name a file or folder the command writes; their parent folder must exist before it starts.
+_OUTPUT_OPTIONS = ("output", "out", "html", "plot", "json_path")
+_RUN_OUTPUT_SUFFIXES = (".npy", ".npz", ".csv")
+
+
+class UsageError(ValidationError):
+    """A command line that cannot work (exit status 2), found before computing."""
+
+
+def _print_json(document) -> None:
+    print(json.dumps(document, indent=1, default=str))
+
+
+def _input_shapes(texts) -> dict | None:
+    """``--input-shape name:1,3,48,192`` (repeatable) as ``{"name": (1, 3, 48, 192)}``; ``?`` leaves a dim free."""
+    shapes = {}
+    for text in texts or ():
+        name, _, dims = text.rpartition(":")
+        try:
+            shapes[name] = tuple(None if d.strip() == "?" else int(d) for d in dims.split(","))
+        except ValueError:
+            raise UsageError(f"--input-shape takes NAME:D0,D1,... (e.g. x:1,3,48,192; ? for a free batch), "
+                             f"found {text!r}") from None
+        if not name:
+            raise UsageError(f"--input-shape needs the input's name before the colon, found {text!r}")
+    return shapes or None
 
 
 def _load_npy(path: str, what: str) -> np.ndarray:
@@ -25,23 +64,31 @@ def _load_npy(path: str, what: str) -> np.ndarray:
 def _cmd_profiles(args) -> int:
     from intsim.profiles import builtin_names, get_profile
 
-    names = [args.name] if args.name else builtin_names()
-    for name in names:
-        profile = get_profile(name)
+    if args.name:
+        profile = get_profile(args.name)
+        if args.json:
+            _print_json(profile.to_dict())
+        else:
+            print(profile.to_toml(), end="")
+        return 0
+    profiles = [get_profile(name) for name in builtin_names()]
+    if args.json:
+        _print_json([p.to_dict() for p in profiles])
+    for profile in profiles if not args.json else ():
         print(f"[{profile.name}] {profile.description}")
-        if args.name:
-            for key, value in profile.to_dict().items():
-                if key not in ("name", "description"):
-                    print(f"  {key} = {value}")
     return 0
 
 
 def _cmd_inspect(args) -> int:
     import intsim
+    from intsim.graph.ir import shape_text
 
     model = intsim.load(args.model, profile=args.profile)
     graph = model.graph
     p = graph.profile
+    if args.json:
+        _print_json(_graph_document(graph))
+        return 0
     how = {name: f"  [{'float island' if value == 'float' else value}]"
            for name, value in graph.metadata.get("qdq", {}).items()}
     print(f"graph {graph.name!r}, profile {p.name!r}: W{p.weight_bits}A{p.activation_bits}, rounding {p.rounding}, "
@@ -49,9 +96,9 @@ def _cmd_inspect(args) -> int:
     for kind, names in (("input", graph.inputs), ("output", graph.outputs)):
         for name in names:
             t = graph.tensors[name]
-            print(f"  {kind} {name}: {t.dtype}{list(t.shape)} scale {t.scale:.6g} zero point {t.zero_point}")
+            print(f"  {kind} {name}: {t.dtype}{shape_text(t.shape)} scale {t.scale:.6g} zero point {t.zero_point}")
     for node in graph.nodes:
-        outs = ", ".join(f"{t}: {graph.tensors[t].dtype}{list(graph.tensors[t].shape)}" for t in node.outputs)
+        outs = ", ".join(f"{t}: {graph.tensors[t].dtype}{shape_text(graph.tensors[t].shape)}" for t in node.outputs)
         print(f"{node.op:16s} {node.name:20s} ({', '.join(node.inputs)}) -> {outs}{how.get(node.name, '')}")
         for key, value in node.params.items():
             detail = f"{value.dtype}{list(value.shape)}"
@@ -64,6 +111,45 @@ def _cmd_inspect(args) -> int:
     return 0
 
 
+def _graph_document(graph) -> dict:
+    def tensor(name):
+        t = graph.tensors[name]
+        return {"name": name, "dtype": t.dtype, "shape": list(t.shape), "scale": t.scale, "zero_point": t.zero_point}
+
+    runs_as = graph.metadata.get("qdq", {})  # QDQ models: fused / dropped / float island, per ONNX node
+    return {"name": graph.name, "profile": graph.profile.to_dict(),
+            "inputs": [tensor(t) for t in graph.inputs], "outputs": [tensor(t) for t in graph.outputs],
+            "nodes": [{"op": n.op, "name": n.name, "inputs": list(n.inputs), "outputs": [tensor(t) for t in n.outputs],
+                       "attrs": dict(n.attrs),
+                       "params": {k: {"dtype": str(v.dtype), "shape": list(v.shape)} for k, v in n.params.items()},
+                       **({"runs_as": runs_as[n.name]} if n.name in runs_as else {})}
+                      for n in graph.nodes]}
+
+
+def _save_npy(path, array) -> None:
+    np.save(path, array, allow_pickle=False)
+
+
+def _save_csv(path, array) -> None:
+    np.savetxt(path, array.reshape(array.shape[0], -1) if array.ndim > 1 else array[:, None], delimiter=",",
+               fmt="%d" if array.dtype.kind in "iu" else "%.9g")
+
+
+_ONE_ARRAY_WRITERS = {".npy": _save_npy, ".csv": _save_csv}
+
+
+def _write_outputs(path: str, names, outputs) -> None:
+    """``.npz``: every output under its name; ``.npy`` / ``.csv`` (one row per sample): the one output."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        np.savez(path, **dict(zip(names, outputs)))
+        return
+    if len(outputs) != 1:
+        raise ValidationError(f"--output {path}: {suffix} holds one array but the model has {len(outputs)} "
+                              "outputs; name an .npz file")
+    _ONE_ARRAY_WRITERS[suffix](path, outputs[0])
+
+
 def _cmd_run(args) -> int:
     import intsim
 
@@ -71,12 +157,15 @@ def _cmd_run(args) -> int:
     x = _load_npy(args.input, "input")
     outputs = model.run_int(x) if args.int else model.run(x)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    names = [info.name for info in model.outputs]
     if args.output:
-        if len(outputs) != 1:
-            raise ValidationError(f"--output takes one array but the model has {len(outputs)} outputs")
-        np.save(args.output, outputs[0], allow_pickle=False)
-    for info, out in zip(model.outputs, outputs):
-        print(f"{info.name}: {out.dtype}{list(out.shape)}")
+        _write_outputs(args.output, names, outputs)
+    if args.json:
+        _print_json({"outputs": [{"name": n, "dtype": str(o.dtype), "shape": list(o.shape), "values": o.tolist()}
+                                 for n, o in zip(names, outputs)]})
+        return 0
+    for name, out in zip(names, outputs):
+        print(f"{name}: {out.dtype}{list(out.shape)}")
     return 0
 
 
@@ -93,26 +182,39 @@ def _cmd_selftest(args) -> int:
     from intsim import Model, examples
     from intsim.profiles import builtin_names
 
-    print("intsim selftest: a hand-built integer CNN (conv, depthwise, max pool, mean, fully connected, softmax)")
-    print("run on every built-in profile with the numba kernels and their naive twins.\n")
+    if not args.json:
+        print("intsim selftest: a hand-built integer CNN (conv, depthwise, max pool, mean, fully connected, softmax)")
+        print("run on every built-in profile: node by node (trace) and through the fused path run takes, with the")
+        print("numba kernels and their naive twins.\n")
+    results = []
     for name in builtin_names():
         graph = examples.tiny_cnn(name, seed=args.seed)
         x = examples.random_codes(graph.tensors["x"], args.batch, args.seed)
-        fast, naive = Model(graph, "fast").trace(x), Model(graph, "naive").trace(x)
-        mismatches = sum(int(np.sum(fast.tensors[t] != naive.tensors[t])) for t in fast.tensors)
+        fast_model, naive_model = Model(graph, "fast"), Model(graph, "naive")
+        fast, naive = fast_model.trace(x), naive_model.trace(x)
+        traced = sum(int(np.sum(fast.tensors[t] != naive.tensors[t])) for t in fast.tensors)
         elements = sum(int(fast.tensors[t].size) for t in fast.tensors)
-        print(f"== profile {name}: {elements} integers compared, fast vs naive mismatches: {mismatches}")
-        print(fast.table() + "\n")
-        if mismatches:
-            return 1
-    return 0
+        run_fast, run_naive = fast_model.run_int(x), naive_model.run_int(x)
+        ran = int(np.sum(run_fast != run_naive)) + int(np.sum(run_fast != fast.tensors[graph.outputs[0]]))
+        results.append({"profile": name, "trace_elements": elements, "trace_mismatches": traced,
+                        "run_elements": int(run_fast.size), "run_mismatches": ran})
+        if not args.json:
+            print(f"== profile {name}: {elements} integers compared, fast vs naive mismatches: {traced}; "
+                  f"run (fused) fast vs naive and vs trace, {run_fast.size} outputs: mismatches {ran}")
+            print(fast.table() + "\n")
+        if traced or ran:
+            break
+    if args.json:
+        _print_json(results)
+    return EXIT_RUNTIME_ERROR if any(r["trace_mismatches"] or r["run_mismatches"] for r in results) else 0
 
 
 def _cmd_export_tosa(args) -> int:
     import intsim
 
     path = intsim.export_tosa(intsim.load(args.model), args.out, batch=args.batch)
-    print(f"wrote the TOSA flatbuffer {path}; run it with tools/tosa_run.py in the tosa-tools venv")
+    print(f"wrote the TOSA flatbuffer {path}; any TOSA tool reads it, e.g. the reference model of PyPI's "
+          "tosa-tools (see docs/peers.md)")
     return 0
 
 
@@ -124,7 +226,7 @@ def _bit_widths(text: str, option: str) -> list[int]:
             lo, _, hi = part.partition("..")
             widths += list(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise ValidationError(f"{option} takes widths like 16..32 or 16,20,24, found {text!r}") from None
+        raise UsageError(f"{option} takes widths like 16..32 or 16,20,24, found {text!r}") from None
     return widths
 
 
@@ -132,64 +234,63 @@ def _cmd_golden(args) -> int:
     import intsim
 
     model = intsim.load(args.model)
-    path = intsim.export_golden(model, _load_npy(args.input, "input"), args.out, formats=args.format.split(","),
+    path = intsim.export_golden(model, _load_npy(args.input, "input"), args.out_dir, formats=args.format.split(","),
                                float_input=not args.int)
     print(f"wrote golden vectors of {len(model.graph.nodes)} nodes ({args.format}) and {path}")
     return 0
 
 
 def _cmd_diff(args) -> int:
-    import json
-
     import intsim
     from intsim.hwval import diff
 
     report = diff(intsim.load(args.model), _load_npy(args.input, "input"), args.device_dump,
                   float_input=not args.int, format=args.format)
     print(report.table())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as f:
             json.dump(report.to_dict(), f, indent=1)
-        print(f"wrote {args.json}")
-    return 0 if report.first is None else 1
+        print(f"wrote {args.json_path}")
+    return 0 if report.first is None else EXIT_RUNTIME_ERROR
 
 
 def _cmd_sweep(args) -> int:
-    import json
-
     import intsim
     from intsim.hwval import bitwidth_sweep, sweep
 
     data = _load_npy(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None
     conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
-                  "--activation-bits": args.activation_bits, "--profile": args.profile}
-    extra = {}
+                  "--activation-bits": args.activation_bits, "--profile": args.profile,
+                  "--input-shape": args.input_shape}
+    widths = None
     if args.model.lower().endswith(".onnx"):
         if not args.calibration:
-            raise ValidationError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
+            raise UsageError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
         calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
         profile = intsim.get_profile(args.profile or "paper")
         if args.weight_bits or args.activation_bits:
             widths = bitwidth_sweep(
                 args.model, calibration, data.astype(np.float32), labels, profile=profile,
                 weight_bits=_bit_widths(args.weight_bits or str(profile.weight_bits), "--weight-bits"),
-                activation_bits=_bit_widths(args.activation_bits or str(profile.activation_bits), "--activation-bits"))
+                activation_bits=_bit_widths(args.activation_bits or str(profile.activation_bits), "--activation-bits"),
+                input_shapes=args.input_shapes)
             print(widths.table() + "\n")
-            extra["bit_widths"] = widths.to_dict()
-        model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False)
+        model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False,
+                               input_shapes=args.input_shapes)
     else:
         given = [k for k, v in conversion.items() if v]
         if given:
-            raise ValidationError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
+            raise UsageError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
         model = intsim.load(args.model)
     report = sweep(model, data, labels, _bit_widths(args.acc_bits, "--acc-bits"), float_input=not args.int,
                    question_bits=args.question_bits, batch_size=args.batch_size)
+    report.bit_widths = widths
     print(report.table())
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report.to_dict() | extra, f, indent=1)
-        print(f"wrote {args.json}")
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict(), f, indent=1)
+        print(f"wrote {args.json_path}")
     _report_outputs_files(report, args)
     return 0
 
@@ -216,8 +317,12 @@ def _cmd_convert(args) -> int:
 
     data = _load_npy(args.calibration, "calibration")
     if data.dtype.kind in "iu":
+        warnings.warn(InputWarning(f"calibration {args.calibration} has integer dtype {data.dtype} (values "
+                                   f"{data.min()}..{data.max()}); intsim reads them as real values, not codes: scale "
+                                   "them as the model expects (e.g. /255)"))
         data = data.astype(np.float32)
-    model = intsim.convert(args.model, calibration=data, profile=args.profile, **_overrides(args))
+    model = intsim.convert(args.model, calibration=data, profile=args.profile,
+                           input_shapes=args.input_shapes, **_overrides(args))
     model.save(args.output)
     meta = model.graph.metadata
     overflow = sum(meta["bias_overflow"].values())
@@ -233,12 +338,13 @@ def _report_outputs(report, args) -> None:
 
 
 def _report_outputs_files(report, args) -> None:
+    stream = sys.stderr if getattr(args, "json", None) is True else sys.stdout
     if args.html:
         report.to_html(args.html)
-        print(f"wrote {args.html}")
+        print(f"wrote {args.html}", file=stream)
     if args.plot:
         report.plot(args.plot)
-        print(f"wrote {args.plot}")
+        print(f"wrote {args.plot}", file=stream)
 
 
 def _cmd_compare(args) -> int:
@@ -248,28 +354,37 @@ def _cmd_compare(args) -> int:
     labels = _load_npy(args.labels, "labels") if args.labels else None
     report = intsim.compare(args.onnx, intsim.load(args.model), data.astype(np.float32), labels,
                             batch_size=args.batch_size)
+    if args.json:
+        _print_json(report.to_dict())
+        _report_outputs_files(report, args)
+        return 0
     _report_outputs(report, args)
     return 0
 
 
 def _cmd_demo(args) -> int:
-    import intsim
-    from intsim.datasets import load_dataset
-    from intsim.models import model_path
-
     dataset = args.model.split("_")[-1]
-    x_train, _ = load_dataset(dataset, "train")
-    x_test, y_test = load_dataset(dataset, "test")
+    # Printed before the imports (onnx takes seconds) and the data (Fashion-MNIST takes seconds to unpack).
+    print(f"converting {args.model}.onnx for profile {args.profile!r} with {args.calibration_samples} calibration "
+          f"images of {dataset} ...", flush=True)
+    from intsim.progress import Progress, progress_enabled
+
+    with Progress(None, progress_enabled(), f"loading onnx and the {dataset} images"):
+        from intsim.api import compare, convert
+        from intsim.datasets import load_dataset
+        from intsim.models import model_path
+
+        x_train, _ = load_dataset(dataset, "train", args.data_dir)
+        x_test, y_test = load_dataset(dataset, "test", args.data_dir)
     if args.samples:
         x_test, y_test = x_test[: args.samples], y_test[: args.samples]
     calibration = x_train[: args.calibration_samples]
     onnx_path = model_path(f"{args.model}.onnx")
-    print(f"converting {onnx_path.name} for profile {args.profile!r} with {len(calibration)} calibration images "
-          f"of {dataset} ...")
-    model = intsim.convert(onnx_path, calibration=calibration, profile=args.profile, **_overrides(args))
+    model = convert(onnx_path, calibration=calibration, profile=args.profile, **_overrides(args))
     print(f"{len(model.graph.nodes)} integer nodes, converted in {model.graph.metadata['conversion_seconds']:.2f} s; "
-          f"running float, simulated and integer on {len(x_test)} test images\n")
-    report = intsim.compare(onnx_path, model, x_test, y_test, batch_size=args.batch_size)
+          f"running float, simulated and integer on {len(x_test)} test images (the first run on a fresh install "
+          "also compiles the numba kernels, about 30 s, cached afterwards)\n", flush=True)
+    report = compare(onnx_path, model, x_test, y_test, batch_size=args.batch_size)
     _report_outputs(report, args)
     return 0
 
@@ -310,17 +425,21 @@ def _add_profile_option(p):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="intsim", description="Bit-exact integer-only accelerator simulation.")
+    parser = argparse.ArgumentParser(prog="intsim", description="Bit-exact integer-only accelerator simulation.",
+                                     epilog="exit status: 0 success, 1 runtime error, 2 usage error")
+    parser.add_argument("--version", action="version", version=f"intsim {version('intsim')}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("profiles", help="list the built-in hardware profiles, or show one")
-    p.add_argument("name", nargs="?", help="a built-in name or a .toml file")
+    p = sub.add_parser("profiles", help="list the built-in hardware profiles, or show one as TOML")
+    p.add_argument("name", nargs="?", help="a built-in name or a .toml file (printed as TOML that loads back)")
+    _add_json_flag(p)
     p.set_defaults(func=_cmd_profiles)
 
     p = sub.add_parser("inspect", help="show the nodes, shapes, quantization parameters and profile of a model "
                                        "(QDQ models: which groups run fused and which as float islands)")
     p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
     _add_profile_option(p)
+    _add_json_flag(p)
     p.set_defaults(func=_cmd_inspect)
 
     for name, func, text in (("run", _cmd_run, "run a model on an input array"),
@@ -329,7 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
         p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
         if name == "run":
-            p.add_argument("--output", help="where to save the output .npy")
+            p.add_argument("--output", help="where to save the outputs: .npy or .csv (one output), .npz (all)")
+            _add_json_flag(p)
         p.add_argument("--int", action="store_true", help="input is integer codes (and run's output is codes)")
         p.add_argument("--backend", choices=("fast", "naive"), default="fast", help="numba kernels or naive twins")
         _add_profile_option(p)
@@ -345,6 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="float ONNX model")
     p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first, model layout)")
     p.add_argument("-o", "--output", required=True, help="the .intsim file to write")
+    _add_input_shape_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_convert)
 
@@ -355,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="integer class labels .npy, for accuracy")
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     _add_report_options(p)
+    _add_json_flag(p)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="the main job: convert a shipped model, run it on its test set, report")
@@ -362,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shipped model: resnet_digits (default), mobilenet_digits, resnet_fashion, mobilenet_fashion")
     p.add_argument("--calibration-samples", type=int, default=512, help="calibration images (default 512)")
     p.add_argument("--samples", type=int, help="test images to use (default all)")
+    p.add_argument("--data-dir", help="folder of the Fashion-MNIST IDX files (default: $INTSIM_DATA, else "
+                                      "/usr/share/datasets/fashion-mnist)")
     _add_conversion_options(p, batch_size=64)
     _add_report_options(p)
     p.set_defaults(func=_cmd_demo)
@@ -369,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("golden", help="write golden vectors (every tensor, weight, accumulator) for RTL test benches")
     p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
     p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
-    p.add_argument("--out", required=True, help="directory for manifest.json and the files")
+    p.add_argument("--out", dest="out_dir", required=True, help="directory for manifest.json and the files (created)")
     p.add_argument("--format", default="npy,hex,bin", help="comma-separated: npy, hex ($readmemh), bin (default all)")
     p.add_argument("--int", action="store_true", help="input is integer codes")
     p.set_defaults(func=_cmd_golden)
@@ -380,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device-dump", required=True, help="directory in the golden layout (manifest.json + files)")
     p.add_argument("--format", choices=("npy", "hex", "bin"), help="which files of the dump to read")
     p.add_argument("--int", action="store_true", help="input is integer codes")
-    p.add_argument("--json", help="also write the report as JSON")
+    p.add_argument("--json", dest="json_path", help="also write the report as JSON")
     p.set_defaults(func=_cmd_diff)
 
     p = sub.add_parser("sweep", help="accumulator widths: bits each layer needs, overflows and agreement per width")
@@ -392,29 +516,65 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer 'can the MAC array use this many accumulator bits?' (default 24)")
     p.add_argument("--int", action="store_true", help="data is integer codes")
     p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    p.add_argument("--json", help="also write the report as JSON")
+    p.add_argument("--json", dest="json_path", help="also write the report as JSON")
     p.add_argument("--html", help="also write one self-contained HTML page (tables and plot)")
     p.add_argument("--plot", help="also plot bits needed per layer and agreement per width to a PNG")
     p.add_argument("--calibration", help="float .onnx model: calibration inputs .npy for the conversion")
     p.add_argument("--profile", help="float .onnx model: the profile to convert for (default paper)")
     p.add_argument("--weight-bits", help="float .onnx model: also sweep weight widths, e.g. 4..8")
     p.add_argument("--activation-bits", help="float .onnx model: also sweep activation widths, e.g. 6,8")
+    _add_input_shape_option(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("selftest", help="run a hand-built integer graph on every profile (fast vs naive kernels)")
     p.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights and inputs (default 0)")
+    _add_json_flag(p)
     p.set_defaults(func=_cmd_selftest)
     return parser
+
+
+def _add_json_flag(p):
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of the text")
+
+
+def _add_input_shape_option(p):
+    p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
+                   help="fix a float .onnx input's symbolic dims, e.g. x:1,3,48,192 (repeat for several inputs)")
+
+
+def _check_before_computing(args) -> None:
+    """Every output's folder exists, a run output has a known extension, ``--input-shape`` parses, a plot has
+    matplotlib: all checked before the command computes anything."""
+    for option in _OUTPUT_OPTIONS:
+        path = getattr(args, option, None)
+        if isinstance(path, str) and not Path(path).resolve().parent.is_dir():
+            raise UsageError(f"--{option.replace('_path', '')} {path}: the folder {Path(path).resolve().parent} "
+                             "does not exist")
+    if args.func is _cmd_run and args.output and Path(args.output).suffix.lower() not in _RUN_OUTPUT_SUFFIXES:
+        raise UsageError(f"--output {args.output}: expected a {', '.join(_RUN_OUTPUT_SUFFIXES)} file")
+    args.input_shapes = _input_shapes(getattr(args, "input_shape", None))
+    if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(f"--plot {args.plot} needs matplotlib: pip install 'intsim[plot]'")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"intsim: warning: {message}", file=sys.stderr)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except IntsimError as exc:
+        _check_before_computing(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except UsageError as exc:
         print(f"intsim: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE_ERROR
+    except (IntsimError, OSError) as exc:
+        print(f"intsim: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
 
 
 if __name__ == "__main__":

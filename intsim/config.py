@@ -7,6 +7,9 @@
                        ``NUMBA_NUM_THREADS``); results never depend on it
 ``INTSIM_PROGRESS``    ``1`` draws progress bars on stderr even when it is not a terminal, ``0``
                        never draws them
+``INTSIM_DATA``        folder holding the Fashion-MNIST IDX files (default
+                       ``/usr/share/datasets/fashion-mnist``, Debian's ``dataset-fashion-mnist``);
+                       the CLI's ``--data-dir`` overrides it
 =====================  ==========================================================================
 
 The jit options every numba kernel shares live in :mod:`intsim.kernels._jit`.
@@ -26,6 +29,14 @@ def isa_setting() -> str | None:
 def threads_setting() -> str:
     """``INTSIM_THREADS`` as written (``"1"`` when unset); :mod:`intsim.kernels.gemm` checks it."""
     return os.environ.get("INTSIM_THREADS", "1")
+
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+
+
+def data_dir_setting() -> str:
+    """``INTSIM_DATA``, or Debian's Fashion-MNIST folder when unset or empty."""
+    return os.environ.get("INTSIM_DATA") or FASHION_MNIST_ROOT
 
 
 def progress_enabled(progress: bool = True) -> bool:

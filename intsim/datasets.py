@@ -10,8 +10,9 @@ in [0, 1], ``labels`` int64 class indices in [0, 10).
   so the test writers are mostly unseen in training; each class has 41..48 test
   images).
 - ``fashion``: Fashion-MNIST (1x28x28; 60000 train, 10000 test) read from the
-  gzipped IDX files that Debian's ``dataset-fashion-mnist`` package installs
-  under ``/usr/share/datasets/fashion-mnist``.
+  IDX files (gzipped or not) in a folder: ``root=``, else ``INTSIM_DATA``, else
+  ``/usr/share/datasets/fashion-mnist`` where Debian's ``dataset-fashion-mnist``
+  installs them (:func:`intsim.config.data_dir_setting`).
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from intsim.config import FASHION_MNIST_ROOT, data_dir_setting
 from intsim.errors import ModelFormatError, ValidationError
 from intsim.models import model_path
 
 SPLITS = ("train", "test")
-FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 _DIGITS_TRAIN_COUNT = 1347
 _DIGITS_MAX_VALUE = 16
@@ -67,13 +68,13 @@ def load_digits(split: str = "test") -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_idx_ubyte(path: Path, ndim: int) -> np.ndarray:
-    """Parse one gzipped IDX file of unsigned bytes with ``ndim`` dimensions.
+    """Parse one IDX file of unsigned bytes with ``ndim`` dimensions, gzipped when its name ends in ``.gz``.
 
     IDX layout: two zero bytes, a type code (0x08 = unsigned byte), the number
     of dimensions, then each dimension as a big-endian uint32, then the data.
     """
     try:
-        with gzip.open(path, "rb") as f:
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as exc:
         raise ModelFormatError(f"{path}: not a readable gzip file ({exc})") from exc
@@ -94,16 +95,25 @@ def _read_idx_ubyte(path: Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header_bytes).reshape(dims)
 
 
-def load_fashion_mnist(split: str = "test", root: str | Path = FASHION_MNIST_ROOT) -> tuple[np.ndarray, np.ndarray]:
-    """Fashion-MNIST from the gzipped IDX files of ``dataset-fashion-mnist``.
+def _idx_file(root: Path, name: str) -> Path:
+    """``root / name`` (gzipped), or the same file unpacked (``name`` less ``.gz``) where only that exists."""
+    packed = root / name
+    unpacked = root / name.removesuffix(".gz")
+    return unpacked if not packed.exists() and unpacked.exists() else packed
+
+
+def load_fashion_mnist(split: str = "test", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST from its four IDX files (the layout of ``dataset-fashion-mnist`` and of the
+    original distribution).
 
     Parameters
     ----------
     split : {"train", "test"}
         ``train`` has 60000 images, ``test`` 10000.
-    root : str or Path
+    root : str, Path or None
         Folder holding ``train-images-idx3-ubyte.gz``, ``train-labels-idx1-ubyte.gz``,
-        ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz``.
+        ``t10k-images-idx3-ubyte.gz`` and ``t10k-labels-idx1-ubyte.gz`` (each may also be
+        unpacked, without ``.gz``). ``None``: ``INTSIM_DATA``, else ``FASHION_MNIST_ROOT``.
 
     Returns
     -------
@@ -121,13 +131,14 @@ def load_fashion_mnist(split: str = "test", root: str | Path = FASHION_MNIST_ROO
         truncated, or images and labels disagree.
     """
     _check_split("fashion", split)
-    root = Path(root)
-    image_path, label_path = (root / name for name in _FASHION_FILES[split])
+    root = Path(data_dir_setting() if root is None else root)
+    image_path, label_path = (_idx_file(root, name) for name in _FASHION_FILES[split])
     for path in (root, image_path, label_path):
         if not path.exists():
             raise ValidationError(
-                f"fashion: {path} does not exist; install the data set with "
-                "`apt install dataset-fashion-mnist` or pass root= the folder holding its IDX files"
+                f"fashion: {path} does not exist; install the data set with `apt install dataset-fashion-mnist`, "
+                f"or name the folder holding its IDX files with --data-dir, INTSIM_DATA or root= "
+                f"(default {FASHION_MNIST_ROOT})"
             )
     images = _read_idx_ubyte(image_path, ndim=3)
     labels = _read_idx_ubyte(label_path, ndim=1)
@@ -144,12 +155,15 @@ _LOADERS = {"digits": load_digits, "fashion": load_fashion_mnist}
 DATASETS = tuple(_LOADERS)
 
 
-def load_dataset(name: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+def load_dataset(name: str, split: str = "test", root: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Load a data set by name (one of ``DATASETS``: ``"digits"``, ``"fashion"``).
 
     Returns the loader's ``(images, labels)``; see ``load_digits`` and
-    ``load_fashion_mnist``.
+    ``load_fashion_mnist``. ``root`` names the folder of a data set read from
+    files (``fashion``); ``digits`` ships inside intsim and takes none.
     """
     if name not in _LOADERS:
         raise ValidationError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    return _LOADERS[name](split)
+    if name == "digits":
+        return load_digits(split)
+    return _LOADERS[name](split, root)

@@ -31,3 +31,8 @@ class UnsupportedOpError(IntsimError):
 class AccumulatorOverflowError(IntsimError, ArithmeticError):
     """An accumulator left its ``accumulator_bits`` range under the profile's
     ``overflow = "error"`` policy."""
+
+
+class InputWarning(UserWarning):
+    """Float input that looks wrong: an integer dtype (images as 0..255 codes), or values far
+    outside the range the model was calibrated for."""

@@ -1,37 +1,80 @@
-"""A one-line progress bar on stderr: ``calibrating [#####.....] 320/1000``."""
+"""A one-line progress display on stderr: ``calibrating [#####.....] 320/1000``.
+
+Used as a context manager, a :class:`Progress` also shows the elapsed seconds and redraws itself every
+``HEARTBEAT_S`` seconds from a background thread, so the line keeps moving while one step takes long,
+e.g. the first batch that makes numba compile the kernels. ``total=None`` shows a stage without a count.
+"""
 
 from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 
 from intsim.config import progress_enabled
 
-# Redrawn at most every INTERVAL_S seconds; the clock is a module name so tests can replace it.
+# Redrawn at most every INTERVAL_S seconds on update, and at least every HEARTBEAT_S seconds inside a
+# ``with`` block; the clock is a module name so tests can replace it.
 INTERVAL_S = 0.1
+HEARTBEAT_S = 1.0
 WIDTH = 30
 monotonic = time.monotonic
 
 
 class Progress:
-    """A bar over ``total`` steps, drawn only when :func:`intsim.config.progress_enabled` says so."""
+    """A bar over ``total`` steps (or a stage, ``total=None``), drawn only when
+    :func:`intsim.config.progress_enabled` says so."""
 
-    def __init__(self, total: int, enabled: bool, label: str = "calibrating"):
+    def __init__(self, total: int | None, enabled: bool, label: str = "calibrating"):
         self.total, self.enabled, self.label = total, enabled, label
+        self.done = 0
         self._last_draw = -math.inf
+        self._start = monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._timed = False
 
     def update(self, done: int) -> None:
+        self.done = done
         if not self.enabled:
             return
         now = monotonic()
-        if done < self.total and now - self._last_draw < INTERVAL_S:
+        if (self.total is None or done < self.total) and now - self._last_draw < INTERVAL_S:
             return
-        self._last_draw = now
-        filled = WIDTH * done // self.total
-        end = "\n" if done == self.total else ""
-        sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (WIDTH - filled)}] {done}/{self.total}{end}")
-        sys.stderr.flush()
+        self._draw(now, final=done == self.total)
+
+    def _draw(self, now: float, final: bool = False) -> None:
+        with self._lock:
+            self._last_draw = now
+            elapsed = f" {now - self._start:.0f} s" if self._timed else ""
+            if self.total is None:
+                line = f"{self.label} ...{elapsed}"
+            else:
+                filled = WIDTH * self.done // max(self.total, 1)
+                line = f"{self.label} [{'#' * filled}{'.' * (WIDTH - filled)}] {self.done}/{self.total}{elapsed}"
+            sys.stderr.write(f"\r{line}{chr(10) if final else ''}")
+            sys.stderr.flush()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._draw(monotonic())
+
+    def __enter__(self) -> "Progress":
+        self._start, self._timed = monotonic(), True
+        if self.enabled:
+            self._draw(self._start)
+            self._ticker = threading.Thread(target=self._tick, name=f"intsim progress: {self.label}", daemon=True)
+            self._ticker.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join()
+            if self.total is None or self.done != self.total:
+                self._draw(monotonic(), final=True)
 
 
 __all__ = ["Progress", "progress_enabled"]

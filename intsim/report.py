@@ -33,6 +33,8 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph
+from intsim.plotting import inline_png, pyplot
+from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
 
 
@@ -145,7 +147,7 @@ class CompareReport:
         }
 
     def to_html(self, path) -> None:
-        """A self-contained HTML page with the summary and the per-layer table."""
+        """A self-contained HTML page with the summary, the per-layer table and (with matplotlib) the plot."""
         rows = "".join(
             "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (
                 r.tensor, r.op, f"{r.sqnr_sim:.2f}", f"{r.sqnr_int:.2f}", f"{100 * r.agreement:.2f}%",
@@ -161,20 +163,14 @@ class CompareReport:
             f"</head><body><h1>{summary}</h1><table><tr><th>tensor</th><th>op</th><th>SQNR sim dB</th>"
             "<th>SQNR int dB</th><th>int==sim</th><th>local rounding diff</th><th>clamped</th>"
             "<th>acc headroom</th></tr>"
-            f"{rows}</table>{tail}</body></html>"
+            f"{rows}</table>{tail}{inline_png(self.plot, 'per-layer SQNR')}</body></html>"
         )
         with open(path, "w", encoding="utf-8") as f:
             f.write(page)
 
     def plot(self, path) -> None:
         """Per-layer SQNR (simulated and integer) as a PNG; needs matplotlib (extra ``plot``)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ValidationError("plotting needs matplotlib: pip install 'intsim[plot]'") from None
+        plt = pyplot()
         finite = [(r.tensor, r.sqnr_sim, r.sqnr_int) for r in self.layers]
         x = np.arange(len(finite))
         fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(finite)), 4))
@@ -183,7 +179,8 @@ class CompareReport:
         ax.plot(x, [cap(v[2]) for v in finite], "s--", label="integer")
         ax.set_xticks(x, [v[0] for v in finite], rotation=90, fontsize=7)
         ax.set_ylabel("SQNR vs float (dB)")
-        ax.set_title(f"{self.model_name}, profile {self.profile}")
+        # Long model names wrap instead of running past the figure's edge.
+        ax.set_title(f"{self.model_name}, profile {self.profile}: {self.samples} samples", fontsize=9, wrap=True)
         ax.legend()
         fig.tight_layout()
         fig.savefig(path, dpi=120)
@@ -269,7 +266,8 @@ def _local_ideal(node, trace, graph, meta) -> np.ndarray | None:
     return np.clip(np.rint(value) + out.zero_point, lo, hi)
 
 
-def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int = 64) -> CompareReport:
+def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int = 64,
+            progress: bool = True) -> CompareReport:
     """Run float, simulated and integer executions of a model on ``data`` and compare them.
 
     Parameters
@@ -282,17 +280,21 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
         Inputs in the model's layout, first axis = samples; processed in batches.
     labels : int array, optional
         Class labels: adds float, simulated and integer accuracy.
+    progress : bool
+        Draw a progress bar on stderr (:func:`intsim.config.progress_enabled`); the first batch
+        includes numba's compilation of the kernels on a fresh install.
     """
     from intsim.converter.lowering import prepare_float_graph
 
-    fg = prepare_float_graph(onnx_model)
     graph = int_model.graph
     meta = graph.metadata
+    fg = prepare_float_graph(onnx_model, meta.get("input_shapes"))
     sim_graph, points = simulation_graph(fg, int_model)
     hook = fake_quant_hook(points)
     data = np.asarray(data)
     if data.dtype.kind != "f" or data.shape[0] == 0:
         raise ValidationError(f"compare needs a non-empty float data array, found dtype {data.dtype} shape {data.shape}")
+    int_model.check_input_shapes(data.shape, where="compare data for input")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (data.shape[0],):
@@ -308,55 +310,57 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
     correct = {"float": 0, "simulated": 0, "integer": 0}
     agree_int = agree_sim = 0
     max_int = max_sim = 0.0
-    for start in range(0, data.shape[0], batch_size):
-        batch = data[start : start + batch_size]
-        ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
-        sim = run_float(sim_graph, [batch], hook=hook)
-        trace = int_model.trace(batch, float_input=True)
-        for float_name, row in rows.items():
-            int_name = meta["quantized"][float_name]
-            info = graph.tensors[int_name]
-            perm = meta["source"][int_name][1]
-            codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
-            f = ref[float_name].astype(np.float64)
-            if float_name in rescaled:
-                f = _as_rewritten(f, rescaled[float_name])
-            s = sim[float_name].astype(np.float64)
-            deq = (codes - info.zero_point) * info.scale
-            row.signal += float(np.sum(f * f))
-            row.noise_sim += float(np.sum((f - s) ** 2))
-            row.noise_int += float(np.sum((f - deq) ** 2))
-            row.agree += int(np.sum(np.rint(s / info.scale) + info.zero_point == codes))
-            row.elements += codes.size
-            node = producers.get(int_name)
-            if node is not None:
-                ideal = _local_ideal(node, trace, graph, meta)
-                if ideal is not None:
-                    row.local_mismatch += int(np.sum(ideal != trace.tensors[int_name]))
-                    row.local_elements += ideal.size
-                stats = trace.stats.get(node.name, {})
-                sat = stats.get("saturation_count")
-                if sat is not None:
-                    row.saturated += sat
-                    row.saturation_elements += trace.tensors[int_name].size
-                if "max_abs_accumulator" in stats:
-                    row.max_abs_accumulator = max(row.max_abs_accumulator or 0, stats["max_abs_accumulator"])
-                    row.headroom_bits = graph.profile.accumulator_bits - 1 - row.max_abs_accumulator.bit_length()
-        f_out = ref[out_float]
-        info = graph.tensors[out_int]
-        i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
-        s_out = sim[out_float]
-        max_int = max(max_int, float(np.max(np.abs(f_out - i_out))))
-        max_sim = max(max_sim, float(np.max(np.abs(f_out - s_out))))
-        if f_out.ndim == 2:
-            top_f = f_out.argmax(axis=1)
-            agree_int += int(np.sum(i_out.argmax(axis=1) == top_f))
-            agree_sim += int(np.sum(s_out.argmax(axis=1) == top_f))
-            if labels is not None:
-                y = labels[start : start + batch_size]
-                correct["float"] += int(np.sum(top_f == y))
-                correct["simulated"] += int(np.sum(s_out.argmax(axis=1) == y))
-                correct["integer"] += int(np.sum(i_out.argmax(axis=1) == y))
+    with Progress(data.shape[0], progress_enabled(progress), "comparing float, simulated, integer") as bar:
+        for start in range(0, data.shape[0], batch_size):
+            batch = data[start : start + batch_size]
+            ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
+            sim = run_float(sim_graph, [batch], hook=hook)
+            trace = int_model.trace(batch, float_input=True)
+            for float_name, row in rows.items():
+                int_name = meta["quantized"][float_name]
+                info = graph.tensors[int_name]
+                perm = meta["source"][int_name][1]
+                codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
+                f = ref[float_name].astype(np.float64)
+                if float_name in rescaled:
+                    f = _as_rewritten(f, rescaled[float_name])
+                s = sim[float_name].astype(np.float64)
+                deq = (codes - info.zero_point) * info.scale
+                row.signal += float(np.sum(f * f))
+                row.noise_sim += float(np.sum((f - s) ** 2))
+                row.noise_int += float(np.sum((f - deq) ** 2))
+                row.agree += int(np.sum(np.rint(s / info.scale) + info.zero_point == codes))
+                row.elements += codes.size
+                node = producers.get(int_name)
+                if node is not None:
+                    ideal = _local_ideal(node, trace, graph, meta)
+                    if ideal is not None:
+                        row.local_mismatch += int(np.sum(ideal != trace.tensors[int_name]))
+                        row.local_elements += ideal.size
+                    stats = trace.stats.get(node.name, {})
+                    sat = stats.get("saturation_count")
+                    if sat is not None:
+                        row.saturated += sat
+                        row.saturation_elements += trace.tensors[int_name].size
+                    if "max_abs_accumulator" in stats:
+                        row.max_abs_accumulator = max(row.max_abs_accumulator or 0, stats["max_abs_accumulator"])
+                        row.headroom_bits = graph.profile.accumulator_bits - 1 - row.max_abs_accumulator.bit_length()
+            f_out = ref[out_float]
+            info = graph.tensors[out_int]
+            i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
+            s_out = sim[out_float]
+            max_int = max(max_int, float(np.max(np.abs(f_out - i_out))))
+            max_sim = max(max_sim, float(np.max(np.abs(f_out - s_out))))
+            if f_out.ndim == 2:
+                top_f = f_out.argmax(axis=1)
+                agree_int += int(np.sum(i_out.argmax(axis=1) == top_f))
+                agree_sim += int(np.sum(s_out.argmax(axis=1) == top_f))
+                if labels is not None:
+                    y = labels[start : start + batch_size]
+                    correct["float"] += int(np.sum(top_f == y))
+                    correct["simulated"] += int(np.sum(s_out.argmax(axis=1) == y))
+                    correct["integer"] += int(np.sum(i_out.argmax(axis=1) == y))
+            bar.update(min(start + batch_size, data.shape[0]))
     n = data.shape[0]
     accuracy = {k: v / n for k, v in correct.items()} if labels is not None else {}
     return CompareReport(graph.name, graph.profile.name, n, list(rows.values()), agree_int / n, agree_sim / n,

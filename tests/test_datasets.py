@@ -212,3 +212,23 @@ def test_fashion_real_files_copied_and_truncated(tmp_path):
     (tmp_path / IMAGES).write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFormatError, match="not a readable gzip file"):
         load_fashion_mnist("test", root=tmp_path)
+
+
+def test_fashion_folder_from_intsim_data_and_unpacked_files(tmp_path, monkeypatch):
+    images, labels = _small_set()
+    (tmp_path / IMAGES.removesuffix(".gz")).write_bytes(_idx(images))
+    (tmp_path / LABELS.removesuffix(".gz")).write_bytes(_idx(labels))
+    monkeypatch.setenv("INTSIM_DATA", str(tmp_path))
+    for got_x, got_y in (load_fashion_mnist("test"), load_dataset("fashion", "test")):
+        np.testing.assert_array_equal(got_x, (images[:, None] / np.float32(255)).astype(np.float32), strict=True)
+        np.testing.assert_array_equal(got_y, labels.astype(np.int64), strict=True)
+    monkeypatch.setenv("INTSIM_DATA", str(tmp_path / "elsewhere"))
+    with pytest.raises(ValidationError, match=r"elsewhere does not exist; .*--data-dir, INTSIM_DATA or root="):
+        load_dataset("fashion", "test")
+
+
+def test_demo_data_dir(tmp_path, capsys):
+    from intsim.cli import main
+
+    assert main(["demo", "--model", "resnet_fashion", "--data-dir", str(tmp_path / "nowhere")]) == 1
+    assert f"fashion: {tmp_path / 'nowhere'} does not exist" in capsys.readouterr().err

@@ -427,6 +427,11 @@ def test_sweep_counts_and_answers(resnet):
             trace = _with_acc(graph, bits, policy).trace(x, float_input=True)
             assert first.overflows[policy][bits] == trace.stats[first.node]["overflow_count"]
     assert first.overflows["wrap"][first.needed_bits] == 0 and first.overflows["wrap"][first.needed_bits - 1] > 0
+    # Every width from 16 is swept, and each layer needs more than 16: the swept answer is the exact one.
+    assert all(layer.exact_bits == layer.needed_bits > 16 for layer in report.layers)
+    sparse = sweep(model, x, acc_bits=(16, 24, 32), batch_size=20, progress=False)
+    assert [layer.needed_bits for layer in sparse.layers] == [24] * len(macs)
+    assert [layer.exact_bits for layer in sparse.layers] == [layer.exact_bits for layer in report.layers]
     top = full.tensors[graph.outputs[0]].argmax(axis=1)
     narrow = _with_acc(graph, 16, "wrap").run_int(model.quantize_inputs([x])[0]).argmax(axis=1)
     w16 = next(w for w in report.widths if (w.bits, w.policy) == (16, "wrap"))
@@ -577,10 +582,14 @@ def test_bitwidth_sweep_of_a_float_model(tmp_path, capsys):
     np.save(tmp_path / "cal.npy", cal)
     np.save(tmp_path / "x.npy", x)
     assert main(["sweep", str(onnx_path), "--calibration", str(tmp_path / "cal.npy"), "--data", str(tmp_path / "x.npy"),
-                 "--weight-bits", "4,8", "--acc-bits", "18..20,24", "--json", str(tmp_path / "s.json")]) == 0
+                 "--weight-bits", "4,8", "--acc-bits", "18..20,24", "--json", str(tmp_path / "s.json"),
+                 "--html", str(tmp_path / "s.html")]) == 0
     out = capsys.readouterr().out
     assert "bit-width sweep of" in out and "Can the MAC array use 24-bit accumulators" in out
     assert [r["weight_bits"] for r in json.loads((tmp_path / "s.json").read_text())["bit_widths"]["rows"]] == [4, 8]
+    page = (tmp_path / "s.html").read_text()
+    assert "<h2>Weight and activation bits</h2>" in page and "data:image/png;base64," in page
+    assert page.count("<tr><td>4</td><td>8</td>") == page.count("<tr><td>8</td><td>8</td>") == 1
 
 
 def test_bitwidth_sweep_rejects_bad_arguments(tmp_path, capsys):

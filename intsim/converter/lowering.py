@@ -88,9 +88,10 @@ class Step:
     attrs: dict = field(default_factory=dict)
 
 
-def prepare_float_graph(model) -> FloatGraph:
-    """Import an ONNX model (path or ModelProto, or a FloatGraph as is) and run the default passes."""
-    return default_passes(model if isinstance(model, FloatGraph) else import_onnx(model))
+def prepare_float_graph(model, input_shapes=None) -> FloatGraph:
+    """Import an ONNX model (path or ModelProto, its inputs fixed by ``input_shapes`` as in
+    :func:`~intsim.importers.onnx.import_onnx`, or a FloatGraph as is) and run the default passes."""
+    return default_passes(model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes))
 
 
 def plan_steps(fg: FloatGraph) -> list[Step]:
@@ -612,7 +613,7 @@ def data_free_ranges(fg: FloatGraph, bn: dict, input_range: tuple[float, float],
 def convert(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
             range_method=None, logits_range_method=None, weight_range_method=None, batch_size=32,
             input_range=None, progress=True, name=None, cle=None, bias_correction=None, adaround=None,
-            pipeline=None) -> Model:
+            pipeline=None, input_shapes=None) -> Model:
     """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
 
     Parameters
@@ -645,6 +646,10 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
     pipeline : {"standard"}, optional
         A preset for all of the above (§3.5, :data:`intsim.ptq.PIPELINES`);
         every argument given explicitly overrides it.
+    input_shapes : mapping of str to shape, optional
+        Fix symbolic input dimensions by input name, e.g. ``{"x": (1, 3, 48, 192)}``
+        (:func:`~intsim.importers.onnx.import_onnx`); kept in the graph's metadata,
+        so :func:`intsim.compare` imports the float model the same way.
     """
     start = time.perf_counter()
     profile = get_profile(profile)
@@ -661,7 +666,7 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
         raise ValidationError(f"range_method must be one of {', '.join(RANGE_METHODS)}, found {range_method!r}")
     logits_method = settings["logits_range_method"] or range_method
     inner_method = "mse" if range_method == "cross_entropy" else range_method
-    raw = model if isinstance(model, FloatGraph) else import_onnx(model)
+    raw = model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes)
     batch_norms = batch_norm_statistics(raw)
     data = None
     if calibration is not None:
@@ -711,6 +716,7 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
                             "adaround": settings["adaround"] is not None, **ptq.meta}
     lowering.meta["float_outputs"] = list(fg.outputs)
     lowering.meta["float_inputs"] = list(fg.inputs)
+    lowering.meta["input_shapes"] = {k: [None if d is None else int(d) for d in v] for k, v in (input_shapes or {}).items()}
     lowering.meta["conversion_seconds"] = time.perf_counter() - start
     graph = Graph(name or fg.name or "model", profile, lowering.tensors, lowering.nodes, inputs, outputs,
                   lowering.meta)

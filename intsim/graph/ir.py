@@ -73,6 +73,11 @@ class Node:
     params: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def shape_text(shape: Shape) -> str:
+    """A shape as messages and reports write it, a free (batch) dimension as ``N``: ``(N, 8, 8, 3)``."""
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
 def shapes_compatible(declared: Shape, inferred: Shape) -> bool:
     """Same rank, and equal wherever both dimensions are known."""
     if len(declared) != len(inferred):

@@ -9,6 +9,7 @@ import numpy as np
 
 from intsim.errors import ValidationError
 from intsim.profiles import get_profile
+from intsim.progress import Progress, progress_enabled
 
 from intsim.hwval.sweep import text_columns, top1
 
@@ -57,7 +58,8 @@ class BitWidthReport:
 
 
 def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8,), activation_bits=(8,),
-                   profile="paper", batch_size: int = 256, **convert_options) -> BitWidthReport:
+                   profile="paper", batch_size: int = 256, progress: bool = True,
+                   **convert_options) -> BitWidthReport:
     """Convert a float ONNX model at every weight x activation width and measure each conversion.
 
     Per ``(weight_bits, activation_bits)`` pair, :func:`intsim.convert` (with
@@ -75,6 +77,8 @@ def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8
         Evaluation inputs, samples first.
     weight_bits, activation_bits : iterables of int
         Each in 2..16.
+    progress : bool
+        Draw a progress bar over the pairs on stderr (:func:`intsim.config.progress_enabled`).
     """
     from intsim.converter.lowering import convert, prepare_float_graph
     from intsim.floatgraph.execute import run_float
@@ -87,12 +91,13 @@ def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8
         labels = np.asarray(labels)
         if labels.shape != (data.shape[0],):
             raise ValidationError(f"bitwidth_sweep: labels must have shape ({data.shape[0]},), found {labels.shape}")
-    fg = prepare_float_graph(onnx_model)
+    fg = prepare_float_graph(onnx_model, convert_options.get("input_shapes"))
     batches = [data[i: i + batch_size] for i in range(0, data.shape[0], batch_size)]
     float_top = np.concatenate([top1(run_float(fg, [b])[fg.outputs[0]]) for b in batches])
     rows, name = [], fg.name
-    for w in sorted({int(b) for b in weight_bits}):
-        for a in sorted({int(b) for b in activation_bits}):
+    pairs = [(w, a) for w in sorted({int(b) for b in weight_bits}) for a in sorted({int(b) for b in activation_bits})]
+    with Progress(len(pairs), progress_enabled(progress), "sweeping weight/activation bits") as bar:
+        for done, (w, a) in enumerate(pairs, 1):
             model = convert(fg, calibration=calibration, profile=profile, weight_bits=w, activation_bits=a,
                             progress=False, **convert_options)
             peaks, tops = {}, []
@@ -108,5 +113,6 @@ def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8
                                     None if labels is None else float(np.mean(top == labels)),
                                     peaks[widest].bit_length() + 1, widest))
             name = model.graph.name
+            bar.update(done)
     accuracy = None if labels is None else float(np.mean(float_top == labels))
     return BitWidthReport(name, get_profile(profile).name, data.shape[0], rows, accuracy)

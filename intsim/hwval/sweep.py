@@ -3,10 +3,8 @@ and wrap at each width, and end-to-end agreement and accuracy per width (white p
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import html
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +13,8 @@ import numpy as np
 from intsim.errors import ValidationError
 from intsim.graph import Graph
 from intsim.graph.ops import MAC_OPS, REQUANTIZING_OPS
+from intsim.plotting import inline_png, pyplot
+from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
 
 from intsim.hwval.variants import NodeSetup
@@ -30,7 +30,10 @@ class SweepLayer:
     """One multiply-accumulate node: what its accumulators need on the swept data.
 
     ``overflows[policy][bits]`` counts outputs whose accumulation left ``bits``
-    when the node runs alone on the full-width run's inputs.
+    when the node runs alone on the full-width run's inputs. ``needed_bits`` is
+    the narrowest swept width from which every wider swept width is clean;
+    ``exact_bits`` the narrowest width of 8..32, swept or not, at which no
+    partial sum leaves the range (``None``: not even 32).
     """
 
     node: str
@@ -41,6 +44,7 @@ class SweepLayer:
     clamped_fraction: float
     headroom_bits: int
     overflows: dict
+    exact_bits: int | None = None
 
 
 @dataclass
@@ -72,6 +76,8 @@ class SweepReport:
     widths: list
     accuracy_full: float | None = None
     clamped: dict = field(default_factory=dict)
+    # The weight / activation bit-width sweep run beside it (a BitWidthReport), shown in to_html and plot.
+    bit_widths: object = None
 
     def safe_bits(self) -> int | None:
         """The narrowest swept width at which no layer overflows on this data under either policy."""
@@ -105,9 +111,10 @@ class SweepReport:
                 + (", ..." if len(over) > 4 else "") + f"); top-1 agreement with the 32-bit run: {agree}" + tail + ".")
 
     def table(self) -> str:
-        header = ["node", "op", "max |acc|", "final-sum bits", "bits needed", "clamped", "headroom"]
+        header = ["node", "op", "max |acc|", "final-sum bits", "bits needed", "exact bits", "clamped", "headroom"]
         rows = [[x.node, x.op, str(x.max_abs_accumulator), str(x.final_bits),
                  ">" + str(max(self.acc_bits)) if x.needed_bits is None else str(x.needed_bits),
+                 ">32" if x.exact_bits is None else str(x.exact_bits),
                  f"{100 * x.clamped_fraction:.2f}%", str(x.headroom_bits)] for x in self.layers]
         lines = [f"accumulator sweep of {self.model!r} (profile {self.profile!r}) on {self.samples} samples",
                  *text_columns(header, rows), ""]
@@ -126,18 +133,14 @@ class SweepReport:
                 "accuracy_full": self.accuracy_full,
                 "clamped": {name: {"op": op, "fraction": frac} for name, (op, frac) in self.clamped.items()},
                 "layers": [dataclasses.asdict(x) for x in self.layers],
-                "widths": [dataclasses.asdict(w) for w in self.widths]}
+                "widths": [dataclasses.asdict(w) for w in self.widths],
+                **({} if self.bit_widths is None else {"bit_widths": self.bit_widths.to_dict()})}
 
     def plot(self, path) -> None:
         """Bits needed per layer and top-1 agreement per width, as a PNG (needs matplotlib)."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            raise ValidationError("plotting needs matplotlib: pip install 'intsim[plot]'") from None
-        fig, (left, right) = plt.subplots(1, 2, figsize=(max(8, 0.5 * len(self.layers) + 5), 4))
+        plt = pyplot()
+        panels = 3 if self.bit_widths is not None else 2
+        fig, (left, right, *pairs) = plt.subplots(1, panels, figsize=(max(8, 0.5 * len(self.layers) + 5) + 4 * (panels - 2), 4))
         x = np.arange(len(self.layers))
         cap = max(self.acc_bits) + 1
         left.bar(x, [cap if v.needed_bits is None else v.needed_bits for v in self.layers], color="tab:blue",
@@ -153,8 +156,15 @@ class SweepReport:
         right.set_xlabel("accumulator bits")
         right.set_ylabel("top-1 agreement with 32 bits (%)")
         right.legend()
-        left.set_title(f"{self.model}, profile {self.profile}: per layer", fontsize=9)
+        left.set_title(f"{self.model}, profile {self.profile}: per layer", fontsize=9, wrap=True)
         right.set_title(f"end to end, {self.samples} samples", fontsize=9)
+        for axis in pairs:
+            rows = self.bit_widths.rows
+            axis.bar(range(len(rows)), [100 * r.agreement for r in rows], color="tab:green")
+            axis.set_xticks(range(len(rows)), [f"W{r.weight_bits}A{r.activation_bits}" for r in rows], rotation=90,
+                            fontsize=7)
+            axis.set_ylabel("top-1 agreement with float (%)")
+            axis.set_title("weight / activation bits", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
@@ -165,12 +175,13 @@ class SweepReport:
         q = html.escape
         widths = self.acc_bits
         head = "".join(f"<th>{h}</th>" for h in ["node", "op", "max |acc|", "final-sum bits", "bits needed",
-                                                 "clamped", "headroom"]
+                                                 "exact bits", "clamped", "headroom"]
                        + [f"ovf {b} sat/wrap" for b in widths])
         rows = "".join(
             "<tr>" + "".join(f"<td>{q(str(c))}</td>" for c in [
                 x.node, x.op, x.max_abs_accumulator, x.final_bits,
                 ">" + str(max(widths)) if x.needed_bits is None else x.needed_bits,
+                ">32" if x.exact_bits is None else x.exact_bits,
                 f"{100 * x.clamped_fraction:.2f}%", x.headroom_bits]
                 + [f"{x.overflows['saturate'].get(b, '')}/{x.overflows['wrap'].get(b, '')}" for b in widths])
             + "</tr>" for x in self.layers)
@@ -179,12 +190,14 @@ class SweepReport:
                        f"<td>{'' if w.accuracy is None else f'{100 * w.accuracy:.2f}%'}</td></tr>" for w in self.widths)
         clamped = "".join(f"<tr><td>{q(name)}</td><td>{q(op)}</td><td>{100 * frac:.2f}%</td></tr>"
                           for name, (op, frac) in self.clamped.items())
-        try:
-            buffer = io.BytesIO()
-            self.plot(buffer)
-            image = f"<img alt='sweep plot' src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
-        except ValidationError:
-            image = "<p>(install matplotlib for the plot)</p>"
+        image = inline_png(self.plot, "sweep plot")
+        pairs = "" if self.bit_widths is None else (
+            "<h2>Weight and activation bits</h2><table><tr>"
+            + "".join(f"<th>{q(h)}</th>" for h in ["W bits", "A bits", "top-1 agreement with float", "accuracy",
+                                                   "final-sum acc bits", "widest layer"]) + "</tr>"
+            + "".join(f"<tr><td>{r.weight_bits}</td><td>{r.activation_bits}</td><td>{100 * r.agreement:.2f}%</td>"
+                      f"<td>{'' if r.accuracy is None else f'{100 * r.accuracy:.2f}%'}</td><td>{r.final_bits}</td>"
+                      f"<td>{q(r.widest_layer)}</td></tr>" for r in self.bit_widths.rows) + "</table>")
         page = (
             "<!doctype html><html><head><meta charset='utf-8'><title>intsim hardware report</title>"
             "<style>body{font-family:sans-serif}table{border-collapse:collapse;margin:1em 0}"
@@ -194,13 +207,14 @@ class SweepReport:
             f"<p>profile {q(self.profile)}, {self.samples} samples. <i>clamped</i>: fraction of the layer's outputs "
             "the requantization clamp changed (32-bit run); <i>headroom</i>: profile accumulator bits - 1 - "
             "bit length of max |acc|; <i>bits needed</i>: narrowest width at which the layer, run alone on the "
-            "32-bit run's inputs, never leaves the accumulator range; <i>ovf</i>: outputs that overflowed.</p>"
+            "32-bit run's inputs, never leaves the accumulator range (among the swept widths; <i>exact bits</i>: among "
+            "all of 8..32); <i>ovf</i>: outputs that overflowed.</p>"
             f"<h2>Multiply-accumulate layers</h2><table><tr>{head}</tr>{rows}</table>"
             f"<h2>Saturation: fraction of outputs clamped</h2><table><tr><th>node</th><th>op</th><th>clamped</th>"
             f"</tr>{clamped}</table>"
             "<h2>End to end</h2><table><tr><th>acc bits</th><th>policy</th><th>layers overflowing</th>"
             f"<th>outputs overflowing</th><th>top-1 agreement</th><th>accuracy</th></tr>{ends}</table>"
-            f"{image}</body></html>"
+            f"{pairs}{image}</body></html>"
         )
         Path(path).write_text(page, encoding="utf-8")
 
@@ -214,8 +228,28 @@ def top1(outputs: np.ndarray) -> np.ndarray:
     return outputs.reshape(outputs.shape[0], -1).argmax(axis=1)
 
 
+MIN_ACC_BITS, MAX_ACC_BITS = 8, 32
+
+
+def _narrowest_clean(setup: NodeSetup, profile, node_inputs: dict, lowest: int | None) -> int | None:
+    """The narrowest width in ``lowest``..32 at which ``setup``'s node, run alone on ``node_inputs`` with
+    wrapping accumulators, has no partial sum leave the range; ``None`` where even 32 bits overflow (or
+    ``lowest`` is ``None`` already).  A sum that fits ``b`` bits fits ``b + 1``: a binary search."""
+    def overflows(bits):
+        variant = setup.replace(profile=profile.replace(accumulator_bits=bits, overflow="wrap"))
+        return variant.run(node_inputs).stats[setup.node.name]["overflow_count"] > 0
+
+    if lowest is None or overflows(MAX_ACC_BITS):
+        return None
+    lo, hi = lowest, MAX_ACC_BITS
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if overflows(mid) else (lo, mid)
+    return lo
+
+
 def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_input: bool = True,
-          question_bits: int = 24, batch_size: int = 256) -> SweepReport:
+          question_bits: int = 24, batch_size: int = 256, progress: bool = True) -> SweepReport:
     """Accumulator width sweep: what each layer needs, and what narrower accumulators do end to end.
 
     The reference is the model run with 32-bit accumulators.  Per
@@ -237,6 +271,8 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
         Widths to sweep, each in 8..32.
     question_bits : int
         The width :meth:`SweepReport.answer` is about.
+    progress : bool
+        Draw a progress bar on stderr (:func:`intsim.config.progress_enabled`).
     """
     bits_list = sorted({int(b) for b in acc_bits})
     if not bits_list or bits_list[0] < 8 or bits_list[-1] > 32:
@@ -244,6 +280,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
     data = np.asarray(data)
     if data.ndim == 0 or data.shape[0] == 0:
         raise ValidationError(f"sweep: data must hold at least one sample, found shape {data.shape}")
+    model.check_input_shapes(data.shape, where="sweep data for input")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (data.shape[0],):
@@ -258,38 +295,42 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
     models = {key: Model(_with_profile(graph, graph.profile.replace(accumulator_bits=key[0], overflow=key[1])))
               for key in ends}
     setups = {n.name: NodeSetup.of(graph, n) for n in mac_nodes}
+    exact = dict.fromkeys(setups, MIN_ACC_BITS)
     reference = Model(full)
     correct_full = 0
-    for start in range(0, data.shape[0], batch_size):
-        batch = data[start: start + batch_size]
-        ref = reference.trace(batch, float_input=float_input)
-        out = ref.tensors[graph.outputs[0]]
-        top = top1(out)
-        if labels is not None:
-            correct_full += int(np.sum(top == labels[start: start + batch_size]))
-        for node in graph.nodes:
-            s = stats[node.name]
-            s["peak"] = max(s["peak"], ref.stats[node.name].get("max_abs_accumulator", 0))
-            s["clamped"] += ref.stats[node.name].get("saturation_count", 0)
-            s["outputs"] += ref.tensors[node.outputs[0]].size
-        for node in mac_nodes:
-            node_inputs = {t: ref.tensors[t] for t in node.inputs}
-            for policy in ("saturate", "wrap"):
-                for bits in bits_list:
-                    variant = setups[node.name].replace(
-                        profile=full.profile.replace(accumulator_bits=bits, overflow=policy))
-                    overflows[node.name][policy][bits] += variant.run(node_inputs).stats[node.name]["overflow_count"]
-        for (bits, policy), end in ends.items():
-            trace = models[(bits, policy)].trace(batch, float_input=float_input)
-            for node in mac_nodes:
-                count = trace.stats[node.name]["overflow_count"]
-                end["outputs"] += count
-                if count:
-                    end["layers"].add(node.name)
-            their = top1(trace.tensors[graph.outputs[0]])
-            end["agree"] += int(np.sum(their == top))
+    with Progress(data.shape[0], progress_enabled(progress), "sweeping accumulator widths") as bar:
+        for start in range(0, data.shape[0], batch_size):
+            batch = data[start: start + batch_size]
+            ref = reference.trace(batch, float_input=float_input)
+            out = ref.tensors[graph.outputs[0]]
+            top = top1(out)
             if labels is not None:
-                end["correct"] += int(np.sum(their == labels[start: start + batch_size]))
+                correct_full += int(np.sum(top == labels[start: start + batch_size]))
+            for node in graph.nodes:
+                s = stats[node.name]
+                s["peak"] = max(s["peak"], ref.stats[node.name].get("max_abs_accumulator", 0))
+                s["clamped"] += ref.stats[node.name].get("saturation_count", 0)
+                s["outputs"] += ref.tensors[node.outputs[0]].size
+            for node in mac_nodes:
+                node_inputs = {t: ref.tensors[t] for t in node.inputs}
+                for policy in ("saturate", "wrap"):
+                    for bits in bits_list:
+                        variant = setups[node.name].replace(
+                            profile=full.profile.replace(accumulator_bits=bits, overflow=policy))
+                        overflows[node.name][policy][bits] += variant.run(node_inputs).stats[node.name]["overflow_count"]
+                exact[node.name] = _narrowest_clean(setups[node.name], full.profile, node_inputs, exact[node.name])
+            for (bits, policy), end in ends.items():
+                trace = models[(bits, policy)].trace(batch, float_input=float_input)
+                for node in mac_nodes:
+                    count = trace.stats[node.name]["overflow_count"]
+                    end["outputs"] += count
+                    if count:
+                        end["layers"].add(node.name)
+                their = top1(trace.tensors[graph.outputs[0]])
+                end["agree"] += int(np.sum(their == top))
+                if labels is not None:
+                    end["correct"] += int(np.sum(their == labels[start: start + batch_size]))
+            bar.update(min(start + batch_size, data.shape[0]))
     n = data.shape[0]
     layers = []
     for node in mac_nodes:
@@ -303,7 +344,7 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
             needed = b
         layers.append(SweepLayer(node.name, node.op, s["peak"], s["peak"].bit_length() + 1, needed,
                                  s["clamped"] / s["outputs"],
-                                 graph.profile.accumulator_bits - 1 - s["peak"].bit_length(), ovf))
+                                 graph.profile.accumulator_bits - 1 - s["peak"].bit_length(), ovf, exact[node.name]))
     widths = [SweepWidth(b, p, len(e["layers"]), e["outputs"], e["agree"] / n,
                          e["correct"] / n if labels is not None else None) for (b, p), e in ends.items()]
     widths.sort(key=lambda w: (w.policy, w.bits))

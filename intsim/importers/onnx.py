@@ -25,7 +25,7 @@ WORLD_BATCH_SIZES = (1, 2)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 
-def import_onnx(model, *, batch_dynamic: bool = True) -> FloatGraph:
+def import_onnx(model, *, batch_dynamic: bool = True, input_shapes=None) -> FloatGraph:
     """Import an ONNX model as a canonical float graph (forms in the module docstring).
 
     Parameters
@@ -37,6 +37,12 @@ def import_onnx(model, *, batch_dynamic: bool = True) -> FloatGraph:
         Treat dim 0 of every graph input as a batch of any size, even where the
         file fixes it (torch exports without ``dynamic_axes`` fix it to 1).
         With ``False`` only a symbolic dim 0 is a batch.
+    input_shapes : mapping of str to sequence of int or None, optional
+        Fix the shapes of graph inputs by name, e.g. ``{"x": (1, 3, 48, 192)}``
+        for a file declaring ``[-1, 3, None, None]``: each entry replaces the
+        file's shape, its rank and every dimension the file fixes must agree,
+        and only dim 0 may stay ``None``.  Dim 0 is still a batch of any size
+        (see ``batch_dynamic``).
 
     Returns
     -------
@@ -55,10 +61,30 @@ def import_onnx(model, *, batch_dynamic: bool = True) -> FloatGraph:
         An opset outside 11..21, or an op or attribute value with no canonical
         form that cannot be folded; names the node, its opset and the op.
     ValidationError
-        A non-float32 input, a symbolic dimension other than the batch, an
-        invalid attribute, or a node that fails to run on the placeholder inputs.
+        A non-float32 input, a symbolic dimension other than the batch and not
+        fixed by ``input_shapes``, an ``input_shapes`` entry naming no input or
+        disagreeing with the file, an invalid attribute, or a node that fails to
+        run on the placeholder inputs.
     """
-    return _Importer(read_onnx(model), batch_dynamic).run()
+    return _Importer(read_onnx(model), batch_dynamic, input_shapes or {}).run()
+
+
+def _fixed_dims(name: str, dims: list, given) -> list:
+    """The file's ``dims`` of input ``name`` replaced by the user's ``given`` shape, checked against them."""
+    try:
+        wanted = [None if d is None else int(d) for d in given]
+    except (TypeError, ValueError):
+        raise ValidationError(f"input_shapes[{name!r}] must be a sequence of ints or None, found {given!r}") from None
+    if len(wanted) != len(dims):
+        raise ValidationError(f"input_shapes[{name!r}] = {tuple(wanted)} has rank {len(wanted)}, but graph input "
+                              f"{name!r} has shape {dims} (rank {len(dims)})")
+    for axis, (want, have) in enumerate(zip(wanted, dims)):
+        if want is not None and want < 1:
+            raise ValidationError(f"input_shapes[{name!r}] = {tuple(wanted)}: dim {axis} must be >= 1, found {want}")
+        if axis and want is not None and have is not None and want != have:
+            raise ValidationError(f"input_shapes[{name!r}] = {tuple(wanted)}: dim {axis} is fixed to {have} "
+                                  f"by the file (shape {dims}), found {want}")
+    return wanted
 
 
 def read_onnx(model) -> onnx.ModelProto:
@@ -126,8 +152,13 @@ def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProt
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, batch_dynamic: bool):
+    def __init__(self, model: onnx.ModelProto, batch_dynamic: bool, input_shapes):
         self.graph = model.graph
+        self.input_shapes = dict(input_shapes)
+        unknown = sorted(set(self.input_shapes) - {t.name for t in self.graph.input})
+        if unknown:
+            raise ValidationError(f"input_shapes names {', '.join(map(repr, unknown))}, but the graph's inputs are "
+                                  f"{', '.join(repr(t.name) for t in self.graph.input)}")
         self.opset = _default_opset(model)
         self.batch_dynamic = batch_dynamic
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -185,11 +216,14 @@ class _Importer:
         if not tensor_type.HasField("shape"):
             raise ValidationError(f"graph input {info.name!r} has no shape")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
+        if info.name in self.input_shapes:
+            dims = _fixed_dims(info.name, dims, self.input_shapes[info.name])
         if dims and dims[0] is not None and self.batch_dynamic:
             self.fixed_batches.add(dims[0])
         if None in dims[1:]:
             raise ValidationError(
-                f"graph input {info.name!r} has shape {dims}: only dim 0 (the batch) may be symbolic"
+                f"graph input {info.name!r} has shape {dims}: only dim 0 (the batch) may be symbolic; fix the "
+                f"others with input_shapes={{{info.name!r}: (1, ...)}} (CLI: --input-shape {info.name}:1,...)"
             )
         rng = np.random.default_rng(len(self.values))
         worlds = []

@@ -19,6 +19,7 @@ file with the same keys (every key but ``name`` is optional)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -142,6 +143,10 @@ class Profile:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def to_toml(self) -> str:
+        """The profile as a TOML document that :meth:`from_toml` reads back to an equal profile."""
+        return "".join(f"{key} = {_toml_value(value)}\n" for key, value in self.to_dict().items())
+
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "profile") -> "Profile":
         if not isinstance(data, dict):
@@ -168,6 +173,15 @@ class Profile:
     def replace(self, **overrides) -> "Profile":
         """A copy with some fields changed (validated like any profile)."""
         return dataclasses.replace(self, **overrides)
+
+
+def _toml_value(value) -> str:
+    """A field's value as TOML: booleans lower case, strings as basic strings (JSON's escapes are TOML's)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value)
 
 
 def builtin_names() -> list[str]:

@@ -10,6 +10,7 @@ carries any transposes to NHWC.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,9 +18,10 @@ import numpy as np
 from intsim import kernels as fast_kernels
 from intsim.kernels import naive as naive_kernels
 from intsim.kernels.contract import Backend
-from intsim.errors import ValidationError
+from intsim.errors import InputWarning, ValidationError
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.graph import Graph, TensorInfo
+from intsim.graph.ir import shape_text
 from intsim.codes import dtype_range
 from intsim.graph.ops import get_op
 from intsim.runtime.plan import RunPlan, raise_overflow
@@ -155,12 +157,20 @@ class Model:
         default = "float32_rint" if self.profile.rounding == "float32_rint" else "float64_rint"
         return self.graph.metadata.get("input_quantization", default)
 
+    def check_input_shapes(self, *shapes, where: str = "input") -> None:
+        """Check one shape per graph input before batching (so an error quotes the whole array's shape)."""
+        self._check_count(shapes)
+        for shape, info in zip(shapes, self.inputs):
+            _check_shape(tuple(shape), info, f"{where} {info.name!r}")
+
     def quantize_inputs(self, inputs) -> list[np.ndarray]:
         """Float inputs to codes, rounded as :attr:`input_quantization` says."""
         self._check_count(inputs)
         mode = self.input_quantization
-        return [quantize(np.asarray(x), info, f"input {info.name!r}", mode=mode)
-                for x, info in zip(inputs, self.inputs)]
+        arrays = [np.asarray(x) for x in inputs]
+        for x, info in zip(arrays, self.inputs):
+            warn_unusual_float_input(x, info)
+        return [quantize(x, info, f"input {info.name!r}", mode=mode) for x, info in zip(arrays, self.inputs)]
 
     def _check_count(self, inputs):
         if len(inputs) != len(self.graph.inputs):
@@ -217,10 +227,29 @@ class Model:
         return arrays[0] if len(arrays) == 1 else tuple(arrays)
 
 
+def warn_unusual_float_input(x: np.ndarray, info: TensorInfo) -> None:
+    """Warn (:class:`~intsim.errors.InputWarning`) when float input ``x`` for tensor ``info`` has an
+    integer dtype, or reaches more than one range width beyond the real range its codes represent
+    (``scale * (code - zero_point)``): both usually mean unscaled pixels or integer codes given as floats."""
+    where = f"input {info.name!r}"
+    if x.dtype.kind in "iu" or x.dtype == np.bool_:
+        warnings.warn(InputWarning(f"{where}: float input has integer dtype {x.dtype}; it is read as real values, "
+                                   "not as codes (scale it as at calibration, or pass codes to run_int / --int)"),
+                      stacklevel=3)
+        return
+    if not x.size or x.dtype.kind != "f" or info.scale is None:
+        return
+    lo, hi = (info.scale * (c - info.zero_point) for c in dtype_range(info.dtype))
+    found_lo, found_hi = float(np.min(x)), float(np.max(x))
+    if found_lo < lo - (hi - lo) or found_hi > hi + (hi - lo):
+        warnings.warn(InputWarning(f"{where}: values in [{found_lo:.6g}, {found_hi:.6g}] lie far outside the "
+                                   f"range [{lo:.6g}, {hi:.6g}] the model was calibrated for; most will be clamped"),
+                      stacklevel=3)
+
+
 def _check_shape(shape, info: TensorInfo, where: str):
     if len(shape) != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, shape)):
-        expected = tuple("any" if d is None else d for d in info.shape)
-        raise ValidationError(f"{where}: expected shape {expected}, found {tuple(shape)}")
+        raise ValidationError(f"{where}: expected shape {shape_text(info.shape)}, found {tuple(shape)}")
 
 
 def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: str = "float64_rint") -> np.ndarray:
