@@ -32,8 +32,11 @@ def require_distributed():
 
 def worker_config(environment: dict | None = None) -> dict:
     """The Dask settings intsim's local workers start under: the nanny's pre-spawn environment replaced
-    by ``environment`` (default :data:`WORKER_ENVIRONMENT`), which leaves ``MALLOC_TRIM_THRESHOLD_`` out."""
-    return {"distributed.nanny.pre-spawn-environ": dict(WORKER_ENVIRONMENT if environment is None else environment)}
+    by ``environment`` (default :data:`WORKER_ENVIRONMENT` with ``MALLOC_TRIM_THRESHOLD_`` unset: a
+    ``None`` value makes the nanny leave a variable out)."""
+    if environment is None:
+        environment = {**WORKER_ENVIRONMENT, "MALLOC_TRIM_THRESHOLD_": None}
+    return {"distributed.nanny.pre-spawn-environ": dict(environment)}
 
 
 @contextmanager
