@@ -32,11 +32,12 @@ from intsim.hwval.sweep import text_columns, top1
 
 @dataclass
 class BitWidthRow:
-    """One conversion: top-1 agreement with float, accuracy, and the widest final accumulator sum."""
+    """One conversion: top-1 agreement with float, accuracy, and the widest final accumulator sum; or, for a
+    pair the conversion refused, ``error`` (and ``None`` for the rest)."""
 
     weight_bits: int
     activation_bits: int
-    agreement: float
+    agreement: float | None
     accuracy: float | None
     final_bits: int | None
     widest_layer: str
@@ -115,7 +116,7 @@ def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8
     rows, name = [], fg.name
     for (w, a), (graph_name, top, peaks, error) in zip(pairs, results):
         if error is not None:
-            rows.append(BitWidthRow(w, a, float("nan"), None, None, "", error))
+            rows.append(BitWidthRow(w, a, None, None, None, "", error))
             continue
         widest = max(peaks, key=peaks.get)
         rows.append(BitWidthRow(w, a, float(np.mean(top == float_top)),
