@@ -1,8 +1,8 @@
 """intsim.distributed: evaluations and sweeps on a real Dask scheduler and two worker processes on 127.0.0.1
 (started as subprocesses, killed by PID at the end) give the serial results exactly, survive a killed
-worker, and report a configuration that fails to convert.  The two ``slow`` cases start a worker or a
-local cluster of their own; ``-m "not slow"`` leaves them out, and the plain command runs all:
-``python -m pytest tests/test_distributed.py -q``."""
+worker, and report a configuration that fails to convert.  The ``slow`` case starts a local cluster of
+its own (about 25 s on the shared machine); run everything with
+``python -m pytest tests/test_distributed.py -q -m "slow or not slow"``."""
 
 from __future__ import annotations
 
@@ -129,7 +129,6 @@ def test_compare_on_two_workers_equals_serial(scheduler, digits):
     assert json.dumps(spread.to_dict()) == json.dumps(serial.to_dict())
 
 
-@pytest.mark.slow
 def test_a_killed_worker_still_gives_identical_results(scheduler, digits):
     address, client = scheduler
     _, model, _, x, y = digits
