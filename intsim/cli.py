@@ -61,6 +61,22 @@ def _load_npy(path: str, what: str) -> np.ndarray:
     return array
 
 
+def _data(args, client, dtype=None):
+    """``--data``: read here, or with a cluster left on its path for the workers to map (a shared path)."""
+    from intsim.distributed.data import NpyData
+
+    if client is not None:
+        return NpyData(args.data, dtype)
+    data = _load_npy(args.data, "data")
+    return data if dtype is None else data.astype(dtype)
+
+
+def _cluster(args):
+    from intsim.distributed.cluster import cluster_client
+
+    return cluster_client(args.workers, args.dask)
+
+
 def _cmd_profiles(args) -> int:
     from intsim.profiles import builtin_names, get_profile
 
@@ -255,10 +271,16 @@ def _cmd_diff(args) -> int:
 
 
 def _cmd_sweep(args) -> int:
+    with _cluster(args) as client:
+        return _sweep(args, client)
+
+
+def _sweep(args, client) -> int:
+    import json
+
     import intsim
     from intsim.hwval import bitwidth_sweep, sweep
 
-    data = _load_npy(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None
     conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
                   "--activation-bits": args.activation_bits, "--profile": args.profile,
@@ -271,7 +293,7 @@ def _cmd_sweep(args) -> int:
         profile = intsim.get_profile(args.profile or "paper")
         if args.weight_bits or args.activation_bits:
             widths = bitwidth_sweep(
-                args.model, calibration, data.astype(np.float32), labels, profile=profile,
+                args.model, calibration, _data(args, client, np.float32), labels, profile=profile, client=client,
                 weight_bits=_bit_widths(args.weight_bits or str(profile.weight_bits), "--weight-bits"),
                 activation_bits=_bit_widths(args.activation_bits or str(profile.activation_bits), "--activation-bits"),
                 input_shapes=args.input_shapes)
@@ -283,8 +305,9 @@ def _cmd_sweep(args) -> int:
         if given:
             raise UsageError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
         model = intsim.load(args.model)
-    report = sweep(model, data, labels, _bit_widths(args.acc_bits, "--acc-bits"), float_input=not args.int,
-                   question_bits=args.question_bits, batch_size=args.batch_size)
+    report = sweep(model, _data(args, client), labels, _bit_widths(args.acc_bits, "--acc-bits"),
+                   float_input=not args.int, question_bits=args.question_bits, batch_size=args.batch_size,
+                   client=client)
     report.bit_widths = widths
     print(report.table())
     if args.json_path:
@@ -350,15 +373,33 @@ def _report_outputs_files(report, args) -> None:
 def _cmd_compare(args) -> int:
     import intsim
 
-    data = _load_npy(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None
-    report = intsim.compare(args.onnx, intsim.load(args.model), data.astype(np.float32), labels,
-                            batch_size=args.batch_size)
+    with _cluster(args) as client:
+        report = intsim.compare(args.onnx, intsim.load(args.model), _data(args, client, np.float32), labels,
+                                batch_size=args.batch_size, client=client)
     if args.json:
         _print_json(report.to_dict())
         _report_outputs_files(report, args)
         return 0
     _report_outputs(report, args)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    import json
+
+    import intsim
+
+    labels = _load_npy(args.labels, "labels") if args.labels else None
+    with _cluster(args) as client:
+        report = intsim.evaluate(intsim.load(args.model), _data(args, client, None if args.int else np.float32), labels,
+                                 float_model=args.onnx, float_input=not args.int, batch_size=args.batch_size,
+                                 client=client)
+    print(report.table())
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(report.to_dict(), f, indent=1)
+        print(f"wrote {args.json}")
     return 0
 
 
@@ -412,6 +453,12 @@ def _add_conversion_options(p, batch_size=32):
     p.add_argument("--pipeline", choices=("standard",),
                    help="the standard PTQ pipeline (§3.5); the options above override its choices")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
+
+
+def _add_cluster_options(p):
+    p.add_argument("--workers", type=int, help="run on a local Dask cluster of this many single-threaded processes")
+    p.add_argument("--dask", metavar="tcp://HOST:PORT",
+                   help="run on the Dask scheduler at this address (workers read --data from the same path)")
 
 
 def _add_report_options(p):
@@ -477,7 +524,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
     _add_report_options(p)
     _add_json_flag(p)
+    _add_cluster_options(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("evaluate", help="accuracy, top-1 agreement and per-layer clamp / overflow counts on a data set")
+    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("--data", required=True, help="inputs .npy (samples first; float, or codes with --int)")
+    p.add_argument("--labels", help="integer class labels .npy, for accuracy")
+    p.add_argument("--onnx", help="the float ONNX model: agreement with it (default: with 32-bit accumulators)")
+    p.add_argument("--int", action="store_true", help="data is integer codes")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--json", help="also write the report as JSON")
+    _add_cluster_options(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("demo", help="the main job: convert a shipped model, run it on its test set, report")
     p.add_argument("--model", default="resnet_digits",
@@ -524,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-bits", help="float .onnx model: also sweep weight widths, e.g. 4..8")
     p.add_argument("--activation-bits", help="float .onnx model: also sweep activation widths, e.g. 6,8")
     _add_input_shape_option(p)
+    _add_cluster_options(p)
     p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("selftest", help="run a hand-built integer graph on every profile (fast vs naive kernels)")

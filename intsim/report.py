@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from intsim.distributed.data import as_rows
+from intsim.distributed.tasks import is_onnx, map_batches
 from intsim.errors import ValidationError
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph
@@ -197,9 +199,7 @@ def simulation_graph(fg: FloatGraph, model: Model) -> tuple[FloatGraph, dict]:
     Returns ``(graph, points)`` where ``points[float_tensor] = (scale, zero_point, lo, hi)``.
     """
     graph = model.graph
-    meta = graph.metadata
-    if "quantized" not in meta:
-        raise ValidationError(f"model {graph.name!r} carries no converter metadata (was it built by intsim.convert?)")
+    meta = _converter_metadata(model)
     nodes = {n.name: n for n in graph.nodes}
     constants = dict(fg.constants)
     for node_name, (w_name, b_name, transposed) in meta["weight_source"].items():
@@ -226,6 +226,14 @@ def simulation_graph(fg: FloatGraph, model: Model) -> tuple[FloatGraph, dict]:
         points[float_name] = (info.scale, info.zero_point, int(lo), int(hi))
     sim = FloatGraph(fg.name, fg.nodes, fg.inputs, fg.outputs, constants, fg.shapes, fg.opset)
     return sim, points
+
+
+def _converter_metadata(model: Model) -> dict:
+    meta = model.graph.metadata
+    if "quantized" not in meta:
+        raise ValidationError(f"model {model.graph.name!r} carries no converter metadata (was it built by "
+                              "intsim.convert?)")
+    return meta
 
 
 def fake_quant_hook(points: dict):
@@ -266,8 +274,8 @@ def _local_ideal(node, trace, graph, meta) -> np.ndarray | None:
     return np.clip(np.rint(value) + out.zero_point, lo, hi)
 
 
-def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int = 64,
-            progress: bool = True) -> CompareReport:
+def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int = 64, progress: bool = True,
+            client=None) -> CompareReport:
     """Run float, simulated and integer executions of a model on ``data`` and compare them.
 
     Parameters
@@ -283,15 +291,16 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
     progress : bool
         Draw a progress bar on stderr (:func:`intsim.config.progress_enabled`); the first batch
         includes numba's compilation of the kernels on a fresh install.
+    client : dask.distributed.Client, optional
+        Spread the batches over a cluster's workers (:mod:`intsim.distributed`); ``None`` runs here.
+        Batches keep their boundaries and are folded in order, so the report is the same.
     """
     from intsim.converter.lowering import prepare_float_graph
 
     graph = int_model.graph
-    meta = graph.metadata
+    meta = _converter_metadata(int_model)
     fg = prepare_float_graph(onnx_model, meta.get("input_shapes"))
-    sim_graph, points = simulation_graph(fg, int_model)
-    hook = fake_quant_hook(points)
-    data = np.asarray(data)
+    data = as_rows(data)
     if data.dtype.kind != "f" or data.shape[0] == 0:
         raise ValidationError(f"compare needs a non-empty float data array, found dtype {data.dtype} shape {data.shape}")
     int_model.check_input_shapes(data.shape, where="compare data for input")
@@ -300,68 +309,103 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
         if labels.shape != (data.shape[0],):
             raise ValidationError(f"labels must have shape ({data.shape[0]},), found {labels.shape}")
     producers = {t: n for n in graph.nodes for t in n.outputs}
-    rescaled = meta.get("ptq", {}).get("rescaled", {})
     rows = {}
     for float_name, int_name in meta["quantized"].items():
         node = producers.get(int_name)
         rows[float_name] = LayerRow(float_name, node.name if node else "(input)", node.op if node else "input")
-    out_float = fg.outputs[0]
-    out_int = graph.outputs[0]
     correct = {"float": 0, "simulated": 0, "integer": 0}
     agree_int = agree_sim = 0
     max_int = max_sim = 0.0
+    # A cluster's workers receive ONNX bytes and prepare them; an in-memory FloatGraph travels as is (so
+    # does one whose input shapes were fixed at conversion).
+    shipped_as_onnx = client is not None and is_onnx(onnx_model) and not meta.get("input_shapes")
+    source = onnx_model if shipped_as_onnx else fg
+    # Batches are folded in order, so the float sums add up exactly as in one process.
+    records = map_batches(_compare_context, _compare_batch, (source, int_model), data, labels, batch_size, client)
     with Progress(data.shape[0], progress_enabled(progress), "comparing float, simulated, integer") as bar:
-        for start in range(0, data.shape[0], batch_size):
-            batch = data[start : start + batch_size]
-            ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
-            sim = run_float(sim_graph, [batch], hook=hook)
-            trace = int_model.trace(batch, float_input=True)
-            for float_name, row in rows.items():
-                int_name = meta["quantized"][float_name]
-                info = graph.tensors[int_name]
-                perm = meta["source"][int_name][1]
-                codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
-                f = ref[float_name].astype(np.float64)
-                if float_name in rescaled:
-                    f = _as_rewritten(f, rescaled[float_name])
-                s = sim[float_name].astype(np.float64)
-                deq = (codes - info.zero_point) * info.scale
-                row.signal += float(np.sum(f * f))
-                row.noise_sim += float(np.sum((f - s) ** 2))
-                row.noise_int += float(np.sum((f - deq) ** 2))
-                row.agree += int(np.sum(np.rint(s / info.scale) + info.zero_point == codes))
-                row.elements += codes.size
-                node = producers.get(int_name)
-                if node is not None:
-                    ideal = _local_ideal(node, trace, graph, meta)
-                    if ideal is not None:
-                        row.local_mismatch += int(np.sum(ideal != trace.tensors[int_name]))
-                        row.local_elements += ideal.size
-                    stats = trace.stats.get(node.name, {})
-                    sat = stats.get("saturation_count")
-                    if sat is not None:
-                        row.saturated += sat
-                        row.saturation_elements += trace.tensors[int_name].size
-                    if "max_abs_accumulator" in stats:
-                        row.max_abs_accumulator = max(row.max_abs_accumulator or 0, stats["max_abs_accumulator"])
-                        row.headroom_bits = graph.profile.accumulator_bits - 1 - row.max_abs_accumulator.bit_length()
-            f_out = ref[out_float]
-            info = graph.tensors[out_int]
-            i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
-            s_out = sim[out_float]
-            max_int = max(max_int, float(np.max(np.abs(f_out - i_out))))
-            max_sim = max(max_sim, float(np.max(np.abs(f_out - s_out))))
-            if f_out.ndim == 2:
-                top_f = f_out.argmax(axis=1)
-                agree_int += int(np.sum(i_out.argmax(axis=1) == top_f))
-                agree_sim += int(np.sum(s_out.argmax(axis=1) == top_f))
-                if labels is not None:
-                    y = labels[start : start + batch_size]
-                    correct["float"] += int(np.sum(top_f == y))
-                    correct["simulated"] += int(np.sum(s_out.argmax(axis=1) == y))
-                    correct["integer"] += int(np.sum(i_out.argmax(axis=1) == y))
-            bar.update(min(start + batch_size, data.shape[0]))
+        done = 0
+        for record in records:
+            for float_name, (sums, peak) in record["rows"].items():
+                row = rows[float_name]
+                row.signal += sums[0]
+                row.noise_sim += sums[1]
+                row.noise_int += sums[2]
+                row.agree += sums[3]
+                row.elements += sums[4]
+                row.local_mismatch += sums[5]
+                row.local_elements += sums[6]
+                row.saturated += sums[7]
+                row.saturation_elements += sums[8]
+                if peak is not None:
+                    row.max_abs_accumulator = max(row.max_abs_accumulator or 0, peak)
+                    row.headroom_bits = graph.profile.accumulator_bits - 1 - row.max_abs_accumulator.bit_length()
+            max_int = max(max_int, record["max_int"])
+            max_sim = max(max_sim, record["max_sim"])
+            agree_int += record["agree_int"]
+            agree_sim += record["agree_sim"]
+            for key, count in record["correct"].items():
+                correct[key] += count
+            done = min(done + batch_size, data.shape[0])
+            bar.update(done)
     n = data.shape[0]
     accuracy = {k: v / n for k, v in correct.items()} if labels is not None else {}
     return CompareReport(graph.name, graph.profile.name, n, list(rows.values()), agree_int / n, agree_sim / n,
                          max_int, max_sim, accuracy)
+
+
+def _compare_context(fg: FloatGraph, int_model: Model):
+    sim_graph, points = simulation_graph(fg, int_model)
+    producers = {t: n for n in int_model.graph.nodes for t in n.outputs}
+    return fg, int_model, sim_graph, fake_quant_hook(points), producers
+
+
+def _compare_batch(context, batch, labels) -> dict:
+    """One batch: per quantization point its float sums and integer counts, the output errors and top-1 counts."""
+    fg, int_model, sim_graph, hook, producers = context
+    graph = int_model.graph
+    meta = graph.metadata
+    rescaled = meta.get("ptq", {}).get("rescaled", {})
+    ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
+    sim = run_float(sim_graph, [batch], hook=hook)
+    trace = int_model.trace(batch, float_input=True)
+    rows = {}
+    for float_name, int_name in meta["quantized"].items():
+        info = graph.tensors[int_name]
+        perm = meta["source"][int_name][1]
+        codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)
+        f = ref[float_name].astype(np.float64)
+        if float_name in rescaled:
+            f = _as_rewritten(f, rescaled[float_name])
+        s = sim[float_name].astype(np.float64)
+        deq = (codes - info.zero_point) * info.scale
+        local_mismatch = local_elements = saturated = saturation_elements = 0
+        peak = None
+        node = producers.get(int_name)
+        if node is not None:
+            ideal = _local_ideal(node, trace, graph, meta)
+            if ideal is not None:
+                local_mismatch, local_elements = int(np.sum(ideal != trace.tensors[int_name])), ideal.size
+            stats = trace.stats.get(node.name, {})
+            if stats.get("saturation_count") is not None:
+                saturated, saturation_elements = int(stats["saturation_count"]), trace.tensors[int_name].size
+            if "max_abs_accumulator" in stats:
+                peak = int(stats["max_abs_accumulator"])
+        rows[float_name] = ((float(np.sum(f * f)), float(np.sum((f - s) ** 2)), float(np.sum((f - deq) ** 2)),
+                             int(np.sum(np.rint(s / info.scale) + info.zero_point == codes)), codes.size,
+                             local_mismatch, local_elements, saturated, saturation_elements), peak)
+    out_float, out_int = fg.outputs[0], graph.outputs[0]
+    f_out = ref[out_float]
+    info = graph.tensors[out_int]
+    i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
+    s_out = sim[out_float]
+    record = {"rows": rows, "max_int": float(np.max(np.abs(f_out - i_out))),
+              "max_sim": float(np.max(np.abs(f_out - s_out))), "agree_int": 0, "agree_sim": 0, "correct": {}}
+    if f_out.ndim == 2:
+        top_f = f_out.argmax(axis=1)
+        record["agree_int"] = int(np.sum(i_out.argmax(axis=1) == top_f))
+        record["agree_sim"] = int(np.sum(s_out.argmax(axis=1) == top_f))
+        if labels is not None:
+            record["correct"] = {"float": int(np.sum(top_f == labels)),
+                                 "simulated": int(np.sum(s_out.argmax(axis=1) == labels)),
+                                 "integer": int(np.sum(i_out.argmax(axis=1) == labels))}
+    return record

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from intsim.errors import ValidationError
+from intsim.distributed.data import as_rows
+from intsim.distributed.tasks import is_onnx, map_batches, map_calls
+from intsim.errors import IntsimError, ValidationError
 from intsim.profiles import get_profile
 from intsim.progress import Progress, progress_enabled
 
@@ -21,14 +23,16 @@ from intsim.hwval.sweep import text_columns, top1
 
 @dataclass
 class BitWidthRow:
-    """One conversion: top-1 agreement with float, accuracy, and the widest final accumulator sum."""
+    """One conversion: top-1 agreement with float, accuracy, and the widest final accumulator sum; or, for a
+    pair the conversion refused, ``error`` (and ``None`` for the rest)."""
 
     weight_bits: int
     activation_bits: int
-    agreement: float
+    agreement: float | None
     accuracy: float | None
-    final_bits: int
+    final_bits: int | None
     widest_layer: str
+    error: str | None = None
 
 
 @dataclass
@@ -45,6 +49,7 @@ class BitWidthReport:
         header = ["W bits", "A bits", "top-1 agreement with float", "accuracy", "final-sum acc bits", "widest layer"]
         rows = [[str(r.weight_bits), str(r.activation_bits), f"{100 * r.agreement:.2f}%",
                  "" if r.accuracy is None else f"{100 * r.accuracy:.2f}%", str(r.final_bits), r.widest_layer]
+                if r.error is None else [str(r.weight_bits), str(r.activation_bits), f"failed: {r.error}", "", "", ""]
                 for r in self.rows]
         lines = [f"bit-width sweep of {self.model!r} (profile {self.profile!r}) on {self.samples} samples",
                  *text_columns(header, rows)]
@@ -58,7 +63,7 @@ class BitWidthReport:
 
 
 def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8,), activation_bits=(8,),
-                   profile="paper", batch_size: int = 256, progress: bool = True,
+                   profile="paper", batch_size: int = 256, progress: bool = True, client=None,
                    **convert_options) -> BitWidthReport:
     """Convert a float ONNX model at every weight x activation width and measure each conversion.
 
@@ -76,14 +81,18 @@ def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8
     data : float array
         Evaluation inputs, samples first.
     weight_bits, activation_bits : iterables of int
-        Each in 2..16.
+        Each in 2..16.  A pair the conversion refuses is reported in its row with the error, and the
+        sweep goes on.
     progress : bool
         Draw a progress bar over the pairs on stderr (:func:`intsim.config.progress_enabled`).
+    client : dask.distributed.Client, optional
+        Convert and run every pair on a cluster's workers (:mod:`intsim.distributed`): the model travels
+        as ONNX bytes, the data as a shared path or scattered once.  ``None`` runs here; the table is
+        the same either way.
     """
-    from intsim.converter.lowering import convert, prepare_float_graph
-    from intsim.floatgraph.execute import run_float
+    from intsim.converter.lowering import prepare_float_graph
 
-    data = np.asarray(data)
+    data = as_rows(data)
     if data.dtype.kind != "f" or data.ndim == 0 or data.shape[0] == 0:
         raise ValidationError(f"bitwidth_sweep: data must be a non-empty float array, found dtype {data.dtype} "
                               f"shape {data.shape}")
@@ -92,27 +101,53 @@ def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8
         if labels.shape != (data.shape[0],):
             raise ValidationError(f"bitwidth_sweep: labels must have shape ({data.shape[0]},), found {labels.shape}")
     fg = prepare_float_graph(onnx_model, convert_options.get("input_shapes"))
-    batches = [data[i: i + batch_size] for i in range(0, data.shape[0], batch_size)]
-    float_top = np.concatenate([top1(run_float(fg, [b])[fg.outputs[0]]) for b in batches])
-    rows, name = [], fg.name
+    # A cluster's workers receive ONNX bytes and prepare them; an in-memory FloatGraph travels as is.
+    source = onnx_model if client is not None and is_onnx(onnx_model) else fg
+    float_top = np.concatenate(list(map_batches(_float_graph, _float_top, (source,), data, None, batch_size, client)))
     pairs = [(w, a) for w in sorted({int(b) for b in weight_bits}) for a in sorted({int(b) for b in activation_bits})]
+    results = map_calls(_convert_and_run, (source, calibration, data, profile, batch_size, convert_options), pairs,
+                        client)
+    rows, name = [], fg.name
     with Progress(len(pairs), progress_enabled(progress), "sweeping weight/activation bits") as bar:
-        for done, (w, a) in enumerate(pairs, 1):
-            model = convert(fg, calibration=calibration, profile=profile, weight_bits=w, activation_bits=a,
-                            progress=False, **convert_options)
-            peaks, tops = {}, []
-            for b in batches:
-                trace = model.trace(b, float_input=True)
-                tops.append(top1(trace.tensors[model.graph.outputs[0]]))
-                for node, s in trace.stats.items():
-                    if "max_abs_accumulator" in s:
-                        peaks[node] = max(peaks.get(node, 0), s["max_abs_accumulator"])
-            top = np.concatenate(tops)
+        for done, ((w, a), (graph_name, top, peaks, error)) in enumerate(zip(pairs, results), 1):
+            bar.update(done)
+            if error is not None:
+                rows.append(BitWidthRow(w, a, None, None, None, "", error))
+                continue
             widest = max(peaks, key=peaks.get)
             rows.append(BitWidthRow(w, a, float(np.mean(top == float_top)),
                                     None if labels is None else float(np.mean(top == labels)),
                                     peaks[widest].bit_length() + 1, widest))
-            name = model.graph.name
-            bar.update(done)
+            name = graph_name
     accuracy = None if labels is None else float(np.mean(float_top == labels))
     return BitWidthReport(name, get_profile(profile).name, data.shape[0], rows, accuracy)
+
+
+def _float_graph(fg):
+    return fg
+
+
+def _float_top(fg, batch, labels) -> np.ndarray:
+    from intsim.floatgraph.execute import run_float
+
+    return top1(run_float(fg, [batch])[fg.outputs[0]])
+
+
+def _convert_and_run(fg, calibration, data, profile, batch_size, convert_options, w, a):
+    """One configuration: ``(graph name, top-1 per sample, peak |accumulator| per node, None)``, or
+    ``(None, None, None, error)`` when the conversion refuses it (the sweep goes on)."""
+    from intsim.converter.lowering import convert
+
+    try:
+        model = convert(fg, calibration=calibration, profile=profile, weight_bits=w, activation_bits=a,
+                        progress=False, **convert_options)
+    except IntsimError as exc:
+        return None, None, None, f"{type(exc).__name__}: {exc}"
+    peaks, tops = {}, []
+    for start in range(0, data.shape[0], batch_size):
+        trace = model.trace(data[start: start + batch_size], float_input=True)
+        tops.append(top1(trace.tensors[model.graph.outputs[0]]))
+        for node, s in trace.stats.items():
+            if "max_abs_accumulator" in s:
+                peaks[node] = max(peaks.get(node, 0), s["max_abs_accumulator"])
+    return model.graph.name, np.concatenate(tops), peaks, None

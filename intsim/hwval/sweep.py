@@ -17,6 +17,8 @@ from intsim.plotting import inline_png, pyplot
 from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
 
+from intsim.distributed.data import as_rows
+from intsim.distributed.tasks import map_batches
 from intsim.hwval.variants import NodeSetup
 
 
@@ -249,7 +251,7 @@ def _narrowest_clean(setup: NodeSetup, profile, node_inputs: dict, lowest: int |
 
 
 def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_input: bool = True,
-          question_bits: int = 24, batch_size: int = 256, progress: bool = True) -> SweepReport:
+          question_bits: int = 24, batch_size: int = 256, progress: bool = True, client=None) -> SweepReport:
     """Accumulator width sweep: what each layer needs, and what narrower accumulators do end to end.
 
     The reference is the model run with 32-bit accumulators.  Per
@@ -273,11 +275,14 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
         The width :meth:`SweepReport.answer` is about.
     progress : bool
         Draw a progress bar on stderr (:func:`intsim.config.progress_enabled`).
+    client : dask.distributed.Client, optional
+        Spread the batches over a cluster's workers (:mod:`intsim.distributed`); ``None`` runs here.
+        The report is the same either way: every batch yields integer counts.
     """
     bits_list = sorted({int(b) for b in acc_bits})
     if not bits_list or bits_list[0] < 8 or bits_list[-1] > 32:
         raise ValidationError(f"sweep: accumulator widths must lie in [8, 32], found {bits_list}")
-    data = np.asarray(data)
+    data = as_rows(data)
     if data.ndim == 0 or data.shape[0] == 0:
         raise ValidationError(f"sweep: data must hold at least one sample, found shape {data.shape}")
     model.check_input_shapes(data.shape, where="sweep data for input")
@@ -286,51 +291,35 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
         if labels.shape != (data.shape[0],):
             raise ValidationError(f"sweep: labels must have shape ({data.shape[0]},), found {labels.shape}")
     graph = model.graph
-    full = _with_profile(graph, graph.profile.replace(accumulator_bits=32, overflow="wrap"))
     mac_nodes = [n for n in graph.nodes if n.op in MAC_OPS]
     stats = {n.name: {"peak": 0, "clamped": 0, "outputs": 0} for n in graph.nodes}
     overflows = {n.name: {p: dict.fromkeys(bits_list, 0) for p in ("saturate", "wrap")} for n in mac_nodes}
     ends = {(b, p): {"layers": set(), "outputs": 0, "agree": 0, "correct": 0} for b in bits_list
             for p in ("saturate", "wrap")}
-    models = {key: Model(_with_profile(graph, graph.profile.replace(accumulator_bits=key[0], overflow=key[1])))
-              for key in ends}
-    setups = {n.name: NodeSetup.of(graph, n) for n in mac_nodes}
-    exact = dict.fromkeys(setups, MIN_ACC_BITS)
-    reference = Model(full)
-    correct_full = 0
+    exact = {n.name: MIN_ACC_BITS for n in mac_nodes}
+    correct_full, done = 0, 0
     with Progress(data.shape[0], progress_enabled(progress), "sweeping accumulator widths") as bar:
-        for start in range(0, data.shape[0], batch_size):
-            batch = data[start: start + batch_size]
-            ref = reference.trace(batch, float_input=float_input)
-            out = ref.tensors[graph.outputs[0]]
-            top = top1(out)
-            if labels is not None:
-                correct_full += int(np.sum(top == labels[start: start + batch_size]))
-            for node in graph.nodes:
-                s = stats[node.name]
-                s["peak"] = max(s["peak"], ref.stats[node.name].get("max_abs_accumulator", 0))
-                s["clamped"] += ref.stats[node.name].get("saturation_count", 0)
-                s["outputs"] += ref.tensors[node.outputs[0]].size
-            for node in mac_nodes:
-                node_inputs = {t: ref.tensors[t] for t in node.inputs}
-                for policy in ("saturate", "wrap"):
-                    for bits in bits_list:
-                        variant = setups[node.name].replace(
-                            profile=full.profile.replace(accumulator_bits=bits, overflow=policy))
-                        overflows[node.name][policy][bits] += variant.run(node_inputs).stats[node.name]["overflow_count"]
-                exact[node.name] = _narrowest_clean(setups[node.name], full.profile, node_inputs, exact[node.name])
-            for (bits, policy), end in ends.items():
-                trace = models[(bits, policy)].trace(batch, float_input=float_input)
-                for node in mac_nodes:
-                    count = trace.stats[node.name]["overflow_count"]
-                    end["outputs"] += count
-                    if count:
-                        end["layers"].add(node.name)
-                their = top1(trace.tensors[graph.outputs[0]])
-                end["agree"] += int(np.sum(their == top))
-                if labels is not None:
-                    end["correct"] += int(np.sum(their == labels[start: start + batch_size]))
-            bar.update(min(start + batch_size, data.shape[0]))
+        for record in map_batches(_sweep_context, _sweep_batch, (model, bits_list, float_input), data, labels,
+                                  batch_size, client):
+            correct_full += record["correct_full"]
+            for name, (peak, clamped, outputs) in record["stats"].items():
+                s = stats[name]
+                s["peak"] = max(s["peak"], peak)
+                s["clamped"] += clamped
+                s["outputs"] += outputs
+            for name, counts in record["overflows"].items():
+                for (policy, bits), count in counts.items():
+                    overflows[name][policy][bits] += count
+            for name, bits in record["exact"].items():  # the widest need of any batch; None: not even 32 bits
+                exact[name] = None if bits is None or exact[name] is None else max(exact[name], bits)
+            for key, (overflowing, outputs, agree, correct) in record["ends"].items():
+                end = ends[key]
+                end["layers"].update(overflowing)
+                end["outputs"] += outputs
+                end["agree"] += agree
+                end["correct"] += correct
+            done += record["samples"]
+            bar.update(done)
     n = data.shape[0]
     layers = []
     for node in mac_nodes:
@@ -352,6 +341,44 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
                for node in graph.nodes if node.op in REQUANTIZING_OPS}
     return SweepReport(graph.name, graph.profile.name, n, bits_list, question_bits, layers, widths,
                        correct_full / n if labels is not None else None, clamped)
+
+
+def _sweep_context(model: Model, bits_list: list, float_input: bool):
+    graph = model.graph
+    full = _with_profile(graph, graph.profile.replace(accumulator_bits=32, overflow="wrap"))
+    mac_nodes = [n for n in graph.nodes if n.op in MAC_OPS]
+    models = {(b, p): Model(_with_profile(graph, graph.profile.replace(accumulator_bits=b, overflow=p)))
+              for b in bits_list for p in ("saturate", "wrap")}
+    setups = {n.name: NodeSetup.of(graph, n) for n in mac_nodes}
+    return graph, full, mac_nodes, models, setups, Model(full), bits_list, float_input
+
+
+def _sweep_batch(context, batch, labels) -> dict:
+    """One batch's integer counts: the reference's peaks and clamps, per-node overflows, end-to-end results."""
+    graph, full, mac_nodes, models, setups, reference, bits_list, float_input = context
+    ref = reference.trace(batch, float_input=float_input)
+    top = top1(ref.tensors[graph.outputs[0]])
+    stats = {node.name: (int(ref.stats[node.name].get("max_abs_accumulator", 0)),
+                         int(ref.stats[node.name].get("saturation_count", 0)), int(ref.tensors[node.outputs[0]].size))
+             for node in graph.nodes}
+    overflows, exact = {}, {}
+    for node in mac_nodes:
+        node_inputs = {t: ref.tensors[t] for t in node.inputs}
+        exact[node.name] = _narrowest_clean(setups[node.name], full.profile, node_inputs, MIN_ACC_BITS)
+        overflows[node.name] = {}
+        for policy in ("saturate", "wrap"):
+            for bits in bits_list:
+                variant = setups[node.name].replace(profile=full.profile.replace(accumulator_bits=bits, overflow=policy))
+                overflows[node.name][(policy, bits)] = int(variant.run(node_inputs).stats[node.name]["overflow_count"])
+    ends = {}
+    for key, variant_model in models.items():
+        trace = variant_model.trace(batch, float_input=float_input)
+        counts = [int(trace.stats[node.name]["overflow_count"]) for node in mac_nodes]
+        their = top1(trace.tensors[graph.outputs[0]])
+        ends[key] = ([node.name for node, count in zip(mac_nodes, counts) if count], sum(counts),
+                     int(np.sum(their == top)), 0 if labels is None else int(np.sum(their == labels)))
+    return {"correct_full": 0 if labels is None else int(np.sum(top == labels)), "stats": stats,
+            "overflows": overflows, "exact": exact, "ends": ends, "samples": int(batch.shape[0])}
 
 
 def _with_profile(graph: Graph, profile) -> Graph:
