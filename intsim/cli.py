@@ -74,6 +74,10 @@ def _data(args, client, dtype=None):
 def _cluster(args):
     from intsim.distributed.cluster import cluster_client
 
+    if args.workers is not None and args.dask:
+        raise UsageError("give --workers or --dask, not both")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, found {args.workers}")
     return cluster_client(args.workers, args.dask)
 
 
