@@ -33,6 +33,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,8 +51,8 @@ RSS_LIMIT = 2**30  # a case whose peak resident memory passes this is a memory b
 CASE_TIMEOUT = 30.0
 TFLITE_DIR = Path(__file__).parent / "data" / "tflite"
 TFLITE_FILES = ("conv_5x5_valid_s2", "mean_keepdims", "reshape_fc", "softmax_fc", "residual_cnn", "pad_conv")
-CATEGORIES = ("intsim_bytes", "intsim_manifest", "intsim_zip", "tflite_bytes", "onnx_float", "onnx_qop", "runtime",
-              "garbage")
+CATEGORIES = ("intsim_bytes", "intsim_manifest", "intsim_zip", "tflite_bytes", "onnx_float", "onnx_qop", "golden",
+              "runtime", "garbage")
 
 
 # --------------------------------------------------------------------------
@@ -129,6 +130,8 @@ def build_base(directory: Path) -> dict:
     intsim.Model(tiny_cnn("tflite")).save(paths["intsim"])
     paths["onnx"].write_bytes(float_onnx_model().SerializeToString())
     paths["qop"].write_bytes(qop_onnx_model().SerializeToString())
+    paths["golden"] = directory / "golden"
+    _export_golden(intsim.Model(tiny_cnn("tflite")), [np.zeros((2, 8, 8, 3), np.int8)], paths["golden"])
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -182,6 +185,14 @@ def load_and_use_onnx(path):
     model = intsim.convert(str(path), rng.normal(size=(4, 1, 8, 8)).astype(np.float32), profile="tflite",
                            progress=False)
     _use(model)
+
+
+def load_golden_formats(path):
+    """Read a (damaged) golden directory in each of its formats."""
+    from intsim.hwval import load_golden
+
+    for fmt in ("npy", "hex", "bin"):
+        load_golden(path, fmt)
 
 
 def load_and_use_qop(path):
@@ -537,7 +548,7 @@ def load_and_run_big_batch(path):
 
 
 ACTIONS = {"intsim": load_and_use_intsim, "intsim_big_batch": load_and_run_big_batch, "tflite": load_and_use_tflite,
-           "onnx": load_and_use_onnx, "qop": load_and_use_qop}
+           "onnx": load_and_use_onnx, "qop": load_and_use_qop, "golden": load_golden_formats}
 
 
 def _onnx_mutation(model, rng):
@@ -641,6 +652,18 @@ def make_case(category: str, index: int, base: dict):
         key = "onnx" if category == "onnx_float" else "qop"
         data = _onnx_mutation(onnx.load(base[key]), rng)
         return f"{category} edit #{index}", key, lambda p: Path(p).write_bytes(data)
+    if category == "golden":
+        def write(path):
+            shutil.rmtree(path, ignore_errors=True)
+            shutil.copytree(base["golden"], path)
+            files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+            target = files[rng.integers(len(files))]
+            if target.name == "manifest.json" and rng.integers(2):
+                target.write_text(json.dumps(mutate_manifest(json.loads(target.read_text()), rng)))
+            else:
+                target.write_bytes(mutate_bytes(target.read_bytes(), rng))
+
+        return f"golden edit #{index}", "golden", write
     if category == "runtime":
         what, fn = RUNTIME_ARGS[index % len(RUNTIME_ARGS)]
         return what, "runtime", fn
@@ -682,7 +705,7 @@ def run_case(category, index, base, workdir) -> tuple[str, str]:
 
             target(intsim.Model(tiny_cnn("tflite")))
         else:
-            suffix = {"tflite": ".tflite", "onnx": ".onnx", "qop": ".onnx"}.get(action, ".intsim")
+            suffix = {"tflite": ".tflite", "onnx": ".onnx", "qop": ".onnx", "golden": "_golden"}.get(action, ".intsim")
             path = Path(workdir) / f"case{suffix}"
             target(path)
             ACTIONS[action](path)
