@@ -525,3 +525,30 @@ def test_tflite_flips_litert_finds_invalid_are_refused(tmp_path):
             load_tflite(path)
         refused_by_both += 1
     assert refused_by_both > 10
+
+
+def test_qdq_initializer_dims_contradict_data(tmp_path):
+    """The QDQ importer reads initializers through the same checked reader as the other ONNX importers."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from intsim.importers.onnx_qdq import load_onnx_qdq
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            rng = np.random.default_rng(0)
+            self.batches = iter([{"x": rng.normal(size=(1, 1, 8, 8)).astype(np.float32)} for _ in range(4)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    float_path, qdq_path = tmp_path / "float.onnx", tmp_path / "qdq.onnx"
+    float_path.write_bytes(hf.float_onnx_model().SerializeToString())
+    quantize_static(str(float_path), str(qdq_path), Reader(), quant_format=QuantFormat.QDQ,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(qdq_path))
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 4)
+    weight.dims[0] = 2**31
+    with pytest.raises(ModelFormatError, match=f"initializer {weight.name!r}: dims .* do not match its data"):
+        load_onnx_qdq(model)
