@@ -552,3 +552,16 @@ def test_qdq_initializer_dims_contradict_data(tmp_path):
     weight.dims[0] = 2**31
     with pytest.raises(ModelFormatError, match=f"initializer {weight.name!r}: dims .* do not match its data"):
         load_onnx_qdq(model)
+
+
+def test_matmul_depth_guard():
+    """The run-time check of a matmul: inner dimensions must agree, b's leading ones broadcast to a's."""
+    from intsim.graph import Node
+    from intsim.runtime.shapeguard import _matmul_depth
+
+    node = Node("matmul", "mm", ["a", "b"], ["y"])
+    a = np.zeros((2, 3, 4, 5), np.int8)
+    assert _matmul_depth(node, [a, np.zeros((5, 6), np.int8)]) is None
+    assert _matmul_depth(node, [a, np.zeros((1, 3, 5, 6), np.int8)]) is None
+    assert "inner dimensions differ" in _matmul_depth(node, [a, np.zeros((4, 6), np.int8)])
+    assert "do not broadcast" in _matmul_depth(node, [a, np.zeros((2, 2, 5, 6), np.int8)])

@@ -53,8 +53,8 @@ def _matmul_depth(node: Node, arrays) -> str | None:
     a, b = arrays
     if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
         return f"inner dimensions differ: a {a.shape} vs b {b.shape}"
-    if b.ndim != 2 and b.shape[:-2] != a.shape[:-2]:
-        return f"leading dimensions differ: a {a.shape} vs b {b.shape}"
+    if b.ndim != 2 and (b.ndim != a.ndim or any(db not in (1, da) for da, db in zip(a.shape[:-2], b.shape[:-2]))):
+        return f"b's leading dimensions do not broadcast to a's: a {a.shape} vs b {b.shape}"
     return None
 
 
