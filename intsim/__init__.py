@@ -10,6 +10,7 @@ from intsim.errors import (  # noqa: E402
     AccumulatorOverflowError,
     IntsimError,
     ModelFormatError,
+    OverflowWarning,
     UnsupportedOpError,
     ValidationError,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "IntsimError",
     "Model",
     "ModelFormatError",
+    "OverflowWarning",
     "Node",
     "Profile",
     "TensorInfo",

@@ -11,6 +11,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import tokenize
 import warnings
 from importlib.metadata import version
 from pathlib import Path
@@ -51,10 +52,11 @@ def _input_shapes(texts) -> dict | None:
 
 def _load_npy(path: str, what: str) -> np.ndarray:
     try:
-        array = np.load(path, allow_pickle=False)
+        # Memory-mapped: a header that claims more than the file holds fails here instead of allocating.
+        array = np.load(path, allow_pickle=False, mmap_mode="r")
     except FileNotFoundError:
         raise ValidationError(f"{what} file {path} does not exist") from None
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, MemoryError) as exc:
         raise ValidationError(f"{what} file {path} is not a readable .npy array ({exc})") from None
     if not isinstance(array, np.ndarray):
         raise ValidationError(f"{what} file {path} must hold one array (.npy), found {type(array).__name__}")
@@ -638,6 +640,12 @@ def main(argv=None) -> int:
         return EXIT_USAGE_ERROR
     except (IntsimError, OSError) as exc:
         print(f"intsim: error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    except MemoryError as exc:
+        print(f"intsim: error: out of memory ({exc})", file=sys.stderr)
+        return EXIT_RUNTIME_ERROR
+    except Exception as exc:  # noqa: BLE001 - an intsim bug: one line, not a traceback, and say so
+        print(f"intsim: error: internal error ({type(exc).__name__}: {exc}); please report it", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
 
 

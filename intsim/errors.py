@@ -6,6 +6,8 @@ invalid is the caller's error (``ValidationError``, ``ModelFormatError``,
 cannot represent is reported under the profile's policy
 (``AccumulatorOverflowError`` for ``overflow = "error"``); an internal bug is an
 ``assert``.  Every message names what was expected, what was found and where.
+Under ``overflow = "wrap"`` or ``"saturate"`` an overflow is reported as an
+``OverflowWarning``, since the result is then the policy's, not the real sum.
 """
 
 from __future__ import annotations
@@ -36,3 +38,9 @@ class AccumulatorOverflowError(IntsimError, ArithmeticError):
 class InputWarning(UserWarning):
     """Float input that looks wrong: an integer dtype (images as 0..255 codes), or values far
     outside the range the model was calibrated for."""
+
+
+class OverflowWarning(UserWarning):
+    """Accumulators left their ``accumulator_bits`` range under the profile's ``overflow = "wrap"`` or
+    ``"saturate"`` policy: the result is what that hardware computes, not the exact sum.  The message names
+    each node and how many of its outputs overflowed."""

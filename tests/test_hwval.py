@@ -185,7 +185,7 @@ def test_load_golden_npy_of_wrong_shape(golden_dir):
 
 def test_load_golden_unreadable_npy(golden_dir):
     (golden_dir / "tensors" / "005_t5.npy").write_bytes(b"garbage")
-    with pytest.raises(ModelFormatError, match="005_t5.npy is not a readable .npy array"):
+    with pytest.raises(ModelFormatError, match="005_t5.npy' is not a valid .npy array"):
         load_golden(golden_dir, "npy")
 
 

@@ -13,10 +13,11 @@ parameter name to its array's member path) and ``metadata`` (optional JSON the
 datapath never reads).  Floats are written with Python's
 ``repr`` and so round-trip exactly.
 
-Loading reads every member into memory, parses arrays with
-``allow_pickle=False``, and validates the graph; anything wrong raises
-:class:`~intsim.errors.ModelFormatError` naming the file and the problem.
-Nothing in a file is ever executed.
+Loading reads the members through :mod:`intsim.safeio` (sizes checked
+against the bytes present before allocating, manifest size and nesting capped,
+``.npy`` headers parsed without pickles), and validates the graph; anything
+wrong raises :class:`~intsim.errors.ModelFormatError` naming the file and the
+problem.  Nothing in a file is ever executed.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import numpy as np
 from intsim.errors import IntsimError, ModelFormatError
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.profiles import Profile
+from intsim.safeio import MAX_JSON_BYTES, load_json, open_zip, read_member, read_npy_member
 
 FORMAT_NAME = "intsim"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
-MAX_MEMBER_BYTES = 2**32  # refuse members claiming more than 4 GiB (zip bombs)
 
 
 def save_graph(graph: Graph, path) -> None:
@@ -89,15 +90,10 @@ def load_graph(path) -> Graph:
     """Read and validate a ``.intsim`` file."""
     path = Path(path)
     where = f"{path}"
-    try:
-        zf = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise ModelFormatError(f"{where}: no such file") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise ModelFormatError(f"{where}: not an .intsim file (not a readable zip archive: {exc})") from None
+    zf, members = open_zip(path, where)
     with zf:
-        members = {info.filename: info for info in zf.infolist()}
-        manifest = _json(_read(zf, members, MANIFEST, where), where)
+        _expect(MANIFEST in members, where, f"member {MANIFEST!r} is missing (truncated or not an .intsim file)")
+        manifest = load_json(read_member(zf, members[MANIFEST], MAX_JSON_BYTES, where), where)
         _expect(isinstance(manifest, dict), where, "manifest.json must hold a JSON object")
         _expect(manifest.get("format") == FORMAT_NAME, where, f"format must be {FORMAT_NAME!r}, found {manifest.get('format')!r}")
         version = manifest.get("schema_version")
@@ -109,6 +105,12 @@ def load_graph(path) -> Graph:
         g = _field(manifest, "graph", dict, where)
         try:
             profile = Profile.from_dict(_field(g, "profile", dict, where), where=f"{where}: profile")
+            tensor_entries = _items(g, "tensors", where)
+            seen = set()
+            for t in tensor_entries:
+                name = repr(t.get("name"))
+                _expect(name not in seen, where, f"tensors lists {name} twice (which entry is meant is ambiguous)")
+                seen.add(name)
             tensors = [
                 TensorInfo(
                     _field(t, "name", str, where),
@@ -117,7 +119,7 @@ def load_graph(path) -> Graph:
                     _field(t, "scale", (int, float), where),
                     _field(t, "zero_point", int, where),
                 )
-                for t in _items(g, "tensors", where)
+                for t in tensor_entries
             ]
             nodes = []
             for n in _items(g, "nodes", where):
@@ -144,6 +146,9 @@ def load_graph(path) -> Graph:
             raise
         except IntsimError as exc:
             raise ModelFormatError(f"{where}: inconsistent graph: {exc}") from None
+        except (TypeError, ValueError, IndexError, KeyError, ZeroDivisionError, OverflowError, AttributeError) as exc:
+            # A value of a JSON type no check expected (an op's validation assumes the types it documents).
+            raise ModelFormatError(f"{where}: inconsistent graph ({type(exc).__name__}: {exc})") from None
 
 
 def _jsonable(value):
@@ -165,23 +170,6 @@ def _jsonable(value):
 def _expect(condition, where, message):
     if not condition:
         raise ModelFormatError(f"{where}: {message}")
-
-
-def _read(zf, members, member, where) -> bytes:
-    info = members.get(member)
-    _expect(info is not None, where, f"member {member!r} is missing (truncated or not an .intsim file)")
-    _expect(info.file_size <= MAX_MEMBER_BYTES, where, f"member {member!r} claims {info.file_size} bytes, over the limit")
-    try:
-        return zf.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as exc:
-        raise ModelFormatError(f"{where}: member {member!r} is corrupt ({exc})") from None
-
-
-def _json(data: bytes, where):
-    try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(f"{where}: manifest.json is not valid JSON ({exc})") from None
 
 
 def _field(obj, key, kind, where):
@@ -209,14 +197,5 @@ def _strings(obj, key, where):
 
 def _array(zf, members, member, where) -> np.ndarray:
     _expect(isinstance(member, str), where, f"member name must be a string, found {member!r}")
-    data = _read(zf, members, member, where)
-    try:
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelFormatError(f"{where}: {member!r} is not a valid .npy array ({exc})") from None
-    _expect(
-        isinstance(array, np.ndarray) and array.dtype.kind in "iuf",
-        where,
-        f"{member!r} must hold an integer or float array, found dtype {getattr(array, 'dtype', type(array))}",
-    )
-    return array
+    _expect(member in members, where, f"member {member!r} is missing (truncated or not an .intsim file)")
+    return read_npy_member(zf, members[member], where)

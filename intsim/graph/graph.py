@@ -13,6 +13,10 @@ from intsim.graph.ir import Node, TensorInfo, shapes_compatible
 from intsim.graph.ops import get_op
 from intsim.profiles import Profile, get_profile
 
+# The most elements a tensor may hold per unit of its unknown dimensions (per sample): 2^28 keeps every
+# flat index inside int32 and stops a hostile pad, stride or window from asking for gigabytes.
+MAX_STATIC_ELEMENTS = 2**28
+
 
 @dataclass
 class Graph:
@@ -59,6 +63,9 @@ def validate(graph: Graph) -> None:
     for name in graph.inputs:
         if name not in graph.tensors:
             raise ValidationError(f"{where}: input {name!r} has no tensor entry")
+        if _static_elements(graph.tensors[name].shape) > MAX_STATIC_ELEMENTS:
+            raise ValidationError(f"{where}: input {name!r} of shape {graph.tensors[name].shape} holds more than "
+                                  f"{MAX_STATIC_ELEMENTS} elements per sample")
         available.add(name)
     names = set()
     for node in graph.nodes:
@@ -79,6 +86,9 @@ def validate(graph: Graph) -> None:
         op.check(node, graph)
         inferred = op.infer(node, [graph.tensors[t] for t in node.inputs], graph)
         for t, shape in zip(node.outputs, inferred):
+            if _static_elements(shape) > MAX_STATIC_ELEMENTS:
+                raise ValidationError(f"{node.op} {node.name!r}: output {t!r} of shape {shape} holds more than "
+                                      f"{MAX_STATIC_ELEMENTS} elements per sample")
             declared = graph.tensors[t].shape
             if not shapes_compatible(declared, shape):
                 raise ValidationError(
@@ -88,3 +98,10 @@ def validate(graph: Graph) -> None:
     for name in graph.outputs:
         if name not in available:
             raise ValidationError(f"{where}: output {name!r} is never produced")
+
+
+def _static_elements(shape) -> int:
+    count = 1
+    for d in shape:
+        count *= 1 if d is None else d
+    return count

@@ -19,6 +19,7 @@ multiplier * 2**(shift - multiplier_bits)``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from intsim.errors import ModelFormatError, ValidationError
 from intsim.graph import Graph, Node
 from intsim.graph.ops import MAC_OPS, REQUANTIZING_OPS, clamp_bounds, node_rounding
 from intsim.runtime import Model, Trace
+from intsim.safeio import MAX_ARRAY_BYTES, read_json_file, read_npy_file
 
 GOLDEN_FORMAT = "intsim-golden"
 GOLDEN_VERSION = 1
@@ -54,10 +56,7 @@ def _write_npy(path: Path, array: np.ndarray) -> None:
 
 
 def _read_npy(path: Path, dtype: np.dtype, shape: tuple, where: str) -> np.ndarray:
-    try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise ModelFormatError(f"{where}: {path.name} is not a readable .npy array ({exc})") from None
+    array = read_npy_file(path, where)
     if array.dtype != dtype or array.shape != shape:
         raise ModelFormatError(f"{where}: manifest says {dtype}{list(shape)}, {path.name} holds "
                                f"{array.dtype}{list(array.shape)}")
@@ -69,12 +68,13 @@ def _write_bin(path: Path, array: np.ndarray) -> None:
 
 
 def _read_bin(path: Path, dtype: np.dtype, shape: tuple, where: str) -> np.ndarray:
-    raw = path.read_bytes()
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) != expected:
-        state = "truncated" if len(raw) < expected else "too long"
+    expected = math.prod(shape) * dtype.itemsize
+    found = path.stat().st_size  # checked before reading: a dump cannot make us read more than it declares
+    if found != expected:
+        state = "truncated" if found < expected else "too long"
         raise ModelFormatError(f"{where}: {path.name} is {state}: {dtype}{list(shape)} needs {expected} bytes, "
-                               f"found {len(raw)}")
+                               f"found {found}")
+    raw = path.read_bytes()
     return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
 
 
@@ -85,16 +85,19 @@ def _write_hex(path: Path, array: np.ndarray) -> None:
 
 
 def _read_hex(path: Path, dtype: np.dtype, shape: tuple, where: str) -> np.ndarray:
+    size = math.prod(shape)
+    digits = 2 * dtype.itemsize
+    if path.stat().st_size > size * (digits + 2):  # one line of digits and a (CR)LF per value, at most
+        raise ModelFormatError(f"{where}: {path.name} is too long: {dtype}{list(shape)} needs {size} lines of "
+                               f"{digits} hex digits, found {path.stat().st_size} bytes")
     try:
         lines = path.read_text(encoding="ascii").splitlines()
     except UnicodeDecodeError:
         raise ModelFormatError(f"{where}: {path.name} is not ASCII hex text") from None
-    size = int(np.prod(shape, dtype=np.int64))
     if len(lines) != size:
         state = "truncated" if len(lines) < size else "too long"
         raise ModelFormatError(f"{where}: {path.name} is {state}: {dtype}{list(shape)} needs {size} lines, "
                                f"found {len(lines)}")
-    digits = 2 * dtype.itemsize
     words = np.empty(size, np.uint64)
     for i, line in enumerate(lines):
         if len(line) != digits or not re.fullmatch(r"[0-9a-fA-F]+", line):
@@ -176,7 +179,12 @@ def write_golden(graph: Graph, trace: Trace, out_dir, formats=("npy", "hex", "bi
     """
     formats = _check_formats(formats)
     root = Path(out_dir)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ValidationError(f"golden output {root} exists and is not a directory")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(f"golden output {root} cannot be created ({exc})") from None
     writer = _Writer(root, formats)
     profile = graph.profile
     tensors = {}
@@ -281,6 +289,8 @@ def _read_entry(root: Path, entry, fmt: str, where: str) -> np.ndarray:
     shape = _require(entry, "shape", list, where)
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise ModelFormatError(f"{where}: shape must be a list of sizes >= 0, found {shape}")
+    if math.prod(shape) * np.dtype(dtype_name).itemsize > MAX_ARRAY_BYTES:
+        raise ModelFormatError(f"{where}: {dtype_name}{shape} is over the limit of {MAX_ARRAY_BYTES} bytes")
     files = _require(entry, "files", dict, where)
     if fmt not in files:
         raise ModelFormatError(f"{where}: no {fmt} file listed (listed: {', '.join(files) or 'none'})")
@@ -315,12 +325,7 @@ def load_golden(directory, format: str | None = None) -> Golden:
     root = Path(directory)
     path = root / MANIFEST
     where = f"golden {root}"
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelFormatError(f"{where}: {MANIFEST} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFormatError(f"{where}: {MANIFEST} is not valid JSON ({exc})") from None
+    manifest = read_json_file(path, where, MANIFEST)
     if not isinstance(manifest, dict):
         raise ModelFormatError(f"{where}: {MANIFEST} must hold a JSON object, found {type(manifest).__name__}")
     formats = _require(manifest, "formats", list, f"{where}/{MANIFEST}")

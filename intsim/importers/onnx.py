@@ -6,21 +6,24 @@ What each op becomes, in full: ``docs/converting.md``, *What the ONNX importer a
 from __future__ import annotations
 
 import heapq
+import math
 import os
 from collections.abc import Callable
 
 import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
-from intsim.errors import ModelFormatError, UnsupportedOpError, ValidationError
+from intsim.errors import IntsimError, ModelFormatError, UnsupportedOpError, ValidationError
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
-from intsim.importers.onnx_ops import CONVERT, FOLD, OnnxNode, same_values, unique_name
+from intsim.importers.onnx_ops import CONVERT, FOLD, OnnxNode, read_initializer, same_values, unique_name
 
 
 OPSETS = range(11, 22)
+# The importer runs every node on placeholder inputs: each tensor it computes may hold at most this many
+# elements, so a declared shape cannot make it allocate more than a few hundred MiB.
+MAX_PLACEHOLDER_ELEMENTS = 2**24
 WORLD_BATCH_SIZES = (1, 2)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -96,7 +99,7 @@ def read_onnx(model) -> onnx.ModelProto:
     if not os.path.isfile(path):
         raise ModelFormatError(f"{path!r}: no such file")
     try:
-        return onnx.load(path)
+        return onnx.load(path, load_external_data=False)  # external data is refused by read_initializer
     except DecodeError as exc:
         raise ModelFormatError(f"{path!r}: not an ONNX model ({exc})") from exc
 
@@ -188,14 +191,21 @@ class _Importer:
 
     def run(self) -> FloatGraph:
         for init in self.graph.initializer:
-            value = numpy_helper.to_array(init)
+            value = read_initializer(init)
             self.values[init.name] = (value, value)
             self.static.add(init.name)
         inputs = [self._add_input(t) for t in self.graph.input if t.name not in self.static]
         known = set(self.values)
         for index, proto in enumerate(_sorted_nodes(self.graph, known)):
             name = unique_name(proto.name or f"{proto.op_type}_{index}", self.node_names)
-            self._import_node(OnnxNode(self, proto, name))
+            try:
+                self._import_node(OnnxNode(self, proto, name))
+            except IntsimError:
+                raise
+            except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError,
+                    AttributeError) as exc:
+                raise ValidationError(f"node {name!r} ({proto.op_type}): malformed node "
+                                      f"({type(exc).__name__}: {exc})") from None
         outputs = [self._output(t.name) for t in self.graph.output]
         tensors = inputs + list(self.constants) + [t for n in self.nodes for t in n.outputs]
         return FloatGraph(
@@ -225,6 +235,12 @@ class _Importer:
                 f"graph input {info.name!r} has shape {dims}: only dim 0 (the batch) may be symbolic; fix the "
                 f"others with input_shapes={{{info.name!r}: (1, ...)}} (CLI: --input-shape {info.name}:1,...)"
             )
+        if any(d is not None and d < 1 for d in dims):
+            raise ValidationError(f"graph input {info.name!r} has shape {dims}: sizes must be >= 1")
+        placeholder = math.prod(d for d in dims[1:]) * max(WORLD_BATCH_SIZES)
+        if placeholder > MAX_PLACEHOLDER_ELEMENTS:
+            raise ValidationError(f"graph input {info.name!r} has shape {dims}: {placeholder} elements at batch size "
+                                  f"{max(WORLD_BATCH_SIZES)}, over the importer's limit of {MAX_PLACEHOLDER_ELEMENTS}")
         rng = np.random.default_rng(len(self.values))
         worlds = []
         for batch in WORLD_BATCH_SIZES:
@@ -277,11 +293,17 @@ class _Importer:
         for w, batch in enumerate(WORLD_BATCH_SIZES):
             try:
                 values.append(fn(w))
-            except (ValueError, IndexError, TypeError) as exc:
+            except MemoryError:
+                raise node.invalid(f"needs more memory than is available at batch size {batch} ({op})") from None
+            except (ValueError, IndexError, TypeError, ZeroDivisionError, OverflowError, KeyError) as exc:
                 hint = ""
                 if w > 0 and self.batch_dynamic:
                     hint = "; does the model hard-code its batch size? (import with batch_dynamic=False)"
                 raise node.invalid(f"fails at batch size {batch} ({op}: {exc}){hint}") from exc
+            size = getattr(values[-1], "size", 1)
+            if size > MAX_PLACEHOLDER_ELEMENTS:
+                raise node.invalid(f"produces {size} elements at batch size {batch} ({op}), over the importer's "
+                                   f"limit of {MAX_PLACEHOLDER_ELEMENTS}")
         return values[0], values[1]
 
     def _add_constant(self, node: OnnxNode, tensor: str) -> None:
@@ -292,6 +314,9 @@ class _Importer:
 
     def _output(self, name: str) -> str:
         target = self.resolve(name)
+        if target not in self.values:
+            raise ModelFormatError(f"graph output {name!r} is never produced (the graph has {len(self.graph.node)} "
+                                   f"node(s))")
         if target in self.static:
             raise UnsupportedOpError(f"graph output {name!r} is a constant; intsim graphs compute their outputs")
         if target == name:

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from intsim.errors import UnsupportedOpError, ValidationError
+from intsim.errors import ModelFormatError, UnsupportedOpError, ValidationError
 from intsim.floatgraph.execute import COORDINATE_MODES, NEAREST_MODES
 from intsim.floatgraph import FloatNode
 
@@ -26,12 +26,23 @@ def unique_name(base: str, used: set[str]) -> str:
 
 
 
+def read_initializer(tensor) -> np.ndarray:
+    """An initializer's array; external data, or dims that contradict the data, are a ModelFormatError."""
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        raise ModelFormatError(f"initializer {tensor.name!r}: external data is not read (a model must be one file)")
+    try:
+        return numpy_helper.to_array(tensor)
+    except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise ModelFormatError(f"initializer {tensor.name!r}: dims {list(tensor.dims)} do not match its data "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
 def _attr_value(attr: onnx.AttributeProto):
     value = helper.get_attribute_value(attr)
     if isinstance(value, bytes):
         return value.decode()
     if isinstance(value, onnx.TensorProto):
-        return numpy_helper.to_array(value)
+        return read_initializer(value)
     return value
 
 
@@ -63,10 +74,14 @@ class OnnxNode:
     def attr(self, key: str, default=None):
         return self.attrs.get(key, default)
 
-    def ints(self, key: str, length: int, fill: int) -> list[int]:
-        value = [int(v) for v in self.attrs.get(key, [fill] * length)]
+    def ints(self, key: str, length: int, fill: int, lo: int | None = None) -> list[int]:
+        value = self.attrs.get(key, [fill] * length)
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise self.invalid(f"attribute {key} must be {length} integers, found {value!r}")
         if len(value) != length:
             raise self.invalid(f"attribute {key} must have {length} values, found {value}")
+        if lo is not None and any(v < lo for v in value):
+            raise self.invalid(f"attribute {key} must be >= {lo} everywhere, found {value}")
         return value
 
     def choice(self, key: str, default: str, allowed) -> str:
@@ -127,7 +142,7 @@ class OnnxNode:
 
 
 def same_values(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(a, b)
+    return a.shape == b.shape and np.array_equal(a, b, equal_nan=a.dtype.kind in "fc" and b.dtype.kind in "fc")
 
 
 # --------------------------------------------------------------------------
@@ -225,7 +240,7 @@ def _explicit_pads(node: OnnxNode, kernel, strides, dilations) -> list[int]:
     """``pads`` [top, left, bottom, right], from ``auto_pad`` where the model uses it."""
     auto_pad = node.choice("auto_pad", "NOTSET", ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER"))
     if auto_pad == "NOTSET":
-        return node.ints("pads", 4, 0)
+        return node.ints("pads", 4, 0, lo=0)
     if auto_pad == "VALID":
         return [0, 0, 0, 0]
     begin, end = [], []
@@ -253,12 +268,19 @@ def _conv(node):
         raise node.fail(f"only 2-D convolutions are supported; weight has shape {weight.shape}")
     if node.has(2):
         node.const(2, "bias")
-    strides, dilations = node.ints("strides", 2, 1), node.ints("dilations", 2, 1)
+    strides, dilations = node.ints("strides", 2, 1, lo=1), node.ints("dilations", 2, 1, lo=1)
+    if "kernel_shape" in node.attrs and node.ints("kernel_shape", 2, 0) != list(weight.shape[2:]):
+        raise node.invalid(f"kernel_shape {node.attr('kernel_shape')} contradicts the weight's "
+                           f"{list(weight.shape[2:])}")
+    group = node.attr("group", 1)
+    if not isinstance(group, int) or group < 1 or weight.shape[0] % group:
+        raise node.invalid(f"group must be an integer >= 1 dividing the {weight.shape[0]} output channels, "
+                           f"found {group!r}")
     attrs = {
         "strides": strides,
         "dilations": dilations,
         "pads": _explicit_pads(node, weight.shape[2:], strides, dilations),
-        "group": int(node.attr("group", 1)),
+        "group": group,
     }
     return [node.make("Conv", node.inputs, attrs)]
 
@@ -307,9 +329,10 @@ def _concat(node):
 def _pool_window(node):
     """kernel, strides, dilations, pads and the ceil_mode overhang [bottom, right] of a 2-D pool."""
     kernel = node.attr("kernel_shape")
-    if kernel is None or len(kernel) != 2:
+    if not isinstance(kernel, list) or len(kernel) != 2:
         raise node.fail(f"only 2-D pooling is supported; kernel_shape is {kernel}")
-    strides, dilations = node.ints("strides", 2, 1), node.ints("dilations", 2, 1)
+    kernel = node.ints("kernel_shape", 2, 1, lo=1)
+    strides, dilations = node.ints("strides", 2, 1, lo=1), node.ints("dilations", 2, 1, lo=1)
     pads = _explicit_pads(node, kernel, strides, dilations)
     overhang = [0, 0]
     if node.attr("ceil_mode", 0):

@@ -37,6 +37,7 @@ from intsim.codes import dtype_range
 from intsim.errors import ModelFormatError, UnsupportedOpError
 from intsim.graph import Graph
 from intsim.importers.onnx import read_onnx
+from intsim.importers.onnx_ops import read_initializer
 from intsim.importers.onnx_qop import _HANDLERS as QOPERATOR_HANDLERS
 from intsim.importers.onnx_qop import (
     TO_NHWC,
@@ -193,12 +194,12 @@ class _Rewriter:
             if not node.name:
                 node.name = f"{node.op_type}_{index}"
         self.opset = max((o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.constants = {t.name: read_initializer(t) for t in graph.initializer}
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and node.attribute:
                 attr = node.attribute[0]
                 if attr.name == "value":
-                    self.constants[node.output[0]] = numpy_helper.to_array(attr.t)
+                    self.constants[node.output[0]] = read_initializer(attr.t)
         self.graph_inputs = {vi.name: vi for vi in graph.input}
         self.graph_outputs = {vi.name for vi in graph.output}
         self.new_initializers: list[TensorProto] = []

@@ -18,13 +18,13 @@ from types import SimpleNamespace
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from intsim.errors import UnsupportedOpError, ValidationError
+from intsim.errors import IntsimError, ModelFormatError, UnsupportedOpError, ValidationError
 from intsim.fixedpoint import Rescale
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.codes import dtype_range
 from intsim.importers.onnx import read_onnx
+from intsim.importers.onnx_ops import read_initializer
 from intsim.kernels.naive.onnxruntime_ops import fma_float32
 from intsim.graph.ops import get_op
 from intsim.profiles import get_profile
@@ -33,8 +33,23 @@ TO_NHWC = [0, 2, 3, 1]
 TO_NCHW = [0, 3, 1, 2]
 ROUNDING = "float32_rint"  # MlasRequantizeOutput: float32 multiply, round to nearest even
 
+CODE_DTYPES = ("uint8", "int8")
 _HANDLERS = {}
 _f32 = np.float32
+
+
+def _operand_quant_pairs(*pairs):
+    return lambda node: dict(pairs)
+
+
+# ONNX op -> node -> {code input index: (its scale input index, its zero point input index)}
+_OPERAND_QUANT = {
+    **{op: _operand_quant_pairs((0, (1, 2))) for op in (
+        "QLinearConv", "QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu",
+        "QLinearSigmoid", "DequantizeLinear")},
+    **{op: _operand_quant_pairs((0, (1, 2)), (3, (4, 5))) for op in ("QLinearMatMul", "QLinearAdd", "QLinearMul")},
+    "QLinearConcat": lambda node: {2 + 3 * i: (3 + 3 * i, 4 + 3 * i) for i in range((len(node.input) - 2) // 3)},
+}
 
 
 def _handles(*op_types):
@@ -87,10 +102,15 @@ class _QOperatorImporter:
         self.profile = profile
         self.opsets = {o.domain or "ai.onnx": o.version for o in model.opset_import}
         graph = model.graph
-        self.constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.constants = {t.name: read_initializer(t) for t in graph.initializer}
         for node in graph.node:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-                self.constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+                values = [a for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR]
+                if len(node.output) != 1 or len(values) != 1:
+                    raise ModelFormatError(f"Constant {node.name!r}: expected one output and a tensor 'value' "
+                                           f"attribute, found {len(node.output)} output(s) and attributes "
+                                           f"{[a.name for a in node.attribute]}")
+                self.constants[node.output[0]] = read_initializer(values[0].t)
         self.float_inputs = {vi.name: vi for vi in graph.input if vi.name not in self.constants}
         self.float_outputs = [vi.name for vi in graph.output]
         self.tensors: dict[str, TensorInfo] = {}
@@ -102,6 +122,7 @@ class _QOperatorImporter:
         self.onnx_inputs: dict[str, str] = {}
         self.onnx_outputs: dict[str, str] = {}
         self.inexact: dict[str, str] = {}
+        self.overrides: dict[int, tuple[str, list | None]] = {}  # the current node's inputs, own_quantization
 
     # --- driver ---------------------------------------------------------
     def run(self) -> Graph:
@@ -116,7 +137,15 @@ class _QOperatorImporter:
                     f"node {node.name!r}: op {domain}:{node.op_type} (opset {self.opsets.get(domain, '?')}) has no "
                     f"integer lowering in the QOperator importer; supported: {', '.join(sorted(_HANDLERS))}"
                 )
-            handler(self, node)
+            try:
+                self.own_quantization(node)
+                handler(self, node)
+            except IntsimError:
+                raise
+            except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError,
+                    AttributeError) as exc:
+                raise ValidationError(f"{self.where(node)}: malformed node ({type(exc).__name__}: {exc})") from None
+            self.overrides = {}
         missing = [name for name in self.float_outputs if name not in self.onnx_outputs]
         if missing:
             raise UnsupportedOpError(f"graph outputs {missing} are not produced by DequantizeLinear of a code tensor")
@@ -162,10 +191,39 @@ class _QOperatorImporter:
         return value.reshape(())
 
     def quant(self, node, scale_index, zp_index, what):
-        """``(float32 scale, zero point, dtype name)`` of one quantized operand."""
+        """``(float32 scale, zero point, dtype name)`` of one quantized operand: a float32 scale, finite
+        and > 0, and an int8 or uint8 zero point, the types onnxruntime's QLinear kernels accept."""
         scale = self.scalar(node, scale_index, f"{what} scale")
         zp = self.scalar(node, zp_index, f"{what} zero point")
+        if scale.dtype != np.float32 or not np.isfinite(scale) or not scale > 0:
+            raise ValidationError(f"{self.where(node)}: {what} scale must be a finite float32 > 0, found "
+                                  f"{scale.dtype} {scale!r}")
+        if zp.dtype.name not in CODE_DTYPES:
+            raise ValidationError(f"{self.where(node)}: {what} zero point must be {' or '.join(CODE_DTYPES)}, "
+                                  f"found {zp.dtype}")
         return _f32(scale), int(zp), zp.dtype.name
+
+    def own_quantization(self, node):
+        """Rebind each code input of ``node`` to a tensor quantized as the node's own scale and zero point
+        say (onnxruntime reads them from the node, not from the producer): where they differ from the
+        producer's tensor, an identity ``lut`` relabels the very same codes.  The zero point's type must
+        be the codes' type, as onnxruntime's type constraints require."""
+        self.overrides = {}
+        for index, (s, z) in _OPERAND_QUANT.get(node.op_type, lambda n: {})(node).items():
+            if index >= len(node.input) or node.input[index] not in self.values:
+                continue
+            tensor, perm = self.values[node.input[index]]
+            info = self.tensors[tensor]
+            scale, zp, dtype = self.quant(node, s, z, f"input {index}")
+            if dtype != info.dtype:
+                raise ValidationError(f"{self.where(node)}: input {index} zero point is {dtype} but the codes "
+                                      f"{node.input[index]!r} are {info.dtype}")
+            if (float(scale), zp) != (info.scale, info.zero_point):
+                out = self.unique(f"{node.input[index]}/{node.name or node.output[0]}_quantization")
+                lo, hi = dtype_range(dtype)
+                table = np.arange(lo, hi + 1).astype(dtype)
+                self.emit("lut", out, [tensor], {}, {"table": table}, out, dtype, scale, zp)
+                self.overrides[index] = (out, perm)
 
     def add_tensor(self, name, dtype, shape, scale, zero_point) -> str:
         self.tensors[name] = TensorInfo(name, dtype, shape, float(scale), zero_point)
@@ -189,6 +247,8 @@ class _QOperatorImporter:
         return name
 
     def value(self, node, index) -> tuple[str, list | None]:
+        if index in self.overrides:
+            return self.overrides[index]
         name = node.input[index]
         if name not in self.values:
             raise UnsupportedOpError(
@@ -239,12 +299,19 @@ def _window_attrs(imp, node, kernel_rank_from) -> dict:
         raise UnsupportedOpError(f"{imp.where(node)}: only 2-D windows are supported, found kernel {kernel}")
     if attrs.get("ceil_mode", 0):
         raise UnsupportedOpError(f"{imp.where(node)}: ceil_mode=1 is not supported")
-    return {
-        "kernel": [int(k) for k in kernel],
-        "strides": [int(s) for s in attrs.get("strides", [1, 1])],
-        "dilations": [int(d) for d in attrs.get("dilations", [1, 1])],
-        "pads": [int(p) for p in attrs.get("pads", [0, 0, 0, 0])],  # ONNX (top, left, bottom, right)
+    window = {
+        "kernel": kernel,
+        "strides": attrs.get("strides", [1, 1]),
+        "dilations": attrs.get("dilations", [1, 1]),
+        "pads": attrs.get("pads", [0, 0, 0, 0]),  # ONNX (top, left, bottom, right)
     }
+    for key, value in window.items():
+        length, lo = (4, 0) if key == "pads" else (2, 1)
+        if not (isinstance(value, (list, tuple)) and len(value) == length
+                and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= lo for v in value)):
+            raise ValidationError(f"{imp.where(node)}: {key} must be {length} integers >= {lo}, found {value!r}")
+        window[key] = [int(v) for v in value]
+    return window
 
 
 # --------------------------------------------------------------------------
@@ -261,6 +328,9 @@ def _quantize_linear(imp, node):
     scale, zp, dtype = imp.quant(node, 1, 2, "output")
     vi = imp.float_inputs[source]
     dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+    if not dims or any(d is not None and d < 1 for d in dims):
+        raise ValidationError(f"{imp.where(node)}: graph input {source!r} must have a batch dimension and sizes "
+                              f">= 1, found {dims}")
     dims[0] = None  # any batch
     code = imp.add_tensor(node.output[0], dtype, dims, scale, zp)
     imp.inputs.append(code)
@@ -286,6 +356,29 @@ def _weight_zero_points(zp, channels):
     return np.ascontiguousarray(np.broadcast_to(np.asarray(zp).reshape(-1), (channels,)).astype(np.int64))
 
 
+def _int32_bias(imp, node, bias, channels):
+    """The int32 bias (or QGemm ``C``) of ``channels`` outputs: onnxruntime takes int32 only, one value or one per
+    output channel."""
+    if bias is None:
+        return np.zeros(channels, np.int32)
+    if bias.dtype != np.int32 or bias.size not in (1, channels):
+        raise ValidationError(f"{imp.where(node)}: bias must be int32 with 1 or {channels} values, found {bias.dtype} "
+                              f"of shape {bias.shape}")
+    return np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (channels,)))
+
+
+def _weight_quant(imp, node, w, scale, zp):
+    """Check a weight's float32 scales and int8 zero points: one value, or one per output channel."""
+    channels = w.shape[0] if w.ndim else 1
+    for what, value, dtype in (("scale", scale, np.float32), ("zero point", zp, np.int8)):
+        if value is None or value.dtype != dtype or value.size not in (1, channels):
+            found = "none" if value is None else f"{value.dtype} of shape {value.shape}"
+            raise ValidationError(f"{imp.where(node)}: weight {what} must be {np.dtype(dtype)} with 1 or {channels} "
+                                  f"values, found {found}")
+    if not (np.isfinite(scale).all() and (scale > 0).all()):
+        raise ValidationError(f"{imp.where(node)}: weight scales must be finite and > 0, found {scale.tolist()}")
+
+
 def _int8_weight(imp, node, w):
     if w.dtype != np.int8:
         raise ValidationError(f"{imp.where(node)}: weights must be int8 (u8s8 / s8s8), found {w.dtype}")
@@ -297,18 +390,27 @@ def _qlinear_conv(imp, node):
     x = imp.nhwc(node, 0)
     x_scale, _, _ = imp.quant(node, 1, 2, "input")
     w = _int8_weight(imp, node, imp.const(node, 3, "weight"))
-    w_scale = _f32(imp.const(node, 4, "weight scale")).reshape(-1)
+    if w.ndim != 4:
+        raise UnsupportedOpError(f"{imp.where(node)}: only 2-D convolutions (4-D weights) are supported, found "
+                                 f"weight shape {w.shape}")
     w_zp = imp.const(node, 5, "weight zero point")
+    _weight_quant(imp, node, w, imp.const(node, 4, "weight scale"), w_zp)
+    w_scale = _f32(imp.const(node, 4, "weight scale")).reshape(-1)
     y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
     if np.unique(np.asarray(w_zp)).size > 1:
         raise ValidationError(f"{imp.where(node)}: onnxruntime requires every per-channel weight zero point to be "
                               f"equal, found {np.unique(w_zp).tolist()}")
     cout = w.shape[0]
-    bias = imp.const(node, 8, "bias")
-    bias = np.zeros(cout, np.int32) if bias is None else bias.astype(np.int32).reshape(cout)
+    bias = _int32_bias(imp, node, imp.const(node, 8, "bias"), cout)
     scales = (x_scale * w_scale) / y_scale  # float32, qlinearconv.cc ComputeOutputScale
     window = _window_attrs(imp, node, w.shape[2:])
-    groups = int(imp.attrs(node).get("group", 1))
+    if window["kernel"] != list(w.shape[2:]):
+        raise ValidationError(f"{imp.where(node)}: kernel_shape {window['kernel']} contradicts the weight's "
+                              f"{list(w.shape[2:])}")
+    groups = imp.attrs(node).get("group", 1)
+    if not isinstance(groups, int) or groups < 1 or cout % groups:
+        raise ValidationError(f"{imp.where(node)}: group must be an integer >= 1 dividing the {cout} output "
+                              f"channels, found {groups!r}")
     attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
              "groups": groups, "rounding": ROUNDING}
     if w.shape[1] == 1 and cout == groups:
@@ -354,8 +456,7 @@ def _qgemm(imp, node):
     y_q = imp.quant(node, 7, 8, "output")
     weight = b if attrs.get("transB", 0) else b.T
     cout = weight.shape[0]
-    c = imp.const(node, 6, "C")
-    bias = np.zeros(cout, np.int32) if c is None else np.broadcast_to(c.astype(np.int32).reshape(-1), (cout,)).copy()
+    bias = _int32_bias(imp, node, imp.const(node, 6, "C"), cout)
     alpha = _f32(attrs.get("alpha", 1.0))
     scales = ((alpha * a_scale) * b_scale) / y_q[0]  # float32, quant_gemm.cc ComputeOutputScale
     _fully_connected(imp, node, 0, weight, imp.const(node, 5, "B zero point"), bias, scales, y_q)

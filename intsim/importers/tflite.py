@@ -51,6 +51,7 @@ from intsim.fixedpoint import (
 )
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.codes import dtype_range
+from intsim.importers.tflite_verify import check_model, verify_tflite
 
 try:
     import tflite as _schema
@@ -176,6 +177,11 @@ def _same_pads(in_size, k, stride, dilation, padding):
 
 
 def _spatial_pads(x: _Tensor, kh, kw, sh, sw, dh, dw, padding):
+    if padding not in (_SAME, _VALID):
+        raise ModelFormatError(f"tensor {x.name!r}: padding {padding} is neither SAME ({_SAME}) nor VALID ({_VALID})")
+    if min(kh, kw, sh, sw, dh, dw) < 1:
+        raise ModelFormatError(f"tensor {x.name!r}: window {kh}x{kw}, strides {sh}x{sw} and dilations {dh}x{dw} "
+                               f"must all be >= 1")
     top, bottom = _same_pads(x.shape[1], kh, sh, dh, padding)
     left, right = _same_pads(x.shape[2], kw, sw, dw, padding)
     return [top, left, bottom, right]
@@ -191,13 +197,19 @@ def _bias(b: _Tensor | None, channels: int) -> np.ndarray:
     if b is None:
         return np.zeros(channels, np.int32)
     if b.dtype != "int32" or b.data is None:
-        raise ModelFormatError(f"bias {b.name!r} must be a constant int32 tensor, found {b.dtype}")
+        found = b.dtype if b.data is not None else f"{b.dtype} without data (buffer missing or empty)"
+        raise ModelFormatError(f"bias {b.name!r} must be a constant int32 tensor, found {found}")
+    if b.data.size != channels:
+        raise ModelFormatError(f"bias {b.name!r} must hold {channels} values, found shape {b.data.shape}")
+    if np.any(b.zero_points):  # the TFLite quantization spec: int32 biases are symmetric
+        raise ModelFormatError(f"bias {b.name!r} must have zero points 0, found {b.zero_points.tolist()}")
     return b.data.astype(np.int32).reshape(channels)
 
 
 def _weights(w: _Tensor, op_name: str) -> np.ndarray:
     if w.dtype != "int8" or w.data is None:
-        raise ModelFormatError(f"{op_name}: weights {w.name!r} must be a constant int8 tensor, found {w.dtype}")
+        found = w.dtype if w.data is not None else f"{w.dtype} without data (buffer missing or empty)"
+        raise ModelFormatError(f"{op_name}: weights {w.name!r} must be a constant int8 tensor, found {found}")
     if np.any(w.zero_points != 0):
         raise ModelFormatError(f"{op_name}: weights {w.name!r} must be symmetric (zero point 0)")
     return w.data.astype(np.int8)
@@ -286,6 +298,10 @@ def _options(op, cls_name):
     table = op.BuiltinOptions()
     if table is None:
         return None
+    expected = getattr(_schema.BuiltinOptions, cls_name)
+    if op.BuiltinOptionsType() != expected:
+        raise ModelFormatError(f"builtin options of type {op.BuiltinOptionsType()} where {cls_name} "
+                               f"({expected}) is expected")
     opts = getattr(_schema, cls_name)()
     opts.Init(table.Bytes, table.Pos)
     return opts
@@ -493,6 +509,9 @@ def _read_tensors(model, subgraph, where) -> list[_Tensor]:
         qdim = 0
         if q is not None and q.ScaleLength():
             scales = q.ScaleAsNumpy().astype(np.float32)
+            if not (np.isfinite(scales).all() and (scales > 0).all()):
+                raise ModelFormatError(f"{where}: tensor {i} has quantization scales {scales.tolist()[:8]}; "
+                                       f"scales must be finite and > 0")
             zps = q.ZeroPointAsNumpy().astype(np.int64) if q.ZeroPointLength() else np.zeros(scales.size, np.int64)
             qdim = q.QuantizedDimension()
         data = None
@@ -540,12 +559,13 @@ def load_tflite(path) -> Graph:
         blob = path.read_bytes()
     except OSError as exc:
         raise ModelFormatError(f"{where}: cannot read: {exc}") from None
-    if len(blob) < 8 or blob[4:8] != b"TFL3":
-        raise ModelFormatError(f"{where}: not a TFLite flatbuffer (file identifier {blob[4:8]!r}, expected b'TFL3')")
+    verify_tflite(blob, where)
     try:
         return _build(blob, path.stem, where)
-    except (ModelFormatError, UnsupportedOpError):
-        raise
+    except (ModelFormatError, UnsupportedOpError) as exc:
+        if str(exc).startswith(where):
+            raise
+        raise type(exc)(f"{where}: {exc}") from None
     except Exception as exc:  # the flatbuffer reader fails in many ways on a damaged file
         raise ModelFormatError(f"{where}: corrupt or truncated TFLite file ({type(exc).__name__}: {exc})") from None
 
@@ -554,6 +574,7 @@ def _build(blob: bytes, name: str, where: str) -> Graph:
     model = _schema.Model.GetRootAsModel(blob, 0)
     if model.SubgraphsLength() < 1:
         raise ModelFormatError(f"{where}: the model has no subgraph")
+    check_model(model, where)
     subgraph = model.Subgraphs(0)
     tensors = _read_tensors(model, subgraph, where)
     names = _builtin_names()
@@ -598,7 +619,10 @@ def _mean(b: _Builder, kind, name, op, ins, outs):
     opts = _options(op, "ReducerOptions")
     if axes_t.data is None:
         raise UnsupportedOpError(f"{name}: MEAN with non-constant axes is not supported")
-    axes = sorted({int(a) % len(x.shape) for a in axes_t.data.reshape(-1)})
+    rank = len(x.shape)
+    if any(not -rank <= int(a) < rank for a in axes_t.data.reshape(-1)):
+        raise ModelFormatError(f"{name}: MEAN axes {axes_t.data.reshape(-1).tolist()} are out of range for rank {rank}")
+    axes = sorted({int(a) % rank for a in axes_t.data.reshape(-1)})
     count = math.prod(x.shape[a] for a in axes)
     # reduce.cc: QuantizeMultiplier(double(s_x) / double(s_y)); reference/reduce.h
     # QuantizedMeanOrSum then folds 1/N in: multiplier * 2**k // N, shift - k,

@@ -163,11 +163,18 @@ class Profile:
     def from_toml(cls, path) -> "Profile":
         path = Path(path)
         try:
+            if path.stat().st_size > MAX_TOML_BYTES:
+                raise ValidationError(f"profile file {path} is {path.stat().st_size} bytes, over the limit of "
+                                      f"{MAX_TOML_BYTES}")
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ValidationError(f"profile file {path} does not exist") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ValidationError(f"profile file {path}: not valid TOML ({exc})") from None
+        except IsADirectoryError:
+            raise ValidationError(f"profile file {path} is a directory, not a TOML file") from None
+        except OSError as exc:
+            raise ValidationError(f"profile file {path} cannot be read ({exc})") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise ValidationError(f"profile file {path}: not valid TOML ({type(exc).__name__}: {exc})") from None
         return cls.from_dict(data, where=f"profile file {path}")
 
     def replace(self, **overrides) -> "Profile":
@@ -182,6 +189,9 @@ def _toml_value(value) -> str:
     if isinstance(value, str):
         return json.dumps(value, ensure_ascii=False)
     return repr(value)
+
+
+MAX_TOML_BYTES = 2**20  # a profile is a few dozen lines
 
 
 def builtin_names() -> list[str]:

@@ -18,13 +18,14 @@ import numpy as np
 from intsim import kernels as fast_kernels
 from intsim.kernels import naive as naive_kernels
 from intsim.kernels.contract import Backend
-from intsim.errors import InputWarning, ValidationError
+from intsim.errors import InputWarning, OverflowWarning, ValidationError
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY
 from intsim.graph import Graph, TensorInfo
 from intsim.graph.ir import shape_text
 from intsim.codes import dtype_range
 from intsim.graph.ops import get_op
 from intsim.runtime.plan import RunPlan, raise_overflow
+from intsim.runtime.shapeguard import check_node_inputs
 
 # The kernel backends a model runs on; both satisfy the typed contract of :mod:`intsim.kernels.contract`.
 BACKENDS: dict[str, Backend] = {"fast": fast_kernels, "naive": naive_kernels}
@@ -132,14 +133,14 @@ class Model:
         dtype's range.  Returns one array, or a tuple when the graph has
         several outputs.
         """
-        return self._pack(self._run_plan().run(self._int_inputs(inputs)))
+        return self._pack(self._warn_overflow(self._run_plan().run(self._int_inputs(inputs))))
 
     def run(self, *inputs):
         """Float in, float out: quantize each input with its tensor's scale and zero
         point (:meth:`quantize_inputs`), run :meth:`run_int`, dequantize the
         outputs to float32 as ``scale * (code - zero_point)``."""
         # The codes quantize_inputs returns have the checked shapes and the input dtypes: no second check.
-        outs = self._run_plan().run(self.quantize_inputs(inputs))
+        outs = self._warn_overflow(self._run_plan().run(self.quantize_inputs(inputs)))
         return self._pack([dequantize(o, info) for o, info in zip(outs, self.outputs)])
 
     def trace(self, *inputs, float_input: bool = False) -> Trace:
@@ -201,6 +202,18 @@ class Model:
         _check_shape(x.shape, info, where)
         return None if np.can_cast(x.dtype, info.np_dtype, "safe") else dtype_range(info.dtype)
 
+    def _warn_overflow(self, outputs):
+        """Issue an :class:`~intsim.errors.OverflowWarning` for the overflows the last run recorded."""
+        overflows = self._plan.overflows
+        if overflows:
+            profile = self.profile
+            nodes = ", ".join(f"{node.op} {node.name!r} {count}" for node, count in overflows)
+            warnings.warn(OverflowWarning(
+                f"model {self.graph.name!r}: accumulators left the {profile.accumulator_bits}-bit range "
+                f"(overflow = {profile.overflow!r}, profile {profile.name!r}); outputs overflowed per node: "
+                f"{nodes}"), stacklevel=3)
+        return outputs
+
     def _run_plan(self) -> RunPlan:
         if self._plan is None:
             self._plan = RunPlan(self.graph, [(op.bind(plan, self._kernels), node) for op, node, plan in self._steps])
@@ -211,7 +224,9 @@ class Model:
         values = dict(zip(self.graph.inputs, arrays))
         overflow_policy = self.graph.profile.overflow
         for op, node, plan in self._steps:
-            outputs, stats = op.run(plan, [values[t] for t in node.inputs], self._kernels)
+            node_inputs = [values[t] for t in node.inputs]
+            check_node_inputs(node, self.graph, node_inputs)
+            outputs, stats = op.run(plan, node_inputs, self._kernels)
             if overflow_policy == "error" and stats.get("overflow_count", 0):
                 raise_overflow(node, stats, self.graph.profile)
             values.update(zip(node.outputs, outputs))

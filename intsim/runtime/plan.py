@@ -6,6 +6,7 @@ import numpy as np
 
 from intsim.errors import AccumulatorOverflowError
 from intsim.graph import Graph
+from intsim.runtime.shapeguard import check_node_inputs
 
 
 class RunPlan:
@@ -31,22 +32,37 @@ class RunPlan:
              [s for s in dict.fromkeys(slot[t] for t in node.inputs) if last_read[s] == index and s not in kept])
             for index, (step, node) in enumerate(bound)
         ]
+        self.graph = graph
         self.profile = graph.profile
         self.check_overflow = graph.profile.overflow == "error"
+        self.checked_shapes = set()  # input shapes whose every node input passed check_node_inputs
+        self.overflows = []  # (node, overflow count) of the last run, for Model's OverflowWarning
 
     def run(self, arrays) -> list[np.ndarray]:
         values = [None] * self.n_slots
         for s, a in zip(self.input_slots, arrays):
             values[s] = a
         check_overflow = self.check_overflow
+        # Every shape downstream follows from the input shapes: the nodes' inputs are checked against the
+        # graph (shapeguard) at the first call with each, so no kernel reads outside its arrays.
+        shapes = tuple(a.shape for a in arrays)
+        unchecked = shapes not in self.checked_shapes
+        overflows = []
         for step, node, reads, writes, done in self.steps:
-            outputs, stats = step([values[s] for s in reads])
-            if check_overflow and stats.get("overflow_count", 0):
-                raise_overflow(node, stats, self.profile)
+            node_inputs = [values[s] for s in reads]
+            if unchecked:
+                check_node_inputs(node, self.graph, node_inputs)
+            outputs, stats = step(node_inputs)
+            if stats.get("overflow_count", 0):  # nonzero only where no static bound rules overflow out
+                if check_overflow:
+                    raise_overflow(node, stats, self.profile)
+                overflows.append((node, stats["overflow_count"]))
             for s, value in zip(writes, outputs):
                 values[s] = value
             for s in done:
                 values[s] = None
+        self.checked_shapes.add(shapes)
+        self.overflows = overflows
         return [values[s] for s in self.output_slots]
 
 

@@ -301,13 +301,15 @@ class Mean(Op):
     def run(self, plan, inputs, kernels):
         x = inputs[0]
         axes = plan["axes"]
+        reduced = math.prod(x.shape[a] for a in axes)  # explicit, not -1: an empty batch reshapes too
         if axes == list(range(axes[0], axes[-1] + 1)):
             outer = math.prod(x.shape[: axes[0]])
             inner = math.prod(x.shape[axes[-1] + 1 :])
-            x3 = np.ascontiguousarray(x).reshape(outer, -1, inner)
+            x3 = np.ascontiguousarray(x).reshape(outer, reduced, inner)
         else:
             kept = [i for i in range(x.ndim) if i not in axes]
-            x3 = np.ascontiguousarray(np.transpose(x, kept + axes)).reshape(math.prod(x.shape[i] for i in kept), -1, 1)
+            x3 = np.ascontiguousarray(np.transpose(x, kept + axes)).reshape(math.prod(x.shape[i] for i in kept),
+                                                                             reduced, 1)
         out, sat = kernels.mean_reduce(x3, *plan["args"])
         if plan["keepdims"]:
             shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
@@ -356,6 +358,8 @@ class Softmax(Op):
         entries = 2 ** (8 * x.np_dtype.itemsize)
         table = param(node, "exp_table", shape=(entries,))
         check_range(node, "exp_table", table.astype(np.int64), 0, 2**30)
+        if table[0] < 1:  # each row's sum of exps includes its maximum's entry, exp_table[0]: it divides
+            fail(node, f"exp_table[0] (the entry of max - x = 0) must be >= 1, found {table[0]}")
         if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
             fail(node, f"integer softmax needs an integer rounding mode, the node rounds {node_rounding(node, graph)!r}")
         rescale_params(node, graph)

@@ -38,7 +38,8 @@ class Reshape(_LayoutOp):
 
     def check_attrs(self, node, shape):
         target = node.attrs.get("shape")
-        if not isinstance(target, (list, tuple)) or not all(isinstance(d, int) and d >= -1 for d in target):
+        if not isinstance(target, (list, tuple)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in target):
             fail(node, f"attribute shape must be a list of integers >= -1, found {target!r}")
         if list(target).count(-1) > 1:
             fail(node, f"attribute shape {list(target)} has more than one -1")
@@ -76,7 +77,8 @@ class Transpose(_LayoutOp):
 
     def check_attrs(self, node, shape):
         perm = node.attrs.get("perm")
-        if not isinstance(perm, (list, tuple)) or sorted(perm) != list(range(len(shape))):
+        if (not isinstance(perm, (list, tuple)) or not all(isinstance(p, int) and not isinstance(p, bool) for p in perm)
+                or sorted(perm) != list(range(len(shape)))):
             fail(node, f"attribute perm must be a permutation of range({len(shape)}), found {perm!r}")
 
     def infer(self, node, inputs, graph):
@@ -100,7 +102,7 @@ class Flatten(_LayoutOp):
 
     def run(self, plan, inputs, kernels):
         x, axis = inputs[0], plan["attrs"].get("axis", 1)
-        return [x.reshape(math.prod(x.shape[:axis]), -1)], {}
+        return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))], {}
 
 
 @register("squeeze")
@@ -127,7 +129,8 @@ class Unsqueeze(_LayoutOp):
     """Insert size-1 ``axes`` (positions in the output)."""
 
     def check_attrs(self, node, shape):
-        axes_attr(node, len(shape) + len(node.attrs.get("axes") or ()))
+        axes = node.attrs.get("axes")
+        axes_attr(node, len(shape) + (len(axes) if isinstance(axes, (list, tuple)) else 0))
 
     def infer(self, node, inputs, graph):
         shape = list(inputs[0].shape)
