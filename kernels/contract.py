@@ -85,3 +85,5 @@ class Backend(Protocol):
     avg_pool_float32_nhwc: Callable
     add_float32: Callable
     conv2d_float32_nhwc: Callable
+    gemm_float32: Callable
+    global_avg_pool_float32_nhwc: Callable

@@ -133,3 +133,103 @@ def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilatio
                                      left, int(groups), np.float32(y_scale), int(y_zero_point), int(clamp_min),
                                      int(clamp_max), out)
     return out, int(saturated)
+
+
+@jit
+def _gemm_float32_core(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out):
+    rows, depth = a.shape
+    columns = weight.shape[1]
+    saturated = 0
+    for m in range(rows):
+        for n in range(columns):
+            total = np.float64(0.0)
+            for k in range(depth):
+                real = np.float32(np.float32(np.int64(a[m, k]) - a_zero_point) * a_scale)
+                total += np.float64(real) * np.float64(weight[k, n])
+            value = np.float32(np.float32(total) + bias[n])
+            out[m, n], clipped = _quantize_float32(value, y_scale, y_zero_point, clamp_min, clamp_max)
+            saturated += clipped
+    return saturated
+
+
+def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+    """A float ``Gemm`` or ``MatMul`` between DQs and a Q: ``Q(DQ(a) @ weight + bias)``.
+
+    onnxruntime runs it with ``MlasGemm`` (float32, blocked, fused
+    multiply-adds), whose summation order is not modelled, as for
+    :func:`conv2d_float32_nhwc`: the float32 products (exact in float64) are
+    summed in float64 in ``k`` order, rounded once to float32, then the float32
+    bias is added (MLAS adds ``C`` after the dot product when ``beta`` is 1) and
+    the sum quantized.  A code differs from onnxruntime's only where the two
+    float32 sums straddle a rounding boundary of the quantization.
+
+    Parameters
+    ----------
+    a : integer code array [M, K]
+    a_zero_point, y_zero_point : int
+    a_scale, y_scale : float32
+    weight : float32 array [K, N] (dequantized)
+    bias : float32 array [N] (zeros for a MatMul)
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array [M, N] of ``out_dtype``
+    saturation_count : int
+    """
+    out = np.empty((a.shape[0], weight.shape[1]), out_dtype)
+    saturated = _gemm_float32_core(a, int(a_zero_point), np.float32(a_scale), weight, bias, np.float32(y_scale),
+                                   int(y_zero_point), int(clamp_min), int(clamp_max), out)
+    return out, int(saturated)
+
+
+@jit
+def _global_avg_pool_float32_core(x, x_zero_point, x_scale, y_scale, y_zero_point, clamp_min, clamp_max, out):
+    n_batch, height, width, channels = x.shape
+    size = height * width
+    vector_end = size - size % 4
+    saturated = 0
+    for n in range(n_batch):
+        for c in range(channels):
+            lanes = np.zeros(4, np.float32)
+            for i in range(vector_end):
+                real = np.float32(np.float32(np.int64(x[n, i // width, i % width, c]) - x_zero_point) * x_scale)
+                lanes[i % 4] = np.float32(lanes[i % 4] + real)
+            total = np.float32(np.float32(lanes[0] + lanes[2]) + np.float32(lanes[1] + lanes[3]))
+            for i in range(vector_end, size):
+                real = np.float32(np.float32(np.int64(x[n, i // width, i % width, c]) - x_zero_point) * x_scale)
+                total = np.float32(total + real)
+            mean = np.float32(total / np.float32(size))
+            out[n, 0, 0, c], clipped = _quantize_float32(mean, y_scale, y_zero_point, clamp_min, clamp_max)
+            saturated += clipped
+    return saturated
+
+
+def global_avg_pool_float32_nhwc(x, x_zero_point, x_scale, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+    """A float ``GlobalAveragePool`` between a DQ and a Q, in ``MlasPool``'s float32 order (exact).
+
+    ``MlasPoolGlobalKernel`` (``onnxruntime/core/mlas/lib/pooling.cpp``) reads a
+    channel's ``H W`` values in row-major order into four float32 lanes (value
+    ``i`` into lane ``i mod 4``) while four remain, adds the lanes as
+    ``(l0 + l2) + (l1 + l3)``, adds the remaining values one by one and divides
+    by ``float32(H W)``.  Every step is one correctly rounded float32
+    operation, so the result is onnxruntime's bit for bit.
+
+    Parameters
+    ----------
+    x : integer code array [N, H, W, C]
+    x_zero_point, y_zero_point : int
+    x_scale, y_scale : float32
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array [N, 1, 1, C] of ``out_dtype``
+    saturation_count : int
+    """
+    out = np.empty((x.shape[0], 1, 1, x.shape[3]), out_dtype)
+    saturated = _global_avg_pool_float32_core(x, int(x_zero_point), np.float32(x_scale), np.float32(y_scale),
+                                              int(y_zero_point), int(clamp_min), int(clamp_max), out)
+    return out, int(saturated)
