@@ -143,8 +143,8 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
     if unsupported:
         raise UnsupportedOpError(
             f"model {proto.graph.name!r}: nodes {unsupported} stay float in onnxruntime (no QDQ fusion applies, see "
-            f"docs/qdq.md) and are not a float island intsim lowers (a Conv, Add, MaxPool, Gemm, MatMul or GlobalAveragePool "
-            f"between DQs and one Q)")
+            f"docs/qdq.md) and are not a float island intsim lowers (a Conv, Add, MaxPool, Gemm or "
+            f"GlobalAveragePool between DQs and one Q)")
     graph = load_onnx_qoperator(rewritten, onnxruntime_profile)
     graph.metadata["source"] = "onnx_qdq"
     graph.metadata["qdq"] = report
@@ -612,7 +612,7 @@ def _island(rw, node):
     return [island], [q]
 
 
-ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "MatMul", "GlobalAveragePool")}
+ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "GlobalAveragePool")}
 
 
 def _dequantize_constant(imp, node, index, axis=0) -> np.ndarray:
@@ -691,53 +691,38 @@ def _float_max_pool(imp, node):
     imp.emit("lut", node.name or out, [tensor], {}, {"table": table}, out, y_q[2], y_q[0], y_q[1], out, perm)
 
 
-def _float_gemm_params(imp, node, weight, bias, a_scale, y_q, a):
-    y_scale, y_zp, y_dtype = y_q
-    params = {"weight": np.ascontiguousarray(weight, np.float32), "bias": np.ascontiguousarray(bias, np.float32),
-              "a_scale": np.array([a_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
-    out = node.output[0]
-    imp.emit("gemm_float32", node.name or out, [a], {}, params, out, y_dtype, y_scale, y_zp, out, None)
-
-
 @_handles("FloatGemm")
 def _float_gemm(imp, node):
-    """``Q(alpha DQ(A) DQ(B) + beta DQ(C))`` in float32 (``alpha`` 1, ``transA`` 0, B constant):
-    :class:`intsim.graph.ops.float_island.GemmFloat32`.  ``beta C`` is formed in float32, as MLAS scales C."""
+    """``Q(DQ(A) DQ(B)^T + beta DQ(C))`` in float32 (``alpha`` 1, ``transA`` 0, ``transB`` 1, B constant):
+    :class:`intsim.graph.ops.float_island.GemmFloat32`.  ``beta C`` is formed in float32, as MLAS scales C.
+
+    With ``transB`` 0, onnxruntime (1.32, measured) rewrites ``DQ(B) -> Gemm`` into ``MatMulNBits``
+    (as it does ``DQ(B) -> MatMul``), a kernel intsim does not model: an error naming the node.
+    """
     attrs = imp.attrs(node)
-    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0):
-        raise UnsupportedOpError(f"{imp.where(node)}: alpha {attrs.get('alpha', 1.0)} and transA "
-                                 f"{attrs.get('transA', 0)} are not supported (expected 1 and 0)")
-    axes = _dq_axes(imp, node) + [0, 0, 0]
-    y_q = imp.quant(node, 0, 1, "output")
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0) or not attrs.get("transB", 0):
+        raise UnsupportedOpError(
+            f"{imp.where(node)}: a float Gemm with alpha {attrs.get('alpha', 1.0)}, transA {attrs.get('transA', 0)}, "
+            f"transB {attrs.get('transB', 0)} has no lowering (expected 1, 0, 1; with transB 0 onnxruntime runs "
+            f"DQ(B) -> Gemm as MatMulNBits, which intsim does not model)")
+    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
     a = imp.layout(node, 2, None)
     a_scale, _, _ = imp.quant(node, 3, 4, "A")
+    axes = _dq_axes(imp, node) + [0, 0, 0]
     weight = _dequantize_constant(imp, node, 5, axes[1])
     if weight.ndim != 2:
         raise UnsupportedOpError(f"{imp.where(node)}: B must be a 2-D constant, found shape {weight.shape}")
-    weight = weight.T if attrs.get("transB", 0) else weight
-    bias = np.zeros(weight.shape[1], np.float32)
+    bias = np.zeros(weight.shape[0], np.float32)
     if len(node.input) > 8 and node.input[8]:
         c = _dequantize_constant(imp, node, 8, axes[2])
-        if c.size != weight.shape[1]:
+        if c.size != weight.shape[0]:
             raise UnsupportedOpError(f"{imp.where(node)}: C of shape {c.shape} must hold one value per output "
-                                     f"column ({weight.shape[1]})")
+                                     f"column ({weight.shape[0]})")
         bias = np.float32(np.float32(attrs.get("beta", 1.0)) * c.reshape(-1))
-    _float_gemm_params(imp, node, weight, bias, a_scale, y_q, a)
-
-
-@_handles("FloatMatMul")
-def _float_matmul(imp, node):
-    """``Q(DQ(A) DQ(B))`` in float32 with B a 2-D constant: :class:`intsim.graph.ops.float_island.GemmFloat32`."""
-    if node.input[5] not in imp.constants:
-        raise UnsupportedOpError(f"{imp.where(node)}: a float MatMul of two activations has no lowering "
-                                 f"(B {node.input[5]!r} must be a constant)")
-    y_q = imp.quant(node, 0, 1, "output")
-    a = imp.layout(node, 2, None)
-    a_scale, _, _ = imp.quant(node, 3, 4, "A")
-    weight = _dequantize_constant(imp, node, 5, (_dq_axes(imp, node) + [0, 0])[1])
-    if weight.ndim != 2:
-        raise UnsupportedOpError(f"{imp.where(node)}: B must be a 2-D constant, found shape {weight.shape}")
-    _float_gemm_params(imp, node, weight, np.zeros(weight.shape[1], np.float32), a_scale, y_q, a)
+    params = {"weight": np.ascontiguousarray(weight.T, np.float32), "bias": np.ascontiguousarray(bias, np.float32),
+              "a_scale": np.array([a_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
+    out = node.output[0]
+    imp.emit("gemm_float32", node.name or out, [a], {}, params, out, y_dtype, y_scale, y_zp, out, None)
 
 
 @_handles("FloatGlobalAveragePool")

@@ -24,7 +24,12 @@ from intsim.kernels.naive.gemm import (
     matmul_requantized,
 )
 from intsim.kernels.naive.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
-from intsim.kernels.naive.float_island import add_float32, conv2d_float32_nhwc, gemm_float32, global_avg_pool_float32_nhwc
+from intsim.kernels.naive.float_island import (
+    add_float32,
+    conv2d_float32_nhwc,
+    gemm_float32,
+    global_avg_pool_float32_nhwc,
+)
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
