@@ -233,3 +233,66 @@ def global_avg_pool_float32_nhwc(x, x_zero_point, x_scale, y_scale, y_zero_point
     saturated = _global_avg_pool_float32_core(x, int(x_zero_point), np.float32(x_scale), np.float32(y_scale),
                                               int(y_zero_point), int(clamp_min), int(clamp_max), out)
     return out, int(saturated)
+
+
+@jit
+def _avg_pool_float32_island_core(x, x_zero_point, x_scale, kernel_h, kernel_w, sh, sw, top, left, count_include_pad,
+                                  y_scale, y_zero_point, clamp_min, clamp_max, out):
+    n_batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    saturated = 0
+    for n in range(n_batch):
+        for oh in range(out_h):
+            h0, h1 = max(oh * sh - top, 0), min(oh * sh - top + kernel_h, height)
+            for ow in range(out_w):
+                w0, w1 = max(ow * sw - left, 0), min(ow * sw - left + kernel_w, width)
+                count = kernel_h * kernel_w if count_include_pad else (h1 - h0) * (w1 - w0)
+                for c in range(channels):
+                    total = np.float32(0.0)
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            real = np.float32(np.float32(np.int64(x[n, h, w, c]) - x_zero_point) * x_scale)
+                            total = np.float32(total + real)
+                    mean = np.float32(total / np.float32(count))
+                    out[n, oh, ow, c], clipped = _quantize_float32(mean, y_scale, y_zero_point, clamp_min, clamp_max)
+                    saturated += clipped
+    return saturated
+
+
+def avg_pool_float32_island_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count_include_pad, y_scale,
+                                 y_zero_point, clamp_min, clamp_max, out_dtype):
+    """A float ``AveragePool`` between a DQ and a Q, as onnxruntime computes it (exact).
+
+    Measured against onnxruntime 1.32 (plain ``AveragePool`` and the NCHWc one
+    its layout pass makes of it): each window is summed in float32 from 0.0 in
+    row-major order over the cells inside the image, divided by the float32
+    count (the whole kernel with ``count_include_pad``, else the cells inside)
+    and quantized as ``QuantizeLinear`` does (rint, then the zero point added
+    as an integer).  Every step is one correctly rounded float32 operation.
+    (``QLinearAveragePool``'s :func:`avg_pool_float32_nhwc` sums alike but
+    adds the zero point in float32 before rounding.)
+
+    Parameters
+    ----------
+    x : integer code array [N, H, W, C]
+    x_zero_point, y_zero_point : int
+    x_scale, y_scale : float32
+    kernel, strides : (int, int)
+    pads : (top, left, bottom, right), each smaller than the kernel
+    count_include_pad : bool
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array [N, OH, OW, C] of ``out_dtype``
+    saturation_count : int
+    """
+    out_h = (x.shape[1] + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+    out_w = (x.shape[2] + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+    out = np.empty((x.shape[0], out_h, out_w, x.shape[3]), out_dtype)
+    saturated = _avg_pool_float32_island_core(
+        x, int(x_zero_point), np.float32(x_scale), int(kernel[0]), int(kernel[1]), int(strides[0]), int(strides[1]),
+        int(pads[0]), int(pads[1]), bool(count_include_pad), np.float32(y_scale), int(y_zero_point), int(clamp_min),
+        int(clamp_max), out)
+    return out, int(saturated)

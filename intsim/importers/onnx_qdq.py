@@ -143,8 +143,8 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
     if unsupported:
         raise UnsupportedOpError(
             f"model {proto.graph.name!r}: nodes {unsupported} stay float in onnxruntime (no QDQ fusion applies, see "
-            f"docs/qdq.md) and are not a float island intsim lowers (a Conv, Add, MaxPool, Gemm or "
-            f"GlobalAveragePool between DQs and one Q)")
+            f"docs/qdq.md) and are not a float island intsim lowers (a Conv, Add, MaxPool, Gemm, "
+            f"AveragePool or GlobalAveragePool between DQs and one Q)")
     graph = load_onnx_qoperator(rewritten, onnxruntime_profile)
     graph.metadata["source"] = "onnx_qdq"
     graph.metadata["qdq"] = report
@@ -612,7 +612,7 @@ def _island(rw, node):
     return [island], [q]
 
 
-ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "GlobalAveragePool")}
+ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "GlobalAveragePool", "AveragePool")}
 
 
 def _dequantize_constant(imp, node, index, axis=0) -> np.ndarray:
@@ -725,13 +725,22 @@ def _float_gemm(imp, node):
     imp.emit("gemm_float32", node.name or out, [a], {}, params, out, y_dtype, y_scale, y_zp, out, None)
 
 
-@_handles("FloatGlobalAveragePool")
-def _float_global_average_pool(imp, node):
-    """``Q(GlobalAveragePool(DQ(x)))`` in float32, MLAS's order:
-    :class:`intsim.graph.ops.float_island.GlobalAvgPoolFloat32`."""
+@_handles("FloatGlobalAveragePool", "FloatAveragePool")
+def _float_average_pool(imp, node):
+    """``Q(GlobalAveragePool(DQ(x)))`` / ``Q(AveragePool(DQ(x)))`` in float32, in onnxruntime's order:
+    :class:`intsim.graph.ops.float_island.GlobalAvgPoolFloat32` / ``AvgPoolFloat32Island``."""
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
     x = imp.nhwc(node, 2)
     x_scale, _, _ = imp.quant(node, 3, 4, "input")
+    _, height, width, _ = imp.tensors[x].shape
     params = {"x_scale": np.array([x_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
+    op, attrs = "global_avg_pool_float32", {}
+    if node.op_type == "FloatAveragePool":
+        window = _window_attrs(imp, node, None)
+        if window["dilations"] != [1, 1]:
+            raise UnsupportedOpError(f"{imp.where(node)}: dilations {window['dilations']} are not supported")
+        op = "avg_pool_float32_island"
+        attrs = {"kernel": window["kernel"], "strides": window["strides"], "pads": window["pads"],
+                 "count_include_pad": bool(imp.attrs(node).get("count_include_pad", 0))}
     out = node.output[0]
-    imp.emit("global_avg_pool_float32", node.name or out, [x], {}, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
+    imp.emit(op, node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)

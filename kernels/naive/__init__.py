@@ -26,6 +26,7 @@ from intsim.kernels.naive.gemm import (
 from intsim.kernels.naive.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
 from intsim.kernels.naive.float_island import (
     add_float32,
+    avg_pool_float32_island_nhwc,
     conv2d_float32_nhwc,
     gemm_float32,
     global_avg_pool_float32_nhwc,
@@ -37,6 +38,7 @@ __all__ = [
     "add",
     "add_float32",
     "add_float32_fma",
+    "avg_pool_float32_island_nhwc",
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
     "conv2d_float32_nhwc",

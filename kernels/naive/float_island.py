@@ -83,3 +83,24 @@ def global_avg_pool_float32_nhwc(x, x_zero_point, x_scale, y_scale, y_zero_point
         out[n, 0, 0, c], clipped = _quantize(mean, y_scale, y_zero_point, clamp_min, clamp_max)
         saturated += clipped
     return out, saturated
+
+
+def avg_pool_float32_island_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count_include_pad, y_scale,
+                                 y_zero_point, clamp_min, clamp_max, out_dtype):
+    (kernel_h, kernel_w), (sh, sw), (top, left, bottom, right) = kernel, strides, pads
+    n_batch, height, width, channels = x.shape
+    out = np.empty((n_batch, (height + top + bottom - kernel_h) // sh + 1, (width + left + right - kernel_w) // sw + 1,
+                    channels), out_dtype)
+    saturated = 0
+    for n, oh, ow, c in np.ndindex(out.shape):
+        rows = range(max(oh * sh - top, 0), min(oh * sh - top + kernel_h, height))
+        cols = range(max(ow * sw - left, 0), min(ow * sw - left + kernel_w, width))
+        total = np.float32(0.0)
+        for h in rows:
+            for w in cols:
+                total = np.float32(total + _dequantize(x[n, h, w, c], x_zero_point, x_scale))
+        count = kernel_h * kernel_w if count_include_pad else len(rows) * len(cols)
+        out[n, oh, ow, c], clipped = _quantize(np.float32(total / np.float32(count)), y_scale, y_zero_point,
+                                               clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated

@@ -25,7 +25,7 @@ from intsim.graph.ops.base import (
     register,
     spatial_infer,
 )
-from intsim.graph.ops.peers import _float32_scalar_param
+from intsim.graph.ops.peers import AvgPoolFloat32, _float32_scalar_param
 
 
 def _float32_array(node, key, shape=None, ndim=None):
@@ -188,4 +188,16 @@ class GlobalAvgPoolFloat32(Op):
 
     def run(self, plan, inputs, kernels):
         out, sat = kernels.global_avg_pool_float32_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])
+        return [out], {"saturation_count": sat}
+
+
+@register("avg_pool_float32_island")
+class AvgPoolFloat32Island(AvgPoolFloat32):
+    """A float ``AveragePool`` island (exact): attributes and parameters of ``avg_pool_float32``, codes of
+    any width; see :func:`intsim.kernels.avg_pool_float32_island_nhwc`."""
+
+    CODE_TYPES = ("int8", "uint8", "int16", "uint16")
+
+    def run(self, plan, inputs, kernels):
+        out, sat = kernels.avg_pool_float32_island_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])
         return [out], {"saturation_count": sat}
