@@ -668,3 +668,28 @@ def test_inspect_marks_fused_and_float_island_nodes(quantized, tmp_path, capsys)
     np.save(tmp_path / "x.npy", np.zeros((2, 1, 8, 8), np.float32))
     assert main(["run", str(path), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
     assert np.load(tmp_path / "y.npy").shape == (2, 10)
+
+
+def test_golden_diff_sweep_and_export_tosa_retarget_a_qdq_model(quantized, digits, tmp_path, capsys):
+    from intsim.cli import main
+
+    path = tmp_path / "resnet_s8s8.onnx"
+    onnx.save(quantized("resnet_digits", "s8s8"), str(path))
+    x = tmp_path / "x.npy"
+    np.save(x, digits[1][:3])
+    dump = tmp_path / "golden_tflite"
+    assert main(["golden", str(path), "--input", str(x), "--out", str(dump), "--format", "npy",
+                 "--profile", "tflite"]) == 0
+    manifest = (dump / "manifest.json").read_text()
+    assert "accumulator" in manifest  # the tflite graph's integer convolutions (onnxruntime's are float islands)
+    assert main(["diff", str(path), "--input", str(x), "--device-dump", str(dump), "--profile", "tflite"]) == 0
+    # Under the default onnxruntime profile the same file is another graph: the dump's names do not fit.
+    assert main(["diff", str(path), "--input", str(x), "--device-dump", str(dump)]) == 2
+    assert "expected names of model" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--data", str(x), "--acc-bits", "16,32", "--profile", "tflite"]) == 0
+    assert main(["sweep", str(path), "--data", str(x), "--calibration", str(x)]) == 2
+    assert "--calibration apply to a float .onnx model" in capsys.readouterr().err
+    assert main(["export-tosa", str(path), str(tmp_path / "m.tosa"), "--profile", "tosa"]) == 0
+    assert (tmp_path / "m.tosa").stat().st_size > 1000
+    with pytest.raises(SystemExit):
+        main(["export-tosa", str(path), str(tmp_path / "m.tosa"), "--profile"])
