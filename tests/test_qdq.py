@@ -514,6 +514,13 @@ def test_gemm_island_matches_onnxruntime_up_to_summation_order(per_channel):
     assert naive == _compare(model, data[:20], exact=False)
 
 
+def test_a_float_gemm_with_alpha_names_the_node():
+    model = _qdq_gemm_model("Gemm", 1, False, np.random.default_rng(25))
+    next(n for n in model.graph.node if n.op_type == "Gemm").attribute.append(helper.make_attribute("alpha", 0.5))
+    with pytest.raises(UnsupportedOpError, match="Gemm 'island'.*alpha 0.5"):
+        load_onnx_qdq(model, PROFILE)
+
+
 @pytest.mark.parametrize("op", ["Gemm", "MatMul"])
 def test_a_gemm_onnxruntime_runs_as_matmul_nbits_names_the_node(op):
     # onnxruntime 1.32 turns DQ(B) -> MatMul, and -> Gemm with transB 0, into MatMulNBits (not modelled).
