@@ -234,10 +234,21 @@ def _cmd_selftest(args) -> int:
 def _cmd_export_tosa(args) -> int:
     import intsim
 
-    path = intsim.export_tosa(intsim.load(args.model), args.out, batch=args.batch)
+    path = intsim.export_tosa(intsim.load(args.model, profile=args.profile), args.out, batch=args.batch)
     print(f"wrote the TOSA flatbuffer {path}; any TOSA tool reads it, e.g. the reference model of PyPI's "
           "tosa-tools (see docs/peers.md)")
     return 0
+
+
+def _is_onnx(path: str) -> bool:
+    return path.lower().endswith(".onnx")
+
+
+def _onnx_format(path: str) -> str:
+    """``"float"``, ``"qdq"`` or ``"qoperator"`` (:func:`intsim.importers.onnx_qdq.onnx_format`)."""
+    from intsim.importers.onnx_qdq import onnx_format
+
+    return onnx_format(path)
 
 
 def _bit_widths(text: str, option: str) -> list[int]:
@@ -255,7 +266,7 @@ def _bit_widths(text: str, option: str) -> list[int]:
 def _cmd_golden(args) -> int:
     import intsim
 
-    model = intsim.load(args.model)
+    model = intsim.load(args.model, profile=args.profile)
     path = intsim.export_golden(model, _load_npy(args.input, "input"), args.out_dir, formats=args.format.split(","),
                                float_input=not args.int)
     print(f"wrote golden vectors of {len(model.graph.nodes)} nodes ({args.format}) and {path}")
@@ -266,7 +277,7 @@ def _cmd_diff(args) -> int:
     import intsim
     from intsim.hwval import diff
 
-    report = diff(intsim.load(args.model), _load_npy(args.input, "input"), args.device_dump,
+    report = diff(intsim.load(args.model, profile=args.profile), _load_npy(args.input, "input"), args.device_dump,
                   float_input=not args.int, format=args.format)
     print(report.table())
     if args.json_path:
@@ -292,7 +303,7 @@ def _sweep(args, client) -> int:
                   "--activation-bits": args.activation_bits, "--profile": args.profile,
                   "--input-shape": args.input_shape}
     widths = None
-    if args.model.lower().endswith(".onnx"):
+    if args.model.lower().endswith(".onnx") and _onnx_format(args.model) == "float":
         if not args.calibration:
             raise UsageError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
         calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
@@ -307,10 +318,10 @@ def _sweep(args, client) -> int:
         model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False,
                                input_shapes=args.input_shapes)
     else:
-        given = [k for k, v in conversion.items() if v]
+        given = [k for k, v in conversion.items() if v and not (k == "--profile" and _is_onnx(args.model))]
         if given:
             raise UsageError(f"{', '.join(given)} apply to a float .onnx model, found {args.model}")
-        model = intsim.load(args.model)
+        model = intsim.load(args.model, profile=args.profile)
     report = sweep(model, _data(args, client), labels, _bit_widths(args.acc_bits, "--acc-bits"),
                    float_input=not args.int, question_bits=args.question_bits, batch_size=args.batch_size,
                    client=client)
@@ -498,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("run", _cmd_run, "run a model on an input array"),
                              ("trace", _cmd_trace, "run and print per-node statistics")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+        p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
         p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
         if name == "run":
             p.add_argument("--output", help="where to save the outputs: .npy or .csv (one output), .npz (all)")
@@ -509,9 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("export-tosa", help="export an integer model as a TOSA flatbuffer (.tosa)")
-    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
     p.add_argument("out", help="the .tosa file to write")
     p.add_argument("--batch", type=int, default=1, help="batch size fixed in the TOSA shapes (default 1)")
+    _add_profile_option(p)
     p.set_defaults(func=_cmd_export_tosa)
 
     p = sub.add_parser("convert", help="convert a float ONNX model into an integer .intsim model")
@@ -556,24 +568,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("golden", help="write golden vectors (every tensor, weight, accumulator) for RTL test benches")
-    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
     p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
     p.add_argument("--out", dest="out_dir", required=True, help="directory for manifest.json and the files (created)")
     p.add_argument("--format", default="npy,hex,bin", help="comma-separated: npy, hex ($readmemh), bin (default all)")
     p.add_argument("--int", action="store_true", help="input is integer codes")
+    _add_profile_option(p)
     p.set_defaults(func=_cmd_golden)
 
     p = sub.add_parser("diff", help="compare a device's per-layer dump with intsim and diagnose the first divergence")
-    p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
     p.add_argument("--input", required=True, help="the input the device ran, .npy (float, or codes with --int)")
     p.add_argument("--device-dump", required=True, help="directory in the golden layout (manifest.json + files)")
     p.add_argument("--format", choices=("npy", "hex", "bin"), help="which files of the dump to read")
     p.add_argument("--int", action="store_true", help="input is integer codes")
     p.add_argument("--json", dest="json_path", help="also write the report as JSON")
+    _add_profile_option(p)
     p.set_defaults(func=_cmd_diff)
 
     p = sub.add_parser("sweep", help="accumulator widths: bits each layer needs, overflows and agreement per width")
-    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model, or a float .onnx (with --calibration)")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model, a quantized .onnx "
+                                    "model, or a float .onnx (with --calibration)")
     p.add_argument("--data", required=True, help="inputs .npy (samples first; float, or codes with --int)")
     p.add_argument("--labels", help="integer class labels .npy, for accuracy")
     p.add_argument("--acc-bits", default="16..32", help="widths to sweep, e.g. 16..32 or 16,20,24 (default 16..32)")
@@ -585,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--html", help="also write one self-contained HTML page (tables and plot)")
     p.add_argument("--plot", help="also plot bits needed per layer and agreement per width to a PNG")
     p.add_argument("--calibration", help="float .onnx model: calibration inputs .npy for the conversion")
-    p.add_argument("--profile", help="float .onnx model: the profile to convert for (default paper)")
+    p.add_argument("--profile", help="float .onnx model: the profile to convert for (default paper); quantized "
+                                     ".onnx model: the profile to run it under (default onnxruntime)")
     p.add_argument("--weight-bits", help="float .onnx model: also sweep weight widths, e.g. 4..8")
     p.add_argument("--activation-bits", help="float .onnx model: also sweep activation widths, e.g. 6,8")
     _add_input_shape_option(p)

@@ -28,7 +28,13 @@ from intsim.kernels.gemm import (
     matmul_requantized,
 )
 from intsim.kernels.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
-from intsim.kernels.float_island import add_float32, conv2d_float32_nhwc
+from intsim.kernels.float_island import (
+    add_float32,
+    avg_pool_float32_island_nhwc,
+    conv2d_float32_nhwc,
+    gemm_float32,
+    global_avg_pool_float32_nhwc,
+)
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
@@ -36,6 +42,7 @@ __all__ = [
     "add",
     "add_float32",
     "add_float32_fma",
+    "avg_pool_float32_island_nhwc",
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
     "conv2d_float32_nhwc",
@@ -48,6 +55,8 @@ __all__ = [
     "fully_connected_launcher",
     "fully_connected_prepare",
     "fully_connected_requantized",
+    "gemm_float32",
+    "global_avg_pool_float32_nhwc",
     "lookup_table",
     "matmul_acc",
     "matmul_requantized",

@@ -85,3 +85,6 @@ class Backend(Protocol):
     avg_pool_float32_nhwc: Callable
     add_float32: Callable
     conv2d_float32_nhwc: Callable
+    gemm_float32: Callable
+    avg_pool_float32_island_nhwc: Callable
+    global_avg_pool_float32_nhwc: Callable

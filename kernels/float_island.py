@@ -133,3 +133,166 @@ def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilatio
                                      left, int(groups), np.float32(y_scale), int(y_zero_point), int(clamp_min),
                                      int(clamp_max), out)
     return out, int(saturated)
+
+
+@jit
+def _gemm_float32_core(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out):
+    rows, depth = a.shape
+    columns = weight.shape[1]
+    saturated = 0
+    for m in range(rows):
+        for n in range(columns):
+            total = np.float64(0.0)
+            for k in range(depth):
+                real = np.float32(np.float32(np.int64(a[m, k]) - a_zero_point) * a_scale)
+                total += np.float64(real) * np.float64(weight[k, n])
+            value = np.float32(np.float32(total) + bias[n])
+            out[m, n], clipped = _quantize_float32(value, y_scale, y_zero_point, clamp_min, clamp_max)
+            saturated += clipped
+    return saturated
+
+
+def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+    """A float ``Gemm`` or ``MatMul`` between DQs and a Q: ``Q(DQ(a) @ weight + bias)``.
+
+    onnxruntime runs it with ``MlasGemm`` (float32, blocked, fused
+    multiply-adds), whose summation order is not modelled, as for
+    :func:`conv2d_float32_nhwc`: the float32 products (exact in float64) are
+    summed in float64 in ``k`` order, rounded once to float32, then the float32
+    bias is added (MLAS adds ``C`` after the dot product when ``beta`` is 1) and
+    the sum quantized.  A code differs from onnxruntime's only where the two
+    float32 sums straddle a rounding boundary of the quantization.
+
+    Parameters
+    ----------
+    a : integer code array [M, K]
+    a_zero_point, y_zero_point : int
+    a_scale, y_scale : float32
+    weight : float32 array [K, N] (dequantized)
+    bias : float32 array [N] (zeros for a MatMul)
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array [M, N] of ``out_dtype``
+    saturation_count : int
+    """
+    out = np.empty((a.shape[0], weight.shape[1]), out_dtype)
+    saturated = _gemm_float32_core(a, int(a_zero_point), np.float32(a_scale), weight, bias, np.float32(y_scale),
+                                   int(y_zero_point), int(clamp_min), int(clamp_max), out)
+    return out, int(saturated)
+
+
+@jit
+def _global_avg_pool_float32_core(x, x_zero_point, x_scale, y_scale, y_zero_point, clamp_min, clamp_max, out):
+    n_batch, height, width, channels = x.shape
+    size = height * width
+    vector_end = size - size % 4
+    saturated = 0
+    for n in range(n_batch):
+        for c in range(channels):
+            lanes = np.zeros(4, np.float32)
+            for i in range(vector_end):
+                real = np.float32(np.float32(np.int64(x[n, i // width, i % width, c]) - x_zero_point) * x_scale)
+                lanes[i % 4] = np.float32(lanes[i % 4] + real)
+            total = np.float32(np.float32(lanes[0] + lanes[2]) + np.float32(lanes[1] + lanes[3]))
+            for i in range(vector_end, size):
+                real = np.float32(np.float32(np.int64(x[n, i // width, i % width, c]) - x_zero_point) * x_scale)
+                total = np.float32(total + real)
+            mean = np.float32(total / np.float32(size))
+            out[n, 0, 0, c], clipped = _quantize_float32(mean, y_scale, y_zero_point, clamp_min, clamp_max)
+            saturated += clipped
+    return saturated
+
+
+def global_avg_pool_float32_nhwc(x, x_zero_point, x_scale, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+    """A float ``GlobalAveragePool`` between a DQ and a Q, in ``MlasPool``'s float32 order (exact).
+
+    ``MlasPoolGlobalKernel`` (``onnxruntime/core/mlas/lib/pooling.cpp``) reads a
+    channel's ``H W`` values in row-major order into four float32 lanes (value
+    ``i`` into lane ``i mod 4``) while four remain, adds the lanes as
+    ``(l0 + l2) + (l1 + l3)``, adds the remaining values one by one and divides
+    by ``float32(H W)``.  Every step is one correctly rounded float32
+    operation, so the result is onnxruntime's bit for bit.
+
+    Parameters
+    ----------
+    x : integer code array [N, H, W, C]
+    x_zero_point, y_zero_point : int
+    x_scale, y_scale : float32
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array [N, 1, 1, C] of ``out_dtype``
+    saturation_count : int
+    """
+    out = np.empty((x.shape[0], 1, 1, x.shape[3]), out_dtype)
+    saturated = _global_avg_pool_float32_core(x, int(x_zero_point), np.float32(x_scale), np.float32(y_scale),
+                                              int(y_zero_point), int(clamp_min), int(clamp_max), out)
+    return out, int(saturated)
+
+
+@jit
+def _avg_pool_float32_island_core(x, x_zero_point, x_scale, kernel_h, kernel_w, sh, sw, top, left, count_include_pad,
+                                  y_scale, y_zero_point, clamp_min, clamp_max, out):
+    n_batch, height, width, channels = x.shape
+    out_h, out_w = out.shape[1], out.shape[2]
+    saturated = 0
+    for n in range(n_batch):
+        for oh in range(out_h):
+            h0, h1 = max(oh * sh - top, 0), min(oh * sh - top + kernel_h, height)
+            for ow in range(out_w):
+                w0, w1 = max(ow * sw - left, 0), min(ow * sw - left + kernel_w, width)
+                count = kernel_h * kernel_w if count_include_pad else (h1 - h0) * (w1 - w0)
+                for c in range(channels):
+                    total = np.float32(0.0)
+                    for h in range(h0, h1):
+                        for w in range(w0, w1):
+                            real = np.float32(np.float32(np.int64(x[n, h, w, c]) - x_zero_point) * x_scale)
+                            total = np.float32(total + real)
+                    mean = np.float32(total / np.float32(count))
+                    out[n, oh, ow, c], clipped = _quantize_float32(mean, y_scale, y_zero_point, clamp_min, clamp_max)
+                    saturated += clipped
+    return saturated
+
+
+def avg_pool_float32_island_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count_include_pad, y_scale,
+                                 y_zero_point, clamp_min, clamp_max, out_dtype):
+    """A float ``AveragePool`` between a DQ and a Q, as onnxruntime computes it (exact).
+
+    Measured against onnxruntime 1.32 (plain ``AveragePool`` and the NCHWc one
+    its layout pass makes of it): each window is summed in float32 from 0.0 in
+    row-major order over the cells inside the image, divided by the float32
+    count (the whole kernel with ``count_include_pad``, else the cells inside)
+    and quantized as ``QuantizeLinear`` does (rint, then the zero point added
+    as an integer).  Every step is one correctly rounded float32 operation.
+    (``QLinearAveragePool``'s :func:`avg_pool_float32_nhwc` sums alike but
+    adds the zero point in float32 before rounding.)
+
+    Parameters
+    ----------
+    x : integer code array [N, H, W, C]
+    x_zero_point, y_zero_point : int
+    x_scale, y_scale : float32
+    kernel, strides : (int, int)
+    pads : (top, left, bottom, right), each smaller than the kernel
+    count_include_pad : bool
+    clamp_min, clamp_max : int
+    out_dtype : numpy dtype
+
+    Returns
+    -------
+    out : array [N, OH, OW, C] of ``out_dtype``
+    saturation_count : int
+    """
+    out_h = (x.shape[1] + pads[0] + pads[2] - kernel[0]) // strides[0] + 1
+    out_w = (x.shape[2] + pads[1] + pads[3] - kernel[1]) // strides[1] + 1
+    out = np.empty((x.shape[0], out_h, out_w, x.shape[3]), out_dtype)
+    saturated = _avg_pool_float32_island_core(
+        x, int(x_zero_point), np.float32(x_scale), int(kernel[0]), int(kernel[1]), int(strides[0]), int(strides[1]),
+        int(pads[0]), int(pads[1]), bool(count_include_pad), np.float32(y_scale), int(y_zero_point), int(clamp_min),
+        int(clamp_max), out)
+    return out, int(saturated)

@@ -144,7 +144,8 @@ def load_onnx_qdq(model, profile="onnxruntime") -> Graph:
     if unsupported:
         raise UnsupportedOpError(
             f"model {proto.graph.name!r}: nodes {unsupported} stay float in onnxruntime (no QDQ fusion applies, see "
-            f"docs/qdq.md) and are not a float island intsim lowers (a Conv or Add between DQs and one Q)")
+            f"docs/qdq.md) and are not a float island intsim lowers (a Conv, Add, MaxPool, Gemm, "
+            f"AveragePool or GlobalAveragePool between DQs and one Q)")
     graph = load_onnx_qoperator(rewritten, onnxruntime_profile)
     graph.metadata["source"] = "onnx_qdq"
     graph.metadata["qdq"] = report
@@ -581,7 +582,7 @@ def _drop_qdq(rw, node):
 
 
 # --------------------------------------------------------------------------
-# Float islands: a DQ -> Conv / Add -> Q group onnxruntime leaves unfused.
+# Float islands: a DQ -> op -> Q group onnxruntime leaves unfused.
 # --------------------------------------------------------------------------
 
 ISLAND_DOMAIN = "intsim.qdq"
@@ -594,30 +595,45 @@ def _island(rw, node):
     if found is None:
         return None
     dqs, q = found
+    axes = []
     for dq in dqs:
-        per_channel = rw.scalar_params(dq) is None
-        if per_channel and (dq.input[0] not in rw.constants or rw.attrs(dq).get("axis", 1) not in (0, -rw.constants[
-                dq.input[0]].ndim)):
-            return None
+        if rw.scalar_params(dq) is None:
+            if dq.input[0] not in rw.constants:
+                return None
+            axes.append(rw.attrs(dq).get("axis", 1) % max(rw.constants[dq.input[0]].ndim, 1))
+        else:
+            axes.append(0)
     inputs = rw.quant_inputs(q)
     for dq in dqs:
         inputs += rw.operand(dq)
     rw.report[node.name] = "float"
+    # dq_axes: the axis of each DQ's scale (0 where it is one value), for the per-channel constants.
     island = helper.make_node(f"Float{node.op_type}", inputs, [q.output[0]], name=node.name, domain=ISLAND_DOMAIN,
-                              **rw.attrs(node))
+                              dq_axes=axes, **rw.attrs(node))
     return [island], [q]
 
 
-ISLANDS = {"Conv": _island, "Add": _island, "MaxPool": _island}
+ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "GlobalAveragePool", "AveragePool")}
 
 
-def _dequantize_per_channel(imp, node, index, channels) -> np.ndarray:
+def _dequantize_constant(imp, node, index, axis=0) -> np.ndarray:
     """``DequantizeLinear`` of the constant at input ``index`` (scale, zero point follow it), per tensor or
-    per leading axis: ``float32(q - z) * s``, as ``[channels, -1]`` float32."""
-    codes = imp.const(node, index, "constant").astype(np.int64).reshape(channels, -1)
-    scale = np.broadcast_to(np.float32(imp.const(node, index + 1, "scale")).reshape(-1, 1), (channels, 1))
-    zero_point = np.broadcast_to(np.asarray(imp.const(node, index + 2, "zero point")).reshape(-1, 1), (channels, 1))
-    return (codes - zero_point.astype(np.int64)).astype(np.float32) * scale
+    per ``axis``: ``float32(q - z) * s`` in float32, the constant's shape."""
+    codes = np.asarray(imp.const(node, index, "constant")).astype(np.int64)
+    scale = np.float32(imp.const(node, index + 1, "scale"))
+    zero_point = np.asarray(imp.const(node, index + 2, "zero point")).astype(np.int64)
+    if scale.size > 1 or zero_point.size > 1:
+        if not 0 <= axis < codes.ndim or scale.size != codes.shape[axis] or zero_point.size not in (1, scale.size):
+            raise UnsupportedOpError(f"{imp.where(node)}: constant {node.input[index]!r} of shape {codes.shape}: "
+                                     f"per-channel scale of {scale.size} values on axis {axis} does not fit")
+        shape = [1] * codes.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape if zero_point.size > 1 else ())
+    return (codes - zero_point).astype(np.float32) * scale
+
+
+def _dq_axes(imp, node) -> list:
+    return list(imp.attrs(node).get("dq_axes", []))
 
 
 @_handles("FloatConv")
@@ -626,13 +642,15 @@ def _float_conv(imp, node):
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
     x = imp.nhwc(node, 2)
     x_scale, _, _ = imp.quant(node, 3, 4, "input")
-    w = imp.const(node, 5, "weight")
-    cout = w.shape[0]
-    weight = _dequantize_per_channel(imp, node, 5, cout).reshape(w.shape)
+    axes = _dq_axes(imp, node) + [0, 0, 0]
+    if axes[1] != 0:
+        raise UnsupportedOpError(f"{imp.where(node)}: weight scales per axis {axes[1]} (only per output channel)")
+    weight = _dequantize_constant(imp, node, 5)
+    cout = weight.shape[0]
     bias = np.zeros(cout, np.float32)
     if len(node.input) > 8 and node.input[8]:
-        bias = _dequantize_per_channel(imp, node, 8, cout).reshape(cout)
-    window = _window_attrs(imp, node, w.shape[2:])
+        bias = _dequantize_constant(imp, node, 8).reshape(cout)
+    window = _window_attrs(imp, node, weight.shape[2:])
     attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
              "groups": int(imp.attrs(node).get("group", 1))}
     params = {"weight": np.ascontiguousarray(weight.transpose(0, 2, 3, 1), np.float32),
@@ -672,3 +690,58 @@ def _float_max_pool(imp, node):
     tensor, perm = imp.values[pooled]
     out = node.output[0]
     imp.emit("lut", node.name or out, [tensor], {}, {"table": table}, out, y_q[2], y_q[0], y_q[1], out, perm)
+
+
+@_handles("FloatGemm")
+def _float_gemm(imp, node):
+    """``Q(DQ(A) DQ(B)^T + beta DQ(C))`` in float32 (``alpha`` 1, ``transA`` 0, ``transB`` 1, B constant):
+    :class:`intsim.graph.ops.float_island.GemmFloat32`.  ``beta C`` is formed in float32, as MLAS scales C.
+
+    With ``transB`` 0, onnxruntime (1.32, measured) rewrites ``DQ(B) -> Gemm`` into ``MatMulNBits``
+    (as it does ``DQ(B) -> MatMul``), a kernel intsim does not model: an error naming the node.
+    """
+    attrs = imp.attrs(node)
+    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0) or not attrs.get("transB", 0):
+        raise UnsupportedOpError(
+            f"{imp.where(node)}: a float Gemm with alpha {attrs.get('alpha', 1.0)}, transA {attrs.get('transA', 0)}, "
+            f"transB {attrs.get('transB', 0)} has no lowering (expected 1, 0, 1; with transB 0 onnxruntime runs "
+            f"DQ(B) -> Gemm as MatMulNBits, which intsim does not model)")
+    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
+    a = imp.layout(node, 2, None)
+    a_scale, _, _ = imp.quant(node, 3, 4, "A")
+    axes = _dq_axes(imp, node) + [0, 0, 0]
+    weight = _dequantize_constant(imp, node, 5, axes[1])
+    if weight.ndim != 2:
+        raise UnsupportedOpError(f"{imp.where(node)}: B must be a 2-D constant, found shape {weight.shape}")
+    bias = np.zeros(weight.shape[0], np.float32)
+    if len(node.input) > 8 and node.input[8]:
+        c = _dequantize_constant(imp, node, 8, axes[2])
+        if c.size != weight.shape[0]:
+            raise UnsupportedOpError(f"{imp.where(node)}: C of shape {c.shape} must hold one value per output "
+                                     f"column ({weight.shape[0]})")
+        bias = np.float32(np.float32(attrs.get("beta", 1.0)) * c.reshape(-1))
+    params = {"weight": np.ascontiguousarray(weight.T, np.float32), "bias": np.ascontiguousarray(bias, np.float32),
+              "a_scale": np.array([a_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
+    out = node.output[0]
+    imp.emit("gemm_float32", node.name or out, [a], {}, params, out, y_dtype, y_scale, y_zp, out, None)
+
+
+@_handles("FloatGlobalAveragePool", "FloatAveragePool")
+def _float_average_pool(imp, node):
+    """``Q(GlobalAveragePool(DQ(x)))`` / ``Q(AveragePool(DQ(x)))`` in float32, in onnxruntime's order:
+    :class:`intsim.graph.ops.float_island.GlobalAvgPoolFloat32` / ``AvgPoolFloat32Island``."""
+    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
+    x = imp.nhwc(node, 2)
+    x_scale, _, _ = imp.quant(node, 3, 4, "input")
+    _, height, width, _ = imp.tensors[x].shape
+    params = {"x_scale": np.array([x_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
+    op, attrs = "global_avg_pool_float32", {}
+    if node.op_type == "FloatAveragePool":
+        window = _window_attrs(imp, node, None)
+        if window["dilations"] != [1, 1]:
+            raise UnsupportedOpError(f"{imp.where(node)}: dilations {window['dilations']} are not supported")
+        op = "avg_pool_float32_island"
+        attrs = {"kernel": window["kernel"], "strides": window["strides"], "pads": window["pads"],
+                 "count_include_pad": bool(imp.attrs(node).get("count_include_pad", 0))}
+    out = node.output[0]
+    imp.emit(op, node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)

@@ -23,7 +23,8 @@ from intsim.graph import Graph, Node
 from intsim.profiles import get_profile
 
 _REQUANTIZING = ("conv2d", "fully_connected", "matmul", "mean", "concat")
-_FLOAT_ISLANDS = ("conv2d_float32", "add_float32")
+_FLOAT_ISLANDS = ("conv2d_float32", "add_float32", "gemm_float32", "global_avg_pool_float32",
+                  "avg_pool_float32_island")
 _RETARGETS = {}
 
 

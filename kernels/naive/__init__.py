@@ -24,7 +24,13 @@ from intsim.kernels.naive.gemm import (
     matmul_requantized,
 )
 from intsim.kernels.naive.mac import conv2d_nhwc_acc, fully_connected_acc, matmul_acc, requantize
-from intsim.kernels.naive.float_island import add_float32, conv2d_float32_nhwc
+from intsim.kernels.naive.float_island import (
+    add_float32,
+    avg_pool_float32_island_nhwc,
+    conv2d_float32_nhwc,
+    gemm_float32,
+    global_avg_pool_float32_nhwc,
+)
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
@@ -32,6 +38,7 @@ __all__ = [
     "add",
     "add_float32",
     "add_float32_fma",
+    "avg_pool_float32_island_nhwc",
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
     "conv2d_float32_nhwc",
@@ -44,6 +51,8 @@ __all__ = [
     "fully_connected_launcher",
     "fully_connected_prepare",
     "fully_connected_requantized",
+    "gemm_float32",
+    "global_avg_pool_float32_nhwc",
     "lookup_table",
     "matmul_acc",
     "matmul_requantized",

@@ -50,3 +50,57 @@ def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilatio
         out[n, oh, ow, o], clipped = _quantize(value, y_scale, y_zero_point, clamp_min, clamp_max)
         saturated += clipped
     return out, saturated
+
+
+def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+    rows, depth = a.shape
+    out = np.empty((rows, weight.shape[1]), out_dtype)
+    saturated = 0
+    for m, n in np.ndindex(out.shape):
+        total = 0.0  # a Python float: float64
+        for k in range(depth):
+            total += float(_dequantize(a[m, k], a_zero_point, a_scale)) * float(weight[k, n])
+        value = np.float32(np.float32(total) + np.float32(bias[n]))
+        out[m, n], clipped = _quantize(value, y_scale, y_zero_point, clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated
+
+
+def global_avg_pool_float32_nhwc(x, x_zero_point, x_scale, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+    n_batch, height, width, channels = x.shape
+    out = np.empty((n_batch, 1, 1, channels), out_dtype)
+    saturated = 0
+    for n, c in np.ndindex(n_batch, channels):
+        values = [_dequantize(v, x_zero_point, x_scale) for v in x[n, :, :, c].reshape(-1)]
+        vector_end = len(values) - len(values) % 4
+        lanes = [np.float32(0.0)] * 4
+        for i in range(vector_end):
+            lanes[i % 4] = np.float32(lanes[i % 4] + values[i])
+        total = np.float32(np.float32(lanes[0] + lanes[2]) + np.float32(lanes[1] + lanes[3]))
+        for value in values[vector_end:]:
+            total = np.float32(total + value)
+        mean = np.float32(total / np.float32(len(values)))
+        out[n, 0, 0, c], clipped = _quantize(mean, y_scale, y_zero_point, clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated
+
+
+def avg_pool_float32_island_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count_include_pad, y_scale,
+                                 y_zero_point, clamp_min, clamp_max, out_dtype):
+    (kernel_h, kernel_w), (sh, sw), (top, left, bottom, right) = kernel, strides, pads
+    n_batch, height, width, channels = x.shape
+    out = np.empty((n_batch, (height + top + bottom - kernel_h) // sh + 1, (width + left + right - kernel_w) // sw + 1,
+                    channels), out_dtype)
+    saturated = 0
+    for n, oh, ow, c in np.ndindex(out.shape):
+        rows = range(max(oh * sh - top, 0), min(oh * sh - top + kernel_h, height))
+        cols = range(max(ow * sw - left, 0), min(ow * sw - left + kernel_w, width))
+        total = np.float32(0.0)
+        for h in rows:
+            for w in cols:
+                total = np.float32(total + _dequantize(x[n, h, w, c], x_zero_point, x_scale))
+        count = kernel_h * kernel_w if count_include_pad else len(rows) * len(cols)
+        out[n, oh, ow, c], clipped = _quantize(np.float32(total / np.float32(count)), y_scale, y_zero_point,
+                                               clamp_min, clamp_max)
+        saturated += clipped
+    return out, saturated

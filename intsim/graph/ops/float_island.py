@@ -25,7 +25,7 @@ from intsim.graph.ops.base import (
     register,
     spatial_infer,
 )
-from intsim.graph.ops.peers import _float32_scalar_param
+from intsim.graph.ops.peers import AvgPoolFloat32, _float32_scalar_param
 
 
 def _float32_array(node, key, shape=None, ndim=None):
@@ -117,4 +117,87 @@ class Conv2DFloat32(Op):
 
     def run(self, plan, inputs, kernels):
         out, sat = kernels.conv2d_float32_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])
+        return [out], {"saturation_count": sat}
+
+
+@register("gemm_float32")
+class GemmFloat32(Op):
+    """A float ``Gemm`` / ``MatMul`` island: codes ``[..., K]`` in, codes ``[..., N]`` out.
+
+    Parameters ``weight`` (dequantized float32 [K, N]), ``bias`` (float32 [N]:
+    the Gemm's ``beta C``, zeros for a MatMul), ``a_scale`` and ``y_scale``
+    (float32, shape (1,)).  Not bit-exact against onnxruntime: its float32
+    summation order is MLAS's (see :func:`intsim.kernels.gemm_float32`).
+    """
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        check_dtypes(node, graph)
+        w = _float32_array(node, "weight", ndim=2)
+        _float32_array(node, "bias", (w.shape[1],))
+        for key in ("a_scale", "y_scale"):
+            _float32_scalar_param(node, key, positive=True)
+        a = graph.tensors[node.inputs[0]]
+        if not a.shape or (a.shape[-1] is not None and a.shape[-1] != w.shape[0]):
+            fail(node, f"input {a.name!r} of shape {a.shape} must end in the weight's depth {w.shape[0]}")
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
+
+    def infer(self, node, inputs, graph):
+        return [(*inputs[0].shape[:-1], node.params["weight"].shape[1])]
+
+    def prepare(self, node, graph):
+        a, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+        lo, hi = clamp_bounds(node, out)
+        return {"args": (a.zero_point, np.float32(node.params["a_scale"][0]),
+                         np.ascontiguousarray(node.params["weight"]), np.ascontiguousarray(node.params["bias"]),
+                         np.float32(node.params["y_scale"][0]), out.zero_point, lo, hi, out.np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        a = inputs[0]
+        out, sat = kernels.gemm_float32(np.ascontiguousarray(a.reshape(-1, a.shape[-1])), *plan["args"])
+        return [out.reshape(*a.shape[:-1], out.shape[-1])], {"saturation_count": sat}
+
+
+@register("global_avg_pool_float32")
+class GlobalAvgPoolFloat32(Op):
+    """A float ``GlobalAveragePool`` island: NHWC codes ``[N, H, W, C]`` in, ``[N, 1, 1, C]`` out, exact.
+
+    Parameters ``x_scale`` and ``y_scale`` (float32, shape (1,)); see
+    :func:`intsim.kernels.global_avg_pool_float32_nhwc`.
+    """
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        check_dtypes(node, graph)
+        for key in ("x_scale", "y_scale"):
+            _float32_scalar_param(node, key, positive=True)
+        x = graph.tensors[node.inputs[0]]
+        if len(x.shape) != 4:
+            fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
+
+    def infer(self, node, inputs, graph):
+        n, _, _, c = inputs[0].shape
+        return [(n, 1, 1, c)]
+
+    def prepare(self, node, graph):
+        x, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+        lo, hi = clamp_bounds(node, out)
+        return {"args": (x.zero_point, np.float32(node.params["x_scale"][0]), np.float32(node.params["y_scale"][0]),
+                         out.zero_point, lo, hi, out.np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        out, sat = kernels.global_avg_pool_float32_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])
+        return [out], {"saturation_count": sat}
+
+
+@register("avg_pool_float32_island")
+class AvgPoolFloat32Island(AvgPoolFloat32):
+    """A float ``AveragePool`` island (exact): attributes and parameters of ``avg_pool_float32``, codes of
+    any width; see :func:`intsim.kernels.avg_pool_float32_island_nhwc`."""
+
+    CODE_TYPES = ("int8", "uint8", "int16", "uint16")
+
+    def run(self, plan, inputs, kernels):
+        out, sat = kernels.avg_pool_float32_island_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])
         return [out], {"saturation_count": sat}

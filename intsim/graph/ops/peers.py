@@ -163,9 +163,11 @@ class AvgPoolFloat32(Op):
     see :func:`intsim.kernels.avg_pool_float32_nhwc`.
     """
 
+    CODE_TYPES = ("int8", "uint8")
+
     def check(self, node, graph):
         check_arity(node, 1)
-        check_dtypes(node, graph, ("int8", "uint8"))
+        check_dtypes(node, graph, self.CODE_TYPES)
         for key in ("x_scale", "y_scale"):
             _float32_scalar_param(node, key, positive=True)
         check_average_window(node)
