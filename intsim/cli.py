@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from intsim.errors import InputWarning, IntsimError, ValidationError
+from intsim.qat.cli import add_parser as add_qat_parser
 
 EXIT_RUNTIME_ERROR = 1
 EXIT_USAGE_ERROR = 2
@@ -521,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_convert)
+
+    add_qat_parser(sub)
 
     p = sub.add_parser("compare", help="float vs simulated vs integer, layer by layer")
     p.add_argument("onnx", help="the float ONNX model")

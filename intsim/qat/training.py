@@ -175,7 +175,7 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
             reference = teacher[index].argmax(1) if teacher is not None else torch.from_numpy(y[index.numpy()])
             agree += int((out.detach().argmax(1) == reference).sum()) if out.ndim == 2 else 0
             seen += len(index)
-            loss_sum += float(loss) * len(index)
+            loss_sum += loss.item() * len(index)
             done += len(index)
             bar.label = f"qat epoch {epoch + 1}/{epochs} loss {loss_sum / seen:.4f} agree {100.0 * agree / seen:.1f}%"
             bar.update(done)
