@@ -23,7 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--per-tensor", dest="per_channel", action="store_false", help="per-tensor weight scales")
     p.add_argument("--epochs", type=int, default=2, help="passes over --data (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (default 64)")
-    p.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate, cosine-annealed (default 1e-4)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-annealed (default 1e-3)")
     p.add_argument("--fixed-ranges", dest="learn_ranges", action="store_false",
                    help="keep the PTQ ranges (default: learn the scales, LSQ)")
     p.add_argument("--distillation", type=float,

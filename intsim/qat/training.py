@@ -115,7 +115,7 @@ def _distillation_loss(student, teacher, temperature):
     return F.mse_loss(student, teacher)
 
 
-def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr=1e-4, distillation=None,
+def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr=1e-3, distillation=None,
           temperature=2.0, seed=0, progress=True) -> dict:
     """Quantization-aware training of ``qat`` in place (white paper §4).
 
@@ -214,7 +214,7 @@ def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
 
 
 def finetune(model, data, *, labels=None, calibration=None, profile="paper", weight_bits=None, activation_bits=None,
-             per_channel=None, layer_config=None, epochs=2, batch_size=64, lr=1e-4, learn_ranges=True,
+             per_channel=None, layer_config=None, epochs=2, batch_size=64, lr=1e-3, learn_ranges=True,
              distillation=None, temperature=2.0, seed=0, progress=True) -> Model:
     """Quantization-aware training of an ONNX float model, exported to the profile's integer graph
     (white paper §4).
