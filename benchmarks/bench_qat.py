@@ -34,7 +34,7 @@ import intsim
 from intsim.datasets import load_dataset
 from intsim.models import model_path
 from intsim.ptq import AdaRoundOptions
-from intsim.qat import export, predict, prepare, train
+from intsim.qat import export, layer_agreement, predict, prepare, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W4A3": (4, 3), "W3A3": (3, 3)}
@@ -42,6 +42,7 @@ VARIANTS = {"distill": {"labels": False, "learn_ranges": True},
             "labels": {"labels": True, "learn_ranges": True},
             "fixed": {"labels": False, "learn_ranges": False}}
 CALIBRATION = 512
+LAYER_SAMPLES = 500  # test images for the per-layer code agreement (printed, not tabulated)
 BATCH = 1000
 
 
@@ -99,8 +100,10 @@ def main(argv=None):
             fake = predict(qat, x_test)
             accuracy = _accuracy(integer, y_test)
             agreement = 100.0 * float(np.mean(integer.argmax(axis=1) == fake.argmax(axis=1)))
+            layers = layer_agreement(qat, model, x_test[:LAYER_SAMPLES])
             print(f"{row} QAT {variant}: {accuracy:.2f}% (fake quant {_accuracy(fake, y_test):.2f}%, "
-                  f"agreement {agreement:.2f}%, {seconds:.0f} s)", flush=True)
+                  f"top-1 agreement {agreement:.2f}%, lowest per-layer code agreement "
+                  f"{100.0 * min(layers.values()):.4f}%, {seconds:.0f} s)", flush=True)
             cells.append(f"{accuracy:.2f} ({seconds:.0f} s, agree {agreement:.2f})")
         rows.append(cells)
     header = ["config", "PTQ standard + AdaRound"] + [f"QAT {v}" for v in variants]

@@ -6,10 +6,10 @@ importing this package: torch is loaded when a name below is first used.
 * :func:`finetune`: ONNX model + (unlabeled) data -> trained integer :class:`intsim.Model`.
 * :func:`prepare`, :func:`train`, :func:`export`: the three stages, for a caller that wants the
   fake-quant module (:class:`FakeQuantModel`) in between, e.g. to compare it with the integer model
-  (:func:`predict`, :func:`output_codes`).
+  (:func:`predict`, :func:`output_codes`, :func:`layer_agreement`).
 """
 
-_FINETUNE = ("finetune", "prepare", "train", "export", "predict", "output_codes")
+_FINETUNE = ("finetune", "prepare", "train", "export", "predict", "output_codes", "layer_agreement")
 
 
 def __getattr__(name):

@@ -13,6 +13,7 @@ Step handlers live in :data:`STEP_HANDLERS`, one per float op type; an op withou
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -107,13 +108,14 @@ class FakeQuantModel(torch.nn.Module):
     learn_ranges : bool
         Learn the activation and weight scales (LSQ); otherwise they stay at the PTQ ranges.
 
-    Calling the module with ``quantize=False`` (the attribute) computes the float model.
+    With its ``quantize`` attribute False the module computes the float model.  ``plan`` is kept for
+    :func:`intsim.qat.export`.
     """
 
     def __init__(self, plan: QuantizationPlan, learn_ranges: bool = True):
         super().__init__()
         fg, profile = plan.graph, plan.profile
-        self.graph, self.steps, self.profile = fg, plan.steps, profile
+        self.plan, self.graph, self.steps, self.profile = plan, fg, plan.steps, profile
         self.quantize = True
         for step in self.steps:
             if step.kind not in STEP_HANDLERS:
@@ -137,7 +139,7 @@ class FakeQuantModel(torch.nn.Module):
             if step.kind in MAC_OPS:
                 node = step.nodes[0]
                 weight = fg.constants[node.inputs[1]]
-                bias = fg.constants[node.inputs[2]] if len(node.inputs) > 2 else torch.zeros(weight.shape[0])
+                bias = fg.constants[node.inputs[2]] if len(node.inputs) > 2 else np.zeros(weight.shape[0], np.float32)
                 codes, scale, zp = plan.weights.get(node.name) or fmt.quantize(weight, plan.weight_range_method)
                 key = f"l{len(self.layers)}"
                 self.layer_keys[node.name] = key

@@ -76,9 +76,7 @@ def prepare(model, calibration, profile="paper", *, weight_bits=None, activation
     """
     plan = plan_quantization(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
                              per_channel=per_channel, progress=progress, **INIT_SETTINGS)
-    qat = FakeQuantModel(plan, learn_ranges)
-    qat.plan = plan
-    return qat
+    return FakeQuantModel(plan, learn_ranges)
 
 
 def _batches(n, batch_size, generator):
@@ -105,6 +103,24 @@ def output_codes(qat: FakeQuantModel, data, **kwargs) -> np.ndarray:
     """The integer codes of the fake-quant model's first output on ``data`` (what ``Model.run_int`` returns)."""
     scale, zero_point = qat.activation(qat.graph.outputs[0]).params()
     return (np.rint(predict(qat, data, **kwargs) / scale) + zero_point).astype(np.int64)
+
+
+def layer_agreement(qat: FakeQuantModel, model: Model, data) -> dict[str, float]:
+    """``{float tensor: fraction of equal codes}`` between the fake-quant model and its exported integer
+    ``model`` at every quantization point, on float inputs ``data`` (the integer model's trace against the
+    float64 fake-quant tensors, layouts matched through the converter's metadata)."""
+    x = np.asarray(data, np.float32)
+    with torch.no_grad():
+        values = qat.tensors(torch.as_tensor(x, dtype=torch.float64))
+    trace = model.trace(x, float_input=True)
+    meta = model.graph.metadata
+    rates = {}
+    for tensor in qat.point_names:
+        scale, zero_point = qat.activation(tensor).params()
+        name = meta["quantized"][tensor]
+        integer = trace.tensors[name].transpose(np.argsort(meta["source"][name][1]))
+        rates[tensor] = float(np.mean(np.rint(values[tensor].numpy() / scale) + zero_point == integer))
+    return rates
 
 
 def _distillation_loss(student, teacher, temperature):
