@@ -233,9 +233,13 @@ def test_float_mode_is_the_float_model(small_net):
     ({"labels": np.zeros(3, np.int64)}, "labels must be integer class indices of shape"),
     ({"labels": np.zeros(96, np.float32)}, "labels must be integer"),
     ({"layer_config": {"conv": 4}}, "layer_config"),
-    ({"epochs": 0}, "epochs must be a positive int"),
-    ({"lr": -1.0}, "lr must be a positive float"),
-    ({"distillation": 0.0}, "without labels the distillation weight must be > 0"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"epochs": 1.5}, "epochs must be a positive integer"),
+    ({"batch_size": True}, "batch_size must be a positive integer"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"lr": float("nan")}, "lr must be a positive number"),
+    ({"distillation": 0.0}, r"distillation must be a number >= 0 \(> 0 without labels\)"),
+    ({"distillation": -1.0, "labels": np.zeros(96, np.int64)}, "distillation must be a number >= 0"),
 ])
 def test_finetune_rejects_bad_arguments(small_net, kwargs, match):
     path, x = small_net

@@ -55,9 +55,24 @@ def _checked_data(data, labels):
     return x.astype(np.float32, copy=False), y.astype(np.int64)
 
 
-def _positive(name, value, kind):
-    if isinstance(value, bool) or not isinstance(value, kind) or not value > 0 or not np.isfinite(value):
-        raise ValidationError(f"intsim.qat: {name} must be a positive {kind.__name__}, found {value!r}")
+def _check_positive(name, value, integer: bool):
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not np.isfinite(value) or not value > 0:
+        raise ValidationError(f"intsim.qat: {name} must be a positive {'integer' if integer else 'number'}, "
+                              f"found {value!r}")
+
+
+def _distillation_weight(epochs, batch_size, lr, temperature, distillation, has_labels: bool) -> float:
+    """The checked training settings' distillation weight (default 1 without labels, 0 with)."""
+    for name, value, integer in (("epochs", epochs, True), ("batch_size", batch_size, True), ("lr", lr, False),
+                                 ("temperature", temperature, False)):
+        _check_positive(name, value, integer)
+    weight = (0.0 if has_labels else 1.0) if distillation is None else distillation
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0 or not np.isfinite(weight) \
+            or (weight == 0 and not has_labels):
+        raise ValidationError(f"intsim.qat: distillation must be a number >= 0 (> 0 without labels), found "
+                              f"{distillation!r}")
+    return float(weight)
 
 
 def prepare(model, calibration, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
@@ -159,12 +174,7 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
         ``{"epochs", "samples", "seconds", "final_loss", "agreement"}``.
     """
     x, y = _checked_data(data, labels)
-    for name, value, kind in (("epochs", epochs, int), ("batch_size", batch_size, int), ("lr", lr, float),
-                              ("temperature", temperature, float)):
-        _positive(name, float(value) if kind is float and isinstance(value, int) else value, kind)
-    weight = (1.0 if y is None else 0.0) if distillation is None else float(distillation)
-    if weight < 0 or (weight == 0 and y is None):
-        raise ValidationError(f"intsim.qat: without labels the distillation weight must be > 0, found {distillation!r}")
+    weight = _distillation_weight(epochs, batch_size, lr, temperature, distillation, y is not None)
     start = time.perf_counter()
     inputs = torch.from_numpy(x)
     teacher = torch.from_numpy(predict(qat, x, quantize=False, dtype=torch.float32)) if weight > 0 else None
@@ -264,6 +274,7 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
         raise ValidationError("intsim.qat.finetune: layer_config (per-layer precision) is not available in this "
                               f"version of intsim; found {type(layer_config).__name__}")
     x, _ = _checked_data(data, labels)
+    _distillation_weight(epochs, batch_size, lr, temperature, distillation, labels is not None)
     calibration = x[:CALIBRATION_SAMPLES] if calibration is None else calibration
     qat = prepare(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
                   per_channel=per_channel, learn_ranges=learn_ranges, progress=progress)
