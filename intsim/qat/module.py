@@ -7,8 +7,10 @@ the same quantization points, one :class:`~intsim.qat.fakequant.ActivationQuanti
 their input's grid, as the converter's tied ops do.  With ``quantize=False`` the same module is the
 float model (the distillation teacher, white paper §4.4).
 
-Step handlers live in :data:`STEP_HANDLERS`, one per float op type; an op without one raises
-:class:`~intsim.errors.UnsupportedOpError` when the module is built.
+Step handlers live in :data:`STEP_HANDLERS`, one per float op type, called with the step and its
+activation operands (and, for Conv / Gemm, the fake-quantized weight and bias); an op without one,
+or a non-MAC op with a constant operand, raises :class:`~intsim.errors.UnsupportedOpError` when the
+module is built.
 """
 
 from __future__ import annotations
@@ -43,59 +45,57 @@ def _spatial_pads(x: torch.Tensor, pads, value: float) -> torch.Tensor:
 
 
 @_handler("Conv")
-def _conv(module, step, x, weight, bias):
+def _conv(step, x, weight, bias):
     a = step.nodes[0].attrs
     return F.conv2d(_spatial_pads(x, a["pads"], 0.0), weight, bias, stride=tuple(a["strides"]),
                     dilation=tuple(a["dilations"]), groups=a["group"])
 
 
 @_handler("Gemm")
-def _gemm(module, step, x, weight, bias):
+def _gemm(step, x, weight, bias):
     return F.linear(x, weight, bias)
 
 
 @_handler("Add")
-def _add(module, step, a, b):
+def _add(step, a, b):
     return a + b
 
 
 @_handler("Sub")
-def _sub(module, step, a, b):
+def _sub(step, a, b):
     return a - b
 
 
 @_handler("Concat")
-def _concat(module, step, *xs):
+def _concat(step, *xs):
     return torch.cat(xs, dim=step.nodes[0].attrs["axis"])
 
 
 @_handler("ReduceMean")
-def _mean(module, step, x):
+def _mean(step, x):
     a = step.nodes[0].attrs
     return x.mean(dim=tuple(a["axes"]), keepdim=bool(a.get("keepdims", 1)))
 
 
 @_handler("MaxPool")
-def _max_pool(module, step, x):
+def _max_pool(step, x):
     a = step.nodes[0].attrs
     return F.max_pool2d(_spatial_pads(x, a["pads"], -torch.inf), tuple(a["kernel_shape"]), tuple(a["strides"]),
                         dilation=tuple(a.get("dilations", (1, 1))))
 
 
 @_handler("Flatten")
-def _flatten(module, step, x):
+def _flatten(step, x):
     return torch.flatten(x, int(step.nodes[0].attrs.get("axis", 1)))
 
 
 @_handler("Reshape")
-def _reshape(module, step, x):
+def _reshape(step, x):
     shape = [x.shape[i] if d == 0 else d for i, d in enumerate(step.nodes[0].attrs["shape"])]
     return x.reshape(shape)
 
 
 MAC_OPS = ("Conv", "Gemm")
-# Steps the converter lowers without requantizing: their output keeps the input's grid.
-TIED_OPS = ("MaxPool", "Flatten", "Reshape")
 
 
 class FakeQuantModel(torch.nn.Module):
@@ -118,11 +118,15 @@ class FakeQuantModel(torch.nn.Module):
         self.plan, self.graph, self.steps, self.profile = plan, fg, plan.steps, profile
         self.quantize = True
         for step in self.steps:
+            node = step.nodes[0]
             if step.kind not in STEP_HANDLERS:
-                node = step.nodes[0]
                 raise UnsupportedOpError(
                     f"node {node.name!r}: op {step.kind!r} has no quantization-aware training support; "
                     f"supported: {', '.join(sorted(STEP_HANDLERS))} (ReLU and Clip only fused into the op before them)")
+            constants = [t for t in node.inputs if t in fg.constants]
+            if step.kind not in MAC_OPS and constants:
+                raise UnsupportedOpError(f"node {node.name!r}: op {step.kind!r} with a constant operand "
+                                         f"({constants[0]!r}) has no quantization-aware training support")
         points = set(quantization_points(fg, self.steps))
         requantize = REQUANTIZATION_ROUNDING[profile.rounding]
         self.activations = torch.nn.ModuleDict()
@@ -174,7 +178,7 @@ class FakeQuantModel(torch.nn.Module):
             args = [values[t] for t in node.inputs if t not in fg.constants]
             if step.kind in MAC_OPS:
                 args += self._mac_operands(node, args[0])
-            y = STEP_HANDLERS[step.kind](self, step, *args)
+            y = STEP_HANDLERS[step.kind](step, *args)
             if not self.quantize and step.clamp is not None:
                 y = torch.clamp(y, *step.clamp)  # the fused ReLU / Clip
             elif self.quantize and step.output in self.point_names:
