@@ -15,7 +15,7 @@ datapath) on the test set.  Columns:
   on the test set (float64 fake quant);
 * times: wall seconds of the PTQ conversion and of each QAT variant (prepare + train + export).
 
-Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>.md``.
+Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>_<rows>.md``.
 
     python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed]
                                    [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
@@ -117,7 +117,7 @@ def main(argv=None):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"qat_{args.model}.md").write_text(text)
+    (RESULTS / f"qat_{args.model}_{args.rows.replace(',', '_')}.md").write_text(text)
     print("\n" + text)
 
 
