@@ -299,3 +299,12 @@ def test_cli_qat_missing_data(small_net, tmp_path, capsys):
     path, _ = small_net
     rc = cli_main(["qat", str(path), "--data", str(tmp_path / "none.npy"), "-o", str(tmp_path / "o.intsim")])
     assert rc == 2 and "data file" in capsys.readouterr().err
+
+
+def test_progress_bar_shows_loss_and_agreement(small_net, monkeypatch, capsys):
+    path, x = small_net
+    monkeypatch.setenv("INTSIM_PROGRESS", "1")
+    qat = prepare(path, x[:32], "paper", weight_bits=4, activation_bits=4, progress=False)
+    train(qat, x[:32], epochs=1, batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    assert "qat epoch 1/1 loss " in err and "% [" in err and "32/32\n" in err
