@@ -33,7 +33,7 @@ import torch
 import intsim
 from intsim.datasets import load_dataset
 from intsim.models import model_path
-from intsim.ptq import AdaRoundOptions
+from intsim.ptq.adaround import AdaRoundOptions
 from intsim.qat import export, layer_agreement, predict, prepare, train
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -14,13 +14,15 @@ torch.set_num_threads(1)  # the test machine is shared: one thread, as numba's
 
 import intsim  # noqa: E402
 from intsim import fixedpoint  # noqa: E402
-from intsim.calibration import quantize  # noqa: E402
+from intsim.converter.calibration import quantize  # noqa: E402
 from intsim.cli import main as cli_main  # noqa: E402
+from intsim.converter.lowering import prepare_float_graph  # noqa: E402
 from intsim.datasets import load_dataset  # noqa: E402
 from intsim.errors import UnsupportedOpError, ValidationError  # noqa: E402
+from intsim.floatgraph.execute import run_float  # noqa: E402
 from intsim.models import model_path  # noqa: E402
 from intsim.profiles import get_profile  # noqa: E402
-from intsim.ptq import WeightFormat  # noqa: E402
+from intsim.ptq.bias_correction import WeightFormat  # noqa: E402
 from intsim.qat import export, finetune, output_codes, predict, prepare, train  # noqa: E402
 from intsim.qat.fakequant import (  # noqa: E402
     ActivationQuantizer,
@@ -224,8 +226,8 @@ def test_labels_and_fixed_ranges(small_net):
 def test_float_mode_is_the_float_model(small_net):
     path, x = small_net
     qat = prepare(path, x[:32], "paper", progress=False)
-    fg = intsim.converter.prepare_float_graph(path)
-    expected = intsim.float_exec.run_float(fg, [x])[fg.outputs[0]]
+    fg = prepare_float_graph(path)
+    expected = run_float(fg, [x])[fg.outputs[0]]
     np.testing.assert_allclose(predict(qat, x, quantize=False), expected, rtol=1e-5, atol=1e-5)
 
 

@@ -5,14 +5,14 @@ the chip would hold.  Everything that decides ``q`` is the profile's, read the w
 reads it:
 
 * code ranges: :meth:`intsim.profiles.Profile.activation_range` and
-  :attr:`intsim.ptq.WeightFormat.codes` (narrow range for symmetric signed weights);
+  :attr:`intsim.ptq.bias_correction.WeightFormat.codes` (narrow range for symmetric signed weights);
 * granularity: one weight scale per output channel (axis 0) or per tensor;
 * power-of-two scales: the learned ``log2`` scale is rounded to an integer exponent;
 * rounding: weights, biases and graph inputs round ties to even (``np.rint``, as
-  :func:`intsim.calibration.quantize_weights`, the converter's bias and ``Model.run``'s input
+  :func:`intsim.converter.calibration.quantize_weights`, the converter's bias and ``Model.run``'s input
   quantizer do); requantized activations round as the profile's requantization does
   (:data:`REQUANTIZATION_ROUNDING`);
-* fused activations: the clamp codes of :func:`intsim.converter.clamp_codes`;
+* fused activations: the clamp codes of :func:`intsim.converter.lowering.clamp_codes`;
 * the bias: integer codes at ``s_w * s_x``, saturated to ``bias_bits``.
 
 Rounding uses the straight-through estimator (§4.1): the forward pass rounds, the backward pass
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import torch
 
-from intsim.converter import clamp_codes
+from intsim.converter.lowering import clamp_codes
 
 
 def round_half_even(v: torch.Tensor) -> torch.Tensor:
@@ -162,7 +162,7 @@ class WeightQuantizer(_LearnedScale):
         return weight, bias_codes * bias_scale
 
     def export(self, channels: int):
-        """``(codes, scale, zero_point)`` as :attr:`intsim.converter.QuantizationPlan.weights` holds them:
+        """``(codes, scale, zero_point)`` as :attr:`intsim.converter.lowering.QuantizationPlan.weights` holds them:
         the codes and float64 scales the forward pass uses, the scale broadcast to ``channels``."""
         with torch.no_grad():
             codes = self.weight_codes(torch.float64).numpy().astype("int64")

@@ -1,7 +1,7 @@
 """A PyTorch module that computes what an intsim quantization plan computes, with fake quantizers.
 
-:class:`FakeQuantModel` is built from a :class:`intsim.converter.QuantizationPlan`: the same float
-graph, the same integer steps (:func:`intsim.converter.plan_steps`: fused ReLU / ReLU6 clamps) and
+:class:`FakeQuantModel` is built from a :class:`intsim.converter.lowering.QuantizationPlan`: the same float
+graph, the same integer steps (:func:`intsim.converter.lowering.plan_steps`: fused ReLU / ReLU6 clamps) and
 the same quantization points, one :class:`~intsim.qat.fakequant.ActivationQuantizer` on each and a
 :class:`~intsim.qat.fakequant.WeightQuantizer` on each Conv / Gemm.  Ops that only move data keep
 their input's grid, as the converter's tied ops do.  With ``quantize=False`` the same module is the
@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intsim.converter import QuantizationPlan, quantization_points
+from intsim.converter.lowering import QuantizationPlan, quantization_points
 from intsim.errors import UnsupportedOpError
-from intsim.ptq import WeightFormat
+from intsim.ptq.bias_correction import WeightFormat
 from intsim.qat.fakequant import REQUANTIZATION_ROUNDING, ActivationQuantizer, WeightQuantizer, round_half_even
 
 STEP_HANDLERS = {}

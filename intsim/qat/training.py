@@ -2,7 +2,7 @@
 
 The pipeline:
 
-1. **PTQ initialization** (§4.4): :func:`intsim.converter.plan_quantization` with the standard
+1. **PTQ initialization** (§4.4): :func:`intsim.converter.lowering.plan_quantization` with the standard
    pipeline's settings (batch-norm folding, CLE with bias absorption, MSE weight ranges, MSE
    activation ranges, cross-entropy logits range; AdaRound off, since training moves the weights
    anyway).  Batch norms that follow a Conv or Gemm are folded statically before quantization, the
@@ -13,7 +13,7 @@ The pipeline:
    softened outputs for a classifier, MSE otherwise); with labels, cross-entropy plus
    ``distillation`` times the distillation loss.
 3. **Export** (:func:`export`): the learned weights, weight scales and activation ranges become a new
-   plan, which :func:`intsim.converter.lower` emits on the profile's integer graph: the same path
+   plan, which :func:`intsim.converter.lowering.lower` emits on the profile's integer graph: the same path
    AdaRound's codes take.
 """
 
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intsim.calibration import _Progress, _progress_enabled
-from intsim.converter import lower, plan_quantization, plan_steps, quantization_points
+from intsim.converter.lowering import lower, plan_quantization, plan_steps, quantization_points
 from intsim.errors import ValidationError
-from intsim.passes import _copy, _fresh
+from intsim.floatgraph.passes import copy_graph, fresh_name
+from intsim.progress import Progress, progress_enabled
 from intsim.qat.module import MAC_OPS, FakeQuantModel
 from intsim.runtime import Model
 
@@ -183,7 +183,7 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
     optimizer = torch.optim.Adam(params, lr=lr)
     batches_per_epoch = -(-len(x) // batch_size)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches_per_epoch)
-    bar = _Progress(epochs * len(x), _progress_enabled(progress), "qat")
+    bar = Progress(epochs * len(x), progress_enabled(progress), "qat")
     qat.train()
     done, loss_sum, agree, seen = 0, 0.0, 0, 0
     for epoch in range(epochs):
@@ -213,21 +213,21 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
 
 
 def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
-    """The integer model of a trained fake-quant model, emitted by :func:`intsim.converter.lower`.
+    """The integer model of a trained fake-quant model, emitted by :func:`intsim.converter.lowering.lower`.
 
     The float graph takes the learned weights and biases, the plan the learned weight codes and
     scales and the learned activation scales; the converter derives the multipliers, the int32 biases
     (at ``s_w * s_x``) and the clamp codes from them as for any model.
     """
     plan = qat.plan
-    fg = _copy(plan.graph)
+    fg = copy_graph(plan.graph)
     weights = {}
     for node in fg.nodes:
         if node.op not in MAC_OPS:
             continue
         layer = qat.layer(node.name)
-        weight_name = _fresh(fg, f"{node.name}/weight_qat")
-        bias_name = _fresh(fg, f"{node.name}/bias_qat")
+        weight_name = fresh_name(fg, f"{node.name}/weight_qat")
+        bias_name = fresh_name(fg, f"{node.name}/bias_qat")
         fg.constants[weight_name] = layer.weight.detach().numpy().copy()
         fg.constants[bias_name] = layer.bias.detach().numpy().copy()
         fg.shapes[weight_name], fg.shapes[bias_name] = fg.constants[weight_name].shape, fg.constants[bias_name].shape
