@@ -1,6 +1,6 @@
 """Quantization-aware training (intsim.qat, white paper §4): grids, bit-exact export, training, errors.
 
-Run them all (the slow one included) with ``python -m pytest tests/test_qat.py -m "slow or not slow"``.
+All of them are fast (no slow mark): ``python -m pytest tests/test_qat.py``.
 """
 
 import subprocess
