@@ -310,3 +310,16 @@ def test_progress_bar_shows_loss_and_agreement(small_net, monkeypatch, capsys):
     train(qat, x[:32], epochs=1, batch_size=16, progress=True)
     err = capsys.readouterr().err
     assert "qat epoch 1/1 loss " in err and "% [" in err and "32/32\n" in err
+
+
+def test_output_through_a_tied_op(tmp_path):
+    """A model ending in Flatten: the output keeps the conv's grid, and the codes still match bit for bit."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    path = _export_onnx(net, (1, 6, 6), tmp_path / "flat.onnx")
+    x = np.random.default_rng(2).random((16, 1, 6, 6), dtype=np.float32)
+    qat = prepare(path, x, "pow2", weight_bits=4, activation_bits=4, progress=False)
+    model = export(qat)
+    codes = output_codes(qat, x)
+    assert codes.shape == (16, 32) and codes.max() > 0
+    np.testing.assert_array_equal(codes, _integer_codes(model, x), strict=True)

@@ -190,10 +190,10 @@ class FakeQuantModel(torch.nn.Module):
         layer = self.layer(node.name)
         if not self.quantize:
             return [layer.weight.to(x.dtype), layer.bias.to(x.dtype)]
-        x_scale = self.activation(self._grid_source(node.inputs[0])).scale(x.dtype)
+        x_scale = self.activation(self.grid_source(node.inputs[0])).scale(x.dtype)
         return list(layer.dequantized(x_scale, x.dtype))
 
-    def _grid_source(self, tensor: str) -> str:
+    def grid_source(self, tensor: str) -> str:
         """The quantization point whose grid ``tensor`` is on (through tied ops)."""
         while tensor not in self.point_names:
             tensor = self.graph.producer(tensor).inputs[0]

@@ -116,7 +116,7 @@ def predict(qat: FakeQuantModel, data, *, quantize=True, batch_size=256, dtype=t
 
 def output_codes(qat: FakeQuantModel, data, **kwargs) -> np.ndarray:
     """The integer codes of the fake-quant model's first output on ``data`` (what ``Model.run_int`` returns)."""
-    scale, zero_point = qat.activation(qat.graph.outputs[0]).params()
+    scale, zero_point = qat.activation(qat.grid_source(qat.graph.outputs[0])).params()
     return (np.rint(predict(qat, data, **kwargs) / scale) + zero_point).astype(np.int64)
 
 
