@@ -323,3 +323,12 @@ def test_output_through_a_tied_op(tmp_path):
     codes = output_codes(qat, x)
     assert codes.shape == (16, 32) and codes.max() > 0
     np.testing.assert_array_equal(codes, _integer_codes(model, x), strict=True)
+
+
+def test_cli_qat_without_torch(small_net, tmp_path, capsys, monkeypatch):
+    path, x = small_net
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an install without intsim[qat] sees
+    monkeypatch.delitem(sys.modules, "intsim.qat.training", raising=False)
+    rc = cli_main(["qat", str(path), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.intsim")])
+    assert rc == 2 and "intsim.qat needs PyTorch: pip install 'intsim[qat]'" in capsys.readouterr().err

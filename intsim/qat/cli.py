@@ -35,8 +35,15 @@ def add_parser(sub) -> None:
 def _cmd_qat(args) -> int:
     import numpy as np
 
+    import sys
+
     from intsim.cli import _load_npy
-    from intsim.qat import finetune
+
+    try:
+        from intsim.qat import finetune
+    except ImportError as exc:
+        print(f"intsim: error: {exc}", file=sys.stderr)
+        return 2
 
     def floats(path, what):
         array = _load_npy(path, what)
