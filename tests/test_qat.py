@@ -15,6 +15,7 @@ torch.set_num_threads(1)  # the test machine is shared: one thread, as numba's
 import intsim  # noqa: E402
 from intsim import fixedpoint  # noqa: E402
 from intsim.converter.calibration import quantize  # noqa: E402
+from intsim.cli import EXIT_RUNTIME_ERROR  # noqa: E402
 from intsim.cli import main as cli_main  # noqa: E402
 from intsim.converter.lowering import prepare_float_graph  # noqa: E402
 from intsim.datasets import load_dataset  # noqa: E402
@@ -300,7 +301,7 @@ def test_cli_qat(small_net, tmp_path, capsys):
 def test_cli_qat_missing_data(small_net, tmp_path, capsys):
     path, _ = small_net
     rc = cli_main(["qat", str(path), "--data", str(tmp_path / "none.npy"), "-o", str(tmp_path / "o.intsim")])
-    assert rc == 2 and "data file" in capsys.readouterr().err
+    assert rc == EXIT_RUNTIME_ERROR and "data file" in capsys.readouterr().err
 
 
 def test_progress_bar_shows_loss_and_agreement(small_net, monkeypatch, capsys):
@@ -331,4 +332,4 @@ def test_cli_qat_without_torch(small_net, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # what an install without intsim[qat] sees
     monkeypatch.delitem(sys.modules, "intsim.qat.training", raising=False)
     rc = cli_main(["qat", str(path), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.intsim")])
-    assert rc == 2 and "intsim.qat needs PyTorch: pip install 'intsim[qat]'" in capsys.readouterr().err
+    assert rc == EXIT_RUNTIME_ERROR and "intsim.qat needs PyTorch: pip install 'intsim[qat]'" in capsys.readouterr().err

@@ -37,13 +37,13 @@ def _cmd_qat(args) -> int:
 
     import sys
 
-    from intsim.cli import _load_npy
+    from intsim.cli import EXIT_RUNTIME_ERROR, _load_npy
 
     try:
         from intsim.qat import finetune
     except ImportError as exc:
         print(f"intsim: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_RUNTIME_ERROR
 
     def floats(path, what):
         array = _load_npy(path, what)
