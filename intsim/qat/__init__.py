@@ -6,7 +6,7 @@ importing this package: torch is loaded when a name below is first used.
 * :func:`finetune`: ONNX model + (unlabeled) data -> trained integer :class:`intsim.Model`.
 * :func:`prepare`, :func:`train`, :func:`export`: the three stages, for a caller that wants the
   fake-quant module (:class:`FakeQuantModel`) in between, e.g. to compare it with the integer model
-  (:func:`predict`, :func:`output_codes`, :func:`layer_agreement`).
+  (:func:`predict`, :func:`output_codes`, :func:`layer_agreement`).  The ``intsim qat`` command lives in :mod:`intsim.cli`.
 """
 
 _FINETUNE = ("finetune", "prepare", "train", "export", "predict", "output_codes", "layer_agreement")
