@@ -319,3 +319,15 @@ def test_a_fresh_model_holds_no_copy_of_requantization_and_narrow_depthwise_weig
     packed = held_by("kernels/depthwise.py", pack_lines)
     assert weight_bytes <= packed <= bound
     assert held_by("intsim/fixedpoint.py") == 0
+
+
+def test_run_clamps_inputs_to_the_profile_activation_bits():
+    """A 3-bit input is stored in int8 but its codes stop at [-4, 3]: Model.run clamps there, not at int8's range."""
+    profile = get_profile("tflite").replace(activation_bits=3)
+    model = Model(tiny_cnn(profile))
+    x = model.inputs[0]
+    reals = np.array([-1000.0, -4.5, -3.5, 2.5, 3.0, 1000.0]) * x.scale
+    codes = model.quantize_inputs([np.resize(reals, (1, 8, 8, 3))])[0].reshape(-1)[:6]
+    expected = np.clip(np.rint(reals / x.scale) + x.zero_point, -4, 3).astype(np.int8)
+    np.testing.assert_array_equal(codes, expected, strict=True)
+    assert codes.min() == -4 and codes.max() == 3

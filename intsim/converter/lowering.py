@@ -205,13 +205,7 @@ class _Lowering:
         return self.qparams[float_name]
 
     def clamp_codes(self, scale, zero_point, clamp):
-        lo, hi = self.act_lo, self.act_hi
-        if clamp is not None:
-            if clamp[0] > -math.inf:
-                lo = max(lo, min(hi, int(round(clamp[0] / scale)) + zero_point))
-            if clamp[1] < math.inf:
-                hi = min(hi, max(lo, int(round(clamp[1] / scale)) + zero_point))
-        return [lo, hi]
+        return clamp_codes(scale, zero_point, clamp, self.profile)
 
     def rescale(self, real, prefix=""):
         real = np.atleast_1d(np.asarray(real, np.float64))
@@ -540,6 +534,18 @@ class _Lowering:
         self._layout(step, "unsqueeze", {"axes": list(step.nodes[0].attrs["axes"])})
 
 
+def clamp_codes(scale: float, zero_point: int, clamp: tuple[float, float] | None, profile: Profile) -> list[int]:
+    """``[lo, hi]``: the activation code range of the profile, narrowed to a fused activation's real
+    ``clamp`` (each end rounded to the nearest code, ties to even)."""
+    lo, hi = profile.activation_range()
+    if clamp is not None:
+        if clamp[0] > -math.inf:
+            lo = max(lo, min(hi, int(round(clamp[0] / scale)) + zero_point))
+        if clamp[1] < math.inf:
+            hi = min(hi, max(lo, int(round(clamp[1] / scale)) + zero_point))
+    return [lo, hi]
+
+
 def activation_qparams(lo: float, hi: float, profile: Profile) -> tuple[float, int]:
     p = profile
     scale, zp = quantization_params(lo, hi, p.activation_bits, p.activation_signed, p.activation_symmetric,
@@ -610,11 +616,46 @@ def data_free_ranges(fg: FloatGraph, bn: dict, input_range: tuple[float, float],
     return ranges
 
 
-def convert(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
-            range_method=None, logits_range_method=None, weight_range_method=None, batch_size=32,
-            input_range=None, progress=True, name=None, cle=None, bias_correction=None, adaround=None,
-            pipeline=None, input_shapes=None) -> Model:
-    """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
+@dataclass
+class QuantizationPlan:
+    """A float graph with every quantization choice made: what :func:`lower` emits.
+
+    Attributes
+    ----------
+    graph : FloatGraph
+        The float graph after the passes and the PTQ rewrites.
+    profile : Profile
+        The chip, with the bit-width overrides applied.
+    steps : list of Step
+        The integer ops to emit (:func:`plan_steps`).
+    qparams : dict
+        ``{float tensor: (scale, zero_point)}`` for every quantization point.
+    weights : dict
+        ``{node name: (codes, scale, zero_point)}`` chosen for the multiply-accumulate layers; a layer
+        missing here is quantized with ``weight_range_method``.
+    weight_range_method : str
+    meta : dict
+        What was done, merged into ``graph.metadata``.
+    started : float
+        ``time.perf_counter()`` when planning began.
+    """
+
+    graph: FloatGraph
+    profile: Profile
+    steps: list
+    qparams: dict
+    weights: dict
+    weight_range_method: str
+    meta: dict
+    started: float
+
+
+def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None,
+                      per_channel=None, range_method=None, logits_range_method=None, weight_range_method=None,
+                      batch_size=32, input_range=None, progress=True, cle=None, bias_correction=None, adaround=None,
+                      pipeline=None, input_shapes=None) -> QuantizationPlan:
+    """Everything :func:`lower` needs to emit the integer model of a float ONNX model for a profile:
+    float passes, PTQ (CLE, bias correction, AdaRound), activation fusion and calibrated ranges.
 
     Parameters
     ----------
@@ -707,17 +748,38 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
                                   power_of_two=p.power_of_two_scales)
             qparams[t] = activation_qparams(lo, hi, profile)
         samples = int(data.shape[0])
-    lowering = _Lowering(fg, profile, qparams, weight_range_method, ptq.weights)
-    inputs, outputs = lowering.lower(steps)
-    lowering.meta["calibration"] = {"samples": samples, "range_method": range_method,
-                                    "logits_range_method": logits_method, "weight_range_method": weight_range_method}
-    lowering.meta["ptq"] = {"pipeline": pipeline, "cle": settings["cle"],
-                            "bias_correction": settings["bias_correction"],
-                            "adaround": settings["adaround"] is not None, **ptq.meta}
+    meta = {"calibration": {"samples": samples, "range_method": range_method,
+                            "logits_range_method": logits_method, "weight_range_method": weight_range_method},
+            "ptq": {"pipeline": pipeline, "cle": settings["cle"], "bias_correction": settings["bias_correction"],
+                    "adaround": settings["adaround"] is not None, **ptq.meta},
+            "input_shapes": {k: [None if d is None else int(d) for d in v] for k, v in (input_shapes or {}).items()}}
+    return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start)
+
+
+def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
+    """Emit the integer :class:`~intsim.runtime.Model` a :class:`QuantizationPlan` describes.
+
+    Every tensor of ``plan.qparams`` gets its scale and zero point, every layer of ``plan.weights`` its
+    codes; the requantization multipliers, integer biases and clamp codes follow from them for the
+    profile.  :func:`convert` is :func:`plan_quantization` then this; quantization-aware training
+    (:mod:`intsim.qat`, white paper §4) hands its learned plan here the same way.
+    """
+    fg = plan.graph
+    lowering = _Lowering(fg, plan.profile, plan.qparams, plan.weight_range_method, plan.weights)
+    inputs, outputs = lowering.lower(plan.steps)
+    lowering.meta.update(plan.meta)
     lowering.meta["float_outputs"] = list(fg.outputs)
     lowering.meta["float_inputs"] = list(fg.inputs)
-    lowering.meta["input_shapes"] = {k: [None if d is None else int(d) for d in v] for k, v in (input_shapes or {}).items()}
-    lowering.meta["conversion_seconds"] = time.perf_counter() - start
-    graph = Graph(name or fg.name or "model", profile, lowering.tensors, lowering.nodes, inputs, outputs,
+    lowering.meta["conversion_seconds"] = time.perf_counter() - plan.started
+    graph = Graph(name or fg.name or "model", plan.profile, lowering.tensors, lowering.nodes, inputs, outputs,
                   lowering.meta)
     return Model(graph)
+
+
+def convert(model, calibration=None, profile="paper", *, name=None, **options) -> Model:
+    """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
+
+    ``lower(plan_quantization(model, calibration, profile, **options), name)``; the options are
+    :func:`plan_quantization`'s.
+    """
+    return lower(plan_quantization(model, calibration, profile, **options), name)

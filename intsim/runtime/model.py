@@ -171,7 +171,14 @@ class Model:
         arrays = [np.asarray(x) for x in inputs]
         for x, info in zip(arrays, self.inputs):
             warn_unusual_float_input(x, info)
-        return [quantize(x, info, f"input {info.name!r}", mode=mode) for x, info in zip(arrays, self.inputs)]
+        return [quantize(x, info, f"input {info.name!r}", mode=mode, code_range=self._code_range(info))
+                for x, info in zip(arrays, self.inputs)]
+
+    def _code_range(self, info: TensorInfo) -> tuple[int, int]:
+        """The codes an input may hold: the profile's activation range where the tensor is stored in the
+        profile's activation dtype (3-bit codes live in int8 but stop at 3), else the dtype's range."""
+        p = self.profile
+        return p.activation_range() if info.dtype == p.activation_dtype.name else dtype_range(info.dtype)
 
     def _check_count(self, inputs):
         if len(inputs) != len(self.graph.inputs):
@@ -267,9 +274,11 @@ def _check_shape(shape, info: TensorInfo, where: str):
         raise ValidationError(f"{where}: expected shape {shape_text(info.shape)}, found {tuple(shape)}")
 
 
-def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: str = "float64_rint") -> np.ndarray:
+def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: str = "float64_rint",
+             code_range: tuple[int, int] | None = None) -> np.ndarray:
     """Float to codes: ``clamp(round(x / scale) + zero_point)``, ``x`` and ``scale`` cast to the
-    float type of ``mode`` (an :data:`INPUT_QUANTIZATION` key) and rounded as it names."""
+    float type of ``mode`` (an :data:`INPUT_QUANTIZATION` key) and rounded as it names; clamped to
+    ``code_range`` (default: the range of the tensor's dtype)."""
     if mode not in INPUT_QUANTIZATION:
         raise ValidationError(f"{where}: input quantization must be one of {', '.join(INPUT_QUANTIZATION)}, "
                               f"found {mode!r}")
@@ -277,7 +286,7 @@ def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: 
         raise ValidationError(f"{where}: expected real numbers, found dtype {x.dtype}")
     _check_shape(x.shape, info, where)
     dtype, rounding = INPUT_QUANTIZATION[mode]
-    lo, hi = dtype_range(info.dtype)
+    lo, hi = dtype_range(info.dtype) if code_range is None else code_range
     codes, non_finite = fast_kernels.quantize_float(x.astype(dtype, copy=False), info.scale, rounding,
                                                     info.zero_point, lo, hi, info.np_dtype)
     if non_finite:

@@ -1,0 +1,125 @@
+"""Ablation of quantization-aware training (white paper §4) against PTQ (§3.5) on the shipped models.
+
+Every accuracy is top-1 of the exported integer model (``Model.run``, the bit-exact integer
+datapath) on the test set.  Columns:
+
+* ``PTQ``: :func:`intsim.convert` with ``pipeline="standard"`` (CLE, MSE ranges, cross-entropy
+  logits range, AdaRound with ``--adaround-iterations`` steps per layer), calibrated on 512 training
+  images;
+* ``QAT``: :func:`intsim.qat.prepare` (the standard pipeline without AdaRound), :func:`intsim.qat.train`
+  on ``--train`` training images for ``--epochs`` epochs, :func:`intsim.qat.export`.  Variants:
+  ``distill`` (no labels, distillation from the float model, learned ranges: the default),
+  ``labels`` (cross-entropy on the labels, learned ranges), ``fixed`` (distillation, the PTQ ranges
+  kept);
+* ``agree``: top-1 agreement of the integer model with the fake-quant model it was exported from,
+  on the test set (float64 fake quant);
+* times: wall seconds of the PTQ conversion and of each QAT variant (prepare + train + export).
+
+Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>_<rows>.md``.
+
+    python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed]
+                                   [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import intsim
+from intsim.datasets import load_dataset
+from intsim.models import model_path
+from intsim.ptq.adaround import AdaRoundOptions
+from intsim.qat import export, layer_agreement, predict, prepare, train
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROWS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W4A3": (4, 3), "W3A3": (3, 3)}
+VARIANTS = {"distill": {"labels": False, "learn_ranges": True},
+            "labels": {"labels": True, "learn_ranges": True},
+            "fixed": {"labels": False, "learn_ranges": False}}
+CALIBRATION = 512
+LAYER_SAMPLES = 500  # test images for the per-layer code agreement (printed, not tabulated)
+BATCH = 1000
+
+
+def _accuracy(logits, labels):
+    return 100.0 * float(np.mean(logits.argmax(axis=1) == labels))
+
+
+def _integer_logits(model, x):
+    return np.concatenate([model.run(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="resnet_fashion")
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--train", type=int, default=4000, help="training images for QAT (default 4000)")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--test", type=int, default=10000, help="test images (default: all)")
+    parser.add_argument("--adaround-iterations", type=int, default=2000)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    dataset = args.model.split("_")[-1]
+    x_train, y_train = load_dataset(dataset, "train")
+    x_test, y_test = load_dataset(dataset, "test")
+    x_test, y_test = x_test[: args.test], y_test[: args.test]
+    onnx = model_path(f"{args.model}.onnx")
+    variants = args.variants.split(",")
+    float_accuracy = None
+    rows = []
+    for row in args.rows.split(","):
+        w, a = ROWS[row]
+        start = time.perf_counter()
+        ptq = intsim.convert(onnx, calibration=x_train[:CALIBRATION], weight_bits=w, activation_bits=a,
+                             pipeline="standard", adaround=AdaRoundOptions(iterations=args.adaround_iterations),
+                             progress=False)
+        ptq_seconds = time.perf_counter() - start
+        ptq_accuracy = _accuracy(_integer_logits(ptq, x_test), y_test)
+        print(f"{row} PTQ {ptq_accuracy:.2f}% ({ptq_seconds:.0f} s)", flush=True)
+        cells = [row, f"{ptq_accuracy:.2f} ({ptq_seconds:.0f} s)"]
+        for variant in variants:
+            spec = VARIANTS[variant]
+            start = time.perf_counter()
+            qat = prepare(onnx, x_train[:CALIBRATION], weight_bits=w, activation_bits=a,
+                          learn_ranges=spec["learn_ranges"], progress=False)
+            if float_accuracy is None:
+                float_accuracy = _accuracy(predict(qat, x_test, quantize=False), y_test)
+            labels = y_train[: args.train] if spec["labels"] else None
+            train(qat, x_train[: args.train], labels, epochs=args.epochs, lr=args.lr, progress=False)
+            model = export(qat)
+            seconds = time.perf_counter() - start
+            integer = _integer_logits(model, x_test)
+            fake = predict(qat, x_test)
+            accuracy = _accuracy(integer, y_test)
+            agreement = 100.0 * float(np.mean(integer.argmax(axis=1) == fake.argmax(axis=1)))
+            layers = layer_agreement(qat, model, x_test[:LAYER_SAMPLES])
+            print(f"{row} QAT {variant}: {accuracy:.2f}% (fake quant {_accuracy(fake, y_test):.2f}%, "
+                  f"top-1 agreement {agreement:.2f}%, lowest per-layer code agreement "
+                  f"{100.0 * min(layers.values()):.4f}%, {seconds:.0f} s)", flush=True)
+            cells.append(f"{accuracy:.2f} ({seconds:.0f} s, agree {agreement:.2f})")
+        rows.append(cells)
+    header = ["config", "PTQ standard + AdaRound"] + [f"QAT {v}" for v in variants]
+    note = (f"{args.model}, `paper` profile, per-channel weights; float top-1 {float_accuracy:.2f}% on {len(y_test)} "
+            f"test images. PTQ: calibration {CALIBRATION} training images, AdaRound {args.adaround_iterations} "
+            f"steps/layer. QAT: {args.train} training images, {args.epochs} epochs, lr {args.lr}, batch 64, "
+            f"{args.threads} torch thread(s). Cells: integer top-1 % (wall time; agreement of the integer model's "
+            f"top-1 with the fake-quant model's).")
+    lines = [f"### QAT vs PTQ (white paper §4), integer top-1 %", "", note, "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    text = "\n".join(lines) + "\n"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"qat_{args.model}_{args.rows.replace(',', '_')}.md").write_text(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Fake quantizers on the profile's integer grid, with straight-through gradients (white paper §4.1).
+
+A fake quantizer maps a real tensor to ``scale * (q - zero_point)`` where ``q`` is the integer code
+the chip would hold.  Everything that decides ``q`` is the profile's, read the way the converter
+reads it:
+
+* code ranges: :meth:`intsim.profiles.Profile.activation_range` and
+  :attr:`intsim.ptq.bias_correction.WeightFormat.codes` (narrow range for symmetric signed weights);
+* granularity: one weight scale per output channel (axis 0) or per tensor;
+* power-of-two scales: the learned ``log2`` scale is rounded to an integer exponent;
+* rounding: weights, biases and graph inputs round ties to even (``np.rint``, as
+  :func:`intsim.converter.calibration.quantize_weights`, the converter's bias and ``Model.run``'s input
+  quantizer do); requantized activations round as the profile's requantization does
+  (:data:`REQUANTIZATION_ROUNDING`);
+* fused activations: the clamp codes of :func:`intsim.converter.lowering.clamp_codes`;
+* the bias: integer codes at ``s_w * s_x``, saturated to ``bias_bits``.
+
+Rounding uses the straight-through estimator (§4.1): the forward pass rounds, the backward pass
+treats rounding as the identity.  Scales are learned LSQ-style (Esser et al. 2020, white paper
+§4.3): the gradient of ``s * (clamp(round(v / s)) - z)`` with respect to ``s`` follows from the STE,
+``round(v/s) - v/s`` inside the range and the clamp bound outside.  They are stored as ``log2``
+scales so that one learning rate moves every scale by the same relative amount.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from intsim.converter.lowering import clamp_codes
+
+
+def round_half_even(v: torch.Tensor) -> torch.Tensor:
+    """Nearest integer, ties to even (``np.rint``)."""
+    return torch.round(v)
+
+
+def round_half_up(v: torch.Tensor) -> torch.Tensor:
+    """Nearest integer, ties toward +infinity: single-rounding requantization (:mod:`intsim.fixedpoint`).
+
+    ``v - floor(v)`` is exact, so there is no ``floor(v + 0.5)`` error at 0.49999999999999994.
+    """
+    floor = torch.floor(v)
+    return floor + (v - floor >= 0.5).to(v.dtype)
+
+
+def round_half_away(v: torch.Tensor) -> torch.Tensor:
+    """Nearest integer, ties away from zero."""
+    return torch.sign(v) * round_half_up(torch.abs(v))
+
+
+# How each requantization rounding mode rounds a real value on the output grid.  ``"single"`` is
+# exact (one rounding, ties up); ``"double"`` rounds twice in fixed point and ``"float32_rint"``
+# forms its product in float32, so those agree with the integer datapath up to near-ties.
+REQUANTIZATION_ROUNDING = {
+    "single": round_half_up,
+    "double": round_half_away,
+    "float32_rint": round_half_even,
+    "float64_half_away": round_half_away,
+}
+
+
+def round_ste(v: torch.Tensor, rounding=round_half_even) -> torch.Tensor:
+    """``rounding(v)`` forward, the identity backward (straight-through estimator, white paper §4.1)."""
+    return v + (rounding(v) - v).detach()
+
+
+class _LearnedScale(torch.nn.Module):
+    """A positive scale (one, or one per channel) stored as ``log2``; an integer exponent with
+    power-of-two scales (rounded with the STE, so the exponent still learns)."""
+
+    def __init__(self, scale, power_of_two: bool, learn: bool):
+        super().__init__()
+        log2 = torch.log2(torch.as_tensor(scale, dtype=torch.float64).reshape(-1)).to(torch.float32)
+        self.log2_scale = torch.nn.Parameter(log2, requires_grad=learn)
+        self.power_of_two = power_of_two
+
+    def scale(self, dtype=torch.float32) -> torch.Tensor:
+        exponent = self.log2_scale.to(dtype)
+        if self.power_of_two:
+            exponent = round_ste(exponent)
+        return torch.exp2(exponent)
+
+
+class ActivationQuantizer(_LearnedScale):
+    """The grid of one activation tensor: ``scale * (clamp(round(v / scale) + zp, lo, hi) - zp)``.
+
+    Parameters
+    ----------
+    scale, zero_point
+        The PTQ starting point (the converter's calibrated range).
+    profile : Profile
+    rounding : callable
+        :func:`round_half_even` for a graph input, the profile's
+        :data:`REQUANTIZATION_ROUNDING` for a requantized output.
+    clamp : (float, float), optional
+        A fused activation's real range (ReLU, ReLU6), turned into codes by the converter's rule.
+    learn : bool
+        Learn the scale (the zero point stays).
+    """
+
+    def __init__(self, scale: float, zero_point: int, profile, rounding, clamp=None, learn: bool = True):
+        super().__init__(scale, profile.power_of_two_scales, learn)
+        self.zero_point = int(zero_point)
+        self.profile = profile
+        self.rounding = rounding
+        self.clamp = clamp
+
+    def params(self) -> tuple[float, int]:
+        """``(scale, zero_point)`` as the converter takes them: the float64 value of the scale the
+        forward pass uses."""
+        with torch.no_grad():
+            return float(self.scale(torch.float64)), self.zero_point
+
+    def code_range(self) -> tuple[int, int]:
+        lo, hi = clamp_codes(self.params()[0], self.zero_point, self.clamp, self.profile)
+        return lo, hi
+
+    def codes(self, v: torch.Tensor) -> torch.Tensor:
+        """The integer codes (as floats) of ``v`` on this grid; rounding with the STE."""
+        lo, hi = self.code_range()
+        return torch.clamp(round_ste(v / self.scale(v.dtype), self.rounding) + self.zero_point, lo, hi)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return (self.codes(v) - self.zero_point) * self.scale(v.dtype)
+
+
+class WeightQuantizer(_LearnedScale):
+    """A layer's weights and bias, learned in float, used on the integer grid.
+
+    Weights: ``s_w * (clamp(round(w / s_w) + z_w, qmin, qmax) - z_w)`` per output channel (axis 0)
+    or per tensor, ties to even.  Bias: ``s_x s_w * clamp(round(b / (s_x s_w)))`` to ``bias_bits``,
+    the int32 bias the converter emits.
+    """
+
+    def __init__(self, weight, bias, scale, zero_point, codes: tuple[int, int], bias_bits: int, profile,
+                 learn_scale: bool = True):
+        super().__init__(scale, profile.power_of_two_scales, learn_scale)
+        self.weight = torch.nn.Parameter(torch.as_tensor(weight, dtype=torch.float32).clone())
+        self.bias = torch.nn.Parameter(torch.as_tensor(bias, dtype=torch.float32).clone())
+        self.register_buffer("zero_point", torch.as_tensor(zero_point, dtype=torch.int64).reshape(-1).clone())
+        self.qmin, self.qmax = codes
+        self.bias_max = 2 ** (bias_bits - 1) - 1
+
+    def _channel(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
+        return t.reshape((-1,) + (1,) * (ndim - 1))
+
+    def weight_codes(self, dtype=torch.float32) -> torch.Tensor:
+        """Weight codes (as floats, ONNX layout), rounded with the STE."""
+        w = self.weight.to(dtype)
+        scale = self._channel(self.scale(dtype), w.ndim)
+        zp = self._channel(self.zero_point.to(dtype), w.ndim)
+        return torch.clamp(round_ste(w / scale) + zp, self.qmin, self.qmax)
+
+    def dequantized(self, x_scale: torch.Tensor, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` on the integer grid for an input of scale ``x_scale``."""
+        scale = self.scale(dtype)
+        codes = self.weight_codes(dtype)
+        zp = self._channel(self.zero_point.to(dtype), codes.ndim)
+        weight = (codes - zp) * self._channel(scale, codes.ndim)
+        bias_scale = x_scale * scale
+        bias_codes = torch.clamp(round_ste(self.bias.to(dtype) / bias_scale), -self.bias_max - 1, self.bias_max)
+        return weight, bias_codes * bias_scale
+
+    def export(self, channels: int):
+        """``(codes, scale, zero_point)`` as :attr:`intsim.converter.lowering.QuantizationPlan.weights` holds them:
+        the codes and float64 scales the forward pass uses, the scale broadcast to ``channels``."""
+        with torch.no_grad():
+            codes = self.weight_codes(torch.float64).numpy().astype("int64")
+            scale = self.scale(torch.float64).numpy()
+        zp = self.zero_point.numpy()
+        return codes, scale.repeat(channels // scale.size), zp.repeat(channels // zp.size)

@@ -1,0 +1,335 @@
+"""Quantization-aware training (intsim.qat, white paper §4): grids, bit-exact export, training, errors.
+
+All of them are fast (no slow mark): ``python -m pytest tests/test_qat.py``.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)  # the test machine is shared: one thread, as numba's
+
+import intsim  # noqa: E402
+from intsim import fixedpoint  # noqa: E402
+from intsim.converter.calibration import quantize  # noqa: E402
+from intsim.cli import EXIT_RUNTIME_ERROR  # noqa: E402
+from intsim.cli import main as cli_main  # noqa: E402
+from intsim.converter.lowering import prepare_float_graph  # noqa: E402
+from intsim.datasets import load_dataset  # noqa: E402
+from intsim.errors import UnsupportedOpError, ValidationError  # noqa: E402
+from intsim.floatgraph.execute import run_float  # noqa: E402
+from intsim.models import model_path  # noqa: E402
+from intsim.profiles import get_profile  # noqa: E402
+from intsim.ptq.bias_correction import WeightFormat  # noqa: E402
+from intsim.qat import export, finetune, output_codes, predict, prepare, train  # noqa: E402
+from intsim.qat.fakequant import (  # noqa: E402
+    ActivationQuantizer,
+    WeightQuantizer,
+    round_half_away,
+    round_half_even,
+    round_half_up,
+)
+
+EDGES = np.array([2.0**i + d for i in range(0, 12) for d in (-2, -1, -0.5, 0, 0.5, 1, 2)])
+EDGES = np.concatenate([EDGES, -EDGES, [0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5]])
+
+
+def _export_onnx(net, shape, path):
+    net.eval()
+    torch.onnx.export(net, torch.rand(1, *shape), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
+    return path
+
+
+class _Residual(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU())
+        self.b = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.c = torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.d = torch.nn.Conv2d(8, 8, 1, stride=2)
+        self.pool = torch.nn.MaxPool2d(2)
+        self.fc = torch.nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        h = torch.relu(self.b(h) + h)
+        g = torch.clamp(self.c(h), 0.0, 6.0)
+        h = torch.cat([g, self.d(h) - g], dim=1)
+        h = self.pool(h).mean(dim=(2, 3))  # 2x2 after the pool: a mean by 4, exact with power-of-two scales
+        return self.fc(h)
+
+
+@pytest.fixture(scope="module")
+def small_net(tmp_path_factory):
+    """A residual CNN on 8x8 inputs (conv-BN-ReLU, add + ReLU, ReLU6, sub, concat, max pool, mean, Gemm) and
+    random data."""
+    torch.manual_seed(0)
+    path = _export_onnx(_Residual(), (1, 8, 8), tmp_path_factory.mktemp("qat") / "small.onnx")
+    x = np.random.default_rng(0).random((96, 1, 8, 8), dtype=np.float32)
+    return path, x
+
+
+# --- the grid --------------------------------------------------------------------------------------
+
+
+def test_rounding_rules_on_ties():
+    v = torch.tensor([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 0.49999999999999994, -0.49999999999999994],
+                     dtype=torch.float64)
+    np.testing.assert_array_equal(round_half_even(v).numpy(), [-2, -2, -0, 0, 2, 2, 0, -0])
+    np.testing.assert_array_equal(round_half_up(v).numpy(), [-2, -1, 0, 1, 2, 3, 0, 0])
+    np.testing.assert_array_equal(round_half_away(v).numpy(), [-3, -2, -1, 1, 2, 3, 0, 0])
+
+
+@pytest.mark.parametrize("exponent", [0, 1, 3, 7, 12])
+def test_half_up_is_single_rounding_requantization(exponent):
+    """With a power-of-two scale the profile's single-rounding rescale is the fake quantizer's rounding."""
+    acc = np.concatenate([EDGES, EDGES * 3 + 1]).astype(np.int64)
+    acc = acc[np.abs(acc) < 2**31]
+    multiplier, shift = fixedpoint.quantize_multiplier(np.array([2.0**-exponent]))
+    expected = fixedpoint.multiply_by_quantized_multiplier(acc.astype(np.int32), multiplier, shift, "single")
+    got = round_half_up(torch.as_tensor(acc, dtype=torch.float64) * 2.0**-exponent).numpy().astype(np.int32)
+    np.testing.assert_array_equal(got, expected, strict=True)
+
+
+@pytest.mark.parametrize("per_channel,power_of_two,bits", [(True, False, 4), (False, False, 3), (True, True, 4),
+                                                           (False, True, 8)])
+def test_weight_grid_equals_intsim_quantizer(per_channel, power_of_two, bits):
+    """Narrow range, per channel, power-of-two: the fake quantizer's codes are intsim's, ties and clipping included."""
+    profile = get_profile("paper").replace(weight_bits=bits, per_channel=per_channel, power_of_two_scales=power_of_two)
+    fmt = WeightFormat.of(profile)
+    rng = np.random.default_rng(1)
+    weight = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    _, scale, zp = fmt.quantize(weight, "minmax")
+    q = WeightQuantizer(weight, np.zeros(4, np.float32), scale, zp, fmt.codes, 32, profile)
+    q_scale = q.export(4)[1]
+    # (k + 1/2) * s (exact ties where s is a power of two), the ends of the range and beyond it.
+    halves = np.resize(np.arange(-2 ** bits, 2 ** bits) + 0.5, 27).reshape(3, 3, 3)
+    with torch.no_grad():
+        q.weight[0] = torch.as_tensor(halves * q_scale[0])
+        q.weight[1, 0, 0, :] = torch.as_tensor(q_scale[1] * np.array([2.0 ** bits, -(2.0 ** bits), 0.0]))
+    weight = q.weight.detach().numpy()
+    codes, q_scale, q_zp = q.export(4)
+    expected = quantize(weight, q_scale, q_zp, *fmt.codes, np.int64, axis=0)
+    np.testing.assert_array_equal(codes, expected, strict=True)
+    assert codes.min() >= fmt.codes[0] == -(2 ** (bits - 1)) + 1
+    if power_of_two:
+        np.testing.assert_array_equal(np.log2(q_scale), np.round(np.log2(q_scale)), strict=True)
+
+
+def test_activation_grid_equals_model_input_quantizer():
+    """The input quantizer rounds ties to even and clamps to the 3-bit range, as ``Model.run`` does."""
+    profile = get_profile("paper").replace(activation_bits=3)
+    scale, zp = 0.25, -1
+    x = np.concatenate([(np.arange(-12, 12) + 0.5) * scale, [-100.0, 100.0, 0.0, 0.75, 1.0]])
+    q = ActivationQuantizer(scale, zp, profile, round_half_even)
+    with torch.no_grad():
+        got = q.codes(torch.as_tensor(x)).numpy().astype(np.int64)
+    expected = quantize(x, scale, zp, *profile.activation_range(), np.int64)
+    np.testing.assert_array_equal(got, expected, strict=True)
+    assert got.max() == 3 and got.min() == -4
+
+
+def test_fused_relu6_clamp_codes():
+    profile = get_profile("paper")
+    q = ActivationQuantizer(0.05, -128, profile, round_half_up, clamp=(0.0, 6.0))
+    scale = q.params()[0]
+    with torch.no_grad():
+        got = q.codes(torch.tensor([-1.0, 0.0, 5.0, 6.0, 7.0], dtype=torch.float64)).numpy()
+    six = round(6.0 / scale) - 128
+    np.testing.assert_array_equal(got, [-128, -128, round(5.0 / scale) - 128, six, six])
+    assert six == 120 - 128
+
+
+# --- export ----------------------------------------------------------------------------------------
+
+
+def _integer_codes(model, x):
+    return model.run_int(model.quantize_inputs([x])[0]).astype(np.int64)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_export_is_bit_exact_with_power_of_two_scales(small_net, per_channel):
+    """pow2 profile (single rounding): every quantized tensor of the integer model equals the fake-quant
+    model's, after training has moved weights, biases and scales off the PTQ start."""
+    path, x = small_net
+    qat = prepare(path, x[:64], "pow2", weight_bits=4, activation_bits=4, per_channel=per_channel, progress=False)
+    train(qat, x[:64], epochs=2, batch_size=16, lr=1e-2, progress=False)
+    model = export(qat)
+    assert model.graph.metadata["qat"]["learn_ranges"]
+    np.testing.assert_array_equal(output_codes(qat, x), _integer_codes(model, x), strict=True)
+    with torch.no_grad():
+        values = qat.tensors(torch.as_tensor(x, dtype=torch.float64))
+    trace = model.trace(x, float_input=True)
+    meta = model.graph.metadata
+    for tensor in qat.point_names:
+        scale, zp = qat.activation(tensor).params()
+        name = meta["quantized"][tensor]
+        integer = trace.tensors[name].transpose(np.argsort(meta["source"][name][1])).astype(np.int64)
+        np.testing.assert_array_equal((np.rint(values[tensor].numpy() / scale) + zp).astype(np.int64), integer,
+                                      strict=True)
+
+
+def test_training_changes_the_exported_model(small_net):
+    """Guards the test above: the trained plan is not the PTQ plan."""
+    path, x = small_net
+    qat = prepare(path, x[:64], "pow2", weight_bits=4, activation_bits=4, progress=False)
+    before = export(qat)
+    train(qat, x[:64], epochs=2, batch_size=16, lr=1e-2, progress=False)
+    after = export(qat)
+    changed = [n.name for n, m in zip(before.graph.nodes, after.graph.nodes)
+               if "weight" in n.params and not np.array_equal(n.params["weight"], m.params["weight"])]
+    assert changed
+
+
+def test_finetune_is_deterministic_with_a_seed(small_net):
+    path, x = small_net
+    runs = [finetune(path, x, profile="paper", weight_bits=4, activation_bits=4, epochs=1, batch_size=16, lr=1e-3,
+                     seed=3, progress=False) for _ in range(2)]
+    for a, b in zip(*(r.graph.nodes for r in runs)):
+        for key in a.params:
+            np.testing.assert_array_equal(a.params[key], b.params[key], strict=True)
+    other = finetune(path, x, profile="paper", weight_bits=4, activation_bits=4, epochs=1, batch_size=16, lr=1e-3,
+                     seed=4, progress=False)
+    assert any(not np.array_equal(a.params[k], b.params[k])
+               for a, b in zip(runs[0].graph.nodes, other.graph.nodes) for k in a.params)
+
+
+def test_qat_recovers_w4a3_over_ptq_start():
+    """digits ResNet at W4A3 per channel: a short distillation run (no labels) beats its PTQ start on the
+    integer datapath, and the integer model agrees with the fake-quant model."""
+    x_train, _ = load_dataset("digits", "train")
+    x_test, y_test = load_dataset("digits", "test")
+    qat = prepare(model_path("resnet_digits.onnx"), x_train[:256], "paper", weight_bits=4, activation_bits=3,
+                  progress=False)
+    ptq = np.sum(export(qat).run(x_test).argmax(1) == y_test)
+    train(qat, x_train[:256], epochs=2, batch_size=32, lr=1e-3, progress=False)
+    model = export(qat)
+    qat_correct = np.sum(model.run(x_test).argmax(1) == y_test)
+    assert qat_correct >= ptq + 5, (ptq, qat_correct)  # of 450 test images
+    np.testing.assert_array_equal(output_codes(qat, x_test).argmax(1), _integer_codes(model, x_test).argmax(1))
+
+
+def test_labels_and_fixed_ranges(small_net):
+    path, x = small_net
+    qat = prepare(path, x[:64], "paper", weight_bits=4, activation_bits=4, learn_ranges=False, progress=False)
+    scales = [q.params() for q in qat.activations.values()]
+    labels = np.arange(len(x)) % 4
+    info = train(qat, x, labels, epochs=1, batch_size=32, lr=1e-3, progress=False)
+    assert [q.params() for q in qat.activations.values()] == scales
+    assert 0.0 <= info["agreement"] <= 1.0 and info["samples"] == len(x)
+    assert not export(qat).graph.metadata["qat"]["learn_ranges"]
+
+
+def test_float_mode_is_the_float_model(small_net):
+    path, x = small_net
+    qat = prepare(path, x[:32], "paper", progress=False)
+    fg = prepare_float_graph(path)
+    expected = run_float(fg, [x])[fg.outputs[0]]
+    np.testing.assert_allclose(predict(qat, x, quantize=False), expected, rtol=1e-5, atol=1e-5)
+
+
+# --- errors and the command line ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"labels": np.zeros(3, np.int64)}, "labels must be integer class indices of shape"),
+    ({"labels": np.zeros(96, np.float32)}, "labels must be integer"),
+    ({"layer_config": {"conv": 4}}, "layer_config"),
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"epochs": 1.5}, "epochs must be a positive integer"),
+    ({"batch_size": True}, "batch_size must be a positive integer"),
+    ({"lr": -1.0}, "lr must be a positive number"),
+    ({"lr": float("nan")}, "lr must be a positive number"),
+    ({"distillation": 0.0}, r"distillation must be a number >= 0 \(> 0 without labels\)"),
+    ({"distillation": -1.0, "labels": np.zeros(96, np.int64)}, "distillation must be a number >= 0"),
+])
+def test_finetune_rejects_bad_arguments(small_net, kwargs, match):
+    path, x = small_net
+    with pytest.raises(ValidationError, match=match):
+        finetune(path, x, progress=False, **kwargs)
+
+
+def test_finetune_rejects_integer_data(small_net):
+    path, x = small_net
+    with pytest.raises(ValidationError, match="data must be a float array"):
+        finetune(path, (x * 255).astype(np.uint8), progress=False)
+
+
+class _PlusConstant(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 2, 3)
+
+    def forward(self, x):
+        return torch.flatten(self.conv(x) + 0.5, 1)
+
+
+@pytest.mark.parametrize("net,match", [
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Sigmoid(), torch.nn.Flatten()),
+     "op 'Sigmoid' has no quantization-aware training support"),
+    (_PlusConstant, "op 'Add' with a constant operand"),
+])
+def test_unsupported_op_is_named(tmp_path, net, match):
+    path = _export_onnx(net(), (1, 8, 8), tmp_path / "unsupported.onnx")
+    x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
+    with pytest.raises(UnsupportedOpError, match=match):
+        prepare(path, x, progress=False)
+
+
+def test_import_intsim_does_not_import_torch():
+    code = "import sys, intsim, intsim.qat, intsim.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_qat(small_net, tmp_path, capsys):
+    path, x = small_net
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "small.intsim"
+    rc = cli_main(["qat", str(path), "--data", str(tmp_path / "x.npy"), "-o", str(out), "--weight-bits", "4",
+                   "--activation-bits", "4", "--epochs", "1", "--batch-size", "32"])
+    assert rc == 0 and "wrote" in capsys.readouterr().out
+    loaded = intsim.load(out)
+    assert loaded.graph.metadata["qat"]["samples"] == len(x)
+    assert loaded.run(x).shape == (len(x), 4)
+    assert {n.op for n in loaded.graph.nodes} >= {"conv2d", "add", "concat", "max_pool", "mean", "fully_connected"}
+
+
+def test_cli_qat_missing_data(small_net, tmp_path, capsys):
+    path, _ = small_net
+    rc = cli_main(["qat", str(path), "--data", str(tmp_path / "none.npy"), "-o", str(tmp_path / "o.intsim")])
+    assert rc == EXIT_RUNTIME_ERROR and "data file" in capsys.readouterr().err
+
+
+def test_progress_bar_shows_loss_and_agreement(small_net, monkeypatch, capsys):
+    path, x = small_net
+    monkeypatch.setenv("INTSIM_PROGRESS", "1")
+    qat = prepare(path, x[:32], "paper", weight_bits=4, activation_bits=4, progress=False)
+    train(qat, x[:32], epochs=1, batch_size=16, progress=True)
+    err = capsys.readouterr().err
+    assert "qat epoch 1/1 loss " in err and "% [" in err and "32/32\n" in err
+
+
+def test_output_through_a_tied_op(tmp_path):
+    """A model ending in Flatten: the output keeps the conv's grid, and the codes still match bit for bit."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    path = _export_onnx(net, (1, 6, 6), tmp_path / "flat.onnx")
+    x = np.random.default_rng(2).random((16, 1, 6, 6), dtype=np.float32)
+    qat = prepare(path, x, "pow2", weight_bits=4, activation_bits=4, progress=False)
+    model = export(qat)
+    codes = output_codes(qat, x)
+    assert codes.shape == (16, 32) and codes.max() > 0
+    np.testing.assert_array_equal(codes, _integer_codes(model, x), strict=True)
+
+
+def test_cli_qat_without_torch(small_net, tmp_path, capsys, monkeypatch):
+    path, x = small_net
+    np.save(tmp_path / "x.npy", x)
+    monkeypatch.setitem(sys.modules, "torch", None)  # what an install without intsim[qat] sees
+    monkeypatch.delitem(sys.modules, "intsim.qat.training", raising=False)
+    rc = cli_main(["qat", str(path), "--data", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.intsim")])
+    assert rc == EXIT_RUNTIME_ERROR and "intsim.qat needs PyTorch: pip install 'intsim[qat]'" in capsys.readouterr().err
