@@ -776,10 +776,19 @@ def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
     return Model(graph)
 
 
-def convert(model, calibration=None, profile="paper", *, name=None, **options) -> Model:
+def convert(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
+            range_method=None, logits_range_method=None, weight_range_method=None, batch_size=32, input_range=None,
+            progress=True, cle=None, bias_correction=None, adaround=None, pipeline=None, input_shapes=None,
+            name=None) -> Model:
     """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
 
-    ``lower(plan_quantization(model, calibration, profile, **options), name)``; the options are
-    :func:`plan_quantization`'s.
+    ``lower(plan_quantization(model, calibration, profile, ...), name)``: every option is
+    :func:`plan_quantization`'s and documented there; ``name`` names the integer graph.
     """
-    return lower(plan_quantization(model, calibration, profile, **options), name)
+    plan = plan_quantization(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
+                             per_channel=per_channel, range_method=range_method,
+                             logits_range_method=logits_range_method, weight_range_method=weight_range_method,
+                             batch_size=batch_size, input_range=input_range, progress=progress, cle=cle,
+                             bias_correction=bias_correction, adaround=adaround, pipeline=pipeline,
+                             input_shapes=input_shapes)
+    return lower(plan, name)
