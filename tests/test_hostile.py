@@ -180,7 +180,7 @@ GARBAGE_EXPECTED = {
     ".intsim duplicate zip member": (ModelFormatError, "member 'arrays/0.bias.npy' appears twice"),
     "QOperator int64 bias beyond int32": (ValidationError, "bias must be int32 .* found int64"),
     "QOperator float bias": (ValidationError, "bias must be int32 .* found float32"),
-    "QOperator float zero point": (ValidationError, "zero point must be uint8 or int8, found float32"),
+    "QOperator float zero point": (ValidationError, "zero point must be uint8 or int8.*, found float32"),
     "QOperator int16 zero point on uint8": (ValidationError, "zero point must be uint8 or int8, found int16"),
     "TFLite MEAN axis out of range": (ModelFormatError, r"MEAN axes \[5, 2\] are out of range for rank 4"),
     "TFLite padding enum 7": (ModelFormatError, "padding 7 is neither SAME"),

@@ -34,6 +34,9 @@ TO_NCHW = [0, 3, 1, 2]
 ROUNDING = "float32_rint"  # MlasRequantizeOutput: float32 multiply, round to nearest even
 
 CODE_DTYPES = ("uint8", "int8")
+# QuantizeLinear / DequantizeLinear (and the float islands of a QDQ model) also carry 16-bit codes; the
+# QLinear kernels take 8-bit codes only.
+WIDE_CODE_DTYPES = CODE_DTYPES + ("uint16", "int16")
 _HANDLERS = {}
 _f32 = np.float32
 
@@ -192,14 +195,16 @@ class _QOperatorImporter:
 
     def quant(self, node, scale_index, zp_index, what):
         """``(float32 scale, zero point, dtype name)`` of one quantized operand: a float32 scale, finite
-        and > 0, and an int8 or uint8 zero point, the types onnxruntime's QLinear kernels accept."""
+        and > 0, and an int8 or uint8 zero point, the types onnxruntime's QLinear kernels accept (16-bit
+        ones too for the nodes that are not QLinear kernels)."""
         scale = self.scalar(node, scale_index, f"{what} scale")
         zp = self.scalar(node, zp_index, f"{what} zero point")
         if scale.dtype != np.float32 or not np.isfinite(scale) or not scale > 0:
             raise ValidationError(f"{self.where(node)}: {what} scale must be a finite float32 > 0, found "
                                   f"{scale.dtype} {scale!r}")
-        if zp.dtype.name not in CODE_DTYPES:
-            raise ValidationError(f"{self.where(node)}: {what} zero point must be {' or '.join(CODE_DTYPES)}, "
+        allowed = CODE_DTYPES if node.op_type.startswith("QLinear") or node.op_type == "QGemm" else WIDE_CODE_DTYPES
+        if zp.dtype.name not in allowed:
+            raise ValidationError(f"{self.where(node)}: {what} zero point must be {' or '.join(allowed)}, "
                                   f"found {zp.dtype}")
         return _f32(scale), int(zp), zp.dtype.name
 
