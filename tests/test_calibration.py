@@ -16,20 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intsim import progress
-from intsim.converter import calibration
-from intsim.converter.calibration import (
+from intsim.converter import quantizer
+from intsim.converter.quantizer import (
     DEGENERATE_SCALE,
-    RANGE_METHODS,
-    TensorStats,
-    bn_range,
-    calibrate,
-    choose_range,
     code_range,
     fake_quantize,
     quantization_params,
     quantize,
     quantize_weights,
 )
+from intsim.converter.calibration import RANGE_METHODS, TensorStats, bn_range, calibrate, choose_range
 from intsim.errors import ValidationError
 
 SEED = 20240611
@@ -471,8 +467,8 @@ def test_squared_error_integral_matches_direct_integration():
     for a, b in [(-20.0, 20.0), (-3.3, 2.9), (6.7, 9.0), (-12.5, -8.6), (0.1, 0.2), (-8.5, 7.5)]:
         v = a + (b - a) * (np.arange(200_000) + 0.5) / 200_000
         direct = np.mean((np.clip(np.round(v), qmin, qmax) - v) ** 2)
-        closed = (calibration._squared_error_antiderivative(b, qmin, qmax)
-                  - calibration._squared_error_antiderivative(a, qmin, qmax)) / (b - a)
+        closed = (quantizer._squared_error_antiderivative(b, qmin, qmax)
+                  - quantizer._squared_error_antiderivative(a, qmin, qmax)) / (b - a)
         assert closed == pytest.approx(direct, rel=1e-6, abs=1e-9)
 
 

@@ -14,7 +14,7 @@ torch.set_num_threads(1)  # the test machine is shared: one thread, as numba's
 
 import intsim  # noqa: E402
 from intsim import fixedpoint  # noqa: E402
-from intsim.converter.calibration import quantize  # noqa: E402
+from intsim.converter.quantizer import quantize  # noqa: E402
 from intsim.cli import EXIT_RUNTIME_ERROR  # noqa: E402
 from intsim.cli import main as cli_main  # noqa: E402
 from intsim.converter.lowering import prepare_float_graph  # noqa: E402

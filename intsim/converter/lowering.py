@@ -25,14 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.converter.calibration import (
-    RANGE_METHODS,
-    bn_range,
-    calibrate,
-    choose_range,
-    quantization_params,
-    quantize,
-)
+from intsim.converter.calibration import RANGE_METHODS, bn_range, calibrate, choose_range
+from intsim.converter.quantizer import quantization_params, quantize
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
 from intsim.floatgraph.execute import resize_source_indices, run_float
@@ -347,7 +341,7 @@ class _Lowering:
                                self.rescale(real)))
         self.meta["real_multiplier"][node.name] = [real]
 
-    def _binary_operands(self, node):
+    def binary_operands(self, node):
         """Integer tensors for the two operands of an elementwise op, in one common layout."""
         names = node.inputs
         acts = [t for t in names if t not in self.fg.constants]
@@ -371,7 +365,7 @@ class _Lowering:
 
     def lower_Add(self, step, subtract=False):
         node = step.nodes[0]
-        (a, b), perm = self._binary_operands(node)
+        (a, b), perm = self.binary_operands(node)
         sa, sb = self.tensors[a].scale, self.tensors[b].scale
         scale, zp = self.out_params(step.output)
         params, left_shift = add_params(sa, sb, scale, self.profile, self.profile.activation_bits)
@@ -385,7 +379,7 @@ class _Lowering:
 
     def lower_Mul(self, step, operands=None):
         node = step.nodes[0]
-        (a, b), perm = self._binary_operands(node) if operands is None else operands
+        (a, b), perm = self.binary_operands(node) if operands is None else operands
         sa, sb = self.tensors[a].scale, self.tensors[b].scale
         scale, zp = self.out_params(step.output)
         y = self.bind(step.output, perm, scale, zp)

@@ -15,7 +15,7 @@ import numpy as np
 from intsim.distributed.data import as_rows
 from intsim.distributed.tasks import map_batches
 from intsim.errors import ValidationError
-from intsim.hwval.sweep import _with_profile, text_columns, top1
+from intsim.hwval.sweep import with_profile, text_columns, top1
 from intsim.runtime import Model
 
 
@@ -84,7 +84,7 @@ class EvaluationReport:
 def wide_accumulators(model: Model) -> Model:
     """``model`` with 32-bit wrap-around accumulators: the reference where only the accumulators differ."""
     profile = model.graph.profile.replace(accumulator_bits=32, overflow="wrap")
-    return Model(_with_profile(model.graph, profile), model.backend)
+    return Model(with_profile(model.graph, profile), model.backend)
 
 
 def _context(model: Model, float_model, float_input: bool):

@@ -167,7 +167,7 @@ def _conv(attrs, x, weight, bias=None):
 
 
 @_op("MaxPool")
-def _max_pool(attrs, x):
+def lower_max_pool(attrs, x):
     cols = _windows(x, attrs["kernel_shape"], attrs["strides"], attrs["dilations"], attrs["pads"], -np.inf)
     return cols.max(axis=(2, 3))
 

@@ -345,9 +345,9 @@ def sweep(model: Model, data, labels=None, acc_bits=range(16, 33), *, float_inpu
 
 def _sweep_context(model: Model, bits_list: list, float_input: bool):
     graph = model.graph
-    full = _with_profile(graph, graph.profile.replace(accumulator_bits=32, overflow="wrap"))
+    full = with_profile(graph, graph.profile.replace(accumulator_bits=32, overflow="wrap"))
     mac_nodes = [n for n in graph.nodes if n.op in MAC_OPS]
-    models = {(b, p): Model(_with_profile(graph, graph.profile.replace(accumulator_bits=b, overflow=p)))
+    models = {(b, p): Model(with_profile(graph, graph.profile.replace(accumulator_bits=b, overflow=p)))
               for b in bits_list for p in ("saturate", "wrap")}
     setups = {n.name: NodeSetup.of(graph, n) for n in mac_nodes}
     return graph, full, mac_nodes, models, setups, Model(full), bits_list, float_input
@@ -381,5 +381,5 @@ def _sweep_batch(context, batch, labels) -> dict:
             "overflows": overflows, "exact": exact, "ends": ends, "samples": int(batch.shape[0])}
 
 
-def _with_profile(graph: Graph, profile) -> Graph:
+def with_profile(graph: Graph, profile) -> Graph:
     return Graph(graph.name, profile, graph.tensors, graph.nodes, graph.inputs, graph.outputs, graph.metadata)

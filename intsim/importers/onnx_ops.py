@@ -342,7 +342,7 @@ def _pool_window(node):
 
 
 @_convert("MaxPool")
-def _max_pool(node):
+def lower_max_pool(node):
     kernel, strides, dilations, pads, overhang = _pool_window(node)
     pads = pads[:2] + [pads[2] + overhang[0], pads[3] + overhang[1]]
     attrs = {"kernel_shape": kernel, "strides": strides, "pads": pads, "dilations": dilations}

@@ -38,13 +38,13 @@ from intsim.errors import ModelFormatError, UnsupportedOpError
 from intsim.graph import Graph
 from intsim.importers.onnx import read_onnx
 from intsim.importers.onnx_ops import read_initializer
-from intsim.importers.onnx_qop import _HANDLERS as QOPERATOR_HANDLERS
+from intsim.importers.onnx_qop import QOPERATOR_OPS as QOPERATOR_HANDLERS
 from intsim.importers.onnx_qop import (
     TO_NHWC,
-    _binary_operands,
-    _handles,
-    _max_pool,
-    _window_attrs,
+    binary_operands,
+    handles,
+    lower_max_pool,
+    window_attrs,
     load_onnx_qoperator,
     ort_lookup_table,
 )
@@ -636,7 +636,7 @@ def _dq_axes(imp, node) -> list:
     return list(imp.attrs(node).get("dq_axes", []))
 
 
-@_handles("FloatConv")
+@handles("FloatConv")
 def _float_conv(imp, node):
     """``Q(Conv(DQ(x), DQ(w), DQ(b)))`` in float32: :class:`intsim.graph.ops.float_island.Conv2DFloat32`."""
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
@@ -650,7 +650,7 @@ def _float_conv(imp, node):
     bias = np.zeros(cout, np.float32)
     if len(node.input) > 8 and node.input[8]:
         bias = _dequantize_constant(imp, node, 8).reshape(cout)
-    window = _window_attrs(imp, node, weight.shape[2:])
+    window = window_attrs(imp, node, weight.shape[2:])
     attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
              "groups": int(imp.attrs(node).get("group", 1))}
     params = {"weight": np.ascontiguousarray(weight.transpose(0, 2, 3, 1), np.float32),
@@ -660,7 +660,7 @@ def _float_conv(imp, node):
     imp.emit("conv2d_float32", node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
 
 
-@_handles("FloatAdd")
+@handles("FloatAdd")
 def _float_add(imp, node):
     """``Q(DQ(a) + DQ(b))`` in float32: :class:`intsim.graph.ops.float_island.AddFloat32`."""
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
@@ -668,14 +668,14 @@ def _float_add(imp, node):
                               attribute=node.attribute)
     a_scale, _, _ = imp.quant(shifted, 1, 2, "A")
     b_scale, _, _ = imp.quant(shifted, 4, 5, "B")
-    a, b, perm = _binary_operands(imp, shifted)
+    a, b, perm = binary_operands(imp, shifted)
     params = {"a_scale": np.array([a_scale], np.float32), "b_scale": np.array([b_scale], np.float32),
               "y_scale": np.array([y_scale], np.float32)}
     out = node.output[0]
     imp.emit("add_float32", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm)
 
 
-@_handles("FloatMaxPool")
+@handles("FloatMaxPool")
 def _float_max_pool(imp, node):
     """``Q(MaxPool(DQ(x)))`` with a positive input scale: dequantizing is increasing, so the float maximum
     is the dequantized maximum code; MaxPool on codes, then ``Q(DQ(.))`` as a table (float32, exact)."""
@@ -684,7 +684,7 @@ def _float_max_pool(imp, node):
     if not x_q[0] > 0:
         raise UnsupportedOpError(f"{imp.where(node)}: input scale {x_q[0]} must be > 0")
     pooled = imp.unique(f"{node.output[0]}/max_codes")
-    _max_pool(imp, SimpleNamespace(input=[node.input[2]], output=[pooled], name=pooled, op_type="MaxPool",
+    lower_max_pool(imp, SimpleNamespace(input=[node.input[2]], output=[pooled], name=pooled, op_type="MaxPool",
                                    attribute=node.attribute))
     table = ort_lookup_table(lambda v: v, *x_q, *y_q)
     tensor, perm = imp.values[pooled]
@@ -692,7 +692,7 @@ def _float_max_pool(imp, node):
     imp.emit("lut", node.name or out, [tensor], {}, {"table": table}, out, y_q[2], y_q[0], y_q[1], out, perm)
 
 
-@_handles("FloatGemm")
+@handles("FloatGemm")
 def _float_gemm(imp, node):
     """``Q(DQ(A) DQ(B)^T + beta DQ(C))`` in float32 (``alpha`` 1, ``transA`` 0, ``transB`` 1, B constant):
     :class:`intsim.graph.ops.float_island.GemmFloat32`.  ``beta C`` is formed in float32, as MLAS scales C.
@@ -726,7 +726,7 @@ def _float_gemm(imp, node):
     imp.emit("gemm_float32", node.name or out, [a], {}, params, out, y_dtype, y_scale, y_zp, out, None)
 
 
-@_handles("FloatGlobalAveragePool", "FloatAveragePool")
+@handles("FloatGlobalAveragePool", "FloatAveragePool")
 def _float_average_pool(imp, node):
     """``Q(GlobalAveragePool(DQ(x)))`` / ``Q(AveragePool(DQ(x)))`` in float32, in onnxruntime's order:
     :class:`intsim.graph.ops.float_island.GlobalAvgPoolFloat32` / ``AvgPoolFloat32Island``."""
@@ -737,7 +737,7 @@ def _float_average_pool(imp, node):
     params = {"x_scale": np.array([x_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
     op, attrs = "global_avg_pool_float32", {}
     if node.op_type == "FloatAveragePool":
-        window = _window_attrs(imp, node, None)
+        window = window_attrs(imp, node, None)
         if window["dilations"] != [1, 1]:
             raise UnsupportedOpError(f"{imp.where(node)}: dilations {window['dilations']} are not supported")
         op = "avg_pool_float32_island"

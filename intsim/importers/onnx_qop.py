@@ -37,7 +37,7 @@ CODE_DTYPES = ("uint8", "int8")
 # QuantizeLinear / DequantizeLinear (and the float islands of a QDQ model) also carry 16-bit codes; the
 # QLinear kernels take 8-bit codes only.
 WIDE_CODE_DTYPES = CODE_DTYPES + ("uint16", "int16")
-_HANDLERS = {}
+QOPERATOR_OPS = {}
 _f32 = np.float32
 
 
@@ -55,10 +55,10 @@ _OPERAND_QUANT = {
 }
 
 
-def _handles(*op_types):
+def handles(*op_types):
     def wrap(fn):
         for op_type in op_types:
-            _HANDLERS[op_type] = fn
+            QOPERATOR_OPS[op_type] = fn
         return fn
 
     return wrap
@@ -133,12 +133,12 @@ class _QOperatorImporter:
         for index, node in enumerate(self.model.graph.node):
             if index not in live:
                 continue
-            handler = _HANDLERS.get(node.op_type)
+            handler = QOPERATOR_OPS.get(node.op_type)
             if handler is None:
                 domain = node.domain or "ai.onnx"
                 raise UnsupportedOpError(
                     f"node {node.name!r}: op {domain}:{node.op_type} (opset {self.opsets.get(domain, '?')}) has no "
-                    f"integer lowering in the QOperator importer; supported: {', '.join(sorted(_HANDLERS))}"
+                    f"integer lowering in the QOperator importer; supported: {', '.join(sorted(QOPERATOR_OPS))}"
                 )
             try:
                 self.own_quantization(node)
@@ -293,7 +293,7 @@ def _rescale_params(scales_f32: np.ndarray) -> dict:
     return Rescale.from_real(np.asarray(scales_f32, np.float32).astype(np.float64).reshape(-1), ROUNDING).params()
 
 
-def _window_attrs(imp, node, kernel_rank_from) -> dict:
+def window_attrs(imp, node, kernel_rank_from) -> dict:
     attrs = imp.attrs(node)
     auto_pad = attrs.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
@@ -324,7 +324,7 @@ def _window_attrs(imp, node, kernel_rank_from) -> dict:
 # --------------------------------------------------------------------------
 
 
-@_handles("QuantizeLinear")
+@handles("QuantizeLinear")
 def _quantize_linear(imp, node):
     source = node.input[0]
     if source not in imp.float_inputs:
@@ -343,7 +343,7 @@ def _quantize_linear(imp, node):
     imp.values[code] = (code, None)
 
 
-@_handles("DequantizeLinear")
+@handles("DequantizeLinear")
 def _dequantize_linear(imp, node):
     if node.output[0] not in imp.float_outputs:
         raise UnsupportedOpError(f"{imp.where(node)}: DequantizeLinear is supported only on a graph output")
@@ -390,7 +390,7 @@ def _int8_weight(imp, node, w):
     return w
 
 
-@_handles("QLinearConv")
+@handles("QLinearConv")
 def _qlinear_conv(imp, node):
     x = imp.nhwc(node, 0)
     x_scale, _, _ = imp.quant(node, 1, 2, "input")
@@ -408,7 +408,7 @@ def _qlinear_conv(imp, node):
     cout = w.shape[0]
     bias = _int32_bias(imp, node, imp.const(node, 8, "bias"), cout)
     scales = (x_scale * w_scale) / y_scale  # float32, qlinearconv.cc ComputeOutputScale
-    window = _window_attrs(imp, node, w.shape[2:])
+    window = window_attrs(imp, node, w.shape[2:])
     if window["kernel"] != list(w.shape[2:]):
         raise ValidationError(f"{imp.where(node)}: kernel_shape {window['kernel']} contradicts the weight's "
                               f"{list(w.shape[2:])}")
@@ -448,7 +448,7 @@ def _fully_connected(imp, node, a_index, weight_out_in, w_zp, bias, scales, y_q)
              out, None)
 
 
-@_handles("QGemm")
+@handles("QGemm")
 def _qgemm(imp, node):
     attrs = imp.attrs(node)
     if attrs.get("transA", 0):
@@ -467,7 +467,7 @@ def _qgemm(imp, node):
     _fully_connected(imp, node, 0, weight, imp.const(node, 5, "B zero point"), bias, scales, y_q)
 
 
-@_handles("QLinearMatMul")
+@handles("QLinearMatMul")
 def _qlinear_matmul(imp, node):
     a_scale, _, _ = imp.quant(node, 1, 2, "A")
     y_q = imp.quant(node, 6, 7, "output")
@@ -513,15 +513,15 @@ def _global_mean(imp, node, x, x_scale, y_q):
              _rescale_params(np.array([scale])), out, y_dtype, y_scale, y_zp, out, TO_NHWC)
 
 
-@_handles("QLinearGlobalAveragePool")
+@handles("QLinearGlobalAveragePool")
 def _qlinear_global_average_pool(imp, node):
     _global_mean(imp, node, *_pool_input(imp, node))
 
 
-@_handles("QLinearAveragePool")
+@handles("QLinearAveragePool")
 def _qlinear_average_pool(imp, node):
     x, x_scale, y_q = _pool_input(imp, node)
-    window = _window_attrs(imp, node, None)
+    window = window_attrs(imp, node, None)
     if window["dilations"] != [1, 1]:
         raise UnsupportedOpError(f"{imp.where(node)}: dilations {window['dilations']} are not supported")
     if window["kernel"] == list(imp.tensors[x].shape[1:3]) and not any(window["pads"]):
@@ -536,15 +536,15 @@ def _qlinear_average_pool(imp, node):
     imp.emit("avg_pool_float32", node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
 
 
-@_handles("MaxPool")
-def _max_pool(imp, node):
+@handles("MaxPool")
+def lower_max_pool(imp, node):
     if len(node.output) > 1 and node.output[1]:
         raise UnsupportedOpError(f"{imp.where(node)}: the Indices output is not supported")
     x = imp.nhwc(node, 0)
     info = imp.tensors[x]
     if info.dtype not in ("uint8", "int8"):
         raise UnsupportedOpError(f"{imp.where(node)}: MaxPool on {info.dtype} codes is not supported")
-    window = _window_attrs(imp, node, None)
+    window = window_attrs(imp, node, None)
     out = node.output[0]
     imp.emit("max_pool", node.name or out, [x], window, {}, out, info.dtype, info.scale, info.zero_point, out,
              TO_NHWC)
@@ -555,7 +555,7 @@ def _max_pool(imp, node):
 # --------------------------------------------------------------------------
 
 
-def _binary_operands(imp, node):
+def binary_operands(imp, node):
     """``(a, b, perm)``: the two code operands of a QLinear binary op, in one layout.
 
     A constant operand (an initializer of codes) becomes an intsim ``constant``
@@ -577,12 +577,12 @@ def _binary_operands(imp, node):
     return a, b, perm_a
 
 
-@_handles("QLinearAdd")
+@handles("QLinearAdd")
 def _qlinear_add(imp, node):
     a_scale, a_zp, _ = imp.quant(node, 1, 2, "A")
     b_scale, b_zp, _ = imp.quant(node, 4, 5, "B")
     y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
-    a, b, perm_a = _binary_operands(imp, node)
+    a, b, perm_a = binary_operands(imp, node)
     a_q, b_q = (a, a_scale, a_zp), (b, b_scale, b_zp)
     if _input0_is_scalar_per_span(imp.tensors[a].shape, imp.tensors[b].shape):
         # qlinear_binary_op.cc: a span where A is one value calls MlasQLinearAdd(B, ..., &A, ...): the
@@ -616,12 +616,12 @@ def _input0_is_scalar_per_span(shape_a, shape_b) -> bool:
     return False
 
 
-@_handles("QLinearMul")
+@handles("QLinearMul")
 def _qlinear_mul(imp, node):
     a_scale, _, _ = imp.quant(node, 1, 2, "A")
     b_scale, _, _ = imp.quant(node, 4, 5, "B")
     y_scale, y_zp, y_dtype = imp.quant(node, 6, 7, "output")
-    a, b, perm = _binary_operands(imp, node)
+    a, b, perm = binary_operands(imp, node)
     ratio = _f32(_f32(a_scale * b_scale) / y_scale)  # qlmul.cpp: ScaleA * ScaleB / ScaleC in float32
     out = node.output[0]
     imp.emit("mul_float32", node.name or out, [a, b], {}, {"ratio": np.array([ratio], np.float32)}, out, y_dtype,
@@ -637,19 +637,19 @@ def _table_node(imp, node, fn, x_q, y_q):
     imp.emit("lut", node.name or out, [tensor], {}, {"table": table}, out, y_dtype, y_scale, y_zp, out, perm)
 
 
-@_handles("QLinearLeakyRelu")
+@handles("QLinearLeakyRelu")
 def _qlinear_leaky_relu(imp, node):
     alpha = _f32(imp.attrs(node).get("alpha", 0.01))
     _table_node(imp, node, lambda v: np.where(v >= 0, v, alpha * v).astype(np.float32),
                 imp.quant(node, 1, 2, "input"), imp.quant(node, 3, 4, "output"))
 
 
-@_handles("QLinearSigmoid")
+@handles("QLinearSigmoid")
 def _qlinear_sigmoid(imp, node):
     _table_node(imp, node, mlas_logistic, imp.quant(node, 1, 2, "input"), imp.quant(node, 3, 4, "output"))
 
 
-@_handles("QLinearConcat")
+@handles("QLinearConcat")
 def _qlinear_concat(imp, node):
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
     axis = int(imp.attrs(node)["axis"])
@@ -687,7 +687,7 @@ def _same_quant(imp, node, op, attrs, tensor):
     imp.emit(op, node.name or out, [tensor], attrs, {}, out, info.dtype, info.scale, info.zero_point, out, None)
 
 
-@_handles("Flatten")
+@handles("Flatten")
 def _flatten(imp, node):
     tensor, perm = imp.value(node, 0)
     shape = imp.tensors[tensor].shape
@@ -698,7 +698,7 @@ def _flatten(imp, node):
     _same_quant(imp, node, "flatten", {"axis": int(imp.attrs(node).get("axis", 1))}, source)
 
 
-@_handles("Reshape")
+@handles("Reshape")
 def _reshape(imp, node):
     target = imp.const(node, 1, "shape")
     if imp.attrs(node).get("allowzero", 0):
@@ -706,14 +706,14 @@ def _reshape(imp, node):
     _same_quant(imp, node, "reshape", {"shape": [int(d) for d in target]}, imp.layout(node, 0, None))
 
 
-@_handles("Transpose")
+@handles("Transpose")
 def _transpose(imp, node):
     tensor = imp.layout(node, 0, None)
     perm = imp.attrs(node).get("perm", list(range(len(imp.tensors[tensor].shape)))[::-1])
     _same_quant(imp, node, "transpose", {"perm": [int(p) for p in perm]}, tensor)
 
 
-@_handles("Squeeze", "Unsqueeze")
+@handles("Squeeze", "Unsqueeze")
 def _squeeze(imp, node):
     axes = imp.attrs(node).get("axes")
     if axes is None:

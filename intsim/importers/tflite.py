@@ -282,13 +282,13 @@ def _hard_swish_table(x: _Tensor, y: _Tensor) -> np.ndarray:
 # Operator handlers: (builder, op name, inputs, outputs, options) -> None
 # --------------------------------------------------------------------------
 
-_HANDLERS = {}
+QOPERATOR_OPS = {}
 
 
-def _handles(*names):
+def handles(*names):
     def wrap(fn):
         for n in names:
-            _HANDLERS[n] = fn
+            QOPERATOR_OPS[n] = fn
         return fn
 
     return wrap
@@ -307,7 +307,7 @@ def _options(op, cls_name):
     return opts
 
 
-@_handles("CONV_2D", "DEPTHWISE_CONV_2D")
+@handles("CONV_2D", "DEPTHWISE_CONV_2D")
 def _conv(b: _Builder, kind, name, op, ins, outs):
     x, w, y = b.tensor(ins[0]), b.tensor(ins[1]), b.tensor(outs[0])
     bias = b.tensor(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
@@ -337,7 +337,7 @@ def _conv(b: _Builder, kind, name, op, ins, outs):
     b.add("conv2d", name, [b.info(ins[0])], [b.info(outs[0])], attrs, params)
 
 
-@_handles("FULLY_CONNECTED")
+@handles("FULLY_CONNECTED")
 def _fully_connected(b: _Builder, kind, name, op, ins, outs):
     x, w, y = b.tensor(ins[0]), b.tensor(ins[1]), b.tensor(outs[0])
     bias = b.tensor(ins[2]) if len(ins) > 2 and ins[2] >= 0 else None
@@ -365,7 +365,7 @@ def _fully_connected(b: _Builder, kind, name, op, ins, outs):
         b.add("fully_connected", name, [src], [dst], attrs, params)
 
 
-@_handles("ADD", "SUB")
+@handles("ADD", "SUB")
 def _add(b: _Builder, kind, name, op, ins, outs):
     x1, x2, y = b.tensor(ins[0]), b.tensor(ins[1]), b.tensor(outs[0])
     opts = _options(op, "AddOptions" if kind == "ADD" else "SubOptions")
@@ -379,7 +379,7 @@ def _add(b: _Builder, kind, name, op, ins, outs):
     b.add("add", name, [b.info(ins[0]), b.info(ins[1])], [b.info(outs[0])], attrs, params)
 
 
-@_handles("MUL")
+@handles("MUL")
 def _mul(b: _Builder, kind, name, op, ins, outs):
     x1, x2, y = b.tensor(ins[0]), b.tensor(ins[1]), b.tensor(outs[0])
     opts = _options(op, "MulOptions")
@@ -399,7 +399,7 @@ def _constant_or_info(b: _Builder, index: int, name: str) -> str:
     return tname
 
 
-@_handles("RESHAPE")
+@handles("RESHAPE")
 def _reshape(b: _Builder, kind, name, op, ins, outs):
     x, y = b.tensor(ins[0]), b.tensor(outs[0])
     target = list(y.shape)
@@ -408,7 +408,7 @@ def _reshape(b: _Builder, kind, name, op, ins, outs):
     b.add("reshape", name, [b.info(ins[0])], [b.info(outs[0], batch_free=target[0] == 0)], {"shape": target})
 
 
-@_handles("MAX_POOL_2D", "AVERAGE_POOL_2D")
+@handles("MAX_POOL_2D", "AVERAGE_POOL_2D")
 def _pool(b: _Builder, kind, name, op, ins, outs):
     x, y = b.tensor(ins[0]), b.tensor(outs[0])
     opts = _options(op, "Pool2DOptions")
@@ -423,7 +423,7 @@ def _pool(b: _Builder, kind, name, op, ins, outs):
 
 
 
-@_handles("RELU", "RELU6")
+@handles("RELU", "RELU6")
 def _relu(b: _Builder, kind, name, op, ins, outs):
     x, y = b.tensor(ins[0]), b.tensor(outs[0])
     real = float(np.float32(x.scale) / np.float32(y.scale))  # ReluPrepare divides in float32
@@ -432,7 +432,7 @@ def _relu(b: _Builder, kind, name, op, ins, outs):
           Rescale.from_real(np.array([real]), "double").params())
 
 
-@_handles("CONCATENATION")
+@handles("CONCATENATION")
 def _concat(b: _Builder, kind, name, op, ins, outs):
     y = b.tensor(outs[0])
     opts = _options(op, "ConcatenationOptions")
@@ -447,7 +447,7 @@ def _concat(b: _Builder, kind, name, op, ins, outs):
           {"axis": int(opts.Axis()), "clamp": clamp}, params)
 
 
-@_handles("PAD")
+@handles("PAD")
 def _pad(b: _Builder, kind, name, op, ins, outs):
     x, pads, y = b.tensor(ins[0]), b.tensor(ins[1]), b.tensor(outs[0])
     if pads.data is None:
@@ -458,7 +458,7 @@ def _pad(b: _Builder, kind, name, op, ins, outs):
           {"pads_before": paddings[:, 0].tolist(), "pads_after": paddings[:, 1].tolist(), "value": value})
 
 
-@_handles("LOGISTIC", "TANH", "HARD_SWISH")
+@handles("LOGISTIC", "TANH", "HARD_SWISH")
 def _table(b: _Builder, kind, name, op, ins, outs):
     x, y = b.tensor(ins[0]), b.tensor(outs[0])
     if kind == "HARD_SWISH":
@@ -468,7 +468,7 @@ def _table(b: _Builder, kind, name, op, ins, outs):
     b.add("lut", name, [b.info(ins[0])], [b.info(outs[0])], {}, {"table": table})
 
 
-@_handles("SOFTMAX")
+@handles("SOFTMAX")
 def _softmax(b: _Builder, kind, name, op, ins, outs):
     x, y = b.tensor(ins[0]), b.tensor(outs[0])
     opts = _options(op, "SoftmaxOptions")
@@ -604,16 +604,16 @@ def _build(blob: bytes, name: str, where: str) -> Graph:
                                    f"only fully-int8 models are supported")
     graph_inputs = [b.info(t) for t in inputs]
     for n, (kind, op, ins, outs) in enumerate(body):
-        handler = _HANDLERS.get(kind)
+        handler = QOPERATOR_OPS.get(kind)
         if handler is None:
             raise UnsupportedOpError(f"{where}: operator {n} is TFLite builtin {kind}, which intsim does not import; "
-                                     f"supported: {', '.join(sorted(_HANDLERS))}")
+                                     f"supported: {', '.join(sorted(QOPERATOR_OPS))}")
         handler(b, kind, f"{n}:{kind.lower()}", op, ins, outs)
     return Graph(name, "tflite", list(b.infos.values()), b.nodes, graph_inputs, [b.info(t) for t in outputs],
                  metadata=metadata)
 
 
-@_handles("MEAN")
+@handles("MEAN")
 def _mean(b: _Builder, kind, name, op, ins, outs):
     x, axes_t, y = b.tensor(ins[0]), b.tensor(ins[1]), b.tensor(outs[0])
     opts = _options(op, "ReducerOptions")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from intsim.converter.calibration import code_range, quantize_weights
+from intsim.converter.quantizer import code_range, quantize_weights
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.floatgraph.passes import copy_graph

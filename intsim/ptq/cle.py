@@ -23,13 +23,13 @@ from intsim.floatgraph.passes import copy_graph
 from intsim.ptq.bias_correction import activation_bounds
 from intsim.ptq.layers import (
     layer_bias,
-    _equalizable,
-    _homogeneous_activation,
-    _input_channel_ranges,
+    equalizable,
+    homogeneous_activation,
+    input_channel_ranges,
     is_mac,
-    _output_channel_ranges,
+    output_channel_ranges,
     response_to_constant,
-    _scale_input_channels,
+    scale_input_channels,
     set_constant,
     mac_nodes,
 )
@@ -64,12 +64,12 @@ def equalization_pairs(fg: FloatGraph) -> list[Pair]:
             consumers.setdefault(t, []).append(node)
     pairs = []
     for first in mac_nodes(fg):
-        if not _equalizable(first, fg.constants[first.inputs[1]]):
+        if not equalizable(first, fg.constants[first.inputs[1]]):
             continue
         tensor, activation = first.outputs[0], None
         users = consumers.get(tensor, [])
         if len(users) == 1 and tensor not in fg.outputs and users[0].op in ("Relu", "Clip"):
-            if not _homogeneous_activation(users[0]):
+            if not homogeneous_activation(users[0]):
                 continue
             activation = users[0]
             tensor = activation.outputs[0]
@@ -78,7 +78,7 @@ def equalization_pairs(fg: FloatGraph) -> list[Pair]:
             continue
         second = users[0]
         if not (is_mac(fg, second) and second.inputs[0] == tensor and second.op == first.op
-                and _equalizable(second, fg.constants[second.inputs[1]])):
+                and equalizable(second, fg.constants[second.inputs[1]])):
             continue
         pairs.append(Pair(first.name, activation.name if activation else None, second.name))
     return pairs
@@ -128,8 +128,8 @@ def cross_layer_equalization(fg: FloatGraph, *, clip_maxima: Mapping[str, np.nda
         largest = 0.0
         for p in pairs:
             second = nodes[p.second]
-            r1 = _output_channel_ranges(weights[p.first])
-            r2 = _input_channel_ranges(second, weights[p.second])
+            r1 = output_channel_ranges(weights[p.first])
+            r2 = input_channel_ranges(second, weights[p.second])
             live = (r1 > 0) & (r2 > 0)
             s = np.ones_like(r1)
             s[live] = np.sqrt(r1[live] / r2[live])
@@ -142,7 +142,7 @@ def cross_layer_equalization(fg: FloatGraph, *, clip_maxima: Mapping[str, np.nda
                     s = np.where(maximum >= hi, 1.0, np.maximum(s, maximum / scales[p.first] / hi))
             weights[p.first] = weights[p.first] / s.reshape((-1,) + (1,) * (weights[p.first].ndim - 1))
             biases[p.first] = biases[p.first] / s
-            weights[p.second] = _scale_input_channels(second, weights[p.second], s)
+            weights[p.second] = scale_input_channels(second, weights[p.second], s)
             scales[p.first] = scales[p.first] * s
             largest = max(largest, float(np.max(np.abs(s - 1.0))))
         if largest <= tolerance:

@@ -26,17 +26,17 @@ def _is_depthwise(node: FloatNode, weight: np.ndarray) -> bool:
     return node.op == "Conv" and node.attrs["group"] == weight.shape[0] and weight.shape[1] == 1
 
 
-def _equalizable(node: FloatNode, weight: np.ndarray) -> bool:
+def equalizable(node: FloatNode, weight: np.ndarray) -> bool:
     """Input channel i of the layer meets output channel i of the one before: a dense layer or a depthwise conv."""
     return node.op == "Gemm" or node.attrs["group"] == 1 or _is_depthwise(node, weight)
 
 
-def _homogeneous_activation(node: FloatNode) -> bool:
+def homogeneous_activation(node: FloatNode) -> bool:
     """ReLU, or Clip(0, max): scaled only where the clip does not act (module docstring)."""
     return node.op == "Relu" or (node.op == "Clip" and node.attrs.get("min", -math.inf) == 0.0)
 
 
-def _input_channel_ranges(node: FloatNode, weight: np.ndarray) -> np.ndarray:
+def input_channel_ranges(node: FloatNode, weight: np.ndarray) -> np.ndarray:
     """``max |W|`` over everything that reads input channel i (a depthwise conv: its channel i)."""
     w = np.abs(weight.astype(np.float64))
     if _is_depthwise(node, weight):
@@ -44,11 +44,11 @@ def _input_channel_ranges(node: FloatNode, weight: np.ndarray) -> np.ndarray:
     return w.max(axis=tuple(a for a in range(w.ndim) if a != 1))
 
 
-def _output_channel_ranges(weight: np.ndarray) -> np.ndarray:
+def output_channel_ranges(weight: np.ndarray) -> np.ndarray:
     return np.abs(weight.astype(np.float64)).reshape(weight.shape[0], -1).max(axis=1)
 
 
-def _scale_input_channels(node: FloatNode, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
+def scale_input_channels(node: FloatNode, weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
     axis = 0 if _is_depthwise(node, weight) else 1
     shape = [1] * weight.ndim
     shape[axis] = -1

@@ -78,7 +78,7 @@ def _mean(step, x):
 
 
 @_handler("MaxPool")
-def _max_pool(step, x):
+def lower_max_pool(step, x):
     a = step.nodes[0].attrs
     return F.max_pool2d(_spatial_pads(x, a["pads"], -torch.inf), tuple(a["kernel_shape"]), tuple(a["strides"]),
                         dilation=tuple(a.get("dilations", (1, 1))))

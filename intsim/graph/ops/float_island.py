@@ -25,7 +25,7 @@ from intsim.graph.ops.base import (
     register,
     spatial_infer,
 )
-from intsim.graph.ops.peers import AvgPoolFloat32, _float32_scalar_param
+from intsim.graph.ops.peers import AvgPoolFloat32, float32_scalar_param
 
 
 def _float32_array(node, key, shape=None, ndim=None):
@@ -50,7 +50,7 @@ class AddFloat32(Op):
         check_arity(node, 2)
         check_dtypes(node, graph)
         for key in self.SCALES:
-            _float32_scalar_param(node, key, positive=True)
+            float32_scalar_param(node, key, positive=True)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
         broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
 
@@ -88,7 +88,7 @@ class Conv2DFloat32(Op):
         w = _float32_array(node, "weight", ndim=4)
         _float32_array(node, "bias", (w.shape[0],))
         for key in ("x_scale", "y_scale"):
-            _float32_scalar_param(node, key, positive=True)
+            float32_scalar_param(node, key, positive=True)
         groups = int_attr(node, "groups", 1, lo=1)
         ints_attr(node, "strides", 2, (1, 1), lo=1)
         ints_attr(node, "dilations", 2, (1, 1), lo=1)
@@ -136,7 +136,7 @@ class GemmFloat32(Op):
         w = _float32_array(node, "weight", ndim=2)
         _float32_array(node, "bias", (w.shape[1],))
         for key in ("a_scale", "y_scale"):
-            _float32_scalar_param(node, key, positive=True)
+            float32_scalar_param(node, key, positive=True)
         a = graph.tensors[node.inputs[0]]
         if not a.shape or (a.shape[-1] is not None and a.shape[-1] != w.shape[0]):
             fail(node, f"input {a.name!r} of shape {a.shape} must end in the weight's depth {w.shape[0]}")
@@ -170,7 +170,7 @@ class GlobalAvgPoolFloat32(Op):
         check_arity(node, 1)
         check_dtypes(node, graph)
         for key in ("x_scale", "y_scale"):
-            _float32_scalar_param(node, key, positive=True)
+            float32_scalar_param(node, key, positive=True)
         x = graph.tensors[node.inputs[0]]
         if len(x.shape) != 4:
             fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")

@@ -62,7 +62,7 @@ class SoftmaxGemmlowp(Op):
         return [out.reshape(x.shape)], {}
 
 
-def _float32_scalar_param(node, key, positive=False) -> np.float32:
+def float32_scalar_param(node, key, positive=False) -> np.float32:
     """A float32 parameter of shape (1,): finite, and above 0 where ``positive``."""
     value = param(node, key, kinds="f", shape=(1,))
     if value.dtype != np.float32:
@@ -90,7 +90,7 @@ class AddFloat32Fma(Op):
         check_arity(node, 2)
         check_dtypes(node, graph)
         for key in self.PARAMS:
-            _float32_scalar_param(node, key)
+            float32_scalar_param(node, key)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
         broadcast_shape(node, [graph.tensors[t].shape for t in node.inputs])
 
@@ -128,7 +128,7 @@ class MulFloat32(Op):
     def check(self, node, graph):
         check_arity(node, 2)
         check_dtypes(node, graph, ("int8", "uint8"))
-        ratio = _float32_scalar_param(node, "ratio")
+        ratio = float32_scalar_param(node, "ratio")
         a, b, out = (graph.tensors[t] for t in (*node.inputs, node.outputs[0]))
         reach = float(abs(ratio)) * _max_centred(a) * _max_centred(b) + abs(out.zero_point)
         if reach >= 2.0**31:
@@ -169,7 +169,7 @@ class AvgPoolFloat32(Op):
         check_arity(node, 1)
         check_dtypes(node, graph, self.CODE_TYPES)
         for key in ("x_scale", "y_scale"):
-            _float32_scalar_param(node, key, positive=True)
+            float32_scalar_param(node, key, positive=True)
         check_average_window(node)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
 
