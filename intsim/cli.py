@@ -341,7 +341,12 @@ def _adaround(args):
 
     given = {k: v for k, v in (("iterations", args.adaround_iterations), ("batch_size", args.adaround_batch_size),
                                ("reg_weight", args.adaround_reg_weight)) if v is not None}
-    return AdaRoundOptions(**given) if given else args.adaround
+    if not given:
+        return args.adaround
+    try:
+        return AdaRoundOptions(**given).checked()
+    except ValidationError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _overrides(args) -> dict:

@@ -34,7 +34,7 @@ from intsim.kernels.fully_connected import (
 )
 from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, pad_encode
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
-from intsim.kernels.threads import apply_threads, thread_count
+from intsim.kernels.threads import apply_threads, set_threads, thread_count  # noqa: F401  (set_threads: public here too)
 
 
 # --------------------------------------------------------------------------

@@ -767,8 +767,11 @@ def run_cases(cases, base, timeout=CASE_TIMEOUT):
     for category, index in cases:
         if proc is None:
             proc = _start_worker(base)
-        proc.stdin.write(json.dumps([category, index]) + "\n")
-        proc.stdin.flush()
+        try:
+            proc.stdin.write(json.dumps([category, index]) + "\n")
+            proc.stdin.flush()
+        except BrokenPipeError:  # the worker died before reading the case: the next line says how
+            pass
         line = _readline(proc, timeout)
         if line:
             results.append(tuple(json.loads(line)))

@@ -663,7 +663,7 @@ def implicit_conv_cases(draw):
 @given(case=implicit_conv_cases())
 def test_implicit_conv_matches_naive(isa_name, monkeypatch, case):
     x, args, requant, chunk_rows = case
-    monkeypatch.setattr(gemm, "CHUNK_ROWS", chunk_rows)
+    monkeypatch.setattr(gemm_chunk, "CHUNK_ROWS", chunk_rows)
     prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
     kernel_taps = args[1].shape[1] * args[1].shape[2]
     assert prepared.packed.taps == kernel_taps

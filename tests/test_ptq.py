@@ -24,7 +24,7 @@ from intsim.ptq.bias_correction import (
 )
 from intsim.ptq.statistics import channel_maxima, preactivation_statistics
 from intsim.profiles import get_profile
-from intsim import ptq
+from intsim.ptq import statistics as ptq_statistics
 from intsim.ptq.statistics import Stepper
 
 CONV = {"strides": [1, 1], "dilations": [1, 1], "pads": [1, 1, 1, 1]}
@@ -382,7 +382,7 @@ def test_walk_beyond_its_memory_budget_keeps_tensors_on_disk_with_the_same_value
     fmt = WeightFormat.of(get_profile("paper").replace(weight_bits=4, per_channel=False))
     options = AdaRoundOptions(iterations=30, learning_rate=0.02)
     learned, _ = adaround(fg, weights, fmt.codes, x, 8, options)
-    monkeypatch.setattr(ptq, "WALK_MEMORY_BYTES", 0)
+    monkeypatch.setattr(ptq_statistics, "WALK_MEMORY_BYTES", 0)
     spilled, _ = adaround(fg, weights, fmt.codes, x, 8, options)
     for name in learned:
         np.testing.assert_array_equal(spilled[name][0], learned[name][0], strict=True)
