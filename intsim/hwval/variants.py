@@ -14,7 +14,6 @@ from intsim.graph.ops import MAC_OPS, REQUANTIZING_OPS
 from intsim.runtime import Model, Trace
 
 
-
 # --------------------------------------------------------------------------
 # One node alone, under a modified setting: the diff's causes and the sweep's widths.
 # --------------------------------------------------------------------------

@@ -24,8 +24,6 @@ def unique_name(base: str, used: set[str]) -> str:
     return name
 
 
-
-
 def read_initializer(tensor) -> np.ndarray:
     """An initializer's array; external data, or dims that contradict the data, are a ModelFormatError."""
     if tensor.data_location == onnx.TensorProto.EXTERNAL:

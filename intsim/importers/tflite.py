@@ -422,7 +422,6 @@ def _pool(b: _Builder, kind, name, op, ins, outs):
         b.add("rescale", f"{name}/activation", [pooled], [dst], {"clamp": clamp}, _IDENTITY.params())
 
 
-
 @handles("RELU", "RELU6")
 def _relu(b: _Builder, kind, name, op, ins, outs):
     x, y = b.tensor(ins[0]), b.tensor(outs[0])

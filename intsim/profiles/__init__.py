@@ -32,7 +32,6 @@ from intsim.errors import ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
 
 
-
 @dataclass(frozen=True)
 class Profile:
     """The integer arithmetic of one accelerator.

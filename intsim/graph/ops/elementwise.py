@@ -61,10 +61,6 @@ class RescaleOp(Op):
         return [out.reshape(x.shape)], {"saturation_count": sat}
 
 
-
-
-
-
 @register("add")
 class Add(Op):
     """``y = a + b`` (or ``a - b`` with attribute ``subtract``), both inputs rescaled first.
@@ -259,8 +255,6 @@ class AvgPool(Op):
 
     def run(self, plan, inputs, kernels):
         return [kernels.avg_pool_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])], {}
-
-
 
 
 @register("mean")

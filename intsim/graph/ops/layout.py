@@ -19,6 +19,7 @@ from intsim.graph.ops.base import (
     same_quantization,
 )
 
+
 class _LayoutOp(Op):
     def check(self, node, graph):
         check_arity(node, 1)

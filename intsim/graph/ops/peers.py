@@ -23,6 +23,7 @@ from intsim.graph.ops.base import (
     spatial_infer,
 )
 
+
 @register("softmax_gemmlowp")
 class SoftmaxGemmlowp(Op):
     """LiteRT's reference int8 softmax over the last axis (gemmlowp fixed-point exp, see the kernel).
