@@ -79,7 +79,7 @@ class QdqExport:
     inexact: dict = field(default_factory=dict)
 
 
-def export_qdq(graph: Graph, path, *, uint8_activations: bool = True) -> QdqExport:
+def export_qdq(graph: Graph, path, *, uint8_activations: bool | None = None) -> QdqExport:
     """Write ``graph`` as a QDQ ONNX model at ``path``.
 
     Parameters
@@ -88,9 +88,12 @@ def export_qdq(graph: Graph, path, *, uint8_activations: bool = True) -> QdqExpo
         Any integer graph (from ``convert``, a TFLite file or a QDQ / QOperator ONNX model).
     path : str or Path
         The ``.onnx`` file to write.
-    uint8_activations : bool
-        Write int8 activations as uint8 with zero point + 128 (default), as onnxruntime does on
-        x86-64 before fusing; ``False`` keeps int8 (onnxruntime on ARM fuses int8 too).
+    uint8_activations : bool, optional
+        Write int8 activations as uint8 with zero point + 128, as onnxruntime does on x86-64 before
+        fusing; ``False`` keeps int8 (onnxruntime on ARM fuses int8 too).  Default: ``False`` for a
+        graph read from a QDQ or QOperator ONNX model (its int8 tensors are the ones onnxruntime
+        itself keeps int8, whose readers it runs as float islands or int8 ``QLinearAdd``), else
+        ``True``.
 
     Returns
     -------
@@ -102,6 +105,8 @@ def export_qdq(graph: Graph, path, *, uint8_activations: bool = True) -> QdqExpo
     UnsupportedOpError
         An op with no QDQ form here, naming the node.
     """
+    if uint8_activations is None:
+        uint8_activations = graph.metadata.get("source") not in ("onnx_qdq", "onnx_qoperator")
     writer = _Writer(graph, uint8_activations)
     model = writer.run()
     path = Path(path)
@@ -179,11 +184,15 @@ class _Writer:
     def file_dtype(self, t) -> str:
         return "uint8" if self.offset(t) else self.graph.tensors[t].dtype
 
-    def qparams(self, t, scale=None) -> list[str]:
-        """The scale and zero point initializers of tensor ``t`` as the file holds its codes."""
+    def qparams(self, t, scale=None, repeat=None) -> list[str]:
+        """The scale and zero point initializers of tensor ``t`` as the file holds its codes (each
+        repeated ``repeat`` times for a per-axis DQ)."""
         info = self.graph.tensors[t]
+        scale = _f32(info.scale if scale is None else scale)
         zp = np.array(info.zero_point + self.offset(t), self.file_dtype(t))
-        return [self.init(f"{t}/scale", _f32(info.scale if scale is None else scale)), self.init(f"{t}/zero_point", zp)]
+        if repeat is not None:
+            scale, zp = np.full(repeat, scale), np.full(repeat, zp)
+        return [self.init(f"{t}/scale", scale), self.init(f"{t}/zero_point", zp)]
 
     def quantize(self, t, source, perm, scale=None) -> str:
         """``Q(source)`` as the codes of intsim tensor ``t`` held in layout ``perm``."""
@@ -209,10 +218,20 @@ class _Writer:
         self.held[t] = (out, perm)
         return out
 
-    def dequantize(self, t, perm="held", scale=None) -> str:
-        """A DQ of ``t``'s codes for one reader (``scale`` overrides the tensor's)."""
+    def dequantize(self, t, perm="held", scale=None, per_axis=False) -> str:
+        """A DQ of ``t``'s codes for one reader (``scale`` overrides the tensor's).  ``per_axis``
+        writes the one scale and zero point once per element of the tensor's longest known axis:
+        the same values, but no longer a per-tensor DQ, which keeps onnxruntime's
+        ``WeightBiasQuantization`` from quantizing a float island's weights."""
         codes = self.held[t][0] if perm == "held" else self.codes(t, perm)
-        return self.node("DequantizeLinear", [codes, *self.qparams(t, scale)], [self.unique(f"{t}/dq")])
+        if not per_axis:
+            return self.node("DequantizeLinear", [codes, *self.qparams(t, scale)], [self.unique(f"{t}/dq")])
+        shape = self.graph.tensors[t].shape
+        held = self.held[t][1]
+        dims = [shape[p] or 1 for p in (held if held is not None else range(len(shape)))]
+        axis = int(np.argmax(dims))
+        return self.node("DequantizeLinear", [codes, *self.qparams(t, scale, dims[axis])], [self.unique(f"{t}/dq")],
+                         axis=axis)
 
     def finish(self, node, value, perm, scale=None) -> None:
         """``Q(value)`` into the node's output (with ``scale`` in place of the tensor's where given), then
@@ -579,4 +598,61 @@ def _constant(ex, node):
     y = node.outputs[0]
     value = node.params["value"].astype(np.int64) + ex.offset(y)
     ex.alias(y, ex.init(f"{y}/codes", value.astype(ex.file_dtype(y))), None)
+    return None
+
+
+# --------------------------------------------------------------------------
+# Float islands (a QDQ model's groups onnxruntime leaves in float32): written back as float ops
+# between a DQ and a Q, with their float32 weights, so onnxruntime runs the same float kernels.
+# --------------------------------------------------------------------------
+
+_SUMMATION_ORDER = "a float island: onnxruntime sums in MLAS's blocked order, intsim in float64 rounded once"
+
+
+def _scale(node, key) -> np.float32:
+    return _f32(node.params[key].reshape(-1)[0])
+
+
+@exports("conv2d_float32")
+def _conv2d_float32(ex, node):
+    x, y = node.inputs[0], node.outputs[0]
+    a = node.attrs
+    weight = ex.init(f"{node.name}/weight", np.ascontiguousarray(node.params["weight"].transpose(0, 3, 1, 2)))
+    conv = ex.node("Conv", [ex.dequantize(x, TO_NCHW, scale=_scale(node, "x_scale"), per_axis=True), weight,
+                            ex.init(f"{node.name}/bias", node.params["bias"].astype(np.float32))],
+                   [ex.unique(f"{y}/conv")], name=node.name, strides=list(a.get("strides", (1, 1))),
+                   dilations=list(a.get("dilations", (1, 1))), pads=list(a.get("pads", (0, 0, 0, 0))),
+                   group=int(a.get("groups", 1)))
+    ex.finish(node, conv, TO_NCHW, _scale(node, "y_scale"))
+    return _SUMMATION_ORDER
+
+
+@exports("gemm_float32")
+def _gemm_float32(ex, node):
+    x, y = node.inputs[0], node.outputs[0]
+    gemm = ex.node("Gemm", [ex.dequantize(x, None, scale=_scale(node, "a_scale"), per_axis=True),
+                            ex.init(f"{node.name}/weight", node.params["weight"].astype(np.float32)),
+                            ex.init(f"{node.name}/bias", node.params["bias"].astype(np.float32))],
+                   [ex.unique(f"{y}/gemm")], name=node.name)
+    ex.finish(node, gemm, None, _scale(node, "y_scale"))
+    return _SUMMATION_ORDER
+
+
+@exports("add_float32")
+def _add_float32(ex, node):
+    perm = _same_layout(ex, node)
+    (a, b), y = node.inputs, node.outputs[0]
+    total = ex.node("Add", [ex.dequantize(a, perm, scale=_scale(node, "a_scale")),
+                            ex.dequantize(b, perm, scale=_scale(node, "b_scale"))], [ex.unique(f"{y}/add")],
+                    name=node.name)
+    ex.finish(node, total, perm, _scale(node, "y_scale"))
+    return None
+
+
+@exports("global_avg_pool_float32")
+def _global_avg_pool_float32(ex, node):
+    x, y = node.inputs[0], node.outputs[0]
+    pooled = ex.node("GlobalAveragePool", [ex.dequantize(x, TO_NCHW, scale=_scale(node, "x_scale"))],
+                     [ex.unique(f"{y}/pooled")], name=node.name)
+    ex.finish(node, pooled, TO_NCHW, _scale(node, "y_scale"))
     return None
