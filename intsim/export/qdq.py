@@ -533,7 +533,7 @@ def _concat(ex, node):
     perm = held.pop() if len(held) == 1 else None
     rank = len(ex.graph.tensors[node.inputs[0]].shape)
     axis = int(node.attrs["axis"]) % rank
-    onnx_axis = perm[axis] if perm is not None else axis
+    onnx_axis = list(perm).index(axis) if perm is not None else axis
     y = node.outputs[0]
     joined = ex.node("Concat", [ex.dequantize(t, perm) for t in node.inputs], [ex.unique(f"{y}/concat")],
                      name=node.name, axis=int(onnx_axis))
