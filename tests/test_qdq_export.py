@@ -210,3 +210,37 @@ def test_cli_export_qdq(digits, tmp_path, capsys):
     assert "wrote the QDQ ONNX model" in out and "'double' rounding" in out
     assert onnx.load(str(tmp_path / "m.onnx")).graph.node
     assert main(["export-qdq", str(tmp_path / "missing.intsim"), str(tmp_path / "n.onnx")]) == 1
+
+
+def test_16_bit_conv_island_differs_from_exact_only_at_near_ties(digits, tmp_path):
+    # A16W8: fed onnxruntime's own int16 input codes, a float Conv island's output differs from the float64-exact
+    # convolution of the same float32 values only within 0.01 of a rounding tie: MLAS's float32 summation, not
+    # a semantic difference (rounding, saturation, bias or zero points) (docs/qdq.md, "Why 16-bit differs").
+    path = tmp_path / "a16.onnx"
+    quantize_static(str(model_path("resnet_digits.onnx")), str(path), _Reader("x", digits[:16]),
+                    quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt16, weight_type=QuantType.QInt8)
+    graph = intsim.load(path).graph
+    node = [n for n in graph.nodes if n.op == "conv2d_float32"][1]
+    onnx_name = {v["tensor"]: k for k, v in graph.metadata["onnx_tensors"].items()}
+    names = [onnx_name[node.inputs[0]], onnx_name[node.outputs[0]]]
+    proto = onnx.load(str(path))
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    x_codes, y_codes = session.run(names, {"x": digits[:50]})
+    x_info, y_info = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+    x = ((x_codes.astype(np.float32) - np.float32(x_info.zero_point)) * node.params["x_scale"][0]).astype(np.float64)
+    w = node.params["weight"].astype(np.float64)  # OHWI
+    top, left, bottom, right = node.attrs["pads"]
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    _, _, h, wd = x.shape
+    exact = np.zeros(y_codes.shape) + node.params["bias"].astype(np.float64)[None, :, None, None]
+    for i in range(w.shape[1]):
+        for j in range(w.shape[2]):
+            exact += np.einsum("nchw,oc->nohw", padded[:, :, i:i + h, j:j + wd], w[:, i, j, :])
+    q = exact / np.float64(node.params["y_scale"][0])
+    expected = np.clip(np.rint(q) + y_info.zero_point, -32768, 32767)
+    differ = expected != y_codes
+    assert node.attrs["strides"] == [1, 1] and differ.sum() <= 1e-3 * differ.size
+    np.testing.assert_array_less(np.abs(q[differ] - np.floor(q[differ]) - 0.5), 0.01)
