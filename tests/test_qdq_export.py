@@ -4,6 +4,7 @@ Every code tensor the file holds (the output of a ``QuantizeLinear`` or a ``Gath
 graph output, which leaves onnxruntime's fusions as they are (a Q's readers do not decide its
 producer's group).  onnxruntime's input codes are fed to intsim, and every tensor is compared with
 ``assert_array_equal(strict=True)`` where the export says onnxruntime's arithmetic is the node's.
+The default run takes about 40 s; ``-m "slow or not slow"`` adds mobilenet_digits.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _assert_exact(model, x, path):
     return codes
 
 
-@pytest.mark.parametrize("model_name", ["resnet_digits", "mobilenet_digits"])
+@pytest.mark.parametrize("model_name", ["resnet_digits", pytest.param("mobilenet_digits", marks=pytest.mark.slow)])
 def test_converted_models_export_bit_exact(digits, tmp_path, model_name):
     # convert under the onnxruntime profile: conv2d / fully_connected / mean requantize in float32 as
     # QLinearConv / QGemm / QLinearGlobalAveragePool do, and intsim's float32 add is written as a float island.
