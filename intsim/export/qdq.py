@@ -656,3 +656,20 @@ def _global_avg_pool_float32(ex, node):
                      [ex.unique(f"{y}/pooled")], name=node.name)
     ex.finish(node, pooled, TO_NCHW, _scale(node, "y_scale"))
     return None
+
+
+@exports("softmax_qlinear")
+def _softmax_qlinear(ex, node):
+    from intsim.importers.onnx_qop import qlinear_softmax_table
+
+    x, y = node.inputs[0], node.outputs[0]
+    codes, held = ex.held[x]
+    info = ex.graph.tensors[x]
+    axis = int(node.attrs.get("axis", -1)) % len(info.shape)
+    onnx_axis = list(held).index(axis) if held is not None else axis
+    soft = ex.node("Softmax", [ex.dequantize(x)], [ex.unique(f"{y}/softmax")], name=node.name, axis=onnx_axis)
+    ex.finish(node, soft, held)
+    formed = (qlinear_softmax_table(info.scale, info.shape[axis]),
+              np.floor(_f32(1.0) / _f32(ex.graph.tensors[y].scale)))
+    same = np.array_equal(node.params["table"], formed[0]) and node.params["y_multiplier"][0] == formed[1]
+    return None if same else "onnxruntime builds another exp table or output multiplier from the file's scales"

@@ -539,7 +539,7 @@ def _fuse_concat(rw, node):
 
 
 _UNARY = {"AveragePool": "QLinearAveragePool", "GlobalAveragePool": "QLinearGlobalAveragePool",
-          "LeakyRelu": "QLinearLeakyRelu", "Sigmoid": "QLinearSigmoid"}
+          "LeakyRelu": "QLinearLeakyRelu", "Sigmoid": "QLinearSigmoid", "Softmax": "QLinearSoftmax"}
 
 
 @_fuses(*_UNARY)
@@ -553,7 +553,10 @@ def _fuse_unary(rw, node):
     if x_type != y_type or x_type not in _EIGHT_BIT:
         return None
     inputs = rw.operand(dqs[0]) + rw.quant_inputs(q)
-    return [rw.qlinear(_UNARY[node.op_type], node, inputs, q, rw.attrs(node), MS_DOMAIN)], [q]
+    attrs = rw.attrs(node)
+    if node.op_type == "Softmax":  # QDQSelectorActionTransformer passes the model's opset (its axis default)
+        attrs = {"axis": attrs.get("axis", -1 if rw.opset >= 13 else 1), "opset": rw.opset}
+    return [rw.qlinear(_UNARY[node.op_type], node, inputs, q, attrs, MS_DOMAIN)], [q]
 
 
 _DROP_QDQ = ("Flatten", "Reshape", "Squeeze", "Transpose", "Unsqueeze")

@@ -649,6 +649,38 @@ def _qlinear_sigmoid(imp, node):
     _table_node(imp, node, mlas_logistic, imp.quant(node, 1, 2, "input"), imp.quant(node, 3, 4, "output"))
 
 
+@handles("QLinearSoftmax")
+def _qlinear_softmax(imp, node):
+    x_scale, _, x_dtype = imp.quant(node, 1, 2, "input")
+    y_scale, y_zp, y_dtype = imp.quant(node, 3, 4, "output")
+    if x_dtype != y_dtype:
+        raise ValidationError(f"{imp.where(node)}: input and output must be one type, found {x_dtype} and {y_dtype}")
+    tensor, perm = imp.value(node, 0)
+    rank = len(imp.tensors[tensor].shape)
+    attrs = imp.attrs(node)
+    axis = int(attrs.get("axis", -1)) % rank
+    if attrs.get("opset", 13) < 13 and axis != rank - 1:
+        raise UnsupportedOpError(f"{imp.where(node)}: a Softmax of opset < 13 over the axes from {axis} on (not the "
+                                 f"last alone) is not supported")
+    reduce_len = imp.tensors[tensor].shape[axis]
+    if reduce_len is None:
+        raise UnsupportedOpError(f"{imp.where(node)}: the softmax axis must have a known size")
+    params = {"table": qlinear_softmax_table(x_scale, reduce_len),
+              "y_multiplier": np.array([np.floor(_f32(1.0) / y_scale)], np.float32)}
+    out = node.output[0]
+    imp.emit("softmax_qlinear", node.name or out, [tensor], {"axis": perm.index(axis) if perm else axis}, params,
+             out, y_dtype, y_scale, y_zp, out, perm)
+
+
+def qlinear_softmax_table(x_scale, reduce_len) -> np.ndarray:
+    """onnxruntime's ``QLinearSoftmax`` table (``qlinear_softmax.cc``): entry ``d + 255`` holds
+    ``float32(exp((d + shift) * s_x))`` for the code distance ``d = x - max`` in ``[-255, 0]``, computed in
+    double, where ``shift = max(0, ln(FLT_MAX / reduce_len) - 5) / s_x`` keeps a row's float32 sum finite."""
+    s = np.float64(_f32(x_scale))
+    shift = max(0.0, float(np.log(np.float64(np.finfo(np.float32).max) / reduce_len)) - 5.0) / s
+    return np.exp((np.arange(-255, 1, dtype=np.float64) + shift) * s).astype(np.float32)
+
+
 @handles("QLinearConcat")
 def _qlinear_concat(imp, node):
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
