@@ -242,7 +242,7 @@ def softmax_qlinear(x, table, y_multiplier, out_zero_point, clamp_min, clamp_max
 
     ``contrib_ops/cpu/quantization/qlinear_softmax.cc``: a float32 table ``table[d + 255]`` of
     ``exp`` of every code distance ``d = x - max(row)`` in ``[-255, 0]`` (built by the importer, see
-    :func:`intsim.importers.onnx_qop.qlinear_softmax_table`); ``total`` is the float32 sum of the
+    :func:`intsim.importers.onnxruntime_tables.qlinear_softmax_table`); ``total`` is the float32 sum of the
     row's entries in index order; each output is ``rint(float32(entry * y_multiplier) / total)``
     (ties to even) plus the output zero point, saturated to the code range.  ``y_multiplier`` is
     ``floor(1 / s_y)``: the output scale counts only through it (measured on onnxruntime 1.32:

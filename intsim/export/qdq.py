@@ -43,7 +43,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from intsim.codes import dtype_range
-from intsim.errors import UnsupportedOpError, ValidationError
+from intsim.errors import UnsupportedOpError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES
 from intsim.graph import Graph
 from intsim.graph.ops import clamp_bounds, rescale_params
@@ -660,7 +660,7 @@ def _global_avg_pool_float32(ex, node):
 
 @exports("softmax_qlinear")
 def _softmax_qlinear(ex, node):
-    from intsim.importers.onnx_qop import qlinear_softmax_table
+    from intsim.importers.onnxruntime_tables import qlinear_softmax_table
 
     x, y = node.inputs[0], node.outputs[0]
     codes, held = ex.held[x]

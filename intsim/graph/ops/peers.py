@@ -80,7 +80,7 @@ class SoftmaxQLinear(Op):
 
     Parameters ``table`` (float32, 256 entries: ``table[d + 255]`` for ``d = x - max`` in ``[-255, 0]``) and
     ``y_multiplier`` (float32 of shape (1,), ``floor(1 / s_y)``) are formed by the importer as onnxruntime
-    forms them (:func:`intsim.importers.onnx_qop.qlinear_softmax_table`); see
+    forms them (:func:`intsim.importers.onnxruntime_tables.qlinear_softmax_table`); see
     :func:`intsim.kernels.softmax_qlinear`.
     """
 
