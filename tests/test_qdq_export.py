@@ -44,7 +44,7 @@ def _onnxruntime_codes(path, written, model: Model, x: np.ndarray) -> dict:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    got = dict(zip(probes, session.run(probes, {model.graph.inputs[0]: x})))
+    got = dict(zip(probes, session.run(probes, {session.get_inputs()[0].name: x})))
     codes = {}
     for t, name in names.items():
         if name not in got:

@@ -131,12 +131,16 @@ class _Writer:
     # --- the file ----------------------------------------------------------
     def run(self) -> onnx.ModelProto:
         graph = self.graph
+        # A graph read from ONNX keeps that file's float edge names; others name the edges by their code tensors.
+        float_names = {code: name for name, code in {**graph.metadata.get("onnx_inputs", {}),
+                                                     **graph.metadata.get("onnx_outputs", {})}.items()}
         inputs = []
         for t in graph.inputs:
             info = graph.tensors[t]
-            inputs.append(helper.make_tensor_value_info(t, TensorProto.FLOAT, _dims(info.shape)))
-            self.names.add(t)
-            self.quantize(t, t, None)
+            name = float_names.get(t, t)
+            inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, _dims(info.shape)))
+            self.names.add(name)
+            self.quantize(t, name, None)
         for node in graph.nodes:
             exporter = _EXPORTERS.get(node.op)
             if exporter is None:
@@ -148,7 +152,7 @@ class _Writer:
         outputs = []
         for t in graph.outputs:
             info = graph.tensors[t]
-            out = f"{t}:float" if t in graph.inputs else t
+            out = self.unique(float_names.get(t, t))
             self.node("DequantizeLinear", [self.codes(t, None), *self.qparams(t)], [out])
             outputs.append(helper.make_tensor_value_info(out, TensorProto.FLOAT, _dims(info.shape)))
         onnx_graph = helper.make_graph(self.nodes, graph.name or "intsim", inputs, outputs, self.initializers)
@@ -673,3 +677,15 @@ def _softmax_qlinear(ex, node):
               np.floor(_f32(1.0) / _f32(ex.graph.tensors[y].scale)))
     same = np.array_equal(node.params["table"], formed[0]) and node.params["y_multiplier"][0] == formed[1]
     return None if same else "onnxruntime builds another exp table or output multiplier from the file's scales"
+
+
+@exports("resize_nearest")
+def _resize_nearest(ex, node):
+    # Gather of the source rows, then columns, on the NCHW codes: the node's index tables, whatever mode made them.
+    x, y = node.inputs[0], node.outputs[0]
+    codes = ex.codes(x, TO_NCHW)
+    for axis, key in ((2, "index_h"), (3, "index_w")):
+        codes = ex.node("Gather", [codes, ex.init(f"{node.name}/{key}", node.params[key].astype(np.int64))],
+                        [ex.unique(f"{y}/{key}")], name=f"{node.name}/{key}", axis=axis)
+    ex.alias(y, codes, TO_NCHW)
+    return None

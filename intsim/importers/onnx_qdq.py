@@ -559,7 +559,7 @@ def _fuse_unary(rw, node):
     return [rw.qlinear(_UNARY[node.op_type], node, inputs, q, attrs, MS_DOMAIN)], [q]
 
 
-_DROP_QDQ = ("Flatten", "Reshape", "Squeeze", "Transpose", "Unsqueeze")
+_DROP_QDQ = ("Flatten", "Reshape", "Resize", "Squeeze", "Transpose", "Unsqueeze")
 
 
 @_fuses("MaxPool", *_DROP_QDQ)

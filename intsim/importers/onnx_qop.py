@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from intsim.errors import IntsimError, ModelFormatError, UnsupportedOpError, ValidationError
+from intsim.floatgraph.execute import COORDINATE_MODES, NEAREST_MODES, resize_source_indices
 from intsim.fixedpoint import Rescale
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.codes import dtype_range
@@ -735,6 +736,35 @@ def _transpose(imp, node):
     tensor = imp.layout(node, 0, None)
     perm = imp.attrs(node).get("perm", list(range(len(imp.tensors[tensor].shape)))[::-1])
     _same_quant(imp, node, "transpose", {"perm": [int(p) for p in perm]}, tensor)
+
+
+@handles("Resize")
+def _resize(imp, node):
+    """A nearest-neighbour Resize of the spatial axes, on codes (onnxruntime drops its Q/DQ): intsim's
+    ``resize_nearest`` with onnxruntime's source indices (:func:`intsim.floatgraph.execute.resize_source_indices`)."""
+    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in imp.attrs(node).items()}
+    mode = (attrs.get("coordinate_transformation_mode", "half_pixel"), attrs.get("nearest_mode", "round_prefer_floor"))
+    if attrs.get("mode", "nearest") != "nearest" or mode[0] not in COORDINATE_MODES or mode[1] not in NEAREST_MODES \
+            or "axes" in attrs or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedOpError(f"{imp.where(node)}: only a nearest Resize of every axis (keep_aspect_ratio_policy "
+                                 f"stretch) is lowered, found {attrs}")
+    x = imp.nhwc(node, 0)
+    shape = imp.tensors[x].shape
+    onnx_shape = [shape[0], shape[3], shape[1], shape[2]]
+    sizes = imp.const(node, 3, "sizes")
+    if sizes is None:
+        scales = imp.const(node, 2, "scales").astype(np.float64)
+        sizes = [None if d is None else int(np.floor(d * s)) for d, s in zip(onnx_shape, scales)]
+        if any(d is not None and d * s != t for d, s, t in zip(onnx_shape, scales, sizes)):
+            raise UnsupportedOpError(f"{imp.where(node)}: scales {scales.tolist()} give a fractional output size")
+    sizes = [None if d is None else int(d) for d in sizes]
+    if sizes[1] != onnx_shape[1] or (onnx_shape[0] is not None and sizes[0] != onnx_shape[0]) or None in onnx_shape[2:]:
+        raise UnsupportedOpError(f"{imp.where(node)}: only H and W of a known NCHW size resize, {onnx_shape} -> {sizes}")
+    index_h, index_w = (resize_source_indices(onnx_shape[a], sizes[a], *mode).astype(np.int64) for a in (2, 3))
+    info = imp.tensors[x]
+    out = node.output[0]
+    imp.emit("resize_nearest", node.name or out, [x], {}, {"index_h": index_h, "index_w": index_w}, out, info.dtype,
+             info.scale, info.zero_point, out, TO_NHWC)
 
 
 @handles("Squeeze", "Unsqueeze")
