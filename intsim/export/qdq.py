@@ -689,3 +689,13 @@ def _resize_nearest(ex, node):
                         [ex.unique(f"{y}/{key}")], name=f"{node.name}/{key}", axis=axis)
     ex.alias(y, codes, TO_NCHW)
     return None
+
+
+@exports("matmul_float32")
+def _matmul_float32(ex, node):
+    (a, b), y = node.inputs, node.outputs[0]
+    product = ex.node("MatMul", [ex.dequantize(a, None, scale=_scale(node, "a_scale")),
+                                 ex.dequantize(b, None, scale=_scale(node, "b_scale"))],
+                      [ex.unique(f"{y}/matmul")], name=node.name)
+    ex.finish(node, product, None, _scale(node, "y_scale"))
+    return _SUMMATION_ORDER

@@ -616,7 +616,8 @@ def _island(rw, node):
     return [island], [q]
 
 
-ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "GlobalAveragePool", "AveragePool")}
+ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "MatMul", "GlobalAveragePool",
+                                           "AveragePool")}
 
 
 def _dequantize_constant(imp, node, index, axis=0) -> np.ndarray:
@@ -727,6 +728,24 @@ def _float_gemm(imp, node):
               "a_scale": np.array([a_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
     out = node.output[0]
     imp.emit("gemm_float32", node.name or out, [a], {}, params, out, y_dtype, y_scale, y_zp, out, None)
+
+
+@handles("FloatMatMul")
+def _float_matmul(imp, node):
+    """``Q(DQ(A) DQ(B))`` of two activations in float32: :class:`intsim.graph.ops.float_island.MatMulFloat32`.
+
+    A constant B is no island: onnxruntime (1.32, measured) rewrites ``DQ(B) -> MatMul`` into
+    ``MatMulNBits``, a kernel intsim does not model: an error naming the node.
+    """
+    if node.input[5] in imp.constants:
+        raise UnsupportedOpError(f"{imp.where(node)}: a float MatMul with a constant B runs in onnxruntime as "
+                                 f"MatMulNBits (the DQMatMulToMatMulNBits fusion), which intsim does not model")
+    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
+    a, b = imp.layout(node, 2, None), imp.layout(node, 5, None)
+    params = {f"{k}_scale": np.array([imp.quant(node, s, s + 1, k)[0]], np.float32) for k, s in (("a", 3), ("b", 6))}
+    params["y_scale"] = np.array([y_scale], np.float32)
+    out = node.output[0]
+    imp.emit("matmul_float32", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, None)
 
 
 @handles("FloatGlobalAveragePool", "FloatAveragePool")
