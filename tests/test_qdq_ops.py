@@ -52,6 +52,7 @@ def test_qdq_nearest_resize_matches_onnxruntime(tmp_path, in_hw, out_hw, use_sca
     assert written.inexact == {}
     back = ort.InferenceSession(str(tmp_path / "back.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(back.run(None, {"x": x})[0], theirs, strict=True)
+    np.testing.assert_array_equal(intsim.load(tmp_path / "back.onnx").run(x), theirs, strict=True)  # and read back
 
 
 def test_a_linear_resize_names_the_node():
@@ -100,3 +101,62 @@ def test_qdq_matmul_of_two_activations(tmp_path, elem, np_dtype, zp, fused, shap
     assert set(written.inexact) == (set() if fused else {"mm"})
     back = ort.InferenceSession(str(tmp_path / "back.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(back.run(None, {"a": a, "b": b})[0], theirs, strict=True)
+    np.testing.assert_array_equal(intsim.load(tmp_path / "back.onnx").run(a, b), ran, strict=True)  # read back
+
+
+def _chain_model(middle_type, middle_np, clip=None):
+    """x -> Q(middle) -> DQ -> [Clip] -> Q(uint8) -> DQ -> y."""
+    inits = [numpy_helper.from_array(np.array(0.013, np.float32), "s1"),
+             numpy_helper.from_array(np.array(3, middle_np), "z1"),
+             numpy_helper.from_array(np.array(0.05, np.float32), "s2"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z2")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z1"], ["a"]),
+             helper.make_node("DequantizeLinear", ["a", "s1", "z1"], ["af"])]
+    source = "af"
+    if clip is not None:
+        inits += [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in zip(("lo", "hi"), clip)]
+        nodes.append(helper.make_node("Clip", ["af", "lo", "hi"], ["cf"], name="clip"))
+        source = "cf"
+    nodes += [helper.make_node("QuantizeLinear", [source, "s2", "z2"], ["b"], name="requantize"),
+              helper.make_node("DequantizeLinear", ["b", "s2", "z2"], ["y"])]
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 64])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+
+
+@pytest.mark.parametrize("middle_type, middle_np, clip", [(TensorProto.INT16, np.int16, None),
+                                                         (TensorProto.UINT8, np.uint8, (-1.0, 2.5)),
+                                                         (TensorProto.INT16, np.int16, (0.3, 1.7))])
+def test_requantize_pairs_and_clip_islands_match_onnxruntime(middle_type, middle_np, clip):
+    # A lone DQ -> Q pair (16-bit in: no DoubleQDQPairsRemover) and a DQ -> Clip -> Q island whose bounds the Q
+    # does not make redundant: onnxruntime runs them in float32, elementwise, so one table each, exact.
+    model = _chain_model(middle_type, middle_np, clip)
+    x = np.random.default_rng(2).uniform(-8, 8, (16, 64)).astype(np.float32)
+    x[0, :3] = [0.0065, -0.0065, 0.0195]  # ties of the first Q
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ours = intsim.load(model)
+    assert {n.op for n in ours.graph.nodes} == {"lut"}
+    np.testing.assert_array_equal(ours.run(x), theirs, strict=True)
+
+
+def test_an_8_bit_double_qdq_chain_names_the_pair():
+    # Q(uint8) -> DQ -> Q(uint8, another scale) -> DQ: onnxruntime's DoubleQDQPairsRemover merges it (not modelled).
+    with pytest.raises(UnsupportedOpError, match="'requantize'.*DoubleQDQPairsRemover"):
+        intsim.load(_chain_model(TensorProto.UINT8, np.uint8))
+
+
+def test_a_table_lookup_without_a_quantized_reader_names_the_codes():
+    codes = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
+             numpy_helper.from_array(np.arange(256, dtype=np.uint8)[::-1].copy(), "table"),
+             numpy_helper.from_array(np.arange(256, dtype=np.uint8), "table2")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("Cast", ["xq"], ["i"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["table", "i"], ["t"], name="lookup"),
+             helper.make_node("Cast", ["t"], ["j"], to=TensorProto.INT32),
+             helper.make_node("Gather", ["table2", "j"], ["u"]),
+             helper.make_node("DequantizeLinear", ["u", "s", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "tables", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])], [codes],
+                              inits)
+    with pytest.raises(UnsupportedOpError, match="codes 't': no reader says how they are quantized"):
+        intsim.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]))

@@ -51,6 +51,7 @@ def test_qdq_softmax_matches_onnxruntime(tmp_path, dtype, x_zp, y_zp, x_scale, y
     assert written.inexact == {}
     back = ort.InferenceSession(str(tmp_path / "back.onnx"), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(back.run(None, {"x": x})[0], theirs, strict=True)
+    np.testing.assert_array_equal(intsim.load(tmp_path / "back.onnx").run(x), theirs, strict=True)  # read back
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8])

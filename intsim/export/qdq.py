@@ -35,6 +35,7 @@ codes may differ from intsim's.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from intsim.errors import UnsupportedOpError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES
 from intsim.graph import Graph
 from intsim.graph.ops import clamp_bounds, rescale_params
+from intsim.importers.onnx_islands import CODE_QUANTIZATION
 from intsim.kernels.naive.onnxruntime_ops import fma_float32
 
 OPSET = 21  # 16-bit QuantizeLinear / DequantizeLinear in the default domain
@@ -123,6 +125,7 @@ class _Writer:
         self.names: set = set()
         self.held: dict[str, tuple[str, tuple | None]] = {}  # intsim tensor -> (onnx codes, perm)
         self.inexact: dict[str, str] = {}
+        self.table_outputs: dict[str, list] = {}  # file codes written by a Gather -> [scale, zero point, dtype]
         self.readers = {}
         for node in graph.nodes:
             for t in node.inputs:
@@ -159,6 +162,8 @@ class _Writer:
         model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
                                   producer_name="intsim")
         model.ir_version = 10
+        if self.table_outputs:  # what no reader of a table's output says (a table read by another table)
+            helper.set_model_props(model, {CODE_QUANTIZATION: json.dumps(self.table_outputs)})
         return model
 
     def held_map(self) -> dict:
@@ -560,6 +565,8 @@ def _lut(ex, node):
     out = ex.unique(f"{y}/q")
     ex.node("Gather", [ex.init(f"{node.name}/table", table.astype(ex.file_dtype(y))), index], [out], name=node.name)
     ex.alias(y, out, perm)
+    info = ex.graph.tensors[y]
+    ex.table_outputs[out] = [info.scale, info.zero_point + ex.offset(y), ex.file_dtype(y)]
     return None
 
 

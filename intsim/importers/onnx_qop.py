@@ -48,7 +48,7 @@ def _operand_quant_pairs(*pairs):
 
 
 # ONNX op -> node -> {code input index: (its scale input index, its zero point input index)}
-_OPERAND_QUANT = {
+OPERAND_QUANT = {
     **{op: _operand_quant_pairs((0, (1, 2))) for op in (
         "QLinearConv", "QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu",
         "QLinearSigmoid", "DequantizeLinear")},
@@ -128,6 +128,8 @@ class _QOperatorImporter:
         self.onnx_outputs: dict[str, str] = {}
         self.inexact: dict[str, str] = {}
         self.overrides: dict[int, tuple[str, list | None]] = {}  # the current node's inputs, own_quantization
+        # An int32 / int64 tensor computed from codes (Cast, Sub): name -> (code tensor, perm, added offset).
+        self.code_indices: dict[str, tuple[str, list | None, int]] = {}
 
     # --- driver ---------------------------------------------------------
     def run(self) -> Graph:
@@ -216,7 +218,7 @@ class _QOperatorImporter:
         producer's tensor, an identity ``lut`` relabels the very same codes.  The zero point's type must
         be the codes' type, as onnxruntime's type constraints require."""
         self.overrides = {}
-        for index, (s, z) in _OPERAND_QUANT.get(node.op_type, lambda n: {})(node).items():
+        for index, (s, z) in OPERAND_QUANT.get(node.op_type, lambda n: {})(node).items():
             if index >= len(node.input) or node.input[index] not in self.values:
                 continue
             tensor, perm = self.values[node.input[index]]
