@@ -10,7 +10,8 @@ integer graph models:
   ``QLinearConv`` / ``QGemm`` / ``QLinearMatMul``.  onnxruntime forms the requantization scale
   in float32 from the file's scales (``(s_x s_w) / s_y``); the weight scale (the second operand's,
   for ``matmul``) is chosen, float32 value by float32 value, so that this product *is* the node's
-  float32 scale.  The int32 bias is written as it is.
+  float32 scale (where a rounded product steps over it, the node's private input DQ and its output
+  Q take powers of two).  The int32 bias is written as it is.
 - int8 activations are written as uint8 codes with zero point + 128 (real values unchanged; what
   onnxruntime's ``QDQS8ToU8Transformer`` does on x86, where only uint8 activations fuse).
 - a node's ``clamp`` narrower than its code range becomes ``DQ -> Clip -> Q`` (exact: every value
@@ -24,7 +25,13 @@ integer graph models:
   with the node's per-input ratios as the DQ scales, then ``Q`` to int16 with scale 1: the int16
   type keeps onnxruntime from fusing it (no 16-bit ``QLinearAdd``), so it runs the float32 sum and
   rint exactly as intsim does; a second ``DQ -> Q`` adds the output zero point and saturates.
-- ``lut`` -> ``Cast`` to int32 and ``Gather`` from the table (integer ops: exact for any table).
+- ``lut`` -> ``Cast`` to int32 and ``Gather`` from the table (integer ops: exact for any table);
+  ``resize_nearest`` -> two ``Gather`` of rows and columns of the codes.
+- ``softmax_qlinear`` -> ``DQ -> Softmax -> Q`` (``QLinearSoftmax``).
+- float islands (``conv2d_float32``, ``gemm_float32``, ``matmul_float32``, ``add_float32``,
+  ``global_avg_pool_float32``) -> the float op with float32 weights, its input DQ per axis so that
+  onnxruntime's ``WeightBiasQuantization`` leaves the weights float: onnxruntime runs what it ran
+  for the QDQ file the graph came from.
 
 Where onnxruntime's arithmetic is not the node's (a profile that requantizes with integer
 multipliers, intsim's own ``add`` under integer rounding, a 16-bit MAC that onnxruntime runs in
@@ -126,10 +133,6 @@ class _Writer:
         self.held: dict[str, tuple[str, tuple | None]] = {}  # intsim tensor -> (onnx codes, perm)
         self.inexact: dict[str, str] = {}
         self.table_outputs: dict[str, list] = {}  # file codes written by a Gather -> [scale, zero point, dtype]
-        self.readers = {}
-        for node in graph.nodes:
-            for t in node.inputs:
-                self.readers[t] = self.readers.get(t, 0) + 1
 
     # --- the file ----------------------------------------------------------
     def run(self) -> onnx.ModelProto:
