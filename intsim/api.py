@@ -2,7 +2,7 @@
 
 ``convert`` (float ONNX to an integer model), ``load`` (any integer model file), ``save``,
 ``compare`` (float vs simulated vs integer), ``evaluate`` (accuracy, agreement and per-layer counts over
-a data set, on a Dask cluster with ``client=``), ``export_tosa`` and ``export_golden``.  The stages
+a data set, on a Dask cluster with ``client=``), ``export_tosa``, ``export_qdq`` and ``export_golden``.  The stages
 below never import this module, so the runtime stays beneath the importers, exporters and hwval.
 """
 
@@ -19,7 +19,7 @@ from intsim.importers.tflite import load_tflite
 from intsim.report import compare
 from intsim.runtime import Model
 
-__all__ = ["compare", "convert", "evaluate", "export_golden", "export_tosa", "load", "save"]
+__all__ = ["compare", "convert", "evaluate", "export_golden", "export_qdq", "export_tosa", "load", "save"]
 
 
 def load(path, backend: str = "fast", profile=None) -> Model:
@@ -52,6 +52,13 @@ def export_tosa(model: Model, path, batch: int = 1) -> Path:
     from intsim.export.tosa import export_tosa as write
 
     return write(model.graph, path, batch)
+
+
+def export_qdq(model: Model, path):
+    """Write ``model``'s graph as a QDQ ONNX model at ``path`` (:meth:`Model.to_onnx_qdq`): onnxruntime
+    fuses it back into the kernels the graph models; returns a :class:`intsim.export.qdq.QdqExport`
+    whose ``inexact`` names the nodes where onnxruntime's arithmetic differs from the graph's profile."""
+    return model.to_onnx_qdq(path)
 
 
 def export_golden(model: Model, inputs, out_dir, formats=("npy", "hex", "bin"), *, float_input: bool = False) -> Path:

@@ -231,6 +231,16 @@ def _cmd_selftest(args) -> int:
     return EXIT_RUNTIME_ERROR if any(r["trace_mismatches"] or r["run_mismatches"] for r in results) else 0
 
 
+def _cmd_export_qdq(args) -> int:
+    import intsim
+
+    written = intsim.export_qdq(intsim.load(args.model, profile=args.profile), args.out)
+    print(f"wrote the QDQ ONNX model {written.path}; onnxruntime fuses it into the kernels the graph models")
+    for node, reason in written.inexact.items():
+        print(f"  {node}: {reason}")
+    return 0
+
+
 def _cmd_export_tosa(args) -> int:
     import intsim
 
@@ -556,6 +566,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="batch size fixed in the TOSA shapes (default 1)")
     _add_profile_option(p)
     p.set_defaults(func=_cmd_export_tosa)
+
+    p = sub.add_parser("export-qdq", help="export an integer model as a QDQ ONNX model onnxruntime runs")
+    p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
+    p.add_argument("out", help="the .onnx file to write")
+    _add_profile_option(p)
+    p.set_defaults(func=_cmd_export_qdq)
 
     p = sub.add_parser("convert", help="convert a float ONNX model into an integer .intsim model")
     p.add_argument("model", help="float ONNX model")

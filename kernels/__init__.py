@@ -35,7 +35,7 @@ from intsim.kernels.float_island import (
     gemm_float32,
     global_avg_pool_float32_nhwc,
 )
-from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
+from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -64,6 +64,7 @@ __all__ = [
     "mean_reduce",
     "mul",
     "mul_float32",
+    "softmax_qlinear",
     "pad_constant",
     "quantize_float",
     "requantize",

@@ -82,6 +82,7 @@ class Backend(Protocol):
     softmax_gemmlowp_lastaxis: Callable
     add_float32_fma: Callable
     mul_float32: Callable
+    softmax_qlinear: Callable
     avg_pool_float32_nhwc: Callable
     add_float32: Callable
     conv2d_float32_nhwc: Callable

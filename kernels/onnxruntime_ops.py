@@ -215,3 +215,47 @@ def avg_pool_float32_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count
         int(y_zero_point), int(clamp_min), int(clamp_max), out,
     )
     return out, int(saturated)
+
+
+@jit
+def _softmax_qlinear_core(x, table, y_multiplier, out_zero_point, clamp_min, clamp_max, out):
+    saturated = 0
+    for r in range(x.shape[0]):
+        top = np.int64(x[r, 0])
+        for i in range(1, x.shape[1]):
+            top = max(top, np.int64(x[r, i]))
+        total = np.float32(0.0)
+        for i in range(x.shape[1]):  # one float32 sum, in order
+            total = np.float32(total + table[np.int64(x[r, i]) - top + 255])
+        for i in range(x.shape[1]):
+            share = np.float32(np.float32(table[np.int64(x[r, i]) - top + 255] * y_multiplier) / total)
+            value = np.int64(round_float(share, FLOAT32_RINT)) + out_zero_point
+            clamped = min(max(value, clamp_min), clamp_max)
+            saturated += clamped != value
+            out[r, i] = clamped
+    return saturated
+
+
+def softmax_qlinear(x, table, y_multiplier, out_zero_point, clamp_min, clamp_max, out_dtype):
+    """onnxruntime's ``QLinearSoftmax`` (``com.microsoft``, what it fuses ``DQ -> Softmax -> Q`` into) over
+    the last axis of ``x`` ``[rows, D]``, 8-bit codes.
+
+    ``contrib_ops/cpu/quantization/qlinear_softmax.cc``: a float32 table ``table[d + 255]`` of
+    ``exp`` of every code distance ``d = x - max(row)`` in ``[-255, 0]`` (built by the importer, see
+    :func:`intsim.importers.onnxruntime_tables.qlinear_softmax_table`); ``total`` is the float32 sum of the
+    row's entries in index order; each output is ``rint(float32(entry * y_multiplier) / total)``
+    (ties to even) plus the output zero point, saturated to the code range.  ``y_multiplier`` is
+    ``floor(1 / s_y)``: the output scale counts only through it (measured on onnxruntime 1.32:
+    int8 saturates, uint8 too).  A row whose sum is 0 cannot occur (the maximum's entry is
+    ``exp`` of a non-negative shift).
+
+    Returns
+    -------
+    out : array of ``out_dtype``, shape of ``x``
+    saturation_count : int
+    """
+    out = np.empty(x.shape, out_dtype)
+    saturated = _softmax_qlinear_core(np.ascontiguousarray(x), np.ascontiguousarray(table, np.float32),
+                                      np.float32(y_multiplier), np.int64(out_zero_point), np.int64(clamp_min),
+                                      np.int64(clamp_max), out)
+    return out, int(saturated)

@@ -393,9 +393,9 @@ def _one_node(node, x_type=TensorProto.UINT8, extra_inits=()):
 
 
 def test_unsupported_op_names_op_node_and_opset():
-    node = helper.make_node("QLinearSoftmax", ["xq", "s", "z", "s", "z"], ["yq"], name="soft7",
-                            domain="com.microsoft", axis=-1, opset=13)
-    with pytest.raises(UnsupportedOpError, match=r"soft7.*com\.microsoft:QLinearSoftmax \(opset 1\)"):
+    node = helper.make_node("QLinearReduceMean", ["xq", "s", "z", "s", "z"], ["yq"], name="mean7",
+                            domain="com.microsoft", axes=[1], keepdims=1)
+    with pytest.raises(UnsupportedOpError, match=r"mean7.*com\.microsoft:QLinearReduceMean \(opset 1\)"):
         load_onnx_qoperator(_one_node(node))
 
 

@@ -27,8 +27,6 @@ codes, a redundant Relu/Clip) or ``"float"`` (a float island; see
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -38,16 +36,9 @@ from intsim.errors import ModelFormatError, UnsupportedOpError
 from intsim.graph import Graph
 from intsim.importers.onnx import read_onnx
 from intsim.importers.onnx_ops import read_initializer
+from intsim.importers import onnx_islands  # noqa: F401  (registers the island and codes lowerings)
 from intsim.importers.onnx_qop import QOPERATOR_OPS as QOPERATOR_HANDLERS
-from intsim.importers.onnx_qop import (
-    TO_NHWC,
-    binary_operands,
-    handles,
-    lower_max_pool,
-    window_attrs,
-    load_onnx_qoperator,
-    ort_lookup_table,
-)
+from intsim.importers.onnx_qop import load_onnx_qoperator
 from intsim.importers.onnx_retarget import retarget
 from intsim.profiles import get_profile
 
@@ -234,6 +225,8 @@ class _Rewriter:
         node = self.producer.get(name)
         if node is not None and node.op_type == Q:
             return self.zero_point_dtype(node)
+        if node is not None and node.op_type == "Gather":  # codes gathered from a table or from codes
+            return self.code_dtype(node.input[0])
         if name in self.graph_inputs:
             return helper.tensor_dtype_to_np_dtype(self.graph_inputs[name].type.tensor_type.elem_type).name
         return "?"
@@ -295,12 +288,41 @@ class _Rewriter:
         del graph.node[:]
         graph.node.extend(kept)
         self.index()
+        self.requantize_pairs()
+        self.index()
         self.drop_dead_dq()
         graph.initializer.extend(self.new_initializers)
         if any(node.domain == MS_DOMAIN for node in graph.node) and not any(
                 o.domain == MS_DOMAIN for o in self.model.opset_import):
             self.model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
         return self.model, self.report
+
+    def requantize_pairs(self):
+        """A ``DQ -> Q`` pair no group took (the DQ read by that Q alone): onnxruntime dequantizes and
+        quantizes in float32, an ``intsim.qdq`` ``Requantize`` node here.  Where the pair sits between a Q
+        and a DQ of 8-bit codes (``Q1 -> DQ1 -> Q2 -> DQ2``), onnxruntime's ``DoubleQDQPairsRemover``
+        (``double_qdq_pairs_remover.cc``) drops the middle pair and gives the outer Q and DQ a new common
+        scale: not modelled, an error naming the nodes (unless both pairs quantize alike)."""
+        graph = self.model.graph
+        replaced = {}
+        for q in graph.node:
+            dq = self.producer.get(q.input[0]) if q.op_type == Q else None
+            if dq is None or dq.op_type != DQ or len(self.consumer_edges(dq.output[0])) != 1 \
+                    or self.is_graph_output(dq.output[0]):
+                continue
+            outer_q, readers = self.producer.get(dq.input[0]), self.consumer_edges(q.output[0])
+            if (outer_q is not None and outer_q.op_type == Q and len(readers) == 1 and readers[0].op_type == DQ
+                    and not self.is_graph_output(q.output[0])
+                    and {self.zero_point_dtype(dq), self.zero_point_dtype(q)} <= set(_EIGHT_BIT)
+                    and self.scalar_params(dq) != self.scalar_params(q)):
+                raise UnsupportedOpError(f"{DQ} {dq.name!r} -> {Q} {q.name!r}: onnxruntime's DoubleQDQPairsRemover "
+                                         f"merges this 8-bit Q -> DQ -> Q -> DQ chain into one new scale (not modelled)")
+            replaced[id(dq)] = []
+            replaced[id(q)] = [helper.make_node("Requantize", self.quant_inputs(q) + self.operand(dq), [q.output[0]],
+                                                name=q.name, domain=ISLAND_DOMAIN)]
+        kept = [n for node in graph.node for n in replaced.get(id(node), [node])]
+        del graph.node[:]
+        graph.node.extend(kept)
 
     def int8_pairs_to_uint8(self):
         """``QDQS8ToU8Transformer``: x86 runs no int8-activation QLinearConv / QLinearMatMul.
@@ -539,7 +561,7 @@ def _fuse_concat(rw, node):
 
 
 _UNARY = {"AveragePool": "QLinearAveragePool", "GlobalAveragePool": "QLinearGlobalAveragePool",
-          "LeakyRelu": "QLinearLeakyRelu", "Sigmoid": "QLinearSigmoid"}
+          "LeakyRelu": "QLinearLeakyRelu", "Sigmoid": "QLinearSigmoid", "Softmax": "QLinearSoftmax"}
 
 
 @_fuses(*_UNARY)
@@ -553,10 +575,13 @@ def _fuse_unary(rw, node):
     if x_type != y_type or x_type not in _EIGHT_BIT:
         return None
     inputs = rw.operand(dqs[0]) + rw.quant_inputs(q)
-    return [rw.qlinear(_UNARY[node.op_type], node, inputs, q, rw.attrs(node), MS_DOMAIN)], [q]
+    attrs = rw.attrs(node)
+    if node.op_type == "Softmax":  # QDQSelectorActionTransformer passes the model's opset (its axis default)
+        attrs = {"axis": attrs.get("axis", -1 if rw.opset >= 13 else 1), "opset": rw.opset}
+    return [rw.qlinear(_UNARY[node.op_type], node, inputs, q, attrs, MS_DOMAIN)], [q]
 
 
-_DROP_QDQ = ("Flatten", "Reshape", "Squeeze", "Transpose", "Unsqueeze")
+_DROP_QDQ = ("Flatten", "Reshape", "Resize", "Squeeze", "Transpose", "Unsqueeze")
 
 
 @_fuses("MaxPool", *_DROP_QDQ)
@@ -613,135 +638,29 @@ def _island(rw, node):
     return [island], [q]
 
 
-ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "GlobalAveragePool", "AveragePool")}
+def _clip_island(rw, node):
+    """``DQ -> Clip -> Q`` with constant bounds that the Q does not make redundant: a float island."""
+    found = rw.group(node, n_dq=1)
+    lo, hi = rw.clip_bounds(node)
+    if found is None or lo is None:
+        return None
+    (dq,), q = found
+    rw.report[node.name] = "float"
+    island = helper.make_node("FloatClip", rw.quant_inputs(q) + rw.operand(dq), [q.output[0]], name=node.name,
+                              domain=ISLAND_DOMAIN, min=float(lo), max=float(hi))
+    return [island], [q]
 
 
-def _dequantize_constant(imp, node, index, axis=0) -> np.ndarray:
-    """``DequantizeLinear`` of the constant at input ``index`` (scale, zero point follow it), per tensor or
-    per ``axis``: ``float32(q - z) * s`` in float32, the constant's shape."""
-    codes = np.asarray(imp.const(node, index, "constant")).astype(np.int64)
-    scale = np.float32(imp.const(node, index + 1, "scale"))
-    zero_point = np.asarray(imp.const(node, index + 2, "zero point")).astype(np.int64)
-    if scale.size > 1 or zero_point.size > 1:
-        if not 0 <= axis < codes.ndim or scale.size != codes.shape[axis] or zero_point.size not in (1, scale.size):
-            raise UnsupportedOpError(f"{imp.where(node)}: constant {node.input[index]!r} of shape {codes.shape}: "
-                                     f"per-channel scale of {scale.size} values on axis {axis} does not fit")
-        shape = [1] * codes.ndim
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape if zero_point.size > 1 else ())
-    return (codes - zero_point).astype(np.float32) * scale
+@_fuses("Cast", "Sub", "Gather")
+def _on_codes(rw, node):
+    """An integer op none of whose inputs is dequantized (a table lookup or a row gather on codes, as
+    ``Model.to_onnx_qdq`` writes them): kept as it is, lowered by :mod:`intsim.importers.onnx_islands`."""
+    if any(rw.dq_of(name) is not None or name in rw.graph_inputs for name in node.input if name):
+        return None
+    rw.report[node.name] = "integer"
+    return [node], []
 
 
-def _dq_axes(imp, node) -> list:
-    return list(imp.attrs(node).get("dq_axes", []))
-
-
-@handles("FloatConv")
-def _float_conv(imp, node):
-    """``Q(Conv(DQ(x), DQ(w), DQ(b)))`` in float32: :class:`intsim.graph.ops.float_island.Conv2DFloat32`."""
-    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
-    x = imp.nhwc(node, 2)
-    x_scale, _, _ = imp.quant(node, 3, 4, "input")
-    axes = _dq_axes(imp, node) + [0, 0, 0]
-    if axes[1] != 0:
-        raise UnsupportedOpError(f"{imp.where(node)}: weight scales per axis {axes[1]} (only per output channel)")
-    weight = _dequantize_constant(imp, node, 5)
-    cout = weight.shape[0]
-    bias = np.zeros(cout, np.float32)
-    if len(node.input) > 8 and node.input[8]:
-        bias = _dequantize_constant(imp, node, 8).reshape(cout)
-    window = window_attrs(imp, node, weight.shape[2:])
-    attrs = {"strides": window["strides"], "dilations": window["dilations"], "pads": window["pads"],
-             "groups": int(imp.attrs(node).get("group", 1))}
-    params = {"weight": np.ascontiguousarray(weight.transpose(0, 2, 3, 1), np.float32),
-              "bias": bias.astype(np.float32), "x_scale": np.array([x_scale], np.float32),
-              "y_scale": np.array([y_scale], np.float32)}
-    out = node.output[0]
-    imp.emit("conv2d_float32", node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
-
-
-@handles("FloatAdd")
-def _float_add(imp, node):
-    """``Q(DQ(a) + DQ(b))`` in float32: :class:`intsim.graph.ops.float_island.AddFloat32`."""
-    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
-    shifted = SimpleNamespace(input=list(node.input[2:]), name=node.name, op_type=node.op_type,
-                              attribute=node.attribute)
-    a_scale, _, _ = imp.quant(shifted, 1, 2, "A")
-    b_scale, _, _ = imp.quant(shifted, 4, 5, "B")
-    a, b, perm = binary_operands(imp, shifted)
-    params = {"a_scale": np.array([a_scale], np.float32), "b_scale": np.array([b_scale], np.float32),
-              "y_scale": np.array([y_scale], np.float32)}
-    out = node.output[0]
-    imp.emit("add_float32", node.name or out, [a, b], {}, params, out, y_dtype, y_scale, y_zp, out, perm)
-
-
-@handles("FloatMaxPool")
-def _float_max_pool(imp, node):
-    """``Q(MaxPool(DQ(x)))`` with a positive input scale: dequantizing is increasing, so the float maximum
-    is the dequantized maximum code; MaxPool on codes, then ``Q(DQ(.))`` as a table (float32, exact)."""
-    y_q = imp.quant(node, 0, 1, "output")
-    x_q = imp.quant(node, 3, 4, "input")
-    if not x_q[0] > 0:
-        raise UnsupportedOpError(f"{imp.where(node)}: input scale {x_q[0]} must be > 0")
-    pooled = imp.unique(f"{node.output[0]}/max_codes")
-    lower_max_pool(imp, SimpleNamespace(input=[node.input[2]], output=[pooled], name=pooled, op_type="MaxPool",
-                                   attribute=node.attribute))
-    table = ort_lookup_table(lambda v: v, *x_q, *y_q)
-    tensor, perm = imp.values[pooled]
-    out = node.output[0]
-    imp.emit("lut", node.name or out, [tensor], {}, {"table": table}, out, y_q[2], y_q[0], y_q[1], out, perm)
-
-
-@handles("FloatGemm")
-def _float_gemm(imp, node):
-    """``Q(DQ(A) DQ(B)^T + beta DQ(C))`` in float32 (``alpha`` 1, ``transA`` 0, ``transB`` 1, B constant):
-    :class:`intsim.graph.ops.float_island.GemmFloat32`.  ``beta C`` is formed in float32, as MLAS scales C.
-
-    With ``transB`` 0, onnxruntime (1.32, measured) rewrites ``DQ(B) -> Gemm`` into ``MatMulNBits``
-    (as it does ``DQ(B) -> MatMul``), a kernel intsim does not model: an error naming the node.
-    """
-    attrs = imp.attrs(node)
-    if attrs.get("alpha", 1.0) != 1.0 or attrs.get("transA", 0) or not attrs.get("transB", 0):
-        raise UnsupportedOpError(
-            f"{imp.where(node)}: a float Gemm with alpha {attrs.get('alpha', 1.0)}, transA {attrs.get('transA', 0)}, "
-            f"transB {attrs.get('transB', 0)} has no lowering (expected 1, 0, 1; with transB 0 onnxruntime runs "
-            f"DQ(B) -> Gemm as MatMulNBits, which intsim does not model)")
-    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
-    a = imp.layout(node, 2, None)
-    a_scale, _, _ = imp.quant(node, 3, 4, "A")
-    axes = _dq_axes(imp, node) + [0, 0, 0]
-    weight = _dequantize_constant(imp, node, 5, axes[1])
-    if weight.ndim != 2:
-        raise UnsupportedOpError(f"{imp.where(node)}: B must be a 2-D constant, found shape {weight.shape}")
-    bias = np.zeros(weight.shape[0], np.float32)
-    if len(node.input) > 8 and node.input[8]:
-        c = _dequantize_constant(imp, node, 8, axes[2])
-        if c.size != weight.shape[0]:
-            raise UnsupportedOpError(f"{imp.where(node)}: C of shape {c.shape} must hold one value per output "
-                                     f"column ({weight.shape[0]})")
-        bias = np.float32(np.float32(attrs.get("beta", 1.0)) * c.reshape(-1))
-    params = {"weight": np.ascontiguousarray(weight.T, np.float32), "bias": np.ascontiguousarray(bias, np.float32),
-              "a_scale": np.array([a_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
-    out = node.output[0]
-    imp.emit("gemm_float32", node.name or out, [a], {}, params, out, y_dtype, y_scale, y_zp, out, None)
-
-
-@handles("FloatGlobalAveragePool", "FloatAveragePool")
-def _float_average_pool(imp, node):
-    """``Q(GlobalAveragePool(DQ(x)))`` / ``Q(AveragePool(DQ(x)))`` in float32, in onnxruntime's order:
-    :class:`intsim.graph.ops.float_island.GlobalAvgPoolFloat32` / ``AvgPoolFloat32Island``."""
-    y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
-    x = imp.nhwc(node, 2)
-    x_scale, _, _ = imp.quant(node, 3, 4, "input")
-    _, height, width, _ = imp.tensors[x].shape
-    params = {"x_scale": np.array([x_scale], np.float32), "y_scale": np.array([y_scale], np.float32)}
-    op, attrs = "global_avg_pool_float32", {}
-    if node.op_type == "FloatAveragePool":
-        window = window_attrs(imp, node, None)
-        if window["dilations"] != [1, 1]:
-            raise UnsupportedOpError(f"{imp.where(node)}: dilations {window['dilations']} are not supported")
-        op = "avg_pool_float32_island"
-        attrs = {"kernel": window["kernel"], "strides": window["strides"], "pads": window["pads"],
-                 "count_include_pad": bool(imp.attrs(node).get("count_include_pad", 0))}
-    out = node.output[0]
-    imp.emit(op, node.name or out, [x], attrs, params, out, y_dtype, y_scale, y_zp, out, TO_NHWC)
+ISLANDS = {op_type: _island for op_type in ("Conv", "Add", "MaxPool", "Gemm", "MatMul", "GlobalAveragePool",
+                                           "AveragePool")}
+ISLANDS["Clip"] = _clip_island

@@ -20,11 +20,13 @@ import numpy as np
 import onnx
 
 from intsim.errors import IntsimError, ModelFormatError, UnsupportedOpError, ValidationError
+from intsim.floatgraph.execute import COORDINATE_MODES, NEAREST_MODES, resize_source_indices
 from intsim.fixedpoint import Rescale
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.codes import dtype_range
 from intsim.importers.onnx import read_onnx
 from intsim.importers.onnx_ops import read_initializer
+from intsim.importers.onnxruntime_tables import mlas_logistic, ort_lookup_table, qlinear_softmax_table
 from intsim.kernels.naive.onnxruntime_ops import fma_float32
 from intsim.graph.ops import get_op
 from intsim.profiles import get_profile
@@ -46,7 +48,7 @@ def _operand_quant_pairs(*pairs):
 
 
 # ONNX op -> node -> {code input index: (its scale input index, its zero point input index)}
-_OPERAND_QUANT = {
+OPERAND_QUANT = {
     **{op: _operand_quant_pairs((0, (1, 2))) for op in (
         "QLinearConv", "QGemm", "QLinearAveragePool", "QLinearGlobalAveragePool", "QLinearLeakyRelu",
         "QLinearSigmoid", "DequantizeLinear")},
@@ -126,6 +128,8 @@ class _QOperatorImporter:
         self.onnx_outputs: dict[str, str] = {}
         self.inexact: dict[str, str] = {}
         self.overrides: dict[int, tuple[str, list | None]] = {}  # the current node's inputs, own_quantization
+        # An int32 / int64 tensor computed from codes (Cast, Sub): name -> (code tensor, perm, added offset).
+        self.code_indices: dict[str, tuple[str, list | None, int]] = {}
 
     # --- driver ---------------------------------------------------------
     def run(self) -> Graph:
@@ -214,7 +218,7 @@ class _QOperatorImporter:
         producer's tensor, an identity ``lut`` relabels the very same codes.  The zero point's type must
         be the codes' type, as onnxruntime's type constraints require."""
         self.overrides = {}
-        for index, (s, z) in _OPERAND_QUANT.get(node.op_type, lambda n: {})(node).items():
+        for index, (s, z) in OPERAND_QUANT.get(node.op_type, lambda n: {})(node).items():
             if index >= len(node.input) or node.input[index] not in self.values:
                 continue
             tensor, perm = self.values[node.input[index]]
@@ -649,6 +653,29 @@ def _qlinear_sigmoid(imp, node):
     _table_node(imp, node, mlas_logistic, imp.quant(node, 1, 2, "input"), imp.quant(node, 3, 4, "output"))
 
 
+@handles("QLinearSoftmax")
+def _qlinear_softmax(imp, node):
+    x_scale, _, x_dtype = imp.quant(node, 1, 2, "input")
+    y_scale, y_zp, y_dtype = imp.quant(node, 3, 4, "output")
+    if x_dtype != y_dtype:
+        raise ValidationError(f"{imp.where(node)}: input and output must be one type, found {x_dtype} and {y_dtype}")
+    tensor, perm = imp.value(node, 0)
+    rank = len(imp.tensors[tensor].shape)
+    attrs = imp.attrs(node)
+    axis = int(attrs.get("axis", -1)) % rank
+    if attrs.get("opset", 13) < 13 and axis != rank - 1:
+        raise UnsupportedOpError(f"{imp.where(node)}: a Softmax of opset < 13 over the axes from {axis} on (not the "
+                                 f"last alone) is not supported")
+    reduce_len = imp.tensors[tensor].shape[axis]
+    if reduce_len is None:
+        raise UnsupportedOpError(f"{imp.where(node)}: the softmax axis must have a known size")
+    params = {"table": qlinear_softmax_table(x_scale, reduce_len),
+              "y_multiplier": np.array([np.floor(_f32(1.0) / y_scale)], np.float32)}
+    out = node.output[0]
+    imp.emit("softmax_qlinear", node.name or out, [tensor], {"axis": perm.index(axis) if perm else axis}, params,
+             out, y_dtype, y_scale, y_zp, out, perm)
+
+
 @handles("QLinearConcat")
 def _qlinear_concat(imp, node):
     y_scale, y_zp, y_dtype = imp.quant(node, 0, 1, "output")
@@ -713,6 +740,35 @@ def _transpose(imp, node):
     _same_quant(imp, node, "transpose", {"perm": [int(p) for p in perm]}, tensor)
 
 
+@handles("Resize")
+def _resize(imp, node):
+    """A nearest-neighbour Resize of the spatial axes, on codes (onnxruntime drops its Q/DQ): intsim's
+    ``resize_nearest`` with onnxruntime's source indices (:func:`intsim.floatgraph.execute.resize_source_indices`)."""
+    attrs = {k: v.decode() if isinstance(v, bytes) else v for k, v in imp.attrs(node).items()}
+    mode = (attrs.get("coordinate_transformation_mode", "half_pixel"), attrs.get("nearest_mode", "round_prefer_floor"))
+    if attrs.get("mode", "nearest") != "nearest" or mode[0] not in COORDINATE_MODES or mode[1] not in NEAREST_MODES \
+            or "axes" in attrs or attrs.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        raise UnsupportedOpError(f"{imp.where(node)}: only a nearest Resize of every axis (keep_aspect_ratio_policy "
+                                 f"stretch) is lowered, found {attrs}")
+    x = imp.nhwc(node, 0)
+    shape = imp.tensors[x].shape
+    onnx_shape = [shape[0], shape[3], shape[1], shape[2]]
+    sizes = imp.const(node, 3, "sizes")
+    if sizes is None:
+        scales = imp.const(node, 2, "scales").astype(np.float64)
+        sizes = [None if d is None else int(np.floor(d * s)) for d, s in zip(onnx_shape, scales)]
+        if any(d is not None and d * s != t for d, s, t in zip(onnx_shape, scales, sizes)):
+            raise UnsupportedOpError(f"{imp.where(node)}: scales {scales.tolist()} give a fractional output size")
+    sizes = [None if d is None else int(d) for d in sizes]
+    if sizes[1] != onnx_shape[1] or (onnx_shape[0] is not None and sizes[0] != onnx_shape[0]) or None in onnx_shape[2:]:
+        raise UnsupportedOpError(f"{imp.where(node)}: only H and W of a known NCHW size resize, {onnx_shape} -> {sizes}")
+    index_h, index_w = (resize_source_indices(onnx_shape[a], sizes[a], *mode).astype(np.int64) for a in (2, 3))
+    info = imp.tensors[x]
+    out = node.output[0]
+    imp.emit("resize_nearest", node.name or out, [x], {}, {"index_h": index_h, "index_w": index_w}, out, info.dtype,
+             info.scale, info.zero_point, out, TO_NHWC)
+
+
 @handles("Squeeze", "Unsqueeze")
 def _squeeze(imp, node):
     axes = imp.attrs(node).get("axes")
@@ -720,58 +776,3 @@ def _squeeze(imp, node):
         axes = imp.const(node, 1, "axes")
     op = "squeeze" if node.op_type == "Squeeze" else "unsqueeze"
     _same_quant(imp, node, op, {"axes": [int(a) for a in axes]}, imp.layout(node, 0, None))
-
-
-# --------------------------------------------------------------------------
-# onnxruntime's float32 lookup tables, reproduced.
-# --------------------------------------------------------------------------
-
-
-def ort_lookup_table(fn, x_scale, x_zero_point, x_dtype, y_scale, y_zero_point, y_dtype) -> np.ndarray:
-    """onnxruntime's ``QlinearBuildLookupTable`` as an intsim ``lut`` table.
-
-    ``v = float32(x_scale) * float32(x - x_zero_point)`` for every code ``x``,
-    ``f = fn(v)`` (float32 in, float32 out), then ``MlasQuantizeLinear``:
-    ``clamp(rint(f / y_scale), min - z_y, max - z_y) + z_y`` with a float32
-    division.  Entry ``i`` belongs to code ``dtype_min(x) + i`` (intsim's
-    ``lut`` order; onnxruntime indexes by the raw byte).
-    """
-    lo, hi = dtype_range(x_dtype)
-    codes = np.arange(lo, hi + 1, dtype=np.int64)
-    v = _f32(x_scale) * (codes - x_zero_point).astype(np.float32)
-    f = np.asarray(fn(v.astype(np.float32)), dtype=np.float32)
-    y_lo, y_hi = dtype_range(y_dtype)
-    q = np.clip(f / _f32(y_scale), _f32(y_lo - y_zero_point), _f32(y_hi - y_zero_point))
-    return (np.rint(q).astype(np.int64) + y_zero_point).astype(np.dtype(y_dtype))
-
-
-# MlasLogisticConstants (core/mlas/lib/logistic.cpp): Eigen's rational approximation.
-_LOGISTIC_RANGE = 18.0
-_ALPHA = (4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05, 8.51377133304701e-03,
-          2.48287947061529e-01)  # alpha_9, alpha_7, alpha_5, alpha_3, alpha_1
-_BETA = (6.10247389755681e-13, 5.76102136993427e-09, 6.29106785017040e-06, 1.70198817374094e-03,
-         1.16817656904453e-01, 9.93151921023180e-01)  # beta_10 .. beta_0
-
-
-def mlas_logistic(values: np.ndarray) -> np.ndarray:
-    """``MlasComputeLogistic`` of float32 ``values`` as the x86-64 FMA3 kernel computes it.
-
-    Clamp to [-18, 18]; ``p = x * poly_alpha(x^2)``, ``q = poly_beta(x^2)``
-    by Horner steps that are fused multiply-adds; ``clamp(p / q + 0.5, 0, 1)``
-    in float32 (``core/mlas/lib/logistic.cpp``).
-    """
-    alpha = [_f32(a) for a in _ALPHA]
-    beta = [_f32(b) for b in _BETA]
-    out = np.empty(values.shape, np.float32)
-    for i, value in enumerate(np.asarray(values, np.float32).reshape(-1)):
-        x = np.clip(value, _f32(-_LOGISTIC_RANGE), _f32(_LOGISTIC_RANGE))
-        x2 = _f32(x * x)
-        p = fma_float32(x2, alpha[0], alpha[1])
-        for coefficient in alpha[2:]:
-            p = fma_float32(p, x2, coefficient)
-        p = _f32(p * x)
-        q = fma_float32(x2, beta[0], beta[1])
-        for coefficient in beta[2:]:
-            q = fma_float32(q, x2, coefficient)
-        out.reshape(-1)[i] = np.clip(_f32(_f32(p / q) + _f32(0.5)), _f32(0.0), _f32(1.0))
-    return out

@@ -121,6 +121,13 @@ class Model:
 
         save_graph(self.graph, path)
 
+    def to_onnx_qdq(self, path, *, uint8_activations: bool | None = None):
+        """Write the graph as a QDQ ONNX model that onnxruntime runs; returns a
+        :class:`intsim.export.qdq.QdqExport` (its ``inexact`` names the nodes onnxruntime computes
+        differently, and why).  See :func:`intsim.export.qdq.export_qdq`."""
+        from intsim.export.qdq import export_qdq
+
+        return export_qdq(self.graph, path, uint8_activations=uint8_activations)
 
     def with_backend(self, backend: str) -> "Model":
         return Model(self.graph, backend)

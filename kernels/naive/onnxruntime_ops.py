@@ -105,3 +105,20 @@ def avg_pool_float32_nhwc(x, x_zero_point, x_scale, kernel, strides, pads, count
                                                       clamp_min, clamp_max)
         saturated += clipped
     return out, saturated
+
+
+def softmax_qlinear(x, table, y_multiplier, out_zero_point, clamp_min, clamp_max, out_dtype):
+    out = np.empty(x.shape, out_dtype)
+    saturated = 0
+    for r in range(x.shape[0]):
+        row = [int(v) for v in x[r]]
+        entries = [np.float32(table[v - max(row) + 255]) for v in row]
+        total = np.float32(0.0)
+        for entry in entries:
+            total = np.float32(total + entry)
+        for i, entry in enumerate(entries):
+            share = np.float32(np.float32(entry * np.float32(y_multiplier)) / total)
+            value = int(np.rint(share)) + int(out_zero_point)
+            out[r, i] = min(max(value, clamp_min), clamp_max)
+            saturated += out[r, i] != value
+    return out, saturated

@@ -158,6 +158,56 @@ class GemmFloat32(Op):
         return [out.reshape(*a.shape[:-1], out.shape[-1])], {"saturation_count": sat}
 
 
+@register("matmul_float32")
+class MatMulFloat32(Op):
+    """A float ``MatMul`` island of two activations: ``Q(DQ(a) @ DQ(b))``, ``a [..., M, K]``, ``b [..., K, N]``
+    (or ``[K, N]``), batches broadcast as ``matmul``'s.
+
+    Parameters ``a_scale``, ``b_scale``, ``y_scale`` (float32, shape (1,)).  Each batch's ``DQ(b)`` is
+    formed in float32 (:func:`intsim.kernels.dequantize_codes`) and multiplied as
+    :func:`intsim.kernels.gemm_float32` does: not bit-exact against onnxruntime, whose float32
+    summation order is MLAS's.
+    """
+
+    def check(self, node, graph):
+        check_arity(node, 2)
+        check_dtypes(node, graph)
+        for key in ("a_scale", "b_scale", "y_scale"):
+            float32_scalar_param(node, key, positive=True)
+        a, b = (graph.tensors[t] for t in node.inputs)
+        if len(a.shape) < 2 or len(b.shape) < 2 or (len(b.shape) != 2 and len(b.shape) != len(a.shape)):
+            fail(node, f"inputs must be [..., M, K] and [K, N] or [..., K, N], found {a.shape} and {b.shape}")
+        if a.shape[-1] is not None and b.shape[-2] is not None and a.shape[-1] != b.shape[-2]:
+            fail(node, f"inner dimensions differ: a {a.shape} vs b {b.shape}")
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
+
+    def infer(self, node, inputs, graph):
+        a, b = inputs
+        return [a.shape[:-1] + (b.shape[-1],)]
+
+    def prepare(self, node, graph):
+        a, b, out = (graph.tensors[t] for t in (*node.inputs, node.outputs[0]))
+        lo, hi = clamp_bounds(node, out)
+        scales = [np.float32(node.params[key][0]) for key in ("a_scale", "b_scale", "y_scale")]
+        return {"a": (a.zero_point, scales[0]), "b": (scales[1], b.zero_point),
+                "out": (scales[2], out.zero_point, lo, hi, out.np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        a, b = inputs
+        lead = a.shape[:-2]
+        a3 = np.ascontiguousarray(a).reshape((-1,) + a.shape[-2:])
+        b3 = np.broadcast_to(b, lead + b.shape[-2:]).reshape((-1,) + b.shape[-2:])
+        zeros = np.zeros(b.shape[-1], np.float32)
+        outs, saturated = [], 0
+        for a2, b2 in zip(a3, b3):
+            weight = kernels.dequantize_codes(np.ascontiguousarray(b2), *plan["b"])
+            out, sat = kernels.gemm_float32(a2, *plan["a"], weight, zeros, *plan["out"])
+            outs.append(out)
+            saturated += sat
+        out = np.stack(outs) if outs else np.empty((0,) + a.shape[-2:-1] + b.shape[-1:], plan["out"][-1])
+        return [out.reshape(lead + out.shape[-2:])], {"saturation_count": saturated}
+
+
 @register("global_avg_pool_float32")
 class GlobalAvgPoolFloat32(Op):
     """A float ``GlobalAveragePool`` island: NHWC codes ``[N, H, W, C]`` in, ``[N, 1, 1, C]`` out, exact.

@@ -1,5 +1,5 @@
 """Ops that model one peer runtime's own arithmetic, whatever the profile: LiteRT's gemmlowp softmax
-and onnxruntime's float32 QLinearAdd / QLinearMul / QLinearAveragePool."""
+and onnxruntime's float32 QLinearAdd / QLinearMul / QLinearAveragePool / QLinearSoftmax."""
 
 from __future__ import annotations
 
@@ -71,6 +71,50 @@ def float32_scalar_param(node, key, positive=False) -> np.float32:
     if not np.isfinite(value[0]) or (positive and not value[0] > 0):
         fail(node, f"parameter {key} must be finite{' and > 0' if positive else ''}, found {value[0]}")
     return value[0]
+
+
+@register("softmax_qlinear")
+class SoftmaxQLinear(Op):
+    """onnxruntime's QLinearSoftmax over attribute ``axis``: a float32 ``exp`` table of the code distance to
+    the row's maximum, a float32 sum, ``rint(entry * y_multiplier / sum) + z_y`` saturated (8-bit codes).
+
+    Parameters ``table`` (float32, 256 entries: ``table[d + 255]`` for ``d = x - max`` in ``[-255, 0]``) and
+    ``y_multiplier`` (float32 of shape (1,), ``floor(1 / s_y)``) are formed by the importer as onnxruntime
+    forms them (:func:`intsim.importers.onnxruntime_tables.qlinear_softmax_table`); see
+    :func:`intsim.kernels.softmax_qlinear`.
+    """
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        check_dtypes(node, graph, ("int8", "uint8"))
+        x = graph.tensors[node.inputs[0]]
+        axis = node.attrs.get("axis", -1)
+        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -len(x.shape) <= axis < len(x.shape):
+            fail(node, f"attribute axis must be an integer in [{-len(x.shape)}, {len(x.shape) - 1}], found {axis!r}")
+        table = param(node, "table", kinds="f", shape=(256,))
+        if table.dtype != np.float32 or not (np.isfinite(table).all() and (table >= 0).all() and table[255] > 0):
+            fail(node, "parameter table must be 256 finite float32 values >= 0, the last > 0")
+        y_multiplier = float32_scalar_param(node, "y_multiplier", positive=True)
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.float32(table.max() * y_multiplier)):
+                fail(node, f"the largest table entry {table.max()} times y_multiplier {y_multiplier} overflows float32 "
+                           f"(onnxruntime then converts infinity to an integer: undefined, not modelled)")
+        clamp_bounds(node, graph.tensors[node.outputs[0]])
+
+    def infer(self, node, inputs, graph):
+        return [inputs[0].shape]
+
+    def prepare(self, node, graph):
+        out = graph.tensors[node.outputs[0]]
+        lo, hi = clamp_bounds(node, out)
+        return {"axis": int(node.attrs.get("axis", -1)),
+                "args": (node.params["table"], np.float32(node.params["y_multiplier"][0]), out.zero_point, lo, hi,
+                         out.np_dtype)}
+
+    def run(self, plan, inputs, kernels):
+        x = np.moveaxis(inputs[0], plan["axis"], -1)
+        out, sat = kernels.softmax_qlinear(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), *plan["args"])
+        return [np.moveaxis(out.reshape(x.shape), -1, plan["axis"])], {"saturation_count": sat}
 
 
 @register("add_float32_fma")
