@@ -301,7 +301,7 @@ def _sweep(args, client) -> int:
     labels = _load_npy(args.labels, "labels") if args.labels else None
     conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
                   "--activation-bits": args.activation_bits, "--profile": args.profile,
-                  "--input-shape": args.input_shape}
+                  "--input-shape": args.input_shape, "--layer-config": args.layer_config}
     widths = None
     if args.model.lower().endswith(".onnx") and _onnx_format(args.model) == "float":
         if not args.calibration:
@@ -316,7 +316,7 @@ def _sweep(args, client) -> int:
                 input_shapes=args.input_shapes)
             print(widths.table() + "\n")
         model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False,
-                               input_shapes=args.input_shapes)
+                               input_shapes=args.input_shapes, layer_config=_layer_config(args))
     else:
         given = [k for k, v in conversion.items() if v and not (k == "--profile" and _is_onnx(args.model))]
         if given:
@@ -349,8 +349,15 @@ def _adaround(args):
         raise UsageError(str(exc)) from None
 
 
+def _layer_config(args) -> dict | None:
+    """The ``--layer-config`` TOML file's per-layer overrides (:mod:`intsim.converter.layer_config`)."""
+    from intsim.converter.layer_config import load_layer_config
+
+    return load_layer_config(args.layer_config) if getattr(args, "layer_config", None) else None
+
+
 def _overrides(args) -> dict:
-    return {"weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
+    return {"layer_config": _layer_config(args), "weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
             "per_channel": args.per_channel, "range_method": args.range_method,
             "logits_range_method": args.logits_range_method, "weight_range_method": args.weight_range_method,
             "batch_size": args.batch_size, "cle": args.cle, "bias_correction": args.bias_correction,
@@ -501,6 +508,13 @@ def _add_conversion_options(p, batch_size=32):
     p.add_argument("--pipeline", choices=("standard",),
                    help="the standard PTQ pipeline (§3.5); the options above override its choices")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
+    _add_layer_config_option(p)
+
+
+def _add_layer_config_option(p):
+    p.add_argument("--layer-config", metavar="FILE.toml",
+                   help="per-layer precision: one table per node name, glob or op type, e.g. [\"Gemm\"] "
+                        "weight_bits = 4 (docs/mixed_precision.md)")
 
 
 def _add_cluster_options(p):
@@ -658,6 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      ".onnx model: the profile to run it under (default onnxruntime)")
     p.add_argument("--weight-bits", help="float .onnx model: also sweep weight widths, e.g. 4..8")
     p.add_argument("--activation-bits", help="float .onnx model: also sweep activation widths, e.g. 6,8")
+    _add_layer_config_option(p)
     _add_input_shape_option(p)
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_sweep)
