@@ -410,6 +410,27 @@ def _cmd_convert(args) -> int:
     return 0
 
 
+def _cmd_mixed_precision(args) -> int:
+    import intsim
+
+    calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
+    data = _load_npy(args.data, "data").astype(np.float32)
+    labels = _load_npy(args.labels, "labels") if args.labels else None
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    result = intsim.search_mixed_precision(
+        args.model, calibration, data, labels, profile=args.profile, candidates=candidates,
+        max_accuracy_drop=args.max_accuracy_drop, objective=args.objective, batch_size=args.batch_size,
+        range_method=args.range_method, weight_range_method=args.weight_range_method, input_shapes=args.input_shapes)
+    print(result.table())
+    Path(args.output).write_text(result.to_toml(), encoding="utf-8")
+    print(f"wrote {args.output} (use it with intsim convert --layer-config {args.output})")
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        print(f"wrote {args.json_path}")
+    return 0 if result.met else EXIT_RUNTIME_ERROR
+
+
 def _report_outputs(report, args) -> None:
     print(report.table())
     _report_outputs_files(report, args)
@@ -578,6 +599,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("mixed-precision", help="search per-layer formats (AMP) within an accuracy budget; writes "
+                                                "the layer config TOML")
+    p.add_argument("model", help="float ONNX model (a classifier)")
+    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first, model layout)")
+    p.add_argument("--data", required=True, help="inputs .npy the configurations are measured on")
+    p.add_argument("--labels", help="integer class labels .npy (accuracy; default: top-1 agreement with float)")
+    p.add_argument("-o", "--output", required=True, help="the layer config .toml to write")
+    p.add_argument("--profile", default="paper", help="built-in profile name or a .toml file (default paper)")
+    p.add_argument("--candidates", default="w8a16,w8a8,w6a8,w4a8",
+                   help="formats a layer may take (default w8a16,w8a8,w6a8,w4a8)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.005,
+                   help="budget below the float metric, a fraction (default 0.005: half a point)")
+    p.add_argument("--objective", choices=("size", "bitops"), default="size",
+                   help="minimise weight bits (size) or MACs x weight bits x activation bits (bitops)")
+    p.add_argument("--range-method", choices=("minmax", "percentile", "mse", "cross_entropy"),
+                   help="activation range setting (default minmax)")
+    p.add_argument("--weight-range-method", choices=("minmax", "mse"), help="weight range setting (default minmax)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--json", dest="json_path", help="also write the search (front, sensitivities) as JSON")
+    _add_input_shape_option(p)
+    p.set_defaults(func=_cmd_mixed_precision)
 
     p = sub.add_parser("qat", help="quantization-aware training (white paper §4) into an integer .intsim model; "
                                    "needs intsim[qat]")
