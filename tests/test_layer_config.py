@@ -106,6 +106,12 @@ def test_narrow_input_codes_follow_the_input_tensor_bits(net):
         codes = model.quantize_inputs([x * 100])[0]  # far outside the range: the codes clamp to 4 bits
     assert codes.min() == -8 and codes.max() == 7
     assert model.graph.tensors[_node(model, "conv1").outputs[0]].bits == 4
+    # The same under a 3-bit profile without a layer_config: input codes stay in [-4, 3], not int8's range.
+    three = intsim.convert(onnx_model, x, profile="paper", activation_bits=3, progress=False)
+    assert three.graph.tensors["x"].code_range == (-4, 3)
+    with pytest.warns(intsim.errors.InputWarning):
+        codes = three.quantize_inputs([x * 100])[0]
+    assert codes.min() == -4 and codes.max() == 3
 
 
 def test_saved_mixed_graph_keeps_bits(net, tmp_path):
@@ -234,8 +240,9 @@ def test_tosa_refuses_int16_with_a_zero_point(net):
     onnx_model, x = net
     model = intsim.convert(onnx_model, x, profile="tosa", progress=False,
                            layer_config={"conv2": {"activation_bits": 16}})
-    with pytest.raises(intsim.UnsupportedOpError, match=r"TOSA takes int16 activations with zero point 0, found "
-                                                        r"-?\d+ \(quantize the layer with activation_symmetric"):
+    with pytest.raises(intsim.UnsupportedOpError, match=r"rescale .*: TOSA takes int16 activations with zero point "
+                                                        r"0, found -?\d+ for .* \(quantize the layer with "
+                                                        r"activation_symmetric"):
         lower_to_tosa(model.graph)
 
 

@@ -132,6 +132,8 @@ class _Builder:
             raise UnsupportedOpError(f"{node.op} {node.name!r}: TOSA RESCALE right shift must be in [2, 62], "
                                      f"found {right.min()}..{right.max()}")
         x_dtype, out_dtype = self.p.tensors[x][1], self.p.tensors[out][1]
+        _int16_zero_point(node, x, x_dtype, in_zp)
+        _int16_zero_point(node, out, out_dtype, out_zp)
         if x_dtype == "int48":
             # TOSA rescales int48 only with 16-bit multipliers: first to int32 by exactly 1 (2**14 >> 14),
             # which keeps every value, since the sums were proven to fit int32 (_conv).
@@ -224,6 +226,13 @@ def _exact_windows(b, x, kernel, strides, dilations, pads):
     return x, (top, left, after[0], after[1])
 
 
+def _int16_zero_point(node, tensor, dtype, zero_point):
+    """TOSA's RESCALE and convolutions take signed int16 values with zero point 0 only."""
+    if dtype == "int16" and zero_point != 0:
+        _unsupported(node, f"TOSA takes int16 activations with zero point 0, found {zero_point} for {tensor!r} "
+                           "(quantize the layer with activation_symmetric = true)")
+
+
 def _int48_fits_int32(node, weight, bias, weight_zp, depthwise):
     """Refuse an int16 x int8 layer unless every sum of its int48 accumulation fits int32 (then it equals
     intsim's accumulation under any overflow policy): ``|bias| + 32768 * sum |w - z_w|`` per output."""
@@ -238,6 +247,7 @@ def _int48_fits_int32(node, weight, bias, weight_zp, depthwise):
 def _conv(b, node, x, acc_shape, weight, bias, input_zp, weight_zp, pads, strides, dilations, depthwise):
     wide = b.p.tensors[x][1] == "int16"
     if wide:
+        _int16_zero_point(node, x, "int16", input_zp)
         _int48_fits_int32(node, weight, bias, weight_zp, depthwise)
     acc_dtype = "int48" if wide else "int32"
     acc = b.temp(node.name + "_acc", acc_shape, acc_dtype)
@@ -496,11 +506,6 @@ def lower_to_tosa(graph: Graph, batch: int = 1) -> TosaProgram:
                               f"(TOSA shapes are static), found {batch!r}")
     b = _Builder(graph, int(batch))
     for name, info in graph.tensors.items():
-        if info.dtype == "int16" and info.zero_point != 0:
-            node = next((n for n in graph.nodes if name in n.outputs), None)
-            raise UnsupportedOpError(
-                f"tensor {name!r}{f' of node {node.name!r}' if node else ''}: TOSA takes int16 activations with "
-                f"zero point 0, found {info.zero_point} (quantize the layer with activation_symmetric = true)")
         b.tensor(name, b.shape(name), info.dtype)
     for node in graph.nodes:
         lowering = LOWERINGS.get(node.op)
