@@ -268,3 +268,15 @@ def test_golden_vectors_and_sweep_of_a_mixed_graph(net, tmp_path):
     full = next(w for w in report.widths if w.bits == 32)
     assert full.agreement == 1.0 and full.overflowing_layers == 0
     assert {layer.node for layer in report.layers} >= {"conv1", "conv2", "fc"}
+
+
+def test_tensor_bits_and_supported_formats_are_checked():
+    assert intsim.TensorInfo("t", "int8", (None, 2), 0.1, 0, 4).code_range == (-8, 7)
+    assert intsim.TensorInfo("t", "uint8", (None, 2), 0.1, 0, 4).code_range == (0, 15)
+    with pytest.raises(ValidationError, match=r"tensor 't': bits must be None or an integer in \[2, 8\] for int8, "
+                                              r"found 9"):
+        intsim.TensorInfo("t", "int8", (None, 2), 0.1, 0, 9)
+    with pytest.raises(ValidationError, match=r"supported_formats must be a list of strings"):
+        intsim.get_profile("paper").replace(supported_formats="w8a8")
+    with pytest.raises(ValidationError, match=r"found 'w8a32'"):
+        intsim.get_profile("paper").replace(supported_formats=("w8a32",))
