@@ -3,7 +3,8 @@
 The search measures configurations on ``--search`` training images that are neither calibration
 images (the first 512) nor test images; the chosen configuration and the uniform formats are then
 measured on the test set, every accuracy on the integer datapath (``Model.run``).  Writes the
-Pareto front and the test table to ``benchmarks/results/mixed_precision_<model>.md``.
+Pareto front (with each point's test accuracy) and the test table to
+``benchmarks/results/mixed_precision_<model>.md``, and the whole search to ``.json`` beside it.
 
     python benchmarks/bench_mixed_precision.py [--models resnet_fashion,mobilenet_fashion] [--search 2000]
         [--test 10000] [--candidates w8a16,w8a8,w6a8,w4a8,w3a8] [--objective size]
@@ -12,6 +13,7 @@ Pareto front and the test table to ``benchmarks/results/mixed_precision_<model>.
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import time
 from pathlib import Path
@@ -81,14 +83,16 @@ def main():
                  f"Search on {len(search_x)} training images (float {100 * result.float_metric:.2f}%, target "
                  f"{100 * result.target:.2f}%): {len(result.explored)} configurations measured on the integer "
                  f"datapath in {seconds:.0f} s.  Pareto front explored (search images):", "",
-                 "| | mean weight bits | MBitOps / image | search accuracy | layers per format |",
-                 "|---|---|---|---|---|"]
+                 "| | mean weight bits | MBitOps / image | search accuracy | test accuracy | layers per format |",
+                 "|---|---|---|---|---|---|"]
         for p in result.pareto:
             counts = {}
             for w, a in p.formats.values():
                 counts[f"w{w}a{a}"] = counts.get(f"w{w}a{a}", 0) + 1
             mark = "chosen" if p.formats == result.chosen.formats else ""
+            model = intsim.convert(path, calibration, "paper", layer_config=p.layer_config, progress=False)
             lines.append(f"| {mark} | {p.mean_weight_bits:.2f} | {p.bitops / 1e6:.1f} | {100 * p.metric:.2f}% | "
+                         f"{accuracy(model.run, x_test, y_test):.2f}% | "
                          + ", ".join(f"{k} x{v}" for k, v in sorted(counts.items())) + " |")
         lines += ["", f"Test set ({len(x_test)} images; float {float_test:.2f}%):", "",
                   "| configuration | mean weight bits | test accuracy | vs float |", "|---|---|---|---|"]
@@ -101,6 +105,7 @@ def main():
         text = "\n".join(lines) + "\n"
         print(text, flush=True)
         (RESULTS / f"mixed_precision_{name}.md").write_text(text)
+        (RESULTS / f"mixed_precision_{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
 
 
 if __name__ == "__main__":
