@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/models/unbalance_depthwise.py --dataset digits|fashion [--low 0.003] [--seed 0]
+    python tools/models/unbalance_depthwise.py --dataset digits|fashion [--low 0.01] [--high 0.02] [--seed 0]
 
 Reads ``models/mobilenet_<dataset>.onnx`` and writes ``models/mobilenet_<dataset>_unbalanced.onnx``.  For each
 depthwise conv (BN folded) followed by ReLU6 and a 1x1 projection conv, output channel i of the depthwise
@@ -65,7 +65,7 @@ def channel_maxima(model: onnx.ModelProto, tensors: list[str], images: np.ndarra
     return peaks
 
 
-def unbalance(model: onnx.ModelProto, images: np.ndarray, low: float, seed: int) -> tuple[onnx.ModelProto, dict]:
+def unbalance(model: onnx.ModelProto, images: np.ndarray, low: float, high: float, seed: int) -> tuple[onnx.ModelProto, dict]:
     rng = np.random.default_rng(seed)
     out = onnx.ModelProto()
     out.CopyFrom(model)
@@ -74,7 +74,7 @@ def unbalance(model: onnx.ModelProto, images: np.ndarray, low: float, seed: int)
     maxima = channel_maxima(model, [dw.output[0] for dw, _ in pairs], images)
     summary = {}
     for (dw, projection), peak in zip(pairs, maxima):
-        scale = np.where(peak <= RELU6_MAX, np.exp(rng.uniform(np.log(low), 0.0, peak.size)), 1.0)
+        scale = np.where(peak <= RELU6_MAX, np.exp(rng.uniform(np.log(low), np.log(high), peak.size)), 1.0)
         w = numpy_helper.to_array(inits[dw.input[1]]).astype(np.float64)
         b = numpy_helper.to_array(inits[dw.input[2]]).astype(np.float64)
         p = numpy_helper.to_array(inits[projection.input[1]]).astype(np.float64)
@@ -92,14 +92,15 @@ def unbalance(model: onnx.ModelProto, images: np.ndarray, low: float, seed: int)
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", choices=DATASETS, required=True)
-    parser.add_argument("--low", type=float, default=0.003, help="smallest channel factor (default 0.003)")
+    parser.add_argument("--low", type=float, default=0.01, help="smallest channel factor (default 0.01)")
+    parser.add_argument("--high", type=float, default=0.02, help="largest channel factor (default 0.02)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the factors (default 0)")
     args = parser.parse_args(argv)
     source = MODELS_DIR / f"mobilenet_{args.dataset}.onnx"
     target = MODELS_DIR / f"mobilenet_{args.dataset}_unbalanced.onnx"
     images = np.concatenate([load_dataset(args.dataset, split)[0] for split in ("train", "test")])
     model = onnx.load(source)
-    broken, summary = unbalance(model, images, args.low, args.seed)
+    broken, summary = unbalance(model, images, args.low, args.high, args.seed)
     for name, info in summary.items():
         print(f"{name}: {info['scaled']}/{info['channels']} channels scaled, max/min channel range "
               f"{info['range_ratio']:.0f}")

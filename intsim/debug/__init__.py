@@ -1,0 +1,6 @@
+"""The white paper's PTQ debugging workflow (§3.7): :func:`debug` and its :class:`DebugReport`."""
+
+from intsim.debug.report import DebugReport, Measurement
+from intsim.debug.workflow import debug
+
+__all__ = ["DebugReport", "Measurement", "debug"]

@@ -1,0 +1,138 @@
+"""Step 3 of the PTQ debugging workflow (white paper §3.7): quantize one tensor at a time, rank the
+tensors by the metric drop each causes, and look at the worst ones' ranges.
+
+The tensors are those a :class:`~intsim.converter.lowering.QuantizationPlan` quantizes: every
+multiply-accumulate layer's weights and every quantization point (graph inputs and the outputs of the
+computing ops).  In the simulation, "only that tensor quantized" is the plan's float graph with that one
+weight tensor replaced by its dequantized codes, or with a fake-quant hook on that one activation
+(white paper §2.3); every other tensor stays float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from intsim.converter.lowering import QuantizationPlan
+from intsim.debug.metric import Metric, run_simulated
+from intsim.floatgraph import FloatGraph
+from intsim.floatgraph.execute import run_float
+from intsim.progress import Progress, progress_enabled
+from intsim.ptq.bias_correction import dequantize_weight
+from intsim.report import fake_quant_hook
+
+KINDS = ("weights", "activations")
+INPUT_OP = "Input"  # the "op" of a graph input's entry: it has no producing node
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One quantized tensor of a plan: the node it belongs to (its layer for weights, its producer for
+    activations; a graph input names itself), that node's ONNX op type, the kind, and the float tensor."""
+
+    node: str
+    op: str
+    kind: str
+    tensor: str
+
+
+def quantized_tensors(plan: QuantizationPlan) -> list[Tensor]:
+    """Every tensor the plan quantizes, in graph order: weights of each layer, then its output."""
+    nodes = {n.name: n for n in plan.graph.nodes}
+    found = [Tensor(t, INPUT_OP, "activations", t) for t in plan.graph.inputs if t in plan.qparams]
+    for step in plan.steps:
+        head = step.nodes[0]
+        if head.name in plan.weights:
+            found.append(Tensor(head.name, head.op, "weights", nodes[head.name].inputs[1]))
+        if step.output in plan.qparams:
+            found.append(Tensor(head.name, head.op, "activations", step.output))
+    return found
+
+
+def _only_weights(plan: QuantizationPlan, entry: Tensor) -> FloatGraph:
+    fg = plan.graph
+    constants = dict(fg.constants)
+    constants[entry.tensor] = dequantize_weight(*plan.weights[entry.node]).astype(np.float32)
+    return FloatGraph(fg.name, fg.nodes, fg.inputs, fg.outputs, constants, fg.shapes, fg.opset)
+
+
+def activation_point(plan: QuantizationPlan, tensor: str) -> tuple:
+    """``(scale, zero_point, lo, hi)`` of an activation as the fake-quant hook takes it."""
+    scale, zero_point = plan.qparams[tensor]
+    lo, hi = plan.profile.activation_range()
+    return scale, zero_point, lo, hi
+
+
+def simulated_value(plan: QuantizationPlan, entry: Tensor, data: np.ndarray, metric: Metric,
+                    batch_size: int) -> float:
+    """The metric with only ``entry`` quantized, every other tensor float (quantization simulation)."""
+    if entry.kind == "weights":
+        return metric.value(run_simulated(_only_weights(plan, entry), data, batch_size))
+    hook = fake_quant_hook({entry.tensor: activation_point(plan, entry.tensor)})
+    return metric.value(run_simulated(plan.graph, data, batch_size, hook))
+
+
+def rank_simulated(plan: QuantizationPlan, data: np.ndarray, metric: Metric, batch_size: int,
+                   progress: bool = True) -> list[dict]:
+    """Step 3 in the simulation: one entry per quantized tensor, worst (largest drop) first.
+
+    Each entry is ``{"node", "op", "kind", "tensor", "drop"}``; ``drop`` is the metric drop when only
+    that tensor is quantized (:class:`~intsim.debug.metric.Metric`).
+    """
+    tensors = quantized_tensors(plan)
+    ranking = []
+    with Progress(len(tensors), progress_enabled(progress), "quantizing one tensor at a time") as bar:
+        for i, entry in enumerate(tensors):
+            drop = metric.drop(simulated_value(plan, entry, data, metric, batch_size))
+            ranking.append({"node": entry.node, "op": entry.op, "kind": entry.kind, "tensor": entry.tensor,
+                            "drop": drop})
+            bar.update(i + 1)
+    return sorted(ranking, key=lambda e: -e["drop"])
+
+
+# --------------------------------------------------------------------------
+# The worst tensors' ranges.
+# --------------------------------------------------------------------------
+
+
+def _channel_extremes(plan: QuantizationPlan, tensor: str, calibration: np.ndarray,
+                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel (axis 1) minimum and maximum of a float activation over the calibration data."""
+    lo = hi = None
+    for start in range(0, len(calibration), batch_size):
+        batch = np.asarray(calibration[start:start + batch_size])
+        value = batch if tensor in plan.graph.inputs else run_float(plan.graph, [batch], outputs=[tensor])[tensor]
+        axes = tuple(a for a in range(value.ndim) if a != 1)
+        b_lo, b_hi = value.min(axis=axes), value.max(axis=axes)
+        lo, hi = (b_lo, b_hi) if lo is None else (np.minimum(lo, b_lo), np.maximum(hi, b_hi))
+    return lo.astype(np.float64), hi.astype(np.float64)
+
+
+def channel_ranges(plan: QuantizationPlan, entry: Tensor, calibration: np.ndarray, batch_size: int) -> dict:
+    """Range statistics of one tensor, per channel, against its quantization grid (white paper §3.7: "inspect
+    the worst layers' ranges and per-channel distributions").
+
+    Weights: per output channel (axis 0) of the float weights.  Activations: per channel (axis 1) over the
+    calibration data.  ``step`` is the quantization step (the scale; for per-channel weights, per channel);
+    ``codes`` per channel is how many steps the channel's range spans: a channel of a few codes is
+    crushed by a grid set by the others (per-tensor quantization of unbalanced channels, §2.4.2, §3.2).
+    """
+    if entry.kind == "weights":
+        w = plan.graph.constants[entry.tensor].astype(np.float64)
+        flat = w.reshape(w.shape[0], -1)
+        lo, hi = flat.min(axis=1), flat.max(axis=1)
+        step = np.broadcast_to(np.asarray(plan.weights[entry.node][1], np.float64), lo.shape)
+    else:
+        lo, hi = _channel_extremes(plan, entry.tensor, calibration, batch_size)
+        step = np.full(lo.shape, plan.qparams[entry.tensor][0], np.float64)
+    spread = np.maximum(hi, 0.0) - np.minimum(lo, 0.0)
+    codes = spread / step
+    live = spread[spread > 0]
+    return {
+        "node": entry.node, "op": entry.op, "kind": entry.kind, "tensor": entry.tensor,
+        "channels": int(lo.size), "min": float(lo.min()), "max": float(hi.max()),
+        "channel_range_ratio": float(live.max() / live.min()) if live.size else 1.0,
+        "median_channel_codes": float(np.median(codes)), "channels_under_16_codes": int(np.sum(codes < 16)),
+        "channel_min": lo.tolist(), "channel_max": hi.tolist(), "step": step.tolist(),
+    }
