@@ -1,7 +1,7 @@
 """The one facade: every verb a user calls on a whole model, each delegating to its stage.
 
 ``convert`` (float ONNX to an integer model), ``load`` (any integer model file), ``save``,
-``compare`` (float vs simulated vs integer), ``evaluate`` (accuracy, agreement and per-layer counts over
+``compare`` (float vs simulated vs integer), ``debug`` (the white paper's PTQ debugging workflow), ``evaluate`` (accuracy, agreement and per-layer counts over
 a data set, on a Dask cluster with ``client=``), ``export_tosa`` and ``export_golden``.  The stages
 below never import this module, so the runtime stays beneath the importers, exporters and hwval.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from intsim.converter.lowering import convert
+from intsim.debug import debug
 from intsim.distributed.evaluate import evaluate
 from intsim.errors import ValidationError
 from intsim.graph.fileformat import load_graph, save_graph
@@ -19,7 +20,7 @@ from intsim.importers.tflite import load_tflite
 from intsim.report import compare
 from intsim.runtime import Model
 
-__all__ = ["compare", "convert", "evaluate", "export_golden", "export_tosa", "load", "save"]
+__all__ = ["compare", "convert", "debug", "evaluate", "export_golden", "export_tosa", "load", "save"]
 
 
 def load(path, backend: str = "fast", profile=None) -> Model:

@@ -357,6 +357,30 @@ def _overrides(args) -> dict:
             "adaround": _adaround(args), "pipeline": args.pipeline}
 
 
+def _load_floats(path: str, what: str) -> np.ndarray:
+    """A .npy of model inputs; integer pixels are read as real values (float32)."""
+    array = _load_npy(path, what)
+    return array.astype(np.float32) if array.dtype.kind in "iu" else array
+
+
+def _cmd_debug(args) -> int:
+    from intsim.debug import debug
+
+    labels = _load_npy(args.labels, "labels") if args.labels else None
+    overrides = {k: v for k, v in _overrides(args).items() if v is not None}
+    report = debug(args.model, _load_floats(args.calibration, "calibration"), _load_floats(args.data, "data"), labels,
+                   args.profile, tolerance=args.tolerance, inspect=args.inspect, input_shapes=args.input_shapes,
+                   **overrides)
+    print(report.table())
+    if args.html:
+        report.to_html(args.html)
+        print(f"wrote {args.html}")
+    if args.json_path:
+        report.to_json(args.json_path)
+        print(f"wrote {args.json_path}")
+    return 0
+
+
 def _cmd_qat(args) -> int:
     try:
         from intsim.qat import finetune
@@ -364,13 +388,9 @@ def _cmd_qat(args) -> int:
         print(f"intsim: error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
 
-    def floats(path, what):
-        array = _load_npy(path, what)
-        return array.astype(np.float32) if array.dtype.kind in "iu" else array
-
-    data = floats(args.data, "data")
+    data = _load_floats(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None
-    calibration = floats(args.calibration, "calibration") if args.calibration else None
+    calibration = _load_floats(args.calibration, "calibration") if args.calibration else None
     model = finetune(args.model, data, labels=labels, calibration=calibration, profile=args.profile,
                      weight_bits=args.weight_bits, activation_bits=args.activation_bits, per_channel=args.per_channel,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, learn_ranges=args.learn_ranges,
@@ -598,6 +618,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json_flag(p)
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("debug", help="the white paper's PTQ debugging workflow (§3.7): what loses accuracy, "
+                                     "layer by layer, and which fix recovers it")
+    p.add_argument("model", help="the float ONNX model")
+    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first)")
+    p.add_argument("--data", required=True, help="evaluation inputs .npy (samples first)")
+    p.add_argument("--labels", help="integer class labels .npy: the metric is accuracy (else agreement with float)")
+    p.add_argument("--tolerance", type=float, default=0.01,
+                   help="metric drop within which the model holds up (default 0.01, one point of accuracy)")
+    p.add_argument("--inspect", type=int, default=3, help="worst tensors to inspect (ranges, plots; default 3)")
+    p.add_argument("--html", help="also write the report as an HTML page (range plots with matplotlib)")
+    p.add_argument("--json", dest="json_path", help="also write the report as JSON")
+    _add_conversion_options(p, batch_size=64)
+    _add_input_shape_option(p)
+    p.set_defaults(func=_cmd_debug)
 
     p = sub.add_parser("evaluate", help="accuracy, top-1 agreement and per-layer clamp / overflow counts on a data set")
     p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")

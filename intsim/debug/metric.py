@@ -64,6 +64,10 @@ class Metric:
             return float(np.mean(output.argmax(axis=1) == self.labels))
         if self.kind == "agreement":
             return float(np.mean(output.argmax(axis=1) == self.float_output.argmax(axis=1)))
+        return self.output_sqnr_db(output)
+
+    def output_sqnr_db(self, output: np.ndarray) -> float:
+        """SQNR of ``output`` against the float output, in dB (infinite where they are equal)."""
         f = self.float_output.astype(np.float64)
         noise = float(np.sum((f - output.astype(np.float64)) ** 2))
         return math.inf if noise == 0.0 else 10.0 * math.log10(max(float(np.sum(f * f)), 1e-300) / noise)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from intsim.debug.metric import SQNR_HOLDS_DB
 from intsim.plotting import inline_png, pyplot
 
 
@@ -102,8 +103,9 @@ class DebugReport:
         """One line: the model holds up, or what hurts most and the best fix."""
         head = f"{self.model} on {self.profile!r}"
         if self.holds_up:
-            return (f"{head} holds up: {self.metric} {self._value(self.target.integer)} on the integer datapath, "
-                    f"drop {self._drop(self.target.drop_integer)} within {self._drop(self.tolerance)}")
+            within = (f"at least {SQNR_HOLDS_DB:.0f} dB" if self.metric == "sqnr_db" else
+                      f"drop {self._drop(self.target.drop_integer)} within {self._drop(self.tolerance)}")
+            return f"{head} holds up: {self.metric} {self._value(self.target.integer)} on the integer datapath, {within}"
         text = f"{head} loses {self._drop(self.target.drop_integer)} of {self.metric}"
         if self.ranking:
             worst = self.ranking[0]
@@ -114,19 +116,20 @@ class DebugReport:
         return text
 
     def table(self, top: int = 10) -> str:
-        """The text report: every step, the ``top`` worst tensors."""
+        """The text report: every step, the ``top`` worst tensors; one line for a model that holds up."""
+        if self.holds_up:
+            return self.summary()
         lines = [self.summary(),
                  f"float {self.metric}: {self._value(self.float_value)} on {self.samples} samples; "
                  f"drops measured from {self._value(self.reference)}",
                  self._measured(self.target)]
-        if self.holds_up:
-            return "\n".join(lines)
         lines.append("step 1, high bit widths: " + self._measured(self.steps["high_bits"]))
-        lines.append("step 2: " + self._measured(self.steps["weights_only"]))
-        lines.append("step 2: " + self._measured(self.steps["activations_only"]))
-        lines.append(f"step 3, one tensor quantized at a time ({self.ranking_datapath}), worst first:")
+        lines.append("step 2, " + self._measured(self.steps["weights_only"]))
+        lines.append("step 2, " + self._measured(self.steps["activations_only"]))
+        lines.append(f"step 3, one tensor quantized at a time ({self.ranking_datapath}), worst first "
+                     "(drop, output SQNR):")
         for e in self.ranking[:top]:
-            lines.append(f"  {self._drop(e['drop']):>10}  {e['kind']:<11} {e['node']} ({e['op']})")
+            lines.append(f"  {self._drop(e['drop']):>10}  {e['sqnr_db']:6.1f} dB  {e['kind']:<11} {e['node']} ({e['op']})")
         for s in self.inspected:
             lines.append(f"  {s['kind']} of {s['node']}: {s['channels']} channels in [{s['min']:.4g}, {s['max']:.4g}],"
                          f" max/min channel range {s['channel_range_ratio']:.0f}, median channel spans "
@@ -173,9 +176,9 @@ class DebugReport:
             parts += ["<h2>Steps 1 and 2: high bit widths, weights only, activations only</h2>",
                       table(header, [measured(m) for m in self.steps.values()]),
                       f"<h2>Step 3: one tensor quantized at a time ({self.ranking_datapath})</h2>",
-                      table(["drop", "simulated drop", "kind", "node", "op"],
-                            [[self._drop(e["drop"]), self._drop(e["drop_simulated"]), e["kind"], e["node"], e["op"]]
-                             for e in self.ranking]),
+                      table(["drop", "simulated drop", "output SQNR dB", "kind", "node", "op"],
+                            [[self._drop(e["drop"]), self._drop(e["drop_simulated"]), f"{e['sqnr_db']:.1f}", e["kind"],
+                              e["node"], e["op"]] for e in self.ranking]),
                       "<h2>The worst tensors' ranges</h2>"]
             for s in self.inspected:
                 parts.append(f"<h3>{html.escape(s['kind'])} of {html.escape(s['node'])}</h3>")

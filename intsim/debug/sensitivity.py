@@ -64,31 +64,36 @@ def activation_point(plan: QuantizationPlan, tensor: str) -> tuple:
     return scale, zero_point, lo, hi
 
 
-def simulated_value(plan: QuantizationPlan, entry: Tensor, data: np.ndarray, metric: Metric,
-                    batch_size: int) -> float:
-    """The metric with only ``entry`` quantized, every other tensor float (quantization simulation)."""
+def simulated_output(plan: QuantizationPlan, entry: Tensor, data: np.ndarray, batch_size: int) -> np.ndarray:
+    """The first output with only ``entry`` quantized, every other tensor float (quantization simulation)."""
     if entry.kind == "weights":
-        return metric.value(run_simulated(_only_weights(plan, entry), data, batch_size))
+        return run_simulated(_only_weights(plan, entry), data, batch_size)
     hook = fake_quant_hook({entry.tensor: activation_point(plan, entry.tensor)})
-    return metric.value(run_simulated(plan.graph, data, batch_size, hook))
+    return run_simulated(plan.graph, data, batch_size, hook)
+
+
+def ranked(entries: list[dict]) -> list[dict]:
+    """Worst first: the largest drop, ties (a coarse metric such as accuracy on few samples) broken by
+    the lower output SQNR."""
+    return sorted(entries, key=lambda e: (-e["drop"], e["sqnr_db"]))
 
 
 def rank_simulated(plan: QuantizationPlan, data: np.ndarray, metric: Metric, batch_size: int,
                    progress: bool = True) -> list[dict]:
     """Step 3 in the simulation: one entry per quantized tensor, worst (largest drop) first.
 
-    Each entry is ``{"node", "op", "kind", "tensor", "drop"}``; ``drop`` is the metric drop when only
-    that tensor is quantized (:class:`~intsim.debug.metric.Metric`).
+    Each entry is ``{"node", "op", "kind", "tensor", "drop", "sqnr_db"}``: the metric drop when only that
+    tensor is quantized (:class:`~intsim.debug.metric.Metric`) and the output SQNR against float then.
     """
     tensors = quantized_tensors(plan)
     ranking = []
     with Progress(len(tensors), progress_enabled(progress), "quantizing one tensor at a time") as bar:
         for i, entry in enumerate(tensors):
-            drop = metric.drop(simulated_value(plan, entry, data, metric, batch_size))
+            output = simulated_output(plan, entry, data, batch_size)
             ranking.append({"node": entry.node, "op": entry.op, "kind": entry.kind, "tensor": entry.tensor,
-                            "drop": drop})
+                            "drop": metric.drop(metric.value(output)), "sqnr_db": metric.output_sqnr_db(output)})
             bar.update(i + 1)
-    return sorted(ranking, key=lambda e: -e["drop"])
+    return ranked(ranking)
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The PTQ debugging workflow of white paper §3.7 (its Fig. 9 flowchart), on the integer datapath with the
 quantization simulation beside it.
 
+0. Convert as asked and measure: a model that holds up (within ``tolerance`` of float) stops here, and
+   its report is one line.
 1. Convert at high bit widths: the integer model and its simulation must match float (a wrong pipeline, a
    saturating accumulator or a bad input range shows here, before any real quantization noise).
 2. Quantize only the weights (activations at high bits), then only the activations (weights at high bits):
@@ -9,14 +11,13 @@ quantization simulation beside it.
    per-channel ranges.
 4. Apply each fix that matches the diagnosis (per-channel weights, CLE, another range setting, bias
    correction, higher precision for the worst layer), convert again and measure.
-
-A model that holds up (the target conversion within ``tolerance`` of float) stops after the first
-measurement, and its report is one line.
 """
 
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
+from dataclasses import replace
 
 import numpy as np
 
@@ -36,7 +37,12 @@ from intsim.runtime import Model
 HIGH_BITS = (12, 16)
 # The conversion settings debug passes on to intsim.convert.
 CONVERT_SETTINGS = tuple(name for name, p in inspect.signature(convert).parameters.items()
-                         if p.kind is p.KEYWORD_ONLY and name not in ("progress", "name", "batch_size"))
+                         if p.kind is p.KEYWORD_ONLY and name not in ("progress", "batch_size"))
+
+
+def _model_name(model) -> str | None:
+    """A model file's stem names the report (an ONNX graph's own name is often ``main_graph``)."""
+    return Path(model).stem if isinstance(model, (str, Path)) else None
 
 
 def _checked_inputs(calibration, data, labels, tolerance, high_bits, inspect_count, convert_args):
@@ -99,8 +105,10 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
     ValidationError
         Missing calibration, empty or non-float data, labels of the wrong shape, an unknown setting.
     """
+    convert_args = {k: v for k, v in convert_args.items() if v is not None}
     data, labels = _checked_inputs(calibration, data, labels, tolerance, high_bits, inspect, convert_args)
     high_w, high_a = (int(b) for b in high_bits)
+    name = convert_args.pop("name", None) or _model_name(model)
     fg = prepare_float_graph(model, convert_args.get("input_shapes"))
     metric = Metric.choose(run_simulated(fg, data, batch_size), labels)
     float_value = metric.value(metric.float_output)
@@ -114,12 +122,8 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
         simulated = metric.value(run_simulated(sim_graph, data, batch_size, fake_quant_hook(points)))
         return Measurement(label, changes, integer, simulated, metric.drop(integer), metric.drop(simulated))
 
-    high = measure(f"step 1: W{high_w}A{high_a}", {"weight_bits": high_w, "activation_bits": high_a})
-    if metric.kind == "sqnr_db":
-        metric = metric.with_reference(high.integer)
-        high = measure(high.label, high.settings)
     plan = plan_quantization(model, calibration, profile, batch_size=batch_size, progress=False, **convert_args)
-    target_model = lower(plan)
+    target_model = lower(plan, name)
     p = plan.profile
     target = measure(f"target: W{p.weight_bits}A{p.activation_bits} "
                      f"{'per-channel' if p.per_channel else 'per-tensor'}", dict(convert_args), target_model)
@@ -127,10 +131,16 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
                          metric.reference, float(tolerance), target, metric.holds(target.integer, tolerance))
     if report.holds_up:
         return report
+    high = measure(f"W{high_w}A{high_a}", {"weight_bits": high_w, "activation_bits": high_a})
+    if metric.kind == "sqnr_db":
+        metric = metric.with_reference(high.integer)
+        report.reference = metric.reference
+        high, report.target = (replace(m, drop_integer=metric.drop(m.integer), drop_simulated=metric.drop(m.simulated))
+                               for m in (high, target))
     report.steps = {
         "high_bits": high,
-        "weights_only": measure(f"step 2: weights only (activations {high_a} bits)", {"activation_bits": high_a}),
-        "activations_only": measure(f"step 2: activations only (weights {high_w} bits)", {"weight_bits": high_w}),
+        "weights_only": measure(f"weights only (activations {high_a} bits)", {"activation_bits": high_a}),
+        "activations_only": measure(f"activations only (weights {high_w} bits)", {"weight_bits": high_w}),
     }
     report.ranking = rank_simulated(plan, data, metric, batch_size, progress)
     for entry in report.ranking:
