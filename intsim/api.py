@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from intsim.converter.lowering import convert
-from intsim.debug import debug
+from intsim.debugging import debug
 from intsim.distributed.evaluate import evaluate
 from intsim.errors import ValidationError
 from intsim.graph.fileformat import load_graph, save_graph

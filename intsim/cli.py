@@ -364,7 +364,7 @@ def _load_floats(path: str, what: str) -> np.ndarray:
 
 
 def _cmd_debug(args) -> int:
-    from intsim.debug import debug
+    from intsim.debugging import debug
 
     labels = _load_npy(args.labels, "labels") if args.labels else None
     overrides = {k: v for k, v in _overrides(args).items() if v is not None}

@@ -22,12 +22,13 @@ from dataclasses import replace
 import numpy as np
 
 from intsim.converter.lowering import convert, lower, plan_quantization, prepare_float_graph
-from intsim.debug.fixes import Diagnosis, matching_fixes
-from intsim.debug.metric import Metric, run_integer, run_simulated
-from intsim.debug.report import DebugReport, Measurement
-from intsim.debug.sensitivity import channel_ranges, quantized_tensors, rank_simulated
+from intsim.debugging.fixes import Diagnosis, matching_fixes
+from intsim.debugging.metric import Metric, run_integer, run_simulated
+from intsim.debugging.report import DebugReport, Measurement
+from intsim.debugging.sensitivity import channel_ranges, quantized_tensors, rank_simulated
 from intsim.distributed.data import as_rows
 from intsim.errors import ValidationError
+from intsim.floatgraph import FloatGraph
 from intsim.report import compare, fake_quant_hook, simulation_graph
 from intsim.runtime import Model
 
@@ -43,6 +44,17 @@ CONVERT_SETTINGS = tuple(name for name, p in inspect.signature(convert).paramete
 def _model_name(model) -> str | None:
     """A model file's stem names the report (an ONNX graph's own name is often ``main_graph``)."""
     return Path(model).stem if isinstance(model, (str, Path)) else None
+
+
+def _onnx_op_types(model) -> dict[str, str]:
+    """``{node name: ONNX op type}`` of an ONNX model (the importer renames some ops, e.g.
+    GlobalAveragePool to ReduceMean); empty for a FloatGraph."""
+    if isinstance(model, FloatGraph):
+        return {}
+    import onnx
+
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    return {n.name: n.op_type for n in proto.graph.node}
 
 
 def _checked_inputs(calibration, data, labels, tolerance, high_bits, inspect_count, convert_args):
@@ -84,7 +96,7 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
         Evaluation inputs, first axis = samples.
     labels : int array, optional
         Class labels of ``data``: the metric is accuracy.  Without them it is top-1 agreement with float for
-        a classifier, else output SQNR (:mod:`intsim.debug.metric`).
+        a classifier, else output SQNR (:mod:`intsim.debugging.metric`).
     profile : str, path or Profile
         The target chip; ``convert_args`` (``weight_bits``, ``per_channel``, ``range_method``, ``cle``, ...,
         everything :func:`intsim.convert` takes) complete the target conversion.
@@ -143,8 +155,10 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
         "activations_only": measure(f"activations only (weights {high_w} bits)", {"weight_bits": high_w}),
     }
     report.ranking = rank_simulated(plan, data, metric, batch_size, progress)
+    op_types = _onnx_op_types(model)
     for entry in report.ranking:
         entry["drop_simulated"] = entry["drop"]
+        entry["op"] = op_types.get(entry["node"], entry["op"])
     report.ranking_datapath = "simulated"
     tensors = {(t.node, t.kind): t for t in quantized_tensors(plan)}
     report.inspected = [channel_ranges(plan, tensors[(e["node"], e["kind"])], calibration, batch_size)

@@ -1,6 +1,6 @@
 """The white paper's PTQ debugging workflow (§3.7): :func:`debug` and its :class:`DebugReport`."""
 
-from intsim.debug.report import DebugReport, Measurement
-from intsim.debug.workflow import debug
+from intsim.debugging.report import DebugReport, Measurement
+from intsim.debugging.workflow import debug
 
 __all__ = ["DebugReport", "Measurement", "debug"]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.debug.metric import SQNR_HOLDS_DB
+from intsim.debugging.metric import SQNR_HOLDS_DB
 from intsim.plotting import inline_png, pyplot
 
 
@@ -44,7 +44,7 @@ class DebugReport:
     samples : int
         Rows of the evaluation data.
     metric : str
-        ``"accuracy"``, ``"agreement"`` or ``"sqnr_db"`` (:mod:`intsim.debug.metric`).
+        ``"accuracy"``, ``"agreement"`` or ``"sqnr_db"`` (:mod:`intsim.debugging.metric`).
     float_value, reference : float
         The float model's metric, and the value drops are measured from.
     tolerance : float
@@ -59,7 +59,7 @@ class DebugReport:
         Step 3, worst first: ``{"node", "op", "kind", "tensor", "drop", "drop_simulated"}``.  ``drop`` is
         measured on ``ranking_datapath`` (``"integer"`` or ``"simulated"``).
     inspected : list of dict
-        Range statistics of the worst tensors (:func:`intsim.debug.sensitivity.channel_ranges`).
+        Range statistics of the worst tensors (:func:`intsim.debugging.sensitivity.channel_ranges`).
     fixes : list of dict
         Step 4: ``{"fix", "section", "changes", "after": Measurement}``, each measured against ``target``.
     layers : list of dict

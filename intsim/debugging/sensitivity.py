@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from intsim.converter.lowering import QuantizationPlan
-from intsim.debug.metric import Metric, run_simulated
+from intsim.debugging.metric import Metric, run_simulated
 from intsim.floatgraph import FloatGraph
 from intsim.floatgraph.execute import run_float
 from intsim.progress import Progress, progress_enabled
@@ -83,7 +83,7 @@ def rank_simulated(plan: QuantizationPlan, data: np.ndarray, metric: Metric, bat
     """Step 3 in the simulation: one entry per quantized tensor, worst (largest drop) first.
 
     Each entry is ``{"node", "op", "kind", "tensor", "drop", "sqnr_db"}``: the metric drop when only that
-    tensor is quantized (:class:`~intsim.debug.metric.Metric`) and the output SQNR against float then.
+    tensor is quantized (:class:`~intsim.debugging.metric.Metric`) and the output SQNR against float then.
     """
     tensors = quantized_tensors(plan)
     ranking = []
