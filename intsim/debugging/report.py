@@ -56,8 +56,9 @@ class DebugReport:
     steps : dict
         ``"high_bits"`` (step 1), ``"weights_only"`` and ``"activations_only"`` (step 2): Measurements.
     ranking : list of dict
-        Step 3, worst first: ``{"node", "op", "kind", "tensor", "drop", "drop_simulated"}``.  ``drop`` is
-        measured on ``ranking_datapath`` (``"integer"`` or ``"simulated"``).
+        Step 3, worst first: ``{"node", "op", "kind", "tensor", "drop", "sqnr_db", "drop_simulated",
+        "sqnr_db_simulated"}`` (:func:`intsim.debugging.sensitivity.rank`).  ``drop`` is measured on
+        ``ranking_datapath`` (``"integer"`` or ``"simulated"``).
     inspected : list of dict
         Range statistics of the worst tensors (:func:`intsim.debugging.sensitivity.channel_ranges`).
     fixes : list of dict

@@ -3,24 +3,27 @@ tensors by the metric drop each causes, and look at the worst ones' ranges.
 
 The tensors are those a :class:`~intsim.converter.lowering.QuantizationPlan` quantizes: every
 multiply-accumulate layer's weights and every quantization point (graph inputs and the outputs of the
-computing ops).  In the simulation, "only that tensor quantized" is the plan's float graph with that one
-weight tensor replaced by its dequantized codes, or with a fake-quant hook on that one activation
-(white paper §2.3); every other tensor stays float.
+computing ops).  On the integer datapath, "only that tensor quantized" is a conversion with a per-layer
+configuration that leaves every other node at high bit widths (:func:`one_tensor_config`); in the
+simulation, the plan's float graph with that one weight tensor replaced by its dequantized codes, or with
+a fake-quant hook on that one activation (white paper §2.3), every other tensor float.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from intsim.converter.lowering import QuantizationPlan
-from intsim.debugging.metric import Metric, run_simulated
+from intsim.debugging.metric import Metric, run_integer, run_simulated
 from intsim.floatgraph import FloatGraph
 from intsim.floatgraph.execute import run_float
 from intsim.progress import Progress, progress_enabled
 from intsim.ptq.bias_correction import dequantize_weight
 from intsim.report import fake_quant_hook
+from intsim.runtime import Model
 
 KINDS = ("weights", "activations")
 INPUT_OP = "Input"  # the "op" of a graph input's entry: it has no producing node
@@ -72,28 +75,60 @@ def simulated_output(plan: QuantizationPlan, entry: Tensor, data: np.ndarray, ba
     return run_simulated(plan.graph, data, batch_size, hook)
 
 
+def one_tensor_config(plan: QuantizationPlan, entry: Tensor, high_bits: tuple[int, int]) -> dict:
+    """The ``layer_config`` that quantizes only ``entry`` at the plan's bit widths, every other node at
+    ``high_bits`` (weights, activations) (:mod:`intsim.converter.layer_config`).
+
+    On the integer datapath a node's activation format is what it writes and what it reads (the converter
+    requantizes its inputs to it), so an activation entry sets the format of its producer's step, and a
+    graph input's entry that of the steps reading the input.  Every node of a step (a layer and its fused
+    activation) gets the override, so that the glob for the rest does not win inside the step.
+    """
+    p = plan.profile
+    config = {"*": {"weight_bits": high_bits[0], "activation_bits": high_bits[1]}}
+    if entry.op == INPUT_OP:
+        steps = [s for s in plan.steps if any(entry.tensor in n.inputs for n in s.nodes)]
+    else:
+        steps = [s for s in plan.steps if s.nodes[0].name == entry.node]
+    override = {"weight_bits": p.weight_bits} if entry.kind == "weights" else {"activation_bits": p.activation_bits}
+    for step in steps:
+        config.update({n.name: dict(override) for n in step.nodes})
+    return config
+
+
 def ranked(entries: list[dict]) -> list[dict]:
     """Worst first: the largest drop, ties (a coarse metric such as accuracy on few samples) broken by
     the lower output SQNR."""
     return sorted(entries, key=lambda e: (-e["drop"], e["sqnr_db"]))
 
 
-def rank_simulated(plan: QuantizationPlan, data: np.ndarray, metric: Metric, batch_size: int,
-                   progress: bool = True) -> list[dict]:
-    """Step 3 in the simulation: one entry per quantized tensor, worst (largest drop) first.
+def rank(plan: QuantizationPlan, data: np.ndarray, metric: Metric, batch_size: int,
+         convert_one: Callable[[dict], Model] | None = None, high_bits: tuple[int, int] = (12, 16),
+         progress: bool = True) -> list[dict]:
+    """Step 3: one entry per quantized tensor, worst first, measured on the integer datapath and in the
+    simulation.
 
-    Each entry is ``{"node", "op", "kind", "tensor", "drop", "sqnr_db"}``: the metric drop when only that
-    tensor is quantized (:class:`~intsim.debugging.metric.Metric`) and the output SQNR against float then.
+    Each entry is ``{"node", "op", "kind", "tensor", "drop", "sqnr_db", "drop_simulated",
+    "sqnr_db_simulated"}``: the metric drop when only that tensor is quantized
+    (:class:`~intsim.debugging.metric.Metric`) and the output SQNR against float then.  On the integer datapath
+    "only" means every other node at ``high_bits``: ``convert_one(layer_config)`` converts the model with
+    :func:`one_tensor_config`'s configuration.  In the simulation the other tensors stay float.  Without
+    ``convert_one`` the ranking is the simulation's alone (``drop`` = ``drop_simulated``): one float run per
+    tensor instead of a conversion and an integer run.
     """
     tensors = quantized_tensors(plan)
-    ranking = []
+    entries = []
     with Progress(len(tensors), progress_enabled(progress), "quantizing one tensor at a time") as bar:
         for i, entry in enumerate(tensors):
-            output = simulated_output(plan, entry, data, batch_size)
-            ranking.append({"node": entry.node, "op": entry.op, "kind": entry.kind, "tensor": entry.tensor,
-                            "drop": metric.drop(metric.value(output)), "sqnr_db": metric.output_sqnr_db(output)})
+            simulated = simulated_output(plan, entry, data, batch_size)
+            integer = simulated if convert_one is None else run_integer(
+                convert_one(one_tensor_config(plan, entry, high_bits)), data, batch_size)
+            entries.append({"node": entry.node, "op": entry.op, "kind": entry.kind, "tensor": entry.tensor,
+                            "drop": metric.drop(metric.value(integer)), "sqnr_db": metric.output_sqnr_db(integer),
+                            "drop_simulated": metric.drop(metric.value(simulated)),
+                            "sqnr_db_simulated": metric.output_sqnr_db(simulated)})
             bar.update(i + 1)
-    return ranked(ranking)
+    return ranked(entries)
 
 
 # --------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from intsim.converter.lowering import convert, lower, plan_quantization, prepare
 from intsim.debugging.fixes import Diagnosis, matching_fixes
 from intsim.debugging.metric import Metric, run_integer, run_simulated
 from intsim.debugging.report import DebugReport, Measurement
-from intsim.debugging.sensitivity import channel_ranges, quantized_tensors, rank_simulated
+from intsim.debugging.sensitivity import channel_ranges, quantized_tensors, rank
 from intsim.distributed.data import as_rows
 from intsim.errors import ValidationError
 from intsim.floatgraph import FloatGraph
@@ -36,6 +36,7 @@ from intsim.runtime import Model
 # (one product of full-scale codes needs 31 bits), 12-bit weights times 16-bit activations leave 4 bits for
 # the sum, which real layers' sums of mostly small products stay within.
 HIGH_BITS = (12, 16)
+DATAPATHS = ("integer", "simulated")
 # The conversion settings debug passes on to intsim.convert.
 CONVERT_SETTINGS = tuple(name for name, p in inspect.signature(convert).parameters.items()
                          if p.kind is p.KEYWORD_ONLY and name not in ("progress", "batch_size"))
@@ -82,7 +83,8 @@ def _checked_inputs(calibration, data, labels, tolerance, high_bits, inspect_cou
 
 
 def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: float = 0.01,
-          high_bits: tuple = HIGH_BITS, inspect: int = 3, batch_size: int = 64, progress: bool = True,
+          high_bits: tuple = HIGH_BITS, inspect: int = 3, datapath: str = "integer", batch_size: int = 64,
+          progress: bool = True,
           **convert_args) -> DebugReport:
     """Run the white paper's PTQ debugging workflow (§3.7) on a float model; returns a :class:`DebugReport`.
 
@@ -107,6 +109,10 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
         Weight and activation bits that stand for "unquantized" in steps 1 and 2 (:data:`HIGH_BITS`).
     inspect : int
         How many of the worst tensors get range statistics and plots.
+    datapath : {"integer", "simulated"}
+        What step 3 ranks by: conversions that quantize one tensor at a time on the integer datapath (every
+        other node at ``high_bits``, through ``layer_config``), or the simulation alone (every other tensor
+        float; one float run per tensor, much cheaper).  The simulation's drops are in the report either way.
     batch_size : int
         Rows per batch, for the conversions and the evaluations.
     progress : bool
@@ -119,6 +125,8 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
     """
     convert_args = {k: v for k, v in convert_args.items() if v is not None}
     data, labels = _checked_inputs(calibration, data, labels, tolerance, high_bits, inspect, convert_args)
+    if datapath not in DATAPATHS:
+        raise ValidationError(f"debug: datapath must be one of {', '.join(DATAPATHS)}, found {datapath!r}")
     high_w, high_a = (int(b) for b in high_bits)
     name = convert_args.pop("name", None) or _model_name(model)
     fg = prepare_float_graph(model, convert_args.get("input_shapes"))
@@ -154,12 +162,16 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
         "weights_only": measure(f"weights only (activations {high_a} bits)", {"activation_bits": high_a}),
         "activations_only": measure(f"activations only (weights {high_w} bits)", {"weight_bits": high_w}),
     }
-    report.ranking = rank_simulated(plan, data, metric, batch_size, progress)
+    def convert_one(layer_config: dict) -> Model:
+        return convert(model, calibration, profile, progress=False, batch_size=batch_size,
+                       **{**convert_args, "layer_config": layer_config})
+
+    report.ranking = rank(plan, data, metric, batch_size, convert_one if datapath == "integer" else None,
+                          (high_w, high_a), progress)
+    report.ranking_datapath = datapath
     op_types = _onnx_op_types(model)
     for entry in report.ranking:
-        entry["drop_simulated"] = entry["drop"]
         entry["op"] = op_types.get(entry["node"], entry["op"])
-    report.ranking_datapath = "simulated"
     tensors = {(t.node, t.kind): t for t in quantized_tensors(plan)}
     report.inspected = [channel_ranges(plan, tensors[(e["node"], e["kind"])], calibration, batch_size)
                         for e in report.ranking[:inspect]]
