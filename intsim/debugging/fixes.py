@@ -6,14 +6,10 @@ the workflow converts with them, measures, and reports the result beside the unf
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from intsim.converter.lowering import convert
 from intsim.profiles import Profile
-
-_PER_LAYER_PRECISION = "layer_config" in inspect.signature(convert).parameters
 
 
 @dataclass(frozen=True)
@@ -77,7 +73,7 @@ FIXES = (
     Fix("empirical bias correction", "§3.3", lambda d: d.weights_hurt and not d.settings.get("bias_correction"),
         lambda d: {"bias_correction": "empirical"}),
     Fix("higher precision for the worst layer", "§3.7",
-        lambda d: _worst_layer(d) is not None and _PER_LAYER_PRECISION, _higher_precision),
+        lambda d: _worst_layer(d) is not None, _higher_precision),
 )
 
 
