@@ -25,13 +25,13 @@ from intsim.config import FASHION_MNIST_ROOT
 from intsim.converter.lowering import plan_quantization
 from intsim.datasets import load_dataset
 from intsim.debugging.metric import Metric, run_simulated
-from intsim.debugging.sensitivity import rank_simulated
+from intsim.debugging.sensitivity import one_tensor_config, quantized_tensors, rank
 from intsim.errors import ValidationError
 from intsim.models import model_path
 
 UNBALANCED = model_path("mobilenet_digits_unbalanced.onnx")
 BALANCED = model_path("mobilenet_digits.onnx")
-ENTRY_KEYS = {"node", "op", "kind", "tensor", "drop", "sqnr_db"}
+ENTRY_KEYS = {"node", "op", "kind", "tensor", "drop", "sqnr_db", "drop_simulated", "sqnr_db_simulated"}
 
 
 def depthwise_nodes(path) -> set[str]:
@@ -63,12 +63,12 @@ def test_unbalanced_model_keeps_the_float_predictions(digits):
 
 
 def test_ranking_puts_depthwise_weights_in_the_top_three(digits):
-    """Step 3 on the unbalanced model at per-tensor W8A8: a depthwise layer's weights are among the three
-    worst tensors; every entry names an ONNX node and its op type, worst first."""
+    """Step 3 in the simulation on the unbalanced model at per-tensor W8A8: a depthwise layer's weights are
+    among the three worst tensors, worst first (the integer datapath's ranking: the slow case below)."""
     calibration, x, y = digits
     plan = plan_quantization(UNBALANCED, calibration, "paper", per_channel=False, progress=False)
     metric = Metric.choose(run_simulated(plan.graph, x, 150), y)
-    ranking = rank_simulated(plan, x, metric, 150, progress=False)
+    ranking = rank(plan, x, metric, 150, progress=False)
     assert all(set(e) == ENTRY_KEYS for e in ranking)
     assert {e["kind"] for e in ranking} == {"weights", "activations"}
     drops = [e["drop"] for e in ranking]
@@ -78,6 +78,31 @@ def test_ranking_puts_depthwise_weights_in_the_top_three(digits):
     top = [(e["node"], e["kind"]) for e in ranking[:3]]
     assert any(node in depthwise and kind == "weights" for node, kind in top), top
     assert ranking[0]["drop"] > 0.05
+    assert all(e["drop"] == e["drop_simulated"] for e in ranking)
+
+
+def test_one_tensor_config_quantizes_only_that_tensor(digits):
+    """The integer datapath's "only this tensor": the node's weights (or its activations) at the target
+    bits, every other node at the high bits; read back from the converted graph's codes and formats."""
+    calibration, _, _ = digits
+    plan = plan_quantization(BALANCED, calibration, "paper", weight_bits=4, activation_bits=4, progress=False)
+    tensors = {(t.node, t.kind): t for t in quantized_tensors(plan)}
+    layer = "/features/features.4/body/body.3/Conv"
+    weights = intsim.convert(BALANCED, calibration, "paper", progress=False,
+                             layer_config=one_tensor_config(plan, tensors[(layer, "weights")], (8, 8)))
+    peaks = {n.name: int(np.abs(n.params["weight"].astype(np.int64)).max()) for n in weights.graph.nodes
+             if "weight" in n.params}
+    assert peaks.pop(layer) == 7  # 4-bit narrow range
+    assert min(peaks.values()) == 127
+    assert all(t.bits in (None, 8) for t in weights.graph.tensors.values())
+    activations = intsim.convert(BALANCED, calibration, "paper", progress=False,
+                                 layer_config=one_tensor_config(plan, tensors[(layer, "activations")], (8, 8)))
+    node = next(n for n in activations.graph.nodes if n.name == layer)
+    assert activations.graph.tensors[node.outputs[0]].bits == 4
+    assert max(int(np.abs(n.params["weight"].astype(np.int64)).max()) for n in activations.graph.nodes
+               if "weight" in n.params) == 127
+    four_bit = [t for t in activations.graph.tensors.values() if t.bits == 4]
+    assert 1 <= len(four_bit) <= 2  # the node's output, and its input requantized to the node's format
 
 
 def test_a_model_that_holds_up_reports_so_in_one_line(digits):
@@ -95,7 +120,7 @@ def test_report_structure_json_and_html(digits, tmp_path):
     pytest.importorskip("matplotlib")
     calibration, x, y = digits
     report = intsim.debug(BALANCED, calibration, x, y, "paper", weight_bits=4, activation_bits=4,
-                          per_channel=False, high_bits=(8, 8), inspect=2, progress=False)
+                          per_channel=False, high_bits=(8, 8), inspect=2, datapath="simulated", progress=False)
     assert not report.holds_up and report.metric == "accuracy"
     assert report.float_value == report.reference == np.mean(run_simulated(
         intsim.converter.lowering.prepare_float_graph(BALANCED), x, 150).argmax(axis=1) == y)
@@ -113,6 +138,9 @@ def test_report_structure_json_and_html(digits, tmp_path):
         assert len(s["channel_min"]) == len(s["channel_max"]) == s["channels"]
     names = [f["fix"] for f in report.fixes]
     assert "per-channel weights" in names and "cross-layer equalization" in names
+    higher = next(f for f in report.fixes if f["fix"] == "higher precision for the worst layers")
+    assert higher["changes"] == {"layer_config": {e["node"]: {"weight_bits": 8} if e["kind"] == "weights" else
+                                                  {"activation_bits": 8} for e in report.ranking[:2]}}
     per_channel = next(f for f in report.fixes if f["fix"] == "per-channel weights")
     assert per_channel["changes"] == {"per_channel": True}
     assert report.best_fix is not None and report.best_fix["after"].integer > report.target.integer
@@ -137,6 +165,7 @@ def test_report_structure_json_and_html(digits, tmp_path):
     ({"inspect": 1.5}, "inspect must be an integer"),
     ({"high_bits": (8,)}, "high_bits must be (weight bits, activation bits)"),
     ({"weight_bitz": 8}, "unknown conversion setting(s) weight_bitz"),
+    ({"datapath": "float"}, "datapath must be one of integer, simulated"),
 ])
 def test_bad_input_is_a_validation_error(kwargs, message):
     args = {"model": BALANCED, "calibration": np.zeros((4, 1, 8, 8), np.float32),

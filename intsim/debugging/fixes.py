@@ -48,16 +48,17 @@ class Fix:
     changes: Callable[[Diagnosis], dict]
 
 
-def _worst_layer(d: Diagnosis) -> dict | None:
-    return next((e for e in d.worst if e["op"] != "Input"), None)
+def _worst_layers(d: Diagnosis) -> list[dict]:
+    return [e for e in d.worst if e["op"] != "Input"]
 
 
 def _higher_precision(d: Diagnosis) -> dict:
-    entry = _worst_layer(d)
-    key = "weight_bits" if entry["kind"] == "weights" else "activation_bits"
-    bits = d.high_bits[0] if entry["kind"] == "weights" else d.high_bits[1]
+    """The worst layers' weights (or activations) at the high bit widths, the rest as they were."""
     layers = dict(d.settings.get("layer_config") or {})
-    layers[entry["node"]] = {**layers.get(entry["node"], {}), key: bits}
+    for entry in _worst_layers(d):
+        key, bits = ("weight_bits", d.high_bits[0]) if entry["kind"] == "weights" else ("activation_bits",
+                                                                                       d.high_bits[1])
+        layers[entry["node"]] = {**layers.get(entry["node"], {}), key: bits}
     return {"layer_config": layers}
 
 
@@ -72,8 +73,7 @@ FIXES = (
         lambda d: {"range_method": "mse"}),
     Fix("empirical bias correction", "§3.3", lambda d: d.weights_hurt and not d.settings.get("bias_correction"),
         lambda d: {"bias_correction": "empirical"}),
-    Fix("higher precision for the worst layer", "§3.7",
-        lambda d: _worst_layer(d) is not None, _higher_precision),
+    Fix("higher precision for the worst layers", "§3.7", lambda d: bool(_worst_layers(d)), _higher_precision),
 )
 
 
