@@ -376,7 +376,8 @@ def _cmd_debug(args) -> int:
     labels = _load_npy(args.labels, "labels") if args.labels else None
     overrides = {k: v for k, v in _overrides(args).items() if v is not None}
     report = debug(args.model, _load_floats(args.calibration, "calibration"), _load_floats(args.data, "data"), labels,
-                   args.profile, tolerance=args.tolerance, inspect=args.inspect, input_shapes=args.input_shapes,
+                   args.profile, tolerance=args.tolerance, inspect=args.inspect, datapath=args.datapath,
+                   input_shapes=args.input_shapes,
                    **overrides)
     print(report.table())
     if args.html:
@@ -685,6 +686,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.01,
                    help="metric drop within which the model holds up (default 0.01, one point of accuracy)")
     p.add_argument("--inspect", type=int, default=3, help="worst tensors to inspect (ranges, plots; default 3)")
+    p.add_argument("--datapath", choices=("integer", "simulated"), default="integer",
+                   help="rank tensors on the integer datapath (default) or in the cheaper simulation alone")
     p.add_argument("--html", help="also write the report as an HTML page (range plots with matplotlib)")
     p.add_argument("--json", dest="json_path", help="also write the report as JSON")
     _add_conversion_options(p, batch_size=64)
