@@ -207,22 +207,20 @@ class DebugReport:
 
 
 def plot_channel_ranges(stats: dict, path) -> None:
-    """Per-channel [min, max] of one tensor (white paper Fig. 7's view) with its per-tensor range dashed;
-    needs matplotlib (extra ``plot``)."""
+    """Per channel, the largest magnitude of one tensor (white paper §3.7: inspect the per-channel ranges),
+    beside its quantization step: a channel whose bar ends near the step keeps a few codes.  A log axis
+    where the channels span more than a factor 100.  Needs matplotlib (extra ``plot``)."""
     plt = pyplot()
-    lo, hi = np.asarray(stats["channel_min"]), np.asarray(stats["channel_max"])
-    x = np.arange(lo.size)
-    fig, ax = plt.subplots(figsize=(max(6, 0.06 * lo.size), 3.5))
-    ax.vlines(x, lo, hi, linewidth=3)
-    for bound in (lo.min(), hi.max()):
-        ax.axhline(bound, linestyle="--", color="gray", linewidth=0.8)
+    peak = np.maximum(np.abs(np.asarray(stats["channel_min"])), np.abs(np.asarray(stats["channel_max"])))
+    x = np.arange(peak.size)
+    fig, ax = plt.subplots(figsize=(max(6, 0.06 * peak.size), 3.5))
+    ax.bar(x, peak, width=0.8, label="max |value|")
+    ax.plot(x, stats["step"], "k_", markersize=4, label="quantization step")
+    if stats["channel_range_ratio"] > 100:
+        ax.set_yscale("log")
     ax.set_xlabel("output channel" if stats["kind"] == "weights" else "channel")
-    ax.set_ylabel("range")
-    if stats["channel_range_ratio"] > 100:  # unbalanced channels: a log scale shows the small ones
-        peak = np.maximum(np.abs(lo), np.abs(hi))
-        ax.set_yscale("symlog", linthresh=float(np.min(peak[peak > 0], initial=1.0)))
+    ax.legend(fontsize=7)
     ax.set_title(f"{stats['kind']} of {stats['node']}: per-channel ranges", fontsize=9, wrap=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
