@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intsim.debugging import command as debug_command
 from intsim.errors import InputWarning, IntsimError, ValidationError
 
 EXIT_RUNTIME_ERROR = 1
@@ -373,19 +374,10 @@ def _load_floats(path: str, what: str) -> np.ndarray:
 def _cmd_debug(args) -> int:
     from intsim.debugging import debug
 
-    labels = _load_npy(args.labels, "labels") if args.labels else None
-    overrides = {k: v for k, v in _overrides(args).items() if v is not None}
-    report = debug(args.model, _load_floats(args.calibration, "calibration"), _load_floats(args.data, "data"), labels,
-                   args.profile, tolerance=args.tolerance, inspect=args.inspect, datapath=args.datapath,
-                   input_shapes=args.input_shapes,
-                   **overrides)
-    print(report.table())
-    if args.html:
-        report.to_html(args.html)
-        print(f"wrote {args.html}")
-    if args.json_path:
-        report.to_json(args.json_path)
-        print(f"wrote {args.json_path}")
+    report = debug(args.model, _load_floats(args.calibration, "calibration"), _load_floats(args.data, "data"),
+                   _load_npy(args.labels, "labels") if args.labels else None, args.profile, tolerance=args.tolerance,
+                   inspect=args.inspect, datapath=args.datapath, input_shapes=args.input_shapes, **_overrides(args))
+    print("\n".join([report.table(), *(f"wrote {path}" for path in report.save(args.html, args.json_path))]))
     return 0
 
 
@@ -677,19 +669,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("debug", help="the white paper's PTQ debugging workflow (§3.7): what loses accuracy, "
-                                     "layer by layer, and which fix recovers it")
-    p.add_argument("model", help="the float ONNX model")
-    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first)")
-    p.add_argument("--data", required=True, help="evaluation inputs .npy (samples first)")
-    p.add_argument("--labels", help="integer class labels .npy: the metric is accuracy (else agreement with float)")
-    p.add_argument("--tolerance", type=float, default=0.01,
-                   help="metric drop within which the model holds up (default 0.01, one point of accuracy)")
-    p.add_argument("--inspect", type=int, default=3, help="worst tensors to inspect (ranges, plots; default 3)")
-    p.add_argument("--datapath", choices=("integer", "simulated"), default="integer",
-                   help="rank tensors on the integer datapath (default) or in the cheaper simulation alone")
-    p.add_argument("--html", help="also write the report as an HTML page (range plots with matplotlib)")
-    p.add_argument("--json", dest="json_path", help="also write the report as JSON")
+    p = sub.add_parser("debug", help=debug_command.HELP)
+    debug_command.add_options(p)
     _add_conversion_options(p, batch_size=64)
     _add_input_shape_option(p)
     p.set_defaults(func=_cmd_debug)

@@ -153,6 +153,13 @@ class DebugReport:
             "layers": list(self.layers),
         }
 
+    def save(self, html_path=None, json_path=None) -> list:
+        """Write the HTML page and / or the JSON document where a path is given; returns the paths written."""
+        for path, write in ((html_path, self.to_html), (json_path, self.to_json)):
+            if path:
+                write(path)
+        return [path for path in (html_path, json_path) if path]
+
     def to_json(self, path) -> None:
         """The report as JSON (infinite SQNRs as ``Infinity``, as Python's json writes them)."""
         with open(path, "w", encoding="utf-8") as f:
