@@ -164,6 +164,7 @@ def test_report_structure_json_and_html(digits, tmp_path):
     ({"tolerance": -1}, "tolerance must be a number >= 0"),
     ({"inspect": 1.5}, "inspect must be an integer"),
     ({"high_bits": (8,)}, "high_bits must be (weight bits, activation bits)"),
+    ({"high_bits": 16}, "high_bits must be (weight bits, activation bits)"),
     ({"weight_bitz": 8}, "unknown conversion setting(s) weight_bitz"),
     ({"datapath": "float"}, "datapath must be one of integer, simulated"),
 ])
@@ -172,6 +173,36 @@ def test_bad_input_is_a_validation_error(kwargs, message):
             "data": np.zeros((4, 1, 8, 8), np.float32), "labels": None, **kwargs}
     with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         intsim.debug(**args, progress=False)
+
+
+def tiny_conv_model(path):
+    """One 3x3 conv, 1 -> 2 channels: its output is not a classifier's, so the metric is output SQNR."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(2, 1, 3, 3)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2, 4, 4])],
+                              [numpy_helper.from_array(w, "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+def test_sqnr_metric_for_a_model_that_is_not_a_classifier(tmp_path):
+    path = tiny_conv_model(tmp_path / "tiny.onnx")
+    x = np.random.default_rng(1).uniform(0, 1, (32, 1, 4, 4)).astype(np.float32)
+    report = intsim.debug(path, x, x, progress=False)
+    assert report.metric == "sqnr_db" and report.holds_up
+    assert report.target.integer >= 30 and report.summary().endswith("at least 30 dB")
+    low = intsim.debug(path, x, x, weight_bits=2, activation_bits=2, high_bits=(8, 8), progress=False)
+    assert not low.holds_up and low.target.integer < 30
+    assert low.reference == low.steps["high_bits"].integer  # SQNR drops count from step 1, float's is infinite
+    assert low.target.drop_integer == pytest.approx(low.reference - low.target.integer)
+    assert {(e["node"], e["op"], e["kind"]) for e in low.ranking} == {
+        ("x", "Input", "activations"), ("conv", "Conv", "weights"), ("conv", "Conv", "activations")}
+    assert all(np.isfinite(e["drop"]) and np.isfinite(e["sqnr_db"]) for e in low.ranking)
+    with pytest.raises(ValidationError, match=r"labels need a classifier's output \[samples, classes\]; .* \(32, 2, 4, 4\)"):
+        intsim.debug(path, x, x, np.zeros(32, np.int64), progress=False)
 
 
 @pytest.fixture

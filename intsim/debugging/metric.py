@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from intsim.errors import ValidationError
 from intsim.floatgraph import FloatGraph
 from intsim.floatgraph.execute import run_float
 from intsim.runtime import Model
@@ -50,6 +51,9 @@ class Metric:
     def choose(cls, float_output: np.ndarray, labels: np.ndarray | None) -> "Metric":
         """Accuracy with labels, else agreement for a classifier (``[N, classes]`` output), else SQNR."""
         if labels is not None:
+            if float_output.ndim != 2:
+                raise ValidationError(f"debug: labels need a classifier's output [samples, classes]; the model's "
+                                      f"first output has shape {float_output.shape}")
             return cls("accuracy", float_output, labels, float(np.mean(float_output.argmax(axis=1) == labels)))
         if float_output.ndim == 2 and float_output.shape[1] > 1:
             return cls("agreement", float_output, None, 1.0)

@@ -10,14 +10,14 @@ quantization simulation beside it.
 3. Quantize one tensor at a time and rank the tensors by the drop each causes; inspect the worst ones'
    per-channel ranges.
 4. Apply each fix that matches the diagnosis (per-channel weights, CLE, another range setting, bias
-   correction, higher precision for the worst layer), convert again and measure.
+   correction, higher precision for the worst layers), convert again and measure.
 """
 
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 
@@ -77,7 +77,8 @@ def _checked_inputs(calibration, data, labels, tolerance, high_bits, inspect_cou
         raise ValidationError(f"debug: tolerance must be a number >= 0, found {tolerance!r}")
     if not (isinstance(inspect_count, int) and inspect_count >= 0):
         raise ValidationError(f"debug: inspect must be an integer >= 0, found {inspect_count!r}")
-    if len(tuple(high_bits)) != 2:
+    if not isinstance(high_bits, (tuple, list)) or len(high_bits) != 2 or not all(
+            isinstance(b, int) and not isinstance(b, bool) for b in high_bits):
         raise ValidationError(f"debug: high_bits must be (weight bits, activation bits), found {high_bits!r}")
     return data, labels
 
