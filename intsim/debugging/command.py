@@ -8,16 +8,16 @@ HELP = "the white paper's PTQ debugging workflow (§3.7): what loses accuracy, l
 
 OPTIONS = (
     (("model",), {"help": "the float ONNX model"}),
-    (("--calibration",), {"required": True, "help": "calibration inputs .npy (samples first)"}),
-    (("--data",), {"required": True, "help": "evaluation inputs .npy (samples first)"}),
-    (("--labels",), {"help": "integer class labels .npy: the metric is accuracy (else agreement with float)"}),
+    (("--calibration",), {"required": True, "metavar": "CAL.npy", "help": "calibration inputs (samples first)"}),
+    (("--data",), {"required": True, "metavar": "X.npy", "help": "evaluation inputs (samples first)"}),
+    (("--labels",), {"metavar": "Y.npy", "help": "integer class labels: the metric is accuracy (else agreement with float)"}),
     (("--tolerance",), {"type": float, "default": 0.01,
                         "help": "metric drop within which the model holds up (default 0.01, one point of accuracy)"}),
     (("--inspect",), {"type": int, "default": 3, "help": "worst tensors to inspect (ranges, plots; default 3)"}),
     (("--datapath",), {"choices": ("integer", "simulated"), "default": "integer",
                        "help": "rank tensors on the integer datapath (default) or in the cheaper simulation alone"}),
-    (("--html",), {"help": "also write the report as an HTML page (range plots with matplotlib)"}),
-    (("--json",), {"dest": "json_path", "help": "also write the report as JSON"}),
+    (("--html",), {"metavar": "R.html", "help": "also write the report as an HTML page (range plots with matplotlib)"}),
+    (("--json",), {"dest": "json_path", "metavar": "R.json", "help": "also write the report as JSON"}),
 )
 
 
