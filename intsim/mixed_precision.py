@@ -14,8 +14,8 @@ automated):
    the metric drop each move causes, end to end on the integer model.
 3. **Walk.**  The moves sorted by drop per unit of cost saved; applying them in that order gives a
    chain of configurations from the baseline to the cheapest.  A binary search finds the longest
-   prefix that keeps the metric above ``float - max_accuracy_drop``; the remaining moves are then
-   tried one by one, each kept when the target still holds.
+   prefix that keeps the metric above ``float - max_accuracy_drop``; the remaining moves whose own
+   drop fits in the slack left are then tried one by one, each kept when the target still holds.
 
 The metric is top-1 accuracy with ``labels``, otherwise top-1 agreement with the float model.  Every
 configuration measured is kept in ``result.explored``; ``result.pareto`` is its non-dominated front
@@ -345,9 +345,11 @@ def _walk(layers, formats, objective, cost, target, measure) -> Point:
         else:
             hi = mid
     current = walk(lo)
-    for _, _, name, f in moves[lo:]:
+    for drop, _, name, f in moves[lo:]:
+        # A move whose drop on its own already exceeds the slack left is not tried.
         trial = {**current, name: f}
-        if cost(trial) < cost(current) and measure(trial, "refine").metric >= target:
+        if cost(trial) < cost(current) and drop <= measure(current, "walk").metric - target \
+                and measure(trial, "refine").metric >= target:
             current = trial
     return measure(current, "refine")
 

@@ -9,6 +9,7 @@ import intsim
 from intsim import Model, ValidationError
 from intsim.cli import main
 from intsim.converter.layer_config import LayerFormats, layer_config_toml, load_layer_config
+from intsim.export.tosa import lower_to_tosa
 from intsim.graph.fileformat import load_graph, save_graph
 
 
@@ -105,6 +106,12 @@ def test_narrow_input_codes_follow_the_input_tensor_bits(net):
         codes = model.quantize_inputs([x * 100])[0]  # far outside the range: the codes clamp to 4 bits
     assert codes.min() == -8 and codes.max() == 7
     assert model.graph.tensors[_node(model, "conv1").outputs[0]].bits == 4
+    # The same under a 3-bit profile without a layer_config: input codes stay in [-4, 3], not int8's range.
+    three = intsim.convert(onnx_model, x, profile="paper", activation_bits=3, progress=False)
+    assert three.graph.tensors["x"].code_range == (-4, 3)
+    with pytest.warns(intsim.errors.InputWarning):
+        codes = three.quantize_inputs([x * 100])[0]
+    assert codes.min() == -4 and codes.max() == 3
 
 
 def test_saved_mixed_graph_keeps_bits(net, tmp_path):
@@ -208,3 +215,68 @@ def test_cli_convert_with_layer_config(net, tmp_path, capsys):
     assert main(["convert", str(tmp_path / "net.onnx"), "--calibration", str(tmp_path / "cal.npy"), "-o", str(out),
                  "--layer-config", str(tmp_path / "bad.toml")]) == 1
     assert "pattern 'nope' matches no node" in capsys.readouterr().err
+
+
+def test_tosa_export_of_int16_activations_with_int8_weights(net, tmp_path):
+    from tests.test_tosa import _reference_model
+
+    onnx_model, x = net
+    model = intsim.convert(onnx_model, x, profile="tosa", progress=False,
+                           layer_config={"conv2": {"activation_bits": 16, "activation_symmetric": True}})
+    assert model.graph.tensors[_node(model, "conv2").outputs[0]].dtype == "int16"
+    program = lower_to_tosa(model.graph, batch=4)
+    convs = [o for o in program.operators if o.op == "CONV2D"]
+    assert [o.attrs["acc_type"] for o in convs] == ["int32", "int48", "int32"]
+    codes = model.quantize_inputs([x[:4]])[0]
+    rng = np.random.default_rng(5)
+    feeds = [{"x": codes}, {"x": rng.integers(-128, 128, size=codes.shape).astype(np.int8)},
+             {"x": np.full(codes.shape, 127, np.int8)}]
+    got = _reference_model(intsim.export_tosa(model, tmp_path / "m.tosa", batch=4), model.graph, feeds, tmp_path)
+    for feed, out in zip(feeds, got):
+        np.testing.assert_array_equal(out, model.run_int(feed["x"]), strict=True)
+
+
+def test_tosa_refuses_int16_with_a_zero_point(net):
+    onnx_model, x = net
+    model = intsim.convert(onnx_model, x, profile="tosa", progress=False,
+                           layer_config={"conv2": {"activation_bits": 16}})
+    with pytest.raises(intsim.UnsupportedOpError, match=r"rescale .*: TOSA takes int16 activations with zero point "
+                                                        r"0, found -?\d+ for .* \(quantize the layer with "
+                                                        r"activation_symmetric"):
+        lower_to_tosa(model.graph)
+
+
+def test_golden_vectors_and_sweep_of_a_mixed_graph(net, tmp_path):
+    import json
+
+    from intsim.hwval import sweep
+    from intsim.hwval.golden import load_golden
+
+    onnx_model, x = net
+    model = intsim.convert(onnx_model, x, profile="paper", progress=False,
+                           layer_config={"conv1": {"activation_bits": 4}, "conv2": {"activation_bits": 16}})
+    manifest = json.loads(intsim.export_golden(model, x[:2], tmp_path / "gold", float_input=True).read_text())
+    conv1, conv2 = _node(model, "conv1"), _node(model, "conv2")
+    assert (manifest["tensors"][conv1.outputs[0]]["dtype"], manifest["tensors"][conv1.outputs[0]]["bits"]) == ("int8", 4)
+    assert (manifest["tensors"][conv2.outputs[0]]["dtype"], manifest["tensors"][conv2.outputs[0]]["bits"]) == ("int16", 16)
+    formats = {n["name"]: n.get("format") for n in manifest["nodes"]}
+    assert (formats["conv1"], formats["conv2"], formats["fc"]) == ("w8a4", "w8a16", "w8a8")
+    golden = load_golden(tmp_path / "gold")
+    trace = model.trace(x[:2], float_input=True)
+    np.testing.assert_array_equal(golden.tensors[conv2.outputs[0]], trace.tensors[conv2.outputs[0]], strict=True)
+    report = sweep(model, x[:16], acc_bits=[20, 32])
+    full = next(w for w in report.widths if w.bits == 32)
+    assert full.agreement == 1.0 and full.overflowing_layers == 0
+    assert {layer.node for layer in report.layers} >= {"conv1", "conv2", "fc"}
+
+
+def test_tensor_bits_and_supported_formats_are_checked():
+    assert intsim.TensorInfo("t", "int8", (None, 2), 0.1, 0, 4).code_range == (-8, 7)
+    assert intsim.TensorInfo("t", "uint8", (None, 2), 0.1, 0, 4).code_range == (0, 15)
+    with pytest.raises(ValidationError, match=r"tensor 't': bits must be None or an integer in \[2, 8\] for int8, "
+                                              r"found 9"):
+        intsim.TensorInfo("t", "int8", (None, 2), 0.1, 0, 9)
+    with pytest.raises(ValidationError, match=r"supported_formats must be a list of strings"):
+        intsim.get_profile("paper").replace(supported_formats="w8a8")
+    with pytest.raises(ValidationError, match=r"found 'w8a32'"):
+        intsim.get_profile("paper").replace(supported_formats=("w8a32",))

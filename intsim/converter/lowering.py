@@ -182,9 +182,6 @@ class _Lowering:
     def clamp_codes(self, scale, zero_point, clamp):
         return clamp_codes(scale, zero_point, clamp, self.profile)
 
-    def act_range(self):
-        return self.profile.activation_range()
-
     def rescale(self, real, prefix=""):
         real = np.atleast_1d(np.asarray(real, np.float64))
         return Rescale.from_real(real, self.profile.rounding, self.profile.multiplier_bits).params(prefix)
@@ -197,7 +194,7 @@ class _Lowering:
         scale, zp = quantization_params(float(min(value.min(), 0.0)), float(max(value.max(), 0.0)),
                                         p.activation_bits, p.activation_signed, p.activation_symmetric,
                                         power_of_two=p.power_of_two_scales)
-        return quantize(value, scale, zp, *self.act_range(), p.activation_dtype), scale, zp
+        return quantize(value, scale, zp, *p.activation_range(), p.activation_dtype), scale, zp
 
     # --- steps ------------------------------------------------------------
     def lower(self, steps):
@@ -484,7 +481,7 @@ class _Lowering:
         if p.activation_symmetric and p.activation_signed:
             scale, zp = 2.0 ** -(p.activation_bits - 1), 0
         else:
-            scale, zp = 2.0 ** -p.activation_bits, self.act_range()[0]
+            scale, zp = 2.0 ** -p.activation_bits, p.activation_range()[0]
         y = self.bind(step.output, _identity(rank), scale, zp)
         params = {"exp_table": build_exp_table(x), **self.rescale(2.0**-23 / scale)}
         self.nodes.append(Node("softmax", node.name, [x.name], [y], {}, params))
