@@ -201,7 +201,8 @@ def test_sqnr_metric_for_a_model_that_is_not_a_classifier(tmp_path):
     assert {(e["node"], e["op"], e["kind"]) for e in low.ranking} == {
         ("x", "Input", "activations"), ("conv", "Conv", "weights"), ("conv", "Conv", "activations")}
     assert all(np.isfinite(e["drop"]) and np.isfinite(e["sqnr_db"]) for e in low.ranking)
-    with pytest.raises(ValidationError, match=r"labels need a classifier's output \[samples, classes\]; .* \(32, 2, 4, 4\)"):
+    with pytest.raises(ValidationError,
+                       match=r"labels need a classifier's output \[samples, classes\]; .* \(32, 2, 4, 4\)"):
         intsim.debug(path, x, x, np.zeros(32, np.int64), progress=False)
 
 

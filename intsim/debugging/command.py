@@ -4,13 +4,15 @@ Kept here, beside the workflow they drive; importing this module imports nothing
 its parser before it knows the command).
 """
 
-HELP = "the white paper's PTQ debugging workflow (§3.7): what loses accuracy, layer by layer, and which fix recovers it"
+HELP = ("the white paper's PTQ debugging workflow (§3.7): what loses accuracy, layer by layer, and which fix "
+        "recovers it")
 
 OPTIONS = (
     (("model",), {"help": "the float ONNX model"}),
     (("--calibration",), {"required": True, "metavar": "CAL.npy", "help": "calibration inputs (samples first)"}),
     (("--data",), {"required": True, "metavar": "X.npy", "help": "evaluation inputs (samples first)"}),
-    (("--labels",), {"metavar": "Y.npy", "help": "integer class labels: the metric is accuracy (else agreement with float)"}),
+    (("--labels",), {"metavar": "Y.npy",
+                     "help": "integer class labels: the metric is accuracy (else agreement with float)"}),
     (("--tolerance",), {"type": float, "default": 0.01,
                         "help": "metric drop within which the model holds up (default 0.01, one point of accuracy)"}),
     (("--inspect",), {"type": int, "default": 3, "help": "worst tensors to inspect (ranges, plots; default 3)"}),

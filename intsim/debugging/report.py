@@ -106,7 +106,8 @@ class DebugReport:
         if self.holds_up:
             within = (f"at least {SQNR_HOLDS_DB:.0f} dB" if self.metric == "sqnr_db" else
                       f"drop {self._drop(self.target.drop_integer)} within {self._drop(self.tolerance)}")
-            return f"{head} holds up: {self.metric} {self._value(self.target.integer)} on the integer datapath, {within}"
+            return (f"{head} holds up: {self.metric} {self._value(self.target.integer)} on the integer datapath, "
+                    f"{within}")
         text = f"{head} loses {self._drop(self.target.drop_integer)} of {self.metric}"
         if self.ranking:
             worst = self.ranking[0]
@@ -130,7 +131,8 @@ class DebugReport:
         lines.append(f"step 3, one tensor quantized at a time ({self.ranking_datapath}), worst first "
                      "(drop, output SQNR):")
         for e in self.ranking[:top]:
-            lines.append(f"  {self._drop(e['drop']):>10}  {e['sqnr_db']:6.1f} dB  {e['kind']:<11} {e['node']} ({e['op']})")
+            lines.append(f"  {self._drop(e['drop']):>10}  {e['sqnr_db']:6.1f} dB  {e['kind']:<11} {e['node']} "
+                         f"({e['op']})")
         for s in self.inspected:
             lines.append(f"  {s['kind']} of {s['node']}: {s['channels']} channels in [{s['min']:.4g}, {s['max']:.4g}],"
                          f" max/min channel range {s['channel_range_ratio']:.0f}, median channel spans "

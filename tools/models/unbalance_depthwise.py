@@ -65,7 +65,8 @@ def channel_maxima(model: onnx.ModelProto, tensors: list[str], images: np.ndarra
     return peaks
 
 
-def unbalance(model: onnx.ModelProto, images: np.ndarray, low: float, high: float, seed: int) -> tuple[onnx.ModelProto, dict]:
+def unbalance(model: onnx.ModelProto, images: np.ndarray, low: float, high: float,
+              seed: int) -> tuple[onnx.ModelProto, dict]:
     rng = np.random.default_rng(seed)
     out = onnx.ModelProto()
     out.CopyFrom(model)
