@@ -1,8 +1,9 @@
 """The one facade: every verb a user calls on a whole model, each delegating to its stage.
 
 ``convert`` (float ONNX to an integer model), ``load`` (any integer model file), ``save``,
-``compare`` (float vs simulated vs integer), ``evaluate`` (accuracy, agreement and per-layer counts over
-a data set, on a Dask cluster with ``client=``), ``export_tosa``, ``export_qdq``, ``export_golden`` and
+``compare`` (float vs simulated vs integer), ``debug`` (the white paper's PTQ debugging workflow),
+``evaluate`` (accuracy, agreement and per-layer counts over a data set, on a Dask cluster with
+``client=``), ``export_tosa``, ``export_qdq``, ``export_golden`` and
 ``search_mixed_precision`` (per-layer formats within an accuracy budget).  The stages
 below never import this module, so the runtime stays beneath the importers, exporters and hwval.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from intsim.converter.lowering import convert
+from intsim.debugging import debug
 from intsim.distributed.evaluate import evaluate
 from intsim.errors import ValidationError
 from intsim.graph.fileformat import load_graph, save_graph
@@ -21,7 +23,7 @@ from intsim.mixed_precision import search_mixed_precision
 from intsim.report import compare
 from intsim.runtime import Model
 
-__all__ = ["compare", "convert", "evaluate", "export_golden", "export_qdq", "export_tosa", "load", "save",
+__all__ = ["compare", "convert", "debug", "evaluate", "export_golden", "export_qdq", "export_tosa", "load", "save",
            "search_mixed_precision"]
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intsim.debugging import command as debug_command
 from intsim.errors import InputWarning, IntsimError, ValidationError
 
 EXIT_RUNTIME_ERROR = 1
@@ -374,6 +375,22 @@ def _overrides(args) -> dict:
             "adaround": _adaround(args), "pipeline": args.pipeline}
 
 
+def _load_floats(path: str, what: str) -> np.ndarray:
+    """A .npy of model inputs; integer pixels are read as real values (float32)."""
+    array = _load_npy(path, what)
+    return array.astype(np.float32) if array.dtype.kind in "iu" else array
+
+
+def _cmd_debug(args) -> int:
+    from intsim.debugging import debug
+
+    report = debug(args.model, _load_floats(args.calibration, "calibration"), _load_floats(args.data, "data"),
+                   _load_npy(args.labels, "labels") if args.labels else None, args.profile, tolerance=args.tolerance,
+                   inspect=args.inspect, datapath=args.datapath, input_shapes=args.input_shapes, **_overrides(args))
+    print("\n".join([report.table(), *(f"wrote {path}" for path in report.save(args.html, args.json_path))]))
+    return 0
+
+
 def _cmd_qat(args) -> int:
     try:
         from intsim.qat import finetune
@@ -381,13 +398,9 @@ def _cmd_qat(args) -> int:
         print(f"intsim: error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
 
-    def floats(path, what):
-        array = _load_npy(path, what)
-        return array.astype(np.float32) if array.dtype.kind in "iu" else array
-
-    data = floats(args.data, "data")
+    data = _load_floats(args.data, "data")
     labels = _load_npy(args.labels, "labels") if args.labels else None
-    calibration = floats(args.calibration, "calibration") if args.calibration else None
+    calibration = _load_floats(args.calibration, "calibration") if args.calibration else None
     model = finetune(args.model, data, labels=labels, calibration=calibration, profile=args.profile,
                      weight_bits=args.weight_bits, activation_bits=args.activation_bits, per_channel=args.per_channel,
                      epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, learn_ranges=args.learn_ranges,
@@ -671,6 +684,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json_flag(p)
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("debug", help=debug_command.HELP)
+    debug_command.add_options(p)
+    _add_conversion_options(p, batch_size=64)
+    _add_input_shape_option(p)
+    p.set_defaults(func=_cmd_debug)
 
     p = sub.add_parser("evaluate", help="accuracy, top-1 agreement and per-layer clamp / overflow counts on a data set")
     p.add_argument("model", help="an .intsim file or a fully-int8 .tflite model")
