@@ -20,8 +20,8 @@ from intsim.profiles import Profile, get_profile  # noqa: E402
 from intsim.runtime import Model, Trace  # noqa: E402
 
 # The facade's verbs (intsim.api) pull in onnx and the importers: loaded on first use.
-_FACADE = ("compare", "convert", "debug", "evaluate", "export_golden", "export_qdq", "export_tosa", "load", "save",
-           "search_mixed_precision")
+_FACADE = ("compare", "convert", "debug", "evaluate", "export_golden", "export_qdq", "export_tosa", "load",
+           "save", "search_mixed_precision")
 
 
 def __getattr__(name):

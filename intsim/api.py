@@ -23,8 +23,8 @@ from intsim.mixed_precision import search_mixed_precision
 from intsim.report import compare
 from intsim.runtime import Model
 
-__all__ = ["compare", "convert", "debug", "evaluate", "export_golden", "export_qdq", "export_tosa", "load", "save",
-           "search_mixed_precision"]
+__all__ = ["compare", "convert", "debug", "evaluate", "export_golden", "export_qdq", "export_tosa", "load",
+           "save", "search_mixed_precision"]
 
 
 def load(path, backend: str = "fast", profile=None) -> Model:
