@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from intsim.converter.calibration import RANGE_METHODS, bn_range, calibrate, choose_range
 from intsim.converter.quantizer import quantization_params, quantize
+from intsim.codes import dtype_range
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
 from intsim.floatgraph.execute import resize_source_indices, run_float
@@ -34,7 +36,9 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params
-from intsim.floatgraph.passes import default_passes
+from intsim.converter.feeds import batch_of, named_feeds, sample_count
+from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
+from intsim.floatgraph.patterns import simplify
 from intsim.profiles import Profile, get_profile
 from intsim.ptq.bias_correction import WeightFormat
 from intsim.ptq.pipeline import apply_ptq, resolve_settings
@@ -42,7 +46,8 @@ from intsim.runtime import Model
 from intsim.converter.params import build_exp_table, build_lut
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
-TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize")
+TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
+            "Gather")
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 FUSING_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
 
@@ -68,7 +73,7 @@ def _unary_functions():
     }
 
 
-UNARY = _unary_functions()
+UNARY = {**_unary_functions(), **SEQUENCE_UNARY}
 
 
 @dataclass
@@ -85,7 +90,7 @@ class Step:
 def prepare_float_graph(model, input_shapes=None) -> FloatGraph:
     """Import an ONNX model (path or ModelProto, its inputs fixed by ``input_shapes`` as in
     :func:`~intsim.importers.onnx.import_onnx`, or a FloatGraph as is) and run the default passes."""
-    return default_passes(model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes))
+    return simplify(model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes))
 
 
 def plan_steps(fg: FloatGraph) -> list[Step]:
@@ -127,16 +132,17 @@ def plan_steps(fg: FloatGraph) -> list[Step]:
 
 def quantization_points(fg: FloatGraph, steps: list[Step]) -> list[str]:
     """Float tensors that get a calibrated scale of their own."""
-    points = [t for t in fg.inputs]
+    points = [t for t in fg.inputs if t not in fg.integer_inputs]
     for step in steps:
-        if step.kind not in TIED_OPS and step.kind != "Softmax":
+        if step.kind not in TIED_OPS and step.kind not in ("Softmax", "MaskedSoftmax"):
             points.append(step.output)
     return points
 
 
 class _Lowering:
-    def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str, weight_codes: dict):
-        self.fg = fg
+    def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str, weight_codes: dict,
+                 dtypes: dict):
+        self.fg, self.dtypes = fg, dtypes  # dtypes: {float tensor: dtype} where not the profile's activation dtype
         self.profile = profile
         self.qparams = qparams
         self.weight_method = weight_method
@@ -155,18 +161,19 @@ class _Lowering:
         shape = self.fg.shapes[float_name]
         return tuple(shape[p] for p in perm)
 
-    def new_tensor(self, name, float_name, perm, scale, zero_point, shape=None):
+    def new_tensor(self, name, float_name, perm, scale, zero_point, shape=None, dtype=None):
         base, i = name, 1
         while name in self.tensors:
             i += 1
             name = f"{base}.{i}"
         shape = self.shape(float_name, perm) if shape is None else shape
-        self.tensors[name] = TensorInfo(name, self.profile.activation_dtype.name, shape, scale, zero_point)
+        dtype = dtype or self.dtypes.get(float_name, self.profile.activation_dtype.name)
+        self.tensors[name] = TensorInfo(name, dtype, shape, scale, zero_point)
         self.meta["source"][name] = [float_name, list(perm)]
         return name
 
-    def bind(self, float_name, perm, scale, zero_point, name=None):
-        name = self.new_tensor(name or float_name, float_name, perm, scale, zero_point)
+    def bind(self, float_name, perm, scale, zero_point, name=None, dtype=None):
+        name = self.new_tensor(name or float_name, float_name, perm, scale, zero_point, dtype=dtype)
         self.env[float_name] = (name, perm)
         self.meta["quantized"][float_name] = name
         self.variants[(float_name, perm)] = name
@@ -187,7 +194,7 @@ class _Lowering:
         q = [src_perm.index(p) for p in perm]
         info = self.tensors[src]
         suffix = "nhwc" if tuple(perm) == NHWC else "nchw" if tuple(perm) == _identity(len(perm)) else "t"
-        name = self.new_tensor(f"{float_name}.{suffix}", float_name, perm, info.scale, info.zero_point)
+        name = self.new_tensor(f"{float_name}.{suffix}", float_name, perm, info.scale, info.zero_point, dtype=info.dtype)
         self.nodes.append(Node("transpose", f"{name}/transpose", [src], [name], {"perm": q}))
         self.variants[key] = name
         return name
@@ -198,8 +205,8 @@ class _Lowering:
     def out_params(self, float_name):
         return self.qparams[float_name]
 
-    def clamp_codes(self, scale, zero_point, clamp):
-        return clamp_codes(scale, zero_point, clamp, self.profile)
+    def clamp_codes(self, scale, zero_point, clamp, float_name=None):
+        return clamp_codes(scale, zero_point, clamp, self.profile, self.dtypes.get(float_name))
 
     def rescale(self, real, prefix=""):
         real = np.atleast_1d(np.asarray(real, np.float64))
@@ -222,7 +229,9 @@ class _Lowering:
             self.bind(name, _identity(len(self.fg.shapes[name])), scale, zp)
         for step in steps:
             handler = getattr(self, f"lower_{step.kind}", None)
-            if handler is None:
+            if handler is None and step.kind in SEQUENCE_LOWERINGS:
+                handler = partial(SEQUENCE_LOWERINGS[step.kind], self)
+            elif handler is None:
                 if step.kind in UNARY:
                     handler = self.lower_unary
                 else:
@@ -370,7 +379,8 @@ class _Lowering:
         scale, zp = self.out_params(step.output)
         params, left_shift = add_params(sa, sb, scale, self.profile, self.profile.activation_bits)
         y = self.bind(step.output, perm, scale, zp)
-        attrs = {"left_shift": left_shift, "subtract": subtract, "clamp": self.clamp_codes(scale, zp, step.clamp)}
+        attrs = {"left_shift": left_shift, "subtract": subtract,
+                 "clamp": self.clamp_codes(scale, zp, step.clamp, step.output)}
         self.nodes.append(Node("add", node.name, [a, b], [y], attrs, params))
         self.meta["real_multiplier"][node.name] = [sa / scale, sb / scale]
 
@@ -416,7 +426,7 @@ class _Lowering:
     def _tied(self, step, op, x_name, perm, attrs, out_perm=None, params=None):
         node = step.nodes[0]
         x = self.tensors[self.need(x_name, perm)]
-        y = self.bind(step.output, perm if out_perm is None else out_perm, x.scale, x.zero_point)
+        y = self.bind(step.output, perm if out_perm is None else out_perm, x.scale, x.zero_point, dtype=x.dtype)
         self.nodes.append(Node(op, node.name, [x.name], [y], attrs, params or {}))
 
     def lower_MaxPool(self, step):
@@ -528,10 +538,11 @@ class _Lowering:
         self._layout(step, "unsqueeze", {"axes": list(step.nodes[0].attrs["axes"])})
 
 
-def clamp_codes(scale: float, zero_point: int, clamp: tuple[float, float] | None, profile: Profile) -> list[int]:
-    """``[lo, hi]``: the activation code range of the profile, narrowed to a fused activation's real
-    ``clamp`` (each end rounded to the nearest code, ties to even)."""
-    lo, hi = profile.activation_range()
+def clamp_codes(scale: float, zero_point: int, clamp: tuple[float, float] | None, profile: Profile,
+                dtype: str | None = None) -> list[int]:
+    """``[lo, hi]``: the activation code range of the profile (or of ``dtype``), narrowed to a fused
+    activation's real ``clamp`` (each end rounded to the nearest code, ties to even)."""
+    lo, hi = profile.activation_range() if dtype is None else dtype_range(dtype)
     if clamp is not None:
         if clamp[0] > -math.inf:
             lo = max(lo, min(hi, int(round(clamp[0] / scale)) + zero_point))
@@ -642,6 +653,7 @@ class QuantizationPlan:
     weight_range_method: str
     meta: dict
     started: float
+    dtypes: dict = field(default_factory=dict)  # {float tensor: dtype} where not the activation dtype
 
 
 def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None,
@@ -703,14 +715,9 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
     inner_method = "mse" if range_method == "cross_entropy" else range_method
     raw = model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes)
     batch_norms = batch_norm_statistics(raw)
-    data = None
-    if calibration is not None:
-        if len(raw.inputs) != 1:
-            raise ValidationError(f"calibration with one array needs a single-input model; it has {len(raw.inputs)}")
-        data = calibration if isinstance(calibration, np.memmap) else np.asarray(calibration)
-        if data.dtype.kind != "f":
-            raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
-    ptq = apply_ptq(default_passes(raw), batch_norms, profile, data, cle=settings["cle"],
+    feeds = None if calibration is None else named_feeds(raw.inputs, raw.integer_inputs, calibration, "calibration")
+    data = feeds[raw.inputs[0]] if feeds is not None and len(feeds) == 1 and not raw.integer_inputs else None
+    ptq = apply_ptq(simplify(raw), batch_norms, profile, data, cle=settings["cle"],
                     bias_correction=settings["bias_correction"], adaround_options=settings["adaround"],
                     weight_range_method=weight_range_method, batch_size=batch_size, progress=progress)
     fg = ptq.graph
@@ -728,10 +735,12 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
     else:
         keep_rows = {t: 4096 for t in fg.outputs if logits_method == "cross_entropy" and t in points}
 
-        def run_batch(batch):
-            return {fg.inputs[0]: batch, **run_float(fg, [batch])}
+        def run_batch(rows):
+            batch = batch_of(feeds, int(rows[0]), int(rows[-1]) + 1)
+            return {**batch, **run_float(fg, batch)}
 
-        stats = calibrate(run_batch, data, points, batch_size=batch_size, keep_rows=keep_rows or None,
+        stats = calibrate(run_batch, np.arange(sample_count(feeds)), points, batch_size=batch_size,
+                          keep_rows=keep_rows or None,
                           progress=progress)
         qparams = {}
         for t in points:
@@ -741,13 +750,15 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
             lo, hi = choose_range(stats[t], method, p.activation_bits, p.activation_signed, p.activation_symmetric,
                                   power_of_two=p.power_of_two_scales)
             qparams[t] = activation_qparams(lo, hi, profile)
-        samples = int(data.shape[0])
+        samples = sample_count(feeds)
+    dtypes = tensor_dtypes(fg, profile)
+    qparams = widen({**qparams, **{t: (1.0, 0) for t in fg.integer_inputs}}, dtypes, profile)
     meta = {"calibration": {"samples": samples, "range_method": range_method,
                             "logits_range_method": logits_method, "weight_range_method": weight_range_method},
             "ptq": {"pipeline": pipeline, "cle": settings["cle"], "bias_correction": settings["bias_correction"],
                     "adaround": settings["adaround"] is not None, **ptq.meta},
             "input_shapes": {k: [None if d is None else int(d) for d in v] for k, v in (input_shapes or {}).items()}}
-    return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start)
+    return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start, dtypes)
 
 
 def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
@@ -759,11 +770,12 @@ def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
     (:mod:`intsim.qat`, white paper §4) hands its learned plan here the same way.
     """
     fg = plan.graph
-    lowering = _Lowering(fg, plan.profile, plan.qparams, plan.weight_range_method, plan.weights)
+    lowering = _Lowering(fg, plan.profile, plan.qparams, plan.weight_range_method, plan.weights, plan.dtypes)
     inputs, outputs = lowering.lower(plan.steps)
     lowering.meta.update(plan.meta)
     lowering.meta["float_outputs"] = list(fg.outputs)
     lowering.meta["float_inputs"] = list(fg.inputs)
+    lowering.meta["integer_inputs"] = list(fg.integer_inputs)
     lowering.meta["conversion_seconds"] = time.perf_counter() - plan.started
     graph = Graph(name or fg.name or "model", plan.profile, lowering.tensors, lowering.nodes, inputs, outputs,
                   lowering.meta)

@@ -26,7 +26,7 @@ import numpy as np
 
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.floatgraph.execute import run_float
-from intsim.floatgraph.passes import copy_graph, fresh_name, remove_dead_nodes
+from intsim.floatgraph.passes import copy_graph, default_passes, fresh_name, remove_dead_nodes
 
 LAYOUT_OPS = ("Reshape", "Transpose")
 # f(0) must be at most this for a position to count as masked (BERT exports write -10000 or finfo.min).
@@ -397,3 +397,8 @@ def recognise(graph: FloatGraph) -> FloatGraph:
     for graph_pass in PATTERN_PASSES:
         graph = graph_pass(graph)
     return graph
+
+
+def simplify(graph: FloatGraph) -> FloatGraph:
+    """The default passes (:func:`~intsim.floatgraph.passes.default_passes`), then :func:`recognise`."""
+    return recognise(default_passes(graph))

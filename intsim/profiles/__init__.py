@@ -31,6 +31,8 @@ from intsim.codes import OVERFLOW_POLICIES, code_range, storage_dtype
 from intsim.errors import ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
 
+LAYERNORM_MODES = ("integer", "int16", "none")  # how a chip normalizes layers (intsim.converter.lower_sequence)
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -67,6 +69,11 @@ class Profile:
         Model x86 ``vpmaddubsw``: the products of each consecutive pair along
         the reduction axis are summed into a saturating int16 before being
         added to the accumulator (onnxruntime's u8s8 kernels on AVX2 without VNNI).
+    layernorm : str
+        Layer normalization on the chip: ``"integer"`` (integer-only, inputs at
+        ``activation_bits``), ``"int16"`` (the same with 16-bit inputs) or
+        ``"none"`` (a LayerNormalization does not convert; see
+        :mod:`intsim.converter.lower_sequence`).
     """
 
     name: str
@@ -86,6 +93,7 @@ class Profile:
     accumulator_bits: int = 32
     overflow: str = "wrap"
     pairwise_int16: bool = False
+    layernorm: str = "integer"
 
     def __post_init__(self):
         where = f"profile {self.name!r}"
@@ -110,6 +118,8 @@ class Profile:
             raise ValidationError(
                 f"{where}: overflow must be one of {', '.join(OVERFLOW_POLICIES)}, found {self.overflow!r}"
             )
+        if self.layernorm not in LAYERNORM_MODES:
+            raise ValidationError(f"{where}: layernorm must be one of {', '.join(LAYERNORM_MODES)}, found {self.layernorm!r}")
         if self.power_of_two_scales and self.rounding not in INTEGER_ROUNDING_MODES:
             raise ValidationError(f"{where}: power_of_two_scales needs an integer rounding mode, found {self.rounding!r}")
         if self.pairwise_int16 and (self.weight_bits > 8 or self.activation_bits > 8):
