@@ -52,8 +52,9 @@ def tensor_dtypes(fg: FloatGraph, profile) -> dict[str, str]:
     dtypes = {t: INDEX_DTYPE for t in fg.integer_inputs}
     if profile.layernorm == "int16":
         signed = "int16" if profile.activation_signed else "uint16"
+        producers = {t: n.op for n in fg.nodes for t in n.outputs}
         dtypes.update({n.inputs[0]: signed for n in fg.nodes if n.op == "LayerNormalization"
-                       and n.inputs[0] not in fg.inputs})
+                       and producers.get(n.inputs[0]) in ("Add", "Sub")})
     return dtypes
 
 
@@ -123,7 +124,8 @@ def lower_layer_norm(lw, step):
     scale, zp = lw.out_params(step.output)
     real = magnitude * 2.0**-NORMALIZED_BITS / scale
     y = lw.bind(step.output, _identity(rank), scale, zp)
-    attrs = {"variance_shift": shift, "eps_term": eps_term, "clamp": lw.clamp_codes(scale, zp, step.clamp)}
+    attrs = {"variance_shift": shift, "eps_term": eps_term,
+             "clamp": lw.clamp_codes(scale, zp, step.clamp, step.output)}
     params = {"gamma_sign": np.sign(gamma).astype(np.int8), "bias": bias_int.astype(np.int32), **lw.rescale(real)}
     lw.nodes.append(Node("layernorm", node.name, [x.name], [y], attrs, params))
     lw.meta["real_multiplier"][node.name] = real.tolist()
