@@ -48,14 +48,30 @@ def _identity(rank):
 
 def tensor_dtypes(fg: FloatGraph, profile) -> dict[str, str]:
     """Float tensors stored in a dtype other than the profile's activation dtype: the integer inputs
-    (int32), and under ``layernorm = "int16"`` the inputs of every LayerNormalization (int16)."""
+    (int32), and under ``layernorm = "int16"`` the residual stream into every LayerNormalization (int16):
+    the Add (or Sub) that feeds it and the linear layers whose outputs that Add joins."""
     dtypes = {t: INDEX_DTYPE for t in fg.integer_inputs}
     if profile.layernorm == "int16":
         signed = "int16" if profile.activation_signed else "uint16"
-        producers = {t: n.op for n in fg.nodes for t in n.outputs}
-        dtypes.update({n.inputs[0]: signed for n in fg.nodes if n.op == "LayerNormalization"
-                       and producers.get(n.inputs[0]) in ("Add", "Sub")})
+        producers = {t: n for n in fg.nodes for t in n.outputs}
+        for node in fg.nodes:
+            join = producers.get(node.inputs[0]) if node.op == "LayerNormalization" else None
+            if join is None or join.op not in ("Add", "Sub"):
+                continue
+            dtypes[join.outputs[0]] = signed
+            for operand in join.inputs:
+                layer = _linear_producer(producers, operand)
+                if layer is not None:
+                    dtypes[layer.outputs[0]] = signed
     return dtypes
+
+
+def _linear_producer(producers: dict, tensor: str):
+    """The Gemm / MatMul / Conv ``tensor`` comes from through Reshape / Transpose only, else None."""
+    node = producers.get(tensor)
+    while node is not None and node.op in ("Reshape", "Transpose"):
+        node = producers.get(node.inputs[0])
+    return node if node is not None and node.op in ("Gemm", "MatMul", "Conv") else None
 
 
 def widen(qparams: dict, dtypes: dict, profile) -> dict:

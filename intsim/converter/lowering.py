@@ -35,7 +35,7 @@ from intsim.floatgraph.execute import resize_source_indices, run_float
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
-from intsim.converter.params import add_params
+from intsim.converter.params import add_params, build_exp_table, build_lut
 from intsim.converter.feeds import batch_of, named_feeds, sample_count
 from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
 from intsim.floatgraph.patterns import simplify
@@ -43,7 +43,6 @@ from intsim.profiles import Profile, get_profile
 from intsim.ptq.bias_correction import WeightFormat
 from intsim.ptq.pipeline import apply_ptq, resolve_settings
 from intsim.runtime import Model
-from intsim.converter.params import build_exp_table, build_lut
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
 TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
@@ -269,7 +268,7 @@ class _Lowering:
         params = {"weight": np.ascontiguousarray(codes.astype(p.weight_dtype)), "weight_zero_point": w_zp.copy(),
                   "bias": bias_int.astype(np.int32), **self.rescale(real)}
         y = self.bind(step.output, out_perm, scale, zp)
-        attrs = dict(attrs, clamp=self.clamp_codes(scale, zp, step.clamp))
+        attrs = dict(attrs, clamp=self.clamp_codes(scale, zp, step.clamp, step.output))
         self.nodes.append(Node(op, node.name, [x.name], [y], attrs, params))
         self.meta["real_multiplier"][node.name] = real.tolist()
         self.meta["weight_scale"][node.name] = w_scale.tolist()
@@ -377,7 +376,8 @@ class _Lowering:
         (a, b), perm = self.binary_operands(node)
         sa, sb = self.tensors[a].scale, self.tensors[b].scale
         scale, zp = self.out_params(step.output)
-        params, left_shift = add_params(sa, sb, scale, self.profile, self.profile.activation_bits)
+        bits = max(self.profile.activation_bits, *(8 * self.tensors[t].np_dtype.itemsize for t in (a, b)))
+        params, left_shift = add_params(sa, sb, scale, self.profile, bits)
         y = self.bind(step.output, perm, scale, zp)
         attrs = {"left_shift": left_shift, "subtract": subtract,
                  "clamp": self.clamp_codes(scale, zp, step.clamp, step.output)}
