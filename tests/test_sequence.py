@@ -313,6 +313,17 @@ def test_tiny_bert_converts_with_integer_inputs(layernorm):
     np.testing.assert_array_equal(codes, slow, strict=True)
 
 
+def test_compare_takes_named_integer_feeds():
+    model = _tiny_bert()
+    int_model = intsim.convert(model, _token_batch(16, 10), "paper", progress=False)
+    report = intsim.compare(model, int_model, [_token_batch(5, 11), _token_batch(4, 12)], progress=False)
+    assert report.samples == 9
+    ops = {row.op for row in report.layers}
+    assert {"layernorm", "masked_softmax", "embedding", "lut"} <= ops and "input" not in ops
+    assert "input_ids" in int_model.graph.metadata["integer_inputs"]
+    assert all(row.elements > 0 for row in report.layers)
+
+
 def test_masked_positions_do_not_change_kept_outputs():
     """The mask really removes padded keys: changing the token ids behind the mask leaves every kept
     position's integer output unchanged."""

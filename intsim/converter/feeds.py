@@ -54,3 +54,15 @@ def sample_count(feeds: Mapping[str, np.ndarray]) -> int:
 
 def batch_of(feeds: Mapping[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
     return {name: np.asarray(value[start:stop]) for name, value in feeds.items()}
+
+
+class FeedRows:
+    """Named feeds sliced along their samples like one array: ``shape[0]`` and ``[start:stop]`` (a dict
+    of the rows of every input), for the loops that walk one data array in batches."""
+
+    def __init__(self, feeds: Mapping[str, np.ndarray]):
+        self.feeds = dict(feeds)
+        self.shape = (sample_count(self.feeds),)
+
+    def __getitem__(self, rows: slice) -> dict[str, np.ndarray]:
+        return batch_of(self.feeds, rows.start or 0, min(self.shape[0], rows.stop))
