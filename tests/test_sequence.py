@@ -156,6 +156,24 @@ def test_gelu_patterns_become_one_node_and_match_onnxruntime(tanh):
     np.testing.assert_allclose(run_float(graph, [x])["y"], _ort(model, {"x": x})[0], rtol=1e-5, atol=2e-6)
 
 
+@pytest.mark.parametrize("bits", [8, 16])
+def test_gelu_and_softmax_convert_at_8_and_16_bits(bits):
+    """GELU as a table of every input code (256 or 65,536 entries) and the integer softmax (an exp table
+    of as many entries) against onnxruntime, and the fast kernels against their twins."""
+    gelu = _gelu_model(tanh=False)
+    graph = gelu.graph
+    graph.node.append(helper.make_node("Softmax", ["y"], ["p"], axis=-1))
+    graph.output[0].CopyFrom(_float_input("p", ["N", 10]))
+    x = RNG.normal(0, 2, (64, 10)).astype(np.float32)
+    model = intsim.convert(gelu, x, "paper", activation_bits=bits, progress=False)
+    assert [n.op for n in model.graph.nodes] == ["lut", "softmax"]
+    assert model.graph.nodes[0].params["table"].size == 2**bits
+    got = model.run(x[:16])
+    np.testing.assert_allclose(got, _ort(gelu, {"x": x[:16]})[0], atol=2.0**-bits * 4 if bits == 16 else 0.02)
+    codes = model.quantize_inputs([x[:16]])
+    np.testing.assert_array_equal(model.run_int(*codes), model.with_backend("naive").run_int(*codes), strict=True)
+
+
 def test_decomposed_layer_norm_becomes_one_node_and_matches_onnxruntime():
     model = _decomposed_layer_norm_model()
     graph = simplify(import_onnx(model))
@@ -322,6 +340,23 @@ def test_compare_takes_named_integer_feeds():
     assert {"layernorm", "masked_softmax", "embedding", "lut"} <= ops and "input" not in ops
     assert "input_ids" in int_model.graph.metadata["integer_inputs"]
     assert all(row.elements > 0 for row in report.layers)
+
+
+def test_cli_converts_and_runs_with_named_inputs(tmp_path):
+    import onnx
+
+    from intsim.cli import main
+
+    onnx.save(_tiny_bert(), tmp_path / "bert.onnx")
+    np.savez(tmp_path / "calibration.npz", **_token_batch(16, 13))
+    test = _token_batch(3, 14)
+    np.savez(tmp_path / "test.npz", **test)
+    assert main(["convert", str(tmp_path / "bert.onnx"), "--calibration", str(tmp_path / "calibration.npz"),
+                 "-o", str(tmp_path / "bert.intsim")]) == 0
+    assert main(["run", str(tmp_path / "bert.intsim"), "--input", str(tmp_path / "test.npz"), "--output",
+                 str(tmp_path / "out.npy")]) == 0
+    expected = intsim.load(tmp_path / "bert.intsim").run(test)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected, strict=True)
 
 
 def test_masked_positions_do_not_change_kept_outputs():
