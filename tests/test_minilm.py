@@ -35,11 +35,11 @@ def test_minilm_sentence_embeddings_keep_their_direction(tmp_path):
     calibration, test = tok.batch(sentences[:200], 32), tok.batch(sentences[200:], 32)
     path = minilm.export(tmp_path / "minilm.onnx")
     profile = get_profile("paper").replace(name="paper layernorm=int16", layernorm="int16")
-    model = intsim.convert(path, calibration, profile, range_method="mse", progress=False,
+    model = intsim.convert(path, calibration, profile, progress=False,
                            input_shapes={"input_ids": (None, 32), "attention_mask": (None, 32)})
     reference = minilm.mean_pool(ort.InferenceSession(str(path)).run(None, test)[0], test["attention_mask"])
     got = minilm.mean_pool(model.run(test), test["attention_mask"])
     cosine = minilm.cosine(got, reference)
-    # Measured 0.955 (issue 15 asks for 0.98; see docs/converting.md for what is left).
-    assert cosine.mean() > 0.94, cosine.mean()
-    assert np.all(cosine > 0.9), cosine.min()
+    # Measured 0.987 (min 0.977) on 124 held-out sentences; issue 15 asks for 0.98.
+    assert cosine.mean() >= 0.98, cosine.mean()
+    assert np.all(cosine > 0.95), cosine.min()

@@ -401,3 +401,34 @@ def test_bad_feeds_are_typed_errors():
         int_model.run(dict(feeds, attention_mask=feeds["attention_mask"].astype(np.float32)))
     with pytest.raises(ValidationError, match="takes inputs"):
         int_model.run({"input_ids": feeds["input_ids"]})
+
+
+# --------------------------------------------------------------------------
+# TOSA export.
+# --------------------------------------------------------------------------
+
+
+def test_embedding_and_gather_export_to_tosa_gather(tmp_path):
+    from tests.test_tosa import _reference_model
+
+    nodes = [helper.make_node("Gather", ["table", "input_ids"], ["tok"], axis=0),
+             helper.make_node("Gather", ["tok", "picks"], ["picked"], axis=1),
+             helper.make_node("Sigmoid", ["picked"], ["y"])]
+    inits = [_const("table", RNG.normal(0, 1, (VOCAB, 6)).astype(np.float32)), _const("picks", np.array([0, -1, 2]))]
+    model = _model(nodes, [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["N", SEQ])],
+                   [_float_input("y", ["N", 3, 6])], inits)
+    calibration = {"input_ids": RNG.integers(0, VOCAB, (8, SEQ))}
+    int_model = intsim.convert(model, calibration, "tosa", progress=False)
+    assert [n.op for n in int_model.graph.nodes] == ["embedding", "gather", "lut"]
+    feeds = [{"input_ids": RNG.integers(0, VOCAB, (2, SEQ)).astype(np.int32)} for _ in range(2)]
+    got = _reference_model(intsim.export_tosa(int_model, tmp_path / "m.tosa", batch=2), int_model.graph, feeds,
+                           tmp_path)
+    for feed, out in zip(feeds, got):
+        np.testing.assert_array_equal(out, int_model.run_int(feed["input_ids"]), strict=True)
+
+
+def test_layer_norm_has_no_tosa_export(tmp_path):
+    x = RNG.normal(0, 1, (8, 4, 16)).astype(np.float32)
+    int_model = intsim.convert(_decomposed_layer_norm_model(), x, "tosa", progress=False)
+    with pytest.raises(UnsupportedOpError, match="layernorm .*no TOSA lowering"):
+        intsim.export_tosa(int_model, tmp_path / "ln.tosa")
