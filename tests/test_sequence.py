@@ -182,6 +182,24 @@ def test_decomposed_layer_norm_becomes_one_node_and_matches_onnxruntime():
     np.testing.assert_allclose(run_float(graph, [x])["y"], _ort(model, {"x": x})[0], rtol=1e-4, atol=1e-5)
 
 
+def test_where_with_a_constant_causal_mask_becomes_a_masked_softmax():
+    causal = np.tril(np.ones((5, 5), bool))
+    nodes = [helper.make_node("Where", ["causal", "x", "fill"], ["masked"]),
+             helper.make_node("Softmax", ["masked"], ["y"], axis=-1)]
+    model = _model(nodes, [_float_input("x", ["N", 2, 5, 5])], [_float_input("y", ["N", 2, 5, 5])],
+                   [_const("causal", causal), _const("fill", np.float32(-np.inf))])
+    assert [n.op for n in simplify(import_onnx(model)).nodes] == ["MaskedSoftmax"]
+    x = RNG.normal(0, 2, (32, 2, 5, 5)).astype(np.float32)
+    int_model = intsim.convert(model, x, "paper", progress=False)
+    assert [n.op for n in int_model.graph.nodes] == ["constant", "masked_softmax"]
+    got = int_model.run(x[:4])
+    np.testing.assert_allclose(got, _ort(model, {"x": x[:4]})[0], atol=0.03)  # x's codes: steps of 0.06
+    assert np.all(got[..., ~causal] == 0)
+    codes = int_model.quantize_inputs([x[:4]])
+    np.testing.assert_array_equal(int_model.run_int(*codes), int_model.with_backend("naive").run_int(*codes),
+                                  strict=True)
+
+
 def test_shape_mask_and_if_subgraphs_fold_away():
     """Shape / Gather / Unsqueeze / Concat / Expand / ConstantOfShape / Range / Cast / Equal / Not / And / Where /
     Size / ReduceSum on static values, and an If with a constant condition, leave only the data ops."""

@@ -12,7 +12,8 @@ type in :data:`SEQUENCE_LOWERINGS` (each ``lower(lowering, step)`` with the conv
   their resolution); ``"integer"`` keeps them at the profile's width; ``"none"`` (a chip without it)
   makes a LayerNormalization an :class:`~intsim.errors.UnsupportedOpError`.
 - ``Gelu`` is a lookup table over the input codes (256 entries at 8 bits, 65,536 at 16).
-- ``MaskedSoftmax`` is the integer softmax over the kept positions.
+- ``MaskedSoftmax`` is the integer softmax over the kept positions of an integer input or of a constant
+  mask (stored as an int32 ``constant`` node).
 """
 
 from __future__ import annotations
@@ -162,6 +163,13 @@ def lower_masked_softmax(lw, step):
     lw.lower_Softmax(type(step)("Softmax", [softmax], step.output))
     emitted = lw.nodes[-1]
     emitted.op = "masked_softmax"
-    emitted.inputs.append(lw.need(mask, _identity(len(lw.fg.shapes[mask]))))
+    if mask in lw.fg.constants:  # a constant mask (Where with a constant condition)
+        value = lw.fg.constants[mask].astype(np.int32)
+        keep = lw.new_tensor(f"{node.name}/keep", mask, _identity(value.ndim), 1.0, 0, shape=value.shape,
+                             dtype=INDEX_DTYPE)
+        lw.nodes.insert(len(lw.nodes) - 1, Node("constant", f"{keep}/constant", [], [keep], {}, {"value": value}))
+        emitted.inputs.append(keep)
+    else:
+        emitted.inputs.append(lw.need(mask, _identity(len(lw.fg.shapes[mask]))))
     emitted.attrs["mask_axes"] = list(node.attrs["mask_axes"])
 

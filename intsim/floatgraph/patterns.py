@@ -12,7 +12,9 @@ becomes one integer op (white paper §2.3: fewer quantization points, fewer roun
   the last axis becomes ``LayerNormalization``;
 - :func:`fuse_attention_mask`: ``Softmax(x + f(mask))``, where ``f`` turns an integer input that is 1 where
   a position is kept and 0 where it is masked into 0 and a large negative number, becomes
-  ``MaskedSoftmax(x, mask)``.
+  ``MaskedSoftmax(x, mask)``;
+- :func:`fuse_constant_mask`: ``Softmax(Where(keep, x, -inf))`` with a constant condition (a causal
+  mask) becomes ``MaskedSoftmax(x, keep)``.
 
 Each pass returns a new graph (:func:`~intsim.floatgraph.passes.copy_graph`); :func:`recognise` runs
 them all.  Nothing here changes what the graph computes beyond float32 rounding.
@@ -389,7 +391,34 @@ def fuse_attention_mask(graph: FloatGraph) -> FloatGraph:
     return remove_dead_nodes(graph)
 
 
-PATTERN_PASSES = (fuse_batched_linear, fold_scalar_into_linear, fuse_gelu, fuse_layer_norm, fuse_attention_mask)
+def fuse_constant_mask(graph: FloatGraph) -> FloatGraph:
+    """``Softmax(Where(keep, x, fill))`` (or ``Where(masked, fill, x)``) with a constant boolean condition and
+    a scalar ``fill`` of at most ``MASKED_BIAS`` (a causal mask) becomes ``MaskedSoftmax(x, keep)`` with the
+    condition stored as an int32 constant of x's rank.  Returns a new graph."""
+    graph = copy_graph(graph)
+    view = _View(graph)
+    for where in [n for n in graph.nodes if n.op == "Where"]:
+        softmax = view.only_user(where.outputs[0], "Softmax")
+        condition = graph.constants.get(where.inputs[0])
+        rank = len(graph.shapes[where.outputs[0]])
+        if softmax is None or condition is None or softmax.attrs["axis"] != rank - 1:
+            continue
+        for x, fill, keep in ((where.inputs[1], where.inputs[2], condition), (where.inputs[2], where.inputs[1],
+                                                                              ~condition.astype(bool))):
+            value = view.scalar(fill)
+            if x in graph.constants or value is None or value > MASKED_BIAS or condition.ndim > rank:
+                continue
+            keep = np.asarray(keep, bool).reshape((1,) * (rank - condition.ndim) + condition.shape)
+            mask = _add_constant(graph, f"{where.name}/keep", keep.astype(np.int32))
+            fused = FloatNode("MaskedSoftmax", softmax.name, [x, mask], list(softmax.outputs), {"mask_axes": []})
+            _replace(graph, [where, softmax], fused)
+            view = _View(graph)
+            break
+    return graph
+
+
+PATTERN_PASSES = (fuse_batched_linear, fold_scalar_into_linear, fuse_gelu, fuse_layer_norm, fuse_attention_mask,
+                  fuse_constant_mask)
 
 
 def recognise(graph: FloatGraph) -> FloatGraph:
