@@ -142,7 +142,8 @@ def _decomposed_layer_norm_model():
              helper.make_node("Div", ["d", "s"], ["n"]), helper.make_node("Mul", ["n", "g"], ["ng"]),
              helper.make_node("Add", ["ng", "b"], ["y"])]
     inits = [_const("two", np.float32(2)), _const("eps", np.float32(1e-5)),
-             _const("g", RNG.uniform(0.5, 2, 16).astype(np.float32)), _const("b", RNG.normal(0, 1, 16).astype(np.float32))]
+             _const("g", RNG.uniform(0.5, 2, 16).astype(np.float32)),
+             _const("b", RNG.normal(0, 1, 16).astype(np.float32))]
     return _model(nodes, [_float_input("x", ["N", 4, 16])], [_float_input("y", ["N", 4, 16])], inits, opset=13)
 
 
@@ -266,7 +267,8 @@ def _tiny_bert(decomposed: bool = False):
             return node("LayerNormalization", [x, g, b], f"{tag}.y", axis=-1, epsilon=1e-12)
         m = node("ReduceMean", [x], f"{tag}.m", axes=[-1])
         d = node("Sub", [x, m], f"{tag}.d")
-        v = node("ReduceMean", [node("Pow", [d, const(f"{tag}.two", np.float32(2))], f"{tag}.d2")], f"{tag}.v", axes=[-1])
+        d2 = node("Pow", [d, const(f"{tag}.two", np.float32(2))], f"{tag}.d2")
+        v = node("ReduceMean", [d2], f"{tag}.v", axes=[-1])
         s = node("Sqrt", [node("Add", [v, const(f"{tag}.eps", np.float32(1e-12))], f"{tag}.ve")], f"{tag}.s")
         return node("Add", [node("Mul", [node("Div", [d, s], f"{tag}.n"), g], f"{tag}.ng"), b], f"{tag}.y")
 

@@ -119,7 +119,8 @@ def fuse_batched_linear(graph: FloatGraph) -> FloatGraph:
         add = view.only_user(out, "Add")
         if add is not None:
             b = graph.constants.get(view.other(add, out))
-            if b is not None and b.shape[-1:] == (weight.shape[1],) and b.size == weight.shape[1] and b.dtype.kind == "f":
+            per_column = b is not None and b.shape[-1:] == (weight.shape[1],) and b.size == weight.shape[1]
+            if per_column and b.dtype.kind == "f":
                 bias, remove, out = b.reshape(-1), [node, add], add.outputs[0]
         flat = fresh_name(graph, f"{node.name}/rows")
         product = fresh_name(graph, f"{node.name}/gemm")

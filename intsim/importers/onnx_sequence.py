@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from intsim.importers.onnx_ops import CONVERT, FOLD, OnnxNode, _axes, _axes_operand, _convert, _fold, unique_name
+from intsim.importers.onnx_ops import OnnxNode, _axes, _axes_operand, _convert, _fold, unique_name
 
 _fold("Not")(lambda node, x: np.logical_not(x))
 _fold("And")(lambda node, a, b: np.logical_and(a, b))

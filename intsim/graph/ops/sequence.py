@@ -10,6 +10,7 @@ import numpy as np
 from intsim.codes import dtype_range
 from intsim.errors import ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES
+from intsim.graph.ops.elementwise import Softmax
 from intsim.graph.ops.base import (
     Op,
     check_arity,
@@ -138,7 +139,7 @@ class LayerNorm(Op):
 
 
 @register("masked_softmax")
-class MaskedSoftmax(Op):
+class MaskedSoftmax(Softmax):
     """The integer softmax over the last axis of input 0 where the int32 mask (input 1, broadcast after
     inserting ``mask_axes``) is non-zero; masked positions get probability 0."""
 
@@ -152,24 +153,10 @@ class MaskedSoftmax(Op):
             fail(node, f"attribute mask_axes must be a list of integers, found {axes!r}")
         if len(mask.shape) + len(axes) != len(x.shape):
             fail(node, f"mask {mask.shape} with axes {axes} inserted does not have the rank of input {x.shape}")
-        entries = 2 ** (8 * x.np_dtype.itemsize)
-        table = param(node, "exp_table", shape=(entries,))
-        check_range(node, "exp_table", table.astype(np.int64), 0, 2**30)
-        if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
-            fail(node, f"integer softmax needs an integer rounding mode, the node rounds {node_rounding(node, graph)!r}")
-        rescale_params(node, graph)
-        clamp_bounds(node, graph.tensors[node.outputs[0]])
-
-    def infer(self, node, inputs, graph):
-        return [inputs[0].shape]
+        self.check_exp_table(node, graph)
 
     def prepare(self, node, graph):
-        out = graph.tensors[node.outputs[0]]
-        rq = rescale_params(node, graph)
-        lo, hi = clamp_bounds(node, out)
-        return {"axes": tuple(node.attrs["mask_axes"]),
-                "args": (node.params["exp_table"].astype(np.int64), int(rq.multiplier[0]), int(rq.shift[0]), rq.code,
-                         graph.profile.multiplier_bits, out.zero_point, lo, hi, out.np_dtype)}
+        return {**super().prepare(node, graph), "axes": tuple(node.attrs["mask_axes"])}
 
     def run(self, plan, inputs, kernels):
         x, mask = inputs
