@@ -414,6 +414,8 @@ def test_bad_feeds_are_typed_errors():
         intsim.convert(model, dict(feeds, input_ids=feeds["input_ids"].astype(np.float32)), "paper", progress=False)
     with pytest.raises(ValidationError, match="single-input model"):
         intsim.convert(model, feeds["input_ids"], "paper", progress=False)
+    with pytest.raises(ValidationError, match="adaround walk one float input array"):
+        intsim.convert(model, feeds, "paper", adaround=True, progress=False)
     int_model = intsim.convert(model, feeds, "paper", progress=False)
     with pytest.raises(ValidationError, match="indices must lie in"):
         int_model.run(dict(feeds, input_ids=feeds["input_ids"] + VOCAB))

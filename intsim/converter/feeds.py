@@ -48,6 +48,23 @@ def named_feeds(names: Sequence[str], integer: Sequence[str], data, where: str =
     return feeds
 
 
+def ptq_data(graph, feeds: Mapping[str, np.ndarray] | None, settings: Mapping) -> np.ndarray | None:
+    """The one float array the data-driven PTQ algorithms walk (:func:`intsim.ptq.apply_ptq`), or None.
+
+    A model with several or integer inputs has none: AdaRound and empirical bias correction then raise
+    a :class:`ValidationError` (CLE falls back to batch-norm statistics, as without data)."""
+    if feeds is None:
+        return None
+    if len(feeds) == 1 and not graph.integer_inputs:
+        return feeds[graph.inputs[0]]
+    wanted = ["adaround"] if settings.get("adaround") is not None else []
+    wanted += ["bias_correction='empirical'"] if settings.get("bias_correction") == "empirical" else []
+    if wanted:
+        raise ValidationError(f"{' and '.join(wanted)} walk one float input array; model {graph.name!r} has inputs "
+                              f"{list(graph.inputs)} (integer: {list(graph.integer_inputs)})")
+    return None
+
+
 def sample_count(feeds: Mapping[str, np.ndarray]) -> int:
     return len(next(iter(feeds.values())))
 

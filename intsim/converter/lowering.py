@@ -36,7 +36,7 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params, build_exp_table, build_lut
-from intsim.converter.feeds import batch_of, named_feeds, sample_count
+from intsim.converter.feeds import batch_of, named_feeds, ptq_data, sample_count
 from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
 from intsim.floatgraph.patterns import simplify
 from intsim.profiles import Profile, get_profile
@@ -716,7 +716,7 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
     raw = model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes)
     batch_norms = batch_norm_statistics(raw)
     feeds = None if calibration is None else named_feeds(raw.inputs, raw.integer_inputs, calibration, "calibration")
-    data = feeds[raw.inputs[0]] if feeds is not None and len(feeds) == 1 and not raw.integer_inputs else None
+    data = ptq_data(raw, feeds, settings)
     ptq = apply_ptq(simplify(raw), batch_norms, profile, data, cle=settings["cle"],
                     bias_correction=settings["bias_correction"], adaround_options=settings["adaround"],
                     weight_range_method=weight_range_method, batch_size=batch_size, progress=progress)
