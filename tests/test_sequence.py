@@ -410,7 +410,7 @@ def test_bad_feeds_are_typed_errors():
     feeds = _token_batch(4, 9)
     with pytest.raises(ValidationError, match="missing \\['attention_mask'\\]"):
         intsim.convert(model, {"input_ids": feeds["input_ids"]}, "paper", progress=False)
-    with pytest.raises(ValidationError, match="takes an array of integers"):
+    with pytest.raises(ValidationError, match="input 'input_ids' must be integer"):
         intsim.convert(model, dict(feeds, input_ids=feeds["input_ids"].astype(np.float32)), "paper", progress=False)
     with pytest.raises(ValidationError, match="single-input model"):
         intsim.convert(model, feeds["input_ids"], "paper", progress=False)

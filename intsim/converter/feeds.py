@@ -37,9 +37,9 @@ def named_feeds(names: Sequence[str], integer: Sequence[str], data, where: str =
         value = feeds[name] if isinstance(feeds[name], np.ndarray) else np.asarray(feeds[name])
         kinds = "iu" if name in integer else "f"
         if value.dtype.kind not in kinds or value.ndim == 0:
-            wanted = "integers (token ids, masks)" if name in integer else "floats"
-            raise ValidationError(f"{where}: input {name!r} takes an array of {wanted} with samples along axis 0, "
-                                  f"found dtype {value.dtype}, shape {value.shape}")
+            wanted = "integer (token ids, masks)" if name in integer else "float"
+            raise ValidationError(f"{where}: input {name!r} must be {wanted}, with samples along axis 0; found dtype "
+                                  f"{value.dtype}, shape {value.shape}")
         feeds[name] = value
         counts.add(len(value))
     if len(counts) != 1:
