@@ -13,6 +13,7 @@ import json
 import sys
 import tokenize
 import warnings
+import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
@@ -62,6 +63,19 @@ def _load_npy(path: str, what: str) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise ValidationError(f"{what} file {path} must hold one array (.npy), found {type(array).__name__}")
     return array
+
+
+def _load_inputs(path: str, what: str):
+    """``.npz``: a dict input name -> array (a model with several or integer inputs); else one ``.npy`` array."""
+    if not str(path).endswith(".npz"):
+        return _load_npy(path, what)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise ValidationError(f"{what} file {path} does not exist") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValidationError(f"{what} file {path} is not a readable .npz archive ({exc})") from None
 
 
 def _data(args, client, dtype=None):
@@ -177,7 +191,7 @@ def _cmd_run(args) -> int:
     import intsim
 
     model = intsim.load(args.model, backend=args.backend, profile=args.profile)
-    x = _load_npy(args.input, "input")
+    x = _load_inputs(args.input, "input")
     outputs = model.run_int(x) if args.int else model.run(x)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     names = [info.name for info in model.outputs]
@@ -416,8 +430,8 @@ def _cmd_qat(args) -> int:
 def _cmd_convert(args) -> int:
     import intsim
 
-    data = _load_npy(args.calibration, "calibration")
-    if data.dtype.kind in "iu":
+    data = _load_inputs(args.calibration, "calibration")
+    if isinstance(data, np.ndarray) and data.dtype.kind in "iu":
         warnings.warn(InputWarning(f"calibration {args.calibration} has integer dtype {data.dtype} (values "
                                    f"{data.min()}..{data.max()}); intsim reads them as real values, not codes: scale "
                                    "them as the model expects (e.g. /255)"))
@@ -599,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
                              ("trace", _cmd_trace, "run and print per-node statistics")):
         p = sub.add_parser(name, help=text)
         p.add_argument("model", help="an .intsim file, a fully-int8 .tflite model or a quantized .onnx model")
-        p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int)")
+        p.add_argument("--input", required=True, help="input .npy (float, or integer codes with --int); .npz: one "
+                       "array per input name (several inputs, token ids, masks)")
         if name == "run":
             p.add_argument("--output", help="where to save the outputs: .npy or .csv (one output), .npz (all)")
             _add_json_flag(p)
@@ -623,7 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("convert", help="convert a float ONNX model into an integer .intsim model")
     p.add_argument("model", help="float ONNX model")
-    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first, model layout)")
+    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first, model layout); "
+                   ".npz: one array per input name (several inputs, token ids, masks)")
     p.add_argument("-o", "--output", required=True, help="the .intsim file to write")
     _add_input_shape_option(p)
     _add_conversion_options(p)

@@ -24,12 +24,15 @@ close the report.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from intsim.converter.feeds import FeedRows, named_feeds
 from intsim.distributed.data import as_rows
 from intsim.distributed.tasks import is_onnx, map_batches
 from intsim.errors import ValidationError
@@ -217,15 +220,22 @@ def simulation_graph(fg: FloatGraph, model: Model) -> tuple[FloatGraph, dict]:
             constants[b_name] = (node.params["bias"].astype(np.float64) * x_scale * w_scale).astype(np.float32)
     points = {}
     producers = {t: n for n in graph.nodes for t in n.outputs}
-    for float_name, int_name in meta["quantized"].items():
+    for float_name, int_name in _real_points(meta):
         info = graph.tensors[int_name]
         lo, hi = np.iinfo(info.np_dtype).min, np.iinfo(info.np_dtype).max
         producer = producers.get(int_name)
         if producer is not None and "clamp" in producer.attrs:
             lo, hi = producer.attrs["clamp"]
         points[float_name] = (info.scale, info.zero_point, int(lo), int(hi))
-    sim = FloatGraph(fg.name, fg.nodes, fg.inputs, fg.outputs, constants, fg.shapes, fg.opset)
+    sim = dataclasses.replace(fg, constants=constants)
     return sim, points
+
+
+def _real_points(meta: dict) -> list[tuple[str, str]]:
+    """``(float tensor, integer tensor)`` of every quantization point; integer inputs (token ids, masks)
+    are no quantization of reals."""
+    integer = set(meta.get("integer_inputs", ()))
+    return [(f, t) for f, t in meta["quantized"].items() if f not in integer]
 
 
 def _converter_metadata(model: Model) -> dict:
@@ -284,8 +294,9 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
         The float model ``int_model`` was converted from.
     int_model : Model
         The converted model (its graph carries the converter's metadata).
-    data : float array
-        Inputs in the model's layout, first axis = samples; processed in batches.
+    data : float array, or dict input name -> array, or list of such dicts
+        Inputs in the model's layout, first axis = samples; processed in batches.  A model with
+        several inputs, or integer ones (token ids, masks), takes a dict (integers for those).
     labels : int array, optional
         Class labels: adds float, simulated and integer accuracy.
     progress : bool
@@ -300,17 +311,23 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
     graph = int_model.graph
     meta = _converter_metadata(int_model)
     fg = prepare_float_graph(onnx_model, meta.get("input_shapes"))
-    data = as_rows(data)
-    if data.dtype.kind != "f" or data.shape[0] == 0:
-        raise ValidationError(f"compare needs a non-empty float data array, found dtype {data.dtype} shape {data.shape}")
-    int_model.check_input_shapes(data.shape, where="compare data for input")
+    if len(fg.inputs) != 1 or fg.integer_inputs:  # several or integer inputs: a dict, or a list of dicts
+        if client is not None:
+            raise ValidationError("compare on a cluster takes a single-input model with one float data array")
+        data = FeedRows(named_feeds(fg.inputs, fg.integer_inputs, data, "compare data"))
+    else:
+        data = as_rows(data)
+        if data.dtype.kind != "f" or data.shape[0] == 0:
+            raise ValidationError(f"compare needs a non-empty float data array, found dtype {data.dtype} shape "
+                                  f"{data.shape}")
+        int_model.check_input_shapes(data.shape, where="compare data for input")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (data.shape[0],):
             raise ValidationError(f"labels must have shape ({data.shape[0]},), found {labels.shape}")
     producers = {t: n for n in graph.nodes for t in n.outputs}
     rows = {}
-    for float_name, int_name in meta["quantized"].items():
+    for float_name, int_name in _real_points(meta):
         node = producers.get(int_name)
         rows[float_name] = LayerRow(float_name, node.name if node else "(input)", node.op if node else "input")
     correct = {"float": 0, "simulated": 0, "integer": 0}
@@ -365,11 +382,12 @@ def _compare_batch(context, batch, labels) -> dict:
     graph = int_model.graph
     meta = graph.metadata
     rescaled = meta.get("ptq", {}).get("rescaled", {})
-    ref = {fg.inputs[0]: batch, **run_float(fg, [batch])}
-    sim = run_float(sim_graph, [batch], hook=hook)
+    feeds = batch if isinstance(batch, Mapping) else {fg.inputs[0]: batch}
+    ref = {**feeds, **run_float(fg, feeds)}
+    sim = run_float(sim_graph, feeds, hook=hook)
     trace = int_model.trace(batch, float_input=True)
     rows = {}
-    for float_name, int_name in meta["quantized"].items():
+    for float_name, int_name in _real_points(meta):
         info = graph.tensors[int_name]
         perm = meta["source"][int_name][1]
         codes = _to_float_layout(trace.tensors[int_name], perm).astype(np.float64)

@@ -36,6 +36,7 @@ from intsim.kernels.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
+from intsim.kernels.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -51,12 +52,15 @@ __all__ = [
     "conv2d_nhwc_prepare",
     "conv2d_nhwc_requantized",
     "dequantize_codes",
+    "embedding_lookup",
     "fully_connected_acc",
     "fully_connected_launcher",
     "fully_connected_prepare",
     "fully_connected_requantized",
+    "gather_axis",
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
+    "layer_norm_lastaxis",
     "lookup_table",
     "matmul_acc",
     "matmul_requantized",
@@ -70,5 +74,6 @@ __all__ = [
     "requantize",
     "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
+    "softmax_masked_lastaxis",
     "transpose",
 ]

@@ -89,3 +89,7 @@ class Backend(Protocol):
     gemm_float32: Callable
     avg_pool_float32_island_nhwc: Callable
     global_avg_pool_float32_nhwc: Callable
+    embedding_lookup: Callable
+    gather_axis: Callable
+    layer_norm_lastaxis: Callable
+    softmax_masked_lastaxis: Callable

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from functools import partial
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from intsim.converter.layer_config import ActivationFormat, LayerFormats
 from intsim.converter.steps import (TIED_OPS, Step, layer_formats, plan_steps, point_formats,  # noqa: F401
                                     quantization_points, weighted)
 from intsim.converter.quantizer import quantization_params, quantize
+from intsim.codes import dtype_range
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
 from intsim.floatgraph.execute import resize_source_indices, run_float
@@ -38,13 +40,14 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.codes import storage_dtype
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
-from intsim.converter.params import add_params
-from intsim.floatgraph.passes import default_passes
+from intsim.converter.params import add_params, build_exp_table, build_lut
+from intsim.converter.feeds import batch_of, named_feeds, ptq_data, sample_count
+from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
+from intsim.floatgraph.patterns import simplify
 from intsim.profiles import Profile, get_profile
 from intsim.ptq.bias_correction import WeightFormat
 from intsim.ptq.pipeline import apply_ptq, resolve_settings
 from intsim.runtime import Model
-from intsim.converter.params import build_exp_table, build_lut
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
 
@@ -70,24 +73,28 @@ def _unary_functions():
     }
 
 
-UNARY = _unary_functions()
+UNARY = {**_unary_functions(), **SEQUENCE_UNARY}
 
 
 def prepare_float_graph(model, input_shapes=None) -> FloatGraph:
     """Import an ONNX model (path or ModelProto, its inputs fixed by ``input_shapes`` as in
     :func:`~intsim.importers.onnx.import_onnx`, or a FloatGraph as is) and run the default passes."""
-    return default_passes(model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes))
+    return simplify(model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes))
 
 
 class _Lowering:
     def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str, weight_codes: dict,
-                 formats: LayerFormats):
+                 formats: LayerFormats, dtypes: dict | None = None):
         self.fg = fg
         self.base_profile = profile
         self.formats = formats
         self.profile = profile  # the profile of the step being lowered (its layer_config overrides applied)
         self.act: ActivationFormat | None = None  # the format the step reads and writes; None: its input's
         self.format_of: dict[str, ActivationFormat] = {}  # integer tensor -> its activation format
+        # {float tensor: dtype} the converter fixed (int32 token ids, int16 residuals into a layer norm):
+        # their integer tensors keep that dtype, and their readers take them as they are.
+        self.dtypes = dtypes or {}
+        self.fixed: set[str] = set()
         self.qparams = qparams
         self.weight_method = weight_method
         self.weight_codes = weight_codes  # {node name: (codes, scale, zero_point)} chosen by the PTQ algorithms
@@ -104,24 +111,31 @@ class _Lowering:
         shape = self.fg.shapes[float_name]
         return tuple(shape[p] for p in perm)
 
-    def new_tensor(self, name, float_name, perm, scale, zero_point, shape=None, fmt=None):
+    def new_tensor(self, name, float_name, perm, scale, zero_point, shape=None, fmt=None, dtype=None):
         """A tensor in activation format ``fmt`` (default: the step's): stored in the narrowest dtype
-        that holds it, with ``bits`` where its codes are narrower than that dtype."""
+        that holds it, with ``bits`` where its codes are narrower than that dtype.  ``dtype`` (or the
+        converter's fixed dtype of ``float_name``) stores it in that dtype outright."""
         base, i = name, 1
         while name in self.tensors:
             i += 1
             name = f"{base}.{i}"
         shape = self.shape(float_name, perm) if shape is None else shape
-        fmt = fmt or self.act
-        dtype = storage_dtype(fmt.bits, fmt.signed)
+        fmt = fmt or self.act or ActivationFormat.of(self.profile)
+        dtype = dtype or self.dtypes.get(float_name)
+        if dtype is not None:
+            dtype = np.dtype(dtype)
+            fmt = ActivationFormat(8 * dtype.itemsize, dtype.kind == "i", fmt.symmetric)
+            self.fixed.add(name)
+        else:
+            dtype = storage_dtype(fmt.bits, fmt.signed)
         bits = fmt.bits if fmt.bits < 8 * dtype.itemsize else None
         self.tensors[name] = TensorInfo(name, dtype.name, shape, scale, zero_point, bits)
         self.format_of[name] = fmt
         self.meta["source"][name] = [float_name, list(perm)]
         return name
 
-    def bind(self, float_name, perm, scale, zero_point, name=None, fmt=None):
-        name = self.new_tensor(name or float_name, float_name, perm, scale, zero_point, fmt=fmt)
+    def bind(self, float_name, perm, scale, zero_point, name=None, fmt=None, dtype=None):
+        name = self.new_tensor(name or float_name, float_name, perm, scale, zero_point, fmt=fmt, dtype=dtype)
         self.env[float_name] = (name, perm)
         self.meta["quantized"][float_name] = name
         self.variants[(float_name, perm)] = name
@@ -139,7 +153,7 @@ class _Lowering:
         """``name`` in the step's activation format: itself, or the output of a ``rescale`` node (shared
         by every consumer) that requantizes the same real range to the step's bits."""
         fmt = self.act
-        if fmt is None or self.format_of[name] == fmt:
+        if fmt is None or self.format_of[name] == fmt or name in self.fixed:
             return name
         key = (float_name, tuple(perm), fmt)
         if key not in self.variants:
@@ -168,7 +182,7 @@ class _Lowering:
         info = self.tensors[src]
         suffix = "nhwc" if tuple(perm) == NHWC else "nchw" if tuple(perm) == _identity(len(perm)) else "t"
         name = self.new_tensor(f"{float_name}.{suffix}", float_name, perm, info.scale, info.zero_point,
-                               fmt=self.format_of[src])
+                               fmt=self.format_of[src], dtype=info.dtype if src in self.fixed else None)
         self.nodes.append(Node("transpose", f"{name}/transpose", [src], [name], {"perm": q}))
         self.variants[key] = name
         return name
@@ -179,8 +193,8 @@ class _Lowering:
     def out_params(self, float_name):
         return self.qparams[float_name]
 
-    def clamp_codes(self, scale, zero_point, clamp):
-        return clamp_codes(scale, zero_point, clamp, self.profile)
+    def clamp_codes(self, scale, zero_point, clamp, float_name=None):
+        return clamp_codes(scale, zero_point, clamp, self.profile, self.dtypes.get(float_name))
 
     def rescale(self, real, prefix=""):
         real = np.atleast_1d(np.asarray(real, np.float64))
@@ -208,7 +222,9 @@ class _Lowering:
             if self.act is not None:
                 self.meta["layer_formats"][step.nodes[0].name] = self.formats.format_name(step, weighted(self.fg, step))
             handler = getattr(self, f"lower_{step.kind}", None)
-            if handler is None:
+            if handler is None and step.kind in SEQUENCE_LOWERINGS:
+                handler = partial(SEQUENCE_LOWERINGS[step.kind], self)
+            elif handler is None:
                 if step.kind in UNARY:
                     handler = self.lower_unary
                 else:
@@ -248,7 +264,7 @@ class _Lowering:
         params = {"weight": np.ascontiguousarray(codes.astype(p.weight_dtype)), "weight_zero_point": w_zp.copy(),
                   "bias": bias_int.astype(np.int32), **self.rescale(real)}
         y = self.bind(step.output, out_perm, scale, zp)
-        attrs = dict(attrs, clamp=self.clamp_codes(scale, zp, step.clamp))
+        attrs = dict(attrs, clamp=self.clamp_codes(scale, zp, step.clamp, step.output))
         self.nodes.append(Node(op, node.name, [x.name], [y], attrs, params))
         self.meta["real_multiplier"][node.name] = real.tolist()
         self.meta["weight_scale"][node.name] = w_scale.tolist()
@@ -356,9 +372,11 @@ class _Lowering:
         (a, b), perm = self.binary_operands(node)
         sa, sb = self.tensors[a].scale, self.tensors[b].scale
         scale, zp = self.out_params(step.output)
-        params, left_shift = add_params(sa, sb, scale, self.profile, self.act.bits)
+        bits = max([self.act.bits] + [8 * self.tensors[t].np_dtype.itemsize for t in (a, b) if t in self.fixed])
+        params, left_shift = add_params(sa, sb, scale, self.profile, bits)
         y = self.bind(step.output, perm, scale, zp)
-        attrs = {"left_shift": left_shift, "subtract": subtract, "clamp": self.clamp_codes(scale, zp, step.clamp)}
+        attrs = {"left_shift": left_shift, "subtract": subtract,
+                 "clamp": self.clamp_codes(scale, zp, step.clamp, step.output)}
         self.nodes.append(Node("add", node.name, [a, b], [y], attrs, params))
         self.meta["real_multiplier"][node.name] = [sa / scale, sb / scale]
 
@@ -405,7 +423,7 @@ class _Lowering:
         node = step.nodes[0]
         x = self.tensors[self.need(x_name, perm)]
         y = self.bind(step.output, perm if out_perm is None else out_perm, x.scale, x.zero_point,
-                      fmt=self.format_of[x.name])
+                      fmt=self.format_of[x.name], dtype=x.dtype if x.name in self.fixed else None)
         self.nodes.append(Node(op, node.name, [x.name], [y], attrs, params or {}))
 
     def lower_MaxPool(self, step):
@@ -517,10 +535,11 @@ class _Lowering:
         self._layout(step, "unsqueeze", {"axes": list(step.nodes[0].attrs["axes"])})
 
 
-def clamp_codes(scale: float, zero_point: int, clamp: tuple[float, float] | None, profile: Profile) -> list[int]:
-    """``[lo, hi]``: the activation code range of the profile, narrowed to a fused activation's real
-    ``clamp`` (each end rounded to the nearest code, ties to even)."""
-    lo, hi = profile.activation_range()
+def clamp_codes(scale: float, zero_point: int, clamp: tuple[float, float] | None, profile: Profile,
+                dtype: str | None = None) -> list[int]:
+    """``[lo, hi]``: the activation code range of the profile (or of ``dtype``), narrowed to a fused
+    activation's real ``clamp`` (each end rounded to the nearest code, ties to even)."""
+    lo, hi = profile.activation_range() if dtype is None else dtype_range(dtype)
     if clamp is not None:
         if clamp[0] > -math.inf:
             lo = max(lo, min(hi, int(round(clamp[0] / scale)) + zero_point))
@@ -571,6 +590,7 @@ class QuantizationPlan:
     meta: dict
     started: float
     formats: LayerFormats | None = None
+    dtypes: dict = field(default_factory=dict)  # {float tensor: dtype} where not the activation dtype
 
 
 def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None,
@@ -636,16 +656,11 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
     logits_method = settings["logits_range_method"] or range_method
     raw = model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes)
     batch_norms = batch_norm_statistics(raw)
-    folded = default_passes(raw)
+    folded = simplify(raw)
     folded_steps = plan_steps(folded)
     formats = layer_formats(folded, profile, layer_config, folded_steps)
-    data = None
-    if calibration is not None:
-        if len(raw.inputs) != 1:
-            raise ValidationError(f"calibration with one array needs a single-input model; it has {len(raw.inputs)}")
-        data = calibration if isinstance(calibration, np.memmap) else np.asarray(calibration)
-        if data.dtype.kind != "f":
-            raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
+    feeds = None if calibration is None else named_feeds(raw.inputs, raw.integer_inputs, calibration, "calibration")
+    data = ptq_data(raw, feeds, settings)
     layer_weights = {s.nodes[0].name: (WeightFormat.of(formats.step_profile(s)),
                                        formats.method(s, "weight_range_method", weight_range_method))
                      for s in folded_steps if formats.of_step(s)}
@@ -669,10 +684,12 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
                    for t, (_, method) in points.items()}
         keep_rows = {t: 4096 for t in fg.outputs if methods.get(t) == "cross_entropy"}
 
-        def run_batch(batch):
-            return {fg.inputs[0]: batch, **run_float(fg, [batch])}
+        def run_batch(rows):
+            batch = batch_of(feeds, int(rows[0]), int(rows[-1]) + 1)
+            return {**batch, **run_float(fg, batch)}
 
-        stats = calibrate(run_batch, data, list(points), batch_size=batch_size, keep_rows=keep_rows or None,
+        stats = calibrate(run_batch, np.arange(sample_count(feeds)), list(points), batch_size=batch_size,
+                          keep_rows=keep_rows or None,
                           progress=progress)
         qparams = {}
         for t, (p, _) in points.items():
@@ -682,13 +699,16 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
             lo, hi = choose_range(stats[t], method, p.activation_bits, p.activation_signed, p.activation_symmetric,
                                   power_of_two=p.power_of_two_scales)
             qparams[t] = activation_qparams(lo, hi, p)
-        samples = int(data.shape[0])
+        samples = sample_count(feeds)
+    dtypes = tensor_dtypes(fg, profile)
+    qparams = widen({**qparams, **{t: (1.0, 0) for t in fg.integer_inputs}}, dtypes, profile)
     meta = {"calibration": {"samples": samples, "range_method": range_method,
                             "logits_range_method": logits_method, "weight_range_method": weight_range_method},
             "ptq": {"pipeline": pipeline, "cle": settings["cle"], "bias_correction": settings["bias_correction"],
                     "adaround": settings["adaround"] is not None, **ptq.meta},
             "input_shapes": {k: [None if d is None else int(d) for d in v] for k, v in (input_shapes or {}).items()}}
-    return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start, formats)
+    return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start, formats,
+                            dtypes)
 
 
 def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
@@ -701,11 +721,13 @@ def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
     """
     fg = plan.graph
     formats = plan.formats or LayerFormats(plan.profile, tied_ops=TIED_OPS)
-    lowering = _Lowering(fg, plan.profile, plan.qparams, plan.weight_range_method, plan.weights, formats)
+    lowering = _Lowering(fg, plan.profile, plan.qparams, plan.weight_range_method, plan.weights, formats,
+                         plan.dtypes)
     inputs, outputs = lowering.lower(plan.steps)
     lowering.meta.update(plan.meta)
     lowering.meta["float_outputs"] = list(fg.outputs)
     lowering.meta["float_inputs"] = list(fg.inputs)
+    lowering.meta["integer_inputs"] = list(fg.integer_inputs)
     lowering.meta["conversion_seconds"] = time.perf_counter() - plan.started
     graph = Graph(name or fg.name or "model", plan.profile, lowering.tensors, lowering.nodes, inputs, outputs,
                   lowering.meta)

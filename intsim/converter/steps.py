@@ -14,7 +14,9 @@ from intsim.errors import UnsupportedOpError
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.profiles import Profile
 
-TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize")
+TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
+            "Gather")
+UNCALIBRATED_OPS = ("Softmax", "MaskedSoftmax")  # outputs on a fixed grid
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 WEIGHTED_OPS = ("Conv", "Gemm", "BatchNormalization")
 FUSING_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
@@ -86,17 +88,17 @@ def layer_formats(fg: FloatGraph, profile: Profile, layer_config, steps: list[St
 def point_formats(fg: FloatGraph, steps: list[Step], formats: LayerFormats) -> dict:
     """``{quantization point: (profile, range method or None)}``: the format each calibrated tensor
     is quantized in, its producer's (a graph input's: :meth:`LayerFormats.input_profile`)."""
-    points = {t: (formats.input_profile(t, steps), None) for t in fg.inputs}
+    points = {t: (formats.input_profile(t, steps), None) for t in fg.inputs if t not in fg.integer_inputs}
     for step in steps:
-        if step.kind not in TIED_OPS and step.kind != "Softmax":
+        if step.kind not in TIED_OPS and step.kind not in UNCALIBRATED_OPS:
             points[step.output] = (formats.step_profile(step), formats.method(step, "range_method", None))
     return points
 
 
 def quantization_points(fg: FloatGraph, steps: list[Step]) -> list[str]:
     """Float tensors that get a calibrated scale of their own."""
-    points = [t for t in fg.inputs]
+    points = [t for t in fg.inputs if t not in fg.integer_inputs]
     for step in steps:
-        if step.kind not in TIED_OPS and step.kind != "Softmax":
+        if step.kind not in TIED_OPS and step.kind not in UNCALIBRATED_OPS:
             points.append(step.output)
     return points

@@ -21,7 +21,9 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
 * windows (convolutions, pools) that intsim floors drop the unread trailing rows and
   columns (from the padding, else with a SLICE), since TOSA wants exact window counts;
 * ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
-  ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8).
+  ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8);
+* ``embedding`` and ``gather`` -> GATHER (``[N, K, C]`` values by ``[N, W]`` int32 indices) between
+  RESHAPEs.  ``layernorm`` and ``masked_softmax`` have no TOSA operator (and are refused).
 
 Mixed-precision graphs (:mod:`intsim.converter.layer_config`) may hold int16 activations: TOSA
 takes them with zero point 0 only (give such layers ``activation_symmetric = true``), and its
@@ -470,8 +472,35 @@ def _lower_lut(b, node):
     b.op("TABLE", [node.inputs[0], b.const("table", node.params["table"], "int8")], node.outputs)
 
 
+def _lower_embedding(b, node):
+    """``table[ids]`` as GATHER of the constant ``[1, V, D]`` table by the ids as ``[1, count]``.  TOSA's
+    GATHER takes indices in ``[0, V)``; intsim (like ONNX) also reads ``[-V, 0)`` from the end, which the
+    exported graph cannot: token ids are never negative."""
+    table = node.params["table"]
+    ids_shape = b.shape(node.inputs[0])
+    count = int(np.prod(ids_shape))
+    values = b.const("table", table.reshape((1,) + table.shape), b.graph.tensors[node.outputs[0]].dtype)
+    rows = b.temp(node.name + "_rows", [1, count, table.shape[1]], b.graph.tensors[node.outputs[0]].dtype)
+    b.op("GATHER", [values, b.reshaped(node.inputs[0], [1, count])], [rows])
+    b.reshape(rows, node.outputs[0], b.shape(node.outputs[0]))
+
+
+def _lower_gather(b, node):
+    """``take(x, indices, axis)`` as GATHER of ``x`` viewed ``[outer, K, inner]`` by the constant indices
+    (made non-negative) repeated per ``outer`` row."""
+    shape, axis, dtype = b.shape(node.inputs[0]), node.attrs["axis"], b.graph.tensors[node.inputs[0]].dtype
+    outer, inner = int(np.prod(shape[:axis])), int(np.prod(shape[axis + 1:]))
+    indices = node.params["indices"].reshape(-1) % shape[axis]
+    table = b.const("indices", np.tile(indices.astype(np.int32), (outer, 1)), "int32")
+    rows = b.temp(node.name + "_rows", [outer, indices.size, inner], dtype)
+    b.op("GATHER", [b.reshaped(node.inputs[0], [outer, shape[axis], inner]), table], [rows])
+    b.reshape(rows, node.outputs[0], b.shape(node.outputs[0]))
+
+
 LOWERINGS = {
     "conv2d": _lower_conv2d,
+    "embedding": _lower_embedding,
+    "gather": _lower_gather,
     "fully_connected": _lower_fully_connected,
     "rescale": _lower_rescale,
     "add": _lower_add,

@@ -59,6 +59,7 @@ OPS = {
     "RESHAPE": (57, ()),
     "SLICE": (59, ()),
     "TRANSPOSE": (61, (("perms", "int32s"),)),
+    "GATHER": (62, ()),
     "RESCALE": (66, (("scale32", "bool"), ("rounding_mode", "rounding_mode"), ("per_channel", "bool"),
                      ("input_unsigned", "bool"), ("output_unsigned", "bool"))),
     "CONST": (67, ()),

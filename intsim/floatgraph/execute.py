@@ -29,6 +29,9 @@ def _op(name: str):
     return wrap
 
 
+register_float_op = _op  # other modules' canonical ops (intsim.floatgraph.sequence_ops)
+
+
 def op_names() -> list[str]:
     """The canonical op types the executor runs."""
     return sorted(_OPS)
@@ -64,7 +67,8 @@ def run_float(
         A graph in canonical form (as :func:`intsim.importers.onnx.import_onnx`
         returns it), nodes in topological order.
     feeds : list of arrays in ``graph.inputs`` order, or dict name -> array
-        Float arrays (any float dtype, run as float32) whose rank and known
+        Float arrays (any float dtype, run as float32; integer arrays, run as int64, for
+        ``graph.integer_inputs``) whose rank and known
         dimensions match ``graph.shapes``.
     outputs : list of str, optional
         Names of the tensors to return; every node is still run.
@@ -116,14 +120,16 @@ def _named_feeds(graph: FloatGraph, feeds) -> dict:
 
 
 def _checked_feed(graph: FloatGraph, name: str, value) -> np.ndarray:
-    if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
+    integer = name in graph.integer_inputs
+    if not isinstance(value, np.ndarray) or value.dtype.kind not in ("iu" if integer else "f"):
         found = value.dtype if isinstance(value, np.ndarray) else type(value).__name__
-        raise ValidationError(f"input {name!r}: expected a float array, found {found}")
+        raise ValidationError(f"input {name!r}: expected {'an integer' if integer else 'a float'} array, "
+                              f"found {found}")
     expected = graph.shapes.get(name, value.shape)
     ok = value.ndim == len(expected) and all(e is None or e == d for e, d in zip(expected, value.shape))
     if not ok:
         raise ValidationError(f"input {name!r}: expected shape {tuple(expected)} (None: any size), found {value.shape}")
-    return value.astype(np.float32, copy=False)
+    return value.astype(np.int64 if integer else np.float32, copy=False)
 
 
 def _f32(value) -> np.ndarray:

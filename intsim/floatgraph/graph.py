@@ -37,6 +37,7 @@ class FloatGraph:
     constants: dict[str, np.ndarray] = field(default_factory=dict)
     shapes: dict[str, tuple] = field(default_factory=dict)
     opset: int = 17
+    integer_inputs: list[str] = field(default_factory=list)  # inputs holding integers (token ids, masks)
 
     def producer(self, tensor: str) -> FloatNode | None:
         for node in self.nodes:

@@ -18,6 +18,7 @@ from intsim.errors import IntsimError, ModelFormatError, UnsupportedOpError, Val
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.importers.onnx_ops import CONVERT, FOLD, OnnxNode, read_initializer, same_values, unique_name
+from intsim.importers import onnx_sequence  # noqa: F401  (registers the ops of sequence models)
 
 
 OPSETS = range(11, 22)
@@ -26,6 +27,8 @@ OPSETS = range(11, 22)
 MAX_PLACEHOLDER_ELEMENTS = 2**24
 WORLD_BATCH_SIZES = (1, 2)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# Integer graph inputs (token ids, attention masks): they reach the integer graph unquantized.
+INTEGER_INPUT_TYPES = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
 
 
 def import_onnx(model, *, batch_dynamic: bool = True, input_shapes=None) -> FloatGraph:
@@ -34,7 +37,8 @@ def import_onnx(model, *, batch_dynamic: bool = True, input_shapes=None) -> Floa
     Parameters
     ----------
     model : str, os.PathLike or onnx.ModelProto
-        The model, default-domain opset 11 to 21, with float32 inputs whose
+        The model, default-domain opset 11 to 21, with float32 inputs (or int64 /
+        int32 ones: token ids and masks, listed in ``integer_inputs``) whose
         dimensions other than dim 0 are static.
     batch_dynamic : bool
         Treat dim 0 of every graph input as a batch of any size, even where the
@@ -64,7 +68,7 @@ def import_onnx(model, *, batch_dynamic: bool = True, input_shapes=None) -> Floa
         An opset outside 11..21, or an op or attribute value with no canonical
         form that cannot be folded; names the node, its opset and the op.
     ValidationError
-        A non-float32 input, a symbolic dimension other than the batch and not
+        An input neither float32 nor int64 / int32, a symbolic dimension other than the batch and not
         fixed by ``input_shapes``, an ``input_shapes`` entry naming no input or
         disagreeing with the file, an invalid attribute, or a node that fails to
         run on the placeholder inputs.
@@ -170,6 +174,7 @@ class _Importer:
         self.nodes: list[FloatNode] = []
         self.constants: dict[str, np.ndarray] = {}
         self.fixed_batches: set[int] = set()
+        self.integer_inputs: list[str] = []
         self.node_names: set[str] = set()
         self.tensor_names = {t for n in self.graph.node for t in (*n.input, *n.output)}
         self.tensor_names |= {t.name for t in self.graph.input} | {t.name for t in self.graph.initializer}
@@ -191,15 +196,13 @@ class _Importer:
 
     def run(self) -> FloatGraph:
         for init in self.graph.initializer:
-            value = read_initializer(init)
-            self.values[init.name] = (value, value)
-            self.static.add(init.name)
+            self.add_initializer(init)
         inputs = [self._add_input(t) for t in self.graph.input if t.name not in self.static]
         known = set(self.values)
         for index, proto in enumerate(_sorted_nodes(self.graph, known)):
             name = unique_name(proto.name or f"{proto.op_type}_{index}", self.node_names)
             try:
-                self._import_node(OnnxNode(self, proto, name))
+                self.import_node(OnnxNode(self, proto, name))
             except IntsimError:
                 raise
             except (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError,
@@ -216,13 +219,20 @@ class _Importer:
             constants=self.constants,
             shapes={t: self.shape(t) for t in tensors},
             opset=self.opset,
+            integer_inputs=self.integer_inputs,
         )
+
+    def add_initializer(self, init: onnx.TensorProto) -> None:
+        value = read_initializer(init)
+        self.values[init.name] = (value, value)
+        self.static.add(init.name)
 
     def _add_input(self, info: onnx.ValueInfoProto) -> str:
         tensor_type = info.type.tensor_type
-        if tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        if tensor_type.elem_type not in (onnx.TensorProto.FLOAT, *INTEGER_INPUT_TYPES):
             found = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
-            raise ValidationError(f"graph input {info.name!r} must be float32, found {found}")
+            raise ValidationError(f"graph input {info.name!r} must be float32, or int64 / int32 (token ids, masks), "
+                                  f"found {found}")
         if not tensor_type.HasField("shape"):
             raise ValidationError(f"graph input {info.name!r} has no shape")
         dims = [d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim]
@@ -247,11 +257,16 @@ class _Importer:
             shape = list(dims)
             if shape and (shape[0] is None or self.batch_dynamic):
                 shape[0] = batch
-            worlds.append(rng.standard_normal(shape).astype(np.float32))
+            if tensor_type.elem_type in INTEGER_INPUT_TYPES:  # index 0 is valid for any table
+                worlds.append(np.zeros(shape, INTEGER_INPUT_TYPES[tensor_type.elem_type]))
+            else:
+                worlds.append(rng.standard_normal(shape).astype(np.float32))
+        if tensor_type.elem_type in INTEGER_INPUT_TYPES:
+            self.integer_inputs.append(info.name)
         self.values[info.name] = tuple(worlds)
         return info.name
 
-    def _import_node(self, node: OnnxNode) -> None:
+    def import_node(self, node: OnnxNode) -> None:
         if node.domain not in _DEFAULT_DOMAINS:
             raise node.fail(f"op '{node.domain}.{node.op}' is not supported")
         self._check_outputs(node)

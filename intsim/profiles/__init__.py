@@ -32,6 +32,8 @@ from intsim.codes import OVERFLOW_POLICIES, code_range, storage_dtype
 from intsim.errors import ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
 
+LAYERNORM_MODES = ("integer", "int16", "none")  # how a chip normalizes layers (intsim.converter.lower_sequence)
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -72,6 +74,11 @@ class Profile:
         The layer formats the chip runs, as ``"w<weight bits>a<activation bits>"`` (``"w8a8"``,
         ``"w8a16"``, ``"w4a8"``); a per-layer configuration (``convert(..., layer_config=...)``)
         outside them is refused.  Empty: every format the kernels run (2 to 16 bits each).
+    layernorm : str
+        Layer normalization on the chip: ``"integer"`` (integer-only, inputs at
+        ``activation_bits``), ``"int16"`` (the same with 16-bit inputs) or
+        ``"none"`` (a LayerNormalization does not convert; see
+        :mod:`intsim.converter.lower_sequence`).
     """
 
     name: str
@@ -92,6 +99,7 @@ class Profile:
     overflow: str = "wrap"
     pairwise_int16: bool = False
     supported_formats: tuple = ()
+    layernorm: str = "integer"
 
     def __post_init__(self):
         where = f"profile {self.name!r}"
@@ -119,6 +127,8 @@ class Profile:
             raise ValidationError(
                 f"{where}: overflow must be one of {', '.join(OVERFLOW_POLICIES)}, found {self.overflow!r}"
             )
+        if self.layernorm not in LAYERNORM_MODES:
+            raise ValidationError(f"{where}: layernorm must be one of {', '.join(LAYERNORM_MODES)}, found {self.layernorm!r}")
         if self.power_of_two_scales and self.rounding not in INTEGER_ROUNDING_MODES:
             raise ValidationError(f"{where}: power_of_two_scales needs an integer rounding mode, found {self.rounding!r}")
         if self.pairwise_int16 and (self.weight_bits > 8 or self.activation_bits > 8):

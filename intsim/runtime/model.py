@@ -11,6 +11,7 @@ carries any transposes to NHWC.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -136,22 +137,43 @@ class Model:
     def run_int(self, *inputs):
         """Integer codes in, integer codes out: the bit-exact datapath.
 
-        One array per graph input, any batch size, values inside the input
-        dtype's range.  Returns one array, or a tuple when the graph has
-        several outputs.
+        One array per graph input (or one dict input name -> array), any batch
+        size, values inside the input dtype's range.  Returns one array, or a
+        tuple when the graph has several outputs.
         """
-        return self._pack(self._warn_overflow(self._run_plan().run(self._int_inputs(inputs))))
+        return self._pack(self._warn_overflow(self._run_plan().run(self._int_inputs(self._ordered(inputs)))))
+
+    @property
+    def integer_inputs(self) -> list[str]:
+        """The graph inputs that take integers as they are (token ids, masks), not quantized reals."""
+        float_names = self.graph.metadata.get("float_inputs", self.graph.inputs)
+        integer = set(self.graph.metadata.get("integer_inputs", ()))
+        return [t for t, f in zip(self.graph.inputs, float_names) if f in integer]
+
+    def _ordered(self, inputs) -> tuple:
+        """The arrays in graph input order, from positional arrays or one dict keyed by input name (the
+        float model's names or the integer graph's)."""
+        if len(inputs) != 1 or not isinstance(inputs[0], Mapping):
+            return inputs
+        feeds = inputs[0]
+        float_names = self.graph.metadata.get("float_inputs", self.graph.inputs)
+        names = float_names if all(n in feeds for n in float_names) else self.graph.inputs
+        missing = [n for n in names if n not in feeds]
+        if missing or len(feeds) != len(names):
+            raise ValidationError(f"model {self.graph.name!r} takes inputs {list(names)}; found {sorted(feeds)}")
+        return tuple(feeds[n] for n in names)
 
     def run(self, *inputs):
         """Float in, float out: quantize each input with its tensor's scale and zero
         point (:meth:`quantize_inputs`), run :meth:`run_int`, dequantize the
         outputs to float32 as ``scale * (code - zero_point)``."""
         # The codes quantize_inputs returns have the checked shapes and the input dtypes: no second check.
-        outs = self._warn_overflow(self._run_plan().run(self.quantize_inputs(inputs)))
+        outs = self._warn_overflow(self._run_plan().run(self.quantize_inputs(self._ordered(inputs))))
         return self._pack([dequantize(o, info) for o, info in zip(outs, self.outputs)])
 
     def trace(self, *inputs, float_input: bool = False) -> Trace:
         """Run and keep every intermediate tensor, accumulator and per-node statistic."""
+        inputs = self._ordered(inputs)
         codes = self.quantize_inputs(inputs) if float_input else inputs
         return self._trace(self._int_inputs(codes))
 
@@ -172,14 +194,28 @@ class Model:
             _check_shape(tuple(shape), info, f"{where} {info.name!r}")
 
     def quantize_inputs(self, inputs) -> list[np.ndarray]:
-        """Float inputs to codes, rounded as :attr:`input_quantization` says."""
+        """Float inputs to codes, rounded as :attr:`input_quantization` says; integer inputs
+        (:attr:`integer_inputs`) pass as they are, checked."""
         self._check_count(inputs)
         mode = self.input_quantization
         arrays = [np.asarray(x) for x in inputs]
+        integer = set(self.integer_inputs)
         for x, info in zip(arrays, self.inputs):
-            warn_unusual_float_input(x, info)
-        return [quantize(x, info, f"input {info.name!r}", mode=mode, code_range=self._code_range(info))
+            if info.name not in integer:
+                warn_unusual_float_input(x, info)
+        return [self._int_inputs_one(x, info) if info.name in integer else
+                quantize(x, info, f"input {info.name!r}", mode=mode, code_range=self._code_range(info))
                 for x, info in zip(arrays, self.inputs)]
+
+    def _int_inputs_one(self, x: np.ndarray, info: TensorInfo) -> np.ndarray:
+        where = f"input {info.name!r}"
+        if x.dtype.kind not in "iu":
+            raise ValidationError(f"{where}: takes integers (token ids, masks), found dtype {x.dtype}")
+        _check_shape(x.shape, info, where)
+        lo, hi = dtype_range(info.dtype)
+        if x.size and (x.min() < lo or x.max() > hi):
+            raise ValidationError(f"{where}: values must lie in [{lo}, {hi}], found [{x.min()}, {x.max()}]")
+        return np.ascontiguousarray(x, dtype=info.np_dtype)
 
     def _code_range(self, info: TensorInfo) -> tuple[int, int]:
         """The codes an input may hold: its own ``bits`` wide where the tensor records them (3-bit codes

@@ -348,6 +348,10 @@ class Softmax(Op):
     def check(self, node, graph):
         check_arity(node, 1)
         check_dtypes(node, graph)
+        self.check_exp_table(node, graph)
+
+    def check_exp_table(self, node, graph):
+        """The exp table of input 0's codes, the integer rounding mode, the rescale and the clamp."""
         x = graph.tensors[node.inputs[0]]
         entries = 2 ** (8 * x.np_dtype.itemsize)
         table = param(node, "exp_table", shape=(entries,))
