@@ -36,6 +36,7 @@ from intsim.kernels.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
+from intsim.kernels.vision import insert_zeros_nhwc, slice_strided
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "fully_connected_requantized",
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
+    "insert_zeros_nhwc",
     "lookup_table",
     "matmul_acc",
     "matmul_requantized",
@@ -67,6 +69,7 @@ __all__ = [
     "pad_constant",
     "quantize_float",
     "requantize",
+    "slice_strided",
     "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
     "transpose",

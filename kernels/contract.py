@@ -88,3 +88,5 @@ class Backend(Protocol):
     gemm_float32: Callable
     avg_pool_float32_island_nhwc: Callable
     global_avg_pool_float32_nhwc: Callable
+    slice_strided: Callable
+    insert_zeros_nhwc: Callable

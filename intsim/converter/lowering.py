@@ -19,6 +19,7 @@ of every requantizing node, the weight scales and the bias overflow counts.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -34,17 +35,20 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params
+from intsim.converter.lower_vision import LOWERINGS, lower_matmul_rows
 from intsim.floatgraph.passes import default_passes
 from intsim.profiles import Profile, get_profile
 from intsim.ptq.bias_correction import WeightFormat
 from intsim.ptq.pipeline import apply_ptq, resolve_settings
 from intsim.runtime import Model
 from intsim.converter.params import build_exp_table, build_lut
+from intsim.floatgraph.vision_ops import ELEMENTWISE
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
-TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize")
+TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
+            "Slice")
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
-FUSING_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
+FUSING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
 
 
 def _identity(rank):
@@ -65,6 +69,7 @@ def _unary_functions():
         "HardSwish": lambda a: lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
         "SiLU": lambda a: lambda x: x * sigmoid(x),
         "PRelu": lambda a: lambda x: np.where(x >= 0, x, a["slope"] * x),
+        **ELEMENTWISE,
     }
 
 
@@ -222,6 +227,8 @@ class _Lowering:
             self.bind(name, _identity(len(self.fg.shapes[name])), scale, zp)
         for step in steps:
             handler = getattr(self, f"lower_{step.kind}", None)
+            if handler is None and step.kind in LOWERINGS:
+                handler = functools.partial(LOWERINGS[step.kind], self)
             if handler is None:
                 if step.kind in UNARY:
                     handler = self.lower_unary
@@ -327,8 +334,10 @@ class _Lowering:
         rank = len(self.fg.shapes[a_name])
         if b_name in self.fg.constants:
             b = self.fg.constants[b_name]
-            if rank != 2 or b.ndim != 2:
-                raise UnsupportedOpError(f"node {node.name!r}: MatMul by a constant is lowered for 2-D inputs only")
+            if b.ndim != 2:
+                raise UnsupportedOpError(f"node {node.name!r}: MatMul by a constant is lowered for a 2-D constant only")
+            if rank != 2:
+                return lower_matmul_rows(self, step)
             self._mac(step, "fully_connected", a_name, (0, 1), b.T, None, {}, (0, 1), transposed=True)
             return
         ident = _identity(rank)
@@ -481,19 +490,18 @@ class _Lowering:
     def lower_Softmax(self, step):
         node = step.nodes[0]
         rank = len(self.fg.shapes[node.inputs[0]])
-        if node.attrs["axis"] != rank - 1:
-            raise UnsupportedOpError(f"node {node.name!r}: Softmax is lowered over the last axis only")
+        perm = tuple(a for a in range(rank) if a != node.attrs["axis"]) + (node.attrs["axis"],)  # the axis last
         if self.profile.rounding not in INTEGER_ROUNDING_MODES:
             raise UnsupportedOpError(
                 f"node {node.name!r}: integer softmax needs an integer rounding mode; profile "
                 f"{self.profile.name!r} rounds {self.profile.rounding!r} (export the model without its softmax)")
-        x = self.tensors[self.need(node.inputs[0], _identity(rank))]
+        x = self.tensors[self.need(node.inputs[0], perm)]
         p = self.profile
         if p.activation_symmetric and p.activation_signed:
             scale, zp = 2.0 ** -(p.activation_bits - 1), 0
         else:
             scale, zp = 2.0 ** -p.activation_bits, self.act_lo
-        y = self.bind(step.output, _identity(rank), scale, zp)
+        y = self.bind(step.output, perm, scale, zp)
         params = {"exp_table": build_exp_table(x), **self.rescale(2.0**-23 / scale)}
         self.nodes.append(Node("softmax", node.name, [x.name], [y], {}, params))
 

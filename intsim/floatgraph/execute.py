@@ -29,6 +29,9 @@ def _op(name: str):
     return wrap
 
 
+register_op = _op  # for modules that add canonical ops (intsim.floatgraph.vision_ops)
+
+
 def op_names() -> list[str]:
     """The canonical op types the executor runs."""
     return sorted(_OPS)

@@ -228,3 +228,23 @@ def _hardswish_at(graph, users, mul) -> tuple[str, list[FloatNode], FloatNode] |
                 graph, after, mul.outputs[0], 1 / 6):
             return x, [shifted[1], clip, mul], after
     return None
+
+
+def square_and_reciprocal(graph: FloatGraph) -> FloatGraph:
+    """Rewrite ``Pow(x, 2)`` as ``Mul(x, x)`` (one integer multiply of the codes, no table) and
+    ``Div(a, b)`` of two activations as ``Mul(a, Reciprocal(b))`` (the reciprocal a table with a
+    calibrated output range of its own).  Returns a new graph."""
+    graph = copy_graph(graph)
+    nodes = []
+    for node in graph.nodes:
+        if node.op == "Pow" and node.attrs["exponent"] == 2.0:
+            nodes.append(FloatNode("Mul", node.name, [node.inputs[0], node.inputs[0]], list(node.outputs)))
+        elif node.op == "Div" and not any(t in graph.constants for t in node.inputs):
+            reciprocal = fresh_name(graph, f"{node.inputs[1]}/reciprocal")
+            graph.shapes[reciprocal] = graph.shapes[node.inputs[1]]
+            nodes.append(FloatNode("Reciprocal", f"{node.name}/reciprocal", [node.inputs[1]], [reciprocal]))
+            nodes.append(FloatNode("Mul", node.name, [node.inputs[0], reciprocal], list(node.outputs)))
+        else:
+            nodes.append(node)
+    graph.nodes = nodes
+    return graph

@@ -220,6 +220,12 @@ def _convert(*names: str):
     return wrap
 
 
+register_fold = _fold
+register_convert = _convert  # for modules that add ops (intsim.importers.onnx_vision)
+# ONNX ops whose converter gives each output its own canonical node, so every output may be used.
+MULTI_OUTPUT: set[str] = set()
+
+
 def _axes(node: OnnxNode, axes, rank: int) -> list[int]:
     axes = [int(a) for a in axes]
     if any(not -rank <= a < rank for a in axes) or len(set(a % rank for a in axes)) != len(axes):
@@ -247,6 +253,9 @@ def _explicit_pads(node: OnnxNode, kernel, strides, dilations) -> list[int]:
         begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
         end.append(total - begin[-1])
     return begin + end
+
+
+axes_of, explicit_pads = _axes, _explicit_pads  # shared with intsim.importers.onnx_vision
 
 
 def _ceil_overhang(size: int, k: int, stride: int, dilation: int, pad_begin: int, pad_end: int) -> int:

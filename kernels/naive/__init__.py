@@ -32,6 +32,7 @@ from intsim.kernels.naive.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
+from intsim.kernels.naive.vision import insert_zeros_nhwc, slice_strided
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "fully_connected_requantized",
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
+    "insert_zeros_nhwc",
     "lookup_table",
     "matmul_acc",
     "matmul_requantized",
@@ -63,6 +65,7 @@ __all__ = [
     "pad_constant",
     "quantize_float",
     "requantize",
+    "slice_strided",
     "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
     "transpose",

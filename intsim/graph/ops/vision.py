@@ -1,0 +1,77 @@
+"""Integer data-movement ops the real vision models brought in: ``slice`` (ONNX Slice, and each
+output of Split) and ``insert_zeros`` (the zero insertion of a transposed convolution).  Both move
+codes without changing them: the output is quantized exactly like the input."""
+
+from __future__ import annotations
+
+from intsim.codes import dtype_range
+from intsim.graph.ops.base import Op, check_arity, fail, int_attr, ints_attr, register, same_quantization
+from intsim.kernels.vision import CORE_RANK, sliced_size
+
+
+@register("slice")
+class Slice(Op):
+    """``x[starts[i]:ends[i]:steps[i]]`` on every axis ``i`` (an end of -1 under a negative step: through
+    index 0); starts and ends lie inside the axis, as the converter normalises ONNX Slice."""
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        same_quantization(node, graph)
+        shape = graph.tensors[node.inputs[0]].shape
+        if len(shape) > CORE_RANK:
+            fail(node, f"input of rank {len(shape)} is not supported (at most {CORE_RANK})")
+        starts = ints_attr(node, "starts", len(shape))
+        ends = ints_attr(node, "ends", len(shape))
+        steps = ints_attr(node, "steps", len(shape))
+        for axis, (size, start, end, step) in enumerate(zip(shape, starts, ends, steps)):
+            if step == 0:
+                fail(node, f"steps {list(steps)} must be non-zero")
+            if size is None:
+                if (start, end, step) != (0, -1, 1) and (start, step) != (0, 1):
+                    fail(node, f"axis {axis} of unknown size must be kept whole, found {start}:{end}:{step}")
+                continue
+            low_end = -1 if step < 0 else 0
+            if not (0 <= start <= size and low_end <= end <= size) or (step < 0 and start == size):
+                fail(node, f"axis {axis} (size {size}): start {start} and end {end} must lie inside the axis")
+
+    def infer(self, node, inputs, graph):
+        a = node.attrs
+        return [tuple(None if n is None else sliced_size(n, s, e, k)
+                      for n, s, e, k in zip(inputs[0].shape, a["starts"], a["ends"], a["steps"]))]
+
+    def prepare(self, node, graph):
+        return {"args": tuple(tuple(node.attrs[k]) for k in ("starts", "ends", "steps"))}
+
+    def run(self, plan, inputs, kernels):
+        x = inputs[0]
+        starts, ends, steps = plan["args"]
+        # An axis of unknown size is kept whole: its end is the run's own size.
+        ends = tuple(n if s == 0 and k == 1 and e == -1 else e for n, s, e, k in zip(x.shape, starts, ends, steps))
+        return [kernels.slice_strided(x, starts, ends, steps)], {}
+
+
+@register("insert_zeros")
+class InsertZeros(Op):
+    """NHWC codes spread out by ``strides`` with the code ``value`` (the zero point) in between."""
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        same_quantization(node, graph)
+        x = graph.tensors[node.inputs[0]]
+        if len(x.shape) != 4:
+            fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")
+        ints_attr(node, "strides", 2, lo=1)
+        lo, hi = dtype_range(x.dtype)
+        int_attr(node, "value", x.zero_point, lo=lo, hi=hi)
+
+    def infer(self, node, inputs, graph):
+        n, h, w, c = inputs[0].shape
+        sh, sw = node.attrs["strides"]
+        return [(n, None if h is None else (h - 1) * sh + 1, None if w is None else (w - 1) * sw + 1, c)]
+
+    def prepare(self, node, graph):
+        x = graph.tensors[node.inputs[0]]
+        return {"args": (tuple(node.attrs["strides"]), int(node.attrs.get("value", x.zero_point)))}
+
+    def run(self, plan, inputs, kernels):
+        return [kernels.insert_zeros_nhwc(inputs[0], *plan["args"])], {}

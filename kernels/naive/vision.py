@@ -1,0 +1,24 @@
+"""Naive twins of :mod:`intsim.kernels.vision`: same names and signatures, plain loops over
+``np.ndindex``."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def slice_strided(x, starts, ends, steps):
+    shape = tuple(len(range(s, e, k)) for s, e, k in zip(starts, ends, steps))
+    out = np.empty(shape, x.dtype)
+    for index in np.ndindex(shape):
+        out[index] = x[tuple(s + i * k for i, s, k in zip(index, starts, steps))]
+    return out
+
+
+def insert_zeros_nhwc(x, strides, value):
+    batch, height, width, channels = x.shape
+    sh, sw = strides
+    out = np.empty((batch, max(0, (height - 1) * sh + 1), max(0, (width - 1) * sw + 1), channels), x.dtype)
+    for n, h, w, c in np.ndindex(out.shape):
+        on_grid = h % sh == 0 and w % sw == 0
+        out[n, h, w, c] = x[n, h // sh, w // sw, c] if on_grid else value
+    return out

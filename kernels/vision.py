@@ -1,0 +1,84 @@
+"""Data-movement kernels the real vision models brought in: strided slices (ONNX Slice and Split) and
+zero insertion (the first half of a transposed convolution, whose second half is an ordinary conv2d
+on the MAC datapath).
+
+Codes are moved, never changed, so the output is quantized like the input.  Each public function
+allocates its output and calls a numba core on a rank-6 view (unit axes in front); inputs are trusted
+(:mod:`intsim.graph.ops.vision` validates them).  The naive twins are in
+:mod:`intsim.kernels.naive.vision`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from intsim.jit import jit
+
+# Rank the cores work on; a tensor of lower rank gets unit axes in front.
+CORE_RANK = 6
+
+
+def sliced_size(size: int, start: int, end: int, step: int) -> int:
+    """Elements ``range(start, end, step)`` holds (``end`` -1 with a negative step: through index 0)."""
+    return len(range(start, end, step))
+
+
+@jit
+def _slice_core(x, starts, steps, out):
+    for a in range(out.shape[0]):
+        ia = starts[0] + a * steps[0]
+        for b in range(out.shape[1]):
+            ib = starts[1] + b * steps[1]
+            for c in range(out.shape[2]):
+                ic = starts[2] + c * steps[2]
+                for d in range(out.shape[3]):
+                    id_ = starts[3] + d * steps[3]
+                    for e in range(out.shape[4]):
+                        ie = starts[4] + e * steps[4]
+                        for f in range(out.shape[5]):
+                            out[a, b, c, d, e, f] = x[ia, ib, ic, id_, ie, starts[5] + f * steps[5]]
+
+
+def slice_strided(x, starts, ends, steps):
+    """``x[starts[i]:ends[i]:steps[i]]`` on every axis ``i`` (an end of -1 with a negative step goes
+    through index 0), as a new C-contiguous array of ``x.dtype``.
+
+    Parameters
+    ----------
+    x : integer array of rank <= 6
+    starts, ends, steps : sequences of int, one per axis of ``x``
+        Starts and ends already clamped to the axis (ONNX Slice's normalisation); steps non-zero.
+    """
+    pad = CORE_RANK - x.ndim
+    shape = tuple(sliced_size(n, s, e, k) for n, s, e, k in zip(x.shape, starts, ends, steps))
+    out = np.empty(shape, x.dtype)
+    if out.size:
+        _slice_core(np.ascontiguousarray(x).reshape((1,) * pad + x.shape),
+                    np.array((0,) * pad + tuple(starts), np.int64), np.array((1,) * pad + tuple(steps), np.int64),
+                    out.reshape((1,) * pad + shape))
+    return out
+
+
+@jit
+def _insert_zeros_core(x, stride_h, stride_w, out):
+    batch, height, width, channels = x.shape
+    for n in range(batch):
+        for h in range(height):
+            for w in range(width):
+                for c in range(channels):
+                    out[n, h * stride_h, w * stride_w, c] = x[n, h, w, c]
+
+
+def insert_zeros_nhwc(x, strides, value):
+    """``x`` [N, H, W, C] spread out by ``strides`` (sh, sw): ``out[n, h*sh, w*sw, c] = x[n, h, w, c]``,
+    every other position ``value`` (the zero point: real 0), shape [N, (H-1)*sh + 1, (W-1)*sw + 1, C].
+
+    A transposed convolution with stride s is this followed by a stride-1 convolution of the flipped
+    kernel (see :mod:`intsim.converter.lower_vision`).
+    """
+    batch, height, width, channels = x.shape
+    sh, sw = strides
+    out = np.full((batch, max(0, (height - 1) * sh + 1), max(0, (width - 1) * sw + 1), channels), value, x.dtype)
+    if x.size:
+        _insert_zeros_core(np.ascontiguousarray(x), int(sh), int(sw), out)
+    return out
