@@ -1,0 +1,267 @@
+"""The ops and graph patterns the real vision models brought in (issue 15), on hand-built ONNX graphs:
+the float import against onnxruntime (float tolerance), the integer model against the float one
+(quality floor) and the fast kernels against their naive twins (exact)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, helper, numpy_helper
+
+import intsim
+from intsim.errors import UnsupportedOpError, ValidationError
+from intsim.floatgraph.execute import run_float
+from intsim.floatgraph.passes import default_passes
+from intsim.graph import Graph, Node, TensorInfo
+from intsim.importers.onnx import import_onnx
+from intsim.kernels import insert_zeros_nhwc, slice_strided
+from intsim.kernels import naive
+from intsim.runtime import Model
+
+ort = pytest.importorskip("onnxruntime")
+RNG = np.random.default_rng(15)
+
+
+def _model(nodes, inits, x_shape, opset=17, out_shape=None):
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, out_shape) for o in nodes[-1].output],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _onnxruntime(model, x):
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": x})
+
+
+def _sqnr(reference, value):
+    return 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / np.sum((reference - value) ** 2.0))
+
+
+def _check(model, x, sqnr_floor, calibration=None, ops=None):
+    """Float import == onnxruntime (float tolerance); integer model within ``sqnr_floor`` dB of float;
+    fast == naive kernels exactly.  Returns the integer model."""
+    expected = _onnxruntime(model, x)[0]
+    graph = default_passes(import_onnx(model))
+    if ops is not None:
+        assert sorted(n.op for n in graph.nodes) == sorted(ops)
+    got = run_float(graph, [x])[graph.outputs[0]]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    calibration = x if calibration is None else calibration
+    int_model = intsim.convert(model, calibration, "paper", progress=False)
+    assert _sqnr(expected, int_model.run(x)) > sqnr_floor
+    codes = int_model.quantize_inputs([x])[0]
+    np.testing.assert_array_equal(int_model.run_int(codes), int_model.with_backend("naive").run_int(codes),
+                                  strict=True)
+    return int_model
+
+
+def _w(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Patterns.
+# --------------------------------------------------------------------------
+
+
+def test_constant_mul_and_add_after_conv_fold_into_it():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("Mul", ["c", "scale"], ["m"]),
+             helper.make_node("Add", ["bias", "m"], ["a"]),
+             helper.make_node("Div", ["a", "two"], ["y"])]
+    inits = {"w": _w(6, 3, 3, 3), "scale": _w(1, 6, 1, 1), "bias": _w(6, 1, 1), "two": np.float32(2.0)}
+    x = RNG.standard_normal((4, 3, 10, 10)).astype(np.float32)
+    _check(_model(nodes, inits, [None, 3, 10, 10]), x, 30, ops=["Conv"])
+
+
+def test_a_constant_that_varies_across_positions_stays():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Mul", ["c", "ramp"], ["y"])]
+    inits = {"w": _w(2, 3, 1, 1), "ramp": _w(1, 1, 4, 4)}
+    graph = default_passes(import_onnx(_model(nodes, inits, [None, 3, 4, 4])))
+    assert [n.op for n in graph.nodes] == ["Conv", "Mul"]
+
+
+HARDSWISH_FORMS = {
+    "product_then_div": [helper.make_node("Add", ["x", "three"], ["s"]),
+                         helper.make_node("Clip", ["s", "zero", "six"], ["r"]),
+                         helper.make_node("Mul", ["x", "r"], ["p"]),
+                         helper.make_node("Div", ["p", "six"], ["y"])],
+    "gate_times_sixth": [helper.make_node("Add", ["three", "x"], ["s"]),
+                         helper.make_node("Clip", ["s", "zero", "six"], ["r"]),
+                         helper.make_node("Mul", ["sixth", "r"], ["g"]),
+                         helper.make_node("Mul", ["g", "x"], ["y"])],
+    "hard_sigmoid": [helper.make_node("HardSigmoid", ["x"], ["g"], alpha=1 / 6, beta=0.5),
+                     helper.make_node("Mul", ["x", "g"], ["y"])],
+}
+
+
+@pytest.mark.parametrize("form", sorted(HARDSWISH_FORMS))
+def test_decomposed_hardswish_becomes_one_table(form):
+    inits = {"three": np.float32(3), "zero": np.float32(0), "six": np.float32(6), "sixth": np.float32(1 / 6)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"])] + [
+        helper.make_node(n.op_type, ["c" if t == "x" else t for t in n.input], n.output, name=n.name,
+                         **{a.name: helper.get_attribute_value(a) for a in n.attribute})
+        for n in HARDSWISH_FORMS[form]]
+    inits = {k: v for k, v in inits.items() if any(k in n.input for n in nodes)} | {"w": _w(4, 3, 1, 1)}
+    x = 2 * RNG.standard_normal((8, 3, 6, 6)).astype(np.float32)
+    int_model = _check(_model(nodes, inits, [None, 3, 6, 6]), x, 30, ops=["Conv", "HardSwish"])
+    assert [n.op for n in int_model.graph.nodes if n.op not in ("transpose",)] == ["conv2d", "lut"]
+
+
+def test_relu6_of_x_plus_3_without_the_sixth_is_not_hardswish():
+    nodes = [helper.make_node("Add", ["x", "three"], ["s"]), helper.make_node("Clip", ["s", "zero", "six"], ["r"]),
+             helper.make_node("Mul", ["x", "r"], ["y"])]
+    inits = {"three": np.float32(3), "zero": np.float32(0), "six": np.float32(6)}
+    graph = default_passes(import_onnx(_model(nodes, inits, [None, 4])))
+    assert [n.op for n in graph.nodes] == ["Add", "Clip", "Mul"]
+
+
+# --------------------------------------------------------------------------
+# New ops.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("strides, pads, output_padding, group, kernel", [
+    ([2, 2], [0, 0, 0, 0], [0, 0], 1, 2),
+    ([2, 2], [1, 1, 1, 1], [1, 1], 1, 3),
+    ([1, 1], [1, 0, 1, 0], [0, 0], 2, 3),
+    ([3, 2], [0, 1, 2, 0], [1, 0], 1, 3),
+])
+def test_conv_transpose(strides, pads, output_padding, group, kernel):
+    nodes = [helper.make_node("ConvTranspose", ["x", "w", "b"], ["c"], strides=strides, pads=pads,
+                              output_padding=output_padding, group=group),
+             helper.make_node("Relu", ["c"], ["y"])]
+    inits = {"w": _w(4, 6 // group, kernel, kernel), "b": _w(6)}
+    x = RNG.standard_normal((3, 4, 5, 7)).astype(np.float32)
+    int_model = _check(_model(nodes, inits, [None, 4, 5, 7]), x, 28)
+    assert "conv2d" in {n.op for n in int_model.graph.nodes}
+
+
+def test_conv_transpose_with_output_shape_is_refused():
+    nodes = [helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], output_shape=[10, 10])]
+    with pytest.raises(UnsupportedOpError, match="ConvTranspose with output_shape is not supported"):
+        import_onnx(_model(nodes, {"w": _w(2, 2, 2, 2)}, [None, 2, 5, 5]))
+
+
+def test_slice_and_split_with_several_outputs():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Split", ["c", "sizes"], ["a", "b", "d"], axis=1),
+             helper.make_node("Slice", ["b", "starts", "ends", "axes", "steps"], ["s"]),
+             helper.make_node("Mul", ["a", "s"], ["m"]),
+             helper.make_node("Concat", ["m", "d"], ["y"], axis=1)]
+    inits = {"w": _w(7, 3, 1, 1), "sizes": np.array([2, 3, 2], np.int64), "starts": np.array([-1, 0], np.int64),
+             "ends": np.array([-4, 100], np.int64), "axes": np.array([1, 3], np.int64),
+             "steps": np.array([-2, 1], np.int64)}
+    x = RNG.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    int_model = _check(_model(nodes, inits, [None, 3, 5, 6]), x, 25)
+    assert sum(n.op == "slice" for n in int_model.graph.nodes) == 4
+
+
+def test_slicing_the_batch_axis_is_refused():
+    nodes = [helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["y"])]
+    inits = {"starts": np.array([1], np.int64), "ends": np.array([2], np.int64), "axes": np.array([0], np.int64)}
+    with pytest.raises(UnsupportedOpError, match="Slice of the batch axis 0 is not supported"):
+        import_onnx(_model(nodes, inits, [None, 3]))
+
+
+@pytest.mark.parametrize("op, low, floor", [("Sqrt", 0.0, 30), ("Reciprocal", 0.5, 30), ("Exp", -3.0, 30),
+                                             ("Erf", -3.0, 30), ("Pow", 0.0, 30)])
+def test_elementwise_functions_as_tables(op, low, floor):
+    inputs = ["x", "p"] if op == "Pow" else ["x"]
+    nodes = [helper.make_node(op, inputs, ["y"])]
+    inits = {"p": np.float32(1.5)} if op == "Pow" else {}
+    x = RNG.uniform(low, 3.0, (64, 16)).astype(np.float32)
+    int_model = _check(_model(nodes, inits, [None, 16]), x, floor)
+    assert [n.op for n in int_model.graph.nodes] == ["lut"]
+
+
+def test_layer_norm_written_out_with_pow_sqrt_and_div():
+    nodes = [helper.make_node("ReduceMean", ["x"], ["mean"], axes=[-1]),
+             helper.make_node("Sub", ["x", "mean"], ["d"]),
+             helper.make_node("Pow", ["d", "two"], ["sq"]),
+             helper.make_node("ReduceMean", ["sq"], ["var"], axes=[-1]),
+             helper.make_node("Add", ["var", "eps"], ["v"]),
+             helper.make_node("Sqrt", ["v"], ["std"]),
+             helper.make_node("Div", ["d", "std"], ["y"])]
+    inits = {"two": np.float32(2), "eps": np.float32(1e-5)}
+    x = (RNG.standard_normal((32, 6, 24)) * RNG.uniform(0.5, 2, (32, 6, 1))).astype(np.float32)
+    int_model = _check(_model(nodes, inits, [None, 6, 24], opset=13), x, 12)
+    assert {"mul", "lut", "mean", "add"} <= {n.op for n in int_model.graph.nodes}
+
+
+def test_softmax_over_an_inner_axis_and_matmul_by_a_constant_on_rank_3():
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Softmax", ["m"], ["y"], axis=1)]
+    x = RNG.standard_normal((8, 5, 6)).astype(np.float32)
+    _check(_model(nodes, {"w": _w(6, 4)}, [None, 5, 6]), x, 20)
+
+
+def test_opset_below_11_is_upgraded():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Relu", ["c"], ["y"])]
+    model = _model(nodes, {"w": _w(3, 2, 1, 1)}, [None, 2, 4, 4], opset=9)
+    graph = import_onnx(model)
+    assert graph.opset == 11 and [n.op for n in graph.nodes] == ["Conv", "Relu"]
+
+
+# --------------------------------------------------------------------------
+# Integer ops: their checks, and the fast kernels against the naive twins.
+# --------------------------------------------------------------------------
+
+
+def _one_node_graph(op, attrs, in_shape, out_shape):
+    tensors = {"x": TensorInfo("x", "int8", in_shape, 0.1, 3), "y": TensorInfo("y", "int8", out_shape, 0.1, 3)}
+    return Graph("g", intsim.profiles.get_profile("paper"), tensors, [Node(op, "n", ["x"], ["y"], attrs)], ["x"],
+                 ["y"])
+
+
+@pytest.mark.parametrize("attrs, message", [
+    ({"starts": [0, 5], "ends": [2, 2], "steps": [1, 1]}, "axis 1 \\(size 4\\): start 5 and end 2 must lie inside"),
+    ({"starts": [0, 0], "ends": [2, 2], "steps": [1, 0]}, "steps \\[1, 0\\] must be non-zero"),
+    ({"starts": [0], "ends": [2], "steps": [1]}, "attribute starts must be a list of 2 integers"),
+])
+def test_slice_op_checks_its_attributes(attrs, message):
+    with pytest.raises(ValidationError, match=message):
+        _one_node_graph("slice", attrs, (2, 4), (2, 2))
+
+
+def test_insert_zeros_needs_nhwc():
+    with pytest.raises(ValidationError, match="must be NHWC"):
+        _one_node_graph("insert_zeros", {"strides": [2, 2], "value": 3}, (2, 4), (3, 7))
+
+
+def _bounds(size):
+    return st.tuples(st.integers(-size - 1, size + 1), st.integers(-size - 1, size + 1),
+                     st.sampled_from([-3, -2, -1, 1, 2, 3]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=6).flatmap(
+    lambda shape: st.tuples(st.just(shape), st.tuples(*[_bounds(n) for n in shape]))))
+def test_slice_kernel_matches_its_twin_and_numpy(case):
+    shape, bounds = case
+    x = RNG.integers(-128, 128, size=shape, dtype=np.int8)
+    starts, ends, steps = [], [], []
+    for n, (start, end, step) in zip(shape, bounds):
+        s, e = slice(start, end, step).indices(n)[:2]
+        starts.append(s)
+        ends.append(e)
+        steps.append(step)
+    expected = x[np.ix_(*[np.arange(s, e, k) for s, e, k in zip(starts, ends, steps)])]
+    fast = slice_strided(x, starts, ends, steps)
+    np.testing.assert_array_equal(fast, naive.slice_strided(x, starts, ends, steps), strict=True)
+    np.testing.assert_array_equal(fast, expected, strict=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.tuples(st.integers(0, 3), st.integers(1, 6), st.integers(1, 6), st.integers(1, 4)),
+       st.integers(1, 3), st.integers(1, 3), st.sampled_from(["int8", "uint8", "int16"]))
+def test_insert_zeros_kernel_matches_its_twin(shape, sh, sw, dtype):
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max + 1, size=shape).astype(dtype)
+    value = int(RNG.integers(info.min, info.max + 1))
+    fast = insert_zeros_nhwc(x, (sh, sw), value)
+    np.testing.assert_array_equal(fast, naive.insert_zeros_nhwc(x, (sh, sw), value), strict=True)
+    np.testing.assert_array_equal(fast[:, ::sh, ::sw], x, strict=True)
