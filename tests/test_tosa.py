@@ -85,6 +85,10 @@ def _graphs():
                                 {"kernel": [2, 2], "strides": [2, 2]}),
         "max_pool_padded": _single("max_pool", [x], same("y", (None, 2, 2, 6)),
                                    {"kernel": [3, 3], "strides": [2, 2], "pads": [1, 1, 0, 0]}),
+        "slice": _single("slice", [x], same("y", (None, 2, 3, 6)), {"starts": [0, 1, 0, 0], "ends": [-1, 3, 3, 6],
+                                                                   "steps": [1, 1, 1, 1]}),
+        "insert_zeros": _single("insert_zeros", [odd], _t("y", (None, 13, 13, 6), odd.scale, odd.zero_point),
+                                {"strides": [3, 2], "value": odd.zero_point}),
     }
 
 

@@ -265,3 +265,9 @@ def test_insert_zeros_kernel_matches_its_twin(shape, sh, sw, dtype):
     fast = insert_zeros_nhwc(x, (sh, sw), value)
     np.testing.assert_array_equal(fast, naive.insert_zeros_nhwc(x, (sh, sw), value), strict=True)
     np.testing.assert_array_equal(fast[:, ::sh, ::sw], x, strict=True)
+
+
+def test_a_strided_slice_has_no_tosa_operator(tmp_path):
+    graph = _one_node_graph("slice", {"starts": [0, 3], "ends": [2, -1], "steps": [1, -2]}, (2, 4), (2, 2))
+    with pytest.raises(UnsupportedOpError, match=r"slice 'n': steps \[1, -2\]: TOSA SLICE takes unit steps only"):
+        intsim.export_tosa(Model(graph), tmp_path / "m.tosa")

@@ -21,7 +21,8 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
 * windows (convolutions, pools) that intsim floors drop the unread trailing rows and
   columns (from the padding, else with a SLICE), since TOSA wants exact window counts;
 * ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
-  ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8).
+  ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8);
+* ``slice`` and ``insert_zeros`` (ConvTranspose's zero insertion): :mod:`intsim.export.tosa_vision`.
 
 Every constant becomes a CONST (CONST_SHAPE for shapes) operator, and each operator
 records the intsim node it lowers as its location.  :func:`export_tosa` writes the
@@ -42,6 +43,7 @@ import numpy as np
 
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.export.tosa_fb import write_tosa
+from intsim.export.tosa_vision import VISION_LOWERINGS
 from intsim.graph import Graph
 from intsim.codes import dtype_range
 from intsim.graph.ops import clamp_bounds, rescale_params
@@ -444,6 +446,7 @@ LOWERINGS = {
     "unsqueeze": _lower_layout,
     "transpose": _lower_transpose,
     "lut": _lower_lut,
+    **VISION_LOWERINGS,
 }
 
 
