@@ -194,11 +194,16 @@ def ocr_cls_inputs(rng, count, size=(48, 192)):
 
 
 def orientation_inputs(rng, count, size=(224, 224)):
+    """Document pages (rendered text lines, a photo pasted in every other one as a figure), rotated by
+    0, 90, 180 and 270 degrees in turn: what the document orientation classifier is for."""
+    photos = _crops(rng, _photos((256, 256)), count, (size[0] // 2, size[1] // 2))
     images = []
-    photos = _crops(rng, _photos((256, 256)), count, size)
     for i in range(count):
-        image = _page(rng, *size) if i % 2 else photos[i]
-        images.append(np.ascontiguousarray(np.rot90(image, k=i % 4)))
+        page = _page(rng, *size)
+        if i % 2:
+            top, left = int(rng.integers(0, size[0] // 2)), int(rng.integers(0, size[1] // 2))
+            page[top:top + size[0] // 2, left:left + size[1] // 2] = photos[i]
+        images.append(np.ascontiguousarray(np.rot90(page, k=i % 4)))
     return _normalise(images, *IMAGENET)
 
 
