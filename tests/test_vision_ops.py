@@ -271,3 +271,9 @@ def test_a_strided_slice_has_no_tosa_operator(tmp_path):
     graph = _one_node_graph("slice", {"starts": [0, 3], "ends": [2, -1], "steps": [1, -2]}, (2, 4), (2, 2))
     with pytest.raises(UnsupportedOpError, match=r"slice 'n': steps \[1, -2\]: TOSA SLICE takes unit steps only"):
         intsim.export_tosa(Model(graph), tmp_path / "m.tosa")
+
+
+def test_an_opset_the_converter_cannot_upgrade_is_a_typed_error():
+    model = _model([helper.make_node("NoSuchOp", ["x"], ["y"])], {}, [None, 2], opset=9)
+    with pytest.raises(UnsupportedOpError, match="opset 9 could not be upgraded to 11 by onnx.version_converter"):
+        import_onnx(model)
