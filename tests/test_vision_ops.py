@@ -277,3 +277,12 @@ def test_an_opset_the_converter_cannot_upgrade_is_a_typed_error():
     model = _model([helper.make_node("NoSuchOp", ["x"], ["y"])], {}, [None, 2], opset=9)
     with pytest.raises(UnsupportedOpError, match="opset 9 could not be upgraded to 11 by onnx.version_converter"):
         import_onnx(model)
+
+
+@pytest.mark.parametrize("op, attrs, channels", [("SpaceToDepth", {}, 3), ("DepthToSpace", {"mode": "DCR"}, 8),
+                                                  ("DepthToSpace", {"mode": "CRD"}, 8)])
+def test_space_to_depth_and_back(op, attrs, channels):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node(op, ["c"], ["y"], blocksize=2, **attrs)]
+    x = RNG.standard_normal((3, 3, 4, 6)).astype(np.float32)
+    int_model = _check(_model(nodes, {"w": _w(channels, 3, 1, 1)}, [None, 3, 4, 6]), x, 30)
+    assert {"reshape", "transpose"} <= {n.op for n in int_model.graph.nodes}

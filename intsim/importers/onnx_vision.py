@@ -156,3 +156,34 @@ def _elementwise(node):
 
 register_fold("Expand")(lambda node, x, shape: x * np.ones([int(d) for d in shape], dtype=x.dtype))
 register_fold("Tile")(lambda node, x, repeats: np.tile(x, [int(r) for r in repeats]))
+
+
+def _rearranged(node, split_shape, perm, out_shape):
+    """Reshape to ``split_shape``, Transpose by ``perm``, Reshape to ``out_shape`` (0: the batch, copied)."""
+    split, moved = node.fresh("split"), node.fresh("moved")
+    return [node.make("Reshape", node.inputs[:1], {"shape": split_shape}, output=split),
+            node.make("Transpose", [split], {"perm": perm}, output=moved),
+            node.make("Reshape", [moved], {"shape": out_shape})]
+
+
+@register_convert("SpaceToDepth", "DepthToSpace")
+def _space_depth(node):
+    """SpaceToDepth and DepthToSpace (modes DCR and CRD) as Reshape, Transpose, Reshape (ONNX's own
+    definition of both ops)."""
+    _, c, h, w = node.shape(0)
+    block = node.attr("blocksize")
+    if not isinstance(block, int) or block < 1:
+        raise node.invalid(f"blocksize must be a positive integer, found {block!r}")
+    if node.op == "SpaceToDepth":
+        if h % block or w % block:
+            raise node.invalid(f"input height {h} and width {w} must be multiples of blocksize {block}")
+        return _rearranged(node, [0, c, h // block, block, w // block, block], [0, 3, 5, 1, 2, 4],
+                           [0, c * block * block, h // block, w // block])
+    if c % (block * block):
+        raise node.invalid(f"input channels {c} must be a multiple of blocksize² = {block * block}")
+    depth = c // (block * block)
+    if node.choice("mode", "DCR", ("DCR", "CRD")) == "DCR":
+        split, perm = [0, block, block, depth, h, w], [0, 3, 4, 1, 5, 2]
+    else:
+        split, perm = [0, depth, block, block, h, w], [0, 1, 4, 2, 5, 3]
+    return _rearranged(node, split, perm, [0, depth, h * block, w * block])
