@@ -90,3 +90,4 @@ class Backend(Protocol):
     global_avg_pool_float32_nhwc: Callable
     slice_strided: Callable
     insert_zeros_nhwc: Callable
+    reduce_max: Callable

@@ -82,3 +82,25 @@ def insert_zeros_nhwc(x, strides, value):
     if x.size:
         _insert_zeros_core(np.ascontiguousarray(x), int(sh), int(sw), out)
     return out
+
+
+@jit
+def _reduce_max_core(x, out):
+    outer, reduced, inner = x.shape
+    for o in range(outer):
+        for k in range(inner):
+            out[o, k] = x[o, 0, k]
+        for r in range(1, reduced):
+            for k in range(inner):
+                if x[o, r, k] > out[o, k]:
+                    out[o, k] = x[o, r, k]
+
+
+def reduce_max(x):
+    """The largest code over axis 1 of ``x`` [outer, R, inner] (R >= 1): an array [outer, inner] of
+    ``x.dtype``.  Codes order like the reals they stand for, so the output keeps the input's
+    quantization."""
+    out = np.empty((x.shape[0], x.shape[2]), x.dtype)
+    if out.size:
+        _reduce_max_core(np.ascontiguousarray(x), out)
+    return out

@@ -17,6 +17,7 @@ from intsim.floatgraph.passes import default_passes
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.kernels import insert_zeros_nhwc, slice_strided
+from intsim.kernels import reduce_max as kernels_reduce_max
 from intsim.kernels import naive
 from intsim.runtime import Model
 
@@ -286,3 +287,24 @@ def test_space_to_depth_and_back(op, attrs, channels):
     x = RNG.standard_normal((3, 3, 4, 6)).astype(np.float32)
     int_model = _check(_model(nodes, {"w": _w(channels, 3, 1, 1)}, [None, 3, 4, 6]), x, 30)
     assert {"reshape", "transpose"} <= {n.op for n in int_model.graph.nodes}
+
+
+@pytest.mark.parametrize("op, axes, keepdims", [("ReduceMax", [1], 1), ("ReduceMax", [2, 3], 0),
+                                                 ("ReduceSum", [1, 3], 1), ("ReduceSum", [2], 0)])
+def test_reduce_max_and_sum(op, axes, keepdims):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node(op, ["c", "axes"], ["y"], keepdims=keepdims)]
+    x = RNG.standard_normal((4, 3, 5, 6)).astype(np.float32)
+    int_model = _check(_model(nodes, {"w": _w(4, 3, 1, 1), "axes": np.array(axes, np.int64)}, [None, 3, 5, 6],
+                              opset=18), x, 30)
+    assert {"reduce_max" if op == "ReduceMax" else "mean"} <= {n.op for n in int_model.graph.nodes}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 4)), st.sampled_from(["int8", "uint16"]))
+def test_reduce_max_kernel_matches_its_twin(shape, dtype):
+    info = np.iinfo(dtype)
+    x = RNG.integers(info.min, info.max + 1, size=shape).astype(dtype)
+    fast = kernels_reduce_max(x)
+    np.testing.assert_array_equal(fast, naive.reduce_max(x), strict=True)
+    np.testing.assert_array_equal(fast, x.max(axis=1), strict=True)

@@ -1,4 +1,5 @@
-"""Lowerings of the float ops the real vision models brought in (issue 15): Slice and ConvTranspose.
+"""Lowerings of the float ops the real vision models brought in (issue 15): Slice, ConvTranspose,
+ReduceMax, ReduceSum and MatMul by a constant on rank > 2.
 
 Each entry of :data:`LOWERINGS` takes the converter's ``_Lowering`` and a ``Step`` (as the
 ``lower_<op>`` methods of :mod:`intsim.converter.lowering` do) and emits integer nodes.
@@ -115,3 +116,19 @@ def lower_matmul_rows(low, step):
     info = low.tensors[y]
     out = low.bind(step.output, tuple(range(rank)), info.scale, info.zero_point)
     low.nodes.append(Node("reshape", f"{node.name}/unflatten", [y], [out], {"shape": target}))
+
+
+LOWERINGS["ReduceSum"] = lambda low, step: low.lower_ReduceMean(step, average=False)
+
+
+@_lowering("ReduceMax")
+def lower_reduce_max(low, step):
+    """The largest code over the axes, in the input's own layout; quantized like its input."""
+    node = step.nodes[0]
+    x_name = node.inputs[0]
+    perm = low.layout_of(x_name)
+    axes = sorted(list(perm).index(a) for a in node.attrs["axes"])
+    keepdims = bool(node.attrs["keepdims"])
+    kept = [p for p in perm if keepdims or p not in node.attrs["axes"]]
+    out_perm = tuple(sorted(kept).index(p) for p in kept)
+    low._tied(step, "reduce_max", x_name, perm, {"axes": axes, "keepdims": keepdims}, out_perm=out_perm)

@@ -46,7 +46,7 @@ from intsim.floatgraph.vision_ops import ELEMENTWISE
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
 TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
-            "Slice")
+            "Slice", "ReduceMax")
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 FUSING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
 
@@ -466,7 +466,7 @@ class _Lowering:
         code = int(np.clip(np.rint(value / x.scale) + x.zero_point, self.act_lo, self.act_hi))
         self._tied(step, "pad", x_name, perm, {"pads_before": before, "pads_after": after, "value": code})
 
-    def lower_ReduceMean(self, step):
+    def lower_ReduceMean(self, step, average=True):
         node = step.nodes[0]
         x_name = node.inputs[0]
         perm = self.layout_of(x_name)
@@ -478,7 +478,7 @@ class _Lowering:
         else:
             kept = [p for p in perm if p not in node.attrs["axes"]]
             out_perm = tuple(sorted(kept).index(p) for p in kept)
-        count = math.prod(self.fg.shapes[x_name][a] for a in node.attrs["axes"])
+        count = math.prod(self.fg.shapes[x_name][a] for a in node.attrs["axes"]) if average else 1
         scale, zp = self.out_params(step.output)
         real = x.scale / (scale * count)
         y = self.bind(step.output, out_perm, scale, zp)

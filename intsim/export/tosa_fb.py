@@ -53,6 +53,7 @@ OPS = {
     "MUL": (28, ()),
     "SUB": (30, ()),
     "TABLE": (31, ()),
+    "REDUCE_MAX": (51, (("axis", "int32"), ("nan_mode", "nan_mode"))),
     "REDUCE_SUM": (54, (("axis", "int32"),)),
     "CONCAT": (55, (("axis", "int32"),)),
     "PAD": (56, ()),

@@ -1,6 +1,7 @@
 """TOSA lowerings of the integer ops the real vision models brought in (issue 15), merged into
 :data:`intsim.export.tosa.LOWERINGS`:
 
+* ``reduce_max`` -> REDUCE_MAX per axis, then a RESHAPE;
 * ``slice`` with unit steps -> SLICE (start, size); a strided or reversed slice has no TOSA operator
   and is refused;
 * ``insert_zeros`` -> RESHAPE ``[N, H, W, C]`` to ``[N, H, 1, W, 1, C]``, PAD the unit axes with
@@ -48,4 +49,15 @@ def _lower_insert_zeros(b, node):
                    b.const("size", np.array(size, np.int64), "shape")], [out])
 
 
-VISION_LOWERINGS = {"slice": _lower_slice, "insert_zeros": _lower_insert_zeros}
+def _lower_reduce_max(b, node):
+    x = node.inputs[0]
+    current, shape = x, b.shape(x)
+    for axis in node.attrs["axes"]:
+        shape = [1 if i == axis else d for i, d in enumerate(shape)]
+        reduced = b.temp(node.name + f"_max{axis}", shape, b.p.tensors[x][1])
+        b.op("REDUCE_MAX", [current], [reduced], axis=int(axis), nan_mode="propagate")
+        current = reduced
+    b.reshape(current, node.outputs[0], b.shape(node.outputs[0]))
+
+
+VISION_LOWERINGS = {"slice": _lower_slice, "insert_zeros": _lower_insert_zeros, "reduce_max": _lower_reduce_max}

@@ -1,5 +1,5 @@
-"""Canonical float ops that the real vision models of issue 15 brought in: ConvTranspose, Slice, and
-elementwise functions (Pow, Sqrt, Reciprocal, Exp, Erf).  ONNX semantics on NCHW float32 tensors, as
+"""Canonical float ops that the real vision models of issue 15 brought in: ConvTranspose, Slice,
+ReduceMax, ReduceSum, and elementwise functions (Pow, Sqrt, Reciprocal, Exp, Erf).  ONNX semantics on NCHW float32 tensors, as
 the rest of :mod:`intsim.floatgraph.execute`; data movement keeps the input's dtype.
 """
 
@@ -43,6 +43,17 @@ def _slice(attrs, x):
     for axis, start, end, step in zip(attrs["axes"], attrs["starts"], attrs["ends"], attrs["steps"]):
         index[axis] = slice(start, None if end < 0 else end, step)
     return x[tuple(index)]
+
+
+@register_op("ReduceMax")
+def _reduce_max(attrs, x):
+    return x.max(axis=tuple(attrs["axes"]), keepdims=bool(attrs["keepdims"]))
+
+
+@register_op("ReduceSum")
+def _reduce_sum(attrs, x):
+    total = x.astype(np.float64).sum(axis=tuple(attrs["axes"]), keepdims=bool(attrs["keepdims"]))
+    return total.astype(np.float32) if x.dtype.kind == "f" else total.astype(x.dtype)
 
 
 def _finite(values):

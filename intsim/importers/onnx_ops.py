@@ -380,16 +380,16 @@ def _global_average_pool(node):
     return [node.make("ReduceMean", node.inputs, {"axes": list(range(2, node.rank(0))), "keepdims": 1})]
 
 
-@_convert("ReduceMean")
-def _reduce_mean(node):
+@_convert("ReduceMean", "ReduceMax", "ReduceSum")
+def _reduce(node):
     rank = node.rank(0)
-    axes = _axes_operand(node, since=18)
+    axes = _axes_operand(node, since=13 if node.op == "ReduceSum" else 18)
     if not axes:
         if node.attr("noop_with_empty_axes", 0):
-            raise node.fail("ReduceMean with noop_with_empty_axes=1 and no axes is not supported")
+            raise node.fail(f"{node.op} with noop_with_empty_axes=1 and no axes is not supported")
         axes = range(rank)
     attrs = {"axes": _axes(node, axes, rank), "keepdims": int(node.attr("keepdims", 1))}
-    return [node.make("ReduceMean", node.inputs[:1], attrs)]
+    return [node.make(node.op, node.inputs[:1], attrs)]
 
 
 @_convert("Gemm")

@@ -22,3 +22,11 @@ def insert_zeros_nhwc(x, strides, value):
         on_grid = h % sh == 0 and w % sw == 0
         out[n, h, w, c] = x[n, h // sh, w // sw, c] if on_grid else value
     return out
+
+
+def reduce_max(x):
+    outer, reduced, inner = x.shape
+    out = np.empty((outer, inner), x.dtype)
+    for o, k in np.ndindex(outer, inner):
+        out[o, k] = max(int(x[o, r, k]) for r in range(reduced))
+    return out

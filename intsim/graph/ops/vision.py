@@ -1,11 +1,22 @@
-"""Integer data-movement ops the real vision models brought in: ``slice`` (ONNX Slice, and each
-output of Split) and ``insert_zeros`` (the zero insertion of a transposed convolution).  Both move
-codes without changing them: the output is quantized exactly like the input."""
+"""Integer ops the vision models brought in: ``slice`` (ONNX Slice, and each output of Split),
+``insert_zeros`` (the zero insertion of a transposed convolution) and ``reduce_max``.  Each picks codes
+without changing them: the output is quantized exactly like the input."""
 
 from __future__ import annotations
 
 from intsim.codes import dtype_range
-from intsim.graph.ops.base import Op, check_arity, fail, int_attr, ints_attr, register, same_quantization
+from intsim.graph.ops.base import (
+    Op,
+    axes_attr,
+    check_arity,
+    check_dtypes,
+    fail,
+    int_attr,
+    ints_attr,
+    register,
+    same_quantization,
+)
+from intsim.graph.ops.elementwise import reduced_shape, reduction_view
 from intsim.kernels.vision import CORE_RANK, sliced_size
 
 
@@ -75,3 +86,32 @@ class InsertZeros(Op):
 
     def run(self, plan, inputs, kernels):
         return [kernels.insert_zeros_nhwc(inputs[0], *plan["args"])], {}
+
+
+@register("reduce_max")
+class ReduceMax(Op):
+    """The largest code over ``axes`` (``keepdims`` as ONNX); quantized like the input."""
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        check_dtypes(node, graph)
+        same_quantization(node, graph)
+        x = graph.tensors[node.inputs[0]]
+        axes = axes_attr(node, len(x.shape))
+        if any(x.shape[a] is None or x.shape[a] < 1 for a in axes):
+            fail(node, f"reduced axes {axes} of input {x.shape} must have known sizes >= 1")
+        if not isinstance(node.attrs.get("keepdims", False), bool):
+            fail(node, f"attribute keepdims must be a boolean, found {node.attrs['keepdims']!r}")
+
+    def infer(self, node, inputs, graph):
+        x = inputs[0]
+        return [reduced_shape(x.shape, axes_attr(node, len(x.shape)), node.attrs.get("keepdims", False))]
+
+    def prepare(self, node, graph):
+        x = graph.tensors[node.inputs[0]]
+        return {"axes": axes_attr(node, len(x.shape)), "keepdims": bool(node.attrs.get("keepdims", False))}
+
+    def run(self, plan, inputs, kernels):
+        x = inputs[0]
+        out = kernels.reduce_max(reduction_view(x, plan["axes"]))
+        return [out.reshape(reduced_shape(x.shape, plan["axes"], plan["keepdims"]))], {}
