@@ -36,7 +36,7 @@ from intsim.kernels.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
-from intsim.kernels.vision import insert_zeros_nhwc, reduce_max, slice_strided
+from intsim.kernels.vision import insert_zeros_nhwc, pad_reflect_edge, reduce_max, slice_strided
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "mul",
     "mul_float32",
     "pad_constant",
+    "pad_reflect_edge",
     "quantize_float",
     "reduce_max",
     "requantize",

@@ -91,3 +91,4 @@ class Backend(Protocol):
     slice_strided: Callable
     insert_zeros_nhwc: Callable
     reduce_max: Callable
+    pad_reflect_edge: Callable

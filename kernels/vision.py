@@ -104,3 +104,44 @@ def reduce_max(x):
     if out.size:
         _reduce_max_core(np.ascontiguousarray(x), out)
     return out
+
+
+def _source_index(size: int, before: int, after: int, reflect: bool) -> np.ndarray:
+    """For each output position of an axis padded by ``before`` / ``after``, the input index it copies:
+    mirrored about the first and last element (reflect) or clamped to them (edge)."""
+    j = np.arange(-before, size + after, dtype=np.int64)
+    if not reflect or size == 1:
+        return np.clip(j, 0, size - 1)
+    period = 2 * (size - 1)
+    j = np.mod(j, period)
+    return np.where(j < size, j, period - j)
+
+
+@jit
+def _gather_core(x, index, out):
+    # index[i, k]: the input position along axis i of output position k (rows padded with zeros).
+    for a in range(out.shape[0]):
+        for b in range(out.shape[1]):
+            for c in range(out.shape[2]):
+                for d in range(out.shape[3]):
+                    for e in range(out.shape[4]):
+                        for f in range(out.shape[5]):
+                            out[a, b, c, d, e, f] = x[index[0, a], index[1, b], index[2, c], index[3, d],
+                                                      index[4, e], index[5, f]]
+
+
+def pad_reflect_edge(x, pads_before, pads_after, reflect):
+    """``x`` (rank <= 6) padded on every axis by ``pads_before[i]`` / ``pads_after[i]`` copies of its own
+    codes: mirrored without repeating the border (``reflect``, ONNX and numpy ``reflect``; each pad
+    smaller than the axis) or repeating the border code (edge).  Returns an array of ``x.dtype``."""
+    pad = CORE_RANK - x.ndim
+    maps = [np.zeros(1, np.int64)] * pad + [_source_index(n, b, a, bool(reflect))
+                                            for n, b, a in zip(x.shape, pads_before, pads_after)]
+    shape = tuple(len(m) for m in maps)
+    out = np.empty(shape[pad:], x.dtype)
+    if out.size:
+        index = np.zeros((CORE_RANK, max(shape)), np.int64)
+        for i, m in enumerate(maps):
+            index[i, :m.size] = m
+        _gather_core(np.ascontiguousarray(x).reshape((1,) * pad + x.shape), index, out.reshape(shape))
+    return out

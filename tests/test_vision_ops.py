@@ -17,6 +17,7 @@ from intsim.floatgraph.passes import default_passes
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.kernels import insert_zeros_nhwc, slice_strided
+from intsim.kernels import pad_reflect_edge as kernels_pad
 from intsim.kernels import reduce_max as kernels_reduce_max
 from intsim.kernels import naive
 from intsim.runtime import Model
@@ -308,3 +309,29 @@ def test_reduce_max_kernel_matches_its_twin(shape, dtype):
     fast = kernels_reduce_max(x)
     np.testing.assert_array_equal(fast, naive.reduce_max(x), strict=True)
     np.testing.assert_array_equal(fast, x.max(axis=1), strict=True)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "edge"])
+def test_pad_reflect_and_edge(mode):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Pad", ["c", "pads"], ["y"], mode=mode)]
+    inits = {"w": _w(4, 3, 1, 1), "pads": np.array([0, 0, 2, 1, 0, 0, 1, 3], np.int64)}
+    x = RNG.standard_normal((3, 3, 5, 6)).astype(np.float32)
+    int_model = _check(_model(nodes, inits, [None, 3, 5, 6]), x, 30)
+    assert "pad_reflect_edge" in {n.op for n in int_model.graph.nodes}
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=1, max_size=6).flatmap(
+    lambda shape: st.tuples(st.just(shape), st.lists(st.integers(0, 3), min_size=2 * len(shape),
+                                                     max_size=2 * len(shape)), st.booleans())))
+def test_pad_reflect_edge_kernel_matches_its_twin_and_numpy(case):
+    shape, pads, reflect = case
+    before, after = pads[:len(shape)], pads[len(shape):]
+    if reflect:
+        before = [min(b, n - 1) for b, n in zip(before, shape)]
+        after = [min(a, n - 1) for a, n in zip(after, shape)]
+    x = RNG.integers(-128, 128, size=shape, dtype=np.int8)
+    fast = kernels_pad(x, before, after, reflect)
+    np.testing.assert_array_equal(fast, naive.pad_reflect_edge(x, before, after, reflect), strict=True)
+    expected = np.pad(x, list(zip(before, after)), mode="reflect" if reflect else "edge")
+    np.testing.assert_array_equal(fast, expected, strict=True)

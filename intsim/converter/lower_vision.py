@@ -132,3 +132,15 @@ def lower_reduce_max(low, step):
     kept = [p for p in perm if keepdims or p not in node.attrs["axes"]]
     out_perm = tuple(sorted(kept).index(p) for p in kept)
     low._tied(step, "reduce_max", x_name, perm, {"axes": axes, "keepdims": keepdims}, out_perm=out_perm)
+
+
+@_lowering("PadMode")
+def lower_pad_reflect_edge(low, step):
+    """Pad ``reflect`` or ``edge``: copies of the input's own codes, in its own layout."""
+    node = step.nodes[0]
+    x_name = node.inputs[0]
+    perm = low.layout_of(x_name)
+    pads, rank = node.attrs["pads"], len(perm)
+    attrs = {"pads_before": [pads[p] for p in perm], "pads_after": [pads[rank + p] for p in perm],
+             "reflect": node.attrs["mode"] == "reflect"}
+    low._tied(step, "pad_reflect_edge", x_name, perm, attrs)

@@ -455,6 +455,8 @@ class _Lowering:
 
     def lower_Pad(self, step):
         node = step.nodes[0]
+        if node.attrs["mode"] != "constant":
+            return LOWERINGS["PadMode"](self, step)
         x_name = node.inputs[0]
         perm = self.layout_of(x_name)
         rank = len(perm)

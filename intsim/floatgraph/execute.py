@@ -270,6 +270,8 @@ def _flatten(attrs, x):
 def _pad(attrs, x):
     pads, rank = attrs["pads"], x.ndim
     widths = [(pads[i], pads[i + rank]) for i in range(rank)]
+    if attrs.get("mode", "constant") != "constant":  # reflect (mirrored, edge excluded) or edge: numpy's names
+        return np.pad(x, widths, mode=attrs["mode"])
     return np.pad(x, widths, constant_values=np.asarray(attrs["value"]).astype(x.dtype))
 
 

@@ -487,7 +487,7 @@ def _unsqueeze(node):
 
 @_convert("Pad")
 def _pad(node):
-    node.choice("mode", "constant", ("constant",))
+    mode = node.choice("mode", "constant", ("constant", "reflect", "edge"))
     rank, pads = node.rank(0), node.const(1, "pads").tolist()
     if node.has(3):
         axes = _axes(node, node.const(3, "axes").tolist(), rank)
@@ -499,7 +499,12 @@ def _pad(node):
         raise node.invalid(f"pads {pads} must have 2 * rank = {2 * rank} values")
     if min(pads) < 0:
         raise node.fail(f"Pad with negative pads {pads} (cropping) is not supported")
-    attrs = {"pads": pads, "mode": "constant", "value": node.scalar(2, "constant_value", 0.0)}
+    shape = node.shape(0)
+    if mode != "constant" and any(p and shape[i % rank] is None for i, p in enumerate(pads)):
+        raise node.fail(f"Pad mode {mode!r} of the batch axis is not supported")
+    if mode == "reflect" and any(p >= shape[i % rank] for i, p in enumerate(pads) if p):
+        raise node.invalid(f"reflect pads {pads} must be smaller than the padded axes of input {shape}")
+    attrs = {"pads": pads, "mode": mode, "value": node.scalar(2, "constant_value", 0.0)}
     return [node.make("Pad", node.inputs[:1], attrs)]
 
 

@@ -32,7 +32,7 @@ from intsim.kernels.naive.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
-from intsim.kernels.naive.vision import insert_zeros_nhwc, reduce_max, slice_strided
+from intsim.kernels.naive.vision import insert_zeros_nhwc, pad_reflect_edge, reduce_max, slice_strided
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "mul",
     "mul_float32",
     "pad_constant",
+    "pad_reflect_edge",
     "quantize_float",
     "reduce_max",
     "requantize",

@@ -30,3 +30,19 @@ def reduce_max(x):
     for o, k in np.ndindex(outer, inner):
         out[o, k] = max(int(x[o, r, k]) for r in range(reduced))
     return out
+
+
+def _mirrored(j, size, reflect):
+    if not reflect or size == 1:
+        return min(max(j, 0), size - 1)
+    while not 0 <= j < size:
+        j = -j if j < 0 else 2 * (size - 1) - j
+    return j
+
+
+def pad_reflect_edge(x, pads_before, pads_after, reflect):
+    shape = tuple(b + n + a for b, n, a in zip(pads_before, x.shape, pads_after))
+    out = np.empty(shape, x.dtype)
+    for index in np.ndindex(shape):
+        out[index] = x[tuple(_mirrored(i - b, n, reflect) for i, b, n in zip(index, pads_before, x.shape))]
+    return out

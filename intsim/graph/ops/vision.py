@@ -115,3 +115,35 @@ class ReduceMax(Op):
         x = inputs[0]
         out = kernels.reduce_max(reduction_view(x, plan["axes"]))
         return [out.reshape(reduced_shape(x.shape, plan["axes"], plan["keepdims"]))], {}
+
+
+@register("pad_reflect_edge")
+class PadReflectEdge(Op):
+    """Padding by copies of the input's own codes: mirrored (``reflect``) or repeated border (edge)."""
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        same_quantization(node, graph)
+        x = graph.tensors[node.inputs[0]]
+        if len(x.shape) > CORE_RANK:
+            fail(node, f"input of rank {len(x.shape)} is not supported (at most {CORE_RANK})")
+        before = ints_attr(node, "pads_before", len(x.shape), lo=0)
+        after = ints_attr(node, "pads_after", len(x.shape), lo=0)
+        reflect = node.attrs.get("reflect")
+        if not isinstance(reflect, bool):
+            fail(node, f"attribute reflect must be a boolean, found {reflect!r}")
+        for axis, (size, b, a) in enumerate(zip(x.shape, before, after)):
+            if (b or a) and size is None:
+                fail(node, f"axis {axis} of unknown size cannot be padded")
+            if reflect and size is not None and max(b, a) >= size:
+                fail(node, f"reflect pads {b}, {a} of axis {axis} must be smaller than its size {size}")
+
+    def infer(self, node, inputs, graph):
+        return [tuple(None if d is None else d + b + a
+                      for d, b, a in zip(inputs[0].shape, node.attrs["pads_before"], node.attrs["pads_after"]))]
+
+    def prepare(self, node, graph):
+        return {"args": (tuple(node.attrs["pads_before"]), tuple(node.attrs["pads_after"]), node.attrs["reflect"])}
+
+    def run(self, plan, inputs, kernels):
+        return [kernels.pad_reflect_edge(inputs[0], *plan["args"])], {}
