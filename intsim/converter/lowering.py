@@ -455,7 +455,7 @@ class _Lowering:
 
     def lower_Pad(self, step):
         node = step.nodes[0]
-        if node.attrs["mode"] != "constant":
+        if node.attrs.get("mode", "constant") != "constant":
             return LOWERINGS["PadMode"](self, step)
         x_name = node.inputs[0]
         perm = self.layout_of(x_name)
