@@ -36,7 +36,7 @@ from intsim.kernels.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
-from intsim.kernels.vision import insert_zeros_nhwc, pad_reflect_edge, reduce_max, slice_strided
+from intsim.kernels.vision import insert_zeros_nhwc, pad_reflect_edge, reduce_max, slice_strided, tile
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -74,5 +74,6 @@ __all__ = [
     "slice_strided",
     "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
+    "tile",
     "transpose",
 ]

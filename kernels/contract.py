@@ -92,3 +92,4 @@ class Backend(Protocol):
     insert_zeros_nhwc: Callable
     reduce_max: Callable
     pad_reflect_edge: Callable
+    tile: Callable

@@ -1,6 +1,6 @@
-"""Data-movement kernels the real vision models brought in: strided slices (ONNX Slice and Split) and
+"""Data-movement kernels the real vision models brought in: strided slices (ONNX Slice and Split),
 zero insertion (the first half of a transposed convolution, whose second half is an ordinary conv2d
-on the MAC datapath).
+on the MAC datapath), the largest code over axes, reflect / edge padding and tiling.
 
 Codes are moved, never changed, so the output is quantized like the input.  Each public function
 allocates its output and calls a numba core on a rank-6 view (unit axes in front); inputs are trusted
@@ -130,13 +130,10 @@ def _gather_core(x, index, out):
                                                       index[4, e], index[5, f]]
 
 
-def pad_reflect_edge(x, pads_before, pads_after, reflect):
-    """``x`` (rank <= 6) padded on every axis by ``pads_before[i]`` / ``pads_after[i]`` copies of its own
-    codes: mirrored without repeating the border (``reflect``, ONNX and numpy ``reflect``; each pad
-    smaller than the axis) or repeating the border code (edge).  Returns an array of ``x.dtype``."""
+def _gather(x, maps):
+    """``out[k0, k1, ...] = x[maps[0][k0], maps[1][k1], ...]``: one index map per axis of ``x``."""
     pad = CORE_RANK - x.ndim
-    maps = [np.zeros(1, np.int64)] * pad + [_source_index(n, b, a, bool(reflect))
-                                            for n, b, a in zip(x.shape, pads_before, pads_after)]
+    maps = [np.zeros(1, np.int64)] * pad + list(maps)
     shape = tuple(len(m) for m in maps)
     out = np.empty(shape[pad:], x.dtype)
     if out.size:
@@ -145,3 +142,16 @@ def pad_reflect_edge(x, pads_before, pads_after, reflect):
             index[i, :m.size] = m
         _gather_core(np.ascontiguousarray(x).reshape((1,) * pad + x.shape), index, out.reshape(shape))
     return out
+
+
+def pad_reflect_edge(x, pads_before, pads_after, reflect):
+    """``x`` (rank <= 6) padded on every axis by ``pads_before[i]`` / ``pads_after[i]`` copies of its own
+    codes: mirrored without repeating the border (``reflect``, ONNX and numpy ``reflect``; each pad
+    smaller than the axis) or repeating the border code (edge).  Returns an array of ``x.dtype``."""
+    return _gather(x, [_source_index(n, b, a, bool(reflect)) for n, b, a in zip(x.shape, pads_before, pads_after)])
+
+
+def tile(x, repeats):
+    """``x`` (rank <= 6) repeated ``repeats[i]`` times along each axis ``i`` (numpy ``tile`` with one
+    repeat per axis): ``out[..., k, ...] = x[..., k mod n, ...]``.  Returns an array of ``x.dtype``."""
+    return _gather(x, [np.arange(n * r, dtype=np.int64) % max(n, 1) for n, r in zip(x.shape, repeats)])

@@ -19,6 +19,7 @@ from intsim.importers.onnx import import_onnx
 from intsim.kernels import insert_zeros_nhwc, slice_strided
 from intsim.kernels import pad_reflect_edge as kernels_pad
 from intsim.kernels import reduce_max as kernels_reduce_max
+from intsim.kernels import tile as kernels_tile
 from intsim.kernels import naive
 from intsim.runtime import Model
 
@@ -335,3 +336,25 @@ def test_pad_reflect_edge_kernel_matches_its_twin_and_numpy(case):
     np.testing.assert_array_equal(fast, naive.pad_reflect_edge(x, before, after, reflect), strict=True)
     expected = np.pad(x, list(zip(before, after)), mode="reflect" if reflect else "edge")
     np.testing.assert_array_equal(fast, expected, strict=True)
+
+
+@pytest.mark.parametrize("op, operand", [("Tile", np.array([1, 2, 1, 3], np.int64)),
+                                         ("Expand", np.array([1, 4, 5, 6], np.int64))])
+def test_tile_and_expand_of_an_activation(op, operand):
+    nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
+             helper.make_node(op, ["m", "operand"], ["t"]), helper.make_node("Add", ["t", "x2"], ["y"])]
+    inits = {"operand": operand, "x2": _w(1, 4, 5, 6) if op == "Expand" else _w(1, 2, 5, 18)}
+    x = RNG.standard_normal((3, 4, 5, 6)).astype(np.float32)
+    int_model = _check(_model(nodes, inits, [None, 4, 5, 6], opset=13), x, 25)
+    assert "tile" in {n.op for n in int_model.graph.nodes}
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(0, 3), min_size=1, max_size=6).flatmap(
+    lambda shape: st.tuples(st.just(shape), st.lists(st.integers(1, 3), min_size=len(shape), max_size=len(shape)))))
+def test_tile_kernel_matches_its_twin_and_numpy(case):
+    shape, repeats = case
+    x = RNG.integers(-128, 128, size=shape, dtype=np.int8)
+    fast = kernels_tile(x, repeats)
+    np.testing.assert_array_equal(fast, naive.tile(x, repeats), strict=True)
+    np.testing.assert_array_equal(fast, np.tile(x, repeats), strict=True)

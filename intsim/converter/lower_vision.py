@@ -144,3 +144,11 @@ def lower_pad_reflect_edge(low, step):
     attrs = {"pads_before": [pads[p] for p in perm], "pads_after": [pads[rank + p] for p in perm],
              "reflect": node.attrs["mode"] == "reflect"}
     low._tied(step, "pad_reflect_edge", x_name, perm, attrs)
+
+
+@_lowering("Tile")
+def lower_tile(low, step):
+    """Tile (and Expand) of the stored codes, in the input's own layout."""
+    node = step.nodes[0]
+    perm = low.layout_of(node.inputs[0])
+    low._tied(step, "tile", node.inputs[0], perm, {"repeats": [node.attrs["repeats"][p] for p in perm]})

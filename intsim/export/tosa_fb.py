@@ -59,6 +59,7 @@ OPS = {
     "PAD": (56, ()),
     "RESHAPE": (57, ()),
     "SLICE": (59, ()),
+    "TILE": (60, ()),
     "TRANSPOSE": (61, (("perms", "int32s"),)),
     "RESCALE": (66, (("scale32", "bool"), ("rounding_mode", "rounding_mode"), ("per_channel", "bool"),
                      ("input_unsigned", "bool"), ("output_unsigned", "bool"))),

@@ -1,7 +1,7 @@
 """TOSA lowerings of the integer ops the real vision models brought in (issue 15), merged into
 :data:`intsim.export.tosa.LOWERINGS`:
 
-* ``reduce_max`` -> REDUCE_MAX per axis, then a RESHAPE;
+* ``reduce_max`` -> REDUCE_MAX per axis, then a RESHAPE; ``tile`` -> TILE;
 * ``slice`` with unit steps -> SLICE (start, size); a strided or reversed slice has no TOSA operator
   and is refused;
 * ``insert_zeros`` -> RESHAPE ``[N, H, W, C]`` to ``[N, H, 1, W, 1, C]``, PAD the unit axes with
@@ -60,4 +60,10 @@ def _lower_reduce_max(b, node):
     b.reshape(current, node.outputs[0], b.shape(node.outputs[0]))
 
 
-VISION_LOWERINGS = {"slice": _lower_slice, "insert_zeros": _lower_insert_zeros, "reduce_max": _lower_reduce_max}
+def _lower_tile(b, node):
+    multiples = b.const("multiples", np.array(node.attrs["repeats"], np.int64), "shape")
+    b.op("TILE", [node.inputs[0], multiples], node.outputs)
+
+
+VISION_LOWERINGS = {"slice": _lower_slice, "insert_zeros": _lower_insert_zeros, "reduce_max": _lower_reduce_max,
+                    "tile": _lower_tile}

@@ -1,5 +1,5 @@
 """Canonical float ops that the real vision models of issue 15 brought in: ConvTranspose, Slice,
-ReduceMax, ReduceSum, and elementwise functions (Pow, Sqrt, Reciprocal, Exp, Erf).  ONNX semantics on NCHW float32 tensors, as
+ReduceMax, ReduceSum, Tile (and Expand as Tile), and elementwise functions (Pow, Sqrt, Reciprocal, Exp, Erf).  ONNX semantics on NCHW float32 tensors, as
 the rest of :mod:`intsim.floatgraph.execute`; data movement keeps the input's dtype.
 """
 
@@ -43,6 +43,11 @@ def _slice(attrs, x):
     for axis, start, end, step in zip(attrs["axes"], attrs["starts"], attrs["ends"], attrs["steps"]):
         index[axis] = slice(start, None if end < 0 else end, step)
     return x[tuple(index)]
+
+
+@register_op("Tile")
+def _tile(attrs, x):
+    return np.tile(x, attrs["repeats"])
 
 
 @register_op("ReduceMax")

@@ -12,6 +12,8 @@ Slice                  x; axes, starts, ends, steps (one entry per sliced
                        axis, indices clamped to the axis as ONNX does; an end
                        of -1 under a negative step means "through index 0")
 Pow                    x; exponent (a float: the exponent must be a constant)
+Tile                   x; repeats (one per axis; Expand of an activation becomes
+                       a Tile of its size-1 axes)
 Sqrt, Reciprocal,      x
 Exp, Erf
 =====================  =========================================================
@@ -187,3 +189,34 @@ def _space_depth(node):
     else:
         split, perm = [0, depth, block, block, h, w], [0, 1, 4, 2, 5, 3]
     return _rearranged(node, split, perm, [0, depth, h * block, w * block])
+
+
+def _tile_node(node, repeats):
+    if any(r < 1 for r in repeats):
+        raise node.invalid(f"repeats {repeats} must be >= 1")
+    if node.shape(0)[0] is None and repeats[0] != 1:
+        raise node.fail(f"{node.op} along the batch axis is not supported (repeats {repeats})")
+    return [node.make("Tile", node.inputs[:1], {"repeats": [int(r) for r in repeats]})]
+
+
+@register_convert("Tile")
+def _tile(node):
+    repeats = node.const(1, "repeats").tolist()
+    if len(repeats) != node.rank(0):
+        raise node.invalid(f"repeats {repeats} must have one value per axis of the input {node.shape(0)}")
+    return _tile_node(node, repeats)
+
+
+@register_convert("Expand")
+def _expand(node):
+    """Expand of an activation: a Tile of its size-1 axes (a target of higher rank is not supported)."""
+    shape, target = node.shape(0), [int(d) for d in node.const(1, "shape").tolist()]
+    if len(target) > len(shape):
+        raise node.fail(f"Expand to rank {len(target)} of an input of rank {len(shape)} is not supported")
+    target = [1] * (len(shape) - len(target)) + target
+    repeats = []
+    for axis, (have, want) in enumerate(zip(shape, target)):
+        if want != 1 and have not in (1, want):
+            raise node.invalid(f"shape {target} does not broadcast with the input {shape} at axis {axis}")
+        repeats.append(want if have == 1 else 1)
+    return _tile_node(node, repeats)

@@ -46,3 +46,11 @@ def pad_reflect_edge(x, pads_before, pads_after, reflect):
     for index in np.ndindex(shape):
         out[index] = x[tuple(_mirrored(i - b, n, reflect) for i, b, n in zip(index, pads_before, x.shape))]
     return out
+
+
+def tile(x, repeats):
+    shape = tuple(n * r for n, r in zip(x.shape, repeats))
+    out = np.empty(shape, x.dtype)
+    for index in np.ndindex(shape):
+        out[index] = x[tuple(i % n for i, n in zip(index, x.shape))]
+    return out

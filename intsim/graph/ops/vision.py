@@ -147,3 +147,27 @@ class PadReflectEdge(Op):
 
     def run(self, plan, inputs, kernels):
         return [kernels.pad_reflect_edge(inputs[0], *plan["args"])], {}
+
+
+@register("tile")
+class Tile(Op):
+    """The input repeated ``repeats[i]`` times along each axis ``i``; quantized like the input."""
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        same_quantization(node, graph)
+        x = graph.tensors[node.inputs[0]]
+        if len(x.shape) > CORE_RANK:
+            fail(node, f"input of rank {len(x.shape)} is not supported (at most {CORE_RANK})")
+        repeats = ints_attr(node, "repeats", len(x.shape), lo=1)
+        if any(size is None and r != 1 for size, r in zip(x.shape, repeats)):
+            fail(node, f"repeats {list(repeats)} must be 1 on the axes of unknown size of input {x.shape}")
+
+    def infer(self, node, inputs, graph):
+        return [tuple(None if d is None else d * r for d, r in zip(inputs[0].shape, node.attrs["repeats"]))]
+
+    def prepare(self, node, graph):
+        return {"repeats": tuple(node.attrs["repeats"])}
+
+    def run(self, plan, inputs, kernels):
+        return [kernels.tile(inputs[0], plan["repeats"])], {}
