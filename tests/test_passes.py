@@ -13,7 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.importers.onnx import import_onnx
-from intsim.floatgraph.patterns import fold_affine_into_layers, fuse_hardswish, square_and_reciprocal
+from intsim.floatgraph.patterns import (
+    fold_affine_into_layers,
+    fuse_hardswish,
+    remove_identities,
+    square_and_reciprocal,
+)
 from intsim.floatgraph.passes import (
     PASSES,
     default_passes,
@@ -207,7 +212,7 @@ def test_default_passes_on_a_torch_export(tmp_path):
 
 
 def test_pipeline_order():
-    assert PASSES == (fold_batch_norm, fold_constants, fold_affine_into_layers, fuse_hardswish, square_and_reciprocal,
-                      remove_dead_nodes)
+    assert PASSES == (fold_batch_norm, fold_constants, remove_identities, fold_affine_into_layers, fuse_hardswish,
+                      square_and_reciprocal, remove_dead_nodes)
     optimized = default_passes(_hand_graph())
     assert [n.name for n in optimized.nodes] == ["mm", "out", "const_out"]

@@ -358,3 +358,12 @@ def test_tile_kernel_matches_its_twin_and_numpy(case):
     fast = kernels_tile(x, repeats)
     np.testing.assert_array_equal(fast, naive.tile(x, repeats), strict=True)
     np.testing.assert_array_equal(fast, np.tile(x, repeats), strict=True)
+
+
+def test_paddle_swish_with_a_multiply_by_one_is_one_silu_table():
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Mul", ["c", "one"], ["s"]),
+             helper.make_node("Sigmoid", ["s"], ["g"]), helper.make_node("Mul", ["c", "g"], ["y"])]
+    x = RNG.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    int_model = _check(_model(nodes, {"w": _w(4, 3, 1, 1), "one": np.ones(1, np.float32)}, [None, 3, 5, 5]), x, 30,
+                       ops=["Conv", "Sigmoid", "Mul"])
+    assert [n.op for n in int_model.graph.nodes if n.op != "transpose"] == ["conv2d", "lut"]

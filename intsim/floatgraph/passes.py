@@ -13,7 +13,12 @@ import numpy as np
 from intsim.floatgraph.edit import copy_graph, drop_unused, fresh_name
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
-from intsim.floatgraph.patterns import fold_affine_into_layers, fuse_hardswish, square_and_reciprocal
+from intsim.floatgraph.patterns import (
+    fold_affine_into_layers,
+    fuse_hardswish,
+    remove_identities,
+    square_and_reciprocal,
+)
 
 
 def fold_batch_norm(graph: FloatGraph) -> FloatGraph:
@@ -89,8 +94,8 @@ def remove_dead_nodes(graph: FloatGraph) -> FloatGraph:
     return graph
 
 
-PASSES = (fold_batch_norm, fold_constants, fold_affine_into_layers, fuse_hardswish, square_and_reciprocal,
-          remove_dead_nodes)
+PASSES = (fold_batch_norm, fold_constants, remove_identities, fold_affine_into_layers, fuse_hardswish,
+          square_and_reciprocal, remove_dead_nodes)
 
 
 def default_passes(graph: FloatGraph) -> FloatGraph:

@@ -5,6 +5,8 @@
   Conv, ConvTranspose or Gemm (paddle2onnx writes each batch norm as ``Mul`` then ``Add``) goes
   into the layer's weights and bias.
 - :func:`fuse_hardswish`: ``x * clip(x + 3, 0, 6) / 6`` and its variants become one HardSwish.
+- :func:`square_and_reciprocal`: ``x ** 2`` as ``x * x``, ``a / b`` as ``a * reciprocal(b)``.
+- :func:`remove_identities`: ``x * 1``, ``x + 0`` and the like disappear.
 
 Both keep what the graph computes (up to float32 rounding) and return a new graph.  ``x * sigmoid(x)``
 (SiLU) needs no rewrite: :func:`intsim.converter.lowering.plan_steps` lowers the pair as one table.
@@ -247,4 +249,31 @@ def square_and_reciprocal(graph: FloatGraph) -> FloatGraph:
         else:
             nodes.append(node)
     graph.nodes = nodes
+    return graph
+
+
+_NEUTRAL = {"Mul": (1.0, (0, 1)), "Div": (1.0, (0,)), "Add": (0.0, (0, 1)), "Sub": (0.0, (0,))}
+
+
+def remove_identities(graph: FloatGraph) -> FloatGraph:
+    """Drop ``x * 1``, ``x / 1``, ``x + 0`` and ``x - 0`` (a constant of ones or zeros that does not
+    change ``x``'s shape): paddle2onnx writes swish as ``x * sigmoid(1 * x)``, which then lowers as
+    one SiLU table.  A node computing a graph output stays.  Returns a new graph."""
+    graph = copy_graph(graph)
+    rename: dict[str, str] = {}
+    kept = []
+    for node in graph.nodes:
+        node.inputs = [rename.get(t, t) for t in node.inputs]
+        operand = _constant_operand(graph, node) if node.op in _NEUTRAL else None
+        if operand is not None and not set(node.outputs) & set(graph.outputs):
+            index, constant = operand
+            neutral, positions = _NEUTRAL[node.op]
+            x = node.inputs[index]
+            same_shape = graph.shapes.get(x) == graph.shapes.get(node.outputs[0])
+            if (1 - index) in positions and same_shape and np.all(constant == neutral):
+                rename[node.outputs[0]] = x
+                continue
+        kept.append(node)
+    graph.nodes = kept
+    drop_unused(graph)
     return graph
