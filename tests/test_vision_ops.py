@@ -224,10 +224,11 @@ def _one_node_graph(op, attrs, in_shape, out_shape):
     ({"starts": [0, 5], "ends": [2, 2], "steps": [1, 1]}, "axis 1 \\(size 4\\): start 5 and end 2 must lie inside"),
     ({"starts": [0, 0], "ends": [2, 2], "steps": [1, 0]}, "steps \\[1, 0\\] must be non-zero"),
     ({"starts": [0], "ends": [2], "steps": [1]}, "attribute starts must be a list of 2 integers"),
+    ({"starts": [0, 0], "ends": [2, 2], "steps": [1, 1]}, r"axis 0 of unknown size must be kept whole \(0:-1:1\)"),
 ])
 def test_slice_op_checks_its_attributes(attrs, message):
     with pytest.raises(ValidationError, match=message):
-        _one_node_graph("slice", attrs, (2, 4), (2, 2))
+        _one_node_graph("slice", attrs, (None if "unknown" in message else 2, 4), (2, 2))
 
 
 def test_insert_zeros_needs_nhwc():
@@ -367,3 +368,51 @@ def test_paddle_swish_with_a_multiply_by_one_is_one_silu_table():
     int_model = _check(_model(nodes, {"w": _w(4, 3, 1, 1), "one": np.ones(1, np.float32)}, [None, 3, 5, 5]), x, 30,
                        ops=["Conv", "Sigmoid", "Mul"])
     assert [n.op for n in int_model.graph.nodes if n.op != "transpose"] == ["conv2d", "lut"]
+
+
+@pytest.mark.parametrize("op, attrs, in_shape, out_shape, message", [
+    ("reduce_max", {"axes": [0], "keepdims": True}, (None, 4), (1, 4), "reduced axes \\[0\\] .* known sizes"),
+    ("reduce_max", {"axes": [1], "keepdims": 1}, (2, 4), (2, 1), "keepdims must be a boolean"),
+    ("pad_reflect_edge", {"pads_before": [0, 4], "pads_after": [0, 0], "reflect": True}, (2, 4), (2, 8),
+     "reflect pads 4, 0 of axis 1 must be smaller than its size 4"),
+    ("pad_reflect_edge", {"pads_before": [1, 0], "pads_after": [0, 0], "reflect": False}, (None, 4), (None, 4),
+     "axis 0 of unknown size cannot be padded"),
+    ("pad_reflect_edge", {"pads_before": [0, 0], "pads_after": [0, 0], "reflect": "yes"}, (2, 4), (2, 4),
+     "reflect must be a boolean"),
+    ("tile", {"repeats": [2, 1]}, (None, 4), (None, 4), "repeats \\[2, 1\\] must be 1 on the axes of unknown size"),
+])
+def test_new_integer_ops_check_their_attributes(op, attrs, in_shape, out_shape, message):
+    with pytest.raises(ValidationError, match=message):
+        _one_node_graph(op, attrs, in_shape, out_shape)
+
+
+_W2 = {"w": _w(2, 2, 2, 2)}
+
+
+@pytest.mark.parametrize("node, inits, x_shape, error, message", [
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], strides=[2, 2], output_padding=[2, 0]), _W2,
+     [None, 2, 4, 4], ValidationError, "output_padding \\[2, 0\\] must be smaller than the stride"),
+    (helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=3), _W2, [None, 2, 4, 4], ValidationError,
+     "group 3 must divide"),
+    (helper.make_node("Split", ["x", "s"], ["a", "b"], axis=1), {"s": np.array([1, 2], np.int64)}, [None, 4],
+     ValidationError, "split sizes \\[1, 2\\] must be 2 non-negative sizes adding up to axis 1's 4"),
+    (helper.make_node("Slice", ["x", "s", "e", "a", "k"], ["y"]),
+     {"s": np.array([0]), "e": np.array([2]), "a": np.array([1]), "k": np.array([0])}, [None, 4],
+     ValidationError, "steps must not be 0"),
+    (helper.make_node("Expand", ["x", "s"], ["y"]), {"s": np.array([2, 1, 4], np.int64)}, [None, 4],
+     UnsupportedOpError, "Expand to rank 3 of an input of rank 2 is not supported"),
+    (helper.make_node("Tile", ["x", "r"], ["y"]), {"r": np.array([2, 1], np.int64)}, [None, 4],
+     UnsupportedOpError, "Tile along the batch axis is not supported"),
+    (helper.make_node("Pad", ["x", "p"], ["y"], mode="reflect"), {"p": np.array([0, 4, 0, 0], np.int64)},
+     [None, 4], ValidationError, "reflect pads \\[0, 4, 0, 0\\] must be smaller than the padded axes"),
+    (helper.make_node("Pad", ["x", "p"], ["y"], mode="edge"), {"p": np.array([1, 0, 0, 0], np.int64)},
+     [None, 4], UnsupportedOpError, "Pad mode 'edge' of the batch axis is not supported"),
+    (helper.make_node("DepthToSpace", ["x"], ["y"], blocksize=2), {}, [None, 6, 2, 2], ValidationError,
+     "input channels 6 must be a multiple of blocksize² = 4"),
+    (helper.make_node("SpaceToDepth", ["x"], ["y"], blocksize=2), {}, [None, 1, 3, 2], ValidationError,
+     "input height 3 and width 2 must be multiples of blocksize 2"),
+])
+def test_new_onnx_forms_refuse_what_they_cannot_express(node, inits, x_shape, error, message):
+    with pytest.raises(error, match=message):
+        import_onnx(_model([node], {k: np.asarray(v, np.int64) if v.dtype.kind == "i" else v
+                                    for k, v in inits.items()}, x_shape))

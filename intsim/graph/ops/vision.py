@@ -23,7 +23,8 @@ from intsim.kernels.vision import CORE_RANK, sliced_size
 @register("slice")
 class Slice(Op):
     """``x[starts[i]:ends[i]:steps[i]]`` on every axis ``i`` (an end of -1 under a negative step: through
-    index 0); starts and ends lie inside the axis, as the converter normalises ONNX Slice."""
+    index 0); starts and ends lie inside the axis, as the converter normalises ONNX Slice.  An axis of
+    unknown size (the batch) is kept whole, written ``0:-1:1``."""
 
     def check(self, node, graph):
         check_arity(node, 1)
@@ -38,8 +39,8 @@ class Slice(Op):
             if step == 0:
                 fail(node, f"steps {list(steps)} must be non-zero")
             if size is None:
-                if (start, end, step) != (0, -1, 1) and (start, step) != (0, 1):
-                    fail(node, f"axis {axis} of unknown size must be kept whole, found {start}:{end}:{step}")
+                if (start, end, step) != (0, -1, 1):
+                    fail(node, f"axis {axis} of unknown size must be kept whole (0:-1:1), found {start}:{end}:{step}")
                 continue
             low_end = -1 if step < 0 else 0
             if not (0 <= start <= size and low_end <= end <= size) or (step < 0 and start == size):
@@ -56,8 +57,8 @@ class Slice(Op):
     def run(self, plan, inputs, kernels):
         x = inputs[0]
         starts, ends, steps = plan["args"]
-        # An axis of unknown size is kept whole: its end is the run's own size.
-        ends = tuple(n if s == 0 and k == 1 and e == -1 else e for n, s, e, k in zip(x.shape, starts, ends, steps))
+        # An axis of unknown size is kept whole (0:-1:1): its end is the run's own size.
+        ends = tuple(n if k == 1 and e == -1 else e for n, e, k in zip(x.shape, ends, steps))
         return [kernels.slice_strided(x, starts, ends, steps)], {}
 
 
