@@ -1,6 +1,7 @@
 """The ops and graph patterns the real vision models brought in (issue 15), on hand-built ONNX graphs:
 the float import against onnxruntime (float tolerance), the integer model against the float one
-(quality floor) and the fast kernels against their naive twins (exact)."""
+(quality floor) and the fast kernels against their naive twins (exact).  Some parametrizations are
+``slow``; ``python -m pytest tests/test_vision_ops.py -m "slow or not slow"`` runs them all."""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ HARDSWISH_FORMS = {
 }
 
 
-@pytest.mark.parametrize("form", sorted(HARDSWISH_FORMS))
+@pytest.mark.parametrize("form", [pytest.param(f, marks=[pytest.mark.slow] if f != "product_then_div" else [])
+                                  for f in sorted(HARDSWISH_FORMS)])
 def test_decomposed_hardswish_becomes_one_table(form):
     inits = {"three": np.float32(3), "zero": np.float32(0), "six": np.float32(6), "sixth": np.float32(1 / 6)}
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"])] + [
@@ -130,8 +132,8 @@ def test_relu6_of_x_plus_3_without_the_sixth_is_not_hardswish():
 
 @pytest.mark.parametrize("strides, pads, output_padding, group, kernel", [
     ([2, 2], [0, 0, 0, 0], [0, 0], 1, 2),
-    ([2, 2], [1, 1, 1, 1], [1, 1], 1, 3),
-    ([1, 1], [1, 0, 1, 0], [0, 0], 2, 3),
+    pytest.param([2, 2], [1, 1, 1, 1], [1, 1], 1, 3, marks=pytest.mark.slow),
+    pytest.param([1, 1], [1, 0, 1, 0], [0, 0], 2, 3, marks=pytest.mark.slow),
     ([3, 2], [0, 1, 2, 0], [1, 0], 1, 3),
 ])
 def test_conv_transpose(strides, pads, output_padding, group, kernel):
@@ -171,8 +173,10 @@ def test_slicing_the_batch_axis_is_refused():
         import_onnx(_model(nodes, inits, [None, 3]))
 
 
-@pytest.mark.parametrize("op, low, floor", [("Sqrt", 0.0, 30), ("Reciprocal", 0.5, 30), ("Exp", -3.0, 30),
-                                             ("Erf", -3.0, 30), ("Pow", 0.0, 30)])
+@pytest.mark.parametrize("op, low, floor", [("Sqrt", 0.0, 30), ("Reciprocal", 0.5, 30),
+                                             pytest.param("Exp", -3.0, 30, marks=pytest.mark.slow),
+                                             pytest.param("Erf", -3.0, 30, marks=pytest.mark.slow),
+                                             pytest.param("Pow", 0.0, 30, marks=pytest.mark.slow)])
 def test_elementwise_functions_as_tables(op, low, floor):
     inputs = ["x", "p"] if op == "Pow" else ["x"]
     nodes = [helper.make_node(op, inputs, ["y"])]
@@ -283,8 +287,10 @@ def test_an_opset_the_converter_cannot_upgrade_is_a_typed_error():
         import_onnx(model)
 
 
-@pytest.mark.parametrize("op, attrs, channels", [("SpaceToDepth", {}, 3), ("DepthToSpace", {"mode": "DCR"}, 8),
-                                                  ("DepthToSpace", {"mode": "CRD"}, 8)])
+@pytest.mark.parametrize("op, attrs, channels", [pytest.param("SpaceToDepth", {}, 3, marks=pytest.mark.slow),
+                                                  ("DepthToSpace", {"mode": "DCR"}, 8),
+                                                  pytest.param("DepthToSpace", {"mode": "CRD"}, 8,
+                                                               marks=pytest.mark.slow)])
 def test_space_to_depth_and_back(op, attrs, channels):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node(op, ["c"], ["y"], blocksize=2, **attrs)]
     x = RNG.standard_normal((3, 3, 4, 6)).astype(np.float32)
@@ -292,8 +298,9 @@ def test_space_to_depth_and_back(op, attrs, channels):
     assert {"reshape", "transpose"} <= {n.op for n in int_model.graph.nodes}
 
 
-@pytest.mark.parametrize("op, axes, keepdims", [("ReduceMax", [1], 1), ("ReduceMax", [2, 3], 0),
-                                                 ("ReduceSum", [1, 3], 1), ("ReduceSum", [2], 0)])
+@pytest.mark.parametrize("op, axes, keepdims", [("ReduceMax", [2, 3], 0), ("ReduceSum", [1, 3], 1),
+                                                 pytest.param("ReduceMax", [1], 1, marks=pytest.mark.slow),
+                                                 pytest.param("ReduceSum", [2], 0, marks=pytest.mark.slow)])
 def test_reduce_max_and_sum(op, axes, keepdims):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
              helper.make_node(op, ["c", "axes"], ["y"], keepdims=keepdims)]
@@ -313,7 +320,7 @@ def test_reduce_max_kernel_matches_its_twin(shape, dtype):
     np.testing.assert_array_equal(fast, x.max(axis=1), strict=True)
 
 
-@pytest.mark.parametrize("mode", ["reflect", "edge"])
+@pytest.mark.parametrize("mode", ["reflect", pytest.param("edge", marks=pytest.mark.slow)])
 def test_pad_reflect_and_edge(mode):
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Pad", ["c", "pads"], ["y"], mode=mode)]
     inits = {"w": _w(4, 3, 1, 1), "pads": np.array([0, 0, 2, 1, 0, 0, 1, 3], np.int64)}
@@ -339,7 +346,7 @@ def test_pad_reflect_edge_kernel_matches_its_twin_and_numpy(case):
     np.testing.assert_array_equal(fast, expected, strict=True)
 
 
-@pytest.mark.parametrize("op, operand", [("Tile", np.array([1, 2, 1, 3], np.int64)),
+@pytest.mark.parametrize("op, operand", [pytest.param("Tile", np.array([1, 2, 1, 3], np.int64), marks=pytest.mark.slow),
                                          ("Expand", np.array([1, 4, 5, 6], np.int64))])
 def test_tile_and_expand_of_an_activation(op, operand):
     nodes = [helper.make_node("ReduceMean", ["x"], ["m"], axes=[1], keepdims=1),
