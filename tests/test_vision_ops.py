@@ -423,3 +423,13 @@ def test_new_onnx_forms_refuse_what_they_cannot_express(node, inits, x_shape, er
     with pytest.raises(error, match=message):
         import_onnx(_model([node], {k: np.asarray(v, np.int64) if v.dtype.kind == "i" else v
                                     for k, v in inits.items()}, x_shape))
+
+
+def test_only_neutral_operations_are_removed():
+    nodes = [helper.make_node("Div", ["x", "one"], ["a"]), helper.make_node("Sub", ["a", "zero"], ["b"]),
+             helper.make_node("Sub", ["zero", "b"], ["c"]), helper.make_node("Div", ["one", "c"], ["y"])]
+    inits = {"one": np.float32(1), "zero": np.zeros((1, 1), np.float32)}
+    graph = default_passes(import_onnx(_model(nodes, inits, [None, 4])))
+    assert [n.op for n in graph.nodes] == ["Sub", "Div"]
+    x = RNG.uniform(1, 2, (3, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_float(graph, [x])["y"], -1 / x, rtol=1e-6)

@@ -252,6 +252,7 @@ def square_and_reciprocal(graph: FloatGraph) -> FloatGraph:
     return graph
 
 
+# op: (the neutral constant, the positions the other operand may take)
 _NEUTRAL = {"Mul": (1.0, (0, 1)), "Div": (1.0, (0,)), "Add": (0.0, (0, 1)), "Sub": (0.0, (0,))}
 
 
@@ -270,7 +271,7 @@ def remove_identities(graph: FloatGraph) -> FloatGraph:
             neutral, positions = _NEUTRAL[node.op]
             x = node.inputs[index]
             same_shape = graph.shapes.get(x) == graph.shapes.get(node.outputs[0])
-            if (1 - index) in positions and same_shape and np.all(constant == neutral):
+            if index in positions and same_shape and np.all(constant == neutral):
                 rename[node.outputs[0]] = x
                 continue
         kept.append(node)
