@@ -5,7 +5,7 @@
   Conv, ConvTranspose or Gemm (paddle2onnx writes each batch norm as ``Mul`` then ``Add``) goes
   into the layer's weights and bias.
 - :func:`fuse_hardswish`: ``x * clip(x + 3, 0, 6) / 6`` and its variants become one HardSwish.
-- :func:`square_and_reciprocal`: ``x ** 2`` as ``x * x``, ``a / b`` as ``a * reciprocal(b)``.
+- :func:`square_and_reciprocal`: ``x ** 2`` as ``x * x``, ``a / b`` as ``a * reciprocal(b)`` (``b`` computed).
 - :func:`remove_identities`: ``x * 1``, ``x + 0`` and the like disappear.
 
 Both keep what the graph computes (up to float32 rounding) and return a new graph.  ``x * sigmoid(x)``
@@ -234,14 +234,14 @@ def _hardswish_at(graph, users, mul) -> tuple[str, list[FloatNode], FloatNode] |
 
 def square_and_reciprocal(graph: FloatGraph) -> FloatGraph:
     """Rewrite ``Pow(x, 2)`` as ``Mul(x, x)`` (one integer multiply of the codes, no table) and
-    ``Div(a, b)`` of two activations as ``Mul(a, Reciprocal(b))`` (the reciprocal a table with a
-    calibrated output range of its own).  Returns a new graph."""
+    ``Div(a, b)`` by an activation ``b`` as ``Mul(a, Reciprocal(b))`` (the reciprocal a table with a
+    calibrated output range of its own; ``a`` an activation or a constant).  Returns a new graph."""
     graph = copy_graph(graph)
     nodes = []
     for node in graph.nodes:
         if node.op == "Pow" and node.attrs["exponent"] == 2.0:
             nodes.append(FloatNode("Mul", node.name, [node.inputs[0], node.inputs[0]], list(node.outputs)))
-        elif node.op == "Div" and not any(t in graph.constants for t in node.inputs):
+        elif node.op == "Div" and node.inputs[1] not in graph.constants:
             reciprocal = fresh_name(graph, f"{node.inputs[1]}/reciprocal")
             graph.shapes[reciprocal] = graph.shapes[node.inputs[1]]
             nodes.append(FloatNode("Reciprocal", f"{node.name}/reciprocal", [node.inputs[1]], [reciprocal]))
