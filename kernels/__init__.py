@@ -36,13 +36,21 @@ from intsim.kernels.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32
-from intsim.kernels.vision import insert_zeros_nhwc, pad_reflect_edge, reduce_max, slice_strided, tile
+from intsim.kernels.vision import (
+    arg_max,
+    insert_zeros_nhwc,
+    pad_reflect_edge,
+    reduce_max,
+    slice_strided,
+    tile,
+)
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
     "add_float32",
     "add_float32_fma",
+    "arg_max",
     "avg_pool_float32_island_nhwc",
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",

@@ -93,3 +93,4 @@ class Backend(Protocol):
     reduce_max: Callable
     pad_reflect_edge: Callable
     tile: Callable
+    arg_max: Callable

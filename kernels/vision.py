@@ -155,3 +155,25 @@ def tile(x, repeats):
     """``x`` (rank <= 6) repeated ``repeats[i]`` times along each axis ``i`` (numpy ``tile`` with one
     repeat per axis): ``out[..., k, ...] = x[..., k mod n, ...]``.  Returns an array of ``x.dtype``."""
     return _gather(x, [np.arange(n * r, dtype=np.int64) % max(n, 1) for n, r in zip(x.shape, repeats)])
+
+
+@jit
+def _arg_max_core(x, select_last, out):
+    outer, reduced, inner = x.shape
+    for o in range(outer):
+        for k in range(inner):
+            best = 0
+            for r in range(1, reduced):
+                if x[o, r, k] > x[o, best, k] or (select_last and x[o, r, k] == x[o, best, k]):
+                    best = r
+            out[o, k] = best
+
+
+def arg_max(x, select_last):
+    """The position of the largest code along axis 1 of ``x`` [outer, R, inner] (R >= 1): the first
+    one on ties, the last with ``select_last``.  Returns int32 [outer, inner]; codes order like the
+    reals they stand for, so it is the float model's ArgMax."""
+    out = np.empty((x.shape[0], x.shape[2]), np.int32)
+    if out.size:
+        _arg_max_core(np.ascontiguousarray(x), bool(select_last), out)
+    return out

@@ -18,6 +18,7 @@ from intsim.floatgraph.passes import default_passes
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.kernels import insert_zeros_nhwc, slice_strided
+from intsim.kernels import arg_max as kernels_arg_max
 from intsim.kernels import pad_reflect_edge as kernels_pad
 from intsim.kernels import reduce_max as kernels_reduce_max
 from intsim.kernels import tile as kernels_tile
@@ -387,6 +388,8 @@ def test_paddle_swish_with_a_multiply_by_one_is_one_silu_table():
     ("pad_reflect_edge", {"pads_before": [0, 0], "pads_after": [0, 0], "reflect": "yes"}, (2, 4), (2, 4),
      "reflect must be a boolean"),
     ("tile", {"repeats": [2, 1]}, (None, 4), (None, 4), "repeats \\[2, 1\\] must be 1 on the axes of unknown size"),
+    ("arg_max", {"axis": 1}, (2, 4), (2,), "must hold plain indices \\(int32, scale 1, zero point 0\\)"),
+    ("arg_max", {"axis": 0}, (None, 4), (4,), "axis 0 of input \\(None, 4\\) must have a known size"),
 ])
 def test_new_integer_ops_check_their_attributes(op, attrs, in_shape, out_shape, message):
     with pytest.raises(ValidationError, match=message):
@@ -435,3 +438,40 @@ def test_only_neutral_operations_are_removed():
     np.testing.assert_allclose(run_float(graph, [x])["y"], -1 / x, rtol=1e-6)
     int_model = intsim.convert(_model(nodes, inits, [None, 4]), x, "paper", progress=False)
     assert _sqnr(-1 / x, int_model.run(x)) > 25
+
+
+@pytest.mark.parametrize("keepdims, select_last", [(0, 0), pytest.param(1, 1, marks=pytest.mark.slow)])
+def test_arg_max_gives_plain_indices(keepdims, select_last):
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("ArgMax", ["c"], ["y"], axis=1, keepdims=keepdims, select_last_index=select_last)]
+    model = _model(nodes, {"w": _w(6, 3, 1, 1)}, [None, 3, 5, 5])
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.INT64
+    x = RNG.standard_normal((8, 3, 5, 5)).astype(np.float32)
+    expected = _onnxruntime(model, x)[0]
+    graph = default_passes(import_onnx(model))
+    np.testing.assert_array_equal(run_float(graph, [x])["y"], expected, strict=True)
+    int_model = intsim.convert(model, x, "paper", progress=False)
+    (out,) = [int_model.graph.tensors[t] for t in int_model.graph.outputs]
+    assert (out.dtype, out.scale, out.zero_point) == ("int32", 1.0, 0)
+    codes = int_model.quantize_inputs([x])[0]
+    got = int_model.run_int(codes)
+    np.testing.assert_array_equal(got, int_model.with_backend("naive").run_int(codes), strict=True)
+    assert np.mean(got == expected) > 0.9  # ties and near-ties of the 8-bit codes may pick another channel
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.tuples(st.integers(0, 3), st.integers(1, 5), st.integers(1, 4)), st.booleans())
+def test_arg_max_kernel_matches_its_twin(shape, select_last):
+    x = RNG.integers(-3, 3, size=shape).astype(np.int8)  # few values: many ties
+    fast = kernels_arg_max(x, select_last)
+    np.testing.assert_array_equal(fast, naive.arg_max(x, select_last), strict=True)
+    if not select_last:
+        np.testing.assert_array_equal(fast, x.argmax(axis=1).astype(np.int32), strict=True)
+
+
+def test_arg_max_selecting_the_last_index_has_no_tosa_operator(tmp_path):
+    tensors = {"x": TensorInfo("x", "int8", (2, 4), 0.1, 3), "y": TensorInfo("y", "int32", (2,), 1.0, 0)}
+    node = Node("arg_max", "n", ["x"], ["y"], {"axis": 1, "select_last": True})
+    graph = Graph("g", intsim.profiles.get_profile("paper"), tensors, [node], ["x"], ["y"])
+    with pytest.raises(UnsupportedOpError, match="TOSA ARGMAX returns the first of equal values"):
+        intsim.export_tosa(Model(graph), tmp_path / "m.tosa")

@@ -1,5 +1,5 @@
 """Lowerings of the float ops the real vision models brought in (issue 15): Slice, ConvTranspose,
-ReduceMax, ReduceSum and MatMul by a constant on rank > 2.
+ReduceMax, ReduceSum, Pad reflect / edge, Tile, ArgMax and MatMul by a constant on rank > 2.
 
 Each entry of :data:`LOWERINGS` takes the converter's ``_Lowering`` and a ``Step`` (as the
 ``lower_<op>`` methods of :mod:`intsim.converter.lowering` do) and emits integer nodes.
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from intsim.errors import UnsupportedOpError
-from intsim.graph import Node
+from intsim.graph import Node, TensorInfo
 
 NHWC = (0, 2, 3, 1)
 LOWERINGS = {}
@@ -152,3 +152,18 @@ def lower_tile(low, step):
     node = step.nodes[0]
     perm = low.layout_of(node.inputs[0])
     low._tied(step, "tile", node.inputs[0], perm, {"repeats": [node.attrs["repeats"][p] for p in perm]})
+
+
+@_lowering("ArgMax")
+def lower_arg_max(low, step):
+    """ArgMax of the stored codes (codes order like their reals): an int32 tensor of indices, scale 1."""
+    node = step.nodes[0]
+    x_name = node.inputs[0]
+    rank = len(low.fg.shapes[x_name])
+    # The input in the float layout, so that the int32 indices need no transpose of their own.
+    x = low.tensors[low.need(x_name, tuple(range(rank)))]
+    axis, keepdims = node.attrs["axis"], bool(node.attrs["keepdims"])
+    y = low.bind(step.output, tuple(range(rank if keepdims else rank - 1)), 1.0, 0)
+    low.tensors[y] = TensorInfo(y, "int32", low.tensors[y].shape, 1.0, 0)
+    attrs = {"axis": axis, "keepdims": keepdims, "select_last": bool(node.attrs["select_last_index"])}
+    low.nodes.append(Node("arg_max", node.name, [x.name], [y], attrs))

@@ -46,7 +46,7 @@ from intsim.floatgraph.vision_ops import ELEMENTWISE
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
 TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
-            "Slice", "ReduceMax", "Tile")
+            "Slice", "ReduceMax", "Tile", "ArgMax")
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 FUSING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
 

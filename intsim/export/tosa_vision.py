@@ -1,7 +1,8 @@
 """TOSA lowerings of the integer ops the real vision models brought in (issue 15), merged into
 :data:`intsim.export.tosa.LOWERINGS`:
 
-* ``reduce_max`` -> REDUCE_MAX per axis, then a RESHAPE; ``tile`` -> TILE;
+* ``reduce_max`` -> REDUCE_MAX per axis, then a RESHAPE; ``tile`` -> TILE; ``arg_max`` -> ARGMAX
+  (first index on ties; ``select_last`` is refused), then a RESHAPE;
 * ``slice`` with unit steps -> SLICE (start, size); a strided or reversed slice has no TOSA operator
   and is refused;
 * ``insert_zeros`` -> RESHAPE ``[N, H, W, C]`` to ``[N, H, 1, W, 1, C]``, PAD the unit axes with
@@ -65,5 +66,16 @@ def _lower_tile(b, node):
     b.op("TILE", [node.inputs[0], multiples], node.outputs)
 
 
-VISION_LOWERINGS = {"slice": _lower_slice, "insert_zeros": _lower_insert_zeros, "reduce_max": _lower_reduce_max,
+def _lower_arg_max(b, node):
+    if node.attrs.get("select_last", False):
+        raise UnsupportedOpError(f"{node.op} {node.name!r}: TOSA ARGMAX returns the first of equal values, the "
+                                 "node the last; TOSA export does not change a graph silently")
+    x, axis = node.inputs[0], int(node.attrs["axis"])
+    shape = [d for i, d in enumerate(b.shape(x)) if i != axis]
+    index = b.temp(node.name + "_index", shape, "int32")
+    b.op("ARGMAX", [x], [index], axis=axis, nan_mode="propagate")
+    b.reshape(index, node.outputs[0], b.shape(node.outputs[0]))
+
+
+VISION_LOWERINGS = {"arg_max": _lower_arg_max, "slice": _lower_slice, "insert_zeros": _lower_insert_zeros, "reduce_max": _lower_reduce_max,
                     "tile": _lower_tile}

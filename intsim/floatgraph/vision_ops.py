@@ -1,5 +1,5 @@
 """Canonical float ops that the real vision models of issue 15 brought in: ConvTranspose, Slice,
-ReduceMax, ReduceSum, Tile (and Expand as Tile), and elementwise functions (Pow, Sqrt, Reciprocal, Exp, Erf).  ONNX semantics on NCHW float32 tensors, as
+ArgMax, ReduceMax, ReduceSum, Tile (and Expand as Tile), and elementwise functions (Pow, Sqrt, Reciprocal, Exp, Erf).  ONNX semantics on NCHW float32 tensors, as
 the rest of :mod:`intsim.floatgraph.execute`; data movement keeps the input's dtype.
 """
 
@@ -48,6 +48,16 @@ def _slice(attrs, x):
 @register_op("Tile")
 def _tile(attrs, x):
     return np.tile(x, attrs["repeats"])
+
+
+@register_op("ArgMax")
+def _arg_max(attrs, x):
+    axis = attrs["axis"]
+    if attrs["select_last_index"]:
+        index = x.shape[axis] - 1 - np.argmax(np.flip(x, axis), axis=axis)
+    else:
+        index = np.argmax(x, axis=axis)
+    return np.expand_dims(index, axis).astype(np.int64) if attrs["keepdims"] else index.astype(np.int64)
 
 
 @register_op("ReduceMax")

@@ -12,6 +12,7 @@ Slice                  x; axes, starts, ends, steps (one entry per sliced
                        axis, indices clamped to the axis as ONNX does; an end
                        of -1 under a negative step means "through index 0")
 Pow                    x; exponent (a float: the exponent must be a constant)
+ArgMax                 x; axis, keepdims, select_last_index
 Tile                   x; repeats (one per axis; Expand of an activation becomes
                        a Tile of its size-1 axes)
 Sqrt, Reciprocal,      x
@@ -220,3 +221,11 @@ def _expand(node):
             raise node.invalid(f"shape {target} does not broadcast with the input {shape} at axis {axis}")
         repeats.append(want if have == 1 else 1)
     return _tile_node(node, repeats)
+
+
+@register_convert("ArgMax")
+def _arg_max(node):
+    axis = axes_of(node, [node.attr("axis", 0)], node.rank(0))[0]
+    attrs = {"axis": axis, "keepdims": int(node.attr("keepdims", 1)),
+             "select_last_index": int(node.attr("select_last_index", 0))}
+    return [node.make("ArgMax", node.inputs[:1], attrs)]

@@ -54,3 +54,14 @@ def tile(x, repeats):
     for index in np.ndindex(shape):
         out[index] = x[tuple(i % n for i, n in zip(index, x.shape))]
     return out
+
+
+def arg_max(x, select_last):
+    outer, reduced, inner = x.shape
+    out = np.empty((outer, inner), np.int32)
+    for o, k in np.ndindex(outer, inner):
+        column = [int(x[o, r, k]) for r in range(reduced)]
+        top = max(column)
+        winners = [r for r, v in enumerate(column) if v == top]
+        out[o, k] = winners[-1] if select_last else winners[0]
+    return out

@@ -172,3 +172,35 @@ class Tile(Op):
 
     def run(self, plan, inputs, kernels):
         return [kernels.tile(inputs[0], plan["repeats"])], {}
+
+
+@register("arg_max")
+class ArgMax(Op):
+    """The index of the largest code along ``axis`` (first on ties, last with ``select_last``): an int32
+    tensor of plain indices (scale 1, zero point 0)."""
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        check_dtypes(node, graph)
+        x, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+        axis = int_attr(node, "axis", lo=0, hi=len(x.shape) - 1)
+        if x.shape[axis] is None:
+            fail(node, f"axis {axis} of input {x.shape} must have a known size")
+        for key in ("keepdims", "select_last"):
+            if not isinstance(node.attrs.get(key, False), bool):
+                fail(node, f"attribute {key} must be a boolean, found {node.attrs[key]!r}")
+        if (out.dtype, out.scale, out.zero_point) != ("int32", 1.0, 0):
+            fail(node, f"output {out.name!r} must hold plain indices (int32, scale 1, zero point 0), found "
+                       f"{out.dtype}, scale {out.scale}, zero point {out.zero_point}")
+
+    def infer(self, node, inputs, graph):
+        return [reduced_shape(inputs[0].shape, [node.attrs["axis"]], node.attrs.get("keepdims", False))]
+
+    def prepare(self, node, graph):
+        return {"axis": node.attrs["axis"], "keepdims": node.attrs.get("keepdims", False),
+                "select_last": node.attrs.get("select_last", False)}
+
+    def run(self, plan, inputs, kernels):
+        x = inputs[0]
+        out = kernels.arg_max(reduction_view(x, [plan["axis"]]), plan["select_last"])
+        return [out.reshape(reduced_shape(x.shape, [plan["axis"]], plan["keepdims"]))], {}
