@@ -20,6 +20,17 @@ from intsim.graph.ops.elementwise import reduced_shape, reduction_view
 from intsim.kernels.vision import CORE_RANK, sliced_size
 
 
+def _moved_codes(node, graph):
+    """The input of a one-input op that only moves codes, checked: quantized like the output, rank at
+    most the kernels' ``CORE_RANK``."""
+    check_arity(node, 1)
+    same_quantization(node, graph)
+    x = graph.tensors[node.inputs[0]]
+    if len(x.shape) > CORE_RANK:
+        fail(node, f"input of rank {len(x.shape)} is not supported (at most {CORE_RANK})")
+    return x
+
+
 @register("slice")
 class Slice(Op):
     """``x[starts[i]:ends[i]:steps[i]]`` on every axis ``i`` (an end of -1 under a negative step: through
@@ -27,11 +38,7 @@ class Slice(Op):
     unknown size (the batch) is kept whole, written ``0:-1:1``."""
 
     def check(self, node, graph):
-        check_arity(node, 1)
-        same_quantization(node, graph)
-        shape = graph.tensors[node.inputs[0]].shape
-        if len(shape) > CORE_RANK:
-            fail(node, f"input of rank {len(shape)} is not supported (at most {CORE_RANK})")
+        shape = _moved_codes(node, graph).shape
         starts = ints_attr(node, "starts", len(shape))
         ends = ints_attr(node, "ends", len(shape))
         steps = ints_attr(node, "steps", len(shape))
@@ -123,11 +130,7 @@ class PadReflectEdge(Op):
     """Padding by copies of the input's own codes: mirrored (``reflect``) or repeated border (edge)."""
 
     def check(self, node, graph):
-        check_arity(node, 1)
-        same_quantization(node, graph)
-        x = graph.tensors[node.inputs[0]]
-        if len(x.shape) > CORE_RANK:
-            fail(node, f"input of rank {len(x.shape)} is not supported (at most {CORE_RANK})")
+        x = _moved_codes(node, graph)
         before = ints_attr(node, "pads_before", len(x.shape), lo=0)
         after = ints_attr(node, "pads_after", len(x.shape), lo=0)
         reflect = node.attrs.get("reflect")
@@ -155,11 +158,7 @@ class Tile(Op):
     """The input repeated ``repeats[i]`` times along each axis ``i``; quantized like the input."""
 
     def check(self, node, graph):
-        check_arity(node, 1)
-        same_quantization(node, graph)
-        x = graph.tensors[node.inputs[0]]
-        if len(x.shape) > CORE_RANK:
-            fail(node, f"input of rank {len(x.shape)} is not supported (at most {CORE_RANK})")
+        x = _moved_codes(node, graph)
         repeats = ints_attr(node, "repeats", len(x.shape), lo=1)
         if any(size is None and r != 1 for size, r in zip(x.shape, repeats)):
             fail(node, f"repeats {list(repeats)} must be 1 on the axes of unknown size of input {x.shape}")
