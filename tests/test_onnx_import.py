@@ -401,7 +401,7 @@ def test_bad_graph_inputs():
 
 
 UNSUPPORTED = {
-    "pad_reflect": ([_n("Pad", ["x", "pads8"], mode="reflect")], X9, 11, "Pad mode 'reflect' is not supported"),
+    "pad_wrap": ([_n("Pad", ["x", "pads8"], mode="wrap")], X9, 19, "Pad mode 'wrap' is not supported"),
     "pad_negative": ([_n("Pad", ["x", "neg_pads"])], X9, 13, r"negative pads \[0, 0, -1"),
     "resize_linear": ([_n("Resize", ["x", "roi", "sc23"], mode="linear")], X9, 13, "Resize mode 'linear'"),
     "resize_crop": ([_n("Resize", ["x", "roi", "sc23"], coordinate_transformation_mode="tf_crop_and_resize")], X9, 13,
