@@ -246,6 +246,35 @@ def rescale_scalar(x, multiplier, shift, scale, rounding, multiplier_bits):
     return multiply_by_scale_scalar(x, scale, rounding)
 
 
+@jit
+def rescale_wide_scalar(x, multiplier, shift, scale, rounding, multiplier_bits):
+    """Requantize an accumulator that may leave int32: ``|x| <= 65535**2``, a product of two 16-bit
+    codes less their zero points.  Equal to :func:`rescale_scalar` whenever ``x`` fits int32.
+
+    Beyond int32 the product is not clipped first: ``SINGLE`` rounds ``x * M / 2**(b - shift)`` once,
+    exactly, in 64 bits; ``DOUBLE`` applies its two roundings to the exact 64-bit ``x * M`` when the
+    shift is a right shift (with a left shift the result lies beyond every 16-bit clamp anyway, and
+    ``DOUBLE``'s saturating left shift gives the int32 extreme of the same sign); the float modes
+    convert ``x`` as they convert any accumulator.  The result saturates to int32, like every mode's.
+    Why nothing overflows: ``|x * M| <= 65535**2 * (2**31 - 1) < 2**63 - 2**48``, and the rounding
+    constants are added after halving (``floor((p + 2**(t-1)) / 2**t) = floor((floor(p / 2) +
+    2**(t-2)) / 2**(t-1))`` for ``t >= 2``).
+    """
+    if rounding > SINGLE:
+        return multiply_by_scale_scalar(x, scale, rounding)
+    if (INT32_MIN <= x <= INT32_MAX) or (rounding == DOUBLE and shift > 0):
+        return multiply_by_quantized_multiplier_scalar(saturate(x, 32), multiplier, shift, rounding,
+                                                       multiplier_bits)
+    product = np.int64(x) * np.int64(multiplier)
+    if rounding == DOUBLE:
+        high = (product + (np.int64(1) << (multiplier_bits - 1))) >> multiplier_bits
+        return saturate(rounding_divide_by_pot_scalar(high, -shift), 32)
+    total_shift = multiplier_bits - shift
+    if total_shift < 2:
+        return saturate((product + total_shift) >> total_shift, 32)
+    return saturate(((product >> 1) + (np.int64(1) << (total_shift - 2))) >> (total_shift - 1), 32)
+
+
 # --------------------------------------------------------------------------
 # Array loops over the scalars.
 # --------------------------------------------------------------------------

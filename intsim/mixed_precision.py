@@ -37,7 +37,7 @@ from intsim.converter.steps import plan_steps, weighted
 from intsim.errors import ValidationError
 from intsim.floatgraph import FloatGraph
 from intsim.floatgraph.execute import run_float
-from intsim.floatgraph.passes import default_passes
+from intsim.floatgraph.patterns import simplify
 from intsim.importers.onnx import import_onnx
 from intsim.profiles import FORMAT_PATTERN, get_profile
 from intsim.progress import Progress, progress_enabled
@@ -257,7 +257,7 @@ def search_mixed_precision(model, calibration, data, labels=None, profile="paper
         if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
             raise ValidationError(f"labels must be {len(data)} integer class labels, found {labels.dtype}{labels.shape}")
     raw = model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=convert_args.get("input_shapes"))
-    fg = default_passes(raw)
+    fg = simplify(raw)
     if len(fg.inputs) != 1 or len(fg.outputs) != 1:
         raise ValidationError(f"search_mixed_precision needs a single-input, single-output model; it has "
                               f"{len(fg.inputs)} input(s) and {len(fg.outputs)} output(s)")

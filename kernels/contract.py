@@ -93,3 +93,9 @@ class Backend(Protocol):
     gather_axis: Callable
     layer_norm_lastaxis: Callable
     softmax_masked_lastaxis: Callable
+    slice_strided: Callable
+    insert_zeros_nhwc: Callable
+    reduce_max: Callable
+    pad_reflect_edge: Callable
+    tile: Callable
+    arg_max: Callable

@@ -21,6 +21,7 @@ from intsim.fixedpoint import (
     FLOAT64_HALF_AWAY,
     SINGLE,
     rescale_scalar,
+    rescale_wide_scalar,
     round_half_away_divide,
     saturate,
     saturating_round_float,
@@ -165,10 +166,11 @@ def _mul_loop(operands, rounding):
      out_zero_point, clamp_min, clamp_max, out) = operands
     saturated = 0
     for i in range(a.size):
-        # Centered 16-bit codes lie in [-65535, 65535]; their product (< 2**32) can leave
-        # int32, so it saturates to the int32 accumulator before the rescale.
-        acc = saturate((np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point), 32)
-        value = rescale_scalar(acc, out_multiplier, out_shift, out_scale, rounding, multiplier_bits) + out_zero_point
+        # Centered 16-bit codes lie in [-65535, 65535]; their product (< 2**32) can leave int32, so
+        # it is kept in int64 and rescaled exactly (a result beyond the clamp is counted below).
+        product = (np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point)
+        value = rescale_wide_scalar(product, out_multiplier, out_shift, out_scale, rounding,
+                                    multiplier_bits) + out_zero_point
         clamped = _clamp(value, clamp_min, clamp_max)
         saturated += clamped != value
         out[i] = clamped
@@ -193,10 +195,10 @@ def mul(
 ):
     """Quantized ``a * b`` of two same-shape tensors.
 
-    ``acc = saturate_int32((a - za) * (b - zb))``, rescaled by
-    ``(out_multiplier, out_shift)`` or ``out_scale`` under ``rounding``, plus
-    ``out_zero_point``, clamped.  8-bit products fit int32 and never saturate;
-    16-bit ones with zero points can.
+    ``acc = (a - za) * (b - zb)`` in int64, rescaled by ``(out_multiplier, out_shift)``
+    or ``out_scale`` under ``rounding`` (:func:`intsim.fixedpoint.rescale_wide_scalar`:
+    16-bit products with zero points leave int32 and are not clipped first), plus
+    ``out_zero_point``, clamped; every clamped element is counted.
 
     Returns
     -------

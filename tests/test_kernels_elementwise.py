@@ -427,15 +427,26 @@ def test_mul_golden(impl, rounding, expected):
 
 @IMPLEMENTATIONS
 @pytest.mark.parametrize("rounding", ALL_ROUNDINGS)
-def test_mul_golden_product_saturates_to_int32(impl, rounding):
-    # 65535 * 65535 = 4294836225 > 2**31 - 1: the int32 accumulator saturates to 2**31 - 1.
-    # Times 2**-16 (2**30, -15): (2**31 - 1) / 2**16 = 32767.99998 -> 32768 under every mode
-    # (float32(2**31 - 1) is 2**31 exactly); unsaturated it would be 4294836225 / 2**16 -> 65534.
-    # 2 * 2 * 2**-16 -> 0.
+def test_mul_golden_16_bit_product_is_not_clipped_to_int32(impl, rounding):
+    # 65535 * 65535 = 4294836225 > 2**31 - 1 (issue 15: it used to saturate to int32 silently, giving
+    # 32768).  Times 2**-16 (2**30, -15): 4294836225 / 2**16 = 65533.99998 -> 65534 under every mode
+    # (DOUBLE: 4294836226 / 2 = 2147418113, / 2**15 = 65533.99997 -> 65534; float32(4294836225) is
+    # 4294836224 = 65534 * 2**16).  2 * 2 * 2**-16 -> 0.  Nothing is clamped.
     a = np.array([65535, 2], np.uint16)
     out, count = impl.mul(a, 0, a, 0, 2**30, -15, 2.0**-16, rounding, 31, 0, 0, 65535, np.uint16)
-    np.testing.assert_array_equal(out, np.array([32768, 0], np.uint16), strict=True)
+    np.testing.assert_array_equal(out, np.array([65534, 0], np.uint16), strict=True)
     assert count == 0
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("rounding", ALL_ROUNDINGS)
+def test_mul_golden_16_bit_product_beyond_the_output_is_counted(impl, rounding):
+    # int16 codes with zero point -32768 (uint16-like): (32767 + 32768)**2 = 4294836225, times 2**-15
+    # is 131068 > 32767: clamped and counted; (-32768 + 32768) * ... = 0 is not.
+    a = np.array([32767, -32768], np.int16)
+    out, count = impl.mul(a, -32768, a, -32768, 2**30, -14, 2.0**-15, rounding, 31, 0, -32768, 32767, np.int16)
+    np.testing.assert_array_equal(out, np.array([32767, 0], np.int16), strict=True)
+    assert count == 1
 
 
 @IMPLEMENTATIONS

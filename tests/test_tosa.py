@@ -85,6 +85,13 @@ def _graphs():
                                 {"kernel": [2, 2], "strides": [2, 2]}),
         "max_pool_padded": _single("max_pool", [x], same("y", (None, 2, 2, 6)),
                                    {"kernel": [3, 3], "strides": [2, 2], "pads": [1, 1, 0, 0]}),
+        "slice": _single("slice", [x], same("y", (None, 2, 3, 6)), {"starts": [0, 1, 0, 0], "ends": [-1, 3, 3, 6],
+                                                                   "steps": [1, 1, 1, 1]}),
+        "arg_max": _single("arg_max", [x], _t("i", (None, 4, 6), 1.0, 0, "int32"), {"axis": 2, "keepdims": False}),
+        "tile": _single("tile", [x], same("y", (None, 8, 4, 12)), {"repeats": [1, 2, 1, 2]}),
+        "reduce_max": _single("reduce_max", [x], same("y", (None, 6)), {"axes": [1, 2], "keepdims": False}),
+        "insert_zeros": _single("insert_zeros", [odd], _t("y", (None, 13, 13, 6), odd.scale, odd.zero_point),
+                                {"strides": [3, 2], "value": odd.zero_point}),
     }
 
 

@@ -19,9 +19,9 @@ of every requantizing node, the weight scales and the bias overflow counts.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from functools import partial
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,10 +44,12 @@ from intsim.converter.params import add_params, build_exp_table, build_lut
 from intsim.converter.feeds import batch_of, named_feeds, ptq_data, sample_count
 from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
 from intsim.floatgraph.patterns import simplify
+from intsim.converter.lower_vision import LOWERINGS, lower_matmul_rows
 from intsim.profiles import Profile, get_profile
 from intsim.ptq.bias_correction import WeightFormat
 from intsim.ptq.pipeline import apply_ptq, resolve_settings
 from intsim.runtime import Model
+from intsim.floatgraph.vision_ops import ELEMENTWISE
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
 
@@ -70,10 +72,13 @@ def _unary_functions():
         "HardSwish": lambda a: lambda x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
         "SiLU": lambda a: lambda x: x * sigmoid(x),
         "PRelu": lambda a: lambda x: np.where(x >= 0, x, a["slope"] * x),
+        **ELEMENTWISE,
     }
 
 
 UNARY = {**_unary_functions(), **SEQUENCE_UNARY}
+# Lowerings kept beside this module, by float op type: vision models' and sequence models'.
+EXTRA_LOWERINGS = {**LOWERINGS, **SEQUENCE_LOWERINGS}
 
 
 def prepare_float_graph(model, input_shapes=None) -> FloatGraph:
@@ -222,9 +227,9 @@ class _Lowering:
             if self.act is not None:
                 self.meta["layer_formats"][step.nodes[0].name] = self.formats.format_name(step, weighted(self.fg, step))
             handler = getattr(self, f"lower_{step.kind}", None)
-            if handler is None and step.kind in SEQUENCE_LOWERINGS:
-                handler = partial(SEQUENCE_LOWERINGS[step.kind], self)
-            elif handler is None:
+            if handler is None and step.kind in EXTRA_LOWERINGS:
+                handler = functools.partial(EXTRA_LOWERINGS[step.kind], self)
+            if handler is None:
                 if step.kind in UNARY:
                     handler = self.lower_unary
                 else:
@@ -331,8 +336,10 @@ class _Lowering:
         rank = len(self.fg.shapes[a_name])
         if b_name in self.fg.constants:
             b = self.fg.constants[b_name]
-            if rank != 2 or b.ndim != 2:
-                raise UnsupportedOpError(f"node {node.name!r}: MatMul by a constant is lowered for 2-D inputs only")
+            if b.ndim != 2:
+                raise UnsupportedOpError(f"node {node.name!r}: MatMul by a constant is lowered for a 2-D constant only")
+            if rank != 2:
+                return lower_matmul_rows(self, step)
             self._mac(step, "fully_connected", a_name, (0, 1), b.T, None, {}, (0, 1), transposed=True)
             return
         ident = _identity(rank)
@@ -453,6 +460,8 @@ class _Lowering:
 
     def lower_Pad(self, step):
         node = step.nodes[0]
+        if node.attrs.get("mode", "constant") != "constant":
+            return LOWERINGS["PadMode"](self, step)
         x_name = node.inputs[0]
         perm = self.layout_of(x_name)
         rank = len(perm)
@@ -464,7 +473,7 @@ class _Lowering:
         code = int(np.clip(np.rint(value / x.scale) + x.zero_point, *x.code_range))
         self._tied(step, "pad", x_name, perm, {"pads_before": before, "pads_after": after, "value": code})
 
-    def lower_ReduceMean(self, step):
+    def lower_ReduceMean(self, step, average=True):
         node = step.nodes[0]
         x_name = node.inputs[0]
         perm = self.layout_of(x_name)
@@ -476,7 +485,7 @@ class _Lowering:
         else:
             kept = [p for p in perm if p not in node.attrs["axes"]]
             out_perm = tuple(sorted(kept).index(p) for p in kept)
-        count = math.prod(self.fg.shapes[x_name][a] for a in node.attrs["axes"])
+        count = math.prod(self.fg.shapes[x_name][a] for a in node.attrs["axes"]) if average else 1
         scale, zp = self.out_params(step.output)
         real = x.scale / (scale * count)
         y = self.bind(step.output, out_perm, scale, zp)
@@ -488,19 +497,18 @@ class _Lowering:
     def lower_Softmax(self, step):
         node = step.nodes[0]
         rank = len(self.fg.shapes[node.inputs[0]])
-        if node.attrs["axis"] != rank - 1:
-            raise UnsupportedOpError(f"node {node.name!r}: Softmax is lowered over the last axis only")
+        perm = tuple(a for a in range(rank) if a != node.attrs["axis"]) + (node.attrs["axis"],)  # the axis last
         if self.profile.rounding not in INTEGER_ROUNDING_MODES:
             raise UnsupportedOpError(
                 f"node {node.name!r}: integer softmax needs an integer rounding mode; profile "
                 f"{self.profile.name!r} rounds {self.profile.rounding!r} (export the model without its softmax)")
-        x = self.tensors[self.need(node.inputs[0], _identity(rank))]
+        x = self.tensors[self.need(node.inputs[0], perm)]
         p = self.profile
         if p.activation_symmetric and p.activation_signed:
             scale, zp = 2.0 ** -(p.activation_bits - 1), 0
         else:
             scale, zp = 2.0 ** -p.activation_bits, p.activation_range()[0]
-        y = self.bind(step.output, _identity(rank), scale, zp)
+        y = self.bind(step.output, perm, scale, zp)
         params = {"exp_table": build_exp_table(x), **self.rescale(2.0**-23 / scale)}
         self.nodes.append(Node("softmax", node.name, [x.name], [y], {}, params))
 

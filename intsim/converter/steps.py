@@ -15,11 +15,11 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.profiles import Profile
 
 TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
-            "Gather")
+            "Gather", "Slice", "ReduceMax", "Tile", "ArgMax")
 UNCALIBRATED_OPS = ("Softmax", "MaskedSoftmax")  # outputs on a fixed grid
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 WEIGHTED_OPS = ("Conv", "Gemm", "BatchNormalization")
-FUSING_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
+FUSING_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
 
 
 @dataclass

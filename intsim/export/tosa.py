@@ -22,6 +22,7 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
   columns (from the padding, else with a SLICE), since TOSA wants exact window counts;
 * ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
   ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8);
+* ``slice`` and ``insert_zeros`` (ConvTranspose's zero insertion): :mod:`intsim.export.tosa_vision`.
 * ``embedding`` and ``gather`` -> GATHER (``[N, K, C]`` values by ``[N, W]`` int32 indices) between
   RESHAPEs.  ``layernorm`` and ``masked_softmax`` have no TOSA operator (and are refused).
 
@@ -51,6 +52,7 @@ import numpy as np
 
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.export.tosa_fb import write_tosa
+from intsim.export.tosa_vision import VISION_LOWERINGS
 from intsim.graph import Graph
 from intsim.codes import dtype_range
 from intsim.graph.ops import clamp_bounds, rescale_params
@@ -517,6 +519,7 @@ LOWERINGS = {
     "unsqueeze": _lower_layout,
     "transpose": _lower_transpose,
     "lut": _lower_lut,
+    **VISION_LOWERINGS,
 }
 
 

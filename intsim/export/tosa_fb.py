@@ -44,6 +44,7 @@ _CONV = (("pad", "int32s"), ("stride", "int32s"), ("dilation", "int32s"), ("loca
 # A field's kind is "int32s" ([int32]), "bytes" ([ubyte], 8-aligned, the little-endian
 # values of a numpy array of the operand's dtype), "bool", "int32", or an enum of ENUMS.
 OPS = {
+    "ARGMAX": (1, (("axis", "int32"), ("nan_mode", "nan_mode"))),
     "CONV2D": (3, _CONV),
     "DEPTHWISE_CONV2D": (5, _CONV),
     "MATMUL": (7, ()),
@@ -53,11 +54,13 @@ OPS = {
     "MUL": (28, ()),
     "SUB": (30, ()),
     "TABLE": (31, ()),
+    "REDUCE_MAX": (51, (("axis", "int32"), ("nan_mode", "nan_mode"))),
     "REDUCE_SUM": (54, (("axis", "int32"),)),
     "CONCAT": (55, (("axis", "int32"),)),
     "PAD": (56, ()),
     "RESHAPE": (57, ()),
     "SLICE": (59, ()),
+    "TILE": (60, ()),
     "TRANSPOSE": (61, (("perms", "int32s"),)),
     "GATHER": (62, ()),
     "RESCALE": (66, (("scale32", "bool"), ("rounding_mode", "rounding_mode"), ("per_channel", "bool"),

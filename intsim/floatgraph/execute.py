@@ -29,7 +29,7 @@ def _op(name: str):
     return wrap
 
 
-register_float_op = _op  # other modules' canonical ops (intsim.floatgraph.sequence_ops)
+register_op = _op  # for modules that add canonical ops (intsim.floatgraph.sequence_ops, vision_ops)
 
 
 def op_names() -> list[str]:
@@ -273,6 +273,8 @@ def _flatten(attrs, x):
 def _pad(attrs, x):
     pads, rank = attrs["pads"], x.ndim
     widths = [(pads[i], pads[i + rank]) for i in range(rank)]
+    if attrs.get("mode", "constant") != "constant":  # reflect (mirrored, edge excluded) or edge: numpy's names
+        return np.pad(x, widths, mode=attrs["mode"])
     return np.pad(x, widths, constant_values=np.asarray(attrs["value"]).astype(x.dtype))
 
 

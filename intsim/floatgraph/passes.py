@@ -8,39 +8,16 @@ runs, in order.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
+from intsim.floatgraph.edit import copy_graph, drop_unused, fresh_name
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
-
-
-def copy_graph(graph: FloatGraph) -> FloatGraph:
-    nodes = [replace(n, inputs=list(n.inputs), outputs=list(n.outputs), attrs=dict(n.attrs)) for n in graph.nodes]
-    return replace(
-        graph,
-        nodes=nodes,
-        inputs=list(graph.inputs),
-        outputs=list(graph.outputs),
-        constants=dict(graph.constants),
-        shapes=dict(graph.shapes),
-    )
-
-
-def _drop_unused(graph: FloatGraph) -> None:
-    """Forget constants and shapes of tensors no node and no graph output refers to (in place)."""
-    used = set(graph.inputs) | set(graph.outputs) | {t for n in graph.nodes for t in (*n.inputs, *n.outputs)}
-    graph.constants = {k: v for k, v in graph.constants.items() if k in used}
-    graph.shapes = {k: v for k, v in graph.shapes.items() if k in used}
-
-
-def fresh_name(graph: FloatGraph, base: str) -> str:
-    taken = set(graph.constants) | set(graph.shapes) | {t for n in graph.nodes for t in (*n.inputs, *n.outputs)}
-    name, k = base, 1
-    while name in taken:
-        name, k = f"{base}_{k}", k + 1
-    return name
+from intsim.floatgraph.vision_patterns import (
+    fold_affine_into_layers,
+    fuse_hardswish,
+    remove_identities,
+)
 
 
 def fold_batch_norm(graph: FloatGraph) -> FloatGraph:
@@ -78,7 +55,7 @@ def fold_batch_norm(graph: FloatGraph) -> FloatGraph:
         layer.inputs = [layer.inputs[0], weight_name, bias_name]
         layer.outputs = list(bn.outputs)
         graph.nodes.remove(bn)
-    _drop_unused(graph)
+    drop_unused(graph)
     return graph
 
 
@@ -97,7 +74,7 @@ def fold_constants(graph: FloatGraph) -> FloatGraph:
         else:
             kept.append(node)
     graph.nodes = kept
-    _drop_unused(graph)
+    drop_unused(graph)
     return graph
 
 
@@ -112,11 +89,12 @@ def remove_dead_nodes(graph: FloatGraph) -> FloatGraph:
             kept.append(node)
             needed.update(node.inputs)
     graph.nodes = kept[::-1]
-    _drop_unused(graph)
+    drop_unused(graph)
     return graph
 
 
-PASSES = (fold_batch_norm, fold_constants, remove_dead_nodes)
+PASSES = (fold_batch_norm, fold_constants, remove_identities, fold_affine_into_layers, fuse_hardswish,
+          remove_dead_nodes)
 
 
 def default_passes(graph: FloatGraph) -> FloatGraph:

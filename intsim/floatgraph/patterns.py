@@ -29,13 +29,14 @@ import numpy as np
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph.passes import copy_graph, default_passes, fresh_name, remove_dead_nodes
+from intsim.floatgraph.vision_patterns import square_and_reciprocal
 
 LAYOUT_OPS = ("Reshape", "Transpose")
 # f(0) must be at most this for a position to count as masked (BERT exports write -10000 or finfo.min).
 MASKED_BIAS = -1.0e4
 # The elementwise and layout ops an additive attention mask is computed with from the integer mask.
-MASK_OPS = ("Unsqueeze", "Reshape", "Squeeze", "Expand", "Cast", "Sub", "Add", "Mul", "Div", "Neg", "Not", "Equal",
-            "Where")
+MASK_OPS = ("Unsqueeze", "Reshape", "Squeeze", "Expand", "Tile", "Cast", "Sub", "Add", "Mul", "Div", "Neg", "Not",
+            "Equal", "Where")
 
 
 class _View:
@@ -430,5 +431,7 @@ def recognise(graph: FloatGraph) -> FloatGraph:
 
 
 def simplify(graph: FloatGraph) -> FloatGraph:
-    """The default passes (:func:`~intsim.floatgraph.passes.default_passes`), then :func:`recognise`."""
-    return recognise(default_passes(graph))
+    """The default passes (:func:`~intsim.floatgraph.passes.default_passes`), then :func:`recognise`, then
+    :func:`~intsim.floatgraph.vision_patterns.square_and_reciprocal` (after the layer-norm pattern, which
+    reads the ``Pow`` and ``Div`` that pass rewrites)."""
+    return remove_dead_nodes(square_and_reciprocal(recognise(default_passes(graph))))

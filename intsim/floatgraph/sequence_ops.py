@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from intsim.floatgraph.execute import register_float_op as _op
+from intsim.floatgraph.execute import register_op as _op
 
 # Numerical Recipes' erfc (Chebyshev fit, fractional error below 1.2e-7 for every x): erf in numpy
 # without scipy, well inside float32 rounding for GELU.
@@ -50,9 +50,6 @@ def _f32(value) -> np.ndarray:
 
 
 _op("Gather")(lambda attrs, data, indices: np.take(data, indices.astype(np.int64), axis=attrs["axis"]))
-_op("Erf")(lambda attrs, x: _f32(erf(x)))
-_op("Sqrt")(lambda attrs, x: _f32(np.sqrt(x.astype(np.float64))))
-_op("Pow")(lambda attrs, x: _f32(np.power(x.astype(np.float64), attrs["exponent"])))
 _op("Neg")(lambda attrs, x: np.negative(x))
 _op("Not")(lambda attrs, x: np.logical_not(x))
 _op("Equal")(lambda attrs, a, b: np.equal(a, b))
@@ -62,8 +59,6 @@ _op("Less")(lambda attrs, a, b: np.less(a, b))
 _op("Greater")(lambda attrs, a, b: np.greater(a, b))
 _op("Where")(lambda attrs, condition, a, b: np.where(condition, a, b))
 _op("Cast")(lambda attrs, x: x.astype(attrs["to"]))
-_op("Expand")(lambda attrs, x: x * np.ones(attrs["shape"], dtype=x.dtype))
-_op("ReduceSum")(lambda attrs, x: np.sum(x, axis=tuple(attrs["axes"]), keepdims=bool(attrs["keepdims"])))
 _op("LayerNormalization")(lambda attrs, x, scale, bias: _f32(layer_norm(x, scale, bias, attrs["epsilon"])))
 _op("Gelu")(lambda attrs, x: _f32(gelu(x, attrs.get("approximate", "none"))))
 

@@ -17,7 +17,9 @@ from google.protobuf.message import DecodeError
 from intsim.errors import IntsimError, ModelFormatError, UnsupportedOpError, ValidationError
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
-from intsim.importers.onnx_ops import CONVERT, FOLD, OnnxNode, read_initializer, same_values, unique_name
+from intsim.importers.onnx_ops import CONVERT, FOLD, MULTI_OUTPUT, OnnxNode, read_initializer, same_values, unique_name
+from intsim.importers.onnx_vision import upgrade_opset
+from intsim.floatgraph import vision_ops  # noqa: F401  (registers the float ops of onnx_vision's forms)
 from intsim.importers import onnx_sequence  # noqa: F401  (registers the ops of sequence models)
 
 
@@ -37,7 +39,8 @@ def import_onnx(model, *, batch_dynamic: bool = True, input_shapes=None) -> Floa
     Parameters
     ----------
     model : str, os.PathLike or onnx.ModelProto
-        The model, default-domain opset 11 to 21, with float32 inputs (or int64 /
+        The model, default-domain opset 11 to 21 (earlier opsets are upgraded to 11 by
+        :func:`~intsim.importers.onnx_vision.upgrade_opset`), with float32 inputs (or int64 /
         int32 ones: token ids and masks, listed in ``integer_inputs``) whose
         dimensions other than dim 0 are static.
     batch_dynamic : bool
@@ -73,7 +76,7 @@ def import_onnx(model, *, batch_dynamic: bool = True, input_shapes=None) -> Floa
         disagreeing with the file, an invalid attribute, or a node that fails to
         run on the placeholder inputs.
     """
-    return _Importer(read_onnx(model), batch_dynamic, input_shapes or {}).run()
+    return _Importer(upgrade_opset(read_onnx(model)), batch_dynamic, input_shapes or {}).run()
 
 
 def _fixed_dims(name: str, dims: list, given) -> list:
@@ -299,7 +302,7 @@ class _Importer:
             )
 
     def _check_outputs(self, node: OnnxNode) -> None:
-        for out in node.outputs[1:]:
+        for out in [] if node.op in MULTI_OUTPUT else node.outputs[1:]:
             if out in self.consumed:
                 raise node.fail(f"{node.op} output {out!r} (beyond the first) is used; only the first is supported")
 

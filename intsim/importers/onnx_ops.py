@@ -220,6 +220,12 @@ def _convert(*names: str):
     return wrap
 
 
+register_fold = _fold
+register_convert = _convert  # for modules that add ops (intsim.importers.onnx_vision)
+# ONNX ops whose converter gives each output its own canonical node, so every output may be used.
+MULTI_OUTPUT: set[str] = set()
+
+
 def _axes(node: OnnxNode, axes, rank: int) -> list[int]:
     axes = [int(a) for a in axes]
     if any(not -rank <= a < rank for a in axes) or len(set(a % rank for a in axes)) != len(axes):
@@ -247,6 +253,9 @@ def _explicit_pads(node: OnnxNode, kernel, strides, dilations) -> list[int]:
         begin.append(total // 2 if auto_pad == "SAME_UPPER" else total - total // 2)
         end.append(total - begin[-1])
     return begin + end
+
+
+axes_of, explicit_pads = _axes, _explicit_pads  # shared with intsim.importers.onnx_vision
 
 
 def _ceil_overhang(size: int, k: int, stride: int, dilation: int, pad_begin: int, pad_end: int) -> int:
@@ -371,16 +380,16 @@ def _global_average_pool(node):
     return [node.make("ReduceMean", node.inputs, {"axes": list(range(2, node.rank(0))), "keepdims": 1})]
 
 
-@_convert("ReduceMean")
-def _reduce_mean(node):
+@_convert("ReduceMean", "ReduceMax", "ReduceSum")
+def _reduce(node):
     rank = node.rank(0)
-    axes = _axes_operand(node, since=18)
+    axes = _axes_operand(node, since=13 if node.op == "ReduceSum" else 18)
     if not axes:
         if node.attr("noop_with_empty_axes", 0):
-            raise node.fail("ReduceMean with noop_with_empty_axes=1 and no axes is not supported")
+            raise node.fail(f"{node.op} with noop_with_empty_axes=1 and no axes is not supported")
         axes = range(rank)
     attrs = {"axes": _axes(node, axes, rank), "keepdims": int(node.attr("keepdims", 1))}
-    return [node.make("ReduceMean", node.inputs[:1], attrs)]
+    return [node.make(node.op, node.inputs[:1], attrs)]
 
 
 @_convert("Gemm")
@@ -478,7 +487,7 @@ def _unsqueeze(node):
 
 @_convert("Pad")
 def _pad(node):
-    node.choice("mode", "constant", ("constant",))
+    mode = node.choice("mode", "constant", ("constant", "reflect", "edge"))
     rank, pads = node.rank(0), node.const(1, "pads").tolist()
     if node.has(3):
         axes = _axes(node, node.const(3, "axes").tolist(), rank)
@@ -490,7 +499,12 @@ def _pad(node):
         raise node.invalid(f"pads {pads} must have 2 * rank = {2 * rank} values")
     if min(pads) < 0:
         raise node.fail(f"Pad with negative pads {pads} (cropping) is not supported")
-    attrs = {"pads": pads, "mode": "constant", "value": node.scalar(2, "constant_value", 0.0)}
+    shape = node.shape(0)
+    if mode != "constant" and any(p and shape[i % rank] is None for i, p in enumerate(pads)):
+        raise node.fail(f"Pad mode {mode!r} of the batch axis is not supported")
+    if mode == "reflect" and any(p >= shape[i % rank] for i, p in enumerate(pads) if p):
+        raise node.invalid(f"reflect pads {pads} must be smaller than the padded axes of input {shape}")
+    attrs = {"pads": pads, "mode": mode, "value": node.scalar(2, "constant_value", 0.0)}
     return [node.make("Pad", node.inputs[:1], attrs)]
 
 

@@ -1,6 +1,8 @@
 """What the ONNX importer knows of the ops of sequence models (BERT-style encoders): embedding and index
 gathers, layer normalization, the functions GELU is written with (Erf, Pow, Sqrt, Tanh), the attention-mask
-logic (Cast, Equal, Not, And, Or, Where, Expand, ReduceSum) and ``If`` with a constant condition.
+logic (Cast, Equal, Not, And, Or, Where, Expand, ReduceSum) and ``If`` with a constant condition.  Erf,
+Pow, Sqrt and Expand of an activation convert in :mod:`intsim.importers.onnx_vision`, ReduceSum in
+:mod:`intsim.importers.onnx_ops`; here they only fold.
 
 Each op registers into :data:`intsim.importers.onnx_ops.FOLD` (evaluated when every input is static: shape
 and mask subgraphs that do not depend on the data fold away) and :data:`~intsim.importers.onnx_ops.CONVERT`
@@ -12,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from intsim.importers.onnx_ops import OnnxNode, _axes, _axes_operand, _convert, _fold, unique_name
+from intsim.importers.onnx_ops import OnnxNode, _axes, _convert, _fold, unique_name
 
 _fold("Not")(lambda node, x: np.logical_not(x))
 _fold("And")(lambda node, a, b: np.logical_and(a, b))
@@ -57,17 +59,9 @@ def _gather(node: OnnxNode):
     return [node.make("Gather", node.inputs[:2], {"axis": axis})]
 
 
-@_convert("Erf", "Sqrt", "Not", "Neg")
+@_convert("Not", "Neg")
 def _unary(node: OnnxNode):
     return [node.make(node.op, node.inputs[:1])]
-
-
-@_convert("Pow")
-def _pow(node: OnnxNode):
-    exponent = node.const(1, "exponent")
-    if exponent.size != 1:
-        raise node.fail(f"Pow with an exponent of shape {exponent.shape} is not supported; only a scalar")
-    return [node.make("Pow", node.inputs[:1], {"exponent": float(exponent.reshape(()))})]
 
 
 @_convert("Equal", "And", "Or", "Less", "Greater", "Where")
@@ -79,24 +73,6 @@ def _logic(node: OnnxNode):
 def _cast(node: OnnxNode):
     to = np.dtype(helper.tensor_dtype_to_np_dtype(node.attr("to"))).name
     return [node.make("Cast", node.inputs[:1], {"to": to})]
-
-
-@_convert("Expand")
-def _expand(node: OnnxNode):
-    shape = node.const(1, "shape").astype(np.int64).tolist()
-    return [node.make("Expand", node.inputs[:1], {"shape": shape})]
-
-
-@_convert("ReduceSum")
-def _reduce_sum(node: OnnxNode):
-    rank = node.rank(0)
-    axes = _axes_operand(node, since=13)
-    if not axes:
-        if node.attr("noop_with_empty_axes", 0):
-            raise node.fail("ReduceSum with noop_with_empty_axes=1 and no axes is not supported")
-        axes = range(rank)
-    return [node.make("ReduceSum", node.inputs[:1], {"axes": _axes(node, axes, rank),
-                                                     "keepdims": int(node.attr("keepdims", 1))})]
 
 
 @_convert("LayerNormalization")

@@ -33,12 +33,21 @@ from intsim.kernels.naive.float_island import (
 )
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
 from intsim.kernels.naive.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
+from intsim.kernels.naive.vision import (
+    arg_max,
+    insert_zeros_nhwc,
+    pad_reflect_edge,
+    reduce_max,
+    slice_strided,
+    tile,
+)
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
     "add_float32",
     "add_float32_fma",
+    "arg_max",
     "avg_pool_float32_island_nhwc",
     "avg_pool_float32_nhwc",
     "avg_pool_nhwc",
@@ -57,6 +66,7 @@ __all__ = [
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
     "layer_norm_lastaxis",
+    "insert_zeros_nhwc",
     "lookup_table",
     "matmul_acc",
     "matmul_requantized",
@@ -66,10 +76,14 @@ __all__ = [
     "mul_float32",
     "softmax_qlinear",
     "pad_constant",
+    "pad_reflect_edge",
     "quantize_float",
+    "reduce_max",
     "requantize",
+    "slice_strided",
     "softmax_gemmlowp_lastaxis",
     "softmax_lastaxis",
     "softmax_masked_lastaxis",
+    "tile",
     "transpose",
 ]

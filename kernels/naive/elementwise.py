@@ -78,6 +78,22 @@ def add(
     return out, saturated
 
 
+def _rescale_product(product, multiplier, shift, scale, rounding, multiplier_bits):
+    """A product of two centered codes requantized without clipping it to int32 first: exact Python
+    integers, each rounding written out (half up, then half away from zero, under DOUBLE)."""
+    if rounding not in (DOUBLE, SINGLE):
+        return int(rescale_scalar(product, multiplier, shift, scale, rounding, multiplier_bits))
+    if INT32_MIN <= product <= INT32_MAX or (rounding == DOUBLE and shift > 0):
+        return int(rescale_scalar(saturate(product, 32), multiplier, shift, scale, rounding, multiplier_bits))
+    if rounding == SINGLE:
+        exact = Fraction(product * int(multiplier), 2 ** (multiplier_bits - int(shift)))
+        return int(saturate(math.floor(exact + Fraction(1, 2)), 32))
+    high = math.floor(Fraction(product * int(multiplier), 2**multiplier_bits) + Fraction(1, 2))
+    quotient = Fraction(high, 2 ** -int(shift))
+    rounded = math.floor(abs(quotient) + Fraction(1, 2))
+    return int(saturate(-rounded if quotient < 0 else rounded, 32))
+
+
 def mul(
     a, a_zero_point, b, b_zero_point, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
     out_zero_point, clamp_min, clamp_max, out_dtype,
@@ -86,8 +102,7 @@ def mul(
     saturated = 0
     for index in np.ndindex(a.shape):
         product = (int(a[index]) - int(a_zero_point)) * (int(b[index]) - int(b_zero_point))
-        acc = saturate(product, 32)
-        rescaled = int(rescale_scalar(acc, out_multiplier, out_shift, out_scale, rounding, multiplier_bits))
+        rescaled = _rescale_product(product, out_multiplier, out_shift, out_scale, rounding, multiplier_bits)
         out[index], outside = _clamp(rescaled + int(out_zero_point), clamp_min, clamp_max)
         saturated += outside
     return out, saturated

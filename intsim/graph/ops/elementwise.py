@@ -275,10 +275,7 @@ class Mean(Op):
 
     def infer(self, node, inputs, graph):
         x = inputs[0]
-        axes = axes_attr(node, len(x.shape))
-        if node.attrs.get("keepdims", False):
-            return [tuple(1 if i in axes else d for i, d in enumerate(x.shape))]
-        return [tuple(d for i, d in enumerate(x.shape) if i not in axes)]
+        return [reduced_shape(x.shape, axes_attr(node, len(x.shape)), node.attrs.get("keepdims", False))]
 
     def prepare(self, node, graph):
         x, out = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
@@ -294,22 +291,27 @@ class Mean(Op):
 
     def run(self, plan, inputs, kernels):
         x = inputs[0]
-        axes = plan["axes"]
-        reduced = math.prod(x.shape[a] for a in axes)  # explicit, not -1: an empty batch reshapes too
-        if axes == list(range(axes[0], axes[-1] + 1)):
-            outer = math.prod(x.shape[: axes[0]])
-            inner = math.prod(x.shape[axes[-1] + 1 :])
-            x3 = np.ascontiguousarray(x).reshape(outer, reduced, inner)
-        else:
-            kept = [i for i in range(x.ndim) if i not in axes]
-            x3 = np.ascontiguousarray(np.transpose(x, kept + axes)).reshape(math.prod(x.shape[i] for i in kept),
-                                                                             reduced, 1)
-        out, sat = kernels.mean_reduce(x3, *plan["args"])
-        if plan["keepdims"]:
-            shape = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
-        else:
-            shape = tuple(d for i, d in enumerate(x.shape) if i not in axes)
-        return [out.reshape(shape)], {"saturation_count": sat}
+        out, sat = kernels.mean_reduce(reduction_view(x, plan["axes"]), *plan["args"])
+        return [out.reshape(reduced_shape(x.shape, plan["axes"], plan["keepdims"]))], {"saturation_count": sat}
+
+
+def reduction_view(x: np.ndarray, axes: list) -> np.ndarray:
+    """``x`` as [outer, reduced, inner] with the (sorted) ``axes`` in the middle: a view when they are
+    adjacent, else a transposed copy with inner 1."""
+    reduced = math.prod(x.shape[a] for a in axes)  # explicit, not -1: an empty batch reshapes too
+    if axes == list(range(axes[0], axes[-1] + 1)):
+        outer = math.prod(x.shape[: axes[0]])
+        inner = math.prod(x.shape[axes[-1] + 1 :])
+        return np.ascontiguousarray(x).reshape(outer, reduced, inner)
+    kept = [i for i in range(x.ndim) if i not in axes]
+    return np.ascontiguousarray(np.transpose(x, kept + axes)).reshape(math.prod(x.shape[i] for i in kept), reduced, 1)
+
+
+def reduced_shape(shape, axes, keepdims: bool) -> tuple:
+    """``shape`` reduced over ``axes``: each a 1 with ``keepdims``, else dropped."""
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
 # --------------------------------------------------------------------------

