@@ -29,6 +29,9 @@ import numpy as np
 
 from intsim.codes import OVERFLOW_POLICIES, code_range, storage_dtype
 from intsim.errors import ValidationError
+
+# Summation orders of the float32 Conv / Gemm / MatMul islands (intsim.kernels.mlas_sgemm).
+FLOAT_ISLAND_ORDERS = ("exact", "mlas")
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
 
 
@@ -67,6 +70,12 @@ class Profile:
         Model x86 ``vpmaddubsw``: the products of each consecutive pair along
         the reduction axis are summed into a saturating int16 before being
         added to the accumulator (onnxruntime's u8s8 kernels on AVX2 without VNNI).
+    float_island_order : str
+        Summation order of the float32 Conv / Gemm / MatMul islands of a QDQ
+        model (ops ``conv2d_float32``, ``gemm_float32``, ``matmul_float32``), one
+        of :data:`FLOAT_ISLAND_ORDERS`: ``"exact"`` (exact products summed in
+        float64, rounded once) or ``"mlas"`` (onnxruntime's MLAS kernels on
+        x86-64, see :mod:`intsim.kernels.mlas_sgemm`).
     """
 
     name: str
@@ -86,6 +95,7 @@ class Profile:
     accumulator_bits: int = 32
     overflow: str = "wrap"
     pairwise_int16: bool = False
+    float_island_order: str = "exact"
 
     def __post_init__(self):
         where = f"profile {self.name!r}"
@@ -112,6 +122,9 @@ class Profile:
             )
         if self.power_of_two_scales and self.rounding not in INTEGER_ROUNDING_MODES:
             raise ValidationError(f"{where}: power_of_two_scales needs an integer rounding mode, found {self.rounding!r}")
+        if self.float_island_order not in FLOAT_ISLAND_ORDERS:
+            raise ValidationError(f"{where}: float_island_order must be one of {', '.join(FLOAT_ISLAND_ORDERS)}, "
+                                  f"found {self.float_island_order!r}")
         if self.pairwise_int16 and (self.weight_bits > 8 or self.activation_bits > 8):
             raise ValidationError(
                 f"{where}: pairwise_int16 models 8-bit x 8-bit products, found weight_bits={self.weight_bits}, "
