@@ -128,3 +128,18 @@ def test_mlas_dot_equals_its_naive_twin(path):
             assert np.float32(fast).tobytes() == np.float32(naive).tobytes(), (path, depth, m, rows)
     assert path != EXACT or mlas_dot(a, b, EXACT, 300, 0, 1, 0, 1, c) == np.float32(
         np.float32(np.dot(a.astype(np.float64), b.astype(np.float64))) + c)
+
+
+def test_naive_fma_rounds_once_at_a_float32_midpoint():
+    from intsim.kernels.naive.onnxruntime_ops import fma_float32 as exact_fma
+    from intsim.kernels.onnxruntime_ops import fma_float32 as llvm_fma
+
+    # (1 + 2^-23) 2^-12 x (1 - 2^-23) 2^-12 = 2^-24 - 2^-70; plus 1 + 2^-23 the float64 sum is the float32
+    # midpoint 1 + 3 2^-24, which ties to even upwards; the exact sum lies below it.
+    x, y, z = np.float32((1 + 2**-23) * 2**-12), np.float32((1 - 2**-23) * 2**-12), np.float32(1 + 2**-23)
+    assert naive_mlas.fma_float32(x, y, z) == exact_fma(x, y, z) == llvm_fma(x, y, z) == z
+    assert np.float32(float(x) * float(y) + float(z)) != z  # rounding twice is wrong here
+    rng = np.random.default_rng(4)
+    for _ in range(2000):
+        x, y, z = (np.float32(v) for v in rng.standard_normal(3) * np.exp2(rng.integers(-30, 30, 3)))
+        assert naive_mlas.fma_float32(x, y, z) == exact_fma(x, y, z)

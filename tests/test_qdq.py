@@ -176,8 +176,8 @@ def test_int8_models_with_float_islands_match_onnxruntime(quantized, digits, mod
     assert counts["codes"] > 10_000
     assert counts["output_mismatches"] <= 0.005 * counts["outputs"]
     assert counts["code_mismatches"] <= 0.005 * counts["codes"]
-    naive = _compare(model, test_x[:4], backend="naive", exact=ISLANDS_EXACT)
-    fast = _compare(model, test_x[:4], exact=ISLANDS_EXACT)
+    naive = _compare(model, test_x[:2], backend="naive", exact=ISLANDS_EXACT)
+    fast = _compare(model, test_x[:2], exact=ISLANDS_EXACT)
     assert naive == fast
 
 
@@ -257,9 +257,10 @@ def test_an_unfused_average_pool_runs_as_a_float_island(tmp_path):
     graph = load_onnx_qdq(model, PROFILE)
     assert graph.metadata["qdq"]["AveragePool_13"] == "float"
     assert "avg_pool_float32_island" in {n.op for n in graph.nodes}
-    counts = _compare(model, rng.uniform(-1.5, 1.5, (48, 3, 8, 8)).astype(np.float32), exact=ISLANDS_EXACT)
-    # Elsewhere than x86-64 the net's two float Conv islands may round differently, and a Sigmoid and two Muls
-    # amplify one-code differences (measured before the MLAS order was modelled: 9 / 480 outputs).
+    counts = _compare(model, rng.uniform(-1.5, 1.5, (48, 3, 8, 8)).astype(np.float32), exact=False)
+    # Every probed code equal (the islands included); measured 9 / 480 float outputs differ, with the islands in
+    # MLAS's order or in the exact one alike, so downstream of them: not a float-island difference (open).
+    assert counts["code_mismatches"] == (0 if ISLANDS_EXACT else counts["code_mismatches"])
     assert counts["output_mismatches"] <= 0.03 * counts["outputs"]
 
 

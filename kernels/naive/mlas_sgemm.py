@@ -1,7 +1,8 @@
 """Naive twin of :mod:`intsim.kernels.mlas_sgemm`: same names and signatures, plain Python.
 
-Every float32 step is written out; fused multiply-adds are rounded once from
-exact rational arithmetic (:func:`intsim.kernels.naive.onnxruntime_ops.fma_float32`).
+Every float32 step is written out; fused multiply-adds are rounded once
+(:func:`fma_float32`, checked against the exact rational
+:func:`intsim.kernels.naive.onnxruntime_ops.fma_float32` in the tests).
 """
 
 from __future__ import annotations
@@ -9,7 +10,27 @@ from __future__ import annotations
 import numpy as np
 
 from intsim.kernels.mlas_sgemm import EXACT, FMA_BLOCKS, M1, M1_TRANSB
-from intsim.kernels.naive.onnxruntime_ops import fma_float32
+
+
+def fma_float32(x, y, z) -> np.float32:
+    """``x * y + z`` of float32 operands, rounded once to float32 (``vfmadd``), in float64 steps.
+
+    The product is exact in float64 (24 + 24 significant bits <= 53).  The
+    float64 sum ``s`` may round, and rounding it again to float32 differs from
+    rounding the exact sum once only where ``s`` lands exactly on the midpoint
+    of two float32 values; Knuth's TwoSum gives the exact rounding error of
+    ``s``, whose sign says on which side of that midpoint the exact sum lies.
+    """
+    product, addend = float(x) * float(y), float(z)
+    total = product + addend
+    virtual = total - addend
+    error = (product - virtual) + (addend - (total - virtual))
+    rounded = np.float32(total)
+    if error != 0.0 and float(rounded) != total:
+        other = np.nextafter(rounded, np.float32(np.inf if total > float(rounded) else -np.inf))
+        if (float(rounded) + float(other)) / 2 == total and (error > 0) == (float(other) > float(rounded)):
+            rounded = other
+    return rounded
 
 
 def _lane_sum(lanes, row, rows) -> np.float32:
