@@ -8,7 +8,8 @@ intermediate ones included (added as graph outputs), must equal intsim's bit
 for bit.  Where it leaves float convolutions and GEMMs (int8 activations read
 twice on x86, 16-bit activations, 4-bit weights), the ``onnxruntime`` profile
 sums them in MLAS's float32 order (``intsim.kernels.mlas_sgemm``), so on x86-64
-those are bit-exact too; elsewhere they are counted and bounded.  Every test runs in a few seconds; ``pytest tests/test_qdq.py -m slow``
+those are bit-exact too; elsewhere they are counted and bounded.  Every test runs in a few seconds;
+``pytest tests/test_qdq.py -m slow``
 adds the fashion models.
 """
 
@@ -531,9 +532,9 @@ def _qdq_conv_island_model(cin, cout, kernel, groups, strides, pads, size, rng, 
     nodes = [helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"]),
              helper.make_node("DequantizeLinear", ["b", "bs", "bz"], ["bd"])]
     out = (size + 2 * pads - kernel) // strides + 1
-    return _qdq_single_op_model("Conv", ["n", cin, size, size], ["n", cout, out, out], np.int16, inits, nodes, ["xd", "wd", "bd"],
-                                x_scale=1e-4, y_scale=y_scale, group=groups, strides=[strides, strides], pads=[pads] * 4,
-                                kernel_shape=[kernel, kernel])
+    return _qdq_single_op_model("Conv", ["n", cin, size, size], ["n", cout, out, out], np.int16, inits, nodes,
+                                ["xd", "wd", "bd"], x_scale=1e-4, y_scale=y_scale, group=groups,
+                                strides=[strides, strides], pads=[pads] * 4, kernel_shape=[kernel, kernel])
 
 
 @pytest.mark.parametrize("cin, cout, kernel, groups, strides, pads, size", [
