@@ -631,9 +631,10 @@ def test_float_island_kernels_equal_their_naive_twins():
         args = (x, int(rng.integers(-5, 5)), np.float32(rng.uniform(0.01, 0.1)), weight, bias,
                 (1, int(rng.integers(1, 3))), (int(rng.integers(1, 3)), 1), (1, 0, 1, 1), groups,
                 np.float32(rng.uniform(0.005, 0.05)), int(rng.integers(-10, 10)), -128, 127, np.int8)
-        fast, naive_out = kernels.conv2d_float32_nhwc(*args), naive.conv2d_float32_nhwc(*args)
-        np.testing.assert_array_equal(fast[0], naive_out[0], strict=True)
-        assert fast[1] == naive_out[1]
+        for order in ("exact", "mlas"):
+            fast, naive_out = kernels.conv2d_float32_nhwc(*args, order), naive.conv2d_float32_nhwc(*args, order)
+            np.testing.assert_array_equal(fast[0], naive_out[0], strict=True)
+            assert fast[1] == naive_out[1]
         a, b = (rng.integers(0, 256, (3, 5)).astype(np.uint8) for _ in range(2))
         add_args = (a, 3, np.float32(0.05), b, 250, np.float32(0.02), np.float32(0.04), 7, 0, 255, np.uint8)
         fast, naive_out = kernels.add_float32(*add_args), naive.add_float32(*add_args)
@@ -653,9 +654,11 @@ def test_gemm_and_global_pool_islands_equal_their_naive_twins():
             bias = rng.normal(0, 0.5, weight.shape[1]).astype(np.float32)
             args = (a, int(rng.integers(lo, hi + 1)), np.float32(rng.uniform(1e-4, 1e-2)), weight, bias,
                     np.float32(rng.uniform(1e-4, 1e-2)), int(rng.integers(lo, hi + 1)), lo, hi, codes)
-            fast, slow = kernels.gemm_float32(*args), naive.gemm_float32(*args)
-            np.testing.assert_array_equal(fast[0], slow[0], strict=True)
-            assert fast[1] == slow[1]
+            for order, trans_b in (("exact", True), ("mlas", True), ("mlas", False)):
+                fast = kernels.gemm_float32(*args, order, trans_b)
+                slow = naive.gemm_float32(*args, order, trans_b)
+                np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+                assert fast[1] == slow[1]
             x = rng.integers(lo, hi + 1, (2, int(rng.integers(1, 8)), int(rng.integers(1, 8)), 3)).astype(codes)
             args = (x, int(rng.integers(lo, hi + 1)), np.float32(rng.uniform(1e-4, 1e-2)),
                     np.float32(rng.uniform(1e-5, 1e-3)), int(rng.integers(lo, hi + 1)), lo, hi, codes)
