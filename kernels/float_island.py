@@ -13,6 +13,7 @@ import numpy as np
 
 from intsim.fixedpoint import FLOAT32_RINT, saturating_round_float
 from intsim.jit import jit
+from intsim.kernels.mlas_sgemm import conv_sgemm_path, mlas_dot, sgemm_path
 
 
 @jit
@@ -63,47 +64,52 @@ def add_float32(a, a_zero_point, a_scale, b, b_zero_point, b_scale, y_scale, y_z
 
 
 @jit
-def _conv2d_float32_core(x, x_zero_point, x_scale, weight, bias, sh, sw, dh, dw, top, left, groups, y_scale,
-                         y_zero_point, clamp_min, clamp_max, out):
+def _conv2d_float32_core(x, x_zero_point, x_scale, weight_rows, bias, kernel_h, kernel_w, sh, sw, dh, dw, top, left,
+                         groups, path, stride_k, y_scale, y_zero_point, clamp_min, clamp_max, out):
     n_batch, height, width, _ = x.shape
-    cout, kernel_h, kernel_w, cin_g = weight.shape
+    cout, depth = weight_rows.shape
+    cin_g = depth // (kernel_h * kernel_w)
     cout_g = cout // groups
     out_h, out_w = out.shape[1], out.shape[2]
+    column = np.empty(depth, np.float32)
     saturated = 0
     for n in range(n_batch):
         for oh in range(out_h):
             for ow in range(out_w):
-                for o in range(cout):
-                    c0 = (o // cout_g) * cin_g
-                    total = np.float64(0.0)
-                    for kh in range(kernel_h):
-                        h = oh * sh - top + kh * dh
-                        if h < 0 or h >= height:
-                            continue
-                        for kw in range(kernel_w):
-                            w = ow * sw - left + kw * dw
-                            if w < 0 or w >= width:
-                                continue
-                            for c in range(cin_g):
-                                real = np.float32(np.float32(np.int64(x[n, h, w, c0 + c]) - x_zero_point) * x_scale)
-                                total += np.float64(real) * np.float64(weight[o, kh, kw, c])
-                    value = np.float32(np.float32(total) + bias[o])
-                    out[n, oh, ow, o], clipped = _quantize_float32(value, y_scale, y_zero_point, clamp_min,
-                                                                   clamp_max)
-                    saturated += clipped
+                for g in range(groups):
+                    k = 0
+                    for c in range(cin_g):
+                        for kh in range(kernel_h):
+                            h = oh * sh - top + kh * dh
+                            for kw in range(kernel_w):
+                                w = ow * sw - left + kw * dw
+                                column[k] = np.float32(0.0)
+                                if 0 <= h < height and 0 <= w < width:
+                                    column[k] = np.float32(
+                                        np.float32(np.int64(x[n, h, w, g * cin_g + c]) - x_zero_point) * x_scale)
+                                k += 1
+                    for j in range(cout_g):
+                        o = g * cout_g + j
+                        total = mlas_dot(weight_rows[o], column, path, stride_k, j, cout_g, oh * out_w + ow,
+                                         out_h * out_w, np.float32(0.0))
+                        out[n, oh, ow, o], clipped = _quantize_float32(np.float32(total + bias[o]), y_scale,
+                                                                       y_zero_point, clamp_min, clamp_max)
+                        saturated += clipped
     return saturated
 
 
 def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilations, pads, groups, y_scale,
-                        y_zero_point, clamp_min, clamp_max, out_dtype):
+                        y_zero_point, clamp_min, clamp_max, out_dtype, order="exact"):
     """A float ``Conv`` between DQs and a Q (NHWC codes in and out, dequantized float32 OHWI weights).
 
-    onnxruntime runs it with MLAS's float32 kernels, whose summation order
-    (blocked, fused multiply-adds) is not modelled: the products of the
-    dequantized float32 input and weight (exact in float64) are summed in
-    float64 in ``(kh, kw, c)`` order, rounded once to float32, the float32 bias
-    added, and the sum quantized.  A code differs from onnxruntime's only where
-    the two float32 sums straddle a rounding boundary of the quantization.
+    The float32 DQ values (0.0 in the padding) and weights are multiplied and
+    summed as one GEMM output (``K`` in channel, kernel row, kernel column
+    order) in the summation order ``order`` names, the float32 bias added, and
+    the sum quantized.  ``order="mlas"`` is onnxruntime's (``MlasConv``, see
+    :mod:`intsim.kernels.mlas_sgemm`): bit-exact on x86-64 with AVX-512 for a
+    batch of several images or a grouped convolution.  ``order="exact"`` sums
+    the exact products in float64 and rounds once, so a code can differ from
+    onnxruntime's where the two float32 sums straddle a rounding boundary.
 
     Parameters
     ----------
@@ -117,6 +123,7 @@ def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilatio
     groups : int
     clamp_min, clamp_max : int
     out_dtype : numpy dtype
+    order : ``"exact"`` or ``"mlas"`` (a profile's ``float_island_order``)
 
     Returns
     -------
@@ -128,40 +135,45 @@ def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilatio
     cout, kernel_h, kernel_w, _ = weight.shape
     out_h = (height + top + bottom - dh * (kernel_h - 1) - 1) // sh + 1
     out_w = (width + left + right - dw * (kernel_w - 1) - 1) // sw + 1
+    path, stride_k = conv_sgemm_path(order, (height, width), weight.shape, strides, dilations, pads, groups,
+                                     (out_h, out_w))
+    weight_rows = np.ascontiguousarray(weight.transpose(0, 3, 1, 2).reshape(cout, -1))
     out = np.empty((x.shape[0], out_h, out_w, cout), out_dtype)
-    saturated = _conv2d_float32_core(x, int(x_zero_point), np.float32(x_scale), weight, bias, sh, sw, dh, dw, top,
-                                     left, int(groups), np.float32(y_scale), int(y_zero_point), int(clamp_min),
-                                     int(clamp_max), out)
+    saturated = _conv2d_float32_core(x, int(x_zero_point), np.float32(x_scale), weight_rows, bias, kernel_h, kernel_w,
+                                     sh, sw, dh, dw, top, left, int(groups), path, stride_k, np.float32(y_scale),
+                                     int(y_zero_point), int(clamp_min), int(clamp_max), out)
     return out, int(saturated)
 
 
 @jit
-def _gemm_float32_core(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out):
+def _gemm_float32_core(a, a_zero_point, a_scale, weight_columns, bias, path, stride_k, y_scale, y_zero_point,
+                       clamp_min, clamp_max, out):
     rows, depth = a.shape
-    columns = weight.shape[1]
+    columns = weight_columns.shape[0]
+    row = np.empty(depth, np.float32)
     saturated = 0
     for m in range(rows):
+        for k in range(depth):
+            row[k] = np.float32(np.float32(np.int64(a[m, k]) - a_zero_point) * a_scale)
         for n in range(columns):
-            total = np.float64(0.0)
-            for k in range(depth):
-                real = np.float32(np.float32(np.int64(a[m, k]) - a_zero_point) * a_scale)
-                total += np.float64(real) * np.float64(weight[k, n])
-            value = np.float32(np.float32(total) + bias[n])
+            value = mlas_dot(row, weight_columns[n], path, stride_k, m, rows, n, columns, bias[n])
             out[m, n], clipped = _quantize_float32(value, y_scale, y_zero_point, clamp_min, clamp_max)
             saturated += clipped
     return saturated
 
 
-def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype,
+                 order="exact", trans_b=True):
     """A float ``Gemm`` or ``MatMul`` between DQs and a Q: ``Q(DQ(a) @ weight + bias)``.
 
-    onnxruntime runs it with ``MlasGemm`` (float32, blocked, fused
-    multiply-adds), whose summation order is not modelled, as for
-    :func:`conv2d_float32_nhwc`: the float32 products (exact in float64) are
-    summed in float64 in ``k`` order, rounded once to float32, then the float32
-    bias is added (MLAS adds ``C`` after the dot product when ``beta`` is 1) and
-    the sum quantized.  A code differs from onnxruntime's only where the two
-    float32 sums straddle a rounding boundary of the quantization.
+    The float32 DQ values and weights are multiplied and summed with the bias
+    as ``C`` in the summation order ``order`` names.  ``order="mlas"`` is
+    ``MlasGemm``'s (see :mod:`intsim.kernels.mlas_sgemm`; the bias enters as
+    the GEMM's ``C``, as onnxruntime's ``Gemm`` passes it with ``beta = 1``):
+    ``trans_b`` says whether onnxruntime reads ``B`` transposed (a ``Gemm``
+    with ``transB = 1``) or not (``MatMul``), which picks its kernel for one
+    row.  ``order="exact"``: the exact products summed in float64, rounded
+    once, then the bias added in float32.
 
     Parameters
     ----------
@@ -172,15 +184,21 @@ def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, 
     bias : float32 array [N] (zeros for a MatMul)
     clamp_min, clamp_max : int
     out_dtype : numpy dtype
+    order : ``"exact"`` or ``"mlas"`` (a profile's ``float_island_order``)
+    trans_b : bool
 
     Returns
     -------
     out : array [M, N] of ``out_dtype``
     saturation_count : int
     """
-    out = np.empty((a.shape[0], weight.shape[1]), out_dtype)
-    saturated = _gemm_float32_core(a, int(a_zero_point), np.float32(a_scale), weight, bias, np.float32(y_scale),
-                                   int(y_zero_point), int(clamp_min), int(clamp_max), out)
+    rows, depth = a.shape
+    columns = weight.shape[1]
+    path, stride_k = sgemm_path(order, rows, columns, depth, trans_b, depth if trans_b else columns)
+    out = np.empty((rows, columns), out_dtype)
+    saturated = _gemm_float32_core(a, int(a_zero_point), np.float32(a_scale), np.ascontiguousarray(weight.T), bias,
+                                   path, stride_k, np.float32(y_scale), int(y_zero_point), int(clamp_min),
+                                   int(clamp_max), out)
     return out, int(saturated)
 
 

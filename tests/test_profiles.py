@@ -94,3 +94,11 @@ def test_toml_errors(tmp_path):
         get_profile("tpu")
     with pytest.raises(ValidationError, match="profile must be a name"):
         get_profile(42)
+
+
+def test_float_island_order_is_validated_and_set_for_onnxruntime():
+    with pytest.raises(ValidationError, match="float_island_order must be one of exact, mlas, found 'fast'"):
+        Profile(name="chip", float_island_order="fast")
+    assert get_profile("onnxruntime").float_island_order == "mlas"
+    assert get_profile("onnxruntime_avx2").float_island_order == "mlas"
+    assert get_profile("tflite").float_island_order == "exact"

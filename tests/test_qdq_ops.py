@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pytest
 
@@ -82,7 +84,7 @@ def _matmul_model(elem, np_dtype, zp, shape_a, shape_b):
                                                        (TensorProto.UINT16, np.uint16, 40000, False)])
 @pytest.mark.parametrize("shape_a, shape_b", [([4, 16], [16, 8]), ([2, 3, 5, 24], [2, 3, 24, 6])])
 def test_qdq_matmul_of_two_activations(tmp_path, elem, np_dtype, zp, fused, shape_a, shape_b):
-    # uint8: QLinearMatMul (exact).  16-bit: no QLinear kernel, a float island summed by MLAS (order not modelled).
+    # uint8: QLinearMatMul (exact).  16-bit: no QLinear kernel, a float island summed in MLAS's order.
     model = _matmul_model(elem, np_dtype, zp, shape_a, shape_b)
     rng = np.random.default_rng(len(shape_a) + abs(zp))
     a = rng.uniform(-1, 1, shape_a).astype(np.float32)
@@ -92,10 +94,10 @@ def test_qdq_matmul_of_two_activations(tmp_path, elem, np_dtype, zp, fused, shap
     ours = intsim.load(model)
     assert ours.graph.metadata["qdq"]["mm"] == ("fused:QLinearMatMul" if fused else "float")
     ran = ours.run(a, b)
-    if fused:
+    if fused or platform.machine() in ("x86_64", "AMD64"):  # 16-bit: MLAS's float32 order, modelled on x86-64
         np.testing.assert_array_equal(ran, theirs, strict=True)
     else:
-        assert np.count_nonzero(ran != theirs) <= 0.01 * ran.size  # measured: 0
+        assert np.count_nonzero(ran != theirs) <= 0.01 * ran.size
         assert np.abs(ran - theirs).max() <= 0.05  # one code of the output
     written = ours.to_onnx_qdq(tmp_path / "back.onnx")
     assert set(written.inexact) == (set() if fused else {"mm"})

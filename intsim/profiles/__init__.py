@@ -30,6 +30,9 @@ import numpy as np
 
 from intsim.codes import OVERFLOW_POLICIES, code_range, storage_dtype
 from intsim.errors import ValidationError
+
+# Summation orders of the float32 Conv / Gemm / MatMul islands (intsim.kernels.mlas_sgemm).
+FLOAT_ISLAND_ORDERS = ("exact", "mlas")
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
 
 LAYERNORM_MODES = ("integer", "int16", "none")  # how a chip normalizes layers (intsim.converter.lower_sequence)
@@ -79,6 +82,12 @@ class Profile:
         ``activation_bits``), ``"int16"`` (the same with 16-bit inputs) or
         ``"none"`` (a LayerNormalization does not convert; see
         :mod:`intsim.converter.lower_sequence`).
+    float_island_order : str
+        Summation order of the float32 Conv / Gemm / MatMul islands of a QDQ
+        model (ops ``conv2d_float32``, ``gemm_float32``, ``matmul_float32``), one
+        of :data:`FLOAT_ISLAND_ORDERS`: ``"exact"`` (exact products summed in
+        float64, rounded once) or ``"mlas"`` (onnxruntime's MLAS kernels on
+        x86-64, see :mod:`intsim.kernels.mlas_sgemm`).
     """
 
     name: str
@@ -100,6 +109,7 @@ class Profile:
     pairwise_int16: bool = False
     supported_formats: tuple = ()
     layernorm: str = "integer"
+    float_island_order: str = "exact"
 
     def __post_init__(self):
         where = f"profile {self.name!r}"
@@ -131,6 +141,9 @@ class Profile:
             raise ValidationError(f"{where}: layernorm must be one of {', '.join(LAYERNORM_MODES)}, found {self.layernorm!r}")
         if self.power_of_two_scales and self.rounding not in INTEGER_ROUNDING_MODES:
             raise ValidationError(f"{where}: power_of_two_scales needs an integer rounding mode, found {self.rounding!r}")
+        if self.float_island_order not in FLOAT_ISLAND_ORDERS:
+            raise ValidationError(f"{where}: float_island_order must be one of {', '.join(FLOAT_ISLAND_ORDERS)}, "
+                                  f"found {self.float_island_order!r}")
         if self.pairwise_int16 and (self.weight_bits > 8 or self.activation_bits > 8):
             raise ValidationError(
                 f"{where}: pairwise_int16 models 8-bit x 8-bit products, found weight_bits={self.weight_bits}, "

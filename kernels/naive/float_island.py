@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from intsim.fixedpoint import FLOAT32_RINT, saturating_round_float
+from intsim.kernels.mlas_sgemm import conv_sgemm_path, sgemm_path
+from intsim.kernels.naive.mlas_sgemm import mlas_dot
 
 
 def _dequantize(code, zero_point, scale) -> np.float32:
@@ -30,37 +32,45 @@ def add_float32(a, a_zero_point, a_scale, b, b_zero_point, b_scale, y_scale, y_z
 
 
 def conv2d_float32_nhwc(x, x_zero_point, x_scale, weight, bias, strides, dilations, pads, groups, y_scale,
-                        y_zero_point, clamp_min, clamp_max, out_dtype):
+                        y_zero_point, clamp_min, clamp_max, out_dtype, order="exact"):
     (sh, sw), (dh, dw), (top, left, bottom, right) = strides, dilations, pads
     n_batch, height, width, _ = x.shape
     cout, kernel_h, kernel_w, cin_g = weight.shape
+    cout_g = cout // groups
     out_h = (height + top + bottom - dh * (kernel_h - 1) - 1) // sh + 1
     out_w = (width + left + right - dw * (kernel_w - 1) - 1) // sw + 1
+    path, stride_k = conv_sgemm_path(order, (height, width), weight.shape, strides, dilations, pads, groups,
+                                     (out_h, out_w))
     out = np.empty((n_batch, out_h, out_w, cout), out_dtype)
     saturated = 0
     for n, oh, ow, o in np.ndindex(out.shape):
-        first_channel = (o // (cout // groups)) * cin_g
-        total = 0.0  # a Python float: float64
-        for kh, kw, c in np.ndindex(kernel_h, kernel_w, cin_g):
+        group = o // cout_g
+        column, filter_row = [], []  # the im2col patch and the filter row, in (channel, kernel row, column) order
+        for c, kh, kw in np.ndindex(cin_g, kernel_h, kernel_w):
             h, w = oh * sh - top + kh * dh, ow * sw - left + kw * dw
-            if 0 <= h < height and 0 <= w < width:
-                total += float(_dequantize(x[n, h, w, first_channel + c], x_zero_point, x_scale)) * float(
-                    weight[o, kh, kw, c])
-        value = np.float32(np.float32(total) + np.float32(bias[o]))
-        out[n, oh, ow, o], clipped = _quantize(value, y_scale, y_zero_point, clamp_min, clamp_max)
+            inside = 0 <= h < height and 0 <= w < width
+            column.append(_dequantize(x[n, h, w, group * cin_g + c], x_zero_point, x_scale) if inside
+                          else np.float32(0.0))
+            filter_row.append(np.float32(weight[o, kh, kw, c]))
+        total = mlas_dot(filter_row, column, path, stride_k, o % cout_g, cout_g, oh * out_w + ow, out_h * out_w,
+                         np.float32(0.0))
+        out[n, oh, ow, o], clipped = _quantize(np.float32(total + np.float32(bias[o])), y_scale, y_zero_point,
+                                               clamp_min, clamp_max)
         saturated += clipped
     return out, saturated
 
 
-def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype):
+def gemm_float32(a, a_zero_point, a_scale, weight, bias, y_scale, y_zero_point, clamp_min, clamp_max, out_dtype,
+                 order="exact", trans_b=True):
     rows, depth = a.shape
-    out = np.empty((rows, weight.shape[1]), out_dtype)
+    columns = weight.shape[1]
+    path, stride_k = sgemm_path(order, rows, columns, depth, trans_b, depth if trans_b else columns)
+    out = np.empty((rows, columns), out_dtype)
     saturated = 0
     for m, n in np.ndindex(out.shape):
-        total = 0.0  # a Python float: float64
-        for k in range(depth):
-            total += float(_dequantize(a[m, k], a_zero_point, a_scale)) * float(weight[k, n])
-        value = np.float32(np.float32(total) + np.float32(bias[n]))
+        row = [_dequantize(a[m, k], a_zero_point, a_scale) for k in range(depth)]
+        value = mlas_dot(row, [np.float32(weight[k, n]) for k in range(depth)], path, stride_k, m, rows, n, columns,
+                         np.float32(bias[n]))
         out[m, n], clipped = _quantize(value, y_scale, y_zero_point, clamp_min, clamp_max)
         saturated += clipped
     return out, saturated

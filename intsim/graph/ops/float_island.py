@@ -78,8 +78,9 @@ class Conv2DFloat32(Op):
 
     Parameters ``weight`` (float32 [O, KH, KW, C / groups]), ``bias`` (float32
     [O]), ``x_scale`` and ``y_scale`` (float32, shape (1,)); attributes as for
-    ``conv2d``.  Not bit-exact against onnxruntime: its float32 summation
-    order is MLAS's (see :func:`intsim.kernels.conv2d_float32_nhwc`).
+    ``conv2d``.  The float32 summation order is the profile's
+    ``float_island_order`` (MLAS's under ``onnxruntime``; see
+    :func:`intsim.kernels.conv2d_float32_nhwc`).
     """
 
     def check(self, node, graph):
@@ -113,7 +114,8 @@ class Conv2DFloat32(Op):
                          np.ascontiguousarray(node.params["weight"]), np.ascontiguousarray(node.params["bias"]),
                          tuple(node.attrs.get("strides", (1, 1))), tuple(node.attrs.get("dilations", (1, 1))),
                          tuple(node.attrs.get("pads", (0, 0, 0, 0))), int(node.attrs.get("groups", 1)),
-                         np.float32(node.params["y_scale"][0]), out.zero_point, lo, hi, out.np_dtype)}
+                         np.float32(node.params["y_scale"][0]), out.zero_point, lo, hi, out.np_dtype,
+                         graph.profile.float_island_order)}
 
     def run(self, plan, inputs, kernels):
         out, sat = kernels.conv2d_float32_nhwc(np.ascontiguousarray(inputs[0]), *plan["args"])
@@ -126,8 +128,9 @@ class GemmFloat32(Op):
 
     Parameters ``weight`` (dequantized float32 [K, N]), ``bias`` (float32 [N]:
     the Gemm's ``beta C``, zeros for a MatMul), ``a_scale`` and ``y_scale``
-    (float32, shape (1,)).  Not bit-exact against onnxruntime: its float32
-    summation order is MLAS's (see :func:`intsim.kernels.gemm_float32`).
+    (float32, shape (1,)).  The float32 summation order is the profile's
+    ``float_island_order`` (MLAS's ``Gemm`` with ``transB = 1`` under
+    ``onnxruntime``; see :func:`intsim.kernels.gemm_float32`).
     """
 
     def check(self, node, graph):
@@ -150,7 +153,8 @@ class GemmFloat32(Op):
         lo, hi = clamp_bounds(node, out)
         return {"args": (a.zero_point, np.float32(node.params["a_scale"][0]),
                          np.ascontiguousarray(node.params["weight"]), np.ascontiguousarray(node.params["bias"]),
-                         np.float32(node.params["y_scale"][0]), out.zero_point, lo, hi, out.np_dtype)}
+                         np.float32(node.params["y_scale"][0]), out.zero_point, lo, hi, out.np_dtype,
+                         graph.profile.float_island_order, True)}
 
     def run(self, plan, inputs, kernels):
         a = inputs[0]
@@ -165,8 +169,8 @@ class MatMulFloat32(Op):
 
     Parameters ``a_scale``, ``b_scale``, ``y_scale`` (float32, shape (1,)).  Each batch's ``DQ(b)`` is
     formed in float32 (:func:`intsim.kernels.dequantize_codes`) and multiplied as
-    :func:`intsim.kernels.gemm_float32` does: not bit-exact against onnxruntime, whose float32
-    summation order is MLAS's.
+    :func:`intsim.kernels.gemm_float32` does, ``B`` not transposed (onnxruntime's ``MatMul``), in the
+    profile's ``float_island_order``.
     """
 
     def check(self, node, graph):
@@ -190,7 +194,7 @@ class MatMulFloat32(Op):
         lo, hi = clamp_bounds(node, out)
         scales = [np.float32(node.params[key][0]) for key in ("a_scale", "b_scale", "y_scale")]
         return {"a": (a.zero_point, scales[0]), "b": (scales[1], b.zero_point),
-                "out": (scales[2], out.zero_point, lo, hi, out.np_dtype)}
+                "out": (scales[2], out.zero_point, lo, hi, out.np_dtype, graph.profile.float_island_order, False)}
 
     def run(self, plan, inputs, kernels):
         a, b = inputs
@@ -204,7 +208,7 @@ class MatMulFloat32(Op):
             out, sat = kernels.gemm_float32(a2, *plan["a"], weight, zeros, *plan["out"])
             outs.append(out)
             saturated += sat
-        out = np.stack(outs) if outs else np.empty((0,) + a.shape[-2:-1] + b.shape[-1:], plan["out"][-1])
+        out = np.stack(outs) if outs else np.empty((0,) + a.shape[-2:-1] + b.shape[-1:], plan["out"][4])
         return [out.reshape(lead + out.shape[-2:])], {"saturation_count": saturated}
 
 
