@@ -7,7 +7,7 @@ Pareto front (with each point's test accuracy) and the test table to
 ``benchmarks/results/mixed_precision_<model>.md``, and the whole search to ``.json`` beside it.
 
     python benchmarks/bench_mixed_precision.py [--models resnet_fashion,mobilenet_fashion] [--search 2000]
-        [--test 10000] [--candidates w8a16,w8a8,w6a8,w4a8,w3a8] [--objective size]
+        [--test 10000] [--candidates w8a16,w8a8,w6a8,w4a8,w3a8] [--objective size] [--tag _suffix]
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def main():
     parser.add_argument("--candidates", default="w8a16,w8a8,w6a8,w4a8,w3a8")
     parser.add_argument("--objective", default="size", choices=("size", "bitops"))
     parser.add_argument("--max-drop", type=float, default=0.005)
+    parser.add_argument("--tag", default="", help="suffix of the result files' names")
     args = parser.parse_args()
     x_train, y_train = load_dataset("fashion", "train")
     x_test, y_test = load_dataset("fashion", "test")
@@ -77,7 +78,8 @@ def main():
         rows.append(("AMP (chosen)", result.mean_weight_bits, accuracy(result.model.run, x_test, y_test)))
         lines = [f"# Mixed precision: {name}", "",
                  f"`python benchmarks/bench_mixed_precision.py --models {name} --search {args.search} "
-                 f"--test {args.test} --candidates {args.candidates} --objective {args.objective}` on "
+                 f"--test {args.test} --candidates {args.candidates} --objective {args.objective}"
+                 f"{' --tag ' + args.tag if args.tag else ''}` on "
                  f"{platform.processor() or platform.machine()} ({time.strftime('%Y-%m-%d')}); profile `paper` "
                  f"(per-channel symmetric weights, asymmetric activations), calibration: 512 training images.", "",
                  f"Search on {len(search_x)} training images (float {100 * result.float_metric:.2f}%, target "
@@ -104,8 +106,8 @@ def main():
                          f"w{lc['weight_bits']}a{lc['activation_bits']} |")
         text = "\n".join(lines) + "\n"
         print(text, flush=True)
-        (RESULTS / f"mixed_precision_{name}.md").write_text(text)
-        (RESULTS / f"mixed_precision_{name}.json").write_text(json.dumps(result.to_dict(), indent=1))
+        (RESULTS / f"mixed_precision_{name}{args.tag}.md").write_text(text)
+        (RESULTS / f"mixed_precision_{name}{args.tag}.json").write_text(json.dumps(result.to_dict(), indent=1))
 
 
 if __name__ == "__main__":
