@@ -287,8 +287,10 @@ def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: 
     _check_shape(x.shape, info, where)
     dtype, rounding = INPUT_QUANTIZATION[mode]
     lo, hi = dtype_range(info.dtype) if code_range is None else code_range
-    codes, non_finite = fast_kernels.quantize_float(x.astype(dtype, copy=False), info.scale, rounding,
-                                                    info.zero_point, lo, hi, info.np_dtype)
+    # A float32 x is divided in float64 as it is read (widening is exact): no float64 copy.
+    widened = x.dtype == np.float32 and dtype == np.float64
+    codes, non_finite = fast_kernels.quantize_float(x if widened else x.astype(dtype, copy=False), dtype(info.scale),
+                                                    rounding, info.zero_point, lo, hi, info.np_dtype)
     if non_finite:
         raise ValidationError(f"{where}: inputs must be finite, found NaN or infinity")
     return codes
