@@ -53,6 +53,7 @@ from intsim.kernels.isa import ISAS
 from intsim.kernels.mac import requantize_core, as_int64, requantized_in_registers
 from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, rint_arguments, rint_store_tile
 from intsim.jit import jit, jit_inline, jit_parallel
+from intsim.kernels.threads import run_calls
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
 # 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
@@ -391,17 +392,9 @@ def pack_depthwise(w_centred, variant, a_sub, code_dtype, x_zero_point, bias) ->
                            np.dtype(code_dtype))
 
 
-def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
-    """Output codes of a depthwise layer into ``out`` [N, OH, OW, C] from NHWC codes ``x``; returns the clamp
-    count, or ``None`` without ``count_clamps``.
-
-    ``requant`` is ``(multiplier, shift, scale, rounding, multiplier_bits,
-    out_zero_point, clamp_min, clamp_max)`` as in
-    :func:`intsim.kernels.mac.requantize`; ``chunks`` runs of output rows go to
-    the threads.  Without ``count_clamps``, ``FLOAT32_RINT`` within the 32-bit
-    lanes' bounds is requantized in the tiles' registers (compiled-in windows;
-    see :func:`intsim.kernels.gemm.conv2d_nhwc_requantized`).
-    """
+def depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
+    """``[(numba function, arguments)]`` that :func:`depthwise_run` runs (one call; it returns the clamp
+    count), for a caller that keeps ``x`` and ``out`` and repeats it."""
     multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
     key = (kernel, strides, dilations, pads, chunks, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
            count_clamps)
@@ -413,7 +406,21 @@ def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, 
              packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
              clamp_min, clamp_max, in_registers], np.int64)
     serial, threaded = CORES[packed.variant]
-    core = threaded if chunks > 1 else serial
-    count = core(x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
-                 np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out)
+    return [(threaded if chunks > 1 else serial,
+             (x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
+              np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))]
+
+
+def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
+    """Output codes of a depthwise layer into ``out`` [N, OH, OW, C] from NHWC codes ``x``; returns the clamp
+    count, or ``None`` without ``count_clamps``.
+
+    ``requant`` is ``(multiplier, shift, scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max)`` as in
+    :func:`intsim.kernels.mac.requantize`; ``chunks`` runs of output rows go to
+    the threads.  Without ``count_clamps``, ``FLOAT32_RINT`` within the 32-bit
+    lanes' bounds is requantized in the tiles' registers (compiled-in windows;
+    see :func:`intsim.kernels.gemm.conv2d_nhwc_requantized`).
+    """
+    count = run_calls(depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps))
     return int(count) if count_clamps else None

@@ -140,8 +140,8 @@ class Model:
         point (:meth:`quantize_inputs`), run :meth:`run_int`, dequantize the
         outputs to float32 as ``scale * (code - zero_point)``."""
         # The codes quantize_inputs returns have the checked shapes and the input dtypes: no second check.
-        outs = self._warn_overflow(self._run_plan().run(self.quantize_inputs(inputs)))
-        return self._pack([dequantize(o, info) for o, info in zip(outs, self.outputs)])
+        return self._pack(self._warn_overflow(self._run_plan().run(
+            self.quantize_inputs(inputs), lambda outs: [dequantize(o, info) for o, info in zip(outs, self.outputs)])))
 
     def trace(self, *inputs, float_input: bool = False) -> Trace:
         """Run and keep every intermediate tensor, accumulator and per-node statistic."""
