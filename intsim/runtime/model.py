@@ -102,6 +102,7 @@ class Model:
         self._steps = [(get_op(n.op, n.name), n, get_op(n.op, n.name).prepare(n, graph)) for n in graph.nodes]
         self._plan = None
         self._checked_signatures = {}
+        self._code_ranges = {}
 
     @property
     def profile(self):
@@ -177,8 +178,11 @@ class Model:
     def _code_range(self, info: TensorInfo) -> tuple[int, int]:
         """The codes an input may hold: the profile's activation range where the tensor is stored in the
         profile's activation dtype (3-bit codes live in int8 but stop at 3), else the dtype's range."""
-        p = self.profile
-        return p.activation_range() if info.dtype == p.activation_dtype.name else dtype_range(info.dtype)
+        if info.name not in self._code_ranges:  # once per input: the profile is fixed with the graph
+            p = self.profile
+            self._code_ranges[info.name] = (p.activation_range() if info.dtype == p.activation_dtype.name
+                                            else dtype_range(info.dtype))
+        return self._code_ranges[info.name]
 
     def _check_count(self, inputs):
         if len(inputs) != len(self.graph.inputs):
@@ -262,7 +266,7 @@ def warn_unusual_float_input(x: np.ndarray, info: TensorInfo) -> None:
     if not x.size or x.dtype.kind != "f" or info.scale is None:
         return
     lo, hi = (info.scale * (c - info.zero_point) for c in dtype_range(info.dtype))
-    found_lo, found_hi = float(np.min(x)), float(np.max(x))
+    found_lo, found_hi = float(x.min()), float(x.max())
     if found_lo < lo - (hi - lo) or found_hi > hi + (hi - lo):
         warnings.warn(InputWarning(f"{where}: values in [{found_lo:.6g}, {found_hi:.6g}] lie far outside the "
                                    f"range [{lo:.6g}, {hi:.6g}] the model was calibrated for; most will be clamped"),
