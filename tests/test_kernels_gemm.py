@@ -357,10 +357,11 @@ def test_conv2d_fused_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_po
 @pytest.mark.parametrize("rounding", ["double", "single"])
 @pytest.mark.parametrize("depthwise", [False, True])
 def test_register_epilogue_on_extreme_accumulators(isa_name, rounding, depthwise):
-    # Zero weights leave every accumulator at its bias: int32's ends and 2**k + {-2..2}, under
-    # multipliers from 2**-14 to 3 (left shifts that saturate) and both ends of multiplier_bits.
-    # The register epilogue (count_clamps=False) must equal mac.requantize of the same accumulators.
-    edges = [INT32_MIN, INT32_MIN + 1, INT32_MAX - 1, INT32_MAX, 0]
+    # Zero weights leave every accumulator at its bias: near int32's ends (as near as the fused
+    # path's static bound allows: 2**23 to spare) and 2**k + {-2..2}, under multipliers from 2**-14
+    # to 3 (left shifts that saturate 2**30 and beyond) and both ends of multiplier_bits.  The
+    # register epilogue (count_clamps=False) must equal mac.requantize of the same accumulators.
+    edges = [INT32_MIN + 2**23, INT32_MAX - 2**23, 0]
     edges += [sign * 2**k + d for k in (8, 15, 16, 24, 30) for d in (-2, -1, 0, 1, 2) for sign in (1, -1)]
     bias = np.array(edges, np.int32)
     channels = bias.size
