@@ -27,7 +27,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 from numba import njit  # noqa: E402
 
 from intsim.fixedpoint import ROUNDING_MODES, Rescale  # noqa: E402
-from intsim.kernels.gemm import CHUNK_ROWS  # noqa: E402
+from intsim.kernels.gemm_chunk import CHUNK_ROWS  # noqa: E402
 from intsim.kernels.mac import requantize_core  # noqa: E402
 
 

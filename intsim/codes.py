@@ -6,6 +6,8 @@ Every stage (converter, importers, graph checks, runtime, kernels) reads these n
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 # A profile's ``overflow`` field and the integer code each policy has inside the kernels.
@@ -16,7 +18,13 @@ OVERFLOW_CODES = {"saturate": OVERFLOW_SATURATE, "wrap": OVERFLOW_WRAP, "error":
 
 def dtype_range(dtype) -> tuple[int, int]:
     """``(min, max)`` of an integer dtype (a name or a numpy dtype)."""
-    info = np.iinfo(np.dtype(dtype))
+    return _dtype_range(np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def _dtype_range(dtype: np.dtype) -> tuple[int, int]:
+    # np.iinfo costs microseconds, and Model.run asks per call: a dozen dtypes at most, kept.
+    info = np.iinfo(dtype)
     return int(info.min), int(info.max)
 
 

@@ -179,13 +179,35 @@ def double_rounding_one_shift(x, multiplier, shift, multiplier_bits):
       by ``b + r <= 62``.  ``|p| < 2**62`` and the constant is below ``2**62``,
       so the sum stays inside int64.
     """
-    left = max(shift, 0)
-    right = max(-shift, 0)
+    left, nudge_up, nudge_down, total_shift, threshold = one_shift_constants(shift, DOUBLE, multiplier_bits)
     product = saturate(np.int64(x) << left, 32) * np.int64(multiplier)
-    half = np.int64(1) << (multiplier_bits - 1)
-    nudge_up = half + (((np.int64(1) << right) >> 1) << multiplier_bits)
-    nudge_down = half + ((((np.int64(1) << right) - 1) >> 1) << multiplier_bits)
-    return (product + (nudge_down if product < -half else nudge_up)) >> (multiplier_bits + right)
+    return (product + (nudge_down if product < threshold else nudge_up)) >> total_shift
+
+
+@jit
+def one_shift_constants(shift, rounding, multiplier_bits):
+    """``(left, nudge_above, nudge_below, total_shift, threshold)``, int64: the integer rescale of an
+    int32 ``x`` by ``(multiplier, shift)`` as one multiply, one add and one shift,
+    ``(p + (nudge_below if p < threshold else nudge_above)) >> total_shift`` with
+    ``p = saturate32(x << left) * multiplier``.
+
+    Under ``DOUBLE`` that is :func:`double_rounding_one_shift` (its docstring proves it equal to the
+    two roundings; the result lies inside int32).  Under ``SINGLE`` it is the single rounding of
+    :func:`multiply_by_quantized_multiplier_scalar` before its int32 saturation (``left`` 0, one
+    nudge of half the divisor).  Every constant depends on ``shift`` (and the mode) only, so a
+    vector unit holds them per channel (the micro-kernel's epilogue, white paper §2.2).
+    """
+    bits = np.int64(multiplier_bits)
+    if rounding == DOUBLE:
+        left = np.int64(max(shift, 0))
+        right = np.int64(max(-shift, 0))
+        half = np.int64(1) << (bits - 1)
+        nudge_above = half + (((np.int64(1) << right) >> 1) << bits)
+        nudge_below = half + ((((np.int64(1) << right) - 1) >> 1) << bits)
+        return np.int64(0) + left, nudge_above, nudge_below, bits + right, -half
+    total_shift = bits - np.int64(shift)
+    nudge = np.int64(1) << (total_shift - 1)
+    return np.int64(0), nudge, nudge, total_shift, np.int64(0)
 
 
 @jit

@@ -20,7 +20,9 @@ TRANSPOSE_MAX_RANK = 4
 @jit_inline
 def _quantize_loop(x, scale, rounding, zero_point, low, high, out):
     # ``low`` and ``high``, the clamp minus the zero point, are exact in the float type: the clamp
-    # happens before the zero point is added, where the rounded quotient is still a float.
+    # happens before the zero point is added, where the rounded quotient is still a float.  The
+    # division is in ``scale``'s float type: a float32 value over a float64 scale is the float64
+    # quotient of the value widened, exactly.
     non_finite = 0
     for i in range(x.size):
         non_finite += (x[i] - x[i]) != 0  # NaN or an infinity
@@ -37,16 +39,20 @@ def _quantize_core(x, scale, rounding, zero_point, low, high, out):
 
 
 def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dtype):
-    """Codes ``clamp(round(x / scale) + zero_point)`` of floats ``x``, the division in ``x``'s float type.
+    """Codes ``clamp(round(x / scale) + zero_point)`` of floats ``x``, the division in ``scale``'s float type.
 
     Parameters
     ----------
     x : float32 or float64 array
-    scale : float of ``x``'s dtype
+        float64 only with a float64 ``scale`` (the caller narrows it first otherwise).
+    scale : float
+        A ``numpy.float32`` or ``numpy.float64`` names the division's float type (a float32 ``x``
+        over a float64 ``scale`` divides the exactly widened value in float64, with no float64
+        copy of ``x``); any other number is taken in ``x``'s float type.
     rounding : int
         :data:`~intsim.fixedpoint.FLOAT32_RINT` (ties to even) or
         :data:`~intsim.fixedpoint.FLOAT64_HALF_AWAY` (ties away from zero), in
-        ``x``'s float type (:func:`~intsim.fixedpoint.round_float`).
+        the division's float type (:func:`~intsim.fixedpoint.round_float`).
     zero_point, clamp_min, clamp_max : int
     out_dtype : numpy integer dtype
 
@@ -57,7 +63,7 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
         Elements of ``x`` that are NaN or infinite (their codes are undefined).
     """
     out = np.empty(x.shape, out_dtype)
-    real = x.dtype.type
+    real = type(scale) if isinstance(scale, (np.float32, np.float64)) else x.dtype.type
     non_finite = _quantize_core(x.reshape(-1), real(scale), int(rounding), int(zero_point),
                                 real(clamp_min - zero_point), real(clamp_max - zero_point), out.reshape(-1))
     return out, int(non_finite)

@@ -50,9 +50,11 @@ from numba import prange, types
 from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
-from intsim.kernels.mac import requantize_core, as_int64, requantized_in_registers
-from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, rint_arguments, rint_store_tile
+from intsim.fixedpoint import FLOAT32_RINT
+from intsim.kernels.mac import fixedpoint_params, requantize_core, as_int64, requantized_in_registers
+from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params, rint_arguments, rint_store_tile
 from intsim.jit import jit, jit_inline, jit_parallel
+from intsim.kernels.threads import run_calls
 
 # Output columns per register tile at stride 1 and 2: with a 5x5 window,
 # 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
@@ -160,10 +162,11 @@ def dw_tile(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_
 @intrinsic
 def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, rows, a_off, column_step, w, w_off, c0,
                  c0_off, scale, lo, hi, zero_point, valid_channels, out, out_off, out_stride):
-    """The tile of :func:`dw_tile` requantized in registers by the ``FLOAT32_RINT`` rule, as the
-    GEMM's ``mac_tile_rint`` does (:mod:`intsim.kernels.microkernel`): column ``r``, channel
-    ``j < valid_channels`` of the tile goes to ``out[out_off + r*out_stride + j]``; ``scale`` is
-    float32, laid out like ``c0``; no clamp is counted."""
+    """The tile of :func:`dw_tile` requantized in registers, as the GEMM's ``mac_tile_rint`` does
+    (:mod:`intsim.kernels.microkernel`): column ``r``, channel ``j < valid_channels`` of the tile
+    goes to ``out[out_off + r*out_stride + j]``; ``scale`` is float32 (the ``FLOAT32_RINT`` rule)
+    or the int64 rows of :func:`intsim.kernels.mac.fixedpoint_params` (``DOUBLE`` / ``SINGLE``),
+    laid out like ``c0``; no clamp is counted."""
     constants = _tile_constants(variant, columns, taps, stride)
     if constants is None or not rint_arguments(scale, out):
         return None
@@ -176,7 +179,8 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
 
         c0_off_v, lo_v, hi_v, zero_point_v, channels_v, out_off_v, out_stride_v = (
             context.cast(builder, args[i], signature.args[i], types.int64) for i in (12, 14, 15, 16, 17, 19, 20))
-        rint_store = rint_store_tile(builder, data(13), c0_off_v, lo_v, hi_v, zero_point_v,
+        params = requant_params(context, builder, signature.args[13], args[13])
+        rint_store = rint_store_tile(builder, params, c0_off_v, lo_v, hi_v, zero_point_v,
                                  ir.Constant(T_I64, len(finals)), channels_v, data(18),
                                  context.get_data_type(signature.args[18].dtype), out_off_v, out_stride_v)
         for r, final in enumerate(finals):
@@ -291,11 +295,15 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
     slot_size = codes_width * padded_channels
     rows_per_image = out_h * sh + ring_rows  # more than any padded row index a window reaches
     whole_rows = _compiled_in(kernel_w, sw, dw)
-    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized row
     total_rows = n_batch * out_h
-    scale32 = np.zeros(padded_channels, np.float32)  # the register epilogue's scales, laid out like c0
+    # The register epilogue's parameters, laid out like c0: float32 scales (FLOAT32_RINT) or the
+    # fixed-point rows (DOUBLE / SINGLE); the int64 multipliers and shifts of requantize_core.
+    scale32 = np.zeros(padded_channels, np.float32)
     for c in range(channels):
         scale32[c] = np.float32(scale[c])
+    fixed = fixedpoint_params(multiplier[:channels], shift[:channels], rounding, multiplier_bits,
+                              padded_channels) if in_registers and rounding != FLOAT32_RINT else np.zeros(0, np.int64)
+    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized row
     saturation_count = 0
     for chunk in prange(chunks):
         ring = np.full(ring_rows * slot_size, pad_code, code_sample.dtype)
@@ -321,11 +329,16 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
                 else:
                     for kw in range(kernel_w):
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
-            if in_registers:  # FLOAT32_RINT in the tiles' registers, straight into the output row
+            if in_registers and rounding == FLOAT32_RINT:  # in the tiles' registers, straight into the output row
                 rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, channels,
                         out[n, oh].reshape(out_w * channels))
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, rint)
+            elif in_registers:
+                fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point,
+                              channels, out[n, oh].reshape(out_w * channels))
+                _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
+                               out_w, acc, fixed_rint)
             else:
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, None)
@@ -391,17 +404,9 @@ def pack_depthwise(w_centred, variant, a_sub, code_dtype, x_zero_point, bias) ->
                            np.dtype(code_dtype))
 
 
-def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
-    """Output codes of a depthwise layer into ``out`` [N, OH, OW, C] from NHWC codes ``x``; returns the clamp
-    count, or ``None`` without ``count_clamps``.
-
-    ``requant`` is ``(multiplier, shift, scale, rounding, multiplier_bits,
-    out_zero_point, clamp_min, clamp_max)`` as in
-    :func:`intsim.kernels.mac.requantize`; ``chunks`` runs of output rows go to
-    the threads.  Without ``count_clamps``, ``FLOAT32_RINT`` within the 32-bit
-    lanes' bounds is requantized in the tiles' registers (compiled-in windows;
-    see :func:`intsim.kernels.gemm.conv2d_nhwc_requantized`).
-    """
+def depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
+    """``[(numba function, arguments)]`` that :func:`depthwise_run` runs (one call; it returns the clamp
+    count), for a caller that keeps ``x`` and ``out`` and repeats it."""
     multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
     key = (kernel, strides, dilations, pads, chunks, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
            count_clamps)
@@ -413,7 +418,21 @@ def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, 
              packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
              clamp_min, clamp_max, in_registers], np.int64)
     serial, threaded = CORES[packed.variant]
-    core = threaded if chunks > 1 else serial
-    count = core(x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
-                 np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out)
+    return [(threaded if chunks > 1 else serial,
+             (x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
+              np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))]
+
+
+def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
+    """Output codes of a depthwise layer into ``out`` [N, OH, OW, C] from NHWC codes ``x``; returns the clamp
+    count, or ``None`` without ``count_clamps``.
+
+    ``requant`` is ``(multiplier, shift, scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max)`` as in
+    :func:`intsim.kernels.mac.requantize`; ``chunks`` runs of output rows go to
+    the threads.  Without ``count_clamps``, ``FLOAT32_RINT`` within the 32-bit
+    lanes' bounds is requantized in the tiles' registers (compiled-in windows;
+    see :func:`intsim.kernels.gemm.conv2d_nhwc_requantized`).
+    """
+    count = run_calls(depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps))
     return int(count) if count_clamps else None

@@ -23,7 +23,7 @@ from intsim.kernels.mac import requantize_core
 from intsim.kernels.microkernel import LANES, mac_tile
 from intsim.kernels.rowdot import row_dots
 from intsim.kernels.gemm_chunk import copy_encoded
-from intsim.kernels.threads import apply_threads, thread_count
+from intsim.kernels.threads import apply_threads, run_calls, thread_count
 from intsim.jit import jit, jit_inline, jit_parallel
 
 
@@ -112,9 +112,13 @@ class GemvLaunch:
                                   out_zero_point, clamp_min, clamp_max], np.int64)
         self.code_sample = packed.code_sample
 
-    def run(self, x, out):
+    def calls(self, x, out):
+        """``[(numba function, arguments)]`` of :meth:`run` (see ``_GemmLaunch.calls``)."""
         variant, words, c0, multiplier, shift, scale = self.args
-        return int(_gemv_core(variant, x, words, c0, multiplier, shift, scale, self.settings, self.code_sample, out))
+        return [(_gemv_core, (variant, x, words, c0, multiplier, shift, scale, self.settings, self.code_sample, out))]
+
+    def run(self, x, out):
+        return int(run_calls(self.calls(x, out)))
 
 
 # --------------------------------------------------------------------------
@@ -281,11 +285,15 @@ class InPlaceLaunch:
         self.chunks = -(-in_place.c0.shape[0] // ROW_DOT_CHUNK)
         self.code_sample = np.zeros(1, in_place.code_dtype)
 
-    def run(self, x, out):
+    def calls(self, x, out, threaded=False):
+        """``[(numba function, arguments)]`` of :meth:`run` (see ``_GemmLaunch.calls``)."""
         in_place = self.in_place
-        core = _IN_PLACE_SERIAL[in_place.variant]
-        if min(thread_count(), self.chunks) > 1:
-            core = _IN_PLACE_THREADED[in_place.variant]
+        core = (_IN_PLACE_THREADED if threaded else _IN_PLACE_SERIAL)[in_place.variant]
+        return [(core, (np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point, *self.requant,
+                        self.settings, self.code_sample, out))]
+
+    def run(self, x, out):
+        threaded = min(thread_count(), self.chunks) > 1
+        if threaded:
             apply_threads(self.chunks)
-        return int(core(np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point, *self.requant,
-                        self.settings, self.code_sample, out))
+        return int(run_calls(self.calls(x, out, threaded)))

@@ -16,7 +16,7 @@ import numpy as np
 
 from intsim.kernels import isa as isa_module
 from intsim.kernels.isa import GROUP
-from intsim.kernels.depthwise import PackedDepthwise, depthwise_run, pack_depthwise
+from intsim.kernels.depthwise import PackedDepthwise, depthwise_calls, depthwise_run, pack_depthwise
 from intsim.kernels.mac import (
     conv2d_out,
     conv2d_nhwc_acc,
@@ -34,7 +34,7 @@ from intsim.kernels.fully_connected import (
 )
 from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, pad_encode
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
-from intsim.kernels.threads import apply_threads, set_threads, thread_count  # noqa: F401  (set_threads: public here too)
+from intsim.kernels.threads import apply_threads, run_calls, set_threads, thread_count  # noqa: F401  (set_threads: public here too)
 
 
 # --------------------------------------------------------------------------
@@ -130,21 +130,29 @@ class _GemmLaunch:
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)
 
-    def run(self, x4, out):
+    def calls(self, x4, out, core=conv2d_gemm_serial):
+        """The numba calls that write ``out`` from ``x4``, as ``[(function, arguments)]`` run in order
+        (the last returns the clamp count); with its own scratch, so that a caller holding fixed arrays
+        may repeat them (:class:`intsim.runtime.bound.BoundRun`)."""
         packed = self.packed
+        calls = []
         if self.padded_shape is not None:  # one encoded copy of the input with its padding, read in place by every tap
             padded = np.empty(self.padded_shape, packed.code_dtype)
-            pad_encode(x4, self.pads[0], self.pads[1], packed.a_sub, packed.pad_code, padded)
+            calls.append((pad_encode, (x4, self.pads[0], self.pads[1], packed.a_sub, packed.pad_code, padded)))
             source = padded.reshape(-1).view(np.int32)
         else:
             source = x4.reshape(-1).view(np.int32) if self.implicit else self.no_source
-        # The serial core needs no thread count; more threads than chunks would wake idle threads.
-        core = conv2d_gemm_threaded if min(thread_count(), self.chunks) > 1 else conv2d_gemm_serial
-        if core is conv2d_gemm_threaded:
-            apply_threads(self.chunks)
         multiplier, shift, scale = self.requant
-        count = core(packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
-                     self.settings, self.code_sample, out)
+        calls.append((core, (packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
+                             self.settings, self.code_sample, out)))
+        return calls
+
+    def run(self, x4, out):
+        # The serial core needs no thread count; more threads than chunks would wake idle threads.
+        threaded = min(thread_count(), self.chunks) > 1
+        if threaded:
+            apply_threads(self.chunks)
+        count = run_calls(self.calls(x4, out, conv2d_gemm_threaded if threaded else conv2d_gemm_serial))
         return int(count) if self.count_clamps else None
 
 
@@ -219,11 +227,22 @@ class _Launcher:
         if not self.fused or x.dtype != prepared.x_dtype:
             result = _unfused(self.acc_kernel, x, prepared.acc_args, self.requant_args)
         else:
-            record = self.records.get(x.shape)
-            if record is None:
-                record = self.records[x.shape] = self._record(x)
-            result = self._run(x, *record)
+            result = self._run(x, *self._record_for(x))
         return result if self.count_clamps else result[:3] + (None,)
+
+    def _record_for(self, x):
+        record = self.records.get(x.shape)
+        if record is None:
+            record = self.records[x.shape] = self._record(x)
+        return record
+
+    def calls(self, x, out):
+        """``[(numba function, arguments)]`` that write ``out`` from C-contiguous ``x`` on one thread, as
+        one call of this launcher would (no clamp count, no overflow possible: the fused path only), or
+        ``None`` where the layer is not fused; for a caller that keeps ``x`` and ``out`` and repeats them."""
+        if not self.fused or x.dtype != self.prepared.x_dtype or self.count_clamps or not x.flags.c_contiguous:
+            return None
+        return self._calls(x, out, *self._record_for(x))
 
 
 class _ConvLauncher(_Launcher):
@@ -249,6 +268,15 @@ class _ConvLauncher(_Launcher):
         if launch is None:
             return out, 0, 0, _depthwise_requantized(x, self.prepared, self.requant_args[:-1], out, self.count_clamps)
         return out, 0, 0, launch.run(x, out.reshape(rows_shape))
+
+    def _calls(self, x, out, shape, rows_shape, launch):
+        if launch is None:
+            return depthwise_calls(x, *self._depthwise_args(), 1, self.requant_args[:-1], out, False)
+        return launch.calls(x, out.reshape(rows_shape))
+
+    def _depthwise_args(self):
+        _, w, _, _, strides, dilations, pads, _, _, _, _ = self.prepared.acc_args
+        return self.prepared.depthwise, w.shape[1:3], strides, dilations, pads
 
 
 def _depthwise_requantized(x, prepared, requant, out, count_clamps):
@@ -346,9 +374,16 @@ class _FullyConnectedLauncher(_Launcher):
 
     def _run(self, x, shape, launch):
         out = np.empty(shape, self.out_dtype)
+        return out, 0, 0, launch.run(self._launch_input(x, launch), out)
+
+    def _calls(self, x, out, shape, launch):
+        return launch.calls(self._launch_input(x, launch), out)
+
+    @staticmethod
+    def _launch_input(x, launch):
         if isinstance(launch, _GemmLaunch):  # N rows as N pixels of a 1x1 conv
-            x = np.ascontiguousarray(x).reshape(shape[0], 1, 1, x.shape[1])
-        return out, 0, 0, launch.run(x, out)
+            return np.ascontiguousarray(x).reshape(x.shape[0], 1, 1, x.shape[1])
+        return x
 
 
 def matmul_requantized(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16, multiplier, shift,

@@ -19,7 +19,8 @@ from intsim.kernels.isa import (
     VNNI_QUADS,
     tile_rows,
 )
-from intsim.kernels.mac import requantize_core, as_int64
+from intsim.fixedpoint import FLOAT32_RINT
+from intsim.kernels.mac import fixedpoint_params, requantize_core, as_int64
 from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
 from intsim.jit import jit, jit_inline, jit_parallel
 
@@ -282,10 +283,15 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max, in_registers) = settings
     n_rows = out.shape[0]
-    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized chunk
+    # The epilogue's parameters once, not per chunk: float32 scales padded like c0 (FLOAT32_RINT
+    # in registers), the fixed-point rows (DOUBLE / SINGLE in registers), the int64 multipliers
+    # and shifts (requantize_core on the int32 tile).
     scale32 = np.zeros(c0.shape[0], np.float32)
     for c in range(out.shape[1]):
         scale32[c] = np.float32(scale[c])
+    fixed = fixedpoint_params(multiplier[:out.shape[1]], shift[:out.shape[1]], rounding, multiplier_bits,
+                              c0.shape[0]) if in_registers and rounding != FLOAT32_RINT else np.zeros(0, np.int64)
+    multiplier, shift = as_int64(multiplier), as_int64(shift)
     saturation_count = 0
     n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
     # Every chunk's row offsets in one array (a slice each, so threads share nothing), and no
@@ -311,10 +317,14 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
                 a_rows[r] = r * groups
             a = patches.reshape(patches.size).view(np.int32)
         a_rows[rows:] = a_rows[0]
-        if in_registers:
+        if in_registers and rounding == FLOAT32_RINT:
             rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                     out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        elif in_registers:
+            fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
+                          out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
         else:
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
             saturation_count += requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,

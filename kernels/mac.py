@@ -56,12 +56,14 @@ from intsim.fixedpoint import (
     SINGLE,
     double_rounding_one_shift,
     multiply_by_quantized_multiplier_scalar,
+    one_shift_constants,
     rescale_scalar,
     saturate,
     scale_float32,
     wrap,
 )
 from intsim.jit import jit, jit_inline
+from intsim.kernels.microkernel import FIXED_ROWS
 
 
 PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
@@ -71,10 +73,25 @@ LANES_LIMIT = 2**16
 
 def requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, count_clamps) -> bool:
     """Whether a fast kernel requantizes its register tiles in place (no int32 tile written):
-    ``FLOAT32_RINT`` within the 32-bit lanes' bounds (``LANES_LIMIT``, as :func:`requantize_core`),
-    for a caller that does not want the clamp count (the register epilogue counts none)."""
-    return (not count_clamps and rounding == FLOAT32_RINT
+    ``FLOAT32_RINT``, ``DOUBLE`` or ``SINGLE`` within the 32-bit lanes' bounds (``LANES_LIMIT``, as
+    :func:`requantize_core`), for a caller that does not want the clamp count (the register
+    epilogue counts none)."""
+    return (not count_clamps and rounding in (FLOAT32_RINT, DOUBLE, SINGLE)
             and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT)
+
+
+@jit
+def fixedpoint_params(multiplier, shift, rounding, multiplier_bits, padded_channels):
+    """The register epilogue's int64 rows for ``DOUBLE`` / ``SINGLE`` rounding: row ``k`` of
+    ``(left, multiplier, nudge_above, nudge_below, total_shift, threshold)``
+    (:func:`intsim.fixedpoint.one_shift_constants`) at ``[k * padded_channels + c]`` for the
+    channels of ``multiplier`` / ``shift`` (int32), zeros in the padding channels."""
+    params = np.zeros(FIXED_ROWS * padded_channels, np.int64)
+    for c in range(multiplier.shape[0]):
+        left, above, below, total_shift, threshold = one_shift_constants(shift[c], rounding, multiplier_bits)
+        for k, value in enumerate((left, np.int64(multiplier[c]), above, below, total_shift, threshold)):
+            params[k * padded_channels + c] = value
+    return params
 
 
 # --------------------------------------------------------------------------

@@ -203,49 +203,101 @@ def _splat(builder, value, vector_type):
     return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), ir.Constant(T_ACC, [0] * LANES))
 
 
-def rint_store_tile(builder, scale_data, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data, out_type,
-                out_off, out_stride):
-    # The FLOAT32_RINT epilogue in registers, lane for lane what
-    # mac._lane_float32 computes: float32(acc) * float32 scale (round to
-    # nearest even, as numpy's conversions and product), rint (ties to even in
-    # the default floating-point environment), clamp to [lo, hi] in float,
-    # convert, add the zero point, narrow to the output width.  The caller
-    # guarantees |zero point| and the clamp bounds <= 2**16, so lo and hi
-    # (the bounds minus the zero point) are exact in float32 and the clamped
-    # value plus the zero point fits the output type.  Only rows below
-    # ``valid_rows`` and channels below ``valid_channels`` (both counted from
-    # the tile's first) are stored, by masked stores.  Clamps are not
-    # counted: a count per vector (compare, mask, add) cost a third of a
-    # small-reduction layer's time, so a caller that wants the count takes the
-    # int32 tile and mac.requantize_core instead.
+# The int64 parameter rows of the fixed-point epilogue, per output channel (fixedpoint_params).
+FIXED_ROWS = 6
+
+
+def requant_params(context, builder, array_type, array_value):
+    """``(data pointer, channel stride or None)`` of an epilogue's parameter array: float32 scales
+    (``FLOAT32_RINT``, stride ``None``) or the int64 rows of :data:`FIXED_ROWS` (stride: the array's
+    length / FIXED_ROWS)."""
+    array = context.make_array(array_type)(context, builder, array_value)
+    if array_type.dtype == types.float32:
+        return array.data, None
+    length = builder.extract_value(array.shape, 0)
+    return array.data, builder.sdiv(length, ir.Constant(T_I64, FIXED_ROWS))
+
+
+def _fixed_point_lanes(builder, acc, rows):
+    # The DOUBLE / SINGLE rule of fixedpoint_params lane for lane, in 64-bit lanes:
+    # y = saturate32(acc << left); p = y * multiplier (both in int32: one vpmuldq);
+    # (p + (p < threshold ? nudge_below : nudge_above)) >> total_shift, arithmetic.
+    left, multiplier, nudge_above, nudge_below, total_shift, threshold = rows
+    v64 = ir.VectorType(T_I64, LANES)
+
+    def clamp(value, lo, hi):
+        raised = builder.select(builder.icmp_signed(">", value, lo), value, lo)
+        return builder.select(builder.icmp_signed("<", raised, hi), raised, hi)
+
+    shifted = builder.shl(builder.sext(acc, v64), left)
+    y = clamp(shifted, ir.Constant(v64, [-(2**31)] * LANES), ir.Constant(v64, [2**31 - 1] * LANES))
+    product = builder.mul(builder.sext(builder.trunc(y, T_ACC), v64), builder.sext(builder.trunc(multiplier, T_ACC), v64))
+    nudge = builder.select(builder.icmp_signed("<", product, threshold), nudge_below, nudge_above)
+    return builder.ashr(builder.add(product, nudge), total_shift), clamp
+
+
+def rint_store_tile(builder, params, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data, out_type,
+                    out_off, out_stride):
+    # The epilogue in registers.  With float32 scales (``params`` from requant_params with no
+    # stride): the FLOAT32_RINT rule lane for lane as mac._lane_float32 computes it: float32(acc) *
+    # float32 scale (round to nearest even, as numpy's conversions and product), rint (ties to even
+    # in the default floating-point environment), clamp to [lo, hi] in float, convert.  With the
+    # int64 rows of fixedpoint_params: the DOUBLE or SINGLE rule as mac._lane_double /
+    # mac._lane_single compute it (fixedpoint.double_rounding_one_shift; single rounding), clamped
+    # to [lo, hi] in int64 (the int32 saturation those apply first cannot move a value across
+    # bounds inside int32).  Then add the zero point, narrow to the output width.  The caller
+    # guarantees |zero point| and the clamp bounds <= 2**16, so lo and hi (the bounds minus the
+    # zero point) are exact in float32 and the clamped value plus the zero point fits the output
+    # type.  Only rows below ``valid_rows`` and channels below ``valid_channels`` (both counted from
+    # the tile's first) are stored, by masked stores.  Clamps are not counted: a count per vector
+    # (compare, mask, add) cost a third of a small-reduction layer's time, so a caller that wants
+    # the count takes the int32 tile and mac.requantize_core instead.
+    params_data, fixed_stride = params
     out_int = out_type
     out_vector = ir.VectorType(out_int, LANES)
     masked_store = declare_intrinsic(builder, f"llvm.masked.store.v{LANES}i{out_int.width}.p0", ir.VoidType(),
-                            [out_vector, out_vector.as_pointer(), T_I32, _MASK])
-    rint = declare_intrinsic(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
-    lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
-    hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
+                                     [out_vector, out_vector.as_pointer(), T_I32, _MASK])
     zero_point_v = _splat(builder, builder.trunc(zero_point, T_I32), T_ACC)
     channels_v = _splat(builder, builder.trunc(valid_channels, T_I32), T_ACC)
     no_lanes = ir.Constant(_MASK, [0] * LANES)
-    scales = {}
+    loaded = {}
+    if fixed_stride is None:
+        rint = declare_intrinsic(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
+        lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
+        hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
+    else:
+        v64 = ir.VectorType(T_I64, LANES)
+        lo_v, hi_v = _splat(builder, lo, v64), _splat(builder, hi, v64)
 
-    def store(r, b, acc):
-        if b not in scales:
+    def centred(b, acc):
+        # the requantized value minus the zero point, clamped to [lo, hi], as <16 x i32>
+        if b not in loaded:
             index = builder.add(scale_off, ir.Constant(T_I64, b * LANES))
-            scales[b] = builder.load(builder.bitcast(builder.gep(scale_data, [index]), _V_F32.as_pointer()), align=4)
-        value = builder.call(rint, [builder.fmul(builder.sitofp(acc, _V_F32), scales[b])])
+            if fixed_stride is None:
+                loaded[b] = builder.load(builder.bitcast(builder.gep(params_data, [index]), _V_F32.as_pointer()),
+                                         align=4)
+            else:
+                loaded[b] = [builder.load(builder.bitcast(
+                    builder.gep(params_data, [builder.add(index, builder.mul(fixed_stride, ir.Constant(T_I64, k)))]),
+                    ir.VectorType(T_I64, LANES).as_pointer()), align=8) for k in range(FIXED_ROWS)]
+        if fixed_stride is not None:
+            value, clamp = _fixed_point_lanes(builder, acc, loaded[b])
+            return builder.trunc(clamp(value, lo_v, hi_v), T_ACC)
+        value = builder.call(rint, [builder.fmul(builder.sitofp(acc, _V_F32), loaded[b])])
         # Each select is one vmaxps / vminps: (a > b ? a : b) is their operation exactly.
         raised = builder.select(builder.fcmp_ordered(">", value, lo_v), value, lo_v)
-        clamped = builder.select(builder.fcmp_ordered("<", raised, hi_v), raised, hi_v)
-        codes = builder.trunc(builder.add(builder.fptosi(clamped, T_ACC), zero_point_v), out_vector) \
-            if out_int.width < 32 else builder.add(builder.fptosi(clamped, T_ACC), zero_point_v)
+        return builder.fptosi(builder.select(builder.fcmp_ordered("<", raised, hi_v), raised, hi_v), T_ACC)
+
+    def store(r, b, acc):
+        codes = builder.add(centred(b, acc), zero_point_v)
+        codes = builder.trunc(codes, out_vector) if out_int.width < 32 else codes
         lanes = builder.icmp_signed("<", ir.Constant(T_ACC, [b * LANES + j for j in range(LANES)]), channels_v)
         mask = builder.select(builder.icmp_signed("<", ir.Constant(T_I64, r), valid_rows), lanes, no_lanes)
         index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(T_I64, r))),
                             ir.Constant(T_I64, b * LANES))
         pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
         builder.call(masked_store, [codes, pointer, ir.Constant(T_I32, out_int.width // 8), mask])
+
     return store
 
 
@@ -309,7 +361,8 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
         lo, hi, zero_point, valid_rows, valid_channels, out_off, out_stride = i64_const(
             context, builder, signature, args, *range(first + 1, first + 6), first + 7, first + 8)
         out_type = context.get_data_type(signature.args[first + 6].dtype)
-        store = rint_store_tile(builder, _data(context, builder, signature, args, first), operands[-1], lo, hi,
+        params = requant_params(context, builder, signature.args[first], args[first])
+        store = rint_store_tile(builder, params, operands[-1], lo, hi,
                             zero_point, valid_rows, valid_channels, _data(context, builder, signature, args, first + 6),
                             out_type, out_off, out_stride)
         _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store)
@@ -319,8 +372,9 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
 
 
 def rint_arguments(scale, out):
-    return (isinstance(scale, types.Array) and scale.dtype == types.float32 and isinstance(out, types.Array)
-            and isinstance(out.dtype, types.Integer) and out.dtype.bitwidth <= 32)
+    # The epilogue's parameters: float32 scales (FLOAT32_RINT) or the int64 rows of fixedpoint_params.
+    return (isinstance(scale, types.Array) and scale.ndim == 1 and scale.dtype in (types.float32, types.int64)
+            and isinstance(out, types.Array) and isinstance(out.dtype, types.Integer) and out.dtype.bitwidth <= 32)
 
 
 @intrinsic

@@ -56,3 +56,11 @@ def apply_threads(work_items) -> int:
         numba.set_num_threads(threads)
         _applied.threads = threads
     return threads
+
+
+def run_calls(calls):
+    """Run ``[(function, arguments)]`` in order; the last one's result."""
+    result = None
+    for function, arguments in calls:
+        result = function(*arguments)
+    return result

@@ -48,6 +48,21 @@ def test_quantize_float_matches_naive(case):
     assert out.shape == x.shape
 
 
+@settings(deadline=None, max_examples=100)
+@given(_quantize_cases())
+def test_quantize_float32_over_float64_scale_is_the_widened_quotient(case):
+    # Model.run divides float32 images in float64 as it reads them: the same codes as a float64 copy.
+    x, scale, *rest = case
+    x32 = x.astype(np.float32)
+    out, non_finite = fast.quantize_float(x32, np.float64(scale), *rest)
+    expected, expected_non_finite = naive.quantize_float(x32.astype(np.float64), scale, *rest)
+    assert non_finite == expected_non_finite
+    finite = np.isfinite(x32)
+    np.testing.assert_array_equal(out[finite], expected[finite], strict=True)
+    np.testing.assert_array_equal(naive.quantize_float(x32, np.float64(scale), *rest)[0][finite], expected[finite],
+                                  strict=True)
+
+
 @pytest.mark.parametrize("rounding, expected", [
     (FLOAT32_RINT, [-2, -2, -1, 0, 0, 0, 1, 2, 2, 3, 127, -128]),
     (FLOAT64_HALF_AWAY, [-3, -2, -1, -1, 0, 1, 1, 2, 3, 3, 127, -128]),

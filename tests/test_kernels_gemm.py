@@ -354,6 +354,33 @@ def test_conv2d_fused_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_po
     assert_same(fast, (out, overflow_count, pair_count, saturations))
 
 
+@pytest.mark.parametrize("rounding", ["double", "single"])
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_register_epilogue_on_extreme_accumulators(isa_name, rounding, depthwise):
+    # Zero weights leave every accumulator at its bias: near int32's ends (as near as the fused
+    # path's static bound allows: 2**23 to spare) and 2**k + {-2..2}, under multipliers from 2**-14
+    # to 3 (left shifts that saturate 2**30 and beyond) and both ends of multiplier_bits.  The
+    # register epilogue (count_clamps=False) must equal mac.requantize of the same accumulators.
+    edges = [INT32_MIN + 2**23, INT32_MAX - 2**23, 0]
+    edges += [sign * 2**k + d for k in (8, 15, 16, 24, 30) for d in (-2, -1, 0, 1, 2) for sign in (1, -1)]
+    bias = np.array(edges, np.int32)
+    channels = bias.size
+    rng = np.random.default_rng(channels)
+    x = rng.integers(0, 255, size=(1, 3, 5, channels), dtype=np.uint8, endpoint=True)
+    kernel = (3, 3) if depthwise else (1, 1)
+    w = np.zeros((channels,) + kernel + (1 if depthwise else channels,), np.int8)
+    args = (128, w, np.zeros(channels, np.int64), bias, (1, 1), (1, 1), (1, 1, 1, 1), channels if depthwise else 1)
+    args += ACC
+    for multiplier_bits, top in ((31, 3.0), (31, 2.0**-8), (15, 0.9)):
+        rq = Rescale.from_real(rng.uniform(2.0**-14, top, size=channels), rounding, multiplier_bits)
+        requant = (*rq.kernel_args(channels), rq.code, multiplier_bits, -3, -128, 120, np.dtype(np.int8))
+        prepared = gemm.conv2d_nhwc_prepare(x.dtype, *args)
+        assert (prepared.depthwise if depthwise else prepared.packed) is not None
+        out = gemm.conv2d_nhwc_requantized(x, prepared, *requant, count_clamps=False)[0]
+        acc, _, _ = mac.conv2d_nhwc_acc(x, *args)
+        np.testing.assert_array_equal(out, mac.requantize(acc, 0, *requant)[0], strict=True)
+
+
 @pytest.mark.parametrize("x_dtype", EIGHT_BIT)
 @pytest.mark.parametrize("w_zero_point", [0, -128])
 @pytest.mark.parametrize("shape", [

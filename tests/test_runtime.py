@@ -1,10 +1,12 @@
 """The runtime: hand-checked goldens, fast == naive on whole graphs, statistics, input errors."""
 
+import warnings
+
 import numpy as np
 import pytest
 
 import intsim
-from intsim import AccumulatorOverflowError, Graph, Model, Node, TensorInfo, ValidationError, get_profile
+from intsim import AccumulatorOverflowError, Graph, Model, Node, OverflowWarning, TensorInfo, ValidationError, get_profile
 from intsim.fixedpoint import FLOAT32_RINT
 from intsim.profiles import builtin_names
 from intsim.examples import branchy, random_codes, tiny_cnn
@@ -75,6 +77,26 @@ def test_accumulator_policies_on_a_16_bit_accumulator(backend):
     np.testing.assert_array_equal(exact.accumulators["fc"], np.array([[4838700]], np.int32), strict=True)
     np.testing.assert_array_equal(exact.tensors["y"], np.array([[2]], np.int8), strict=True)
     assert exact.stats["fc"]["overflow_count"] == 0
+
+
+def test_overflows_are_reported_on_every_call():
+    # Repeated calls run the bound run (intsim.runtime.bound), where an unfused (checked) step still
+    # reports its overflows, warning or raising, every time.
+    x = np.full((1, 300), 127, np.int8)
+    wrapping = Model(_overflow_graph("wrap"))
+    for _ in range(3):
+        with pytest.warns(OverflowWarning, match="fc"):
+            np.testing.assert_array_equal(wrapping.run_int(x), Model(_overflow_graph("wrap"), "naive").run_int(x),
+                                          strict=True)
+    failing = Model(_overflow_graph("error"))
+    for _ in range(3):
+        with pytest.raises(AccumulatorOverflowError, match="fc.*16-bit"):
+            failing.run_int(x)
+    quiet = Model(_overflow_graph("error", 32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            quiet.run_int(x)
 
 
 @pytest.mark.parametrize("profile", builtin_names())

@@ -103,6 +103,7 @@ class Model:
         self._steps = [(get_op(n.op, n.name), n, get_op(n.op, n.name).prepare(n, graph)) for n in graph.nodes]
         self._plan = None
         self._checked_signatures = {}
+        self._code_ranges = {}
 
     @property
     def profile(self):
@@ -168,8 +169,9 @@ class Model:
         point (:meth:`quantize_inputs`), run :meth:`run_int`, dequantize the
         outputs to float32 as ``scale * (code - zero_point)``."""
         # The codes quantize_inputs returns have the checked shapes and the input dtypes: no second check.
-        outs = self._warn_overflow(self._run_plan().run(self.quantize_inputs(self._ordered(inputs))))
-        return self._pack([dequantize(o, info) for o, info in zip(outs, self.outputs)])
+        return self._pack(self._warn_overflow(self._run_plan().run(
+            self.quantize_inputs(self._ordered(inputs)),
+            lambda outs: [dequantize(o, info) for o, info in zip(outs, self.outputs)])))
 
     def trace(self, *inputs, float_input: bool = False) -> Trace:
         """Run and keep every intermediate tensor, accumulator and per-node statistic."""
@@ -221,10 +223,14 @@ class Model:
         """The codes an input may hold: its own ``bits`` wide where the tensor records them (3-bit codes
         live in int8 but stop at 3); else the profile's activation range where the tensor is stored in the
         profile's activation dtype, else the dtype's range."""
-        if info.bits is not None:
-            return info.code_range
-        p = self.profile
-        return p.activation_range() if info.dtype == p.activation_dtype.name else dtype_range(info.dtype)
+        if info.name not in self._code_ranges:  # once per input: the profile is fixed with the graph
+            p = self.profile
+            if info.bits is not None:
+                self._code_ranges[info.name] = info.code_range
+            else:
+                self._code_ranges[info.name] = (p.activation_range() if info.dtype == p.activation_dtype.name
+                                                else dtype_range(info.dtype))
+        return self._code_ranges[info.name]
 
     def _check_count(self, inputs):
         if len(inputs) != len(self.graph.inputs):
@@ -333,8 +339,10 @@ def quantize(x: np.ndarray, info: TensorInfo, where: str = "quantize", *, mode: 
     _check_shape(x.shape, info, where)
     dtype, rounding = INPUT_QUANTIZATION[mode]
     lo, hi = dtype_range(info.dtype) if code_range is None else code_range
-    codes, non_finite = fast_kernels.quantize_float(x.astype(dtype, copy=False), info.scale, rounding,
-                                                    info.zero_point, lo, hi, info.np_dtype)
+    # A float32 x is divided in float64 as it is read (widening is exact): no float64 copy.
+    widened = x.dtype == np.float32 and dtype == np.float64
+    codes, non_finite = fast_kernels.quantize_float(x if widened else x.astype(dtype, copy=False), dtype(info.scale),
+                                                    rounding, info.zero_point, lo, hi, info.np_dtype)
     if non_finite:
         raise ValidationError(f"{where}: inputs must be finite, found NaN or infinity")
     return codes

@@ -6,6 +6,8 @@ import numpy as np
 
 from intsim.errors import AccumulatorOverflowError
 from intsim.graph import Graph
+from intsim.kernels.threads import thread_count
+from intsim.runtime.bound import BoundRun
 from intsim.runtime.shapeguard import check_node_inputs
 
 
@@ -35,35 +37,79 @@ class RunPlan:
         self.graph = graph
         self.profile = graph.profile
         self.check_overflow = graph.profile.overflow == "error"
-        self.checked_shapes = set()  # input shapes whose every node input passed check_node_inputs
+        # input signature -> (output layouts per step, input layouts), from the first run with it, whose
+        # check_node_inputs passed; and -> the spare BoundRuns for it (where some step has calls)
+        self.layouts = {}
+        self.bound = {}
         self.overflows = []  # (node, overflow count) of the last run, for Model's OverflowWarning
 
-    def run(self, arrays) -> list[np.ndarray]:
+    def run(self, arrays, finish=None) -> list:
+        """``finish(outputs)`` (default: the outputs themselves) from the graph's input ``arrays``.
+
+        The first call with a set of input shapes checks every node's inputs and records the tensors'
+        layouts; later calls on one thread run a :class:`~intsim.runtime.bound.BoundRun` for those
+        shapes (its outputs are reused by the next run: ``finish`` reads them, the default copies them).
+        """
+        signature = tuple((a.shape, a.dtype) for a in arrays)
+        pool = self.bound.get(signature)
+        if pool is None or thread_count() != 1:
+            outputs = self._run_steps(arrays, signature)
+            return finish(outputs) if finish else outputs
+        bound = pool.pop() if pool else BoundRun(self, *self.layouts[signature])
+        try:
+            result = bound.run(arrays, finish or _copies)
+            self.overflows = list(bound.overflows)
+            return result
+        finally:
+            pool.append(bound)
+
+    def note_overflow(self, node, stats, overflows):
+        """Raise under ``overflow = 'error'``, else add ``(node, overflow count)`` to ``overflows``."""
+        if self.check_overflow:
+            raise_overflow(node, stats, self.profile)
+        overflows.append((node, stats["overflow_count"]))
+
+    def _run_steps(self, arrays, signature):
         values = [None] * self.n_slots
         for s, a in zip(self.input_slots, arrays):
             values[s] = a
-        check_overflow = self.check_overflow
         # Every shape downstream follows from the input shapes: the nodes' inputs are checked against the
         # graph (shapeguard) at the first call with each, so no kernel reads outside its arrays.
-        shapes = tuple(a.shape for a in arrays)
-        unchecked = shapes not in self.checked_shapes
+        first = signature not in self.layouts
+        layouts = []
         overflows = []
         for step, node, reads, writes, done in self.steps:
             node_inputs = [values[s] for s in reads]
-            if unchecked:
+            if first:
                 check_node_inputs(node, self.graph, node_inputs)
             outputs, stats = step(node_inputs)
             if stats.get("overflow_count", 0):  # nonzero only where no static bound rules overflow out
-                if check_overflow:
-                    raise_overflow(node, stats, self.profile)
-                overflows.append((node, stats["overflow_count"]))
+                self.note_overflow(node, stats, overflows)
+            if first:
+                layouts.append(_layouts(outputs, node_inputs, reads))
             for s, value in zip(writes, outputs):
                 values[s] = value
             for s in done:
                 values[s] = None
-        self.checked_shapes.add(shapes)
+        if first:
+            self.layouts[signature] = (layouts, list(signature))
+            if any(hasattr(step, "calls") for step, *_ in self.steps):
+                self.bound[signature] = []
         self.overflows = overflows
         return [values[s] for s in self.output_slots]
+
+
+def _layouts(outputs, inputs, reads):
+    """``[(shape, dtype, aliased read slot or None)]`` of a step's outputs: the slot of the input each
+    output is a view of, where every output is one."""
+    aliases = [next((s for s, x in zip(reads, inputs) if np.may_share_memory(out, x)), None) for out in outputs]
+    if None in aliases:
+        aliases = [None] * len(outputs)
+    return [(out.shape, out.dtype, alias) for out, alias in zip(outputs, aliases)]
+
+
+def _copies(outputs):
+    return [out.copy() for out in outputs]
 
 
 def raise_overflow(node, stats, profile):

@@ -8,8 +8,9 @@ from intsim.fixedpoint import FLOAT32_RINT, round_half_away
 
 
 def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dtype):
+    real = type(scale) if isinstance(scale, (np.float32, np.float64)) else x.dtype.type
     with np.errstate(all="ignore"):
-        quotient = x / x.dtype.type(scale)
+        quotient = x.astype(np.result_type(x.dtype, real)) / real(scale)
         rounded = np.rint(quotient) if rounding == FLOAT32_RINT else round_half_away(quotient)
         finite = np.isfinite(x)
         # Exact: the rounded quotient is integral, and beyond 2**53 it lies outside every clamp anyway.

@@ -285,6 +285,11 @@ class Op:
     def bind(self, plan: dict, kernels: Backend):
         """``step(inputs) -> (outputs, stats)``, :meth:`run_untraced` with ``plan`` and ``kernels``
         fixed: whatever does not depend on the inputs (weight packing, kernel lookup) done once.
-        A model's run plan is the list of its nodes' steps."""
+        A model's run plan is the list of its nodes' steps.
+
+        A step may also carry ``step.calls(inputs, outputs)``: ``[(numba function, arguments)]`` that
+        write the given output arrays from the given input arrays exactly as ``step`` would, with no
+        overflow possible, or ``None`` where it cannot (:class:`intsim.runtime.bound.BoundRun` keeps
+        such calls over preallocated arrays and repeats them)."""
         run = self.run_untraced
         return lambda inputs: run(plan, inputs, kernels)

@@ -1,0 +1,113 @@
+"""A run plan bound to preallocated arrays for one set of input shapes: the nodes' kernels as fixed calls.
+
+:class:`~intsim.runtime.plan.RunPlan` looks up and allocates per node and per
+call, a few microseconds of Python each: for the small models that is most of
+a run.  A :class:`BoundRun` is built once per input signature, from what the
+plan's first run with those shapes recorded (every tensor's shape and dtype,
+and which outputs are views of an input):
+
+* every tensor gets an array, shared in turn by tensors whose lifetimes do not
+  overlap (the same bytes, reused once the last reader is done), so the memory
+  stays that of the live tensors, as in the plan;
+* a step whose outputs are views of its inputs (reshape, flatten, a transpose
+  that moves only unit axes) becomes that view, made once: nothing runs;
+* a step that offers ``calls`` (:meth:`intsim.graph.ops.Op.bind`: the fused
+  conv and fully-connected kernels) becomes those numba calls with their
+  arguments fixed, so a run is one Python call per kernel;
+* any other step runs as in the plan and its outputs are copied into their arrays.
+
+The results are those of the plan, bit for bit: the same kernels, the same
+arguments.  A bound run serves one caller at a time; the plan keeps a pool of
+them per signature, so that threads calling one model each take their own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class BoundRun:
+    """The plan's steps over fixed arrays for the input shapes of ``layouts``.
+
+    Parameters
+    ----------
+    plan : RunPlan
+    layouts : list
+        Per step of ``plan.steps``: ``[(shape, dtype, aliased read slot or None)]`` of its outputs, as
+        the plan's first run with these input shapes found them (a slot only where every output of
+        the step is a view of one of its inputs).
+    input_layouts : list of (shape, dtype)
+        Of the graph inputs.
+    """
+
+    def __init__(self, plan, layouts, input_layouts):
+        self.plan = plan
+        self.overflows = []
+        arrays = [None] * plan.n_slots
+        root = {}  # slot -> the slot whose bytes it uses
+        last_read = {}
+        for index, (_, node, reads, writes, _) in enumerate(plan.steps):
+            for s, (_, _, alias) in zip(writes, layouts[index]):
+                root[s] = root.get(alias, alias) if alias is not None else s
+            for s in reads:
+                last_read[root.get(s, s)] = index
+        for s in plan.input_slots:
+            root.setdefault(s, s)
+        kept = {root[s] for s in plan.output_slots}
+        free = {}  # nbytes -> spare byte arrays
+        self.input_arrays = []
+        for s, (shape, dtype) in zip(plan.input_slots, input_layouts):
+            arrays[s] = self._take(free, shape, dtype)
+            self.input_arrays.append(arrays[s])
+        self.calls = []
+        for index, (step, node, reads, writes, _) in enumerate(plan.steps):
+            inputs = [arrays[s] for s in reads]
+            views = all(alias is not None for _, _, alias in layouts[index])
+            if views:  # made once from the inputs' arrays: nothing to run
+                outputs, _ = step(inputs)
+                for s, value in zip(writes, outputs):
+                    arrays[s] = value
+            else:
+                for s, (shape, dtype, _) in zip(writes, layouts[index]):
+                    arrays[s] = self._take(free, shape, dtype)
+                outputs = [arrays[s] for s in writes]
+                calls = getattr(step, "calls", None)
+                calls = calls(inputs, outputs) if calls is not None else None
+                self.calls += calls if calls is not None else [(self._copying(step, node, inputs, outputs), ())]
+            for s in {root[s] for s in reads}:
+                if last_read[s] == index and s not in kept:
+                    free.setdefault(arrays[s].nbytes, []).append(arrays[s])
+        self.output_arrays = [arrays[s] for s in plan.output_slots]
+
+    @staticmethod
+    def _take(free, shape, dtype):
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        spare = free.get(nbytes)
+        if spare:
+            return spare.pop().view(np.uint8).reshape(-1).view(dtype).reshape(shape)
+        return np.empty(shape, dtype)
+
+    def _copying(self, step, node, inputs, outputs):
+        # A step without fixed calls: run it, note its overflows as the plan does, copy its outputs in.
+        plan, overflows = self.plan, self.overflows
+
+        def run():
+            values, stats = step(inputs)
+            if stats.get("overflow_count", 0):
+                plan.note_overflow(node, stats, overflows)
+            for out, value in zip(outputs, values):
+                np.copyto(out, value)
+
+        return run
+
+    def run(self, arrays, finish):
+        """``finish(outputs)`` of the graph's outputs from ``arrays`` (the inputs, checked and of the
+        recorded shapes and dtypes); ``finish`` must not keep the output arrays, which the next run
+        overwrites."""
+        self.overflows.clear()
+        for target, value in zip(self.input_arrays, arrays):
+            np.copyto(target, value)
+        for function, arguments in self.calls:
+            function(*arguments)
+        return finish(self.output_arrays)

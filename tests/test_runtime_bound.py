@@ -1,0 +1,50 @@
+"""BoundRun: a model's repeated calls over preallocated arrays equal the plan's first call and the naive kernels."""
+
+import numpy as np
+import pytest
+
+from intsim import Model
+from intsim.examples import branchy, random_codes, tiny_cnn
+from intsim.runtime.bound import BoundRun
+
+
+@pytest.mark.parametrize("profile", ["paper", "tflite", "onnxruntime"])
+@pytest.mark.parametrize("build", [tiny_cnn, branchy])
+def test_repeated_calls_equal_the_naive_kernels_and_keep_earlier_outputs(profile, build):
+    graph = build(profile)
+    fast, naive = Model(graph), Model(graph, "naive")
+    kept = []
+    for batch, seed in ((2, 0), (2, 1), (1, 2), (2, 3), (1, 4), (2, 5)):
+        x = random_codes(graph.tensors["x"], batch, seed)
+        outs = fast.run_int(x)
+        expected = naive.run_int(x)
+        outs, expected = (o if isinstance(o, tuple) else (o,) for o in (outs, expected))
+        for out, want in zip(outs, expected):
+            np.testing.assert_array_equal(out, want, strict=True)
+            kept.append((out, out.copy()))
+    # From the second call with a signature on, a bound run served it where some step is fused (tiny_cnn's
+    # convs and fully-connected layer), and no output it returned was overwritten by a later call.
+    plan = fast._run_plan()
+    assert len(plan.bound) == (2 if build is tiny_cnn else 0)
+    for out, copy in kept:
+        np.testing.assert_array_equal(out, copy, strict=True)
+    # A bound run built for each signature, whatever its steps (views, copies, fixed calls), repeats the
+    # naive kernels' results on new inputs.
+    for seed, (signature, layouts) in enumerate(plan.layouts.items()):
+        bound = BoundRun(plan, *layouts)
+        for repeat in range(2):
+            x = random_codes(graph.tensors["x"], signature[0][0][0], 10 + 2 * seed + repeat)
+            outs = bound.run([x], lambda arrays: [a.copy() for a in arrays])
+            expected = naive.run_int(x)
+            for out, want in zip(outs, expected if isinstance(expected, tuple) else (expected,)):
+                np.testing.assert_array_equal(out, want, strict=True)
+
+
+def test_float_runs_through_the_bound_run_equal_a_fresh_model():
+    graph = tiny_cnn("paper")
+    model = Model(graph)
+    info = graph.tensors["x"]
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        x = (info.scale * rng.integers(-140, 140, (2,) + info.shape[1:])).astype(np.float32)
+        np.testing.assert_array_equal(model.run(x), Model(graph).run(x), strict=True)
