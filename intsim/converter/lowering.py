@@ -29,7 +29,8 @@ from intsim.converter.calibration import RANGE_METHODS, bn_range, calibrate, cho
 from intsim.converter.quantizer import quantization_params, quantize
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
-from intsim.floatgraph.execute import resize_source_indices, run_float
+from intsim.floatgraph.execute import resize_source_indices
+from intsim.floatgraph.ort_session import FloatSession
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
@@ -728,8 +729,10 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
     else:
         keep_rows = {t: 4096 for t in fg.outputs if logits_method == "cross_entropy" and t in points}
 
+        session = FloatSession(fg, [t for t in points if t != fg.inputs[0]])
+
         def run_batch(batch):
-            return {fg.inputs[0]: batch, **run_float(fg, [batch])}
+            return {fg.inputs[0]: batch, **session.run([batch])}
 
         stats = calibrate(run_batch, data, points, batch_size=batch_size, keep_rows=keep_rows or None,
                           progress=progress)
