@@ -496,7 +496,7 @@ def _cmd_demo(args) -> int:
     model = convert(onnx_path, calibration=calibration, profile=args.profile, **_overrides(args))
     print(f"{len(model.graph.nodes)} integer nodes, converted in {model.graph.metadata['conversion_seconds']:.2f} s; "
           f"running float, simulated and integer on {len(x_test)} test images (the first run on a fresh install "
-          "also compiles the numba kernels, about 30 s, cached afterwards)\n", flush=True)
+          "also compiles the numba kernels, cached afterwards; `intsim selftest --warm` does it ahead)\n", flush=True)
     report = compare(onnx_path, model, x_test, y_test, batch_size=args.batch_size)
     _report_outputs(report, args)
     return 0
