@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.converter.calibration import RANGE_METHODS, bn_range, calibrate, choose_range
+from intsim.converter.calibration import HISTOGRAM_METHODS, RANGE_METHODS, bn_range, calibrate, choose_range
 from intsim.converter.quantizer import quantization_params, quantize
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
@@ -734,8 +734,10 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
         def run_batch(batch):
             return {fg.inputs[0]: batch, **session.run([batch])}
 
+        # cross_entropy falls back to mse for a tensor that is not [batch, classes]: keep histograms for it.
+        histogram = bool({inner_method, logits_method} & {*HISTOGRAM_METHODS, "cross_entropy"})
         stats = calibrate(run_batch, data, points, batch_size=batch_size, keep_rows=keep_rows or None,
-                          progress=progress)
+                          progress=progress, histogram=histogram)
         qparams = {}
         for t in points:
             method = logits_method if t in fg.outputs else inner_method
