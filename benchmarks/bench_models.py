@@ -251,13 +251,14 @@ def main(argv=None):
             print(f"{path.stem:26s} conversion: " + "  ".join(f"{k} {v:.2f} s" for k, v in seconds.items()),
                   flush=True)
         run_rows += _run_rows(path.stem, converted, ort_bytes, calibration, args.batches, args.threads, args.rounds)
-    table = _markdown(meta, conversion_rows, run_rows, args.profiles)
+        # Written after every model, so that a long run stopped early keeps what it measured.
+        table = _markdown(meta, conversion_rows, run_rows, args.profiles)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"{args.name}.md").write_text(table)
+        (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "conversion": conversion_rows,
+                                                                "runs": run_rows}, indent=2))
     print()
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.md").write_text(table)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps({"meta": meta, "conversion": conversion_rows,
-                                                            "runs": run_rows}, indent=2))
     print(f"wrote {RESULTS / args.name}.md and .json")
 
 
