@@ -70,7 +70,8 @@ def _hooked_graph() -> FloatGraph:
     return FloatGraph("fq", nodes, ["x"], ["y"], {}, {"x": (None, 8), "r": (None, 8), "y": (None, 8)})
 
 
-def test_fake_quantization_is_bit_exact_with_the_reference():
+@pytest.mark.parametrize("executor", ["onnxruntime", "numpy"])
+def test_fake_quantization_is_bit_exact_with_the_reference(executor):
     graph = _hooked_graph()
     scale = 0.1
     # Ties x.5 of the scale (both directions), the clamp bounds, and random values.
@@ -78,7 +79,9 @@ def test_fake_quantization_is_bit_exact_with_the_reference():
     x = np.concatenate([ties, [-100.0, 100.0, 0.0, 3 * scale]], axis=0)
     x = np.concatenate([x, np.random.default_rng(0).normal(0, 2, 44)]).astype(np.float32).reshape(-1, 8)
     points = {"x": (scale, 3, -128, 127), "r": (0.05, -128, -128, 40), "y": (0.2, 0, -100, 100)}
-    got = FloatSession(graph, ["x", "r", "y"], fake_quant=points).run([x])
+    session = FloatSession(graph, ["x", "r", "y"], fake_quant=points, executor=executor)
+    assert session.executor == executor
+    got = session.run([x])
 
     def hook(name, value):
         return fake_quantize(value, *points[name]) if name in points else value

@@ -36,6 +36,7 @@ from intsim.floatgraph.execute import checked_feeds, run_nodes
 
 OPSET = 19  # Resize's half_pixel_symmetric needs 19
 
+
 class NotExportable(Exception):
     """A node that has no ONNX form here: the graph runs on the numpy executor."""
 
@@ -58,8 +59,7 @@ def fake_quantize(value: np.ndarray, scale: float, zero_point: int, lo: int, hi:
 class _Builder:
     """The ONNX nodes and initializers of the model being written."""
 
-    def __init__(self, graph: FloatGraph):
-        self.graph = graph
+    def __init__(self):
         self.nodes: list = []
         self.initializers: dict[str, np.ndarray] = {}
         self._count = 0
@@ -220,7 +220,7 @@ def onnx_model(graph: FloatGraph, nodes: Sequence[FloatNode], inputs: Sequence[s
     Raises :class:`NotExportable` for a node without an ONNX form."""
     from onnx import TensorProto, helper, numpy_helper
 
-    b = _Builder(graph)
+    b = _Builder()
     graph_inputs = []
     for t in inputs:
         fed = raw_input_name(t) if t in fake_quant else t
@@ -323,13 +323,11 @@ class FloatSession:
             feeds = dict(zip(self.inputs, feeds))
         feeds = {t: np.ascontiguousarray(feeds[t], np.float32) for t in self.inputs}
         if self._session is None:
-            hook = None
-            if self.fake_quant:
-                def hook(name, value):
-                    return fake_quantize(value, *self.fake_quant[name]) if name in self.fake_quant else value
-            values = run_nodes(self.nodes, feeds, self.graph.constants, hook)
+            values = run_nodes(self.nodes, feeds, self.graph.constants, self._fake_quantize if self.fake_quant else None)
             return {t: values[t] for t in self.outputs}
         named = {raw_input_name(t) if t in self.fake_quant else t: v for t, v in feeds.items()}
         found = dict(zip(self._ort_outputs, self._session.run(self._ort_outputs, named)))
         return {t: found[t] if t in found else feeds[t] for t in self.outputs}
 
+    def _fake_quantize(self, name: str, value: np.ndarray) -> np.ndarray:
+        return fake_quantize(value, *self.fake_quant[name]) if name in self.fake_quant else value
