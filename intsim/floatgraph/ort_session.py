@@ -308,6 +308,9 @@ class FloatSession:
             model = onnx_model(self.graph, self.nodes, self.inputs, self._ort_outputs, self.fake_quant)
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            # Threads sleep between runs instead of spinning: the batches of a pass are large, and the cores
+            # are shared with the integer kernels (and, on CI, with other jobs).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         except refused as exc:
             warnings.warn(f"graph {self.graph.name!r}: onnxruntime cannot run it ({exc}); running the numpy "
