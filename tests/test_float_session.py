@@ -120,6 +120,15 @@ def test_a_graph_onnxruntime_cannot_run_falls_back_to_numpy():
     np.testing.assert_array_equal(session.run([x])["y"], run_float(graph, [x])["y"], strict=True)
 
 
+def test_nothing_to_compute_returns_the_feeds():
+    graph = _hooked_graph()
+    x = np.ones((2, 8), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert FloatSession(graph, []).run([x]) == {}
+        np.testing.assert_array_equal(FloatSession(graph, ["x"]).run([x])["x"], x, strict=True)
+
+
 def test_rejects():
     graph = _hooked_graph()
     with pytest.raises(ValidationError, match=r"requested outputs \['nope'\] are not computed"):

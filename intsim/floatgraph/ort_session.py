@@ -296,7 +296,7 @@ class FloatSession:
         # Outputs onnxruntime computes; a fed tensor asked for as it is comes back from the feeds.
         self._ort_outputs = list(dict.fromkeys(t for t in self.outputs
                                                if t not in self.inputs or t in self.fake_quant))
-        if self.executor == "onnxruntime":
+        if self.executor == "onnxruntime" and self._ort_outputs:  # else nothing to compute: run returns feeds
             self._session = self._build()
 
     def _build(self):
