@@ -35,40 +35,17 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from bench_kernels import _median_times, _session  # the script's own folder is on sys.path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET = Path.home() / ".cache" / "intsim" / "efficientnet_lite0.onnx"
 LARGE_MODEL_BYTES = 2 << 20
-
-
-def _median_times(runners: dict, rounds: int) -> dict:
-    """Median seconds of each runner over ``rounds`` interleaved rounds (after one warm-up call each)."""
-    for run in runners.values():
-        run()
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _session(model_bytes: bytes, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def _calibration(path: Path, count: int) -> np.ndarray:
@@ -137,16 +114,14 @@ def _conversions(path: Path, calibration, profiles, rounds: int, batch_size: int
 
     runners = {f"intsim {p}": intsim_runner(p) for p in profiles}
     runners["ORT quantize_static"] = ort_run
-    if rounds > 1:  # a warm-up round: imports and first calls
-        for run in runners.values():
-            run()
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, converted, quantized["bytes"]
+    if rounds > 1:  # interleaved rounds after a warm-up round (imports, first calls)
+        return _median_times(runners, rounds), converted, quantized["bytes"]
+    times = {}
+    for name, run in runners.items():
+        start = time.perf_counter()
+        run()
+        times[name] = time.perf_counter() - start
+    return times, converted, quantized["bytes"]
 
 
 def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, rounds) -> list[dict]:
