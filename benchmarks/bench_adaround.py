@@ -30,7 +30,7 @@ from intsim.converter.lowering import prepare_float_graph
 from intsim.datasets import load_dataset
 from intsim.models import model_path
 from intsim.ptq.adaround import LayerProblem, Reconstruction
-from intsim.ptq.statistics import batches, run_until, Stepper
+from intsim.ptq.statistics import Stepper, streamed
 from intsim.ptq.layers import mac_nodes
 
 # (name, groups, outputs per group, inputs per group): EfficientNet-Lite0 layers.
@@ -90,8 +90,8 @@ def bench_walk(repeats):
 
     def from_the_input():
         for node in layers:
-            for batch in batches(data, 32):
-                run_until(fg, batch, [node.inputs[0]])
+            for _ in streamed(fg, data, 32, [node.inputs[0]]):
+                pass
 
     def node_by_node():
         stepper = Stepper(fg, data, 32)

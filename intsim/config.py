@@ -1,16 +1,18 @@
 """Every setting intsim reads from the environment, in one place.
 
-=====================  ==========================================================================
-``INTSIM_ISA``         instruction set the fast kernels compile for (``portable``, ``avx2``,
-                       ``avx512bw``, ``avx512vnni``); default: the best the host CPU reports
-``INTSIM_THREADS``     threads the fused conv / fully-connected kernels share (default 1, at most
-                       ``NUMBA_NUM_THREADS``); results never depend on it
-``INTSIM_PROGRESS``    ``1`` draws progress bars on stderr even when it is not a terminal, ``0``
-                       never draws them
-``INTSIM_DATA``        folder holding the Fashion-MNIST IDX files (default
-                       ``/usr/share/datasets/fashion-mnist``, Debian's ``dataset-fashion-mnist``);
-                       the CLI's ``--data-dir`` overrides it
-=====================  ==========================================================================
+==========================  ==========================================================================
+``INTSIM_ISA``              instruction set the fast kernels compile for (``portable``, ``avx2``,
+                            ``avx512bw``, ``avx512vnni``); default: the best the host CPU reports
+``INTSIM_THREADS``          threads the fused conv / fully-connected kernels share (default 1, at most
+                            ``NUMBA_NUM_THREADS``); results never depend on it
+``INTSIM_PROGRESS``         ``1`` draws progress bars on stderr even when it is not a terminal, ``0``
+                            never draws them
+``INTSIM_FLOAT_EXECUTOR``   what runs the float graph while converting and comparing: ``onnxruntime``
+                            (default) or ``numpy`` (:mod:`intsim.floatgraph.execute`, the reference)
+``INTSIM_DATA``             folder holding the Fashion-MNIST IDX files (default
+                            ``/usr/share/datasets/fashion-mnist``, Debian's ``dataset-fashion-mnist``);
+                            the CLI's ``--data-dir`` overrides it
+==========================  ==========================================================================
 
 The jit options every numba kernel shares live in :mod:`intsim.kernels._jit`.
 """
@@ -29,6 +31,15 @@ def isa_setting() -> str | None:
 def threads_setting() -> str:
     """``INTSIM_THREADS`` as written (``"1"`` when unset); :mod:`intsim.kernels.gemm` checks it."""
     return os.environ.get("INTSIM_THREADS", "1")
+
+
+FLOAT_EXECUTORS = ("onnxruntime", "numpy")
+
+
+def float_executor_setting() -> str:
+    """``INTSIM_FLOAT_EXECUTOR`` (``"onnxruntime"`` when unset or empty); :class:`intsim.floatgraph.ort_session.
+    FloatSession` checks it."""
+    return os.environ.get("INTSIM_FLOAT_EXECUTOR") or "onnxruntime"
 
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -36,8 +36,8 @@ from intsim.converter.feeds import FeedRows, named_feeds
 from intsim.distributed.data import as_rows
 from intsim.distributed.tasks import is_onnx, map_batches
 from intsim.errors import ValidationError
-from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph
+from intsim.floatgraph.ort_session import FloatSession
 from intsim.plotting import inline_png, pyplot
 from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
@@ -246,17 +246,6 @@ def _converter_metadata(model: Model) -> dict:
     return meta
 
 
-def fake_quant_hook(points: dict):
-    def hook(name, value):
-        if name not in points:
-            return value
-        scale, zp, lo, hi = points[name]
-        codes = np.clip(np.rint(value.astype(np.float64) / scale) + zp, lo, hi)
-        return ((codes - zp) * scale).astype(np.float32)
-
-    return hook
-
-
 def _local_ideal(node, trace, graph, meta) -> np.ndarray | None:
     """The codes node ``node`` would produce with exact real-valued requantization (half to even)."""
     reals = meta["real_multiplier"].get(node.name)
@@ -373,18 +362,22 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
 def _compare_context(fg: FloatGraph, int_model: Model):
     sim_graph, points = simulation_graph(fg, int_model)
     producers = {t: n for n in int_model.graph.nodes for t in n.outputs}
-    return fg, int_model, sim_graph, fake_quant_hook(points), producers
+    # One float session and one simulation session for the whole pass, returning the quantization points.
+    watched = list(dict.fromkeys([*int_model.graph.metadata["quantized"], *fg.outputs[:1]]))
+    return (FloatSession(fg, watched), FloatSession(sim_graph, watched, fake_quant=points), int_model,
+            producers)
 
 
 def _compare_batch(context, batch, labels) -> dict:
     """One batch: per quantization point its float sums and integer counts, the output errors and top-1 counts."""
-    fg, int_model, sim_graph, hook, producers = context
+    float_session, simulation, int_model, producers = context
+    fg = float_session.graph
     graph = int_model.graph
     meta = graph.metadata
     rescaled = meta.get("ptq", {}).get("rescaled", {})
     feeds = batch if isinstance(batch, Mapping) else {fg.inputs[0]: batch}
-    ref = {**feeds, **run_float(fg, feeds)}
-    sim = run_float(sim_graph, feeds, hook=hook)
+    ref = {**feeds, **float_session.run(feeds)}
+    sim = {**feeds, **simulation.run(feeds)}
     trace = int_model.trace(batch, float_input=True)
     rows = {}
     for float_name, int_name in _real_points(meta):

@@ -93,10 +93,15 @@ class TensorStats:
         last axis (the class axis of ``[batch, classes]`` logits).  The first
         ``N`` rows are kept as they come; row ``t > N`` replaces a random kept
         row with probability ``N / t``.  None without ``keep_rows``.
+    histogram : bool
+        ``False`` keeps only ``count``, ``min`` and ``max`` (and the rows):
+        enough for the ``"minmax"`` and ``"cross_entropy"`` range methods, in
+        one pass over each batch at its own dtype; :attr:`histogram` is then
+        None.
     """
 
     def __init__(self, name: str = "tensor", *, bins: int = HISTOGRAM_BINS, keep_rows: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, histogram: bool = True):
         where = f"TensorStats {name!r}"
         if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 2:
             raise ValidationError(f"{where}: bins must be an integer >= 2, found {bins!r}")
@@ -109,7 +114,7 @@ class TensorStats:
         self.count = 0
         self.min: float | None = None
         self.max: float | None = None
-        self.histogram = np.zeros(self.bins, np.int64)
+        self.histogram = np.zeros(self.bins, np.int64) if histogram else None
         self._origin = 0.0  # bin i covers [origin + i * width, origin + (i + 1) * width)
         self._width = 0.0
         self._rows: np.ndarray | None = None
@@ -128,11 +133,14 @@ class TensorStats:
     @property
     def nbytes(self) -> int:
         """Bytes held by the statistics' arrays: fixed by ``bins`` and ``keep_rows``."""
-        return self.histogram.nbytes + (0 if self._rows is None else self._rows.nbytes)
+        return (0 if self.histogram is None else self.histogram.nbytes) + (0 if self._rows is None else self._rows.nbytes)
 
     def update(self, x) -> None:
         """Add a batch of values (any shape; with ``keep_rows``, at least 2-D)."""
         where = f"TensorStats {self.name!r}"
+        if self.histogram is None and self.keep_rows is None:
+            self._update_extremes(x, where)
+            return
         x = finite_float_array(x, "values", where)
         if self.keep_rows is not None:
             if x.ndim < 2:
@@ -143,17 +151,35 @@ class TensorStats:
         if x.size == 0:
             return
         low, high = float(x.min()), float(x.max())
+        if self.histogram is not None:
+            self._add_to_histogram(x, low, high)
+        self.min = low if self.min is None else min(self.min, low)
+        self.max = high if self.max is None else max(self.max, high)
+        self.count += x.size
+        if self.keep_rows is not None:
+            self._sample_rows(x.reshape(-1, x.shape[-1]))
+
+    def _add_to_histogram(self, x: np.ndarray, low: float, high: float) -> None:
         if self.count == 0:
             self._start_grid(low, high)
         elif low < self._origin or high > self._origin + self.bins * self._width:
             self._grow(low, high)
         index = np.clip(np.floor((x - self._origin) / self._width), 0, self.bins - 1).astype(np.int64)
         self.histogram += np.bincount(index.reshape(-1), minlength=self.bins)
+
+    def _update_extremes(self, x, where: str) -> None:
+        # min / max at the batch's own dtype (exact: the extremes of float32 values are float32 values), one
+        # pass each; a NaN or an infinity shows in them, and then the full check names it.
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiub" or arr.size == 0:
+            finite_float_array(arr, "values", where)
+            return
+        low, high = float(arr.min()), float(arr.max())
+        if not (math.isfinite(low) and math.isfinite(high)):
+            finite_float_array(arr, "values", where)
         self.min = low if self.min is None else min(self.min, low)
         self.max = high if self.max is None else max(self.max, high)
-        self.count += x.size
-        if self.keep_rows is not None:
-            self._sample_rows(x.reshape(-1, x.shape[-1]))
+        self.count += arr.size
 
     def _too_wide(self, low: float, high: float) -> ValidationError:
         if self.min is not None:
@@ -268,6 +294,7 @@ _RANGE_METHODS = {
     "cross_entropy": _range_cross_entropy,
 }
 RANGE_METHODS = tuple(_RANGE_METHODS)
+HISTOGRAM_METHODS = ("percentile", "mse")  # the methods that read TensorStats.histogram
 
 
 def choose_range(stats: TensorStats, method: str, bits: int, signed: bool, symmetric: bool, *,
@@ -306,6 +333,9 @@ def choose_range(stats: TensorStats, method: str, bits: int, signed: bool, symme
     fmt = QuantFormat.checked(bits, signed, symmetric, narrow_range, power_of_two, where)
     if stats.count == 0:
         raise ValidationError(f"{where}: no values were observed")
+    if stats.histogram is None and method in HISTOGRAM_METHODS:
+        raise ValidationError(f"{where}: method {method!r} reads a histogram; these statistics kept none "
+                              "(TensorStats(histogram=False))")
     return _RANGE_METHODS[method](stats, fmt, percentile, where)
 
 
@@ -339,7 +369,8 @@ def bn_range(gamma, beta, n: float = 6.0, *, relu: bool = False, relu6: bool = F
 
 
 def calibrate(run_batch: Callable[[np.ndarray], Mapping], data: np.ndarray, tensors, *, batch_size: int = 64,
-              keep_rows: Mapping[str, int] | None = None, progress: bool = True) -> dict[str, TensorStats]:
+              keep_rows: Mapping[str, int] | None = None, progress: bool = True,
+              histogram: bool = True) -> dict[str, TensorStats]:
     """Run a float model over calibration data and collect :class:`TensorStats` per tensor.
 
     Parameters
@@ -358,6 +389,9 @@ def calibrate(run_batch: Callable[[np.ndarray], Mapping], data: np.ndarray, tens
     progress : bool
         Draw a progress bar on stderr when stderr is a terminal or
         ``INTSIM_PROGRESS=1`` (``INTSIM_PROGRESS=0`` turns it off).
+    histogram : bool
+        ``False``: keep no histograms (``TensorStats(histogram=False)``), for
+        the range methods that need none (``"minmax"``, ``"cross_entropy"``).
 
     Returns
     -------
@@ -379,7 +413,7 @@ def calibrate(run_batch: Callable[[np.ndarray], Mapping], data: np.ndarray, tens
     if not isinstance(keep_rows, Mapping) or not set(keep_rows) <= set(tensors):
         raise ValidationError(f"{where}: keep_rows must map watched tensor names to row counts, found {keep_rows!r} "
                               f"for tensors {tensors}")
-    stats = {name: TensorStats(name, keep_rows=keep_rows.get(name)) for name in tensors}
+    stats = {name: TensorStats(name, keep_rows=keep_rows.get(name), histogram=histogram) for name in tensors}
     total = len(data)
     bar = Progress(total, progress_enabled(progress))
     for start in range(0, total, batch_size):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.converter.calibration import RANGE_METHODS, calibrate, choose_range
+from intsim.converter.calibration import HISTOGRAM_METHODS, RANGE_METHODS, calibrate, choose_range
 from intsim.converter.data_free import batch_norm_statistics, data_free_ranges
 from intsim.converter.layer_config import ActivationFormat, LayerFormats
 from intsim.converter.steps import (TIED_OPS, Step, layer_formats, plan_steps, point_formats,  # noqa: F401
@@ -35,7 +35,8 @@ from intsim.converter.quantizer import quantization_params, quantize
 from intsim.codes import dtype_range
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
-from intsim.floatgraph.execute import resize_source_indices, run_float
+from intsim.floatgraph.execute import resize_source_indices
+from intsim.floatgraph.ort_session import FloatSession
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.codes import storage_dtype
 from intsim.graph import Graph, Node, TensorInfo
@@ -692,13 +693,16 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
                    for t, (_, method) in points.items()}
         keep_rows = {t: 4096 for t in fg.outputs if methods.get(t) == "cross_entropy"}
 
+        session = FloatSession(fg, [t for t in points if t not in fg.inputs])
+
         def run_batch(rows):
             batch = batch_of(feeds, int(rows[0]), int(rows[-1]) + 1)
-            return {**batch, **run_float(fg, batch)}
+            return {**batch, **session.run(batch)}
 
+        # cross_entropy falls back to mse for a tensor that is not [batch, classes]: keep histograms for it.
+        histogram = bool(set(methods.values()) & {*HISTOGRAM_METHODS, "cross_entropy"})
         stats = calibrate(run_batch, np.arange(sample_count(feeds)), list(points), batch_size=batch_size,
-                          keep_rows=keep_rows or None,
-                          progress=progress)
+                          keep_rows=keep_rows or None, progress=progress, histogram=histogram)
         qparams = {}
         for t, (p, _) in points.items():
             method = methods[t]

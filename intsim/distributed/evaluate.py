@@ -91,20 +91,20 @@ def _context(model: Model, float_model, float_input: bool):
     if float_model is None:
         return model, wide_accumulators(model), None, float_input
     from intsim.converter.lowering import prepare_float_graph
+    from intsim.floatgraph.ort_session import FloatSession
 
-    return model, None, prepare_float_graph(float_model), float_input
+    fg = prepare_float_graph(float_model)
+    return model, None, FloatSession(fg, fg.outputs[:1]), float_input
 
 
 def _batch(context, batch, labels) -> dict:
-    model, wide, fg, float_input = context
+    model, wide, float_session, float_input = context
     trace = model.trace(batch, float_input=float_input)
     top = top1(trace.tensors[model.graph.outputs[0]])
-    if fg is None:
+    if float_session is None:
         reference = top1(wide.trace(batch, float_input=float_input).tensors[wide.graph.outputs[0]])
     else:
-        from intsim.floatgraph.execute import run_float
-
-        reference = top1(run_float(fg, [batch])[fg.outputs[0]])
+        reference = top1(float_session.run([batch])[float_session.outputs[0]])
     layers = {}
     for node in model.graph.nodes:
         s = trace.stats[node.name]

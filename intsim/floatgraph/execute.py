@@ -88,18 +88,36 @@ def run_float(
         Wrong number or names of feeds, a non-float feed, a rank or a known
         dimension that does not match, or an unknown name in ``outputs``.
     """
-    hook = hook or (lambda name, value: value)
-    values = {name: hook(name, _checked_feed(graph, name, value)) for name, value in _named_feeds(graph, feeds).items()}
+    feeds = checked_feeds(graph, feeds)
     if outputs is not None:
         unknown = [t for t in outputs if t not in graph.inputs and all(t not in n.outputs for n in graph.nodes)]
         if unknown:
             raise ValidationError(f"graph {graph.name!r}: requested outputs {unknown} are not computed by the graph")
-    for node in graph.nodes:
-        args = [values[t] if t in values else graph.constants[t] for t in node.inputs]
-        values.update((t, hook(t, value)) for t, value in zip(node.outputs, run_node(node, args)))
+    values = run_nodes(graph.nodes, feeds, graph.constants, hook)
     if outputs is None:
         return values
     return {t: values[t] for t in outputs}
+
+
+def run_nodes(nodes: Sequence[FloatNode], values: Mapping[str, np.ndarray], constants: Mapping[str, np.ndarray],
+              hook: Callable[[str, np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Run ``nodes`` in order from the tensors ``values`` (trusted) and ``constants``.
+
+    ``hook`` is applied to every tensor of ``values`` and every node output, as
+    in :func:`run_float`.  Returns ``values`` with every node output added.
+    """
+    hook = hook or (lambda name, value: value)
+    values = {t: hook(t, v) for t, v in values.items()}
+    for node in nodes:
+        args = [values[t] if t in values else constants[t] for t in node.inputs]
+        values.update((t, hook(t, value)) for t, value in zip(node.outputs, run_node(node, args)))
+    return values
+
+
+def checked_feeds(graph: FloatGraph, feeds) -> dict[str, np.ndarray]:
+    """``feeds`` (list in ``graph.inputs`` order or dict name -> array) as a dict of float32 arrays, checked:
+    exactly the graph's inputs, float, ranks and known dimensions as ``graph.shapes`` says."""
+    return {name: _checked_feed(graph, name, value) for name, value in _named_feeds(graph, feeds).items()}
 
 
 def _named_feeds(graph: FloatGraph, feeds) -> dict:

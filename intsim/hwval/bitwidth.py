@@ -124,13 +124,13 @@ def bitwidth_sweep(onnx_model, calibration, data, labels=None, *, weight_bits=(8
 
 
 def _float_graph(fg):
-    return fg
+    from intsim.floatgraph.ort_session import FloatSession
+
+    return FloatSession(fg, fg.outputs[:1])
 
 
-def _float_top(fg, batch, labels) -> np.ndarray:
-    from intsim.floatgraph.execute import run_float
-
-    return top1(run_float(fg, [batch])[fg.outputs[0]])
+def _float_top(session, batch, labels) -> np.ndarray:
+    return top1(session.run([batch])[session.outputs[0]])
 
 
 def _convert_and_run(fg, calibration, data, profile, batch_size, convert_options, w, a):

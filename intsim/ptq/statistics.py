@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph
+from intsim.floatgraph.ort_session import FloatSession
 
 # Bytes of live tensors one model's walk over the calibration data (:class:`Stepper`) keeps in RAM;
 # tensors beyond it are kept in unlinked temporary files mapped from disk.
@@ -26,22 +26,17 @@ from intsim.ptq.layers import mac_nodes
 # --------------------------------------------------------------------------
 
 
-def run_until(fg: FloatGraph, batch: np.ndarray, wanted) -> dict[str, np.ndarray]:
-    """Run the float graph only as far as it takes to compute every tensor in ``wanted``."""
-    values = {fg.inputs[0]: np.asarray(batch, np.float32)}
-    missing = set(wanted) - set(values)
-    for node in fg.nodes:
-        if not missing:
-            break
-        args = [values[t] if t in values else fg.constants[t] for t in node.inputs]
-        values.update(zip(node.outputs, run_node(node, args)))
-        missing -= set(node.outputs)
-    return values
-
-
 def batches(data: np.ndarray, batch_size: int):
     for start in range(0, len(data), batch_size):
         yield np.asarray(data[start : start + batch_size])
+
+
+def streamed(fg: FloatGraph, data: np.ndarray, batch_size: int, wanted):
+    """Per calibration batch, the tensors ``wanted`` (graph inputs or node outputs) of the float graph: one
+    :class:`~intsim.floatgraph.ort_session.FloatSession` for the whole pass."""
+    session = FloatSession(fg, list(wanted))
+    for batch in batches(data, batch_size):
+        yield session.run([batch])
 
 
 class Stepper:
@@ -86,17 +81,21 @@ class Stepper:
             self.in_ram -= value.nbytes
 
     def run_to(self, stop: int) -> list[dict[str, np.ndarray]]:
-        """Run nodes ``done .. stop - 1``; returns the per-batch live tensors."""
-        for i in range(self.done, stop):
-            node = self.fg.nodes[i]
-            dead = [t for t in node.inputs if self.last_read.get(t) == i and t not in self.fg.outputs]
-            for values in self.values:
-                args = [values[t] if t in values else self.fg.constants[t] for t in node.inputs]
-                values.update((t, self._keep(v)) for t, v in zip(node.outputs, run_node(node, args)))
-                for t in dead:
-                    if t in values:
-                        self._drop(values.pop(t))
-        self.done = max(self.done, stop)
+        """Run nodes ``done .. stop - 1`` (one float session for them); returns the per-batch live tensors."""
+        if stop <= self.done:
+            return self.values
+        nodes = self.fg.nodes[self.done : stop]
+        live = set(self.values[0])
+        fed = list(dict.fromkeys(t for n in nodes for t in n.inputs if t in live))
+        # What the segment computes that a later node or the caller reads.
+        kept = [t for n in nodes for t in n.outputs if self.last_read.get(t, -1) >= stop or t in self.fg.outputs]
+        session = FloatSession(self.fg, kept, nodes=nodes, inputs=fed) if kept else None
+        for values in self.values:
+            if session is not None:
+                values.update((t, self._keep(v)) for t, v in session.run({t: values[t] for t in fed}).items())
+            for t in [t for t in values if self.last_read.get(t, -1) < stop and t not in self.fg.outputs]:
+                self._drop(values.pop(t))
+        self.done = stop
         return self.values
 
 
@@ -107,8 +106,7 @@ def channel_axes(value: np.ndarray) -> tuple[int, ...]:
 def channel_maxima(fg: FloatGraph, tensors, data: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     """Per-channel (axis 1) maximum of each tensor over the calibration data, streamed."""
     maxima: dict[str, np.ndarray] = {}
-    for batch in batches(data, batch_size):
-        values = run_until(fg, batch, tensors)
+    for values in streamed(fg, data, batch_size, tensors):
         for t in tensors:
             found = values[t].max(axis=channel_axes(values[t])).astype(np.float64)
             maxima[t] = np.maximum(maxima[t], found) if t in maxima else found
@@ -136,8 +134,7 @@ def preactivation_statistics(fg: FloatGraph, batch_norms: Mapping[str, tuple], s
     sums = {t: 0.0 for t in measure}
     squares = {t: 0.0 for t in measure}
     counts = {t: 0 for t in measure}
-    for batch in batches(data, batch_size):
-        values = run_until(fg, batch, measure)
+    for values in streamed(fg, data, batch_size, measure):
         for t in measure:
             v = values[t].astype(np.float64)
             axes = channel_axes(v)

@@ -22,7 +22,7 @@ import numpy as np
 
 import intsim
 from intsim.converter.lowering import prepare_float_graph
-from intsim.floatgraph.execute import run_float
+from intsim.floatgraph.ort_session import FloatSession
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import augmented_crops, load_photos  # noqa: E402
@@ -32,9 +32,10 @@ DEFAULT_ONNX = Path.home() / ".cache" / "intsim" / "efficientnet_lite0.onnx"
 
 def _logits(fg, model, x, batch_size):
     floats, ints = [], []
+    session = FloatSession(fg, fg.outputs[:1])
     for start in range(0, len(x), batch_size):
         batch = x[start : start + batch_size]
-        floats.append(run_float(fg, [batch], outputs=fg.outputs)[fg.outputs[0]])
+        floats.append(session.run([batch])[fg.outputs[0]])
         ints.append(model.run(batch))
     return np.concatenate(floats), np.concatenate(ints)
 
