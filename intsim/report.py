@@ -37,7 +37,7 @@ from intsim.distributed.data import as_rows
 from intsim.distributed.tasks import is_onnx, map_batches
 from intsim.errors import ValidationError
 from intsim.floatgraph import FloatGraph
-from intsim.floatgraph.ort_session import FloatSession
+from intsim.floatgraph.ort_session import FloatSession, fake_quantize
 from intsim.plotting import inline_png, pyplot
 from intsim.progress import Progress, progress_enabled
 from intsim.runtime import Model
@@ -229,6 +229,16 @@ def simulation_graph(fg: FloatGraph, model: Model) -> tuple[FloatGraph, dict]:
         points[float_name] = (info.scale, info.zero_point, int(lo), int(hi))
     sim = dataclasses.replace(fg, constants=constants)
     return sim, points
+
+
+def fake_quant_hook(points: dict):
+    """A :func:`~intsim.floatgraph.execute.run_float` hook that fake-quantizes each tensor of ``points``
+    (``{float tensor: (scale, zero_point, lo, hi)}``, as :func:`simulation_graph` gives them)."""
+
+    def hook(name, value):
+        return value if name not in points else fake_quantize(value, *points[name])
+
+    return hook
 
 
 def _real_points(meta: dict) -> list[tuple[str, str]]:
