@@ -24,7 +24,7 @@ from intsim.floatgraph.execute import run_float  # noqa: E402
 from intsim.models import model_path  # noqa: E402
 from intsim.profiles import get_profile  # noqa: E402
 from intsim.ptq.bias_correction import WeightFormat  # noqa: E402
-from intsim.qat import export, finetune, output_codes, predict, prepare, train  # noqa: E402
+from intsim.qat import export, finetune, layer_agreement, output_codes, predict, prepare, train  # noqa: E402
 from intsim.qat.fakequant import (  # noqa: E402
     ActivationQuantizer,
     WeightQuantizer,
@@ -259,25 +259,68 @@ def test_finetune_rejects_integer_data(small_net):
         finetune(path, (x * 255).astype(np.uint8), progress=False)
 
 
-class _PlusConstant(torch.nn.Module):
+class _BatchedMatMulByConstant(torch.nn.Module):
+    """3-D MatMul by a constant: the converter lowers MatMul by a constant for 2-D inputs only."""
+
     def __init__(self):
         super().__init__()
         self.conv = torch.nn.Conv2d(1, 2, 3)
+        self.w = torch.nn.Parameter(torch.randn(36, 3))
 
     def forward(self, x):
-        return torch.flatten(self.conv(x) + 0.5, 1)
+        return torch.matmul(torch.flatten(self.conv(x), 2), self.w)
 
 
 @pytest.mark.parametrize("net,match", [
-    (lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Sigmoid(), torch.nn.Flatten()),
-     "op 'Sigmoid' has no quantization-aware training support"),
-    (_PlusConstant, "op 'Add' with a constant operand"),
+    (lambda: torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Softmax(dim=1)),
+     r"op 'Softmax' has no quantization-aware training support.*\(export the model without its softmax\)"),
+    (_BatchedMatMulByConstant, "op 'MatMul' with a constant operand"),
 ])
 def test_unsupported_op_is_named(tmp_path, net, match):
     path = _export_onnx(net(), (1, 8, 8), tmp_path / "unsupported.onnx")
     x = np.random.default_rng(0).random((8, 1, 8, 8), dtype=np.float32)
     with pytest.raises(UnsupportedOpError, match=match):
         prepare(path, x, progress=False)
+
+
+class _ManyOps(torch.nn.Module):
+    """Every op family the converter lowers besides the residual net's: tables (HardSwish, SiLU, Tanh,
+    LeakyRelu, Sigmoid), an average pool, a batch norm with no conv before it, products and quotients by
+    constants and of two activations, a pad with a value, layout ops, nearest resize, MatMul by a constant."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.bn.running_mean.uniform_(-0.5, 0.5)
+        self.bn.running_var.uniform_(0.5, 2.0)
+        self.w = torch.nn.Parameter(torch.randn(64, 5) * 0.2)
+
+    def forward(self, x):
+        h = torch.nn.functional.hardswish(self.conv(x))                 # 8x8
+        h = self.bn(torch.nn.functional.avg_pool2d(h, 2))                # 4x4
+        h = torch.sigmoid(h) * h / 4.0 - h * 0.75                        # SiLU, Div and Mul by constants, Sub
+        h = torch.tanh(torch.nn.functional.max_pool2d(torch.nn.functional.pad(h, (1, 1, 1, 1), value=0.3), 3, 1)) * h
+        h = torch.nn.functional.leaky_relu(h.transpose(2, 3), 0.1)
+        h = torch.nn.functional.max_pool2d(torch.nn.functional.interpolate(h, scale_factor=2, mode="nearest"), 2)
+        h = torch.sigmoid(h.unsqueeze(1).squeeze(1))
+        return torch.matmul(torch.flatten(h, 1), self.w)
+
+
+def test_every_lowered_op_trains_and_exports_bit_exact(tmp_path):
+    torch.manual_seed(3)
+    path = _export_onnx(_ManyOps(), (1, 8, 8), tmp_path / "ops.onnx")
+    x = np.random.default_rng(3).normal(size=(48, 1, 8, 8)).astype(np.float32)
+    qat = prepare(path, x, "pow2", weight_bits=8, activation_bits=8, progress=False)
+    kinds = {step.kind for step in qat.steps}
+    assert kinds >= {"HardSwish", "SiLU", "Tanh", "LeakyRelu", "Sigmoid", "AveragePool", "Div", "Mul", "Sub", "Pad",
+                     "Transpose", "Resize", "Unsqueeze", "Squeeze", "Gemm"}, kinds
+    assert {n.op for n in qat.graph.nodes} >= {"Conv", "Gemm"}  # the batch norm and the MatMul as MAC layers
+    train(qat, x, epochs=1, batch_size=16, lr=1e-2, progress=False)
+    model = export(qat)
+    np.testing.assert_array_equal(output_codes(qat, x), _integer_codes(model, x), strict=True)
+    for tensor, rate in layer_agreement(qat, model, x).items():
+        assert rate == 1.0, tensor
 
 
 def test_import_intsim_does_not_import_torch():

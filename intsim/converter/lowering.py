@@ -39,7 +39,7 @@ from intsim.profiles import Profile, get_profile
 from intsim.ptq.bias_correction import WeightFormat
 from intsim.ptq.pipeline import apply_ptq, resolve_settings
 from intsim.runtime import Model
-from intsim.converter.params import build_exp_table, build_lut
+from intsim.converter.params import build_exp_table, build_lut, constant_operand_codes
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
 TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize")
@@ -208,12 +208,8 @@ class _Lowering:
     def constant_codes(self, value, rank, perm):
         """Quantize a constant operand per tensor, broadcastable against a stored activation."""
         value = np.asarray(value, np.float64)
-        value = value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(perm)
-        p = self.profile
-        scale, zp = quantization_params(float(min(value.min(), 0.0)), float(max(value.max(), 0.0)),
-                                        p.activation_bits, p.activation_signed, p.activation_symmetric,
-                                        power_of_two=p.power_of_two_scales)
-        return quantize(value, scale, zp, self.act_lo, self.act_hi, p.activation_dtype), scale, zp
+        return constant_operand_codes(value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(perm),
+                                      self.profile)
 
     # --- steps ------------------------------------------------------------
     def lower(self, steps):
@@ -505,7 +501,8 @@ class _Lowering:
         x = self.tensors[self.need(x_name, perm)]
         scale, zp = self.out_params(step.output)
         y = self.bind(step.output, perm, scale, zp)
-        self.nodes.append(Node("lut", node.name, [x.name], [y], {}, {"table": build_lut(fn, x, self.tensors[y])}))
+        table = np.clip(build_lut(fn, x, self.tensors[y]), self.act_lo, self.act_hi)  # activation_bits < 8
+        self.nodes.append(Node("lut", node.name, [x.name], [y], {}, {"table": table}))
 
     def _layout(self, step, op, attrs):
         node = step.nodes[0]

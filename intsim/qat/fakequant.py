@@ -144,9 +144,13 @@ class WeightQuantizer(_LearnedScale):
     def _channel(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
         return t.reshape((-1,) + (1,) * (ndim - 1))
 
+    def folded(self, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` in float, as the integer layer takes them (before quantization)."""
+        return self.weight.to(dtype), self.bias.to(dtype)
+
     def weight_codes(self, dtype=torch.float32) -> torch.Tensor:
         """Weight codes (as floats, ONNX layout), rounded with the STE."""
-        w = self.weight.to(dtype)
+        w = self.folded(dtype)[0]
         scale = self._channel(self.scale(dtype), w.ndim)
         zp = self._channel(self.zero_point.to(dtype), w.ndim)
         return torch.clamp(round_ste(w / scale) + zp, self.qmin, self.qmax)
@@ -158,7 +162,7 @@ class WeightQuantizer(_LearnedScale):
         zp = self._channel(self.zero_point.to(dtype), codes.ndim)
         weight = (codes - zp) * self._channel(scale, codes.ndim)
         bias_scale = x_scale * scale
-        bias_codes = torch.clamp(round_ste(self.bias.to(dtype) / bias_scale), -self.bias_max - 1, self.bias_max)
+        bias_codes = torch.clamp(round_ste(self.folded(dtype)[1] / bias_scale), -self.bias_max - 1, self.bias_max)
         return weight, bias_codes * bias_scale
 
     def export(self, channels: int):
@@ -169,3 +173,56 @@ class WeightQuantizer(_LearnedScale):
             scale = self.scale(torch.float64).numpy()
         zp = self.zero_point.numpy()
         return codes, scale.repeat(channels // scale.size), zp.repeat(channels // zp.size)
+
+
+class BatchNormWeightQuantizer(WeightQuantizer):
+    """A layer that keeps its batch norm during training: white paper §4.2's variant with batch statistics
+    (Krishnamoorthi 2018), beside static folding.
+
+    ``weight`` is the layer's weight before the batch norm, ``bias`` the batch norm's ``beta``; ``gamma``
+    is learned too, and the running mean and variance of the layer's output ``z = W * x`` are tracked
+    (``momentum``).  The integer layer is always the fold on the running statistics
+    (:meth:`folded`: ``W gamma / sigma``, ``beta - mean gamma / sigma``), quantized on the layer's grid.
+    While training, :meth:`batch_normalize` rescales that layer's output to the batch statistics, so the
+    batch norm trains as it did in float.  Built from the statically folded layer with the running
+    statistics of its output measured on data, it starts as the identity on them: ``gamma = sigma``,
+    ``beta = mean + bias``.  Every fold is computed in float32, the type of the exported constants.
+    """
+
+    def __init__(self, folded: WeightQuantizer, profile, mean, var, eps: float = 1e-5, momentum: float = 0.1):
+        with torch.no_grad():
+            weight, bias = folded.folded()
+            super().__init__(weight, bias, 1.0, folded.zero_point, (folded.qmin, folded.qmax), profile.bias_bits,
+                             profile, folded.log2_scale.requires_grad)
+            self.log2_scale.copy_(folded.log2_scale)
+            self.eps, self.momentum = eps, momentum
+            mean, var = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
+            self.register_buffer("running_mean", mean.clone())
+            self.register_buffer("running_var", var.clone())
+            self.gamma = torch.nn.Parameter(torch.sqrt(var + eps))
+            self.bias.copy_(bias + mean)
+
+    def _factor(self, var):
+        return self.gamma / torch.sqrt(var + self.eps)
+
+    def folded(self, dtype=torch.float32):
+        factor = self._factor(self.running_var)
+        weight = self.weight * self._channel(factor, self.weight.ndim)
+        return weight.to(dtype), (self.bias - self.running_mean * factor).to(dtype)
+
+    def batch_normalize(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The training output: ``y``, the quantized layer's output without its bias, and ``z``, the
+        float layer's output (``W * x``, channels on axis 1), give ``BN(z)`` with ``z``'s batch
+        statistics and the quantized weights, ``y sigma / sigma_B + beta - gamma mean_B / sigma_B``.
+        Updates the running statistics."""
+        dims = [d for d in range(z.ndim) if d != 1]
+        mean, var = z.mean(dims), z.var(dims, unbiased=False)
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        factor = self._factor(var).to(y.dtype)
+        out = y * (torch.sqrt(self.running_var + self.eps) / torch.sqrt(var + self.eps)).to(y.dtype).reshape(shape)
+        out = out + (self.bias - mean * factor).to(y.dtype).reshape(shape)
+        with torch.no_grad():
+            count = z.numel() // z.shape[1]
+            self.running_mean.lerp_(mean.detach().float(), self.momentum)
+            self.running_var.lerp_(var.detach().float() * count / max(count - 1, 1), self.momentum)
+        return out
