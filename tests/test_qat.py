@@ -27,6 +27,7 @@ from intsim.ptq.bias_correction import WeightFormat  # noqa: E402
 from intsim.qat import export, finetune, layer_agreement, output_codes, predict, prepare, train  # noqa: E402
 from intsim.qat.fakequant import (  # noqa: E402
     ActivationQuantizer,
+    BatchNormWeightQuantizer,
     WeightQuantizer,
     round_half_away,
     round_half_even,
@@ -40,6 +41,7 @@ EDGES = np.concatenate([EDGES, -EDGES, [0.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5]])
 def _export_onnx(net, shape, path):
     net.eval()
     torch.onnx.export(net, torch.rand(1, *shape), str(path), dynamo=False, opset_version=17,
+                      training=torch.onnx.TrainingMode.PRESERVE,  # keeps batch norms: intsim folds them
                       input_names=["x"], output_names=["y"], dynamic_axes={"x": {0: "n"}, "y": {0: "n"}})
     return path
 
@@ -213,6 +215,42 @@ def test_qat_recovers_w4a3_over_ptq_start():
     np.testing.assert_array_equal(output_codes(qat, x_test).argmax(1), _integer_codes(model, x_test).argmax(1))
 
 
+def test_batch_statistics_variant_trains_and_exports_bit_exact(small_net):
+    """White paper §4.2's variant that keeps the batch norm (conv 'a' of the small net has one): after
+    training, the integer model is the fold on the running statistics, bit for bit (pow2)."""
+    path, x = small_net
+    qat = prepare(path, x[:64], "pow2", weight_bits=4, activation_bits=4, batch_norm="statistics", progress=False)
+    kept = [layer for layer in qat.layers.values() if isinstance(layer, BatchNormWeightQuantizer)]
+    assert len(kept) == 1
+    running = kept[0].running_var.clone()
+    train(qat, x, epochs=2, batch_size=16, lr=1e-2, progress=False)
+    assert not torch.equal(running, kept[0].running_var)
+    model = export(qat)
+    np.testing.assert_array_equal(output_codes(qat, x), _integer_codes(model, x), strict=True)
+    static = prepare(path, x[:64], "pow2", weight_bits=4, activation_bits=4, progress=False)
+    train(static, x, epochs=2, batch_size=16, lr=1e-2, progress=False)
+    assert not np.array_equal(output_codes(static, x), output_codes(qat, x))
+
+
+def test_batch_statistics_training_output_is_batch_norm():
+    """``batch_normalize`` of the float layer output is torch's batch norm in training mode on batch statistics."""
+    torch.manual_seed(0)
+    weight, z = torch.randn(3, 2, 1, 1), torch.randn(8, 3, 5, 5, dtype=torch.float64) * 2 + 1
+    folded = WeightQuantizer(weight, torch.zeros(3), [0.1] * 3, [0] * 3, (-7, 7), 32, get_profile("paper"))
+    layer = BatchNormWeightQuantizer(folded, get_profile("paper"), torch.rand(3), torch.rand(3) + 0.5)
+    with torch.no_grad():
+        layer.gamma.mul_(1.5)
+        layer.bias.add_(0.25)
+    mean, var = layer.running_mean.clone(), layer.running_var.clone()
+    factor = (layer.gamma / torch.sqrt(var + layer.eps)).double().reshape(1, -1, 1, 1)
+    expected = torch.nn.functional.batch_norm(z, None, None, layer.gamma.double(), layer.bias.double(), training=True,
+                                              eps=layer.eps)
+    torch.testing.assert_close(layer.batch_normalize(z * factor, z), expected, rtol=1e-6, atol=1e-6)
+    dims = (0, 2, 3)
+    torch.testing.assert_close(layer.running_mean, (0.9 * mean + 0.1 * z.mean(dims)).float())
+    torch.testing.assert_close(layer.running_var, (0.9 * var + 0.1 * z.var(dims, unbiased=True)).float())
+
+
 def test_labels_and_fixed_ranges(small_net):
     path, x = small_net
     qat = prepare(path, x[:64], "paper", weight_bits=4, activation_bits=4, learn_ranges=False, progress=False)
@@ -246,11 +284,18 @@ def test_float_mode_is_the_float_model(small_net):
     ({"lr": float("nan")}, "lr must be a positive number"),
     ({"distillation": 0.0}, r"distillation must be a number >= 0 \(> 0 without labels\)"),
     ({"distillation": -1.0, "labels": np.zeros(96, np.int64)}, "distillation must be a number >= 0"),
+    ({"batch_norm": "double"}, "batch_norm must be one of static, statistics, found 'double'"),
 ])
 def test_finetune_rejects_bad_arguments(small_net, kwargs, match):
     path, x = small_net
     with pytest.raises(ValidationError, match=match):
         finetune(path, x, progress=False, **kwargs)
+
+
+def test_batch_statistics_needs_a_batch_norm():
+    x, _ = load_dataset("digits", "train")
+    with pytest.raises(ValidationError, match="batch_norm='statistics' needs a BatchNormalization right after"):
+        prepare(model_path("resnet_digits.onnx"), x[:8], batch_norm="statistics", progress=False)
 
 
 def test_finetune_rejects_integer_data(small_net):

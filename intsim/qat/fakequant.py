@@ -192,7 +192,7 @@ class BatchNormWeightQuantizer(WeightQuantizer):
     def __init__(self, folded: WeightQuantizer, profile, mean, var, eps: float = 1e-5, momentum: float = 0.1):
         with torch.no_grad():
             weight, bias = folded.folded()
-            super().__init__(weight, bias, 1.0, folded.zero_point, (folded.qmin, folded.qmax), profile.bias_bits,
+            super().__init__(weight, bias, torch.exp2(folded.log2_scale.double()), folded.zero_point, (folded.qmin, folded.qmax), profile.bias_bits,
                              profile, folded.log2_scale.requires_grad)
             self.log2_scale.copy_(folded.log2_scale)
             self.eps, self.momentum = eps, momentum

@@ -29,8 +29,8 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.floatgraph.execute import resize_source_indices
 from intsim.floatgraph.passes import copy_graph, fresh_name
 from intsim.ptq.bias_correction import WeightFormat
-from intsim.qat.fakequant import (REQUANTIZATION_ROUNDING, ActivationQuantizer, WeightQuantizer, round_half_away,
-                                  round_half_even, round_ste)
+from intsim.qat.fakequant import (REQUANTIZATION_ROUNDING, ActivationQuantizer, BatchNormWeightQuantizer,
+                                  WeightQuantizer, round_half_away, round_half_even, round_ste)
 
 STEP_HANDLERS = {}
 
@@ -243,6 +243,7 @@ class FakeQuantModel(torch.nn.Module):
         plan = replace(plan, graph=fg, steps=plan_steps(fg))
         self.plan, self.graph, self.steps, self.profile = plan, fg, plan.steps, profile
         self.quantize = True
+        self._statistics = None  # {layer: [outputs before the bias]} while keep_batch_norms measures them
         for step in self.steps:
             self._check(step)
         points = set(quantization_points(fg, self.steps))
@@ -272,6 +273,7 @@ class FakeQuantModel(torch.nn.Module):
                 self.layer_keys[node.name] = key
                 self.layers[key] = WeightQuantizer(weight, bias, scale, zp, fmt.codes, profile.bias_bits, profile,
                                                    learn_ranges)
+        self.eval()  # :func:`intsim.qat.train` switches to training
 
     def _check(self, step):
         node = step.nodes[0]
@@ -330,8 +332,7 @@ class FakeQuantModel(torch.nn.Module):
         for step in self.steps:
             node = step.nodes[0]
             if step.kind in MAC_OPS:
-                x = values[node.inputs[0]]
-                y = STEP_HANDLERS[step.kind](step, x, *self._mac_operands(node, x))
+                y = self._mac(step, values[node.inputs[0]])
             elif self.quantize and step.kind in ON_INPUT_GRID:
                 y = ON_INPUT_GRID[step.kind](step, values[node.inputs[0]], self.activation(self.grid_source(step.output)))
             else:
@@ -350,12 +351,43 @@ class FakeQuantModel(torch.nn.Module):
         real, grid = self.constant_values[(step.output, index)]
         return (grid if self.quantize else real).to(dtype)
 
-    def _mac_operands(self, node, x):
-        layer = self.layer(node.name)
+    def _mac(self, step, x):
+        node = step.nodes[0]
+        layer, handler = self.layer(node.name), STEP_HANDLERS[step.kind]
         if not self.quantize:
-            return [layer.weight.to(x.dtype), layer.bias.to(x.dtype)]
-        x_scale = self.activation(self.grid_source(node.inputs[0])).scale(x.dtype)
-        return list(layer.dequantized(x_scale, x.dtype))
+            y = handler(step, x, *layer.folded(x.dtype))
+            if self._statistics is not None and node.name in self._statistics:
+                z = y - layer.folded(x.dtype)[1].reshape((1, -1) + (1,) * (y.ndim - 2))
+                dims = [d for d in range(z.ndim) if d != 1]
+                total = self._statistics[node.name]
+                total[0], total[1], total[2] = total[0] + z.numel() // z.shape[1], total[1] + z.sum(dims), \
+                    total[2] + (z * z).sum(dims)
+            return y
+        weight, bias = layer.dequantized(self.activation(self.grid_source(node.inputs[0])).scale(x.dtype), x.dtype)
+        if self.training and isinstance(layer, BatchNormWeightQuantizer):
+            return layer.batch_normalize(handler(step, x, weight, None), handler(step, x, layer.weight.to(x.dtype), None))
+        return handler(step, x, weight, bias)
+
+    def keep_batch_norms(self, node_names, data, batch_size: int = 256):
+        """Train the layers ``node_names`` with their batch norms (white paper §4.2, the variant with batch
+        statistics, :class:`~intsim.qat.fakequant.BatchNormWeightQuantizer`) instead of statically folded.
+
+        Each starts from its folded layer, with the running mean and variance of its output ``W * x``
+        measured on ``data`` (float model, batches of ``batch_size``).
+        """
+        self._statistics = {name: [0, 0.0, 0.0] for name in node_names}  # count, sum, sum of squares
+        quantize, self.quantize = self.quantize, False
+        try:
+            with torch.no_grad():
+                for i in range(0, len(data), batch_size):
+                    self.tensors(torch.as_tensor(np.asarray(data[i : i + batch_size]), dtype=torch.float64))
+            outputs, self._statistics = self._statistics, None
+        finally:
+            self.quantize, self._statistics = quantize, None
+        for name, (count, total, squares) in outputs.items():
+            key, mean = self.layer_keys[name], total / count
+            var = torch.clamp(squares / count - mean * mean, min=0.0) * count / max(count - 1, 1)
+            self.layers[key] = BatchNormWeightQuantizer(self.layers[key], self.profile, mean, var).train(self.training)
 
     def grid_source(self, tensor: str) -> str:
         """The quantization point whose grid ``tensor`` is on (through tied ops)."""

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intsim.converter.lowering import lower, plan_quantization, plan_steps, quantization_points
+from intsim.converter.lowering import batch_norm_statistics, lower, plan_quantization, plan_steps, quantization_points
 from intsim.errors import ValidationError
+from intsim.floatgraph import FloatGraph
+from intsim.importers.onnx import import_onnx
 from intsim.floatgraph.passes import copy_graph, fresh_name
 from intsim.progress import Progress, progress_enabled
 from intsim.qat.module import MAC_OPS, FakeQuantModel
 from intsim.runtime import Model
 
+BATCH_NORM_VARIANTS = ("static", "statistics")  # white paper §4.2
 # The PTQ start (white paper §4.4): the standard pipeline (§3.5) without AdaRound.
 INIT_SETTINGS = {"pipeline": "standard", "adaround": False, "bias_correction": "none"}
 CALIBRATION_SAMPLES = 1024  # taken from the training data when no calibration set is given
@@ -76,7 +79,7 @@ def _distillation_weight(epochs, batch_size, lr, temperature, distillation, has_
 
 
 def prepare(model, calibration, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
-            learn_ranges=True, progress=True) -> FakeQuantModel:
+            learn_ranges=True, batch_norm="static", progress=True) -> FakeQuantModel:
     """The fake-quant model of ``model`` for a profile, initialized from PTQ (white paper §4.4).
 
     Parameters
@@ -88,10 +91,26 @@ def prepare(model, calibration, profile="paper", *, weight_bits=None, activation
         As :func:`intsim.convert` takes them.
     learn_ranges : bool
         Learn the scales (LSQ, §4.3) or keep the PTQ ranges.
+    batch_norm : {"static", "statistics"}
+        How a batch norm after a Conv or Gemm trains (§4.2): folded into the layer before training
+        (``"static"``), or kept, normalizing with batch statistics and folded on its running statistics
+        (``"statistics"``, :meth:`FakeQuantModel.keep_batch_norms`; the model must have such batch norms).
     """
+    if batch_norm not in BATCH_NORM_VARIANTS:
+        raise ValidationError(f"intsim.qat: batch_norm must be one of {', '.join(BATCH_NORM_VARIANTS)}, found "
+                              f"{batch_norm!r}")
     plan = plan_quantization(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
                              per_channel=per_channel, progress=progress, **INIT_SETTINGS)
-    return FakeQuantModel(plan, learn_ranges)
+    qat = FakeQuantModel(plan, learn_ranges)
+    if batch_norm == "statistics":
+        normalized = batch_norm_statistics(model if isinstance(model, FloatGraph) else import_onnx(model))
+        layers = [n.name for n in qat.graph.nodes if n.op in MAC_OPS and n.outputs[0] in normalized]
+        if not layers:
+            raise ValidationError("intsim.qat: batch_norm='statistics' needs a BatchNormalization right after a Conv "
+                                  "or Gemm; the model has none (its exporter folded them: static folding is all "
+                                  "there is)")
+        qat.keep_batch_norms(layers, np.asarray(calibration, np.float32))
+    return qat
 
 
 def _batches(n, batch_size, generator):
@@ -105,12 +124,14 @@ def predict(qat: FakeQuantModel, data, *, quantize=True, batch_size=256, dtype=t
     ``float64`` (the default) computes every grid step exactly where the profile's is exact (power-of-two
     scales): what the integer model must then equal bit for bit.
     """
-    qat.quantize = quantize
+    qat.quantize, training = quantize, qat.training
+    qat.eval()
     outs = []
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             outs.append(qat(torch.as_tensor(np.asarray(data[i : i + batch_size]), dtype=dtype))[0].numpy())
     qat.quantize = True
+    qat.train(training)
     return np.concatenate(outs)
 
 
@@ -228,8 +249,8 @@ def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
         layer = qat.layer(node.name)
         weight_name = fresh_name(fg, f"{node.name}/weight_qat")
         bias_name = fresh_name(fg, f"{node.name}/bias_qat")
-        fg.constants[weight_name] = layer.weight.detach().numpy().copy()
-        fg.constants[bias_name] = layer.bias.detach().numpy().copy()
+        with torch.no_grad():
+            fg.constants[weight_name], fg.constants[bias_name] = (t.numpy().copy() for t in layer.folded())
         fg.shapes[weight_name], fg.shapes[bias_name] = fg.constants[weight_name].shape, fg.constants[bias_name].shape
         node.inputs = [node.inputs[0], weight_name, bias_name]
         weights[node.name] = layer.export(fg.constants[weight_name].shape[0])
@@ -241,7 +262,7 @@ def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
 
 def finetune(model, data, *, labels=None, calibration=None, profile="paper", weight_bits=None, activation_bits=None,
              per_channel=None, layer_config=None, epochs=2, batch_size=64, lr=1e-3, learn_ranges=True,
-             distillation=None, temperature=2.0, seed=0, progress=True) -> Model:
+             batch_norm="static", distillation=None, temperature=2.0, seed=0, progress=True) -> Model:
     """Quantization-aware training of an ONNX float model, exported to the profile's integer graph
     (white paper §4).
 
@@ -262,8 +283,8 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
         Per-layer precision: not available in this version of intsim (a non-None value is an error).
     epochs, batch_size, lr, distillation, temperature, seed, progress
         As :func:`train` takes them.
-    learn_ranges : bool
-        Learn the quantization scales (LSQ, §4.3) or keep the PTQ ranges.
+    learn_ranges, batch_norm
+        As :func:`prepare` takes them.
 
     Returns
     -------
@@ -277,7 +298,8 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
     _distillation_weight(epochs, batch_size, lr, temperature, distillation, labels is not None)
     calibration = x[:CALIBRATION_SAMPLES] if calibration is None else calibration
     qat = prepare(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
-                  per_channel=per_channel, learn_ranges=learn_ranges, progress=progress)
+                  per_channel=per_channel, learn_ranges=learn_ranges, batch_norm=batch_norm, progress=progress)
     info = train(qat, x, labels, epochs=epochs, batch_size=batch_size, lr=lr, distillation=distillation,
                  temperature=temperature, seed=seed, progress=progress)
-    return export(qat, info=dict(info, labels=labels is not None, lr=lr, batch_size=batch_size, seed=seed))
+    return export(qat, info=dict(info, labels=labels is not None, lr=lr, batch_size=batch_size, seed=seed,
+                                 batch_norm=batch_norm))
