@@ -20,7 +20,7 @@ from intsim.profiles import Profile, get_profile  # noqa: E402
 from intsim.runtime import Model, Trace  # noqa: E402
 
 # The facade's verbs (intsim.api) pull in onnx and the importers: loaded on first use.
-_FACADE = ("compare", "convert", "evaluate", "export_golden", "export_tosa", "load", "save")
+_FACADE = ("compare", "convert", "evaluate", "export_golden", "export_tosa", "load", "save", "search_mixed_precision")
 
 
 def __getattr__(name):
@@ -54,4 +54,5 @@ __all__ = [
     "get_profile",
     "load",
     "save",
+    "search_mixed_precision",
 ]

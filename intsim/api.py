@@ -2,7 +2,8 @@
 
 ``convert`` (float ONNX to an integer model), ``load`` (any integer model file), ``save``,
 ``compare`` (float vs simulated vs integer), ``evaluate`` (accuracy, agreement and per-layer counts over
-a data set, on a Dask cluster with ``client=``), ``export_tosa`` and ``export_golden``.  The stages
+a data set, on a Dask cluster with ``client=``), ``export_tosa``, ``export_golden`` and
+``search_mixed_precision`` (per-layer formats within an accuracy budget).  The stages
 below never import this module, so the runtime stays beneath the importers, exporters and hwval.
 """
 
@@ -16,10 +17,11 @@ from intsim.errors import ValidationError
 from intsim.graph.fileformat import load_graph, save_graph
 from intsim.hwval.golden import export_golden as _export_golden
 from intsim.importers.tflite import load_tflite
+from intsim.mixed_precision import search_mixed_precision
 from intsim.report import compare
 from intsim.runtime import Model
 
-__all__ = ["compare", "convert", "evaluate", "export_golden", "export_tosa", "load", "save"]
+__all__ = ["compare", "convert", "evaluate", "export_golden", "export_tosa", "load", "save", "search_mixed_precision"]
 
 
 def load(path, backend: str = "fast", profile=None) -> Model:

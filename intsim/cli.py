@@ -301,7 +301,7 @@ def _sweep(args, client) -> int:
     labels = _load_npy(args.labels, "labels") if args.labels else None
     conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
                   "--activation-bits": args.activation_bits, "--profile": args.profile,
-                  "--input-shape": args.input_shape}
+                  "--input-shape": args.input_shape, "--layer-config": args.layer_config}
     widths = None
     if args.model.lower().endswith(".onnx") and _onnx_format(args.model) == "float":
         if not args.calibration:
@@ -316,7 +316,7 @@ def _sweep(args, client) -> int:
                 input_shapes=args.input_shapes)
             print(widths.table() + "\n")
         model = intsim.convert(args.model, calibration=calibration, profile=profile, progress=False,
-                               input_shapes=args.input_shapes)
+                               input_shapes=args.input_shapes, layer_config=_layer_config(args))
     else:
         given = [k for k, v in conversion.items() if v and not (k == "--profile" and _is_onnx(args.model))]
         if given:
@@ -349,8 +349,15 @@ def _adaround(args):
         raise UsageError(str(exc)) from None
 
 
+def _layer_config(args) -> dict | None:
+    """The ``--layer-config`` TOML file's per-layer overrides (:mod:`intsim.converter.layer_config`)."""
+    from intsim.converter.layer_config import load_layer_config
+
+    return load_layer_config(args.layer_config) if getattr(args, "layer_config", None) else None
+
+
 def _overrides(args) -> dict:
-    return {"weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
+    return {"layer_config": _layer_config(args), "weight_bits": args.weight_bits, "activation_bits": args.activation_bits,
             "per_channel": args.per_channel, "range_method": args.range_method,
             "logits_range_method": args.logits_range_method, "weight_range_method": args.weight_range_method,
             "batch_size": args.batch_size, "cle": args.cle, "bias_correction": args.bias_correction,
@@ -401,6 +408,27 @@ def _cmd_convert(args) -> int:
           f"calibrated on {meta['calibration']['samples']} samples in {meta['conversion_seconds']:.2f} s, "
           f"{overflow} bias value(s) clipped to {model.profile.bias_bits} bits")
     return 0
+
+
+def _cmd_mixed_precision(args) -> int:
+    import intsim
+
+    calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
+    data = _load_npy(args.data, "data").astype(np.float32)
+    labels = _load_npy(args.labels, "labels") if args.labels else None
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    result = intsim.search_mixed_precision(
+        args.model, calibration, data, labels, profile=args.profile, candidates=candidates,
+        max_accuracy_drop=args.max_accuracy_drop, objective=args.objective, batch_size=args.batch_size,
+        range_method=args.range_method, weight_range_method=args.weight_range_method, input_shapes=args.input_shapes)
+    print(result.table())
+    Path(args.output).write_text(result.to_toml(), encoding="utf-8")
+    print(f"wrote {args.output} (use it with intsim convert --layer-config {args.output})")
+    if args.json_path:
+        with open(args.json_path, "w", encoding="utf-8") as f:
+            json.dump(result.to_dict(), f, indent=1)
+        print(f"wrote {args.json_path}")
+    return 0 if result.met else EXIT_RUNTIME_ERROR
 
 
 def _report_outputs(report, args) -> None:
@@ -501,6 +529,13 @@ def _add_conversion_options(p, batch_size=32):
     p.add_argument("--pipeline", choices=("standard",),
                    help="the standard PTQ pipeline (§3.5); the options above override its choices")
     p.add_argument("--batch-size", type=int, default=batch_size, help=f"batch size (default {batch_size})")
+    _add_layer_config_option(p)
+
+
+def _add_layer_config_option(p):
+    p.add_argument("--layer-config", metavar="FILE.toml",
+                   help="per-layer precision: one table per node name, glob or op type, e.g. [\"Gemm\"] "
+                        "weight_bits = 4 (docs/mixed_precision.md)")
 
 
 def _add_cluster_options(p):
@@ -564,6 +599,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_shape_option(p)
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("mixed-precision", help="search per-layer formats (AMP) within an accuracy budget; writes "
+                                                "the layer config TOML")
+    p.add_argument("model", help="float ONNX model (a classifier)")
+    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first, model layout)")
+    p.add_argument("--data", required=True, help="inputs .npy the configurations are measured on")
+    p.add_argument("--labels", help="integer class labels .npy (accuracy; default: top-1 agreement with float)")
+    p.add_argument("-o", "--output", required=True, help="the layer config .toml to write")
+    p.add_argument("--profile", default="paper", help="built-in profile name or a .toml file (default paper)")
+    p.add_argument("--candidates", default="w8a16,w8a8,w6a8,w4a8",
+                   help="formats a layer may take (default w8a16,w8a8,w6a8,w4a8)")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.005,
+                   help="budget below the float metric, a fraction (default 0.005: half a point)")
+    p.add_argument("--objective", choices=("size", "bitops"), default="size",
+                   help="minimise weight bits (size) or MACs x weight bits x activation bits (bitops)")
+    p.add_argument("--range-method", choices=("minmax", "percentile", "mse", "cross_entropy"),
+                   help="activation range setting (default minmax)")
+    p.add_argument("--weight-range-method", choices=("minmax", "mse"), help="weight range setting (default minmax)")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
+    p.add_argument("--json", dest="json_path", help="also write the search (front, sensitivities) as JSON")
+    _add_input_shape_option(p)
+    p.set_defaults(func=_cmd_mixed_precision)
 
     p = sub.add_parser("qat", help="quantization-aware training (white paper §4) into an integer .intsim model; "
                                    "needs intsim[qat]")
@@ -658,6 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      ".onnx model: the profile to run it under (default onnxruntime)")
     p.add_argument("--weight-bits", help="float .onnx model: also sweep weight widths, e.g. 4..8")
     p.add_argument("--activation-bits", help="float .onnx model: also sweep activation widths, e.g. 6,8")
+    _add_layer_config_option(p)
     _add_input_shape_option(p)
     _add_cluster_options(p)
     p.set_defaults(func=_cmd_sweep)

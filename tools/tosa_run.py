@@ -30,7 +30,8 @@ def block_signature(buffer: bytes):
     tensors = {}
     for i in range(block.TensorsLength()):
         t = block.Tensors(i)
-        tensors[t.Name().decode()] = ([t.Shape(j) for j in range(t.ShapeLength())], NUMPY_DTYPES[t.Type()])
+        # Only outputs need a numpy dtype; intermediate int48 accumulators have none.
+        tensors[t.Name().decode()] = ([t.Shape(j) for j in range(t.ShapeLength())], NUMPY_DTYPES.get(t.Type()))
     inputs = [block.Inputs(i).decode() for i in range(block.InputsLength())]
     outputs = {block.Outputs(i).decode(): tensors[block.Outputs(i).decode()] for i in range(block.OutputsLength())}
     return inputs, outputs

@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
-from intsim.converter.calibration import RANGE_METHODS, bn_range, calibrate, choose_range
+from intsim.converter.calibration import RANGE_METHODS, calibrate, choose_range
+from intsim.converter.data_free import batch_norm_statistics, data_free_ranges
+from intsim.converter.layer_config import ActivationFormat, LayerFormats
+from intsim.converter.steps import (TIED_OPS, Step, layer_formats, plan_steps, point_formats,  # noqa: F401
+                                    quantization_points, weighted)
 from intsim.converter.quantizer import quantization_params, quantize
 from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
 from intsim.floatgraph.execute import resize_source_indices, run_float
 from intsim.floatgraph import FloatGraph, FloatNode
+from intsim.codes import storage_dtype
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params
@@ -42,9 +47,6 @@ from intsim.runtime import Model
 from intsim.converter.params import build_exp_table, build_lut, constant_operand_codes
 
 NHWC = (0, 2, 3, 1)  # stored = float.transpose(NHWC) for a 4-D NCHW float tensor
-TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize")
-FUSABLE_ACTIVATIONS = ("Relu", "Clip")
-FUSING_OPS = ("Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Concat", "BatchNormalization")
 
 
 def _identity(rank):
@@ -71,73 +73,21 @@ def _unary_functions():
 UNARY = _unary_functions()
 
 
-@dataclass
-class Step:
-    """One integer op to emit: the float nodes it covers and the float tensor it produces."""
-
-    kind: str  # a float op type, or "SiLU"
-    nodes: list[FloatNode]
-    output: str
-    clamp: tuple[float, float] | None = None  # a fused activation's real range
-    attrs: dict = field(default_factory=dict)
-
-
 def prepare_float_graph(model, input_shapes=None) -> FloatGraph:
     """Import an ONNX model (path or ModelProto, its inputs fixed by ``input_shapes`` as in
     :func:`~intsim.importers.onnx.import_onnx`, or a FloatGraph as is) and run the default passes."""
     return default_passes(model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes))
 
 
-def plan_steps(fg: FloatGraph) -> list[Step]:
-    """Group float nodes into integer steps: activation fusion, SiLU, PRelu with a scalar slope."""
-    consumers = {}
-    for node in fg.nodes:
-        for t in node.inputs:
-            consumers.setdefault(t, []).append(node)
-    outputs = set(fg.outputs)
-    taken = set()
-    steps = []
-    for node in fg.nodes:
-        if node.name in taken:
-            continue
-        out = node.outputs[0]
-        users = consumers.get(out, [])
-        single = users[0] if len(users) == 1 and out not in outputs else None
-        if node.op in FUSING_OPS and single is not None and single.op in FUSABLE_ACTIVATIONS:
-            lo, hi = (0.0, math.inf) if single.op == "Relu" else (single.attrs.get("min", -math.inf),
-                                                                  single.attrs.get("max", math.inf))
-            steps.append(Step(node.op, [node, single], single.outputs[0], (lo, hi)))
-            taken.add(single.name)
-            continue
-        if node.op == "Sigmoid" and single is not None and single.op == "Mul" and node.inputs[0] in single.inputs:
-            steps.append(Step("SiLU", [node, single], single.outputs[0]))
-            taken.add(single.name)
-            continue
-        if node.op == "PRelu":
-            slope = fg.constants.get(node.inputs[1])
-            if slope is None or np.unique(slope).size != 1:
-                raise UnsupportedOpError(
-                    f"node {node.name!r} (opset {fg.opset}): PRelu with a per-channel slope has no integer lowering yet"
-                )
-            steps.append(Step("PRelu", [node], out, attrs={"slope": float(np.unique(slope)[0])}))
-            continue
-        steps.append(Step(node.op, [node], out))
-    return steps
-
-
-def quantization_points(fg: FloatGraph, steps: list[Step]) -> list[str]:
-    """Float tensors that get a calibrated scale of their own."""
-    points = [t for t in fg.inputs]
-    for step in steps:
-        if step.kind not in TIED_OPS and step.kind != "Softmax":
-            points.append(step.output)
-    return points
-
-
 class _Lowering:
-    def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str, weight_codes: dict):
+    def __init__(self, fg: FloatGraph, profile: Profile, qparams: dict, weight_method: str, weight_codes: dict,
+                 formats: LayerFormats):
         self.fg = fg
-        self.profile = profile
+        self.base_profile = profile
+        self.formats = formats
+        self.profile = profile  # the profile of the step being lowered (its layer_config overrides applied)
+        self.act: ActivationFormat | None = None  # the format the step reads and writes; None: its input's
+        self.format_of: dict[str, ActivationFormat] = {}  # integer tensor -> its activation format
         self.qparams = qparams
         self.weight_method = weight_method
         self.weight_codes = weight_codes  # {node name: (codes, scale, zero_point)} chosen by the PTQ algorithms
@@ -147,26 +97,31 @@ class _Lowering:
         self.variants: dict[tuple[str, tuple], str] = {}
         self.meta = {"source": {}, "quantized": {}, "real_multiplier": {}, "weight_scale": {},
                      "weight_source": {}, "bias_overflow": {},
-                     "weight_scale_raised": {}}
-        self.act_lo, self.act_hi = profile.activation_range()
+                     "weight_scale_raised": {}, "layer_formats": {}}
 
     # --- tensors ----------------------------------------------------------
     def shape(self, float_name, perm):
         shape = self.fg.shapes[float_name]
         return tuple(shape[p] for p in perm)
 
-    def new_tensor(self, name, float_name, perm, scale, zero_point, shape=None):
+    def new_tensor(self, name, float_name, perm, scale, zero_point, shape=None, fmt=None):
+        """A tensor in activation format ``fmt`` (default: the step's): stored in the narrowest dtype
+        that holds it, with ``bits`` where its codes are narrower than that dtype."""
         base, i = name, 1
         while name in self.tensors:
             i += 1
             name = f"{base}.{i}"
         shape = self.shape(float_name, perm) if shape is None else shape
-        self.tensors[name] = TensorInfo(name, self.profile.activation_dtype.name, shape, scale, zero_point)
+        fmt = fmt or self.act
+        dtype = storage_dtype(fmt.bits, fmt.signed)
+        bits = fmt.bits if fmt.bits < 8 * dtype.itemsize else None
+        self.tensors[name] = TensorInfo(name, dtype.name, shape, scale, zero_point, bits)
+        self.format_of[name] = fmt
         self.meta["source"][name] = [float_name, list(perm)]
         return name
 
-    def bind(self, float_name, perm, scale, zero_point, name=None):
-        name = self.new_tensor(name or float_name, float_name, perm, scale, zero_point)
+    def bind(self, float_name, perm, scale, zero_point, name=None, fmt=None):
+        name = self.new_tensor(name or float_name, float_name, perm, scale, zero_point, fmt=fmt)
         self.env[float_name] = (name, perm)
         self.meta["quantized"][float_name] = name
         self.variants[(float_name, perm)] = name
@@ -176,7 +131,32 @@ class _Lowering:
         return self.tensors[self.env[float_name][0]]
 
     def need(self, float_name, perm):
-        """The integer tensor holding ``float_name`` stored as ``float.transpose(perm)``."""
+        """The integer tensor holding ``float_name`` stored as ``float.transpose(perm)``, in the step's
+        activation format (:meth:`requantized`)."""
+        return self.requantized(self.transposed(float_name, perm), float_name, perm)
+
+    def requantized(self, name, float_name, perm):
+        """``name`` in the step's activation format: itself, or the output of a ``rescale`` node (shared
+        by every consumer) that requantizes the same real range to the step's bits."""
+        fmt = self.act
+        if fmt is None or self.format_of[name] == fmt:
+            return name
+        key = (float_name, tuple(perm), fmt)
+        if key not in self.variants:
+            info = self.tensors[name]
+            lo, hi = (info.scale * (c - info.zero_point) for c in info.code_range)
+            scale, zp = quantization_params(lo, hi, fmt.bits, fmt.signed, fmt.symmetric,
+                                            power_of_two=self.profile.power_of_two_scales)
+            new = self.new_tensor(f"{name}.a{fmt.bits}", float_name, perm, scale, zp)
+            self.nodes.append(Node("rescale", f"{new}/rescale", [name], [new],
+                                   {"clamp": list(self.tensors[new].code_range)}, self.rescale(info.scale / scale)))
+            self.meta["real_multiplier"][f"{new}/rescale"] = [info.scale / scale]
+            self.variants[key] = new
+        return self.variants[key]
+
+    def transposed(self, float_name, perm):
+        """The integer tensor holding ``float_name`` stored as ``float.transpose(perm)``, in the format
+        its producer wrote."""
         key = (float_name, tuple(perm))
         if key in self.variants:
             return self.variants[key]
@@ -187,7 +167,8 @@ class _Lowering:
         q = [src_perm.index(p) for p in perm]
         info = self.tensors[src]
         suffix = "nhwc" if tuple(perm) == NHWC else "nchw" if tuple(perm) == _identity(len(perm)) else "t"
-        name = self.new_tensor(f"{float_name}.{suffix}", float_name, perm, info.scale, info.zero_point)
+        name = self.new_tensor(f"{float_name}.{suffix}", float_name, perm, info.scale, info.zero_point,
+                               fmt=self.format_of[src])
         self.nodes.append(Node("transpose", f"{name}/transpose", [src], [name], {"perm": q}))
         self.variants[key] = name
         return name
@@ -215,8 +196,13 @@ class _Lowering:
     def lower(self, steps):
         for name in self.fg.inputs:
             scale, zp = self.out_params(name)
-            self.bind(name, _identity(len(self.fg.shapes[name])), scale, zp)
+            self.bind(name, _identity(len(self.fg.shapes[name])), scale, zp,
+                      fmt=ActivationFormat.of(self.formats.input_profile(name, steps)))
         for step in steps:
+            self.profile = self.formats.step_profile(step)
+            self.act = self.formats.step_activation(step)
+            if self.act is not None:
+                self.meta["layer_formats"][step.nodes[0].name] = self.formats.format_name(step, weighted(self.fg, step))
             handler = getattr(self, f"lower_{step.kind}", None)
             if handler is None:
                 if step.kind in UNARY:
@@ -227,6 +213,7 @@ class _Lowering:
                         f"node {node.name!r} (opset {self.fg.opset}): op {step.kind!r} has no integer lowering"
                     )
             handler(step)
+        self.profile, self.act = self.base_profile, None
         outputs = [self.need(t, _identity(len(self.fg.shapes[t]))) for t in self.fg.outputs]
         inputs = [self.variants[(t, _identity(len(self.fg.shapes[t])))] for t in self.fg.inputs]
         return inputs, outputs
@@ -239,7 +226,8 @@ class _Lowering:
         node = step.nodes[0]
         x = self.tensors[self.need(x_name, x_perm)]
         chosen = self.weight_codes.get(node.name) if source and not transposed else None
-        codes, w_scale, w_zp = chosen or WeightFormat.of(p).quantize(weight, self.weight_method)
+        method = self.formats.method(step, "weight_range_method", self.weight_method)
+        codes, w_scale, w_zp = chosen or WeightFormat.of(p).quantize(weight, method)
         cout = weight.shape[0]
         w_scale = np.broadcast_to(np.asarray(w_scale, np.float64).reshape(-1), (cout,))
         w_zp = np.broadcast_to(np.asarray(w_zp, np.int64).reshape(-1), (cout,))
@@ -364,7 +352,7 @@ class _Lowering:
         (a, b), perm = self.binary_operands(node)
         sa, sb = self.tensors[a].scale, self.tensors[b].scale
         scale, zp = self.out_params(step.output)
-        params, left_shift = add_params(sa, sb, scale, self.profile, self.profile.activation_bits)
+        params, left_shift = add_params(sa, sb, scale, self.profile, self.act.bits)
         y = self.bind(step.output, perm, scale, zp)
         attrs = {"left_shift": left_shift, "subtract": subtract, "clamp": self.clamp_codes(scale, zp, step.clamp)}
         self.nodes.append(Node("add", node.name, [a, b], [y], attrs, params))
@@ -412,7 +400,8 @@ class _Lowering:
     def _tied(self, step, op, x_name, perm, attrs, out_perm=None, params=None):
         node = step.nodes[0]
         x = self.tensors[self.need(x_name, perm)]
-        y = self.bind(step.output, perm if out_perm is None else out_perm, x.scale, x.zero_point)
+        y = self.bind(step.output, perm if out_perm is None else out_perm, x.scale, x.zero_point,
+                      fmt=self.format_of[x.name])
         self.nodes.append(Node(op, node.name, [x.name], [y], attrs, params or {}))
 
     def lower_MaxPool(self, step):
@@ -450,7 +439,7 @@ class _Lowering:
         after = [pads[rank + p] for p in perm]
         x = self.tensors[self.need(x_name, perm)]
         value = node.attrs.get("value", 0.0)
-        code = int(np.clip(np.rint(value / x.scale) + x.zero_point, self.act_lo, self.act_hi))
+        code = int(np.clip(np.rint(value / x.scale) + x.zero_point, *x.code_range))
         self._tied(step, "pad", x_name, perm, {"pads_before": before, "pads_after": after, "value": code})
 
     def lower_ReduceMean(self, step):
@@ -488,7 +477,7 @@ class _Lowering:
         if p.activation_symmetric and p.activation_signed:
             scale, zp = 2.0 ** -(p.activation_bits - 1), 0
         else:
-            scale, zp = 2.0 ** -p.activation_bits, self.act_lo
+            scale, zp = 2.0 ** -p.activation_bits, p.activation_range()[0]
         y = self.bind(step.output, _identity(rank), scale, zp)
         params = {"exp_table": build_exp_table(x), **self.rescale(2.0**-23 / scale)}
         self.nodes.append(Node("softmax", node.name, [x.name], [y], {}, params))
@@ -501,7 +490,7 @@ class _Lowering:
         x = self.tensors[self.need(x_name, perm)]
         scale, zp = self.out_params(step.output)
         y = self.bind(step.output, perm, scale, zp)
-        table = np.clip(build_lut(fn, x, self.tensors[y]), self.act_lo, self.act_hi)  # activation_bits < 8
+        table = np.clip(build_lut(fn, x, self.tensors[y]), *self.profile.activation_range())  # bits < 8
         self.nodes.append(Node("lut", node.name, [x.name], [y], {}, {"table": table}))
 
     def _layout(self, step, op, attrs):
@@ -544,69 +533,6 @@ def activation_qparams(lo: float, hi: float, profile: Profile) -> tuple[float, i
     return float(scale), int(zp)
 
 
-def batch_norm_statistics(fg: FloatGraph) -> dict:
-    """``{BN output tensor: (gamma, beta)}`` of an imported graph, before batch-norm folding."""
-    return {n.outputs[0]: (fg.constants[n.inputs[1]], fg.constants[n.inputs[2]])
-            for n in fg.nodes if n.op == "BatchNormalization"
-            and n.inputs[1] in fg.constants and n.inputs[2] in fg.constants}
-
-
-def _affine_bounds(weight, bias, lo, hi):
-    """Per-output bounds of ``W x + b`` for every ``x`` in [lo, hi] (W flattened to [out, -1])."""
-    w = weight.reshape(weight.shape[0], -1).astype(np.float64)
-    pos, neg = np.clip(w, 0, None).sum(axis=1), np.clip(w, None, 0).sum(axis=1)
-    b = 0.0 if bias is None else bias.astype(np.float64)
-    return pos * lo + neg * hi + b, pos * hi + neg * lo + b
-
-
-def data_free_ranges(fg: FloatGraph, bn: dict, input_range: tuple[float, float], n_sigma: float = 6.0) -> dict:
-    """Activation ranges without data (white paper §3.1): ``beta +- n*gamma`` after batch norm,
-    interval arithmetic everywhere else, starting from ``input_range`` for the graph inputs."""
-    ranges = {t: (float(input_range[0]), float(input_range[1])) for t in fg.inputs}
-    for node in fg.nodes:
-        ins = [ranges.get(t) for t in node.inputs]
-        lo, hi = ins[0] if ins and ins[0] is not None else (0.0, 0.0)
-        op, a = node.op, node.attrs
-        if node.outputs[0] in bn:
-            gamma, beta = (np.asarray(v, np.float64) for v in bn[node.outputs[0]])
-            lo, hi = bn_range(gamma, beta, n_sigma)
-        elif op in ("Conv", "Gemm"):
-            w = fg.constants[node.inputs[1]]
-            b = fg.constants[node.inputs[2]] if len(node.inputs) > 2 else None
-            lows, highs = _affine_bounds(w, b, lo, hi)
-            lo, hi = float(lows.min()), float(highs.max())
-        elif op == "Relu":
-            lo, hi = max(lo, 0.0), max(hi, 0.0)
-        elif op == "Clip":
-            lo, hi = float(np.clip(lo, a["min"], a["max"])), float(np.clip(hi, a["min"], a["max"]))
-        elif op in ("Sigmoid", "HardSigmoid", "Softmax"):
-            lo, hi = 0.0, 1.0
-        elif op == "Tanh":
-            lo, hi = -1.0, 1.0
-        elif op == "HardSwish":
-            lo, hi = -0.375, max(hi, 0.0)
-        elif op in ("LeakyRelu", "PRelu"):
-            lo, hi = min(lo, 0.0), max(hi, 0.0)
-        elif op in ("Add", "Sub", "Mul", "Div", "MatMul", "Concat"):
-            bounds = [ranges[t] if t in ranges else (float(fg.constants[t].min()), float(fg.constants[t].max()))
-                      for t in node.inputs]
-            (l1, h1), (l2, h2) = bounds[0], bounds[-1]
-            if op == "Add":
-                lo, hi = l1 + l2, h1 + h2
-            elif op == "Sub":
-                lo, hi = l1 - h2, h1 - l2
-            elif op in ("Mul", "MatMul", "Div"):
-                if op == "Div":
-                    l2, h2 = sorted((1.0 / l2, 1.0 / h2)) if l2 * h2 > 0 else (-math.inf, math.inf)
-                k = fg.shapes[node.inputs[0]][-1] if op == "MatMul" else 1
-                corners = [l1 * l2, l1 * h2, h1 * l2, h1 * h2]
-                lo, hi = k * min(corners), k * max(corners)
-            else:
-                lo, hi = min(b[0] for b in bounds), max(b[1] for b in bounds)
-        ranges[node.outputs[0]] = (lo, hi)
-    return ranges
-
-
 @dataclass
 class QuantizationPlan:
     """A float graph with every quantization choice made: what :func:`lower` emits.
@@ -629,6 +555,8 @@ class QuantizationPlan:
         What was done, merged into ``graph.metadata``.
     started : float
         ``time.perf_counter()`` when planning began.
+    formats : LayerFormats, optional
+        Each step's format (``layer_config``); None: the profile's everywhere.
     """
 
     graph: FloatGraph
@@ -639,12 +567,13 @@ class QuantizationPlan:
     weight_range_method: str
     meta: dict
     started: float
+    formats: LayerFormats | None = None
 
 
 def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None,
                       per_channel=None, range_method=None, logits_range_method=None, weight_range_method=None,
                       batch_size=32, input_range=None, progress=True, cle=None, bias_correction=None, adaround=None,
-                      pipeline=None, input_shapes=None) -> QuantizationPlan:
+                      pipeline=None, input_shapes=None, layer_config=None) -> QuantizationPlan:
     """Everything :func:`lower` needs to emit the integer model of a float ONNX model for a profile:
     float passes, PTQ (CLE, bias correction, AdaRound), activation fusion and calibrated ranges.
 
@@ -682,6 +611,11 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
         Fix symbolic input dimensions by input name, e.g. ``{"x": (1, 3, 48, 192)}``
         (:func:`~intsim.importers.onnx.import_onnx`); kept in the graph's metadata,
         so :func:`intsim.compare` imports the float model the same way.
+    layer_config : dict, optional
+        Per-layer precision ``{pattern: overrides}``: node names, globs or op types mapped to
+        ``weight_bits``, ``activation_bits``, ``per_channel``, ``range_method``, ...
+        (:mod:`intsim.converter.layer_config`).  Where a layer reads another format than its
+        producer wrote, a ``rescale`` node converts it.
     """
     start = time.perf_counter()
     profile = get_profile(profile)
@@ -697,9 +631,11 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
     if range_method not in RANGE_METHODS:
         raise ValidationError(f"range_method must be one of {', '.join(RANGE_METHODS)}, found {range_method!r}")
     logits_method = settings["logits_range_method"] or range_method
-    inner_method = "mse" if range_method == "cross_entropy" else range_method
     raw = model if isinstance(model, FloatGraph) else import_onnx(model, input_shapes=input_shapes)
     batch_norms = batch_norm_statistics(raw)
+    folded = default_passes(raw)
+    folded_steps = plan_steps(folded)
+    formats = layer_formats(folded, profile, layer_config, folded_steps)
     data = None
     if calibration is not None:
         if len(raw.inputs) != 1:
@@ -707,44 +643,49 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
         data = calibration if isinstance(calibration, np.memmap) else np.asarray(calibration)
         if data.dtype.kind != "f":
             raise ValidationError(f"calibration data must be float, found dtype {data.dtype}")
-    ptq = apply_ptq(default_passes(raw), batch_norms, profile, data, cle=settings["cle"],
+    layer_weights = {s.nodes[0].name: (WeightFormat.of(formats.step_profile(s)),
+                                       formats.method(s, "weight_range_method", weight_range_method))
+                     for s in folded_steps if formats.of_step(s)}
+    ptq = apply_ptq(folded, batch_norms, profile, data, cle=settings["cle"],
                     bias_correction=settings["bias_correction"], adaround_options=settings["adaround"],
-                    weight_range_method=weight_range_method, batch_size=batch_size, progress=progress)
+                    weight_range_method=weight_range_method, batch_size=batch_size, progress=progress,
+                    layer_weights=layer_weights)
     fg = ptq.graph
     steps = plan_steps(fg)
-    points = quantization_points(fg, steps)
-    p = profile
+    points = point_formats(fg, steps, formats)
     if calibration is None:
         if input_range is None:
             raise ValidationError(
                 "convert needs calibration data (an array of model inputs, first axis = samples), or input_range "
                 "for data-free conversion (batch-norm ranges, white paper §3.1)")
         ranges = data_free_ranges(fg, ptq.batch_norms, input_range)
-        qparams = {t: activation_qparams(*ranges[t], profile) for t in points}
+        qparams = {t: activation_qparams(*ranges[t], p) for t, (p, _) in points.items()}
         samples, range_method = 0, "batch_norm"
     else:
-        keep_rows = {t: 4096 for t in fg.outputs if logits_method == "cross_entropy" and t in points}
+        methods = {t: method or (logits_method if t in fg.outputs else range_method)
+                   for t, (_, method) in points.items()}
+        keep_rows = {t: 4096 for t in fg.outputs if methods.get(t) == "cross_entropy"}
 
         def run_batch(batch):
             return {fg.inputs[0]: batch, **run_float(fg, [batch])}
 
-        stats = calibrate(run_batch, data, points, batch_size=batch_size, keep_rows=keep_rows or None,
+        stats = calibrate(run_batch, data, list(points), batch_size=batch_size, keep_rows=keep_rows or None,
                           progress=progress)
         qparams = {}
-        for t in points:
-            method = logits_method if t in fg.outputs else inner_method
-            if method == "cross_entropy" and len(fg.shapes[t]) != 2:
+        for t, (p, _) in points.items():
+            method = methods[t]
+            if method == "cross_entropy" and (len(fg.shapes[t]) != 2 or t not in keep_rows):
                 method = "mse"
             lo, hi = choose_range(stats[t], method, p.activation_bits, p.activation_signed, p.activation_symmetric,
                                   power_of_two=p.power_of_two_scales)
-            qparams[t] = activation_qparams(lo, hi, profile)
+            qparams[t] = activation_qparams(lo, hi, p)
         samples = int(data.shape[0])
     meta = {"calibration": {"samples": samples, "range_method": range_method,
                             "logits_range_method": logits_method, "weight_range_method": weight_range_method},
             "ptq": {"pipeline": pipeline, "cle": settings["cle"], "bias_correction": settings["bias_correction"],
                     "adaround": settings["adaround"] is not None, **ptq.meta},
             "input_shapes": {k: [None if d is None else int(d) for d in v] for k, v in (input_shapes or {}).items()}}
-    return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start)
+    return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start, formats)
 
 
 def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
@@ -756,7 +697,8 @@ def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
     (:mod:`intsim.qat`, white paper §4) hands its learned plan here the same way.
     """
     fg = plan.graph
-    lowering = _Lowering(fg, plan.profile, plan.qparams, plan.weight_range_method, plan.weights)
+    formats = plan.formats or LayerFormats(plan.profile, tied_ops=TIED_OPS)
+    lowering = _Lowering(fg, plan.profile, plan.qparams, plan.weight_range_method, plan.weights, formats)
     inputs, outputs = lowering.lower(plan.steps)
     lowering.meta.update(plan.meta)
     lowering.meta["float_outputs"] = list(fg.outputs)
@@ -770,7 +712,7 @@ def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
 def convert(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
             range_method=None, logits_range_method=None, weight_range_method=None, batch_size=32, input_range=None,
             progress=True, cle=None, bias_correction=None, adaround=None, pipeline=None, input_shapes=None,
-            name=None) -> Model:
+            layer_config=None, name=None) -> Model:
     """Convert a float ONNX model into an integer :class:`~intsim.runtime.Model` for a profile.
 
     ``lower(plan_quantization(model, calibration, profile, ...), name)``: every option is
@@ -781,5 +723,5 @@ def convert(model, calibration=None, profile="paper", *, weight_bits=None, activ
                              logits_range_method=logits_range_method, weight_range_method=weight_range_method,
                              batch_size=batch_size, input_range=input_range, progress=progress, cle=cle,
                              bias_correction=bias_correction, adaround=adaround, pipeline=pipeline,
-                             input_shapes=input_shapes)
+                             input_shapes=input_shapes, layer_config=layer_config)
     return lower(plan, name)

@@ -1,4 +1,4 @@
-"""Lower an intsim integer graph to TOSA 1.0 operators (int8 x int8 -> int32, RESCALE).
+"""Lower an intsim integer graph to TOSA 1.0 operators (int8 x int8 -> int32, int16 x int8 -> int48, RESCALE).
 
 :func:`lower_to_tosa` maps every node to TOSA operators whose result is the same
 integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
@@ -23,6 +23,13 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
 * ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
   ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8).
 
+Mixed-precision graphs (:mod:`intsim.converter.layer_config`) may hold int16 activations: TOSA
+takes them with zero point 0 only (give such layers ``activation_symmetric = true``), and its
+int16 x int8 convolutions accumulate in int48.  intsim accumulates in ``accumulator_bits``; the two
+agree whenever no sum can leave int32, which the exporter proves per layer from the weights and
+the bias (``|bias| + 32768 * sum |w - z_w|``) before it writes an int48 CONV2D, an exact RESCALE
+of the int48 sums to int32, and the layer's RESCALE; otherwise the layer is refused.
+
 Every constant becomes a CONST (CONST_SHAPE for shapes) operator, and each operator
 records the intsim node it lowers as its location.  :func:`export_tosa` writes the
 program as a TOSA flatbuffer (:mod:`intsim.export.tosa_fb`).
@@ -46,7 +53,8 @@ from intsim.graph import Graph
 from intsim.codes import dtype_range
 from intsim.graph.ops import clamp_bounds, rescale_params
 
-TOSA_DTYPES = ("int8", "int16", "int32")
+TOSA_DTYPES = ("int8", "int16", "int32", "int48")
+INT32_MAX = 2**31 - 1
 IDENTITY = (1 << 30, 30)  # TOSA (multiplier, right shift) of exactly 1
 
 
@@ -124,6 +132,19 @@ class _Builder:
             raise UnsupportedOpError(f"{node.op} {node.name!r}: TOSA RESCALE right shift must be in [2, 62], "
                                      f"found {right.min()}..{right.max()}")
         x_dtype, out_dtype = self.p.tensors[x][1], self.p.tensors[out][1]
+        _int16_zero_point(node, x, x_dtype, in_zp)
+        _int16_zero_point(node, out, out_dtype, out_zp)
+        if x_dtype == "int48":
+            # TOSA rescales int48 only with 16-bit multipliers: first to int32 by exactly 1 (2**14 >> 14),
+            # which keeps every value, since the sums were proven to fit int32 (_conv).
+            narrowed = self.temp(x + "_int32", self.p.tensors[x][0], "int32")
+            self.op("RESCALE", [x, self.const("multiplier", np.array([1 << 14], np.int16), "int16"),
+                                self.const("shift", np.array([14], np.int8), "int8"),
+                                self.const("input_zp", np.array([0]), "int48"),
+                                self.const("output_zp", np.array([0], np.int32), "int32")],
+                    [narrowed], scale32=False, rounding_mode="single", per_channel=False, input_unsigned=False,
+                    output_unsigned=False)
+            x, x_dtype = narrowed, "int32"
         ins = [x, self.const("multiplier", multiplier.astype(np.int32), "int32"),
                self.const("shift", right.astype(np.int8), "int8"),
                self.const("input_zp", np.array([in_zp], x_dtype), x_dtype),
@@ -205,17 +226,40 @@ def _exact_windows(b, x, kernel, strides, dilations, pads):
     return x, (top, left, after[0], after[1])
 
 
+def _int16_zero_point(node, tensor, dtype, zero_point):
+    """TOSA's RESCALE and convolutions take signed int16 values with zero point 0 only."""
+    if dtype == "int16" and zero_point != 0:
+        _unsupported(node, f"TOSA takes int16 activations with zero point 0, found {zero_point} for {tensor!r} "
+                           "(quantize the layer with activation_symmetric = true)")
+
+
+def _int48_fits_int32(node, weight, bias, weight_zp, depthwise):
+    """Refuse an int16 x int8 layer unless every sum of its int48 accumulation fits int32 (then it equals
+    intsim's accumulation under any overflow policy): ``|bias| + 32768 * sum |w - z_w|`` per output."""
+    w = weight.astype(np.int64) - int(weight_zp)
+    per_output = np.abs(w).sum(axis=(0, 1)).reshape(-1) if depthwise else np.abs(w).reshape(w.shape[0], -1).sum(1)
+    bound = int((np.abs(bias.astype(np.int64)).reshape(-1) + 32768 * per_output).max())
+    if bound > INT32_MAX:
+        _unsupported(node, f"int16 x int8 sums may reach {bound}, beyond int32: TOSA accumulates them in int48, "
+                           "intsim in at most 32 bits, so results could differ")
+
+
 def _conv(b, node, x, acc_shape, weight, bias, input_zp, weight_zp, pads, strides, dilations, depthwise):
-    acc = b.temp(node.name + "_acc", acc_shape, "int32")
+    wide = b.p.tensors[x][1] == "int16"
+    if wide:
+        _int16_zero_point(node, x, "int16", input_zp)
+        _int48_fits_int32(node, weight, bias, weight_zp, depthwise)
+    acc_dtype = "int48" if wide else "int32"
+    acc = b.temp(node.name + "_acc", acc_shape, acc_dtype)
     wdt = "int8"
     kernel = weight.shape[:2] if depthwise else weight.shape[1:3]  # [KH, KW, C, M] / [O, KH, KW, I]
     x, pads = _exact_windows(b, x, kernel, strides, dilations, pads)
-    ins = [x, b.const("weight", weight, wdt), b.const("bias", bias.astype(np.int32), "int32"),
+    ins = [x, b.const("weight", weight, wdt), b.const("bias", bias.astype(np.int64), acc_dtype),
            b.const("input_zp", np.array([input_zp], b.p.tensors[x][1]), b.p.tensors[x][1]),
            b.const("weight_zp", np.array([weight_zp], np.int8), wdt)]
     top, left, bottom, right = pads
     b.op("DEPTHWISE_CONV2D" if depthwise else "CONV2D", ins, [acc], pad=[top, bottom, left, right],
-         stride=list(strides), dilation=list(dilations), local_bound=False, acc_type="int32")
+         stride=list(strides), dilation=list(dilations), local_bound=False, acc_type=acc_dtype)
     return acc
 
 

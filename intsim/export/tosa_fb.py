@@ -27,7 +27,7 @@ FILE_IDENTIFIER = b"TOSA"
 TOSA_VERSION = {"major": 1, "minor": 0, "patch": 0, "draft": False}
 
 # The enum values this writer uses.
-DTYPES = {"int8": 3, "int16": 4, "int32": 5}
+DTYPES = {"int8": 3, "int16": 4, "int32": 5, "int48": 6}
 ROUNDING_MODES = {"single": 1, "double": 3}
 NAN_MODES = {"propagate": 1}
 ENUMS = {"dtype": DTYPES, "rounding_mode": ROUNDING_MODES, "nan_mode": NAN_MODES}
@@ -78,9 +78,11 @@ LOCATION = {"text": 0}
 
 
 def _raw(array, dtype: str) -> np.ndarray:
-    """Little-endian bytes of ``array`` as TOSA stores ``dtype`` (SHAPE values are int64)."""
-    numpy_dtype = "<i8" if dtype == "shape" else np.dtype(dtype).newbyteorder("<")
-    return np.ascontiguousarray(np.asarray(array).astype(numpy_dtype)).reshape(-1).view(np.uint8)
+    """Little-endian bytes of ``array`` as TOSA stores ``dtype`` (SHAPE values are int64; int48 values
+    the low 6 bytes of their two's complement int64)."""
+    numpy_dtype = "<i8" if dtype in ("shape", "int48") else np.dtype(dtype).newbyteorder("<")
+    raw = np.ascontiguousarray(np.asarray(array).astype(numpy_dtype)).reshape(-1).view(np.uint8)
+    return np.ascontiguousarray(raw.reshape(-1, 8)[:, :6]).reshape(-1) if dtype == "int48" else raw
 
 
 class _Writer:

@@ -7,7 +7,8 @@ Layout (schema version 1)::
 
 ``graph`` holds ``name``, ``profile`` (every :class:`~intsim.profiles.Profile`
 field), ``inputs``, ``outputs``, ``tensors`` (``name``, ``dtype``, ``shape``
-with ``null`` for any size, ``scale``, ``zero_point``), ``nodes`` (``op``,
+with ``null`` for any size, ``scale``, ``zero_point``, and ``bits`` where the codes are
+narrower than the dtype), ``nodes`` (``op``,
 ``name``, ``inputs``, ``outputs``, ``attrs``, and ``params`` mapping each
 parameter name to its array's member path) and ``metadata`` (optional JSON the
 datapath never reads).  Floats are written with Python's
@@ -71,7 +72,8 @@ def save_graph(graph: Graph, path) -> None:
             "inputs": list(graph.inputs),
             "outputs": list(graph.outputs),
             "tensors": [
-                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "scale": t.scale, "zero_point": t.zero_point}
+                {"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "scale": t.scale, "zero_point": t.zero_point,
+                 **({} if t.bits is None else {"bits": t.bits})}
                 for t in graph.tensors.values()
             ],
             "nodes": nodes,
@@ -118,6 +120,7 @@ def load_graph(path) -> Graph:
                     _field(t, "shape", list, where),
                     _field(t, "scale", (int, float), where),
                     _field(t, "zero_point", int, where),
+                    _field(t, "bits", int, where) if "bits" in t else None,
                 )
                 for t in tensor_entries
             ]

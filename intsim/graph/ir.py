@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.codes import dtype_range
+from intsim.codes import code_range, dtype_range
 from intsim.errors import ValidationError
 
 ACTIVATION_DTYPES = ("int8", "uint8", "int16", "uint16", "int32")
@@ -26,13 +26,18 @@ Shape = tuple  # of int | None
 
 @dataclass
 class TensorInfo:
-    """One activation tensor: ``real = scale * (code - zero_point)``."""
+    """One activation tensor: ``real = scale * (code - zero_point)``.
+
+    ``bits`` is the width of the tensor's codes where it is narrower than its storage dtype (a 4-bit
+    activation stored in int8 holds codes in [-8, 7]); ``None`` means the dtype's full width.
+    """
 
     name: str
     dtype: str
     shape: Shape
     scale: float
     zero_point: int
+    bits: int | None = None
 
     def __post_init__(self):
         where = f"tensor {self.name!r}"
@@ -52,6 +57,19 @@ class TensorInfo:
         if isinstance(self.zero_point, (bool, float)) or not lo <= int(self.zero_point) <= hi:
             raise ValidationError(f"{where}: zero_point must be an integer in [{lo}, {hi}] for {self.dtype}, found {self.zero_point!r}")
         self.zero_point = int(self.zero_point)
+        if self.bits is not None:
+            width = self.np_dtype.itemsize * 8
+            if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or not 2 <= self.bits <= width:
+                raise ValidationError(f"{where}: bits must be None or an integer in [2, {width}] for {self.dtype}, "
+                                      f"found {self.bits!r}")
+            self.bits = int(self.bits)
+
+    @property
+    def code_range(self) -> tuple[int, int]:
+        """``(lo, hi)`` of the tensor's codes: its ``bits`` wide, signed like its dtype."""
+        if self.bits is None:
+            return dtype_range(self.dtype)
+        return code_range(self.bits, self.np_dtype.kind == "i")
 
     @property
     def np_dtype(self) -> np.dtype:

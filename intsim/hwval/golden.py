@@ -13,7 +13,9 @@ format).  ``npy`` is numpy's format; ``bin`` the raw little-endian bytes in C or
 element per line in C order, two's complement, ``2 * itemsize`` lowercase hex digits (float parameters
 as their IEEE-754 bit pattern), which Verilog ``$readmemh`` reads into ``8 * itemsize``-bit words.
 Shifts are stored as intsim holds them: **positive means left shift**, ``real multiplier =
-multiplier * 2**(shift - multiplier_bits)``.
+multiplier * 2**(shift - multiplier_bits)``.  Tensor entries add ``bits`` (the width of the codes, which
+a mixed-precision graph sets per tensor: 4-bit codes in int8, 16-bit in int16) and node entries of a
+converted graph their layer ``format`` (``"w4a8"``; see :mod:`intsim.converter.layer_config`).
 """
 
 from __future__ import annotations
@@ -191,7 +193,8 @@ def write_golden(graph: Graph, trace: Trace, out_dir, formats=("npy", "hex", "bi
     for index, (name, info) in enumerate(graph.tensors.items()):
         if name in trace.tensors:
             entry = writer.entry(f"tensors/{index:03d}_{_safe(name)}", trace.tensors[name], _tensor_layout(graph, name))
-            tensors[name] = {**entry, "scale": info.scale, "zero_point": info.zero_point}
+            tensors[name] = {**entry, "scale": info.scale, "zero_point": info.zero_point,
+                             "bits": info.bits or 8 * info.np_dtype.itemsize}
     nodes = []
     for index, node in enumerate(graph.nodes):
         stem = f"nodes/{index:03d}_{_safe(node.name)}"
@@ -207,6 +210,8 @@ def write_golden(graph: Graph, trace: Trace, out_dir, formats=("npy", "hex", "bi
             record["rounding"] = node_rounding(node, graph)
             record["multiplier_bits"] = profile.multiplier_bits
             record["clamp"] = list(clamp_bounds(node, graph.tensors[node.outputs[0]]))
+        if node.name in graph.metadata.get("layer_formats", {}):
+            record["format"] = graph.metadata["layer_formats"][node.name]
         if node.name in trace.accumulators:
             record["accumulator"] = writer.entry(f"{stem}/accumulator", trace.accumulators[node.name],
                                                  _tensor_layout(graph, node.outputs[0]))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -67,6 +68,10 @@ class Profile:
         Model x86 ``vpmaddubsw``: the products of each consecutive pair along
         the reduction axis are summed into a saturating int16 before being
         added to the accumulator (onnxruntime's u8s8 kernels on AVX2 without VNNI).
+    supported_formats : tuple of str
+        The layer formats the chip runs, as ``"w<weight bits>a<activation bits>"`` (``"w8a8"``,
+        ``"w8a16"``, ``"w4a8"``); a per-layer configuration (``convert(..., layer_config=...)``)
+        outside them is refused.  Empty: every format the kernels run (2 to 16 bits each).
     """
 
     name: str
@@ -86,10 +91,14 @@ class Profile:
     accumulator_bits: int = 32
     overflow: str = "wrap"
     pairwise_int16: bool = False
+    supported_formats: tuple = ()
 
     def __post_init__(self):
         where = f"profile {self.name!r}"
+        object.__setattr__(self, "supported_formats", _checked_formats(self.supported_formats, where))
         for f in dataclasses.fields(self):
+            if f.name == "supported_formats":
+                continue
             value = getattr(self, f.name)
             expected = {"str": str, "int": int, "bool": bool}[f.type]
             if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
@@ -119,6 +128,15 @@ class Profile:
             )
 
     # --- derived ---------------------------------------------------------
+    def supports(self, weight_bits: int | None, activation_bits: int) -> bool:
+        """Whether a layer of ``weight_bits`` weights (None: a layer without weights) and
+        ``activation_bits`` activations is in :attr:`supported_formats` (always, when it is empty)."""
+        if not self.supported_formats:
+            return True
+        if weight_bits is None:
+            return any(f.endswith(f"a{activation_bits}") for f in self.supported_formats)
+        return f"w{weight_bits}a{activation_bits}" in self.supported_formats
+
     def weight_range(self) -> tuple[int, int]:
         """Inclusive integer range of a weight code."""
         lo, hi = code_range(self.weight_bits, self.weight_signed)
@@ -144,7 +162,7 @@ class Profile:
 
     def to_toml(self) -> str:
         """The profile as a TOML document that :meth:`from_toml` reads back to an equal profile."""
-        return "".join(f"{key} = {_toml_value(value)}\n" for key, value in self.to_dict().items())
+        return "".join(f"{key} = {toml_value(value)}\n" for key, value in self.to_dict().items())
 
     @classmethod
     def from_dict(cls, data: dict, *, where: str = "profile") -> "Profile":
@@ -181,13 +199,29 @@ class Profile:
         return dataclasses.replace(self, **overrides)
 
 
-def _toml_value(value) -> str:
-    """A field's value as TOML: booleans lower case, strings as basic strings (JSON's escapes are TOML's)."""
+def toml_value(value) -> str:
+    """A field's value as TOML: booleans lower case, strings as basic strings (JSON's escapes are TOML's),
+    tuples of strings as arrays."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, (str, tuple)):
+        return json.dumps(value if isinstance(value, str) else list(value), ensure_ascii=False)
     return repr(value)
+
+
+FORMAT_PATTERN = re.compile(r"w([0-9]+)a([0-9]+)")
+
+
+def _checked_formats(formats, where: str) -> tuple:
+    """``supported_formats`` as a tuple of ``"w<bits>a<bits>"`` strings, each width in [2, 16]."""
+    if isinstance(formats, str) or not isinstance(formats, (list, tuple)):
+        raise ValidationError(f"{where}: supported_formats must be a list of strings like \"w8a8\", found {formats!r}")
+    for text in formats:
+        match = FORMAT_PATTERN.fullmatch(text) if isinstance(text, str) else None
+        if match is None or not all(2 <= int(b) <= 16 for b in match.groups()):
+            raise ValidationError(f"{where}: supported_formats entries must read \"w<bits>a<bits>\" with widths in "
+                                  f"[2, 16] (e.g. \"w8a16\"), found {text!r}")
+    return tuple(formats)
 
 
 MAX_TOML_BYTES = 2**20  # a profile is a few dozen lines

@@ -303,7 +303,7 @@ def _layer_problem(fg: FloatGraph, node: FloatNode, activation: FloatNode | None
         activation_bounds(activation) if activation is not None else (-math.inf, math.inf))
 
 
-def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, int], data: np.ndarray,
+def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, int] | Mapping, data: np.ndarray,
              batch_size: int, options: AdaRoundOptions = AdaRoundOptions(),
              progress: bool = True) -> tuple[dict[str, tuple], dict]:
     """AdaRound every layer of ``weights`` in graph order (white paper §3.4).
@@ -320,8 +320,8 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
     weights : dict
         ``{node name: (codes, scale, zero_point)}`` from the weight range
         setting; the grid (scale, zero point) is kept, the codes relearned.
-    qrange : (int, int)
-        The code range.
+    qrange : (int, int) or dict
+        The code range, or ``{node name: (qmin, qmax)}`` per layer (mixed precision).
 
     Returns
     -------
@@ -345,7 +345,8 @@ def adaround(fg: FloatGraph, weights: Mapping[str, tuple], qrange: tuple[int, in
                                   and node.outputs[0] not in fg.outputs) else None
         inputs = [values[node.inputs[0]] for values in quantized.run_to(position[node.name])]
         outputs = [values[node.outputs[0]] for values in floats.run_to(position[node.name] + 1)]
-        problem = _layer_problem(fg, node, activation, weights[node.name], qrange, inputs, outputs, options, rng)
+        layer_range = qrange[node.name] if isinstance(qrange, Mapping) else qrange
+        problem = _layer_problem(fg, node, activation, weights[node.name], layer_range, inputs, outputs, options, rng)
         bar = Progress(options.iterations, enabled, f"adaround {i + 1}/{len(layers)}")
         codes, info[node.name] = adaround_layer(problem, options, progress=bar)
         nearest, scale, zero_point = weights[node.name]

@@ -110,7 +110,7 @@ class PTQResult:
 
 def apply_ptq(fg: FloatGraph, batch_norms: Mapping[str, tuple], profile, data: np.ndarray | None, *, cle: bool,
               bias_correction: str | None, adaround_options: AdaRoundOptions | None, weight_range_method: str,
-              batch_size: int, progress: bool = True) -> PTQResult:
+              batch_size: int, progress: bool = True, layer_weights: Mapping[str, tuple] | None = None) -> PTQResult:
     """Run the PTQ algorithms on a folded float graph, in the order of white paper §3.5.
 
     1. CLE and bias absorption (``cle``; absorption needs batch-norm statistics
@@ -120,7 +120,9 @@ def apply_ptq(fg: FloatGraph, batch_norms: Mapping[str, tuple], profile, data: n
     3. AdaRound (``adaround_options``), then bias correction
        (``bias_correction``) of whatever error the chosen codes leave.
 
-    Activation ranges are set afterwards by the converter, on the returned graph.
+    Activation ranges are set afterwards by the converter, on the returned graph.  ``layer_weights``
+    (``{node name: (WeightFormat, weight range method)}``) gives some layers their own weight format
+    (per-layer precision, :mod:`intsim.converter.layer_config`).
     """
     meta: dict = {}
     scales: dict = {}
@@ -140,10 +142,13 @@ def apply_ptq(fg: FloatGraph, batch_norms: Mapping[str, tuple], profile, data: n
         fg, stats, absorbed = absorb_biases(fg, stats, pairs)
         meta["bias_absorbed"] = len(absorbed)
         meta["rescaled"] = _rescaled_tensors(fg, pairs, scales, absorbed)
-    fmt = WeightFormat.of(profile)
-    weights = {n.name: fmt.quantize(fg.constants[n.inputs[1]], weight_range_method) for n in mac_nodes(fg)}
+    default = (WeightFormat.of(profile), weight_range_method)
+    formats = {n.name: (layer_weights or {}).get(n.name, default) for n in mac_nodes(fg)}
+    weights = {n.name: formats[n.name][0].quantize(fg.constants[n.inputs[1]], formats[n.name][1])
+               for n in mac_nodes(fg)}
     if adaround_options is not None:
-        weights, info = adaround(fg, weights, fmt.codes, data, batch_size, adaround_options, progress)
+        qranges = {n: fmt.codes for n, (fmt, _) in formats.items()}
+        weights, info = adaround(fg, weights, qranges, data, batch_size, adaround_options, progress)
         meta["adaround_layers"] = info
     if bias_correction == "empirical":
         fg = empirical_bias_correction(fg, weights, data, batch_size)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intsim.converter.lowering import QuantizationPlan, plan_steps, quantization_points
+from intsim.converter.lowering import QuantizationPlan
+from intsim.converter.steps import plan_steps, quantization_points
 from intsim.converter.params import constant_operand_codes
 from intsim.errors import UnsupportedOpError
 from intsim.floatgraph import FloatGraph, FloatNode

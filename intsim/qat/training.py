@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intsim.converter.lowering import batch_norm_statistics, lower, plan_quantization, plan_steps, quantization_points
+from intsim.converter.data_free import batch_norm_statistics
+from intsim.converter.lowering import lower, plan_quantization
+from intsim.converter.steps import plan_steps, quantization_points
 from intsim.errors import ValidationError
 from intsim.floatgraph import FloatGraph
 from intsim.importers.onnx import import_onnx

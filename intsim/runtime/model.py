@@ -175,8 +175,11 @@ class Model:
                 for x, info in zip(arrays, self.inputs)]
 
     def _code_range(self, info: TensorInfo) -> tuple[int, int]:
-        """The codes an input may hold: the profile's activation range where the tensor is stored in the
-        profile's activation dtype (3-bit codes live in int8 but stop at 3), else the dtype's range."""
+        """The codes an input may hold: its own ``bits`` wide where the tensor records them (3-bit codes
+        live in int8 but stop at 3); else the profile's activation range where the tensor is stored in the
+        profile's activation dtype, else the dtype's range."""
+        if info.bits is not None:
+            return info.code_range
         p = self.profile
         return p.activation_range() if info.dtype == p.activation_dtype.name else dtype_range(info.dtype)
 
@@ -261,7 +264,7 @@ def warn_unusual_float_input(x: np.ndarray, info: TensorInfo) -> None:
         return
     if not x.size or x.dtype.kind != "f" or info.scale is None:
         return
-    lo, hi = (info.scale * (c - info.zero_point) for c in dtype_range(info.dtype))
+    lo, hi = (info.scale * (c - info.zero_point) for c in info.code_range)
     found_lo, found_hi = float(np.min(x)), float(np.max(x))
     if found_lo < lo - (hi - lo) or found_hi > hi + (hi - lo):
         warnings.warn(InputWarning(f"{where}: values in [{found_lo:.6g}, {found_hi:.6g}] lie far outside the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from intsim.codes import OVERFLOW_CODES, dtype_range
+from intsim.codes import OVERFLOW_CODES, dtype_range, storage_dtype
 from intsim.kernels.contract import Accumulator, Backend, Requant
 from intsim.graph.ops.base import (
     Op,
@@ -104,9 +104,13 @@ class _MacOp(Op):
 
     def _check_weights(self, node, graph, weight, out_channels):
         profile = graph.profile
-        wlo, whi = dtype_range(profile.weight_dtype)
-        if weight.dtype != profile.weight_dtype:
-            fail(node, f"weight dtype must be {profile.weight_dtype} for profile {profile.name!r}, found {weight.dtype}")
+        # A layer may have its own weight bits (per-layer precision): stored 8 or 16 bits wide, signed
+        # like the profile's weights.
+        allowed = {storage_dtype(bits, profile.weight_signed) for bits in (8, 16)}
+        if weight.dtype not in allowed:
+            names = " or ".join(sorted(d.name for d in allowed))
+            fail(node, f"weight dtype must be {names} for profile {profile.name!r}, found {weight.dtype}")
+        wlo, whi = dtype_range(weight.dtype)
         wzp = param(node, "weight_zero_point", shape=(out_channels,))
         check_range(node, "weight_zero_point", wzp, wlo, whi)
         bias = param(node, "bias", shape=(out_channels,))
