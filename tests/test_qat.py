@@ -175,6 +175,22 @@ def test_export_is_bit_exact_with_power_of_two_scales(small_net, per_channel):
                                       strict=True)
 
 
+def test_mixed_precision_layer_config_is_bit_exact(small_net):
+    """layer_config: each layer its own grid (4-bit and 8-bit weights, 4-bit and 8-bit activations, rescales where
+    a layer reads another format), trained and exported through the same plan, bit for bit (pow2)."""
+    path, x = small_net
+    config = {"Conv": {"weight_bits": 4}, "Gemm": {"weight_bits": 8, "activation_bits": 8}, "/c/Conv": {"activation_bits": 8}}
+    qat = prepare(path, x[:64], "pow2", weight_bits=8, activation_bits=4, layer_config=config, progress=False)
+    bits = {qat.activation(t).profile.activation_bits for t in qat.point_names}
+    assert bits == {4, 8} and {layer.qmax for layer in qat.layers.values()} == {7, 127}
+    train(qat, x, epochs=1, batch_size=16, lr=1e-2, progress=False)
+    model = export(qat)
+    assert any(n.op == "rescale" for n in model.graph.nodes)
+    np.testing.assert_array_equal(output_codes(qat, x), _integer_codes(model, x), strict=True)
+    for tensor, rate in layer_agreement(qat, model, x).items():
+        assert rate == 1.0, tensor
+
+
 def test_training_changes_the_exported_model(small_net):
     """Guards the test above: the trained plan is not the PTQ plan."""
     path, x = small_net
@@ -276,7 +292,7 @@ def test_float_mode_is_the_float_model(small_net):
 @pytest.mark.parametrize("kwargs,match", [
     ({"labels": np.zeros(3, np.int64)}, "labels must be integer class indices of shape"),
     ({"labels": np.zeros(96, np.float32)}, "labels must be integer"),
-    ({"layer_config": {"conv": 4}}, "layer_config"),
+    ({"layer_config": {"no_such_node": {"weight_bits": 4}}}, "layer_config pattern 'no_such_node' matches no node"),
     ({"epochs": 0}, "epochs must be a positive integer"),
     ({"epochs": 1.5}, "epochs must be a positive integer"),
     ({"batch_size": True}, "batch_size must be a positive integer"),

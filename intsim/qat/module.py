@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from intsim.converter.lowering import QuantizationPlan
-from intsim.converter.steps import plan_steps, quantization_points
+from intsim.converter.layer_config import ActivationFormat, LayerFormats
+from intsim.converter.quantizer import quantization_params
+from intsim.converter.steps import TIED_OPS, plan_steps, point_formats
 from intsim.converter.params import constant_operand_codes
 from intsim.errors import UnsupportedOpError
 from intsim.floatgraph import FloatGraph, FloatNode
@@ -241,39 +243,42 @@ class FakeQuantModel(torch.nn.Module):
     def __init__(self, plan: QuantizationPlan, learn_ranges: bool = True):
         super().__init__()
         fg, profile = mac_layers(plan.graph), plan.profile
-        plan = replace(plan, graph=fg, steps=plan_steps(fg))
-        self.plan, self.graph, self.steps, self.profile = plan, fg, plan.steps, profile
+        formats = plan.formats or LayerFormats(profile)
+        plan = replace(plan, graph=fg, steps=plan_steps(fg), formats=formats)
+        self.plan, self.graph, self.steps, self.profile, self.formats = plan, fg, plan.steps, profile, formats
         self.quantize = True
         self._statistics = None  # {layer: [outputs before the bias]} while keep_batch_norms measures them
         for step in self.steps:
             self._check(step)
-        points = set(quantization_points(fg, self.steps))
-        requantize = REQUANTIZATION_ROUNDING[profile.rounding]
+        points = point_formats(fg, self.steps, formats)
         self.activations = torch.nn.ModuleDict()
         self.point_names = {}
         for t in fg.inputs:
-            self._add_activation(t, plan, round_half_even, None, learn_ranges)
+            self._add_activation(t, plan, points[t][0], round_half_even, None, learn_ranges)
         for step in self.steps:
             if step.output in points:
+                point_profile = points[step.output][0]
+                requantize = REQUANTIZATION_ROUNDING[point_profile.rounding]
                 rounding = round_half_even if step.kind in UNARY_FUNCTIONS else requantize  # a table rounds once
-                self._add_activation(step.output, plan, rounding, step.clamp, learn_ranges)
+                self._add_activation(step.output, plan, point_profile, rounding, step.clamp, learn_ranges)
         self.constant_values = {}
         for step in self.steps:
             if step.kind in CONSTANT_OPERANDS:
-                self._add_constants(step, fg, profile)
-        fmt = WeightFormat.of(profile)
+                self._add_constants(step, fg, formats.step_profile(step))
         self.layers = torch.nn.ModuleDict()
         self.layer_keys = {}
         for step in self.steps:
             if step.kind in MAC_OPS:
-                node = step.nodes[0]
+                node, layer_profile = step.nodes[0], formats.step_profile(step)
+                fmt = WeightFormat.of(layer_profile)
                 weight = fg.constants[node.inputs[1]]
                 bias = fg.constants[node.inputs[2]] if len(node.inputs) > 2 else np.zeros(weight.shape[0], np.float32)
-                codes, scale, zp = plan.weights.get(node.name) or fmt.quantize(weight, plan.weight_range_method)
+                method = formats.method(step, "weight_range_method", plan.weight_range_method)
+                codes, scale, zp = plan.weights.get(node.name) or fmt.quantize(weight, method)
                 key = f"l{len(self.layers)}"
                 self.layer_keys[node.name] = key
-                self.layers[key] = WeightQuantizer(weight, bias, scale, zp, fmt.codes, profile.bias_bits, profile,
-                                                   learn_ranges)
+                self.layers[key] = WeightQuantizer(weight, bias, scale, zp, fmt.codes, layer_profile.bias_bits,
+                                                   layer_profile, learn_ranges)
         self.eval()  # :func:`intsim.qat.train` switches to training
 
     def _check(self, step):
@@ -289,6 +294,9 @@ class FakeQuantModel(torch.nn.Module):
                                      f"({constants[0]!r}) has no quantization-aware training support")
         if step.kind == "Div" and node.inputs[0] in self.graph.constants:
             raise UnsupportedOpError(f"node {node.name!r}: Div is lowered only for a constant divisor")
+        if step.kind in TIED_OPS and self.formats.step_activation(step) is not None:
+            raise UnsupportedOpError(f"node {node.name!r}: a layer_config activation format of its own on data-movement "
+                                     f"op {step.kind!r} has no quantization-aware training support")
 
     def operands(self, step) -> list[str]:
         """The float tensors a step's handler takes: a table's one input (PRelu's slope is in the step)."""
@@ -307,11 +315,11 @@ class FakeQuantModel(torch.nn.Module):
             self.constant_values[(step.output, i)] = (torch.as_tensor(np.asarray(value, np.float64)),
                                                       torch.as_tensor(grid))
 
-    def _add_activation(self, tensor, plan, rounding, clamp, learn):
+    def _add_activation(self, tensor, plan, profile, rounding, clamp, learn):
         key = f"a{len(self.activations)}"
         self.point_names[tensor] = key
         scale, zp = plan.qparams[tensor]
-        self.activations[key] = ActivationQuantizer(scale, zp, plan.profile, rounding, clamp, learn)
+        self.activations[key] = ActivationQuantizer(scale, zp, profile, rounding, clamp, learn)
 
     def activation(self, tensor: str) -> ActivationQuantizer:
         return self.activations[self.point_names[tensor]]
@@ -333,13 +341,14 @@ class FakeQuantModel(torch.nn.Module):
         for step in self.steps:
             node = step.nodes[0]
             if step.kind in MAC_OPS:
-                y = self._mac(step, values[node.inputs[0]])
+                y = self._mac(step, *self._read(step, node.inputs[0], values))
             elif self.quantize and step.kind in ON_INPUT_GRID:
                 y = ON_INPUT_GRID[step.kind](step, values[node.inputs[0]], self.activation(self.grid_source(step.output)))
             else:
                 operands = self.operands(step)
                 dtype = next(values[t].dtype for t in operands if t in values)
-                args = [values[t] if t in values else self._constant(step, i, dtype) for i, t in enumerate(operands)]
+                args = [self._read(step, t, values)[0] if t in values else self._constant(step, i, dtype)
+                        for i, t in enumerate(operands)]
                 y = STEP_HANDLERS[step.kind](step, *args)
             if not self.quantize and step.clamp is not None:
                 y = torch.clamp(y, *step.clamp)  # the fused ReLU / Clip
@@ -352,7 +361,27 @@ class FakeQuantModel(torch.nn.Module):
         real, grid = self.constant_values[(step.output, index)]
         return (grid if self.quantize else real).to(dtype)
 
-    def _mac(self, step, x):
+    def _read(self, step, tensor, values):
+        """``(value, scale)`` of ``tensor`` as ``step`` reads it: on its grid, or, where the step computes in
+        another activation format (``layer_config``), requantized to the one the converter's ``rescale`` node
+        writes: the same real range in the step's bits (scale None in float mode)."""
+        v = values[tensor]
+        if not self.quantize:
+            return v, None
+        source = self.activation(self.grid_source(tensor))
+        fmt = self.formats.step_activation(step)
+        if fmt is None or fmt == ActivationFormat.of(source.profile):
+            return v, source.scale(v.dtype)
+        profile = self.formats.step_profile(step)
+        scale, zero_point = source.params()
+        lo, hi = (scale * (c - zero_point) for c in source.profile.activation_range())
+        scale, zero_point = quantization_params(lo, hi, fmt.bits, fmt.signed, fmt.symmetric,
+                                                power_of_two=profile.power_of_two_scales)
+        rounding = REQUANTIZATION_ROUNDING[profile.rounding]
+        codes = torch.clamp(round_ste(v / scale, rounding) + zero_point, *profile.activation_range())
+        return (codes - zero_point) * scale, torch.as_tensor(scale, dtype=v.dtype)
+
+    def _mac(self, step, x, x_scale):
         node = step.nodes[0]
         layer, handler = self.layer(node.name), STEP_HANDLERS[step.kind]
         if not self.quantize:
@@ -364,7 +393,7 @@ class FakeQuantModel(torch.nn.Module):
                 total[0], total[1], total[2] = total[0] + z.numel() // z.shape[1], total[1] + z.sum(dims), \
                     total[2] + (z * z).sum(dims)
             return y
-        weight, bias = layer.dequantized(self.activation(self.grid_source(node.inputs[0])).scale(x.dtype), x.dtype)
+        weight, bias = layer.dequantized(x_scale, x.dtype)
         if self.training and isinstance(layer, BatchNormWeightQuantizer):
             return layer.batch_normalize(handler(step, x, weight, None), handler(step, x, layer.weight.to(x.dtype), None))
         return handler(step, x, weight, bias)

@@ -81,7 +81,7 @@ def _distillation_weight(epochs, batch_size, lr, temperature, distillation, has_
 
 
 def prepare(model, calibration, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
-            learn_ranges=True, batch_norm="static", progress=True) -> FakeQuantModel:
+            layer_config=None, learn_ranges=True, batch_norm="static", progress=True) -> FakeQuantModel:
     """The fake-quant model of ``model`` for a profile, initialized from PTQ (white paper §4.4).
 
     Parameters
@@ -89,8 +89,9 @@ def prepare(model, calibration, profile="paper", *, weight_bits=None, activation
     model : str, path, onnx.ModelProto or FloatGraph
     calibration : float array
         Inputs (samples first) for the PTQ ranges and CLE.
-    profile, weight_bits, activation_bits, per_channel
-        As :func:`intsim.convert` takes them.
+    profile, weight_bits, activation_bits, per_channel, layer_config
+        As :func:`intsim.convert` takes them; with ``layer_config`` (per-layer precision) every layer gets
+        its own fake-quant grid, and its reads across formats the converter's ``rescale``.
     learn_ranges : bool
         Learn the scales (LSQ, §4.3) or keep the PTQ ranges.
     batch_norm : {"static", "statistics"}
@@ -102,7 +103,7 @@ def prepare(model, calibration, profile="paper", *, weight_bits=None, activation
         raise ValidationError(f"intsim.qat: batch_norm must be one of {', '.join(BATCH_NORM_VARIANTS)}, found "
                               f"{batch_norm!r}")
     plan = plan_quantization(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
-                             per_channel=per_channel, progress=progress, **INIT_SETTINGS)
+                             per_channel=per_channel, layer_config=layer_config, progress=progress, **INIT_SETTINGS)
     qat = FakeQuantModel(plan, learn_ranges)
     if batch_norm == "statistics":
         normalized = batch_norm_statistics(model if isinstance(model, FloatGraph) else import_onnx(model))
@@ -279,10 +280,8 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
         them the float model's outputs are the only target (distillation, §4.4).
     calibration : float array, optional
         Inputs for the PTQ initialization; default the first 1024 of ``data``.
-    profile, weight_bits, activation_bits, per_channel
-        The chip, as :func:`intsim.convert` takes it.
-    layer_config
-        Per-layer precision: not available in this version of intsim (a non-None value is an error).
+    profile, weight_bits, activation_bits, per_channel, layer_config
+        The chip and per-layer precision, as :func:`intsim.convert` takes them.
     epochs, batch_size, lr, distillation, temperature, seed, progress
         As :func:`train` takes them.
     learn_ranges, batch_norm
@@ -293,14 +292,12 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
     intsim.Model
         The integer model; ``graph.metadata["qat"]`` records the training.
     """
-    if layer_config is not None:
-        raise ValidationError("intsim.qat.finetune: layer_config (per-layer precision) is not available in this "
-                              f"version of intsim; found {type(layer_config).__name__}")
     x, _ = _checked_data(data, labels)
     _distillation_weight(epochs, batch_size, lr, temperature, distillation, labels is not None)
     calibration = x[:CALIBRATION_SAMPLES] if calibration is None else calibration
     qat = prepare(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
-                  per_channel=per_channel, learn_ranges=learn_ranges, batch_norm=batch_norm, progress=progress)
+                  per_channel=per_channel, layer_config=layer_config, learn_ranges=learn_ranges,
+                  batch_norm=batch_norm, progress=progress)
     info = train(qat, x, labels, epochs=epochs, batch_size=batch_size, lr=lr, distillation=distillation,
                  temperature=temperature, seed=seed, progress=progress)
     return export(qat, info=dict(info, labels=labels is not None, lr=lr, batch_size=batch_size, seed=seed,
