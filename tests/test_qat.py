@@ -393,11 +393,15 @@ def test_cli_qat(small_net, tmp_path, capsys):
     path, x = small_net
     np.save(tmp_path / "x.npy", x)
     out = tmp_path / "small.intsim"
+    (tmp_path / "layers.toml").write_text('["Gemm"]\nweight_bits = 8\n')
     rc = cli_main(["qat", str(path), "--data", str(tmp_path / "x.npy"), "-o", str(out), "--weight-bits", "4",
-                   "--activation-bits", "4", "--epochs", "1", "--batch-size", "32"])
+                   "--activation-bits", "4", "--epochs", "1", "--batch-size", "32", "--batch-norm", "statistics",
+                   "--layer-config", str(tmp_path / "layers.toml")])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     loaded = intsim.load(out)
     assert loaded.graph.metadata["qat"]["samples"] == len(x)
+    assert loaded.graph.metadata["qat"]["batch_norm"] == "statistics"
+    assert loaded.graph.metadata["layer_formats"]["/fc/Gemm"] == "w8a4"
     assert loaded.run(x).shape == (len(x), 4)
     assert {n.op for n in loaded.graph.nodes} >= {"conv2d", "add", "concat", "max_pool", "mean", "fully_connected"}
 
