@@ -14,11 +14,14 @@ datapath) on the test set.  Columns:
   paper §4.2's variant, instead of static folding: the shipped models' exporters folded their batch
   norms, so each is put back as the identity on its output's statistics on the calibration images,
   :meth:`intsim.qat.FakeQuantModel.keep_batch_norms`);
+* ``QAT start``: the integer model of the QAT starting point itself (standard pipeline without AdaRound
+  and bias correction), before any training;
 * ``agree``: top-1 agreement of the integer model with the fake-quant model it was exported from,
   on the test set (float64 fake quant);
 * times: wall seconds of the PTQ conversion and of each QAT variant (prepare + train + export).
 
-Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>_<rows>_<variants>.md``.
+Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>_<rows>_<variants>.md``;
+``--variants ''`` gives the PTQ and QAT-start columns alone.
 
     python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed,bnstats]
                                    [--no-ptq] [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
@@ -85,7 +88,7 @@ def main(argv=None):
     x_test, y_test = load_dataset(dataset, "test")
     x_test, y_test = x_test[: args.test], y_test[: args.test]
     onnx = model_path(f"{args.model}.onnx")
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]
     float_accuracy = None
     rows = []
     for row in args.rows.split(","):
@@ -100,6 +103,12 @@ def main(argv=None):
             ptq_accuracy = _accuracy(_integer_logits(ptq, x_test), y_test)
             print(f"{row} PTQ {ptq_accuracy:.2f}% ({ptq_seconds:.0f} s)", flush=True)
             cells.append(f"{ptq_accuracy:.2f} ({ptq_seconds:.0f} s)")
+        initial = prepare(onnx, x_train[:CALIBRATION], weight_bits=w, activation_bits=a, progress=False)
+        if float_accuracy is None:
+            float_accuracy = _accuracy(predict(initial, x_test, quantize=False), y_test)
+        start_accuracy = _accuracy(_integer_logits(export(initial), x_test), y_test)
+        print(f"{row} QAT start (standard pipeline without AdaRound): {start_accuracy:.2f}%", flush=True)
+        cells.append(f"{start_accuracy:.2f}")
         for variant in variants:
             spec = VARIANTS[variant]
             start = time.perf_counter()
@@ -107,8 +116,7 @@ def main(argv=None):
                           learn_ranges=spec["learn_ranges"], progress=False)
             if spec["batch_norms"]:
                 qat.keep_batch_norms([n.name for n in qat.graph.nodes if n.op == "Conv"], x_train[:CALIBRATION])
-            if float_accuracy is None:
-                float_accuracy = _accuracy(predict(qat, x_test, quantize=False), y_test)
+
             labels = y_train[: args.train] if spec["labels"] else None
             train(qat, x_train[: args.train], labels, epochs=args.epochs, lr=args.lr, progress=False)
             model = export(qat)
@@ -123,7 +131,8 @@ def main(argv=None):
                   f"{100.0 * min(layers.values()):.4f}%, {seconds:.0f} s)", flush=True)
             cells.append(f"{accuracy:.2f} ({seconds:.0f} s, agree {agreement:.2f})")
         rows.append(cells)
-    header = ["config"] + ["PTQ standard + AdaRound"] * args.ptq + [f"QAT {v}" for v in variants]
+    header = (["config"] + ["PTQ standard + AdaRound"] * args.ptq + ["QAT start (PTQ without AdaRound)"]
+              + [f"QAT {v}" for v in variants])
     note = (f"{args.model}, `paper` profile, per-channel weights; float top-1 {float_accuracy:.2f}% on {len(y_test)} "
             f"test images. PTQ: calibration {CALIBRATION} training images, AdaRound {args.adaround_iterations} "
             f"steps/layer. QAT: {args.train} training images, {args.epochs} epochs, lr {args.lr}, batch 64, "
@@ -135,7 +144,8 @@ def main(argv=None):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"qat_{args.model}_{args.rows.replace(',', '_')}_{args.variants.replace(',', '_')}.md").write_text(text)
+    name = "_".join([args.model, *args.rows.split(","), *variants])
+    (RESULTS / f"qat_{name}.md").write_text(text)
     print("\n" + text)
 
 

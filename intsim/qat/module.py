@@ -1,16 +1,19 @@
 """A PyTorch module that computes what an intsim quantization plan computes, with fake quantizers.
 
 :class:`FakeQuantModel` is built from a :class:`intsim.converter.lowering.QuantizationPlan`: the same float
-graph, the same integer steps (:func:`intsim.converter.lowering.plan_steps`: fused ReLU / ReLU6 clamps) and
-the same quantization points, one :class:`~intsim.qat.fakequant.ActivationQuantizer` on each and a
-:class:`~intsim.qat.fakequant.WeightQuantizer` on each Conv / Gemm.  Ops that only move data keep
-their input's grid, as the converter's tied ops do.  With ``quantize=False`` the same module is the
-float model (the distillation teacher, white paper §4.4).
+graph (multiplications by constants as Conv / Gemm layers, :func:`mac_layers`), the same integer steps
+(:func:`intsim.converter.steps.plan_steps`: fused ReLU / ReLU6 clamps, SiLU) and the same quantization
+points, one :class:`~intsim.qat.fakequant.ActivationQuantizer` on each and a
+:class:`~intsim.qat.fakequant.WeightQuantizer` on each Conv / Gemm, every one in its layer's format
+(``layer_config``).  Ops that only move data keep their input's grid, as the converter's tied ops do;
+the two whose output leaves it (average pool, pad with a value) compute on the input's codes
+(:data:`ON_INPUT_GRID`).  A constant operand of Add / Sub / Mul / Div is on the converter's grid for it.
+With ``quantize=False`` the same module is the float model (the distillation teacher, white paper §4.4).
 
-Step handlers live in :data:`STEP_HANDLERS`, one per float op type, called with the step and its
-activation operands (and, for Conv / Gemm, the fake-quantized weight and bias); an op without one,
-or a non-MAC op with a constant operand, raises :class:`~intsim.errors.UnsupportedOpError` when the
-module is built.
+Step handlers live in :data:`STEP_HANDLERS`, one per float op type the converter lowers, called with the
+step and its operands (and, for Conv / Gemm, the fake-quantized weight and bias); an op without one
+(Softmax), or another op with a constant operand, raises :class:`~intsim.errors.UnsupportedOpError` when
+the module is built.
 """
 
 from __future__ import annotations
