@@ -192,6 +192,20 @@ def test_mixed_precision_layer_config_is_bit_exact(small_net):
         assert rate == 1.0, tensor
 
 
+@pytest.mark.parametrize("profile", ["tflite", "onnxruntime"])
+def test_export_is_bit_exact_with_fixed_point_multipliers(small_net, profile):
+    """Double rounding (tflite: SaturatingRoundingDoublingHighMul, then a rounding shift) and float32
+    requantization (onnxruntime): the fake quantizer requantizes each layer's int32 accumulator as the
+    integer layer does, so every code agrees, not only up to near-ties."""
+    path, x = small_net
+    qat = prepare(path, x[:64], profile, weight_bits=8, activation_bits=8, progress=False)
+    train(qat, x[:64], epochs=1, batch_size=16, lr=1e-3, progress=False)
+    model = export(qat)
+    np.testing.assert_array_equal(output_codes(qat, x), _integer_codes(model, x), strict=True)
+    for tensor, rate in layer_agreement(qat, model, x).items():
+        assert rate == 1.0, tensor
+
+
 def test_training_changes_the_exported_model(small_net):
     """Guards the test above: the trained plan is not the PTQ plan."""
     path, x = small_net

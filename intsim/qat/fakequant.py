@@ -24,9 +24,11 @@ scales so that one learning rate moves every scale by the same relative amount.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from intsim.converter.lowering import clamp_codes
+from intsim.fixedpoint import INT32_MAX, INT32_MIN, Rescale, rescale
 
 
 def round_half_even(v: torch.Tensor) -> torch.Tensor:
@@ -120,8 +122,37 @@ class ActivationQuantizer(_LearnedScale):
         lo, hi = self.code_range()
         return torch.clamp(round_ste(v / self.scale(v.dtype), self.rounding) + self.zero_point, lo, hi)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return (self.codes(v) - self.zero_point) * self.scale(v.dtype)
+    def forward(self, v: torch.Tensor, accumulator_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``v`` on this grid.  ``accumulator_scale``: where ``v`` is a Conv / Gemm output, the scale of its
+        int32 accumulator (``s_x s_w``, one per channel on axis 1); its codes are then the integer
+        datapath's own requantization of the accumulator (:func:`requantized_codes`), with the
+        straight-through gradient of ``v / scale``."""
+        scale = self.scale(v.dtype)
+        if accumulator_scale is None:
+            return (self.codes(v) - self.zero_point) * scale
+        real = v / scale + self.zero_point
+        exact = requantized_codes(v, accumulator_scale, self.params()[0], self.zero_point, self.profile)
+        codes = torch.clamp(real + (exact.to(v.dtype) - real).detach(), *self.code_range())
+        return (codes - self.zero_point) * scale
+
+
+def requantized_codes(v: torch.Tensor, accumulator_scale: torch.Tensor, scale: float, zero_point: int,
+                      profile) -> torch.Tensor:
+    """The output codes (before the clamp) the integer layer computes for the real accumulator ``v``:
+    ``rint(v / accumulator_scale)`` is the int32 accumulator (bias included; saturated), requantized by
+    :func:`intsim.fixedpoint.rescale` with the multiplier and shift the converter forms from
+    ``accumulator_scale / scale`` under the profile's rounding (gemmlowp's double rounding too), plus the
+    zero point.  Exact where ``v`` is computed in float64 (:func:`intsim.qat.predict`)."""
+    with torch.no_grad():
+        acc_scale = accumulator_scale.detach().to(torch.float64).reshape(-1)
+        per_channel = acc_scale.numel() > 1  # one per channel, on axis 1
+        v = v.detach().to(torch.float64)
+        if per_channel:
+            v = (v / acc_scale.reshape((1, -1) + (1,) * (v.ndim - 2))).movedim(1, -1)
+        acc = torch.round(v if per_channel else v / acc_scale).numpy()
+        params = Rescale.from_real(acc_scale.numpy() / scale, profile.rounding, profile.multiplier_bits)
+        out = rescale(np.clip(acc, INT32_MIN, INT32_MAX).astype(np.int64), params).astype(np.float64) + zero_point
+        return torch.from_numpy(out).movedim(-1, 1) if per_channel else torch.from_numpy(out)
 
 
 class WeightQuantizer(_LearnedScale):

@@ -195,6 +195,15 @@ def _unary(step, x):
 
 
 MAC_OPS = ("Conv", "Gemm")
+# The scale of the int32 accumulator a requantizing op rescales (from its operands' ``(value, scale)``): the
+# integer model's codes follow from it exactly (:func:`~intsim.qat.fakequant.requantized_codes`).  Conv and
+# Gemm: ``s_x s_w`` per channel; a Div is lowered as the Mul by the reciprocal.
+ACCUMULATOR_SCALES = {
+    "Mul": lambda step, reads: reads[0][1] * reads[1][1],
+    "Div": lambda step, reads: reads[0][1] * reads[1][1],
+    "MatMul": lambda step, reads: reads[0][1] * reads[1][1],
+    "ReduceMean": lambda step, reads: reads[0][1] / math.prod(reads[0][0].shape[a] for a in step.nodes[0].attrs["axes"]),
+}
 CONSTANT_OPERANDS = ("Add", "Sub", "Mul", "Div")  # a constant operand is lowered on a per-tensor grid of its own
 
 
@@ -316,7 +325,7 @@ class FakeQuantModel(torch.nn.Module):
             codes, scale, zero_point = constant_operand_codes(value, profile)
             grid = (codes.astype(np.float64) - zero_point) * scale
             self.constant_values[(step.output, i)] = (torch.as_tensor(np.asarray(value, np.float64)),
-                                                      torch.as_tensor(grid))
+                                                      torch.as_tensor(grid), scale)
 
     def _add_activation(self, tensor, plan, profile, rounding, clamp, learn):
         key = f"a{len(self.activations)}"
@@ -343,26 +352,30 @@ class FakeQuantModel(torch.nn.Module):
             values[name] = self.activation(name)(x) if self.quantize else x
         for step in self.steps:
             node = step.nodes[0]
+            accumulator_scale = None
             if step.kind in MAC_OPS:
-                y = self._mac(step, *self._read(step, node.inputs[0], values))
+                y, accumulator_scale = self._mac(step, *self._read(step, node.inputs[0], values))
             elif self.quantize and step.kind in ON_INPUT_GRID:
                 y = ON_INPUT_GRID[step.kind](step, values[node.inputs[0]], self.activation(self.grid_source(step.output)))
             else:
                 operands = self.operands(step)
                 dtype = next(values[t].dtype for t in operands if t in values)
-                args = [self._read(step, t, values)[0] if t in values else self._constant(step, i, dtype)
-                        for i, t in enumerate(operands)]
-                y = STEP_HANDLERS[step.kind](step, *args)
+                reads = [self._read(step, t, values) if t in values else self._constant(step, i, dtype)
+                         for i, t in enumerate(operands)]
+                y = STEP_HANDLERS[step.kind](step, *(v for v, _ in reads))
+                if self.quantize and step.kind in ACCUMULATOR_SCALES:
+                    accumulator_scale = ACCUMULATOR_SCALES[step.kind](step, reads)
             if not self.quantize and step.clamp is not None:
                 y = torch.clamp(y, *step.clamp)  # the fused ReLU / Clip
             elif self.quantize and step.output in self.point_names:
-                y = self.activation(step.output)(y)  # the clamp is in its code range
+                y = self.activation(step.output)(y, accumulator_scale)  # the clamp is in its code range
             values[step.output] = y
         return values
 
     def _constant(self, step, index, dtype):
-        real, grid = self.constant_values[(step.output, index)]
-        return (grid if self.quantize else real).to(dtype)
+        """``(value, scale)`` of a constant operand (float mode: the float constant, scale None)."""
+        real, grid, scale = self.constant_values[(step.output, index)]
+        return (grid.to(dtype), torch.as_tensor(scale, dtype=dtype)) if self.quantize else (real.to(dtype), None)
 
     def _read(self, step, tensor, values):
         """``(value, scale)`` of ``tensor`` as ``step`` reads it: on its grid, or, where the step computes in
@@ -395,11 +408,12 @@ class FakeQuantModel(torch.nn.Module):
                 total = self._statistics[node.name]
                 total[0], total[1], total[2] = total[0] + z.numel() // z.shape[1], total[1] + z.sum(dims), \
                     total[2] + (z * z).sum(dims)
-            return y
+            return y, None
         weight, bias = layer.dequantized(x_scale, x.dtype)
         if self.training and isinstance(layer, BatchNormWeightQuantizer):
-            return layer.batch_normalize(handler(step, x, weight, None), handler(step, x, layer.weight.to(x.dtype), None))
-        return handler(step, x, weight, bias)
+            z = handler(step, x, layer.weight.to(x.dtype), None)
+            return layer.batch_normalize(handler(step, x, weight, None), z), None
+        return handler(step, x, weight, bias), x_scale * layer.scale(x.dtype)  # the accumulator's scale
 
     def keep_batch_norms(self, node_names, data, batch_size: int = 256):
         """Train the layers ``node_names`` with their batch norms (white paper §4.2, the variant with batch
