@@ -362,6 +362,10 @@ class FakeQuantModel(torch.nn.Module):
                 dtype = next(values[t].dtype for t in operands if t in values)
                 reads = [self._read(step, t, values) if t in values else self._constant(step, i, dtype)
                          for i, t in enumerate(operands)]
+                if self.quantize and step.kind == "Concat":  # each input rescaled onto the output grid on its own
+                    out = self.activation(step.output)
+                    values[step.output] = torch.cat([out(v, scale) for v, scale in reads], dim=node.attrs["axis"])
+                    continue
                 y = STEP_HANDLERS[step.kind](step, *(v for v, _ in reads))
                 if self.quantize and step.kind in ACCUMULATOR_SCALES:
                     accumulator_scale = ACCUMULATOR_SCALES[step.kind](step, reads)
