@@ -144,7 +144,7 @@ def main(argv=None):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
-    name = "_".join([args.model, *args.rows.split(","), *variants])
+    name = "_".join([args.model, *args.rows.split(","), *(variants or ["start"])])
     (RESULTS / f"qat_{name}.md").write_text(text)
     print("\n" + text)
 
