@@ -10,20 +10,28 @@ datapath) on the test set.  Columns:
   on ``--train`` training images for ``--epochs`` epochs, :func:`intsim.qat.export`.  Variants:
   ``distill`` (no labels, distillation from the float model, learned ranges: the default),
   ``labels`` (cross-entropy on the labels, learned ranges), ``fixed`` (distillation, the PTQ ranges
-  kept);
+  kept), ``bnstats`` (distillation, every Conv trained with a batch norm on batch statistics, white
+  paper §4.2's variant, instead of static folding: the shipped models' exporters folded their batch
+  norms, so each is put back as the identity on its output's statistics on the calibration images,
+  :meth:`intsim.qat.FakeQuantModel.keep_batch_norms`);
+* ``QAT start``: the integer model of the QAT starting point itself (standard pipeline without AdaRound
+  and bias correction), before any training;
 * ``agree``: top-1 agreement of the integer model with the fake-quant model it was exported from,
   on the test set (float64 fake quant);
 * times: wall seconds of the PTQ conversion and of each QAT variant (prepare + train + export).
 
-Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>_<rows>.md``.
+Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>_<rows>_<variants>.md``;
+``--variants ''`` gives the PTQ and QAT-start columns alone.
 
-    python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed]
-                                   [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
+    python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed,bnstats]
+                                   [--no-ptq] [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import time
 from pathlib import Path
 
@@ -38,12 +46,19 @@ from intsim.qat import export, layer_agreement, predict, prepare, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W4A3": (4, 3), "W3A3": (3, 3)}
-VARIANTS = {"distill": {"labels": False, "learn_ranges": True},
-            "labels": {"labels": True, "learn_ranges": True},
-            "fixed": {"labels": False, "learn_ranges": False}}
+VARIANTS = {"distill": {"labels": False, "learn_ranges": True, "batch_norms": False},
+            "labels": {"labels": True, "learn_ranges": True, "batch_norms": False},
+            "fixed": {"labels": False, "learn_ranges": False, "batch_norms": False},
+            "bnstats": {"labels": False, "learn_ranges": True, "batch_norms": True}}
 CALIBRATION = 512
 LAYER_SAMPLES = 500  # test images for the per-layer code agreement (printed, not tabulated)
 BATCH = 1000
+
+
+def _cpu():
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return f"{names[0]} x{len(names)}" if names else platform.processor() or "unknown"
 
 
 def _accuracy(logits, labels):
@@ -65,6 +80,7 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=10000, help="test images (default: all)")
     parser.add_argument("--adaround-iterations", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--ptq", action=argparse.BooleanOptionalAction, default=True, help="the PTQ column")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     dataset = args.model.split("_")[-1]
@@ -72,26 +88,35 @@ def main(argv=None):
     x_test, y_test = load_dataset(dataset, "test")
     x_test, y_test = x_test[: args.test], y_test[: args.test]
     onnx = model_path(f"{args.model}.onnx")
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]
     float_accuracy = None
     rows = []
     for row in args.rows.split(","):
         w, a = ROWS[row]
-        start = time.perf_counter()
-        ptq = intsim.convert(onnx, calibration=x_train[:CALIBRATION], weight_bits=w, activation_bits=a,
-                             pipeline="standard", adaround=AdaRoundOptions(iterations=args.adaround_iterations),
-                             progress=False)
-        ptq_seconds = time.perf_counter() - start
-        ptq_accuracy = _accuracy(_integer_logits(ptq, x_test), y_test)
-        print(f"{row} PTQ {ptq_accuracy:.2f}% ({ptq_seconds:.0f} s)", flush=True)
-        cells = [row, f"{ptq_accuracy:.2f} ({ptq_seconds:.0f} s)"]
+        cells = [row]
+        if args.ptq:
+            start = time.perf_counter()
+            ptq = intsim.convert(onnx, calibration=x_train[:CALIBRATION], weight_bits=w, activation_bits=a,
+                                 pipeline="standard", adaround=AdaRoundOptions(iterations=args.adaround_iterations),
+                                 progress=False)
+            ptq_seconds = time.perf_counter() - start
+            ptq_accuracy = _accuracy(_integer_logits(ptq, x_test), y_test)
+            print(f"{row} PTQ {ptq_accuracy:.2f}% ({ptq_seconds:.0f} s)", flush=True)
+            cells.append(f"{ptq_accuracy:.2f} ({ptq_seconds:.0f} s)")
+        initial = prepare(onnx, x_train[:CALIBRATION], weight_bits=w, activation_bits=a, progress=False)
+        if float_accuracy is None:
+            float_accuracy = _accuracy(predict(initial, x_test, quantize=False), y_test)
+        start_accuracy = _accuracy(_integer_logits(export(initial), x_test), y_test)
+        print(f"{row} QAT start (standard pipeline without AdaRound): {start_accuracy:.2f}%", flush=True)
+        cells.append(f"{start_accuracy:.2f}")
         for variant in variants:
             spec = VARIANTS[variant]
             start = time.perf_counter()
             qat = prepare(onnx, x_train[:CALIBRATION], weight_bits=w, activation_bits=a,
                           learn_ranges=spec["learn_ranges"], progress=False)
-            if float_accuracy is None:
-                float_accuracy = _accuracy(predict(qat, x_test, quantize=False), y_test)
+            if spec["batch_norms"]:
+                qat.keep_batch_norms([n.name for n in qat.graph.nodes if n.op == "Conv"], x_train[:CALIBRATION])
+
             labels = y_train[: args.train] if spec["labels"] else None
             train(qat, x_train[: args.train], labels, epochs=args.epochs, lr=args.lr, progress=False)
             model = export(qat)
@@ -106,18 +131,21 @@ def main(argv=None):
                   f"{100.0 * min(layers.values()):.4f}%, {seconds:.0f} s)", flush=True)
             cells.append(f"{accuracy:.2f} ({seconds:.0f} s, agree {agreement:.2f})")
         rows.append(cells)
-    header = ["config", "PTQ standard + AdaRound"] + [f"QAT {v}" for v in variants]
+    header = (["config"] + ["PTQ standard + AdaRound"] * args.ptq + ["QAT start (PTQ without AdaRound)"]
+              + [f"QAT {v}" for v in variants])
     note = (f"{args.model}, `paper` profile, per-channel weights; float top-1 {float_accuracy:.2f}% on {len(y_test)} "
             f"test images. PTQ: calibration {CALIBRATION} training images, AdaRound {args.adaround_iterations} "
             f"steps/layer. QAT: {args.train} training images, {args.epochs} epochs, lr {args.lr}, batch 64, "
             f"{args.threads} torch thread(s). Cells: integer top-1 % (wall time; agreement of the integer model's "
-            f"top-1 with the fake-quant model's).")
+            f"top-1 with the fake-quant model's). CPU: {_cpu()}, load average at the end "
+            f"{os.getloadavg()[0]:.1f}.")
     lines = [f"### QAT vs PTQ (white paper §4), integer top-1 %", "", note, "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"qat_{args.model}_{args.rows.replace(',', '_')}.md").write_text(text)
+    name = "_".join([args.model, *args.rows.split(","), *(variants or ["start"])])
+    (RESULTS / f"qat_{name}.md").write_text(text)
     print("\n" + text)
 
 

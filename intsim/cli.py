@@ -441,8 +441,9 @@ def _cmd_qat(args) -> int:
     calibration = _load_floats(args.calibration, "calibration") if args.calibration else None
     model = finetune(args.model, data, labels=labels, calibration=calibration, profile=args.profile,
                      weight_bits=args.weight_bits, activation_bits=args.activation_bits, per_channel=args.per_channel,
-                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, learn_ranges=args.learn_ranges,
-                     distillation=args.distillation, seed=args.seed)
+                     layer_config=_layer_config(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     learn_ranges=args.learn_ranges, batch_norm=args.batch_norm, distillation=args.distillation,
+                     seed=args.seed)
     model.save(args.output)
     info = model.graph.metadata["qat"]
     print(f"wrote {args.output}: {len(model.graph.nodes)} integer nodes, profile {model.profile.name!r}, "
@@ -711,7 +712,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the PTQ ranges (default: learn the scales, LSQ)")
     p.add_argument("--distillation", type=float,
                    help="weight of the distillation loss (default 1 without labels, 0 with labels)")
+    p.add_argument("--batch-norm", choices=("static", "statistics"), default="static",
+                   help="batch norms after a Conv/Gemm: folded before training, or kept with batch statistics "
+                        "(white paper §4.2; default static)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batch order (default 0)")
+    _add_layer_config_option(p)
     p.set_defaults(func=_cmd_qat)
 
     p = sub.add_parser("compare", help="float vs simulated vs integer, layer by layer")

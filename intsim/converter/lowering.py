@@ -41,7 +41,7 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.codes import storage_dtype
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
-from intsim.converter.params import add_params, build_exp_table, build_lut
+from intsim.converter.params import add_params, build_exp_table, build_lut, constant_operand_codes
 from intsim.converter.feeds import batch_of, named_feeds, ptq_data, sample_count
 from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
 from intsim.floatgraph.patterns import simplify
@@ -209,12 +209,8 @@ class _Lowering:
     def constant_codes(self, value, rank, perm):
         """Quantize a constant operand per tensor, broadcastable against a stored activation."""
         value = np.asarray(value, np.float64)
-        value = value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(perm)
-        p = self.profile
-        scale, zp = quantization_params(float(min(value.min(), 0.0)), float(max(value.max(), 0.0)),
-                                        p.activation_bits, p.activation_signed, p.activation_symmetric,
-                                        power_of_two=p.power_of_two_scales)
-        return quantize(value, scale, zp, *p.activation_range(), p.activation_dtype), scale, zp
+        return constant_operand_codes(value.reshape((1,) * (rank - value.ndim) + value.shape).transpose(perm),
+                                      self.profile)
 
     # --- steps ------------------------------------------------------------
     def lower(self, steps):
@@ -521,7 +517,8 @@ class _Lowering:
         x = self.tensors[self.need(x_name, perm)]
         scale, zp = self.out_params(step.output)
         y = self.bind(step.output, perm, scale, zp)
-        self.nodes.append(Node("lut", node.name, [x.name], [y], {}, {"table": build_lut(fn, x, self.tensors[y])}))
+        table = np.clip(build_lut(fn, x, self.tensors[y]), *self.tensors[y].code_range)  # codes under 8 bits
+        self.nodes.append(Node("lut", node.name, [x.name], [y], {}, {"table": table}))
 
     def _layout(self, step, op, attrs):
         node = step.nodes[0]

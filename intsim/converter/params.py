@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from intsim.codes import dtype_range
+from intsim.converter.quantizer import quantization_params, quantize
 from intsim.errors import ValidationError
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, Rescale
 from intsim.graph.ir import TensorInfo
@@ -44,6 +45,18 @@ def build_exp_table(x: TensorInfo, beta: float = 1.0) -> np.ndarray:
         raise ValidationError(f"softmax beta must be finite and > 0, found {beta}")
     d = np.arange(_input_codes(x).size, dtype=np.float64)
     return np.rint(np.exp(-beta * x.scale * d) * 2.0**EXP_TABLE_BITS).astype(np.int32)
+
+
+def constant_operand_codes(value, profile) -> tuple[np.ndarray, float, int]:
+    """A constant operand of an elementwise op (Add, Sub, Mul, a Div's reciprocal) on the activation grid:
+    one scale for the tensor, its range widened to hold 0.  Returns ``(codes, scale, zero_point)``, the
+    codes in ``value``'s layout."""
+    value = np.asarray(value, np.float64)
+    p = profile
+    scale, zp = quantization_params(float(min(value.min(), 0.0)), float(max(value.max(), 0.0)), p.activation_bits,
+                                    p.activation_signed, p.activation_symmetric, power_of_two=p.power_of_two_scales)
+    lo, hi = p.activation_range()
+    return quantize(value, scale, zp, lo, hi, p.activation_dtype), scale, zp
 
 
 def add_params(a_scale: float, b_scale: float, out_scale: float, profile, activation_bits: int = 8) -> tuple[dict, int]:

@@ -24,9 +24,11 @@ scales so that one learning rate moves every scale by the same relative amount.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from intsim.converter.lowering import clamp_codes
+from intsim.fixedpoint import INT32_MAX, INT32_MIN, Rescale, rescale
 
 
 def round_half_even(v: torch.Tensor) -> torch.Tensor:
@@ -120,8 +122,37 @@ class ActivationQuantizer(_LearnedScale):
         lo, hi = self.code_range()
         return torch.clamp(round_ste(v / self.scale(v.dtype), self.rounding) + self.zero_point, lo, hi)
 
-    def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return (self.codes(v) - self.zero_point) * self.scale(v.dtype)
+    def forward(self, v: torch.Tensor, accumulator_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """``v`` on this grid.  ``accumulator_scale``: where ``v`` is a Conv / Gemm output, the scale of its
+        int32 accumulator (``s_x s_w``, one per channel on axis 1); its codes are then the integer
+        datapath's own requantization of the accumulator (:func:`requantized_codes`), with the
+        straight-through gradient of ``v / scale``."""
+        scale = self.scale(v.dtype)
+        if accumulator_scale is None:
+            return (self.codes(v) - self.zero_point) * scale
+        real = v / scale + self.zero_point
+        exact = requantized_codes(v, accumulator_scale, self.params()[0], self.zero_point, self.profile)
+        codes = torch.clamp(real + (exact.to(v.dtype) - real).detach(), *self.code_range())
+        return (codes - self.zero_point) * scale
+
+
+def requantized_codes(v: torch.Tensor, accumulator_scale: torch.Tensor, scale: float, zero_point: int,
+                      profile) -> torch.Tensor:
+    """The output codes (before the clamp) the integer layer computes for the real accumulator ``v``:
+    ``rint(v / accumulator_scale)`` is the int32 accumulator (bias included; saturated), requantized by
+    :func:`intsim.fixedpoint.rescale` with the multiplier and shift the converter forms from
+    ``accumulator_scale / scale`` under the profile's rounding (gemmlowp's double rounding too), plus the
+    zero point.  Exact where ``v`` is computed in float64 (:func:`intsim.qat.predict`)."""
+    with torch.no_grad():
+        acc_scale = accumulator_scale.detach().to(torch.float64).reshape(-1)
+        per_channel = acc_scale.numel() > 1  # one per channel, on axis 1
+        v = v.detach().to(torch.float64)
+        if per_channel:
+            v = (v / acc_scale.reshape((1, -1) + (1,) * (v.ndim - 2))).movedim(1, -1)
+        acc = torch.round(v if per_channel else v / acc_scale).numpy()
+        params = Rescale.from_real(acc_scale.numpy() / scale, profile.rounding, profile.multiplier_bits)
+        out = rescale(np.clip(acc, INT32_MIN, INT32_MAX).astype(np.int64), params).astype(np.float64) + zero_point
+        return torch.from_numpy(out).movedim(-1, 1) if per_channel else torch.from_numpy(out)
 
 
 class WeightQuantizer(_LearnedScale):
@@ -144,9 +175,13 @@ class WeightQuantizer(_LearnedScale):
     def _channel(self, t: torch.Tensor, ndim: int) -> torch.Tensor:
         return t.reshape((-1,) + (1,) * (ndim - 1))
 
+    def folded(self, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight, bias)`` in float, as the integer layer takes them (before quantization)."""
+        return self.weight.to(dtype), self.bias.to(dtype)
+
     def weight_codes(self, dtype=torch.float32) -> torch.Tensor:
         """Weight codes (as floats, ONNX layout), rounded with the STE."""
-        w = self.weight.to(dtype)
+        w = self.folded(dtype)[0]
         scale = self._channel(self.scale(dtype), w.ndim)
         zp = self._channel(self.zero_point.to(dtype), w.ndim)
         return torch.clamp(round_ste(w / scale) + zp, self.qmin, self.qmax)
@@ -158,7 +193,7 @@ class WeightQuantizer(_LearnedScale):
         zp = self._channel(self.zero_point.to(dtype), codes.ndim)
         weight = (codes - zp) * self._channel(scale, codes.ndim)
         bias_scale = x_scale * scale
-        bias_codes = torch.clamp(round_ste(self.bias.to(dtype) / bias_scale), -self.bias_max - 1, self.bias_max)
+        bias_codes = torch.clamp(round_ste(self.folded(dtype)[1] / bias_scale), -self.bias_max - 1, self.bias_max)
         return weight, bias_codes * bias_scale
 
     def export(self, channels: int):
@@ -169,3 +204,56 @@ class WeightQuantizer(_LearnedScale):
             scale = self.scale(torch.float64).numpy()
         zp = self.zero_point.numpy()
         return codes, scale.repeat(channels // scale.size), zp.repeat(channels // zp.size)
+
+
+class BatchNormWeightQuantizer(WeightQuantizer):
+    """A layer that keeps its batch norm during training: white paper §4.2's variant with batch statistics
+    (Krishnamoorthi 2018), beside static folding.
+
+    ``weight`` is the layer's weight before the batch norm, ``bias`` the batch norm's ``beta``; ``gamma``
+    is learned too, and the running mean and variance of the layer's output ``z = W * x`` are tracked
+    (``momentum``).  The integer layer is always the fold on the running statistics
+    (:meth:`folded`: ``W gamma / sigma``, ``beta - mean gamma / sigma``), quantized on the layer's grid.
+    While training, :meth:`batch_normalize` rescales that layer's output to the batch statistics, so the
+    batch norm trains as it did in float.  Built from the statically folded layer with the running
+    statistics of its output measured on data, it starts as the identity on them: ``gamma = sigma``,
+    ``beta = mean + bias``.  Every fold is computed in float32, the type of the exported constants.
+    """
+
+    def __init__(self, folded: WeightQuantizer, profile, mean, var, eps: float = 1e-5, momentum: float = 0.1):
+        with torch.no_grad():
+            weight, bias = folded.folded()
+            super().__init__(weight, bias, torch.exp2(folded.log2_scale.double()), folded.zero_point, (folded.qmin, folded.qmax), profile.bias_bits,
+                             profile, folded.log2_scale.requires_grad)
+            self.log2_scale.copy_(folded.log2_scale)
+            self.eps, self.momentum = eps, momentum
+            mean, var = torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(var, dtype=torch.float32)
+            self.register_buffer("running_mean", mean.clone())
+            self.register_buffer("running_var", var.clone())
+            self.gamma = torch.nn.Parameter(torch.sqrt(var + eps))
+            self.bias.copy_(bias + mean)
+
+    def _factor(self, var):
+        return self.gamma / torch.sqrt(var + self.eps)
+
+    def folded(self, dtype=torch.float32):
+        factor = self._factor(self.running_var)
+        weight = self.weight * self._channel(factor, self.weight.ndim)
+        return weight.to(dtype), (self.bias - self.running_mean * factor).to(dtype)
+
+    def batch_normalize(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The training output: ``y``, the quantized layer's output without its bias, and ``z``, the
+        float layer's output (``W * x``, channels on axis 1), give ``BN(z)`` with ``z``'s batch
+        statistics and the quantized weights, ``y sigma / sigma_B + beta - gamma mean_B / sigma_B``.
+        Updates the running statistics."""
+        dims = [d for d in range(z.ndim) if d != 1]
+        mean, var = z.mean(dims), z.var(dims, unbiased=False)
+        shape = (1, -1) + (1,) * (z.ndim - 2)
+        factor = self._factor(var).to(y.dtype)
+        out = y * (torch.sqrt(self.running_var + self.eps) / torch.sqrt(var + self.eps)).to(y.dtype).reshape(shape)
+        out = out + (self.bias - mean * factor).to(y.dtype).reshape(shape)
+        with torch.no_grad():
+            count = z.numel() // z.shape[1]
+            self.running_mean.lerp_(mean.detach().float(), self.momentum)
+            self.running_var.lerp_(var.detach().float() * count / max(count - 1, 1), self.momentum)
+        return out

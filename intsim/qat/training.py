@@ -26,13 +26,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from intsim.converter.lowering import lower, plan_quantization, plan_steps, quantization_points
+from intsim.converter.data_free import batch_norm_statistics
+from intsim.converter.lowering import lower, plan_quantization
+from intsim.converter.steps import plan_steps, quantization_points
 from intsim.errors import ValidationError
+from intsim.floatgraph import FloatGraph
+from intsim.importers.onnx import import_onnx
 from intsim.floatgraph.passes import copy_graph, fresh_name
 from intsim.progress import Progress, progress_enabled
 from intsim.qat.module import MAC_OPS, FakeQuantModel
 from intsim.runtime import Model
 
+BATCH_NORM_VARIANTS = ("static", "statistics")  # white paper §4.2
 # The PTQ start (white paper §4.4): the standard pipeline (§3.5) without AdaRound.
 INIT_SETTINGS = {"pipeline": "standard", "adaround": False, "bias_correction": "none"}
 CALIBRATION_SAMPLES = 1024  # taken from the training data when no calibration set is given
@@ -76,7 +81,7 @@ def _distillation_weight(epochs, batch_size, lr, temperature, distillation, has_
 
 
 def prepare(model, calibration, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
-            learn_ranges=True, progress=True) -> FakeQuantModel:
+            layer_config=None, learn_ranges=True, batch_norm="static", progress=True) -> FakeQuantModel:
     """The fake-quant model of ``model`` for a profile, initialized from PTQ (white paper §4.4).
 
     Parameters
@@ -84,14 +89,31 @@ def prepare(model, calibration, profile="paper", *, weight_bits=None, activation
     model : str, path, onnx.ModelProto or FloatGraph
     calibration : float array
         Inputs (samples first) for the PTQ ranges and CLE.
-    profile, weight_bits, activation_bits, per_channel
-        As :func:`intsim.convert` takes them.
+    profile, weight_bits, activation_bits, per_channel, layer_config
+        As :func:`intsim.convert` takes them; with ``layer_config`` (per-layer precision) every layer gets
+        its own fake-quant grid, and its reads across formats the converter's ``rescale``.
     learn_ranges : bool
         Learn the scales (LSQ, §4.3) or keep the PTQ ranges.
+    batch_norm : {"static", "statistics"}
+        How a batch norm after a Conv or Gemm trains (§4.2): folded into the layer before training
+        (``"static"``), or kept, normalizing with batch statistics and folded on its running statistics
+        (``"statistics"``, :meth:`FakeQuantModel.keep_batch_norms`; the model must have such batch norms).
     """
+    if batch_norm not in BATCH_NORM_VARIANTS:
+        raise ValidationError(f"intsim.qat: batch_norm must be one of {', '.join(BATCH_NORM_VARIANTS)}, found "
+                              f"{batch_norm!r}")
     plan = plan_quantization(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
-                             per_channel=per_channel, progress=progress, **INIT_SETTINGS)
-    return FakeQuantModel(plan, learn_ranges)
+                             per_channel=per_channel, layer_config=layer_config, progress=progress, **INIT_SETTINGS)
+    qat = FakeQuantModel(plan, learn_ranges)
+    if batch_norm == "statistics":
+        normalized = batch_norm_statistics(model if isinstance(model, FloatGraph) else import_onnx(model))
+        layers = [n.name for n in qat.graph.nodes if n.op in MAC_OPS and n.outputs[0] in normalized]
+        if not layers:
+            raise ValidationError("intsim.qat: batch_norm='statistics' needs a BatchNormalization right after a Conv "
+                                  "or Gemm; the model has none (its exporter folded them: static folding is all "
+                                  "there is)")
+        qat.keep_batch_norms(layers, np.asarray(calibration, np.float32))
+    return qat
 
 
 def _batches(n, batch_size, generator):
@@ -105,12 +127,14 @@ def predict(qat: FakeQuantModel, data, *, quantize=True, batch_size=256, dtype=t
     ``float64`` (the default) computes every grid step exactly where the profile's is exact (power-of-two
     scales): what the integer model must then equal bit for bit.
     """
-    qat.quantize = quantize
+    qat.quantize, training = quantize, qat.training
+    qat.eval()
     outs = []
     with torch.no_grad():
         for i in range(0, len(data), batch_size):
             outs.append(qat(torch.as_tensor(np.asarray(data[i : i + batch_size]), dtype=dtype))[0].numpy())
     qat.quantize = True
+    qat.train(training)
     return np.concatenate(outs)
 
 
@@ -228,8 +252,8 @@ def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
         layer = qat.layer(node.name)
         weight_name = fresh_name(fg, f"{node.name}/weight_qat")
         bias_name = fresh_name(fg, f"{node.name}/bias_qat")
-        fg.constants[weight_name] = layer.weight.detach().numpy().copy()
-        fg.constants[bias_name] = layer.bias.detach().numpy().copy()
+        with torch.no_grad():
+            fg.constants[weight_name], fg.constants[bias_name] = (t.numpy().copy() for t in layer.folded())
         fg.shapes[weight_name], fg.shapes[bias_name] = fg.constants[weight_name].shape, fg.constants[bias_name].shape
         node.inputs = [node.inputs[0], weight_name, bias_name]
         weights[node.name] = layer.export(fg.constants[weight_name].shape[0])
@@ -241,7 +265,7 @@ def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
 
 def finetune(model, data, *, labels=None, calibration=None, profile="paper", weight_bits=None, activation_bits=None,
              per_channel=None, layer_config=None, epochs=2, batch_size=64, lr=1e-3, learn_ranges=True,
-             distillation=None, temperature=2.0, seed=0, progress=True) -> Model:
+             batch_norm="static", distillation=None, temperature=2.0, seed=0, progress=True) -> Model:
     """Quantization-aware training of an ONNX float model, exported to the profile's integer graph
     (white paper §4).
 
@@ -256,28 +280,25 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
         them the float model's outputs are the only target (distillation, §4.4).
     calibration : float array, optional
         Inputs for the PTQ initialization; default the first 1024 of ``data``.
-    profile, weight_bits, activation_bits, per_channel
-        The chip, as :func:`intsim.convert` takes it.
-    layer_config
-        Per-layer precision: not available in this version of intsim (a non-None value is an error).
+    profile, weight_bits, activation_bits, per_channel, layer_config
+        The chip and per-layer precision, as :func:`intsim.convert` takes them.
     epochs, batch_size, lr, distillation, temperature, seed, progress
         As :func:`train` takes them.
-    learn_ranges : bool
-        Learn the quantization scales (LSQ, §4.3) or keep the PTQ ranges.
+    learn_ranges, batch_norm
+        As :func:`prepare` takes them.
 
     Returns
     -------
     intsim.Model
         The integer model; ``graph.metadata["qat"]`` records the training.
     """
-    if layer_config is not None:
-        raise ValidationError("intsim.qat.finetune: layer_config (per-layer precision) is not available in this "
-                              f"version of intsim; found {type(layer_config).__name__}")
     x, _ = _checked_data(data, labels)
     _distillation_weight(epochs, batch_size, lr, temperature, distillation, labels is not None)
     calibration = x[:CALIBRATION_SAMPLES] if calibration is None else calibration
     qat = prepare(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
-                  per_channel=per_channel, learn_ranges=learn_ranges, progress=progress)
+                  per_channel=per_channel, layer_config=layer_config, learn_ranges=learn_ranges,
+                  batch_norm=batch_norm, progress=progress)
     info = train(qat, x, labels, epochs=epochs, batch_size=batch_size, lr=lr, distillation=distillation,
                  temperature=temperature, seed=seed, progress=progress)
-    return export(qat, info=dict(info, labels=labels is not None, lr=lr, batch_size=batch_size, seed=seed))
+    return export(qat, info=dict(info, labels=labels is not None, lr=lr, batch_size=batch_size, seed=seed,
+                                 batch_norm=batch_norm))
