@@ -11,14 +11,13 @@ import argparse
 import importlib.util
 import json
 import sys
-import tokenize
 import warnings
-import zipfile
 from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 
+from intsim.cli_files import load_floats, load_inputs, load_npy, write_outputs
 from intsim.debugging import command as debug_command
 from intsim.errors import InputWarning, IntsimError, ValidationError
 
@@ -52,39 +51,13 @@ def _input_shapes(texts) -> dict | None:
     return shapes or None
 
 
-def _load_npy(path: str, what: str) -> np.ndarray:
-    try:
-        # Memory-mapped: a header that claims more than the file holds fails here instead of allocating.
-        array = np.load(path, allow_pickle=False, mmap_mode="r")
-    except FileNotFoundError:
-        raise ValidationError(f"{what} file {path} does not exist") from None
-    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, MemoryError) as exc:
-        raise ValidationError(f"{what} file {path} is not a readable .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray):
-        raise ValidationError(f"{what} file {path} must hold one array (.npy), found {type(array).__name__}")
-    return array
-
-
-def _load_inputs(path: str, what: str):
-    """``.npz``: a dict input name -> array (a model with several or integer inputs); else one ``.npy`` array."""
-    if not str(path).endswith(".npz"):
-        return _load_npy(path, what)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {name: archive[name] for name in archive.files}
-    except FileNotFoundError:
-        raise ValidationError(f"{what} file {path} does not exist") from None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValidationError(f"{what} file {path} is not a readable .npz archive ({exc})") from None
-
-
 def _data(args, client, dtype=None):
     """``--data``: read here, or with a cluster left on its path for the workers to map (a shared path)."""
     from intsim.distributed.data import NpyData
 
     if client is not None:
         return NpyData(args.data, dtype)
-    data = _load_npy(args.data, "data")
+    data = load_npy(args.data, "data")
     return data if dtype is None else data.astype(dtype)
 
 
@@ -163,40 +136,16 @@ def _graph_document(graph) -> dict:
                       for n in graph.nodes]}
 
 
-def _save_npy(path, array) -> None:
-    np.save(path, array, allow_pickle=False)
-
-
-def _save_csv(path, array) -> None:
-    np.savetxt(path, array.reshape(array.shape[0], -1) if array.ndim > 1 else array[:, None], delimiter=",",
-               fmt="%d" if array.dtype.kind in "iu" else "%.9g")
-
-
-_ONE_ARRAY_WRITERS = {".npy": _save_npy, ".csv": _save_csv}
-
-
-def _write_outputs(path: str, names, outputs) -> None:
-    """``.npz``: every output under its name; ``.npy`` / ``.csv`` (one row per sample): the one output."""
-    suffix = Path(path).suffix.lower()
-    if suffix == ".npz":
-        np.savez(path, **dict(zip(names, outputs)))
-        return
-    if len(outputs) != 1:
-        raise ValidationError(f"--output {path}: {suffix} holds one array but the model has {len(outputs)} "
-                              "outputs; name an .npz file")
-    _ONE_ARRAY_WRITERS[suffix](path, outputs[0])
-
-
 def _cmd_run(args) -> int:
     import intsim
 
     model = intsim.load(args.model, backend=args.backend, profile=args.profile)
-    x = _load_inputs(args.input, "input")
+    x = load_inputs(args.input, "input")
     outputs = model.run_int(x) if args.int else model.run(x)
     outputs = outputs if isinstance(outputs, tuple) else (outputs,)
     names = [info.name for info in model.outputs]
     if args.output:
-        _write_outputs(args.output, names, outputs)
+        write_outputs(args.output, names, outputs)
     if args.json:
         _print_json({"outputs": [{"name": n, "dtype": str(o.dtype), "shape": list(o.shape), "values": o.tolist()}
                                  for n, o in zip(names, outputs)]})
@@ -210,7 +159,7 @@ def _cmd_trace(args) -> int:
     import intsim
 
     model = intsim.load(args.model, backend=args.backend, profile=args.profile)
-    trace = model.trace(_load_npy(args.input, "input"), float_input=not args.int)
+    trace = model.trace(load_npy(args.input, "input"), float_input=not args.int)
     print(trace.table())
     return 0
 
@@ -238,8 +187,7 @@ def _warm() -> int:
 
 
 def _cmd_selftest(args) -> int:
-    from intsim import Model, examples
-    from intsim.profiles import builtin_names
+    from intsim import examples
 
     if args.warm:
         return _warm()
@@ -248,22 +196,14 @@ def _cmd_selftest(args) -> int:
         print("run on every built-in profile: node by node (trace) and through the fused path run takes, with the")
         print("numba kernels and their naive twins.\n")
     results = []
-    for name in builtin_names():
-        graph = examples.tiny_cnn(name, seed=args.seed)
-        x = examples.random_codes(graph.tensors["x"], args.batch, args.seed)
-        fast_model, naive_model = Model(graph, "fast"), Model(graph, "naive")
-        fast, naive = fast_model.trace(x), naive_model.trace(x)
-        traced = sum(int(np.sum(fast.tensors[t] != naive.tensors[t])) for t in fast.tensors)
-        elements = sum(int(fast.tensors[t].size) for t in fast.tensors)
-        run_fast, run_naive = fast_model.run_int(x), naive_model.run_int(x)
-        ran = int(np.sum(run_fast != run_naive)) + int(np.sum(run_fast != fast.tensors[graph.outputs[0]]))
-        results.append({"profile": name, "trace_elements": elements, "trace_mismatches": traced,
-                        "run_elements": int(run_fast.size), "run_mismatches": ran})
+    for result, trace in examples.selftest_runs(args.seed, args.batch):
+        results.append(result)
         if not args.json:
-            print(f"== profile {name}: {elements} integers compared, fast vs naive mismatches: {traced}; "
-                  f"run (fused) fast vs naive and vs trace, {run_fast.size} outputs: mismatches {ran}")
-            print(fast.table() + "\n")
-        if traced or ran:
+            print(f"== profile {result['profile']}: {result['trace_elements']} integers compared, fast vs naive "
+                  f"mismatches: {result['trace_mismatches']}; run (fused) fast vs naive and vs trace, "
+                  f"{result['run_elements']} outputs: mismatches {result['run_mismatches']}")
+            print(trace.table() + "\n")
+        if result["trace_mismatches"] or result["run_mismatches"]:
             break
     if args.json:
         _print_json(results)
@@ -316,7 +256,7 @@ def _cmd_golden(args) -> int:
     import intsim
 
     model = intsim.load(args.model, profile=args.profile)
-    path = intsim.export_golden(model, _load_npy(args.input, "input"), args.out_dir, formats=args.format.split(","),
+    path = intsim.export_golden(model, load_npy(args.input, "input"), args.out_dir, formats=args.format.split(","),
                                float_input=not args.int)
     print(f"wrote golden vectors of {len(model.graph.nodes)} nodes ({args.format}) and {path}")
     return 0
@@ -326,7 +266,7 @@ def _cmd_diff(args) -> int:
     import intsim
     from intsim.hwval import diff
 
-    report = diff(intsim.load(args.model, profile=args.profile), _load_npy(args.input, "input"), args.device_dump,
+    report = diff(intsim.load(args.model, profile=args.profile), load_npy(args.input, "input"), args.device_dump,
                   float_input=not args.int, format=args.format)
     print(report.table())
     if args.json_path:
@@ -347,7 +287,7 @@ def _sweep(args, client) -> int:
     import intsim
     from intsim.hwval import bitwidth_sweep, sweep
 
-    labels = _load_npy(args.labels, "labels") if args.labels else None
+    labels = load_npy(args.labels, "labels") if args.labels else None
     conversion = {"--calibration": args.calibration, "--weight-bits": args.weight_bits,
                   "--activation-bits": args.activation_bits, "--profile": args.profile,
                   "--input-shape": args.input_shape, "--layer-config": args.layer_config}
@@ -355,7 +295,7 @@ def _sweep(args, client) -> int:
     if args.model.lower().endswith(".onnx") and _onnx_format(args.model) == "float":
         if not args.calibration:
             raise UsageError(f"sweep of the float model {args.model} needs --calibration X.npy, found none")
-        calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
+        calibration = load_npy(args.calibration, "calibration").astype(np.float32)
         profile = intsim.get_profile(args.profile or "paper")
         if args.weight_bits or args.activation_bits:
             widths = bitwidth_sweep(
@@ -413,17 +353,11 @@ def _overrides(args) -> dict:
             "adaround": _adaround(args), "pipeline": args.pipeline}
 
 
-def _load_floats(path: str, what: str) -> np.ndarray:
-    """A .npy of model inputs; integer pixels are read as real values (float32)."""
-    array = _load_npy(path, what)
-    return array.astype(np.float32) if array.dtype.kind in "iu" else array
-
-
 def _cmd_debug(args) -> int:
     from intsim.debugging import debug
 
-    report = debug(args.model, _load_floats(args.calibration, "calibration"), _load_floats(args.data, "data"),
-                   _load_npy(args.labels, "labels") if args.labels else None, args.profile, tolerance=args.tolerance,
+    report = debug(args.model, load_floats(args.calibration, "calibration"), load_floats(args.data, "data"),
+                   load_npy(args.labels, "labels") if args.labels else None, args.profile, tolerance=args.tolerance,
                    inspect=args.inspect, datapath=args.datapath, input_shapes=args.input_shapes, **_overrides(args))
     print("\n".join([report.table(), *(f"wrote {path}" for path in report.save(args.html, args.json_path))]))
     return 0
@@ -436,9 +370,9 @@ def _cmd_qat(args) -> int:
         print(f"intsim: error: {exc}", file=sys.stderr)
         return EXIT_RUNTIME_ERROR
 
-    data = _load_floats(args.data, "data")
-    labels = _load_npy(args.labels, "labels") if args.labels else None
-    calibration = _load_floats(args.calibration, "calibration") if args.calibration else None
+    data = load_floats(args.data, "data")
+    labels = load_npy(args.labels, "labels") if args.labels else None
+    calibration = load_floats(args.calibration, "calibration") if args.calibration else None
     model = finetune(args.model, data, labels=labels, calibration=calibration, profile=args.profile,
                      weight_bits=args.weight_bits, activation_bits=args.activation_bits, per_channel=args.per_channel,
                      layer_config=_layer_config(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -455,7 +389,7 @@ def _cmd_qat(args) -> int:
 def _cmd_convert(args) -> int:
     import intsim
 
-    data = _load_inputs(args.calibration, "calibration")
+    data = load_inputs(args.calibration, "calibration")
     if isinstance(data, np.ndarray) and data.dtype.kind in "iu":
         warnings.warn(InputWarning(f"calibration {args.calibration} has integer dtype {data.dtype} (values "
                                    f"{data.min()}..{data.max()}); intsim reads them as real values, not codes: scale "
@@ -475,9 +409,9 @@ def _cmd_convert(args) -> int:
 def _cmd_mixed_precision(args) -> int:
     import intsim
 
-    calibration = _load_npy(args.calibration, "calibration").astype(np.float32)
-    data = _load_npy(args.data, "data").astype(np.float32)
-    labels = _load_npy(args.labels, "labels") if args.labels else None
+    calibration = load_npy(args.calibration, "calibration").astype(np.float32)
+    data = load_npy(args.data, "data").astype(np.float32)
+    labels = load_npy(args.labels, "labels") if args.labels else None
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     result = intsim.search_mixed_precision(
         args.model, calibration, data, labels, profile=args.profile, candidates=candidates,
@@ -511,7 +445,7 @@ def _report_outputs_files(report, args) -> None:
 def _cmd_compare(args) -> int:
     import intsim
 
-    labels = _load_npy(args.labels, "labels") if args.labels else None
+    labels = load_npy(args.labels, "labels") if args.labels else None
     with _cluster(args) as client:
         report = intsim.compare(args.onnx, intsim.load(args.model), _data(args, client, np.float32), labels,
                                 batch_size=args.batch_size, client=client)
@@ -528,7 +462,7 @@ def _cmd_evaluate(args) -> int:
 
     import intsim
 
-    labels = _load_npy(args.labels, "labels") if args.labels else None
+    labels = load_npy(args.labels, "labels") if args.labels else None
     with _cluster(args) as client:
         report = intsim.evaluate(intsim.load(args.model), _data(args, client, None if args.int else np.float32), labels,
                                  float_model=args.onnx, float_input=not args.int, batch_size=args.batch_size,

@@ -141,3 +141,22 @@ def random_codes(info: TensorInfo, batch: int, seed: int = 0) -> np.ndarray:
     lo, hi = dtype_range(info.dtype)
     shape = tuple(batch if dim is None else dim for dim in info.shape)
     return np.random.default_rng(seed).integers(lo, hi + 1, size=shape).astype(info.np_dtype)
+
+
+def selftest_runs(seed: int = 0, batch: int = 2):
+    """:func:`tiny_cnn` on every built-in profile, fast kernels against their naive twins: yields per
+    profile ``(result, trace)``, ``result`` counting the integers compared node by node (``trace``) and
+    through the fused path ``run_int`` takes, and the mismatches of each."""
+    from intsim.profiles import builtin_names
+    from intsim.runtime import Model
+
+    for name in builtin_names():
+        graph = tiny_cnn(name, seed=seed)
+        x = random_codes(graph.tensors["x"], batch, seed)
+        fast_model, naive_model = Model(graph, "fast"), Model(graph, "naive")
+        fast, naive = fast_model.trace(x), naive_model.trace(x)
+        traced = sum(int(np.sum(fast.tensors[t] != naive.tensors[t])) for t in fast.tensors)
+        run_fast, run_naive = fast_model.run_int(x), naive_model.run_int(x)
+        ran = int(np.sum(run_fast != run_naive)) + int(np.sum(run_fast != fast.tensors[graph.outputs[0]]))
+        yield {"profile": name, "trace_elements": sum(int(fast.tensors[t].size) for t in fast.tensors),
+               "trace_mismatches": traced, "run_elements": int(run_fast.size), "run_mismatches": ran}, fast
