@@ -26,6 +26,7 @@ import json
 import lzma
 import math
 import os
+import tomllib
 import re
 import zipfile
 import zlib
@@ -33,7 +34,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from intsim.errors import ModelFormatError
+from intsim.errors import ModelFormatError, ValidationError
 
 MAX_ARRAY_BYTES = 2**30  # one parameter array: 1 GiB
 MAX_JSON_BYTES = 64 * 2**20
@@ -235,3 +236,25 @@ def read_json_file(path, where, what):
     """:func:`load_json` of the file at ``path``, its size checked before it is read."""
     with _open_file(path, where, what, MAX_JSON_BYTES) as (stream, _):
         return load_json(stream.read(), where, what)
+
+
+MAX_TOML_BYTES = 2**20  # a profile or a layer configuration is a few dozen lines
+
+
+def read_toml(path, where: str) -> dict:
+    """The tables of the TOML file ``path`` (at most :data:`MAX_TOML_BYTES`); every failure a
+    :class:`~intsim.errors.ValidationError` that starts with ``where`` (e.g. ``"profile file p.toml"``)."""
+    try:
+        size = os.stat(path).st_size
+        if size > MAX_TOML_BYTES:
+            raise ValidationError(f"{where} is {size} bytes, over the limit of {MAX_TOML_BYTES}")
+        with open(path, encoding="utf-8") as f:
+            return tomllib.loads(f.read())
+    except FileNotFoundError:
+        raise ValidationError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ValidationError(f"{where} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ValidationError(f"{where} cannot be read ({exc})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValidationError(f"{where}: not valid TOML ({type(exc).__name__}: {exc})") from None

@@ -33,7 +33,6 @@ pattern, the pattern quoted::
 from __future__ import annotations
 
 import fnmatch
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +40,7 @@ from typing import NamedTuple
 from intsim.converter.calibration import RANGE_METHODS
 from intsim.converter.quantizer import WEIGHT_METHODS
 from intsim.errors import ValidationError
+from intsim.safeio import read_toml
 from intsim.profiles import Profile, toml_value
 
 # Keys that override a field of the node's Profile, and the range-setting methods of the node.
@@ -49,7 +49,6 @@ PROFILE_KEYS = ("weight_bits", "activation_bits", "per_channel", "weight_symmetr
 METHOD_KEYS = ("range_method", "weight_range_method")
 LAYER_KEYS = PROFILE_KEYS + METHOD_KEYS
 ACTIVATION_KEYS = ("activation_bits", "activation_signed", "activation_symmetric", "range_method")
-MAX_TOML_BYTES = 2**20
 _GLOB_CHARACTERS = set("*?[")
 _KIND_RANK = {"op": 0, "glob": 1, "name": 2}  # exact name > glob > op type
 
@@ -86,18 +85,7 @@ def load_layer_config(path) -> dict:
     """The layer configuration a TOML file holds (one table per pattern; see the module docstring)."""
     path = Path(path)
     where = f"layer config {path}"
-    try:
-        if path.stat().st_size > MAX_TOML_BYTES:
-            raise ValidationError(f"{where}: {path.stat().st_size} bytes, over the limit of {MAX_TOML_BYTES}")
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValidationError(f"{where} does not exist") from None
-    except IsADirectoryError:
-        raise ValidationError(f"{where} is a directory, not a TOML file") from None
-    except OSError as exc:
-        raise ValidationError(f"{where} cannot be read ({exc})") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ValidationError(f"{where}: not valid TOML ({type(exc).__name__}: {exc})") from None
+    data = read_toml(path, where)
     for pattern, table in data.items():
         if not isinstance(table, dict):
             raise ValidationError(f"{where}: every top-level entry must be a table [\"pattern\"] of overrides, "

@@ -30,6 +30,7 @@ import numpy as np
 
 from intsim.codes import OVERFLOW_POLICIES, code_range, storage_dtype
 from intsim.errors import ValidationError
+from intsim.safeio import read_toml
 
 # Summation orders of the float32 Conv / Gemm / MatMul islands (intsim.kernels.mlas_sgemm).
 FLOAT_ISLAND_ORDERS = ("exact", "mlas")
@@ -202,19 +203,7 @@ class Profile:
     @classmethod
     def from_toml(cls, path) -> "Profile":
         path = Path(path)
-        try:
-            if path.stat().st_size > MAX_TOML_BYTES:
-                raise ValidationError(f"profile file {path} is {path.stat().st_size} bytes, over the limit of "
-                                      f"{MAX_TOML_BYTES}")
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ValidationError(f"profile file {path} does not exist") from None
-        except IsADirectoryError:
-            raise ValidationError(f"profile file {path} is a directory, not a TOML file") from None
-        except OSError as exc:
-            raise ValidationError(f"profile file {path} cannot be read ({exc})") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
-            raise ValidationError(f"profile file {path}: not valid TOML ({type(exc).__name__}: {exc})") from None
+        data = read_toml(path, f"profile file {path}")
         return cls.from_dict(data, where=f"profile file {path}")
 
     def replace(self, **overrides) -> "Profile":
@@ -247,7 +236,6 @@ def _checked_formats(formats, where: str) -> tuple:
     return tuple(formats)
 
 
-MAX_TOML_BYTES = 2**20  # a profile is a few dozen lines
 
 
 def builtin_names() -> list[str]:
