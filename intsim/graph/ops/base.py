@@ -200,9 +200,19 @@ def window_out(size, k, stride, dilation, pad_a, pad_b):
     return (size + pad_a + pad_b - dilation * (k - 1) - 1) // stride + 1
 
 
-def spatial_infer(node, x: TensorInfo, kernel, strides, dilations, pads, channels):
+def nhwc_input(node, graph, index: int = 0) -> TensorInfo:
+    """Input ``index`` of ``node``, which must be a 4-D (NHWC) tensor."""
+    return check_nhwc(node, graph.tensors[node.inputs[index]])
+
+
+def check_nhwc(node, x: TensorInfo) -> TensorInfo:
     if len(x.shape) != 4:
         fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")
+    return x
+
+
+def spatial_infer(node, x: TensorInfo, kernel, strides, dilations, pads, channels):
+    check_nhwc(node, x)
     n, h, w, _ = x.shape
     oh = window_out(h, kernel[0], strides[0], dilations[0], pads[0], pads[2])
     ow = window_out(w, kernel[1], strides[1], dilations[1], pads[1], pads[3])

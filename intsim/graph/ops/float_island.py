@@ -21,6 +21,7 @@ from intsim.graph.ops.base import (
     fail,
     int_attr,
     ints_attr,
+    nhwc_input,
     param,
     register,
     spatial_infer,
@@ -225,9 +226,7 @@ class GlobalAvgPoolFloat32(Op):
         check_dtypes(node, graph)
         for key in ("x_scale", "y_scale"):
             float32_scalar_param(node, key, positive=True)
-        x = graph.tensors[node.inputs[0]]
-        if len(x.shape) != 4:
-            fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")
+        nhwc_input(node, graph)
         clamp_bounds(node, graph.tensors[node.outputs[0]])
 
     def infer(self, node, inputs, graph):

@@ -14,6 +14,7 @@ from intsim.graph.ops.base import (
     check_range,
     fail,
     int_attr,
+    nhwc_input,
     param,
     register,
     same_quantization,
@@ -173,9 +174,7 @@ class ResizeNearest(Op):
     def check(self, node, graph):
         check_arity(node, 1)
         same_quantization(node, graph)
-        x = graph.tensors[node.inputs[0]]
-        if len(x.shape) != 4:
-            fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")
+        x = nhwc_input(node, graph)
         for key, axis in (("index_h", 1), ("index_w", 2)):
             index = param(node, key, ndim=1)
             if x.shape[axis] is not None:

@@ -13,6 +13,7 @@ from intsim.graph.ops.base import (
     fail,
     int_attr,
     ints_attr,
+    nhwc_input,
     register,
     same_quantization,
 )
@@ -76,9 +77,7 @@ class InsertZeros(Op):
     def check(self, node, graph):
         check_arity(node, 1)
         same_quantization(node, graph)
-        x = graph.tensors[node.inputs[0]]
-        if len(x.shape) != 4:
-            fail(node, f"input {x.name!r} must be NHWC (4-D), found shape {x.shape}")
+        x = nhwc_input(node, graph)
         ints_attr(node, "strides", 2, lo=1)
         lo, hi = dtype_range(x.dtype)
         int_attr(node, "value", x.zero_point, lo=lo, hi=hi)
