@@ -13,7 +13,7 @@ Outcomes:
 ``accepted``    it ran (for the ``garbage`` category, whose every case is invalid
                 input the peers reject, this is a silently accepted input)
 ``untyped``     any other exception (the class name is kept)
-``memory``      ``MemoryError``, or a case whose peak RSS passed :data:`RSS_LIMIT`
+``memory``      ``MemoryError``, or a case whose peak RSS grew by more than :data:`RSS_LIMIT`
 ``crash``       the worker died (a signal, e.g. SIGSEGV)
 ``hang``        no answer within the per-case timeout
 
@@ -47,7 +47,7 @@ import numpy as np
 
 SEED = 20261207
 AS_LIMIT = 3 * 2**30  # address space of a worker: numba and onnxruntime reserve ~1.2 GiB of it at import
-RSS_LIMIT = 2**30  # a case whose peak resident memory passes this is a memory blow-up
+RSS_LIMIT = 2**30  # a case whose peak resident memory grows past the resting worker by this is a blow-up
 CASE_TIMEOUT = 30.0
 TFLITE_DIR = Path(__file__).parent / "data" / "tflite"
 TFLITE_FILES = ("conv_5x5_valid_s2", "mean_keepdims", "reshape_fc", "softmax_fc", "residual_cnn", "pad_conv")
@@ -683,11 +683,19 @@ def _peak_rss_reset():
         pass
 
 
-def _peak_rss() -> int:
+def _status_bytes(field: str) -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def _peak_rss() -> int:
+    return _status_bytes("VmHWM:")
+
+
+def _current_rss() -> int:
+    return _status_bytes("VmRSS:")
 
 
 def run_case(category, index, base, workdir) -> tuple[str, str]:
@@ -708,6 +716,7 @@ def run_case(category, index, base, workdir) -> tuple[str, str]:
             suffix = {"tflite": ".tflite", "onnx": ".onnx", "qop": ".onnx", "golden": "_golden"}.get(action, ".intsim")
             path = Path(workdir) / f"case{suffix}"
             target(path)
+            _peak_rss_reset()  # the harness's own bytes (a 300 MiB manifest) are not charged to intsim
             ACTIONS[action](path)
     except IntsimError as exc:
         return "typed", f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
@@ -739,9 +748,11 @@ def worker(base_json: str):
         for line in sys.stdin:
             category, index = json.loads(line)
             _peak_rss_reset()
+            baseline = _current_rss()
             outcome, detail = run_case(category, index, base, workdir)
-            if outcome != "memory" and _peak_rss() > RSS_LIMIT:
-                outcome, detail = "memory", f"{detail} (peak RSS {_peak_rss() >> 20} MiB)"
+            grown = _peak_rss() - baseline
+            if outcome != "memory" and grown > RSS_LIMIT:
+                outcome, detail = "memory", f"{detail} (peak RSS grew by {grown >> 20} MiB)"
             print(json.dumps([category, index, outcome, detail]), flush=True)
 
 
