@@ -24,7 +24,19 @@ INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 EIGHT_BIT = (np.int8, np.uint8)
 
 
-@pytest.fixture(params=isa.supported_isas())
+def _isa_params():
+    """Every ISA the host runs; CI's default selection keeps the portable one and the host's best.
+
+    The ISAs between them (``avx2``, ``avx512bw`` on an AVX-512 VNNI host) recompile every fused kernel
+    and cost minutes on a cold numba cache, so they are marked slow: ``python -m pytest
+    tests/test_kernels_gemm.py -m "slow or not slow"`` runs them all.
+    """
+    names = isa.supported_isas()
+    kept = {names[0], names[-1]}
+    return [pytest.param(name, marks=() if name in kept else pytest.mark.slow) for name in names]
+
+
+@pytest.fixture(params=_isa_params())
 def isa_name(request):
     previous = isa.set_isa(request.param)
     yield request.param
