@@ -112,11 +112,13 @@ class CompareReport:
     profile: str
     samples: int
     layers: list[LayerRow]
-    top1_agreement_int: float
-    top1_agreement_sim: float
+    top1_agreement_int: float | None  # None where the output is not (batch, classes)
+    top1_agreement_sim: float | None
     max_abs_error_int: float
     max_abs_error_sim: float
     accuracy: dict = field(default_factory=dict)
+    output_sqnr_int: float = math.nan  # of the first graph output, over all samples
+    output_sqnr_sim: float = math.nan
 
     def table(self) -> str:
         header = ["tensor", "op", "SQNR sim dB", "SQNR int dB", "int==sim", "local rounding diff", "clamped",
@@ -130,8 +132,13 @@ class CompareReport:
         widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
         lines = [f"{self.model_name} on profile {self.profile!r}, {self.samples} samples"]
         lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [header] + rows]
-        lines.append(f"top-1 agreement with float: integer {100 * self.top1_agreement_int:.2f}%, "
-                     f"simulated {100 * self.top1_agreement_sim:.2f}%")
+        if self.top1_agreement_int is None:
+            lines.append("top-1 agreement: not measured (the output is not (batch, classes))")
+        else:
+            lines.append(f"top-1 agreement with float: integer {100 * self.top1_agreement_int:.2f}%, "
+                         f"simulated {100 * self.top1_agreement_sim:.2f}%")
+        lines.append(f"output SQNR vs float: integer {self.output_sqnr_int:.2f} dB, "
+                     f"simulated {self.output_sqnr_sim:.2f} dB")
         lines.append(f"max |output error| vs float: integer {self.max_abs_error_int:.5g}, "
                      f"simulated {self.max_abs_error_sim:.5g}")
         if self.accuracy:
@@ -143,6 +150,7 @@ class CompareReport:
             "model": self.model_name, "profile": self.profile, "samples": self.samples,
             "top1_agreement_int": self.top1_agreement_int, "top1_agreement_sim": self.top1_agreement_sim,
             "max_abs_error_int": self.max_abs_error_int, "max_abs_error_sim": self.max_abs_error_sim,
+            "output_sqnr_int_db": self.output_sqnr_int, "output_sqnr_sim_db": self.output_sqnr_sim,
             "accuracy": dict(self.accuracy),
             "layers": [{"tensor": r.tensor, "node": r.node, "op": r.op, "sqnr_sim_db": r.sqnr_sim,
                         "sqnr_int_db": r.sqnr_int, "int_sim_agreement": r.agreement,
@@ -331,7 +339,9 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
         rows[float_name] = LayerRow(float_name, node.name if node else "(input)", node.op if node else "input")
     correct = {"float": 0, "simulated": 0, "integer": 0}
     agree_int = agree_sim = 0
+    classifier = True
     max_int = max_sim = 0.0
+    out_power = [0.0, 0.0, 0.0]  # signal, noise of the simulation, noise of the integer run
     # A cluster's workers receive ONNX bytes and prepare them; an in-memory FloatGraph travels as is (so
     # does one whose input shapes were fixed at conversion).
     shipped_as_onnx = client is not None and is_onnx(onnx_model) and not meta.get("input_shapes")
@@ -359,14 +369,18 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
             max_sim = max(max_sim, record["max_sim"])
             agree_int += record["agree_int"]
             agree_sim += record["agree_sim"]
+            classifier = classifier and record["classifier"]
+            out_power = [a + b for a, b in zip(out_power, record["output_power"])]
             for key, count in record["correct"].items():
                 correct[key] += count
             done = min(done + batch_size, data.shape[0])
             bar.update(done)
     n = data.shape[0]
-    accuracy = {k: v / n for k, v in correct.items()} if labels is not None else {}
-    return CompareReport(graph.name, graph.profile.name, n, list(rows.values()), agree_int / n, agree_sim / n,
-                         max_int, max_sim, accuracy)
+    accuracy = {k: v / n for k, v in correct.items()} if labels is not None and classifier else {}
+    return CompareReport(graph.name, graph.profile.name, n, list(rows.values()),
+                         agree_int / n if classifier else None, agree_sim / n if classifier else None,
+                         max_int, max_sim, accuracy, output_sqnr_int=_sqnr_db(out_power[0], out_power[2]),
+                         output_sqnr_sim=_sqnr_db(out_power[0], out_power[1]))
 
 
 def _compare_context(fg: FloatGraph, int_model: Model):
@@ -420,7 +434,11 @@ def _compare_batch(context, batch, labels) -> dict:
     i_out = (trace.tensors[out_int].astype(np.float64) - info.zero_point) * info.scale
     s_out = sim[out_float]
     record = {"rows": rows, "max_int": float(np.max(np.abs(f_out - i_out))),
-              "max_sim": float(np.max(np.abs(f_out - s_out))), "agree_int": 0, "agree_sim": 0, "correct": {}}
+              "max_sim": float(np.max(np.abs(f_out - s_out))), "agree_int": 0, "agree_sim": 0, "correct": {},
+              "classifier": f_out.ndim == 2,
+              "output_power": (float(np.sum(np.square(f_out, dtype=np.float64))),
+                               float(np.sum(np.square(f_out - s_out, dtype=np.float64))),
+                               float(np.sum(np.square(f_out - i_out, dtype=np.float64))))}
     if f_out.ndim == 2:
         top_f = f_out.argmax(axis=1)
         record["agree_int"] = int(np.sum(i_out.argmax(axis=1) == top_f))

@@ -54,6 +54,26 @@ def test_hand_checked_lowering_of_conv_relu():
     assert set(np.unique(y0).tolist()) <= {42 - 128, 43 - 128}
 
 
+def test_compare_on_a_non_classifier_reports_output_sqnr_not_top1():
+    # A 4-D output has no classes: top-1 agreement is not measured (it used to print 0.00%), and the
+    # output SQNR is that of the dequantized integer output against onnxruntime's float output.
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(3)
+    calibration = rng.uniform(0, 1, (16, 1, 2, 2)).astype(np.float32)
+    onnx_model = _conv_relu_model()
+    model = intsim.convert(onnx_model, calibration=calibration, profile="paper", progress=False)
+    report = intsim.compare(onnx_model, model, calibration, labels=np.zeros(16, np.int64), progress=False)
+    assert report.top1_agreement_int is None and report.top1_agreement_sim is None and report.accuracy == {}
+    assert "top-1 agreement: not measured" in report.table()
+    float_out = ort.InferenceSession(onnx_model.SerializeToString()).run(None, {"x": calibration})[0]
+    out = model.graph.tensors[model.graph.outputs[0]]
+    codes = model.run_int(model.quantize_inputs([calibration])[0])
+    deq = (codes.astype(np.float64) - out.zero_point) * out.scale  # the graph ends in NCHW
+    expected = 10 * np.log10(np.sum(float_out.astype(np.float64) ** 2) / np.sum((float_out - deq) ** 2))
+    assert report.output_sqnr_int == pytest.approx(expected, abs=1e-3)
+    assert report.to_dict()["output_sqnr_int_db"] == report.output_sqnr_int
+
+
 def test_dead_channel_bias_fits_by_raising_its_weight_scale():
     # Channel 1 has a near-zero weight and bias -3 (a dead channel after batch-norm folding).  At
     # s_x * s_w = (1/255) * (1e-9/127) its bias would be -9.7e13 codes; clipped to int32 it would read
