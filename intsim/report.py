@@ -319,8 +319,6 @@ def compare(onnx_model, int_model: Model, data, labels=None, *, batch_size: int 
     meta = _converter_metadata(int_model)
     fg = prepare_float_graph(onnx_model, meta.get("input_shapes"))
     if len(fg.inputs) != 1 or fg.integer_inputs:  # several or integer inputs: a dict, or a list of dicts
-        if client is not None:
-            raise ValidationError("compare on a cluster takes a single-input model with one float data array")
         data = FeedRows(named_feeds(fg.inputs, fg.integer_inputs, data, "compare data"))
     else:
         data = as_rows(data)

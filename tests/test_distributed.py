@@ -129,6 +129,19 @@ def test_compare_on_two_workers_equals_serial(scheduler, digits):
     assert json.dumps(spread.to_dict()) == json.dumps(serial.to_dict())
 
 
+def test_compare_of_a_model_with_integer_inputs_on_two_workers_equals_serial(scheduler):
+    from tests.test_sequence import _tiny_bert, _token_batch
+
+    _, client = scheduler
+    onnx_model = _tiny_bert()
+    model = intsim.convert(onnx_model, _token_batch(16, 3), "paper", progress=False)
+    feeds = _token_batch(40, 5)
+    serial = intsim.compare(onnx_model, model, feeds, batch_size=8, progress=False)
+    spread = intsim.compare(onnx_model, model, feeds, batch_size=8, progress=False, client=client)
+    assert serial.samples == 40 and serial.output_sqnr_int > 10
+    assert json.dumps(spread.to_dict()) == json.dumps(serial.to_dict())
+
+
 def test_a_killed_worker_still_gives_identical_results(scheduler, digits):
     address, client = scheduler
     _, model, _, x, y = digits

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from intsim.converter.feeds import FeedRows
 from intsim.distributed.data import NpyData
 from intsim.runtime import Model
 
@@ -146,7 +147,7 @@ def map_batches(prepare, step, shared: tuple, data, labels, batch_size: int, cli
         ``step(context, batch, labels_or_None) -> record``; records must be picklable.
     shared : tuple
         The inputs of ``prepare``: models, ONNX models, and plain settings.
-    data : array or NpyData
+    data : array, NpyData or FeedRows (a model with several or integer inputs)
     labels : array or None
     """
     n = data.shape[0]
@@ -158,7 +159,12 @@ def map_batches(prepare, step, shared: tuple, data, labels, batch_size: int, cli
         return
     packed = tuple(_pack(client, v) for v in shared)
     digest = _digest(packed)
-    source = data if isinstance(data, NpyData) else client.scatter(np.asarray(data), broadcast=True, hash=False)
+    if isinstance(data, NpyData):  # workers open the file themselves
+        source = data
+    elif isinstance(data, FeedRows):  # several inputs travel as one object, sliced like an array
+        source = client.scatter(data, broadcast=True, hash=False)
+    else:
+        source = client.scatter(np.asarray(data), broadcast=True, hash=False)
     batches = math.ceil(n / batch_size)
     per_task = max(1, math.ceil(batches / (TASKS_PER_WORKER * _workers(client))))
     futures = []
