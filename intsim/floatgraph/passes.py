@@ -97,8 +97,13 @@ PASSES = (fold_batch_norm, fold_constants, remove_identities, fold_affine_into_l
           remove_dead_nodes)
 
 
-def default_passes(graph: FloatGraph) -> FloatGraph:
-    """Run :data:`PASSES` in order; returns a new graph."""
-    for graph_pass in PASSES:
+def run_passes(graph: FloatGraph, passes) -> FloatGraph:
+    """Run ``passes`` (functions graph -> new graph) in order; returns the last one's graph."""
+    for graph_pass in passes:
         graph = graph_pass(graph)
     return graph
+
+
+def default_passes(graph: FloatGraph) -> FloatGraph:
+    """Run :data:`PASSES` in order; returns a new graph."""
+    return run_passes(graph, PASSES)

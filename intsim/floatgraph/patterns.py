@@ -28,7 +28,7 @@ import numpy as np
 
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.floatgraph.execute import run_float
-from intsim.floatgraph.passes import copy_graph, default_passes, fresh_name, remove_dead_nodes
+from intsim.floatgraph.passes import copy_graph, default_passes, fresh_name, remove_dead_nodes, run_passes
 from intsim.floatgraph.vision_patterns import square_and_reciprocal
 
 LAYOUT_OPS = ("Reshape", "Transpose")
@@ -425,9 +425,7 @@ PATTERN_PASSES = (fuse_batched_linear, fold_scalar_into_linear, fuse_gelu, fuse_
 
 def recognise(graph: FloatGraph) -> FloatGraph:
     """Run :data:`PATTERN_PASSES` in order; returns a new graph."""
-    for graph_pass in PATTERN_PASSES:
-        graph = graph_pass(graph)
-    return graph
+    return run_passes(graph, PATTERN_PASSES)
 
 
 def simplify(graph: FloatGraph) -> FloatGraph:
