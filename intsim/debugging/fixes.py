@@ -77,6 +77,22 @@ FIXES = (
 )
 
 
+def combined_changes(changes: list[dict]) -> dict:
+    """One set of conversion settings applying every fix of ``changes`` (the white paper's flowchart
+    applies its fixes one after another); per-layer overrides merge node by node, later fixes winning."""
+    merged: dict = {}
+    for change in changes:
+        for key, value in change.items():
+            if key == "layer_config":
+                layers = dict(merged.get(key) or {})
+                for node, overrides in value.items():
+                    layers[node] = {**layers.get(node, {}), **overrides}
+                merged[key] = layers
+            else:
+                merged[key] = value
+    return merged
+
+
 def matching_fixes(diagnosis: Diagnosis) -> list[tuple[Fix, dict]]:
     """``(fix, settings changes)`` for every fix that applies, in :data:`FIXES` order."""
     return [(fix, fix.changes(diagnosis)) for fix in FIXES if fix.applies(diagnosis)]

@@ -62,7 +62,8 @@ class DebugReport:
     inspected : list of dict
         Range statistics of the worst tensors (:func:`intsim.debugging.sensitivity.channel_ranges`).
     fixes : list of dict
-        Step 4: ``{"fix", "section", "changes", "after": Measurement}``, each measured against ``target``.
+        Step 4: ``{"fix", "section", "changes", "after": Measurement}``, each measured against ``target``;
+        where more than one fix helped alone, a last entry ``"combined (A + B)"`` applies them together.
     layers : list of dict
         The target's per-layer SQNR, simulated and integer (:func:`intsim.compare`).
     """
@@ -137,7 +138,7 @@ class DebugReport:
             lines.append(f"  {s['kind']} of {s['node']}: {s['channels']} channels in [{s['min']:.4g}, {s['max']:.4g}],"
                          f" max/min channel range {s['channel_range_ratio']:.0f}, median channel spans "
                          f"{s['median_channel_codes']:.1f} codes, {s['channels_under_16_codes']} channels under 16")
-        lines.append("step 4, fixes (each alone):")
+        lines.append("step 4, fixes (each alone, then those that helped together):")
         for f in self.fixes:
             lines.append(f"  {f['fix']} ({f['section']}): {self._measured(f['after']).split(': ', 1)[1]}")
         return "\n".join(lines)
@@ -198,7 +199,7 @@ class DebugReport:
                                      f"{s['channel_range_ratio']:.1f}", f"{s['median_channel_codes']:.1f}",
                                      s["channels_under_16_codes"]]]))
                 parts.append(inline_png(lambda file, s=s: plot_channel_ranges(s, file), f"ranges of {s['node']}"))
-            parts += ["<h2>Step 4: fixes, each applied alone</h2>",
+            parts += ["<h2>Step 4: fixes, each applied alone, then those that helped together</h2>",
                       table(["fix", "white paper", "changes"] + header[1:],
                             [[f["fix"], f["section"], json.dumps(f["changes"])] + measured(f["after"])[1:]
                              for f in self.fixes])]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from intsim.converter.lowering import convert, lower, plan_quantization, prepare_float_graph
-from intsim.debugging.fixes import Diagnosis, matching_fixes
+from intsim.debugging.fixes import Diagnosis, combined_changes, matching_fixes
 from intsim.debugging.metric import Metric, run_integer, run_simulated
 from intsim.debugging.report import DebugReport, Measurement
 from intsim.debugging.sensitivity import channel_ranges, quantized_tensors, rank
@@ -182,6 +182,11 @@ def debug(model, calibration, data, labels=None, profile="paper", *, tolerance: 
         profile=p, settings=dict(convert_args), worst=report.ranking[:inspect], high_bits=(high_w, high_a))
     report.fixes = [{"fix": fix.name, "section": fix.section, "changes": changes,
                      "after": measure(fix.name, changes)} for fix, changes in matching_fixes(diagnosis)]
+    helped = [f for f in report.fixes if f["after"].integer > target.integer]
+    if len(helped) > 1:  # the fixes that helped alone, applied together
+        name = "combined (" + " + ".join(f["fix"] for f in helped) + ")"
+        changes = combined_changes([f["changes"] for f in helped])
+        report.fixes.append({"fix": name, "section": "§3.7", "changes": changes, "after": measure(name, changes)})
     layers = compare(fg, target_model, data, labels, batch_size=batch_size, progress=False).to_dict()["layers"]
     report.layers = [{k: r[k] for k in ("tensor", "node", "op", "sqnr_sim_db", "sqnr_int_db")} for r in layers]
     return report
