@@ -18,8 +18,9 @@ Per time step and batch row, with ``rq(acc, m, s)`` the profile's integer requan
 2. ``i, f, o = logistic_16(g, 3)``, ``z = tanh_16(g, 3)`` (Q0.15; with CIFG ``i = 32767 - f``);
 3. ``c = wrap16(rdbpot(f c, 15))``; ``c = sat16(c + wrap16(rdbpot(i z, 30 + cell_shift)))``, clipped to
    ``±cell_clip`` when ``cell_clip > 0`` (the cell state's scale is ``2**cell_shift``, -15 <= cell_shift <= -9);
-4. ``h = sat8(rq(o * tanh_16(c, 15 + cell_shift), m_hidden, s_hidden) - hidden_zero_point)``: LiteRT's
-   ``CwiseMul`` subtracts the hidden zero point, and without projection ``h`` is the output.
+4. ``h = sat8(rq(o * tanh_16(c, 15 + cell_shift), m_hidden, s_hidden) + hidden_zero_point)`` (LiteRT's
+   ``CwiseMul``, as ai-edge-litert 2.3.0 computes it: some TensorFlow sources subtract the zero point
+   there); without projection ``h`` is the output.
 
 ``saturation_count`` counts every clamp that changed a value (gate, cell and hidden saturations).
 ``reverse`` runs the sequence from its last step to its first (ONNX's reverse direction); ``y[t]`` is
@@ -121,7 +122,7 @@ def _lstm_core(x, h, c, weight_input, weight_recurrent, bias_input, bias_recurre
                 output = logistic_16(value, GATE_INTEGER_BITS)
                 squashed = tanh_16(c[b, row], 15 + cell_shift)
                 raw = multiply_by_quantized_multiplier_scalar(output * squashed, hidden_multiplier, hidden_shift,
-                                                              rounding, multiplier_bits) - hidden_zero_point
+                                                              rounding, multiplier_bits) + hidden_zero_point
                 value = _clamp(raw, -128, 127)
                 saturated += value != raw
                 h[b, row] = value

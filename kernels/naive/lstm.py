@@ -78,7 +78,7 @@ def lstm_int8(x, h0, c0, weight_input, weight_recurrent, bias_input, bias_recurr
             c[b] = new_c
             output = _gate(count, x[t, b], h[b], c[b], 3, 2, args, logistic_16)
             h[b] = [count.clamp(_requantize(o * int(tanh_16(s, 15 + int(cell_shift))), hidden_multiplier,
-                                            hidden_shift, rounding, multiplier_bits) - int(hidden_zero_point),
+                                            hidden_shift, rounding, multiplier_bits) + int(hidden_zero_point),
                                 -128, 127)
                     for o, s in zip(output, c[b])]
             y[t, b] = h[b]
