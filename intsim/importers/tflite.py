@@ -51,7 +51,7 @@ from intsim.fixedpoint import (
 )
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.codes import dtype_range
-from intsim.importers.tflite_lstm import unidirectional_sequence_lstm
+from intsim.importers.tflite_sequence import strided_slice, unidirectional_sequence_lstm
 from intsim.importers.tflite_verify import check_model, verify_tflite
 
 try:
@@ -616,6 +616,11 @@ def _build(blob: bytes, name: str, where: str) -> Graph:
 @handles("UNIDIRECTIONAL_SEQUENCE_LSTM")
 def _lstm(b: _Builder, kind, name, op, ins, outs):
     unidirectional_sequence_lstm(b, kind, name, op, ins, outs, _options(op, "UnidirectionalSequenceLSTMOptions"))
+
+
+@handles("STRIDED_SLICE")
+def _strided_slice(b: _Builder, kind, name, op, ins, outs):
+    strided_slice(b, kind, name, op, ins, outs, _options(op, "StridedSliceOptions"))
 
 
 @handles("MEAN")

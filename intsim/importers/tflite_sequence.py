@@ -1,4 +1,5 @@
-"""TFLite's fully-integer UNIDIRECTIONAL_SEQUENCE_LSTM as an intsim ``lstm`` node.
+"""TFLite operators of sequence models: the fully-integer UNIDIRECTIONAL_SEQUENCE_LSTM as an intsim
+``lstm`` node, and STRIDED_SLICE (a copy of codes: Keras takes an LSTM's last step with it).
 
 The parameters are computed as LiteRT's ``unidirectional_sequence_lstm.cc`` ``Prepare`` computes them
 for the 8x8_16 kernel (five intermediate tensors, no layer normalization):
@@ -142,3 +143,44 @@ def unidirectional_sequence_lstm(b, kind, name, op, ins, outs, options):
              "cifg": use_cifg, "reverse": False, "rounding": "double"}
     b.add("lstm", name, [x_time], [y_time], attrs, params)
     b.add("transpose", f"{name}/to_batch_major", [y_time], [y_name], {"perm": [1, 0, 2]})
+
+
+def strided_slice(b, kind, name, op, ins, outs, options):
+    """STRIDED_SLICE with constant begin, end and positive strides, ``begin_mask`` / ``end_mask`` /
+    ``shrink_axis_mask`` (``reference_ops::StridedSlice``: a masked bound is the axis' start or end, a
+    negative one counts from the end, a shrunk axis keeps ``[begin, begin + 1)`` and is dropped)."""
+    x, y = b.tensor(ins[0]), b.tensor(outs[0])
+    bounds = [b.tensor(i).data for i in ins[1:4]]
+    if any(v is None for v in bounds):
+        raise UnsupportedOpError(f"{name}: STRIDED_SLICE with computed begin, end or strides is not supported")
+    begin, end, strides = (v.reshape(-1).astype(np.int64) for v in bounds)
+    masks = {key: getattr(options, key)() if options is not None else 0
+             for key in ("BeginMask", "EndMask", "EllipsisMask", "NewAxisMask", "ShrinkAxisMask")}
+    if masks["EllipsisMask"] or masks["NewAxisMask"] or (options is not None and options.Offset()):
+        raise UnsupportedOpError(f"{name}: STRIDED_SLICE with ellipsis, new-axis masks or offset is not supported")
+    if (x.scale, x.zero_point) != (y.scale, y.zero_point):
+        raise ModelFormatError(f"{name}: STRIDED_SLICE input and output must be quantized alike")
+    rank = len(x.shape)
+    if not len(begin) == len(end) == len(strides) == rank or (strides <= 0).any():
+        raise UnsupportedOpError(f"{name}: STRIDED_SLICE needs one begin, end and positive stride per axis of the "
+                                 f"rank-{rank} input, found {begin.tolist()}, {end.tolist()}, {strides.tolist()}")
+    x_name = b.info(ins[0])
+    starts, ends = [], []
+    for axis, size in enumerate(x.shape):
+        start = 0 if masks["BeginMask"] >> axis & 1 else int(begin[axis]) + (size if begin[axis] < 0 else 0)
+        stop = size if masks["EndMask"] >> axis & 1 else int(end[axis]) + (size if end[axis] < 0 else 0)
+        if masks["ShrinkAxisMask"] >> axis & 1:
+            stop = start + 1
+        starts.append(min(max(start, 0), size))
+        ends.append(min(max(stop, 0), size))
+    steps = [int(s) for s in strides]
+    if b.infos[x_name].shape[0] is None:  # the free batch axis is kept whole
+        if (starts[0], ends[0], steps[0]) != (0, 1, 1):
+            raise UnsupportedOpError(f"{name}: STRIDED_SLICE along the batch axis is not supported")
+        starts[0], ends[0] = 0, -1
+    kept = tuple(None if n is None else len(range(s, e, k))
+                 for n, s, e, k in zip(b.infos[x_name].shape, starts, ends, steps))
+    sliced = b.fresh(x_name, kept, "strided_slice")
+    b.add("slice", name, [x_name], [sliced], {"starts": starts, "ends": ends, "steps": steps})
+    target = [0 if kept[0] is None else int(kept[0])] + list(y.shape[1:])
+    b.add("reshape", f"{name}/shrink", [sliced], [b.info(outs[0], batch_free=target[0] == 0)], {"shape": target})
