@@ -80,7 +80,7 @@ def _preactivation(x, h, c, weight_input, weight_recurrent, bias_input, bias_rec
 def _lstm_core(x, h, c, weight_input, weight_recurrent, bias_input, bias_recurrent, peephole, input_multiplier,
                input_shift, recurrent_multiplier, recurrent_shift, peephole_multiplier, peephole_shift,
                hidden_multiplier, hidden_shift, hidden_zero_point, rounding, multiplier_bits, cell_shift, cell_clip,
-               use_cifg, use_peephole, reverse, y):
+               use_cifg, use_peephole, reverse, y, cells_out):
     steps, batch = x.shape[0], x.shape[1]
     cells = c.shape[1]
     gates = np.empty((4, cells), np.int64)
@@ -112,6 +112,7 @@ def _lstm_core(x, h, c, weight_input, weight_recurrent, bias_input, bias_recurre
                 if cell_clip > 0:
                     value = _clamp(value, -cell_clip, cell_clip)
                 c[b, row] = value
+                cells_out[t, b, row] = value
             for row in range(cells):
                 value, count = _preactivation(x[t, b], h_previous, c[b], weight_input, weight_recurrent, bias_input,
                                               bias_recurrent, peephole, GATE_OUTPUT, PEEPHOLE_OUTPUT, row,
@@ -134,15 +135,16 @@ def lstm_int8(x, h0, c0, weight_input, weight_recurrent, bias_input, bias_recurr
               input_shift, recurrent_multiplier, recurrent_shift, peephole_multiplier, peephole_shift,
               hidden_multiplier, hidden_shift, hidden_zero_point, rounding, multiplier_bits, cell_shift, cell_clip,
               use_cifg, use_peephole, reverse):
-    """The integer LSTM over ``x`` (module docstring): ``(y [T, B, C] int8, h [B, C] int8, c [B, C] int16,
-    saturation_count)``."""
+    """The integer LSTM over ``x`` (module docstring): ``(y [T, B, C] int8, cells [T, B, C] int16,
+    saturation_count)``, the hidden and the cell state after every step."""
     h = np.array(h0, np.int8, copy=True)
     c = np.array(c0, np.int16, copy=True)
     y = np.empty((x.shape[0], x.shape[1], h.shape[1]), np.int8)
+    cells = np.empty((x.shape[0], x.shape[1], h.shape[1]), np.int16)
     saturated = _lstm_core(np.ascontiguousarray(x, np.int8), h, c, weight_input, weight_recurrent, bias_input,
                            bias_recurrent, peephole, input_multiplier, input_shift, recurrent_multiplier,
                            recurrent_shift, peephole_multiplier, peephole_shift, np.int64(hidden_multiplier),
                            np.int64(hidden_shift), np.int64(hidden_zero_point), np.int64(rounding),
                            np.int64(multiplier_bits), np.int64(cell_shift), np.int64(cell_clip), bool(use_cifg),
-                           bool(use_peephole), bool(reverse), y)
-    return y, h, c, int(saturated)
+                           bool(use_peephole), bool(reverse), y, cells)
+    return y, cells, int(saturated)

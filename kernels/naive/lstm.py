@@ -63,6 +63,7 @@ def lstm_int8(x, h0, c0, weight_input, weight_recurrent, bias_input, bias_recurr
     h = [[int(v) for v in row] for row in h0]
     c = [[int(v) for v in row] for row in c0]
     y = np.empty((steps, batch, len(h[0])), np.int8)
+    cells = np.empty((steps, batch, len(h[0])), np.int16)
     for t in (reversed(range(steps)) if reverse else range(steps)):
         for b in range(batch):
             forget = _gate(count, x[t, b], h[b], c[b], 1, 1, args, logistic_16)
@@ -76,10 +77,11 @@ def lstm_int8(x, h0, c0, weight_input, weight_recurrent, bias_input, bias_recurr
                 value = count.clamp(kept + added, -32768, 32767)
                 new_c.append(min(max(value, -cell_clip), cell_clip) if cell_clip > 0 else value)
             c[b] = new_c
+            cells[t, b] = new_c
             output = _gate(count, x[t, b], h[b], c[b], 3, 2, args, logistic_16)
             h[b] = [count.clamp(_requantize(o * int(tanh_16(s, 15 + int(cell_shift))), hidden_multiplier,
                                             hidden_shift, rounding, multiplier_bits) + int(hidden_zero_point),
                                 -128, 127)
                     for o, s in zip(output, c[b])]
             y[t, b] = h[b]
-    return y, np.array(h, np.int8).reshape(h0.shape), np.array(c, np.int16).reshape(c0.shape), count.saturated
+    return y, cells, count.saturated

@@ -4,7 +4,7 @@
 Inputs: ``x`` int8 ``[T, B, I]`` (time major), then optionally the initial states ``h0`` int8 ``[B, C]``
 (quantized like the output) and ``c0`` int16 ``[B, C]`` (scale ``2**cell_shift``, zero point 0).  Without
 them the sequence starts from ``h = 0`` (the output's zero point) and ``c = 0``.  Outputs: ``y`` int8
-``[T, B, C]``, then optionally the last ``h`` and ``c``.
+``[T, B, C]`` (the hidden state after every step), then optionally the cell states ``[T, B, C]`` int16.
 
 Parameters: ``weight_input`` int8 ``[4, C, I]`` and ``weight_recurrent`` int8 ``[4, C, C]`` (gates input,
 forget, cell, output), int32 ``bias_input`` / ``bias_recurrent`` ``[4, C]`` (effective biases, zero
@@ -44,11 +44,11 @@ class Lstm(Op):
     """The integer LSTM (module docstring)."""
 
     def check(self, node, graph):
-        if len(node.inputs) not in (1, 3) or not 1 <= len(node.outputs) <= 3:
-            fail(node, f"expects 1 or 3 inputs (x, or x, h0, c0) and 1 to 3 outputs (y, h, c), found "
+        if len(node.inputs) not in (1, 3) or len(node.outputs) not in (1, 2):
+            fail(node, f"expects 1 or 3 inputs (x, or x, h0, c0) and 1 or 2 outputs (y, cells), found "
                        f"{len(node.inputs)} and {len(node.outputs)}")
         _dtype(node, graph, node.inputs[0], "int8", "input")
-        for tensor, dtype, role in zip(node.outputs, ("int8", "int8", "int16"), ("output y", "output h", "output c")):
+        for tensor, dtype, role in zip(node.outputs, ("int8", "int16"), ("output y", "output cells")):
             _dtype(node, graph, tensor, dtype, role)
         if len(node.inputs) == 3:
             _dtype(node, graph, node.inputs[1], "int8", "initial state h0")
@@ -90,7 +90,7 @@ class Lstm(Op):
                 if state.shape != (batch, cells):
                     raise ValidationError(f"lstm {node.name!r}: initial state {role} must be [{batch}, {cells}], "
                                           f"found {state.shape}")
-        return [(steps, batch, cells), (batch, cells), (batch, cells)][:len(node.outputs)]
+        return [(steps, batch, cells)] * len(node.outputs)
 
     def prepare(self, node, graph):
         cells = node.params["weight_input"].shape[1]
@@ -121,5 +121,5 @@ class Lstm(Op):
         else:
             h0 = np.full((x.shape[1], plan["cells"]), plan["h_zero_point"], np.int8)
             c0 = np.zeros((x.shape[1], plan["cells"]), np.int16)
-        y, h, c, saturated = kernels.lstm_int8(x, h0, c0, *plan["args"])
-        return [y, h, c][:plan["outputs"]], {"saturation_count": saturated}
+        y, cells, saturated = kernels.lstm_int8(x, h0, c0, *plan["args"])
+        return [y, cells][:plan["outputs"]], {"saturation_count": saturated}
