@@ -87,7 +87,8 @@ class Lstm(Op):
         cells = node.params["weight_input"].shape[1]
         if len(inputs) == 3:
             for state, role in zip(inputs[1:], ("h0", "c0")):
-                if state.shape != (batch, cells):
+                known = None not in (batch, state.shape[0] if len(state.shape) == 2 else None)
+                if len(state.shape) != 2 or state.shape[1] != cells or (known and state.shape[0] != batch):
                     raise ValidationError(f"lstm {node.name!r}: initial state {role} must be [{batch}, {cells}], "
                                           f"found {state.shape}")
         return [(steps, batch, cells)] * len(node.outputs)
@@ -118,6 +119,9 @@ class Lstm(Op):
         x = inputs[0]
         if len(inputs) == 3:
             h0, c0 = inputs[1], inputs[2]
+            if h0.shape[0] != x.shape[1] or c0.shape[0] != x.shape[1]:
+                raise ValidationError(f"lstm: initial states of batch {h0.shape[0]} and {c0.shape[0]} for an input "
+                                      f"of batch {x.shape[1]}")
         else:
             h0 = np.full((x.shape[1], plan["cells"]), plan["h_zero_point"], np.int8)
             c0 = np.zeros((x.shape[1], plan["cells"]), np.int16)
