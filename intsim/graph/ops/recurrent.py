@@ -57,7 +57,8 @@ class Lstm(Op):
         if len(x.shape) != 3:
             fail(node, f"input must be [time, batch, features], found shape {x.shape}")
         if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
-            fail(node, f"the integer LSTM needs an integer rounding mode, the node rounds {node_rounding(node, graph)!r}")
+            fail(node, "the integer LSTM needs an integer rounding mode, the node rounds "
+                       f"{node_rounding(node, graph)!r}")
         weight_input = param(node, "weight_input", kinds="i", ndim=3)
         gates, cells, features = weight_input.shape
         if gates != GATES or weight_input.dtype != np.int8:
