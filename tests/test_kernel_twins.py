@@ -24,7 +24,7 @@ def test_packages_export_the_same_kernels():
 
 
 def test_every_naive_module_mirrors_a_fast_module():
-    assert TWIN_MODULES == ["boundary", "elementwise", "float_island", "gemm", "lstm", "mac", "mlas_sgemm",
+    assert TWIN_MODULES == ["boundary", "elementwise", "float_island", "gemm", "gru", "lstm", "mac", "mlas_sgemm",
                             "onnxruntime_ops", "sequence", "tflite_ops", "vision"]
 
 

@@ -138,21 +138,23 @@ def test_cell_shift_covers_the_range():
 STEPS, FEATURES, HIDDEN = 7, 5, 8
 
 
-def _onnx_lstm(direction="forward", peephole=False, states=False, activations=None, seed=0):
+def _onnx_lstm(direction="forward", peephole=False, states=False, activations=None, seed=0, op="LSTM", **attrs):
+    """An ONNX LSTM (or GRU) between batch-first transposes; outputs ``y [N, T, D*H]``, ``Y_h`` (and ``Y_c``)."""
     rng = np.random.default_rng(seed)
     d = 2 if direction == "bidirectional" else 1
     h = HIDDEN
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (d, 4 * h, FEATURES)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.normal(0, 0.4, (d, 4 * h, h)).astype(np.float32), "R"),
-             numpy_helper.from_array(rng.normal(0, 0.3, (d, 8 * h)).astype(np.float32), "B"),
+    gates = 4 if op == "LSTM" else 3
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (d, gates * h, FEATURES)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (d, gates * h, h)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (d, 2 * gates * h)).astype(np.float32), "B"),
              numpy_helper.from_array(np.array([0], np.int64), "zero"),
              numpy_helper.from_array(np.array([0, STEPS, d * h], np.int64), "shape")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", STEPS, FEATURES])]
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
     lstm_inputs = ["xt", "W", "R", "B", "", "", ""]
     if states:
-        lstm_inputs[5:7] = ["h0", "c0"]
-        for name in ("h", "c"):
+        lstm_inputs[5:7] = ["h0", "c0"] if op == "LSTM" else ["h0", ""]
+        for name in ("h", "c") if op == "LSTM" else ("h",):
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [d, 1, h]))
             nodes.append(helper.make_node("Identity", [name], [f"{name}0"]))
     if peephole:
@@ -160,25 +162,26 @@ def _onnx_lstm(direction="forward", peephole=False, states=False, activations=No
         lstm_inputs.append("P")
     while not lstm_inputs[-1]:
         lstm_inputs.pop()
-    extra = {"activations": activations} if activations else {}
-    nodes += [helper.make_node("LSTM", lstm_inputs, ["Y", "Y_h", "Y_c"], hidden_size=h, direction=direction, **extra),
+    extra = {"activations": activations, **attrs} if activations else attrs
+    state_outputs = ["Y_h", "Y_c"] if op == "LSTM" else ["Y_h"]
+    nodes += [helper.make_node(op, lstm_inputs, ["Y", *state_outputs], hidden_size=h, direction=direction, **extra),
               helper.make_node("Transpose", ["Y"], ["Yt"], perm=[2, 0, 1, 3]),
               helper.make_node("Reshape", ["Yt", "shape"], ["y"])]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", STEPS, d * h]),
-               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [d, "N", h]),
-               helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [d, "N", h])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", STEPS, d * h])]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, [d, "N", h]) for name in state_outputs]
     model = helper.make_model(helper.make_graph(nodes, "lstm", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
     return model
 
 
-def _feeds(rng, count, direction, states):
+def _feeds(rng, count, direction, states, op="LSTM"):
     d = 2 if direction == "bidirectional" else 1
     feeds = {"x": rng.normal(0, 1, (count, STEPS, FEATURES)).astype(np.float32)}
     if states:  # [directions, batch, hidden]: samples along axis 0 does not hold; batch them per call
         feeds["h"] = rng.normal(0, 0.3, (d, count, HIDDEN)).astype(np.float32)
-        feeds["c"] = rng.normal(0, 1.0, (d, count, HIDDEN)).astype(np.float32)
+        if op == "LSTM":
+            feeds["c"] = rng.normal(0, 1.0, (d, count, HIDDEN)).astype(np.float32)
     return feeds
 
 
@@ -225,8 +228,38 @@ def test_onnx_lstm_with_initial_states():
         assert _sqnr(ref, got) > 25
 
 
+@pytest.mark.parametrize("direction, linear_before_reset", [("forward", 0), ("reverse", 1), ("bidirectional", 1)])
+def test_onnx_gru_against_onnxruntime(direction, linear_before_reset):
+    ort = pytest.importorskip("onnxruntime")
+    model = _onnx_lstm(direction, op="GRU", linear_before_reset=linear_before_reset)
+    rng = np.random.default_rng(5)
+    integer = _convert(model, _feeds(rng, 64, direction, False)["x"])
+    test = _feeds(rng, 16, direction, False)["x"]
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, {"x": test})
+    outputs = integer.run(test)
+    for ref, got in zip(reference, outputs):
+        assert got.shape == ref.shape
+        assert _sqnr(ref, got) > 30
+    x = np.random.default_rng(6).integers(-128, 128, (3, STEPS, FEATURES), dtype=np.int8)
+    for a, b in zip(integer.run_int(x), Model(integer.graph, backend="naive").run_int(x)):
+        np.testing.assert_array_equal(a, b, strict=True)
+
+
+def test_onnx_gru_with_initial_state():
+    ort = pytest.importorskip("onnxruntime")
+    model = _onnx_lstm("forward", states=True, op="GRU", linear_before_reset=1)
+    rng = np.random.default_rng(8)
+    integer = _convert(model, [_feeds(rng, 1, "forward", True, "GRU") for _ in range(48)], batch_size=1)
+    test = _feeds(rng, 1, "forward", True, "GRU")
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, test)
+    for ref, got in zip(reference, integer.run(test)):
+        assert _sqnr(ref, got) > 25
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"activations": ["Sigmoid", "Relu", "Tanh"]}, "activations"),
+    ({"op": "GRU", "activations": ["Sigmoid", "Relu"]}, "activations"),
+    ({"clip": 3.0}, "clip"),
 ])
 def test_onnx_lstm_unsupported(kwargs, message):
     with pytest.raises(UnsupportedOpError, match=message):
