@@ -1,5 +1,5 @@
-"""The integer LSTM: gemmlowp's int16 logistic / tanh, the kernel against its naive twin, the ``lstm``
-op's checks, and ONNX LSTM graphs converted and run against onnxruntime's float LSTM.
+"""The integer LSTM and GRU: gemmlowp's int16 logistic / tanh, the kernels against their naive twins, the
+``lstm`` op's checks, and ONNX LSTM / GRU graphs converted and run against onnxruntime's float ones.
 
 Conformance with LiteRT's reference kernels is in ``tests/test_tflite.py`` (the ``lstm_*`` models of
 ``tests/data/tflite``, 0 mismatches).
@@ -21,7 +21,7 @@ from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import DOUBLE, SINGLE, quantize_multiplier
 from intsim.fixedpoint_int16 import logistic_16, tanh_16
 from intsim.graph import Graph, Node, TensorInfo
-from intsim.kernels import lstm_int8, naive
+from intsim.kernels import gru_int8, lstm_int8, naive
 
 ALL_INT16 = np.arange(-(2**15), 2**15)
 
@@ -87,6 +87,25 @@ def test_kernel_matches_naive_twin(case):
     np.testing.assert_array_equal(fast[0], slow[0], strict=True)
     np.testing.assert_array_equal(fast[1], slow[1], strict=True)
     assert fast[2] == slow[2]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_gru_kernel_matches_naive_twin(case):
+    rng = np.random.default_rng(100 + case)
+    steps, batch, features, hidden = (int(v) for v in rng.integers(1, 6, 4))
+    multipliers = [np.asarray(v, np.int32).reshape(n) for lo, hi, n in ((0.01, 2, 3), (0.01, 2, 3), (1e-8, 1e-6, 1))
+                   for v in quantize_multiplier(rng.uniform(lo, hi, n))]
+    args = (rng.integers(-128, 128, (steps, batch, features), dtype=np.int8),
+            rng.integers(-128, 128, (batch, hidden), dtype=np.int8),
+            rng.integers(-127, 128, (3, hidden, features), dtype=np.int8),
+            rng.integers(-127, 128, (3, hidden, hidden), dtype=np.int8),
+            rng.integers(-5000, 5000, (3, hidden), dtype=np.int32),
+            rng.integers(-5000, 5000, (3, hidden), dtype=np.int32),
+            *multipliers[:4], int(multipliers[4][0]), int(multipliers[5][0]), int(rng.integers(-20, 20)),
+            (DOUBLE, SINGLE)[case % 3 == 0], 31, case % 2 == 0, case % 4 == 1)
+    fast, slow = gru_int8(*args), naive.gru_int8(*args)
+    np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+    assert fast[1] == slow[1]
 
 
 def test_kernel_saturates_and_counts():
