@@ -290,3 +290,9 @@ def test_profile_without_integer_rounding_is_refused():
     calibration = np.random.default_rng(4).normal(0, 1, (16, STEPS, FEATURES)).astype(np.float32)
     with pytest.raises(UnsupportedOpError, match="integer LSTM"):
         _convert(model, calibration, "onnxruntime")
+
+
+def test_tosa_export_refuses_the_lstm(tmp_path):
+    """TOSA has no recurrent operator: a typed error naming the op."""
+    with pytest.raises(UnsupportedOpError, match="lstm"):
+        intsim.export_tosa(Model(_lstm_graph()), tmp_path / "lstm.tosa")
