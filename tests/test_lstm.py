@@ -296,3 +296,41 @@ def test_tosa_export_refuses_the_lstm(tmp_path):
     """TOSA has no recurrent operator: a typed error naming the op."""
     with pytest.raises(UnsupportedOpError, match="lstm"):
         intsim.export_tosa(Model(_lstm_graph()), tmp_path / "lstm.tosa")
+
+
+def test_stacked_lstms_with_state_inputs_and_outputs():
+    """Two stacked LSTMs with their initial states as graph inputs and their last states concatenated as
+    outputs (a voice-activity detector's shape): the int16 cell states join an int8 Concat."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(9)
+    h = HIDDEN
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
+    for layer, (source, width) in enumerate((("xt", FEATURES), ("y0", h))):
+        for name, shape, std in (("W", (1, 4 * h, width), 0.5), ("R", (1, 4 * h, h), 0.4), ("B", (1, 8 * h), 0.3)):
+            inits.append(numpy_helper.from_array(rng.normal(0, std, shape).astype(np.float32), f"{name}{layer}"))
+        nodes += [helper.make_node("LSTM", [source, f"W{layer}", f"R{layer}", f"B{layer}", "", f"h{layer}",
+                                            f"c{layer}"], [f"Y{layer}", f"Yh{layer}", f"Yc{layer}"], hidden_size=h),
+                  helper.make_node("Squeeze", [f"Y{layer}", "axis1"], [f"y{layer}"])]
+    nodes += [helper.make_node("Concat", ["Yh0", "Yh1"], ["hn"], axis=0),
+              helper.make_node("Concat", ["Yc0", "Yc1"], ["cn"], axis=0),
+              helper.make_node("Transpose", ["y1"], ["y"], perm=[1, 0, 2])]
+    states = [f"{k}{layer}" for layer in (0, 1) for k in "hc"]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", STEPS, FEATURES])]
+    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, h]) for name in states]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", STEPS, h]),
+               helper.make_tensor_value_info("hn", TensorProto.FLOAT, [2, 1, h]),
+               helper.make_tensor_value_info("cn", TensorProto.FLOAT, [2, 1, h])]
+    model = helper.make_model(helper.make_graph(nodes, "stacked", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+
+    def feeds():
+        return {"x": rng.normal(0, 1, (1, STEPS, FEATURES)).astype(np.float32),
+                **{name: rng.normal(0, 0.3 if name[0] == "h" else 1.0, (1, 1, h)).astype(np.float32)
+                   for name in states}}
+
+    integer = _convert(model, [feeds() for _ in range(40)], batch_size=1)
+    test = feeds()
+    for ref, got in zip(ort.InferenceSession(model.SerializeToString()).run(None, test), integer.run(test)):
+        assert _sqnr(ref, got) > 30
