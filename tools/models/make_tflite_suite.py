@@ -14,7 +14,9 @@ representative dataset, ``TFLITE_BUILTINS_INT8``), and written as
 ``NAME.tflite`` next to ``NAME.input.npy`` (int8 codes of one sample, batch 1).
 
 The ``lstm_*`` models are Keras LSTM layers (seeded initial weights) converted the same way from
-the Keras model: the fully-integer (8x8_16) UNIDIRECTIONAL_SEQUENCE_LSTM.
+the Keras model: the fully-integer (8x8_16) UNIDIRECTIONAL_SEQUENCE_LSTM.  ``lstm_cifg`` is
+``lstm_sequence`` with its input gate removed (``DERIVED``: the operator's optional inputs patched to
+-1), LiteRT's CIFG variant, which the converter does not write.
 
 The ``float_io_*`` models are converted the same way but keep float32 input and
 output (no ``inference_input_type`` / ``inference_output_type``), so a QUANTIZE
@@ -148,6 +150,24 @@ KERAS_SUITE = {
 }
 
 
+# Variants the converter does not write, derived from a converted model: name -> (source, its LSTM's
+# operator inputs set to -1). CIFG: no input-gate weights (1, 5) or bias (12), so LiteRT runs the
+# coupled-input-forget-gate path of its integer kernel.
+DERIVED = {"lstm_cifg": ("lstm_sequence", (1, 5, 12))}
+
+
+def derive(blob: bytes, dropped) -> bytes:
+    """``blob`` with the first operator's inputs ``dropped`` set to -1 (optional, absent), patched in place."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    op = schema.Model.GetRootAsModel(blob, 0).Subgraphs(0).Operators(0)
+    start = op._tab.Vector(op._tab.Offset(6))  # the inputs vector: int32 tensor indices
+    patched = bytearray(blob)
+    for index in dropped:
+        patched[start + 4 * index:start + 4 * index + 4] = np.int32(-1).tobytes()
+    return bytes(patched)
+
+
 # Float input and output around an int8 body: name -> (input shape, builder).
 FLOAT_IO_SUITE = {
     "float_io_conv_fc": ((1, 6, 6, 3), lambda r, x: _dense(r, _flatten(_conv(r, x, 3, 4, stride=2)), 36, 6)),
@@ -210,6 +230,12 @@ def main(argv=None):
         elif name in FLOAT_IO_SUITE:
             np.save(out / f"{name}.input.npy", rng.normal(0.0, 1.0, size=shape).astype(np.float32))
         print(f"{name}: {len(blob)} bytes")
+    for name, (source, dropped) in DERIVED.items():
+        if args.only and name not in args.only:
+            continue
+        (out / f"{name}.tflite").write_bytes(derive((out / f"{source}.tflite").read_bytes(), dropped))
+        (out / f"{name}.input.npy").write_bytes((out / f"{source}.input.npy").read_bytes())
+        print(f"{name}: derived from {source}")
 
 
 if __name__ == "__main__":
