@@ -1,9 +1,10 @@
 """Write the TFLite conformance suite: small fully-int8 .tflite models and one input each.
 
-Run offline, in a separate environment with ``tensorflow-cpu`` (never an intsim
-dependency)::
+Run offline, in a separate environment with ``tensorflow-cpu`` and ``tf_keras`` (never intsim
+dependencies; the LSTM models need Keras 2's LSTM layer, which the converter fuses into
+UNIDIRECTIONAL_SEQUENCE_LSTM, where Keras 3's becomes a WHILE loop)::
 
-    python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu
+    python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu tf_keras
     /tmp/tfvenv/bin/python models/make_tflite_suite.py [--out tests/data/tflite] [--only NAME ...]
 
 Every model is built from ``tf.nn`` ops with seeded random weights, converted
@@ -11,6 +12,11 @@ with full-integer post-training quantization (int8 activations, per-channel int8
 weights, int32 bias, int8 input and output; ``Optimize.DEFAULT``, a seeded
 representative dataset, ``TFLITE_BUILTINS_INT8``), and written as
 ``NAME.tflite`` next to ``NAME.input.npy`` (int8 codes of one sample, batch 1).
+
+The ``lstm_*`` models are Keras LSTM layers (seeded initial weights) converted the same way from
+the Keras model: the fully-integer (8x8_16) UNIDIRECTIONAL_SEQUENCE_LSTM.  ``lstm_cifg`` is
+``lstm_sequence`` with its input gate removed (``DERIVED``: the operator's optional inputs patched to
+-1), LiteRT's CIFG variant, which the converter does not write.
 
 The ``float_io_*`` models are converted the same way but keep float32 input and
 output (no ``inference_input_type`` / ``inference_output_type``), so a QUANTIZE
@@ -27,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 
@@ -123,6 +130,44 @@ SUITE = {
 }
 
 
+
+
+def _keras_lstm(units, return_sequences, dense=None):
+    def build(shape):
+        inputs = tf.keras.Input(batch_shape=shape)
+        y = tf.keras.layers.LSTM(units, return_sequences=return_sequences)(inputs)
+        if dense:
+            y = tf.keras.layers.Dense(dense)(y)
+        return tf.keras.Model(inputs, y)
+
+    return build
+
+
+# Keras models (converted from the Keras model): name -> (input shape, builder(shape) -> tf.keras.Model).
+KERAS_SUITE = {
+    "lstm_sequence": ((1, 6, 5), _keras_lstm(8, True)),
+    "lstm_last_dense": ((1, 8, 4), _keras_lstm(12, False, dense=5)),
+}
+
+
+# Variants the converter does not write, derived from a converted model: name -> (source, its LSTM's
+# operator inputs set to -1). CIFG: no input-gate weights (1, 5) or bias (12), so LiteRT runs the
+# coupled-input-forget-gate path of its integer kernel.
+DERIVED = {"lstm_cifg": ("lstm_sequence", (1, 5, 12))}
+
+
+def derive(blob: bytes, dropped) -> bytes:
+    """``blob`` with the first operator's inputs ``dropped`` set to -1 (optional, absent), patched in place."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    op = schema.Model.GetRootAsModel(blob, 0).Subgraphs(0).Operators(0)
+    start = op._tab.Vector(op._tab.Offset(6))  # the inputs vector: int32 tensor indices
+    patched = bytearray(blob)
+    for index in dropped:
+        patched[start + 4 * index:start + 4 * index + 4] = np.int32(-1).tobytes()
+    return bytes(patched)
+
+
 # Float input and output around an int8 body: name -> (input shape, builder).
 FLOAT_IO_SUITE = {
     "float_io_conv_fc": ((1, 6, 6, 3), lambda r, x: _dense(r, _flatten(_conv(r, x, 3, 4, stride=2)), 36, 6)),
@@ -145,13 +190,15 @@ def representative(shape, seed):
 
 def convert(name, shape, builder, quantize=True, int8_io=True):
     rng = np.random.default_rng(sum(map(ord, name)))
+    if name in KERAS_SUITE:
+        tf.keras.utils.set_random_seed(sum(map(ord, name)))
+        converter = tf.lite.TFLiteConverter.from_keras_model(builder(shape))
+    else:
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
+        def model(x):
+            return builder(rng, x)
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
-    def model(x):
-        return builder(rng, x)
-
-    concrete = model.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
     if not quantize:
         return converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -170,18 +217,25 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cases = {name: (shape, builder, True) for name, (shape, builder) in (SUITE | FLOAT_IO_SUITE).items()} | ERROR_CASES
+    cases = {name: (shape, builder, True) for name, (shape, builder) in (SUITE | KERAS_SUITE | FLOAT_IO_SUITE).items()}
+    cases |= ERROR_CASES
     for name, (shape, builder, quantize) in cases.items():
         if args.only and name not in args.only:
             continue
         blob = convert(name, shape, builder, quantize, int8_io=name not in FLOAT_IO_SUITE)
         (out / f"{name}.tflite").write_bytes(blob)
         rng = np.random.default_rng(sum(map(ord, name)) + 2)
-        if name in SUITE:
+        if name in SUITE or name in KERAS_SUITE:
             np.save(out / f"{name}.input.npy", rng.integers(-128, 128, size=shape, dtype=np.int8))
         elif name in FLOAT_IO_SUITE:
             np.save(out / f"{name}.input.npy", rng.normal(0.0, 1.0, size=shape).astype(np.float32))
         print(f"{name}: {len(blob)} bytes")
+    for name, (source, dropped) in DERIVED.items():
+        if args.only and name not in args.only:
+            continue
+        (out / f"{name}.tflite").write_bytes(derive((out / f"{source}.tflite").read_bytes(), dropped))
+        (out / f"{name}.input.npy").write_bytes((out / f"{source}.input.npy").read_bytes())
+        print(f"{name}: derived from {source}")
 
 
 if __name__ == "__main__":
