@@ -13,8 +13,9 @@ Layer normalization, integer only (after I-BERT, Kim et al. 2021, §3.4), per ro
    ``std ~ D sigma`` in input codes (``eps_term = D^3 epsilon / (s_x^2 4^k)``);
 4. ``factor = 2**40 // max(std, 1)``, one division per row; ``q_i = round(c_i factor / 2**24)``, the
    normalized value in Q16 (``|q_i| <= 2**16 sqrt(D)``; ``|c_i| factor <= 2**40 sqrt(D)`` fits int64);
-5. ``acc_i = sign(gamma_i) q_i + bias_i`` (int32; ``bias_i = beta_i 2**16 / |gamma_i|``), requantized per
-   channel by ``|gamma_i| 2**-16 / s_y``, plus the output zero point, clamped.
+5. ``acc_i = sign(gamma_i) q_i + bias_i`` (saturated to int32; ``bias_i = beta_i 2**16 / |gamma_i|``),
+   requantized per channel by ``|gamma_i| 2**-16 / s_y``, plus the output zero point, clamped; an output
+   the int32 saturation or the clamp changed counts once in ``saturation_count``.
 """
 
 from __future__ import annotations
@@ -72,12 +73,12 @@ def _layer_norm_core(x, x_zero_point, variance_shift, eps_term, gamma_sign, bias
         factor = (np.int64(1) << RECIPROCAL_BITS) // max(std, np.int64(1))
         for i in range(width):
             q = rounding_divide_by_pot_scalar(centred[i] * factor, RECIPROCAL_BITS - NORMALIZED_BITS)
-            acc = np.int64(gamma_sign[i]) * q + np.int64(bias[i])
-            acc = min(max(acc, np.int64(-2147483648)), np.int64(2147483647))
+            exact = np.int64(gamma_sign[i]) * q + np.int64(bias[i])
+            acc = min(max(exact, np.int64(-2147483648)), np.int64(2147483647))
             value = rescale_scalar(np.int32(acc), multiplier[i], shift[i], 0.0, rounding, multiplier_bits)
             value += out_zero_point
             clamped = min(max(value, clamp_min), clamp_max)
-            if clamped != value:
+            if clamped != value or acc != exact:
                 saturated += 1
             out[row, i] = clamped
     return saturated
