@@ -45,6 +45,7 @@ from intsim.kernels.vision import (
     slice_strided,
     tile,
 )
+from intsim.kernels.tables import lookup_table_interpolated
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -72,6 +73,7 @@ __all__ = [
     "layer_norm_lastaxis",
     "insert_zeros_nhwc",
     "lookup_table",
+    "lookup_table_interpolated",
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",

@@ -74,6 +74,7 @@ class Backend(Protocol):
     avg_pool_nhwc: Callable
     mean_reduce: Callable
     lookup_table: Callable
+    lookup_table_interpolated: Callable
     softmax_lastaxis: Callable
     pad_constant: Callable
     transpose: Callable

@@ -41,6 +41,7 @@ from intsim.kernels.naive.vision import (
     slice_strided,
     tile,
 )
+from intsim.kernels.naive.tables import lookup_table_interpolated
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -68,6 +69,7 @@ __all__ = [
     "layer_norm_lastaxis",
     "insert_zeros_nhwc",
     "lookup_table",
+    "lookup_table_interpolated",
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",
