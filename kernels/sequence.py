@@ -1,5 +1,5 @@
-"""Kernels of sequence models on integer tensors: embedding lookup, index gather, integer layer
-normalization and the masked softmax.
+"""Kernels of sequence models on integer tensors: embedding lookup, index gathers (``gather_axis``,
+``gather_elements``), integer layer normalization and the masked softmax.
 
 Each public function allocates its output and calls a private numba core; inputs are trusted (the
 graph's ops validate at the edge).  The naive twins in :mod:`intsim.kernels.naive.sequence` define what
@@ -143,6 +143,34 @@ def gather_axis(x, indices, axis):
     out = np.empty((outer, flat.size, inner), x.dtype)
     _gather_core(np.ascontiguousarray(x).reshape(outer, x.shape[axis], inner), flat, out)
     return out.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+@jit
+def _gather_elements_core(x, indices, out):
+    outer, size, inner = x.shape
+    for o in range(outer):
+        for j in range(indices.shape[1]):
+            for k in range(inner):
+                index = indices[o, j, k]
+                if index < 0:
+                    index += size
+                out[o, j, k] = x[o, index, k]
+
+
+def gather_elements(x, indices, axis):
+    """ONNX GatherElements: ``out[..., j, ...] = x[..., indices[..., j, ...], ...]`` along ``axis``, the other
+    coordinates shared; ``indices`` (int64, negative from the end) has ``x``'s rank, each axis but ``axis`` at
+    most ``x``'s, and gives the output's shape.  Codes move unchanged: the output is quantized like ``x``."""
+    window = tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(indices.shape))
+    part = np.ascontiguousarray(x[window])
+    outer = int(np.prod(indices.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(indices.shape[axis + 1:], dtype=np.int64))
+    out = np.empty(indices.shape, x.dtype)
+    if out.size:
+        _gather_elements_core(part.reshape(outer, x.shape[axis], inner),
+                              np.ascontiguousarray(indices, np.int64).reshape(outer, indices.shape[axis], inner),
+                              out.reshape(outer, indices.shape[axis], inner))
+    return out
 
 
 @jit

@@ -11,7 +11,9 @@ type in :data:`SEQUENCE_LOWERINGS` (each ``lower(lowering, step)`` with the conv
   With ``layernorm = "int16"`` the tensors feeding it are 16-bit (a residual stream's outliers keep
   their resolution); ``"integer"`` keeps them at the profile's width; ``"none"`` (a chip without it)
   makes a LayerNormalization an :class:`~intsim.errors.UnsupportedOpError`.
-- ``Gelu`` is a lookup table over the input codes (256 entries at 8 bits, 65,536 at 16).
+- ``GatherElements`` with constant indices moves codes (op ``gather_elements``).
+- ``Gelu`` is a lookup table over the input codes (256 entries at 8 bits, 65,536 at 16, or 513 interpolated
+  under the profile's ``int16_tables = "interpolated"``).
 - ``MaskedSoftmax`` is the integer softmax over the kept positions of an integer input or of a constant
   mask (stored as an int32 ``constant`` node).
 """
@@ -117,6 +119,15 @@ def lower_gather(lw, step):
     y = lw.bind(step.output, _identity(out_rank), scale, zp)
     lw.nodes.append(Node("embedding", node.name, [ids], [y], {}, {"table": np.ascontiguousarray(codes)}))
     lw.meta["weight_scale"][node.name] = [float(scale)]
+
+
+@_lowers("GatherElements")
+def lower_gather_elements(lw, step):
+    node = step.nodes[0]
+    data, indices = node.inputs
+    rank = len(lw.fg.shapes[data])
+    lw._tied(step, "gather_elements", data, _identity(rank), {"axis": int(node.attrs["axis"])},
+             params={"indices": lw.fg.constants[indices].astype(np.int64)})
 
 
 @_lowers("LayerNormalization")

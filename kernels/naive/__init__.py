@@ -32,7 +32,13 @@ from intsim.kernels.naive.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
-from intsim.kernels.naive.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
+from intsim.kernels.naive.sequence import (
+    embedding_lookup,
+    gather_axis,
+    gather_elements,
+    layer_norm_lastaxis,
+    softmax_masked_lastaxis,
+)
 from intsim.kernels.naive.vision import (
     arg_max,
     insert_zeros_nhwc,
@@ -64,6 +70,7 @@ __all__ = [
     "fully_connected_prepare",
     "fully_connected_requantized",
     "gather_axis",
+    "gather_elements",
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
     "layer_norm_lastaxis",

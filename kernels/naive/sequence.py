@@ -52,6 +52,15 @@ def gather_axis(x, indices, axis):
     return out
 
 
+def gather_elements(x, indices, axis):
+    out = np.empty(indices.shape, x.dtype)
+    for position in np.ndindex(indices.shape):
+        source = list(position)
+        source[axis] = int(indices[position]) % x.shape[axis]
+        out[position] = x[tuple(source)]
+    return out
+
+
 def softmax_masked_lastaxis(x, keep, exp_table, out_multiplier, out_shift, rounding, multiplier_bits, out_zero_point,
                             clamp_min, clamp_max, out_dtype):
     rows, columns = x.shape
