@@ -39,6 +39,10 @@ CASES = {
     "Tile": (_graph("Tile", {"repeats": [1, 2, 3]}), 1),
     "ReduceSum": (_graph("ReduceSum", {"axes": [1], "keepdims": 0}), 1),
     "ReduceMax": (_graph("ReduceMax", {"axes": [2], "keepdims": 1}), 1),
+    "Slice": (_graph("Slice", {"axes": [1, 2], "starts": [4, 1], "ends": [-1, 7], "steps": [-2, 3]}), 1),
+    "ConvTranspose": (_graph("ConvTranspose", {"strides": [2, 1], "dilations": [1, 2], "pads": [1, 0, 0, 1], "group": 1,
+                                               "output_padding": [1, 0]}, shape=(None, 2, S, D), constants={
+        "w": RNG.normal(size=(2, 3, 3, 2)).astype(np.float32), "b": RNG.normal(size=3).astype(np.float32)}), 1),
     "GatherElements": (_graph("GatherElements", {"axis": 2},
                               constants={"idx": RNG.integers(-D, D, size=(1, S, 4)).astype(np.int64)}), 1),
 }
@@ -47,7 +51,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_float_op_runs_through_onnxruntime_like_the_numpy_executor(name):
     graph, spread = CASES[name]
-    x = (spread * RNG.normal(size=(B, S, D))).astype(np.float32)
+    x = (spread * RNG.normal(size=(B, *graph.shapes["x"][1:]))).astype(np.float32)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback to numpy would warn
         session = FloatSession(graph, executor="onnxruntime")

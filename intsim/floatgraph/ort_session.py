@@ -187,6 +187,17 @@ def _resize(b, node, inputs, outputs):
 _export("Exp", "Erf", "Reciprocal")
 _export("Gather", "GatherElements", attrs=("axis",))
 _export("LayerNormalization", attrs=("epsilon",))
+_export("ConvTranspose", attrs=("strides", "dilations", "pads", "group", "output_padding"))
+
+
+@_exporter("Slice")
+def _slice(b, node, inputs, outputs):
+    # A canonical end below 0 runs through the end of the axis the step walks to (index 0 under a negative step).
+    a = node.attrs
+    ends = [e if e >= 0 else (np.iinfo(np.int64).min if k < 0 else np.iinfo(np.int64).max)
+            for e, k in zip(a["ends"], a["steps"])]
+    operands = [np.asarray(v, np.int64) for v in (a["starts"], ends, a["axes"], a["steps"])]
+    b.add("Slice", [inputs[0], *(b.constant(v, "slice") for v in operands)], outputs)
 
 
 @_exporter("Sqrt")
