@@ -68,3 +68,30 @@ def test_gather_elements_errors_name_the_node():
         intsim.convert(_model(np.zeros((1, 3, 6), np.int64), computed=True), calibration=calibration, progress=False)
     with pytest.raises(ValidationError, match="indices must be integers of the data's rank 3"):
         intsim.convert(_model(np.zeros((3, 6), np.int64)), calibration=calibration, progress=False)
+
+
+def test_gather_of_an_activation_by_integer_input_indices():
+    """``Gather(h, positions)`` with ``positions`` an int64 graph input (one token position per sample): the
+    ``gather_indexed`` op moves h's codes exactly and matches onnxruntime to h's rounding; an index out of
+    range is a ValidationError naming the node."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Gather", ["h", "pos"], ["y"], axis=1)]
+    graph = helper.make_graph(nodes, "pick", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 5, 6]),
+                                              helper.make_tensor_value_info("pos", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.normal(size=(6, 6)).astype(np.float32), "w")])
+    model_onnx = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    calibration = [{"x": rng.normal(size=(64, 5, 6)).astype(np.float32), "pos": rng.integers(-5, 5, 64)}]
+    model = intsim.convert(model_onnx, calibration=calibration, profile="paper", progress=False)
+    node = model.graph.nodes[-1]
+    assert node.op == "gather_indexed"
+    feeds = {"x": rng.normal(size=(3, 5, 6)).astype(np.float32) / 2, "pos": np.array([3, -1, 0])}  # inside the range
+    session = ort.InferenceSession(model_onnx.SerializeToString(), providers=["CPUExecutionProvider"])
+    h = model.graph.tensors[node.inputs[0]]
+    np.testing.assert_allclose(model.run(feeds), session.run(None, feeds)[0], atol=2 * h.scale)
+    trace = model.trace(feeds, float_input=True)
+    expected = np.take(trace.tensors[h.name], [3, -1, 0], axis=1)
+    np.testing.assert_array_equal(trace.tensors[model.graph.outputs[0]], expected, strict=True)
+    with pytest.raises(ValidationError, match="gather_indexed 'Gather_1': indices must lie in \\[-5, 5\\)"):
+        model.run({"x": feeds["x"], "pos": np.array([0, 5, 1])})

@@ -44,13 +44,15 @@ def _fold_reduce_sum(node, x, axes=None):
 @_convert("Gather")
 def _gather(node: OnnxNode):
     """An embedding lookup (constant table, computed indices: only axis 0) or an index gather
-    (computed data, constant indices)."""
+    (computed data, constant or computed integer indices)."""
     rank = node.rank(0)
     axis = _axes(node, [node.attr("axis", 0)], rank)[0]
     if node.is_const(0):
         if axis != 0:
             raise node.fail(f"Gather from a constant table along axis {axis} is not supported; only axis 0")
         return [node.make("Gather", node.inputs[:2], {"axis": 0})]
+    if not node.is_const(1):  # indices computed from an integer input: checked when lowered and when run
+        return [node.make("Gather", node.inputs[:2], {"axis": axis})]
     indices = node.const(1, "indices")
     if indices.dtype.kind not in "iu":
         raise node.invalid(f"indices must be integers, found {indices.dtype}")
