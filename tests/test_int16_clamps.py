@@ -6,7 +6,8 @@ normalization, concat, mean) is converted with ``activation_bits=16``; every nod
 so that each one clamps, and each node's ``saturation_count`` (and the matmul's ``overflow_count``) must
 equal a count made here from the node's integer inputs and parameters in Python integers, written from the
 kernels' documented arithmetic (``single`` rounding: ``(acc * M + 2**(t - 1)) >> t`` with ``t = 31 - shift``).
-The issue's own scenario, a product of two int16 activations beyond int32, closes the file.
+The issue's own scenario, a product of two int16 activations beyond int32 (with the clamps of the input
+quantization), closes the file.
 """
 
 from __future__ import annotations
@@ -232,6 +233,10 @@ def test_product_of_two_int16_activations_is_not_clipped_and_its_saturation_is_r
     lo, hi = dtype_range(model.graph.tensors[mul.outputs[0]].dtype)
     assert trace.stats[mul.name] == _mul(mul, model.graph, trace, lo, hi)
     assert trace.stats[mul.name]["saturation_count"] > 0
+    x = model.graph.tensors[model.graph.inputs[0]]
+    unclamped = np.rint(data.astype(np.float64) / x.scale) + x.zero_point  # float64, ties to even: the default
+    clamped = int(np.count_nonzero((unclamped < -32768) | (unclamped > 32767)))
+    assert trace.stats[f"quantize:{x.name}"] == {"saturation_count": clamped} and clamped > 0
     report = intsim.compare(model_onnx, model, data, progress=False)
     row = next(r for r in report.layers if r.node == mul.name)
     assert row.saturated == trace.stats[mul.name]["saturation_count"]
