@@ -27,6 +27,16 @@ from intsim.profiles import get_profile  # noqa: E402
 SHAPES = {"input_ids": (None, 32), "attention_mask": (None, 32)}
 
 
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo where there is one."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=2)
@@ -50,7 +60,7 @@ def main() -> None:
         reference = minilm.mean_pool(ort.InferenceSession(str(path)).run(None, test)[0], test["attention_mask"])
     cosine = minilm.cosine(minilm.mean_pool(model.run(test), test["attention_mask"]), reference)
     lines = ["# MiniLM conversion: float passes on numpy vs onnxruntime", "",
-             f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; paper W8A8, layernorm=int16, "
+             f"CPU: {cpu_name()}, {os.cpu_count()} cores; paper W8A8, layernorm=int16, "
              "200 calibration sentences of length 32; interleaved rounds, numba warm.", "",
              "| float executor | seconds per conversion | median |", "|---|---|---|"]
     lines += [f"| {k} | {', '.join(f'{t:.1f}' for t in v)} | {statistics.median(v):.1f} |" for k, v in times.items()]
