@@ -38,7 +38,13 @@ from intsim.kernels.float_island import (
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
 from intsim.kernels.gru import gru_int8
 from intsim.kernels.lstm import lstm_int8
-from intsim.kernels.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
+from intsim.kernels.sequence import (
+    embedding_lookup,
+    gather_axis,
+    gather_elements,
+    layer_norm_lastaxis,
+    softmax_masked_lastaxis,
+)
 from intsim.kernels.vision import (
     arg_max,
     insert_zeros_nhwc,
@@ -47,6 +53,7 @@ from intsim.kernels.vision import (
     slice_strided,
     tile,
 )
+from intsim.kernels.tables import lookup_table_interpolated
 from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -69,6 +76,7 @@ __all__ = [
     "fully_connected_prepare",
     "fully_connected_requantized",
     "gather_axis",
+    "gather_elements",
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
     "gru_int8",
@@ -76,6 +84,7 @@ __all__ = [
     "insert_zeros_nhwc",
     "lookup_table",
     "lstm_int8",
+    "lookup_table_interpolated",
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",

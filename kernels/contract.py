@@ -74,6 +74,7 @@ class Backend(Protocol):
     avg_pool_nhwc: Callable
     mean_reduce: Callable
     lookup_table: Callable
+    lookup_table_interpolated: Callable
     softmax_lastaxis: Callable
     pad_constant: Callable
     transpose: Callable
@@ -91,6 +92,7 @@ class Backend(Protocol):
     global_avg_pool_float32_nhwc: Callable
     embedding_lookup: Callable
     gather_axis: Callable
+    gather_elements: Callable
     layer_norm_lastaxis: Callable
     softmax_masked_lastaxis: Callable
     slice_strided: Callable

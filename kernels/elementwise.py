@@ -5,7 +5,9 @@ output and calls a private numba core; inputs are trusted (the runtime
 validates at the edge).  Requantization goes through :mod:`intsim.fixedpoint`
 in TFLite's fixed order: ``acc = requantize(acc); acc += out_zero_point;
 clamp; narrow``.  A clamp reports ``saturation_count``, the number of elements
-whose value before the clamp lay outside ``[clamp_min, clamp_max]``.
+whose value before the clamp lay outside ``[clamp_min, clamp_max]`` or which an
+int32 saturation on the way changed (an add's shifted input or sum, a mean's
+accumulator): each element counted once.
 
 The naive twins in :mod:`intsim.kernels.naive_elementwise` define what every
 function here must compute, bit for bit.
@@ -47,26 +49,31 @@ def _add_term(centered, multiplier, shift, scale, left_shift, rounding, multipli
     # One input's share of the sum, a function of its zero-point-free code alone: under integer codes
     # the code shifted left by left_shift (saturating) and rescaled, an int32 value; under float codes
     # the code times the input's scale ratio, in float32 or float64.  Every one is exact in float64.
+    # Returns (term, saturated): saturated when the left shift left int32 (a converter's left_shift
+    # never does: 20 on 8-bit codes, 29 - bits on wider ones; a hand-built graph may).
     if rounding <= SINGLE:
-        wide = saturate(centered << left_shift, 32)
-        return np.float64(rescale_scalar(wide, multiplier, shift, 0.0, rounding, multiplier_bits))
+        shifted = centered << left_shift
+        wide = saturate(shifted, 32)
+        return np.float64(rescale_scalar(wide, multiplier, shift, 0.0, rounding, multiplier_bits)), wide != shifted
     if rounding == FLOAT32_RINT:
         # |centered| <= 65535 < 2**24: the conversion to float32 is exact.
-        return np.float64(np.float32(centered) * np.float32(scale))
-    return np.float64(centered) * scale
+        return np.float64(np.float32(centered) * np.float32(scale)), False
+    return np.float64(centered) * scale, False
 
 
 @jit
 def _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits, subtract):
-    # Requantized sum of the two terms of _add_term, before the output zero point.
+    # Requantized sum of the two terms of _add_term, before the output zero point, and whether the
+    # int32 sum saturated (the float modes' int32 saturation lies beyond every clamp: counted there).
     if rounding <= SINGLE:
         b_rescaled = -np.int64(b_term) if subtract else np.int64(b_term)
-        total = saturate(np.int64(a_term) + b_rescaled, 32)
-        return rescale_scalar(total, out_multiplier, out_shift, 0.0, rounding, multiplier_bits)
+        exact = np.int64(a_term) + b_rescaled
+        total = saturate(exact, 32)
+        return rescale_scalar(total, out_multiplier, out_shift, 0.0, rounding, multiplier_bits), total != exact
     if rounding == FLOAT32_RINT:
         a32, b32 = np.float32(a_term), np.float32(b_term)
-        return saturating_round_float(a32 - b32 if subtract else a32 + b32, rounding)
-    return saturating_round_float(a_term - b_term if subtract else a_term + b_term, rounding)
+        return saturating_round_float(a32 - b32 if subtract else a32 + b32, rounding), False
+    return saturating_round_float(a_term - b_term if subtract else a_term + b_term, rounding), False
 
 
 @jit_inline
@@ -76,14 +83,15 @@ def _add_loop(operands, rounding):
      out) = operands
     saturated = 0
     for i in range(a.size):
-        a_term = _add_term(np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale, left_shift, rounding,
-                           multiplier_bits)
-        b_term = _add_term(np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale, left_shift, rounding,
-                           multiplier_bits)
-        value = out_zero_point + _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits,
-                                            subtract)
+        a_term, a_saturated = _add_term(np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale, left_shift,
+                                        rounding, multiplier_bits)
+        b_term, b_saturated = _add_term(np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
+                                        rounding, multiplier_bits)
+        total, sum_saturated = _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits,
+                                          subtract)
+        value = out_zero_point + total
         clamped = _clamp(value, clamp_min, clamp_max)
-        saturated += clamped != value
+        saturated += (clamped != value) | a_saturated | b_saturated | sum_saturated
         out[i] = clamped
     return saturated
 
@@ -358,11 +366,12 @@ def _mean_loop(operands, rounding):
             for k in range(inner):
                 total[k] += np.int64(x[o, r, k]) - x_zero_point
         for k in range(inner):
-            # Summed in int64, then saturated once to the int32 accumulator.
+            # Summed in int64, then saturated once to the int32 accumulator (counted: more than 2**15
+            # 16-bit codes can leave it).
             acc = saturate(total[k], 32)
             value = rescale_scalar(acc, multiplier, shift, scale, rounding, multiplier_bits) + out_zero_point
             clamped = _clamp(value, clamp_min, clamp_max)
-            saturated += clamped != value
+            saturated += (clamped != value) | (acc != total[k])
             out[o, k] = clamped
     return saturated
 

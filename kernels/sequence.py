@@ -1,5 +1,5 @@
-"""Kernels of sequence models on integer tensors: embedding lookup, index gather, integer layer
-normalization and the masked softmax.
+"""Kernels of sequence models on integer tensors: embedding lookup, index gathers (``gather_axis``,
+``gather_elements``), integer layer normalization and the masked softmax.
 
 Each public function allocates its output and calls a private numba core; inputs are trusted (the
 graph's ops validate at the edge).  The naive twins in :mod:`intsim.kernels.naive.sequence` define what
@@ -13,8 +13,9 @@ Layer normalization, integer only (after I-BERT, Kim et al. 2021, §3.4), per ro
    ``std ~ D sigma`` in input codes (``eps_term = D^3 epsilon / (s_x^2 4^k)``);
 4. ``factor = 2**40 // max(std, 1)``, one division per row; ``q_i = round(c_i factor / 2**24)``, the
    normalized value in Q16 (``|q_i| <= 2**16 sqrt(D)``; ``|c_i| factor <= 2**40 sqrt(D)`` fits int64);
-5. ``acc_i = sign(gamma_i) q_i + bias_i`` (int32; ``bias_i = beta_i 2**16 / |gamma_i|``), requantized per
-   channel by ``|gamma_i| 2**-16 / s_y``, plus the output zero point, clamped.
+5. ``acc_i = sign(gamma_i) q_i + bias_i`` (saturated to int32; ``bias_i = beta_i 2**16 / |gamma_i|``),
+   requantized per channel by ``|gamma_i| 2**-16 / s_y``, plus the output zero point, clamped; an output
+   the int32 saturation or the clamp changed counts once in ``saturation_count``.
 """
 
 from __future__ import annotations
@@ -72,12 +73,12 @@ def _layer_norm_core(x, x_zero_point, variance_shift, eps_term, gamma_sign, bias
         factor = (np.int64(1) << RECIPROCAL_BITS) // max(std, np.int64(1))
         for i in range(width):
             q = rounding_divide_by_pot_scalar(centred[i] * factor, RECIPROCAL_BITS - NORMALIZED_BITS)
-            acc = np.int64(gamma_sign[i]) * q + np.int64(bias[i])
-            acc = min(max(acc, np.int64(-2147483648)), np.int64(2147483647))
+            exact = np.int64(gamma_sign[i]) * q + np.int64(bias[i])
+            acc = min(max(exact, np.int64(-2147483648)), np.int64(2147483647))
             value = rescale_scalar(np.int32(acc), multiplier[i], shift[i], 0.0, rounding, multiplier_bits)
             value += out_zero_point
             clamped = min(max(value, clamp_min), clamp_max)
-            if clamped != value:
+            if clamped != value or acc != exact:
                 saturated += 1
             out[row, i] = clamped
     return saturated
@@ -142,6 +143,34 @@ def gather_axis(x, indices, axis):
     out = np.empty((outer, flat.size, inner), x.dtype)
     _gather_core(np.ascontiguousarray(x).reshape(outer, x.shape[axis], inner), flat, out)
     return out.reshape(x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+@jit
+def _gather_elements_core(x, indices, out):
+    outer, size, inner = x.shape
+    for o in range(outer):
+        for j in range(indices.shape[1]):
+            for k in range(inner):
+                index = indices[o, j, k]
+                if index < 0:
+                    index += size
+                out[o, j, k] = x[o, index, k]
+
+
+def gather_elements(x, indices, axis):
+    """ONNX GatherElements: ``out[..., j, ...] = x[..., indices[..., j, ...], ...]`` along ``axis``, the other
+    coordinates shared; ``indices`` (int64, negative from the end) has ``x``'s rank, each axis but ``axis`` at
+    most ``x``'s, and gives the output's shape.  Codes move unchanged: the output is quantized like ``x``."""
+    window = tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(indices.shape))
+    part = np.ascontiguousarray(x[window])
+    outer = int(np.prod(indices.shape[:axis], dtype=np.int64))
+    inner = int(np.prod(indices.shape[axis + 1:], dtype=np.int64))
+    out = np.empty(indices.shape, x.dtype)
+    if out.size:
+        _gather_elements_core(part.reshape(outer, x.shape[axis], inner),
+                              np.ascontiguousarray(indices, np.int64).reshape(outer, indices.shape[axis], inner),
+                              out.reshape(outer, indices.shape[axis], inner))
+    return out
 
 
 @jit

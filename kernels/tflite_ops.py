@@ -26,6 +26,7 @@ SOFTMAX_ACCUMULATION_INTEGER_BITS = 12  # sum of exps in Q12.19: up to 4096 colu
 @jit
 def _softmax_gemmlowp_core(x, input_multiplier, input_left_shift, diff_min, out_min, out_max, out_bits, out):
     rows, columns = x.shape
+    saturated = 0
     for row in range(rows):
         row_max = np.int64(x[row, 0])
         for col in range(1, columns):
@@ -48,7 +49,9 @@ def _softmax_gemmlowp_core(x, input_multiplier, input_left_shift, diff_min, out_
                     rounding_high_mul(reciprocal, exp_q0, 31), bits_over_unit + 31 - out_bits
                 )
                 value = min(max(probability + out_min, out_min), out_max)
+                saturated += value != probability + out_min  # a probability of 1 is 2**bits codes: clamped
             out[row, col] = value
+    return saturated
 
 
 def softmax_gemmlowp_lastaxis(x, input_multiplier, input_left_shift, diff_min, out_dtype):
@@ -61,9 +64,15 @@ def softmax_gemmlowp_lastaxis(x, input_multiplier, input_left_shift, diff_min, o
     rounded to the output's ``2**-bits`` scale, offset by the dtype minimum
     (output zero point) and clamped.  Where ``d < diff_min`` the output is the
     dtype minimum (probability 0).
+
+    Returns
+    -------
+    out : array of ``out_dtype``, [rows, C]
+    saturation_count : int
+        Outputs the clamp changed (a probability that rounds to 1).
     """
     out = np.empty(x.shape, out_dtype)
     info = np.iinfo(out_dtype)
-    _softmax_gemmlowp_core(np.ascontiguousarray(x), int(input_multiplier), int(input_left_shift), int(diff_min),
+    saturated = _softmax_gemmlowp_core(np.ascontiguousarray(x), int(input_multiplier), int(input_left_shift), int(diff_min),
                            int(info.min), int(info.max), 8 * np.dtype(out_dtype).itemsize, out)
-    return out
+    return out, int(saturated)

@@ -22,6 +22,7 @@ from intsim.codes import dtype_range
 from intsim.models import model_path
 from intsim.fixedpoint import Rescale
 from intsim.converter.params import add_params
+from intsim.converter.tables import build_interpolated_lut
 
 ROOT = Path(__file__).resolve().parents[1]
 TOSA_PYTHON = ROOT / ".venv-tosa" / "bin" / "python"
@@ -52,12 +53,15 @@ def _graphs():
     lhs4 = _t("lhs4", (None, 2, 3, 5), 0.04, -6)
     prod = _t("prod", (None, 3, 4), 0.25, -4)
     odd = _t("odd", (None, 5, 7, 6), 0.05, 1)
+    wide, tanh16 = _t("wide", (None, 4, 4, 6), 1e-4, 0, "int16"), _t("t16", (None, 4, 4, 6), 2**-15, 0, "int16")
     rng = np.random.default_rng(3)
     return {
         "tiny_cnn": tiny_cnn("tosa", softmax=False),
         "add": _single("add", [x, a], s, {"left_shift": left, "clamp": [s.zero_point, 127]}, add_p),
         "sub": _single("add", [x, a], s, {"left_shift": left_sub, "subtract": True}, sub_p),
         "lut": _single("lut", [x], a, {}, {"table": build_lut(np.tanh, x, a)}),
+        "lut_interpolated": _single("lut_interpolated", [wide], tanh16, {},
+                                    {"table": build_interpolated_lut(np.tanh, wide, tanh16)}),
         "avg_pool": _single("avg_pool", [x], same("y", (None, 2, 2, 6)), {"kernel": [2, 2], "strides": [2, 2]}),
         "avg_pool_include_pad": _single("avg_pool", [x], same("y", (None, 4, 4, 6)),
                                         {"kernel": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": True}),

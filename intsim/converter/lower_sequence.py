@@ -4,14 +4,17 @@ type in :data:`SEQUENCE_LOWERINGS` (each ``lower(lowering, step)`` with the conv
 
 - ``Gather`` from a constant table (an embedding) stores the table as codes of the activation format
   (per tensor, its own min/max range) and looks rows up by the int32 token ids; from an activation with
-  constant indices it is a data-movement op.
+  constant indices it is a data-movement op, with indices computed from an integer input
+  ``gather_indexed``.
 - ``LayerNormalization`` becomes the integer-only ``layernorm`` (:mod:`intsim.kernels.sequence`): mean and
   variance in integers, the square root by Newton's iteration, ``gamma`` folded into per-channel
   requantization multipliers and ``beta`` into an int32 bias in the units of the normalized value.
   With ``layernorm = "int16"`` the tensors feeding it are 16-bit (a residual stream's outliers keep
   their resolution); ``"integer"`` keeps them at the profile's width; ``"none"`` (a chip without it)
   makes a LayerNormalization an :class:`~intsim.errors.UnsupportedOpError`.
-- ``Gelu`` is a lookup table over the input codes (256 entries at 8 bits, 65,536 at 16).
+- ``GatherElements`` with constant indices moves codes (op ``gather_elements``).
+- ``Gelu`` is a lookup table over the input codes (256 entries at 8 bits, 65,536 at 16, or 513 interpolated
+  under the profile's ``int16_tables = "interpolated"``).
 - ``MaskedSoftmax`` is the integer softmax over the kept positions of an integer input or of a constant
   mask (stored as an int32 ``constant`` node).
 """
@@ -104,7 +107,8 @@ def lower_gather(lw, step):
     out_rank = len(lw.fg.shapes[step.output])
     if data not in lw.fg.constants:
         if indices not in lw.fg.constants:
-            raise UnsupportedOpError(f"node {node.name!r}: Gather of an activation by computed indices is not lowered")
+            _lower_indexed_gather(lw, step, out_rank)
+            return
         lw._tied(step, "gather", data, _identity(len(lw.fg.shapes[data])), {"axis": int(node.attrs["axis"])},
                  out_perm=_identity(out_rank), params={"indices": lw.fg.constants[indices].astype(np.int64)})
         return
@@ -117,6 +121,29 @@ def lower_gather(lw, step):
     y = lw.bind(step.output, _identity(out_rank), scale, zp)
     lw.nodes.append(Node("embedding", node.name, [ids], [y], {}, {"table": np.ascontiguousarray(codes)}))
     lw.meta["weight_scale"][node.name] = [float(scale)]
+
+
+def _lower_indexed_gather(lw, step, out_rank):
+    """An activation gathered by indices computed from an integer input (op ``gather_indexed``)."""
+    node = step.nodes[0]
+    data, indices = node.inputs
+    ids = lw.need(indices, _identity(len(lw.fg.shapes[indices])))
+    if lw.tensors[ids].dtype != INDEX_DTYPE:
+        raise UnsupportedOpError(f"node {node.name!r}: Gather indices {indices!r} computed at run time must be "
+                                 f"integers (an integer graph input or an ArgMax), found a {lw.tensors[ids].dtype} tensor")
+    x = lw.tensors[lw.need(data, _identity(len(lw.fg.shapes[data])))]
+    y = lw.bind(step.output, _identity(out_rank), x.scale, x.zero_point, fmt=lw.format_of[x.name],
+                dtype=x.dtype if x.name in lw.fixed else None)
+    lw.nodes.append(Node("gather_indexed", node.name, [x.name, ids], [y], {"axis": int(node.attrs["axis"])}))
+
+
+@_lowers("GatherElements")
+def lower_gather_elements(lw, step):
+    node = step.nodes[0]
+    data, indices = node.inputs
+    rank = len(lw.fg.shapes[data])
+    lw._tied(step, "gather_elements", data, _identity(rank), {"axis": int(node.attrs["axis"])},
+             params={"indices": lw.fg.constants[indices].astype(np.int64)})
 
 
 @_lowers("LayerNormalization")

@@ -42,6 +42,7 @@ from intsim.codes import storage_dtype
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params, build_exp_table, build_lut, constant_operand_codes
+from intsim.converter.tables import build_interpolated_lut
 from intsim.converter.feeds import batch_of, named_feeds, ptq_data, sample_count
 from intsim.converter.lower_recurrent import RECURRENT_LOWERINGS
 from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
@@ -518,6 +519,10 @@ class _Lowering:
         x = self.tensors[self.need(x_name, perm)]
         scale, zp = self.out_params(step.output)
         y = self.bind(step.output, perm, scale, zp)
+        if x.dtype.endswith("16") and self.profile.int16_tables == "interpolated":
+            table = build_interpolated_lut(fn, x, self.tensors[y])
+            self.nodes.append(Node("lut_interpolated", node.name, [x.name], [y], {}, {"table": table}))
+            return
         table = np.clip(build_lut(fn, x, self.tensors[y]), *self.tensors[y].code_range)  # codes under 8 bits
         self.nodes.append(Node("lut", node.name, [x.name], [y], {}, {"table": table}))
 

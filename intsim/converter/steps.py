@@ -15,7 +15,7 @@ from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.profiles import Profile
 
 TIED_OPS = ("MaxPool", "AveragePool", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Resize",
-            "Gather", "Slice", "ReduceMax", "Tile", "ArgMax")
+            "Gather", "GatherElements", "Slice", "ReduceMax", "Tile", "ArgMax")
 UNCALIBRATED_OPS = ("Softmax", "MaskedSoftmax")  # outputs on a fixed grid
 FUSABLE_ACTIVATIONS = ("Relu", "Clip")
 WEIGHTED_OPS = ("Conv", "Gemm", "BatchNormalization")

@@ -21,7 +21,8 @@ integers (checked by ``tests/test_tosa.py`` against the TOSA reference model):
 * windows (convolutions, pools) that intsim floors drop the unread trailing rows and
   columns (from the padding, else with a SLICE), since TOSA wants exact window counts;
 * ``max_pool``, ``concat`` (a RESCALE per input), ``pad``, ``reshape`` / ``flatten`` /
-  ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8);
+  ``squeeze`` / ``unsqueeze``, ``transpose``, ``lut`` (TABLE, int8), ``lut_interpolated`` (TABLE, int16, and a
+  RESCALE);
 * ``slice`` and ``insert_zeros`` (ConvTranspose's zero insertion): :mod:`intsim.export.tosa_vision`.
 * ``embedding`` and ``gather`` -> GATHER (``[N, K, C]`` values by ``[N, W]`` int32 indices) between
   RESHAPEs.  ``layernorm`` and ``masked_softmax`` have no TOSA operator (and are refused).
@@ -474,6 +475,17 @@ def _lower_lut(b, node):
     b.op("TABLE", [node.inputs[0], b.const("table", node.params["table"], "int8")], node.outputs)
 
 
+def _lower_lut_interpolated(b, node):
+    """TOSA's int16 TABLE is this op's interpolation without its rounding: ``(t[i] << 7) + slope * r`` in
+    int32; a RESCALE by ``2**30 / 2**37`` (single rounding: ``(v + 64) >> 7``) finishes it exactly."""
+    x, out = (b.graph.tensors[t] for t in (node.inputs[0], node.outputs[0]))
+    if x.dtype != "int16" or out.dtype not in ("int8", "int16"):
+        _unsupported(node, f"TOSA TABLE interpolates int16 input to int8 / int16 output, found {x.dtype} -> {out.dtype}")
+    wide = b.temp(node.name + "_table", b.shape(node.inputs[0]), "int32")
+    b.op("TABLE", [node.inputs[0], b.const("table", node.params["table"].astype(np.int16), "int16")], [wide])
+    b._rescale_raw(node, wide, node.outputs[0], np.array([1 << 30]), np.array([37]), 0, 0, "single")
+
+
 def _lower_embedding(b, node):
     """``table[ids]`` as GATHER of the constant ``[1, V, D]`` table by the ids as ``[1, count]``.  TOSA's
     GATHER takes indices in ``[0, V)``; intsim (like ONNX) also reads ``[-V, 0)`` from the end, which the
@@ -519,6 +531,7 @@ LOWERINGS = {
     "unsqueeze": _lower_layout,
     "transpose": _lower_transpose,
     "lut": _lower_lut,
+    "lut_interpolated": _lower_lut_interpolated,
     **VISION_LOWERINGS,
 }
 

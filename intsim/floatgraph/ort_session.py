@@ -98,6 +98,7 @@ _export("BatchNormalization", attrs=("epsilon",))
 _export("LeakyRelu", attrs=("alpha",))
 _export("HardSigmoid", attrs=("alpha", "beta"))
 _export("Concat", attrs=("axis",))
+_export("GatherElements", attrs=("axis",))
 _export("Transpose", attrs=("perm",))
 _export("Flatten", attrs=("axis",))
 _export("Softmax", attrs=("axis",))
@@ -180,6 +181,84 @@ def _resize(b, node, inputs, outputs):
           nearest_mode=node.attrs["nearest_mode"])
 
 
+# The ops of sequence and vision models (issue 15).  Each form computes what the numpy executor computes, to
+# float32 tolerance: a Sqrt of a negative input is 0 there (Relu first), a masked row with no kept position
+# is all 0 (the softmax times the mask).
+_export("Exp", "Erf", "Reciprocal")
+_export("Gather", "GatherElements", attrs=("axis",))
+_export("LayerNormalization", attrs=("epsilon",))
+_export("ConvTranspose", attrs=("strides", "dilations", "pads", "group", "output_padding"))
+
+
+@_exporter("Slice")
+def _slice(b, node, inputs, outputs):
+    # A canonical end below 0 runs through the end of the axis the step walks to (index 0 under a negative step).
+    a = node.attrs
+    ends = [e if e >= 0 else (np.iinfo(np.int64).min if k < 0 else np.iinfo(np.int64).max)
+            for e, k in zip(a["ends"], a["steps"])]
+    operands = [np.asarray(v, np.int64) for v in (a["starts"], ends, a["axes"], a["steps"])]
+    b.add("Slice", [inputs[0], *(b.constant(v, "slice") for v in operands)], outputs)
+
+
+@_exporter("Sqrt")
+def _sqrt(b, node, inputs, outputs):
+    clipped = b.fresh("relu")
+    b.add("Relu", inputs, [clipped])
+    b.add("Sqrt", [clipped], outputs)
+
+
+@_exporter("Tile")
+def _tile(b, node, inputs, outputs):
+    b.add("Tile", [inputs[0], b.constant(np.asarray(node.attrs["repeats"], np.int64), "repeats")], outputs)
+
+
+@_exporter("ReduceSum")
+@_exporter("ReduceMax")
+def _reduce(b, node, inputs, outputs):
+    axes = b.constant(np.asarray(node.attrs["axes"], np.int64), "axes")
+    b.add(node.op, [inputs[0], axes], outputs, keepdims=int(node.attrs["keepdims"]))
+
+
+@_exporter("Gelu")
+def _gelu(b, node, inputs, outputs):
+    """``0.5 x (1 + erf(x / sqrt 2))``, or the tanh form (Gelu itself is opset 20)."""
+    x = inputs[0]
+
+    def op(kind, *operands):
+        out = b.fresh("gelu")
+        b.add(kind, list(operands), [out])
+        return out
+
+    def const(value):
+        return b.constant(np.float32(value), "gelu")
+
+    if node.attrs.get("approximate", "none") == "tanh":
+        cube = op("Mul", op("Mul", x, x), x)
+        inner = op("Mul", op("Add", x, op("Mul", cube, const(0.044715))), const(math.sqrt(2.0 / math.pi)))
+        curve = op("Tanh", inner)
+    else:
+        curve = op("Erf", op("Mul", x, const(1.0 / math.sqrt(2.0))))
+    b.add("Mul", [op("Mul", x, const(0.5)), op("Add", curve, const(1.0))], outputs)
+
+
+@_exporter("MaskedSoftmax")
+def _masked_softmax(b, node, inputs, outputs):
+    """Softmax of ``Where(mask, x, lowest)`` over the last axis, times the mask."""
+    from onnx import TensorProto
+
+    x, mask = inputs
+    keep, keep_float, masked, soft = (b.fresh(h) for h in ("keep", "keep_float", "masked", "soft"))
+    b.add("Cast", [mask], [keep], to=TensorProto.BOOL)
+    if node.attrs["mask_axes"]:
+        wide = b.fresh("keep")
+        b.add("Unsqueeze", [keep, b.constant(np.asarray(node.attrs["mask_axes"], np.int64), "axes")], [wide])
+        keep = wide
+    b.add("Where", [keep, x, b.constant(np.finfo(np.float32).min, "lowest")], [masked])
+    b.add("Softmax", [masked], [soft], axis=-1)
+    b.add("Cast", [keep], [keep_float], to=TensorProto.FLOAT)
+    b.add("Mul", [soft, keep_float], outputs)
+
+
 def _fake_quantizer(b: _Builder, source: str, target: str, params: FakeQuant) -> None:
     """:func:`fake_quantize` as ONNX nodes from ``source`` to ``target``, in float64 as numpy computes it."""
     from onnx import TensorProto
@@ -224,7 +303,8 @@ def onnx_model(graph: FloatGraph, nodes: Sequence[FloatNode], inputs: Sequence[s
     graph_inputs = []
     for t in inputs:
         fed = raw_input_name(t) if t in fake_quant else t
-        graph_inputs.append(helper.make_tensor_value_info(fed, TensorProto.FLOAT, graph.shapes.get(t)))
+        kind = TensorProto.INT64 if t in graph.integer_inputs else TensorProto.FLOAT  # token ids, masks: int64
+        graph_inputs.append(helper.make_tensor_value_info(fed, kind, graph.shapes.get(t)))
         if t in fake_quant:
             _fake_quantizer(b, fed, t, fake_quant[t])
     constants = {}
@@ -292,8 +372,6 @@ class FloatSession:
         self.executor = float_executor_setting() if executor is None else executor
         if self.executor not in ("onnxruntime", "numpy"):
             raise ValidationError(f"float executor must be 'onnxruntime' or 'numpy', found {self.executor!r}")
-        if graph.integer_inputs:  # token ids and masks: the numpy reference runs them (no float32 cast)
-            self.executor = "numpy"
         self._session = None
         # Outputs onnxruntime computes; a fed tensor asked for as it is comes back from the feeds.
         self._ort_outputs = list(dict.fromkeys(t for t in self.outputs
@@ -331,7 +409,8 @@ class FloatSession:
                      for t in self.inputs}
             values = run_nodes(self.nodes, feeds, self.graph.constants, self._fake_quantize if self.fake_quant else None)
             return {t: values[t] for t in self.outputs}
-        feeds = {t: np.ascontiguousarray(feeds[t], np.float32) for t in self.inputs}
+        feeds = {t: np.ascontiguousarray(feeds[t], np.int64 if t in self.graph.integer_inputs else np.float32)
+                 for t in self.inputs}
         named = {raw_input_name(t) if t in self.fake_quant else t: v for t, v in feeds.items()}
         found = dict(zip(self._ort_outputs, self._session.run(self._ort_outputs, named)))
         return {t: found[t] if t in found else feeds[t] for t in self.outputs}

@@ -45,11 +45,19 @@ def layer_norm(x: np.ndarray, scale: np.ndarray, bias: np.ndarray, epsilon: floa
     return centred / np.sqrt(var + epsilon) * scale.astype(np.float64) + bias.astype(np.float64)
 
 
+def gather_elements(data: np.ndarray, indices: np.ndarray, axis: int) -> np.ndarray:
+    """ONNX GatherElements: ``out[..., j, ...] = data[..., indices[..., j, ...], ...]`` along ``axis``; the
+    indices may be shorter than ``data`` on the other axes (their shape is the output's)."""
+    window = tuple(slice(None) if a == axis else slice(0, n) for a, n in enumerate(indices.shape))
+    return np.take_along_axis(data[window], indices.astype(np.int64), axis)
+
+
 def _f32(value) -> np.ndarray:
     return np.asarray(value, dtype=np.float32)
 
 
 _op("Gather")(lambda attrs, data, indices: np.take(data, indices.astype(np.int64), axis=attrs["axis"]))
+_op("GatherElements")(lambda attrs, data, indices: gather_elements(data, indices, attrs["axis"]))
 _op("Neg")(lambda attrs, x: np.negative(x))
 _op("Not")(lambda attrs, x: np.logical_not(x))
 _op("Equal")(lambda attrs, a, b: np.equal(a, b))

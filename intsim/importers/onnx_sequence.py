@@ -1,5 +1,5 @@
 """What the ONNX importer knows of the ops of sequence models (BERT-style encoders): embedding and index
-gathers, layer normalization, the functions GELU is written with (Erf, Pow, Sqrt, Tanh), the attention-mask
+gathers (Gather, GatherElements), layer normalization, the functions GELU is written with (Erf, Pow, Sqrt, Tanh), the attention-mask
 logic (Cast, Equal, Not, And, Or, Where, Expand, ReduceSum) and ``If`` with a constant condition.  Erf,
 Pow, Sqrt and Expand of an activation convert in :mod:`intsim.importers.onnx_vision`, ReduceSum in
 :mod:`intsim.importers.onnx_ops`; here they only fold.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
+from intsim.floatgraph.sequence_ops import gather_elements
 from intsim.importers.onnx_ops import OnnxNode, _axes, _convert, _fold, unique_name
 
 _fold("Not")(lambda node, x: np.logical_not(x))
@@ -26,6 +27,7 @@ _fold("Size")(lambda node, x: np.array(np.size(x), dtype=np.int64))
 _fold("Expand")(lambda node, x, shape: x * np.ones([int(d) for d in shape], dtype=x.dtype))
 _fold("Sqrt")(lambda node, x: np.sqrt(x))
 _fold("Pow")(lambda node, x, y: np.power(x, y).astype(x.dtype))
+_fold("GatherElements")(lambda node, x, indices: gather_elements(x, indices, node.attr("axis", 0)))
 
 
 @_fold("ReduceSum")
@@ -42,13 +44,15 @@ def _fold_reduce_sum(node, x, axes=None):
 @_convert("Gather")
 def _gather(node: OnnxNode):
     """An embedding lookup (constant table, computed indices: only axis 0) or an index gather
-    (computed data, constant indices)."""
+    (computed data, constant or computed integer indices)."""
     rank = node.rank(0)
     axis = _axes(node, [node.attr("axis", 0)], rank)[0]
     if node.is_const(0):
         if axis != 0:
             raise node.fail(f"Gather from a constant table along axis {axis} is not supported; only axis 0")
         return [node.make("Gather", node.inputs[:2], {"axis": 0})]
+    if not node.is_const(1):  # indices computed from an integer input: checked when lowered and when run
+        return [node.make("Gather", node.inputs[:2], {"axis": axis})]
     indices = node.const(1, "indices")
     if indices.dtype.kind not in "iu":
         raise node.invalid(f"indices must be integers, found {indices.dtype}")
@@ -57,6 +61,21 @@ def _gather(node: OnnxNode):
         raise node.invalid(f"indices must lie in [{-size}, {size}) for axis {axis}, found "
                            f"[{indices.min()}, {indices.max()}]")
     return [node.make("Gather", node.inputs[:2], {"axis": axis})]
+
+
+@_convert("GatherElements")
+def _gather_elements(node: OnnxNode):
+    """Codes picked along an axis by constant indices (a computed index tensor is not lowered)."""
+    rank = node.rank(0)
+    axis = _axes(node, [node.attr("axis", 0)], rank)[0]
+    indices = node.const(1, "indices")
+    if indices.dtype.kind not in "iu" or indices.ndim != rank:
+        raise node.invalid(f"indices must be integers of the data's rank {rank}, found {indices.dtype} {indices.shape}")
+    size = node.shape(0)[axis]
+    if size is None or indices.min(initial=0) < -size or indices.max(initial=0) >= size:
+        raise node.invalid(f"indices must lie in [-n, n) of axis {axis} of known size n ({size}), found "
+                           f"[{indices.min(initial=0)}, {indices.max(initial=0)}]")
+    return [node.make("GatherElements", node.inputs[:2], {"axis": axis})]
 
 
 @_convert("Not", "Neg")

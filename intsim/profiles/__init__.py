@@ -37,6 +37,7 @@ FLOAT_ISLAND_ORDERS = ("exact", "mlas")
 from intsim.fixedpoint import INTEGER_ROUNDING_MODES, ROUNDING_MODES
 
 LAYERNORM_MODES = ("integer", "int16", "none")  # how a chip normalizes layers (intsim.converter.lower_sequence)
+INT16_TABLE_MODES = ("full", "interpolated")  # tables of 16-bit inputs (intsim.converter.tables)
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,11 @@ class Profile:
         ``activation_bits``), ``"int16"`` (the same with 16-bit inputs) or
         ``"none"`` (a LayerNormalization does not convert; see
         :mod:`intsim.converter.lower_sequence`).
+    int16_tables : str
+        Elementwise functions of 16-bit inputs (sigmoid, tanh, GELU, exp, ...): ``"full"`` (a table of
+        65,536 output codes, one per input code, op ``lut``) or ``"interpolated"`` (513 entries, one per
+        128 input codes, linearly interpolated in integers, op ``lut_interpolated``; LiteRT's int16 LUT
+        semantics, see :mod:`intsim.kernels.tables`).
     float_island_order : str
         Summation order of the float32 Conv / Gemm / MatMul islands of a QDQ
         model (ops ``conv2d_float32``, ``gemm_float32``, ``matmul_float32``), one
@@ -110,6 +116,7 @@ class Profile:
     pairwise_int16: bool = False
     supported_formats: tuple = ()
     layernorm: str = "integer"
+    int16_tables: str = "full"
     float_island_order: str = "exact"
 
     def __post_init__(self):
@@ -140,6 +147,9 @@ class Profile:
             )
         if self.layernorm not in LAYERNORM_MODES:
             raise ValidationError(f"{where}: layernorm must be one of {', '.join(LAYERNORM_MODES)}, found {self.layernorm!r}")
+        if self.int16_tables not in INT16_TABLE_MODES:
+            raise ValidationError(f"{where}: int16_tables must be one of {', '.join(INT16_TABLE_MODES)}, "
+                                  f"found {self.int16_tables!r}")
         if self.power_of_two_scales and self.rounding not in INTEGER_ROUNDING_MODES:
             raise ValidationError(f"{where}: power_of_two_scales needs an integer rounding mode, found {self.rounding!r}")
         if self.float_island_order not in FLOAT_ISLAND_ORDERS:

@@ -55,8 +55,10 @@ class Trace:
         Raw int32 accumulators (after bias, before requantization) of each
         multiply-accumulate node, by node name.
     stats : dict
-        Per node name: ``saturation_count`` (outputs the requantization clamp
-        changed), and for multiply-accumulate nodes ``overflow_count``
+        Per node name: ``saturation_count`` (outputs a clamp or an int32
+        saturation on the way changed, each counted once; a trace of float
+        inputs adds ``"quantize:<input>"`` with the input quantization's
+        clamps), and for multiply-accumulate nodes ``overflow_count``
         (outputs whose accumulation left ``accumulator_bits``),
         ``pair_saturation_count`` (int16 pair sums clipped under
         ``pairwise_int16``), ``max_abs_accumulator`` (largest final
@@ -174,10 +176,31 @@ class Model:
             lambda outs: [dequantize(o, info) for o, info in zip(outs, self.outputs)])))
 
     def trace(self, *inputs, float_input: bool = False) -> Trace:
-        """Run and keep every intermediate tensor, accumulator and per-node statistic."""
+        """Run and keep every intermediate tensor, accumulator and per-node statistic; with
+        ``float_input`` also the clamps of the input quantization (``stats["quantize:<input>"]``)."""
         inputs = self._ordered(inputs)
         codes = self.quantize_inputs(inputs) if float_input else inputs
-        return self._trace(self._int_inputs(codes))
+        trace = self._trace(self._int_inputs(codes))
+        if float_input:
+            integer = set(self.integer_inputs)
+            for x, c, info in zip(inputs, codes, self.inputs):
+                if info.name not in integer:
+                    trace.stats[f"quantize:{info.name}"] = {"saturation_count": self._input_clamps(x, c, info)}
+        return trace
+
+    def _input_clamps(self, x, codes, info: TensorInfo) -> int:
+        """How many of ``codes`` (quantized from ``x``) the clamp changed: the values at a bound, quantized
+        again by the naive twin without the clamp."""
+        lo, hi = self._code_range(info)
+        at_bound = (codes == lo) | (codes == hi)
+        if not at_bound.any():
+            return 0
+        dtype, rounding = INPUT_QUANTIZATION[self.input_quantization]
+        values = np.asarray(x)[at_bound]
+        values = values if values.dtype == np.float32 and dtype == np.float64 else values.astype(dtype)
+        wide, _ = naive_kernels.quantize_float(values, dtype(info.scale), rounding, info.zero_point, -(2**62), 2**62,
+                                               np.int64)
+        return int(np.count_nonzero((wide < lo) | (wide > hi)))
 
 
     @property

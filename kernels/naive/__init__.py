@@ -34,7 +34,13 @@ from intsim.kernels.naive.float_island import (
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
 from intsim.kernels.naive.gru import gru_int8
 from intsim.kernels.naive.lstm import lstm_int8
-from intsim.kernels.naive.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
+from intsim.kernels.naive.sequence import (
+    embedding_lookup,
+    gather_axis,
+    gather_elements,
+    layer_norm_lastaxis,
+    softmax_masked_lastaxis,
+)
 from intsim.kernels.naive.vision import (
     arg_max,
     insert_zeros_nhwc,
@@ -43,6 +49,7 @@ from intsim.kernels.naive.vision import (
     slice_strided,
     tile,
 )
+from intsim.kernels.naive.tables import lookup_table_interpolated
 from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
@@ -65,6 +72,7 @@ __all__ = [
     "fully_connected_prepare",
     "fully_connected_requantized",
     "gather_axis",
+    "gather_elements",
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
     "gru_int8",
@@ -72,6 +80,7 @@ __all__ = [
     "insert_zeros_nhwc",
     "lookup_table",
     "lstm_int8",
+    "lookup_table_interpolated",
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",

@@ -54,14 +54,16 @@ def add(
     for index in np.ndindex(a.shape):
         a_centered = int(a[index]) - int(a_zero_point)
         b_centered = int(b[index]) - int(b_zero_point)
+        inside = True  # no int32 saturation on the way
         if rounding in (DOUBLE, SINGLE):
-            a_wide = saturate(a_centered * 2**left_shift, 32)
-            b_wide = saturate(b_centered * 2**left_shift, 32)
-            a_rescaled = int(rescale_scalar(a_wide, a_multiplier, a_shift, 0.0, rounding, multiplier_bits))
-            b_rescaled = int(rescale_scalar(b_wide, b_multiplier, b_shift, 0.0, rounding, multiplier_bits))
+            a_wide, b_wide = a_centered * 2**left_shift, b_centered * 2**left_shift
+            inside = INT32_MIN <= a_wide <= INT32_MAX and INT32_MIN <= b_wide <= INT32_MAX
+            a_rescaled = int(rescale_scalar(saturate(a_wide, 32), a_multiplier, a_shift, 0.0, rounding, multiplier_bits))
+            b_rescaled = int(rescale_scalar(saturate(b_wide, 32), b_multiplier, b_shift, 0.0, rounding, multiplier_bits))
             total = a_rescaled - b_rescaled if subtract else a_rescaled + b_rescaled
-            total = saturate(total, 32)
-            rescaled = int(rescale_scalar(total, out_multiplier, out_shift, 0.0, rounding, multiplier_bits))
+            inside = inside and INT32_MIN <= total <= INT32_MAX
+            rescaled = int(rescale_scalar(saturate(total, 32), out_multiplier, out_shift, 0.0, rounding,
+                                          multiplier_bits))
         elif rounding == FLOAT32_RINT:
             a_real = np.float32(a_centered) * np.float32(a_scale)
             b_real = np.float32(b_centered) * np.float32(b_scale)
@@ -74,7 +76,7 @@ def add(
             real = a_real - b_real if subtract else a_real + b_real
             rescaled = _round_exactly_to_int32(real, ties_to_even=False)
         out[index], outside = _clamp(rescaled + int(out_zero_point), clamp_min, clamp_max)
-        saturated += outside
+        saturated += outside or not inside
     return out, saturated
 
 
@@ -173,7 +175,7 @@ def mean_reduce(
         total = sum(int(x[o, r, k]) - int(x_zero_point) for r in range(reduced))
         rescaled = int(rescale_scalar(saturate(total, 32), multiplier, shift, scale, rounding, multiplier_bits))
         out[o, k], outside = _clamp(rescaled + int(out_zero_point), clamp_min, clamp_max)
-        saturated += outside
+        saturated += outside or not INT32_MIN <= total <= INT32_MAX
     return out, saturated
 
 

@@ -27,11 +27,12 @@ def layer_norm_lastaxis(x, x_zero_point, variance_shift, eps_term, gamma_sign, b
         factor = 2**RECIPROCAL_BITS // max(std, 1)
         for i in range(width):
             q = int(rounding_divide_by_pot_scalar(np.int64(centred[i] * factor), RECIPROCAL_BITS - NORMALIZED_BITS))
-            acc = min(max(int(gamma_sign[i]) * q + int(bias[i]), INT32_MIN), INT32_MAX)
+            exact = int(gamma_sign[i]) * q + int(bias[i])
+            acc = min(max(exact, INT32_MIN), INT32_MAX)
             value = int(rescale_scalar(np.int32(acc), multiplier[i], shift[i], 0.0, rounding, multiplier_bits))
             value += int(out_zero_point)
             out[row, i] = min(max(value, clamp_min), clamp_max)
-            saturated += int(out[row, i] != value)
+            saturated += int(out[row, i] != value or acc != exact)
     return out, saturated
 
 
@@ -48,6 +49,15 @@ def gather_axis(x, indices, axis):
         index = int(indices[position[axis:axis + indices.ndim]])
         source = position[:axis] + (index % x.shape[axis],) + position[axis + indices.ndim:]
         out[position] = x[source]
+    return out
+
+
+def gather_elements(x, indices, axis):
+    out = np.empty(indices.shape, x.dtype)
+    for position in np.ndindex(indices.shape):
+        source = list(position)
+        source[axis] = int(indices[position]) % x.shape[axis]
+        out[position] = x[tuple(source)]
     return out
 
 

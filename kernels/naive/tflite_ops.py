@@ -23,6 +23,7 @@ def softmax_gemmlowp_lastaxis(x, input_multiplier, input_left_shift, diff_min, o
     info = np.iinfo(out_dtype)
     out_bits = 8 * np.dtype(out_dtype).itemsize
     out = np.empty(x.shape, out_dtype)
+    saturated = 0
     for row in range(x.shape[0]):
         codes = [int(v) for v in x[row]]
         diffs = [code - max(codes) for code in codes]
@@ -42,4 +43,5 @@ def softmax_gemmlowp_lastaxis(x, input_multiplier, input_left_shift, diff_min, o
             probability = int(rounding_divide_by_pot_scalar(int(rounding_high_mul(reciprocal, e, 31)),
                                                             bits_over_unit + 31 - out_bits))
             out[row, col] = min(max(probability + info.min, info.min), info.max)
-    return out
+            saturated += int(out[row, col] != probability + info.min)
+    return out, saturated

@@ -29,7 +29,8 @@ _REGISTRY: dict[str, "Op"] = {}
 
 MAC_OPS = ("conv2d", "fully_connected", "matmul")
 # Ops whose output goes through requantization and the clamp (the ops that call clamp_bounds).
-REQUANTIZING_OPS = MAC_OPS + ("rescale", "add", "mul", "concat", "mean", "softmax", "add_float32_fma")
+REQUANTIZING_OPS = MAC_OPS + ("rescale", "add", "mul", "concat", "mean", "softmax", "add_float32_fma", "layernorm",
+                               "masked_softmax")
 
 
 def register(name):

@@ -59,8 +59,8 @@ class SoftmaxGemmlowp(Op):
 
     def run(self, plan, inputs, kernels):
         x = inputs[0]
-        out = kernels.softmax_gemmlowp_lastaxis(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), *plan["args"])
-        return [out.reshape(x.shape)], {}
+        out, sat = kernels.softmax_gemmlowp_lastaxis(np.ascontiguousarray(x).reshape(-1, x.shape[-1]), *plan["args"])
+        return [out.reshape(x.shape)], {"saturation_count": sat}
 
 
 def float32_scalar_param(node, key, positive=False) -> np.float32:

@@ -1,5 +1,6 @@
 """Integer ops of sequence models: ``embedding`` (a table of codes indexed by an int32 input),
-``gather`` (constant indices into an activation), ``layernorm`` (integer-only layer normalization over
+``gather`` (constant indices into an activation), ``gather_indexed`` (int32 indices computed at run time),
+``gather_elements`` (ONNX GatherElements), ``layernorm`` (integer-only layer normalization over
 the last axis, :mod:`intsim.kernels.sequence`) and ``masked_softmax`` (the integer softmax over the
 positions an integer mask keeps)."""
 
@@ -85,6 +86,69 @@ class Gather(Op):
 
     def run(self, plan, inputs, kernels):
         return [kernels.gather_axis(inputs[0], *plan["args"])], {}
+
+
+@register("gather_indexed")
+class GatherIndexed(Op):
+    """``y = take(x, indices, axis)`` with the indices a second, int32 input (token positions, an arg max);
+    quantized like input 0.  Indices are checked when the node runs (the kernel trusts them)."""
+
+    def check(self, node, graph):
+        check_arity(node, 2)
+        x, indices = (graph.tensors[t] for t in node.inputs)
+        if x.dtype not in ("int8", "uint8", "int16", "uint16") or indices.dtype not in INDEX_DTYPES:
+            fail(node, f"inputs must be 8/16-bit codes and int32 indices, found {x.dtype} and {indices.dtype}")
+        same_quantization(node, graph)
+        axis = int_attr(node, "axis", lo=0, hi=len(x.shape) - 1)
+        if x.shape[axis] is None:
+            fail(node, f"the gathered axis {axis} of input {x.shape} must have a known size")
+
+    def infer(self, node, inputs, graph):
+        x, indices = inputs
+        axis = node.attrs["axis"]
+        return [x.shape[:axis] + indices.shape + x.shape[axis + 1:]]
+
+    def prepare(self, node, graph):
+        return {"axis": int(node.attrs["axis"]), "where": f"gather_indexed {node.name!r}"}
+
+    def run(self, plan, inputs, kernels):
+        x, indices = inputs
+        _check_indices(plan["where"], indices, x.shape[plan["axis"]])
+        return [kernels.gather_axis(x, indices.astype(np.int64), plan["axis"])], {}
+
+
+@register("gather_elements")
+class GatherElements(Op):
+    """ONNX GatherElements with constant int64 ``indices`` (the output's shape) along ``axis``; quantized
+    like the input (:func:`intsim.kernels.gather_elements`)."""
+
+    def check(self, node, graph):
+        check_arity(node, 1)
+        check_dtypes(node, graph)
+        same_quantization(node, graph)
+        x = graph.tensors[node.inputs[0]]
+        axis = int_attr(node, "axis", lo=0, hi=len(x.shape) - 1)
+        indices = param(node, "indices", ndim=len(x.shape))
+        for a, (size, n) in enumerate(zip(x.shape, indices.shape)):
+            if a != axis and size is not None and n > size:
+                fail(node, f"indices {indices.shape} exceed input {x.shape} on axis {a}")
+        if x.shape[axis] is None:
+            fail(node, f"the gathered axis {axis} of input {x.shape} must have a known size")
+        check_range(node, "indices", indices.astype(np.int64), -x.shape[axis], x.shape[axis] - 1)
+
+    def infer(self, node, inputs, graph):
+        return [node.params["indices"].shape]
+
+    def prepare(self, node, graph):
+        return {"args": (node.params["indices"].astype(np.int64), int(node.attrs["axis"])),
+                "where": f"gather_elements {node.name!r}"}
+
+    def run(self, plan, inputs, kernels):
+        indices, axis = plan["args"]
+        x = inputs[0]
+        if any(n > size for a, (size, n) in enumerate(zip(x.shape, indices.shape)) if a != axis):
+            raise ValidationError(f"{plan['where']}: indices {indices.shape} exceed the input {x.shape}")
+        return [kernels.gather_elements(x, indices, axis)], {}
 
 
 @register("layernorm")
