@@ -161,6 +161,19 @@ def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProt
     return order
 
 
+def _nested_nodes(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Every node of ``graph`` and of the subgraphs of its ``If`` nodes, and the names those subgraphs output."""
+    nodes, outputs = [], set()
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                inner, inner_outputs = _nested_nodes(attr.g)
+                nodes += inner
+                outputs |= inner_outputs | {t.name for t in attr.g.output}
+    return nodes, outputs
+
+
 class _Importer:
     def __init__(self, model: onnx.ModelProto, batch_dynamic: bool, input_shapes):
         self.graph = model.graph
@@ -179,9 +192,10 @@ class _Importer:
         self.fixed_batches: set[int] = set()
         self.integer_inputs: list[str] = []
         self.node_names: set[str] = set()
-        self.tensor_names = {t for n in self.graph.node for t in (*n.input, *n.output)}
+        nodes, branch_outputs = _nested_nodes(self.graph)
+        self.tensor_names = {t for n in nodes for t in (*n.input, *n.output)}
         self.tensor_names |= {t.name for t in self.graph.input} | {t.name for t in self.graph.initializer}
-        self.consumed = {t for n in self.graph.node for t in n.input} | {t.name for t in self.graph.output}
+        self.consumed = {t for n in nodes for t in n.input} | {t.name for t in self.graph.output} | branch_outputs
 
     def resolve(self, name: str) -> str:
         while name in self.alias:

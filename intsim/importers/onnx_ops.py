@@ -271,8 +271,12 @@ def _ceil_overhang(size: int, k: int, stride: int, dilation: int, pad_begin: int
 @_convert("Conv")
 def _conv(node):
     weight = node.const(1, "weight")
+    if weight.ndim == 3:
+        from intsim.importers.onnx_speech import conv1d_as_conv2d
+
+        return conv1d_as_conv2d(node)
     if weight.ndim != 4:
-        raise node.fail(f"only 2-D convolutions are supported; weight has shape {weight.shape}")
+        raise node.fail(f"only 1-D and 2-D convolutions are supported; weight has shape {weight.shape}")
     if node.has(2):
         node.const(2, "bias")
     strides, dilations = node.ints("strides", 2, 1, lo=1), node.ints("dilations", 2, 1, lo=1)

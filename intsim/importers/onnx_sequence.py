@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import helper
 
-from intsim.importers.onnx_ops import OnnxNode, _axes, _convert, _fold, unique_name
+from intsim.importers.onnx_ops import MULTI_OUTPUT, OnnxNode, _axes, _convert, _fold, unique_name
 
 _fold("Not")(lambda node, x: np.logical_not(x))
 _fold("And")(lambda node, a, b: np.logical_and(a, b))
@@ -89,6 +89,9 @@ def _layer_norm(node: OnnxNode):
     inputs = [node.inputs[0], node.constant(np.broadcast_to(scale.reshape(-1), (width,)).astype(np.float32), "scale"),
               node.constant(np.broadcast_to(bias.reshape(-1), (width,)).astype(np.float32), "bias")]
     return [node.make("LayerNormalization", inputs, {"epsilon": float(node.attr("epsilon", 1e-5))})]
+
+
+MULTI_OUTPUT.add("If")
 
 
 @_convert("If")
