@@ -36,6 +36,7 @@ from intsim.kernels.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
+from intsim.kernels.lstm import lstm_int8
 from intsim.kernels.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
 from intsim.kernels.vision import (
     arg_max,
@@ -72,6 +73,7 @@ __all__ = [
     "layer_norm_lastaxis",
     "insert_zeros_nhwc",
     "lookup_table",
+    "lstm_int8",
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",

@@ -99,3 +99,4 @@ class Backend(Protocol):
     pad_reflect_edge: Callable
     tile: Callable
     arg_max: Callable
+    lstm_int8: Callable

@@ -43,6 +43,7 @@ from intsim.graph import Graph, Node, TensorInfo
 from intsim.importers.onnx import import_onnx
 from intsim.converter.params import add_params, build_exp_table, build_lut, constant_operand_codes
 from intsim.converter.feeds import batch_of, named_feeds, ptq_data, sample_count
+from intsim.converter.lower_recurrent import RECURRENT_LOWERINGS
 from intsim.converter.lower_sequence import SEQUENCE_LOWERINGS, SEQUENCE_UNARY, tensor_dtypes, widen
 from intsim.floatgraph.patterns import simplify
 from intsim.converter.lower_vision import LOWERINGS, lower_matmul_rows
@@ -78,8 +79,8 @@ def _unary_functions():
 
 
 UNARY = {**_unary_functions(), **SEQUENCE_UNARY}
-# Lowerings kept beside this module, by float op type: vision models' and sequence models'.
-EXTRA_LOWERINGS = {**LOWERINGS, **SEQUENCE_LOWERINGS}
+# Lowerings kept beside this module, by float op type: vision models', sequence models' and recurrent layers'.
+EXTRA_LOWERINGS = {**LOWERINGS, **SEQUENCE_LOWERINGS, **RECURRENT_LOWERINGS}
 
 
 def prepare_float_graph(model, input_shapes=None) -> FloatGraph:

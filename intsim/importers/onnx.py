@@ -21,6 +21,8 @@ from intsim.importers.onnx_ops import CONVERT, FOLD, MULTI_OUTPUT, OnnxNode, rea
 from intsim.importers.onnx_vision import upgrade_opset
 from intsim.floatgraph import vision_ops  # noqa: F401  (registers the float ops of onnx_vision's forms)
 from intsim.importers import onnx_sequence  # noqa: F401  (registers the ops of sequence models)
+from intsim.importers import onnx_recurrent  # noqa: F401  (registers LSTM)
+from intsim.floatgraph import recurrent_ops  # noqa: F401  (the float LSTM)
 
 
 OPSETS = range(11, 22)

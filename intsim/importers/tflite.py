@@ -51,6 +51,7 @@ from intsim.fixedpoint import (
 )
 from intsim.graph import Graph, Node, TensorInfo
 from intsim.codes import dtype_range
+from intsim.importers.tflite_sequence import strided_slice, unidirectional_sequence_lstm
 from intsim.importers.tflite_verify import check_model, verify_tflite
 
 try:
@@ -610,6 +611,16 @@ def _build(blob: bytes, name: str, where: str) -> Graph:
         handler(b, kind, f"{n}:{kind.lower()}", op, ins, outs)
     return Graph(name, "tflite", list(b.infos.values()), b.nodes, graph_inputs, [b.info(t) for t in outputs],
                  metadata=metadata)
+
+
+@handles("UNIDIRECTIONAL_SEQUENCE_LSTM")
+def _lstm(b: _Builder, kind, name, op, ins, outs):
+    unidirectional_sequence_lstm(b, kind, name, op, ins, outs, _options(op, "UnidirectionalSequenceLSTMOptions"))
+
+
+@handles("STRIDED_SLICE")
+def _strided_slice(b: _Builder, kind, name, op, ins, outs):
+    strided_slice(b, kind, name, op, ins, outs, _options(op, "StridedSliceOptions"))
 
 
 @handles("MEAN")

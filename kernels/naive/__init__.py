@@ -32,6 +32,7 @@ from intsim.kernels.naive.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
+from intsim.kernels.naive.lstm import lstm_int8
 from intsim.kernels.naive.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
 from intsim.kernels.naive.vision import (
     arg_max,
@@ -68,6 +69,7 @@ __all__ = [
     "layer_norm_lastaxis",
     "insert_zeros_nhwc",
     "lookup_table",
+    "lstm_int8",
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",

@@ -1,9 +1,10 @@
 """Write the TFLite conformance suite: small fully-int8 .tflite models and one input each.
 
-Run offline, in a separate environment with ``tensorflow-cpu`` (never an intsim
-dependency)::
+Run offline, in a separate environment with ``tensorflow-cpu`` and ``tf_keras`` (never intsim
+dependencies; the LSTM models need Keras 2's LSTM layer, which the converter fuses into
+UNIDIRECTIONAL_SEQUENCE_LSTM, where Keras 3's becomes a WHILE loop)::
 
-    python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu
+    python3 -m venv /tmp/tfvenv && /tmp/tfvenv/bin/pip install tensorflow-cpu tf_keras
     /tmp/tfvenv/bin/python models/make_tflite_suite.py [--out tests/data/tflite] [--only NAME ...]
 
 Every model is built from ``tf.nn`` ops with seeded random weights, converted
@@ -11,6 +12,9 @@ with full-integer post-training quantization (int8 activations, per-channel int8
 weights, int32 bias, int8 input and output; ``Optimize.DEFAULT``, a seeded
 representative dataset, ``TFLITE_BUILTINS_INT8``), and written as
 ``NAME.tflite`` next to ``NAME.input.npy`` (int8 codes of one sample, batch 1).
+
+The ``lstm_*`` models are Keras LSTM layers (seeded initial weights) converted the same way from
+the Keras model: the fully-integer (8x8_16) UNIDIRECTIONAL_SEQUENCE_LSTM.
 
 The ``float_io_*`` models are converted the same way but keep float32 input and
 output (no ``inference_input_type`` / ``inference_output_type``), so a QUANTIZE
@@ -27,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 
@@ -123,6 +128,26 @@ SUITE = {
 }
 
 
+
+
+def _keras_lstm(units, return_sequences, dense=None):
+    def build(shape):
+        inputs = tf.keras.Input(batch_shape=shape)
+        y = tf.keras.layers.LSTM(units, return_sequences=return_sequences)(inputs)
+        if dense:
+            y = tf.keras.layers.Dense(dense)(y)
+        return tf.keras.Model(inputs, y)
+
+    return build
+
+
+# Keras models (converted from the Keras model): name -> (input shape, builder(shape) -> tf.keras.Model).
+KERAS_SUITE = {
+    "lstm_sequence": ((1, 6, 5), _keras_lstm(8, True)),
+    "lstm_last_dense": ((1, 8, 4), _keras_lstm(12, False, dense=5)),
+}
+
+
 # Float input and output around an int8 body: name -> (input shape, builder).
 FLOAT_IO_SUITE = {
     "float_io_conv_fc": ((1, 6, 6, 3), lambda r, x: _dense(r, _flatten(_conv(r, x, 3, 4, stride=2)), 36, 6)),
@@ -145,13 +170,15 @@ def representative(shape, seed):
 
 def convert(name, shape, builder, quantize=True, int8_io=True):
     rng = np.random.default_rng(sum(map(ord, name)))
+    if name in KERAS_SUITE:
+        tf.keras.utils.set_random_seed(sum(map(ord, name)))
+        converter = tf.lite.TFLiteConverter.from_keras_model(builder(shape))
+    else:
+        @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
+        def model(x):
+            return builder(rng, x)
 
-    @tf.function(input_signature=[tf.TensorSpec(shape, tf.float32, name="x")])
-    def model(x):
-        return builder(rng, x)
-
-    concrete = model.get_concrete_function()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], model)
+        converter = tf.lite.TFLiteConverter.from_concrete_functions([model.get_concrete_function()], model)
     if not quantize:
         return converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -170,14 +197,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cases = {name: (shape, builder, True) for name, (shape, builder) in (SUITE | FLOAT_IO_SUITE).items()} | ERROR_CASES
+    cases = {name: (shape, builder, True) for name, (shape, builder) in (SUITE | KERAS_SUITE | FLOAT_IO_SUITE).items()}
+    cases |= ERROR_CASES
     for name, (shape, builder, quantize) in cases.items():
         if args.only and name not in args.only:
             continue
         blob = convert(name, shape, builder, quantize, int8_io=name not in FLOAT_IO_SUITE)
         (out / f"{name}.tflite").write_bytes(blob)
         rng = np.random.default_rng(sum(map(ord, name)) + 2)
-        if name in SUITE:
+        if name in SUITE or name in KERAS_SUITE:
             np.save(out / f"{name}.input.npy", rng.integers(-128, 128, size=shape, dtype=np.int8))
         elif name in FLOAT_IO_SUITE:
             np.save(out / f"{name}.input.npy", rng.normal(0.0, 1.0, size=shape).astype(np.float32))

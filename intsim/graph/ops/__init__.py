@@ -6,7 +6,7 @@ kernel arguments once; ``run`` / ``bind`` call a kernel backend and return outpu
 statistics.  Layout is NHWC for every spatial op; conv weights OHWI, fully-connected ``[out, in]``.
 """
 
-from intsim.graph.ops import elementwise, float_island, layout, mac, peers, sequence, vision  # noqa: F401  (each module registers its ops)
+from intsim.graph.ops import elementwise, float_island, layout, mac, peers, recurrent, sequence, vision  # noqa: F401  (each module registers its ops)
 from intsim.graph.ops.base import (
     MAC_OPS,
     REQUANTIZING_OPS,
