@@ -71,7 +71,12 @@ def _logic(node: OnnxNode):
 
 @_convert("Cast")
 def _cast(node: OnnxNode):
+    """A Cast, or nothing where the input already has the target type (torch exports write float32 to
+    float32 Casts): the output is then the input, as for Identity."""
     to = np.dtype(helper.tensor_dtype_to_np_dtype(node.attr("to"))).name
+    if all(world.dtype == to for world in node.worlds(0)):
+        node.importer.alias[node.outputs[0]] = node.inputs[0]
+        return []
     return [node.make("Cast", node.inputs[:1], {"to": to})]
 
 
