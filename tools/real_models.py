@@ -355,6 +355,9 @@ MODELS = {
                              "none"),
     "yolov8n": RealModel("yolov8n", "320n.onnx", yolo_inputs, (None, 3, 320, 320), False,
                          "Split (several outputs), Slice, Softmax on axis 1, Expand folded"),
+    "silero_vad": RealModel("silero_vad", "silero_vad.onnx", speech_frames, None, False,
+                            "LSTM (integer, int16 cell state), 1-D convs as 2-D, If on a constant input (sr), state "
+                            "batch axis moved, float32 Casts dropped, Pad reflect, Pow, Sqrt", evaluate_vad),
     "silero_vad_ifless": RealModel("silero_vad_ifless", "silero_vad_op18_ifless.onnx", speech_frames, None, False,
                                    "1-D convs as 2-D, If on a constant input, state batch axis moved, Gather of "
                                    "the state, Pad reflect, Pow, Sqrt", evaluate_vad),
