@@ -1,5 +1,5 @@
 """Speech models (issue 15): 1-D convolutions, a recurrent model's constant inputs and state batch axis
-(:func:`intsim.importers.onnx_speech.prepare_recurrent`), and the Squeeze sinking that keeps a 1-D conv
+(:func:`intsim.importers.onnx_prepare.prepare_recurrent`), and the Squeeze sinking that keeps a 1-D conv
 stack fused (:func:`intsim.floatgraph.speech_patterns.sink_squeezes`), on hand-built ONNX graphs against
 onnxruntime.  The silero voice-activity detector itself is in tests/test_real_models.py."""
 
@@ -16,7 +16,7 @@ from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph.speech_patterns import sink_squeezes
 from intsim.importers.onnx import import_onnx
-from intsim.importers.onnx_speech import prepare_recurrent
+from intsim.importers.onnx_prepare import prepare_recurrent
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -277,7 +277,7 @@ def vad_convert(path, calibration, range_method="minmax"):
     """intsim's ``paper`` W8A8 model of the detector, calibrated on ``calibration`` frames with the
     states the float model reaches on them."""
     import intsim
-    from intsim.importers.onnx_speech import prepare_recurrent
+    from intsim.importers.onnx_prepare import prepare_recurrent
 
     _, states = vad_float(path, calibration)
     return intsim.convert(prepare_recurrent(str(path), **VAD_PREPARE), {"input": calibration, "state": states},
@@ -293,7 +293,7 @@ def vad_ort_quantized(path, calibration, work: Path) -> Path:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from intsim.importers.onnx_speech import prepare_recurrent
+    from intsim.importers.onnx_prepare import prepare_recurrent
 
     _, states = vad_float(path, calibration)
     prepared, inlined = work / "prepared.onnx", work / "inlined.onnx"

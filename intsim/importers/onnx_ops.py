@@ -268,13 +268,15 @@ def _ceil_overhang(size: int, k: int, stride: int, dilation: int, pad_begin: int
     return max(0, (out - 1) * stride - span)
 
 
+# Convolutions of other ranks, by the rank of their weight, as canonical 2-D ones (1-D: onnx_speech).
+CONV_BY_RANK: dict[int, Callable[[OnnxNode], list[FloatNode]]] = {}
+
+
 @_convert("Conv")
 def _conv(node):
     weight = node.const(1, "weight")
-    if weight.ndim == 3:
-        from intsim.importers.onnx_speech import conv1d_as_conv2d
-
-        return conv1d_as_conv2d(node)
+    if weight.ndim in CONV_BY_RANK:
+        return CONV_BY_RANK[weight.ndim](node)
     if weight.ndim != 4:
         raise node.fail(f"only 1-D and 2-D convolutions are supported; weight has shape {weight.shape}")
     if node.has(2):
