@@ -100,3 +100,4 @@ class Backend(Protocol):
     tile: Callable
     arg_max: Callable
     lstm_int8: Callable
+    gru_int8: Callable

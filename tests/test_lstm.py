@@ -1,5 +1,5 @@
-"""The integer LSTM: gemmlowp's int16 logistic / tanh, the kernel against its naive twin, the ``lstm``
-op's checks, and ONNX LSTM graphs converted and run against onnxruntime's float LSTM.
+"""The integer LSTM and GRU: gemmlowp's int16 logistic / tanh, the kernels against their naive twins, the
+``lstm`` op's checks, and ONNX LSTM / GRU graphs converted and run against onnxruntime's float ones.
 
 Conformance with LiteRT's reference kernels is in ``tests/test_tflite.py`` (the ``lstm_*`` models of
 ``tests/data/tflite``, 0 mismatches).
@@ -21,7 +21,7 @@ from intsim.errors import UnsupportedOpError, ValidationError
 from intsim.fixedpoint import DOUBLE, SINGLE, quantize_multiplier
 from intsim.fixedpoint_int16 import logistic_16, tanh_16
 from intsim.graph import Graph, Node, TensorInfo
-from intsim.kernels import lstm_int8, naive
+from intsim.kernels import gru_int8, lstm_int8, naive
 
 ALL_INT16 = np.arange(-(2**15), 2**15)
 
@@ -89,6 +89,25 @@ def test_kernel_matches_naive_twin(case):
     assert fast[2] == slow[2]
 
 
+@pytest.mark.parametrize("case", range(8))
+def test_gru_kernel_matches_naive_twin(case):
+    rng = np.random.default_rng(100 + case)
+    steps, batch, features, hidden = (int(v) for v in rng.integers(1, 6, 4))
+    multipliers = [np.asarray(v, np.int32).reshape(n) for lo, hi, n in ((0.01, 2, 3), (0.01, 2, 3), (1e-8, 1e-6, 1))
+                   for v in quantize_multiplier(rng.uniform(lo, hi, n))]
+    args = (rng.integers(-128, 128, (steps, batch, features), dtype=np.int8),
+            rng.integers(-128, 128, (batch, hidden), dtype=np.int8),
+            rng.integers(-127, 128, (3, hidden, features), dtype=np.int8),
+            rng.integers(-127, 128, (3, hidden, hidden), dtype=np.int8),
+            rng.integers(-5000, 5000, (3, hidden), dtype=np.int32),
+            rng.integers(-5000, 5000, (3, hidden), dtype=np.int32),
+            *multipliers[:4], int(multipliers[4][0]), int(multipliers[5][0]), int(rng.integers(-20, 20)),
+            (DOUBLE, SINGLE)[case % 3 == 0], 31, case % 2 == 0, case % 4 == 1)
+    fast, slow = gru_int8(*args), naive.gru_int8(*args)
+    np.testing.assert_array_equal(fast[0], slow[0], strict=True)
+    assert fast[1] == slow[1]
+
+
 def test_kernel_saturates_and_counts():
     """Huge multipliers drive every gate and the hidden output into their clamps: counted, same in both."""
     rng = np.random.default_rng(7)
@@ -138,21 +157,23 @@ def test_cell_shift_covers_the_range():
 STEPS, FEATURES, HIDDEN = 7, 5, 8
 
 
-def _onnx_lstm(direction="forward", peephole=False, states=False, activations=None, seed=0):
+def _onnx_lstm(direction="forward", peephole=False, states=False, activations=None, seed=0, op="LSTM", **attrs):
+    """An ONNX LSTM (or GRU) between batch-first transposes; outputs ``y [N, T, D*H]``, ``Y_h`` (and ``Y_c``)."""
     rng = np.random.default_rng(seed)
     d = 2 if direction == "bidirectional" else 1
     h = HIDDEN
-    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (d, 4 * h, FEATURES)).astype(np.float32), "W"),
-             numpy_helper.from_array(rng.normal(0, 0.4, (d, 4 * h, h)).astype(np.float32), "R"),
-             numpy_helper.from_array(rng.normal(0, 0.3, (d, 8 * h)).astype(np.float32), "B"),
+    gates = 4 if op == "LSTM" else 3
+    inits = [numpy_helper.from_array(rng.normal(0, 0.5, (d, gates * h, FEATURES)).astype(np.float32), "W"),
+             numpy_helper.from_array(rng.normal(0, 0.4, (d, gates * h, h)).astype(np.float32), "R"),
+             numpy_helper.from_array(rng.normal(0, 0.3, (d, 2 * gates * h)).astype(np.float32), "B"),
              numpy_helper.from_array(np.array([0], np.int64), "zero"),
              numpy_helper.from_array(np.array([0, STEPS, d * h], np.int64), "shape")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", STEPS, FEATURES])]
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
     lstm_inputs = ["xt", "W", "R", "B", "", "", ""]
     if states:
-        lstm_inputs[5:7] = ["h0", "c0"]
-        for name in ("h", "c"):
+        lstm_inputs[5:7] = ["h0", "c0"] if op == "LSTM" else ["h0", ""]
+        for name in ("h", "c") if op == "LSTM" else ("h",):
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [d, 1, h]))
             nodes.append(helper.make_node("Identity", [name], [f"{name}0"]))
     if peephole:
@@ -160,25 +181,26 @@ def _onnx_lstm(direction="forward", peephole=False, states=False, activations=No
         lstm_inputs.append("P")
     while not lstm_inputs[-1]:
         lstm_inputs.pop()
-    extra = {"activations": activations} if activations else {}
-    nodes += [helper.make_node("LSTM", lstm_inputs, ["Y", "Y_h", "Y_c"], hidden_size=h, direction=direction, **extra),
+    extra = {"activations": activations, **attrs} if activations else attrs
+    state_outputs = ["Y_h", "Y_c"] if op == "LSTM" else ["Y_h"]
+    nodes += [helper.make_node(op, lstm_inputs, ["Y", *state_outputs], hidden_size=h, direction=direction, **extra),
               helper.make_node("Transpose", ["Y"], ["Yt"], perm=[2, 0, 1, 3]),
               helper.make_node("Reshape", ["Yt", "shape"], ["y"])]
-    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", STEPS, d * h]),
-               helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [d, "N", h]),
-               helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [d, "N", h])]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", STEPS, d * h])]
+    outputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, [d, "N", h]) for name in state_outputs]
     model = helper.make_model(helper.make_graph(nodes, "lstm", inputs, outputs, inits),
                               opset_imports=[helper.make_opsetid("", 14)])
     model.ir_version = 8
     return model
 
 
-def _feeds(rng, count, direction, states):
+def _feeds(rng, count, direction, states, op="LSTM"):
     d = 2 if direction == "bidirectional" else 1
     feeds = {"x": rng.normal(0, 1, (count, STEPS, FEATURES)).astype(np.float32)}
     if states:  # [directions, batch, hidden]: samples along axis 0 does not hold; batch them per call
         feeds["h"] = rng.normal(0, 0.3, (d, count, HIDDEN)).astype(np.float32)
-        feeds["c"] = rng.normal(0, 1.0, (d, count, HIDDEN)).astype(np.float32)
+        if op == "LSTM":
+            feeds["c"] = rng.normal(0, 1.0, (d, count, HIDDEN)).astype(np.float32)
     return feeds
 
 
@@ -225,8 +247,38 @@ def test_onnx_lstm_with_initial_states():
         assert _sqnr(ref, got) > 25
 
 
+@pytest.mark.parametrize("direction, linear_before_reset", [("forward", 0), ("reverse", 1), ("bidirectional", 1)])
+def test_onnx_gru_against_onnxruntime(direction, linear_before_reset):
+    ort = pytest.importorskip("onnxruntime")
+    model = _onnx_lstm(direction, op="GRU", linear_before_reset=linear_before_reset)
+    rng = np.random.default_rng(5)
+    integer = _convert(model, _feeds(rng, 64, direction, False)["x"])
+    test = _feeds(rng, 16, direction, False)["x"]
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, {"x": test})
+    outputs = integer.run(test)
+    for ref, got in zip(reference, outputs):
+        assert got.shape == ref.shape
+        assert _sqnr(ref, got) > 30
+    x = np.random.default_rng(6).integers(-128, 128, (3, STEPS, FEATURES), dtype=np.int8)
+    for a, b in zip(integer.run_int(x), Model(integer.graph, backend="naive").run_int(x)):
+        np.testing.assert_array_equal(a, b, strict=True)
+
+
+def test_onnx_gru_with_initial_state():
+    ort = pytest.importorskip("onnxruntime")
+    model = _onnx_lstm("forward", states=True, op="GRU", linear_before_reset=1)
+    rng = np.random.default_rng(8)
+    integer = _convert(model, [_feeds(rng, 1, "forward", True, "GRU") for _ in range(48)], batch_size=1)
+    test = _feeds(rng, 1, "forward", True, "GRU")
+    reference = ort.InferenceSession(model.SerializeToString()).run(None, test)
+    for ref, got in zip(reference, integer.run(test)):
+        assert _sqnr(ref, got) > 25
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"activations": ["Sigmoid", "Relu", "Tanh"]}, "activations"),
+    ({"op": "GRU", "activations": ["Sigmoid", "Relu"]}, "activations"),
+    ({"clip": 3.0}, "clip"),
 ])
 def test_onnx_lstm_unsupported(kwargs, message):
     with pytest.raises(UnsupportedOpError, match=message):
@@ -238,3 +290,47 @@ def test_profile_without_integer_rounding_is_refused():
     calibration = np.random.default_rng(4).normal(0, 1, (16, STEPS, FEATURES)).astype(np.float32)
     with pytest.raises(UnsupportedOpError, match="integer LSTM"):
         _convert(model, calibration, "onnxruntime")
+
+
+def test_tosa_export_refuses_the_lstm(tmp_path):
+    """TOSA has no recurrent operator: a typed error naming the op."""
+    with pytest.raises(UnsupportedOpError, match="lstm"):
+        intsim.export_tosa(Model(_lstm_graph()), tmp_path / "lstm.tosa")
+
+
+def test_stacked_lstms_with_state_inputs_and_outputs():
+    """Two stacked LSTMs with their initial states as graph inputs and their last states concatenated as
+    outputs (a voice-activity detector's shape): the int16 cell states join an int8 Concat."""
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(9)
+    h = HIDDEN
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis1")]
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]
+    for layer, (source, width) in enumerate((("xt", FEATURES), ("y0", h))):
+        for name, shape, std in (("W", (1, 4 * h, width), 0.5), ("R", (1, 4 * h, h), 0.4), ("B", (1, 8 * h), 0.3)):
+            inits.append(numpy_helper.from_array(rng.normal(0, std, shape).astype(np.float32), f"{name}{layer}"))
+        nodes += [helper.make_node("LSTM", [source, f"W{layer}", f"R{layer}", f"B{layer}", "", f"h{layer}",
+                                            f"c{layer}"], [f"Y{layer}", f"Yh{layer}", f"Yc{layer}"], hidden_size=h),
+                  helper.make_node("Squeeze", [f"Y{layer}", "axis1"], [f"y{layer}"])]
+    nodes += [helper.make_node("Concat", ["Yh0", "Yh1"], ["hn"], axis=0),
+              helper.make_node("Concat", ["Yc0", "Yc1"], ["cn"], axis=0),
+              helper.make_node("Transpose", ["y1"], ["y"], perm=[1, 0, 2])]
+    states = [f"{k}{layer}" for layer in (0, 1) for k in "hc"]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", STEPS, FEATURES])]
+    inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 1, h]) for name in states]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", STEPS, h]),
+               helper.make_tensor_value_info("hn", TensorProto.FLOAT, [2, 1, h]),
+               helper.make_tensor_value_info("cn", TensorProto.FLOAT, [2, 1, h])]
+    model = helper.make_model(helper.make_graph(nodes, "stacked", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+
+    def feeds():
+        return {"x": rng.normal(0, 1, (1, STEPS, FEATURES)).astype(np.float32),
+                **{name: rng.normal(0, 0.3 if name[0] == "h" else 1.0, (1, 1, h)).astype(np.float32)
+                   for name in states}}
+
+    integer = _convert(model, [feeds() for _ in range(40)], batch_size=1)
+    test = feeds()
+    for ref, got in zip(ort.InferenceSession(model.SerializeToString()).run(None, test), integer.run(test)):
+        assert _sqnr(ref, got) > 30

@@ -1,6 +1,6 @@
-"""Lowering of ONNX's LSTM (:mod:`intsim.importers.onnx_recurrent`) onto the integer ``lstm`` op, in the
-integer style of LiteRT's fully-integer LSTM (:mod:`intsim.kernels.lstm`), registered by float op type in
-:data:`RECURRENT_LOWERINGS`.
+"""Lowering of ONNX's LSTM and GRU (:mod:`intsim.importers.onnx_recurrent`) onto the integer ``lstm`` and
+``gru`` ops, in the integer style of LiteRT's fully-integer LSTM (:mod:`intsim.kernels.lstm`,
+:mod:`intsim.kernels.gru`), registered by float op type in :data:`RECURRENT_LOWERINGS`.
 
 - ``x`` and ``h`` are int8 activations (the input's and ``Y``'s calibrated scales); an initial ``h`` is
   rescaled to ``Y``'s scale, an initial ``c`` to the cell state's;
@@ -9,7 +9,9 @@ integer style of LiteRT's fully-integer LSTM (:mod:`intsim.kernels.lstm`), regis
 - every gate pre-activation is int16 Q3.12, activated by gemmlowp's fixed-point sigmoid / tanh;
 - the cell state is int16 with a power-of-two scale ``2**k``: the smallest that covers the calibrated
   range of ``LSTMCells`` (``k`` clamped to [-15, -9], the kernel's range, so ``|c| <= 64``);
-- peepholes are int16, one symmetric scale per gate.
+- peepholes are int16, one symmetric scale per gate;
+- a GRU's biases of the update and reset gates are summed like the LSTM's; the new gate keeps its
+  recurrent bias with the recurrent product (at ``s_h s_r``) when ``linear_before_reset``, else sums it.
 
 A profile without 8-bit signed activations, or without an integer rounding mode, gets an
 :class:`~intsim.errors.UnsupportedOpError` naming what the op needs.
@@ -64,10 +66,10 @@ def _check_profile(lw, node):
     p = lw.profile
     fmt = lw.act or ActivationFormat.of(p)
     if p.rounding not in INTEGER_ROUNDING_MODES:
-        raise UnsupportedOpError(f"node {node.name!r}: the integer LSTM needs an integer rounding mode; profile "
+        raise UnsupportedOpError(f"node {node.name!r}: the integer {node.op} needs an integer rounding mode; profile "
                                  f"{p.name!r} rounds {p.rounding!r}")
     if (fmt.bits, fmt.signed) != (8, True) or p.weight_bits > 8:
-        raise UnsupportedOpError(f"node {node.name!r}: the integer LSTM takes int8 activations and weights of at "
+        raise UnsupportedOpError(f"node {node.name!r}: the integer {node.op} takes int8 activations and weights of at "
                                  f"most 8 bits; profile {p.name!r} has {fmt.bits}-bit "
                                  f"{'signed' if fmt.signed else 'unsigned'} activations and {p.weight_bits}-bit "
                                  "weights")
@@ -153,4 +155,47 @@ def lower_lstm(lw, step):
         lw.nodes.append(Node("reshape", f"{out}/reshape", [source], [out], {"shape": [0, 1, -1, hidden]}))
     lw.meta["weight_scale"][node.name] = [float(s) for s in (*w_scales, *r_scales)]
     lw.meta["bias_overflow"][node.name] = int(np.sum(bias_codes != bias_int))
+    lw.meta["real_multiplier"][node.name] = (x.scale * w_scales / _GATE_SCALE).tolist()
+
+
+@_lowers("GRU")
+def lower_gru(lw, step):
+    node = step.nodes[0]
+    _check_profile(lw, node)
+    x_name, w_name, r_name, b_name, *states = node.inputs
+    hidden = int(node.attrs["hidden_size"])
+    x = lw.tensors[lw.need(x_name, (0, 1, 2))]
+    y_scale, y_zp = lw.out_params(step.output)
+    w, r = (lw.fg.constants[t][0].astype(np.float64) for t in (w_name, r_name))
+    b = lw.fg.constants[b_name][0].astype(np.float64)
+    bits = lw.profile.weight_bits
+    w_codes, w_scales = _symmetric_codes([w[g * hidden:(g + 1) * hidden] for g in range(3)], bits)
+    r_codes, r_scales = _symmetric_codes([r[g * hidden:(g + 1) * hidden] for g in range(3)], bits)
+    w_bias = b[:3 * hidden].reshape(3, hidden)
+    r_bias = b[3 * hidden:].reshape(3, hidden)
+    separate = bool(node.attrs["linear_before_reset"])
+    input_bias = w_bias + r_bias * np.array([[1.0], [1.0], [0.0 if separate else 1.0]])
+    input_codes = np.rint(input_bias / (x.scale * w_scales[:, None]))
+    recurrent_codes = np.zeros((3, hidden))
+    if separate:
+        recurrent_codes[2] = np.rint(r_bias[2] / (y_scale * r_scales[2]))
+    bias_input = np.clip(input_codes, -(2**31), 2**31 - 1) - x.zero_point * w_codes.sum(axis=2)
+    bias_recurrent = np.clip(recurrent_codes, -(2**31), 2**31 - 1) - y_zp * r_codes.sum(axis=2)
+    params = {"weight_input": w_codes.astype(np.int8), "weight_recurrent": r_codes.astype(np.int8),
+              "bias_input": np.clip(bias_input, -(2**31), 2**31 - 1).astype(np.int32),
+              "bias_recurrent": np.clip(bias_recurrent, -(2**31), 2**31 - 1).astype(np.int32),
+              **lw.rescale(x.scale * w_scales / _GATE_SCALE, "input_"),
+              **lw.rescale(y_scale * r_scales / _GATE_SCALE, "recurrent_"),
+              **lw.rescale(2.0**-30 / y_scale, "hidden_")}
+    inputs = [x.name] + [_state(lw, node, s, y_scale, y_zp, "int8") for s in states]
+    steps, batch = lw.tensors[x.name].shape[:2]
+    y_seq = lw.new_tensor(f"{node.name}/y", step.output, (0, 1, 2, 3), y_scale, y_zp,
+                          shape=(steps, batch, hidden), dtype="int8")
+    attrs = {"hidden_zero_point": int(y_zp), "linear_before_reset": separate,
+             "reverse": node.attrs["direction"] == "reverse"}
+    lw.nodes.append(Node("gru", node.name, inputs, [y_seq], attrs, params))
+    out = lw.bind(step.output, (0, 1, 2, 3), y_scale, y_zp, dtype="int8")
+    lw.nodes.append(Node("reshape", f"{out}/reshape", [y_seq], [out], {"shape": [0, 1, -1, hidden]}))
+    lw.meta["weight_scale"][node.name] = [float(s) for s in (*w_scales, *r_scales)]
+    lw.meta["bias_overflow"][node.name] = int(np.sum(np.abs(input_codes) > 2**31 - 1))
     lw.meta["real_multiplier"][node.name] = (x.scale * w_scales / _GATE_SCALE).tolist()

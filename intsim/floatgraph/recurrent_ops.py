@@ -1,6 +1,7 @@
-"""The float reference of the canonical LSTM ops (:mod:`intsim.importers.onnx_recurrent`): ONNX's LSTM
-(gates ``i, o, f, c`` in ``W``, ``R``, ``B``; peepholes ``i, o, f`` in ``P``; sigmoid, tanh, tanh), one
-direction, computed in float64 and rounded once to float32.
+"""The float reference of the canonical recurrent ops (:mod:`intsim.importers.onnx_recurrent`), one
+direction each, computed in float64 and rounded once to float32: ONNX's LSTM (gates ``i, o, f, c`` in
+``W``, ``R``, ``B``; peepholes ``i, o, f`` in ``P``; sigmoid, tanh, tanh) and GRU (gates ``z, r, h``;
+sigmoid, tanh; ``linear_before_reset`` as ONNX defines it).
 
 ``LSTM`` gives ONNX's ``Y`` ``[T, 1, B, H]``; ``LSTMCells`` gives the cell state after every step, in the
 same layout, which the converter calibrates to choose the int16 cell state's scale.  Both take
@@ -45,3 +46,29 @@ def lstm_sequence(attrs, x, w, r, b, p, *states):
 
 register_op("LSTM")(lambda attrs, *args: lstm_sequence(attrs, *args[:-1])[0].astype(np.float32))
 register_op("LSTMCells")(lambda attrs, *args: lstm_sequence(attrs, *args)[1].astype(np.float32))
+
+
+@register_op("GRU")
+def gru_sequence(attrs, x, w, r, b, *states):
+    """ONNX's GRU ``Y`` ``[T, 1, B, H]``: ``X, W, R, B`` and the initial ``h`` where ``initial_h`` says."""
+    steps, batch = x.shape[:2]
+    hidden = r.shape[-1]
+    h = states[0][0].astype(np.float64) if attrs["initial_h"] else np.zeros((batch, hidden))
+    w, r, b = w[0].astype(np.float64), r[0].astype(np.float64), b[0].astype(np.float64)
+    w_bias, r_bias = b[:3 * hidden], b[3 * hidden:]
+    ys = np.empty((steps, 1, batch, hidden))
+    order = range(steps - 1, -1, -1) if attrs["direction"] == "reverse" else range(steps)
+    for t in order:
+        from_x = x[t].astype(np.float64) @ w.T + w_bias
+        x_update, x_reset, x_new = np.split(from_x, 3, axis=-1)
+        r_update, r_reset, r_new = np.split(r, 3)
+        b_update, b_reset, b_new = np.split(r_bias, 3)
+        z = _sigmoid(x_update + h @ r_update.T + b_update)
+        reset = _sigmoid(x_reset + h @ r_reset.T + b_reset)
+        if attrs["linear_before_reset"]:
+            n = np.tanh(x_new + reset * (h @ r_new.T + b_new))
+        else:
+            n = np.tanh(x_new + (reset * h) @ r_new.T + b_new)
+        h = (1.0 - z) * n + z * h
+        ys[t, 0] = h
+    return ys.astype(np.float32)

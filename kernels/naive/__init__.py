@@ -32,6 +32,7 @@ from intsim.kernels.naive.float_island import (
     global_avg_pool_float32_nhwc,
 )
 from intsim.kernels.naive.onnxruntime_ops import add_float32_fma, avg_pool_float32_nhwc, mul_float32, softmax_qlinear
+from intsim.kernels.naive.gru import gru_int8
 from intsim.kernels.naive.lstm import lstm_int8
 from intsim.kernels.naive.sequence import embedding_lookup, gather_axis, layer_norm_lastaxis, softmax_masked_lastaxis
 from intsim.kernels.naive.vision import (
@@ -66,6 +67,7 @@ __all__ = [
     "gather_axis",
     "gemm_float32",
     "global_avg_pool_float32_nhwc",
+    "gru_int8",
     "layer_norm_lastaxis",
     "insert_zeros_nhwc",
     "lookup_table",

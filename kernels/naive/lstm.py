@@ -7,7 +7,8 @@ import numpy as np
 
 from intsim.fixedpoint import multiply_by_quantized_multiplier_scalar, rounding_divide_by_pot_scalar, wrap
 from intsim.fixedpoint_int16 import logistic_16, tanh_16
-from intsim.kernels.lstm import GATE_INTEGER_BITS
+from intsim.kernels.lstm import (GATE_CELL, GATE_FORGET, GATE_INPUT, GATE_INTEGER_BITS, GATE_OUTPUT, PEEPHOLE_FORGET,
+                                  PEEPHOLE_INPUT, PEEPHOLE_OUTPUT)
 
 
 class _Count:
@@ -66,10 +67,10 @@ def lstm_int8(x, h0, c0, weight_input, weight_recurrent, bias_input, bias_recurr
     cells = np.empty((steps, batch, len(h[0])), np.int16)
     for t in (reversed(range(steps)) if reverse else range(steps)):
         for b in range(batch):
-            forget = _gate(count, x[t, b], h[b], c[b], 1, 1, args, logistic_16)
-            cell_gate = _gate(count, x[t, b], h[b], c[b], 2, None, args, tanh_16)
+            forget = _gate(count, x[t, b], h[b], c[b], GATE_FORGET, PEEPHOLE_FORGET, args, logistic_16)
+            cell_gate = _gate(count, x[t, b], h[b], c[b], GATE_CELL, None, args, tanh_16)
             admit = ([32767 - f for f in forget] if use_cifg
-                     else _gate(count, x[t, b], h[b], c[b], 0, 0, args, logistic_16))
+                     else _gate(count, x[t, b], h[b], c[b], GATE_INPUT, PEEPHOLE_INPUT, args, logistic_16))
             new_c = []
             for f, i, z, old in zip(forget, admit, cell_gate, c[b]):
                 kept = int(wrap(rounding_divide_by_pot_scalar(np.int64(f * old), 15), 16))
@@ -78,7 +79,7 @@ def lstm_int8(x, h0, c0, weight_input, weight_recurrent, bias_input, bias_recurr
                 new_c.append(min(max(value, -cell_clip), cell_clip) if cell_clip > 0 else value)
             c[b] = new_c
             cells[t, b] = new_c
-            output = _gate(count, x[t, b], h[b], c[b], 3, 2, args, logistic_16)
+            output = _gate(count, x[t, b], h[b], c[b], GATE_OUTPUT, PEEPHOLE_OUTPUT, args, logistic_16)
             h[b] = [count.clamp(_requantize(o * int(tanh_16(s, 15 + int(cell_shift))), hidden_multiplier,
                                             hidden_shift, rounding, multiplier_bits) + int(hidden_zero_point),
                                 -128, 127)

@@ -1,5 +1,5 @@
-"""The integer LSTM op ``lstm``: LiteRT's fully-integer LSTM over a whole sequence
-(:mod:`intsim.kernels.lstm` describes the arithmetic).
+"""The integer recurrent ops: ``lstm``, LiteRT's fully-integer LSTM over a whole sequence
+(:mod:`intsim.kernels.lstm` describes the arithmetic), and ``gru`` in the same style (below).
 
 Inputs: ``x`` int8 ``[T, B, I]`` (time major), then optionally the initial states ``h0`` int8 ``[B, C]``
 (quantized like the output) and ``c0`` int16 ``[B, C]`` (scale ``2**cell_shift``, zero point 0).  Without
@@ -57,7 +57,8 @@ class Lstm(Op):
         if len(x.shape) != 3:
             fail(node, f"input must be [time, batch, features], found shape {x.shape}")
         if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
-            fail(node, f"the integer LSTM needs an integer rounding mode, the node rounds {node_rounding(node, graph)!r}")
+            fail(node, "the integer LSTM needs an integer rounding mode, the node rounds "
+                       f"{node_rounding(node, graph)!r}")
         weight_input = param(node, "weight_input", kinds="i", ndim=3)
         gates, cells, features = weight_input.shape
         if gates != GATES or weight_input.dtype != np.int8:
@@ -127,3 +128,70 @@ class Lstm(Op):
             c0 = np.zeros((x.shape[1], plan["cells"]), np.int16)
         y, cells, saturated = kernels.lstm_int8(x, h0, c0, *plan["args"])
         return [y, cells][:plan["outputs"]], {"saturation_count": saturated}
+
+
+@register("gru")
+class Gru(Op):
+    """The integer GRU (:mod:`intsim.kernels.gru`): input ``x`` int8 ``[T, B, I]`` and optionally ``h0`` int8
+    ``[B, H]`` (quantized like the output, else the output's zero point); output ``y`` int8 ``[T, B, H]``.
+    Parameters as the ``lstm`` op's for the three gates update, reset, new; attributes
+    ``hidden_zero_point``, ``linear_before_reset`` and ``reverse``."""
+
+    def check(self, node, graph):
+        if len(node.inputs) not in (1, 2) or len(node.outputs) != 1:
+            fail(node, f"expects 1 or 2 inputs (x, h0) and 1 output, found {len(node.inputs)} and "
+                       f"{len(node.outputs)}")
+        for tensor in (*node.inputs, *node.outputs):
+            _dtype(node, graph, tensor, "int8", "tensor")
+        x = graph.tensors[node.inputs[0]]
+        if len(x.shape) != 3:
+            fail(node, f"input must be [time, batch, features], found shape {x.shape}")
+        if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
+            fail(node, "the integer GRU needs an integer rounding mode, the node rounds "
+                       f"{node_rounding(node, graph)!r}")
+        weight_input = param(node, "weight_input", kinds="i", ndim=3)
+        gates, hidden, features = weight_input.shape
+        if gates != 3 or weight_input.dtype != np.int8:
+            fail(node, f"parameter weight_input must be int8 [3, hidden, features], found {weight_input.dtype} "
+                       f"{weight_input.shape}")
+        if x.shape[2] is not None and x.shape[2] != features:
+            fail(node, f"input features {x.shape[2]} != weight_input features {features}")
+        if param(node, "weight_recurrent", kinds="i", shape=(3, hidden, hidden)).dtype != np.int8:
+            fail(node, "parameter weight_recurrent must be int8")
+        for key in ("bias_input", "bias_recurrent"):
+            check_range(node, key, param(node, key, kinds="i", shape=(3, hidden)).astype(np.int64),
+                        -(2**31), 2**31 - 1)
+        for prefix, channels in (("input_", 3), ("recurrent_", 3), ("hidden_", 1)):
+            rescale_params(node, graph, prefix, channels)
+        int_attr(node, "hidden_zero_point", lo=-128, hi=127)
+        _bool_attr(node, "linear_before_reset")
+        _bool_attr(node, "reverse")
+
+    def infer(self, node, inputs, graph):
+        steps, batch, _ = inputs[0].shape
+        hidden = node.params["weight_input"].shape[1]
+        if len(inputs) == 2 and (len(inputs[1].shape) != 2 or inputs[1].shape[1] != hidden):
+            raise ValidationError(f"gru {node.name!r}: initial state h0 must be [batch, {hidden}], found "
+                                  f"{inputs[1].shape}")
+        return [(steps, batch, hidden)]
+
+    def prepare(self, node, graph):
+        requant = {prefix: rescale_params(node, graph, prefix, channels).kernel_args(channels)[:2]
+                   for prefix, channels in (("input_", 3), ("recurrent_", 3), ("hidden_", 1))}
+        args = (np.ascontiguousarray(node.params["weight_input"], np.int8),
+                np.ascontiguousarray(node.params["weight_recurrent"], np.int8),
+                node.params["bias_input"].astype(np.int32), node.params["bias_recurrent"].astype(np.int32),
+                *requant["input_"], *requant["recurrent_"], int(requant["hidden_"][0][0]),
+                int(requant["hidden_"][1][0]), int(node.attrs["hidden_zero_point"]),
+                rescale_params(node, graph, "hidden_", 1).code, graph.profile.multiplier_bits,
+                _bool_attr(node, "linear_before_reset"), _bool_attr(node, "reverse"))
+        return {"args": args, "hidden": node.params["weight_input"].shape[1],
+                "h_zero_point": graph.tensors[node.outputs[0]].zero_point}
+
+    def run(self, plan, inputs, kernels):
+        x = inputs[0]
+        h0 = inputs[1] if len(inputs) == 2 else np.full((x.shape[1], plan["hidden"]), plan["h_zero_point"], np.int8)
+        if h0.shape[0] != x.shape[1]:
+            raise ValidationError(f"gru: initial state of batch {h0.shape[0]} for an input of batch {x.shape[1]}")
+        y, saturated = kernels.gru_int8(x, h0, *plan["args"])
+        return [y], {"saturation_count": saturated}
