@@ -160,3 +160,18 @@ def test_prepare_recurrent_errors():
         prepare_recurrent(model, batch_axes={"state": 3})
     with pytest.raises(ValidationError, match="only dim 0"):  # the batch of state is on axis 1
         import_onnx(prepare_recurrent(model, {"sr": 16000}))
+
+
+def test_a_dynamically_quantized_model_is_refused_by_name():
+    """ddddocr's captcha reader (CNN + LSTM) ships as onnxruntime's quantize_dynamic wrote it; the refusal
+    names the ops instead of failing on the first one's second output."""
+    nodes = [helper.make_node("DynamicQuantizeLinear", ["x"], ["xq", "xs", "xz"]),
+             helper.make_node("ConvInteger", ["xq", "w", "xz"], ["acc"]),
+             helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["accf", "xs"], ["y"])]
+    graph = helper.make_graph(nodes, "dynamic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(np.ones((2, 1, 3, 3), np.int8), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    with pytest.raises(UnsupportedOpError, match=r"dynamically quantized .*ConvInteger, DynamicQuantizeLinear"):
+        import_onnx(model)

@@ -126,6 +126,20 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return versions[0]
 
 
+# The ops of a model onnxruntime's quantize_dynamic wrote: its activations are quantized at run time,
+# from each tensor's own range, which no integer datapath with fixed scales reproduces.
+DYNAMIC_QUANTIZATION_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM",
+                            "DynamicQuantizeMatMul")
+
+
+def _refuse_dynamic_quantization(model: onnx.ModelProto) -> None:
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in DYNAMIC_QUANTIZATION_OPS})
+    if found:
+        raise UnsupportedOpError(
+            f"model {model.graph.name!r} is dynamically quantized (onnxruntime quantize_dynamic: {', '.join(found)}); "
+            "intsim converts float models: give it the float model this one was made from")
+
+
 def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
     """The graph's nodes in topological order, ties kept in file order (Kahn's algorithm)."""
     producer = {}
@@ -186,6 +200,7 @@ class _Importer:
             raise ValidationError(f"input_shapes names {', '.join(map(repr, unknown))}, but the graph's inputs are "
                                   f"{', '.join(repr(t.name) for t in self.graph.input)}")
         self.opset = _default_opset(model)
+        _refuse_dynamic_quantization(model)
         self.batch_dynamic = batch_dynamic
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.static: set[str] = set()
