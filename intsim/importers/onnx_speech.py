@@ -36,5 +36,4 @@ def conv1d_as_conv2d(node: OnnxNode) -> list:
             node.make("Squeeze", [wide], {"axes": [2]})]
 
 
-
 CONV_BY_RANK[3] = conv1d_as_conv2d
