@@ -455,7 +455,9 @@ def _cell(result, key):
     value = result.get(key)
     if value is None:
         return "-"
-    return f"{100 * value:.1f}%" if key in ("top1", "frames_agree") else f"{value:.4f}" if key == "cosine" else f"{value:.1f}"
+    if key in ("top1", "frames_agree"):
+        return f"{100 * value:.1f}%"
+    return f"{value:.4f}" if key == "cosine" else f"{value:.1f}"
 
 
 def table(names, range_method="minmax", **kwargs) -> str:
