@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from intsim.fixedpoint import rounding_divide_by_pot_scalar, rounding_high_mul, saturate, wrap
+from intsim.fixedpoint import (rounding_divide_by_pot_scalar, rounding_high_mul, saturate,
+                               saturating_rounding_multiply_by_pot, wrap)
 from intsim.jit import jit
 
 INT16_MIN, INT16_MAX = -(2**15), 2**15 - 1
@@ -56,18 +57,11 @@ def rounding_doubling_high_mul_16(a, b):
 
 @jit
 def saturating_rounding_multiply_by_pot_16(x, exponent):
-    """``x * 2**exponent`` on int16: a left shift saturates at ``±(2**(15 - exponent) - 1)`` (gemmlowp's
-    thresholds), a right shift rounds half away from zero."""
+    """``x * 2**exponent`` on int16: a left shift saturates to int16 (gemmlowp's thresholds
+    ``±(2**(15 - exponent) - 1)`` amount to that), a right shift rounds half away from zero."""
     if exponent > 0:
-        threshold = (np.int64(1) << (15 - exponent)) - 1
-        if x > threshold:
-            return np.int64(INT16_MAX)
-        if x < -threshold:
-            return np.int64(INT16_MIN)
-        return np.int64(x) << exponent
-    if exponent < 0:
-        return rounding_divide_by_pot_scalar(np.int64(x), -exponent)
-    return np.int64(x)
+        return saturate(np.int64(x) << exponent, 16)
+    return saturating_rounding_multiply_by_pot(x, exponent)
 
 
 @jit

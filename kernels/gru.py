@@ -23,26 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from intsim.fixedpoint import multiply_by_quantized_multiplier_scalar, rounding_divide_by_pot_scalar, wrap
+from intsim.fixedpoint import multiply_by_quantized_multiplier_scalar, rounding_divide_by_pot_scalar
 from intsim.fixedpoint_int16 import logistic_16, tanh_16
 from intsim.jit import jit
-from intsim.kernels.lstm import GATE_INTEGER_BITS
+from intsim.kernels.lstm import GATE_INTEGER_BITS, clamp, gate_matvec
 
 GATE_UPDATE, GATE_RESET, GATE_NEW = range(3)
-
-
-@jit
-def _matvec(vector, weights, bias, gate, row, multiplier, shift, rounding, multiplier_bits):
-    acc = np.int64(bias[gate, row])
-    for k in range(vector.shape[0]):
-        acc += np.int64(vector[k]) * np.int64(weights[gate, row, k])
-    return multiply_by_quantized_multiplier_scalar(wrap(acc, 32), multiplier[gate], shift[gate], rounding,
-                                                   multiplier_bits)
-
-
-@jit
-def _clamp(value, lo, hi):
-    return min(max(value, lo), hi)
 
 
 @jit
@@ -61,36 +47,36 @@ def _gru_core(x, h, weight_input, weight_recurrent, bias_input, bias_recurrent, 
             previous[:] = h[b]
             for gate in (GATE_UPDATE, GATE_RESET):
                 for row in range(hidden):
-                    raw = _matvec(x[t, b], weight_input, bias_input, gate, row, input_multiplier, input_shift,
+                    raw = gate_matvec(x[t, b], weight_input, bias_input, gate, row, input_multiplier, input_shift,
                                   rounding, multiplier_bits)
-                    value = _clamp(raw, -32768, 32767)
+                    value = clamp(raw, -32768, 32767)
                     saturated += value != raw
-                    raw = value + _matvec(previous, weight_recurrent, bias_recurrent, gate, row,
+                    raw = value + gate_matvec(previous, weight_recurrent, bias_recurrent, gate, row,
                                           recurrent_multiplier, recurrent_shift, rounding, multiplier_bits)
-                    value = _clamp(raw, -32768, 32767)
+                    value = clamp(raw, -32768, 32767)
                     saturated += value != raw
                     gates[gate, row] = logistic_16(value, GATE_INTEGER_BITS)
             if not linear_before_reset:
                 for k in range(hidden):
                     raw = hidden_zero_point + rounding_divide_by_pot_scalar(
                         gates[GATE_RESET, k] * (np.int64(previous[k]) - hidden_zero_point), 15)
-                    reset_h[k] = _clamp(raw, -128, 127)
+                    reset_h[k] = clamp(raw, -128, 127)
                     saturated += reset_h[k] != raw
             for row in range(hidden):
-                raw = _matvec(x[t, b], weight_input, bias_input, GATE_NEW, row, input_multiplier, input_shift,
+                raw = gate_matvec(x[t, b], weight_input, bias_input, GATE_NEW, row, input_multiplier, input_shift,
                               rounding, multiplier_bits)
-                value = _clamp(raw, -32768, 32767)
+                value = clamp(raw, -32768, 32767)
                 saturated += value != raw
                 if linear_before_reset:
-                    recurrent = _matvec(previous, weight_recurrent, bias_recurrent, GATE_NEW, row,
+                    recurrent = gate_matvec(previous, weight_recurrent, bias_recurrent, GATE_NEW, row,
                                         recurrent_multiplier, recurrent_shift, rounding, multiplier_bits)
-                    recurrent_16 = _clamp(recurrent, -32768, 32767)
+                    recurrent_16 = clamp(recurrent, -32768, 32767)
                     saturated += recurrent_16 != recurrent
                     raw = value + rounding_divide_by_pot_scalar(gates[GATE_RESET, row] * recurrent_16, 15)
                 else:
-                    raw = value + _matvec(reset_h, weight_recurrent, bias_recurrent, GATE_NEW, row,
+                    raw = value + gate_matvec(reset_h, weight_recurrent, bias_recurrent, GATE_NEW, row,
                                           recurrent_multiplier, recurrent_shift, rounding, multiplier_bits)
-                value = _clamp(raw, -32768, 32767)
+                value = clamp(raw, -32768, 32767)
                 saturated += value != raw
                 new = tanh_16(value, GATE_INTEGER_BITS)
                 update = gates[GATE_UPDATE, row]
@@ -98,7 +84,7 @@ def _gru_core(x, h, weight_input, weight_recurrent, bias_input, bias_recurrent, 
                        + multiply_by_quantized_multiplier_scalar((32768 - update) * new, hidden_multiplier,
                                                                  hidden_shift, rounding, multiplier_bits)
                        + rounding_divide_by_pot_scalar(update * (np.int64(previous[row]) - hidden_zero_point), 15))
-                value = _clamp(raw, -128, 127)
+                value = clamp(raw, -128, 127)
                 saturated += value != raw
                 h[b, row] = value
                 y[t, b, row] = value

@@ -43,8 +43,20 @@ MIN_CELL_SHIFT, MAX_CELL_SHIFT = -15, -9
 
 
 @jit
-def _clamp(value, lo, hi):
+def clamp(value, lo, hi):
+    """``value`` limited to ``[lo, hi]``."""
     return min(max(value, lo), hi)
+
+
+@jit
+def gate_matvec(vector, weights, bias, gate, row, multiplier, shift, rounding, multiplier_bits):
+    """``rq(bias + weights[gate, row] . vector)`` for one gate and row: the int32 sum wraps as C's does
+    (LiteRT's ``MatrixBatchVectorMultiplyAccumulate``; ``|W v| <= n 128 128`` stays far inside int32)."""
+    acc = np.int64(bias[gate, row])
+    for k in range(vector.shape[0]):
+        acc += np.int64(vector[k]) * np.int64(weights[gate, row, k])
+    return multiply_by_quantized_multiplier_scalar(wrap(acc, 32), multiplier[gate], shift[gate], rounding,
+                                                   multiplier_bits)
 
 
 @jit
@@ -52,26 +64,19 @@ def _preactivation(x, h, c, weight_input, weight_recurrent, bias_input, bias_rec
                    input_multiplier, input_shift, recurrent_multiplier, recurrent_shift, peephole_multiplier,
                    peephole_shift, rounding, multiplier_bits, use_peephole):
     """One gate's int16 pre-activation for one cell, and how many of its three sums saturated."""
-    saturated = 0
-    acc = np.int64(bias_input[gate, row])
-    for k in range(x.shape[0]):
-        acc += np.int64(x[k]) * np.int64(weight_input[gate, row, k])
-    raw = multiply_by_quantized_multiplier_scalar(wrap(acc, 32), input_multiplier[gate], input_shift[gate], rounding,
-                                                  multiplier_bits)
-    value = _clamp(raw, -32768, 32767)
-    saturated += value != raw
-    acc = np.int64(bias_recurrent[gate, row])
-    for k in range(h.shape[0]):
-        acc += np.int64(h[k]) * np.int64(weight_recurrent[gate, row, k])
-    raw = value + multiply_by_quantized_multiplier_scalar(wrap(acc, 32), recurrent_multiplier[gate],
-                                                          recurrent_shift[gate], rounding, multiplier_bits)
-    value = _clamp(raw, -32768, 32767)
+    raw = gate_matvec(x, weight_input, bias_input, gate, row, input_multiplier, input_shift, rounding,
+                      multiplier_bits)
+    value = clamp(raw, -32768, 32767)
+    saturated = np.int64(value != raw)
+    raw = value + gate_matvec(h, weight_recurrent, bias_recurrent, gate, row, recurrent_multiplier, recurrent_shift,
+                              rounding, multiplier_bits)
+    value = clamp(raw, -32768, 32767)
     saturated += value != raw
     if use_peephole and peep >= 0:
         product = np.int64(peephole[peep, row]) * np.int64(c[row])
         raw = value + multiply_by_quantized_multiplier_scalar(product, peephole_multiplier[peep],
                                                               peephole_shift[peep], rounding, multiplier_bits)
-        value = _clamp(raw, -32768, 32767)
+        value = clamp(raw, -32768, 32767)
         saturated += value != raw
     return value, saturated
 
@@ -107,10 +112,10 @@ def _lstm_core(x, h, c, weight_input, weight_recurrent, bias_input, bias_recurre
                 admit = 32767 - forget if use_cifg else gates[GATE_INPUT, row]
                 kept = wrap(rounding_divide_by_pot_scalar(forget * np.int64(c[b, row]), 15), 16)
                 added = wrap(rounding_divide_by_pot_scalar(admit * gates[GATE_CELL, row], 30 + cell_shift), 16)
-                value = _clamp(kept + added, -32768, 32767)
+                value = clamp(kept + added, -32768, 32767)
                 saturated += value != kept + added
                 if cell_clip > 0:
-                    value = _clamp(value, -cell_clip, cell_clip)
+                    value = clamp(value, -cell_clip, cell_clip)
                 c[b, row] = value
                 cells_out[t, b, row] = value
             for row in range(cells):
@@ -124,7 +129,7 @@ def _lstm_core(x, h, c, weight_input, weight_recurrent, bias_input, bias_recurre
                 squashed = tanh_16(c[b, row], 15 + cell_shift)
                 raw = multiply_by_quantized_multiplier_scalar(output * squashed, hidden_multiplier, hidden_shift,
                                                               rounding, multiplier_bits) + hidden_zero_point
-                value = _clamp(raw, -128, 127)
+                value = clamp(raw, -128, 127)
                 saturated += value != raw
                 h[b, row] = value
                 y[t, b, row] = value

@@ -166,7 +166,6 @@ def _onnx_lstm(direction="forward", peephole=False, states=False, activations=No
     inits = [numpy_helper.from_array(rng.normal(0, 0.5, (d, gates * h, FEATURES)).astype(np.float32), "W"),
              numpy_helper.from_array(rng.normal(0, 0.4, (d, gates * h, h)).astype(np.float32), "R"),
              numpy_helper.from_array(rng.normal(0, 0.3, (d, 2 * gates * h)).astype(np.float32), "B"),
-             numpy_helper.from_array(np.array([0], np.int64), "zero"),
              numpy_helper.from_array(np.array([0, STEPS, d * h], np.int64), "shape")]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", STEPS, FEATURES])]
     nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0, 2])]

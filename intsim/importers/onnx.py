@@ -21,9 +21,9 @@ from intsim.importers.onnx_ops import CONVERT, FOLD, MULTI_OUTPUT, OnnxNode, rea
 from intsim.importers.onnx_vision import upgrade_opset
 from intsim.floatgraph import vision_ops  # noqa: F401  (registers the float ops of onnx_vision's forms)
 from intsim.importers import onnx_sequence  # noqa: F401  (registers the ops of sequence models)
-from intsim.importers import onnx_recurrent  # noqa: F401  (registers LSTM)
+from intsim.importers import onnx_recurrent  # noqa: F401  (registers LSTM and GRU)
 from intsim.importers import onnx_speech  # noqa: F401  (registers 1-D convolutions)
-from intsim.floatgraph import recurrent_ops  # noqa: F401  (the float LSTM)
+from intsim.floatgraph import recurrent_ops  # noqa: F401  (the float LSTM and GRU)
 
 
 OPSETS = range(11, 22)

@@ -23,6 +23,8 @@ Particularities of the reference kernels reproduced here (file names under
 - LOGISTIC and TANH are 256-entry tables built in float32 (``LUTPopulate`` in
   ``internal/common.h``, called from ``activations.cc``); HARD_SWISH is an int16
   fixed-point pipeline (``reference/hard_swish.h``), tabulated here code by code;
+- the fully-integer UNIDIRECTIONAL_SEQUENCE_LSTM and STRIDED_SLICE are in
+  :mod:`intsim.importers.tflite_sequence`;
 - a float input's QUANTIZE divides in float32 and rounds half away from zero
   (``reference/quantize.h`` ``AffineQuantize``: ``TfLiteRound(x / float(scale))``), so the
   graph records ``metadata["input_quantization"] = "float32_half_away"`` for

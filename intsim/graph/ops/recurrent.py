@@ -39,6 +39,33 @@ def _dtype(node, graph, tensor, dtype, role):
         fail(node, f"{role} {tensor!r} must be {dtype}, found {found}")
 
 
+def _check_weights(node, graph, gates: int) -> int:
+    """The checks the recurrent ops share: the time-major input, an integer rounding mode, the int8 weights
+    of ``gates`` gates, the int32 biases and the input / recurrent / hidden requantization; returns the
+    number of cells."""
+    x = graph.tensors[node.inputs[0]]
+    if len(x.shape) != 3:
+        fail(node, f"input must be [time, batch, features], found shape {x.shape}")
+    if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
+        fail(node, f"the integer {node.op} needs an integer rounding mode, the node rounds "
+                   f"{node_rounding(node, graph)!r}")
+    weight_input = param(node, "weight_input", kinds="i", ndim=3)
+    found, cells, features = weight_input.shape
+    if found != gates or weight_input.dtype != np.int8:
+        fail(node, f"parameter weight_input must be int8 [{gates}, cells, features], found {weight_input.dtype} "
+                   f"{weight_input.shape}")
+    if x.shape[2] is not None and x.shape[2] != features:
+        fail(node, f"input features {x.shape[2]} != weight_input features {features}")
+    if param(node, "weight_recurrent", kinds="i", shape=(gates, cells, cells)).dtype != np.int8:
+        fail(node, "parameter weight_recurrent must be int8")
+    for key in ("bias_input", "bias_recurrent"):
+        check_range(node, key, param(node, key, kinds="i", shape=(gates, cells)).astype(np.int64), -(2**31),
+                    2**31 - 1)
+    for prefix, channels in (("input_", gates), ("recurrent_", gates), ("hidden_", 1)):
+        rescale_params(node, graph, prefix, channels)
+    return cells
+
+
 @register("lstm")
 class Lstm(Op):
     """The integer LSTM (module docstring)."""
@@ -53,26 +80,7 @@ class Lstm(Op):
         if len(node.inputs) == 3:
             _dtype(node, graph, node.inputs[1], "int8", "initial state h0")
             _dtype(node, graph, node.inputs[2], "int16", "initial state c0")
-        x = graph.tensors[node.inputs[0]]
-        if len(x.shape) != 3:
-            fail(node, f"input must be [time, batch, features], found shape {x.shape}")
-        if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
-            fail(node, "the integer LSTM needs an integer rounding mode, the node rounds "
-                       f"{node_rounding(node, graph)!r}")
-        weight_input = param(node, "weight_input", kinds="i", ndim=3)
-        gates, cells, features = weight_input.shape
-        if gates != GATES or weight_input.dtype != np.int8:
-            fail(node, f"parameter weight_input must be int8 [4, cells, features], found {weight_input.dtype} "
-                       f"{weight_input.shape}")
-        if x.shape[2] is not None and x.shape[2] != features:
-            fail(node, f"input features {x.shape[2]} != weight_input features {features}")
-        if param(node, "weight_recurrent", kinds="i", shape=(GATES, cells, cells)).dtype != np.int8:
-            fail(node, "parameter weight_recurrent must be int8")
-        for key in ("bias_input", "bias_recurrent"):
-            check_range(node, key, param(node, key, kinds="i", shape=(GATES, cells)).astype(np.int64),
-                        -(2**31), 2**31 - 1)
-        for prefix, channels in (("input_", GATES), ("recurrent_", GATES), ("hidden_", 1)):
-            rescale_params(node, graph, prefix, channels)
+        cells = _check_weights(node, graph, GATES)
         if "peephole" in node.params:
             peephole = param(node, "peephole", kinds="i", shape=(PEEPHOLES, cells))
             check_range(node, "peephole", peephole.astype(np.int64), -(2**15), 2**15 - 1)
@@ -143,26 +151,7 @@ class Gru(Op):
                        f"{len(node.outputs)}")
         for tensor in (*node.inputs, *node.outputs):
             _dtype(node, graph, tensor, "int8", "tensor")
-        x = graph.tensors[node.inputs[0]]
-        if len(x.shape) != 3:
-            fail(node, f"input must be [time, batch, features], found shape {x.shape}")
-        if node_rounding(node, graph) not in INTEGER_ROUNDING_MODES:
-            fail(node, "the integer GRU needs an integer rounding mode, the node rounds "
-                       f"{node_rounding(node, graph)!r}")
-        weight_input = param(node, "weight_input", kinds="i", ndim=3)
-        gates, hidden, features = weight_input.shape
-        if gates != 3 or weight_input.dtype != np.int8:
-            fail(node, f"parameter weight_input must be int8 [3, hidden, features], found {weight_input.dtype} "
-                       f"{weight_input.shape}")
-        if x.shape[2] is not None and x.shape[2] != features:
-            fail(node, f"input features {x.shape[2]} != weight_input features {features}")
-        if param(node, "weight_recurrent", kinds="i", shape=(3, hidden, hidden)).dtype != np.int8:
-            fail(node, "parameter weight_recurrent must be int8")
-        for key in ("bias_input", "bias_recurrent"):
-            check_range(node, key, param(node, key, kinds="i", shape=(3, hidden)).astype(np.int64),
-                        -(2**31), 2**31 - 1)
-        for prefix, channels in (("input_", 3), ("recurrent_", 3), ("hidden_", 1)):
-            rescale_params(node, graph, prefix, channels)
+        _check_weights(node, graph, 3)
         int_attr(node, "hidden_zero_point", lo=-128, hi=127)
         _bool_attr(node, "linear_before_reset")
         _bool_attr(node, "reverse")
