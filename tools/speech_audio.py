@@ -3,9 +3,9 @@
 Spoken sentences synthesized by ``espeak-ng`` (Debian package ``espeak-ng``; English, German, French
 and Spanish voices, male and female variants, several speeds), resampled from espeak's 22,050 Hz to
 16 kHz, separated by silences of 0.2 to 1.5 s, over background noise (white and brown noise, a mains
-hum, at 0 to 25 dB below the speech), seed 0.  Two recordings: ``calibration`` (10 s, the sentences that fit: two) and
-``test`` (16 s, three), int16 at 16 kHz, with ``speech`` masks (1 where a sentence was placed: what was said, not what
-a detector says) beside them.
+hum, at 0 to 25 dB below the speech), seed 0.  Two recordings, holding the sentences that fit:
+``calibration`` (10 s, two sentences) and ``test`` (16 s, three others), int16 at 16 kHz, with
+``speech`` masks (1 where a sentence was placed: what was said, not what a detector says) beside them.
 
 The file is committed so the tests do not depend on espeak-ng's version; rerun this script only to
 change the recordings: ``python tools/speech_audio.py`` (needs ``apt-get install espeak-ng``).
