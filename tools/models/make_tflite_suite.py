@@ -14,7 +14,9 @@ representative dataset, ``TFLITE_BUILTINS_INT8``), and written as
 ``NAME.tflite`` next to ``NAME.input.npy`` (int8 codes of one sample, batch 1).
 
 The ``lstm_*`` models are Keras LSTM layers (seeded initial weights) converted the same way from
-the Keras model: the fully-integer (8x8_16) UNIDIRECTIONAL_SEQUENCE_LSTM.
+the Keras model: the fully-integer (8x8_16) UNIDIRECTIONAL_SEQUENCE_LSTM.  ``lstm_cifg`` is
+``lstm_sequence`` with its input gate removed and ``lstm_peephole`` with seeded int16 peephole weights
+added (``DERIVED``), LiteRT's CIFG and peephole variants, which the converter does not write.
 
 The ``float_io_*`` models are converted the same way but keep float32 input and
 output (no ``inference_input_type`` / ``inference_output_type``), so a QUANTIZE
@@ -148,6 +150,54 @@ KERAS_SUITE = {
 }
 
 
+# Variants the converter does not write, derived from a converted model's first operator (its LSTM):
+# name -> (source, transform). CIFG: no input-gate weights (inputs 1, 5) or bias (12), so LiteRT runs the
+# coupled-input-forget-gate path of its integer kernel. Peephole: seeded int16 cell-to-gate weights
+# (inputs 9, 10, 11) at scale 2**-14.
+def drop_inputs(blob: bytes, dropped) -> bytes:
+    """``blob`` with the first operator's inputs ``dropped`` set to -1 (optional, absent), patched in place."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    op = schema.Model.GetRootAsModel(blob, 0).Subgraphs(0).Operators(0)
+    start = op._tab.Vector(op._tab.Offset(6))  # the inputs vector: int32 tensor indices
+    patched = bytearray(blob)
+    for index in dropped:
+        patched[start + 4 * index:start + 4 * index + 4] = np.int32(-1).tobytes()
+    return bytes(patched)
+
+
+def add_peepholes(blob: bytes, seed: int) -> bytes:
+    """``blob`` re-serialized with int16 peephole weights as the first operator's inputs 9, 10, 11."""
+    import flatbuffers
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(blob, 0))
+    subgraph = model.subgraphs[0]
+    op = subgraph.operators[0]
+    cells = subgraph.tensors[op.inputs[4]].shape[0]
+    rng = np.random.default_rng(seed)
+    inputs = list(op.inputs)
+    for slot in (9, 10, 11):
+        buffer = schema.BufferT()
+        buffer.data = rng.integers(-20000, 20000, cells).astype(np.int16).view(np.uint8).tolist()
+        model.buffers.append(buffer)
+        quantization = schema.QuantizationParametersT()
+        quantization.scale, quantization.zeroPoint = [2.0**-14], [0]
+        tensor = schema.TensorT()
+        tensor.shape, tensor.type, tensor.buffer = [cells], schema.TensorType.INT16, len(model.buffers) - 1
+        tensor.name, tensor.quantization = f"peephole_{slot}".encode(), quantization
+        subgraph.tensors.append(tensor)
+        inputs[slot] = len(subgraph.tensors) - 1
+    op.inputs = inputs
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+DERIVED = {"lstm_cifg": ("lstm_sequence", lambda blob: drop_inputs(blob, (1, 5, 12))),
+           "lstm_peephole": ("lstm_sequence", lambda blob: add_peepholes(blob, 11))}
+
+
 # Float input and output around an int8 body: name -> (input shape, builder).
 FLOAT_IO_SUITE = {
     "float_io_conv_fc": ((1, 6, 6, 3), lambda r, x: _dense(r, _flatten(_conv(r, x, 3, 4, stride=2)), 36, 6)),
@@ -210,6 +260,12 @@ def main(argv=None):
         elif name in FLOAT_IO_SUITE:
             np.save(out / f"{name}.input.npy", rng.normal(0.0, 1.0, size=shape).astype(np.float32))
         print(f"{name}: {len(blob)} bytes")
+    for name, (source, transform) in DERIVED.items():
+        if args.only and name not in args.only:
+            continue
+        (out / f"{name}.tflite").write_bytes(transform((out / f"{source}.tflite").read_bytes()))
+        (out / f"{name}.input.npy").write_bytes((out / f"{source}.input.npy").read_bytes())
+        print(f"{name}: derived from {source}")
 
 
 if __name__ == "__main__":
