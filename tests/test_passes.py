@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from intsim.floatgraph.execute import run_float
 from intsim.floatgraph import FloatGraph, FloatNode
 from intsim.importers.onnx import import_onnx
+from intsim.floatgraph.speech_patterns import sink_squeezes
 from intsim.floatgraph.vision_patterns import (
     fold_affine_into_layers,
     fuse_hardswish,
@@ -212,6 +213,6 @@ def test_default_passes_on_a_torch_export(tmp_path):
 
 def test_pipeline_order():
     assert PASSES == (fold_batch_norm, fold_constants, remove_identities, fold_affine_into_layers, fuse_hardswish,
-                      remove_dead_nodes)
+                      sink_squeezes, remove_dead_nodes)
     optimized = default_passes(_hand_graph())
     assert [n.name for n in optimized.nodes] == ["mm", "out", "const_out"]

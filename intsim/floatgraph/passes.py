@@ -13,6 +13,7 @@ import numpy as np
 from intsim.floatgraph.edit import copy_graph, drop_unused, fresh_name
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
+from intsim.floatgraph.speech_patterns import sink_squeezes
 from intsim.floatgraph.vision_patterns import (
     fold_affine_into_layers,
     fuse_hardswish,
@@ -94,7 +95,7 @@ def remove_dead_nodes(graph: FloatGraph) -> FloatGraph:
 
 
 PASSES = (fold_batch_norm, fold_constants, remove_identities, fold_affine_into_layers, fuse_hardswish,
-          remove_dead_nodes)
+          sink_squeezes, remove_dead_nodes)
 
 
 def run_passes(graph: FloatGraph, passes) -> FloatGraph:

@@ -22,6 +22,7 @@ from intsim.importers.onnx_vision import upgrade_opset
 from intsim.floatgraph import vision_ops  # noqa: F401  (registers the float ops of onnx_vision's forms)
 from intsim.importers import onnx_sequence  # noqa: F401  (registers the ops of sequence models)
 from intsim.importers import onnx_recurrent  # noqa: F401  (registers LSTM and GRU)
+from intsim.importers import onnx_speech  # noqa: F401  (registers 1-D convolutions)
 from intsim.floatgraph import recurrent_ops  # noqa: F401  (the float LSTM and GRU)
 
 
@@ -125,6 +126,20 @@ def _default_opset(model: onnx.ModelProto) -> int:
     return versions[0]
 
 
+# The ops of a model onnxruntime's quantize_dynamic wrote: its activations are quantized at run time,
+# from each tensor's own range, which no integer datapath with fixed scales reproduces.
+DYNAMIC_QUANTIZATION_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteger", "DynamicQuantizeLSTM",
+                            "DynamicQuantizeMatMul")
+
+
+def _refuse_dynamic_quantization(model: onnx.ModelProto) -> None:
+    found = sorted({n.op_type for n in model.graph.node if n.op_type in DYNAMIC_QUANTIZATION_OPS})
+    if found:
+        raise UnsupportedOpError(
+            f"model {model.graph.name!r} is dynamically quantized (onnxruntime quantize_dynamic: {', '.join(found)}); "
+            "intsim converts float models: give it the float model this one was made from")
+
+
 def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
     """The graph's nodes in topological order, ties kept in file order (Kahn's algorithm)."""
     producer = {}
@@ -163,6 +178,19 @@ def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProt
     return order
 
 
+def _nested_nodes(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], set[str]]:
+    """Every node of ``graph`` and of the subgraphs of its ``If`` nodes, and the names those subgraphs output."""
+    nodes, outputs = [], set()
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                inner, inner_outputs = _nested_nodes(attr.g)
+                nodes += inner
+                outputs |= inner_outputs | {t.name for t in attr.g.output}
+    return nodes, outputs
+
+
 class _Importer:
     def __init__(self, model: onnx.ModelProto, batch_dynamic: bool, input_shapes):
         self.graph = model.graph
@@ -172,6 +200,7 @@ class _Importer:
             raise ValidationError(f"input_shapes names {', '.join(map(repr, unknown))}, but the graph's inputs are "
                                   f"{', '.join(repr(t.name) for t in self.graph.input)}")
         self.opset = _default_opset(model)
+        _refuse_dynamic_quantization(model)
         self.batch_dynamic = batch_dynamic
         self.values: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.static: set[str] = set()
@@ -181,9 +210,10 @@ class _Importer:
         self.fixed_batches: set[int] = set()
         self.integer_inputs: list[str] = []
         self.node_names: set[str] = set()
-        self.tensor_names = {t for n in self.graph.node for t in (*n.input, *n.output)}
+        nodes, branch_outputs = _nested_nodes(self.graph)
+        self.tensor_names = {t for n in nodes for t in (*n.input, *n.output)}
         self.tensor_names |= {t.name for t in self.graph.input} | {t.name for t in self.graph.initializer}
-        self.consumed = {t for n in self.graph.node for t in n.input} | {t.name for t in self.graph.output}
+        self.consumed = {t for n in nodes for t in n.input} | {t.name for t in self.graph.output} | branch_outputs
 
     def resolve(self, name: str) -> str:
         while name in self.alias:

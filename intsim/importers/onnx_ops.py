@@ -268,11 +268,17 @@ def _ceil_overhang(size: int, k: int, stride: int, dilation: int, pad_begin: int
     return max(0, (out - 1) * stride - span)
 
 
+# Convolutions of other ranks, by the rank of their weight, as canonical 2-D ones (1-D: onnx_speech).
+CONV_BY_RANK: dict[int, Callable[[OnnxNode], list[FloatNode]]] = {}
+
+
 @_convert("Conv")
 def _conv(node):
     weight = node.const(1, "weight")
+    if weight.ndim in CONV_BY_RANK:
+        return CONV_BY_RANK[weight.ndim](node)
     if weight.ndim != 4:
-        raise node.fail(f"only 2-D convolutions are supported; weight has shape {weight.shape}")
+        raise node.fail(f"only 1-D and 2-D convolutions are supported; weight has shape {weight.shape}")
     if node.has(2):
         node.const(2, "bias")
     strides, dilations = node.ints("strides", 2, 1, lo=1), node.ints("dilations", 2, 1, lo=1)

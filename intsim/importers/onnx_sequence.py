@@ -15,7 +15,7 @@ import numpy as np
 from onnx import helper
 
 from intsim.floatgraph.sequence_ops import gather_elements
-from intsim.importers.onnx_ops import OnnxNode, _axes, _convert, _fold, unique_name
+from intsim.importers.onnx_ops import MULTI_OUTPUT, OnnxNode, _axes, _convert, _fold, unique_name
 
 _fold("Not")(lambda node, x: np.logical_not(x))
 _fold("And")(lambda node, a, b: np.logical_and(a, b))
@@ -90,7 +90,12 @@ def _logic(node: OnnxNode):
 
 @_convert("Cast")
 def _cast(node: OnnxNode):
+    """A Cast, or nothing where the input already has the target type (torch exports write float32 to
+    float32 Casts): the output is then the input, as for Identity."""
     to = np.dtype(helper.tensor_dtype_to_np_dtype(node.attr("to"))).name
+    if all(world.dtype == to for world in node.worlds(0)):
+        node.importer.alias[node.outputs[0]] = node.inputs[0]
+        return []
     return [node.make("Cast", node.inputs[:1], {"to": to})]
 
 
@@ -108,6 +113,9 @@ def _layer_norm(node: OnnxNode):
     inputs = [node.inputs[0], node.constant(np.broadcast_to(scale.reshape(-1), (width,)).astype(np.float32), "scale"),
               node.constant(np.broadcast_to(bias.reshape(-1), (width,)).astype(np.float32), "bias")]
     return [node.make("LayerNormalization", inputs, {"epsilon": float(node.attr("epsilon", 1e-5))})]
+
+
+MULTI_OUTPUT.add("If")
 
 
 @_convert("If")
