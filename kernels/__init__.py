@@ -10,9 +10,11 @@ when a graph is built or loaded.
 from intsim.kernels.boundary import dequantize_codes, quantize_float, transpose
 from intsim.kernels.elementwise import (
     add,
+    add_launcher,
     avg_pool_nhwc,
     lookup_table,
     max_pool_nhwc,
+    mean_launcher,
     mean_reduce,
     mul,
     pad_constant,
@@ -49,6 +51,7 @@ from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
+    "add_launcher",
     "add_float32",
     "add_float32_fma",
     "arg_max",
@@ -75,6 +78,7 @@ __all__ = [
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",
+    "mean_launcher",
     "mean_reduce",
     "mul",
     "mul_float32",

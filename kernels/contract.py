@@ -69,10 +69,12 @@ class Backend(Protocol):
     matmul_requantized: Callable
     requantize: Callable
     add: Callable
+    add_launcher: Callable
     mul: Callable
     max_pool_nhwc: Callable
     avg_pool_nhwc: Callable
     mean_reduce: Callable
+    mean_launcher: Callable
     lookup_table: Callable
     softmax_lastaxis: Callable
     pad_constant: Callable
