@@ -7,7 +7,7 @@ Kernels do not validate their arguments: :mod:`intsim.graph.ops` does that once,
 when a graph is built or loaded.
 """
 
-from intsim.kernels.boundary import dequantize_codes, quantize_float, transpose
+from intsim.kernels.boundary import dequantize_codes, quantize_float, transpose, transpose_launcher
 from intsim.kernels.elementwise import (
     add,
     add_launcher,
@@ -94,4 +94,5 @@ __all__ = [
     "softmax_masked_lastaxis",
     "tile",
     "transpose",
+    "transpose_launcher",
 ]

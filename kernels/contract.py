@@ -79,6 +79,7 @@ class Backend(Protocol):
     softmax_lastaxis: Callable
     pad_constant: Callable
     transpose: Callable
+    transpose_launcher: Callable
     quantize_float: Callable
     dequantize_codes: Callable
     softmax_gemmlowp_lastaxis: Callable

@@ -3,7 +3,7 @@
 Run a model on them with ``Model(graph, backend="naive")``.
 """
 
-from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, transpose
+from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, transpose, transpose_launcher
 from intsim.kernels.naive.elementwise import (
     add,
     add_launcher,
@@ -90,4 +90,5 @@ __all__ = [
     "softmax_masked_lastaxis",
     "tile",
     "transpose",
+    "transpose_launcher",
 ]
