@@ -129,7 +129,7 @@ def test_add_matches_twin(data, same_8_bit):
     expected = naive.add(*args, subtract=subtract)
     assert_same(fast.add(*args, subtract=subtract), expected)
     # The launcher's fixed calls (a model's bound run) write the same codes into a preallocated array.
-    a, b, launcher_args = args[0], args[5], (a_dtype, *args[1:5], b_dtype, *args[6:])
+    a, b, launcher_args = args[0], args[5], args[1:5] + args[6:]
     out = np.full(expected[0].shape, clamp_max, out_dtype)
     assert_calls_write(fast.add_launcher(*launcher_args, subtract=subtract).calls(a, b, out), out, expected[0])
     assert_same(naive.add_launcher(*launcher_args, subtract=subtract)(a, b), expected)

@@ -79,8 +79,8 @@ def add(
 
 
 def add_launcher(
-    a_dtype, a_zero_point, a_multiplier, a_shift, a_scale,
-    b_dtype, b_zero_point, b_multiplier, b_shift, b_scale,
+    a_zero_point, a_multiplier, a_shift, a_scale,
+    b_zero_point, b_multiplier, b_shift, b_scale,
     left_shift, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
     out_zero_point, clamp_min, clamp_max, out_dtype, subtract=False,
 ):

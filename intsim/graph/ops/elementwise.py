@@ -101,7 +101,6 @@ class Add(Op):
                 out.zero_point, lo, hi, out.np_dtype,
             ),
             "subtract": bool(node.attrs.get("subtract", False)),
-            "dtypes": (a.np_dtype, b.np_dtype),
         }
 
     def run(self, plan, inputs, kernels):
@@ -112,8 +111,7 @@ class Add(Op):
 
     def bind(self, plan, kernels):
         step = super().bind(plan, kernels)
-        (a_dtype, b_dtype), args = plan["dtypes"], plan["args"]
-        launch = kernels.add_launcher(a_dtype, *args[:4], b_dtype, *args[4:], subtract=plan["subtract"])
+        launch = kernels.add_launcher(*plan["args"], subtract=plan["subtract"])
         if hasattr(launch, "calls"):  # the fast backend's launcher: the sum as repeatable calls
             step.calls = lambda inputs, outputs: launch.calls(*inputs, outputs[0])
         return step
