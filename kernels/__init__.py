@@ -7,12 +7,14 @@ Kernels do not validate their arguments: :mod:`intsim.graph.ops` does that once,
 when a graph is built or loaded.
 """
 
-from intsim.kernels.boundary import dequantize_codes, quantize_float, transpose
+from intsim.kernels.boundary import dequantize_codes, quantize_float, transpose, transpose_launcher
 from intsim.kernels.elementwise import (
     add,
+    add_launcher,
     avg_pool_nhwc,
     lookup_table,
     max_pool_nhwc,
+    mean_launcher,
     mean_reduce,
     mul,
     pad_constant,
@@ -58,6 +60,7 @@ from intsim.kernels.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
+    "add_launcher",
     "add_float32",
     "add_float32_fma",
     "arg_max",
@@ -88,6 +91,7 @@ __all__ = [
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",
+    "mean_launcher",
     "mean_reduce",
     "mul",
     "mul_float32",
@@ -103,4 +107,5 @@ __all__ = [
     "softmax_masked_lastaxis",
     "tile",
     "transpose",
+    "transpose_launcher",
 ]

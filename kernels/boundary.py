@@ -114,3 +114,32 @@ def transpose(x, perm):
     inverse = sorted(range(x.ndim), key=list(perm).__getitem__)
     _copy4(np.asarray(x, order="C")[unit_axes], np.transpose(out, inverse)[unit_axes])  # out, shaped like x
     return out
+
+
+class _TransposeLaunch:
+    """:func:`transpose` by one ``perm``; ``calls`` as in :func:`transpose_launcher`."""
+
+    def __init__(self, perm):
+        self.perm = tuple(perm)
+
+    def __call__(self, x):
+        return transpose(x, self.perm)
+
+    def calls(self, x, out):
+        shape = tuple(x.shape[p] for p in self.perm)
+        if x.ndim > TRANSPOSE_MAX_RANK or out.shape != shape or not (x.flags.c_contiguous and out.flags.c_contiguous):
+            return None
+        unit_axes = (np.newaxis,) * (TRANSPOSE_MAX_RANK - x.ndim)
+        inverse = sorted(range(x.ndim), key=self.perm.__getitem__)
+        return [(_copy4, (x[unit_axes], np.transpose(out, inverse)[unit_axes]))]
+
+
+def transpose_launcher(perm):
+    """``launch(x)``, equal to :func:`transpose` of ``x`` by ``perm``, for a caller that transposes
+    many times (a model's bound step).
+
+    ``launch.calls(x, out)`` gives ``[(numba function, arguments)]`` that write ``out`` (C-contiguous,
+    of the permuted shape) from C-contiguous ``x`` in one pass, or ``None`` where they do not fit (rank
+    above :data:`TRANSPOSE_MAX_RANK`).
+    """
+    return _TransposeLaunch(perm)

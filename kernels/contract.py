@@ -69,15 +69,18 @@ class Backend(Protocol):
     matmul_requantized: Callable
     requantize: Callable
     add: Callable
+    add_launcher: Callable
     mul: Callable
     max_pool_nhwc: Callable
     avg_pool_nhwc: Callable
     mean_reduce: Callable
+    mean_launcher: Callable
     lookup_table: Callable
     lookup_table_interpolated: Callable
     softmax_lastaxis: Callable
     pad_constant: Callable
     transpose: Callable
+    transpose_launcher: Callable
     quantize_float: Callable
     dequantize_codes: Callable
     softmax_gemmlowp_lastaxis: Callable

@@ -153,14 +153,58 @@ def add(
     saturation_count : int
     """
     out = np.empty(a.shape, out_dtype)
-    operands = (
+    args = (a_zero_point, a_multiplier, a_shift, a_scale, b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
+            out_multiplier, out_shift, out_scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+            out_dtype)
+    saturated = _add_core(_add_operands(a, b, args, subtract, out), int(rounding))
+    return out, int(saturated)
+
+
+def _add_operands(a, b, args, subtract, out):
+    # _add_core's operands: the flat arrays and the scalars of ``args`` (add's parameters but a and b) pinned.
+    (a_zero_point, a_multiplier, a_shift, a_scale, b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
+     out_multiplier, out_shift, _, _, multiplier_bits, out_zero_point, clamp_min, clamp_max, _) = args
+    return (
         a.reshape(-1), int(a_zero_point), int(a_multiplier), int(a_shift), float(a_scale),
         b.reshape(-1), int(b_zero_point), int(b_multiplier), int(b_shift), float(b_scale),
         int(left_shift), int(out_multiplier), int(out_shift), int(multiplier_bits),
         int(out_zero_point), int(clamp_min), int(clamp_max), bool(subtract), out.reshape(-1),
     )
-    saturated = _add_core(operands, int(rounding))
-    return out, int(saturated)
+
+
+class _AddLaunch:
+    """:func:`add` with everything but the operands fixed; ``calls`` as in :func:`add_launcher`."""
+
+    def __init__(self, args, subtract):
+        self.args, self.subtract, self.rounding = args, subtract, int(args[12])
+
+    def __call__(self, a, b):
+        args = self.args
+        return add(a, *args[:4], b, *args[4:], subtract=self.subtract)
+
+    def calls(self, a, b, out):
+        if a.shape != b.shape or a.shape != out.shape or not all(v.flags.c_contiguous for v in (a, b, out)):
+            return None
+        return [(_add_core, (_add_operands(a, b, self.args, self.subtract, out), self.rounding))]
+
+
+def add_launcher(
+    a_zero_point, a_multiplier, a_shift, a_scale,
+    b_zero_point, b_multiplier, b_shift, b_scale,
+    left_shift, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype, subtract=False,
+):
+    """``launch(a, b) -> (out, saturation_count)``, equal to :func:`add` with these arguments, for a
+    caller that adds many times (a model's bound step): its parameters but the operands.
+
+    ``launch.calls(a, b, out)`` gives ``[(numba function, arguments)]`` that write ``out`` from
+    ``a`` and ``b`` as :func:`add` would (same shape, C-contiguous, fixed arrays a caller repeats
+    them over), or ``None`` where they do not fit.
+    """
+    args = (a_zero_point, a_multiplier, a_shift, a_scale, b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
+            out_multiplier, out_shift, out_scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+            out_dtype)
+    return _AddLaunch(args, subtract)
 
 
 # --------------------------------------------------------------------------
@@ -406,10 +450,47 @@ def mean_reduce(
     """
     outer, _, inner = x.shape
     out = np.empty((outer, inner), out_dtype)
-    operands = (np.ascontiguousarray(x), int(x_zero_point), int(multiplier), int(shift), float(scale),
-                int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out)
-    saturated = _mean_core(operands, int(rounding))
+    args = (x_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+            out_dtype)
+    saturated = _mean_core(_mean_operands(np.ascontiguousarray(x), args, out), int(rounding))
     return out, int(saturated)
+
+
+def _mean_operands(x, args, out):
+    # _mean_core's operands: the arrays and the scalars of ``args`` (mean_reduce's parameters but x) pinned.
+    x_zero_point, multiplier, shift, scale, _, multiplier_bits, out_zero_point, clamp_min, clamp_max, _ = args
+    return (x, int(x_zero_point), int(multiplier), int(shift), float(scale), int(multiplier_bits), int(out_zero_point),
+            int(clamp_min), int(clamp_max), out)
+
+
+class _MeanLaunch:
+    """:func:`mean_reduce` with everything but ``x`` fixed; ``calls`` as in :func:`mean_launcher`."""
+
+    def __init__(self, args):
+        self.args, self.rounding = args, int(args[4])
+
+    def __call__(self, x):
+        return mean_reduce(x, *self.args)
+
+    def calls(self, x, out):
+        if x.ndim != 3 or out.shape != (x.shape[0], x.shape[2]) or not (x.flags.c_contiguous and out.flags.c_contiguous):
+            return None
+        return [(_mean_core, (_mean_operands(x, self.args, out), self.rounding))]
+
+
+def mean_launcher(
+    x_zero_point, multiplier, shift, scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype,
+):
+    """``launch(x) -> (out, saturation_count)``, equal to :func:`mean_reduce` of ``x`` with these
+    arguments, for a caller that reduces many times (a model's bound step).
+
+    ``launch.calls(x, out)`` gives ``[(numba function, arguments)]`` that write ``out`` [outer, inner]
+    from ``x`` [outer, R, inner] as :func:`mean_reduce` would (C-contiguous, fixed arrays a caller
+    repeats them over), or ``None`` where they do not fit.
+    """
+    return _MeanLaunch((x_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
+                        clamp_max, out_dtype))
 
 
 # --------------------------------------------------------------------------

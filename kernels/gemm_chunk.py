@@ -235,6 +235,8 @@ def pad_encode(x, top, left, a_sub, pad_code, padded):
                 _encode_pixels(1, 1, source, body, inside * cin, a_sub)
             elif cin == 3 and padded_c == 4:  # RGB stems
                 _encode_pixels(3, 4, source, body, inside, a_sub)
+            elif cin == 1 and padded_c == 4:  # grayscale stems
+                _encode_pixels(1, 4, source, body, inside, a_sub)
             else:
                 _encode_pixels(cin, padded_c, source, body, inside, a_sub)
             row[(left_px + inside) * padded_c:] = pad_code

@@ -94,8 +94,19 @@ def test_transpose_matches_naive(x, data):
     if data.draw(st.booleans()) and x.ndim:
         x = x[..., ::-1]  # a strided input
     out = fast.transpose(x, perm)
-    np.testing.assert_array_equal(out, naive.transpose(x, perm), strict=True)
+    expected = naive.transpose(x, perm)
+    np.testing.assert_array_equal(out, expected, strict=True)
     assert out.flags.c_contiguous
+    np.testing.assert_array_equal(naive.transpose_launcher(perm)(x), expected, strict=True)
+    # The launcher's fixed calls (a model's bound run) write a preallocated array, up to rank 4.
+    x = np.array(x, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
+    written = np.zeros_like(expected)
+    calls = fast.transpose_launcher(perm).calls(x, written)
+    assert (calls is None) == (x.ndim > fast.TRANSPOSE_MAX_RANK)
+    for function, arguments in calls or ():
+        function(*arguments)
+    if calls is not None:
+        np.testing.assert_array_equal(written, expected, strict=True)
 
 
 def test_transpose_nchw_to_nhwc_golden():

@@ -78,6 +78,14 @@ def assert_same(fast_result, naive_result):
     np.testing.assert_array_equal(fast_out, naive_out, strict=True)
 
 
+def assert_calls_write(calls, out, expected):
+    """``calls`` (a launcher's ``[(function, arguments)]``, not ``None``) write ``expected`` into ``out``."""
+    assert calls is not None
+    for function, arguments in calls:
+        function(*arguments)
+    np.testing.assert_array_equal(out, expected, strict=True)
+
+
 # --------------------------------------------------------------------------
 # Fast kernel == naive twin
 # --------------------------------------------------------------------------
@@ -118,7 +126,13 @@ def test_add_matches_twin(data, same_8_bit):
         data.draw(zero_points(out_dtype), label="out_zp"), clamp_min, clamp_max, out_dtype,
     )
     subtract = data.draw(st.booleans(), label="subtract")
-    assert_same(fast.add(*args, subtract=subtract), naive.add(*args, subtract=subtract))
+    expected = naive.add(*args, subtract=subtract)
+    assert_same(fast.add(*args, subtract=subtract), expected)
+    # The launcher's fixed calls (a model's bound run) write the same codes into a preallocated array.
+    a, b, launcher_args = args[0], args[5], args[1:5] + args[6:]
+    out = np.full(expected[0].shape, clamp_max, out_dtype)
+    assert_calls_write(fast.add_launcher(*launcher_args, subtract=subtract).calls(a, b, out), out, expected[0])
+    assert_same(naive.add_launcher(*launcher_args, subtract=subtract)(a, b), expected)
 
 
 @settings(deadline=None, max_examples=150)
@@ -210,7 +224,11 @@ def test_mean_reduce_matches_twin(data):
         mult, shift, data.draw(scales, label="scale"), data.draw(st.sampled_from(ALL_ROUNDINGS), label="rounding"),
         bits, data.draw(zero_points(out_dtype), label="out_zp"), clamp_min, clamp_max, out_dtype,
     )
-    assert_same(fast.mean_reduce(*args), naive.mean_reduce(*args))
+    expected = naive.mean_reduce(*args)
+    assert_same(fast.mean_reduce(*args), expected)
+    out = np.full(expected[0].shape, clamp_max, out_dtype)
+    assert_calls_write(fast.mean_launcher(*args[1:]).calls(args[0], out), out, expected[0])
+    assert_same(naive.mean_launcher(*args[1:])(args[0]), expected)
 
 
 @settings(deadline=None, max_examples=80)

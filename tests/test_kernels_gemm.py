@@ -717,8 +717,9 @@ def test_implicit_conv_matches_naive(isa_name, monkeypatch, case):
     # (n, h, w, cin, cout, kernel, stride, dilation, pads): an RGB stem (3 -> 4 channels per
     # pixel, stride 2, pads only after), 64 channels over full 6 x 64 tiles and a block
     # tail with dilated columns (one tap per window pixel), a 5x5 with dilated rows (one
-    # tap per window row), a strided 1x1 read in place.
+    # tap per window row), a strided 1x1 read in place, a grayscale stem (1 -> 4 channels per pixel).
     (1, 23, 21, 3, 32, (3, 3), (2, 2), (1, 1), (0, 0, 1, 1)),
+    (2, 11, 9, 1, 16, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),
     (2, 9, 13, 64, 80, (3, 3), (1, 1), (1, 2), (1, 2, 1, 2)),
     (1, 14, 12, 8, 24, (5, 5), (1, 2), (2, 1), (2, 1, 3, 2)),
     (3, 9, 10, 16, 40, (1, 1), (2, 2), (1, 1), (0, 0, 0, 0)),

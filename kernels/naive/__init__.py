@@ -3,12 +3,14 @@
 Run a model on them with ``Model(graph, backend="naive")``.
 """
 
-from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, transpose
+from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, transpose, transpose_launcher
 from intsim.kernels.naive.elementwise import (
     add,
+    add_launcher,
     avg_pool_nhwc,
     lookup_table,
     max_pool_nhwc,
+    mean_launcher,
     mean_reduce,
     mul,
     pad_constant,
@@ -54,6 +56,7 @@ from intsim.kernels.naive.tflite_ops import softmax_gemmlowp_lastaxis
 
 __all__ = [
     "add",
+    "add_launcher",
     "add_float32",
     "add_float32_fma",
     "arg_max",
@@ -84,6 +87,7 @@ __all__ = [
     "matmul_acc",
     "matmul_requantized",
     "max_pool_nhwc",
+    "mean_launcher",
     "mean_reduce",
     "mul",
     "mul_float32",
@@ -99,4 +103,5 @@ __all__ = [
     "softmax_masked_lastaxis",
     "tile",
     "transpose",
+    "transpose_launcher",
 ]

@@ -24,3 +24,10 @@ def dequantize_codes(codes, scale, zero_point):
 
 def transpose(x, perm):
     return np.transpose(x, perm).copy(order="C")
+
+
+def transpose_launcher(perm):
+    def launch(x):
+        return transpose(x, perm)
+
+    return launch

@@ -80,6 +80,20 @@ def add(
     return out, saturated
 
 
+def add_launcher(
+    a_zero_point, a_multiplier, a_shift, a_scale,
+    b_zero_point, b_multiplier, b_shift, b_scale,
+    left_shift, out_multiplier, out_shift, out_scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype, subtract=False,
+):
+    def launch(a, b):
+        return add(a, a_zero_point, a_multiplier, a_shift, a_scale, b, b_zero_point, b_multiplier, b_shift, b_scale,
+                   left_shift, out_multiplier, out_shift, out_scale, rounding, multiplier_bits, out_zero_point,
+                   clamp_min, clamp_max, out_dtype, subtract)
+
+    return launch
+
+
 def _rescale_product(product, multiplier, shift, scale, rounding, multiplier_bits):
     """A product of two centered codes requantized without clipping it to int32 first: exact Python
     integers, each rounding written out (half up, then half away from zero, under DOUBLE)."""
@@ -177,6 +191,17 @@ def mean_reduce(
         out[o, k], outside = _clamp(rescaled + int(out_zero_point), clamp_min, clamp_max)
         saturated += outside or not INT32_MIN <= total <= INT32_MAX
     return out, saturated
+
+
+def mean_launcher(
+    x_zero_point, multiplier, shift, scale, rounding, multiplier_bits,
+    out_zero_point, clamp_min, clamp_max, out_dtype,
+):
+    def launch(x):
+        return mean_reduce(x, x_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+                           clamp_min, clamp_max, out_dtype)
+
+    return launch
 
 
 def pad_constant(x, pads_before, pads_after, value):

@@ -109,6 +109,13 @@ class Add(Op):
         out, sat = kernels.add(a, *args[:4], b, *args[4:], subtract=plan["subtract"])
         return [out], {"saturation_count": sat}
 
+    def bind(self, plan, kernels):
+        step = super().bind(plan, kernels)
+        launch = kernels.add_launcher(*plan["args"], subtract=plan["subtract"])
+        if hasattr(launch, "calls"):  # the fast backend's launcher: the sum as repeatable calls
+            step.calls = lambda inputs, outputs: launch.calls(*inputs, outputs[0])
+        return step
+
 
 @register("mul")
 class Mul(Op):
@@ -293,6 +300,21 @@ class Mean(Op):
         x = inputs[0]
         out, sat = kernels.mean_reduce(reduction_view(x, plan["axes"]), *plan["args"])
         return [out.reshape(reduced_shape(x.shape, plan["axes"], plan["keepdims"]))], {"saturation_count": sat}
+
+    def bind(self, plan, kernels):
+        step = super().bind(plan, kernels)
+        launch, axes = kernels.mean_launcher(*plan["args"]), plan["axes"]
+        if hasattr(launch, "calls"):  # the fast backend's launcher: the reduction as repeatable calls
+
+            def calls(inputs, outputs):
+                x, out = inputs[0], outputs[0]
+                if not (x.flags.c_contiguous and out.flags.c_contiguous and axes == list(range(axes[0], axes[-1] + 1))):
+                    return None  # reduction_view would copy: the step runs as it is
+                view = reduction_view(x, axes)
+                return launch.calls(view, out.reshape(view.shape[0], view.shape[2]))
+
+            step.calls = calls
+        return step
 
 
 def reduction_view(x: np.ndarray, axes: list) -> np.ndarray:

@@ -89,6 +89,13 @@ class Transpose(_LayoutOp):
     def run(self, plan, inputs, kernels):
         return [kernels.transpose(inputs[0], plan["attrs"]["perm"])], {}
 
+    def bind(self, plan, kernels):
+        step = super().bind(plan, kernels)
+        launch = kernels.transpose_launcher(plan["attrs"]["perm"])
+        if hasattr(launch, "calls"):  # the fast backend's launcher: one pass into the bound run's array
+            step.calls = lambda inputs, outputs: launch.calls(inputs[0], outputs[0])
+        return step
+
 
 @register("flatten")
 class Flatten(_LayoutOp):
