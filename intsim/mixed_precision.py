@@ -125,6 +125,9 @@ class MixedPrecisionResult:
         Validation images (0: none).
     confidence : float
     max_accuracy_drop : float
+    walked : Point
+        The point the walk found on the search data, before the validation check (the chosen point
+        where it held; a cheaper one where the search backed off).
     mean_weight_bits : float
         Weight bits averaged over the weights (parameter-weighted).
     bitops : int
@@ -164,6 +167,7 @@ class MixedPrecisionResult:
     validation_samples: int = 0
     confidence: float = 0.9
     max_accuracy_drop: float = 0.005
+    walked: Point = field(repr=False, default=None)
 
     def to_toml(self) -> str:
         """The layer configuration as TOML (``intsim convert --layer-config``)."""
@@ -202,6 +206,7 @@ class MixedPrecisionResult:
                 "validation_float_metric": self.validation_float_metric, "validation_drop": self.validation_drop,
                 "validation_bound": self.validation_bound, "validation_samples": self.validation_samples,
                 "confidence": self.confidence, "max_accuracy_drop": self.max_accuracy_drop,
+                "walked": self.walked.to_dict(),
                 "sensitivities": self.sensitivities,
                 "pareto": [p.to_dict() for p in self.pareto], "explored": [p.to_dict() for p in self.explored]}
 
@@ -465,7 +470,8 @@ def search_mixed_precision(model, calibration, data, labels=None, profile="paper
             (check_data is None or validated(fmt, stage).validation_bound <= max_accuracy_drop)
 
     with bar:
-        chosen = validated(_walk(layers, formats, objective, cost, target, measure, holds).formats, "refine")
+        walked, chosen = _walk(layers, formats, objective, cost, target, measure, holds)
+        walked, chosen = validated(walked.formats, "refine"), validated(chosen.formats, "refine")
     met = holds(chosen.formats, chosen.stage)
     pareto = _front(explored, cost)
     int_model = measured[tuple(sorted(chosen.formats.items()))][1]
@@ -477,12 +483,12 @@ def search_mixed_precision(model, calibration, data, labels=None, profile="paper
                                 time.perf_counter() - started, baseline, chosen.validation_metric,
                                 None if check_data is None else float(np.mean(check_correct)),
                                 chosen.validation_drop, chosen.validation_bound,
-                                0 if check_data is None else len(check_data), confidence, max_accuracy_drop)
+                                0 if check_data is None else len(check_data), confidence, max_accuracy_drop, walked)
 
 
-def _walk(layers, formats, objective, cost, target, measure, holds) -> Point:
+def _walk(layers, formats, objective, cost, target, measure, holds) -> tuple[Point, Point]:
     """Baseline, sensitivities, the greedy walk on the search data, then the check on validation and the
-    back-off (module docstring); returns the chosen point.
+    back-off (module docstring); returns the walk's point and the chosen one.
 
     ``measure(fmt, stage) -> Point`` measures a configuration on the search data; ``holds(fmt, stage)``
     tells whether it meets the target there and the budget on validation.
@@ -510,19 +516,20 @@ def _walk(layers, formats, objective, cost, target, measure, holds) -> Point:
         return fmt
 
     if baseline.metric < target:
-        return baseline
+        return baseline, baseline
     found = _longest_prefix(walk, 0, len(moves), lambda fmt: measure(fmt, "walk").metric >= target)
     current = _refine(walk(found), moves[found:], cost, target, measure, lambda fmt: True, "refine")
+    walked = measure(current, "refine")
     if holds(current, "refine"):
-        return measure(current, "refine")
+        return walked, walked
     # Back off: the walk's point fails on validation.  Undo moves from the end of the chain (the most
     # sensitive layers per unit of cost get their precision back) while both sets are checked.
     if not holds(base, "baseline"):
-        return baseline
+        return walked, baseline
     found = _longest_prefix(walk, 0, found, lambda fmt: holds(fmt, "back-off"))
     current = _refine(walk(found), moves[found:], cost, target, measure, lambda fmt: holds(fmt, "back-off"),
                       "back-off")
-    return measure(current, "back-off")
+    return walked, measure(current, "back-off")
 
 
 def _longest_prefix(walk, lo: int, hi: int, ok) -> int:

@@ -120,14 +120,16 @@ def test_back_off_restores_the_layer_that_fails_on_validation():
         return measure(fmt, stage).metric >= 0.99 and \
             sum(validation_drop[n] for n, (w, _) in fmt.items() if w == 4) <= 0.01
 
-    walked = _walk(layers, [(4, 8), (8, 8)], "size", cost, 0.99, measure, lambda fmt, stage: True)
+    walked, chosen = _walk(layers, [(4, 8), (8, 8)], "size", cost, 0.99, measure, lambda fmt, stage: True)
+    assert walked.formats == chosen.formats == {"a": (4, 8), "b": (4, 8), "c": (4, 8)}
+    walked, chosen = _walk(layers, [(4, 8), (8, 8)], "size", cost, 0.99, measure, holds)
     assert walked.formats == {"a": (4, 8), "b": (4, 8), "c": (4, 8)}
-    chosen = _walk(layers, [(4, 8), (8, 8)], "size", cost, 0.99, measure, holds)
-    assert chosen.formats == {"a": (4, 8), "b": (8, 8), "c": (4, 8)}
+    assert chosen.formats == {"a": (4, 8), "b": (8, 8), "c": (4, 8)} and chosen.stage == "back-off"
     # Validation is first consulted for the walk's point (the sensitivities and the walk need none).
     assert checked[0] == walked.formats
     # Where even the baseline fails on validation, the baseline is returned.
-    assert _walk(layers, [(4, 8), (8, 8)], "size", cost, 0.99, measure, lambda fmt, stage: False).stage == "baseline"
+    assert _walk(layers, [(4, 8), (8, 8)], "size", cost, 0.99, measure, lambda fmt, stage: False)[1].stage == \
+        "baseline"
 
 
 def test_back_off_end_to_end_on_the_integer_datapath():
@@ -152,6 +154,7 @@ def test_back_off_end_to_end_on_the_integer_datapath():
     assert checked.validation_bound <= 0.05 and checked.metric >= checked.target
     assert walked.mean_weight_bits < checked.mean_weight_bits < 8
     assert any(p.stage == "back-off" for p in checked.explored)
+    assert checked.walked.layer_config == walked.layer_config and checked.walked.validation_bound > 0.05
 
 
 def test_validation_split_is_a_seeded_partition():
@@ -249,15 +252,26 @@ def test_cli_writes_the_layer_config_toml(tiny, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_resnet_search_reaches_float_minus_half_a_point_with_few_weight_bits():
+def test_resnet_search_holds_float_minus_half_a_point_on_held_out_images():
+    """The done-when, as benchmarks/bench_mixed_precision.py runs it: walk on 5000 training images, validate on
+    the first 5000 test images, measure the chosen model on the other 5000, which the search never saw."""
     from intsim.datasets import load_dataset
     from intsim.models import model_path
 
     try:
         x_train, y_train = load_dataset("fashion", "train")
+        x_test, y_test = load_dataset("fashion", "test")
     except ValidationError as exc:
         pytest.skip(f"Fashion-MNIST is not installed: {exc}")
-    result = intsim.search_mixed_precision(model_path("resnet_fashion.onnx"), x_train[:512], x_train[512:2512],
-                                           y_train[512:2512], profile="paper", progress=False)
-    assert result.met and result.metric >= result.float_metric - 0.005
+    path = model_path("resnet_fashion.onnx")
+    result = intsim.search_mixed_precision(path, x_train[:512], x_train[512:5512], y_train[512:5512],
+                                           profile="paper", candidates=["w8a16", "w8a8", "w6a8", "w4a8", "w3a8"],
+                                           validation=(x_test[:5000], y_test[:5000]), progress=False)
+    assert result.met and result.metric >= result.float_metric - 0.005 and result.validation_bound <= 0.005
     assert result.mean_weight_bits < 6
+    fg = import_onnx(path)
+    held_x, held_y = x_test[5000:], y_test[5000:]
+    batches = [held_x[i:i + 500] for i in range(0, 5000, 500)]
+    float_right = np.concatenate([run_float(fg, [b])[fg.outputs[0]] for b in batches]).argmax(1) == held_y
+    int_right = np.concatenate([result.model.run(b) for b in batches]).argmax(1) == held_y
+    assert np.mean(float_right) - np.mean(int_right) <= 0.005
