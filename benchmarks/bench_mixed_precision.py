@@ -11,7 +11,7 @@ every accuracy on the integer datapath (``Model.run``).  Writes the Pareto front
 table to ``benchmarks/results/mixed_precision_<model><tag>.md``, and the whole search to ``.json``.
 
     python benchmarks/bench_mixed_precision.py [--models resnet_fashion,mobilenet_fashion] [--search 5000]
-        [--validation 5000] [--validation-source test|train] [--test 10000] [--confidence 0.9]
+        [--validation 5000] [--validation-source test|train] [--test 10000] [--confidence 0.99]
         [--candidates w8a16,w8a8,w6a8,w4a8,w3a8] [--objective size] [--max-drop 0.005] [--tag _suffix]
 """
 
@@ -61,7 +61,7 @@ def main():
                         help="test: the first test images (unseen in training); train: training images")
     parser.add_argument("--test", type=int, default=10000, help="test images used in all (held out: after "
                                                                 "the validation ones)")
-    parser.add_argument("--confidence", type=float, default=0.9)
+    parser.add_argument("--confidence", type=float, default=0.99)
     parser.add_argument("--candidates", default="w8a16,w8a8,w6a8,w4a8,w3a8")
     parser.add_argument("--objective", default="size", choices=("size", "bitops"))
     parser.add_argument("--max-drop", type=float, default=0.005)

@@ -165,7 +165,7 @@ class MixedPrecisionResult:
     validation_drop: float | None = None
     validation_bound: float | None = None
     validation_samples: int = 0
-    confidence: float = 0.9
+    confidence: float = 0.99
     max_accuracy_drop: float = 0.005
     walked: Point = field(repr=False, default=None)
 
@@ -338,7 +338,7 @@ def split_validation(data, labels, validation, validation_split: float):
 
 def search_mixed_precision(model, calibration, data, labels=None, profile="paper", candidates=DEFAULT_CANDIDATES,
                            max_accuracy_drop: float = 0.005, objective: str = "size", *, validation=None,
-                           validation_split: float = 0.5, confidence: float = 0.9, batch_size: int = 256,
+                           validation_split: float = 0.5, confidence: float = 0.99, batch_size: int = 256,
                            progress: bool = True, **convert_args) -> MixedPrecisionResult:
     """Search per-layer formats that keep the integer model within ``max_accuracy_drop`` of float.
 
@@ -369,8 +369,9 @@ def search_mixed_precision(model, calibration, data, labels=None, profile="paper
         Without ``validation``: the fraction of ``data`` (a seeded random choice) held out as validation
         (default 0.5; 0: no validation, the walk's point is returned as it is).
     confidence : float
-        In [0.5, 1): the one-sided confidence that the validation drop is within budget
-        (:func:`paired_drop_bound`; default 0.9; 0.5 asks only that the measured drop be within it).
+        In [0.5, 1): the one-sided confidence that the validation drop is within budget, at each look
+        (:func:`paired_drop_bound`; default 0.99, for the 5 to 20 points the back-off looks at; 0.5 asks
+        only that the measured drop be within it).
     batch_size : int
         Samples per run.
     progress : bool

@@ -19,8 +19,8 @@ OPTIONS = (
     (("--validation-split",), {"type": float, "default": 0.5,
                                "help": "without --validation-data, the fraction of --data held out as validation "
                                        "(default 0.5; 0: no validation)"}),
-    (("--confidence",), {"type": float, "default": 0.9,
-                         "help": "one-sided confidence that the validation drop is within budget (default 0.9; "
+    (("--confidence",), {"type": float, "default": 0.99,
+                         "help": "one-sided confidence that the validation drop is within budget (default 0.99; "
                                  "0.5: the measured drop alone)"}),
     (("-o", "--output"), {"required": True, "help": "the layer config .toml to write"}),
     (("--profile",), {"default": "paper", "help": "built-in profile name or a .toml file (default paper)"}),

@@ -141,7 +141,7 @@ def test_back_off_end_to_end_on_the_integer_datapath():
     logits = np.sort(run_float(fg, [x])[fg.outputs[0]], axis=1)
     order = np.argsort(logits[:, -1] - logits[:, -2])
     easy, hard = x[order[-150:]], x[order[:300]]
-    args = dict(profile="paper", candidates=CANDIDATES, max_accuracy_drop=0.05, progress=False)
+    args = dict(profile="paper", candidates=CANDIDATES, max_accuracy_drop=0.05, confidence=0.9, progress=False)
     walked = intsim.search_mixed_precision(onnx_model, x[:32], easy, validation_split=0, **args)
     checked = intsim.search_mixed_precision(onnx_model, x[:32], easy, validation=hard, **args)
     assert walked.met and walked.validation_samples == 0 and walked.validation_bound is None
