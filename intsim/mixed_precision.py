@@ -370,7 +370,7 @@ def search_mixed_precision(model, calibration, data, labels=None, profile="paper
         (default 0.5; 0: no validation, the walk's point is returned as it is).
     confidence : float
         In [0.5, 1): the one-sided confidence that the validation drop is within budget, at each look
-        (:func:`paired_drop_bound`; default 0.99, for the 5 to 20 points the back-off looks at; 0.5 asks
+        (:func:`paired_drop_bound`; default 0.99, for the 10 to 30 points the back-off looks at; 0.5 asks
         only that the measured drop be within it).
     batch_size : int
         Samples per run.
