@@ -183,7 +183,7 @@ def test_search_runs_the_calibration_data_once(monkeypatch):
 
 def test_reused_calibration_statistics_give_the_same_model(tiny):
     onnx_model, x, _ = tiny
-    config = {"conv1": {"weight_bits": 4}, "fc": {"weight_bits": 2, "activation_bits": 16}}
+    config = {"conv1": {"weight_bits": 4}, "fc": {"weight_bits": 2, "activation_bits": 6}}
     first = plan_quantization(onnx_model, x[:32], "paper", progress=False)
     fresh = intsim.convert(onnx_model, x[:32], "paper", layer_config=config, progress=False)
     reused = lower(plan_quantization(onnx_model, x[:32], "paper", layer_config=config, progress=False,
