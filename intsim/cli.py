@@ -19,6 +19,7 @@ import numpy as np
 
 from intsim.cli_files import load_floats, load_inputs, load_npy, write_outputs
 from intsim.debugging import command as debug_command
+from intsim import mixed_precision_command
 from intsim.errors import InputWarning, IntsimError, ValidationError
 
 EXIT_RUNTIME_ERROR = 1
@@ -412,10 +413,17 @@ def _cmd_mixed_precision(args) -> int:
     calibration = load_npy(args.calibration, "calibration").astype(np.float32)
     data = load_npy(args.data, "data").astype(np.float32)
     labels = load_npy(args.labels, "labels") if args.labels else None
+    validation = None
+    if args.validation_labels and not args.validation_data:
+        raise UsageError("--validation-labels needs --validation-data (the inputs they label)")
+    if args.validation_data:
+        validation = (load_npy(args.validation_data, "validation data").astype(np.float32),
+                      *([load_npy(args.validation_labels, "validation labels")] if args.validation_labels else []))
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     result = intsim.search_mixed_precision(
         args.model, calibration, data, labels, profile=args.profile, candidates=candidates,
-        max_accuracy_drop=args.max_accuracy_drop, objective=args.objective, batch_size=args.batch_size,
+        max_accuracy_drop=args.max_accuracy_drop, objective=args.objective, validation=validation,
+        validation_split=args.validation_split, confidence=args.confidence, batch_size=args.batch_size,
         range_method=args.range_method, weight_range_method=args.weight_range_method, input_shapes=args.input_shapes)
     print(result.table())
     Path(args.output).write_text(result.to_toml(), encoding="utf-8")
@@ -604,25 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conversion_options(p)
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("mixed-precision", help="search per-layer formats (AMP) within an accuracy budget; writes "
-                                                "the layer config TOML")
-    p.add_argument("model", help="float ONNX model (a classifier)")
-    p.add_argument("--calibration", required=True, help="calibration inputs .npy (samples first, model layout)")
-    p.add_argument("--data", required=True, help="inputs .npy the configurations are measured on")
-    p.add_argument("--labels", help="integer class labels .npy (accuracy; default: top-1 agreement with float)")
-    p.add_argument("-o", "--output", required=True, help="the layer config .toml to write")
-    p.add_argument("--profile", default="paper", help="built-in profile name or a .toml file (default paper)")
-    p.add_argument("--candidates", default="w8a16,w8a8,w6a8,w4a8",
-                   help="formats a layer may take (default w8a16,w8a8,w6a8,w4a8)")
-    p.add_argument("--max-accuracy-drop", type=float, default=0.005,
-                   help="budget below the float metric, a fraction (default 0.005: half a point)")
-    p.add_argument("--objective", choices=("size", "bitops"), default="size",
-                   help="minimise weight bits (size) or MACs x weight bits x activation bits (bitops)")
-    p.add_argument("--range-method", choices=("minmax", "percentile", "mse", "cross_entropy"),
-                   help="activation range setting (default minmax)")
-    p.add_argument("--weight-range-method", choices=("minmax", "mse"), help="weight range setting (default minmax)")
-    p.add_argument("--batch-size", type=int, default=256, help="batch size (default 256)")
-    p.add_argument("--json", dest="json_path", help="also write the search (front, sensitivities) as JSON")
+    p = sub.add_parser("mixed-precision", help=mixed_precision_command.HELP)
+    mixed_precision_command.add_options(p)
     _add_input_shape_option(p)
     p.set_defaults(func=_cmd_mixed_precision)
 

@@ -368,6 +368,26 @@ def bn_range(gamma, beta, n: float = 6.0, *, relu: bool = False, relu6: bool = F
 # --------------------------------------------------------------------------
 
 
+def reused_statistics(statistics, tensors, histogram: bool, keep_rows: Mapping[str, int]) -> dict[str, TensorStats]:
+    """Statistics of an earlier :func:`calibrate` run, checked to serve another: one :class:`TensorStats` per
+    watched tensor, with a histogram where a range method reads one and the kept rows where ``keep_rows``
+    asks for them (``"cross_entropy"``).  The same float graph and calibration data are the caller's promise."""
+    where = "statistics"
+    if not isinstance(statistics, Mapping):
+        raise ValidationError(f"{where}: expected a dict of tensor name to TensorStats (plan.statistics), "
+                              f"found {type(statistics).__name__}")
+    missing = [t for t in tensors if not isinstance(statistics.get(t), TensorStats)]
+    if missing:
+        raise ValidationError(f"{where}: no TensorStats for the quantization point(s) {missing[:5]}; "
+                              f"found {sorted(statistics)[:5]} (statistics of another model?)")
+    if histogram and any(statistics[t].histogram is None for t in tensors):
+        raise ValidationError(f"{where}: the range methods read histograms; these statistics kept none")
+    if any(statistics[t].rows is None for t in keep_rows):
+        raise ValidationError(f"{where}: the cross_entropy range method reads kept rows of {sorted(keep_rows)}; "
+                              "these statistics kept none")
+    return {t: statistics[t] for t in tensors}
+
+
 def calibrate(run_batch: Callable[[np.ndarray], Mapping], data: np.ndarray, tensors, *, batch_size: int = 64,
               keep_rows: Mapping[str, int] | None = None, progress: bool = True,
               histogram: bool = True) -> dict[str, TensorStats]:

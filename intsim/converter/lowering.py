@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.converter.calibration import HISTOGRAM_METHODS, RANGE_METHODS, calibrate, choose_range
+from intsim.converter.calibration import (HISTOGRAM_METHODS, RANGE_METHODS, calibrate, choose_range,
+                                          reused_statistics)
 from intsim.converter.data_free import batch_norm_statistics, data_free_ranges
 from intsim.converter.layer_config import ActivationFormat, LayerFormats
 from intsim.converter.steps import (TIED_OPS, Step, layer_formats, plan_steps, point_formats,  # noqa: F401
@@ -591,6 +592,8 @@ class QuantizationPlan:
         ``time.perf_counter()`` when planning began.
     formats : LayerFormats, optional
         Each step's format (``layer_config``); None: the profile's everywhere.
+    statistics : dict
+        The calibration statistics the ranges were chosen from (``plan_quantization(statistics=...)``).
     """
 
     graph: FloatGraph
@@ -603,12 +606,13 @@ class QuantizationPlan:
     started: float
     formats: LayerFormats | None = None
     dtypes: dict = field(default_factory=dict)  # {float tensor: dtype} where not the activation dtype
+    statistics: dict = field(default_factory=dict)  # {quantization point: TensorStats}; data free: empty
 
 
 def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=None, activation_bits=None,
                       per_channel=None, range_method=None, logits_range_method=None, weight_range_method=None,
                       batch_size=32, input_range=None, progress=True, cle=None, bias_correction=None, adaround=None,
-                      pipeline=None, input_shapes=None, layer_config=None) -> QuantizationPlan:
+                      pipeline=None, input_shapes=None, layer_config=None, statistics=None) -> QuantizationPlan:
     """Everything :func:`lower` needs to emit the integer model of a float ONNX model for a profile:
     float passes, PTQ (CLE, bias correction, AdaRound), activation fusion and calibrated ranges.
 
@@ -651,6 +655,10 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
         ``weight_bits``, ``activation_bits``, ``per_channel``, ``range_method``, ...
         (:mod:`intsim.converter.layer_config`).  Where a layer reads another format than its
         producer wrote, a ``rescale`` node converts it.
+    statistics : dict, optional
+        ``plan.statistics`` of an earlier plan of the same model, calibration data and range methods:
+        reused instead of running the calibration data again (the mixed precision search plans one
+        model in many formats; the ranges are then chosen for each tensor's own format).
     """
     start = time.perf_counter()
     profile = get_profile(profile)
@@ -690,22 +698,28 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
                 "for data-free conversion (batch-norm ranges, white paper §3.1)")
         ranges = data_free_ranges(fg, ptq.batch_norms, input_range)
         qparams = {t: activation_qparams(*ranges[t], p) for t, (p, _) in points.items()}
-        samples, range_method = 0, "batch_norm"
+        samples, range_method, stats = 0, "batch_norm", {}
     else:
         methods = {t: method or (logits_method if t in fg.outputs else range_method)
                    for t, (_, method) in points.items()}
         keep_rows = {t: 4096 for t in fg.outputs if methods.get(t) == "cross_entropy"}
-
-        session = FloatSession(fg, [t for t in points if t not in fg.inputs])
-
-        def run_batch(rows):
-            batch = batch_of(feeds, int(rows[0]), int(rows[-1]) + 1)
-            return {**batch, **session.run(batch)}
-
         # cross_entropy falls back to mse for a tensor that is not [batch, classes]: keep histograms for it.
         histogram = bool(set(methods.values()) & {*HISTOGRAM_METHODS, "cross_entropy"})
-        stats = calibrate(run_batch, np.arange(sample_count(feeds)), list(points), batch_size=batch_size,
-                          keep_rows=keep_rows or None, progress=progress, histogram=histogram)
+        if statistics is not None:
+            # Bias correction and AdaRound change the weights, hence the activations, with the weight format.
+            if settings["bias_correction"] is not None or settings["adaround"] is not None:
+                raise ValidationError("convert: statistics of an earlier calibration cannot be reused with "
+                                      "bias_correction or adaround (they change the activations per weight format)")
+            stats = reused_statistics(statistics, list(points), histogram, keep_rows)
+        else:
+            session = FloatSession(fg, [t for t in points if t not in fg.inputs])
+
+            def run_batch(rows):
+                batch = batch_of(feeds, int(rows[0]), int(rows[-1]) + 1)
+                return {**batch, **session.run(batch)}
+
+            stats = calibrate(run_batch, np.arange(sample_count(feeds)), list(points), batch_size=batch_size,
+                              keep_rows=keep_rows or None, progress=progress, histogram=histogram)
         qparams = {}
         for t, (p, _) in points.items():
             method = methods[t]
@@ -723,7 +737,7 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
                     "adaround": settings["adaround"] is not None, **ptq.meta},
             "input_shapes": {k: [None if d is None else int(d) for d in v] for k, v in (input_shapes or {}).items()}}
     return QuantizationPlan(fg, profile, steps, qparams, ptq.weights, weight_range_method, meta, start, formats,
-                            dtypes)
+                            dtypes, stats)
 
 
 def lower(plan: QuantizationPlan, name: str | None = None) -> Model:
