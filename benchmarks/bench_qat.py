@@ -13,7 +13,9 @@ datapath) on the test set.  Columns:
   kept), ``bnstats`` (distillation, every Conv trained with a batch norm on batch statistics, white
   paper §4.2's variant, instead of static folding: the shipped models' exporters folded their batch
   norms, so each is put back as the identity on its output's statistics on the calibration images,
-  :meth:`intsim.qat.FakeQuantModel.keep_batch_norms`);
+  :meth:`intsim.qat.FakeQuantModel.keep_batch_norms`); per-layer precision (``layer_config``, as chips
+  often keep the edges of a network wider): ``logits8`` (distillation, the last layer's output at 8 bits)
+  and ``edges8`` (distillation, the first and last layer at W8A8);
 * ``QAT start``: the integer model of the QAT starting point itself (standard pipeline without AdaRound
   and bias correction), before any training;
 * ``agree``: top-1 agreement of the integer model with the fake-quant model it was exported from,
@@ -23,7 +25,7 @@ datapath) on the test set.  Columns:
 Per-channel weights, the ``paper`` profile.  Writes ``benchmarks/results/qat_<model>_<rows>_<variants>.md``;
 ``--variants ''`` gives the PTQ and QAT-start columns alone.
 
-    python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed,bnstats]
+    python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed,bnstats,logits8,edges8]
                                    [--no-ptq] [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
 """
 
@@ -43,13 +45,18 @@ from intsim.datasets import load_dataset
 from intsim.models import model_path
 from intsim.ptq.adaround import AdaRoundOptions
 from intsim.qat import export, layer_agreement, predict, prepare, train
+from intsim.qat.module import MAC_OPS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROWS = {"W8A8": (8, 8), "W4A8": (4, 8), "W4A4": (4, 4), "W4A3": (4, 3), "W3A3": (3, 3)}
 VARIANTS = {"distill": {"labels": False, "learn_ranges": True, "batch_norms": False},
             "labels": {"labels": True, "learn_ranges": True, "batch_norms": False},
             "fixed": {"labels": False, "learn_ranges": False, "batch_norms": False},
-            "bnstats": {"labels": False, "learn_ranges": True, "batch_norms": True}}
+            "bnstats": {"labels": False, "learn_ranges": True, "batch_norms": True},
+            "logits8": {"labels": False, "learn_ranges": True, "batch_norms": False, "edges": ("last",),
+                        "edge_format": {"activation_bits": 8}},
+            "edges8": {"labels": False, "learn_ranges": True, "batch_norms": False, "edges": ("first", "last"),
+                       "edge_format": {"weight_bits": 8, "activation_bits": 8}}}
 CALIBRATION = 512
 LAYER_SAMPLES = 500  # test images for the per-layer code agreement (printed, not tabulated)
 BATCH = 1000
@@ -67,6 +74,15 @@ def _accuracy(logits, labels):
 
 def _integer_logits(model, x):
     return np.concatenate([model.run(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+
+
+def _edge_layers(onnx, spec, calibration, w, a) -> dict | None:
+    """The variant's ``layer_config``: its ``edge_format`` on the first and / or last Conv / Gemm layer."""
+    if "edges" not in spec:
+        return None
+    layers = [n.name for n in prepare(onnx, calibration, weight_bits=w, activation_bits=a, progress=False).graph.nodes
+              if n.op in MAC_OPS]
+    return {layers[0 if edge == "first" else -1]: spec["edge_format"] for edge in spec["edges"]}
 
 
 def main(argv=None):
@@ -112,8 +128,9 @@ def main(argv=None):
         for variant in variants:
             spec = VARIANTS[variant]
             start = time.perf_counter()
+            layer_config = _edge_layers(onnx, spec, x_train[:CALIBRATION], w, a)
             qat = prepare(onnx, x_train[:CALIBRATION], weight_bits=w, activation_bits=a,
-                          learn_ranges=spec["learn_ranges"], progress=False)
+                          learn_ranges=spec["learn_ranges"], layer_config=layer_config, progress=False)
             if spec["batch_norms"]:
                 qat.keep_batch_norms([n.name for n in qat.graph.nodes if n.op == "Conv"], x_train[:CALIBRATION])
 
