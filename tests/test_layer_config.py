@@ -114,6 +114,22 @@ def test_narrow_input_codes_follow_the_input_tensor_bits(net):
     assert codes.min() == -4 and codes.max() == 3
 
 
+def test_wide_input_of_a_narrow_profile_keeps_its_own_bits(net):
+    # An 8-bit first layer in a 3-bit profile: the input is full-width int8, and its codes are those of a
+    # uniform 8-bit conversion (the runtime used to read the profile's 3-bit range off the int8 dtype).
+    onnx_model, x = net
+    mixed = intsim.convert(onnx_model, x, profile="paper", activation_bits=3, progress=False,
+                           layer_config={"conv1": {"activation_bits": 8}})
+    uniform = intsim.convert(onnx_model, x, profile="paper", progress=False)
+    info = mixed.graph.tensors["x"]
+    assert (info.dtype, info.code_range) == ("int8", (-128, 127))
+    assert (info.scale, info.zero_point) == (uniform.graph.tensors["x"].scale, uniform.graph.tensors["x"].zero_point)
+    codes = mixed.quantize_inputs([x])[0]
+    np.testing.assert_array_equal(codes, uniform.quantize_inputs([x])[0], strict=True)
+    assert codes.min() < -4 or codes.max() > 3
+    assert mixed.graph.tensors[_node(mixed, "conv2").outputs[0]].code_range == (-4, 3)
+
+
 def test_saved_mixed_graph_keeps_bits(net, tmp_path):
     onnx_model, x = net
     model = intsim.convert(onnx_model, x, profile="paper", progress=False,

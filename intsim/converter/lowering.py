@@ -137,7 +137,10 @@ class _Lowering:
             self.fixed.add(name)
         else:
             dtype = storage_dtype(fmt.bits, fmt.signed)
-        bits = fmt.bits if fmt.bits < 8 * dtype.itemsize else None
+        # A full-width tensor records its bits too where the runtime would otherwise read the profile's
+        # narrower activation range off the dtype (an 8-bit input of a layer_config layer in a 3-bit profile).
+        profile_narrow = dtype == self.profile.activation_dtype and self.profile.activation_bits < 8 * dtype.itemsize
+        bits = fmt.bits if fmt.bits < 8 * dtype.itemsize or profile_narrow else None
         self.tensors[name] = TensorInfo(name, dtype.name, shape, scale, zero_point, bits)
         self.format_of[name] = fmt
         self.meta["source"][name] = [float_name, list(perm)]
