@@ -368,12 +368,13 @@ def _sweep_batch(context, batch, labels) -> dict:
     overflows, exact = {}, {}
     for node in mac_nodes:
         node_inputs = {t: ref.tensors[t] for t in node.inputs}
-        exact[node.name] = lowest_clean = _narrowest_clean(setups[node.name], full.profile, node_inputs, MIN_ACC_BITS)
+        setup = setups[node.name]
+        exact[node.name] = lowest_clean = _narrowest_clean(setup, full.profile, node_inputs, MIN_ACC_BITS)
         per_width = {}
         for bits in bits_list:
             per_width[bits] = 0
             if lowest_clean is None or bits < lowest_clean:
-                variant = setups[node.name].replace(profile=full.profile.replace(accumulator_bits=bits, overflow="wrap"))
+                variant = setup.replace(profile=full.profile.replace(accumulator_bits=bits, overflow="wrap"))
                 per_width[bits] = int(variant.run(node_inputs).stats[node.name]["overflow_count"])
         overflows[node.name] = {(policy, bits): per_width[bits] for policy in ("saturate", "wrap") for bits in bits_list}
     ends = {}
