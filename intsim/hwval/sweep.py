@@ -376,7 +376,8 @@ def _sweep_batch(context, batch, labels) -> dict:
             if lowest_clean is None or bits < lowest_clean:
                 variant = setup.replace(profile=full.profile.replace(accumulator_bits=bits, overflow="wrap"))
                 per_width[bits] = int(variant.run(node_inputs).stats[node.name]["overflow_count"])
-        overflows[node.name] = {(policy, bits): per_width[bits] for policy in ("saturate", "wrap") for bits in bits_list}
+        overflows[node.name] = {(policy, bits): count for policy in ("saturate", "wrap")
+                                for bits, count in per_width.items()}
     ends = {}
     for (bits, policy), variant_model in models.items():
         key = bits, policy
