@@ -153,9 +153,11 @@ def _pixels(x, x_zero_point, w_t, c0, w_zero_point, post, weight_bound, sh, sw, 
                                 patch[base + c] = zx
                                 channel_sum[c] += zx
                                 channel_l1[c] += abs(zx)
-                for g in range(groups):
-                    group_sum[g] = channel_sum[g * cin_g: (g + 1) * cin_g].sum()
-                    group_l1[g] = channel_l1[g * cin_g: (g + 1) * cin_g].sum()
+                group_sum[:] = 0
+                group_l1[:] = 0
+                for c in range(cin):
+                    group_sum[c // cin_g] += channel_sum[c]
+                    group_l1[c // cin_g] += channel_l1[c]
                 for o in range(cout):
                     g = o // cout_g
                     correction[o] = w_zero_point[o] * group_sum[g]
