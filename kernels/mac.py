@@ -31,10 +31,12 @@ so int16 activations with small values stay on the fast path).  When that
 bound fits ``acc_bits`` and ``pairwise_int16`` is off, no step can overflow,
 the order of the additions cannot matter, and the unchecked core computes the
 same exact sum in int64 in whatever order is fastest.  Otherwise the checked
-core walks the hardware order and applies the policy after every step.
+core (:mod:`intsim.kernels.mac_checked`) walks the hardware order and applies
+the policy after every step, all output channels of a pixel at once, skipping
+the checks per pixel where a bound from that window's own values fits.
 
 The slow, obviously-correct twins of these kernels are in
-:mod:`intsim.kernels.naive_mac`; tests demand bit-equality.
+:mod:`intsim.kernels.naive.mac`; tests demand bit-equality.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic, overload
 from numba.np.arrayobj import make_array, populate_array
 
-from intsim.codes import OVERFLOW_SATURATE
 from intsim.fixedpoint import (
     DOUBLE,
     FLOAT32_RINT,
@@ -60,13 +61,12 @@ from intsim.fixedpoint import (
     rescale_scalar,
     saturate,
     scale_float32,
-    wrap,
 )
 from intsim.jit import jit, jit_inline
+from intsim.kernels.mac_checked import checked_conv
 from intsim.kernels.microkernel import FIXED_ROWS
 
 
-PAIR_BITS = 16  # vpmaddubsw saturates each pair sum to int16
 # Largest |output zero point| and |clamp bound| for which requantization runs in 32-bit lanes.
 LANES_LIMIT = 2**16
 
@@ -92,49 +92,6 @@ def fixedpoint_params(multiplier, shift, rounding, multiplier_bits, padded_chann
         for k, value in enumerate((left, np.int64(multiplier[c]), above, below, total_shift, threshold)):
             params[k * padded_channels + c] = value
     return params
-
-
-# --------------------------------------------------------------------------
-# Checked accumulation: the hardware order, one policy step at a time.
-# --------------------------------------------------------------------------
-
-
-@jit
-def _apply_policy(value, acc_bits, overflow):
-    """``(policy(value), left_range)`` for one accumulator step."""
-    saturated = saturate(value, acc_bits)
-    if saturated == value:
-        return np.int64(value), False
-    if overflow == OVERFLOW_SATURATE:
-        return saturated, True
-    return wrap(value, acc_bits), True
-
-
-@jit
-def _accumulate_checked(c0, xs, ws, acc_bits, overflow, pairwise_int16):
-    """``policy(c0)`` then ``xs[k] * ws[k]`` added in ascending ``k``.
-
-    ``xs`` and ``ws`` are int64 vectors of one reduction.  Returns
-    ``(acc, overflowed, saturated_pairs)``.
-    """
-    acc, overflowed = _apply_policy(c0, acc_bits, overflow)
-    saturated_pairs = 0
-    size = xs.shape[0]
-    if pairwise_int16:
-        for k in range(0, size, 2):
-            pair = xs[k] * ws[k]
-            if k + 1 < size:
-                pair += xs[k + 1] * ws[k + 1]
-            pair_int16 = saturate(pair, PAIR_BITS)
-            if pair_int16 != pair:
-                saturated_pairs += 1
-            acc, left = _apply_policy(acc + pair_int16, acc_bits, overflow)
-            overflowed = overflowed or left
-    else:
-        for k in range(size):
-            acc, left = _apply_policy(acc + xs[k] * ws[k], acc_bits, overflow)
-            overflowed = overflowed or left
-    return acc, overflowed, saturated_pairs
 
 
 def fits_accumulator(bound: int, acc_bits: int) -> bool:
@@ -218,52 +175,6 @@ def _conv2d_unchecked_core(x, x_zero_point, w_hwio, bias, sh, sw, dh, dw, top, l
                     out[n, oh, ow, o] = np.int32(row[o])
 
 
-@jit
-def _conv2d_checked_core(
-    x, x_zero_point, w_rows, w_zero_point, c0, sh, sw, dh, dw, top, left, groups, kernel_h, kernel_w,
-    acc_bits, overflow, pairwise_int16, out,
-):
-    # Gathers each window into patch[g] in (kh, kw, ci) order, padding taps
-    # holding z_x, so one reduction is one contiguous vector pair.
-    n_batch, height, width, cin = x.shape
-    cout = w_rows.shape[0]
-    out_h, out_w = out.shape[1], out.shape[2]
-    cin_g = cin // groups
-    cout_g = cout // groups
-    patch = np.empty((groups, kernel_h * kernel_w * cin_g), np.int64)
-    window_sum = np.empty(groups, np.int64)
-    overflow_count = 0
-    pair_count = 0
-    for n in range(n_batch):
-        for oh in range(out_h):
-            for ow in range(out_w):
-                for g in range(groups):
-                    k = 0
-                    total = np.int64(0)
-                    for kh in range(kernel_h):
-                        ih = oh * sh - top + kh * dh
-                        for kw in range(kernel_w):
-                            iw = ow * sw - left + kw * dw
-                            inside = 0 <= ih < height and 0 <= iw < width
-                            for ci in range(cin_g):
-                                value = x[n, ih, iw, g * cin_g + ci] if inside else x_zero_point
-                                patch[g, k] = value
-                                total += value
-                                k += 1
-                    window_sum[g] = total
-                for g in range(groups):
-                    for o in range(g * cout_g, (g + 1) * cout_g):
-                        acc, overflowed, pairs = _accumulate_checked(
-                            c0[o], patch[g], w_rows[o], acc_bits, overflow, pairwise_int16
-                        )
-                        acc, left_range = _apply_policy(acc - w_zero_point[o] * window_sum[g], acc_bits, overflow)
-                        if overflowed or left_range:
-                            overflow_count += 1
-                        pair_count += pairs
-                        out[n, oh, ow, o] = np.int32(acc)
-    return overflow_count, pair_count
-
-
 def conv2d_out(x, w, strides, dilations, pads):
     out_h = _conv_output_size(x.shape[1], pads[0], pads[2], w.shape[1], strides[0], dilations[0])
     out_w = _conv_output_size(x.shape[2], pads[1], pads[3], w.shape[2], strides[1], dilations[1])
@@ -285,12 +196,9 @@ def _conv2d_checked(x, x_zero_point, w, w_zero_point, c0, strides, dilations, pa
                     pairwise_int16):
     """:func:`conv2d_nhwc_acc` in hardware order with the policy after every step."""
     out = conv2d_out(x, w, strides, dilations, pads)
-    overflow_count, pair_count = _conv2d_checked_core(
-        x.astype(np.int64), int(x_zero_point), w.reshape(w.shape[0], -1).astype(np.int64),
-        w_zero_point.astype(np.int64), c0, strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
-        groups, w.shape[1], w.shape[2], acc_bits, overflow, bool(pairwise_int16), out,
-    )
-    return out, int(overflow_count), int(pair_count)
+    counts = checked_conv(x, x_zero_point, w, w_zero_point, c0, np.zeros(w.shape[0], np.int64), strides, dilations,
+                          pads, groups, acc_bits, overflow, pairwise_int16, out)
+    return (out, *counts)
 
 
 def conv2d_nhwc_acc(x, x_zero_point, w, w_zero_point, bias, strides, dilations, pads, groups, acc_bits, overflow,
@@ -362,26 +270,6 @@ def _fully_connected_unchecked_core(x, w, w_zero_point, c0, out):
             out[n, o] = np.int32(c0[o] + dot - w_zero_point[o] * x_sum)
 
 
-@jit
-def _fully_connected_checked_core(x, w, w_zero_point, c0, acc_bits, overflow, pairwise_int16, out):
-    n_batch, depth = x.shape
-    n_out = w.shape[0]
-    overflow_count = 0
-    pair_count = 0
-    for n in range(n_batch):
-        x_sum = np.int64(0)
-        for k in range(depth):
-            x_sum += x[n, k]
-        for o in range(n_out):
-            acc, overflowed, pairs = _accumulate_checked(c0[o], x[n], w[o], acc_bits, overflow, pairwise_int16)
-            acc, left_range = _apply_policy(acc - w_zero_point[o] * x_sum, acc_bits, overflow)
-            if overflowed or left_range:
-                overflow_count += 1
-            pair_count += pairs
-            out[n, o] = np.int32(acc)
-    return overflow_count, pair_count
-
-
 def fully_connected_acc(x, x_zero_point, w, w_zero_point, bias, acc_bits, overflow, pairwise_int16):
     """Fully-connected accumulators ``x @ w.T`` in hardware order.
 
@@ -409,10 +297,11 @@ def fully_connected_acc(x, x_zero_point, w, w_zero_point, bias, acc_bits, overfl
     if not pairwise_int16 and fits_accumulator(weighted_bound(c0, depth, _max_abs(x), w, w_zero_point), acc_bits):
         _fully_connected_unchecked_core(np.ascontiguousarray(x), np.ascontiguousarray(w), w_zero_point, c0, out)
         return out, 0, 0
-    overflow_count, pair_count = _fully_connected_checked_core(
-        x.astype(np.int64), w.astype(np.int64), w_zero_point, c0, acc_bits, overflow, bool(pairwise_int16), out
-    )
-    return out, int(overflow_count), int(pair_count)
+    # the hardware order of a 1x1 convolution over N pixels of K channels
+    counts = checked_conv(x.reshape(n_batch, 1, 1, depth), x_zero_point, w.reshape(w.shape[0], 1, 1, depth),
+                          w_zero_point, c0, np.zeros(w.shape[0], np.int64), (1, 1), (1, 1), (0, 0, 0, 0), 1, acc_bits,
+                          overflow, pairwise_int16, out.reshape(n_batch, 1, 1, -1))
+    return (out, *counts)
 
 
 # --------------------------------------------------------------------------
@@ -448,37 +337,6 @@ def _matmul_unchecked_core(a, a_zero_point, b, b_zero_point, c0, out):
                 out[bi, m, j] = np.int32(row[j])
 
 
-@jit
-def _matmul_checked_core(a, a_zero_point, b_t, b_zero_point, c0, acc_bits, overflow, pairwise_int16, out):
-    # b_t is b transposed to [B, N, K] so that each reduction is contiguous.
-    n_batch, rows, depth = a.shape
-    cols = b_t.shape[1]
-    b_sum = np.empty(cols, np.int64)
-    overflow_count = 0
-    pair_count = 0
-    for bi in range(n_batch):
-        for j in range(cols):
-            total = np.int64(0)
-            for k in range(depth):
-                total += b_t[bi, j, k]
-            b_sum[j] = total
-        for m in range(rows):
-            a_sum = np.int64(0)
-            for k in range(depth):
-                a_sum += a[bi, m, k]
-            for j in range(cols):
-                acc, overflowed, pairs = _accumulate_checked(
-                    c0, a[bi, m], b_t[bi, j], acc_bits, overflow, pairwise_int16
-                )
-                acc, left_b = _apply_policy(acc - b_zero_point * a_sum, acc_bits, overflow)
-                acc, left_a = _apply_policy(acc - a_zero_point * b_sum[j], acc_bits, overflow)
-                if overflowed or left_b or left_a:
-                    overflow_count += 1
-                pair_count += pairs
-                out[bi, m, j] = np.int32(acc)
-    return overflow_count, pair_count
-
-
 def matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_int16):
     """Batched activation-by-activation matmul accumulators ``a @ b``.
 
@@ -508,11 +366,19 @@ def matmul_acc(a, a_zero_point, b, b_zero_point, acc_bits, overflow, pairwise_in
     if not pairwise_int16 and fits_accumulator(bound, acc_bits):
         _matmul_unchecked_core(np.ascontiguousarray(a), a_zero_point, np.ascontiguousarray(b), b_zero_point, c0, out)
         return out, 0, 0
-    overflow_count, pair_count = _matmul_checked_core(
-        a.astype(np.int64), a_zero_point, np.ascontiguousarray(b.transpose(0, 2, 1), dtype=np.int64), b_zero_point,
-        c0, acc_bits, overflow, bool(pairwise_int16), out,
-    )
-    return out, int(overflow_count), int(pair_count)
+    # per batch, a 1x1 convolution over the M rows of a with the columns of b as weights: c0 first,
+    # z_b * sum_k a[m, k] as its zero-point correction, z_a * sum_k b[k, n] subtracted last
+    overflow_count = pair_count = 0
+    cols = b.shape[2]
+    for bi in range(n_batch):
+        b_columns = np.ascontiguousarray(b[bi].T).reshape(cols, 1, 1, depth)
+        post = a_zero_point * b[bi].sum(axis=0, dtype=np.int64)
+        counts = checked_conv(a[bi].reshape(rows, 1, 1, depth), a_zero_point, b_columns, np.full(cols, b_zero_point),
+                              np.full(cols, c0, np.int64), post, (1, 1), (1, 1), (0, 0, 0, 0), 1, acc_bits, overflow,
+                              pairwise_int16, out[bi].reshape(rows, 1, 1, cols))
+        overflow_count += counts[0]
+        pair_count += counts[1]
+    return out, overflow_count, pair_count
 
 
 # --------------------------------------------------------------------------

@@ -274,8 +274,8 @@ def test_matmul_without_overflow_is_the_direct_sum(case):
 
 
 CONV_PATHS = ("_conv2d_unchecked", "_conv2d_checked")
-FC_PATHS = ("_fully_connected_unchecked_core", "_fully_connected_checked_core")
-MATMUL_PATHS = ("_matmul_unchecked_core", "_matmul_checked_core")
+FC_PATHS = ("_fully_connected_unchecked_core", "checked_conv")
+MATMUL_PATHS = ("_matmul_unchecked_core", "checked_conv")
 
 
 def run_conv(depth, acc_bits, pairwise):

@@ -261,7 +261,7 @@ def axes_attr(node, rank, key="axes"):
 
 
 def acc_stats(acc: np.ndarray, acc_bits: int, overflow_count: int, pair_saturations: int) -> dict:
-    peak = int(np.abs(acc.astype(np.int64)).max()) if acc.size else 0
+    peak = max(-int(acc.min()), int(acc.max())) if acc.size else 0  # |min| without an int64 copy of acc
     return {
         "overflow_count": overflow_count,
         "pair_saturation_count": pair_saturations,
