@@ -34,7 +34,7 @@ The loop, per output row ``(n, oh)``:
    kernel row.  3x3 and 5x5 windows at stride 1 and 2 have their shapes
    compiled in; any other window runs tap by tap.
 3. the row of accumulators (in L1) is requantized by
-   :func:`intsim.kernels.mac.requantize_core` into the output row; or, for
+   :func:`intsim.kernels.mac.requantize_rows` into the output row; or, for
    ``FLOAT32_RINT`` when the caller wants no clamp count (a model's run),
    :func:`dw_tile_rint` requantizes each tile in registers and stores its
    output codes directly (the GEMM's register epilogue).
@@ -42,6 +42,7 @@ The loop, per output row ``(n, oh)``:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,9 +50,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from intsim.kernels.isa import ISAS
-from intsim.fixedpoint import FLOAT32_RINT
-from intsim.kernels.mac import fixedpoint_params, requantize_core, as_int64, requantized_in_registers
+from intsim.fixedpoint import FLOAT32_RINT, SINGLE
+from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64, requantized_in_registers
 from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params, rint_arguments, rint_store_tile
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
@@ -280,12 +280,12 @@ SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_su
 
 
 @jit_inline
-def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+def _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
     # Output rows (n, oh) in ``chunks`` contiguous runs shared out among the
     # threads, each run with its own ring of encoded input rows: ring slot s
     # holds padded input row ih with ih % ring_rows == s, as
     # [codes_width, padded_channels] codes, the image from column ``left``.
-    (kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, padded_channels, chunks, rounding,
+    (kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, padded_channels, chunks,
      multiplier_bits, out_zero_point, clamp_min, clamp_max, in_registers) = settings
     n_batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -297,7 +297,7 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
     whole_rows = _compiled_in(kernel_w, sw, dw)
     total_rows = n_batch * out_h
     # The register epilogue's parameters, laid out like c0: float32 scales (FLOAT32_RINT) or the
-    # fixed-point rows (DOUBLE / SINGLE); the int64 multipliers and shifts of requantize_core.
+    # fixed-point rows (DOUBLE / SINGLE); the int64 multipliers and shifts of requantize_rows.
     scale32 = np.zeros(padded_channels, np.float32)
     for c in range(channels):
         scale32[c] = np.float32(scale[c])
@@ -329,12 +329,12 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
                 else:
                     for kw in range(kernel_w):
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
-            if in_registers and rounding == FLOAT32_RINT:  # in the tiles' registers, straight into the output row
+            if rounding == FLOAT32_RINT and in_registers:  # in the tiles' registers, straight into the output row
                 rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, channels,
                         out[n, oh].reshape(out_w * channels))
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, rint)
-            elif in_registers:
+            elif rounding <= SINGLE and in_registers:
                 fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point,
                               channels, out[n, oh].reshape(out_w * channels))
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
@@ -343,30 +343,30 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, None)
                 # the core reads the leading ``channels`` columns of the padded rows
-                saturation_count += requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift,
-                                                     scale, rounding, multiplier_bits, out_zero_point, clamp_min,
-                                                     clamp_max, out[n, oh])
+                saturation_count += requantize_rows(rounding, acc.reshape(out_w, padded_channels), 0, multiplier,
+                                                    shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                                                    clamp_max, out[n, oh])
     return saturation_count
 
 
-def _cores(variant):
-    # The core twice, from one inlined body: with threads (its prange a
-    # parallel loop) and serial, which one thread takes to skip the thread
-    # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
-    # needs it; only the variants that run are ever compiled.
-    @jit_parallel
-    def threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
-
+@functools.cache
+def depthwise_cores(variant, rounding):
+    """``(serial, threaded)``: the core of one pairs variant and rounding mode, twice from one inlined
+    body: with threads (its prange a parallel loop) and serial, which one thread takes to skip the
+    thread pool's launch.  ``variant`` and ``rounding`` are constants of the closure, as dw_tile and
+    the epilogue need them; made at the first lookup, so only the variants and modes that run are
+    ever compiled."""
     @jit
-    def serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
+    def depthwise_serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shift, scale, code_sample,
+                               out)
 
-    return serial, threaded
+    @jit_parallel
+    def depthwise_threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shift, scale, code_sample,
+                               out)
 
-
-# (serial, threaded) core per pairs variant
-CORES = {isa.pairs: _cores(isa.pairs) for isa in ISAS.values()}
+    return depthwise_serial, depthwise_threaded
 
 
 @dataclass(frozen=True)
@@ -415,9 +415,9 @@ def depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant
                         and _compiled_in(kernel[1], strides[1], dilations[1]))
         packed.launches[key] = np.array(
             [kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
-             packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
+             packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, multiplier_bits, out_zero_point,
              clamp_min, clamp_max, in_registers], np.int64)
-    serial, threaded = CORES[packed.variant]
+    serial, threaded = depthwise_cores(packed.variant, int(rounding))
     return [(threaded if chunks > 1 else serial,
              (x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
               np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))]

@@ -4,23 +4,14 @@ patches) and multiplied by the register-tiled micro-kernel, then requantized whi
 
 from __future__ import annotations
 
+import functools
 
 import numpy as np
 from numba import prange
 
-from intsim.kernels.isa import (
-    AVX2_PAIRS,
-    AVX512_PAIRS,
-    PORTABLE_PAIRS,
-    PORTABLE_QUADS,
-    TILE_BLOCKS,
-    TILE_ROWS,
-    VNNI_PAIRS,
-    VNNI_QUADS,
-    tile_rows,
-)
-from intsim.fixedpoint import FLOAT32_RINT
-from intsim.kernels.mac import fixedpoint_params, requantize_core, as_int64
+from intsim.kernels.isa import TILE_BLOCKS, TILE_ROWS, tile_rows
+from intsim.fixedpoint import FLOAT32_RINT, SINGLE
+from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64
 from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
 from intsim.jit import jit, jit_inline, jit_parallel
 
@@ -117,23 +108,6 @@ def padded_rows(variant, n_blocks, rows):
         tall = tile_rows(variant, rest)
         padded = max(padded, -(-rows // tall) * tall)
     return padded
-
-
-@jit
-def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
-    # _gemm_tiles with ``variant`` made a compile-time constant.
-    if variant == VNNI_QUADS:
-        _gemm_tiles(VNNI_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    elif variant == VNNI_PAIRS:
-        _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    elif variant == AVX512_PAIRS:
-        _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    elif variant == AVX2_PAIRS:
-        _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    elif variant == PORTABLE_QUADS:
-        _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-    else:
-        _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
 
 
 @jit
@@ -265,12 +239,12 @@ def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_row
 # The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
 # to type-check per call instead of twenty).
 GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
-                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words", "rounding",
+                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words",
                  "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
 
 
 @jit_inline
-def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+def _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
     # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
@@ -278,9 +252,10 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     # in place: row r of a tile starts at its window's top-left pixel and tap
     # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
     # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
-    # ``code_sample`` carries the code dtype.
+    # ``code_sample`` carries the code dtype.  ``variant`` and ``rounding`` are compile-time
+    # constants: only their micro-kernel and epilogue are compiled.
     (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
-     row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
+     row_len, source_h, source_w, pixel_words, multiplier_bits, out_zero_point, clamp_min,
      clamp_max, in_registers) = settings
     n_rows = out.shape[0]
     # The epilogue's parameters once, not per chunk: float32 scales padded like c0 (FLOAT32_RINT
@@ -317,30 +292,35 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
                 a_rows[r] = r * groups
             a = patches.reshape(patches.size).view(np.int32)
         a_rows[rows:] = a_rows[0]
-        if in_registers and rounding == FLOAT32_RINT:
+        if rounding == FLOAT32_RINT and in_registers:
             rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                     out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-        elif in_registers:
+            _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        elif rounding <= SINGLE and in_registers:
             fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                           out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
+            _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
         else:
-            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
-            saturation_count += requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
-                                                 multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                                                 out[m0:m0 + rows])
+            _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
+            saturation_count += requantize_rows(rounding, acc[:rows], 0, multiplier, shift, scale, multiplier_bits,
+                                                out_zero_point, clamp_min, clamp_max, out[m0:m0 + rows])
     return saturation_count
 
 
-# The GEMM core twice, from one inlined body: with threads (its prange a
-# parallel loop) and serial (the prange a plain loop), which one thread takes
-# to skip the thread pool's launch (about 2 us a call).
-@jit_parallel
-def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
+@functools.cache
+def conv2d_gemm_cores(variant, rounding):
+    """``(serial, threaded)``: the GEMM core of one micro-kernel variant and rounding mode, twice from one
+    inlined body: with threads (its prange a parallel loop) and serial (the prange a plain loop), which
+    one thread takes to skip the thread pool's launch (about 2 us a call).  Made at the first lookup and
+    compiled at the first call, so a model compiles the variants and modes it runs only."""
+    @jit
+    def conv2d_gemm_serial(x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+        return _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shift, scale, settings,
+                                 code_sample, out)
 
+    @jit_parallel
+    def conv2d_gemm_threaded(x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+        return _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shift, scale, settings,
+                                 code_sample, out)
 
-@jit
-def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
+    return conv2d_gemm_serial, conv2d_gemm_threaded
