@@ -125,7 +125,7 @@ class _GemmLaunch:
              pads[1], groups, rows_per_chunk, packed.row_len, source_h, source_w, tap_groups, multiplier_bits,
              out_zero_point, clamp_min, clamp_max, in_registers], np.int64)
         self.count_clamps = count_clamps
-        self.cores = conv2d_gemm_cores(packed.variant, int(rounding))
+        self.cores = conv2d_gemm_cores(int(rounding))
         self.chunks = -(-n_rows // rows_per_chunk)
         self.requant = (np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64))
         self.code_sample = packed.code_sample
@@ -144,8 +144,8 @@ class _GemmLaunch:
         else:
             source = x4.reshape(-1).view(np.int32) if self.implicit else self.no_source
         multiplier, shift, scale = self.requant
-        calls.append((self.cores[threaded], (x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
-                                             self.settings, self.code_sample, out)))
+        calls.append((self.cores[threaded], (packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier,
+                                             shift, scale, self.settings, self.code_sample, out)))
         return calls
 
     def run(self, x4, out):

@@ -9,7 +9,17 @@ import functools
 import numpy as np
 from numba import prange
 
-from intsim.kernels.isa import TILE_BLOCKS, TILE_ROWS, tile_rows
+from intsim.kernels.isa import (
+    AVX2_PAIRS,
+    AVX512_PAIRS,
+    PORTABLE_PAIRS,
+    PORTABLE_QUADS,
+    TILE_BLOCKS,
+    TILE_ROWS,
+    VNNI_PAIRS,
+    VNNI_QUADS,
+    tile_rows,
+)
 from intsim.fixedpoint import FLOAT32_RINT, SINGLE
 from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64
 from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
@@ -108,6 +118,23 @@ def padded_rows(variant, n_blocks, rows):
         tall = tile_rows(variant, rest)
         padded = max(padded, -(-rows // tall) * tall)
     return padded
+
+
+@jit
+def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
+    # _gemm_tiles with ``variant`` made a compile-time constant.
+    if variant == VNNI_QUADS:
+        _gemm_tiles(VNNI_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == VNNI_PAIRS:
+        _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == AVX512_PAIRS:
+        _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == AVX2_PAIRS:
+        _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    elif variant == PORTABLE_QUADS:
+        _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+    else:
+        _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
 
 
 @jit
@@ -244,7 +271,8 @@ GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", 
 
 
 @jit_inline
-def _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+def _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample,
+                      out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
     # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
@@ -252,8 +280,8 @@ def _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shi
     # in place: row r of a tile starts at its window's top-left pixel and tap
     # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
     # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
-    # ``code_sample`` carries the code dtype.  ``variant`` and ``rounding`` are compile-time
-    # constants: only their micro-kernel and epilogue are compiled.
+    # ``code_sample`` carries the code dtype.  ``rounding`` is a compile-time constant: only its
+    # epilogues are compiled.
     (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
      row_len, source_h, source_w, pixel_words, multiplier_bits, out_zero_point, clamp_min,
      clamp_max, in_registers) = settings
@@ -295,32 +323,32 @@ def _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shi
         if rounding == FLOAT32_RINT and in_registers:
             rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                     out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
         elif rounding <= SINGLE and in_registers:
             fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                           out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
         else:
-            _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
+            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
             saturation_count += requantize_rows(rounding, acc[:rows], 0, multiplier, shift, scale, multiplier_bits,
                                                 out_zero_point, clamp_min, clamp_max, out[m0:m0 + rows])
     return saturation_count
 
 
 @functools.cache
-def conv2d_gemm_cores(variant, rounding):
-    """``(serial, threaded)``: the GEMM core of one micro-kernel variant and rounding mode, twice from one
-    inlined body: with threads (its prange a parallel loop) and serial (the prange a plain loop), which
-    one thread takes to skip the thread pool's launch (about 2 us a call).  Made at the first lookup and
-    compiled at the first call, so a model compiles the variants and modes it runs only."""
+def conv2d_gemm_cores(rounding):
+    """``(serial, threaded)``: the GEMM core of one rounding mode, twice from one inlined body: with
+    threads (its prange a parallel loop) and serial (the prange a plain loop), which one thread takes
+    to skip the thread pool's launch (about 2 us a call).  Made at the first lookup and compiled at the
+    first call, so a model compiles the epilogues of the modes it runs only."""
     @jit
-    def conv2d_gemm_serial(x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-        return _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shift, scale, settings,
+    def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+        return _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shift, scale, settings,
                                  code_sample, out)
 
     @jit_parallel
-    def conv2d_gemm_threaded(x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-        return _conv2d_gemm_rows(variant, rounding, x, source, taps, w, c0, multiplier, shift, scale, settings,
+    def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+        return _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shift, scale, settings,
                                  code_sample, out)
 
     return conv2d_gemm_serial, conv2d_gemm_threaded

@@ -692,12 +692,12 @@ def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, roun
 
 
 @jit_inline
-def requantize_rows(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
-                    clamp_min, clamp_max, out):
+def _requantize_mode(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
+                     clamp_min, clamp_max, out):
     # acc [R, >= C] (its leading C columns count), out [R, C], both C-contiguous; see :func:`requantize`.
     # The 32-bit lanes where they are exact, else the int64 rows.  Inlined with ``rounding`` a
-    # compile-time constant (requantize_core's, or a fused kernel's): numba prunes the other
-    # modes' branches, so only this mode's loops are typed and compiled.
+    # compile-time constant (requantize_core's): numba prunes the other modes' branches, so only
+    # this mode's loops are typed and compiled.
     if rounding != FLOAT64_HALF_AWAY and acc_zero_point == 0 and max(abs(out_zero_point), abs(clamp_min),
                                                                      abs(clamp_max)) <= LANES_LIMIT:
         return _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point,
@@ -718,10 +718,35 @@ def requantize_core(rounding):
     @jit
     def requantize_mode(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
                         clamp_max, out):
-        return requantize_rows(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
-                               out_zero_point, clamp_min, clamp_max, out)
+        return _requantize_mode(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
 
     return requantize_mode
+
+
+def requantize_rows(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
+                    clamp_min, clamp_max, out):
+    """``requantize_core(rounding)(acc, ...)``, for compiled callers (the fused kernels' epilogues) that hold
+    ``rounding`` as a compile-time constant: the call links the one mode's compiled function, compiled
+    once and cached on its own, into the caller."""
+    return requantize_core(rounding)(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
+                                     clamp_min, clamp_max, out)
+
+
+@overload(requantize_rows, prefer_literal=True)
+def _requantize_rows_overload(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                              out_zero_point, clamp_min, clamp_max, out):
+    # Only a constant mode selects a function; a run-time one finds no implementation (a typing error).
+    if not isinstance(rounding, types.IntegerLiteral):
+        return None
+    core = requantize_core(rounding.literal_value)
+
+    def call_core(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
+                  clamp_min, clamp_max, out):
+        return core(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                    clamp_max, out)
+
+    return call_core
 
 
 def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
