@@ -61,14 +61,16 @@ def _cpu_seconds(code: str, tree: str | None, env: dict) -> float:
 
 
 def _cpu_name() -> str:
+    """The CPU's model name and LLVM's name for its micro-architecture (what numba compiles for)."""
+    import llvmlite.binding as llvm
+
+    model = platform.processor() or "unknown CPU"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
     except OSError:
         pass
-    return platform.processor() or "unknown CPU"
+    return f"{model} ({llvm.get_host_cpu_name()})"
 
 
 def main(argv=None) -> None:

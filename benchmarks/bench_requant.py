@@ -1,9 +1,8 @@
-"""The requantization epilogue alone: ns per element of ``mac.requantize_rows`` per rounding mode and channels.
+"""The requantization epilogue alone: ns per element of ``mac.requantize_rows`` per rounding mode and channel count.
 
-The epilogue is driven the way the fused GEMM drives it: inlined into compiled
-code with the rounding mode a compile-time constant, once per chunk of
-``CHUNK_ROWS`` output rows, each reading a ``[CHUNK_ROWS, C]`` int32
-accumulator chunk (one chunk reused, so it sits in cache as the GEMM's
+The core is driven the way the fused GEMM drives it: from compiled code, one
+call per chunk of ``CHUNK_ROWS`` output rows, each reading a ``[CHUNK_ROWS, C]``
+int32 accumulator chunk (one chunk reused, so it sits in cache as the GEMM's
 just-written chunk does) into its rows of a ``[rows, C]`` uint8 output (zero
 point 120, clamp [0, 255]).  Each mode runs with
 one scale for every channel (per-tensor, as onnxruntime's ``quantize_static``
@@ -17,7 +16,6 @@ peer: the end-to-end comparison with onnxruntime is ``bench_kernels.py``.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import time
@@ -33,19 +31,14 @@ from intsim.kernels.gemm_chunk import CHUNK_ROWS  # noqa: E402
 from intsim.kernels.mac import requantize_rows  # noqa: E402
 
 
-@functools.cache
-def _epilogue(rounding):
-    # The fused GEMM's epilogue, one per chunk of rows, under one rounding mode.
-    @njit(cache=True)
-    def epilogue(acc, multiplier, shift, scale, chunk_rows, out):
-        count = 0
-        for m0 in range(0, out.shape[0], chunk_rows):
-            m1 = min(m0 + chunk_rows, out.shape[0])
-            count += requantize_rows(rounding, acc[:m1 - m0], 0, multiplier, shift, scale, 31, 120, 0, 255,
-                                     out[m0:m1])
-        return count
-
-    return epilogue
+@njit(cache=True)
+def _epilogue(acc, multiplier, shift, scale, rounding, chunk_rows, out):
+    # The fused GEMM's epilogue calls, one per chunk of rows.
+    count = 0
+    for m0 in range(0, out.shape[0], chunk_rows):
+        m1 = min(m0 + chunk_rows, out.shape[0])
+        count += requantize_rows(rounding, acc[:m1 - m0], 0, multiplier, shift, scale, 31, 120, 0, 255, out[m0:m1])
+    return count
 
 
 def main(argv=None):
@@ -67,8 +60,8 @@ def main(argv=None):
                                ("per-channel", rng.uniform(1.5e-3, 3.5e-3, channels))):
                 rq = Rescale.from_real(real, mode)
                 multiplier, shift, scale = rq.kernel_args(channels)
-                runners[mode, kind] = (lambda e=_epilogue(rq.code), a=(acc, multiplier, shift, scale, CHUNK_ROWS, out):
-                                       e(*a))
+                runners[mode, kind] = (lambda a=(acc, multiplier, shift, scale, rq.code, CHUNK_ROWS, out):
+                                       _epilogue(*a))
         for run in runners.values():
             run()
         times = {key: [] for key in runners}

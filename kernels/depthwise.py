@@ -42,7 +42,6 @@ The loop, per output row ``(n, oh)``:
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,7 +49,8 @@ from llvmlite import ir
 from numba import prange, types
 from numba.extending import intrinsic
 
-from intsim.fixedpoint import FLOAT32_RINT, SINGLE
+from intsim.kernels.isa import ISAS
+from intsim.fixedpoint import FLOAT32_RINT
 from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64, requantized_in_registers
 from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params, rint_arguments, rint_store_tile
 from intsim.jit import jit, jit_inline, jit_parallel
@@ -280,12 +280,12 @@ SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_su
 
 
 @jit_inline
-def _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
     # Output rows (n, oh) in ``chunks`` contiguous runs shared out among the
     # threads, each run with its own ring of encoded input rows: ring slot s
     # holds padded input row ih with ih % ring_rows == s, as
     # [codes_width, padded_channels] codes, the image from column ``left``.
-    (kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, padded_channels, chunks,
+    (kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, padded_channels, chunks, rounding,
      multiplier_bits, out_zero_point, clamp_min, clamp_max, in_registers) = settings
     n_batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
@@ -329,12 +329,12 @@ def _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shif
                 else:
                     for kw in range(kernel_w):
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
-            if rounding == FLOAT32_RINT and in_registers:  # in the tiles' registers, straight into the output row
+            if in_registers and rounding == FLOAT32_RINT:  # in the tiles' registers, straight into the output row
                 rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, channels,
                         out[n, oh].reshape(out_w * channels))
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, rint)
-            elif rounding <= SINGLE and in_registers:
+            elif in_registers:
                 fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point,
                               channels, out[n, oh].reshape(out_w * channels))
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
@@ -349,24 +349,24 @@ def _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shif
     return saturation_count
 
 
-@functools.cache
-def depthwise_cores(variant, rounding):
-    """``(serial, threaded)``: the core of one pairs variant and rounding mode, twice from one inlined
-    body: with threads (its prange a parallel loop) and serial, which one thread takes to skip the
-    thread pool's launch.  ``variant`` and ``rounding`` are constants of the closure, as dw_tile and
-    the epilogue need them; made at the first lookup, so only the variants and modes that run are
-    ever compiled."""
-    @jit
-    def depthwise_serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shift, scale, code_sample,
-                               out)
-
+def _cores(variant):
+    # The core twice, from one inlined body: with threads (its prange a
+    # parallel loop) and serial, which one thread takes to skip the thread
+    # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
+    # needs it; only the variants that run are ever compiled.
     @jit_parallel
-    def depthwise_threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, rounding, x, w_taps, c0, settings, multiplier, shift, scale, code_sample,
-                               out)
+    def threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
 
-    return depthwise_serial, depthwise_threaded
+    @jit
+    def serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
+
+    return serial, threaded
+
+
+# (serial, threaded) core per pairs variant
+CORES = {isa.pairs: _cores(isa.pairs) for isa in ISAS.values()}
 
 
 @dataclass(frozen=True)
@@ -415,9 +415,9 @@ def depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant
                         and _compiled_in(kernel[1], strides[1], dilations[1]))
         packed.launches[key] = np.array(
             [kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
-             packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, multiplier_bits, out_zero_point,
+             packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
              clamp_min, clamp_max, in_registers], np.int64)
-    serial, threaded = depthwise_cores(packed.variant, int(rounding))
+    serial, threaded = CORES[packed.variant]
     return [(threaded if chunks > 1 else serial,
              (x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
               np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))]

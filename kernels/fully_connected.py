@@ -3,14 +3,22 @@ reads int8 weights in place (:mod:`intsim.kernels.rowdot`: no packed copy held).
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import numpy as np
 from numba import prange
 
 from intsim.kernels import isa as isa_module
-from intsim.kernels.isa import GROUP, TILE_BLOCKS
+from intsim.kernels.isa import (
+    AVX2_PAIRS,
+    AVX512_PAIRS,
+    GROUP,
+    PORTABLE_PAIRS,
+    PORTABLE_QUADS,
+    TILE_BLOCKS,
+    VNNI_PAIRS,
+    VNNI_QUADS,
+)
 from intsim.kernels.mac import requantize_rows
 from intsim.kernels.microkernel import LANES, mac_tile
 from intsim.kernels.rowdot import row_dots
@@ -60,16 +68,15 @@ def _gemv_variant(variant, rows, a, w, groups, c0, acc):
         _gemv_rows(variant, 4, a, w, groups, c0, acc)
 
 
-@jit_inline
-def _gemv_rows_requantized(variant, rounding, x, w, c0, multiplier, shift, scale, settings, code_sample, out):
+@jit
+def _gemv_core(variant, x, w, c0, multiplier, shift, scale, settings, code_sample, out):
     # out [M, O] from x [M, K] with M <= 4: the rows are encoded (x - a_sub,
     # zeros up to the whole group) into one buffer, one micro-kernel tile
     # covers all rows for each run of 16-channel blocks from c0 (bias and
     # zero-point terms folded in at pack time), and the accumulators are
     # requantized in place of an int32 tensor.  No chunks, no thread pool,
-    # one argument array of scalars.  Inlined with ``variant`` and ``rounding``
-    # compile-time constants (see _gemv_core).
-    a_sub, groups, row_len, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
+    # one argument array of scalars.
+    a_sub, groups, row_len, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
     rows, depth = x.shape
     codes = np.zeros((rows, row_len), code_sample.dtype)
     for r in range(rows):
@@ -77,21 +84,20 @@ def _gemv_rows_requantized(variant, rounding, x, w, c0, multiplier, shift, scale
     a = codes.reshape(codes.size).view(np.int32)
     acc = np.empty((rows, c0.shape[0]), np.int32)
     acc_flat = acc.reshape(acc.size)
-    _gemv_variant(variant, rows, a, w, groups, c0, acc_flat)
+    if variant == VNNI_QUADS:
+        _gemv_variant(VNNI_QUADS, rows, a, w, groups, c0, acc_flat)
+    elif variant == VNNI_PAIRS:
+        _gemv_variant(VNNI_PAIRS, rows, a, w, groups, c0, acc_flat)
+    elif variant == AVX512_PAIRS:
+        _gemv_variant(AVX512_PAIRS, rows, a, w, groups, c0, acc_flat)
+    elif variant == AVX2_PAIRS:
+        _gemv_variant(AVX2_PAIRS, rows, a, w, groups, c0, acc_flat)
+    elif variant == PORTABLE_QUADS:
+        _gemv_variant(PORTABLE_QUADS, rows, a, w, groups, c0, acc_flat)
+    else:
+        _gemv_variant(PORTABLE_PAIRS, rows, a, w, groups, c0, acc_flat)
     return requantize_rows(rounding, acc, 0, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
                            clamp_max, out)
-
-
-@functools.cache
-def _gemv_core(variant, rounding):
-    # The GEMV of one micro-kernel variant and rounding mode, made at the first lookup: a model
-    # compiles the variants and modes it runs only.
-    @jit
-    def gemv_core(x, w, c0, multiplier, shift, scale, settings, code_sample, out):
-        return _gemv_rows_requantized(variant, rounding, x, w, c0, multiplier, shift, scale, settings, code_sample,
-                                      out)
-
-    return gemv_core
 
 
 class GemvLaunch:
@@ -100,17 +106,16 @@ class GemvLaunch:
 
     def __init__(self, packed, requant):
         multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = requant
-        self.core = _gemv_core(packed.variant, int(rounding))
-        self.args = (packed.words, packed.c0, np.asarray(multiplier, np.int32), np.asarray(shift, np.int32),
-                     np.asarray(scale, np.float64))
-        self.settings = np.array([packed.a_sub, packed.groups, packed.row_len, multiplier_bits, out_zero_point,
-                                  clamp_min, clamp_max], np.int64)
+        self.args = (packed.variant, packed.words, packed.c0, np.asarray(multiplier, np.int32),
+                     np.asarray(shift, np.int32), np.asarray(scale, np.float64))
+        self.settings = np.array([packed.a_sub, packed.groups, packed.row_len, rounding, multiplier_bits,
+                                  out_zero_point, clamp_min, clamp_max], np.int64)
         self.code_sample = packed.code_sample
 
     def calls(self, x, out):
         """``[(numba function, arguments)]`` of :meth:`run` (see ``_GemmLaunch.calls``)."""
-        words, c0, multiplier, shift, scale = self.args
-        return [(self.core, (x, words, c0, multiplier, shift, scale, self.settings, self.code_sample, out))]
+        variant, words, c0, multiplier, shift, scale = self.args
+        return [(_gemv_core, (variant, x, words, c0, multiplier, shift, scale, self.settings, self.code_sample, out))]
 
     def run(self, x, out):
         return int(run_calls(self.calls(x, out)))
@@ -200,14 +205,14 @@ def _row_dot_blocks(variant, codes, w, n_out, depth, lead, acc, o_begin, o_end):
 
 
 @jit_inline
-def _fully_connected_in_place_rows(variant, rounding, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
-                                   code_sample, out):
+def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample,
+                                   out):
     # out [N, O] from x [N, K] and the int8 weights w [O, K] as they lie: each row encoded
     # once into ``codes`` (x - a_sub from column ``lead`` on, zeros around it up to ``stride``,
     # a whole number of vectors; the buffer 64-byte aligned) and summed; acc starts at
     # c0 - z_w * sum(codes) (see InPlaceWeights); the outputs are shared out among the threads
     # in chunks of ROW_DOT_CHUNK; the int32 accumulators are requantized at the end.
-    a_sub, lead, stride, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
+    a_sub, lead, stride, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max = settings
     rows, depth = x.shape
     padded = c0.shape[0]
     per_line = 64 // code_sample.itemsize
@@ -237,23 +242,29 @@ def _fully_connected_in_place_rows(variant, rounding, x, w, c0, w_zero_point, mu
                            clamp_max, out)
 
 
-@functools.cache
-def _in_place_cores(variant, rounding):
-    # ``(serial, threaded)``: the kernel of one variant and rounding mode (compile-time constants of
-    # each) from one inlined body (see gemm_chunk.conv2d_gemm_cores), made at the first lookup and
-    # compiled at the first call.  (Inlining every variant into one function behind a run-time switch
-    # made the VNNI one 15% slower.)
+# The kernel per variant (a compile-time constant of each), serial and threaded from one inlined
+# body (see conv2d_gemm_threaded); each is compiled on its own, at its first call.  (Inlining every
+# variant into one function behind a run-time switch made the VNNI one 15% slower.)
+def _in_place_serial(variant):
     @jit
-    def in_place_serial(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
-        return _fully_connected_in_place_rows(variant, rounding, x, w, c0, w_zero_point, multiplier, shift, scale,
-                                              settings, code_sample, out)
+    def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
+        return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                              code_sample, out)
 
+    return core
+
+
+def _in_place_threaded(variant):
     @jit_parallel
-    def in_place_threaded(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
-        return _fully_connected_in_place_rows(variant, rounding, x, w, c0, w_zero_point, multiplier, shift, scale,
-                                              settings, code_sample, out)
+    def core(x, w, c0, w_zero_point, multiplier, shift, scale, settings, code_sample, out):
+        return _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, shift, scale, settings,
+                                              code_sample, out)
 
-    return in_place_serial, in_place_threaded
+    return core
+
+
+_IN_PLACE_SERIAL = tuple(_in_place_serial(variant) for variant in range(len(GROUP)))
+_IN_PLACE_THREADED = tuple(_in_place_threaded(variant) for variant in range(len(GROUP)))
 
 
 class InPlaceLaunch:
@@ -269,17 +280,17 @@ class InPlaceLaunch:
         lead = w.ctypes.data % step if depth % step == 0 else 0
         self.w, self.in_place = w, in_place
         self.requant = (np.asarray(multiplier, np.int64), np.asarray(shift, np.int64), np.asarray(scale, np.float64))
-        self.settings = np.array([in_place.a_sub, lead, -(-(lead + depth) // step) * step, multiplier_bits,
+        self.settings = np.array([in_place.a_sub, lead, -(-(lead + depth) // step) * step, rounding, multiplier_bits,
                                   out_zero_point, clamp_min, clamp_max], np.int64)
-        self.cores = _in_place_cores(in_place.variant, int(rounding))
         self.chunks = -(-in_place.c0.shape[0] // ROW_DOT_CHUNK)
         self.code_sample = np.zeros(1, in_place.code_dtype)
 
     def calls(self, x, out, threaded=False):
         """``[(numba function, arguments)]`` of :meth:`run` (see ``_GemmLaunch.calls``)."""
         in_place = self.in_place
-        return [(self.cores[threaded], (np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point,
-                                        *self.requant, self.settings, self.code_sample, out))]
+        core = (_IN_PLACE_THREADED if threaded else _IN_PLACE_SERIAL)[in_place.variant]
+        return [(core, (np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point, *self.requant,
+                        self.settings, self.code_sample, out))]
 
     def run(self, x, out):
         threaded = min(thread_count(), self.chunks) > 1

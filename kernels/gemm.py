@@ -32,7 +32,7 @@ from intsim.kernels.fully_connected import (
     InPlaceLaunch,
     in_place_weights,
 )
-from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_cores, pad_encode
+from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, pad_encode
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
 from intsim.kernels.threads import apply_threads, run_calls, set_threads, thread_count  # noqa: F401  (set_threads: public here too)
 
@@ -122,16 +122,15 @@ class _GemmLaunch:
         rows_per_chunk = chunk_rows(n_rows, implicit and in_registers)
         self.settings = np.array(
             [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
-             pads[1], groups, rows_per_chunk, packed.row_len, source_h, source_w, tap_groups, multiplier_bits,
+             pads[1], groups, rows_per_chunk, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
              out_zero_point, clamp_min, clamp_max, in_registers], np.int64)
         self.count_clamps = count_clamps
-        self.cores = conv2d_gemm_cores(int(rounding))
         self.chunks = -(-n_rows // rows_per_chunk)
         self.requant = (np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64))
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)
 
-    def calls(self, x4, out, threaded=False):
+    def calls(self, x4, out, core=conv2d_gemm_serial):
         """The numba calls that write ``out`` from ``x4``, as ``[(function, arguments)]`` run in order
         (the last returns the clamp count); with its own scratch, so that a caller holding fixed arrays
         may repeat them (:class:`intsim.runtime.bound.BoundRun`)."""
@@ -144,8 +143,8 @@ class _GemmLaunch:
         else:
             source = x4.reshape(-1).view(np.int32) if self.implicit else self.no_source
         multiplier, shift, scale = self.requant
-        calls.append((self.cores[threaded], (packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier,
-                                             shift, scale, self.settings, self.code_sample, out)))
+        calls.append((core, (packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
+                             self.settings, self.code_sample, out)))
         return calls
 
     def run(self, x4, out):
@@ -153,7 +152,7 @@ class _GemmLaunch:
         threaded = min(thread_count(), self.chunks) > 1
         if threaded:
             apply_threads(self.chunks)
-        count = run_calls(self.calls(x4, out, threaded))
+        count = run_calls(self.calls(x4, out, conv2d_gemm_threaded if threaded else conv2d_gemm_serial))
         return int(count) if self.count_clamps else None
 
 

@@ -4,7 +4,6 @@ patches) and multiplied by the register-tiled micro-kernel, then requantized whi
 
 from __future__ import annotations
 
-import functools
 
 import numpy as np
 from numba import prange
@@ -20,7 +19,7 @@ from intsim.kernels.isa import (
     VNNI_QUADS,
     tile_rows,
 )
-from intsim.fixedpoint import FLOAT32_RINT, SINGLE
+from intsim.fixedpoint import FLOAT32_RINT
 from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64
 from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
 from intsim.jit import jit, jit_inline, jit_parallel
@@ -266,13 +265,12 @@ def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_row
 # The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
 # to type-check per call instead of twenty).
 GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
-                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words",
+                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words", "rounding",
                  "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
 
 
 @jit_inline
-def _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample,
-                      out):
+def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
     # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
@@ -280,15 +278,14 @@ def _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shi
     # in place: row r of a tile starts at its window's top-left pixel and tap
     # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
     # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
-    # ``code_sample`` carries the code dtype.  ``rounding`` is a compile-time constant: only its
-    # epilogues are compiled.
+    # ``code_sample`` carries the code dtype.
     (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
-     row_len, source_h, source_w, pixel_words, multiplier_bits, out_zero_point, clamp_min,
+     row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max, in_registers) = settings
     n_rows = out.shape[0]
     # The epilogue's parameters once, not per chunk: float32 scales padded like c0 (FLOAT32_RINT
     # in registers), the fixed-point rows (DOUBLE / SINGLE in registers), the int64 multipliers
-    # and shifts (requantize_core on the int32 tile).
+    # and shifts (requantize_rows on the int32 tile).
     scale32 = np.zeros(c0.shape[0], np.float32)
     for c in range(out.shape[1]):
         scale32[c] = np.float32(scale[c])
@@ -320,11 +317,11 @@ def _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shi
                 a_rows[r] = r * groups
             a = patches.reshape(patches.size).view(np.int32)
         a_rows[rows:] = a_rows[0]
-        if rounding == FLOAT32_RINT and in_registers:
+        if in_registers and rounding == FLOAT32_RINT:
             rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                     out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
-        elif rounding <= SINGLE and in_registers:
+        elif in_registers:
             fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                           out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
@@ -335,20 +332,14 @@ def _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shi
     return saturation_count
 
 
-@functools.cache
-def conv2d_gemm_cores(rounding):
-    """``(serial, threaded)``: the GEMM core of one rounding mode, twice from one inlined body: with
-    threads (its prange a parallel loop) and serial (the prange a plain loop), which one thread takes
-    to skip the thread pool's launch (about 2 us a call).  Made at the first lookup and compiled at the
-    first call, so a model compiles the epilogues of the modes it runs only."""
-    @jit
-    def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-        return _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shift, scale, settings,
-                                 code_sample, out)
+# The GEMM core twice, from one inlined body: with threads (its prange a
+# parallel loop) and serial (the prange a plain loop), which one thread takes
+# to skip the thread pool's launch (about 2 us a call).
+@jit_parallel
+def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
 
-    @jit_parallel
-    def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-        return _conv2d_gemm_rows(rounding, variant, x, source, taps, w, c0, multiplier, shift, scale, settings,
-                                 code_sample, out)
 
-    return conv2d_gemm_serial, conv2d_gemm_threaded
+@jit
+def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)

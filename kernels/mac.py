@@ -54,6 +54,7 @@ from intsim.fixedpoint import (
     DOUBLE,
     FLOAT32_RINT,
     FLOAT64_HALF_AWAY,
+    ROUNDING_MODES,
     SINGLE,
     double_rounding_one_shift,
     multiply_by_quantized_multiplier_scalar,
@@ -695,9 +696,8 @@ def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, roun
 def _requantize_mode(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
     # acc [R, >= C] (its leading C columns count), out [R, C], both C-contiguous; see :func:`requantize`.
-    # The 32-bit lanes where they are exact, else the int64 rows.  Inlined with ``rounding`` a
-    # compile-time constant (requantize_core's): numba prunes the other modes' branches, so only
-    # this mode's loops are typed and compiled.
+    # The 32-bit lanes where exact, else the int64 rows.  ``rounding`` is requantize_core's constant:
+    # numba prunes the other modes' branches, so only this mode's loops are typed and compiled.
     if rounding != FLOAT64_HALF_AWAY and acc_zero_point == 0 and max(abs(out_zero_point), abs(clamp_min),
                                                                      abs(clamp_max)) <= LANES_LIMIT:
         return _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point,
@@ -712,9 +712,8 @@ def requantize_core(rounding):
     scale, multiplier_bits, out_zero_point, clamp_min, clamp_max, out)`` writes ``out`` [R, C] from the
     leading C columns of ``acc`` [R, >= C] (both C-contiguous) and returns the clamp count.
 
-    One function per mode, made at the first lookup and compiled at its first call, so a model
-    compiles the modes it uses only (white paper §2.2; :func:`requantize` is the public form).
-    """
+    One function per mode, made at the first lookup and compiled at its first call: a model compiles
+    the modes it uses only (white paper §2.2; :func:`requantize` is the public form)."""
     @jit
     def requantize_mode(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
                         clamp_max, out):
@@ -726,27 +725,30 @@ def requantize_core(rounding):
 
 def requantize_rows(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
                     clamp_min, clamp_max, out):
-    """``requantize_core(rounding)(acc, ...)``, for compiled callers (the fused kernels' epilogues) that hold
-    ``rounding`` as a compile-time constant: the call links the one mode's compiled function, compiled
-    once and cached on its own, into the caller."""
+    """``requantize_core(rounding)(acc, ...)``, for compiled callers (the fused kernels' epilogues, whose
+    mode is a run-time value): the four modes' compiled functions linked, one selected per call."""
     return requantize_core(rounding)(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
                                      clamp_min, clamp_max, out)
 
 
-@overload(requantize_rows, prefer_literal=True)
+@overload(requantize_rows)
 def _requantize_rows_overload(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
                               out_zero_point, clamp_min, clamp_max, out):
-    # Only a constant mode selects a function; a run-time one finds no implementation (a typing error).
-    if not isinstance(rounding, types.IntegerLiteral):
-        return None
-    core = requantize_core(rounding.literal_value)
+    double, single, float32_rint, float64_half_away = (requantize_core(code) for code in range(len(ROUNDING_MODES)))
 
-    def call_core(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
-                  clamp_min, clamp_max, out):
-        return core(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
-                    clamp_max, out)
+    def select_core(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
+                    clamp_min, clamp_max, out):
+        args = (acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min, clamp_max,
+                out)
+        if rounding == DOUBLE:
+            return double(*args)
+        if rounding == SINGLE:
+            return single(*args)
+        if rounding == FLOAT32_RINT:
+            return float32_rint(*args)
+        return float64_half_away(*args)
 
-    return call_core
+    return select_core
 
 
 def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
