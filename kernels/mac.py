@@ -54,7 +54,6 @@ from intsim.fixedpoint import (
     DOUBLE,
     FLOAT32_RINT,
     FLOAT64_HALF_AWAY,
-    ROUNDING_MODES,
     SINGLE,
     double_rounding_one_shift,
     multiply_by_quantized_multiplier_scalar,
@@ -723,32 +722,22 @@ def requantize_core(rounding):
     return requantize_mode
 
 
+@jit
 def requantize_rows(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
                     clamp_min, clamp_max, out):
-    """``requantize_core(rounding)(acc, ...)``, for compiled callers (the fused kernels' epilogues, whose
-    mode is a run-time value): the four modes' compiled functions linked, one selected per call."""
-    return requantize_core(rounding)(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
-                                     clamp_min, clamp_max, out)
-
-
-@overload(requantize_rows)
-def _requantize_rows_overload(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
-                              out_zero_point, clamp_min, clamp_max, out):
-    double, single, float32_rint, float64_half_away = (requantize_core(code) for code in range(len(ROUNDING_MODES)))
-
-    def select_core(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
-                    clamp_min, clamp_max, out):
-        args = (acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                out)
-        if rounding == DOUBLE:
-            return double(*args)
-        if rounding == SINGLE:
-            return single(*args)
-        if rounding == FLOAT32_RINT:
-            return float32_rint(*args)
-        return float64_half_away(*args)
-
-    return select_core
+    # requantize_core(rounding)'s work for compiled callers whose mode is a run-time value (the fused
+    # kernels' epilogues): the four modes' loops in one function, compiled once per signature.
+    if rounding == DOUBLE:
+        return _requantize_mode(DOUBLE, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    if rounding == SINGLE:
+        return _requantize_mode(SINGLE, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    if rounding == FLOAT32_RINT:
+        return _requantize_mode(FLOAT32_RINT, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    return _requantize_mode(FLOAT64_HALF_AWAY, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                            out_zero_point, clamp_min, clamp_max, out)
 
 
 def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
