@@ -1,4 +1,4 @@
-"""The requantization epilogue alone: ns per element of ``mac.requantize_core`` per rounding mode and channel count.
+"""The requantization epilogue alone: ns per element of ``mac.requantize_rows`` per rounding mode and channel count.
 
 The core is driven the way the fused GEMM drives it: from compiled code, one
 call per chunk of ``CHUNK_ROWS`` output rows, each reading a ``[CHUNK_ROWS, C]``
@@ -28,7 +28,7 @@ from numba import njit  # noqa: E402
 
 from intsim.fixedpoint import ROUNDING_MODES, Rescale  # noqa: E402
 from intsim.kernels.gemm_chunk import CHUNK_ROWS  # noqa: E402
-from intsim.kernels.mac import requantize_core  # noqa: E402
+from intsim.kernels.mac import requantize_rows  # noqa: E402
 
 
 @njit(cache=True)
@@ -37,7 +37,7 @@ def _epilogue(acc, multiplier, shift, scale, rounding, chunk_rows, out):
     count = 0
     for m0 in range(0, out.shape[0], chunk_rows):
         m1 = min(m0 + chunk_rows, out.shape[0])
-        count += requantize_core(acc[:m1 - m0], 0, multiplier, shift, scale, rounding, 31, 120, 0, 255, out[m0:m1])
+        count += requantize_rows(rounding, acc[:m1 - m0], 0, multiplier, shift, scale, 31, 120, 0, 255, out[m0:m1])
     return count
 
 

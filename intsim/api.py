@@ -18,7 +18,6 @@ from intsim.distributed.evaluate import evaluate
 from intsim.errors import ValidationError
 from intsim.graph.fileformat import load_graph, save_graph
 from intsim.hwval.golden import export_golden as _export_golden
-from intsim.importers.tflite import load_tflite
 from intsim.mixed_precision import search_mixed_precision
 from intsim.report import compare
 from intsim.runtime import Model
@@ -41,6 +40,8 @@ def load(path, backend: str = "fast", profile=None) -> Model:
     if profile is not None:
         raise ValidationError(f"{path}: profile= applies to ONNX models; an .intsim or .tflite file fixes its own")
     if Path(path).suffix.lower() == ".tflite":
+        from intsim.importers.tflite import load_tflite  # the flatbuffer schema only where a .tflite is read
+
         return Model(load_tflite(path), backend)
     return Model(load_graph(path), backend)
 

@@ -34,7 +34,7 @@ The loop, per output row ``(n, oh)``:
    kernel row.  3x3 and 5x5 windows at stride 1 and 2 have their shapes
    compiled in; any other window runs tap by tap.
 3. the row of accumulators (in L1) is requantized by
-   :func:`intsim.kernels.mac.requantize_core` into the output row; or, for
+   :func:`intsim.kernels.mac.requantize_rows` into the output row; or, for
    ``FLOAT32_RINT`` when the caller wants no clamp count (a model's run),
    :func:`dw_tile_rint` requantizes each tile in registers and stores its
    output codes directly (the GEMM's register epilogue).
@@ -51,7 +51,7 @@ from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
 from intsim.fixedpoint import FLOAT32_RINT
-from intsim.kernels.mac import fixedpoint_params, requantize_core, as_int64, requantized_in_registers
+from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64, requantized_in_registers
 from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params, rint_arguments, rint_store_tile
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
@@ -297,7 +297,7 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
     whole_rows = _compiled_in(kernel_w, sw, dw)
     total_rows = n_batch * out_h
     # The register epilogue's parameters, laid out like c0: float32 scales (FLOAT32_RINT) or the
-    # fixed-point rows (DOUBLE / SINGLE); the int64 multipliers and shifts of requantize_core.
+    # fixed-point rows (DOUBLE / SINGLE); the int64 multipliers and shifts of requantize_rows.
     scale32 = np.zeros(padded_channels, np.float32)
     for c in range(channels):
         scale32[c] = np.float32(scale[c])
@@ -343,9 +343,9 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, None)
                 # the core reads the leading ``channels`` columns of the padded rows
-                saturation_count += requantize_core(acc.reshape(out_w, padded_channels), 0, multiplier, shift,
-                                                     scale, rounding, multiplier_bits, out_zero_point, clamp_min,
-                                                     clamp_max, out[n, oh])
+                saturation_count += requantize_rows(rounding, acc.reshape(out_w, padded_channels), 0, multiplier,
+                                                    shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                                                    clamp_max, out[n, oh])
     return saturation_count
 
 

@@ -15,12 +15,12 @@ function here must compute, bit for bit.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from intsim.fixedpoint import (
-    DOUBLE,
     FLOAT32_RINT,
-    FLOAT64_HALF_AWAY,
     SINGLE,
     rescale_scalar,
     rescale_wide_scalar,
@@ -96,17 +96,16 @@ def _add_loop(operands, rounding):
     return saturated
 
 
-@jit
-def _add_core(operands, rounding):
-    # One loop per rounding mode, the mode a constant in each: its branches fold away and the loop
-    # vectorises (10x on 56x56x24 int8 under DOUBLE against one loop that tests the mode per element).
-    if rounding == DOUBLE:
-        return _add_loop(operands, DOUBLE)
-    if rounding == SINGLE:
-        return _add_loop(operands, SINGLE)
-    if rounding == FLOAT32_RINT:
-        return _add_loop(operands, FLOAT32_RINT)
-    return _add_loop(operands, FLOAT64_HALF_AWAY)
+@functools.cache
+def _add_core(rounding):
+    # One compiled loop per rounding mode, the mode a constant in it: its branches fold away and the
+    # loop vectorises (10x on 56x56x24 int8 under DOUBLE against one loop that tests the mode per
+    # element).  Made at the first lookup, so a model compiles the modes it uses only.
+    @jit
+    def add_core(operands):
+        return _add_loop(operands, rounding)
+
+    return add_core
 
 
 def add(
@@ -156,7 +155,7 @@ def add(
     args = (a_zero_point, a_multiplier, a_shift, a_scale, b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
             out_multiplier, out_shift, out_scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
             out_dtype)
-    saturated = _add_core(_add_operands(a, b, args, subtract, out), int(rounding))
+    saturated = _add_core(int(rounding))(_add_operands(a, b, args, subtract, out))
     return out, int(saturated)
 
 
@@ -185,7 +184,7 @@ class _AddLaunch:
     def calls(self, a, b, out):
         if a.shape != b.shape or a.shape != out.shape or not all(v.flags.c_contiguous for v in (a, b, out)):
             return None
-        return [(_add_core, (_add_operands(a, b, self.args, self.subtract, out), self.rounding))]
+        return [(_add_core(self.rounding), (_add_operands(a, b, self.args, self.subtract, out),))]
 
 
 def add_launcher(
@@ -229,16 +228,14 @@ def _mul_loop(operands, rounding):
     return saturated
 
 
-@jit
-def _mul_core(operands, rounding):
+@functools.cache
+def _mul_core(rounding):
     # As _add_core: one vectorised loop per rounding mode (12x under DOUBLE).
-    if rounding == DOUBLE:
-        return _mul_loop(operands, DOUBLE)
-    if rounding == SINGLE:
-        return _mul_loop(operands, SINGLE)
-    if rounding == FLOAT32_RINT:
-        return _mul_loop(operands, FLOAT32_RINT)
-    return _mul_loop(operands, FLOAT64_HALF_AWAY)
+    @jit
+    def mul_core(operands):
+        return _mul_loop(operands, rounding)
+
+    return mul_core
 
 
 def mul(
@@ -264,7 +261,7 @@ def mul(
         int(out_multiplier), int(out_shift), float(out_scale), int(multiplier_bits),
         int(out_zero_point), int(clamp_min), int(clamp_max), out.reshape(-1),
     )
-    saturated = _mul_core(operands, int(rounding))
+    saturated = _mul_core(int(rounding))(operands)
     return out, int(saturated)
 
 
@@ -420,16 +417,14 @@ def _mean_loop(operands, rounding):
     return saturated
 
 
-@jit
-def _mean_core(operands, rounding):
+@functools.cache
+def _mean_core(rounding):
     # As _add_core: one loop per rounding mode, so that the rescale of each output vectorises.
-    if rounding == DOUBLE:
-        return _mean_loop(operands, DOUBLE)
-    if rounding == SINGLE:
-        return _mean_loop(operands, SINGLE)
-    if rounding == FLOAT32_RINT:
-        return _mean_loop(operands, FLOAT32_RINT)
-    return _mean_loop(operands, FLOAT64_HALF_AWAY)
+    @jit
+    def mean_core(operands):
+        return _mean_loop(operands, rounding)
+
+    return mean_core
 
 
 def mean_reduce(
@@ -452,7 +447,7 @@ def mean_reduce(
     out = np.empty((outer, inner), out_dtype)
     args = (x_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min, clamp_max,
             out_dtype)
-    saturated = _mean_core(_mean_operands(np.ascontiguousarray(x), args, out), int(rounding))
+    saturated = _mean_core(int(rounding))(_mean_operands(np.ascontiguousarray(x), args, out))
     return out, int(saturated)
 
 
@@ -475,7 +470,7 @@ class _MeanLaunch:
     def calls(self, x, out):
         if x.ndim != 3 or out.shape != (x.shape[0], x.shape[2]) or not (x.flags.c_contiguous and out.flags.c_contiguous):
             return None
-        return [(_mean_core, (_mean_operands(x, self.args, out), self.rounding))]
+        return [(_mean_core(self.rounding), (_mean_operands(x, self.args, out),))]
 
 
 def mean_launcher(

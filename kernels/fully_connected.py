@@ -19,7 +19,7 @@ from intsim.kernels.isa import (
     VNNI_PAIRS,
     VNNI_QUADS,
 )
-from intsim.kernels.mac import requantize_core
+from intsim.kernels.mac import requantize_rows
 from intsim.kernels.microkernel import LANES, mac_tile
 from intsim.kernels.rowdot import row_dots
 from intsim.kernels.gemm_chunk import copy_encoded
@@ -96,8 +96,8 @@ def _gemv_core(variant, x, w, c0, multiplier, shift, scale, settings, code_sampl
         _gemv_variant(PORTABLE_QUADS, rows, a, w, groups, c0, acc_flat)
     else:
         _gemv_variant(PORTABLE_PAIRS, rows, a, w, groups, c0, acc_flat)
-    return requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
-                            clamp_max, out)
+    return requantize_rows(rounding, acc, 0, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                           clamp_max, out)
 
 
 class GemvLaunch:
@@ -238,8 +238,8 @@ def _fully_connected_in_place_rows(variant, x, w, c0, w_zero_point, multiplier, 
         o_begin = chunk * ROW_DOT_CHUNK
         _row_dot_blocks(variant, codes, w, w.shape[0], depth, lead, acc, o_begin,
                         min(padded, o_begin + ROW_DOT_CHUNK))
-    return requantize_core(acc, 0, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
-                            clamp_max, out)
+    return requantize_rows(rounding, acc, 0, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                           clamp_max, out)
 
 
 # The kernel per variant (a compile-time constant of each), serial and threaded from one inlined

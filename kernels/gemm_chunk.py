@@ -20,7 +20,7 @@ from intsim.kernels.isa import (
     tile_rows,
 )
 from intsim.fixedpoint import FLOAT32_RINT
-from intsim.kernels.mac import fixedpoint_params, requantize_core, as_int64
+from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64
 from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
 from intsim.jit import jit, jit_inline, jit_parallel
 
@@ -287,7 +287,7 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     n_rows = out.shape[0]
     # The epilogue's parameters once, not per chunk: float32 scales padded like c0 (FLOAT32_RINT
     # in registers), the fixed-point rows (DOUBLE / SINGLE in registers), the int64 multipliers
-    # and shifts (requantize_core on the int32 tile).
+    # and shifts (requantize_rows on the int32 tile).
     scale32 = np.zeros(c0.shape[0], np.float32)
     for c in range(out.shape[1]):
         scale32[c] = np.float32(scale[c])
@@ -329,9 +329,8 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
         else:
             _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
-            saturation_count += requantize_core(acc[:rows], 0, multiplier, shift, scale, rounding,
-                                                 multiplier_bits, out_zero_point, clamp_min, clamp_max,
-                                                 out[m0:m0 + rows])
+            saturation_count += requantize_rows(rounding, acc[:rows], 0, multiplier, shift, scale, multiplier_bits,
+                                                out_zero_point, clamp_min, clamp_max, out[m0:m0 + rows])
     return saturation_count
 
 

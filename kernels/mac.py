@@ -41,6 +41,7 @@ The slow, obviously-correct twins of these kernels are in
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -556,32 +557,53 @@ def _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, roun
                             clamp_min, clamp_max, out)
 
 
-@jit
-def requantize_core(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point,
+@jit_inline
+def _requantize_mode(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
                      clamp_min, clamp_max, out):
     # acc [R, >= C] (its leading C columns count), out [R, C], both C-contiguous; see :func:`requantize`.
-    # The 32-bit lanes where they are exact, else the int64 rows.
-    if acc_zero_point == 0 and max(abs(out_zero_point), abs(clamp_min), abs(clamp_max)) <= LANES_LIMIT:
-        if rounding == DOUBLE:
-            return _requantize_lanes_shaped(DOUBLE, acc, multiplier, shift, scale, multiplier_bits,
-                                            out_zero_point, clamp_min, clamp_max, out)
-        if rounding == SINGLE:
-            return _requantize_lanes_shaped(SINGLE, acc, multiplier, shift, scale, multiplier_bits,
-                                            out_zero_point, clamp_min, clamp_max, out)
-        if rounding == FLOAT32_RINT:
-            return _requantize_lanes_shaped(FLOAT32_RINT, acc, multiplier, shift, scale, multiplier_bits,
-                                            out_zero_point, clamp_min, clamp_max, out)
-    if rounding == DOUBLE:
-        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, DOUBLE, multiplier_bits,
-                                        out_zero_point, clamp_min, clamp_max, out)
-    if rounding == SINGLE:
-        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, SINGLE, multiplier_bits,
-                                        out_zero_point, clamp_min, clamp_max, out)
-    if rounding == FLOAT32_RINT:
-        return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT32_RINT, multiplier_bits,
-                                        out_zero_point, clamp_min, clamp_max, out)
-    return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, FLOAT64_HALF_AWAY, multiplier_bits,
+    # The 32-bit lanes where exact, else the int64 rows.  ``rounding`` is requantize_core's constant:
+    # numba prunes the other modes' branches, so only this mode's loops are typed and compiled.
+    if rounding != FLOAT64_HALF_AWAY and acc_zero_point == 0 and max(abs(out_zero_point), abs(clamp_min),
+                                                                     abs(clamp_max)) <= LANES_LIMIT:
+        return _requantize_lanes_shaped(rounding, acc, multiplier, shift, scale, multiplier_bits, out_zero_point,
+                                        clamp_min, clamp_max, out)
+    return _requantize_rows_centred(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits,
                                     out_zero_point, clamp_min, clamp_max, out)
+
+
+@functools.cache
+def requantize_core(rounding):
+    """The compiled requantization under one rounding-mode code: ``core(acc, acc_zero_point, multiplier, shift,
+    scale, multiplier_bits, out_zero_point, clamp_min, clamp_max, out)`` writes ``out`` [R, C] from the
+    leading C columns of ``acc`` [R, >= C] (both C-contiguous) and returns the clamp count.
+
+    One function per mode, made at the first lookup and compiled at its first call: a model compiles
+    the modes it uses only (white paper §2.2; :func:`requantize` is the public form)."""
+    @jit
+    def requantize_mode(acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point, clamp_min,
+                        clamp_max, out):
+        return _requantize_mode(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+
+    return requantize_mode
+
+
+@jit
+def requantize_rows(rounding, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits, out_zero_point,
+                    clamp_min, clamp_max, out):
+    # requantize_core(rounding)'s work for compiled callers whose mode is a run-time value (the fused
+    # kernels' epilogues): the four modes' loops in one function, compiled once per signature.
+    if rounding == DOUBLE:
+        return _requantize_mode(DOUBLE, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    if rounding == SINGLE:
+        return _requantize_mode(SINGLE, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    if rounding == FLOAT32_RINT:
+        return _requantize_mode(FLOAT32_RINT, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                                out_zero_point, clamp_min, clamp_max, out)
+    return _requantize_mode(FLOAT64_HALF_AWAY, acc, acc_zero_point, multiplier, shift, scale, multiplier_bits,
+                            out_zero_point, clamp_min, clamp_max, out)
 
 
 def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multiplier_bits, out_zero_point, clamp_min,
@@ -618,9 +640,9 @@ def requantize(acc, acc_zero_point, multiplier, shift, scale, rounding, multipli
     out = np.empty((rows, channels), out_dtype)
     # int32 as the kernels hold it, anything else widened (one compiled core per width, not per dtype)
     acc = np.ascontiguousarray(acc, dtype=np.int32 if acc.dtype == np.int32 else np.int64)
-    saturation_count = requantize_core(
+    saturation_count = requantize_core(int(rounding))(
         acc.reshape(rows, channels), int(acc_zero_point),
-        np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64), int(rounding),
+        np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64),
         int(multiplier_bits), int(out_zero_point), int(clamp_min), int(clamp_max), out,
     )
     return out.reshape(acc.shape), int(saturation_count)

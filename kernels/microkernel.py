@@ -251,7 +251,7 @@ def rint_store_tile(builder, params, scale_off, lo, hi, zero_point, valid_rows, 
     # type.  Only rows below ``valid_rows`` and channels below ``valid_channels`` (both counted from
     # the tile's first) are stored, by masked stores.  Clamps are not counted: a count per vector
     # (compare, mask, add) cost a third of a small-reduction layer's time, so a caller that wants
-    # the count takes the int32 tile and mac.requantize_core instead.
+    # the count takes the int32 tile and mac.requantize_rows instead.
     params_data, fixed_stride = params
     out_int = out_type
     out_vector = ir.VectorType(out_int, LANES)

@@ -572,9 +572,9 @@ def test_requantize_core_reads_the_leading_columns_of_a_wider_accumulator(case, 
     wide = np.concatenate([acc, rng.integers(INT32_MIN, INT32_MAX, size=(acc.shape[0], padding), endpoint=True,
                                              dtype=np.int64).astype(np.int32)], axis=1)
     out = np.empty(acc.shape, case["out_dtype"])
-    count = mac.requantize_core(wide, 0, case["multiplier"], case["shift"], case["scale"], case["rounding"],
-                                 case["multiplier_bits"], case["out_zero_point"], case["clamp_min"], case["clamp_max"],
-                                 out)
+    count = mac.requantize_core(case["rounding"])(wide, 0, case["multiplier"], case["shift"], case["scale"],
+                                                  case["multiplier_bits"], case["out_zero_point"], case["clamp_min"],
+                                                  case["clamp_max"], out)
     assert_same((out, int(count)), naive_mac.requantize(**{**case, "acc": acc}))
 
 

@@ -7,8 +7,8 @@ When one does compile, :class:`CompileNotice` (a numba event listener on
 where :func:`intsim.config.progress_enabled` allows it::
 
     compiling kernels for avx512vnni (first run only)...
-      [1] kernels.mac.requantize_core 8 s
-      [2] kernels.elementwise._add_core ... 2 s
+      [1] kernels.mac.requantize_mode 3 s
+      [2] kernels.elementwise.add_core ... 1 s
 
 one line per kernel compiled at the top level (the functions it inlines or calls
 compile inside it), each with the elapsed seconds, redrawn every second while
