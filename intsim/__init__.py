@@ -21,7 +21,7 @@ from intsim.runtime import Model, Trace  # noqa: E402
 
 # The facade's verbs (intsim.api) pull in onnx and the importers: loaded on first use.
 _FACADE = ("compare", "convert", "debug", "evaluate", "export_golden", "export_qdq", "export_tosa", "load",
-           "save", "search_mixed_precision")
+           "prepare_recurrent", "save", "search_mixed_precision")
 
 
 def __getattr__(name):
@@ -56,6 +56,7 @@ __all__ = [
     "ValidationError",
     "get_profile",
     "load",
+    "prepare_recurrent",
     "save",
     "search_mixed_precision",
 ]

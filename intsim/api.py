@@ -18,6 +18,7 @@ from intsim.distributed.evaluate import evaluate
 from intsim.errors import ValidationError
 from intsim.graph.fileformat import load_graph, save_graph
 from intsim.hwval.golden import export_golden as _export_golden
+from intsim.importers.onnx_prepare import prepare_recurrent  # noqa: F401  (a facade verb)
 from intsim.mixed_precision import search_mixed_precision
 from intsim.report import compare
 from intsim.runtime import Model

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from intsim.cli_files import load_floats, load_inputs, load_npy, write_outputs
+from intsim.cli_prepare import add_prepare_options, apply_prepare_options
 from intsim.debugging import command as debug_command
 from intsim import mixed_precision_command
 from intsim.errors import InputWarning, IntsimError, ValidationError
@@ -743,6 +744,7 @@ def _add_json_flag(p):
 def _add_input_shape_option(p):
     p.add_argument("--input-shape", action="append", metavar="NAME:D0,D1,...",
                    help="fix a float .onnx input's symbolic dims, e.g. x:1,3,48,192 (repeat for several inputs)")
+    add_prepare_options(p)
 
 
 def _check_before_computing(args) -> None:
@@ -756,6 +758,10 @@ def _check_before_computing(args) -> None:
     if args.func is _cmd_run and args.output and Path(args.output).suffix.lower() not in _RUN_OUTPUT_SUFFIXES:
         raise UsageError(f"--output {args.output}: expected a {', '.join(_RUN_OUTPUT_SUFFIXES)} file")
     args.input_shapes = _input_shapes(getattr(args, "input_shape", None))
+    try:
+        apply_prepare_options(args)
+    except ValidationError as exc:  # a bad NAME=VALUE, or a name the model does not have
+        raise UsageError(str(exc)) from None
     if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
         raise UsageError(f"--plot {args.plot} needs matplotlib: pip install 'intsim[plot]'")
 

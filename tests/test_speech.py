@@ -162,6 +162,31 @@ def test_prepare_recurrent_errors():
         import_onnx(prepare_recurrent(model, {"sr": 16000}))
 
 
+def test_cli_convert_fixes_inputs_and_batch_axes(tmp_path, capsys):
+    from intsim.cli import main
+
+    onnx.save(_recurrent(), tmp_path / "vad.onnx")
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "cal.npz", x=rng.normal(size=(40, 4)).astype(np.float32),
+             state=np.tanh(rng.normal(size=(40, 2, 4))).astype(np.float32))
+    assert main(["convert", str(tmp_path / "vad.onnx"), "--calibration", str(tmp_path / "cal.npz"), "-o",
+                 str(tmp_path / "vad.intsim"), "--fix-input", "sr=16000", "--batch-axis", "state=1",
+                 "--batch-axis", "stateN=1"]) == 0
+    cli_model = intsim.load(tmp_path / "vad.intsim")
+    api_model = intsim.convert(prepare_recurrent(_recurrent(), {"sr": 16000}, {"state": 1, "stateN": 1}),
+                               dict(np.load(tmp_path / "cal.npz")), "paper", progress=False)
+    feeds = {"x": rng.normal(size=(3, 4)).astype(np.float32), "state": np.zeros((3, 2, 4), np.float32)}
+    for got, want in zip(cli_model.run(feeds), api_model.run(feeds)):
+        np.testing.assert_array_equal(got, want, strict=True)
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "vad.onnx"), "--calibration", str(tmp_path / "cal.npz"), "-o",
+                 str(tmp_path / "bad.intsim"), "--fix-input", "rate=16000"]) == 2
+    assert "constants names 'rate'" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "vad.onnx"), "--calibration", str(tmp_path / "cal.npz"), "-o",
+                 str(tmp_path / "bad.intsim"), "--batch-axis", "state"]) == 2
+    assert "--batch-axis takes NAME=VALUE" in capsys.readouterr().err
+
+
 def test_a_dynamically_quantized_model_is_refused_by_name():
     """ddddocr's captcha reader (CNN + LSTM) ships as onnxruntime's quantize_dynamic wrote it; the refusal
     names the ops instead of failing on the first one's second output."""
