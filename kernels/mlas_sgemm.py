@@ -156,3 +156,29 @@ def mlas_dot(a, b, path, stride_k, m, rows_m, n, cols_n, c):
     if path == M1_TRANSB:
         return np.float32(_lane_sum(lanes, n, cols_n) + total)
     return np.float32(_lane_sum(lanes, m, rows_m) + total)
+
+
+def conv_nchw_in_order(x, w, b, group: int, stride: int, pad: int, order: str) -> np.ndarray:
+    """An NCHW float32 ``Conv`` (square stride and padding, no dilation), each output from :func:`mlas_dot`
+    over its im2col patch in (channel, kernel row, kernel column) order, then ``+ b`` in float32.
+
+    One output at a time, in Python: the reference that ``tests/test_mlas_order.py`` and
+    ``tools/mlas_order_probe.py`` hold against onnxruntime's own float ``Conv``.
+    """
+    n_batch, _, height, width = x.shape
+    cout, cin_g, kernel_h, kernel_w = w.shape
+    cout_g = cout // group
+    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    out_h, out_w = (height + 2 * pad - kernel_h) // stride + 1, (width + 2 * pad - kernel_w) // stride + 1
+    path, stride_k = conv_sgemm_path(order, (height, width), (cout, kernel_h, kernel_w, cin_g), (stride, stride),
+                                     (1, 1), (pad,) * 4, group, (out_h, out_w))
+    out = np.empty((n_batch, cout, out_h, out_w), np.float32)
+    for n, o, oh, ow in np.ndindex(out.shape):
+        g = o // cout_g
+        patch = padded[n, g * cin_g:(g + 1) * cin_g, oh * stride:oh * stride + kernel_h,
+                       ow * stride:ow * stride + kernel_w]
+        out[n, o, oh, ow] = np.float32(mlas_dot(w[o].reshape(-1), np.ascontiguousarray(patch).reshape(-1), path,
+                                                stride_k, o % cout_g, cout_g, oh * out_w + ow, out_h * out_w,
+                                                np.float32(0.0)) + b[o])
+    return out
+

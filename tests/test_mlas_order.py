@@ -22,7 +22,7 @@ onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from intsim.kernels import mlas_sgemm  # noqa: E402
-from intsim.kernels.mlas_sgemm import EXACT, conv_sgemm_path, mlas_dot, sgemm_path  # noqa: E402
+from intsim.kernels.mlas_sgemm import EXACT, conv_nchw_in_order, mlas_dot, sgemm_path  # noqa: E402
 from intsim.kernels.naive import mlas_sgemm as naive_mlas  # noqa: E402
 
 pytestmark = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"),
@@ -38,26 +38,6 @@ def _run(node, feeds, inits=()):
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"]).run(
         None, feeds)[0]
-
-
-def _conv_in_order(x, w, b, group, stride, pad, order):
-    """NCHW float Conv, each output from :func:`mlas_dot` over its im2col patch in (c, kh, kw) order."""
-    n_batch, cin, height, width = x.shape
-    cout, cin_g, kernel_h, kernel_w = w.shape
-    cout_g = cout // group
-    padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    out_h, out_w = (height + 2 * pad - kernel_h) // stride + 1, (width + 2 * pad - kernel_w) // stride + 1
-    path, stride_k = conv_sgemm_path(order, (height, width), (cout, kernel_h, kernel_w, cin_g), (stride, stride),
-                                     (1, 1), (pad,) * 4, group, (out_h, out_w))
-    out = np.empty((n_batch, cout, out_h, out_w), np.float32)
-    for n, o, oh, ow in np.ndindex(out.shape):
-        g = o // cout_g
-        patch = padded[n, g * cin_g:(g + 1) * cin_g, oh * stride:oh * stride + kernel_h,
-                       ow * stride:ow * stride + kernel_w]
-        out[n, o, oh, ow] = np.float32(mlas_dot(w[o].reshape(-1), np.ascontiguousarray(patch).reshape(-1), path,
-                                                stride_k, o % cout_g, cout_g, oh * out_w + ow, out_h * out_w,
-                                                np.float32(0.0)) + b[o])
-    return out
 
 
 CONVS = [  # cin, cout, kernel, group, stride, pad, size
@@ -81,7 +61,7 @@ def test_conv_outputs_equal_onnxruntimes_bit_for_bit(cin, cout, kernel, group, s
     b = rng.standard_normal(cout).astype(np.float32)
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], group=group, strides=[stride] * 2, pads=[pad] * 4)
     theirs = _run(node, {"x": x, "w": w}, [numpy_helper.from_array(b, "b")])
-    np.testing.assert_array_equal(_conv_in_order(x, w, b, group, stride, pad, "mlas"), theirs, strict=True)
+    np.testing.assert_array_equal(conv_nchw_in_order(x, w, b, group, stride, pad, "mlas"), theirs, strict=True)
 
 
 @pytest.mark.parametrize("op, rows, depth, columns", [
@@ -113,7 +93,7 @@ def test_the_exact_order_differs_so_the_comparisons_can_fail():
     b = rng.standard_normal(8).astype(np.float32)
     node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1] * 4)
     theirs = _run(node, {"x": x, "w": w}, [numpy_helper.from_array(b, "b")])
-    assert (_conv_in_order(x, w, b, 1, 1, 1, "exact") != theirs).sum() > 100  # measured: about 1500 of 2304
+    assert (conv_nchw_in_order(x, w, b, 1, 1, 1, "exact") != theirs).sum() > 100  # measured: about 1500 of 2304
 
 
 @pytest.mark.parametrize("path", range(5))

@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from intsim.kernels.mlas_sgemm import conv_sgemm_path, mlas_dot, sgemm_path  # noqa: E402
+from intsim.kernels.mlas_sgemm import conv_nchw_in_order, mlas_dot, sgemm_path  # noqa: E402
 
 CONVS = [  # cin, cout, kernel, group, stride, pad, size: the shipped models' islands, then every path
     (1, 16, 3, 1, 1, 1, 8), (16, 16, 3, 1, 1, 1, 8), (16, 32, 3, 1, 2, 1, 8), (32, 32, 3, 1, 1, 1, 4),
@@ -88,22 +88,7 @@ def _onnxruntime(case):
 def _ours(case, order):
     if case[0] == "Conv":
         _, x, w, b, group, stride, pad = case
-        n_batch, _, height, width = x.shape
-        cout, cin_g, kernel_h, kernel_w = w.shape
-        cout_g = cout // group
-        padded = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-        out_h, out_w = (height + 2 * pad - kernel_h) // stride + 1, (width + 2 * pad - kernel_w) // stride + 1
-        path, stride_k = conv_sgemm_path(order, (height, width), (cout, kernel_h, kernel_w, cin_g), (stride,) * 2,
-                                         (1, 1), (pad,) * 4, group, (out_h, out_w))
-        out = np.empty((n_batch, cout, out_h, out_w), np.float32)
-        for n, o, oh, ow in np.ndindex(out.shape):
-            g = o // cout_g
-            patch = padded[n, g * cin_g:(g + 1) * cin_g, oh * stride:oh * stride + kernel_h,
-                           ow * stride:ow * stride + kernel_w]
-            out[n, o, oh, ow] = np.float32(mlas_dot(w[o].reshape(-1), np.ascontiguousarray(patch).reshape(-1), path,
-                                                    stride_k, o % cout_g, cout_g, oh * out_w + ow, out_h * out_w,
-                                                    np.float32(0.0)) + b[o])
-        return out
+        return conv_nchw_in_order(x, w, b, group, stride, pad, order)
     op, a, b, c = case
     rows, depth = a.shape
     trans_b = op == "Gemm"
