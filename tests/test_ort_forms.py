@@ -43,6 +43,10 @@ CASES = {
     "ConvTranspose": (_graph("ConvTranspose", {"strides": [2, 1], "dilations": [1, 2], "pads": [1, 0, 0, 1], "group": 1,
                                                "output_padding": [1, 0]}, shape=(None, 2, S, D), constants={
         "w": RNG.normal(size=(2, 3, 3, 2)).astype(np.float32), "b": RNG.normal(size=3).astype(np.float32)}), 1),
+    # Pad's mode travels (its form once wrote every Pad as constant: silero's reflect pad calibrated wrong).
+    "Pad constant": (_graph("Pad", {"pads": [0, 1, 2, 0, 0, 3], "mode": "constant", "value": 0.5}), 1),
+    "Pad reflect": (_graph("Pad", {"pads": [0, 2, 0, 0, 3, 4], "mode": "reflect", "value": 0.0}), 1),
+    "Pad edge": (_graph("Pad", {"pads": [0, 0, 5, 0, 1, 2], "mode": "edge", "value": 0.0}), 1),
     "GatherElements": (_graph("GatherElements", {"axis": 2},
                               constants={"idx": RNG.integers(-D, D, size=(1, S, 4)).astype(np.int64)}), 1),
 }

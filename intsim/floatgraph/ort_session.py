@@ -158,7 +158,10 @@ def _unsqueeze(b, node, inputs, outputs):
 @_exporter("Pad")
 def _pad(b, node, inputs, outputs):
     pads = b.constant(np.asarray(node.attrs["pads"], np.int64), "pads")
-    b.add("Pad", [inputs[0], pads, b.constant(np.float32(node.attrs["value"]), "pad_value")], outputs, mode="constant")
+    mode = node.attrs.get("mode", "constant")
+    operands = [inputs[0], pads] + ([b.constant(np.float32(node.attrs["value"]), "pad_value")] if mode == "constant"
+                                    else [])
+    b.add("Pad", operands, outputs, mode=mode)
 
 
 @_exporter("Resize")
