@@ -291,7 +291,6 @@ def vad_ort_quantized(path, calibration, work: Path) -> Path:
     onnxruntime's own basic graph optimizations (constant folding)."""
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     from intsim.importers.onnx_prepare import prepare_recurrent
 
@@ -303,18 +302,8 @@ def vad_ort_quantized(path, calibration, work: Path) -> Path:
     options.optimized_model_filepath = str(inlined)
     ort.InferenceSession(str(prepared), options, providers=["CPUExecutionProvider"])
 
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter([{"input": calibration[i:i + 1], "state": states[i:i + 1]}
-                               for i in range(len(calibration))])
-
-        def get_next(self):
-            return next(self.feeds, None)
-
-    out = work / "ort_w8a8.onnx"
-    quantize_static(str(inlined), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    return out
+    return _quantize_static_w8a8(inlined, [{"input": calibration[i:i + 1], "state": states[i:i + 1]}
+                                           for i in range(len(calibration))], work)
 
 
 def evaluate_vad(model: RealModel, range_method="minmax", test_frames=None) -> dict:
@@ -409,7 +398,6 @@ def _ort_run(path, x):
 def ort_quantized(path, calibration, work: Path) -> Path:
     """onnxruntime's ``quantize_static`` W8A8 (QDQ, per-channel int8 weights, uint8 activations, min/max)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(path))
     name = model.graph.input[0].name
@@ -419,15 +407,23 @@ def ort_quantized(path, calibration, work: Path) -> Path:
         dim.dim_value = size
     onnx.save(model, str(fixed))
 
+    return _quantize_static_w8a8(fixed, [{name: calibration[i:i + 1]} for i in range(len(calibration))], work)
+
+
+def _quantize_static_w8a8(source: Path, feeds: list, work: Path) -> Path:
+    """onnxruntime's ``quantize_static`` of ``source`` calibrated on ``feeds`` (one dict per sample): QDQ,
+    per-channel int8 weights, uint8 activations, min/max; written to ``work/ort_w8a8.onnx``."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self.batches = iter([{name: calibration[i:i + 1]} for i in range(len(calibration))])
+            self.feeds = iter(feeds)
 
         def get_next(self):
-            return next(self.batches, None)
+            return next(self.feeds, None)
 
     out = work / "ort_w8a8.onnx"
-    quantize_static(str(fixed), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+    quantize_static(str(source), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     return out
 

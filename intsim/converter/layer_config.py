@@ -178,11 +178,6 @@ class LayerFormats:
                 self.overrides[name] = merged
         self._profiles: dict[str, Profile] = {}
 
-    @property
-    def mixed(self) -> bool:
-        """Whether any node has overrides."""
-        return bool(self.overrides)
-
     def of_step(self, step) -> dict:
         """The overrides of a step, its nodes' merged in order."""
         merged: dict = {}

@@ -83,12 +83,6 @@ class Metric:
         """Within ``tolerance`` of the reference (accuracy, agreement), or at least :data:`SQNR_HOLDS_DB`."""
         return value >= SQNR_HOLDS_DB if self.kind == "sqnr_db" else self.drop(value) <= tolerance
 
-    def text(self, value: float) -> str:
-        return f"{value:.2f} dB" if self.kind == "sqnr_db" else f"{100 * value:.2f}%"
-
-    def drop_text(self, drop: float) -> str:
-        return f"{drop:.2f} dB" if self.kind == "sqnr_db" else f"{100 * drop:.2f} pt"
-
 
 def first_output(values) -> np.ndarray:
     return values[0] if isinstance(values, tuple) else values
