@@ -339,6 +339,12 @@ def choose_range(stats: TensorStats, method: str, bits: int, signed: bool, symme
     return _RANGE_METHODS[method](stats, fmt, percentile, where)
 
 
+# Ranges a function's outputs cannot leave.  An observed range is intersected with them: a float executor
+# may return a value one float32 step outside (onnxruntime's Tanh gives 1.0000001), and at an exact
+# [-1, 1] the asymmetric zero point round(-128 + 127.5) is a tie that such a step decides.
+CODOMAINS = {"Sigmoid": (0.0, 1.0), "HardSigmoid": (0.0, 1.0), "Softmax": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
+
+
 def bn_range(gamma, beta, n: float = 6.0, *, relu: bool = False, relu6: bool = False) -> tuple[float, float]:
     """Data-free range of a batch-normalised pre-activation (white paper §3.1, §4 "BN-based range setting").
 

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from intsim.converter.calibration import bn_range
+from intsim.converter.calibration import CODOMAINS, bn_range
 from intsim.floatgraph import FloatGraph
 
 
@@ -46,10 +46,8 @@ def data_free_ranges(fg: FloatGraph, bn: dict, input_range: tuple[float, float],
             lo, hi = max(lo, 0.0), max(hi, 0.0)
         elif op == "Clip":
             lo, hi = float(np.clip(lo, a["min"], a["max"])), float(np.clip(hi, a["min"], a["max"]))
-        elif op in ("Sigmoid", "HardSigmoid", "Softmax"):
-            lo, hi = 0.0, 1.0
-        elif op == "Tanh":
-            lo, hi = -1.0, 1.0
+        elif op in CODOMAINS:
+            lo, hi = CODOMAINS[op]
         elif op == "HardSwish":
             lo, hi = -0.375, max(hi, 0.0)
         elif op in ("LeakyRelu", "PRelu"):

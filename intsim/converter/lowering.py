@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from intsim.converter.calibration import (HISTOGRAM_METHODS, RANGE_METHODS, calibrate, choose_range,
+from intsim.converter.calibration import (CODOMAINS, HISTOGRAM_METHODS, RANGE_METHODS, calibrate, choose_range,
                                           reused_statistics)
 from intsim.converter.data_free import batch_norm_statistics, data_free_ranges
 from intsim.converter.layer_config import ActivationFormat, LayerFormats
@@ -724,12 +724,16 @@ def plan_quantization(model, calibration=None, profile="paper", *, weight_bits=N
             stats = calibrate(run_batch, np.arange(sample_count(feeds)), list(points), batch_size=batch_size,
                               keep_rows=keep_rows or None, progress=progress, histogram=histogram)
         qparams = {}
+        producer_ops = {t: n.op for n in fg.nodes for t in n.outputs}
         for t, (p, _) in points.items():
             method = methods[t]
             if method == "cross_entropy" and (len(fg.shapes[t]) != 2 or t not in keep_rows):
                 method = "mse"
             lo, hi = choose_range(stats[t], method, p.activation_bits, p.activation_signed, p.activation_symmetric,
                                   power_of_two=p.power_of_two_scales)
+            if producer_ops.get(t) in CODOMAINS:
+                low, high = CODOMAINS[producer_ops[t]]
+                lo, hi = max(lo, low), min(hi, high)
             qparams[t] = activation_qparams(lo, hi, p)
         samples = sample_count(feeds)
     dtypes = tensor_dtypes(fg, profile)
