@@ -74,6 +74,17 @@ def test_compare_on_a_non_classifier_reports_output_sqnr_not_top1():
     assert report.to_dict()["output_sqnr_int_db"] == report.output_sqnr_int
 
 
+def test_tanh_output_range_stays_within_its_codomain():
+    # onnxruntime's float Tanh returns 1.0000002 at x = 8.3065 and -1.0000002 at x = -8.999; the output's
+    # range is still [-1, 1]: scale 2/255 and the zero point of round(-128 + 127.5) (a tie, to even: 0).
+    nodes = [helper.make_node("Tanh", ["x"], ["y"])]
+    model = _onnx(nodes, {}, ["N", 4], ["N", 4])
+    calibration = np.array([[8.3065, -8.999, 0.5, -0.25]] * 4, np.float32)
+    int_model = intsim.convert(model, calibration=calibration, profile="paper", progress=False)
+    y = int_model.graph.tensors[int_model.graph.outputs[0]]
+    assert y.scale == pytest.approx(2 / 255, rel=1e-12) and y.zero_point == int(np.rint(-128 + 127.5)) == 0
+
+
 def test_dead_channel_bias_fits_by_raising_its_weight_scale():
     # Channel 1 has a near-zero weight and bias -3 (a dead channel after batch-norm folding).  At
     # s_x * s_w = (1/255) * (1e-9/127) its bias would be -9.7e13 codes; clipped to int32 it would read
