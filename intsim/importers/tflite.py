@@ -451,7 +451,7 @@ def _concat(b: _Builder, kind, name, op, ins, outs):
 
 @handles("PAD")
 def _pad(b: _Builder, kind, name, op, ins, outs):
-    x, pads, y = b.tensor(ins[0]), b.tensor(ins[1]), b.tensor(outs[0])
+    pads, y = b.tensor(ins[1]), b.tensor(outs[0])
     if pads.data is None:
         raise UnsupportedOpError(f"{name}: {kind} with non-constant paddings is not supported")
     paddings = pads.data.reshape(-1, 2).astype(int)
