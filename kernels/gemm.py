@@ -32,7 +32,8 @@ from intsim.kernels.fully_connected import (
     InPlaceLaunch,
     in_place_weights,
 )
-from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, pad_encode
+from intsim.kernels.gemm_chunk import (chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, epilogue_params, pad_encode,
+                                       rows_scratch)
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
 from intsim.kernels.threads import apply_threads, run_calls, set_threads, thread_count  # noqa: F401  (set_threads: public here too)
 
@@ -126,7 +127,9 @@ class _GemmLaunch:
              out_zero_point, clamp_min, clamp_max, in_registers], np.int64)
         self.count_clamps = count_clamps
         self.chunks = -(-n_rows // rows_per_chunk)
-        self.requant = (np.asarray(multiplier, np.int32), np.asarray(shift, np.int32), np.asarray(scale, np.float64))
+        self.epilogue = epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers,
+                                        packed.c0.shape[0])
+        self.n_rows, self.rows_per_chunk = n_rows, rows_per_chunk
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)
 
@@ -142,8 +145,8 @@ class _GemmLaunch:
             source = padded.reshape(-1).view(np.int32)
         else:
             source = x4.reshape(-1).view(np.int32) if self.implicit else self.no_source
-        multiplier, shift, scale = self.requant
-        calls.append((core, (packed.variant, x4, source, self.taps, packed.words, packed.c0, multiplier, shift, scale,
+        scratch = rows_scratch(packed.variant, packed.c0.shape[0], self.n_rows, self.rows_per_chunk)
+        calls.append((core, (packed.variant, x4, source, self.taps, packed.words, packed.c0, *self.epilogue, scratch,
                              self.settings, self.code_sample, out)))
         return calls
 

@@ -272,7 +272,8 @@ GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", 
 
 
 @jit_inline
-def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
+def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows, settings,
+                      code_sample, out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
     # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
@@ -280,26 +281,18 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     # in place: row r of a tile starts at its window's top-left pixel and tap
     # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
     # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
-    # ``code_sample`` carries the code dtype.
+    # ``code_sample`` carries the code dtype.  The epilogue's parameters come worked out once per
+    # layer (:func:`epilogue_params`): int64 ``multiplier`` / ``shift`` and float64 ``scale`` for
+    # requantize_rows on an int32 tile, ``scale32`` (FLOAT32_RINT) or ``fixed`` (DOUBLE / SINGLE)
+    # in registers.  ``all_rows`` (:func:`rows_scratch`) holds every chunk's row offsets, a slice
+    # each, so that threads share nothing and, in registers, a chunk allocates nothing.
     (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
      row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
      clamp_max, in_registers) = settings
     n_rows = out.shape[0]
-    # The epilogue's parameters once, not per chunk: float32 scales padded like c0 (FLOAT32_RINT
-    # in registers), the fixed-point rows (DOUBLE / SINGLE in registers), the int64 multipliers
-    # and shifts (requantize_rows on the int32 tile).
-    scale32 = np.zeros(c0.shape[0], np.float32)
-    for c in range(out.shape[1]):
-        scale32[c] = np.float32(scale[c])
-    fixed = fixedpoint_params(multiplier[:out.shape[1]], shift[:out.shape[1]], rounding, multiplier_bits,
-                              c0.shape[0]) if in_registers and rounding != FLOAT32_RINT else np.zeros(0, np.int64)
-    multiplier, shift = as_int64(multiplier), as_int64(shift)
     saturation_count = 0
     n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
-    # Every chunk's row offsets in one array (a slice each, so threads share nothing), and no
-    # int32 tile when the tiles are requantized in registers: a chunk allocates nothing then.
     chunk_stride = padded_rows(variant, c0.shape[0] // LANES, chunk_rows)
-    all_rows = np.empty(n_chunks * chunk_stride, np.int64)
     no_acc = np.empty((0, c0.shape[0]), np.int32)
     for chunk in prange(n_chunks):
         m0 = chunk * chunk_rows
@@ -338,10 +331,35 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
 # parallel loop) and serial (the prange a plain loop), which one thread takes
 # to skip the thread pool's launch (about 2 us a call).
 @jit_parallel
-def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
+def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
+                         settings, code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
+                             settings, code_sample, out)
 
 
 @jit
-def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out):
-    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, settings, code_sample, out)
+def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows, settings,
+                       code_sample, out):
+    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
+                             settings, code_sample, out)
+
+
+def epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers, padded_channels):
+    """A layer's requantization parameters in the forms :func:`conv2d_gemm_serial` reads, worked out
+    once per layer rather than per call: ``(multiplier, shift)`` as int64, ``scale`` as float64, the
+    float32 scales padded to ``padded_channels`` (zeros past the channels) and, for ``DOUBLE`` /
+    ``SINGLE`` requantized in registers, :func:`intsim.kernels.mac.fixedpoint_params` (else empty)."""
+    multiplier, shift = np.asarray(multiplier, np.int32), np.asarray(shift, np.int32)
+    scale = np.asarray(scale, np.float64)
+    scale32 = np.zeros(padded_channels, np.float32)
+    scale32[:scale.shape[0]] = scale.astype(np.float32)
+    fixed = (fixedpoint_params(multiplier, shift, rounding, multiplier_bits, padded_channels)
+             if in_registers and rounding != FLOAT32_RINT else np.zeros(0, np.int64))
+    return as_int64(multiplier), as_int64(shift), scale, scale32, fixed
+
+
+def rows_scratch(variant, padded_channels, n_rows, rows_per_chunk):
+    """The row-offset scratch of one GEMM over ``n_rows`` output rows in chunks of ``rows_per_chunk``:
+    each chunk's whole row tiles (:func:`padded_rows`) in one int64 array."""
+    n_chunks = -(-n_rows // rows_per_chunk)
+    return np.empty(n_chunks * padded_rows(variant, padded_channels // LANES, rows_per_chunk), np.int64)
