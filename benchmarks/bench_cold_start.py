@@ -46,9 +46,10 @@ if tree:
     sys.meta_path.insert(0, _TreeLayout)
 """
 
+# ``intsim demo`` as the command runs it: ``python -m intsim demo`` (the ``intsim`` script runs the same code).
 CASES = {
     "import intsim": "import intsim",
-    "intsim demo": "import intsim.cli; intsim.cli.main(['demo'])",
+    "intsim demo": "import runpy, sys; sys.argv = ['intsim', 'demo']; runpy.run_module('intsim', run_name='__main__')",
 }
 
 
