@@ -8,7 +8,6 @@ Exit status: 0 success, 1 a runtime error (bad model or data, a failed check), 2
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib.util
 import json
 import sys
@@ -487,8 +486,7 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_demo(args) -> int:
     dataset = args.model.split("_")[-1]
-    # Printed before the imports (the converter and numba's kernels) and the data (Fashion-MNIST takes seconds
-    # to unpack).
+    # Printed before the imports (the converter, numba) and the data (Fashion-MNIST takes seconds to unpack).
     print(f"converting {args.model}.onnx for profile {args.profile!r} with {args.calibration_samples} calibration "
           f"images of {dataset} ...", flush=True)
     from intsim.progress import Progress, progress_enabled
@@ -793,16 +791,5 @@ def main(argv=None) -> int:
         return EXIT_RUNTIME_ERROR
 
 
-def console() -> None:
-    """The ``intsim`` command and ``python -m intsim``: :func:`main` as the whole process.
-
-    The modules loaded by then stay to the end of the process: frozen (``gc.freeze``), the cyclic collector
-    no longer walks them in its full collections nor in the ones at exit (with ``import intsim`` collecting
-    nothing while it loads, 0.2-0.4 s of a 1.3 s ``intsim demo``).  Not done in :func:`main`, which a caller's
-    process may run many times: each freeze would keep its garbage until exit."""
-    gc.freeze()
-    sys.exit(main())
-
-
 if __name__ == "__main__":
-    console()
+    sys.exit(main())

@@ -6,7 +6,9 @@ extension registers the bfloat16 / float8 / int4 types with numpy (0.4-0.5 s wit
 message classes and arrays of numpy's own dtypes, so they come from here:
 
 - the messages are onnx's generated ``onnx.onnx_ml_pb2``, executed on its own and registered under that
-  name, so that a later ``import onnx`` reuses the module: ``onnx.ModelProto is onnxproto.ModelProto``;
+  name, so that a later ``import onnx`` reuses the module: ``onnx.ModelProto is onnxproto.ModelProto``
+  (``from onnx import onnx_ml_pb2`` finds it too; only the package attribute ``onnx.onnx_ml_pb2`` is not
+  set then, as Python sets it only on a submodule it loads itself);
 - :func:`load`, :func:`to_array`, :func:`from_array`, :func:`attribute_value`, :func:`np_dtype`,
   :func:`make_node`, :func:`value_info` and :func:`make_model` do what ``onnx.load`` and ``onnx.helper`` /
   ``onnx.numpy_helper``'s functions of the same purpose do (``tests/test_onnxproto.py`` compares them) for the
