@@ -9,9 +9,10 @@ package has it.  The cases run interleaved, each ``--rounds`` times, and the tab
 
 ``--tree DIR`` times another checkout of the repository (e.g. ``git archive <commit> | tar -x -C DIR``)
 in place of the installed intsim: its ``intsim`` package, with ``kernels/`` and ``models/`` mapped to
-``intsim.kernels`` and ``intsim.models`` as the installed layout has them.
+``intsim.kernels`` and ``intsim.models`` as the installed layout has them.  Given several times, the trees
+run interleaved, each case and round one after the other, so that they see the same load.
 
-    python benchmarks/bench_cold_start.py [--rounds 3] [--tree DIR --label before] [--markdown PATH]
+    python benchmarks/bench_cold_start.py [--rounds 3] [--tree DIR --label before ...] [--markdown PATH]
 """
 
 from __future__ import annotations
@@ -46,9 +47,10 @@ if tree:
     sys.meta_path.insert(0, _TreeLayout)
 """
 
+# ``intsim demo`` as the command runs it: ``python -m intsim demo`` (the ``intsim`` script runs the same code).
 CASES = {
     "import intsim": "import intsim",
-    "intsim demo": "import intsim.cli; intsim.cli.main(['demo'])",
+    "intsim demo": "import runpy, sys; sys.argv = ['intsim', 'demo']; runpy.run_module('intsim', run_name='__main__')",
 }
 
 
@@ -76,39 +78,42 @@ def _cpu_name() -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--tree", help="a checkout to time instead of the installed intsim")
-    parser.add_argument("--label", default="this tree", help="the tree's name in the table")
+    parser.add_argument("--tree", action="append", default=[],
+                        help="a checkout to time instead of the installed intsim (repeat to compare, interleaved)")
+    parser.add_argument("--label", action="append", default=[], help="each tree's name in the table, in order")
     parser.add_argument("--markdown", help="append the table to this markdown file")
     args = parser.parse_args(argv)
-    tree = os.path.abspath(args.tree) if args.tree else None
+    trees = [os.path.abspath(tree) for tree in args.tree] or [None]
+    labels = args.label + [os.path.basename(tree) if tree else "this tree" for tree in trees[len(args.label):]]
     scratch = tempfile.mkdtemp(prefix="intsim-cold-start-")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "NUMBA_CACHE_DIR")}
     env.update(INTSIM_PROGRESS="0", NUMBA_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
                PYTHONPYCACHEPREFIX=os.path.join(scratch, "pyc"))
     warm_cache = os.path.join(scratch, "numba-warm")
-    # Untimed: Python's bytecode, and the warm runs' numba cache.
-    _cpu_seconds(CASES["intsim demo"], tree, {**env, "NUMBA_CACHE_DIR": warm_cache})
+    # Untimed: Python's bytecode, and the warm runs' numba cache (numba keys it by source path: one serves all).
+    for tree in trees:
+        _cpu_seconds(CASES["intsim demo"], tree, {**env, "NUMBA_CACHE_DIR": warm_cache})
     times = {}
     for round_ in range(args.rounds):
         for case, code in CASES.items():
             for state in ("cold", "warm"):
-                cache = warm_cache if state == "warm" else os.path.join(scratch, f"numba-cold-{round_}-{case}")
-                seconds = _cpu_seconds(code, tree, {**env, "NUMBA_CACHE_DIR": cache})
-                times.setdefault((case, state), []).append(seconds)
-                print(f"{args.label}: {case}, {state} numba cache: {seconds:.2f} CPU s", flush=True)
+                for k, (tree, label) in enumerate(zip(trees, labels)):
+                    cache = warm_cache if state == "warm" else os.path.join(scratch, f"numba-cold-{round_}-{case}-{k}")
+                    seconds = _cpu_seconds(code, tree, {**env, "NUMBA_CACHE_DIR": cache})
+                    times.setdefault((label, case, state), []).append(seconds)
+                    print(f"{label}: {case}, {state} numba cache: {seconds:.2f} CPU s", flush=True)
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines = [f"\n### {args.label} ({when}, {_cpu_name()}, {os.cpu_count()} cores, load average "
+    lines = [f"\n### {' vs '.join(labels)} ({when}, {_cpu_name()}, {os.cpu_count()} cores, load average "
              f"{os.getloadavg()[0]:.1f} at the end)\n",
-             "| case | numba cache | CPU s, median | runs |", "|---|---|---|---|"]
-    for (case, state), values in times.items():
-        lines.append(f"| {case} | {state} | {statistics.median(values):.2f} | "
+             "| tree | case | numba cache | CPU s, median | runs |", "|---|---|---|---|---|"]
+    for (label, case, state), values in sorted(times.items(), key=lambda item: labels.index(item[0][0])):
+        lines.append(f"| {label} | {case} | {state} | {statistics.median(values):.2f} | "
                      f"{', '.join(f'{v:.2f}' for v in values)} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as f:
             f.write(table)
-
 
 if __name__ == "__main__":
     main()

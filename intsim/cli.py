@@ -486,12 +486,12 @@ def _cmd_evaluate(args) -> int:
 
 def _cmd_demo(args) -> int:
     dataset = args.model.split("_")[-1]
-    # Printed before the imports (onnx takes seconds) and the data (Fashion-MNIST takes seconds to unpack).
+    # Printed before the imports (the converter, numba) and the data (Fashion-MNIST takes seconds to unpack).
     print(f"converting {args.model}.onnx for profile {args.profile!r} with {args.calibration_samples} calibration "
           f"images of {dataset} ...", flush=True)
     from intsim.progress import Progress, progress_enabled
 
-    with Progress(None, progress_enabled(), f"loading onnx and the {dataset} images"):
+    with Progress(None, progress_enabled(), f"loading the converter and the {dataset} images"):
         from intsim.api import compare, convert
         from intsim.datasets import load_dataset
         from intsim.models import model_path

@@ -32,8 +32,10 @@ MAX_INTEGER_BITS = 12
 
 
 def _constant_16(raw_int32: int) -> int:
-    """gemmlowp ``RescaleConstantInitializer`` for int16: the int32 raw constant, rounding-shifted right by 16."""
-    return int(rounding_divide_by_pot_scalar(np.int64(raw_int32), 16))
+    """gemmlowp ``RescaleConstantInitializer`` for int16: the int32 raw constant, rounding-shifted right by 16.
+    Run as Python (``py_func``): a compiled call here would load numba's typing and lowering registries
+    (0.2-0.3 s of CPU) on every ``import intsim``."""
+    return int(rounding_divide_by_pot_scalar.py_func(np.int64(raw_int32), 16))
 
 
 _EXP_MINUS_EIGHTH = _constant_16(1895147668)

@@ -52,9 +52,9 @@ def _onnx_op_types(model) -> dict[str, str]:
     GlobalAveragePool to ReduceMean); empty for a FloatGraph."""
     if isinstance(model, FloatGraph):
         return {}
-    import onnx
+    from intsim import onnxproto
 
-    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model), load_external_data=False)
+    proto = model if isinstance(model, onnxproto.ModelProto) else onnxproto.load(str(model))
     return {n.name: n.op_type for n in proto.graph.node}
 
 

@@ -67,11 +67,10 @@ class OnnxBytes:
         self.data = Path(model).read_bytes() if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
 
     def unpack(self):
-        import onnx
-
         from intsim.converter.lowering import prepare_float_graph
+        from intsim.onnxproto import ModelProto
 
-        return prepare_float_graph(onnx.load_from_string(self.data))
+        return prepare_float_graph(ModelProto.FromString(self.data))
 
 
 def is_onnx(value) -> bool:

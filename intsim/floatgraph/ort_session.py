@@ -74,10 +74,10 @@ class _Builder:
         return name
 
     def add(self, op: str, inputs: Sequence[str], outputs: Sequence[str], **attrs) -> None:
-        from onnx import helper
+        from intsim import onnxproto
 
         self._count += 1
-        self.nodes.append(helper.make_node(op, list(inputs), list(outputs), name=f"__intsim_{self._count}", **attrs))
+        self.nodes.append(onnxproto.make_node(op, list(inputs), list(outputs), name=f"__intsim_{self._count}", **attrs))
 
 
 _EXPORT: dict[str, Callable[[_Builder, FloatNode, list, list], None]] = {}
@@ -247,7 +247,7 @@ def _gelu(b, node, inputs, outputs):
 @_exporter("MaskedSoftmax")
 def _masked_softmax(b, node, inputs, outputs):
     """Softmax of ``Where(mask, x, lowest)`` over the last axis, times the mask."""
-    from onnx import TensorProto
+    from intsim.onnxproto import TensorProto
 
     x, mask = inputs
     keep, keep_float, masked, soft = (b.fresh(h) for h in ("keep", "keep_float", "masked", "soft"))
@@ -264,7 +264,7 @@ def _masked_softmax(b, node, inputs, outputs):
 
 def _fake_quantizer(b: _Builder, source: str, target: str, params: FakeQuant) -> None:
     """:func:`fake_quantize` as ONNX nodes from ``source`` to ``target``, in float64 as numpy computes it."""
-    from onnx import TensorProto
+    from intsim.onnxproto import TensorProto
 
     scale, zero_point, lo, hi = (np.float64(v) for v in params)
     steps = [("Div", [b.constant(scale, "scale")]), ("Round", []), ("Add", [b.constant(zero_point, "zero_point")]),
@@ -300,14 +300,15 @@ def onnx_model(graph: FloatGraph, nodes: Sequence[FloatNode], inputs: Sequence[s
     every tensor of ``fake_quant`` replaced by its fake-quantized value for its consumers and in the outputs.
 
     Raises :class:`NotExportable` for a node without an ONNX form."""
-    from onnx import TensorProto, helper, numpy_helper
+    from intsim import onnxproto
+    from intsim.onnxproto import TensorProto
 
     b = _Builder()
     graph_inputs = []
     for t in inputs:
         fed = raw_input_name(t) if t in fake_quant else t
         kind = TensorProto.INT64 if t in graph.integer_inputs else TensorProto.FLOAT  # token ids, masks: int64
-        graph_inputs.append(helper.make_tensor_value_info(fed, kind, graph.shapes.get(t)))
+        graph_inputs.append(onnxproto.value_info(fed, kind, graph.shapes.get(t)))
         if t in fake_quant:
             _fake_quantizer(b, fed, t, fake_quant[t])
     constants = {}
@@ -324,10 +325,10 @@ def onnx_model(graph: FloatGraph, nodes: Sequence[FloatNode], inputs: Sequence[s
     # Graph constants run as float32 (the numpy executor reads them at their own width); the fake quantizers'
     # constants stay float64.
     constants = {t: v.astype(np.float32) if v.dtype.kind == "f" else v for t, v in constants.items()}
-    initializers = [numpy_helper.from_array(np.asarray(v), name) for name, v in {**constants, **b.initializers}.items()]
-    graph_outputs = [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in outputs]
-    onnx_graph = helper.make_graph(b.nodes, graph.name or "float_graph", graph_inputs, graph_outputs, initializers)
-    return helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9)
+    initializers = [onnxproto.from_array(np.asarray(v), name) for name, v in {**constants, **b.initializers}.items()]
+    graph_outputs = [onnxproto.value_info(t, TensorProto.FLOAT, None) for t in outputs]
+    return onnxproto.make_model(b.nodes, graph.name or "float_graph", graph_inputs, graph_outputs, initializers,
+                                opset=OPSET, ir_version=9)
 
 
 class FloatSession:

@@ -11,9 +11,9 @@ import os
 from collections.abc import Callable
 
 import numpy as np
-import onnx
 from google.protobuf.message import DecodeError
 
+from intsim import onnxproto
 from intsim.errors import IntsimError, ModelFormatError, UnsupportedOpError, ValidationError
 from intsim.floatgraph.execute import run_node
 from intsim.floatgraph import FloatGraph, FloatNode
@@ -33,7 +33,7 @@ MAX_PLACEHOLDER_ELEMENTS = 2**24
 WORLD_BATCH_SIZES = (1, 2)
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # Integer graph inputs (token ids, attention masks): they reach the integer graph unquantized.
-INTEGER_INPUT_TYPES = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32}
+INTEGER_INPUT_TYPES = {onnxproto.TensorProto.INT64: np.int64, onnxproto.TensorProto.INT32: np.int32}
 
 
 def import_onnx(model, *, batch_dynamic: bool = True, input_shapes=None) -> FloatGraph:
@@ -100,8 +100,8 @@ def _fixed_dims(name: str, dims: list, given) -> list:
     return wanted
 
 
-def read_onnx(model) -> onnx.ModelProto:
-    if isinstance(model, onnx.ModelProto):
+def read_onnx(model) -> onnxproto.ModelProto:
+    if isinstance(model, onnxproto.ModelProto):
         return model
     if not isinstance(model, (str, os.PathLike)):
         raise ValidationError(f"model must be a path or an onnx.ModelProto, found {type(model).__name__}")
@@ -109,12 +109,12 @@ def read_onnx(model) -> onnx.ModelProto:
     if not os.path.isfile(path):
         raise ModelFormatError(f"{path!r}: no such file")
     try:
-        return onnx.load(path, load_external_data=False)  # external data is refused by read_initializer
+        return onnxproto.load(path)  # external data is refused by read_initializer
     except DecodeError as exc:
         raise ModelFormatError(f"{path!r}: not an ONNX model ({exc})") from exc
 
 
-def _default_opset(model: onnx.ModelProto) -> int:
+def _default_opset(model: onnxproto.ModelProto) -> int:
     versions = [o.version for o in model.opset_import if o.domain in _DEFAULT_DOMAINS]
     if not versions:
         raise ModelFormatError(f"model {model.graph.name!r} imports no default-domain (ai.onnx) opset")
@@ -132,7 +132,7 @@ DYNAMIC_QUANTIZATION_OPS = ("DynamicQuantizeLinear", "ConvInteger", "MatMulInteg
                             "DynamicQuantizeMatMul")
 
 
-def _refuse_dynamic_quantization(model: onnx.ModelProto) -> None:
+def _refuse_dynamic_quantization(model: onnxproto.ModelProto) -> None:
     found = sorted({n.op_type for n in model.graph.node if n.op_type in DYNAMIC_QUANTIZATION_OPS})
     if found:
         raise UnsupportedOpError(
@@ -140,7 +140,7 @@ def _refuse_dynamic_quantization(model: onnx.ModelProto) -> None:
             "intsim converts float models: give it the float model this one was made from")
 
 
-def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
+def _sorted_nodes(graph: onnxproto.GraphProto, known: set[str]) -> list[onnxproto.NodeProto]:
     """The graph's nodes in topological order, ties kept in file order (Kahn's algorithm)."""
     producer = {}
     for i, node in enumerate(graph.node):
@@ -178,13 +178,13 @@ def _sorted_nodes(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProt
     return order
 
 
-def _nested_nodes(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], set[str]]:
+def _nested_nodes(graph: onnxproto.GraphProto) -> tuple[list[onnxproto.NodeProto], set[str]]:
     """Every node of ``graph`` and of the subgraphs of its ``If`` nodes, and the names those subgraphs output."""
     nodes, outputs = [], set()
     for node in graph.node:
         nodes.append(node)
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
+            if attr.type == onnxproto.AttributeProto.GRAPH:
                 inner, inner_outputs = _nested_nodes(attr.g)
                 nodes += inner
                 outputs |= inner_outputs | {t.name for t in attr.g.output}
@@ -192,7 +192,7 @@ def _nested_nodes(graph: onnx.GraphProto) -> tuple[list[onnx.NodeProto], set[str
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, batch_dynamic: bool, input_shapes):
+    def __init__(self, model: onnxproto.ModelProto, batch_dynamic: bool, input_shapes):
         self.graph = model.graph
         self.input_shapes = dict(input_shapes)
         unknown = sorted(set(self.input_shapes) - {t.name for t in self.graph.input})
@@ -257,15 +257,15 @@ class _Importer:
             integer_inputs=self.integer_inputs,
         )
 
-    def add_initializer(self, init: onnx.TensorProto) -> None:
+    def add_initializer(self, init: onnxproto.TensorProto) -> None:
         value = read_initializer(init)
         self.values[init.name] = (value, value)
         self.static.add(init.name)
 
-    def _add_input(self, info: onnx.ValueInfoProto) -> str:
+    def _add_input(self, info: onnxproto.ValueInfoProto) -> str:
         tensor_type = info.type.tensor_type
-        if tensor_type.elem_type not in (onnx.TensorProto.FLOAT, *INTEGER_INPUT_TYPES):
-            found = onnx.TensorProto.DataType.Name(tensor_type.elem_type)
+        if tensor_type.elem_type not in (onnxproto.TensorProto.FLOAT, *INTEGER_INPUT_TYPES):
+            found = onnxproto.TensorProto.DataType.Name(tensor_type.elem_type)
             raise ValidationError(f"graph input {info.name!r} must be float32, or int64 / int32 (token ids, masks), "
                                   f"found {found}")
         if not tensor_type.HasField("shape"):

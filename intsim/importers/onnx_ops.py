@@ -8,9 +8,8 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
+from intsim import onnxproto
 from intsim.errors import ModelFormatError, UnsupportedOpError, ValidationError
 from intsim.floatgraph.execute import COORDINATE_MODES, NEAREST_MODES
 from intsim.floatgraph import FloatNode
@@ -26,20 +25,20 @@ def unique_name(base: str, used: set[str]) -> str:
 
 def read_initializer(tensor) -> np.ndarray:
     """An initializer's array; external data, or dims that contradict the data, are a ModelFormatError."""
-    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+    if tensor.data_location == onnxproto.TensorProto.EXTERNAL:
         raise ModelFormatError(f"initializer {tensor.name!r}: external data is not read (a model must be one file)")
     try:
-        return numpy_helper.to_array(tensor)
+        return onnxproto.to_array(tensor)
     except (ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
         raise ModelFormatError(f"initializer {tensor.name!r}: dims {list(tensor.dims)} do not match its data "
                                f"({type(exc).__name__}: {exc})") from None
 
 
-def _attr_value(attr: onnx.AttributeProto):
-    value = helper.get_attribute_value(attr)
+def _attr_value(attr: onnxproto.AttributeProto):
+    value = onnxproto.attribute_value(attr)
     if isinstance(value, bytes):
         return value.decode()
-    if isinstance(value, onnx.TensorProto):
+    if isinstance(value, onnxproto.TensorProto):
         return read_initializer(value)
     return value
 
@@ -47,7 +46,7 @@ def _attr_value(attr: onnx.AttributeProto):
 class OnnxNode:
     """One ONNX node being imported: its inputs resolved through removed Identities, its attributes."""
 
-    def __init__(self, importer, proto: onnx.NodeProto, name: str):
+    def __init__(self, importer, proto: onnxproto.NodeProto, name: str):
         self.importer = importer
         self.op = proto.op_type
         self.domain = proto.domain
@@ -192,7 +191,7 @@ def _fold_slice(node, data, starts, ends, axes=None, steps=None):
 
 
 _fold("Gather")(lambda node, data, indices: np.take(data, indices, axis=node.attr("axis", 0)))
-_fold("Cast")(lambda node, x: x.astype(helper.tensor_dtype_to_np_dtype(node.attr("to"))))
+_fold("Cast")(lambda node, x: x.astype(onnxproto.np_dtype(node.attr("to"))))
 _fold("Range")(lambda node, start, limit, delta: np.arange(start, limit, delta).astype(start.dtype))
 _fold("Equal")(lambda node, a, b: np.equal(a, b))
 _fold("Where")(lambda node, condition, a, b: np.where(condition, a, b))

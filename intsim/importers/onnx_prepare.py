@@ -5,14 +5,13 @@ docs/real_models.md)."""
 from __future__ import annotations
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
 
+from intsim import onnxproto
 from intsim.errors import ValidationError
 from intsim.importers.onnx import read_onnx
 
 
-def prepare_recurrent(model, constants=None, batch_axes=None) -> onnx.ModelProto:
+def prepare_recurrent(model, constants=None, batch_axes=None) -> onnxproto.ModelProto:
     """An ONNX model made ready for :func:`intsim.convert`: constant inputs fixed, batch axes moved to axis 0.
 
     silero's voice-activity detector takes its sample rate as an input ``sr`` (an int64 scalar its
@@ -44,7 +43,7 @@ def prepare_recurrent(model, constants=None, batch_axes=None) -> onnx.ModelProto
         (``batch_axes``), a value whose rank or kind the input's declaration contradicts, or an
         axis outside the tensor's rank.
     """
-    proto = onnx.ModelProto()
+    proto = onnxproto.ModelProto()
     proto.CopyFrom(read_onnx(model))
     graph = proto.graph
     inputs, outputs = {t.name: t for t in graph.input}, {t.name: t for t in graph.output}
@@ -66,43 +65,43 @@ def prepare_recurrent(model, constants=None, batch_axes=None) -> onnx.ModelProto
     return proto
 
 
-def _constant_input(info: onnx.ValueInfoProto, value) -> onnx.TensorProto:
+def _constant_input(info: onnxproto.ValueInfoProto, value) -> onnxproto.TensorProto:
     kind = info.type.tensor_type.elem_type
-    dtype = helper.tensor_dtype_to_np_dtype(kind)
+    dtype = onnxproto.np_dtype(kind)
     array = np.asarray(value)
     rank = len(info.type.tensor_type.shape.dim)
     if array.ndim != rank or (array.dtype.kind == "f") != (np.dtype(dtype).kind == "f"):
         raise ValidationError(f"constants[{info.name!r}] must be a rank-{rank} {np.dtype(dtype).name} value, found "
                               f"{array.dtype} of shape {array.shape}")
-    return numpy_helper.from_array(array.astype(dtype), info.name)
+    return onnxproto.from_array(array.astype(dtype), info.name)
 
 
-def _batch_first(graph: onnx.GraphProto, info: onnx.ValueInfoProto, axis: int, is_input: bool) -> None:
+def _batch_first(graph: onnxproto.GraphProto, info: onnxproto.ValueInfoProto, axis: int, is_input: bool) -> None:
     """Rename ``info`` inside the graph (and its subgraphs) and join the two names with a Transpose."""
     dims = info.type.tensor_type.shape.dim
     front = [axis] + [a for a in range(len(dims)) if a != axis]
     inner = f"{info.name}/batch_axis_{axis}"
     _rename(graph, info.name, inner)
     if is_input:
-        graph.node.insert(0, helper.make_node("Transpose", [info.name], [inner], name=f"{inner}/transpose",
-                                              perm=[front.index(a) for a in range(len(dims))]))
+        graph.node.insert(0, onnxproto.make_node("Transpose", [info.name], [inner], name=f"{inner}/transpose",
+                                                   perm=[front.index(a) for a in range(len(dims))]))
     else:
-        graph.node.append(helper.make_node("Transpose", [inner], [info.name], name=f"{inner}/transpose", perm=front))
-    moved = [onnx.TensorShapeProto.Dimension() for _ in dims]
+        graph.node.append(onnxproto.make_node("Transpose", [inner], [info.name], name=f"{inner}/transpose", perm=front))
+    moved = [onnxproto.TensorShapeProto.Dimension() for _ in dims]
     for new, old in zip(moved, front):
         new.CopyFrom(dims[old])
     del dims[:]
     dims.extend(moved)
 
 
-def _rename(graph: onnx.GraphProto, old: str, new: str, outer: bool = True) -> None:
+def _rename(graph: onnxproto.GraphProto, old: str, new: str, outer: bool = True) -> None:
     """Tensor ``old`` renamed ``new`` in every node of ``graph`` and its subgraphs, and among the subgraphs'
     outputs (a branch may output an outer tensor as it is); the outer graph's own outputs keep their names."""
     for node in graph.node:
         node.input[:] = [new if t == old else t for t in node.input]
         node.output[:] = [new if t == old else t for t in node.output]
         for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
+            if attr.type == onnxproto.AttributeProto.GRAPH:
                 _rename(attr.g, old, new, outer=False)
     for info in [] if outer else graph.output:
         if info.name == old:

@@ -12,8 +12,8 @@ and mask subgraphs that do not depend on the data fold away) and :data:`~intsim.
 from __future__ import annotations
 
 import numpy as np
-from onnx import helper
 
+from intsim import onnxproto
 from intsim.floatgraph.sequence_ops import gather_elements
 from intsim.importers.onnx_ops import MULTI_OUTPUT, OnnxNode, _axes, _convert, _fold, unique_name
 
@@ -92,7 +92,7 @@ def _logic(node: OnnxNode):
 def _cast(node: OnnxNode):
     """A Cast, or nothing where the input already has the target type (torch exports write float32 to
     float32 Casts): the output is then the input, as for Identity."""
-    to = np.dtype(helper.tensor_dtype_to_np_dtype(node.attr("to"))).name
+    to = np.dtype(onnxproto.np_dtype(node.attr("to"))).name
     if all(world.dtype == to for world in node.worlds(0)):
         node.importer.alias[node.outputs[0]] = node.inputs[0]
         return []

@@ -25,11 +25,10 @@ default-domain opset is below 11 is upgraded with ``onnx.version_converter`` fir
 
 from __future__ import annotations
 
-import onnx
-from onnx import version_converter
-
-from intsim.errors import UnsupportedOpError
 import numpy as np
+
+from intsim import onnxproto
+from intsim.errors import UnsupportedOpError
 
 from intsim.importers.onnx_ops import MULTI_OUTPUT, axes_of, register_convert, register_fold
 
@@ -37,12 +36,14 @@ FIRST_OPSET = 11
 _INT64_MAX = 2**63 - 1
 
 
-def upgrade_opset(model: onnx.ModelProto) -> onnx.ModelProto:
+def upgrade_opset(model: onnxproto.ModelProto) -> onnxproto.ModelProto:
     """The model itself when its default-domain opset is 11 or later, else a copy upgraded to opset 11
     by ``onnx.version_converter`` (an op it cannot upgrade is an :class:`UnsupportedOpError`)."""
     versions = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     if not versions or versions[0] >= FIRST_OPSET:
         return model
+    from onnx import version_converter
+
     try:
         return version_converter.convert_version(model, FIRST_OPSET)
     except Exception as exc:  # the converter raises RuntimeError, ValueError or its C++ errors

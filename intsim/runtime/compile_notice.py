@@ -18,7 +18,6 @@ compiles every kernel the built-in profiles use ahead of time.
 
 from __future__ import annotations
 
-import sys
 import threading
 
 from numba.core import event
@@ -50,11 +49,10 @@ class CompileNotice(event.Listener):
         bar = None
         self.compiled += ours
         if ours and progress_enabled():
-            if not self.announced:
-                self.announced = True
-                sys.stderr.write(f"compiling kernels for {current_isa().name} (first run only)\u2026\n")
+            heading = None if self.announced else f"compiling kernels for {current_isa().name} (first run only)\u2026"
+            self.announced = True
             name = f"{module.removeprefix(PACKAGE + '.')}.{ev.data['dispatcher'].py_func.__name__}"
-            bar = Progress(None, True, f"  [{self.compiled}] {name}").__enter__()
+            bar = Progress(None, True, f"  [{self.compiled}] {name}", heading).__enter__()
         stack.append(bar)
 
     def on_end(self, ev) -> None:
