@@ -13,7 +13,10 @@ and which outputs are views of an input):
   that moves only unit axes) becomes that view, made once: nothing runs;
 * a step that offers ``calls`` (:meth:`intsim.graph.ops.Op.bind`: the fused
   conv and fully-connected kernels) becomes those numba calls with their
-  arguments fixed, so a run is one Python call per kernel;
+  arguments fixed, so a run is one Python call per kernel; each call goes to
+  the compiled overload for its arguments' types, looked up once here (the
+  arguments never change, so the dispatcher's per-call typing of every
+  argument, about a third of a small kernel's call cost, is not repeated);
 * any other step runs as in the plan and its outputs are copied into their arrays.
 
 The results are those of the plan, bit for bit: the same kernels, the same
@@ -24,6 +27,8 @@ them per signature, so that threads calling one model each take their own.
 from __future__ import annotations
 
 import numpy as np
+from numba.core.dispatcher import Dispatcher
+from numba.core.typing.typeof import Purpose, typeof
 
 
 class BoundRun:
@@ -73,7 +78,8 @@ class BoundRun:
                 outputs = [arrays[s] for s in writes]
                 calls = getattr(step, "calls", None)
                 calls = calls(inputs, outputs) if calls is not None else None
-                self.calls += calls if calls is not None else [(self._copying(step, node, inputs, outputs), ())]
+                self.calls += ([(_compiled(function, arguments), arguments) for function, arguments in calls]
+                               if calls is not None else [(self._copying(step, node, inputs, outputs), ())])
             for s in {root[s] for s in reads}:
                 if last_read[s] == index and s not in kept:
                     free.setdefault(arrays[s].nbytes, []).append(arrays[s])
@@ -101,13 +107,26 @@ class BoundRun:
 
         return run
 
-    def run(self, arrays, finish):
+    def run(self, arrays, finish, write=None):
         """``finish(outputs)`` of the graph's outputs from ``arrays`` (the inputs, checked and of the
-        recorded shapes and dtypes); ``finish`` must not keep the output arrays, which the next run
-        overwrites."""
+        recorded shapes and dtypes), or with ``write`` from what ``write(targets)`` writes into the
+        run's own input arrays (no copy); ``finish`` must not keep the output arrays, which the next
+        run overwrites."""
         self.overflows.clear()
-        for target, value in zip(self.input_arrays, arrays):
-            np.copyto(target, value)
+        if write is not None:
+            write(self.input_arrays)
+        else:
+            for target, value in zip(self.input_arrays, arrays):
+                np.copyto(target, value)
         for function, arguments in self.calls:
             function(*arguments)
         return finish(self.output_arrays)
+
+
+def _compiled(function, arguments):
+    """The compiled overload of numba ``function`` for the types of ``arguments`` (compiled, or loaded
+    from numba's cache, now if need be): a call to it skips the dispatcher's typing of the arguments.
+    Anything else is returned as it is."""
+    if not isinstance(function, Dispatcher):
+        return function
+    return function.compile(tuple(typeof(value, Purpose.argument) for value in arguments))

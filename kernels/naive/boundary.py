@@ -18,6 +18,16 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
     return codes.astype(out_dtype), int(np.count_nonzero(~finite))
 
 
+
+def quantize_launcher(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
+    def launch(x, out):
+        codes, non_finite = quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out.dtype)
+        out[...] = codes
+        return non_finite, int(np.count_nonzero((x < far_low) | (x > far_high)))
+
+    return launch
+
+
 def dequantize_codes(codes, scale, zero_point):
     return (float(scale) * (codes.astype(np.float64) - float(zero_point))).astype(np.float32)
 
