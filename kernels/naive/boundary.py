@@ -23,7 +23,9 @@ def quantize_launcher(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max
     def launch(x, out):
         codes, non_finite = quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out.dtype)
         out[...] = codes
-        return non_finite, int(np.count_nonzero((x < far_low) | (x > far_high)))
+        wide = x.astype(np.float64)  # a Python float against float32 values would be narrowed (NEP 50)
+        with np.errstate(invalid="ignore"):
+            return non_finite, int(np.count_nonzero((wide < far_low) | (wide > far_high)))
 
     return launch
 
