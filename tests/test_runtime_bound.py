@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+from numba.core.dispatcher import Dispatcher
 
 from intsim import Model
 from intsim.errors import InputWarning, ValidationError
 from intsim.examples import branchy, random_codes, tiny_cnn
+from intsim.runtime import bound as bound_module
 from intsim.runtime.bound import BoundRun
 from intsim.runtime.model import dequantize
 
@@ -90,3 +92,22 @@ def test_run_of_unusual_float_inputs_warns_or_raises_as_the_checked_path():
         with pytest.raises(ValidationError, match="finite"):
             model.run(broken)
     np.testing.assert_array_equal(model.run(x), Model(graph).run(x), strict=True)
+
+
+@pytest.mark.parametrize("build", [tiny_cnn, branchy])
+def test_compiled_bound_runs_equal_the_naive_kernels(build, monkeypatch):
+    # After COMPILE_AFTER runs a bound run makes its stretches of numba calls one compiled function each
+    # (the arrays built from their addresses, the kernels called through their native entry points): the
+    # outputs stay those of the naive kernels, run after run, beside the Python steps between stretches.
+    monkeypatch.setattr(bound_module, "COMPILE_AFTER", 2)
+    graph = build("paper")
+    fast, naive = Model(graph), Model(graph, "naive")
+    for seed in range(5):
+        x = random_codes(graph.tensors["x"], 2, seed)
+        outs, expected = fast.run_int(x), naive.run_int(x)
+        outs, expected = (o if isinstance(o, tuple) else (o,) for o in (outs, expected))
+        for out, want in zip(outs, expected):
+            np.testing.assert_array_equal(out, want, strict=True)
+    (bound,) = next(iter(fast._run_plan().bound.values()))
+    assert bound.runs == 4 and len(bound.calls) < len(bound._dispatched)
+    assert not any(isinstance(function, Dispatcher) for function, _ in bound.calls)

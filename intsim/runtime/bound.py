@@ -19,6 +19,14 @@ and which outputs are views of an input):
   argument, about a third of a small kernel's call cost, is not repeated);
 * any other step runs as in the plan and its outputs are copied into their arrays.
 
+After :data:`COMPILE_AFTER` runs, each stretch of consecutive numba calls
+becomes one compiled function (:func:`intsim.runtime.compiled.compile_calls`):
+no Python and no argument conversion between the kernels, a third to a half
+of a small model's run.  It costs a compilation of a few tenths of a second
+per bound run (nothing is cached on disk: the function holds the arrays'
+addresses), which pays off only over thousands of runs: a model run a few
+times never compiles, one that serves a loop does.
+
 The results are those of the plan, bit for bit: the same kernels, the same
 arguments.  A bound run serves one caller at a time; the plan keeps a pool of
 them per signature, so that threads calling one model each take their own.
@@ -29,6 +37,11 @@ from __future__ import annotations
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 from numba.core.typing.typeof import Purpose, typeof
+
+from intsim.runtime.compiled import compile_calls
+
+# Runs of one bound run after which its numba calls are compiled into one function.
+COMPILE_AFTER = 1000
 
 
 class BoundRun:
@@ -78,12 +91,14 @@ class BoundRun:
                 outputs = [arrays[s] for s in writes]
                 calls = getattr(step, "calls", None)
                 calls = calls(inputs, outputs) if calls is not None else None
-                self.calls += ([(_compiled(function, arguments), arguments) for function, arguments in calls]
-                               if calls is not None else [(self._copying(step, node, inputs, outputs), ())])
+                self.calls += calls if calls is not None else [(self._copying(step, node, inputs, outputs), ())]
             for s in {root[s] for s in reads}:
                 if last_read[s] == index and s not in kept:
                     free.setdefault(arrays[s].nbytes, []).append(arrays[s])
         self.output_arrays = [arrays[s] for s in plan.output_slots]
+        self._dispatched = self.calls  # kept for compile()
+        self.calls = [(_compiled(function, arguments), arguments) for function, arguments in self.calls]
+        self.runs = 0
 
     @staticmethod
     def _take(free, shape, dtype):
@@ -112,6 +127,9 @@ class BoundRun:
         recorded shapes and dtypes), or with ``write`` from what ``write(targets)`` writes into the
         run's own input arrays (no copy); ``finish`` must not keep the output arrays, which the next
         run overwrites."""
+        self.runs += 1
+        if self.runs == COMPILE_AFTER:
+            self.compile()
         self.overflows.clear()
         if write is not None:
             write(self.input_arrays)
@@ -121,6 +139,21 @@ class BoundRun:
         for function, arguments in self.calls:
             function(*arguments)
         return finish(self.output_arrays)
+
+    def compile(self):
+        """Make each stretch of two or more consecutive numba calls one compiled function
+        (:func:`~intsim.runtime.compiled.compile_calls`); a stretch it cannot compile stays as it is."""
+        calls, stretch = [], []
+        for function, arguments in self._dispatched + [(None, ())]:
+            if isinstance(function, Dispatcher):
+                stretch.append((function, arguments))
+                continue
+            compiled = compile_calls(stretch) if len(stretch) > 1 else None
+            calls += [(compiled, ())] if compiled is not None else [(_compiled(f, a), a) for f, a in stretch]
+            stretch = []
+            if function is not None:
+                calls.append((function, arguments))
+        self.calls = calls
 
 
 def _compiled(function, arguments):
