@@ -17,7 +17,8 @@ Calibration images: the shipped models' own training images (digits,
 Fashion-MNIST), EfficientNet-Lite0 random crops of the scikit-image photos
 (``tools/models/photos.py``; seeded uniform noise without scikit-image).
 Runs are interleaved (one call of each runner per round) and each time is the
-median over the rounds; conversions are interleaved the same way over
+median over the rounds, after ``COMPILE_AFTER + 1`` warm-up calls of each (the
+steady state: intsim's bound run compiled, see :mod:`intsim.runtime.bound`); conversions are interleaved the same way over
 ``--conversion-rounds`` rounds after a warm-up round (one round and no warm-up for models over 2 MB).  Ratios are
 intsim time / onnxruntime time (below 1: intsim is faster).
 
@@ -43,9 +44,14 @@ from pathlib import Path
 import numpy as np
 from bench_kernels import _median_times, _session  # the script's own folder is on sys.path
 
+from intsim.runtime.bound import COMPILE_AFTER
+
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET = Path.home() / ".cache" / "intsim" / "efficientnet_lite0.onnx"
 LARGE_MODEL_BYTES = 2 << 20
+# Warm-up calls of every runner before the timed rounds: a model's run is timed in its steady state, once
+# its bound run has compiled its kernel calls into one function (after COMPILE_AFTER runs).
+STEADY_WARMUP = COMPILE_AFTER + 1
 
 
 def _calibration(path: Path, count: int) -> np.ndarray:
@@ -136,7 +142,7 @@ def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, ro
             x = np.ascontiguousarray(calibration[np.arange(batch) % len(calibration)])
             runners = {f"intsim {p}": (lambda m=m: m.run(x)) for p, m in converted.items()}
             runners["ORT u8s8"] = lambda: session.run(None, {input_name: x})
-            times = _median_times(runners, rounds)
+            times = _median_times(runners, rounds, warmup=STEADY_WARMUP)
             row = {"model": name, "batch": batch, "threads": threads, "ms": {k: v * 1e3 for k, v in times.items()},
                    "ratios": {k: v / times["ORT u8s8"] for k, v in times.items() if k != "ORT u8s8"}}
             rows.append(row)
