@@ -71,7 +71,7 @@ def test_run_quantizing_into_the_bound_run_equals_the_checked_path(profile):
             codes = model.quantize_inputs([x])
             expected = dequantize(model.run_int(*codes), graph.tensors[graph.outputs[0]])
             np.testing.assert_array_equal(model.run(x), expected, strict=True)
-        assert any(launches is not None for launches in model._float_launches.values())
+        assert any(feed is not None for feed in model._float_launches.values())
 
 
 def test_run_of_unusual_float_inputs_warns_or_raises_as_the_checked_path():

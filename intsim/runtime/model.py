@@ -106,7 +106,7 @@ class Model:
         self._plan = None
         self._checked_signatures = {}
         self._code_ranges = {}
-        self._float_launches = {}  # Model.run's input shapes and dtypes -> quantize launchers, or None
+        self._float_launches = {}  # Model.run's input types, shapes, dtypes -> (signature, launchers) or None
         self._output_infos = self.outputs
 
     @property
@@ -192,14 +192,18 @@ class Model:
         ``_UnusualInput`` before anything runs); ``None`` where that does not apply (integer inputs,
         arrays of other types, wrong shapes: :meth:`quantize_inputs` handles them).  What depends on
         the inputs' shapes and dtypes is worked out once per signature."""
-        if not all(type(x) is np.ndarray for x in inputs):
+        try:
+            key = tuple([(type(x), x.shape, x.dtype) for x in inputs])
+        except AttributeError:  # not arrays
             return None
-        key = tuple((x.shape, x.dtype) for x in inputs)
-        launches = self._float_launches.get(key, False)
-        if launches is False:
-            launches = self._float_launches[key] = self._quantize_launches(inputs)
-        if launches is None:
+        feed = self._float_launches.get(key, False)
+        if feed is False:
+            launches = self._quantize_launches(inputs)
+            feed = self._float_launches[key] = None if launches is None else (
+                tuple([(x.shape, info.np_dtype) for x, info in zip(inputs, self.inputs)]), launches)
+        if feed is None:
             return None
+        signature, launches = feed
 
         def write(targets):
             for x, target, launch in zip(inputs, targets, launches):
@@ -207,7 +211,7 @@ class Model:
                 if non_finite or far:
                     raise _UnusualInput
 
-        return tuple((x.shape, info.np_dtype) for x, info in zip(inputs, self.inputs)), write
+        return signature, write
 
     def _quantize_launches(self, inputs):
         """One :func:`~intsim.kernels.boundary.quantize_launcher` per input for the shapes and dtypes of
@@ -219,7 +223,7 @@ class Model:
         launches = []
         for x, info in zip(inputs, self.inputs):
             # Only where quantize reads x as it is (no cast), so that the far values are those of x itself.
-            if info.scale is None or not (x.dtype == dtype or (x.dtype == np.float32 and dtype == np.float64)):
+            if type(x) is not np.ndarray or info.scale is None or not (x.dtype == dtype or (x.dtype == np.float32 and dtype == np.float64)):
                 return None
             if len(x.shape) != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, x.shape)):
                 return None
