@@ -44,14 +44,9 @@ from pathlib import Path
 import numpy as np
 from bench_kernels import _median_times, _session  # the script's own folder is on sys.path
 
-from intsim.runtime.bound import COMPILE_AFTER
-
 RESULTS = Path(__file__).resolve().parent / "results"
 EFFICIENTNET = Path.home() / ".cache" / "intsim" / "efficientnet_lite0.onnx"
 LARGE_MODEL_BYTES = 2 << 20
-# Warm-up calls of every runner before the timed rounds: a model's run is timed in its steady state, once
-# its bound run has compiled its kernel calls into one function (after COMPILE_AFTER runs).
-STEADY_WARMUP = COMPILE_AFTER + 1
 
 
 def _calibration(path: Path, count: int) -> np.ndarray:
@@ -132,6 +127,7 @@ def _conversions(path: Path, calibration, profiles, rounds: int, batch_size: int
 
 def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, rounds) -> list[dict]:
     from intsim.kernels.gemm import set_threads
+    from intsim.runtime.bound import COMPILE_AFTER
 
     rows = []
     for threads in threads_list:
@@ -142,7 +138,8 @@ def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, ro
             x = np.ascontiguousarray(calibration[np.arange(batch) % len(calibration)])
             runners = {f"intsim {p}": (lambda m=m: m.run(x)) for p, m in converted.items()}
             runners["ORT u8s8"] = lambda: session.run(None, {input_name: x})
-            times = _median_times(runners, rounds, warmup=STEADY_WARMUP)
+            # Timed in the steady state: intsim's bound run compiled (after COMPILE_AFTER runs).
+            times = _median_times(runners, rounds, warmup=COMPILE_AFTER + 1)
             row = {"model": name, "batch": batch, "threads": threads, "ms": {k: v * 1e3 for k, v in times.items()},
                    "ratios": {k: v / times["ORT u8s8"] for k, v in times.items() if k != "ORT u8s8"}}
             rows.append(row)
