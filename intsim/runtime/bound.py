@@ -22,10 +22,11 @@ and which outputs are views of an input):
 After :data:`COMPILE_AFTER` runs, each stretch of consecutive numba calls
 becomes one compiled function (:func:`intsim.runtime.compiled.compile_calls`):
 no Python and no argument conversion between the kernels, a third to a half
-of a small model's run.  It costs a compilation of a few tenths of a second
-per bound run (nothing is cached on disk: the function holds the arrays'
-addresses), which pays off only over thousands of runs: a model run a few
-times never compiles, one that serves a loop does.
+of a small model's run.  It costs a compilation of 0.1-0.25 s of CPU per
+bound run for the shipped models (nothing is cached on disk: the function
+holds the arrays' addresses), which pays off only over thousands of runs
+(benchmarks/results/dispatch.md): a model run a few times never compiles,
+one that serves a loop does.
 
 The results are those of the plan, bit for bit: the same kernels, the same
 arguments.  A bound run serves one caller at a time; the plan keeps a pool of
