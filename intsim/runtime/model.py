@@ -223,9 +223,8 @@ class Model:
         launches = []
         for x, info in zip(inputs, self.inputs):
             # Only where quantize reads x as it is (no cast), so that the far values are those of x itself.
-            if type(x) is not np.ndarray or info.scale is None or not (x.dtype == dtype or (x.dtype == np.float32 and dtype == np.float64)):
-                return None
-            if len(x.shape) != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, x.shape)):
+            as_it_is = x.dtype == dtype or (x.dtype == np.float32 and dtype == np.float64)
+            if type(x) is not np.ndarray or info.scale is None or not as_it_is or not _shape_fits(x.shape, info):
                 return None
             lo, hi = self._code_range(info)
             launches.append(self._kernels.quantize_launcher(x.dtype, dtype(info.scale), rounding, info.zero_point, lo,
@@ -414,8 +413,12 @@ class _UnusualInput(Exception):
     path runs instead, and warns or raises."""
 
 
+def _shape_fits(shape, info: TensorInfo) -> bool:
+    return len(shape) == len(info.shape) and all(d is None or d == s for d, s in zip(info.shape, shape))
+
+
 def _check_shape(shape, info: TensorInfo, where: str):
-    if len(shape) != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, shape)):
+    if not _shape_fits(shape, info):
         raise ValidationError(f"{where}: expected shape {shape_text(info.shape)}, found {tuple(shape)}")
 
 
