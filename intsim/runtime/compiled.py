@@ -32,8 +32,8 @@ _SCALARS = (types.Integer, types.Float, types.Boolean)
 def compile_calls(calls):
     """A function of no arguments that makes ``calls`` (``[(numba dispatcher, arguments)]``) in order,
     exactly as ``function(*arguments)`` would, or ``None`` where some call cannot be made so (not a
-    dispatcher, an argument other than an array, a scalar or a tuple of them, a result that is not a
-    scalar).  The caller keeps the arguments' arrays alive and unmoved while it uses the function."""
+    dispatcher, an argument other than an array, a scalar or a tuple of them, a result other than
+    a scalar or a tuple of scalars).  The caller keeps the arguments' arrays alive and unmoved while it uses the function."""
     entries = []
     for function, arguments in calls:
         if not isinstance(function, Dispatcher):
@@ -44,13 +44,19 @@ def compile_calls(calls):
         function.compile(argument_types)
         result = function.overloads[argument_types]
         signature = result.signature
-        if not (isinstance(signature.return_type, _SCALARS) or signature.return_type == types.none):
+        if not _plain_result(signature.return_type):  # dropped unseen: nothing to release
             return None
         address = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
         if not address:
             return None
         entries.append((address, signature, arguments))
     return _caller(entries).compile(())
+
+
+def _plain_result(numba_type) -> bool:
+    if isinstance(numba_type, types.BaseTuple):
+        return all(_plain_result(t) for t in numba_type)
+    return isinstance(numba_type, _SCALARS) or numba_type == types.none
 
 
 def _constant_kind(numba_type) -> bool:
