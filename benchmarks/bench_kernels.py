@@ -71,16 +71,18 @@ EFFICIENTNET_1X1 = [
 X_SCALE, X_ZP, Y_SCALE, Y_ZP = 0.02, 128, 0.05, 120
 
 
-def _median_times(runners: dict, rounds: int) -> dict:
-    """Median seconds of each runner over ``rounds`` interleaved rounds (after one warm-up call each)."""
+def _median_times(runners: dict, rounds: int, warmup: int = 1, clock=time.perf_counter) -> dict:
+    """Median seconds of ``clock`` of each runner over ``rounds`` interleaved rounds (after ``warmup`` calls
+    each)."""
     for run in runners.values():
-        run()
+        for _ in range(warmup):
+            run()
     times = {name: [] for name in runners}
     for _ in range(rounds):
         for name, run in runners.items():
-            start = time.perf_counter()
+            start = clock()
             run()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 

@@ -17,7 +17,8 @@ Calibration images: the shipped models' own training images (digits,
 Fashion-MNIST), EfficientNet-Lite0 random crops of the scikit-image photos
 (``tools/models/photos.py``; seeded uniform noise without scikit-image).
 Runs are interleaved (one call of each runner per round) and each time is the
-median over the rounds; conversions are interleaved the same way over
+median over the rounds, after ``COMPILE_AFTER + 1`` warm-up calls of each (the
+steady state: intsim's bound run compiled, see :mod:`intsim.runtime.bound`); conversions are interleaved the same way over
 ``--conversion-rounds`` rounds after a warm-up round (one round and no warm-up for models over 2 MB).  Ratios are
 intsim time / onnxruntime time (below 1: intsim is faster).
 
@@ -124,8 +125,9 @@ def _conversions(path: Path, calibration, profiles, rounds: int, batch_size: int
     return times, converted, quantized["bytes"]
 
 
-def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, rounds) -> list[dict]:
+def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, rounds, clock) -> list[dict]:
     from intsim.kernels.gemm import set_threads
+    from intsim.runtime.bound import COMPILE_AFTER
 
     rows = []
     for threads in threads_list:
@@ -136,7 +138,9 @@ def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, ro
             x = np.ascontiguousarray(calibration[np.arange(batch) % len(calibration)])
             runners = {f"intsim {p}": (lambda m=m: m.run(x)) for p, m in converted.items()}
             runners["ORT u8s8"] = lambda: session.run(None, {input_name: x})
-            times = _median_times(runners, rounds)
+            # Timed in the steady state: intsim's bound run compiled (after COMPILE_AFTER runs).
+            times = _median_times(runners, rounds, warmup=COMPILE_AFTER + 1,
+                                  clock=time.thread_time if clock == "thread" else time.perf_counter)
             row = {"model": name, "batch": batch, "threads": threads, "ms": {k: v * 1e3 for k, v in times.items()},
                    "ratios": {k: v / times["ORT u8s8"] for k, v in times.items() if k != "ORT u8s8"}}
             rows.append(row)
@@ -149,7 +153,8 @@ def _run_rows(name, converted, ort_bytes, calibration, batches, threads_list, ro
 def _markdown(meta, conversion_rows, run_rows, profiles) -> str:
     lines = [f"# Whole models: intsim beside onnxruntime ({meta['label']})", "",
              f"CPU `{meta['cpu']}` ({meta['cpu_model']}), ISA `{meta['isa']}`, onnxruntime {meta['onnxruntime']}, "
-             f"{meta['calibration']} calibration images (min/max), median of {meta['rounds']} interleaved rounds; "
+             f"{meta['calibration']} calibration images (min/max), median of {meta['rounds']} interleaved rounds "
+             f"({meta.get('clock', 'wall')} clock); "
              f"{meta['when']}. Shared machine: expect noise. Ratios are intsim / onnxruntime (below 1: intsim faster).",
              ""]
     if conversion_rows:
@@ -196,6 +201,9 @@ def main(argv=None):
     parser.add_argument("--profiles", nargs="+", default=["paper", "tflite", "onnxruntime"])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="thread: the calling thread's CPU time (time.thread_time), steadier on a loaded machine; "
+                             "only with --threads 1 (other threads' time is not counted)")
     parser.add_argument("--conversion-rounds", type=int, default=3)
     parser.add_argument("--skip-conversion", action="store_true", help="time only the runs")
     parser.add_argument("--only", default="", help="only the models whose file name contains this text")
@@ -213,7 +221,7 @@ def main(argv=None):
     paths = [p for p in paths if args.only in p.name]
     meta = {"label": args.label or args.name, "cpu": llvm.get_host_cpu_name(), "cpu_model": _cpu_model(),
             "isa": isa.current_isa().name, "onnxruntime": onnxruntime.__version__, "rounds": args.rounds,
-            "calibration": args.calibration, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "calibration": args.calibration, "clock": args.clock, "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     conversion_rows, run_rows = [], []
     for path in paths:
         calibration = _calibration(path, args.calibration)
@@ -225,7 +233,8 @@ def main(argv=None):
             conversion_rows.append({"model": path.stem, "rounds": rounds, "seconds": seconds})
             print(f"{path.stem:26s} conversion: " + "  ".join(f"{k} {v:.2f} s" for k, v in seconds.items()),
                   flush=True)
-        run_rows += _run_rows(path.stem, converted, ort_bytes, calibration, args.batches, args.threads, args.rounds)
+        run_rows += _run_rows(path.stem, converted, ort_bytes, calibration, args.batches, args.threads, args.rounds,
+                              args.clock)
         # Written after every model, so that a long run stopped early keeps what it measured.
         table = _markdown(meta, conversion_rows, run_rows, args.profiles)
         RESULTS.mkdir(exist_ok=True)

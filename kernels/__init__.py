@@ -7,7 +7,7 @@ Kernels do not validate their arguments: :mod:`intsim.graph.ops` does that once,
 when a graph is built or loaded.
 """
 
-from intsim.kernels.boundary import dequantize_codes, quantize_float, transpose, transpose_launcher
+from intsim.kernels.boundary import dequantize_codes, quantize_float, quantize_launcher, transpose, transpose_launcher
 from intsim.kernels.elementwise import (
     add,
     add_launcher,
@@ -99,6 +99,7 @@ __all__ = [
     "pad_constant",
     "pad_reflect_edge",
     "quantize_float",
+    "quantize_launcher",
     "reduce_max",
     "requantize",
     "slice_strided",

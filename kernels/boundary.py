@@ -18,24 +18,32 @@ TRANSPOSE_MAX_RANK = 4
 
 
 @jit_inline
-def _quantize_loop(x, scale, rounding, zero_point, low, high, out):
+def _quantize_loop(x, scale, rounding, zero_point, low, high, far_low, far_high, out):
     # ``low`` and ``high``, the clamp minus the zero point, are exact in the float type: the clamp
     # happens before the zero point is added, where the rounded quotient is still a float.  The
     # division is in ``scale``'s float type: a float32 value over a float64 scale is the float64
-    # quotient of the value widened, exactly.
+    # quotient of the value widened, exactly.  ``far_low`` and ``far_high`` are float64: a value
+    # is compared with them widened, exactly.
     non_finite = 0
+    far = 0
     for i in range(x.size):
         non_finite += (x[i] - x[i]) != 0  # NaN or an infinity
+        far += (x[i] < far_low) | (x[i] > far_high)
         out[i] = np.int32(min(max(round_float(x[i] / scale, rounding), low), high)) + zero_point
-    return non_finite
+    return non_finite, far
 
 
 @jit
-def _quantize_core(x, scale, rounding, zero_point, low, high, out):
+def _quantize_core(x, scale, rounding, zero_point, low, high, far_low, far_high, out):
     # One loop per rounding mode, each with the mode a constant, so that both vectorise.
     if rounding == FLOAT32_RINT:
-        return _quantize_loop(x, scale, FLOAT32_RINT, zero_point, low, high, out)
-    return _quantize_loop(x, scale, FLOAT64_HALF_AWAY, zero_point, low, high, out)
+        return _quantize_loop(x, scale, FLOAT32_RINT, zero_point, low, high, far_low, far_high, out)
+    return _quantize_loop(x, scale, FLOAT64_HALF_AWAY, zero_point, low, high, far_low, far_high, out)
+
+
+def _real(x_dtype, scale):
+    """The float type of the division: ``scale``'s where it names one, else ``x``'s."""
+    return type(scale) if isinstance(scale, (np.float32, np.float64)) else x_dtype.type
 
 
 def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dtype):
@@ -63,10 +71,32 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
         Elements of ``x`` that are NaN or infinite (their codes are undefined).
     """
     out = np.empty(x.shape, out_dtype)
-    real = type(scale) if isinstance(scale, (np.float32, np.float64)) else x.dtype.type
-    non_finite = _quantize_core(x.reshape(-1), real(scale), int(rounding), int(zero_point),
-                                real(clamp_min - zero_point), real(clamp_max - zero_point), out.reshape(-1))
+    real = _real(x.dtype, scale)
+    non_finite, _ = _quantize_core(x.reshape(-1), real(scale), int(rounding), int(zero_point),
+                                   real(clamp_min - zero_point), real(clamp_max - zero_point), -np.inf, np.inf,
+                                   out.reshape(-1))
     return out, int(non_finite)
+
+
+class _QuantizeLaunch:
+    """:func:`quantize_float` into a given array, its parameters fixed; see :func:`quantize_launcher`."""
+
+    def __init__(self, x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
+        real = _real(np.dtype(x_dtype), scale)
+        self.args = (real(scale), int(rounding), int(zero_point), real(clamp_min - zero_point),
+                     real(clamp_max - zero_point), float(far_low), float(far_high))
+
+    def __call__(self, x, out):
+        return _quantize_core(x.reshape(-1), *self.args, out.reshape(-1))
+
+
+def quantize_launcher(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
+    """``launch(x, out) -> (non_finite_count, far_count)``: :func:`quantize_float` of C-contiguous ``x``
+    of dtype ``x_dtype`` written into ``out`` (C-contiguous, the shape of ``x``), for a caller that
+    quantizes many times (``Model.run``); ``far_count`` is how many values of ``x`` lie below
+    ``far_low`` or above ``far_high`` (compared as float64, exactly), counted in the same pass.
+    NaN counts as non-finite, not as far."""
+    return _QuantizeLaunch(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high)
 
 
 @jit

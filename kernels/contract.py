@@ -82,6 +82,7 @@ class Backend(Protocol):
     transpose: Callable
     transpose_launcher: Callable
     quantize_float: Callable
+    quantize_launcher: Callable
     dequantize_codes: Callable
     softmax_gemmlowp_lastaxis: Callable
     add_float32_fma: Callable

@@ -63,6 +63,28 @@ def test_quantize_float32_over_float64_scale_is_the_widened_quotient(case):
                                   strict=True)
 
 
+@settings(deadline=None, max_examples=200)
+@given(_quantize_cases(), st.floats(-1e3, 1e3), st.floats(0, 2e3), st.booleans())
+def test_quantize_launcher_writes_the_codes_and_counts_far_values(case, far_low, far_width, wide_scale):
+    # Model.run's pass: quantize_float's codes written into the run's array, and in the same pass the
+    # values a float64 comparison puts below far_low or above far_high (NaN is neither).
+    x, scale, rounding, zero_point, lo, hi, code_dtype = case
+    if wide_scale and x.dtype == np.float32:
+        scale = np.float64(scale)  # Model.run's float32 image over a float64 scale
+    far_high = far_low + far_width
+    widened = x.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        expected_far = int(np.count_nonzero((widened < far_low) | (widened > far_high)))
+    expected, expected_non_finite = naive.quantize_float(x, scale, rounding, zero_point, lo, hi, code_dtype)
+    finite = np.isfinite(x)
+    for launcher in (fast.quantize_launcher, naive.quantize_launcher):
+        out = np.zeros(x.shape, code_dtype)
+        launch = launcher(x.dtype, scale, rounding, zero_point, lo, hi, far_low, far_high)
+        non_finite, far = launch(x, out)
+        assert (non_finite, far) == (expected_non_finite, expected_far)
+        np.testing.assert_array_equal(out[finite], expected[finite], strict=True)
+
+
 @pytest.mark.parametrize("rounding, expected", [
     (FLOAT32_RINT, [-2, -2, -1, 0, 0, 0, 1, 2, 2, 3, 127, -128]),
     (FLOAT64_HALF_AWAY, [-3, -2, -1, -1, 0, 1, 1, 2, 3, 3, 127, -128]),

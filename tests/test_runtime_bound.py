@@ -2,10 +2,14 @@
 
 import numpy as np
 import pytest
+from numba.core.dispatcher import Dispatcher
 
 from intsim import Model
+from intsim.errors import InputWarning, ValidationError
 from intsim.examples import branchy, random_codes, tiny_cnn
+from intsim.runtime import bound as bound_module
 from intsim.runtime.bound import BoundRun
+from intsim.runtime.model import dequantize
 
 
 @pytest.mark.parametrize("profile", ["paper", "tflite", "onnxruntime"])
@@ -51,3 +55,59 @@ def test_float_runs_through_the_bound_run_equal_a_fresh_model():
         rng = np.random.default_rng(seed)
         x = (info.scale * rng.integers(-140, 140, (2,) + info.shape[1:])).astype(np.float32)
         np.testing.assert_array_equal(model.run(x), Model(graph).run(x), strict=True)
+
+
+@pytest.mark.parametrize("profile", ["paper", "tflite", "onnxruntime"])
+def test_run_quantizing_into_the_bound_run_equals_the_checked_path(profile):
+    # Model.run quantizes a float32 or float64 array straight into the run's input array; its outputs are
+    # those of quantize_inputs -> run_int -> dequantize, call after call, on both backends.
+    graph = tiny_cnn(profile)
+    info = graph.tensors["x"]
+    for backend in ("fast", "naive"):
+        model = Model(graph, backend)
+        for seed, dtype in enumerate([np.float32, np.float32, np.float64, np.float64, np.float32]):
+            rng = np.random.default_rng(seed)
+            x = (info.scale * rng.uniform(-140, 140, (2,) + info.shape[1:])).astype(dtype)
+            codes = model.quantize_inputs([x])
+            expected = dequantize(model.run_int(*codes), graph.tensors[graph.outputs[0]])
+            np.testing.assert_array_equal(model.run(x), expected, strict=True)
+        assert any(feed is not None for feed in model._float_launches.values())
+
+
+def test_run_of_unusual_float_inputs_warns_or_raises_as_the_checked_path():
+    graph = tiny_cnn("paper")
+    info = graph.tensors["x"]
+    model = Model(graph)
+    x = (info.scale * np.random.default_rng(0).uniform(-100, 100, (1,) + info.shape[1:])).astype(np.float32)
+    for _ in range(2):  # the second call runs a bound run
+        model.run(x)
+    far = x * 1000
+    with pytest.warns(InputWarning, match="far outside the range"):
+        expected = dequantize(model.run_int(*model.quantize_inputs([far])), graph.tensors[graph.outputs[0]])
+    with pytest.warns(InputWarning, match="far outside the range"):
+        np.testing.assert_array_equal(model.run(far), expected, strict=True)
+    for bad in (np.nan, np.inf):
+        broken = x.copy()
+        broken[0, 1, 2, 0] = bad
+        with pytest.raises(ValidationError, match="finite"):
+            model.run(broken)
+    np.testing.assert_array_equal(model.run(x), Model(graph).run(x), strict=True)
+
+
+@pytest.mark.parametrize("build", [tiny_cnn, branchy])
+def test_compiled_bound_runs_equal_the_naive_kernels(build, monkeypatch):
+    # After COMPILE_AFTER runs a bound run makes its stretches of numba calls one compiled function each
+    # (the arrays built from their addresses, the kernels called through their native entry points): the
+    # outputs stay those of the naive kernels, run after run, beside the Python steps between stretches.
+    monkeypatch.setattr(bound_module, "COMPILE_AFTER", 2)
+    graph = build("paper")
+    fast, naive = Model(graph), Model(graph, "naive")
+    for seed in range(5):
+        x = random_codes(graph.tensors["x"], 2, seed)
+        outs, expected = fast.run_int(x), naive.run_int(x)
+        outs, expected = (o if isinstance(o, tuple) else (o,) for o in (outs, expected))
+        for out, want in zip(outs, expected):
+            np.testing.assert_array_equal(out, want, strict=True)
+    (bound,) = next(iter(fast._run_plan().bound.values()))
+    assert bound.runs == 4 and len(bound.calls) < len(bound._dispatched)
+    assert not any(isinstance(function, Dispatcher) for function, _ in bound.calls)

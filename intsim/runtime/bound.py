@@ -13,8 +13,20 @@ and which outputs are views of an input):
   that moves only unit axes) becomes that view, made once: nothing runs;
 * a step that offers ``calls`` (:meth:`intsim.graph.ops.Op.bind`: the fused
   conv and fully-connected kernels) becomes those numba calls with their
-  arguments fixed, so a run is one Python call per kernel;
+  arguments fixed, so a run is one Python call per kernel; each call goes to
+  the compiled overload for its arguments' types, looked up once here (the
+  arguments never change, so the dispatcher's per-call typing of every
+  argument, about a third of a small kernel's call cost, is not repeated);
 * any other step runs as in the plan and its outputs are copied into their arrays.
+
+After :data:`COMPILE_AFTER` runs, each stretch of consecutive numba calls
+becomes one compiled function (:func:`intsim.runtime.compiled.compile_calls`):
+no Python and no argument conversion between the kernels, a third to a half
+of a small model's run.  It costs a compilation of 0.1-0.25 s of CPU per
+bound run for the shipped models (nothing is cached on disk: the function
+holds the arrays' addresses), which pays off only over thousands of runs
+(benchmarks/results/dispatch.md): a model run a few times never compiles,
+one that serves a loop does.
 
 The results are those of the plan, bit for bit: the same kernels, the same
 arguments.  A bound run serves one caller at a time; the plan keeps a pool of
@@ -24,6 +36,13 @@ them per signature, so that threads calling one model each take their own.
 from __future__ import annotations
 
 import numpy as np
+from numba.core.dispatcher import Dispatcher
+from numba.core.typing.typeof import Purpose, typeof
+
+from intsim.runtime.compiled import compile_calls
+
+# Runs of one bound run after which its numba calls are compiled into one function.
+COMPILE_AFTER = 1000
 
 
 class BoundRun:
@@ -78,6 +97,9 @@ class BoundRun:
                 if last_read[s] == index and s not in kept:
                     free.setdefault(arrays[s].nbytes, []).append(arrays[s])
         self.output_arrays = [arrays[s] for s in plan.output_slots]
+        self._dispatched = self.calls  # kept for compile()
+        self.calls = [(_compiled(function, arguments), arguments) for function, arguments in self.calls]
+        self.runs = 0
 
     @staticmethod
     def _take(free, shape, dtype):
@@ -101,13 +123,44 @@ class BoundRun:
 
         return run
 
-    def run(self, arrays, finish):
+    def run(self, arrays, finish, write=None):
         """``finish(outputs)`` of the graph's outputs from ``arrays`` (the inputs, checked and of the
-        recorded shapes and dtypes); ``finish`` must not keep the output arrays, which the next run
-        overwrites."""
+        recorded shapes and dtypes), or with ``write`` from what ``write(targets)`` writes into the
+        run's own input arrays (no copy); ``finish`` must not keep the output arrays, which the next
+        run overwrites."""
+        self.runs += 1
+        if self.runs == COMPILE_AFTER:
+            self.compile()
         self.overflows.clear()
-        for target, value in zip(self.input_arrays, arrays):
-            np.copyto(target, value)
+        if write is not None:
+            write(self.input_arrays)
+        else:
+            for target, value in zip(self.input_arrays, arrays):
+                np.copyto(target, value)
         for function, arguments in self.calls:
             function(*arguments)
         return finish(self.output_arrays)
+
+    def compile(self):
+        """Make each stretch of two or more consecutive numba calls one compiled function
+        (:func:`~intsim.runtime.compiled.compile_calls`); a stretch it cannot compile stays as it is."""
+        calls, stretch = [], []
+        for function, arguments in self._dispatched + [(None, ())]:
+            if isinstance(function, Dispatcher):
+                stretch.append((function, arguments))
+                continue
+            compiled = compile_calls(stretch) if len(stretch) > 1 else None
+            calls += [(compiled, ())] if compiled is not None else [(_compiled(f, a), a) for f, a in stretch]
+            stretch = []
+            if function is not None:
+                calls.append((function, arguments))
+        self.calls = calls
+
+
+def _compiled(function, arguments):
+    """The compiled overload of numba ``function`` for the types of ``arguments`` (compiled, or loaded
+    from numba's cache, now if need be): a call to it skips the dispatcher's typing of the arguments.
+    Anything else is returned as it is."""
+    if not isinstance(function, Dispatcher):
+        return function
+    return function.compile(tuple(typeof(value, Purpose.argument) for value in arguments))

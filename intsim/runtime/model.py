@@ -106,6 +106,8 @@ class Model:
         self._plan = None
         self._checked_signatures = {}
         self._code_ranges = {}
+        self._float_launches = {}  # Model.run's input types, shapes, dtypes -> (signature, launchers) or None
+        self._output_infos = self.outputs
 
     @property
     def profile(self):
@@ -170,10 +172,64 @@ class Model:
         """Float in, float out: quantize each input with its tensor's scale and zero
         point (:meth:`quantize_inputs`), run :meth:`run_int`, dequantize the
         outputs to float32 as ``scale * (code - zero_point)``."""
+        inputs = self._ordered(inputs)
+        feed = self._float_feed(inputs)
+        if feed is not None:
+            try:
+                return self._pack(self._warn_overflow(self._run_plan().run_written(*feed, self._dequantized)))
+            except _UnusualInput:
+                pass  # quantize_inputs below warns or raises as it should
         # The codes quantize_inputs returns have the checked shapes and the input dtypes: no second check.
-        return self._pack(self._warn_overflow(self._run_plan().run(
-            self.quantize_inputs(self._ordered(inputs)),
-            lambda outs: [dequantize(o, info) for o, info in zip(outs, self.outputs)])))
+        return self._pack(self._warn_overflow(self._run_plan().run(self.quantize_inputs(inputs), self._dequantized)))
+
+    def _dequantized(self, outputs):
+        return [dequantize(o, info) for o, info in zip(outputs, self._output_infos)]
+
+    def _float_feed(self, inputs):
+        """``(signature, write)`` for :meth:`RunPlan.run_written` that quantizes ``inputs`` as
+        :meth:`quantize_inputs` would, straight into the run's input arrays, in one pass that also
+        finds values :func:`warn_unusual_float_input` would warn about (``write`` then raises
+        ``_UnusualInput`` before anything runs); ``None`` where that does not apply (integer inputs,
+        arrays of other types, wrong shapes: :meth:`quantize_inputs` handles them).  What depends on
+        the inputs' shapes and dtypes is worked out once per signature."""
+        try:
+            key = tuple([(type(x), x.shape, x.dtype) for x in inputs])
+        except AttributeError:  # not arrays
+            return None
+        feed = self._float_launches.get(key, False)
+        if feed is False:
+            launches = self._quantize_launches(inputs)
+            feed = self._float_launches[key] = None if launches is None else (
+                tuple([(x.shape, info.np_dtype) for x, info in zip(inputs, self.inputs)]), launches)
+        if feed is None:
+            return None
+        signature, launches = feed
+
+        def write(targets):
+            for x, target, launch in zip(inputs, targets, launches):
+                non_finite, far = launch(x, target)
+                if non_finite or far:
+                    raise _UnusualInput
+
+        return signature, write
+
+    def _quantize_launches(self, inputs):
+        """One :func:`~intsim.kernels.boundary.quantize_launcher` per input for the shapes and dtypes of
+        ``inputs``, or ``None`` where :meth:`_float_feed` does not apply."""
+        mode = self.input_quantization
+        if len(inputs) != len(self.graph.inputs) or self.integer_inputs or mode not in INPUT_QUANTIZATION:
+            return None
+        dtype, rounding = INPUT_QUANTIZATION[mode]
+        launches = []
+        for x, info in zip(inputs, self.inputs):
+            # Only where quantize reads x as it is (no cast), so that the far values are those of x itself.
+            as_it_is = x.dtype == dtype or (x.dtype == np.float32 and dtype == np.float64)
+            if type(x) is not np.ndarray or info.scale is None or not as_it_is or not _shape_fits(x.shape, info):
+                return None
+            lo, hi = self._code_range(info)
+            launches.append(self._kernels.quantize_launcher(x.dtype, dtype(info.scale), rounding, info.zero_point, lo,
+                                                            hi, *far_range(info)))
+        return launches
 
     def trace(self, *inputs, float_input: bool = False) -> Trace:
         """Run and keep every intermediate tensor, accumulator and per-node statistic; with
@@ -336,16 +392,33 @@ def warn_unusual_float_input(x: np.ndarray, info: TensorInfo) -> None:
         return
     if not x.size or x.dtype.kind != "f" or info.scale is None:
         return
-    lo, hi = (info.scale * (c - info.zero_point) for c in info.code_range)
     found_lo, found_hi = float(x.min()), float(x.max())  # the methods: no numpy dispatch wrapper per call
-    if found_lo < lo - (hi - lo) or found_hi > hi + (hi - lo):
+    far_low, far_high = far_range(info)
+    if found_lo < far_low or found_hi > far_high:
+        lo, hi = (info.scale * (c - info.zero_point) for c in info.code_range)
         warnings.warn(InputWarning(f"{where}: values in [{found_lo:.6g}, {found_hi:.6g}] lie far outside the "
                                    f"range [{lo:.6g}, {hi:.6g}] the model was calibrated for; most will be clamped"),
                       stacklevel=3)
 
 
+def far_range(info: TensorInfo) -> tuple[float, float]:
+    """The real values beyond which :func:`warn_unusual_float_input` warns: one range width below and
+    above the range ``[lo, hi]`` that the codes of ``info`` represent."""
+    lo, hi = (info.scale * (c - info.zero_point) for c in info.code_range)
+    return float(lo - (hi - lo)), float(hi + (hi - lo))
+
+
+class _UnusualInput(Exception):
+    """A float input of ``Model.run``'s quick path was not finite or lay far out of range: the checked
+    path runs instead, and warns or raises."""
+
+
+def _shape_fits(shape, info: TensorInfo) -> bool:
+    return len(shape) == len(info.shape) and all(d is None or d == s for d, s in zip(info.shape, shape))
+
+
 def _check_shape(shape, info: TensorInfo, where: str):
-    if len(shape) != len(info.shape) or any(d is not None and d != s for d, s in zip(info.shape, shape)):
+    if not _shape_fits(shape, info):
         raise ValidationError(f"{where}: expected shape {shape_text(info.shape)}, found {tuple(shape)}")
 
 

@@ -50,14 +50,25 @@ class RunPlan:
         layouts; later calls on one thread run a :class:`~intsim.runtime.bound.BoundRun` for those
         shapes (its outputs are reused by the next run: ``finish`` reads them, the default copies them).
         """
-        signature = tuple((a.shape, a.dtype) for a in arrays)
+        return self._run(tuple((a.shape, a.dtype) for a in arrays), arrays, None, finish)
+
+    def run_written(self, signature, write, finish=None) -> list:
+        """:meth:`run` of the inputs that ``write(targets)`` writes into ``targets``, C-contiguous arrays of
+        the ``[(shape, dtype)]`` of ``signature``: a bound run's own input arrays, so that the inputs are
+        written where the run reads them (``Model.run`` quantizes into them), no copy."""
+        return self._run(signature, None, write, finish)
+
+    def _run(self, signature, arrays, write, finish):
         pool = self.bound.get(signature)
         if pool is None or thread_count() != 1:
+            if write is not None:
+                arrays = [np.empty(shape, dtype) for shape, dtype in signature]
+                write(arrays)
             outputs = self._run_steps(arrays, signature)
             return finish(outputs) if finish else outputs
         bound = pool.pop() if pool else BoundRun(self, *self.layouts[signature])
         try:
-            result = bound.run(arrays, finish or _copies)
+            result = bound.run(arrays, finish or _copies, write)
             self.overflows = list(bound.overflows)
             return result
         finally:

@@ -3,7 +3,7 @@
 Run a model on them with ``Model(graph, backend="naive")``.
 """
 
-from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, transpose, transpose_launcher
+from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, quantize_launcher, transpose, transpose_launcher
 from intsim.kernels.naive.elementwise import (
     add,
     add_launcher,
@@ -95,6 +95,7 @@ __all__ = [
     "pad_constant",
     "pad_reflect_edge",
     "quantize_float",
+    "quantize_launcher",
     "reduce_max",
     "requantize",
     "slice_strided",

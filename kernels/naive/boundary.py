@@ -18,6 +18,18 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
     return codes.astype(out_dtype), int(np.count_nonzero(~finite))
 
 
+
+def quantize_launcher(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
+    def launch(x, out):
+        codes, non_finite = quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out.dtype)
+        out[...] = codes
+        wide = x.astype(np.float64)  # a Python float against float32 values would be narrowed (NEP 50)
+        with np.errstate(invalid="ignore"):
+            return non_finite, int(np.count_nonzero((wide < far_low) | (wide > far_high)))
+
+    return launch
+
+
 def dequantize_codes(codes, scale, zero_point):
     return (float(scale) * (codes.astype(np.float64) - float(zero_point))).astype(np.float32)
 
