@@ -111,3 +111,25 @@ def test_compiled_bound_runs_equal_the_naive_kernels(build, monkeypatch):
     (bound,) = next(iter(fast._run_plan().bound.values()))
     assert bound.runs == 4 and len(bound.calls) < len(bound._dispatched)
     assert not any(isinstance(function, Dispatcher) for function, _ in bound.calls)
+
+
+def test_a_bound_run_whose_calls_cannot_be_compiled_warns_once_and_keeps_its_results(monkeypatch):
+    # compile_calls leans on numba internals: where they fail, the run keeps its calls one by one.
+    def broken(stretch):
+        raise AttributeError("no such internal")
+
+    monkeypatch.setattr(bound_module, "COMPILE_AFTER", 2)
+    monkeypatch.setattr(bound_module, "compile_calls", broken)
+    monkeypatch.setattr(bound_module, "_COMPILE_FAILED", [])
+    graph = branchy("paper")
+    fast, naive = Model(graph), Model(graph, "naive")
+    x = random_codes(graph.tensors["x"], 2, 0)
+    for _ in range(2):  # the plan's first run, then the bound run's first
+        fast.run_int(x)
+    with pytest.warns(RuntimeWarning, match="could not be compiled.*AttributeError: no such internal"):
+        out = fast.run_int(x)
+    (bound,) = next(iter(fast._run_plan().bound.values()))
+    assert len(bound.calls) == len(bound._dispatched)
+    outs, expected = (o if isinstance(o, tuple) else (o,) for o in (out, naive.run_int(x)))
+    for out, want in zip(outs, expected):
+        np.testing.assert_array_equal(out, want, strict=True)

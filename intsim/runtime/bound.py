@@ -35,6 +35,8 @@ them per signature, so that threads calling one model each take their own.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from numba.core.dispatcher import Dispatcher
 from numba.core.typing.typeof import Purpose, typeof
@@ -149,12 +151,30 @@ class BoundRun:
             if isinstance(function, Dispatcher):
                 stretch.append((function, arguments))
                 continue
-            compiled = compile_calls(stretch) if len(stretch) > 1 else None
+            compiled = _compile_or_none(stretch) if len(stretch) > 1 else None
             calls += [(compiled, ())] if compiled is not None else [(_compiled(f, a), a) for f, a in stretch]
             stretch = []
             if function is not None:
                 calls.append((function, arguments))
         self.calls = calls
+
+
+def _compile_or_none(stretch):
+    # compile_calls leans on numba internals (a compiled function's address and calling convention):
+    # where a numba release moves them, the run keeps its per-call dispatch, which gives the same
+    # results, and says so once.
+    try:
+        return compile_calls(stretch)
+    except Exception as error:  # noqa: BLE001 (any failure of the optional compilation step)
+        if not _COMPILE_FAILED:
+            _COMPILE_FAILED.append(error)
+            warnings.warn(f"intsim: the bound run's kernel calls could not be compiled into one function "
+                          f"({type(error).__name__}: {error}); they run one by one, with the same results",
+                          RuntimeWarning, stacklevel=3)
+        return None
+
+
+_COMPILE_FAILED = []
 
 
 def _compiled(function, arguments):
