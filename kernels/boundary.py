@@ -12,6 +12,7 @@ import numpy as np
 
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY, round_float
 from intsim.jit import jit, jit_inline
+from intsim.kernels.byte_transpose import transpose_bytes
 
 # Tensors of rank up to this are transposed by the numba core (unit axes in front).
 TRANSPOSE_MAX_RANK = 4
@@ -127,22 +128,57 @@ def _copy4(x, out):
                     out[i0, i1, i2, i3] = x[i0, i1, i2, i3]
 
 
+def batched_2d(shape, perm):
+    """``(N, R, C)`` where permuting axes of ``shape`` by ``perm`` moves the same bytes as transposing
+    ``N`` C-contiguous ``R x C`` matrices (NCHW <-> NHWC: ``(N, C, H * W)`` or ``(N, H * W, C)``), else
+    ``None``.  Unit axes are dropped and axes that stay adjacent and in order are merged first."""
+    kept = [a for a in range(len(shape)) if shape[a] != 1]
+    rank = {a: i for i, a in enumerate(kept)}
+    runs = []  # runs of input axes that stay adjacent and in order, in output order
+    for a in (rank[p] for p in perm if shape[p] != 1):
+        if runs and runs[-1][-1] + 1 == a:
+            runs[-1].append(a)
+        else:
+            runs.append([a])
+    sizes = {run[0]: int(np.prod([shape[kept[a]] for a in run], dtype=np.int64)) for run in runs}
+    order = [run[0] for run in runs]
+    first = sorted(order)
+    reduced = [first.index(a) for a in order]
+    if reduced == [1, 0]:
+        return 1, sizes[first[0]], sizes[first[1]]
+    if reduced == [0, 2, 1]:
+        return tuple(sizes[a] for a in first)
+    return None
+
+
+def _transpose_calls(x, out, perm):
+    # The one numba call that writes ``out`` (C-contiguous, of the permuted shape) from C-contiguous ``x``.
+    batched = batched_2d(x.shape, perm) if x.dtype.itemsize == 1 else None
+    if batched is not None:  # one-byte codes: 16 x 16 register blocks
+        n_batch, n_rows, n_cols = batched
+        return transpose_bytes, (x.reshape(n_batch, n_rows, n_cols), out.reshape(n_batch, n_cols, n_rows))
+    unit_axes = (np.newaxis,) * (TRANSPOSE_MAX_RANK - x.ndim)
+    inverse = sorted(range(x.ndim), key=list(perm).__getitem__)
+    return _copy4, (x[unit_axes], np.transpose(out, inverse)[unit_axes])  # out, shaped like x
+
+
 def transpose(x, perm):
     """``x`` with its axes permuted by ``perm`` (``numpy.transpose``), C-contiguous.
 
     Where the permuted view is already C-contiguous (only unit axes move) it is
-    returned as it is.  Otherwise, up to rank :data:`TRANSPOSE_MAX_RANK`, one
-    numba pass reads ``x`` in order and writes a permuted view of the output
-    (NCHW to NHWC of a 224 x 224 x 3 image: one strided store per byte); higher
-    ranks use numpy.
+    returned as it is.  One-byte codes whose permutation is a batched 2-D
+    transpose (:func:`batched_2d`: NCHW <-> NHWC) move in 16 x 16 register
+    blocks (:mod:`intsim.kernels.byte_transpose`).  Otherwise, up to rank
+    :data:`TRANSPOSE_MAX_RANK`, one numba pass reads ``x`` in order and writes
+    a permuted view of the output (one strided store per code); higher ranks
+    use numpy.
     """
     permuted = np.transpose(x, perm)
     if permuted.flags.c_contiguous or x.ndim > TRANSPOSE_MAX_RANK:
         return np.asarray(permuted, order="C")
     out = np.empty(permuted.shape, x.dtype)
-    unit_axes = (np.newaxis,) * (TRANSPOSE_MAX_RANK - x.ndim)
-    inverse = sorted(range(x.ndim), key=list(perm).__getitem__)
-    _copy4(np.asarray(x, order="C")[unit_axes], np.transpose(out, inverse)[unit_axes])  # out, shaped like x
+    function, arguments = _transpose_calls(np.asarray(x, order="C"), out, perm)
+    function(*arguments)
     return out
 
 
@@ -159,9 +195,7 @@ class _TransposeLaunch:
         shape = tuple(x.shape[p] for p in self.perm)
         if x.ndim > TRANSPOSE_MAX_RANK or out.shape != shape or not (x.flags.c_contiguous and out.flags.c_contiguous):
             return None
-        unit_axes = (np.newaxis,) * (TRANSPOSE_MAX_RANK - x.ndim)
-        inverse = sorted(range(x.ndim), key=self.perm.__getitem__)
-        return [(_copy4, (x[unit_axes], np.transpose(out, inverse)[unit_axes]))]
+        return [_transpose_calls(x, out, self.perm)]
 
 
 def transpose_launcher(perm):

@@ -131,6 +131,33 @@ def test_transpose_matches_naive(x, data):
         np.testing.assert_array_equal(written, expected, strict=True)
 
 
+@settings(deadline=None, max_examples=60)
+@given(st.sampled_from([np.int8, np.uint8]), st.integers(1, 2), st.integers(1, 40), st.integers(1, 6),
+       st.integers(1, 9), st.sampled_from([(0, 2, 3, 1), (0, 3, 1, 2), (2, 3, 0, 1), (1, 0, 2, 3)]), st.data())
+def test_transpose_of_byte_blocks_matches_naive(dtype, n, c, h, w, perm, data):
+    # Sides past one 16 x 16 block and between blocks: the register blocks and the rows and columns
+    # copied one by one after them (the hypothesis test above stays below one block).
+    x = data.draw(hnp.arrays(dtype, (n, c, h, w)))
+    expected = naive.transpose(x, perm)
+    np.testing.assert_array_equal(fast.transpose(x, perm), expected, strict=True)
+    written = np.zeros_like(expected)
+    for function, arguments in fast.transpose_launcher(perm).calls(x, written):
+        function(*arguments)
+    np.testing.assert_array_equal(written, expected, strict=True)
+
+
+@pytest.mark.parametrize("shape, perm, batched", [
+    ((1, 64, 56, 56), (0, 2, 3, 1), (1, 64, 3136)),  # NCHW -> NHWC
+    ((2, 56, 56, 256), (0, 3, 1, 2), (2, 3136, 256)),  # NHWC -> NCHW
+    ((3, 4, 5), (2, 0, 1), (1, 12, 5)),
+    ((1, 7, 1, 5), (0, 3, 2, 1), (1, 7, 5)),  # unit axes dropped
+    ((4, 5, 6), (1, 0, 2), None),  # rows of 6 move whole: not one transpose
+    ((1, 1, 5, 7), (0, 2, 3, 1), None),  # only a unit axis moves
+])
+def test_batched_2d_finds_the_matrices(shape, perm, batched):
+    assert fast.batched_2d(shape, perm) == batched
+
+
 def test_transpose_nchw_to_nhwc_golden():
     x = np.arange(24, dtype=np.uint8).reshape(1, 2, 3, 4)  # x[0, c, h, w] = 12 c + 4 h + w
     out = fast.transpose(x, (0, 2, 3, 1))

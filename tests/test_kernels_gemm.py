@@ -371,8 +371,10 @@ def test_conv2d_fused_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_po
 def test_register_epilogue_on_extreme_accumulators(isa_name, rounding, depthwise):
     # Zero weights leave every accumulator at its bias: near int32's ends (as near as the fused
     # path's static bound allows: 2**23 to spare) and 2**k + {-2..2}, under multipliers from 2**-14
-    # to 3 (left shifts that saturate 2**30 and beyond) and both ends of multiplier_bits.  The
-    # register epilogue (count_clamps=False) must equal mac.requantize of the same accumulators.
+    # to 3 (left shifts that saturate 2**30 and beyond) and both ends of multiplier_bits, and from
+    # 0.5 to 1 (no shift either way: every tile block takes the epilogue's one-nudge branch under
+    # DOUBLE too, while the wider ranges mix shifts in a block).  The register epilogue
+    # (count_clamps=False) must equal mac.requantize of the same accumulators.
     edges = [INT32_MIN + 2**23, INT32_MAX - 2**23, 0]
     edges += [sign * 2**k + d for k in (8, 15, 16, 24, 30) for d in (-2, -1, 0, 1, 2) for sign in (1, -1)]
     bias = np.array(edges, np.int32)
@@ -383,8 +385,9 @@ def test_register_epilogue_on_extreme_accumulators(isa_name, rounding, depthwise
     w = np.zeros((channels,) + kernel + (1 if depthwise else channels,), np.int8)
     args = (128, w, np.zeros(channels, np.int64), bias, (1, 1), (1, 1), (1, 1, 1, 1), channels if depthwise else 1)
     args += ACC
-    for multiplier_bits, top in ((31, 3.0), (31, 2.0**-8), (15, 0.9)):
-        rq = Rescale.from_real(rng.uniform(2.0**-14, top, size=channels), rounding, multiplier_bits)
+    for multiplier_bits, low, top in ((31, 2.0**-14, 3.0), (31, 2.0**-14, 2.0**-8), (15, 2.0**-14, 0.9),
+                                      (31, 0.5, 0.999)):
+        rq = Rescale.from_real(rng.uniform(low, top, size=channels), rounding, multiplier_bits)
         requant = (*rq.kernel_args(channels), rq.code, multiplier_bits, -3, -128, 120, np.dtype(np.int8))
         prepared = gemm.conv2d_nhwc_prepare(x.dtype, *args)
         assert (prepared.depthwise if depthwise else prepared.packed) is not None

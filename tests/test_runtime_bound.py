@@ -133,3 +133,31 @@ def test_a_bound_run_whose_calls_cannot_be_compiled_warns_once_and_keeps_its_res
     outs, expected = (o if isinstance(o, tuple) else (o,) for o in (out, naive.run_int(x)))
     for out, want in zip(outs, expected):
         np.testing.assert_array_equal(out, want, strict=True)
+
+
+@pytest.mark.parametrize("profile", ["paper", "tflite"])
+def test_user_path_nchw_edges_equal_the_naive_kernels(profile):
+    # A float NCHW conv model as a user converts it: its integer graph transposes the input to NHWC
+    # and the output back (one-byte codes, 20 and 36 channels over 17 x 18 pixels: whole 16 x 16
+    # register blocks and the rows and columns after them), and its bound run repeats those
+    # transposes into fixed arrays.  Every call equals the naive kernels' run of the same graph.
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    import intsim
+
+    rng = np.random.default_rng(7)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.1, (36, 20, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.normal(0, 0.1, 36).astype(np.float32), "b")]
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "edges",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 20, 17, 18])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 36, 17, 18])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    calibration = rng.uniform(-1, 1, (8, 20, 17, 18)).astype(np.float32)
+    fast = intsim.convert(model, calibration, profile, progress=False)
+    naive = fast.with_backend("naive")
+    assert [n.op for n in fast.graph.nodes] == ["transpose", "conv2d", "transpose"]
+    for seed in range(3):  # the first call runs the plan, the later ones the bound run
+        x = np.random.default_rng(seed).uniform(-1.2, 1.2, (2, 20, 17, 18)).astype(np.float32)
+        np.testing.assert_array_equal(fast.run(x), naive.run(x), strict=True)
