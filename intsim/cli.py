@@ -378,7 +378,8 @@ def _cmd_qat(args) -> int:
     model = finetune(args.model, data, labels=labels, calibration=calibration, profile=args.profile,
                      weight_bits=args.weight_bits, activation_bits=args.activation_bits, per_channel=args.per_channel,
                      layer_config=_layer_config(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     learn_ranges=args.learn_ranges, batch_norm=args.batch_norm, distillation=args.distillation,
+                     scale_lr=args.scale_lr, freeze_scales=args.freeze_scales, dampening=args.dampening,
+                     freeze_oscillations=args.freeze_oscillations, learn_ranges=args.learn_ranges, batch_norm=args.batch_norm, distillation=args.distillation,
                      seed=args.seed)
     model.save(args.output)
     info = model.graph.metadata["qat"]
@@ -634,6 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="passes over --data (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (default 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-annealed (default 1e-3)")
+    p.add_argument("--scale-lr", type=float, help="Adam learning rate of the learned scales (default: --lr)")
+    p.add_argument("--freeze-scales", type=float, default=0.0,
+                   help="fraction of the steps, at the end, in which the scales stay fixed (default 0)")
+    p.add_argument("--dampening", type=float, default=0.0,
+                   help="weight of the oscillation dampening loss (Nagel et al. 2022), annealed up (default 0: off)")
+    p.add_argument("--freeze-oscillations", type=float, metavar="THRESHOLD",
+                   help="freeze a weight's code once its oscillation frequency passes THRESHOLD (default: off)")
     p.add_argument("--fixed-ranges", dest="learn_ranges", action="store_false",
                    help="keep the PTQ ranges (default: learn the scales, LSQ)")
     p.add_argument("--distillation", type=float,
