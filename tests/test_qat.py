@@ -525,10 +525,13 @@ def test_cli_qat(small_net, tmp_path, capsys):
     (tmp_path / "layers.toml").write_text('["Gemm"]\nweight_bits = 8\n')
     rc = cli_main(["qat", str(path), "--data", str(tmp_path / "x.npy"), "-o", str(out), "--weight-bits", "4",
                    "--activation-bits", "4", "--epochs", "1", "--batch-size", "32", "--batch-norm", "statistics",
-                   "--layer-config", str(tmp_path / "layers.toml")])
+                   "--layer-config", str(tmp_path / "layers.toml"), "--scale-lr", "1e-4", "--freeze-scales", "0.5",
+                   "--dampening", "0.01", "--freeze-oscillations", "0.05"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     loaded = intsim.load(out)
     assert loaded.graph.metadata["qat"]["samples"] == len(x)
+    assert [loaded.graph.metadata["qat"][k] for k in ("scale_lr", "freeze_scales", "dampening", "freeze_oscillations")] \
+        == [1e-4, 0.5, 0.01, 0.05]
     assert loaded.graph.metadata["qat"]["batch_norm"] == "statistics"
     assert loaded.graph.metadata["layer_formats"]["/fc/Gemm"] == "w8a4"
     assert loaded.run(x).shape == (len(x), 4)
