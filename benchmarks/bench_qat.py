@@ -64,7 +64,7 @@ VARIANTS = {"distill": {"labels": False, "learn_ranges": True, "batch_norms": Fa
                         "edge_format": {"activation_bits": 8}},
             "edges8": {"labels": False, "learn_ranges": True, "batch_norms": False, "edges": ("first", "last"),
                        "edge_format": {"weight_bits": 8, "activation_bits": 8}},
-            "damp": {"labels": False, "learn_ranges": True, "batch_norms": False, "train": {"dampening": 0.03}},
+            "damp": {"labels": False, "learn_ranges": True, "batch_norms": False, "train": {"dampening": 0.01}},
             "freeze": {"labels": False, "learn_ranges": True, "batch_norms": False,
                        "train": {"freeze_oscillations": 0.02}},
             "scalelr": {"labels": False, "learn_ranges": True, "batch_norms": False, "train": {"scale_lr": 1e-4}},
