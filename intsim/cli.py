@@ -636,14 +636,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (default 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-annealed (default 1e-3)")
     p.add_argument("--scale-lr", type=float, help="Adam learning rate of the learned scales (default: --lr)")
-    p.add_argument("--freeze-scales", type=float, default=0.0,
-                   help="fraction of the steps, at the end, in which the scales stay fixed (default 0)")
-    p.add_argument("--dampening", type=float, default=0.0,
-                   help="weight of the oscillation dampening loss (Nagel et al. 2022), annealed up (default 0: off)")
-    p.add_argument("--freeze-oscillations", type=float, metavar="THRESHOLD",
-                   help="freeze a weight's code once its oscillation frequency passes THRESHOLD (default: off)")
-    p.add_argument("--fixed-ranges", dest="learn_ranges", action="store_false",
-                   help="keep the PTQ ranges (default: learn the scales, LSQ)")
+    p.add_argument("--freeze-scales", type=float, default=0.0, help="last fraction of the steps with fixed scales")
+    p.add_argument("--dampening", type=float, default=0.0, help="oscillation dampening loss weight (default 0: off)")
+    p.add_argument("--freeze-oscillations", type=float, metavar="T", help="freeze codes oscillating more often than T")
+    p.add_argument("--fixed-ranges", dest="learn_ranges", action="store_false", help="keep the PTQ ranges (default: learn)")
     p.add_argument("--distillation", type=float,
                    help="weight of the distillation loss (default 1 without labels, 0 with labels)")
     p.add_argument("--batch-norm", choices=("static", "statistics"), default="static",
