@@ -378,7 +378,8 @@ def _cmd_qat(args) -> int:
     model = finetune(args.model, data, labels=labels, calibration=calibration, profile=args.profile,
                      weight_bits=args.weight_bits, activation_bits=args.activation_bits, per_channel=args.per_channel,
                      layer_config=_layer_config(args), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     learn_ranges=args.learn_ranges, batch_norm=args.batch_norm, distillation=args.distillation,
+                     scale_lr=args.scale_lr, freeze_scales=args.freeze_scales, dampening=args.dampening,
+                     freeze_oscillations=args.freeze_oscillations, learn_ranges=args.learn_ranges, batch_norm=args.batch_norm, distillation=args.distillation,
                      seed=args.seed)
     model.save(args.output)
     info = model.graph.metadata["qat"]
@@ -634,8 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2, help="passes over --data (default 2)")
     p.add_argument("--batch-size", type=int, default=64, help="samples per step (default 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate, cosine-annealed (default 1e-3)")
-    p.add_argument("--fixed-ranges", dest="learn_ranges", action="store_false",
-                   help="keep the PTQ ranges (default: learn the scales, LSQ)")
+    p.add_argument("--scale-lr", type=float, help="Adam learning rate of the learned scales (default: --lr)")
+    p.add_argument("--freeze-scales", type=float, default=0.0, help="last fraction of the steps with fixed scales")
+    p.add_argument("--dampening", type=float, default=0.0, help="oscillation dampening loss weight (default 0: off)")
+    p.add_argument("--freeze-oscillations", type=float, metavar="T", help="freeze codes oscillating more often than T")
+    p.add_argument("--fixed-ranges", dest="learn_ranges", action="store_false", help="keep the PTQ ranges (default: learn)")
     p.add_argument("--distillation", type=float,
                    help="weight of the distillation loss (default 1 without labels, 0 with labels)")
     p.add_argument("--batch-norm", choices=("static", "statistics"), default="static",

@@ -4,6 +4,7 @@
 marked slow: ``python -m pytest -m "slow or not slow" tests/test_qat.py`` runs everything.
 """
 
+import copy
 import subprocess
 import sys
 
@@ -26,6 +27,8 @@ from intsim.models import model_path  # noqa: E402
 from intsim.profiles import get_profile  # noqa: E402
 from intsim.ptq.bias_correction import WeightFormat  # noqa: E402
 from intsim.qat import export, finetune, layer_agreement, output_codes, predict, prepare, train  # noqa: E402
+from intsim.qat.oscillation import OscillationFreezer  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 from intsim.qat.fakequant import (  # noqa: E402
     ActivationQuantizer,
     BatchNormWeightQuantizer,
@@ -282,6 +285,107 @@ def test_batch_statistics_training_output_is_batch_norm():
     torch.testing.assert_close(layer.running_var, (0.9 * var + 0.1 * z.var(dims, unbiased=True)).float())
 
 
+# --- oscillation remedies and the scales' schedule (Nagel et al. 2022) -------------------------------------
+
+
+def _one_channel_layer(weights, scale=0.5):
+    """A 1x1 Conv's WeightQuantizer with one output channel, 4-bit narrow-range codes [-7, 7], zero point 0."""
+    w = torch.tensor(weights, dtype=torch.float32).reshape(1, -1, 1, 1)
+    return WeightQuantizer(w, torch.zeros(1), [scale], [0], (-7, 7), 32, get_profile("paper"))
+
+
+def test_dampening_distance_is_zero_at_bin_centres_and_squared_off_them():
+    centres = [-3.5, -0.5, 0.0, 1.0, 3.5]  # codes -7, -1, 0, 2, 7 at scale 0.5
+    assert float(_one_channel_layer(centres).rounding_distance()) == 0.0
+    # 0.1 above and below centres; beyond the range a weight is clipped to the last centre first: no distance
+    layer = _one_channel_layer([1.1, 0.9, -3.4, 3.5 + 2.0, -3.5 - 9.0])
+    expected = 0.1**2 + 0.1**2 + 0.1**2
+    assert float(layer.rounding_distance()) == pytest.approx(expected, rel=1e-5)
+    layer.rounding_distance().backward()  # d/dw (w - c)^2 = 2 (w - c); 0 for the clipped ones
+    np.testing.assert_allclose(layer.weight.grad.flatten().numpy(), [0.2, -0.2, 0.2, 0.0, 0.0], rtol=1e-5)
+
+
+def test_frozen_weights_keep_their_codes():
+    layer = _one_channel_layer([1.1, 0.9, -0.3])
+    layer.freeze(torch.tensor([True, False, False]).reshape(1, 3, 1, 1), torch.full((1, 3, 1, 1), 5.0))
+    with torch.no_grad():
+        layer.weight.add_(torch.tensor([-2.0, -2.0, 1.0]).reshape(1, 3, 1, 1))  # codes would be -2, -2, 1
+    codes = layer.weight_codes()
+    np.testing.assert_array_equal(codes.detach().flatten().numpy(), np.array([5.0, -2.0, 1.0], np.float32), strict=True)
+    codes.sum().backward()
+    assert layer.weight.grad.flatten()[0] == 0.0 and layer.weight.grad.flatten()[1] != 0.0
+    layer.freeze(torch.tensor([True, False, False]).reshape(1, 3, 1, 1), torch.full((1, 3, 1, 1), -4.0))
+    assert float(layer.weight_codes()[0, 0]) == 5.0  # frozen once, for good
+
+
+def test_oscillation_freezer_counts_reversals_and_freezes_at_the_average_code():
+    """A weight moved through the codes 0 1 0 1 ... against one moved 0 1 2 3 ...: only reversals count.  The
+    moving averages are recomputed here from their definition (momentum 0.1, threshold 0.25)."""
+    m, threshold = 0.1, 0.25
+    layer = _one_channel_layer([0.0, 0.0], scale=1.0)
+    freezer = OscillationFreezer([layer], threshold, momentum=m)
+    frequency, average, previous, direction, frozen_at = 0.0, 0.0, 0, 0, None
+    for step in range(1, 7):
+        flip, climb = step % 2, min(step, 7)
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([float(flip), float(climb)]).reshape(1, 2, 1, 1))
+        freezer.step()
+        change = (flip > previous) - (flip < previous)
+        frequency = (1 - m) * frequency + m * (change != 0 and change == -direction)
+        average = (1 - m) * average + m * flip
+        previous, direction = flip, change or direction
+        if frozen_at is None and frequency > threshold:
+            frozen_at, code = step, round(average)
+        assert bool(layer.frozen.flatten()[0]) == (frozen_at is not None), step
+    assert frozen_at is not None and not layer.frozen.flatten()[1]
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    assert float(layer.weight_codes().flatten()[0]) == code
+
+
+def test_frozen_codes_are_exported_bit_exact(small_net):
+    """With a freezing threshold that any reversal passes, some weights freeze; the integer model holds their
+    frozen codes and equals the fake-quant model bit for bit (pow2)."""
+    path, x = small_net
+    qat = prepare(path, x[:64], "pow2", weight_bits=4, activation_bits=4, progress=False)
+    info = train(qat, x, epochs=2, batch_size=16, lr=1e-2, freeze_oscillations=1e-3, dampening=0.1, progress=False)
+    assert info["frozen_weights"] > 0
+    model = export(qat)
+    np.testing.assert_array_equal(output_codes(qat, x), _integer_codes(model, x), strict=True)
+    layer = max(qat.layers.values(), key=lambda q: int(q.frozen.sum()))
+    frozen = layer.frozen.numpy()
+    np.testing.assert_array_equal(layer.export(layer.weight.shape[0])[0][frozen],
+                                  layer.frozen_codes.numpy()[frozen].astype(np.int64), strict=True)
+
+
+def _steps_that_move(start, x, **kwargs):
+    """Whether each of the 6 training steps of a copy of ``start`` changed its scales, and its weights."""
+    qat = copy.deepcopy(start)
+    scales = [p for n, p in qat.named_parameters() if n.endswith("log2_scale")]
+    weights = [layer.weight for layer in qat.layers.values()]
+    snapshots = []
+
+    def snapshot(*_):
+        snapshots.append([torch.cat([p.detach().flatten().clone() for p in group]) for group in (scales, weights)])
+
+    snapshot()
+    handle = register_optimizer_step_post_hook(snapshot)
+    try:
+        train(qat, x, epochs=2, batch_size=32, lr=1e-2, progress=False, **kwargs)
+    finally:
+        handle.remove()
+    return [[not torch.equal(a[g], b[g]) for a, b in zip(snapshots, snapshots[1:])] for g in (0, 1)]
+
+
+def test_scales_stay_fixed_for_the_last_steps(small_net):
+    path, x = small_net
+    start = prepare(path, x[:64], "paper", weight_bits=4, activation_bits=4, progress=False)
+    assert _steps_that_move(start, x) == [[True] * 6, [True] * 6]
+    assert _steps_that_move(start, x, freeze_scales=0.5) == [[True] * 3 + [False] * 3, [True] * 6]
+    # a step of 1e-12 is below float32's resolution at log2 scales of about -3: the scales' own learning rate
+    assert _steps_that_move(start, x, scale_lr=1e-12) == [[False] * 6, [True] * 6]
+
+
 @pytest.mark.slow
 def test_mobilenet_w4a3_recovers_and_integer_agrees():
     """The issue's criteria on MobileNetV2 Fashion-MNIST at W4A3 per channel (minutes on one core): unlabeled
@@ -334,6 +438,11 @@ def test_float_mode_is_the_float_model(small_net):
     ({"distillation": 0.0}, r"distillation must be a number >= 0 \(> 0 without labels\)"),
     ({"distillation": -1.0, "labels": np.zeros(96, np.int64)}, "distillation must be a number >= 0"),
     ({"batch_norm": "double"}, "batch_norm must be one of static, statistics, found 'double'"),
+    ({"scale_lr": 0.0}, "scale_lr must be a positive number"),
+    ({"freeze_scales": 1.0}, r"freeze_scales must be a number in \[0, 1.0\), found 1.0"),
+    ({"dampening": -0.5}, "dampening must be a number >= 0, found -0.5"),
+    ({"dampening": float("inf")}, "dampening must be a number >= 0"),
+    ({"freeze_oscillations": 0.0}, r"freeze_oscillations must be a number in \(0, 1.0\), found 0.0"),
 ])
 def test_finetune_rejects_bad_arguments(small_net, kwargs, match):
     path, x = small_net
@@ -416,10 +525,13 @@ def test_cli_qat(small_net, tmp_path, capsys):
     (tmp_path / "layers.toml").write_text('["Gemm"]\nweight_bits = 8\n')
     rc = cli_main(["qat", str(path), "--data", str(tmp_path / "x.npy"), "-o", str(out), "--weight-bits", "4",
                    "--activation-bits", "4", "--epochs", "1", "--batch-size", "32", "--batch-norm", "statistics",
-                   "--layer-config", str(tmp_path / "layers.toml")])
+                   "--layer-config", str(tmp_path / "layers.toml"), "--scale-lr", "1e-4", "--freeze-scales", "0.5",
+                   "--dampening", "0.01", "--freeze-oscillations", "0.05"])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     loaded = intsim.load(out)
     assert loaded.graph.metadata["qat"]["samples"] == len(x)
+    assert [loaded.graph.metadata["qat"][k] for k in ("scale_lr", "freeze_scales", "dampening", "freeze_oscillations")] \
+        == [1e-4, 0.5, 0.01, 0.05]
     assert loaded.graph.metadata["qat"]["batch_norm"] == "statistics"
     assert loaded.graph.metadata["layer_formats"]["/fc/Gemm"] == "w8a4"
     assert loaded.run(x).shape == (len(x), 4)

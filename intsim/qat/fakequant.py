@@ -169,6 +169,9 @@ class WeightQuantizer(_LearnedScale):
         self.weight = torch.nn.Parameter(torch.as_tensor(weight, dtype=torch.float32).clone())
         self.bias = torch.nn.Parameter(torch.as_tensor(bias, dtype=torch.float32).clone())
         self.register_buffer("zero_point", torch.as_tensor(zero_point, dtype=torch.int64).reshape(-1).clone())
+        # Iterative weight freezing (:mod:`intsim.qat.oscillation`): where ``frozen``, the code is ``frozen_codes``.
+        self.register_buffer("frozen", torch.zeros(self.weight.shape, dtype=torch.bool))
+        self.register_buffer("frozen_codes", torch.zeros(self.weight.shape))
         self.qmin, self.qmax = codes
         self.bias_max = 2 ** (bias_bits - 1) - 1
 
@@ -180,11 +183,34 @@ class WeightQuantizer(_LearnedScale):
         return self.weight.to(dtype), self.bias.to(dtype)
 
     def weight_codes(self, dtype=torch.float32) -> torch.Tensor:
-        """Weight codes (as floats, ONNX layout), rounded with the STE."""
+        """Weight codes (as floats, ONNX layout), rounded with the STE; a frozen weight's code is its frozen one
+        (no gradient reaches its latent weight)."""
         w = self.folded(dtype)[0]
         scale = self._channel(self.scale(dtype), w.ndim)
         zp = self._channel(self.zero_point.to(dtype), w.ndim)
-        return torch.clamp(round_ste(w / scale) + zp, self.qmin, self.qmax)
+        codes = torch.clamp(round_ste(w / scale) + zp, self.qmin, self.qmax)
+        return torch.where(self.frozen, self.frozen_codes.to(dtype), codes)
+
+    def freeze(self, mask: torch.Tensor, codes: torch.Tensor):
+        """Fix the codes of the weights in ``mask`` (ONNX layout) at ``codes`` for the rest of training and export;
+        a weight frozen before keeps its code."""
+        with torch.no_grad():
+            new = mask & ~self.frozen
+            self.frozen_codes.copy_(torch.where(new, codes.to(self.frozen_codes.dtype), self.frozen_codes))
+            self.frozen.logical_or_(new)
+
+    def rounding_distance(self) -> torch.Tensor:
+        """``sum((clip(w) - centre)^2)`` over the weights that are not frozen, in weight units: the distance of
+        each latent weight, clipped to the grid's range, to the centre of its rounding bin (the dampening loss
+        of Nagel et al. 2022).  The centre and the scale are constants for the gradient: only ``w`` moves."""
+        w = self.folded()[0]
+        with torch.no_grad():
+            scale = self._channel(self.scale(), w.ndim)
+            zp = self._channel(self.zero_point.to(w.dtype), w.ndim)
+            centre = (torch.clamp(torch.round(w / scale) + zp, self.qmin, self.qmax) - zp) * scale
+            lo, hi = (self.qmin - zp) * scale, (self.qmax - zp) * scale
+        clipped = torch.minimum(torch.maximum(w, lo), hi)
+        return torch.where(self.frozen, 0.0, (clipped - centre) ** 2).sum()
 
     def dequantized(self, x_scale: torch.Tensor, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(weight, bias)`` on the integer grid for an input of scale ``x_scale``."""

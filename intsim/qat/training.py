@@ -35,6 +35,7 @@ from intsim.importers.onnx import import_onnx
 from intsim.floatgraph.passes import copy_graph, fresh_name
 from intsim.progress import Progress, progress_enabled
 from intsim.qat.module import MAC_OPS, FakeQuantModel
+from intsim.qat.oscillation import OscillationFreezer, annealed, dampening_loss
 from intsim.runtime import Model
 
 BATCH_NORM_VARIANTS = ("static", "statistics")  # white paper §4.2
@@ -78,6 +79,23 @@ def _distillation_weight(epochs, batch_size, lr, temperature, distillation, has_
         raise ValidationError(f"intsim.qat: distillation must be a number >= 0 (> 0 without labels), found "
                               f"{distillation!r}")
     return float(weight)
+
+
+def _check_schedule(scale_lr, freeze_scales, dampening, freeze_oscillations):
+    """Checks the optional training settings (scale learning rate, scale freezing, oscillation remedies)."""
+    def number(value):
+        return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating)) \
+            and bool(np.isfinite(value))
+
+    if scale_lr is not None:
+        _check_positive("scale_lr", scale_lr, False)
+    for name, value, lo_open, hi in (("freeze_scales", freeze_scales, False, 1.0), ("dampening", dampening, False, None),
+                                     ("freeze_oscillations", freeze_oscillations, True, 1.0)):
+        if value is None and name == "freeze_oscillations":
+            continue
+        if not number(value) or value < 0 or (lo_open and value == 0) or (hi is not None and value >= hi):
+            bounds = f"in {'(' if lo_open else '['}0, {hi})" if hi is not None else ">= 0"
+            raise ValidationError(f"intsim.qat: {name} must be a number {bounds}, found {value!r}")
 
 
 def prepare(model, calibration, profile="paper", *, weight_bits=None, activation_bits=None, per_channel=None,
@@ -170,8 +188,9 @@ def _distillation_loss(student, teacher, temperature):
     return F.mse_loss(student, teacher)
 
 
-def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr=1e-3, distillation=None,
-          temperature=2.0, seed=0, progress=True) -> dict:
+def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr=1e-3, scale_lr=None,
+          freeze_scales=0.0, dampening=0.0, freeze_oscillations=None, distillation=None, temperature=2.0, seed=0,
+          progress=True) -> dict:
     """Quantization-aware training of ``qat`` in place (white paper §4).
 
     Parameters
@@ -182,7 +201,19 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
         Class indices; adds a cross-entropy term.
     epochs, batch_size : int
     lr : float
-        Adam's learning rate for weights, biases and ``log2`` scales, cosine-annealed to 0.
+        Adam's learning rate for weights and biases (and the ``log2`` scales without ``scale_lr``),
+        cosine-annealed to 0.
+    scale_lr : float, optional
+        Adam's learning rate for the ``log2`` scales (learned ranges, LSQ), cosine-annealed too; default ``lr``.
+    freeze_scales : float
+        The fraction of the steps, at the end of training, in which the scales stay fixed (0: none).
+    dampening : float
+        Weight of the oscillation dampening loss (Nagel et al. 2022, :mod:`intsim.qat.oscillation`): the
+        squared distance of every latent weight to the centre of its rounding bin, summed, in weight units;
+        annealed from 0 to ``dampening`` over training with a cosine ramp.  0: off.
+    freeze_oscillations : float, optional
+        Iterative weight freezing (Nagel et al. 2022): a weight whose moving-average oscillation frequency
+        (momentum 0.01) exceeds this threshold keeps its average code for the rest of training.  None: off.
     distillation : float, optional
         Weight of the distillation loss; default 1 without labels, 0 with labels.
     temperature : float
@@ -195,21 +226,28 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
     Returns
     -------
     dict
-        ``{"epochs", "samples", "seconds", "final_loss", "agreement"}``.
+        ``{"epochs", "samples", "seconds", "final_loss", "agreement", "frozen_weights"}`` (the fraction of
+        weights frozen by ``freeze_oscillations``).
     """
     x, y = _checked_data(data, labels)
     weight = _distillation_weight(epochs, batch_size, lr, temperature, distillation, y is not None)
+    _check_schedule(scale_lr, freeze_scales, dampening, freeze_oscillations)
     start = time.perf_counter()
     inputs = torch.from_numpy(x)
     teacher = torch.from_numpy(predict(qat, x, quantize=False, dtype=torch.float32)) if weight > 0 else None
     generator = torch.Generator().manual_seed(int(seed))
-    params = [p for p in qat.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
-    batches_per_epoch = -(-len(x) // batch_size)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * batches_per_epoch)
+    named = [(n, p) for n, p in qat.named_parameters() if p.requires_grad]
+    scales = [p for n, p in named if n.endswith("log2_scale")]
+    optimizer = torch.optim.Adam([{"params": [p for n, p in named if not n.endswith("log2_scale")]},
+                                  {"params": scales, "lr": lr if scale_lr is None else scale_lr}], lr=lr)
+    steps = epochs * -(-len(x) // batch_size)
+    scales_until = steps - round(freeze_scales * steps)  # the scales train in steps [0, scales_until)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    layers = list(qat.layers.values())
+    freezer = OscillationFreezer(layers, freeze_oscillations) if freeze_oscillations is not None else None
     bar = Progress(epochs * len(x), progress_enabled(progress), "qat")
     qat.train()
-    done, loss_sum, agree, seen = 0, 0.0, 0, 0
+    done, loss_sum, agree, seen, step = 0, 0.0, 0, 0, 0
     for epoch in range(epochs):
         for index in _batches(len(x), batch_size, generator):
             out = qat(inputs[index])[0]
@@ -218,10 +256,18 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
                 loss = loss + weight * _distillation_loss(out, teacher[index], temperature)
             if y is not None:
                 loss = loss + F.cross_entropy(out, torch.from_numpy(y[index.numpy()]))
+            if dampening:
+                loss = loss + annealed(dampening, step, steps) * dampening_loss(layers)
             optimizer.zero_grad()
             loss.backward()
+            if step >= scales_until:
+                for p in scales:
+                    p.grad = None  # Adam leaves a parameter without a gradient as it is
             optimizer.step()
             schedule.step()
+            step += 1
+            if freezer is not None:
+                freezer.step()
             reference = teacher[index].argmax(1) if teacher is not None else torch.from_numpy(y[index.numpy()])
             agree += int((out.detach().argmax(1) == reference).sum()) if out.ndim == 2 else 0
             seen += len(index)
@@ -233,7 +279,7 @@ def train(qat: FakeQuantModel, data, labels=None, *, epochs=2, batch_size=64, lr
         loss_sum, agree, seen = 0.0, 0, 0
     qat.eval()
     return {"epochs": epochs, "samples": len(x), "seconds": time.perf_counter() - start, "final_loss": final_loss,
-            "agreement": final_agreement}
+            "agreement": final_agreement, "frozen_weights": freezer.frozen_fraction() if freezer else 0.0}
 
 
 def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
@@ -264,8 +310,9 @@ def export(qat: FakeQuantModel, name=None, info: dict | None = None) -> Model:
 
 
 def finetune(model, data, *, labels=None, calibration=None, profile="paper", weight_bits=None, activation_bits=None,
-             per_channel=None, layer_config=None, epochs=2, batch_size=64, lr=1e-3, learn_ranges=True,
-             batch_norm="static", distillation=None, temperature=2.0, seed=0, progress=True) -> Model:
+             per_channel=None, layer_config=None, epochs=2, batch_size=64, lr=1e-3, scale_lr=None, freeze_scales=0.0,
+             dampening=0.0, freeze_oscillations=None, learn_ranges=True, batch_norm="static", distillation=None,
+             temperature=2.0, seed=0, progress=True) -> Model:
     """Quantization-aware training of an ONNX float model, exported to the profile's integer graph
     (white paper §4).
 
@@ -282,7 +329,7 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
         Inputs for the PTQ initialization; default the first 1024 of ``data``.
     profile, weight_bits, activation_bits, per_channel, layer_config
         The chip and per-layer precision, as :func:`intsim.convert` takes them.
-    epochs, batch_size, lr, distillation, temperature, seed, progress
+    epochs, batch_size, lr, scale_lr, freeze_scales, dampening, freeze_oscillations, distillation, temperature, seed, progress
         As :func:`train` takes them.
     learn_ranges, batch_norm
         As :func:`prepare` takes them.
@@ -294,11 +341,14 @@ def finetune(model, data, *, labels=None, calibration=None, profile="paper", wei
     """
     x, _ = _checked_data(data, labels)
     _distillation_weight(epochs, batch_size, lr, temperature, distillation, labels is not None)
+    _check_schedule(scale_lr, freeze_scales, dampening, freeze_oscillations)
     calibration = x[:CALIBRATION_SAMPLES] if calibration is None else calibration
     qat = prepare(model, calibration, profile, weight_bits=weight_bits, activation_bits=activation_bits,
                   per_channel=per_channel, layer_config=layer_config, learn_ranges=learn_ranges,
                   batch_norm=batch_norm, progress=progress)
+    schedule = {"scale_lr": scale_lr, "freeze_scales": freeze_scales, "dampening": dampening,
+                "freeze_oscillations": freeze_oscillations}
     info = train(qat, x, labels, epochs=epochs, batch_size=batch_size, lr=lr, distillation=distillation,
-                 temperature=temperature, seed=seed, progress=progress)
+                 temperature=temperature, seed=seed, progress=progress, **schedule)
     return export(qat, info=dict(info, labels=labels is not None, lr=lr, batch_size=batch_size, seed=seed,
-                                 batch_norm=batch_norm))
+                                 batch_norm=batch_norm, **schedule))
