@@ -51,7 +51,8 @@ from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
 from intsim.fixedpoint import FLOAT32_RINT
-from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64, requantized_in_registers
+from intsim.kernels.lane_epilogue import LANE_ROWS, lane_params, lane_store_tile
+from intsim.kernels.mac import requantize_rows, requantized_in_registers
 from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params, rint_arguments, rint_store_tile
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
@@ -165,8 +166,9 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
     """The tile of :func:`dw_tile` requantized in registers, as the GEMM's ``mac_tile_rint`` does
     (:mod:`intsim.kernels.microkernel`): column ``r``, channel ``j < valid_channels`` of the tile
     goes to ``out[out_off + r*out_stride + j]``; ``scale`` is float32 (the ``FLOAT32_RINT`` rule)
-    or the int64 rows of :func:`intsim.kernels.mac.fixedpoint_params` (``DOUBLE`` / ``SINGLE``),
-    laid out like ``c0``; no clamp is counted."""
+    or the int64 rows of :func:`intsim.kernels.lane_epilogue.lane_params` (``DOUBLE`` / ``SINGLE``,
+    requantized by :func:`intsim.kernels.lane_epilogue.lane_store_tile`), laid out like ``c0``; no clamp
+    is counted."""
     constants = _tile_constants(variant, columns, taps, stride)
     if constants is None or not rint_arguments(scale, out):
         return None
@@ -179,10 +181,17 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
 
         c0_off_v, lo_v, hi_v, zero_point_v, channels_v, out_off_v, out_stride_v = (
             context.cast(builder, args[i], signature.args[i], types.int64) for i in (12, 14, 15, 16, 17, 19, 20))
+        out_type = context.get_data_type(signature.args[18].dtype)
+        if signature.args[13].dtype == types.int64:  # the rows of lane_params
+            params = context.make_array(signature.args[13])(context, builder, args[13])
+            stride = builder.sdiv(builder.extract_value(params.shape, 0), ir.Constant(T_I64, LANE_ROWS))
+            lane_store_tile(builder, params.data, stride, c0_off_v, lo_v, hi_v, zero_point_v, channels_v, data(18),
+                            out_type, out_off_v, out_stride_v, finals)
+            return
         params = requant_params(context, builder, signature.args[13], args[13])
         rint_store = rint_store_tile(builder, params, c0_off_v, lo_v, hi_v, zero_point_v,
-                                 ir.Constant(T_I64, len(finals)), channels_v, data(18),
-                                 context.get_data_type(signature.args[18].dtype), out_off_v, out_stride_v)
+                                 ir.Constant(T_I64, len(finals)), channels_v, data(18), out_type, out_off_v,
+                                 out_stride_v)
         for r, final in enumerate(finals):
             rint_store(r, 0, final)
 
@@ -280,7 +289,8 @@ SETTINGS = ("kernel_h", "kernel_w", "sh", "sw", "dh", "dw", "top", "left", "a_su
 
 
 @jit_inline
-def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
+def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, scale32, fixed, code_sample,
+                    out):
     # Output rows (n, oh) in ``chunks`` contiguous runs shared out among the
     # threads, each run with its own ring of encoded input rows: ring slot s
     # holds padded input row ih with ih % ring_rows == s, as
@@ -296,14 +306,8 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
     rows_per_image = out_h * sh + ring_rows  # more than any padded row index a window reaches
     whole_rows = _compiled_in(kernel_w, sw, dw)
     total_rows = n_batch * out_h
-    # The register epilogue's parameters, laid out like c0: float32 scales (FLOAT32_RINT) or the
-    # fixed-point rows (DOUBLE / SINGLE); the int64 multipliers and shifts of requantize_rows.
-    scale32 = np.zeros(padded_channels, np.float32)
-    for c in range(channels):
-        scale32[c] = np.float32(scale[c])
-    fixed = fixedpoint_params(multiplier[:channels], shift[:channels], rounding, multiplier_bits,
-                              padded_channels) if in_registers and rounding != FLOAT32_RINT else np.zeros(0, np.int64)
-    multiplier, shift = as_int64(multiplier), as_int64(shift)  # once, not per requantized row
+    # scale32 and fixed: the register epilogue's parameters (see _epilogue_params); multiplier and
+    # shift int64 (requantize_rows then widens nothing per row).
     saturation_count = 0
     for chunk in prange(chunks):
         ring = np.full(ring_rows * slot_size, pad_code, code_sample.dtype)
@@ -355,12 +359,14 @@ def _cores(variant):
     # pool's launch.  ``variant`` is a constant of the closure, as dw_tile
     # needs it; only the variants that run are ever compiled.
     @jit_parallel
-    def threaded(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
+    def threaded(x, w_taps, c0, settings, multiplier, shift, scale, scale32, fixed, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, scale32, fixed,
+                               code_sample, out)
 
     @jit
-    def serial(x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out):
-        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, code_sample, out)
+    def serial(x, w_taps, c0, settings, multiplier, shift, scale, scale32, fixed, code_sample, out):
+        return _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, scale32, fixed,
+                               code_sample, out)
 
     return serial, threaded
 
@@ -417,10 +423,28 @@ def depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant
             [kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1], pads[0], pads[1],
              packed.a_sub, packed.pad_code, packed.c0.shape[0], chunks, rounding, multiplier_bits, out_zero_point,
              clamp_min, clamp_max, in_registers], np.int64)
+    settings = packed.launches[key]
     serial, threaded = CORES[packed.variant]
     return [(threaded if chunks > 1 else serial,
-             (x, packed.weights, packed.c0, packed.launches[key], np.asarray(multiplier, np.int32),
-              np.asarray(shift, np.int32), np.asarray(scale, np.float64), np.zeros(1, packed.code_dtype), out))]
+             (x, packed.weights, packed.c0, settings, np.asarray(multiplier, np.int64), np.asarray(shift, np.int64),
+              np.asarray(scale, np.float64), *_epilogue_params(x.shape[-1], packed.c0.shape[0], requant, settings[-1]),
+              np.zeros(1, packed.code_dtype), out))]
+
+
+def _epilogue_params(channels, padded_channels, requant, in_registers):
+    """``(scale32, fixed)``, the register epilogue's parameters laid out like ``c0``, made once per call
+    list rather than per run: float32 scales (``FLOAT32_RINT``) or the rows of
+    :func:`intsim.kernels.lane_epilogue.lane_params` (``DOUBLE`` / ``SINGLE``), the other one empty
+    (both empty when the core requantizes through ``requantize_rows``)."""
+    multiplier, shift, scale, rounding, multiplier_bits = requant[:5]
+    scale32, fixed = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    if in_registers and rounding == FLOAT32_RINT:
+        scale32 = np.zeros(padded_channels, np.float32)
+        scale32[:channels] = np.asarray(scale, np.float64)[:channels]
+    elif in_registers:
+        fixed = lane_params(np.asarray(multiplier, np.int32)[:channels], np.asarray(shift, np.int32)[:channels],
+                            rounding, multiplier_bits, padded_channels)
+    return scale32, fixed
 
 
 def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):
