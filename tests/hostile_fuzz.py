@@ -38,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
 import zipfile
 from collections import Counter
 from pathlib import Path
@@ -62,7 +61,6 @@ CATEGORIES = ("intsim_bytes", "intsim_manifest", "intsim_zip", "tflite_bytes", "
 
 def float_onnx_model():
     """Conv 3x3 -> Relu -> MaxPool 2x2 -> Flatten -> Gemm, input [N, 1, 8, 8]."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(1)
@@ -88,7 +86,6 @@ def float_onnx_model():
 def qop_onnx_model(conv_x_zero_point=128, conv_x_zp_dtype=np.uint8):
     """QuantizeLinear -> QLinearConv 3x3 -> QLinearConv 1x1 -> DequantizeLinear, uint8 codes, input
     [N, 2, 6, 6].  ``conv_x_zero_point`` is the second conv's own ``x_zero_point`` (the producer's is 128)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(2)
@@ -722,7 +719,7 @@ def run_case(category, index, base, workdir) -> tuple[str, str]:
         return "typed", f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
     except MemoryError as exc:
         return "memory", f"{what}: MemoryError {str(exc)[:200]}"
-    except RecursionError as exc:
+    except RecursionError:
         return "untyped", f"{what}: RecursionError"
     except Exception as exc:  # noqa: BLE001 - classifying every escape is the point
         return "untyped", f"{what}: {type(exc).__name__}: {str(exc)[:200]}"
