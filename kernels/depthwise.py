@@ -52,7 +52,7 @@ from numba.extending import intrinsic
 from intsim.kernels.isa import ISAS
 from intsim.fixedpoint import FLOAT32_RINT
 from intsim.kernels.lane_epilogue import LANE_ROWS, lane_params, lane_store_tile
-from intsim.kernels.mac import requantize_rows, requantized_in_registers
+from intsim.kernels.mac import epilogue_params, requantize_rows, requantized_in_registers
 from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params, rint_arguments, rint_store_tile
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
@@ -306,8 +306,8 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
     rows_per_image = out_h * sh + ring_rows  # more than any padded row index a window reaches
     whole_rows = _compiled_in(kernel_w, sw, dw)
     total_rows = n_batch * out_h
-    # scale32 and fixed: the register epilogue's parameters (see _epilogue_params); multiplier and
-    # shift int64 (requantize_rows then widens nothing per row).
+    # multiplier, shift (int64), scale, scale32 and fixed: intsim.kernels.mac.epilogue_params, made once
+    # per call list (requantize_rows then widens nothing per row).
     saturation_count = 0
     for chunk in prange(chunks):
         ring = np.full(ring_rows * slot_size, pad_code, code_sample.dtype)
@@ -426,25 +426,10 @@ def depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant
     settings = packed.launches[key]
     serial, threaded = CORES[packed.variant]
     return [(threaded if chunks > 1 else serial,
-             (x, packed.weights, packed.c0, settings, np.asarray(multiplier, np.int64), np.asarray(shift, np.int64),
-              np.asarray(scale, np.float64), *_epilogue_params(x.shape[-1], packed.c0.shape[0], requant, settings[-1]),
+             (x, packed.weights, packed.c0, settings,
+              *epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, settings[-1], x.shape[-1],
+                               packed.c0.shape[0], lane_params),
               np.zeros(1, packed.code_dtype), out))]
-
-
-def _epilogue_params(channels, padded_channels, requant, in_registers):
-    """``(scale32, fixed)``, the register epilogue's parameters laid out like ``c0``, made once per call
-    list rather than per run: float32 scales (``FLOAT32_RINT``) or the rows of
-    :func:`intsim.kernels.lane_epilogue.lane_params` (``DOUBLE`` / ``SINGLE``), the other one empty
-    (both empty when the core requantizes through ``requantize_rows``)."""
-    multiplier, shift, scale, rounding, multiplier_bits = requant[:5]
-    scale32, fixed = np.zeros(0, np.float32), np.zeros(0, np.int64)
-    if in_registers and rounding == FLOAT32_RINT:
-        scale32 = np.zeros(padded_channels, np.float32)
-        scale32[:channels] = np.asarray(scale, np.float64)[:channels]
-    elif in_registers:
-        fixed = lane_params(np.asarray(multiplier, np.int32)[:channels], np.asarray(shift, np.int32)[:channels],
-                            rounding, multiplier_bits, padded_channels)
-    return scale32, fixed
 
 
 def depthwise_run(x, packed, kernel, strides, dilations, pads, chunks, requant, out, count_clamps=True):

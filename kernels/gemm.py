@@ -20,6 +20,7 @@ from intsim.kernels.depthwise import PackedDepthwise, depthwise_calls, depthwise
 from intsim.kernels.mac import (
     conv2d_out,
     conv2d_nhwc_acc,
+    epilogue_params,
     fully_connected_acc,
     matmul_acc,
     requantize,
@@ -32,8 +33,7 @@ from intsim.kernels.fully_connected import (
     InPlaceLaunch,
     in_place_weights,
 )
-from intsim.kernels.gemm_chunk import (chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, epilogue_params, pad_encode,
-                                       rows_scratch)
+from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, pad_encode, rows_scratch
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
 from intsim.kernels.threads import apply_threads, run_calls, set_threads, thread_count  # noqa: F401  (set_threads: public here too)
 
@@ -128,7 +128,7 @@ class _GemmLaunch:
         self.count_clamps = count_clamps
         self.chunks = -(-n_rows // rows_per_chunk)
         self.epilogue = epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers,
-                                        packed.c0.shape[0])
+                                        len(multiplier), packed.c0.shape[0])
         self.n_rows, self.rows_per_chunk = n_rows, rows_per_chunk
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)

@@ -20,7 +20,7 @@ from intsim.kernels.isa import (
     tile_rows,
 )
 from intsim.fixedpoint import FLOAT32_RINT
-from intsim.kernels.mac import fixedpoint_params, requantize_rows, as_int64
+from intsim.kernels.mac import requantize_rows
 from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
 from intsim.jit import jit, jit_inline, jit_parallel
 
@@ -282,7 +282,7 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
     # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
     # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
     # ``code_sample`` carries the code dtype.  The epilogue's parameters come worked out once per
-    # layer (:func:`epilogue_params`): int64 ``multiplier`` / ``shift`` and float64 ``scale`` for
+    # layer (``mac.epilogue_params``): int64 ``multiplier`` / ``shift`` and float64 ``scale`` for
     # requantize_rows on an int32 tile, ``scale32`` (FLOAT32_RINT) or ``fixed`` (DOUBLE / SINGLE)
     # in registers.  ``all_rows`` (:func:`rows_scratch`) holds every chunk's row offsets, a slice
     # each, so that threads share nothing and, in registers, a chunk allocates nothing.
@@ -342,20 +342,6 @@ def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale
                        code_sample, out):
     return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
                              settings, code_sample, out)
-
-
-def epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers, padded_channels):
-    """A layer's requantization parameters in the forms :func:`conv2d_gemm_serial` reads, worked out
-    once per layer rather than per call: ``(multiplier, shift)`` as int64, ``scale`` as float64, the
-    float32 scales padded to ``padded_channels`` (zeros past the channels) and, for ``DOUBLE`` /
-    ``SINGLE`` requantized in registers, :func:`intsim.kernels.mac.fixedpoint_params` (else empty)."""
-    multiplier, shift = np.asarray(multiplier, np.int32), np.asarray(shift, np.int32)
-    scale = np.asarray(scale, np.float64)
-    scale32 = np.zeros(padded_channels, np.float32)
-    scale32[:scale.shape[0]] = scale.astype(np.float32)
-    fixed = (fixedpoint_params(multiplier, shift, rounding, multiplier_bits, padded_channels)
-             if in_registers and rounding != FLOAT32_RINT else np.zeros(0, np.int64))
-    return as_int64(multiplier), as_int64(shift), scale, scale32, fixed
 
 
 def rows_scratch(variant, padded_channels, n_rows, rows_per_chunk):

@@ -95,6 +95,28 @@ def fixedpoint_params(multiplier, shift, rounding, multiplier_bits, padded_chann
     return params
 
 
+def epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers, channels, padded_channels,
+                    fixed_rows=fixedpoint_params):
+    """A layer's requantization parameters in the forms the fused cores read, worked out once per layer
+    (or call list) rather than on every call: ``(multiplier, shift, scale, scale32, fixed)``, the
+    first ``channels`` multipliers and shifts as int64 and scales as float64 (``requantize_rows`` on an
+    int32 tile), and for the register epilogue (``in_registers``) the float32 scales padded to
+    ``padded_channels`` (``FLOAT32_RINT``) or ``fixed_rows(multiplier, shift, rounding,
+    multiplier_bits, padded_channels)`` (``DOUBLE`` / ``SINGLE``: :func:`fixedpoint_params` for the
+    GEMM, :func:`intsim.kernels.lane_epilogue.lane_params` for the depthwise tiles); the register
+    parameters not used are empty."""
+    multiplier = np.asarray(multiplier, np.int32)[:channels]
+    shift = np.asarray(shift, np.int32)[:channels]
+    scale = np.asarray(scale, np.float64)[:channels]
+    scale32, fixed = np.zeros(0, np.float32), np.zeros(0, np.int64)
+    if in_registers and rounding == FLOAT32_RINT:
+        scale32 = np.zeros(padded_channels, np.float32)
+        scale32[:channels] = scale
+    elif in_registers:
+        fixed = fixed_rows(multiplier, shift, rounding, multiplier_bits, padded_channels)
+    return as_int64(multiplier), as_int64(shift), scale, scale32, fixed
+
+
 def fits_accumulator(bound: int, acc_bits: int) -> bool:
     """Whether a value of magnitude at most ``bound`` lies in the signed ``acc_bits`` range."""
     return bound <= 2 ** (acc_bits - 1) - 1

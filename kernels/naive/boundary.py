@@ -18,7 +18,6 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
     return codes.astype(out_dtype), int(np.count_nonzero(~finite))
 
 
-
 def quantize_launcher(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
     def launch(x, out):
         codes, non_finite = quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out.dtype)
