@@ -8,7 +8,9 @@ output of a 1x1 conv, as long as a third of the conv itself.  Here each
 (``punpcklbw`` / ``punpckhbw`` on x86, whatever the target's equivalent is
 elsewhere: plain LLVM ``shufflevector``, no instruction-set feature assumed)
 and 16 vector stores; the rows and columns past the last whole block are
-copied one by one.
+copied one by one.  Two to four rows or columns (an image's channels) take
+unrolled loops of fixed-stride loads and stores instead, which LLVM turns into
+byte shuffles.
 """
 
 from __future__ import annotations
@@ -62,6 +64,48 @@ def transpose_block16(typingctx, src, src_off, src_stride, dst, dst_off, dst_str
 
 
 @jit
+def _interleave(src, dst, n_rows, n_cols):
+    # dst[j * n_rows + i] = src[i * n_cols + j] for 2 <= n_rows <= 4 (NCHW -> NHWC of an image's few
+    # channels): one unrolled loop per count, whose fixed-stride stores LLVM vectorises as byte
+    # shuffles; the 16 x 16 blocks would leave all of it to the one-by-one tail.
+    if n_rows == 2:
+        for j in range(n_cols):
+            dst[2 * j] = src[j]
+            dst[2 * j + 1] = src[n_cols + j]
+    elif n_rows == 3:
+        for j in range(n_cols):
+            dst[3 * j] = src[j]
+            dst[3 * j + 1] = src[n_cols + j]
+            dst[3 * j + 2] = src[2 * n_cols + j]
+    else:
+        for j in range(n_cols):
+            dst[4 * j] = src[j]
+            dst[4 * j + 1] = src[n_cols + j]
+            dst[4 * j + 2] = src[2 * n_cols + j]
+            dst[4 * j + 3] = src[3 * n_cols + j]
+
+
+@jit
+def _deinterleave(src, dst, n_rows, n_cols):
+    # dst[j * n_rows + i] = src[i * n_cols + j] for 2 <= n_cols <= 4 (NHWC -> NCHW of a few channels).
+    if n_cols == 2:
+        for i in range(n_rows):
+            dst[i] = src[2 * i]
+            dst[n_rows + i] = src[2 * i + 1]
+    elif n_cols == 3:
+        for i in range(n_rows):
+            dst[i] = src[3 * i]
+            dst[n_rows + i] = src[3 * i + 1]
+            dst[2 * n_rows + i] = src[3 * i + 2]
+    else:
+        for i in range(n_rows):
+            dst[i] = src[4 * i]
+            dst[n_rows + i] = src[4 * i + 1]
+            dst[2 * n_rows + i] = src[4 * i + 2]
+            dst[3 * n_rows + i] = src[4 * i + 3]
+
+
+@jit
 def transpose_bytes(src, dst):
     """``dst[n, j, i] = src[n, i, j]`` for C-contiguous one-byte ``src`` [N, R, C] and ``dst`` [N, C, R]."""
     n_batch, n_rows, n_cols = src.shape
@@ -72,6 +116,12 @@ def transpose_bytes(src, dst):
     plane = n_rows * n_cols
     for n in range(n_batch):
         base = n * plane
+        if 2 <= n_rows <= 4:
+            _interleave(src_flat[base:base + plane], dst_flat[base:base + plane], n_rows, n_cols)
+            continue
+        if 2 <= n_cols <= 4:
+            _deinterleave(src_flat[base:base + plane], dst_flat[base:base + plane], n_rows, n_cols)
+            continue
         for i0 in range(0, rows16, BLOCK):
             for j0 in range(0, cols16, BLOCK):
                 transpose_block16(src_flat, base + i0 * n_cols + j0, n_cols, dst_flat, base + j0 * n_rows + i0, n_rows)

@@ -146,6 +146,19 @@ def test_transpose_of_byte_blocks_matches_naive(dtype, n, c, h, w, perm, data):
     np.testing.assert_array_equal(written, expected, strict=True)
 
 
+@pytest.mark.parametrize("channels", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("perm", [(0, 2, 3, 1), (0, 3, 1, 2)])
+def test_transpose_of_few_channels_matches_naive(channels, perm):
+    # An image's two to four channels take the unrolled interleave (NCHW -> NHWC) or de-interleave
+    # (NHWC -> NCHW) loops; one and five channels the other paths beside them.  Two images, sides
+    # past a 16-code block and not a multiple of it.
+    x = np.random.default_rng(channels).integers(-128, 128, size=(2, channels, 19, 37), dtype=np.int8)
+    if perm == (0, 3, 1, 2):
+        x = np.ascontiguousarray(np.transpose(x, (0, 2, 3, 1)))  # NHWC in
+    expected = naive.transpose(x, perm)
+    np.testing.assert_array_equal(fast.transpose(x, perm), expected, strict=True)
+
+
 @pytest.mark.parametrize("shape, perm, batched", [
     ((1, 64, 56, 56), (0, 2, 3, 1), (1, 64, 3136)),  # NCHW -> NHWC
     ((2, 56, 56, 256), (0, 3, 1, 2), (2, 3136, 256)),  # NHWC -> NCHW
