@@ -62,16 +62,22 @@ class Embedding(Op):
         return [kernels.embedding_lookup(table, inputs[0])], {}
 
 
+def _one_input_axis(node, graph):
+    """The checks a gather with constant indices starts with: one input, of codes, quantized like the output,
+    and an ``axis`` attribute within its rank.  Returns the input's tensor and the axis."""
+    check_arity(node, 1)
+    check_dtypes(node, graph)
+    same_quantization(node, graph)
+    x = graph.tensors[node.inputs[0]]
+    return x, int_attr(node, "axis", lo=0, hi=len(x.shape) - 1)
+
+
 @register("gather")
 class Gather(Op):
     """``y = take(x, indices, axis)`` with constant int64 ``indices``; quantized like the input."""
 
     def check(self, node, graph):
-        check_arity(node, 1)
-        check_dtypes(node, graph)
-        same_quantization(node, graph)
-        x = graph.tensors[node.inputs[0]]
-        axis = int_attr(node, "axis", lo=0, hi=len(x.shape) - 1)
+        x, axis = _one_input_axis(node, graph)
         indices = param(node, "indices")
         if x.shape[axis] is not None:
             size = x.shape[axis]
@@ -123,11 +129,7 @@ class GatherElements(Op):
     like the input (:func:`intsim.kernels.gather_elements`)."""
 
     def check(self, node, graph):
-        check_arity(node, 1)
-        check_dtypes(node, graph)
-        same_quantization(node, graph)
-        x = graph.tensors[node.inputs[0]]
-        axis = int_attr(node, "axis", lo=0, hi=len(x.shape) - 1)
+        x, axis = _one_input_axis(node, graph)
         indices = param(node, "indices", ndim=len(x.shape))
         for a, (size, n) in enumerate(zip(x.shape, indices.shape)):
             if a != axis and size is not None and n > size:
