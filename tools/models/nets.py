@@ -111,13 +111,20 @@ class MobileNetV2(nn.Module):
         return self.classifier(self.flatten(self.pool(self.features(x))))
 
 
-_ARCH_CLASSES = {"resnet": ResNet, "mobilenet": MobileNetV2}
+def _mobilenet_wide(**kwargs) -> MobileNetV2:
+    # MobileNetV2 about as large as the ResNet (87k parameters against 78k; the shipped MobileNetV2 has
+    # 35k): every width 1.5x, the head 192.  Issue 20 asks QAT to hold a MobileNetV2-style model within
+    # 2-3 points of float at W4A3; this one tells the architecture from the parameter count.
+    return MobileNetV2(stem=24, stages=((4, 24, 1, 1), (4, 40, 2, 2), (4, 56, 2, 2)), head=192, **kwargs)
+
+
+_ARCH_CLASSES = {"resnet": ResNet, "mobilenet": MobileNetV2, "mobilenet_wide": _mobilenet_wide}
 ARCHS = tuple(_ARCH_CLASSES)
 
 # Constructor arguments that differ by data set.  Depthwise convs on 28x28
 # maps are slow to train on CPU, so MobileNetV2 on Fashion-MNIST gets the
 # stride-2 stem that MobileNetV2 itself has (28x28 -> 14x14 -> 7x7 -> 4x4).
-_DATASET_ARGS = {("mobilenet", "fashion"): {"stem_stride": 2}}
+_DATASET_ARGS = {("mobilenet", "fashion"): {"stem_stride": 2}, ("mobilenet_wide", "fashion"): {"stem_stride": 2}}
 
 
 def build(arch: str, dataset: str) -> nn.Module:

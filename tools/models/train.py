@@ -2,14 +2,16 @@
 
 Usage::
 
-    python models/train.py --arch resnet|mobilenet --dataset digits|fashion [--epochs N]
+    python tools/models/train.py --arch resnet|mobilenet|mobilenet_wide --dataset digits|fashion [--epochs N] [--out DIR]
 
-Writes ``models/<arch>_<dataset>.onnx`` (legacy TorchScript exporter, opset 17,
+Writes ``models/<arch>_<dataset>.onnx`` (or into ``--out``) (legacy TorchScript exporter, opset 17,
 input ``x`` [batch, 1, H, W], output ``logits`` [batch, 10]; BatchNorm folded
 into Conv), for digits also ``models/<arch>_digits_dynamo.onnx`` (the
 torch.export-based exporter, same names, dynamic batch), and records the
 exported file's float test accuracy, measured with onnxruntime, under
-``"<arch>_<dataset>"`` in ``models/accuracy.json``.
+``"<arch>_<dataset>"`` in ``models/accuracy.json`` (``DIR/accuracy.json``).
+``mobilenet_wide`` is not shipped: it is the MobileNetV2 of the ResNet's size that
+``benchmarks/bench_qat.py --onnx`` trains on (issue 20).
 
 Training is seeded and deterministic (``torch.use_deterministic_algorithms``),
 but float results can still differ across CPUs and torch versions; the shipped
@@ -33,8 +35,7 @@ from intsim.datasets import DATASETS, load_dataset
 
 import nets  # the script's own folder is on sys.path
 
-MODELS_DIR = Path(__file__).resolve().parent
-ACCURACY_JSON = MODELS_DIR / "accuracy.json"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "models"  # the shipped models (intsim.models)
 SEED = 0
 THREADS = 2
 
@@ -142,10 +143,10 @@ def check_export(model: torch.nn.Module, path: Path, images: np.ndarray, labels:
     return accuracy_percent(logits, labels)
 
 
-def record(key: str, entry: dict) -> None:
-    table = json.loads(ACCURACY_JSON.read_text()) if ACCURACY_JSON.exists() else {}
+def record(accuracy_json: Path, key: str, entry: dict) -> None:
+    table = json.loads(accuracy_json.read_text()) if accuracy_json.exists() else {}
     table[key] = entry
-    ACCURACY_JSON.write_text(json.dumps(dict(sorted(table.items())), indent=2) + "\n")
+    accuracy_json.write_text(json.dumps(dict(sorted(table.items())), indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -153,7 +154,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arch", choices=nets.ARCHS, required=True)
     parser.add_argument("--dataset", choices=DATASETS, required=True)
     parser.add_argument("--epochs", type=int, help="default: the data set's recipe")
+    parser.add_argument("--out", type=Path, default=MODELS_DIR,
+                        help="folder of the ONNX file and its accuracy.json (default: the shipped models, models/)")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
 
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
@@ -172,15 +176,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"trained in {time.perf_counter() - start:.1f} s")
 
     key = f"{args.arch}_{args.dataset}"
-    path = MODELS_DIR / f"{key}.onnx"
+    path = args.out / f"{key}.onnx"
     sample = torch.from_numpy(test_x[:1])
     export(model, sample, path, dynamo=False)
     accuracy = check_export(model, path, test_x, test_y)
     if args.dataset == "digits":
-        dynamo_path = MODELS_DIR / f"{key}_dynamo.onnx"
+        dynamo_path = args.out / f"{key}_dynamo.onnx"
         export(model, sample, dynamo_path, dynamo=True)
         check_export(model, dynamo_path, test_x, test_y)
     record(
+        args.out / "accuracy.json",
         key,
         {
             "float_test_accuracy": round(accuracy, 2),
