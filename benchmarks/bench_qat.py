@@ -33,7 +33,10 @@ other batch orders (cells: the mean, then each seed's result).
 
     python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed,bnstats,logits8,edges8]
                                    [--no-ptq] [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
-                                   [--held-out] [--seeds 0]
+                                   [--batch-size 64] [--temperature 2] [--held-out] [--seeds 0]
+
+A training setting off its default (``--train``, ``--epochs``, ``--lr``, ``--batch-size``, ``--temperature``)
+is named in the results file (``..._train8000_batch32...``).
 """
 
 from __future__ import annotations
@@ -109,8 +112,8 @@ def _qat_run(args, onnx, spec, x_train, y_train, x_test, y_test, w, a, seed):
     if spec["batch_norms"]:
         qat.keep_batch_norms([n.name for n in qat.graph.nodes if n.op == "Conv"], x_train[:CALIBRATION])
     labels = y_train[: args.train] if spec["labels"] else None
-    train(qat, x_train[: args.train], labels, epochs=args.epochs, lr=args.lr, seed=seed, progress=False,
-          **spec.get("train", {}))
+    train(qat, x_train[: args.train], labels, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+          temperature=args.temperature, seed=seed, progress=False, **spec.get("train", {}))
     fake = predict(qat, x_test)
     if args.held_out:
         accuracy = _accuracy(fake, y_test)
@@ -136,6 +139,8 @@ def main(argv=None):
     parser.add_argument("--train", type=int, default=4000, help="training images for QAT (default 4000)")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--temperature", type=float, default=2.0, help="distillation softmax temperature")
     parser.add_argument("--test", type=int, default=10000, help="test images (default: all)")
     parser.add_argument("--adaround-iterations", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
@@ -144,6 +149,8 @@ def main(argv=None):
                         help="score the fake-quant model on training images 55000-59999 (selection), not the test set")
     parser.add_argument("--seeds", default="0", help="batch-order seeds, comma-separated (default 0)")
     args = parser.parse_args(argv)
+    if args.train > HELD_OUT.start:
+        parser.error(f"--train {args.train}: at most {HELD_OUT.start} (the held-out images start there)")
     torch.set_num_threads(args.threads)
     dataset = args.model.split("_")[-1]
     x_train, y_train = load_dataset(dataset, "train")
@@ -196,7 +203,8 @@ def main(argv=None):
                  "model's; per seed)")
     note = (f"{args.model}, `paper` profile, per-channel weights; float top-1 {float_accuracy:.2f}% on {len(y_test)} "
             f"{scored}. PTQ: calibration {CALIBRATION} training images, AdaRound {args.adaround_iterations} "
-            f"steps/layer. QAT: {args.train} training images, {args.epochs} epochs, lr {args.lr}, batch 64, "
+            f"steps/layer. QAT: {args.train} training images, {args.epochs} epochs, lr {args.lr}, "
+            f"batch {args.batch_size}, temperature {args.temperature}, "
             f"{args.threads} torch thread(s), seeds {args.seeds}. Cells: {cells_are}. CPU: {_cpu()}, load average "
             f"at the end {os.getloadavg()[0]:.1f}.")
     title = "fake-quant top-1 % on held-out training images" if args.held_out else "integer top-1 %"
@@ -205,7 +213,11 @@ def main(argv=None):
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     text = "\n".join(lines) + "\n"
     RESULTS.mkdir(exist_ok=True)
-    name = "_".join([args.model, *args.rows.split(","), *(variants or ["start"]), *["heldout"] * args.held_out,
+    schedule = [f"{flag}{value:g}" for flag, value, default in
+                (("train", args.train, 4000), ("epochs", args.epochs, 2), ("lr", args.lr, 1e-3),
+                 ("batch", args.batch_size, 64), ("t", args.temperature, 2.0)) if value != default]
+    name = "_".join([args.model, *args.rows.split(","), *(variants or ["start"]), *schedule,
+                     *["heldout"] * args.held_out,
                      *[f"seeds{''.join(map(str, seeds))}"] * (len(seeds) > 1)])
     (RESULTS / f"qat_{name}.md").write_text(text)
     print("\n" + text)
