@@ -31,7 +31,7 @@ test set: it scores the fake-quant model (no PTQ, no export) on training images 
 and calibration never see, and writes ``..._heldout.md``; ``--seeds 0,1,2`` repeats each variant with
 other batch orders (cells: the mean, then each seed's result).
 
-    python benchmarks/bench_qat.py [--model resnet_fashion] [--rows W4A3,W4A4] [--variants distill,labels,fixed,bnstats,logits8,edges8]
+    python benchmarks/bench_qat.py [--model resnet_fashion | --onnx DIR/mobilenet_wide_fashion.onnx] [--rows W4A3,W4A4] [--variants distill,labels,fixed,bnstats,logits8,edges8]
                                    [--no-ptq] [--train 4000] [--epochs 2] [--test 10000] [--adaround-iterations 2000]
                                    [--batch-size 64] [--temperature 2] [--held-out] [--seeds 0]
 
@@ -133,7 +133,12 @@ def _qat_run(args, onnx, spec, x_train, y_train, x_test, y_test, w, a, seed):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="resnet_fashion")
+    parser.add_argument("--model", default="resnet_fashion",
+                        help="a shipped model (intsim.models), named <arch>_<dataset>")
+    parser.add_argument("--onnx", type=Path,
+                        help="a float ONNX file named <arch>_<dataset>.onnx instead of a shipped model, e.g. the "
+                             "MobileNetV2 of the ResNet's size: tools/models/train.py --arch mobilenet_wide "
+                             "--dataset fashion --out DIR")
     parser.add_argument("--rows", default=",".join(ROWS))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--train", type=int, default=4000, help="training images for QAT (default 4000)")
@@ -152,6 +157,8 @@ def main(argv=None):
     if args.train > HELD_OUT.start:
         parser.error(f"--train {args.train}: at most {HELD_OUT.start} (the held-out images start there)")
     torch.set_num_threads(args.threads)
+    if args.onnx is not None:
+        args.model = args.onnx.stem
     dataset = args.model.split("_")[-1]
     x_train, y_train = load_dataset(dataset, "train")
     if args.held_out:
@@ -161,7 +168,7 @@ def main(argv=None):
         x_test, y_test = load_dataset(dataset, "test")
         x_test, y_test = x_test[: args.test], y_test[: args.test]
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    onnx = model_path(f"{args.model}.onnx")
+    onnx = str(args.onnx) if args.onnx is not None else model_path(f"{args.model}.onnx")
     variants = [v for v in args.variants.split(",") if v]
     float_accuracy = None
     rows = []
