@@ -39,6 +39,7 @@ def main(argv=None):
     import onnx
 
     import intsim
+    from intsim.kernels.threads import thread_count
     from bench_user_path import LAYERS, MODELS, _layer_model, _ort_quantized, _session, _shipped_model
 
     rng = np.random.default_rng(0)
@@ -59,7 +60,7 @@ def main(argv=None):
             model.run(x)  # the second run binds
             plan = model._run_plan()
             signature = tuple((a.shape, a.dtype) for a in model.quantize_inputs([x]))
-            calls = plan.bound[signature][0].calls
+            calls = plan.bound[(signature, thread_count())][0].calls
             times = [[] for _ in calls]
             whole, ort = [], []
             for _ in range(args.rounds):

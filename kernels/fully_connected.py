@@ -23,7 +23,7 @@ from intsim.kernels.mac import requantize_rows
 from intsim.kernels.microkernel import LANES, mac_tile
 from intsim.kernels.rowdot import row_dots
 from intsim.kernels.gemm_chunk import copy_encoded
-from intsim.kernels.threads import apply_threads, run_calls, thread_count
+from intsim.kernels.threads import run_calls, splits_among, threads_to_use
 from intsim.jit import jit, jit_inline, jit_parallel
 
 
@@ -112,8 +112,9 @@ class GemvLaunch:
                                   out_zero_point, clamp_min, clamp_max], np.int64)
         self.code_sample = packed.code_sample
 
-    def calls(self, x, out):
-        """``[(numba function, arguments)]`` of :meth:`run` (see ``_GemmLaunch.calls``)."""
+    def calls(self, x, out, threads=1):
+        """``[(numba function, arguments)]`` of :meth:`run` (see ``_GemmLaunch.calls``; serial whatever
+        ``threads``: a GEMV of a few rows is a few microseconds)."""
         variant, words, c0, multiplier, shift, scale = self.args
         return [(_gemv_core, (variant, x, words, c0, multiplier, shift, scale, self.settings, self.code_sample, out))]
 
@@ -283,17 +284,16 @@ class InPlaceLaunch:
         self.settings = np.array([in_place.a_sub, lead, -(-(lead + depth) // step) * step, rounding, multiplier_bits,
                                   out_zero_point, clamp_min, clamp_max], np.int64)
         self.chunks = -(-in_place.c0.shape[0] // ROW_DOT_CHUNK)
+        self.depth = depth
         self.code_sample = np.zeros(1, in_place.code_dtype)
 
-    def calls(self, x, out, threaded=False):
+    def calls(self, x, out, threads=1):
         """``[(numba function, arguments)]`` of :meth:`run` (see ``_GemmLaunch.calls``)."""
         in_place = self.in_place
+        threaded = splits_among(threads, self.chunks, out.size * self.depth)
         core = (_IN_PLACE_THREADED if threaded else _IN_PLACE_SERIAL)[in_place.variant]
         return [(core, (np.ascontiguousarray(x), self.w, in_place.c0, in_place.w_zero_point, *self.requant,
                         self.settings, self.code_sample, out))]
 
     def run(self, x, out):
-        threaded = min(thread_count(), self.chunks) > 1
-        if threaded:
-            apply_threads(self.chunks)
-        return int(run_calls(self.calls(x, out, threaded)))
+        return int(run_calls(self.calls(x, out, threads_to_use(self.chunks, out.size * self.depth))))

@@ -35,7 +35,8 @@ from intsim.kernels.fully_connected import (
 )
 from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, pad_encode, rows_scratch
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
-from intsim.kernels.threads import apply_threads, run_calls, set_threads, thread_count  # noqa: F401  (set_threads: public here too)
+from intsim.kernels.threads import set_threads  # noqa: F401  (public here too)
+from intsim.kernels.threads import run_calls, splits_among, threads_to_use
 
 
 # --------------------------------------------------------------------------
@@ -130,14 +131,18 @@ class _GemmLaunch:
         self.epilogue = epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers,
                                         len(multiplier), packed.c0.shape[0])
         self.n_rows, self.rows_per_chunk = n_rows, rows_per_chunk
+        self.macs = n_rows * n_taps * x_shape[3] * packed.c0.shape[0]
         self.code_sample = packed.code_sample
         self.no_source = np.empty(0, np.int32)
 
-    def calls(self, x4, out, core=conv2d_gemm_serial):
+    def calls(self, x4, out, threads=1):
         """The numba calls that write ``out`` from ``x4``, as ``[(function, arguments)]`` run in order
         (the last returns the clamp count); with its own scratch, so that a caller holding fixed arrays
-        may repeat them (:class:`intsim.runtime.bound.BoundRun`)."""
+        may repeat them (:class:`intsim.runtime.bound.BoundRun`).  The caller runs them with numba's
+        thread count ``threads``: the threaded core where the layer splits among all of them
+        (:func:`~intsim.kernels.threads.splits_among`), else the serial one."""
         packed = self.packed
+        core = conv2d_gemm_threaded if splits_among(threads, self.chunks, self.macs) else conv2d_gemm_serial
         calls = []
         if self.padded_shape is not None:  # one encoded copy of the input with its padding, read in place by every tap
             padded = np.empty(self.padded_shape, packed.code_dtype)
@@ -151,11 +156,7 @@ class _GemmLaunch:
         return calls
 
     def run(self, x4, out):
-        # The serial core needs no thread count; more threads than chunks would wake idle threads.
-        threaded = min(thread_count(), self.chunks) > 1
-        if threaded:
-            apply_threads(self.chunks)
-        count = run_calls(self.calls(x4, out, conv2d_gemm_threaded if threaded else conv2d_gemm_serial))
+        count = run_calls(self.calls(x4, out, threads_to_use(self.chunks, self.macs)))
         return int(count) if self.count_clamps else None
 
 
@@ -239,13 +240,14 @@ class _Launcher:
             record = self.records[x.shape] = self._record(x)
         return record
 
-    def calls(self, x, out):
-        """``[(numba function, arguments)]`` that write ``out`` from C-contiguous ``x`` on one thread, as
-        one call of this launcher would (no clamp count, no overflow possible: the fused path only), or
-        ``None`` where the layer is not fused; for a caller that keeps ``x`` and ``out`` and repeats them."""
+    def calls(self, x, out, threads=1):
+        """``[(numba function, arguments)]`` that write ``out`` from C-contiguous ``x`` as one call of
+        this launcher would (no clamp count, no overflow possible: the fused path only), or ``None``
+        where the layer is not fused; for a caller that keeps ``x`` and ``out`` and repeats them with
+        numba's thread count ``threads`` (a layer that does not split among that many runs serial)."""
         if not self.fused or x.dtype != self.prepared.x_dtype or self.count_clamps or not x.flags.c_contiguous:
             return None
-        return self._calls(x, out, *self._record_for(x))
+        return self._calls(x, out, threads, *self._record_for(x))
 
 
 class _ConvLauncher(_Launcher):
@@ -272,10 +274,11 @@ class _ConvLauncher(_Launcher):
             return out, 0, 0, _depthwise_requantized(x, self.prepared, self.requant_args[:-1], out, self.count_clamps)
         return out, 0, 0, launch.run(x, out.reshape(rows_shape))
 
-    def _calls(self, x, out, shape, rows_shape, launch):
+    def _calls(self, x, out, threads, shape, rows_shape, launch):
         if launch is None:
-            return depthwise_calls(x, *self._depthwise_args(), 1, self.requant_args[:-1], out, False)
-        return launch.calls(x, out.reshape(rows_shape))
+            chunks = threads if splits_among(threads, *_depthwise_work(out, self._depthwise_args()[1])) else 1
+            return depthwise_calls(x, *self._depthwise_args(), chunks, self.requant_args[:-1], out, False)
+        return launch.calls(x, out.reshape(rows_shape), threads)
 
     def _depthwise_args(self):
         _, w, _, _, strides, dilations, pads, _, _, _, _ = self.prepared.acc_args
@@ -285,9 +288,14 @@ class _ConvLauncher(_Launcher):
 def _depthwise_requantized(x, prepared, requant, out, count_clamps):
     """The direct depthwise kernel over NHWC codes ``x`` into ``out``; returns the clamp count (or ``None``)."""
     _, w, _, _, strides, dilations, pads, _, _, _, _ = prepared.acc_args
-    chunks = apply_threads(out.shape[0] * out.shape[1])
+    chunks = threads_to_use(*_depthwise_work(out, w.shape[1:3]))
     return depthwise_run(x, prepared.depthwise, w.shape[1:3], strides, dilations, pads, chunks, requant, out,
                          count_clamps)
+
+
+def _depthwise_work(out, kernel):
+    """(chunks, multiply-accumulates) of a depthwise layer writing ``out`` [N, OH, OW, C]: its output rows."""
+    return out.shape[0] * out.shape[1], out.size * kernel[0] * kernel[1]
 
 
 @dataclass(frozen=True)
@@ -379,8 +387,8 @@ class _FullyConnectedLauncher(_Launcher):
         out = np.empty(shape, self.out_dtype)
         return out, 0, 0, launch.run(self._launch_input(x, launch), out)
 
-    def _calls(self, x, out, shape, launch):
-        return launch.calls(self._launch_input(x, launch), out)
+    def _calls(self, x, out, threads, shape, launch):
+        return launch.calls(self._launch_input(x, launch), out, threads)
 
     @staticmethod
     def _launch_input(x, launch):

@@ -43,6 +43,37 @@ def thread_count() -> int:
     return _threads
 
 
+# A layer's chunks are shared among threads only where each thread gets at least this many
+# multiply-accumulates: waking a thread and joining it costs microseconds when its core is free
+# (far more on a loaded machine, where the layer waits for the last thread to be scheduled), while
+# one znver5 core does about 2.5 * 10**5 of a 3x3 conv's per microsecond (a depthwise layer or a
+# batch-1 fully-connected one, bound by memory, a tenth of that), so a layer splits when each thread
+# has about 8 us of GEMM to do.  Tests lower it to split small layers.
+MIN_MACS_PER_THREAD = 1 << 21
+
+
+def split_threads(threads: int, chunks: int, macs: int) -> int:
+    """How many of ``threads`` threads are worth sharing a layer's ``chunks`` chunks of work
+    (``macs`` multiply-accumulates in all) among: no more than its chunks, none with less than
+    :data:`MIN_MACS_PER_THREAD` to do; 1 means the serial core."""
+    return max(1, min(threads, chunks, macs // max(1, MIN_MACS_PER_THREAD)))
+
+
+def splits_among(threads: int, chunks: int, macs: int) -> bool:
+    """Whether a layer's calls bound to run with numba's thread count ``threads`` take its threaded
+    core: where it splits among all of them (:func:`split_threads`), more than one."""
+    return threads > 1 and split_threads(threads, chunks, macs) == threads
+
+
+def threads_to_use(chunks: int, macs: int) -> int:
+    """:func:`split_threads` of the thread count set, for a layer run now: numba's thread count of the
+    calling thread is set to it where it is above 1 (the serial core needs none)."""
+    threads = split_threads(_threads, chunks, macs)
+    if threads > 1:
+        apply_threads(threads)
+    return threads
+
+
 _applied = threading.local()
 
 

@@ -584,8 +584,9 @@ def test_two_threads_give_the_same_codes():
 import numba
 import numpy as np
 from intsim.fixedpoint import Rescale
-from intsim.kernels import gemm, gemm_chunk
+from intsim.kernels import gemm, gemm_chunk, threads as thread_settings
 from intsim.kernels.naive import gemm as naive_gemm
+thread_settings.MIN_MACS_PER_THREAD = 0  # every layer here splits, small as it is
 rng = np.random.default_rng(5)
 x = rng.integers(0, 256, size=(2, 9, 8, 12), dtype=np.uint8)
 w = rng.integers(-128, 128, size=(20, 3, 3, 12), dtype=np.int8)

@@ -1,5 +1,9 @@
 """BoundRun: a model's repeated calls over preallocated arrays equal the plan's first call and the naive kernels."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba.core.dispatcher import Dispatcher
@@ -161,3 +165,102 @@ def test_user_path_nchw_edges_equal_the_naive_kernels(profile):
     for seed in range(3):  # the first call runs the plan, the later ones the bound run
         x = np.random.default_rng(seed).uniform(-1.2, 1.2, (2, 20, 17, 18)).astype(np.float32)
         np.testing.assert_array_equal(fast.run(x), naive.run(x), strict=True)
+
+
+_TWO_THREADS = """
+import numba
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+import intsim
+from intsim.kernels import depthwise, fully_connected, gemm_chunk, threads
+from intsim.runtime import bound as bound_module
+
+rng = np.random.default_rng(3)
+init = lambda name, *shape: numpy_helper.from_array(rng.normal(0, 0.2, shape).astype(np.float32), name)
+nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+         helper.make_node("Relu", ["c1"], ["r1"]),
+         helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], pads=[1, 1, 1, 1], group=16),
+         helper.make_node("GlobalAveragePool", ["c2"], ["p"]),
+         helper.make_node("Flatten", ["p"], ["f"]),
+         helper.make_node("Gemm", ["f", "w3", "b3"], ["y"], transB=1)]
+graph = helper.make_graph(nodes, "split", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 15, 14])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 150])],
+                          [init("w1", 16, 3, 3, 3), init("b1", 16), init("w2", 16, 1, 3, 3), init("b2", 16),
+                           init("w3", 150, 16), init("b3", 150)])
+model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+calibration = rng.uniform(-1, 1, (8, 3, 15, 14)).astype(np.float32)
+gemm_chunk.CHUNK_ROWS = 24  # the conv's 2 x 15 x 14 rows in several chunks
+threaded = {gemm_chunk.conv2d_gemm_threaded, *fully_connected._IN_PLACE_THREADED,
+            *(cores[1] for cores in depthwise.CORES.values())}
+
+
+def cores(model, count):
+    plan = model._run_plan()
+    (bound,) = [pool[0] for (_, n), pool in plan.bound.items() if n == count]
+    return [f for f, _ in bound._dispatched if f in threaded], bound
+
+
+bound_module.COMPILE_AFTER = 4
+converted = intsim.convert(model, calibration, "paper", progress=False)
+naive = converted.with_backend("naive")
+for split in (0, threads.MIN_MACS_PER_THREAD):  # every layer split among the threads; then the shipped threshold
+    threads.MIN_MACS_PER_THREAD = split
+    fast = converted.with_backend("fast")  # a plan of its own
+    for seed, count in enumerate((1, 2, 2, 1, 2, 1, 2)):
+        # the plan's first run, then a bound run per thread count, compiled after its fourth run
+        threads.set_threads(count)
+        x = np.random.default_rng(seed).uniform(-1.2, 1.2, (2, 3, 15, 14)).astype(np.float32)
+        np.testing.assert_array_equal(fast.run(x), naive.run(x), strict=True)
+        codes = fast.quantize_inputs([x])
+        np.testing.assert_array_equal(fast.run_int(*codes), naive.run_int(*codes), strict=True)
+    serial, one = cores(fast, 1)
+    split_cores, two = cores(fast, 2)
+    assert not serial and min(one.runs, two.runs) > bound_module.COMPILE_AFTER
+    assert len(one.calls) < len(one._dispatched) and len(two.calls) < len(two._dispatched)  # compiled
+    # conv, depthwise and fully-connected: threaded where every layer splits; none of these small
+    # layers splits under the shipped threshold
+    assert len(split_cores) == (3 if split == 0 else 0), split_cores
+    assert numba.get_num_threads() == 2
+print("same")
+"""
+
+
+def test_bound_and_compiled_runs_on_two_threads_equal_one_thread_and_the_naive_kernels():
+    # A fresh process: the test session pins NUMBA_NUM_THREADS to 1.  A conv, a depthwise and a
+    # fully-connected layer (150 outputs: three chunks) bound to their threaded cores on two threads
+    # give the naive codes through the plan, the bound run and the compiled bound run, with the thread
+    # count changing between calls (a bound run per count).
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", INTSIM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", _TWO_THREADS], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "same"
+
+
+def test_python_threads_calling_one_model_each_take_their_own_bound_run():
+    # Each caller pops a bound run from the plan's pool (making one where none is spare) and puts it
+    # back: concurrent callers never share one's arrays, so every output is that of its own input.
+    import threading
+
+    graph = tiny_cnn("paper")
+    fast, naive = Model(graph), Model(graph, "naive")
+    inputs = [random_codes(graph.tensors["x"], 2, seed) for seed in range(4)]
+    expected = [naive.run_int(x) for x in inputs]
+    fast.run_int(inputs[0])  # the plan's first run records the layouts
+    failures = []
+
+    def caller(index):
+        for _ in range(150):
+            x, want = inputs[index], expected[index]
+            if not np.array_equal(fast.run_int(x), want):
+                failures.append(index)
+
+    callers = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    assert not failures
+    (pool,) = fast._run_plan().bound.values()
+    assert 1 <= len(pool) <= 4 and sum(bound.runs for bound in pool) == 4 * 150

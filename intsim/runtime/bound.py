@@ -17,6 +17,10 @@ and which outputs are views of an input):
   the compiled overload for its arguments' types, looked up once here (the
   arguments never change, so the dispatcher's per-call typing of every
   argument, about a third of a small kernel's call cost, is not repeated);
+  a bound run is made for one thread count (:func:`~intsim.kernels.threads.set_threads`):
+  each layer that splits among that many threads
+  (:func:`~intsim.kernels.threads.splits_among`) takes its threaded core,
+  decided once here, the others their serial core;
 * any other step runs as in the plan and its outputs are copied into their arrays.
 
 After :data:`COMPILE_AFTER` runs, each stretch of consecutive numba calls
@@ -29,8 +33,9 @@ holds the arrays' addresses), which pays off only over thousands of runs
 one that serves a loop does.
 
 The results are those of the plan, bit for bit: the same kernels, the same
-arguments.  A bound run serves one caller at a time; the plan keeps a pool of
-them per signature, so that threads calling one model each take their own.
+arguments (and no result depends on the thread count).  A bound run serves one
+caller at a time; the plan keeps a pool of them per signature and thread
+count, so that threads calling one model each take their own.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ import numpy as np
 from numba.core.dispatcher import Dispatcher
 from numba.core.typing.typeof import Purpose, typeof
 
+from intsim.kernels.threads import apply_threads
 from intsim.runtime.compiled import compile_calls
 
 # Runs of one bound run after which its numba calls are compiled into one function.
@@ -59,10 +65,12 @@ class BoundRun:
         the step is a view of one of its inputs).
     input_layouts : list of (shape, dtype)
         Of the graph inputs.
+    threads : int
+        numba's thread count for the run's threaded kernels (set on the calling thread by each run).
     """
 
-    def __init__(self, plan, layouts, input_layouts):
-        self.plan = plan
+    def __init__(self, plan, layouts, input_layouts, threads=1):
+        self.plan, self.threads = plan, threads
         self.overflows = []
         arrays = [None] * plan.n_slots
         root = {}  # slot -> the slot whose bytes it uses
@@ -93,7 +101,7 @@ class BoundRun:
                     arrays[s] = self._take(free, shape, dtype)
                 outputs = [arrays[s] for s in writes]
                 calls = getattr(step, "calls", None)
-                calls = calls(inputs, outputs) if calls is not None else None
+                calls = calls(inputs, outputs, threads) if calls is not None else None
                 self.calls += calls if calls is not None else [(self._copying(step, node, inputs, outputs), ())]
             for s in {root[s] for s in reads}:
                 if last_read[s] == index and s not in kept:
@@ -114,10 +122,13 @@ class BoundRun:
 
     def _copying(self, step, node, inputs, outputs):
         # A step without fixed calls: run it, note its overflows as the plan does, copy its outputs in.
-        plan, overflows = self.plan, self.overflows
+        # The step sets numba's thread count for its own kernels: the run's is set again after it.
+        plan, overflows, threads = self.plan, self.overflows, self.threads
 
         def run():
             values, stats = step(inputs)
+            if threads > 1:
+                apply_threads(threads)
             if stats.get("overflow_count", 0):
                 plan.note_overflow(node, stats, overflows)
             for out, value in zip(outputs, values):
@@ -133,6 +144,8 @@ class BoundRun:
         self.runs += 1
         if self.runs == COMPILE_AFTER:
             self.compile()
+        if self.threads > 1:
+            apply_threads(self.threads)
         self.overflows.clear()
         if write is not None:
             write(self.input_arrays)

@@ -38,8 +38,10 @@ class RunPlan:
         self.profile = graph.profile
         self.check_overflow = graph.profile.overflow == "error"
         # input signature -> (output layouts per step, input layouts), from the first run with it, whose
-        # check_node_inputs passed; and -> the spare BoundRuns for it (where some step has calls)
+        # check_node_inputs passed; the signatures where some step has calls; (signature, thread count)
+        # -> the spare BoundRuns for them
         self.layouts = {}
+        self.bindable = set()
         self.bound = {}
         self.overflows = []  # (node, overflow count) of the last run, for Model's OverflowWarning
 
@@ -47,8 +49,9 @@ class RunPlan:
         """``finish(outputs)`` (default: the outputs themselves) from the graph's input ``arrays``.
 
         The first call with a set of input shapes checks every node's inputs and records the tensors'
-        layouts; later calls on one thread run a :class:`~intsim.runtime.bound.BoundRun` for those
-        shapes (its outputs are reused by the next run: ``finish`` reads them, the default copies them).
+        layouts; later calls run a :class:`~intsim.runtime.bound.BoundRun` for those shapes and the
+        thread count set (:func:`~intsim.kernels.threads.set_threads`) (its outputs are reused by the
+        next run: ``finish`` reads them, the default copies them).
         """
         return self._run(tuple((a.shape, a.dtype) for a in arrays), arrays, None, finish)
 
@@ -59,14 +62,20 @@ class RunPlan:
         return self._run(signature, None, write, finish)
 
     def _run(self, signature, arrays, write, finish):
-        pool = self.bound.get(signature)
-        if pool is None or thread_count() != 1:
+        threads = thread_count()
+        pool = self.bound.get((signature, threads))
+        if pool is None and signature in self.bindable:
+            pool = self.bound.setdefault((signature, threads), [])
+        if pool is None:
             if write is not None:
                 arrays = [np.empty(shape, dtype) for shape, dtype in signature]
                 write(arrays)
             outputs = self._run_steps(arrays, signature)
             return finish(outputs) if finish else outputs
-        bound = pool.pop() if pool else BoundRun(self, *self.layouts[signature])
+        try:
+            bound = pool.pop()
+        except IndexError:  # none spare (another thread may have taken the last one since the lookup)
+            bound = BoundRun(self, *self.layouts[signature], threads)
         try:
             result = bound.run(arrays, finish or _copies, write)
             self.overflows = list(bound.overflows)
@@ -105,7 +114,7 @@ class RunPlan:
         if first:
             self.layouts[signature] = (layouts, list(signature))
             if any(hasattr(step, "calls") for step, *_ in self.steps):
-                self.bound[signature] = []
+                self.bindable.add(signature)
         self.overflows = overflows
         return [values[s] for s in self.output_slots]
 

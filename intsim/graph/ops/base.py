@@ -298,9 +298,10 @@ class Op:
         fixed: whatever does not depend on the inputs (weight packing, kernel lookup) done once.
         A model's run plan is the list of its nodes' steps.
 
-        A step may also carry ``step.calls(inputs, outputs)``: ``[(numba function, arguments)]`` that
-        write the given output arrays from the given input arrays exactly as ``step`` would, with no
-        overflow possible, or ``None`` where it cannot (:class:`intsim.runtime.bound.BoundRun` keeps
-        such calls over preallocated arrays and repeats them)."""
+        A step may also carry ``step.calls(inputs, outputs, threads)``: ``[(numba function, arguments)]``
+        that write the given output arrays from the given input arrays exactly as ``step`` would, with
+        no overflow possible, or ``None`` where it cannot (:class:`intsim.runtime.bound.BoundRun` keeps
+        such calls over preallocated arrays and repeats them with numba's thread count ``threads``:
+        a kernel with a threaded core may take it, the others ignore it)."""
         run = self.run_untraced
         return lambda inputs: run(plan, inputs, kernels)

@@ -113,7 +113,7 @@ class Add(Op):
         step = super().bind(plan, kernels)
         launch = kernels.add_launcher(*plan["args"], subtract=plan["subtract"])
         if hasattr(launch, "calls"):  # the fast backend's launcher: the sum as repeatable calls
-            step.calls = lambda inputs, outputs: launch.calls(*inputs, outputs[0])
+            step.calls = lambda inputs, outputs, threads: launch.calls(*inputs, outputs[0])  # serial
         return step
 
 
@@ -306,7 +306,7 @@ class Mean(Op):
         launch, axes = kernels.mean_launcher(*plan["args"]), plan["axes"]
         if hasattr(launch, "calls"):  # the fast backend's launcher: the reduction as repeatable calls
 
-            def calls(inputs, outputs):
+            def calls(inputs, outputs, threads):  # serial
                 x, out = inputs[0], outputs[0]
                 if not (x.flags.c_contiguous and out.flags.c_contiguous and axes == list(range(axes[0], axes[-1] + 1))):
                     return None  # reduction_view would copy: the step runs as it is

@@ -93,7 +93,7 @@ class Transpose(_LayoutOp):
         step = super().bind(plan, kernels)
         launch = kernels.transpose_launcher(plan["attrs"]["perm"])
         if hasattr(launch, "calls"):  # the fast backend's launcher: one pass into the bound run's array
-            step.calls = lambda inputs, outputs: launch.calls(inputs[0], outputs[0])
+            step.calls = lambda inputs, outputs, threads: launch.calls(inputs[0], outputs[0])  # serial
         return step
 
 

@@ -77,7 +77,7 @@ class _MacOp(Op):
             return finish(plan, inputs, kernels, out, ovf, pairs, saturations)
 
         if hasattr(launch, "calls"):  # the fast backend's launchers: the fused path as repeatable calls
-            step.calls = lambda inputs, outputs: launch.calls(inputs[0], outputs[0])
+            step.calls = lambda inputs, outputs, threads: launch.calls(inputs[0], outputs[0], threads)
         return step
 
     def _untraced_result(self, plan, inputs, kernels, out, ovf, pairs, saturations):
