@@ -208,6 +208,28 @@ def test_mul_matches_twin(data):
     assert_same(fast.mul(*args), naive.mul(*args))
 
 
+@settings(deadline=None, max_examples=40)
+@given(data=st.data())
+def test_mul_at_the_int32_edge_matches_twin(data):
+    # int16 codes less a zero point of 13572 reach -46340, whose square 2147395600 is inside int32 (every
+    # product of the call fits: the fast kernel rescales them as int32); one more, 13573, reaches -46341,
+    # whose square leaves it (rescaled exactly in int64); likewise -13573 and -13574 from above (46340,
+    # 46341).  The extreme zero points give products near 2**32, which output scales of 2**-14 to 2**-20
+    # bring inside int16 (a product clipped to int32 first would land on half of it).  Every pair of edge
+    # codes, integer modes.
+    edges = np.array([-32768, -32767, -46, -1, 0, 1, 46, 32766, 32767], np.int16)
+    a, b = np.repeat(edges, edges.size), np.tile(edges, edges.size)
+    bits = data.draw(multiplier_bits, label="multiplier_bits")
+    out_mult, out_shift = data.draw(fixed_point_multipliers(bits), label="out_multiplier")
+    if data.draw(st.booleans(), label="small output scale"):
+        out_shift = data.draw(st.integers(-20, -14), label="out_shift")
+    zero_point = data.draw(st.sampled_from([13572, 13573, -13573, -13574, 32767, -32768]), label="zero_point")
+    args = (a, zero_point, b, zero_point, out_mult, out_shift, 0.0,
+            data.draw(st.sampled_from(INTEGER_ROUNDINGS), label="rounding"), bits,
+            data.draw(zero_points(np.int16), label="out_zp"), -32768, 32767, np.int16)
+    assert_same(fast.mul(*args), naive.mul(*args))
+
+
 @settings(deadline=None, max_examples=100)
 @given(data=st.data())
 def test_max_pool_matches_twin(data):
