@@ -193,19 +193,22 @@ def round_one_shift(product, nudge_above, nudge_below, total_shift, threshold):
 
 
 @jit
-def rescale_int32_branch_free(x, multiplier, shift, rounding, multiplier_bits):
-    """:func:`multiply_by_quantized_multiplier_scalar` of int32 ``x`` in a form without branches.
+def rescale_int32_scalar(x, multiplier, shift, scale, rounding, multiplier_bits):
+    """:func:`rescale_scalar` of an int32 ``x``, the integer modes in a form without branches.
 
     Equal to it whenever ``multiplier`` lies in ``[0, 2**multiplier_bits)`` and ``shift`` in
     ``[MIN_SHIFT, multiplier_bits - 1]`` (what :class:`Rescale` admits): ``DOUBLE`` is
     :func:`double_rounding_one_shift` (proved equal there; its result lies inside int32), ``SINGLE``
-    the contract itself, already one multiply, add, shift and saturation.  Every constant depends
-    on ``(multiplier, shift)`` only, so a loop with one scale and the mode a constant keeps them out
-    of its body and vectorises (the DOUBLE contract's sign tests and variable shifts do not).
+    the contract itself, already one multiply, add, shift and saturation; the float modes are
+    :func:`multiply_by_scale_scalar`.  Every constant depends on ``(multiplier, shift)`` only, so a
+    loop with one scale and the mode a constant keeps them out of its body and vectorises (the
+    ``DOUBLE`` contract's sign tests and variable shifts do not).
     """
     if rounding == DOUBLE:
         return double_rounding_one_shift(x, multiplier, shift, multiplier_bits)
-    return multiply_by_quantized_multiplier_scalar(x, multiplier, shift, SINGLE, multiplier_bits)
+    if rounding == SINGLE:
+        return multiply_by_quantized_multiplier_scalar(x, multiplier, shift, SINGLE, multiplier_bits)
+    return multiply_by_scale_scalar(x, scale, rounding)
 
 
 @jit

@@ -25,7 +25,7 @@ from intsim.fixedpoint import (
     INT32_MIN,
     SINGLE,
     one_shift_constants,
-    rescale_int32_branch_free,
+    rescale_int32_scalar,
     rescale_scalar,
     rescale_wide_scalar,
     round_half_away_divide,
@@ -57,7 +57,7 @@ def _add_integer_term(centered, left_shift, multiplier, shift, rounding, multipl
     # and left_shift <= 30 keep the shifted value inside int64.
     shifted = centered << left_shift
     wide = saturate(shifted, 32)
-    return rescale_int32_branch_free(wide, multiplier, shift, rounding, multiplier_bits), wide != shifted
+    return rescale_int32_scalar(wide, multiplier, shift, 0.0, rounding, multiplier_bits), wide != shifted
 
 
 @jit
@@ -72,7 +72,7 @@ def _unsaturated_term(centered_min, centered_max, left_shift, multiplier, shift,
     # the terms of the two ends (terms rise with the code, multiplier >= 0).  Exact when the ends (and so
     # every value between) stay inside int32 once shifted left by left_shift and then by the rescale's
     # own left shift (DOUBLE at a scale of 1 or more): the product centered * factor is then that int32
-    # times multiplier, as rescale_int32_branch_free forms it; and when the ends' terms lie inside int32
+    # times multiplier, as rescale_int32_scalar forms it; and when the ends' terms lie inside int32
     # (SINGLE at a scale of 1 or more may leave it and saturate).
     left = one_shift_constants(shift, rounding, multiplier_bits)[0]
     exact = True
@@ -102,8 +102,8 @@ def _add_checked_loop(operands, rounding):
         # Both terms are int32: their sum or difference is exact in int64.
         exact = a_term - b_term if subtract else a_term + b_term
         total = saturate(exact, 32)
-        value = out_zero_point + rescale_int32_branch_free(total, out_multiplier, out_shift, rounding,
-                                                           multiplier_bits)
+        value = out_zero_point + rescale_int32_scalar(total, out_multiplier, out_shift, 0.0, rounding,
+                                                      multiplier_bits)
         clamped = _clamp(value, clamp_min, clamp_max)
         saturated += (clamped != value) | a_saturated | b_saturated | (total != exact)
         out[i] = clamped
@@ -316,12 +316,6 @@ def add_launcher(
 # --------------------------------------------------------------------------
 
 
-@jit
-def _rescale_int32_product(product, multiplier, shift, scale, rounding, multiplier_bits):
-    # rescale_wide_scalar under DOUBLE or SINGLE of a product inside int32, where the two are equal.
-    return rescale_int32_branch_free(product, multiplier, shift, rounding, multiplier_bits)
-
-
 @jit_inline
 def _mul_products(operands, rounding, rescale):
     # The loop of _mul_loop with its product rescaled by ``rescale`` (rescale_wide_scalar's signature).
@@ -343,15 +337,14 @@ def _mul_loop(operands, rounding):
     # kept in int64 and rescaled exactly by rescale_wide_scalar (a result beyond the clamp is counted).
     # Its test of the int32 range per element keeps DOUBLE from vectorising (20x SINGLE's time on
     # 8x28x28x32 int8); where the products of the dtype ranges' ends (which bound every product) lie
-    # inside int32, as on 8-bit codes, the integer modes rescale by rescale_int32_branch_free instead.
+    # inside int32, as on 8-bit codes, rescale_int32_scalar rescales them instead.
     a, a_zero_point, b, b_zero_point = operands[:4]
-    if rounding <= SINGLE:
-        narrow = True
-        for a_end in (np.iinfo(a.dtype).min, np.iinfo(a.dtype).max):
-            for b_end in (np.iinfo(b.dtype).min, np.iinfo(b.dtype).max):
-                narrow &= _fits_int32((np.int64(a_end) - a_zero_point) * (np.int64(b_end) - b_zero_point))
-        if narrow:
-            return _mul_products(operands, rounding, _rescale_int32_product)
+    narrow = True
+    for a_end in (np.iinfo(a.dtype).min, np.iinfo(a.dtype).max):
+        for b_end in (np.iinfo(b.dtype).min, np.iinfo(b.dtype).max):
+            narrow &= _fits_int32((np.int64(a_end) - a_zero_point) * (np.int64(b_end) - b_zero_point))
+    if narrow:
+        return _mul_products(operands, rounding, rescale_int32_scalar)
     return _mul_products(operands, rounding, rescale_wide_scalar)
 
 
@@ -537,7 +530,7 @@ def _mean_loop(operands, rounding):
             # Summed in int64, then saturated once to the int32 accumulator (counted: more than 2**15
             # 16-bit codes can leave it).
             acc = saturate(total[k], 32)
-            value = rescale_scalar(acc, multiplier, shift, scale, rounding, multiplier_bits) + out_zero_point
+            value = rescale_int32_scalar(acc, multiplier, shift, scale, rounding, multiplier_bits) + out_zero_point
             clamped = _clamp(value, clamp_min, clamp_max)
             saturated += (clamped != value) | (acc != total[k])
             out[o, k] = clamped
@@ -546,7 +539,8 @@ def _mean_loop(operands, rounding):
 
 @functools.cache
 def _mean_core(rounding):
-    # As _add_core: one loop per rounding mode, so that the rescale of each output vectorises.
+    # As _add_core: one loop per rounding mode, so that the rescale of each output vectorises
+    # (rescale_int32_scalar).
     @jit
     def mean_core(operands):
         return _mean_loop(operands, rounding)
