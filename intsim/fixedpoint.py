@@ -179,9 +179,36 @@ def double_rounding_one_shift(x, multiplier, shift, multiplier_bits):
       by ``b + r <= 62``.  ``|p| < 2**62`` and the constant is below ``2**62``,
       so the sum stays inside int64.
     """
-    left, nudge_up, nudge_down, total_shift, threshold = one_shift_constants(shift, DOUBLE, multiplier_bits)
+    left, nudge_above, nudge_below, total_shift, threshold = one_shift_constants(shift, DOUBLE, multiplier_bits)
     product = saturate(np.int64(x) << left, 32) * np.int64(multiplier)
-    return (product + (nudge_down if product < threshold else nudge_up)) >> total_shift
+    return round_one_shift(product, nudge_above, nudge_below, total_shift, threshold)
+
+
+@jit
+def round_one_shift(product, nudge_above, nudge_below, total_shift, threshold):
+    """``(product + (nudge_below if product < threshold else nudge_above)) >> total_shift``: the one
+    rounding of :func:`one_shift_constants` applied to its product ``p`` (an add of a constant chosen
+    by a compare, and an arithmetic shift).  Not saturating."""
+    return (product + (nudge_below if product < threshold else nudge_above)) >> total_shift
+
+
+@jit
+def rescale_int32_scalar(x, multiplier, shift, scale, rounding, multiplier_bits):
+    """:func:`rescale_scalar` of an int32 ``x``, the integer modes in a form without branches.
+
+    Equal to it whenever ``multiplier`` lies in ``[0, 2**multiplier_bits)`` and ``shift`` in
+    ``[MIN_SHIFT, multiplier_bits - 1]`` (what :class:`Rescale` admits): ``DOUBLE`` is
+    :func:`double_rounding_one_shift` (proved equal there; its result lies inside int32), ``SINGLE``
+    the contract itself, already one multiply, add, shift and saturation; the float modes are
+    :func:`multiply_by_scale_scalar`.  Every constant depends on ``(multiplier, shift)`` only, so a
+    loop with one scale and the mode a constant keeps them out of its body and vectorises (the
+    ``DOUBLE`` contract's sign tests and variable shifts do not).
+    """
+    if rounding == DOUBLE:
+        return double_rounding_one_shift(x, multiplier, shift, multiplier_bits)
+    if rounding == SINGLE:
+        return multiply_by_quantized_multiplier_scalar(x, multiplier, shift, SINGLE, multiplier_bits)
+    return multiply_by_scale_scalar(x, scale, rounding)
 
 
 @jit

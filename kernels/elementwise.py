@@ -21,10 +21,15 @@ import numpy as np
 
 from intsim.fixedpoint import (
     FLOAT32_RINT,
+    INT32_MAX,
+    INT32_MIN,
     SINGLE,
+    one_shift_constants,
+    rescale_int32_scalar,
     rescale_scalar,
     rescale_wide_scalar,
     round_half_away_divide,
+    round_one_shift,
     saturate,
     saturating_round_float,
 )
@@ -45,55 +50,155 @@ def _clamp(value, clamp_min, clamp_max):
 
 
 @jit
-def _add_term(centered, multiplier, shift, scale, left_shift, rounding, multiplier_bits):
-    # One input's share of the sum, a function of its zero-point-free code alone: under integer codes
-    # the code shifted left by left_shift (saturating) and rescaled, an int32 value; under float codes
-    # the code times the input's scale ratio, in float32 or float64.  Every one is exact in float64.
-    # Returns (term, saturated): saturated when the left shift left int32 (a converter's left_shift
-    # never does: 20 on 8-bit codes, 29 - bits on wider ones; a hand-built graph may).
-    if rounding <= SINGLE:
-        shifted = centered << left_shift
-        wide = saturate(shifted, 32)
-        return np.float64(rescale_scalar(wide, multiplier, shift, 0.0, rounding, multiplier_bits)), wide != shifted
-    if rounding == FLOAT32_RINT:
-        # |centered| <= 65535 < 2**24: the conversion to float32 is exact.
-        return np.float64(np.float32(centered) * np.float32(scale)), False
-    return np.float64(centered) * scale, False
+def _add_integer_term(centered, left_shift, multiplier, shift, rounding, multiplier_bits):
+    # One input's share of the sum under an integer mode: the centered code shifted left by left_shift,
+    # saturated to int32 and rescaled, and whether that saturation changed it (a converter's left_shift
+    # never does: 20 on 8-bit codes, 29 - bits on wider ones; a hand-built graph may).  |centered| <= 65535
+    # and left_shift <= 30 keep the shifted value inside int64.
+    shifted = centered << left_shift
+    wide = saturate(shifted, 32)
+    return rescale_int32_scalar(wide, multiplier, shift, 0.0, rounding, multiplier_bits), wide != shifted
 
 
 @jit
-def _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits, subtract):
-    # Requantized sum of the two terms of _add_term, before the output zero point, and whether the
-    # int32 sum saturated (the float modes' int32 saturation lies beyond every clamp: counted there).
-    if rounding <= SINGLE:
-        b_rescaled = -np.int64(b_term) if subtract else np.int64(b_term)
-        exact = np.int64(a_term) + b_rescaled
-        total = saturate(exact, 32)
-        return rescale_scalar(total, out_multiplier, out_shift, 0.0, rounding, multiplier_bits), total != exact
-    if rounding == FLOAT32_RINT:
-        a32, b32 = np.float32(a_term), np.float32(b_term)
-        return saturating_round_float(a32 - b32 if subtract else a32 + b32, rounding), False
-    return saturating_round_float(a_term - b_term if subtract else a_term + b_term, rounding), False
+def _fits_int32(x):
+    return INT32_MIN <= x <= INT32_MAX
+
+
+@jit
+def _unsaturated_term(centered_min, centered_max, left_shift, multiplier, shift, rounding, multiplier_bits):
+    # _add_integer_term of every centered value in [centered_min, centered_max] as one multiply and
+    # round_one_shift, where no saturation on its way can change it: (exact, factor, lo, hi), lo and hi
+    # the terms of the two ends (terms rise with the code, multiplier >= 0).  Exact when the ends (and so
+    # every value between) stay inside int32 once shifted left by left_shift and then by the rescale's
+    # own left shift (DOUBLE at a scale of 1 or more): the product centered * factor is then that int32
+    # times multiplier, as rescale_int32_scalar forms it; and when the ends' terms lie inside int32
+    # (SINGLE at a scale of 1 or more may leave it and saturate).
+    left = one_shift_constants(shift, rounding, multiplier_bits)[0]
+    exact = True
+    for centered in (centered_min, centered_max):
+        exact &= _fits_int32(centered << left_shift) and _fits_int32(saturate(centered << left_shift, 32) << left)
+    if not exact:
+        return False, np.int64(0), np.int64(0), np.int64(0)
+    factor = np.int64(multiplier) << (left_shift + left)
+    rounding_constants = one_shift_constants(shift, rounding, multiplier_bits)
+    lo = round_one_shift(centered_min * factor, *rounding_constants[1:])
+    hi = round_one_shift(centered_max * factor, *rounding_constants[1:])
+    return _fits_int32(lo) and _fits_int32(hi), factor, lo, hi
 
 
 @jit_inline
-def _add_loop(operands, rounding):
-    (a, a_zero_point, a_multiplier, a_shift, a_scale, b, b_zero_point, b_multiplier, b_shift, b_scale,
+def _add_checked_loop(operands, rounding):
+    # Every int32 saturation on the way tested and counted, per element.
+    (a, a_zero_point, a_multiplier, a_shift, _, b, b_zero_point, b_multiplier, b_shift, _,
      left_shift, out_multiplier, out_shift, multiplier_bits, out_zero_point, clamp_min, clamp_max, subtract,
      out) = operands
     saturated = 0
     for i in range(a.size):
-        a_term, a_saturated = _add_term(np.int64(a[i]) - a_zero_point, a_multiplier, a_shift, a_scale, left_shift,
-                                        rounding, multiplier_bits)
-        b_term, b_saturated = _add_term(np.int64(b[i]) - b_zero_point, b_multiplier, b_shift, b_scale, left_shift,
-                                        rounding, multiplier_bits)
-        total, sum_saturated = _add_terms(a_term, b_term, out_multiplier, out_shift, rounding, multiplier_bits,
-                                          subtract)
-        value = out_zero_point + total
+        a_term, a_saturated = _add_integer_term(np.int64(a[i]) - a_zero_point, left_shift, a_multiplier, a_shift,
+                                                rounding, multiplier_bits)
+        b_term, b_saturated = _add_integer_term(np.int64(b[i]) - b_zero_point, left_shift, b_multiplier, b_shift,
+                                                rounding, multiplier_bits)
+        # Both terms are int32: their sum or difference is exact in int64.
+        exact = a_term - b_term if subtract else a_term + b_term
+        total = saturate(exact, 32)
+        value = out_zero_point + rescale_int32_scalar(total, out_multiplier, out_shift, 0.0, rounding,
+                                                      multiplier_bits)
         clamped = _clamp(value, clamp_min, clamp_max)
-        saturated += (clamped != value) | a_saturated | b_saturated | sum_saturated
+        saturated += (clamped != value) | a_saturated | b_saturated | (total != exact)
         out[i] = clamped
     return saturated
+
+
+@jit_inline
+def _add_unchecked_loop(operands, factors, rounding):
+    # As _add_checked_loop where _add_integer_loop has shown that nothing saturates before the clamp:
+    # per element two multiplies and roundings to the terms, their sum, a multiply and rounding to the
+    # output, the clamp.
+    (a, a_zero_point, _, a_shift, _, b, b_zero_point, _, b_shift, _,
+     _, _, out_shift, multiplier_bits, out_zero_point, clamp_min, clamp_max, subtract, out) = operands
+    a_factor, b_factor, out_factor = factors
+    _, a_above, a_below, a_total_shift, a_threshold = one_shift_constants(a_shift, rounding, multiplier_bits)
+    _, b_above, b_below, b_total_shift, b_threshold = one_shift_constants(b_shift, rounding, multiplier_bits)
+    _, out_above, out_below, out_total_shift, out_threshold = one_shift_constants(out_shift, rounding,
+                                                                                  multiplier_bits)
+    saturated = 0
+    for i in range(a.size):
+        a_term = round_one_shift((np.int64(a[i]) - a_zero_point) * a_factor, a_above, a_below, a_total_shift,
+                                 a_threshold)
+        b_term = round_one_shift((np.int64(b[i]) - b_zero_point) * b_factor, b_above, b_below, b_total_shift,
+                                 b_threshold)
+        total = a_term - b_term if subtract else a_term + b_term
+        rescaled = round_one_shift(total * out_factor, out_above, out_below, out_total_shift, out_threshold)
+        if rounding == SINGLE:
+            rescaled = saturate(rescaled, 32)  # a scale of 1 or more may leave int32 (DOUBLE's never does)
+        value = out_zero_point + rescaled
+        clamped = _clamp(value, clamp_min, clamp_max)
+        saturated += clamped != value
+        out[i] = clamped
+    return saturated
+
+
+@jit_inline
+def _add_integer_loop(operands, rounding):
+    # DOUBLE / SINGLE.  The terms rise with the codes, so the two ends of each input dtype's range bound
+    # every term and sum: where no saturation is possible (a converter's parameters on 8- and 16-bit
+    # codes) the loop without the saturation tests runs, else the one that tests each element.  Both are
+    # integer multiplies, adds, selects and shifts (round_one_shift), so both vectorise.
+    (a, a_zero_point, a_multiplier, a_shift, _, b, b_zero_point, b_multiplier, b_shift, _,
+     left_shift, out_multiplier, out_shift, multiplier_bits, _, _, _, subtract, _) = operands
+    a_exact, a_factor, a_lo, a_hi = _unsaturated_term(
+        np.int64(np.iinfo(a.dtype).min) - a_zero_point, np.int64(np.iinfo(a.dtype).max) - a_zero_point,
+        left_shift, a_multiplier, a_shift, rounding, multiplier_bits)
+    b_exact, b_factor, b_lo, b_hi = _unsaturated_term(
+        np.int64(np.iinfo(b.dtype).min) - b_zero_point, np.int64(np.iinfo(b.dtype).max) - b_zero_point,
+        left_shift, b_multiplier, b_shift, rounding, multiplier_bits)
+    total_lo, total_hi = (a_lo - b_hi, a_hi - b_lo) if subtract else (a_lo + b_lo, a_hi + b_hi)
+    # The output rescale's own left shift (DOUBLE at a scale of 1 or more) saturates no sum of these ends.
+    out_left = one_shift_constants(out_shift, rounding, multiplier_bits)[0]
+    if a_exact and b_exact and _fits_int32(total_lo << out_left) and _fits_int32(total_hi << out_left):
+        return _add_unchecked_loop(operands, (a_factor, b_factor, np.int64(out_multiplier) << out_left), rounding)
+    return _add_checked_loop(operands, rounding)
+
+
+@jit
+def _add_float_term(code, zero_point, scale, rounding):
+    # One input's share of the sum under a float mode: the centered code times the input's scale ratio,
+    # in float32 (FLOAT32_RINT) or float64; exact in float64 either way.
+    centered = np.int64(code) - zero_point
+    if rounding == FLOAT32_RINT:
+        # |centered| <= 65535 < 2**24: the conversion to float32 is exact.
+        return np.float64(np.float32(centered) * np.float32(scale))
+    return np.float64(centered) * scale
+
+
+@jit_inline
+def _add_float_loop(operands, rounding):
+    # FLOAT32_RINT / FLOAT64_HALF_AWAY: the sum rounded once; its int32 saturation lies beyond every
+    # clamp, so the clamp counts it.
+    (a, a_zero_point, _, _, a_scale, b, b_zero_point, _, _, b_scale, _, _, _, _, out_zero_point, clamp_min,
+     clamp_max, subtract, out) = operands
+    saturated = 0
+    for i in range(a.size):
+        a_term = _add_float_term(a[i], a_zero_point, a_scale, rounding)
+        b_term = _add_float_term(b[i], b_zero_point, b_scale, rounding)
+        if rounding == FLOAT32_RINT:
+            a32, b32 = np.float32(a_term), np.float32(b_term)
+            total = saturating_round_float(a32 - b32 if subtract else a32 + b32, rounding)
+        else:
+            total = saturating_round_float(a_term - b_term if subtract else a_term + b_term, rounding)
+        value = out_zero_point + total
+        clamped = _clamp(value, clamp_min, clamp_max)
+        saturated += clamped != value
+        out[i] = clamped
+    return saturated
+
+
+@jit_inline
+def _add_loop(operands, rounding):
+    if rounding <= SINGLE:
+        return _add_integer_loop(operands, rounding)
+    return _add_float_loop(operands, rounding)
 
 
 @functools.cache
@@ -212,25 +317,40 @@ def add_launcher(
 
 
 @jit_inline
-def _mul_loop(operands, rounding):
+def _mul_products(operands, rounding, rescale):
+    # The loop of _mul_loop with its product rescaled by ``rescale`` (rescale_wide_scalar's signature).
     (a, a_zero_point, b, b_zero_point, out_multiplier, out_shift, out_scale, multiplier_bits,
      out_zero_point, clamp_min, clamp_max, out) = operands
     saturated = 0
     for i in range(a.size):
-        # Centered 16-bit codes lie in [-65535, 65535]; their product (< 2**32) can leave int32, so
-        # it is kept in int64 and rescaled exactly (a result beyond the clamp is counted below).
         product = (np.int64(a[i]) - a_zero_point) * (np.int64(b[i]) - b_zero_point)
-        value = rescale_wide_scalar(product, out_multiplier, out_shift, out_scale, rounding,
-                                    multiplier_bits) + out_zero_point
+        value = rescale(product, out_multiplier, out_shift, out_scale, rounding, multiplier_bits) + out_zero_point
         clamped = _clamp(value, clamp_min, clamp_max)
         saturated += clamped != value
         out[i] = clamped
     return saturated
 
 
+@jit_inline
+def _mul_loop(operands, rounding):
+    # Centered 16-bit codes lie in [-65535, 65535]; their product (< 2**32) can leave int32, so it is
+    # kept in int64 and rescaled exactly by rescale_wide_scalar (a result beyond the clamp is counted).
+    # Its test of the int32 range per element keeps DOUBLE from vectorising (20x SINGLE's time on
+    # 8x28x28x32 int8); where the products of the dtype ranges' ends (which bound every product) lie
+    # inside int32, as on 8-bit codes, rescale_int32_scalar rescales them instead.
+    a, a_zero_point, b, b_zero_point = operands[:4]
+    narrow = True
+    for a_end in (np.iinfo(a.dtype).min, np.iinfo(a.dtype).max):
+        for b_end in (np.iinfo(b.dtype).min, np.iinfo(b.dtype).max):
+            narrow &= _fits_int32((np.int64(a_end) - a_zero_point) * (np.int64(b_end) - b_zero_point))
+    if narrow:
+        return _mul_products(operands, rounding, rescale_int32_scalar)
+    return _mul_products(operands, rounding, rescale_wide_scalar)
+
+
 @functools.cache
 def _mul_core(rounding):
-    # As _add_core: one vectorised loop per rounding mode (12x under DOUBLE).
+    # As _add_core: one vectorised loop per rounding mode.
     @jit
     def mul_core(operands):
         return _mul_loop(operands, rounding)
@@ -410,7 +530,7 @@ def _mean_loop(operands, rounding):
             # Summed in int64, then saturated once to the int32 accumulator (counted: more than 2**15
             # 16-bit codes can leave it).
             acc = saturate(total[k], 32)
-            value = rescale_scalar(acc, multiplier, shift, scale, rounding, multiplier_bits) + out_zero_point
+            value = rescale_int32_scalar(acc, multiplier, shift, scale, rounding, multiplier_bits) + out_zero_point
             clamped = _clamp(value, clamp_min, clamp_max)
             saturated += (clamped != value) | (acc != total[k])
             out[o, k] = clamped
@@ -419,7 +539,8 @@ def _mean_loop(operands, rounding):
 
 @functools.cache
 def _mean_core(rounding):
-    # As _add_core: one loop per rounding mode, so that the rescale of each output vectorises.
+    # As _add_core: one loop per rounding mode, so that the rescale of each output vectorises
+    # (rescale_int32_scalar).
     @jit
     def mean_core(operands):
         return _mean_loop(operands, rounding)

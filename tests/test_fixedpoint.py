@@ -420,6 +420,34 @@ def test_double_rounding_one_shift_equals_exact_rationals():
     assert_matches(got.astype(np.int32), ref_double, x, m, s, bits=31)
 
 
+@njit(cache=True)
+def _int32_form_and_contract(x, multiplier, shift, scale, rounding, bits, fast, contract):
+    # rescale_int32_scalar beside rescale_scalar on every (x, multiplier, shift) triple of the grid.
+    k = 0
+    for i in range(x.size):
+        for j in range(multiplier.size):
+            for s in range(shift.size):
+                fast[k] = fp.rescale_int32_scalar(x[i], multiplier[j], shift[s], scale[j], rounding, bits)
+                contract[k] = fp.rescale_scalar(x[i], multiplier[j], shift[s], scale[j], rounding, bits)
+                k += 1
+
+
+@pytest.mark.parametrize("rounding", range(len(fp.ROUNDING_MODES)))
+@pytest.mark.parametrize("bits", [31, 15])
+def test_rescale_int32_scalar_equals_rescale_scalar_on_the_edge_grid(rounding, bits):
+    # The kernels' branch-free form against the contract, every mode, on the edge grid of x, multiplier
+    # edges and random ones, every valid shift (the float modes read the scale, here multiplier / 2**bits).
+    rng = np.random.default_rng(SEED + 50 + bits)
+    x = np.concatenate([EDGE, RANDOM[:200]])
+    multiplier = np.unique(np.concatenate([[0, 1, 2**bits - 1], multipliers(bits, rng, 6)])).astype(np.int64)
+    scale = multiplier / 2.0**bits
+    shift = shifts(bits)
+    fast = np.empty(x.size * multiplier.size * shift.size, np.int64)
+    contract = np.empty_like(fast)
+    _int32_form_and_contract(x, multiplier, shift, scale, rounding, bits, fast, contract)
+    np.testing.assert_array_equal(fast, contract, strict=True)
+
+
 # Hand-checked goldens where double and single rounding differ.
 #   x,  M,      shift, exact,   single, double
 REQUANT_GOLDENS = [

@@ -135,6 +135,61 @@ def test_add_matches_twin(data, same_8_bit):
     assert_same(naive.add_launcher(*launcher_args, subtract=subtract)(a, b), expected)
 
 
+@settings(deadline=None, max_examples=60)
+@given(data=st.data())
+def test_add_at_the_int32_edges_matches_twin(data):
+    # Integer modes on every 8-bit code of a, with parameters around the edges the fast kernel decides by
+    # (its loop without saturation tests runs only where no code can saturate): left shifts of 22-24 with
+    # zero points that put the largest centered code just inside or just outside int32 (-128 << 24 is
+    # INT32_MIN itself), input rescales near 1 (their sums of two near-int32 terms saturate) or with a left
+    # shift of their own, output rescales with small left shifts.
+    dtype = data.draw(st.sampled_from([np.int8, np.uint8]), label="dtype")
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    a = rng.permutation(np.arange(info.min, info.max + 1)).astype(dtype)
+    b = rng.integers(info.min, info.max, size=a.size, dtype=dtype, endpoint=True)
+    edge_zero_points = st.sampled_from([int(info.min), int(info.min) + 1, -2, -1, 0, 1, 2, int(info.max)])
+    edge_multipliers = st.sampled_from([(2**31 - 1, 0), (2**30, 0), (2**30, -1), (2**31 - 1, 1), (2**30, 2)])
+    (a_mult, a_shift), (b_mult, b_shift) = data.draw(edge_multipliers), data.draw(edge_multipliers)
+    out_mult, out_shift = data.draw(st.tuples(st.integers(2**30, 2**31 - 1), st.integers(-31, 2)), label="out")
+    args = (a, data.draw(edge_zero_points.filter(lambda z: info.min <= z <= info.max), label="a_zp"),
+            a_mult, a_shift, 0.0,
+            b, data.draw(edge_zero_points.filter(lambda z: info.min <= z <= info.max), label="b_zp"),
+            b_mult, b_shift, 0.0,
+            data.draw(st.sampled_from([22, 23, 24]), label="left_shift"), out_mult, out_shift, 0.0,
+            data.draw(st.sampled_from(INTEGER_ROUNDINGS), label="rounding"), 31,
+            data.draw(zero_points(dtype), label="out_zp"), int(info.min), int(info.max), dtype)
+    subtract = data.draw(st.booleans(), label="subtract")
+    assert_same(fast.add(*args, subtract=subtract), naive.add(*args, subtract=subtract))
+
+
+@settings(deadline=None, max_examples=40)
+@given(data=st.data())
+def test_add_converter_parameters_match_twin(data):
+    # The parameters a converter gives (TFLite's scheme, intsim.converter.params.add_params) on random
+    # scales, 8- and 16-bit activations: the case the fast kernel's saturation-free loop is for.
+    from intsim.converter.params import add_params
+    from intsim.profiles import get_profile
+
+    bits = data.draw(st.sampled_from([8, 16]), label="activation_bits")
+    dtype = data.draw(st.sampled_from([np.int8, np.uint8] if bits == 8 else [np.int16, np.uint16]), label="dtype")
+    rounding = data.draw(st.sampled_from(["double", "single"]), label="rounding")
+    profile = get_profile("tflite").replace(rounding=rounding)
+    a_scale, b_scale, out_scale = (data.draw(st.floats(2.0**-12, 2.0**4), label="scale") for _ in range(3))
+    params, left_shift = add_params(a_scale, b_scale, out_scale, profile, bits)
+    shape = data.draw(hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=6), label="shape")
+    info = np.iinfo(dtype)
+    args = (data.draw(codes(dtype, shape), label="a"), data.draw(zero_points(dtype), label="a_zp"),
+            int(params["a_multiplier"][0]), int(params["a_shift"][0]), 0.0,
+            data.draw(codes(dtype, shape), label="b"), data.draw(zero_points(dtype), label="b_zp"),
+            int(params["b_multiplier"][0]), int(params["b_shift"][0]), 0.0,
+            left_shift, int(params["out_multiplier"][0]), int(params["out_shift"][0]), 0.0,
+            fixedpoint.ROUNDING_MODES.index(rounding), 31, data.draw(zero_points(dtype), label="out_zp"),
+            int(info.min), int(info.max), dtype)
+    subtract = data.draw(st.booleans(), label="subtract")
+    assert_same(fast.add(*args, subtract=subtract), naive.add(*args, subtract=subtract))
+
+
 @settings(deadline=None, max_examples=150)
 @given(data=st.data())
 def test_mul_matches_twin(data):
@@ -150,6 +205,28 @@ def test_mul_matches_twin(data):
         data.draw(st.sampled_from(ALL_ROUNDINGS), label="rounding"), bits,
         data.draw(zero_points(out_dtype), label="out_zp"), clamp_min, clamp_max, out_dtype,
     )
+    assert_same(fast.mul(*args), naive.mul(*args))
+
+
+@settings(deadline=None, max_examples=40)
+@given(data=st.data())
+def test_mul_at_the_int32_edge_matches_twin(data):
+    # int16 codes less a zero point of 13572 reach -46340, whose square 2147395600 is inside int32 (every
+    # product of the call fits: the fast kernel rescales them as int32); one more, 13573, reaches -46341,
+    # whose square leaves it (rescaled exactly in int64); likewise -13573 and -13574 from above (46340,
+    # 46341).  The extreme zero points give products near 2**32, which output scales of 2**-14 to 2**-20
+    # bring inside int16 (a product clipped to int32 first would land on half of it).  Every pair of edge
+    # codes, integer modes.
+    edges = np.array([-32768, -32767, -46, -1, 0, 1, 46, 32766, 32767], np.int16)
+    a, b = np.repeat(edges, edges.size), np.tile(edges, edges.size)
+    bits = data.draw(multiplier_bits, label="multiplier_bits")
+    out_mult, out_shift = data.draw(fixed_point_multipliers(bits), label="out_multiplier")
+    if data.draw(st.booleans(), label="small output scale"):
+        out_shift = data.draw(st.integers(-20, -14), label="out_shift")
+    zero_point = data.draw(st.sampled_from([13572, 13573, -13573, -13574, 32767, -32768]), label="zero_point")
+    args = (a, zero_point, b, zero_point, out_mult, out_shift, 0.0,
+            data.draw(st.sampled_from(INTEGER_ROUNDINGS), label="rounding"), bits,
+            data.draw(zero_points(np.int16), label="out_zp"), -32768, 32767, np.int16)
     assert_same(fast.mul(*args), naive.mul(*args))
 
 
@@ -366,6 +443,42 @@ def test_add_golden_tflite_scheme(impl, rounding, expected):
     )
     np.testing.assert_array_equal(out, np.array(expected, np.int8), strict=True)
     assert count == 1
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("rounding", INTEGER_ROUNDINGS)
+def test_add_golden_left_shift_saturates(impl, rounding):
+    # int16 codes shifted left by 22: 1000 * 2**22 = 4194304000 saturates to INT32_MAX, -1000 to INT32_MIN.
+    # a: (2**30, 0) = 0.5, b likewise; out: (2**30, -21) = 2**-22.  Both modes (no ties but the last):
+    #   INT32_MAX * 0.5 = 1073741823.5 -> 1073741824 (half up); * 2**-22 = 256 (500 without saturation).
+    #   INT32_MIN * 0.5 = -2**30; * 2**-22 = -256.
+    #   3 * 2**22 * 0.5 = 3 * 2**21; * 2**-22 = 1.5 -> 2 (DOUBLE: away from zero; SINGLE: half up).
+    # The two saturated elements are counted, though no clamp applies.
+    a = np.array([1000, -1000, 3], np.int16)
+    b = np.zeros(3, np.int16)
+    out, count = impl.add(
+        a, 0, 2**30, 0, 0.0, b, 0, 2**30, 0, 0.0, 22, 2**30, -21, 0.0, rounding, 31, 0, -32768, 32767, np.int16
+    )
+    np.testing.assert_array_equal(out, np.array([256, -256, 2], np.int16), strict=True)
+    assert count == 2
+
+
+@IMPLEMENTATIONS
+@pytest.mark.parametrize("rounding", INTEGER_ROUNDINGS)
+def test_add_golden_sum_saturates(impl, rounding):
+    # int8 codes shifted left by 24 (-128 * 2**24 is INT32_MIN exactly: no saturation there), each input
+    # rescaled by (2**31 - 1, 0) = 1 - 2**-31, the output by (2**30, -24) = 2**-25:
+    #   127: 127 * 2**24 = 2130706432, term 2130706432 - 0.99 -> 2130706431; the sum 4261412862 saturates
+    #        to INT32_MAX; * 2**-25 = 63.99999997 -> 64 (127 without saturation).
+    #   -128: term -(2**31 - 1) exactly; the sum saturates to INT32_MIN; * 2**-25 = -64.
+    #   1: term 2**24 - 0.0078 -> 2**24; the sum 2**25; * 2**-25 = 1.
+    a = np.array([127, -128, 1], np.int8)
+    out, count = impl.add(
+        a, 0, 2**31 - 1, 0, 0.0, a.copy(), 0, 2**31 - 1, 0, 0.0, 24, 2**30, -24, 0.0, rounding, 31, 0, -128, 127,
+        np.int8,
+    )
+    np.testing.assert_array_equal(out, np.array([64, -64, 1], np.int8), strict=True)
+    assert count == 2
 
 
 @IMPLEMENTATIONS
