@@ -333,21 +333,40 @@ def requant_store_tile(builder, params, scale_off, lo, hi, zero_point, valid_row
     out_vector = ir.VectorType(out_type, LANES)
     masked_store = declare_intrinsic(builder, f"llvm.masked.store.v{LANES}i{out_type.width}.p0", ir.VoidType(),
                                      [out_vector, out_vector.as_pointer(), T_I32, _MASK])
-    zero_point_v = _splat(builder, builder.trunc(zero_point, T_I32), T_ACC)
-    channels_v = _splat(builder, builder.trunc(valid_channels, T_I32), T_ACC)
-    no_lanes = ir.Constant(_MASK, [0] * LANES)
+    t_bits = ir.IntType(LANES)
 
-    def put(r, b, centred):
-        codes = builder.add(centred, zero_point_v)
-        codes = builder.trunc(codes, out_vector) if out_type.width < 32 else codes
-        lanes = builder.icmp_signed("<", ir.Constant(T_ACC, [b * LANES + j for j in range(LANES)]), channels_v)
-        mask = builder.select(builder.icmp_signed("<", ir.Constant(T_I64, r), valid_rows), lanes, no_lanes)
-        index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(T_I64, r))),
-                            ir.Constant(T_I64, b * LANES))
-        pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
-        builder.call(masked_store, [codes, pointer, ir.Constant(T_I32, out_type.width // 8), mask])
+    def bits(finals):
+        # The store masks as LANES bits, per block (valid channels) and per row, worked out in scalars
+        # (away from the vector units and the few mask registers) before any branch of the epilogue.
+        blocks = []
+        for b in range(len(finals[0])):
+            count = builder.sub(valid_channels, ir.Constant(T_I64, b * LANES))
+            count = builder.select(builder.icmp_signed("<", count, ir.Constant(T_I64, LANES)), count,
+                                   ir.Constant(T_I64, LANES))
+            count = builder.select(builder.icmp_signed(">", count, ir.Constant(T_I64, 0)), count,
+                                   ir.Constant(T_I64, 0))
+            blocks.append(builder.trunc(builder.sub(builder.shl(ir.Constant(T_I64, 1), count),
+                                                    ir.Constant(T_I64, 1)), t_bits))
+        rows = [builder.select(builder.icmp_signed("<", ir.Constant(T_I64, r), valid_rows),
+                               ir.Constant(t_bits, 2**LANES - 1), ir.Constant(t_bits, 0)) for r in range(len(finals))]
+        return blocks, rows, _splat(builder, builder.trunc(zero_point, T_I32), T_ACC)
+
+    def putter(finals):
+        blocks, rows, zero_point_v = bits(finals)
+
+        def put(r, b, centred):
+            codes = builder.add(centred, zero_point_v)
+            codes = builder.trunc(codes, out_vector) if out_type.width < 32 else codes
+            mask = builder.bitcast(builder.and_(blocks[b], rows[r]), _MASK)
+            index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(T_I64, r))),
+                                ir.Constant(T_I64, b * LANES))
+            pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
+            builder.call(masked_store, [codes, pointer, ir.Constant(T_I32, out_type.width // 8), mask])
+
+        return put
 
     def float32_rint(finals):
+        put = putter(finals)
         rint = declare_intrinsic(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
         lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
         hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
@@ -362,7 +381,8 @@ def requant_store_tile(builder, params, scale_off, lo, hi, zero_point, valid_row
 
     if fixed_stride is None:
         return float32_rint
-    return lambda finals: _fixed_point_tile(builder, params_data, fixed_stride, scale_off, lo, hi, finals, put)
+    return lambda finals: _fixed_point_tile(builder, params_data, fixed_stride, scale_off, lo, hi, finals,
+                                            putter(finals))
 
 
 def _tile_size(variant, rows, blocks):
