@@ -51,9 +51,9 @@ from numba.extending import intrinsic
 
 from intsim.kernels.isa import ISAS
 from intsim.fixedpoint import FLOAT32_RINT
-from intsim.kernels.lane_epilogue import LANE_ROWS, lane_params, lane_store_tile
 from intsim.kernels.mac import epilogue_params, requantize_rows, requantized_in_registers
-from intsim.kernels.microkernel import T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params, rint_arguments, rint_store_tile
+from intsim.kernels.microkernel import (T_ACC, T_I64, LANES, group_dot, ir_literal, phi_merged, requant_params,
+                                       requant_store_tile, rint_arguments)
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
 
@@ -166,9 +166,8 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
     """The tile of :func:`dw_tile` requantized in registers, as the GEMM's ``mac_tile_rint`` does
     (:mod:`intsim.kernels.microkernel`): column ``r``, channel ``j < valid_channels`` of the tile
     goes to ``out[out_off + r*out_stride + j]``; ``scale`` is float32 (the ``FLOAT32_RINT`` rule)
-    or the int64 rows of :func:`intsim.kernels.lane_epilogue.lane_params` (``DOUBLE`` / ``SINGLE``,
-    requantized by :func:`intsim.kernels.lane_epilogue.lane_store_tile`), laid out like ``c0``; no clamp
-    is counted."""
+    or the int64 rows of :func:`intsim.kernels.mac.lane_params` (``DOUBLE`` / ``SINGLE``), laid out
+    like ``c0``; no clamp is counted."""
     constants = _tile_constants(variant, columns, taps, stride)
     if constants is None or not rint_arguments(scale, out):
         return None
@@ -182,18 +181,11 @@ def dw_tile_rint(typingctx, variant, columns, taps, stride, codes, row_offs, row
         c0_off_v, lo_v, hi_v, zero_point_v, channels_v, out_off_v, out_stride_v = (
             context.cast(builder, args[i], signature.args[i], types.int64) for i in (12, 14, 15, 16, 17, 19, 20))
         out_type = context.get_data_type(signature.args[18].dtype)
-        if signature.args[13].dtype == types.int64:  # the rows of lane_params
-            params = context.make_array(signature.args[13])(context, builder, args[13])
-            stride = builder.sdiv(builder.extract_value(params.shape, 0), ir.Constant(T_I64, LANE_ROWS))
-            lane_store_tile(builder, params.data, stride, c0_off_v, lo_v, hi_v, zero_point_v, channels_v, data(18),
-                            out_type, out_off_v, out_stride_v, finals)
-            return
         params = requant_params(context, builder, signature.args[13], args[13])
-        rint_store = rint_store_tile(builder, params, c0_off_v, lo_v, hi_v, zero_point_v,
-                                 ir.Constant(T_I64, len(finals)), channels_v, data(18), out_type, out_off_v,
-                                 out_stride_v)
-        for r, final in enumerate(finals):
-            rint_store(r, 0, final)
+        store_tile = requant_store_tile(builder, params, c0_off_v, lo_v, hi_v, zero_point_v,
+                                        ir.Constant(T_I64, len(finals)), channels_v, data(18), out_type, out_off_v,
+                                        out_stride_v)
+        store_tile([[final] for final in finals])
 
     code_type = ir.VectorType(ir.IntType(codes.dtype.bitwidth), LANES)
     weight_type = ir.VectorType(ir.IntType(w.dtype.bitwidth), LANES)
@@ -428,7 +420,7 @@ def depthwise_calls(x, packed, kernel, strides, dilations, pads, chunks, requant
     return [(threaded if chunks > 1 else serial,
              (x, packed.weights, packed.c0, settings,
               *epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, settings[-1], x.shape[-1],
-                               packed.c0.shape[0], lane_params),
+                               packed.c0.shape[0]),
               np.zeros(1, packed.code_dtype), out))]
 
 

@@ -65,7 +65,7 @@ from intsim.fixedpoint import (
 )
 from intsim.jit import jit, jit_inline
 from intsim.kernels.mac_checked import checked_conv
-from intsim.kernels.microkernel import FIXED_ROWS
+from intsim.kernels.microkernel import GENERAL, HALF, LANE_ROWS, LANES, PLAIN, SELECT
 
 
 # Largest |output zero point| and |clamp bound| for which requantization runs in 32-bit lanes.
@@ -82,29 +82,35 @@ def requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, cou
 
 
 @jit
-def fixedpoint_params(multiplier, shift, rounding, multiplier_bits, padded_channels):
-    """The register epilogue's int64 rows for ``DOUBLE`` / ``SINGLE`` rounding: row ``k`` of
-    ``(left, multiplier, nudge_above, nudge_below, total_shift, threshold)``
-    (:func:`intsim.fixedpoint.one_shift_constants`) at ``[k * padded_channels + c]`` for the
-    channels of ``multiplier`` / ``shift`` (int32), zeros in the padding channels."""
-    params = np.zeros(FIXED_ROWS * padded_channels, np.int64)
+def lane_params(multiplier, shift, rounding, multiplier_bits, padded_channels):
+    """The register epilogue's int64 rows for ``DOUBLE`` / ``SINGLE`` rounding
+    (:func:`intsim.kernels.microkernel.requant_store_tile`): row ``k`` of ``(left, multiplier,
+    nudge_above, nudge_below, total_shift, threshold)`` (:func:`intsim.fixedpoint.one_shift_constants`)
+    and ``path`` at ``[k * padded_channels + lane]`` for the channels of ``multiplier`` / ``shift``
+    (int32), zeros in the padding channels.  Each 16 channels lie even ones first: channel ``16 i + j``
+    at lane ``16 i + j // 2`` for even ``j``, ``16 i + 8 + j // 2`` for odd ``j``.  ``path`` is the
+    cheapest form of the rule that serves the channel: ``GENERAL`` where ``left > 0`` or
+    ``total_shift < multiplier_bits`` (the product may saturate, the result may leave int32),
+    ``SELECT`` where the two nudges differ, ``PLAIN`` elsewhere."""
+    params = np.zeros(LANE_ROWS * padded_channels, np.int64)
     for c in range(multiplier.shape[0]):
         left, above, below, total_shift, threshold = one_shift_constants(shift[c], rounding, multiplier_bits)
-        for k, value in enumerate((left, np.int64(multiplier[c]), above, below, total_shift, threshold)):
-            params[k * padded_channels + c] = value
+        j = c % LANES
+        lane = c - j + (j // 2 if j % 2 == 0 else HALF + j // 2)
+        path = GENERAL if left > 0 or total_shift < multiplier_bits else (SELECT if above != below else PLAIN)
+        for k, value in enumerate((left, np.int64(multiplier[c]), above, below, total_shift, threshold,
+                                   np.int64(path))):
+            params[k * padded_channels + lane] = value
     return params
 
 
-def epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers, channels, padded_channels,
-                    fixed_rows=fixedpoint_params):
+def epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers, channels, padded_channels):
     """A layer's requantization parameters in the forms the fused cores read, worked out once per layer
     (or call list) rather than on every call: ``(multiplier, shift, scale, scale32, fixed)``, the
     first ``channels`` multipliers and shifts as int64 and scales as float64 (``requantize_rows`` on an
     int32 tile), and for the register epilogue (``in_registers``) the float32 scales padded to
-    ``padded_channels`` (``FLOAT32_RINT``) or ``fixed_rows(multiplier, shift, rounding,
-    multiplier_bits, padded_channels)`` (``DOUBLE`` / ``SINGLE``: :func:`fixedpoint_params` for the
-    GEMM, :func:`intsim.kernels.lane_epilogue.lane_params` for the depthwise tiles); the register
-    parameters not used are empty."""
+    ``padded_channels`` (``FLOAT32_RINT``) or :func:`lane_params` (``DOUBLE`` / ``SINGLE``), for the
+    GEMM and depthwise tiles alike; the register parameters not used are empty."""
     multiplier = np.asarray(multiplier, np.int32)[:channels]
     shift = np.asarray(shift, np.int32)[:channels]
     scale = np.asarray(scale, np.float64)[:channels]
@@ -113,7 +119,7 @@ def epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_regi
         scale32 = np.zeros(padded_channels, np.float32)
         scale32[:channels] = scale
     elif in_registers:
-        fixed = fixed_rows(multiplier, shift, rounding, multiplier_bits, padded_channels)
+        fixed = lane_params(multiplier, shift, rounding, multiplier_bits, padded_channels)
     return as_int64(multiplier), as_int64(shift), scale, scale32, fixed
 
 

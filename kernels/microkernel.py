@@ -117,8 +117,8 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
     # groups inside, with the rows x blocks accumulators as phi nodes of both.
     # ``a_starts`` are the rows' first words (i64 values), ``tap_offset(t)``
     # the word offset of tap ``t`` (an i64 value); the weights of tap ``t``
-    # follow those of tap ``t - 1`` in every block.  ``store(r, b, acc)``
-    # emits the epilogue of the finished accumulators of row r, block b.
+    # follow those of tap ``t - 1`` in every block.  ``store(finals)``
+    # emits the epilogue of the finished accumulators, finals[r][b] those of row r, block b.
     w_block_stride = builder.mul(builder.mul(n_taps, groups), ir.Constant(T_I64, LANES))
 
     def vector_at(data, index):
@@ -180,15 +180,17 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
 
     builder.position_at_end(done)
     finals = phi_merged(builder, start, entry, updated, tap_next)
-    for (r, b), final in zip(tile, finals):
-        store(r, b, final)
+    store([finals[r * n_blocks:(r + 1) * n_blocks] for r in range(n_rows)])
 
 
 def _int32_store(builder, c_data, c_off, c_stride):
-    # The plain epilogue: the accumulators as int32 at c[c_off + r*c_stride + 16*b + j].
-    def store(r, b, acc):
-        index = builder.add(builder.add(c_off, builder.mul(c_stride, ir.Constant(T_I64, r))), ir.Constant(T_I64, b * LANES))
-        builder.store(acc, builder.bitcast(builder.gep(c_data, [index]), T_ACC.as_pointer()), align=4)
+    # The plain epilogue: the accumulators finals[r][b] as int32 at c[c_off + r*c_stride + 16*b + j].
+    def store(finals):
+        for r, accs in enumerate(finals):
+            for b, acc in enumerate(accs):
+                index = builder.add(builder.add(c_off, builder.mul(c_stride, ir.Constant(T_I64, r))),
+                                    ir.Constant(T_I64, b * LANES))
+                builder.store(acc, builder.bitcast(builder.gep(c_data, [index]), T_ACC.as_pointer()), align=4)
 
     return store
 
@@ -196,145 +198,191 @@ def _int32_store(builder, c_data, c_off, c_stride):
 _F32 = ir.FloatType()
 _V_F32 = ir.VectorType(_F32, LANES)
 _MASK = ir.VectorType(ir.IntType(1), LANES)
+HALF = LANES // 2
+_V64 = ir.VectorType(T_I64, HALF)
+
+# The int64 rows of the fixed-point epilogue (mac.lane_params), each as long as the padded channels.
+LEFT, MULTIPLIER, NUDGE_ABOVE, NUDGE_BELOW, TOTAL_SHIFT, THRESHOLD, PATH = range(7)
+LANE_ROWS = 7
+# The forms of the rule, by cost; a channel's PATH is the cheapest that serves it, a tile takes the
+# dearest of its channels' (see requant_store_tile).
+PLAIN, SELECT, GENERAL = 0, 1, 2
 
 
 def _splat(builder, value, vector_type):
     first = builder.insert_element(ir.Constant(vector_type, ir.Undefined), value, ir.Constant(T_I32, 0))
-    return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), ir.Constant(T_ACC, [0] * LANES))
-
-
-# The int64 parameter rows of the fixed-point epilogue, per output channel (fixedpoint_params).
-FIXED_ROWS = 6
+    mask = ir.Constant(ir.VectorType(T_I32, vector_type.count), [0] * vector_type.count)
+    return builder.shuffle_vector(first, ir.Constant(vector_type, ir.Undefined), mask)
 
 
 def requant_params(context, builder, array_type, array_value):
-    """``(data pointer, channel stride or None)`` of an epilogue's parameter array: float32 scales
-    (``FLOAT32_RINT``, stride ``None``) or the int64 rows of :data:`FIXED_ROWS` (stride: the array's
-    length / FIXED_ROWS)."""
+    """``(data pointer, row stride or None)`` of an epilogue's parameter array: float32 scales
+    (``FLOAT32_RINT``, stride ``None``) or the int64 rows of :func:`intsim.kernels.mac.lane_params`
+    (stride: the array's length / LANE_ROWS)."""
     array = context.make_array(array_type)(context, builder, array_value)
     if array_type.dtype == types.float32:
         return array.data, None
     length = builder.extract_value(array.shape, 0)
-    return array.data, builder.sdiv(length, ir.Constant(T_I64, FIXED_ROWS))
+    return array.data, builder.sdiv(length, ir.Constant(T_I64, LANE_ROWS))
 
 
-def _fixed_point_lanes(builder, acc, rows):
-    # The DOUBLE / SINGLE rule of fixedpoint_params lane for lane, in 64-bit lanes:
-    # y = saturate32(acc << left); p = y * multiplier (both in int32: one vpmuldq);
-    # (p + (p < threshold ? nudge_below : nudge_above)) >> total_shift, arithmetic.
-    left, multiplier, nudge_above, nudge_below, total_shift, threshold = rows
-    v64 = ir.VectorType(T_I64, LANES)
-
-    def clamp(value, lo, hi):
-        raised = builder.select(builder.icmp_signed(">", value, lo), value, lo)
-        return builder.select(builder.icmp_signed("<", raised, hi), raised, hi)
-
-    shifted = builder.shl(builder.sext(acc, v64), left)
-    y = clamp(shifted, ir.Constant(v64, [-(2**31)] * LANES), ir.Constant(v64, [2**31 - 1] * LANES))
-    product = builder.mul(builder.sext(builder.trunc(y, T_ACC), v64), builder.sext(builder.trunc(multiplier, T_ACC), v64))
-    nudge = builder.select(builder.icmp_signed("<", product, threshold), nudge_below, nudge_above)
-    return builder.ashr(builder.add(product, nudge), total_shift), clamp
+def _clamp(builder, value, lo, hi):
+    # Each select is one vpmaxs / vpmins: (a > b ? a : b) is their operation exactly.
+    raised = builder.select(builder.icmp_signed(">", value, lo), value, lo)
+    return builder.select(builder.icmp_signed("<", raised, hi), raised, hi)
 
 
-def _one_nudge_lanes(builder, acc, rows):
-    # _fixed_point_lanes where every lane has left 0 and nudge_below == nudge_above (SINGLE always,
-    # DOUBLE where the scale needs no left shift and no right shift after the doubling high
-    # multiply): acc << 0 is acc, already inside int32, and the select picks one nudge, so
-    # (acc * multiplier + nudge_above) >> total_shift is the same value in ten fewer vector steps.
-    _, multiplier, nudge_above, _, total_shift, _ = rows
-    v64 = ir.VectorType(T_I64, LANES)
-    product = builder.mul(builder.sext(acc, v64), builder.sext(builder.trunc(multiplier, T_ACC), v64))
-    return builder.ashr(builder.add(product, nudge_above), total_shift)
+def _sext_low(builder, value):
+    # The low 32 bits of each 64-bit lane, sign-extended (vpmuldq reads nothing else, so LLVM drops the shifts).
+    return builder.ashr(builder.shl(value, ir.Constant(_V64, [32] * HALF)), ir.Constant(_V64, [32] * HALF))
 
 
-def _all_lanes(builder, flags):
-    # One i1: every lane of the <LANES x i1> ``flags`` is set.
-    bits = builder.bitcast(flags, ir.IntType(LANES))
-    return builder.icmp_unsigned("==", bits, ir.Constant(ir.IntType(LANES), 2**LANES - 1))
+def _fixed_point_tile(builder, params_data, stride, scale_off, lo, hi, finals, put):
+    # The DOUBLE / SINGLE rule of mac.lane_params over the tile ``finals`` [row][block], each result
+    # (minus the zero point, clamped) handed to put(r, b, <16 x i32>).  A <16 x i32> accumulator read
+    # as <8 x i64> holds the even channels in the low halves of its lanes and the odd ones in the high
+    # halves; lane_params stores each block's rows even channels first, so each half is one vpmuldq
+    # against 8 parameters, with no sign extension.  One branch per tile picks the dearest PATH of its
+    # channels (the largest value, as the forms are numbered):
+    #
+    # * PLAIN (every left 0, total_shift >= multiplier_bits and nudge_below == nudge_above: SINGLE and
+    #   DOUBLE at a scale below 1 without DOUBLE's second rounding): multiply, add, shift per half.
+    #   |p| <= 2**31 * (2**b - 1) with b = multiplier_bits, and the nudge is below 2**(total_shift - 1)
+    #   + 2**(b - 1), so with total_shift >= b the result lies inside int32: the halves join into one
+    #   int32 vector and the clamp runs on 16 lanes.
+    # * SELECT: as PLAIN with the nudge chosen by comparing the product with the threshold (DOUBLE at a
+    #   scale below 1).
+    # * GENERAL (a left shift, whose product may saturate, or a scale of 1 or more under SINGLE, whose
+    #   result may leave int32): the saturation and the clamp in 64-bit lanes, as the rule is written.
+    n_blocks = len(finals[0])
+
+    def row(k, b, half):
+        index = builder.add(builder.add(builder.mul(stride, ir.Constant(T_I64, k)), scale_off),
+                            ir.Constant(T_I64, b * LANES + half * HALF))
+        return builder.load(builder.bitcast(builder.gep(params_data, [index]), _V64.as_pointer()), align=8)
+
+    paths = [row(PATH, b, half) for b in range(n_blocks) for half in (0, 1)]
+    dearest = paths[0]
+    for path in paths[1:]:
+        dearest = builder.select(builder.icmp_signed(">", path, dearest), path, dearest)
+
+    def any_lane(predicate, value):
+        flags = builder.bitcast(builder.icmp_signed(predicate, dearest, ir.Constant(_V64, [value] * HALF)),
+                                ir.IntType(HALF))
+        return builder.icmp_unsigned("!=", flags, ir.Constant(ir.IntType(HALF), 0))
+
+    lo64, hi64 = _splat(builder, lo, _V64), _splat(builder, hi, _V64)
+    lo32, hi32 = (_splat(builder, builder.trunc(bound, T_I32), T_ACC) for bound in (lo, hi))
+    int32_min, int32_max = ir.Constant(_V64, [-(2**31)] * HALF), ir.Constant(_V64, [2**31 - 1] * HALF)
+    # even results from the low halves of the first vector, odd ones from the low halves of the second
+    interleave = ir.Constant(T_ACC, [2 * (j // 2) + (LANES if j % 2 else 0) for j in range(LANES)])
+
+    def emit(form):
+        for b in range(n_blocks):
+            rows = {k: (row(k, b, 0), row(k, b, 1)) for k in (MULTIPLIER, NUDGE_ABOVE, TOTAL_SHIFT)
+                    + ((NUDGE_BELOW, THRESHOLD) if form != PLAIN else ()) + ((LEFT,) if form == GENERAL else ())}
+            multipliers = [_sext_low(builder, m) for m in rows[MULTIPLIER]]
+            for r, accs in enumerate(finals):
+                wide = builder.bitcast(accs[b], _V64)
+                results = []
+                odd = builder.ashr(wide, ir.Constant(_V64, [32] * HALF))
+                for half, y in enumerate((_sext_low(builder, wide), odd)):
+                    if form == GENERAL:
+                        y = _clamp(builder, builder.shl(y, rows[LEFT][half]), int32_min, int32_max)
+                    product = builder.mul(_sext_low(builder, y), multipliers[half])
+                    nudge = rows[NUDGE_ABOVE][half]
+                    if form != PLAIN:
+                        nudge = builder.select(builder.icmp_signed("<", product, rows[THRESHOLD][half]),
+                                               rows[NUDGE_BELOW][half], nudge)
+                    value = builder.ashr(builder.add(product, nudge), rows[TOTAL_SHIFT][half])
+                    # In GENERAL, clamping in int64 is saturating to int32 and clamping, as lo and hi lie inside int32.
+                    results.append(_clamp(builder, value, lo64, hi64) if form == GENERAL else value)
+                joined = builder.shuffle_vector(builder.bitcast(results[0], T_ACC), builder.bitcast(results[1], T_ACC),
+                                                interleave)
+                put(r, b, joined if form == GENERAL else _clamp(builder, joined, lo32, hi32))
+
+    with builder.if_else(any_lane("==", GENERAL)) as (general, narrow):
+        with general:
+            emit(GENERAL)
+        with narrow:
+            with builder.if_else(any_lane("!=", PLAIN)) as (select, plain):
+                with select:
+                    emit(SELECT)
+                with plain:
+                    emit(PLAIN)
 
 
-def rint_store_tile(builder, params, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data, out_type,
-                    out_off, out_stride):
-    # The epilogue in registers.  With float32 scales (``params`` from requant_params with no
-    # stride): the FLOAT32_RINT rule lane for lane as mac._lane_float32 computes it: float32(acc) *
-    # float32 scale (round to nearest even, as numpy's conversions and product), rint (ties to even
-    # in the default floating-point environment), clamp to [lo, hi] in float, convert.  With the
-    # int64 rows of fixedpoint_params: the DOUBLE or SINGLE rule as mac._lane_double /
-    # mac._lane_single compute it (fixedpoint.double_rounding_one_shift; single rounding; a tile
-    # block whose every lane has left 0 and one nudge skips the shift, its saturation and the nudge's
-    # select), saturated to int32 and clamped to [lo, hi] in int32 (the int32 saturation those apply
-    # first cannot move a value across bounds inside int32).  Then add the zero point, narrow to the
-    # output width.  The caller
-    # guarantees |zero point| and the clamp bounds <= 2**16, so lo and hi (the bounds minus the
-    # zero point) are exact in float32 and the clamped value plus the zero point fits the output
-    # type.  Only rows below ``valid_rows`` and channels below ``valid_channels`` (both counted from
-    # the tile's first) are stored, by masked stores.  Clamps are not counted: a count per vector
-    # (compare, mask, add) cost a third of a small-reduction layer's time, so a caller that wants
-    # the count takes the int32 tile and mac.requantize_rows instead.
+def requant_store_tile(builder, params, scale_off, lo, hi, zero_point, valid_rows, valid_channels, out_data,
+                       out_type, out_off, out_stride):
+    # The epilogue in registers: a function of the tile's finished accumulators ``finals`` [row][block]
+    # (each <16 x i32>, row r block b holding channels scale_off + 16*b + j) that requantizes them
+    # and stores row r, channel 16*b + j at out[out_off + r*out_stride + 16*b + j], for rows below
+    # ``valid_rows`` and channels below ``valid_channels`` only (masked stores).  With float32 scales
+    # (``params`` from requant_params with no stride): the FLOAT32_RINT rule lane for lane as
+    # mac._lane_float32 computes it: float32(acc) * float32 scale (round to nearest even, as numpy's
+    # conversions and product), rint (ties to even in the default floating-point environment), clamp
+    # to [lo, hi] in float, convert.  With the int64 rows of mac.lane_params: the DOUBLE or SINGLE
+    # rule as mac._lane_double / mac._lane_single compute it (_fixed_point_tile), clamped to [lo, hi]
+    # (the int32 saturation those apply first cannot move a value across bounds inside int32).  Then
+    # add the zero point, narrow to the output width.  The caller guarantees |zero point| and the
+    # clamp bounds <= 2**16, so lo and hi (the bounds minus the zero point) are exact in float32 and
+    # the clamped value plus the zero point fits the output type.  Clamps are not counted: a count per
+    # vector (compare, mask, add) cost a third of a small-reduction layer's time, so a caller that
+    # wants the count takes the int32 tile and mac.requantize_rows instead.
     params_data, fixed_stride = params
-    out_int = out_type
-    out_vector = ir.VectorType(out_int, LANES)
-    masked_store = declare_intrinsic(builder, f"llvm.masked.store.v{LANES}i{out_int.width}.p0", ir.VoidType(),
+    out_vector = ir.VectorType(out_type, LANES)
+    masked_store = declare_intrinsic(builder, f"llvm.masked.store.v{LANES}i{out_type.width}.p0", ir.VoidType(),
                                      [out_vector, out_vector.as_pointer(), T_I32, _MASK])
-    zero_point_v = _splat(builder, builder.trunc(zero_point, T_I32), T_ACC)
-    channels_v = _splat(builder, builder.trunc(valid_channels, T_I32), T_ACC)
-    no_lanes = ir.Constant(_MASK, [0] * LANES)
-    loaded = {}
-    if fixed_stride is None:
+    t_bits = ir.IntType(LANES)
+
+    def bits(finals):
+        # The store masks as LANES bits, per block (valid channels) and per row, worked out in scalars
+        # (away from the vector units and the few mask registers) before any branch of the epilogue.
+        blocks = []
+        for b in range(len(finals[0])):
+            count = builder.sub(valid_channels, ir.Constant(T_I64, b * LANES))
+            count = builder.select(builder.icmp_signed("<", count, ir.Constant(T_I64, LANES)), count,
+                                   ir.Constant(T_I64, LANES))
+            count = builder.select(builder.icmp_signed(">", count, ir.Constant(T_I64, 0)), count,
+                                   ir.Constant(T_I64, 0))
+            blocks.append(builder.trunc(builder.sub(builder.shl(ir.Constant(T_I64, 1), count),
+                                                    ir.Constant(T_I64, 1)), t_bits))
+        rows = [builder.select(builder.icmp_signed("<", ir.Constant(T_I64, r), valid_rows),
+                               ir.Constant(t_bits, 2**LANES - 1), ir.Constant(t_bits, 0)) for r in range(len(finals))]
+        return blocks, rows, _splat(builder, builder.trunc(zero_point, T_I32), T_ACC)
+
+    def putter(finals):
+        blocks, rows, zero_point_v = bits(finals)
+
+        def put(r, b, centred):
+            codes = builder.add(centred, zero_point_v)
+            codes = builder.trunc(codes, out_vector) if out_type.width < 32 else codes
+            mask = builder.bitcast(builder.and_(blocks[b], rows[r]), _MASK)
+            index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(T_I64, r))),
+                                ir.Constant(T_I64, b * LANES))
+            pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
+            builder.call(masked_store, [codes, pointer, ir.Constant(T_I32, out_type.width // 8), mask])
+
+        return put
+
+    def float32_rint(finals):
+        put = putter(finals)
         rint = declare_intrinsic(builder, "llvm.rint.v16f32", _V_F32, [_V_F32])
         lo_v = _splat(builder, builder.sitofp(lo, _F32), _V_F32)
         hi_v = _splat(builder, builder.sitofp(hi, _F32), _V_F32)
-    else:
-        v64 = ir.VectorType(T_I64, LANES)
-        int32_lo, int32_hi = ir.Constant(v64, [-(2**31)] * LANES), ir.Constant(v64, [2**31 - 1] * LANES)
-        lo_32, hi_32 = (_splat(builder, builder.trunc(bound, T_I32), T_ACC) for bound in (lo, hi))
-
-    def centred(b, acc):
-        # the requantized value minus the zero point, clamped to [lo, hi], as <16 x i32>
-        if b not in loaded:
+        for b in range(len(finals[0])):
             index = builder.add(scale_off, ir.Constant(T_I64, b * LANES))
-            if fixed_stride is None:
-                loaded[b] = builder.load(builder.bitcast(builder.gep(params_data, [index]), _V_F32.as_pointer()),
-                                         align=4)
-            else:
-                loaded[b] = [builder.load(builder.bitcast(
-                    builder.gep(params_data, [builder.add(index, builder.mul(fixed_stride, ir.Constant(T_I64, k)))]),
-                    ir.VectorType(T_I64, LANES).as_pointer()), align=8) for k in range(FIXED_ROWS)]
-        if fixed_stride is not None:
-            rows = loaded[b]
-            if ("one_nudge", b) not in loaded:  # one branch per tile block, the same way every time
-                left, _, above, below = rows[:4]
-                loaded["one_nudge", b] = builder.and_(
-                    _all_lanes(builder, builder.icmp_signed("==", left, ir.Constant(left.type, [0] * LANES))),
-                    _all_lanes(builder, builder.icmp_signed("==", above, below)))
-            with builder.if_else(loaded["one_nudge", b]) as (one_nudge, general):
-                with one_nudge:
-                    short = _one_nudge_lanes(builder, acc, rows)
-                    short_block = builder.block
-                with general:
-                    value, clamp = _fixed_point_lanes(builder, acc, rows)
-                    general_block = builder.block
-            (value,) = phi_merged(builder, [short], short_block, [value], general_block)
-            # Saturated to int32 first (one vpmovsqd per half on AVX-512), then clamped in 32-bit lanes:
-            # the same as clamping in int64, since lo and hi lie inside int32.
-            narrow = builder.trunc(clamp(value, int32_lo, int32_hi), T_ACC)
-            return clamp(narrow, lo_32, hi_32)
-        value = builder.call(rint, [builder.fmul(builder.sitofp(acc, _V_F32), loaded[b])])
-        # Each select is one vmaxps / vminps: (a > b ? a : b) is their operation exactly.
-        raised = builder.select(builder.fcmp_ordered(">", value, lo_v), value, lo_v)
-        return builder.fptosi(builder.select(builder.fcmp_ordered("<", raised, hi_v), raised, hi_v), T_ACC)
+            scales = builder.load(builder.bitcast(builder.gep(params_data, [index]), _V_F32.as_pointer()), align=4)
+            for r, accs in enumerate(finals):
+                value = builder.call(rint, [builder.fmul(builder.sitofp(accs[b], _V_F32), scales)])
+                # Each select is one vmaxps / vminps: (a > b ? a : b) is their operation exactly.
+                raised = builder.select(builder.fcmp_ordered(">", value, lo_v), value, lo_v)
+                put(r, b, builder.fptosi(builder.select(builder.fcmp_ordered("<", raised, hi_v), raised, hi_v), T_ACC))
 
-    def store(r, b, acc):
-        codes = builder.add(centred(b, acc), zero_point_v)
-        codes = builder.trunc(codes, out_vector) if out_int.width < 32 else codes
-        lanes = builder.icmp_signed("<", ir.Constant(T_ACC, [b * LANES + j for j in range(LANES)]), channels_v)
-        mask = builder.select(builder.icmp_signed("<", ir.Constant(T_I64, r), valid_rows), lanes, no_lanes)
-        index = builder.add(builder.add(out_off, builder.mul(out_stride, ir.Constant(T_I64, r))),
-                            ir.Constant(T_I64, b * LANES))
-        pointer = builder.bitcast(builder.gep(out_data, [index]), out_vector.as_pointer())
-        builder.call(masked_store, [codes, pointer, ir.Constant(T_I32, out_int.width // 8), mask])
-
-    return store
+    if fixed_stride is None:
+        return float32_rint
+    return lambda finals: _fixed_point_tile(builder, params_data, fixed_stride, scale_off, lo, hi, finals,
+                                            putter(finals))
 
 
 def _tile_size(variant, rows, blocks):
@@ -398,9 +446,8 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
             context, builder, signature, args, *range(first + 1, first + 6), first + 7, first + 8)
         out_type = context.get_data_type(signature.args[first + 6].dtype)
         params = requant_params(context, builder, signature.args[first], args[first])
-        store = rint_store_tile(builder, params, operands[-1], lo, hi,
-                            zero_point, valid_rows, valid_channels, _data(context, builder, signature, args, first + 6),
-                            out_type, out_off, out_stride)
+        store = requant_store_tile(builder, params, operands[-1], lo, hi, zero_point, valid_rows, valid_channels,
+                                   _data(context, builder, signature, args, first + 6), out_type, out_off, out_stride)
         _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store)
         return context.get_dummy_value()
 
@@ -408,7 +455,7 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
 
 
 def rint_arguments(scale, out):
-    # The epilogue's parameters: float32 scales (FLOAT32_RINT) or the int64 rows of fixedpoint_params.
+    # The epilogue's parameters: float32 scales (FLOAT32_RINT) or the int64 rows of mac.lane_params.
     return (isinstance(scale, types.Array) and scale.ndim == 1 and scale.dtype in (types.float32, types.int64)
             and isinstance(out, types.Array) and isinstance(out.dtype, types.Integer) and out.dtype.bitwidth <= 32)
 
@@ -438,7 +485,7 @@ def mac_tile_taps(typingctx, variant, rows, blocks, a, a_rows, a_rows_off, taps,
 @intrinsic
 def mac_tile_rint(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off, groups, c0, c0_off, scale, lo, hi,
                   zero_point, valid_rows, valid_channels, out, out_off, out_stride):
-    """The tile of :func:`mac_tile` requantized in registers (``FLOAT32_RINT``; see the module docstring)."""
+    """The tile of :func:`mac_tile` requantized in registers (see the module docstring)."""
     size = _tile_size(variant, rows, blocks)
     if size is None or not rint_arguments(scale, out):
         return None
@@ -450,7 +497,7 @@ def mac_tile_rint(typingctx, variant, rows, blocks, a, a_off, a_stride, w, w_off
 @intrinsic
 def mac_tile_taps_rint(typingctx, variant, rows, blocks, a, a_rows, a_rows_off, taps, w, w_off, groups, c0, c0_off,
                        scale, lo, hi, zero_point, valid_rows, valid_channels, out, out_off, out_stride):
-    """The tile of :func:`mac_tile_taps` requantized in registers (``FLOAT32_RINT``; see the module docstring)."""
+    """The tile of :func:`mac_tile_taps` requantized in registers (see the module docstring)."""
     size = _tile_size(variant, rows, blocks)
     if size is None or not (a_rows.dtype == types.int64 and taps.dtype == types.int64 and rint_arguments(scale, out)):
         return None

@@ -372,8 +372,8 @@ def test_register_epilogue_on_extreme_accumulators(isa_name, rounding, depthwise
     # Zero weights leave every accumulator at its bias: near int32's ends (as near as the fused
     # path's static bound allows: 2**23 to spare) and 2**k + {-2..2}, under multipliers from 2**-14
     # to 3 (left shifts that saturate 2**30 and beyond) and both ends of multiplier_bits, and from
-    # 0.5 to 1 (no shift either way: every tile block takes the epilogue's one-nudge branch under
-    # DOUBLE too, while the wider ranges mix shifts in a block).  The register epilogue
+    # 0.5 to 1 (no shift either way: every tile takes the epilogue's PLAIN form under DOUBLE too,
+    # while the wider ranges mix the forms in a tile).  The register epilogue
     # (count_clamps=False) must equal mac.requantize of the same accumulators.
     edges = [INT32_MIN + 2**23, INT32_MAX - 2**23, 0]
     edges += [sign * 2**k + d for k in (8, 15, 16, 24, 30) for d in (-2, -1, 0, 1, 2) for sign in (1, -1)]
