@@ -108,6 +108,18 @@ def test_dequantize_codes_matches_naive(codes_info, scale, data):
     np.testing.assert_array_equal(out, naive.dequantize_codes(codes, scale, zero_point), strict=True)
 
 
+@pytest.mark.parametrize("scale", [np.float32(0.0213), np.float32(2.0**-140), np.float32(3.0e38 / 65535),
+                                   np.float32(6.1e34), 0.1, 2.0**-1074])
+@pytest.mark.parametrize("zero_point", [0, -32768, 32767])
+def test_dequantize_codes_of_every_int16_code_matches_naive(scale, zero_point):
+    # Every int16 code: float32 scales take float32 lanes (products subnormal, near the largest float32
+    # and overflowing to infinity among them), scales that are not float32 (0.1, 2**-1074) float64 lanes.
+    codes = np.arange(-32768, 32768, dtype=np.int16)
+    with np.errstate(over="ignore"):  # the naive twin's float64 -> float32 cast of the overflowing products
+        expected = naive.dequantize_codes(codes, scale, zero_point)
+    np.testing.assert_array_equal(fast.dequantize_codes(codes, scale, zero_point), expected, strict=True)
+
+
 @settings(deadline=None, max_examples=200)
 @given(hnp.arrays(st.sampled_from([np.uint8, np.int8, np.int16, np.int32]),
                   hnp.array_shapes(min_dims=0, max_dims=5, max_side=5)), st.data())
