@@ -89,7 +89,7 @@ def _quantize_static(path: Path, calibration: np.ndarray, batch_size: int) -> by
     # Ranges are folded every `keep` batches to bound memory; onnxruntime 1.32 fails ("No data is collected")
     # when the last fold leaves nothing, so `keep` must not divide the number of batches.
     count = -(-len(calibration) // batch_size)
-    keep = next(k for k in range(4, count + 2) if count % k)
+    keep = next(k for k in range(4, max(count, 3) + 2) if count % k)  # above the count, any k leaves a remainder
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
         quantize_static(str(path), str(out), Reader(), quant_format=QuantFormat.QOperator,
@@ -218,6 +218,7 @@ def main(argv=None):
     paths = sorted(Path(intsim.models.__file__).parent.glob("*.onnx"))
     paths += [EFFICIENTNET] if EFFICIENTNET.exists() else []
     paths += [p.resolve() for p in args.onnx]
+    paths = list(dict.fromkeys(paths))  # a path given twice (EfficientNet's default one) runs once
     paths = [p for p in paths if args.only in p.name]
     meta = {"label": args.label or args.name, "cpu": llvm.get_host_cpu_name(), "cpu_model": _cpu_model(),
             "isa": isa.current_isa().name, "onnxruntime": onnxruntime.__version__, "rounds": args.rounds,
