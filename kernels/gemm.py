@@ -90,8 +90,9 @@ class _GemmLaunch:
     ``count_clamps`` is false: then FLOAT32_RINT tiles are requantized in registers).
     The implicit GEMM reads the activations where they lie when the input
     already is the packed form (no padding, nothing to subtract, whole groups
-    per pixel); a conv packed per tap makes an encoded padded copy
-    (``padded_shape``) otherwise; the rest take the im2col chunks.
+    per pixel), and one encoded, padded copy (``padded_shape``) otherwise.
+    (An im2col copy per chunk, which 1x1 convs of int8 codes took until
+    session 7, cost one call per pixel: 32->16 @56 42 -> 14 us.)
     """
 
     def __init__(self, x_shape, x_dtype, packed, out_h, out_w, kernel, strides, dilations, pads, requant,
@@ -102,29 +103,27 @@ class _GemmLaunch:
         tap_row = tap_groups * GROUP[packed.variant]
         in_place = (tuple(pads) == (0, 0, 0, 0) and packed.a_sub == 0 and x_dtype == packed.code_dtype
                     and x_shape[3] == tap_row)
-        implicit = packed.taps == n_taps and (n_taps > 1 or in_place)
+        if packed.taps != n_taps:
+            raise ValueError(f"weights packed in {packed.taps} taps for a {kernel_h}x{kernel_w} window")
         padded_shape = None
         source_h, source_w = x_shape[1:3]
-        if implicit and not in_place:
+        if not in_place:
             # The rows and columns some window reaches (none when the output is empty).
             source_h = (out_h - 1) * sh + (kernel_h - 1) * dh + 1 if out_h else 0
             source_w = (out_w - 1) * sw + (kernel_w - 1) * dw + 1 if out_w else 0
             padded_shape = (x_shape[0], source_h, source_w, tap_row)
-        if implicit and dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
+        if dw == 1:  # a window row is one run of kernel_w pixels: one tap per row
             taps, groups = np.arange(kernel_h, dtype=np.int64) * dh * source_w * tap_groups, kernel_w * tap_groups
-        elif implicit:
+        else:
             taps = np.array([(kh * dh * source_w + kw * dw) * tap_groups for kh in range(kernel_h)
                              for kw in range(kernel_w)], np.int64)
             groups = tap_groups
-        else:
-            taps, groups = np.zeros(1, np.int64), packed.groups
-        self.implicit, self.padded_shape, self.taps, self.packed, self.pads = implicit, padded_shape, taps, packed, pads
+        self.padded_shape, self.taps, self.packed, self.pads = padded_shape, taps, packed, pads
         n_rows = x_shape[0] * out_h * out_w
         in_registers = requantized_in_registers(rounding, out_zero_point, clamp_min, clamp_max, count_clamps)
-        rows_per_chunk = chunk_rows(n_rows, implicit and in_registers)
+        rows_per_chunk = chunk_rows(n_rows, in_registers)
         self.settings = np.array(
-            [implicit, packed.a_sub, packed.pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, pads[0],
-             pads[1], groups, rows_per_chunk, packed.row_len, source_h, source_w, tap_groups, rounding, multiplier_bits,
+            [out_h, out_w, sh, sw, groups, rows_per_chunk, source_h, source_w, tap_groups, rounding, multiplier_bits,
              out_zero_point, clamp_min, clamp_max, in_registers], np.int64)
         self.count_clamps = count_clamps
         self.chunks = -(-n_rows // rows_per_chunk)
@@ -132,8 +131,6 @@ class _GemmLaunch:
                                         len(multiplier), packed.c0.shape[0])
         self.n_rows, self.rows_per_chunk = n_rows, rows_per_chunk
         self.macs = n_rows * n_taps * x_shape[3] * packed.c0.shape[0]
-        self.code_sample = packed.code_sample
-        self.no_source = np.empty(0, np.int32)
 
     def calls(self, x4, out, threads=1):
         """The numba calls that write ``out`` from ``x4``, as ``[(function, arguments)]`` run in order
@@ -149,10 +146,10 @@ class _GemmLaunch:
             calls.append((pad_encode, (x4, self.pads[0], self.pads[1], packed.a_sub, packed.pad_code, padded)))
             source = padded.reshape(-1).view(np.int32)
         else:
-            source = x4.reshape(-1).view(np.int32) if self.implicit else self.no_source
+            source = x4.reshape(-1).view(np.int32)
         scratch = rows_scratch(packed.variant, packed.c0.shape[0], self.n_rows, self.rows_per_chunk)
-        calls.append((core, (packed.variant, x4, source, self.taps, packed.words, packed.c0, *self.epilogue, scratch,
-                             self.settings, self.code_sample, out)))
+        calls.append((core, (packed.variant, source, self.taps, packed.words, packed.c0, *self.epilogue, scratch,
+                             self.settings, out)))
         return calls
 
     def run(self, x4, out):

@@ -1,6 +1,6 @@
-"""The implicit GEMM / im2col core of the fused convolutions: output pixels in chunks, each chunk's
-rows gathered (read in place from one encoded, padded copy of the input, or copied as im2col
-patches) and multiplied by the register-tiled micro-kernel, then requantized while in cache."""
+"""The implicit GEMM core of the fused convolutions: output pixels in chunks, each chunk's rows read
+where they lie (the input itself, or one encoded, padded copy of it) and multiplied by the
+register-tiled micro-kernel, then requantized in registers or while in cache."""
 
 from __future__ import annotations
 
@@ -25,14 +25,12 @@ from intsim.kernels.microkernel import LANES, mac_tile_taps, mac_tile_taps_rint
 from intsim.jit import jit, jit_inline, jit_parallel
 
 
-# Output pixels per chunk: 96 rows of a 3x3x256 reduction in int16 are
-# 440 KiB, inside a 1 MiB L2 with the weights of one 16-channel block.  A
-# multiple of every tile's rows (24, 12, 8, 6, 4): only a last chunk is padded.
+# Output pixels per chunk of a GEMM that writes an int32 tile (requantized by requantize_rows while in
+# cache).  A multiple of every tile's rows (24, 12, 8, 6, 4): only a last chunk is padded.
 CHUNK_ROWS = 96
-# A GEMM that neither copies patches nor writes an int32 tile (the implicit GEMM requantized in
-# registers) keeps no per-chunk buffer but its row offsets, so it takes longer chunks: a chunk's
-# fixed cost (a call, the row offsets, array views) is then spread over up to this many rows, while
-# a layer still splits into several chunks for the threads.  A multiple of CHUNK_ROWS.
+# A GEMM requantized in registers keeps no per-chunk buffer but its row offsets, so it takes longer
+# chunks: a chunk's fixed cost (a call, the row offsets, array views) is then spread over up to this
+# many rows, while a layer still splits into several chunks for the threads.  A multiple of CHUNK_ROWS.
 LONG_CHUNK_ROWS = 1536
 
 
@@ -145,16 +143,11 @@ def copy_encoded(src, src_start, count, a_sub, dst, dst_start):
         target[j] = source[j] - a_sub
 
 
-@jit
-def _fill(dst, start, count, value):
-    dst[start:start + count] = value
-
-
 @jit_inline
 def _pixel_before(m0, out_h, out_w):
     # (n, oh, ow) of the output pixel before flat pixel m0, so that _next_pixel
     # gives pixel m0: one division per chunk, then rows are stepped (a division
-    # per row costs as much as copying a small window).
+    # per row costs as much as a small window's copy).
     per_image = out_h * out_w
     n = m0 // per_image
     oh = (m0 - n * per_image) // out_w
@@ -171,40 +164,6 @@ def _next_pixel(n, oh, ow, out_h, out_w):
             oh = 0
             n += 1
     return n, oh, ow
-
-
-@jit
-def _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code, patches):
-    # patches [rows, row_len]: the encoded window of output pixel m0 + r in
-    # (kh, kw, ci) order, then zeros up to the whole group.  Codes move in
-    # contiguous runs of the NHWC input: one run of ``cin`` per tap, or of
-    # ``kernel_w * cin`` per window row when dw == 1 and the row is inside.
-    n_batch, height, width, cin = x.shape
-    x_flat = x.reshape(x.size)
-    patch_flat = patches.reshape(patches.size)
-    row_len = patches.shape[1]
-    n, oh, ow = _pixel_before(m0, out_h, out_w)
-    for r in range(rows):
-        n, oh, ow = _next_pixel(n, oh, ow, out_h, out_w)
-        dst = r * row_len
-        iw0 = ow * sw - left
-        row_inside = dw == 1 and iw0 >= 0 and iw0 + kernel_w <= width
-        for kh in range(kernel_h):
-            ih = oh * sh - top + kh * dh
-            if ih < 0 or ih >= height:
-                _fill(patch_flat, dst, kernel_w * cin, pad_code)
-            elif row_inside:
-                copy_encoded(x_flat, ((n * height + ih) * width + iw0) * cin, kernel_w * cin, a_sub, patch_flat, dst)
-            else:
-                for kw in range(kernel_w):
-                    iw = iw0 + kw * dw
-                    if 0 <= iw < width:
-                        copy_encoded(x_flat, ((n * height + ih) * width + iw) * cin, cin, a_sub, patch_flat,
-                                      dst + kw * cin)
-                    else:
-                        _fill(patch_flat, dst + kw * cin, cin, pad_code)
-            dst += kernel_w * cin
-        _fill(patch_flat, dst, r * row_len + row_len - dst, 0)
 
 
 @jit
@@ -265,30 +224,26 @@ def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_row
 
 
 # The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
-# to type-check per call instead of twenty).
-GEMM_SETTINGS = ("implicit", "a_sub", "pad_code", "out_h", "out_w", "kernel_h", "kernel_w", "sh", "sw", "dh", "dw",
-                 "top", "left", "groups", "chunk_rows", "row_len", "source_h", "source_w", "pixel_words", "rounding",
-                 "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
+# to type-check per call instead of fifteen).
+GEMM_SETTINGS = ("out_h", "out_w", "sh", "sw", "groups", "chunk_rows", "source_h", "source_w", "pixel_words",
+                 "rounding", "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
 
 
 @jit_inline
-def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows, settings,
-                      code_sample, out):
+def _conv2d_gemm_rows(variant, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows, settings,
+                      out):
     # out [M, Cout] with M = N * OH * OW, in chunks of ``chunk_rows`` output
     # pixels shared out among the threads, each chunk with its own buffers.
-    # ``implicit``: ``source`` holds the packed activations as NHWC pixels of
+    # ``source`` holds the packed activations as NHWC pixels of
     # ``pixel_words`` words ([N, source_h, source_w], padding included), read
     # in place: row r of a tile starts at its window's top-left pixel and tap
-    # t (``groups`` words) lies taps[t] words further.  Otherwise each chunk's
-    # windows are copied into a patch matrix (im2col) and ``taps`` is [0].
-    # ``code_sample`` carries the code dtype.  The epilogue's parameters come worked out once per
+    # t (``groups`` words) lies taps[t] words further.  The epilogue's parameters come worked out once per
     # layer (``mac.epilogue_params``): int64 ``multiplier`` / ``shift`` and float64 ``scale`` for
     # requantize_rows on an int32 tile, ``scale32`` (FLOAT32_RINT) or ``fixed`` (DOUBLE / SINGLE)
     # in registers.  ``all_rows`` (:func:`rows_scratch`) holds every chunk's row offsets, a slice
     # each, so that threads share nothing and, in registers, a chunk allocates nothing.
-    (implicit, a_sub, pad_code, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, groups, chunk_rows,
-     row_len, source_h, source_w, pixel_words, rounding, multiplier_bits, out_zero_point, clamp_min,
-     clamp_max, in_registers) = settings
+    (out_h, out_w, sh, sw, groups, chunk_rows, source_h, source_w, pixel_words, rounding, multiplier_bits,
+     out_zero_point, clamp_min, clamp_max, in_registers) = settings
     n_rows = out.shape[0]
     saturation_count = 0
     n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
@@ -301,27 +256,18 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
         tiled_rows = padded_rows(variant, c0.shape[0] // LANES, rows)
         acc = no_acc if in_registers else np.empty((tiled_rows, c0.shape[0]), np.int32)
         a_rows = all_rows[chunk * chunk_stride:chunk * chunk_stride + tiled_rows]
-        if implicit:
-            _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
-            a = source
-        else:
-            patches = np.empty((rows, row_len), code_sample.dtype)
-            _im2col(x, m0, rows, out_h, out_w, kernel_h, kernel_w, sh, sw, dh, dw, top, left, a_sub, pad_code,
-                    patches)
-            for r in range(rows):
-                a_rows[r] = r * groups
-            a = patches.reshape(patches.size).view(np.int32)
+        _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
         a_rows[rows:] = a_rows[0]
         if in_registers and rounding == FLOAT32_RINT:
             rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                     out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+            _gemm_chunk(variant, source, rows, a_rows, taps, w, groups, c0, acc, rint)
         elif in_registers:
             fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
                           out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
+            _gemm_chunk(variant, source, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
         else:
-            _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, None)
+            _gemm_chunk(variant, source, rows, a_rows, taps, w, groups, c0, acc, None)
             saturation_count += requantize_rows(rounding, acc[:rows], 0, multiplier, shift, scale, multiplier_bits,
                                                 out_zero_point, clamp_min, clamp_max, out[m0:m0 + rows])
     return saturation_count
@@ -331,17 +277,17 @@ def _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale,
 # parallel loop) and serial (the prange a plain loop), which one thread takes
 # to skip the thread pool's launch (about 2 us a call).
 @jit_parallel
-def conv2d_gemm_threaded(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
-                         settings, code_sample, out):
-    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
-                             settings, code_sample, out)
+def conv2d_gemm_threaded(variant, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows, settings,
+                         out):
+    return _conv2d_gemm_rows(variant, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
+                             settings, out)
 
 
 @jit
-def conv2d_gemm_serial(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows, settings,
-                       code_sample, out):
-    return _conv2d_gemm_rows(variant, x, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
-                             settings, code_sample, out)
+def conv2d_gemm_serial(variant, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows, settings,
+                       out):
+    return _conv2d_gemm_rows(variant, source, taps, w, c0, multiplier, shift, scale, scale32, fixed, all_rows,
+                             settings, out)
 
 
 def rows_scratch(variant, padded_channels, n_rows, rows_per_chunk):
