@@ -54,6 +54,7 @@ class Progress:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self._timed = False
+        self._ended = False  # the bar's line was ended (final draw): the heartbeat draws no more
 
     def update(self, done: int) -> None:
         self.done = done
@@ -66,8 +67,9 @@ class Progress:
 
     def _draw(self, now: float, final: bool = False) -> None:
         with _LINE:
-            if self in _open and _open[-1] is not self:
-                return  # an inner bar holds the line
+            if self in _open and _open[-1] is not self or self._ended and not final:
+                return  # an inner bar holds the line, or a heartbeat came after the final draw
+            self._ended = self._ended or final
             self._last_draw = now
             elapsed = f" {now - self._start:.0f} s" if self._timed else ""
             if self.total is None:
