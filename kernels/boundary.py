@@ -8,6 +8,8 @@ numpy expressions of the same arithmetic, live in
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY, round_float
@@ -19,18 +21,19 @@ TRANSPOSE_MAX_RANK = 4
 
 
 @jit_inline
-def _quantize_loop(x, scale, rounding, zero_point, low, high, far_low, far_high, out):
-    # ``low`` and ``high``, the clamp minus the zero point, are exact in the float type: the clamp
-    # happens before the zero point is added, where the rounded quotient is still a float.  The
-    # division is in ``scale``'s float type: a float32 value over a float64 scale is the float64
-    # quotient of the value widened, exactly.  ``far_low`` and ``far_high`` are float64: a value
-    # is compared with them widened, exactly.
+def _quantize_loop(x, factor, divide, rounding, zero_point, low, high, far_low, far_high, out):
+    # The quotient is ``x / factor`` (``divide``) or ``x * factor``, in ``factor``'s float type: a
+    # float32 value over a float64 factor is widened first, exactly.  ``low`` and ``high``, the clamp
+    # minus the zero point, are exact in the float type: the clamp happens before the zero point is
+    # added, where the rounded quotient is still a float.  ``far_low`` and ``far_high`` are float64:
+    # a value is compared with them widened, exactly.
     non_finite = 0
     far = 0
     for i in range(x.size):
         non_finite += (x[i] - x[i]) != 0  # NaN or an infinity
         far += (x[i] < far_low) | (x[i] > far_high)
-        out[i] = np.int32(min(max(round_float(x[i] / scale, rounding), low), high)) + zero_point
+        quotient = x[i] / factor if divide else x[i] * factor
+        out[i] = np.int32(min(max(round_float(quotient, rounding), low), high)) + zero_point
     return non_finite, far
 
 
@@ -38,8 +41,113 @@ def _quantize_loop(x, scale, rounding, zero_point, low, high, far_low, far_high,
 def _quantize_core(x, scale, rounding, zero_point, low, high, far_low, far_high, out):
     # One loop per rounding mode, each with the mode a constant, so that both vectorise.
     if rounding == FLOAT32_RINT:
-        return _quantize_loop(x, scale, FLOAT32_RINT, zero_point, low, high, far_low, far_high, out)
-    return _quantize_loop(x, scale, FLOAT64_HALF_AWAY, zero_point, low, high, far_low, far_high, out)
+        return _quantize_loop(x, scale, True, FLOAT32_RINT, zero_point, low, high, far_low, far_high, out)
+    return _quantize_loop(x, scale, True, FLOAT64_HALF_AWAY, zero_point, low, high, far_low, far_high, out)
+
+
+@jit_inline
+def _float32_key_range(bits):
+    # The least and greatest order key of float32 values (their bits as int32): a non-negative value's
+    # bits, a negative one's with the 31 low bits flipped, so that keys order as the values do, with
+    # -0 just below +0, a NaN with the sign bit beyond -inf and one without beyond +inf.  int32 lanes
+    # throughout: 16 to a vector.
+    least, greatest = np.int32(2**31 - 1), np.int32(-(2**31))
+    for i in range(bits.size):
+        b = bits[i]
+        key = np.int32(b ^ np.int32(np.int32(b >> np.int32(31)) & np.int32(0x7FFFFFFF)))
+        least, greatest = min(least, key), max(greatest, key)
+    return least, greatest
+
+
+@jit
+def _quantize32_core(x, bits, factor, divide, rounding, zero_point, low, high, far_low, far_high, key_low,
+                     key_high, out):
+    # _quantize_core of float32 ``x`` (``bits``, its int32 view) in two lean passes: the range of the
+    # values' order keys, then the codes, the quotient ``x * factor`` where ``divide`` is false (the
+    # scale's reciprocal, where _exact_reciprocal has shown the codes are the same).  Only where the
+    # keys reach ``key_low`` or ``key_high`` (every non-finite or far value does, a few others may)
+    # does a third pass count them: two counts in the codes pass take 64-bit lanes, the keys 32-bit.
+    least, greatest = _float32_key_range(bits)
+    if divide and rounding == FLOAT32_RINT:
+        _quantize_loop(x, factor, True, FLOAT32_RINT, zero_point, low, high, 0.0, 0.0, out)
+    elif divide:
+        _quantize_loop(x, factor, True, FLOAT64_HALF_AWAY, zero_point, low, high, 0.0, 0.0, out)
+    elif rounding == FLOAT32_RINT:
+        _quantize_loop(x, factor, False, FLOAT32_RINT, zero_point, low, high, 0.0, 0.0, out)
+    else:
+        _quantize_loop(x, factor, False, FLOAT64_HALF_AWAY, zero_point, low, high, 0.0, 0.0, out)
+    non_finite, far = 0, 0
+    if least <= key_low or greatest >= key_high:
+        for i in range(x.size):
+            non_finite += (x[i] - x[i]) != 0
+            far += (x[i] < far_low) | (x[i] > far_high)
+    return non_finite, far
+
+
+def _float32_key(value) -> int:
+    """The order key of :func:`_float32_key_range` of a float32 value."""
+    bits = int(np.float32(value).view(np.int32))
+    return bits ^ 0x7FFFFFFF if bits < 0 else bits
+
+
+def _float32_key_bounds(far_low, far_high) -> tuple[int, int]:
+    """``(key_low, key_high)``: the keys of the greatest float32 at or below ``far_low`` and the least
+    at or above ``far_high``, so that every float32 value below ``far_low`` has a key at or below
+    ``key_low``, every one above ``far_high`` a key at or above ``key_high``."""
+    with np.errstate(over="ignore"):
+        low, high = np.float32(far_low), np.float32(far_high)
+    if float(low) > far_low:
+        low = np.nextafter(low, np.float32(-np.inf))
+    if float(high) < far_high:
+        high = np.nextafter(high, np.float32(np.inf))
+    return _float32_key(low), _float32_key(high)
+
+
+# Neighbours of each rounding tie, in the input's float type, that _exact_reciprocal tries on either side.
+TIE_NEIGHBOURS = 8
+# Ties beyond this many (codes wider than 16 bits) are not tried: such launches keep the division.
+MAX_TIES = 2**18
+
+
+def _exact_reciprocal(scale, rounding, low, high):
+    """``1 / scale`` where multiplying a float32 value by it gives the codes that dividing it by the
+    float64 ``scale`` gives, for every float32 value; else ``None``.
+
+    Both float64 quotients are within 3 units in their last place of the exact ``x / scale`` (the
+    reciprocal and each operation round once), so their codes can differ only where a rounding tie
+    ``(k + 1/2)`` lies between them: where ``x`` is within a few float64 units of ``(k + 1/2) * scale``,
+    which only the float32 value nearest that point on either side can be.  So it is enough that both
+    quotients give the same codes on the :data:`TIE_NEIGHBOURS` float32 values on either side of every
+    tie that can reach a code inside the clamp (beyond it both clamp alike).  Those are tried here,
+    through the core itself, dividing and multiplying."""
+    reciprocal = 1.0 / float(scale)
+    if not (0.0 < scale < np.inf and 0.0 < reciprocal < np.inf):
+        return None
+    ties = np.arange(np.floor(low) - 1.5, np.ceil(high) + 2.0, 1.0)
+    if ties.size > MAX_TIES:
+        return None
+    with np.errstate(over="ignore"):
+        centres = (ties * float(scale)).astype(np.float32)
+    if not np.all(np.isfinite(centres)) or np.any(np.abs(centres) < np.finfo(np.float32).tiny):
+        return None
+    values, up, down = [centres], centres, centres
+    for _ in range(TIE_NEIGHBOURS):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        values += [up, down]
+    return reciprocal if multiplies_like_division(np.concatenate(values), scale, reciprocal, rounding, low,
+                                                  high) else None
+
+
+def multiplies_like_division(x, scale, factor, rounding, low, high) -> bool:
+    """Whether float32 values ``x`` get the same codes from ``x * factor`` as from ``x / scale`` (float64,
+    clamped to ``[low, high]``), through :func:`_quantize32_core`."""
+    codes = []
+    for value, divide in ((np.float64(scale), True), (np.float64(factor), False)):
+        out = np.empty(x.size, np.int32)
+        _quantize32_core(x, x.view(np.int32), value, divide, int(rounding), 0, float(low), float(high), -np.inf,
+                         np.inf, 0, 0, out)
+        codes.append(out)
+    return np.array_equal(*codes)
 
 
 def _real(x_dtype, scale):
@@ -80,15 +188,26 @@ def quantize_float(x, scale, rounding, zero_point, clamp_min, clamp_max, out_dty
 
 
 class _QuantizeLaunch:
-    """:func:`quantize_float` into a given array, its parameters fixed; see :func:`quantize_launcher`."""
+    """:func:`quantize_float` into a given array, its parameters fixed; see :func:`quantize_launcher`.
+
+    Float32 values go through :func:`_quantize32_core`, over a float64 scale multiplied by its
+    reciprocal where :func:`_exact_reciprocal` shows the codes are the same (checked once, here)."""
 
     def __init__(self, x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
         real = _real(np.dtype(x_dtype), scale)
-        self.args = (real(scale), int(rounding), int(zero_point), real(clamp_min - zero_point),
-                     real(clamp_max - zero_point), float(far_low), float(far_high))
+        low, high = real(clamp_min - zero_point), real(clamp_max - zero_point)
+        self.args = (real(scale), int(rounding), int(zero_point), low, high, float(far_low), float(far_high))
+        self.float32 = np.dtype(x_dtype) == np.float32
+        if self.float32:
+            reciprocal = _exact_reciprocal(scale, rounding, low, high) if real is np.float64 else None
+            factor, divide = (real(scale), True) if reciprocal is None else (np.float64(reciprocal), False)
+            self.args = (factor, divide, *self.args[1:], *_float32_key_bounds(far_low, far_high))
 
     def __call__(self, x, out):
-        return _quantize_core(x.reshape(-1), *self.args, out.reshape(-1))
+        flat = x.reshape(-1)
+        if self.float32:
+            return _quantize32_core(flat, flat.view(np.int32), *self.args, out.reshape(-1))
+        return _quantize_core(flat, *self.args, out.reshape(-1))
 
 
 def quantize_launcher(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
@@ -116,6 +235,42 @@ def _dequantize_core32(codes, scale32, zero_point, out):
         out[i] = np.float32(np.int32(codes[i]) - zero_point) * scale32
 
 
+@jit
+def _dequantize_core_split(codes, high, low, zero_point, out):
+    # float32 lanes for a scale that is not a float32: ``high``, the scale to few enough bits that its
+    # product with a code difference is exact in float32, plus ``low``, the rest of the scale in float32.
+    # Not always the float64 product narrowed: _split_scale takes it only where it is, for every code.
+    for i in range(codes.size):
+        difference = np.float32(np.int32(codes[i]) - zero_point)
+        out[i] = difference * high + difference * low
+
+
+@functools.lru_cache(maxsize=1024)
+def _split_scale(code_dtype, scale, zero_point):
+    """``(high, low)`` for :func:`_dequantize_core_split` where it gives ``dequantize_codes``' float64
+    values, bit for bit, for every code of ``code_dtype`` (a one- or two-byte integer type; all of
+    them tried, once per dtype, scale and zero point); else ``None``."""
+    info = np.iinfo(code_dtype)
+    codes = np.arange(int(info.min), int(info.max) + 1).astype(code_dtype)
+    span = max(abs(int(info.min) - zero_point), abs(int(info.max) - zero_point))
+    mantissa, exponent = np.frexp(scale)
+    kept = 24 - span.bit_length()  # bits of the scale whose product with a difference is exact in float32
+    high = np.float32(np.ldexp(np.round(np.ldexp(mantissa, kept)), int(exponent) - kept))
+    low = np.float32(scale - float(high))
+    if not (np.isfinite(high) and np.isfinite(low)):
+        return None
+    return (high, low) if splits_exactly(codes, scale, zero_point, high, low) else None
+
+
+def splits_exactly(codes, scale, zero_point, high, low) -> bool:
+    """Whether :func:`_dequantize_core_split` by ``(high, low)`` gives the bits of the float64 core's
+    values for every one of ``codes``."""
+    expected, split = np.empty(codes.size, np.float32), np.empty(codes.size, np.float32)
+    _dequantize_core(codes, float(scale), float(zero_point), expected)
+    _dequantize_core_split(codes, np.float32(high), np.float32(low), np.int32(zero_point), split)
+    return np.array_equal(expected.view(np.uint32), split.view(np.uint32))
+
+
 def dequantize_codes(codes, scale, zero_point):
     """float32 ``scale * (codes - zero_point)``, formed in float64 and rounded once.
 
@@ -124,8 +279,13 @@ def dequantize_codes(codes, scale, zero_point):
     out = np.empty(codes.shape, np.float32)
     flat = np.ascontiguousarray(codes).reshape(-1)
     zero_point_fits = float(zero_point).is_integer() and abs(zero_point) <= 1 << 16
-    if codes.dtype.itemsize <= 2 and zero_point_fits and float(np.float32(scale)) == float(scale):
+    narrow = codes.dtype.itemsize <= 2 and zero_point_fits
+    if narrow and float(np.float32(scale)) == float(scale):
         _dequantize_core32(flat, np.float32(scale), np.int32(zero_point), out.reshape(-1))
+        return out
+    split = _split_scale(codes.dtype, float(scale), int(zero_point)) if narrow else None
+    if split is not None:
+        _dequantize_core_split(flat, *split, np.int32(zero_point), out.reshape(-1))
     else:
         _dequantize_core(flat, float(scale), float(zero_point), out.reshape(-1))
     return out

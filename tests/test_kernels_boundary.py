@@ -85,6 +85,63 @@ def test_quantize_launcher_writes_the_codes_and_counts_far_values(case, far_low,
         np.testing.assert_array_equal(out[finite], expected[finite], strict=True)
 
 
+def _near_every_tie(scale, lo, hi, zero_point, ulps):
+    # The float32 values within ``ulps`` units of every tie (k + 1/2) * scale that reaches a code in [lo, hi].
+    ties = np.arange(lo - zero_point - 1.5, hi - zero_point + 2.0, 1.0) * float(scale)
+    steps = np.arange(-ulps, ulps + 1, dtype=np.int64)
+    bits = ties.astype(np.float32).view(np.int32).astype(np.int64)[:, None] + steps[None, :]
+    return bits.astype(np.int32).view(np.float32).reshape(-1)
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.floats(2.0**-30, 2.0**20), st.sampled_from([np.int8, np.uint8, np.int16]),
+       st.sampled_from([FLOAT32_RINT, FLOAT64_HALF_AWAY]), st.data())
+def test_quantize_launcher_over_a_float64_scale_is_exact_at_every_tie(scale, code_dtype, rounding, data):
+    # Model.run's float32 images over a float64 scale: the launch may multiply by the reciprocal in
+    # place of the division (kernels.boundary._exact_reciprocal); the codes of every float32 value within
+    # 32 units of a rounding tie (the only places where the two quotients could round apart; the check
+    # tries 8) must be the division's.
+    info = np.iinfo(code_dtype)
+    zero_point = data.draw(st.integers(int(info.min), int(info.max)))
+    lo = data.draw(st.integers(int(info.min), int(info.max)))
+    hi = data.draw(st.integers(lo, min(int(info.max), lo + 600)))
+    x = _near_every_tie(scale, lo, hi, zero_point, 32)
+    expected, _ = naive.quantize_float(x, np.float64(scale), rounding, zero_point, lo, hi, code_dtype)
+    out = np.zeros(x.shape, code_dtype)
+    launch = fast.quantize_launcher(x.dtype, np.float64(scale), rounding, zero_point, lo, hi, -np.inf, np.inf)
+    assert launch(x, out) == (0, 0)
+    np.testing.assert_array_equal(out, expected, strict=True)
+
+
+@pytest.mark.parametrize("scale", [0.0137, 0.1, 1 / 255, 3.7e-5, 1.0])
+def test_quantize_launcher_multiplies_where_the_check_passes_and_the_check_sees_a_wrong_factor(scale):
+    # The reciprocal is taken for ordinary scales (so the tie test above runs the multiply), and the
+    # check refuses a factor 2**-22 off (a float32 unit), which moves codes at the ties.
+    launch = fast.quantize_launcher(np.dtype(np.float32), np.float64(scale), FLOAT32_RINT, 0, -128, 127, -1.0, 1.0)
+    factor, divide = launch.args[:2]
+    assert not divide and factor == 1.0 / scale
+    x = _near_every_tie(scale, -128, 127, 0, 8)
+    assert fast.multiplies_like_division(x, scale, factor, FLOAT32_RINT, -128.0, 127.0)
+    assert not fast.multiplies_like_division(x, scale, factor * (1 + 2.0**-22), FLOAT32_RINT, -128.0, 127.0)
+
+
+def test_quantize_launcher_counts_at_the_edges_of_the_key_range():
+    # The float32 pass finds non-finite and far values from the range of order keys: negative NaN, -0.0
+    # against a bound of 0, values equal to the bounds, bounds that are not float32 values.
+    negative_nan = np.array([0xFFC00000], np.uint32).view(np.float32)[0]
+    x = np.array([negative_nan, np.nan, -0.0, 0.0, np.float32(0.1), np.inf, -np.inf, 1.0, -1.0], np.float32)
+    for far_low, far_high in ((0.0, 0.0), (0.1, 0.1), (-1.0, 1.0), (-np.inf, np.inf), (-0.5, 2.0)):
+        wide = x.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            expected_far = int(np.count_nonzero((wide < far_low) | (wide > far_high)))
+        for scale in (np.float64(0.01), np.float32(0.01)):
+            out = np.zeros(x.shape, np.int8)
+            launch = fast.quantize_launcher(x.dtype, scale, FLOAT32_RINT, 0, -128, 127, far_low, far_high)
+            assert launch(x, out) == (4, expected_far)
+        clean = x[np.isfinite(x) & (x.astype(np.float64) >= far_low) & (x.astype(np.float64) <= far_high)]
+        assert launch(clean, np.zeros(clean.shape, np.int8)) == (0, 0)
+
+
 @pytest.mark.parametrize("rounding, expected", [
     (FLOAT32_RINT, [-2, -2, -1, 0, 0, 0, 1, 2, 2, 3, 127, -128]),
     (FLOAT64_HALF_AWAY, [-3, -2, -1, -1, 0, 1, 1, 2, 3, 3, 127, -128]),
@@ -106,6 +163,30 @@ def test_dequantize_codes_matches_naive(codes_info, scale, data):
     zero_point = data.draw(st.integers(int(info.min), int(info.max)))
     out = fast.dequantize_codes(codes, scale, zero_point)
     np.testing.assert_array_equal(out, naive.dequantize_codes(codes, scale, zero_point), strict=True)
+
+
+@settings(deadline=None, max_examples=100)
+@given(st.floats(2.0**-60, 2.0**60), st.sampled_from([np.int8, np.uint8]), st.data())
+def test_dequantize_codes_of_every_byte_code_over_a_float64_scale_matches_naive(scale, code_dtype, data):
+    # A scale that is no float32 (Model.run's outputs under paper and tflite) takes the split float32
+    # lanes (kernels.boundary._split_scale) where they give the float64 product's value for every code.
+    info = np.iinfo(code_dtype)
+    zero_point = data.draw(st.integers(int(info.min), int(info.max)))
+    codes = np.arange(int(info.min), int(info.max) + 1).astype(code_dtype)
+    np.testing.assert_array_equal(fast.dequantize_codes(codes, scale, zero_point),
+                                  naive.dequantize_codes(codes, scale, zero_point), strict=True)
+
+
+@pytest.mark.parametrize("scale", [0.0213, 0.1, 1 / 255, 3.7e-5])
+def test_dequantize_split_is_taken_for_bytes_and_its_check_refuses_a_split_that_differs(scale):
+    # Byte codes over ordinary scales take the split lanes.  The byte split leaves too few bits in its
+    # high part for int16 codes' 17-bit differences: some value differs, and the check says so.
+    high, low = fast._split_scale(np.dtype(np.int8), scale, 3)
+    codes = np.arange(-32768, 32768, dtype=np.int16)
+    assert not fast.splits_exactly(codes, scale, 3, high, low)
+    assert fast.splits_exactly(codes[(codes >= -128) & (codes <= 127)], scale, 3, high, low)
+    np.testing.assert_array_equal(fast.dequantize_codes(codes, scale, 3), naive.dequantize_codes(codes, scale, 3),
+                                  strict=True)
 
 
 @pytest.mark.parametrize("scale", [np.float32(0.0213), np.float32(2.0**-140), np.float32(3.0e38 / 65535),
