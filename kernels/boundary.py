@@ -109,7 +109,7 @@ TIE_NEIGHBOURS = 8
 MAX_TIES = 2**18
 
 
-def _exact_reciprocal(scale, rounding, low, high):
+def _exact_reciprocal(scale, rounding, zero_point, low, high):
     """``1 / scale`` where multiplying a float32 value by it gives the codes that dividing it by the
     float64 ``scale`` gives, for every float32 value; else ``None``.
 
@@ -134,18 +134,22 @@ def _exact_reciprocal(scale, rounding, low, high):
     for _ in range(TIE_NEIGHBOURS):
         up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
         values += [up, down]
-    return reciprocal if multiplies_like_division(np.concatenate(values), scale, reciprocal, rounding, low,
-                                                  high) else None
+    return reciprocal if multiplies_like_division(np.concatenate(values), scale, reciprocal, rounding, zero_point,
+                                                  low, high) else None
 
 
-def multiplies_like_division(x, scale, factor, rounding, low, high) -> bool:
+def multiplies_like_division(x, scale, factor, rounding, zero_point, low, high) -> bool:
     """Whether float32 values ``x`` get the same codes from ``x * factor`` as from ``x / scale`` (float64,
-    clamped to ``[low, high]``), through :func:`_quantize32_core`."""
+    clamped to ``[low, high]``, plus ``zero_point``), through :func:`_quantize32_core`, its codes in the
+    narrowest of the usual code types that holds them (as a model's input is: one compilation)."""
+    lowest, highest = int(low) + zero_point, int(high) + zero_point
+    code_dtype = next(t for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32)
+                      if np.iinfo(t).min <= lowest and highest <= np.iinfo(t).max)
     codes = []
     for value, divide in ((np.float64(scale), True), (np.float64(factor), False)):
-        out = np.empty(x.size, np.int32)
-        _quantize32_core(x, x.view(np.int32), value, divide, int(rounding), 0, float(low), float(high), -np.inf,
-                         np.inf, 0, 0, out)
+        out = np.empty(x.size, code_dtype)
+        _quantize32_core(x, x.view(np.int32), value, divide, int(rounding), int(zero_point), float(low), float(high),
+                         -np.inf, np.inf, 0, 0, out)
         codes.append(out)
     return np.array_equal(*codes)
 
@@ -199,7 +203,7 @@ class _QuantizeLaunch:
         self.args = (real(scale), int(rounding), int(zero_point), low, high, float(far_low), float(far_high))
         self.float32 = np.dtype(x_dtype) == np.float32
         if self.float32:
-            reciprocal = _exact_reciprocal(scale, rounding, low, high) if real is np.float64 else None
+            reciprocal = _exact_reciprocal(scale, rounding, int(zero_point), low, high) if real is np.float64 else None
             factor, divide = (real(scale), True) if reciprocal is None else (np.float64(reciprocal), False)
             self.args = (factor, divide, *self.args[1:], *_float32_key_bounds(far_low, far_high))
 

@@ -121,8 +121,9 @@ def test_quantize_launcher_multiplies_where_the_check_passes_and_the_check_sees_
     factor, divide = launch.args[:2]
     assert not divide and factor == 1.0 / scale
     x = _near_every_tie(scale, -128, 127, 0, 8)
-    assert fast.multiplies_like_division(x, scale, factor, FLOAT32_RINT, -128.0, 127.0)
-    assert not fast.multiplies_like_division(x, scale, factor * (1 + 2.0**-22), FLOAT32_RINT, -128.0, 127.0)
+    assert fast.multiplies_like_division(x, scale, factor, FLOAT32_RINT, 0, -128.0, 127.0)
+    assert not fast.multiplies_like_division(x, scale, factor * (1 + 2.0**-22), FLOAT32_RINT, 0, -128.0,
+                                            127.0)
 
 
 def test_quantize_launcher_counts_at_the_edges_of_the_key_range():
