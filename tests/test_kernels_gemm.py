@@ -935,6 +935,12 @@ def test_variants_the_host_lacks_compile_to_portable_ir(monkeypatch, host_has_it
                                          w_codes.astype(np.int64))
     np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
     assert ("vpdpbusd" in tile.inspect_llvm(tile.signatures[0])) == host_has_it
+    # The same codes as raw int8 words, flipped in the tile: by vpxord only where the host has AVX-512.
+    flipped = np.zeros(16, np.int32)
+    tile((a_codes.astype(np.int16) - 128).astype(np.int8).view(np.uint32), w_codes.reshape(-1).view(np.int32),
+         np.arange(16, dtype=np.int32), flipped)
+    np.testing.assert_array_equal(flipped, c, strict=True)
+    assert ("vpxord" in tile.inspect_llvm(tile.signatures[1])) == host_has_it
 
 
 @pytest.mark.parametrize("out_dtype, out_zero_point", [(np.uint16, 65535), (np.int16, -32768), (np.int16, 32767),
