@@ -90,7 +90,8 @@ class _GemmLaunch:
     ``count_clamps`` is false: then FLOAT32_RINT tiles are requantized in registers).
     The implicit GEMM reads the activations where they lie when the input
     already is the packed form (no padding, nothing to subtract, whole groups
-    per pixel), and one encoded, padded copy (``padded_shape``) otherwise.
+    per pixel; int8 codes under the quads count, as the micro-kernel flips them
+    to x + 128), and one encoded, padded copy (``padded_shape``) otherwise.
     """
 
     def __init__(self, x_shape, x_dtype, packed, out_h, out_w, kernel, strides, dilations, pads, requant,
@@ -99,8 +100,13 @@ class _GemmLaunch:
         (kernel_h, kernel_w), (sh, sw), (dh, dw) = kernel, strides, dilations
         n_taps, tap_groups = kernel_h * kernel_w, packed.tap_groups
         tap_row = tap_groups * GROUP[packed.variant]
-        in_place = (tuple(pads) == (0, 0, 0, 0) and packed.a_sub == 0 and x_dtype == packed.code_dtype
-                    and x_shape[3] == tap_row)
+        # int8 codes under the uint8 quads are read raw, as uint32 words, and flipped to x + 128 in the
+        # micro-kernel (microkernel.flips): where that is all the encoding there is to do (no padding,
+        # whole groups per pixel) they are read in place, else the copy keeps them raw, its border the
+        # raw zero point.
+        self.flip = packed.code_dtype == np.uint8 and np.dtype(x_dtype) == np.int8
+        raw = self.flip or (packed.a_sub == 0 and x_dtype == packed.code_dtype)
+        in_place = tuple(pads) == (0, 0, 0, 0) and raw and x_shape[3] == tap_row
         if packed.taps != n_taps:
             raise ValueError(f"weights packed in {packed.taps} taps for a {kernel_h}x{kernel_w} window")
         padded_shape = None
@@ -139,12 +145,14 @@ class _GemmLaunch:
         packed = self.packed
         core = conv2d_gemm_threaded if splits_among(threads, self.chunks, self.macs) else conv2d_gemm_serial
         calls = []
+        words = np.uint32 if self.flip else np.int32
         if self.padded_shape is not None:  # one encoded copy of the input with its padding, read in place by every tap
-            padded = np.empty(self.padded_shape, packed.code_dtype)
-            calls.append((pad_encode, (x4, self.pads[0], self.pads[1], packed.a_sub, packed.pad_code, padded)))
-            source = padded.reshape(-1).view(np.int32)
+            padded = np.empty(self.padded_shape, np.int8 if self.flip else packed.code_dtype)
+            a_sub, pad_code = (0, packed.pad_code + packed.a_sub) if self.flip else (packed.a_sub, packed.pad_code)
+            calls.append((pad_encode, (x4, self.pads[0], self.pads[1], a_sub, pad_code, padded)))
+            source = padded.reshape(-1).view(words)
         else:
-            source = x4.reshape(-1).view(np.int32)
+            source = x4.reshape(-1).view(words)
         scratch = rows_scratch(packed.variant, packed.c0.shape[0], self.n_rows, self.rows_per_chunk)
         calls.append((core, (packed.variant, source, self.taps, packed.words, packed.c0, *self.epilogue, scratch,
                              self.settings, out)))

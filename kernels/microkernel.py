@@ -5,6 +5,7 @@ The derivation in full: ``docs/speed.md``, *The micro-kernel in detail*.
 
 from __future__ import annotations
 
+import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
@@ -26,6 +27,10 @@ from intsim.kernels.isa import (
 LANES = 16
 T_I8, T_I16, T_I32, T_I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 T_ACC = ir.VectorType(T_I32, LANES)
+# Each byte's sign bit in a word: x ^ 0x80 is the uint8 code x + 128 of an int8 code x.
+SIGN_BITS = 0x80808080 - 2**32
+# The inline assembly of _flipped is assembled by LLVM's parser for the host, which numba leaves out.
+llvm.initialize_native_asmparser()
 
 
 def declare_intrinsic(builder, name, ret, args):
@@ -112,9 +117,12 @@ def phi_merged(builder, firsts, first_block, seconds, second_block):
 
 
 def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_taps, tap_offset, w_data, w_off,
-               groups, c0_data, c0_off, store, prefetch=None):
+               groups, c0_data, c0_off, store, prefetch=None, flip=False):
     # The tile of the module docstring as two nested loops, taps outside and
     # groups inside, with the rows x blocks accumulators as phi nodes of both.
+    # With ``flip`` the activation words hold raw int8 codes x of a quads variant, made its uint8
+    # codes x + 128 here by flipping each byte's sign bit (_flipped: one vpxord per broadcast, shared
+    # by the row's blocks), so that they need no encoded copy.
     # ``a_starts`` are the rows' first words (i64 values), ``tap_offset(t)``
     # the word offset of tap ``t`` (an i64 value); the weights of tap ``t``
     # follow those of tap ``t - 1`` in every block.  ``store(finals)``
@@ -165,8 +173,7 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
     a_vecs = []
     for a_row in tap_a:
         a_val = builder.load(builder.gep(a_data, [builder.add(a_row, g)]), align=4)
-        a_vec = builder.insert_element(ir.Constant(T_ACC, ir.Undefined), a_val, ir.Constant(T_I32, 0))
-        a_vecs.append(builder.shuffle_vector(a_vec, ir.Constant(T_ACC, ir.Undefined), ir.Constant(T_ACC, [0] * LANES)))
+        a_vecs.append(_flipped(builder, variant, a_val) if flip else _splat(builder, a_val, T_ACC))
     updated = [group_dot(builder, variant, acc, a_vecs[r], w_vecs[b]) for acc, (r, b) in zip(accs, tile)]
     g_next = builder.add(g, one)
     g.add_incoming(g_next, group_loop)
@@ -184,6 +191,21 @@ def _emit_tile(context, builder, variant, n_rows, n_blocks, a_data, a_starts, n_
     builder.position_at_end(done)
     finals = phi_merged(builder, start, entry, updated, tap_next)
     store([finals[r * n_blocks:(r + 1) * n_blocks] for r in range(n_rows)])
+
+
+def _flipped(builder, variant, a_val):
+    # The word a_val with each byte's sign bit flipped, in all 16 lanes.  Where the variant runs
+    # natively (AVX-512), vpxord on the broadcast register, written as inline assembly: in IR, LLVM
+    # moves an xor of a splat before the splat, and its scalar xor then broadcast from a general
+    # register cost more than the encoded copy it saves (1x1 64->256 @56, paper, batch 1: 0.34 ms
+    # with the copy, 0.47 ms so; znver5, thread time), while an xor it could not move kept LLVM 22's
+    # code generation busy for over 20 minutes of CPU on the GEMM core, unfinished.
+    features = VARIANT_FEATURES[variant]
+    if "avx512f" in features and features <= HOST_FEATURES:
+        xor = ir.FunctionType(T_ACC, [T_ACC, T_ACC])
+        return builder.asm(xor, "vpxord $2, $1, $0", "=v,v,v",
+                           [_splat(builder, a_val, T_ACC), ir.Constant(T_ACC, [SIGN_BITS] * LANES)], False)
+    return _splat(builder, builder.xor(a_val, ir.Constant(T_I32, SIGN_BITS)), T_ACC)
 
 
 def _int32_store(builder, c_data, c_off, c_stride):
@@ -476,13 +498,22 @@ def _taps_reads(context, builder, signature, args, n_rows):
             w_off, groups, _data(context, builder, signature, args, 10), c0_off)
 
 
+def flips(variant_code, a):
+    """Whether the activations ``a`` (the numba array type) are raw int8 codes to flip in the tile:
+    uint32 words under a quads variant (:class:`intsim.kernels.gemm._GemmLaunch` passes them so).  A
+    dispatch on the variant at run time types every variant's branch with the same words; the pairs
+    read uint32 words as they read int32 ones, and never run with them."""
+    return a.dtype == types.uint32 and GROUP[variant_code] == 4
+
+
 def _int32_codegen(variant_code, n_rows, n_blocks, reads, first):
     # The int32 tile: its operands from ``reads``, then c, c_off, c_stride at arguments first..first+2.
     def codegen(context, builder, signature, args):
         c_off, c_stride = i64_const(context, builder, signature, args, first + 1, first + 2)
         store = _int32_store(builder, _data(context, builder, signature, args, first), c_off, c_stride)
         _emit_tile(context, builder, variant_code, n_rows, n_blocks,
-                   *reads(context, builder, signature, args, n_rows), store)
+                   *reads(context, builder, signature, args, n_rows), store,
+                   flip=flips(variant_code, signature.args[3]))
         return context.get_dummy_value()
 
     return codegen
@@ -505,7 +536,8 @@ def _rint_codegen(variant_code, n_rows, n_blocks, reads, first):
             prefetch_rows_for_write(builder, out_data, out_off, out_stride, PREFETCH_TILES * n_rows, n_rows,
                                     n_blocks * LANES * out_type.width // 8)
 
-        _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store, prefetch)
+        _emit_tile(context, builder, variant_code, n_rows, n_blocks, *operands, store, prefetch,
+                   flip=flips(variant_code, signature.args[3]))
         return context.get_dummy_value()
 
     return codegen

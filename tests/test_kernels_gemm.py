@@ -735,9 +735,10 @@ def test_implicit_conv_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_p
     rq = Rescale.from_real(rng.uniform(1e-4, 1e-2, size=cout), rounding)
     requant = (*rq.kernel_args(cout), rq.code, 31, 3, -128, 127, np.dtype(np.int8))
     prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
-    # The implicit GEMM reads the input where it lies only when that is the packed
-    # form (uint8 quads, whole groups per pixel, no padding), else one encoded copy per call.
-    in_place = x_dtype == np.uint8 and w_zero_point == 0 and isa.ISAS[isa_name].quads is not None
+    # The implicit GEMM reads the input where it lies only when that is the quads' form (uint8
+    # codes, or int8 codes the micro-kernel flips to x + 128; whole groups per pixel, no padding),
+    # else one copy per call.
+    in_place = w_zero_point == 0 and isa.ISAS[isa_name].quads is not None
     padded_shape = _launch_of(prepared, x, requant)[0]
     assert (padded_shape is None) == (in_place and pads == (0,) * 4)
     acc, overflow_count, pair_count = mac.conv2d_nhwc_acc(x, *args)
@@ -745,20 +746,52 @@ def test_implicit_conv_matches_unfused_on_full_tiles(isa_name, x_dtype, w_zero_p
     assert_same(fast, (out, overflow_count, pair_count, saturations))
 
 
-def test_implicit_conv_copies_the_input_only_where_it_must(isa_name):
-    # uint8 codes with whole groups per pixel and no padding are read where they lie; padding,
-    # int8 codes (x + 128) or the int16 pairs need the one encoded copy per call.
+@pytest.mark.parametrize("x_dtype", EIGHT_BIT)
+def test_implicit_conv_copies_the_input_only_where_it_must(isa_name, x_dtype):
+    # 8-bit codes with whole groups per pixel and no padding are read where they lie under the quads
+    # (int8 codes flipped to x + 128 in the micro-kernel); padding or the int16 pairs need one copy per call.
     rng = np.random.default_rng(8)
-    x = x_codes(rng, np.uint8, (1, 6, 7, 8))
+    x = x_codes(rng, x_dtype, (1, 6, 7, 8))
     requant = (*Rescale.from_real(np.full(4, 3e-3), "double").kernel_args(4), fixedpoint.DOUBLE, 31, 0, 0, 255,
                np.dtype(np.uint8))
     quads = isa.ISAS[isa_name].quads is not None
     for w_zero_point, pads, expected in ((0, (0,) * 4, not quads), (0, (1,) * 4, True), (-128, (0,) * 4, True)):
-        w, w_zp, bias = _layer(rng, np.uint8, 4, 8, (3, 3), w_zero_point)
+        w, w_zp, bias = _layer(rng, x_dtype, 4, 8, (3, 3), w_zero_point)
         args = (7, w, w_zp, bias, (1, 1), (1, 1), pads, 1) + ACC
         prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
         assert (_launch_of(prepared, x, requant)[0] is not None) == expected
         assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
+@pytest.mark.parametrize("rounding", ["double", "single"])
+@pytest.mark.parametrize("x_zero_point", [-37, 127])
+@pytest.mark.parametrize(("cin", "kernel", "pads", "copied"), [
+    # (input channels, kernel, pads, whether the GEMM reads a copy under the quads)
+    (16, (1, 1), (0, 0, 0, 0), False),
+    (6, (1, 1), (0, 0, 0, 0), True),
+    (8, (3, 3), (1, 1, 1, 1), True),
+    (12, (3, 3), (0, 2, 1, 0), True),
+])
+def test_int8_codes_flipped_in_the_micro_kernel_match_naive(isa_name, rounding, x_zero_point, cin, kernel, pads,
+                                                            copied):
+    # int8 activations reach the uint8 quads raw: read in place, or copied raw with the zero point as
+    # the border, and flipped to x + 128 in the tile.  Per-channel weight zero points and scales; codes
+    # at both ends of int8 included.
+    rng = np.random.default_rng(cin + kernel[0])
+    cout = 70
+    x = x_codes(rng, np.int8, (2, 5, 7, cin))
+    x.reshape(-1)[:4] = [-128, 127, -128, 127]
+    w = rng.integers(-100, 100, size=(cout,) + kernel + (cin,), dtype=np.int8, endpoint=True)
+    w_zp = rng.integers(-27, 27, size=cout, endpoint=True).astype(np.int64)
+    bias = rng.integers(-5000, 5000, size=cout, dtype=np.int32)
+    args = (x_zero_point, w, w_zp, bias, (1, 1), (1, 1), pads, 1) + ACC
+    rq = Rescale.from_real(rng.uniform(1e-4, 1e-2, size=cout), rounding)
+    requant = (*rq.kernel_args(cout), rq.code, 31, 5, -128, 127, np.dtype(np.int8))
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    quads = isa.ISAS[isa_name].quads is not None
+    assert prepared.packed.variant == (isa.ISAS[isa_name].quads if quads else isa.ISAS[isa_name].pairs)
+    assert (_launch_of(prepared, x, requant)[0] is not None) == (copied or not quads)
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
 @pytest.mark.parametrize("x_shape", [(0, 5, 5, 4), (1, 1, 5, 4), (2, 5, 1, 4)])
@@ -811,16 +844,20 @@ def _check_taps_tile(rng, variant, width, taps):
     w_codes = rng.integers(-128, 128, size=(blocks, len(taps) * groups, 16, group)).astype(narrow)
     a_rows = np.concatenate([[99], rng.integers(0, 21, size=rows)]).astype(np.int64)
     c0 = rng.integers(-1000, 1000, size=16 * blocks).astype(np.int32)
-    c = np.zeros((rows, 16 * blocks), np.int32)
-    _taps_tile(variant, width)(a_codes.reshape(-1).view(np.int32), a_rows, np.array(taps, np.int64),
-                               w_codes.reshape(-1).view(np.int32), groups, c0, c)
     expected = np.tile(c0.astype(np.int64), (rows, 1))
     for r in range(rows):
         for t, tap in enumerate(taps):
             a_run = a_codes[a_rows[1 + r] + tap:a_rows[1 + r] + tap + groups].astype(np.int64)
             w_run = w_codes[:, t * groups:(t + 1) * groups].astype(np.int64)
             expected[r] += np.einsum("gq,bgjq->bj", a_run, w_run).reshape(-1)
-    np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
+    tile = _taps_tile(variant, width)
+    sources = [a_codes.reshape(-1).view(np.int32)]
+    if group == 4:  # the int8 codes x = code - 128 as uint32 words, which the tile flips back to the codes
+        sources.append((a_codes.astype(np.int16) - 128).astype(np.int8).reshape(-1).view(np.uint32))
+    for source in sources:
+        c = np.zeros((rows, 16 * blocks), np.int32)
+        tile(source, a_rows, np.array(taps, np.int64), w_codes.reshape(-1).view(np.int32), groups, c0, c)
+        np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
 
 
 def _row_dots_tile(variant, rows, outs):
@@ -898,6 +935,12 @@ def test_variants_the_host_lacks_compile_to_portable_ir(monkeypatch, host_has_it
                                          w_codes.astype(np.int64))
     np.testing.assert_array_equal(c, expected.astype(np.int32), strict=True)
     assert ("vpdpbusd" in tile.inspect_llvm(tile.signatures[0])) == host_has_it
+    # The same codes as raw int8 words, flipped in the tile: by vpxord only where the host has AVX-512.
+    flipped = np.zeros(16, np.int32)
+    tile((a_codes.astype(np.int16) - 128).astype(np.int8).view(np.uint32), w_codes.reshape(-1).view(np.int32),
+         np.arange(16, dtype=np.int32), flipped)
+    np.testing.assert_array_equal(flipped, c, strict=True)
+    assert ("vpxord" in tile.inspect_llvm(tile.signatures[1])) == host_has_it
 
 
 @pytest.mark.parametrize("out_dtype, out_zero_point", [(np.uint16, 65535), (np.int16, -32768), (np.int16, 32767),
