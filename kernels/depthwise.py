@@ -57,10 +57,12 @@ from intsim.kernels.microkernel import (T_ACC, T_I64, LANES, group_dot, ir_liter
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
 
-# Output columns per register tile at stride 1 and 2: with a 5x5 window,
-# 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
-TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 4
+# Output columns per register tile at stride 1 and 2: with a 5x5 window, 8 accumulators + 12 (stride 1)
+# or 19 (stride 2) input columns + 5 weights of the 32 zmm (at stride 2 not all inputs live at once).
+TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 8
 HALF_COLUMNS_S1, HALF_COLUMNS_S2 = TILE_COLUMNS_S1 // 2, TILE_COLUMNS_S2 // 2
+# Accumulator chains per output column (see _dw_tile_codegen): about 8 chains in a tile.
+CHAINS = {1: 4, HALF_COLUMNS_S1: 2, TILE_COLUMNS_S1: 1}
 
 
 def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_type, epilogue):
@@ -85,6 +87,12 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
             return builder.add(base, builder.mul(column_step_v, ir.Constant(T_I64, i)))
 
         start = builder.load(at(c0_data, c0_off_v, T_ACC), align=4)
+        # Chains: accumulators per column, tap t of each kernel row into chain t % chains, summed at the
+        # end (every add wraps modulo 2**32, so the sum is the same).  A multiply-add waits for the one
+        # before it on its accumulator: a narrow tile's few columns alone leave the multiply-add units
+        # idle for most of its latency.
+        chains = min(CHAINS[n_columns], n_taps)
+        starts = [start] + [ir.Constant(T_ACC, [0] * LANES)] * (chains - 1)
         entry = builder.block
         loop = builder.append_basic_block("dw_tile.loop")
         done = builder.append_basic_block("dw_tile.done")
@@ -96,20 +104,21 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
         k.add_incoming(zero, entry)
         accs = []
         for _ in range(n_columns):
-            phi = builder.phi(T_ACC)
-            phi.add_incoming(start, entry)
-            accs.append(phi)
+            for first in starts:
+                phi = builder.phi(T_ACC)
+                phi.add_incoming(first, entry)
+                accs.append(phi)
         a_base = builder.add(builder.load(builder.gep(offs_data, [k]), align=8), a_off_v)
         w_base = builder.add(w_off_v, builder.mul(builder.mul(k, ir.Constant(T_I64, n_taps)), column_step_v))
         weights = [builder.sext(builder.load(at(w_data, plus(w_base, t), weight_type), align=1), T_ACC)
                    for t in range(n_taps)]
         inputs = [builder.zext(builder.load(at(codes_data, plus(a_base, i), code_type), align=1), T_ACC)
                   for i in range((n_columns - 1) * step + n_taps)]
-        updated = []
-        for r, acc in enumerate(accs):
+        updated = list(accs)
+        for r in range(n_columns):
             for t in range(n_taps):
-                acc = group_dot(builder, variant_code, acc, inputs[r * step + t], weights[t])
-            updated.append(acc)
+                i = r * chains + t % chains
+                updated[i] = group_dot(builder, variant_code, updated[i], inputs[r * step + t], weights[t])
         k_next = builder.add(k, ir.Constant(T_I64, 1))
         k.add_incoming(k_next, loop)
         for phi, value in zip(accs, updated):
@@ -117,7 +126,13 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
         builder.cbranch(builder.icmp_signed("<", k_next, rows_v), loop, done)
 
         builder.position_at_end(done)
-        finals = phi_merged(builder, [start] * n_columns, entry, updated, loop)
+        merged = phi_merged(builder, starts * n_columns, entry, updated, loop)
+        finals = []
+        for r in range(n_columns):
+            total = merged[r * chains]
+            for i in range(1, chains):
+                total = builder.add(total, merged[r * chains + i])
+            finals.append(total)
         epilogue(context, builder, signature, args, finals)
         return context.get_dummy_value()
 
