@@ -57,12 +57,14 @@ from intsim.kernels.microkernel import (T_ACC, T_I64, LANES, group_dot, ir_liter
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
 
-# Output columns per register tile at stride 1 and 2: with a 5x5 window, 8 accumulators + 12 (stride 1)
-# or 19 (stride 2) input columns + 5 weights of the 32 zmm (at stride 2 not all inputs live at once).
-TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 8
-HALF_COLUMNS_S1, HALF_COLUMNS_S2 = TILE_COLUMNS_S1 // 2, TILE_COLUMNS_S2 // 2
+# Output columns per register tile: with a 5x5 window, 8 accumulators + 12 (stride 1) or 19 (stride 2)
+# input columns + 5 weights of the 32 zmm (at stride 2 not all inputs live at once).  Rows whose width
+# is a multiple of 7 and not of 8 (MobileNet's and EfficientNet's 7, 14, 28) take tiles of 7, which
+# cover them exactly: a row of 14 as two tiles of 8 (columns 0-7 and 6-13) computed 16 columns, a row
+# of 7 as two tiles of 4 computed 8 and read more input columns per output column.
+TILE_COLUMNS, EXACT_COLUMNS, HALF_COLUMNS = 8, 7, 4
 # Accumulator chains per output column (see _dw_tile_codegen): about 8 chains in a tile.
-CHAINS = {1: 4, HALF_COLUMNS_S1: 2, TILE_COLUMNS_S1: 1}
+CHAINS = {1: 4, HALF_COLUMNS: 2, EXACT_COLUMNS: 1, TILE_COLUMNS: 1}
 
 
 def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_type, epilogue):
@@ -238,23 +240,29 @@ def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channe
 
 
 @jit_inline
-def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc,
-              rint):
-    # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
-    # ``taps`` and ``stride`` (dw_tile needs them at compile time).  The last
-    # tile of a row moves left to end at the row's end: it computes a few
-    # columns twice, with the same result, instead of running them one by one.
+def _tiles_of(variant, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc, rint):
+    # Inlined with constant ``variant``, ``taps`` and ``stride`` (dw_tile needs
+    # them at compile time).  Rows of a multiple of 7 columns (and not of 8) in
+    # tiles of 7; else the last tile of a row moves left to end at the row's
+    # end: it computes a few columns twice, with the same result, instead of
+    # running them one by one.
     ow0 = 0
+    if out_w % TILE_COLUMNS != 0 and out_w % EXACT_COLUMNS == 0:
+        while ow0 < out_w:
+            _tile_at(variant, EXACT_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0,
+                     acc, rint)
+            ow0 += EXACT_COLUMNS
     while ow0 < out_w:
-        if out_w >= columns:
-            ow0 = min(ow0, out_w - columns)
-            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc,
-                     rint)
-            ow0 += columns
-        elif out_w >= half:
-            ow0 = min(ow0, out_w - half)
-            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
-            ow0 += half
+        if out_w >= TILE_COLUMNS:
+            ow0 = min(ow0, out_w - TILE_COLUMNS)
+            _tile_at(variant, TILE_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0,
+                     acc, rint)
+            ow0 += TILE_COLUMNS
+        elif out_w >= HALF_COLUMNS:
+            ow0 = min(ow0, out_w - HALF_COLUMNS)
+            _tile_at(variant, HALF_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0,
+                     acc, rint)
+            ow0 += HALF_COLUMNS
         else:
             _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
             ow0 += 1
@@ -277,17 +285,13 @@ def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_c
                 dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
                         padded_channels, w_taps, cb, c0, cb, acc, ow * padded_channels + cb)
     elif kernel_w == 3 and sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 3, 1, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
     elif kernel_w == 3:
-        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 3, 2, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
     elif sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 5, 1, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
     else:
-        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 5, 2, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
 
 
 # The scalar arguments of the core, in one int64 array.
