@@ -62,9 +62,11 @@ from intsim.kernels.threads import run_calls
 # is a multiple of 7 and not of 8 (MobileNet's and EfficientNet's 7, 14, 28) take tiles of 7, which
 # cover them exactly: a row of 14 as two tiles of 8 (columns 0-7 and 6-13) computed 16 columns, a row
 # of 7 as two tiles of 4 computed 8 and read more input columns per output column.
-TILE_COLUMNS, EXACT_COLUMNS, HALF_COLUMNS = 8, 7, 4
+# A 3x3 window at stride 1 takes one tile of 14 for a row of 14 (14 accumulators + 16 input columns +
+# 3 weights): half the tiles, each with the epilogue's fixed cost (its parameters, its rule's branch).
+TILE_COLUMNS, EXACT_COLUMNS, HALF_COLUMNS, WIDE_COLUMNS = 8, 7, 4, 14
 # Accumulator chains per output column (see _dw_tile_codegen): about 8 chains in a tile.
-CHAINS = {1: 4, HALF_COLUMNS: 2, EXACT_COLUMNS: 1, TILE_COLUMNS: 1}
+CHAINS = {1: 4, HALF_COLUMNS: 2, EXACT_COLUMNS: 1, TILE_COLUMNS: 1, WIDE_COLUMNS: 1}
 
 
 def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_type, epilogue):
@@ -234,24 +236,32 @@ def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channe
             dw_tile(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_taps, cb, c0, cb,
                     acc, ow0 * padded_channels + cb)
         else:
-            scale32, lo, hi, zero_point, channels, out_row = rint
+            scale32, lo, hi, zero_point, channels, out_flat, row_start = rint
             dw_tile_rint(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_taps, cb,
-                         c0, cb, scale32, lo, hi, zero_point, channels - cb, out_row, ow0 * channels + cb, channels)
+                         c0, cb, scale32, lo, hi, zero_point, channels - cb, out_flat, row_start + ow0 * channels + cb,
+                         channels)
+
+
+@jit_inline
+def _exact_tiles(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc,
+                 rint):
+    # A row of a multiple of ``columns`` (a constant) output columns, tile by tile.
+    for ow0 in range(0, out_w, columns):
+        _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
 
 
 @jit_inline
 def _tiles_of(variant, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc, rint):
     # Inlined with constant ``variant``, ``taps`` and ``stride`` (dw_tile needs
     # them at compile time).  Rows of a multiple of 7 columns (and not of 8) in
-    # tiles of 7; else the last tile of a row moves left to end at the row's
-    # end: it computes a few columns twice, with the same result, instead of
-    # running them one by one.
+    # tiles of 7 (see EXACT_COLUMNS); else the last tile of a row moves left to
+    # end at the row's end: it computes a few columns twice, with the same
+    # result, instead of running them one by one.
     ow0 = 0
     if out_w % TILE_COLUMNS != 0 and out_w % EXACT_COLUMNS == 0:
-        while ow0 < out_w:
-            _tile_at(variant, EXACT_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0,
-                     acc, rint)
-            ow0 += EXACT_COLUMNS
+        _exact_tiles(variant, EXACT_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0,
+                     out_w, acc, rint)
+        ow0 = out_w
     while ow0 < out_w:
         if out_w >= TILE_COLUMNS:
             ow0 = min(ow0, out_w - TILE_COLUMNS)
@@ -284,6 +294,9 @@ def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_c
             for cb in range(0, padded_channels, LANES):
                 dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
                         padded_channels, w_taps, cb, c0, cb, acc, ow * padded_channels + cb)
+    elif kernel_w == 3 and sw == 1 and out_w % WIDE_COLUMNS == 0 and out_w % TILE_COLUMNS != 0:
+        _exact_tiles(variant, WIDE_COLUMNS, 3, 1, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc,
+                     rint)
     elif kernel_w == 3 and sw == 1:
         _tiles_of(variant, 3, 1, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
     elif kernel_w == 3:
@@ -310,7 +323,7 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
      multiplier_bits, out_zero_point, clamp_min, clamp_max, in_registers) = settings
     n_batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
-    x_flat = x.reshape(x.size)
+    x_flat, out_flat = x.reshape(x.size), out.reshape(out.size)  # row (n, oh) of out from row * out_w * channels
     ring_rows = (kernel_h - 1) * dh + 1
     codes_width = max((out_w - 1) * sw + (kernel_w - 1) * dw + 1, left + width)
     slot_size = codes_width * padded_channels
@@ -346,12 +359,12 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
             if in_registers and rounding == FLOAT32_RINT:  # in the tiles' registers, straight into the output row
                 rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, channels,
-                        out[n, oh].reshape(out_w * channels))
+                        out_flat, row * out_w * channels)
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, rint)
             elif in_registers:
                 fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point,
-                              channels, out[n, oh].reshape(out_w * channels))
+                              channels, out_flat, row * out_w * channels)
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, fixed_rint)
             else:
