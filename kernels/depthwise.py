@@ -57,10 +57,16 @@ from intsim.kernels.microkernel import (T_ACC, T_I64, LANES, group_dot, ir_liter
 from intsim.jit import jit, jit_inline, jit_parallel
 from intsim.kernels.threads import run_calls
 
-# Output columns per register tile at stride 1 and 2: with a 5x5 window,
-# 8 accumulators + 12 (stride 1) input columns + 5 weights of the 32 zmm.
-TILE_COLUMNS_S1, TILE_COLUMNS_S2 = 8, 4
-HALF_COLUMNS_S1, HALF_COLUMNS_S2 = TILE_COLUMNS_S1 // 2, TILE_COLUMNS_S2 // 2
+# Output columns per register tile: with a 5x5 window, 8 accumulators + 12 (stride 1) or 19 (stride 2)
+# input columns + 5 weights of the 32 zmm (at stride 2 not all inputs live at once).  Rows whose width
+# is a multiple of 7 and not of 8 (MobileNet's and EfficientNet's 7, 14, 28) take tiles of 7, which
+# cover them exactly: a row of 14 as two tiles of 8 (columns 0-7 and 6-13) computed 16 columns, a row
+# of 7 as two tiles of 4 computed 8 and read more input columns per output column.
+# A 3x3 window at stride 1 takes one tile of 14 for a row of 14 (14 accumulators + 16 input columns +
+# 3 weights): half the tiles, each with the epilogue's fixed cost (its parameters, its rule's branch).
+TILE_COLUMNS, EXACT_COLUMNS, HALF_COLUMNS, WIDE_COLUMNS = 8, 7, 4, 14
+# Accumulator chains per output column (see _dw_tile_codegen): about 8 chains in a tile.
+CHAINS = {1: 4, HALF_COLUMNS: 2, EXACT_COLUMNS: 1, TILE_COLUMNS: 1, WIDE_COLUMNS: 1}
 
 
 def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_type, epilogue):
@@ -85,6 +91,12 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
             return builder.add(base, builder.mul(column_step_v, ir.Constant(T_I64, i)))
 
         start = builder.load(at(c0_data, c0_off_v, T_ACC), align=4)
+        # Chains: accumulators per column, tap t of each kernel row into chain t % chains, summed at the
+        # end (every add wraps modulo 2**32, so the sum is the same).  A multiply-add waits for the one
+        # before it on its accumulator: a narrow tile's few columns alone leave the multiply-add units
+        # idle for most of its latency.
+        chains = min(CHAINS[n_columns], n_taps)
+        starts = [start] + [ir.Constant(T_ACC, [0] * LANES)] * (chains - 1)
         entry = builder.block
         loop = builder.append_basic_block("dw_tile.loop")
         done = builder.append_basic_block("dw_tile.done")
@@ -96,20 +108,21 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
         k.add_incoming(zero, entry)
         accs = []
         for _ in range(n_columns):
-            phi = builder.phi(T_ACC)
-            phi.add_incoming(start, entry)
-            accs.append(phi)
+            for first in starts:
+                phi = builder.phi(T_ACC)
+                phi.add_incoming(first, entry)
+                accs.append(phi)
         a_base = builder.add(builder.load(builder.gep(offs_data, [k]), align=8), a_off_v)
         w_base = builder.add(w_off_v, builder.mul(builder.mul(k, ir.Constant(T_I64, n_taps)), column_step_v))
         weights = [builder.sext(builder.load(at(w_data, plus(w_base, t), weight_type), align=1), T_ACC)
                    for t in range(n_taps)]
         inputs = [builder.zext(builder.load(at(codes_data, plus(a_base, i), code_type), align=1), T_ACC)
                   for i in range((n_columns - 1) * step + n_taps)]
-        updated = []
-        for r, acc in enumerate(accs):
+        updated = list(accs)
+        for r in range(n_columns):
             for t in range(n_taps):
-                acc = group_dot(builder, variant_code, acc, inputs[r * step + t], weights[t])
-            updated.append(acc)
+                i = r * chains + t % chains
+                updated[i] = group_dot(builder, variant_code, updated[i], inputs[r * step + t], weights[t])
         k_next = builder.add(k, ir.Constant(T_I64, 1))
         k.add_incoming(k_next, loop)
         for phi, value in zip(accs, updated):
@@ -117,7 +130,13 @@ def _dw_tile_codegen(variant_code, n_columns, n_taps, step, code_type, weight_ty
         builder.cbranch(builder.icmp_signed("<", k_next, rows_v), loop, done)
 
         builder.position_at_end(done)
-        finals = phi_merged(builder, [start] * n_columns, entry, updated, loop)
+        merged = phi_merged(builder, starts * n_columns, entry, updated, loop)
+        finals = []
+        for r in range(n_columns):
+            total = merged[r * chains]
+            for i in range(1, chains):
+                total = builder.add(total, merged[r * chains + i])
+            finals.append(total)
         epilogue(context, builder, signature, args, finals)
         return context.get_dummy_value()
 
@@ -217,29 +236,43 @@ def _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channe
             dw_tile(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_taps, cb, c0, cb,
                     acc, ow0 * padded_channels + cb)
         else:
-            scale32, lo, hi, zero_point, channels, out_row = rint
+            scale32, lo, hi, zero_point, channels, out_flat, row_start = rint
             dw_tile_rint(variant, columns, taps, stride, ring, row_offs, rows, a_off, padded_channels, w_taps, cb,
-                         c0, cb, scale32, lo, hi, zero_point, channels - cb, out_row, ow0 * channels + cb, channels)
+                         c0, cb, scale32, lo, hi, zero_point, channels - cb, out_flat, row_start + ow0 * channels + cb,
+                         channels)
 
 
 @jit_inline
-def _tiles_of(variant, columns, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc,
-              rint):
-    # Inlined with constant ``variant``, ``columns``, ``half`` (= columns // 2),
-    # ``taps`` and ``stride`` (dw_tile needs them at compile time).  The last
-    # tile of a row moves left to end at the row's end: it computes a few
-    # columns twice, with the same result, instead of running them one by one.
+def _exact_tiles(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc,
+                 rint):
+    # A row of a multiple of ``columns`` (a constant) output columns, tile by tile.
+    for ow0 in range(0, out_w, columns):
+        _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
+
+
+@jit_inline
+def _tiles_of(variant, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, out_w, acc, rint):
+    # Inlined with constant ``variant``, ``taps`` and ``stride`` (dw_tile needs
+    # them at compile time).  Rows of a multiple of 7 columns (and not of 8) in
+    # tiles of 7 (see EXACT_COLUMNS); else the last tile of a row moves left to
+    # end at the row's end: it computes a few columns twice, with the same
+    # result, instead of running them one by one.
     ow0 = 0
+    if out_w % TILE_COLUMNS != 0 and out_w % EXACT_COLUMNS == 0:
+        _exact_tiles(variant, EXACT_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0,
+                     out_w, acc, rint)
+        ow0 = out_w
     while ow0 < out_w:
-        if out_w >= columns:
-            ow0 = min(ow0, out_w - columns)
-            _tile_at(variant, columns, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc,
-                     rint)
-            ow0 += columns
-        elif out_w >= half:
-            ow0 = min(ow0, out_w - half)
-            _tile_at(variant, half, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
-            ow0 += half
+        if out_w >= TILE_COLUMNS:
+            ow0 = min(ow0, out_w - TILE_COLUMNS)
+            _tile_at(variant, TILE_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0,
+                     acc, rint)
+            ow0 += TILE_COLUMNS
+        elif out_w >= HALF_COLUMNS:
+            ow0 = min(ow0, out_w - HALF_COLUMNS)
+            _tile_at(variant, HALF_COLUMNS, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0,
+                     acc, rint)
+            ow0 += HALF_COLUMNS
         else:
             _tile_at(variant, 1, taps, stride, ring, row_offs, rows, padded_channels, w_taps, c0, ow0, acc, rint)
             ow0 += 1
@@ -261,18 +294,17 @@ def _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_c
             for cb in range(0, padded_channels, LANES):
                 dw_tile(variant, 1, 1, 1, ring, row_offs, row_offs.shape[0], ow * sw * padded_channels + cb,
                         padded_channels, w_taps, cb, c0, cb, acc, ow * padded_channels + cb)
+    elif kernel_w == 3 and sw == 1 and out_w % WIDE_COLUMNS == 0 and out_w % TILE_COLUMNS != 0:
+        _exact_tiles(variant, WIDE_COLUMNS, 3, 1, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc,
+                     rint)
     elif kernel_w == 3 and sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 3, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 3, 1, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
     elif kernel_w == 3:
-        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 3, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 3, 2, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
     elif sw == 1:
-        _tiles_of(variant, TILE_COLUMNS_S1, HALF_COLUMNS_S1, 5, 1, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 5, 1, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
     else:
-        _tiles_of(variant, TILE_COLUMNS_S2, HALF_COLUMNS_S2, 5, 2, ring, row_offs, kernel_h, padded_channels,
-                  w_taps, c0, out_w, acc, rint)
+        _tiles_of(variant, 5, 2, ring, row_offs, kernel_h, padded_channels, w_taps, c0, out_w, acc, rint)
 
 
 # The scalar arguments of the core, in one int64 array.
@@ -291,7 +323,7 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
      multiplier_bits, out_zero_point, clamp_min, clamp_max, in_registers) = settings
     n_batch, height, width, channels = x.shape
     out_h, out_w = out.shape[1], out.shape[2]
-    x_flat = x.reshape(x.size)
+    x_flat, out_flat = x.reshape(x.size), out.reshape(out.size)  # row (n, oh) of out from row * out_w * channels
     ring_rows = (kernel_h - 1) * dh + 1
     codes_width = max((out_w - 1) * sw + (kernel_w - 1) * dw + 1, left + width)
     slot_size = codes_width * padded_channels
@@ -327,12 +359,12 @@ def _depthwise_rows(variant, x, w_taps, c0, settings, multiplier, shift, scale, 
                         row_offs[kh * kernel_w + kw] = slot * slot_size + kw * dw * padded_channels
             if in_registers and rounding == FLOAT32_RINT:  # in the tiles' registers, straight into the output row
                 rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, channels,
-                        out[n, oh].reshape(out_w * channels))
+                        out_flat, row * out_w * channels)
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, rint)
             elif in_registers:
                 fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point,
-                              channels, out[n, oh].reshape(out_w * channels))
+                              channels, out_flat, row * out_w * channels)
                 _row_tiles_for(variant, kernel_w, sw, dw, ring, row_offs, kernel_h, padded_channels, w_taps, c0,
                                out_w, acc, fixed_rint)
             else:

@@ -450,6 +450,24 @@ def test_depthwise_matches_naive(isa_name, case):
     assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
 
 
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+@pytest.mark.parametrize(("kernel", "stride"), [((3, 3), 1), ((3, 3), 2), ((5, 5), 1), ((5, 5), 2)])
+def test_depthwise_rows_of_sevens_match_naive(isa_name, kernel, stride, data):
+    # Output rows of 7, 14 or 21 columns run as tiles of 7 (MobileNet's 7x7 and 14x14 layers); 56 as tiles of 8.
+    out_w = data.draw(st.sampled_from([7, 14, 21, 56]))
+    channels = data.draw(st.sampled_from([16, 21, 48]))
+    pad = kernel[1] // 2
+    width = (out_w - 1) * stride + kernel[1] - 2 * pad
+    rng, x_dtype, x_zp, w, w_zp, bias = data.draw(mac_operands(channels, kernel + (1,)))
+    x = x_codes(rng, x_dtype, (data.draw(st.integers(1, 2)), data.draw(st.integers(kernel[0], 6)), width, channels))
+    args = (x_zp, w, w_zp, bias, (stride, stride), (1, 1), (pad,) * 4, channels) + ACC
+    requant = data.draw(requant_args(channels))
+    prepared, fast = run_pair(gemm, "conv2d_nhwc", x, args, requant)
+    assert prepared.depthwise is not None and fast[0].shape[2] == out_w
+    assert_same(fast, run_pair(naive_gemm, "conv2d_nhwc", x, args, requant)[1])
+
+
 @st.composite
 def stored_weight_cases(draw):
     """Depthwise layers whose ``w - z_w`` reach both ends of int8 (stored as int8) or pass one end (int16):
