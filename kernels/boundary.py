@@ -21,17 +21,19 @@ TRANSPOSE_MAX_RANK = 4
 
 
 @jit_inline
-def _quantize_loop(x, factor, divide, rounding, zero_point, low, high, far_low, far_high, out):
+def _quantize_loop(x, factor, divide, rounding, zero_point, low, high, count, far_low, far_high, out):
     # The quotient is ``x / factor`` (``divide``) or ``x * factor``, in ``factor``'s float type: a
     # float32 value over a float64 factor is widened first, exactly.  ``low`` and ``high``, the clamp
     # minus the zero point, are exact in the float type: the clamp happens before the zero point is
-    # added, where the rounded quotient is still a float.  ``far_low`` and ``far_high`` are float64:
-    # a value is compared with them widened, exactly.
+    # added, where the rounded quotient is still a float.  With ``count`` (a constant) the same pass
+    # counts non-finite values and those below ``far_low`` or above ``far_high`` (float64: a value is
+    # compared with them widened, exactly); else it returns zeros.
     non_finite = 0
     far = 0
     for i in range(x.size):
-        non_finite += (x[i] - x[i]) != 0  # NaN or an infinity
-        far += (x[i] < far_low) | (x[i] > far_high)
+        if count:
+            non_finite += (x[i] - x[i]) != 0  # NaN or an infinity
+            far += (x[i] < far_low) | (x[i] > far_high)
         quotient = x[i] / factor if divide else x[i] * factor
         out[i] = np.int32(min(max(round_float(quotient, rounding), low), high)) + zero_point
     return non_finite, far
@@ -41,8 +43,8 @@ def _quantize_loop(x, factor, divide, rounding, zero_point, low, high, far_low, 
 def _quantize_core(x, scale, rounding, zero_point, low, high, far_low, far_high, out):
     # One loop per rounding mode, each with the mode a constant, so that both vectorise.
     if rounding == FLOAT32_RINT:
-        return _quantize_loop(x, scale, True, FLOAT32_RINT, zero_point, low, high, far_low, far_high, out)
-    return _quantize_loop(x, scale, True, FLOAT64_HALF_AWAY, zero_point, low, high, far_low, far_high, out)
+        return _quantize_loop(x, scale, True, FLOAT32_RINT, zero_point, low, high, True, far_low, far_high, out)
+    return _quantize_loop(x, scale, True, FLOAT64_HALF_AWAY, zero_point, low, high, True, far_low, far_high, out)
 
 
 @jit_inline
@@ -69,17 +71,17 @@ def _quantize32_core(x, bits, factor, divide, rounding, zero_point, low, high, f
     # does a third pass count them: two counts in the codes pass take 64-bit lanes, the keys 32-bit.
     least, greatest = _float32_key_range(bits)
     if divide and rounding == FLOAT32_RINT:
-        _quantize_loop(x, factor, True, FLOAT32_RINT, zero_point, low, high, 0.0, 0.0, out)
+        _quantize_loop(x, factor, True, FLOAT32_RINT, zero_point, low, high, False, far_low, far_high, out)
     elif divide:
-        _quantize_loop(x, factor, True, FLOAT64_HALF_AWAY, zero_point, low, high, 0.0, 0.0, out)
+        _quantize_loop(x, factor, True, FLOAT64_HALF_AWAY, zero_point, low, high, False, far_low, far_high, out)
     elif rounding == FLOAT32_RINT:
-        _quantize_loop(x, factor, False, FLOAT32_RINT, zero_point, low, high, 0.0, 0.0, out)
+        _quantize_loop(x, factor, False, FLOAT32_RINT, zero_point, low, high, False, far_low, far_high, out)
     else:
-        _quantize_loop(x, factor, False, FLOAT64_HALF_AWAY, zero_point, low, high, 0.0, 0.0, out)
+        _quantize_loop(x, factor, False, FLOAT64_HALF_AWAY, zero_point, low, high, False, far_low, far_high, out)
     non_finite, far = 0, 0
     if least <= key_low or greatest >= key_high:
         for i in range(x.size):
-            non_finite += (x[i] - x[i]) != 0
+            non_finite += (x[i] - x[i]) != 0  # NaN or an infinity
             far += (x[i] < far_low) | (x[i] > far_high)
     return non_finite, far
 
