@@ -33,7 +33,14 @@ from intsim.kernels.fully_connected import (
     InPlaceLaunch,
     in_place_weights,
 )
-from intsim.kernels.gemm_chunk import chunk_rows, conv2d_gemm_serial, conv2d_gemm_threaded, pad_encode, rows_scratch
+from intsim.kernels.gemm_chunk import (
+    chunk_rows,
+    chunk_settings,
+    conv2d_gemm_serial,
+    conv2d_gemm_threaded,
+    pad_encode,
+    rows_scratch,
+)
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
 from intsim.kernels.threads import set_threads  # noqa: F401  (public here too)
 from intsim.kernels.threads import run_calls, splits_among, threads_to_use
@@ -128,7 +135,8 @@ class _GemmLaunch:
         rows_per_chunk = chunk_rows(n_rows, in_registers)
         self.settings = np.array(
             [out_h, out_w, sh, sw, groups, rows_per_chunk, source_h, source_w, tap_groups, rounding, multiplier_bits,
-             out_zero_point, clamp_min, clamp_max, in_registers], np.int64)
+             out_zero_point, clamp_min, clamp_max, in_registers,
+             *chunk_settings(packed.variant, packed.c0.shape[0], n_rows, rows_per_chunk)], np.int64)
         self.count_clamps = count_clamps
         self.chunks = -(-n_rows // rows_per_chunk)
         self.epilogue = epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers,

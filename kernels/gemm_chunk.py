@@ -48,57 +48,58 @@ def chunk_rows(n_rows: int, long_chunks: bool) -> int:
 
 
 @jit_inline
-def _column_tiles(variant, blocks, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint):
-    # Columns nb .. nb + width of the first ``rows`` rows (a_rows and acc hold
-    # the rows up to the last tile's end, see padded_rows), in tiles of ``blocks`` blocks
-    # (a compile-time constant; 0: the variant's full width) and their rows
-    # (tile_rows).  The tile's weights are reused by every row tile of the
-    # chunk before the next blocks are read.  int32 tiles go into acc_flat
-    # when ``rint`` is None; otherwise each tile is requantized in registers
-    # into rint's output.  The loops call
-    # the micro-kernel directly: an inlined helper would rebind its array
-    # arguments on every tile, and numba counts each binding with an atomic
-    # reference increment and decrement.
+def _column_tiles(variant, blocks, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, nb, rint,
+                  out_off):
+    # Columns nb .. nb + width of the first ``rows`` rows, whose window offsets are a_rows[a_off:]
+    # (they and the int32 tile acc_flat, rows of c_stride, hold the rows up to the last tile's end,
+    # see padded_rows), in tiles of ``blocks`` blocks (a compile-time constant; 0: the variant's full
+    # width) and their rows (tile_rows).  The tile's weights are reused by every row tile of the chunk
+    # before the next blocks are read.  int32 tiles go into acc_flat when ``rint`` is None; otherwise
+    # each tile is requantized in registers into rint's flat output from element ``out_off``
+    # (acc_flat unused, and empty).  The loops call the micro-kernel directly, over whole arrays and
+    # offsets: an inlined helper, a slice or a reshape would bind a new array on every tile or chunk,
+    # and numba counts each binding with an atomic reference increment and decrement.
     width = blocks if blocks else TILE_BLOCKS[variant]
     step = tile_rows(variant, width)
     w_off = nb * taps.shape[0] * groups * LANES
     c0_off = nb * LANES
     if rint is None:
         for r in range(0, rows, step):
-            mac_tile_taps(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, acc_flat,
+            mac_tile_taps(variant, 0, blocks, a, a_rows, a_off + r, taps, w, w_off, groups, c0, c0_off, acc_flat,
                           r * c_stride + c0_off, c_stride)
     else:
-        scale32, lo, hi, zero_point, valid_rows, channels, out_flat = rint
+        scale32, lo, hi, zero_point, channels, out_flat = rint
         for r in range(0, rows, step):
-            mac_tile_taps_rint(variant, 0, blocks, a, a_rows, r, taps, w, w_off, groups, c0, c0_off, scale32, lo,
-                               hi, zero_point, valid_rows - r, channels - c0_off, out_flat, r * channels + c0_off,
-                               channels)
+            mac_tile_taps_rint(variant, 0, blocks, a, a_rows, a_off + r, taps, w, w_off, groups, c0, c0_off,
+                               scale32, lo, hi, zero_point, rows - r, channels - c0_off, out_flat,
+                               out_off + r * channels + c0_off, channels)
 
 
 @jit_inline
-def _gemm_tiles(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
-    # acc [padded_rows, n_blocks * 16] receives c0 plus, for every row r < rows
-    # (and the padding rows of the last tiles), the sum over the taps t of the
-    # ``groups`` words of ``a`` from a_rows[r] + taps[t] against the weights of tap t.
-    # Full-width tiles, then one taller, narrower tile over the blocks left
-    # over (see isa.tile_rows).  Inlined with a constant ``variant``, which
-    # mac_tile_taps needs at compile time.  With ``rint`` = (float32 scales
-    # padded like c0, lo, hi, zero point, valid rows, channels, the chunk's
-    # flat output [valid rows * channels]) the tiles are requantized in
-    # registers instead (acc unused).
+def _gemm_tiles(variant, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off):
+    # acc_flat [padded_rows * c_stride], c_stride = n_blocks * 16, receives c0 plus, for every row
+    # r < rows (and the padding rows of the last tiles), the sum over the taps t of the ``groups``
+    # words of ``a`` from a_rows[a_off + r] + taps[t] against the weights of tap t.  Full-width
+    # tiles, then one taller, narrower tile over the blocks left over (see isa.tile_rows).  Inlined
+    # with a constant ``variant``, which mac_tile_taps needs at compile time.  With ``rint`` =
+    # (float32 scales padded like c0, lo, hi, zero point, channels, the layer's flat output
+    # [M * channels]) the tiles are requantized in registers instead, row r into output row
+    # out_off / channels + r (acc_flat unused).
     n_blocks = c0.shape[0] // LANES
-    acc_flat = acc.reshape(acc.size)
-    c_stride = acc.shape[1]
     full = n_blocks - n_blocks % TILE_BLOCKS[variant]
     for nb in range(0, full, TILE_BLOCKS[variant]):
-        _column_tiles(variant, 0, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, nb, rint)
+        _column_tiles(variant, 0, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, nb, rint,
+                      out_off)
     rest = n_blocks - full
     if rest == 1:
-        _column_tiles(variant, 1, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        _column_tiles(variant, 1, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, full, rint,
+                      out_off)
     elif rest == 2:
-        _column_tiles(variant, 2, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        _column_tiles(variant, 2, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, full, rint,
+                      out_off)
     elif rest == 3:
-        _column_tiles(variant, 3, a, rows, a_rows, taps, w, groups, c0, acc_flat, c_stride, full, rint)
+        _column_tiles(variant, 3, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, full, rint,
+                      out_off)
 
 
 @jit_inline
@@ -118,20 +119,20 @@ def padded_rows(variant, n_blocks, rows):
 
 
 @jit
-def _gemm_chunk(variant, a, rows, a_rows, taps, w, groups, c0, acc, rint):
+def _gemm_chunk(variant, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off):
     # _gemm_tiles with ``variant`` made a compile-time constant.
     if variant == VNNI_QUADS:
-        _gemm_tiles(VNNI_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        _gemm_tiles(VNNI_QUADS, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off)
     elif variant == VNNI_PAIRS:
-        _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        _gemm_tiles(VNNI_PAIRS, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off)
     elif variant == AVX512_PAIRS:
-        _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        _gemm_tiles(AVX512_PAIRS, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off)
     elif variant == AVX2_PAIRS:
-        _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        _gemm_tiles(AVX2_PAIRS, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off)
     elif variant == PORTABLE_QUADS:
-        _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        _gemm_tiles(PORTABLE_QUADS, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off)
     else:
-        _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, taps, w, groups, c0, acc, rint)
+        _gemm_tiles(PORTABLE_PAIRS, a, rows, a_rows, a_off, taps, w, groups, c0, acc_flat, c_stride, rint, out_off)
 
 
 @jit
@@ -214,19 +215,34 @@ def _encode_pixels(cin, padded_c, source, body, count, a_sub):
 
 
 @jit
-def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows):
-    # a_rows[r]: the first word, in an NHWC source of ``pixel_words`` words per
-    # pixel, of the window of output pixel m0 + r (its top-left tap).
+def _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, rows, tiled_rows, a_rows, a_off):
+    # a_rows[a_off + r]: the first word, in an NHWC source of ``pixel_words`` words per pixel, of
+    # the window of output pixel m0 + r (its top-left tap) for r < rows; the rows up to ``tiled_rows``
+    # (a last tile's padding, not requantized) repeat row 0.
     n, oh, ow = _pixel_before(m0, out_h, out_w)
-    for r in range(a_rows.shape[0]):
+    for r in range(rows):
         n, oh, ow = _next_pixel(n, oh, ow, out_h, out_w)
-        a_rows[r] = ((n * source_h + oh * sh) * source_w + ow * sw) * pixel_words
+        a_rows[a_off + r] = ((n * source_h + oh * sh) * source_w + ow * sw) * pixel_words
+    for r in range(rows, tiled_rows):
+        a_rows[a_off + r] = a_rows[a_off]
 
 
 # The scalar arguments of _conv2d_gemm_rows, in one int64 array (one argument
-# to type-check per call instead of fifteen).
+# to type-check per call instead of eighteen): the layer's, then what the launch works out from
+# them once (:func:`chunk_settings`), so that a call divides by nothing it could know before.
 GEMM_SETTINGS = ("out_h", "out_w", "sh", "sw", "groups", "chunk_rows", "source_h", "source_w", "pixel_words",
-                 "rounding", "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers")
+                 "rounding", "multiplier_bits", "out_zero_point", "clamp_min", "clamp_max", "in_registers",
+                 "n_chunks", "chunk_stride", "last_tiled_rows")
+
+
+def chunk_settings(variant, padded_channels, n_rows, rows_per_chunk):
+    """``(n_chunks, chunk_stride, last_tiled_rows)`` of a GEMM over ``n_rows`` output rows in chunks of
+    ``rows_per_chunk``: the chunks, a whole chunk's padded rows (its slice of :func:`rows_scratch`)
+    and the last chunk's."""
+    n_chunks = -(-n_rows // rows_per_chunk)
+    blocks = padded_channels // LANES
+    last = n_rows - (n_chunks - 1) * rows_per_chunk if n_chunks else 0
+    return n_chunks, padded_rows(variant, blocks, rows_per_chunk), padded_rows(variant, blocks, last)
 
 
 @jit_inline
@@ -240,34 +256,35 @@ def _conv2d_gemm_rows(variant, source, taps, w, c0, multiplier, shift, scale, sc
     # t (``groups`` words) lies taps[t] words further.  The epilogue's parameters come worked out once per
     # layer (``mac.epilogue_params``): int64 ``multiplier`` / ``shift`` and float64 ``scale`` for
     # requantize_rows on an int32 tile, ``scale32`` (FLOAT32_RINT) or ``fixed`` (DOUBLE / SINGLE)
-    # in registers.  ``all_rows`` (:func:`rows_scratch`) holds every chunk's row offsets, a slice
-    # each, so that threads share nothing and, in registers, a chunk allocates nothing.
+    # in registers.  ``all_rows`` (:func:`rows_scratch`) holds every chunk's row offsets, a stretch
+    # each, so that threads share nothing and, in registers, a chunk allocates nothing.  In registers
+    # a call binds two arrays (the flat output and the parameter tuple), once: a small layer's call is
+    # a few hundred nanoseconds, of which each array binding (an atomic count up and down) takes tens.
     (out_h, out_w, sh, sw, groups, chunk_rows, source_h, source_w, pixel_words, rounding, multiplier_bits,
-     out_zero_point, clamp_min, clamp_max, in_registers) = settings
-    n_rows = out.shape[0]
+     out_zero_point, clamp_min, clamp_max, in_registers, n_chunks, chunk_stride, last_tiled_rows) = settings
+    n_rows, channels = out.shape
+    lo, hi = clamp_min - out_zero_point, clamp_max - out_zero_point
+    out_flat = out.reshape(n_rows * channels)
+    rint = (scale32, lo, hi, out_zero_point, channels, out_flat)
+    fixed_rint = (fixed, lo, hi, out_zero_point, channels, out_flat)
+    no_tile = c0[:0]  # in registers: no int32 tile
     saturation_count = 0
-    n_chunks = (n_rows + chunk_rows - 1) // chunk_rows
-    chunk_stride = padded_rows(variant, c0.shape[0] // LANES, chunk_rows)
-    no_acc = np.empty((0, c0.shape[0]), np.int32)
     for chunk in prange(n_chunks):
-        m0 = chunk * chunk_rows
+        m0, a_off = chunk * chunk_rows, chunk * chunk_stride
         rows = min(chunk_rows, n_rows - m0)
         # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
-        tiled_rows = padded_rows(variant, c0.shape[0] // LANES, rows)
-        acc = no_acc if in_registers else np.empty((tiled_rows, c0.shape[0]), np.int32)
-        a_rows = all_rows[chunk * chunk_stride:chunk * chunk_stride + tiled_rows]
-        _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, a_rows[:rows])
-        a_rows[rows:] = a_rows[0]
+        tiled_rows = chunk_stride if chunk < n_chunks - 1 else last_tiled_rows
+        _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, rows, tiled_rows, all_rows, a_off)
         if in_registers and rounding == FLOAT32_RINT:
-            rint = (scale32, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
-                    out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_chunk(variant, source, rows, a_rows, taps, w, groups, c0, acc, rint)
+            _gemm_chunk(variant, source, rows, all_rows, a_off, taps, w, groups, c0, no_tile, 0, rint,
+                        m0 * channels)
         elif in_registers:
-            fixed_rint = (fixed, clamp_min - out_zero_point, clamp_max - out_zero_point, out_zero_point, rows,
-                          out.shape[1], out[m0:m0 + rows].reshape(rows * out.shape[1]))
-            _gemm_chunk(variant, source, rows, a_rows, taps, w, groups, c0, acc, fixed_rint)
+            _gemm_chunk(variant, source, rows, all_rows, a_off, taps, w, groups, c0, no_tile, 0, fixed_rint,
+                        m0 * channels)
         else:
-            _gemm_chunk(variant, source, rows, a_rows, taps, w, groups, c0, acc, None)
+            acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
+            _gemm_chunk(variant, source, rows, all_rows, a_off, taps, w, groups, c0, acc.reshape(acc.size),
+                        acc.shape[1], None, 0)
             saturation_count += requantize_rows(rounding, acc[:rows], 0, multiplier, shift, scale, multiplier_bits,
                                                 out_zero_point, clamp_min, clamp_max, out[m0:m0 + rows])
     return saturation_count
@@ -293,5 +310,5 @@ def conv2d_gemm_serial(variant, source, taps, w, c0, multiplier, shift, scale, s
 def rows_scratch(variant, padded_channels, n_rows, rows_per_chunk):
     """The row-offset scratch of one GEMM over ``n_rows`` output rows in chunks of ``rows_per_chunk``:
     each chunk's whole row tiles (:func:`padded_rows`) in one int64 array."""
-    n_chunks = -(-n_rows // rows_per_chunk)
-    return np.empty(n_chunks * padded_rows(variant, padded_channels // LANES, rows_per_chunk), np.int64)
+    n_chunks, chunk_stride, _ = chunk_settings(variant, padded_channels, n_rows, rows_per_chunk)
+    return np.empty(n_chunks * chunk_stride, np.int64)
