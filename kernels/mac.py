@@ -90,14 +90,22 @@ def lane_params(multiplier, shift, rounding, multiplier_bits, padded_channels):
     (int32), zeros in the padding channels.  Each 16 channels lie even ones first: channel ``16 i + j``
     at lane ``16 i + j // 2`` for even ``j``, ``16 i + 8 + j // 2`` for odd ``j``.  ``path`` is the
     cheapest form of the rule that serves the channel: ``GENERAL`` where ``left > 0`` or
-    ``total_shift < multiplier_bits`` (the product may saturate, the result may leave int32),
-    ``SELECT`` where the two nudges differ, ``PLAIN`` elsewhere."""
+    ``total_shift < multiplier_bits`` (the product may saturate, the result may leave int32) or the
+    multiplier is negative, ``SELECT`` where the two nudges differ, ``PLAIN`` elsewhere, except in a
+    layer with ``SELECT`` channels, whose ``PLAIN`` ones take ``GENERAL``: a ``SELECT`` tile corrects
+    every channel's nudge by the accumulator's sign (see microkernel._fixed_point_tile)."""
     params = np.zeros(LANE_ROWS * padded_channels, np.int64)
+    any_select = False
+    for c in range(multiplier.shape[0]):
+        _, above, below, _, _ = one_shift_constants(shift[c], rounding, multiplier_bits)
+        any_select = any_select or above != below
     for c in range(multiplier.shape[0]):
         left, above, below, total_shift, threshold = one_shift_constants(shift[c], rounding, multiplier_bits)
         j = c % LANES
         lane = c - j + (j // 2 if j % 2 == 0 else HALF + j // 2)
-        path = GENERAL if left > 0 or total_shift < multiplier_bits else (SELECT if above != below else PLAIN)
+        path = GENERAL
+        if left == 0 and total_shift >= multiplier_bits and multiplier[c] >= 0:
+            path = SELECT if above != below else (GENERAL if any_select else PLAIN)
         for k, value in enumerate((left, np.int64(multiplier[c]), above, below, total_shift, threshold,
                                    np.int64(path))):
             params[k * padded_channels + lane] = value

@@ -275,8 +275,15 @@ def _fixed_point_tile(builder, params_data, stride, scale_off, lo, hi, finals, p
     #   |p| <= 2**31 * (2**b - 1) with b = multiplier_bits, and the nudge is below 2**(total_shift - 1)
     #   + 2**(b - 1), so with total_shift >= b the result lies inside int32: the halves join into one
     #   int32 vector and the clamp runs on 16 lanes.
-    # * SELECT: as PLAIN with the nudge chosen by comparing the product with the threshold (DOUBLE at a
-    #   scale below 1).
+    # * SELECT (DOUBLE at a scale below 1/2, every channel of the tile: lane_params sends a layer's other
+    #   channels to GENERAL): as PLAIN, then nudge_below - nudge_above (-2**b, the same for every such
+    #   channel) added where the accumulator is negative.  The rule picks nudge_below where the product
+    #   is below its threshold -2**(b-1); with a right shift r >= 1 the two nudges give 0 alike for the
+    #   products in [-2**(b-1), 0), as (p + nudge) >> (b + r) lies in [0, 2**(b+r)) for both, and a
+    #   product is negative exactly where its accumulator is (multipliers are not negative; a zero
+    #   multiplier gives 0 either way).  The signs are taken from the accumulators before anything else,
+    #   so that no instruction the PLAIN branch shares starts the SELECT one (LLVM hoists a common start
+    #   of both branches above the branch: a 6 x 4 tile then held every product at once and spilled).
     # * GENERAL (a left shift, whose product may saturate, or a scale of 1 or more under SINGLE, whose
     #   result may leave int32): the saturation and the clamp in 64-bit lanes, as the rule is written.
     n_blocks = len(finals[0])
@@ -302,13 +309,25 @@ def _fixed_point_tile(builder, params_data, stride, scale_off, lo, hi, finals, p
     # even results from the low halves of the first vector, odd ones from the low halves of the second
     interleave = ir.Constant(T_ACC, [2 * (j // 2) + (LANES if j % 2 else 0) for j in range(LANES)])
 
+    def scalar(k):  # row k at the tile's first channel (a real one: padding channels come last)
+        index = builder.add(builder.mul(stride, ir.Constant(T_I64, k)), scale_off)
+        return builder.load(builder.gep(params_data, [index]))
+
+    # even channels' signs in bit 31 of the 64-bit lanes, odd ones' in bit 63
+    sign_bits = ir.Constant(_V64, [2**31] * HALF), ir.Constant(_V64, [-(2**63)] * HALF)
+    zeros64 = ir.Constant(_V64, [0] * HALF)
+
     def emit(form):
+        if form == SELECT:
+            correction = _splat(builder, builder.sub(scalar(NUDGE_BELOW), scalar(NUDGE_ABOVE)), _V64)
         for b in range(n_blocks):
             rows = {k: (row(k, b, 0), row(k, b, 1)) for k in (MULTIPLIER, NUDGE_ABOVE, TOTAL_SHIFT)
-                    + ((NUDGE_BELOW, THRESHOLD) if form != PLAIN else ()) + ((LEFT,) if form == GENERAL else ())}
+                    + ((NUDGE_BELOW, THRESHOLD, LEFT) if form == GENERAL else ())}
             multipliers = [_sext_low(builder, m) for m in rows[MULTIPLIER]]
             for r, accs in enumerate(finals):
                 wide = builder.bitcast(accs[b], _V64)
+                if form == SELECT:
+                    negative = [builder.icmp_unsigned("!=", builder.and_(wide, bit), zeros64) for bit in sign_bits]
                 results = []
                 odd = builder.ashr(wide, ir.Constant(_V64, [32] * HALF))
                 for half, y in enumerate((_sext_low(builder, wide), odd)):
@@ -316,10 +335,13 @@ def _fixed_point_tile(builder, params_data, stride, scale_off, lo, hi, finals, p
                         y = _clamp(builder, builder.shl(y, rows[LEFT][half]), int32_min, int32_max)
                     product = builder.mul(_sext_low(builder, y), multipliers[half])
                     nudge = rows[NUDGE_ABOVE][half]
-                    if form != PLAIN:
+                    if form == GENERAL:
                         nudge = builder.select(builder.icmp_signed("<", product, rows[THRESHOLD][half]),
                                                rows[NUDGE_BELOW][half], nudge)
-                    value = builder.ashr(builder.add(product, nudge), rows[TOTAL_SHIFT][half])
+                    value = builder.add(product, nudge)
+                    if form == SELECT:
+                        value = builder.select(negative[half], builder.add(value, correction), value)
+                    value = builder.ashr(value, rows[TOTAL_SHIFT][half])
                     # In GENERAL, clamping in int64 is saturating to int32 and clamping, as lo and hi lie inside int32.
                     results.append(_clamp(builder, value, lo64, hi64) if form == GENERAL else value)
                 joined = builder.shuffle_vector(builder.bitcast(results[0], T_ACC), builder.bitcast(results[1], T_ACC),

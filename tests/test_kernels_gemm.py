@@ -373,9 +373,12 @@ def test_register_epilogue_on_extreme_accumulators(isa_name, rounding, depthwise
     # path's static bound allows: 2**23 to spare) and 2**k + {-2..2}, under multipliers from 2**-14
     # to 3 (left shifts that saturate 2**30 and beyond) and both ends of multiplier_bits, and from
     # 0.5 to 1 (no shift either way: every tile takes the epilogue's PLAIN form under DOUBLE too,
-    # while the wider ranges mix the forms in a tile).  The register epilogue
-    # (count_clamps=False) must equal mac.requantize of the same accumulators.
-    edges = [INT32_MIN + 2**23, INT32_MAX - 2**23, 0]
+    # while the wider ranges mix the forms in a tile), from 2**-14 to 2**-8 (DOUBLE's SELECT form:
+    # its sign correction, at accumulators -1 and -2 whose products lie just above the rule's
+    # threshold; powers of two put -1's product on it) and from 0.1 to 1 (right shifts of 0 and 1 in
+    # one layer).  The register epilogue (count_clamps=False) must equal mac.requantize of the same
+    # accumulators.
+    edges = [INT32_MIN + 2**23, INT32_MAX - 2**23, 0, -1, -2, 1]
     edges += [sign * 2**k + d for k in (8, 15, 16, 24, 30) for d in (-2, -1, 0, 1, 2) for sign in (1, -1)]
     bias = np.array(edges, np.int32)
     channels = bias.size
@@ -385,15 +388,51 @@ def test_register_epilogue_on_extreme_accumulators(isa_name, rounding, depthwise
     w = np.zeros((channels,) + kernel + (1 if depthwise else channels,), np.int8)
     args = (128, w, np.zeros(channels, np.int64), bias, (1, 1), (1, 1), (1, 1, 1, 1), channels if depthwise else 1)
     args += ACC
-    for multiplier_bits, low, top in ((31, 2.0**-14, 3.0), (31, 2.0**-14, 2.0**-8), (15, 2.0**-14, 0.9),
-                                      (31, 0.5, 0.999)):
-        rq = Rescale.from_real(rng.uniform(low, top, size=channels), rounding, multiplier_bits)
+    powers_of_two = 2.0 ** -rng.integers(1, 14, size=channels)  # multiplier 2**(b-1): -1 gives the threshold
+    for multiplier_bits, scales in ((31, rng.uniform(2.0**-14, 3.0, size=channels)),
+                                    (31, rng.uniform(2.0**-14, 2.0**-8, size=channels)),
+                                    (15, rng.uniform(2.0**-14, 0.9, size=channels)),
+                                    (31, rng.uniform(0.5, 0.999, size=channels)),
+                                    (31, rng.uniform(0.1, 0.999, size=channels)),
+                                    (15, rng.uniform(2.0**-14, 2.0**-8, size=channels)),
+                                    (31, powers_of_two), (15, powers_of_two)):
+        rq = Rescale.from_real(scales, rounding, multiplier_bits)
         requant = (*rq.kernel_args(channels), rq.code, multiplier_bits, -3, -128, 120, np.dtype(np.int8))
         prepared = gemm.conv2d_nhwc_prepare(x.dtype, *args)
         assert (prepared.depthwise if depthwise else prepared.packed) is not None
         out = gemm.conv2d_nhwc_requantized(x, prepared, *requant, count_clamps=False)[0]
         acc, _, _ = mac.conv2d_nhwc_acc(x, *args)
         np.testing.assert_array_equal(out, mac.requantize(acc, 0, *requant)[0], strict=True)
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("with_unshifted", [False, True])
+def test_register_epilogue_rounds_negative_ties_of_double_rounding_away_from_zero(isa_name, depthwise,
+                                                                                 with_unshifted):
+    # DOUBLE rounds a product by 2**31 (half up), then by 2**r half away from zero: at accumulators
+    # -2**r and -2**r - 1 under a multiplier of 2**30 (scale 2**-(r+1)) the first result is exactly
+    # -2**(r-1), whose second rounding goes to -1 where a single rounding of the product would give 0;
+    # the register epilogue's SELECT form adds its sign correction there.  Channels with no right shift
+    # (scale 1/2) in the same layer send their tiles to the GENERAL form (mac.lane_params).
+    shifts = range(0 if with_unshifted else 1, 15)
+    bias = np.array([b for r in shifts for b in (-(2**r), -(2**r) - 1, 2**r, -3 * 2**r, 1 - 2**r)], np.int32)
+    scales = np.array([2.0 ** -(r + 1) for r in shifts for _ in range(5)])
+    channels = bias.size
+    x = np.full((1, 2, 3, channels), 77, np.uint8)
+    kernel = (3, 3) if depthwise else (1, 1)
+    w = np.zeros((channels,) + kernel + (1 if depthwise else channels,), np.int8)
+    args = (128, w, np.zeros(channels, np.int64), bias, (1, 1), (1, 1), (1, 1, 1, 1), channels if depthwise else 1)
+    args += ACC
+    rq = Rescale.from_real(scales, "double", 31)
+    requant = (*rq.kernel_args(channels), rq.code, 31, 0, -128, 127, np.dtype(np.int8))
+    prepared = gemm.conv2d_nhwc_prepare(x.dtype, *args)
+    assert (prepared.depthwise if depthwise else prepared.packed) is not None
+    out = gemm.conv2d_nhwc_requantized(x, prepared, *requant, count_clamps=False)[0]
+    # per r: -1/2, -1/2, 1/2, -3/2 and (1 - 2**(r-1)) / 2**r rounded; with r = 0, floor((x + 1) / 2)
+    expected = np.array([v for r in shifts for v in ((-1, -1, 1, -2, 0) if r else (0, -1, 1, -1, 0))], np.int8)
+    np.testing.assert_array_equal(out[0, 0, 0], expected, strict=True)
+    acc, _, _ = mac.conv2d_nhwc_acc(x, *args)
+    np.testing.assert_array_equal(out, mac.requantize(acc, 0, *requant)[0], strict=True)
 
 
 @pytest.mark.parametrize("x_dtype", EIGHT_BIT)
