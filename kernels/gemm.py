@@ -39,7 +39,7 @@ from intsim.kernels.gemm_chunk import (
     conv2d_gemm_serial,
     conv2d_gemm_threaded,
     pad_encode,
-    rows_scratch,
+    window_rows,
 )
 from intsim.kernels.pack import PackedWeights, encoding_for, matmul_static_fast, pack_weights, static_fast
 from intsim.kernels.threads import set_threads  # noqa: F401  (public here too)
@@ -141,14 +141,15 @@ class _GemmLaunch:
         self.chunks = -(-n_rows // rows_per_chunk)
         self.epilogue = epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers,
                                         len(multiplier), packed.c0.shape[0])
-        self.n_rows, self.rows_per_chunk = n_rows, rows_per_chunk
+        self.n_rows = n_rows
+        self.rows = None  # the window row offsets (window_rows), at the first calls()
         self.macs = n_rows * n_taps * x_shape[3] * packed.c0.shape[0]
 
     def calls(self, x4, out, threads=1):
         """The numba calls that write ``out`` from ``x4``, as ``[(function, arguments)]`` run in order
-        (the last returns the clamp count); with its own scratch, so that a caller holding fixed arrays
-        may repeat them (:class:`intsim.runtime.bound.BoundRun`).  The caller runs them with numba's
-        thread count ``threads``: the threaded core where the layer splits among all of them
+        (the last returns the clamp count), for a caller holding fixed arrays that repeats them
+        (:class:`intsim.runtime.bound.BoundRun`).  The caller runs them with numba's thread count
+        ``threads``: the threaded core where the layer splits among all of them
         (:func:`~intsim.kernels.threads.splits_among`), else the serial one."""
         packed = self.packed
         core = conv2d_gemm_threaded if splits_among(threads, self.chunks, self.macs) else conv2d_gemm_serial
@@ -161,8 +162,9 @@ class _GemmLaunch:
             source = padded.reshape(-1).view(words)
         else:
             source = x4.reshape(-1).view(words)
-        scratch = rows_scratch(packed.variant, packed.c0.shape[0], self.n_rows, self.rows_per_chunk)
-        calls.append((core, (packed.variant, source, self.taps, packed.words, packed.c0, *self.epilogue, scratch,
+        if self.rows is None:  # read only by the cores: one array serves every call list of the launch
+            self.rows = window_rows(self.n_rows, self.settings)
+        calls.append((core, (packed.variant, source, self.taps, packed.words, packed.c0, *self.epilogue, self.rows,
                              self.settings, out)))
         return calls
 

@@ -237,7 +237,7 @@ GEMM_SETTINGS = ("out_h", "out_w", "sh", "sw", "groups", "chunk_rows", "source_h
 
 def chunk_settings(variant, padded_channels, n_rows, rows_per_chunk):
     """``(n_chunks, chunk_stride, last_tiled_rows)`` of a GEMM over ``n_rows`` output rows in chunks of
-    ``rows_per_chunk``: the chunks, a whole chunk's padded rows (its slice of :func:`rows_scratch`)
+    ``rows_per_chunk``: the chunks, a whole chunk's padded rows (its stretch of :func:`window_rows`)
     and the last chunk's."""
     n_chunks = -(-n_rows // rows_per_chunk)
     blocks = padded_channels // LANES
@@ -256,10 +256,11 @@ def _conv2d_gemm_rows(variant, source, taps, w, c0, multiplier, shift, scale, sc
     # t (``groups`` words) lies taps[t] words further.  The epilogue's parameters come worked out once per
     # layer (``mac.epilogue_params``): int64 ``multiplier`` / ``shift`` and float64 ``scale`` for
     # requantize_rows on an int32 tile, ``scale32`` (FLOAT32_RINT) or ``fixed`` (DOUBLE / SINGLE)
-    # in registers.  ``all_rows`` (:func:`rows_scratch`) holds every chunk's row offsets, a stretch
-    # each, so that threads share nothing and, in registers, a chunk allocates nothing.  In registers
-    # a call binds two arrays (the flat output and the parameter tuple), once: a small layer's call is
-    # a few hundred nanoseconds, of which each array binding (an atomic count up and down) takes tens.
+    # in registers.  ``all_rows`` (:func:`window_rows`) holds every chunk's row offsets, a stretch
+    # each, worked out once for the layer and its input shape (a pass over the rows per call cost a tenth
+    # of a small 1x1 conv).  In registers a chunk allocates nothing, and a call binds two arrays (the flat
+    # output and the parameter tuple), once: a small layer's call is a few hundred nanoseconds, of which
+    # each array binding (an atomic count up and down) takes tens.
     (out_h, out_w, sh, sw, groups, chunk_rows, source_h, source_w, pixel_words, rounding, multiplier_bits,
      out_zero_point, clamp_min, clamp_max, in_registers, n_chunks, chunk_stride, last_tiled_rows) = settings
     n_rows, channels = out.shape
@@ -272,9 +273,6 @@ def _conv2d_gemm_rows(variant, source, taps, w, c0, multiplier, shift, scale, sc
     for chunk in prange(n_chunks):
         m0, a_off = chunk * chunk_rows, chunk * chunk_stride
         rows = min(chunk_rows, n_rows - m0)
-        # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
-        tiled_rows = chunk_stride if chunk < n_chunks - 1 else last_tiled_rows
-        _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, rows, tiled_rows, all_rows, a_off)
         if in_registers and rounding == FLOAT32_RINT:
             _gemm_chunk(variant, source, rows, all_rows, a_off, taps, w, groups, c0, no_tile, 0, rint,
                         m0 * channels)
@@ -282,7 +280,8 @@ def _conv2d_gemm_rows(variant, source, taps, w, c0, multiplier, shift, scale, sc
             _gemm_chunk(variant, source, rows, all_rows, a_off, taps, w, groups, c0, no_tile, 0, fixed_rint,
                         m0 * channels)
         else:
-            acc = np.empty((tiled_rows, c0.shape[0]), np.int32)
+            # Whole row tiles: the rows past ``rows`` repeat row 0 and are not requantized.
+            acc = np.empty((chunk_stride if chunk < n_chunks - 1 else last_tiled_rows, c0.shape[0]), np.int32)
             _gemm_chunk(variant, source, rows, all_rows, a_off, taps, w, groups, c0, acc.reshape(acc.size),
                         acc.shape[1], None, 0)
             saturation_count += requantize_rows(rounding, acc[:rows], 0, multiplier, shift, scale, multiplier_bits,
@@ -307,8 +306,23 @@ def conv2d_gemm_serial(variant, source, taps, w, c0, multiplier, shift, scale, s
                              settings, out)
 
 
-def rows_scratch(variant, padded_channels, n_rows, rows_per_chunk):
-    """The row-offset scratch of one GEMM over ``n_rows`` output rows in chunks of ``rows_per_chunk``:
-    each chunk's whole row tiles (:func:`padded_rows`) in one int64 array."""
-    n_chunks, chunk_stride, _ = chunk_settings(variant, padded_channels, n_rows, rows_per_chunk)
-    return np.empty(n_chunks * chunk_stride, np.int64)
+def window_rows(n_rows, settings):
+    """The row offsets of one GEMM over ``n_rows`` output rows with ``settings`` (GEMM_SETTINGS), in
+    one int64 array: each chunk's whole row tiles (:func:`padded_rows`, a stretch of ``chunk_stride``
+    each), the first word of each output pixel's window (:func:`_pixel_rows`), for a caller that
+    repeats the GEMM over one input shape."""
+    named = dict(zip(GEMM_SETTINGS, (int(v) for v in settings)))
+    n_chunks, chunk_stride = named["n_chunks"], named["chunk_stride"]
+    rows = np.empty(n_chunks * chunk_stride, np.int64)
+    _window_rows(settings, n_rows, rows)
+    return rows
+
+
+@jit
+def _window_rows(settings, n_rows, all_rows):
+    (out_h, out_w, sh, sw, _, chunk_rows, source_h, source_w, pixel_words, _, _, _, _, _, _, n_chunks, chunk_stride,
+     last_tiled_rows) = settings
+    for chunk in range(n_chunks):
+        m0 = chunk * chunk_rows
+        _pixel_rows(m0, out_h, out_w, sh, sw, source_h, source_w, pixel_words, min(chunk_rows, n_rows - m0),
+                    chunk_stride if chunk < n_chunks - 1 else last_tiled_rows, all_rows, chunk * chunk_stride)
