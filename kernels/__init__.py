@@ -7,7 +7,14 @@ Kernels do not validate their arguments: :mod:`intsim.graph.ops` does that once,
 when a graph is built or loaded.
 """
 
-from intsim.kernels.boundary import dequantize_codes, quantize_float, quantize_launcher, transpose, transpose_launcher
+from intsim.kernels.boundary import (
+    dequantize_codes,
+    dequantize_launcher,
+    quantize_float,
+    quantize_launcher,
+    transpose,
+    transpose_launcher,
+)
 from intsim.kernels.elementwise import (
     add,
     add_launcher,
@@ -73,6 +80,7 @@ __all__ = [
     "conv2d_nhwc_prepare",
     "conv2d_nhwc_requantized",
     "dequantize_codes",
+    "dequantize_launcher",
     "embedding_lookup",
     "fully_connected_acc",
     "fully_connected_launcher",

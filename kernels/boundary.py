@@ -13,7 +13,7 @@ import functools
 import numpy as np
 
 from intsim.fixedpoint import FLOAT32_RINT, FLOAT64_HALF_AWAY, round_float
-from intsim.jit import jit, jit_inline
+from intsim.jit import compiled_entry, jit, jit_inline
 from intsim.kernels.byte_transpose import transpose_bytes
 
 # Tensors of rank up to this are transposed by the numba core (unit axes in front).
@@ -208,12 +208,14 @@ class _QuantizeLaunch:
             reciprocal = _exact_reciprocal(scale, rounding, int(zero_point), low, high) if real is np.float64 else None
             factor, divide = (real(scale), True) if reciprocal is None else (np.float64(reciprocal), False)
             self.args = (factor, divide, *self.args[1:], *_float32_key_bounds(far_low, far_high))
+        self.entry = None  # the core's compiled overload, from the first call (the arguments' types are fixed)
 
     def __call__(self, x, out):
         flat = x.reshape(-1)
-        if self.float32:
-            return _quantize32_core(flat, flat.view(np.int32), *self.args, out.reshape(-1))
-        return _quantize_core(flat, *self.args, out.reshape(-1))
+        arguments = ((flat, flat.view(np.int32)) if self.float32 else (flat,)) + self.args + (out.reshape(-1),)
+        if self.entry is None:
+            self.entry = compiled_entry(_quantize32_core if self.float32 else _quantize_core, arguments)
+        return self.entry(*arguments)
 
 
 def quantize_launcher(x_dtype, scale, rounding, zero_point, clamp_min, clamp_max, far_low, far_high):
@@ -277,24 +279,54 @@ def splits_exactly(codes, scale, zero_point, high, low) -> bool:
     return np.array_equal(expected.view(np.uint32), split.view(np.uint32))
 
 
+def _dequantize_plan(code_dtype, scale, zero_point):
+    """``(core, arguments)`` of :func:`dequantize_codes` for codes of ``code_dtype``: the arguments
+    between the flat codes and the flat output."""
+    zero_point_fits = float(zero_point).is_integer() and abs(zero_point) <= 1 << 16
+    narrow = np.dtype(code_dtype).itemsize <= 2 and zero_point_fits
+    if narrow and float(np.float32(scale)) == float(scale):
+        return _dequantize_core32, (np.float32(scale), np.int32(zero_point))
+    split = _split_scale(np.dtype(code_dtype), float(scale), int(zero_point)) if narrow else None
+    if split is not None:
+        return _dequantize_core_split, (*split, np.int32(zero_point))
+    return _dequantize_core, (float(scale), float(zero_point))
+
+
 def dequantize_codes(codes, scale, zero_point):
     """float32 ``scale * (codes - zero_point)``, formed in float64 and rounded once.
 
     Returns a float32 array of the shape of ``codes``.
     """
+    core, arguments = _dequantize_plan(codes.dtype, scale, zero_point)
     out = np.empty(codes.shape, np.float32)
-    flat = np.ascontiguousarray(codes).reshape(-1)
-    zero_point_fits = float(zero_point).is_integer() and abs(zero_point) <= 1 << 16
-    narrow = codes.dtype.itemsize <= 2 and zero_point_fits
-    if narrow and float(np.float32(scale)) == float(scale):
-        _dequantize_core32(flat, np.float32(scale), np.int32(zero_point), out.reshape(-1))
-        return out
-    split = _split_scale(codes.dtype, float(scale), int(zero_point)) if narrow else None
-    if split is not None:
-        _dequantize_core_split(flat, *split, np.int32(zero_point), out.reshape(-1))
-    else:
-        _dequantize_core(flat, float(scale), float(zero_point), out.reshape(-1))
+    core(np.ascontiguousarray(codes).reshape(-1), *arguments, out.reshape(-1))
     return out
+
+
+class _DequantizeLaunch:
+    """:func:`dequantize_codes` of codes of one dtype, its parameters fixed; see :func:`dequantize_launcher`."""
+
+    def __init__(self, code_dtype, scale, zero_point):
+        self.code_dtype = np.dtype(code_dtype)
+        self.core, self.args = _dequantize_plan(self.code_dtype, scale, zero_point)
+        self.entry = None  # the core's compiled overload, from the first call
+
+    def __call__(self, codes):
+        if codes.dtype != self.code_dtype:
+            raise TypeError(f"dequantize launch for {self.code_dtype} codes called with {codes.dtype}")
+        out = np.empty(codes.shape, np.float32)
+        arguments = (np.ascontiguousarray(codes).reshape(-1), *self.args, out.reshape(-1))
+        if self.entry is None:
+            self.entry = compiled_entry(self.core, arguments)
+        self.entry(*arguments)
+        return out
+
+
+def dequantize_launcher(code_dtype, scale, zero_point):
+    """``launch(codes) -> float32 array``: :func:`dequantize_codes` of ``codes`` of dtype ``code_dtype``
+    with this scale and zero point, for a caller that dequantizes many times (``Model.run``): what
+    depends only on the parameters (the core, a scale split, the compiled overload) is worked out once."""
+    return _DequantizeLaunch(code_dtype, scale, zero_point)
 
 
 @jit

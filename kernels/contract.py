@@ -84,6 +84,7 @@ class Backend(Protocol):
     quantize_float: Callable
     quantize_launcher: Callable
     dequantize_codes: Callable
+    dequantize_launcher: Callable
     softmax_gemmlowp_lastaxis: Callable
     add_float32_fma: Callable
     mul_float32: Callable

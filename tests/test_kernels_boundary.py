@@ -167,6 +167,26 @@ def test_dequantize_codes_matches_naive(codes_info, scale, data):
 
 
 @settings(deadline=None, max_examples=100)
+@given(st.sampled_from(CODE_DTYPES + [np.int32]), st.one_of(st.floats(2.0**-30, 2.0**10, width=32),
+                                                            st.floats(2.0**-30, 2.0**10)), st.data())
+def test_dequantize_launcher_matches_naive_over_repeated_calls(code_dtype, scale, data):
+    # One launch (as Model.run keeps per output) over several arrays of its dtype: shapes change, some
+    # not contiguous; float32 and float64 scales (float32, split and float64 lanes); int32 codes too.
+    info = np.iinfo(code_dtype)
+    zero_point = data.draw(st.integers(max(int(info.min), -(2**20)), min(int(info.max), 2**20)))
+    fast_launch = fast.dequantize_launcher(code_dtype, scale, zero_point)
+    naive_launch = naive.dequantize_launcher(code_dtype, scale, zero_point)
+    for _ in range(3):
+        codes = data.draw(hnp.arrays(code_dtype, hnp.array_shapes(min_dims=0, max_dims=4, max_side=6)))
+        if codes.ndim and data.draw(st.booleans()):
+            codes = codes[..., ::-1]
+        np.testing.assert_array_equal(fast_launch(codes), naive_launch(codes), strict=True)
+    for launch in (fast_launch, naive_launch):
+        with pytest.raises(TypeError, match="codes called with"):
+            launch(np.zeros(3, np.float64))
+
+
+@settings(deadline=None, max_examples=100)
 @given(st.floats(2.0**-60, 2.0**60), st.sampled_from([np.int8, np.uint8]), st.data())
 def test_dequantize_codes_of_every_byte_code_over_a_float64_scale_matches_naive(scale, code_dtype, data):
     # A scale that is no float32 (Model.run's outputs under paper and tflite) takes the split float32

@@ -44,8 +44,8 @@ import warnings
 
 import numpy as np
 from numba.core.dispatcher import Dispatcher
-from numba.core.typing.typeof import Purpose, typeof
 
+from intsim.jit import compiled_entry
 from intsim.kernels.threads import apply_threads
 from intsim.runtime.compiled import compile_calls
 
@@ -191,9 +191,6 @@ _COMPILE_FAILED = []
 
 
 def _compiled(function, arguments):
-    """The compiled overload of numba ``function`` for the types of ``arguments`` (compiled, or loaded
-    from numba's cache, now if need be): a call to it skips the dispatcher's typing of the arguments.
-    Anything else is returned as it is."""
-    if not isinstance(function, Dispatcher):
-        return function
-    return function.compile(tuple(typeof(value, Purpose.argument) for value in arguments))
+    """The compiled overload of numba ``function`` for the types of ``arguments``
+    (:func:`intsim.jit.compiled_entry`); anything else is returned as it is."""
+    return compiled_entry(function, arguments) if isinstance(function, Dispatcher) else function

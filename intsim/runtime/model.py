@@ -108,6 +108,7 @@ class Model:
         self._code_ranges = {}
         self._float_launches = {}  # Model.run's input types, shapes, dtypes -> (signature, launchers) or None
         self._output_infos = self.outputs
+        self._dequantize_launches = {}  # (output index, code dtype) -> dequantize launcher
 
     @property
     def profile(self):
@@ -183,7 +184,15 @@ class Model:
         return self._pack(self._warn_overflow(self._run_plan().run(self.quantize_inputs(inputs), self._dequantized)))
 
     def _dequantized(self, outputs):
-        return [dequantize(o, info) for o, info in zip(outputs, self._output_infos)]
+        # dequantize() of each output, through a launch per output and code dtype made at its first run.
+        launches, result = self._dequantize_launches, []
+        for i, (codes, info) in enumerate(zip(outputs, self._output_infos)):
+            launch = launches.get((i, codes.dtype))
+            if launch is None:
+                launch = launches[i, codes.dtype] = self._kernels.dequantize_launcher(codes.dtype, info.scale,
+                                                                                      info.zero_point)
+            result.append(launch(codes))
+        return result
 
     def _float_feed(self, inputs):
         """``(signature, write)`` for :meth:`RunPlan.run_written` that quantizes ``inputs`` as

@@ -3,7 +3,14 @@
 Run a model on them with ``Model(graph, backend="naive")``.
 """
 
-from intsim.kernels.naive.boundary import dequantize_codes, quantize_float, quantize_launcher, transpose, transpose_launcher
+from intsim.kernels.naive.boundary import (
+    dequantize_codes,
+    dequantize_launcher,
+    quantize_float,
+    quantize_launcher,
+    transpose,
+    transpose_launcher,
+)
 from intsim.kernels.naive.elementwise import (
     add,
     add_launcher,
@@ -69,6 +76,7 @@ __all__ = [
     "conv2d_nhwc_prepare",
     "conv2d_nhwc_requantized",
     "dequantize_codes",
+    "dequantize_launcher",
     "embedding_lookup",
     "fully_connected_acc",
     "fully_connected_launcher",

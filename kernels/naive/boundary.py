@@ -33,6 +33,15 @@ def dequantize_codes(codes, scale, zero_point):
     return (float(scale) * (codes.astype(np.float64) - float(zero_point))).astype(np.float32)
 
 
+def dequantize_launcher(code_dtype, scale, zero_point):
+    def launch(codes):
+        if codes.dtype != np.dtype(code_dtype):
+            raise TypeError(f"dequantize launch for {np.dtype(code_dtype)} codes called with {codes.dtype}")
+        return dequantize_codes(codes, scale, zero_point)
+
+    return launch
+
+
 def transpose(x, perm):
     return np.transpose(x, perm).copy(order="C")
 
