@@ -34,6 +34,7 @@ from intsim.kernels.fully_connected import (
     in_place_weights,
 )
 from intsim.kernels.gemm_chunk import (
+    GEMM_SETTINGS,
     chunk_rows,
     chunk_settings,
     conv2d_gemm_serial,
@@ -137,8 +138,8 @@ class _GemmLaunch:
             [out_h, out_w, sh, sw, groups, rows_per_chunk, source_h, source_w, tap_groups, rounding, multiplier_bits,
              out_zero_point, clamp_min, clamp_max, in_registers,
              *chunk_settings(packed.variant, packed.c0.shape[0], n_rows, rows_per_chunk)], np.int64)
+        self.chunks = int(self.settings[GEMM_SETTINGS.index("n_chunks")])
         self.count_clamps = count_clamps
-        self.chunks = -(-n_rows // rows_per_chunk)
         self.epilogue = epilogue_params(multiplier, shift, scale, rounding, multiplier_bits, in_registers,
                                         len(multiplier), packed.c0.shape[0])
         self.n_rows = n_rows
